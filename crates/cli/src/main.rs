@@ -1,0 +1,63 @@
+//! `vigil`: the command-line client.
+//!
+//! - `vigil inspect PATH...`: the factory line client (images in, verdicts out, exit code for
+//!   the control software).
+//! - `vigil up`: the embedded all-in-one: an edge server with the shipped model, fed with the
+//!   sample images.
+//! - `vigil bench`: a load generator comparing the server with raw ONNX Runtime.
+
+mod bench;
+mod images;
+mod inspect;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Vigil: run machine-learning models in production, at the factory edge and in the cloud.
+#[derive(Parser, Debug)]
+#[command(name = "vigil", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send images to an edge server and print each verdict (the factory line client).
+    Inspect(inspect::InspectArgs),
+    /// Run the embedded default: an edge server with the shipped model, fed with sample images.
+    Up(up::UpArgs),
+    /// Measure throughput and latency of the server against raw ONNX Runtime.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil: cannot start the async runtime: {e}");
+            return ExitCode::from(inspect::exit::USAGE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Inspect(args) => inspect::run(args).await,
+            Command::Up(args) => up::run(args).await,
+            Command::Bench(args) => bench::run(args).await.map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("vigil: {e:#}");
+            ExitCode::from(inspect::exit::USAGE)
+        }
+    }
+}

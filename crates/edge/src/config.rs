@@ -1,0 +1,174 @@
+//! Configuration: built-in defaults, then a TOML file, then `VIGIL_...` environment variables
+//! (`__` separates sections: `VIGIL_LIMITS__MAX_CONCURRENT_REQUESTS=32`), then command-line flags.
+//! Validated at start-up; every message names the offending key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use vigil_inference::image::ImageLimits;
+
+/// Everything `vigil-edge` can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Address to serve gRPC on. Loopback by default; binding elsewhere must be explicit.
+    pub listen: SocketAddr,
+    /// Directory of `<name>/<version>/model.onnx` + `model.toml`.
+    pub model_repository: PathBuf,
+    /// Model used by Inspect when the request names none.
+    pub default_model: String,
+    /// ONNX Runtime shared library; empty: search the usual places.
+    pub onnxruntime_lib: Option<PathBuf>,
+    pub limits: Limits,
+    pub images: ImageLimits,
+    pub models: ModelOptions,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest gRPC message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// Requests handled at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
+    /// Longest a request may take, in milliseconds (DEADLINE_EXCEEDED beyond).
+    pub request_timeout_ms: u64,
+    /// On shutdown, how long in-flight requests may take to finish, in milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+/// Which models and versions to load.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOptions {
+    /// Load every version, not only the served one.
+    pub load_all_versions: bool,
+    /// Served version per model (default: the newest).
+    pub pinned_versions: HashMap<String, u64>,
+    /// Overrides every model's ONNX Runtime intra-op thread count.
+    pub intra_op_threads: Option<usize>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8001".parse().expect("valid literal"),
+            model_repository: PathBuf::from("models"),
+            default_model: "scratch-detector".into(),
+            onnxruntime_lib: None,
+            limits: Limits {
+                max_message_bytes: 8 << 20,
+                max_concurrent_requests: 256,
+                request_timeout_ms: 10_000,
+                drain_timeout_ms: 10_000,
+            },
+            images: ImageLimits::default(),
+            models: ModelOptions::default(),
+        }
+    }
+}
+
+/// Top-level keys that `VIGIL_...` variables may set.
+const ENV_KEYS: &[&str] = &["listen", "model_repository", "default_model", "onnxruntime_lib", "limits", "images", "models"];
+
+impl EdgeConfig {
+    /// Layers defaults, the optional file and the environment, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, String> {
+        Self::figment(file).extract::<Self>().map_err(|e| e.to_string()).and_then(|c| {
+            c.validate()?;
+            Ok(c)
+        })
+    }
+
+    /// The layered sources, for callers that add their own (command-line flags).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(
+            Env::prefixed("VIGIL_")
+                .split("__")
+                .filter(|key| ENV_KEYS.iter().any(|k| key.as_str().split('.').next().is_some_and(|first| first.eq_ignore_ascii_case(k)))),
+        )
+    }
+
+    /// Checks values serde cannot: each message names its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return Err(format!("limits.max_message_bytes = {} is too small (at least 1024)", l.max_message_bytes));
+        }
+        if l.max_concurrent_requests == 0 {
+            return Err("limits.max_concurrent_requests must be at least 1".into());
+        }
+        if l.request_timeout_ms == 0 {
+            return Err("limits.request_timeout_ms must be at least 1".into());
+        }
+        let i = &self.images;
+        if i.min_side == 0 || i.min_side > i.max_side {
+            return Err(format!("images.min_side ({}) must be between 1 and images.max_side ({})", i.min_side, i.max_side));
+        }
+        if self.default_model.is_empty() {
+            return Err("default_model must not be empty".into());
+        }
+        if !self.model_repository.is_dir() {
+            return Err(format!(
+                "model_repository {} is not a directory (set --model-repository or model_repository)",
+                self.model_repository.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_dir("models")?;
+            jail.create_file("edge.toml", "listen = \"127.0.0.1:9000\"\n[limits]\nmax_concurrent_requests = 8\n")?;
+            jail.set_env("VIGIL_LIMITS__MAX_CONCURRENT_REQUESTS", "4");
+            jail.set_env("VIGIL_UNRELATED_SETTING", "ignored");
+            let c = EdgeConfig::load(Some(Path::new("edge.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.limits.max_concurrent_requests, 4);
+            assert_eq!(c.limits.max_message_bytes, 8 << 20);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_dir("models")?;
+            jail.create_file("a.toml", "[limits]\nmax_concurent_requests = 8\n")?;
+            let e = EdgeConfig::load(Some(Path::new("a.toml"))).unwrap_err();
+            assert!(e.contains("max_concurent_requests"), "{e}");
+            jail.create_file("b.toml", "[limits]\nmax_concurrent_requests = \"many\"\n")?;
+            let e = EdgeConfig::load(Some(Path::new("b.toml"))).unwrap_err();
+            assert!(e.contains("limits.max_concurrent_requests"), "{e}");
+            jail.create_file("c.toml", "[limits]\nmax_concurrent_requests = 0\n")?;
+            let e = EdgeConfig::load(Some(Path::new("c.toml"))).unwrap_err();
+            assert!(e.contains("limits.max_concurrent_requests"), "{e}");
+            jail.set_env("VIGIL_LISTEN", "not-an-address");
+            let e = EdgeConfig::load(None).unwrap_err();
+            assert!(e.to_lowercase().contains("key \"listen\""), "{e}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,151 @@
+//! Wiring: load models, bind, serve OIP v2 + inspection + health + reflection behind the
+//! admission layer, drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use vigil_inference::repository::{ModelRepository, RepositoryOptions};
+use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use vigil_proto::vigil::v1::inspection_server::InspectionServer;
+use vigil_serving::{AdmissionLayer, AdmissionLimits, InferenceService, InspectionService};
+
+use crate::config::EdgeConfig;
+
+/// A server running in the background.
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The loaded models.
+    pub repository: Arc<ModelRepository>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), and waits.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Waits until the server stops by itself (a signal, or an error).
+    pub async fn wait(mut self) -> Result<()> {
+        let task = &mut self.task;
+        task.await.context("server task panicked")?
+    }
+}
+
+/// Loads the model repository, binds `config.listen` and serves until `shutdown()` or, when
+/// `handle_signals`, SIGINT/SIGTERM.
+pub async fn start(config: EdgeConfig, handle_signals: bool) -> Result<RunningServer> {
+    vigil_inference::runtime::environment(config.onnxruntime_lib.as_deref()).map_err(|e| anyhow!("{e}"))?;
+    let options = RepositoryOptions {
+        load_all_versions: config.models.load_all_versions,
+        pinned_versions: config.models.pinned_versions.clone(),
+        intra_op_threads: config.models.intra_op_threads,
+    };
+    let root = config.model_repository.clone();
+    let repository = tokio::task::spawn_blocking(move || ModelRepository::load(&root, &options))
+        .await
+        .context("model loading panicked")?
+        .map_err(|e| anyhow!("{e}"))?;
+    let repository = Arc::new(repository);
+    repository.entry(&config.default_model).map_err(|e| anyhow!("default_model: {e}"))?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another server using it? set --listen)", config.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond loopback");
+    }
+
+    let max = config.limits.max_message_bytes;
+    let oip = GrpcInferenceServiceServer::new(InferenceService::new(repository.clone(), "vigil-edge"))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let inspection = InspectionServer::new(InspectionService::new(
+        repository.clone(),
+        config.default_model.clone(),
+        config.images,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
+    health.set_serving::<InspectionServer<InspectionService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let admission = AdmissionLayer::new(AdmissionLimits {
+        max_concurrent_requests: config.limits.max_concurrent_requests,
+        request_timeout: config.request_timeout(),
+    });
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let drain = Duration::from_millis(config.limits.drain_timeout_ms);
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .layer(admission)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(oip)
+        .add_service(inspection);
+    let task = tokio::spawn(async move {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let signal = async move {
+            tokio::select! {
+                _ = shutdown_rx => {}
+                _ = terminate(handle_signals) => {}
+            }
+            tracing::info!("shutting down: draining in-flight requests");
+            health.set_not_serving::<InspectionServer<InspectionService>>().await;
+            health.set_not_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
+            let _ = stop_tx.send(());
+        };
+        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        tokio::pin!(serve);
+        tokio::select! {
+            result = &mut serve => return result.context("gRPC server failed"),
+            _ = stop_rx => {}
+        }
+        match tokio::time::timeout(drain, serve).await {
+            Ok(result) => result.context("gRPC server failed"),
+            Err(_) => {
+                tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
+                Ok(())
+            }
+        }
+    });
+    Ok(RunningServer { addr, repository, shutdown: Some(shutdown_tx), task })
+}
+
+async fn terminate(enabled: bool) {
+    if !enabled {
+        return std::future::pending().await;
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}

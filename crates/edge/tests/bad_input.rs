@@ -1,0 +1,167 @@
+//! Bad input over real gRPC on loopback: each answered with a precise status and a message
+//! naming the problem; the server keeps serving and memory stays bounded.
+
+mod common;
+
+use common::*;
+use tonic::Code;
+use vigil_proto::inference::ModelInferRequest;
+use vigil_proto::inference::model_infer_request::InferInputTensor;
+use vigil_proto::inference::InferTensorContents;
+use vigil_proto::vigil::v1::InspectRequest;
+
+fn inspect_request(image: Vec<u8>) -> InspectRequest {
+    InspectRequest { image, station_id: "test".into(), ..Default::default() }
+}
+
+fn infer_request(datatype: &str, shape: Vec<i64>, raw: Vec<u8>) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![InferInputTensor { name: "image".into(), datatype: datatype.into(), shape, ..Default::default() }],
+        raw_input_contents: vec![raw],
+        ..Default::default()
+    }
+}
+
+const ITEM_BYTES: usize = 128 * 128 * 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_get_invalid_argument_naming_the_problem() {
+    let server = start(config()).await;
+    let (mut inspect, _) = clients(&server).await;
+    let good = samples("normal").remove(0).1;
+    let truncated = good[..good.len() / 2].to_vec();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("zero bytes", vec![], "empty"),
+        ("truncated PNG", truncated, "corrupt or truncated"),
+        ("text named .png", b"this is not an image, only text\n".to_vec(), "not PNG or JPEG"),
+        ("1x1 image", vigil_inference::image::encode_png(1, 1, |_, _| [9, 9, 9]), "minimum is 16x16"),
+        ("20000x20000 header", png_with_claimed_size(20000, 20000), "20000x20000 pixels; the limit is 4096x4096"),
+    ];
+    for (what, bytes, expected) in cases {
+        let status = inspect.inspect(inspect_request(bytes)).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains(expected), "{what}: message {:?} lacks {expected:?}", status.message());
+        // The server keeps serving.
+        let ok = inspect.inspect(inspect_request(good.clone())).await.expect("good image after a bad one");
+        assert!((0.0..=1.0).contains(&ok.into_inner().defect_probability));
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_with_the_limit_named() {
+    let mut config = config();
+    config.limits.max_message_bytes = 64 * 1024;
+    let server = start(config).await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let status = inspect.inspect(inspect_request(vec![0u8; 100_000])).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("65536"), "{}", status.message());
+    let status = oip.model_infer(infer_request("FP32", vec![2, 1, 128, 128], vec![0; 2 * ITEM_BYTES])).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // Under the limit still works.
+    let small = samples("normal").remove(0).1;
+    assert!(small.len() < 64 * 1024);
+    inspect.inspect(inspect_request(small)).await.expect("small image after a large one");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_infer_validation_names_the_input() {
+    let server = start(config()).await;
+    let (_, mut oip) = clients(&server).await;
+    let mut mixed = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    mixed.inputs[0].contents = Some(InferTensorContents { fp32_contents: vec![0.0; 128 * 128], ..Default::default() });
+    let mut typed_wrong_field = infer_request("FP32", vec![1, 1, 128, 128], vec![]);
+    typed_wrong_field.raw_input_contents.clear();
+    typed_wrong_field.inputs[0].contents = Some(InferTensorContents { int64_contents: vec![0; 128 * 128], ..Default::default() });
+    let mut unknown_input = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    unknown_input.inputs[0].name = "pixels".into();
+    let mut unknown_output = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    unknown_output.outputs.push(vigil_proto::inference::model_infer_request::InferRequestedOutputTensor {
+        name: "logits".into(),
+        ..Default::default()
+    });
+    let mut two_raw = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    two_raw.raw_input_contents.push(vec![0; 4]);
+    let cases: Vec<(&str, ModelInferRequest, &str)> = vec![
+        ("wrong datatype", infer_request("FP64", vec![1, 1, 128, 128], vec![0; 2 * ITEM_BYTES]), "input 'image': datatype FP64 does not match the model's FP32"),
+        ("unknown datatype", infer_request("FLOAT", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]), "unknown datatype 'FLOAT'"),
+        ("wrong shape", infer_request("FP32", vec![1, 3, 128, 128], vec![0; 3 * ITEM_BYTES]), "input 'image': shape [1, 3, 128, 128] does not match"),
+        ("wrong rank", infer_request("FP32", vec![1, 128, 128], vec![0; ITEM_BYTES]), "input 'image': shape"),
+        ("zero batch", infer_request("FP32", vec![0, 1, 128, 128], vec![]), "input 'image': shape"),
+        ("batch too large", infer_request("FP32", vec![65, 1, 128, 128], vec![0; 65 * ITEM_BYTES]), "exceeds the model's max_batch_size"),
+        ("wrong byte length", infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES - 4]), "input 'image': 65532 bytes of contents, but shape [1, 1, 128, 128] of FP32 needs 65536"),
+        ("mixed raw and typed", mixed, "input 'image' has both raw_input_contents and typed contents"),
+        ("typed contents in the wrong field", typed_wrong_field, "contents.fp32_contents"),
+        ("unknown input", unknown_input, "unknown input 'pixels'; model 'scratch-detector' takes: image"),
+        ("unknown requested output", unknown_output, "requested output 'logits' is not an output"),
+        ("raw count mismatch", two_raw, "raw_input_contents has 2 entries but the request has 1 inputs"),
+    ];
+    for (what, request, expected) in cases {
+        let status = oip.model_infer(request).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains(expected), "{what}: {:?} lacks {expected:?}", status.message());
+    }
+    // Still serving.
+    oip.model_infer(infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES])).await.expect("valid request");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_models_and_versions_are_not_found() {
+    let server = start(config()).await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let mut r = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    r.model_name = "no-such-model".into();
+    let status = oip.model_infer(r).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains("model 'no-such-model' not found; available: scratch-detector"), "{}", status.message());
+    for version in ["999", "latest"] {
+        let mut r = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+        r.model_version = version.into();
+        let status = oip.model_infer(r).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains(&format!("version '{version}' of model 'scratch-detector' not found")), "{}", status.message());
+    }
+    let mut r = inspect_request(samples("normal").remove(0).1);
+    r.model_name = "nope".into();
+    assert_eq!(inspect.inspect(r).await.unwrap_err().code(), Code::NotFound);
+    let status = oip
+        .model_metadata(vigil_proto::inference::ModelMetadataRequest { name: "nope".into(), version: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let ready = oip
+        .model_ready(vigil_proto::inference::ModelReadyRequest { name: "nope".into(), version: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ready.ready);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_under_repeated_bad_input() {
+    let server = start(config()).await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let huge_header = png_with_claimed_size(20000, 20000);
+    let warm = async |inspect: &mut vigil_proto::vigil::v1::inspection_client::InspectionClient<tonic::transport::Channel>,
+                      oip: &mut vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>| {
+        for _ in 0..50 {
+            let _ = inspect.inspect(inspect_request(huge_header.clone())).await;
+            let _ = inspect.inspect(inspect_request(b"garbage".to_vec())).await;
+            let _ = oip.model_infer(infer_request("FP32", vec![1, 1, 128, 128], vec![0; 100])).await;
+        }
+    };
+    warm(&mut inspect, &mut oip).await;
+    let before = rss_kib();
+    for _ in 0..4 {
+        warm(&mut inspect, &mut oip).await;
+    }
+    let after = rss_kib();
+    // 600 bad requests, each of which would need >1 GiB if the header were trusted.
+    assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    server.shutdown().await.unwrap();
+}

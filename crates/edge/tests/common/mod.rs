@@ -1,0 +1,114 @@
+//! Shared helpers: start a real edge server on loopback, make images, copy the repository.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::Channel;
+use vigil_edge::{EdgeConfig, RunningServer};
+use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use vigil_proto::vigil::v1::inspection_client::InspectionClient;
+
+pub const MODEL: &str = "scratch-detector";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+}
+
+pub fn config() -> EdgeConfig {
+    EdgeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model_repository: repo_root().join("models"),
+        ..EdgeConfig::default()
+    }
+}
+
+pub async fn start(config: EdgeConfig) -> RunningServer {
+    vigil_edge::start(config, false).await.expect("edge server starts")
+}
+
+pub async fn channel(server: &RunningServer) -> Channel {
+    Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.expect("connect")
+}
+
+pub async fn clients(server: &RunningServer) -> (InspectionClient<Channel>, GrpcInferenceServiceClient<Channel>) {
+    let ch = channel(server).await;
+    (
+        InspectionClient::new(ch.clone()).max_encoding_message_size(256 << 20),
+        GrpcInferenceServiceClient::new(ch).max_encoding_message_size(256 << 20),
+    )
+}
+
+/// Sample images shipped with the repository: (file name, bytes).
+pub fn samples(set: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = repo_root().join("samples").join(set);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+/// The newest version directory of the shipped model.
+pub fn model_dir() -> PathBuf {
+    let base = repo_root().join("models").join(MODEL);
+    let mut versions: Vec<(u64, PathBuf)> = std::fs::read_dir(&base)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok().map(|v| (v, e.path())))
+        .collect();
+    versions.sort();
+    versions.pop().unwrap().1
+}
+
+/// A copy of the model repository whose batching waits `delay_us` for a batch to fill and
+/// allows `depth` queued requests: a model that is slow on purpose.
+pub fn slow_repository(delay_us: u64, depth: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model_dir();
+    let dst = dir.path().join(MODEL).join(src.file_name().unwrap());
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
+    let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
+    let patched: Vec<String> = toml
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("max_queue_delay_us") {
+                format!("max_queue_delay_us = {delay_us}")
+            } else if l.trim_start().starts_with("max_queue_depth") {
+                format!("max_queue_depth = {depth}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(dst.join("model.toml"), patched.join("\n")).unwrap();
+    dir
+}
+
+/// A valid PNG whose header claims `width` x `height` (the pixel data is not there).
+pub fn png_with_claimed_size(width: u32, height: u32) -> Vec<u8> {
+    let mut png = vigil_inference::image::encode_png(16, 16, |_, _| [0, 0, 0]);
+    // Signature (8) + IHDR length (4) + "IHDR" (4) + width (4) + height (4) ...; CRC after 13 bytes of data.
+    png[16..20].copy_from_slice(&width.to_be_bytes());
+    png[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32fast::hash(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+/// Resident memory of this process in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

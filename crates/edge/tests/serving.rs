@@ -1,0 +1,326 @@
+//! The edge server end to end over real gRPC on loopback: inspection, OIP v2, streaming,
+//! health, reflection, load shedding, deadlines and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use tonic::Code;
+use vigil_inference::config::ModelConfig;
+use vigil_inference::image::{ImageLimits, prepare};
+use vigil_proto::inference::model_infer_request::InferInputTensor;
+use vigil_proto::inference::*;
+use vigil_proto::vigil::v1::{Decision, InspectRequest, Verdict};
+
+fn model_config() -> ModelConfig {
+    ModelConfig::load(&model_dir().join("model.toml")).unwrap()
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_answers_with_ids_verdicts_decisions_and_features() {
+    let server = start(config()).await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let config = model_config();
+    let t = config.thresholds.unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for (name, bytes) in samples("normal") {
+        let r = inspect
+            .inspect(InspectRequest { image: bytes.clone(), station_id: "line-1".into(), part_id: name.clone(), request_id: name.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let id = uuid::Uuid::parse_str(&r.prediction_id).expect("prediction id is a UUID");
+        assert_eq!(id.get_version_num(), 7, "UUIDv7");
+        assert!(ids.insert(r.prediction_id.clone()));
+        assert_eq!((r.station_id.as_str(), r.part_id.as_str(), r.request_id.as_str()), ("line-1", name.as_str(), name.as_str()));
+        assert_eq!(r.model_name, "scratch-detector");
+        assert_eq!(r.model_version, config.version.to_string());
+        let expected_verdict = if r.defect_probability >= t.defect { Verdict::Defect } else { Verdict::Ok };
+        assert_eq!(r.verdict, expected_verdict as i32);
+        let expected_decision = if r.defect_probability < t.accept_below {
+            Decision::Accept
+        } else if r.defect_probability >= t.reject_at {
+            Decision::Reject
+        } else {
+            Decision::HumanReview
+        };
+        assert_eq!(r.decision, expected_decision as i32);
+        // The same preprocessed tensor through ModelInfer gives the same score.
+        let prepared = prepare(&bytes, config.preprocess.as_ref().unwrap(), &ImageLimits::default()).unwrap();
+        let f = r.features.unwrap();
+        assert_eq!((f.width, f.height), (prepared.width, prepared.height));
+        assert!((f.brightness - prepared.features.brightness).abs() < 1e-9);
+        assert!((f.sharpness - prepared.features.sharpness).abs() < 1e-9);
+        let out = oip
+            .model_infer(ModelInferRequest {
+                model_name: MODEL.into(),
+                inputs: vec![InferInputTensor { name: "image".into(), datatype: "FP32".into(), shape: prepared.tensor.shape.clone(), ..Default::default() }],
+                raw_input_contents: vec![prepared.tensor.data.clone()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!((f32s(&out.raw_output_contents[0])[0] - r.defect_probability).abs() < 1e-6);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_equals_its_items_and_typed_equals_raw() {
+    let server = start(config()).await;
+    let (_, mut oip) = clients(&server).await;
+    let config = model_config();
+    let pre = config.preprocess.unwrap();
+    let tensors: Vec<_> = samples("drifted").iter().take(4).map(|(_, b)| prepare(b, &pre, &ImageLimits::default()).unwrap().tensor).collect();
+    let mut singles = Vec::new();
+    for t in &tensors {
+        let typed = ModelInferRequest {
+            model_name: MODEL.into(),
+            id: "typed".into(),
+            inputs: vec![InferInputTensor {
+                name: "image".into(),
+                datatype: "FP32".into(),
+                shape: t.shape.clone(),
+                contents: Some(InferTensorContents { fp32_contents: t.to_f32().unwrap(), ..Default::default() }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let r = oip.model_infer(typed).await.unwrap().into_inner();
+        assert_eq!(r.id, "typed", "id echoed");
+        assert_eq!(r.outputs[0].name, "defect_probability");
+        assert_eq!(r.outputs[0].shape, vec![1, 1]);
+        singles.push(f32s(&r.raw_output_contents[0])[0]);
+    }
+    let data: Vec<u8> = tensors.iter().flat_map(|t| t.data.clone()).collect();
+    let batch = ModelInferRequest {
+        model_name: MODEL.into(),
+        model_version: config.version.to_string(),
+        inputs: vec![InferInputTensor { name: "image".into(), datatype: "FP32".into(), shape: vec![4, 1, 128, 128], ..Default::default() }],
+        raw_input_contents: vec![data],
+        outputs: vec![model_infer_request::InferRequestedOutputTensor { name: "defect_probability".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    let r = oip.model_infer(batch).await.unwrap().into_inner();
+    assert_eq!(r.outputs[0].shape, vec![4, 1]);
+    let batched = f32s(&r.raw_output_contents[0]);
+    for (a, b) in batched.iter().zip(&singles) {
+        assert!((a - b).abs() < 1e-5, "batched {a} vs single {b}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_config_and_statistics_describe_the_model() {
+    let server = start(config()).await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let config = model_config();
+    assert!(oip.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+    assert!(oip.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready);
+    let meta = oip.server_metadata(ServerMetadataRequest {}).await.unwrap().into_inner();
+    assert_eq!(meta.name, "vigil-edge");
+    assert!(meta.extensions.contains(&"model_configuration".to_string()));
+    let m = oip.model_metadata(ModelMetadataRequest { name: MODEL.into(), version: String::new() }).await.unwrap().into_inner();
+    assert_eq!(m.platform, "onnxruntime_onnx");
+    assert_eq!(m.versions, vec![config.version.to_string()]);
+    assert_eq!((m.inputs[0].name.as_str(), m.inputs[0].datatype.as_str()), ("image", "FP32"));
+    assert_eq!(m.inputs[0].shape, vec![-1, 1, 128, 128]);
+    assert_eq!(m.outputs[0].shape, vec![-1, 1]);
+    let c = oip.model_config(ModelConfigRequest { name: MODEL.into(), version: String::new() }).await.unwrap().into_inner().config.unwrap();
+    assert_eq!(c.name, MODEL);
+    assert_eq!(c.max_batch_size as usize, config.max_batch_size);
+    assert_eq!(c.input[0].data_type, DataType::TypeFp32 as i32);
+    assert_eq!(c.input[0].dims, vec![1, 128, 128]);
+    match c.scheduling_choice {
+        Some(model_config::SchedulingChoice::DynamicBatching(b)) => {
+            assert_eq!(b.max_queue_delay_microseconds, config.dynamic_batching.unwrap().max_queue_delay_us)
+        }
+        other => panic!("expected dynamic batching, got {other:?}"),
+    }
+    let images = samples("normal");
+    for (_, b) in images.iter().take(5) {
+        inspect.inspect(InspectRequest { image: b.clone(), ..Default::default() }).await.unwrap();
+    }
+    let _ = inspect.inspect(InspectRequest { image: vec![], ..Default::default() }).await.unwrap_err();
+    let s = oip.model_statistics(ModelStatisticsRequest { name: MODEL.into(), version: String::new() }).await.unwrap().into_inner();
+    let stats = &s.model_stats[0];
+    let inf = stats.inference_stats.as_ref().unwrap();
+    assert_eq!(inf.success.as_ref().unwrap().count, 5);
+    assert_eq!(inf.fail.as_ref().unwrap().count, 1);
+    assert_eq!(inf.queue.as_ref().unwrap().count, 5);
+    assert!(inf.compute_infer.as_ref().unwrap().ns > 0);
+    assert_eq!(stats.inference_count, 5);
+    assert!(stats.execution_count >= 1 && stats.execution_count <= 5);
+    assert_eq!(stats.batch_stats.iter().map(|b| b.batch_size * b.compute_infer.as_ref().unwrap().count).sum::<u64>(), 5);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_stream_answers_in_order_and_survives_bad_images() {
+    let server = start(config()).await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let mut requests: Vec<InspectRequest> = samples("normal")
+        .into_iter()
+        .take(6)
+        .enumerate()
+        .map(|(i, (_, b))| InspectRequest { image: b, request_id: i.to_string(), ..Default::default() })
+        .collect();
+    requests[2].image = b"not an image".to_vec();
+    let responses: Vec<_> = inspect
+        .inspect_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(responses.len(), 6);
+    for (i, r) in responses.into_iter().enumerate() {
+        let r = r.unwrap();
+        if i == 2 {
+            let e = r.error.expect("bad image reported in-stream");
+            assert_eq!((e.code, e.request_id.as_str()), (Code::InvalidArgument as i32, "2"));
+        } else {
+            assert_eq!(r.result.unwrap().request_id, i.to_string());
+        }
+    }
+    // ModelStreamInfer: errors travel as error_message, the stream continues.
+    let good = ModelInferRequest {
+        model_name: MODEL.into(),
+        id: "a".into(),
+        inputs: vec![InferInputTensor { name: "image".into(), datatype: "FP32".into(), shape: vec![1, 1, 128, 128], ..Default::default() }],
+        raw_input_contents: vec![vec![0; 128 * 128 * 4]],
+        ..Default::default()
+    };
+    let mut bad = good.clone();
+    bad.id = "b".into();
+    bad.raw_input_contents[0].truncate(8);
+    let mut again = good.clone();
+    again.id = "c".into();
+    let out: Vec<_> = oip.model_stream_infer(tokio_stream::iter(vec![good, bad, again])).await.unwrap().into_inner().collect().await;
+    let out: Vec<_> = out.into_iter().map(|r| r.unwrap()).collect();
+    assert!(out[0].error_message.is_empty() && out[2].error_message.is_empty());
+    assert!(out[1].error_message.contains("input 'image'"), "{}", out[1].error_message);
+    assert_eq!(out.iter().map(|r| r.infer_response.as_ref().unwrap().id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let server = start(config()).await;
+    let ch = channel(&server).await;
+    let mut health = HealthClient::new(ch.clone());
+    for service in ["", "inference.GRPCInferenceService", "vigil.v1.Inspection"] {
+        let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service}");
+    }
+    let mut reflection = ServerReflectionClient::new(ch);
+    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut responses = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("unexpected reflection answer") };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["inference.GRPCInferenceService", "vigil.v1.Inspection", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_concurrency_limit_requests_are_shed() {
+    // Batches wait 300 ms to fill, so requests stay in flight long enough to overlap.
+    let repo = slow_repository(300_000, 64);
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    config.limits.max_concurrent_requests = 2;
+    let server = start(config).await;
+    let (inspect, _) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let mut c = inspect.clone();
+            let image = image.clone();
+            tokio::spawn(async move { c.inspect(InspectRequest { image, ..Default::default() }).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut shed = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(s) => {
+                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().contains("2 requests in flight"), "{}", s.message());
+                shed += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 2, "exactly the limit is served");
+    assert_eq!(shed, 4);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_end_requests_with_deadline_exceeded() {
+    let repo = slow_repository(500_000, 64);
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    config.limits.request_timeout_ms = 100;
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let status = inspect.inspect(InspectRequest { image: image.clone(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("deadline of 100 ms"), "{}", status.message());
+    server.shutdown().await.unwrap();
+
+    // The caller's own shorter deadline (grpc-timeout) wins.
+    let mut config = common::config();
+    config.model_repository = repo.path().to_path_buf();
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    let mut request = tonic::Request::new(InspectRequest { image, ..Default::default() });
+    request.set_timeout(Duration::from_millis(50));
+    let status = inspect.inspect(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    let repo = slow_repository(400_000, 64);
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    let server = start(config).await;
+    let addr = server.addr;
+    let (inspect, _) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = inspect.clone();
+            let image = image.clone();
+            tokio::spawn(async move { c.inspect(InspectRequest { image, ..Default::default() }).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.shutdown().await.unwrap();
+    for r in in_flight {
+        let r = r.await.unwrap().expect("in-flight request completes during shutdown");
+        assert!((0.0..=1.0).contains(&r.into_inner().defect_probability));
+    }
+    let refused = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await;
+    assert!(refused.is_err(), "no new connections after shutdown");
+}

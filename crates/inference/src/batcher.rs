@@ -1,0 +1,300 @@
+//! Dynamic batching: requests for one model wait in a bounded queue; worker threads take
+//! the oldest request and add more until the batch is full or the oldest has waited
+//! `max_queue_delay`, run them as one batch, and split the outputs back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use crate::InferenceError;
+use crate::config::BatchingConfig;
+use crate::stats::ModelStats;
+use crate::tensor::Tensor;
+
+/// Something that runs a batch: in production an ONNX Runtime session.
+pub trait Runner: Send + 'static {
+    /// Runs inputs whose first dimension is the batch; returns outputs with the same batch.
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError>;
+}
+
+impl Runner for crate::session::ModelSession {
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+        crate::session::ModelSession::run(self, inputs)
+    }
+}
+
+/// The outputs of one request and where its time went.
+#[derive(Debug)]
+pub struct BatchOutput {
+    pub outputs: Vec<Tensor>,
+    /// From entering the queue to the start of its batch.
+    pub queue_time: Duration,
+    /// The model run of the batch it joined.
+    pub compute_time: Duration,
+    /// Items in that batch.
+    pub batch_size: usize,
+}
+
+struct Job {
+    inputs: Vec<Tensor>,
+    items: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<BatchOutput, InferenceError>>,
+}
+
+/// Handle to a model's queue. Cloning shares the queue.
+#[derive(Clone)]
+pub struct Batcher {
+    sender: Sender<Job>,
+    config: BatchingConfig,
+    model: Arc<str>,
+}
+
+impl Batcher {
+    /// Starts one worker thread per runner; the workers stop when every `Batcher` clone is dropped.
+    pub fn start<R: Runner>(
+        model: &str,
+        config: BatchingConfig,
+        runners: Vec<R>,
+        stats: Arc<ModelStats>,
+    ) -> Self {
+        let (sender, receiver) = crossbeam_channel::bounded(config.max_queue_depth);
+        for (i, runner) in runners.into_iter().enumerate() {
+            let receiver = receiver.clone();
+            let stats = stats.clone();
+            std::thread::Builder::new()
+                .name(format!("batch-{model}-{i}"))
+                .spawn(move || worker(runner, receiver, config, stats))
+                .expect("spawning a batching thread");
+        }
+        Self { sender, config, model: model.into() }
+    }
+
+    /// The batching limits in effect.
+    pub fn config(&self) -> BatchingConfig {
+        self.config
+    }
+
+    /// Requests waiting now.
+    pub fn queue_len(&self) -> usize {
+        self.sender.len()
+    }
+
+    /// Queues `inputs` (each with the batch as first dimension) and waits for the outputs.
+    /// Fails at once with [`InferenceError::QueueFull`] when `max_queue_depth` requests wait.
+    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<BatchOutput, InferenceError> {
+        let items = inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1).max(1) as usize;
+        if items > self.config.max_batch_size {
+            return Err(InferenceError::invalid(format!(
+                "batch of {items} exceeds the model's max batch size {}",
+                self.config.max_batch_size
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = Job { inputs, items, enqueued: Instant::now(), reply };
+        match self.sender.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(InferenceError::QueueFull(format!(
+                    "model '{}' queue is full ({} requests waiting); retry later",
+                    self.model, self.config.max_queue_depth
+                )));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(InferenceError::Unavailable(format!("model '{}' is shutting down", self.model)));
+            }
+        }
+        answer
+            .await
+            .map_err(|_| InferenceError::Unavailable(format!("model '{}' stopped before answering", self.model)))?
+    }
+}
+
+fn worker<R: Runner>(mut runner: R, receiver: Receiver<Job>, config: BatchingConfig, stats: Arc<ModelStats>) {
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        if first.reply.is_closed() {
+            continue;
+        }
+        let deadline = first.enqueued + config.max_queue_delay();
+        let mut items = first.items;
+        let mut jobs = vec![first];
+        while items < config.max_batch_size {
+            let next = match receiver.recv_deadline(deadline) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if next.reply.is_closed() {
+                continue;
+            }
+            if items + next.items > config.max_batch_size || !same_item_shapes(&jobs[0], &next) {
+                carried = Some(next);
+                break;
+            }
+            items += next.items;
+            jobs.push(next);
+        }
+        run_batch(&mut runner, jobs, items, &stats);
+    }
+}
+
+fn same_item_shapes(a: &Job, b: &Job) -> bool {
+    a.inputs.len() == b.inputs.len()
+        && a.inputs.iter().zip(&b.inputs).all(|(x, y)| {
+            x.datatype == y.datatype && x.shape.get(1..) == y.shape.get(1..)
+        })
+}
+
+fn run_batch<R: Runner>(runner: &mut R, jobs: Vec<Job>, items: usize, stats: &ModelStats) {
+    let started = Instant::now();
+    let inputs = if jobs.len() == 1 { None } else { Some(concat_inputs(&jobs, items)) };
+    let result = runner.run(inputs.as_deref().unwrap_or(&jobs[0].inputs));
+    let compute_time = started.elapsed();
+    stats.record_execution(items, compute_time);
+    match result.and_then(|outputs| split_outputs(outputs, &jobs, items)) {
+        Ok(per_job) => {
+            for (job, outputs) in jobs.into_iter().zip(per_job) {
+                let queue_time = started.saturating_duration_since(job.enqueued);
+                stats.queue.record(queue_time);
+                stats.compute_infer.record(compute_time);
+                let _ = job.reply.send(Ok(BatchOutput { outputs, queue_time, compute_time, batch_size: items }));
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(InferenceError::Runtime(message.clone())));
+            }
+        }
+    }
+}
+
+fn concat_inputs(jobs: &[Job], items: usize) -> Vec<Tensor> {
+    (0..jobs[0].inputs.len())
+        .map(|i| {
+            let first = &jobs[0].inputs[i];
+            let mut shape = first.shape.clone();
+            if let Some(batch) = shape.first_mut() {
+                *batch = items as i64;
+            }
+            let mut data = Vec::with_capacity(first.data.len() * items / jobs[0].items.max(1));
+            for job in jobs {
+                data.extend_from_slice(&job.inputs[i].data);
+            }
+            Tensor { datatype: first.datatype, shape, data }
+        })
+        .collect()
+}
+
+fn split_outputs(outputs: Vec<Tensor>, jobs: &[Job], items: usize) -> Result<Vec<Vec<Tensor>>, InferenceError> {
+    if jobs.len() == 1 {
+        return Ok(vec![outputs]);
+    }
+    let mut per_job: Vec<Vec<Tensor>> = jobs.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in outputs {
+        if output.shape.first().copied() != Some(items as i64) {
+            return Err(InferenceError::Runtime(format!(
+                "output batch dimension {:?} does not match the batch of {items}",
+                output.shape.first()
+            )));
+        }
+        let bytes_per_item = output.data.len() / items;
+        let mut offset = 0;
+        for (job, slot) in jobs.iter().zip(per_job.iter_mut()) {
+            let len = bytes_per_item * job.items;
+            let mut shape = output.shape.clone();
+            shape[0] = job.items as i64;
+            slot.push(Tensor { datatype: output.datatype, shape, data: output.data[offset..offset + len].to_vec() });
+            offset += len;
+        }
+    }
+    Ok(per_job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DataType;
+
+    /// Doubles its single FP32 input and records the batch sizes it saw.
+    struct Doubler {
+        seen: Arc<parking_lot::Mutex<Vec<usize>>>,
+        delay: Duration,
+    }
+
+    impl Runner for Doubler {
+        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+            std::thread::sleep(self.delay);
+            self.seen.lock().push(inputs[0].shape[0] as usize);
+            let values: Vec<f32> = inputs[0].to_f32()?.iter().map(|v| v * 2.0).collect();
+            Ok(vec![Tensor::from_f32(inputs[0].shape.clone(), &values)])
+        }
+    }
+
+    fn batcher(max_batch: usize, delay_us: u64, depth: usize, run_delay: Duration) -> (Batcher, Arc<parking_lot::Mutex<Vec<usize>>>) {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let config = BatchingConfig { max_batch_size: max_batch, max_queue_delay_us: delay_us, max_queue_depth: depth };
+        let b = Batcher::start("m", config, vec![Doubler { seen: seen.clone(), delay: run_delay }], Arc::new(ModelStats::default()));
+        (b, seen)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_batches_and_get_their_own_outputs() {
+        let (b, seen) = batcher(8, 20_000, 64, Duration::ZERO);
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let out = b.infer(vec![Tensor::from_f32(vec![1, 2], &[i as f32, 1.0])]).await.unwrap();
+                    (i, out)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (i, out) = t.await.unwrap();
+            assert_eq!(out.outputs[0].to_f32().unwrap(), vec![2.0 * i as f32, 2.0]);
+            assert_eq!(out.outputs[0].shape, vec![1, 2]);
+        }
+        let seen = seen.lock();
+        assert_eq!(seen.iter().sum::<usize>(), 16);
+        assert!(seen.iter().all(|&n| n <= 8), "{seen:?}");
+        assert!(seen.len() < 16, "requests were never batched: {seen:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_is_refused_not_waited_on() {
+        let (b, _) = batcher(1, 0, 2, Duration::from_millis(200));
+        let mut pending = Vec::new();
+        for _ in 0..3 {
+            let b = b.clone();
+            pending.push(tokio::spawn(async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[1.0])]).await }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // One runs, two wait: the queue (depth 2) is full now.
+        let refused = b.infer(vec![Tensor::from_f32(vec![1, 1], &[1.0])]).await.unwrap_err();
+        assert!(matches!(refused, InferenceError::QueueFull(_)), "{refused}");
+        for p in pending {
+            assert!(p.await.unwrap().is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_requests_and_mismatched_shapes() {
+        let (b, _) = batcher(4, 0, 8, Duration::ZERO);
+        let err = b.infer(vec![Tensor::from_f32(vec![5, 1], &[0.0; 5])]).await.unwrap_err();
+        assert!(err.to_string().contains("max batch size 4"), "{err}");
+        let t = Tensor { datatype: DataType::Fp32, shape: vec![2, 3], data: vec![0; 24] };
+        let out = b.infer(vec![t]).await.unwrap();
+        assert_eq!(out.outputs[0].shape, vec![2, 3]);
+        assert_eq!(out.batch_size, 2);
+    }
+}

@@ -1,0 +1,283 @@
+//! A model's `model.toml`: what it takes, what it gives, how to prepare images for it,
+//! its decision thresholds and its batching.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::InferenceError;
+use crate::tensor::DataType;
+
+/// Contents of `models/<name>/<version>/model.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub version: u64,
+    /// Triton platform string, `onnxruntime_onnx`.
+    #[serde(default = "default_platform")]
+    pub platform: String,
+    #[serde(default)]
+    pub description: String,
+    /// Largest batch the model takes (the first dimension of every input); 0: no batch dimension.
+    pub max_batch_size: usize,
+    /// Class names, index-aligned with the model's scores.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    #[serde(default)]
+    pub preprocess: Option<ImagePreprocess>,
+    #[serde(default)]
+    pub thresholds: Option<Thresholds>,
+    #[serde(default)]
+    pub dynamic_batching: Option<BatchingConfig>,
+    /// Sessions run in parallel for this model (each with its own thread pool).
+    #[serde(default = "default_instances")]
+    pub instances: usize,
+    /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide.
+    #[serde(default)]
+    pub intra_op_threads: usize,
+}
+
+fn default_platform() -> String {
+    "onnxruntime_onnx".into()
+}
+
+fn default_instances() -> usize {
+    1
+}
+
+/// One input or output: name, datatype and per-item dims (without the batch dimension;
+/// -1 for a variable dimension).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    pub name: String,
+    pub datatype: DataType,
+    pub dims: Vec<i64>,
+}
+
+/// How an encoded image becomes the model's input tensor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePreprocess {
+    /// Always `image`.
+    pub kind: String,
+    pub width: u32,
+    pub height: u32,
+    /// `gray` (0.2126 R + 0.7152 G + 0.0722 B) or `rgb`.
+    pub channels: Channels,
+    /// Resampling when the image is not `width` x `height`: `bilinear`.
+    #[serde(default = "default_resize")]
+    pub resize: String,
+    /// x = (pixel / 255 - mean) / std.
+    pub mean: f32,
+    pub std: f32,
+    /// Only `NCHW`.
+    #[serde(default = "default_layout")]
+    pub layout: String,
+}
+
+fn default_resize() -> String {
+    "bilinear".into()
+}
+
+fn default_layout() -> String {
+    "NCHW".into()
+}
+
+/// Colour channels the model takes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    Gray,
+    Rgb,
+}
+
+impl Channels {
+    /// Number of planes in the tensor.
+    pub fn count(self) -> usize {
+        match self {
+            Self::Gray => 1,
+            Self::Rgb => 3,
+        }
+    }
+}
+
+/// Score thresholds for a binary defect model.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Verdict DEFECT when score >= `defect`.
+    pub defect: f32,
+    /// Decision ACCEPT when score < `accept_below`.
+    pub accept_below: f32,
+    /// Decision REJECT when score >= `reject_at`; between the two: human review.
+    pub reject_at: f32,
+}
+
+impl Thresholds {
+    /// Checks 0 <= accept_below <= reject_at <= 1 and 0 <= defect <= 1.
+    pub fn validate(&self) -> Result<(), String> {
+        let in_unit = |v: f32| (0.0..=1.0).contains(&v);
+        if !in_unit(self.defect) || !in_unit(self.accept_below) || !in_unit(self.reject_at) {
+            return Err("thresholds must lie in [0, 1]".into());
+        }
+        if self.accept_below > self.reject_at {
+            return Err(format!(
+                "accept_below ({}) must not exceed reject_at ({})",
+                self.accept_below, self.reject_at
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Dynamic batching, as Triton's `dynamic_batching`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Most items run together (<= the model's `max_batch_size`).
+    pub max_batch_size: usize,
+    /// Longest time the oldest queued request waits for others to join its batch.
+    pub max_queue_delay_us: u64,
+    /// Most requests waiting; beyond it requests are refused (RESOURCE_EXHAUSTED).
+    pub max_queue_depth: usize,
+}
+
+impl BatchingConfig {
+    /// The queue delay as a duration.
+    pub fn max_queue_delay(&self) -> Duration {
+        Duration::from_micros(self.max_queue_delay_us)
+    }
+}
+
+impl ModelConfig {
+    /// Reads and checks a `model.toml`.
+    pub fn load(path: &Path) -> Result<Self, InferenceError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InferenceError::Config(format!("cannot read {}: {e}", path.display()))
+        })?;
+        let config: Self = toml::from_str(&text)
+            .map_err(|e| InferenceError::Config(format!("{}: {e}", path.display())))?;
+        config
+            .validate()
+            .map_err(|e| InferenceError::Config(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+
+    /// Checks the fields against each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return Err("a model needs at least one input and one output".into());
+        }
+        if self.instances == 0 {
+            return Err("instances must be at least 1".into());
+        }
+        if let Some(b) = &self.dynamic_batching {
+            if b.max_batch_size == 0 || b.max_batch_size > self.max_batch_size.max(1) {
+                return Err(format!(
+                    "dynamic_batching.max_batch_size ({}) must be between 1 and max_batch_size ({})",
+                    b.max_batch_size, self.max_batch_size
+                ));
+            }
+            if b.max_queue_depth == 0 {
+                return Err("dynamic_batching.max_queue_depth must be at least 1".into());
+            }
+        }
+        if let Some(t) = &self.thresholds {
+            t.validate().map_err(|e| format!("thresholds: {e}"))?;
+        }
+        if let Some(p) = &self.preprocess {
+            if p.kind != "image" || p.layout != "NCHW" || p.resize != "bilinear" {
+                return Err("preprocess supports kind = \"image\", layout = \"NCHW\", resize = \"bilinear\"".into());
+            }
+            if p.width == 0 || p.height == 0 || p.std == 0.0 {
+                return Err("preprocess width, height and std must be non-zero".into());
+            }
+            let input = &self.inputs[0];
+            let expected = [p.channels.count() as i64, p.height as i64, p.width as i64];
+            if input.datatype != DataType::Fp32 || input.dims != expected {
+                return Err(format!(
+                    "preprocess makes FP32 {:?} but input '{}' is {} {:?}",
+                    expected, input.name, input.datatype, input.dims
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Batching in effect: the configured one, or one request per run.
+    pub fn batching(&self) -> BatchingConfig {
+        self.dynamic_batching.unwrap_or(BatchingConfig {
+            max_batch_size: self.max_batch_size.max(1),
+            max_queue_delay_us: 0,
+            max_queue_depth: 256,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+name = "m"
+version = 2
+max_batch_size = 8
+[[inputs]]
+name = "image"
+datatype = "FP32"
+dims = [1, 4, 4]
+[[outputs]]
+name = "p"
+datatype = "FP32"
+dims = [1]
+[preprocess]
+kind = "image"
+width = 4
+height = 4
+channels = "gray"
+mean = 0.5
+std = 0.5
+[thresholds]
+defect = 0.5
+accept_below = 0.2
+reject_at = 0.8
+[dynamic_batching]
+max_batch_size = 4
+max_queue_delay_us = 100
+max_queue_depth = 16
+"#;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c: ModelConfig = toml::from_str(SAMPLE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.inputs[0].datatype, DataType::Fp32);
+        assert_eq!(c.batching().max_queue_delay(), Duration::from_micros(100));
+        assert_eq!(c.preprocess.unwrap().channels, Channels::Gray);
+    }
+
+    #[test]
+    fn rejects_inverted_thresholds_and_oversized_batches() {
+        let bad = SAMPLE.replace("accept_below = 0.2", "accept_below = 0.9");
+        let c: ModelConfig = toml::from_str(&bad).unwrap();
+        assert!(c.validate().unwrap_err().contains("accept_below"));
+        let bad = SAMPLE.replace("max_batch_size = 4", "max_batch_size = 9");
+        let c: ModelConfig = toml::from_str(&bad).unwrap();
+        assert!(c.validate().unwrap_err().contains("dynamic_batching.max_batch_size"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let bad = SAMPLE.replace("version = 2", "version = 2\nverison = 3");
+        let err = toml::from_str::<ModelConfig>(&bad).unwrap_err().to_string();
+        assert!(err.contains("verison"), "{err}");
+    }
+}

@@ -1,0 +1,190 @@
+//! Image decoding with explicit limits and preprocessing into a model's input tensor.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Luma, Rgb};
+
+use crate::InferenceError;
+use crate::config::{Channels, ImagePreprocess};
+use crate::features::{ImageFeatures, image_features};
+use crate::tensor::Tensor;
+
+/// Limits applied before an image is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageLimits {
+    /// Largest width or height accepted, in pixels.
+    pub max_side: u32,
+    /// Smallest width or height accepted, in pixels.
+    pub min_side: u32,
+    /// Most bytes the decoder may allocate.
+    pub max_decode_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self { max_side: 4096, min_side: 16, max_decode_bytes: 128 << 20 }
+    }
+}
+
+/// A decoded, preprocessed image.
+#[derive(Debug, Clone)]
+pub struct PreparedImage {
+    /// The model input, shape [1, C, H, W].
+    pub tensor: Tensor,
+    /// Input features of the grayscale image at model resolution.
+    pub features: ImageFeatures,
+    /// Original size.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Decodes a PNG or JPEG, refusing empty, unknown, corrupt, too small or too large images.
+pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, InferenceError> {
+    if bytes.is_empty() {
+        return Err(InferenceError::invalid("image is empty (0 bytes); send PNG or JPEG bytes"));
+    }
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| InferenceError::invalid(format!("image cannot be read: {e}")))?;
+    match reader.format() {
+        Some(ImageFormat::Png) | Some(ImageFormat::Jpeg) => {}
+        Some(other) => {
+            return Err(InferenceError::invalid(format!("image format {other:?} is not supported; send PNG or JPEG")));
+        }
+        None => {
+            return Err(InferenceError::invalid(format!(
+                "image is not PNG or JPEG ({} bytes of unknown format)",
+                bytes.len()
+            )));
+        }
+    }
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| InferenceError::invalid(format!("image header is invalid: {e}")))?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    if width > limits.max_side || height > limits.max_side {
+        return Err(InferenceError::invalid(format!(
+            "image is {width}x{height} pixels; the limit is {0}x{0}",
+            limits.max_side
+        )));
+    }
+    if width < limits.min_side || height < limits.min_side {
+        return Err(InferenceError::invalid(format!(
+            "image is {width}x{height} pixels; the minimum is {0}x{0}",
+            limits.min_side
+        )));
+    }
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_alloc = Some(limits.max_decode_bytes);
+    decode_limits.max_image_width = Some(limits.max_side);
+    decode_limits.max_image_height = Some(limits.max_side);
+    image::ImageDecoder::set_limits(&mut decoder, decode_limits)
+        .map_err(|e| InferenceError::invalid(format!("image exceeds decoding limits: {e}")))?;
+    DynamicImage::from_decoder(decoder).map_err(|e| InferenceError::invalid(format!("image is corrupt or truncated: {e}")))
+}
+
+/// Decodes and preprocesses an encoded image as `pre` says.
+pub fn prepare(bytes: &[u8], pre: &ImagePreprocess, limits: &ImageLimits) -> Result<PreparedImage, InferenceError> {
+    let image = decode(bytes, limits)?;
+    Ok(prepare_decoded(&image, pre))
+}
+
+/// Preprocesses a decoded image: grayscale or RGB planes at model size, normalised, NCHW.
+pub fn prepare_decoded(image: &DynamicImage, pre: &ImagePreprocess) -> PreparedImage {
+    let (width, height) = (image.width(), image.height());
+    let rgb = image.to_rgb8();
+    let (w, h) = (pre.width, pre.height);
+    // Planes in 0..1 at model resolution (the resampler clamps float pixels to 0..1).
+    let gray_full: ImageBuffer<Luma<f32>, Vec<f32>> = ImageBuffer::from_fn(width, height, |x, y| {
+        let p = rgb.get_pixel(x, y).0;
+        Luma([luma(p) / 255.0])
+    });
+    let gray = resize_plane(gray_full, w, h);
+    let gray_255: Vec<f32> = gray.as_raw().iter().map(|v| v * 255.0).collect();
+    let features = image_features(&gray_255, w as usize, h as usize);
+    let scale = |v: f32| (v - pre.mean) / pre.std;
+    let data: Vec<f32> = match pre.channels {
+        Channels::Gray => gray.as_raw().iter().map(|&v| scale(v)).collect(),
+        Channels::Rgb => {
+            let mut planes = Vec::with_capacity((w * h * 3) as usize);
+            for c in 0..3 {
+                let plane: ImageBuffer<Luma<f32>, Vec<f32>> =
+                    ImageBuffer::from_fn(width, height, |x, y| Luma([rgb.get_pixel(x, y).0[c] as f32 / 255.0]));
+                planes.extend(resize_plane(plane, w, h).as_raw().iter().map(|&v| scale(v)));
+            }
+            planes
+        }
+    };
+    let shape = vec![1, pre.channels.count() as i64, h as i64, w as i64];
+    PreparedImage { tensor: Tensor::from_f32(shape, &data), features, width, height }
+}
+
+/// Luma of an sRGB pixel in 0..255: 0.2126 R + 0.7152 G + 0.0722 B (no rounding).
+pub fn luma(p: [u8; 3]) -> f32 {
+    0.2126 * p[0] as f32 + 0.7152 * p[1] as f32 + 0.0722 * p[2] as f32
+}
+
+fn resize_plane(plane: ImageBuffer<Luma<f32>, Vec<f32>>, w: u32, h: u32) -> ImageBuffer<Luma<f32>, Vec<f32>> {
+    if plane.width() == w && plane.height() == h {
+        plane
+    } else {
+        image::imageops::resize(&plane, w, h, image::imageops::FilterType::Triangle)
+    }
+}
+
+/// Encodes an RGB image as PNG (for tests and sample making).
+pub fn encode_png(width: u32, height: u32, pixel: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+    let img: ImageBuffer<Rgb<u8>, Vec<u8>> = ImageBuffer::from_fn(width, height, |x, y| Rgb(pixel(x, y)));
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, ImageFormat::Png).expect("PNG encoding into memory");
+    out.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pre(w: u32, h: u32) -> ImagePreprocess {
+        ImagePreprocess {
+            kind: "image".into(),
+            width: w,
+            height: h,
+            channels: Channels::Gray,
+            resize: "bilinear".into(),
+            mean: 0.5,
+            std: 0.5,
+            layout: "NCHW".into(),
+        }
+    }
+
+    #[test]
+    fn gray_normalisation_matches_the_formula() {
+        let png = encode_png(32, 32, |x, y| [(x * 8) as u8, (y * 8) as u8, 100]);
+        let p = prepare(&png, &pre(32, 32), &ImageLimits::default()).unwrap();
+        assert_eq!(p.tensor.shape, vec![1, 1, 32, 32]);
+        let v = p.tensor.to_f32().unwrap();
+        let expected = (luma([3 * 8, 5 * 8, 100]) / 255.0 - 0.5) / 0.5;
+        assert!((v[5 * 32 + 3] - expected).abs() < 1e-7);
+    }
+
+    #[test]
+    fn resizes_to_model_size() {
+        let png = encode_png(64, 48, |_, _| [10, 20, 30]);
+        let p = prepare(&png, &pre(32, 32), &ImageLimits::default()).unwrap();
+        assert_eq!(p.tensor.element_count(), 32 * 32);
+        assert_eq!((p.width, p.height), (64, 48));
+        assert!((p.features.brightness - luma([10, 20, 30]) as f64).abs() < 1e-3);
+    }
+
+    #[test]
+    fn bad_images_are_named() {
+        let limits = ImageLimits::default();
+        let err = |b: &[u8]| decode(b, &limits).unwrap_err().to_string();
+        assert!(err(b"").contains("empty"));
+        assert!(err(b"hello, this is text").contains("not PNG or JPEG"));
+        let png = encode_png(32, 32, |_, _| [1, 2, 3]);
+        assert!(err(&png[..png.len() / 2]).contains("corrupt or truncated"));
+        assert!(err(&encode_png(1, 1, |_, _| [0, 0, 0])).contains("minimum"));
+    }
+}

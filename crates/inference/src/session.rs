@@ -1,0 +1,143 @@
+//! One ONNX Runtime session that runs raw tensors.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType};
+
+use crate::InferenceError;
+use crate::config::ModelConfig;
+use crate::tensor::{DataType, Tensor};
+
+/// A loaded ONNX model with its declared inputs and outputs.
+pub struct ModelSession {
+    session: Session,
+    input_names: Vec<String>,
+    outputs: Vec<(String, DataType)>,
+}
+
+impl ModelSession {
+    /// Loads `model.onnx` and checks that the config's inputs and outputs exist in the graph.
+    pub fn load(path: &Path, config: &ModelConfig, intra_op_threads: usize) -> Result<Self, InferenceError> {
+        let env = crate::runtime::environment(None)?;
+        let mut builder = Session::builder(env)?;
+        if intra_op_threads > 0 {
+            builder = builder.with_intra_threads(intra_op_threads).map_err(ort::Error::from)?;
+        }
+        let session = builder.commit_from_file(path).map_err(|e| {
+            InferenceError::Config(format!("cannot load model {}: {e}", path.display()))
+        })?;
+        for spec in &config.inputs {
+            if !session.inputs().iter().any(|i| i.name() == spec.name) {
+                return Err(InferenceError::Config(format!(
+                    "{}: model.toml declares input '{}' but the graph's inputs are {:?}",
+                    path.display(),
+                    spec.name,
+                    session.inputs().iter().map(|i| i.name()).collect::<Vec<_>>()
+                )));
+            }
+        }
+        for spec in &config.outputs {
+            if !session.outputs().iter().any(|o| o.name() == spec.name) {
+                return Err(InferenceError::Config(format!(
+                    "{}: model.toml declares output '{}' but the graph's outputs are {:?}",
+                    path.display(),
+                    spec.name,
+                    session.outputs().iter().map(|o| o.name()).collect::<Vec<_>>()
+                )));
+            }
+        }
+        Ok(Self {
+            session,
+            input_names: config.inputs.iter().map(|s| s.name.clone()).collect(),
+            outputs: config.outputs.iter().map(|s| (s.name.clone(), s.datatype)).collect(),
+        })
+    }
+
+    /// Runs the model on `inputs` (in the config's input order) and returns every declared output.
+    pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for (name, tensor) in self.input_names.iter().zip(inputs) {
+            values.push((Cow::Borrowed(name.as_str()), to_ort(tensor)?.into()));
+        }
+        let outputs = self.session.run(values)?;
+        let mut result = Vec::with_capacity(self.outputs.len());
+        for (name, datatype) in &self.outputs {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| InferenceError::Runtime(format!("output '{name}' missing")))?;
+            result.push(from_ort(value, *datatype)?);
+        }
+        Ok(result)
+    }
+}
+
+fn le_values<T, const N: usize>(data: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N)
+        .map(|c| from(c.try_into().expect("chunk of N bytes")))
+        .collect()
+}
+
+fn to_ort(t: &Tensor) -> Result<DynValue, InferenceError> {
+    use ort::value::Tensor as T;
+    let shape = t.shape.clone();
+    let d = &t.data;
+    let value = match t.datatype {
+        DataType::Fp32 => T::from_array((shape, le_values(d, f32::from_le_bytes)))?.into_dyn(),
+        DataType::Fp64 => T::from_array((shape, le_values(d, f64::from_le_bytes)))?.into_dyn(),
+        DataType::Int64 => T::from_array((shape, le_values(d, i64::from_le_bytes)))?.into_dyn(),
+        DataType::Int32 => T::from_array((shape, le_values(d, i32::from_le_bytes)))?.into_dyn(),
+        DataType::Int16 => T::from_array((shape, le_values(d, i16::from_le_bytes)))?.into_dyn(),
+        DataType::Int8 => T::from_array((shape, le_values(d, i8::from_le_bytes)))?.into_dyn(),
+        DataType::Uint64 => T::from_array((shape, le_values(d, u64::from_le_bytes)))?.into_dyn(),
+        DataType::Uint32 => T::from_array((shape, le_values(d, u32::from_le_bytes)))?.into_dyn(),
+        DataType::Uint16 => T::from_array((shape, le_values(d, u16::from_le_bytes)))?.into_dyn(),
+        DataType::Uint8 => T::from_array((shape, d.clone()))?.into_dyn(),
+        DataType::Bool => T::from_array((shape, d.iter().map(|&b| b != 0).collect::<Vec<bool>>()))?.into_dyn(),
+        other => {
+            return Err(InferenceError::invalid(format!("datatype {other} is not supported by the ONNX Runtime backend")));
+        }
+    };
+    Ok(value)
+}
+
+fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceError> {
+    fn pack<T: Copy, const N: usize>(
+        value: &DynValue,
+        datatype: DataType,
+        to: fn(T) -> [u8; N],
+    ) -> Result<Tensor, InferenceError>
+    where
+        T: ort::value::PrimitiveTensorElementType,
+    {
+        let (shape, data) = value.try_extract_tensor::<T>()?;
+        Ok(Tensor {
+            datatype,
+            shape: shape.to_vec(),
+            data: data.iter().flat_map(|v| to(*v)).collect(),
+        })
+    }
+    let actual = value.dtype().tensor_type();
+    let tensor = match actual {
+        Some(TensorElementType::Float32) => pack(value, DataType::Fp32, f32::to_le_bytes)?,
+        Some(TensorElementType::Float64) => pack(value, DataType::Fp64, f64::to_le_bytes)?,
+        Some(TensorElementType::Int64) => pack(value, DataType::Int64, i64::to_le_bytes)?,
+        Some(TensorElementType::Int32) => pack(value, DataType::Int32, i32::to_le_bytes)?,
+        Some(TensorElementType::Int16) => pack(value, DataType::Int16, i16::to_le_bytes)?,
+        Some(TensorElementType::Int8) => pack(value, DataType::Int8, i8::to_le_bytes)?,
+        Some(TensorElementType::Uint64) => pack(value, DataType::Uint64, u64::to_le_bytes)?,
+        Some(TensorElementType::Uint32) => pack(value, DataType::Uint32, u32::to_le_bytes)?,
+        Some(TensorElementType::Uint16) => pack(value, DataType::Uint16, u16::to_le_bytes)?,
+        Some(TensorElementType::Uint8) => pack(value, DataType::Uint8, u8::to_le_bytes)?,
+        Some(TensorElementType::Bool) => pack(value, DataType::Bool, |b: bool| [b as u8])?,
+        other => return Err(InferenceError::Runtime(format!("unsupported output type {other:?}"))),
+    };
+    if tensor.datatype != declared {
+        return Err(InferenceError::Config(format!(
+            "model.toml declares an output as {declared} but the graph produces {}",
+            tensor.datatype
+        )));
+    }
+    Ok(tensor)
+}

@@ -1,0 +1,157 @@
+//! Tensors as the Open Inference Protocol carries them: a datatype, a shape and raw
+//! little-endian bytes in row-major order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::InferenceError;
+
+/// Tensor element types, named as in the Open Inference Protocol (`"FP32"`, `"INT64"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DataType {
+    #[serde(rename = "BOOL")]
+    Bool,
+    #[serde(rename = "UINT8")]
+    Uint8,
+    #[serde(rename = "UINT16")]
+    Uint16,
+    #[serde(rename = "UINT32")]
+    Uint32,
+    #[serde(rename = "UINT64")]
+    Uint64,
+    #[serde(rename = "INT8")]
+    Int8,
+    #[serde(rename = "INT16")]
+    Int16,
+    #[serde(rename = "INT32")]
+    Int32,
+    #[serde(rename = "INT64")]
+    Int64,
+    #[serde(rename = "FP16")]
+    Fp16,
+    #[serde(rename = "FP32")]
+    Fp32,
+    #[serde(rename = "FP64")]
+    Fp64,
+    #[serde(rename = "BYTES")]
+    Bytes,
+}
+
+impl DataType {
+    /// Every datatype, for parsing and listing.
+    pub const ALL: [DataType; 13] = [
+        Self::Bool,
+        Self::Uint8,
+        Self::Uint16,
+        Self::Uint32,
+        Self::Uint64,
+        Self::Int8,
+        Self::Int16,
+        Self::Int32,
+        Self::Int64,
+        Self::Fp16,
+        Self::Fp32,
+        Self::Fp64,
+        Self::Bytes,
+    ];
+
+    /// The protocol's name of this datatype.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bool => "BOOL",
+            Self::Uint8 => "UINT8",
+            Self::Uint16 => "UINT16",
+            Self::Uint32 => "UINT32",
+            Self::Uint64 => "UINT64",
+            Self::Int8 => "INT8",
+            Self::Int16 => "INT16",
+            Self::Int32 => "INT32",
+            Self::Int64 => "INT64",
+            Self::Fp16 => "FP16",
+            Self::Fp32 => "FP32",
+            Self::Fp64 => "FP64",
+            Self::Bytes => "BYTES",
+        }
+    }
+
+    /// Parses a protocol datatype name; `None` for an unknown name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    /// Bytes per element; `None` for variable-size `BYTES`.
+    pub fn element_size(self) -> Option<usize> {
+        match self {
+            Self::Bool | Self::Uint8 | Self::Int8 => Some(1),
+            Self::Uint16 | Self::Int16 | Self::Fp16 => Some(2),
+            Self::Uint32 | Self::Int32 | Self::Fp32 => Some(4),
+            Self::Uint64 | Self::Int64 | Self::Fp64 => Some(8),
+            Self::Bytes => None,
+        }
+    }
+
+    /// The number of this type in Triton's `model_config.proto` `DataType` enum.
+    pub fn triton_type(self) -> i32 {
+        match self {
+            Self::Bool => 1,
+            Self::Uint8 => 2,
+            Self::Uint16 => 3,
+            Self::Uint32 => 4,
+            Self::Uint64 => 5,
+            Self::Int8 => 6,
+            Self::Int16 => 7,
+            Self::Int32 => 8,
+            Self::Int64 => 9,
+            Self::Fp16 => 10,
+            Self::Fp32 => 11,
+            Self::Fp64 => 12,
+            Self::Bytes => 13,
+        }
+    }
+}
+
+impl std::fmt::Display for DataType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A dense tensor with raw little-endian contents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub datatype: DataType,
+    pub shape: Vec<i64>,
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    /// A tensor of `f32` values.
+    pub fn from_f32(shape: Vec<i64>, values: &[f32]) -> Self {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self { datatype: DataType::Fp32, shape, data }
+    }
+
+    /// Number of elements the shape describes.
+    pub fn element_count(&self) -> usize {
+        element_count(&self.shape)
+    }
+
+    /// Decodes the contents as `f32` (only for `FP32` tensors).
+    pub fn to_f32(&self) -> Result<Vec<f32>, InferenceError> {
+        if self.datatype != DataType::Fp32 {
+            return Err(InferenceError::invalid(format!(
+                "expected FP32 tensor, got {}",
+                self.datatype
+            )));
+        }
+        Ok(self
+            .data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+}
+
+/// Product of the dimensions (1 for a scalar); negative dimensions count as 0.
+pub fn element_count(shape: &[i64]) -> usize {
+    shape.iter().map(|&d| d.max(0) as usize).product()
+}

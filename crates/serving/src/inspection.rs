@@ -1,0 +1,138 @@
+//! The inspection API (`vigil.v1.Inspection`): image in, verdict and decision out.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+use vigil_inference::image::{ImageLimits, prepare};
+use vigil_inference::repository::{LoadedModel, ModelRepository};
+use vigil_proto::vigil::v1::inspection_server::Inspection;
+use vigil_proto::vigil::v1::{ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse};
+
+use crate::decision::decide;
+use crate::status::to_status;
+
+/// Most images of one stream processed at once (responses keep request order).
+pub const STREAM_PIPELINE_DEPTH: usize = 8;
+
+/// The inspection service over a model repository.
+#[derive(Clone)]
+pub struct InspectionService {
+    repository: Arc<ModelRepository>,
+    default_model: String,
+    limits: ImageLimits,
+}
+
+impl InspectionService {
+    /// Serves `default_model` (when a request names none) with image `limits`.
+    pub fn new(repository: Arc<ModelRepository>, default_model: impl Into<String>, limits: ImageLimits) -> Self {
+        Self { repository, default_model: default_model.into(), limits }
+    }
+
+    /// Inspects one image.
+    pub async fn inspect_one(&self, request: InspectRequest) -> Result<InspectResponse, Status> {
+        let name = if request.model_name.is_empty() { &self.default_model } else { &request.model_name };
+        let model = self.repository.get(name, &request.model_version).map_err(to_status)?;
+        let started = Instant::now();
+        let result = self.run(&model, request).await;
+        match &result {
+            Ok(_) => model.stats.success.record(started.elapsed()),
+            Err(_) => model.stats.fail.record(started.elapsed()),
+        }
+        result
+    }
+
+    async fn run(&self, model: &Arc<LoadedModel>, request: InspectRequest) -> Result<InspectResponse, Status> {
+        let config = &model.config;
+        let (Some(pre), Some(thresholds)) = (config.preprocess.clone(), config.thresholds) else {
+            return Err(Status::failed_precondition(format!(
+                "model '{}' is not an image inspection model (its model.toml has no [preprocess] and [thresholds])",
+                config.name
+            )));
+        };
+        let limits = self.limits;
+        let InspectRequest { image, station_id, part_id, request_id, .. } = request;
+        // Decoding is CPU work: keep it off the async threads.
+        let prepared = tokio::task::spawn_blocking(move || prepare(&image, &pre, &limits))
+            .await
+            .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
+            .map_err(to_status)?;
+        let out = model.batcher.infer(vec![prepared.tensor]).await.map_err(to_status)?;
+        let score = out
+            .outputs
+            .first()
+            .and_then(|t| t.to_f32().ok())
+            .and_then(|v| v.first().copied())
+            .ok_or_else(|| Status::internal("model returned no score"))?;
+        if !score.is_finite() {
+            return Err(Status::internal(format!("model returned a non-finite score ({score})")));
+        }
+        let (verdict, decision) = decide(score, &thresholds);
+        let f = prepared.features;
+        Ok(InspectResponse {
+            prediction_id: Uuid::now_v7().to_string(),
+            defect_probability: score,
+            verdict: verdict as i32,
+            decision: decision as i32,
+            model_name: config.name.clone(),
+            model_version: config.version.to_string(),
+            queue_time_us: out.queue_time.as_micros() as u64,
+            compute_time_us: out.compute_time.as_micros() as u64,
+            features: Some(ImageFeatures {
+                brightness: f.brightness,
+                contrast: f.contrast,
+                sharpness: f.sharpness,
+                width: prepared.width,
+                height: prepared.height,
+                missing: false,
+            }),
+            station_id,
+            part_id,
+            request_id,
+            batch_size: out.batch_size as u32,
+        })
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<InspectStreamResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Inspection for InspectionService {
+    async fn inspect(&self, request: Request<InspectRequest>) -> Result<Response<InspectResponse>, Status> {
+        self.inspect_one(request.into_inner()).await.map(Response::new)
+    }
+
+    type InspectStreamStream = ResponseStream;
+
+    async fn inspect_stream(
+        &self,
+        request: Request<Streaming<InspectRequest>>,
+    ) -> Result<Response<Self::InspectStreamStream>, Status> {
+        let service = self.clone();
+        let responses = request
+            .into_inner()
+            .map(move |item| {
+                let service = service.clone();
+                async move {
+                    let request = item?;
+                    let request_id = request.request_id.clone();
+                    Ok(match service.inspect_one(request).await {
+                        Ok(result) => InspectStreamResponse { result: Some(result), error: None },
+                        Err(status) => InspectStreamResponse {
+                            result: None,
+                            error: Some(InspectError {
+                                code: status.code() as i32,
+                                message: status.message().to_string(),
+                                request_id,
+                            }),
+                        },
+                    })
+                }
+            })
+            .buffered(STREAM_PIPELINE_DEPTH);
+        Ok(Response::new(Box::pin(responses)))
+    }
+}

@@ -1,0 +1,468 @@
+//! The Open Inference Protocol v2 (`inference.GRPCInferenceService`), Triton-compatible.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use vigil_inference::config::{ModelConfig, TensorSpec};
+use vigil_inference::repository::{LoadedModel, ModelRepository};
+use vigil_inference::tensor::{DataType, Tensor, element_count};
+use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use vigil_proto::inference::model_infer_request::InferInputTensor;
+use vigil_proto::inference::model_infer_response::InferOutputTensor;
+use vigil_proto::inference::*;
+
+use crate::status::to_status;
+
+/// Extensions this server implements, as reported by ServerMetadata.
+pub const EXTENSIONS: &[&str] = &["model_configuration", "statistics"];
+
+/// The OIP v2 service over a model repository.
+#[derive(Clone)]
+pub struct InferenceService {
+    repository: Arc<ModelRepository>,
+    server_name: String,
+}
+
+impl InferenceService {
+    /// A service named `server_name` (reported by ServerMetadata) serving `repository`.
+    pub fn new(repository: Arc<ModelRepository>, server_name: impl Into<String>) -> Self {
+        Self { repository, server_name: server_name.into() }
+    }
+
+    async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+        let model = self.repository.get(&request.model_name, &request.model_version).map_err(to_status)?;
+        let started = Instant::now();
+        let result = infer_on(&model, request).await;
+        match &result {
+            Ok(_) => model.stats.success.record(started.elapsed()),
+            Err(_) => model.stats.fail.record(started.elapsed()),
+        }
+        result
+    }
+}
+
+async fn infer_on(model: &LoadedModel, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    let config = &model.config;
+    let requested = requested_outputs(config, &request)?;
+    let inputs = decode_inputs(config, &request)?;
+    let out = model.batcher.infer(inputs).await.map_err(to_status)?;
+    let mut response = ModelInferResponse {
+        model_name: config.name.clone(),
+        model_version: config.version.to_string(),
+        id: request.id,
+        ..Default::default()
+    };
+    for (spec, tensor) in config.outputs.iter().zip(out.outputs) {
+        if requested.as_ref().is_some_and(|names| !names.contains(&spec.name)) {
+            continue;
+        }
+        response.outputs.push(InferOutputTensor {
+            name: spec.name.clone(),
+            datatype: tensor.datatype.as_str().to_string(),
+            shape: tensor.shape,
+            ..Default::default()
+        });
+        response.raw_output_contents.push(tensor.data);
+    }
+    Ok(response)
+}
+
+fn requested_outputs(config: &ModelConfig, request: &ModelInferRequest) -> Result<Option<Vec<String>>, Status> {
+    if request.outputs.is_empty() {
+        return Ok(None);
+    }
+    let mut names = Vec::new();
+    for o in &request.outputs {
+        if !config.outputs.iter().any(|s| s.name == o.name) {
+            return Err(Status::invalid_argument(format!(
+                "requested output '{}' is not an output of model '{}' (outputs: {})",
+                o.name,
+                config.name,
+                spec_names(&config.outputs)
+            )));
+        }
+        names.push(o.name.clone());
+    }
+    Ok(Some(names))
+}
+
+fn spec_names(specs: &[TensorSpec]) -> String {
+    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Checks every input against the model's metadata and returns them in the model's order.
+pub fn decode_inputs(config: &ModelConfig, request: &ModelInferRequest) -> Result<Vec<Tensor>, Status> {
+    for (i, input) in request.inputs.iter().enumerate() {
+        if !config.inputs.iter().any(|s| s.name == input.name) {
+            return Err(Status::invalid_argument(format!(
+                "unknown input '{}'; model '{}' takes: {}",
+                input.name,
+                config.name,
+                spec_names(&config.inputs)
+            )));
+        }
+        if request.inputs[..i].iter().any(|earlier| earlier.name == input.name) {
+            return Err(Status::invalid_argument(format!("input '{}' is given twice", input.name)));
+        }
+    }
+    let raw = !request.raw_input_contents.is_empty();
+    if raw && request.raw_input_contents.len() != request.inputs.len() {
+        return Err(Status::invalid_argument(format!(
+            "raw_input_contents has {} entries but the request has {} inputs; send one per input, in order",
+            request.raw_input_contents.len(),
+            request.inputs.len()
+        )));
+    }
+    let mut batch: Option<i64> = None;
+    let mut tensors = Vec::with_capacity(config.inputs.len());
+    for spec in &config.inputs {
+        let (index, input) = request
+            .inputs
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.name == spec.name)
+            .ok_or_else(|| Status::invalid_argument(format!("input '{}' is missing", spec.name)))?;
+        let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+            Status::invalid_argument(format!("input '{}': unknown datatype '{}'", spec.name, input.datatype))
+        })?;
+        if datatype != spec.datatype {
+            return Err(Status::invalid_argument(format!(
+                "input '{}': datatype {} does not match the model's {}",
+                spec.name, datatype, spec.datatype
+            )));
+        }
+        check_shape(config, spec, &input.shape)?;
+        if config.max_batch_size > 0 {
+            match batch {
+                Some(b) if b != input.shape[0] => {
+                    return Err(Status::invalid_argument(format!(
+                        "input '{}': batch size {} differs from the other inputs' {b}",
+                        spec.name, input.shape[0]
+                    )));
+                }
+                _ => batch = Some(input.shape[0]),
+            }
+        }
+        let data = if raw {
+            if input.contents.as_ref().is_some_and(has_values) {
+                return Err(Status::invalid_argument(format!(
+                    "input '{}' has both raw_input_contents and typed contents; use one",
+                    spec.name
+                )));
+            }
+            request.raw_input_contents[index].clone()
+        } else {
+            typed_bytes(spec, input)?
+        };
+        let expected = element_count(&input.shape) * spec.datatype.element_size().unwrap_or(0);
+        if data.len() != expected {
+            return Err(Status::invalid_argument(format!(
+                "input '{}': {} bytes of contents, but shape {:?} of {} needs {expected}",
+                spec.name,
+                data.len(),
+                input.shape,
+                spec.datatype
+            )));
+        }
+        tensors.push(Tensor { datatype, shape: input.shape.clone(), data });
+    }
+    Ok(tensors)
+}
+
+fn check_shape(config: &ModelConfig, spec: &TensorSpec, shape: &[i64]) -> Result<(), Status> {
+    let mut expected: Vec<i64> = Vec::with_capacity(spec.dims.len() + 1);
+    if config.max_batch_size > 0 {
+        expected.push(-1);
+    }
+    expected.extend(&spec.dims);
+    let dims_ok = shape.len() == expected.len()
+        && shape.iter().zip(&expected).all(|(&got, &want)| got > 0 && (want < 0 || got == want));
+    if !dims_ok {
+        return Err(Status::invalid_argument(format!(
+            "input '{}': shape {shape:?} does not match the model's {expected:?} (-1: any size)",
+            spec.name
+        )));
+    }
+    if config.max_batch_size > 0 && shape[0] as usize > config.max_batch_size {
+        return Err(Status::invalid_argument(format!(
+            "input '{}': batch size {} exceeds the model's max_batch_size {}",
+            spec.name, shape[0], config.max_batch_size
+        )));
+    }
+    Ok(())
+}
+
+fn has_values(c: &InferTensorContents) -> bool {
+    !(c.bool_contents.is_empty()
+        && c.int_contents.is_empty()
+        && c.int64_contents.is_empty()
+        && c.uint_contents.is_empty()
+        && c.uint64_contents.is_empty()
+        && c.fp32_contents.is_empty()
+        && c.fp64_contents.is_empty()
+        && c.bytes_contents.is_empty())
+}
+
+/// Little-endian bytes of the typed contents field matching the datatype.
+fn typed_bytes(spec: &TensorSpec, input: &InferInputTensor) -> Result<Vec<u8>, Status> {
+    let empty = InferTensorContents::default();
+    let c = input.contents.as_ref().unwrap_or(&empty);
+    let wrong_field = |field: &str| {
+        Status::invalid_argument(format!(
+            "input '{}': {} values belong in contents.{field} (or raw_input_contents)",
+            spec.name, spec.datatype
+        ))
+    };
+    let bytes: Vec<u8> = match spec.datatype {
+        DataType::Fp32 => c.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DataType::Fp64 => c.fp64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DataType::Int64 => c.int64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DataType::Int32 => c.int_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DataType::Int16 => c.int_contents.iter().flat_map(|v| (*v as i16).to_le_bytes()).collect(),
+        DataType::Int8 => c.int_contents.iter().map(|v| *v as i8 as u8).collect(),
+        DataType::Uint64 => c.uint64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DataType::Uint32 => c.uint_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DataType::Uint16 => c.uint_contents.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect(),
+        DataType::Uint8 => c.uint_contents.iter().map(|v| *v as u8).collect(),
+        DataType::Bool => c.bool_contents.iter().map(|v| *v as u8).collect(),
+        other => {
+            return Err(Status::invalid_argument(format!("input '{}': datatype {other} is not supported", spec.name)));
+        }
+    };
+    if bytes.is_empty() && element_count(&input.shape) > 0 && has_values(c) {
+        let field = match spec.datatype {
+            DataType::Fp32 => "fp32_contents",
+            DataType::Fp64 => "fp64_contents",
+            DataType::Int64 => "int64_contents",
+            DataType::Int32 | DataType::Int16 | DataType::Int8 => "int_contents",
+            DataType::Uint64 => "uint64_contents",
+            DataType::Uint32 | DataType::Uint16 | DataType::Uint8 => "uint_contents",
+            _ => "bool_contents",
+        };
+        return Err(wrong_field(field));
+    }
+    Ok(bytes)
+}
+
+fn tensor_metadata(config: &ModelConfig, specs: &[TensorSpec]) -> Vec<model_metadata_response::TensorMetadata> {
+    specs
+        .iter()
+        .map(|s| {
+            let mut shape = Vec::with_capacity(s.dims.len() + 1);
+            if config.max_batch_size > 0 {
+                shape.push(-1);
+            }
+            shape.extend(&s.dims);
+            model_metadata_response::TensorMetadata { name: s.name.clone(), datatype: s.datatype.as_str().into(), shape }
+        })
+        .collect()
+}
+
+/// Triton's model configuration for a model.
+pub fn triton_config(config: &ModelConfig) -> vigil_proto::inference::ModelConfig {
+    let input = config
+        .inputs
+        .iter()
+        .map(|s| ModelInput {
+            name: s.name.clone(),
+            data_type: s.datatype.triton_type(),
+            dims: s.dims.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let output = config
+        .outputs
+        .iter()
+        .map(|s| ModelOutput {
+            name: s.name.clone(),
+            data_type: s.datatype.triton_type(),
+            dims: s.dims.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let scheduling_choice = config.dynamic_batching.map(|b| {
+        model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
+            max_queue_delay_microseconds: b.max_queue_delay_us,
+            preferred_batch_size: vec![b.max_batch_size as i32],
+            default_queue_policy: Some(ModelQueuePolicy { max_queue_size: b.max_queue_depth as u32, ..Default::default() }),
+            ..Default::default()
+        })
+    });
+    vigil_proto::inference::ModelConfig {
+        name: config.name.clone(),
+        platform: config.platform.clone(),
+        backend: "onnxruntime".into(),
+        max_batch_size: config.max_batch_size as i32,
+        input,
+        output,
+        instance_group: vec![ModelInstanceGroup {
+            name: format!("{}_cpu", config.name),
+            kind: model_instance_group::Kind::Cpu as i32,
+            count: config.instances as i32,
+            ..Default::default()
+        }],
+        default_model_filename: "model.onnx".into(),
+        scheduling_choice,
+        ..Default::default()
+    }
+}
+
+fn statistics(name: &str, version: u64, model: &LoadedModel) -> ModelStatistics {
+    let s = &model.stats;
+    let dur = |d: &vigil_inference::stats::Duration64| {
+        let (count, ns) = d.get();
+        Some(StatisticDuration { count, ns })
+    };
+    let batch_stats = s
+        .batches
+        .lock()
+        .iter()
+        .map(|(&size, &(count, ns))| InferBatchStatistics {
+            batch_size: size as u64,
+            compute_infer: Some(StatisticDuration { count, ns }),
+            ..Default::default()
+        })
+        .collect();
+    ModelStatistics {
+        name: name.into(),
+        version: version.to_string(),
+        last_inference: s.last_inference_ms.load(Ordering::Relaxed),
+        inference_count: s.inference_count.load(Ordering::Relaxed),
+        execution_count: s.execution_count.load(Ordering::Relaxed),
+        inference_stats: Some(InferStatistics {
+            success: dur(&s.success),
+            fail: dur(&s.fail),
+            queue: dur(&s.queue),
+            compute_infer: dur(&s.compute_infer),
+            ..Default::default()
+        }),
+        batch_stats,
+        ..Default::default()
+    }
+}
+
+type InferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse { ready: true }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = self.repository.get(&r.name, &r.version).is_ok();
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: self.server_name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;
+        let entry = self.repository.entry(&r.name).map_err(to_status)?;
+        let c = &model.config;
+        Ok(Response::new(ModelMetadataResponse {
+            name: c.name.clone(),
+            versions: entry.versions.keys().map(|v| v.to_string()).collect(),
+            platform: c.platform.clone(),
+            inputs: tensor_metadata(c, &c.inputs),
+            outputs: tensor_metadata(c, &c.outputs),
+        }))
+    }
+
+    async fn model_config(&self, request: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;
+        Ok(Response::new(ModelConfigResponse { config: Some(triton_config(&model.config)) }))
+    }
+
+    async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let mut model_stats = Vec::new();
+        if r.name.is_empty() {
+            for entry in self.repository.models() {
+                for (&version, model) in &entry.versions {
+                    model_stats.push(statistics(&entry.name, version, model));
+                }
+            }
+        } else {
+            let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;
+            model_stats.push(statistics(&model.config.name, model.config.version, &model));
+        }
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        self.infer(request.into_inner()).await.map(Response::new)
+    }
+
+    type ModelStreamInferStream = InferStream;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let service = self.clone();
+        let incoming = request.into_inner();
+        // Up to 16 requests of one stream run at once; responses keep request order.
+        let responses = incoming
+            .map(move |item| {
+                let service = service.clone();
+                async move {
+                    let request = match item {
+                        Ok(r) => r,
+                        Err(status) => return Err(status),
+                    };
+                    let id = request.id.clone();
+                    Ok(match service.infer(request).await {
+                        Ok(r) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
+                        Err(status) => ModelStreamInferResponse {
+                            error_message: status.message().to_string(),
+                            infer_response: Some(ModelInferResponse { id, ..Default::default() }),
+                        },
+                    })
+                }
+            })
+            .buffered(16);
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn repository_index(&self, _: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let models = self
+            .repository
+            .models()
+            .flat_map(|entry| {
+                entry.versions.keys().map(|v| repository_index_response::ModelIndex {
+                    name: entry.name.clone(),
+                    version: v.to_string(),
+                    state: "READY".into(),
+                    reason: String::new(),
+                })
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(&self, _: Request<RepositoryModelLoadRequest>) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        Err(Status::unimplemented("models are loaded at start-up from the model repository; restart to change them"))
+    }
+
+    async fn repository_model_unload(&self, _: Request<RepositoryModelUnloadRequest>) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        Err(Status::unimplemented("models are loaded at start-up from the model repository; restart to change them"))
+    }
+}
