@@ -12,14 +12,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "inference/grpc_service.proto",
         "inference/model_config.proto",
         "vigil/v1/inspection.proto",
+        "vigil/v1/records.proto",
     ];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {
         println!("cargo:rerun-if-changed={}", path.display());
     }
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("vigil_descriptor.bin");
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(&descriptor)
-        .compile_protos(&paths, &[root])?;
+    tonic_prost_build::configure().file_descriptor_set_path(&descriptor).compile_protos(&paths, &[root])?;
     Ok(())
 }

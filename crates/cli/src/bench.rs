@@ -78,7 +78,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow!("{e}"))?;
     vigil_inference::runtime::environment(None).map_err(|e| anyhow!("{e}"))?;
-    eprintln!("model {} v{}, {} images, {:.1} s per measurement", config.name, config.version, pngs.len(), args.duration_s);
+    eprintln!(
+        "model {} v{}, {} images, {:.1} s per measurement",
+        config.name,
+        config.version,
+        pngs.len(),
+        args.duration_s
+    );
 
     let mut rows = Vec::new();
     // Baseline: raw ONNX Runtime in this process, one session, batches of `level` items.
@@ -138,7 +144,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let p = pngs.clone();
         let r = load(level, duration, move |i| {
             let mut client = inspection.clone();
-            let request = InspectRequest { image: p[i % p.len()].clone(), station_id: "bench".into(), ..Default::default() };
+            let request =
+                InspectRequest { image: p[i % p.len()].clone(), station_id: "bench".into(), ..Default::default() };
             async move { client.inspect(request).await.map(|_| ()) }
         })
         .await?;
@@ -205,11 +212,15 @@ fn newest_version(dir: &std::path::Path) -> Result<PathBuf> {
 
 fn print_table(rows: &[Row]) {
     let raw = |level: usize| rows.iter().find(|r| r.mode.starts_with("raw") && r.level == level);
-    println!("\n| mode | concurrency / batch | items/s | p50 ms | p99 ms | throughput vs raw ORT | p99 overhead vs raw ORT |");
+    println!(
+        "\n| mode | concurrency / batch | items/s | p50 ms | p99 ms | throughput vs raw ORT | p99 overhead vs raw ORT |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let (ratio, overhead) = match (r.mode.starts_with("raw"), raw(r.level)) {
-            (false, Some(b)) => (format!("{:.2}x", r.items_per_s / b.items_per_s), format!("{:+.2} ms", r.p99_ms - b.p99_ms)),
+            (false, Some(b)) => {
+                (format!("{:.2}x", r.items_per_s / b.items_per_s), format!("{:+.2} ms", r.p99_ms - b.p99_ms))
+            }
             _ => ("1.00x".into(), "-".into()),
         };
         println!(

@@ -219,7 +219,12 @@ pub async fn run(args: InspectArgs) -> Result<u8> {
 }
 
 /// Inspects `files` with bounded concurrency, printing each outcome in file order.
-pub async fn inspect_files(client: InspectionClient<Channel>, files: &[PathBuf], args: &InspectArgs, progress: bool) -> Result<Summary> {
+pub async fn inspect_files(
+    client: InspectionClient<Channel>,
+    files: &[PathBuf],
+    args: &InspectArgs,
+    progress: bool,
+) -> Result<Summary> {
     let bar = if progress && !args.json {
         let bar = ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());
         bar.set_style(
@@ -242,7 +247,13 @@ pub async fn inspect_files(client: InspectionClient<Channel>, files: &[PathBuf],
                 let t0 = Instant::now();
                 let image = match tokio::fs::read(path).await {
                     Ok(b) => b,
-                    Err(e) => return outcome(shown, t0.elapsed(), Err(tonic::Status::invalid_argument(format!("cannot read file: {e}")))),
+                    Err(e) => {
+                        return outcome(
+                            shown,
+                            t0.elapsed(),
+                            Err(tonic::Status::invalid_argument(format!("cannot read file: {e}"))),
+                        );
+                    }
                 };
                 let mut request = tonic::Request::new(InspectRequest {
                     image,

@@ -27,6 +27,34 @@ pub struct EdgeConfig {
     pub limits: Limits,
     pub images: ImageLimits,
     pub models: ModelOptions,
+    pub logging: LoggingConfig,
+}
+
+/// Prediction logging: every prediction becomes a record on Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Log predictions (needs `kafka.brokers`).
+    pub enabled: bool,
+    /// This server's id in the records.
+    pub server_id: String,
+    /// Records waiting for the producer; beyond it records are dropped and counted.
+    pub queue_capacity: usize,
+    /// Records being delivered at once.
+    pub max_in_flight: usize,
+    pub kafka: vigil_logbus::kafka::KafkaConfig,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            server_id: "edge-1".into(),
+            queue_capacity: 100_000,
+            max_in_flight: 10_000,
+            kafka: vigil_logbus::kafka::KafkaConfig { client_id: "vigil-edge".into(), ..Default::default() },
+        }
+    }
 }
 
 /// Request limits.
@@ -70,12 +98,14 @@ impl Default for EdgeConfig {
             },
             images: ImageLimits::default(),
             models: ModelOptions::default(),
+            logging: LoggingConfig::default(),
         }
     }
 }
 
 /// Top-level keys that `VIGIL_...` variables may set.
-const ENV_KEYS: &[&str] = &["listen", "model_repository", "default_model", "onnxruntime_lib", "limits", "images", "models"];
+const ENV_KEYS: &[&str] =
+    &["listen", "model_repository", "default_model", "onnxruntime_lib", "limits", "images", "models"];
 
 impl EdgeConfig {
     /// Layers defaults, the optional file and the environment, then validates.
@@ -92,11 +122,9 @@ impl EdgeConfig {
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment.merge(
-            Env::prefixed("VIGIL_")
-                .split("__")
-                .filter(|key| ENV_KEYS.iter().any(|k| key.as_str().split('.').next().is_some_and(|first| first.eq_ignore_ascii_case(k)))),
-        )
+        figment.merge(Env::prefixed("VIGIL_").split("__").filter(|key| {
+            ENV_KEYS.iter().any(|k| key.as_str().split('.').next().is_some_and(|first| first.eq_ignore_ascii_case(k)))
+        }))
     }
 
     /// Checks values serde cannot: each message names its key.
@@ -113,7 +141,16 @@ impl EdgeConfig {
         }
         let i = &self.images;
         if i.min_side == 0 || i.min_side > i.max_side {
-            return Err(format!("images.min_side ({}) must be between 1 and images.max_side ({})", i.min_side, i.max_side));
+            return Err(format!(
+                "images.min_side ({}) must be between 1 and images.max_side ({})",
+                i.min_side, i.max_side
+            ));
+        }
+        if self.logging.enabled && (self.logging.queue_capacity == 0 || self.logging.max_in_flight == 0) {
+            return Err("logging.queue_capacity and logging.max_in_flight must be at least 1".into());
+        }
+        if self.logging.enabled {
+            self.logging.kafka.validate().map_err(|e| format!("logging.{e}"))?;
         }
         if self.default_model.is_empty() {
             return Err("default_model must not be empty".into());
@@ -134,6 +171,7 @@ impl EdgeConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use super::*;
 

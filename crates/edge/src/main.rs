@@ -57,11 +57,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config: EdgeConfig = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     config.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let server = vigil_edge::start(config, true).await?;
-    let models: Vec<String> = server
-        .repository
-        .models()
-        .map(|m| format!("{}@{}", m.name, m.default_version))
-        .collect();
+    let models: Vec<String> = server.repository.models().map(|m| format!("{}@{}", m.name, m.default_version)).collect();
     // The first stdout line is machine-readable: scripts and tests wait for it.
     println!("vigil-edge listening on {} serving {}", server.addr, models.join(", "));
     server.wait().await

@@ -11,9 +11,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use vigil_inference::repository::{ModelRepository, RepositoryOptions};
+use vigil_logbus::Emitter;
+use vigil_logbus::kafka::KafkaSink;
 use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use vigil_proto::vigil::v1::inspection_server::InspectionServer;
-use vigil_serving::{AdmissionLayer, AdmissionLimits, InferenceService, InspectionService};
+use vigil_serving::{AdmissionLayer, AdmissionLimits, InferenceService, InspectionService, RecordEmitter};
 
 use crate::config::EdgeConfig;
 
@@ -23,6 +25,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The loaded models.
     pub repository: Arc<ModelRepository>,
+    /// Prediction logging, when enabled.
+    pub records: Option<RecordEmitter>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -72,13 +76,26 @@ pub async fn start(config: EdgeConfig, handle_signals: bool) -> Result<RunningSe
     let oip = GrpcInferenceServiceServer::new(InferenceService::new(repository.clone(), "vigil-edge"))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let inspection = InspectionServer::new(InspectionService::new(
-        repository.clone(),
-        config.default_model.clone(),
-        config.images,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let mut inspection_service =
+        InspectionService::new(repository.clone(), config.default_model.clone(), config.images);
+    let mut emitter_task = None;
+    let mut records = None;
+    if config.logging.enabled {
+        let producer = config
+            .logging
+            .kafka
+            .producer()
+            .with_context(|| format!("cannot create the Kafka producer for {}", config.logging.kafka.brokers))?;
+        let sink = KafkaSink::new(producer);
+        let (emitter, _task) =
+            Emitter::start(sink.clone(), config.logging.queue_capacity, config.logging.max_in_flight);
+        let record_emitter = RecordEmitter::new(emitter.clone(), config.logging.server_id.clone());
+        inspection_service = inspection_service.with_records(record_emitter.clone());
+        records = Some(record_emitter);
+        emitter_task = Some((emitter, sink));
+    }
+    let inspection =
+        InspectionServer::new(inspection_service).max_decoding_message_size(max).max_encoding_message_size(max);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
     health.set_serving::<InspectionServer<InspectionService>>().await;
@@ -119,15 +136,25 @@ pub async fn start(config: EdgeConfig, handle_signals: bool) -> Result<RunningSe
             result = &mut serve => return result.context("gRPC server failed"),
             _ = stop_rx => {}
         }
-        match tokio::time::timeout(drain, serve).await {
+        let served = match tokio::time::timeout(drain, serve).await {
             Ok(result) => result.context("gRPC server failed"),
             Err(_) => {
                 tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
                 Ok(())
             }
+        };
+        // Hand the last prediction records to the broker before exiting.
+        if let Some((emitter, sink)) = emitter_task {
+            if !emitter.drain(drain).await {
+                tracing::warn!("prediction records still queued at exit");
+            }
+            if let Err(e) = sink.flush(drain) {
+                tracing::warn!(error = %e, "records not flushed to Kafka before exit");
+            }
         }
+        served
     });
-    Ok(RunningServer { addr, repository, shutdown: Some(shutdown_tx), task })
+    Ok(RunningServer { addr, repository, records, shutdown: Some(shutdown_tx), task })
 }
 
 async fn terminate(enabled: bool) {

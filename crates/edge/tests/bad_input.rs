@@ -5,9 +5,9 @@ mod common;
 
 use common::*;
 use tonic::Code;
+use vigil_proto::inference::InferTensorContents;
 use vigil_proto::inference::ModelInferRequest;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
-use vigil_proto::inference::InferTensorContents;
 use vigil_proto::vigil::v1::InspectRequest;
 
 fn inspect_request(image: Vec<u8>) -> InspectRequest {
@@ -58,7 +58,8 @@ async fn oversized_messages_are_refused_with_the_limit_named() {
     let status = inspect.inspect(inspect_request(vec![0u8; 100_000])).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("65536"), "{}", status.message());
-    let status = oip.model_infer(infer_request("FP32", vec![2, 1, 128, 128], vec![0; 2 * ITEM_BYTES])).await.unwrap_err();
+    let status =
+        oip.model_infer(infer_request("FP32", vec![2, 1, 128, 128], vec![0; 2 * ITEM_BYTES])).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     // Under the limit still works.
     let small = samples("normal").remove(0).1;
@@ -75,7 +76,8 @@ async fn model_infer_validation_names_the_input() {
     mixed.inputs[0].contents = Some(InferTensorContents { fp32_contents: vec![0.0; 128 * 128], ..Default::default() });
     let mut typed_wrong_field = infer_request("FP32", vec![1, 1, 128, 128], vec![]);
     typed_wrong_field.raw_input_contents.clear();
-    typed_wrong_field.inputs[0].contents = Some(InferTensorContents { int64_contents: vec![0; 128 * 128], ..Default::default() });
+    typed_wrong_field.inputs[0].contents =
+        Some(InferTensorContents { int64_contents: vec![0; 128 * 128], ..Default::default() });
     let mut unknown_input = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
     unknown_input.inputs[0].name = "pixels".into();
     let mut unknown_output = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
@@ -86,13 +88,33 @@ async fn model_infer_validation_names_the_input() {
     let mut two_raw = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
     two_raw.raw_input_contents.push(vec![0; 4]);
     let cases: Vec<(&str, ModelInferRequest, &str)> = vec![
-        ("wrong datatype", infer_request("FP64", vec![1, 1, 128, 128], vec![0; 2 * ITEM_BYTES]), "input 'image': datatype FP64 does not match the model's FP32"),
-        ("unknown datatype", infer_request("FLOAT", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]), "unknown datatype 'FLOAT'"),
-        ("wrong shape", infer_request("FP32", vec![1, 3, 128, 128], vec![0; 3 * ITEM_BYTES]), "input 'image': shape [1, 3, 128, 128] does not match"),
+        (
+            "wrong datatype",
+            infer_request("FP64", vec![1, 1, 128, 128], vec![0; 2 * ITEM_BYTES]),
+            "input 'image': datatype FP64 does not match the model's FP32",
+        ),
+        (
+            "unknown datatype",
+            infer_request("FLOAT", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]),
+            "unknown datatype 'FLOAT'",
+        ),
+        (
+            "wrong shape",
+            infer_request("FP32", vec![1, 3, 128, 128], vec![0; 3 * ITEM_BYTES]),
+            "input 'image': shape [1, 3, 128, 128] does not match",
+        ),
         ("wrong rank", infer_request("FP32", vec![1, 128, 128], vec![0; ITEM_BYTES]), "input 'image': shape"),
         ("zero batch", infer_request("FP32", vec![0, 1, 128, 128], vec![]), "input 'image': shape"),
-        ("batch too large", infer_request("FP32", vec![65, 1, 128, 128], vec![0; 65 * ITEM_BYTES]), "exceeds the model's max_batch_size"),
-        ("wrong byte length", infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES - 4]), "input 'image': 65532 bytes of contents, but shape [1, 1, 128, 128] of FP32 needs 65536"),
+        (
+            "batch too large",
+            infer_request("FP32", vec![65, 1, 128, 128], vec![0; 65 * ITEM_BYTES]),
+            "exceeds the model's max_batch_size",
+        ),
+        (
+            "wrong byte length",
+            infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES - 4]),
+            "input 'image': 65532 bytes of contents, but shape [1, 1, 128, 128] of FP32 needs 65536",
+        ),
         ("mixed raw and typed", mixed, "input 'image' has both raw_input_contents and typed contents"),
         ("typed contents in the wrong field", typed_wrong_field, "contents.fp32_contents"),
         ("unknown input", unknown_input, "unknown input 'pixels'; model 'scratch-detector' takes: image"),
@@ -117,13 +139,21 @@ async fn unknown_models_and_versions_are_not_found() {
     r.model_name = "no-such-model".into();
     let status = oip.model_infer(r).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    assert!(status.message().contains("model 'no-such-model' not found; available: scratch-detector"), "{}", status.message());
+    assert!(
+        status.message().contains("model 'no-such-model' not found; available: scratch-detector"),
+        "{}",
+        status.message()
+    );
     for version in ["999", "latest"] {
         let mut r = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
         r.model_version = version.into();
         let status = oip.model_infer(r).await.unwrap_err();
         assert_eq!(status.code(), Code::NotFound);
-        assert!(status.message().contains(&format!("version '{version}' of model 'scratch-detector' not found")), "{}", status.message());
+        assert!(
+            status.message().contains(&format!("version '{version}' of model 'scratch-detector' not found")),
+            "{}",
+            status.message()
+        );
     }
     let mut r = inspect_request(samples("normal").remove(0).1);
     r.model_name = "nope".into();
@@ -147,14 +177,17 @@ async fn memory_stays_bounded_under_repeated_bad_input() {
     let server = start(config()).await;
     let (mut inspect, mut oip) = clients(&server).await;
     let huge_header = png_with_claimed_size(20000, 20000);
-    let warm = async |inspect: &mut vigil_proto::vigil::v1::inspection_client::InspectionClient<tonic::transport::Channel>,
-                      oip: &mut vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>| {
-        for _ in 0..50 {
-            let _ = inspect.inspect(inspect_request(huge_header.clone())).await;
-            let _ = inspect.inspect(inspect_request(b"garbage".to_vec())).await;
-            let _ = oip.model_infer(infer_request("FP32", vec![1, 1, 128, 128], vec![0; 100])).await;
-        }
-    };
+    let warm =
+        async |inspect: &mut vigil_proto::vigil::v1::inspection_client::InspectionClient<tonic::transport::Channel>,
+               oip: &mut vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+            tonic::transport::Channel,
+        >| {
+            for _ in 0..50 {
+                let _ = inspect.inspect(inspect_request(huge_header.clone())).await;
+                let _ = inspect.inspect(inspect_request(b"garbage".to_vec())).await;
+                let _ = oip.model_infer(infer_request("FP32", vec![1, 1, 128, 128], vec![0; 100])).await;
+            }
+        };
     warm(&mut inspect, &mut oip).await;
     let before = rss_kib();
     for _ in 0..4 {

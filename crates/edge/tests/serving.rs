@@ -31,14 +31,23 @@ async fn inspect_answers_with_ids_verdicts_decisions_and_features() {
     let mut ids = std::collections::HashSet::new();
     for (name, bytes) in samples("normal") {
         let r = inspect
-            .inspect(InspectRequest { image: bytes.clone(), station_id: "line-1".into(), part_id: name.clone(), request_id: name.clone(), ..Default::default() })
+            .inspect(InspectRequest {
+                image: bytes.clone(),
+                station_id: "line-1".into(),
+                part_id: name.clone(),
+                request_id: name.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         let id = uuid::Uuid::parse_str(&r.prediction_id).expect("prediction id is a UUID");
         assert_eq!(id.get_version_num(), 7, "UUIDv7");
         assert!(ids.insert(r.prediction_id.clone()));
-        assert_eq!((r.station_id.as_str(), r.part_id.as_str(), r.request_id.as_str()), ("line-1", name.as_str(), name.as_str()));
+        assert_eq!(
+            (r.station_id.as_str(), r.part_id.as_str(), r.request_id.as_str()),
+            ("line-1", name.as_str(), name.as_str())
+        );
         assert_eq!(r.model_name, "scratch-detector");
         assert_eq!(r.model_version, config.version.to_string());
         let expected_verdict = if r.defect_probability >= t.defect { Verdict::Defect } else { Verdict::Ok };
@@ -60,7 +69,12 @@ async fn inspect_answers_with_ids_verdicts_decisions_and_features() {
         let out = oip
             .model_infer(ModelInferRequest {
                 model_name: MODEL.into(),
-                inputs: vec![InferInputTensor { name: "image".into(), datatype: "FP32".into(), shape: prepared.tensor.shape.clone(), ..Default::default() }],
+                inputs: vec![InferInputTensor {
+                    name: "image".into(),
+                    datatype: "FP32".into(),
+                    shape: prepared.tensor.shape.clone(),
+                    ..Default::default()
+                }],
                 raw_input_contents: vec![prepared.tensor.data.clone()],
                 ..Default::default()
             })
@@ -78,7 +92,11 @@ async fn a_batch_equals_its_items_and_typed_equals_raw() {
     let (_, mut oip) = clients(&server).await;
     let config = model_config();
     let pre = config.preprocess.unwrap();
-    let tensors: Vec<_> = samples("drifted").iter().take(4).map(|(_, b)| prepare(b, &pre, &ImageLimits::default()).unwrap().tensor).collect();
+    let tensors: Vec<_> = samples("drifted")
+        .iter()
+        .take(4)
+        .map(|(_, b)| prepare(b, &pre, &ImageLimits::default()).unwrap().tensor)
+        .collect();
     let mut singles = Vec::new();
     for t in &tensors {
         let typed = ModelInferRequest {
@@ -103,9 +121,17 @@ async fn a_batch_equals_its_items_and_typed_equals_raw() {
     let batch = ModelInferRequest {
         model_name: MODEL.into(),
         model_version: config.version.to_string(),
-        inputs: vec![InferInputTensor { name: "image".into(), datatype: "FP32".into(), shape: vec![4, 1, 128, 128], ..Default::default() }],
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![4, 1, 128, 128],
+            ..Default::default()
+        }],
         raw_input_contents: vec![data],
-        outputs: vec![model_infer_request::InferRequestedOutputTensor { name: "defect_probability".into(), ..Default::default() }],
+        outputs: vec![model_infer_request::InferRequestedOutputTensor {
+            name: "defect_probability".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
     let r = oip.model_infer(batch).await.unwrap().into_inner();
@@ -127,13 +153,23 @@ async fn metadata_config_and_statistics_describe_the_model() {
     let meta = oip.server_metadata(ServerMetadataRequest {}).await.unwrap().into_inner();
     assert_eq!(meta.name, "vigil-edge");
     assert!(meta.extensions.contains(&"model_configuration".to_string()));
-    let m = oip.model_metadata(ModelMetadataRequest { name: MODEL.into(), version: String::new() }).await.unwrap().into_inner();
+    let m = oip
+        .model_metadata(ModelMetadataRequest { name: MODEL.into(), version: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(m.platform, "onnxruntime_onnx");
     assert_eq!(m.versions, vec![config.version.to_string()]);
     assert_eq!((m.inputs[0].name.as_str(), m.inputs[0].datatype.as_str()), ("image", "FP32"));
     assert_eq!(m.inputs[0].shape, vec![-1, 1, 128, 128]);
     assert_eq!(m.outputs[0].shape, vec![-1, 1]);
-    let c = oip.model_config(ModelConfigRequest { name: MODEL.into(), version: String::new() }).await.unwrap().into_inner().config.unwrap();
+    let c = oip
+        .model_config(ModelConfigRequest { name: MODEL.into(), version: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
     assert_eq!(c.name, MODEL);
     assert_eq!(c.max_batch_size as usize, config.max_batch_size);
     assert_eq!(c.input[0].data_type, DataType::TypeFp32 as i32);
@@ -149,7 +185,11 @@ async fn metadata_config_and_statistics_describe_the_model() {
         inspect.inspect(InspectRequest { image: b.clone(), ..Default::default() }).await.unwrap();
     }
     let _ = inspect.inspect(InspectRequest { image: vec![], ..Default::default() }).await.unwrap_err();
-    let s = oip.model_statistics(ModelStatisticsRequest { name: MODEL.into(), version: String::new() }).await.unwrap().into_inner();
+    let s = oip
+        .model_statistics(ModelStatisticsRequest { name: MODEL.into(), version: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     let stats = &s.model_stats[0];
     let inf = stats.inference_stats.as_ref().unwrap();
     assert_eq!(inf.success.as_ref().unwrap().count, 5);
@@ -158,7 +198,10 @@ async fn metadata_config_and_statistics_describe_the_model() {
     assert!(inf.compute_infer.as_ref().unwrap().ns > 0);
     assert_eq!(stats.inference_count, 5);
     assert!(stats.execution_count >= 1 && stats.execution_count <= 5);
-    assert_eq!(stats.batch_stats.iter().map(|b| b.batch_size * b.compute_infer.as_ref().unwrap().count).sum::<u64>(), 5);
+    assert_eq!(
+        stats.batch_stats.iter().map(|b| b.batch_size * b.compute_infer.as_ref().unwrap().count).sum::<u64>(),
+        5
+    );
     server.shutdown().await.unwrap();
 }
 
@@ -173,13 +216,8 @@ async fn inspect_stream_answers_in_order_and_survives_bad_images() {
         .map(|(i, (_, b))| InspectRequest { image: b, request_id: i.to_string(), ..Default::default() })
         .collect();
     requests[2].image = b"not an image".to_vec();
-    let responses: Vec<_> = inspect
-        .inspect_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Vec<_>>()
-        .await;
+    let responses: Vec<_> =
+        inspect.inspect_stream(tokio_stream::iter(requests)).await.unwrap().into_inner().collect::<Vec<_>>().await;
     assert_eq!(responses.len(), 6);
     for (i, r) in responses.into_iter().enumerate() {
         let r = r.unwrap();
@@ -194,7 +232,12 @@ async fn inspect_stream_answers_in_order_and_survives_bad_images() {
     let good = ModelInferRequest {
         model_name: MODEL.into(),
         id: "a".into(),
-        inputs: vec![InferInputTensor { name: "image".into(), datatype: "FP32".into(), shape: vec![1, 1, 128, 128], ..Default::default() }],
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 1, 128, 128],
+            ..Default::default()
+        }],
         raw_input_contents: vec![vec![0; 128 * 128 * 4]],
         ..Default::default()
     };
@@ -203,7 +246,8 @@ async fn inspect_stream_answers_in_order_and_survives_bad_images() {
     bad.raw_input_contents[0].truncate(8);
     let mut again = good.clone();
     again.id = "c".into();
-    let out: Vec<_> = oip.model_stream_infer(tokio_stream::iter(vec![good, bad, again])).await.unwrap().into_inner().collect().await;
+    let out: Vec<_> =
+        oip.model_stream_infer(tokio_stream::iter(vec![good, bad, again])).await.unwrap().into_inner().collect().await;
     let out: Vec<_> = out.into_iter().map(|r| r.unwrap()).collect();
     assert!(out[0].error_message.is_empty() && out[2].error_message.is_empty());
     assert!(out[1].error_message.contains("input 'image'"), "{}", out[1].error_message);
@@ -215,10 +259,10 @@ async fn inspect_stream_answers_in_order_and_survives_bad_images() {
 async fn health_and_reflection_are_served() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let server = start(config()).await;
     let ch = channel(&server).await;
@@ -228,10 +272,16 @@ async fn health_and_reflection_are_served() {
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service}");
     }
     let mut reflection = ServerReflectionClient::new(ch);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
     let response = responses.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("unexpected reflection answer") };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer")
+    };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     for expected in ["inference.GRPCInferenceService", "vigil.v1.Inspection", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
@@ -287,15 +337,22 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
     assert!(status.message().contains("deadline of 100 ms"), "{}", status.message());
     server.shutdown().await.unwrap();
 
-    // The caller's own shorter deadline (grpc-timeout) wins.
+    // The caller's shorter deadline ends the call at that deadline (the client library and the
+    // server both enforce it), and the abandoned request gives its admission permit back.
     let mut config = common::config();
     config.model_repository = repo.path().to_path_buf();
+    config.limits.max_concurrent_requests = 1;
     let server = start(config).await;
     let (mut inspect, _) = clients(&server).await;
-    let mut request = tonic::Request::new(InspectRequest { image, ..Default::default() });
+    let mut request = tonic::Request::new(InspectRequest { image: image.clone(), ..Default::default() });
     request.set_timeout(Duration::from_millis(50));
+    let started = std::time::Instant::now();
     let status = inspect.inspect(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    assert!(started.elapsed() < Duration::from_millis(400), "ended at the caller's deadline, not the batch delay");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ok = inspect.inspect(InspectRequest { image, ..Default::default() }).await;
+    assert!(ok.is_ok(), "the permit of the abandoned request was released: {ok:?}");
     server.shutdown().await.unwrap();
 }
 

@@ -54,12 +54,7 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts one worker thread per runner; the workers stop when every `Batcher` clone is dropped.
-    pub fn start<R: Runner>(
-        model: &str,
-        config: BatchingConfig,
-        runners: Vec<R>,
-        stats: Arc<ModelStats>,
-    ) -> Self {
+    pub fn start<R: Runner>(model: &str, config: BatchingConfig, runners: Vec<R>, stats: Arc<ModelStats>) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(config.max_queue_depth);
         for (i, runner) in runners.into_iter().enumerate() {
             let receiver = receiver.clone();
@@ -149,9 +144,7 @@ fn worker<R: Runner>(mut runner: R, receiver: Receiver<Job>, config: BatchingCon
 
 fn same_item_shapes(a: &Job, b: &Job) -> bool {
     a.inputs.len() == b.inputs.len()
-        && a.inputs.iter().zip(&b.inputs).all(|(x, y)| {
-            x.datatype == y.datatype && x.shape.get(1..) == y.shape.get(1..)
-        })
+        && a.inputs.iter().zip(&b.inputs).all(|(x, y)| x.datatype == y.datatype && x.shape.get(1..) == y.shape.get(1..))
 }
 
 fn run_batch<R: Runner>(runner: &mut R, jobs: Vec<Job>, items: usize, stats: &ModelStats) {
@@ -240,10 +233,20 @@ mod tests {
         }
     }
 
-    fn batcher(max_batch: usize, delay_us: u64, depth: usize, run_delay: Duration) -> (Batcher, Arc<parking_lot::Mutex<Vec<usize>>>) {
+    fn batcher(
+        max_batch: usize,
+        delay_us: u64,
+        depth: usize,
+        run_delay: Duration,
+    ) -> (Batcher, Arc<parking_lot::Mutex<Vec<usize>>>) {
         let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let config = BatchingConfig { max_batch_size: max_batch, max_queue_delay_us: delay_us, max_queue_depth: depth };
-        let b = Batcher::start("m", config, vec![Doubler { seen: seen.clone(), delay: run_delay }], Arc::new(ModelStats::default()));
+        let b = Batcher::start(
+            "m",
+            config,
+            vec![Doubler { seen: seen.clone(), delay: run_delay }],
+            Arc::new(ModelStats::default()),
+        );
         (b, seen)
     }
 

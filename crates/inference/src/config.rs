@@ -126,10 +126,7 @@ impl Thresholds {
             return Err("thresholds must lie in [0, 1]".into());
         }
         if self.accept_below > self.reject_at {
-            return Err(format!(
-                "accept_below ({}) must not exceed reject_at ({})",
-                self.accept_below, self.reject_at
-            ));
+            return Err(format!("accept_below ({}) must not exceed reject_at ({})", self.accept_below, self.reject_at));
         }
         Ok(())
     }
@@ -157,14 +154,11 @@ impl BatchingConfig {
 impl ModelConfig {
     /// Reads and checks a `model.toml`.
     pub fn load(path: &Path) -> Result<Self, InferenceError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            InferenceError::Config(format!("cannot read {}: {e}", path.display()))
-        })?;
-        let config: Self = toml::from_str(&text)
-            .map_err(|e| InferenceError::Config(format!("{}: {e}", path.display())))?;
-        config
-            .validate()
-            .map_err(|e| InferenceError::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| InferenceError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let config: Self =
+            toml::from_str(&text).map_err(|e| InferenceError::Config(format!("{}: {e}", path.display())))?;
+        config.validate().map_err(|e| InferenceError::Config(format!("{}: {e}", path.display())))?;
         Ok(config)
     }
 

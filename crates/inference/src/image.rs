@@ -59,9 +59,8 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Infere
             )));
         }
     }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| InferenceError::invalid(format!("image header is invalid: {e}")))?;
+    let mut decoder =
+        reader.into_decoder().map_err(|e| InferenceError::invalid(format!("image header is invalid: {e}")))?;
     let (width, height) = image::ImageDecoder::dimensions(&decoder);
     if width > limits.max_side || height > limits.max_side {
         return Err(InferenceError::invalid(format!(
@@ -81,7 +80,8 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Infere
     decode_limits.max_image_height = Some(limits.max_side);
     image::ImageDecoder::set_limits(&mut decoder, decode_limits)
         .map_err(|e| InferenceError::invalid(format!("image exceeds decoding limits: {e}")))?;
-    DynamicImage::from_decoder(decoder).map_err(|e| InferenceError::invalid(format!("image is corrupt or truncated: {e}")))
+    DynamicImage::from_decoder(decoder)
+        .map_err(|e| InferenceError::invalid(format!("image is corrupt or truncated: {e}")))
 }
 
 /// Decodes and preprocesses an encoded image as `pre` says.
@@ -178,6 +178,16 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_is_accepted() {
+        let img: ImageBuffer<Rgb<u8>, Vec<u8>> = ImageBuffer::from_fn(40, 30, |x, _| Rgb([(x * 6) as u8, 80, 80]));
+        let mut jpeg = Cursor::new(Vec::new());
+        img.write_to(&mut jpeg, ImageFormat::Jpeg).unwrap();
+        let p = prepare(jpeg.get_ref(), &pre(32, 32), &ImageLimits::default()).unwrap();
+        assert_eq!((p.width, p.height), (40, 30));
+        assert!(p.features.contrast > 10.0);
+    }
+
+    #[test]
     fn bad_images_are_named() {
         let limits = ImageLimits::default();
         let err = |b: &[u8]| decode(b, &limits).unwrap_err().to_string();
@@ -186,5 +196,7 @@ mod tests {
         let png = encode_png(32, 32, |_, _| [1, 2, 3]);
         assert!(err(&png[..png.len() / 2]).contains("corrupt or truncated"));
         assert!(err(&encode_png(1, 1, |_, _| [0, 0, 0])).contains("minimum"));
+        let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+        assert!(err(gif).contains("not supported; send PNG or JPEG"));
     }
 }

@@ -54,9 +54,8 @@ impl ModelRepository {
     /// Scans `root` and loads the selected versions of every model. Fails on the first
     /// problem, naming the file.
     pub fn load(root: &Path, options: &RepositoryOptions) -> Result<Self, InferenceError> {
-        let listing = std::fs::read_dir(root).map_err(|e| {
-            InferenceError::Config(format!("cannot read model repository {}: {e}", root.display()))
-        })?;
+        let listing = std::fs::read_dir(root)
+            .map_err(|e| InferenceError::Config(format!("cannot read model repository {}: {e}", root.display())))?;
         let mut models = BTreeMap::new();
         let mut dirs: Vec<PathBuf> = listing.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
         dirs.sort();
@@ -132,8 +131,8 @@ impl ModelRepository {
 
 fn find_versions(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, InferenceError> {
     let mut versions = BTreeMap::new();
-    let listing = std::fs::read_dir(dir)
-        .map_err(|e| InferenceError::Config(format!("cannot read {}: {e}", dir.display())))?;
+    let listing =
+        std::fs::read_dir(dir).map_err(|e| InferenceError::Config(format!("cannot read {}: {e}", dir.display())))?;
     for entry in listing.filter_map(|e| e.ok()) {
         let path = entry.path();
         let Some(version) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) else {
@@ -146,7 +145,12 @@ fn find_versions(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, InferenceError> {
     Ok(versions)
 }
 
-fn load_version(name: &str, version: u64, dir: &Path, options: &RepositoryOptions) -> Result<LoadedModel, InferenceError> {
+fn load_version(
+    name: &str,
+    version: u64,
+    dir: &Path,
+    options: &RepositoryOptions,
+) -> Result<LoadedModel, InferenceError> {
     let config = ModelConfig::load(&dir.join("model.toml"))?;
     if config.name != name || config.version != version {
         return Err(InferenceError::Config(format!(

@@ -67,12 +67,9 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment, Infe
     let result = ENVIRONMENT.get_or_init(|| {
         let path = locate(explicit).map_err(|e| e.to_string())?;
         tracing::info!(library = %path.display(), "loading ONNX Runtime");
-        let builder = ort::init_from(&path)
-            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
-        builder
-            .with_name("vigil")
-            .build()
-            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+        let builder =
+            ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        builder.with_name("vigil").build().map_err(|e| format!("cannot start ONNX Runtime: {e}"))
     });
     result.as_ref().map_err(|e| InferenceError::Config(e.clone()))
 }

@@ -25,9 +25,9 @@ impl ModelSession {
         if intra_op_threads > 0 {
             builder = builder.with_intra_threads(intra_op_threads).map_err(ort::Error::from)?;
         }
-        let session = builder.commit_from_file(path).map_err(|e| {
-            InferenceError::Config(format!("cannot load model {}: {e}", path.display()))
-        })?;
+        let session = builder
+            .commit_from_file(path)
+            .map_err(|e| InferenceError::Config(format!("cannot load model {}: {e}", path.display())))?;
         for spec in &config.inputs {
             if !session.inputs().iter().any(|i| i.name() == spec.name) {
                 return Err(InferenceError::Config(format!(
@@ -64,9 +64,7 @@ impl ModelSession {
         let outputs = self.session.run(values)?;
         let mut result = Vec::with_capacity(self.outputs.len());
         for (name, datatype) in &self.outputs {
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| InferenceError::Runtime(format!("output '{name}' missing")))?;
+            let value = outputs.get(name).ok_or_else(|| InferenceError::Runtime(format!("output '{name}' missing")))?;
             result.push(from_ort(value, *datatype)?);
         }
         Ok(result)
@@ -74,9 +72,7 @@ impl ModelSession {
 }
 
 fn le_values<T, const N: usize>(data: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
-    data.chunks_exact(N)
-        .map(|c| from(c.try_into().expect("chunk of N bytes")))
-        .collect()
+    data.chunks_exact(N).map(|c| from(c.try_into().expect("chunk of N bytes"))).collect()
 }
 
 fn to_ort(t: &Tensor) -> Result<DynValue, InferenceError> {
@@ -96,27 +92,25 @@ fn to_ort(t: &Tensor) -> Result<DynValue, InferenceError> {
         DataType::Uint8 => T::from_array((shape, d.clone()))?.into_dyn(),
         DataType::Bool => T::from_array((shape, d.iter().map(|&b| b != 0).collect::<Vec<bool>>()))?.into_dyn(),
         other => {
-            return Err(InferenceError::invalid(format!("datatype {other} is not supported by the ONNX Runtime backend")));
+            return Err(InferenceError::invalid(format!(
+                "datatype {other} is not supported by the ONNX Runtime backend"
+            )));
         }
     };
     Ok(value)
 }
 
 fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceError> {
-    fn pack<T: Copy, const N: usize>(
+    fn pack<T, const N: usize>(
         value: &DynValue,
         datatype: DataType,
         to: fn(T) -> [u8; N],
     ) -> Result<Tensor, InferenceError>
     where
-        T: ort::value::PrimitiveTensorElementType,
+        T: ort::value::PrimitiveTensorElementType + Copy,
     {
         let (shape, data) = value.try_extract_tensor::<T>()?;
-        Ok(Tensor {
-            datatype,
-            shape: shape.to_vec(),
-            data: data.iter().flat_map(|v| to(*v)).collect(),
-        })
+        Ok(Tensor { datatype, shape: shape.to_vec(), data: data.iter().flat_map(|v| to(*v)).collect() })
     }
     let actual = value.dtype().tensor_type();
     let tensor = match actual {
@@ -131,7 +125,9 @@ fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceErr
         Some(TensorElementType::Uint16) => pack(value, DataType::Uint16, u16::to_le_bytes)?,
         Some(TensorElementType::Uint8) => pack(value, DataType::Uint8, u8::to_le_bytes)?,
         Some(TensorElementType::Bool) => pack(value, DataType::Bool, |b: bool| [b as u8])?,
-        other => return Err(InferenceError::Runtime(format!("unsupported output type {other:?}"))),
+        other => {
+            return Err(InferenceError::Runtime(format!("unsupported output type {other:?}")));
+        }
     };
     if tensor.datatype != declared {
         return Err(InferenceError::Config(format!(

@@ -138,16 +138,9 @@ impl Tensor {
     /// Decodes the contents as `f32` (only for `FP32` tensors).
     pub fn to_f32(&self) -> Result<Vec<f32>, InferenceError> {
         if self.datatype != DataType::Fp32 {
-            return Err(InferenceError::invalid(format!(
-                "expected FP32 tensor, got {}",
-                self.datatype
-            )));
+            return Err(InferenceError::invalid(format!("expected FP32 tensor, got {}", self.datatype)));
         }
-        Ok(self
-            .data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 }
 

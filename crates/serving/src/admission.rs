@@ -71,7 +71,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         // Health checks and reflection are never shed.
         let path = request.uri().path();
         let exempt = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
@@ -89,8 +89,11 @@ where
                 }
             }
         };
-        let timeout = grpc_timeout(request.headers())
-            .map_or(self.limits.request_timeout, |t| t.min(self.limits.request_timeout));
+        let timeout =
+            grpc_timeout(request.headers()).map_or(self.limits.request_timeout, |t| t.min(self.limits.request_timeout));
+        // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
+        // left in place, tonic's own handling would answer CANCELLED first.
+        request.headers_mut().remove("grpc-timeout");
         // Take the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -134,7 +137,12 @@ mod tests {
     #[test]
     fn parses_grpc_timeouts() {
         let mut h = http::HeaderMap::new();
-        for (v, d) in [("100m", Duration::from_millis(100)), ("5S", Duration::from_secs(5)), ("2M", Duration::from_secs(120)), ("7u", Duration::from_micros(7))] {
+        for (v, d) in [
+            ("100m", Duration::from_millis(100)),
+            ("5S", Duration::from_secs(5)),
+            ("2M", Duration::from_secs(120)),
+            ("7u", Duration::from_micros(7)),
+        ] {
             h.insert("grpc-timeout", v.parse().unwrap());
             assert_eq!(grpc_timeout(&h), Some(d));
         }

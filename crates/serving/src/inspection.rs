@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -10,9 +10,12 @@ use uuid::Uuid;
 use vigil_inference::image::{ImageLimits, prepare};
 use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_proto::vigil::v1::inspection_server::Inspection;
-use vigil_proto::vigil::v1::{ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse};
+use vigil_proto::vigil::v1::{
+    ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse, Verdict,
+};
 
 use crate::decision::decide;
+use crate::records::{RecordEmitter, RequestContext};
 use crate::status::to_status;
 
 /// Most images of one stream processed at once (responses keep request order).
@@ -24,23 +27,51 @@ pub struct InspectionService {
     repository: Arc<ModelRepository>,
     default_model: String,
     limits: ImageLimits,
+    records: Option<RecordEmitter>,
 }
 
 impl InspectionService {
     /// Serves `default_model` (when a request names none) with image `limits`.
     pub fn new(repository: Arc<ModelRepository>, default_model: impl Into<String>, limits: ImageLimits) -> Self {
-        Self { repository, default_model: default_model.into(), limits }
+        Self { repository, default_model: default_model.into(), limits, records: None }
+    }
+
+    /// Logs every prediction (answered or refused) through `records`.
+    pub fn with_records(mut self, records: RecordEmitter) -> Self {
+        self.records = Some(records);
+        self
     }
 
     /// Inspects one image.
     pub async fn inspect_one(&self, request: InspectRequest) -> Result<InspectResponse, Status> {
-        let name = if request.model_name.is_empty() { &self.default_model } else { &request.model_name };
-        let model = self.repository.get(name, &request.model_version).map_err(to_status)?;
+        let request_time = SystemTime::now();
+        let name = if request.model_name.is_empty() { self.default_model.clone() } else { request.model_name.clone() };
+        let (station_id, part_id, request_id, capture_time) =
+            (request.station_id.clone(), request.part_id.clone(), request.request_id.clone(), request.capture_time);
+        let model = self.repository.get(&name, &request.model_version).map_err(to_status)?;
         let started = Instant::now();
         let result = self.run(&model, request).await;
         match &result {
             Ok(_) => model.stats.success.record(started.elapsed()),
             Err(_) => model.stats.fail.record(started.elapsed()),
+        }
+        if let Some(records) = &self.records {
+            let ctx = RequestContext {
+                station_id: &station_id,
+                part_id: &part_id,
+                request_id: &request_id,
+                capture_time,
+                request_time,
+                model_name: &name,
+            };
+            match &result {
+                Ok(r) => {
+                    let index = usize::from(r.verdict == Verdict::Defect as i32);
+                    let label = model.config.labels.get(index).map_or("", String::as_str);
+                    records.inspected(&ctx, r, label);
+                }
+                Err(status) => records.failed(&ctx, Uuid::now_v7().to_string(), status),
+            }
         }
         result
     }

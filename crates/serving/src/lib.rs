@@ -5,8 +5,10 @@ pub mod admission;
 pub mod decision;
 pub mod inspection;
 pub mod oip;
+pub mod records;
 pub mod status;
 
 pub use admission::{AdmissionLayer, AdmissionLimits};
 pub use inspection::InspectionService;
 pub use oip::InferenceService;
+pub use records::RecordEmitter;

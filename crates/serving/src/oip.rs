@@ -257,7 +257,11 @@ fn tensor_metadata(config: &ModelConfig, specs: &[TensorSpec]) -> Vec<model_meta
                 shape.push(-1);
             }
             shape.extend(&s.dims);
-            model_metadata_response::TensorMetadata { name: s.name.clone(), datatype: s.datatype.as_str().into(), shape }
+            model_metadata_response::TensorMetadata {
+                name: s.name.clone(),
+                datatype: s.datatype.as_str().into(),
+                shape,
+            }
         })
         .collect()
 }
@@ -288,7 +292,10 @@ pub fn triton_config(config: &ModelConfig) -> vigil_proto::inference::ModelConfi
         model_config::SchedulingChoice::DynamicBatching(ModelDynamicBatching {
             max_queue_delay_microseconds: b.max_queue_delay_us,
             preferred_batch_size: vec![b.max_batch_size as i32],
-            default_queue_policy: Some(ModelQueuePolicy { max_queue_size: b.max_queue_depth as u32, ..Default::default() }),
+            default_queue_policy: Some(ModelQueuePolicy {
+                max_queue_size: b.max_queue_depth as u32,
+                ..Default::default()
+            }),
             ..Default::default()
         })
     });
@@ -363,7 +370,10 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
-    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
         Ok(Response::new(ServerMetadataResponse {
             name: self.server_name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -371,7 +381,10 @@ impl GrpcInferenceService for InferenceService {
         }))
     }
 
-    async fn model_metadata(&self, request: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
         let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;
         let entry = self.repository.entry(&r.name).map_err(to_status)?;
@@ -385,13 +398,19 @@ impl GrpcInferenceService for InferenceService {
         }))
     }
 
-    async fn model_config(&self, request: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
         let r = request.into_inner();
         let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;
         Ok(Response::new(ModelConfigResponse { config: Some(triton_config(&model.config)) }))
     }
 
-    async fn model_statistics(&self, request: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
         let mut model_stats = Vec::new();
         if r.name.is_empty() {
@@ -442,7 +461,10 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(Box::pin(responses)))
     }
 
-    async fn repository_index(&self, _: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+    async fn repository_index(
+        &self,
+        _: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
         let models = self
             .repository
             .models()
@@ -458,11 +480,17 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
-    async fn repository_model_load(&self, _: Request<RepositoryModelLoadRequest>) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+    async fn repository_model_load(
+        &self,
+        _: Request<RepositoryModelLoadRequest>,
+    ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         Err(Status::unimplemented("models are loaded at start-up from the model repository; restart to change them"))
     }
 
-    async fn repository_model_unload(&self, _: Request<RepositoryModelUnloadRequest>) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+    async fn repository_model_unload(
+        &self,
+        _: Request<RepositoryModelUnloadRequest>,
+    ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
         Err(Status::unimplemented("models are loaded at start-up from the model repository; restart to change them"))
     }
 }

@@ -1,0 +1,48 @@
+//! The `vigil` binary end to end: the embedded default and clear one-line usage errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn vigil() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    c.current_dir(root());
+    c
+}
+
+#[test]
+fn up_serves_the_shipped_model_to_the_sample_images() {
+    let out = vigil().arg("up").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("serving scratch-detector version"), "{stderr}");
+    let normal = std::fs::read_dir(root().join("samples/normal")).unwrap().count();
+    let drifted = std::fs::read_dir(root().join("samples/drifted")).unwrap().count();
+    for (set, n) in [("normal", normal), ("drifted", drifted)] {
+        assert!(stdout.contains(&format!("== samples/{set} ==")), "{stdout}");
+        assert!(stdout.contains(&format!("{n} images in")), "{stdout}");
+    }
+    let verdict_lines = stdout.lines().filter(|l| l.contains(" p=")).count();
+    assert_eq!(verdict_lines, normal + drifted);
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+}
+
+#[test]
+fn usage_errors_are_one_line_with_exit_code_2() {
+    let out = vigil().args(["inspect", "no/such/file.png"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim(), "vigil: no/such/file.png does not exist");
+
+    let out = vigil().args(["inspect", "--server", "not a url", "samples/normal"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid server address"));
+
+    let out = vigil().args(["up", "--samples", "no/such/folder"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sample folder no/such/folder not found"));
+}

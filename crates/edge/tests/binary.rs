@@ -1,0 +1,49 @@
+//! The `vigil-edge` binary: start-up line, configuration errors, SIGTERM drains and exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn edge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vigil-edge"));
+    c.current_dir(common::repo_root());
+    c
+}
+
+#[test]
+fn starts_reports_its_address_and_stops_on_sigterm() {
+    let mut child =
+        edge().args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("vigil-edge listening on 127.0.0.1:"), "{line}");
+    assert!(line.contains("serving scratch-detector@"), "{line}");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn bad_configuration_is_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("edge.toml");
+    std::fs::write(&file, "[limits]\nmax_message_bytes = \"big\"\n").unwrap();
+    let out = edge().args(["--config", file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limits.max_message_bytes"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let out = edge().args(["--model-repository", "/no/such/dir"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model_repository /no/such/dir is not a directory"));
+
+    let out = edge().args(["--onnxruntime-lib", "/no/lib.so"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run `./dev setup`"));
+
+    let out = edge().env("VIGIL_LIMITS__MAX_CONCURRENT_REQUESTS", "0").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_concurrent_requests must be at least 1"));
+}

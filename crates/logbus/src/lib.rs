@@ -1,0 +1,9 @@
+//! Record transport for Vigil: topic names, the Kafka producer settings, and the [`Emitter`],
+//! a bounded queue between request handlers and the broker so that a slow or absent broker
+//! never delays an answer.
+
+pub mod emitter;
+pub mod kafka;
+pub mod topics;
+
+pub use emitter::{Emitter, EmitterStats, Envelope, Sink, SinkError};

@@ -1,0 +1,73 @@
+//! Decoding one batch of messages into rows and dead letters (pure; no I/O).
+
+use prost::Message;
+use vigil_logbus::topics;
+use vigil_proto::vigil::v1::{LabelEvent, PredictionRecord};
+use vigil_store::{LabelRow, PredictionRow};
+
+/// A message as consumed.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A message that cannot become a row, and why.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message: Consumed,
+    pub reason: String,
+}
+
+/// The rows and dead letters of a batch.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub predictions: Vec<PredictionRow>,
+    pub labels: Vec<LabelRow>,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// Decodes every message by its topic.
+pub fn decode(messages: &[Consumed]) -> Decoded {
+    let mut out = Decoded::default();
+    for m in messages {
+        let payload = m.payload.as_deref().unwrap_or_default();
+        let result = match m.topic.as_str() {
+            topics::PREDICTIONS => PredictionRecord::decode(payload)
+                .map_err(|e| format!("not a PredictionRecord: {e}"))
+                .and_then(|r| PredictionRow::from_record(&r).map_err(|e| e.to_string()))
+                .map(|row| out.predictions.push(row)),
+            topics::LABELS => LabelEvent::decode(payload)
+                .map_err(|e| format!("not a LabelEvent: {e}"))
+                .and_then(|e| LabelRow::from_event(&e).map_err(|e| e.to_string()))
+                .map(|row| out.labels.push(row)),
+            other => Err(format!("no handler for topic {other}")),
+        };
+        if let Err(reason) = result {
+            out.dead.push(DeadLetter { message: m.clone(), reason });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, payload: Vec<u8>) -> Consumed {
+        Consumed { topic: topic.into(), partition: 0, offset: 7, key: None, payload: Some(payload) }
+    }
+
+    #[test]
+    fn garbage_and_future_versions_are_dead_letters_with_reasons() {
+        let future = PredictionRecord { schema_version: 9, ..Default::default() }.encode_to_vec();
+        let d = decode(&[msg(topics::PREDICTIONS, vec![0xff, 0xff, 0xff]), msg(topics::PREDICTIONS, future)]);
+        assert!(d.predictions.is_empty());
+        assert_eq!(d.dead.len(), 2);
+        assert!(d.dead[0].reason.starts_with("not a PredictionRecord"), "{}", d.dead[0].reason);
+        assert!(d.dead[1].reason.contains("schema version 9 is not supported"), "{}", d.dead[1].reason);
+    }
+}

@@ -1,0 +1,205 @@
+//! The consume → decode → insert → store-offsets loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use vigil_logbus::topics;
+use vigil_store::PgStore;
+
+use crate::batch::{Consumed, DeadLetter, decode};
+
+/// Logger settings.
+#[derive(Debug, Clone)]
+pub struct LoggerConfig {
+    pub brokers: String,
+    /// Consumer group; logger instances in one group share the partitions.
+    pub group_id: String,
+    pub database_url: String,
+    pub topics: Vec<String>,
+    /// Most records per database transaction.
+    pub batch_max_records: usize,
+    /// Longest a batch waits to fill after its first record.
+    pub batch_max_wait: Duration,
+    /// Apply the schema migrations at start.
+    pub migrate: bool,
+}
+
+impl Default for LoggerConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "vigil-logger".into(),
+            database_url: "postgres://127.0.0.1/vigil".into(),
+            topics: vec![topics::PREDICTIONS.into(), topics::LABELS.into()],
+            batch_max_records: 5_000,
+            batch_max_wait: Duration::from_millis(200),
+            migrate: true,
+        }
+    }
+}
+
+/// Counters of a running logger.
+#[derive(Debug, Default)]
+pub struct LoggerStats {
+    pub consumed: AtomicU64,
+    pub inserted_predictions: AtomicU64,
+    pub inserted_labels: AtomicU64,
+    /// Records already in the database (redelivered after a crash): skipped.
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub batches: AtomicU64,
+    /// Failed database attempts (each retried).
+    pub database_retries: AtomicU64,
+}
+
+/// Runs until `shutdown` resolves; the batch in hand is finished first.
+pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let store = PgStore::connect_lazy(&config.database_url, 4).context("database_url")?;
+    if config.migrate {
+        retry("migrate the database", &stats, || store.migrate()).await;
+    }
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("client.id", "vigil-logger")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        // Offsets are stored by hand, only after the database commit.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .create()
+        .context("cannot create the Kafka consumer")?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", "vigil-logger-deadletter")
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .context("cannot create the dead-letter producer")?;
+    let topic_refs: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs).context("cannot subscribe")?;
+    tracing::info!(group = config.group_id, topics = ?config.topics, "consuming");
+
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            _ = &mut shutdown => break,
+            m = consumer.recv() => m,
+        };
+        let first = match first {
+            Ok(m) => consumed(&m),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + config.batch_max_wait;
+        while batch.len() < config.batch_max_records {
+            tokio::select! {
+                m = consumer.recv() => match m {
+                    Ok(m) => batch.push(consumed(&m)),
+                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        process(&batch, &store, &producer, &stats).await;
+        consumer.store_offsets(&next_offsets(&batch)?).context("storing offsets")?;
+    }
+    tracing::info!("shutting down: committing offsets");
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final offset commit failed; the last batch will be read again (inserts are idempotent)");
+    }
+    Ok(())
+}
+
+fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
+    Consumed {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+    }
+}
+
+/// For each partition, the offset after the last message of the batch.
+fn next_offsets(batch: &[Consumed]) -> Result<TopicPartitionList> {
+    let mut last: HashMap<(&str, i32), i64> = HashMap::new();
+    for m in batch {
+        let e = last.entry((m.topic.as_str(), m.partition)).or_insert(m.offset);
+        *e = (*e).max(m.offset);
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in last {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
+    }
+    Ok(list)
+}
+
+/// Dead-letters what cannot be decoded, inserts the rest in one transaction; retries each
+/// until it succeeds (a broker or database outage pauses the logger, it never skips).
+async fn process(batch: &[Consumed], store: &PgStore, producer: &FutureProducer, stats: &LoggerStats) {
+    stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let decoded = decode(batch);
+    for dead in &decoded.dead {
+        retry("dead-letter a record", stats, || dead_letter(producer, dead)).await;
+        stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            topic = dead.message.topic,
+            partition = dead.message.partition,
+            offset = dead.message.offset,
+            reason = dead.reason,
+            "dead-lettered"
+        );
+    }
+    let (p, l) = retry("insert a batch", stats, || store.insert_batch(&decoded.predictions, &decoded.labels)).await;
+    let rows = (decoded.predictions.len() + decoded.labels.len()) as u64;
+    stats.inserted_predictions.fetch_add(p, Ordering::Relaxed);
+    stats.inserted_labels.fetch_add(l, Ordering::Relaxed);
+    stats.duplicates.fetch_add(rows - p - l, Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn dead_letter(producer: &FutureProducer, dead: &DeadLetter) -> Result<(), rdkafka::error::KafkaError> {
+    let m = &dead.message;
+    let source = format!("{}/{}/{}", m.topic, m.partition, m.offset);
+    let headers = OwnedHeaders::new()
+        .insert(Header { key: "vigil-reason", value: Some(dead.reason.as_str()) })
+        .insert(Header { key: "vigil-source", value: Some(source.as_str()) });
+    let payload = m.payload.clone().unwrap_or_default();
+    let key = m.key.clone().unwrap_or_default();
+    let record = FutureRecord::to(topics::DEAD_LETTER).payload(&payload).key(&key).headers(headers);
+    producer.send(record, Timeout::After(Duration::from_secs(10))).await.map(|_| ()).map_err(|(e, _)| e)
+}
+
+async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, stats: &LoggerStats, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(e) => {
+                stats.database_retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

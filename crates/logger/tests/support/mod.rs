@@ -1,0 +1,134 @@
+//! Real components for the logging tests: a Kafka-protocol broker (tansu, SQLite storage) on a
+//! free loopback port, and a fresh Postgres database per test.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vigil_logbus::kafka::{KafkaConfig, create_topics};
+
+/// The broker binary: `$VIGIL_TANSU`, else the cache `./dev setup` fills.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VIGIL_TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    home.join(".cache/vigil/tansu/bin/tansu")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tansu broker process with its data in a temporary directory.
+pub struct Broker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker and creates Vigil's topics with `partitions` partitions.
+    pub async fn start(partitions: i32) -> Broker {
+        let mut broker = Broker { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        broker.resume().await;
+        create_topics(&broker.kafka(), &vigil_logbus::topics::ALL, partitions).await.expect("create topics");
+        broker
+    }
+
+    /// `host:port` for clients.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kafka(&self) -> KafkaConfig {
+        KafkaConfig { brokers: self.brokers(), message_timeout_ms: 120_000, ..KafkaConfig::default() }
+    }
+
+    /// Stops the broker (data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub async fn resume(&mut self) {
+        let binary = tansu_binary();
+        assert!(binary.exists(), "{} missing: run ./dev setup (it installs the tansu broker)", binary.display());
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("tansu.log")).unwrap();
+        let child = Command::new(binary)
+            .current_dir(self.dir.path())
+            .args(["broker", "--cluster-id", "vigil-test", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "broker did not listen on {}", self.port);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A fresh database on the local Postgres, dropped at the end.
+pub struct Database {
+    pub name: String,
+}
+
+fn admin_url() -> String {
+    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+impl Database {
+    pub fn fresh() -> Database {
+        let name = format!("vigil_test_{}", uuid::Uuid::now_v7().simple());
+        psql(&format!("CREATE DATABASE {name}"));
+        Database { name }
+    }
+
+    pub fn url(&self) -> String {
+        let admin = admin_url();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn psql(sql: &str) {
+    let out =
+        Command::new("psql").args([admin_url().as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().expect("psql");
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

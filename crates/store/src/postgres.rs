@@ -1,0 +1,160 @@
+//! The Postgres store (sqlx).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use uuid::Uuid;
+
+use crate::rows::{LabelRow, PredictionRow};
+
+/// A pool of connections to the Vigil database.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects lazily: the first statement opens the first connection, so a database that is
+    /// down at start-up is waited for by the caller's retry loop rather than failing start-up.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        crate::MIGRATOR.run(&self.pool).await
+    }
+
+    /// Inserts predictions and labels in one transaction; rows whose id exists are skipped.
+    /// Returns the numbers of new prediction and label rows.
+    pub async fn insert_batch(
+        &self,
+        predictions: &[PredictionRow],
+        labels: &[LabelRow],
+    ) -> Result<(u64, u64), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let p = insert_predictions(&mut *tx, predictions).await?;
+        let l = insert_labels(&mut *tx, labels).await?;
+        tx.commit().await?;
+        Ok((p, l))
+    }
+
+    /// Inserts predictions (one statement); rows whose id exists are skipped.
+    pub async fn insert_predictions(&self, rows: &[PredictionRow]) -> Result<u64, sqlx::Error> {
+        insert_predictions(&self.pool, rows).await
+    }
+
+    /// Inserts labels; labels whose id exists are skipped.
+    pub async fn insert_labels(&self, rows: &[LabelRow]) -> Result<u64, sqlx::Error> {
+        insert_labels(&self.pool, rows).await
+    }
+
+    /// Every prediction id with its features and score, in id order (for checks and exports).
+    pub async fn prediction_ids(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar("SELECT prediction_id FROM predictions ORDER BY prediction_id").fetch_all(&self.pool).await
+    }
+
+    /// Number of logged predictions.
+    pub async fn count_predictions(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM predictions").fetch_one(&self.pool).await
+    }
+
+    /// One stored prediction's features, output and score, when present.
+    pub async fn prediction(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(serde_json::Value, serde_json::Value, Option<f32>, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT features, output, score, station_id FROM predictions WHERE prediction_id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+    }
+}
+
+async fn insert_predictions<'e>(exec: impl PgExecutor<'e>, rows: &[PredictionRow]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    macro_rules! column {
+        ($field:ident) => {
+            rows.iter().map(|r| r.$field.clone()).collect::<Vec<_>>()
+        };
+    }
+    let features: Vec<String> = rows.iter().map(|r| r.features.to_string()).collect();
+    let outputs: Vec<String> = rows.iter().map(|r| r.output.to_string()).collect();
+    let result = sqlx::query(
+            "INSERT INTO predictions (prediction_id, time, request_time, capture_time, trace_id, server_id, station_id,
+                 device_id, part_id, request_id, api, model_name, model_version, variant, deployment_id, features, output,
+                 score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error)
+             SELECT id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f::jsonb, o::jsonb, sc, onull, vd, dc, qt, cpt, stt, er
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int2[], $15::text[], $16::text[],
+                 $17::text[], $18::real[], $19::bool[], $20::int2[], $21::int2[], $22::int8[], $23::int8[], $24::int2[], $25::text[])
+               AS u(id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f, o, sc, onull, vd, dc, qt, cpt, stt, er)
+             ON CONFLICT (prediction_id) DO NOTHING",
+        )
+        .bind(column!(prediction_id))
+        .bind(column!(time))
+        .bind(column!(request_time))
+        .bind(column!(capture_time))
+        .bind(column!(trace_id))
+        .bind(column!(server_id))
+        .bind(column!(station_id))
+        .bind(column!(device_id))
+        .bind(column!(part_id))
+        .bind(column!(request_id))
+        .bind(column!(api))
+        .bind(column!(model_name))
+        .bind(column!(model_version))
+        .bind(column!(variant))
+        .bind(column!(deployment_id))
+        .bind(features)
+        .bind(outputs)
+        .bind(column!(score))
+        .bind(column!(output_null))
+        .bind(column!(verdict))
+        .bind(column!(decision))
+        .bind(column!(queue_time_us))
+        .bind(column!(compute_time_us))
+        .bind(column!(status))
+        .bind(column!(error))
+        .execute(exec)
+        .await?;
+    Ok(result.rows_affected())
+}
+
+async fn insert_labels<'e>(exec: impl PgExecutor<'e>, rows: &[LabelRow]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.label_id).collect();
+    let predictions: Vec<Uuid> = rows.iter().map(|r| r.prediction_id).collect();
+    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.time).collect();
+    let sources: Vec<String> = rows.iter().map(|r| r.source.clone()).collect();
+    let result = sqlx::query(
+        "INSERT INTO labels (label_id, prediction_id, label, time, source)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[])
+             ON CONFLICT (label_id) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(predictions)
+    .bind(labels)
+    .bind(times)
+    .bind(sources)
+    .execute(exec)
+    .await?;
+    Ok(result.rows_affected())
+}

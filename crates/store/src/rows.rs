@@ -1,0 +1,203 @@
+//! Rows decoded from Kafka record bodies, checked before they reach SQL.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+use vigil_proto::vigil::v1::{LabelEvent, PredictionRecord};
+
+/// Schema versions of record bodies this code understands.
+pub const SUPPORTED_SCHEMA_VERSION: u32 = 1;
+
+/// A record that cannot become a row; the reason goes to the dead-letter topic.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RowError {
+    #[error("schema version {0} is not supported (this logger reads version {SUPPORTED_SCHEMA_VERSION})")]
+    SchemaVersion(u32),
+    #[error("{field} is invalid: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+fn uuid_field(field: &'static str, value: &str) -> Result<Uuid, RowError> {
+    Uuid::parse_str(value).map_err(|e| RowError::Field { field, reason: format!("'{value}': {e}") })
+}
+
+fn time(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    ts.as_ref().and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32))
+}
+
+/// One row of `predictions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionRow {
+    pub prediction_id: Uuid,
+    pub time: DateTime<Utc>,
+    pub request_time: Option<DateTime<Utc>>,
+    pub capture_time: Option<DateTime<Utc>>,
+    pub trace_id: String,
+    pub server_id: String,
+    pub station_id: String,
+    pub device_id: String,
+    pub part_id: String,
+    pub request_id: String,
+    pub api: String,
+    pub model_name: String,
+    pub model_version: String,
+    pub variant: i16,
+    pub deployment_id: String,
+    /// JSON object: feature name -> number, category string, or null when missing.
+    pub features: serde_json::Value,
+    /// JSON object: label, scores.
+    pub output: serde_json::Value,
+    pub score: Option<f32>,
+    pub output_null: bool,
+    pub verdict: i16,
+    pub decision: i16,
+    pub queue_time_us: i64,
+    pub compute_time_us: i64,
+    pub status: i16,
+    pub error: String,
+}
+
+impl PredictionRow {
+    /// Checks and converts a record; the error names the bad field.
+    pub fn from_record(r: &PredictionRecord) -> Result<Self, RowError> {
+        if r.schema_version != SUPPORTED_SCHEMA_VERSION {
+            return Err(RowError::SchemaVersion(r.schema_version));
+        }
+        let prediction_id = uuid_field("prediction_id", &r.prediction_id)?;
+        if r.model_name.is_empty() {
+            return Err(RowError::Field { field: "model_name", reason: "empty".into() });
+        }
+        let time = time(&r.response_time)
+            .ok_or(RowError::Field { field: "response_time", reason: "missing or out of range".into() })?;
+        let mut features = serde_json::Map::new();
+        for f in &r.features {
+            let value = if f.missing {
+                serde_json::Value::Null
+            } else if !f.category.is_empty() {
+                serde_json::Value::String(f.category.clone())
+            } else {
+                serde_json::Number::from_f64(f.value).map_or(serde_json::Value::Null, serde_json::Value::Number)
+            };
+            features.insert(f.name.clone(), value);
+        }
+        let out = r.output.clone().unwrap_or_default();
+        let scores: Vec<serde_json::Value> = out
+            .scores
+            .iter()
+            .map(|s| serde_json::Number::from_f64(*s as f64).map_or(serde_json::Value::Null, serde_json::Value::Number))
+            .collect();
+        let score = out.scores.first().copied().filter(|s| s.is_finite());
+        Ok(Self {
+            prediction_id,
+            time,
+            request_time: time_opt(&r.request_time),
+            capture_time: time_opt(&r.capture_time),
+            trace_id: r.trace_id.clone(),
+            server_id: r.server_id.clone(),
+            station_id: r.station_id.clone(),
+            device_id: r.device_id.clone(),
+            part_id: r.part_id.clone(),
+            request_id: r.request_id.clone(),
+            api: r.api.clone(),
+            model_name: r.model_name.clone(),
+            model_version: r.model_version.clone(),
+            variant: r.variant as i16,
+            deployment_id: r.deployment_id.clone(),
+            features: serde_json::Value::Object(features),
+            output: serde_json::json!({ "label": out.label, "scores": scores }),
+            score,
+            output_null: out.is_null || (r.status == 1 && score.is_none()),
+            verdict: out.verdict as i16,
+            decision: r.decision as i16,
+            queue_time_us: r.queue_time_us.min(i64::MAX as u64) as i64,
+            compute_time_us: r.compute_time_us.min(i64::MAX as u64) as i64,
+            status: r.status as i16,
+            error: r.error.clone(),
+        })
+    }
+}
+
+fn time_opt(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
+    time(ts)
+}
+
+/// One row of `labels`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelRow {
+    pub label_id: Uuid,
+    pub prediction_id: Uuid,
+    pub label: String,
+    pub time: DateTime<Utc>,
+    pub source: String,
+}
+
+impl LabelRow {
+    /// Checks and converts a label event.
+    pub fn from_event(e: &LabelEvent) -> Result<Self, RowError> {
+        if e.schema_version != SUPPORTED_SCHEMA_VERSION {
+            return Err(RowError::SchemaVersion(e.schema_version));
+        }
+        if e.label.is_empty() {
+            return Err(RowError::Field { field: "label", reason: "empty".into() });
+        }
+        Ok(Self {
+            label_id: uuid_field("label_id", &e.label_id)?,
+            prediction_id: uuid_field("prediction_id", &e.prediction_id)?,
+            label: e.label.clone(),
+            time: time(&e.time).ok_or(RowError::Field { field: "time", reason: "missing or out of range".into() })?,
+            source: e.source.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_proto::vigil::v1::{Feature, PredictionOutput};
+
+    fn record() -> PredictionRecord {
+        PredictionRecord {
+            schema_version: 1,
+            prediction_id: Uuid::now_v7().to_string(),
+            response_time: Some(prost_types::Timestamp { seconds: 1_800_000_000, nanos: 5 }),
+            model_name: "m".into(),
+            model_version: "1".into(),
+            status: 1,
+            features: vec![
+                Feature { name: "brightness".into(), value: 120.5, ..Default::default() },
+                Feature { name: "x".into(), missing: true, ..Default::default() },
+            ],
+            output: Some(PredictionOutput { label: "defect".into(), scores: vec![0.75], ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn converts_features_outputs_and_times() {
+        let row = PredictionRow::from_record(&record()).unwrap();
+        assert_eq!(row.features, serde_json::json!({ "brightness": 120.5, "x": null }));
+        assert_eq!(row.output, serde_json::json!({ "label": "defect", "scores": [0.75] }));
+        assert_eq!(row.score, Some(0.75));
+        assert!(!row.output_null);
+        assert_eq!(row.time.timestamp(), 1_800_000_000);
+    }
+
+    #[test]
+    fn refuses_unknown_schema_versions_and_bad_ids() {
+        let mut r = record();
+        r.schema_version = 2;
+        assert_eq!(PredictionRow::from_record(&r).unwrap_err(), RowError::SchemaVersion(2));
+        let mut r = record();
+        r.prediction_id = "nope".into();
+        assert!(PredictionRow::from_record(&r).unwrap_err().to_string().starts_with("prediction_id is invalid"));
+        let mut r = record();
+        r.response_time = None;
+        assert!(PredictionRow::from_record(&r).unwrap_err().to_string().contains("response_time"));
+    }
+
+    #[test]
+    fn an_ok_record_without_scores_is_a_null_output() {
+        let mut r = record();
+        r.output = None;
+        assert!(PredictionRow::from_record(&r).unwrap().output_null);
+    }
+}

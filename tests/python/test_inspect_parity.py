@@ -1,0 +1,83 @@
+"""The line client (`vigil inspect --json`) through vigil-edge equals an independent Python
+computation: the model.toml preprocessing in numpy, onnxruntime, and the input features with
+scipy."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from conftest import BIN_DIR, ROOT, preprocess, sample_files
+
+LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=np.float64)
+
+
+def features(x: np.ndarray, config: dict) -> dict:
+    pre = config["preprocess"]
+    gray255 = (x[0, 0].astype(np.float64) * pre["std"] + pre["mean"]) * 255.0
+    lap = ndimage.correlate(gray255, LAPLACIAN, mode="constant")[1:-1, 1:-1]
+    return {"brightness": gray255.mean(), "contrast": gray255.std(), "sharpness": lap.var()}
+
+
+def run_inspect(server: str, *paths) -> tuple[int, list[dict]]:
+    proc = subprocess.run(
+        [BIN_DIR / "vigil", "inspect", "--json", "--server", f"http://{server}", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, lines
+
+
+def test_inspect_scores_and_features_match_python(edge_server, model_config, onnx_session):
+    code, lines = run_inspect(edge_server, ROOT / "samples" / "normal", ROOT / "samples" / "drifted")
+    results, summary = lines[:-1], lines[-1]["summary"]
+    files = sample_files("normal", "drifted")
+    assert [r["path"] for r in results] == [str(f) for f in files]
+    thresholds = model_config["thresholds"]
+    for r, f in zip(results, files):
+        x = preprocess(f, model_config)
+        expected = float(onnx_session.run(None, {"image": x})[0][0, 0])
+        assert abs(r["defect_probability"] - expected) <= 1e-5, (f, r["defect_probability"], expected)
+        want = features(x, model_config)
+        for name, value in want.items():
+            assert r[name] == pytest.approx(value, rel=1e-4, abs=1e-3), (f, name)
+        assert r["verdict"] == ("DEFECT" if r["defect_probability"] >= thresholds["defect"] else "OK")
+    assert summary["images"] == len(files)
+    assert summary["failed"] == 0
+    expected_code = 10 if summary["reject"] else (11 if summary["human_review"] else 0)
+    assert code == expected_code
+
+
+def test_drifted_images_show_in_the_features(edge_server):
+    _, normal = run_inspect(edge_server, ROOT / "samples" / "normal")
+    _, drifted = run_inspect(edge_server, ROOT / "samples" / "drifted")
+    mean = lambda rows, k: np.mean([r[k] for r in rows[:-1]])
+    assert mean(drifted, "brightness") < mean(normal, "brightness")
+    assert mean(drifted, "sharpness") < mean(normal, "sharpness")
+
+
+def test_exit_codes_for_the_control_software(edge_server, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_text("not an image")
+    code, lines = run_inspect(edge_server, bad)
+    assert code == 12
+    assert "not PNG or JPEG" in lines[0]["error"]
+    ok_files = []
+    for f in sample_files("normal"):
+        _, rows = run_inspect(edge_server, f)
+        if rows[0]["decision"] == "ACCEPT":
+            ok_files.append(f)
+    if ok_files:
+        assert run_inspect(edge_server, ok_files[0])[0] == 0
+    missing = subprocess.run([BIN_DIR / "vigil", "inspect", "--server", "http://127.0.0.1:1", str(files_or(ok_files))], capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert "cannot reach the edge server" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def files_or(files):
+    return files[0] if files else sample_files("normal")[0]

@@ -1,0 +1,110 @@
+"""The standard Triton client (tritonclient, PyPI) against vigil-edge, unmodified; outputs
+checked against onnxruntime (the Python package) on the same preprocessed tensor."""
+
+import queue
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
+
+from conftest import MODEL, preprocess, sample_files
+
+
+@pytest.fixture()
+def client(edge_server):
+    return grpcclient.InferenceServerClient(edge_server)
+
+
+def test_health_and_server_metadata(client):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+    assert not client.is_model_ready("no-such-model")
+    meta = client.get_server_metadata()
+    assert meta.name == "vigil-edge"
+    assert "model_configuration" in meta.extensions
+
+
+def test_model_metadata_and_config(client, model_config):
+    meta = client.get_model_metadata(MODEL)
+    assert meta.name == MODEL
+    assert meta.platform == "onnxruntime_onnx"
+    assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("image", "FP32", [-1, 1, 128, 128])]
+    assert [(o.name, o.datatype, list(o.shape)) for o in meta.outputs] == [("defect_probability", "FP32", [-1, 1])]
+    config = client.get_model_config(MODEL).config
+    assert config.name == MODEL
+    assert config.max_batch_size == model_config["max_batch_size"]
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert list(config.input[0].dims) == [1, 128, 128]
+    assert list(config.output[0].dims) == [1]
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    batching = model_config["dynamic_batching"]
+    assert config.dynamic_batching.max_queue_delay_microseconds == batching["max_queue_delay_us"]
+
+
+def test_infer_equals_onnxruntime(client, model_config, onnx_session):
+    files = sample_files("normal", "drifted")[:16]
+    x = np.concatenate([preprocess(f, model_config) for f in files])
+    expected = onnx_session.run(["defect_probability"], {"image": x})[0]
+    # One batched request (raw contents, as tritonclient sends them) ...
+    inp = grpcclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(MODEL, [inp], outputs=[grpcclient.InferRequestedOutput("defect_probability")], request_id="batch-1")
+    assert result.get_response().id == "batch-1"
+    got = result.as_numpy("defect_probability")
+    assert got.shape == expected.shape == (16, 1)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    # ... and one request per image.
+    for i in range(4):
+        single = grpcclient.InferInput("image", [1, 1, 128, 128], "FP32")
+        single.set_data_from_numpy(x[i : i + 1])
+        got = client.infer(MODEL, [single]).as_numpy("defect_probability")
+        np.testing.assert_allclose(got, expected[i : i + 1], rtol=0, atol=1e-5)
+
+
+def test_stream_infer(client, model_config, onnx_session):
+    files = sample_files("normal")[:5]
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for i, f in enumerate(files):
+            inp = grpcclient.InferInput("image", [1, 1, 128, 128], "FP32")
+            inp.set_data_from_numpy(preprocess(f, model_config))
+            client.async_stream_infer(MODEL, [inp], request_id=str(i))
+        for i, f in enumerate(files):
+            result, error = answers.get(timeout=30)
+            assert error is None
+            assert result.get_response().id == str(i)
+            expected = onnx_session.run(None, {"image": preprocess(f, model_config)})[0]
+            np.testing.assert_allclose(result.as_numpy("defect_probability"), expected, rtol=0, atol=1e-5)
+    finally:
+        client.stop_stream()
+
+
+def test_statistics_count_requests(client, model_config):
+    before = client.get_inference_statistics(MODEL).model_stats[0].inference_stats.success.count
+    inp = grpcclient.InferInput("image", [2, 1, 128, 128], "FP32")
+    inp.set_data_from_numpy(np.zeros((2, 1, 128, 128), dtype=np.float32))
+    client.infer(MODEL, [inp])
+    stats = client.get_inference_statistics(MODEL).model_stats[0]
+    assert stats.inference_stats.success.count == before + 1
+    assert stats.inference_count >= 2
+
+
+def test_errors_carry_precise_statuses(client):
+    bad_shape = grpcclient.InferInput("image", [1, 3, 128, 128], "FP32")
+    bad_shape.set_data_from_numpy(np.zeros((1, 3, 128, 128), dtype=np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(MODEL, [bad_shape])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "input 'image': shape [1, 3, 128, 128]" in e.value.message()
+    wrong_type = grpcclient.InferInput("image", [1, 1, 128, 128], "FP64")
+    wrong_type.set_data_from_numpy(np.zeros((1, 1, 128, 128), dtype=np.float64))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(MODEL, [wrong_type])
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_metadata("no-such-model")
+    assert e.value.status() == "StatusCode.NOT_FOUND"
