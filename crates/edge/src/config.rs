@@ -43,6 +43,8 @@ pub struct LoggingConfig {
     /// Records being delivered at once.
     pub max_in_flight: usize,
     pub kafka: vigil_logbus::kafka::KafkaConfig,
+    /// Store-and-forward: records the broker cannot take wait on disk and are replayed.
+    pub spool: Option<vigil_logbus::spool::SpoolConfig>,
 }
 
 impl Default for LoggingConfig {
@@ -52,7 +54,13 @@ impl Default for LoggingConfig {
             server_id: "edge-1".into(),
             queue_capacity: 100_000,
             max_in_flight: 10_000,
-            kafka: vigil_logbus::kafka::KafkaConfig { client_id: "vigil-edge".into(), ..Default::default() },
+            kafka: vigil_logbus::kafka::KafkaConfig {
+                client_id: "vigil-edge".into(),
+                // An outage is noticed after this long; the records then go to the spool.
+                message_timeout_ms: 10_000,
+                ..Default::default()
+            },
+            spool: None,
         }
     }
 }
@@ -151,6 +159,11 @@ impl EdgeConfig {
         }
         if self.logging.enabled {
             self.logging.kafka.validate().map_err(|e| format!("logging.{e}"))?;
+            if let Some(spool) = &self.logging.spool {
+                if spool.max_bytes < spool.segment_bytes || spool.segment_bytes < 1024 {
+                    return Err("logging.spool: need 1024 <= segment_bytes <= max_bytes".into());
+                }
+            }
         }
         if self.default_model.is_empty() {
             return Err("default_model must not be empty".into());

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use vigil_inference::repository::{ModelRepository, RepositoryOptions};
 use vigil_logbus::Emitter;
 use vigil_logbus::kafka::KafkaSink;
+use vigil_logbus::spool::Spool;
 use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use vigil_proto::vigil::v1::inspection_server::InspectionServer;
 use vigil_serving::{AdmissionLayer, AdmissionLimits, InferenceService, InspectionService, RecordEmitter};
@@ -87,8 +88,24 @@ pub async fn start(config: EdgeConfig, handle_signals: bool) -> Result<RunningSe
             .producer()
             .with_context(|| format!("cannot create the Kafka producer for {}", config.logging.kafka.brokers))?;
         let sink = KafkaSink::new(producer);
-        let (emitter, _task) =
-            Emitter::start(sink.clone(), config.logging.queue_capacity, config.logging.max_in_flight);
+        let spool = match &config.logging.spool {
+            Some(spool_config) => {
+                let spool = Spool::open(spool_config.clone())
+                    .with_context(|| format!("cannot open the spool in {}", spool_config.dir.display()))?;
+                if !spool.is_empty() {
+                    tracing::info!(records = spool.len(), "replaying records spooled by an earlier run");
+                }
+                Some(spool)
+            }
+            None => None,
+        };
+        let (emitter, _task) = Emitter::start_with_spool(
+            sink.clone(),
+            config.logging.queue_capacity,
+            config.logging.max_in_flight,
+            spool,
+            Duration::from_millis(500),
+        );
         let record_emitter = RecordEmitter::new(emitter.clone(), config.logging.server_id.clone());
         inspection_service = inspection_service.with_records(record_emitter.clone());
         records = Some(record_emitter);

@@ -1,13 +1,21 @@
 //! The emitter: request handlers hand records to a bounded queue and move on; a background
 //! task forwards them to a [`Sink`] with bounded concurrency. A full queue never blocks a
-//! request: the record is counted as dropped.
+//! request. With a [`Spool`], records the sink cannot take (broker down, queue full) go to
+//! disk and are replayed in order when the sink is back; without one they are counted as
+//! dropped or failed.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
+
+use crate::spool::{Appended, Spool};
 
 /// One record on its way to a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,8 +47,13 @@ pub struct EmitterStats {
     pub delivered: AtomicU64,
     /// Records the sink failed to deliver.
     pub failed: AtomicU64,
-    /// Records refused because the queue was full.
+    /// Records lost: the queue was full and no spool was configured, or the spool was full
+    /// (reject-new), or dropped from the spool (drop-oldest).
     pub dropped: AtomicU64,
+    /// Records written to the spool.
+    pub spooled: AtomicU64,
+    /// Spooled records delivered later.
+    pub replayed: AtomicU64,
 }
 
 impl EmitterStats {
@@ -53,6 +66,46 @@ impl EmitterStats {
             self.dropped.load(Ordering::Relaxed),
         )
     }
+
+    /// Records settled: delivered, failed, or in the spool (durable).
+    fn settled(&self) -> u64 {
+        let (_, delivered, failed, _) = self.snapshot();
+        delivered + failed + self.spooled.load(Ordering::Relaxed)
+    }
+}
+
+/// The spool shared by the forwarding task, request handlers and the replay task.
+struct SpoolState {
+    spool: Mutex<Spool>,
+    /// While set, new records go to the spool (behind the ones waiting) to keep their order.
+    active: AtomicBool,
+}
+
+impl SpoolState {
+    fn store(&self, envelope: &Envelope, stats: &EmitterStats) {
+        let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+        self.active.store(true, Ordering::SeqCst);
+        match spool.append(envelope) {
+            Ok(Appended::Stored) => {
+                stats.spooled.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Appended::StoredDroppingOldest(n)) => {
+                stats.spooled.fetch_add(1, Ordering::Relaxed);
+                stats.dropped.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(dropped = n, "spool full: dropped the oldest records");
+            }
+            Ok(Appended::Rejected) => {
+                // Counted as spooled-then-dropped so that the accounting settles.
+                stats.spooled.fetch_add(1, Ordering::Relaxed);
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("spool full: record rejected");
+            }
+            Err(e) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot write to the spool: record lost");
+            }
+        }
+    }
 }
 
 /// Handle given to request handlers. Cloning shares the queue.
@@ -60,28 +113,61 @@ impl EmitterStats {
 pub struct Emitter {
     sender: mpsc::Sender<Envelope>,
     stats: Arc<EmitterStats>,
+    spool: Option<Arc<SpoolState>>,
 }
 
 impl Emitter {
     /// Starts the forwarding task: at most `queue_capacity` records wait, at most
     /// `max_in_flight` are being delivered at once.
     pub fn start<S: Sink>(sink: S, queue_capacity: usize, max_in_flight: usize) -> (Self, JoinHandle<()>) {
-        let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
-        let stats = Arc::new(EmitterStats::default());
-        let task = tokio::spawn(forward(Arc::new(sink), receiver, stats.clone(), max_in_flight.max(1)));
-        (Self { sender, stats }, task)
+        Self::start_with_spool(sink, queue_capacity, max_in_flight, None, Duration::from_millis(500))
     }
 
-    /// Queues a record without waiting; returns false (and counts it) when the queue is full.
+    /// As [`Emitter::start`], with records the sink cannot take going to `spool` and replayed
+    /// (checked every `replay_interval`). Records left in the spool by an earlier run are
+    /// replayed first.
+    pub fn start_with_spool<S: Sink>(
+        sink: S,
+        queue_capacity: usize,
+        max_in_flight: usize,
+        spool: Option<Spool>,
+        replay_interval: Duration,
+    ) -> (Self, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
+        let stats = Arc::new(EmitterStats::default());
+        let spool = spool.map(|s| {
+            let active = !s.is_empty();
+            Arc::new(SpoolState { spool: Mutex::new(s), active: AtomicBool::new(active) })
+        });
+        let sink = Arc::new(sink);
+        if let Some(state) = &spool {
+            tokio::spawn(replay(sink.clone(), state.clone(), stats.clone(), replay_interval));
+        }
+        let task = tokio::spawn(forward(sink, receiver, stats.clone(), max_in_flight.max(1), spool.clone()));
+        (Self { sender, stats, spool }, task)
+    }
+
+    /// Queues a record without waiting. When the queue is full the record goes to the spool,
+    /// or, without one, is dropped and counted; returns false then.
     pub fn emit(&self, envelope: Envelope) -> bool {
         self.stats.emitted.fetch_add(1, Ordering::Relaxed);
         match self.sender.try_send(envelope) {
             Ok(()) => true,
-            Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            Err(mpsc::error::TrySendError::Full(envelope) | mpsc::error::TrySendError::Closed(envelope)) => {
+                match &self.spool {
+                    Some(spool) => spool.store(&envelope, &self.stats),
+                    None => {
+                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 false
             }
         }
+    }
+
+    /// Records waiting in the spool.
+    pub fn spooled_now(&self) -> u64 {
+        self.spool.as_ref().map_or(0, |s| s.spool.lock().unwrap_or_else(|p| p.into_inner()).len())
     }
 
     /// Waits until every record emitted so far is delivered, failed or dropped; false when
@@ -89,8 +175,8 @@ impl Emitter {
     pub async fn drain(&self, timeout: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (emitted, delivered, failed, dropped) = self.stats.snapshot();
-            if delivered + failed + dropped >= emitted {
+            let (emitted, _, _, _) = self.stats.snapshot();
+            if self.stats.settled() + self.queue_dropped() >= emitted {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -98,6 +184,11 @@ impl Emitter {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+    }
+
+    fn queue_dropped(&self) -> u64 {
+        // Without a spool, a full queue drops; with one, drops are counted among the spooled.
+        if self.spool.is_some() { 0 } else { self.stats.dropped.load(Ordering::Relaxed) }
     }
 
     /// The counters.
@@ -111,26 +202,90 @@ async fn forward<S: Sink>(
     mut receiver: mpsc::Receiver<Envelope>,
     stats: Arc<EmitterStats>,
     max_in_flight: usize,
+    spool: Option<Arc<SpoolState>>,
 ) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
     while let Some(envelope) = receiver.recv().await {
+        if let Some(state) = &spool {
+            if state.active.load(Ordering::SeqCst) {
+                // Let deliveries in flight settle first: the ones that fail are spooled ahead
+                // of this record, keeping emission order.
+                if let Ok(all) = permits.acquire_many(max_in_flight as u32).await {
+                    drop(all);
+                }
+                state.store(&envelope, &stats);
+                continue;
+            }
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let stats = stats.clone();
+        let spool = spool.clone();
+        let kept = spool.as_ref().map(|_| envelope.clone());
         let topic = envelope.topic.clone();
         let delivery = sink.send(envelope);
         tokio::spawn(async move {
             let _permit = permit;
-            match delivery.await {
-                Ok(()) => stats.delivered.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    tracing::warn!(topic, error = %e, "record not delivered");
-                    stats.failed.fetch_add(1, Ordering::Relaxed)
+            match (delivery.await, kept, spool) {
+                (Ok(()), _, _) => {
+                    stats.delivered.fetch_add(1, Ordering::Relaxed);
                 }
-            };
+                (Err(e), Some(envelope), Some(state)) => {
+                    tracing::warn!(topic, error = %e, "record not delivered: spooled for replay");
+                    state.store(&envelope, &stats);
+                }
+                (Err(e), _, _) => {
+                    tracing::warn!(topic, error = %e, "record not delivered");
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         });
     }
     // Wait for deliveries in flight before reporting done.
     let _ = permits.acquire_many(max_in_flight as u32).await;
+}
+
+/// Sends the spool's oldest records, in order, whenever it holds any; acknowledges them only
+/// when all of a batch were delivered (a partly delivered batch is sent again: downstream
+/// inserts are idempotent on the record id).
+async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<EmitterStats>, interval: Duration) {
+    const BATCH: usize = 1_000;
+    let mut backoff = interval;
+    loop {
+        tokio::time::sleep(backoff).await;
+        let peeked = {
+            let spool = state.spool.lock().unwrap_or_else(|p| p.into_inner());
+            if spool.is_empty() {
+                state.active.store(false, Ordering::SeqCst);
+                backoff = interval;
+                continue;
+            }
+            spool.peek(BATCH)
+        };
+        let (batch, position) = match peeked {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the spool");
+                continue;
+            }
+        };
+        let count = batch.len() as u64;
+        let deliveries: Vec<_> = batch.into_iter().map(|e| sink.send(e)).collect();
+        let mut all_ok = true;
+        for d in deliveries {
+            all_ok &= d.await.is_ok();
+        }
+        if all_ok {
+            let mut spool = state.spool.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = spool.ack(position, count) {
+                tracing::error!(error = %e, "cannot advance the spool head");
+            }
+            stats.replayed.fetch_add(count, Ordering::Relaxed);
+            tracing::info!(count, left = spool.len(), "replayed spooled records");
+            backoff = Duration::ZERO.max(Duration::from_millis(1));
+        } else {
+            backoff = (backoff * 2).clamp(interval, Duration::from_secs(10));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,14 +298,23 @@ mod tests {
         seen: Arc<std::sync::Mutex<Vec<Envelope>>>,
         delay: Duration,
         fail: bool,
+        down: Arc<AtomicBool>,
     }
 
     impl Sink for Collect {
         fn send(&self, envelope: Envelope) -> impl Future<Output = Result<(), SinkError>> + Send + 'static {
             let this = self.clone();
+            // Like Kafka's producer, an up sink takes the record at call time (in call order).
+            let taken = !self.fail && !self.down.load(Ordering::SeqCst) && self.delay.is_zero();
+            if taken {
+                self.seen.lock().unwrap().push(envelope.clone());
+            }
             async move {
+                if taken {
+                    return Ok(());
+                }
                 tokio::time::sleep(this.delay).await;
-                if this.fail {
+                if this.fail || this.down.load(Ordering::SeqCst) {
                     return Err(SinkError("broker down".into()));
                 }
                 this.seen.lock().unwrap().push(envelope);
@@ -185,6 +349,46 @@ mod tests {
         assert!((2..10).contains(&accepted), "{accepted}");
         let (emitted, _, _, dropped) = emitter.stats().snapshot();
         assert_eq!((emitted, dropped), (10, (10 - accepted) as u64));
+    }
+
+    #[tokio::test]
+    async fn an_outage_spools_and_replays_everything_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(crate::spool::SpoolConfig { dir: dir.path().into(), ..Default::default() }).unwrap();
+        let sink = Collect::default();
+        let (emitter, _task) =
+            Emitter::start_with_spool(sink.clone(), 100, 4, Some(spool), Duration::from_millis(20));
+        for i in 0..10 {
+            emitter.emit(env(i));
+        }
+        assert!(emitter.drain(Duration::from_secs(5)).await);
+        sink.down.store(true, Ordering::SeqCst);
+        for i in 10..40 {
+            emitter.emit(env(i));
+            tokio::task::yield_now().await;
+        }
+        assert!(emitter.drain(Duration::from_secs(5)).await);
+        assert!(emitter.spooled_now() > 0, "records wait on disk during the outage");
+        sink.down.store(false, Ordering::SeqCst);
+        for i in 40..50 {
+            emitter.emit(env(i));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.seen.lock().unwrap().len() < 50 || emitter.spooled_now() > 0 {
+            assert!(std::time::Instant::now() < deadline, "replay did not finish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen: Vec<u8> = sink.seen.lock().unwrap().iter().map(|e| e.payload[0]).collect();
+        let mut firsts = Vec::new();
+        for p in seen {
+            if !firsts.contains(&p) {
+                firsts.push(p);
+            }
+        }
+        assert_eq!(firsts, (0..50).collect::<Vec<u8>>(), "each record delivered, in emission order");
+        let stats = emitter.stats();
+        assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

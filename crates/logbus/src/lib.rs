@@ -4,6 +4,7 @@
 
 pub mod emitter;
 pub mod kafka;
+pub mod spool;
 pub mod topics;
 
 pub use emitter::{Emitter, EmitterStats, Envelope, Sink, SinkError};

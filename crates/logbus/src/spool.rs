@@ -1,0 +1,371 @@
+//! A durable local spool: records the broker could not take wait here, on disk, in order, and
+//! are replayed when it is back. Size-bounded, with an explicit policy when full.
+//!
+//! Layout: numbered segment files `NNNNNNNNNN.seg` of framed records, and a `head` file with
+//! the position of the first record not yet acknowledged. A frame is
+//! `[len u32][crc32 u32][topic_len u16][topic][key_len u16][key][payload]` (little-endian);
+//! a torn frame at the tail (a crash mid-write) is detected by its length or checksum and cut.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::emitter::Envelope;
+
+/// When to fsync appended records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every append: nothing acknowledged is lost on power failure; slowest.
+    Always,
+    /// Leave it to the operating system: a crash of the process loses nothing, a power cut may.
+    Never,
+}
+
+/// What to do with a new record when the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    /// Refuse the new record (keep the oldest).
+    RejectNew,
+    /// Delete the oldest segment to make room (keep the newest).
+    DropOldest,
+}
+
+/// Spool settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    /// Most bytes on disk.
+    pub max_bytes: u64,
+    /// Size at which a new segment file starts.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    pub when_full: FullPolicy,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("spool"),
+            max_bytes: 1 << 30,
+            segment_bytes: 16 << 20,
+            fsync: FsyncPolicy::Never,
+            when_full: FullPolicy::DropOldest,
+        }
+    }
+}
+
+/// What happened to an appended record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    /// Stored after deleting the oldest records (how many).
+    StoredDroppingOldest(u64),
+    /// Refused: the spool is full and the policy is reject-new.
+    Rejected,
+}
+
+/// A position in the spool: segment number and byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// The spool. Not thread-safe; wrap it in a mutex.
+pub struct Spool {
+    config: SpoolConfig,
+    /// Segment numbers on disk, oldest first, with their sizes and record counts.
+    segments: Vec<(u64, u64, u64)>,
+    head: Position,
+    writer: Option<File>,
+    /// Records not yet acknowledged.
+    records: u64,
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:010}.seg"))
+}
+
+fn encode(e: &Envelope) -> Vec<u8> {
+    let mut body = Vec::with_capacity(4 + e.topic.len() + e.key.len() + e.payload.len());
+    body.extend_from_slice(&(e.topic.len() as u16).to_le_bytes());
+    body.extend_from_slice(e.topic.as_bytes());
+    body.extend_from_slice(&(e.key.len() as u16).to_le_bytes());
+    body.extend_from_slice(e.key.as_bytes());
+    body.extend_from_slice(&e.payload);
+    let mut frame = Vec::with_capacity(8 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn decode(body: &[u8]) -> Option<Envelope> {
+    let take_str = |b: &[u8], at: usize| -> Option<(String, usize)> {
+        let len = u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize;
+        let s = String::from_utf8(b.get(at + 2..at + 2 + len)?.to_vec()).ok()?;
+        Some((s, at + 2 + len))
+    };
+    let (topic, at) = take_str(body, 0)?;
+    let (key, at) = take_str(body, at)?;
+    Some(Envelope { topic, key, payload: body[at..].to_vec() })
+}
+
+/// Reads the frames of a segment from `offset`; stops at the end or at a torn frame.
+/// Returns the records with the offset after each.
+fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<Vec<(u64, Envelope)>> {
+    let mut file = BufReader::new(File::open(path)?);
+    file.seek(SeekFrom::Start(offset))?;
+    let mut out = Vec::new();
+    let mut at = offset;
+    while out.len() < max {
+        let mut header = [0u8; 8];
+        if file.read_exact(&mut header).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().unwrap());
+        let mut body = vec![0u8; len];
+        if file.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
+            break;
+        }
+        let Some(envelope) = decode(&body) else { break };
+        at += 8 + len as u64;
+        out.push((at, envelope));
+    }
+    Ok(out)
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `config.dir`, finding records left by an earlier run.
+    pub fn open(config: SpoolConfig) -> io::Result<Self> {
+        fs::create_dir_all(&config.dir)?;
+        let mut numbers: Vec<u64> = fs::read_dir(&config.dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        let head = read_head(&config.dir)?.unwrap_or(Position { segment: numbers.first().copied().unwrap_or(1), offset: 0 });
+        let mut segments = Vec::new();
+        let mut records = 0;
+        for n in numbers {
+            if n < head.segment {
+                fs::remove_file(segment_path(&config.dir, n))?;
+                continue;
+            }
+            let path = segment_path(&config.dir, n);
+            // Count valid frames and cut a torn tail.
+            let frames = read_frames(&path, 0, usize::MAX)?;
+            let valid_end = frames.last().map_or(0, |(end, _)| *end);
+            let file = OpenOptions::new().write(true).open(&path)?;
+            if file.metadata()?.len() != valid_end {
+                file.set_len(valid_end)?;
+            }
+            let from = if n == head.segment { head.offset } else { 0 };
+            let pending = frames.iter().filter(|(end, _)| *end > from).count() as u64;
+            records += pending;
+            segments.push((n, valid_end, frames.len() as u64));
+        }
+        Ok(Self { config, segments, head, writer: None, records })
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> u64 {
+        self.records
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.1).sum()
+    }
+
+    /// Appends a record, applying the full policy.
+    pub fn append(&mut self, envelope: &Envelope) -> io::Result<Appended> {
+        let frame = encode(envelope);
+        let mut dropped = 0;
+        while self.bytes() + frame.len() as u64 > self.config.max_bytes {
+            match self.config.when_full {
+                FullPolicy::RejectNew => return Ok(Appended::Rejected),
+                FullPolicy::DropOldest => {
+                    if self.segments.len() <= 1 {
+                        // Only the segment being written: nothing older to drop.
+                        return Ok(Appended::Rejected);
+                    }
+                    dropped += self.drop_oldest_segment()?;
+                }
+            }
+        }
+        let needs_new = match self.segments.last() {
+            None => true,
+            Some(&(_, size, _)) => size + frame.len() as u64 > self.config.segment_bytes && size > 0,
+        };
+        if needs_new {
+            let n = self.segments.last().map_or(self.head.segment.max(1), |s| s.0 + 1);
+            self.segments.push((n, 0, 0));
+            self.writer = None;
+        }
+        let (n, size, count) = self.segments.last_mut().expect("a segment");
+        if self.writer.is_none() {
+            self.writer = Some(OpenOptions::new().create(true).append(true).open(segment_path(&self.config.dir, *n))?);
+        }
+        let writer = self.writer.as_mut().expect("writer");
+        writer.write_all(&frame)?;
+        if self.config.fsync == FsyncPolicy::Always {
+            writer.sync_data()?;
+        }
+        *size += frame.len() as u64;
+        *count += 1;
+        self.records += 1;
+        Ok(if dropped > 0 { Appended::StoredDroppingOldest(dropped) } else { Appended::Stored })
+    }
+
+    fn drop_oldest_segment(&mut self) -> io::Result<u64> {
+        let (n, _, _) = self.segments.remove(0);
+        let from = if n == self.head.segment { self.head.offset } else { 0 };
+        let lost = read_frames(&segment_path(&self.config.dir, n), from, usize::MAX)?.len() as u64;
+        fs::remove_file(segment_path(&self.config.dir, n))?;
+        self.records -= lost.min(self.records);
+        self.head = Position { segment: self.segments.first().map_or(n + 1, |s| s.0), offset: 0 };
+        write_head(&self.config.dir, self.head)?;
+        Ok(lost)
+    }
+
+    /// Up to `max` of the oldest records, with the position after the last one.
+    pub fn peek(&self, max: usize) -> io::Result<(Vec<Envelope>, Position)> {
+        let mut out = Vec::new();
+        let mut end = self.head;
+        for &(n, _, _) in &self.segments {
+            if n < self.head.segment || out.len() >= max {
+                continue;
+            }
+            let from = if n == self.head.segment { self.head.offset } else { 0 };
+            let frames = read_frames(&segment_path(&self.config.dir, n), from, max - out.len())?;
+            for (after, e) in frames {
+                end = Position { segment: n, offset: after };
+                out.push(e);
+            }
+        }
+        Ok((out, end))
+    }
+
+    /// Marks every record before `to` (from [`Spool::peek`]) as delivered; `count` of them.
+    pub fn ack(&mut self, to: Position, count: u64) -> io::Result<()> {
+        self.head = to;
+        self.records -= count.min(self.records);
+        // Delete segments wholly behind the head, except the one being written.
+        while self.segments.len() > 1 {
+            let (n, size, _) = self.segments[0];
+            if n < to.segment || (n == to.segment && to.offset >= size) {
+                fs::remove_file(segment_path(&self.config.dir, n))?;
+                self.segments.remove(0);
+                if n == to.segment {
+                    self.head = Position { segment: self.segments[0].0, offset: 0 };
+                }
+            } else {
+                break;
+            }
+        }
+        write_head(&self.config.dir, self.head)
+    }
+}
+
+fn read_head(dir: &Path) -> io::Result<Option<Position>> {
+    match fs::read_to_string(dir.join("head")) {
+        Ok(text) => {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u64>());
+            match (parts.next(), parts.next()) {
+                (Some(Ok(segment)), Some(Ok(offset))) => Ok(Some(Position { segment, offset })),
+                _ => Ok(None),
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_head(dir: &Path, head: Position) -> io::Result<()> {
+    let tmp = dir.join("head.tmp");
+    fs::write(&tmp, format!("{} {}\n", head.segment, head.offset))?;
+    fs::rename(tmp, dir.join("head"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(i: u32) -> Envelope {
+        Envelope { topic: "t".into(), key: format!("k{i}"), payload: i.to_le_bytes().repeat(10) }
+    }
+
+    fn config(dir: &Path, max_bytes: u64, when_full: FullPolicy) -> SpoolConfig {
+        SpoolConfig { dir: dir.to_path_buf(), max_bytes, segment_bytes: 500, fsync: FsyncPolicy::Always, when_full }
+    }
+
+    #[test]
+    fn records_come_back_in_order_across_reopen_and_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        for i in 0..100 {
+            assert_eq!(s.append(&env(i)).unwrap(), Appended::Stored);
+        }
+        let (first, pos) = s.peek(30).unwrap();
+        assert_eq!(first, (0..30).map(env).collect::<Vec<_>>());
+        s.ack(pos, 30).unwrap();
+        drop(s);
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        assert_eq!(s.len(), 70);
+        let (rest, pos) = s.peek(1000).unwrap();
+        assert_eq!(rest, (30..100).map(env).collect::<Vec<_>>());
+        s.ack(pos, 70).unwrap();
+        assert!(s.is_empty());
+        assert!(s.bytes() <= 500, "acknowledged segments are deleted");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        s.append(&env(1)).unwrap();
+        s.append(&env(2)).unwrap();
+        drop(s);
+        let seg = segment_path(dir.path(), 1);
+        let len = fs::metadata(&seg).unwrap().len();
+        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
+        let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        assert_eq!(s.peek(10).unwrap().0, vec![env(1)]);
+    }
+
+    #[test]
+    fn full_policies_reject_new_or_drop_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1000, FullPolicy::RejectNew)).unwrap();
+        let stored = (0..100).filter(|&i| s.append(&env(i)).unwrap() == Appended::Stored).count();
+        assert!(stored > 5 && stored < 100);
+        assert_eq!(s.peek(1).unwrap().0, vec![env(0)], "the oldest is kept");
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1000, FullPolicy::DropOldest)).unwrap();
+        let mut dropped = 0;
+        for i in 0..100 {
+            match s.append(&env(i)).unwrap() {
+                Appended::StoredDroppingOldest(n) => dropped += n,
+                Appended::Stored => {}
+                Appended::Rejected => panic!("drop-oldest never rejects a small record"),
+            }
+        }
+        assert!(s.bytes() <= 1000);
+        assert_eq!(s.len() + dropped, 100);
+        let (kept, _) = s.peek(1000).unwrap();
+        assert_eq!(kept.last(), Some(&env(99)), "the newest is kept");
+    }
+}

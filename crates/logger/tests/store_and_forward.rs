@@ -1,0 +1,167 @@
+//! The edge server's store-and-forward: a broker outage in the middle of a steady stream, and a
+//! full spool that is replayed by the next run.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::*;
+use uuid::Uuid;
+use vigil_logbus::spool::{FsyncPolicy, FullPolicy, SpoolConfig};
+use vigil_logger::{LoggerConfig, LoggerStats};
+use vigil_proto::vigil::v1::InspectRequest;
+use vigil_proto::vigil::v1::inspection_client::InspectionClient;
+use vigil_store::PgStore;
+
+fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn image() -> Vec<u8> {
+    let dir = repo_root().join("samples/normal");
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    std::fs::read(&files[0]).unwrap()
+}
+
+fn edge_config(brokers: String, spool: SpoolConfig, message_timeout_ms: u64) -> vigil_edge::EdgeConfig {
+    let mut c = vigil_edge::EdgeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model_repository: repo_root().join("models"),
+        ..Default::default()
+    };
+    c.logging.enabled = true;
+    c.logging.kafka.brokers = brokers;
+    c.logging.kafka.message_timeout_ms = message_timeout_ms;
+    c.logging.spool = Some(spool);
+    c
+}
+
+fn spawn_logger(brokers: String, url: String) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let config = LoggerConfig { brokers, database_url: url, batch_max_wait: Duration::from_millis(100), ..LoggerConfig::default() };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(vigil_logger::run(config, Arc::new(LoggerStats::default()), async move {
+        let _ = rx.await;
+    }));
+    (tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_30_second_broker_outage_loses_nothing_and_doubles_nothing() {
+    let mut broker = Broker::start(3).await;
+    let db = Database::fresh();
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool = SpoolConfig { dir: spool_dir.path().into(), fsync: FsyncPolicy::Always, ..Default::default() };
+    let server = vigil_edge::start(edge_config(broker.brokers(), spool, 3_000), false).await.unwrap();
+    let (stop_logger, logger) = spawn_logger(broker.brokers(), db.url());
+    let mut client = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let image = image();
+
+    let mut ids = HashSet::new();
+    let started = Instant::now();
+    let mut stopped = false;
+    let mut resumed = false;
+    // A steady stream for 45 s; the broker is down from 10 s to 40 s.
+    while started.elapsed() < Duration::from_secs(45) {
+        if !stopped && started.elapsed() > Duration::from_secs(10) {
+            broker.stop();
+            stopped = true;
+        }
+        if !resumed && started.elapsed() > Duration::from_secs(40) {
+            broker.resume().await;
+            resumed = true;
+        }
+        let request = InspectRequest { image: image.clone(), station_id: "line-1".into(), ..Default::default() };
+        let answer = client.inspect(request).await.expect("the edge server answers throughout the outage");
+        ids.insert(Uuid::parse_str(&answer.into_inner().prediction_id).unwrap());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let emitter = server.records.as_ref().unwrap().emitter().clone();
+    assert!(emitter.stats().spooled.load(Ordering::Relaxed) > 0, "the outage was long enough to spool");
+
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let count = store.count_predictions().await.unwrap_or(0);
+        if count >= ids.len() as i64 {
+            break;
+        }
+        let s = emitter.stats();
+        assert!(
+            Instant::now() < deadline,
+            "{count} of {} records in Postgres; emitter: delivered {} failed {} spooled {} replayed {} dropped {}, {} in the spool",
+            ids.len(),
+            s.delivered.load(Ordering::Relaxed),
+            s.failed.load(Ordering::Relaxed),
+            s.spooled.load(Ordering::Relaxed),
+            s.replayed.load(Ordering::Relaxed),
+            s.dropped.load(Ordering::Relaxed),
+            emitter.spooled_now()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
+    assert_eq!(stored.len(), ids.len(), "none twice");
+    assert_eq!(stored, ids, "all arrived");
+    assert_eq!(emitter.stats().dropped.load(Ordering::Relaxed), 0);
+    stop_logger.send(()).unwrap();
+    logger.await.unwrap().unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
+    // No broker yet: every record goes to a small spool that refuses new records when full.
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool = SpoolConfig {
+        dir: spool_dir.path().into(),
+        max_bytes: 16 * 1024,
+        segment_bytes: 4 * 1024,
+        fsync: FsyncPolicy::Never,
+        when_full: FullPolicy::RejectNew,
+    };
+    let mut broker = Broker::start(1).await;
+    let brokers = broker.brokers();
+    broker.stop();
+    let server = vigil_edge::start(edge_config(brokers.clone(), spool.clone(), 1_000), false).await.unwrap();
+    let mut client = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let image = image();
+    let mut ids = Vec::new();
+    for _ in 0..150 {
+        let answer = client.inspect(InspectRequest { image: image.clone(), station_id: "s".into(), ..Default::default() }).await.unwrap();
+        ids.push(Uuid::parse_str(&answer.into_inner().prediction_id).unwrap());
+    }
+    let emitter = server.records.as_ref().unwrap().emitter().clone();
+    assert!(emitter.drain(Duration::from_secs(30)).await, "every record settled (spooled or refused)");
+    let dropped = emitter.stats().dropped.load(Ordering::Relaxed);
+    let waiting = emitter.spooled_now();
+    assert!(dropped > 0, "the spool filled and refused records");
+    assert_eq!(waiting + dropped, 150, "each record either waits on disk or was counted as refused");
+    server.shutdown().await.unwrap();
+
+    // Next run, broker up: the spool is replayed; reject-new kept the oldest records.
+    broker.resume().await;
+    let db = Database::fresh();
+    let (stop_logger, logger) = spawn_logger(brokers.clone(), db.url());
+    let server = vigil_edge::start(edge_config(brokers, spool, 5_000), false).await.unwrap();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(60), "the replayed spool", || async {
+        store.count_predictions().await.unwrap_or(0) >= waiting as i64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
+    let expected: HashSet<Uuid> = ids[..waiting as usize].iter().copied().collect();
+    assert_eq!(stored, expected, "exactly the oldest records that fitted");
+    let emitter = server.records.as_ref().unwrap().emitter().clone();
+    assert_eq!(emitter.spooled_now(), 0);
+    assert_eq!(emitter.stats().replayed.load(Ordering::Relaxed), waiting);
+    stop_logger.send(()).unwrap();
+    logger.await.unwrap().unwrap();
+    server.shutdown().await.unwrap();
+}
