@@ -356,8 +356,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(crate::spool::SpoolConfig { dir: dir.path().into(), ..Default::default() }).unwrap();
         let sink = Collect::default();
-        let (emitter, _task) =
-            Emitter::start_with_spool(sink.clone(), 100, 4, Some(spool), Duration::from_millis(20));
+        let (emitter, _task) = Emitter::start_with_spool(sink.clone(), 100, 4, Some(spool), Duration::from_millis(20));
         for i in 0..10 {
             emitter.emit(env(i));
         }

@@ -27,6 +27,16 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     /// Compression: none, gzip, lz4 or zstd (snappy is refused: some brokers corrupt it).
     pub compression: String,
+    /// Idempotent producer (no duplicates from retries, order kept). Turning it off keeps
+    /// `acks=all` and order (one request in flight per connection); duplicates from retries
+    /// are then removed downstream by the logger's idempotent inserts. For brokers without
+    /// working idempotence support.
+    #[serde(default = "default_true")]
+    pub idempotence: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for KafkaConfig {
@@ -37,6 +47,7 @@ impl Default for KafkaConfig {
             message_timeout_ms: 30_000,
             linger_ms: 5,
             compression: "lz4".into(),
+            idempotence: true,
         }
     }
 }
@@ -60,11 +71,16 @@ impl KafkaConfig {
         c
     }
 
-    /// An idempotent producer: `acks=all`, `enable.idempotence=true`, ordered per partition.
+    /// A producer with `acks=all`, idempotent unless configured otherwise, ordered per partition.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
-        self.client_config()
+        let mut config = self.client_config();
+        if self.idempotence {
+            config.set("enable.idempotence", "true");
+        } else {
+            config.set("enable.idempotence", "false").set("max.in.flight.requests.per.connection", "1");
+        }
+        config
             .set("acks", "all")
-            .set("enable.idempotence", "true")
             .set("message.timeout.ms", self.message_timeout_ms.to_string())
             .set("linger.ms", self.linger_ms.to_string())
             .set("compression.type", &self.compression)

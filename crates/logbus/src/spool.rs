@@ -150,7 +150,8 @@ impl Spool {
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
             .collect();
         numbers.sort_unstable();
-        let head = read_head(&config.dir)?.unwrap_or(Position { segment: numbers.first().copied().unwrap_or(1), offset: 0 });
+        let head =
+            read_head(&config.dir)?.unwrap_or(Position { segment: numbers.first().copied().unwrap_or(1), offset: 0 });
         let mut segments = Vec::new();
         let mut records = 0;
         for n in numbers {

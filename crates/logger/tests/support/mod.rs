@@ -48,6 +48,11 @@ impl Broker {
         KafkaConfig { brokers: self.brokers(), message_timeout_ms: 120_000, ..KafkaConfig::default() }
     }
 
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+
     /// Stops the broker (data stays).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
