@@ -159,10 +159,10 @@ impl EdgeConfig {
         }
         if self.logging.enabled {
             self.logging.kafka.validate().map_err(|e| format!("logging.{e}"))?;
-            if let Some(spool) = &self.logging.spool {
-                if spool.max_bytes < spool.segment_bytes || spool.segment_bytes < 1024 {
-                    return Err("logging.spool: need 1024 <= segment_bytes <= max_bytes".into());
-                }
+            if let Some(spool) = &self.logging.spool
+                && (spool.max_bytes < spool.segment_bytes || spool.segment_bytes < 1024)
+            {
+                return Err("logging.spool: need 1024 <= segment_bytes <= max_bytes".into());
             }
         }
         if self.default_model.is_empty() {

@@ -206,16 +206,14 @@ async fn forward<S: Sink>(
 ) {
     let permits = Arc::new(Semaphore::new(max_in_flight));
     while let Some(envelope) = receiver.recv().await {
-        if let Some(state) = &spool {
-            if state.active.load(Ordering::SeqCst) {
-                // Let deliveries in flight settle first: the ones that fail are spooled ahead
-                // of this record, keeping emission order.
-                if let Ok(all) = permits.acquire_many(max_in_flight as u32).await {
-                    drop(all);
-                }
-                state.store(&envelope, &stats);
-                continue;
+        if let Some(state) = spool.as_ref().filter(|s| s.active.load(Ordering::SeqCst)) {
+            // Let deliveries in flight settle first: the ones that fail are spooled ahead
+            // of this record, keeping emission order.
+            if let Ok(all) = permits.acquire_many(max_in_flight as u32).await {
+                drop(all);
             }
+            state.store(&envelope, &stats);
+            continue;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         let stats = stats.clone();
