@@ -9,6 +9,7 @@
 mod bench;
 mod images;
 mod inspect;
+mod label;
 mod up;
 
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Command {
     Up(up::UpArgs),
     /// Measure throughput and latency of the server against raw ONNX Runtime.
     Bench(bench::BenchArgs),
+    /// Send ground-truth labels for predictions (one, or a CSV file) to the label topic.
+    Label(label::LabelArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
+            Command::Label(args) => label::run(args).await,
         }
     });
     match result {

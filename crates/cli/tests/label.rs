@@ -1,0 +1,72 @@
+//! `vigil label` end to end: labels travel through a real broker and the logger into Postgres.
+
+#[path = "../../logger/tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use uuid::Uuid;
+use vigil_logger::{LoggerConfig, LoggerStats};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_from_the_command_line_and_csv_reach_postgres() {
+    let broker = Broker::start(1).await;
+    let db = Database::fresh();
+    let config = LoggerConfig { brokers: broker.brokers(), database_url: db.url(), batch_max_wait: Duration::from_millis(50), ..Default::default() };
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let logger = tokio::spawn(vigil_logger::run(config, Arc::new(LoggerStats::default()), async move {
+        let _ = rx.await;
+    }));
+
+    let one = Uuid::now_v7();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["label", &one.to_string(), "defect", "--source", "inspector-7", "--brokers", &broker.brokers()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 label(s) sent"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let csv = dir.path().join("labels.csv");
+    std::fs::write(&csv, format!("prediction_id,label,source\n{},ok,anna\n{},defect,\n{},ok,ben\n", ids[0], ids[1], ids[2])).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["label", "--csv", csv.to_str().unwrap(), "--brokers", &broker.brokers()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A bad file sends nothing and names the row.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, format!("prediction_id,label\n{},ok\nnope,defect\n", Uuid::now_v7())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["label", "--csv", bad.to_str().unwrap(), "--brokers", &broker.brokers()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3: prediction id 'nope' is not a UUID"), "{stderr}");
+
+    let store = vigil_store::PgStore::connect_lazy(&db.url(), 1).unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM labels").fetch_one(store.pool()).await.unwrap_or(0)
+    };
+    eventually(Duration::from_secs(60), "four labels", || async { count().await >= 4 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count().await, 4);
+    let rows: Vec<(Uuid, String, String)> =
+        sqlx::query_as("SELECT prediction_id, label, source FROM labels ORDER BY prediction_id").fetch_all(store.pool()).await.unwrap();
+    let mut expected = vec![
+        (one, "defect".to_string(), "inspector-7".to_string()),
+        (ids[0], "ok".into(), "anna".into()),
+        (ids[1], "defect".into(), "cli".into()),
+        (ids[2], "ok".into(), "ben".into()),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+    stop.send(()).unwrap();
+    logger.await.unwrap().unwrap();
+}
