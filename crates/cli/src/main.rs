@@ -10,6 +10,7 @@ mod bench;
 mod images;
 mod inspect;
 mod label;
+mod query;
 mod up;
 
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Send ground-truth labels for predictions (one, or a CSV file) to the label topic.
     Label(label::LabelArgs),
+    /// Query the prediction log (filters, pages of rows; table, CSV or JSON).
+    Query(query::QueryArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Label(args) => label::run(args).await,
+            Command::Query(args) => query::run(args).await,
         }
     });
     match result {

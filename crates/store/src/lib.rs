@@ -4,7 +4,7 @@
 pub mod postgres;
 pub mod rows;
 
-pub use postgres::PgStore;
+pub use postgres::{MAX_QUERY_ROWS, PgStore, PredictionFilter, PredictionSummary};
 pub use rows::{LabelRow, PredictionRow, RowError};
 
 /// The schema, embedded from `migrations/`.

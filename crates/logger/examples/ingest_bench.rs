@@ -1,0 +1,121 @@
+//! Logger ingestion benchmark: N prediction records on a real broker (tansu), drained into a
+//! fresh Postgres database by one logger, then by two loggers sharing the partitions.
+//! Prints records per second for each, and the ratio.
+//!
+//!     cargo run --release -p vigil-logger --example ingest_bench -- [records, default 200000]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use prost::Message;
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use support::{Broker, Database};
+use vigil_logbus::topics;
+use vigil_logger::{LoggerConfig, LoggerStats};
+use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
+use vigil_store::PgStore;
+
+fn record(i: usize) -> PredictionRecord {
+    PredictionRecord {
+        schema_version: 1,
+        prediction_id: uuid::Uuid::now_v7().to_string(),
+        response_time: Some(SystemTime::now().into()),
+        station_id: format!("line-{}", i % 12),
+        model_name: "scratch-detector".into(),
+        model_version: "1".into(),
+        status: 1,
+        api: "inspect".into(),
+        features: ["brightness", "contrast", "sharpness", "width", "height"]
+            .iter()
+            .enumerate()
+            .map(|(k, n)| Feature { name: n.to_string(), value: (i * 7 + k) as f64 / 3.0, ..Default::default() })
+            .collect(),
+        output: Some(PredictionOutput { label: "ok".into(), scores: vec![0.01], ..Default::default() }),
+        decision: 1,
+        queue_time_us: 120,
+        compute_time_us: 900,
+        ..Default::default()
+    }
+}
+
+async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> (f64, Duration) {
+    let db = Database::fresh();
+    let store = PgStore::connect_lazy(&db.url(), 1).unwrap();
+    store.migrate().await.unwrap();
+    let started = Instant::now();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..loggers {
+        let config = LoggerConfig {
+            brokers: broker.brokers(),
+            database_url: db.url(),
+            group_id: group.into(),
+            migrate: false,
+            ..LoggerConfig::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tasks.push(tokio::spawn(vigil_logger::run(config, Arc::new(LoggerStats::default()), async move {
+            let _ = rx.await;
+        })));
+        stops.push(tx);
+    }
+    loop {
+        let n = store.count_predictions().await.unwrap();
+        if n >= records as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    for s in stops {
+        let _ = s.send(());
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    (records as f64 / elapsed.as_secs_f64(), elapsed)
+}
+
+#[tokio::main]
+async fn main() {
+    let records: usize = std::env::args().nth(1).map(|a| a.parse().expect("records: a number")).unwrap_or(200_000);
+    let broker = Broker::start(4).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()
+        .unwrap();
+    eprintln!("producing {records} records ...");
+    let t0 = Instant::now();
+    futures::stream::iter(0..records)
+        .map(|i| {
+            let producer = producer.clone();
+            async move {
+                let r = record(i);
+                let payload = r.encode_to_vec();
+                producer
+                    .send(FutureRecord::to(topics::PREDICTIONS).key(&r.station_id).payload(&payload), Duration::from_secs(60))
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(5_000)
+        .collect::<Vec<_>>()
+        .await;
+    eprintln!("produced in {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!("one logger ...");
+    let (one, t1) = drain(&broker, records, 1, "bench-one").await;
+    eprintln!("two loggers ...");
+    let (two, t2) = drain(&broker, records, 2, "bench-two").await;
+    println!("\n| loggers | records | seconds | records/s | vs one logger |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!("| 1 | {records} | {:.1} | {one:.0} | 1.00x |", t1.as_secs_f64());
+    println!("| 2 | {records} | {:.1} | {two:.0} | {:.2}x |", t2.as_secs_f64(), two / one);
+}
