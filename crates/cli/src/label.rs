@@ -54,7 +54,9 @@ pub fn read_csv(text: &str, default_source: &str) -> Result<Vec<Label>> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else { bail!("the CSV file is empty") };
     let columns: Vec<String> = header.split(',').map(|c| c.trim().to_ascii_lowercase()).collect();
-    if columns.first().map(String::as_str) != Some("prediction_id") || columns.get(1).map(String::as_str) != Some("label") {
+    if columns.first().map(String::as_str) != Some("prediction_id")
+        || columns.get(1).map(String::as_str) != Some("label")
+    {
         bail!("the CSV header must start with prediction_id,label (found '{header}')");
     }
     let mut errors = Vec::new();
@@ -87,7 +89,8 @@ pub async fn run(args: LabelArgs) -> Result<u8> {
         (None, Some(id), Some(label)) => vec![check(id, label, &args.source, "argument")?],
         _ => bail!("give PREDICTION_ID LABEL, or --csv FILE"),
     };
-    let config = KafkaConfig { brokers: args.brokers.clone(), client_id: "vigil-label".into(), ..KafkaConfig::default() };
+    let config =
+        KafkaConfig { brokers: args.brokers.clone(), client_id: "vigil-label".into(), ..KafkaConfig::default() };
     let producer: FutureProducer = config.producer().context("cannot create the Kafka producer")?;
     let now = SystemTime::now();
     let sends = labels.iter().map(|l| {

@@ -76,11 +76,9 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
 fn enum_value(text: &Option<String>, names: &[(&str, i16)], what: &str) -> Result<Option<i16>> {
     match text {
         None => Ok(None),
-        Some(t) => names
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(t))
-            .map(|(_, v)| Some(*v))
-            .with_context(|| format!("--{what} {t}: use one of {}", names.iter().map(|n| n.0).collect::<Vec<_>>().join(", "))),
+        Some(t) => names.iter().find(|(n, _)| n.eq_ignore_ascii_case(t)).map(|(_, v)| Some(*v)).with_context(|| {
+            format!("--{what} {t}: use one of {}", names.iter().map(|n| n.0).collect::<Vec<_>>().join(", "))
+        }),
     }
 }
 
@@ -110,10 +108,8 @@ pub async fn run(args: QueryArgs) -> Result<u8> {
         .await
         .with_context(|| format!("cannot query the prediction log at {}", redact(&args.database_url)))?;
     print_rows(&rows, args.format);
-    if rows.len() as u32 == args.limit {
-        if let Some(last) = rows.last() {
-            eprintln!("more rows: add --after {}", last.prediction_id);
-        }
+    if let Some(last) = rows.last().filter(|_| rows.len() as u32 == args.limit) {
+        eprintln!("more rows: add --after {}", last.prediction_id);
     }
     Ok(0)
 }
@@ -144,7 +140,18 @@ fn print_rows(rows: &[PredictionSummary], format: Format) {
             feature(r, "sharpness"),
         ]
     };
-    let header = ["prediction_id", "time", "station", "model", "score", "verdict", "decision", "label", "brightness", "sharpness"];
+    let header = [
+        "prediction_id",
+        "time",
+        "station",
+        "model",
+        "score",
+        "verdict",
+        "decision",
+        "label",
+        "brightness",
+        "sharpness",
+    ];
     match format {
         Format::Json => {
             for r in rows {
@@ -167,7 +174,14 @@ fn print_rows(rows: &[PredictionSummary], format: Format) {
                 .map(|i| all.iter().map(|f| f[i].len()).chain([header[i].len()]).max().unwrap_or(0))
                 .collect();
             let line = |cells: Vec<String>| {
-                cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
             };
             println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
             for f in all {

@@ -4,22 +4,16 @@
 mod support;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
 use uuid::Uuid;
-use vigil_logger::{LoggerConfig, LoggerStats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_from_the_command_line_and_csv_reach_postgres() {
     let broker = Broker::start(1).await;
     let db = Database::fresh();
-    let config = LoggerConfig { brokers: broker.brokers(), database_url: db.url(), batch_max_wait: Duration::from_millis(50), ..Default::default() };
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let logger = tokio::spawn(vigil_logger::run(config, Arc::new(LoggerStats::default()), async move {
-        let _ = rx.await;
-    }));
+    let logger = RunningLogger::quick(broker.brokers(), db.url());
 
     let one = Uuid::now_v7();
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -32,7 +26,11 @@ async fn labels_from_the_command_line_and_csv_reach_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     let csv = dir.path().join("labels.csv");
-    std::fs::write(&csv, format!("prediction_id,label,source\n{},ok,anna\n{},defect,\n{},ok,ben\n", ids[0], ids[1], ids[2])).unwrap();
+    std::fs::write(
+        &csv,
+        format!("prediction_id,label,source\n{},ok,anna\n{},defect,\n{},ok,ben\n", ids[0], ids[1], ids[2]),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["label", "--csv", csv.to_str().unwrap(), "--brokers", &broker.brokers()])
         .output()
@@ -58,7 +56,10 @@ async fn labels_from_the_command_line_and_csv_reach_postgres() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(count().await, 4);
     let rows: Vec<(Uuid, String, String)> =
-        sqlx::query_as("SELECT prediction_id, label, source FROM labels ORDER BY prediction_id").fetch_all(store.pool()).await.unwrap();
+        sqlx::query_as("SELECT prediction_id, label, source FROM labels ORDER BY prediction_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
     let mut expected = vec![
         (one, "defect".to_string(), "inspector-7".to_string()),
         (ids[0], "ok".into(), "anna".into()),
@@ -67,6 +68,5 @@ async fn labels_from_the_command_line_and_csv_reach_postgres() {
     ];
     expected.sort();
     assert_eq!(rows, expected);
-    stop.send(()).unwrap();
-    logger.await.unwrap().unwrap();
+    logger.stop().await;
 }

@@ -41,12 +41,24 @@ fn row(i: usize, minutes_ago: i64) -> PredictionRow {
 }
 
 fn query(db: &Database, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil")).arg("query").args(["--database-url", &db.url()]).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("query")
+        .args(["--database-url", &db.url()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn json_ids(stdout: &str) -> Vec<String> {
-    stdout.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["prediction_id"].as_str().unwrap().to_string()).collect()
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["prediction_id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +69,13 @@ async fn filters_labels_and_pages() {
     // Ten predictions, one a minute (the oldest first, so ids and times share their order).
     let rows: Vec<PredictionRow> = (0..10).map(|i| row(i, 10 - i as i64)).collect();
     store.insert_predictions(&rows).await.unwrap();
-    let label = LabelRow { label_id: Uuid::now_v7(), prediction_id: rows[7].prediction_id, label: "defect".into(), time: Utc::now(), source: "anna".into() };
+    let label = LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: rows[7].prediction_id,
+        label: "defect".into(),
+        time: Utc::now(),
+        source: "anna".into(),
+    };
     store.insert_labels(&[label]).await.unwrap();
 
     let (code, out, err) = query(&db, &["--format", "json", "--verdict", "DEFECT", "--station", "line-1"]);
@@ -82,7 +100,10 @@ async fn filters_labels_and_pages() {
     assert_eq!(json_ids(&page2), (4..8).map(|i| rows[i].prediction_id.to_string()).collect::<Vec<_>>());
 
     let (_, csv, _) = query(&db, &["--format", "csv", "--limit", "2"]);
-    assert_eq!(csv.lines().next().unwrap(), "prediction_id,time,station,model,score,verdict,decision,label,brightness,sharpness");
+    assert_eq!(
+        csv.lines().next().unwrap(),
+        "prediction_id,time,station,model,score,verdict,decision,label,brightness,sharpness"
+    );
     assert_eq!(csv.lines().count(), 3);
     let (_, table, _) = query(&db, &["--limit", "3"]);
     assert!(table.contains("scratch-detector@1") && table.contains("(3 rows)"), "{table}");

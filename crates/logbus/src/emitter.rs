@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::spool::{Appended, Spool};
@@ -204,42 +206,53 @@ async fn forward<S: Sink>(
     max_in_flight: usize,
     spool: Option<Arc<SpoolState>>,
 ) {
-    let permits = Arc::new(Semaphore::new(max_in_flight));
-    while let Some(envelope) = receiver.recv().await {
-        if let Some(state) = spool.as_ref().filter(|s| s.active.load(Ordering::SeqCst)) {
-            // Let deliveries in flight settle first: the ones that fail are spooled ahead
-            // of this record, keeping emission order.
-            if let Ok(all) = permits.acquire_many(max_in_flight as u32).await {
-                drop(all);
+    // Deliveries are started in emission order and settled in that order too, so that
+    // records that fail reach the spool in the order they were emitted.
+    let mut in_flight = FuturesOrdered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        let spooling = spool.as_ref().is_some_and(|s| s.active.load(Ordering::SeqCst));
+        // While spooling, new records wait until the deliveries in flight are settled.
+        let take_more = open && in_flight.len() < max_in_flight && !(spooling && !in_flight.is_empty());
+        tokio::select! {
+            biased;
+            Some((result, kept)) = in_flight.next(), if !in_flight.is_empty() => {
+                settle(result, kept, &spool, &stats);
             }
-            state.store(&envelope, &stats);
-            continue;
+            received = receiver.recv(), if take_more => match received {
+                None => open = false,
+                Some(envelope) => match spool.as_ref().filter(|s| s.active.load(Ordering::SeqCst)) {
+                    Some(state) => state.store(&envelope, &stats),
+                    None => {
+                        let kept = spool.as_ref().map(|_| envelope.clone());
+                        let delivery = sink.send(envelope);
+                        in_flight.push_back(async move { (delivery.await, kept) });
+                    }
+                },
+            },
         }
-        let Ok(permit) = permits.clone().acquire_owned().await else { break };
-        let stats = stats.clone();
-        let spool = spool.clone();
-        let kept = spool.as_ref().map(|_| envelope.clone());
-        let topic = envelope.topic.clone();
-        let delivery = sink.send(envelope);
-        tokio::spawn(async move {
-            let _permit = permit;
-            match (delivery.await, kept, spool) {
-                (Ok(()), _, _) => {
-                    stats.delivered.fetch_add(1, Ordering::Relaxed);
-                }
-                (Err(e), Some(envelope), Some(state)) => {
-                    tracing::warn!(topic, error = %e, "record not delivered: spooled for replay");
-                    state.store(&envelope, &stats);
-                }
-                (Err(e), _, _) => {
-                    tracing::warn!(topic, error = %e, "record not delivered");
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
     }
-    // Wait for deliveries in flight before reporting done.
-    let _ = permits.acquire_many(max_in_flight as u32).await;
+}
+
+fn settle(
+    result: Result<(), SinkError>,
+    kept: Option<Envelope>,
+    spool: &Option<Arc<SpoolState>>,
+    stats: &EmitterStats,
+) {
+    match (result, kept, spool) {
+        (Ok(()), _, _) => {
+            stats.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        (Err(e), Some(envelope), Some(state)) => {
+            tracing::warn!(topic = envelope.topic, error = %e, "record not delivered: spooled for replay");
+            state.store(&envelope, stats);
+        }
+        (Err(e), _, _) => {
+            tracing::warn!(error = %e, "record not delivered");
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Sends the spool's oldest records, in order, whenever it holds any; acknowledges them only

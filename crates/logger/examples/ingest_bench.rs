@@ -7,16 +7,15 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use prost::Message;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use support::{Broker, Database};
+use support::{Broker, Database, RunningLogger};
 use vigil_logbus::topics;
-use vigil_logger::{LoggerConfig, LoggerStats};
+use vigil_logger::LoggerConfig;
 use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
 
@@ -48,22 +47,17 @@ async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> 
     let store = PgStore::connect_lazy(&db.url(), 1).unwrap();
     store.migrate().await.unwrap();
     let started = Instant::now();
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
-    for _ in 0..loggers {
-        let config = LoggerConfig {
-            brokers: broker.brokers(),
-            database_url: db.url(),
-            group_id: group.into(),
-            migrate: false,
-            ..LoggerConfig::default()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tasks.push(tokio::spawn(vigil_logger::run(config, Arc::new(LoggerStats::default()), async move {
-            let _ = rx.await;
-        })));
-        stops.push(tx);
-    }
+    let running: Vec<RunningLogger> = (0..loggers)
+        .map(|_| {
+            RunningLogger::start(LoggerConfig {
+                brokers: broker.brokers(),
+                database_url: db.url(),
+                group_id: group.into(),
+                migrate: false,
+                ..LoggerConfig::default()
+            })
+        })
+        .collect();
     loop {
         let n = store.count_predictions().await.unwrap();
         if n >= records as i64 {
@@ -72,11 +66,8 @@ async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
-    for s in stops {
-        let _ = s.send(());
-    }
-    for t in tasks {
-        t.await.unwrap().unwrap();
+    for logger in running {
+        logger.stop().await;
     }
     (records as f64 / elapsed.as_secs_f64(), elapsed)
 }
@@ -100,7 +91,10 @@ async fn main() {
                 let r = record(i);
                 let payload = r.encode_to_vec();
                 producer
-                    .send(FutureRecord::to(topics::PREDICTIONS).key(&r.station_id).payload(&payload), Duration::from_secs(60))
+                    .send(
+                        FutureRecord::to(topics::PREDICTIONS).key(&r.station_id).payload(&payload),
+                        Duration::from_secs(60),
+                    )
                     .await
                     .map_err(|(e, _)| e)
                     .unwrap();

@@ -32,25 +32,6 @@ fn sample_images() -> Vec<Vec<u8>> {
     files.into_iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
 
-fn start_logger(
-    broker: &Broker,
-    db: &Database,
-    stats: Arc<LoggerStats>,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let config = LoggerConfig {
-        brokers: broker.brokers(),
-        database_url: db.url(),
-        batch_max_records: 500,
-        batch_max_wait: Duration::from_millis(100),
-        ..LoggerConfig::default()
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(vigil_logger::run(config, stats, async move {
-        let _ = rx.await;
-    }));
-    (tx, task)
-}
-
 fn record(i: usize) -> PredictionRecord {
     PredictionRecord {
         schema_version: 1,
@@ -81,8 +62,7 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
     edge.logging.enabled = true;
     edge.logging.kafka = broker.kafka();
     let server = vigil_edge::start(edge, false).await.unwrap();
-    let stats = Arc::new(LoggerStats::default());
-    let (stop_logger, logger) = start_logger(&broker, &db, stats.clone());
+    let logger = RunningLogger::quick(broker.brokers(), db.url());
 
     let client = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
     let images = sample_images();
@@ -148,8 +128,7 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
     let (emitted, delivered, failed, dropped) = server.records.as_ref().unwrap().emitter().stats().snapshot();
     assert_eq!((emitted, delivered, failed, dropped), ((N + 5) as u64, (N + 5) as u64, 0, 0));
 
-    stop_logger.send(()).unwrap();
-    logger.await.unwrap().unwrap();
+    logger.stop().await;
     server.shutdown().await.unwrap();
 }
 
@@ -176,7 +155,16 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
         send(r.encode_to_vec()).await;
     }
     let stats = Arc::new(LoggerStats::default());
-    let (stop, logger) = start_logger(&broker, &db, stats.clone());
+    let config = LoggerConfig {
+        brokers: broker.brokers(),
+        database_url: db.url(),
+        batch_max_wait: Duration::from_millis(100),
+        ..LoggerConfig::default()
+    };
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let logger = tokio::spawn(vigil_logger::run(config, stats.clone(), async move {
+        let _ = rx.await;
+    }));
     let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
     eventually(Duration::from_secs(60), "valid records", || async {
         store.count_predictions().await.unwrap_or(0) == 10

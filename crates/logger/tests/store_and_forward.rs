@@ -5,14 +5,12 @@ mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::*;
 use uuid::Uuid;
 use vigil_logbus::spool::{FsyncPolicy, FullPolicy, SpoolConfig};
-use vigil_logger::{LoggerConfig, LoggerStats};
 use vigil_proto::vigil::v1::InspectRequest;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_store::PgStore;
@@ -41,23 +39,6 @@ fn edge_config(brokers: String, spool: SpoolConfig, message_timeout_ms: u64) -> 
     c
 }
 
-fn spawn_logger(
-    brokers: String,
-    url: String,
-) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let config = LoggerConfig {
-        brokers,
-        database_url: url,
-        batch_max_wait: Duration::from_millis(100),
-        ..LoggerConfig::default()
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(vigil_logger::run(config, Arc::new(LoggerStats::default()), async move {
-        let _ = rx.await;
-    }));
-    (tx, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_30_second_broker_outage_loses_nothing_and_doubles_nothing() {
     let mut broker = Broker::start(3).await;
@@ -71,7 +52,7 @@ async fn a_30_second_broker_outage_loses_nothing_and_doubles_nothing() {
     // "none twice" is then the logger's idempotent inserts' work, which is what is checked.
     config.logging.kafka.idempotence = false;
     let server = vigil_edge::start(config, false).await.unwrap();
-    let (stop_logger, logger) = spawn_logger(broker.brokers(), db.url());
+    let logger = RunningLogger::quick(broker.brokers(), db.url());
     let mut client = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
     let image = image();
 
@@ -123,8 +104,7 @@ async fn a_30_second_broker_outage_loses_nothing_and_doubles_nothing() {
     assert_eq!(stored.len(), ids.len(), "none twice");
     assert_eq!(stored, ids, "all arrived");
     assert_eq!(emitter.stats().dropped.load(Ordering::Relaxed), 0);
-    stop_logger.send(()).unwrap();
-    logger.await.unwrap().unwrap();
+    logger.stop().await;
     server.shutdown().await.unwrap();
 }
 
@@ -164,7 +144,7 @@ async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
     // Next run, broker up: the spool is replayed; reject-new kept the oldest records.
     broker.resume().await;
     let db = Database::fresh();
-    let (stop_logger, logger) = spawn_logger(brokers.clone(), db.url());
+    let logger = RunningLogger::quick(brokers.clone(), db.url());
     let server = vigil_edge::start(edge_config(brokers, spool, 5_000), false).await.unwrap();
     let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
     eventually(Duration::from_secs(60), "the replayed spool", || async {
@@ -174,11 +154,10 @@ async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
     let expected: HashSet<Uuid> = ids[..waiting as usize].iter().copied().collect();
-    assert_eq!(stored, expected, "exactly the oldest records that fitted");
+    assert_eq!(stored, expected, "exactly the oldest records that fitted, in emission order");
     let emitter = server.records.as_ref().unwrap().emitter().clone();
     assert_eq!(emitter.spooled_now(), 0);
     assert_eq!(emitter.stats().replayed.load(Ordering::Relaxed), waiting);
-    stop_logger.send(()).unwrap();
-    logger.await.unwrap().unwrap();
+    logger.stop().await;
     server.shutdown().await.unwrap();
 }

@@ -137,3 +137,38 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A logger running in this process until the returned sender fires.
+pub struct RunningLogger {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningLogger {
+    /// Starts `vigil_logger::run` with `config`.
+    pub fn start(config: vigil_logger::LoggerConfig) -> RunningLogger {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let stats = std::sync::Arc::new(vigil_logger::LoggerStats::default());
+        let task = tokio::spawn(vigil_logger::run(config, stats, async move {
+            let _ = rx.await;
+        }));
+        RunningLogger { stop, task }
+    }
+
+    /// A logger on `brokers` writing to `database_url`, with small quick batches.
+    pub fn quick(brokers: String, database_url: String) -> RunningLogger {
+        Self::start(vigil_logger::LoggerConfig {
+            brokers,
+            database_url,
+            batch_max_records: 500,
+            batch_max_wait: Duration::from_millis(100),
+            ..vigil_logger::LoggerConfig::default()
+        })
+    }
+
+    /// Asks it to finish its batch and stop; fails the test if it failed.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("logger task").expect("logger ran without error");
+    }
+}
