@@ -213,7 +213,7 @@ async fn forward<S: Sink>(
     while open || !in_flight.is_empty() {
         let spooling = spool.as_ref().is_some_and(|s| s.active.load(Ordering::SeqCst));
         // While spooling, new records wait until the deliveries in flight are settled.
-        let take_more = open && in_flight.len() < max_in_flight && !(spooling && !in_flight.is_empty());
+        let take_more = open && in_flight.len() < max_in_flight && (!spooling || in_flight.is_empty());
         tokio::select! {
             biased;
             Some((result, kept)) = in_flight.next(), if !in_flight.is_empty() => {
