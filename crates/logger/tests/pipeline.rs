@@ -266,3 +266,51 @@ async fn a_logger_killed_mid_stream_resumes_without_loss_or_doubles() {
     std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
     assert!(second.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_outage_pauses_the_logger_and_loses_nothing() {
+    let broker = Broker::start(2).await;
+    let db = Database::fresh();
+    // The logger reaches Postgres through a proxy that the test cuts for 8 seconds.
+    let mut outage = Outage::start(5432).await;
+    let via_proxy = db.url().replace(":5432/", &format!(":{}/", outage.port));
+    let logger = RunningLogger::quick(broker.brokers(), via_proxy);
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
+    let mut ids = HashSet::new();
+    let send = async |n: usize, ids: &mut HashSet<Uuid>| {
+        for i in 0..n {
+            let r = record(i);
+            ids.insert(Uuid::parse_str(&r.prediction_id).unwrap());
+            let payload = r.encode_to_vec();
+            producer
+                .send(
+                    FutureRecord::to(topics::PREDICTIONS).key(&r.station_id).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    };
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    send(200, &mut ids).await;
+    eventually(Duration::from_secs(60), "the first records", || async {
+        store.count_predictions().await.unwrap_or(0) >= 200
+    })
+    .await;
+
+    outage.cut();
+    send(300, &mut ids).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(store.count_predictions().await.unwrap(), 200, "nothing written while the database is away");
+    outage.restore().await;
+
+    eventually(Duration::from_secs(60), "the records sent during the outage", || async {
+        store.count_predictions().await.unwrap_or(0) >= 500
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
+    assert_eq!(stored, ids);
+    logger.stop().await;
+}

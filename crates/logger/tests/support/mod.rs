@@ -172,3 +172,56 @@ impl RunningLogger {
         self.task.await.expect("logger task").expect("logger ran without error");
     }
 }
+
+/// A TCP proxy in front of Postgres that can be cut and restored: from a client's side it is
+/// the database going down (connections reset, new ones refused) and coming back on the same
+/// address.
+pub struct Outage {
+    pub port: u16,
+    target: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Outage {
+    /// Starts forwarding `127.0.0.1:<new port>` to `127.0.0.1:target`.
+    pub async fn start(target: u16) -> Outage {
+        let mut proxy = Outage { port: free_port(), target, task: None };
+        proxy.restore().await;
+        proxy
+    }
+
+    /// Resets every connection and refuses new ones.
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Accepts and forwards again.
+    pub async fn restore(&mut self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
