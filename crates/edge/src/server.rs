@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use vigil_inference::repository::{ModelRepository, RepositoryOptions};
 use vigil_logbus::Emitter;
 use vigil_logbus::kafka::KafkaSink;
@@ -147,7 +147,7 @@ pub async fn start(config: EdgeConfig, handle_signals: bool) -> Result<RunningSe
             health.set_not_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
             let _ = stop_tx.send(());
         };
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        let serve = router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         tokio::pin!(serve);
         tokio::select! {
             result = &mut serve => return result.context("gRPC server failed"),

@@ -39,6 +39,10 @@ pub struct ModelConfig {
     /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide.
     #[serde(default)]
     pub intra_op_threads: usize,
+    /// Let idle intra-op threads spin for work (ONNX Runtime's default): lower latency on
+    /// dedicated cores; turn it off when the server shares a few cores with other work.
+    #[serde(default = "default_spinning")]
+    pub intra_op_spinning: bool,
 }
 
 fn default_platform() -> String {
@@ -47,6 +51,10 @@ fn default_platform() -> String {
 
 fn default_instances() -> usize {
     1
+}
+
+fn default_spinning() -> bool {
+    true
 }
 
 /// One input or output: name, datatype and per-item dims (without the batch dimension;

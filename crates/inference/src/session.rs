@@ -25,6 +25,7 @@ impl ModelSession {
         if intra_op_threads > 0 {
             builder = builder.with_intra_threads(intra_op_threads).map_err(ort::Error::from)?;
         }
+        builder = builder.with_intra_op_spinning(config.intra_op_spinning).map_err(ort::Error::from)?;
         let session = builder
             .commit_from_file(path)
             .map_err(|e| InferenceError::Config(format!("cannot load model {}: {e}", path.display())))?;
