@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use clap::{Args, ValueEnum};
 use uuid::Uuid;
-use vigil_store::{MAX_QUERY_ROWS, PgStore, PredictionFilter, PredictionSummary};
+use vigil_store::{AnyStore, MAX_QUERY_ROWS, PredictionFilter, PredictionStore, PredictionSummary};
 
 use crate::inspect::{decision_name, verdict_name};
 
@@ -18,7 +18,8 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
-    /// Postgres URL of the prediction log.
+    /// The prediction log: postgres://... or sqlite://... (the embedded default's is
+    /// sqlite://.vigil/vigil.db).
     #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil")]
     pub database_url: String,
     /// From this time: RFC 3339 (2026-11-29T08:00:00Z) or an age (30m, 6h, 7d).
@@ -102,7 +103,9 @@ pub async fn run(args: QueryArgs) -> Result<u8> {
         after: args.after,
         limit: args.limit,
     };
-    let store = PgStore::connect_lazy(&args.database_url, 1).context("--database-url")?;
+    let store = AnyStore::connect(&args.database_url)
+        .await
+        .with_context(|| format!("--database-url {}", redact(&args.database_url)))?;
     let rows = store
         .query_predictions(&filter)
         .await
@@ -125,7 +128,8 @@ fn feature(r: &PredictionSummary, name: &str) -> String {
     r.features.get(name).and_then(|v| v.as_f64()).map_or(String::new(), |v| format!("{v:.2}"))
 }
 
-fn print_rows(rows: &[PredictionSummary], format: Format) {
+/// Prints rows as a table, CSV or JSON lines.
+pub fn print_rows(rows: &[PredictionSummary], format: Format) {
     let fields = |r: &PredictionSummary| -> Vec<String> {
         vec![
             r.prediction_id.to_string(),

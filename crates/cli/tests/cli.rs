@@ -14,8 +14,10 @@ fn vigil() -> Command {
 }
 
 #[test]
-fn up_serves_the_shipped_model_to_the_sample_images() {
-    let out = vigil().arg("up").output().unwrap();
+fn up_serves_the_shipped_model_to_the_sample_images_and_logs_every_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("vigil.db");
+    let out = vigil().args(["up", "--database", db.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -29,6 +31,25 @@ fn up_serves_the_shipped_model_to_the_sample_images() {
     let verdict_lines = stdout.lines().filter(|l| l.contains(" p=")).count();
     assert_eq!(verdict_lines, normal + drifted);
     assert!(!stdout.contains("FAILED"), "{stdout}");
+    // Every prediction landed in the embedded log, and can be queried.
+    let n = normal + drifted;
+    assert!(stdout.contains(&format!("{n} predictions logged to {} ({n} in all)", db.display())), "{stdout}");
+    let url = format!("sqlite://{}", db.display());
+    let out = vigil().args(["query", "--database-url", &url, "--format", "json", "--limit", "1000"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), n);
+    let defects = rows.iter().filter(|r| r["verdict"] == 2).count();
+    let printed = stdout.lines().filter(|l| l.contains(" p=") && l.contains(" DEFECT ")).count();
+    assert_eq!(defects, printed, "one logged verdict per printed verdict");
+    // A second run adds to the same log.
+    let out = vigil().args(["up", "--database", db.to_str().unwrap()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!(
+        "{n} predictions logged to {} ({} in all)",
+        db.display(),
+        2 * n
+    )));
 }
 
 #[test]

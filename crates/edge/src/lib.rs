@@ -5,4 +5,4 @@ pub mod config;
 pub mod server;
 
 pub use config::EdgeConfig;
-pub use server::{RunningServer, start};
+pub use server::{RunningServer, start, start_with};

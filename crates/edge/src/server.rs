@@ -49,8 +49,18 @@ impl RunningServer {
 }
 
 /// Loads the model repository, binds `config.listen` and serves until `shutdown()` or, when
-/// `handle_signals`, SIGINT/SIGTERM.
+/// `handle_signals`, SIGINT/SIGTERM. Prediction records go to Kafka when `config.logging` says so.
 pub async fn start(config: EdgeConfig, handle_signals: bool) -> Result<RunningServer> {
+    start_with(config, handle_signals, None).await
+}
+
+/// As [`start`], with prediction records going to `records` (the embedded default's in-process
+/// bus) instead of the configured Kafka.
+pub async fn start_with(
+    config: EdgeConfig,
+    handle_signals: bool,
+    mut records: Option<RecordEmitter>,
+) -> Result<RunningServer> {
     vigil_inference::runtime::environment(config.onnxruntime_lib.as_deref()).map_err(|e| anyhow!("{e}"))?;
     let options = RepositoryOptions {
         load_all_versions: config.models.load_all_versions,
@@ -80,8 +90,9 @@ pub async fn start(config: EdgeConfig, handle_signals: bool) -> Result<RunningSe
     let mut inspection_service =
         InspectionService::new(repository.clone(), config.default_model.clone(), config.images);
     let mut emitter_task = None;
-    let mut records = None;
-    if config.logging.enabled {
+    if let Some(external) = &records {
+        inspection_service = inspection_service.with_records(external.clone());
+    } else if config.logging.enabled {
         let producer = config
             .logging
             .kafka

@@ -3,6 +3,7 @@
 //! never delays an answer.
 
 pub mod emitter;
+pub mod in_process;
 pub mod kafka;
 pub mod spool;
 pub mod topics;

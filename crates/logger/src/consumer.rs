@@ -185,7 +185,8 @@ async fn dead_letter(producer: &FutureProducer, dead: &DeadLetter) -> Result<(),
     producer.send(record, Timeout::After(Duration::from_secs(10))).await.map(|_| ()).map_err(|(e, _)| e)
 }
 
-async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, stats: &LoggerStats, mut attempt: F) -> T
+/// Retries `attempt` with backoff (100 ms doubling to 5 s) until it succeeds.
+pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, stats: &LoggerStats, mut attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,

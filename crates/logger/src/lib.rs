@@ -6,5 +6,6 @@
 
 pub mod batch;
 pub mod consumer;
+pub mod embedded;
 
 pub use consumer::{LoggerConfig, LoggerStats, run};

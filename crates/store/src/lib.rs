@@ -1,11 +1,19 @@
-//! Every SQL statement of Vigil lives here: the prediction log, labels and feedback in
-//! Postgres, with the schema in the workspace's `migrations/`.
+//! Every SQL statement of Vigil lives here: the prediction log, labels and analyst queries, in
+//! Postgres (production; schema in the workspace's `migrations/`) and in SQLite (the embedded
+//! default; `migrations/sqlite/`), behind one [`PredictionStore`] trait.
 
 pub mod postgres;
+pub mod query;
+mod query_filters;
 pub mod rows;
+pub mod sqlite;
+pub mod store;
 
-pub use postgres::{MAX_QUERY_ROWS, PgStore, PredictionFilter, PredictionSummary};
+pub use postgres::PgStore;
+pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 pub use rows::{LabelRow, PredictionRow, RowError};
+pub use sqlite::SqliteStore;
+pub use store::{AnyStore, PredictionStore};
 
-/// The schema, embedded from `migrations/`.
+/// The Postgres schema, embedded from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

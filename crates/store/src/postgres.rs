@@ -7,6 +7,7 @@ use sqlx::PgExecutor;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
+use crate::query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 use crate::rows::{LabelRow, PredictionRow};
 
 /// A pool of connections to the Vigil database.
@@ -159,45 +160,6 @@ async fn insert_labels<'e>(exec: impl PgExecutor<'e>, rows: &[LabelRow]) -> Resu
     Ok(result.rows_affected())
 }
 
-/// Filters of an analyst query over the prediction log. Results come in prediction-id order
-/// (UUIDv7: time order); `after` continues from the last id of the previous page.
-#[derive(Debug, Clone, Default)]
-pub struct PredictionFilter {
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    pub model_name: Option<String>,
-    pub model_version: Option<String>,
-    pub variant: Option<i16>,
-    pub station_id: Option<String>,
-    pub verdict: Option<i16>,
-    pub decision: Option<i16>,
-    pub min_score: Option<f32>,
-    pub max_score: Option<f32>,
-    pub has_label: Option<bool>,
-    pub after: Option<Uuid>,
-    /// Rows per page; capped at [`MAX_QUERY_ROWS`].
-    pub limit: u32,
-}
-
-/// The most rows one query returns.
-pub const MAX_QUERY_ROWS: u32 = 10_000;
-
-/// One row of an analyst query.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize)]
-pub struct PredictionSummary {
-    pub prediction_id: Uuid,
-    pub time: DateTime<Utc>,
-    pub station_id: String,
-    pub model_name: String,
-    pub model_version: String,
-    pub score: Option<f32>,
-    pub verdict: i16,
-    pub decision: i16,
-    pub status: i16,
-    pub features: serde_json::Value,
-    pub label: Option<String>,
-}
-
 impl PgStore {
     /// Runs an analyst query (keyset-paginated, at most [`MAX_QUERY_ROWS`] rows).
     pub async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
@@ -207,48 +169,7 @@ impl PgStore {
              FROM predictions p LEFT JOIN LATERAL (SELECT label FROM labels WHERE labels.prediction_id = p.prediction_id \
              ORDER BY time DESC LIMIT 1) l ON true WHERE true",
         );
-        if let Some(v) = f.since {
-            q.push(" AND p.time >= ").push_bind(v);
-        }
-        if let Some(v) = f.until {
-            q.push(" AND p.time < ").push_bind(v);
-        }
-        if let Some(v) = &f.model_name {
-            q.push(" AND p.model_name = ").push_bind(v.clone());
-        }
-        if let Some(v) = &f.model_version {
-            q.push(" AND p.model_version = ").push_bind(v.clone());
-        }
-        if let Some(v) = f.variant {
-            q.push(" AND p.variant = ").push_bind(v);
-        }
-        if let Some(v) = &f.station_id {
-            q.push(" AND p.station_id = ").push_bind(v.clone());
-        }
-        if let Some(v) = f.verdict {
-            q.push(" AND p.verdict = ").push_bind(v);
-        }
-        if let Some(v) = f.decision {
-            q.push(" AND p.decision = ").push_bind(v);
-        }
-        if let Some(v) = f.min_score {
-            q.push(" AND p.score >= ").push_bind(v);
-        }
-        if let Some(v) = f.max_score {
-            q.push(" AND p.score <= ").push_bind(v);
-        }
-        match f.has_label {
-            Some(true) => {
-                q.push(" AND l.label IS NOT NULL");
-            }
-            Some(false) => {
-                q.push(" AND l.label IS NULL");
-            }
-            None => {}
-        }
-        if let Some(v) = f.after {
-            q.push(" AND p.prediction_id > ").push_bind(v);
-        }
+        crate::push_filters!(q, f, "l.label IS NOT NULL");
         let limit = f.limit.clamp(1, MAX_QUERY_ROWS) as i64;
         q.push(" ORDER BY p.prediction_id LIMIT ").push_bind(limit);
         q.build_query_as::<PredictionSummary>().fetch_all(&self.pool).await

@@ -1,0 +1,133 @@
+//! The SQLite store of the embedded default (`vigil up`): the same rows and queries as
+//! Postgres, in one file, no server.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{QueryBuilder, Sqlite};
+use uuid::Uuid;
+
+use crate::query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
+use crate::rows::{LabelRow, PredictionRow};
+
+/// The embedded schema, from `migrations/sqlite/`.
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// Rows per INSERT statement (SQLite allows 32,766 bound values; a row binds 25).
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// A SQLite database file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the database at `url` (`sqlite://path`).
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+        Ok(Self { pool })
+    }
+
+    /// Opens the database file at `path`, creating its folder.
+    pub async fn open(path: &Path) -> Result<Self, sqlx::Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Self::connect(&format!("sqlite://{}", path.display())).await
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        SQLITE_MIGRATOR.run(&self.pool).await
+    }
+
+    /// Inserts predictions and labels in one transaction; existing ids are skipped.
+    pub async fn insert_batch(
+        &self,
+        predictions: &[PredictionRow],
+        labels: &[LabelRow],
+    ) -> Result<(u64, u64), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut inserted_predictions = 0;
+        for chunk in predictions.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR IGNORE INTO predictions (prediction_id, time, request_time, capture_time, trace_id, server_id, \
+                 station_id, device_id, part_id, request_id, api, model_name, model_version, variant, deployment_id, features, \
+                 output, score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.prediction_id)
+                    .push_bind(r.time)
+                    .push_bind(r.request_time)
+                    .push_bind(r.capture_time)
+                    .push_bind(r.trace_id.clone())
+                    .push_bind(r.server_id.clone())
+                    .push_bind(r.station_id.clone())
+                    .push_bind(r.device_id.clone())
+                    .push_bind(r.part_id.clone())
+                    .push_bind(r.request_id.clone())
+                    .push_bind(r.api.clone())
+                    .push_bind(r.model_name.clone())
+                    .push_bind(r.model_version.clone())
+                    .push_bind(r.variant)
+                    .push_bind(r.deployment_id.clone())
+                    .push_bind(r.features.to_string())
+                    .push_bind(r.output.to_string())
+                    .push_bind(r.score)
+                    .push_bind(r.output_null)
+                    .push_bind(r.verdict)
+                    .push_bind(r.decision)
+                    .push_bind(r.queue_time_us)
+                    .push_bind(r.compute_time_us)
+                    .push_bind(r.status)
+                    .push_bind(r.error.clone());
+            });
+            inserted_predictions += q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        let mut inserted_labels = 0;
+        for chunk in labels.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR IGNORE INTO labels (label_id, prediction_id, label, time, source) ");
+            q.push_values(chunk, |mut b, l| {
+                b.push_bind(l.label_id)
+                    .push_bind(l.prediction_id)
+                    .push_bind(l.label.clone())
+                    .push_bind(l.time)
+                    .push_bind(l.source.clone());
+            });
+            inserted_labels += q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok((inserted_predictions, inserted_labels))
+    }
+
+    /// Number of logged predictions.
+    pub async fn count_predictions(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM predictions").fetch_one(&self.pool).await
+    }
+
+    /// Every prediction id, in id order.
+    pub async fn prediction_ids(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar("SELECT prediction_id FROM predictions ORDER BY prediction_id").fetch_all(&self.pool).await
+    }
+
+    /// Runs an analyst query (keyset-paginated, at most [`MAX_QUERY_ROWS`] rows).
+    pub async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT p.prediction_id, p.time, p.station_id, p.model_name, p.model_version, p.score, p.verdict, \
+             p.decision, p.status, p.features, \
+             (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) AS label \
+             FROM predictions p WHERE 1 = 1",
+        );
+        crate::push_filters!(q, f, "EXISTS (SELECT 1 FROM labels l WHERE l.prediction_id = p.prediction_id)");
+        let limit = f.limit.clamp(1, MAX_QUERY_ROWS) as i64;
+        q.push(" ORDER BY p.prediction_id LIMIT ").push_bind(limit);
+        q.build_query_as::<PredictionSummary>().fetch_all(&self.pool).await
+    }
+}

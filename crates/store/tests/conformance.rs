@@ -1,0 +1,130 @@
+//! One conformance suite, run against both stores: Postgres (a fresh database on the local
+//! server) and SQLite (a temporary file).
+
+use std::process::Command;
+
+use chrono::{Duration, Utc};
+use uuid::Uuid;
+use vigil_store::{LabelRow, PgStore, PredictionFilter, PredictionRow, PredictionStore, SqliteStore};
+
+fn row(i: usize, minutes_ago: i64) -> PredictionRow {
+    PredictionRow {
+        prediction_id: Uuid::now_v7(),
+        time: Utc::now() - Duration::minutes(minutes_ago),
+        request_time: Some(Utc::now() - Duration::minutes(minutes_ago)),
+        capture_time: None,
+        trace_id: String::new(),
+        server_id: "edge-1".into(),
+        station_id: format!("line-{}", i % 2),
+        device_id: String::new(),
+        part_id: format!("part-{i}"),
+        request_id: String::new(),
+        api: "inspect".into(),
+        model_name: if i < 8 { "scratch-detector".into() } else { "other".into() },
+        model_version: "1".into(),
+        variant: 1,
+        deployment_id: String::new(),
+        features: serde_json::json!({ "brightness": 100.5 + i as f64, "missing": null }),
+        output: serde_json::json!({ "label": "ok", "scores": [i as f64 / 10.0] }),
+        score: Some(i as f32 / 10.0),
+        output_null: false,
+        verdict: if i >= 5 { 2 } else { 1 },
+        decision: if i >= 5 { 2 } else { 1 },
+        queue_time_us: 10,
+        compute_time_us: 100,
+        status: 1,
+        error: String::new(),
+    }
+}
+
+fn filter() -> PredictionFilter {
+    PredictionFilter { limit: 100, ..Default::default() }
+}
+
+async fn conformance<S: PredictionStore>(store: S) {
+    store.migrate().await.unwrap();
+    store.migrate().await.expect("migrating twice is a no-op");
+    let rows: Vec<PredictionRow> = (0..10).map(|i| row(i, 10 - i as i64)).collect();
+    let label = LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: rows[6].prediction_id,
+        label: "defect".into(),
+        time: Utc::now(),
+        source: "anna".into(),
+    };
+
+    // Idempotent on ids, within and across batches.
+    assert_eq!(store.insert_batch(&rows[..6], &[]).await.unwrap(), (6, 0));
+    assert_eq!(store.insert_batch(&rows, std::slice::from_ref(&label)).await.unwrap(), (4, 1));
+    assert_eq!(store.insert_batch(&rows, std::slice::from_ref(&label)).await.unwrap(), (0, 0));
+    assert_eq!(store.count_predictions().await.unwrap(), 10);
+    let mut ids: Vec<Uuid> = rows.iter().map(|r| r.prediction_id).collect();
+    ids.sort();
+    assert_eq!(store.prediction_ids().await.unwrap(), ids);
+
+    // Rows come back intact, in id (time) order.
+    let all = store.query_predictions(&filter()).await.unwrap();
+    assert_eq!(all.len(), 10);
+    assert_eq!(all.iter().map(|r| r.prediction_id).collect::<Vec<_>>(), ids);
+    let r3 = &all[3];
+    assert_eq!((r3.station_id.as_str(), r3.model_name.as_str(), r3.score), ("line-1", "scratch-detector", Some(0.3)));
+    assert_eq!(r3.features["brightness"], 103.5);
+    assert!(r3.features["missing"].is_null());
+    assert!((r3.time - rows[3].time).num_milliseconds().abs() < 1);
+    assert_eq!(all[6].label.as_deref(), Some("defect"));
+
+    // Every filter.
+    let ids_of = |v: Vec<vigil_store::PredictionSummary>| v.into_iter().map(|r| r.prediction_id).collect::<Vec<_>>();
+    let pick = |idx: &[usize]| idx.iter().map(|&i| rows[i].prediction_id).collect::<Vec<_>>();
+    let q = async |f: PredictionFilter| store.query_predictions(&f).await;
+    assert_eq!(
+        ids_of(q(PredictionFilter { station_id: Some("line-0".into()), ..filter() }).await.unwrap()),
+        pick(&[0, 2, 4, 6, 8])
+    );
+    assert_eq!(
+        ids_of(
+            q(PredictionFilter { verdict: Some(2), model_name: Some("scratch-detector".into()), ..filter() })
+                .await
+                .unwrap()
+        ),
+        pick(&[5, 6, 7])
+    );
+    assert_eq!(
+        ids_of(q(PredictionFilter { min_score: Some(0.25), max_score: Some(0.45), ..filter() }).await.unwrap()),
+        pick(&[3, 4])
+    );
+    assert_eq!(ids_of(q(PredictionFilter { has_label: Some(true), ..filter() }).await.unwrap()), pick(&[6]));
+    assert_eq!(q(PredictionFilter { has_label: Some(false), ..filter() }).await.unwrap().len(), 9);
+    let since = rows[7].time - Duration::seconds(1);
+    assert_eq!(ids_of(q(PredictionFilter { since: Some(since), ..filter() }).await.unwrap()), pick(&[7, 8, 9]));
+    assert_eq!(ids_of(q(PredictionFilter { until: Some(rows[2].time), ..filter() }).await.unwrap()), pick(&[0, 1]));
+    assert_eq!(ids_of(q(PredictionFilter { model_version: Some("2".into()), ..filter() }).await.unwrap()), pick(&[]));
+    // Keyset pages.
+    let page1 = ids_of(q(PredictionFilter { limit: 4, ..filter() }).await.unwrap());
+    let page2 = ids_of(q(PredictionFilter { limit: 4, after: page1.last().copied(), ..filter() }).await.unwrap());
+    assert_eq!([page1, page2].concat(), pick(&[0, 1, 2, 3, 4, 5, 6, 7]));
+    // The hard row limit.
+    assert_eq!(q(PredictionFilter { limit: u32::MAX, ..filter() }).await.unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn sqlite_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_conforms() {
+    let admin =
+        std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+    let name = format!("vigil_test_{}", Uuid::now_v7().simple());
+    let psql = |sql: &str| {
+        let out =
+            Command::new("psql").args([admin.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().expect("psql");
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    psql(&format!("CREATE DATABASE {name}"));
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    conformance(PgStore::connect_lazy(&url, 2).unwrap()).await;
+    psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+}
