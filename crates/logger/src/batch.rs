@@ -2,8 +2,8 @@
 
 use prost::Message;
 use vigil_logbus::topics;
-use vigil_proto::vigil::v1::{LabelEvent, PredictionRecord};
-use vigil_store::{LabelRow, PredictionRow};
+use vigil_proto::vigil::v1::{FeedbackEvent, LabelEvent, PredictionRecord};
+use vigil_store::{FeedbackRow, LabelRow, PredictionRow};
 
 /// A message as consumed.
 #[derive(Debug, Clone)]
@@ -27,6 +27,7 @@ pub struct DeadLetter {
 pub struct Decoded {
     pub predictions: Vec<PredictionRow>,
     pub labels: Vec<LabelRow>,
+    pub feedback: Vec<FeedbackRow>,
     pub dead: Vec<DeadLetter>,
 }
 
@@ -44,6 +45,10 @@ pub fn decode(messages: &[Consumed]) -> Decoded {
                 .map_err(|e| format!("not a LabelEvent: {e}"))
                 .and_then(|e| LabelRow::from_event(&e).map_err(|e| e.to_string()))
                 .map(|row| out.labels.push(row)),
+            topics::FEEDBACK => FeedbackEvent::decode(payload)
+                .map_err(|e| format!("not a FeedbackEvent: {e}"))
+                .and_then(|e| FeedbackRow::from_event(&e).map_err(|e| e.to_string()))
+                .map(|row| out.feedback.push(row)),
             other => Err(format!("no handler for topic {other}")),
         };
         if let Err(reason) = result {

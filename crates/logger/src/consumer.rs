@@ -39,7 +39,7 @@ impl Default for LoggerConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "vigil-logger".into(),
             database_url: "postgres://127.0.0.1/vigil".into(),
-            topics: vec![topics::PREDICTIONS.into(), topics::LABELS.into()],
+            topics: vec![topics::PREDICTIONS.into(), topics::LABELS.into(), topics::FEEDBACK.into()],
             batch_max_records: 5_000,
             batch_max_wait: Duration::from_millis(200),
             migrate: true,
@@ -53,6 +53,7 @@ pub struct LoggerStats {
     pub consumed: AtomicU64,
     pub inserted_predictions: AtomicU64,
     pub inserted_labels: AtomicU64,
+    pub inserted_feedback: AtomicU64,
     /// Records already in the database (redelivered after a crash): skipped.
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
@@ -166,10 +167,14 @@ async fn process(batch: &[Consumed], store: &PgStore, producer: &FutureProducer,
         );
     }
     let (p, l) = retry("insert a batch", stats, || store.insert_batch(&decoded.predictions, &decoded.labels)).await;
-    let rows = (decoded.predictions.len() + decoded.labels.len()) as u64;
+    // Feedback in its own statement: idempotent on the event id, so a retry after a crash
+    // between the two transactions doubles nothing.
+    let f = retry("insert feedback", stats, || store.insert_feedback(&decoded.feedback)).await;
+    stats.inserted_feedback.fetch_add(f, Ordering::Relaxed);
+    let rows = (decoded.predictions.len() + decoded.labels.len() + decoded.feedback.len()) as u64;
     stats.inserted_predictions.fetch_add(p, Ordering::Relaxed);
     stats.inserted_labels.fetch_add(l, Ordering::Relaxed);
-    stats.duplicates.fetch_add(rows - p - l, Ordering::Relaxed);
+    stats.duplicates.fetch_add(rows.saturating_sub(p + l + f), Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -54,6 +54,8 @@ pub async fn run<S: PredictionStore>(
             retry("insert a batch", &stats, || store.insert_batch(&decoded.predictions, &decoded.labels)).await;
         stats.inserted_predictions.fetch_add(p, Ordering::Relaxed);
         stats.inserted_labels.fetch_add(l, Ordering::Relaxed);
+        let f = retry("insert feedback", &stats, || store.insert_feedback(&decoded.feedback)).await;
+        stats.inserted_feedback.fetch_add(f, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
     }
 }

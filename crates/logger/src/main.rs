@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use vigil_logger::{LoggerConfig, LoggerStats};
 
-/// Consumes vigil.predictions.v1 and vigil.labels.v1 into Postgres, exactly once.
+/// Consumes vigil.predictions.v1, vigil.labels.v1 and vigil.feedback.v1 into Postgres, exactly once.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {

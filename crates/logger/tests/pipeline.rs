@@ -18,7 +18,7 @@ use uuid::Uuid;
 use vigil_logbus::topics;
 use vigil_logger::{LoggerConfig, LoggerStats};
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
-use vigil_proto::vigil::v1::{InspectRequest, PredictionOutput, PredictionRecord};
+use vigil_proto::vigil::v1::{FeedbackEvent, InspectRequest, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
 
 fn repo_root() -> std::path::PathBuf {
@@ -153,6 +153,23 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     send(PredictionRecord { schema_version: 2, ..record(99) }.encode_to_vec()).await;
     for r in &good[1..] {
         send(r.encode_to_vec()).await;
+    }
+    // Feedback flows into its table the same way.
+    for kind in ["override", "click"] {
+        let event = FeedbackEvent {
+            schema_version: 1,
+            event_id: Uuid::now_v7().to_string(),
+            prediction_id: good[0].prediction_id.clone(),
+            time: Some(SystemTime::now().into()),
+            kind: kind.into(),
+            ..Default::default()
+        };
+        let payload = event.encode_to_vec();
+        producer
+            .send(FutureRecord::to(topics::FEEDBACK).key("k").payload(&payload), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     }
     let stats = Arc::new(LoggerStats::default());
     let config = LoggerConfig {

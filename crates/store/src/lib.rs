@@ -11,7 +11,7 @@ pub mod store;
 
 pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
-pub use rows::{LabelRow, PredictionRow, RowError};
+pub use rows::{FeedbackRow, LabelRow, PredictionRow, RowError};
 pub use sqlite::SqliteStore;
 pub use store::{AnyStore, PredictionStore};
 

@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
-use crate::rows::{LabelRow, PredictionRow};
+use crate::rows::{FeedbackRow, LabelRow, PredictionRow};
 
 /// A pool of connections to the Vigil database.
 #[derive(Clone)]
@@ -60,6 +60,32 @@ impl PgStore {
     /// Inserts labels; labels whose id exists are skipped.
     pub async fn insert_labels(&self, rows: &[LabelRow]) -> Result<u64, sqlx::Error> {
         insert_labels(&self.pool, rows).await
+    }
+
+    /// Inserts feedback events; events whose id exists are skipped. Returns the new rows.
+    pub async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let result = sqlx::query(
+            "INSERT INTO feedback (event_id, prediction_id, kind, value, session_id, time)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.prediction_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.kind.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.session_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.time).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Number of stored feedback events.
+    pub async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM feedback").fetch_one(&self.pool).await
     }
 
     /// Every prediction id with its features and score, in id order (for checks and exports).

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
-use vigil_proto::vigil::v1::{LabelEvent, PredictionRecord};
+use vigil_proto::vigil::v1::{FeedbackEvent, LabelEvent, PredictionRecord};
 
 /// Schema versions of record bodies this code understands.
 pub const SUPPORTED_SCHEMA_VERSION: u32 = 1;
@@ -145,6 +145,37 @@ impl LabelRow {
             label: e.label.clone(),
             time: time(&e.time).ok_or(RowError::Field { field: "time", reason: "missing or out of range".into() })?,
             source: e.source.clone(),
+        })
+    }
+}
+
+/// One row of `feedback`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackRow {
+    pub event_id: Uuid,
+    pub prediction_id: Uuid,
+    pub kind: String,
+    pub value: String,
+    pub session_id: String,
+    pub time: DateTime<Utc>,
+}
+
+impl FeedbackRow {
+    /// Checks and converts a feedback event.
+    pub fn from_event(e: &FeedbackEvent) -> Result<Self, RowError> {
+        if e.schema_version != SUPPORTED_SCHEMA_VERSION {
+            return Err(RowError::SchemaVersion(e.schema_version));
+        }
+        if e.kind.is_empty() {
+            return Err(RowError::Field { field: "kind", reason: "empty".into() });
+        }
+        Ok(Self {
+            event_id: uuid_field("event_id", &e.event_id)?,
+            prediction_id: uuid_field("prediction_id", &e.prediction_id)?,
+            kind: e.kind.clone(),
+            value: e.value.clone(),
+            session_id: e.session_id.clone(),
+            time: time(&e.time).ok_or(RowError::Field { field: "time", reason: "missing or out of range".into() })?,
         })
     }
 }

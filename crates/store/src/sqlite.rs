@@ -9,7 +9,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use crate::query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
-use crate::rows::{LabelRow, PredictionRow};
+use crate::rows::{FeedbackRow, LabelRow, PredictionRow};
 
 /// The embedded schema, from `migrations/sqlite/`.
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -105,6 +105,31 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok((inserted_predictions, inserted_labels))
+    }
+
+    /// Inserts feedback events; events whose id exists are skipped. Returns the new rows.
+    pub async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
+        let mut inserted = 0;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR IGNORE INTO feedback (event_id, prediction_id, kind, value, session_id, time) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.event_id)
+                    .push_bind(r.prediction_id)
+                    .push_bind(r.kind.clone())
+                    .push_bind(r.value.clone())
+                    .push_bind(r.session_id.clone())
+                    .push_bind(r.time);
+            });
+            inserted += q.build().execute(&self.pool).await?.rows_affected();
+        }
+        Ok(inserted)
+    }
+
+    /// Number of stored feedback events.
+    pub async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM feedback").fetch_one(&self.pool).await
     }
 
     /// Number of logged predictions.

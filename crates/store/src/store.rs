@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::postgres::PgStore;
 use crate::query::{PredictionFilter, PredictionSummary};
-use crate::rows::{LabelRow, PredictionRow};
+use crate::rows::{FeedbackRow, LabelRow, PredictionRow};
 use crate::sqlite::SqliteStore;
 
 /// What every prediction store does.
@@ -20,6 +20,10 @@ pub trait PredictionStore: Clone + Send + Sync + 'static {
         predictions: &[PredictionRow],
         labels: &[LabelRow],
     ) -> impl Future<Output = Result<(u64, u64), sqlx::Error>> + Send;
+    /// Inserts feedback events, skipping ids already stored; returns the new row count.
+    fn insert_feedback(&self, rows: &[FeedbackRow]) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    /// Number of stored feedback events.
+    fn count_feedback(&self) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
     /// An analyst query.
     fn query_predictions(
         &self,
@@ -39,6 +43,12 @@ macro_rules! delegate {
             }
             async fn insert_batch(&self, p: &[PredictionRow], l: &[LabelRow]) -> Result<(u64, u64), sqlx::Error> {
                 <$t>::insert_batch(self, p, l).await
+            }
+            async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
+                <$t>::insert_feedback(self, rows).await
+            }
+            async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
+                <$t>::count_feedback(self).await
             }
             async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
                 <$t>::query_predictions(self, f).await
@@ -87,6 +97,18 @@ impl PredictionStore for AnyStore {
         match self {
             Self::Postgres(s) => s.insert_batch(p, l).await,
             Self::Sqlite(s) => s.insert_batch(p, l).await,
+        }
+    }
+    async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Postgres(s) => s.insert_feedback(rows).await,
+            Self::Sqlite(s) => s.insert_feedback(rows).await,
+        }
+    }
+    async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
+        match self {
+            Self::Postgres(s) => s.count_feedback().await,
+            Self::Sqlite(s) => s.count_feedback().await,
         }
     }
     async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {

@@ -62,6 +62,19 @@ async fn conformance<S: PredictionStore>(store: S) {
     ids.sort();
     assert_eq!(store.prediction_ids().await.unwrap(), ids);
 
+    // Feedback, idempotent on the event id.
+    let feedback = vigil_store::FeedbackRow {
+        event_id: Uuid::now_v7(),
+        prediction_id: rows[1].prediction_id,
+        kind: "override".into(),
+        value: "accepted by inspector".into(),
+        session_id: "s-1".into(),
+        time: Utc::now(),
+    };
+    assert_eq!(store.insert_feedback(std::slice::from_ref(&feedback)).await.unwrap(), 1);
+    assert_eq!(store.insert_feedback(std::slice::from_ref(&feedback)).await.unwrap(), 0);
+    assert_eq!(store.count_feedback().await.unwrap(), 1);
+
     // Rows come back intact, in id (time) order.
     let all = store.query_predictions(&filter()).await.unwrap();
     assert_eq!(all.len(), 10);
