@@ -146,12 +146,13 @@ pub async fn start_with(
         .add_service(reflection)
         .add_service(oip)
         .add_service(inspection);
+    let terminated = termination(handle_signals)?;
     let task = tokio::spawn(async move {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let signal = async move {
             tokio::select! {
                 _ = shutdown_rx => {}
-                _ = terminate(handle_signals) => {}
+                _ = terminated => {}
             }
             tracing::info!("shutting down: draining in-flight requests");
             health.set_not_serving::<InspectionServer<InspectionService>>().await;
@@ -185,22 +186,27 @@ pub async fn start_with(
     Ok(RunningServer { addr, repository, records, shutdown: Some(shutdown_tx), task })
 }
 
-async fn terminate(enabled: bool) {
-    if !enabled {
-        return std::future::pending().await;
-    }
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// Registers SIGINT and SIGTERM handlers now (so that a signal arriving right after start-up
+/// is not fatal) and returns a future that resolves on either; never resolves when disabled.
+fn termination(enabled: bool) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = if enabled {
+        Some((
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        ))
+    } else {
+        None
+    };
+    Ok(async move {
+        match handlers {
+            Some((mut interrupt, mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
         }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
+    })
 }

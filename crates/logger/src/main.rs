@@ -49,7 +49,15 @@ async fn main() -> ExitCode {
     };
     let stats = Arc::new(LoggerStats::default());
     println!("vigil-logger consuming {:?} from {} into Postgres", config.topics, config.brokers);
-    match vigil_logger::run(config, stats, shutdown_signal()).await {
+    // Handlers are registered before any work, so an early SIGTERM is a clean stop.
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vigil-logger: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match vigil_logger::run(config, stats, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vigil-logger: {e:#}");
@@ -58,10 +66,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
