@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "inference/model_config.proto",
         "vigil/v1/inspection.proto",
         "vigil/v1/records.proto",
+        "vigil/v1/predictions.proto",
     ];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {

@@ -17,7 +17,9 @@ use support::*;
 use uuid::Uuid;
 use vigil_logbus::topics;
 use vigil_logger::{LoggerConfig, LoggerStats};
+use vigil_proto::vigil::v1::QueryPredictionsRequest;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
+use vigil_proto::vigil::v1::prediction_log_client::PredictionLogClient;
 use vigil_proto::vigil::v1::{FeedbackEvent, InspectRequest, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
 
@@ -125,6 +127,36 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
     .await
     .unwrap();
     assert_eq!(invalid, 5);
+    // The same predictions through the analyst API (vigil-monitor's QueryPredictions).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let monitor_addr = listener.local_addr().unwrap();
+    let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = tokio::spawn(vigil_monitor::serve(listener, store.clone(), async move {
+        let _ = monitor_stopped.await;
+    }));
+    let mut analyst = PredictionLogClient::connect(format!("http://{monitor_addr}")).await.unwrap();
+    let mut queried = HashSet::new();
+    let mut token = String::new();
+    loop {
+        let page = analyst
+            .query_predictions(QueryPredictionsRequest {
+                page_size: 128,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        queried.extend(page.predictions.iter().map(|p| Uuid::parse_str(&p.prediction_id).unwrap()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(queried, stored);
+    stop_monitor.send(()).unwrap();
+    monitor.await.unwrap().unwrap();
+
     let (emitted, delivered, failed, dropped) = server.records.as_ref().unwrap().emitter().stats().snapshot();
     assert_eq!((emitted, delivered, failed, dropped), ((N + 5) as u64, (N + 5) as u64, 0, 0));
 
