@@ -363,3 +363,71 @@ async fn a_database_outage_pauses_the_logger_and_loses_nothing() {
     assert_eq!(stored, ids);
     logger.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_loggers_share_the_partitions_and_write_each_record_once() {
+    let broker = Broker::start(4).await;
+    let db = Database::fresh();
+    let start = |stats: Arc<LoggerStats>| {
+        let config = LoggerConfig {
+            brokers: broker.brokers(),
+            database_url: db.url(),
+            batch_max_records: 200,
+            batch_max_wait: Duration::from_millis(50),
+            ..LoggerConfig::default()
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        (
+            tx,
+            tokio::spawn(vigil_logger::run(config, stats, async move {
+                let _ = rx.await;
+            })),
+        )
+    };
+    let (a_stats, b_stats) = (Arc::new(LoggerStats::default()), Arc::new(LoggerStats::default()));
+    let (stop_a, a) = start(a_stats.clone());
+    let (stop_b, b) = start(b_stats.clone());
+    // Let both join the group before records arrive.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", broker.brokers()).set("linger.ms", "5").create().unwrap();
+    let records: Vec<PredictionRecord> = (0..4_000).map(record).collect();
+    let ids: HashSet<Uuid> = records.iter().map(|r| Uuid::parse_str(&r.prediction_id).unwrap()).collect();
+    futures::stream::iter(records.into_iter().enumerate())
+        .map(|(i, r)| {
+            let producer = producer.clone();
+            async move {
+                let payload = r.encode_to_vec();
+                // Keys spread over the four partitions.
+                let key = format!("station-{}", i % 16);
+                producer
+                    .send(FutureRecord::to(topics::PREDICTIONS).key(&key).payload(&payload), Duration::from_secs(10))
+                    .await
+                    .map_err(|(e, _)| e)
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(500)
+        .collect::<Vec<_>>()
+        .await;
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(90), "every record", || async {
+        store.count_predictions().await.unwrap_or(0) >= 4_000
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
+    assert_eq!(stored, ids);
+    let consumed = |s: &LoggerStats| s.consumed.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        consumed(&a_stats) > 0 && consumed(&b_stats) > 0,
+        "both loggers took partitions: {} and {}",
+        consumed(&a_stats),
+        consumed(&b_stats)
+    );
+    stop_a.send(()).unwrap();
+    stop_b.send(()).unwrap();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+}
