@@ -78,6 +78,9 @@ pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl F
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
+        // A rebalance waits at most this long for members that do not rejoin (a crashed
+        // logger): a restarted logger gets its partitions within it.
+        .set("max.poll.interval.ms", "30000")
         .create()
         .context("cannot create the Kafka consumer")?;
     let producer: FutureProducer = ClientConfig::new()
@@ -117,7 +120,11 @@ pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl F
             }
         }
         process(&batch, &store, &producer, &stats).await;
-        consumer.store_offsets(&next_offsets(&batch)?).context("storing offsets")?;
+        // After a long database outage the group may have moved these partitions elsewhere;
+        // their new owner reads the batch again and the idempotent insert skips it.
+        if let Err(e) = consumer.store_offsets(&next_offsets(&batch)?) {
+            tracing::warn!(error = %e, "offsets not stored (partitions reassigned?); the batch will be read again");
+        }
     }
     tracing::info!("shutting down: committing offsets");
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {

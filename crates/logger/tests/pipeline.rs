@@ -306,6 +306,9 @@ async fn a_logger_killed_mid_stream_resumes_without_loss_or_doubles() {
     let at_kill = store.count_predictions().await.unwrap();
     assert!(at_kill < N as i64, "killed too late to test anything ({at_kill})");
 
+    // Restart after the group's session timeout (10 s), as a supervisor would after a crash:
+    // the test broker (tansu 0.6) does not evict a dead member while a new one is joining.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let mut second = spawn();
     eventually(Duration::from_secs(120), "every record", || async {
         store.count_predictions().await.unwrap_or(0) >= N as i64

@@ -23,17 +23,23 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// One broker test at a time per test binary: on a 2-core machine, parallel brokers, loggers
+/// and servers starve each other's consumer-group heartbeats.
+static ONE_BROKER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A tansu broker process with its data in a temporary directory.
 pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Broker {
     /// Starts a broker and creates Vigil's topics with `partitions` partitions.
     pub async fn start(partitions: i32) -> Broker {
-        let mut broker = Broker { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        let turn = ONE_BROKER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut broker = Broker { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None, _turn: turn };
         broker.resume().await;
         create_topics(&broker.kafka(), &vigil_logbus::topics::ALL, partitions).await.expect("create topics");
         broker
