@@ -292,7 +292,8 @@ async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<Emitte
             }
             stats.replayed.fetch_add(count, Ordering::Relaxed);
             tracing::info!(count, left = spool.len(), "replayed spooled records");
-            backoff = Duration::ZERO.max(Duration::from_millis(1));
+            // More may be waiting: look again almost at once.
+            backoff = Duration::from_millis(1);
         } else {
             backoff = (backoff * 2).clamp(interval, Duration::from_secs(10));
         }

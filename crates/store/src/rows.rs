@@ -66,7 +66,7 @@ impl PredictionRow {
         if r.model_name.is_empty() {
             return Err(RowError::Field { field: "model_name", reason: "empty".into() });
         }
-        let time = time(&r.response_time)
+        let response_time = time(&r.response_time)
             .ok_or(RowError::Field { field: "response_time", reason: "missing or out of range".into() })?;
         let mut features = serde_json::Map::new();
         for f in &r.features {
@@ -88,9 +88,9 @@ impl PredictionRow {
         let score = out.scores.first().copied().filter(|s| s.is_finite());
         Ok(Self {
             prediction_id,
-            time,
-            request_time: time_opt(&r.request_time),
-            capture_time: time_opt(&r.capture_time),
+            time: response_time,
+            request_time: time(&r.request_time),
+            capture_time: time(&r.capture_time),
             trace_id: r.trace_id.clone(),
             server_id: r.server_id.clone(),
             station_id: r.station_id.clone(),
@@ -114,10 +114,6 @@ impl PredictionRow {
             error: r.error.clone(),
         })
     }
-}
-
-fn time_opt(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    time(ts)
 }
 
 /// One row of `labels`.
