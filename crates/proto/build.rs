@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vigil/v1/inspection.proto",
         "vigil/v1/records.proto",
         "vigil/v1/predictions.proto",
+        "vigil/v1/monitoring.proto",
+        "vigil/v1/rollups.proto",
     ];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {

@@ -1,46 +1,53 @@
-//! `vigil-monitor`: the monitoring service (today: the analyst query API).
+//! `vigil-monitor`: the monitoring service.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use vigil_monitor::MonitorConfig;
 use vigil_store::{AnyStore, PredictionStore};
 
-/// Serves vigil.v1.PredictionLog over the prediction log.
+/// Watches the prediction log: metrics, drift, alarms, a dashboard, and the monitoring APIs.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on (loopback by default).
+    /// gRPC address (vigil.v1.Monitoring and PredictionLog; loopback by default).
     #[arg(long, default_value = "127.0.0.1:8003")]
     listen: SocketAddr,
+    /// HTTP address of the dashboard and /metrics.
+    #[arg(long, default_value = "127.0.0.1:8004")]
+    http_listen: SocketAddr,
     /// The prediction log: postgres://... or sqlite://...
     #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil")]
     database_url: String,
+    /// Monitoring configuration (TOML: rollups, drift, alarm rules, webhook); defaults without.
+    #[arg(long, env = "VIGIL_MONITOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// The model repository (overrides the config's `models`).
+    #[arg(long)]
+    models: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vigil-monitor: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    vigil_telemetry::init_tracing();
+    vigil_telemetry::exit_code("vigil-monitor", run(Args::parse()).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => MonitorConfig::load(path)?,
+        None => MonitorConfig::default(),
+    };
+    if let Some(models) = args.models {
+        config.models = models;
+    }
+    let shutdown = vigil_telemetry::termination()?;
     let store = AnyStore::connect(&args.database_url).await?;
     store.migrate().await?;
-    let listener = vigil_monitor::bind(args.listen).await?;
-    println!("vigil-monitor listening on {}", listener.local_addr()?);
-    vigil_monitor::serve(listener, store, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    let grpc = vigil_monitor::bind(args.listen).await?;
+    let http = vigil_telemetry::bind_http(args.http_listen, "--http-listen").await?;
+    println!("vigil-monitor: gRPC on {}, dashboard on http://{}/", grpc.local_addr()?, http.local_addr()?);
+    vigil_monitor::run(store, config, grpc, http, shutdown).await
 }

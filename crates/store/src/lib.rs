@@ -2,6 +2,7 @@
 //! Postgres (production; schema in the workspace's `migrations/`) and in SQLite (the embedded
 //! default; `migrations/sqlite/`), behind one [`PredictionStore`] trait.
 
+pub mod monitoring;
 pub mod postgres;
 pub mod query;
 mod query_filters;
@@ -9,6 +10,7 @@ pub mod rows;
 pub mod sqlite;
 pub mod store;
 
+pub use monitoring::MonitorStore;
 pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 pub use rows::{FeedbackRow, LabelRow, PredictionRow, RowError};

@@ -42,6 +42,11 @@ impl SqliteStore {
         Self::connect(&format!("sqlite://{}", path.display())).await
     }
 
+    /// The underlying pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         SQLITE_MIGRATOR.run(&self.pool).await

@@ -1,0 +1,234 @@
+//! Drift statistics over two histograms that share the same bins.
+//!
+//! Every function takes the reference and current counts (same length, finite, non-negative) and
+//! fails with a [`DriftError`] on mismatched lengths, invalid counts or an empty side.
+
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ChiSquared, ContinuousCDF};
+
+use crate::DriftError;
+use crate::histogram::{centres, check_counts, check_edges, check_edges_fit, moments};
+
+/// Fraction that replaces an empty bin in [`psi`].
+pub const PSI_EMPTY_FRACTION: f64 = 0.0001;
+
+/// Two-sample Kolmogorov-Smirnov test on binned data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KsResult {
+    /// Largest distance between the two cumulative distributions at a bin boundary.
+    pub statistic: f64,
+    /// Asymptotic p-value (Kolmogorov distribution).
+    pub p_value: f64,
+}
+
+/// Chi-square goodness-of-fit of the current counts against the reference proportions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ChiSquareResult {
+    /// Sum of `(observed - expected)^2 / expected` over the kept categories.
+    pub statistic: f64,
+    /// Survival function of the chi-square distribution with `dof` degrees of freedom.
+    pub p_value: f64,
+    /// Kept categories minus one.
+    pub dof: usize,
+}
+
+/// Kolmogorov-Smirnov statistic and asymptotic p-value of binned samples.
+///
+/// `D = max |CDF_ref - CDF_cur|` over the bin boundaries; the p-value is the Kolmogorov survival
+/// function `Q(sqrt(en) * D)` with `en = n1 * n2 / (n1 + n2)` (as `scipy.stats.kstwobign.sf`).
+pub fn ks_binned(reference: &[f64], current: &[f64]) -> Result<KsResult, DriftError> {
+    let (n1, n2) = totals(reference, current)?;
+    let (mut cum1, mut cum2, mut statistic) = (0.0, 0.0, 0.0_f64);
+    for (r, c) in reference.iter().zip(current) {
+        cum1 += r;
+        cum2 += c;
+        statistic = statistic.max((cum1 / n1 - cum2 / n2).abs());
+    }
+    let en = n1 * n2 / (n1 + n2);
+    Ok(KsResult { statistic, p_value: kolmogorov_sf(en.sqrt() * statistic) })
+}
+
+/// Kolmogorov survival function `Q(λ) = 2 Σ_{k≥1} (-1)^(k-1) exp(-2 k² λ²)`.
+///
+/// Returns 1.0 when the series does not converge within 100 terms (λ below about 0.04, where
+/// `1 - Q(λ)` is far below `f64` resolution).
+pub fn kolmogorov_sf(lambda: f64) -> f64 {
+    let a = -2.0 * lambda * lambda;
+    let mut sum = 0.0;
+    let mut sign = 1.0;
+    for k in 1..=100_u32 {
+        let term = sign * (a * f64::from(k * k)).exp();
+        sum += term;
+        if term.abs() <= f64::EPSILON * sum.abs() || term == 0.0 {
+            return (2.0 * sum).clamp(0.0, 1.0);
+        }
+        sign = -sign;
+    }
+    1.0
+}
+
+/// Population stability index as computed by Evidently.
+///
+/// Fractions of empty bins are replaced by [`PSI_EMPTY_FRACTION`], then
+/// `PSI = Σ (cur - ref) * ln(cur / ref)`.
+pub fn psi(reference: &[f64], current: &[f64]) -> Result<f64, DriftError> {
+    let (n1, n2) = totals(reference, current)?;
+    let floor = |x: f64| if x == 0.0 { PSI_EMPTY_FRACTION } else { x };
+    Ok(reference
+        .iter()
+        .zip(current)
+        .map(|(r, c)| {
+            let (r, c) = (floor(r / n1), floor(c / n2));
+            (c - r) * (c / r).ln()
+        })
+        .sum())
+}
+
+/// Jensen-Shannon distance (natural log), the square root of the JS divergence, as
+/// `scipy.spatial.distance.jensenshannon` on the two fraction vectors.
+pub fn jensen_shannon(reference: &[f64], current: &[f64]) -> Result<f64, DriftError> {
+    let (n1, n2) = totals(reference, current)?;
+    let rel_entr = |x: f64, y: f64| if x > 0.0 { x * (x / y).ln() } else { 0.0 };
+    let divergence: f64 = reference
+        .iter()
+        .zip(current)
+        .map(|(r, c)| {
+            let (p, q) = (r / n1, c / n2);
+            let m = (p + q) / 2.0;
+            rel_entr(p, m) + rel_entr(q, m)
+        })
+        .sum();
+    Ok((divergence / 2.0).max(0.0).sqrt())
+}
+
+/// Wasserstein-1 distance between the two histograms placed at the bin centres, as
+/// `scipy.stats.wasserstein_distance(centres, centres, reference, current)`.
+pub fn wasserstein_binned(edges: &[f64], reference: &[f64], current: &[f64]) -> Result<f64, DriftError> {
+    let (n1, n2) = totals(reference, current)?;
+    check_edges(edges)?;
+    check_edges_fit(edges, reference.len())?;
+    let centres = centres(edges);
+    let (mut cum1, mut cum2, mut distance) = (0.0, 0.0, 0.0);
+    for i in 0..centres.len() - 1 {
+        cum1 += reference[i];
+        cum2 += current[i];
+        distance += (cum1 / n1 - cum2 / n2).abs() * (centres[i + 1] - centres[i]);
+    }
+    Ok(distance)
+}
+
+/// [`wasserstein_binned`] divided by the reference standard deviation (bin centres, population std).
+///
+/// When that deviation is 0 (all reference mass in one bin) the raw distance is returned.
+pub fn normalized_wasserstein(edges: &[f64], reference: &[f64], current: &[f64]) -> Result<f64, DriftError> {
+    let distance = wasserstein_binned(edges, reference, current)?;
+    let (_, std) = moments(&centres(edges), reference);
+    Ok(if std > 0.0 { distance / std } else { distance })
+}
+
+/// Evidently's categorical chi-square test: `expected = reference fractions * current total`,
+/// `observed = current`.
+///
+/// Categories whose expected count is 0 (empty in the reference) are skipped, so mass that appears
+/// only in the current histogram does not raise the statistic. The result equals
+/// `scipy.stats.chisquare(observed, expected)` on the kept categories; with fewer than two kept
+/// categories `dof` is 0 and the p-value is 1.0.
+pub fn chi_square(reference: &[f64], current: &[f64]) -> Result<ChiSquareResult, DriftError> {
+    let (n1, n2) = totals(reference, current)?;
+    let (mut statistic, mut kept) = (0.0, 0_usize);
+    for (r, observed) in reference.iter().zip(current) {
+        let expected = r / n1 * n2;
+        if expected > 0.0 {
+            statistic += (observed - expected).powi(2) / expected;
+            kept += 1;
+        }
+    }
+    let dof = kept.saturating_sub(1);
+    let p_value = match dof {
+        0 => 1.0,
+        _ => ChiSquared::new(dof as f64).map_or(1.0, |d| d.sf(statistic)),
+    };
+    Ok(ChiSquareResult { statistic, p_value, dof })
+}
+
+/// Checks a pair of count vectors and returns their totals.
+fn totals(reference: &[f64], current: &[f64]) -> Result<(f64, f64), DriftError> {
+    if reference.len() != current.len() {
+        return Err(DriftError::BinMismatch { reference: reference.len(), current: current.len() });
+    }
+    check_counts(reference)?;
+    check_counts(current)?;
+    let (n1, n2) = (reference.iter().sum::<f64>(), current.iter().sum::<f64>());
+    if n1 <= 0.0 {
+        return Err(DriftError::EmptyReference);
+    }
+    if n2 <= 0.0 {
+        return Err(DriftError::EmptyCurrent);
+    }
+    Ok((n1, n2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EDGES: [f64; 5] = [0.0, 1.0, 2.0, 3.0, 4.0];
+
+    #[test]
+    fn identical_distributions() {
+        let r = [10.0, 20.0, 30.0, 40.0];
+        let c = [1.0, 2.0, 3.0, 4.0];
+        let ks = ks_binned(&r, &c).unwrap();
+        assert_eq!(ks.statistic, 0.0);
+        assert_eq!(ks.p_value, 1.0);
+        assert_eq!(psi(&r, &c).unwrap(), 0.0);
+        assert_eq!(jensen_shannon(&r, &c).unwrap(), 0.0);
+        assert_eq!(wasserstein_binned(&EDGES, &r, &c).unwrap(), 0.0);
+        assert_eq!(normalized_wasserstein(&EDGES, &r, &c).unwrap(), 0.0);
+        let chi = chi_square(&r, &c).unwrap();
+        assert_eq!((chi.statistic, chi.p_value, chi.dof), (0.0, 1.0, 3));
+    }
+
+    #[test]
+    fn disjoint_distributions() {
+        let (r, c) = ([5.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 5.0]);
+        assert_eq!(ks_binned(&r, &c).unwrap().statistic, 1.0);
+        assert_eq!(wasserstein_binned(&EDGES, &r, &c).unwrap(), 3.0);
+        // Reference std is 0: the raw distance is returned.
+        assert_eq!(normalized_wasserstein(&EDGES, &r, &c).unwrap(), 3.0);
+        assert!((jensen_shannon(&r, &c).unwrap() - std::f64::consts::LN_2.sqrt()).abs() < 1e-15);
+        let expected_psi = 2.0 * (1.0 - PSI_EMPTY_FRACTION) * (1.0 / PSI_EMPTY_FRACTION).ln();
+        assert!((psi(&r, &c).unwrap() - expected_psi).abs() < 1e-12);
+    }
+
+    #[test]
+    fn chi_square_skips_empty_reference_categories() {
+        let chi = chi_square(&[4.0, 4.0, 0.0], &[2.0, 2.0, 4.0]).unwrap();
+        assert_eq!(chi.dof, 1);
+        assert_eq!(chi.statistic, 2.0);
+        let single = chi_square(&[4.0, 0.0], &[1.0, 1.0]).unwrap();
+        assert_eq!((single.dof, single.p_value), (0, 1.0));
+    }
+
+    #[test]
+    fn kolmogorov_known_values() {
+        // scipy.stats.kstwobign.sf
+        assert_eq!(kolmogorov_sf(0.0), 1.0);
+        assert_eq!(kolmogorov_sf(0.01), 1.0);
+        assert!((kolmogorov_sf(1.0) - 0.26999967167735456).abs() < 1e-15);
+        assert!((kolmogorov_sf(3.0) / 3.045995948942526e-08 - 1.0).abs() < 1e-12);
+        assert_eq!(kolmogorov_sf(40.0), 0.0);
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let ok = [1.0, 2.0];
+        assert_eq!(psi(&ok, &[1.0]), Err(DriftError::BinMismatch { reference: 2, current: 1 }));
+        assert_eq!(ks_binned(&[0.0, 0.0], &ok), Err(DriftError::EmptyReference));
+        assert_eq!(jensen_shannon(&ok, &[0.0, 0.0]), Err(DriftError::EmptyCurrent));
+        assert_eq!(chi_square(&ok, &[1.0, -1.0]), Err(DriftError::InvalidCounts));
+        assert_eq!(chi_square(&[], &[]), Err(DriftError::EmptyReference));
+        assert_eq!(wasserstein_binned(&[0.0, 1.0], &ok, &ok), Err(DriftError::EdgeMismatch { edges: 2, bins: 2 }));
+        assert_eq!(wasserstein_binned(&[1.0, 0.0, 2.0], &ok, &ok), Err(DriftError::InvalidEdges));
+    }
+}

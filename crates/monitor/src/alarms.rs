@@ -1,0 +1,406 @@
+//! Alarms: rules evaluated on a schedule, each alarm moving through inactive -> pending ->
+//! firing -> resolved, every transition persisted with its history and, when it fires or
+//! resolves, notified by webhook (see [`crate::notify`]) and logged.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use vigil_proto::vigil::v1::{Decision, RollupWindow, Verdict};
+use vigil_store::MonitorStore;
+use vigil_store::monitoring::AlertRow;
+
+use crate::config::Rule;
+use crate::sketch;
+use crate::telemetry::MonitorMetrics;
+use crate::views::{Baseline, Scope, ViewError, Views};
+
+/// What a rule watches. Names in the config file:
+/// `requests`, `throughput_rps`, `error_rate`, `null_rate`, `latency_p50_ms`, `latency_p99_ms`,
+/// `score_mean`, `verdict.<name>.rate`, `decision.<name>.rate`, `feature.<name>.mean`,
+/// `feature.<name>.missing_rate`, `drift.<feature|score>` (the test statistic),
+/// `drift.<feature|score>.detected` (1 or 0), `drift.dataset_share`, `accuracy`, `precision`,
+/// `recall`, `label_coverage`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Metric {
+    Requests,
+    ThroughputRps,
+    ErrorRate,
+    NullRate,
+    LatencyP50Ms,
+    LatencyP99Ms,
+    ScoreMean,
+    VerdictRate(i32),
+    DecisionRate(i32),
+    FeatureMean(String),
+    FeatureMissingRate(String),
+    DriftStatistic(String),
+    DriftDetected(String),
+    DatasetDriftShare,
+    Accuracy,
+    Precision,
+    Recall,
+    LabelCoverage,
+}
+
+impl FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let m = match parts.as_slice() {
+            ["requests"] => Self::Requests,
+            ["throughput_rps"] => Self::ThroughputRps,
+            ["error_rate"] => Self::ErrorRate,
+            ["null_rate"] => Self::NullRate,
+            ["latency_p50_ms"] => Self::LatencyP50Ms,
+            ["latency_p99_ms"] => Self::LatencyP99Ms,
+            ["score_mean"] => Self::ScoreMean,
+            ["accuracy"] => Self::Accuracy,
+            ["precision"] => Self::Precision,
+            ["recall"] => Self::Recall,
+            ["label_coverage"] => Self::LabelCoverage,
+            ["drift", "dataset_share"] => Self::DatasetDriftShare,
+            ["verdict", v, "rate"] => Self::VerdictRate(
+                Verdict::from_str_name(&format!("VERDICT_{}", v.to_uppercase()))
+                    .ok_or_else(|| format!("unknown verdict '{v}' in metric '{s}' (ok, defect)"))?
+                    as i32,
+            ),
+            ["decision", d, "rate"] => Self::DecisionRate(
+                Decision::from_str_name(&format!("DECISION_{}", d.to_uppercase()))
+                    .ok_or_else(|| format!("unknown decision '{d}' in metric '{s}' (accept, reject, human_review)"))?
+                    as i32,
+            ),
+            ["feature", f, "mean"] => Self::FeatureMean(f.to_string()),
+            ["feature", f, "missing_rate"] => Self::FeatureMissingRate(f.to_string()),
+            ["drift", f] => Self::DriftStatistic(f.to_string()),
+            ["drift", f, "detected"] => Self::DriftDetected(f.to_string()),
+            _ => {
+                return Err(format!(
+                    "unknown metric '{s}'; use requests, throughput_rps, error_rate, null_rate, latency_p50_ms, \
+                     latency_p99_ms, score_mean, verdict.<v>.rate, decision.<d>.rate, feature.<f>.mean, \
+                     feature.<f>.missing_rate, drift.<f>, drift.<f>.detected, drift.dataset_share, accuracy, \
+                     precision, recall or label_coverage"
+                ));
+            }
+        };
+        Ok(m)
+    }
+}
+
+/// How a metric is compared with a threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Comparator {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl FromStr for Comparator {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            ">" => Self::Gt,
+            ">=" => Self::Ge,
+            "<" => Self::Lt,
+            "<=" => Self::Le,
+            "==" => Self::Eq,
+            "!=" => Self::Ne,
+            _ => return Err(format!("unknown comparator '{s}'; use >, >=, <, <=, == or !=")),
+        })
+    }
+}
+
+impl Comparator {
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Self::Gt => value > threshold,
+            Self::Ge => value >= threshold,
+            Self::Lt => value < threshold,
+            Self::Le => value <= threshold,
+            Self::Eq => value == threshold,
+            Self::Ne => value != threshold,
+        }
+    }
+
+    fn symbol(self) -> &'static str {
+        match self {
+            Self::Gt => ">",
+            Self::Ge => ">=",
+            Self::Lt => "<",
+            Self::Le => "<=",
+            Self::Eq => "==",
+            Self::Ne => "!=",
+        }
+    }
+}
+
+/// The next state of an alarm given whether its condition holds now. Returns the new row and
+/// whether the change is a transition worth recording (`Some(notify)`).
+pub fn transition(rule: &Rule, current: &AlertRow, value: Option<f64>, now: DateTime<Utc>) -> (AlertRow, Option<bool>) {
+    let holds = value.is_some_and(|v| rule.comparator.holds(v, rule.threshold));
+    let mut next = current.clone();
+    next.value = value;
+    let describe = |state: &str| match value {
+        Some(v) => format!(
+            "{} {} for {}: {} = {v:.4} ({} {})",
+            rule.name,
+            state,
+            current.model_name,
+            rule.metric_name,
+            rule.comparator.symbol(),
+            rule.threshold
+        ),
+        None => format!("{} {state} for {}: {} has no data", rule.name, current.model_name, rule.metric_name),
+    };
+    let held_for = |since: DateTime<Utc>| (now - since).to_std().unwrap_or(Duration::ZERO);
+    let change = match (current.state.as_str(), holds) {
+        ("inactive" | "resolved", true) if rule.for_duration.is_zero() => Some(("firing", true)),
+        ("inactive" | "resolved", true) => Some(("pending", false)),
+        ("pending", true) if held_for(current.since) >= rule.for_duration => Some(("firing", true)),
+        ("pending", false) => Some(("inactive", false)),
+        ("firing", false) => Some(("resolved", true)),
+        _ => None,
+    };
+    match change {
+        Some((state, notify)) => {
+            next.state = state.to_string();
+            next.since = now;
+            next.message = describe(state);
+            (next, Some(notify))
+        }
+        None => (next, None),
+    }
+}
+
+/// Computes a rule's metric for one model over the trailing window ending at `now`; None when
+/// there is nothing to measure (no traffic, no labels).
+pub async fn evaluate<S: MonitorStore>(
+    views: &Views<S>,
+    rule: &Rule,
+    model: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<f64>, ViewError> {
+    let since = now - chrono::Duration::from_std(rule.window).unwrap_or(chrono::Duration::minutes(5));
+    let scope = Scope { model: model.to_string(), version: None, variant: None };
+    let rate = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
+    let window = |w: &RollupWindow| w.clone();
+    let metric = &rule.metric;
+    let value = match metric {
+        Metric::DriftStatistic(_) | Metric::DriftDetected(_) | Metric::DatasetDriftShare => {
+            let report = match views.drift(&scope, since, now, &Baseline::Training).await {
+                Ok(r) => r,
+                Err(ViewError::NoData(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let find = |f: &str| {
+                if f == "score" {
+                    report.prediction.clone()
+                } else {
+                    report.features.iter().find(|d| d.feature == f).cloned()
+                }
+            };
+            match metric {
+                Metric::DriftStatistic(f) => find(f).map(|d| d.result.statistic),
+                Metric::DriftDetected(f) => find(f).map(|d| if d.result.drifted { 1.0 } else { 0.0 }),
+                _ => (report.dataset.total > 0).then_some(report.dataset.share),
+            }
+        }
+        Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::LabelCoverage => {
+            let res = views.resolution(since, now, 0, 1)?;
+            let (windows, coverage) = views.accuracy(&scope, since, now, res).await?;
+            let labeled: u64 = windows.iter().map(|w| w.labeled).sum();
+            let weighted = |f: &dyn Fn(&crate::views::AccuracyWindow) -> Option<f64>| {
+                let (mut num, mut den) = (0.0, 0.0);
+                for w in &windows {
+                    if let Some(v) = f(w) {
+                        num += v * w.labeled as f64;
+                        den += w.labeled as f64;
+                    }
+                }
+                (den > 0.0).then(|| num / den)
+            };
+            match metric {
+                Metric::Accuracy => (labeled > 0).then(|| weighted(&|w| Some(w.accuracy))).flatten(),
+                Metric::Precision => weighted(&|w| w.precision),
+                Metric::Recall => weighted(&|w| w.recall),
+                _ => Some(coverage),
+            }
+        }
+        _ => {
+            let t = window(&views.total(&scope, since, now).await?);
+            if t.count == 0 && *metric != Metric::Requests && *metric != Metric::ThroughputRps {
+                return Ok(None);
+            }
+            match metric {
+                Metric::Requests => Some(t.count as f64),
+                Metric::ThroughputRps => Some(t.count as f64 / rule.window.as_secs_f64()),
+                Metric::ErrorRate => rate(t.errors, t.count),
+                Metric::NullRate => rate(t.nulls, t.count),
+                Metric::LatencyP50Ms => t.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.5)),
+                Metric::LatencyP99Ms => t.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.99)),
+                Metric::ScoreMean => t.score.as_ref().and_then(sketch::mean),
+                Metric::VerdictRate(v) => rate(t.verdicts.get(v).copied().unwrap_or(0), t.count),
+                Metric::DecisionRate(d) => rate(t.decisions.get(d).copied().unwrap_or(0), t.count),
+                Metric::FeatureMean(f) => t.features.get(f).and_then(|f| (f.count > 0).then(|| f.sum / f.count as f64)),
+                Metric::FeatureMissingRate(f) => t.features.get(f).and_then(|f| rate(f.missing, f.count + f.missing)),
+                _ => None,
+            }
+        }
+    };
+    Ok(value)
+}
+
+fn alert_key(rule: &str, model: &str) -> String {
+    format!("{rule}/{model}")
+}
+
+/// Evaluates every rule for every model in its scope once, persisting transitions.
+pub async fn evaluate_all<S: MonitorStore>(
+    views: &Views<S>,
+    rules: &[Rule],
+    now: DateTime<Utc>,
+    metrics: &MonitorMetrics,
+) -> Result<(), ViewError> {
+    let stored = views.store.load_alerts().await?;
+    let models: Vec<String> = views.models().await?.into_keys().collect();
+    for rule in rules {
+        let targets: Vec<String> = match &rule.model {
+            Some(m) => vec![m.clone()],
+            None => models.clone(),
+        };
+        for model in targets {
+            let key = alert_key(&rule.name, &model);
+            let current = stored.iter().find(|a| a.alert_key == key).cloned().unwrap_or_else(|| AlertRow {
+                alert_key: key.clone(),
+                rule: rule.name.clone(),
+                model_name: model.clone(),
+                metric: rule.metric_name.clone(),
+                severity: rule.severity.clone(),
+                state: "inactive".into(),
+                value: None,
+                threshold: rule.threshold,
+                since: now,
+                message: String::new(),
+            });
+            let value = match evaluate(views, rule, &model, now).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(rule = %rule.name, model = %model, error = %e, "cannot evaluate alarm rule");
+                    continue;
+                }
+            };
+            let (next, change) = transition(rule, &current, value, now);
+            if let Some(notify) = change {
+                match next.state.as_str() {
+                    "firing" => {
+                        tracing::warn!(alert = %key, severity = %rule.severity, "ALARM FIRING: {}", next.message)
+                    }
+                    "resolved" => tracing::info!(alert = %key, "alarm resolved: {}", next.message),
+                    _ => tracing::info!(alert = %key, state = %next.state, "{}", next.message),
+                }
+                views.store.save_alert(&next, notify).await?;
+            }
+        }
+    }
+    let states = views.store.load_alerts().await?;
+    metrics.set_alert_states(&states);
+    Ok(())
+}
+
+/// Evaluates the rules every `every` until `shutdown` fires.
+pub async fn run<S: MonitorStore>(
+    views: Views<S>,
+    rules: Vec<Rule>,
+    every: Duration,
+    metrics: MonitorMetrics,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if rules.is_empty() {
+        return;
+    }
+    loop {
+        if let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics).await {
+            tracing::warn!(error = %e, "alarm evaluation failed; retrying next round");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(for_s: u64) -> Rule {
+        Rule {
+            name: "r".into(),
+            metric_name: "error_rate".into(),
+            metric: Metric::ErrorRate,
+            model: None,
+            window: Duration::from_secs(60),
+            comparator: Comparator::Gt,
+            threshold: 0.1,
+            for_duration: Duration::from_secs(for_s),
+            severity: "warning".into(),
+        }
+    }
+
+    fn row(state: &str, since: i64) -> AlertRow {
+        AlertRow {
+            alert_key: "r/m".into(),
+            rule: "r".into(),
+            model_name: "m".into(),
+            metric: "error_rate".into(),
+            severity: "warning".into(),
+            state: state.into(),
+            value: None,
+            threshold: 0.1,
+            since: DateTime::from_timestamp(since, 0).unwrap(),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn pending_then_firing_after_the_for_duration_then_resolved() {
+        let r = rule(30);
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let (p, change) = transition(&r, &row("inactive", 0), Some(0.5), at(100));
+        assert_eq!((p.state.as_str(), change), ("pending", Some(false)));
+        let (still, change) = transition(&r, &p, Some(0.5), at(120));
+        assert_eq!((still.state.as_str(), change), ("pending", None));
+        let (f, change) = transition(&r, &still, Some(0.5), at(130));
+        assert_eq!((f.state.as_str(), change), ("firing", Some(true)));
+        let (same, change) = transition(&r, &f, Some(0.7), at(140));
+        assert_eq!((same.state.as_str(), change, same.since), ("firing", None, at(130)));
+        let (res, change) = transition(&r, &same, Some(0.01), at(150));
+        assert_eq!((res.state.as_str(), change), ("resolved", Some(true)));
+        let (none, change) = transition(&r, &res, None, at(160));
+        assert_eq!((none.state.as_str(), change), ("resolved", None));
+    }
+
+    #[test]
+    fn a_blip_shorter_than_the_for_duration_never_fires() {
+        let r = rule(30);
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let (p, _) = transition(&r, &row("inactive", 0), Some(0.5), at(100));
+        let (back, change) = transition(&r, &p, Some(0.0), at(110));
+        assert_eq!((back.state.as_str(), change), ("inactive", Some(false)));
+        assert_eq!(transition(&rule(0), &row("inactive", 0), Some(0.5), at(100)).0.state, "firing");
+    }
+
+    #[test]
+    fn metric_names_parse_or_say_what_is_allowed() {
+        assert_eq!("drift.brightness.detected".parse(), Ok(Metric::DriftDetected("brightness".into())));
+        assert_eq!("verdict.defect.rate".parse(), Ok(Metric::VerdictRate(Verdict::Defect as i32)));
+        assert_eq!("decision.human_review.rate".parse(), Ok(Metric::DecisionRate(Decision::HumanReview as i32)));
+        let e = "latency_p95".parse::<Metric>().unwrap_err();
+        assert!(e.contains("unknown metric 'latency_p95'") && e.contains("latency_p99_ms"), "{e}");
+        assert!("verdict.maybe.rate".parse::<Metric>().unwrap_err().contains("unknown verdict"));
+        assert!("=>".parse::<Comparator>().is_err());
+    }
+}

@@ -1,0 +1,181 @@
+//! The monitor's configuration file (TOML): rollup resolutions, drift tests, alarm rules.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use vigil_drift::DriftConfig;
+
+use crate::alarms::{Comparator, Metric};
+
+/// Everything configurable about monitoring; every field has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// The model repository: each `<model>/<version>/` with `model.toml` and `reference.json`.
+    pub models: PathBuf,
+    pub rollups: RollupConfig,
+    /// Drift tests: `[drift.default]` for every model, `[drift.models.<name>]` for one.
+    pub drift: DriftSettings,
+    pub alerting: AlertingConfig,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            models: PathBuf::from("models"),
+            rollups: RollupConfig::default(),
+            drift: DriftSettings::default(),
+            alerting: AlertingConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RollupConfig {
+    /// Window widths in seconds, finest first; each a multiple of the first.
+    pub resolutions: Vec<u32>,
+    /// How often upkeep looks for new predictions once caught up.
+    #[serde(deserialize_with = "duration")]
+    pub poll: Duration,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        Self { resolutions: crate::rollup::DEFAULT_RESOLUTIONS.to_vec(), poll: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftSettings {
+    #[serde(rename = "default")]
+    pub defaults: DriftConfig,
+    pub models: HashMap<String, DriftConfig>,
+}
+
+impl DriftSettings {
+    /// The drift configuration of one model.
+    pub fn for_model(&self, model: &str) -> &DriftConfig {
+        self.models.get(model).unwrap_or(&self.defaults)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// How often every rule is evaluated.
+    #[serde(deserialize_with = "duration")]
+    pub evaluate_every: Duration,
+    /// Where alarm transitions are POSTed as JSON; none: the log line only.
+    pub webhook_url: Option<String>,
+    /// Per delivery attempt; a webhook slower than this counts as failed and is retried.
+    #[serde(deserialize_with = "duration")]
+    pub webhook_timeout: Duration,
+    /// Longest wait between retries of a failing webhook.
+    #[serde(deserialize_with = "duration")]
+    pub webhook_max_backoff: Duration,
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            evaluate_every: Duration::from_secs(15),
+            webhook_url: None,
+            webhook_timeout: Duration::from_secs(5),
+            webhook_max_backoff: Duration::from_secs(60),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One alarm rule as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// See [`Metric`] for the names.
+    pub metric: String,
+    /// One model; unset: every model with traffic.
+    pub model: Option<String>,
+    /// The trailing window the metric is computed over.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// `>`, `>=`, `<`, `<=`, `==` or `!=`.
+    pub comparator: String,
+    pub threshold: f64,
+    /// How long the condition must hold before the alarm fires.
+    #[serde(rename = "for", default, deserialize_with = "duration")]
+    pub for_duration: Duration,
+    #[serde(default = "default_severity")]
+    pub severity: String,
+}
+
+fn default_severity() -> String {
+    "warning".into()
+}
+
+/// A rule checked and parsed.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub metric_name: String,
+    pub metric: Metric,
+    pub model: Option<String>,
+    pub window: Duration,
+    pub comparator: Comparator,
+    pub threshold: f64,
+    pub for_duration: Duration,
+    pub severity: String,
+}
+
+impl MonitorConfig {
+    /// Reads a config file; errors name the file and the bad field.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let config: Self = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.rules()?;
+        Ok(config)
+    }
+
+    /// The alarm rules, checked: unknown metrics, comparators or severities are errors.
+    pub fn rules(&self) -> anyhow::Result<Vec<Rule>> {
+        let mut seen = std::collections::HashSet::new();
+        self.alerting
+            .rules
+            .iter()
+            .map(|r| {
+                let bad = |what: String| anyhow::anyhow!("alarm rule '{}': {what}", r.name);
+                if r.name.is_empty() || !seen.insert(r.name.clone()) {
+                    return Err(bad("names must be unique and non-empty".into()));
+                }
+                if r.window.is_zero() {
+                    return Err(bad("window must be longer than 0s".into()));
+                }
+                if !["info", "warning", "critical"].contains(&r.severity.as_str()) {
+                    return Err(bad(format!("severity '{}' is not info, warning or critical", r.severity)));
+                }
+                Ok(Rule {
+                    name: r.name.clone(),
+                    metric_name: r.metric.clone(),
+                    metric: r.metric.parse().map_err(bad)?,
+                    model: r.model.clone(),
+                    window: r.window,
+                    comparator: r.comparator.parse().map_err(bad)?,
+                    threshold: r.threshold,
+                    for_duration: r.for_duration,
+                    severity: r.severity.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("'{s}' is not a duration ({e}); e.g. 30s, 5m, 1h")))
+}

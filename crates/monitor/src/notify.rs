@@ -1,0 +1,89 @@
+//! Webhook notifications of alarm transitions: JSON POSTs sent in order from the stored history,
+//! retried with backoff until acknowledged (2xx), so a failing or hanging receiver delays
+//! notifications but never loses one and never blocks evaluation.
+
+use std::time::Duration;
+
+use vigil_store::MonitorStore;
+use vigil_store::monitoring::AlertEvent;
+
+use crate::telemetry::MonitorMetrics;
+
+/// The JSON body of one notification.
+pub fn payload(e: &AlertEvent) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": e.event_id,
+        "alert": e.alert_key,
+        "rule": e.rule,
+        "model": e.model_name,
+        "state": e.state,
+        "severity": e.severity,
+        "value": e.value,
+        "threshold": e.threshold,
+        "time": e.time.to_rfc3339(),
+        "message": e.message,
+    })
+}
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Sends unsent notifications until `shutdown` fires.
+pub async fn run<S: MonitorStore>(
+    store: S,
+    hook: Webhook,
+    metrics: MonitorMetrics,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder().timeout(hook.timeout).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the webhook client; notifications are off");
+            return;
+        }
+    };
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut wait = Duration::from_millis(500);
+        match store.unsent_alert_events(100).await {
+            Ok(events) => {
+                for e in events {
+                    let outcome = deliver(&client, &hook.url, &e).await;
+                    metrics.webhook(outcome.is_ok());
+                    let failed = outcome.is_err();
+                    if let Err(err) = &outcome {
+                        tracing::warn!(event = e.event_id, attempt = e.attempts + 1, error = %err, "webhook delivery failed; will retry");
+                    }
+                    if let Err(db) = store.mark_alert_event(e.event_id, outcome).await {
+                        tracing::warn!(error = %db, "cannot record a webhook delivery");
+                    }
+                    if failed {
+                        // Keep order: retry this event before any later one.
+                        wait = backoff;
+                        backoff = (backoff * 2).min(hook.max_backoff);
+                        break;
+                    }
+                    backoff = Duration::from_millis(500);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read alarm events to notify"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn deliver(client: &reqwest::Client, url: &str, e: &AlertEvent) -> Result<(), String> {
+    let response = client.post(url).json(&payload(e)).send().await.map_err(|err| {
+        if err.is_timeout() { format!("no answer from {url} in time") } else { format!("{url}: {err}") }
+    })?;
+    let status = response.status();
+    if status.is_success() { Ok(()) } else { Err(format!("{url} answered {status}")) }
+}

@@ -1,0 +1,69 @@
+//! The monitor's own Prometheus metrics.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use vigil_store::monitoring::AlertRow;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AlertLabels {
+    state: String,
+    severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// Counters and gauges of rollup upkeep, alarms and webhooks.
+#[derive(Clone, Default)]
+pub struct MonitorMetrics {
+    pub rollup_records: Counter,
+    alerts: Family<AlertLabels, Gauge>,
+    webhooks: Family<OutcomeLabels, Counter>,
+}
+
+impl MonitorMetrics {
+    /// Registers every metric in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "vigil_monitor_rollup_records",
+            "Predictions summarised into rollups",
+            m.rollup_records.clone(),
+        );
+        registry.register("vigil_monitor_alerts", "Alarms by state and severity", m.alerts.clone());
+        registry.register(
+            "vigil_monitor_webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            m.webhooks.clone(),
+        );
+        m
+    }
+
+    /// Sets the alarm gauges from the stored states.
+    pub fn set_alert_states(&self, rows: &[AlertRow]) {
+        self.alerts.clear();
+        for r in rows {
+            self.alerts.get_or_create(&AlertLabels { state: r.state.clone(), severity: r.severity.clone() }).inc();
+        }
+    }
+
+    /// Counts one webhook delivery attempt.
+    pub fn webhook(&self, ok: bool) {
+        let outcome = if ok { "delivered" } else { "failed" }.to_string();
+        self.webhooks.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+}
+
+/// A registry with the process metrics and the monitor's own.
+pub fn registry() -> (Arc<Registry>, MonitorMetrics) {
+    let mut r = vigil_telemetry::registry();
+    let m = MonitorMetrics::register(&mut r);
+    (Arc::new(r), m)
+}

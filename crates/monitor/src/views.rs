@@ -1,0 +1,358 @@
+//! Reading the monitor's figures: per-window metrics and totals from rollups, data drift against
+//! a baseline, accuracy from late labels. Shared by the gRPC API, the dashboard and the alarms.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use prost::Message;
+use vigil_drift::{DatasetDrift, DriftConfig, DriftResult, Histogram, Kind};
+use vigil_proto::vigil::v1::{RollupWindow, Sketch};
+use vigil_store::MonitorStore;
+use vigil_store::monitoring::RollupQuery;
+
+use crate::catalog::Catalog;
+use crate::config::MonitorConfig;
+use crate::rollup::{merge_windows, window_start};
+use crate::sketch;
+
+/// Most windows a chart asks for when it lets the monitor pick the resolution.
+pub const MAX_CHART_WINDOWS: i64 = 400;
+/// Bins of the shared histogram when the baseline is a window rather than a training reference.
+pub const WINDOW_BASELINE_BINS: usize = 20;
+
+/// Errors a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NoData(String),
+    #[error("database: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+/// Which predictions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scope {
+    pub model: String,
+    pub version: Option<String>,
+    pub variant: Option<i16>,
+}
+
+/// A window's start and its merged rollup.
+pub type Window = (DateTime<Utc>, RollupWindow);
+
+/// What drift was measured against.
+#[derive(Debug, Clone)]
+pub enum Baseline {
+    /// The training reference shipped with the model.
+    Training,
+    /// Predictions logged in [since, until).
+    Window(DateTime<Utc>, DateTime<Utc>),
+}
+
+/// One feature's (or the score's) drift test and the two distributions it compared.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeatureDrift {
+    pub feature: String,
+    #[serde(flatten)]
+    pub result: DriftResult,
+    pub edges: Vec<f64>,
+    pub reference: Vec<f64>,
+    pub current: Vec<f64>,
+    pub current_count: u64,
+}
+
+/// Data drift of one model over one window.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DriftReport {
+    pub baseline: String,
+    pub features: Vec<FeatureDrift>,
+    pub prediction: Option<FeatureDrift>,
+    pub dataset: DatasetDrift,
+}
+
+/// Accuracy of one window from labeled predictions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccuracyWindow {
+    pub start: DateTime<Utc>,
+    pub labeled: u64,
+    pub accuracy: f64,
+    /// None when nothing was predicted (precision) or labeled (recall) positive.
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub label_lag_s: f64,
+}
+
+/// The monitor's read side over a store.
+#[derive(Clone)]
+pub struct Views<S> {
+    pub store: S,
+    pub catalog: Arc<Catalog>,
+    pub config: Arc<MonitorConfig>,
+}
+
+impl<S: MonitorStore> Views<S> {
+    pub fn new(store: S, catalog: Arc<Catalog>, config: Arc<MonitorConfig>) -> Self {
+        Self { store, catalog, config }
+    }
+
+    fn resolutions(&self) -> &[u32] {
+        &self.config.rollups.resolutions
+    }
+
+    /// The resolution to read: `requested` if stored, else the finest giving at most `max_windows`.
+    pub fn resolution(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        requested: u32,
+        max_windows: i64,
+    ) -> Result<u32, ViewError> {
+        let stored = self.resolutions();
+        if requested != 0 {
+            return if stored.contains(&requested) {
+                Ok(requested)
+            } else {
+                Err(ViewError::InvalidArgument(format!(
+                    "resolution_seconds {requested} is not stored; use one of {stored:?} or 0"
+                )))
+            };
+        }
+        let range = (until - since).num_seconds().max(1);
+        Ok(stored
+            .iter()
+            .copied()
+            .find(|r| range / i64::from(*r) <= max_windows)
+            .unwrap_or(*stored.last().unwrap_or(&60)))
+    }
+
+    /// Merged rollups per window of `resolution_s` in [since, until) (the window holding `since`
+    /// included), across the versions and variants the scope allows.
+    pub async fn windows(
+        &self,
+        scope: &Scope,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        resolution_s: u32,
+    ) -> Result<Vec<Window>, ViewError> {
+        if since >= until {
+            return Err(ViewError::InvalidArgument(format!("since {since} is not before until {until}")));
+        }
+        let q = RollupQuery {
+            model_name: scope.model.clone(),
+            model_version: scope.version.clone(),
+            variant: scope.variant,
+            resolution_s: resolution_s as i32,
+            since: window_start(since, resolution_s),
+            until,
+        };
+        let mut merged: BTreeMap<DateTime<Utc>, RollupWindow> = BTreeMap::new();
+        for r in self.store.read_rollups(&q).await? {
+            match RollupWindow::decode(r.body.as_slice()) {
+                Ok(w) => merge_windows(merged.entry(r.key.window_start).or_default(), &w),
+                Err(e) => {
+                    tracing::error!(error = %e, window = %r.key.window_start, "skipping a rollup that does not decode")
+                }
+            }
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    /// Everything in [since, until) merged into one window.
+    pub async fn total(
+        &self,
+        scope: &Scope,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<RollupWindow, ViewError> {
+        let res = self.resolution(since, until, 0, 5_000)?;
+        let mut total = RollupWindow::default();
+        for (_, w) in self.windows(scope, since, until, res).await? {
+            merge_windows(&mut total, &w);
+        }
+        Ok(total)
+    }
+
+    /// Data drift of [since, until) against `baseline`, per feature and on the score.
+    pub async fn drift(
+        &self,
+        scope: &Scope,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        baseline: &Baseline,
+    ) -> Result<DriftReport, ViewError> {
+        let current = self.total(scope, since, until).await?;
+        if current.count == 0 {
+            return Err(ViewError::NoData(format!("no predictions of {} between {since} and {until}", scope.model)));
+        }
+        let cfg = self.config.drift.for_model(&scope.model).clone();
+        let (label, pairs) = match baseline {
+            Baseline::Training => {
+                let info = self.catalog.get(&scope.model, scope.version.as_deref());
+                let Some(reference) = info.and_then(|m| m.reference.as_ref()) else {
+                    return Err(ViewError::NoData(format!(
+                        "model {} has no reference.json in the model repository; give a baseline window",
+                        scope.model
+                    )));
+                };
+                let version = info.map(|m| m.version.as_str()).unwrap_or("?");
+                let mut pairs: Vec<(String, Histogram, Option<&Sketch>)> = reference
+                    .features
+                    .iter()
+                    .map(|(name, h)| {
+                        (name.clone(), h.clone(), current.features.get(name).and_then(|f| f.sketch.as_ref()))
+                    })
+                    .collect();
+                if let Some(h) = &reference.score {
+                    pairs.push(("score".into(), h.clone(), current.score.as_ref()));
+                }
+                (format!("training reference of version {version} (n={})", reference.n), pairs)
+            }
+            Baseline::Window(b_since, b_until) => {
+                let base = self.total(scope, *b_since, *b_until).await?;
+                if base.count == 0 {
+                    return Err(ViewError::NoData(format!(
+                        "no predictions in the baseline window {b_since} .. {b_until}"
+                    )));
+                }
+                let mut pairs = Vec::new();
+                for (name, f) in &base.features {
+                    if let Some(s) = f.sketch.as_ref() {
+                        let cur = current.features.get(name).and_then(|f| f.sketch.as_ref());
+                        pairs.push((name.clone(), window_histogram(s, cur), cur));
+                    }
+                }
+                if let Some(s) = &base.score {
+                    pairs.push(("score".into(), window_histogram(s, current.score.as_ref()), current.score.as_ref()));
+                }
+                (format!("predictions from {b_since} to {b_until} (n={})", base.count), pairs)
+            }
+        };
+        let mut features = Vec::new();
+        let mut prediction = None;
+        for (name, reference, cur) in pairs {
+            let Some(cur) = cur else { continue };
+            let Some(result) = test(&name, &reference, cur, &cfg) else { continue };
+            if name == "score" {
+                prediction = Some(result);
+            } else {
+                features.push(result);
+            }
+        }
+        let results: Vec<DriftResult> = features.iter().map(|f| f.result.clone()).collect();
+        let dataset = vigil_drift::dataset_drift(&results, &cfg);
+        Ok(DriftReport { baseline: label, features, prediction, dataset })
+    }
+
+    /// Accuracy, precision and recall per window from labels, and the labeled share of traffic.
+    pub async fn accuracy(
+        &self,
+        scope: &Scope,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        resolution_s: u32,
+    ) -> Result<(Vec<AccuracyWindow>, f64), ViewError> {
+        let labeled = self.store.labeled_predictions(&scope.model, scope.version.as_deref(), since, until).await?;
+        let positive = self.catalog.get(&scope.model, scope.version.as_deref()).and_then(|m| m.labels.last().cloned());
+        #[derive(Default)]
+        struct Counts {
+            n: u64,
+            correct: u64,
+            tp: u64,
+            predicted_pos: u64,
+            actual_pos: u64,
+            lag: f64,
+        }
+        let mut per: BTreeMap<DateTime<Utc>, Counts> = BTreeMap::new();
+        for p in &labeled {
+            let c = per.entry(window_start(p.time, resolution_s)).or_default();
+            c.n += 1;
+            c.correct += u64::from(p.predicted == p.actual);
+            let pos = |s: &str| positive.as_deref() == Some(s);
+            c.predicted_pos += u64::from(pos(&p.predicted));
+            c.actual_pos += u64::from(pos(&p.actual));
+            c.tp += u64::from(pos(&p.predicted) && pos(&p.actual));
+            c.lag += (p.label_time - p.time).num_milliseconds() as f64 / 1000.0;
+        }
+        let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+        let windows = per
+            .into_iter()
+            .map(|(start, c)| AccuracyWindow {
+                start,
+                labeled: c.n,
+                accuracy: c.correct as f64 / c.n as f64,
+                precision: ratio(c.tp, c.predicted_pos),
+                recall: ratio(c.tp, c.actual_pos),
+                label_lag_s: c.lag / c.n as f64,
+            })
+            .collect();
+        let total = self.total(scope, since, until).await?.count;
+        let coverage = if total > 0 { labeled.len() as f64 / total as f64 } else { 0.0 };
+        Ok((windows, coverage))
+    }
+
+    /// The models to show: those with rollups, then those in the repository.
+    pub async fn models(&self) -> Result<BTreeMap<String, Vec<String>>, ViewError> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (m, v) in self.store.rollup_models().await? {
+            out.entry(m).or_default().push(v);
+        }
+        for m in self.catalog.models() {
+            let versions = out.entry(m.name.clone()).or_default();
+            if !versions.contains(&m.version) {
+                versions.push(m.version.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Default range when a request leaves it open: the last hour.
+pub fn default_range(since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let until = until.unwrap_or_else(Utc::now);
+    (since.unwrap_or(until - ChronoDuration::hours(1)), until)
+}
+
+fn test(name: &str, reference: &Histogram, current: &Sketch, cfg: &DriftConfig) -> Option<FeatureDrift> {
+    let counts = bin_sketch(&reference.edges, current);
+    let result = vigil_drift::test_feature(reference, &counts, Kind::Numeric, cfg).ok()?;
+    let fractions = |c: &[f64]| {
+        let t: f64 = c.iter().sum();
+        c.iter().map(|v| if t > 0.0 { v / t } else { 0.0 }).collect::<Vec<f64>>()
+    };
+    Some(FeatureDrift {
+        feature: name.to_string(),
+        result,
+        edges: reference.edges.clone(),
+        reference: fractions(&reference.counts),
+        current: fractions(&counts),
+        current_count: sketch::count(current),
+    })
+}
+
+/// Counts of a sketch's values per bin of `edges` (each bucket at its representative value).
+pub fn bin_sketch(edges: &[f64], s: &Sketch) -> Vec<f64> {
+    let mut counts = vec![0.0; edges.len().saturating_sub(1).max(1)];
+    for (v, c) in sketch::buckets(s) {
+        counts[vigil_drift::bin_index(edges, v)] += c as f64;
+    }
+    counts
+}
+
+/// A baseline histogram for window-vs-window drift: equal-width bins over both value ranges.
+fn window_histogram(baseline: &Sketch, current: Option<&Sketch>) -> Histogram {
+    let (mut lo, mut hi) = (baseline.min, baseline.max);
+    if let Some(c) = current.filter(|c| sketch::count(c) > 0) {
+        lo = lo.min(c.min);
+        hi = hi.max(c.max);
+    }
+    if hi <= lo {
+        hi = lo + 1.0;
+    }
+    let step = (hi - lo) / WINDOW_BASELINE_BINS as f64;
+    let edges: Vec<f64> = (0..=WINDOW_BASELINE_BINS).map(|i| lo + step * i as f64).collect();
+    let counts = bin_sketch(&edges, baseline);
+    Histogram { edges, counts }
+}

@@ -1,0 +1,235 @@
+//! What the monitoring service stores and reads: rollup upkeep over the prediction log, rollups,
+//! labeled predictions for concept drift, and alarms with their history.
+
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::store::AnyStore;
+
+/// The columns of a logged prediction that rollups summarise.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RollupInput {
+    pub model_name: String,
+    pub model_version: String,
+    pub variant: i16,
+    pub time: DateTime<Utc>,
+    pub request_time: Option<DateTime<Utc>>,
+    #[sqlx(json)]
+    pub features: serde_json::Value,
+    pub score: Option<f32>,
+    pub output_null: bool,
+    pub verdict: i16,
+    pub decision: i16,
+    pub queue_time_us: i64,
+    pub compute_time_us: i64,
+    pub status: i16,
+}
+
+/// Predictions not yet rolled up, and the cursor to store once they are.
+#[derive(Debug, Default)]
+pub struct RollupBatch {
+    pub rows: Vec<RollupInput>,
+    pub next_cursor: i64,
+}
+
+/// Identifies one stored rollup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RollupKey {
+    pub model_name: String,
+    pub resolution_s: i32,
+    pub window_start: DateTime<Utc>,
+    pub model_version: String,
+    pub variant: i16,
+}
+
+/// A rollup's key and its body (an encoded `vigil.v1.RollupWindow`).
+#[derive(Debug, Clone)]
+pub struct StoredRollup {
+    pub key: RollupKey,
+    pub body: Vec<u8>,
+}
+
+/// Which rollups to read.
+#[derive(Debug, Clone)]
+pub struct RollupQuery {
+    pub model_name: String,
+    pub model_version: Option<String>,
+    pub variant: Option<i16>,
+    pub resolution_s: i32,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+}
+
+/// A prediction with its latest label, for accuracy per window.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LabeledPrediction {
+    pub time: DateTime<Utc>,
+    /// The model's output label.
+    pub predicted: String,
+    /// The ground truth.
+    pub actual: String,
+    pub label_time: DateTime<Utc>,
+}
+
+/// What label validation needs to know of a logged prediction.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PredictionRef {
+    pub prediction_id: Uuid,
+    pub model_name: String,
+    pub model_version: String,
+    pub latest_label: Option<String>,
+}
+
+/// One alarm (a rule applied to one model) and its current state.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AlertRow {
+    pub alert_key: String,
+    pub rule: String,
+    pub model_name: String,
+    pub metric: String,
+    pub severity: String,
+    /// inactive, pending, firing or resolved.
+    pub state: String,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub since: DateTime<Utc>,
+    pub message: String,
+}
+
+/// A stored alarm transition.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AlertEvent {
+    pub event_id: i64,
+    pub alert_key: String,
+    pub rule: String,
+    pub model_name: String,
+    pub severity: String,
+    pub state: String,
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub time: DateTime<Utc>,
+    pub message: String,
+    pub attempts: i32,
+}
+
+/// Merges a stored rollup body with a delta (both encoded `RollupWindow`s) into the first.
+pub type MergeFn = dyn Fn(&mut Vec<u8>, &[u8]) + Send + Sync;
+
+/// The monitoring side of a store.
+pub trait MonitorStore: Clone + Send + Sync + 'static {
+    /// Where rollup upkeep stands (0 before the first run).
+    fn rollup_cursor(&self) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+    /// Up to about `max_rows` committed predictions after `cursor`, in commit order. A batch never
+    /// splits one logger transaction, and never includes one still running.
+    fn read_for_rollup(
+        &self,
+        cursor: i64,
+        max_rows: usize,
+    ) -> impl Future<Output = Result<RollupBatch, sqlx::Error>> + Send;
+    /// In one transaction: merges every delta into its stored rollup and moves the cursor from
+    /// `cursor` to `next_cursor`. Returns false, changing nothing, when the cursor had moved.
+    fn apply_rollups(
+        &self,
+        cursor: i64,
+        next_cursor: i64,
+        deltas: Vec<StoredRollup>,
+        merge: &MergeFn,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+    /// Stored rollups of one resolution in [since, until), by window start.
+    fn read_rollups(&self, q: &RollupQuery) -> impl Future<Output = Result<Vec<StoredRollup>, sqlx::Error>> + Send;
+    /// Every (model, version) that has rollups.
+    fn rollup_models(&self) -> impl Future<Output = Result<Vec<(String, String)>, sqlx::Error>> + Send;
+    /// Predictions of a model in [since, until) that have labels, with their latest label.
+    fn labeled_predictions(
+        &self,
+        model_name: &str,
+        model_version: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<LabeledPrediction>, sqlx::Error>> + Send;
+    /// The logged predictions among `ids` (unknown ids are absent).
+    fn prediction_refs(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<PredictionRef>, sqlx::Error>> + Send;
+    /// Every alarm's current state.
+    fn load_alerts(&self) -> impl Future<Output = Result<Vec<AlertRow>, sqlx::Error>> + Send;
+    /// Stores an alarm's new state and, in the same transaction, the transition into history
+    /// (to be notified when `notify`).
+    fn save_alert(&self, alert: &AlertRow, notify: bool) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// Transitions whose notification is not yet acknowledged, oldest first.
+    fn unsent_alert_events(&self, limit: i64) -> impl Future<Output = Result<Vec<AlertEvent>, sqlx::Error>> + Send;
+    /// Records a delivery attempt: acknowledged on `Ok`, or the error kept for the next try.
+    fn mark_alert_event(
+        &self,
+        event_id: i64,
+        outcome: Result<(), String>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// Stored transitions of every alarm, newest first.
+    fn alert_history(&self, limit: i64) -> impl Future<Output = Result<Vec<AlertEvent>, sqlx::Error>> + Send;
+}
+
+/// Rows per rollup upkeep step when the caller does not say.
+pub const DEFAULT_ROLLUP_CHUNK: usize = 20_000;
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Postgres($s) => $e,
+            AnyStore::Sqlite($s) => $e,
+        }
+    };
+}
+
+impl MonitorStore for AnyStore {
+    async fn rollup_cursor(&self) -> Result<i64, sqlx::Error> {
+        dispatch!(self, s => s.rollup_cursor().await)
+    }
+    async fn read_for_rollup(&self, cursor: i64, max_rows: usize) -> Result<RollupBatch, sqlx::Error> {
+        dispatch!(self, s => s.read_for_rollup(cursor, max_rows).await)
+    }
+    async fn apply_rollups(
+        &self,
+        cursor: i64,
+        next_cursor: i64,
+        deltas: Vec<StoredRollup>,
+        merge: &MergeFn,
+    ) -> Result<bool, sqlx::Error> {
+        dispatch!(self, s => s.apply_rollups(cursor, next_cursor, deltas, merge).await)
+    }
+    async fn read_rollups(&self, q: &RollupQuery) -> Result<Vec<StoredRollup>, sqlx::Error> {
+        dispatch!(self, s => s.read_rollups(q).await)
+    }
+    async fn rollup_models(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        dispatch!(self, s => s.rollup_models().await)
+    }
+    async fn labeled_predictions(
+        &self,
+        model_name: &str,
+        model_version: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
+        dispatch!(self, s => s.labeled_predictions(model_name, model_version, since, until).await)
+    }
+    async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
+        dispatch!(self, s => s.prediction_refs(ids).await)
+    }
+    async fn load_alerts(&self) -> Result<Vec<AlertRow>, sqlx::Error> {
+        dispatch!(self, s => s.load_alerts().await)
+    }
+    async fn save_alert(&self, alert: &AlertRow, notify: bool) -> Result<(), sqlx::Error> {
+        dispatch!(self, s => s.save_alert(alert, notify).await)
+    }
+    async fn unsent_alert_events(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
+        dispatch!(self, s => s.unsent_alert_events(limit).await)
+    }
+    async fn mark_alert_event(&self, event_id: i64, outcome: Result<(), String>) -> Result<(), sqlx::Error> {
+        dispatch!(self, s => s.mark_alert_event(event_id, outcome).await)
+    }
+    async fn alert_history(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
+        dispatch!(self, s => s.alert_history(limit).await)
+    }
+}

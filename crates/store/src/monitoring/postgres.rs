@@ -1,0 +1,312 @@
+//! Monitoring statements for Postgres.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{
+    AlertEvent, AlertRow, LabeledPrediction, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput, RollupKey,
+    RollupQuery, StoredRollup,
+};
+use crate::PgStore;
+
+const CURSOR: &str = "predictions";
+
+const ROLLUP_COLUMNS: &str = "model_name, model_version, variant, time, request_time, features, score, output_null, \
+     verdict, decision, queue_time_us, compute_time_us, status";
+
+const EVENT_COLUMNS: &str =
+    "event_id, alert_key, rule, model_name, severity, state, value, threshold, time, message, attempts";
+
+impl MonitorStore for PgStore {
+    async fn rollup_cursor(&self) -> Result<i64, sqlx::Error> {
+        let c: Option<i64> = sqlx::query_scalar("SELECT cursor FROM rollup_cursor WHERE name = $1")
+            .bind(CURSOR)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(c.unwrap_or(0))
+    }
+
+    async fn read_for_rollup(&self, cursor: i64, max_rows: usize) -> Result<RollupBatch, sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        // Every transaction below the snapshot's xmin has ended: its rows are final.
+        let horizon: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(&mut *tx)
+            .await?;
+        if horizon <= cursor {
+            return Ok(RollupBatch { rows: Vec::new(), next_cursor: cursor });
+        }
+        let cut: Option<i64> = sqlx::query_scalar(
+            "SELECT ingest_xid::text::bigint FROM predictions \
+             WHERE ingest_xid >= $1::text::xid8 AND ingest_xid < $2::text::xid8 \
+             ORDER BY ingest_xid OFFSET $3 LIMIT 1",
+        )
+        .bind(cursor.to_string())
+        .bind(horizon.to_string())
+        .bind(max_rows as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Never split one transaction's rows: a batch ends at a transaction boundary, and a
+        // transaction larger than max_rows is taken whole.
+        let upper = match cut {
+            Some(x) if x == cursor => x + 1,
+            Some(x) => x,
+            None => horizon,
+        };
+        let rows = sqlx::query_as::<_, RollupInput>(&format!(
+            "SELECT {ROLLUP_COLUMNS} FROM predictions \
+             WHERE ingest_xid >= $1::text::xid8 AND ingest_xid < $2::text::xid8"
+        ))
+        .bind(cursor.to_string())
+        .bind(upper.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RollupBatch { rows, next_cursor: upper })
+    }
+
+    async fn apply_rollups(
+        &self,
+        cursor: i64,
+        next_cursor: i64,
+        deltas: Vec<StoredRollup>,
+        merge: &MergeFn,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("INSERT INTO rollup_cursor (name, cursor) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
+            .bind(CURSOR)
+            .execute(&mut *tx)
+            .await?;
+        let stored: i64 = sqlx::query_scalar("SELECT cursor FROM rollup_cursor WHERE name = $1 FOR UPDATE")
+            .bind(CURSOR)
+            .fetch_one(&mut *tx)
+            .await?;
+        if stored != cursor {
+            return Ok(false);
+        }
+        let mut deltas = deltas;
+        deltas.sort_by(|a, b| a.key.cmp(&b.key));
+        let cols = key_columns(&deltas);
+        let existing: Vec<KeyedBody> = sqlx::query_as(
+            "SELECT r.model_name, r.resolution_s, r.window_start, r.model_version, r.variant, r.body FROM rollups r \
+             JOIN UNNEST($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int2[]) \
+               AS k(model_name, resolution_s, window_start, model_version, variant) \
+             USING (model_name, resolution_s, window_start, model_version, variant) FOR UPDATE OF r",
+        )
+        .bind(&cols.0)
+        .bind(&cols.1)
+        .bind(&cols.2)
+        .bind(&cols.3)
+        .bind(&cols.4)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut stored: HashMap<RollupKey, Vec<u8>> = existing
+            .into_iter()
+            .map(|(model_name, resolution_s, window_start, model_version, variant, body)| {
+                (RollupKey { model_name, resolution_s, window_start, model_version, variant }, body)
+            })
+            .collect();
+        let bodies: Vec<Vec<u8>> = deltas
+            .iter()
+            .map(|d| match stored.remove(&d.key) {
+                Some(mut body) => {
+                    merge(&mut body, &d.body);
+                    body
+                }
+                None => d.body.clone(),
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO rollups (model_name, resolution_s, window_start, model_version, variant, body) \
+             SELECT * FROM UNNEST($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int2[], $6::bytea[]) \
+             ON CONFLICT (model_name, resolution_s, window_start, model_version, variant) \
+             DO UPDATE SET body = excluded.body, updated_at = now()",
+        )
+        .bind(&cols.0)
+        .bind(&cols.1)
+        .bind(&cols.2)
+        .bind(&cols.3)
+        .bind(&cols.4)
+        .bind(&bodies)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE rollup_cursor SET cursor = $2 WHERE name = $1")
+            .bind(CURSOR)
+            .bind(next_cursor)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn read_rollups(&self, q: &RollupQuery) -> Result<Vec<StoredRollup>, sqlx::Error> {
+        let rows: Vec<(DateTime<Utc>, String, i16, Vec<u8>)> = sqlx::query_as(
+            "SELECT window_start, model_version, variant, body FROM rollups \
+             WHERE model_name = $1 AND resolution_s = $2 AND window_start >= $3 AND window_start < $4 \
+               AND ($5::text IS NULL OR model_version = $5) AND ($6::int2 IS NULL OR variant = $6) \
+             ORDER BY window_start",
+        )
+        .bind(&q.model_name)
+        .bind(q.resolution_s)
+        .bind(q.since)
+        .bind(q.until)
+        .bind(q.model_version.as_deref())
+        .bind(q.variant)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(window_start, model_version, variant, body)| StoredRollup {
+                key: RollupKey {
+                    model_name: q.model_name.clone(),
+                    resolution_s: q.resolution_s,
+                    window_start,
+                    model_version,
+                    variant,
+                },
+                body,
+            })
+            .collect())
+    }
+
+    async fn rollup_models(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT DISTINCT model_name, model_version FROM rollups ORDER BY 1, 2")
+            .fetch_all(self.pool())
+            .await
+    }
+
+    async fn labeled_predictions(
+        &self,
+        model_name: &str,
+        model_version: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
+        // Labels come after their predictions, so only labels since `since` can match.
+        sqlx::query_as(
+            "SELECT p.time, coalesce(p.output->>'label', '') AS predicted, l.label AS actual, l.time AS label_time \
+             FROM (SELECT DISTINCT ON (prediction_id) prediction_id, label, time FROM labels \
+                   WHERE time >= $2 ORDER BY prediction_id, time DESC) l \
+             JOIN predictions p ON p.prediction_id = l.prediction_id \
+             WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 AND ($4::text IS NULL OR p.model_version = $4)",
+        )
+        .bind(model_name)
+        .bind(since)
+        .bind(until)
+        .bind(model_version)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT p.prediction_id, p.model_name, p.model_version, \
+               (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) \
+                 AS latest_label \
+             FROM predictions p WHERE p.prediction_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    async fn load_alerts(&self) -> Result<Vec<AlertRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT alert_key, rule, model_name, metric, severity, state, value, threshold, since, message \
+             FROM alerts ORDER BY alert_key",
+        )
+        .fetch_all(self.pool())
+        .await
+    }
+
+    async fn save_alert(&self, a: &AlertRow, notify: bool) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO alerts (alert_key, rule, model_name, metric, severity, state, value, threshold, since, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (alert_key) DO UPDATE SET rule = $2, model_name = $3, metric = $4, severity = $5, \
+               state = $6, value = $7, threshold = $8, since = $9, message = $10, updated_at = now()",
+        )
+        .bind(&a.alert_key)
+        .bind(&a.rule)
+        .bind(&a.model_name)
+        .bind(&a.metric)
+        .bind(&a.severity)
+        .bind(&a.state)
+        .bind(a.value)
+        .bind(a.threshold)
+        .bind(a.since)
+        .bind(&a.message)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO alert_events (alert_key, rule, model_name, severity, state, value, threshold, time, message, \
+               notify) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&a.alert_key)
+        .bind(&a.rule)
+        .bind(&a.model_name)
+        .bind(&a.severity)
+        .bind(&a.state)
+        .bind(a.value)
+        .bind(a.threshold)
+        .bind(a.since)
+        .bind(&a.message)
+        .bind(notify)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn unsent_alert_events(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM alert_events WHERE notify AND notified_at IS NULL \
+             ORDER BY event_id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    async fn mark_alert_event(&self, event_id: i64, outcome: Result<(), String>) -> Result<(), sqlx::Error> {
+        let (sent, error) = match outcome {
+            Ok(()) => (true, String::new()),
+            Err(e) => (false, e),
+        };
+        sqlx::query(
+            "UPDATE alert_events SET attempts = attempts + 1, last_error = $3, \
+               notified_at = CASE WHEN $2 THEN now() ELSE NULL END WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .bind(sent)
+        .bind(error)
+        .execute(self.pool())
+        .await
+        .map(drop)
+    }
+
+    async fn alert_history(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
+        sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM alert_events ORDER BY event_id DESC LIMIT $1"))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+    }
+}
+
+/// A stored rollup's key columns and body.
+type KeyedBody = (String, i32, DateTime<Utc>, String, i16, Vec<u8>);
+
+type KeyColumns = (Vec<String>, Vec<i32>, Vec<DateTime<Utc>>, Vec<String>, Vec<i16>);
+
+fn key_columns(deltas: &[StoredRollup]) -> KeyColumns {
+    let mut cols: KeyColumns = Default::default();
+    for d in deltas {
+        cols.0.push(d.key.model_name.clone());
+        cols.1.push(d.key.resolution_s);
+        cols.2.push(d.key.window_start);
+        cols.3.push(d.key.model_version.clone());
+        cols.4.push(d.key.variant);
+    }
+    cols
+}

@@ -1,0 +1,270 @@
+//! Monitoring statements for SQLite (the embedded default). One writer commits at a time, so
+//! rowids grow in commit order and serve as the rollup cursor.
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Sqlite};
+use uuid::Uuid;
+
+use super::{
+    AlertEvent, AlertRow, LabeledPrediction, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput, RollupKey,
+    RollupQuery, StoredRollup,
+};
+use crate::SqliteStore;
+
+const CURSOR: &str = "predictions";
+
+const EVENT_COLUMNS: &str =
+    "event_id, alert_key, rule, model_name, severity, state, value, threshold, time, message, attempts";
+
+impl MonitorStore for SqliteStore {
+    async fn rollup_cursor(&self) -> Result<i64, sqlx::Error> {
+        let c: Option<i64> = sqlx::query_scalar("SELECT cursor FROM rollup_cursor WHERE name = ?")
+            .bind(CURSOR)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(c.unwrap_or(0))
+    }
+
+    async fn read_for_rollup(&self, cursor: i64, max_rows: usize) -> Result<RollupBatch, sqlx::Error> {
+        let fetched = sqlx::query_as::<_, RowWithId>(
+            "SELECT rowid AS row_id, model_name, model_version, variant, time, request_time, features, score, \
+               output_null, verdict, decision, queue_time_us, compute_time_us, status \
+             FROM predictions WHERE rowid > ? ORDER BY rowid LIMIT ?",
+        )
+        .bind(cursor)
+        .bind(max_rows as i64)
+        .fetch_all(self.pool())
+        .await?;
+        let next_cursor = fetched.last().map_or(cursor, |r| r.row_id);
+        Ok(RollupBatch { rows: fetched.into_iter().map(|r| r.input).collect(), next_cursor })
+    }
+
+    async fn apply_rollups(
+        &self,
+        cursor: i64,
+        next_cursor: i64,
+        deltas: Vec<StoredRollup>,
+        merge: &MergeFn,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        let stored: Option<i64> = sqlx::query_scalar("SELECT cursor FROM rollup_cursor WHERE name = ?")
+            .bind(CURSOR)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if stored.unwrap_or(0) != cursor {
+            return Ok(false);
+        }
+        for d in deltas {
+            let k = &d.key;
+            let existing: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT body FROM rollups WHERE model_name = ? AND resolution_s = ? AND window_start = ? \
+                 AND model_version = ? AND variant = ?",
+            )
+            .bind(&k.model_name)
+            .bind(k.resolution_s)
+            .bind(k.window_start)
+            .bind(&k.model_version)
+            .bind(k.variant)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let body = match existing {
+                Some(mut body) => {
+                    merge(&mut body, &d.body);
+                    body
+                }
+                None => d.body,
+            };
+            sqlx::query(
+                "INSERT OR REPLACE INTO rollups (model_name, resolution_s, window_start, model_version, variant, body) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&k.model_name)
+            .bind(k.resolution_s)
+            .bind(k.window_start)
+            .bind(&k.model_version)
+            .bind(k.variant)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("INSERT OR REPLACE INTO rollup_cursor (name, cursor) VALUES (?, ?)")
+            .bind(CURSOR)
+            .bind(next_cursor)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn read_rollups(&self, q: &RollupQuery) -> Result<Vec<StoredRollup>, sqlx::Error> {
+        let mut b: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT window_start, model_version, variant, body FROM rollups WHERE model_name = ");
+        b.push_bind(&q.model_name).push(" AND resolution_s = ").push_bind(q.resolution_s);
+        b.push(" AND window_start >= ").push_bind(q.since).push(" AND window_start < ").push_bind(q.until);
+        if let Some(v) = &q.model_version {
+            b.push(" AND model_version = ").push_bind(v);
+        }
+        if let Some(v) = q.variant {
+            b.push(" AND variant = ").push_bind(v);
+        }
+        b.push(" ORDER BY window_start");
+        let rows: Vec<(DateTime<Utc>, String, i16, Vec<u8>)> = b.build_query_as().fetch_all(self.pool()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(window_start, model_version, variant, body)| StoredRollup {
+                key: RollupKey {
+                    model_name: q.model_name.clone(),
+                    resolution_s: q.resolution_s,
+                    window_start,
+                    model_version,
+                    variant,
+                },
+                body,
+            })
+            .collect())
+    }
+
+    async fn rollup_models(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as("SELECT DISTINCT model_name, model_version FROM rollups ORDER BY 1, 2")
+            .fetch_all(self.pool())
+            .await
+    }
+
+    async fn labeled_predictions(
+        &self,
+        model_name: &str,
+        model_version: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
+        // Times are stored as text; the window is applied on parsed values, here in Rust.
+        let rows: Vec<(LabeledPrediction, String)> = sqlx::query_as::<_, LabeledWithVersion>(
+            "SELECT p.time, coalesce(json_extract(p.output, '$.label'), '') AS predicted, l.label AS actual, \
+               l.time AS label_time, p.model_version \
+             FROM predictions p JOIN labels l ON l.prediction_id = p.prediction_id \
+             WHERE p.model_name = ? \
+               AND l.time = (SELECT max(l2.time) FROM labels l2 WHERE l2.prediction_id = p.prediction_id)",
+        )
+        .bind(model_name)
+        .fetch_all(self.pool())
+        .await?
+        .into_iter()
+        .map(|r| (r.labeled, r.model_version))
+        .collect();
+        Ok(rows
+            .into_iter()
+            .filter(|(p, v)| p.time >= since && p.time < until && model_version.is_none_or(|m| m == v))
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT p.prediction_id, p.model_name, p.model_version, \
+                   (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) \
+                     AS latest_label FROM predictions p WHERE p.prediction_id IN (",
+            );
+            let mut sep = b.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            b.push(")");
+            out.extend(b.build_query_as::<PredictionRef>().fetch_all(self.pool()).await?);
+        }
+        Ok(out)
+    }
+
+    async fn load_alerts(&self) -> Result<Vec<AlertRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT alert_key, rule, model_name, metric, severity, state, value, threshold, since, message \
+             FROM alerts ORDER BY alert_key",
+        )
+        .fetch_all(self.pool())
+        .await
+    }
+
+    async fn save_alert(&self, a: &AlertRow, notify: bool) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO alerts (alert_key, rule, model_name, metric, severity, state, value, threshold, \
+               since, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.alert_key)
+        .bind(&a.rule)
+        .bind(&a.model_name)
+        .bind(&a.metric)
+        .bind(&a.severity)
+        .bind(&a.state)
+        .bind(a.value)
+        .bind(a.threshold)
+        .bind(a.since)
+        .bind(&a.message)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO alert_events (alert_key, rule, model_name, severity, state, value, threshold, time, message, \
+               notify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&a.alert_key)
+        .bind(&a.rule)
+        .bind(&a.model_name)
+        .bind(&a.severity)
+        .bind(&a.state)
+        .bind(a.value)
+        .bind(a.threshold)
+        .bind(a.since)
+        .bind(&a.message)
+        .bind(notify)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn unsent_alert_events(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
+        sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM alert_events WHERE notify AND notified_at IS NULL ORDER BY event_id LIMIT ?"
+        ))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    async fn mark_alert_event(&self, event_id: i64, outcome: Result<(), String>) -> Result<(), sqlx::Error> {
+        let (sent, error) = match outcome {
+            Ok(()) => (Some(Utc::now()), String::new()),
+            Err(e) => (None, e),
+        };
+        sqlx::query(
+            "UPDATE alert_events SET attempts = attempts + 1, last_error = ?, notified_at = ? WHERE event_id = ?",
+        )
+        .bind(error)
+        .bind(sent)
+        .bind(event_id)
+        .execute(self.pool())
+        .await
+        .map(drop)
+    }
+
+    async fn alert_history(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
+        sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM alert_events ORDER BY event_id DESC LIMIT ?"))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RowWithId {
+    row_id: i64,
+    #[sqlx(flatten)]
+    input: RollupInput,
+}
+
+#[derive(sqlx::FromRow)]
+struct LabeledWithVersion {
+    #[sqlx(flatten)]
+    labeled: LabeledPrediction,
+    model_version: String,
+}

@@ -1,0 +1,93 @@
+//! What every Vigil service shares: a Prometheus registry served at `/metrics` (with process
+//! memory and CPU), the logging set-up, and the error-to-exit-code wrapper of `main`.
+
+mod process;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub use process::ProcessCollector;
+pub use prometheus_client;
+
+/// The Prometheus text format's content type.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A registry with the process collector already in it.
+pub fn registry() -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(ProcessCollector));
+    r
+}
+
+/// A router answering `GET /metrics` from `registry`; merge it with a service's own routes.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response(),
+                }
+            }
+        }),
+    )
+}
+
+/// Binds an HTTP listener, with an error that names the flag to change.
+pub async fn bind_http(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (in use? set {flag})"))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+}
+
+/// Logs to stderr, filtered by `VIGIL_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Turns a service's result into its exit code: 0, or a one-line error and 2.
+pub fn exit_code(program: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed before this returns, so a signal
+/// that arrives while the service starts is not lost.
+pub fn termination() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
