@@ -56,7 +56,7 @@ def edge_server():
         pytest.fail(f"{binary} not built; run ./dev test")
     log = tempfile.NamedTemporaryFile(prefix="vigil-edge-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [binary, "--listen", "127.0.0.1:0", "--model-repository", ROOT / "models"],
+        [binary, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository", ROOT / "models"],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,

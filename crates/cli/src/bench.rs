@@ -111,6 +111,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
     let mut config_edge = EdgeConfig { model_repository: args.model_repository.clone(), ..EdgeConfig::default() };
     config_edge.listen = "127.0.0.1:0".parse()?;
+    config_edge.metrics.listen = "127.0.0.1:0".parse()?;
     config_edge.default_model = args.model.clone();
     let server = vigil_edge::start(config_edge, false).await?;
     let url = format!("http://{}", server.addr);

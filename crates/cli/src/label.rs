@@ -29,6 +29,43 @@ pub struct LabelArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "VIGIL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
+    /// Submit to the monitor's SubmitLabels API instead of the label topic: every label is
+    /// checked (known prediction, one of the model's labels) and answered at once.
+    #[arg(long)]
+    pub monitor: Option<String>,
+}
+
+/// Exit code when the monitor rejected some labels.
+pub const SOME_REJECTED: u8 = 1;
+
+async fn submit_to_monitor(url: &str, labels: &[Label]) -> Result<u8> {
+    use vigil_proto::vigil::v1::SubmitLabelsRequest;
+    use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+    let mut client = MonitoringClient::connect(url.to_string())
+        .await
+        .with_context(|| format!("cannot reach the monitor at {url}; is vigil-monitor running?"))?;
+    let now = SystemTime::now();
+    let events: Vec<LabelEvent> = labels
+        .iter()
+        .map(|l| LabelEvent {
+            schema_version: 1,
+            label_id: String::new(),
+            prediction_id: l.prediction_id.to_string(),
+            label: l.label.clone(),
+            time: Some(now.into()),
+            source: l.source.clone(),
+        })
+        .collect();
+    let r = client
+        .submit_labels(SubmitLabelsRequest { labels: events })
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .into_inner();
+    println!("{} accepted, {} duplicates, {} rejected", r.accepted, r.duplicates, r.rejected.len());
+    for x in &r.rejected {
+        eprintln!("  #{} {}: {}", x.index + 1, x.prediction_id, x.reason);
+    }
+    Ok(if r.rejected.is_empty() { 0 } else { SOME_REJECTED })
 }
 
 /// One checked label.
@@ -89,6 +126,9 @@ pub async fn run(args: LabelArgs) -> Result<u8> {
         (None, Some(id), Some(label)) => vec![check(id, label, &args.source, "argument")?],
         _ => bail!("give PREDICTION_ID LABEL, or --csv FILE"),
     };
+    if let Some(url) = &args.monitor {
+        return submit_to_monitor(url, &labels).await;
+    }
     let config =
         KafkaConfig { brokers: args.brokers.clone(), client_id: "vigil-label".into(), ..KafkaConfig::default() };
     let producer: FutureProducer = config.producer().context("cannot create the Kafka producer")?;

@@ -5,11 +5,14 @@
 //! - `vigil up`: the embedded all-in-one: an edge server with the shipped model, fed with the
 //!   sample images.
 //! - `vigil bench`: a load generator comparing the server with raw ONNX Runtime.
+//! - `vigil label`, `vigil query`: ground truth in, the prediction log out.
+//! - `vigil metrics`, `vigil drift`, `vigil alerts`: the monitor's figures and alarms.
 
 mod bench;
 mod images;
 mod inspect;
 mod label;
+mod monitoring;
 mod query;
 mod up;
 
@@ -37,6 +40,12 @@ enum Command {
     Label(label::LabelArgs),
     /// Query the prediction log (filters, pages of rows; table, CSV or JSON).
     Query(query::QueryArgs),
+    /// Per-window metrics of a model from the monitor (traffic, errors, latency, verdicts).
+    Metrics(monitoring::MetricsArgs),
+    /// Data drift per feature and on the score, and accuracy from labels, from the monitor.
+    Drift(monitoring::DriftArgs),
+    /// Alarms from the monitor (exit code 1 while any is firing).
+    Alerts(monitoring::AlertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +68,9 @@ fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Label(args) => label::run(args).await,
             Command::Query(args) => query::run(args).await,
+            Command::Metrics(args) => monitoring::metrics(args).await,
+            Command::Drift(args) => monitoring::drift(args).await,
+            Command::Alerts(args) => monitoring::alerts(args).await,
         }
     });
     match result {

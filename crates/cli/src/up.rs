@@ -1,7 +1,8 @@
 //! `vigil up`: the embedded default on one box: an edge server with the shipped model, fed by
 //! the line client with the sample images, every prediction logged to SQLite through an
-//! in-process bus, then queried.
+//! in-process bus, then queried; the monitor watches the log and serves its dashboard.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,10 @@ use clap::Args;
 use vigil_edge::EdgeConfig;
 use vigil_logbus::Emitter;
 use vigil_logger::LoggerStats;
+use vigil_monitor::MonitorConfig;
+use vigil_monitor::views::{Baseline, Scope, Views};
 use vigil_serving::RecordEmitter;
-use vigil_store::{MAX_QUERY_ROWS, PredictionFilter, PredictionStore, SqliteStore};
+use vigil_store::{AnyStore, MAX_QUERY_ROWS, PredictionFilter, PredictionStore, SqliteStore};
 
 use crate::inspect::{InspectArgs, connect, inspect_files};
 use crate::query::{Format, print_rows};
@@ -34,11 +37,69 @@ pub struct UpArgs {
     /// The embedded prediction log (SQLite).
     #[arg(long, default_value = ".vigil/vigil.db")]
     pub database: PathBuf,
+    /// Monitoring configuration (alarm rules, drift tests); deploy/monitor.toml when present.
+    #[arg(long)]
+    pub monitor_config: Option<PathBuf>,
+    /// Address of the monitor's dashboard and /metrics (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8004")]
+    pub dashboard: SocketAddr,
+}
+
+fn monitor_config(args: &UpArgs, models: &std::path::Path) -> Result<MonitorConfig> {
+    let default = PathBuf::from("deploy/monitor.toml");
+    let mut config = match &args.monitor_config {
+        Some(path) => MonitorConfig::load(path)?,
+        None if default.exists() => MonitorConfig::load(&default)?,
+        None => MonitorConfig::default(),
+    };
+    config.models = models.to_path_buf();
+    // Catch up within a second of the last sample, so the summary below sees every prediction.
+    config.rollups.poll = Duration::from_millis(200);
+    Ok(config)
+}
+
+/// Prints what the monitor saw: traffic, and drift of the last hour against the training reference.
+async fn print_monitoring(views: &Views<AnyStore>, model: &str) -> Result<()> {
+    let scope = Scope { model: model.to_string(), version: None, variant: None };
+    let until = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let since = until - chrono::Duration::hours(1);
+    let total = views.total(&scope, since, until).await?;
+    println!("\nmonitor: {} predictions of {model} in the last hour ({} errors)", total.count, total.errors);
+    match views.drift(&scope, since, until, &Baseline::Training).await {
+        Ok(report) => {
+            println!("drift against the {}:", report.baseline);
+            for f in report.features.iter().chain(&report.prediction) {
+                let r = &f.result;
+                let verdict = if r.drifted { "DRIFT" } else { "ok" };
+                let method = serde_json::to_value(r.method)?;
+                let method = method.as_str().unwrap_or("?");
+                match r.p_value {
+                    Some(p) => {
+                        println!("  {:<11} {verdict:<5} {method} p={p:.3e} (threshold {})", f.feature, r.threshold)
+                    }
+                    None => println!(
+                        "  {:<11} {verdict:<5} {method} {:.3} (threshold {})",
+                        f.feature, r.statistic, r.threshold
+                    ),
+                }
+            }
+            let d = &report.dataset;
+            println!(
+                "  dataset drift: {} ({} of {} features)",
+                if d.drifted { "yes" } else { "no" },
+                d.drifted_features,
+                d.total
+            );
+        }
+        Err(e) => println!("drift: {e}"),
+    }
+    Ok(())
 }
 
 pub async fn run(args: UpArgs) -> Result<u8> {
     let mut config = EdgeConfig::load(args.config.as_deref()).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     config.listen = args.listen.parse().map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
+    config.metrics.listen = "127.0.0.1:0".parse()?;
     let samples = if args.samples.is_empty() {
         vec![PathBuf::from("samples/normal"), PathBuf::from("samples/drifted")]
     } else {
@@ -59,6 +120,27 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     let (sink, receiver) = vigil_logbus::in_process::channel(10_000);
     let (emitter, _forwarder) = Emitter::start(sink, 100_000, 1_000);
     let records = RecordEmitter::new(emitter.clone(), "embedded");
+    let monitor_config = monitor_config(&args, &config.model_repository)?;
+    let monitor_views = Views::new(
+        AnyStore::Sqlite(store.clone()),
+        Arc::new(vigil_monitor::Catalog::load(&monitor_config.models)?),
+        Arc::new(monitor_config.clone()),
+    );
+    let dashboard = vigil_telemetry::bind_http(args.dashboard, "--dashboard").await?;
+    let dashboard_url = format!("http://{}/", dashboard.local_addr()?);
+    let monitor_grpc = vigil_monitor::bind("127.0.0.1:0".parse()?).await?;
+    let monitor_grpc_addr = monitor_grpc.local_addr()?;
+    let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = tokio::spawn(vigil_monitor::run(
+        AnyStore::Sqlite(store.clone()),
+        monitor_config,
+        monitor_grpc,
+        dashboard,
+        async move {
+            let _ = monitor_stopped.await;
+        },
+    ));
+    eprintln!("monitor: dashboard on {dashboard_url} (monitoring API on {monitor_grpc_addr})");
     let logger_stats = Arc::new(LoggerStats::default());
     let logger = tokio::spawn(vigil_logger::embedded::run(
         receiver,
@@ -88,16 +170,34 @@ pub async fn run(args: UpArgs) -> Result<u8> {
         };
         inspect_files(connect(&url).await?, &files, &inspect, true).await?;
     }
+    // Every record handed over is in the log once the bus is drained.
+    emitter.drain(Duration::from_secs(30)).await;
+    let default_model = server.repository.models().next().map(|m| m.name.clone()).unwrap_or_default();
+    let logged = store.count_predictions().await?;
+    // Let rollup upkeep catch up with the log before reading the monitor's figures.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let scope = Scope { model: default_model.clone(), version: None, variant: None };
+        let until = chrono::Utc::now() + chrono::Duration::seconds(1);
+        let seen = monitor_views.total(&scope, until - chrono::Duration::days(3650), until).await?.count as i64;
+        if seen >= logged - before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    print_monitoring(&monitor_views, &default_model).await?;
+    println!("dashboard: {dashboard_url}");
     if args.serve {
-        eprintln!("\nserving on {url}; press Ctrl-C to stop");
+        eprintln!("\nserving on {url}, dashboard on {dashboard_url}; press Ctrl-C to stop");
         server.wait().await?;
     } else {
         server.shutdown().await?;
     }
-    // Every record handed over is in the log once the bus is drained.
     emitter.drain(Duration::from_secs(30)).await;
     drop(emitter);
     logger.await.context("the embedded logger stopped")?;
+    let _ = stop_monitor.send(());
+    monitor.await.context("the monitor stopped")??;
     let total = store.count_predictions().await?;
     let logged = total - before;
     let url = format!("sqlite://{}", args.database.display());

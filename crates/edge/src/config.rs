@@ -28,6 +28,23 @@ pub struct EdgeConfig {
     pub images: ImageLimits,
     pub models: ModelOptions,
     pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus `/metrics` endpoint, served over HTTP on its own port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Address of the HTTP server (port 0 picks a free port).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: "127.0.0.1:9102".parse().expect("valid literal") }
+    }
 }
 
 /// Prediction logging: every prediction becomes a record on Kafka.
@@ -107,13 +124,14 @@ impl Default for EdgeConfig {
             images: ImageLimits::default(),
             models: ModelOptions::default(),
             logging: LoggingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
 
 /// Top-level keys that `VIGIL_...` variables may set.
 const ENV_KEYS: &[&str] =
-    &["listen", "model_repository", "default_model", "onnxruntime_lib", "limits", "images", "models"];
+    &["listen", "model_repository", "default_model", "onnxruntime_lib", "limits", "images", "models", "metrics"];
 
 impl EdgeConfig {
     /// Layers defaults, the optional file and the environment, then validates.
@@ -195,10 +213,26 @@ mod tests {
             jail.create_file("edge.toml", "listen = \"127.0.0.1:9000\"\n[limits]\nmax_concurrent_requests = 8\n")?;
             jail.set_env("VIGIL_LIMITS__MAX_CONCURRENT_REQUESTS", "4");
             jail.set_env("VIGIL_UNRELATED_SETTING", "ignored");
+            jail.set_env("VIGIL_METRICS__LISTEN", "127.0.0.1:0");
             let c = EdgeConfig::load(Some(Path::new("edge.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.metrics, MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() });
             assert_eq!(c.limits.max_concurrent_requests, 4);
             assert_eq!(c.limits.max_message_bytes, 8 << 20);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn metrics_endpoint_can_move_or_be_disabled() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_dir("models")?;
+            assert_eq!(EdgeConfig::load(None).map_err(|e| e.to_string())?.metrics, MetricsConfig::default());
+            jail.create_file("edge.toml", "[metrics]\nlisten = \"0.0.0.0:9200\"\n")?;
+            let c = EdgeConfig::load(Some(Path::new("edge.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.metrics, MetricsConfig { enabled: true, listen: "0.0.0.0:9200".parse().unwrap() });
+            jail.set_env("VIGIL_METRICS__ENABLED", "false");
+            assert!(!EdgeConfig::load(Some(Path::new("edge.toml"))).map_err(|e| e.to_string())?.metrics.enabled);
             Ok(())
         });
     }

@@ -17,6 +17,9 @@ struct Args {
     /// Address to listen on, e.g. 127.0.0.1:8001 (port 0 picks a free port).
     #[arg(long)]
     listen: Option<String>,
+    /// Address of the Prometheus /metrics endpoint, e.g. 127.0.0.1:9102 (port 0 picks a free port).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Model repository directory (<name>/<version>/model.onnx + model.toml).
     #[arg(long)]
     model_repository: Option<PathBuf>,
@@ -27,26 +30,18 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    vigil_telemetry::init_tracing_with("info,ort=warn");
     let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vigil-edge: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    vigil_telemetry::exit_code("vigil-edge", run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut figment = EdgeConfig::figment(args.config.as_deref());
     if let Some(listen) = &args.listen {
         figment = figment.merge(Serialized::default("listen", listen));
+    }
+    if let Some(metrics_listen) = &args.metrics_listen {
+        figment = figment.merge(Serialized::default("metrics.listen", metrics_listen));
     }
     if let Some(repo) = &args.model_repository {
         figment = figment.merge(Serialized::default("model_repository", repo));
@@ -59,6 +54,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = vigil_edge::start(config, true).await?;
     let models: Vec<String> = server.repository.models().map(|m| format!("{}@{}", m.name, m.default_version)).collect();
     // The first stdout line is machine-readable: scripts and tests wait for it.
-    println!("vigil-edge listening on {} serving {}", server.addr, models.join(", "));
+    let metrics = server.metrics_addr.map(|a| format!(" (metrics on http://{a}/metrics)")).unwrap_or_default();
+    println!("vigil-edge listening on {}{metrics} serving {}", server.addr, models.join(", "));
     server.wait().await
 }

@@ -1,7 +1,9 @@
 //! Wiring: load models, bind, serve OIP v2 + inspection + health + reflection behind the
-//! admission layer, drain on shutdown.
+//! admission layer and Prometheus `/metrics` over HTTP, drain on shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,9 @@ use vigil_logbus::kafka::KafkaSink;
 use vigil_logbus::spool::Spool;
 use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use vigil_proto::vigil::v1::inspection_server::InspectionServer;
-use vigil_serving::{AdmissionLayer, AdmissionLimits, InferenceService, InspectionService, RecordEmitter};
+use vigil_serving::{
+    AdmissionLayer, AdmissionLimits, InferenceService, InspectionService, RecordEmitter, ServingMetrics,
+};
 
 use crate::config::EdgeConfig;
 
@@ -24,6 +28,8 @@ use crate::config::EdgeConfig;
 pub struct RunningServer {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The loaded models.
     pub repository: Arc<ModelRepository>,
     /// Prediction logging, when enabled.
@@ -48,8 +54,9 @@ impl RunningServer {
     }
 }
 
-/// Loads the model repository, binds `config.listen` and serves until `shutdown()` or, when
-/// `handle_signals`, SIGINT/SIGTERM. Prediction records go to Kafka when `config.logging` says so.
+/// Loads the model repository, binds `config.listen` (and `config.metrics.listen` when enabled)
+/// and serves until `shutdown()` or, when `handle_signals`, SIGINT/SIGTERM. Prediction records
+/// go to Kafka when `config.logging` says so.
 pub async fn start(config: EdgeConfig, handle_signals: bool) -> Result<RunningServer> {
     start_with(config, handle_signals, None).await
 }
@@ -82,11 +89,14 @@ pub async fn start_with(
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening beyond loopback");
     }
+    let metrics_listener = if config.metrics.enabled {
+        Some(vigil_telemetry::bind_http(config.metrics.listen, "--metrics-listen or metrics.listen").await?)
+    } else {
+        None
+    };
+    let metrics_addr = metrics_listener.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let max = config.limits.max_message_bytes;
-    let oip = GrpcInferenceServiceServer::new(InferenceService::new(repository.clone(), "vigil-edge"))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
     let mut inspection_service =
         InspectionService::new(repository.clone(), config.default_model.clone(), config.images);
     let mut emitter_task = None;
@@ -122,8 +132,21 @@ pub async fn start_with(
         records = Some(record_emitter);
         emitter_task = Some((emitter, sink));
     }
-    let inspection =
-        InspectionServer::new(inspection_service).max_decoding_message_size(max).max_encoding_message_size(max);
+    let admission = AdmissionLayer::new(AdmissionLimits {
+        max_concurrent_requests: config.limits.max_concurrent_requests,
+        request_timeout: config.request_timeout(),
+    });
+    let mut registry = vigil_telemetry::registry();
+    let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
+    let admission = admission.with_metrics(metrics.clone());
+    let oip = GrpcInferenceServiceServer::new(
+        InferenceService::new(repository.clone(), "vigil-edge").with_metrics(metrics.clone()),
+    )
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let inspection = InspectionServer::new(inspection_service.with_metrics(metrics))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
     health.set_serving::<InspectionServer<InspectionService>>().await;
@@ -132,10 +155,6 @@ pub async fn start_with(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let admission = AdmissionLayer::new(AdmissionLimits {
-        max_concurrent_requests: config.limits.max_concurrent_requests,
-        request_timeout: config.request_timeout(),
-    });
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let drain = Duration::from_millis(config.limits.drain_timeout_ms);
@@ -146,7 +165,18 @@ pub async fn start_with(
         .add_service(reflection)
         .add_service(oip)
         .add_service(inspection);
-    let terminated = termination(handle_signals)?;
+    // Handlers are installed now, so that a signal right after start-up is a clean stop.
+    let terminated: Pin<Box<dyn Future<Output = ()> + Send>> =
+        if handle_signals { Box::pin(vigil_telemetry::termination()?) } else { Box::pin(std::future::pending()) };
+    // The metrics server stops when the gRPC server has drained (or failed: the sender drops).
+    let (metrics_stop, metrics_stopped) = oneshot::channel::<()>();
+    let metrics_task = metrics_listener.map(|listener| {
+        tracing::info!(addr = %metrics_addr.expect("bound"), "serving /metrics");
+        let router = vigil_telemetry::metrics_router(Arc::new(registry));
+        tokio::spawn(vigil_telemetry::serve_http(listener, router, async move {
+            let _ = metrics_stopped.await;
+        }))
+    });
     let task = tokio::spawn(async move {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let signal = async move {
@@ -181,32 +211,15 @@ pub async fn start_with(
                 tracing::warn!(error = %e, "records not flushed to Kafka before exit");
             }
         }
+        let _ = metrics_stop.send(());
+        if let Some(mut metrics_task) = metrics_task {
+            match tokio::time::timeout(Duration::from_secs(1), &mut metrics_task).await {
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "metrics server failed"),
+                Ok(_) => {}
+                Err(_) => metrics_task.abort(),
+            }
+        }
         served
     });
-    Ok(RunningServer { addr, repository, records, shutdown: Some(shutdown_tx), task })
-}
-
-/// Registers SIGINT and SIGTERM handlers now (so that a signal arriving right after start-up
-/// is not fatal) and returns a future that resolves on either; never resolves when disabled.
-fn termination(enabled: bool) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let handlers = if enabled {
-        Some((
-            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-        ))
-    } else {
-        None
-    };
-    Ok(async move {
-        match handlers {
-            Some((mut interrupt, mut terminate)) => {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            None => std::future::pending().await,
-        }
-    })
+    Ok(RunningServer { addr, metrics_addr, repository, records, shutdown: Some(shutdown_tx), task })
 }

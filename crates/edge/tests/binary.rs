@@ -1,4 +1,4 @@
-//! The `vigil-edge` binary: start-up line, configuration errors, SIGTERM drains and exits 0.
+//! The `vigil-edge` binary: start-up line, /metrics, configuration errors, SIGTERM drains and exits 0.
 
 mod common;
 
@@ -13,12 +13,19 @@ fn edge() -> Command {
 
 #[test]
 fn starts_reports_its_address_and_stops_on_sigterm() {
-    let mut child =
-        edge().args(["--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = edge()
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("vigil-edge listening on 127.0.0.1:"), "{line}");
     assert!(line.contains("serving scratch-detector@"), "{line}");
+    let metrics = line.split_once("(metrics on http://").and_then(|(_, rest)| rest.split_once("/metrics)"));
+    let (_, text) = common::scrape(metrics.expect(&line).0.parse().unwrap());
+    assert!(common::sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 0.0, "{text}");
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));

@@ -320,6 +320,9 @@ async fn beyond_the_concurrency_limit_requests_are_shed() {
     }
     assert_eq!(ok, 2, "exactly the limit is served");
     assert_eq!(shed, 4);
+    let (_, text) = scrape(server.metrics_addr.unwrap());
+    let count = |status| sample(&text, "vigil_requests_total", &[("api", "inspect"), ("status", status)]);
+    assert_eq!((count("Ok"), count("ResourceExhausted")), (Some(2.0), Some(4.0)), "{text}");
     server.shutdown().await.unwrap();
 }
 
@@ -335,6 +338,9 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
     let status = inspect.inspect(InspectRequest { image: image.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("deadline of 100 ms"), "{}", status.message());
+    let (_, text) = scrape(server.metrics_addr.unwrap());
+    let labels = [("model", MODEL), ("api", "inspect"), ("status", "DeadlineExceeded")];
+    assert_eq!(sample(&text, "vigil_requests_total", &labels), Some(1.0), "the abandoned request is counted: {text}");
     server.shutdown().await.unwrap();
 
     // The caller's shorter deadline ends the call at that deadline (the client library and the

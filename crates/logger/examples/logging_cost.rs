@@ -20,6 +20,7 @@ async fn measure(logging: Option<&Broker>, seconds: f64, image: &[u8]) -> f64 {
     let mut config = vigil_edge::EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_repository: root.join("models"),
+        metrics: vigil_edge::MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() },
         ..Default::default()
     };
     if let Some(broker) = logging {

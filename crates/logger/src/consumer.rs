@@ -4,18 +4,21 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use vigil_logbus::topics;
 use vigil_store::PgStore;
 
 use crate::batch::{Consumed, DeadLetter, decode};
+use crate::metrics::LoggerMetrics;
 
 /// Logger settings.
 #[derive(Debug, Clone)]
@@ -31,6 +34,8 @@ pub struct LoggerConfig {
     pub batch_max_wait: Duration,
     /// Apply the schema migrations at start.
     pub migrate: bool,
+    /// How often the consumer lag is refreshed from the Kafka client's statistics.
+    pub statistics_interval: Duration,
 }
 
 impl Default for LoggerConfig {
@@ -43,6 +48,7 @@ impl Default for LoggerConfig {
             batch_max_records: 5_000,
             batch_max_wait: Duration::from_millis(200),
             migrate: true,
+            statistics_interval: Duration::from_secs(5),
         }
     }
 }
@@ -60,7 +66,22 @@ pub struct LoggerStats {
     pub batches: AtomicU64,
     /// Failed database attempts (each retried).
     pub database_retries: AtomicU64,
+    /// The Prometheus metrics (register them with [`LoggerMetrics::register`]).
+    pub metrics: LoggerMetrics,
 }
+
+/// The consumer's context: turns the client's periodic statistics into the lag gauges.
+struct LagContext {
+    metrics: LoggerMetrics,
+}
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.set_lag(&statistics);
+    }
+}
+
+impl ConsumerContext for LagContext {}
 
 /// Runs until `shutdown` resolves; the batch in hand is finished first.
 pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -68,7 +89,7 @@ pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl F
     if config.migrate {
         retry("migrate the database", &stats, || store.migrate()).await;
     }
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer<LagContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         .set("client.id", "vigil-logger")
@@ -81,7 +102,8 @@ pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl F
         // A rebalance waits at most this long for members that do not rejoin (a crashed
         // logger): a restarted logger gets its partitions within it.
         .set("max.poll.interval.ms", "30000")
-        .create()
+        .set("statistics.interval.ms", config.statistics_interval.as_millis().max(1).to_string())
+        .create_with_context(LagContext { metrics: stats.metrics.clone() })
         .context("cannot create the Kafka consumer")?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
@@ -160,11 +182,13 @@ fn next_offsets(batch: &[Consumed]) -> Result<TopicPartitionList> {
 /// Dead-letters what cannot be decoded, inserts the rest in one transaction; retries each
 /// until it succeeds (a broker or database outage pauses the logger, it never skips).
 async fn process(batch: &[Consumed], store: &PgStore, producer: &FutureProducer, stats: &LoggerStats) {
+    let started = Instant::now();
     stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let decoded = decode(batch);
     for dead in &decoded.dead {
         retry("dead-letter a record", stats, || dead_letter(producer, dead)).await;
         stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        stats.metrics.dead_lettered(&dead.message.topic);
         tracing::warn!(
             topic = dead.message.topic,
             partition = dead.message.partition,
@@ -183,6 +207,7 @@ async fn process(batch: &[Consumed], store: &PgStore, producer: &FutureProducer,
     stats.inserted_labels.fetch_add(l, Ordering::Relaxed);
     stats.duplicates.fetch_add(rows.saturating_sub(p + l + f), Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.metrics.batch(&decoded, (p, l, f), started.elapsed());
 }
 
 async fn dead_letter(producer: &FutureProducer, dead: &DeadLetter) -> Result<(), rdkafka::error::KafkaError> {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use vigil_logbus::Envelope;
@@ -44,10 +44,12 @@ pub async fn run<S: PredictionStore>(
                 }
             })
             .collect();
+        let started = Instant::now();
         stats.consumed.fetch_add(consumed.len() as u64, Ordering::Relaxed);
         let decoded = decode(&consumed);
         for dead in &decoded.dead {
             stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            stats.metrics.dead_lettered(&dead.message.topic);
             tracing::warn!(reason = dead.reason, "record dropped: cannot be decoded");
         }
         let (p, l) =
@@ -57,5 +59,6 @@ pub async fn run<S: PredictionStore>(
         let f = retry("insert feedback", &stats, || store.insert_feedback(&decoded.feedback)).await;
         stats.inserted_feedback.fetch_add(f, Ordering::Relaxed);
         stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.metrics.batch(&decoded, (p, l, f), started.elapsed());
     }
 }

@@ -1,5 +1,6 @@
 //! `vigil-logger`: prediction records and labels from Kafka into Postgres.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,18 +27,20 @@ struct Args {
     /// Longest a batch waits to fill, in milliseconds.
     #[arg(long, default_value_t = 200)]
     batch_max_wait_ms: u64,
+    /// HTTP address of the Prometheus /metrics endpoint (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9103")]
+    metrics_listen: SocketAddr,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+    vigil_telemetry::init_tracing();
+    vigil_telemetry::exit_code("vigil-logger", run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if args.batch_max_records == 0 {
-        eprintln!("vigil-logger: --batch-max-records must be at least 1");
-        return ExitCode::from(2);
+        anyhow::bail!("--batch-max-records must be at least 1");
     }
     let config = LoggerConfig {
         brokers: args.brokers,
@@ -47,33 +50,27 @@ async fn main() -> ExitCode {
         batch_max_wait: Duration::from_millis(args.batch_max_wait_ms),
         ..LoggerConfig::default()
     };
-    let stats = Arc::new(LoggerStats::default());
-    println!("vigil-logger consuming {:?} from {} into Postgres", config.topics, config.brokers);
     // Handlers are registered before any work, so an early SIGTERM is a clean stop.
-    let shutdown = match shutdown_signal() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("vigil-logger: cannot install signal handlers: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match vigil_logger::run(config, stats, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vigil-logger: {e:#}");
-            ExitCode::from(2)
-        }
+    let shutdown = vigil_telemetry::termination()?;
+    let stats = Arc::new(LoggerStats::default());
+    let http = vigil_telemetry::bind_http(args.metrics_listen, "--metrics-listen").await?;
+    println!(
+        "vigil-logger consuming {:?} from {} into Postgres (metrics on http://{}/metrics)",
+        config.topics,
+        config.brokers,
+        http.local_addr()?
+    );
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = vigil_telemetry::metrics_router(vigil_logger::metrics::registry(&stats));
+    let mut metrics = tokio::spawn(vigil_telemetry::serve_http(http, router, async move {
+        let _ = metrics_stopped.await;
+    }));
+    let result = vigil_logger::run(config, stats, shutdown).await;
+    let _ = stop_metrics.send(());
+    match tokio::time::timeout(Duration::from_secs(1), &mut metrics).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "metrics server failed"),
+        Ok(_) => {}
+        Err(_) => metrics.abort(),
     }
-}
-
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
+    result
 }

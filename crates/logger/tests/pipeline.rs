@@ -1,4 +1,5 @@
-//! Predictions through vigil-edge → Kafka (a real broker) → vigil-logger → Postgres.
+//! Predictions through vigil-edge → Kafka (a real broker) → vigil-logger → Postgres, and the
+//! logger's /metrics.
 
 mod support;
 
@@ -59,6 +60,7 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
     let mut edge = vigil_edge::EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_repository: repo_root().join("models"),
+        metrics: vigil_edge::MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() },
         ..Default::default()
     };
     edge.logging.enabled = true;
@@ -252,6 +254,69 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_logger_serves_records_by_outcome_batches_and_lag_at_metrics() {
+    let broker = Broker::start(2).await;
+    let db = Database::fresh();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
+    const N: usize = 40;
+    let records: Vec<PredictionRecord> = (0..N).map(record).collect();
+    // Every record once, the first one again (a duplicate), and one that cannot be decoded.
+    let payloads = records.iter().chain(&records[..1]).map(|r| r.encode_to_vec()).chain([vec![0xff, 0xff]]);
+    for (i, payload) in payloads.enumerate() {
+        let record = FutureRecord::to(topics::PREDICTIONS).key("k").payload(&payload).partition(i as i32 % 2);
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+    }
+    let mut logger = std::process::Command::new(env!("CARGO_BIN_EXE_vigil-logger"))
+        .args(["--brokers", &broker.brokers(), "--database-url", &db.url(), "--batch-max-wait-ms", "100"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(logger.stdout.take().unwrap()), &mut line).unwrap();
+    let metrics: std::net::SocketAddr = line
+        .split_once("(metrics on http://")
+        .and_then(|(_, rest)| rest.split_once("/metrics)"))
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+        .0
+        .parse()
+        .unwrap();
+
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(60), "every record", || async {
+        store.count_predictions().await.unwrap_or(0) >= N as i64
+    })
+    .await;
+    let records_of = |text: &str, outcome: &str| {
+        sample(text, "vigil_logger_records_total", &[("topic", topics::PREDICTIONS), ("outcome", outcome)])
+    };
+    let mut text = String::new();
+    eventually(Duration::from_secs(30), "counters and the lag of both partitions", || {
+        text = scrape(metrics);
+        let lags = (0..2).map(|p| {
+            let partition = p.to_string();
+            let labels = [("topic", topics::PREDICTIONS), ("partition", partition.as_str())];
+            sample(&text, "vigil_logger_consumer_lag", &labels)
+        });
+        let caught_up = lags.into_iter().all(|lag| lag == Some(0.0));
+        let done = records_of(&text, "inserted") == Some(N as f64) && records_of(&text, "duplicate") == Some(1.0);
+        std::future::ready(caught_up && done)
+    })
+    .await;
+    assert_eq!(store.count_predictions().await.unwrap(), N as i64);
+    assert_eq!(records_of(&text, "dead_lettered"), Some(1.0), "{text}");
+    let batches = sample(&text, "vigil_logger_batches_total", &[]).unwrap();
+    assert!(batches >= 1.0, "{text}");
+    assert_eq!(sample(&text, "vigil_logger_batch_duration_seconds_count", &[]), Some(batches), "{text}");
+    assert!(sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 0.0, "{text}");
+
+    std::process::Command::new("kill").args(["-TERM", &logger.id().to_string()]).status().unwrap();
+    assert!(logger.wait().unwrap().success());
+    assert!(std::net::TcpStream::connect(metrics).is_err(), "the metrics endpoint stops with the logger");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_logger_killed_mid_stream_resumes_without_loss_or_doubles() {
     let broker = Broker::start(3).await;
     let db = Database::fresh();
@@ -290,6 +355,7 @@ async fn a_logger_killed_mid_stream_resumes_without_loss_or_doubles() {
     let spawn = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_vigil-logger"))
             .args(["--brokers", &broker.brokers(), "--database-url", &db.url(), "--batch-max-records", "500"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -30,6 +30,7 @@ fn edge_config(brokers: String, spool: SpoolConfig, message_timeout_ms: u64) -> 
     let mut c = vigil_edge::EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_repository: repo_root().join("models"),
+        metrics: vigil_edge::MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() },
         ..Default::default()
     };
     c.logging.enabled = true;

@@ -121,7 +121,8 @@ pub fn summarize(rows: &[RollupInput], resolutions: &[u32]) -> Vec<StoredRollup>
     windows.into_iter().map(|(key, w)| StoredRollup { key, body: w.encode_to_vec() }).collect()
 }
 
-/// Rolls up the next batch of logged predictions; returns how many rows it summarised.
+/// Rolls up the next batch of logged predictions and returns how many rows it summarised:
+/// 0 when it is caught up (or another worker took the batch: the caller simply tries again).
 pub async fn step<S: MonitorStore>(store: &S, resolutions: &[u32], max_rows: usize) -> Result<usize, sqlx::Error> {
     let cursor = store.rollup_cursor().await?;
     let batch = store.read_for_rollup(cursor, max_rows).await?;

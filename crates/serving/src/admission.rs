@@ -7,11 +7,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tonic::Status;
 use tower::{Layer, Service};
+
+use crate::metrics::{Api, ServingMetrics};
 
 /// Admission limits.
 #[derive(Debug, Clone, Copy)]
@@ -22,17 +24,28 @@ pub struct AdmissionLimits {
     pub request_timeout: Duration,
 }
 
+/// When the admission layer ends a request: put in the request's extensions for handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
 /// Layer applying [`AdmissionLimits`]; clones share one concurrency budget.
 #[derive(Clone)]
 pub struct AdmissionLayer {
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
+    metrics: Option<ServingMetrics>,
 }
 
 impl AdmissionLayer {
     /// A layer with its own concurrency budget.
     pub fn new(limits: AdmissionLimits) -> Self {
-        Self { limits, permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)) }
+        Self { limits, permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)), metrics: None }
+    }
+
+    /// Counts the requests it sheds in `metrics`.
+    pub fn with_metrics(mut self, metrics: ServingMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Requests in flight now.
@@ -44,7 +57,7 @@ impl AdmissionLayer {
 impl<S> Layer<S> for AdmissionLayer {
     type Service = Admission<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Admission { inner, limits: self.limits, permits: self.permits.clone() }
+        Admission { inner, limits: self.limits, permits: self.permits.clone(), metrics: self.metrics.clone() }
     }
 }
 
@@ -54,6 +67,7 @@ pub struct Admission<S> {
     inner: S,
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
+    metrics: Option<ServingMetrics>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Admission<S>
@@ -81,6 +95,9 @@ where
             match self.permits.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
+                    if let (Some(metrics), Some(api)) = (&self.metrics, Api::from_path(path)) {
+                        metrics.shed(api);
+                    }
                     let status = Status::resource_exhausted(format!(
                         "server busy: {} requests in flight (limit max_concurrent_requests); retry with backoff",
                         self.limits.max_concurrent_requests
@@ -94,6 +111,7 @@ where
         // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
         // left in place, tonic's own handling would answer CANCELLED first.
         request.headers_mut().remove("grpc-timeout");
+        request.extensions_mut().insert(Deadline(Instant::now() + timeout));
         // Take the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

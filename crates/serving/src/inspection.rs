@@ -14,7 +14,9 @@ use vigil_proto::vigil::v1::{
     ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse, Verdict,
 };
 
+use crate::admission::Deadline;
 use crate::decision::decide;
+use crate::metrics::{Api, RequestTimer, ServingMetrics};
 use crate::records::{RecordEmitter, RequestContext};
 use crate::status::to_status;
 
@@ -28,12 +30,13 @@ pub struct InspectionService {
     default_model: String,
     limits: ImageLimits,
     records: Option<RecordEmitter>,
+    metrics: ServingMetrics,
 }
 
 impl InspectionService {
     /// Serves `default_model` (when a request names none) with image `limits`.
     pub fn new(repository: Arc<ModelRepository>, default_model: impl Into<String>, limits: ImageLimits) -> Self {
-        Self { repository, default_model: default_model.into(), limits, records: None }
+        Self { repository, default_model: default_model.into(), limits, records: None, metrics: Default::default() }
     }
 
     /// Logs every prediction (answered or refused) through `records`.
@@ -42,15 +45,42 @@ impl InspectionService {
         self
     }
 
+    /// Counts and times every inspection in `metrics`.
+    pub fn with_metrics(mut self, metrics: ServingMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Inspects one image.
     pub async fn inspect_one(&self, request: InspectRequest) -> Result<InspectResponse, Status> {
+        self.inspect_timed(request, None).await
+    }
+
+    /// Inspects one image; `deadline` is when the admission layer gives up on it.
+    async fn inspect_timed(
+        &self,
+        request: InspectRequest,
+        deadline: Option<Instant>,
+    ) -> Result<InspectResponse, Status> {
+        let mut timer = self.metrics.start(Api::Inspect, deadline);
+        let result = self.inspect_model(request, &mut timer).await;
+        timer.finish(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+        result
+    }
+
+    async fn inspect_model(
+        &self,
+        request: InspectRequest,
+        timer: &mut RequestTimer<'_>,
+    ) -> Result<InspectResponse, Status> {
         let request_time = SystemTime::now();
         let name = if request.model_name.is_empty() { self.default_model.clone() } else { request.model_name.clone() };
         let (station_id, part_id, request_id, capture_time) =
             (request.station_id.clone(), request.part_id.clone(), request.request_id.clone(), request.capture_time);
         let model = self.repository.get(&name, &request.model_version).map_err(to_status)?;
+        timer.model(&model.config.name, model.config.version);
         let started = Instant::now();
-        let result = self.run(&model, request).await;
+        let result = self.run(&model, request, timer).await;
         match &result {
             Ok(_) => model.stats.success.record(started.elapsed()),
             Err(_) => model.stats.fail.record(started.elapsed()),
@@ -76,7 +106,12 @@ impl InspectionService {
         result
     }
 
-    async fn run(&self, model: &Arc<LoadedModel>, request: InspectRequest) -> Result<InspectResponse, Status> {
+    async fn run(
+        &self,
+        model: &Arc<LoadedModel>,
+        request: InspectRequest,
+        timer: &RequestTimer<'_>,
+    ) -> Result<InspectResponse, Status> {
         let config = &model.config;
         let (Some(pre), Some(thresholds)) = (config.preprocess.clone(), config.thresholds) else {
             return Err(Status::failed_precondition(format!(
@@ -92,6 +127,7 @@ impl InspectionService {
             .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
             .map_err(to_status)?;
         let out = model.batcher.infer(vec![prepared.tensor]).await.map_err(to_status)?;
+        timer.batched(&out);
         let score = out
             .outputs
             .first()
@@ -133,7 +169,8 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<InspectStreamResponse, St
 #[tonic::async_trait]
 impl Inspection for InspectionService {
     async fn inspect(&self, request: Request<InspectRequest>) -> Result<Response<InspectResponse>, Status> {
-        self.inspect_one(request.into_inner()).await.map(Response::new)
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        self.inspect_timed(request.into_inner(), deadline).await.map(Response::new)
     }
 
     type InspectStreamStream = ResponseStream;

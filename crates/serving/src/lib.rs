@@ -1,14 +1,17 @@
 //! What Vigil's prediction servers share: the Open Inference Protocol v2 service, the
-//! inspection API, the decision policy, and the admission layer (load shedding, deadlines).
+//! inspection API, the decision policy, the admission layer (load shedding, deadlines), and
+//! the Prometheus metrics of requests, batching and prediction records.
 
 pub mod admission;
 pub mod decision;
 pub mod inspection;
+pub mod metrics;
 pub mod oip;
 pub mod records;
 pub mod status;
 
-pub use admission::{AdmissionLayer, AdmissionLimits};
+pub use admission::{AdmissionLayer, AdmissionLimits, Deadline};
 pub use inspection::InspectionService;
+pub use metrics::ServingMetrics;
 pub use oip::InferenceService;
 pub use records::RecordEmitter;

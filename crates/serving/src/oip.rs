@@ -15,6 +15,8 @@ use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::model_infer_response::InferOutputTensor;
 use vigil_proto::inference::*;
 
+use crate::admission::Deadline;
+use crate::metrics::{Api, RequestTimer, ServingMetrics};
 use crate::status::to_status;
 
 /// Extensions this server implements, as reported by ServerMetadata.
@@ -25,18 +27,38 @@ pub const EXTENSIONS: &[&str] = &["model_configuration", "statistics"];
 pub struct InferenceService {
     repository: Arc<ModelRepository>,
     server_name: String,
+    metrics: ServingMetrics,
 }
 
 impl InferenceService {
     /// A service named `server_name` (reported by ServerMetadata) serving `repository`.
     pub fn new(repository: Arc<ModelRepository>, server_name: impl Into<String>) -> Self {
-        Self { repository, server_name: server_name.into() }
+        Self { repository, server_name: server_name.into(), metrics: Default::default() }
     }
 
-    async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+    /// Counts and times every ModelInfer request in `metrics`.
+    pub fn with_metrics(mut self, metrics: ServingMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Answers one inference request; `deadline` is when the admission layer gives up on it.
+    async fn infer(&self, request: ModelInferRequest, deadline: Option<Instant>) -> Result<ModelInferResponse, Status> {
+        let mut timer = self.metrics.start(Api::ModelInfer, deadline);
+        let result = self.infer_timed(request, &mut timer).await;
+        timer.finish(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+        result
+    }
+
+    async fn infer_timed(
+        &self,
+        request: ModelInferRequest,
+        timer: &mut RequestTimer<'_>,
+    ) -> Result<ModelInferResponse, Status> {
         let model = self.repository.get(&request.model_name, &request.model_version).map_err(to_status)?;
+        timer.model(&model.config.name, model.config.version);
         let started = Instant::now();
-        let result = infer_on(&model, request).await;
+        let result = infer_on(&model, request, timer).await;
         match &result {
             Ok(_) => model.stats.success.record(started.elapsed()),
             Err(_) => model.stats.fail.record(started.elapsed()),
@@ -45,11 +67,16 @@ impl InferenceService {
     }
 }
 
-async fn infer_on(model: &LoadedModel, request: ModelInferRequest) -> Result<ModelInferResponse, Status> {
+async fn infer_on(
+    model: &LoadedModel,
+    request: ModelInferRequest,
+    timer: &RequestTimer<'_>,
+) -> Result<ModelInferResponse, Status> {
     let config = &model.config;
     let requested = requested_outputs(config, &request)?;
     let inputs = decode_inputs(config, &request)?;
     let out = model.batcher.infer(inputs).await.map_err(to_status)?;
+    timer.batched(&out);
     let mut response = ModelInferResponse {
         model_name: config.name.clone(),
         model_version: config.version.to_string(),
@@ -427,7 +454,8 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        self.infer(request.into_inner()).await.map(Response::new)
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        self.infer(request.into_inner(), deadline).await.map(Response::new)
     }
 
     type ModelStreamInferStream = InferStream;
@@ -448,7 +476,7 @@ impl GrpcInferenceService for InferenceService {
                         Err(status) => return Err(status),
                     };
                     let id = request.id.clone();
-                    Ok(match service.infer(request).await {
+                    Ok(match service.infer(request, None).await {
                         Ok(r) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
                         Err(status) => ModelStreamInferResponse {
                             error_message: status.message().to_string(),

@@ -9,6 +9,8 @@ mod query_filters;
 pub mod rows;
 pub mod sqlite;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use monitoring::MonitorStore;
 pub use postgres::PgStore;

@@ -61,8 +61,13 @@ pub async fn serve_http(
 
 /// Logs to stderr, filtered by `VIGIL_LOG` (default `info`).
 pub fn init_tracing() {
+    init_tracing_with("info");
+}
+
+/// Logs to stderr, filtered by `VIGIL_LOG`, else by `default` (e.g. `info,ort=warn`).
+pub fn init_tracing_with(default: &str) {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG").unwrap_or_else(|_| default.into()))
         .with_writer(std::io::stderr)
         .init();
 }

@@ -2,10 +2,12 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use tonic::transport::Channel;
-use vigil_edge::{EdgeConfig, RunningServer};
+use vigil_edge::{EdgeConfig, MetricsConfig, RunningServer};
 use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 
@@ -19,8 +21,46 @@ pub fn config() -> EdgeConfig {
     EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_repository: repo_root().join("models"),
+        metrics: MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() },
         ..EdgeConfig::default()
     }
+}
+
+/// `GET /metrics` over plain HTTP/1.1 (blocking): the content type and the body.
+pub fn scrape(addr: SocketAddr) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    (content_type, body.to_string())
+}
+
+/// The sum of the samples of `name` whose labels include `labels`; None when there is none.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let pairs: Vec<(&str, &str)> = series_labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if series_name == name && labels.iter().all(|l| pairs.contains(l)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+        }
+    }
+    found
 }
 
 pub async fn start(config: EdgeConfig) -> RunningServer {

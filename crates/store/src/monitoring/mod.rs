@@ -125,7 +125,8 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
     /// Where rollup upkeep stands (0 before the first run).
     fn rollup_cursor(&self) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
     /// Up to about `max_rows` committed predictions after `cursor`, in commit order. A batch never
-    /// splits one logger transaction, and never includes one still running.
+    /// splits one logger transaction, and never includes one still running. The batch is empty
+    /// only when nothing after the cursor can be read yet (the cursor may still move).
     fn read_for_rollup(
         &self,
         cursor: i64,

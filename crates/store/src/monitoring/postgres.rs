@@ -16,6 +16,18 @@ const CURSOR: &str = "predictions";
 const ROLLUP_COLUMNS: &str = "model_name, model_version, variant, time, request_time, features, score, output_null, \
      verdict, decision, queue_time_us, compute_time_us, status";
 
+/// The oldest transaction id that may still add predictions: the oldest one running in this
+/// database (pg_stat_activity, read after the snapshot), or else the next id to be assigned.
+/// Rows below it are final. Transactions in other databases never hold it back. The monitor's
+/// role must see other sessions' `backend_xid` (the loggers' role, or `pg_read_all_stats`).
+const HORIZON: &str = "WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax), \
+     running AS (SELECT ((s.xmax >> 32) << 32) | a.backend_xid::text::bigint AS xid, s.xmax FROM s \
+       JOIN pg_stat_activity a ON a.datname = current_database() AND a.backend_xid IS NOT NULL \
+        AND a.pid <> pg_backend_pid()) \
+     SELECT LEAST((SELECT xmax FROM s), \
+       coalesce((SELECT min(CASE WHEN xid > xmax THEN xid - 4294967296 ELSE xid END) FROM running), \
+                (SELECT xmax FROM s)))";
+
 const EVENT_COLUMNS: &str =
     "event_id, alert_key, rule, model_name, severity, state, value, threshold, time, message, attempts";
 
@@ -30,27 +42,35 @@ impl MonitorStore for PgStore {
 
     async fn read_for_rollup(&self, cursor: i64, max_rows: usize) -> Result<RollupBatch, sqlx::Error> {
         let mut tx = self.pool().begin().await?;
-        // Every transaction below the snapshot's xmin has ended: its rows are final.
-        let horizon: i64 = sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-            .fetch_one(&mut *tx)
-            .await?;
+        let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&mut *tx).await?;
         if horizon <= cursor {
             return Ok(RollupBatch { rows: Vec::new(), next_cursor: cursor });
         }
+        let first: Option<i64> = sqlx::query_scalar(
+            "SELECT min(ingest_xid)::text::bigint FROM predictions \
+             WHERE ingest_xid >= $1::text::xid8 AND ingest_xid < $2::text::xid8",
+        )
+        .bind(cursor.to_string())
+        .bind(horizon.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let Some(first) = first else {
+            return Ok(RollupBatch { rows: Vec::new(), next_cursor: horizon });
+        };
         let cut: Option<i64> = sqlx::query_scalar(
             "SELECT ingest_xid::text::bigint FROM predictions \
              WHERE ingest_xid >= $1::text::xid8 AND ingest_xid < $2::text::xid8 \
              ORDER BY ingest_xid OFFSET $3 LIMIT 1",
         )
-        .bind(cursor.to_string())
+        .bind(first.to_string())
         .bind(horizon.to_string())
         .bind(max_rows as i64)
         .fetch_optional(&mut *tx)
         .await?;
-        // Never split one transaction's rows: a batch ends at a transaction boundary, and a
+        // A batch ends at a transaction boundary, never splitting one transaction's rows; a
         // transaction larger than max_rows is taken whole.
         let upper = match cut {
-            Some(x) if x == cursor => x + 1,
+            Some(x) if x == first => x + 1,
             Some(x) => x,
             None => horizon,
         };

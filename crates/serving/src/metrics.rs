@@ -1,0 +1,405 @@
+//! Prometheus metrics of a prediction server.
+//!
+//! - `vigil_requests_total{model,version,api,status}`: requests of the `inspect` and
+//!   `model_infer` APIs (stream items count one each). `status` is the gRPC code as tonic's
+//!   `Code` spells it (`Ok`, `InvalidArgument`, `DeadlineExceeded`, ...). A request whose model
+//!   is not found, or that the admission layer shed, has empty `model` and `version`. A request
+//!   abandoned before its handler finished counts as `DeadlineExceeded` when its deadline had
+//!   passed, else `Cancelled`.
+//! - `vigil_request_duration_seconds{model,version}`: handler latency of those requests.
+//! - `vigil_queue_duration_seconds{model,version}` and `vigil_compute_duration_seconds{model,version}`:
+//!   per request, the wait in the batching queue and the model run of the batch it joined.
+//! - `vigil_batch_size{model,version}`: sizes of the batches the dynamic batcher ran, read from
+//!   the model statistics at each scrape.
+//! - `vigil_inflight_requests`: requests holding an admission permit now.
+//! - `vigil_records_total{outcome}`: prediction records `produced` (acknowledged by the broker),
+//!   `spooled`, `replayed`, `dropped` or `failed`, read from the emitter's counters at each scrape.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::Code;
+use vigil_inference::batcher::BatchOutput;
+use vigil_inference::config::ModelConfig;
+use vigil_inference::repository::ModelRepository;
+use vigil_logbus::EmitterStats;
+
+use crate::admission::AdmissionLayer;
+use crate::records::RecordEmitter;
+
+/// Upper bounds of the latency buckets: 100 µs doubling to about 13 s.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(1e-4, 2.0, 18)
+}
+
+/// Upper bounds of the batch size buckets: 1, 2, 4, ..., 128.
+pub const BATCH_SIZE_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// The APIs whose requests are counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// `vigil.v1.Inspection/Inspect` and each item of `InspectStream`.
+    Inspect,
+    /// `inference.GRPCInferenceService/ModelInfer` and each item of `ModelStreamInfer`.
+    ModelInfer,
+}
+
+impl Api {
+    /// The `api` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Inspect => "inspect",
+            Api::ModelInfer => "model_infer",
+        }
+    }
+
+    /// The API of a unary gRPC path, if it is one that is counted.
+    pub fn from_path(path: &str) -> Option<Api> {
+        match path {
+            "/vigil.v1.Inspection/Inspect" => Some(Api::Inspect),
+            "/inference.GRPCInferenceService/ModelInfer" => Some(Api::ModelInfer),
+            _ => None,
+        }
+    }
+}
+
+/// The `status` label value of a gRPC code: its name as tonic's `Code` Debug prints it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+    version: String,
+}
+
+impl ModelLabels {
+    fn of(config: &ModelConfig) -> Self {
+        Self { model: config.name.clone(), version: config.version.to_string() }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    model: String,
+    version: String,
+    api: &'static str,
+    status: &'static str,
+}
+
+type HistogramFamily = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
+}
+
+/// Request counts and latency histograms. Clones share the metrics; a default instance
+/// counts without being exposed anywhere until registered.
+#[derive(Clone, Debug)]
+pub struct ServingMetrics {
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily,
+    queue_duration: HistogramFamily,
+    compute_duration: HistogramFamily,
+}
+
+impl Default for ServingMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            queue_duration: Family::new_with_constructor(latency_histogram),
+            compute_duration: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl ServingMetrics {
+    /// Registers the request metrics in `registry`, with collectors that read at each scrape
+    /// the batch sizes of every model in `repository`, the requests in flight in `admission`
+    /// and, when given, the counters of the prediction `records` emitter.
+    pub fn register(
+        registry: &mut Registry,
+        repository: Arc<ModelRepository>,
+        admission: &AdmissionLayer,
+        records: Option<&RecordEmitter>,
+    ) -> Self {
+        let m = Self::default();
+        registry.register("vigil_requests", "Requests by model, API and gRPC status", m.requests.clone());
+        registry.register("vigil_request_duration_seconds", "Time to answer a request", m.request_duration.clone());
+        registry.register(
+            "vigil_queue_duration_seconds",
+            "Time a request waited in the batching queue",
+            m.queue_duration.clone(),
+        );
+        registry.register(
+            "vigil_compute_duration_seconds",
+            "Model run time of the batch a request joined",
+            m.compute_duration.clone(),
+        );
+        registry.register_collector(Box::new(BatchSizeCollector { repository }));
+        registry.register_collector(Box::new(InflightCollector { admission: admission.clone() }));
+        if let Some(records) = records {
+            registry.register_collector(Box::new(RecordsCollector { stats: records.emitter().stats().clone() }));
+        }
+        m
+    }
+
+    /// Starts timing a request of `api`; `deadline` tells an abandoned request's status.
+    pub fn start(&self, api: Api, deadline: Option<Instant>) -> RequestTimer<'_> {
+        RequestTimer { metrics: self, api, started: Instant::now(), deadline, model: None, finished: false }
+    }
+
+    /// Counts a request the admission layer refused with RESOURCE_EXHAUSTED.
+    pub fn shed(&self, api: Api) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: String::new(),
+                version: String::new(),
+                api: api.as_str(),
+                status: code_name(Code::ResourceExhausted),
+            })
+            .inc();
+    }
+}
+
+/// One request being answered: counted and timed when finished, or when dropped unfinished.
+pub struct RequestTimer<'a> {
+    metrics: &'a ServingMetrics,
+    api: Api,
+    started: Instant,
+    deadline: Option<Instant>,
+    model: Option<ModelLabels>,
+    finished: bool,
+}
+
+impl RequestTimer<'_> {
+    /// Names the model version answering the request.
+    pub fn model(&mut self, name: &str, version: u64) {
+        self.model = Some(ModelLabels { model: name.to_string(), version: version.to_string() });
+    }
+
+    /// Observes where the request's time went in the batcher.
+    pub fn batched(&self, out: &BatchOutput) {
+        let labels = self.model.clone().unwrap_or_default();
+        self.metrics.queue_duration.get_or_create(&labels).observe(out.queue_time.as_secs_f64());
+        self.metrics.compute_duration.get_or_create(&labels).observe(out.compute_time.as_secs_f64());
+    }
+
+    /// Counts and times the request as answered with `code`.
+    pub fn finish(mut self, code: Code) {
+        self.record(code);
+    }
+
+    fn record(&mut self, code: Code) {
+        self.finished = true;
+        let labels = self.model.take().unwrap_or_default();
+        self.metrics.request_duration.get_or_create(&labels).observe(self.started.elapsed().as_secs_f64());
+        let ModelLabels { model, version } = labels;
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels { model, version, api: self.api.as_str(), status: code_name(code) })
+            .inc();
+    }
+}
+
+impl Drop for RequestTimer<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let expired = self.deadline.is_some_and(|d| Instant::now() >= d);
+            self.record(if expired { Code::DeadlineExceeded } else { Code::Cancelled });
+        }
+    }
+}
+
+/// `vigil_batch_size` from each loaded model's per-batch-size run counts.
+struct BatchSizeCollector {
+    repository: Arc<ModelRepository>,
+}
+
+impl std::fmt::Debug for BatchSizeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchSizeCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for BatchSizeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "vigil_batch_size",
+            "Items in each batch the dynamic batcher ran",
+            None,
+            MetricType::Histogram,
+        )?;
+        for entry in self.repository.models() {
+            for model in entry.versions.values() {
+                let runs: Vec<(usize, u64)> =
+                    model.stats.batches.lock().iter().map(|(&size, &(count, _))| (size, count)).collect();
+                let (sum, count, buckets) = batch_size_histogram(&runs);
+                let labels = ModelLabels::of(&model.config);
+                family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sum, count and per-bucket counts (the last bucket unbounded) of (batch size, runs) pairs.
+fn batch_size_histogram(runs: &[(usize, u64)]) -> (f64, u64, Vec<(f64, u64)>) {
+    let mut buckets: Vec<(f64, u64)> =
+        BATCH_SIZE_BUCKETS.iter().chain(std::iter::once(&f64::MAX)).map(|&b| (b, 0)).collect();
+    let (mut sum, mut count) = (0.0, 0);
+    for &(size, runs) in runs {
+        sum += size as f64 * runs as f64;
+        count += runs;
+        if let Some(bucket) = buckets.iter_mut().find(|(bound, _)| size as f64 <= *bound) {
+            bucket.1 += runs;
+        }
+    }
+    (sum, count, buckets)
+}
+
+/// `vigil_inflight_requests` from the admission layer's permits.
+struct InflightCollector {
+    admission: AdmissionLayer,
+}
+
+impl std::fmt::Debug for InflightCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InflightCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for InflightCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(self.admission.in_flight() as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "vigil_inflight_requests",
+            "Requests being answered (health checks and reflection excluded)",
+            None,
+            gauge.metric_type(),
+        )?)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// `vigil_records_total` from the emitter's counters.
+#[derive(Debug)]
+struct RecordsCollector {
+    stats: Arc<EmitterStats>,
+}
+
+impl Collector for RecordsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.stats;
+        let mut family =
+            encoder.encode_descriptor("vigil_records", "Prediction records by outcome", None, MetricType::Counter)?;
+        for (outcome, value) in [
+            ("produced", &s.delivered),
+            ("spooled", &s.spooled),
+            ("replayed", &s.replayed),
+            ("dropped", &s.dropped),
+            ("failed", &s.failed),
+        ] {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            counter.encode(family.encode_family(&OutcomeLabels { outcome })?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn batch_sizes_fall_into_power_of_two_buckets() {
+        let (sum, count, buckets) = batch_size_histogram(&[(1, 5), (3, 2), (8, 1), (200, 1)]);
+        assert_eq!((sum, count), (5.0 + 6.0 + 8.0 + 200.0, 9));
+        let counts: Vec<u64> = buckets.iter().map(|b| b.1).collect();
+        assert_eq!(counts, vec![5, 0, 2, 1, 0, 0, 0, 0, 1]);
+        assert_eq!(buckets.last().unwrap().0, f64::MAX);
+    }
+
+    #[test]
+    fn finished_and_abandoned_requests_are_counted_with_their_status() {
+        let mut registry = Registry::default();
+        let m = ServingMetrics::default();
+        registry.register("vigil_requests", "", m.requests.clone());
+        registry.register("vigil_request_duration_seconds", "", m.request_duration.clone());
+        let mut t = m.start(Api::Inspect, None);
+        t.model("m", 3);
+        t.finish(Code::Ok);
+        m.start(Api::ModelInfer, None).finish(Code::NotFound);
+        drop(m.start(Api::Inspect, Some(Instant::now())));
+        drop(m.start(Api::Inspect, None));
+        m.shed(Api::ModelInfer);
+        let text = encode(&registry);
+        for line in [
+            r#"vigil_requests_total{model="m",version="3",api="inspect",status="Ok"} 1"#,
+            r#"vigil_requests_total{model="",version="",api="model_infer",status="NotFound"} 1"#,
+            r#"vigil_requests_total{model="",version="",api="inspect",status="DeadlineExceeded"} 1"#,
+            r#"vigil_requests_total{model="",version="",api="inspect",status="Cancelled"} 1"#,
+            r#"vigil_requests_total{model="",version="",api="model_infer",status="ResourceExhausted"} 1"#,
+            r#"vigil_request_duration_seconds_count{model="m",version="3"} 1"#,
+            r#"vigil_request_duration_seconds_bucket{le="0.0001",model="m",version="3"}"#,
+            r#"vigil_request_duration_seconds_bucket{le="13.1072",model="m",version="3"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn record_outcomes_are_read_from_the_emitter() {
+        let stats = Arc::new(EmitterStats::default());
+        stats.delivered.store(7, Ordering::Relaxed);
+        stats.dropped.store(2, Ordering::Relaxed);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(RecordsCollector { stats: stats.clone() }));
+        let text = encode(&registry);
+        assert!(text.contains("# TYPE vigil_records counter"), "{text}");
+        assert!(text.contains(r#"vigil_records_total{outcome="produced"} 7"#), "{text}");
+        assert!(text.contains(r#"vigil_records_total{outcome="dropped"} 2"#), "{text}");
+        assert!(text.contains(r#"vigil_records_total{outcome="replayed"} 0"#), "{text}");
+        stats.delivered.store(9, Ordering::Relaxed);
+        assert!(encode(&registry).contains(r#"vigil_records_total{outcome="produced"} 9"#));
+    }
+}

@@ -1,0 +1,80 @@
+//! Test support (feature `testing`): throwaway Postgres databases and sample rows.
+
+use std::process::Command;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::rows::PredictionRow;
+
+/// The admin URL tests create databases with: `VIGIL_TEST_POSTGRES`, or the local server.
+pub fn admin_url() -> String {
+    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([admin_url().as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .expect("psql must be installed to run the Postgres tests");
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A fresh, empty Postgres database, dropped with the value.
+pub struct TestDatabase {
+    pub name: String,
+}
+
+impl TestDatabase {
+    /// Creates `vigil_test_<uuid>` on the admin server.
+    pub fn create() -> Self {
+        let name = format!("vigil_test_{}", Uuid::now_v7().simple());
+        psql(&format!("CREATE DATABASE {name}"));
+        Self { name }
+    }
+
+    /// Its connection URL.
+    pub fn url(&self) -> String {
+        let admin = admin_url();
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// A logged prediction of the shipped scratch detector with the given time, score and features.
+pub fn prediction(time: DateTime<Utc>, score: f32, features: serde_json::Value) -> PredictionRow {
+    let defect = score >= 0.5;
+    PredictionRow {
+        prediction_id: Uuid::now_v7(),
+        time,
+        request_time: Some(time - chrono::Duration::milliseconds(4)),
+        capture_time: None,
+        trace_id: String::new(),
+        server_id: "edge-1".into(),
+        station_id: "line-1".into(),
+        device_id: String::new(),
+        part_id: String::new(),
+        request_id: String::new(),
+        api: "inspect".into(),
+        model_name: "scratch-detector".into(),
+        model_version: "1".into(),
+        variant: 1,
+        deployment_id: String::new(),
+        features,
+        output: serde_json::json!({ "label": if defect { "defect" } else { "ok" }, "scores": [score] }),
+        score: Some(score),
+        output_null: false,
+        verdict: if defect { 2 } else { 1 },
+        decision: if defect { 2 } else { 1 },
+        queue_time_us: 100,
+        compute_time_us: 3_000,
+        status: 1,
+        error: String::new(),
+    }
+}
