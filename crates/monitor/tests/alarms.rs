@@ -1,0 +1,200 @@
+//! Alarms end to end on a real store: rules fire and resolve from logged predictions, every
+//! transition is kept, and the webhook gets each one in order although it first fails and
+//! then hangs; rule files with mistakes are refused with the rule named.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::routing::post;
+use chrono::Utc;
+use parking_lot::Mutex;
+use vigil_monitor::MonitorConfig;
+use vigil_proto::vigil::v1::ListAlertsRequest;
+use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+use vigil_store::testing::prediction;
+use vigil_store::{AnyStore, MonitorStore, PredictionRow, PredictionStore, SqliteStore};
+
+/// A webhook receiver that answers 500 to the first call, hangs on the second, then accepts.
+async fn flaky_webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>, Arc<AtomicUsize>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (r, c) = (received.clone(), calls.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |Json(body): Json<serde_json::Value>| {
+            let (r, c) = (r.clone(), c.clone());
+            async move {
+                match c.fetch_add(1, Ordering::SeqCst) {
+                    0 => StatusCode::INTERNAL_SERVER_ERROR,
+                    1 => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        StatusCode::OK
+                    }
+                    _ => {
+                        r.lock().push(body);
+                        StatusCode::OK
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received, calls)
+}
+
+fn rows(n: usize, status: i16) -> Vec<PredictionRow> {
+    (0..n)
+        .map(|i| {
+            let mut r = prediction(
+                Utc::now() - chrono::Duration::milliseconds(i as i64),
+                0.1,
+                serde_json::json!({ "brightness": 80.0 }),
+            );
+            r.status = status;
+            r
+        })
+        .collect()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    PredictionStore::migrate(&store).await.unwrap();
+    let (url, received, calls) = flaky_webhook().await;
+    let config: MonitorConfig = toml::from_str(&format!(
+        r#"
+        models = "{models}"
+        [rollups]
+        resolutions = [1, 60]
+        poll = "100ms"
+        [alerting]
+        evaluate_every = "200ms"
+        webhook_url = "{url}"
+        webhook_timeout = "300ms"
+        webhook_max_backoff = "500ms"
+        [[alerting.rules]]
+        name = "error-rate"
+        metric = "error_rate"
+        window = "1h"
+        comparator = ">"
+        threshold = 0.2
+        severity = "critical"
+        [[alerting.rules]]
+        name = "busy"
+        metric = "requests"
+        window = "1h"
+        comparator = ">="
+        threshold = 5
+        for = "1s"
+        [[alerting.rules]]
+        name = "accuracy"
+        metric = "accuracy"
+        window = "1h"
+        comparator = "<"
+        threshold = 0.9
+        "#,
+        models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"),
+    ))
+    .unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = grpc.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = tokio::spawn(vigil_monitor::run(AnyStore::Sqlite(store.clone()), config, grpc, http, async move {
+        let _ = stopped.await;
+    }));
+
+    // Half the requests fail: the error-rate alarm fires at once; `busy` waits its 1 s.
+    store.insert_batch(&rows(10, 3), &[]).await.unwrap();
+    store.insert_batch(&rows(10, 1), &[]).await.unwrap();
+    let state = |key: &'static str| {
+        let store = store.clone();
+        async move { store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == key).map(|a| a.state) }
+    };
+    eventually("error-rate firing", || async {
+        state("error-rate/scratch-detector").await.as_deref() == Some("firing")
+    })
+    .await;
+    eventually("busy firing", || async { state("busy/scratch-detector").await.as_deref() == Some("firing") }).await;
+    // No labels: accuracy has no data and never leaves inactive.
+    assert_eq!(state("accuracy/scratch-detector").await, None);
+
+    // Mostly good requests now: error rate 10/200 = 5%, the alarm resolves, while the webhook is
+    // still failing (evaluation does not wait for it).
+    store.insert_batch(&rows(180, 1), &[]).await.unwrap();
+    eventually("error-rate resolved", || async {
+        state("error-rate/scratch-detector").await.as_deref() == Some("resolved")
+    })
+    .await;
+
+    // Every notifiable transition arrives once, in order, after a 500 and a timeout.
+    eventually("three notifications", || async { received.lock().len() >= 3 }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<(String, String)> = received
+        .lock()
+        .iter()
+        .map(|b| (b["rule"].as_str().unwrap().to_string(), b["state"].as_str().unwrap().to_string()))
+        .collect();
+    let error_rate: Vec<&str> = got.iter().filter(|(r, _)| r == "error-rate").map(|(_, s)| s.as_str()).collect();
+    assert_eq!(error_rate, ["firing", "resolved"], "{got:?}");
+    assert_eq!(got.iter().filter(|(r, s)| r == "busy" && s == "firing").count(), 1, "{got:?}");
+    assert_eq!(got.len(), 3, "nothing twice: {got:?}");
+    assert!(calls.load(Ordering::SeqCst) >= 5, "a 500 and a timeout were retried");
+    assert!(store.unsent_alert_events(10).await.unwrap().is_empty());
+    let history: Vec<String> =
+        store.alert_history(100).await.unwrap().into_iter().map(|e| format!("{}:{}", e.rule, e.state)).collect();
+    assert!(
+        history.contains(&"busy:pending".to_string()) && history.contains(&"error-rate:resolved".to_string()),
+        "{history:?}"
+    );
+    let first = &received.lock()[0];
+    assert!(first["message"].as_str().unwrap().contains("error_rate = 0.5000 (> 0.2)"), "{first}");
+
+    // ListAlerts: firing first; resolved only when asked.
+    let mut client = MonitoringClient::connect(format!("http://{grpc_addr}")).await.unwrap();
+    let open = client.list_alerts(ListAlertsRequest::default()).await.unwrap().into_inner().alerts;
+    assert_eq!(open.iter().map(|a| a.rule.as_str()).collect::<Vec<_>>(), ["busy"]);
+    let all =
+        client.list_alerts(ListAlertsRequest { include_resolved: true, limit: 0 }).await.unwrap().into_inner().alerts;
+    assert_eq!(all.iter().map(|a| a.state.as_str()).collect::<Vec<_>>(), ["firing", "resolved"]);
+
+    let _ = stop.send(());
+    monitor.await.unwrap().unwrap();
+}
+
+#[test]
+fn rule_files_with_mistakes_are_refused_naming_the_rule() {
+    let load = |rule: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.toml");
+        std::fs::write(&path, format!("[[alerting.rules]]\nname = \"r1\"\n{rule}")).unwrap();
+        MonitorConfig::load(&path).unwrap_err().to_string()
+    };
+    let base = "window = \"5m\"\ncomparator = \">\"\nthreshold = 1\n";
+    let e = load(&format!("metric = \"latency_p95\"\n{base}"));
+    assert!(e.contains("alarm rule 'r1'") && e.contains("unknown metric 'latency_p95'"), "{e}");
+    let e = load("metric = \"error_rate\"\nwindow = \"5m\"\ncomparator = \"=>\"\nthreshold = 1\n");
+    assert!(e.contains("unknown comparator '=>'"), "{e}");
+    let e = load("metric = \"error_rate\"\nwindow = \"five minutes\"\ncomparator = \">\"\nthreshold = 1\n");
+    assert!(e.contains("is not a duration"), "{e}");
+    let e = load(&format!("metric = \"error_rate\"\nseverity = \"panic\"\n{base}"));
+    assert!(e.contains("severity 'panic'"), "{e}");
+    let e = load(&format!("metric = \"error_rate\"\nthreshhold = 2\n{base}"));
+    assert!(e.contains("unknown field `threshhold`"), "{e}");
+}

@@ -1,0 +1,259 @@
+//! The monitoring API and dashboard over real gRPC and HTTP on loopback, against a fresh
+//! Postgres database holding predictions drawn from the shipped model's training reference
+//! (normal) and the same values dimmed and blurred (drifted).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tonic::Code;
+use uuid::Uuid;
+use vigil_monitor::MonitorConfig;
+use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+use vigil_proto::vigil::v1::{GetDriftRequest, GetMetricsRequest, LabelEvent, Scope, SubmitLabelsRequest};
+use vigil_store::testing::{TestDatabase, prediction};
+use vigil_store::{PgStore, PredictionRow};
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The training reference: raw samples and histograms per feature and for the score.
+fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo().join("models/scratch-detector/1/reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ts(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+}
+
+const FEATURES: [&str; 3] = ["brightness", "contrast", "sharpness"];
+/// How the drifted rows change each feature: dimmer light, heavy blur.
+const DRIFT: [f64; 3] = [0.5, 0.55, 0.35];
+
+/// 600 normal rows in [now-50m, now-30m) and 600 drifted ones in [now-20m, now).
+fn rows(now: DateTime<Utc>) -> (Vec<PredictionRow>, Vec<PredictionRow>) {
+    let r = reference();
+    let sample = |name: &str| -> Vec<f64> {
+        r["features"][name]["sample"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let samples: Vec<Vec<f64>> = FEATURES.iter().map(|f| sample(f)).collect();
+    let scores: Vec<f64> = r["score"]["sample"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    // Sample `i` of the reference, the `n`-th row (2 s apart) from `start`.
+    let make = |i: usize, n: usize, start: DateTime<Utc>, factor: &dyn Fn(usize) -> f64| {
+        let t = start + chrono::Duration::milliseconds(n as i64 * 2_000);
+        let features: serde_json::Map<String, serde_json::Value> = FEATURES
+            .iter()
+            .enumerate()
+            .map(|(k, f)| (f.to_string(), samples[k][i].max(0.0) * factor(k)).into())
+            .map(|(k, v): (String, f64)| (k, v.into()))
+            .collect();
+        prediction(t, scores[i] as f32, serde_json::Value::Object(features))
+    };
+    let normal = (0..600).map(|i| make(i, i, now - chrono::Duration::minutes(50), &|_| 1.0)).collect();
+    let drifted = (0..600).map(|i| make(i + 600, i, now - chrono::Duration::minutes(20), &|k| DRIFT[k])).collect();
+    (normal, drifted)
+}
+
+struct Monitor {
+    grpc: MonitoringClient<tonic::transport::Channel>,
+    http: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(url: &str) -> Monitor {
+    let mut config = MonitorConfig::default();
+    config.models = repo().join("models");
+    config.rollups.resolutions = vec![60, 3600];
+    config.rollups.poll = Duration::from_millis(100);
+    let store = vigil_store::AnyStore::connect(url).await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(vigil_monitor::run(store, config, grpc, http, async move {
+        let _ = stopped.await;
+    }));
+    let grpc = MonitoringClient::connect(format!("http://{grpc_addr}")).await.unwrap();
+    Monitor { grpc, http: format!("http://{http_addr}"), stop, task }
+}
+
+fn scope() -> Option<Scope> {
+    Some(Scope { model_name: "scratch-detector".into(), ..Default::default() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_drift_labels_and_dashboard_over_the_wire() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let (normal, drifted) = rows(now);
+    store.insert_predictions(&normal).await.unwrap();
+    store.insert_predictions(&drifted).await.unwrap();
+    let mut m = start(&db.url()).await;
+
+    // Rollups catch up: per-minute counts equal a direct count of the rows.
+    let metrics = |since, until, res| GetMetricsRequest {
+        scope: scope(),
+        since: ts(since),
+        until: ts(until),
+        resolution_seconds: res,
+    };
+    let mut windows = Vec::new();
+    for _ in 0..100 {
+        windows =
+            m.grpc.get_metrics(metrics(now - chrono::Duration::hours(1), now, 60)).await.unwrap().into_inner().windows;
+        if windows.iter().map(|w| w.count).sum::<u64>() == 1_200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut direct: BTreeMap<i64, u64> = BTreeMap::new();
+    for r in normal.iter().chain(&drifted) {
+        *direct.entry(r.time.timestamp().div_euclid(60) * 60).or_default() += 1;
+    }
+    let got: BTreeMap<i64, u64> = windows.iter().map(|w| (w.start.unwrap().seconds, w.count)).collect();
+    assert_eq!(got, direct);
+
+    // Normal traffic does not drift from its own training reference; dimmed and blurred does.
+    let drift =
+        |since, until| GetDriftRequest { scope: scope(), since: ts(since), until: ts(until), ..Default::default() };
+    let calm = m
+        .grpc
+        .get_drift(drift(now - chrono::Duration::minutes(50), now - chrono::Duration::minutes(30)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!calm.dataset_drifted, "{calm:?}");
+    assert_eq!(calm.total_features, 3);
+    let shifted = m.grpc.get_drift(drift(now - chrono::Duration::minutes(20), now)).await.unwrap().into_inner();
+    assert!(shifted.dataset_drifted);
+    let test = |name: &str| shifted.features.iter().find(|t| t.feature == name).unwrap().clone();
+    assert!(test("brightness").drifted && test("sharpness").drifted);
+    assert_eq!(test("brightness").method, "wasserstein");
+    assert!(shifted.baseline.contains("training reference"), "{}", shifted.baseline);
+
+    // The statistic the API reports equals one computed directly from the raw values, binned on
+    // the reference's edges (up to the sketch's 1% bucket width near bin edges).
+    let r = reference();
+    for (k, name) in FEATURES.iter().enumerate() {
+        let edges: Vec<f64> =
+            r["features"][name]["bin_edges"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let ref_counts: Vec<f64> =
+            r["features"][name]["counts"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let values: Vec<f64> = drifted.iter().map(|row| row.features[name].as_f64().unwrap()).collect();
+        let current = vigil_drift::Histogram::from_values(edges.clone(), &values).unwrap();
+        let expected = vigil_drift::normalized_wasserstein(&edges, &ref_counts, &current.counts).unwrap();
+        let got = test(name).statistic;
+        assert!((got - expected).abs() <= 0.02 * expected.max(0.1), "{name} ({}): {got} vs {expected}", DRIFT[k]);
+        assert_eq!(test(name).current_count, 600);
+    }
+
+    // A chosen window as the baseline: drifted against normal.
+    let vs_window = m
+        .grpc
+        .get_drift(GetDriftRequest {
+            baseline_since: ts(now - chrono::Duration::minutes(50)),
+            baseline_until: ts(now - chrono::Duration::minutes(30)),
+            ..drift(now - chrono::Duration::minutes(20), now)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(vs_window.dataset_drifted && vs_window.baseline.contains("predictions from"));
+
+    // Labels: accepted, duplicates, and every kind of bad label rejected with a reason.
+    let label = |id: &str, l: &str| LabelEvent { prediction_id: id.into(), label: l.into(), ..Default::default() };
+    let truth: Vec<(Uuid, &str)> = drifted
+        .iter()
+        .take(20)
+        .enumerate()
+        .map(|(i, r)| (r.prediction_id, if i % 2 == 0 { "defect" } else { "ok" }))
+        .collect();
+    let good: Vec<LabelEvent> = truth.iter().map(|(id, l)| label(&id.to_string(), l)).collect();
+    let first = m.grpc.submit_labels(SubmitLabelsRequest { labels: good.clone() }).await.unwrap().into_inner();
+    assert_eq!((first.accepted, first.duplicates, first.rejected.len()), (20, 0, 0));
+    let mut again = good.clone();
+    again.push(label(&Uuid::now_v7().to_string(), "ok"));
+    again.push(label("not-a-uuid", "ok"));
+    again.push(label(&normal[0].prediction_id.to_string(), "scratched"));
+    again.push(label(&normal[1].prediction_id.to_string(), " "));
+    let second = m.grpc.submit_labels(SubmitLabelsRequest { labels: again }).await.unwrap().into_inner();
+    assert_eq!((second.accepted, second.duplicates), (0, 20));
+    let reasons: Vec<(u32, &str)> = second.rejected.iter().map(|r| (r.index, r.reason.as_str())).collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons[0].1.contains("unknown prediction_id") && reasons[0].0 == 20);
+    assert!(reasons[1].1.contains("not a UUID"));
+    assert!(reasons[2].1.contains("'scratched' is not one of"));
+    assert!(reasons[3].1.contains("label is empty"));
+    let empty = m.grpc.submit_labels(SubmitLabelsRequest { labels: vec![] }).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    let too_many = vec![label(&Uuid::now_v7().to_string(), "ok"); vigil_monitor::labels::MAX_LABELS_PER_REQUEST + 1];
+    let e = m.grpc.submit_labels(SubmitLabelsRequest { labels: too_many }).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("exceed the limit"));
+
+    // Accuracy from those labels equals the share of outputs that match them.
+    let expected_correct = truth
+        .iter()
+        .filter(|(id, l)| drifted.iter().find(|r| r.prediction_id == *id).unwrap().output["label"] == *l)
+        .count();
+    let labeled = m.grpc.get_drift(drift(now - chrono::Duration::minutes(20), now)).await.unwrap().into_inner();
+    let n: u64 = labeled.accuracy.iter().map(|a| a.labeled).sum();
+    let correct: f64 = labeled.accuracy.iter().map(|a| a.accuracy * a.labeled as f64).sum();
+    assert_eq!(n, 20);
+    assert_eq!(correct.round() as usize, expected_correct);
+    assert!((labeled.label_coverage - 20.0 / 600.0).abs() < 1e-9);
+
+    // Bad requests name what is wrong.
+    let e = m.grpc.get_metrics(GetMetricsRequest::default()).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("scope.model_name"));
+    let e = m.grpc.get_metrics(metrics(now - chrono::Duration::hours(1), now, 7)).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("not stored"), "{e:?}");
+    let e = m.grpc.get_metrics(metrics(now, now - chrono::Duration::hours(1), 60)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = m
+        .grpc
+        .get_drift(GetDriftRequest {
+            scope: Some(Scope { model_name: "nope".into(), ..Default::default() }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.code() == Code::FailedPrecondition && e.message().contains("no predictions of nope"), "{e:?}");
+    let e = m
+        .grpc
+        .get_drift(GetDriftRequest { baseline_since: ts(now), ..drift(now - chrono::Duration::minutes(5), now) })
+        .await
+        .unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("both baseline_since and baseline_until"));
+
+    // The dashboard's page and JSON, and the monitor's own /metrics.
+    let http = reqwest::Client::new();
+    let page = http.get(format!("{}/", m.http)).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("dashboard.js"));
+    let json: serde_json::Value = http
+        .get(format!("{}/api/dashboard?model=scratch-detector&range=3600", m.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["windows"].as_array().unwrap().iter().map(|w| w["count"].as_u64().unwrap()).sum::<u64>(), 1_200);
+    assert_eq!(json["drift"]["dataset"]["drifted"], true);
+    assert_eq!(json["accuracy"].as_array().unwrap().iter().map(|a| a["labeled"].as_u64().unwrap()).sum::<u64>(), 20);
+    let bad = http.get(format!("{}/api/dashboard?range=3600", m.http)).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad = http.get(format!("{}/api/dashboard?model=x&range=-5", m.http)).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let scrape = http.get(format!("{}/metrics", m.http)).send().await.unwrap().text().await.unwrap();
+    assert!(scrape.contains("vigil_monitor_rollup_records_total 1200"), "{scrape}");
+    assert!(scrape.contains("process_resident_memory_bytes"));
+
+    let _ = m.stop.send(());
+    m.task.await.unwrap().unwrap();
+}
