@@ -47,8 +47,7 @@ fn rows(now: DateTime<Utc>) -> (Vec<PredictionRow>, Vec<PredictionRow>) {
         let features: serde_json::Map<String, serde_json::Value> = FEATURES
             .iter()
             .enumerate()
-            .map(|(k, f)| (f.to_string(), samples[k][i].max(0.0) * factor(k)).into())
-            .map(|(k, v): (String, f64)| (k, v.into()))
+            .map(|(k, f)| (f.to_string(), (samples[k][i].max(0.0) * factor(k)).into()))
             .collect();
         prediction(t, scores[i] as f32, serde_json::Value::Object(features))
     };
@@ -65,8 +64,7 @@ struct Monitor {
 }
 
 async fn start(url: &str) -> Monitor {
-    let mut config = MonitorConfig::default();
-    config.models = repo().join("models");
+    let mut config = MonitorConfig { models: repo().join("models"), ..Default::default() };
     config.rollups.resolutions = vec![60, 3600];
     config.rollups.poll = Duration::from_millis(100);
     let store = vigil_store::AnyStore::connect(url).await.unwrap();
