@@ -163,7 +163,7 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
         history.contains(&"busy:pending".to_string()) && history.contains(&"error-rate:resolved".to_string()),
         "{history:?}"
     );
-    let first = &received.lock()[0];
+    let first = received.lock()[0].clone();
     assert!(first["message"].as_str().unwrap().contains("error_rate = 0.5000 (> 0.2)"), "{first}");
 
     // ListAlerts: firing first; resolved only when asked.
