@@ -13,7 +13,7 @@ use vigil_store::monitoring::AlertRow;
 use crate::config::Rule;
 use crate::sketch;
 use crate::telemetry::MonitorMetrics;
-use crate::views::{Baseline, Scope, ViewError, Views};
+use crate::views::{Scope, ViewError, Views};
 
 /// What a rule watches. Names in the config file:
 /// `requests`, `throughput_rps`, `error_rate`, `null_rate`, `latency_p50_ms`, `latency_p99_ms`,
@@ -190,7 +190,7 @@ pub async fn evaluate<S: MonitorStore>(
     let metric = &rule.metric;
     let value = match metric {
         Metric::DriftStatistic(_) | Metric::DriftDetected(_) | Metric::DatasetDriftShare => {
-            let report = match views.drift(&scope, since, now, &Baseline::Training).await {
+            let report = match views.drift(&scope, since, now, &rule.baseline).await {
                 Ok(r) => r,
                 Err(ViewError::NoData(_)) => return Ok(None),
                 Err(e) => return Err(e),
@@ -335,6 +335,7 @@ pub async fn run<S: MonitorStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::views::Baseline;
 
     fn rule(for_s: u64) -> Rule {
         Rule {
@@ -347,6 +348,7 @@ mod tests {
             threshold: 0.1,
             for_duration: Duration::from_secs(for_s),
             severity: "warning".into(),
+            baseline: Baseline::Training,
         }
     }
 

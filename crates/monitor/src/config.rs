@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 use vigil_drift::DriftConfig;
 
 use crate::alarms::{Comparator, Metric};
+use crate::views::Baseline;
 
 /// Everything configurable about monitoring; every field has a default.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +113,10 @@ pub struct RuleConfig {
     pub for_duration: Duration,
     #[serde(default = "default_severity")]
     pub severity: String,
+    /// For drift metrics: compare with predictions logged in this window (RFC 3339 times, both
+    /// or neither) instead of the training reference, e.g. last month's production traffic.
+    pub baseline_since: Option<String>,
+    pub baseline_until: Option<String>,
 }
 
 fn default_severity() -> String {
@@ -130,6 +135,7 @@ pub struct Rule {
     pub threshold: f64,
     pub for_duration: Duration,
     pub severity: String,
+    pub baseline: Baseline,
 }
 
 impl MonitorConfig {
@@ -158,6 +164,22 @@ impl MonitorConfig {
                 if !["info", "warning", "critical"].contains(&r.severity.as_str()) {
                     return Err(bad(format!("severity '{}' is not info, warning or critical", r.severity)));
                 }
+                let time = |field: &str, v: &str| {
+                    chrono::DateTime::parse_from_rfc3339(v)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| bad(format!("{field} '{v}' is not an RFC 3339 time ({e})")))
+                };
+                let baseline = match (&r.baseline_since, &r.baseline_until) {
+                    (None, None) => Baseline::Training,
+                    (Some(a), Some(b)) => {
+                        let (a, b) = (time("baseline_since", a)?, time("baseline_until", b)?);
+                        if a >= b {
+                            return Err(bad("baseline_since must be before baseline_until".into()));
+                        }
+                        Baseline::Window(a, b)
+                    }
+                    _ => return Err(bad("give both baseline_since and baseline_until, or neither".into())),
+                };
                 Ok(Rule {
                     name: r.name.clone(),
                     metric_name: r.metric.clone(),
@@ -168,6 +190,7 @@ impl MonitorConfig {
                     threshold: r.threshold,
                     for_duration: r.for_duration,
                     severity: r.severity.clone(),
+                    baseline,
                 })
             })
             .collect()

@@ -1,0 +1,299 @@
+//! The monitoring scenario end to end, on real components: vigil-edge serves the scratch
+//! detector and logs to a Kafka-protocol broker, vigil-logger fills Postgres, vigil-monitor
+//! rolls up, tests drift, evaluates alarms, notifies a webhook and serves the dashboard, which
+//! headless Chromium renders.
+//!
+//! Normal sample images first (the baseline), then the same scenes under dimmer light and blur:
+//! the brightness and sharpness drift alarms fire within their window and show on the
+//! dashboard; labels for the drifted predictions show the accuracy drop and its alarm fires;
+//! back to normal images, every alarm resolves.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use support::*;
+use vigil_monitor::MonitorConfig;
+use vigil_proto::vigil::v1::inspection_client::InspectionClient;
+use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+use vigil_proto::vigil::v1::{InspectRequest, LabelEvent, SubmitLabelsRequest};
+use vigil_store::{MonitorStore, PgStore};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// (file name, bytes, true label) of every sample in `samples/<folder>`.
+fn samples(folder: &str) -> Vec<(String, Vec<u8>, String)> {
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(repo_root().join("samples").join(folder)).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let label = if name.contains("defect") { "defect" } else { "ok" };
+            (name, std::fs::read(&p).unwrap(), label.to_string())
+        })
+        .collect()
+}
+
+/// Sends the images round-robin for `duration` (about 10 per second); returns (prediction id,
+/// true label) of every answer.
+async fn serve_line(
+    client: &InspectionClient<tonic::transport::Channel>,
+    images: &[(String, Vec<u8>, String)],
+    duration: Duration,
+) -> Vec<(String, String)> {
+    let start = Instant::now();
+    let mut answers = Vec::new();
+    let mut i = 0;
+    while start.elapsed() < duration {
+        let (name, image, label) = &images[i % images.len()];
+        let request = InspectRequest {
+            image: image.clone(),
+            station_id: "line-1".into(),
+            part_id: format!("{name}-{i}"),
+            ..Default::default()
+        };
+        let answer = client.clone().inspect(request).await.unwrap().into_inner();
+        answers.push((answer.prediction_id, label.clone()));
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answers
+}
+
+/// A webhook receiver that keeps what it is sent.
+async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let r = received.clone();
+    let app = axum::Router::new().route(
+        "/alerts",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let r = r.clone();
+            async move {
+                r.lock().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+/// Renders the dashboard in headless Chromium; returns the DOM after the scripts ran, and
+/// leaves a screenshot in the artifacts folder.
+fn render_dashboard(url: &str, screenshot: &Path) -> String {
+    let chromium = std::env::var("VIGIL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "headless Chromium not found at {chromium}: install Debian's chromium (./dev setup does) or set VIGIL_CHROMIUM"
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let out = std::process::Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,3000"])
+            .arg("--virtual-time-budget=10000")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("run chromium");
+        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    run(&[format!("--screenshot={}", screenshot.display())]);
+    run(&["--dump-dom".to_string()])
+}
+
+/// Numbers of the `data-points` attributes of the charts whose `data-chart` starts with `prefix`.
+fn chart_points(dom: &str, chart: &str) -> Option<u64> {
+    let at = dom.find(&format!("data-chart=\"{chart}\""))?;
+    let tag_start = dom[..at].rfind('<')?;
+    let tag = &dom[tag_start..tag_start + dom[tag_start..].find('>')?];
+    let p = tag.find("data-points=\"")? + "data-points=\"".len();
+    tag[p..].split('"').next()?.parse().ok()
+}
+
+async fn state<S: MonitorStore>(store: &S, rule: &str) -> Option<String> {
+    let key = format!("{rule}/scratch-detector");
+    store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == key).map(|a| a.state)
+}
+
+async fn wait_for_state<S: MonitorStore>(store: &S, rule: &str, want: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    eventually(within, &format!("{rule} {want}"), || async { state(store, rule).await.as_deref() == Some(want) }).await;
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
+    let broker = Broker::start(3).await;
+    let db = Database::fresh();
+    let mut edge = vigil_edge::EdgeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model_repository: repo_root().join("models"),
+        ..Default::default()
+    };
+    edge.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    edge.logging.enabled = true;
+    edge.logging.kafka = broker.kafka();
+    let server = vigil_edge::start(edge, false).await.unwrap();
+    let logger = RunningLogger::quick(broker.brokers(), db.url());
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    let line = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let (normal, drifted) = (samples("normal"), samples("drifted"));
+
+    // 1. Baseline: normal production traffic, which the drift rules compare with.
+    let baseline_since: DateTime<Utc> = Utc::now();
+    let first = serve_line(&line, &normal, Duration::from_secs(12)).await;
+    let baseline_until = Utc::now();
+    eventually(Duration::from_secs(60), "the baseline in Postgres", || async {
+        store.count_predictions().await.unwrap_or(0) >= first.len() as i64
+    })
+    .await;
+
+    let (hook, notifications) = webhook().await;
+    let drift_rule = |feature: &str| {
+        format!(
+            r#"
+            [[alerting.rules]]
+            name = "{feature}-drift"
+            metric = "drift.{feature}.detected"
+            model = "scratch-detector"
+            window = "10s"
+            comparator = ">="
+            threshold = 1
+            for = "1s"
+            severity = "critical"
+            baseline_since = "{since}"
+            baseline_until = "{until}"
+            "#,
+            since = baseline_since.to_rfc3339(),
+            until = baseline_until.to_rfc3339()
+        )
+    };
+    let config: MonitorConfig = toml::from_str(&format!(
+        r#"
+        models = "{models}"
+        [rollups]
+        resolutions = [1, 60]
+        poll = "100ms"
+        [alerting]
+        evaluate_every = "500ms"
+        webhook_url = "{hook}"
+        {brightness}
+        {sharpness}
+        [[alerting.rules]]
+        name = "accuracy-drop"
+        metric = "accuracy"
+        model = "scratch-detector"
+        window = "30s"
+        comparator = "<"
+        threshold = 0.9
+        severity = "critical"
+        "#,
+        models = repo_root().join("models").display(),
+        brightness = drift_rule("brightness"),
+        sharpness = drift_rule("sharpness"),
+    ))
+    .unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor_store = vigil_store::AnyStore::connect(&db.url()).await.unwrap();
+    let monitor = tokio::spawn(vigil_monitor::run(monitor_store, config, grpc, http, async move {
+        let _ = monitor_stopped.await;
+    }));
+    // Normal traffic against a normal baseline: nothing fires.
+    let more_normal = serve_line(&line, &normal, Duration::from_secs(4)).await;
+    assert_eq!(state(&store, "brightness-drift").await.as_deref(), None);
+    assert_eq!(state(&store, "sharpness-drift").await.as_deref(), None);
+
+    // 2. Dimmer light and blur: both drift alarms fire within their 10 s window (plus the 1 s
+    // they must hold and the logging pipeline's delay).
+    let drift_start = Instant::now();
+    let line_for_drift = line.clone();
+    let drifted_images = drifted.clone();
+    let drifting =
+        tokio::spawn(async move { serve_line(&line_for_drift, &drifted_images, Duration::from_secs(14)).await });
+    wait_for_state(&store, "brightness-drift", "firing", Duration::from_secs(25)).await;
+    wait_for_state(&store, "sharpness-drift", "firing", Duration::from_secs(25)).await;
+    let fired_after = drift_start.elapsed();
+    assert!(fired_after < Duration::from_secs(25), "drift alarms took {fired_after:?}");
+    let drifted_answers = drifting.await.unwrap();
+
+    // Late ground truth for the drifted window (and the baseline): the accuracy alarm fires.
+    let mut monitoring = MonitoringClient::connect(format!("http://{grpc_addr}")).await.unwrap();
+    eventually(Duration::from_secs(60), "drifted predictions in Postgres", || async {
+        store.count_predictions().await.unwrap_or(0) >= (first.len() + more_normal.len() + drifted_answers.len()) as i64
+    })
+    .await;
+    let labels: Vec<LabelEvent> = first
+        .iter()
+        .chain(&drifted_answers)
+        .map(|(id, label)| LabelEvent {
+            prediction_id: id.clone(),
+            label: label.clone(),
+            source: "inspector".into(),
+            ..Default::default()
+        })
+        .collect();
+    let submitted =
+        monitoring.submit_labels(SubmitLabelsRequest { labels: labels.clone() }).await.unwrap().into_inner();
+    assert_eq!(submitted.accepted as usize, labels.len(), "{:?}", submitted.rejected);
+    wait_for_state(&store, "accuracy-drop", "firing", Duration::from_secs(10)).await;
+
+    // The dashboard shows traffic, the features, the accuracy drop and the three firing alarms.
+    let shot = std::env::var("VIGIL_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/artifacts"))
+        .join("dashboard-scenario.png");
+    let page = format!("http://{http_addr}/?model=scratch-detector&range=180");
+    let dom = tokio::task::spawn_blocking(move || render_dashboard(&page, &shot)).await.unwrap();
+    assert!(dom.contains("data-ready=\"1\""), "the dashboard did not finish rendering");
+    assert!(!dom.contains("data-error="), "the dashboard reported an error");
+    for chart in ["traffic", "latency", "feature-brightness", "feature-sharpness", "accuracy"] {
+        let points = chart_points(&dom, chart).unwrap_or_else(|| panic!("no {chart} chart"));
+        assert!(points > 0, "{chart} chart has no data");
+    }
+    let firing = dom.matches("data-state=\"firing\"").count();
+    assert!(firing >= 3, "{firing} firing alarm rows on the dashboard");
+    for rule in ["brightness-drift", "sharpness-drift", "accuracy-drop"] {
+        assert!(dom.contains(rule), "{rule} not on the dashboard");
+    }
+
+    // 3. Back to normal images: the drift windows fill with normal traffic and the labeled
+    // drifted predictions age out of the accuracy window; every alarm resolves.
+    let line_for_normal = line.clone();
+    let recovering = tokio::spawn(async move { serve_line(&line_for_normal, &normal, Duration::from_secs(45)).await });
+    wait_for_state(&store, "brightness-drift", "resolved", Duration::from_secs(40)).await;
+    wait_for_state(&store, "sharpness-drift", "resolved", Duration::from_secs(40)).await;
+    wait_for_state(&store, "accuracy-drop", "resolved", Duration::from_secs(45)).await;
+    recovering.abort();
+
+    // The webhook got each rule's firing and resolution, once each, in that order.
+    eventually(Duration::from_secs(10), "six notifications", || async { notifications.lock().len() >= 6 }).await;
+    let mut by_rule: HashMap<String, Vec<String>> = HashMap::new();
+    for n in notifications.lock().iter() {
+        by_rule.entry(n["rule"].as_str().unwrap().into()).or_default().push(n["state"].as_str().unwrap().into());
+    }
+    for rule in ["brightness-drift", "sharpness-drift", "accuracy-drop"] {
+        assert_eq!(by_rule[rule], ["firing", "resolved"], "{rule}: {by_rule:?}");
+    }
+
+    let _ = stop_monitor.send(());
+    monitor.await.unwrap().unwrap();
+    logger.stop().await;
+    server.shutdown().await.unwrap();
+}
