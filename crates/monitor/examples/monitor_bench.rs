@@ -1,0 +1,167 @@
+//! Monitoring at scale: N logged predictions over one day in a fresh Postgres database, then
+//! (1) rollup upkeep from scratch, against a plain scan of the same rows, and (2) a day's drift
+//! query and dashboard load from rollups, against one aggregate over the raw rows.
+//!
+//! `cargo run --release -p vigil-monitor --example monitor_bench -- [N=10000000]`
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use vigil_monitor::MonitorConfig;
+use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+use vigil_proto::vigil::v1::{GetDriftRequest, Scope};
+use vigil_store::{PgStore, testing::TestDatabase};
+
+const CHUNK: i64 = 50_000;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: i64 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(10_000_000);
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4)?;
+    store.migrate().await?;
+    let start = Utc::now() - chrono::Duration::days(1);
+    let step_us = 86_400_000_000 / n;
+    eprintln!("generating {n} predictions over the last 24 h in {} ...", db.name);
+    let t = Instant::now();
+    for k in 0..n.div_ceil(CHUNK) {
+        let (lo, hi) = (k * CHUNK, ((k + 1) * CHUNK).min(n) - 1);
+        sqlx::query(
+            "INSERT INTO predictions (prediction_id, time, request_time, model_name, model_version, variant, features, \
+               output, score, verdict, decision, queue_time_us, compute_time_us, status, output_null) \
+             SELECT gen_random_uuid(), t, t - make_interval(secs => 0.002 + random() * 0.01), 'scratch-detector', '1', 1, \
+               jsonb_build_object('brightness', 40 + random() * 90, 'contrast', random() * 30, \
+                                  'sharpness', CASE WHEN random() < 0.01 THEN NULL ELSE 10 + random() * 150 END), \
+               jsonb_build_object('label', CASE WHEN s >= 0.37 THEN 'defect' ELSE 'ok' END, 'scores', jsonb_build_array(s)), \
+               s, CASE WHEN s >= 0.37 THEN 2 ELSE 1 END, CASE WHEN s >= 0.37 THEN 2 ELSE 1 END, 100, 3000, \
+               CASE WHEN random() < 0.001 THEN 3 ELSE 1 END, false \
+             FROM (SELECT $1::timestamptz + make_interval(secs => g * $2::float8 / 1e6) AS t, random() AS s \
+                   FROM generate_series($3::bigint, $4::bigint) g) x",
+        )
+        .bind(start)
+        .bind(step_us as f64)
+        .bind(lo)
+        .bind(hi)
+        .execute(store.pool())
+        .await?;
+        if k % 20 == 19 {
+            eprintln!("  {} rows, {:.0} s", hi + 1, t.elapsed().as_secs_f64());
+        }
+    }
+    sqlx::query("VACUUM ANALYZE predictions").execute(store.pool()).await?;
+    eprintln!("generated in {:.0} s", t.elapsed().as_secs_f64());
+
+    // (1) Rollup upkeep from scratch vs a plain scan of the same columns.
+    let t = Instant::now();
+    let scanned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT model_name, model_version, variant, time, request_time, features, score, \
+           output_null, verdict, decision, queue_time_us, compute_time_us, status FROM predictions) x",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    let scan = t.elapsed();
+    let resolutions = vigil_monitor::rollup::DEFAULT_RESOLUTIONS;
+    let t = Instant::now();
+    let mut rolled = 0;
+    loop {
+        let k = vigil_monitor::rollup::step(&store, &resolutions, vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK).await?;
+        if k == 0 {
+            break;
+        }
+        rolled += k;
+        if rolled % 1_000_000 < k {
+            eprintln!("  rolled up {rolled} rows, {:.0} s", t.elapsed().as_secs_f64());
+        }
+    }
+    let upkeep = t.elapsed();
+    assert_eq!(rolled as i64, n);
+
+    // (2) A day's drift and dashboard from rollups vs one aggregate over the day's raw rows.
+    let day_aggregate = "SELECT count(*), avg((features->>'brightness')::float8), \
+        avg((features->>'sharpness')::float8), count(*) FILTER (WHERE status <> 1) FROM predictions \
+        WHERE model_name = 'scratch-detector' AND time >= now() - interval '1 day'";
+    let mut raw = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        sqlx::query(day_aggregate).fetch_one(store.pool()).await?;
+        raw.push(t.elapsed());
+    }
+    let config = MonitorConfig {
+        models: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"),
+        ..Default::default()
+    };
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = tokio::spawn(vigil_monitor::run(vigil_store::AnyStore::connect(&db.url()).await?, config, grpc, http, async move {
+        let _ = stopped.await;
+    }));
+    let mut client = MonitoringClient::connect(format!("http://{grpc_addr}")).await?;
+    let http_client = reqwest::Client::new();
+    let (mut drift, mut dashboard) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let now = Utc::now();
+        let t = Instant::now();
+        let r = client
+            .get_drift(GetDriftRequest {
+                scope: Some(Scope { model_name: "scratch-detector".into(), ..Default::default() }),
+                since: Some(prost_types::Timestamp { seconds: (now - chrono::Duration::days(1)).timestamp(), nanos: 0 }),
+                until: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        drift.push(t.elapsed());
+        assert_eq!(r.total_features, 3);
+        let t = Instant::now();
+        let body = http_client
+            .get(format!("http://{http_addr}/api/dashboard?model=scratch-detector&range=86400"))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        dashboard.push(t.elapsed());
+        assert!(body.len() > 1000);
+    }
+    let _ = stop.send(());
+    monitor.await??;
+    let (raw, drift, dashboard) = (median(raw), median(drift), median(dashboard));
+
+    println!("\n{n} predictions over 24 h (Postgres, {} MB)\n", table_mb(&db.url()));
+    println!("| rollup upkeep | rows | seconds | rows/s | vs plain scan |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| plain scan of the same columns | {scanned} | {:.1} | {:.0} | 1.00x |", scan.as_secs_f64(), scanned as f64 / scan.as_secs_f64());
+    println!(
+        "| upkeep (1 min, 5 min, 1 h) | {rolled} | {:.1} | {:.0} | {:.2}x |",
+        upkeep.as_secs_f64(),
+        rolled as f64 / upkeep.as_secs_f64(),
+        scan.as_secs_f64() / upkeep.as_secs_f64()
+    );
+    println!("\n| a day, median of runs | ms | vs raw aggregate |");
+    println!("|---|---:|---:|");
+    println!("| one aggregate over the raw rows (3 runs) | {:.1} | 1.00x |", ms(raw));
+    println!("| GetDrift from rollups (20 runs) | {:.1} | {:.3}x |", ms(drift), ms(drift) / ms(raw));
+    println!("| dashboard JSON from rollups (20 runs) | {:.1} | {:.3}x |", ms(dashboard), ms(dashboard) / ms(raw));
+    Ok(())
+}
+
+fn table_mb(url: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-tAc", "SELECT pg_total_relation_size('predictions') / 1048576"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    out
+}
