@@ -6,6 +6,7 @@
 ALTER TABLE predictions ADD COLUMN ingest_xid xid8 NOT NULL DEFAULT pg_current_xact_id();
 CREATE INDEX predictions_ingest_xid ON predictions (ingest_xid);
 CREATE INDEX labels_time ON labels (time);
+CREATE INDEX feedback_time ON feedback (time);
 
 -- One mergeable summary (vigil.v1.RollupWindow, protobuf) per model, version, variant and window.
 CREATE TABLE rollups (
@@ -46,6 +47,7 @@ CREATE TABLE alert_events (
     alert_key   text NOT NULL,
     rule        text NOT NULL,
     model_name  text NOT NULL,
+    metric      text NOT NULL,
     severity    text NOT NULL,
     state       text NOT NULL,
     value       double precision,

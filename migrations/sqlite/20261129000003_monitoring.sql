@@ -1,6 +1,7 @@
 -- Monitoring (embedded default): rollups and alarms, as in the Postgres schema. Rollup upkeep
 -- reads predictions by rowid: SQLite commits one writer at a time, so rowids are in commit order.
 CREATE INDEX labels_time ON labels (time);
+CREATE INDEX feedback_time ON feedback (time);
 
 CREATE TABLE rollups (
     model_name    TEXT NOT NULL,
@@ -35,6 +36,7 @@ CREATE TABLE alert_events (
     alert_key   TEXT NOT NULL,
     rule        TEXT NOT NULL,
     model_name  TEXT NOT NULL,
+    metric      TEXT NOT NULL,
     severity    TEXT NOT NULL,
     state       TEXT NOT NULL,
     value       REAL,

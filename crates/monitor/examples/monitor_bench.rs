@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     let step_us = 86_400_000_000 / n;
     eprintln!("generating {n} predictions over the last 24 h in {} ...", db.name);
     let t = Instant::now();
-    for k in 0..n.div_ceil(CHUNK) {
+    for k in 0..(n + CHUNK - 1) / CHUNK {
         let (lo, hi) = (k * CHUNK, ((k + 1) * CHUNK).min(n) - 1);
         sqlx::query(
             "INSERT INTO predictions (prediction_id, time, request_time, model_name, model_version, variant, features, \
@@ -74,7 +74,8 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut rolled = 0;
     loop {
-        let k = vigil_monitor::rollup::step(&store, &resolutions, vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK).await?;
+        let k =
+            vigil_monitor::rollup::step(&store, &resolutions, vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK).await?;
         if k == 0 {
             break;
         }
@@ -104,9 +105,15 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let monitor = tokio::spawn(vigil_monitor::run(vigil_store::AnyStore::connect(&db.url()).await?, config, grpc, http, async move {
-        let _ = stopped.await;
-    }));
+    let monitor = tokio::spawn(vigil_monitor::run(
+        vigil_store::AnyStore::connect(&db.url()).await?,
+        config,
+        grpc,
+        http,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let mut client = MonitoringClient::connect(format!("http://{grpc_addr}")).await?;
     let http_client = reqwest::Client::new();
     let (mut drift, mut dashboard) = (Vec::new(), Vec::new());
@@ -116,7 +123,10 @@ async fn main() -> anyhow::Result<()> {
         let r = client
             .get_drift(GetDriftRequest {
                 scope: Some(Scope { model_name: "scratch-detector".into(), ..Default::default() }),
-                since: Some(prost_types::Timestamp { seconds: (now - chrono::Duration::days(1)).timestamp(), nanos: 0 }),
+                since: Some(prost_types::Timestamp {
+                    seconds: (now - chrono::Duration::days(1)).timestamp(),
+                    nanos: 0,
+                }),
                 until: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
                 ..Default::default()
             })
@@ -142,7 +152,11 @@ async fn main() -> anyhow::Result<()> {
     println!("\n{n} predictions over 24 h (Postgres, {} MB)\n", table_mb(&db.url()));
     println!("| rollup upkeep | rows | seconds | rows/s | vs plain scan |");
     println!("|---|---:|---:|---:|---:|");
-    println!("| plain scan of the same columns | {scanned} | {:.1} | {:.0} | 1.00x |", scan.as_secs_f64(), scanned as f64 / scan.as_secs_f64());
+    println!(
+        "| plain scan of the same columns | {scanned} | {:.1} | {:.0} | 1.00x |",
+        scan.as_secs_f64(),
+        scanned as f64 / scan.as_secs_f64()
+    );
     println!(
         "| upkeep (1 min, 5 min, 1 h) | {rolled} | {:.1} | {:.0} | {:.2}x |",
         upkeep.as_secs_f64(),
@@ -158,10 +172,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn table_mb(url: &str) -> String {
-    let out = Command::new("psql")
+    Command::new("psql")
         .args([url, "-tAc", "SELECT pg_total_relation_size('predictions') / 1048576"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    out
+        .unwrap_or_default()
 }

@@ -17,7 +17,8 @@ use crate::views::{Scope, ViewError, Views};
 
 /// What a rule watches. Names in the config file:
 /// `requests`, `throughput_rps`, `error_rate`, `null_rate`, `latency_p50_ms`, `latency_p99_ms`,
-/// `score_mean`, `verdict.<name>.rate`, `decision.<name>.rate`, `feature.<name>.mean`,
+/// `score_mean`, `verdict.<name>.rate`, `decision.<name>.rate`, `feedback.<kind>.rate` (events of
+/// a kind per prediction, e.g. `redo_search`, `switch_to_typing`, `click`), `feature.<name>.mean`,
 /// `feature.<name>.missing_rate`, `drift.<feature|score>` (the test statistic),
 /// `drift.<feature|score>.detected` (1 or 0), `drift.dataset_share`, `accuracy`, `precision`,
 /// `recall`, `label_coverage`.
@@ -32,6 +33,7 @@ pub enum Metric {
     ScoreMean,
     VerdictRate(i32),
     DecisionRate(i32),
+    FeedbackRate(String),
     FeatureMean(String),
     FeatureMissingRate(String),
     DriftStatistic(String),
@@ -70,6 +72,7 @@ impl FromStr for Metric {
                     .ok_or_else(|| format!("unknown decision '{d}' in metric '{s}' (accept, reject, human_review)"))?
                     as i32,
             ),
+            ["feedback", k, "rate"] => Self::FeedbackRate(k.to_string()),
             ["feature", f, "mean"] => Self::FeatureMean(f.to_string()),
             ["feature", f, "missing_rate"] => Self::FeatureMissingRate(f.to_string()),
             ["drift", f] => Self::DriftStatistic(f.to_string()),
@@ -77,7 +80,8 @@ impl FromStr for Metric {
             _ => {
                 return Err(format!(
                     "unknown metric '{s}'; use requests, throughput_rps, error_rate, null_rate, latency_p50_ms, \
-                     latency_p99_ms, score_mean, verdict.<v>.rate, decision.<d>.rate, feature.<f>.mean, \
+                     latency_p99_ms, score_mean, verdict.<v>.rate, decision.<d>.rate, feedback.<kind>.rate, \
+                     feature.<f>.mean, \
                      feature.<f>.missing_rate, drift.<f>, drift.<f>.detected, drift.dataset_share, accuracy, \
                      precision, recall or label_coverage"
                 ));
@@ -228,6 +232,15 @@ pub async fn evaluate<S: MonitorStore>(
                 Metric::Recall => weighted(&|w| w.recall),
                 _ => Some(coverage),
             }
+        }
+        Metric::FeedbackRate(kind) => {
+            let t = views.total(&scope, since, now).await?;
+            if t.count == 0 {
+                return Ok(None);
+            }
+            let res = views.resolution(since, now, 0, 1)?;
+            let events: u64 = views.feedback(&scope, since, now, res).await?.values().filter_map(|k| k.get(kind)).sum();
+            rate(events, t.count)
         }
         _ => {
             let t = window(&views.total(&scope, since, now).await?);
@@ -399,6 +412,7 @@ mod tests {
     fn metric_names_parse_or_say_what_is_allowed() {
         assert_eq!("drift.brightness.detected".parse(), Ok(Metric::DriftDetected("brightness".into())));
         assert_eq!("verdict.defect.rate".parse(), Ok(Metric::VerdictRate(Verdict::Defect as i32)));
+        assert_eq!("feedback.redo_search.rate".parse(), Ok(Metric::FeedbackRate("redo_search".into())));
         assert_eq!("decision.human_review.rate".parse(), Ok(Metric::DecisionRate(Decision::HumanReview as i32)));
         let e = "latency_p95".parse::<Metric>().unwrap_err();
         assert!(e.contains("unknown metric 'latency_p95'") && e.contains("latency_p99_ms"), "{e}");

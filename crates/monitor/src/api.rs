@@ -101,6 +101,7 @@ pub fn metrics_window(start: DateTime<Utc>, resolution_s: u32, w: &RollupWindow)
         decisions,
         score_mean: w.score.as_ref().and_then(sketch::mean).unwrap_or(f64::NAN),
         features,
+        feedback: Default::default(),
     }
 }
 
@@ -135,9 +136,16 @@ impl<S: MonitorStore + PredictionStore> Monitoring for MonitoringService<S> {
             .resolution(since, until, r.resolution_seconds, crate::views::MAX_CHART_WINDOWS)
             .map_err(status)?;
         let windows = self.views.windows(&scope, since, until, res).await.map_err(status)?;
+        let mut feedback = self.views.feedback(&scope, since, until, res).await.map_err(status)?;
         Ok(Response::new(GetMetricsResponse {
             resolution_seconds: res,
-            windows: windows.iter().map(|(start, w)| metrics_window(*start, res, w)).collect(),
+            windows: windows
+                .iter()
+                .map(|(start, w)| MetricsWindow {
+                    feedback: feedback.remove(start).unwrap_or_default().into_iter().collect(),
+                    ..metrics_window(*start, res, w)
+                })
+                .collect(),
         }))
     }
 

@@ -86,10 +86,15 @@ async fn dashboard<S: MonitorStore>(
         Ok(w) => w,
         Err(e) => return view_error(e),
     };
+    let mut feedback = match views.feedback(&scope, since, until, res).await {
+        Ok(f) => f,
+        Err(e) => return view_error(e),
+    };
     let windows: Vec<Value> = windows
         .iter()
         .map(|(start, w)| {
             let m = metrics_window(*start, res, w);
+            let feedback = feedback.remove(start).unwrap_or_default();
             json!({
                 "start": start.to_rfc3339(),
                 "count": m.count, "errors": m.errors, "nulls": m.nulls,
@@ -97,6 +102,7 @@ async fn dashboard<S: MonitorStore>(
                 "latency_p50_ms": nan_to_null(m.latency_p50_ms), "latency_p99_ms": nan_to_null(m.latency_p99_ms),
                 "verdicts": m.verdicts, "decisions": m.decisions,
                 "score_mean": nan_to_null(m.score_mean),
+                "feedback": feedback,
                 "features": m.features.iter().map(|(k, f)| (k.clone(), json!({
                     "count": f.count, "missing": f.missing, "mean": nan_to_null(f.mean), "std": nan_to_null(f.std)
                 }))).collect::<serde_json::Map<String, Value>>(),

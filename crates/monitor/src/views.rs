@@ -293,6 +293,22 @@ impl<S: MonitorStore> Views<S> {
         Ok((windows, coverage))
     }
 
+    /// Feedback events by window of `resolution_s` and kind, on the scope's predictions.
+    pub async fn feedback(
+        &self,
+        scope: &Scope,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        resolution_s: u32,
+    ) -> Result<BTreeMap<DateTime<Utc>, BTreeMap<String, u64>>, ViewError> {
+        let events = self.store.feedback_events(&scope.model, scope.version.as_deref(), since, until).await?;
+        let mut out: BTreeMap<DateTime<Utc>, BTreeMap<String, u64>> = BTreeMap::new();
+        for (time, kind) in events {
+            *out.entry(window_start(time, resolution_s)).or_default().entry(kind).or_default() += 1;
+        }
+        Ok(out)
+    }
+
     /// The models to show: those with rollups, then those in the repository.
     pub async fn models(&self) -> Result<BTreeMap<String, Vec<String>>, ViewError> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();

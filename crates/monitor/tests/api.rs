@@ -206,6 +206,26 @@ async fn metrics_drift_labels_and_dashboard_over_the_wire() {
     assert_eq!(correct.round() as usize, expected_correct);
     assert!((labeled.label_coverage - 20.0 / 600.0).abs() < 1e-9);
 
+    // Feedback after predictions (speech: redo-search, click-through) is counted per window.
+    let feedback: Vec<vigil_store::FeedbackRow> = drifted
+        .iter()
+        .take(5)
+        .enumerate()
+        .map(|(i, r)| vigil_store::FeedbackRow {
+            event_id: Uuid::now_v7(),
+            prediction_id: r.prediction_id,
+            kind: if i < 3 { "redo_search" } else { "click" }.into(),
+            value: String::new(),
+            session_id: "s1".into(),
+            time: Utc::now(),
+        })
+        .collect();
+    store.insert_feedback(&feedback).await.unwrap();
+    let with_feedback =
+        m.grpc.get_metrics(metrics(now - chrono::Duration::hours(1), now, 60)).await.unwrap().into_inner().windows;
+    let count = |kind: &str| with_feedback.iter().map(|w| w.feedback.get(kind).copied().unwrap_or(0)).sum::<u64>();
+    assert_eq!((count("redo_search"), count("click")), (3, 2));
+
     // Bad requests name what is wrong.
     let e = m.grpc.get_metrics(GetMetricsRequest::default()).await.unwrap_err();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("scope.model_name"));

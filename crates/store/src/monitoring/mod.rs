@@ -153,6 +153,14 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<LabeledPrediction>, sqlx::Error>> + Send;
+    /// Feedback events on a model's predictions in [since, until): (prediction time, kind).
+    fn feedback_events(
+        &self,
+        model_name: &str,
+        model_version: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(DateTime<Utc>, String)>, sqlx::Error>> + Send;
     /// The logged predictions among `ids` (unknown ids are absent).
     fn prediction_refs(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<PredictionRef>, sqlx::Error>> + Send;
     /// Every alarm's current state.
@@ -174,6 +182,23 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
 
 /// Rows per rollup upkeep step when the caller does not say.
 pub const DEFAULT_ROLLUP_CHUNK: usize = 20_000;
+
+/// Binds an alarm's ten columns, in the order of the `alerts` table.
+macro_rules! bind_alert {
+    ($q:expr, $a:expr) => {
+        $q.bind(&$a.alert_key)
+            .bind(&$a.rule)
+            .bind(&$a.model_name)
+            .bind(&$a.metric)
+            .bind(&$a.severity)
+            .bind(&$a.state)
+            .bind($a.value)
+            .bind($a.threshold)
+            .bind($a.since)
+            .bind(&$a.message)
+    };
+}
+use bind_alert;
 
 macro_rules! dispatch {
     ($self:ident, $s:ident => $e:expr) => {
@@ -214,6 +239,15 @@ impl MonitorStore for AnyStore {
         until: DateTime<Utc>,
     ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
         dispatch!(self, s => s.labeled_predictions(model_name, model_version, since, until).await)
+    }
+    async fn feedback_events(
+        &self,
+        model_name: &str,
+        model_version: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
+        dispatch!(self, s => s.feedback_events(model_name, model_version, since, until).await)
     }
     async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
         dispatch!(self, s => s.prediction_refs(ids).await)

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{
     AlertEvent, AlertRow, LabeledPrediction, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput, RollupKey,
-    RollupQuery, StoredRollup,
+    RollupQuery, StoredRollup, bind_alert,
 };
 use crate::PgStore;
 
@@ -219,6 +219,27 @@ impl MonitorStore for PgStore {
         .await
     }
 
+    async fn feedback_events(
+        &self,
+        model_name: &str,
+        model_version: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
+        // Feedback follows its prediction, so only events since `since` can match.
+        sqlx::query_as(
+            "SELECT p.time, f.kind FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
+             WHERE f.time >= $2 AND p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
+               AND ($4::text IS NULL OR p.model_version = $4)",
+        )
+        .bind(model_name)
+        .bind(since)
+        .bind(until)
+        .bind(model_version)
+        .fetch_all(self.pool())
+        .await
+    }
+
     async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
         sqlx::query_as(
             "SELECT p.prediction_id, p.model_name, p.model_version, \
@@ -242,37 +263,24 @@ impl MonitorStore for PgStore {
 
     async fn save_alert(&self, a: &AlertRow, notify: bool) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO alerts (alert_key, rule, model_name, metric, severity, state, value, threshold, since, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (alert_key) DO UPDATE SET rule = $2, model_name = $3, metric = $4, severity = $5, \
-               state = $6, value = $7, threshold = $8, since = $9, message = $10, updated_at = now()",
+        bind_alert!(
+            sqlx::query(
+                "INSERT INTO alerts (alert_key, rule, model_name, metric, severity, state, value, threshold, since, \
+                   message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (alert_key) DO UPDATE SET rule = $2, model_name = $3, metric = $4, severity = $5, \
+                   state = $6, value = $7, threshold = $8, since = $9, message = $10, updated_at = now()",
+            ),
+            a
         )
-        .bind(&a.alert_key)
-        .bind(&a.rule)
-        .bind(&a.model_name)
-        .bind(&a.metric)
-        .bind(&a.severity)
-        .bind(&a.state)
-        .bind(a.value)
-        .bind(a.threshold)
-        .bind(a.since)
-        .bind(&a.message)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO alert_events (alert_key, rule, model_name, severity, state, value, threshold, time, message, \
-               notify) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        bind_alert!(
+            sqlx::query(
+                "INSERT INTO alert_events (alert_key, rule, model_name, metric, severity, state, value, threshold, \
+                   time, message, notify) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            ),
+            a
         )
-        .bind(&a.alert_key)
-        .bind(&a.rule)
-        .bind(&a.model_name)
-        .bind(&a.severity)
-        .bind(&a.state)
-        .bind(a.value)
-        .bind(a.threshold)
-        .bind(a.since)
-        .bind(&a.message)
         .bind(notify)
         .execute(&mut *tx)
         .await?;

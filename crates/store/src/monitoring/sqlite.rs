@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{
     AlertEvent, AlertRow, LabeledPrediction, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput, RollupKey,
-    RollupQuery, StoredRollup,
+    RollupQuery, StoredRollup, bind_alert,
 };
 use crate::SqliteStore;
 
@@ -158,6 +158,27 @@ impl MonitorStore for SqliteStore {
             .collect())
     }
 
+    async fn feedback_events(
+        &self,
+        model_name: &str,
+        model_version: Option<&str>,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
+        let rows: Vec<(DateTime<Utc>, String, String)> = sqlx::query_as(
+            "SELECT p.time, f.kind, p.model_version FROM feedback f \
+             JOIN predictions p ON p.prediction_id = f.prediction_id WHERE p.model_name = ?",
+        )
+        .bind(model_name)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter(|(t, _, v)| *t >= since && *t < until && model_version.is_none_or(|m| m == v))
+            .map(|(t, kind, _)| (t, kind))
+            .collect())
+    }
+
     async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
         let mut out = Vec::new();
         for chunk in ids.chunks(500) {
@@ -187,35 +208,21 @@ impl MonitorStore for SqliteStore {
 
     async fn save_alert(&self, a: &AlertRow, notify: bool) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT OR REPLACE INTO alerts (alert_key, rule, model_name, metric, severity, state, value, threshold, \
-               since, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        let columns = "alert_key, rule, model_name, metric, severity, state, value, threshold";
+        bind_alert!(
+            sqlx::query(&format!(
+                "INSERT OR REPLACE INTO alerts ({columns}, since, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            )),
+            a
         )
-        .bind(&a.alert_key)
-        .bind(&a.rule)
-        .bind(&a.model_name)
-        .bind(&a.metric)
-        .bind(&a.severity)
-        .bind(&a.state)
-        .bind(a.value)
-        .bind(a.threshold)
-        .bind(a.since)
-        .bind(&a.message)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO alert_events (alert_key, rule, model_name, severity, state, value, threshold, time, message, \
-               notify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        bind_alert!(
+            sqlx::query(&format!(
+                "INSERT INTO alert_events ({columns}, time, message, notify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            )),
+            a
         )
-        .bind(&a.alert_key)
-        .bind(&a.rule)
-        .bind(&a.model_name)
-        .bind(&a.severity)
-        .bind(&a.state)
-        .bind(a.value)
-        .bind(a.threshold)
-        .bind(a.since)
-        .bind(&a.message)
         .bind(notify)
         .execute(&mut *tx)
         .await?;
