@@ -377,6 +377,13 @@ function buildPanels(d) {
       histHead('Score distribution'), chart('hist-score', 120, (svg) => histogram(svg, pred, { empty: histNote }))),
     accuracyPanel(d, base, chart),
   ];
+  // User feedback per prediction (speech: redo-search, switch-to-typing, click-through), when any.
+  const kinds = [...new Set(w.flatMap((x) => Object.keys(x.feedback || {})))].sort();
+  if (kinds.length) {
+    const series = kinds.map((k, i) => ({ name: k, color: colorFor(k, i), points: w.map((x) => [x.t, x.count ? ((x.feedback || {})[k] || 0) / x.count : null]) }));
+    quality.push(panel('Feedback per prediction', { aside: legend(series) },
+      chart('feedback', 200, (svg) => lineChart(svg, series, { ...base, zero: true, fmt: fmtPct }))));
+  }
 
   const names = [...new Set([...w.flatMap((x) => Object.keys(x.features || {})), ...((d.drift && d.drift.features) || []).map((f) => f.feature)])].sort();
   const features = names.map((name) => {

@@ -143,8 +143,19 @@ impl MonitorConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         let config: Self = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        config.rules()?;
+        config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(config)
+    }
+
+    /// Checks everything that deserialising does not: resolutions and rules.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let r = &self.rollups.resolutions;
+        if r.is_empty() || r.contains(&0) || r.windows(2).any(|w| w[1] <= w[0] || w[1] % w[0] != 0) {
+            anyhow::bail!(
+                "rollups.resolutions {r:?}: give one or more widths in seconds, ascending, each a multiple of the one before"
+            );
+        }
+        self.rules().map(drop)
     }
 
     /// The alarm rules, checked: unknown metrics, comparators or severities are errors.

@@ -74,6 +74,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
     http: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    config.validate()?;
     let rules = config.rules()?;
     let catalog = Arc::new(Catalog::load(&config.models)?);
     let config = Arc::new(config);

@@ -160,17 +160,42 @@ impl<S: MonitorStore> Views<S> {
         Ok(merged.into_iter().collect())
     }
 
-    /// Everything in [since, until) merged into one window.
+    /// Everything in [since, until) merged into one window, in whole windows of the finest
+    /// resolution: from the one holding `since` to the one holding `until`.
+    /// The range is covered with the coarsest aligned windows first and finer ones at its edges,
+    /// so a day costs a few dozen rollups rather than one per minute.
     pub async fn total(
         &self,
         scope: &Scope,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<RollupWindow, ViewError> {
-        let res = self.resolution(since, until, 0, 5_000)?;
+        if since >= until {
+            return Err(ViewError::InvalidArgument(format!("since {since} is not before until {until}")));
+        }
+        let mut levels = self.resolutions().to_vec();
+        levels.sort_unstable();
         let mut total = RollupWindow::default();
-        for (_, w) in self.windows(scope, since, until, res).await? {
-            merge_windows(&mut total, &w);
+        let mut todo = vec![(window_start(since, levels[0]), until, levels.len() - 1)];
+        while let Some((a, b, level)) = todo.pop() {
+            let r = levels[level];
+            // The aligned blocks of width r inside [a, b); at the finest level, every window from a.
+            let (lo, hi) = if level == 0 { (a, b) } else { (ceil_to(a, r), window_start(b, r)) };
+            if lo >= hi {
+                todo.push((a, b, level - 1));
+                continue;
+            }
+            for (_, w) in self.windows(scope, lo, hi, r).await? {
+                merge_windows(&mut total, &w);
+            }
+            if level > 0 {
+                if a < lo {
+                    todo.push((a, lo, level - 1));
+                }
+                if hi < b {
+                    todo.push((hi, b, level - 1));
+                }
+            }
         }
         Ok(total)
     }
@@ -323,6 +348,12 @@ impl<S: MonitorStore> Views<S> {
         }
         Ok(out)
     }
+}
+
+/// The first multiple of `resolution_s` at or after `t`.
+fn ceil_to(t: DateTime<Utc>, resolution_s: u32) -> DateTime<Utc> {
+    let start = window_start(t, resolution_s);
+    if start == t { t } else { start + ChronoDuration::seconds(i64::from(resolution_s)) }
 }
 
 /// Default range when a request leaves it open: the last hour.

@@ -195,6 +195,11 @@ fn rule_files_with_mistakes_are_refused_naming_the_rule() {
     assert!(e.contains("is not a duration"), "{e}");
     let e = load(&format!("metric = \"error_rate\"\nseverity = \"panic\"\n{base}"));
     assert!(e.contains("severity 'panic'"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("monitor.toml");
+    std::fs::write(&path, "[rollups]\nresolutions = [60, 90]\n").unwrap();
+    let e = MonitorConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("each a multiple of the one before"), "{e}");
     let e = load(&format!("metric = \"error_rate\"\nthreshhold = 2\n{base}"));
     assert!(e.contains("unknown field `threshhold`"), "{e}");
 }

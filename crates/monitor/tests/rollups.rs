@@ -140,6 +140,26 @@ async fn postgres_rollups_count_every_committed_row_once_in_commit_order() {
     assert_eq!(a + b + rest, 2_000);
     all.extend(more);
     assert_rollups_equal_direct(&store, &all, now).await;
+
+    // Totals over unaligned ranges, read from hours, then minutes at the edges, equal the sum
+    // of the minute windows and the direct count.
+    let config = vigil_monitor::MonitorConfig {
+        rollups: vigil_monitor::config::RollupConfig { resolutions: RESOLUTIONS.to_vec(), ..Default::default() },
+        ..Default::default()
+    };
+    let views = vigil_monitor::Views::new(store.clone(), Default::default(), std::sync::Arc::new(config));
+    let scope = vigil_monitor::views::Scope { model: "scratch-detector".into(), version: None, variant: None };
+    for (from, to) in [(2_400, 0), (2_345, 61), (1_999, 1_100), (100, 30)] {
+        let (since, until) = (now - Duration::seconds(from), now - Duration::seconds(to) + Duration::milliseconds(1));
+        let total = views.total(&scope, since, until).await.unwrap();
+        let by_minute: u64 = views.windows(&scope, since, until, 60).await.unwrap().iter().map(|(_, w)| w.count).sum();
+        // Whole minutes: from the one holding `since` to the one holding `until`.
+        let first = rollup::window_start(since, 60);
+        let end = rollup::window_start(until, 60)
+            + Duration::seconds(if rollup::window_start(until, 60) < until { 60 } else { 0 });
+        let direct = all.iter().filter(|r| r.time >= first && r.time < end).count() as u64;
+        assert_eq!((total.count, by_minute), (direct, direct), "range -{from}s .. -{to}s");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
