@@ -156,9 +156,11 @@ pub async fn run(args: UpArgs) -> Result<u8> {
         eprintln!("  serving {} version {}", entry.name, entry.default_version);
     }
     eprintln!("edge server listening on {url}");
+    let mut inspected = 0;
     for folder in &samples {
         println!("\n== {} ==", folder.display());
         let (files, _) = crate::images::collect(std::slice::from_ref(folder))?;
+        inspected += files.len();
         let inspect = InspectArgs {
             paths: vec![folder.clone()],
             server: url.clone(),
@@ -170,17 +172,17 @@ pub async fn run(args: UpArgs) -> Result<u8> {
         };
         inspect_files(connect(&url).await?, &files, &inspect, true).await?;
     }
-    // Every record handed over is in the log once the bus is drained.
+    // Every record handed over is in the log once the bus is drained and the logger has written
+    // it; then rollup upkeep catches up, and the monitor's figures include every sample.
     emitter.drain(Duration::from_secs(30)).await;
     let default_model = server.repository.models().next().map(|m| m.name.clone()).unwrap_or_default();
-    let logged = store.count_predictions().await?;
-    // Let rollup upkeep catch up with the log before reading the monitor's figures.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let scope = Scope { model: default_model.clone(), version: None, variant: None };
     while std::time::Instant::now() < deadline {
-        let scope = Scope { model: default_model.clone(), version: None, variant: None };
         let until = chrono::Utc::now() + chrono::Duration::seconds(1);
+        let stored = store.count_predictions().await?;
         let seen = monitor_views.total(&scope, until - chrono::Duration::days(3650), until).await?.count as i64;
-        if seen >= logged - before {
+        if stored - before >= inspected as i64 && seen >= stored {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

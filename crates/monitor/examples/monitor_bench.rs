@@ -1,5 +1,5 @@
 //! Monitoring at scale: N logged predictions over one day in a fresh Postgres database, then
-//! (1) rollup upkeep from scratch, against a plain scan of the same rows, and (2) a day's drift
+//! (1) rollup upkeep from scratch, against only reading the same rows, and (2) a day's drift
 //! query and dashboard load from rollups, against one aggregate over the raw rows.
 //!
 //! `cargo run --release -p vigil-monitor --example monitor_bench -- [N=10000000]`
