@@ -230,7 +230,7 @@ pub async fn evaluate<S: MonitorStore>(
                 Metric::Accuracy => (labeled > 0).then(|| weighted(&|w| Some(w.accuracy))).flatten(),
                 Metric::Precision => weighted(&|w| w.precision),
                 Metric::Recall => weighted(&|w| w.recall),
-                _ => Some(coverage),
+                _ => (views.total(&scope, since, now).await?.count > 0).then_some(coverage),
             }
         }
         Metric::FeedbackRate(kind) => {
@@ -249,7 +249,11 @@ pub async fn evaluate<S: MonitorStore>(
             }
             match metric {
                 Metric::Requests => Some(t.count as f64),
-                Metric::ThroughputRps => Some(t.count as f64 / rule.window.as_secs_f64()),
+                // Over the whole windows read: from the start of the finest one holding `since`.
+                Metric::ThroughputRps => {
+                    let span = (now - crate::rollup::window_start(since, views.finest())).num_milliseconds();
+                    Some(t.count as f64 * 1000.0 / span.max(1) as f64)
+                }
                 Metric::ErrorRate => rate(t.errors, t.count),
                 Metric::NullRate => rate(t.nulls, t.count),
                 Metric::LatencyP50Ms => t.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.5)),
@@ -314,9 +318,22 @@ pub async fn evaluate_all<S: MonitorStore>(
                     "resolved" => tracing::info!(alert = %key, "alarm resolved: {}", next.message),
                     _ => tracing::info!(alert = %key, state = %next.state, "{}", next.message),
                 }
-                views.store.save_alert(&next, notify).await?;
+                views.store.save_alert(&next, notify && views.config.alerting.webhook_url.is_some()).await?;
             }
         }
+    }
+    // Alarms whose rule left the configuration end rather than staying as they were.
+    for mut old in stored.into_iter().filter(|a| !rules.iter().any(|r| r.name == a.rule)) {
+        let ended = match old.state.as_str() {
+            "firing" => "resolved",
+            "pending" => "inactive",
+            _ => continue,
+        };
+        old.state = ended.into();
+        old.since = now;
+        old.message = format!("{} {ended}: the rule is no longer configured", old.rule);
+        tracing::info!(alert = %old.alert_key, "{}", old.message);
+        views.store.save_alert(&old, ended == "resolved" && views.config.alerting.webhook_url.is_some()).await?;
     }
     let states = views.store.load_alerts().await?;
     metrics.set_alert_states(&states);
@@ -331,9 +348,6 @@ pub async fn run<S: MonitorStore>(
     metrics: MonitorMetrics,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    if rules.is_empty() {
-        return;
-    }
     loop {
         if let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics).await {
             tracing::warn!(error = %e, "alarm evaluation failed; retrying next round");

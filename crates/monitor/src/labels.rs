@@ -11,6 +11,10 @@ use vigil_store::{LabelRow, MonitorStore, PredictionStore};
 
 use crate::catalog::Catalog;
 
+/// How far in the future a label's time may be (clock skew) before it is refused: a future
+/// label would stay the latest one forever.
+pub const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
+
 /// Most labels in one request.
 pub const MAX_LABELS_PER_REQUEST: usize = 10_000;
 
@@ -79,6 +83,10 @@ pub async fn submit<S: MonitorStore + PredictionStore>(
             .as_ref()
             .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32))
             .unwrap_or_else(Utc::now);
+        if time > Utc::now() + chrono::Duration::minutes(MAX_CLOCK_SKEW_MINUTES) {
+            reject(&mut out, i, e, format!("label time {time} is in the future; check the sender's clock"));
+            continue;
+        }
         *last = Some(label.to_string());
         rows.push(LabelRow {
             label_id,

@@ -89,8 +89,8 @@ pub fn merge_windows(a: &mut RollupWindow, b: &RollupWindow) {
     }
 }
 
-/// Merges an encoded delta into an encoded stored window (a body that fails to decode is
-/// replaced by the sum, never lost silently: it is logged).
+/// Merges an encoded delta into an encoded stored window. A stored body that fails to decode
+/// (never written by this code) is replaced by the delta alone, and the loss is logged.
 pub fn merge_bodies(into: &mut Vec<u8>, delta: &[u8]) {
     let mut a = RollupWindow::decode(into.as_slice()).unwrap_or_else(|e| {
         tracing::error!(error = %e, "a stored rollup does not decode; starting it afresh");

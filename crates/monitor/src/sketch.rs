@@ -77,6 +77,24 @@ pub fn buckets(s: &Sketch) -> Vec<(f64, u64)> {
     out
 }
 
+/// Every bucket as (low, high, count), in ascending order: the value range the bucket stands
+/// for, clamped to the observed min and max (the zero bucket is the point 0).
+pub fn bucket_ranges(s: &Sketch) -> Vec<(f64, f64, u64)> {
+    let g = gamma();
+    let clamp = |v: f64| v.clamp(s.min, s.max);
+    let mut negative: Vec<(i32, u64)> = s.negative.iter().map(|(i, c)| (*i, *c)).collect();
+    negative.sort_by_key(|n| std::cmp::Reverse(n.0));
+    let mut positive: Vec<(i32, u64)> = s.positive.iter().map(|(i, c)| (*i, *c)).collect();
+    positive.sort_by_key(|p| p.0);
+    let mut out: Vec<(f64, f64, u64)> =
+        negative.into_iter().map(|(i, c)| (clamp(-g.powi(i)), clamp(-g.powi(i - 1)), c)).collect();
+    if s.zero > 0 {
+        out.push((0.0, 0.0, s.zero));
+    }
+    out.extend(positive.into_iter().map(|(i, c)| (clamp(g.powi(i - 1)), clamp(g.powi(i)), c)));
+    out
+}
+
 /// The q-quantile (0 <= q <= 1), clamped to the observed min and max; None when empty.
 pub fn quantile(s: &Sketch, q: f64) -> Option<f64> {
     let n = count(s);

@@ -18,6 +18,8 @@ use crate::sketch;
 
 /// Most windows a chart asks for when it lets the monitor pick the resolution.
 pub const MAX_CHART_WINDOWS: i64 = 400;
+/// Most windows one read returns when the caller picks the resolution.
+pub const MAX_WINDOWS_PER_READ: i64 = 10_000;
 /// Bins of the shared histogram when the baseline is a window rather than a training reference.
 pub const WINDOW_BASELINE_BINS: usize = 20;
 
@@ -102,6 +104,11 @@ impl<S: MonitorStore> Views<S> {
         &self.config.rollups.resolutions
     }
 
+    /// The finest stored resolution, in seconds.
+    pub fn finest(&self) -> u32 {
+        self.resolutions().iter().copied().min().unwrap_or(60)
+    }
+
     /// The resolution to read: `requested` if stored, else the finest giving at most `max_windows`.
     pub fn resolution(
         &self,
@@ -111,16 +118,22 @@ impl<S: MonitorStore> Views<S> {
         max_windows: i64,
     ) -> Result<u32, ViewError> {
         let stored = self.resolutions();
+        let range = (until - since).num_seconds().max(1);
         if requested != 0 {
-            return if stored.contains(&requested) {
-                Ok(requested)
-            } else {
+            let windows = range / i64::from(requested);
+            return if !stored.contains(&requested) {
                 Err(ViewError::InvalidArgument(format!(
                     "resolution_seconds {requested} is not stored; use one of {stored:?} or 0"
                 )))
+            } else if windows > MAX_WINDOWS_PER_READ {
+                Err(ViewError::InvalidArgument(format!(
+                    "the range holds {windows} windows of {requested} s, more than {MAX_WINDOWS_PER_READ}; \
+                     use a coarser resolution_seconds or 0"
+                )))
+            } else {
+                Ok(requested)
             };
         }
-        let range = (until - since).num_seconds().max(1);
         Ok(stored
             .iter()
             .copied()
@@ -359,7 +372,9 @@ fn ceil_to(t: DateTime<Utc>, resolution_s: u32) -> DateTime<Utc> {
 /// Default range when a request leaves it open: the last hour.
 pub fn default_range(since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>) -> (DateTime<Utc>, DateTime<Utc>) {
     let until = until.unwrap_or_else(Utc::now);
-    (since.unwrap_or(until - ChronoDuration::hours(1)), until)
+    let since =
+        since.unwrap_or_else(|| until.checked_sub_signed(ChronoDuration::hours(1)).unwrap_or(DateTime::<Utc>::MIN_UTC));
+    (since, until)
 }
 
 fn test(name: &str, reference: &Histogram, current: &Sketch, cfg: &DriftConfig) -> Option<FeatureDrift> {
@@ -379,11 +394,26 @@ fn test(name: &str, reference: &Histogram, current: &Sketch, cfg: &DriftConfig) 
     })
 }
 
-/// Counts of a sketch's values per bin of `edges` (each bucket at its representative value).
+/// Counts of a sketch's values per bin of `edges`: each bucket's count spread evenly over the
+/// value range it stands for (clamped to the observed min and max), so a bucket that straddles
+/// an edge splits rather than jumping whole to one side. The outer bins extend to infinity.
 pub fn bin_sketch(edges: &[f64], s: &Sketch) -> Vec<f64> {
-    let mut counts = vec![0.0; edges.len().saturating_sub(1).max(1)];
-    for (v, c) in sketch::buckets(s) {
-        counts[vigil_drift::bin_index(edges, v)] += c as f64;
+    let bins = edges.len().saturating_sub(1).max(1);
+    let mut counts = vec![0.0; bins];
+    for (lo, hi, c) in sketch::bucket_ranges(s) {
+        let (first, last) = (vigil_drift::bin_index(edges, lo), vigil_drift::bin_index(edges, hi));
+        if first == last || hi <= lo {
+            counts[first] += c as f64;
+            continue;
+        }
+        for (j, count) in counts.iter_mut().enumerate().take(last + 1).skip(first) {
+            let bin_lo = if j == 0 { f64::NEG_INFINITY } else { edges[j] };
+            let bin_hi = if j + 1 == bins { f64::INFINITY } else { edges[j + 1] };
+            let overlap = hi.min(bin_hi) - lo.max(bin_lo);
+            if overlap > 0.0 {
+                *count += c as f64 * overlap / (hi - lo);
+            }
+        }
     }
     counts
 }
@@ -402,4 +432,29 @@ fn window_histogram(baseline: &Sketch, current: Option<&Sketch>) -> Histogram {
     let edges: Vec<f64> = (0..=WINDOW_BASELINE_BINS).map(|i| lo + step * i as f64).collect();
     let counts = bin_sketch(&edges, baseline);
     Histogram { edges, counts }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_straddling_an_edge_is_split_and_nothing_is_lost() {
+        let mut s = Sketch::default();
+        for v in [9.99, 10.0, 10.01, 10.02, 3.0, 250.0] {
+            sketch::add(&mut s, v);
+        }
+        let edges = [0.0, 5.0, 10.0, 20.0];
+        let counts = bin_sketch(&edges, &s);
+        assert!((counts.iter().sum::<f64>() - 6.0).abs() < 1e-9);
+        assert!((counts[0] - 1.0).abs() < 1e-9, "{counts:?}");
+        // The four values around the edge 10 land on both sides of it, and 250 in the last bin.
+        assert!(counts[1] > 0.0 && counts[2] > 1.0, "{counts:?}");
+        let single = bin_sketch(&edges, &{
+            let mut one = Sketch::default();
+            sketch::add(&mut one, 10.0);
+            one
+        });
+        assert_eq!(single, vec![0.0, 0.0, 1.0], "a lone value sits exactly where it is");
+    }
 }

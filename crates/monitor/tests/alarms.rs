@@ -176,6 +176,15 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
 
     let _ = stop.send(());
     monitor.await.unwrap().unwrap();
+
+    // A rule taken out of the configuration ends its alarm instead of leaving it firing.
+    let views = vigil_monitor::Views::new(
+        AnyStore::Sqlite(store.clone()),
+        Default::default(),
+        Arc::new(MonitorConfig::default()),
+    );
+    vigil_monitor::alarms::evaluate_all(&views, &[], Utc::now(), &Default::default()).await.unwrap();
+    assert_eq!(state("busy/scratch-detector").await.as_deref(), Some("resolved"));
 }
 
 #[test]

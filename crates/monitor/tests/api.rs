@@ -180,10 +180,15 @@ async fn metrics_drift_labels_and_dashboard_over_the_wire() {
     again.push(label("not-a-uuid", "ok"));
     again.push(label(&normal[0].prediction_id.to_string(), "scratched"));
     again.push(label(&normal[1].prediction_id.to_string(), " "));
+    again.push(LabelEvent {
+        time: ts(now + chrono::Duration::hours(1)),
+        ..label(&normal[2].prediction_id.to_string(), "ok")
+    });
     let second = m.grpc.submit_labels(SubmitLabelsRequest { labels: again }).await.unwrap().into_inner();
     assert_eq!((second.accepted, second.duplicates), (0, 20));
     let reasons: Vec<(u32, &str)> = second.rejected.iter().map(|r| (r.index, r.reason.as_str())).collect();
-    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    assert!(reasons[4].1.contains("in the future"));
     assert!(reasons[0].1.contains("unknown prediction_id") && reasons[0].0 == 20);
     assert!(reasons[1].1.contains("not a UUID"));
     assert!(reasons[2].1.contains("'scratched' is not one of"));

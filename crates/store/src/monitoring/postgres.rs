@@ -16,16 +16,21 @@ const CURSOR: &str = "predictions";
 const ROLLUP_COLUMNS: &str = "model_name, model_version, variant, time, request_time, features, score, output_null, \
      verdict, decision, queue_time_us, compute_time_us, status";
 
-/// The oldest transaction id that may still add predictions: the oldest one running in this
-/// database (pg_stat_activity, read after the snapshot), or else the next id to be assigned.
-/// Rows below it are final. Transactions in other databases never hold it back. The monitor's
-/// role must see other sessions' `backend_xid` (the loggers' role, or `pg_read_all_stats`).
+/// The oldest transaction id that may still add predictions: the oldest transaction running in
+/// this database (`pg_stat_activity`, read after the snapshot, and prepared two-phase ones), or
+/// else the snapshot's xmax. Rows below it are final. Transactions in other databases never hold
+/// it back; any long transaction in this one that has written does. `backend_xid` is 32 bits: it
+/// takes xmax's epoch, or the one before when it would lie more than 2^31 above xmax (running
+/// transactions may be above xmax, which is one past the latest completed). The monitor's role
+/// must see other sessions' `backend_xid` (the loggers' role, or `pg_read_all_stats`).
 const HORIZON: &str = "WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax), \
-     running AS (SELECT ((s.xmax >> 32) << 32) | a.backend_xid::text::bigint AS xid, s.xmax FROM s \
-       JOIN pg_stat_activity a ON a.datname = current_database() AND a.backend_xid IS NOT NULL \
-        AND a.pid <> pg_backend_pid()) \
+     running AS ( \
+       SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity \
+        WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid() \
+       UNION ALL SELECT transaction::text::bigint FROM pg_prepared_xacts WHERE database = current_database()), \
+     widened AS (SELECT ((s.xmax >> 32) << 32) | r.xid AS xid, s.xmax FROM s, running r) \
      SELECT LEAST((SELECT xmax FROM s), \
-       coalesce((SELECT min(CASE WHEN xid > xmax THEN xid - 4294967296 ELSE xid END) FROM running), \
+       coalesce((SELECT min(CASE WHEN xid > xmax + 2147483648 THEN xid - 4294967296 ELSE xid END) FROM widened), \
                 (SELECT xmax FROM s)))";
 
 const EVENT_COLUMNS: &str =
