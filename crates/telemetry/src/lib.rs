@@ -96,3 +96,38 @@ pub fn termination() -> anyhow::Result<impl std::future::Future<Output = ()> + S
         }
     })
 }
+
+/// In a `/metrics` text, the sum of the samples of `name` whose labels include `labels`; None
+/// when there is none (for checks and scrapers; label values must not contain commas).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let pairs: Vec<(&str, &str)> = series_labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if series_name == name && labels.iter().all(|l| pairs.contains(l)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sums_the_samples_whose_labels_match() {
+        let text = "# TYPE r counter\nr_total{model=\"m\",status=\"Ok\"} 3\nr_total{model=\"m\",status=\"NotFound\"} 1\n\
+                    r_total{model=\"n\",status=\"Ok\"} 2\ng 7.5\n";
+        assert_eq!(super::sample(text, "r_total", &[("status", "Ok")]), Some(5.0));
+        assert_eq!(super::sample(text, "r_total", &[("model", "m"), ("status", "Ok")]), Some(3.0));
+        assert_eq!(super::sample(text, "g", &[]), Some(7.5));
+        assert_eq!(super::sample(text, "missing", &[]), None);
+    }
+}

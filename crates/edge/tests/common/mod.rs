@@ -44,23 +44,7 @@ pub fn scrape(addr: SocketAddr) -> (String, String) {
 
 /// The sum of the samples of `name` whose labels include `labels`; None when there is none.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (series_name, series_labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let pairs: Vec<(&str, &str)> = series_labels
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k, v.trim_matches('"')))
-            .collect();
-        if series_name == name && labels.iter().all(|l| pairs.contains(l)) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
-        }
-    }
-    found
+    vigil_telemetry::sample(text, name, labels)
 }
 
 pub async fn start(config: EdgeConfig) -> RunningServer {
