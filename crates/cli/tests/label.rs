@@ -12,7 +12,7 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_from_the_command_line_and_csv_reach_postgres() {
     let broker = Broker::start(1).await;
-    let db = Database::fresh();
+    let db = Database::create();
     let logger = RunningLogger::quick(broker.brokers(), db.url());
 
     let one = Uuid::now_v7();

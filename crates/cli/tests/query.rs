@@ -63,7 +63,7 @@ fn json_ids(stdout: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_labels_and_pages() {
-    let db = Database::fresh();
+    let db = Database::create();
     let store = PgStore::connect_lazy(&db.url(), 1).unwrap();
     store.migrate().await.unwrap();
     // Ten predictions, one a minute (the oldest first, so ids and times share their order).

@@ -43,7 +43,7 @@ fn record(i: usize) -> PredictionRecord {
 }
 
 async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> (f64, Duration) {
-    let db = Database::fresh();
+    let db = Database::create();
     let store = PgStore::connect_lazy(&db.url(), 1).unwrap();
     store.migrate().await.unwrap();
     let started = Instant::now();

@@ -56,7 +56,7 @@ fn record(i: usize) -> PredictionRecord {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_prediction_lands_once_with_its_features_and_outputs() {
     let broker = Broker::start(3).await;
-    let db = Database::fresh();
+    let db = Database::create();
     let mut edge = vigil_edge::EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_repository: repo_root().join("models"),
@@ -172,7 +172,7 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     let broker = Broker::start(1).await;
-    let db = Database::fresh();
+    let db = Database::create();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
     let send = |payload: Vec<u8>| {
         let producer = producer.clone();
@@ -256,7 +256,7 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_logger_serves_records_by_outcome_batches_and_lag_at_metrics() {
     let broker = Broker::start(2).await;
-    let db = Database::fresh();
+    let db = Database::create();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
     const N: usize = 40;
     let records: Vec<PredictionRecord> = (0..N).map(record).collect();
@@ -319,7 +319,7 @@ async fn the_logger_serves_records_by_outcome_batches_and_lag_at_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_logger_killed_mid_stream_resumes_without_loss_or_doubles() {
     let broker = Broker::start(3).await;
-    let db = Database::fresh();
+    let db = Database::create();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker.brokers())
         .set("linger.ms", "20")
@@ -391,7 +391,7 @@ async fn a_logger_killed_mid_stream_resumes_without_loss_or_doubles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_outage_pauses_the_logger_and_loses_nothing() {
     let broker = Broker::start(2).await;
-    let db = Database::fresh();
+    let db = Database::create();
     // The logger reaches Postgres through a proxy that the test cuts for 8 seconds.
     let mut outage = Outage::start(5432).await;
     let via_proxy = db.url().replace(":5432/", &format!(":{}/", outage.port));
@@ -439,7 +439,7 @@ async fn a_database_outage_pauses_the_logger_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_loggers_share_the_partitions_and_write_each_record_once() {
     let broker = Broker::start(4).await;
-    let db = Database::fresh();
+    let db = Database::create();
     let start = |stats: Arc<LoggerStats>| {
         let config = LoggerConfig {
             brokers: broker.brokers(),

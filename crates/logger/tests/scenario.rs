@@ -138,7 +138,7 @@ async fn wait_for_state<S: MonitorStore>(store: &S, rule: &str, want: &str, with
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     let broker = Broker::start(3).await;
-    let db = Database::fresh();
+    let db = Database::create();
     let mut edge = vigil_edge::EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_repository: repo_root().join("models"),

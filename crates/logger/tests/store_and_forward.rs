@@ -43,7 +43,7 @@ fn edge_config(brokers: String, spool: SpoolConfig, message_timeout_ms: u64) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_30_second_broker_outage_loses_nothing_and_doubles_nothing() {
     let mut broker = Broker::start(3).await;
-    let db = Database::fresh();
+    let db = Database::create();
     let spool_dir = tempfile::tempdir().unwrap();
     let spool = SpoolConfig { dir: spool_dir.path().into(), fsync: FsyncPolicy::Always, ..Default::default() };
     let mut config = edge_config(broker.brokers(), spool, 3_000);
@@ -144,7 +144,7 @@ async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
 
     // Next run, broker up: the spool is replayed; reject-new kept the oldest records.
     broker.resume().await;
-    let db = Database::fresh();
+    let db = Database::create();
     let logger = RunningLogger::quick(brokers.clone(), db.url());
     let server = vigil_edge::start(edge_config(brokers, spool, 5_000), false).await.unwrap();
     let store = PgStore::connect_lazy(&db.url(), 2).unwrap();

@@ -1,7 +1,5 @@
 //! QueryPredictions over real gRPC on loopback, against a fresh Postgres database.
 
-use std::process::Command;
-
 use chrono::{Duration, Utc};
 use tonic::Code;
 use uuid::Uuid;
@@ -41,15 +39,8 @@ fn row(i: usize) -> PredictionRow {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_predictions_filters_pages_and_refuses_bad_requests() {
-    let admin =
-        std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-    let name = format!("vigil_test_{}", Uuid::now_v7().simple());
-    let psql = |sql: &str| {
-        let out = Command::new("psql").args([admin.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    psql(&format!("CREATE DATABASE {name}"));
-    let store = PgStore::connect_lazy(&format!("{}/{name}", admin.rsplit_once('/').unwrap().0), 2).unwrap();
+    let db = vigil_store::testing::TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
     store.migrate().await.unwrap();
     let rows: Vec<PredictionRow> = (0..10).map(row).collect();
     store.insert_predictions(&rows).await.unwrap();
@@ -131,5 +122,4 @@ async fn query_predictions_filters_pages_and_refuses_bad_requests() {
     }
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
-    psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
 }

@@ -1,8 +1,6 @@
 //! One conformance suite, run against both stores: Postgres (a fresh database on the local
 //! server) and SQLite (a temporary file).
 
-use std::process::Command;
-
 use chrono::{Duration, Utc};
 use uuid::Uuid;
 use vigil_store::{LabelRow, PgStore, PredictionFilter, PredictionRow, PredictionStore, SqliteStore};
@@ -128,16 +126,6 @@ async fn sqlite_conforms() {
 
 #[tokio::test]
 async fn postgres_conforms() {
-    let admin =
-        std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
-    let name = format!("vigil_test_{}", Uuid::now_v7().simple());
-    let psql = |sql: &str| {
-        let out =
-            Command::new("psql").args([admin.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().expect("psql");
-        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    psql(&format!("CREATE DATABASE {name}"));
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    conformance(PgStore::connect_lazy(&url, 2).unwrap()).await;
-    psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+    let db = vigil_store::testing::TestDatabase::create();
+    conformance(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }

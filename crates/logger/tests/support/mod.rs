@@ -98,39 +98,8 @@ impl Drop for Broker {
 }
 
 /// A fresh database on the local Postgres, dropped at the end.
-pub struct Database {
-    pub name: String,
-}
-
-fn admin_url() -> String {
-    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
-}
-
-impl Database {
-    pub fn fresh() -> Database {
-        let name = format!("vigil_test_{}", uuid::Uuid::now_v7().simple());
-        psql(&format!("CREATE DATABASE {name}"));
-        Database { name }
-    }
-
-    pub fn url(&self) -> String {
-        let admin = admin_url();
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-    }
-}
-
-fn psql(sql: &str) {
-    let out =
-        Command::new("psql").args([admin_url().as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().expect("psql");
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-}
+/// A fresh Postgres database per test, dropped at the end.
+pub type Database = vigil_store::testing::TestDatabase;
 
 /// Polls `check` until it returns true or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
