@@ -210,6 +210,8 @@ pub async fn start_with(
             if let Err(e) = sink.flush(drain) {
                 tracing::warn!(error = %e, "records not flushed to Kafka before exit");
             }
+            // What is still on disk is the next run's to replay.
+            emitter.close_spool();
         }
         let _ = metrics_stop.send(());
         if let Some(mut metrics_task) = metrics_task {

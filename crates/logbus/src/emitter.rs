@@ -17,7 +17,7 @@ use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::spool::{Appended, Spool};
+use crate::spool::{Appended, Position, Spool};
 
 /// One record on its way to a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +81,8 @@ struct SpoolState {
     spool: Mutex<Spool>,
     /// While set, new records go to the spool (behind the ones waiting) to keep their order.
     active: AtomicBool,
+    /// Set at shutdown: replay stops, so a later run (or another emitter) owns the spool alone.
+    closed: AtomicBool,
 }
 
 impl SpoolState {
@@ -139,7 +141,11 @@ impl Emitter {
         let stats = Arc::new(EmitterStats::default());
         let spool = spool.map(|s| {
             let active = !s.is_empty();
-            Arc::new(SpoolState { spool: Mutex::new(s), active: AtomicBool::new(active) })
+            Arc::new(SpoolState {
+                spool: Mutex::new(s),
+                active: AtomicBool::new(active),
+                closed: AtomicBool::new(false),
+            })
         });
         let sink = Arc::new(sink);
         if let Some(state) = &spool {
@@ -167,7 +173,14 @@ impl Emitter {
         }
     }
 
-    /// Records waiting in the spool.
+    /// Stops replaying the spool (at shutdown): what is still on disk is left for the next run.
+    pub fn close_spool(&self) {
+        if let Some(s) = &self.spool {
+            s.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Records waiting in the spool now.
     pub fn spooled_now(&self) -> u64 {
         self.spool.as_ref().map_or(0, |s| s.spool.lock().unwrap_or_else(|p| p.into_inner()).len())
     }
@@ -263,6 +276,9 @@ async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<Emitte
     let mut backoff = interval;
     loop {
         tokio::time::sleep(backoff).await;
+        if state.closed.load(Ordering::SeqCst) {
+            return;
+        }
         let peeked = {
             let spool = state.spool.lock().unwrap_or_else(|p| p.into_inner());
             if spool.is_empty() {
@@ -270,32 +286,45 @@ async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<Emitte
                 backoff = interval;
                 continue;
             }
-            spool.peek(BATCH)
+            spool.peek_each(BATCH)
         };
-        let (batch, position) = match peeked {
+        let batch = match peeked {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the spool");
                 continue;
             }
         };
-        let count = batch.len() as u64;
-        let deliveries: Vec<_> = batch.into_iter().map(|e| sink.send(e)).collect();
-        let mut all_ok = true;
+        let positions: Vec<Position> = batch.iter().map(|(_, p)| *p).collect();
+        let deliveries: Vec<_> = batch.into_iter().map(|(e, _)| sink.send(e)).collect();
+        // Acknowledge the records delivered before the first failure: the spool keeps its order,
+        // and whatever failed is sent again (with what follows it) on the next pass.
+        let mut delivered = 0;
+        let mut first_error = None;
         for d in deliveries {
-            all_ok &= d.await.is_ok();
+            match d.await {
+                Ok(()) if first_error.is_none() => delivered += 1,
+                Ok(()) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        if all_ok {
+        if delivered > 0 {
             let mut spool = state.spool.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = spool.ack(position, count) {
+            if let Err(e) = spool.ack(positions[delivered - 1], delivered as u64) {
                 tracing::error!(error = %e, "cannot advance the spool head");
             }
-            stats.replayed.fetch_add(count, Ordering::Relaxed);
-            tracing::info!(count, left = spool.len(), "replayed spooled records");
+            stats.replayed.fetch_add(delivered as u64, Ordering::Relaxed);
+            tracing::info!(count = delivered, left = spool.len(), "replayed spooled records");
+        }
+        match first_error {
             // More may be waiting: look again almost at once.
-            backoff = Duration::from_millis(1);
-        } else {
-            backoff = (backoff * 2).clamp(interval, Duration::from_secs(10));
+            None => backoff = Duration::from_millis(1),
+            Some(e) => {
+                tracing::warn!(error = %e, delivered, "spool replay interrupted; retrying");
+                backoff = (backoff * 2).clamp(interval, Duration::from_secs(10));
+            }
         }
     }
 }

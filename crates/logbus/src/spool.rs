@@ -243,20 +243,24 @@ impl Spool {
 
     /// Up to `max` of the oldest records, with the position after the last one.
     pub fn peek(&self, max: usize) -> io::Result<(Vec<Envelope>, Position)> {
+        let each = self.peek_each(max)?;
+        let end = each.last().map_or(self.head, |(_, p)| *p);
+        Ok((each.into_iter().map(|(e, _)| e).collect(), end))
+    }
+
+    /// Up to `max` of the oldest records, each with the position after it (to acknowledge a
+    /// prefix of them).
+    pub fn peek_each(&self, max: usize) -> io::Result<Vec<(Envelope, Position)>> {
         let mut out = Vec::new();
-        let mut end = self.head;
         for &(n, _, _) in &self.segments {
             if n < self.head.segment || out.len() >= max {
                 continue;
             }
             let from = if n == self.head.segment { self.head.offset } else { 0 };
             let frames = read_frames(&segment_path(&self.config.dir, n), from, max - out.len())?;
-            for (after, e) in frames {
-                end = Position { segment: n, offset: after };
-                out.push(e);
-            }
+            out.extend(frames.into_iter().map(|(after, e)| (e, Position { segment: n, offset: after })));
         }
-        Ok((out, end))
+        Ok(out)
     }
 
     /// Marks every record before `to` (from [`Spool::peek`]) as delivered; `count` of them.

@@ -97,7 +97,6 @@ impl Drop for Broker {
     }
 }
 
-/// A fresh database on the local Postgres, dropped at the end.
 /// A fresh Postgres database per test, dropped at the end.
 pub type Database = vigil_store::testing::TestDatabase;
 
