@@ -54,6 +54,25 @@ pub struct StoredRollup {
     pub body: Vec<u8>,
 }
 
+/// A rollup as read for one query: window start, version, variant, body.
+type RollupRow = (DateTime<Utc>, String, i16, Vec<u8>);
+
+/// Rows of one [`RollupQuery`] with their full keys.
+fn stored_rollups(q: &RollupQuery, rows: Vec<RollupRow>) -> Vec<StoredRollup> {
+    rows.into_iter()
+        .map(|(window_start, model_version, variant, body)| StoredRollup {
+            key: RollupKey {
+                model_name: q.model_name.clone(),
+                resolution_s: q.resolution_s,
+                window_start,
+                model_version,
+                variant,
+            },
+            body,
+        })
+        .collect()
+}
+
 /// Which rollups to read.
 #[derive(Debug, Clone)]
 pub struct RollupQuery {

@@ -166,7 +166,7 @@ impl MonitorStore for PgStore {
     }
 
     async fn read_rollups(&self, q: &RollupQuery) -> Result<Vec<StoredRollup>, sqlx::Error> {
-        let rows: Vec<(DateTime<Utc>, String, i16, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<super::RollupRow> = sqlx::query_as(
             "SELECT window_start, model_version, variant, body FROM rollups \
              WHERE model_name = $1 AND resolution_s = $2 AND window_start >= $3 AND window_start < $4 \
                AND ($5::text IS NULL OR model_version = $5) AND ($6::int2 IS NULL OR variant = $6) \
@@ -180,19 +180,7 @@ impl MonitorStore for PgStore {
         .bind(q.variant)
         .fetch_all(self.pool())
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(window_start, model_version, variant, body)| StoredRollup {
-                key: RollupKey {
-                    model_name: q.model_name.clone(),
-                    resolution_s: q.resolution_s,
-                    window_start,
-                    model_version,
-                    variant,
-                },
-                body,
-            })
-            .collect())
+        Ok(super::stored_rollups(q, rows))
     }
 
     async fn rollup_models(&self) -> Result<Vec<(String, String)>, sqlx::Error> {

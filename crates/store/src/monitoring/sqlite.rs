@@ -6,7 +6,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, LabeledPrediction, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput, RollupKey,
+    AlertEvent, AlertRow, LabeledPrediction, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput,
     RollupQuery, StoredRollup, bind_alert,
 };
 use crate::SqliteStore;
@@ -108,20 +108,8 @@ impl MonitorStore for SqliteStore {
             b.push(" AND variant = ").push_bind(v);
         }
         b.push(" ORDER BY window_start");
-        let rows: Vec<(DateTime<Utc>, String, i16, Vec<u8>)> = b.build_query_as().fetch_all(self.pool()).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(window_start, model_version, variant, body)| StoredRollup {
-                key: RollupKey {
-                    model_name: q.model_name.clone(),
-                    resolution_s: q.resolution_s,
-                    window_start,
-                    model_version,
-                    variant,
-                },
-                body,
-            })
-            .collect())
+        let rows: Vec<super::RollupRow> = b.build_query_as().fetch_all(self.pool()).await?;
+        Ok(super::stored_rollups(q, rows))
     }
 
     async fn rollup_models(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
