@@ -8,35 +8,19 @@ use std::process::Command;
 use chrono::{Duration, Utc};
 use support::Database;
 use uuid::Uuid;
+use vigil_store::testing::prediction;
 use vigil_store::{LabelRow, PgStore, PredictionRow};
 
 fn row(i: usize, minutes_ago: i64) -> PredictionRow {
+    let features = serde_json::json!({ "brightness": 100.0 + i as f64, "sharpness": 50.0 });
     PredictionRow {
-        prediction_id: Uuid::now_v7(),
-        time: Utc::now() - Duration::minutes(minutes_ago),
         request_time: None,
-        capture_time: None,
-        trace_id: String::new(),
-        server_id: "edge-1".into(),
         station_id: format!("line-{}", i % 2),
-        device_id: String::new(),
         part_id: format!("part-{i}"),
-        request_id: String::new(),
-        api: "inspect".into(),
-        model_name: "scratch-detector".into(),
-        model_version: "1".into(),
-        variant: 1,
-        deployment_id: String::new(),
-        features: serde_json::json!({ "brightness": 100.0 + i as f64, "sharpness": 50.0 }),
         output: serde_json::json!({ "label": "ok", "scores": [i as f64 / 10.0] }),
-        score: Some(i as f32 / 10.0),
-        output_null: false,
-        verdict: if i >= 5 { 2 } else { 1 },
-        decision: if i >= 5 { 2 } else { 1 },
         queue_time_us: 10,
         compute_time_us: 100,
-        status: 1,
-        error: String::new(),
+        ..prediction(Utc::now() - Duration::minutes(minutes_ago), i as f32 / 10.0, features)
     }
 }
 

@@ -5,35 +5,18 @@ use tonic::Code;
 use uuid::Uuid;
 use vigil_proto::vigil::v1::prediction_log_client::PredictionLogClient;
 use vigil_proto::vigil::v1::{Decision, QueryPredictionsRequest, Verdict};
+use vigil_store::testing::prediction;
 use vigil_store::{LabelRow, PgStore, PredictionRow};
 
 fn row(i: usize) -> PredictionRow {
+    let features = serde_json::json!({ "brightness": 90.0 + i as f64, "image": null });
     PredictionRow {
-        prediction_id: Uuid::now_v7(),
-        time: Utc::now() - Duration::minutes(10 - i as i64),
         request_time: None,
-        capture_time: None,
-        trace_id: String::new(),
-        server_id: "edge-1".into(),
         station_id: format!("line-{}", i % 2),
-        device_id: String::new(),
-        part_id: String::new(),
-        request_id: String::new(),
-        api: "inspect".into(),
-        model_name: "scratch-detector".into(),
-        model_version: "1".into(),
-        variant: 1,
-        deployment_id: String::new(),
-        features: serde_json::json!({ "brightness": 90.0 + i as f64, "image": null }),
         output: serde_json::json!({ "label": "ok", "scores": [i as f64 / 10.0] }),
-        score: Some(i as f32 / 10.0),
-        output_null: false,
-        verdict: if i >= 5 { 2 } else { 1 },
-        decision: if i >= 5 { 2 } else { 1 },
         queue_time_us: 1,
         compute_time_us: 1,
-        status: 1,
-        error: String::new(),
+        ..prediction(Utc::now() - Duration::minutes(10 - i as i64), i as f32 / 10.0, features)
     }
 }
 

@@ -3,35 +3,21 @@
 
 use chrono::{Duration, Utc};
 use uuid::Uuid;
+use vigil_store::testing::prediction;
 use vigil_store::{LabelRow, PgStore, PredictionFilter, PredictionRow, PredictionStore, SqliteStore};
 
 fn row(i: usize, minutes_ago: i64) -> PredictionRow {
+    let time = Utc::now() - Duration::minutes(minutes_ago);
+    let features = serde_json::json!({ "brightness": 100.5 + i as f64, "missing": null });
     PredictionRow {
-        prediction_id: Uuid::now_v7(),
-        time: Utc::now() - Duration::minutes(minutes_ago),
-        request_time: Some(Utc::now() - Duration::minutes(minutes_ago)),
-        capture_time: None,
-        trace_id: String::new(),
-        server_id: "edge-1".into(),
+        request_time: Some(time),
         station_id: format!("line-{}", i % 2),
-        device_id: String::new(),
         part_id: format!("part-{i}"),
-        request_id: String::new(),
-        api: "inspect".into(),
         model_name: if i < 8 { "scratch-detector".into() } else { "other".into() },
-        model_version: "1".into(),
-        variant: 1,
-        deployment_id: String::new(),
-        features: serde_json::json!({ "brightness": 100.5 + i as f64, "missing": null }),
         output: serde_json::json!({ "label": "ok", "scores": [i as f64 / 10.0] }),
-        score: Some(i as f32 / 10.0),
-        output_null: false,
-        verdict: if i >= 5 { 2 } else { 1 },
-        decision: if i >= 5 { 2 } else { 1 },
         queue_time_us: 10,
         compute_time_us: 100,
-        status: 1,
-        error: String::new(),
+        ..prediction(time, i as f32 / 10.0, features)
     }
 }
 
