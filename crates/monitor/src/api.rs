@@ -10,6 +10,7 @@ use vigil_proto::vigil::v1::{
 };
 use vigil_store::{MonitorStore, PredictionStore};
 
+use crate::query::time;
 use crate::sketch;
 use crate::views::{Baseline, FeatureDrift, Scope, ViewError, Views, default_range};
 
@@ -31,15 +32,6 @@ fn status(e: ViewError) -> Status {
         ViewError::NoData(m) => Status::failed_precondition(m),
         ViewError::Store(e) => Status::unavailable(format!("database: {e}")),
     }
-}
-
-fn time(t: &Option<prost_types::Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>, Status> {
-    t.as_ref()
-        .map(|t| {
-            DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
-                .ok_or_else(|| Status::invalid_argument(format!("{field} is out of range")))
-        })
-        .transpose()
 }
 
 /// A timestamp for the wire.

@@ -24,7 +24,8 @@ impl<S: PredictionStore> PredictionLogService<S> {
     }
 }
 
-fn time(t: &Option<prost_types::Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>, Status> {
+/// A request's timestamp field, checked (the error names the field).
+pub(crate) fn time(t: &Option<prost_types::Timestamp>, field: &str) -> Result<Option<DateTime<Utc>>, Status> {
     t.as_ref()
         .map(|t| {
             DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32)
