@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use tonic::transport::Channel;
+use vigil_monitor::api::timestamp as ts;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
 use vigil_proto::vigil::v1::{GetDriftRequest, GetMetricsRequest, ListAlertsRequest, Scope};
 
@@ -67,10 +68,6 @@ async fn client(url: &str) -> Result<MonitoringClient<Channel>> {
         .await
         .with_context(|| format!("cannot reach the monitor at {url}; is vigil-monitor running? (--monitor)"))?;
     Ok(MonitoringClient::new(channel))
-}
-
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 fn range(last: std::time::Duration) -> Result<(DateTime<Utc>, DateTime<Utc>)> {

@@ -80,10 +80,7 @@ fn logged(row: PredictionSummary) -> LoggedPrediction {
         .unwrap_or_default();
     LoggedPrediction {
         prediction_id: row.prediction_id.to_string(),
-        time: Some(prost_types::Timestamp {
-            seconds: row.time.timestamp(),
-            nanos: row.time.timestamp_subsec_nanos() as i32,
-        }),
+        time: Some(crate::api::timestamp(row.time)),
         station_id: row.station_id,
         model_name: row.model_name,
         model_version: row.model_version,
