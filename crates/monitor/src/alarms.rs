@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use vigil_proto::vigil::v1::{Decision, RollupWindow, Verdict};
+use vigil_proto::vigil::v1::{Decision, Verdict};
 use vigil_store::MonitorStore;
 use vigil_store::monitoring::AlertRow;
 
@@ -190,7 +190,6 @@ pub async fn evaluate<S: MonitorStore>(
     let since = now - chrono::Duration::from_std(rule.window).unwrap_or(chrono::Duration::minutes(5));
     let scope = Scope { model: model.to_string(), version: None, variant: None };
     let rate = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
-    let window = |w: &RollupWindow| w.clone();
     let metric = &rule.metric;
     let value = match metric {
         Metric::DriftStatistic(_) | Metric::DriftDetected(_) | Metric::DatasetDriftShare => {
@@ -243,7 +242,7 @@ pub async fn evaluate<S: MonitorStore>(
             rate(events, t.count)
         }
         _ => {
-            let t = window(&views.total(&scope, since, now).await?);
+            let t = views.total(&scope, since, now).await?;
             if t.count == 0 && *metric != Metric::Requests && *metric != Metric::ThroughputRps {
                 return Ok(None);
             }
