@@ -191,16 +191,21 @@ pub async fn start_with(
         };
         let serve = router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         tokio::pin!(serve);
-        tokio::select! {
-            result = &mut serve => return result.context("gRPC server failed"),
-            _ = stop_rx => {}
-        }
-        let served = match tokio::time::timeout(drain, serve).await {
-            Ok(result) => result.context("gRPC server failed"),
-            Err(_) => {
-                tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
-                Ok(())
-            }
+        // The server may finish by itself (no connections to drain, or an error); the records
+        // below are handed over and the spool closed either way.
+        let finished = tokio::select! {
+            result = &mut serve => Some(result),
+            _ = stop_rx => None,
+        };
+        let served = match finished {
+            Some(result) => result.context("gRPC server failed"),
+            None => match tokio::time::timeout(drain, serve).await {
+                Ok(result) => result.context("gRPC server failed"),
+                Err(_) => {
+                    tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
+                    Ok(())
+                }
+            },
         };
         // Hand the last prediction records to the broker before exiting.
         if let Some((emitter, sink)) = emitter_task {

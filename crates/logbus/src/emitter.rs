@@ -78,16 +78,24 @@ impl EmitterStats {
 
 /// The spool shared by the forwarding task, request handlers and the replay task.
 struct SpoolState {
-    spool: Mutex<Spool>,
+    /// None once closed: the spool (and its directory lock) is released at shutdown.
+    spool: Mutex<Option<Spool>>,
     /// While set, new records go to the spool (behind the ones waiting) to keep their order.
     active: AtomicBool,
-    /// Set at shutdown: replay stops, so a later run (or another emitter) owns the spool alone.
-    closed: AtomicBool,
 }
 
 impl SpoolState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Spool>> {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn store(&self, envelope: &Envelope, stats: &EmitterStats) {
-        let mut spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock();
+        let Some(spool) = guard.as_mut() else {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("record emitted after shutdown closed the spool: record lost");
+            return;
+        };
         self.active.store(true, Ordering::SeqCst);
         match spool.append(envelope) {
             Ok(Appended::Stored) => {
@@ -141,11 +149,7 @@ impl Emitter {
         let stats = Arc::new(EmitterStats::default());
         let spool = spool.map(|s| {
             let active = !s.is_empty();
-            Arc::new(SpoolState {
-                spool: Mutex::new(s),
-                active: AtomicBool::new(active),
-                closed: AtomicBool::new(false),
-            })
+            Arc::new(SpoolState { spool: Mutex::new(Some(s)), active: AtomicBool::new(active) })
         });
         let sink = Arc::new(sink);
         if let Some(state) = &spool {
@@ -173,16 +177,17 @@ impl Emitter {
         }
     }
 
-    /// Stops replaying the spool (at shutdown): what is still on disk is left for the next run.
+    /// Stops replaying and closes the spool (at shutdown), releasing its directory: what is
+    /// still on disk is left for the next run.
     pub fn close_spool(&self) {
         if let Some(s) = &self.spool {
-            s.closed.store(true, Ordering::SeqCst);
+            s.lock().take();
         }
     }
 
-    /// Records waiting in the spool now.
+    /// Records waiting in the spool now (0 once closed).
     pub fn spooled_now(&self) -> u64 {
-        self.spool.as_ref().map_or(0, |s| s.spool.lock().unwrap_or_else(|p| p.into_inner()).len())
+        self.spool.as_ref().and_then(|s| s.lock().as_ref().map(Spool::len)).unwrap_or(0)
     }
 
     /// Waits until every record emitted so far is delivered, failed or dropped; false when
@@ -276,11 +281,9 @@ async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<Emitte
     let mut backoff = interval;
     loop {
         tokio::time::sleep(backoff).await;
-        if state.closed.load(Ordering::SeqCst) {
-            return;
-        }
         let peeked = {
-            let spool = state.spool.lock().unwrap_or_else(|p| p.into_inner());
+            let guard = state.lock();
+            let Some(spool) = guard.as_ref() else { return };
             if spool.is_empty() {
                 state.active.store(false, Ordering::SeqCst);
                 backoff = interval;
@@ -311,7 +314,9 @@ async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<Emitte
             }
         }
         if delivered > 0 {
-            let mut spool = state.spool.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = state.lock();
+            // Closed meanwhile: the next run sends these again (downstream inserts are idempotent).
+            let Some(spool) = guard.as_mut() else { return };
             if let Err(e) = spool.ack(positions[delivered - 1], delivered as u64) {
                 tracing::error!(error = %e, "cannot advance the spool head");
             }
@@ -429,6 +434,25 @@ mod tests {
         let stats = emitter.stats();
         assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_the_spool_releases_its_directory_and_keeps_what_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::spool::SpoolConfig { dir: dir.path().into(), ..Default::default() };
+        let sink = Collect { down: Arc::new(AtomicBool::new(true)), ..Default::default() };
+        let spool = Spool::open(config.clone()).unwrap();
+        let (emitter, _task) = Emitter::start_with_spool(sink, 100, 4, Some(spool), Duration::from_millis(20));
+        for i in 0..5 {
+            emitter.emit(env(i));
+        }
+        assert!(emitter.drain(Duration::from_secs(5)).await);
+        assert_eq!(emitter.spooled_now(), 5);
+        assert!(Spool::open(config.clone()).is_err(), "the running emitter holds the directory");
+        emitter.close_spool();
+        let reopened = Spool::open(config).expect("closed at shutdown: the next run may open it");
+        assert_eq!(reopened.len(), 5, "what waited is left for the next run");
+        assert_eq!(emitter.spooled_now(), 0);
     }
 
     #[tokio::test]

@@ -76,9 +76,13 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// The spool. Not thread-safe; wrap it in a mutex.
+/// The spool. Not thread-safe; wrap it in a mutex. It holds an exclusive lock on its
+/// directory (the `lock` file) until dropped: a second spool on the same directory, in this
+/// process or another, is refused.
 pub struct Spool {
     config: SpoolConfig,
+    /// The locked `lock` file; closing it releases the lock.
+    _lock: File,
     /// Segment numbers on disk, oldest first, with their sizes and record counts.
     segments: Vec<(u64, u64, u64)>,
     head: Position,
@@ -145,6 +149,7 @@ impl Spool {
     /// Opens (or creates) the spool in `config.dir`, finding records left by an earlier run.
     pub fn open(config: SpoolConfig) -> io::Result<Self> {
         fs::create_dir_all(&config.dir)?;
+        let lock = lock_dir(&config.dir)?;
         let mut numbers: Vec<u64> = fs::read_dir(&config.dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
@@ -172,7 +177,7 @@ impl Spool {
             records += pending;
             segments.push((n, valid_end, frames.len() as u64));
         }
-        Ok(Self { config, segments, head, writer: None, records })
+        Ok(Self { config, _lock: lock, segments, head, writer: None, records })
     }
 
     /// Records waiting.
@@ -284,6 +289,24 @@ impl Spool {
     }
 }
 
+/// Takes the directory's lock, or explains who holds it.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "the spool directory {} is in use by another server ({} is locked): give each server its own spool dir",
+                dir.display(),
+                path.display()
+            ),
+        )),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 fn read_head(dir: &Path) -> io::Result<Option<Position>> {
     match fs::read_to_string(dir.join("head")) {
         Ok(text) => {
@@ -334,6 +357,19 @@ mod tests {
         s.ack(pos, 70).unwrap();
         assert!(s.is_empty());
         assert!(s.bytes() <= 500, "acknowledged segments are deleted");
+    }
+
+    #[test]
+    fn a_directory_holds_one_spool_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        let Err(e) = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)) else {
+            panic!("a second spool on a locked directory must be refused");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().contains("in use by another server"), "{e}");
+        drop(first);
+        Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).expect("free once the first is dropped");
     }
 
     #[test]

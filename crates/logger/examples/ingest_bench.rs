@@ -1,6 +1,8 @@
 //! Logger ingestion benchmark: N prediction records on a real broker (tansu), drained into a
-//! fresh Postgres database by one logger, then by two loggers sharing the partitions.
-//! Prints records per second for each, and the ratio.
+//! fresh Postgres database by one logger, then by two loggers sharing the partitions. A third
+//! row runs the logger's own work without a broker (decode and insert the same messages, in
+//! the logger's batch size, into a fresh database), which bounds what a logger can do when the
+//! broker is not the limit. Prints records per second for each, and the ratios.
 //!
 //!     cargo run --release -p vigil-logger --example ingest_bench -- [records, default 200000]
 
@@ -16,6 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{Broker, Database, RunningLogger};
 use vigil_logbus::topics;
 use vigil_logger::LoggerConfig;
+use vigil_logger::batch::{Consumed, decode};
 use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
 
@@ -72,6 +75,31 @@ async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> 
     (records as f64 / elapsed.as_secs_f64(), elapsed)
 }
 
+/// Decode and insert, batch after batch, with no broker: the logger's ceiling on this database.
+async fn without_broker(records: usize) -> (f64, Duration) {
+    let db = Database::create();
+    let store = PgStore::connect_lazy(&db.url(), 1).unwrap();
+    store.migrate().await.unwrap();
+    let batch = LoggerConfig::default().batch_max_records;
+    let messages: Vec<Consumed> = (0..records)
+        .map(|i| Consumed {
+            topic: topics::PREDICTIONS.into(),
+            partition: (i % 4) as i32,
+            offset: (i / 4) as i64,
+            key: None,
+            payload: Some(record(i).encode_to_vec()),
+        })
+        .collect();
+    let started = Instant::now();
+    for chunk in messages.chunks(batch) {
+        let decoded = decode(chunk);
+        store.insert_batch(&decoded.predictions, &decoded.labels).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(store.count_predictions().await.unwrap(), records as i64);
+    (records as f64 / elapsed.as_secs_f64(), elapsed)
+}
+
 #[tokio::main]
 async fn main() {
     let records: usize = std::env::args().nth(1).map(|a| a.parse().expect("records: a number")).unwrap_or(200_000);
@@ -108,8 +136,11 @@ async fn main() {
     let (one, t1) = drain(&broker, records, 1, "bench-one").await;
     eprintln!("two loggers ...");
     let (two, t2) = drain(&broker, records, 2, "bench-two").await;
-    println!("\n| loggers | records | seconds | records/s | vs one logger |");
-    println!("|---:|---:|---:|---:|---:|");
-    println!("| 1 | {records} | {:.1} | {one:.0} | 1.00x |", t1.as_secs_f64());
-    println!("| 2 | {records} | {:.1} | {two:.0} | {:.2}x |", t2.as_secs_f64(), two / one);
+    eprintln!("the logger's work without a broker ...");
+    let (alone, t3) = without_broker(records).await;
+    println!("\n| logger ingestion | records | seconds | records/s | vs one logger |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| 1 logger | {records} | {:.1} | {one:.0} | 1.00x |", t1.as_secs_f64());
+    println!("| 2 loggers | {records} | {:.1} | {two:.0} | {:.2}x |", t2.as_secs_f64(), two / one);
+    println!("| decode + insert, no broker | {records} | {:.1} | {alone:.0} | {:.2}x |", t3.as_secs_f64(), alone / one);
 }

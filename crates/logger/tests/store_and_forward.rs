@@ -164,3 +164,20 @@ async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
     logger.stop().await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_spool_is_refused_until_the_first_stops() {
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool = SpoolConfig { dir: spool_dir.path().into(), ..Default::default() };
+    // No broker is needed to start: the producer connects lazily.
+    let brokers = "127.0.0.1:9".to_string();
+    let first = vigil_edge::start(edge_config(brokers.clone(), spool.clone(), 1_000), false).await.unwrap();
+    let Err(e) = vigil_edge::start(edge_config(brokers.clone(), spool.clone(), 1_000), false).await else {
+        panic!("two servers must not share one spool");
+    };
+    let message = format!("{e:#}");
+    assert!(message.contains("cannot open the spool") && message.contains("in use by another server"), "{message}");
+    first.shutdown().await.unwrap();
+    let again = vigil_edge::start(edge_config(brokers, spool, 1_000), false).await.expect("free after shutdown");
+    again.shutdown().await.unwrap();
+}

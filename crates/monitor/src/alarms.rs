@@ -339,16 +339,49 @@ pub async fn evaluate_all<S: MonitorStore>(
     Ok(())
 }
 
-/// Evaluates the rules every `every` until `shutdown` fires.
+/// The lease that makes one monitor per database the one that evaluates alarms and notifies.
+pub const ALERTING_LEASE: &str = "monitor.alerting";
+
+/// Evaluates the rules every `every` until `shutdown` fires, while this monitor holds the
+/// alerting lease; `leading` tells the notifier whether it does. A monitor without the lease
+/// stands by and takes over when the holder goes away.
 pub async fn run<S: MonitorStore>(
     views: Views<S>,
     rules: Vec<Rule>,
     every: Duration,
     metrics: MonitorMetrics,
+    leading: tokio::sync::watch::Sender<bool>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut lease = None;
+    let mut standing_by = false;
     loop {
-        if let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics).await {
+        if let Some(current) = lease.as_mut()
+            && !vigil_store::monitoring::Lease::held(current).await
+        {
+            tracing::warn!("lost the alerting lease (database connection gone); trying to take it again");
+            lease = None;
+        }
+        if lease.is_none() {
+            match views.store.try_lease(ALERTING_LEASE).await {
+                Ok(Some(taken)) => {
+                    tracing::info!("this monitor evaluates alarms and sends notifications");
+                    lease = Some(taken);
+                    standing_by = false;
+                }
+                Ok(None) if !standing_by => {
+                    tracing::info!("another monitor evaluates alarms on this database; standing by");
+                    standing_by = true;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot take the alerting lease; retrying next round"),
+            }
+        }
+        leading.send_replace(lease.is_some());
+        metrics.alerting_leader.set(i64::from(lease.is_some()));
+        if lease.is_some()
+            && let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics).await
+        {
             tracing::warn!(error = %e, "alarm evaluation failed; retrying next round");
         }
         tokio::select! {

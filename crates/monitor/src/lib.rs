@@ -90,14 +90,22 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         metrics.clone(),
         stop_rx.clone(),
     ));
-    tasks.spawn(alarms::run(views.clone(), rules, config.alerting.evaluate_every, metrics.clone(), stop_rx.clone()));
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
+    tasks.spawn(alarms::run(
+        views.clone(),
+        rules,
+        config.alerting.evaluate_every,
+        metrics.clone(),
+        leading_tx,
+        stop_rx.clone(),
+    ));
     if let Some(url) = &config.alerting.webhook_url {
         let hook = notify::Webhook {
             url: url.clone(),
             timeout: config.alerting.webhook_timeout,
             max_backoff: config.alerting.webhook_max_backoff,
         };
-        tasks.spawn(notify::run(store.clone(), hook, metrics.clone(), stop_rx.clone()));
+        tasks.spawn(notify::run(store.clone(), hook, metrics.clone(), leading, stop_rx.clone()));
     }
 
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -33,11 +33,13 @@ pub struct Webhook {
     pub max_backoff: Duration,
 }
 
-/// Sends unsent notifications until `shutdown` fires.
+/// Sends unsent notifications until `shutdown` fires, while `leading` (this monitor holds the
+/// alerting lease: one notifier per database, so nothing is sent twice).
 pub async fn run<S: MonitorStore>(
     store: S,
     hook: Webhook,
     metrics: MonitorMetrics,
+    leading: tokio::sync::watch::Receiver<bool>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let client = match reqwest::Client::builder().timeout(hook.timeout).build() {
@@ -50,7 +52,8 @@ pub async fn run<S: MonitorStore>(
     let mut backoff = Duration::from_millis(500);
     loop {
         let mut wait = Duration::from_millis(500);
-        match store.unsent_alert_events(100).await {
+        let events = if *leading.borrow() { store.unsent_alert_events(100).await } else { Ok(Vec::new()) };
+        match events {
             Ok(events) => {
                 for e in events {
                     let outcome = deliver(&client, &hook.url, &e).await;

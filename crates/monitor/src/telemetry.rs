@@ -26,6 +26,8 @@ pub struct MonitorMetrics {
     pub rollup_records: Counter,
     alerts: Family<AlertLabels, Gauge>,
     webhooks: Family<OutcomeLabels, Counter>,
+    /// 1 while this monitor holds the alerting lease (evaluates alarms and notifies).
+    pub alerting_leader: Gauge,
 }
 
 impl MonitorMetrics {
@@ -38,6 +40,11 @@ impl MonitorMetrics {
             m.rollup_records.clone(),
         );
         registry.register("vigil_monitor_alerts", "Alarms by state and severity", m.alerts.clone());
+        registry.register(
+            "vigil_monitor_alerting_leader",
+            "1 while this monitor evaluates alarms and sends notifications (one monitor per database does)",
+            m.alerting_leader.clone(),
+        );
         registry.register(
             "vigil_monitor_webhook_deliveries",
             "Webhook delivery attempts by outcome",

@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use vigil_monitor::MonitorConfig;
 use vigil_proto::vigil::v1::ListAlertsRequest;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
-use vigil_store::testing::prediction;
-use vigil_store::{AnyStore, MonitorStore, PredictionRow, PredictionStore, SqliteStore};
+use vigil_store::testing::{TestDatabase, prediction};
+use vigil_store::{AnyStore, MonitorStore, PgStore, PredictionRow, PredictionStore, SqliteStore};
 
 /// A webhook receiver that answers 500 to the first call, hangs on the second, then accepts.
 async fn flaky_webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>, Arc<AtomicUsize>) {
@@ -185,6 +185,132 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
     );
     vigil_monitor::alarms::evaluate_all(&views, &[], Utc::now(), &Default::default()).await.unwrap();
     assert_eq!(state("busy/scratch-detector").await.as_deref(), Some("resolved"));
+}
+
+/// A webhook receiver that accepts everything and keeps (rule, state) of each call.
+async fn counting_webhook() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let r = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |Json(body): Json<serde_json::Value>| {
+            let r = r.clone();
+            async move {
+                let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+                r.lock().push((field("rule"), field("state")));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+/// A running monitor: stop it with `stop`; `/metrics` on `http`.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    http: std::net::SocketAddr,
+}
+
+impl Running {
+    /// This monitor's `vigil_monitor_alerting_leader` gauge.
+    async fn leading(&self) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.http)).await.unwrap().text().await.unwrap();
+        vigil_telemetry::sample(&text, "vigil_monitor_alerting_leader", &[]).expect("leader gauge")
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// A monitor on `store` with one error-rate rule.
+fn start_monitor(store: &PgStore, webhook: &str) -> Running {
+    let config: MonitorConfig = toml::from_str(&format!(
+        r#"
+        models = "{models}"
+        [rollups]
+        resolutions = [1, 60]
+        poll = "100ms"
+        [alerting]
+        evaluate_every = "200ms"
+        webhook_url = "{webhook}"
+        [[alerting.rules]]
+        name = "error-rate"
+        metric = "error_rate"
+        window = "1h"
+        comparator = ">"
+        threshold = 0.2
+        "#,
+        models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"),
+    ))
+    .unwrap();
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    grpc.set_nonblocking(true).unwrap();
+    http.set_nonblocking(true).unwrap();
+    let addr = http.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(vigil_monitor::run(
+        AnyStore::Postgres(store.clone()),
+        config,
+        tokio::net::TcpListener::from_std(grpc).unwrap(),
+        tokio::net::TcpListener::from_std(http).unwrap(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Running { stop, task, http: addr }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_monitors_on_one_database_notify_once_and_the_second_takes_over() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    PredictionStore::migrate(&store).await.unwrap();
+    let (url, received) = counting_webhook().await;
+    let first = start_monitor(&store, &url);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = start_monitor(&store, &url);
+    let state = || {
+        let store = store.clone();
+        async move {
+            store
+                .load_alerts()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|a| a.alert_key == "error-rate/scratch-detector")
+                .map(|a| a.state)
+        }
+    };
+
+    // Both monitors run, both see the failing requests: one of them fires, once.
+    store.insert_batch(&rows(10, 3), &[]).await.unwrap();
+    eventually("error-rate firing", || async { state().await.as_deref() == Some("firing") }).await;
+    eventually("the firing notified", || async { !received.lock().is_empty() }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((first.leading().await, second.leading().await), (1.0, 0.0), "the first started leads");
+
+    // The leader stops; the second takes over and resolves.
+    first.stop().await;
+    store.insert_batch(&rows(190, 1), &[]).await.unwrap();
+    eventually("error-rate resolved by the second monitor", || async { state().await.as_deref() == Some("resolved") })
+        .await;
+    eventually("the resolution notified", || async { received.lock().len() >= 2 }).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(second.leading().await, 1.0);
+    second.stop().await;
+
+    let got = received.lock().clone();
+    let want = [("error-rate".to_string(), "firing".to_string()), ("error-rate".to_string(), "resolved".to_string())];
+    assert_eq!(got, want, "each transition notified once, by one monitor");
+    let history: Vec<String> = store.alert_history(100).await.unwrap().into_iter().map(|e| e.state).collect();
+    assert_eq!(history, ["resolved", "firing"], "each transition stored once");
 }
 
 #[test]

@@ -115,3 +115,27 @@ async fn postgres_conforms() {
     let db = vigil_store::testing::TestDatabase::create();
     conformance(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
+
+#[tokio::test]
+async fn a_postgres_lease_has_one_holder_until_dropped() {
+    use vigil_store::MonitorStore;
+    let db = vigil_store::testing::TestDatabase::create();
+    // Two pools: two monitors.
+    let (a, b) = (PgStore::connect_lazy(&db.url(), 2).unwrap(), PgStore::connect_lazy(&db.url(), 2).unwrap());
+    let mut held = a.try_lease("alerting").await.unwrap().expect("a free lease is taken");
+    assert!(held.held().await);
+    assert!(b.try_lease("alerting").await.unwrap().is_none(), "held by the other monitor");
+    assert!(a.try_lease("alerting").await.unwrap().is_none(), "nor twice by one pool's other connections");
+    assert!(b.try_lease("another-role").await.unwrap().is_some(), "roles are independent");
+    drop(held);
+    // The holder's connection closes; the server releases the lock as the session ends.
+    let mut taken = None;
+    for _ in 0..50 {
+        taken = b.try_lease("alerting").await.unwrap();
+        if taken.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(taken.is_some(), "released when its holder is dropped");
+}

@@ -1,7 +1,7 @@
 //! What every Vigil service shares: a Prometheus registry served at `/metrics` (with process
 //! memory and CPU), the logging set-up, and the error-to-exit-code wrapper of `main`.
 
-mod process;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -47,6 +47,11 @@ pub fn read() -> Option<ProcessStat> {
     parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?, boot_time()?)
 }
 
+/// Reads another process's figures (a child broker in a benchmark, say); None when it is gone.
+pub fn read_pid(pid: u32) -> Option<ProcessStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?, boot_time()?)
+}
+
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(p) = read() else { return Ok(()) };

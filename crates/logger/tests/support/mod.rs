@@ -55,6 +55,11 @@ impl Broker {
         KafkaConfig { brokers: self.brokers(), message_timeout_ms: 120_000, ..KafkaConfig::default() }
     }
 
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The broker's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()

@@ -136,6 +136,36 @@ pub struct AlertEvent {
     pub attempts: i32,
 }
 
+/// An exclusive role held by one monitor among those sharing a database (alarm evaluation and
+/// webhook notification: several evaluators would each notify every transition).
+pub enum Lease {
+    /// A session-level advisory lock, held on a connection taken out of the pool: dropping the
+    /// lease closes the connection, which releases the lock.
+    Postgres(sqlx::PgConnection),
+    /// An embedded database serves one process: nothing to share.
+    Local,
+}
+
+impl Lease {
+    /// True while the lease still holds: for Postgres, while the connection that holds the lock
+    /// answers (a database restart ends the session and frees the lock for another monitor).
+    pub async fn held(&mut self) -> bool {
+        match self {
+            Lease::Postgres(conn) => sqlx::query("SELECT 1").execute(conn).await.is_ok(),
+            Lease::Local => true,
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lease::Postgres(_) => "Lease::Postgres",
+            Lease::Local => "Lease::Local",
+        })
+    }
+}
+
 /// Merges a stored rollup body with a delta (both encoded `RollupWindow`s) into the first.
 pub type MergeFn = dyn Fn(&mut Vec<u8>, &[u8]) + Send + Sync;
 
@@ -197,6 +227,8 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     /// Stored transitions of every alarm, newest first.
     fn alert_history(&self, limit: i64) -> impl Future<Output = Result<Vec<AlertEvent>, sqlx::Error>> + Send;
+    /// Takes the lease named `role` if no other holder has it; None when another monitor does.
+    fn try_lease(&self, role: &str) -> impl Future<Output = Result<Option<Lease>, sqlx::Error>> + Send;
 }
 
 /// Rows per rollup upkeep step when the caller does not say.
@@ -285,5 +317,8 @@ impl MonitorStore for AnyStore {
     }
     async fn alert_history(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
         dispatch!(self, s => s.alert_history(limit).await)
+    }
+    async fn try_lease(&self, role: &str) -> Result<Option<Lease>, sqlx::Error> {
+        dispatch!(self, s => s.try_lease(role).await)
     }
 }

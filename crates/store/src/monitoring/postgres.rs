@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, LabeledPrediction, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput, RollupKey,
-    RollupQuery, StoredRollup, bind_alert,
+    AlertEvent, AlertRow, LabeledPrediction, Lease, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput,
+    RollupKey, RollupQuery, StoredRollup, bind_alert,
 };
 use crate::PgStore;
 
@@ -312,6 +312,17 @@ impl MonitorStore for PgStore {
             .bind(limit)
             .fetch_all(self.pool())
             .await
+    }
+
+    async fn try_lease(&self, role: &str) -> Result<Option<Lease>, sqlx::Error> {
+        let mut conn = self.pool().acquire().await?;
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("vigil.lease.{role}"))
+            .fetch_one(&mut *conn)
+            .await?;
+        // A lock lives as long as its session: take the connection out of the pool, so that it is
+        // closed (and the lock released) when the lease is dropped, never reused while held.
+        Ok(taken.then(|| Lease::Postgres(conn.detach())))
     }
 }
 

@@ -6,7 +6,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, LabeledPrediction, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput,
+    AlertEvent, AlertRow, LabeledPrediction, Lease, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput,
     RollupQuery, StoredRollup, bind_alert,
 };
 use crate::SqliteStore;
@@ -247,6 +247,10 @@ impl MonitorStore for SqliteStore {
             .bind(limit)
             .fetch_all(self.pool())
             .await
+    }
+
+    async fn try_lease(&self, _role: &str) -> Result<Option<Lease>, sqlx::Error> {
+        Ok(Some(Lease::Local))
     }
 }
 
