@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -32,6 +34,9 @@ pub struct LoggerConfig {
     pub batch_max_records: usize,
     /// Longest a batch waits to fill after its first record.
     pub batch_max_wait: Duration,
+    /// Batches written at once, each in its own transaction and connection; offsets are stored
+    /// in consumption order, each only after its batch and every earlier one committed.
+    pub max_batches_in_flight: usize,
     /// Apply the schema migrations at start.
     pub migrate: bool,
     /// How often the consumer lag is refreshed from the Kafka client's statistics.
@@ -47,6 +52,7 @@ impl Default for LoggerConfig {
             topics: vec![topics::PREDICTIONS.into(), topics::LABELS.into(), topics::FEEDBACK.into()],
             batch_max_records: 5_000,
             batch_max_wait: Duration::from_millis(200),
+            max_batches_in_flight: 2,
             migrate: true,
             statistics_interval: Duration::from_secs(5),
         }
@@ -117,9 +123,17 @@ pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl F
     tracing::info!(group = config.group_id, topics = ?config.topics, "consuming");
 
     tokio::pin!(shutdown);
-    loop {
+    let in_flight_max = config.max_batches_in_flight.max(1);
+    let (store, producer, stats) = (&store, &producer, &*stats);
+    // Batches being written, in consumption order; each yields the offsets to store.
+    let mut in_flight = FuturesOrdered::new();
+    'consume: loop {
         let first = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => break 'consume,
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                store_offsets(&consumer, done);
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let first = match first {
@@ -134,6 +148,7 @@ pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl F
         let deadline = tokio::time::Instant::now() + config.batch_max_wait;
         while batch.len() < config.batch_max_records {
             tokio::select! {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => store_offsets(&consumer, done),
                 m = consumer.recv() => match m {
                     Ok(m) => batch.push(consumed(&m)),
                     Err(e) => tracing::warn!(error = %e, "consumer error"),
@@ -141,18 +156,39 @@ pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl F
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        process(&batch, &store, &producer, &stats).await;
-        // After a long database outage the group may have moved these partitions elsewhere;
-        // their new owner reads the batch again and the idempotent insert skips it.
-        if let Err(e) = consumer.store_offsets(&next_offsets(&batch)?) {
-            tracing::warn!(error = %e, "offsets not stored (partitions reassigned?); the batch will be read again");
+        // At most `in_flight_max` batches are written at once: wait for the oldest first.
+        while in_flight.len() >= in_flight_max {
+            if let Some(done) = in_flight.next().await {
+                store_offsets(&consumer, done);
+            }
         }
+        in_flight.push_back(async move {
+            process(&batch, store, producer, stats).await;
+            next_offsets(&batch)
+        });
     }
-    tracing::info!("shutting down: committing offsets");
+    tracing::info!(batches = in_flight.len(), "shutting down: finishing the batches in hand, then committing offsets");
+    while let Some(done) = in_flight.next().await {
+        store_offsets(&consumer, done);
+    }
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::warn!(error = %e, "final offset commit failed; the last batch will be read again (inserts are idempotent)");
     }
     Ok(())
+}
+
+/// Stores a written batch's offsets for the next automatic commit.
+fn store_offsets(consumer: &StreamConsumer<LagContext>, offsets: Result<TopicPartitionList>) {
+    // After a long database outage the group may have moved these partitions elsewhere; their
+    // new owner reads the batch again and the idempotent insert skips it.
+    match offsets {
+        Ok(list) => {
+            if let Err(e) = consumer.store_offsets(&list) {
+                tracing::warn!(error = %e, "offsets not stored (partitions reassigned?); the batch will be read again");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "offsets not stored; the batch will be read again"),
+    }
 }
 
 fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {

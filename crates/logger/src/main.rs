@@ -27,6 +27,9 @@ struct Args {
     /// Longest a batch waits to fill, in milliseconds.
     #[arg(long, default_value_t = 200)]
     batch_max_wait_ms: u64,
+    /// Batches written at once (each its own transaction); offsets are committed in order.
+    #[arg(long, default_value_t = 2)]
+    max_batches_in_flight: usize,
     /// HTTP address of the Prometheus /metrics endpoint (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9103")]
     metrics_listen: SocketAddr,
@@ -42,12 +45,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.batch_max_records == 0 {
         anyhow::bail!("--batch-max-records must be at least 1");
     }
+    if args.max_batches_in_flight == 0 {
+        anyhow::bail!("--max-batches-in-flight must be at least 1");
+    }
     let config = LoggerConfig {
         brokers: args.brokers,
         group_id: args.group,
         database_url: args.database_url,
         batch_max_records: args.batch_max_records,
         batch_max_wait: Duration::from_millis(args.batch_max_wait_ms),
+        max_batches_in_flight: args.max_batches_in_flight,
         ..LoggerConfig::default()
     };
     // Handlers are registered before any work, so an early SIGTERM is a clean stop.
