@@ -120,9 +120,9 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
         let _ = stopped.await;
     }));
 
-    // Half the requests fail: the error-rate alarm fires at once; `busy` waits its 1 s.
-    store.insert_batch(&rows(10, 3), &[]).await.unwrap();
-    store.insert_batch(&rows(10, 1), &[]).await.unwrap();
+    // Half the requests fail: the error-rate alarm fires at once; `busy` waits its 1 s. One
+    // transaction, so that no evaluation sees the failures without the successes.
+    store.insert_batch(&[rows(10, 3), rows(10, 1)].concat(), &[]).await.unwrap();
     let state = |key: &'static str| {
         let store = store.clone();
         async move { store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == key).map(|a| a.state) }
