@@ -78,6 +78,9 @@ pub struct AlertingConfig {
     /// Longest wait between retries of a failing webhook.
     #[serde(deserialize_with = "duration")]
     pub webhook_max_backoff: Duration,
+    /// Attempts per notification before it is given up (logged, counted, kept in the history),
+    /// so that a receiver refusing one notification for good does not hold back the later ones.
+    pub webhook_max_attempts: u32,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -88,6 +91,7 @@ impl Default for AlertingConfig {
             webhook_url: None,
             webhook_timeout: Duration::from_secs(5),
             webhook_max_backoff: Duration::from_secs(60),
+            webhook_max_attempts: 20,
             rules: Vec::new(),
         }
     }
@@ -154,6 +158,9 @@ impl MonitorConfig {
             anyhow::bail!(
                 "rollups.resolutions {r:?}: give one or more widths in seconds, ascending, each a multiple of the one before"
             );
+        }
+        if self.alerting.webhook_max_attempts == 0 {
+            anyhow::bail!("alerting.webhook_max_attempts must be at least 1");
         }
         self.rules().map(drop)
     }

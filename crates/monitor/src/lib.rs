@@ -104,6 +104,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
             url: url.clone(),
             timeout: config.alerting.webhook_timeout,
             max_backoff: config.alerting.webhook_max_backoff,
+            max_attempts: config.alerting.webhook_max_attempts,
         };
         tasks.spawn(notify::run(store.clone(), hook, metrics.clone(), leading, stop_rx.clone()));
     }

@@ -1,11 +1,13 @@
 //! Webhook notifications of alarm transitions: JSON POSTs sent in order from the stored history,
 //! retried with backoff until acknowledged (2xx), so a failing or hanging receiver delays
-//! notifications but never loses one and never blocks evaluation.
+//! notifications and never blocks evaluation. A notification still refused after
+//! `max_attempts` is given up (logged, counted, kept in the history with its error), so that
+//! one the receiver will never take does not hold back the later ones.
 
 use std::time::Duration;
 
 use vigil_store::MonitorStore;
-use vigil_store::monitoring::AlertEvent;
+use vigil_store::monitoring::{AlertEvent, Delivery};
 
 use crate::telemetry::MonitorMetrics;
 
@@ -31,6 +33,8 @@ pub struct Webhook {
     pub url: String,
     pub timeout: Duration,
     pub max_backoff: Duration,
+    /// Attempts per notification before it is given up.
+    pub max_attempts: u32,
 }
 
 /// Sends unsent notifications until `shutdown` fires, while `leading` (this monitor holds the
@@ -56,12 +60,21 @@ pub async fn run<S: MonitorStore>(
         match events {
             Ok(events) => {
                 for e in events {
-                    let outcome = deliver(&client, &hook.url, &e).await;
-                    metrics.webhook(outcome.is_ok());
-                    let failed = outcome.is_err();
-                    if let Err(err) = &outcome {
-                        tracing::warn!(event = e.event_id, attempt = e.attempts + 1, error = %err, "webhook delivery failed; will retry");
-                    }
+                    let attempt = e.attempts + 1;
+                    let outcome = match deliver(&client, &hook.url, &e).await {
+                        Ok(()) => Delivery::Delivered,
+                        Err(err) if attempt >= hook.max_attempts as i32 => {
+                            tracing::error!(event = e.event_id, alert = %e.alert_key, attempt, error = %err,
+                                "webhook refused this notification {attempt} times: giving it up (it stays in the alarm history)");
+                            Delivery::Abandoned(format!("given up after {attempt} attempts: {err}"))
+                        }
+                        Err(err) => {
+                            tracing::warn!(event = e.event_id, attempt, error = %err, "webhook delivery failed; will retry");
+                            Delivery::Failed(err)
+                        }
+                    };
+                    metrics.webhook(&outcome);
+                    let failed = matches!(outcome, Delivery::Failed(_));
                     if let Err(db) = store.mark_alert_event(e.event_id, outcome).await {
                         tracing::warn!(error = %db, "cannot record a webhook delivery");
                     }

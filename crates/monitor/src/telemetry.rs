@@ -7,7 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use vigil_store::monitoring::AlertRow;
+use vigil_store::monitoring::{AlertRow, Delivery};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlertLabels {
@@ -61,9 +61,14 @@ impl MonitorMetrics {
         }
     }
 
-    /// Counts one webhook delivery attempt.
-    pub fn webhook(&self, ok: bool) {
-        let outcome = if ok { "delivered" } else { "failed" }.to_string();
+    /// Counts one webhook delivery attempt by outcome: delivered, failed (retried), abandoned.
+    pub fn webhook(&self, outcome: &Delivery) {
+        let outcome = match outcome {
+            Delivery::Delivered => "delivered",
+            Delivery::Failed(_) => "failed",
+            Delivery::Abandoned(_) => "abandoned",
+        }
+        .to_string();
         self.webhooks.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 }

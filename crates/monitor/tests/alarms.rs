@@ -313,6 +313,74 @@ async fn two_monitors_on_one_database_notify_once_and_the_second_takes_over() {
     assert_eq!(history, ["resolved", "firing"], "each transition stored once");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_refused_for_good_is_given_up_and_the_next_goes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    PredictionStore::migrate(&store).await.unwrap();
+    refused_for_good(store).await;
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    PredictionStore::migrate(&store).await.unwrap();
+    refused_for_good(store).await;
+}
+
+async fn refused_for_good<S: MonitorStore>(store: S) {
+    // The receiver refuses anything about the alarm "broken" (a payload it cannot take), forever.
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let r = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |Json(body): Json<serde_json::Value>| {
+            let r = r.clone();
+            async move {
+                if body["rule"] == "broken" {
+                    return StatusCode::BAD_REQUEST;
+                }
+                r.lock().push(body["rule"].as_str().unwrap_or_default().to_string());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let alert = |rule: &str| vigil_store::monitoring::AlertRow {
+        alert_key: format!("{rule}/m"),
+        rule: rule.into(),
+        model_name: "m".into(),
+        metric: "error_rate".into(),
+        severity: "warning".into(),
+        state: "firing".into(),
+        value: Some(1.0),
+        threshold: 0.5,
+        since: Utc::now(),
+        message: format!("{rule} firing"),
+    };
+    store.save_alert(&alert("broken"), true).await.unwrap();
+    store.save_alert(&alert("fine"), true).await.unwrap();
+
+    let hook = vigil_monitor::notify::Webhook {
+        url,
+        timeout: Duration::from_secs(2),
+        max_backoff: Duration::from_millis(50),
+        max_attempts: 3,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (_leading_tx, leading) = tokio::sync::watch::channel(true);
+    let notifier = tokio::spawn(vigil_monitor::notify::run(store.clone(), hook, Default::default(), leading, stopped));
+    eventually("the later notification delivered", || async { received.lock().len() == 1 }).await;
+    let _ = stop.send(true);
+    notifier.await.unwrap();
+
+    assert_eq!(*received.lock(), ["fine"], "the refused one never arrived; the next one did");
+    assert!(store.unsent_alert_events(10).await.unwrap().is_empty(), "nothing left waiting");
+    let history = store.alert_history(10).await.unwrap();
+    let broken = history.iter().find(|e| e.rule == "broken").expect("kept in the history");
+    assert_eq!(broken.attempts, 3, "tried max_attempts times, then given up");
+    assert_eq!(history.iter().find(|e| e.rule == "fine").unwrap().attempts, 1);
+}
+
 #[test]
 fn rule_files_with_mistakes_are_refused_naming_the_rule() {
     let load = |rule: &str| {
@@ -337,4 +405,7 @@ fn rule_files_with_mistakes_are_refused_naming_the_rule() {
     assert!(e.contains("each a multiple of the one before"), "{e}");
     let e = load(&format!("metric = \"error_rate\"\nthreshhold = 2\n{base}"));
     assert!(e.contains("unknown field `threshhold`"), "{e}");
+    std::fs::write(&path, "[alerting]\nwebhook_max_attempts = 0\n").unwrap();
+    let e = MonitorConfig::load(&path).unwrap_err().to_string();
+    assert!(e.contains("webhook_max_attempts must be at least 1"), "{e}");
 }

@@ -166,6 +166,29 @@ impl std::fmt::Debug for Lease {
     }
 }
 
+/// The outcome of one webhook delivery attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Acknowledged by the receiver.
+    Delivered,
+    /// Failed; tried again later.
+    Failed(String),
+    /// Failed for the last time: the event is no longer offered for notification (it stays in
+    /// the history with its attempts and error).
+    Abandoned(String),
+}
+
+impl Delivery {
+    /// (delivered, abandoned, error) as stored.
+    fn columns(self) -> (bool, bool, String) {
+        match self {
+            Delivery::Delivered => (true, false, String::new()),
+            Delivery::Failed(e) => (false, false, e),
+            Delivery::Abandoned(e) => (false, true, e),
+        }
+    }
+}
+
 /// Merges a stored rollup body with a delta (both encoded `RollupWindow`s) into the first.
 pub type MergeFn = dyn Fn(&mut Vec<u8>, &[u8]) + Send + Sync;
 
@@ -219,11 +242,11 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
     fn save_alert(&self, alert: &AlertRow, notify: bool) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     /// Transitions whose notification is not yet acknowledged, oldest first.
     fn unsent_alert_events(&self, limit: i64) -> impl Future<Output = Result<Vec<AlertEvent>, sqlx::Error>> + Send;
-    /// Records a delivery attempt: acknowledged on `Ok`, or the error kept for the next try.
+    /// Records a delivery attempt and its outcome.
     fn mark_alert_event(
         &self,
         event_id: i64,
-        outcome: Result<(), String>,
+        outcome: Delivery,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     /// Stored transitions of every alarm, newest first.
     fn alert_history(&self, limit: i64) -> impl Future<Output = Result<Vec<AlertEvent>, sqlx::Error>> + Send;
@@ -312,7 +335,7 @@ impl MonitorStore for AnyStore {
     async fn unsent_alert_events(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
         dispatch!(self, s => s.unsent_alert_events(limit).await)
     }
-    async fn mark_alert_event(&self, event_id: i64, outcome: Result<(), String>) -> Result<(), sqlx::Error> {
+    async fn mark_alert_event(&self, event_id: i64, outcome: Delivery) -> Result<(), sqlx::Error> {
         dispatch!(self, s => s.mark_alert_event(event_id, outcome).await)
     }
     async fn alert_history(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, LabeledPrediction, Lease, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput,
-    RollupKey, RollupQuery, StoredRollup, bind_alert,
+    AlertEvent, AlertRow, Delivery, LabeledPrediction, Lease, MergeFn, MonitorStore, PredictionRef, RollupBatch,
+    RollupInput, RollupKey, RollupQuery, StoredRollup, bind_alert,
 };
 use crate::PgStore;
 
@@ -290,18 +290,17 @@ impl MonitorStore for PgStore {
         .await
     }
 
-    async fn mark_alert_event(&self, event_id: i64, outcome: Result<(), String>) -> Result<(), sqlx::Error> {
-        let (sent, error) = match outcome {
-            Ok(()) => (true, String::new()),
-            Err(e) => (false, e),
-        };
+    async fn mark_alert_event(&self, event_id: i64, outcome: Delivery) -> Result<(), sqlx::Error> {
+        let (sent, abandoned, error) = outcome.columns();
         sqlx::query(
             "UPDATE alert_events SET attempts = attempts + 1, last_error = $3, \
-               notified_at = CASE WHEN $2 THEN now() ELSE NULL END WHERE event_id = $1",
+               notified_at = CASE WHEN $2 THEN now() ELSE NULL END, notify = notify AND NOT $4 \
+             WHERE event_id = $1",
         )
         .bind(event_id)
         .bind(sent)
         .bind(error)
+        .bind(abandoned)
         .execute(self.pool())
         .await
         .map(drop)

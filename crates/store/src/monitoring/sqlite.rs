@@ -6,8 +6,8 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, LabeledPrediction, Lease, MergeFn, MonitorStore, PredictionRef, RollupBatch, RollupInput,
-    RollupQuery, StoredRollup, bind_alert,
+    AlertEvent, AlertRow, Delivery, LabeledPrediction, Lease, MergeFn, MonitorStore, PredictionRef, RollupBatch,
+    RollupInput, RollupQuery, StoredRollup, bind_alert,
 };
 use crate::SqliteStore;
 
@@ -226,16 +226,15 @@ impl MonitorStore for SqliteStore {
         .await
     }
 
-    async fn mark_alert_event(&self, event_id: i64, outcome: Result<(), String>) -> Result<(), sqlx::Error> {
-        let (sent, error) = match outcome {
-            Ok(()) => (Some(Utc::now()), String::new()),
-            Err(e) => (None, e),
-        };
+    async fn mark_alert_event(&self, event_id: i64, outcome: Delivery) -> Result<(), sqlx::Error> {
+        let (sent, abandoned, error) = outcome.columns();
         sqlx::query(
-            "UPDATE alert_events SET attempts = attempts + 1, last_error = ?, notified_at = ? WHERE event_id = ?",
+            "UPDATE alert_events SET attempts = attempts + 1, last_error = ?, notified_at = ?, \
+               notify = notify AND NOT ? WHERE event_id = ?",
         )
         .bind(error)
-        .bind(sent)
+        .bind(sent.then(Utc::now))
+        .bind(abandoned)
         .bind(event_id)
         .execute(self.pool())
         .await
