@@ -2,6 +2,7 @@
 //! firing -> resolved, every transition persisted with its history and, when it fires or
 //! resolves, notified by webhook (see [`crate::notify`]) and logged.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use vigil_store::monitoring::AlertRow;
 use crate::config::Rule;
 use crate::sketch;
 use crate::telemetry::MonitorMetrics;
-use crate::views::{Scope, ViewError, Views};
+use crate::views::{Baseline, DriftReport, Scope, ViewError, Views};
 
 /// What a rule watches. Names in the config file:
 /// `requests`, `throughput_rps`, `error_rate`, `null_rate`, `latency_p50_ms`, `latency_p99_ms`,
@@ -187,17 +188,37 @@ pub async fn evaluate<S: MonitorStore>(
     model: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<f64>, ViewError> {
+    evaluate_with(views, rule, model, now, &mut DriftReports::default()).await
+}
+
+/// Drift reports computed in one evaluation round, by model, window and baseline: several drift
+/// rules on one model share one report (None: no data in the window).
+#[derive(Default)]
+pub struct DriftReports(HashMap<(String, Duration, Baseline), Option<DriftReport>>);
+
+async fn evaluate_with<S: MonitorStore>(
+    views: &Views<S>,
+    rule: &Rule,
+    model: &str,
+    now: DateTime<Utc>,
+    reports: &mut DriftReports,
+) -> Result<Option<f64>, ViewError> {
     let since = now - chrono::Duration::from_std(rule.window).unwrap_or(chrono::Duration::minutes(5));
     let scope = Scope { model: model.to_string(), version: None, variant: None };
     let rate = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
     let metric = &rule.metric;
     let value = match metric {
         Metric::DriftStatistic(_) | Metric::DriftDetected(_) | Metric::DatasetDriftShare => {
-            let report = match views.drift(&scope, since, now, &rule.baseline).await {
-                Ok(r) => r,
-                Err(ViewError::NoData(_)) => return Ok(None),
-                Err(e) => return Err(e),
-            };
+            let key = (model.to_string(), rule.window, rule.baseline.clone());
+            if !reports.0.contains_key(&key) {
+                let report = match views.drift(&scope, since, now, &rule.baseline).await {
+                    Ok(r) => Some(r),
+                    Err(ViewError::NoData(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                reports.0.insert(key.clone(), report);
+            }
+            let Some(report) = reports.0.get(&key).and_then(Option::as_ref) else { return Ok(None) };
             let find = |f: &str| {
                 if f == "score" {
                     report.prediction.clone()
@@ -282,6 +303,7 @@ pub async fn evaluate_all<S: MonitorStore>(
 ) -> Result<(), ViewError> {
     let stored = views.store.load_alerts().await?;
     let models: Vec<String> = views.models().await?.into_keys().collect();
+    let mut reports = DriftReports::default();
     for rule in rules {
         let targets: Vec<String> = match &rule.model {
             Some(m) => vec![m.clone()],
@@ -301,7 +323,7 @@ pub async fn evaluate_all<S: MonitorStore>(
                 since: now,
                 message: String::new(),
             });
-            let value = match evaluate(views, rule, &model, now).await {
+            let value = match evaluate_with(views, rule, &model, now, &mut reports).await {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(rule = %rule.name, model = %model, error = %e, "cannot evaluate alarm rule");

@@ -46,7 +46,7 @@ pub struct Scope {
 pub type Window = (DateTime<Utc>, RollupWindow);
 
 /// What drift was measured against.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Baseline {
     /// The training reference shipped with the model.
     Training,
