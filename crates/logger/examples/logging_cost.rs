@@ -39,9 +39,9 @@ fn cpu_seconds(pid: Option<u32>) -> f64 {
 }
 
 /// Producer settings for a row: None is logging off.
-type Setting = Option<(u64, &'static str)>;
+type Setting = Option<(u64, String)>;
 
-async fn measure(broker: &Broker, setting: Setting, seconds: f64, image: &[u8]) -> Run {
+async fn measure(broker: &Broker, setting: &Setting, seconds: f64, image: &[u8]) -> Run {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut config = vigil_edge::EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -52,8 +52,8 @@ async fn measure(broker: &Broker, setting: Setting, seconds: f64, image: &[u8]) 
     config.logging.kafka.brokers = broker.brokers();
     if let Some((linger_ms, compression)) = setting {
         config.logging.enabled = true;
-        config.logging.kafka.linger_ms = linger_ms;
-        config.logging.kafka.compression = compression.into();
+        config.logging.kafka.linger_ms = *linger_ms;
+        config.logging.kafka.compression = compression.clone();
     }
     let server = vigil_edge::start(config, false).await.unwrap();
     let client = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
@@ -120,23 +120,18 @@ async fn main() {
     vigil_inference::runtime::environment(None).expect("ONNX Runtime library (run ./dev setup)");
     let broker = Broker::start(4).await;
     let shipped = vigil_logbus::kafka::KafkaConfig::default();
-    let shipped_compression: &'static str = match shipped.compression.as_str() {
-        "lz4" => "lz4",
-        "zstd" => "zstd",
-        "gzip" => "gzip",
-        _ => "none",
-    };
-    let mut settings: Vec<Setting> = vec![None, Some((shipped.linger_ms, shipped_compression))];
-    for other in [(5, "lz4"), (100, "lz4"), (500, "lz4"), (500, "none")] {
-        if !settings.contains(&Some(other)) {
-            settings.push(Some(other));
+    let mut settings: Vec<Setting> = vec![None, Some((shipped.linger_ms, shipped.compression.clone()))];
+    for (linger, compression) in [(5, "lz4"), (100, "lz4"), (500, "lz4"), (500, "none")] {
+        let other = Some((linger, compression.to_string()));
+        if !settings.contains(&other) {
+            settings.push(other);
         }
     }
     let mut runs: Vec<Vec<Run>> = settings.iter().map(|_| Vec::new()).collect();
     for round in 0..2 {
         for (i, setting) in settings.iter().enumerate() {
-            eprintln!("round {round}: {}", label(*setting, &shipped));
-            runs[i].push(measure(&broker, *setting, seconds, &image).await);
+            eprintln!("round {round}: {}", label(setting, &shipped));
+            runs[i].push(measure(&broker, setting, seconds, &image).await);
         }
     }
     let base = mean(&runs[0], |r| r.requests_per_second);
@@ -148,7 +143,7 @@ async fn main() {
         let rate = mean(runs, |r| r.requests_per_second);
         println!(
             "| {} | {rate:.0} | {:.3}x | {:.0} | {:.0} |",
-            label(*setting, &shipped),
+            label(setting, &shipped),
             rate / base,
             mean(runs, |r| r.server_cpu_us),
             mean(runs, |r| r.broker_cpu_us)
@@ -156,12 +151,12 @@ async fn main() {
     }
 }
 
-fn label(setting: Setting, shipped: &vigil_logbus::kafka::KafkaConfig) -> String {
+fn label(setting: &Setting, shipped: &vigil_logbus::kafka::KafkaConfig) -> String {
     match setting {
         None => "logging off".into(),
         Some((linger, compression)) => {
             let default =
-                if linger == shipped.linger_ms && compression == shipped.compression { " (default)" } else { "" };
+                if *linger == shipped.linger_ms && *compression == shipped.compression { " (default)" } else { "" };
             format!("logging on, linger_ms = {linger}, {compression}{default}")
         }
     }

@@ -375,11 +375,11 @@ pub async fn run<S: MonitorStore>(
     leading: tokio::sync::watch::Sender<bool>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut lease = None;
+    let mut lease: Option<vigil_store::monitoring::Lease> = None;
     let mut standing_by = false;
     loop {
         if let Some(current) = lease.as_mut()
-            && !vigil_store::monitoring::Lease::held(current).await
+            && !current.held().await
         {
             tracing::warn!("lost the alerting lease (database connection gone); trying to take it again");
             lease = None;

@@ -17,6 +17,14 @@ use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
 use vigil_store::testing::{TestDatabase, prediction};
 use vigil_store::{AnyStore, MonitorStore, PgStore, PredictionRow, PredictionStore, SqliteStore};
 
+/// Serves `app` on a free loopback port; returns the URL of its `/hook` route.
+async fn serve_hook(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 /// A webhook receiver that answers 500 to the first call, hangs on the second, then accepts.
 async fn flaky_webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>, Arc<AtomicUsize>) {
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -41,9 +49,7 @@ async fn flaky_webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>, Arc<Ato
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = serve_hook(app).await;
     (url, received, calls)
 }
 
@@ -202,9 +208,7 @@ async fn counting_webhook() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = serve_hook(app).await;
     (url, received)
 }
 
@@ -342,9 +346,7 @@ async fn refused_for_good<S: MonitorStore>(store: S) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = serve_hook(app).await;
     let alert = |rule: &str| vigil_store::monitoring::AlertRow {
         alert_key: format!("{rule}/m"),
         rule: rule.into(),
