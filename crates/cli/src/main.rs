@@ -11,6 +11,7 @@
 mod bench;
 mod images;
 mod inspect;
+mod kafka;
 mod label;
 mod monitoring;
 mod query;
@@ -46,6 +47,8 @@ enum Command {
     Drift(monitoring::DriftArgs),
     /// Alarms from the monitor (exit code 1 while any is firing).
     Alerts(monitoring::AlertsArgs),
+    /// Kafka administration: `vigil kafka init` creates Vigil's topics where missing.
+    Kafka(kafka::KafkaArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             Command::Query(args) => query::run(args).await,
             Command::Metrics(args) => monitoring::metrics(args).await,
             Command::Drift(args) => monitoring::drift(args).await,
+            Command::Kafka(args) => kafka::run(args).await,
             Command::Alerts(args) => monitoring::alerts(args).await,
         }
     });

@@ -142,13 +142,9 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     ));
     eprintln!("monitor: dashboard on {dashboard_url} (monitoring API on {monitor_grpc_addr})");
     let logger_stats = Arc::new(LoggerStats::default());
-    let logger = tokio::spawn(vigil_logger::embedded::run(
-        receiver,
-        store.clone(),
-        1_000,
-        Duration::from_millis(50),
-        logger_stats.clone(),
-    ));
+    // One batch at a time: SQLite has one writer.
+    let batch = vigil_logger::BatchSettings { max_records: 1_000, max_wait_ms: 50, max_in_flight: 1 };
+    let logger = tokio::spawn(vigil_logger::embedded::run(receiver, store.clone(), batch, logger_stats.clone()));
     eprintln!("starting the edge server (model repository {}) ...", config.model_repository.display());
     let server = vigil_edge::start_with(config, args.serve, Some(records)).await?;
     let url = format!("http://{}", server.addr);

@@ -70,3 +70,33 @@ async fn labels_from_the_command_line_and_csv_reach_postgres() {
     assert_eq!(rows, expected);
     logger.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_init_creates_the_missing_topics_once() {
+    let broker = Broker::start_bare(vigil_testkit::kafka::Profile::Test).await;
+    let init = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["kafka", "init", "--brokers", &broker.brokers()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = init(&["--partitions", "5", "--replication-factor", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for topic in vigil_logbus::topics::ALL {
+        assert!(stdout.contains(&format!("created {topic} (5 partitions)")), "{stdout}");
+        assert_eq!(broker.partitions(topic), 5);
+    }
+    // Again: everything exists, nothing changes.
+    let out = init(&["--partitions", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("exists  vigil.").count(), 4, "{stdout}");
+    assert_eq!(broker.partitions(vigil_logbus::topics::PREDICTIONS), 5);
+    // A bad value is a one-line usage error.
+    let out = init(&["--partitions", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--partitions = 0: must be at least 1"), "{stderr}");
+}

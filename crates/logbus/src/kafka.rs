@@ -7,15 +7,16 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::emitter::{Envelope, Sink, SinkError};
 
-/// Producer settings.
+/// Connection and producer settings, shared by every service that talks to Kafka.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port]`.
     pub brokers: String,
@@ -33,12 +34,47 @@ pub struct KafkaConfig {
     /// `acks=all` and order (one request in flight per connection); duplicates from retries
     /// are then removed downstream by the logger's idempotent inserts. For brokers without
     /// working idempotence support.
-    #[serde(default = "default_true")]
     pub idempotence: bool,
+    /// How the topics a service uses are created when they are missing.
+    pub topics: TopicSettings,
 }
 
-fn default_true() -> bool {
-    true
+/// Topic creation: each service creates the topics it uses at start, when they are missing
+/// (`vigil kafka init` does the same for operators who create topics ahead).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicSettings {
+    /// Create missing topics at start (default true). Off for clusters where only operators
+    /// create topics; a missing topic is then reported, not created.
+    pub create: bool,
+    /// Partitions of a created topic (default 6): the most loggers that can share the work,
+    /// and the most stations whose records are written in parallel.
+    pub partitions: i32,
+    /// Replicas of each partition (default -1: the broker's `default.replication.factor`).
+    /// Use 3 on a production cluster of three or more brokers.
+    pub replication_factor: i32,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self { create: true, partitions: 6, replication_factor: -1 }
+    }
+}
+
+impl TopicSettings {
+    /// Checks the values; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.partitions < 1 {
+            return Err(format!("kafka.topics.partitions = {}: must be at least 1", self.partitions));
+        }
+        if self.replication_factor == 0 || self.replication_factor < -1 {
+            return Err(format!(
+                "kafka.topics.replication_factor = {}: use -1 (the broker's default) or at least 1",
+                self.replication_factor
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for KafkaConfig {
@@ -50,6 +86,7 @@ impl Default for KafkaConfig {
             linger_ms: 500,
             compression: "lz4".into(),
             idempotence: true,
+            topics: TopicSettings::default(),
         }
     }
 }
@@ -63,7 +100,7 @@ impl KafkaConfig {
         if !["none", "gzip", "lz4", "zstd"].contains(&self.compression.as_str()) {
             return Err(format!("kafka.compression = '{}': use none, gzip, lz4 or zstd", self.compression));
         }
-        Ok(())
+        self.topics.validate()
     }
 
     /// librdkafka settings shared by producers and admin clients.
@@ -90,21 +127,75 @@ impl KafkaConfig {
     }
 }
 
-/// Creates `topics` with `partitions` each; topics that exist already are fine.
-pub async fn create_topics(config: &KafkaConfig, topics: &[&str], partitions: i32) -> Result<(), KafkaError> {
+/// Creates those of `topics` that do not exist yet with `settings`; returns the names of the
+/// ones it created. Topics that exist already are left as they are (also when another client
+/// creates them at the same moment).
+pub async fn create_topics(
+    config: &KafkaConfig,
+    topics: &[&str],
+    settings: TopicSettings,
+) -> Result<Vec<String>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> = config.client_config().create()?;
-    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor)))
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(30)));
+    let mut created = Vec::new();
     for result in admin.create_topics(&new, &options).await? {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(topic) => created.push(topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(KafkaError::AdminOp(code))
-                    .inspect_err(|_| tracing::error!(topic, ?code, "cannot create topic"));
+                tracing::error!(topic, ?code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
             }
         }
     }
-    Ok(())
+    Ok(created)
+}
+
+/// Creates the missing ones of `topics` when `config.topics.create` is on, logging each topic
+/// created; with creation off, only checks and reports what is missing.
+pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), String> {
+    if config.topics.create {
+        let created = create_topics(config, topics, config.topics)
+            .await
+            .map_err(|e| format!("cannot create the topics {topics:?} on {}: {e}", config.brokers))?;
+        for topic in &created {
+            tracing::info!(
+                topic,
+                partitions = config.topics.partitions,
+                replication_factor = config.topics.replication_factor,
+                "created topic"
+            );
+        }
+        return Ok(());
+    }
+    let missing = missing_topics(config, topics).await?;
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("topics {missing:?} do not exist on {} and kafka.topics.create is off: create them (vigil kafka init)", config.brokers))
+    }
+}
+
+/// Which of `topics` the cluster does not have.
+pub async fn missing_topics(config: &KafkaConfig, topics: &[&str]) -> Result<Vec<String>, String> {
+    let config = config.clone();
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.client_config().create().map_err(|e| e.to_string())?;
+        let metadata = consumer
+            .fetch_metadata(None, Timeout::After(Duration::from_secs(30)))
+            .map_err(|e| format!("cannot read the topics of {}: {e}", config.brokers))?;
+        let present: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+        Ok(topics.into_iter().filter(|t| !present.contains(&t.as_str())).collect())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// The emitter's sink onto Kafka.

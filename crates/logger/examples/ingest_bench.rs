@@ -17,7 +17,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{Broker, Database, RunningLogger};
 use vigil_logbus::topics;
-use vigil_logger::LoggerConfig;
+use vigil_logger::{BatchSettings, LoggerConfig};
 use vigil_logger::batch::{Consumed, decode};
 use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
@@ -53,11 +53,9 @@ async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> 
     let running: Vec<RunningLogger> = (0..loggers)
         .map(|_| {
             RunningLogger::start(LoggerConfig {
-                brokers: broker.brokers(),
-                database_url: db.url(),
                 group_id: group.into(),
                 migrate: false,
-                ..LoggerConfig::default()
+                ..LoggerConfig::new(broker.brokers(), db.url())
             })
         })
         .collect();
@@ -93,7 +91,7 @@ async fn without_broker(records: usize) -> (f64, Duration) {
     let db = Database::create();
     let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
     store.migrate().await.unwrap();
-    let LoggerConfig { batch_max_records: batch, max_batches_in_flight, .. } = LoggerConfig::default();
+    let BatchSettings { max_records: batch, max_in_flight: max_batches_in_flight, .. } = LoggerConfig::default().batch;
     let messages: Vec<Consumed> = (0..records)
         .map(|i| Consumed {
             topic: topics::PREDICTIONS.into(),
@@ -123,7 +121,7 @@ async fn without_broker(records: usize) -> (f64, Duration) {
 #[tokio::main]
 async fn main() {
     let records: usize = std::env::args().nth(1).map(|a| a.parse().expect("records: a number")).unwrap_or(200_000);
-    let broker = Broker::start(4).await;
+    let broker = Broker::start_with(vigil_testkit::kafka::Profile::Throughput, 4).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", broker.brokers())
         .set("linger.ms", "20")
@@ -166,7 +164,7 @@ async fn main() {
     println!("| 2 loggers | {records} | {:.1} | {two:.0} | {:.2}x |", t2.as_secs_f64(), two / one);
     println!(
         "| decode + insert, no broker ({} batches in flight) | {records} | {:.1} | {alone:.0} | {:.2}x |",
-        LoggerConfig::default().max_batches_in_flight,
+        LoggerConfig::default().batch.max_in_flight,
         t3.as_secs_f64(),
         alone / one
     );

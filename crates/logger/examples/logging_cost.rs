@@ -118,7 +118,7 @@ async fn main() {
     files.sort();
     let image = std::fs::read(&files[0]).unwrap();
     vigil_inference::runtime::environment(None).expect("ONNX Runtime library (run ./dev setup)");
-    let broker = Broker::start(4).await;
+    let broker = Broker::start_with(vigil_testkit::kafka::Profile::Throughput, 4).await;
     let shipped = vigil_logbus::kafka::KafkaConfig::default();
     let mut settings: Vec<Setting> = vec![None, Some((shipped.linger_ms, shipped.compression.clone()))];
     for (linger, compression) in [(5, "lz4"), (100, "lz4"), (500, "lz4"), (500, "none")] {

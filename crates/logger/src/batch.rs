@@ -22,6 +22,13 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+impl DeadLetter {
+    /// Where the message came from: `topic/partition/offset`.
+    pub fn source(&self) -> String {
+        format!("{}/{}/{}", self.message.topic, self.message.partition, self.message.offset)
+    }
+}
+
 /// The rows and dead letters of a batch.
 #[derive(Debug, Default)]
 pub struct Decoded {

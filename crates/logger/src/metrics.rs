@@ -21,7 +21,7 @@ use rdkafka::statistics::Statistics;
 use vigil_logbus::topics;
 
 use crate::batch::Decoded;
-use crate::consumer::LoggerStats;
+use crate::pipeline::LoggerStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RecordLabels {

@@ -4,6 +4,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,7 +18,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::*;
 use uuid::Uuid;
 use vigil_logbus::topics;
-use vigil_logger::{LoggerConfig, LoggerStats};
+use vigil_logger::LoggerStats;
 use vigil_proto::vigil::v1::QueryPredictionsRequest;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_proto::vigil::v1::prediction_log_client::PredictionLogClient;
@@ -33,6 +34,55 @@ fn sample_images() -> Vec<Vec<u8>> {
         std::fs::read_dir(repo_root().join("samples/normal")).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     files.into_iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// A `vigil-logger` process with its metrics on a free port.
+pub struct LoggerProcess {
+    pub child: std::process::Child,
+    pub metrics: SocketAddr,
+}
+
+impl LoggerProcess {
+    /// Starts the binary with `args` (plus `--metrics-listen 127.0.0.1:0`) and `env`, and
+    /// reads the metrics address from its first line.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> LoggerProcess {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vigil-logger"))
+            .args(args)
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let metrics = line
+            .split_once("(metrics on http://")
+            .and_then(|(_, rest)| rest.split_once("/metrics)"))
+            .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
+            .0
+            .parse()
+            .unwrap();
+        LoggerProcess { child, metrics }
+    }
+
+    /// `vigil_logger_records_total` of `topic` with `outcome` (0 when absent).
+    pub fn records(&self, topic: &str, outcome: &str) -> f64 {
+        sample(&scrape(self.metrics), "vigil_logger_records_total", &[("topic", topic), ("outcome", outcome)])
+            .unwrap_or(0.0)
+    }
+
+    /// SIGTERM, then waits; fails the test unless it exits cleanly.
+    pub fn terminate(mut self) {
+        std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(self.child.wait().unwrap().success());
+    }
+
+    /// SIGKILL: no graceful commit.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
 }
 
 fn record(i: usize) -> PredictionRecord {
@@ -209,12 +259,7 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
             .unwrap();
     }
     let stats = Arc::new(LoggerStats::default());
-    let config = LoggerConfig {
-        brokers: broker.brokers(),
-        database_url: db.url(),
-        batch_max_wait: Duration::from_millis(100),
-        ..LoggerConfig::default()
-    };
+    let config = quick_config(broker.brokers(), db.url());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let logger = tokio::spawn(vigil_logger::run(config, stats.clone(), async move {
         let _ = rx.await;
@@ -316,33 +361,17 @@ async fn the_logger_serves_records_by_outcome_batches_and_lag_at_metrics() {
     assert!(std::net::TcpStream::connect(metrics).is_err(), "the metrics endpoint stops with the logger");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_logger_killed_mid_stream_resumes_without_loss_or_doubles() {
-    let broker = Broker::start(3).await;
-    let db = Database::create();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("linger.ms", "20")
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
-    const N: usize = 20_000;
-    let mut ids = HashSet::new();
+/// Sends `records`, keyed by station, at most 2,000 in flight; returns their ids in order.
+async fn produce(producer: &FutureProducer, records: impl IntoIterator<Item = PredictionRecord>) -> Vec<Uuid> {
+    let mut ids = Vec::new();
     let mut pending = futures::stream::FuturesUnordered::new();
-    for i in 0..N {
-        let r = record(i);
-        ids.insert(Uuid::parse_str(&r.prediction_id).unwrap());
+    for r in records {
+        ids.push(Uuid::parse_str(&r.prediction_id).unwrap());
         let producer = producer.clone();
         pending.push(async move {
             let payload = r.encode_to_vec();
-            producer
-                .send(
-                    FutureRecord::to(topics::PREDICTIONS).key(&r.station_id).payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
+            let record = FutureRecord::to(topics::PREDICTIONS).key(&r.station_id).payload(&payload);
+            producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
         });
         if pending.len() >= 2_000 {
             pending.next().await.unwrap().unwrap();
@@ -351,155 +380,191 @@ async fn a_logger_killed_mid_stream_resumes_without_loss_or_doubles() {
     while let Some(r) = pending.next().await {
         r.unwrap();
     }
+    ids
+}
 
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_vigil-logger"))
-            .args(["--brokers", &broker.brokers(), "--database-url", &db.url(), "--batch-max-records", "500"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+fn idempotent_producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap()
+}
+
+/// The stored ids, each as often as it is stored, against the produced ones.
+async fn assert_stored_exactly(store: &PgStore, produced: &[Uuid]) {
+    let mut stored = store.prediction_ids().await.unwrap();
+    let mut expected = produced.to_vec();
+    stored.sort();
+    expected.sort();
+    assert_eq!(stored.len(), expected.len(), "stored rows against produced records");
+    assert!(stored == expected, "exactly the produced ids");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logger_killed_mid_batch_and_restarted_at_once_writes_every_record_exactly_once() {
+    let broker = Broker::start(3).await;
+    let db = Database::create();
+    const N: usize = 20_000;
+    let ids = produce(&idempotent_producer(&broker.brokers()), (0..N).map(record)).await;
+    assert_eq!(broker.message_count(topics::PREDICTIONS), N as i64, "the topic holds each record once");
+
+    let brokers = broker.brokers();
+    let url = db.url();
+    let args = ["--brokers", &brokers, "--database-url", &url, "--batch-max-records", "500"];
+    // Positions are committed every 3 s, and the kill comes well before the first commit: the
+    // restarted logger must read again what the killed one had written.
+    let env = [("VIGIL_LOGGER__COMMIT_INTERVAL_MS", "3000")];
     let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
-    let mut first = spawn();
+    let first = LoggerProcess::spawn(&args, &env);
     eventually(Duration::from_secs(60), "the first batches", || async {
         store.count_predictions().await.unwrap_or(0) >= 2_000
     })
     .await;
-    first.kill().unwrap(); // SIGKILL: no graceful commit
-    first.wait().unwrap();
+    first.kill(); // SIGKILL, with batches in flight: no graceful commit
+    // A commit the server had already received when the connection died still lands.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let at_kill = store.count_predictions().await.unwrap();
     assert!(at_kill < N as i64, "killed too late to test anything ({at_kill})");
 
-    // Restart after the group's session timeout (10 s), as a supervisor would after a crash:
-    // the test broker (tansu 0.6) does not evict a dead member while a new one is joining.
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let mut second = spawn();
+    // Restarted at once, as a supervisor would: the group hands it the partitions when the
+    // killed member's session times out.
+    let second = LoggerProcess::spawn(&args, &env);
     eventually(Duration::from_secs(120), "every record", || async {
         store.count_predictions().await.unwrap_or(0) >= N as i64
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
-    assert_eq!(stored.len(), N);
-    assert_eq!(stored, ids, "exactly the produced ids");
-    std::process::Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
-    assert!(second.wait().unwrap().success());
+    let expected_inserts = (N as i64 - at_kill) as f64;
+    eventually(Duration::from_secs(30), "the restarted logger's counters", || {
+        std::future::ready(second.records(topics::PREDICTIONS, "inserted") == expected_inserts)
+    })
+    .await;
+    let reread = second.records(topics::PREDICTIONS, "duplicate");
+    assert!(reread > 0.0, "the restarted logger read again records the killed one had written");
+    assert!(reread <= at_kill as f64, "it re-read only what was written before the kill: {reread} > {at_kill}");
+    assert_stored_exactly(&store, &ids).await;
+    second.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_database_outage_pauses_the_logger_and_loses_nothing() {
+async fn postgres_stopped_and_restarted_under_the_logger_loses_nothing_and_doubles_nothing() {
     let broker = Broker::start(2).await;
-    let db = Database::create();
-    // The logger reaches Postgres through a proxy that the test cuts for 8 seconds.
-    let mut outage = Outage::start(5432).await;
-    let via_proxy = db.url().replace(":5432/", &format!(":{}/", outage.port));
-    let logger = RunningLogger::quick(broker.brokers(), via_proxy);
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
-    let mut ids = HashSet::new();
-    let send = async |n: usize, ids: &mut HashSet<Uuid>| {
-        for i in 0..n {
-            let r = record(i);
-            ids.insert(Uuid::parse_str(&r.prediction_id).unwrap());
-            let payload = r.encode_to_vec();
-            producer
-                .send(
-                    FutureRecord::to(topics::PREDICTIONS).key(&r.station_id).payload(&payload),
-                    Duration::from_secs(10),
-                )
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-    };
-    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
-    send(200, &mut ids).await;
+    // A server of this test's own: it is stopped for real (pg_ctl stop -m immediate: a crash).
+    let mut postgres = PostgresServer::start().await;
+    let logger = RunningLogger::quick(broker.brokers(), postgres.url());
+    let stats = logger.stats.clone();
+    let producer = idempotent_producer(&broker.brokers());
+    let store = PgStore::connect_lazy(&postgres.url(), 2).unwrap();
+    let mut ids = produce(&producer, (0..200).map(record)).await;
     eventually(Duration::from_secs(60), "the first records", || async {
         store.count_predictions().await.unwrap_or(0) >= 200
     })
     .await;
 
-    outage.cut();
-    send(300, &mut ids).await;
+    postgres.stop(vigil_testkit::postgres::StopMode::Immediate);
+    ids.extend(produce(&producer, (200..500).map(record)).await);
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(store.count_predictions().await.unwrap(), 200, "nothing written while the database is away");
-    outage.restore().await;
+    assert!(LoggerStats::get(&stats.retries) > 0, "the logger met the outage and retried");
+    assert_eq!(LoggerStats::get(&stats.inserted_predictions), 200, "nothing written while the database is away");
+    postgres.resume().await;
 
     eventually(Duration::from_secs(60), "the records sent during the outage", || async {
         store.count_predictions().await.unwrap_or(0) >= 500
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
-    assert_eq!(stored, ids);
+    assert_stored_exactly(&store, &ids).await;
+    assert_eq!(LoggerStats::get(&stats.inserted_predictions), 500, "each record inserted once");
     logger.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_loggers_share_the_partitions_and_write_each_record_once() {
-    let broker = Broker::start(4).await;
+async fn loggers_joining_and_leaving_under_load_write_each_record_once() {
+    let broker = Broker::start(6).await;
     let db = Database::create();
-    let start = |stats: Arc<LoggerStats>| {
-        let config = LoggerConfig {
-            brokers: broker.brokers(),
-            database_url: db.url(),
-            batch_max_records: 200,
-            batch_max_wait: Duration::from_millis(50),
-            ..LoggerConfig::default()
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        (
-            tx,
-            tokio::spawn(vigil_logger::run(config, stats, async move {
-                let _ = rx.await;
-            })),
-        )
+    let config = || {
+        let mut c = quick_config(broker.brokers(), db.url());
+        c.batch.max_records = 200;
+        c.batch.max_wait_ms = 50;
+        c
     };
-    let (a_stats, b_stats) = (Arc::new(LoggerStats::default()), Arc::new(LoggerStats::default()));
-    let (stop_a, a) = start(a_stats.clone());
-    let (stop_b, b) = start(b_stats.clone());
-    // Let both join the group before records arrive.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", broker.brokers()).set("linger.ms", "5").create().unwrap();
-    let records: Vec<PredictionRecord> = (0..4_000).map(record).collect();
-    let ids: HashSet<Uuid> = records.iter().map(|r| Uuid::parse_str(&r.prediction_id).unwrap()).collect();
-    futures::stream::iter(records.into_iter().enumerate())
-        .map(|(i, r)| {
-            let producer = producer.clone();
-            async move {
-                let payload = r.encode_to_vec();
-                // Keys spread over the four partitions.
-                let key = format!("station-{}", i % 16);
-                producer
-                    .send(FutureRecord::to(topics::PREDICTIONS).key(&key).payload(&payload), Duration::from_secs(10))
-                    .await
-                    .map_err(|(e, _)| e)
-                    .unwrap();
-            }
-        })
-        .buffer_unordered(500)
-        .collect::<Vec<_>>()
-        .await;
+    let a = RunningLogger::start(config());
+    let b = RunningLogger::start(config());
+    let (a_stats, b_stats) = (a.stats.clone(), b.stats.clone());
+    let producer = idempotent_producer(&broker.brokers());
+    // A steady stream: 40 rounds of 400 records, 150 ms apart. A third logger joins after
+    // round 10; the first leaves after round 25.
+    let mut ids = Vec::new();
+    let mut c = None;
+    let mut a = Some(a);
+    for round in 0..40 {
+        ids.extend(produce(&producer, (0..400).map(|i| record(round * 400 + i))).await);
+        if round == 10 {
+            c = Some(RunningLogger::start(config()));
+        }
+        if round == 25 {
+            a.take().unwrap().stop().await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let c = c.unwrap();
+    let c_stats = c.stats.clone();
     let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
     eventually(Duration::from_secs(90), "every record", || async {
-        store.count_predictions().await.unwrap_or(0) >= 4_000
+        store.count_predictions().await.unwrap_or(0) >= ids.len() as i64
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
-    assert_eq!(stored, ids);
-    let consumed = |s: &LoggerStats| s.consumed.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        consumed(&a_stats) > 0 && consumed(&b_stats) > 0,
-        "both loggers took partitions: {} and {}",
-        consumed(&a_stats),
-        consumed(&b_stats)
-    );
-    stop_a.send(()).unwrap();
-    stop_b.send(()).unwrap();
-    a.await.unwrap().unwrap();
-    b.await.unwrap().unwrap();
+    assert_stored_exactly(&store, &ids).await;
+    b.stop().await;
+    c.stop().await;
+    let all = [&a_stats, &b_stats, &c_stats];
+    let sum = |f: fn(&LoggerStats) -> &std::sync::atomic::AtomicU64| all.iter().map(|s| LoggerStats::get(f(s))).sum::<u64>();
+    assert_eq!(sum(|s| &s.inserted_predictions), ids.len() as u64, "each record inserted by exactly one logger");
+    assert_eq!(sum(|s| &s.consumed), ids.len() as u64 + sum(|s| &s.duplicates), "every read inserted or known as a repeat");
+    for (name, s) in [("first", &a_stats), ("second", &b_stats), ("joining", &c_stats)] {
+        assert!(LoggerStats::get(&s.inserted_predictions) > 0, "the {name} logger wrote records");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_logger_creates_missing_topics_or_waits_for_an_operator_to() {
+    let broker = Broker::start_bare(vigil_testkit::kafka::Profile::Test).await;
+    let db = Database::create();
+    assert_eq!(broker.partitions(topics::PREDICTIONS), 0, "a bare broker");
+
+    // Creation off: the logger reports the missing topics and waits; it creates nothing.
+    let mut waiting = quick_config(broker.brokers(), db.url());
+    waiting.kafka.topics.create = false;
+    let waiting = RunningLogger::start(waiting);
+    eventually(Duration::from_secs(30), "the missing topics reported", || {
+        std::future::ready(LoggerStats::get(&waiting.stats.retries) > 0)
+    })
+    .await;
+    assert_eq!(broker.partitions(topics::PREDICTIONS), 0, "nothing created with creation off");
+
+    // Creation on (the default): the topics appear with the configured partitions.
+    let mut creating = quick_config(broker.brokers(), db.url());
+    creating.kafka.topics.partitions = 3;
+    let creating = RunningLogger::start(creating);
+    eventually(Duration::from_secs(60), "the topics created", || {
+        std::future::ready(vigil_logbus::topics::ALL.iter().all(|t| broker.partitions(t) == 3))
+    })
+    .await;
+    let ids = produce(&idempotent_producer(&broker.brokers()), (0..50).map(record)).await;
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(60), "the records", || async {
+        store.count_predictions().await.unwrap_or(0) >= 50
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_stored_exactly(&store, &ids).await;
+    // The waiting logger joined the group once the topics existed; together they inserted
+    // each record once.
+    let (c, w) = (creating.stats.clone(), waiting.stats.clone());
+    creating.stop().await;
+    waiting.stop().await;
+    let inserted = LoggerStats::get(&c.inserted_predictions) + LoggerStats::get(&w.inserted_predictions);
+    assert_eq!(inserted, 50);
 }

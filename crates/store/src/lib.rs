@@ -15,7 +15,7 @@ pub mod testing;
 pub use monitoring::MonitorStore;
 pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
-pub use rows::{FeedbackRow, LabelRow, PredictionRow, RowError};
+pub use rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow, RowError};
 pub use sqlite::SqliteStore;
 pub use store::{AnyStore, PredictionStore};
 

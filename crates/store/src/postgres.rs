@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
-use crate::rows::{FeedbackRow, LabelRow, PredictionRow};
+use crate::rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow};
 
 /// A pool of connections to the Vigil database.
 #[derive(Clone)]
@@ -81,6 +81,36 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected())
+    }
+
+    /// Inserts dead letters; ids already stored are skipped. Returns the new rows.
+    pub async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
+        let mut inserted = 0;
+        for r in rows {
+            inserted += sqlx::query(
+                "INSERT INTO dead_letters (id, time, topic, source, reason, key, payload)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(r.id)
+            .bind(r.time)
+            .bind(&r.topic)
+            .bind(&r.source)
+            .bind(&r.reason)
+            .bind(&r.key)
+            .bind(&r.payload)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(inserted)
+    }
+
+    /// The latest `limit` dead letters, newest first.
+    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
+        sqlx::query_as("SELECT id, time, topic, source, reason, key, payload FROM dead_letters ORDER BY time DESC, id DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Number of stored feedback events.

@@ -145,6 +145,20 @@ impl LabelRow {
     }
 }
 
+/// One row of `dead_letters`: a record a logger could not decode, kept with the reason.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DeadLetterRow {
+    pub id: Uuid,
+    pub time: DateTime<Utc>,
+    /// The topic (or bus channel) it came from.
+    pub topic: String,
+    /// Where exactly: `topic/partition/offset`.
+    pub source: String,
+    pub reason: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
 /// One row of `feedback`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedbackRow {

@@ -9,7 +9,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use crate::query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
-use crate::rows::{FeedbackRow, LabelRow, PredictionRow};
+use crate::rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow};
 
 /// The embedded schema, from `migrations/sqlite/`.
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -130,6 +130,36 @@ impl SqliteStore {
             inserted += q.build().execute(&self.pool).await?.rows_affected();
         }
         Ok(inserted)
+    }
+
+    /// Inserts dead letters; ids already stored are skipped. Returns the new rows.
+    pub async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
+        let mut inserted = 0;
+        for r in rows {
+            inserted += sqlx::query(
+                "INSERT OR IGNORE INTO dead_letters (id, time, topic, source, reason, key, payload)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.id)
+            .bind(r.time)
+            .bind(&r.topic)
+            .bind(&r.source)
+            .bind(&r.reason)
+            .bind(&r.key)
+            .bind(&r.payload)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(inserted)
+    }
+
+    /// The latest `limit` dead letters, newest first.
+    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
+        sqlx::query_as("SELECT id, time, topic, source, reason, key, payload FROM dead_letters ORDER BY time DESC, id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Number of stored feedback events.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::postgres::PgStore;
 use crate::query::{PredictionFilter, PredictionSummary};
-use crate::rows::{FeedbackRow, LabelRow, PredictionRow};
+use crate::rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow};
 use crate::sqlite::SqliteStore;
 
 /// What every prediction store does.
@@ -22,6 +22,11 @@ pub trait PredictionStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(u64, u64), sqlx::Error>> + Send;
     /// Inserts feedback events, skipping ids already stored; returns the new row count.
     fn insert_feedback(&self, rows: &[FeedbackRow]) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    /// Keeps records that could not be decoded, with the reason; ids already stored are
+    /// skipped. Returns the new rows.
+    fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    /// The latest `limit` dead letters, newest first.
+    fn dead_letters(&self, limit: i64) -> impl Future<Output = Result<Vec<DeadLetterRow>, sqlx::Error>> + Send;
     /// Number of stored feedback events.
     fn count_feedback(&self) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
     /// An analyst query.
@@ -46,6 +51,12 @@ macro_rules! delegate {
             }
             async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
                 <$t>::insert_feedback(self, rows).await
+            }
+            async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
+                <$t>::insert_dead_letters(self, rows).await
+            }
+            async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
+                <$t>::dead_letters(self, limit).await
             }
             async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
                 <$t>::count_feedback(self).await
@@ -103,6 +114,18 @@ impl PredictionStore for AnyStore {
         match self {
             Self::Postgres(s) => s.insert_feedback(rows).await,
             Self::Sqlite(s) => s.insert_feedback(rows).await,
+        }
+    }
+    async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Postgres(s) => s.insert_dead_letters(rows).await,
+            Self::Sqlite(s) => s.insert_dead_letters(rows).await,
+        }
+    }
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
+        match self {
+            Self::Postgres(s) => s.dead_letters(limit).await,
+            Self::Sqlite(s) => s.dead_letters(limit).await,
         }
     }
     async fn count_feedback(&self) -> Result<i64, sqlx::Error> {

@@ -7,17 +7,23 @@ use uuid::Uuid;
 
 use crate::rows::PredictionRow;
 
-/// The admin URL tests create databases with: `VIGIL_TEST_POSTGRES`, or the local server.
+/// The admin URL tests create databases with: `VIGIL_TEST_POSTGRES`, or the server and role
+/// `./dev setup` starts and creates.
 pub fn admin_url() -> String {
-    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+    std::env::var("VIGIL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://vigil:vigil@127.0.0.1:5432/postgres".into())
 }
 
 fn psql(sql: &str) {
+    let url = admin_url();
     let out = Command::new("psql")
-        .args([admin_url().as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .args([url.as_str(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
         .output()
-        .expect("psql must be installed to run the Postgres tests");
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        .expect("psql must be installed to run the Postgres tests: run ./dev setup");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("connection to server") || stderr.contains("authentication failed") {
+        panic!("no Postgres answers at {url}: run ./dev setup (it installs and starts one), or set VIGIL_TEST_POSTGRES to yours\n{stderr}");
+    }
+    assert!(out.status.success(), "{sql}: {stderr}");
 }
 
 /// A fresh, empty Postgres database, dropped with the value.

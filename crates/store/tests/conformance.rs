@@ -59,6 +59,28 @@ async fn conformance<S: PredictionStore>(store: S) {
     assert_eq!(store.insert_feedback(std::slice::from_ref(&feedback)).await.unwrap(), 0);
     assert_eq!(store.count_feedback().await.unwrap(), 1);
 
+    // Dead letters keep the bytes and the reason, idempotent on their id, newest first.
+    let dead = |i: u8, reason: &str| vigil_store::DeadLetterRow {
+        id: Uuid::now_v7(),
+        time: Utc::now() + Duration::milliseconds(i64::from(i)),
+        topic: "vigil.predictions.v1".into(),
+        source: format!("vigil.predictions.v1/0/{i}"),
+        reason: reason.into(),
+        key: Some(vec![b'k', i]),
+        payload: Some(vec![0xff, 0x00, i]),
+    };
+    let (first, second) = (dead(1, "not a PredictionRecord"), dead(2, "schema version 9 is not supported"));
+    assert_eq!(store.insert_dead_letters(&[first.clone(), second.clone()]).await.unwrap(), 2);
+    assert_eq!(store.insert_dead_letters(std::slice::from_ref(&first)).await.unwrap(), 0);
+    let kept = store.dead_letters(10).await.unwrap();
+    assert_eq!(kept.len(), 2);
+    let same = |a: &vigil_store::DeadLetterRow, b: &vigil_store::DeadLetterRow| {
+        (a.id, &a.source, &a.reason, &a.key, &a.payload) == (b.id, &b.source, &b.reason, &b.key, &b.payload)
+            && (a.time - b.time).num_microseconds().unwrap().abs() < 1
+    };
+    assert!(same(&kept[0], &second) && same(&kept[1], &first), "{kept:?}");
+    assert_eq!(store.dead_letters(1).await.unwrap().len(), 1);
+
     // Rows come back intact, in id (time) order.
     let all = store.query_predictions(&filter()).await.unwrap();
     assert_eq!(all.len(), 10);

@@ -1,0 +1,122 @@
+//! The logger's settings: one serde structure for the file (`--config`), `VIGIL_LOGGER__...`
+//! variables and flags, reusing the Kafka settings every service shares.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vigil_logbus::kafka::KafkaConfig;
+use vigil_logbus::topics;
+
+/// Everything `vigil-logger` needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggerConfig {
+    /// Brokers, client id, topic creation (`[kafka.topics]`), and the dead-letter producer.
+    pub kafka: KafkaConfig,
+    /// Consumer group; logger instances in one group share the partitions.
+    pub group_id: String,
+    /// The consumer group's session timeout: how long a crashed logger holds its partitions
+    /// before the group hands them to the others (or to its own restart).
+    pub session_timeout_ms: u64,
+    /// How often written positions are committed to the group, in milliseconds. A crash
+    /// re-reads at most this much (idempotent inserts skip it); longer means fewer commits.
+    pub commit_interval_ms: u64,
+    /// Topics consumed (each has a decoder: predictions, labels, feedback).
+    pub consume: Vec<String>,
+    /// Postgres URL.
+    pub database_url: String,
+    /// Apply the schema migrations at start.
+    pub migrate: bool,
+    pub batch: BatchSettings,
+    /// How often the consumer lag is refreshed from the Kafka client's statistics.
+    pub statistics_interval_ms: u64,
+}
+
+/// How records are grouped into database transactions.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// Most records per database transaction.
+    pub max_records: usize,
+    /// Longest a batch waits to fill after its first record, in milliseconds.
+    pub max_wait_ms: u64,
+    /// Batches written at once, each in its own transaction and connection; positions are
+    /// committed in consumption order, each only after its batch and every earlier one.
+    pub max_in_flight: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self { max_records: 5_000, max_wait_ms: 200, max_in_flight: 2 }
+    }
+}
+
+impl BatchSettings {
+    /// Checks the values; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_records == 0 {
+            return Err("batch.max_records must be at least 1".into());
+        }
+        if self.max_in_flight == 0 {
+            return Err("batch.max_in_flight must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// `max_wait_ms` as a duration.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.max_wait_ms)
+    }
+}
+
+impl Default for LoggerConfig {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaConfig { client_id: "vigil-logger".into(), ..KafkaConfig::default() },
+            group_id: "vigil-logger".into(),
+            session_timeout_ms: 10_000,
+            commit_interval_ms: 500,
+            consume: vec![topics::PREDICTIONS.into(), topics::LABELS.into(), topics::FEEDBACK.into()],
+            database_url: "postgres://127.0.0.1/vigil".into(),
+            migrate: true,
+            batch: BatchSettings::default(),
+            statistics_interval_ms: 5_000,
+        }
+    }
+}
+
+impl LoggerConfig {
+    /// A configuration for `brokers` and `database_url`, defaults elsewhere.
+    pub fn new(brokers: impl Into<String>, database_url: impl Into<String>) -> Self {
+        let mut config = Self { database_url: database_url.into(), ..Self::default() };
+        config.kafka.brokers = brokers.into();
+        config
+    }
+
+    /// Checks the values; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.kafka.validate()?;
+        self.batch.validate()?;
+        if self.group_id.trim().is_empty() {
+            return Err("group_id must not be empty".into());
+        }
+        if self.consume.is_empty() {
+            return Err("consume must name at least one topic".into());
+        }
+        if let Some(t) = self.consume.iter().find(|t| ![topics::PREDICTIONS, topics::LABELS, topics::FEEDBACK].contains(&t.as_str())) {
+            return Err(format!(
+                "consume: no decoder for topic '{t}' (use {}, {}, {})",
+                topics::PREDICTIONS,
+                topics::LABELS,
+                topics::FEEDBACK
+            ));
+        }
+        if !(10..=60_000).contains(&self.commit_interval_ms) {
+            return Err(format!("commit_interval_ms = {}: use 10 to 60000", self.commit_interval_ms));
+        }
+        if !(1_000..=300_000).contains(&self.session_timeout_ms) {
+            return Err(format!("session_timeout_ms = {}: use 1000 to 300000", self.session_timeout_ms));
+        }
+        Ok(())
+    }
+}

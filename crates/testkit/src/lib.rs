@@ -1,0 +1,26 @@
+//! Real services for tests and benchmarks, started and stopped by the code that needs them:
+//! an Apache Kafka broker ([`KafkaBroker`], KRaft combined mode) and a PostgreSQL server of its
+//! own ([`PostgresServer`]), each on free loopback ports with its data in a temporary
+//! directory. `./dev setup` installs what they run (the broker's jars from Maven Central,
+//! PostgreSQL from Debian's packages); when something is missing they fail and say so.
+
+pub mod kafka;
+pub mod postgres;
+
+pub use kafka::KafkaBroker;
+pub use postgres::PostgresServer;
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts connections on `127.0.0.1:port`, or panics after `timeout`
+/// with `what` and `log` (the service's own log, for the reason).
+pub(crate) async fn wait_for_port(port: u16, timeout: std::time::Duration, what: &str, log: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not listen on {port} within {timeout:?}; its log:\n{}", log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
