@@ -35,9 +35,11 @@ struct InitArgs {
 /// Runs the subcommand; returns the exit code.
 pub async fn run(args: KafkaArgs) -> Result<u8> {
     let KafkaCommand::Init(args) = args.command;
-    let settings = TopicSettings { create: true, partitions: args.partitions, replication_factor: args.replication_factor };
+    let settings =
+        TopicSettings { create: true, partitions: args.partitions, replication_factor: args.replication_factor };
     settings.validate().map_err(|e| anyhow::anyhow!(e.replace("kafka.topics.", "--").replace('_', "-")))?;
-    let config = KafkaConfig { brokers: args.brokers.clone(), client_id: "vigil-kafka-init".into(), ..Default::default() };
+    let config =
+        KafkaConfig { brokers: args.brokers.clone(), client_id: "vigil-kafka-init".into(), ..Default::default() };
     let missing = missing_topics(&config, &topics::ALL).await.map_err(anyhow::Error::msg)?;
     let created = create_topics(&config, &topics::ALL, settings)
         .await

@@ -109,6 +109,16 @@ pub async fn start_with(
             .producer()
             .with_context(|| format!("cannot create the Kafka producer for {}", config.logging.kafka.brokers))?;
         let sink = KafkaSink::new(producer);
+        if config.logging.kafka.topics.create {
+            // Best effort, off the start-up path: the logger creates the topics too, and records
+            // sent before the topic exists wait in the producer or the spool.
+            let kafka = config.logging.kafka.clone();
+            tokio::spawn(async move {
+                if let Err(e) = vigil_logbus::kafka::ensure_topics(&kafka, &[vigil_logbus::topics::PREDICTIONS]).await {
+                    tracing::warn!(error = %e, "records topic not checked; the logger creates it when it starts");
+                }
+            });
+        }
         let spool = match &config.logging.spool {
             Some(spool_config) => {
                 let spool = Spool::open(spool_config.clone())

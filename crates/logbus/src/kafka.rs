@@ -178,7 +178,10 @@ pub async fn ensure_topics(config: &KafkaConfig, topics: &[&str]) -> Result<(), 
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("topics {missing:?} do not exist on {} and kafka.topics.create is off: create them (vigil kafka init)", config.brokers))
+        Err(format!(
+            "topics {missing:?} do not exist on {} and kafka.topics.create is off: create them (vigil kafka init)",
+            config.brokers
+        ))
     }
 }
 

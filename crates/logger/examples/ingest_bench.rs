@@ -17,8 +17,8 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{Broker, Database, RunningLogger};
 use vigil_logbus::topics;
-use vigil_logger::{BatchSettings, LoggerConfig};
 use vigil_logger::batch::{Consumed, decode};
+use vigil_logger::{BatchSettings, LoggerConfig};
 use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
 

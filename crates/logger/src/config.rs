@@ -103,7 +103,9 @@ impl LoggerConfig {
         if self.consume.is_empty() {
             return Err("consume must name at least one topic".into());
         }
-        if let Some(t) = self.consume.iter().find(|t| ![topics::PREDICTIONS, topics::LABELS, topics::FEEDBACK].contains(&t.as_str())) {
+        if let Some(t) =
+            self.consume.iter().find(|t| ![topics::PREDICTIONS, topics::LABELS, topics::FEEDBACK].contains(&t.as_str()))
+        {
             return Err(format!(
                 "consume: no decoder for topic '{t}' (use {}, {}, {})",
                 topics::PREDICTIONS,
@@ -118,5 +120,46 @@ impl LoggerConfig {
             return Err(format!("session_timeout_ms = {}: use 1000 to 300000", self.session_timeout_ms));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format, Serialized, Toml};
+
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_lists_every_key_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/logger.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let from_file: LoggerConfig = Figment::from(Toml::string(&text)).extract().unwrap();
+        assert_eq!(from_file, LoggerConfig::default());
+        // Every key is in the file: nothing was filled in from the defaults.
+        let defaults = toml::to_string(&LoggerConfig::default()).unwrap();
+        let keys =
+            |t: &str| -> usize { t.lines().filter(|l| l.contains(" = ") && !l.trim_start().starts_with('#')).count() };
+        assert_eq!(keys(&text), keys(&defaults), "{defaults}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        let bad = |key: &str, value: figment::value::Value| {
+            Figment::from(Serialized::defaults(LoggerConfig::default()))
+                .merge(Serialized::default(key, value))
+                .extract::<LoggerConfig>()
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate())
+                .unwrap_err()
+        };
+        assert_eq!(bad("batch.max_records", 0u64.into()), "batch.max_records must be at least 1");
+        assert_eq!(bad("batch.max_in_flight", 0u64.into()), "batch.max_in_flight must be at least 1");
+        assert!(bad("kafka.topics.partitions", 0.into()).starts_with("kafka.topics.partitions = 0"));
+        assert!(bad("kafka.topics.replication_factor", 0.into()).contains("use -1"));
+        assert!(bad("kafka.compression", "snappy".into()).contains("use none, gzip, lz4 or zstd"));
+        assert!(bad("consume", vec!["vigil.other.v1"].into()).contains("no decoder for topic 'vigil.other.v1'"));
+        assert!(bad("commit_interval_ms", 0u64.into()).starts_with("commit_interval_ms = 0"));
+        assert!(bad("batch.max_wait", 5u64.into()).contains("unknown field"), "unknown keys are refused");
     }
 }

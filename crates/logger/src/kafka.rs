@@ -14,10 +14,14 @@ use crate::sink::KafkaDeadLetters;
 use crate::source::KafkaSource;
 
 /// Runs until `shutdown` resolves; the batches in hand are finished first.
-pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: LoggerConfig,
+    stats: Arc<LoggerStats>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     config.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    let store = PgStore::connect_lazy(&config.database_url, config.batch.max_in_flight as u32 + 2)
-        .context("database_url")?;
+    let store =
+        PgStore::connect_lazy(&config.database_url, config.batch.max_in_flight as u32 + 2).context("database_url")?;
     tokio::pin!(shutdown);
     if config.migrate {
         tokio::select! {
@@ -34,7 +38,8 @@ pub async fn run(config: LoggerConfig, stats: Arc<LoggerStats>, shutdown: impl F
     let source = KafkaSource::subscribe(&config, stats.metrics.clone())?;
     let mut producer_config = config.kafka.clone();
     producer_config.client_id = format!("{}-deadletter", config.kafka.client_id);
-    let dead_letters = KafkaDeadLetters::new(producer_config.producer().context("cannot create the dead-letter producer")?);
+    let dead_letters =
+        KafkaDeadLetters::new(producer_config.producer().context("cannot create the dead-letter producer")?);
     tracing::info!(group = config.group_id, topics = ?config.consume, brokers = config.kafka.brokers, "consuming");
     pipeline::run(source, &store, &dead_letters, config.batch, &stats, shutdown).await;
     Ok(())

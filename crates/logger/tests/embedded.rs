@@ -59,7 +59,10 @@ async fn undecodable_records_are_kept_as_dead_letters_and_the_rest_is_stored() {
     let by_payload = |p: &[u8]| dead.iter().find(|d| d.payload.as_deref() == Some(p)).expect("kept with its bytes");
     let g = by_payload(&garbage);
     assert!(g.reason.starts_with("not a PredictionRecord"), "{}", g.reason);
-    assert_eq!((g.topic.as_str(), g.source.as_str(), g.key.as_deref()), (topics::PREDICTIONS, "vigil.predictions.v1/0/5", Some(&b"line-1"[..])));
+    assert_eq!(
+        (g.topic.as_str(), g.source.as_str(), g.key.as_deref()),
+        (topics::PREDICTIONS, "vigil.predictions.v1/0/5", Some(&b"line-1"[..]))
+    );
     let f = by_payload(&future);
     assert!(f.reason.contains("schema version 3 is not supported"), "{}", f.reason);
     assert_eq!(LoggerStats::get(&stats.dead_lettered), 2);

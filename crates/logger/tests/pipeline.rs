@@ -520,9 +520,14 @@ async fn loggers_joining_and_leaving_under_load_write_each_record_once() {
     b.stop().await;
     c.stop().await;
     let all = [&a_stats, &b_stats, &c_stats];
-    let sum = |f: fn(&LoggerStats) -> &std::sync::atomic::AtomicU64| all.iter().map(|s| LoggerStats::get(f(s))).sum::<u64>();
+    let sum =
+        |f: fn(&LoggerStats) -> &std::sync::atomic::AtomicU64| all.iter().map(|s| LoggerStats::get(f(s))).sum::<u64>();
     assert_eq!(sum(|s| &s.inserted_predictions), ids.len() as u64, "each record inserted by exactly one logger");
-    assert_eq!(sum(|s| &s.consumed), ids.len() as u64 + sum(|s| &s.duplicates), "every read inserted or known as a repeat");
+    assert_eq!(
+        sum(|s| &s.consumed),
+        ids.len() as u64 + sum(|s| &s.duplicates),
+        "every read inserted or known as a repeat"
+    );
     for (name, s) in [("first", &a_stats), ("second", &b_stats), ("joining", &c_stats)] {
         assert!(LoggerStats::get(&s.inserted_predictions) > 0, "the {name} logger wrote records");
     }
@@ -554,10 +559,8 @@ async fn the_logger_creates_missing_topics_or_waits_for_an_operator_to() {
     .await;
     let ids = produce(&idempotent_producer(&broker.brokers()), (0..50).map(record)).await;
     let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
-    eventually(Duration::from_secs(60), "the records", || async {
-        store.count_predictions().await.unwrap_or(0) >= 50
-    })
-    .await;
+    eventually(Duration::from_secs(60), "the records", || async { store.count_predictions().await.unwrap_or(0) >= 50 })
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_stored_exactly(&store, &ids).await;
     // The waiting logger joined the group once the topics existed; together they inserted

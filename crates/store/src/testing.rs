@@ -21,7 +21,9 @@ fn psql(sql: &str) {
         .expect("psql must be installed to run the Postgres tests: run ./dev setup");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("connection to server") || stderr.contains("authentication failed") {
-        panic!("no Postgres answers at {url}: run ./dev setup (it installs and starts one), or set VIGIL_TEST_POSTGRES to yours\n{stderr}");
+        panic!(
+            "no Postgres answers at {url}: run ./dev setup (it installs and starts one), or set VIGIL_TEST_POSTGRES to yours\n{stderr}"
+        );
     }
     assert!(out.status.success(), "{sql}: {stderr}");
 }

@@ -20,7 +20,11 @@ pub fn free_port() -> u16 {
 pub(crate) async fn wait_for_port(port: u16, timeout: std::time::Duration, what: &str, log: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + timeout;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "{what} did not listen on {port} within {timeout:?}; its log:\n{}", log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on {port} within {timeout:?}; its log:\n{}",
+            log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

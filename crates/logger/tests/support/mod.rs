@@ -80,4 +80,3 @@ pub fn scrape(addr: SocketAddr) -> String {
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     vigil_telemetry::sample(text, name, labels)
 }
-
