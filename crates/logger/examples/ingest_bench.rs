@@ -1,4 +1,4 @@
-//! Logger ingestion benchmark: N prediction records on a real broker (tansu), drained into a
+//! Logger ingestion benchmark: N prediction records on a real broker (Apache Kafka), drained into a
 //! fresh Postgres database by one logger, then by two loggers sharing the partitions. A third
 //! row runs the logger's own work without a broker (decode and insert the same messages, in
 //! the logger's batch size and with its batches in flight, into a fresh database), which bounds
@@ -21,6 +21,7 @@ use vigil_logger::batch::{Consumed, decode};
 use vigil_logger::{BatchSettings, LoggerConfig};
 use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
+use vigil_telemetry::process;
 
 fn record(i: usize) -> PredictionRecord {
     PredictionRecord {
@@ -45,11 +46,33 @@ fn record(i: usize) -> PredictionRecord {
     }
 }
 
-async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> (f64, Duration) {
+/// CPU seconds so far of: this process (the loggers), the broker, and every Postgres process.
+fn cpu(broker: &Broker) -> [f64; 3] {
+    let of = |pid: u32| process::read_pid(pid).map_or(0.0, |s| s.cpu_seconds);
+    let postgres: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(of)
+        .sum();
+    [process::read().map_or(0.0, |s| s.cpu_seconds), broker.pid().map_or(0.0, of), postgres]
+}
+
+/// A drain's throughput, time, and CPU µs per record of loggers, broker and Postgres.
+struct Drained {
+    records_per_second: f64,
+    total: Duration,
+    cpu_us: [f64; 3],
+}
+
+async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> Drained {
     let db = Database::create();
     let store = PgStore::connect_lazy(&db.url(), 1).unwrap();
     store.migrate().await.unwrap();
     let started = Instant::now();
+    let cpu_before = cpu(broker);
     let running: Vec<RunningLogger> = (0..loggers)
         .map(|_| {
             RunningLogger::start(LoggerConfig {
@@ -79,10 +102,15 @@ async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> 
         (t_first - started).as_secs_f64(),
         steady.as_secs_f64()
     );
+    let cpu_after = cpu(broker);
     for logger in running {
         logger.stop().await;
     }
-    ((records as i64 - n_first) as f64 / steady.as_secs_f64(), started.elapsed())
+    Drained {
+        records_per_second: (records as i64 - n_first) as f64 / steady.as_secs_f64(),
+        total: started.elapsed(),
+        cpu_us: std::array::from_fn(|i| (cpu_after[i] - cpu_before[i]) * 1e6 / records as f64),
+    }
 }
 
 /// Decode and insert in the logger's batch size, as many batches at once as the logger writes,
@@ -153,19 +181,28 @@ async fn main() {
     eprintln!("the logger's work without a broker ...");
     let (alone, t3) = without_broker(records).await;
     eprintln!("one logger ...");
-    let (one, t1) = drain(&broker, records, 1, "bench-one").await;
+    let one = drain(&broker, records, 1, "bench-one").await;
     eprintln!("two loggers ...");
-    let (two, t2) = drain(&broker, records, 2, "bench-two").await;
+    let two = drain(&broker, records, 2, "bench-two").await;
     println!(
-        "\n| logger ingestion | records | seconds (incl. group join) | records/s (after the first batch) | vs one logger |"
+        "\n| logger ingestion | records | seconds (incl. group join) | records/s (after the first batch) | vs one logger | CPU µs/record: loggers, broker, Postgres |"
     );
-    println!("|---|---:|---:|---:|---:|");
-    println!("| 1 logger | {records} | {:.1} | {one:.0} | 1.00x |", t1.as_secs_f64());
-    println!("| 2 loggers | {records} | {:.1} | {two:.0} | {:.2}x |", t2.as_secs_f64(), two / one);
+    println!("|---|---:|---:|---:|---:|---|");
+    let cpu = |d: &Drained| format!("{:.1}, {:.1}, {:.1}", d.cpu_us[0], d.cpu_us[1], d.cpu_us[2]);
+    let base = one.records_per_second;
+    for (name, d) in [("1 logger", &one), ("2 loggers", &two)] {
+        println!(
+            "| {name} | {records} | {:.1} | {:.0} | {:.2}x | {} |",
+            d.total.as_secs_f64(),
+            d.records_per_second,
+            d.records_per_second / base,
+            cpu(d)
+        );
+    }
     println!(
-        "| decode + insert, no broker ({} batches in flight) | {records} | {:.1} | {alone:.0} | {:.2}x |",
+        "| decode + insert, no broker ({} batches in flight) | {records} | {:.1} | {alone:.0} | {:.2}x | - |",
         LoggerConfig::default().batch.max_in_flight,
         t3.as_secs_f64(),
-        alone / one
+        alone / base
     );
 }
