@@ -176,25 +176,34 @@ async fn unknown_models_and_versions_are_not_found() {
 async fn memory_stays_bounded_under_repeated_bad_input() {
     let server = start(config()).await;
     let (mut inspect, mut oip) = clients(&server).await;
-    let huge_header = png_with_claimed_size(20000, 20000);
-    let warm =
-        async |inspect: &mut vigil_proto::vigil::v1::inspection_client::InspectionClient<tonic::transport::Channel>,
-               oip: &mut vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
-            tonic::transport::Channel,
-        >| {
-            for _ in 0..50 {
-                let _ = inspect.inspect(inspect_request(huge_header.clone())).await;
-                let _ = inspect.inspect(inspect_request(b"garbage".to_vec())).await;
-                let _ = oip.model_infer(infer_request("FP32", vec![1, 1, 128, 128], vec![0; 100])).await;
-            }
-        };
-    warm(&mut inspect, &mut oip).await;
+    // A real, decodable 20000x20000 image: were the size limit not enforced before decoding,
+    // each request would write 400 MB of pixels (a truncated header alone would fail early).
+    let huge = png_really_of_size(20000, 20000);
+    assert!(huge.len() < 1024 * 1024, "small on the wire: {} bytes", huge.len());
+    let decoded = image::load_from_memory(&png_really_of_size(64, 48)).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (64, 48), "the generator makes valid images");
+    let mut round = async || {
+        for _ in 0..20 {
+            let status = inspect.inspect(inspect_request(huge.clone())).await.expect_err("a 20000x20000 image");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains("the limit is 4096x4096"), "{}", status.message());
+            let status = inspect.inspect(inspect_request(b"garbage".to_vec())).await.expect_err("garbage");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            let status = oip
+                .model_infer(infer_request("FP32", vec![1, 1, 128, 128], vec![0; 100]))
+                .await
+                .expect_err("100 bytes for a 64 KiB tensor");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        }
+    };
+    round().await;
     let before = rss_kib();
+    assert!(before > 0);
     for _ in 0..4 {
-        warm(&mut inspect, &mut oip).await;
+        round().await;
     }
     let after = rss_kib();
-    // 600 bad requests, each of which would need >1 GiB if the header were trusted.
+    // 80 more huge images: one decoded would add 400 MB.
     assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
     server.shutdown().await.unwrap();
 }

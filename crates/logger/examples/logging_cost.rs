@@ -91,7 +91,11 @@ async fn measure(broker: &Broker, setting: &Setting, seconds: f64, image: &[u8])
         eprintln!("  records: emitted {emitted}, delivered {delivered}, failed {failed}, dropped {dropped}");
         // A record dropped or never delivered would make logging look cheaper than it is.
         assert!(drained, "the producer did not deliver every record within 30 s");
-        assert_eq!((emitted, delivered, failed, dropped), (total, total, 0, 0), "one record per request, every one delivered");
+        assert_eq!(
+            (emitted, delivered, failed, dropped),
+            (total, total, 0, 0),
+            "one record per request, every one delivered"
+        );
     }
     let per_request = |before: f64, after: f64| (after - before) * 1e6 / total as f64;
     eprintln!(

@@ -126,13 +126,28 @@ pub fn png_with_claimed_size(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
-/// Resident memory of this process in KiB.
+/// A complete, valid PNG of `width` x `height` black pixels, 1 bit per pixel: a few hundred
+/// KiB on the wire for 20000x20000, and 400 MB of pixels written once decoded as 8-bit gray.
+pub fn png_really_of_size(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::One);
+    encoder.set_compression(png::Compression::Fast);
+    let mut writer = encoder.write_header().expect("PNG header");
+    let row_bytes = width.div_ceil(8) as usize;
+    writer.write_image_data(&vec![0u8; row_bytes * height as usize]).expect("PNG data");
+    writer.finish().expect("PNG end");
+    out
+}
+
+/// Resident memory of this process in KiB; fails the test when it cannot be read.
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .expect("a VmRSS line in /proc/self/status")
 }
