@@ -91,7 +91,10 @@ async fn print_monitoring(views: &Views<AnyStore>, model: &str) -> Result<()> {
                 d.total
             );
         }
-        Err(e) => println!("drift: {e}"),
+        Err(e) => {
+            println!("drift: {e}");
+            return Err(e.into());
+        }
     }
     Ok(())
 }
@@ -174,16 +177,27 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     let default_model = server.repository.models().next().map(|m| m.name.clone()).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let scope = Scope { model: default_model.clone(), version: None, variant: None };
-    while std::time::Instant::now() < deadline {
+    let mut waited = None;
+    while waited.is_none() {
         let until = chrono::Utc::now() + chrono::Duration::seconds(1);
         let stored = store.count_predictions().await?;
         let seen = monitor_views.total(&scope, until - chrono::Duration::days(3650), until).await?.count as i64;
         if stored - before >= inspected as i64 && seen >= stored {
-            break;
+            waited = Some(Ok(()));
+        } else if std::time::Instant::now() >= deadline {
+            waited = Some(Err(anyhow::anyhow!(
+                "after 30 s the log holds {} of the {inspected} predictions and the monitor has seen {seen} of {stored}; the summary below is incomplete",
+                stored - before
+            )));
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    print_monitoring(&monitor_views, &default_model).await?;
+    let caught_up = waited.unwrap_or(Ok(()));
+    if let Err(e) = &caught_up {
+        eprintln!("vigil up: {e}");
+    }
+    let summary = print_monitoring(&monitor_views, &default_model).await;
     println!("dashboard: {dashboard_url}");
     if args.serve {
         eprintln!("\nserving on {url}, dashboard on {dashboard_url}; press Ctrl-C to stop");
@@ -215,5 +229,8 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     }
     print_rows(&recent, Format::Table);
     println!("query it: vigil query --database-url {url} --verdict DEFECT");
+    // What was promised and did not happen fails the run, after everything was shut down.
+    caught_up?;
+    summary.context("the monitoring summary failed")?;
     Ok(0)
 }

@@ -28,11 +28,20 @@ fn up_serves_the_shipped_model_to_the_sample_images_and_logs_every_prediction() 
         assert!(stdout.contains(&format!("== samples/{set} ==")), "{stdout}");
         assert!(stdout.contains(&format!("{n} images in")), "{stdout}");
     }
+    // The monitor's summary: every prediction seen, and the drift the drifted samples cause.
+    let n = normal + drifted;
+    assert!(
+        stdout.contains(&format!("monitor: {n} predictions of scratch-detector in the last hour (0 errors)")),
+        "{stdout}"
+    );
+    let drift_line = |feature: &str| stdout.lines().find(|l| l.trim_start().starts_with(feature)).unwrap_or_default();
+    assert!(drift_line("brightness").contains("DRIFT"), "{stdout}");
+    assert!(stdout.contains("dataset drift: yes"), "{stdout}");
+    assert!(stdout.contains("dashboard: http://127.0.0.1:"), "{stdout}");
     let verdict_lines = stdout.lines().filter(|l| l.contains(" p=")).count();
     assert_eq!(verdict_lines, normal + drifted);
     assert!(!stdout.contains("FAILED"), "{stdout}");
     // Every prediction landed in the embedded log, and can be queried.
-    let n = normal + drifted;
     assert!(stdout.contains(&format!("{n} predictions logged to {} ({n} in all)", db.display())), "{stdout}");
     let url = format!("sqlite://{}", db.display());
     let out = vigil().args(["query", "--database-url", &url, "--format", "json", "--limit", "1000"]).output().unwrap();

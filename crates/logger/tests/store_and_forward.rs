@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use support::*;
 use uuid::Uuid;
 use vigil_logbus::spool::{FsyncPolicy, FullPolicy, SpoolConfig};
+use vigil_logbus::topics;
 use vigil_logger::LoggerStats;
 use vigil_proto::vigil::v1::InspectRequest;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
@@ -25,6 +26,29 @@ fn image() -> Vec<u8> {
     let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     std::fs::read(&files[0]).unwrap()
+}
+
+/// The prediction ids of the first `n` records of the predictions topic, partition by
+/// partition in offset order.
+async fn read_prediction_ids(brokers: &str, n: usize) -> Vec<Uuid> {
+    use prost::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message as _;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "order-check")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topics::PREDICTIONS]).unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("records").unwrap();
+        let record = vigil_proto::vigil::v1::PredictionRecord::decode(m.payload().unwrap()).unwrap();
+        ids.push(Uuid::parse_str(&record.prediction_id).unwrap());
+    }
+    ids
 }
 
 fn edge_config(brokers: String, spool: SpoolConfig, message_timeout_ms: u64) -> vigil_edge::EdgeConfig {
@@ -183,12 +207,16 @@ async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
     let expected: HashSet<Uuid> = ids[..waiting as usize].iter().copied().collect();
-    assert_eq!(stored, expected, "exactly the oldest records that fitted, in emission order");
+    assert_eq!(stored, expected, "exactly the oldest records that fitted");
     // The spool is acknowledged once the broker confirmed every record (which can come a
     // moment after the logger already wrote them).
     let emitter = server.records.as_ref().unwrap().emitter().clone();
     eventually(Duration::from_secs(30), "the spool acknowledged", || async { emitter.spooled_now() == 0 }).await;
     assert_eq!(emitter.stats().replayed.load(Ordering::Relaxed), waiting);
+    // In emission order: one station, so one partition, read back offset by offset.
+    assert_eq!(broker.message_count(topics::PREDICTIONS), waiting as i64, "each spooled record once");
+    let in_topic = read_prediction_ids(&broker.brokers(), waiting as usize).await;
+    assert_eq!(in_topic, ids[..waiting as usize], "replayed in emission order");
     logger.stop().await;
     server.shutdown().await.unwrap();
 }
