@@ -77,3 +77,42 @@ def test_exit_codes_for_the_control_software(edge_server, tmp_path):
     assert missing.returncode == 2
     assert "cannot reach the edge server" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def resized_gray(path, config: dict) -> np.ndarray:
+    """Independent resize: luma in float, then Pillow's bilinear (triangle filter, support widened
+    when shrinking) on a 32-bit float image, to the model size; [1, 1, H, W] normalised."""
+    from PIL import Image
+
+    pre = config["preprocess"]
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    gray = (0.2126 * rgb[..., 0] + 0.7152 * rgb[..., 1] + 0.0722 * rgb[..., 2]) / 255.0
+    small = np.asarray(Image.fromarray(gray.astype(np.float32), mode="F").resize((pre["width"], pre["height"]), Image.BILINEAR))
+    x = (small - pre["mean"]) / pre["std"]
+    return x.astype(np.float32)[None, None, :, :]
+
+
+@pytest.mark.parametrize("size", [(300, 170), (97, 211), (517, 389)])
+def test_images_of_other_sizes_are_resized_as_pillow_does(edge_server, model_config, onnx_session, tmp_path, size):
+    """Non-square gradients with fine stripes, shrunk and stretched: a resize that sampled the
+    wrong pixels, ignored the aspect ratio or skipped the antialiasing would move the features
+    by far more than the stated tolerance (relative 1e-3 on the features, 1e-4 on the score)."""
+    from PIL import Image
+
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = 255 * xx / (w - 1)
+    g = 127.5 + 127.5 * np.sin(2 * np.pi * (xx / 7.3 + yy / 11.1))
+    b = 255 * yy / (h - 1)
+    path = tmp_path / f"gradient_{w}x{h}.png"
+    Image.fromarray(np.stack([r, g, b], axis=-1).round().astype(np.uint8), mode="RGB").save(path)
+    code, lines = run_inspect(edge_server, path)
+    [result] = lines[:-1]
+    x = resized_gray(path, model_config)
+    expected = float(onnx_session.run(None, {"image": x})[0][0, 0])
+    assert abs(result["defect_probability"] - expected) <= 1e-4, (result["defect_probability"], expected)
+    want = features(x, model_config)
+    for name, value in want.items():
+        assert result[name] == pytest.approx(value, rel=1e-3), (size, name, result[name], value)
+    # The stripes survive differently at each size: the check is not of a flat image.
+    assert want["sharpness"] > 1.0 and want["contrast"] > 10.0, want

@@ -413,16 +413,18 @@ async fn a_logger_killed_mid_batch_and_restarted_at_once_writes_every_record_exa
     let brokers = broker.brokers();
     let url = db.url();
     let args = ["--brokers", &brokers, "--database-url", &url, "--batch-max-records", "500"];
-    // Positions are committed every 3 s, and the kill comes well before the first commit: the
+    // Positions are committed every 20 s, and the kill comes well before the first commit: the
     // restarted logger must read again what the killed one had written.
-    let env = [("VIGIL_LOGGER__COMMIT_INTERVAL_MS", "3000")];
+    let env = [("VIGIL_LOGGER__COMMIT_INTERVAL_MS", "20000")];
     let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
     let first = LoggerProcess::spawn(&args, &env);
-    eventually(Duration::from_secs(60), "the first batches", || async {
+    let spawned = std::time::Instant::now();
+    eventually(Duration::from_secs(18), "the first batches", || async {
         store.count_predictions().await.unwrap_or(0) >= 2_000
     })
     .await;
     first.kill(); // SIGKILL, with batches in flight: no graceful commit
+    assert!(spawned.elapsed() < Duration::from_secs(20), "killed before the first commit");
     // A commit the server had already received when the connection died still lands.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let at_kill = store.count_predictions().await.unwrap();
