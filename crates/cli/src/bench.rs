@@ -213,8 +213,9 @@ fn newest_version(dir: &std::path::Path) -> Result<PathBuf> {
 
 fn print_table(rows: &[Row]) {
     let raw = |level: usize| rows.iter().find(|r| r.mode.starts_with("raw") && r.level == level);
+    println!("\n{}", vigil_telemetry::benchmark_header());
     println!(
-        "\n| mode | concurrency / batch | items/s | p50 ms | p99 ms | throughput vs raw ORT | p99 overhead vs raw ORT |"
+        "| mode | concurrency / batch | items/s | p50 ms | p99 ms | throughput vs raw ORT | p99 overhead vs raw ORT |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {

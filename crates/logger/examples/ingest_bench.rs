@@ -184,6 +184,7 @@ async fn main() {
     let one = drain(&broker, records, 1, "bench-one").await;
     eprintln!("two loggers ...");
     let two = drain(&broker, records, 2, "bench-two").await;
+    println!("\n{}", vigil_telemetry::benchmark_header());
     println!(
         "\n| logger ingestion | records | seconds (incl. group join) | records/s (after the first batch) | vs one logger | CPU µs/record: loggers, broker, Postgres |"
     );

@@ -142,6 +142,7 @@ async fn main() {
         }
     }
     let base = mean(&runs[0], |r| r.requests_per_second);
+    println!("\n{}", vigil_telemetry::benchmark_header());
     println!(
         "\n| Inspect, {CLIENTS} clients | requests/s | vs logging off | CPU µs/request, server process | CPU µs/request, broker |"
     );

@@ -154,7 +154,8 @@ async fn main() -> anyhow::Result<()> {
     monitor.await??;
     let (raw, drift, dashboard) = (median(raw), median(drift), median(dashboard));
 
-    println!("\n{n} predictions over 24 h (Postgres, {} MB)\n", table_mb(&db.url()));
+    println!("\n{}", vigil_telemetry::benchmark_header());
+    println!("{n} predictions over 24 h (Postgres, {} MB)\n", table_mb(&db.url()));
     println!("| rollup upkeep | rows | seconds | rows/s | vs reading only |");
     println!("|---|---:|---:|---:|---:|");
     println!(

@@ -122,8 +122,18 @@ async fn conformance<S: PredictionStore>(store: S) {
     let page1 = ids_of(q(PredictionFilter { limit: 4, ..filter() }).await.unwrap());
     let page2 = ids_of(q(PredictionFilter { limit: 4, after: page1.last().copied(), ..filter() }).await.unwrap());
     assert_eq!([page1, page2].concat(), pick(&[0, 1, 2, 3, 4, 5, 6, 7]));
-    // The hard row limit.
-    assert_eq!(q(PredictionFilter { limit: u32::MAX, ..filter() }).await.unwrap().len(), 10);
+    // The hard row limit: one row more than a page may hold.
+    let bulk: Vec<PredictionRow> = (0..vigil_store::MAX_QUERY_ROWS as usize + 1)
+        .map(|i| PredictionRow { model_name: "bulk".into(), ..row(i % 8, 5) })
+        .collect();
+    for chunk in bulk.chunks(2_000) {
+        store.insert_batch(chunk, &[]).await.unwrap();
+    }
+    let only_bulk = || PredictionFilter { model_name: Some("bulk".into()), limit: u32::MAX, ..filter() };
+    let first = q(only_bulk()).await.unwrap();
+    assert_eq!(first.len(), vigil_store::MAX_QUERY_ROWS as usize, "a page holds at most MAX_QUERY_ROWS rows");
+    let rest = q(PredictionFilter { after: first.last().map(|r| r.prediction_id), ..only_bulk() }).await.unwrap();
+    assert_eq!(rest.len(), 1, "the row beyond the limit comes on the next page");
 }
 
 #[tokio::test]

@@ -131,3 +131,22 @@ mod tests {
         assert_eq!(super::sample(text, "missing", &[]), None);
     }
 }
+
+/// The header every benchmark prints before its table: the command as run, the commit it was
+/// built from (with `+changes` when the tree differs from it), and the machine's cores, so a
+/// table in the README can be traced to the run that printed it.
+pub fn benchmark_header() -> String {
+    let command: Vec<String> = std::env::args().collect();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("command: {}\ncommit: {commit}{}\ncores: {cores}\n", command.join(" "), if dirty { "+changes" } else { "" })
+}
