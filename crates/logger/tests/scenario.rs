@@ -215,8 +215,23 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     let monitor = tokio::spawn(vigil_monitor::run(monitor_store, config, grpc, http, async move {
         let _ = monitor_stopped.await;
     }));
-    // Normal traffic against a normal baseline: nothing fires.
+    // Normal traffic against a normal baseline: nothing fires, in two evaluation rounds that
+    // both ran after every normal prediction was rolled up.
     let more_normal = serve_line(&line, &normal, Duration::from_secs(4)).await;
+    let normal_count = (first.len() + more_normal.len()) as f64;
+    let monitor_metric = |name: &'static str| {
+        let text = tokio::task::block_in_place(|| scrape(http_addr));
+        sample(&text, name, &[]).unwrap_or(0.0)
+    };
+    eventually(Duration::from_secs(30), "the normal predictions rolled up", || {
+        std::future::ready(monitor_metric("vigil_monitor_rollup_records_total") >= normal_count)
+    })
+    .await;
+    let rounds = monitor_metric("vigil_monitor_alert_evaluations_total");
+    eventually(Duration::from_secs(10), "two more evaluation rounds", || {
+        std::future::ready(monitor_metric("vigil_monitor_alert_evaluations_total") >= rounds + 2.0)
+    })
+    .await;
     assert_eq!(state(&store, "brightness-drift").await.as_deref(), None);
     assert_eq!(state(&store, "sharpness-drift").await.as_deref(), None);
 

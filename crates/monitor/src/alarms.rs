@@ -358,6 +358,7 @@ pub async fn evaluate_all<S: MonitorStore>(
     }
     let states = views.store.load_alerts().await?;
     metrics.set_alert_states(&states);
+    metrics.alert_evaluations.inc();
     Ok(())
 }
 

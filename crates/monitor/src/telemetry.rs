@@ -28,6 +28,8 @@ pub struct MonitorMetrics {
     webhooks: Family<OutcomeLabels, Counter>,
     /// 1 while this monitor holds the alerting lease (evaluates alarms and notifies).
     pub alerting_leader: Gauge,
+    /// Completed alarm evaluation rounds (every rule, every model).
+    pub alert_evaluations: Counter,
 }
 
 impl MonitorMetrics {
@@ -44,6 +46,11 @@ impl MonitorMetrics {
             "vigil_monitor_alerting_leader",
             "1 while this monitor evaluates alarms and sends notifications (one monitor per database does)",
             m.alerting_leader.clone(),
+        );
+        registry.register(
+            "vigil_monitor_alert_evaluations",
+            "Completed alarm evaluation rounds",
+            m.alert_evaluations.clone(),
         );
         registry.register(
             "vigil_monitor_webhook_deliveries",
