@@ -119,19 +119,6 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sums_the_samples_whose_labels_match() {
-        let text = "# TYPE r counter\nr_total{model=\"m\",status=\"Ok\"} 3\nr_total{model=\"m\",status=\"NotFound\"} 1\n\
-                    r_total{model=\"n\",status=\"Ok\"} 2\ng 7.5\n";
-        assert_eq!(super::sample(text, "r_total", &[("status", "Ok")]), Some(5.0));
-        assert_eq!(super::sample(text, "r_total", &[("model", "m"), ("status", "Ok")]), Some(3.0));
-        assert_eq!(super::sample(text, "g", &[]), Some(7.5));
-        assert_eq!(super::sample(text, "missing", &[]), None);
-    }
-}
-
 /// The header every benchmark prints before its table: the command as run, the commit it was
 /// built from (with `+changes` when the tree differs from it), and the machine's cores, so a
 /// table in the README can be traced to the run that printed it.
@@ -149,4 +136,17 @@ pub fn benchmark_header() -> String {
     let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("command: {}\ncommit: {commit}{}\ncores: {cores}\n", command.join(" "), if dirty { "+changes" } else { "" })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sums_the_samples_whose_labels_match() {
+        let text = "# TYPE r counter\nr_total{model=\"m\",status=\"Ok\"} 3\nr_total{model=\"m\",status=\"NotFound\"} 1\n\
+                    r_total{model=\"n\",status=\"Ok\"} 2\ng 7.5\n";
+        assert_eq!(super::sample(text, "r_total", &[("status", "Ok")]), Some(5.0));
+        assert_eq!(super::sample(text, "r_total", &[("model", "m"), ("status", "Ok")]), Some(3.0));
+        assert_eq!(super::sample(text, "g", &[]), Some(7.5));
+        assert_eq!(super::sample(text, "missing", &[]), None);
+    }
 }
