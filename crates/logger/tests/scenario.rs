@@ -282,6 +282,15 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
         let points = chart_points(&dom, chart).unwrap_or_else(|| panic!("no {chart} chart"));
         assert!(points > 0, "{chart} chart has no data");
     }
+    // The drift the alarms saw shows on the page too: the dataset banner, and the brightness and
+    // sharpness panels badged as drifted against the training reference.
+    assert!(dom.contains("id=\"drift-banner\""), "no dataset drift banner");
+    for feature in ["brightness", "sharpness"] {
+        let head = format!("<h3>{feature}</h3>");
+        let at = dom.find(&head).unwrap_or_else(|| panic!("no {feature} panel"));
+        let badge = &dom[at + head.len()..(at + head.len() + 60).min(dom.len())];
+        assert!(badge.starts_with("<span class=\"drift-badge drifted\""), "{feature} badge: {badge}");
+    }
     let firing = dom.matches("data-state=\"firing\"").count();
     assert!(firing >= 3, "{firing} firing alarm rows on the dashboard");
     for rule in ["brightness-drift", "sharpness-drift", "accuracy-drop"] {
