@@ -3,7 +3,7 @@
 //! then hangs; rule files with mistakes are refused with the rule named.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -25,15 +25,17 @@ async fn serve_hook(app: axum::Router) -> String {
     url
 }
 
-/// A webhook receiver that answers 500 to the first call, hangs on the second, then accepts.
-async fn flaky_webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>, Arc<AtomicUsize>) {
+/// A webhook receiver that answers 500 to the first call, hangs on the second, answers 503
+/// until `open` is set, then accepts.
+async fn flaky_webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>, Arc<AtomicUsize>, Arc<AtomicBool>) {
     let received = Arc::new(Mutex::new(Vec::new()));
     let calls = Arc::new(AtomicUsize::new(0));
-    let (r, c) = (received.clone(), calls.clone());
+    let open = Arc::new(AtomicBool::new(false));
+    let (r, c, o) = (received.clone(), calls.clone(), open.clone());
     let app = axum::Router::new().route(
         "/hook",
         post(move |Json(body): Json<serde_json::Value>| {
-            let (r, c) = (r.clone(), c.clone());
+            let (r, c, o) = (r.clone(), c.clone(), o.clone());
             async move {
                 match c.fetch_add(1, Ordering::SeqCst) {
                     0 => StatusCode::INTERNAL_SERVER_ERROR,
@@ -41,6 +43,7 @@ async fn flaky_webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>, Arc<Ato
                         tokio::time::sleep(Duration::from_secs(30)).await;
                         StatusCode::OK
                     }
+                    _ if !o.load(Ordering::SeqCst) => StatusCode::SERVICE_UNAVAILABLE,
                     _ => {
                         r.lock().push(body);
                         StatusCode::OK
@@ -50,7 +53,7 @@ async fn flaky_webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>, Arc<Ato
         }),
     );
     let url = serve_hook(app).await;
-    (url, received, calls)
+    (url, received, calls, open)
 }
 
 fn rows(n: usize, status: i16) -> Vec<PredictionRow> {
@@ -82,7 +85,7 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
     PredictionStore::migrate(&store).await.unwrap();
-    let (url, received, calls) = flaky_webhook().await;
+    let (url, received, calls, open) = flaky_webhook().await;
     let config: MonitorConfig = toml::from_str(&format!(
         r#"
         models = "{models}"
@@ -148,6 +151,11 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
         state("error-rate/scratch-detector").await.as_deref() == Some("resolved")
     })
     .await;
+    // Evaluation went on while the receiver refused everything; it opens only now, after a
+    // 500, a timeout and a 503 were each retried.
+    assert!(received.lock().is_empty());
+    eventually("a 500, a timeout and a 503", || async { calls.load(Ordering::SeqCst) >= 3 }).await;
+    open.store(true, Ordering::SeqCst);
 
     // Every notifiable transition arrives once, in order, after a 500 and a timeout.
     eventually("three notifications", || async { received.lock().len() >= 3 }).await;
