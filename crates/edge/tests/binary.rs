@@ -54,3 +54,40 @@ fn bad_configuration_is_one_line_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_concurrent_requests must be at least 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_up_on_requests_still_running_at_the_drain_timeout() {
+    // Batches wait 20 s to fill, so the request is still in the server when the 300 ms drain
+    // timeout after SIGTERM runs out: the server closes the connection and exits.
+    let repo = common::slow_repository(20_000_000, 64);
+    let mut child = edge()
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"])
+        .arg(repo.path())
+        .env("VIGIL_LIMITS__DRAIN_TIMEOUT_MS", "300")
+        .env("VIGIL_LIMITS__REQUEST_TIMEOUT_MS", "60000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.strip_prefix("vigil-edge listening on ").and_then(|l| l.split_whitespace().next()).expect(&line);
+    let mut client =
+        vigil_proto::vigil::v1::inspection_client::InspectionClient::connect(format!("http://{addr}")).await.unwrap();
+    let image = common::samples("normal").remove(0).1;
+    let request = vigil_proto::vigil::v1::InspectRequest { image, ..Default::default() };
+    let pending = tokio::spawn(async move { client.inspect(request).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "the request waits in the batcher");
+    let signalled = std::time::Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code()).await.unwrap();
+    assert_eq!(code, Some(0), "a drain that ran out is still a clean stop");
+    let status = pending.await.unwrap().expect_err("the request was cut off, not answered");
+    // Exited at the drain timeout, long before the batch would have run (20 s).
+    assert!(signalled.elapsed() < std::time::Duration::from_secs(10), "exited after {:?}", signalled.elapsed());
+    assert!(
+        matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled),
+        "{status:?}"
+    );
+}
