@@ -1,10 +1,10 @@
 //! The monitoring scenario end to end, on real components: vigil-edge serves the scratch
-//! detector and logs to a Kafka-protocol broker, vigil-logger fills Postgres, vigil-monitor
+//! detector and logs to an Apache Kafka broker, vigil-logger fills Postgres, vigil-monitor
 //! rolls up, tests drift, evaluates alarms, notifies a webhook and serves the dashboard, which
 //! headless Chromium renders.
 //!
 //! Normal sample images first (the baseline), then the same scenes under dimmer light and blur:
-//! the brightness and sharpness drift alarms fire within their window and show on the
+//! the brightness and sharpness drift alarms fire within 25 s (10 s window) and show on the
 //! dashboard; labels for the drifted predictions show the accuracy drop and its alarm fires;
 //! back to normal images, every alarm resolves.
 
