@@ -64,8 +64,9 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(100).to_string())
-            // A rebalance waits at most this long for members that do not rejoin.
-            .set("max.poll.interval.ms", "30000")
+            // A rebalance waits at most this long for members that do not rejoin (never less
+            // than the session timeout, which librdkafka requires).
+            .set("max.poll.interval.ms", config.session_timeout_ms.max(30_000).to_string())
             .set("statistics.interval.ms", config.statistics_interval_ms.max(1).to_string())
             .create_with_context(LagContext { metrics })
             .context("cannot create the Kafka consumer")?;

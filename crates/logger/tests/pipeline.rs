@@ -450,6 +450,27 @@ async fn a_logger_killed_mid_batch_and_restarted_at_once_writes_every_record_exa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logger_with_a_session_timeout_above_30_s_starts_and_writes() {
+    // librdkafka requires max.poll.interval.ms >= session.timeout.ms: a 60 s session timeout
+    // must not stop the consumer from starting.
+    let broker = Broker::start(3).await;
+    let db = Database::create();
+    let ids = produce(&idempotent_producer(&broker.brokers()), (0..1_000).map(record)).await;
+    let (brokers, url) = (broker.brokers(), db.url());
+    let logger = LoggerProcess::spawn(
+        &["--brokers", &brokers, "--database-url", &url],
+        &[("VIGIL_LOGGER__SESSION_TIMEOUT_MS", "60000")],
+    );
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(60), "every record", || async {
+        store.count_predictions().await.unwrap_or(0) >= ids.len() as i64
+    })
+    .await;
+    assert_stored_exactly(&store, &ids).await;
+    logger.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_stopped_and_restarted_under_the_logger_loses_nothing_and_doubles_nothing() {
     let broker = Broker::start(2).await;
     // A server of this test's own: it is stopped for real (pg_ctl stop -m immediate: a crash).
