@@ -11,9 +11,9 @@ fn edge() -> Command {
     c
 }
 
-#[test]
-fn starts_reports_its_address_and_stops_on_sigterm() {
-    let mut child = edge()
+/// Starts `command` on free ports (its stdout piped) and reads its first, machine-readable line.
+fn start_listening(mut command: Command) -> (std::process::Child, String) {
+    let mut child = command
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -21,6 +21,12 @@ fn starts_reports_its_address_and_stops_on_sigterm() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
+#[test]
+fn starts_reports_its_address_and_stops_on_sigterm() {
+    let (mut child, line) = start_listening(edge());
     assert!(line.starts_with("vigil-edge listening on 127.0.0.1:"), "{line}");
     assert!(line.contains("serving scratch-detector@"), "{line}");
     let metrics = line.split_once("(metrics on http://").and_then(|(_, rest)| rest.split_once("/metrics)"));
@@ -60,17 +66,12 @@ async fn sigterm_gives_up_on_requests_still_running_at_the_drain_timeout() {
     // Batches wait 20 s to fill, so the request is still in the server when the 300 ms drain
     // timeout after SIGTERM runs out: the server closes the connection and exits.
     let repo = common::slow_repository(20_000_000, 64);
-    let mut child = edge()
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"])
+    let mut edge = edge();
+    edge.arg("--model-repository")
         .arg(repo.path())
         .env("VIGIL_LIMITS__DRAIN_TIMEOUT_MS", "300")
-        .env("VIGIL_LIMITS__REQUEST_TIMEOUT_MS", "60000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        .env("VIGIL_LIMITS__REQUEST_TIMEOUT_MS", "60000");
+    let (mut child, line) = start_listening(edge);
     let addr = line.strip_prefix("vigil-edge listening on ").and_then(|l| l.split_whitespace().next()).expect(&line);
     let mut client =
         vigil_proto::vigil::v1::inspection_client::InspectionClient::connect(format!("http://{addr}")).await.unwrap();

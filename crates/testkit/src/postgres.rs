@@ -11,6 +11,8 @@ pub struct PostgresServer {
     pub port: u16,
     dir: tempfile::TempDir,
     bindir: PathBuf,
+    /// Run as root: initdb and postgres refuse that, so they run as the 'postgres' user.
+    as_postgres_user: bool,
     running: bool,
 }
 
@@ -46,8 +48,9 @@ impl PostgresServer {
     pub async fn start() -> PostgresServer {
         let bindir = bindir().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new().prefix("vigil-postgres-").tempdir().unwrap();
-        let mut server = PostgresServer { port: crate::free_port(), dir, bindir, running: false };
-        if is_root() {
+        let as_postgres_user = is_root();
+        let mut server = PostgresServer { port: crate::free_port(), dir, bindir, as_postgres_user, running: false };
+        if as_postgres_user {
             // initdb and postgres refuse to run as root: the cluster belongs to 'postgres'.
             let out = Command::new("chown").args(["postgres:postgres"]).arg(server.dir.path()).output().unwrap();
             assert!(out.status.success(), "chown postgres: {}", String::from_utf8_lossy(&out.stderr));
@@ -99,7 +102,7 @@ impl PostgresServer {
 
     fn run(&self, program: &str, args: &[&str]) -> Output {
         let binary = self.bindir.join(program);
-        let mut command = if is_root() {
+        let mut command = if self.as_postgres_user {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&binary);
             c
