@@ -110,7 +110,11 @@ pub async fn run(args: QueryArgs) -> Result<u8> {
         .query_predictions(&filter)
         .await
         .with_context(|| format!("cannot query the prediction log at {}", redact(&args.database_url)))?;
-    print_rows(&rows, args.format);
+    match print_rows(&rows, args.format) {
+        // The reader went away (`vigil query | head`): what it wanted was printed.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+        result => result.context("cannot write the rows to stdout")?,
+    }
     if let Some(last) = rows.last().filter(|_| rows.len() as u32 == args.limit) {
         eprintln!("more rows: add --after {}", last.prediction_id);
     }
@@ -128,8 +132,10 @@ fn feature(r: &PredictionSummary, name: &str) -> String {
     r.features.get(name).and_then(|v| v.as_f64()).map_or(String::new(), |v| format!("{v:.2}"))
 }
 
-/// Prints rows as a table, CSV or JSON lines.
-pub fn print_rows(rows: &[PredictionSummary], format: Format) {
+/// Prints rows as a table, CSV or JSON lines to stdout.
+pub fn print_rows(rows: &[PredictionSummary], format: Format) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     let fields = |r: &PredictionSummary| -> Vec<String> {
         vec![
             r.prediction_id.to_string(),
@@ -159,17 +165,17 @@ pub fn print_rows(rows: &[PredictionSummary], format: Format) {
     match format {
         Format::Json => {
             for r in rows {
-                println!("{}", serde_json::to_string(r).unwrap_or_default());
+                writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default())?;
             }
         }
         Format::Csv => {
-            println!("{}", header.join(","));
+            writeln!(out, "{}", header.join(","))?;
             for r in rows {
                 let escaped: Vec<String> = fields(r)
                     .into_iter()
                     .map(|f| if f.contains([',', '"', '\n']) { format!("\"{}\"", f.replace('"', "\"\"")) } else { f })
                     .collect();
-                println!("{}", escaped.join(","));
+                writeln!(out, "{}", escaped.join(","))?;
             }
         }
         Format::Table => {
@@ -187,13 +193,14 @@ pub fn print_rows(rows: &[PredictionSummary], format: Format) {
                     .trim_end()
                     .to_string()
             };
-            println!("{}", line(header.iter().map(|h| h.to_string()).collect()));
+            writeln!(out, "{}", line(header.iter().map(|h| h.to_string()).collect()))?;
             for f in all {
-                println!("{}", line(f));
+                writeln!(out, "{}", line(f))?;
             }
-            println!("({} rows)", rows.len());
+            writeln!(out, "({} rows)", rows.len())?;
         }
     }
+    out.flush()
 }
 
 #[cfg(test)]

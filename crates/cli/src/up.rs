@@ -227,7 +227,7 @@ pub async fn run(args: UpArgs) -> Result<u8> {
             break;
         }
     }
-    print_rows(&recent, Format::Table);
+    print_rows(&recent, Format::Table)?;
     println!("query it: vigil query --database-url {url} --verdict DEFECT");
     // What was promised and did not happen fails the run, after everything was shut down.
     caught_up?;

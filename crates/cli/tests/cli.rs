@@ -49,6 +49,7 @@ fn up_serves_the_shipped_model_to_the_sample_images_and_logs_every_prediction() 
     let rows: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), n);
+    assert_drift_matches_scipy(&stdout, &rows);
     let defects = rows.iter().filter(|r| r["verdict"] == 2).count();
     let printed = stdout.lines().filter(|l| l.contains(" p=") && l.contains(" DEFECT ")).count();
     assert_eq!(defects, printed, "one logged verdict per printed verdict");
@@ -59,6 +60,45 @@ fn up_serves_the_shipped_model_to_the_sample_images_and_logs_every_prediction() 
         db.display(),
         2 * n
     )));
+}
+
+/// The normalised Wasserstein distances `up` prints are within 2% (plus the printed rounding) of
+/// scipy's `wasserstein_distance` between the training reference's raw sample and the logged
+/// values, divided by the sample's std: every feature and the score.
+fn assert_drift_matches_scipy(stdout: &str, rows: &[serde_json::Value]) {
+    let python = std::env::var("VIGIL_PYTHON")
+        .expect("VIGIL_PYTHON is not set: run the tests through `./dev test` (a Python with numpy and scipy)");
+    let text = std::fs::read_to_string(root().join("models/scratch-detector/1/reference.json")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut pairs = serde_json::Map::new();
+    for name in ["brightness", "contrast", "sharpness", "score"] {
+        let sample =
+            if name == "score" { &reference["score"]["sample"] } else { &reference["features"][name]["sample"] };
+        let logged: Vec<f64> = rows
+            .iter()
+            .map(|r| if name == "score" { &r["score"] } else { &r["features"][name] })
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        pairs.insert(name.into(), serde_json::json!([sample, logged]));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    serde_json::to_writer(file.as_file(), &pairs).unwrap();
+    let script = "import json, sys\nimport numpy as np\nfrom scipy import stats\n\
+        pairs = json.load(open(sys.argv[1]))\n\
+        print(json.dumps({k: stats.wasserstein_distance(r, c) / np.std(r) for k, (r, c) in pairs.items()}))";
+    let out = Command::new(python).args(["-c", script]).arg(file.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scipy: std::collections::BTreeMap<String, f64> = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, want) in scipy {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(&format!("{name} "))).unwrap_or_default();
+        let printed: f64 = line
+            .split("wasserstein ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no wasserstein figure for {name} in:\n{stdout}"));
+        assert!((printed - want).abs() <= 0.02 * want + 0.0005, "{name}: printed {printed}, scipy {want}");
+    }
 }
 
 #[test]

@@ -1,15 +1,19 @@
 //! Data-drift statistics for the monitoring service.
 //!
-//! Every statistic compares a reference histogram with a current histogram over the same bins
-//! (counts as `f64`, `edges.len() - 1` of them). [`test_feature`] picks a statistic with
-//! Evidently's rules and decides drift per feature; [`dataset_drift`] aggregates the features.
+//! Binned statistics compare a reference histogram with a current histogram over the same bins
+//! (counts as `f64`, `edges.len() - 1` of them). Wasserstein and Kolmogorov-Smirnov are also
+//! computed without bins, exactly, on two [`Cdf`]s (raw samples or quantile-sketch buckets).
+//! [`test_feature`] (binned) and [`test_numeric`] (distributions) pick a statistic with Evidently's
+//! rules and decide drift per feature; [`dataset_drift`] aggregates the features.
 
+mod cdf;
 mod config;
 mod histogram;
 mod stats;
 
 use serde::{Deserialize, Serialize};
 
+pub use cdf::{Cdf, KS_EXACT_MAX_N, ks_distance, ks_p_value, wasserstein};
 pub use config::{DriftConfig, Kind, Method};
 pub use histogram::{Histogram, bin_index};
 pub use stats::{
@@ -42,6 +46,9 @@ pub enum DriftError {
         /// Number of bins.
         bins: usize,
     },
+    /// Distribution pieces that are not finite, ascending and non-overlapping with non-negative weights.
+    #[error("distribution pieces must be finite, ascending, non-overlapping, with non-negative weights")]
+    InvalidPieces,
     /// Fewer than two edges, or edges not finite and strictly increasing.
     #[error("bin edges must be at least two, finite and strictly increasing")]
     InvalidEdges,
@@ -108,6 +115,46 @@ pub fn test_feature(
         // `method_for` never returns `Auto`.
         Method::Wasserstein | Method::Auto => (normalized_wasserstein(&reference.edges, r, c)?, None, cfg.wasserstein),
     };
+    let drifted = p_value.map_or(statistic > threshold, |p| p < threshold);
+    Ok(DriftResult { method, statistic, p_value, threshold, drifted, psi })
+}
+
+/// A numeric feature's two sides: distributions for Wasserstein and KS, bins for the others.
+#[derive(Debug, Clone, Copy)]
+pub struct NumericFeature<'a> {
+    /// The reference histogram: PSI, Jensen-Shannon and chi-square use its bins, and its total
+    /// picks the method under [`Method::Auto`].
+    pub bins: &'a Histogram,
+    /// Current counts over `bins.edges`.
+    pub current_counts: &'a [f64],
+    /// The reference distribution.
+    pub reference: &'a Cdf,
+    /// The current distribution.
+    pub current: &'a Cdf,
+    /// Divides the Wasserstein distance (Evidently: the reference sample's `numpy.std`).
+    pub reference_std: f64,
+}
+
+/// Tests a numeric feature: Wasserstein and KS from the two distributions (KS sample sizes are
+/// their totals, rounded), every other method on the bins as [`test_feature`] does.
+pub fn test_numeric(feature: &NumericFeature<'_>, cfg: &DriftConfig) -> Result<DriftResult, DriftError> {
+    let (reference, current) = (feature.reference, feature.current);
+    let method = cfg.method_for(Kind::Numeric, feature.bins.total());
+    let (statistic, p_value, threshold) = match method {
+        Method::Ks => {
+            let d = ks_distance(reference, current)?;
+            let p = ks_p_value(d, reference.total().round() as usize, current.total().round() as usize);
+            (d, Some(p), cfg.ks_p_value)
+        }
+        Method::Wasserstein => {
+            let distance = wasserstein(reference, current)?;
+            let std = feature.reference_std;
+            (if std > 0.0 { distance / std } else { distance }, None, cfg.wasserstein)
+        }
+        _ => return test_feature(feature.bins, feature.current_counts, Kind::Numeric, cfg),
+    };
+    feature.bins.validate()?;
+    let psi = stats::psi(&feature.bins.counts, feature.current_counts)?;
     let drifted = p_value.map_or(statistic > threshold, |p| p < threshold);
     Ok(DriftResult { method, statistic, p_value, threshold, drifted, psi })
 }

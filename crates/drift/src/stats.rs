@@ -12,30 +12,30 @@ use crate::histogram::{centres, check_counts, check_edges, check_edges_fit, mome
 /// Fraction that replaces an empty bin in [`psi`].
 pub const PSI_EMPTY_FRACTION: f64 = 0.0001;
 
-/// Two-sample Kolmogorov-Smirnov test on binned data.
+/// Two-sample Kolmogorov-Smirnov test.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct KsResult {
     /// Largest distance between the two cumulative distributions at a bin boundary.
     pub statistic: f64,
-    /// Asymptotic p-value (Kolmogorov distribution).
+    /// Two-sided p-value, see [`crate::ks_p_value`].
     pub p_value: f64,
 }
 
 /// Chi-square goodness-of-fit of the current counts against the reference proportions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ChiSquareResult {
-    /// Sum of `(observed - expected)^2 / expected` over the kept categories.
+    /// Sum of `(observed - expected)^2 / expected`; infinite when a category is new.
     pub statistic: f64,
     /// Survival function of the chi-square distribution with `dof` degrees of freedom.
     pub p_value: f64,
-    /// Kept categories minus one.
+    /// Categories present on either side, minus one.
     pub dof: usize,
 }
 
-/// Kolmogorov-Smirnov statistic and asymptotic p-value of binned samples.
+/// Kolmogorov-Smirnov statistic and p-value of binned samples.
 ///
-/// `D = max |CDF_ref - CDF_cur|` over the bin boundaries; the p-value is the Kolmogorov survival
-/// function `Q(sqrt(en) * D)` with `en = n1 * n2 / (n1 + n2)` (as `scipy.stats.kstwobign.sf`).
+/// `D = max |CDF_ref - CDF_cur|` over the bin boundaries (as `scipy.stats.ks_2samp` on the bin
+/// indices); the p-value is [`crate::ks_p_value`] with the totals rounded to sample sizes.
 pub fn ks_binned(reference: &[f64], current: &[f64]) -> Result<KsResult, DriftError> {
     let (n1, n2) = totals(reference, current)?;
     let (mut cum1, mut cum2, mut statistic) = (0.0, 0.0, 0.0_f64);
@@ -44,8 +44,8 @@ pub fn ks_binned(reference: &[f64], current: &[f64]) -> Result<KsResult, DriftEr
         cum2 += c;
         statistic = statistic.max((cum1 / n1 - cum2 / n2).abs());
     }
-    let en = n1 * n2 / (n1 + n2);
-    Ok(KsResult { statistic, p_value: kolmogorov_sf(en.sqrt() * statistic) })
+    let p_value = crate::ks_p_value(statistic, n1.round() as usize, n2.round() as usize);
+    Ok(KsResult { statistic, p_value })
 }
 
 /// Kolmogorov survival function `Q(λ) = 2 Σ_{k≥1} (-1)^(k-1) exp(-2 k² λ²)`.
@@ -127,25 +127,31 @@ pub fn normalized_wasserstein(edges: &[f64], reference: &[f64], current: &[f64])
 }
 
 /// Evidently's categorical chi-square test: `expected = reference fractions * current total`,
-/// `observed = current`.
+/// `observed = current`, over every category present on either side.
 ///
-/// Categories whose expected count is 0 (empty in the reference) are skipped, so mass that appears
-/// only in the current histogram does not raise the statistic. The result equals
-/// `scipy.stats.chisquare(observed, expected)` on the kept categories; with fewer than two kept
-/// categories `dof` is 0 and the p-value is 1.0.
+/// Equals `scipy.stats.chisquare(observed, expected)` on that vector. A category absent from the
+/// reference but present now (a brand-new category) has an expected count of 0: the statistic is
+/// infinite and the p-value 0, so a new category is always drift (as Evidently and scipy have it).
+/// Categories empty on both sides are left out; with fewer than two categories `dof` is 0 and the
+/// p-value 1.0.
 pub fn chi_square(reference: &[f64], current: &[f64]) -> Result<ChiSquareResult, DriftError> {
     let (n1, n2) = totals(reference, current)?;
-    let (mut statistic, mut kept) = (0.0, 0_usize);
+    let (mut statistic, mut present) = (0.0, 0_usize);
     for (r, observed) in reference.iter().zip(current) {
         let expected = r / n1 * n2;
         if expected > 0.0 {
             statistic += (observed - expected).powi(2) / expected;
-            kept += 1;
+        } else if *observed > 0.0 {
+            statistic = f64::INFINITY;
+        } else {
+            continue;
         }
+        present += 1;
     }
-    let dof = kept.saturating_sub(1);
+    let dof = present.saturating_sub(1);
     let p_value = match dof {
         0 => 1.0,
+        _ if statistic.is_infinite() => 0.0,
         _ => ChiSquared::new(dof as f64).map_or(1.0, |d| d.sf(statistic)),
     };
     Ok(ChiSquareResult { statistic, p_value, dof })
@@ -202,11 +208,12 @@ mod tests {
     }
 
     #[test]
-    fn chi_square_skips_empty_reference_categories() {
+    fn chi_square_flags_a_new_category_and_skips_empty_ones() {
         let chi = chi_square(&[4.0, 4.0, 0.0], &[2.0, 2.0, 4.0]).unwrap();
-        assert_eq!(chi.dof, 1);
-        assert_eq!(chi.statistic, 2.0);
-        let single = chi_square(&[4.0, 0.0], &[1.0, 1.0]).unwrap();
+        assert_eq!((chi.dof, chi.statistic, chi.p_value), (2, f64::INFINITY, 0.0));
+        let chi = chi_square(&[4.0, 4.0, 0.0], &[3.0, 1.0, 0.0]).unwrap();
+        assert_eq!((chi.dof, chi.statistic), (1, 1.0));
+        let single = chi_square(&[4.0, 0.0], &[1.0, 0.0]).unwrap();
         assert_eq!((single.dof, single.p_value), (0, 1.0));
     }
 

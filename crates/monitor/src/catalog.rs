@@ -5,15 +5,52 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
-use vigil_drift::Histogram;
+use vigil_drift::{Cdf, Histogram};
+use vigil_proto::vigil::v1::Sketch;
+
+use crate::sketch;
 
 /// A model version's reference distributions, from its `reference.json`.
 #[derive(Debug, Clone)]
 pub struct Reference {
     /// Number of training examples summarised.
     pub n: u64,
-    pub features: BTreeMap<String, Histogram>,
-    pub score: Option<Histogram>,
+    pub features: BTreeMap<String, ReferenceFeature>,
+    pub score: Option<ReferenceFeature>,
+}
+
+/// One feature's (or the score's) reference.
+#[derive(Debug, Clone)]
+pub struct ReferenceFeature {
+    /// The histogram over the reference's own bins (PSI, display, the method choice).
+    pub histogram: Histogram,
+    /// The distribution distances are measured against: the raw sample put through the same
+    /// quantile sketch as live values, so both sides carry the same bucket error and it cancels
+    /// (or the histogram, spread evenly over its bins, when the file has no sample).
+    pub distribution: Cdf,
+    /// Standard deviation of the raw sample (or of the histogram), which normalises Wasserstein.
+    pub std: f64,
+}
+
+impl ReferenceFeature {
+    /// From the histogram and, when given, a raw sample of the same values.
+    pub fn new(histogram: Histogram, sample: Option<&[f64]>) -> Result<Self, vigil_drift::DriftError> {
+        match sample.filter(|s| !s.is_empty()) {
+            Some(sample) => {
+                let mut sketched = Sketch::default();
+                sample.iter().for_each(|&v| sketch::add(&mut sketched, v));
+                Ok(Self {
+                    distribution: sketch::distribution(&sketched)?,
+                    std: Cdf::from_samples(sample).std(),
+                    histogram,
+                })
+            }
+            None => {
+                let distribution = Cdf::from_histogram(&histogram.edges, &histogram.counts)?;
+                Ok(Self { std: distribution.std(), distribution, histogram })
+            }
+        }
+    }
 }
 
 /// One model version.
@@ -51,11 +88,16 @@ struct ReferenceJson {
 struct HistogramJson {
     bin_edges: Vec<f64>,
     counts: Vec<f64>,
+    #[serde(default)]
+    sample: Vec<f64>,
 }
 
-impl From<HistogramJson> for Histogram {
-    fn from(h: HistogramJson) -> Self {
-        Histogram { edges: h.bin_edges, counts: h.counts }
+impl TryFrom<HistogramJson> for ReferenceFeature {
+    type Error = vigil_drift::DriftError;
+
+    fn try_from(h: HistogramJson) -> Result<Self, Self::Error> {
+        let histogram = Histogram::new(h.bin_edges, h.counts)?;
+        ReferenceFeature::new(histogram, Some(&h.sample))
     }
 }
 
@@ -84,11 +126,13 @@ impl Catalog {
                     Ok(text) => {
                         let r: ReferenceJson =
                             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", ref_path.display()))?;
-                        Some(Reference {
-                            n: r.n,
-                            features: r.features.into_iter().map(|(k, h)| (k, h.into())).collect(),
-                            score: r.score.map(Into::into),
-                        })
+                        let bad = |name: &str, e| anyhow::anyhow!("{}: {name}: {e}", ref_path.display());
+                        let mut features = BTreeMap::new();
+                        for (name, h) in r.features {
+                            features.insert(name.clone(), h.try_into().map_err(|e| bad(&name, e))?);
+                        }
+                        let score = r.score.map(TryInto::try_into).transpose().map_err(|e| bad("score", e))?;
+                        Some(Reference { n: r.n, features, score })
                     }
                     Err(_) => None,
                 };

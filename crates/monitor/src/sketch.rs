@@ -95,6 +95,11 @@ pub fn bucket_ranges(s: &Sketch) -> Vec<(f64, f64, u64)> {
     out
 }
 
+/// The sketch as a distribution: each bucket's count spread evenly over [`bucket_ranges`].
+pub fn distribution(s: &Sketch) -> Result<vigil_drift::Cdf, vigil_drift::DriftError> {
+    vigil_drift::Cdf::from_pieces(bucket_ranges(s).into_iter().map(|(lo, hi, c)| (lo, hi, c as f64)))
+}
+
 /// The q-quantile (0 <= q <= 1), clamped to the observed min and max; None when empty.
 pub fn quantile(s: &Sketch, q: f64) -> Option<f64> {
     let n = count(s);

@@ -1,17 +1,18 @@
 //! Reading the monitor's figures: per-window metrics and totals from rollups, data drift against
 //! a baseline, accuracy from late labels. Shared by the gRPC API, the dashboard and the alarms.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use prost::Message;
-use vigil_drift::{DatasetDrift, DriftConfig, DriftResult, Histogram, Kind};
+use vigil_drift::{DatasetDrift, DriftConfig, DriftResult, Histogram, NumericFeature};
 use vigil_proto::vigil::v1::{RollupWindow, Sketch};
 use vigil_store::MonitorStore;
 use vigil_store::monitoring::RollupQuery;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ReferenceFeature};
 use crate::config::MonitorConfig;
 use crate::rollup::{merge_windows, window_start};
 use crate::sketch;
@@ -236,15 +237,15 @@ impl<S: MonitorStore> Views<S> {
                     )));
                 };
                 let version = info.map(|m| m.version.as_str()).unwrap_or("?");
-                let mut pairs: Vec<(String, Histogram, Option<&Sketch>)> = reference
+                let mut pairs: Vec<(String, Cow<'_, ReferenceFeature>, Option<&Sketch>)> = reference
                     .features
                     .iter()
-                    .map(|(name, h)| {
-                        (name.clone(), h.clone(), current.features.get(name).and_then(|f| f.sketch.as_ref()))
+                    .map(|(name, r)| {
+                        (name.clone(), Cow::Borrowed(r), current.features.get(name).and_then(|f| f.sketch.as_ref()))
                     })
                     .collect();
-                if let Some(h) = &reference.score {
-                    pairs.push(("score".into(), h.clone(), current.score.as_ref()));
+                if let Some(r) = &reference.score {
+                    pairs.push(("score".into(), Cow::Borrowed(r), current.score.as_ref()));
                 }
                 (format!("training reference of version {version} (n={})", reference.n), pairs)
             }
@@ -259,11 +260,13 @@ impl<S: MonitorStore> Views<S> {
                 for (name, f) in &base.features {
                     if let Some(s) = f.sketch.as_ref() {
                         let cur = current.features.get(name).and_then(|f| f.sketch.as_ref());
-                        pairs.push((name.clone(), window_histogram(s, cur), cur));
+                        if let Some(r) = window_reference(s, cur) {
+                            pairs.push((name.clone(), Cow::Owned(r), cur));
+                        }
                     }
                 }
-                if let Some(s) = &base.score {
-                    pairs.push(("score".into(), window_histogram(s, current.score.as_ref()), current.score.as_ref()));
+                if let Some(r) = base.score.as_ref().and_then(|s| window_reference(s, current.score.as_ref())) {
+                    pairs.push(("score".into(), Cow::Owned(r), current.score.as_ref()));
                 }
                 (format!("predictions from {b_since} to {b_until} (n={})", base.count), pairs)
             }
@@ -377,9 +380,20 @@ pub fn default_range(since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>)
     (since, until)
 }
 
-fn test(name: &str, reference: &Histogram, current: &Sketch, cfg: &DriftConfig) -> Option<FeatureDrift> {
-    let counts = bin_sketch(&reference.edges, current);
-    let result = vigil_drift::test_feature(reference, &counts, Kind::Numeric, cfg).ok()?;
+/// Tests one feature: distances between the two distributions, PSI and the display on the
+/// reference's bins.
+fn test(name: &str, reference: &ReferenceFeature, current: &Sketch, cfg: &DriftConfig) -> Option<FeatureDrift> {
+    let counts = bin_sketch(&reference.histogram.edges, current);
+    let distribution = sketch::distribution(current).ok()?;
+    let feature = NumericFeature {
+        bins: &reference.histogram,
+        current_counts: &counts,
+        reference: &reference.distribution,
+        current: &distribution,
+        reference_std: reference.std,
+    };
+    let result = vigil_drift::test_numeric(&feature, cfg).ok()?;
+    let reference = &reference.histogram;
     let fractions = |c: &[f64]| {
         let t: f64 = c.iter().sum();
         c.iter().map(|v| if t > 0.0 { v / t } else { 0.0 }).collect::<Vec<f64>>()
@@ -419,6 +433,13 @@ pub fn bin_sketch(edges: &[f64], s: &Sketch) -> Vec<f64> {
 }
 
 /// A baseline histogram for window-vs-window drift: equal-width bins over both value ranges.
+/// A window's sketch as the reference: its distribution, and even bins over both sides' range.
+fn window_reference(baseline: &Sketch, current: Option<&Sketch>) -> Option<ReferenceFeature> {
+    let distribution = sketch::distribution(baseline).ok()?;
+    let histogram = window_histogram(baseline, current);
+    Some(ReferenceFeature { std: distribution.std(), distribution, histogram })
+}
+
 fn window_histogram(baseline: &Sketch, current: Option<&Sketch>) -> Histogram {
     let (mut lo, mut hi) = (baseline.min, baseline.max);
     if let Some(c) = current.filter(|c| sketch::count(c) > 0) {

@@ -25,6 +25,22 @@ fn reference() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// A scipy expression of `r` (reference) and `c` (current), per named pair.
+fn scipy_per_pair(pairs: &BTreeMap<String, (Vec<f64>, Vec<f64>)>, expression: &str) -> BTreeMap<String, f64> {
+    let python = std::env::var("VIGIL_PYTHON")
+        .expect("VIGIL_PYTHON is not set: run the tests through `./dev test` (a Python with numpy and scipy)");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    serde_json::to_writer(file.as_file(), pairs).unwrap();
+    let script = format!(
+        "import json, sys\nimport numpy as np\nfrom scipy import stats\n\
+         pairs = json.load(open(sys.argv[1]))\n\
+         print(json.dumps({{k: float({expression}) for k, (r, c) in pairs.items()}}))"
+    );
+    let out = std::process::Command::new(&python).args(["-c", &script]).arg(file.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn ts(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
 }
@@ -135,20 +151,46 @@ async fn metrics_drift_labels_and_dashboard_over_the_wire() {
     assert_eq!(test("brightness").method, "wasserstein");
     assert!(shifted.baseline.contains("training reference"), "{}", shifted.baseline);
 
-    // The statistic the API reports equals one computed directly from the raw values, binned on
-    // the reference's edges (up to the sketch's 1% bucket width near bin edges).
+    // The statistic the API reports, from rollup sketches, is within 2% (of the 0.1 threshold when
+    // smaller) of scipy's
+    // `wasserstein_distance` on the raw values (the reference's sample against the logged values,
+    // divided by the sample's std), for every feature and the score, in both windows.
     let r = reference();
-    for (k, name) in FEATURES.iter().enumerate() {
-        let edges: Vec<f64> =
-            r["features"][name]["bin_edges"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let ref_counts: Vec<f64> =
-            r["features"][name]["counts"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let values: Vec<f64> = drifted.iter().map(|row| row.features[name].as_f64().unwrap()).collect();
-        let current = vigil_drift::Histogram::from_values(edges.clone(), &values).unwrap();
-        let expected = vigil_drift::normalized_wasserstein(&edges, &ref_counts, &current.counts).unwrap();
-        let got = test(name).statistic;
-        assert!((got - expected).abs() <= 0.02 * expected.max(0.1), "{name} ({}): {got} vs {expected}", DRIFT[k]);
-        assert_eq!(test(name).current_count, 600);
+    let sample = |name: &str| -> Vec<f64> {
+        let v = if name == "score" { &r["score"]["sample"] } else { &r["features"][name]["sample"] };
+        v.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let logged = |rows: &[PredictionRow], name: &str| -> Vec<f64> {
+        rows.iter()
+            .map(
+                |row| {
+                    if name == "score" { f64::from(row.score.unwrap()) } else { row.features[name].as_f64().unwrap() }
+                },
+            )
+            .collect()
+    };
+    let names = ["brightness", "contrast", "sharpness", "score"];
+    let mut pairs = BTreeMap::new();
+    for name in names {
+        pairs.insert(format!("calm/{name}"), (sample(name), logged(&normal, name)));
+        pairs.insert(format!("shifted/{name}"), (sample(name), logged(&drifted, name)));
+    }
+    let scipy = scipy_per_pair(&pairs, "stats.wasserstein_distance(r, c) / np.std(r)");
+    for (label, report) in [("calm", &calm), ("shifted", &shifted)] {
+        for name in names {
+            let got = if name == "score" {
+                report.prediction.as_ref().unwrap().clone()
+            } else {
+                report.features.iter().find(|t| t.feature == name).unwrap().clone()
+            };
+            let want = scipy[&format!("{label}/{name}")];
+            assert_eq!(got.method, "wasserstein");
+            // 2% of the value, or of the threshold below it (where no decision is near).
+            let bound = 0.02 * want.max(got.threshold);
+            let error = (got.statistic - want).abs();
+            assert!(error <= bound, "{label}/{name}: {} against scipy {want}", got.statistic);
+            assert_eq!(got.current_count, 600);
+        }
     }
 
     // A chosen window as the baseline: drifted against normal.
@@ -163,6 +205,16 @@ async fn metrics_drift_labels_and_dashboard_over_the_wire() {
         .unwrap()
         .into_inner();
     assert!(vs_window.dataset_drifted && vs_window.baseline.contains("predictions from"));
+    // 600 values in the baseline: KS, from the two windows' sketches, against scipy's `ks_2samp`
+    // on the raw values.
+    let pairs: BTreeMap<String, (Vec<f64>, Vec<f64>)> =
+        names.iter().map(|n| (n.to_string(), (logged(&normal, n), logged(&drifted, n)))).collect();
+    let scipy_d = scipy_per_pair(&pairs, "stats.ks_2samp(r, c).statistic");
+    for test in vs_window.features.iter().chain(&vs_window.prediction) {
+        assert_eq!(test.method, "ks", "{test:?}");
+        let want = scipy_d[&test.feature];
+        assert!((test.statistic - want).abs() <= 0.01, "{}: D {} against scipy {want}", test.feature, test.statistic);
+    }
 
     // Labels: accepted, duplicates, and every kind of bad label rejected with a reason.
     let label = |id: &str, l: &str| LabelEvent { prediction_id: id.into(), label: l.into(), ..Default::default() };
