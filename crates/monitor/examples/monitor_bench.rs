@@ -1,6 +1,7 @@
 //! Monitoring at scale: N logged predictions over one day in a fresh Postgres database, then
-//! (1) rollup upkeep from scratch, against only reading the same rows, and (2) a day's drift
-//! query and dashboard load from rollups, against one aggregate over the raw rows.
+//! (1) rollup upkeep from scratch, against only reading the same rows (two rounds, in opposite
+//! orders), and (2) a day's drift query and dashboard load from rollups, against one aggregate
+//! over the raw rows (interleaved runs).
 //!
 //! `cargo run --release -p vigil-monitor --example monitor_bench -- [N=10000000]`
 
@@ -62,46 +63,28 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("generated in {:.0} s", t.elapsed().as_secs_f64());
 
     // (1) Rollup upkeep from scratch vs only reading the same rows the same way (no summaries,
-    // no writes): what summarising and storing costs on top of the read.
-    use vigil_store::MonitorStore;
-    let t = Instant::now();
-    let (mut cursor, mut scanned) = (0, 0);
-    loop {
-        let batch = store.read_for_rollup(cursor, vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK).await?;
-        if batch.rows.is_empty() && batch.next_cursor == cursor {
-            break;
+    // no writes): what summarising and storing costs on top of the read. Two rounds in the order
+    // read, upkeep | upkeep, read (rollups emptied between), so neither side always runs on the
+    // cache the other warmed.
+    let mut passes = Vec::new();
+    for round in 0..2 {
+        if round > 0 {
+            sqlx::query("TRUNCATE rollups, rollup_cursor").execute(store.pool()).await?;
         }
-        scanned += batch.rows.len();
-        cursor = batch.next_cursor;
-    }
-    let scan = t.elapsed();
-    let resolutions = vigil_monitor::rollup::DEFAULT_RESOLUTIONS;
-    let t = Instant::now();
-    let mut rolled = 0;
-    loop {
-        let k =
-            vigil_monitor::rollup::step(&store, &resolutions, vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK).await?;
-        if k == 0 {
-            break;
-        }
-        rolled += k;
-        if rolled % 1_000_000 < k {
-            eprintln!("  rolled up {rolled} rows, {:.0} s", t.elapsed().as_secs_f64());
+        let order: [bool; 2] = if round == 0 { [false, true] } else { [true, false] };
+        for upkeep in order {
+            let (elapsed, rows) = if upkeep { upkeep_pass(&store).await? } else { read_pass(&store).await? };
+            assert_eq!(rows as i64, n, "every row read or rolled up once");
+            eprintln!("  round {}: {} {rows} rows in {:.1} s", round + 1, pass_name(upkeep), elapsed.as_secs_f64());
+            passes.push((round + 1, upkeep, rows, elapsed));
         }
     }
-    let upkeep = t.elapsed();
-    assert_eq!(rolled as i64, n);
 
-    // (2) A day's drift and dashboard from rollups vs one aggregate over the day's raw rows.
+    // (2) A day's drift and dashboard from rollups vs one aggregate over the day's raw rows,
+    // interleaved run by run.
     let day_aggregate = "SELECT count(*), avg((features->>'brightness')::float8), \
         avg((features->>'sharpness')::float8), count(*) FILTER (WHERE status <> 1) FROM predictions \
         WHERE model_name = 'scratch-detector' AND time >= now() - interval '1 day'";
-    let mut raw = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        sqlx::query(day_aggregate).fetch_one(store.pool()).await?;
-        raw.push(t.elapsed());
-    }
     let config = MonitorConfig {
         models: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"),
         ..Default::default()
@@ -121,8 +104,11 @@ async fn main() -> anyhow::Result<()> {
     ));
     let mut client = MonitoringClient::connect(format!("http://{grpc_addr}")).await?;
     let http_client = reqwest::Client::new();
-    let (mut drift, mut dashboard) = (Vec::new(), Vec::new());
-    for _ in 0..20 {
+    let (mut raw, mut drift, mut dashboard) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        sqlx::query(day_aggregate).fetch_one(store.pool()).await?;
+        raw.push(t.elapsed());
         let now = Utc::now();
         let t = Instant::now();
         let r = client
@@ -152,30 +138,79 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = stop.send(());
     monitor.await??;
-    let (raw, drift, dashboard) = (median(raw), median(drift), median(dashboard));
 
     println!("\n{}", vigil_telemetry::benchmark_header());
     println!("{n} predictions over 24 h (Postgres, {} MB)\n", table_mb(&db.url()));
-    println!("| rollup upkeep | rows | seconds | rows/s | vs reading only |");
-    println!("|---|---:|---:|---:|---:|");
-    println!(
-        "| reading the rows only | {scanned} | {:.1} | {:.0} | 1.00x |",
-        scan.as_secs_f64(),
-        scanned as f64 / scan.as_secs_f64()
-    );
-    println!(
-        "| upkeep (1 min, 5 min, 1 h) | {rolled} | {:.1} | {:.0} | {:.2}x |",
-        upkeep.as_secs_f64(),
-        rolled as f64 / upkeep.as_secs_f64(),
-        scan.as_secs_f64() / upkeep.as_secs_f64()
-    );
-    let _ = scanned;
-    println!("\n| a day, median of runs | ms | vs raw aggregate |");
-    println!("|---|---:|---:|");
-    println!("| one aggregate over the raw rows (3 runs) | {:.1} | 1.00x |", ms(raw));
-    println!("| GetDrift from rollups (20 runs) | {:.1} | {:.3}x |", ms(drift), ms(drift) / ms(raw));
-    println!("| dashboard JSON from rollups (20 runs) | {:.1} | {:.3}x |", ms(dashboard), ms(dashboard) / ms(raw));
+    println!("| round | pass | rows | seconds | rows/s |");
+    println!("|---:|---|---:|---:|---:|");
+    for (round, upkeep, rows, elapsed) in &passes {
+        let seconds = elapsed.as_secs_f64();
+        println!("| {round} | {} | {rows} | {seconds:.1} | {:.0} |", pass_name(*upkeep), *rows as f64 / seconds);
+    }
+    let ratios: Vec<f64> = (1..=2)
+        .map(|round| {
+            let time = |upkeep: bool| {
+                passes.iter().find(|p| p.0 == round && p.1 == upkeep).map_or(f64::NAN, |p| p.3.as_secs_f64())
+            };
+            time(false) / time(true)
+        })
+        .collect();
+    println!("\nupkeep speed vs reading only: {:.2}x and {:.2}x (rounds 1 and 2)", ratios[0], ratios[1]);
+
+    println!("\n| a day, {RUNS} interleaved runs | median ms | min-max ms | median vs raw aggregate |");
+    println!("|---|---:|---:|---:|");
+    let raw_median = median(raw.clone());
+    for (name, runs) in [
+        ("one aggregate over the raw rows", raw),
+        ("GetDrift from rollups", drift),
+        ("dashboard JSON from rollups", dashboard),
+    ] {
+        let (lo, hi) = (runs.iter().min().copied().unwrap_or_default(), runs.iter().max().copied().unwrap_or_default());
+        let mid = median(runs);
+        println!("| {name} | {:.1} | {:.1}-{:.1} | {:.3}x |", ms(mid), ms(lo), ms(hi), ms(mid) / ms(raw_median));
+    }
     Ok(())
+}
+
+/// Interleaved runs of each query.
+const RUNS: usize = 10;
+
+fn pass_name(upkeep: bool) -> &'static str {
+    if upkeep { "upkeep at 1 min, 5 min, 1 h" } else { "reading the rows only" }
+}
+
+/// Reads every row the way upkeep does, summarising and writing nothing.
+async fn read_pass(store: &PgStore) -> anyhow::Result<(Duration, usize)> {
+    use vigil_store::MonitorStore;
+    let t = Instant::now();
+    let (mut cursor, mut scanned) = (0, 0);
+    loop {
+        let batch = store.read_for_rollup(cursor, vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK).await?;
+        if batch.rows.is_empty() && batch.next_cursor == cursor {
+            break;
+        }
+        scanned += batch.rows.len();
+        cursor = batch.next_cursor;
+    }
+    Ok((t.elapsed(), scanned))
+}
+
+/// Rollup upkeep from the current cursor to the end of the log.
+async fn upkeep_pass(store: &PgStore) -> anyhow::Result<(Duration, usize)> {
+    let resolutions = vigil_monitor::rollup::DEFAULT_RESOLUTIONS;
+    let t = Instant::now();
+    let mut rolled = 0;
+    loop {
+        let k = vigil_monitor::rollup::step(store, &resolutions, vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK).await?;
+        if k == 0 {
+            break;
+        }
+        rolled += k;
+        if rolled % 1_000_000 < k {
+            eprintln!("  rolled up {rolled} rows, {:.0} s", t.elapsed().as_secs_f64());
+        }
+    }
+    Ok((t.elapsed(), rolled))
 }
 
 fn table_mb(url: &str) -> String {
