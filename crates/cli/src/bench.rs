@@ -1,5 +1,7 @@
-//! `vigil bench`: throughput and latency of Inspect and ModelInfer at several concurrencies,
-//! beside raw in-process ONNX Runtime on the same model, reported as ratios measured in one run.
+//! `vigil bench`: throughput, latency and CPU per request of Inspect and ModelInfer at several
+//! concurrencies, beside raw in-process ONNX Runtime on the same model, reported as ratios
+//! measured in one run. With `--external` the server is the `vigil-edge` binary in its own
+//! process, so its CPU per request is measured apart from the load generator's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +39,13 @@ pub struct BenchArgs {
     /// Concurrency levels (client requests in flight; raw ONNX Runtime uses them as batch sizes).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub concurrency: Vec<usize>,
+    /// Serve from the `vigil-edge` binary in its own process (shipped configuration, this
+    /// repository) instead of an embedded server, and measure its CPU apart from the client's.
+    #[arg(long)]
+    pub external: bool,
+    /// The `vigil-edge` binary for `--external` (default: next to this `vigil`).
+    #[arg(long)]
+    pub edge_binary: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +55,27 @@ struct Row {
     items_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU of the serving process (the raw ORT loop's own process) per item, µs.
+    server_cpu_us: Option<f64>,
+    /// CPU of the load generator per request, µs (external mode).
+    client_cpu_us: Option<f64>,
+}
+
+/// CPU time (user + system, all threads) a process has used, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15, in clock ticks of 1/100 s (USER_HZ).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).context("malformed /proc stat");
+    Ok(Duration::from_millis((ticks(14)? + ticks(15)?) * 10))
+}
+
+/// CPU per item in µs between two readings of a process's CPU time.
+fn cpu_per_item(before: Duration, after: Duration, items: u64) -> f64 {
+    after.saturating_sub(before).as_secs_f64() * 1e6 / items.max(1) as f64
 }
 
 fn histogram() -> Histogram<u64> {
@@ -59,6 +89,75 @@ fn row(mode: &'static str, level: usize, items: u64, elapsed: Duration, h: &Hist
         items_per_s: items as f64 / elapsed.as_secs_f64(),
         p50_ms: h.value_at_quantile(0.5) as f64 / 1e3,
         p99_ms: h.value_at_quantile(0.99) as f64 / 1e3,
+        server_cpu_us: None,
+        client_cpu_us: None,
+    }
+}
+
+/// The server under load: embedded in this process, or the `vigil-edge` binary.
+enum Server {
+    Embedded(vigil_edge::RunningServer),
+    External(std::process::Child),
+}
+
+impl Server {
+    async fn start(args: &BenchArgs) -> Result<(Self, String)> {
+        if !args.external {
+            let mut config = EdgeConfig { model_repository: args.model_repository.clone(), ..EdgeConfig::default() };
+            config.listen = "127.0.0.1:0".parse()?;
+            config.metrics.listen = "127.0.0.1:0".parse()?;
+            config.default_model = args.model.clone();
+            let server = vigil_edge::start(config, false).await?;
+            let url = format!("http://{}", server.addr);
+            return Ok((Self::Embedded(server), url));
+        }
+        let binary = match &args.edge_binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?.with_file_name("vigil-edge"),
+        };
+        if !binary.exists() {
+            bail!(
+                "{} not found: build it (cargo build --release -p vigil-edge) or give --edge-binary",
+                binary.display()
+            );
+        }
+        let mut child = std::process::Command::new(&binary)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"])
+            .arg(&args.model_repository)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout from vigil-edge")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+        })
+        .await??;
+        let addr = line
+            .strip_prefix("vigil-edge listening on ")
+            .and_then(|l| l.split_whitespace().next())
+            .with_context(|| format!("vigil-edge did not start: {line:?}"))?;
+        Ok((Self::External(child), format!("http://{addr}")))
+    }
+
+    /// The serving process, when it is not this one.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Embedded(_) => None,
+            Self::External(child) => Some(child.id()),
+        }
+    }
+
+    async fn stop(self) -> Result<()> {
+        match self {
+            Self::Embedded(server) => server.shutdown().await,
+            Self::External(mut child) => {
+                child.kill()?;
+                child.wait()?;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -90,12 +189,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     // Baseline: raw ONNX Runtime in this process, one session, batches of `level` items.
     let mut session = ModelSession::load(&config_path.join("model.onnx"), &config, config.intra_op_threads)
         .map_err(|e| anyhow!("{e}"))?;
+    let me = std::process::id();
     for &level in &args.concurrency {
         let batch = concat(&tensors, level);
         for _ in 0..3 {
             session.run(std::slice::from_ref(&batch)).map_err(|e| anyhow!("{e}"))?;
         }
         let mut h = histogram();
+        let cpu_before = cpu_time(me)?;
         let started = Instant::now();
         let mut items = 0;
         while started.elapsed() < duration {
@@ -104,17 +205,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             h.record(t0.elapsed().as_micros().max(1) as u64)?;
             items += level as u64;
         }
-        rows.push(row("raw ORT (batch)", level, items, started.elapsed(), &h));
+        let mut r = row("raw ORT (batch)", level, items, started.elapsed(), &h);
+        r.server_cpu_us = Some(cpu_per_item(cpu_before, cpu_time(me)?, items));
+        rows.push(r);
         eprintln!("  raw ORT batch {level}: done");
     }
     drop(session);
 
-    let mut config_edge = EdgeConfig { model_repository: args.model_repository.clone(), ..EdgeConfig::default() };
-    config_edge.listen = "127.0.0.1:0".parse()?;
-    config_edge.metrics.listen = "127.0.0.1:0".parse()?;
-    config_edge.default_model = args.model.clone();
-    let server = vigil_edge::start(config_edge, false).await?;
-    let url = format!("http://{}", server.addr);
+    let (server, url) = Server::start(&args).await?;
+    let server_pid = server.pid();
     let channel = Channel::from_shared(url)?.connect().await?;
     let tensors = Arc::new(tensors);
     let pngs = Arc::new(pngs);
@@ -123,7 +222,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let t = tensors.clone();
         let name = args.model.clone();
         let input = config.inputs[0].name.clone();
-        let r = load(level, duration, move |i| {
+        let r = load(level, duration, server_pid, move |i| {
             let mut client = oip.clone();
             let tensor = &t[i % t.len()];
             let request = ModelInferRequest {
@@ -140,26 +239,53 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             async move { client.model_infer(request).await.map(|_| ()) }
         })
         .await?;
-        rows.push(row("ModelInfer", level, r.0, r.1, &r.2));
+        rows.push(r.into_row(if args.external { "ModelInfer (vigil-edge process)" } else { "ModelInfer" }, level));
         let inspection = InspectionClient::new(channel.clone());
         let p = pngs.clone();
-        let r = load(level, duration, move |i| {
+        let r = load(level, duration, server_pid, move |i| {
             let mut client = inspection.clone();
             let request =
                 InspectRequest { image: p[i % p.len()].clone(), station_id: "bench".into(), ..Default::default() };
             async move { client.inspect(request).await.map(|_| ()) }
         })
         .await?;
-        rows.push(row("Inspect", level, r.0, r.1, &r.2));
+        rows.push(r.into_row(if args.external { "Inspect (vigil-edge process)" } else { "Inspect" }, level));
         eprintln!("  server concurrency {level}: done");
     }
-    server.shutdown().await?;
-    print_table(&rows);
+    server.stop().await?;
+    print_table(&rows, args.external);
     Ok(())
 }
 
-/// Runs `level` closed-loop clients for `duration`; returns (requests, elapsed, latency µs).
-async fn load<F, Fut>(level: usize, duration: Duration, call: F) -> Result<(u64, Duration, Histogram<u64>)>
+/// One closed-loop measurement: requests, elapsed time, latencies (µs), and the CPU the
+/// serving and the loading process used.
+struct Measured {
+    requests: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    server_cpu: Option<Duration>,
+    client_cpu: Duration,
+}
+
+impl Measured {
+    fn into_row(self, mode: &'static str, level: usize) -> Row {
+        let mut r = row(mode, level, self.requests, self.elapsed, &self.latency);
+        let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64;
+        // Embedded, the one process serves and loads: its CPU is the server's figure.
+        match self.server_cpu {
+            Some(server) => {
+                r.server_cpu_us = Some(per_request(server));
+                r.client_cpu_us = Some(per_request(self.client_cpu));
+            }
+            None => r.server_cpu_us = Some(per_request(self.client_cpu)),
+        }
+        r
+    }
+}
+
+/// Runs `level` closed-loop clients for `duration` against the server process `server_pid`
+/// (None: this process).
+async fn load<F, Fut>(level: usize, duration: Duration, server_pid: Option<u32>, call: F) -> Result<Measured>
 where
     F: Fn(usize) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
@@ -167,6 +293,9 @@ where
     for i in 0..3 {
         call(i).await.map_err(|s| anyhow!("warm-up request failed: {s}"))?;
     }
+    let me = std::process::id();
+    let server_before = server_pid.map(cpu_time).transpose()?;
+    let client_before = cpu_time(me)?;
     let started = Instant::now();
     let workers: Vec<_> = (0..level)
         .map(|w| {
@@ -191,7 +320,13 @@ where
         total += n;
         all.add(&h)?;
     }
-    Ok((total, started.elapsed(), all))
+    let elapsed = started.elapsed();
+    let server_cpu = match (server_pid, server_before) {
+        (Some(pid), Some(before)) => Some(cpu_time(pid)?.saturating_sub(before)),
+        _ => None,
+    };
+    let client_cpu = cpu_time(me)?.saturating_sub(client_before);
+    Ok(Measured { requests: total, elapsed, latency: all, server_cpu, client_cpu })
 }
 
 fn concat(tensors: &[Tensor], n: usize) -> Tensor {
@@ -211,23 +346,39 @@ fn newest_version(dir: &std::path::Path) -> Result<PathBuf> {
     versions.pop().map(|(_, p)| p).with_context(|| format!("no versions in {}", dir.display()))
 }
 
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row], external: bool) {
     let raw = |level: usize| rows.iter().find(|r| r.mode.starts_with("raw") && r.level == level);
     println!("\n{}", vigil_telemetry::benchmark_header());
+    let cpu = if external { "server CPU µs/item" } else { "process CPU µs/item (server + client)" };
     println!(
-        "| mode | concurrency / batch | items/s | p50 ms | p99 ms | throughput vs raw ORT | p99 overhead vs raw ORT |"
+        "| mode | concurrency / batch | items/s | p50 ms | p99 ms | throughput vs raw ORT | p50 overhead vs raw ORT | {cpu} | CPU vs raw ORT | client CPU µs/req |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
     for r in rows {
-        let (ratio, overhead) = match (r.mode.starts_with("raw"), raw(r.level)) {
-            (false, Some(b)) => {
-                (format!("{:.2}x", r.items_per_s / b.items_per_s), format!("{:+.2} ms", r.p99_ms - b.p99_ms))
-            }
-            _ => ("1.00x".into(), "-".into()),
+        let (ratio, overhead, cpu_ratio) = match (r.mode.starts_with("raw"), raw(r.level)) {
+            (false, Some(b)) => (
+                format!("{:.2}x", r.items_per_s / b.items_per_s),
+                format!("{:+.2} ms", r.p50_ms - b.p50_ms),
+                match (r.server_cpu_us, b.server_cpu_us) {
+                    (Some(s), Some(b)) if b > 0.0 => format!("{:.2}x", s / b),
+                    _ => "-".into(),
+                },
+            ),
+            _ => ("1.00x".into(), "-".into(), "1.00x".into()),
         };
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
-            r.mode, r.level, r.items_per_s, r.p50_ms, r.p99_ms, ratio, overhead
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
+            r.mode,
+            r.level,
+            r.items_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            ratio,
+            overhead,
+            us(r.server_cpu_us),
+            cpu_ratio,
+            us(r.client_cpu_us)
         );
     }
 }

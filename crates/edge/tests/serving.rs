@@ -12,6 +12,7 @@ use vigil_inference::config::ModelConfig;
 use vigil_inference::image::{ImageLimits, prepare};
 use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::*;
+use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_proto::vigil::v1::{Decision, InspectRequest, Verdict};
 
 fn model_config() -> ModelConfig {
@@ -291,8 +292,8 @@ async fn health_and_reflection_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_concurrency_limit_requests_are_shed() {
-    // Batches wait 300 ms to fill, so requests stay in flight long enough to overlap.
-    let repo = slow_repository(300_000, 64);
+    // The slow model keeps requests in flight long enough to overlap.
+    let repo = slow_repository(32, 64);
     let mut config = config();
     config.model_repository = repo.path().to_path_buf();
     config.limits.max_concurrent_requests = 2;
@@ -326,9 +327,52 @@ async fn beyond_the_concurrency_limit_requests_are_shed() {
     server.shutdown().await.unwrap();
 }
 
+/// Polls the server's metrics until the model's `name` gauge reads `value`.
+async fn until_gauge(server: &vigil_edge::RunningServer, name: &str, value: f64) {
+    let addr = server.metrics_addr.unwrap();
+    loop {
+        let text = tokio::task::spawn_blocking(move || scrape(addr).1).await.unwrap();
+        if sample(&text, name, &[("model", MODEL)]) == Some(value) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_queue_depth_requests_are_refused_with_resource_exhausted() {
+    // One batch runs on the slow model; the queue holds 2; the next request is refused at once.
+    let repo = slow_repository(32, 2);
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    let server = start(config).await;
+    let (inspect, _) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let call = |inspect: &InspectionClient<tonic::transport::Channel>| {
+        let (mut c, image) = (inspect.clone(), image.clone());
+        tokio::spawn(async move { c.inspect(InspectRequest { image, ..Default::default() }).await })
+    };
+    let running = call(&inspect);
+    until_gauge(&server, "vigil_running_batches", 1.0).await;
+    let queued = [call(&inspect), call(&inspect)];
+    until_gauge(&server, "vigil_pending_requests", 2.0).await;
+    let status = call(&inspect).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("queue is full (2 requests waiting)"), "{}", status.message());
+    assert!(running.await.unwrap().is_ok());
+    for q in queued {
+        assert!(q.await.unwrap().is_ok(), "the queued requests are served");
+    }
+    until_gauge(&server, "vigil_pending_requests", 0.0).await;
+    let (_, text) = scrape(server.metrics_addr.unwrap());
+    let count = |status| sample(&text, "vigil_requests_total", &[("api", "inspect"), ("status", status)]);
+    assert_eq!((count("Ok"), count("ResourceExhausted")), (Some(3.0), Some(1.0)), "{text}");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_end_requests_with_deadline_exceeded() {
-    let repo = slow_repository(500_000, 64);
+    let repo = slow_repository(32, 64);
     let mut config = config();
     config.model_repository = repo.path().to_path_buf();
     config.limits.request_timeout_ms = 100;
@@ -355,7 +399,7 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
     let started = std::time::Instant::now();
     let status = inspect.inspect(request).await.unwrap_err();
     assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
-    assert!(started.elapsed() < Duration::from_millis(400), "ended at the caller's deadline, not the batch delay");
+    assert!(started.elapsed() < Duration::from_millis(400), "ended at the caller's deadline, not after the run");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ok = inspect.inspect(InspectRequest { image, ..Default::default() }).await;
     assert!(ok.is_ok(), "the permit of the abandoned request was released: {ok:?}");
@@ -364,7 +408,7 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests() {
-    let repo = slow_repository(400_000, 64);
+    let repo = slow_repository(32, 64);
     let mut config = config();
     config.model_repository = repo.path().to_path_buf();
     let server = start(config).await;

@@ -1,8 +1,17 @@
-//! Dynamic batching: requests for one model wait in a bounded queue; worker threads take
-//! the oldest request and add more until the batch is full or the oldest has waited
-//! `max_queue_delay`, run them as one batch, and split the outputs back.
+//! Dynamic batching: requests for one model wait in a bounded queue; worker threads (one per
+//! session) take the oldest request and everything queued behind it, run them as one batch,
+//! and split the outputs back.
+//!
+//! Batches are formed continuously: a worker never waits when waiting cannot help. With no other
+//! batch running it runs at once with what is queued, so a lone request pays no queue delay and
+//! under load each batch is what arrived while the previous one ran. Only while another
+//! session is busy does a worker wait for its batch to fill, and never longer than the oldest
+//! request's `max_queue_delay` (Triton's bound, here an upper limit rather than a fixed cost).
+//!
+//! `max_queue_depth` bounds the requests admitted and not yet running, forming batches included.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -44,12 +53,16 @@ struct Job {
     reply: oneshot::Sender<Result<BatchOutput, InferenceError>>,
 }
 
+/// How often a worker waiting for its batch to fill checks whether the other sessions went idle.
+const BUSY_POLL: Duration = Duration::from_micros(50);
+
 /// Handle to a model's queue. Cloning shares the queue.
 #[derive(Clone)]
 pub struct Batcher {
     sender: Sender<Job>,
     config: BatchingConfig,
     model: Arc<str>,
+    stats: Arc<ModelStats>,
 }
 
 impl Batcher {
@@ -64,7 +77,7 @@ impl Batcher {
                 .spawn(move || worker(runner, receiver, config, stats))
                 .expect("spawning a batching thread");
         }
-        Self { sender, config, model: model.into() }
+        Self { sender, config, model: model.into(), stats }
     }
 
     /// The batching limits in effect.
@@ -72,13 +85,14 @@ impl Batcher {
         self.config
     }
 
-    /// Requests waiting now.
-    pub fn queue_len(&self) -> usize {
-        self.sender.len()
+    /// Requests admitted and not yet running.
+    pub fn pending(&self) -> usize {
+        self.stats.pending.load(Ordering::Relaxed) as usize
     }
 
     /// Queues `inputs` (each with the batch as first dimension) and waits for the outputs.
-    /// Fails at once with [`InferenceError::QueueFull`] when `max_queue_depth` requests wait.
+    /// Fails at once with [`InferenceError::QueueFull`] when `max_queue_depth` requests are
+    /// admitted and not yet running.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<BatchOutput, InferenceError> {
         let items = inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1).max(1) as usize;
         if items > self.config.max_batch_size {
@@ -87,19 +101,27 @@ impl Batcher {
                 self.config.max_batch_size
             )));
         }
+        let full = || {
+            InferenceError::QueueFull(format!(
+                "model '{}' queue is full ({} requests waiting); retry later",
+                self.model, self.config.max_queue_depth
+            ))
+        };
+        let pending = &self.stats.pending;
+        if pending.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue_depth as u64 {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(full());
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job { inputs, items, enqueued: Instant::now(), reply };
-        match self.sender.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(InferenceError::QueueFull(format!(
-                    "model '{}' queue is full ({} requests waiting); retry later",
-                    self.model, self.config.max_queue_depth
-                )));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(InferenceError::Unavailable(format!("model '{}' is shutting down", self.model)));
-            }
+        if let Err(e) = self.sender.try_send(job) {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(match e {
+                TrySendError::Full(_) => full(),
+                TrySendError::Disconnected(_) => {
+                    InferenceError::Unavailable(format!("model '{}' is shutting down", self.model))
+                }
+            });
         }
         answer
             .await
@@ -109,6 +131,7 @@ impl Batcher {
 
 fn worker<R: Runner>(mut runner: R, receiver: Receiver<Job>, config: BatchingConfig, stats: Arc<ModelStats>) {
     let mut carried: Option<Job> = None;
+    let abandon = |stats: &ModelStats| stats.pending.fetch_sub(1, Ordering::AcqRel);
     loop {
         let first = match carried.take() {
             Some(job) => job,
@@ -118,17 +141,32 @@ fn worker<R: Runner>(mut runner: R, receiver: Receiver<Job>, config: BatchingCon
             },
         };
         if first.reply.is_closed() {
+            abandon(&stats);
             continue;
         }
         let deadline = first.enqueued + config.max_queue_delay();
         let mut items = first.items;
         let mut jobs = vec![first];
         while items < config.max_batch_size {
-            let next = match receiver.recv_deadline(deadline) {
+            // Everything already queued joins at once; beyond that, wait only while another
+            // session is busy (its batch would hold these requests up anyway).
+            let next = match receiver.try_recv() {
                 Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(_) if stats.running.load(Ordering::Acquire) == 0 => break,
+                Err(_) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    match receiver.recv_deadline(deadline.min(now + BUSY_POLL)) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
             };
             if next.reply.is_closed() {
+                abandon(&stats);
                 continue;
             }
             if items + next.items > config.max_batch_size || !same_item_shapes(&jobs[0], &next) {
@@ -138,7 +176,10 @@ fn worker<R: Runner>(mut runner: R, receiver: Receiver<Job>, config: BatchingCon
             items += next.items;
             jobs.push(next);
         }
+        stats.pending.fetch_sub(jobs.len() as u64, Ordering::AcqRel);
+        stats.running.fetch_add(1, Ordering::AcqRel);
         run_batch(&mut runner, jobs, items, &stats);
+        stats.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -239,20 +280,92 @@ mod tests {
         depth: usize,
         run_delay: Duration,
     ) -> (Batcher, Arc<parking_lot::Mutex<Vec<usize>>>) {
+        sessions(1, max_batch, delay_us, depth, run_delay)
+    }
+
+    fn sessions(
+        instances: usize,
+        max_batch: usize,
+        delay_us: u64,
+        depth: usize,
+        run_delay: Duration,
+    ) -> (Batcher, Arc<parking_lot::Mutex<Vec<usize>>>) {
         let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let config = BatchingConfig { max_batch_size: max_batch, max_queue_delay_us: delay_us, max_queue_depth: depth };
-        let b = Batcher::start(
-            "m",
-            config,
-            vec![Doubler { seen: seen.clone(), delay: run_delay }],
-            Arc::new(ModelStats::default()),
-        );
+        let runners = (0..instances).map(|_| Doubler { seen: seen.clone(), delay: run_delay }).collect();
+        let b = Batcher::start("m", config, runners, Arc::new(ModelStats::default()));
         (b, seen)
+    }
+
+    fn one() -> Vec<Tensor> {
+        vec![Tensor::from_f32(vec![1, 1], &[1.0])]
+    }
+
+    /// Waits until `check` holds on the batcher's counters (they change on the worker thread).
+    async fn until(b: &Batcher, check: impl Fn(&ModelStats) -> bool) {
+        while !check(&b.stats) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_request_does_not_wait_for_the_queue_delay() {
+        // A 60 s queue delay: a batcher that waited it would hang this test.
+        let (b, seen) = batcher(8, 60_000_000, 8, Duration::ZERO);
+        for _ in 0..3 {
+            let out = b.infer(one()).await.unwrap();
+            assert_eq!(out.batch_size, 1);
+        }
+        assert_eq!(*seen.lock(), vec![1, 1, 1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_that_arrive_during_a_run_form_the_next_batch() {
+        let (b, seen) = batcher(8, 60_000_000, 64, Duration::from_millis(300));
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer(one()).await }
+        });
+        until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
+        let rest: Vec<_> = (0..5)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.infer(one()).await })
+            })
+            .collect();
+        until(&b, |s| s.pending.load(Ordering::Acquire) == 5).await;
+        assert_eq!(first.await.unwrap().unwrap().batch_size, 1);
+        for r in rest {
+            assert_eq!(r.await.unwrap().unwrap().batch_size, 5);
+        }
+        assert_eq!(*seen.lock(), vec![1, 5]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_another_session_runs_a_batch_fills_up_to_its_size() {
+        // Two sessions: while one runs, the other waits (up to the 60 s delay) for a full batch of 3.
+        let (b, seen) = sessions(2, 3, 60_000_000, 64, Duration::from_millis(300));
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer(one()).await }
+        });
+        until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
+        let mut rest = Vec::new();
+        for _ in 0..3 {
+            let b = b.clone();
+            rest.push(tokio::spawn(async move { b.infer(one()).await }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for r in rest {
+            assert_eq!(r.await.unwrap().unwrap().batch_size, 3);
+        }
+        assert_eq!(first.await.unwrap().unwrap().batch_size, 1);
+        assert_eq!(*seen.lock(), vec![1, 3]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_share_batches_and_get_their_own_outputs() {
-        let (b, seen) = batcher(8, 20_000, 64, Duration::ZERO);
+        let (b, seen) = batcher(8, 20_000, 64, Duration::from_millis(20));
         let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let b = b.clone();
@@ -274,20 +387,31 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_queue_is_refused_not_waited_on() {
-        let (b, _) = batcher(1, 0, 2, Duration::from_millis(200));
-        let mut pending = Vec::new();
-        for _ in 0..3 {
+    async fn the_queue_depth_counts_requests_not_yet_running() {
+        let (b, _) = batcher(8, 0, 2, Duration::from_millis(300));
+        let running = tokio::spawn({
             let b = b.clone();
-            pending.push(tokio::spawn(async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[1.0])]).await }));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // One runs, two wait: the queue (depth 2) is full now.
-        let refused = b.infer(vec![Tensor::from_f32(vec![1, 1], &[1.0])]).await.unwrap_err();
+            async move { b.infer(one()).await }
+        });
+        until(&b, |s| s.running.load(Ordering::Acquire) == 1 && s.pending.load(Ordering::Acquire) == 0).await;
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.infer(one()).await })
+            })
+            .collect();
+        until(&b, |s| s.pending.load(Ordering::Acquire) == 2).await;
+        // One runs, two wait: the queue (depth 2) is full now, and refuses at once.
+        let refused = b.infer(one()).await.unwrap_err();
         assert!(matches!(refused, InferenceError::QueueFull(_)), "{refused}");
-        for p in pending {
-            assert!(p.await.unwrap().is_ok());
+        assert!(refused.to_string().contains("queue is full (2 requests waiting)"), "{refused}");
+        assert_eq!(b.pending(), 2, "a refused request leaves no trace in the count");
+        assert!(running.await.unwrap().is_ok());
+        for w in waiting {
+            assert_eq!(w.await.unwrap().unwrap().batch_size, 2);
         }
+        assert_eq!(b.pending(), 0);
+        assert!(b.infer(one()).await.is_ok(), "room again once they ran");
     }
 
     #[tokio::test]

@@ -46,6 +46,10 @@ pub struct ModelStats {
     pub last_inference_ms: AtomicU64,
     /// Runs and total compute time per batch size.
     pub batches: Mutex<BTreeMap<usize, (u64, u64)>>,
+    /// Requests admitted to the batching queue and not yet running (queued or in a forming batch).
+    pub pending: AtomicU64,
+    /// Batches running now.
+    pub running: AtomicU64,
 }
 
 impl ModelStats {

@@ -11,6 +11,8 @@
 //!   per request, the wait in the batching queue and the model run of the batch it joined.
 //! - `vigil_batch_size{model,version}`: sizes of the batches the dynamic batcher ran, read from
 //!   the model statistics at each scrape.
+//! - `vigil_pending_requests{model,version}` (admitted to the batching queue, not yet running;
+//!   `max_queue_depth` bounds it) and `vigil_running_batches{model,version}`, read at each scrape.
 //! - `vigil_inflight_requests`: requests holding an admission permit now.
 //! - `vigil_records_total{outcome}`: prediction records `produced` (acknowledged by the broker),
 //!   `spooled`, `replayed`, `dropped` or `failed`, read from the emitter's counters at each scrape.
@@ -266,6 +268,21 @@ impl Collector for BatchSizeCollector {
                 let (sum, count, buckets) = batch_size_histogram(&runs);
                 let labels = ModelLabels::of(&model.config);
                 family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        let gauges: [(&str, &str, fn(&vigil_inference::stats::ModelStats) -> u64); 2] = [
+            ("vigil_pending_requests", "Requests admitted to the batching queue and not yet running", |s| {
+                s.pending.load(Ordering::Relaxed)
+            }),
+            ("vigil_running_batches", "Batches running now", |s| s.running.load(Ordering::Relaxed)),
+        ];
+        for (name, help, read) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for entry in self.repository.models() {
+                for model in entry.versions.values() {
+                    let labels = ModelLabels::of(&model.config);
+                    ConstGauge::new(read(&model.stats) as i64).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         Ok(())

@@ -90,24 +90,28 @@ pub fn model_dir() -> PathBuf {
     versions.pop().unwrap().1
 }
 
-/// A copy of the model repository whose batching waits `delay_us` for a batch to fill and
-/// allows `depth` queued requests: a model that is slow on purpose.
-pub fn slow_repository(delay_us: u64, depth: usize) -> tempfile::TempDir {
+/// A model repository holding the slow stand-in for the scratch detector
+/// (`tests/fixtures/slow-model`: same inputs and outputs, several hundred milliseconds a run),
+/// with the shipped `model.toml` but batches of at most `max_batch` and `depth` queued requests.
+pub fn slow_repository(max_batch: usize, depth: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = model_dir();
     let dst = dir.path().join(MODEL).join(src.file_name().unwrap());
     std::fs::create_dir_all(&dst).unwrap();
-    std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
+    std::fs::copy(repo_root().join("tests/fixtures/slow-model/model.onnx"), dst.join("model.onnx")).unwrap();
     let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
+    let mut section = String::new();
     let patched: Vec<String> = toml
         .lines()
         .map(|l| {
-            if l.trim_start().starts_with("max_queue_delay_us") {
-                format!("max_queue_delay_us = {delay_us}")
-            } else if l.trim_start().starts_with("max_queue_depth") {
-                format!("max_queue_depth = {depth}")
-            } else {
-                l.to_string()
+            let key = l.trim_start();
+            if key.starts_with('[') {
+                section = key.to_string();
+            }
+            match section.as_str() {
+                "[dynamic_batching]" if key.starts_with("max_batch_size") => format!("max_batch_size = {max_batch}"),
+                "[dynamic_batching]" if key.starts_with("max_queue_depth") => format!("max_queue_depth = {depth}"),
+                _ => l.to_string(),
             }
         })
         .collect();
