@@ -242,7 +242,11 @@ impl Drop for RequestTimer<'_> {
     }
 }
 
-/// `vigil_batch_size` from each loaded model's per-batch-size run counts.
+/// Reads one counter of a model's statistics.
+type ReadStat = fn(&vigil_inference::stats::ModelStats) -> u64;
+
+/// `vigil_batch_size`, `vigil_pending_requests` and `vigil_running_batches` from each loaded
+/// model's statistics.
 struct BatchSizeCollector {
     repository: Arc<ModelRepository>,
 }
@@ -270,7 +274,7 @@ impl Collector for BatchSizeCollector {
                 family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
-        let gauges: [(&str, &str, fn(&vigil_inference::stats::ModelStats) -> u64); 2] = [
+        let gauges: [(&str, &str, ReadStat); 2] = [
             ("vigil_pending_requests", "Requests admitted to the batching queue and not yet running", |s| {
                 s.pending.load(Ordering::Relaxed)
             }),
