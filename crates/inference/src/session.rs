@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, TensorElementType};
+use ort::value::{DynValue, TensorElementType, TensorRef};
 
 use crate::InferenceError;
 use crate::config::ModelConfig;
@@ -60,7 +60,7 @@ impl ModelSession {
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
         let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for (name, tensor) in self.input_names.iter().zip(inputs) {
-            values.push((Cow::Borrowed(name.as_str()), to_ort(tensor)?.into()));
+            values.push((Cow::Borrowed(name.as_str()), to_ort(tensor)?));
         }
         let outputs = self.session.run(values)?;
         let mut result = Vec::with_capacity(self.outputs.len());
@@ -76,22 +76,38 @@ fn le_values<T, const N: usize>(data: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
     data.chunks_exact(N).map(|c| from(c.try_into().expect("chunk of N bytes"))).collect()
 }
 
-fn to_ort(t: &Tensor) -> Result<DynValue, InferenceError> {
+/// The input as ONNX Runtime sees it: a view of the request's own bytes when they are aligned
+/// for `T` (little-endian hosts), else a converted copy.
+fn view_or_copy<'a, T, const N: usize>(
+    shape: Vec<i64>,
+    data: &'a [u8],
+    from: fn([u8; N]) -> T,
+) -> Result<SessionInputValue<'a>, InferenceError>
+where
+    T: ort::value::PrimitiveTensorElementType + bytemuck::Pod + std::fmt::Debug,
+{
+    match bytemuck::try_cast_slice::<u8, T>(data) {
+        Ok(values) if cfg!(target_endian = "little") => Ok(TensorRef::from_array_view((shape, values))?.into()),
+        _ => Ok(ort::value::Tensor::from_array((shape, le_values(data, from)))?.into()),
+    }
+}
+
+fn to_ort(t: &Tensor) -> Result<SessionInputValue<'_>, InferenceError> {
     use ort::value::Tensor as T;
     let shape = t.shape.clone();
-    let d = &t.data;
+    let d = t.data.as_slice();
     let value = match t.datatype {
-        DataType::Fp32 => T::from_array((shape, le_values(d, f32::from_le_bytes)))?.into_dyn(),
-        DataType::Fp64 => T::from_array((shape, le_values(d, f64::from_le_bytes)))?.into_dyn(),
-        DataType::Int64 => T::from_array((shape, le_values(d, i64::from_le_bytes)))?.into_dyn(),
-        DataType::Int32 => T::from_array((shape, le_values(d, i32::from_le_bytes)))?.into_dyn(),
-        DataType::Int16 => T::from_array((shape, le_values(d, i16::from_le_bytes)))?.into_dyn(),
-        DataType::Int8 => T::from_array((shape, le_values(d, i8::from_le_bytes)))?.into_dyn(),
-        DataType::Uint64 => T::from_array((shape, le_values(d, u64::from_le_bytes)))?.into_dyn(),
-        DataType::Uint32 => T::from_array((shape, le_values(d, u32::from_le_bytes)))?.into_dyn(),
-        DataType::Uint16 => T::from_array((shape, le_values(d, u16::from_le_bytes)))?.into_dyn(),
-        DataType::Uint8 => T::from_array((shape, d.clone()))?.into_dyn(),
-        DataType::Bool => T::from_array((shape, d.iter().map(|&b| b != 0).collect::<Vec<bool>>()))?.into_dyn(),
+        DataType::Fp32 => view_or_copy(shape, d, f32::from_le_bytes)?,
+        DataType::Fp64 => view_or_copy(shape, d, f64::from_le_bytes)?,
+        DataType::Int64 => view_or_copy(shape, d, i64::from_le_bytes)?,
+        DataType::Int32 => view_or_copy(shape, d, i32::from_le_bytes)?,
+        DataType::Int16 => view_or_copy(shape, d, i16::from_le_bytes)?,
+        DataType::Int8 => view_or_copy(shape, d, i8::from_le_bytes)?,
+        DataType::Uint64 => view_or_copy(shape, d, u64::from_le_bytes)?,
+        DataType::Uint32 => view_or_copy(shape, d, u32::from_le_bytes)?,
+        DataType::Uint16 => view_or_copy(shape, d, u16::from_le_bytes)?,
+        DataType::Uint8 => TensorRef::from_array_view((shape, d))?.into(),
+        DataType::Bool => T::from_array((shape, d.iter().map(|&b| b != 0).collect::<Vec<bool>>()))?.into(),
         other => {
             return Err(InferenceError::invalid(format!(
                 "datatype {other} is not supported by the ONNX Runtime backend"

@@ -69,12 +69,12 @@ impl InferenceService {
 
 async fn infer_on(
     model: &LoadedModel,
-    request: ModelInferRequest,
+    mut request: ModelInferRequest,
     timer: &RequestTimer<'_>,
 ) -> Result<ModelInferResponse, Status> {
     let config = &model.config;
     let requested = requested_outputs(config, &request)?;
-    let inputs = decode_inputs(config, &request)?;
+    let inputs = decode_inputs(config, &mut request)?;
     let out = model.batcher.infer(inputs).await.map_err(to_status)?;
     timer.batched(&out);
     let mut response = ModelInferResponse {
@@ -122,7 +122,8 @@ fn spec_names(specs: &[TensorSpec]) -> String {
 }
 
 /// Checks every input against the model's metadata and returns them in the model's order.
-pub fn decode_inputs(config: &ModelConfig, request: &ModelInferRequest) -> Result<Vec<Tensor>, Status> {
+/// Raw contents are moved out of the request, not copied.
+pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> Result<Vec<Tensor>, Status> {
     for (i, input) in request.inputs.iter().enumerate() {
         if !config.inputs.iter().any(|s| s.name == input.name) {
             return Err(Status::invalid_argument(format!(
@@ -144,6 +145,7 @@ pub fn decode_inputs(config: &ModelConfig, request: &ModelInferRequest) -> Resul
             request.inputs.len()
         )));
     }
+    let mut raw_contents = std::mem::take(&mut request.raw_input_contents);
     let mut batch: Option<i64> = None;
     let mut tensors = Vec::with_capacity(config.inputs.len());
     for spec in &config.inputs {
@@ -181,7 +183,7 @@ pub fn decode_inputs(config: &ModelConfig, request: &ModelInferRequest) -> Resul
                     spec.name
                 )));
             }
-            request.raw_input_contents[index].clone()
+            std::mem::take(&mut raw_contents[index])
         } else {
             typed_bytes(spec, input)?
         };
