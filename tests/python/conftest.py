@@ -48,15 +48,14 @@ def preprocess(path: pathlib.Path, config: dict) -> np.ndarray:
     return x.astype(np.float32)[None, None, :, :]
 
 
-@pytest.fixture(scope="session")
-def edge_server():
-    """Starts vigil-edge on a free loopback port; yields 'host:port'."""
+def start_edge(repository: pathlib.Path):
+    """Starts vigil-edge on `repository` and a free loopback port; returns (process, 'host:port', log path)."""
     binary = BIN_DIR / "vigil-edge"
     if not binary.exists():
         pytest.fail(f"{binary} not built; run ./dev test")
     log = tempfile.NamedTemporaryFile(prefix="vigil-edge-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [binary, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository", ROOT / "models"],
+        [binary, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository", repository],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -66,6 +65,17 @@ def edge_server():
     if not match:
         proc.kill()
         pytest.fail(f"vigil-edge did not start: {line!r}\n{pathlib.Path(log.name).read_text()}")
-    yield match.group(1)
+    return proc, match.group(1), pathlib.Path(log.name)
+
+
+def stop_edge(proc, log: pathlib.Path):
     proc.terminate()
-    assert proc.wait(timeout=30) == 0, pathlib.Path(log.name).read_text()
+    assert proc.wait(timeout=30) == 0, log.read_text()
+
+
+@pytest.fixture(scope="session")
+def edge_server():
+    """vigil-edge on the shipped model repository; yields 'host:port'."""
+    proc, address, log = start_edge(ROOT / "models")
+    yield address
+    stop_edge(proc, log)

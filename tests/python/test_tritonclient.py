@@ -1,7 +1,10 @@
 """The standard Triton client (tritonclient, PyPI) against vigil-edge, unmodified; outputs
 checked against onnxruntime (the Python package) on the same preprocessed tensor."""
 
+import pathlib
 import queue
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from conftest import MODEL, preprocess, sample_files
+from conftest import MODEL, ROOT, model_dir, preprocess, sample_files, start_edge, stop_edge
 
 
 @pytest.fixture()
@@ -108,3 +111,48 @@ def test_errors_carry_precise_statuses(client):
     with pytest.raises(InferenceServerException) as e:
         client.get_model_metadata("no-such-model")
     assert e.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_repository_index_load_and_unload():
+    """The repository extension, as tritonclient speaks it, on a private copy of the repository."""
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = pathlib.Path(tmp) / "models"
+        shutil.copytree(ROOT / "models", repository)
+        proc, address, log = start_edge(repository)
+        try:
+            client = grpcclient.InferenceServerClient(address)
+            version = model_dir().name
+            index = client.get_model_repository_index().models
+            assert [(m.name, m.version, m.state) for m in index] == [(MODEL, version, "READY")]
+
+            client.unload_model(MODEL)
+            assert not client.is_model_ready(MODEL)
+            with pytest.raises(InferenceServerException) as e:
+                client.get_model_metadata(MODEL)
+            assert e.value.status() == "StatusCode.NOT_FOUND"
+            index = client.get_model_repository_index().models
+            assert [(m.name, m.state, m.reason) for m in index] == [(MODEL, "UNAVAILABLE", "unloaded")]
+
+            client.load_model(MODEL)
+            assert client.is_model_ready(MODEL)
+            inp = grpcclient.InferInput("image", [1, 1, 128, 128], "FP32")
+            inp.set_data_from_numpy(np.zeros((1, 1, 128, 128), dtype=np.float32))
+            assert client.infer(MODEL, [inp]).get_response().model_version == version
+
+            # A model that cannot load is refused with its reason; nothing else changes.
+            broken = repository / "broken" / "1"
+            broken.mkdir(parents=True)
+            (broken / "model.toml").write_text((model_dir() / "model.toml").read_text().replace(MODEL, "broken"))
+            (broken / "model.onnx").write_bytes(b"not an onnx model")
+            with pytest.raises(InferenceServerException) as e:
+                client.load_model("broken")
+            assert e.value.status() == "StatusCode.INTERNAL"
+            assert "failed to load 'broken'" in e.value.message()
+            states = {(m.name, m.state) for m in client.get_model_repository_index().models}
+            assert states == {(MODEL, "READY"), ("broken", "UNAVAILABLE")}
+            with pytest.raises(InferenceServerException) as e:
+                client.load_model("no-such-model")
+            assert e.value.status() == "StatusCode.NOT_FOUND"
+            assert client.is_model_ready(MODEL)
+        finally:
+            stop_edge(proc, log)

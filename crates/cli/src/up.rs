@@ -174,7 +174,7 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     // Every record handed over is in the log once the bus is drained and the logger has written
     // it; then rollup upkeep catches up, and the monitor's figures include every sample.
     emitter.drain(Duration::from_secs(30)).await;
-    let default_model = server.repository.models().next().map(|m| m.name.clone()).unwrap_or_default();
+    let default_model = server.repository.models().first().map(|m| m.name.clone()).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let scope = Scope { model: default_model.clone(), version: None, variant: None };
     let mut waited = None;

@@ -106,6 +106,10 @@ pub struct ModelOptions {
     pub pinned_versions: HashMap<String, u64>,
     /// Overrides every model's ONNX Runtime intra-op thread count.
     pub intra_op_threads: Option<usize>,
+    /// How often to look for changed, new or removed models in the repository directory and
+    /// load or unload them, in milliseconds; 0 (the default) turns the watch off (load and
+    /// unload through the OIP repository API instead).
+    pub watch_interval_ms: u64,
 }
 
 impl Default for EdgeConfig {

@@ -52,7 +52,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config: EdgeConfig = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     config.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let server = vigil_edge::start(config, true).await?;
-    let models: Vec<String> = server.repository.models().map(|m| format!("{}@{}", m.name, m.default_version)).collect();
+    let models: Vec<String> =
+        server.repository.models().iter().map(|m| format!("{}@{}", m.name, m.default_version)).collect();
     // The first stdout line is machine-readable: scripts and tests wait for it.
     let metrics = server.metrics_addr.map(|a| format!(" (metrics on http://{a}/metrics)")).unwrap_or_default();
     println!("vigil-edge listening on {}{metrics} serving {}", server.addr, models.join(", "));

@@ -81,6 +81,8 @@ pub async fn start_with(
         .map_err(|e| anyhow!("{e}"))?;
     let repository = Arc::new(repository);
     repository.entry(&config.default_model).map_err(|e| anyhow!("default_model: {e}"))?;
+    let watch = (config.models.watch_interval_ms > 0)
+        .then(|| watch_repository(repository.clone(), Duration::from_millis(config.models.watch_interval_ms)));
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -160,11 +162,15 @@ pub async fn start_with(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<GrpcInferenceServiceServer<InferenceService>>().await;
     health.set_serving::<InspectionServer<InspectionService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
+    // Both reflection versions: grpcurl and tonic speak v1, Python's grpcio-reflection, Postman
+    // and older tools only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("building the reflection service")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let drain = Duration::from_millis(config.limits.drain_timeout_ms);
@@ -172,7 +178,8 @@ pub async fn start_with(
         .tcp_nodelay(true)
         .layer(admission)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(oip)
         .add_service(inspection);
     // Handlers are installed now, so that a signal right after start-up is a clean stop.
@@ -228,6 +235,9 @@ pub async fn start_with(
             // What is still on disk is the next run's to replay.
             emitter.close_spool();
         }
+        if let Some(watch) = watch {
+            watch.abort();
+        }
         let _ = metrics_stop.send(());
         if let Some(mut metrics_task) = metrics_task {
             match tokio::time::timeout(Duration::from_secs(1), &mut metrics_task).await {
@@ -239,4 +249,23 @@ pub async fn start_with(
         served
     });
     Ok(RunningServer { addr, metrics_addr, repository, records, shutdown: Some(shutdown_tx), task })
+}
+
+/// Every `interval`, loads the models whose files changed and unloads those removed
+/// ([`ModelRepository::sync_with_disk`]), off the async threads.
+fn watch_repository(repository: Arc<ModelRepository>, interval: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let repository = repository.clone();
+            match tokio::task::spawn_blocking(move || repository.sync_with_disk()).await {
+                Ok(changed) if !changed.is_empty() => tracing::info!(?changed, "model repository changed"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "model repository watch failed"),
+            }
+        }
+    })
 }

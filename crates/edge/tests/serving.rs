@@ -272,7 +272,7 @@ async fn health_and_reflection_are_served() {
         let r = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{service}");
     }
-    let mut reflection = ServerReflectionClient::new(ch);
+    let mut reflection = ServerReflectionClient::new(ch.clone());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -287,6 +287,33 @@ async fn health_and_reflection_are_served() {
     for expected in ["inference.GRPCInferenceService", "vigil.v1.Inspection", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
+
+    // The older v1alpha protocol (Python's grpcio-reflection, Postman) describes the same services.
+    use tonic_reflection::pb::v1alpha;
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(ch);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "vigil.v1.Inspection".into(),
+        )),
+    };
+    let mut responses = alpha.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        response.message_response
+    else {
+        panic!("unexpected v1alpha reflection answer: {response:?}")
+    };
+    let files: Vec<prost_types::FileDescriptorProto> =
+        files.file_descriptor_proto.iter().map(|b| prost::Message::decode(b.as_slice()).unwrap()).collect();
+    let inspection = files
+        .iter()
+        .filter(|f| f.package() == "vigil.v1")
+        .flat_map(|f| &f.service)
+        .find(|s| s.name() == "Inspection")
+        .expect("the file declaring vigil.v1.Inspection");
+    let methods: Vec<&str> = inspection.method.iter().map(|m| m.name()).collect();
+    assert_eq!(methods, ["Inspect", "InspectStream"]);
     server.shutdown().await.unwrap();
 }
 

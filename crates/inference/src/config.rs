@@ -43,6 +43,39 @@ pub struct ModelConfig {
     /// dedicated cores; turn it off when the server shares a few cores with other work.
     #[serde(default = "default_spinning")]
     pub intra_op_spinning: bool,
+    /// Which versions of the model to load, as Triton's `version_policy`; read from the newest
+    /// version's `model.toml`. Default: the newest one.
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+}
+
+/// Which versions of a model are loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionPolicy {
+    /// The `n` newest versions (`version_policy = { latest = 2 }`).
+    Latest(usize),
+    /// These versions (`version_policy = { specific = [1, 3] }`).
+    Specific(Vec<u64>),
+    /// Every version found (`version_policy = "all"`).
+    All,
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        Self::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to load out of those found (ascending).
+    pub fn select(&self, found: &[u64]) -> Vec<u64> {
+        match self {
+            Self::Latest(n) => found[found.len().saturating_sub(*n)..].to_vec(),
+            Self::Specific(wanted) => found.iter().copied().filter(|v| wanted.contains(v)).collect(),
+            Self::All => found.to_vec(),
+        }
+    }
 }
 
 fn default_platform() -> String {
@@ -181,6 +214,13 @@ impl ModelConfig {
         if self.instances == 0 {
             return Err("instances must be at least 1".into());
         }
+        match &self.version_policy {
+            VersionPolicy::Latest(0) => return Err("version_policy.latest must be at least 1".into()),
+            VersionPolicy::Specific(v) if v.is_empty() => {
+                return Err("version_policy.specific must name at least one version".into());
+            }
+            _ => {}
+        }
         if let Some(b) = &self.dynamic_batching {
             if b.max_batch_size == 0 || b.max_batch_size > self.max_batch_size.max(1) {
                 return Err(format!(
@@ -281,5 +321,22 @@ max_queue_depth = 16
         let bad = SAMPLE.replace("version = 2", "version = 2\nverison = 3");
         let err = toml::from_str::<ModelConfig>(&bad).unwrap_err().to_string();
         assert!(err.contains("verison"), "{err}");
+    }
+
+    #[test]
+    fn version_policies_parse_select_and_validate() {
+        let with = |policy: &str| SAMPLE.replace("version = 2", &format!("version = 2\nversion_policy = {policy}"));
+        let parse = |policy: &str| toml::from_str::<ModelConfig>(&with(policy)).map(|c| c.version_policy);
+        let found = [1, 2, 5, 7];
+        assert_eq!(toml::from_str::<ModelConfig>(SAMPLE).unwrap().version_policy.select(&found), vec![7]);
+        assert_eq!(parse("{ latest = 2 }").unwrap().select(&found), vec![5, 7]);
+        assert_eq!(parse("{ latest = 9 }").unwrap().select(&found), vec![1, 2, 5, 7]);
+        assert_eq!(parse("{ specific = [1, 5, 6] }").unwrap().select(&found), vec![1, 5]);
+        assert_eq!(parse("\"all\"").unwrap().select(&found), vec![1, 2, 5, 7]);
+        assert!(parse("{ newest = 1 }").is_err());
+        let zero: ModelConfig = toml::from_str(&with("{ latest = 0 }")).unwrap();
+        assert!(zero.validate().unwrap_err().contains("version_policy.latest"));
+        let none: ModelConfig = toml::from_str(&with("{ specific = [] }")).unwrap();
+        assert!(none.validate().unwrap_err().contains("version_policy.specific"));
     }
 }

@@ -1,22 +1,33 @@
 //! A Triton-like model repository: `<root>/<name>/<version>/model.onnx` + `model.toml`.
-//! By default the newest version of each model is loaded and served; a version can be pinned.
+//!
+//! The repository is live: the models served are an immutable snapshot swapped atomically
+//! ([`ArcSwap`]). Loading a model reads its directory, loads the versions its version policy
+//! selects, warms each up with a synthetic request and only then swaps the new snapshot in; a
+//! load that fails leaves what was serving in place and is reported by [`ModelRepository::index`].
+//! Requests hold the [`LoadedModel`] they started on, so they finish on that version; an unloaded
+//! or replaced version goes away when its last request is done.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::InferenceError;
 use crate::batcher::Batcher;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, VersionPolicy};
 use crate::session::ModelSession;
 use crate::stats::ModelStats;
+use crate::tensor::Tensor;
 
 /// Which versions to load.
 #[derive(Debug, Clone, Default)]
 pub struct RepositoryOptions {
-    /// Load every version found (each can be addressed explicitly), not only the served one.
+    /// Load every version found (each can be addressed explicitly), whatever the models' policies.
     pub load_all_versions: bool,
-    /// Version served when a request names none, per model; default: the newest.
+    /// Version served when a request names none, per model; default: the newest loaded.
     pub pinned_versions: HashMap<String, u64>,
     /// Overrides every model's `intra_op_threads` when set.
     pub intra_op_threads: Option<usize>,
@@ -35,6 +46,8 @@ pub struct ModelEntry {
     pub name: String,
     pub versions: BTreeMap<u64, Arc<LoadedModel>>,
     pub default_version: u64,
+    /// What the files looked like when these versions were loaded (for the directory watch).
+    fingerprint: Fingerprint,
 }
 
 impl ModelEntry {
@@ -44,52 +57,73 @@ impl ModelEntry {
     }
 }
 
-/// The models a server serves.
+/// A model version's state in the repository index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionState {
+    /// Loaded and serving.
+    Ready,
+    /// Not serving, with the reason (unloaded, or the error of its last load).
+    Unavailable(String),
+}
+
+/// One row of [`ModelRepository::index`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    /// None for a model whose load failed before any version was known.
+    pub version: Option<u64>,
+    pub state: VersionState,
+}
+
+/// Versions found in a model directory with their files' sizes and modification times.
+type Fingerprint = BTreeMap<u64, [(u64, Option<SystemTime>); 2]>;
+
+type Snapshot = BTreeMap<String, Arc<ModelEntry>>;
+
+/// The models a server serves, swappable while it serves.
 pub struct ModelRepository {
     root: PathBuf,
-    models: BTreeMap<String, ModelEntry>,
+    options: RepositoryOptions,
+    models: ArcSwap<Snapshot>,
+    /// The last failed load or the unload of each model not (fully) serving, for the index.
+    problems: Mutex<BTreeMap<String, String>>,
+    /// The files of each model's last failed load or unload: the watch leaves the model alone
+    /// until they change.
+    settled: Mutex<BTreeMap<String, Fingerprint>>,
+    /// Loads and unloads, one at a time.
+    changing: Mutex<()>,
 }
 
 impl ModelRepository {
-    /// Scans `root` and loads the selected versions of every model. Fails on the first
-    /// problem, naming the file.
+    /// Scans `root` and loads every model it holds. Fails on the first problem, naming the file:
+    /// at start-up a broken repository is an error, not a partial server.
     pub fn load(root: &Path, options: &RepositoryOptions) -> Result<Self, InferenceError> {
-        let listing = std::fs::read_dir(root)
-            .map_err(|e| InferenceError::Config(format!("cannot read model repository {}: {e}", root.display())))?;
-        let mut models = BTreeMap::new();
-        let mut dirs: Vec<PathBuf> = listing.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
-        dirs.sort();
-        for dir in dirs {
-            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            let found = find_versions(&dir)?;
-            if found.is_empty() {
-                tracing::warn!(dir = %dir.display(), "no <version>/model.toml + model.onnx; skipped");
-                continue;
-            }
-            let newest = *found.keys().next_back().expect("non-empty");
-            let default_version = options.pinned_versions.get(&name).copied().unwrap_or(newest);
-            if !found.contains_key(&default_version) {
-                return Err(InferenceError::Config(format!(
-                    "model '{name}': pinned version {default_version} not found in {} (have {:?})",
-                    dir.display(),
-                    found.keys().collect::<Vec<_>>()
-                )));
-            }
-            let mut versions = BTreeMap::new();
-            for (version, path) in found {
-                if options.load_all_versions || version == default_version {
-                    versions.insert(version, Arc::new(load_version(&name, version, &path, options)?));
+        let repository = Self {
+            root: root.to_path_buf(),
+            options: options.clone(),
+            models: ArcSwap::from_pointee(BTreeMap::new()),
+            problems: Mutex::new(BTreeMap::new()),
+            settled: Mutex::new(BTreeMap::new()),
+            changing: Mutex::new(()),
+        };
+        let names = repository.model_dirs()?;
+        let mut snapshot = Snapshot::new();
+        for name in names {
+            match repository.read_model(&name)? {
+                Some(entry) => {
+                    snapshot.insert(name, Arc::new(entry));
                 }
+                None => tracing::warn!(model = %name, "no <version>/model.toml + model.onnx; skipped"),
             }
-            models.insert(name.clone(), ModelEntry { name, versions, default_version });
         }
-        if models.is_empty() {
+        if snapshot.is_empty() {
             return Err(InferenceError::Config(format!(
                 "model repository {} holds no models (expected <name>/<version>/model.toml and model.onnx)",
                 root.display()
             )));
         }
-        Ok(Self { root: root.to_path_buf(), models })
+        repository.models.store(Arc::new(snapshot));
+        Ok(repository)
     }
 
     /// Where the repository lives.
@@ -97,17 +131,18 @@ impl ModelRepository {
         &self.root
     }
 
-    /// Every model, by name.
-    pub fn models(&self) -> impl Iterator<Item = &ModelEntry> {
-        self.models.values()
+    /// The models serving now (a snapshot: later loads do not change it).
+    pub fn models(&self) -> Vec<Arc<ModelEntry>> {
+        self.models.load().values().cloned().collect()
     }
 
     /// A model by name.
-    pub fn entry(&self, name: &str) -> Result<&ModelEntry, InferenceError> {
-        self.models.get(name).ok_or_else(|| {
+    pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, InferenceError> {
+        let snapshot = self.models.load();
+        snapshot.get(name).cloned().ok_or_else(|| {
             InferenceError::NotFound(format!(
                 "model '{name}' not found; available: {}",
-                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                snapshot.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         })
     }
@@ -127,6 +162,190 @@ impl ModelRepository {
         let number: u64 = version.parse().map_err(|_| not_found())?;
         entry.versions.get(&number).cloned().ok_or_else(not_found)
     }
+
+    /// Every model in the repository directory or serving, and each version's state: serving
+    /// versions are ready; versions on disk that do not serve are unavailable with the reason
+    /// (the model's last failed load, its unload, or "not loaded": left out by the version
+    /// policy, or not picked up yet).
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let snapshot = self.models.load();
+        let problems = self.problems.lock().clone();
+        let mut names: Vec<String> = self.model_dirs().unwrap_or_default();
+        names.extend(snapshot.keys().cloned());
+        names.sort();
+        names.dedup();
+        let mut rows = Vec::new();
+        for name in names {
+            let serving = snapshot.get(&name);
+            let on_disk = find_versions(&self.root.join(&name)).unwrap_or_default();
+            let mut versions: Vec<u64> = on_disk.keys().copied().collect();
+            versions.extend(serving.iter().flat_map(|e| e.versions.keys().copied()));
+            versions.sort_unstable();
+            versions.dedup();
+            if versions.is_empty() {
+                let reason = problems.get(&name).cloned().unwrap_or_else(|| "no versions".into());
+                rows.push(IndexEntry { name: name.clone(), version: None, state: VersionState::Unavailable(reason) });
+            }
+            for version in versions {
+                let state = if serving.is_some_and(|e| e.versions.contains_key(&version)) {
+                    VersionState::Ready
+                } else {
+                    VersionState::Unavailable(problems.get(&name).cloned().unwrap_or_else(|| "not loaded".into()))
+                };
+                rows.push(IndexEntry { name: name.clone(), version: Some(version), state });
+            }
+        }
+        rows
+    }
+
+    /// (Re)loads a model from its directory and swaps it in; blocks while sessions load and warm
+    /// up (call it off the async threads). On failure what was serving keeps serving, and the
+    /// error is returned and shown in the index.
+    pub fn load_model(&self, name: &str) -> Result<(), InferenceError> {
+        let _one_at_a_time = self.changing.lock();
+        if !self.root.join(name).is_dir() {
+            return Err(InferenceError::NotFound(format!(
+                "model '{name}' is not in the model repository {}",
+                self.root.display()
+            )));
+        }
+        let result = self.read_model(name).and_then(|entry| {
+            entry.ok_or_else(|| {
+                InferenceError::NotFound(format!(
+                    "model '{name}' has no <version>/model.toml + model.onnx in {}",
+                    self.root.display()
+                ))
+            })
+        });
+        match result {
+            Ok(entry) => {
+                let versions: Vec<u64> = entry.versions.keys().copied().collect();
+                let mut snapshot = Snapshot::clone(&self.models.load());
+                snapshot.insert(name.to_string(), Arc::new(entry));
+                self.models.store(Arc::new(snapshot));
+                self.problems.lock().remove(name);
+                tracing::info!(model = name, ?versions, "model loaded and serving");
+                Ok(())
+            }
+            Err(e) => {
+                let serving = self.entry(name).ok().map(|e| e.versions.keys().copied().collect::<Vec<_>>());
+                tracing::error!(model = name, error = %e, ?serving, "model load failed; what was serving still serves");
+                self.problems.lock().insert(name.to_string(), format!("load failed: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops serving a model: new requests get NOT_FOUND at once. Returns the versions taken
+    /// out; they finish the requests they hold (see [`wait_until_idle`]).
+    pub fn unload_model(&self, name: &str) -> Result<Vec<Arc<LoadedModel>>, InferenceError> {
+        let _one_at_a_time = self.changing.lock();
+        let mut snapshot = Snapshot::clone(&self.models.load());
+        let entry = snapshot
+            .remove(name)
+            .ok_or_else(|| InferenceError::NotFound(format!("model '{name}' is not loaded; nothing to unload")))?;
+        self.models.store(Arc::new(snapshot));
+        self.problems.lock().insert(name.to_string(), "unloaded".into());
+        // The watch does not load it back until its files change.
+        self.settled.lock().insert(name.to_string(), entry.fingerprint.clone());
+        tracing::info!(model = name, "model unloaded");
+        Ok(entry.versions.values().cloned().collect())
+    }
+
+    /// Compares the repository directory with what serves: loads models whose files changed or
+    /// that are new, unloads models whose directory is gone. Returns the models it acted on.
+    /// A failed load is logged and leaves the old versions serving, and a model unloaded through
+    /// the API stays unloaded: either is acted on again only when its files change.
+    pub fn sync_with_disk(&self) -> Vec<String> {
+        let mut acted = Vec::new();
+        let on_disk: Vec<String> = self.model_dirs().unwrap_or_default();
+        for name in &on_disk {
+            let Ok(found) = find_versions(&self.root.join(name)) else { continue };
+            let fingerprint = fingerprint(&found);
+            let serving = self.entry(name).ok().map(|e| e.fingerprint.clone());
+            let settled = self.settled.lock().get(name) == Some(&fingerprint);
+            if found.is_empty() || serving.as_ref() == Some(&fingerprint) || settled {
+                continue;
+            }
+            if self.load_model(name).is_err() {
+                self.settled.lock().insert(name.clone(), fingerprint);
+            }
+            acted.push(name.clone());
+        }
+        for entry in self.models() {
+            if !on_disk.contains(&entry.name) && self.unload_model(&entry.name).is_ok() {
+                acted.push(entry.name.clone());
+            }
+        }
+        acted
+    }
+
+    /// The model directory names under the root.
+    fn model_dirs(&self) -> Result<Vec<String>, InferenceError> {
+        let listing = std::fs::read_dir(&self.root).map_err(|e| {
+            InferenceError::Config(format!("cannot read model repository {}: {e}", self.root.display()))
+        })?;
+        let mut names: Vec<String> = listing
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Loads and warms up the versions of `name` its policy selects; None when the directory
+    /// holds no version.
+    fn read_model(&self, name: &str) -> Result<Option<ModelEntry>, InferenceError> {
+        let dir = self.root.join(name);
+        let found = find_versions(&dir)?;
+        let Some((&newest, newest_dir)) = found.iter().next_back() else { return Ok(None) };
+        let policy = if self.options.load_all_versions {
+            VersionPolicy::All
+        } else {
+            ModelConfig::load(&newest_dir.join("model.toml"))?.version_policy
+        };
+        let all: Vec<u64> = found.keys().copied().collect();
+        let mut selected = policy.select(&all);
+        let pinned = self.options.pinned_versions.get(name).copied();
+        if let Some(pinned) = pinned {
+            if !found.contains_key(&pinned) {
+                return Err(InferenceError::Config(format!(
+                    "model '{name}': pinned version {pinned} not found in {} (have {all:?})",
+                    dir.display()
+                )));
+            }
+            if !selected.contains(&pinned) {
+                selected.push(pinned);
+            }
+        }
+        if selected.is_empty() {
+            return Err(InferenceError::Config(format!(
+                "model '{name}': the version policy {policy:?} selects none of the versions found ({all:?})"
+            )));
+        }
+        let default_version = pinned.unwrap_or_else(|| selected.iter().copied().max().unwrap_or(newest));
+        let mut versions = BTreeMap::new();
+        for version in selected {
+            let loaded = load_version(name, version, &found[&version], &self.options)?;
+            warm_up(&loaded)?;
+            versions.insert(version, Arc::new(loaded));
+        }
+        Ok(Some(ModelEntry { name: name.to_string(), versions, default_version, fingerprint: fingerprint(&found) }))
+    }
+}
+
+/// Waits until no request holds any of `models` (the repository no longer serves them), for at
+/// most `timeout`; returns whether they went idle.
+pub async fn wait_until_idle(models: Vec<Arc<LoadedModel>>, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while models.iter().any(|m| Arc::strong_count(m) > 1) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
 fn find_versions(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, InferenceError> {
@@ -143,6 +362,14 @@ fn find_versions(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, InferenceError> {
         }
     }
     Ok(versions)
+}
+
+fn fingerprint(found: &BTreeMap<u64, PathBuf>) -> Fingerprint {
+    let file = |path: PathBuf| {
+        let meta = std::fs::metadata(path).ok();
+        (meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok()))
+    };
+    found.iter().map(|(v, dir)| (*v, [file(dir.join("model.onnx")), file(dir.join("model.toml"))])).collect()
 }
 
 fn load_version(
@@ -166,6 +393,31 @@ fn load_version(
         .collect::<Result<Vec<_>, _>>()?;
     let stats = Arc::new(ModelStats::default());
     let batcher = Batcher::start(name, config.batching(), sessions, stats.clone());
-    tracing::info!(model = name, version, instances = config.instances, "model loaded");
+    tracing::info!(model = name, version, instances = config.instances, "model version loaded");
     Ok(LoadedModel { config, batcher, stats, path: dir.to_path_buf() })
+}
+
+/// Runs one synthetic request (zeros, batch 1, variable dimensions 1) through every instance's
+/// queue, so the first real request does not pay for ONNX Runtime's lazy initialisation and a
+/// model that cannot run is refused before it serves. Not counted in the statistics.
+fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
+    let config = &model.config;
+    let inputs: Vec<Tensor> = config
+        .inputs
+        .iter()
+        .map(|spec| {
+            let mut shape: Vec<i64> = if config.max_batch_size > 0 { vec![1] } else { Vec::new() };
+            shape.extend(spec.dims.iter().map(|&d| d.max(1)));
+            let elements: i64 = shape.iter().product();
+            let bytes = elements as usize * spec.datatype.element_size().unwrap_or(1);
+            Tensor { datatype: spec.datatype, shape, data: vec![0; bytes] }
+        })
+        .collect();
+    for _ in 0..config.instances {
+        // The batcher answers on a channel that needs no runtime: block this thread on it.
+        futures::executor::block_on(model.batcher.infer(inputs.clone()))
+            .map_err(|e| InferenceError::Config(format!("{}: warm-up request failed: {e}", model.path.display())))?;
+    }
+    model.stats.reset();
+    Ok(())
 }

@@ -21,6 +21,12 @@ impl Duration64 {
         self.ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// Back to zero.
+    pub fn reset(&self) {
+        self.count.store(0, Ordering::Relaxed);
+        self.ns.store(0, Ordering::Relaxed);
+    }
+
     /// (count, total nanoseconds).
     pub fn get(&self) -> (u64, u64) {
         (self.count.load(Ordering::Relaxed), self.ns.load(Ordering::Relaxed))
@@ -53,6 +59,17 @@ pub struct ModelStats {
 }
 
 impl ModelStats {
+    /// Forgets every count and time (after a warm-up); the queue gauges are left alone.
+    pub fn reset(&self) {
+        for d in [&self.success, &self.fail, &self.queue, &self.compute_infer] {
+            d.reset();
+        }
+        self.inference_count.store(0, Ordering::Relaxed);
+        self.execution_count.store(0, Ordering::Relaxed);
+        self.last_inference_ms.store(0, Ordering::Relaxed);
+        self.batches.lock().clear();
+    }
+
     /// Records one model run over `items` items.
     pub fn record_execution(&self, items: usize, compute: Duration) {
         self.inference_count.fetch_add(items as u64, Ordering::Relaxed);

@@ -1,14 +1,16 @@
 //! The Open Inference Protocol v2 (`inference.GRPCInferenceService`), Triton-compatible.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use vigil_inference::InferenceError;
 use vigil_inference::config::{ModelConfig, TensorSpec};
-use vigil_inference::repository::{LoadedModel, ModelRepository};
+use vigil_inference::repository::{LoadedModel, ModelRepository, VersionState, wait_until_idle};
 use vigil_inference::tensor::{DataType, Tensor, element_count};
 use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
@@ -493,18 +495,26 @@ impl GrpcInferenceService for InferenceService {
 
     async fn repository_index(
         &self,
-        _: Request<RepositoryIndexRequest>,
+        request: Request<RepositoryIndexRequest>,
     ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let r = request.into_inner();
+        self.check_repository_name(&r.repository_name)?;
         let models = self
             .repository
-            .models()
-            .flat_map(|entry| {
-                entry.versions.keys().map(|v| repository_index_response::ModelIndex {
-                    name: entry.name.clone(),
-                    version: v.to_string(),
-                    state: "READY".into(),
-                    reason: String::new(),
-                })
+            .index()
+            .into_iter()
+            .filter(|row| !r.ready || row.state == VersionState::Ready)
+            .map(|row| {
+                let (state, reason) = match row.state {
+                    VersionState::Ready => ("READY", String::new()),
+                    VersionState::Unavailable(reason) => ("UNAVAILABLE", reason),
+                };
+                repository_index_response::ModelIndex {
+                    name: row.name,
+                    version: row.version.map(|v| v.to_string()).unwrap_or_default(),
+                    state: state.into(),
+                    reason,
+                }
             })
             .collect();
         Ok(Response::new(RepositoryIndexResponse { models }))
@@ -512,15 +522,61 @@ impl GrpcInferenceService for InferenceService {
 
     async fn repository_model_load(
         &self,
-        _: Request<RepositoryModelLoadRequest>,
+        request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        Err(Status::unimplemented("models are loaded at start-up from the model repository; restart to change them"))
+        let r = request.into_inner();
+        self.check_repository_name(&r.repository_name)?;
+        if let Some(key) = r.parameters.keys().next() {
+            return Err(Status::invalid_argument(format!(
+                "load parameter '{key}' is not supported: put the model's files in the repository, then load it by name"
+            )));
+        }
+        let repository = self.repository.clone();
+        let name = r.model_name.clone();
+        let loaded = tokio::task::spawn_blocking(move || repository.load_model(&name))
+            .await
+            .map_err(|e| Status::internal(format!("loading '{}' panicked: {e}", r.model_name)))?;
+        loaded.map_err(|e| match e {
+            InferenceError::NotFound(message) => Status::not_found(message),
+            other => Status::internal(format!(
+                "failed to load '{}': {other}; the versions that were serving still serve",
+                r.model_name
+            )),
+        })?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<RepositoryModelUnloadRequest>,
+        request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
-        Err(Status::unimplemented("models are loaded at start-up from the model repository; restart to change them"))
+        let r = request.into_inner();
+        self.check_repository_name(&r.repository_name)?;
+        if let Some(key) = r.parameters.keys().find(|k| k.as_str() != "unload_dependents") {
+            return Err(Status::invalid_argument(format!("unload parameter '{key}' is not supported")));
+        }
+        let removed = self.repository.unload_model(&r.model_name).map_err(to_status)?;
+        // New requests already get NOT_FOUND; answer once the requests in flight are done.
+        if !wait_until_idle(removed, UNLOAD_WAIT).await {
+            tracing::warn!(model = %r.model_name, "unloaded with requests still running after {UNLOAD_WAIT:?}");
+        }
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// How long an unload waits for the unloaded model's requests in flight before answering.
+pub const UNLOAD_WAIT: Duration = Duration::from_secs(30);
+
+impl InferenceService {
+    /// Repository calls name the one repository this server has: empty, its path, or its name.
+    fn check_repository_name(&self, name: &str) -> Result<(), Status> {
+        let root = self.repository.root();
+        let matches =
+            name.is_empty() || Path::new(name) == root || root.file_name().is_some_and(|n| n.to_string_lossy() == name);
+        if matches {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("unknown repository '{name}'; this server has {}", root.display())))
+        }
     }
 }
