@@ -90,8 +90,12 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Requests handled at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_concurrent_requests: usize,
-    /// Longest a request may take, in milliseconds (DEADLINE_EXCEEDED beyond).
+    /// Longest a unary request may take, in milliseconds (DEADLINE_EXCEEDED beyond).
     pub request_timeout_ms: u64,
+    /// Longest a stream (InspectStream, ModelStreamInfer) may stay open, in milliseconds.
+    pub stream_timeout_ms: u64,
+    /// A stream that sends no message for this long is ended, in milliseconds.
+    pub stream_idle_timeout_ms: u64,
     /// On shutdown, how long in-flight requests may take to finish, in milliseconds.
     pub drain_timeout_ms: u64,
 }
@@ -123,6 +127,8 @@ impl Default for EdgeConfig {
                 max_message_bytes: 8 << 20,
                 max_concurrent_requests: 256,
                 request_timeout_ms: 10_000,
+                stream_timeout_ms: 3_600_000,
+                stream_idle_timeout_ms: 60_000,
                 drain_timeout_ms: 10_000,
             },
             images: ImageLimits::default(),
@@ -166,8 +172,14 @@ impl EdgeConfig {
         if l.max_concurrent_requests == 0 {
             return Err("limits.max_concurrent_requests must be at least 1".into());
         }
-        if l.request_timeout_ms == 0 {
-            return Err("limits.request_timeout_ms must be at least 1".into());
+        for (key, value) in [
+            ("request_timeout_ms", l.request_timeout_ms),
+            ("stream_timeout_ms", l.stream_timeout_ms),
+            ("stream_idle_timeout_ms", l.stream_idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("limits.{key} must be at least 1"));
+            }
         }
         let i = &self.images;
         if i.min_side == 0 || i.min_side > i.max_side {

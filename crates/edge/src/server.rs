@@ -147,7 +147,10 @@ pub async fn start_with(
     let admission = AdmissionLayer::new(AdmissionLimits {
         max_concurrent_requests: config.limits.max_concurrent_requests,
         request_timeout: config.request_timeout(),
-    });
+        stream_timeout: Duration::from_millis(config.limits.stream_timeout_ms),
+        stream_idle_timeout: Duration::from_millis(config.limits.stream_idle_timeout_ms),
+    })
+    .with_streaming_methods(vigil_serving::admission::streaming_methods(vigil_proto::FILE_DESCRIPTOR_SET));
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
     let admission = admission.with_metrics(metrics.clone());

@@ -2,14 +2,23 @@
 //! RESOURCE_EXHAUSTED (instead of queueing without bound) and ends requests that outlive
 //! their deadline (the server's, or the caller's `grpc-timeout` when shorter) with
 //! DEADLINE_EXCEEDED.
+//!
+//! A call is admitted for its whole life, response body included: a stream holds its permit
+//! until it ends, its deadline covers every message, and a stream that sends nothing for
+//! `stream_idle_timeout` is ended. Streaming methods are told apart by the services' own
+//! descriptors ([`streaming_methods`]), and get `stream_timeout` instead of `request_timeout`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -18,10 +27,33 @@ use crate::metrics::{Api, ServingMetrics};
 /// Admission limits.
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
-    /// Requests handled at once (stream openings count while the stream's head is produced).
+    /// Calls handled at once; a stream counts until it ends.
     pub max_concurrent_requests: usize,
-    /// Longest a request may take.
+    /// Longest a unary call may take.
     pub request_timeout: Duration,
+    /// Longest a streaming call may stay open.
+    pub stream_timeout: Duration,
+    /// A stream that sends no message for this long is ended.
+    pub stream_idle_timeout: Duration,
+}
+
+/// The paths (`/package.Service/Method`) of every client- or server-streaming method in an
+/// encoded `FileDescriptorSet`.
+pub fn streaming_methods(descriptor_set: &[u8]) -> HashSet<String> {
+    let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(descriptor_set) else {
+        return HashSet::new();
+    };
+    let mut paths = HashSet::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                if method.client_streaming() || method.server_streaming() {
+                    paths.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+    }
+    paths
 }
 
 /// When the admission layer ends a request: put in the request's extensions for handlers.
@@ -34,12 +66,24 @@ pub struct AdmissionLayer {
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
     metrics: Option<ServingMetrics>,
+    streaming: Arc<HashSet<String>>,
 }
 
 impl AdmissionLayer {
     /// A layer with its own concurrency budget.
     pub fn new(limits: AdmissionLimits) -> Self {
-        Self { limits, permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)), metrics: None }
+        Self {
+            limits,
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            metrics: None,
+            streaming: Arc::default(),
+        }
+    }
+
+    /// Treats these paths as streams (see [`streaming_methods`]).
+    pub fn with_streaming_methods(mut self, paths: HashSet<String>) -> Self {
+        self.streaming = Arc::new(paths);
+        self
     }
 
     /// Counts the requests it sheds in `metrics`.
@@ -57,7 +101,13 @@ impl AdmissionLayer {
 impl<S> Layer<S> for AdmissionLayer {
     type Service = Admission<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Admission { inner, limits: self.limits, permits: self.permits.clone(), metrics: self.metrics.clone() }
+        Admission {
+            inner,
+            limits: self.limits,
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+            streaming: self.streaming.clone(),
+        }
     }
 }
 
@@ -68,6 +118,7 @@ pub struct Admission<S> {
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
     metrics: Option<ServingMetrics>,
+    streaming: Arc<HashSet<String>>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Admission<S>
@@ -75,9 +126,9 @@ where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Default + Send + 'static,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<AdmittedBody<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -106,26 +157,123 @@ where
                 }
             }
         };
-        let timeout =
-            grpc_timeout(request.headers()).map_or(self.limits.request_timeout, |t| t.min(self.limits.request_timeout));
+        let stream = self.streaming.contains(path);
+        let limit = if stream { self.limits.stream_timeout } else { self.limits.request_timeout };
+        let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
+        let idle = stream.then_some(self.limits.stream_idle_timeout);
         // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
         // left in place, tonic's own handling would answer CANCELLED first.
         request.headers_mut().remove("grpc-timeout");
-        request.extensions_mut().insert(Deadline(Instant::now() + timeout));
+        let deadline = tokio::time::Instant::now() + timeout;
+        request.extensions_mut().insert(Deadline(deadline.into_std()));
         // Take the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let _permit = permit;
-            match tokio::time::timeout(timeout, inner.call(request)).await {
-                Ok(result) => result,
-                Err(_) => Ok(Status::deadline_exceeded(format!(
-                    "request exceeded its deadline of {} ms",
-                    timeout.as_millis()
-                ))
-                .into_http()),
+            match tokio::time::timeout_at(deadline, inner.call(request)).await {
+                Ok(result) => {
+                    result.map(|response| response.map(|body| AdmittedBody::new(body, permit, deadline, timeout, idle)))
+                }
+                Err(_) => Ok(deadline_exceeded(timeout).into_http()),
             }
         })
+    }
+}
+
+fn deadline_exceeded(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!("request exceeded its deadline of {} ms", timeout.as_millis()))
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its call's admission until it ends: the permit is held,
+    /// and the call is ended with DEADLINE_EXCEEDED in its trailers when the deadline passes
+    /// or (streams) when no message came for the idle timeout.
+    pub struct AdmittedBody<B> {
+        #[pin]
+        inner: B,
+        permit: Option<OwnedSemaphorePermit>,
+        deadline: Option<(Pin<Box<Sleep>>, Duration)>,
+        idle: Option<(Pin<Box<Sleep>>, Duration)>,
+        ended: bool,
+    }
+}
+
+impl<B> AdmittedBody<B> {
+    fn new(
+        inner: B,
+        permit: Option<OwnedSemaphorePermit>,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+        idle: Option<Duration>,
+    ) -> Self {
+        Self {
+            inner,
+            permit,
+            deadline: Some((Box::pin(tokio::time::sleep_until(deadline)), timeout)),
+            idle: idle.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            ended: false,
+        }
+    }
+}
+
+impl<B: Default> Default for AdmittedBody<B> {
+    fn default() -> Self {
+        Self { inner: B::default(), permit: None, deadline: None, idle: None, ended: false }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(None) => {
+                *this.ended = true;
+                this.permit.take();
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(frame)) => {
+                if let Some((sleep, idle)) = this.idle.as_mut() {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *idle);
+                }
+                return Poll::Ready(Some(frame));
+            }
+            Poll::Pending => {}
+        }
+        let past_deadline = this
+            .deadline
+            .as_mut()
+            .and_then(|(sleep, timeout)| sleep.as_mut().poll(cx).is_ready().then(|| deadline_exceeded(*timeout)));
+        let expired = past_deadline.or_else(|| {
+            this.idle.as_mut().and_then(|(sleep, idle)| {
+                sleep.as_mut().poll(cx).is_ready().then(|| {
+                    Status::deadline_exceeded(format!(
+                        "stream sent nothing for {} ms (limits.stream_idle_timeout_ms)",
+                        idle.as_millis()
+                    ))
+                })
+            })
+        });
+        let Some(status) = expired else { return Poll::Pending };
+        // The call ends here: its handler (and what it waits on) is dropped with `inner`.
+        *this.ended = true;
+        this.permit.take();
+        let mut trailers = http::HeaderMap::new();
+        let _ = status.add_header(&mut trailers);
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.ended { SizeHint::with_exact(0) } else { self.inner.size_hint() }
     }
 }
 
@@ -151,6 +299,16 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streaming_methods_come_from_the_descriptors() {
+        let streams = streaming_methods(vigil_proto::FILE_DESCRIPTOR_SET);
+        assert!(streams.contains("/vigil.v1.Inspection/InspectStream"), "{streams:?}");
+        assert!(streams.contains("/inference.GRPCInferenceService/ModelStreamInfer"), "{streams:?}");
+        assert!(!streams.contains("/vigil.v1.Inspection/Inspect"));
+        assert!(!streams.contains("/inference.GRPCInferenceService/ModelInfer"));
+        assert!(streaming_methods(b"not a descriptor set").is_empty());
+    }
 
     #[test]
     fn parses_grpc_timeouts() {
