@@ -96,6 +96,10 @@ pub struct Limits {
     pub stream_timeout_ms: u64,
     /// A stream that sends no message for this long is ended, in milliseconds.
     pub stream_idle_timeout_ms: u64,
+    /// Memory budget of the requests in flight, in bytes: each is charged three times the
+    /// size its message declares (received, decoded, batched) before it is read; beyond the
+    /// budget requests are shed with RESOURCE_EXHAUSTED.
+    pub max_request_bytes_in_flight: usize,
     /// On shutdown, how long in-flight requests may take to finish, in milliseconds.
     pub drain_timeout_ms: u64,
 }
@@ -129,6 +133,7 @@ impl Default for EdgeConfig {
                 request_timeout_ms: 10_000,
                 stream_timeout_ms: 3_600_000,
                 stream_idle_timeout_ms: 60_000,
+                max_request_bytes_in_flight: 64 << 20,
                 drain_timeout_ms: 10_000,
             },
             images: ImageLimits::default(),
@@ -171,6 +176,16 @@ impl EdgeConfig {
         }
         if l.max_concurrent_requests == 0 {
             return Err("limits.max_concurrent_requests must be at least 1".into());
+        }
+        let largest_charge = l.max_message_bytes.saturating_mul(vigil_serving::admission::BYTES_CHARGED_PER_BYTE);
+        if l.max_request_bytes_in_flight < largest_charge {
+            return Err(format!(
+                "limits.max_request_bytes_in_flight = {} cannot admit a message of limits.max_message_bytes = {} \
+                 (charged {}x: at least {largest_charge})",
+                l.max_request_bytes_in_flight,
+                l.max_message_bytes,
+                vigil_serving::admission::BYTES_CHARGED_PER_BYTE
+            ));
         }
         for (key, value) in [
             ("request_timeout_ms", l.request_timeout_ms),
@@ -266,6 +281,12 @@ mod tests {
             jail.create_file("c.toml", "[limits]\nmax_concurrent_requests = 0\n")?;
             let e = EdgeConfig::load(Some(Path::new("c.toml"))).unwrap_err();
             assert!(e.contains("limits.max_concurrent_requests"), "{e}");
+            jail.create_file("d.toml", "[limits]\nmax_request_bytes_in_flight = 1048576\n")?;
+            let e = EdgeConfig::load(Some(Path::new("d.toml"))).unwrap_err();
+            assert!(e.contains("limits.max_request_bytes_in_flight = 1048576 cannot admit"), "{e}");
+            jail.create_file("e.toml", "[limits]\nstream_idle_timeout_ms = 0\n")?;
+            let e = EdgeConfig::load(Some(Path::new("e.toml"))).unwrap_err();
+            assert!(e.contains("limits.stream_idle_timeout_ms must be at least 1"), "{e}");
             jail.set_env("VIGIL_LISTEN", "not-an-address");
             let e = EdgeConfig::load(None).unwrap_err();
             assert!(e.to_lowercase().contains("key \"listen\""), "{e}");

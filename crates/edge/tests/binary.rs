@@ -114,3 +114,77 @@ async fn sigterm_gives_up_on_requests_still_running_at_the_drain_timeout() {
     // A drain that waited for everything would have answered all eight.
     assert!(cut_off > 0, "the drain timeout cut requests off");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_requests_beyond_the_memory_budget_is_shed_and_memory_stays_bounded() {
+    const BUDGET: u64 = 24 << 20;
+    let mut edge = edge();
+    edge.env("VIGIL_LIMITS__MAX_REQUEST_BYTES_IN_FLIGHT", BUDGET.to_string())
+        .env("VIGIL_LIMITS__MAX_MESSAGE_BYTES", (4 << 20).to_string())
+        .env("VIGIL_LIMITS__MAX_CONCURRENT_REQUESTS", "1024");
+    let (mut child, line) = start_listening(edge);
+    let pid = child.id().to_string();
+    let addr = line.strip_prefix("vigil-edge listening on ").and_then(|l| l.split_whitespace().next()).expect(&line);
+    // Batches of 32 images: 2 MiB of FP32 per request.
+    let request = || vigil_proto::inference::ModelInferRequest {
+        model_name: common::MODEL.into(),
+        inputs: vec![vigil_proto::inference::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![32, 1, 128, 128],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0u8; 32 * 128 * 128 * 4]],
+        ..Default::default()
+    };
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        channels.push(
+            vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel)
+                .max_encoding_message_size(8 << 20),
+        );
+    }
+    // The baseline: the server after serving requests of this size one at a time.
+    for _ in 0..3 {
+        channels[0].clone().model_infer(request()).await.expect("a lone large request is served");
+    }
+    let baseline = common::proc_status_kib(&pid, "VmRSS");
+    let burst: Vec<_> = (0..120)
+        .map(|i| {
+            let mut client = channels[i % channels.len()].clone();
+            let request = request();
+            tokio::spawn(async move { client.model_infer(request).await })
+        })
+        .collect();
+    let (mut served, mut shed) = (0, 0);
+    for call in burst {
+        match call.await.unwrap() {
+            Ok(_) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("memory budget of 25165824 bytes"), "{}", status.message());
+                shed += 1;
+            }
+        }
+    }
+    let peak = common::proc_status_kib(&pid, "VmHWM");
+    // Every charge was given back once the calls ended.
+    let metrics: std::net::SocketAddr = line
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|l| l.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .expect(&line);
+    let text = tokio::task::spawn_blocking(move || common::scrape(metrics).1).await.unwrap();
+    assert_eq!(common::sample(&text, "vigil_request_bytes_in_flight", &[]), Some(0.0), "{text}");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    eprintln!("served {served}, shed {shed}; RSS baseline {baseline} KiB, peak {peak} KiB");
+    assert!(served > 0 && shed > 0, "served {served}, shed {shed}");
+    // Each admitted request is charged 3x its 2 MiB, so at most four run at once within the
+    // 24 MiB budget; without it, 120 requests of 2 MiB held 3 copies each would need 720 MiB.
+    let grown = peak.saturating_sub(baseline);
+    assert!(grown <= BUDGET / 1024 + 8 * 1024, "peak RSS grew {grown} KiB over the baseline, beyond the budget");
+}

@@ -35,7 +35,15 @@ pub struct AdmissionLimits {
     pub stream_timeout: Duration,
     /// A stream that sends no message for this long is ended.
     pub stream_idle_timeout: Duration,
+    /// Memory budget of the calls in flight, in bytes: each call is charged
+    /// [`BYTES_CHARGED_PER_BYTE`] times the length its first message declares, before that
+    /// message is buffered, and is shed when the budget cannot cover it.
+    pub max_request_bytes_in_flight: usize,
 }
+
+/// What a request's bytes cost the server while it runs: the received message, the decoded
+/// tensor, and its share of the batch the batcher concatenates.
+pub const BYTES_CHARGED_PER_BYTE: usize = 3;
 
 /// The paths (`/package.Service/Method`) of every client- or server-streaming method in an
 /// encoded `FileDescriptorSet`.
@@ -65,6 +73,7 @@ pub struct Deadline(pub Instant);
 pub struct AdmissionLayer {
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
     metrics: Option<ServingMetrics>,
     streaming: Arc<HashSet<String>>,
 }
@@ -75,6 +84,7 @@ impl AdmissionLayer {
         Self {
             limits,
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            bytes: Arc::new(Semaphore::new(limits.max_request_bytes_in_flight.min(Semaphore::MAX_PERMITS))),
             metrics: None,
             streaming: Arc::default(),
         }
@@ -96,6 +106,11 @@ impl AdmissionLayer {
     pub fn in_flight(&self) -> usize {
         self.limits.max_concurrent_requests - self.permits.available_permits()
     }
+
+    /// Bytes of the memory budget charged to the calls in flight now.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.limits.max_request_bytes_in_flight.min(Semaphore::MAX_PERMITS) - self.bytes.available_permits()
+    }
 }
 
 impl<S> Layer<S> for AdmissionLayer {
@@ -105,6 +120,7 @@ impl<S> Layer<S> for AdmissionLayer {
             inner,
             limits: self.limits,
             permits: self.permits.clone(),
+            bytes: self.bytes.clone(),
             metrics: self.metrics.clone(),
             streaming: self.streaming.clone(),
         }
@@ -117,15 +133,15 @@ pub struct Admission<S> {
     inner: S,
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
     metrics: Option<ServingMetrics>,
     streaming: Arc<HashSet<String>>,
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Admission<S>
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Admission<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Default + Send + 'static,
 {
     type Response = http::Response<AdmittedBody<ResBody>>;
@@ -136,7 +152,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         // Health checks and reflection are never shed.
         let path = request.uri().path();
         let exempt = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
@@ -158,6 +174,7 @@ where
             }
         };
         let stream = self.streaming.contains(path);
+        let api = Api::from_path(path);
         let limit = if stream { self.limits.stream_timeout } else { self.limits.request_timeout };
         let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
         let idle = stream.then_some(self.limits.stream_idle_timeout);
@@ -169,14 +186,102 @@ where
         // Take the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (bytes, budget) = (self.bytes.clone(), self.limits.max_request_bytes_in_flight);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            match tokio::time::timeout_at(deadline, inner.call(request)).await {
-                Ok(result) => {
-                    result.map(|response| response.map(|body| AdmittedBody::new(body, permit, deadline, timeout, idle)))
+            let admitted = async move {
+                // Charge the budget from the declared length, before the message is buffered.
+                let (parts, body) = request.into_parts();
+                let (body, declared) = read_declared_length(body).await;
+                let charge = declared.map_or(0, |n| n as usize).saturating_mul(BYTES_CHARGED_PER_BYTE);
+                let reserved = if charge == 0 || exempt {
+                    None
+                } else {
+                    let granted = u32::try_from(charge).ok().and_then(|n| bytes.try_acquire_many_owned(n).ok());
+                    match granted {
+                        Some(p) => Some(p),
+                        None => return Ok(Err(over_budget(budget, declared.unwrap_or(0), metrics.as_ref(), api))),
+                    }
+                };
+                let request = http::Request::from_parts(parts, tonic::body::Body::new(body));
+                inner.call(request).await.map(|response| Ok((response, reserved)))
+            };
+            match tokio::time::timeout_at(deadline, admitted).await {
+                Ok(Ok(Ok((response, reserved)))) => {
+                    Ok(response.map(|body| AdmittedBody::new(body, permit, reserved, deadline, timeout, idle)))
                 }
+                Ok(Ok(Err(shed))) => Ok(shed.into_http()),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Ok(deadline_exceeded(timeout).into_http()),
             }
         })
+    }
+}
+
+fn over_budget(budget: usize, declared: u32, metrics: Option<&ServingMetrics>, api: Option<Api>) -> Status {
+    if let (Some(metrics), Some(api)) = (metrics, api) {
+        metrics.shed(api);
+    }
+    Status::resource_exhausted(format!(
+        "server busy: the calls in flight use the memory budget of {budget} bytes \
+         (limits.max_request_bytes_in_flight) and this one declares {declared}; retry with backoff"
+    ))
+}
+
+/// Reads the body until the gRPC length prefix of its first message (5 bytes: a compression
+/// flag and a big-endian length) is in hand; returns a body that yields everything again and
+/// the declared length (None for an empty body).
+async fn read_declared_length(mut body: tonic::body::Body) -> (Replay, Option<u32>) {
+    use http_body_util::BodyExt;
+    let mut frames = std::collections::VecDeque::new();
+    let mut prefix = Vec::with_capacity(5);
+    let mut error = None;
+    while prefix.len() < 5 {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    prefix.extend(data.iter().take(5 - prefix.len()));
+                }
+                let trailers = frame.is_trailers();
+                frames.push_back(frame);
+                if trailers {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                error = Some(e);
+                break;
+            }
+            None => break,
+        }
+    }
+    let declared = (prefix.len() == 5).then(|| u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]));
+    (Replay { frames, error, rest: body }, declared)
+}
+
+/// A request body with its first frames read ahead (see [`read_declared_length`]).
+struct Replay {
+    frames: std::collections::VecDeque<Frame<Bytes>>,
+    error: Option<Status>,
+    rest: tonic::body::Body,
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.error.is_none() && self.rest.is_end_stream()
     }
 }
 
@@ -192,6 +297,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         permit: Option<OwnedSemaphorePermit>,
+        reserved: Option<OwnedSemaphorePermit>,
         deadline: Option<(Pin<Box<Sleep>>, Duration)>,
         idle: Option<(Pin<Box<Sleep>>, Duration)>,
         ended: bool,
@@ -202,6 +308,7 @@ impl<B> AdmittedBody<B> {
     fn new(
         inner: B,
         permit: Option<OwnedSemaphorePermit>,
+        reserved: Option<OwnedSemaphorePermit>,
         deadline: tokio::time::Instant,
         timeout: Duration,
         idle: Option<Duration>,
@@ -209,6 +316,7 @@ impl<B> AdmittedBody<B> {
         Self {
             inner,
             permit,
+            reserved,
             deadline: Some((Box::pin(tokio::time::sleep_until(deadline)), timeout)),
             idle: idle.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
             ended: false,
@@ -218,7 +326,7 @@ impl<B> AdmittedBody<B> {
 
 impl<B: Default> Default for AdmittedBody<B> {
     fn default() -> Self {
-        Self { inner: B::default(), permit: None, deadline: None, idle: None, ended: false }
+        Self { inner: B::default(), permit: None, reserved: None, deadline: None, idle: None, ended: false }
     }
 }
 
@@ -235,6 +343,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
             Poll::Ready(None) => {
                 *this.ended = true;
                 this.permit.take();
+                this.reserved.take();
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(frame)) => {
@@ -263,6 +372,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
         // The call ends here: its handler (and what it waits on) is dropped with `inner`.
         *this.ended = true;
         this.permit.take();
+        this.reserved.take();
         let mut trailers = http::HeaderMap::new();
         let _ = status.add_header(&mut trailers);
         Poll::Ready(Some(Ok(Frame::trailers(trailers))))

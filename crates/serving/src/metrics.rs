@@ -13,7 +13,8 @@
 //!   the model statistics at each scrape.
 //! - `vigil_pending_requests{model,version}` (admitted to the batching queue, not yet running;
 //!   `max_queue_depth` bounds it) and `vigil_running_batches{model,version}`, read at each scrape.
-//! - `vigil_inflight_requests`: requests holding an admission permit now.
+//! - `vigil_inflight_requests`: requests holding an admission permit now, and
+//!   `vigil_request_bytes_in_flight`: the bytes of the memory budget they are charged.
 //! - `vigil_records_total{outcome}`: prediction records `produced` (acknowledged by the broker),
 //!   `spooled`, `replayed`, `dropped` or `failed`, read from the emitter's counters at each scrape.
 
@@ -327,6 +328,13 @@ impl Collector for InflightCollector {
             "Requests being answered (health checks and reflection excluded)",
             None,
             gauge.metric_type(),
+        )?)?;
+        let bytes = ConstGauge::new(self.admission.bytes_in_flight() as i64);
+        bytes.encode(encoder.encode_descriptor(
+            "vigil_request_bytes_in_flight",
+            "Bytes of the memory budget (limits.max_request_bytes_in_flight) charged to requests being answered",
+            None,
+            bytes.metric_type(),
         )?)
     }
 }

@@ -147,11 +147,18 @@ pub fn png_really_of_size(width: u32, height: u32) -> Vec<u8> {
 
 /// Resident memory of this process in KiB; fails the test when it cannot be read.
 pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    proc_status_kib("self", "VmRSS")
+}
+
+/// A memory figure (`VmRSS`, `VmHWM`: the peak) of a process from `/proc/<pid>/status`, in
+/// KiB; fails the test when it cannot be read.
+pub fn proc_status_kib(pid: &str, field: &str) -> u64 {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
     status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
-        .expect("a VmRSS line in /proc/self/status")
+        .unwrap_or_else(|| panic!("no {field} line in {path}"))
 }
