@@ -155,11 +155,13 @@ pub async fn start_with(
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
     let admission = admission.with_metrics(metrics.clone());
-    let oip = GrpcInferenceServiceServer::new(
-        InferenceService::new(repository.clone(), "vigil-edge").with_metrics(metrics.clone()),
-    )
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let mut inference_service = InferenceService::new(repository.clone(), "vigil-edge").with_metrics(metrics.clone());
+    if let Some(records) = &records {
+        inference_service = inference_service.with_records(records.clone());
+    }
+    let oip = GrpcInferenceServiceServer::new(inference_service)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let inspection = InspectionServer::new(inspection_service.with_metrics(metrics))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -49,7 +49,11 @@ async fn requests_batches_records_and_the_process_are_scraped() {
     while bus.try_recv().is_ok() {
         records += 1;
     }
-    assert_eq!(records, VALID + 1, "answered and refused inspections are logged; unknown models are not");
+    assert_eq!(
+        records,
+        VALID + 1 + 2,
+        "answered and refused inspections and each ModelInfer item are logged; unknown models are not"
+    );
 
     let (content_type, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
     assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");

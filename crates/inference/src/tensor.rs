@@ -142,6 +142,27 @@ impl Tensor {
         }
         Ok(self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
+
+    /// The values as `f64`, for the numeric datatypes (None for BOOL, BYTES and FP16 / BF16).
+    pub fn to_f64_values(&self) -> Option<Vec<f64>> {
+        fn read<const N: usize>(data: &[u8], f: fn([u8; N]) -> f64) -> Vec<f64> {
+            data.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect()
+        }
+        let d = &self.data;
+        Some(match self.datatype {
+            DataType::Fp32 => read(d, |b| f64::from(f32::from_le_bytes(b))),
+            DataType::Fp64 => read(d, f64::from_le_bytes),
+            DataType::Int8 => read(d, |b: [u8; 1]| f64::from(i8::from_le_bytes(b))),
+            DataType::Int16 => read(d, |b| f64::from(i16::from_le_bytes(b))),
+            DataType::Int32 => read(d, |b| f64::from(i32::from_le_bytes(b))),
+            DataType::Int64 => read(d, |b| i64::from_le_bytes(b) as f64),
+            DataType::Uint8 => read(d, |b: [u8; 1]| f64::from(b[0])),
+            DataType::Uint16 => read(d, |b| f64::from(u16::from_le_bytes(b))),
+            DataType::Uint32 => read(d, |b| f64::from(u32::from_le_bytes(b))),
+            DataType::Uint64 => read(d, |b| u64::from_le_bytes(b) as f64),
+            _ => return None,
+        })
+    }
 }
 
 /// Product of the dimensions (1 for a scalar); negative dimensions count as 0.

@@ -93,6 +93,7 @@ impl InspectionService {
                 capture_time,
                 request_time,
                 model_name: &name,
+                api: "inspect",
             };
             match &result {
                 Ok(r) => {

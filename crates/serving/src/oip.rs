@@ -19,6 +19,7 @@ use vigil_proto::inference::*;
 
 use crate::admission::Deadline;
 use crate::metrics::{Api, RequestTimer, ServingMetrics};
+use crate::records::{InferredItem, RecordEmitter, RequestContext};
 use crate::status::to_status;
 
 /// Extensions this server implements, as reported by ServerMetadata.
@@ -30,12 +31,19 @@ pub struct InferenceService {
     repository: Arc<ModelRepository>,
     server_name: String,
     metrics: ServingMetrics,
+    records: Option<RecordEmitter>,
 }
 
 impl InferenceService {
     /// A service named `server_name` (reported by ServerMetadata) serving `repository`.
     pub fn new(repository: Arc<ModelRepository>, server_name: impl Into<String>) -> Self {
-        Self { repository, server_name: server_name.into(), metrics: Default::default() }
+        Self { repository, server_name: server_name.into(), metrics: Default::default(), records: None }
+    }
+
+    /// Logs every ModelInfer prediction (one record per item; refused requests too) through `records`.
+    pub fn with_records(mut self, records: RecordEmitter) -> Self {
+        self.records = Some(records);
+        self
     }
 
     /// Counts and times every ModelInfer request in `metrics`.
@@ -57,26 +65,70 @@ impl InferenceService {
         request: ModelInferRequest,
         timer: &mut RequestTimer<'_>,
     ) -> Result<ModelInferResponse, Status> {
+        let request_time = std::time::SystemTime::now();
         let model = self.repository.get(&request.model_name, &request.model_version).map_err(to_status)?;
         timer.model(&model.config.name, model.config.version);
+        let (name, request_id) = (model.config.name.clone(), request.id.clone());
         let started = Instant::now();
-        let result = infer_on(&model, request, timer).await;
+        let result = infer_on(&model, request, timer, self.records.as_ref()).await;
         match &result {
             Ok(_) => model.stats.success.record(started.elapsed()),
             Err(_) => model.stats.fail.record(started.elapsed()),
         }
-        result
+        let Some(records) = &self.records else { return result.map(|(response, _)| response) };
+        let ctx = record_context(&name, &request_id, request_time);
+        match result {
+            Ok((response, logged)) => {
+                if let Some(Logged { items, queue_time_us, compute_time_us }) = logged {
+                    let version = model.config.version.to_string();
+                    records.inferred(&ctx, &version, items, queue_time_us, compute_time_us);
+                }
+                Ok(response)
+            }
+            Err(status) => {
+                records.failed(&ctx, uuid::Uuid::now_v7().to_string(), &status);
+                Err(status)
+            }
+        }
     }
 }
+
+fn record_context<'a>(model: &'a str, request_id: &'a str, request_time: std::time::SystemTime) -> RequestContext<'a> {
+    RequestContext {
+        station_id: "",
+        part_id: "",
+        request_id,
+        capture_time: None,
+        request_time,
+        model_name: model,
+        api: "model_infer",
+    }
+}
+
+/// What a ModelInfer request's records need, gathered while it is answered.
+struct Logged {
+    items: Vec<InferredItem>,
+    queue_time_us: u64,
+    compute_time_us: u64,
+}
+
+/// The response parameter that carries the prediction ids, comma-separated, one per item (for
+/// labels and feedback sent later).
+pub const PREDICTION_IDS_PARAMETER: &str = "prediction_ids";
 
 async fn infer_on(
     model: &LoadedModel,
     mut request: ModelInferRequest,
     timer: &RequestTimer<'_>,
-) -> Result<ModelInferResponse, Status> {
+    records: Option<&RecordEmitter>,
+) -> Result<(ModelInferResponse, Option<Logged>), Status> {
     let config = &model.config;
     let requested = requested_outputs(config, &request)?;
     let inputs = decode_inputs(config, &mut request)?;
+    let summaries = records.map(|_| {
+        let named: Vec<(String, &Tensor)> = config.inputs.iter().map(|s| s.name.clone()).zip(inputs.iter()).collect();
+        crate::records::summarise_inputs(&named, config.max_batch_size > 0)
+    });
     let out = model.batcher.infer(inputs).await.map_err(to_status)?;
     timer.batched(&out);
     let mut response = ModelInferResponse {
@@ -85,6 +137,36 @@ async fn infer_on(
         id: request.id,
         ..Default::default()
     };
+    let logged = summaries.map(|features| {
+        let first = out.outputs.first();
+        let values = first.and_then(|t| t.to_f32().ok()).unwrap_or_default();
+        let per = values.len() / features.len().max(1);
+        let items: Vec<InferredItem> = features
+            .into_iter()
+            .enumerate()
+            .map(|(i, features)| {
+                let scores = values.get(i * per..(i + 1) * per).unwrap_or_default().to_vec();
+                InferredItem {
+                    prediction_id: uuid::Uuid::now_v7().to_string(),
+                    label: label_of(config, &scores),
+                    features,
+                    scores,
+                }
+            })
+            .collect();
+        Logged {
+            items,
+            queue_time_us: out.queue_time.as_micros() as u64,
+            compute_time_us: out.compute_time.as_micros() as u64,
+        }
+    });
+    if let Some(logged) = &logged {
+        let ids: Vec<&str> = logged.items.iter().map(|i| i.prediction_id.as_str()).collect();
+        response.parameters.insert(
+            PREDICTION_IDS_PARAMETER.into(),
+            InferParameter { parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(ids.join(","))) },
+        );
+    }
     for (spec, tensor) in config.outputs.iter().zip(out.outputs) {
         if requested.as_ref().is_some_and(|names| !names.contains(&spec.name)) {
             continue;
@@ -97,7 +179,23 @@ async fn infer_on(
         });
         response.raw_output_contents.push(tensor.data);
     }
-    Ok(response)
+    Ok((response, logged))
+}
+
+/// The label of one item's scores: the model's label at the highest score when there is one
+/// score per label, or by the defect threshold when there is a single score; else none.
+fn label_of(config: &ModelConfig, scores: &[f32]) -> String {
+    let labels = &config.labels;
+    match (scores, &config.thresholds) {
+        ([score], Some(t)) if labels.len() == 2 => labels[usize::from(*score >= t.defect)].clone(),
+        (many, _) if many.len() == labels.len() && !many.is_empty() => many
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| labels[i].clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 fn requested_outputs(config: &ModelConfig, request: &ModelInferRequest) -> Result<Option<Vec<String>>, Status> {

@@ -25,6 +25,18 @@ pub struct RequestContext<'a> {
     pub capture_time: Option<prost_types::Timestamp>,
     pub request_time: SystemTime,
     pub model_name: &'a str,
+    /// The API that answered: `inspect`, `model_infer`.
+    pub api: &'a str,
+}
+
+/// One item of a ModelInfer request, for its record.
+pub struct InferredItem {
+    pub prediction_id: String,
+    /// Summaries of the item's inputs (see [`summarise_inputs`]).
+    pub features: Vec<Feature>,
+    /// The item's values of the model's first output.
+    pub scores: Vec<f32>,
+    pub label: String,
 }
 
 impl RecordEmitter {
@@ -73,13 +85,39 @@ impl RecordEmitter {
         self.send(ctx.station_id, record);
     }
 
-    /// Records a refused or failed inspection: the input counts as missing.
+    /// Records each item of an answered ModelInfer request.
+    pub fn inferred(
+        &self,
+        ctx: &RequestContext<'_>,
+        model_version: &str,
+        items: Vec<InferredItem>,
+        queue_time_us: u64,
+        compute_time_us: u64,
+    ) {
+        for item in items {
+            let record = PredictionRecord {
+                prediction_id: item.prediction_id,
+                model_name: ctx.model_name.to_string(),
+                model_version: model_version.to_string(),
+                features: item.features,
+                output: Some(PredictionOutput { label: item.label, scores: item.scores, is_null: false, verdict: 0 }),
+                queue_time_us,
+                compute_time_us,
+                status: RecordStatus::Ok as i32,
+                ..self.base(ctx)
+            };
+            self.send(ctx.station_id, record);
+        }
+    }
+
+    /// Records a refused or failed request: the input counts as missing.
     pub fn failed(&self, ctx: &RequestContext<'_>, prediction_id: String, status: &tonic::Status) {
         let invalid = status.code() == tonic::Code::InvalidArgument;
+        let input = if ctx.api == "inspect" { "image" } else { "inputs" };
         let record = PredictionRecord {
             prediction_id,
             model_name: ctx.model_name.to_string(),
-            features: vec![Feature { name: "image".into(), missing: true, ..Default::default() }],
+            features: vec![Feature { name: input.into(), missing: true, ..Default::default() }],
             output: Some(PredictionOutput { is_null: true, ..Default::default() }),
             status: if invalid { RecordStatus::InvalidInput } else { RecordStatus::Error } as i32,
             error: format!("{:?}: {}", status.code(), status.message()),
@@ -99,7 +137,7 @@ impl RecordEmitter {
             part_id: ctx.part_id.to_string(),
             request_id: ctx.request_id.to_string(),
             variant: Variant::Primary as i32,
-            api: "inspect".into(),
+            api: ctx.api.to_string(),
             ..Default::default()
         }
     }
@@ -115,4 +153,38 @@ impl RecordEmitter {
 
 fn feature(name: &str, value: f64) -> Feature {
     Feature { name: name.into(), value, missing: !value.is_finite(), category: String::new() }
+}
+
+/// Per-item summaries of a batch's inputs: `<input>.mean`, `.std`, `.min` and `.max` over each
+/// item's values for numeric tensors (NaN counts as missing), `<input>.bytes` for the others.
+/// `batched`: the first dimension is the batch.
+pub fn summarise_inputs(inputs: &[(String, &vigil_inference::tensor::Tensor)], batched: bool) -> Vec<Vec<Feature>> {
+    let items = |t: &vigil_inference::tensor::Tensor| {
+        if batched { t.shape.first().copied().unwrap_or(1).max(1) as usize } else { 1 }
+    };
+    let n = inputs.first().map_or(0, |(_, t)| items(t));
+    let mut per_item: Vec<Vec<Feature>> = vec![Vec::new(); n];
+    for (name, tensor) in inputs {
+        let values = tensor.to_f64_values();
+        let chunk = tensor.data.len() / n.max(1);
+        for (i, features) in per_item.iter_mut().enumerate() {
+            match &values {
+                Some(v) => {
+                    let per = v.len() / n.max(1);
+                    let item = &v[i * per..(i + 1) * per];
+                    let finite: Vec<f64> = item.iter().copied().filter(|x| x.is_finite()).collect();
+                    let count = finite.len() as f64;
+                    let mean = finite.iter().sum::<f64>() / count;
+                    let std = (finite.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / count).sqrt();
+                    let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+                    let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    for (stat, value) in [("mean", mean), ("std", std), ("min", min), ("max", max)] {
+                        features.push(feature(&format!("{name}.{stat}"), value));
+                    }
+                }
+                None => features.push(feature(&format!("{name}.bytes"), chunk as f64)),
+            }
+        }
+    }
+    per_item
 }

@@ -1,0 +1,99 @@
+//! ModelInfer predictions are logged like inspections: one record per item, with the version
+//! and variant that served it, input summaries and the scores the caller got.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use prost::Message;
+use tonic::Code;
+use vigil_logbus::Emitter;
+use vigil_proto::inference::model_infer_request::InferInputTensor;
+use vigil_proto::inference::{ModelInferRequest, infer_parameter::ParameterChoice};
+use vigil_proto::vigil::v1::{PredictionRecord, RecordStatus, Variant};
+use vigil_serving::RecordEmitter;
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_infer_predictions_are_logged_per_item_with_version_and_variant() {
+    let (sink, mut bus) = vigil_logbus::in_process::channel(1_000);
+    let (emitter, _forwarder) = Emitter::start(sink, 1_000, 100);
+    let server = vigil_edge::start_with(config(), false, Some(RecordEmitter::new(emitter.clone(), "edge-7")))
+        .await
+        .expect("edge server starts");
+    let (_, mut oip) = clients(&server).await;
+    // Two items: a ramp and a constant, so the per-item summaries differ.
+    let items: [Vec<f32>; 2] =
+        [(0..128 * 128).map(|i| (i % 256) as f32 / 255.0 - 0.5).collect(), vec![0.25; 128 * 128]];
+    let raw: Vec<u8> = items.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let request = ModelInferRequest {
+        model_name: MODEL.into(),
+        id: "req-1".into(),
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![2, 1, 128, 128],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw],
+        ..Default::default()
+    };
+    let response = oip.model_infer(request.clone()).await.unwrap().into_inner();
+    let scores = f32s(&response.raw_output_contents[0]);
+    let ids = match response.parameters["prediction_ids"].parameter_choice.clone() {
+        Some(ParameterChoice::StringParam(ids)) => ids,
+        other => panic!("prediction_ids: {other:?}"),
+    };
+    let ids: Vec<&str> = ids.split(',').collect();
+    assert_eq!(ids.len(), 2);
+    // A refused request is logged too, its input as missing.
+    let mut bad = request;
+    bad.inputs[0].shape = vec![2, 3, 128, 128];
+    assert_eq!(oip.model_infer(bad).await.unwrap_err().code(), Code::InvalidArgument);
+    assert!(emitter.drain(Duration::from_secs(10)).await);
+
+    let mut records = Vec::new();
+    while let Ok(envelope) = bus.try_recv() {
+        records.push(PredictionRecord::decode(envelope.payload.as_slice()).unwrap());
+    }
+    assert_eq!(records.len(), 3, "{records:?}");
+    let config = model_config();
+    let threshold = config.thresholds.as_ref().unwrap().defect;
+    for (i, record) in records[..2].iter().enumerate() {
+        assert_eq!(record.prediction_id, ids[i]);
+        assert_eq!((record.api.as_str(), record.request_id.as_str()), ("model_infer", "req-1"));
+        assert_eq!(
+            (record.model_name.as_str(), record.model_version.as_str()),
+            (MODEL, response.model_version.as_str())
+        );
+        assert_eq!(record.variant, Variant::Primary as i32);
+        assert_eq!(record.server_id, "edge-7");
+        assert_eq!(record.status, RecordStatus::Ok as i32);
+        let output = record.output.as_ref().unwrap();
+        assert_eq!(output.scores, vec![scores[i]], "the score the caller got");
+        assert_eq!(output.label, config.labels[usize::from(scores[i] >= threshold)]);
+        // The input summaries, computed here from the values sent.
+        let values: Vec<f64> = items[i].iter().map(|&v| f64::from(v)).collect();
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let feature = |name: &str| record.features.iter().find(|f| f.name == name).map(|f| f.value);
+        for (name, want) in [("image.mean", mean), ("image.std", std), ("image.min", min), ("image.max", max)] {
+            let got = feature(name).unwrap_or_else(|| panic!("{name} missing: {:?}", record.features));
+            assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "item {i} {name}: {got} vs {want}");
+        }
+    }
+    let refused = &records[2];
+    assert_eq!((refused.api.as_str(), refused.status), ("model_infer", RecordStatus::InvalidInput as i32));
+    assert!(refused.output.as_ref().unwrap().is_null && refused.features[0].missing);
+    server.shutdown().await.unwrap();
+}
+
+fn model_config() -> vigil_inference::config::ModelConfig {
+    vigil_inference::config::ModelConfig::load(&model_dir().join("model.toml")).unwrap()
+}
