@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 use vigil_inference::image::{ImageLimits, prepare};
-use vigil_inference::repository::{LoadedModel, ModelRepository};
+use vigil_inference::repository::ModelRepository;
 use vigil_proto::vigil::v1::inspection_server::Inspection;
 use vigil_proto::vigil::v1::{
     ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse, Verdict,
@@ -16,6 +16,7 @@ use vigil_proto::vigil::v1::{
 
 use crate::admission::Deadline;
 use crate::decision::decide;
+use crate::infer::{Infer, Route};
 use crate::metrics::{Api, RequestTimer, ServingMetrics};
 use crate::records::{RecordEmitter, RequestContext};
 use crate::status::to_status;
@@ -26,7 +27,7 @@ pub const STREAM_PIPELINE_DEPTH: usize = 8;
 /// The inspection service over a model repository.
 #[derive(Clone)]
 pub struct InspectionService {
-    repository: Arc<ModelRepository>,
+    infer: Infer,
     default_model: String,
     limits: ImageLimits,
     records: Option<RecordEmitter>,
@@ -36,7 +37,14 @@ pub struct InspectionService {
 impl InspectionService {
     /// Serves `default_model` (when a request names none) with image `limits`.
     pub fn new(repository: Arc<ModelRepository>, default_model: impl Into<String>, limits: ImageLimits) -> Self {
-        Self { repository, default_model: default_model.into(), limits, records: None, metrics: Default::default() }
+        let infer = Infer::over(repository);
+        Self { infer, default_model: default_model.into(), limits, records: None, metrics: Default::default() }
+    }
+
+    /// Routes and runs requests through `infer` (a custom router, shadows).
+    pub fn with_infer(mut self, infer: Infer) -> Self {
+        self.infer = infer;
+        self
     }
 
     /// Logs every prediction (answered or refused) through `records`.
@@ -77,14 +85,12 @@ impl InspectionService {
         let name = if request.model_name.is_empty() { self.default_model.clone() } else { request.model_name.clone() };
         let (station_id, part_id, request_id, capture_time) =
             (request.station_id.clone(), request.part_id.clone(), request.request_id.clone(), request.capture_time);
-        let model = self.repository.get(&name, &request.model_version).map_err(to_status)?;
+        let route = self.infer.route(&name, &request.model_version).map_err(to_status)?;
+        let model = route.primary.clone();
         timer.model(&model.config.name, model.config.version);
         let started = Instant::now();
-        let result = self.run(&model, request, timer).await;
-        match &result {
-            Ok(_) => model.stats.success.record(started.elapsed()),
-            Err(_) => model.stats.fail.record(started.elapsed()),
-        }
+        let result = self.run(&route, request, timer).await;
+        self.infer.account(&route, started, &result);
         if let Some(records) = &self.records {
             let ctx = RequestContext {
                 station_id: &station_id,
@@ -94,6 +100,8 @@ impl InspectionService {
                 request_time,
                 model_name: &name,
                 api: "inspect",
+                variant: route.variant,
+                deployment: &route.deployment,
             };
             match &result {
                 Ok(r) => {
@@ -109,11 +117,11 @@ impl InspectionService {
 
     async fn run(
         &self,
-        model: &Arc<LoadedModel>,
+        route: &Route,
         request: InspectRequest,
         timer: &RequestTimer<'_>,
     ) -> Result<InspectResponse, Status> {
-        let config = &model.config;
+        let config = &route.primary.config;
         let (Some(pre), Some(thresholds)) = (config.preprocess.clone(), config.thresholds) else {
             return Err(Status::failed_precondition(format!(
                 "model '{}' is not an image inspection model (its model.toml has no [preprocess] and [thresholds])",
@@ -127,7 +135,7 @@ impl InspectionService {
             .await
             .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
             .map_err(to_status)?;
-        let out = model.batcher.infer(vec![prepared.tensor]).await.map_err(to_status)?;
+        let out = self.infer.run(route, vec![prepared.tensor]).await.map_err(to_status)?.output;
         timer.batched(&out);
         let score = out
             .outputs

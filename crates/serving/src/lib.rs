@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod decision;
+pub mod infer;
 pub mod inspection;
 pub mod metrics;
 pub mod oip;
@@ -11,6 +12,7 @@ pub mod records;
 pub mod status;
 
 pub use admission::{AdmissionLayer, AdmissionLimits, Deadline};
+pub use infer::{Infer, Route, Router, ShadowLane, StaticRouter};
 pub use inspection::InspectionService;
 pub use metrics::ServingMetrics;
 pub use oip::InferenceService;

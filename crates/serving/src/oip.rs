@@ -18,6 +18,7 @@ use vigil_proto::inference::model_infer_response::InferOutputTensor;
 use vigil_proto::inference::*;
 
 use crate::admission::Deadline;
+use crate::infer::{Infer, Route};
 use crate::metrics::{Api, RequestTimer, ServingMetrics};
 use crate::records::{InferredItem, RecordEmitter, RequestContext};
 use crate::status::to_status;
@@ -29,6 +30,7 @@ pub const EXTENSIONS: &[&str] = &["model_configuration", "statistics"];
 #[derive(Clone)]
 pub struct InferenceService {
     repository: Arc<ModelRepository>,
+    infer: Infer,
     server_name: String,
     metrics: ServingMetrics,
     records: Option<RecordEmitter>,
@@ -37,7 +39,14 @@ pub struct InferenceService {
 impl InferenceService {
     /// A service named `server_name` (reported by ServerMetadata) serving `repository`.
     pub fn new(repository: Arc<ModelRepository>, server_name: impl Into<String>) -> Self {
-        Self { repository, server_name: server_name.into(), metrics: Default::default(), records: None }
+        let infer = Infer::over(repository.clone());
+        Self { repository, infer, server_name: server_name.into(), metrics: Default::default(), records: None }
+    }
+
+    /// Routes and runs requests through `infer` (a custom router, shadows).
+    pub fn with_infer(mut self, infer: Infer) -> Self {
+        self.infer = infer;
+        self
     }
 
     /// Logs every ModelInfer prediction (one record per item; refused requests too) through `records`.
@@ -66,17 +75,15 @@ impl InferenceService {
         timer: &mut RequestTimer<'_>,
     ) -> Result<ModelInferResponse, Status> {
         let request_time = std::time::SystemTime::now();
-        let model = self.repository.get(&request.model_name, &request.model_version).map_err(to_status)?;
+        let route = self.infer.route(&request.model_name, &request.model_version).map_err(to_status)?;
+        let model = route.primary.clone();
         timer.model(&model.config.name, model.config.version);
         let (name, request_id) = (model.config.name.clone(), request.id.clone());
         let started = Instant::now();
-        let result = infer_on(&model, request, timer, self.records.as_ref()).await;
-        match &result {
-            Ok(_) => model.stats.success.record(started.elapsed()),
-            Err(_) => model.stats.fail.record(started.elapsed()),
-        }
+        let result = infer_on(&self.infer, &route, request, timer, self.records.as_ref()).await;
+        self.infer.account(&route, started, &result);
         let Some(records) = &self.records else { return result.map(|(response, _)| response) };
-        let ctx = record_context(&name, &request_id, request_time);
+        let ctx = record_context(&name, &request_id, request_time, &route);
         match result {
             Ok((response, logged)) => {
                 if let Some(Logged { items, queue_time_us, compute_time_us }) = logged {
@@ -93,7 +100,12 @@ impl InferenceService {
     }
 }
 
-fn record_context<'a>(model: &'a str, request_id: &'a str, request_time: std::time::SystemTime) -> RequestContext<'a> {
+fn record_context<'a>(
+    model: &'a str,
+    request_id: &'a str,
+    request_time: std::time::SystemTime,
+    route: &'a Route,
+) -> RequestContext<'a> {
     RequestContext {
         station_id: "",
         part_id: "",
@@ -102,6 +114,8 @@ fn record_context<'a>(model: &'a str, request_id: &'a str, request_time: std::ti
         request_time,
         model_name: model,
         api: "model_infer",
+        variant: route.variant,
+        deployment: &route.deployment,
     }
 }
 
@@ -117,19 +131,20 @@ struct Logged {
 pub const PREDICTION_IDS_PARAMETER: &str = "prediction_ids";
 
 async fn infer_on(
-    model: &LoadedModel,
+    infer: &Infer,
+    route: &Route,
     mut request: ModelInferRequest,
     timer: &RequestTimer<'_>,
     records: Option<&RecordEmitter>,
 ) -> Result<(ModelInferResponse, Option<Logged>), Status> {
-    let config = &model.config;
+    let config = &route.primary.config;
     let requested = requested_outputs(config, &request)?;
     let inputs = decode_inputs(config, &mut request)?;
     let summaries = records.map(|_| {
         let named: Vec<(String, &Tensor)> = config.inputs.iter().map(|s| s.name.clone()).zip(inputs.iter()).collect();
         crate::records::summarise_inputs(&named, config.max_batch_size > 0)
     });
-    let out = model.batcher.infer(inputs).await.map_err(to_status)?;
+    let out = infer.run(route, inputs).await.map_err(to_status)?.output;
     timer.batched(&out);
     let mut response = ModelInferResponse {
         model_name: config.name.clone(),

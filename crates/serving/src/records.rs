@@ -27,6 +27,9 @@ pub struct RequestContext<'a> {
     pub model_name: &'a str,
     /// The API that answered: `inspect`, `model_infer`.
     pub api: &'a str,
+    /// What the version that answered is in its deployment, and the deployment (from the route).
+    pub variant: Variant,
+    pub deployment: &'a str,
 }
 
 /// One item of a ModelInfer request, for its record.
@@ -136,7 +139,8 @@ impl RecordEmitter {
             station_id: ctx.station_id.to_string(),
             part_id: ctx.part_id.to_string(),
             request_id: ctx.request_id.to_string(),
-            variant: Variant::Primary as i32,
+            variant: ctx.variant as i32,
+            deployment_id: ctx.deployment.to_string(),
             api: ctx.api.to_string(),
             ..Default::default()
         }

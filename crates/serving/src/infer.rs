@@ -1,0 +1,182 @@
+//! The serving core every API adapts to: a [`Router`] picks the model version (and any shadow
+//! versions) for a request, [`Infer`] runs the request through the chosen version's batcher
+//! with statistics recorded, and copies through the shadows in a bounded lane of their own.
+//!
+//! The protocol handlers (OIP `ModelInfer`, `Inspect`) resolve a [`Route`], prepare their
+//! tensors, call [`Infer::run`], turn the [`Inferred`] outputs into their own answers and
+//! [`Infer::account`] for the request; the route's variant and deployment go into the
+//! prediction records.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use vigil_inference::InferenceError;
+use vigil_inference::batcher::BatchOutput;
+use vigil_inference::repository::{LoadedModel, ModelRepository};
+use vigil_inference::tensor::Tensor;
+use vigil_proto::vigil::v1::Variant;
+
+/// Where one request goes.
+#[derive(Clone)]
+pub struct Route {
+    /// The version that answers.
+    pub primary: Arc<LoadedModel>,
+    /// Versions that get a copy of the request; their answers are recorded, never returned.
+    pub shadows: Vec<Arc<LoadedModel>>,
+    /// What the primary is in its deployment (primary, canary, ...).
+    pub variant: Variant,
+    /// The deployment the route belongs to; empty outside one.
+    pub deployment: String,
+}
+
+/// Chooses the route of each request.
+pub trait Router: Send + Sync + 'static {
+    /// The route for a request naming `model` and, when not empty, `version`.
+    fn route(&self, model: &str, version: &str) -> Result<Route, InferenceError>;
+}
+
+/// The version a request names, else the model's default version; no shadows.
+pub struct StaticRouter {
+    repository: Arc<ModelRepository>,
+}
+
+impl StaticRouter {
+    /// Routes within `repository`.
+    pub fn new(repository: Arc<ModelRepository>) -> Self {
+        Self { repository }
+    }
+}
+
+impl Router for StaticRouter {
+    fn route(&self, model: &str, version: &str) -> Result<Route, InferenceError> {
+        Ok(Route {
+            primary: self.repository.get(model, version)?,
+            shadows: Vec::new(),
+            variant: Variant::Primary,
+            deployment: String::new(),
+        })
+    }
+}
+
+/// What a shadow run produced, for whoever records it.
+pub struct ShadowRun {
+    pub model: Arc<LoadedModel>,
+    pub route_variant: Variant,
+    pub deployment: String,
+    pub result: Result<BatchOutput, InferenceError>,
+}
+
+/// Receives every finished shadow run (e.g. to log it as a `SHADOW` prediction record).
+pub type ShadowObserver = Arc<dyn Fn(ShadowRun) + Send + Sync>;
+
+/// Shadow copies run here, at most `capacity` at once; a copy that finds the lane full is
+/// skipped and counted, so shadows never queue up behind or in front of real traffic.
+pub struct ShadowLane {
+    permits: Arc<Semaphore>,
+    skipped: AtomicU64,
+    started: AtomicU64,
+}
+
+impl ShadowLane {
+    /// A lane running at most `capacity` shadow copies at once.
+    pub fn new(capacity: usize) -> Self {
+        Self { permits: Arc::new(Semaphore::new(capacity)), skipped: AtomicU64::new(0), started: AtomicU64::new(0) }
+    }
+
+    /// Copies skipped because the lane was full.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Copies started.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+}
+
+/// Shadow copies run at once by default.
+pub const DEFAULT_SHADOW_LANE: usize = 4;
+
+/// The core: routing, the batcher, statistics, shadows.
+#[derive(Clone)]
+pub struct Infer {
+    router: Arc<dyn Router>,
+    lane: Arc<ShadowLane>,
+    observer: Option<ShadowObserver>,
+}
+
+/// The primary's answer to one request.
+pub struct Inferred {
+    pub output: BatchOutput,
+    pub model: Arc<LoadedModel>,
+}
+
+impl Infer {
+    /// A core over `router`, with a default shadow lane and no shadow observer.
+    pub fn new(router: Arc<dyn Router>) -> Self {
+        Self { router, lane: Arc::new(ShadowLane::new(DEFAULT_SHADOW_LANE)), observer: None }
+    }
+
+    /// The static router over `repository`.
+    pub fn over(repository: Arc<ModelRepository>) -> Self {
+        Self::new(Arc::new(StaticRouter::new(repository)))
+    }
+
+    /// Runs shadow copies in `lane` and hands their results to `observer`.
+    pub fn with_shadows(mut self, lane: Arc<ShadowLane>, observer: ShadowObserver) -> Self {
+        self.lane = lane;
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The shadow lane (its counters).
+    pub fn shadow_lane(&self) -> &ShadowLane {
+        &self.lane
+    }
+
+    /// Resolves a request to its route.
+    pub fn route(&self, model: &str, version: &str) -> Result<Route, InferenceError> {
+        self.router.route(model, version)
+    }
+
+    /// Runs `inputs` on the route's primary and starts a copy on each shadow when the lane has
+    /// room (not awaited).
+    pub async fn run(&self, route: &Route, inputs: Vec<Tensor>) -> Result<Inferred, InferenceError> {
+        if !route.shadows.is_empty() {
+            self.start_shadows(route, &inputs);
+        }
+        let model = route.primary.clone();
+        model.batcher.infer(inputs).await.map(|output| Inferred { output, model })
+    }
+
+    /// Counts a whole request (preparation included) in the primary's statistics, as a success
+    /// or a failure, with the time since `started`.
+    pub fn account<T, E>(&self, route: &Route, started: Instant, result: &Result<T, E>) {
+        let stats = &route.primary.stats;
+        match result {
+            Ok(_) => stats.success.record(started.elapsed()),
+            Err(_) => stats.fail.record(started.elapsed()),
+        }
+    }
+
+    fn start_shadows(&self, route: &Route, inputs: &[Tensor]) {
+        for shadow in &route.shadows {
+            let Ok(permit) = self.lane.permits.clone().try_acquire_owned() else {
+                self.lane.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            self.lane.started.fetch_add(1, Ordering::Relaxed);
+            let (shadow, inputs, observer) = (shadow.clone(), inputs.to_vec(), self.observer.clone());
+            let (route_variant, deployment) = (route.variant, route.deployment.clone());
+            tokio::spawn(async move {
+                let result = shadow.batcher.infer(inputs).await;
+                drop(permit);
+                if let Some(observer) = observer {
+                    observer(ShadowRun { model: shadow, route_variant, deployment, result });
+                }
+            });
+        }
+    }
+}
