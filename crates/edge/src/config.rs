@@ -96,6 +96,8 @@ pub struct Limits {
     pub stream_timeout_ms: u64,
     /// A stream that sends no message for this long is ended, in milliseconds.
     pub stream_idle_timeout_ms: u64,
+    /// Most requests one stream may carry; the next ends it with RESOURCE_EXHAUSTED.
+    pub max_stream_messages: u64,
     /// Memory budget of the requests in flight, in bytes: each is charged three times the
     /// size its message declares (received, decoded, batched) before it is read; beyond the
     /// budget requests are shed with RESOURCE_EXHAUSTED.
@@ -133,6 +135,7 @@ impl Default for EdgeConfig {
                 request_timeout_ms: 10_000,
                 stream_timeout_ms: 3_600_000,
                 stream_idle_timeout_ms: 60_000,
+                max_stream_messages: 100_000,
                 max_request_bytes_in_flight: 64 << 20,
                 drain_timeout_ms: 10_000,
             },
@@ -191,6 +194,7 @@ impl EdgeConfig {
             ("request_timeout_ms", l.request_timeout_ms),
             ("stream_timeout_ms", l.stream_timeout_ms),
             ("stream_idle_timeout_ms", l.stream_idle_timeout_ms),
+            ("max_stream_messages", l.max_stream_messages),
         ] {
             if value == 0 {
                 return Err(format!("limits.{key} must be at least 1"));

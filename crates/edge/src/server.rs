@@ -149,6 +149,7 @@ pub async fn start_with(
         request_timeout: config.request_timeout(),
         stream_timeout: Duration::from_millis(config.limits.stream_timeout_ms),
         stream_idle_timeout: Duration::from_millis(config.limits.stream_idle_timeout_ms),
+        max_stream_messages: config.limits.max_stream_messages,
         max_request_bytes_in_flight: config.limits.max_request_bytes_in_flight,
     })
     .with_streaming_methods(vigil_serving::admission::streaming_methods(vigil_proto::FILE_DESCRIPTOR_SET));

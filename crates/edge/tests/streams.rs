@@ -84,3 +84,26 @@ async fn an_open_stream_counts_against_the_concurrency_limit_until_it_ends() {
     assert!(answered, "the permit came back when the stream ended");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_past_its_message_limit_is_ended_with_resource_exhausted() {
+    let mut config = config();
+    config.limits.max_stream_messages = 3;
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    let requests = (0..5).map(|i| InspectRequest { image: image(), request_id: i.to_string(), ..Default::default() });
+    let mut responses =
+        inspect.inspect_stream(tokio_stream::iter(requests.collect::<Vec<_>>())).await.unwrap().into_inner();
+    let mut answered = Vec::new();
+    let status = loop {
+        match responses.next().await {
+            Some(Ok(r)) => answered.push(r.result.expect("an answer").request_id),
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without the limit's status after {answered:?}"),
+        }
+    };
+    assert_eq!(answered, ["0", "1", "2"], "the first three are answered, in order");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("more than 3 messages"), "{}", status.message());
+    server.shutdown().await.unwrap();
+}

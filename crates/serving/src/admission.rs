@@ -35,6 +35,8 @@ pub struct AdmissionLimits {
     pub stream_timeout: Duration,
     /// A stream that sends no message for this long is ended.
     pub stream_idle_timeout: Duration,
+    /// Most messages a client may send on one stream; the next ends it with RESOURCE_EXHAUSTED.
+    pub max_stream_messages: u64,
     /// Memory budget of the calls in flight, in bytes: each call is charged
     /// [`BYTES_CHARGED_PER_BYTE`] times the length its first message declares, before that
     /// message is buffered, and is shed when the budget cannot cover it.
@@ -178,6 +180,7 @@ where
         let limit = if stream { self.limits.stream_timeout } else { self.limits.request_timeout };
         let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
         let idle = stream.then_some(self.limits.stream_idle_timeout);
+        let max_stream_messages = stream.then_some(self.limits.max_stream_messages);
         // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
         // left in place, tonic's own handling would answer CANCELLED first.
         request.headers_mut().remove("grpc-timeout");
@@ -192,7 +195,8 @@ where
             let admitted = async move {
                 // Charge the budget from the declared length, before the message is buffered.
                 let (parts, body) = request.into_parts();
-                let (body, declared) = read_declared_length(body).await;
+                let (mut body, declared) = read_declared_length(body).await;
+                body.messages.limit = max_stream_messages;
                 let charge = declared.map_or(0, |n| n as usize).saturating_mul(BYTES_CHARGED_PER_BYTE);
                 let reserved = if charge == 0 || exempt {
                     None
@@ -256,14 +260,59 @@ async fn read_declared_length(mut body: tonic::body::Body) -> (Replay, Option<u3
         }
     }
     let declared = (prefix.len() == 5).then(|| u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]));
-    (Replay { frames, error, rest: body }, declared)
+    (Replay { frames, error, rest: body, messages: MessageCounter::default() }, declared)
 }
 
-/// A request body with its first frames read ahead (see [`read_declared_length`]).
+/// A request body with its first frames read ahead (see [`read_declared_length`]); for
+/// streams it also counts the messages and fails the body past the limit.
 struct Replay {
     frames: std::collections::VecDeque<Frame<Bytes>>,
     error: Option<Status>,
     rest: tonic::body::Body,
+    messages: MessageCounter,
+}
+
+/// Counts gRPC messages across data frames from their 5-byte length prefixes.
+#[derive(Default)]
+struct MessageCounter {
+    limit: Option<u64>,
+    seen: u64,
+    /// Bytes of the current message still to come.
+    remaining: usize,
+    /// A length prefix split across frames.
+    prefix: Vec<u8>,
+    exceeded: bool,
+}
+
+impl MessageCounter {
+    /// Counts the messages that start in `data`; when one goes past the limit, the offset in
+    /// `data` where it starts (0 when its length prefix began in an earlier frame).
+    fn past_limit(&mut self, data: &[u8]) -> Option<usize> {
+        let limit = self.limit?;
+        let mut at = 0;
+        while at < data.len() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len() - at);
+                self.remaining -= n;
+                at += n;
+                continue;
+            }
+            let starts = at.saturating_sub(self.prefix.len());
+            let n = (5 - self.prefix.len()).min(data.len() - at);
+            self.prefix.extend_from_slice(&data[at..at + n]);
+            at += n;
+            if self.prefix.len() == 5 {
+                self.seen += 1;
+                self.remaining =
+                    u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]) as usize;
+                self.prefix.clear();
+                if self.seen > limit {
+                    return Some(starts);
+                }
+            }
+        }
+        None
+    }
 }
 
 impl Body for Replay {
@@ -271,17 +320,34 @@ impl Body for Replay {
     type Error = Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if let Some(frame) = self.frames.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
+        if self.messages.exceeded {
+            return Poll::Ready(self.error.take().map(Err));
         }
-        if let Some(e) = self.error.take() {
+        let polled = if let Some(frame) = self.frames.pop_front() {
+            Poll::Ready(Some(Ok(frame)))
+        } else if let Some(e) = self.error.take() {
             return Poll::Ready(Some(Err(e)));
+        } else {
+            Pin::new(&mut self.rest).poll_frame(cx)
+        };
+        let Poll::Ready(Some(Ok(frame))) = polled else { return polled };
+        let Some(data) = frame.data_ref().cloned() else { return Poll::Ready(Some(Ok(frame))) };
+        let Some(offset) = self.messages.past_limit(&data) else { return Poll::Ready(Some(Ok(frame))) };
+        // The messages before the one past the limit still go through; then the error.
+        self.messages.exceeded = true;
+        let limit = self.messages.limit.unwrap_or_default();
+        let error = Status::resource_exhausted(format!(
+            "the stream sent more than {limit} messages (limits.max_stream_messages); open a new one"
+        ));
+        if offset == 0 {
+            return Poll::Ready(Some(Err(error)));
         }
-        Pin::new(&mut self.rest).poll_frame(cx)
+        self.error = Some(error);
+        Poll::Ready(Some(Ok(Frame::data(data.slice(..offset)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.error.is_none() && self.rest.is_end_stream()
+        self.messages.exceeded || (self.frames.is_empty() && self.error.is_none() && self.rest.is_end_stream())
     }
 }
 
@@ -409,6 +475,39 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_counted_across_frames() {
+        let message = |len: u32| -> Vec<u8> {
+            let mut m = vec![0];
+            m.extend(len.to_be_bytes());
+            m.extend(vec![7; len as usize]);
+            m
+        };
+        let stream: Vec<u8> = [message(3), message(0), message(10), message(1)].concat();
+        // Any split into frames counts the same: four messages, the fourth past a limit of 3.
+        // The fourth message starts at byte 8 + 5 + 15 = 28.
+        for chunk in [1, 2, 5, 7, stream.len()] {
+            let mut counter = MessageCounter { limit: Some(3), ..Default::default() };
+            let mut passed = 0;
+            let mut cut = None;
+            for c in stream.chunks(chunk) {
+                if let Some(offset) = counter.past_limit(c) {
+                    cut = Some(passed + offset);
+                    break;
+                }
+                passed += c.len();
+            }
+            assert_eq!(counter.seen, 4, "chunk {chunk}");
+            // At the fourth message's prefix when it starts in the frame; at the start of the
+            // frame that completes it when it began in an earlier one.
+            let cut = cut.expect("the limit is crossed");
+            assert!(cut == 28 || (cut > 28 && cut < 28 + 5 && cut % chunk == 0), "chunk {chunk}: cut at {cut}");
+            let mut counter = MessageCounter { limit: Some(4), ..Default::default() };
+            assert!(stream.chunks(chunk).all(|c| counter.past_limit(c).is_none()), "chunk {chunk}");
+            assert_eq!((counter.seen, counter.remaining), (4, 0));
+        }
+    }
 
     #[test]
     fn streaming_methods_come_from_the_descriptors() {
