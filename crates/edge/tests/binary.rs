@@ -24,13 +24,20 @@ fn start_listening(mut command: Command) -> (std::process::Child, String) {
     (child, line)
 }
 
+/// The gRPC address and the `/metrics` address announced in the first line.
+fn addresses(line: &str) -> (String, std::net::SocketAddr) {
+    let grpc = line.strip_prefix("vigil-edge listening on ").and_then(|l| l.split_whitespace().next());
+    let metrics = line.split_once("(metrics on http://").and_then(|(_, rest)| rest.split_once("/metrics)"));
+    (grpc.expect(line).to_string(), metrics.and_then(|(a, _)| a.parse().ok()).expect(line))
+}
+
 #[test]
 fn starts_reports_its_address_and_stops_on_sigterm() {
     let (mut child, line) = start_listening(edge());
     assert!(line.starts_with("vigil-edge listening on 127.0.0.1:"), "{line}");
     assert!(line.contains("serving scratch-detector@"), "{line}");
-    let metrics = line.split_once("(metrics on http://").and_then(|(_, rest)| rest.split_once("/metrics)"));
-    let (_, text) = common::scrape(metrics.expect(&line).0.parse().unwrap());
+    let (_, metrics) = addresses(&line);
+    let (_, text) = common::scrape(metrics);
     assert!(common::sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 0.0, "{text}");
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -73,13 +80,7 @@ async fn sigterm_gives_up_on_requests_still_running_at_the_drain_timeout() {
         .env("VIGIL_LIMITS__DRAIN_TIMEOUT_MS", "300")
         .env("VIGIL_LIMITS__REQUEST_TIMEOUT_MS", "60000");
     let (mut child, line) = start_listening(edge);
-    let addr = line.strip_prefix("vigil-edge listening on ").and_then(|l| l.split_whitespace().next()).expect(&line);
-    let metrics: std::net::SocketAddr = line
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|l| l.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect(&line);
+    let (addr, metrics) = addresses(&line);
     let client =
         vigil_proto::vigil::v1::inspection_client::InspectionClient::connect(format!("http://{addr}")).await.unwrap();
     let image = common::samples("normal").remove(0).1;
@@ -91,13 +92,7 @@ async fn sigterm_gives_up_on_requests_still_running_at_the_drain_timeout() {
         })
         .collect();
     // Every request is in the server: one running, seven waiting.
-    loop {
-        let text = tokio::task::spawn_blocking(move || common::scrape(metrics).1).await.unwrap();
-        if common::sample(&text, "vigil_pending_requests", &[]) == Some(7.0) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    common::until_metric(metrics, "vigil_pending_requests", &[], 7.0).await;
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let code = tokio::task::spawn_blocking(move || child.wait().unwrap().code()).await.unwrap();
     assert_eq!(code, Some(0), "a drain that ran out is still a clean stop");
@@ -124,7 +119,7 @@ async fn a_burst_of_large_requests_beyond_the_memory_budget_is_shed_and_memory_s
         .env("VIGIL_LIMITS__MAX_CONCURRENT_REQUESTS", "1024");
     let (mut child, line) = start_listening(edge);
     let pid = child.id().to_string();
-    let addr = line.strip_prefix("vigil-edge listening on ").and_then(|l| l.split_whitespace().next()).expect(&line);
+    let (addr, metrics) = addresses(&line);
     // Batches of 32 images: 2 MiB of FP32 per request.
     let request = || vigil_proto::inference::ModelInferRequest {
         model_name: common::MODEL.into(),
@@ -171,12 +166,6 @@ async fn a_burst_of_large_requests_beyond_the_memory_budget_is_shed_and_memory_s
     }
     let peak = common::proc_status_kib(&pid, "VmHWM");
     // Every charge was given back once the calls ended.
-    let metrics: std::net::SocketAddr = line
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|l| l.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .expect(&line);
     let text = tokio::task::spawn_blocking(move || common::scrape(metrics).1).await.unwrap();
     assert_eq!(common::sample(&text, "vigil_request_bytes_in_flight", &[]), Some(0.0), "{text}");
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());

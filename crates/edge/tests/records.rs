@@ -14,10 +14,6 @@ use vigil_proto::inference::{ModelInferRequest, infer_parameter::ParameterChoice
 use vigil_proto::vigil::v1::{PredictionRecord, RecordStatus, Variant};
 use vigil_serving::RecordEmitter;
 
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_infer_predictions_are_logged_per_item_with_version_and_variant() {
     let (sink, mut bus) = vigil_logbus::in_process::channel(1_000);
@@ -92,8 +88,4 @@ async fn model_infer_predictions_are_logged_per_item_with_version_and_variant() 
     assert_eq!((refused.api.as_str(), refused.status), ("model_infer", RecordStatus::InvalidInput as i32));
     assert!(refused.output.as_ref().unwrap().is_null && refused.features[0].missing);
     server.shutdown().await.unwrap();
-}
-
-fn model_config() -> vigil_inference::config::ModelConfig {
-    vigil_inference::config::ModelConfig::load(&model_dir().join("model.toml")).unwrap()
 }

@@ -194,14 +194,7 @@ async fn an_unload_waits_for_the_requests_in_flight() {
     let image = samples("normal").remove(0).1;
     let mut c = inspect.clone();
     let running = tokio::spawn(async move { c.inspect(InspectRequest { image, ..Default::default() }).await });
-    let metrics = server.metrics_addr.unwrap();
-    loop {
-        let text = tokio::task::spawn_blocking(move || scrape(metrics).1).await.unwrap();
-        if sample(&text, "vigil_running_batches", &[("model", MODEL)]) == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_metric(server.metrics_addr.unwrap(), "vigil_running_batches", &[("model", MODEL)], 1.0).await;
     let unload = RepositoryModelUnloadRequest { model_name: MODEL.into(), ..Default::default() };
     oip.repository_model_unload(unload).await.unwrap();
     // The run takes several hundred milliseconds; had the unload not waited for it, the answer

@@ -8,20 +8,11 @@ use std::time::Duration;
 use common::*;
 use futures::StreamExt;
 use tonic::Code;
-use vigil_inference::config::ModelConfig;
 use vigil_inference::image::{ImageLimits, prepare};
 use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::*;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_proto::vigil::v1::{Decision, InspectRequest, Verdict};
-
-fn model_config() -> ModelConfig {
-    ModelConfig::load(&model_dir().join("model.toml")).unwrap()
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_answers_with_ids_verdicts_decisions_and_features() {
@@ -356,14 +347,7 @@ async fn beyond_the_concurrency_limit_requests_are_shed() {
 
 /// Polls the server's metrics until the model's `name` gauge reads `value`.
 async fn until_gauge(server: &vigil_edge::RunningServer, name: &str, value: f64) {
-    let addr = server.metrics_addr.unwrap();
-    loop {
-        let text = tokio::task::spawn_blocking(move || scrape(addr).1).await.unwrap();
-        if sample(&text, name, &[("model", MODEL)]) == Some(value) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_metric(server.metrics_addr.unwrap(), name, &[("model", MODEL)], value).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

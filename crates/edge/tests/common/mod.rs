@@ -42,6 +42,17 @@ pub fn scrape(addr: SocketAddr) -> (String, String) {
     (content_type, body.to_string())
 }
 
+/// Polls `GET /metrics` at `addr` until the samples of `name` with `labels` add up to `value`.
+pub async fn until_metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)], value: f64) {
+    loop {
+        let text = tokio::task::spawn_blocking(move || scrape(addr).1).await.unwrap();
+        if sample(&text, name, labels) == Some(value) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// The sum of the samples of `name` whose labels include `labels`; None when there is none.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     vigil_telemetry::sample(text, name, labels)
@@ -88,6 +99,16 @@ pub fn model_dir() -> PathBuf {
         .collect();
     versions.sort();
     versions.pop().unwrap().1
+}
+
+/// The newest shipped version's `model.toml`.
+pub fn model_config() -> vigil_inference::config::ModelConfig {
+    vigil_inference::config::ModelConfig::load(&model_dir().join("model.toml")).unwrap()
+}
+
+/// Little-endian FP32 contents as values.
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// A model repository holding the slow stand-in for the scratch detector
