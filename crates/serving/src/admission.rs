@@ -158,15 +158,14 @@ where
         // Health checks and reflection are never shed.
         let path = request.uri().path();
         let exempt = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
+        let api = Api::from_path(path);
         let permit = if exempt {
             None
         } else {
             match self.permits.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    if let (Some(metrics), Some(api)) = (&self.metrics, Api::from_path(path)) {
-                        metrics.shed(api);
-                    }
+                    count_shed(self.metrics.as_ref(), api);
                     let status = Status::resource_exhausted(format!(
                         "server busy: {} requests in flight (limit max_concurrent_requests); retry with backoff",
                         self.limits.max_concurrent_requests
@@ -176,7 +175,6 @@ where
             }
         };
         let stream = self.streaming.contains(path);
-        let api = Api::from_path(path);
         let limit = if stream { self.limits.stream_timeout } else { self.limits.request_timeout };
         let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
         let idle = stream.then_some(self.limits.stream_idle_timeout);
@@ -222,10 +220,15 @@ where
     }
 }
 
-fn over_budget(budget: usize, declared: u32, metrics: Option<&ServingMetrics>, api: Option<Api>) -> Status {
+/// Counts a shed request of `api` in `metrics`.
+fn count_shed(metrics: Option<&ServingMetrics>, api: Option<Api>) {
     if let (Some(metrics), Some(api)) = (metrics, api) {
         metrics.shed(api);
     }
+}
+
+fn over_budget(budget: usize, declared: u32, metrics: Option<&ServingMetrics>, api: Option<Api>) -> Status {
+    count_shed(metrics, api);
     Status::resource_exhausted(format!(
         "server busy: the calls in flight use the memory budget of {budget} bytes \
          (limits.max_request_bytes_in_flight) and this one declares {declared}; retry with backoff"
