@@ -2,15 +2,14 @@
 //! (`__` separates sections: `VIGIL_LIMITS__MAX_CONCURRENT_REQUESTS=32`), then command-line flags.
 //! Validated at start-up; every message names the offending key.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use vigil_inference::image::ImageLimits;
+pub use vigil_server::{Limits, LoggingConfig, MetricsConfig, ModelOptions};
 
 /// Everything `vigil-edge` can be told.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,97 +30,6 @@ pub struct EdgeConfig {
     pub metrics: MetricsConfig,
 }
 
-/// The Prometheus `/metrics` endpoint, served over HTTP on its own port.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Serve `/metrics`.
-    pub enabled: bool,
-    /// Address of the HTTP server (port 0 picks a free port).
-    pub listen: SocketAddr,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self { enabled: true, listen: "127.0.0.1:9102".parse().expect("valid literal") }
-    }
-}
-
-/// Prediction logging: every prediction becomes a record on Kafka.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LoggingConfig {
-    /// Log predictions (needs `kafka.brokers`).
-    pub enabled: bool,
-    /// This server's id in the records.
-    pub server_id: String,
-    /// Records waiting for the producer; beyond it records are dropped and counted.
-    pub queue_capacity: usize,
-    /// Records being delivered at once.
-    pub max_in_flight: usize,
-    pub kafka: vigil_logbus::kafka::KafkaConfig,
-    /// Store-and-forward: records the broker cannot take wait on disk and are replayed.
-    pub spool: Option<vigil_logbus::spool::SpoolConfig>,
-}
-
-impl Default for LoggingConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            server_id: "edge-1".into(),
-            queue_capacity: 100_000,
-            max_in_flight: 10_000,
-            kafka: vigil_logbus::kafka::KafkaConfig {
-                client_id: "vigil-edge".into(),
-                // An outage is noticed after this long; the records then go to the spool.
-                message_timeout_ms: 10_000,
-                ..Default::default()
-            },
-            spool: None,
-        }
-    }
-}
-
-/// Request limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Largest gRPC message accepted or sent, in bytes.
-    pub max_message_bytes: usize,
-    /// Requests handled at once; more are refused with RESOURCE_EXHAUSTED.
-    pub max_concurrent_requests: usize,
-    /// Longest a unary request may take, in milliseconds (DEADLINE_EXCEEDED beyond).
-    pub request_timeout_ms: u64,
-    /// Longest a stream (InspectStream, ModelStreamInfer) may stay open, in milliseconds.
-    pub stream_timeout_ms: u64,
-    /// A stream that sends no message for this long is ended, in milliseconds.
-    pub stream_idle_timeout_ms: u64,
-    /// Most requests one stream may carry; the next ends it with RESOURCE_EXHAUSTED.
-    pub max_stream_messages: u64,
-    /// Memory budget of the requests in flight, in bytes: each is charged three times the
-    /// size its message declares (received, decoded, batched) before it is read; beyond the
-    /// budget requests are shed with RESOURCE_EXHAUSTED.
-    pub max_request_bytes_in_flight: usize,
-    /// On shutdown, how long in-flight requests may take to finish, in milliseconds.
-    pub drain_timeout_ms: u64,
-}
-
-/// Which models and versions to load.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ModelOptions {
-    /// Load every version, not only the served one.
-    pub load_all_versions: bool,
-    /// Served version per model (default: the newest).
-    pub pinned_versions: HashMap<String, u64>,
-    /// Overrides every model's ONNX Runtime intra-op thread count.
-    pub intra_op_threads: Option<usize>,
-    /// How often to look for changed, new or removed models in the repository directory and
-    /// load or unload them, in milliseconds; 0 (the default) turns the watch off (load and
-    /// unload through the OIP repository API instead).
-    pub watch_interval_ms: u64,
-}
-
 impl Default for EdgeConfig {
     fn default() -> Self {
         Self {
@@ -129,19 +37,10 @@ impl Default for EdgeConfig {
             model_repository: PathBuf::from("models"),
             default_model: "scratch-detector".into(),
             onnxruntime_lib: None,
-            limits: Limits {
-                max_message_bytes: 8 << 20,
-                max_concurrent_requests: 256,
-                request_timeout_ms: 10_000,
-                stream_timeout_ms: 3_600_000,
-                stream_idle_timeout_ms: 60_000,
-                max_stream_messages: 100_000,
-                max_request_bytes_in_flight: 64 << 20,
-                drain_timeout_ms: 10_000,
-            },
+            limits: Limits::default(),
             images: ImageLimits::default(),
             models: ModelOptions::default(),
-            logging: LoggingConfig::default(),
+            logging: LoggingConfig::named("vigil-edge", "edge-1"),
             metrics: MetricsConfig::default(),
         }
     }
@@ -173,33 +72,7 @@ impl EdgeConfig {
 
     /// Checks values serde cannot: each message names its key.
     pub fn validate(&self) -> Result<(), String> {
-        let l = &self.limits;
-        if l.max_message_bytes < 1024 {
-            return Err(format!("limits.max_message_bytes = {} is too small (at least 1024)", l.max_message_bytes));
-        }
-        if l.max_concurrent_requests == 0 {
-            return Err("limits.max_concurrent_requests must be at least 1".into());
-        }
-        let largest_charge = l.max_message_bytes.saturating_mul(vigil_serving::admission::BYTES_CHARGED_PER_BYTE);
-        if l.max_request_bytes_in_flight < largest_charge {
-            return Err(format!(
-                "limits.max_request_bytes_in_flight = {} cannot admit a message of limits.max_message_bytes = {} \
-                 (charged {}x: at least {largest_charge})",
-                l.max_request_bytes_in_flight,
-                l.max_message_bytes,
-                vigil_serving::admission::BYTES_CHARGED_PER_BYTE
-            ));
-        }
-        for (key, value) in [
-            ("request_timeout_ms", l.request_timeout_ms),
-            ("stream_timeout_ms", l.stream_timeout_ms),
-            ("stream_idle_timeout_ms", l.stream_idle_timeout_ms),
-            ("max_stream_messages", l.max_stream_messages),
-        ] {
-            if value == 0 {
-                return Err(format!("limits.{key} must be at least 1"));
-            }
-        }
+        self.limits.validate()?;
         let i = &self.images;
         if i.min_side == 0 || i.min_side > i.max_side {
             return Err(format!(
@@ -207,17 +80,7 @@ impl EdgeConfig {
                 i.min_side, i.max_side
             ));
         }
-        if self.logging.enabled && (self.logging.queue_capacity == 0 || self.logging.max_in_flight == 0) {
-            return Err("logging.queue_capacity and logging.max_in_flight must be at least 1".into());
-        }
-        if self.logging.enabled {
-            self.logging.kafka.validate().map_err(|e| format!("logging.{e}"))?;
-            if let Some(spool) = &self.logging.spool
-                && (spool.max_bytes < spool.segment_bytes || spool.segment_bytes < 1024)
-            {
-                return Err("logging.spool: need 1024 <= segment_bytes <= max_bytes".into());
-            }
-        }
+        self.logging.validate()?;
         if self.default_model.is_empty() {
             return Err("default_model must not be empty".into());
         }
@@ -228,11 +91,6 @@ impl EdgeConfig {
             ));
         }
         Ok(())
-    }
-
-    /// The request timeout as a duration.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.limits.request_timeout_ms)
     }
 }
 

@@ -8,8 +8,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,7 +15,8 @@ use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::spool::{Appended, Position, Spool};
+use crate::spool::{Position, Spool};
+use crate::spool_actor::SpoolActor;
 
 /// One record on its way to a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,56 +75,14 @@ impl EmitterStats {
     }
 }
 
-/// The spool shared by the forwarding task, request handlers and the replay task.
-struct SpoolState {
-    /// None once closed: the spool (and its directory lock) is released at shutdown.
-    spool: Mutex<Option<Spool>>,
-    /// While set, new records go to the spool (behind the ones waiting) to keep their order.
-    active: AtomicBool,
-}
-
-impl SpoolState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Spool>> {
-        self.spool.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn store(&self, envelope: &Envelope, stats: &EmitterStats) {
-        let mut guard = self.lock();
-        let Some(spool) = guard.as_mut() else {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("record emitted after shutdown closed the spool: record lost");
-            return;
-        };
-        self.active.store(true, Ordering::SeqCst);
-        match spool.append(envelope) {
-            Ok(Appended::Stored) => {
-                stats.spooled.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Appended::StoredDroppingOldest(n)) => {
-                stats.spooled.fetch_add(1, Ordering::Relaxed);
-                stats.dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(dropped = n, "spool full: dropped the oldest records");
-            }
-            Ok(Appended::Rejected) => {
-                // Counted as spooled-then-dropped so that the accounting settles.
-                stats.spooled.fetch_add(1, Ordering::Relaxed);
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("spool full: record rejected");
-            }
-            Err(e) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "cannot write to the spool: record lost");
-            }
-        }
-    }
-}
-
 /// Handle given to request handlers. Cloning shares the queue.
 #[derive(Clone)]
 pub struct Emitter {
     sender: mpsc::Sender<Envelope>,
     stats: Arc<EmitterStats>,
-    spool: Option<Arc<SpoolState>>,
+    spool: Option<SpoolActor>,
+    /// The replay task, joined when the spool closes.
+    replay: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl Emitter {
@@ -147,16 +104,19 @@ impl Emitter {
     ) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
         let stats = Arc::new(EmitterStats::default());
-        let spool = spool.map(|s| {
-            let active = !s.is_empty();
-            Arc::new(SpoolState { spool: Mutex::new(Some(s)), active: AtomicBool::new(active) })
+        let spool = spool.and_then(|s| match SpoolActor::start(s, queue_capacity, stats.clone()) {
+            Ok(actor) => Some(actor),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the spool thread: records the sink cannot take are lost");
+                None
+            }
         });
         let sink = Arc::new(sink);
-        if let Some(state) = &spool {
-            tokio::spawn(replay(sink.clone(), state.clone(), stats.clone(), replay_interval));
-        }
+        let replay = spool
+            .as_ref()
+            .map(|actor| tokio::spawn(replay(sink.clone(), actor.clone(), stats.clone(), replay_interval)));
         let task = tokio::spawn(forward(sink, receiver, stats.clone(), max_in_flight.max(1), spool.clone()));
-        (Self { sender, stats, spool }, task)
+        (Self { sender, stats, spool, replay: Arc::new(parking_lot::Mutex::new(replay)) }, task)
     }
 
     /// Queues a record without waiting. When the queue is full the record goes to the spool,
@@ -167,7 +127,7 @@ impl Emitter {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(envelope) | mpsc::error::TrySendError::Closed(envelope)) => {
                 match &self.spool {
-                    Some(spool) => spool.store(&envelope, &self.stats),
+                    Some(spool) => spool.try_append(envelope),
                     None => {
                         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                     }
@@ -177,17 +137,28 @@ impl Emitter {
         }
     }
 
-    /// Stops replaying and closes the spool (at shutdown), releasing its directory: what is
-    /// still on disk is left for the next run.
-    pub fn close_spool(&self) {
+    /// Stops replaying and closes the spool (at shutdown), releasing its directory once the
+    /// records handed to it before are written: what is still on disk is left for the next run.
+    pub async fn close_spool(&self) {
         if let Some(s) = &self.spool {
-            s.lock().take();
+            s.close().await;
+        }
+        // A replay in progress is cut short: what it sent but did not acknowledge is sent again
+        // by the next run (downstream inserts are idempotent on the record id).
+        let replay = self.replay.lock().take();
+        if let Some(replay) = replay {
+            replay.abort();
+            if let Err(e) = replay.await
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "spool replay task failed");
+            }
         }
     }
 
     /// Records waiting in the spool now (0 once closed).
     pub fn spooled_now(&self) -> u64 {
-        self.spool.as_ref().and_then(|s| s.lock().as_ref().map(Spool::len)).unwrap_or(0)
+        self.spool.as_ref().map_or(0, SpoolActor::len)
     }
 
     /// Waits until every record emitted so far is delivered, failed or dropped; false when
@@ -222,25 +193,25 @@ async fn forward<S: Sink>(
     mut receiver: mpsc::Receiver<Envelope>,
     stats: Arc<EmitterStats>,
     max_in_flight: usize,
-    spool: Option<Arc<SpoolState>>,
+    spool: Option<SpoolActor>,
 ) {
     // Deliveries are started in emission order and settled in that order too, so that
     // records that fail reach the spool in the order they were emitted.
     let mut in_flight = FuturesOrdered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
-        let spooling = spool.as_ref().is_some_and(|s| s.active.load(Ordering::SeqCst));
+        let spooling = spool.as_ref().is_some_and(SpoolActor::active);
         // While spooling, new records wait until the deliveries in flight are settled.
         let take_more = open && in_flight.len() < max_in_flight && (!spooling || in_flight.is_empty());
         tokio::select! {
             biased;
             Some((result, kept)) = in_flight.next(), if !in_flight.is_empty() => {
-                settle(result, kept, &spool, &stats);
+                settle(result, kept, spool.as_ref(), &stats).await;
             }
             received = receiver.recv(), if take_more => match received {
                 None => open = false,
-                Some(envelope) => match spool.as_ref().filter(|s| s.active.load(Ordering::SeqCst)) {
-                    Some(state) => state.store(&envelope, &stats),
+                Some(envelope) => match spool.as_ref().filter(|s| s.active()) {
+                    Some(actor) => actor.append(envelope).await,
                     None => {
                         let kept = spool.as_ref().map(|_| envelope.clone());
                         let delivery = sink.send(envelope);
@@ -252,19 +223,19 @@ async fn forward<S: Sink>(
     }
 }
 
-fn settle(
+async fn settle(
     result: Result<(), SinkError>,
     kept: Option<Envelope>,
-    spool: &Option<Arc<SpoolState>>,
+    spool: Option<&SpoolActor>,
     stats: &EmitterStats,
 ) {
     match (result, kept, spool) {
         (Ok(()), _, _) => {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
         }
-        (Err(e), Some(envelope), Some(state)) => {
+        (Err(e), Some(envelope), Some(actor)) => {
             tracing::warn!(topic = envelope.topic, error = %e, "record not delivered: spooled for replay");
-            state.store(&envelope, stats);
+            actor.append(envelope).await;
         }
         (Err(e), _, _) => {
             tracing::warn!(error = %e, "record not delivered");
@@ -276,24 +247,19 @@ fn settle(
 /// Sends the spool's oldest records, in order, whenever it holds any; acknowledges them only
 /// when all of a batch were delivered (a partly delivered batch is sent again: downstream
 /// inserts are idempotent on the record id).
-async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<EmitterStats>, interval: Duration) {
+async fn replay<S: Sink>(sink: Arc<S>, spool: SpoolActor, stats: Arc<EmitterStats>, interval: Duration) {
     const BATCH: usize = 1_000;
     let mut backoff = interval;
     loop {
         tokio::time::sleep(backoff).await;
-        let peeked = {
-            let guard = state.lock();
-            let Some(spool) = guard.as_ref() else { return };
-            if spool.is_empty() {
-                state.active.store(false, Ordering::SeqCst);
+        let batch = match spool.peek(BATCH).await {
+            Err(_closed) => return,
+            Ok(Ok(batch)) if batch.is_empty() => {
                 backoff = interval;
                 continue;
             }
-            spool.peek_each(BATCH)
-        };
-        let batch = match peeked {
-            Ok(p) => p,
-            Err(e) => {
+            Ok(Ok(batch)) => batch,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the spool");
                 continue;
             }
@@ -314,14 +280,15 @@ async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<Emitte
             }
         }
         if delivered > 0 {
-            let mut guard = state.lock();
-            // Closed meanwhile: the next run sends these again (downstream inserts are idempotent).
-            let Some(spool) = guard.as_mut() else { return };
-            if let Err(e) = spool.ack(positions[delivered - 1], delivered as u64) {
-                tracing::error!(error = %e, "cannot advance the spool head");
+            match spool.ack(positions[delivered - 1], delivered as u64).await {
+                // Closed meanwhile: the next run sends these again (downstream inserts are idempotent).
+                Err(_closed) => return,
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot advance the spool head"),
+                Ok(Ok(())) => {
+                    stats.replayed.fetch_add(delivered as u64, Ordering::Relaxed);
+                    tracing::info!(count = delivered, left = spool.len(), "replayed spooled records");
+                }
             }
-            stats.replayed.fetch_add(delivered as u64, Ordering::Relaxed);
-            tracing::info!(count = delivered, left = spool.len(), "replayed spooled records");
         }
         match first_error {
             // More may be waiting: look again almost at once.
@@ -337,6 +304,7 @@ async fn replay<S: Sink>(sink: Arc<S>, state: Arc<SpoolState>, stats: Arc<Emitte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     #[derive(Clone, Default)]
@@ -449,7 +417,7 @@ mod tests {
         assert!(emitter.drain(Duration::from_secs(5)).await);
         assert_eq!(emitter.spooled_now(), 5);
         assert!(Spool::open(config.clone()).is_err(), "the running emitter holds the directory");
-        emitter.close_spool();
+        emitter.close_spool().await;
         let reopened = Spool::open(config).expect("closed at shutdown: the next run may open it");
         assert_eq!(reopened.len(), 5, "what waited is left for the next run");
         assert_eq!(emitter.spooled_now(), 0);

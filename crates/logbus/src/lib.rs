@@ -6,6 +6,7 @@ pub mod emitter;
 pub mod in_process;
 pub mod kafka;
 pub mod spool;
+mod spool_actor;
 pub mod topics;
 
 pub use emitter::{Emitter, EmitterStats, Envelope, Sink, SinkError};

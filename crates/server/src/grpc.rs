@@ -1,0 +1,136 @@
+//! The gRPC listener every server binary uses: bound with TCP_NODELAY, the health service
+//! (each served API marked SERVING, then NOT_SERVING when the drain starts) and reflection in
+//! both `grpc.reflection.v1` and `v1alpha` (grpcurl and tonic speak v1; Python's
+//! grpcio-reflection, Postman and older tools only v1alpha), served in a [`Lifecycle`] stage
+//! that drains in-flight calls within a bound.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic_health::server::HealthReporter;
+use tower::{Layer, Service};
+
+use crate::lifecycle::Lifecycle;
+
+/// A bound gRPC listener with its health reporter, before it serves.
+pub struct GrpcHost {
+    listener: TcpListener,
+    addr: SocketAddr,
+    health: HealthReporter,
+    routes: Routes,
+    served: Vec<&'static str>,
+}
+
+impl GrpcHost {
+    /// Binds `addr`; the error names `setting` (the flag or key that sets the address).
+    pub async fn bind(addr: SocketAddr, setting: &str, descriptor_sets: &[&[u8]]) -> Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (is another server using it? set {setting})"))?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "listening beyond loopback");
+        }
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for set in descriptor_sets {
+                builder = builder.register_encoded_file_descriptor_set(set);
+            }
+            builder
+        };
+        let v1 = reflection().build_v1().context("building the reflection service")?;
+        let v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
+        let routes = Routes::new(health_service).add_service(v1).add_service(v1alpha);
+        Ok(Self { listener, addr, health, routes, served: Vec::new() })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Marks `S` SERVING in the health service until the drain starts.
+    pub async fn serving<S: NamedService>(&mut self) {
+        self.health.set_serving::<S>().await;
+        self.served.push(S::NAME);
+    }
+
+    /// Marks the whole server (the empty service name) SERVING until the drain starts.
+    pub async fn serving_all(&mut self) {
+        self.health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        self.served.push("");
+    }
+
+    /// Health and reflection, to which the server adds its own services:
+    /// `Server::builder().layer(..).add_routes(host.routes()).add_service(..)`.
+    pub fn routes(&mut self) -> Routes {
+        std::mem::take(&mut self.routes)
+    }
+
+    /// Serves `router` in `lifecycle`'s `stage`: when the stage is told to stop, the served
+    /// APIs turn NOT_SERVING, new connections are refused, and in-flight calls get `drain` to
+    /// finish before the remaining connections are closed.
+    pub fn serve<L, ResBody>(self, router: Router<L>, lifecycle: &mut Lifecycle, stage: &'static str, drain: Duration)
+    where
+        L: Layer<Routes> + Send + 'static,
+        L::Service: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send,
+        <L::Service as Service<http::Request<Body>>>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Self { listener, health, served, .. } = self;
+        lifecycle.spawn(stage, "gRPC server", move |stop| async move {
+            let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
+            let signal = async move {
+                stop.stopped().await;
+                tracing::info!("shutting down: draining in-flight requests");
+                for name in served {
+                    health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+                }
+                let _ = draining_tx.send(());
+            };
+            let serve =
+                router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+            tokio::pin!(serve);
+            // The server may finish by itself (an error, or nothing left to drain).
+            let finished = tokio::select! {
+                result = &mut serve => Some(result),
+                _ = draining => None,
+            };
+            let result = match finished {
+                Some(result) => result,
+                None => match tokio::time::timeout(drain, serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
+                        Ok(())
+                    }
+                },
+            };
+            result.context("gRPC server failed")
+        });
+    }
+}
+
+/// Serves Prometheus `GET /metrics` from `registry` on `listener` in `lifecycle`'s `stage`
+/// (give it a short grace period: it is the last thing to stop).
+pub fn serve_metrics(
+    listener: TcpListener,
+    registry: prometheus_client::registry::Registry,
+    lifecycle: &mut Lifecycle,
+    stage: &'static str,
+) {
+    let router = vigil_telemetry::metrics_router(std::sync::Arc::new(registry));
+    lifecycle
+        .spawn(stage, "/metrics server", move |stop| vigil_telemetry::serve_http(listener, router, stop.stopped()));
+}

@@ -1,0 +1,14 @@
+//! `vigil-server`, the host every Vigil server binary runs on: the configuration sections they
+//! share, the gRPC listener with health and reflection, the model repository and its watch,
+//! prediction records, the `/metrics` endpoint, and one [`Lifecycle`] that starts their tasks
+//! and stops them in order.
+
+pub mod config;
+pub mod grpc;
+pub mod lifecycle;
+pub mod models;
+pub mod records;
+
+pub use config::{Limits, LoggingConfig, MetricsConfig, ModelOptions};
+pub use grpc::{GrpcHost, serve_metrics};
+pub use lifecycle::{Lifecycle, StopSignal};
