@@ -17,8 +17,15 @@ use vigil_monitor::views::{Baseline, Scope, Views};
 use vigil_serving::RecordEmitter;
 use vigil_store::{AnyStore, MAX_QUERY_ROWS, PredictionFilter, PredictionStore, SqliteStore};
 
+use vigil_server::Lifecycle;
+
 use crate::inspect::{InspectArgs, connect, inspect_files};
 use crate::query::{Format, print_rows};
+
+/// The stages of `vigil up`, in the order they stop.
+const EDGE: &str = "edge";
+const RECORDS: &str = "records";
+const MONITOR: &str = "monitor";
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -121,7 +128,7 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     PredictionStore::migrate(&store).await.context("preparing the prediction log")?;
     let before = store.count_predictions().await?;
     let (sink, receiver) = vigil_logbus::in_process::channel(10_000);
-    let (emitter, _forwarder) = Emitter::start(sink, 100_000, 1_000);
+    let (emitter, forwarder) = Emitter::start(sink, 100_000, 1_000);
     let records = RecordEmitter::new(emitter.clone(), "embedded");
     let monitor_config = monitor_config(&args, &config.model_repository)?;
     let monitor_views = Views::new(
@@ -129,31 +136,47 @@ pub async fn run(args: UpArgs) -> Result<u8> {
         Arc::new(vigil_monitor::Catalog::load(&monitor_config.models)?),
         Arc::new(monitor_config.clone()),
     );
+    // Stops in order: the edge server drains, then the records it logged reach the log, then
+    // the monitor.
+    let mut lifecycle = Lifecycle::new();
+    lifecycle.stage(EDGE, None).stage(RECORDS, None).stage(MONITOR, None);
     let dashboard = vigil_telemetry::bind_http(args.dashboard, "--dashboard").await?;
     let dashboard_url = format!("http://{}/", dashboard.local_addr()?);
     let monitor_grpc = vigil_monitor::bind("127.0.0.1:0".parse()?).await?;
     let monitor_grpc_addr = monitor_grpc.local_addr()?;
-    let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
-    let monitor = tokio::spawn(vigil_monitor::run(
-        AnyStore::Sqlite(store.clone()),
-        monitor_config,
-        monitor_grpc,
-        dashboard,
-        async move {
-            let _ = monitor_stopped.await;
-        },
-    ));
+    let monitor =
+        vigil_monitor::start(AnyStore::Sqlite(store.clone()), monitor_config, monitor_grpc, dashboard).await?;
+    lifecycle.spawn(MONITOR, "monitor", move |stop| monitor.run_until(stop.stopped()));
     eprintln!("monitor: dashboard on {dashboard_url} (monitoring API on {monitor_grpc_addr})");
     let logger_stats = Arc::new(LoggerStats::default());
     // One batch at a time: SQLite has one writer.
     let batch = vigil_logger::BatchSettings { max_records: 1_000, max_wait_ms: 50, max_in_flight: 1 };
-    let logger = tokio::spawn(vigil_logger::embedded::run(receiver, store.clone(), batch, logger_stats.clone()));
+    let logger = vigil_logger::embedded::run(receiver, store.clone(), batch, logger_stats.clone());
+    let bus = emitter.clone();
+    lifecycle.spawn(RECORDS, "embedded logger", move |stop| async move {
+        tokio::pin!(logger);
+        tokio::select! {
+            () = &mut logger => anyhow::bail!("the embedded logger stopped"),
+            () = stop.stopped() => {}
+        }
+        // The bus closes once every record handed over is forwarded; the logger then writes
+        // what it holds and ends.
+        if !bus.drain(Duration::from_secs(30)).await {
+            tracing::warn!("records still on the in-process bus at exit");
+        }
+        drop(bus);
+        forwarder.await.context("the record forwarder failed")?;
+        logger.await;
+        Ok(())
+    });
     eprintln!("starting the edge server (model repository {}) ...", config.model_repository.display());
-    let server = vigil_edge::start_with(config, args.serve, Some(records)).await?;
+    let server = vigil_edge::start_with(config, false, Some(records)).await?;
     let url = format!("http://{}", server.addr);
+    let default_model = server.repository.models().first().map(|m| m.name.clone()).unwrap_or_default();
     for entry in server.repository.models() {
         eprintln!("  serving {} version {}", entry.name, entry.default_version);
     }
+    lifecycle.spawn(EDGE, "edge server", move |stop| server.run_until(stop.stopped()));
     eprintln!("edge server listening on {url}");
     let mut inspected = 0;
     for folder in &samples {
@@ -174,7 +197,6 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     // Every record handed over is in the log once the bus is drained and the logger has written
     // it; then rollup upkeep catches up, and the monitor's figures include every sample.
     emitter.drain(Duration::from_secs(30)).await;
-    let default_model = server.repository.models().first().map(|m| m.name.clone()).unwrap_or_default();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let scope = Scope { model: default_model.clone(), version: None, variant: None };
     let mut waited = None;
@@ -199,17 +221,14 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     }
     let summary = print_monitoring(&monitor_views, &default_model).await;
     println!("dashboard: {dashboard_url}");
+    // Only the logger's task holds the bus now: it closes once the records are forwarded.
+    drop(emitter);
     if args.serve {
         eprintln!("\nserving on {url}, dashboard on {dashboard_url}; press Ctrl-C to stop");
-        server.wait().await?;
+        lifecycle.run_until(vigil_telemetry::termination()?).await?;
     } else {
-        server.shutdown().await?;
+        lifecycle.shutdown().await?;
     }
-    emitter.drain(Duration::from_secs(30)).await;
-    drop(emitter);
-    logger.await.context("the embedded logger stopped")?;
-    let _ = stop_monitor.send(());
-    monitor.await.context("the monitor stopped")??;
     let total = store.count_predictions().await?;
     let logged = total - before;
     let url = format!("sqlite://{}", args.database.display());

@@ -44,6 +44,11 @@ impl RunningServer {
         self.lifecycle.shutdown().await
     }
 
+    /// Serves until `stop` resolves or the server fails, then shuts down in order.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<()> {
+        self.lifecycle.run_until(stop).await
+    }
+
     /// Waits until the server stops by itself (SIGINT/SIGTERM when it handles signals, or a
     /// failure), then shuts down in order.
     pub async fn wait(self) -> Result<()> {

@@ -78,6 +78,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Handlers are registered before any work, so an early SIGTERM is a clean stop.
     let shutdown = vigil_telemetry::termination()?;
     let stats = Arc::new(LoggerStats::default());
+    let stats_for_metrics = stats.clone();
     let http = vigil_telemetry::bind_http(args.metrics_listen, "--metrics-listen").await?;
     println!(
         "vigil-logger consuming {:?} from {} into Postgres (metrics on http://{}/metrics)",
@@ -85,17 +86,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.kafka.brokers,
         http.local_addr()?
     );
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = vigil_telemetry::metrics_router(vigil_logger::metrics::registry(&stats));
-    let mut metrics = tokio::spawn(vigil_telemetry::serve_http(http, router, async move {
-        let _ = metrics_stopped.await;
-    }));
-    let result = vigil_logger::run(config, stats, shutdown).await;
-    let _ = stop_metrics.send(());
-    match tokio::time::timeout(Duration::from_secs(1), &mut metrics).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "metrics server failed"),
-        Ok(_) => {}
-        Err(_) => metrics.abort(),
-    }
-    result
+    // The pipeline finishes its batches first; /metrics stops last, after a short grace.
+    let mut lifecycle = vigil_server::Lifecycle::new();
+    lifecycle.stage("pipeline", None).stage("metrics", Some(Duration::from_secs(1)));
+    lifecycle.spawn("pipeline", "Kafka to Postgres pipeline", move |stop| {
+        vigil_logger::run(config, stats.clone(), stop.stopped())
+    });
+    let router = vigil_telemetry::metrics_router(vigil_logger::metrics::registry(&stats_for_metrics));
+    lifecycle
+        .spawn("metrics", "/metrics server", move |stop| vigil_telemetry::serve_http(http, router, stop.stopped()));
+    lifecycle.run_until(shutdown).await
 }

@@ -18,11 +18,13 @@ pub mod views;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use vigil_proto::vigil::v1::monitoring_server::MonitoringServer;
 use vigil_proto::vigil::v1::prediction_log_server::PredictionLogServer;
+use vigil_server::{GrpcHost, Lifecycle};
 use vigil_store::{MonitorStore, PredictionStore};
 
 pub use api::MonitoringService;
@@ -31,38 +33,28 @@ pub use config::MonitorConfig;
 pub use query::PredictionLogService;
 pub use views::Views;
 
+/// The monitor's stages, in the order they stop: the APIs drain, then the background work.
+const SERVE: &str = "serve";
+const BACKGROUND: &str = "background";
+
+/// How long in-flight API calls may take to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// Serves the analyst query API alone on `listener` until `shutdown` resolves.
 pub async fn serve<S: PredictionStore>(
     listener: TcpListener,
     store: S,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    grpc_server(
-        tonic::transport::Server::builder().add_service(PredictionLogServer::new(PredictionLogService::new(store))),
-        listener,
-        shutdown,
-    )
-    .await
-}
-
-async fn grpc_server(
-    router: tonic::transport::server::Router,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-    router
-        .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
-        .context("gRPC server failed")
+    let mut lifecycle = Lifecycle::new();
+    let mut host = GrpcHost::on(listener, &[vigil_proto::FILE_DESCRIPTOR_SET])?;
+    host.serving_all().await;
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(host.routes())
+        .add_service(PredictionLogServer::new(PredictionLogService::new(store)));
+    host.serve(router, &mut lifecycle, SERVE, DRAIN);
+    lifecycle.run_until(shutdown).await
 }
 
 /// The whole monitor: gRPC APIs on `grpc`, dashboard and `/metrics` on `http`, rollup upkeep,
@@ -74,31 +66,37 @@ pub async fn run<S: PredictionStore + MonitorStore>(
     http: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    start(store, config, grpc, http).await?.run_until(shutdown).await
+}
+
+/// Starts the whole monitor (see [`run`]); the returned lifecycle stops it in order.
+pub async fn start<S: PredictionStore + MonitorStore>(
+    store: S,
+    config: MonitorConfig,
+    grpc: TcpListener,
+    http: TcpListener,
+) -> Result<Lifecycle> {
     config.validate()?;
     let rules = config.rules()?;
     let catalog = Arc::new(Catalog::load(&config.models)?);
     let config = Arc::new(config);
     let views = Views::new(store.clone(), catalog, config.clone());
     let (registry, metrics) = telemetry::registry();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut lifecycle = Lifecycle::new();
+    lifecycle.stage(SERVE, None).stage(BACKGROUND, None);
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(rollup::upkeep(
-        store.clone(),
-        config.rollups.resolutions.clone(),
-        config.rollups.poll,
-        metrics.clone(),
-        stop_rx.clone(),
-    ));
+    let upkeep = (store.clone(), config.rollups.resolutions.clone(), config.rollups.poll, metrics.clone());
+    lifecycle.spawn(BACKGROUND, "rollup upkeep", move |stop| async move {
+        let (store, resolutions, poll, metrics) = upkeep;
+        rollup::upkeep(store, resolutions, poll, metrics, stop.into_receiver()).await;
+        Ok(())
+    });
     let (leading_tx, leading) = tokio::sync::watch::channel(false);
-    tasks.spawn(alarms::run(
-        views.clone(),
-        rules,
-        config.alerting.evaluate_every,
-        metrics.clone(),
-        leading_tx,
-        stop_rx.clone(),
-    ));
+    let (alarm_views, every, alarm_metrics) = (views.clone(), config.alerting.evaluate_every, metrics.clone());
+    lifecycle.spawn(BACKGROUND, "alarms", move |stop| async move {
+        alarms::run(alarm_views, rules, every, alarm_metrics, leading_tx, stop.into_receiver()).await;
+        Ok(())
+    });
     if let Some(url) = &config.alerting.webhook_url {
         let hook = notify::Webhook {
             url: url.clone(),
@@ -106,26 +104,24 @@ pub async fn run<S: PredictionStore + MonitorStore>(
             max_backoff: config.alerting.webhook_max_backoff,
             max_attempts: config.alerting.webhook_max_attempts,
         };
-        tasks.spawn(notify::run(store.clone(), hook, metrics.clone(), leading, stop_rx.clone()));
+        let (store, metrics) = (store.clone(), metrics.clone());
+        lifecycle.spawn(BACKGROUND, "webhook notifications", move |stop| async move {
+            notify::run(store, hook, metrics, leading, stop.into_receiver()).await;
+            Ok(())
+        });
     }
 
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let http_server =
-        vigil_telemetry::serve_http(http, http::router(views.clone(), registry), stopped(stop_rx.clone()));
-    let grpc_router = tonic::transport::Server::builder()
+    let dashboard = http::router(views.clone(), registry);
+    lifecycle.spawn(SERVE, "dashboard", move |stop| vigil_telemetry::serve_http(http, dashboard, stop.stopped()));
+    let mut host = GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?;
+    host.serving_all().await;
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(host.routes())
         .add_service(PredictionLogServer::new(PredictionLogService::new(store.clone())))
         .add_service(MonitoringServer::new(MonitoringService::new(views)));
-    let grpc_server = grpc_server(grpc_router, grpc, stopped(stop_rx.clone()));
-    let trigger = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    let (_, http_result, grpc_result) = tokio::join!(trigger, http_server, grpc_server);
-    while tasks.join_next().await.is_some() {}
-    http_result?;
-    grpc_result
+    host.serve(router, &mut lifecycle, SERVE, DRAIN);
+    Ok(lifecycle)
 }
 
 /// Binds `addr`, with an error that says what to do.

@@ -34,6 +34,11 @@ impl GrpcHost {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (is another server using it? set {setting})"))?;
+        Self::on(listener, descriptor_sets)
+    }
+
+    /// Serves on a listener bound by the caller; reflection describes `descriptor_sets`.
+    pub fn on(listener: TcpListener, descriptor_sets: &[&[u8]]) -> Result<Self> {
         let addr = listener.local_addr()?;
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "listening beyond loopback");

@@ -23,6 +23,11 @@ impl StopSignal {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 
+    /// The underlying watch, for loops that select on `changed()`.
+    pub fn into_receiver(self) -> watch::Receiver<bool> {
+        self.0
+    }
+
     /// Whether the stage has been told to stop.
     pub fn is_stopped(&self) -> bool {
         *self.0.borrow()
