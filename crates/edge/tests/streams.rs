@@ -107,3 +107,34 @@ async fn a_stream_past_its_message_limit_is_ended_with_resource_exhausted() {
     assert!(status.message().contains("more than 3 messages"), "{}", status.message());
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_of_a_stream_is_charged_against_the_memory_budget() {
+    let mut config = config();
+    config.limits.max_message_bytes = 1 << 20;
+    config.limits.max_request_bytes_in_flight = 3 << 20;
+    let server = start(config).await;
+    let metrics = server.metrics_addr.expect("metrics enabled");
+    // Not an image: answered with a per-item error, and the stream goes on.
+    let large = || InspectRequest { image: vec![7; 700_000], request_id: "large".into(), ..Default::default() };
+    let small = || InspectRequest { image: image(), request_id: "small".into(), ..Default::default() };
+    let (first, mut first_responses) = open_stream(&server).await;
+    first.send(large()).await.unwrap();
+    let answer = first_responses.next().await.unwrap().unwrap();
+    assert_eq!(answer.error.expect("not an image").request_id, "large");
+    // The first stream's latest message holds 2.1 MB of the 3 MiB budget while it stays open.
+    let (second, mut second_responses) = open_stream(&server).await;
+    second.send(large()).await.unwrap();
+    let status = second_responses.next().await.expect("a status").expect_err("over the budget");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("limits.max_request_bytes_in_flight"), "{}", status.message());
+    // The first stream goes on; its next, small message takes the large one's place.
+    first.send(small()).await.unwrap();
+    let answer = first_responses.next().await.unwrap().unwrap();
+    assert_eq!(answer.result.expect("an answer").request_id, "small");
+    second.send(large()).await.ok();
+    drop((first, second));
+    assert!(first_responses.next().await.is_none(), "the first stream ended cleanly");
+    until_metric(metrics, "vigil_request_bytes_in_flight", &[], 0.0).await;
+    server.shutdown().await.unwrap();
+}

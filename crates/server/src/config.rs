@@ -102,8 +102,9 @@ pub struct Limits {
     /// Most requests one stream may carry; the next ends it with RESOURCE_EXHAUSTED.
     pub max_stream_messages: u64,
     /// Memory budget of the requests in flight, in bytes: each is charged three times the
-    /// size its message declares (received, decoded, batched) before it is read; beyond the
-    /// budget requests are shed with RESOURCE_EXHAUSTED.
+    /// size its message declares (received, decoded, batched) before it is read, and a stream
+    /// each message in place of its previous one; beyond the budget requests are shed, and
+    /// streams ended, with RESOURCE_EXHAUSTED.
     pub max_request_bytes_in_flight: usize,
     /// On shutdown, how long in-flight requests may take to finish, in milliseconds.
     pub drain_timeout_ms: u64,

@@ -39,7 +39,8 @@ pub struct AdmissionLimits {
     pub max_stream_messages: u64,
     /// Memory budget of the calls in flight, in bytes: each call is charged
     /// [`BYTES_CHARGED_PER_BYTE`] times the length its first message declares, before that
-    /// message is buffered, and is shed when the budget cannot cover it.
+    /// message is buffered, and is shed when the budget cannot cover it; a stream is charged
+    /// each later message in place of the previous one, and ended when it cannot be covered.
     pub max_request_bytes_in_flight: usize,
 }
 
@@ -64,6 +65,38 @@ pub fn streaming_methods(descriptor_set: &[u8]) -> HashSet<String> {
         }
     }
     paths
+}
+
+/// The bytes of the memory budget a call holds now: for a stream, those of its latest
+/// message, replaced as each new one starts. Shared by the request body (which charges each
+/// message) and the response body (which releases the charge when the call ends).
+type Reservation = Arc<parking_lot::Mutex<Option<OwnedSemaphorePermit>>>;
+
+/// The memory budget, as a stream's request body charges it message by message.
+struct StreamBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+    held: Reservation,
+}
+
+impl StreamBudget {
+    /// Charges a new message of `declared` bytes in place of the previous one; an error
+    /// naming the budget when it cannot be covered.
+    fn charge(&self, declared: usize) -> Result<(), Status> {
+        let mut held = self.held.lock();
+        held.take();
+        let charge = declared.saturating_mul(BYTES_CHARGED_PER_BYTE);
+        if charge == 0 {
+            return Ok(());
+        }
+        match u32::try_from(charge).ok().and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok()) {
+            Some(permit) => {
+                *held = Some(permit);
+                Ok(())
+            }
+            None => Err(budget_exhausted(self.total, declared)),
+        }
+    }
 }
 
 /// When the admission layer ends a request: put in the request's extensions for handlers.
@@ -195,16 +228,18 @@ where
                 let (parts, body) = request.into_parts();
                 let (mut body, declared) = read_declared_length(body).await;
                 body.messages.limit = max_stream_messages;
-                let charge = declared.map_or(0, |n| n as usize).saturating_mul(BYTES_CHARGED_PER_BYTE);
-                let reserved = if charge == 0 || exempt {
-                    None
-                } else {
-                    let granted = u32::try_from(charge).ok().and_then(|n| bytes.try_acquire_many_owned(n).ok());
-                    match granted {
-                        Some(p) => Some(p),
-                        None => return Ok(Err(over_budget(budget, declared.unwrap_or(0), metrics.as_ref(), api))),
+                let reserved = Reservation::default();
+                if !exempt {
+                    let budget = StreamBudget { bytes, total: budget, held: reserved.clone() };
+                    if let Err(status) = budget.charge(declared.map_or(0, |n| n as usize)) {
+                        count_shed(metrics.as_ref(), api);
+                        return Ok(Err(status));
                     }
-                };
+                    // A stream's later messages are charged as they start.
+                    if stream {
+                        body.messages.budget = Some(budget);
+                    }
+                }
                 let request = http::Request::from_parts(parts, tonic::body::Body::new(body));
                 inner.call(request).await.map(|response| Ok((response, reserved)))
             };
@@ -227,11 +262,10 @@ fn count_shed(metrics: Option<&ServingMetrics>, api: Option<Api>) {
     }
 }
 
-fn over_budget(budget: usize, declared: u32, metrics: Option<&ServingMetrics>, api: Option<Api>) -> Status {
-    count_shed(metrics, api);
+fn budget_exhausted(budget: usize, declared: usize) -> Status {
     Status::resource_exhausted(format!(
         "server busy: the calls in flight use the memory budget of {budget} bytes \
-         (limits.max_request_bytes_in_flight) and this one declares {declared}; retry with backoff"
+         (limits.max_request_bytes_in_flight) and this message declares {declared}; retry with backoff"
     ))
 }
 
@@ -285,13 +319,18 @@ struct MessageCounter {
     /// A length prefix split across frames.
     prefix: Vec<u8>,
     exceeded: bool,
+    /// Charges each message after the first (charged at admission) as it starts.
+    budget: Option<StreamBudget>,
 }
 
 impl MessageCounter {
-    /// Counts the messages that start in `data`; when one goes past the limit, the offset in
-    /// `data` where it starts (0 when its length prefix began in an earlier frame).
-    fn past_limit(&mut self, data: &[u8]) -> Option<usize> {
-        let limit = self.limit?;
+    /// Counts (and charges) the messages that start in `data`; when one goes past the message
+    /// limit or the memory budget, the offset in `data` where it starts (0 when its length
+    /// prefix began in an earlier frame) and the status that ends the stream.
+    fn past_limit(&mut self, data: &[u8]) -> Option<(usize, Status)> {
+        if self.limit.is_none() && self.budget.is_none() {
+            return None;
+        }
         let mut at = 0;
         while at < data.len() {
             if self.remaining > 0 {
@@ -309,8 +348,18 @@ impl MessageCounter {
                 self.remaining =
                     u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]) as usize;
                 self.prefix.clear();
-                if self.seen > limit {
-                    return Some(starts);
+                if let Some(limit) = self.limit.filter(|&limit| self.seen > limit) {
+                    return Some((
+                        starts,
+                        Status::resource_exhausted(format!(
+                            "the stream sent more than {limit} messages (limits.max_stream_messages); open a new one"
+                        )),
+                    ));
+                }
+                if self.seen > 1
+                    && let Some(Err(status)) = self.budget.as_ref().map(|b| b.charge(self.remaining))
+                {
+                    return Some((starts, status));
                 }
             }
         }
@@ -335,13 +384,9 @@ impl Body for Replay {
         };
         let Poll::Ready(Some(Ok(frame))) = polled else { return polled };
         let Some(data) = frame.data_ref().cloned() else { return Poll::Ready(Some(Ok(frame))) };
-        let Some(offset) = self.messages.past_limit(&data) else { return Poll::Ready(Some(Ok(frame))) };
+        let Some((offset, error)) = self.messages.past_limit(&data) else { return Poll::Ready(Some(Ok(frame))) };
         // The messages before the one past the limit still go through; then the error.
         self.messages.exceeded = true;
-        let limit = self.messages.limit.unwrap_or_default();
-        let error = Status::resource_exhausted(format!(
-            "the stream sent more than {limit} messages (limits.max_stream_messages); open a new one"
-        ));
         if offset == 0 {
             return Poll::Ready(Some(Err(error)));
         }
@@ -366,7 +411,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         permit: Option<OwnedSemaphorePermit>,
-        reserved: Option<OwnedSemaphorePermit>,
+        reserved: Reservation,
         deadline: Option<(Pin<Box<Sleep>>, Duration)>,
         idle: Option<(Pin<Box<Sleep>>, Duration)>,
         ended: bool,
@@ -377,7 +422,7 @@ impl<B> AdmittedBody<B> {
     fn new(
         inner: B,
         permit: Option<OwnedSemaphorePermit>,
-        reserved: Option<OwnedSemaphorePermit>,
+        reserved: Reservation,
         deadline: tokio::time::Instant,
         timeout: Duration,
         idle: Option<Duration>,
@@ -395,7 +440,14 @@ impl<B> AdmittedBody<B> {
 
 impl<B: Default> Default for AdmittedBody<B> {
     fn default() -> Self {
-        Self { inner: B::default(), permit: None, reserved: None, deadline: None, idle: None, ended: false }
+        Self {
+            inner: B::default(),
+            permit: None,
+            reserved: Reservation::default(),
+            deadline: None,
+            idle: None,
+            ended: false,
+        }
     }
 }
 
@@ -412,7 +464,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
             Poll::Ready(None) => {
                 *this.ended = true;
                 this.permit.take();
-                this.reserved.take();
+                this.reserved.lock().take();
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(frame)) => {
@@ -441,7 +493,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
         // The call ends here: its handler (and what it waits on) is dropped with `inner`.
         *this.ended = true;
         this.permit.take();
-        this.reserved.take();
+        this.reserved.lock().take();
         let mut trailers = http::HeaderMap::new();
         let _ = status.add_header(&mut trailers);
         Poll::Ready(Some(Ok(Frame::trailers(trailers))))
@@ -495,7 +547,7 @@ mod tests {
             let mut passed = 0;
             let mut cut = None;
             for c in stream.chunks(chunk) {
-                if let Some(offset) = counter.past_limit(c) {
+                if let Some((offset, _)) = counter.past_limit(c) {
                     cut = Some(passed + offset);
                     break;
                 }
@@ -510,6 +562,43 @@ mod tests {
             assert!(stream.chunks(chunk).all(|c| counter.past_limit(c).is_none()), "chunk {chunk}");
             assert_eq!((counter.seen, counter.remaining), (4, 0));
         }
+    }
+
+    #[test]
+    fn each_message_of_a_stream_is_charged_in_place_of_the_previous_one() {
+        let message = |len: u32| {
+            let mut m = vec![0];
+            m.extend(len.to_be_bytes());
+            m.extend(vec![7; len as usize]);
+            m
+        };
+        let stream: Vec<u8> = [message(3), message(0), message(10), message(1)].concat();
+        let counter_with = |budget: usize| {
+            let bytes = Arc::new(Semaphore::new(budget));
+            let held = Reservation::default();
+            let budget = StreamBudget { bytes: bytes.clone(), total: budget, held: held.clone() };
+            (MessageCounter { budget: Some(budget), ..Default::default() }, bytes, held)
+        };
+        // 10 bytes are charged 30: a budget of 30 covers the third message, and the fourth
+        // (1 byte, charged 3) replaces its charge.
+        let (mut counter, bytes, held) = counter_with(30);
+        for c in stream.chunks(4) {
+            assert!(counter.past_limit(c).is_none());
+            if counter.seen == 3 && counter.remaining > 0 {
+                assert_eq!(bytes.available_permits(), 0, "the third message holds the whole budget");
+            }
+        }
+        assert_eq!(bytes.available_permits(), 27, "the last message's charge is held");
+        held.lock().take();
+        assert_eq!(bytes.available_permits(), 30, "released when the call ends");
+        // With 29, the third message (starting at byte 13) ends the stream, naming the budget.
+        let (mut counter, bytes, _held) = counter_with(29);
+        let (offset, status) = counter.past_limit(&stream).expect("over the budget");
+        assert_eq!(offset, 13);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("memory budget of 29 bytes"), "{}", status.message());
+        assert!(status.message().contains("limits.max_request_bytes_in_flight"), "{}", status.message());
+        assert_eq!(bytes.available_permits(), 29, "nothing held after the refusal");
     }
 
     #[test]
