@@ -13,7 +13,9 @@ use vigil_inference::repository::ModelRepository;
 use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use vigil_proto::vigil::v1::inspection_server::InspectionServer;
 use vigil_server::{GrpcHost, Lifecycle};
-use vigil_serving::{AdmissionLayer, InferenceService, InspectionService, RecordEmitter, ServingMetrics};
+use vigil_serving::{
+    AdmissionLayer, InferenceService, InspectionService, RecordEmitter, RequestMetricsLayer, ServingMetrics,
+};
 
 use crate::config::EdgeConfig;
 
@@ -102,10 +104,9 @@ pub async fn start_with(
         .with_streaming_methods(vigil_serving::admission::streaming_methods(vigil_proto::FILE_DESCRIPTOR_SET));
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
-    let admission = admission.with_metrics(metrics.clone());
     let mut inference = InferenceService::new(repository.clone(), "vigil-edge").with_metrics(metrics.clone());
-    let mut inspection =
-        InspectionService::new(repository.clone(), config.default_model.clone(), config.images).with_metrics(metrics);
+    let mut inspection = InspectionService::new(repository.clone(), config.default_model.clone(), config.images)
+        .with_metrics(metrics.clone());
     if let Some(records) = &records {
         inference = inference.with_records(records.clone());
         inspection = inspection.with_records(records.clone());
@@ -118,7 +119,8 @@ pub async fn start_with(
     let addr = host.addr();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .layer(admission)
+        // Outermost first: every call is counted, those the admission layer sheds or ends too.
+        .layer(tower::ServiceBuilder::new().layer(RequestMetricsLayer::new(metrics.clone())).layer(admission))
         .add_routes(host.routes())
         .add_service(oip)
         .add_service(inspection);

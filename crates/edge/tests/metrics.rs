@@ -107,3 +107,39 @@ async fn metrics_can_be_turned_off() {
     assert_eq!(server.metrics_addr, None);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_is_counted_by_its_method_with_the_version_and_variant_that_answered() {
+    let server = start(config()).await;
+    let metrics = server.metrics_addr.expect("metrics are served by default");
+    let (mut inspect, mut oip) = clients(&server).await;
+    let metadata = vigil_proto::inference::ModelMetadataRequest { name: MODEL.into(), version: String::new() };
+    oip.model_metadata(metadata).await.unwrap();
+    let items: Vec<InspectRequest> = samples("normal")
+        .into_iter()
+        .take(2)
+        .map(|(_, image)| InspectRequest { image, ..Default::default() })
+        .collect();
+    let mut stream = inspect.inspect_stream(tokio_stream::iter(items)).await.unwrap().into_inner();
+    while let Some(item) = futures::StreamExt::next(&mut stream).await {
+        assert!(item.unwrap().result.is_some());
+    }
+    // The stream's trailers reach the client after the layer has counted them.
+    let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+    let version = server.repository.entry(MODEL).unwrap().default_version.to_string();
+    let served = [("model", MODEL), ("version", version.as_str()), ("variant", "primary")];
+    let count = |labels: &[(&str, &str)]| sample(&text, "vigil_requests_total", labels);
+    let with = |api: &'static str| -> Vec<(&str, &str)> {
+        served.iter().copied().chain([("api", api), ("status", "Ok")]).collect()
+    };
+    // ModelMetadata names no version it ran: counted without one.
+    assert_eq!(count(&[("api", "model_metadata"), ("status", "Ok")]), Some(1.0), "{text}");
+    assert_eq!(count(&with("inspect")), Some(2.0), "each stream item, with its model version: {text}");
+    assert_eq!(count(&[("api", "inspect_stream"), ("status", "Ok")]), Some(1.0), "the stream itself, once: {text}");
+    assert_eq!(
+        sample(&text, "vigil_queue_duration_seconds_count", &served),
+        Some(2.0),
+        "the core times every run with the version and variant: {text}"
+    );
+    server.shutdown().await.unwrap();
+}

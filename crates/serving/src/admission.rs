@@ -22,8 +22,6 @@ use tokio::time::Sleep;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::metrics::{Api, ServingMetrics};
-
 /// Admission limits.
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
@@ -109,7 +107,6 @@ pub struct AdmissionLayer {
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
-    metrics: Option<ServingMetrics>,
     streaming: Arc<HashSet<String>>,
 }
 
@@ -120,7 +117,6 @@ impl AdmissionLayer {
             limits,
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             bytes: Arc::new(Semaphore::new(limits.max_request_bytes_in_flight.min(Semaphore::MAX_PERMITS))),
-            metrics: None,
             streaming: Arc::default(),
         }
     }
@@ -128,12 +124,6 @@ impl AdmissionLayer {
     /// Treats these paths as streams (see [`streaming_methods`]).
     pub fn with_streaming_methods(mut self, paths: HashSet<String>) -> Self {
         self.streaming = Arc::new(paths);
-        self
-    }
-
-    /// Counts the requests it sheds in `metrics`.
-    pub fn with_metrics(mut self, metrics: ServingMetrics) -> Self {
-        self.metrics = Some(metrics);
         self
     }
 
@@ -156,7 +146,6 @@ impl<S> Layer<S> for AdmissionLayer {
             limits: self.limits,
             permits: self.permits.clone(),
             bytes: self.bytes.clone(),
-            metrics: self.metrics.clone(),
             streaming: self.streaming.clone(),
         }
     }
@@ -169,7 +158,6 @@ pub struct Admission<S> {
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
-    metrics: Option<ServingMetrics>,
     streaming: Arc<HashSet<String>>,
 }
 
@@ -191,14 +179,12 @@ where
         // Health checks and reflection are never shed.
         let path = request.uri().path();
         let exempt = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
-        let api = Api::from_path(path);
         let permit = if exempt {
             None
         } else {
             match self.permits.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    count_shed(self.metrics.as_ref(), api);
                     let status = Status::resource_exhausted(format!(
                         "server busy: {} requests in flight (limit max_concurrent_requests); retry with backoff",
                         self.limits.max_concurrent_requests
@@ -221,7 +207,6 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (bytes, budget) = (self.bytes.clone(), self.limits.max_request_bytes_in_flight);
-        let metrics = self.metrics.clone();
         Box::pin(async move {
             let admitted = async move {
                 // Charge the budget from the declared length, before the message is buffered.
@@ -232,7 +217,6 @@ where
                 if !exempt {
                     let budget = StreamBudget { bytes, total: budget, held: reserved.clone() };
                     if let Err(status) = budget.charge(declared.map_or(0, |n| n as usize)) {
-                        count_shed(metrics.as_ref(), api);
                         return Ok(Err(status));
                     }
                     // A stream's later messages are charged as they start.
@@ -252,13 +236,6 @@ where
                 Err(_) => Ok(deadline_exceeded(timeout).into_http()),
             }
         })
-    }
-}
-
-/// Counts a shed request of `api` in `metrics`.
-fn count_shed(metrics: Option<&ServingMetrics>, api: Option<Api>) {
-    if let (Some(metrics), Some(api)) = (metrics, api) {
-        metrics.shed(api);
     }
 }
 

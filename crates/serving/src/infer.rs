@@ -18,6 +18,8 @@ use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_inference::tensor::Tensor;
 use vigil_proto::vigil::v1::Variant;
 
+use crate::metrics::{ServedLabels, ServingMetrics};
+
 /// Where one request goes.
 #[derive(Clone)]
 pub struct Route {
@@ -105,6 +107,7 @@ pub struct Infer {
     router: Arc<dyn Router>,
     lane: Arc<ShadowLane>,
     observer: Option<ShadowObserver>,
+    metrics: ServingMetrics,
 }
 
 /// The primary's answer to one request.
@@ -116,7 +119,12 @@ pub struct Inferred {
 impl Infer {
     /// A core over `router`, with a default shadow lane and no shadow observer.
     pub fn new(router: Arc<dyn Router>) -> Self {
-        Self { router, lane: Arc::new(ShadowLane::new(DEFAULT_SHADOW_LANE)), observer: None }
+        Self {
+            router,
+            lane: Arc::new(ShadowLane::new(DEFAULT_SHADOW_LANE)),
+            observer: None,
+            metrics: ServingMetrics::default(),
+        }
     }
 
     /// The static router over `repository`.
@@ -128,6 +136,12 @@ impl Infer {
     pub fn with_shadows(mut self, lane: Arc<ShadowLane>, observer: ShadowObserver) -> Self {
         self.lane = lane;
         self.observer = Some(observer);
+        self
+    }
+
+    /// Observes each run's queue and compute time in `metrics`.
+    pub fn with_metrics(mut self, metrics: ServingMetrics) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -148,7 +162,9 @@ impl Infer {
             self.start_shadows(route, &inputs);
         }
         let model = route.primary.clone();
-        model.batcher.infer(inputs).await.map(|output| Inferred { output, model })
+        let output = model.batcher.infer(inputs).await?;
+        self.metrics.batched(&ServedLabels::of(&model.config, route.variant), &output);
+        Ok(Inferred { output, model })
     }
 
     /// Counts a whole request (preparation included) in the primary's statistics, as a success

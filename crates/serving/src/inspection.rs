@@ -14,11 +14,11 @@ use vigil_proto::vigil::v1::{
     ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse, Verdict,
 };
 
-use crate::admission::Deadline;
 use crate::decision::decide;
 use crate::infer::{Infer, Route};
-use crate::metrics::{Api, RequestTimer, ServingMetrics};
+use crate::metrics::{Api, ServingMetrics, Tally};
 use crate::records::{RecordEmitter, RequestContext};
+use crate::request_metrics::ServedBy;
 use crate::status::to_status;
 
 /// Most images of one stream processed at once (responses keep request order).
@@ -43,7 +43,7 @@ impl InspectionService {
 
     /// Routes and runs requests through `infer` (a custom router, shadows).
     pub fn with_infer(mut self, infer: Infer) -> Self {
-        self.infer = infer;
+        self.infer = infer.with_metrics(self.metrics.clone());
         self
     }
 
@@ -55,41 +55,33 @@ impl InspectionService {
 
     /// Counts and times every inspection in `metrics`.
     pub fn with_metrics(mut self, metrics: ServingMetrics) -> Self {
+        self.infer = self.infer.with_metrics(metrics.clone());
         self.metrics = metrics;
         self
     }
 
     /// Inspects one image.
     pub async fn inspect_one(&self, request: InspectRequest) -> Result<InspectResponse, Status> {
-        self.inspect_timed(request, None).await
+        self.inspect_tallied(request, Tally::Call(None)).await
     }
 
-    /// Inspects one image; `deadline` is when the admission layer gives up on it.
-    async fn inspect_timed(
-        &self,
-        request: InspectRequest,
-        deadline: Option<Instant>,
-    ) -> Result<InspectResponse, Status> {
-        let mut timer = self.metrics.start(Api::Inspect, deadline);
-        let result = self.inspect_model(request, &mut timer).await;
-        timer.finish(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+    /// Inspects one image, reporting what answered it to `tally`.
+    async fn inspect_tallied(&self, request: InspectRequest, mut tally: Tally<'_>) -> Result<InspectResponse, Status> {
+        let result = self.inspect_model(request, &mut tally).await;
+        tally.finish(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         result
     }
 
-    async fn inspect_model(
-        &self,
-        request: InspectRequest,
-        timer: &mut RequestTimer<'_>,
-    ) -> Result<InspectResponse, Status> {
+    async fn inspect_model(&self, request: InspectRequest, tally: &mut Tally<'_>) -> Result<InspectResponse, Status> {
         let request_time = SystemTime::now();
         let name = if request.model_name.is_empty() { self.default_model.clone() } else { request.model_name.clone() };
         let (station_id, part_id, request_id, capture_time) =
             (request.station_id.clone(), request.part_id.clone(), request.request_id.clone(), request.capture_time);
         let route = self.infer.route(&name, &request.model_version).map_err(to_status)?;
         let model = route.primary.clone();
-        timer.model(&model.config.name, model.config.version);
+        tally.routed(&model.config, route.variant);
         let started = Instant::now();
-        let result = self.run(&route, request, timer).await;
+        let result = self.run(&route, request).await;
         self.infer.account(&route, started, &result);
         if let Some(records) = &self.records {
             let ctx = RequestContext {
@@ -115,12 +107,7 @@ impl InspectionService {
         result
     }
 
-    async fn run(
-        &self,
-        route: &Route,
-        request: InspectRequest,
-        timer: &RequestTimer<'_>,
-    ) -> Result<InspectResponse, Status> {
+    async fn run(&self, route: &Route, request: InspectRequest) -> Result<InspectResponse, Status> {
         let config = &route.primary.config;
         let (Some(pre), Some(thresholds)) = (config.preprocess.clone(), config.thresholds) else {
             return Err(Status::failed_precondition(format!(
@@ -136,7 +123,6 @@ impl InspectionService {
             .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
             .map_err(to_status)?;
         let out = self.infer.run(route, vec![prepared.tensor]).await.map_err(to_status)?.output;
-        timer.batched(&out);
         let score = out
             .outputs
             .first()
@@ -178,8 +164,8 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<InspectStreamResponse, St
 #[tonic::async_trait]
 impl Inspection for InspectionService {
     async fn inspect(&self, request: Request<InspectRequest>) -> Result<Response<InspectResponse>, Status> {
-        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
-        self.inspect_timed(request.into_inner(), deadline).await.map(Response::new)
+        let tally = Tally::Call(ServedBy::of(&request));
+        self.inspect_tallied(request.into_inner(), tally).await.map(Response::new)
     }
 
     type InspectStreamStream = ResponseStream;
@@ -196,7 +182,8 @@ impl Inspection for InspectionService {
                 async move {
                     let request = item?;
                     let request_id = request.request_id.clone();
-                    Ok(match service.inspect_one(request).await {
+                    let tally = Tally::Item(service.metrics.start(Api::Inspect, None));
+                    Ok(match service.inspect_tallied(request, tally).await {
                         Ok(result) => InspectStreamResponse { result: Some(result), error: None },
                         Err(status) => InspectStreamResponse {
                             result: None,

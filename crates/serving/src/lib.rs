@@ -9,6 +9,7 @@ pub mod inspection;
 pub mod metrics;
 pub mod oip;
 pub mod records;
+pub mod request_metrics;
 pub mod status;
 
 pub use admission::{AdmissionLayer, AdmissionLimits, Deadline};
@@ -17,3 +18,4 @@ pub use inspection::InspectionService;
 pub use metrics::ServingMetrics;
 pub use oip::InferenceService;
 pub use records::RecordEmitter;
+pub use request_metrics::{RequestMetricsLayer, ServedBy};

@@ -1,14 +1,18 @@
 //! Prometheus metrics of a prediction server.
 //!
-//! - `vigil_requests_total{model,version,api,status}`: requests of the `inspect` and
-//!   `model_infer` APIs (stream items count one each). `status` is the gRPC code as tonic's
-//!   `Code` spells it (`Ok`, `InvalidArgument`, `DeadlineExceeded`, ...). A request whose model
-//!   is not found, or that the admission layer shed, has empty `model` and `version`. A request
-//!   abandoned before its handler finished counts as `DeadlineExceeded` when its deadline had
-//!   passed, else `Cancelled`.
-//! - `vigil_request_duration_seconds{model,version}`: handler latency of those requests.
-//! - `vigil_queue_duration_seconds{model,version}` and `vigil_compute_duration_seconds{model,version}`:
-//!   per request, the wait in the batching queue and the model run of the batch it joined.
+//! - `vigil_requests_total{model,version,variant,api,status}`: every gRPC call but health checks
+//!   and reflection, counted by [`RequestMetricsLayer`](crate::request_metrics::RequestMetricsLayer)
+//!   under its method's name in snake case (`inspect`, `model_infer`, `model_metadata`,
+//!   `inspect_stream`, ...), and each item of a stream once more under its unary API's name
+//!   (`inspect`, `model_infer`). `status` is the gRPC code as tonic's `Code` spells it (`Ok`,
+//!   `InvalidArgument`, `DeadlineExceeded`, ...). `model`, `version` and `variant` (`primary`,
+//!   `canary`, `shadow`) name what answered; they are empty when no model version did (not
+//!   found, shed by the admission layer, not a prediction API). A call abandoned by its client
+//!   counts as `Cancelled`.
+//! - `vigil_request_duration_seconds{model,version,variant}`: time to answer those calls and items.
+//! - `vigil_queue_duration_seconds{model,version,variant}` and
+//!   `vigil_compute_duration_seconds{model,version,variant}`: per run through the serving core,
+//!   the wait in the batching queue and the model run of the batch it joined.
 //! - `vigil_batch_size{model,version}`: sizes of the batches the dynamic batcher ran, read from
 //!   the model statistics at each scrape.
 //! - `vigil_pending_requests{model,version}` (admitted to the batching queue, not yet running;
@@ -35,6 +39,7 @@ use vigil_inference::batcher::BatchOutput;
 use vigil_inference::config::ModelConfig;
 use vigil_inference::repository::ModelRepository;
 use vigil_logbus::EmitterStats;
+use vigil_proto::vigil::v1::Variant;
 
 use crate::admission::AdmissionLayer;
 use crate::records::RecordEmitter;
@@ -47,7 +52,7 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
 /// Upper bounds of the batch size buckets: 1, 2, 4, ..., 128.
 pub const BATCH_SIZE_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
-/// The APIs whose requests are counted.
+/// The streaming APIs whose items are counted one by one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
     /// `vigil.v1.Inspection/Inspect` and each item of `InspectStream`.
@@ -62,15 +67,6 @@ impl Api {
         match self {
             Api::Inspect => "inspect",
             Api::ModelInfer => "model_infer",
-        }
-    }
-
-    /// The API of a unary gRPC path, if it is one that is counted.
-    pub fn from_path(path: &str) -> Option<Api> {
-        match path {
-            "/vigil.v1.Inspection/Inspect" => Some(Api::Inspect),
-            "/inference.GRPCInferenceService/ModelInfer" => Some(Api::ModelInfer),
-            _ => None,
         }
     }
 }
@@ -110,15 +106,58 @@ impl ModelLabels {
     }
 }
 
+/// The model version and variant that answered a request (empty when none did).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ServedLabels {
+    pub(crate) model: String,
+    pub(crate) version: String,
+    pub(crate) variant: &'static str,
+}
+
+impl ServedLabels {
+    /// The labels of `config` serving as `variant`.
+    pub(crate) fn of(config: &ModelConfig, variant: Variant) -> Self {
+        Self { model: config.name.clone(), version: config.version.to_string(), variant: variant_label(variant) }
+    }
+}
+
+/// The `variant` label value: `primary`, `canary`, `shadow` (empty when unspecified).
+pub fn variant_label(variant: Variant) -> &'static str {
+    match variant {
+        Variant::Unspecified => "",
+        Variant::Primary => "primary",
+        Variant::Canary => "canary",
+        Variant::Shadow => "shadow",
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     model: String,
     version: String,
-    api: &'static str,
+    variant: &'static str,
+    api: ApiLabel,
     status: &'static str,
 }
 
-type HistogramFamily = Family<ModelLabels, Histogram, fn() -> Histogram>;
+/// The `api` label: a known API's fixed name, or one derived from a gRPC path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+enum ApiLabel {
+    Known(&'static str),
+    Path(Arc<str>),
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for ApiLabel {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            ApiLabel::Known(name) => name,
+            ApiLabel::Path(name) => name,
+        })
+    }
+}
+
+type HistogramFamily = Family<ServedLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
     Histogram::new(latency_buckets())
@@ -176,60 +215,88 @@ impl ServingMetrics {
         m
     }
 
-    /// Starts timing a request of `api`; `deadline` tells an abandoned request's status.
+    /// Starts timing one item of a stream of `api` (unary calls are timed by
+    /// [`RequestMetricsLayer`](crate::request_metrics::RequestMetricsLayer)); `deadline` tells
+    /// an abandoned item's status.
     pub fn start(&self, api: Api, deadline: Option<Instant>) -> RequestTimer<'_> {
-        RequestTimer { metrics: self, api, started: Instant::now(), deadline, model: None, finished: false }
+        RequestTimer { metrics: self, api, started: Instant::now(), deadline, served: None, finished: false }
     }
 
-    /// Counts a request the admission layer refused with RESOURCE_EXHAUSTED.
-    pub fn shed(&self, api: Api) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                model: String::new(),
-                version: String::new(),
-                api: api.as_str(),
-                status: code_name(Code::ResourceExhausted),
-            })
-            .inc();
+    /// Counts and times one call of `api` answered with `code` after `elapsed`.
+    pub(crate) fn count_call(&self, api: &Arc<str>, served: ServedLabels, code: Code, elapsed: std::time::Duration) {
+        self.request_duration.get_or_create(&served).observe(elapsed.as_secs_f64());
+        let ServedLabels { model, version, variant } = served;
+        let labels =
+            RequestLabels { model, version, variant, api: ApiLabel::Path(api.clone()), status: code_name(code) };
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Observes where a request's time went in the batcher of the version that `served` it.
+    pub(crate) fn batched(&self, served: &ServedLabels, out: &BatchOutput) {
+        self.queue_duration.get_or_create(served).observe(out.queue_time.as_secs_f64());
+        self.compute_duration.get_or_create(served).observe(out.compute_time.as_secs_f64());
     }
 }
 
-/// One request being answered: counted and timed when finished, or when dropped unfinished.
+/// How a handler reports the model version that answers a request: a unary call through its
+/// [`ServedBy`](crate::request_metrics::ServedBy) slot (the metrics layer counts the call), a
+/// stream item through a timer of its own.
+pub enum Tally<'a> {
+    /// A unary call; no slot when no metrics layer runs.
+    Call(Option<crate::request_metrics::ServedBy>),
+    /// One item of a stream.
+    Item(RequestTimer<'a>),
+}
+
+impl Tally<'_> {
+    /// Names the model version, and the variant, answering the request.
+    pub fn routed(&mut self, config: &ModelConfig, variant: Variant) {
+        match self {
+            Tally::Call(Some(slot)) => slot.set(config, variant),
+            Tally::Call(None) => {}
+            Tally::Item(timer) => timer.model(config, variant),
+        }
+    }
+
+    /// The request was answered with `code`.
+    pub fn finish(self, code: Code) {
+        if let Tally::Item(timer) = self {
+            timer.finish(code);
+        }
+    }
+}
+
+/// One item of a stream being answered: counted and timed when finished, or when dropped
+/// unfinished.
 pub struct RequestTimer<'a> {
     metrics: &'a ServingMetrics,
     api: Api,
     started: Instant,
     deadline: Option<Instant>,
-    model: Option<ModelLabels>,
+    served: Option<ServedLabels>,
     finished: bool,
 }
 
 impl RequestTimer<'_> {
-    /// Names the model version answering the request.
-    pub fn model(&mut self, name: &str, version: u64) {
-        self.model = Some(ModelLabels { model: name.to_string(), version: version.to_string() });
+    /// Names the model version (and its variant) answering the item.
+    pub fn model(&mut self, config: &ModelConfig, variant: Variant) {
+        self.served = Some(ServedLabels::of(config, variant));
     }
 
-    /// Observes where the request's time went in the batcher.
-    pub fn batched(&self, out: &BatchOutput) {
-        let labels = self.model.clone().unwrap_or_default();
-        self.metrics.queue_duration.get_or_create(&labels).observe(out.queue_time.as_secs_f64());
-        self.metrics.compute_duration.get_or_create(&labels).observe(out.compute_time.as_secs_f64());
-    }
-
-    /// Counts and times the request as answered with `code`.
+    /// Counts and times the item as answered with `code`.
     pub fn finish(mut self, code: Code) {
         self.record(code);
     }
 
     fn record(&mut self, code: Code) {
         self.finished = true;
-        let labels = self.model.take().unwrap_or_default();
-        self.metrics.request_duration.get_or_create(&labels).observe(self.started.elapsed().as_secs_f64());
-        let ModelLabels { model, version } = labels;
+        let served = self.served.take().unwrap_or_default();
+        self.metrics.request_duration.get_or_create(&served).observe(self.started.elapsed().as_secs_f64());
+        let ServedLabels { model, version, variant } = served;
+        let api = ApiLabel::Known(self.api.as_str());
         self.metrics
             .requests
-            .get_or_create(&RequestLabels { model, version, api: self.api.as_str(), status: code_name(code) })
+            .get_or_create(&RequestLabels { model, version, variant, api, status: code_name(code) })
             .inc();
     }
 }
@@ -395,22 +462,25 @@ mod tests {
         registry.register("vigil_requests", "", m.requests.clone());
         registry.register("vigil_request_duration_seconds", "", m.request_duration.clone());
         let mut t = m.start(Api::Inspect, None);
-        t.model("m", 3);
+        let served = ServedLabels { model: "m".into(), version: "3".into(), variant: variant_label(Variant::Canary) };
+        t.served = Some(served.clone());
         t.finish(Code::Ok);
         m.start(Api::ModelInfer, None).finish(Code::NotFound);
         drop(m.start(Api::Inspect, Some(Instant::now())));
         drop(m.start(Api::Inspect, None));
-        m.shed(Api::ModelInfer);
+        m.count_call(&"model_metadata".into(), served, Code::Ok, std::time::Duration::from_millis(1));
+        m.count_call(&"model_infer".into(), ServedLabels::default(), Code::ResourceExhausted, Default::default());
         let text = encode(&registry);
         for line in [
-            r#"vigil_requests_total{model="m",version="3",api="inspect",status="Ok"} 1"#,
-            r#"vigil_requests_total{model="",version="",api="model_infer",status="NotFound"} 1"#,
-            r#"vigil_requests_total{model="",version="",api="inspect",status="DeadlineExceeded"} 1"#,
-            r#"vigil_requests_total{model="",version="",api="inspect",status="Cancelled"} 1"#,
-            r#"vigil_requests_total{model="",version="",api="model_infer",status="ResourceExhausted"} 1"#,
-            r#"vigil_request_duration_seconds_count{model="m",version="3"} 1"#,
-            r#"vigil_request_duration_seconds_bucket{le="0.0001",model="m",version="3"}"#,
-            r#"vigil_request_duration_seconds_bucket{le="13.1072",model="m",version="3"} 1"#,
+            r#"vigil_requests_total{model="m",version="3",variant="canary",api="inspect",status="Ok"} 1"#,
+            r#"vigil_requests_total{model="",version="",variant="",api="model_infer",status="NotFound"} 1"#,
+            r#"vigil_requests_total{model="",version="",variant="",api="inspect",status="DeadlineExceeded"} 1"#,
+            r#"vigil_requests_total{model="",version="",variant="",api="inspect",status="Cancelled"} 1"#,
+            r#"vigil_requests_total{model="m",version="3",variant="canary",api="model_metadata",status="Ok"} 1"#,
+            r#"vigil_requests_total{model="",version="",variant="",api="model_infer",status="ResourceExhausted"} 1"#,
+            r#"vigil_request_duration_seconds_count{model="m",version="3",variant="canary"} 2"#,
+            r#"vigil_request_duration_seconds_bucket{le="0.0001",model="m",version="3",variant="canary"}"#,
+            r#"vigil_request_duration_seconds_bucket{le="13.1072",model="m",version="3",variant="canary"} 2"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

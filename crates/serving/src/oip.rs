@@ -17,10 +17,10 @@ use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::model_infer_response::InferOutputTensor;
 use vigil_proto::inference::*;
 
-use crate::admission::Deadline;
 use crate::infer::{Infer, Route};
-use crate::metrics::{Api, RequestTimer, ServingMetrics};
+use crate::metrics::{Api, ServingMetrics, Tally};
 use crate::records::{InferredItem, RecordEmitter, RequestContext};
+use crate::request_metrics::ServedBy;
 use crate::status::to_status;
 
 /// Extensions this server implements, as reported by ServerMetadata.
@@ -45,7 +45,7 @@ impl InferenceService {
 
     /// Routes and runs requests through `infer` (a custom router, shadows).
     pub fn with_infer(mut self, infer: Infer) -> Self {
-        self.infer = infer;
+        self.infer = infer.with_metrics(self.metrics.clone());
         self
     }
 
@@ -57,30 +57,30 @@ impl InferenceService {
 
     /// Counts and times every ModelInfer request in `metrics`.
     pub fn with_metrics(mut self, metrics: ServingMetrics) -> Self {
+        self.infer = self.infer.with_metrics(metrics.clone());
         self.metrics = metrics;
         self
     }
 
-    /// Answers one inference request; `deadline` is when the admission layer gives up on it.
-    async fn infer(&self, request: ModelInferRequest, deadline: Option<Instant>) -> Result<ModelInferResponse, Status> {
-        let mut timer = self.metrics.start(Api::ModelInfer, deadline);
-        let result = self.infer_timed(request, &mut timer).await;
-        timer.finish(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
+    /// Answers one inference request, reporting what answered it to `tally`.
+    async fn infer(&self, request: ModelInferRequest, mut tally: Tally<'_>) -> Result<ModelInferResponse, Status> {
+        let result = self.infer_tallied(request, &mut tally).await;
+        tally.finish(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         result
     }
 
-    async fn infer_timed(
+    async fn infer_tallied(
         &self,
         request: ModelInferRequest,
-        timer: &mut RequestTimer<'_>,
+        tally: &mut Tally<'_>,
     ) -> Result<ModelInferResponse, Status> {
         let request_time = std::time::SystemTime::now();
         let route = self.infer.route(&request.model_name, &request.model_version).map_err(to_status)?;
         let model = route.primary.clone();
-        timer.model(&model.config.name, model.config.version);
+        tally.routed(&model.config, route.variant);
         let (name, request_id) = (model.config.name.clone(), request.id.clone());
         let started = Instant::now();
-        let result = infer_on(&self.infer, &route, request, timer, self.records.as_ref()).await;
+        let result = infer_on(&self.infer, &route, request, self.records.as_ref()).await;
         self.infer.account(&route, started, &result);
         let Some(records) = &self.records else { return result.map(|(response, _)| response) };
         let ctx = record_context(&name, &request_id, request_time, &route);
@@ -134,7 +134,6 @@ async fn infer_on(
     infer: &Infer,
     route: &Route,
     mut request: ModelInferRequest,
-    timer: &RequestTimer<'_>,
     records: Option<&RecordEmitter>,
 ) -> Result<(ModelInferResponse, Option<Logged>), Status> {
     let config = &route.primary.config;
@@ -145,7 +144,6 @@ async fn infer_on(
         crate::records::summarise_inputs(&named, config.max_batch_size > 0)
     });
     let out = infer.run(route, inputs).await.map_err(to_status)?.output;
-    timer.batched(&out);
     let mut response = ModelInferResponse {
         model_name: config.name.clone(),
         model_version: config.version.to_string(),
@@ -571,8 +569,8 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
-        self.infer(request.into_inner(), deadline).await.map(Response::new)
+        let tally = Tally::Call(ServedBy::of(&request));
+        self.infer(request.into_inner(), tally).await.map(Response::new)
     }
 
     type ModelStreamInferStream = InferStream;
@@ -593,7 +591,7 @@ impl GrpcInferenceService for InferenceService {
                         Err(status) => return Err(status),
                     };
                     let id = request.id.clone();
-                    Ok(match service.infer(request, None).await {
+                    Ok(match service.infer(request, Tally::Item(service.metrics.start(Api::ModelInfer, None))).await {
                         Ok(r) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
                         Err(status) => ModelStreamInferResponse {
                             error_message: status.message().to_string(),
