@@ -72,6 +72,9 @@ async fn model_infer_predictions_are_logged_per_item_with_version_and_variant() 
         let output = record.output.as_ref().unwrap();
         assert_eq!(output.scores, vec![scores[i]], "the score the caller got");
         assert_eq!(output.label, config.labels[usize::from(scores[i] >= threshold)]);
+        // One score of a binary model: both classes by name, the first scored 1 - score.
+        let classes: Vec<(&str, f32)> = output.class_scores.iter().map(|c| (c.name.as_str(), c.score)).collect();
+        assert_eq!(classes, [(config.labels[0].as_str(), 1.0 - scores[i]), (config.labels[1].as_str(), scores[i])]);
         // The input summaries, computed here from the values sent.
         let values: Vec<f64> = items[i].iter().map(|&v| f64::from(v)).collect();
         let mean = values.iter().sum::<f64>() / values.len() as f64;

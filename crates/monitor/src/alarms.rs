@@ -194,7 +194,7 @@ pub async fn evaluate<S: MonitorStore>(
 /// Drift reports computed in one evaluation round, by model, window and baseline: several drift
 /// rules on one model share one report (None: no data in the window).
 #[derive(Default)]
-pub struct DriftReports(HashMap<(String, Duration, Baseline), Option<DriftReport>>);
+pub struct DriftReports(HashMap<(String, Option<i16>, Duration, Baseline), Option<DriftReport>>);
 
 async fn evaluate_with<S: MonitorStore>(
     views: &Views<S>,
@@ -204,12 +204,12 @@ async fn evaluate_with<S: MonitorStore>(
     reports: &mut DriftReports,
 ) -> Result<Option<f64>, ViewError> {
     let since = now - chrono::Duration::from_std(rule.window).unwrap_or(chrono::Duration::minutes(5));
-    let scope = Scope { model: model.to_string(), version: None, variant: None };
+    let scope = Scope { model: model.to_string(), version: None, variant: rule.variant };
     let rate = |n: u64, d: u64| (d > 0).then(|| n as f64 / d as f64);
     let metric = &rule.metric;
     let value = match metric {
         Metric::DriftStatistic(_) | Metric::DriftDetected(_) | Metric::DatasetDriftShare => {
-            let key = (model.to_string(), rule.window, rule.baseline.clone());
+            let key = (model.to_string(), rule.variant, rule.window, rule.baseline.clone());
             if !reports.0.contains_key(&key) {
                 let report = match views.drift(&scope, since, now, &rule.baseline).await {
                     Ok(r) => Some(r),
@@ -425,6 +425,7 @@ mod tests {
             metric_name: "error_rate".into(),
             metric: Metric::ErrorRate,
             model: None,
+            variant: None,
             window: Duration::from_secs(60),
             comparator: Comparator::Gt,
             threshold: 0.1,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use vigil_drift::DriftConfig;
+use vigil_proto::vigil::v1::Variant;
 
 use crate::alarms::{Comparator, Metric};
 use crate::views::Baseline;
@@ -106,6 +107,8 @@ pub struct RuleConfig {
     pub metric: String,
     /// One model; unset: every model with traffic.
     pub model: Option<String>,
+    /// One variant of the model's traffic: `primary`, `canary` or `shadow`; unset: all of it.
+    pub variant: Option<String>,
     /// The trailing window the metric is computed over.
     #[serde(deserialize_with = "duration")]
     pub window: Duration,
@@ -134,6 +137,8 @@ pub struct Rule {
     pub metric_name: String,
     pub metric: Metric,
     pub model: Option<String>,
+    /// `vigil.v1.Variant` value; None: every variant.
+    pub variant: Option<i16>,
     pub window: Duration,
     pub comparator: Comparator,
     pub threshold: f64,
@@ -198,8 +203,16 @@ impl MonitorConfig {
                     }
                     _ => return Err(bad("give both baseline_since and baseline_until, or neither".into())),
                 };
+                let variant = match r.variant.as_deref() {
+                    None => None,
+                    Some("primary") => Some(Variant::Primary as i16),
+                    Some("canary") => Some(Variant::Canary as i16),
+                    Some("shadow") => Some(Variant::Shadow as i16),
+                    Some(other) => return Err(bad(format!("variant '{other}' is not primary, canary or shadow"))),
+                };
                 Ok(Rule {
                     name: r.name.clone(),
+                    variant,
                     metric_name: r.metric.clone(),
                     metric: r.metric.parse().map_err(bad)?,
                     model: r.model.clone(),

@@ -295,7 +295,8 @@ impl<S: MonitorStore> Views<S> {
         until: DateTime<Utc>,
         resolution_s: u32,
     ) -> Result<(Vec<AccuracyWindow>, f64), ViewError> {
-        let labeled = self.store.labeled_predictions(&scope.model, scope.version.as_deref(), since, until).await?;
+        let labeled =
+            self.store.labeled_predictions(&scope.model, scope.version.as_deref(), scope.variant, since, until).await?;
         let positive = self.catalog.get(&scope.model, scope.version.as_deref()).and_then(|m| m.labels.last().cloned());
         #[derive(Default)]
         struct Counts {

@@ -117,6 +117,13 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
         window = "1h"
         comparator = "<"
         threshold = 0.9
+        [[alerting.rules]]
+        name = "canary-errors"
+        metric = "error_rate"
+        variant = "canary"
+        window = "1h"
+        comparator = ">"
+        threshold = 0.2
         "#,
         models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"),
     ))
@@ -143,6 +150,8 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
     eventually("busy firing", || async { state("busy/scratch-detector").await.as_deref() == Some("firing") }).await;
     // No labels: accuracy has no data and never leaves inactive.
     assert_eq!(state("accuracy/scratch-detector").await, None);
+    // Every failure was the primary's: the canary-scoped rule sees no traffic of its variant.
+    assert_eq!(state("canary-errors/scratch-detector").await, None);
 
     // Mostly good requests now: error rate 10/200 = 5%, the alarm resolves, while the webhook is
     // still failing (evaluation does not wait for it).
@@ -406,6 +415,8 @@ fn rule_files_with_mistakes_are_refused_naming_the_rule() {
     assert!(e.contains("unknown comparator '=>'"), "{e}");
     let e = load("metric = \"error_rate\"\nwindow = \"five minutes\"\ncomparator = \">\"\nthreshold = 1\n");
     assert!(e.contains("is not a duration"), "{e}");
+    let e = load(&format!("metric = \"error_rate\"\nvariant = \"blue\"\n{base}"));
+    assert!(e.contains("variant 'blue' is not primary, canary or shadow"), "{e}");
     let e = load(&format!("metric = \"error_rate\"\nseverity = \"panic\"\n{base}"));
     assert!(e.contains("severity 'panic'"), "{e}");
     let dir = tempfile::tempdir().unwrap();

@@ -99,7 +99,7 @@ impl InspectionService {
                 Ok(r) => {
                     let index = usize::from(r.verdict == Verdict::Defect as i32);
                     let label = model.config.labels.get(index).map_or("", String::as_str);
-                    records.inspected(&ctx, r, label);
+                    records.inspected(&ctx, r, label, &model.config.labels);
                 }
                 Err(status) => records.failed(&ctx, Uuid::now_v7().to_string(), status),
             }

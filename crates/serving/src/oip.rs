@@ -88,7 +88,7 @@ impl InferenceService {
             Ok((response, logged)) => {
                 if let Some(Logged { items, queue_time_us, compute_time_us }) = logged {
                     let version = model.config.version.to_string();
-                    records.inferred(&ctx, &version, items, queue_time_us, compute_time_us);
+                    records.inferred(&ctx, &version, &model.config.labels, items, queue_time_us, compute_time_us);
                 }
                 Ok(response)
             }

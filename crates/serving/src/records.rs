@@ -5,7 +5,24 @@ use std::time::SystemTime;
 
 use prost::Message;
 use vigil_logbus::{Emitter, Envelope, topics};
-use vigil_proto::vigil::v1::{Feature, InspectResponse, PredictionOutput, PredictionRecord, RecordStatus, Variant};
+use vigil_proto::vigil::v1::{
+    ClassScore, Feature, InspectResponse, PredictionOutput, PredictionRecord, RecordStatus, Variant,
+};
+
+/// The scores by class name: index-aligned with `labels`, or, for a binary model with one score
+/// (the last label's), both classes; empty when the labels do not name the scores.
+pub fn class_scores(labels: &[String], scores: &[f32]) -> Vec<ClassScore> {
+    match (labels, scores) {
+        ([negative, positive], [score]) => vec![
+            ClassScore { name: negative.clone(), score: 1.0 - score },
+            ClassScore { name: positive.clone(), score: *score },
+        ],
+        _ if labels.len() == scores.len() => {
+            labels.iter().zip(scores).map(|(name, &score)| ClassScore { name: name.clone(), score }).collect()
+        }
+        _ => Vec::new(),
+    }
+}
 
 /// Schema version written into every record body.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -54,7 +71,7 @@ impl RecordEmitter {
     }
 
     /// Records an answered inspection.
-    pub fn inspected(&self, ctx: &RequestContext<'_>, r: &InspectResponse, label: &str) {
+    pub fn inspected(&self, ctx: &RequestContext<'_>, r: &InspectResponse, label: &str, labels: &[String]) {
         let features = r
             .features
             .as_ref()
@@ -78,6 +95,8 @@ impl RecordEmitter {
                 scores: vec![r.defect_probability],
                 is_null: false,
                 verdict: r.verdict,
+                class_scores: class_scores(labels, &[r.defect_probability]),
+                text: String::new(),
             }),
             decision: r.decision,
             queue_time_us: r.queue_time_us,
@@ -93,6 +112,7 @@ impl RecordEmitter {
         &self,
         ctx: &RequestContext<'_>,
         model_version: &str,
+        labels: &[String],
         items: Vec<InferredItem>,
         queue_time_us: u64,
         compute_time_us: u64,
@@ -103,7 +123,12 @@ impl RecordEmitter {
                 model_name: ctx.model_name.to_string(),
                 model_version: model_version.to_string(),
                 features: item.features,
-                output: Some(PredictionOutput { label: item.label, scores: item.scores, is_null: false, verdict: 0 }),
+                output: Some(PredictionOutput {
+                    class_scores: class_scores(labels, &item.scores),
+                    label: item.label,
+                    scores: item.scores,
+                    ..Default::default()
+                }),
                 queue_time_us,
                 compute_time_us,
                 status: RecordStatus::Ok as i32,

@@ -80,12 +80,18 @@ impl PredictionRow {
             features.insert(f.name.clone(), value);
         }
         let out = r.output.clone().unwrap_or_default();
-        let scores: Vec<serde_json::Value> = out
-            .scores
-            .iter()
-            .map(|s| serde_json::Number::from_f64(*s as f64).map_or(serde_json::Value::Null, serde_json::Value::Number))
-            .collect();
+        let number =
+            |s: f32| serde_json::Number::from_f64(s as f64).map_or(serde_json::Value::Null, serde_json::Value::Number);
+        let scores: Vec<serde_json::Value> = out.scores.iter().map(|&s| number(s)).collect();
         let score = out.scores.first().copied().filter(|s| s.is_finite());
+        let mut output = serde_json::json!({ "label": out.label, "scores": scores });
+        if !out.class_scores.is_empty() {
+            let classes = out.class_scores.iter().map(|c| (c.name.clone(), number(c.score))).collect();
+            output["classes"] = serde_json::Value::Object(classes);
+        }
+        if !out.text.is_empty() {
+            output["text"] = serde_json::Value::String(out.text.clone());
+        }
         Ok(Self {
             prediction_id,
             time: response_time,
@@ -103,9 +109,9 @@ impl PredictionRow {
             variant: r.variant as i16,
             deployment_id: r.deployment_id.clone(),
             features: serde_json::Value::Object(features),
-            output: serde_json::json!({ "label": out.label, "scores": scores }),
+            output,
             score,
-            output_null: out.is_null || (r.status == 1 && score.is_none()),
+            output_null: out.is_null || (r.status == 1 && score.is_none() && out.text.is_empty()),
             verdict: out.verdict as i16,
             decision: r.decision as i16,
             queue_time_us: r.queue_time_us.min(i64::MAX as u64) as i64,
@@ -193,7 +199,7 @@ impl FeedbackRow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigil_proto::vigil::v1::{Feature, PredictionOutput};
+    use vigil_proto::vigil::v1::{ClassScore, Feature, PredictionOutput};
 
     fn record() -> PredictionRecord {
         PredictionRecord {
@@ -233,6 +239,23 @@ mod tests {
         let mut r = record();
         r.response_time = None;
         assert!(PredictionRow::from_record(&r).unwrap_err().to_string().contains("response_time"));
+    }
+
+    #[test]
+    fn class_scores_and_text_join_the_output_when_present() {
+        let mut r = record();
+        let output = r.output.as_mut().unwrap();
+        output.class_scores =
+            vec![ClassScore { name: "ok".into(), score: 0.25 }, ClassScore { name: "defect".into(), score: 0.75 }];
+        let row = PredictionRow::from_record(&r).unwrap();
+        let expected =
+            serde_json::json!({ "label": "defect", "scores": [0.75], "classes": { "ok": 0.25, "defect": 0.75 } });
+        assert_eq!(row.output, expected);
+        let mut r = record();
+        r.output = Some(PredictionOutput { text: "red shoes".into(), ..Default::default() });
+        let row = PredictionRow::from_record(&r).unwrap();
+        assert_eq!(row.output, serde_json::json!({ "label": "", "scores": [], "text": "red shoes" }));
+        assert!(!row.output_null, "a transcript is an output");
     }
 
     #[test]

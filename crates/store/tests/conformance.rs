@@ -171,3 +171,72 @@ async fn a_postgres_lease_has_one_holder_until_dropped() {
     }
     assert!(taken.is_some(), "released when its holder is dropped");
 }
+
+/// Labeled predictions are filtered by model, version, variant and time in the store, and
+/// each comes with its latest label.
+async fn labeled_predictions_conform<S: PredictionStore + vigil_store::MonitorStore>(store: S) {
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let mut rows: Vec<PredictionRow> = (0..6).map(|i| row(i, 30 - i as i64)).collect();
+    // 0-1 primary of version 1, 2-3 canary of version 2, 4 shadow of version 2, 5 unlabeled.
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.variant = match i {
+            0 | 1 | 5 => 1,
+            2 | 3 => 2,
+            _ => 3,
+        };
+        r.model_version = if i < 2 { "1".into() } else { "2".into() };
+    }
+    let label = |i: usize, label: &str, minutes_ago: i64| LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: rows[i].prediction_id,
+        label: label.into(),
+        time: now - Duration::minutes(minutes_ago),
+        source: "anna".into(),
+    };
+    // Row 2 is labeled twice: the later label counts.
+    let labels = [
+        label(0, "ok", 5),
+        label(1, "ok", 5),
+        label(2, "ok", 5),
+        label(2, "defect", 1),
+        label(3, "ok", 5),
+        label(4, "ok", 5),
+    ];
+    store.insert_batch(&rows, &labels).await.unwrap();
+    let since = now - Duration::hours(1);
+    let labeled = |version: Option<&'static str>, variant: Option<i16>| {
+        let store = store.clone();
+        async move {
+            let mut got: Vec<(String, String)> = store
+                .labeled_predictions("scratch-detector", version, variant, since, now)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.time.timestamp_millis().to_string(), p.actual))
+                .collect();
+            got.sort();
+            got.into_iter().map(|(_, actual)| actual).collect::<Vec<String>>()
+        }
+    };
+    assert_eq!(labeled(None, None).await.len(), 5, "every labeled prediction, once");
+    assert_eq!(labeled(None, Some(2)).await, ["defect", "ok"], "the canary's two, row 2 with its latest label");
+    assert_eq!(labeled(None, Some(3)).await, ["ok"], "the shadow's one");
+    assert_eq!(labeled(Some("1"), None).await.len(), 2);
+    assert_eq!(labeled(Some("1"), Some(2)).await.len(), 0, "version 1 never ran as canary");
+    let late =
+        store.labeled_predictions("scratch-detector", None, None, now - Duration::minutes(26), now).await.unwrap();
+    assert_eq!(late.len(), 1, "only row 4 was predicted in the last 26 minutes");
+}
+
+#[tokio::test]
+async fn sqlite_labeled_predictions_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    labeled_predictions_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_labeled_predictions_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    labeled_predictions_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}

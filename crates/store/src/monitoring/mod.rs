@@ -217,11 +217,13 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
     fn read_rollups(&self, q: &RollupQuery) -> impl Future<Output = Result<Vec<StoredRollup>, sqlx::Error>> + Send;
     /// Every (model, version) that has rollups.
     fn rollup_models(&self) -> impl Future<Output = Result<Vec<(String, String)>, sqlx::Error>> + Send;
-    /// Predictions of a model in [since, until) that have labels, with their latest label.
+    /// Predictions of a model (one version, one variant, when given) in [since, until) that
+    /// have labels, with their latest label.
     fn labeled_predictions(
         &self,
         model_name: &str,
         model_version: Option<&str>,
+        variant: Option<i16>,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<LabeledPrediction>, sqlx::Error>> + Send;
@@ -309,10 +311,11 @@ impl MonitorStore for AnyStore {
         &self,
         model_name: &str,
         model_version: Option<&str>,
+        variant: Option<i16>,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
-        dispatch!(self, s => s.labeled_predictions(model_name, model_version, since, until).await)
+        dispatch!(self, s => s.labeled_predictions(model_name, model_version, variant, since, until).await)
     }
     async fn feedback_events(
         &self,

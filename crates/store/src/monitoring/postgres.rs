@@ -193,6 +193,7 @@ impl MonitorStore for PgStore {
         &self,
         model_name: &str,
         model_version: Option<&str>,
+        variant: Option<i16>,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
@@ -202,12 +203,14 @@ impl MonitorStore for PgStore {
              FROM (SELECT DISTINCT ON (prediction_id) prediction_id, label, time FROM labels \
                    WHERE time >= $2 ORDER BY prediction_id, time DESC) l \
              JOIN predictions p ON p.prediction_id = l.prediction_id \
-             WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 AND ($4::text IS NULL OR p.model_version = $4)",
+             WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 AND ($4::text IS NULL OR p.model_version = $4) \
+               AND ($5::smallint IS NULL OR p.variant = $5)",
         )
         .bind(model_name)
         .bind(since)
         .bind(until)
         .bind(model_version)
+        .bind(variant)
         .fetch_all(self.pool())
         .await
     }

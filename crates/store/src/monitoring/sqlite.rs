@@ -122,6 +122,7 @@ impl MonitorStore for SqliteStore {
         &self,
         model_name: &str,
         model_version: Option<&str>,
+        variant: Option<i16>,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
@@ -130,20 +131,20 @@ impl MonitorStore for SqliteStore {
             "SELECT p.time, coalesce(json_extract(p.output, '$.label'), '') AS predicted, l.label AS actual, \
                l.time AS label_time, p.model_version \
              FROM predictions p JOIN labels l ON l.prediction_id = p.prediction_id \
-             WHERE p.model_name = ? \
+             WHERE p.model_name = ? AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?) \
                AND l.time = (SELECT max(l2.time) FROM labels l2 WHERE l2.prediction_id = p.prediction_id)",
         )
         .bind(model_name)
+        .bind(model_version)
+        .bind(model_version)
+        .bind(variant)
+        .bind(variant)
         .fetch_all(self.pool())
         .await?
         .into_iter()
         .map(|r| (r.labeled, r.model_version))
         .collect();
-        Ok(rows
-            .into_iter()
-            .filter(|(p, v)| p.time >= since && p.time < until && model_version.is_none_or(|m| m == v))
-            .map(|(p, _)| p)
-            .collect())
+        Ok(rows.into_iter().filter(|(p, _)| p.time >= since && p.time < until).map(|(p, _)| p).collect())
     }
 
     async fn feedback_events(
