@@ -516,19 +516,26 @@ async fn loggers_joining_and_leaving_under_load_write_each_record_once() {
     let b = RunningLogger::start(config());
     let (a_stats, b_stats) = (a.stats.clone(), b.stats.clone());
     let producer = idempotent_producer(&broker.brokers());
-    // A steady stream: 40 rounds of 400 records, 150 ms apart. A third logger joins after
-    // round 10; the first leaves after round 25.
+    // A steady stream: rounds of 400 records, 150 ms apart. A third logger joins after round
+    // 10; the first leaves after round 25 once it has written (a loaded machine may take a
+    // while to hand it partitions); the stream goes on to round 40 and until the third has
+    // written.
     let mut ids = Vec::new();
-    let mut c = None;
+    let mut c: Option<RunningLogger> = None;
     let mut a = Some(a);
-    for round in 0..40 {
+    let wrote = |s: &Arc<LoggerStats>| LoggerStats::get(&s.inserted_predictions) > 0;
+    for round in 0.. {
         ids.extend(produce(&producer, (0..400).map(|i| record(round * 400 + i))).await);
         if round == 10 {
             c = Some(RunningLogger::start(config()));
         }
-        if round == 25 {
+        if round >= 25 && a.is_some() && wrote(&a_stats) {
             a.take().unwrap().stop().await;
         }
+        if round >= 40 && a.is_none() && c.as_ref().is_some_and(|c| wrote(&c.stats)) {
+            break;
+        }
+        assert!(round < 400, "after {round} rounds the first or the joining logger has written nothing");
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let c = c.unwrap();

@@ -343,7 +343,8 @@ impl<S: MonitorStore> Views<S> {
         until: DateTime<Utc>,
         resolution_s: u32,
     ) -> Result<BTreeMap<DateTime<Utc>, BTreeMap<String, u64>>, ViewError> {
-        let events = self.store.feedback_events(&scope.model, scope.version.as_deref(), since, until).await?;
+        let events =
+            self.store.feedback_events(&scope.model, scope.version.as_deref(), scope.variant, since, until).await?;
         let mut out: BTreeMap<DateTime<Utc>, BTreeMap<String, u64>> = BTreeMap::new();
         for (time, kind) in events {
             *out.entry(window_start(time, resolution_s)).or_default().entry(kind).or_default() += 1;

@@ -172,8 +172,8 @@ async fn a_postgres_lease_has_one_holder_until_dropped() {
     assert!(taken.is_some(), "released when its holder is dropped");
 }
 
-/// Labeled predictions are filtered by model, version, variant and time in the store, and
-/// each comes with its latest label.
+/// Labeled predictions and feedback are filtered by model, version, variant and time in the
+/// store, and each labeled prediction comes with its latest label.
 async fn labeled_predictions_conform<S: PredictionStore + vigil_store::MonitorStore>(store: S) {
     store.migrate().await.unwrap();
     let now = Utc::now();

@@ -227,11 +227,13 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<LabeledPrediction>, sqlx::Error>> + Send;
-    /// Feedback events on a model's predictions in [since, until): (prediction time, kind).
+    /// Feedback events on a model's predictions (one version, one variant, when given) in
+    /// [since, until): (prediction time, kind).
     fn feedback_events(
         &self,
         model_name: &str,
         model_version: Option<&str>,
+        variant: Option<i16>,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<(DateTime<Utc>, String)>, sqlx::Error>> + Send;
@@ -321,10 +323,11 @@ impl MonitorStore for AnyStore {
         &self,
         model_name: &str,
         model_version: Option<&str>,
+        variant: Option<i16>,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
-        dispatch!(self, s => s.feedback_events(model_name, model_version, since, until).await)
+        dispatch!(self, s => s.feedback_events(model_name, model_version, variant, since, until).await)
     }
     async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
         dispatch!(self, s => s.prediction_refs(ids).await)

@@ -219,6 +219,7 @@ impl MonitorStore for PgStore {
         &self,
         model_name: &str,
         model_version: Option<&str>,
+        variant: Option<i16>,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
@@ -226,12 +227,13 @@ impl MonitorStore for PgStore {
         sqlx::query_as(
             "SELECT p.time, f.kind FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
              WHERE f.time >= $2 AND p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
-               AND ($4::text IS NULL OR p.model_version = $4)",
+               AND ($4::text IS NULL OR p.model_version = $4) AND ($5::smallint IS NULL OR p.variant = $5)",
         )
         .bind(model_name)
         .bind(since)
         .bind(until)
         .bind(model_version)
+        .bind(variant)
         .fetch_all(self.pool())
         .await
     }

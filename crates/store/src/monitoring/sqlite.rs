@@ -151,21 +151,23 @@ impl MonitorStore for SqliteStore {
         &self,
         model_name: &str,
         model_version: Option<&str>,
+        variant: Option<i16>,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
-        let rows: Vec<(DateTime<Utc>, String, String)> = sqlx::query_as(
-            "SELECT p.time, f.kind, p.model_version FROM feedback f \
-             JOIN predictions p ON p.prediction_id = f.prediction_id WHERE p.model_name = ?",
+        // Times are stored as text; the window is applied on parsed values, here in Rust.
+        let rows: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
+            "SELECT p.time, f.kind FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
+             WHERE p.model_name = ? AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?)",
         )
         .bind(model_name)
+        .bind(model_version)
+        .bind(model_version)
+        .bind(variant)
+        .bind(variant)
         .fetch_all(self.pool())
         .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|(t, _, v)| *t >= since && *t < until && model_version.is_none_or(|m| m == v))
-            .map(|(t, kind, _)| (t, kind))
-            .collect())
+        Ok(rows.into_iter().filter(|(t, _)| *t >= since && *t < until).collect())
     }
 
     async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
