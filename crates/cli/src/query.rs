@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use clap::{Args, ValueEnum};
 use uuid::Uuid;
-use vigil_store::{AnyStore, MAX_QUERY_ROWS, PredictionFilter, PredictionStore, PredictionSummary};
+use vigil_store::{Backend, MAX_QUERY_ROWS, PredictionFilter, PredictionStore, PredictionSummary};
 
 use crate::inspect::{decision_name, verdict_name};
 
@@ -103,12 +103,10 @@ pub async fn run(args: QueryArgs) -> Result<u8> {
         after: args.after,
         limit: args.limit,
     };
-    let store = AnyStore::connect(&args.database_url)
+    let backend = Backend::connect(&args.database_url)
         .await
         .with_context(|| format!("--database-url {}", redact(&args.database_url)))?;
-    let rows = store
-        .query_predictions(&filter)
-        .await
+    let rows = vigil_store::with_store!(backend, store => store.query_predictions(&filter).await)
         .with_context(|| format!("cannot query the prediction log at {}", redact(&args.database_url)))?;
     match print_rows(&rows, args.format) {
         // The reader went away (`vigil query | head`): what it wanted was printed.

@@ -15,7 +15,7 @@ use vigil_logger::LoggerStats;
 use vigil_monitor::MonitorConfig;
 use vigil_monitor::views::{Baseline, Scope, Views};
 use vigil_serving::RecordEmitter;
-use vigil_store::{AnyStore, MAX_QUERY_ROWS, PredictionFilter, PredictionStore, SqliteStore};
+use vigil_store::{MAX_QUERY_ROWS, PredictionFilter, PredictionStore, SqliteStore};
 
 use vigil_server::Lifecycle;
 
@@ -66,7 +66,7 @@ fn monitor_config(args: &UpArgs, models: &std::path::Path) -> Result<MonitorConf
 }
 
 /// Prints what the monitor saw: traffic, and drift of the last hour against the training reference.
-async fn print_monitoring(views: &Views<AnyStore>, model: &str) -> Result<()> {
+async fn print_monitoring(views: &Views<SqliteStore>, model: &str) -> Result<()> {
     let scope = Scope { model: model.to_string(), version: None, variant: None };
     let until = chrono::Utc::now() + chrono::Duration::seconds(1);
     let since = until - chrono::Duration::hours(1);
@@ -132,7 +132,7 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     let records = RecordEmitter::new(emitter.clone(), "embedded");
     let monitor_config = monitor_config(&args, &config.model_repository)?;
     let monitor_views = Views::new(
-        AnyStore::Sqlite(store.clone()),
+        store.clone(),
         Arc::new(vigil_monitor::Catalog::load(&monitor_config.models)?),
         Arc::new(monitor_config.clone()),
     );
@@ -144,8 +144,7 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     let dashboard_url = format!("http://{}/", dashboard.local_addr()?);
     let monitor_grpc = vigil_monitor::bind("127.0.0.1:0".parse()?).await?;
     let monitor_grpc_addr = monitor_grpc.local_addr()?;
-    let monitor =
-        vigil_monitor::start(AnyStore::Sqlite(store.clone()), monitor_config, monitor_grpc, dashboard).await?;
+    let monitor = vigil_monitor::start(store.clone(), monitor_config, monitor_grpc, dashboard).await?;
     lifecycle.spawn(MONITOR, "monitor", move |stop| monitor.run_until(stop.stopped()));
     eprintln!("monitor: dashboard on {dashboard_url} (monitoring API on {monitor_grpc_addr})");
     let logger_stats = Arc::new(LoggerStats::default());

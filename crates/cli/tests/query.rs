@@ -8,6 +8,7 @@ use std::process::Command;
 use chrono::{Duration, Utc};
 use support::Database;
 use uuid::Uuid;
+use vigil_store::PredictionStore as _;
 use vigil_store::testing::prediction;
 use vigil_store::{LabelRow, PgStore, PredictionRow};
 

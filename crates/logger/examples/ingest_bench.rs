@@ -21,6 +21,7 @@ use vigil_logger::batch::{Consumed, decode};
 use vigil_logger::{BatchSettings, LoggerConfig};
 use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
+use vigil_store::PredictionStore as _;
 use vigil_telemetry::process;
 
 fn record(i: usize) -> PredictionRecord {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use vigil_logbus::topics;
-use vigil_store::PgStore;
+use vigil_store::{PgStore, PredictionStore};
 
 use crate::config::LoggerConfig;
 use crate::pipeline::{self, LoggerStats, retry};

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use vigil_logbus::{Envelope, Sink, topics};
 use vigil_logger::{BatchSettings, LoggerStats};
 use vigil_proto::vigil::v1::{PredictionOutput, PredictionRecord};
+use vigil_store::PredictionStore as _;
 use vigil_store::SqliteStore;
 
 fn record(i: usize) -> PredictionRecord {

@@ -24,6 +24,7 @@ use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_proto::vigil::v1::prediction_log_client::PredictionLogClient;
 use vigil_proto::vigil::v1::{FeedbackEvent, InspectRequest, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
+use vigil_store::PredictionStore as _;
 
 fn repo_root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()

@@ -22,6 +22,7 @@ use vigil_monitor::MonitorConfig;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
 use vigil_proto::vigil::v1::{InspectRequest, LabelEvent, SubmitLabelsRequest};
+use vigil_store::PredictionStore as _;
 use vigil_store::{MonitorStore, PgStore};
 
 fn repo_root() -> PathBuf {
@@ -211,7 +212,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
-    let monitor_store = vigil_store::AnyStore::connect(&db.url()).await.unwrap();
+    let monitor_store = vigil_store::PgStore::connect_lazy(&db.url(), 2).unwrap();
     let monitor = tokio::spawn(vigil_monitor::run(monitor_store, config, grpc, http, async move {
         let _ = monitor_stopped.await;
     }));

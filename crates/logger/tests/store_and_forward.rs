@@ -16,6 +16,7 @@ use vigil_logger::LoggerStats;
 use vigil_proto::vigil::v1::InspectRequest;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_store::PgStore;
+use vigil_store::PredictionStore as _;
 
 fn repo_root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()

@@ -12,6 +12,7 @@ use chrono::Utc;
 use vigil_monitor::MonitorConfig;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
 use vigil_proto::vigil::v1::{GetDriftRequest, Scope};
+use vigil_store::PredictionStore as _;
 use vigil_store::{PgStore, testing::TestDatabase};
 
 const CHUNK: i64 = 50_000;
@@ -94,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let monitor = tokio::spawn(vigil_monitor::run(
-        vigil_store::AnyStore::connect(&db.url()).await?,
+        vigil_store::PgStore::connect_lazy(&db.url(), 2)?,
         config,
         grpc,
         http,

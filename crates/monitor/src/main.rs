@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vigil_monitor::MonitorConfig;
-use vigil_store::{AnyStore, PredictionStore};
+use vigil_store::{Backend, MonitorStore, PredictionStore};
 
 /// Watches the prediction log: metrics, drift, alarms, a dashboard, and the monitoring APIs.
 #[derive(Parser, Debug)]
@@ -40,11 +40,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => MonitorConfig::load(path)?,
         None => MonitorConfig::default(),
     };
-    if let Some(models) = args.models {
-        config.models = models;
+    if let Some(models) = &args.models {
+        config.models = models.clone();
     }
     let shutdown = vigil_telemetry::termination()?;
-    let store = AnyStore::connect(&args.database_url).await?;
+    let backend = Backend::connect(&args.database_url).await?;
+    vigil_store::with_store!(backend, store => serve(store, config, &args, shutdown).await)
+}
+
+/// Migrates `store`, binds both ports and serves until `shutdown`.
+async fn serve<S: PredictionStore + MonitorStore>(
+    store: S,
+    config: MonitorConfig,
+    args: &Args,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     store.migrate().await?;
     let grpc = vigil_monitor::bind(args.listen).await?;
     let http = vigil_telemetry::bind_http(args.http_listen, "--http-listen").await?;

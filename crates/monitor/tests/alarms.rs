@@ -15,7 +15,7 @@ use vigil_monitor::MonitorConfig;
 use vigil_proto::vigil::v1::ListAlertsRequest;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
 use vigil_store::testing::{TestDatabase, prediction};
-use vigil_store::{AnyStore, MonitorStore, PgStore, PredictionRow, PredictionStore, SqliteStore};
+use vigil_store::{MonitorStore, PgStore, PredictionRow, PredictionStore, SqliteStore};
 
 /// Serves `app` on a free loopback port; returns the URL of its `/hook` route.
 async fn serve_hook(app: axum::Router) -> String {
@@ -132,7 +132,7 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let monitor = tokio::spawn(vigil_monitor::run(AnyStore::Sqlite(store.clone()), config, grpc, http, async move {
+    let monitor = tokio::spawn(vigil_monitor::run(store.clone(), config, grpc, http, async move {
         let _ = stopped.await;
     }));
 
@@ -201,11 +201,7 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
     monitor.await.unwrap().unwrap();
 
     // A rule taken out of the configuration ends its alarm instead of leaving it firing.
-    let views = vigil_monitor::Views::new(
-        AnyStore::Sqlite(store.clone()),
-        Default::default(),
-        Arc::new(MonitorConfig::default()),
-    );
+    let views = vigil_monitor::Views::new(store.clone(), Default::default(), Arc::new(MonitorConfig::default()));
     vigil_monitor::alarms::evaluate_all(&views, &[], Utc::now(), &Default::default()).await.unwrap();
     assert_eq!(state("busy/scratch-detector").await.as_deref(), Some("resolved"));
 }
@@ -277,7 +273,7 @@ fn start_monitor(store: &PgStore, webhook: &str) -> Running {
     let addr = http.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(vigil_monitor::run(
-        AnyStore::Postgres(store.clone()),
+        store.clone(),
         config,
         tokio::net::TcpListener::from_std(grpc).unwrap(),
         tokio::net::TcpListener::from_std(http).unwrap(),

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use vigil_monitor::MonitorConfig;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
 use vigil_proto::vigil::v1::{GetDriftRequest, GetMetricsRequest, LabelEvent, Scope, SubmitLabelsRequest};
+use vigil_store::PredictionStore as _;
 use vigil_store::testing::{TestDatabase, prediction};
 use vigil_store::{PgStore, PredictionRow};
 
@@ -83,14 +84,15 @@ async fn start(url: &str) -> Monitor {
     let mut config = MonitorConfig { models: repo().join("models"), ..Default::default() };
     config.rollups.resolutions = vec![60, 3600];
     config.rollups.poll = Duration::from_millis(100);
-    let store = vigil_store::AnyStore::connect(url).await.unwrap();
+    let backend = vigil_store::Backend::connect(url).await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(vigil_monitor::run(store, config, grpc, http, async move {
+    let stopped = async move {
         let _ = stopped.await;
-    }));
+    };
+    let task = vigil_store::with_store!(backend, store => tokio::spawn(vigil_monitor::run(store, config, grpc, http, stopped)));
     let grpc = MonitoringClient::connect(format!("http://{grpc_addr}")).await.unwrap();
     Monitor { grpc, http: format!("http://{http_addr}"), stop, task }
 }

@@ -5,6 +5,7 @@ use tonic::Code;
 use uuid::Uuid;
 use vigil_proto::vigil::v1::prediction_log_client::PredictionLogClient;
 use vigil_proto::vigil::v1::{Decision, QueryPredictionsRequest, Verdict};
+use vigil_store::PredictionStore as _;
 use vigil_store::testing::prediction;
 use vigil_store::{LabelRow, PgStore, PredictionRow};
 

@@ -5,6 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use vigil_monitor::rollup;
 use vigil_monitor::sketch;
 use vigil_proto::vigil::v1::RollupWindow;
+use vigil_store::PredictionStore as _;
 use vigil_store::monitoring::RollupQuery;
 use vigil_store::testing::{TestDatabase, prediction};
 use vigil_store::{MonitorStore, PgStore, PredictionRow, SqliteStore};

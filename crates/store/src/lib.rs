@@ -17,7 +17,7 @@ pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 pub use rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow, RowError};
 pub use sqlite::SqliteStore;
-pub use store::{AnyStore, PredictionStore};
+pub use store::{Backend, PredictionStore};
 
 /// The Postgres schema, embedded from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 use crate::rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow};
+use crate::store::PredictionStore;
 
 /// A pool of connections to the Vigil database.
 #[derive(Clone)]
@@ -33,25 +34,6 @@ impl PgStore {
         &self.pool
     }
 
-    /// Applies pending migrations.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        crate::MIGRATOR.run(&self.pool).await
-    }
-
-    /// Inserts predictions and labels in one transaction; rows whose id exists are skipped.
-    /// Returns the numbers of new prediction and label rows.
-    pub async fn insert_batch(
-        &self,
-        predictions: &[PredictionRow],
-        labels: &[LabelRow],
-    ) -> Result<(u64, u64), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let p = insert_predictions(&mut *tx, predictions).await?;
-        let l = insert_labels(&mut *tx, labels).await?;
-        tx.commit().await?;
-        Ok((p, l))
-    }
-
     /// Inserts predictions (one statement); rows whose id exists are skipped.
     pub async fn insert_predictions(&self, rows: &[PredictionRow]) -> Result<u64, sqlx::Error> {
         insert_predictions(&self.pool, rows).await
@@ -60,72 +42,6 @@ impl PgStore {
     /// Inserts labels; labels whose id exists are skipped.
     pub async fn insert_labels(&self, rows: &[LabelRow]) -> Result<u64, sqlx::Error> {
         insert_labels(&self.pool, rows).await
-    }
-
-    /// Inserts feedback events; events whose id exists are skipped. Returns the new rows.
-    pub async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let result = sqlx::query(
-            "INSERT INTO feedback (event_id, prediction_id, kind, value, session_id, time)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-             ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.prediction_id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.kind.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.session_id.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.time).collect::<Vec<_>>())
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected())
-    }
-
-    /// Inserts dead letters; ids already stored are skipped. Returns the new rows.
-    pub async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
-        let mut inserted = 0;
-        for r in rows {
-            inserted += sqlx::query(
-                "INSERT INTO dead_letters (id, time, topic, source, reason, key, payload)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(r.id)
-            .bind(r.time)
-            .bind(&r.topic)
-            .bind(&r.source)
-            .bind(&r.reason)
-            .bind(&r.key)
-            .bind(&r.payload)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        }
-        Ok(inserted)
-    }
-
-    /// The latest `limit` dead letters, newest first.
-    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
-        sqlx::query_as("SELECT id, time, topic, source, reason, key, payload FROM dead_letters ORDER BY time DESC, id DESC LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-    }
-
-    /// Number of stored feedback events.
-    pub async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM feedback").fetch_one(&self.pool).await
-    }
-
-    /// Every prediction id with its features and score, in id order (for checks and exports).
-    pub async fn prediction_ids(&self) -> Result<Vec<Uuid>, sqlx::Error> {
-        sqlx::query_scalar("SELECT prediction_id FROM predictions ORDER BY prediction_id").fetch_all(&self.pool).await
-    }
-
-    /// Number of logged predictions.
-    pub async fn count_predictions(&self) -> Result<i64, sqlx::Error> {
-        sqlx::query_scalar("SELECT count(*) FROM predictions").fetch_one(&self.pool).await
     }
 
     /// One stored prediction's features, output and score, when present.
@@ -216,9 +132,94 @@ async fn insert_labels<'e>(exec: impl PgExecutor<'e>, rows: &[LabelRow]) -> Resu
     Ok(result.rows_affected())
 }
 
-impl PgStore {
+impl PredictionStore for PgStore {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        crate::MIGRATOR.run(&self.pool).await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))
+    }
+
+    /// Inserts predictions and labels in one transaction; rows whose id exists are skipped.
+    /// Returns the numbers of new prediction and label rows.
+    async fn insert_batch(
+        &self,
+        predictions: &[PredictionRow],
+        labels: &[LabelRow],
+    ) -> Result<(u64, u64), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let p = insert_predictions(&mut *tx, predictions).await?;
+        let l = insert_labels(&mut *tx, labels).await?;
+        tx.commit().await?;
+        Ok((p, l))
+    }
+
+    /// Inserts feedback events; events whose id exists are skipped. Returns the new rows.
+    async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let result = sqlx::query(
+            "INSERT INTO feedback (event_id, prediction_id, kind, value, session_id, time)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(rows.iter().map(|r| r.event_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.prediction_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.kind.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.value.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.session_id.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.time).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Inserts dead letters; ids already stored are skipped. Returns the new rows.
+    async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
+        let mut inserted = 0;
+        for r in rows {
+            inserted += sqlx::query(
+                "INSERT INTO dead_letters (id, time, topic, source, reason, key, payload)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(r.id)
+            .bind(r.time)
+            .bind(&r.topic)
+            .bind(&r.source)
+            .bind(&r.reason)
+            .bind(&r.key)
+            .bind(&r.payload)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(inserted)
+    }
+
+    /// The latest `limit` dead letters, newest first.
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
+        sqlx::query_as("SELECT id, time, topic, source, reason, key, payload FROM dead_letters ORDER BY time DESC, id DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Number of stored feedback events.
+    async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM feedback").fetch_one(&self.pool).await
+    }
+
+    /// Every prediction id with its features and score, in id order (for checks and exports).
+    async fn prediction_ids(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar("SELECT prediction_id FROM predictions ORDER BY prediction_id").fetch_all(&self.pool).await
+    }
+
+    /// Number of logged predictions.
+    async fn count_predictions(&self) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT count(*) FROM predictions").fetch_one(&self.pool).await
+    }
+
     /// Runs an analyst query (keyset-paginated, at most [`MAX_QUERY_ROWS`] rows).
-    pub async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
+    async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
         let mut q = sqlx::QueryBuilder::new(
             "SELECT p.prediction_id, p.time, p.station_id, p.model_name, p.model_version, p.score, p.verdict, \
              p.decision, p.status, p.features, l.label \

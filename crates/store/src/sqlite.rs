@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 use crate::rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow};
+use crate::store::PredictionStore;
 
 /// The embedded schema, from `migrations/sqlite/`.
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -46,14 +47,16 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
 
+impl PredictionStore for SqliteStore {
     /// Applies pending migrations.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        SQLITE_MIGRATOR.run(&self.pool).await
+    async fn migrate(&self) -> Result<(), sqlx::Error> {
+        SQLITE_MIGRATOR.run(&self.pool).await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))
     }
 
     /// Inserts predictions and labels in one transaction; existing ids are skipped.
-    pub async fn insert_batch(
+    async fn insert_batch(
         &self,
         predictions: &[PredictionRow],
         labels: &[LabelRow],
@@ -113,7 +116,7 @@ impl SqliteStore {
     }
 
     /// Inserts feedback events; events whose id exists are skipped. Returns the new rows.
-    pub async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
+    async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
         let mut inserted = 0;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -133,7 +136,7 @@ impl SqliteStore {
     }
 
     /// Inserts dead letters; ids already stored are skipped. Returns the new rows.
-    pub async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
+    async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
         let mut inserted = 0;
         for r in rows {
             inserted += sqlx::query(
@@ -155,7 +158,7 @@ impl SqliteStore {
     }
 
     /// The latest `limit` dead letters, newest first.
-    pub async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
         sqlx::query_as("SELECT id, time, topic, source, reason, key, payload FROM dead_letters ORDER BY time DESC, id DESC LIMIT ?")
             .bind(limit)
             .fetch_all(&self.pool)
@@ -163,22 +166,22 @@ impl SqliteStore {
     }
 
     /// Number of stored feedback events.
-    pub async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
+    async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM feedback").fetch_one(&self.pool).await
     }
 
     /// Number of logged predictions.
-    pub async fn count_predictions(&self) -> Result<i64, sqlx::Error> {
+    async fn count_predictions(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM predictions").fetch_one(&self.pool).await
     }
 
     /// Every prediction id, in id order.
-    pub async fn prediction_ids(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+    async fn prediction_ids(&self) -> Result<Vec<Uuid>, sqlx::Error> {
         sqlx::query_scalar("SELECT prediction_id FROM predictions ORDER BY prediction_id").fetch_all(&self.pool).await
     }
 
     /// Runs an analyst query (keyset-paginated, at most [`MAX_QUERY_ROWS`] rows).
-    pub async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
+    async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT p.prediction_id, p.time, p.station_id, p.model_name, p.model_version, p.score, p.verdict, \
              p.decision, p.status, p.features, \

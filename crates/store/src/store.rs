@@ -1,5 +1,7 @@
 //! One interface over both stores, so that the logger, the embedded default and the
-//! command line run the same code on Postgres and on SQLite.
+//! command line run the same code on Postgres and on SQLite. Each backend implements it once;
+//! a binary picks its backend at start-up ([`Backend`], [`with_store!`](crate::with_store))
+//! and runs generic code over it.
 
 use std::future::Future;
 
@@ -40,52 +42,15 @@ pub trait PredictionStore: Clone + Send + Sync + 'static {
     fn prediction_ids(&self) -> impl Future<Output = Result<Vec<Uuid>, sqlx::Error>> + Send;
 }
 
-macro_rules! delegate {
-    ($t:ty) => {
-        impl PredictionStore for $t {
-            async fn migrate(&self) -> Result<(), sqlx::Error> {
-                <$t>::migrate(self).await.map_err(|e| sqlx::Error::Migrate(Box::new(e)))
-            }
-            async fn insert_batch(&self, p: &[PredictionRow], l: &[LabelRow]) -> Result<(u64, u64), sqlx::Error> {
-                <$t>::insert_batch(self, p, l).await
-            }
-            async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
-                <$t>::insert_feedback(self, rows).await
-            }
-            async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
-                <$t>::insert_dead_letters(self, rows).await
-            }
-            async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
-                <$t>::dead_letters(self, limit).await
-            }
-            async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
-                <$t>::count_feedback(self).await
-            }
-            async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
-                <$t>::query_predictions(self, f).await
-            }
-            async fn count_predictions(&self) -> Result<i64, sqlx::Error> {
-                <$t>::count_predictions(self).await
-            }
-            async fn prediction_ids(&self) -> Result<Vec<Uuid>, sqlx::Error> {
-                <$t>::prediction_ids(self).await
-            }
-        }
-    };
-}
-
-delegate!(PgStore);
-delegate!(SqliteStore);
-
-/// A store chosen by URL: `postgres://...` or `sqlite://...`.
-#[derive(Clone)]
-pub enum AnyStore {
+/// The store a database URL names, connected. Callers pick the backend once, at start-up, and
+/// run generic code over it with [`with_store!`](crate::with_store).
+pub enum Backend {
     Postgres(PgStore),
     Sqlite(SqliteStore),
 }
 
-impl AnyStore {
-    /// Connects by the URL's scheme.
+impl Backend {
+    /// Connects by the URL's scheme: `postgres://...` or `sqlite://...`.
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite(SqliteStore::connect(url).await?))
@@ -97,59 +62,14 @@ impl AnyStore {
     }
 }
 
-impl PredictionStore for AnyStore {
-    async fn migrate(&self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(s) => PredictionStore::migrate(s).await,
-            Self::Sqlite(s) => PredictionStore::migrate(s).await,
+/// Runs `$body` with `$store` bound to the concrete store inside a [`Backend`]: the generic
+/// code is compiled once per backend, and nothing forwards calls at run time.
+#[macro_export]
+macro_rules! with_store {
+    ($backend:expr, $store:ident => $body:expr) => {
+        match $backend {
+            $crate::store::Backend::Postgres($store) => $body,
+            $crate::store::Backend::Sqlite($store) => $body,
         }
-    }
-    async fn insert_batch(&self, p: &[PredictionRow], l: &[LabelRow]) -> Result<(u64, u64), sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.insert_batch(p, l).await,
-            Self::Sqlite(s) => s.insert_batch(p, l).await,
-        }
-    }
-    async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<u64, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.insert_feedback(rows).await,
-            Self::Sqlite(s) => s.insert_feedback(rows).await,
-        }
-    }
-    async fn insert_dead_letters(&self, rows: &[DeadLetterRow]) -> Result<u64, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.insert_dead_letters(rows).await,
-            Self::Sqlite(s) => s.insert_dead_letters(rows).await,
-        }
-    }
-    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetterRow>, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.dead_letters(limit).await,
-            Self::Sqlite(s) => s.dead_letters(limit).await,
-        }
-    }
-    async fn count_feedback(&self) -> Result<i64, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.count_feedback().await,
-            Self::Sqlite(s) => s.count_feedback().await,
-        }
-    }
-    async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.query_predictions(f).await,
-            Self::Sqlite(s) => s.query_predictions(f).await,
-        }
-    }
-    async fn count_predictions(&self) -> Result<i64, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.count_predictions().await,
-            Self::Sqlite(s) => s.count_predictions().await,
-        }
-    }
-    async fn prediction_ids(&self) -> Result<Vec<Uuid>, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.prediction_ids().await,
-            Self::Sqlite(s) => s.prediction_ids().await,
-        }
-    }
+    };
 }

@@ -9,8 +9,6 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::store::AnyStore;
-
 /// The columns of a logged prediction that rollups summarise.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RollupInput {
@@ -277,77 +275,3 @@ macro_rules! bind_alert {
     };
 }
 use bind_alert;
-
-macro_rules! dispatch {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self {
-            AnyStore::Postgres($s) => $e,
-            AnyStore::Sqlite($s) => $e,
-        }
-    };
-}
-
-impl MonitorStore for AnyStore {
-    async fn rollup_cursor(&self) -> Result<i64, sqlx::Error> {
-        dispatch!(self, s => s.rollup_cursor().await)
-    }
-    async fn read_for_rollup(&self, cursor: i64, max_rows: usize) -> Result<RollupBatch, sqlx::Error> {
-        dispatch!(self, s => s.read_for_rollup(cursor, max_rows).await)
-    }
-    async fn apply_rollups(
-        &self,
-        cursor: i64,
-        next_cursor: i64,
-        deltas: Vec<StoredRollup>,
-        merge: &MergeFn,
-    ) -> Result<bool, sqlx::Error> {
-        dispatch!(self, s => s.apply_rollups(cursor, next_cursor, deltas, merge).await)
-    }
-    async fn read_rollups(&self, q: &RollupQuery) -> Result<Vec<StoredRollup>, sqlx::Error> {
-        dispatch!(self, s => s.read_rollups(q).await)
-    }
-    async fn rollup_models(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
-        dispatch!(self, s => s.rollup_models().await)
-    }
-    async fn labeled_predictions(
-        &self,
-        model_name: &str,
-        model_version: Option<&str>,
-        variant: Option<i16>,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
-        dispatch!(self, s => s.labeled_predictions(model_name, model_version, variant, since, until).await)
-    }
-    async fn feedback_events(
-        &self,
-        model_name: &str,
-        model_version: Option<&str>,
-        variant: Option<i16>,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
-        dispatch!(self, s => s.feedback_events(model_name, model_version, variant, since, until).await)
-    }
-    async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
-        dispatch!(self, s => s.prediction_refs(ids).await)
-    }
-    async fn load_alerts(&self) -> Result<Vec<AlertRow>, sqlx::Error> {
-        dispatch!(self, s => s.load_alerts().await)
-    }
-    async fn save_alert(&self, alert: &AlertRow, notify: bool) -> Result<(), sqlx::Error> {
-        dispatch!(self, s => s.save_alert(alert, notify).await)
-    }
-    async fn unsent_alert_events(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
-        dispatch!(self, s => s.unsent_alert_events(limit).await)
-    }
-    async fn mark_alert_event(&self, event_id: i64, outcome: Delivery) -> Result<(), sqlx::Error> {
-        dispatch!(self, s => s.mark_alert_event(event_id, outcome).await)
-    }
-    async fn alert_history(&self, limit: i64) -> Result<Vec<AlertEvent>, sqlx::Error> {
-        dispatch!(self, s => s.alert_history(limit).await)
-    }
-    async fn try_lease(&self, role: &str) -> Result<Option<Lease>, sqlx::Error> {
-        dispatch!(self, s => s.try_lease(role).await)
-    }
-}
