@@ -13,6 +13,7 @@ use vigil_monitor::MonitorConfig;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
 use vigil_proto::vigil::v1::{GetDriftRequest, Scope};
 use vigil_store::PredictionStore as _;
+use vigil_store::RollupStore as _;
 use vigil_store::{PgStore, testing::TestDatabase};
 
 const CHUNK: i64 = 50_000;
@@ -182,7 +183,6 @@ fn pass_name(upkeep: bool) -> &'static str {
 
 /// Reads every row the way upkeep does, summarising and writing nothing.
 async fn read_pass(store: &PgStore) -> anyhow::Result<(Duration, usize)> {
-    use vigil_store::MonitorStore;
     let t = Instant::now();
     let (mut cursor, mut scanned) = (0, 0);
     loop {

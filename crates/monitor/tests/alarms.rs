@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use vigil_monitor::MonitorConfig;
 use vigil_proto::vigil::v1::ListAlertsRequest;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+use vigil_store::AlertStore as _;
 use vigil_store::testing::{TestDatabase, prediction};
 use vigil_store::{MonitorStore, PgStore, PredictionRow, PredictionStore, SqliteStore};
 

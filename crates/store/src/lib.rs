@@ -12,7 +12,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use monitoring::MonitorStore;
+pub use monitoring::{AlertStore, LeaseStore, MonitorStore, OutcomeStore, RollupStore};
 pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 pub use rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow, RowError};

@@ -3,6 +3,7 @@
 
 use chrono::{Duration, Utc};
 use uuid::Uuid;
+use vigil_store::LeaseStore as _;
 use vigil_store::testing::prediction;
 use vigil_store::{LabelRow, PgStore, PredictionFilter, PredictionRow, PredictionStore, SqliteStore};
 
@@ -150,7 +151,6 @@ async fn postgres_conforms() {
 
 #[tokio::test]
 async fn a_postgres_lease_has_one_holder_until_dropped() {
-    use vigil_store::MonitorStore;
     let db = vigil_store::testing::TestDatabase::create();
     // Two pools: two monitors.
     let (a, b) = (PgStore::connect_lazy(&db.url(), 2).unwrap(), PgStore::connect_lazy(&db.url(), 2).unwrap());
@@ -174,7 +174,7 @@ async fn a_postgres_lease_has_one_holder_until_dropped() {
 
 /// Labeled predictions and feedback are filtered by model, version, variant and time in the
 /// store, and each labeled prediction comes with its latest label.
-async fn labeled_predictions_conform<S: PredictionStore + vigil_store::MonitorStore>(store: S) {
+async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
     store.migrate().await.unwrap();
     let now = Utc::now();
     let mut rows: Vec<PredictionRow> = (0..6).map(|i| row(i, 30 - i as i64)).collect();
@@ -239,4 +239,121 @@ async fn sqlite_labeled_predictions_conform() {
 async fn postgres_labeled_predictions_conform() {
     let db = vigil_store::testing::TestDatabase::create();
     labeled_predictions_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}
+
+/// Alarm states, transitions and their delivery, the same on both stores.
+async fn alerts_conform<S: PredictionStore + vigil_store::AlertStore>(store: S) {
+    use vigil_store::monitoring::{AlertRow, Delivery};
+    store.migrate().await.unwrap();
+    let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let alert = |state: &str, value: Option<f64>| AlertRow {
+        alert_key: "error-rate/scratch-detector".into(),
+        rule: "error-rate".into(),
+        model_name: "scratch-detector".into(),
+        metric: "error_rate".into(),
+        severity: "critical".into(),
+        state: state.into(),
+        value,
+        threshold: 0.2,
+        since: now,
+        message: format!("error rate {value:?}"),
+    };
+    assert!(store.load_alerts().await.unwrap().is_empty());
+    store.save_alert(&alert("pending", Some(0.3)), false).await.unwrap();
+    store.save_alert(&alert("firing", Some(0.5)), true).await.unwrap();
+    assert_eq!(store.load_alerts().await.unwrap(), [alert("firing", Some(0.5))], "one row per alarm: the latest state");
+    let history = store.alert_history(10).await.unwrap();
+    let states: Vec<&str> = history.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(states, ["firing", "pending"], "every transition, newest first");
+    let unsent = store.unsent_alert_events(10).await.unwrap();
+    assert_eq!(unsent.len(), 1, "only the transition to notify");
+    assert_eq!((unsent[0].state.as_str(), unsent[0].value, unsent[0].attempts), ("firing", Some(0.5), 0));
+    store.mark_alert_event(unsent[0].event_id, Delivery::Failed("503".into())).await.unwrap();
+    let retry = store.unsent_alert_events(10).await.unwrap();
+    assert_eq!((retry.len(), retry[0].attempts), (1, 1), "a failed attempt is counted and stays unsent");
+    store.save_alert(&alert("resolved", None), true).await.unwrap();
+    let unsent = store.unsent_alert_events(10).await.unwrap();
+    let states: Vec<&str> = unsent.iter().map(|e| e.state.as_str()).collect();
+    assert_eq!(states, ["firing", "resolved"], "oldest first");
+    store.mark_alert_event(unsent[0].event_id, Delivery::Delivered).await.unwrap();
+    store.mark_alert_event(unsent[1].event_id, Delivery::Abandoned("410".into())).await.unwrap();
+    assert!(store.unsent_alert_events(10).await.unwrap().is_empty(), "delivered and abandoned are both settled");
+    assert_eq!(store.alert_history(2).await.unwrap().len(), 2, "the history honours its limit");
+}
+
+#[tokio::test]
+async fn sqlite_alerts_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    alerts_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_alerts_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    alerts_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}
+
+/// Rollup upkeep: the cursor, the predictions it reads once each, merged windows, and a move
+/// refused when another monitor moved the cursor first.
+async fn rollups_conform<S: PredictionStore + vigil_store::RollupStore>(store: S) {
+    use vigil_store::monitoring::{RollupKey, RollupQuery, StoredRollup};
+    store.migrate().await.unwrap();
+    assert_eq!(store.rollup_cursor().await.unwrap(), 0);
+    let rows: Vec<PredictionRow> = (0..5).map(|i| row(i, 5 - i as i64)).collect();
+    store.insert_batch(&rows, &[]).await.unwrap();
+    let batch = store.read_for_rollup(0, 100).await.unwrap();
+    assert_eq!(batch.rows.len(), 5, "every committed prediction");
+    assert!(batch.next_cursor > 0);
+    let window_start = chrono::DateTime::from_timestamp(Utc::now().timestamp() / 60 * 60, 0).unwrap();
+    let key = |version: &str| RollupKey {
+        model_name: "scratch-detector".into(),
+        resolution_s: 60,
+        window_start,
+        model_version: version.into(),
+        variant: 1,
+    };
+    // Bodies are opaque here: the merge concatenates them.
+    let merge = |stored: &mut Vec<u8>, delta: &[u8]| stored.extend_from_slice(delta);
+    let delta = |version: &str, body: &[u8]| StoredRollup { key: key(version), body: body.to_vec() };
+    assert!(store.apply_rollups(0, batch.next_cursor, vec![delta("1", b"a"), delta("2", b"x")], &merge).await.unwrap());
+    assert!(
+        !store.apply_rollups(0, batch.next_cursor + 1, vec![delta("1", b"b")], &merge).await.unwrap(),
+        "the cursor had moved: nothing changes"
+    );
+    assert_eq!(store.rollup_cursor().await.unwrap(), batch.next_cursor);
+    let next = store.read_for_rollup(batch.next_cursor, 100).await.unwrap();
+    assert!(next.rows.is_empty(), "nothing read twice");
+    store.insert_batch(&[row(7, 0)], &[]).await.unwrap();
+    let next = store.read_for_rollup(batch.next_cursor, 100).await.unwrap();
+    assert_eq!(next.rows.len(), 1, "only the new prediction");
+    assert!(store.apply_rollups(batch.next_cursor, next.next_cursor, vec![delta("1", b"b")], &merge).await.unwrap());
+    let query = |version: Option<&str>| RollupQuery {
+        model_name: "scratch-detector".into(),
+        model_version: version.map(Into::into),
+        variant: Some(1),
+        resolution_s: 60,
+        since: window_start - Duration::hours(1),
+        until: window_start + Duration::hours(1),
+    };
+    let read = store.read_rollups(&query(Some("1"))).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!((read[0].key.clone(), read[0].body.as_slice()), (key("1"), &b"ab"[..]), "merged in order");
+    assert_eq!(store.read_rollups(&query(None)).await.unwrap().len(), 2, "both versions");
+    let mut other_variant = query(None);
+    other_variant.variant = Some(2);
+    assert!(store.read_rollups(&other_variant).await.unwrap().is_empty());
+    let models = store.rollup_models().await.unwrap();
+    assert_eq!(models, [("scratch-detector".to_string(), "1".to_string()), ("scratch-detector".into(), "2".into())]);
+}
+
+#[tokio::test]
+async fn sqlite_rollups_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    rollups_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_rollups_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    rollups_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }

@@ -190,8 +190,8 @@ impl Delivery {
 /// Merges a stored rollup body with a delta (both encoded `RollupWindow`s) into the first.
 pub type MergeFn = dyn Fn(&mut Vec<u8>, &[u8]) + Send + Sync;
 
-/// The monitoring side of a store.
-pub trait MonitorStore: Clone + Send + Sync + 'static {
+/// Rollups: the upkeep cursor, the predictions it reads, the merged windows it writes.
+pub trait RollupStore: Clone + Send + Sync + 'static {
     /// Where rollup upkeep stands (0 before the first run).
     fn rollup_cursor(&self) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
     /// Up to about `max_rows` committed predictions after `cursor`, in commit order. A batch never
@@ -215,6 +215,10 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
     fn read_rollups(&self, q: &RollupQuery) -> impl Future<Output = Result<Vec<StoredRollup>, sqlx::Error>> + Send;
     /// Every (model, version) that has rollups.
     fn rollup_models(&self) -> impl Future<Output = Result<Vec<(String, String)>, sqlx::Error>> + Send;
+}
+
+/// What happened after predictions: their labels and the feedback on them.
+pub trait OutcomeStore: Clone + Send + Sync + 'static {
     /// Predictions of a model (one version, one variant, when given) in [since, until) that
     /// have labels, with their latest label.
     fn labeled_predictions(
@@ -237,6 +241,10 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(DateTime<Utc>, String)>, sqlx::Error>> + Send;
     /// The logged predictions among `ids` (unknown ids are absent).
     fn prediction_refs(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<PredictionRef>, sqlx::Error>> + Send;
+}
+
+/// Alarm states, their transitions and the delivery of their notifications.
+pub trait AlertStore: Clone + Send + Sync + 'static {
     /// Every alarm's current state.
     fn load_alerts(&self) -> impl Future<Output = Result<Vec<AlertRow>, sqlx::Error>> + Send;
     /// Stores an alarm's new state and, in the same transaction, the transition into history
@@ -252,9 +260,18 @@ pub trait MonitorStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     /// Stored transitions of every alarm, newest first.
     fn alert_history(&self, limit: i64) -> impl Future<Output = Result<Vec<AlertEvent>, sqlx::Error>> + Send;
+}
+
+/// Leases that let exactly one monitor act (evaluate alarms, notify).
+pub trait LeaseStore: Clone + Send + Sync + 'static {
     /// Takes the lease named `role` if no other holder has it; None when another monitor does.
     fn try_lease(&self, role: &str) -> impl Future<Output = Result<Option<Lease>, sqlx::Error>> + Send;
 }
+
+/// The monitoring side of a store: every focused trait at once.
+pub trait MonitorStore: RollupStore + OutcomeStore + AlertStore + LeaseStore {}
+
+impl<S: RollupStore + OutcomeStore + AlertStore + LeaseStore> MonitorStore for S {}
 
 /// Rows per rollup upkeep step when the caller does not say.
 pub const DEFAULT_ROLLUP_CHUNK: usize = 20_000;

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, Delivery, LabeledPrediction, Lease, MergeFn, MonitorStore, PredictionRef, RollupBatch,
-    RollupInput, RollupKey, RollupQuery, StoredRollup, bind_alert,
+    AlertEvent, AlertRow, AlertStore, Delivery, LabeledPrediction, Lease, LeaseStore, MergeFn, OutcomeStore,
+    PredictionRef, RollupBatch, RollupInput, RollupKey, RollupQuery, RollupStore, StoredRollup, bind_alert,
 };
 use crate::PgStore;
 
@@ -36,7 +36,7 @@ const HORIZON: &str = "WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())
 const EVENT_COLUMNS: &str =
     "event_id, alert_key, rule, model_name, severity, state, value, threshold, time, message, attempts";
 
-impl MonitorStore for PgStore {
+impl RollupStore for PgStore {
     async fn rollup_cursor(&self) -> Result<i64, sqlx::Error> {
         let c: Option<i64> = sqlx::query_scalar("SELECT cursor FROM rollup_cursor WHERE name = $1")
             .bind(CURSOR)
@@ -188,7 +188,9 @@ impl MonitorStore for PgStore {
             .fetch_all(self.pool())
             .await
     }
+}
 
+impl OutcomeStore for PgStore {
     async fn labeled_predictions(
         &self,
         model_name: &str,
@@ -249,7 +251,9 @@ impl MonitorStore for PgStore {
         .fetch_all(self.pool())
         .await
     }
+}
 
+impl AlertStore for PgStore {
     async fn load_alerts(&self) -> Result<Vec<AlertRow>, sqlx::Error> {
         sqlx::query_as(
             "SELECT alert_key, rule, model_name, metric, severity, state, value, threshold, since, message \
@@ -317,7 +321,9 @@ impl MonitorStore for PgStore {
             .fetch_all(self.pool())
             .await
     }
+}
 
+impl LeaseStore for PgStore {
     async fn try_lease(&self, role: &str) -> Result<Option<Lease>, sqlx::Error> {
         let mut conn = self.pool().acquire().await?;
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")

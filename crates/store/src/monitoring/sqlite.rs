@@ -6,8 +6,8 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, Delivery, LabeledPrediction, Lease, MergeFn, MonitorStore, PredictionRef, RollupBatch,
-    RollupInput, RollupQuery, StoredRollup, bind_alert,
+    AlertEvent, AlertRow, AlertStore, Delivery, LabeledPrediction, Lease, LeaseStore, MergeFn, OutcomeStore,
+    PredictionRef, RollupBatch, RollupInput, RollupQuery, RollupStore, StoredRollup, bind_alert,
 };
 use crate::SqliteStore;
 
@@ -16,7 +16,7 @@ const CURSOR: &str = "predictions";
 const EVENT_COLUMNS: &str =
     "event_id, alert_key, rule, model_name, severity, state, value, threshold, time, message, attempts";
 
-impl MonitorStore for SqliteStore {
+impl RollupStore for SqliteStore {
     async fn rollup_cursor(&self) -> Result<i64, sqlx::Error> {
         let c: Option<i64> = sqlx::query_scalar("SELECT cursor FROM rollup_cursor WHERE name = ?")
             .bind(CURSOR)
@@ -117,7 +117,9 @@ impl MonitorStore for SqliteStore {
             .fetch_all(self.pool())
             .await
     }
+}
 
+impl OutcomeStore for SqliteStore {
     async fn labeled_predictions(
         &self,
         model_name: &str,
@@ -187,7 +189,9 @@ impl MonitorStore for SqliteStore {
         }
         Ok(out)
     }
+}
 
+impl AlertStore for SqliteStore {
     async fn load_alerts(&self) -> Result<Vec<AlertRow>, sqlx::Error> {
         sqlx::query_as(
             "SELECT alert_key, rule, model_name, metric, severity, state, value, threshold, since, message \
@@ -250,7 +254,9 @@ impl MonitorStore for SqliteStore {
             .fetch_all(self.pool())
             .await
     }
+}
 
+impl LeaseStore for SqliteStore {
     async fn try_lease(&self, _role: &str) -> Result<Option<Lease>, sqlx::Error> {
         Ok(Some(Lease::Local))
     }
