@@ -128,25 +128,25 @@ impl OutcomeStore for SqliteStore {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
-        // Times are stored as text; the window is applied on parsed values, here in Rust.
-        let rows: Vec<(LabeledPrediction, String)> = sqlx::query_as::<_, LabeledWithVersion>(
+        // Times are stored as sqlx writes them (fixed-width UTC text), so text order is time
+        // order and the window is compared in SQL.
+        sqlx::query_as(
             "SELECT p.time, coalesce(json_extract(p.output, '$.label'), '') AS predicted, l.label AS actual, \
-               l.time AS label_time, p.model_version \
+               l.time AS label_time \
              FROM predictions p JOIN labels l ON l.prediction_id = p.prediction_id \
-             WHERE p.model_name = ? AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?) \
+             WHERE p.model_name = ? AND p.time >= ? AND p.time < ? \
+               AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?) \
                AND l.time = (SELECT max(l2.time) FROM labels l2 WHERE l2.prediction_id = p.prediction_id)",
         )
         .bind(model_name)
+        .bind(since)
+        .bind(until)
         .bind(model_version)
         .bind(model_version)
         .bind(variant)
         .bind(variant)
         .fetch_all(self.pool())
-        .await?
-        .into_iter()
-        .map(|r| (r.labeled, r.model_version))
-        .collect();
-        Ok(rows.into_iter().filter(|(p, _)| p.time >= since && p.time < until).map(|(p, _)| p).collect())
+        .await
     }
 
     async fn feedback_events(
@@ -157,19 +157,20 @@ impl OutcomeStore for SqliteStore {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
-        // Times are stored as text; the window is applied on parsed values, here in Rust.
-        let rows: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
+        sqlx::query_as(
             "SELECT p.time, f.kind FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
-             WHERE p.model_name = ? AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?)",
+             WHERE p.model_name = ? AND p.time >= ? AND p.time < ? \
+               AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?)",
         )
         .bind(model_name)
+        .bind(since)
+        .bind(until)
         .bind(model_version)
         .bind(model_version)
         .bind(variant)
         .bind(variant)
         .fetch_all(self.pool())
-        .await?;
-        Ok(rows.into_iter().filter(|(t, _)| *t >= since && *t < until).collect())
+        .await
     }
 
     async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
@@ -267,11 +268,4 @@ struct RowWithId {
     row_id: i64,
     #[sqlx(flatten)]
     input: RollupInput,
-}
-
-#[derive(sqlx::FromRow)]
-struct LabeledWithVersion {
-    #[sqlx(flatten)]
-    labeled: LabeledPrediction,
-    model_version: String,
 }
