@@ -357,3 +357,14 @@ async fn postgres_rollups_conform() {
     let db = vigil_store::testing::TestDatabase::create();
     rollups_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
+
+#[tokio::test]
+async fn an_embedded_lease_is_always_held() {
+    use vigil_store::LeaseStore as _;
+    use vigil_store::monitoring::Lease;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    let mut lease = store.try_lease("alerting").await.unwrap().expect("one process: always granted");
+    assert!(matches!(lease, Lease::Local));
+    assert!(lease.held().await);
+}
