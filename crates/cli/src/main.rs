@@ -13,6 +13,7 @@ mod images;
 mod inspect;
 mod kafka;
 mod label;
+mod model;
 mod monitoring;
 mod query;
 mod up;
@@ -49,6 +50,8 @@ enum Command {
     Alerts(monitoring::AlertsArgs),
     /// Kafka administration: `vigil kafka init` creates Vigil's topics where missing.
     Kafka(kafka::KafkaArgs),
+    /// The model registry: register, list, show and promote model versions.
+    Model(model::ModelArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             Command::Drift(args) => monitoring::drift(args).await,
             Command::Kafka(args) => kafka::run(args).await,
             Command::Alerts(args) => monitoring::alerts(args).await,
+            Command::Model(args) => model::run(args).await,
         }
     });
     match result {

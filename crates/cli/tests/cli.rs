@@ -116,3 +116,78 @@ fn usage_errors_are_one_line_with_exit_code_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sample folder no/such/folder not found"));
 }
+
+#[test]
+fn models_are_registered_listed_shown_and_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let run = |args: &[&str]| {
+        let out = vigil().args(["model", "--database-url", &url]).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Version 2: the shipped version with one byte of its artifact changed.
+    let repo = dir.path().join("models/scratch-detector");
+    let shipped = root().join("models/scratch-detector/1");
+    for v in ["1", "2"] {
+        std::fs::create_dir_all(repo.join(v)).unwrap();
+        for f in ["model.onnx", "metrics.json"] {
+            std::fs::copy(shipped.join(f), repo.join(v).join(f)).unwrap();
+        }
+    }
+    let mut onnx = std::fs::read(repo.join("2/model.onnx")).unwrap();
+    *onnx.last_mut().unwrap() ^= 1;
+    std::fs::write(repo.join("2/model.onnx"), onnx).unwrap();
+    // The digest, computed independently.
+    let sha256sum = |path: &Path| {
+        let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    };
+    let (digest1, digest2) = (sha256sum(&shipped.join("model.onnx")), sha256sum(&repo.join("2/model.onnx")));
+    assert_ne!(digest1, digest2);
+
+    let (code, out, err) = run(&["register", repo.join("1").to_str().unwrap(), "--by", "anna"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("registered scratch-detector version 1 as candidate (sha256 {digest1})")), "{out}");
+    let (code, out, _) = run(&["register", repo.join("1").to_str().unwrap()]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("already registered with this artifact"), "{out}");
+    assert_eq!(run(&["register", repo.join("2").to_str().unwrap(), "--stage", "staging"]).0, Some(0));
+
+    // Another artifact under a registered version is refused, in one line.
+    std::fs::copy(repo.join("2/model.onnx"), repo.join("1/model.onnx")).unwrap();
+    let (code, _, err) = run(&["register", repo.join("1").to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("already registered with another artifact (sha256 {digest1})")), "{err}");
+
+    let (_, out, _) = run(&["show", "scratch-detector", "1"]);
+    assert!(out.contains(&format!("sha256:         {digest1}")), "{out}");
+    assert!(out.contains("registered:     by anna"), "{out}");
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("metrics.json")).unwrap()).unwrap();
+    assert!(out.contains(&format!("training data:  training generator, seed {}", card["seeds"]["train"])), "{out}");
+    assert!(out.contains("\"acceptance\""), "the model card's evaluation: {out}");
+
+    let (_, out, _) = run(&["promote", "scratch-detector", "1"]);
+    assert!(out.contains("scratch-detector version 1: candidate -> production"), "{out}");
+    let (_, out, _) = run(&["promote", "scratch-detector", "2", "--to", "production"]);
+    assert!(out.contains("version 2: staging -> production; archived version 1"), "{out}");
+    let (_, out, _) = run(&["list"]);
+    let stage = |v: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(v))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("")
+    };
+    assert_eq!((stage("1"), stage("2")), ("archived", "production"), "{out}");
+    let (code, _, err) = run(&["promote", "scratch-detector", "7"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("scratch-detector version 7 is not registered"), "{err}");
+    let (code, _, err) = run(&["promote", "scratch-detector", "2", "--to", "live"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown stage 'live'"), "{err}");
+}

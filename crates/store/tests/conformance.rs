@@ -368,3 +368,64 @@ async fn an_embedded_lease_is_always_held() {
     assert!(matches!(lease, Lease::Local));
     assert!(lease.held().await);
 }
+
+/// The registry: registering is idempotent per artifact, another artifact under a version is
+/// refused, and promoting to production archives the version before it in one step.
+async fn registry_conforms<S: PredictionStore + vigil_store::RegistryStore>(store: S) {
+    use vigil_store::registry::{ModelVersionRow, Registered, RegistryError, Stage};
+    store.migrate().await.unwrap();
+    let at = |minutes: i64| chrono::DateTime::from_timestamp(1_800_000_000 + minutes * 60, 0).unwrap();
+    let version = |v: &str, digest: &str, minutes: i64| ModelVersionRow {
+        model_name: "scratch-detector".into(),
+        version: v.into(),
+        artifact_sha256: digest.into(),
+        artifact_uri: format!("models/scratch-detector/{v}/model.onnx"),
+        training_data: "generator seed 1".into(),
+        metrics: serde_json::json!({ "recall": 0.98 }),
+        stage: Stage::Candidate.as_str().into(),
+        registered_by: "anna".into(),
+        registered_at: at(minutes),
+        stage_changed_at: at(minutes),
+    };
+    assert_eq!(store.register_version(&version("1", "aa", 0)).await.unwrap(), Registered::New);
+    assert_eq!(store.register_version(&version("1", "aa", 5)).await.unwrap(), Registered::Already);
+    let conflict = store.register_version(&version("1", "bb", 5)).await.unwrap_err();
+    assert!(matches!(&conflict, RegistryError::Conflict { existing, .. } if existing == "aa"), "{conflict}");
+    assert!(conflict.to_string().contains("register the new artifact as a new version"), "{conflict}");
+    store.register_version(&version("2", "bb", 10)).await.unwrap();
+    let mut other = version("1", "cc", 1);
+    other.model_name = "other".into();
+    store.register_version(&other).await.unwrap();
+    let listed = store.model_versions(Some("scratch-detector")).await.unwrap();
+    assert_eq!(listed, [version("1", "aa", 0), version("2", "bb", 10)], "stored as given, oldest first");
+    assert_eq!(store.model_versions(None).await.unwrap().len(), 3);
+
+    assert!(store.set_stage("scratch-detector", "1", Stage::Production, at(20)).await.unwrap().is_empty());
+    let archived = store.set_stage("scratch-detector", "2", Stage::Production, at(30)).await.unwrap();
+    assert_eq!(archived, ["1"], "the production version before it is archived");
+    let stage_of = |v: &'static str| {
+        let store = store.clone();
+        async move { store.model_version("scratch-detector", v).await.unwrap().map(|r| (r.stage, r.stage_changed_at)) }
+    };
+    assert_eq!(stage_of("1").await, Some(("archived".to_string(), at(30))));
+    assert_eq!(stage_of("2").await, Some(("production".to_string(), at(30))));
+    assert_eq!(store.model_version("other", "1").await.unwrap().unwrap().stage, "candidate", "other models untouched");
+    let missing = store.set_stage("scratch-detector", "9", Stage::Staging, at(40)).await.unwrap_err();
+    assert!(matches!(missing, RegistryError::NotFound { .. }), "{missing}");
+    // A refused move changes nothing, not even the archiving it would have done.
+    let missing = store.set_stage("scratch-detector", "9", Stage::Production, at(40)).await.unwrap_err();
+    assert!(matches!(missing, RegistryError::NotFound { .. }), "{missing}");
+    assert_eq!(stage_of("2").await, Some(("production".to_string(), at(30))));
+}
+
+#[tokio::test]
+async fn sqlite_registry_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    registry_conforms(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_registry_conforms() {
+    let db = vigil_store::testing::TestDatabase::create();
+    registry_conforms(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}

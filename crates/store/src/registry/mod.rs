@@ -1,0 +1,126 @@
+//! The model registry: every registered version of a model with its artifact digest (sha256 of
+//! `model.onnx`), training data reference, evaluation metrics from its model card, and stage
+//! (candidate, staging, production, archived), with who registered it and when.
+
+mod postgres;
+mod sqlite;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+/// Where a version stands. At most one version of a model is in production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Candidate,
+    Staging,
+    Production,
+    Archived,
+}
+
+impl Stage {
+    /// Every stage, in promotion order.
+    pub const ALL: [Stage; 4] = [Stage::Candidate, Stage::Staging, Stage::Production, Stage::Archived];
+
+    /// Its name in the store and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Candidate => "candidate",
+            Stage::Staging => "staging",
+            Stage::Production => "production",
+            Stage::Archived => "archived",
+        }
+    }
+}
+
+impl std::str::FromStr for Stage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Stage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == s)
+            .ok_or_else(|| format!("unknown stage '{s}': use candidate, staging, production or archived"))
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One registered model version.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ModelVersionRow {
+    pub model_name: String,
+    pub version: String,
+    /// Hex sha256 of `model.onnx`.
+    pub artifact_sha256: String,
+    /// Where the artifact was registered from (a path or URL).
+    pub artifact_uri: String,
+    /// What it was trained on (a dataset id, a generator and seed).
+    pub training_data: String,
+    /// Evaluation metrics from the model card.
+    #[sqlx(json)]
+    pub metrics: serde_json::Value,
+    /// A [`Stage`] name.
+    pub stage: String,
+    pub registered_by: String,
+    pub registered_at: DateTime<Utc>,
+    pub stage_changed_at: DateTime<Utc>,
+}
+
+/// What registering did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// A new version.
+    New,
+    /// The same artifact was registered under this version before: nothing changed.
+    Already,
+}
+
+/// A registry operation refused, or the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "{model} version {version} is already registered with another artifact (sha256 {existing}); \
+         register the new artifact as a new version"
+    )]
+    Conflict { model: String, version: String, existing: String },
+    #[error("{model} version {version} is not registered (see `vigil model list`)")]
+    NotFound { model: String, version: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The registry side of a store.
+pub trait RegistryStore: Clone + Send + Sync + 'static {
+    /// Registers a version in its given stage. Registering the same artifact again under the
+    /// same version changes nothing; another artifact under an existing version is refused.
+    fn register_version(&self, row: &ModelVersionRow)
+    -> impl Future<Output = Result<Registered, RegistryError>> + Send;
+    /// Every registered version (of one model, when given), by model then registration time.
+    fn model_versions(
+        &self,
+        model_name: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<ModelVersionRow>, sqlx::Error>> + Send;
+    /// One version.
+    fn model_version(
+        &self,
+        model_name: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<Option<ModelVersionRow>, sqlx::Error>> + Send;
+    /// Moves a version to `stage` at `at`. Moving one to production archives the model's
+    /// production version before it, in the same transaction; returns the versions archived so.
+    fn set_stage(
+        &self,
+        model_name: &str,
+        version: &str,
+        stage: Stage,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<String>, RegistryError>> + Send;
+}
+
+/// The columns of `model_versions`, in table order.
+const COLUMNS: &str = "model_name, version, artifact_sha256, artifact_uri, training_data, metrics, stage, \
+                       registered_by, registered_at, stage_changed_at";
