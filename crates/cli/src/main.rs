@@ -52,6 +52,8 @@ enum Command {
     Kafka(kafka::KafkaArgs),
     /// The model registry: register, list, show and promote model versions.
     Model(model::ModelArgs),
+    /// Who changed what in the registry, when and why (newest first).
+    Audit(model::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
             Command::Kafka(args) => kafka::run(args).await,
             Command::Alerts(args) => monitoring::alerts(args).await,
             Command::Model(args) => model::run(args).await,
+            Command::Audit(args) => model::audit(args).await,
         }
     });
     match result {

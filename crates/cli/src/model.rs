@@ -1,7 +1,7 @@
 //! `vigil model`: the model registry. Register a version from its directory (the artifact's
 //! sha256, the metrics and training data of its model card), list and show versions, promote
 //! one through candidate -> staging -> production (the production version before it is
-//! archived) or archive it.
+//! archived) or archive it; `vigil audit` lists who changed what, when and why.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
 use vigil_store::registry::Registered;
-use vigil_store::{Backend, ModelVersionRow, PredictionStore, RegistryStore, Stage};
+use vigil_store::{Backend, Change, ModelVersionRow, PredictionStore, RegistryStore, Stage};
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
@@ -37,6 +37,9 @@ pub enum ModelCommand {
         /// The stage it enters: candidate or staging.
         #[arg(long, default_value = "candidate")]
         stage: String,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Every registered version (of one model).
     List { model: Option<String> },
@@ -49,7 +52,52 @@ pub enum ModelCommand {
         /// staging, production or archived.
         #[arg(long, default_value = "production")]
         to: String,
+        /// Who promotes it (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        /// Why, for the audit log.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// The database: postgres://... or sqlite://...
+    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil")]
+    pub database_url: String,
+    /// Most events shown, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+}
+
+/// `vigil audit`: the latest changes to the registry, newest first.
+pub async fn audit(args: AuditArgs) -> Result<u8> {
+    let backend = Backend::connect(&args.database_url)
+        .await
+        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    let events = vigil_store::with_store!(backend, store => {
+        store.migrate().await.context("preparing the audit table")?;
+        store.audit_events(args.limit).await?
+    });
+    println!("{:<20} {:<12} {:<9} {:<28} {:<23} reason", "time", "actor", "action", "subject", "from -> to");
+    for e in events {
+        let states = format!("{} -> {}", if e.from_state.is_empty() { "-" } else { &e.from_state }, e.to_state);
+        println!(
+            "{:<20} {:<12} {:<9} {:<28} {:<23} {}",
+            e.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            e.actor,
+            e.action,
+            e.subject,
+            states,
+            e.reason
+        );
+    }
+    Ok(0)
+}
+
+fn whoami(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into())
 }
 
 pub async fn run(args: ModelArgs) -> Result<u8> {
@@ -62,14 +110,14 @@ pub async fn run(args: ModelArgs) -> Result<u8> {
 async fn command<S: PredictionStore + RegistryStore>(store: S, command: ModelCommand) -> Result<u8> {
     store.migrate().await.context("preparing the registry tables")?;
     match command {
-        ModelCommand::Register { dir, by, training_data, stage } => {
+        ModelCommand::Register { dir, by, training_data, stage, reason } => {
             let stage: Stage = stage.parse().map_err(anyhow::Error::msg)?;
             if !matches!(stage, Stage::Candidate | Stage::Staging) {
                 bail!("--stage {stage}: a version enters as candidate or staging; promote it afterwards");
             }
             let row = describe(&dir, by, training_data, stage)?;
             let (name, version, digest) = (row.model_name.clone(), row.version.clone(), row.artifact_sha256.clone());
-            match store.register_version(&row).await? {
+            match store.register_version(&row, &reason).await? {
                 Registered::New => println!("registered {name} version {version} as {stage} (sha256 {digest})"),
                 Registered::Already => println!("{name} version {version} is already registered with this artifact"),
             }
@@ -102,10 +150,12 @@ async fn command<S: PredictionStore + RegistryStore>(store: S, command: ModelCom
             println!("registered:     by {} at {}", r.registered_by, r.registered_at.to_rfc3339());
             println!("metrics:        {}", serde_json::to_string_pretty(&r.metrics)?);
         }
-        ModelCommand::Promote { model, version, to } => {
+        ModelCommand::Promote { model, version, to, by, reason } => {
             let stage: Stage = to.parse().map_err(anyhow::Error::msg)?;
             let before = store.model_version(&model, &version).await?.map(|r| r.stage);
-            let archived = store.set_stage(&model, &version, stage, chrono::Utc::now()).await?;
+            let actor = whoami(by);
+            let change = Change { actor: &actor, reason: &reason, at: chrono::Utc::now() };
+            let archived = store.set_stage(&model, &version, stage, &change).await?;
             let before = before.unwrap_or_default();
             let archived =
                 if archived.is_empty() { String::new() } else { format!("; archived version {}", archived.join(", ")) };
@@ -157,7 +207,7 @@ fn describe(dir: &Path, by: Option<String>, training_data: Option<String>, stage
         training_data,
         metrics,
         stage: stage.as_str().into(),
-        registered_by: by.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into()),
+        registered_by: whoami(by),
         registered_at: now,
         stage_changed_at: now,
     })

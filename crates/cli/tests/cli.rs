@@ -174,8 +174,19 @@ fn models_are_registered_listed_shown_and_promoted() {
 
     let (_, out, _) = run(&["promote", "scratch-detector", "1"]);
     assert!(out.contains("scratch-detector version 1: candidate -> production"), "{out}");
-    let (_, out, _) = run(&["promote", "scratch-detector", "2", "--to", "production"]);
+    let (_, out, _) =
+        run(&["promote", "scratch-detector", "2", "--to", "production", "--by", "ben", "--reason", "recall 0.99"]);
     assert!(out.contains("version 2: staging -> production; archived version 1"), "{out}");
+    let audit = vigil().args(["audit", "--database-url", &url]).output().unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    let lines: Vec<&str> = audit.lines().skip(1).collect();
+    assert_eq!(lines.len(), 5, "two registrations, one promotion, then an archive and a promotion: {audit}");
+    assert!(
+        lines[0].contains("ben") && lines[0].contains("promote") && lines[0].contains("scratch-detector/2"),
+        "{audit}"
+    );
+    assert!(lines[0].contains("staging -> production") && lines[0].ends_with("recall 0.99"), "{audit}");
+    assert!(lines[1].contains("archive") && lines[1].contains("production -> archived"), "{audit}");
     let (_, out, _) = run(&["list"]);
     let stage = |v: &str| {
         out.lines()

@@ -372,7 +372,7 @@ async fn an_embedded_lease_is_always_held() {
 /// The registry: registering is idempotent per artifact, another artifact under a version is
 /// refused, and promoting to production archives the version before it in one step.
 async fn registry_conforms<S: PredictionStore + vigil_store::RegistryStore>(store: S) {
-    use vigil_store::registry::{ModelVersionRow, Registered, RegistryError, Stage};
+    use vigil_store::registry::{Change, ModelVersionRow, Registered, RegistryError, Stage};
     store.migrate().await.unwrap();
     let at = |minutes: i64| chrono::DateTime::from_timestamp(1_800_000_000 + minutes * 60, 0).unwrap();
     let version = |v: &str, digest: &str, minutes: i64| ModelVersionRow {
@@ -387,21 +387,22 @@ async fn registry_conforms<S: PredictionStore + vigil_store::RegistryStore>(stor
         registered_at: at(minutes),
         stage_changed_at: at(minutes),
     };
-    assert_eq!(store.register_version(&version("1", "aa", 0)).await.unwrap(), Registered::New);
-    assert_eq!(store.register_version(&version("1", "aa", 5)).await.unwrap(), Registered::Already);
-    let conflict = store.register_version(&version("1", "bb", 5)).await.unwrap_err();
+    assert_eq!(store.register_version(&version("1", "aa", 0), "first").await.unwrap(), Registered::New);
+    assert_eq!(store.register_version(&version("1", "aa", 5), "").await.unwrap(), Registered::Already);
+    let conflict = store.register_version(&version("1", "bb", 5), "").await.unwrap_err();
     assert!(matches!(&conflict, RegistryError::Conflict { existing, .. } if existing == "aa"), "{conflict}");
     assert!(conflict.to_string().contains("register the new artifact as a new version"), "{conflict}");
-    store.register_version(&version("2", "bb", 10)).await.unwrap();
+    store.register_version(&version("2", "bb", 10), "").await.unwrap();
     let mut other = version("1", "cc", 1);
     other.model_name = "other".into();
-    store.register_version(&other).await.unwrap();
+    store.register_version(&other, "").await.unwrap();
     let listed = store.model_versions(Some("scratch-detector")).await.unwrap();
     assert_eq!(listed, [version("1", "aa", 0), version("2", "bb", 10)], "stored as given, oldest first");
     assert_eq!(store.model_versions(None).await.unwrap().len(), 3);
 
-    assert!(store.set_stage("scratch-detector", "1", Stage::Production, at(20)).await.unwrap().is_empty());
-    let archived = store.set_stage("scratch-detector", "2", Stage::Production, at(30)).await.unwrap();
+    let change = |minutes: i64| Change { actor: "ben", reason: "passed review", at: at(minutes) };
+    assert!(store.set_stage("scratch-detector", "1", Stage::Production, &change(20)).await.unwrap().is_empty());
+    let archived = store.set_stage("scratch-detector", "2", Stage::Production, &change(30)).await.unwrap();
     assert_eq!(archived, ["1"], "the production version before it is archived");
     let stage_of = |v: &'static str| {
         let store = store.clone();
@@ -410,12 +411,36 @@ async fn registry_conforms<S: PredictionStore + vigil_store::RegistryStore>(stor
     assert_eq!(stage_of("1").await, Some(("archived".to_string(), at(30))));
     assert_eq!(stage_of("2").await, Some(("production".to_string(), at(30))));
     assert_eq!(store.model_version("other", "1").await.unwrap().unwrap().stage, "candidate", "other models untouched");
-    let missing = store.set_stage("scratch-detector", "9", Stage::Staging, at(40)).await.unwrap_err();
+    let missing = store.set_stage("scratch-detector", "9", Stage::Staging, &change(40)).await.unwrap_err();
     assert!(matches!(missing, RegistryError::NotFound { .. }), "{missing}");
     // A refused move changes nothing, not even the archiving it would have done.
-    let missing = store.set_stage("scratch-detector", "9", Stage::Production, at(40)).await.unwrap_err();
+    let missing = store.set_stage("scratch-detector", "9", Stage::Production, &change(40)).await.unwrap_err();
     assert!(matches!(missing, RegistryError::NotFound { .. }), "{missing}");
     assert_eq!(stage_of("2").await, Some(("production".to_string(), at(30))));
+
+    // Every change is an audit event, newest first; refused ones leave none.
+    let events: Vec<(String, String, String, String, String, String)> = store
+        .audit_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.actor, e.action, e.subject, e.from_state, e.to_state, e.reason))
+        .collect();
+    let event = |actor: &str, action: &str, subject: &str, from: &str, to: &str, reason: &str| {
+        (actor.into(), action.into(), subject.into(), from.into(), to.into(), reason.into())
+    };
+    assert_eq!(
+        events,
+        [
+            event("ben", "promote", "scratch-detector/2", "candidate", "production", "passed review"),
+            event("ben", "archive", "scratch-detector/1", "production", "archived", "passed review"),
+            event("ben", "promote", "scratch-detector/1", "candidate", "production", "passed review"),
+            event("anna", "register", "other/1", "", "candidate", ""),
+            event("anna", "register", "scratch-detector/2", "", "candidate", ""),
+            event("anna", "register", "scratch-detector/1", "", "candidate", "first"),
+        ]
+    );
+    assert_eq!(store.audit_events(2).await.unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -93,12 +93,56 @@ pub enum RegistryError {
     Database(#[from] sqlx::Error),
 }
 
+/// One change to the registry (later: deployments, traffic, policies): who or what, when,
+/// from what, to what, and why.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditEvent {
+    pub id: uuid::Uuid,
+    pub time: DateTime<Utc>,
+    pub actor: String,
+    /// `register`, `promote`, `archive`.
+    pub action: String,
+    /// `<model>/<version>`.
+    pub subject: String,
+    pub from_state: String,
+    pub to_state: String,
+    pub reason: String,
+}
+
+/// Who asks for a change, and why: written into its audit event.
+#[derive(Debug, Clone, Default)]
+pub struct Change<'a> {
+    pub actor: &'a str,
+    pub reason: &'a str,
+    pub at: DateTime<Utc>,
+}
+
+impl Change<'_> {
+    /// The audit event of `action` on `model`/`version` from one state to another.
+    fn event(&self, action: &str, model: &str, version: &str, from: &str, to: &str) -> AuditEvent {
+        AuditEvent {
+            id: uuid::Uuid::now_v7(),
+            time: self.at,
+            actor: self.actor.to_string(),
+            action: action.to_string(),
+            subject: format!("{model}/{version}"),
+            from_state: from.to_string(),
+            to_state: to.to_string(),
+            reason: self.reason.to_string(),
+        }
+    }
+}
+
 /// The registry side of a store.
 pub trait RegistryStore: Clone + Send + Sync + 'static {
-    /// Registers a version in its given stage. Registering the same artifact again under the
-    /// same version changes nothing; another artifact under an existing version is refused.
-    fn register_version(&self, row: &ModelVersionRow)
-    -> impl Future<Output = Result<Registered, RegistryError>> + Send;
+    /// Registers a version in its given stage, with its audit event (actor and time from the
+    /// row). Registering the same artifact again under the same version changes nothing;
+    /// another artifact under an existing version is refused.
+    fn register_version(
+        &self,
+        row: &ModelVersionRow,
+        reason: &str,
+    ) -> impl Future<Output = Result<Registered, RegistryError>> + Send;
     /// Every registered version (of one model, when given), by model then registration time.
     fn model_versions(
         &self,
@@ -110,16 +154,22 @@ pub trait RegistryStore: Clone + Send + Sync + 'static {
         model_name: &str,
         version: &str,
     ) -> impl Future<Output = Result<Option<ModelVersionRow>, sqlx::Error>> + Send;
-    /// Moves a version to `stage` at `at`. Moving one to production archives the model's
-    /// production version before it, in the same transaction; returns the versions archived so.
+    /// Moves a version to `stage`. Moving one to production archives the model's production
+    /// version before it; each move is an audit event; all in one transaction. Returns the
+    /// versions archived so.
     fn set_stage(
         &self,
         model_name: &str,
         version: &str,
         stage: Stage,
-        at: DateTime<Utc>,
+        change: &Change<'_>,
     ) -> impl Future<Output = Result<Vec<String>, RegistryError>> + Send;
+    /// The latest `limit` audit events, newest first.
+    fn audit_events(&self, limit: i64) -> impl Future<Output = Result<Vec<AuditEvent>, sqlx::Error>> + Send;
 }
+
+/// The columns of `audit_events`, in table order.
+const AUDIT_COLUMNS: &str = "id, time, actor, action, subject, from_state, to_state, reason";
 
 /// The columns of `model_versions`, in table order.
 const COLUMNS: &str = "model_name, version, artifact_sha256, artifact_uri, training_data, metrics, stage, \

@@ -1,12 +1,30 @@
 //! The registry in SQLite.
 
-use chrono::{DateTime, Utc};
+use sqlx::SqliteConnection;
 
-use super::{COLUMNS, ModelVersionRow, Registered, RegistryError, RegistryStore, Stage};
+use super::{
+    AUDIT_COLUMNS, AuditEvent, COLUMNS, Change, ModelVersionRow, Registered, RegistryError, RegistryStore, Stage,
+};
 use crate::SqliteStore;
 
+async fn audit(conn: &mut SqliteConnection, e: &AuditEvent) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
+        .bind(e.id)
+        .bind(e.time)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.subject)
+        .bind(&e.from_state)
+        .bind(&e.to_state)
+        .bind(&e.reason)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 impl RegistryStore for SqliteStore {
-    async fn register_version(&self, row: &ModelVersionRow) -> Result<Registered, RegistryError> {
+    async fn register_version(&self, row: &ModelVersionRow, reason: &str) -> Result<Registered, RegistryError> {
+        let mut tx = self.pool().begin().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO model_versions ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (model_name, version) DO NOTHING"
@@ -21,11 +39,15 @@ impl RegistryStore for SqliteStore {
         .bind(&row.registered_by)
         .bind(row.registered_at)
         .bind(row.stage_changed_at)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 1 {
+            let change = Change { actor: &row.registered_by, reason, at: row.registered_at };
+            audit(&mut tx, &change.event("register", &row.model_name, &row.version, "", &row.stage)).await?;
+            tx.commit().await?;
             return Ok(Registered::New);
         }
+        drop(tx);
         let existing = self.model_version(&row.model_name, &row.version).await?.map(|r| r.artifact_sha256);
         match existing {
             Some(digest) if digest == row.artifact_sha256 => Ok(Registered::Already),
@@ -60,9 +82,18 @@ impl RegistryStore for SqliteStore {
         model_name: &str,
         version: &str,
         stage: Stage,
-        at: DateTime<Utc>,
+        change: &Change<'_>,
     ) -> Result<Vec<String>, RegistryError> {
         let mut tx = self.pool().begin().await?;
+        let from: Option<String> =
+            sqlx::query_scalar("SELECT stage FROM model_versions WHERE model_name = ?1 AND version = ?2")
+                .bind(model_name)
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(from) = from else {
+            return Err(RegistryError::NotFound { model: model_name.into(), version: version.into() });
+        };
         let archived: Vec<String> = if stage == Stage::Production {
             sqlx::query_scalar(
                 "UPDATE model_versions SET stage = 'archived', stage_changed_at = ?3 \
@@ -70,25 +101,33 @@ impl RegistryStore for SqliteStore {
             )
             .bind(model_name)
             .bind(version)
-            .bind(at)
+            .bind(change.at)
             .fetch_all(&mut *tx)
             .await?
         } else {
             Vec::new()
         };
-        let moved = sqlx::query(
+        for old in &archived {
+            audit(&mut tx, &change.event("archive", model_name, old, "production", "archived")).await?;
+        }
+        sqlx::query(
             "UPDATE model_versions SET stage = ?3, stage_changed_at = ?4 WHERE model_name = ?1 AND version = ?2",
         )
         .bind(model_name)
         .bind(version)
         .bind(stage.as_str())
-        .bind(at)
+        .bind(change.at)
         .execute(&mut *tx)
         .await?;
-        if moved.rows_affected() == 0 {
-            return Err(RegistryError::NotFound { model: model_name.into(), version: version.into() });
-        }
+        audit(&mut tx, &change.event("promote", model_name, version, &from, stage.as_str())).await?;
         tx.commit().await?;
         Ok(archived)
+    }
+
+    async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, sqlx::Error> {
+        sqlx::query_as(&format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT ?1"))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
     }
 }
