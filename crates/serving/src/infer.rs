@@ -35,8 +35,9 @@ pub struct Route {
 
 /// Chooses the route of each request.
 pub trait Router: Send + Sync + 'static {
-    /// The route for a request naming `model` and, when not empty, `version`.
-    fn route(&self, model: &str, version: &str) -> Result<Route, InferenceError>;
+    /// The route for a request naming `model` and, when not empty, `version`; `key` (a
+    /// station, user or session id; may be empty) keeps one caller on one version.
+    fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError>;
 }
 
 /// The version a request names, else the model's default version; no shadows.
@@ -52,7 +53,7 @@ impl StaticRouter {
 }
 
 impl Router for StaticRouter {
-    fn route(&self, model: &str, version: &str) -> Result<Route, InferenceError> {
+    fn route(&self, model: &str, version: &str, _key: &str) -> Result<Route, InferenceError> {
         Ok(Route {
             primary: self.repository.get(model, version)?,
             shadows: Vec::new(),
@@ -150,9 +151,9 @@ impl Infer {
         &self.lane
     }
 
-    /// Resolves a request to its route.
-    pub fn route(&self, model: &str, version: &str) -> Result<Route, InferenceError> {
-        self.router.route(model, version)
+    /// Resolves a request to its route (`key`: its routing key, may be empty).
+    pub fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError> {
+        self.router.route(model, version, key)
     }
 
     /// Runs `inputs` on the route's primary and starts a copy on each shadow when the lane has

@@ -77,7 +77,8 @@ impl InspectionService {
         let name = if request.model_name.is_empty() { self.default_model.clone() } else { request.model_name.clone() };
         let (station_id, part_id, request_id, capture_time) =
             (request.station_id.clone(), request.part_id.clone(), request.request_id.clone(), request.capture_time);
-        let route = self.infer.route(&name, &request.model_version).map_err(to_status)?;
+        // The station keeps one version under a canary.
+        let route = self.infer.route(&name, &request.model_version, &request.station_id).map_err(to_status)?;
         let model = route.primary.clone();
         tally.routed(&model.config, route.variant);
         let started = Instant::now();

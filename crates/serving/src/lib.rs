@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod decision;
+pub mod deployment;
 pub mod infer;
 pub mod inspection;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub mod request_metrics;
 pub mod status;
 
 pub use admission::{AdmissionLayer, AdmissionLimits, Deadline};
+pub use deployment::{Deployment, DeploymentRouter, Mode};
 pub use infer::{Infer, Route, Router, ShadowLane, StaticRouter};
 pub use inspection::InspectionService;
 pub use metrics::ServingMetrics;

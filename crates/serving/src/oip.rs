@@ -75,7 +75,8 @@ impl InferenceService {
         tally: &mut Tally<'_>,
     ) -> Result<ModelInferResponse, Status> {
         let request_time = std::time::SystemTime::now();
-        let route = self.infer.route(&request.model_name, &request.model_version).map_err(to_status)?;
+        let key = routing_key(&request);
+        let route = self.infer.route(&request.model_name, &request.model_version, key).map_err(to_status)?;
         let model = route.primary.clone();
         tally.routed(&model.config, route.variant);
         let (name, request_id) = (model.config.name.clone(), request.id.clone());
@@ -124,6 +125,17 @@ struct Logged {
     items: Vec<InferredItem>,
     queue_time_us: u64,
     compute_time_us: u64,
+}
+
+/// The request parameter that keeps one caller (a station, user or session id) on one version
+/// under a canary deployment.
+pub const ROUTING_KEY_PARAMETER: &str = "routing_key";
+
+fn routing_key(request: &ModelInferRequest) -> &str {
+    match request.parameters.get(ROUTING_KEY_PARAMETER).and_then(|p| p.parameter_choice.as_ref()) {
+        Some(infer_parameter::ParameterChoice::StringParam(key)) => key,
+        _ => "",
+    }
 }
 
 /// The response parameter that carries the prediction ids, comma-separated, one per item (for

@@ -11,7 +11,7 @@ use vigil_inference::image::ImageLimits;
 use vigil_inference::repository::{ModelRepository, RepositoryOptions};
 use vigil_proto::vigil::v1::{InspectRequest, Variant};
 use vigil_serving::infer::{Route, Router, ShadowRun};
-use vigil_serving::{Infer, InspectionService, ShadowLane};
+use vigil_serving::{Deployment, DeploymentRouter, Infer, InspectionService, Mode, ShadowLane};
 
 const MODEL: &str = "scratch-detector";
 
@@ -42,7 +42,7 @@ fn two_versions() -> (tempfile::TempDir, Arc<ModelRepository>) {
 struct ShadowRouter(Arc<ModelRepository>);
 
 impl Router for ShadowRouter {
-    fn route(&self, model: &str, _version: &str) -> Result<Route, InferenceError> {
+    fn route(&self, model: &str, _version: &str, _key: &str) -> Result<Route, InferenceError> {
         Ok(Route {
             primary: self.0.get(model, "1")?,
             shadows: vec![self.0.get(model, "2")?],
@@ -92,4 +92,76 @@ async fn a_full_shadow_lane_skips_the_copy_not_the_request() {
         assert_eq!(answer.model_version, "1");
     }
     assert_eq!((lane.started(), lane.skipped()), (0, 3));
+}
+
+fn deployment(primary: &str, candidate: Option<&str>, mode: Mode) -> Deployment {
+    Deployment {
+        id: "d-7".into(),
+        model: MODEL.into(),
+        primary: primary.into(),
+        candidate: candidate.map(Into::into),
+        mode,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_its_share_of_stations_and_keeps_each_one() {
+    let (_dir, repository) = two_versions();
+    let router = Arc::new(DeploymentRouter::new(repository.clone()));
+    router.set([deployment("1", Some("2"), Mode::Canary { share: 0.1 })]);
+    let infer = Infer::new(router.clone());
+    let version_of = |key: &str| {
+        let route = infer.route(MODEL, "", key).unwrap();
+        (route.primary.config.version, route.variant, route.deployment)
+    };
+    const STATIONS: usize = 10_000;
+    let first: Vec<u64> = (0..STATIONS).map(|i| version_of(&format!("line-{i}")).0).collect();
+    let on_candidate = first.iter().filter(|v| **v == 2).count() as f64;
+    // Binomial: 1,000 expected, sigma = sqrt(10,000 x 0.1 x 0.9) = 30; allow 4 sigma.
+    assert!((on_candidate - 1_000.0).abs() <= 120.0, "{on_candidate} of {STATIONS} stations on the canary");
+    assert_eq!(version_of("line-3").2, "d-7", "the deployment id goes with the route");
+    // Sticky: every station asks again and gets the same version; its variant says which.
+    for (i, v) in first.iter().enumerate() {
+        let (again, variant, _) = version_of(&format!("line-{i}"));
+        assert_eq!(again, *v);
+        assert_eq!(variant, if *v == 2 { Variant::Canary } else { Variant::Primary });
+    }
+    // Raising the share only moves stations towards the candidate.
+    router.set([deployment("1", Some("2"), Mode::Canary { share: 0.5 })]);
+    let raised: Vec<u64> = (0..STATIONS).map(|i| version_of(&format!("line-{i}")).0).collect();
+    assert!(first.iter().zip(&raised).all(|(was, is)| *was == 1 || *is == 2), "no station left the canary");
+    let on_candidate = raised.iter().filter(|v| **v == 2).count() as f64;
+    assert!((on_candidate - 5_000.0).abs() <= 200.0, "{on_candidate}");
+    // A request naming a version gets it, whatever the deployment.
+    assert_eq!(infer.route(MODEL, "1", "line-0").unwrap().primary.config.version, 1);
+
+    // End to end: the station's answer comes from its version.
+    let service = InspectionService::new(repository, MODEL, ImageLimits::default()).with_infer(infer.clone());
+    let station = (0..STATIONS).find(|i| raised[*i] == 2).map(|i| format!("line-{i}")).unwrap();
+    let request = InspectRequest { image: image(), station_id: station, ..Default::default() };
+    assert_eq!(service.inspect_one(request).await.unwrap().model_version, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mirrors_its_share_and_a_switch_rolls_back_at_once() {
+    let (_dir, repository) = two_versions();
+    let router = Arc::new(DeploymentRouter::new(repository.clone()));
+    router.set([deployment("1", Some("2"), Mode::Shadow { share: 0.25 })]);
+    let infer = Infer::new(router.clone());
+    let routes: Vec<Route> = (0..400).map(|_| infer.route(MODEL, "", "").unwrap()).collect();
+    assert!(routes.iter().all(|r| r.primary.config.version == 1 && r.variant == Variant::Primary));
+    let mirrored: Vec<usize> = routes.iter().map(|r| r.shadows.len()).collect();
+    assert_eq!(mirrored.iter().sum::<usize>(), 100, "exactly a quarter mirrored");
+    assert!(mirrored.chunks(4).all(|c| c.iter().sum::<usize>() == 1), "spread evenly: {mirrored:?}");
+    assert!(routes.iter().flat_map(|r| &r.shadows).all(|s| s.config.version == 2));
+
+    // Blue-green: switch to 2 (1 kept as the candidate), then roll back.
+    router.set([deployment("2", Some("1"), Mode::Single)]);
+    assert!((0..50).all(|i| infer.route(MODEL, "", &format!("k{i}")).unwrap().primary.config.version == 2));
+    router.set([deployment("1", Some("2"), Mode::Single)]);
+    assert_eq!(infer.route(MODEL, "", "k1").unwrap().primary.config.version, 1);
+    // A deployment naming a version that is not loaded is a clear error, not a silent fallback.
+    router.set([deployment("9", None, Mode::Single)]);
+    let error = infer.route(MODEL, "", "").err().expect("version 9 is not loaded");
+    assert!(error.to_string().contains('9'), "{error}");
 }

@@ -1,0 +1,158 @@
+//! Deployments through the router seam: per model, a primary version and optionally a
+//! candidate, in a mode. **Shadow**: the primary answers and a share of requests is mirrored to
+//! the candidate in the shadow lane. **Canary**: the candidate answers a share of routing keys
+//! (station, user, session), sticky by a stable hash, so one key sees one version and raising
+//! the share only moves keys towards the candidate. **Single**: the primary alone; a blue-green
+//! switch is a new primary, with the previous one kept as the candidate to roll back to.
+//!
+//! A request that names a version gets that version; a model without a deployment gets its
+//! default version.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use vigil_inference::InferenceError;
+use vigil_inference::repository::ModelRepository;
+use vigil_proto::vigil::v1::Variant;
+
+use crate::infer::{Route, Router};
+
+/// Canary shares are set in steps of 0.1%: keys fall into this many buckets.
+pub const CANARY_BUCKETS: u32 = 1000;
+
+/// How a deployment splits a model's traffic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// The primary alone.
+    Single,
+    /// The primary answers; this share (0 to 1) of requests is mirrored to the candidate.
+    Shadow { share: f64 },
+    /// The candidate answers this share (0 to 1) of routing keys.
+    Canary { share: f64 },
+}
+
+/// One model's deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// Recorded with every prediction it routes.
+    pub id: String,
+    pub model: String,
+    pub primary: String,
+    pub candidate: Option<String>,
+    pub mode: Mode,
+}
+
+/// The bucket (0 to [`CANARY_BUCKETS`] - 1) of a routing key: FNV-1a, the same in every process
+/// and release, so a key keeps its version across restarts and servers.
+pub fn canary_bucket(key: &str) -> u32 {
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(key.as_bytes());
+    (hasher.finish() % CANARY_BUCKETS as u64) as u32
+}
+
+/// Whether a key in `bucket` goes to a canary taking `share` of the keys.
+fn in_canary(bucket: u32, share: f64) -> bool {
+    (bucket as f64) < (share * CANARY_BUCKETS as f64).round()
+}
+
+/// Routes by the current deployments (swapped in whole by [`DeploymentRouter::set`]).
+pub struct DeploymentRouter {
+    repository: Arc<ModelRepository>,
+    deployments: ArcSwap<HashMap<String, Arc<Deployment>>>,
+    /// Requests seen per model in shadow mode, for an exact mirrored share.
+    mirrored: AtomicU64,
+    /// Requests without a routing key, spread over the buckets in turn.
+    keyless: AtomicU64,
+}
+
+impl DeploymentRouter {
+    /// No deployments yet: every model answers from its default version.
+    pub fn new(repository: Arc<ModelRepository>) -> Self {
+        Self { repository, deployments: ArcSwap::default(), mirrored: AtomicU64::new(0), keyless: AtomicU64::new(0) }
+    }
+
+    /// Replaces every deployment at once.
+    pub fn set(&self, deployments: impl IntoIterator<Item = Deployment>) {
+        let map = deployments.into_iter().map(|d| (d.model.clone(), Arc::new(d))).collect();
+        self.deployments.store(Arc::new(map));
+    }
+
+    /// The deployment of `model`, if any.
+    pub fn deployment(&self, model: &str) -> Option<Arc<Deployment>> {
+        self.deployments.load().get(model).cloned()
+    }
+
+    fn mirror(&self, share: f64) -> bool {
+        // Exactly `share` of the requests, spread evenly: mirror when the running total of
+        // shares crosses a whole number.
+        let n = self.mirrored.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * share).floor() > (n * share).floor()
+    }
+}
+
+impl Router for DeploymentRouter {
+    fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError> {
+        let deployment = self.deployment(model).filter(|_| version.is_empty());
+        let Some(d) = deployment else {
+            let primary = self.repository.get(model, version)?;
+            return Ok(Route { primary, shadows: Vec::new(), variant: Variant::Primary, deployment: String::new() });
+        };
+        let primary = || self.repository.get(model, &d.primary);
+        let candidate = || d.candidate.as_deref().map(|v| self.repository.get(model, v)).transpose();
+        let route = |primary, shadows, variant| Route { primary, shadows, variant, deployment: d.id.clone() };
+        Ok(match d.mode {
+            Mode::Single => route(primary()?, Vec::new(), Variant::Primary),
+            Mode::Shadow { share } => {
+                let shadows = if self.mirror(share) { candidate()?.into_iter().collect() } else { Vec::new() };
+                route(primary()?, shadows, Variant::Primary)
+            }
+            Mode::Canary { share } => {
+                let bucket = if key.is_empty() {
+                    (self.keyless.fetch_add(1, Ordering::Relaxed) % CANARY_BUCKETS as u64) as u32
+                } else {
+                    canary_bucket(key)
+                };
+                match candidate()? {
+                    Some(candidate) if in_canary(bucket, share) => route(candidate, Vec::new(), Variant::Canary),
+                    _ => route(primary()?, Vec::new(), Variant::Primary),
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_stable_and_spread_evenly() {
+        // 64-bit FNV-1a of "line-1", computed independently (Python): fixed forever, so a key
+        // keeps its version across processes and releases.
+        assert_eq!(canary_bucket("line-1"), (0xab65_ecc5_ec19_a29d_u64 % 1000) as u32);
+        let mut counts = [0u32; 10];
+        for i in 0..100_000 {
+            counts[(canary_bucket(&format!("user-{i}")) / 100) as usize] += 1;
+        }
+        // Each tenth of the buckets gets 10,000 keys give or take 4 binomial sigmas (~380).
+        assert!(counts.iter().all(|&c| c.abs_diff(10_000) < 380), "{counts:?}");
+    }
+
+    #[test]
+    fn raising_the_share_only_moves_keys_to_the_candidate() {
+        let keys: Vec<String> = (0..5_000).map(|i| format!("station-{i}")).collect();
+        let mut before: Vec<bool> = keys.iter().map(|k| in_canary(canary_bucket(k), 0.0)).collect();
+        assert!(before.iter().all(|c| !c));
+        for share in [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0] {
+            let now: Vec<bool> = keys.iter().map(|k| in_canary(canary_bucket(k), share)).collect();
+            assert!(before.iter().zip(&now).all(|(was, is)| !was || *is), "a key left the canary at {share}");
+            let fraction = now.iter().filter(|c| **c).count() as f64 / keys.len() as f64;
+            let sigma = (share * (1.0 - share) / keys.len() as f64).sqrt();
+            assert!((fraction - share).abs() <= 4.0 * sigma + 1e-9, "{fraction} at {share}");
+            before = now;
+        }
+    }
+}
