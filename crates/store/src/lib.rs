@@ -16,6 +16,7 @@ pub mod testing;
 pub use monitoring::{AlertStore, LeaseStore, MonitorStore, OutcomeStore, RollupStore};
 pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
+pub use registry::deployments::{DeploymentRow, DeploymentStore};
 pub use registry::{AuditEvent, Change, ModelVersionRow, RegistryError, RegistryStore, Stage};
 pub use rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow, RowError};
 pub use sqlite::SqliteStore;

@@ -454,3 +454,72 @@ async fn postgres_registry_conforms() {
     let db = vigil_store::testing::TestDatabase::create();
     registry_conforms(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
+
+/// Deployments name registered versions only, replace each other per model, and each change
+/// is an audit event from the old description to the new.
+async fn deployments_conform<S: PredictionStore + vigil_store::RegistryStore + vigil_store::DeploymentStore>(store: S) {
+    use vigil_store::DeploymentRow;
+    use vigil_store::registry::{Change, ModelVersionRow, RegistryError};
+    store.migrate().await.unwrap();
+    let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    for v in ["1", "2"] {
+        let row = ModelVersionRow {
+            model_name: "scratch-detector".into(),
+            version: v.into(),
+            artifact_sha256: format!("digest-{v}"),
+            artifact_uri: String::new(),
+            training_data: String::new(),
+            metrics: serde_json::json!({}),
+            stage: "candidate".into(),
+            registered_by: "anna".into(),
+            registered_at: at,
+            stage_changed_at: at,
+        };
+        store.register_version(&row, "").await.unwrap();
+    }
+    let deployment = |id: &str, primary: &str, candidate: Option<&str>, mode: &str, share: f64| DeploymentRow {
+        model_name: "scratch-detector".into(),
+        deployment_id: id.into(),
+        primary_version: primary.into(),
+        candidate_version: candidate.map(Into::into),
+        mode: mode.into(),
+        share,
+        updated_by: "ben".into(),
+        updated_at: at,
+    };
+    let change = Change { actor: "ben", reason: "weekly rollout", at };
+    assert!(store.deployments().await.unwrap().is_empty());
+    let unknown = store.set_deployment(&deployment("d1", "1", Some("9"), "canary", 0.05), &change).await.unwrap_err();
+    assert!(matches!(unknown, RegistryError::NotFound { ref version, .. } if version == "9"), "{unknown}");
+    assert!(store.deployments().await.unwrap().is_empty(), "a refused deployment changes nothing");
+    store.set_deployment(&deployment("d1", "1", Some("2"), "canary", 0.05), &change).await.unwrap();
+    store.set_deployment(&deployment("d2", "2", Some("1"), "single", 0.0), &change).await.unwrap();
+    assert_eq!(store.deployments().await.unwrap(), [deployment("d2", "2", Some("1"), "single", 0.0)]);
+    let deploys: Vec<(String, String, String)> = store
+        .audit_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "deploy")
+        .map(|e| (e.subject, e.from_state, e.to_state))
+        .collect();
+    assert_eq!(
+        deploys,
+        [
+            ("scratch-detector (d2)".into(), "primary 1, canary 2 at 5%".into(), "primary 2 (rollback to 1)".into()),
+            ("scratch-detector (d1)".into(), String::new(), "primary 1, canary 2 at 5%".into()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_deployments_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    deployments_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_deployments_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    deployments_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}

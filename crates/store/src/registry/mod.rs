@@ -2,6 +2,7 @@
 //! `model.onnx`), training data reference, evaluation metrics from its model card, and stage
 //! (candidate, staging, production, archived), with who registered it and when.
 
+pub mod deployments;
 mod postgres;
 mod sqlite;
 
@@ -119,7 +120,7 @@ pub struct Change<'a> {
 
 impl Change<'_> {
     /// The audit event of `action` on `model`/`version` from one state to another.
-    fn event(&self, action: &str, model: &str, version: &str, from: &str, to: &str) -> AuditEvent {
+    pub(crate) fn event(&self, action: &str, model: &str, version: &str, from: &str, to: &str) -> AuditEvent {
         AuditEvent {
             id: uuid::Uuid::now_v7(),
             time: self.at,

@@ -2,6 +2,7 @@
 
 use sqlx::PgConnection;
 
+use super::deployments::{COLUMNS as DEPLOYMENT_COLUMNS, DeploymentRow, DeploymentStore};
 use super::{
     AUDIT_COLUMNS, AuditEvent, COLUMNS, Change, ModelVersionRow, Registered, RegistryError, RegistryStore, Stage,
 };
@@ -129,5 +130,54 @@ impl RegistryStore for PgStore {
             .bind(limit)
             .fetch_all(self.pool())
             .await
+    }
+}
+
+impl DeploymentStore for PgStore {
+    async fn deployments(&self) -> Result<Vec<DeploymentRow>, sqlx::Error> {
+        sqlx::query_as(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY model_name"))
+            .fetch_all(self.pool())
+            .await
+    }
+
+    async fn set_deployment(&self, row: &DeploymentRow, change: &Change<'_>) -> Result<(), RegistryError> {
+        let mut tx = self.pool().begin().await?;
+        for version in std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref()) {
+            let known: Option<String> =
+                sqlx::query_scalar("SELECT version FROM model_versions WHERE model_name = $1 AND version = $2")
+                    .bind(&row.model_name)
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if known.is_none() {
+                return Err(RegistryError::NotFound { model: row.model_name.clone(), version: version.clone() });
+            }
+        }
+        let before: Option<DeploymentRow> =
+            sqlx::query_as(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE model_name = $1 FOR UPDATE"))
+                .bind(&row.model_name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(&format!(
+            "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (model_name) DO UPDATE SET deployment_id = $2, primary_version = $3, \
+             candidate_version = $4, mode = $5, share = $6, updated_by = $7, updated_at = $8"
+        ))
+        .bind(&row.model_name)
+        .bind(&row.deployment_id)
+        .bind(&row.primary_version)
+        .bind(&row.candidate_version)
+        .bind(&row.mode)
+        .bind(row.share)
+        .bind(&row.updated_by)
+        .bind(row.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        let from = before.map(|b| b.describe()).unwrap_or_default();
+        let mut event = change.event("deploy", &row.model_name, "", &from, &row.describe());
+        event.subject = format!("{} ({})", row.model_name, row.deployment_id);
+        audit(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
