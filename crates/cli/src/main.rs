@@ -9,6 +9,7 @@
 //! - `vigil metrics`, `vigil drift`, `vigil alerts`: the monitor's figures and alarms.
 
 mod bench;
+mod deploy;
 mod images;
 mod inspect;
 mod kafka;
@@ -54,6 +55,8 @@ enum Command {
     Model(model::ModelArgs),
     /// Who changed what in the registry, when and why (newest first).
     Audit(model::AuditArgs),
+    /// What each model serves: shadow, canary, switch, rollback, status.
+    Deploy(deploy::DeployArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             Command::Alerts(args) => monitoring::alerts(args).await,
             Command::Model(args) => model::run(args).await,
             Command::Audit(args) => model::audit(args).await,
+            Command::Deploy(args) => deploy::run(args).await,
         }
     });
     match result {

@@ -96,7 +96,7 @@ pub async fn audit(args: AuditArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn whoami(by: Option<String>) -> String {
+pub(crate) fn whoami(by: Option<String>) -> String {
     by.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into())
 }
 

@@ -117,20 +117,21 @@ fn usage_errors_are_one_line_with_exit_code_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sample folder no/such/folder not found"));
 }
 
-#[test]
-fn models_are_registered_listed_shown_and_promoted() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
-    let run = |args: &[&str]| {
-        let out = vigil().args(["model", "--database-url", &url]).args(args).output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    // Version 2: the shipped version with one byte of its artifact changed.
-    let repo = dir.path().join("models/scratch-detector");
+/// Runs `vigil <command> --database-url <url> ARGS...`: (exit code, stdout, stderr).
+fn vigil_on(url: &str, command: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = vigil().args([command, "--database-url", url]).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A repository under `dir` with the shipped model as version 1 and, with one byte of its
+/// artifact changed, version 2; and the URL of an empty registry database.
+fn two_versions(dir: &Path) -> (PathBuf, String) {
+    let url = format!("sqlite://{}", dir.join("registry.db").display());
+    let repo = dir.join("models/scratch-detector");
     let shipped = root().join("models/scratch-detector/1");
     for v in ["1", "2"] {
         std::fs::create_dir_all(repo.join(v)).unwrap();
@@ -141,6 +142,15 @@ fn models_are_registered_listed_shown_and_promoted() {
     let mut onnx = std::fs::read(repo.join("2/model.onnx")).unwrap();
     *onnx.last_mut().unwrap() ^= 1;
     std::fs::write(repo.join("2/model.onnx"), onnx).unwrap();
+    (repo, url)
+}
+
+#[test]
+fn models_are_registered_listed_shown_and_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, url) = two_versions(dir.path());
+    let shipped = root().join("models/scratch-detector/1");
+    let run = |args: &[&str]| vigil_on(&url, "model", args);
     // The digest, computed independently.
     let sha256sum = |path: &Path| {
         let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
@@ -201,4 +211,50 @@ fn models_are_registered_listed_shown_and_promoted() {
     let (code, _, err) = run(&["promote", "scratch-detector", "2", "--to", "live"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("unknown stage 'live'"), "{err}");
+}
+
+#[test]
+fn deployments_shadow_canary_switch_and_roll_back_with_an_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, url) = two_versions(dir.path());
+    let deploy = |args: &[&str]| vigil_on(&url, "deploy", args);
+    for v in ["1", "2"] {
+        assert_eq!(vigil_on(&url, "model", &["register", repo.join(v).to_str().unwrap()]).0, Some(0));
+    }
+    let (code, _, err) = deploy(&["canary", "scratch-detector", "--candidate", "2", "--share", "5"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no deployment and no production version: pass --primary"), "{err}");
+    vigil_on(&url, "model", &["promote", "scratch-detector", "1"]);
+    let (code, out, err) = deploy(&["canary", "scratch-detector", "--candidate", "2", "--share", "5", "--by", "ben"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("scratch-detector: primary 1, canary 2 at 5%"), "{out}");
+    let (_, out, _) = deploy(&["shadow", "scratch-detector", "--candidate", "2", "--share", "12.34"]);
+    assert!(out.contains("primary 1, shadow 2 at 12.3%"), "shares in steps of 0.1%: {out}");
+    let (_, out, _) = deploy(&["switch", "scratch-detector", "--to", "2", "--reason", "canary clean"]);
+    assert!(out.contains("primary 2 (rollback to 1)"), "{out}");
+    let (_, out, _) = deploy(&["status"]);
+    assert!(out.lines().nth(1).is_some_and(|l| l.contains("primary 2 (rollback to 1)")), "{out}");
+    let (_, out, _) = deploy(&["rollback", "scratch-detector"]);
+    assert!(out.contains("primary 1 (rollback to 2)"), "{out}");
+    // Refusals: one line, exit code 2, nothing changed.
+    for (args, message) in [
+        (
+            vec!["canary", "scratch-detector", "--candidate", "9", "--share", "5"],
+            "scratch-detector version 9 is not registered",
+        ),
+        (vec!["canary", "scratch-detector", "--candidate", "2", "--share", "150"], "between 0 and 100"),
+        (vec!["canary", "scratch-detector", "--candidate", "1", "--share", "5"], "the candidate is the primary (1)"),
+    ] {
+        let (code, _, err) = deploy(&args);
+        assert_eq!((code, err.lines().count()), (Some(2), 1), "{err}");
+        assert!(err.contains(message), "{err}");
+    }
+    let (_, out, _) = deploy(&["status", "scratch-detector"]);
+    assert!(out.contains("primary 1 (rollback to 2)"), "{out}");
+    let (_, audit, _) = vigil_on(&url, "audit", &[]);
+    let deploys: Vec<&str> = audit.lines().filter(|l| l.contains(" deploy ")).collect();
+    assert_eq!(deploys.len(), 4, "{audit}");
+    assert!(deploys[1].contains("primary 1, shadow 2 at 12.3% -> primary 2 (rollback to 1)"), "{audit}");
+    assert!(deploys[1].ends_with("canary clean"), "{audit}");
+    assert!(deploys[3].contains("ben"), "{audit}");
 }

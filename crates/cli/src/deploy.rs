@@ -1,0 +1,169 @@
+//! `vigil deploy`: what each model serves. Shadow a candidate, send it a canary share of the
+//! routing keys, switch all traffic to a version (blue-green; the previous one is kept to roll
+//! back to), roll back, and show the state. Servers following the store pick changes up within
+//! their poll interval; every change is an audit event.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use vigil_store::{Backend, Change, DeploymentRow, DeploymentStore, PredictionStore, RegistryStore, Stage};
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// The registry's database: postgres://... or sqlite://...
+    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil", global = true)]
+    pub database_url: String,
+    /// Who makes the change (default: $USER).
+    #[arg(long, global = true)]
+    pub by: Option<String>,
+    /// Why, for the audit log.
+    #[arg(long, default_value = "", global = true)]
+    pub reason: String,
+    #[command(subcommand)]
+    pub command: DeployCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeployCommand {
+    /// Every deployment (or one model's).
+    Status { model: Option<String> },
+    /// The primary answers; a share of requests is mirrored to the candidate and logged.
+    Shadow {
+        model: String,
+        #[arg(long)]
+        candidate: String,
+        /// Percent of requests mirrored (0-100, steps of 0.1).
+        #[arg(long, default_value_t = 100.0)]
+        share: f64,
+        /// The version that answers (default: the current primary, else the production version).
+        #[arg(long)]
+        primary: Option<String>,
+    },
+    /// The candidate answers a share of routing keys (stations, users), each key sticking to one version.
+    Canary {
+        model: String,
+        #[arg(long)]
+        candidate: String,
+        /// Percent of routing keys (0-100, steps of 0.1).
+        #[arg(long)]
+        share: f64,
+        #[arg(long)]
+        primary: Option<String>,
+    },
+    /// All traffic to one version at once (blue-green); the previous primary stays for rollback.
+    Switch {
+        model: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Back to the previous primary after a switch, or the primary alone after a shadow or canary.
+    Rollback { model: String },
+}
+
+pub async fn run(args: DeployArgs) -> Result<u8> {
+    let backend = Backend::connect(&args.database_url)
+        .await
+        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    vigil_store::with_store!(backend, store => command(store, args).await)
+}
+
+/// A share in percent as a fraction, checked and rounded to steps of 0.1%.
+fn share(percent: f64) -> Result<f64> {
+    if !(0.0..=100.0).contains(&percent) {
+        bail!("--share {percent}: give a percentage between 0 and 100");
+    }
+    Ok((percent * 10.0).round() / 1000.0)
+}
+
+/// The primary a shadow or canary keeps: the one named, else the current primary, else the
+/// registry's production version.
+fn primary_of(
+    model: &str,
+    named: Option<String>,
+    current: Option<DeploymentRow>,
+    production: Option<String>,
+) -> Result<String> {
+    named
+        .or(current.map(|d| d.primary_version))
+        .or(production)
+        .with_context(|| format!("{model} has no deployment and no production version: pass --primary"))
+}
+
+fn check_candidate(primary: &str, candidate: &str) -> Result<()> {
+    if primary == candidate {
+        bail!("the candidate is the primary ({primary}): name another version");
+    }
+    Ok(())
+}
+
+async fn command<S: PredictionStore + RegistryStore + DeploymentStore>(store: S, args: DeployArgs) -> Result<u8> {
+    store.migrate().await.context("preparing the deployment tables")?;
+    let current = |model: &str| {
+        let store = store.clone();
+        let model = model.to_string();
+        async move { Ok::<_, anyhow::Error>(store.deployments().await?.into_iter().find(|d| d.model_name == model)) }
+    };
+    let production = |model: &str| {
+        let store = store.clone();
+        let model = model.to_string();
+        async move {
+            let versions = store.model_versions(Some(&model)).await?;
+            Ok::<_, anyhow::Error>(
+                versions.into_iter().find(|v| v.stage == Stage::Production.as_str()).map(|v| v.version),
+            )
+        }
+    };
+    let actor = crate::model::whoami(args.by.clone());
+    let row = |model: &str, primary: String, candidate: Option<String>, mode: &str, share: f64| DeploymentRow {
+        model_name: model.to_string(),
+        deployment_id: uuid::Uuid::now_v7().to_string(),
+        primary_version: primary,
+        candidate_version: candidate,
+        mode: mode.into(),
+        share,
+        updated_by: actor.clone(),
+        updated_at: chrono::Utc::now(),
+    };
+    let next = match args.command {
+        DeployCommand::Status { model } => {
+            let rows = store.deployments().await?;
+            println!("{:<24} {:<36} {:<44} updated", "model", "deployment", "serving");
+            for d in rows.iter().filter(|d| model.as_deref().is_none_or(|m| m == d.model_name)) {
+                println!(
+                    "{:<24} {:<36} {:<44} {} by {}",
+                    d.model_name,
+                    d.deployment_id,
+                    d.describe(),
+                    d.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    d.updated_by
+                );
+            }
+            return Ok(0);
+        }
+        DeployCommand::Shadow { model, candidate, share: percent, primary } => {
+            let primary = primary_of(&model, primary, current(&model).await?, production(&model).await?)?;
+            check_candidate(&primary, &candidate)?;
+            row(&model, primary, Some(candidate), "shadow", share(percent)?)
+        }
+        DeployCommand::Canary { model, candidate, share: percent, primary } => {
+            let primary = primary_of(&model, primary, current(&model).await?, production(&model).await?)?;
+            check_candidate(&primary, &candidate)?;
+            row(&model, primary, Some(candidate), "canary", share(percent)?)
+        }
+        DeployCommand::Switch { model, to } => {
+            let previous = current(&model).await?.map(|d| d.primary_version).filter(|p| *p != to);
+            row(&model, to, previous, "single", 0.0)
+        }
+        DeployCommand::Rollback { model } => {
+            let Some(d) = current(&model).await? else { bail!("{model} has no deployment to roll back") };
+            match (d.mode.as_str(), d.candidate_version) {
+                ("single", Some(previous)) => row(&model, previous, Some(d.primary_version), "single", 0.0),
+                ("single", None) => bail!("{model} serves {} alone: nothing to roll back to", d.primary_version),
+                (_, _) => row(&model, d.primary_version, None, "single", 0.0),
+            }
+        }
+    };
+    let change = Change { actor: &actor, reason: &args.reason, at: next.updated_at };
+    store.set_deployment(&next, &change).await?;
+    println!("{}: {} (deployment {})", next.model_name, next.describe(), next.deployment_id);
+    Ok(0)
+}
