@@ -3,12 +3,10 @@
 //! one through candidate -> staging -> production (the production version before it is
 //! archived) or archive it; `vigil audit` lists who changed what, when and why.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use sha2::{Digest, Sha256};
 use vigil_store::registry::Registered;
 use vigil_store::{Backend, Change, ModelVersionRow, PredictionStore, RegistryStore, Stage};
 
@@ -173,7 +171,7 @@ fn describe(dir: &Path, by: Option<String>, training_data: Option<String>, stage
         bail!("{}: expected <repository>/<model>/<version>", dir.display());
     };
     let artifact = dir.join("model.onnx");
-    let artifact_sha256 = sha256_file(&artifact)
+    let artifact_sha256 = vigil_store::registry::sha256_file(&artifact)
         .with_context(|| format!("cannot read {} (is this a model version?)", artifact.display()))?;
     let card = dir.join("metrics.json");
     let card: Option<serde_json::Value> = match std::fs::read(&card) {
@@ -211,19 +209,4 @@ fn describe(dir: &Path, by: Option<String>, training_data: Option<String>, stage
         registered_at: now,
         stage_changed_at: now,
     })
-}
-
-/// Hex sha256 of a file, read in chunks.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -9,7 +9,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use vigil_inference::image::ImageLimits;
-pub use vigil_server::{Limits, LoggingConfig, MetricsConfig, ModelOptions};
+pub use vigil_server::{DeploymentsConfig, Limits, LoggingConfig, MetricsConfig, ModelOptions};
 
 /// Everything `vigil-edge` can be told.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -28,6 +28,8 @@ pub struct EdgeConfig {
     pub models: ModelOptions,
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
+    /// Follow deployments (shadow, canary, blue-green) from the registry's database.
+    pub deployments: DeploymentsConfig,
 }
 
 impl Default for EdgeConfig {
@@ -42,13 +44,23 @@ impl Default for EdgeConfig {
             models: ModelOptions::default(),
             logging: LoggingConfig::named("vigil-edge", "edge-1"),
             metrics: MetricsConfig::default(),
+            deployments: DeploymentsConfig::default(),
         }
     }
 }
 
 /// Top-level keys that `VIGIL_...` variables may set.
-const ENV_KEYS: &[&str] =
-    &["listen", "model_repository", "default_model", "onnxruntime_lib", "limits", "images", "models", "metrics"];
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "model_repository",
+    "default_model",
+    "onnxruntime_lib",
+    "limits",
+    "images",
+    "models",
+    "metrics",
+    "deployments",
+];
 
 impl EdgeConfig {
     /// Layers defaults, the optional file and the environment, then validates.
@@ -81,6 +93,7 @@ impl EdgeConfig {
             ));
         }
         self.logging.validate()?;
+        self.deployments.validate()?;
         if self.default_model.is_empty() {
             return Err("default_model must not be empty".into());
         }

@@ -14,7 +14,8 @@ use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceServiceS
 use vigil_proto::vigil::v1::inspection_server::InspectionServer;
 use vigil_server::{GrpcHost, Lifecycle};
 use vigil_serving::{
-    AdmissionLayer, InferenceService, InspectionService, RecordEmitter, RequestMetricsLayer, ServingMetrics,
+    AdmissionLayer, DeploymentRouter, Infer, InferenceService, InspectionService, RecordEmitter, RequestMetricsLayer,
+    ServingMetrics,
 };
 
 use crate::config::EdgeConfig;
@@ -107,6 +108,20 @@ pub async fn start_with(
     let mut inference = InferenceService::new(repository.clone(), "vigil-edge").with_metrics(metrics.clone());
     let mut inspection = InspectionService::new(repository.clone(), config.default_model.clone(), config.images)
         .with_metrics(metrics.clone());
+    if !config.deployments.database_url.is_empty() {
+        // Both APIs route through the deployments the server follows.
+        let router = Arc::new(DeploymentRouter::new(repository.clone()));
+        vigil_server::deployments::follow(
+            &config.deployments,
+            router.clone(),
+            repository.clone(),
+            &mut lifecycle,
+            SERVE,
+        );
+        let infer = Infer::new(router);
+        inference = inference.with_infer(infer.clone());
+        inspection = inspection.with_infer(infer);
+    }
     if let Some(records) = &records {
         inference = inference.with_records(records.clone());
         inspection = inspection.with_records(records.clone());

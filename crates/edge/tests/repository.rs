@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,28 +20,6 @@ fn repository_copy() -> (tempfile::TempDir, u64) {
     let version: u64 = src.file_name().unwrap().to_str().unwrap().parse().unwrap();
     copy_version(&src, &dir.path().join(MODEL), version, None);
     (dir, version)
-}
-
-/// Writes `src` as version `version` under `model_dir`, all at once: built beside it, then
-/// renamed into place, as a deployment tool would. `onnx` replaces the model file.
-fn copy_version(src: &Path, model_dir: &Path, version: u64, onnx: Option<&[u8]>) {
-    std::fs::create_dir_all(model_dir).unwrap();
-    let staging = model_dir.join(format!(".incoming-{version}"));
-    std::fs::create_dir_all(&staging).unwrap();
-    match onnx {
-        Some(bytes) => std::fs::write(staging.join("model.onnx"), bytes).unwrap(),
-        None => {
-            std::fs::copy(src.join("model.onnx"), staging.join("model.onnx")).unwrap();
-        }
-    }
-    let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
-    let toml: String = toml
-        .lines()
-        .map(|l| if l.starts_with("version =") { format!("version = {version}") } else { l.to_string() })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(staging.join("model.toml"), toml).unwrap();
-    std::fs::rename(&staging, model_dir.join(version.to_string())).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,11 +4,13 @@
 //! and stops them in order.
 
 pub mod config;
+pub mod deployments;
 pub mod grpc;
 pub mod lifecycle;
 pub mod models;
 pub mod records;
 
 pub use config::{Limits, LoggingConfig, MetricsConfig, ModelOptions};
+pub use deployments::DeploymentsConfig;
 pub use grpc::{GrpcHost, serve_metrics};
 pub use lifecycle::{Lifecycle, StopSignal};

@@ -183,3 +183,25 @@ pub fn proc_status_kib(pid: &str, field: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {field} line in {path}"))
 }
+
+/// Writes `src` as version `version` under `model_dir`, all at once: built beside it, then
+/// renamed into place, as a deployment tool would. `onnx` replaces the model file.
+pub fn copy_version(src: &Path, model_dir: &Path, version: u64, onnx: Option<&[u8]>) {
+    std::fs::create_dir_all(model_dir).unwrap();
+    let staging = model_dir.join(format!(".incoming-{version}"));
+    std::fs::create_dir_all(&staging).unwrap();
+    match onnx {
+        Some(bytes) => std::fs::write(staging.join("model.onnx"), bytes).unwrap(),
+        None => {
+            std::fs::copy(src.join("model.onnx"), staging.join("model.onnx")).unwrap();
+        }
+    }
+    let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
+    let toml: String = toml
+        .lines()
+        .map(|l| if l.starts_with("version =") { format!("version = {version}") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(staging.join("model.toml"), toml).unwrap();
+    std::fs::rename(&staging, model_dir.join(version.to_string())).unwrap();
+}

@@ -175,3 +175,20 @@ const AUDIT_COLUMNS: &str = "id, time, actor, action, subject, from_state, to_st
 /// The columns of `model_versions`, in table order.
 const COLUMNS: &str = "model_name, version, artifact_sha256, artifact_uri, training_data, metrics, stage, \
                        registered_by, registered_at, stage_changed_at";
+
+/// The artifact digest the registry keeps: hex sha256 of a file, read in chunks.
+pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
