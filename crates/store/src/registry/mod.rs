@@ -2,9 +2,8 @@
 //! `model.onnx`), training data reference, evaluation metrics from its model card, and stage
 //! (candidate, staging, production, archived), with who registered it and when.
 
+mod backends;
 pub mod deployments;
-mod postgres;
-mod sqlite;
 
 use std::future::Future;
 

@@ -1,0 +1,201 @@
+//! The registry and deployments on both stores: one copy of each statement, in the `$N`
+//! placeholders Postgres and SQLite both take, generated for each backend. Postgres also locks the
+//! rows a change reads (`FOR UPDATE`); SQLite serialises its writers anyway.
+
+use super::deployments::{COLUMNS as DEPLOYMENT_COLUMNS, DeploymentRow, DeploymentStore};
+use super::{
+    AUDIT_COLUMNS, AuditEvent, COLUMNS, Change, ModelVersionRow, Registered, RegistryError, RegistryStore, Stage,
+};
+
+/// Implements [`RegistryStore`] and [`DeploymentStore`] for `$store`, whose connections are
+/// `$conn`; `$lock` ends the statements that read rows a change then writes.
+macro_rules! registry_backend {
+    ($backend:ident, $store:ty, $conn:ty, $lock:literal) => {
+        mod $backend {
+            use super::*;
+
+        async fn audit(conn: &mut $conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
+            sqlx::query(&format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
+                .bind(e.id)
+                .bind(e.time)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.subject)
+                .bind(&e.from_state)
+                .bind(&e.to_state)
+                .bind(&e.reason)
+                .execute(conn)
+                .await
+                .map(drop)
+        }
+
+        impl RegistryStore for $store {
+            async fn register_version(&self, row: &ModelVersionRow, reason: &str) -> Result<Registered, RegistryError> {
+                let mut tx = self.pool().begin().await?;
+                let inserted = sqlx::query(&format!(
+                    "INSERT INTO model_versions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (model_name, version) DO NOTHING"
+                ))
+                .bind(&row.model_name)
+                .bind(&row.version)
+                .bind(&row.artifact_sha256)
+                .bind(&row.artifact_uri)
+                .bind(&row.training_data)
+                .bind(&row.metrics)
+                .bind(&row.stage)
+                .bind(&row.registered_by)
+                .bind(row.registered_at)
+                .bind(row.stage_changed_at)
+                .execute(&mut *tx)
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    let change = Change { actor: &row.registered_by, reason, at: row.registered_at };
+                    audit(&mut tx, &change.event("register", &row.model_name, &row.version, "", &row.stage)).await?;
+                    tx.commit().await?;
+                    return Ok(Registered::New);
+                }
+                drop(tx);
+                let existing = self.model_version(&row.model_name, &row.version).await?.map(|r| r.artifact_sha256);
+                match existing {
+                    Some(digest) if digest == row.artifact_sha256 => Ok(Registered::Already),
+                    existing => Err(RegistryError::Conflict {
+                        model: row.model_name.clone(),
+                        version: row.version.clone(),
+                        existing: existing.unwrap_or_default(),
+                    }),
+                }
+            }
+
+            async fn model_versions(&self, model_name: Option<&str>) -> Result<Vec<ModelVersionRow>, sqlx::Error> {
+                sqlx::query_as(&format!(
+                    "SELECT {COLUMNS} FROM model_versions WHERE (CAST($1 AS TEXT) IS NULL OR model_name = $1) \
+                     ORDER BY model_name, registered_at, version"
+                ))
+                .bind(model_name)
+                .fetch_all(self.pool())
+                .await
+            }
+
+            async fn model_version(&self, model_name: &str, version: &str) -> Result<Option<ModelVersionRow>, sqlx::Error> {
+                sqlx::query_as(&format!("SELECT {COLUMNS} FROM model_versions WHERE model_name = $1 AND version = $2"))
+                    .bind(model_name)
+                    .bind(version)
+                    .fetch_optional(self.pool())
+                    .await
+            }
+
+            async fn set_stage(
+                &self,
+                model_name: &str,
+                version: &str,
+                stage: Stage,
+                change: &Change<'_>,
+            ) -> Result<Vec<String>, RegistryError> {
+                let mut tx = self.pool().begin().await?;
+                let from: Option<String> =
+                    sqlx::query_scalar(&format!(
+                        "SELECT stage FROM model_versions WHERE model_name = $1 AND version = $2{}",
+                        $lock
+                    ))
+                        .bind(model_name)
+                        .bind(version)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some(from) = from else {
+                    return Err(RegistryError::NotFound { model: model_name.into(), version: version.into() });
+                };
+                let archived: Vec<String> = if stage == Stage::Production {
+                    sqlx::query_scalar(
+                        "UPDATE model_versions SET stage = 'archived', stage_changed_at = $3 \
+                         WHERE model_name = $1 AND stage = 'production' AND version <> $2 RETURNING version",
+                    )
+                    .bind(model_name)
+                    .bind(version)
+                    .bind(change.at)
+                    .fetch_all(&mut *tx)
+                    .await?
+                } else {
+                    Vec::new()
+                };
+                for old in &archived {
+                    audit(&mut tx, &change.event("archive", model_name, old, "production", "archived")).await?;
+                }
+                sqlx::query(
+                    "UPDATE model_versions SET stage = $3, stage_changed_at = $4 WHERE model_name = $1 AND version = $2",
+                )
+                .bind(model_name)
+                .bind(version)
+                .bind(stage.as_str())
+                .bind(change.at)
+                .execute(&mut *tx)
+                .await?;
+                audit(&mut tx, &change.event("promote", model_name, version, &from, stage.as_str())).await?;
+                tx.commit().await?;
+                Ok(archived)
+            }
+
+            async fn audit_events(&self, limit: i64) -> Result<Vec<AuditEvent>, sqlx::Error> {
+                sqlx::query_as(&format!("SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT $1"))
+                    .bind(limit)
+                    .fetch_all(self.pool())
+                    .await
+            }
+        }
+
+        impl DeploymentStore for $store {
+            async fn deployments(&self) -> Result<Vec<DeploymentRow>, sqlx::Error> {
+                sqlx::query_as(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY model_name"))
+                    .fetch_all(self.pool())
+                    .await
+            }
+
+            async fn set_deployment(&self, row: &DeploymentRow, change: &Change<'_>) -> Result<(), RegistryError> {
+                let mut tx = self.pool().begin().await?;
+                for version in std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref()) {
+                    let known: Option<String> =
+                        sqlx::query_scalar("SELECT version FROM model_versions WHERE model_name = $1 AND version = $2")
+                            .bind(&row.model_name)
+                            .bind(version)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if known.is_none() {
+                        return Err(RegistryError::NotFound { model: row.model_name.clone(), version: version.clone() });
+                    }
+                }
+                let before: Option<DeploymentRow> =
+                    sqlx::query_as(&format!(
+                        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE model_name = $1{}",
+                        $lock
+                    ))
+                        .bind(&row.model_name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                sqlx::query(&format!(
+                    "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (model_name) DO UPDATE SET deployment_id = $2, primary_version = $3, \
+                     candidate_version = $4, mode = $5, share = $6, updated_by = $7, updated_at = $8"
+                ))
+                .bind(&row.model_name)
+                .bind(&row.deployment_id)
+                .bind(&row.primary_version)
+                .bind(&row.candidate_version)
+                .bind(&row.mode)
+                .bind(row.share)
+                .bind(&row.updated_by)
+                .bind(row.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                let from = before.map(|b| b.describe()).unwrap_or_default();
+                let mut event = change.event("deploy", &row.model_name, "", &from, &row.describe());
+                event.subject = format!("{} ({})", row.model_name, row.deployment_id);
+                audit(&mut tx, &event).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+        }
+    };
+}
+
+registry_backend!(postgres, crate::PgStore, sqlx::PgConnection, " FOR UPDATE");
+registry_backend!(sqlite, crate::SqliteStore, sqlx::SqliteConnection, "");
