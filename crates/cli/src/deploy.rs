@@ -75,16 +75,23 @@ fn share(percent: f64) -> Result<f64> {
 }
 
 /// The primary a shadow or canary keeps: the one named, else the current primary, else the
-/// registry's production version.
-fn primary_of(
+/// registry's production version (read only when needed).
+async fn primary_of<S: DeploymentStore + RegistryStore>(
+    store: &S,
     model: &str,
     named: Option<String>,
-    current: Option<DeploymentRow>,
-    production: Option<String>,
 ) -> Result<String> {
-    named
-        .or(current.map(|d| d.primary_version))
-        .or(production)
+    if let Some(named) = named {
+        return Ok(named);
+    }
+    if let Some(d) = store.deployments().await?.into_iter().find(|d| d.model_name == model) {
+        return Ok(d.primary_version);
+    }
+    let versions = store.model_versions(Some(model)).await?;
+    versions
+        .into_iter()
+        .find(|v| v.stage == Stage::Production.as_str())
+        .map(|v| v.version)
         .with_context(|| format!("{model} has no deployment and no production version: pass --primary"))
 }
 
@@ -101,16 +108,6 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore>(store: S,
         let store = store.clone();
         let model = model.to_string();
         async move { Ok::<_, anyhow::Error>(store.deployments().await?.into_iter().find(|d| d.model_name == model)) }
-    };
-    let production = |model: &str| {
-        let store = store.clone();
-        let model = model.to_string();
-        async move {
-            let versions = store.model_versions(Some(&model)).await?;
-            Ok::<_, anyhow::Error>(
-                versions.into_iter().find(|v| v.stage == Stage::Production.as_str()).map(|v| v.version),
-            )
-        }
     };
     let actor = crate::model::whoami(args.by.clone());
     let row = |model: &str, primary: String, candidate: Option<String>, mode: &str, share: f64| DeploymentRow {
@@ -140,12 +137,12 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore>(store: S,
             return Ok(0);
         }
         DeployCommand::Shadow { model, candidate, share: percent, primary } => {
-            let primary = primary_of(&model, primary, current(&model).await?, production(&model).await?)?;
+            let primary = primary_of(&store, &model, primary).await?;
             check_candidate(&primary, &candidate)?;
             row(&model, primary, Some(candidate), "shadow", share(percent)?)
         }
         DeployCommand::Canary { model, candidate, share: percent, primary } => {
-            let primary = primary_of(&model, primary, current(&model).await?, production(&model).await?)?;
+            let primary = primary_of(&store, &model, primary).await?;
             check_candidate(&primary, &candidate)?;
             row(&model, primary, Some(candidate), "canary", share(percent)?)
         }
