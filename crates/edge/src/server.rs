@@ -101,8 +101,10 @@ pub async fn start_with(
     };
     vigil_server::models::watch(repository.clone(), &config.models, &mut lifecycle, SERVE);
 
-    let admission = AdmissionLayer::new(config.limits.admission())
-        .with_streaming_methods(vigil_serving::admission::streaming_methods(vigil_proto::FILE_DESCRIPTOR_SET));
+    let methods = vigil_serving::admission::grpc_methods(vigil_proto::FILE_DESCRIPTOR_SET);
+    let streaming = methods.iter().filter(|(_, streams)| *streams).map(|(path, _)| path.clone()).collect();
+    let methods = methods.into_iter().map(|(path, _)| path);
+    let admission = AdmissionLayer::new(config.limits.admission()).with_streaming_methods(streaming);
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
     let mut inference = InferenceService::new(repository.clone(), "vigil-edge").with_metrics(metrics.clone());
@@ -135,7 +137,11 @@ pub async fn start_with(
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Outermost first: every call is counted, those the admission layer sheds or ends too.
-        .layer(tower::ServiceBuilder::new().layer(RequestMetricsLayer::new(metrics.clone())).layer(admission))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(RequestMetricsLayer::new(metrics.clone()).with_methods(methods))
+                .layer(admission),
+        )
         .add_routes(host.routes())
         .add_service(oip)
         .add_service(inspection);

@@ -124,6 +124,13 @@ async fn every_api_is_counted_by_its_method_with_the_version_and_variant_that_an
     while let Some(item) = futures::StreamExt::next(&mut stream).await {
         assert!(item.unwrap().result.is_some());
     }
+    // A path no service serves counts as "unknown": stray paths cannot grow the label set.
+    let mut raw = tonic::client::Grpc::new(channel(&server).await);
+    raw.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let path = http::uri::PathAndQuery::from_static("/vigil.v1.Inspection/NoSuchMethod");
+    let status = raw.unary(tonic::Request::new(()), path, codec).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
     // The stream's trailers reach the client after the layer has counted them.
     let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
     let version = server.repository.entry(MODEL).unwrap().default_version.to_string();
@@ -134,6 +141,8 @@ async fn every_api_is_counted_by_its_method_with_the_version_and_variant_that_an
     };
     // ModelMetadata names no version it ran: counted without one.
     assert_eq!(count(&[("api", "model_metadata"), ("status", "Ok")]), Some(1.0), "{text}");
+    assert_eq!(count(&[("api", "unknown"), ("status", "Unimplemented")]), Some(1.0), "{text}");
+    assert!(!text.contains("no_such_method"), "{text}");
     assert_eq!(count(&with("inspect")), Some(2.0), "each stream item, with its model version: {text}");
     assert_eq!(count(&[("api", "inspect_stream"), ("status", "Ok")]), Some(1.0), "the stream itself, once: {text}");
     assert_eq!(

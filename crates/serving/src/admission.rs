@@ -46,23 +46,27 @@ pub struct AdmissionLimits {
 /// tensor, and its share of the batch the batcher concatenates.
 pub const BYTES_CHARGED_PER_BYTE: usize = 3;
 
-/// The paths (`/package.Service/Method`) of every client- or server-streaming method in an
-/// encoded `FileDescriptorSet`.
-pub fn streaming_methods(descriptor_set: &[u8]) -> HashSet<String> {
+/// The paths (`/package.Service/Method`) of every method in an encoded `FileDescriptorSet`, each
+/// with whether it streams (client or server side).
+pub fn grpc_methods(descriptor_set: &[u8]) -> Vec<(String, bool)> {
     let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(descriptor_set) else {
-        return HashSet::new();
+        return Vec::new();
     };
-    let mut paths = HashSet::new();
+    let mut methods = Vec::new();
     for file in &set.file {
         for service in &file.service {
             for method in &service.method {
-                if method.client_streaming() || method.server_streaming() {
-                    paths.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
-                }
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                methods.push((path, method.client_streaming() || method.server_streaming()));
             }
         }
     }
-    paths
+    methods
+}
+
+/// The paths of every client- or server-streaming method in an encoded `FileDescriptorSet`.
+pub fn streaming_methods(descriptor_set: &[u8]) -> HashSet<String> {
+    grpc_methods(descriptor_set).into_iter().filter(|(_, streams)| *streams).map(|(path, _)| path).collect()
 }
 
 /// The bytes of the memory budget a call holds now: for a stream, those of its latest

@@ -3,7 +3,7 @@
 //! - `vigil_requests_total{model,version,variant,api,status}`: every gRPC call but health checks
 //!   and reflection, counted by [`RequestMetricsLayer`](crate::request_metrics::RequestMetricsLayer)
 //!   under its method's name in snake case (`inspect`, `model_infer`, `model_metadata`,
-//!   `inspect_stream`, ...), and each item of a stream once more under its unary API's name
+//!   `inspect_stream`, ...; a path no service serves is `unknown`), and each item of a stream once more under its unary API's name
 //!   (`inspect`, `model_infer`). `status` is the gRPC code as tonic's `Code` spells it (`Ok`,
 //!   `InvalidArgument`, `DeadlineExceeded`, ...). `model`, `version` and `variant` (`primary`,
 //!   `canary`, `shadow`) name what answered; they are empty when no model version did (not

@@ -12,6 +12,7 @@
 //! stream's handler (see [`ServingMetrics::start`]); the stream itself is counted here once,
 //! under its own method name.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -68,19 +69,37 @@ pub fn api_label(path: &str) -> String {
 #[derive(Clone)]
 pub struct RequestMetricsLayer {
     metrics: ServingMetrics,
+    /// The `api` label of each served method, made once; empty: derived per call.
+    labels: Arc<HashMap<String, Arc<str>>>,
 }
 
 impl RequestMetricsLayer {
     /// Counts into `metrics`.
     pub fn new(metrics: ServingMetrics) -> Self {
-        Self { metrics }
+        Self { metrics, labels: Arc::default() }
+    }
+
+    /// Labels only these method paths (see [`grpc_methods`](crate::admission::grpc_methods));
+    /// calls to any other path count as `api="unknown"`, so that stray paths cannot grow the
+    /// metric's label set without bound.
+    pub fn with_methods(mut self, paths: impl IntoIterator<Item = String>) -> Self {
+        self.labels = Arc::new(
+            paths
+                .into_iter()
+                .map(|path| {
+                    let label = api_label(&path).into();
+                    (path, label)
+                })
+                .collect(),
+        );
+        self
     }
 }
 
 impl<S> Layer<S> for RequestMetricsLayer {
     type Service = RequestMetrics<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestMetrics { inner, metrics: self.metrics.clone() }
+        RequestMetrics { inner, metrics: self.metrics.clone(), labels: self.labels.clone() }
     }
 }
 
@@ -89,6 +108,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
 pub struct RequestMetrics<S> {
     inner: S,
     metrics: ServingMetrics,
+    labels: Arc<HashMap<String, Arc<str>>>,
 }
 
 /// One call being counted: recorded once, with `Cancelled` when dropped unfinished.
@@ -143,7 +163,11 @@ where
                 Ok(inner.call(request).await?.map(|body| MeteredBody { inner: body, meter: None }))
             });
         }
-        let api: Arc<str> = api_label(path).into();
+        let api: Arc<str> = match self.labels.get(path) {
+            Some(label) => label.clone(),
+            None if self.labels.is_empty() => api_label(path).into(),
+            None => Arc::from("unknown"),
+        };
         let served = ServedBy::default();
         request.extensions_mut().insert(served.clone());
         let mut meter = Meter { metrics: self.metrics.clone(), api, served, started: Instant::now(), done: false };
