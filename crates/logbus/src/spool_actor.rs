@@ -140,10 +140,14 @@ fn serve(spool: Spool, mut commands: mpsc::Receiver<Command>, shared: &Shared) {
             }
             Command::Ack { to, count, reply } => {
                 let Some(s) = spool.as_mut() else { continue };
-                let _ = reply.send(s.ack(to, count));
+                let acked = s.ack(to, count);
+                // The length is published before the answer, so the caller never reads it stale.
+                shared.len.store(s.len(), Ordering::Relaxed);
+                let _ = reply.send(acked);
             }
             Command::Close { reply } => {
                 spool = None;
+                shared.len.store(0, Ordering::Relaxed);
                 let _ = reply.send(());
             }
         }
