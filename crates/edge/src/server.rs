@@ -15,7 +15,7 @@ use vigil_proto::vigil::v1::inspection_server::InspectionServer;
 use vigil_server::{GrpcHost, Lifecycle};
 use vigil_serving::{
     AdmissionLayer, DeploymentRouter, Infer, InferenceService, InspectionService, RecordEmitter, RequestMetricsLayer,
-    ServingMetrics,
+    ServingMetrics, ShadowLane,
 };
 
 use crate::config::EdgeConfig;
@@ -120,7 +120,9 @@ pub async fn start_with(
             &mut lifecycle,
             SERVE,
         );
-        let infer = Infer::new(router);
+        let lane = Arc::new(ShadowLane::new(config.deployments.shadow_concurrency));
+        vigil_serving::metrics::register_shadow_lane(&mut registry, lane.clone());
+        let infer = Infer::new(router).with_shadow_lane(lane);
         inference = inference.with_infer(infer.clone());
         inspection = inspection.with_infer(infer);
     }

@@ -1,13 +1,17 @@
 //! The edge server follows deployments from the registry's database: a switch and a canary
 //! take effect within the poll interval, and a deployment naming an artifact other than the
-//! registered one is refused while the model keeps what it served.
+//! registered one is refused while the model keeps what it served; a slow or failing shadow
+//! never delays or fails the primary's answers and is logged beside them.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use vigil_proto::vigil::v1::InspectRequest;
+use prost::Message;
+use vigil_logbus::Emitter;
+use vigil_proto::vigil::v1::{InspectRequest, PredictionRecord, RecordStatus, Variant};
+use vigil_serving::RecordEmitter;
 use vigil_store::registry::sha256_file;
 use vigil_store::{
     Change, DeploymentRow, DeploymentStore, ModelVersionRow, PredictionStore, RegistryStore, SqliteStore,
@@ -103,5 +107,179 @@ async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact
     // Back to version 1 alone.
     store.set_deployment(&deployment("d4", "1", Some("2"), "single", 0.0), &change).await.unwrap();
     until_served("1").await;
+    server.shutdown().await.unwrap();
+}
+
+/// Records read so far from the in-process bus.
+struct Logged {
+    bus: tokio::sync::mpsc::Receiver<vigil_logbus::Envelope>,
+    records: Vec<PredictionRecord>,
+}
+
+impl Logged {
+    fn read(&mut self) -> &[PredictionRecord] {
+        while let Ok(envelope) = self.bus.try_recv() {
+            self.records.push(PredictionRecord::decode(envelope.payload.as_slice()).unwrap());
+        }
+        &self.records
+    }
+}
+
+/// The count of `vigil_shadow_copies_total` with this outcome.
+fn shadow_copies(metrics: std::net::SocketAddr, outcome: &str) -> f64 {
+    sample(&scrape(metrics).1, "vigil_shadow_copies_total", &[("outcome", outcome)]).unwrap()
+}
+
+/// Every started shadow copy ends in one record: waits for the copies still running, so that
+/// the shadow lane is empty.
+async fn settle(logged: &mut Logged, emitter: &Emitter, metrics: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(emitter.drain(Duration::from_secs(10)).await);
+        let shadows = logged.read().iter().filter(|r| r.variant == Variant::Shadow as i32).count();
+        let started = shadow_copies(metrics, "started");
+        if shadows as f64 >= started {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{shadows} shadow records of {started} copies");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// p50 and p99 of `latencies`, in milliseconds.
+fn percentiles(latencies: &mut [Duration]) -> (f64, f64) {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1e3;
+    (at(0.5), at(0.99))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_failing_shadow_never_delays_or_fails_the_primary_and_is_logged_with_its_trace_id() {
+    const CLIENTS: usize = 8;
+    const PER_CLIENT: usize = 25;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    let fixture = |name: &str| std::fs::read(repo_root().join("tests/fixtures").join(name).join("model.onnx")).unwrap();
+    copy_version(&model_dir(), &repo.join(MODEL), 1, None);
+    copy_version(&model_dir(), &repo.join(MODEL), 2, Some(&fixture("slow-model")));
+    copy_version(&model_dir(), &repo.join(MODEL), 3, Some(&fixture("broken-model")));
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    for version in ["1", "2", "3"] {
+        let digest = sha256_file(&repo.join(MODEL).join(version).join("model.onnx")).unwrap();
+        store.register_version(&registered(version, digest), "").await.unwrap();
+    }
+    let mut config = config();
+    config.model_repository = repo;
+    config.models.load_all_versions = true;
+    config.deployments.database_url = url;
+    config.deployments.poll_interval_ms = 100;
+    config.deployments.shadow_concurrency = 2;
+    let (sink, bus) = vigil_logbus::in_process::channel(100_000);
+    let (emitter, _forwarder) = Emitter::start(sink, 100_000, 100);
+    let server = vigil_edge::start_with(config, false, Some(RecordEmitter::new(emitter.clone(), "edge-1")))
+        .await
+        .expect("edge server starts");
+    let metrics = server.metrics_addr.unwrap();
+    let (inspect, _) = clients(&server).await;
+    let mut logged = Logged { bus, records: Vec::new() };
+    let image = samples("normal").remove(0).1;
+    let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
+
+    let mut table = Vec::new();
+    for (id, candidate) in [("plain", None), ("slow-shadow", Some("2")), ("failing-shadow", Some("3"))] {
+        let mode = if candidate.is_some() { "shadow" } else { "single" };
+        store.set_deployment(&deployment(id, "1", candidate, mode, 1.0), &change).await.unwrap();
+        // Taken once a request's record names the deployment.
+        loop {
+            let request = InspectRequest { image: image.clone(), station_id: "probe".into(), ..Default::default() };
+            // Before the first deployment the newest version, the broken one, answers.
+            let _ = inspect.clone().inspect(request).await;
+            assert!(emitter.drain(Duration::from_secs(10)).await);
+            if logged.read().last().is_some_and(|r| r.deployment_id == id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let copies = |outcome: &str| shadow_copies(metrics, outcome);
+        settle(&mut logged, &emitter, metrics).await;
+        let (started_before, skipped_before) = (copies("started"), copies("skipped"));
+        let seen_before = logged.read().len();
+
+        let load: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (mut inspect, image) = (inspect.clone(), image.clone());
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    for i in 0..PER_CLIENT {
+                        let request = InspectRequest {
+                            image: image.clone(),
+                            station_id: format!("line-{c}"),
+                            request_id: format!("{c}-{i}"),
+                            ..Default::default()
+                        };
+                        let started = std::time::Instant::now();
+                        let answer = inspect.inspect(request).await.map(|r| r.into_inner());
+                        answers.push((started.elapsed(), answer));
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut latencies = Vec::new();
+        for task in load {
+            for (elapsed, answer) in task.await.unwrap() {
+                let answer = answer.unwrap_or_else(|e| panic!("{id}: the primary's answer failed: {e}"));
+                assert_eq!(answer.model_version, "1", "{id}: only the primary answers");
+                latencies.push(elapsed);
+            }
+        }
+        let requests = (CLIENTS * PER_CLIENT) as f64;
+        let started = copies("started") - started_before;
+        let skipped = copies("skipped") - skipped_before;
+        settle(&mut logged, &emitter, metrics).await;
+        let phase: Vec<&PredictionRecord> = logged.read()[seen_before..].iter().collect();
+        let primaries: Vec<&PredictionRecord> =
+            phase.iter().copied().filter(|r| r.variant == Variant::Primary as i32).collect();
+        let shadows: Vec<&PredictionRecord> =
+            phase.iter().copied().filter(|r| r.variant == Variant::Shadow as i32).collect();
+        assert_eq!(primaries.len() as f64, requests, "{id}: one primary record per request");
+        assert!(primaries.iter().all(|r| r.status == RecordStatus::Ok as i32 && r.model_version == "1"));
+        match candidate {
+            None => assert_eq!((started, skipped, shadows.len()), (0.0, 0.0, 0), "no shadow without a candidate"),
+            Some(version) => {
+                // Share 1.0: every request was copied, or skipped because the lane was full.
+                assert_eq!(started + skipped, requests, "{id}");
+                assert!(started >= 1.0, "{id}: no copy ran");
+                assert_eq!(shadows.len() as f64, started, "{id}: one shadow record per copy");
+                for shadow in &shadows {
+                    let primary = primaries
+                        .iter()
+                        .find(|p| p.trace_id == shadow.trace_id)
+                        .unwrap_or_else(|| panic!("{id}: no primary record with trace id {}", shadow.trace_id));
+                    assert_ne!(shadow.prediction_id, primary.prediction_id);
+                    assert_eq!((shadow.model_version.as_str(), shadow.deployment_id.as_str()), (version, id));
+                    assert_eq!(
+                        (shadow.station_id.as_str(), shadow.request_id.as_str()),
+                        (primary.station_id.as_str(), primary.request_id.as_str())
+                    );
+                    if version == "3" {
+                        assert_eq!(shadow.status, RecordStatus::Error as i32, "the NaN score is refused");
+                        assert!(shadow.error.contains("non-finite"), "{}", shadow.error);
+                    } else {
+                        assert_eq!(shadow.status, RecordStatus::Ok as i32);
+                    }
+                }
+            }
+        }
+        let (p50, p99) = percentiles(&mut latencies);
+        table.push(format!("| {id} | {p50:.2} | {p99:.2} | {started} | {skipped} |"));
+    }
+    println!("| primary's latency under | p50 ms | p99 ms | shadow copies run | skipped |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in table {
+        println!("{row}");
+    }
     server.shutdown().await.unwrap();
 }

@@ -26,11 +26,18 @@ pub struct DeploymentsConfig {
     pub database_url: String,
     /// How often to read the deployments, in milliseconds.
     pub poll_interval_ms: u64,
+    /// Most shadow copies running at once (shadow mode); a copy beyond it is skipped and
+    /// counted in `vigil_shadow_copies_total{outcome="skipped"}`, never queued.
+    pub shadow_concurrency: usize,
 }
 
 impl Default for DeploymentsConfig {
     fn default() -> Self {
-        Self { database_url: String::new(), poll_interval_ms: 2_000 }
+        Self {
+            database_url: String::new(),
+            poll_interval_ms: 2_000,
+            shadow_concurrency: vigil_serving::infer::DEFAULT_SHADOW_LANE,
+        }
     }
 }
 

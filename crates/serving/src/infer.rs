@@ -65,27 +65,36 @@ impl Router for StaticRouter {
 
 /// What a shadow run produced, for whoever records it.
 pub struct ShadowRun {
+    /// The shadow version that ran.
     pub model: Arc<LoadedModel>,
-    pub route_variant: Variant,
     pub deployment: String,
     pub result: Result<BatchOutput, InferenceError>,
 }
 
-/// Receives every finished shadow run (e.g. to log it as a `SHADOW` prediction record).
+/// Receives each finished shadow run of one request (e.g. to log it as a `SHADOW` prediction
+/// record beside the primary's, with the same trace id). Called on a runtime thread once the
+/// shadow answered; never awaited by the request.
 pub type ShadowObserver = Arc<dyn Fn(ShadowRun) + Send + Sync>;
 
 /// Shadow copies run here, at most `capacity` at once; a copy that finds the lane full is
 /// skipped and counted, so shadows never queue up behind or in front of real traffic.
+#[derive(Debug)]
 pub struct ShadowLane {
     permits: Arc<Semaphore>,
     skipped: AtomicU64,
     started: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl ShadowLane {
     /// A lane running at most `capacity` shadow copies at once.
     pub fn new(capacity: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(capacity)), skipped: AtomicU64::new(0), started: AtomicU64::new(0) }
+        Self {
+            permits: Arc::new(Semaphore::new(capacity)),
+            skipped: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
     }
 
     /// Copies skipped because the lane was full.
@@ -97,6 +106,11 @@ impl ShadowLane {
     pub fn started(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
     }
+
+    /// Copies started whose run failed (the batcher refused or the model failed).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
 }
 
 /// Shadow copies run at once by default.
@@ -107,7 +121,6 @@ pub const DEFAULT_SHADOW_LANE: usize = 4;
 pub struct Infer {
     router: Arc<dyn Router>,
     lane: Arc<ShadowLane>,
-    observer: Option<ShadowObserver>,
     metrics: ServingMetrics,
 }
 
@@ -118,14 +131,9 @@ pub struct Inferred {
 }
 
 impl Infer {
-    /// A core over `router`, with a default shadow lane and no shadow observer.
+    /// A core over `router`, with a default shadow lane.
     pub fn new(router: Arc<dyn Router>) -> Self {
-        Self {
-            router,
-            lane: Arc::new(ShadowLane::new(DEFAULT_SHADOW_LANE)),
-            observer: None,
-            metrics: ServingMetrics::default(),
-        }
+        Self { router, lane: Arc::new(ShadowLane::new(DEFAULT_SHADOW_LANE)), metrics: ServingMetrics::default() }
     }
 
     /// The static router over `repository`.
@@ -133,10 +141,9 @@ impl Infer {
         Self::new(Arc::new(StaticRouter::new(repository)))
     }
 
-    /// Runs shadow copies in `lane` and hands their results to `observer`.
-    pub fn with_shadows(mut self, lane: Arc<ShadowLane>, observer: ShadowObserver) -> Self {
+    /// Runs shadow copies in `lane`.
+    pub fn with_shadow_lane(mut self, lane: Arc<ShadowLane>) -> Self {
         self.lane = lane;
-        self.observer = Some(observer);
         self
     }
 
@@ -157,10 +164,15 @@ impl Infer {
     }
 
     /// Runs `inputs` on the route's primary and starts a copy on each shadow when the lane has
-    /// room (not awaited).
-    pub async fn run(&self, route: &Route, inputs: Vec<Tensor>) -> Result<Inferred, InferenceError> {
+    /// room (not awaited); each shadow's result goes to `on_shadow`.
+    pub async fn run(
+        &self,
+        route: &Route,
+        inputs: Vec<Tensor>,
+        on_shadow: Option<ShadowObserver>,
+    ) -> Result<Inferred, InferenceError> {
         if !route.shadows.is_empty() {
-            self.start_shadows(route, &inputs);
+            self.start_shadows(route, &inputs, on_shadow);
         }
         let model = route.primary.clone();
         let output = model.batcher.infer(inputs).await?;
@@ -178,20 +190,26 @@ impl Infer {
         }
     }
 
-    fn start_shadows(&self, route: &Route, inputs: &[Tensor]) {
+    fn start_shadows(&self, route: &Route, inputs: &[Tensor], on_shadow: Option<ShadowObserver>) {
         for shadow in &route.shadows {
             let Ok(permit) = self.lane.permits.clone().try_acquire_owned() else {
                 self.lane.skipped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
             self.lane.started.fetch_add(1, Ordering::Relaxed);
-            let (shadow, inputs, observer) = (shadow.clone(), inputs.to_vec(), self.observer.clone());
-            let (route_variant, deployment) = (route.variant, route.deployment.clone());
+            let (shadow, inputs, observer) = (shadow.clone(), inputs.to_vec(), on_shadow.clone());
+            let (deployment, metrics, lane) = (route.deployment.clone(), self.metrics.clone(), self.lane.clone());
             tokio::spawn(async move {
                 let result = shadow.batcher.infer(inputs).await;
                 drop(permit);
+                // Timed under variant="shadow"; the version's request statistics count only
+                // the requests it answered.
+                match &result {
+                    Ok(output) => metrics.batched(&ServedLabels::of(&shadow.config, Variant::Shadow), output),
+                    Err(_) => drop(lane.failed.fetch_add(1, Ordering::Relaxed)),
+                }
                 if let Some(observer) = observer {
-                    observer(ShadowRun { model: shadow, route_variant, deployment, result });
+                    observer(ShadowRun { model: shadow, deployment, result });
                 }
             });
         }

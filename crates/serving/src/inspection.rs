@@ -7,6 +7,8 @@ use std::time::{Instant, SystemTime};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
+use vigil_inference::batcher::BatchOutput;
+use vigil_inference::config::ModelConfig;
 use vigil_inference::image::{ImageLimits, prepare};
 use vigil_inference::repository::ModelRepository;
 use vigil_proto::vigil::v1::inspection_server::Inspection;
@@ -15,9 +17,9 @@ use vigil_proto::vigil::v1::{
 };
 
 use crate::decision::decide;
-use crate::infer::{Infer, Route};
+use crate::infer::{Infer, Route, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
-use crate::records::{RecordEmitter, RequestContext};
+use crate::records::{RecordEmitter, RequestContext, new_trace_id};
 use crate::request_metrics::ServedBy;
 use crate::status::to_status;
 
@@ -75,46 +77,40 @@ impl InspectionService {
     async fn inspect_model(&self, request: InspectRequest, tally: &mut Tally<'_>) -> Result<InspectResponse, Status> {
         let request_time = SystemTime::now();
         let name = if request.model_name.is_empty() { self.default_model.clone() } else { request.model_name.clone() };
-        let (station_id, part_id, request_id, capture_time) =
-            (request.station_id.clone(), request.part_id.clone(), request.request_id.clone(), request.capture_time);
         // The station keeps one version under a canary.
         let route = self.infer.route(&name, &request.model_version, &request.station_id).map_err(to_status)?;
         let model = route.primary.clone();
         tally.routed(&model.config, route.variant);
+        let ctx = self.records.as_ref().map(|_| RequestContext {
+            station_id: request.station_id.clone(),
+            part_id: request.part_id.clone(),
+            request_id: request.request_id.clone(),
+            capture_time: request.capture_time,
+            request_time,
+            model_name: name,
+            api: "inspect",
+            variant: route.variant,
+            deployment: route.deployment.clone(),
+            trace_id: new_trace_id(),
+        });
         let started = Instant::now();
-        let result = self.run(&route, request).await;
+        let result = self.run(&route, request, ctx.as_ref()).await;
         self.infer.account(&route, started, &result);
-        if let Some(records) = &self.records {
-            let ctx = RequestContext {
-                station_id: &station_id,
-                part_id: &part_id,
-                request_id: &request_id,
-                capture_time,
-                request_time,
-                model_name: &name,
-                api: "inspect",
-                variant: route.variant,
-                deployment: &route.deployment,
-            };
-            match &result {
-                Ok(r) => {
-                    let index = usize::from(r.verdict == Verdict::Defect as i32);
-                    let label = model.config.labels.get(index).map_or("", String::as_str);
-                    records.inspected(&ctx, r, label, &model.config.labels);
-                }
-                Err(status) => records.failed(&ctx, Uuid::now_v7().to_string(), status),
-            }
+        if let (Some(records), Some(ctx)) = (&self.records, &ctx) {
+            record(records, ctx, &model.config, &result);
         }
         result
     }
 
-    async fn run(&self, route: &Route, request: InspectRequest) -> Result<InspectResponse, Status> {
+    async fn run(
+        &self,
+        route: &Route,
+        request: InspectRequest,
+        ctx: Option<&RequestContext>,
+    ) -> Result<InspectResponse, Status> {
         let config = &route.primary.config;
-        let (Some(pre), Some(thresholds)) = (config.preprocess.clone(), config.thresholds) else {
-            return Err(Status::failed_precondition(format!(
-                "model '{}' is not an image inspection model (its model.toml has no [preprocess] and [thresholds])",
-                config.name
-            )));
+        let (Some(pre), Some(_)) = (config.preprocess.clone(), config.thresholds) else {
+            return Err(not_an_inspection_model(config));
         };
         let limits = self.limits;
         let InspectRequest { image, station_id, part_id, request_id, .. } = request;
@@ -123,41 +119,103 @@ impl InspectionService {
             .await
             .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
             .map_err(to_status)?;
-        let out = self.infer.run(route, vec![prepared.tensor]).await.map_err(to_status)?.output;
-        let score = out
-            .outputs
-            .first()
-            .and_then(|t| t.to_f32().ok())
-            .and_then(|v| v.first().copied())
-            .ok_or_else(|| Status::internal("model returned no score"))?;
-        if !score.is_finite() {
-            return Err(Status::internal(format!("model returned a non-finite score ({score})")));
-        }
-        let (verdict, decision) = decide(score, &thresholds);
         let f = prepared.features;
-        Ok(InspectResponse {
-            prediction_id: Uuid::now_v7().to_string(),
-            defect_probability: score,
-            verdict: verdict as i32,
-            decision: decision as i32,
-            model_name: config.name.clone(),
-            model_version: config.version.to_string(),
-            queue_time_us: out.queue_time.as_micros() as u64,
-            compute_time_us: out.compute_time.as_micros() as u64,
-            features: Some(ImageFeatures {
-                brightness: f.brightness,
-                contrast: f.contrast,
-                sharpness: f.sharpness,
-                width: prepared.width,
-                height: prepared.height,
-                missing: false,
-            }),
-            station_id,
-            part_id,
-            request_id,
-            batch_size: out.batch_size as u32,
-        })
+        let features = ImageFeatures {
+            brightness: f.brightness,
+            contrast: f.contrast,
+            sharpness: f.sharpness,
+            width: prepared.width,
+            height: prepared.height,
+            missing: false,
+        };
+        let ids = Ids { station_id, part_id, request_id };
+        let on_shadow = match (&self.records, ctx) {
+            (Some(records), Some(ctx)) if !route.shadows.is_empty() => {
+                Some(shadow_recorder(records.clone(), ctx.for_shadow(), features.clone(), ids.clone()))
+            }
+            _ => None,
+        };
+        let out = self.infer.run(route, vec![prepared.tensor], on_shadow).await.map_err(to_status)?.output;
+        answer(config, &out, features, ids)
     }
+}
+
+/// The caller's ids, echoed in the answer.
+#[derive(Clone)]
+struct Ids {
+    station_id: String,
+    part_id: String,
+    request_id: String,
+}
+
+fn not_an_inspection_model(config: &ModelConfig) -> Status {
+    Status::failed_precondition(format!(
+        "model '{}' is not an image inspection model (its model.toml has no [preprocess] and [thresholds])",
+        config.name
+    ))
+}
+
+/// The inspection answer from a model's output: its score, verdict and decision.
+fn answer(
+    config: &ModelConfig,
+    out: &BatchOutput,
+    features: ImageFeatures,
+    ids: Ids,
+) -> Result<InspectResponse, Status> {
+    let thresholds = config.thresholds.ok_or_else(|| not_an_inspection_model(config))?;
+    let score = out
+        .outputs
+        .first()
+        .and_then(|t| t.to_f32().ok())
+        .and_then(|v| v.first().copied())
+        .ok_or_else(|| Status::internal("model returned no score"))?;
+    if !score.is_finite() {
+        return Err(Status::internal(format!("model returned a non-finite score ({score})")));
+    }
+    let (verdict, decision) = decide(score, &thresholds);
+    Ok(InspectResponse {
+        prediction_id: Uuid::now_v7().to_string(),
+        defect_probability: score,
+        verdict: verdict as i32,
+        decision: decision as i32,
+        model_name: config.name.clone(),
+        model_version: config.version.to_string(),
+        queue_time_us: out.queue_time.as_micros() as u64,
+        compute_time_us: out.compute_time.as_micros() as u64,
+        features: Some(features),
+        station_id: ids.station_id,
+        part_id: ids.part_id,
+        request_id: ids.request_id,
+        batch_size: out.batch_size as u32,
+    })
+}
+
+/// Logs an inspection's outcome as the version `config` saw it.
+fn record(
+    records: &RecordEmitter,
+    ctx: &RequestContext,
+    config: &ModelConfig,
+    result: &Result<InspectResponse, Status>,
+) {
+    match result {
+        Ok(r) => {
+            let index = usize::from(r.verdict == Verdict::Defect as i32);
+            let label = config.labels.get(index).map_or("", String::as_str);
+            records.inspected(ctx, r, label, &config.labels);
+        }
+        Err(status) => records.failed(ctx, &config.version.to_string(), Uuid::now_v7().to_string(), status),
+    }
+}
+
+/// Logs each shadow's answer to the same image as a `SHADOW` record with the request's trace id.
+fn shadow_recorder(records: RecordEmitter, ctx: RequestContext, features: ImageFeatures, ids: Ids) -> ShadowObserver {
+    Arc::new(move |run: ShadowRun| {
+        let config = &run.model.config;
+        let mut ctx = ctx.clone();
+        ctx.deployment = run.deployment.clone();
+        let result = run.result.map_err(to_status).and_then(|out| answer(config, &out, features.clone(), ids.clone()));
+        record(&records, &ctx, config, &result);
+    })
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<InspectStreamResponse, Status>> + Send>>;

@@ -411,6 +411,33 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// Exports a shadow lane's counters as `vigil_shadow_copies_total{outcome}`: `started`,
+/// `skipped` (the lane was full) and `failed` (among the started).
+pub fn register_shadow_lane(registry: &mut Registry, lane: Arc<crate::infer::ShadowLane>) {
+    registry.register_collector(Box::new(ShadowLaneCollector { lane }));
+}
+
+#[derive(Debug)]
+struct ShadowLaneCollector {
+    lane: Arc<crate::infer::ShadowLane>,
+}
+
+impl Collector for ShadowLaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "vigil_shadow_copies",
+            "Requests copied to shadow versions, by outcome",
+            None,
+            MetricType::Counter,
+        )?;
+        let lane = &self.lane;
+        for (outcome, value) in [("started", lane.started()), ("skipped", lane.skipped()), ("failed", lane.failed())] {
+            ConstCounter::new(value).encode(family.encode_family(&OutcomeLabels { outcome })?)?;
+        }
+        Ok(())
+    }
+}
+
 /// `vigil_records_total` from the emitter's counters.
 #[derive(Debug)]
 struct RecordsCollector {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use vigil_inference::InferenceError;
+use vigil_inference::batcher::BatchOutput;
 use vigil_inference::config::{ModelConfig, TensorSpec};
 use vigil_inference::repository::{LoadedModel, ModelRepository, VersionState, wait_until_idle};
 use vigil_inference::tensor::{DataType, Tensor, element_count};
@@ -17,9 +18,9 @@ use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::model_infer_response::InferOutputTensor;
 use vigil_proto::inference::*;
 
-use crate::infer::{Infer, Route};
+use crate::infer::{Infer, Route, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
-use crate::records::{InferredItem, RecordEmitter, RequestContext};
+use crate::records::{InferredItem, RecordEmitter, RequestContext, new_trace_id};
 use crate::request_metrics::ServedBy;
 use crate::status::to_status;
 
@@ -79,44 +80,35 @@ impl InferenceService {
         let route = self.infer.route(&request.model_name, &request.model_version, key).map_err(to_status)?;
         let model = route.primary.clone();
         tally.routed(&model.config, route.variant);
-        let (name, request_id) = (model.config.name.clone(), request.id.clone());
+        let ctx = self.records.as_ref().map(|_| RequestContext {
+            station_id: String::new(),
+            part_id: String::new(),
+            request_id: request.id.clone(),
+            capture_time: None,
+            request_time,
+            model_name: model.config.name.clone(),
+            api: "model_infer",
+            variant: route.variant,
+            deployment: route.deployment.clone(),
+            trace_id: new_trace_id(),
+        });
         let started = Instant::now();
-        let result = infer_on(&self.infer, &route, request, self.records.as_ref()).await;
+        let recording = self.records.as_ref().zip(ctx.as_ref());
+        let result = infer_on(&self.infer, &route, request, recording).await;
         self.infer.account(&route, started, &result);
-        let Some(records) = &self.records else { return result.map(|(response, _)| response) };
-        let ctx = record_context(&name, &request_id, request_time, &route);
+        let Some((records, ctx)) = recording else { return result.map(|(response, _)| response) };
         match result {
             Ok((response, logged)) => {
-                if let Some(Logged { items, queue_time_us, compute_time_us }) = logged {
-                    let version = model.config.version.to_string();
-                    records.inferred(&ctx, &version, &model.config.labels, items, queue_time_us, compute_time_us);
+                if let Some(logged) = logged {
+                    logged.record(records, ctx, &model.config);
                 }
                 Ok(response)
             }
             Err(status) => {
-                records.failed(&ctx, uuid::Uuid::now_v7().to_string(), &status);
+                records.failed(ctx, &model.config.version.to_string(), uuid::Uuid::now_v7().to_string(), &status);
                 Err(status)
             }
         }
-    }
-}
-
-fn record_context<'a>(
-    model: &'a str,
-    request_id: &'a str,
-    request_time: std::time::SystemTime,
-    route: &'a Route,
-) -> RequestContext<'a> {
-    RequestContext {
-        station_id: "",
-        part_id: "",
-        request_id,
-        capture_time: None,
-        request_time,
-        model_name: model,
-        api: "model_infer",
-        variant: route.variant,
-        deployment: &route.deployment,
     }
 }
 
@@ -125,6 +117,58 @@ struct Logged {
     items: Vec<InferredItem>,
     queue_time_us: u64,
     compute_time_us: u64,
+}
+
+impl Logged {
+    /// One record per item, each with a new prediction id, from the outputs of the version
+    /// `config` describes; `features`: each item's input summaries.
+    fn of(config: &ModelConfig, features: Vec<Vec<vigil_proto::vigil::v1::Feature>>, out: &BatchOutput) -> Self {
+        let values = out.outputs.first().and_then(|t| t.to_f32().ok()).unwrap_or_default();
+        let per = values.len() / features.len().max(1);
+        let items = features
+            .into_iter()
+            .enumerate()
+            .map(|(i, features)| {
+                let scores = values.get(i * per..(i + 1) * per).unwrap_or_default().to_vec();
+                InferredItem {
+                    prediction_id: uuid::Uuid::now_v7().to_string(),
+                    label: label_of(config, &scores),
+                    features,
+                    scores,
+                }
+            })
+            .collect();
+        Self {
+            items,
+            queue_time_us: out.queue_time.as_micros() as u64,
+            compute_time_us: out.compute_time.as_micros() as u64,
+        }
+    }
+
+    fn record(self, records: &RecordEmitter, ctx: &RequestContext, config: &ModelConfig) {
+        let version = config.version.to_string();
+        records.inferred(ctx, &version, &config.labels, self.items, self.queue_time_us, self.compute_time_us);
+    }
+}
+
+/// Logs each shadow's answer to the same inputs: one `SHADOW` record per item, with the
+/// request's trace id.
+fn shadow_recorder(
+    records: RecordEmitter,
+    ctx: RequestContext,
+    features: Vec<Vec<vigil_proto::vigil::v1::Feature>>,
+) -> ShadowObserver {
+    Arc::new(move |run: ShadowRun| {
+        let config = &run.model.config;
+        let mut ctx = ctx.clone();
+        ctx.deployment = run.deployment.clone();
+        match run.result {
+            Ok(out) => Logged::of(config, features.clone(), &out).record(&records, &ctx, config),
+            Err(e) => {
+                records.failed(&ctx, &config.version.to_string(), uuid::Uuid::now_v7().to_string(), &to_status(e))
+            }
+        }
+    })
 }
 
 /// The request parameter that keeps one caller (a station, user or session id) on one version
@@ -146,45 +190,29 @@ async fn infer_on(
     infer: &Infer,
     route: &Route,
     mut request: ModelInferRequest,
-    records: Option<&RecordEmitter>,
+    recording: Option<(&RecordEmitter, &RequestContext)>,
 ) -> Result<(ModelInferResponse, Option<Logged>), Status> {
     let config = &route.primary.config;
     let requested = requested_outputs(config, &request)?;
     let inputs = decode_inputs(config, &mut request)?;
-    let summaries = records.map(|_| {
+    let summaries = recording.map(|_| {
         let named: Vec<(String, &Tensor)> = config.inputs.iter().map(|s| s.name.clone()).zip(inputs.iter()).collect();
         crate::records::summarise_inputs(&named, config.max_batch_size > 0)
     });
-    let out = infer.run(route, inputs).await.map_err(to_status)?.output;
+    let on_shadow = match (recording, &summaries) {
+        (Some((records, ctx)), Some(features)) if !route.shadows.is_empty() => {
+            Some(shadow_recorder(records.clone(), ctx.for_shadow(), features.clone()))
+        }
+        _ => None,
+    };
+    let out = infer.run(route, inputs, on_shadow).await.map_err(to_status)?.output;
     let mut response = ModelInferResponse {
         model_name: config.name.clone(),
         model_version: config.version.to_string(),
         id: request.id,
         ..Default::default()
     };
-    let logged = summaries.map(|features| {
-        let first = out.outputs.first();
-        let values = first.and_then(|t| t.to_f32().ok()).unwrap_or_default();
-        let per = values.len() / features.len().max(1);
-        let items: Vec<InferredItem> = features
-            .into_iter()
-            .enumerate()
-            .map(|(i, features)| {
-                let scores = values.get(i * per..(i + 1) * per).unwrap_or_default().to_vec();
-                InferredItem {
-                    prediction_id: uuid::Uuid::now_v7().to_string(),
-                    label: label_of(config, &scores),
-                    features,
-                    scores,
-                }
-            })
-            .collect();
-        Logged {
-            items,
-            queue_time_us: out.queue_time.as_micros() as u64,
-            compute_time_us: out.compute_time.as_micros() as u64,
-        }
-    });
+    let logged = summaries.map(|features| Logged::of(config, features, &out));
     if let Some(logged) = &logged {
         let ids: Vec<&str> = logged.items.iter().map(|i| i.prediction_id.as_str()).collect();
         response.parameters.insert(

@@ -34,19 +34,34 @@ pub struct RecordEmitter {
     server_id: String,
 }
 
-/// What a request was, for its record.
-pub struct RequestContext<'a> {
-    pub station_id: &'a str,
-    pub part_id: &'a str,
-    pub request_id: &'a str,
+/// What a request was, for its records.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub station_id: String,
+    pub part_id: String,
+    pub request_id: String,
     pub capture_time: Option<prost_types::Timestamp>,
     pub request_time: SystemTime,
-    pub model_name: &'a str,
+    pub model_name: String,
     /// The API that answered: `inspect`, `model_infer`.
-    pub api: &'a str,
+    pub api: &'static str,
     /// What the version that answered is in its deployment, and the deployment (from the route).
     pub variant: Variant,
-    pub deployment: &'a str,
+    pub deployment: String,
+    /// Shared by every record of the request: the primary's and its shadows'.
+    pub trace_id: String,
+}
+
+impl RequestContext {
+    /// The same request as seen by a shadow version: same trace id, variant `SHADOW`.
+    pub fn for_shadow(&self) -> Self {
+        Self { variant: Variant::Shadow, ..self.clone() }
+    }
+}
+
+/// A new trace id (UUIDv7, time-ordered).
+pub fn new_trace_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// One item of a ModelInfer request, for its record.
@@ -71,7 +86,7 @@ impl RecordEmitter {
     }
 
     /// Records an answered inspection.
-    pub fn inspected(&self, ctx: &RequestContext<'_>, r: &InspectResponse, label: &str, labels: &[String]) {
+    pub fn inspected(&self, ctx: &RequestContext, r: &InspectResponse, label: &str, labels: &[String]) {
         let features = r
             .features
             .as_ref()
@@ -104,13 +119,13 @@ impl RecordEmitter {
             status: RecordStatus::Ok as i32,
             ..self.base(ctx)
         };
-        self.send(ctx.station_id, record);
+        self.send(&ctx.station_id, record);
     }
 
     /// Records each item of an answered ModelInfer request.
     pub fn inferred(
         &self,
-        ctx: &RequestContext<'_>,
+        ctx: &RequestContext,
         model_version: &str,
         labels: &[String],
         items: Vec<InferredItem>,
@@ -134,38 +149,41 @@ impl RecordEmitter {
                 status: RecordStatus::Ok as i32,
                 ..self.base(ctx)
             };
-            self.send(ctx.station_id, record);
+            self.send(&ctx.station_id, record);
         }
     }
 
-    /// Records a refused or failed request: the input counts as missing.
-    pub fn failed(&self, ctx: &RequestContext<'_>, prediction_id: String, status: &tonic::Status) {
+    /// Records a refused or failed request of `model_version` (empty when none was chosen):
+    /// the input counts as missing.
+    pub fn failed(&self, ctx: &RequestContext, model_version: &str, prediction_id: String, status: &tonic::Status) {
         let invalid = status.code() == tonic::Code::InvalidArgument;
         let input = if ctx.api == "inspect" { "image" } else { "inputs" };
         let record = PredictionRecord {
             prediction_id,
             model_name: ctx.model_name.to_string(),
+            model_version: model_version.to_string(),
             features: vec![Feature { name: input.into(), missing: true, ..Default::default() }],
             output: Some(PredictionOutput { is_null: true, ..Default::default() }),
             status: if invalid { RecordStatus::InvalidInput } else { RecordStatus::Error } as i32,
             error: format!("{:?}: {}", status.code(), status.message()),
             ..self.base(ctx)
         };
-        self.send(ctx.station_id, record);
+        self.send(&ctx.station_id, record);
     }
 
-    fn base(&self, ctx: &RequestContext<'_>) -> PredictionRecord {
+    fn base(&self, ctx: &RequestContext) -> PredictionRecord {
         PredictionRecord {
             schema_version: SCHEMA_VERSION,
             request_time: Some(ctx.request_time.into()),
             response_time: Some(SystemTime::now().into()),
             capture_time: ctx.capture_time,
             server_id: self.server_id.clone(),
-            station_id: ctx.station_id.to_string(),
-            part_id: ctx.part_id.to_string(),
-            request_id: ctx.request_id.to_string(),
+            trace_id: ctx.trace_id.clone(),
+            station_id: ctx.station_id.clone(),
+            part_id: ctx.part_id.clone(),
+            request_id: ctx.request_id.clone(),
             variant: ctx.variant as i32,
-            deployment_id: ctx.deployment.to_string(),
+            deployment_id: ctx.deployment.clone(),
             api: ctx.api.to_string(),
             ..Default::default()
         }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use vigil_inference::InferenceError;
 use vigil_inference::image::ImageLimits;
 use vigil_inference::repository::{ModelRepository, RepositoryOptions};
+use vigil_inference::tensor::Tensor;
 use vigil_proto::vigil::v1::{InspectRequest, Variant};
-use vigil_serving::infer::{Route, Router, ShadowRun};
+use vigil_serving::infer::{Route, Router, ShadowObserver, ShadowRun};
 use vigil_serving::{Deployment, DeploymentRouter, Infer, InspectionService, Mode, ShadowLane};
 
 const MODEL: &str = "scratch-detector";
@@ -64,16 +65,20 @@ async fn a_shadow_gets_a_copy_and_the_caller_gets_the_primary() {
     let (_dir, repository) = two_versions();
     let (sender, mut runs) = tokio::sync::mpsc::unbounded_channel::<ShadowRun>();
     let lane = Arc::new(ShadowLane::new(1));
-    let infer = Infer::new(Arc::new(ShadowRouter(repository.clone())))
-        .with_shadows(lane.clone(), Arc::new(move |run| drop(sender.send(run))));
-    let service = InspectionService::new(repository.clone(), MODEL, ImageLimits::default()).with_infer(infer);
-    let answer = service.inspect_one(InspectRequest { image: image(), ..Default::default() }).await.unwrap();
-    assert_eq!(answer.model_version, "1", "the primary answers");
+    let infer = Infer::new(Arc::new(ShadowRouter(repository.clone()))).with_shadow_lane(lane.clone());
+    let route = infer.route(MODEL, "", "").unwrap();
+    let input = Tensor::from_f32(vec![1, 1, 128, 128], &vec![0.25; 128 * 128]);
+    let observer: ShadowObserver = Arc::new(move |run| drop(sender.send(run)));
+    let started = std::time::Instant::now();
+    let answer = infer.run(&route, vec![input], Some(observer)).await;
+    infer.account(&route, started, &answer);
+    let answer = answer.unwrap();
+    assert_eq!(answer.model.config.version, 1, "the primary answers");
     let run = tokio::time::timeout(Duration::from_secs(10), runs.recv()).await.unwrap().unwrap();
-    assert_eq!(run.model.config.version, 2);
-    assert_eq!((run.route_variant, run.deployment.as_str()), (Variant::Canary, "d-1"));
+    assert_eq!((run.model.config.version, run.deployment.as_str()), (2, "d-1"));
     let shadow_score = run.result.unwrap().outputs[0].to_f32().unwrap()[0];
-    assert_eq!(shadow_score, answer.defect_probability, "the same weights saw the same input");
+    let primary_score = answer.output.outputs[0].to_f32().unwrap()[0];
+    assert_eq!(shadow_score, primary_score, "the same weights saw the same input");
     assert_eq!((lane.started(), lane.skipped()), (1, 0));
     // Statistics: the primary counts the request as a success; the shadow's version only ran it.
     let stats = |v: &str| repository.get(MODEL, v).unwrap().stats.success.get().0;
@@ -84,8 +89,7 @@ async fn a_shadow_gets_a_copy_and_the_caller_gets_the_primary() {
 async fn a_full_shadow_lane_skips_the_copy_not_the_request() {
     let (_dir, repository) = two_versions();
     let lane = Arc::new(ShadowLane::new(0));
-    let infer = Infer::new(Arc::new(ShadowRouter(repository.clone())))
-        .with_shadows(lane.clone(), Arc::new(|_| panic!("no shadow may run")));
+    let infer = Infer::new(Arc::new(ShadowRouter(repository.clone()))).with_shadow_lane(lane.clone());
     let service = InspectionService::new(repository, MODEL, ImageLimits::default()).with_infer(infer);
     for _ in 0..3 {
         let answer = service.inspect_one(InspectRequest { image: image(), ..Default::default() }).await.unwrap();
