@@ -377,6 +377,9 @@ function buildPanels(d) {
       histHead('Score distribution'), chart('hist-score', 120, (svg) => histogram(svg, pred, { empty: histNote }))),
     accuracyPanel(d, base, chart),
   ];
+  // Shadow versions: how often each answers as the primary did, when any ran in shadow.
+  const shadows = d.shadow_agreement || [];
+  if (shadows.length) quality.push(agreementPanel(shadows, base, chart));
   // User feedback per prediction (speech: redo-search, switch-to-typing, click-through), when any.
   const kinds = [...new Set(w.flatMap((x) => Object.keys(x.feedback || {})))].sort();
   if (kinds.length) {
@@ -440,6 +443,22 @@ function accuracyPanel(d, base, chart) {
   return panel(`Accuracy${cov}`, { aside: acc.length ? legend(series) : null },
     chart('accuracy', 300, (svg) => lineChart(svg, series, { ...base, gapMs: null, max: 1, fmt: fmtPct, extra,
       empty: 'No labels yet: accuracy appears once ground-truth labels arrive.' })));
+}
+
+function agreementPanel(rows, base, chart) {
+  const versions = [...new Set(rows.map((r) => r.shadow_version))].sort();
+  const series = versions.map((v, i) => ({
+    name: `shadow v${v}`, color: colorFor(`shadow-${v}`, i),
+    points: rows.filter((r) => r.shadow_version === v && r.compared > 0).map((r) => [ms(r.start), r.agreed / r.compared]).sort((a, b) => a[0] - b[0]),
+  }));
+  const totals = versions.map((v) => {
+    const mine = rows.filter((r) => r.shadow_version === v);
+    const compared = sum(mine.map((r) => r.compared)), agreed = sum(mine.map((r) => r.agreed)), failed = sum(mine.map((r) => r.shadow_failed));
+    return h('span', { class: 'muted', 'data-shadow-version': v }, `v${v}: ${fmtPct(compared ? agreed / compared : 0)} of ${fmtNum(compared)} agree · ${fmtNum(failed)} failed`);
+  });
+  return panel('Shadow agreement with the primary', { aside: legend(series) },
+    h('div', { class: 'agreement-totals' }, totals),
+    chart('shadow-agreement', 200, (svg) => lineChart(svg, series, { ...base, gapMs: null, max: 1, zero: true, fmt: fmtPct })));
 }
 
 // ---------- rendering and data flow ----------

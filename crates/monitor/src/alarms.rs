@@ -22,7 +22,8 @@ use crate::views::{Baseline, DriftReport, Scope, ViewError, Views};
 /// a kind per prediction, e.g. `redo_search`, `switch_to_typing`, `click`), `feature.<name>.mean`,
 /// `feature.<name>.missing_rate`, `drift.<feature|score>` (the test statistic),
 /// `drift.<feature|score>.detected` (1 or 0), `drift.dataset_share`, `accuracy`, `precision`,
-/// `recall`, `label_coverage`.
+/// `recall`, `label_coverage`, `shadow.agreement` (the share of shadow answers with the
+/// primary's label; a failed shadow run disagrees).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Metric {
     Requests,
@@ -44,6 +45,7 @@ pub enum Metric {
     Precision,
     Recall,
     LabelCoverage,
+    ShadowAgreement,
 }
 
 impl FromStr for Metric {
@@ -63,6 +65,7 @@ impl FromStr for Metric {
             ["recall"] => Self::Recall,
             ["label_coverage"] => Self::LabelCoverage,
             ["drift", "dataset_share"] => Self::DatasetDriftShare,
+            ["shadow", "agreement"] => Self::ShadowAgreement,
             ["verdict", v, "rate"] => Self::VerdictRate(
                 Verdict::from_str_name(&format!("VERDICT_{}", v.to_uppercase()))
                     .ok_or_else(|| format!("unknown verdict '{v}' in metric '{s}' (ok, defect)"))?
@@ -84,7 +87,7 @@ impl FromStr for Metric {
                      latency_p99_ms, score_mean, verdict.<v>.rate, decision.<d>.rate, feedback.<kind>.rate, \
                      feature.<f>.mean, \
                      feature.<f>.missing_rate, drift.<f>, drift.<f>.detected, drift.dataset_share, accuracy, \
-                     precision, recall or label_coverage"
+                     precision, recall, label_coverage or shadow.agreement"
                 ));
             }
         };
@@ -252,6 +255,12 @@ async fn evaluate_with<S: MonitorStore>(
                 Metric::Recall => weighted(&|w| w.recall),
                 _ => (views.total(&scope, since, now).await?.count > 0).then_some(coverage),
             }
+        }
+        Metric::ShadowAgreement => {
+            let res = views.resolution(since, now, 0, 1)?;
+            let windows = views.shadow_agreement(&scope, since, now, res).await?;
+            let compared: u64 = windows.iter().map(|w| w.compared).sum();
+            rate(windows.iter().map(|w| w.agreed).sum(), compared)
         }
         Metric::FeedbackRate(kind) => {
             let t = views.total(&scope, since, now).await?;

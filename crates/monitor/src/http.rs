@@ -122,6 +122,10 @@ async fn dashboard<S: MonitorStore>(
         Ok(a) => a,
         Err(e) => return view_error(e),
     };
+    let agreement = match views.shadow_agreement(&scope, since, until, res).await {
+        Ok(a) => a,
+        Err(e) => return view_error(e),
+    };
     let alerts = match views.store.load_alerts().await {
         Ok(a) => a,
         Err(e) => return view_error(e.into()),
@@ -137,7 +141,8 @@ async fn dashboard<S: MonitorStore>(
     Json(json!({
         "model": model, "version": version.unwrap_or_default(),
         "from": since.to_rfc3339(), "to": until.to_rfc3339(), "resolution_s": res,
-        "windows": windows, "drift": drift, "accuracy": accuracy, "label_coverage": coverage, "alerts": alerts,
+        "windows": windows, "drift": drift, "accuracy": accuracy, "label_coverage": coverage,
+        "shadow_agreement": agreement, "alerts": alerts,
     }))
     .into_response()
 }

@@ -88,6 +88,19 @@ pub struct AccuracyWindow {
     pub label_lag_s: f64,
 }
 
+/// Agreement of one shadow version with the primary over one window.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AgreementWindow {
+    pub start: DateTime<Utc>,
+    pub shadow_version: String,
+    /// Shadow answers paired with a primary answer to the same item.
+    pub compared: u64,
+    /// Of those, answers with the primary's label.
+    pub agreed: u64,
+    /// Of those, shadow runs that failed (counted as disagreement).
+    pub shadow_failed: u64,
+}
+
 /// The monitor's read side over a store.
 #[derive(Clone)]
 pub struct Views<S> {
@@ -333,6 +346,35 @@ impl<S: MonitorStore> Views<S> {
         let total = self.total(scope, since, until).await?.count;
         let coverage = if total > 0 { labeled.len() as f64 / total as f64 } else { 0.0 };
         Ok((windows, coverage))
+    }
+
+    /// Agreement of each shadow version with the primary, by window of `resolution_s` (the
+    /// scope's version, when given, selects the shadow version).
+    pub async fn shadow_agreement(
+        &self,
+        scope: &Scope,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        resolution_s: u32,
+    ) -> Result<Vec<AgreementWindow>, ViewError> {
+        let mut per: BTreeMap<(DateTime<Utc>, String), AgreementWindow> = BTreeMap::new();
+        for c in self.store.shadow_comparisons(&scope.model, since, until).await? {
+            if scope.version.as_ref().is_some_and(|v| *v != c.shadow_version) {
+                continue;
+            }
+            let start = window_start(c.time, resolution_s);
+            let w = per.entry((start, c.shadow_version.clone())).or_insert_with(|| AgreementWindow {
+                start,
+                shadow_version: c.shadow_version,
+                compared: 0,
+                agreed: 0,
+                shadow_failed: 0,
+            });
+            w.compared += 1;
+            w.agreed += u64::from(c.agreed);
+            w.shadow_failed += u64::from(!c.shadow_ok);
+        }
+        Ok(per.into_values().collect())
     }
 
     /// Feedback events by window of `resolution_s` and kind, on the scope's predictions.

@@ -334,3 +334,80 @@ async fn metrics_drift_labels_and_dashboard_over_the_wire() {
     let _ = m.stop.send(());
     m.task.await.unwrap().unwrap();
 }
+
+/// Shadow agreement, computed by the monitor from logged predictions paired by trace id: in the
+/// dashboard's JSON per shadow version, and as the `shadow.agreement` alarm metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_agreement_in_the_dashboard_and_as_an_alarm_metric() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    // 40 requests in the last 10 minutes; version 2 shadows each: 30 agree, 5 answer the other
+    // label, 5 fail. Version 3 shadows the first 10 and agrees with all.
+    let mut rows = Vec::new();
+    for i in 0..40 {
+        let t = now - chrono::Duration::seconds(600 - i * 10);
+        let trace = format!("trace-{i}");
+        let primary_label = if i % 2 == 0 { "ok" } else { "defect" };
+        let other_label = if i % 2 == 0 { "defect" } else { "ok" };
+        let at = |version: &str, variant: i16, label: &str, status: i16| PredictionRow {
+            trace_id: trace.clone(),
+            model_version: version.into(),
+            variant,
+            output: serde_json::json!({ "label": label }),
+            status,
+            ..prediction(t, 0.5, serde_json::json!({}))
+        };
+        rows.push(at("1", 1, primary_label, 1));
+        rows.push(match i {
+            0..30 => at("2", 3, primary_label, 1),
+            30..35 => at("2", 3, other_label, 1),
+            _ => at("2", 3, "", 3),
+        });
+        if i < 10 {
+            rows.push(at("3", 3, primary_label, 1));
+        }
+    }
+    store.insert_batch(&rows, &[]).await.unwrap();
+    let m = start(&db.url()).await;
+    let json: serde_json::Value = reqwest::get(format!("{}/api/dashboard?model=scratch-detector&range=3600", m.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut totals: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for w in json["shadow_agreement"].as_array().unwrap() {
+        let t = totals.entry(w["shadow_version"].as_str().unwrap().to_string()).or_default();
+        t.0 += w["compared"].as_u64().unwrap();
+        t.1 += w["agreed"].as_u64().unwrap();
+        t.2 += w["shadow_failed"].as_u64().unwrap();
+    }
+    assert_eq!(totals, BTreeMap::from([("2".to_string(), (40, 30, 5)), ("3".to_string(), (10, 10, 0))]));
+
+    let views =
+        vigil_monitor::Views::new(store.clone(), Default::default(), std::sync::Arc::new(MonitorConfig::default()));
+    let rule = |metric: &str| vigil_monitor::config::Rule {
+        name: "agreement".into(),
+        metric_name: metric.into(),
+        metric: metric.parse().unwrap(),
+        model: None,
+        variant: None,
+        window: Duration::from_secs(3600),
+        comparator: vigil_monitor::alarms::Comparator::Lt,
+        threshold: 0.9,
+        for_duration: Duration::ZERO,
+        severity: "warning".into(),
+        baseline: vigil_monitor::views::Baseline::Training,
+    };
+    let value = vigil_monitor::alarms::evaluate(&views, &rule("shadow.agreement"), "scratch-detector", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(value, Some(40.0 / 50.0), "both shadow versions together: 40 of 50 agree");
+    let none = vigil_monitor::alarms::evaluate(&views, &rule("shadow.agreement"), "other", Utc::now()).await.unwrap();
+    assert_eq!(none, None, "no shadow ran: nothing to measure");
+
+    let _ = m.stop.send(());
+    m.task.await.unwrap().unwrap();
+}

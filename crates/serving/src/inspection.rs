@@ -131,7 +131,7 @@ impl InspectionService {
         let ids = Ids { station_id, part_id, request_id };
         let on_shadow = match (&self.records, ctx) {
             (Some(records), Some(ctx)) if !route.shadows.is_empty() => {
-                Some(shadow_recorder(records.clone(), ctx.for_shadow(), features.clone(), ids.clone()))
+                Some(shadow_recorder(records.clone(), ctx.for_shadow(), features, ids.clone()))
             }
             _ => None,
         };
@@ -213,7 +213,7 @@ fn shadow_recorder(records: RecordEmitter, ctx: RequestContext, features: ImageF
         let config = &run.model.config;
         let mut ctx = ctx.clone();
         ctx.deployment = run.deployment.clone();
-        let result = run.result.map_err(to_status).and_then(|out| answer(config, &out, features.clone(), ids.clone()));
+        let result = run.result.map_err(to_status).and_then(|out| answer(config, &out, features, ids.clone()));
         record(&records, &ctx, config, &result);
     })
 }

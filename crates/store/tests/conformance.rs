@@ -241,6 +241,87 @@ async fn postgres_labeled_predictions_conform() {
     labeled_predictions_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
 
+/// Shadows paired with their primaries by trace id and item rank, the same on both stores.
+async fn shadow_comparisons_conform<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    // (trace, variant, version, label, status, minutes ago, model); ids are made in this order,
+    // so within a trace and variant the items rank in the order listed.
+    let spec: [(&str, i16, &str, &str, i16, i64, &str); 14] = [
+        ("a", 1, "1", "ok", 1, 5, "scratch-detector"),
+        ("a", 3, "2", "ok", 1, 5, "scratch-detector"),
+        // A request of two items: the shadow agrees on the first only.
+        ("b", 1, "1", "ok", 1, 4, "scratch-detector"),
+        ("b", 1, "1", "defect", 1, 4, "scratch-detector"),
+        ("b", 3, "2", "ok", 1, 4, "scratch-detector"),
+        ("b", 3, "2", "ok", 1, 4, "scratch-detector"),
+        // The shadow failed: compared, not agreed.
+        ("c", 1, "1", "ok", 1, 3, "scratch-detector"),
+        ("c", 3, "2", "", 3, 3, "scratch-detector"),
+        // The primary failed: nothing to compare with.
+        ("d", 1, "1", "", 3, 3, "scratch-detector"),
+        ("d", 3, "2", "ok", 1, 3, "scratch-detector"),
+        // Two shadow versions on one request, each paired with the primary.
+        ("f", 2, "1", "defect", 1, 2, "scratch-detector"),
+        ("f", 3, "2", "defect", 1, 2, "scratch-detector"),
+        ("f", 3, "3", "ok", 1, 2, "scratch-detector"),
+        // Another model's shadow.
+        ("g", 3, "2", "ok", 1, 2, "other"),
+    ];
+    let mut rows: Vec<PredictionRow> = spec
+        .iter()
+        .map(|(trace, variant, version, label, status, minutes_ago, model)| PredictionRow {
+            trace_id: trace.to_string(),
+            variant: *variant,
+            model_version: version.to_string(),
+            model_name: model.to_string(),
+            output: serde_json::json!({ "label": label }),
+            status: *status,
+            ..prediction(now - Duration::minutes(*minutes_ago), 0.5, serde_json::json!({}))
+        })
+        .collect();
+    // An old shadow of trace "a", outside the window read below.
+    rows.push(PredictionRow {
+        trace_id: "a".into(),
+        variant: 3,
+        model_version: "9".into(),
+        ..prediction(now - Duration::hours(3), 0.5, serde_json::json!({}))
+    });
+    // Stored in reverse: the rank comes from the ids, not from the order of insertion.
+    rows.reverse();
+    store.insert_batch(&rows, &[]).await.unwrap();
+    let mut got: Vec<(String, bool, bool)> = store
+        .shadow_comparisons("scratch-detector", now - Duration::hours(1), now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.shadow_version, c.shadow_ok, c.agreed))
+        .collect();
+    got.sort();
+    let want = [
+        ("2", false, false), // c: failed
+        ("2", true, false),  // b, second item
+        ("2", true, true),   // a
+        ("2", true, true),   // b, first item
+        ("2", true, true),   // f
+        ("3", true, false),  // f
+    ];
+    let want: Vec<(String, bool, bool)> = want.iter().map(|(v, ok, agreed)| (v.to_string(), *ok, *agreed)).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn sqlite_shadow_comparisons_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    shadow_comparisons_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_shadow_comparisons_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    shadow_comparisons_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}
+
 /// Alarm states, transitions and their delivery, the same on both stores.
 async fn alerts_conform<S: PredictionStore + vigil_store::AlertStore>(store: S) {
     use vigil_store::monitoring::{AlertRow, Delivery};

@@ -93,6 +93,19 @@ pub struct LabeledPrediction {
     pub label_time: DateTime<Utc>,
 }
 
+/// A shadow's answer beside the primary's answer to the same item (same trace id, same place
+/// in the request).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ShadowComparison {
+    /// When the shadow answered.
+    pub time: DateTime<Utc>,
+    pub shadow_version: String,
+    /// Whether the shadow answered at all (its record's status is OK).
+    pub shadow_ok: bool,
+    /// Whether both answered with the same label.
+    pub agreed: bool,
+}
+
 /// What label validation needs to know of a logged prediction.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PredictionRef {
@@ -239,6 +252,16 @@ pub trait OutcomeStore: Clone + Send + Sync + 'static {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<(DateTime<Utc>, String)>, sqlx::Error>> + Send;
+    /// Each shadow prediction of a model in [since, until) paired with the primary's answer to
+    /// the same item: same trace id, and the same rank among the request's items (prediction
+    /// ids are time-ordered UUIDv7, made in item order). Shadows whose primary failed or is
+    /// not logged are left out.
+    fn shadow_comparisons(
+        &self,
+        model_name: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<ShadowComparison>, sqlx::Error>> + Send;
     /// The logged predictions among `ids` (unknown ids are absent).
     fn prediction_refs(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<PredictionRef>, sqlx::Error>> + Send;
 }

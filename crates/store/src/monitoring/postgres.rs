@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use super::{
     AlertEvent, AlertRow, AlertStore, Delivery, LabeledPrediction, Lease, LeaseStore, MergeFn, OutcomeStore,
-    PredictionRef, RollupBatch, RollupInput, RollupKey, RollupQuery, RollupStore, StoredRollup, bind_alert,
+    PredictionRef, RollupBatch, RollupInput, RollupKey, RollupQuery, RollupStore, ShadowComparison, StoredRollup,
+    bind_alert,
 };
 use crate::PgStore;
 
@@ -191,6 +192,15 @@ impl RollupStore for PgStore {
 }
 
 impl OutcomeStore for PgStore {
+    async fn shadow_comparisons(
+        &self,
+        model_name: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<ShadowComparison>, sqlx::Error> {
+        sqlx::query_as(SHADOW_COMPARISONS_PG).bind(model_name).bind(since).bind(until).fetch_all(self.pool()).await
+    }
+
     async fn labeled_predictions(
         &self,
         model_name: &str,
@@ -352,3 +362,15 @@ fn key_columns(deltas: &[StoredRollup]) -> KeyColumns {
     }
     cols
 }
+
+/// Shadow predictions ($1 model, [$2, $3)) paired with the primary's by trace id and item rank.
+const SHADOW_COMPARISONS_PG: &str = "\
+    WITH s AS (SELECT trace_id, model_version, time, status, coalesce(output->>'label', '') AS label, \
+                 row_number() OVER (PARTITION BY trace_id, model_version ORDER BY prediction_id) AS item \
+               FROM predictions WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3), \
+         p AS (SELECT trace_id, status, coalesce(output->>'label', '') AS label, \
+                 row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
+               FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)) \
+    SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
+           (s.status = 1 AND s.label = p.label) AS agreed \
+    FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1";

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{
     AlertEvent, AlertRow, AlertStore, Delivery, LabeledPrediction, Lease, LeaseStore, MergeFn, OutcomeStore,
-    PredictionRef, RollupBatch, RollupInput, RollupQuery, RollupStore, StoredRollup, bind_alert,
+    PredictionRef, RollupBatch, RollupInput, RollupQuery, RollupStore, ShadowComparison, StoredRollup, bind_alert,
 };
 use crate::SqliteStore;
 
@@ -120,6 +120,15 @@ impl RollupStore for SqliteStore {
 }
 
 impl OutcomeStore for SqliteStore {
+    async fn shadow_comparisons(
+        &self,
+        model_name: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<ShadowComparison>, sqlx::Error> {
+        sqlx::query_as(SHADOW_COMPARISONS_SQLITE).bind(model_name).bind(since).bind(until).fetch_all(self.pool()).await
+    }
+
     async fn labeled_predictions(
         &self,
         model_name: &str,
@@ -269,3 +278,15 @@ struct RowWithId {
     #[sqlx(flatten)]
     input: RollupInput,
 }
+
+/// Shadow predictions ($1 model, [$2, $3)) paired with the primary's by trace id and item rank.
+const SHADOW_COMPARISONS_SQLITE: &str = "\
+    WITH s AS (SELECT trace_id, model_version, time, status, coalesce(json_extract(output, '$.label'), '') AS label, \
+                 row_number() OVER (PARTITION BY trace_id, model_version ORDER BY prediction_id) AS item \
+               FROM predictions WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3), \
+         p AS (SELECT trace_id, status, coalesce(json_extract(output, '$.label'), '') AS label, \
+                 row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
+               FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)) \
+    SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
+           (s.status = 1 AND s.label = p.label) AS agreed \
+    FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1";
