@@ -119,6 +119,9 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore>(store: S,
         share,
         updated_by: actor.clone(),
         updated_at: chrono::Utc::now(),
+        policy: "partial".into(),
+        accept_below: None,
+        reject_at: None,
     };
     let next = match args.command {
         DeployCommand::Status { model } => {

@@ -43,6 +43,9 @@ fn deployment(id: &str, primary: &str, candidate: Option<&str>, mode: &str, shar
         share,
         updated_by: "ben".into(),
         updated_at: chrono::Utc::now(),
+        policy: "partial".into(),
+        accept_below: None,
+        reject_at: None,
     }
 }
 

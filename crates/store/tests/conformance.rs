@@ -567,6 +567,9 @@ async fn deployments_conform<S: PredictionStore + vigil_store::RegistryStore + v
         share,
         updated_by: "ben".into(),
         updated_at: at,
+        policy: "partial".into(),
+        accept_below: None,
+        reject_at: None,
     };
     let change = Change { actor: "ben", reason: "weekly rollout", at };
     assert!(store.deployments().await.unwrap().is_empty());
@@ -576,6 +579,32 @@ async fn deployments_conform<S: PredictionStore + vigil_store::RegistryStore + v
     store.set_deployment(&deployment("d1", "1", Some("2"), "canary", 0.05), &change).await.unwrap();
     store.set_deployment(&deployment("d2", "2", Some("1"), "single", 0.0), &change).await.unwrap();
     assert_eq!(store.deployments().await.unwrap(), [deployment("d2", "2", Some("1"), "single", 0.0)]);
+    // Bad policies and bands are refused in words, nothing changed.
+    for (policy, band, expected) in [
+        ("autopilot", None, "unknown policy 'autopilot'"),
+        ("partial", Some((0.3, 1.2)), "must lie in 0-1"),
+        ("partial", Some((0.8, 0.2)), "accept_below <= reject_at"),
+    ] {
+        let bad = DeploymentRow {
+            policy: policy.into(),
+            accept_below: band.map(|b: (f64, f64)| b.0),
+            reject_at: band.map(|b| b.1),
+            ..deployment("d9", "2", Some("1"), "single", 0.0)
+        };
+        let e = store.set_deployment(&bad, &change).await.unwrap_err();
+        assert!(matches!(e, RegistryError::Invalid(_)) && e.to_string().contains(expected), "{e}");
+    }
+    let bad_share = store.set_deployment(&deployment("d9", "1", Some("2"), "canary", 1.5), &change).await.unwrap_err();
+    assert!(bad_share.to_string().contains("outside 0-100%"), "{bad_share}");
+    assert_eq!(store.deployments().await.unwrap(), [deployment("d2", "2", Some("1"), "single", 0.0)]);
+    let assisted = DeploymentRow {
+        policy: "partial".into(),
+        accept_below: Some(0.1),
+        reject_at: Some(0.9),
+        ..deployment("d3", "2", Some("1"), "single", 0.0)
+    };
+    store.set_deployment(&assisted, &change).await.unwrap();
+    assert_eq!(store.deployments().await.unwrap(), [assisted]);
     let deploys: Vec<(String, String, String)> = store
         .audit_events(10)
         .await
@@ -587,8 +616,17 @@ async fn deployments_conform<S: PredictionStore + vigil_store::RegistryStore + v
     assert_eq!(
         deploys,
         [
-            ("scratch-detector (d2)".into(), "primary 1, canary 2 at 5%".into(), "primary 2 (rollback to 1)".into()),
-            ("scratch-detector (d1)".into(), String::new(), "primary 1, canary 2 at 5%".into()),
+            (
+                "scratch-detector (d3)".into(),
+                "primary 2 (rollback to 1); policy partial".into(),
+                "primary 2 (rollback to 1); policy partial (review band [0.1, 0.9))".into()
+            ),
+            (
+                "scratch-detector (d2)".into(),
+                "primary 1, canary 2 at 5%; policy partial".into(),
+                "primary 2 (rollback to 1); policy partial".into()
+            ),
+            ("scratch-detector (d1)".into(), String::new(), "primary 1, canary 2 at 5%; policy partial".into()),
         ]
     );
 }
@@ -603,4 +641,98 @@ async fn sqlite_deployments_conform() {
 async fn postgres_deployments_conform() {
     let db = vigil_store::testing::TestDatabase::create();
     deployments_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}
+
+/// The review queue, the same on both stores: each item queued once, claimed by one reviewer
+/// at a time, decided once, the decision stored as a label.
+async fn reviews_conform<S: PredictionStore + vigil_store::ReviewStore + vigil_store::OutcomeStore>(store: S) {
+    use vigil_store::{ReviewError, ReviewItem, ReviewStats};
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let rows: Vec<PredictionRow> = (0..3).map(|i| row(i, 10 - i as i64)).collect();
+    store.insert_batch(&rows, &[]).await.unwrap();
+    let item = |r: &PredictionRow, suggestion: Option<&str>| ReviewItem {
+        prediction_id: r.prediction_id,
+        created_at: r.time,
+        model_name: r.model_name.clone(),
+        model_version: r.model_version.clone(),
+        variant: r.variant,
+        station_id: r.station_id.clone(),
+        part_id: r.part_id.clone(),
+        policy: "partial".into(),
+        reason: "score in the review band".into(),
+        suggestion: suggestion.map(Into::into),
+        score: suggestion.map(|_| 0.4),
+        content_type: "image/png".into(),
+        input: Some(vec![0x89, b'P', b'N', b'G', 0, 1, 2]),
+        claimed_by: None,
+        claimed_until: None,
+        decided_by: None,
+        decision: None,
+        decided_at: None,
+    };
+    let items = [item(&rows[0], Some("ok")), item(&rows[1], None), item(&rows[2], Some("ok"))];
+    assert_eq!(store.enqueue_reviews(&items).await.unwrap(), 3);
+    assert_eq!(store.enqueue_reviews(&items).await.unwrap(), 0, "queued once, whatever the redeliveries");
+    let stored = store.review_item(rows[0].prediction_id).await.unwrap().unwrap();
+    // Postgres keeps microseconds.
+    assert_eq!(stored.created_at.timestamp_micros(), items[0].created_at.timestamp_micros());
+    assert_eq!(ReviewItem { created_at: items[0].created_at, ..stored }, items[0], "stored as given");
+    let lease = Duration::minutes(5);
+
+    // Oldest first; a claimed item is not handed to another reviewer; one's own claim comes back.
+    let anna = store.claim_review("anna", None, lease, now).await.unwrap().unwrap();
+    assert_eq!(anna.prediction_id, rows[0].prediction_id);
+    assert_eq!(anna.claimed_by.as_deref(), Some("anna"));
+    let ben = store.claim_review("ben", None, lease, now).await.unwrap().unwrap();
+    assert_eq!(ben.prediction_id, rows[1].prediction_id);
+    assert_eq!(store.claim_review("anna", None, lease, now).await.unwrap().unwrap().prediction_id, anna.prediction_id);
+    assert!(store.claim_review("carl", Some("other"), lease, now).await.unwrap().is_none(), "no item of that model");
+    let stats = store.review_stats(Some("scratch-detector"), now).await.unwrap();
+    assert_eq!((stats.open, stats.claimed, stats.decided), (3, 2, 0));
+    assert_eq!(stats.oldest_open.map(|t| t.timestamp_micros()), Some(rows[0].time.timestamp_micros()));
+
+    // Ben may not decide Anna's claimed item; Anna may; then nobody may decide it again.
+    let refused = store.submit_review(anna.prediction_id, "ben", "defect", now).await.unwrap_err();
+    assert!(matches!(refused, ReviewError::ClaimedByOther { ref by, .. } if by == "anna"), "{refused}");
+    store.submit_review(anna.prediction_id, "anna", "defect", now).await.unwrap();
+    let twice = store.submit_review(anna.prediction_id, "anna", "ok", now).await.unwrap_err();
+    assert!(matches!(twice, ReviewError::AlreadyDecided { ref decision, .. } if decision == "defect"), "{twice}");
+    assert!(matches!(
+        store.submit_review(Uuid::now_v7(), "anna", "ok", now).await.unwrap_err(),
+        ReviewError::NotFound(_)
+    ));
+    assert!(matches!(store.submit_review(ben.prediction_id, "ben", " ", now).await, Err(ReviewError::EmptyDecision)));
+    // A lapsed claim lets another reviewer take the item over.
+    let later = now + Duration::minutes(6);
+    let carl = store.claim_review("carl", None, lease, later).await.unwrap().unwrap();
+    assert_eq!(carl.prediction_id, ben.prediction_id, "ben's claim lapsed: the oldest open item");
+    store.submit_review(carl.prediction_id, "carl", "ok", later).await.unwrap();
+    let stats: ReviewStats = store.review_stats(None, later).await.unwrap();
+    assert_eq!((stats.open, stats.claimed, stats.decided), (1, 0, 2));
+
+    // Decisions are labels, with the reviewer as source, and sit beside the model's labels.
+    let labeled =
+        store.labeled_predictions("scratch-detector", None, None, now - Duration::hours(1), later).await.unwrap();
+    let mut actual: Vec<String> = labeled.iter().map(|l| l.actual.clone()).collect();
+    actual.sort();
+    assert_eq!(actual, ["defect", "ok"]);
+    let reviewed = store
+        .reviewed_predictions("scratch-detector", now - Duration::hours(1), later + Duration::seconds(1))
+        .await
+        .unwrap();
+    let pairs: Vec<(String, String)> = reviewed.iter().map(|r| (r.predicted.clone(), r.decision.clone())).collect();
+    assert_eq!(pairs, [("ok".to_string(), "defect".to_string()), ("ok".to_string(), "ok".to_string())]);
+}
+
+#[tokio::test]
+async fn sqlite_reviews_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    reviews_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_reviews_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    reviews_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }

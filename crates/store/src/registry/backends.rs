@@ -150,6 +150,7 @@ macro_rules! registry_backend {
             }
 
             async fn set_deployment(&self, row: &DeploymentRow, change: &Change<'_>) -> Result<(), RegistryError> {
+                row.validate().map_err(RegistryError::Invalid)?;
                 let mut tx = self.pool().begin().await?;
                 for version in std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref()) {
                     let known: Option<String> =
@@ -171,9 +172,10 @@ macro_rules! registry_backend {
                         .fetch_optional(&mut *tx)
                         .await?;
                 sqlx::query(&format!(
-                    "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                    "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                      ON CONFLICT (model_name) DO UPDATE SET deployment_id = $2, primary_version = $3, \
-                     candidate_version = $4, mode = $5, share = $6, updated_by = $7, updated_at = $8"
+                     candidate_version = $4, mode = $5, share = $6, updated_by = $7, updated_at = $8, \
+                     policy = $9, accept_below = $10, reject_at = $11"
                 ))
                 .bind(&row.model_name)
                 .bind(&row.deployment_id)
@@ -183,6 +185,9 @@ macro_rules! registry_backend {
                 .bind(row.share)
                 .bind(&row.updated_by)
                 .bind(row.updated_at)
+                .bind(&row.policy)
+                .bind(row.accept_below)
+                .bind(row.reject_at)
                 .execute(&mut *tx)
                 .await?;
                 let from = before.map(|b| b.describe()).unwrap_or_default();

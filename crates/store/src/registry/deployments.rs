@@ -23,18 +23,56 @@ pub struct DeploymentRow {
     pub share: f64,
     pub updated_by: String,
     pub updated_at: DateTime<Utc>,
+    /// Who decides each item: one of [`POLICIES`].
+    pub policy: String,
+    /// The review band `[accept_below, reject_at)` of `partial`, overriding the model card's
+    /// thresholds; both or neither.
+    pub accept_below: Option<f64>,
+    pub reject_at: Option<f64>,
 }
 
+/// The degrees of automation, from none to full.
+pub const POLICIES: [&str; 5] = ["human_only", "shadow", "assist", "partial", "full"];
+
+/// The deployment modes.
+pub const MODES: [&str; 3] = ["single", "shadow", "canary"];
+
 impl DeploymentRow {
-    /// One line for people and the audit log: `primary 1, canary 2 at 5%`.
+    /// One line for people and the audit log: `primary 1, canary 2 at 5%; policy partial`.
     pub fn describe(&self) -> String {
-        match (self.mode.as_str(), &self.candidate_version) {
+        let traffic = match (self.mode.as_str(), &self.candidate_version) {
             ("single", Some(c)) => format!("primary {} (rollback to {c})", self.primary_version),
             ("single", None) | (_, None) => format!("primary {}", self.primary_version),
             // Shares are set in steps of 0.1%.
             (mode, Some(c)) => {
                 format!("primary {}, {mode} {c} at {}%", self.primary_version, (self.share * 1000.0).round() / 10.0)
             }
+        };
+        match (self.accept_below, self.reject_at) {
+            (Some(a), Some(r)) => format!("{traffic}; policy {} (review band [{a}, {r}))", self.policy),
+            _ => format!("{traffic}; policy {}", self.policy),
+        }
+    }
+
+    /// Checks what the table's constraints would refuse, in words that name the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !MODES.contains(&self.mode.as_str()) {
+            return Err(format!("unknown mode '{}'; use one of {}", self.mode, MODES.join(", ")));
+        }
+        if !(0.0..=1.0).contains(&self.share) {
+            return Err(format!("share {} is outside 0-100%", self.share * 100.0));
+        }
+        if self.mode != "single" && self.candidate_version.is_none() {
+            return Err(format!("a {} deployment needs a candidate version", self.mode));
+        }
+        if !POLICIES.contains(&self.policy.as_str()) {
+            return Err(format!("unknown policy '{}'; use one of {}", self.policy, POLICIES.join(", ")));
+        }
+        match (self.accept_below, self.reject_at) {
+            (None, None) => Ok(()),
+            (Some(a), Some(r)) if (0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&r) && a <= r => Ok(()),
+            (Some(a), Some(r)) => Err(format!("review band [{a}, {r}) must lie in 0-1 with accept_below <= reject_at")),
+            _ => Err("give both accept_below and reject_at, or neither".into()),
         }
     }
 }
@@ -44,7 +82,8 @@ pub trait DeploymentStore: Clone + Send + Sync + 'static {
     /// Every deployment, by model.
     fn deployments(&self) -> impl Future<Output = Result<Vec<DeploymentRow>, sqlx::Error>> + Send;
     /// Replaces a model's deployment, with an audit event (`deploy`, from the old description
-    /// to the new, by `change`). Refused when a named version is not registered.
+    /// to the new, by `change`). Refused, with nothing changed, when a named version is not
+    /// registered or the row is not valid ([`DeploymentRow::validate`]).
     fn set_deployment(
         &self,
         row: &DeploymentRow,
@@ -53,5 +92,5 @@ pub trait DeploymentStore: Clone + Send + Sync + 'static {
 }
 
 /// The columns of `deployments`, in table order.
-pub(super) const COLUMNS: &str =
-    "model_name, deployment_id, primary_version, candidate_version, mode, share, updated_by, updated_at";
+pub(super) const COLUMNS: &str = "model_name, deployment_id, primary_version, candidate_version, mode, share, \
+     updated_by, updated_at, policy, accept_below, reject_at";

@@ -89,6 +89,8 @@ pub enum RegistryError {
     Conflict { model: String, version: String, existing: String },
     #[error("{model} version {version} is not registered (see `vigil model list`)")]
     NotFound { model: String, version: String },
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
