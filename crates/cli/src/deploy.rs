@@ -1,7 +1,8 @@
 //! `vigil deploy`: what each model serves. Shadow a candidate, send it a canary share of the
 //! routing keys, switch all traffic to a version (blue-green; the previous one is kept to roll
 //! back to), roll back, and show the state. Servers following the store pick changes up within
-//! their poll interval; every change is an audit event.
+//! their poll interval; every change is an audit event. `vigil deploy policy` sets who decides
+//! each item (the degree of automation), keeping the traffic as it is.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -57,6 +58,19 @@ pub enum DeployCommand {
     },
     /// Back to the previous primary after a switch, or the primary alone after a shadow or canary.
     Rollback { model: String },
+    /// Who decides each item: human_only (a person; the model is not consulted), shadow (a
+    /// person; the model is logged), assist (a person, shown the model's answer), partial (the
+    /// model where confident, a person in the review band), full (the model).
+    Policy {
+        model: String,
+        policy: String,
+        /// With partial: accept below this score (0-1), overriding the model card.
+        #[arg(long, requires = "reject_at")]
+        accept_below: Option<f64>,
+        /// With partial: reject at or above this score (0-1); a person decides in between.
+        #[arg(long, requires = "accept_below")]
+        reject_at: Option<f64>,
+    },
 }
 
 pub async fn run(args: DeployArgs) -> Result<u8> {
@@ -161,8 +175,33 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore>(store: S,
                 (_, _) => row(&model, d.primary_version, None, "single", 0.0),
             }
         }
+        DeployCommand::Policy { model, policy, accept_below, reject_at } => {
+            // The traffic stays as it is; only who decides changes.
+            let base = match current(&model).await? {
+                Some(d) => DeploymentRow { deployment_id: uuid::Uuid::now_v7().to_string(), ..d },
+                None => row(&model, primary_of(&store, &model, None).await?, None, "single", 0.0),
+            };
+            let next = DeploymentRow {
+                policy,
+                accept_below,
+                reject_at,
+                updated_by: actor.clone(),
+                updated_at: chrono::Utc::now(),
+                ..base
+            };
+            return apply(&store, next, &actor, &args.reason).await;
+        }
     };
-    let change = Change { actor: &actor, reason: &args.reason, at: next.updated_at };
+    // A traffic change keeps the model's degree of automation.
+    let next = match current(&next.model_name).await? {
+        Some(d) => DeploymentRow { policy: d.policy, accept_below: d.accept_below, reject_at: d.reject_at, ..next },
+        None => next,
+    };
+    apply(&store, next, &actor, &args.reason).await
+}
+
+async fn apply<S: DeploymentStore>(store: &S, next: DeploymentRow, actor: &str, reason: &str) -> Result<u8> {
+    let change = Change { actor, reason, at: next.updated_at };
     store.set_deployment(&next, &change).await?;
     println!("{}: {} (deployment {})", next.model_name, next.describe(), next.deployment_id);
     Ok(0)

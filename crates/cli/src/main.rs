@@ -17,6 +17,7 @@ mod label;
 mod model;
 mod monitoring;
 mod query;
+mod review;
 mod up;
 
 use std::process::ExitCode;
@@ -55,8 +56,10 @@ enum Command {
     Model(model::ModelArgs),
     /// Who changed what in the registry, when and why (newest first).
     Audit(model::AuditArgs),
-    /// What each model serves: shadow, canary, switch, rollback, status.
+    /// What each model serves: shadow, canary, switch, rollback, status, policy.
     Deploy(deploy::DeployArgs),
+    /// The human review queue: claim the next item, submit a decision, see the queue.
+    Review(review::ReviewArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Command::Model(args) => model::run(args).await,
             Command::Audit(args) => model::audit(args).await,
             Command::Deploy(args) => deploy::run(args).await,
+            Command::Review(args) => review::run(args).await,
         }
     });
     match result {

@@ -3,7 +3,7 @@
 use prost::Message;
 use vigil_logbus::topics;
 use vigil_proto::vigil::v1::{FeedbackEvent, LabelEvent, PredictionRecord};
-use vigil_store::{FeedbackRow, LabelRow, PredictionRow};
+use vigil_store::{FeedbackRow, LabelRow, PredictionRow, ReviewItem};
 
 /// A message as consumed.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct Decoded {
     pub predictions: Vec<PredictionRow>,
     pub labels: Vec<LabelRow>,
     pub feedback: Vec<FeedbackRow>,
+    /// Items of the predictions that go to a person.
+    pub reviews: Vec<ReviewItem>,
     pub dead: Vec<DeadLetter>,
 }
 
@@ -46,8 +48,14 @@ pub fn decode(messages: &[Consumed]) -> Decoded {
         let result = match m.topic.as_str() {
             topics::PREDICTIONS => PredictionRecord::decode(payload)
                 .map_err(|e| format!("not a PredictionRecord: {e}"))
-                .and_then(|r| PredictionRow::from_record(&r).map_err(|e| e.to_string()))
-                .map(|row| out.predictions.push(row)),
+                .and_then(|r| {
+                    let row = PredictionRow::from_record(&r).map_err(|e| e.to_string())?;
+                    if let Some(review) = ReviewItem::from_record(&r) {
+                        out.reviews.push(review.map_err(|e| e.to_string())?);
+                    }
+                    out.predictions.push(row);
+                    Ok(())
+                }),
             topics::LABELS => LabelEvent::decode(payload)
                 .map_err(|e| format!("not a LabelEvent: {e}"))
                 .and_then(|e| LabelRow::from_event(&e).map_err(|e| e.to_string()))

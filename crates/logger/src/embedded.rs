@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use vigil_logbus::Envelope;
-use vigil_store::PredictionStore;
+use vigil_store::{PredictionStore, ReviewStore};
 
 use crate::config::BatchSettings;
 use crate::pipeline::{self, LoggerStats};
@@ -14,7 +14,7 @@ use crate::sink::StoreDeadLetters;
 use crate::source::BusSource;
 
 /// Consumes `receiver` until every sender is gone, writing batches into `store`.
-pub async fn run<S: PredictionStore>(
+pub async fn run<S: PredictionStore + ReviewStore>(
     receiver: mpsc::Receiver<Envelope>,
     store: S,
     batch: BatchSettings,

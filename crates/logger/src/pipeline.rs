@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use vigil_store::PredictionStore;
+use vigil_store::{PredictionStore, ReviewStore};
 
 use crate::batch::{Consumed, decode};
 use crate::config::BatchSettings;
@@ -53,7 +53,7 @@ pub async fn run<S, P, D>(
     shutdown: impl Future<Output = ()>,
 ) where
     S: Source,
-    P: PredictionStore,
+    P: PredictionStore + ReviewStore,
     D: DeadLetterSink,
 {
     tokio::pin!(shutdown);
@@ -112,7 +112,7 @@ fn mark_written<S: Source>(source: &mut S, batch: Vec<Consumed>) {
 
 /// Dead-letters what cannot be decoded, inserts the rest in one transaction; retries each
 /// until it succeeds (a broker or database outage pauses the logger, it never skips).
-async fn write<P: PredictionStore, D: DeadLetterSink>(
+async fn write<P: PredictionStore + ReviewStore, D: DeadLetterSink>(
     batch: &[Consumed],
     store: &P,
     dead_letters: &D,
@@ -131,6 +131,10 @@ async fn write<P: PredictionStore, D: DeadLetterSink>(
     // Feedback in its own statement: idempotent on the event id, so a retry after a crash
     // between the two transactions doubles nothing.
     let f = retry("insert feedback", stats, || store.insert_feedback(&decoded.feedback)).await;
+    // Items for a person, after their predictions: queued once, whatever the redeliveries.
+    if !decoded.reviews.is_empty() {
+        retry("queue items for review", stats, || store.enqueue_reviews(&decoded.reviews)).await;
+    }
     let rows = (decoded.predictions.len() + decoded.labels.len() + decoded.feedback.len()) as u64;
     stats.inserted_predictions.fetch_add(p, Ordering::Relaxed);
     stats.inserted_labels.fetch_add(l, Ordering::Relaxed);

@@ -346,6 +346,38 @@ function alertsTable(alerts) {
     h('tbody', {}, rows));
 }
 
+// Who decided: the share of items the model decided, the review queue, and how often
+// reviewers agree with each version of the model.
+function reviewSection(d, w) {
+  const r = d.review || {};
+  const decided = sum(w.map((x) => sum(Object.values(x.decisions || {}))));
+  const byPerson = sum(w.map((x) => (x.decisions || {}).human_review || 0));
+  const rate = decided ? (decided - byPerson) / decided : null;
+  const agreement = (r.agreement || []).map((a) => h('tr', { 'data-variant': a.variant, 'data-version': a.model_version },
+    h('td', {}, a.variant), h('td', {}, a.model_version), h('td', { class: 'num' }, fmtNum(a.compared)),
+    h('td', { class: 'num' }, fmtPct(a.compared ? a.agreed / a.compared : null))));
+  if (!agreement.length) agreement.push(h('tr', { class: 'empty-row' }, h('td', { colspan: 4 }, 'No reviewed predictions in this range.')));
+  return h('div', { class: 'section', id: 'review-section' }, h('h2', {}, 'Human review'),
+    h('div', { class: 'tiles' },
+      tile('Automation rate', fmtPct(rate), decided ? `${fmtNum(byPerson)} of ${fmtNum(decided)} to a person` : 'no decisions in range'),
+      tile('Review queue', fmtNum(r.open ?? 0), `${fmtNum(r.claimed ?? 0)} claimed`, (r.open || 0) > 0 ? 'warn' : ''),
+      tile('Oldest open item', num(r.oldest_open_age_s) ? fmtAgo(new Date(Date.now() - r.oldest_open_age_s * 1000).toISOString()) : '—', `${fmtNum(r.decided ?? 0)} decided in all`),
+      h('a', { href: '/review', class: 'tile-link' }, tile('Review', 'Open →', 'take the next item'))),
+    h('div', { class: 'panel table-panel' }, h('table', { id: 'review-agreement', class: 'alerts' },
+      h('thead', {}, h('tr', {}, ['Variant', 'Version', 'Reviewed', 'Reviewers agree'].map((c) => h('th', {}, c)))),
+      h('tbody', {}, agreement))));
+}
+
+function auditTable(events) {
+  const rows = (events || []).map((e) => h('tr', { 'data-action': e.action },
+    h('td', { class: 'since' }, fmtAgo(e.time)), h('td', {}, e.actor), h('td', {}, e.action), h('td', { class: 'mono' }, e.subject),
+    h('td', {}, e.from || '—'), h('td', {}, e.to || '—'), h('td', { class: 'msg' }, e.reason || '')));
+  if (!rows.length) rows.push(h('tr', { class: 'empty-row' }, h('td', { colspan: 7 }, 'No registry or deployment changes for this model.')));
+  return h('table', { id: 'audit', class: 'alerts' },
+    h('thead', {}, h('tr', {}, ['When', 'Who', 'Action', 'Subject', 'From', 'To', 'Why'].map((c) => h('th', {}, c)))),
+    h('tbody', {}, rows));
+}
+
 // Builds the panels and returns [elements, drawFns]; draws run once the elements are in the page.
 function buildPanels(d) {
   const w = (d.windows || []).map((x) => ({ ...x, t: ms(x.start) })).filter((x) => num(x.t)).sort((a, b) => a.t - b.t);
@@ -403,7 +435,9 @@ function buildPanels(d) {
     section('Service', service),
     section('Model output', quality),
     section('Input features', features.length ? features : [h('div', { class: 'message small' }, 'No feature data in this range.')]),
+    reviewSection(d, w),
     h('div', { class: 'section', id: 'alerts-section' }, h('h2', {}, 'Alarms'), h('div', { class: 'panel table-panel' }, alertsTable(d.alerts))),
+    h('div', { class: 'section', id: 'audit-section' }, h('h2', {}, 'Changes (audit)'), h('div', { class: 'panel table-panel' }, auditTable(d.audit))),
   ];
   return [sections, draws];
 }

@@ -20,6 +20,9 @@ const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
 
+/// Audit events read for the dashboard (the newest, of every model; the model's are shown).
+const AUDIT_ROWS: i64 = 200;
+
 /// Longest range the dashboard shows: 30 days.
 pub const MAX_RANGE_SECONDS: i64 = 30 * 86_400;
 
@@ -32,6 +35,7 @@ pub fn router<S: MonitorStore>(views: Views<S>, registry: Arc<Registry>) -> Rout
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/models", get(models::<S>))
         .route("/api/dashboard", get(dashboard::<S>))
+        .merge(crate::review::routes::<S>())
         .with_state(views)
         .merge(vigil_telemetry::metrics_router(registry))
 }
@@ -126,6 +130,21 @@ async fn dashboard<S: MonitorStore>(
         Ok(a) => a,
         Err(e) => return view_error(e),
     };
+    let review = match views.review_summary(&model, since, until).await {
+        Ok(r) => r,
+        Err(e) => return view_error(e),
+    };
+    let audit = match views.store.audit_events(AUDIT_ROWS).await {
+        Ok(events) => events
+            .into_iter()
+            .filter(|e| e.subject == model || e.subject.starts_with(&format!("{model}/")) || e.subject.starts_with(&format!("{model} (")))
+            .map(|e| {
+                json!({ "time": e.time.to_rfc3339(), "actor": e.actor, "action": e.action, "subject": e.subject,
+                        "from": e.from_state, "to": e.to_state, "reason": e.reason })
+            })
+            .collect::<Vec<Value>>(),
+        Err(e) => return view_error(e.into()),
+    };
     let alerts = match views.store.load_alerts().await {
         Ok(a) => a,
         Err(e) => return view_error(e.into()),
@@ -142,7 +161,7 @@ async fn dashboard<S: MonitorStore>(
         "model": model, "version": version.unwrap_or_default(),
         "from": since.to_rfc3339(), "to": until.to_rfc3339(), "resolution_s": res,
         "windows": windows, "drift": drift, "accuracy": accuracy, "label_coverage": coverage,
-        "shadow_agreement": agreement, "alerts": alerts,
+        "shadow_agreement": agreement, "review": review, "audit": audit, "alerts": alerts,
     }))
     .into_response()
 }

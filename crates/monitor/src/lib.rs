@@ -10,6 +10,7 @@ pub mod http;
 pub mod labels;
 pub mod notify;
 pub mod query;
+pub mod review;
 pub mod rollup;
 pub mod sketch;
 pub mod telemetry;

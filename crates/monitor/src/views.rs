@@ -101,6 +101,37 @@ pub struct AgreementWindow {
     pub shadow_failed: u64,
 }
 
+/// Reviewers' agreement with one version of the model, in one variant.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReviewAgreement {
+    /// `primary`, `canary`, `shadow`.
+    pub variant: String,
+    pub model_version: String,
+    /// Decisions on items the model had answered.
+    pub compared: u64,
+    /// Of those, decisions equal to the model's label.
+    pub agreed: u64,
+}
+
+/// The human review queue of one model.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ReviewSummary {
+    pub open: i64,
+    pub claimed: i64,
+    pub decided: i64,
+    /// Age of the oldest open item, in seconds.
+    pub oldest_open_age_s: Option<f64>,
+    /// Over the decisions made in the range.
+    pub agreement: Vec<ReviewAgreement>,
+}
+
+/// The short name of a `vigil.v1.Variant` value (`primary`, `canary`, `shadow`).
+pub fn variant_name(variant: i16) -> String {
+    vigil_proto::vigil::v1::Variant::try_from(i32::from(variant))
+        .map(|v| v.as_str_name().trim_start_matches("VARIANT_").to_lowercase())
+        .unwrap_or_else(|_| variant.to_string())
+}
+
 /// The monitor's read side over a store.
 #[derive(Clone)]
 pub struct Views<S> {
@@ -375,6 +406,39 @@ impl<S: MonitorStore> Views<S> {
             w.shadow_failed += u64::from(!c.shadow_ok);
         }
         Ok(per.into_values().collect())
+    }
+
+    /// The review queue of `model` now, and reviewers' agreement with the model per variant and
+    /// version over the decisions made in [since, until).
+    pub async fn review_summary(
+        &self,
+        model: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<ReviewSummary, ViewError> {
+        let now = Utc::now();
+        let stats = self.store.review_stats(Some(model), now).await?;
+        let mut agreement: BTreeMap<(i16, String), ReviewAgreement> = BTreeMap::new();
+        for r in self.store.reviewed_predictions(model, since, until).await? {
+            if r.predicted.is_empty() {
+                continue; // the model was not consulted (policy human_only)
+            }
+            let a = agreement.entry((r.variant, r.model_version.clone())).or_insert_with(|| ReviewAgreement {
+                variant: variant_name(r.variant),
+                model_version: r.model_version.clone(),
+                compared: 0,
+                agreed: 0,
+            });
+            a.compared += 1;
+            a.agreed += u64::from(r.predicted == r.decision);
+        }
+        Ok(ReviewSummary {
+            open: stats.open,
+            claimed: stats.claimed,
+            decided: stats.decided,
+            oldest_open_age_s: stats.oldest_open.map(|t| (now - t).num_milliseconds() as f64 / 1000.0),
+            agreement: agreement.into_values().collect(),
+        })
     }
 
     /// Feedback events by window of `resolution_s` and kind, on the scope's predictions.

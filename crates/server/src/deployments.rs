@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use vigil_inference::repository::ModelRepository;
+use vigil_serving::decision::Automation;
 use vigil_serving::{Deployment, DeploymentRouter, Mode};
 use vigil_store::{Backend, DeploymentRow, DeploymentStore, RegistryStore};
 
@@ -146,6 +147,10 @@ impl Follower {
             "canary" => Mode::Canary { share: row.share },
             other => return Err(format!("unknown mode '{other}'")),
         };
+        let automation = Automation {
+            policy: row.policy.parse()?,
+            band: row.accept_below.zip(row.reject_at).map(|(a, r)| (a as f32, r as f32)),
+        };
         let versions = std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref());
         for version in versions {
             let loaded = self.repository.get(&row.model_name, version).map_err(|e| format!("{e}"))?;
@@ -179,6 +184,7 @@ impl Follower {
             primary: row.primary_version.clone(),
             candidate: row.candidate_version.clone(),
             mode,
+            automation,
         })
     }
 }

@@ -18,6 +18,7 @@ use vigil_inference::InferenceError;
 use vigil_inference::repository::ModelRepository;
 use vigil_proto::vigil::v1::Variant;
 
+use crate::decision::Automation;
 use crate::infer::{Route, Router};
 
 /// Canary shares are set in steps of 0.1%: keys fall into this many buckets.
@@ -43,6 +44,8 @@ pub struct Deployment {
     pub primary: String,
     pub candidate: Option<String>,
     pub mode: Mode,
+    /// Who decides each item.
+    pub automation: Automation,
 }
 
 /// The bucket (0 to [`CANARY_BUCKETS`] - 1) of a routing key: FNV-1a, the same in every process
@@ -98,11 +101,23 @@ impl Router for DeploymentRouter {
         let deployment = self.deployment(model).filter(|_| version.is_empty());
         let Some(d) = deployment else {
             let primary = self.repository.get(model, version)?;
-            return Ok(Route { primary, shadows: Vec::new(), variant: Variant::Primary, deployment: String::new() });
+            return Ok(Route {
+                primary,
+                shadows: Vec::new(),
+                variant: Variant::Primary,
+                deployment: String::new(),
+                automation: Automation::default(),
+            });
         };
         let primary = || self.repository.get(model, &d.primary);
         let candidate = || d.candidate.as_deref().map(|v| self.repository.get(model, v)).transpose();
-        let route = |primary, shadows, variant| Route { primary, shadows, variant, deployment: d.id.clone() };
+        let route = |primary, shadows, variant| Route {
+            primary,
+            shadows,
+            variant,
+            deployment: d.id.clone(),
+            automation: d.automation,
+        };
         Ok(match d.mode {
             Mode::Single => route(primary()?, Vec::new(), Variant::Primary),
             Mode::Shadow { share } => {

@@ -18,6 +18,7 @@ use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_inference::tensor::Tensor;
 use vigil_proto::vigil::v1::Variant;
 
+use crate::decision::Automation;
 use crate::metrics::{ServedLabels, ServingMetrics};
 
 /// Where one request goes.
@@ -31,6 +32,8 @@ pub struct Route {
     pub variant: Variant,
     /// The deployment the route belongs to; empty outside one.
     pub deployment: String,
+    /// Who decides the request's items (the model's degree of automation).
+    pub automation: Automation,
 }
 
 /// Chooses the route of each request.
@@ -59,6 +62,7 @@ impl Router for StaticRouter {
             shadows: Vec::new(),
             variant: Variant::Primary,
             deployment: String::new(),
+            automation: Automation::default(),
         })
     }
 }

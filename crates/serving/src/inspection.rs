@@ -13,10 +13,11 @@ use vigil_inference::image::{ImageLimits, prepare};
 use vigil_inference::repository::ModelRepository;
 use vigil_proto::vigil::v1::inspection_server::Inspection;
 use vigil_proto::vigil::v1::{
-    ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse, Verdict,
+    Decision, ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse, ReviewRequest,
+    Verdict,
 };
 
-use crate::decision::decide;
+use crate::decision::{Automation, Policy};
 use crate::infer::{Infer, Route, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
 use crate::records::{RecordEmitter, RequestContext, new_trace_id};
@@ -97,9 +98,13 @@ impl InspectionService {
         let result = self.run(&route, request, ctx.as_ref()).await;
         self.infer.account(&route, started, &result);
         if let (Some(records), Some(ctx)) = (&self.records, &ctx) {
-            record(records, ctx, &model.config, &result);
+            let (result, review) = match &result {
+                Ok((response, review)) => (Ok(response), review.clone()),
+                Err(status) => (Err(status), None),
+            };
+            record(records, ctx, &model.config, result, review);
         }
-        result
+        result.map(|(response, _)| response)
     }
 
     async fn run(
@@ -107,18 +112,19 @@ impl InspectionService {
         route: &Route,
         request: InspectRequest,
         ctx: Option<&RequestContext>,
-    ) -> Result<InspectResponse, Status> {
+    ) -> Result<(InspectResponse, Option<ReviewRequest>), Status> {
         let config = &route.primary.config;
         let (Some(pre), Some(_)) = (config.preprocess.clone(), config.thresholds) else {
             return Err(not_an_inspection_model(config));
         };
         let limits = self.limits;
         let InspectRequest { image, station_id, part_id, request_id, .. } = request;
-        // Decoding is CPU work: keep it off the async threads.
-        let prepared = tokio::task::spawn_blocking(move || prepare(&image, &pre, &limits))
+        // Decoding is CPU work: keep it off the async threads. The image comes back for a
+        // reviewer, without a copy.
+        let (prepared, image) = tokio::task::spawn_blocking(move || (prepare(&image, &pre, &limits), image))
             .await
-            .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
-            .map_err(to_status)?;
+            .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?;
+        let prepared = prepared.map_err(to_status)?;
         let f = prepared.features;
         let features = ImageFeatures {
             brightness: f.brightness,
@@ -129,14 +135,54 @@ impl InspectionService {
             missing: false,
         };
         let ids = Ids { station_id, part_id, request_id };
-        let on_shadow = match (&self.records, ctx) {
-            (Some(records), Some(ctx)) if !route.shadows.is_empty() => {
-                Some(shadow_recorder(records.clone(), ctx.for_shadow(), features, ids.clone()))
-            }
+        let automation = route.automation;
+        let out = if automation.policy.consults_model() {
+            let on_shadow = match (&self.records, ctx) {
+                (Some(records), Some(ctx)) if !route.shadows.is_empty() => {
+                    // A shadow's decision is not acted on: it is logged as the model alone would decide.
+                    let automation = Automation { policy: Policy::Partial, band: automation.band };
+                    Some(shadow_recorder(records.clone(), ctx.for_shadow(), automation, features, ids.clone()))
+                }
+                _ => None,
+            };
+            Some(self.infer.run(route, vec![prepared.tensor], on_shadow).await.map_err(to_status)?.output)
+        } else {
+            None
+        };
+        let (response, reason) = answer(config, automation, out.as_ref(), features, ids)?;
+        let review = match (reason, &self.records) {
+            (Some(reason), Some(_)) => Some(review_request(automation.policy, reason, image)),
             _ => None,
         };
-        let out = self.infer.run(route, vec![prepared.tensor], on_shadow).await.map_err(to_status)?.output;
-        answer(config, &out, features, ids)
+        Ok((response, review))
+    }
+}
+
+/// The largest image carried to the review queue in a prediction record (records travel as one
+/// Kafka message, at most 1 MB by default); a larger one is queued without it, saying so.
+pub const MAX_REVIEW_IMAGE_BYTES: usize = 768 * 1024;
+
+fn review_request(policy: Policy, reason: String, image: Vec<u8>) -> ReviewRequest {
+    let content_type = match image.as_slice() {
+        [0x89, b'P', b'N', b'G', ..] => "image/png",
+        [0xff, 0xd8, 0xff, ..] => "image/jpeg",
+        _ => "application/octet-stream",
+    };
+    if image.len() > MAX_REVIEW_IMAGE_BYTES {
+        return ReviewRequest {
+            policy: policy.as_str().into(),
+            reason: format!("{reason}; the image ({} bytes) is over {MAX_REVIEW_IMAGE_BYTES} and not carried", image.len()),
+            show_suggestion: policy.shows_suggestion(),
+            content_type: String::new(),
+            input: Vec::new(),
+        };
+    }
+    ReviewRequest {
+        policy: policy.as_str().into(),
+        reason,
+        show_suggestion: policy.shows_suggestion(),
+        content_type: content_type.into(),
+        input: image,
     }
 }
 
@@ -155,14 +201,35 @@ fn not_an_inspection_model(config: &ModelConfig) -> Status {
     ))
 }
 
-/// The inspection answer from a model's output: its score, verdict and decision.
+/// The inspection answer from a model's output (None: the model was not consulted) under
+/// `automation`, and why the item goes to a person, when it does.
 fn answer(
     config: &ModelConfig,
-    out: &BatchOutput,
+    automation: Automation,
+    out: Option<&BatchOutput>,
     features: ImageFeatures,
     ids: Ids,
-) -> Result<InspectResponse, Status> {
+) -> Result<(InspectResponse, Option<String>), Status> {
     let thresholds = config.thresholds.ok_or_else(|| not_an_inspection_model(config))?;
+    let response = |score: f32, verdict: Verdict, decision: Decision| InspectResponse {
+        prediction_id: Uuid::now_v7().to_string(),
+        defect_probability: score,
+        verdict: verdict as i32,
+        decision: decision as i32,
+        model_name: config.name.clone(),
+        model_version: config.version.to_string(),
+        queue_time_us: out.map_or(0, |o| o.queue_time.as_micros() as u64),
+        compute_time_us: out.map_or(0, |o| o.compute_time.as_micros() as u64),
+        features: Some(features),
+        station_id: ids.station_id.clone(),
+        part_id: ids.part_id.clone(),
+        request_id: ids.request_id.clone(),
+        batch_size: out.map_or(0, |o| o.batch_size as u32),
+    };
+    let Some(out) = out else {
+        let reason = Automation::HUMAN_ONLY_REASON.to_string();
+        return Ok((response(0.0, Verdict::Unspecified, Decision::HumanReview), Some(reason)));
+    };
     let score = out
         .outputs
         .first()
@@ -172,22 +239,8 @@ fn answer(
     if !score.is_finite() {
         return Err(Status::internal(format!("model returned a non-finite score ({score})")));
     }
-    let (verdict, decision) = decide(score, &thresholds);
-    Ok(InspectResponse {
-        prediction_id: Uuid::now_v7().to_string(),
-        defect_probability: score,
-        verdict: verdict as i32,
-        decision: decision as i32,
-        model_name: config.name.clone(),
-        model_version: config.version.to_string(),
-        queue_time_us: out.queue_time.as_micros() as u64,
-        compute_time_us: out.compute_time.as_micros() as u64,
-        features: Some(features),
-        station_id: ids.station_id,
-        part_id: ids.part_id,
-        request_id: ids.request_id,
-        batch_size: out.batch_size as u32,
-    })
+    let (verdict, decision, reason) = automation.decide(score, &thresholds);
+    Ok((response(score, verdict, decision), reason))
 }
 
 /// Logs an inspection's outcome as the version `config` saw it.
@@ -195,26 +248,39 @@ fn record(
     records: &RecordEmitter,
     ctx: &RequestContext,
     config: &ModelConfig,
-    result: &Result<InspectResponse, Status>,
+    result: Result<&InspectResponse, &Status>,
+    review: Option<ReviewRequest>,
 ) {
     match result {
         Ok(r) => {
-            let index = usize::from(r.verdict == Verdict::Defect as i32);
-            let label = config.labels.get(index).map_or("", String::as_str);
-            records.inspected(ctx, r, label, &config.labels);
+            let label = match Verdict::try_from(r.verdict) {
+                Ok(Verdict::Defect) => config.labels.get(1),
+                Ok(Verdict::Ok) => config.labels.first(),
+                _ => None,
+            };
+            records.inspected(ctx, r, label.map_or("", String::as_str), &config.labels, review);
         }
         Err(status) => records.failed(ctx, &config.version.to_string(), Uuid::now_v7().to_string(), status),
     }
 }
 
 /// Logs each shadow's answer to the same image as a `SHADOW` record with the request's trace id.
-fn shadow_recorder(records: RecordEmitter, ctx: RequestContext, features: ImageFeatures, ids: Ids) -> ShadowObserver {
+fn shadow_recorder(
+    records: RecordEmitter,
+    ctx: RequestContext,
+    automation: Automation,
+    features: ImageFeatures,
+    ids: Ids,
+) -> ShadowObserver {
     Arc::new(move |run: ShadowRun| {
         let config = &run.model.config;
         let mut ctx = ctx.clone();
         ctx.deployment = run.deployment.clone();
-        let result = run.result.map_err(to_status).and_then(|out| answer(config, &out, features, ids.clone()));
-        record(&records, &ctx, config, &result);
+        let result = run
+            .result
+            .map_err(to_status)
+            .and_then(|out| answer(config, automation, Some(&out), features, ids.clone()).map(|(r, _)| r));
+        record(&records, &ctx, config, result.as_ref(), None);
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use prost::Message;
 use vigil_logbus::{Emitter, Envelope, topics};
 use vigil_proto::vigil::v1::{
-    ClassScore, Feature, InspectResponse, PredictionOutput, PredictionRecord, RecordStatus, Variant,
+    ClassScore, Feature, InspectResponse, PredictionOutput, PredictionRecord, RecordStatus, ReviewRequest, Variant,
 };
 
 /// The scores by class name: index-aligned with `labels`, or, for a binary model with one score
@@ -85,8 +85,16 @@ impl RecordEmitter {
         &self.emitter
     }
 
-    /// Records an answered inspection.
-    pub fn inspected(&self, ctx: &RequestContext, r: &InspectResponse, label: &str, labels: &[String]) {
+    /// Records an answered inspection; `review` when the item goes to a person.
+    pub fn inspected(
+        &self,
+        ctx: &RequestContext,
+        r: &InspectResponse,
+        label: &str,
+        labels: &[String],
+        review: Option<ReviewRequest>,
+    ) {
+        let consulted = r.verdict != vigil_proto::vigil::v1::Verdict::Unspecified as i32;
         let features = r
             .features
             .as_ref()
@@ -105,18 +113,20 @@ impl RecordEmitter {
             model_name: r.model_name.clone(),
             model_version: r.model_version.clone(),
             features,
+            // Without a verdict the model was not consulted (policy human_only): no scores.
             output: Some(PredictionOutput {
                 label: label.to_string(),
-                scores: vec![r.defect_probability],
+                scores: if consulted { vec![r.defect_probability] } else { Vec::new() },
                 is_null: false,
                 verdict: r.verdict,
-                class_scores: class_scores(labels, &[r.defect_probability]),
+                class_scores: if consulted { class_scores(labels, &[r.defect_probability]) } else { Vec::new() },
                 text: String::new(),
             }),
             decision: r.decision,
             queue_time_us: r.queue_time_us,
             compute_time_us: r.compute_time_us,
             status: RecordStatus::Ok as i32,
+            review,
             ..self.base(ctx)
         };
         self.send(&ctx.station_id, record);

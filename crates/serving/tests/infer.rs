@@ -49,6 +49,7 @@ impl Router for ShadowRouter {
             shadows: vec![self.0.get(model, "2")?],
             variant: Variant::Canary,
             deployment: "d-1".into(),
+            automation: Default::default(),
         })
     }
 }
@@ -105,6 +106,7 @@ fn deployment(primary: &str, candidate: Option<&str>, mode: Mode) -> Deployment 
         primary: primary.into(),
         candidate: candidate.map(Into::into),
         mode,
+        automation: Default::default(),
     }
 }
 

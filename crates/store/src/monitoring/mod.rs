@@ -291,10 +291,17 @@ pub trait LeaseStore: Clone + Send + Sync + 'static {
     fn try_lease(&self, role: &str) -> impl Future<Output = Result<Option<Lease>, sqlx::Error>> + Send;
 }
 
-/// The monitoring side of a store: every focused trait at once.
-pub trait MonitorStore: RollupStore + OutcomeStore + AlertStore + LeaseStore {}
+/// The monitoring side of a store: every focused trait at once, with the review queue (its
+/// depth, age and reviewers' decisions) and the registry's audit log.
+pub trait MonitorStore:
+    RollupStore + OutcomeStore + AlertStore + LeaseStore + crate::ReviewStore + crate::RegistryStore
+{
+}
 
-impl<S: RollupStore + OutcomeStore + AlertStore + LeaseStore> MonitorStore for S {}
+impl<S: RollupStore + OutcomeStore + AlertStore + LeaseStore + crate::ReviewStore + crate::RegistryStore> MonitorStore
+    for S
+{
+}
 
 /// Rows per rollup upkeep step when the caller does not say.
 pub const DEFAULT_ROLLUP_CHUNK: usize = 20_000;
