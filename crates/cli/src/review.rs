@@ -87,7 +87,9 @@ async fn command<S: PredictionStore + ReviewStore>(store: S, command: ReviewComm
                     std::fs::write(&path, input).with_context(|| format!("--save-input {}", path.display()))?;
                     println!("input       {} ({size} bytes) written to {}", item.content_type, path.display());
                 }
-                (Some(_), None) => println!("input       {} ({size} bytes; --save-input FILE to see it)", item.content_type),
+                (Some(_), None) => {
+                    println!("input       {} ({size} bytes; --save-input FILE to see it)", item.content_type)
+                }
                 (None, _) => println!("input       (none carried)"),
             }
             println!(

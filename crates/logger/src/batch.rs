@@ -46,16 +46,16 @@ pub fn decode(messages: &[Consumed]) -> Decoded {
     for m in messages {
         let payload = m.payload.as_deref().unwrap_or_default();
         let result = match m.topic.as_str() {
-            topics::PREDICTIONS => PredictionRecord::decode(payload)
-                .map_err(|e| format!("not a PredictionRecord: {e}"))
-                .and_then(|r| {
+            topics::PREDICTIONS => {
+                PredictionRecord::decode(payload).map_err(|e| format!("not a PredictionRecord: {e}")).and_then(|r| {
                     let row = PredictionRow::from_record(&r).map_err(|e| e.to_string())?;
                     if let Some(review) = ReviewItem::from_record(&r) {
                         out.reviews.push(review.map_err(|e| e.to_string())?);
                     }
                     out.predictions.push(row);
                     Ok(())
-                }),
+                })
+            }
             topics::LABELS => LabelEvent::decode(payload)
                 .map_err(|e| format!("not a LabelEvent: {e}"))
                 .and_then(|e| LabelRow::from_event(&e).map_err(|e| e.to_string()))

@@ -90,32 +90,6 @@ async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     (url, received)
 }
 
-/// Renders the dashboard in headless Chromium; returns the DOM after the scripts ran, and
-/// leaves a screenshot in the artifacts folder.
-fn render_dashboard(url: &str, screenshot: &Path) -> String {
-    let chromium = std::env::var("VIGIL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "headless Chromium not found at {chromium}: install Debian's chromium (./dev setup does) or set VIGIL_CHROMIUM"
-    );
-    let profile = tempfile::tempdir().unwrap();
-    let run = |extra: &[String]| {
-        let out = std::process::Command::new(&chromium)
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,3000"])
-            .arg("--virtual-time-budget=10000")
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(extra)
-            .arg(url)
-            .output()
-            .expect("run chromium");
-        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
-    run(&[format!("--screenshot={}", screenshot.display())]);
-    run(&["--dump-dom".to_string()])
-}
-
 /// Numbers of the `data-points` attributes of the charts whose `data-chart` starts with `prefix`.
 fn chart_points(dom: &str, chart: &str) -> Option<u64> {
     let at = dom.find(&format!("data-chart=\"{chart}\""))?;
@@ -276,7 +250,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
         .unwrap_or_else(|_| repo_root().join("target/artifacts"))
         .join("dashboard-scenario.png");
     let page = format!("http://{http_addr}/?model=scratch-detector&range=180");
-    let dom = tokio::task::spawn_blocking(move || render_dashboard(&page, &shot)).await.unwrap();
+    let dom = tokio::task::spawn_blocking(move || render_page(&page, &shot)).await.unwrap();
     assert!(dom.contains("data-ready=\"1\""), "the dashboard did not finish rendering");
     assert!(!dom.contains("data-error="), "the dashboard reported an error");
     for chart in ["traffic", "latency", "feature-brightness", "feature-sharpness", "accuracy"] {

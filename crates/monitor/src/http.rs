@@ -137,7 +137,11 @@ async fn dashboard<S: MonitorStore>(
     let audit = match views.store.audit_events(AUDIT_ROWS).await {
         Ok(events) => events
             .into_iter()
-            .filter(|e| e.subject == model || e.subject.starts_with(&format!("{model}/")) || e.subject.starts_with(&format!("{model} (")))
+            .filter(|e| {
+                e.subject == model
+                    || e.subject.starts_with(&format!("{model}/"))
+                    || e.subject.starts_with(&format!("{model} ("))
+            })
             .map(|e| {
                 json!({ "time": e.time.to_rfc3339(), "actor": e.actor, "action": e.action, "subject": e.subject,
                         "from": e.from_state, "to": e.to_state, "reason": e.reason })

@@ -101,12 +101,16 @@ impl Automation {
                 Some(format!("score {score:.3} in the review band [{}, {})", t.accept_below, t.reject_at)),
             ),
             Policy::Partial => (verdict, decision, None),
-            Policy::Assist => {
-                (verdict, Decision::HumanReview, Some("policy assist: a person decides, shown the model's answer".into()))
-            }
-            Policy::Shadow => {
-                (verdict, Decision::HumanReview, Some("policy shadow: a person decides; the model is only logged".into()))
-            }
+            Policy::Assist => (
+                verdict,
+                Decision::HumanReview,
+                Some("policy assist: a person decides, shown the model's answer".into()),
+            ),
+            Policy::Shadow => (
+                verdict,
+                Decision::HumanReview,
+                Some("policy shadow: a person decides; the model is only logged".into()),
+            ),
             Policy::HumanOnly => (Verdict::Unspecified, Decision::HumanReview, Some(Self::HUMAN_ONLY_REASON.into())),
         }
     }

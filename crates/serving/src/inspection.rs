@@ -171,7 +171,10 @@ fn review_request(policy: Policy, reason: String, image: Vec<u8>) -> ReviewReque
     if image.len() > MAX_REVIEW_IMAGE_BYTES {
         return ReviewRequest {
             policy: policy.as_str().into(),
-            reason: format!("{reason}; the image ({} bytes) is over {MAX_REVIEW_IMAGE_BYTES} and not carried", image.len()),
+            reason: format!(
+                "{reason}; the image ({} bytes) is over {MAX_REVIEW_IMAGE_BYTES} and not carried",
+                image.len()
+            ),
             show_suggestion: policy.shows_suggestion(),
             content_type: String::new(),
             input: Vec::new(),

@@ -80,3 +80,29 @@ pub fn scrape(addr: SocketAddr) -> String {
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     vigil_telemetry::sample(text, name, labels)
 }
+
+/// Renders a page in headless Chromium; returns the DOM after the scripts ran, and leaves a
+/// screenshot at `screenshot`.
+pub fn render_page(url: &str, screenshot: &std::path::Path) -> String {
+    let chromium = std::env::var("VIGIL_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "headless Chromium not found at {chromium}: install Debian's chromium (./dev setup does) or set VIGIL_CHROMIUM"
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let run = |extra: &[String]| {
+        let out = std::process::Command::new(&chromium)
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,3000"])
+            .arg("--virtual-time-budget=10000")
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("run chromium");
+        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    run(&[format!("--screenshot={}", screenshot.display())]);
+    run(&["--dump-dom".to_string()])
+}
