@@ -254,7 +254,100 @@ fn deployments_shadow_canary_switch_and_roll_back_with_an_audit_trail() {
     let (_, audit, _) = vigil_on(&url, "audit", &[]);
     let deploys: Vec<&str> = audit.lines().filter(|l| l.contains(" deploy ")).collect();
     assert_eq!(deploys.len(), 4, "{audit}");
-    assert!(deploys[1].contains("primary 1, shadow 2 at 12.3% -> primary 2 (rollback to 1)"), "{audit}");
+    assert!(
+        deploys[1]
+            .contains("primary 1, shadow 2 at 12.3%; policy partial -> primary 2 (rollback to 1); policy partial"),
+        "{audit}"
+    );
     assert!(deploys[1].ends_with("canary clean"), "{audit}");
     assert!(deploys[3].contains("ben"), "{audit}");
+
+    // Who decides: the policy changes alone, and a traffic change keeps it.
+    let (code, out, err) =
+        deploy(&["policy", "scratch-detector", "partial", "--accept-below", "0.3", "--reject-at", "0.6"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("primary 1 (rollback to 2); policy partial (review band [0.3, 0.6))"), "{out}");
+    let (_, out, _) = deploy(&["switch", "scratch-detector", "--to", "2"]);
+    assert!(out.contains("primary 2 (rollback to 1); policy partial (review band [0.3, 0.6))"), "{out}");
+    let (_, out, _) = deploy(&["policy", "scratch-detector", "assist"]);
+    assert!(out.contains("primary 2 (rollback to 1); policy assist"), "{out}");
+    for (args, message) in [
+        (vec!["policy", "scratch-detector", "autopilot"], "unknown policy 'autopilot'"),
+        (
+            vec!["policy", "scratch-detector", "partial", "--accept-below", "0.3", "--reject-at", "1.5"],
+            "must lie in 0-1",
+        ),
+    ] {
+        let (code, _, err) = deploy(&args);
+        assert_eq!((code, err.lines().count()), (Some(2), 1), "{err}");
+        assert!(err.contains(message), "{err}");
+    }
+    let (_, out, _) = deploy(&["status", "scratch-detector"]);
+    assert!(out.contains("primary 2 (rollback to 1); policy assist"), "refusals change nothing: {out}");
+}
+
+#[test]
+fn reviewers_claim_and_decide_items_from_the_command_line() {
+    use vigil_store::{PredictionStore, ReviewItem, ReviewStore, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let now = chrono::Utc::now();
+    let rows: Vec<_> = (0..2)
+        .map(|i| vigil_store::testing::prediction(now - chrono::Duration::minutes(2 - i), 0.4, serde_json::json!({})))
+        .collect();
+    let image = std::fs::read(root().join("samples/normal/normal_000_ok.png")).unwrap();
+    runtime.block_on(async {
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        store.insert_batch(&rows, &[]).await.unwrap();
+        let items: Vec<ReviewItem> = rows
+            .iter()
+            .map(|r| ReviewItem {
+                prediction_id: r.prediction_id,
+                created_at: r.time,
+                model_name: r.model_name.clone(),
+                model_version: r.model_version.clone(),
+                variant: r.variant,
+                station_id: r.station_id.clone(),
+                part_id: "p-1".into(),
+                policy: "assist".into(),
+                reason: "policy assist".into(),
+                suggestion: Some("ok".into()),
+                score: Some(0.4),
+                content_type: "image/png".into(),
+                input: Some(image.clone()),
+                claimed_by: None,
+                claimed_until: None,
+                decided_by: None,
+                decision: None,
+                decided_at: None,
+            })
+            .collect();
+        store.enqueue_reviews(&items).await.unwrap();
+    });
+    let review = |args: &[&str]| vigil_on(&url, "review", args);
+    let saved = dir.path().join("item.png");
+    let (code, out, err) = review(&["next", "--reviewer", "anna", "--save-input", saved.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let first = rows[0].prediction_id.to_string();
+    assert!(out.contains(&format!("item        {first}")), "the oldest first: {out}");
+    assert!(out.contains("suggestion  ok (score 0.400)"), "{out}");
+    assert!(out.contains("claimed by  anna"), "{out}");
+    assert_eq!(std::fs::read(&saved).unwrap(), image, "the image as the line sent it");
+    let (_, out, _) = review(&["next", "--reviewer", "ben"]);
+    assert!(out.contains(&rows[1].prediction_id.to_string()), "Anna's item is not handed to Ben: {out}");
+    let (code, _, err) = review(&["submit", &first, "defect", "--reviewer", "ben"]);
+    assert_eq!((code, err.lines().count()), (Some(1), 1), "{err}");
+    assert!(err.contains("is claimed by anna"), "{err}");
+    let (code, out, _) = review(&["submit", &first, "defect", "--reviewer", "anna"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("defect by anna, stored as its label"), "{out}");
+    let (code, _, err) = review(&["submit", &first, "ok", "--reviewer", "anna"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already decided by anna (defect)"), "{err}");
+    let (_, out, _) = review(&["status"]);
+    assert!(out.starts_with("open 1  claimed 1  decided 1"), "{out}");
+    let (code, out, _) = review(&["next", "--reviewer", "carl"]);
+    assert_eq!(code, Some(3), "nothing left for Carl: {out}");
 }
