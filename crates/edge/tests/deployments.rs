@@ -286,3 +286,71 @@ async fn a_slow_or_failing_shadow_never_delays_or_fails_the_primary_and_is_logge
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_switches_and_rollbacks_under_load_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    for version in 1..=2 {
+        copy_version(&model_dir(), &repo.join(MODEL), version, None);
+    }
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let digest = sha256_file(&repo.join(MODEL).join("1/model.onnx")).unwrap();
+    for version in ["1", "2"] {
+        store.register_version(&registered(version, digest.clone()), "").await.unwrap();
+    }
+    let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
+    store.set_deployment(&deployment("blue", "1", None, "single", 0.0), &change).await.unwrap();
+    let mut config = config();
+    config.model_repository = repo;
+    config.models.load_all_versions = true;
+    config.deployments.database_url = url;
+    config.deployments.poll_interval_ms = 50;
+    let server = start(config).await;
+    let (inspect, _) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+
+    // Four line clients send without pause while the deployment flips five times.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|c| {
+            let (mut inspect, image, stop) = (inspect.clone(), image.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut versions, mut failures) = (std::collections::BTreeMap::<String, u64>::new(), Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request =
+                        InspectRequest { image: image.clone(), station_id: format!("line-{c}"), ..Default::default() };
+                    match inspect.inspect(request).await {
+                        Ok(answer) => *versions.entry(answer.into_inner().model_version).or_default() += 1,
+                        Err(status) => failures.push(status),
+                    }
+                }
+                (versions, failures)
+            })
+        })
+        .collect();
+    for (i, (id, primary, previous)) in
+        [("green", "2", "1"), ("blue-2", "1", "2"), ("green-2", "2", "1"), ("blue-3", "1", "2"), ("green-3", "2", "1")]
+            .into_iter()
+            .enumerate()
+    {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let row = deployment(id, primary, Some(previous), "single", 0.0);
+        store.set_deployment(&row, &change).await.unwrap_or_else(|e| panic!("switch {i}: {e}"));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = std::collections::BTreeMap::<String, u64>::new();
+    for task in load {
+        let (versions, failures) = task.await.unwrap();
+        assert!(failures.is_empty(), "requests failed during the switches: {failures:?}");
+        for (version, n) in versions {
+            *served.entry(version).or_default() += n;
+        }
+    }
+    assert!(served.get("1").is_some_and(|n| *n > 0) && served.get("2").is_some_and(|n| *n > 0), "{served:?}");
+    println!("answers by version across five switches: {served:?}");
+    server.shutdown().await.unwrap();
+}
