@@ -110,16 +110,18 @@ pub async fn start_with(
     let mut inference = InferenceService::new(repository.clone(), "vigil-edge").with_metrics(metrics.clone());
     let mut inspection = InspectionService::new(repository.clone(), config.default_model.clone(), config.images)
         .with_metrics(metrics.clone());
-    if !config.deployments.database_url.is_empty() {
+    if config.deployments.enabled() {
         // Both APIs route through the deployments the server follows.
         let router = Arc::new(DeploymentRouter::new(repository.clone()));
         vigil_server::deployments::follow(
             &config.deployments,
+            &config.logging.server_id,
             router.clone(),
             repository.clone(),
             &mut lifecycle,
             SERVE,
-        );
+        )
+        .await;
         let lane = Arc::new(ShadowLane::new(config.deployments.shadow_concurrency));
         vigil_serving::metrics::register_shadow_lane(&mut registry, lane.clone());
         let infer = Infer::new(router).with_shadow_lane(lane);

@@ -21,6 +21,8 @@ pub struct MonitorConfig {
     /// Drift tests: `[drift.default]` for every model, `[drift.models.<name>]` for one.
     pub drift: DriftSettings,
     pub alerting: AlertingConfig,
+    /// The control plane servers follow (`vigil.v1.Control` on the gRPC port).
+    pub control: ControlConfig,
 }
 
 impl Default for MonitorConfig {
@@ -30,7 +32,23 @@ impl Default for MonitorConfig {
             rollups: RollupConfig::default(),
             drift: DriftSettings::default(),
             alerting: AlertingConfig::default(),
+            control: ControlConfig::default(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// How often the deployments are read for the servers watching them; a change reaches
+    /// them within this plus their network delay.
+    #[serde(deserialize_with = "duration")]
+    pub poll: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self { poll: Duration::from_millis(500) }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The monitoring service: rollups of the prediction log, software, input and output metrics,
 //! data and concept drift, alarms with webhook notifications, a dashboard, and the analyst and
-//! monitoring gRPC APIs (`vigil.v1.PredictionLog`, `vigil.v1.Monitoring`).
+//! monitoring gRPC APIs (`vigil.v1.PredictionLog`, `vigil.v1.Monitoring`), and the control
+//! plane servers follow their deployments from (`vigil.v1.Control`).
 
 pub mod alarms;
 pub mod api;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
+use vigil_proto::vigil::v1::control_server::ControlServer;
 use vigil_proto::vigil::v1::monitoring_server::MonitoringServer;
 use vigil_proto::vigil::v1::prediction_log_server::PredictionLogServer;
 use vigil_server::{GrpcHost, Lifecycle};
@@ -114,13 +116,16 @@ pub async fn start<S: PredictionStore + MonitorStore>(
 
     let dashboard = http::router(views.clone(), registry);
     lifecycle.spawn(SERVE, "dashboard", move |stop| vigil_telemetry::serve_http(http, dashboard, stop.stopped()));
+    let control =
+        vigil_server::control::ControlService::start(store.clone(), config.control.poll, &mut lifecycle, BACKGROUND);
     let mut host = GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?;
     host.serving_all().await;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_routes(host.routes())
         .add_service(PredictionLogServer::new(PredictionLogService::new(store.clone())))
-        .add_service(MonitoringServer::new(MonitoringService::new(views)));
+        .add_service(MonitoringServer::new(MonitoringService::new(views)))
+        .add_service(ControlServer::new(control));
     host.serve(router, &mut lifecycle, SERVE, DRAIN);
     Ok(lifecycle)
 }

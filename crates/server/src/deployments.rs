@@ -1,32 +1,49 @@
-//! Following deployments from the store: every poll interval the server reads the deployments,
-//! checks that each version it would route to is the registered artifact (sha256 of its
-//! `model.onnx` against the registry's digest), and swaps them into its [`DeploymentRouter`].
-//! A deployment whose artifacts do not match, or whose versions are not loaded here, is refused
-//! and the model keeps what it served; while the store is away the server keeps its last known
-//! state, and until it first reaches it every model answers from its default version.
+//! Following deployments: from the registry's database (a short poll) or from a control plane
+//! over gRPC (`vigil.v1.Control`, a watch stream), for edge boxes that cannot reach the database.
+//! Either way the server gets snapshots of every deployment with the registered digest of each
+//! version, checks that each version it would route to is that artifact (sha256 of its
+//! `model.onnx`), and swaps them into its [`DeploymentRouter`]. Under a control plane a version
+//! not on disk is fetched by digest into the model repository, verified, and loaded first.
+//!
+//! A deployment whose artifacts do not match, or whose versions cannot be loaded here, is
+//! refused and the model keeps what it served. While the source is away the server keeps its
+//! last known state; with a `state_file` that state survives a restart, so a server started
+//! while the source is down serves what it last knew. Until it first knows any, every model
+//! answers from its default version.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use vigil_inference::repository::ModelRepository;
+use vigil_proto::vigil::v1::control_client::ControlClient;
+use vigil_proto::vigil::v1::{DeploymentSpec, DeploymentsSnapshot, FetchArtifactRequest, WatchDeploymentsRequest};
 use vigil_serving::decision::Automation;
 use vigil_serving::{Deployment, DeploymentRouter, Mode};
-use vigil_store::{Backend, DeploymentRow, DeploymentStore, RegistryStore};
+use vigil_store::Backend;
 
+use crate::control::ARTIFACT_FILES;
 use crate::lifecycle::Lifecycle;
 
 /// Where a server follows its deployments from.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentsConfig {
-    /// The registry's database (postgres://... or sqlite://...); empty: no deployments, every
-    /// model answers from its default version.
+    /// The registry's database (postgres://... or sqlite://...); empty: not followed there.
     pub database_url: String,
-    /// How often to read the deployments, in milliseconds.
+    /// A control plane serving `vigil.v1.Control` (http://host:port, e.g. the monitor's gRPC
+    /// address); empty: not followed there. At most one of the two.
+    pub control_url: String,
+    /// How often to read the database, or to retry a control plane that is away, in milliseconds.
     pub poll_interval_ms: u64,
+    /// Where the last known deployments are kept across restarts; empty: not kept.
+    pub state_file: PathBuf,
+    /// Largest model artifact fetched from the control plane, in bytes.
+    pub max_artifact_bytes: u64,
     /// Most shadow copies running at once (shadow mode); a copy beyond it is skipped and
     /// counted in `vigil_shadow_copies_total{outcome="skipped"}`, never queued.
     pub shadow_concurrency: usize,
@@ -36,60 +53,77 @@ impl Default for DeploymentsConfig {
     fn default() -> Self {
         Self {
             database_url: String::new(),
+            control_url: String::new(),
             poll_interval_ms: 2_000,
+            state_file: PathBuf::new(),
+            max_artifact_bytes: 2 << 30,
             shadow_concurrency: vigil_serving::infer::DEFAULT_SHADOW_LANE,
         }
     }
 }
 
 impl DeploymentsConfig {
+    /// Whether deployments are followed at all.
+    pub fn enabled(&self) -> bool {
+        !self.database_url.is_empty() || !self.control_url.is_empty()
+    }
+
     /// Checks values serde cannot, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.database_url.is_empty() && self.poll_interval_ms == 0 {
+        if !self.database_url.is_empty() && !self.control_url.is_empty() {
+            return Err("deployments: set database_url or control_url, not both".into());
+        }
+        if !self.control_url.is_empty() && !self.control_url.starts_with("http") {
+            return Err(format!("deployments.control_url '{}' must start with http:// or https://", self.control_url));
+        }
+        if self.enabled() && self.poll_interval_ms == 0 {
             return Err("deployments.poll_interval_ms must be at least 1".into());
+        }
+        if self.enabled() && self.max_artifact_bytes == 0 {
+            return Err("deployments.max_artifact_bytes must be at least 1".into());
         }
         Ok(())
     }
 }
 
-/// When `config` names a database, follows its deployments into `router` in `lifecycle`'s `stage`.
-pub fn follow(
+/// When `config` names a source, follows its deployments into `router` in `lifecycle`'s
+/// `stage`. The last known state (the state file) is applied before this returns, so a server
+/// serves it from its first request.
+pub async fn follow(
     config: &DeploymentsConfig,
+    server_id: &str,
     router: Arc<DeploymentRouter>,
     repository: Arc<ModelRepository>,
     lifecycle: &mut Lifecycle,
     stage: &'static str,
 ) {
-    if config.database_url.is_empty() {
+    if !config.enabled() {
         return;
     }
-    let (url, interval) = (config.database_url.clone(), Duration::from_millis(config.poll_interval_ms));
+    let mut follower = Follower {
+        router,
+        repository,
+        digests: HashMap::new(),
+        applied: HashMap::new(),
+        state_file: config.state_file.clone(),
+        last: None,
+    };
+    follower.restore().await;
+    let (config, server_id) = (config.clone(), server_id.to_string());
     lifecycle.spawn(stage, "deployment follower", move |stop| async move {
         let stopped = stop.stopped();
         tokio::pin!(stopped);
-        let mut follower = Follower { router, repository, digests: HashMap::new(), applied: HashMap::new() };
-        let mut backend = None;
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                () = &mut stopped => return Ok(()),
+        let interval = Duration::from_millis(config.poll_interval_ms);
+        let following = async {
+            if config.control_url.is_empty() {
+                follower.poll_database(&config.database_url, interval).await
+            } else {
+                follower.watch_control(&config, &server_id, interval).await
             }
-            if backend.is_none() {
-                match Backend::connect(&url).await {
-                    Ok(b) => backend = Some(b),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "deployments: cannot reach the store; keeping the last known state");
-                        continue;
-                    }
-                }
-            }
-            let Some(backend) = &backend else { continue };
-            let polled = vigil_store::with_store!(backend, store => follower.poll(store).await);
-            if let Err(e) = polled {
-                tracing::warn!(error = %e, "deployments: cannot read the store; keeping the last known state");
-            }
+        };
+        tokio::select! {
+            () = following => Ok(()),
+            () = &mut stopped => Ok(()),
         }
     });
 }
@@ -98,26 +132,104 @@ struct Follower {
     router: Arc<DeploymentRouter>,
     repository: Arc<ModelRepository>,
     /// sha256 of each loaded version's artifact, by its directory.
-    digests: HashMap<std::path::PathBuf, String>,
+    digests: HashMap<PathBuf, String>,
     /// What is routed now, per model.
     applied: HashMap<String, Deployment>,
+    state_file: PathBuf,
+    /// The last snapshot applied (what the state file holds).
+    last: Option<DeploymentsSnapshot>,
 }
 
 impl Follower {
-    async fn poll<S: DeploymentStore + RegistryStore>(&mut self, store: &S) -> Result<()> {
-        let rows = store.deployments().await?;
+    /// Starts from the state file, when there is one: what the server last knew.
+    async fn restore(&mut self) {
+        if self.state_file.as_os_str().is_empty() {
+            return;
+        }
+        match std::fs::read(&self.state_file) {
+            Ok(bytes) => match DeploymentsSnapshot::decode(bytes.as_slice()) {
+                Ok(snapshot) => {
+                    tracing::info!(
+                        file = %self.state_file.display(),
+                        deployments = snapshot.deployments.len(),
+                        "starting from the last known deployments"
+                    );
+                    self.apply(snapshot, None).await;
+                }
+                Err(e) => {
+                    tracing::error!(file = %self.state_file.display(), error = %e, "deployments state file unreadable; ignored")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(file = %self.state_file.display(), error = %e, "cannot read the deployments state file")
+            }
+        }
+    }
+
+    async fn poll_database(&mut self, url: &str, interval: Duration) {
+        let mut backend = None;
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if backend.is_none() {
+                match Backend::connect(url).await {
+                    Ok(b) => backend = Some(b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deployments: cannot reach the store; keeping the last known state");
+                        continue;
+                    }
+                }
+            }
+            let Some(backend) = &backend else { continue };
+            let read = vigil_store::with_store!(backend, store => crate::control::snapshot_from_store(store).await);
+            match read {
+                Ok(snapshot) => self.apply(snapshot, None).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "deployments: cannot read the store; keeping the last known state")
+                }
+            }
+        }
+    }
+
+    async fn watch_control(&mut self, config: &DeploymentsConfig, server_id: &str, retry: Duration) {
+        loop {
+            match self.watch_once(config, server_id).await {
+                Ok(()) => tracing::warn!(url = config.control_url, "control plane closed the watch; reconnecting"),
+                Err(e) => {
+                    tracing::warn!(url = config.control_url, error = %e, "control plane away; keeping the last known state")
+                }
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    async fn watch_once(&mut self, config: &DeploymentsConfig, server_id: &str) -> Result<()> {
+        let mut client = ControlClient::connect(config.control_url.clone()).await?;
+        let request = WatchDeploymentsRequest { server_id: server_id.to_string() };
+        let mut stream = client.watch_deployments(request).await?.into_inner();
+        tracing::info!(url = config.control_url, "following deployments from the control plane");
+        while let Some(snapshot) = stream.message().await? {
+            let fetcher = Fetcher { client: client.clone(), max_bytes: config.max_artifact_bytes };
+            self.apply(snapshot, Some(fetcher)).await;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, snapshot: DeploymentsSnapshot, mut fetcher: Option<Fetcher>) {
         let mut next: HashMap<String, Deployment> = HashMap::new();
-        for row in rows {
-            let model = row.model_name.clone();
-            match self.check(store, &row).await {
+        for spec in &snapshot.deployments {
+            let model = spec.model_name.clone();
+            match self.check(spec, fetcher.as_mut()).await {
                 Ok(deployment) => {
                     next.insert(model, deployment);
                 }
                 Err(why) => {
-                    if self.applied.get(&model).is_none_or(|d| d.id != row.deployment_id) {
+                    if self.applied.get(&model).is_none_or(|d| d.id != spec.deployment_id) {
                         tracing::error!(
                             model,
-                            deployment = row.deployment_id,
+                            deployment = spec.deployment_id,
                             why,
                             "deployment refused; keeping what was served"
                         );
@@ -135,30 +247,49 @@ impl Follower {
             self.router.set(next.values().cloned());
             self.applied = next;
         }
-        Ok(())
+        self.keep(snapshot);
     }
 
-    /// The deployment of `row` when every version it names is loaded here and is the artifact
-    /// the registry holds; else why not.
-    async fn check<S: RegistryStore>(&mut self, store: &S, row: &DeploymentRow) -> Result<Deployment, String> {
-        let mode = match row.mode.as_str() {
+    /// Writes `snapshot` to the state file when it differs from the last one (write, then rename).
+    fn keep(&mut self, snapshot: DeploymentsSnapshot) {
+        let same = self.last.as_ref().is_some_and(|l| l.deployments == snapshot.deployments);
+        if !same && !self.state_file.as_os_str().is_empty() {
+            let temporary = self.state_file.with_extension("incoming");
+            let written = std::fs::write(&temporary, snapshot.encode_to_vec())
+                .and_then(|()| std::fs::rename(&temporary, &self.state_file));
+            if let Err(e) = written {
+                tracing::error!(file = %self.state_file.display(), error = %e, "cannot keep the deployments state");
+            }
+        }
+        self.last = Some(snapshot);
+    }
+
+    /// The deployment of `spec` when every version it names is loaded here (fetched first when
+    /// a control plane can send it) and is the registered artifact; else why not.
+    async fn check(&mut self, spec: &DeploymentSpec, mut fetcher: Option<&mut Fetcher>) -> Result<Deployment, String> {
+        let mode = match spec.mode.as_str() {
             "single" => Mode::Single,
-            "shadow" => Mode::Shadow { share: row.share },
-            "canary" => Mode::Canary { share: row.share },
+            "shadow" => Mode::Shadow { share: spec.share },
+            "canary" => Mode::Canary { share: spec.share },
             other => return Err(format!("unknown mode '{other}'")),
         };
         let automation = Automation {
-            policy: row.policy.parse()?,
-            band: row.accept_below.zip(row.reject_at).map(|(a, r)| (a as f32, r as f32)),
+            policy: spec.policy.parse()?,
+            band: spec.accept_below.zip(spec.reject_at).map(|(a, r)| (a as f32, r as f32)),
         };
-        let versions = std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref());
-        for version in versions {
-            let loaded = self.repository.get(&row.model_name, version).map_err(|e| format!("{e}"))?;
-            let registered = store
-                .model_version(&row.model_name, version)
-                .await
-                .map_err(|e| format!("cannot read the registry: {e}"))?
-                .ok_or_else(|| format!("version {version} is not registered"))?;
+        let candidate = Some(spec.candidate_version.clone()).filter(|c| !c.is_empty());
+        let model = &spec.model_name;
+        for version in std::iter::once(&spec.primary_version).chain(candidate.as_ref()) {
+            let registered =
+                spec.artifact_sha256.get(version).ok_or_else(|| format!("version {version} is not registered"))?;
+            let loaded = match (self.repository.get(model, version), fetcher.as_deref_mut()) {
+                (Ok(loaded), _) => loaded,
+                (Err(_), Some(fetcher)) => {
+                    fetcher.fetch(&self.repository, model, version, registered).await.map_err(|e| format!("{e:#}"))?;
+                    self.repository.get(model, version).map_err(|e| format!("fetched, but {e}"))?
+                }
+                (Err(e), None) => return Err(e.to_string()),
+            };
             let digest = match self.digests.get(&loaded.path) {
                 Some(d) => d.clone(),
                 None => {
@@ -171,20 +302,111 @@ impl Follower {
                     d
                 }
             };
-            if digest != registered.artifact_sha256 {
+            if digest != *registered {
                 return Err(format!(
-                    "version {version} loaded here has sha256 {digest}, the registry holds {}",
-                    registered.artifact_sha256
+                    "version {version} loaded here has sha256 {digest}, the registry holds {registered}"
                 ));
             }
         }
         Ok(Deployment {
-            id: row.deployment_id.clone(),
-            model: row.model_name.clone(),
-            primary: row.primary_version.clone(),
-            candidate: row.candidate_version.clone(),
+            id: spec.deployment_id.clone(),
+            model: spec.model_name.clone(),
+            primary: spec.primary_version.clone(),
+            candidate,
             mode,
             automation,
         })
     }
+}
+
+/// Fetches artifacts from the control plane into the model repository.
+struct Fetcher {
+    client: ControlClient<tonic::transport::Channel>,
+    max_bytes: u64,
+}
+
+impl Fetcher {
+    /// Fetches `model` `version` (its model.onnx has `digest`) into the repository, checks the
+    /// digest, moves it into place and loads the model.
+    async fn fetch(
+        &mut self,
+        repository: &Arc<ModelRepository>,
+        model: &str,
+        version: &str,
+        digest: &str,
+    ) -> Result<()> {
+        if version.parse::<u64>().is_err() {
+            bail!("version '{version}' is not a number; it cannot be a directory of the model repository");
+        }
+        let target = repository.root().join(model).join(version);
+        if target.exists() {
+            bail!(
+                "{} is on disk but not loaded (the model's version_policy; set models.load_all_versions = true, \
+                 or fix the version)",
+                target.display()
+            );
+        }
+        tracing::info!(model, version, sha256 = digest, "fetching the artifact from the control plane");
+        let staging = repository.root().join(model).join(format!(".fetching-{version}"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)?;
+        let result = match self.download(&staging, model, version, digest).await {
+            Ok(()) => {
+                let (staging, target, digest) = (staging.clone(), target.clone(), digest.to_string());
+                tokio::task::spawn_blocking(move || verify_and_place(&staging, &target, &digest)).await?
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let (repository, name) = (repository.clone(), model.to_string());
+        tokio::task::spawn_blocking(move || repository.load_model(&name)).await??;
+        tracing::info!(model, version, "fetched artifact loaded");
+        Ok(())
+    }
+
+    async fn download(&mut self, dir: &Path, model: &str, version: &str, digest: &str) -> Result<()> {
+        use std::io::Write;
+        let request = FetchArtifactRequest {
+            sha256: digest.to_string(),
+            model_name: model.to_string(),
+            version: version.to_string(),
+        };
+        let mut stream = self.client.fetch_artifact(request).await?.into_inner();
+        let mut total = 0u64;
+        let mut open: Option<(String, std::fs::File)> = None;
+        while let Some(chunk) = stream.message().await? {
+            if !ARTIFACT_FILES.contains(&chunk.file.as_str()) {
+                bail!("the control plane sent an unexpected file '{}'", chunk.file);
+            }
+            total += chunk.data.len() as u64;
+            if total > self.max_bytes {
+                bail!("the artifact exceeds deployments.max_artifact_bytes ({} bytes)", self.max_bytes);
+            }
+            if open.as_ref().is_none_or(|(name, _)| *name != chunk.file) {
+                open = Some((chunk.file.clone(), std::fs::File::create(dir.join(&chunk.file))?));
+            }
+            if let Some((_, file)) = open.as_mut() {
+                file.write_all(&chunk.data)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a fetched version's digest and files, then moves it into place at once.
+fn verify_and_place(staging: &Path, target: &Path, digest: &str) -> Result<()> {
+    let got = vigil_store::registry::sha256_file(&staging.join("model.onnx"))?;
+    if got != digest {
+        bail!("fetched model.onnx has sha256 {got}, the registry holds {digest}");
+    }
+    for required in &ARTIFACT_FILES[..2] {
+        if !staging.join(required).is_file() {
+            bail!("the control plane sent no {required}");
+        }
+    }
+    std::fs::rename(staging, target)?;
+    Ok(())
 }

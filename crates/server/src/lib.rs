@@ -4,6 +4,7 @@
 //! and stops them in order.
 
 pub mod config;
+pub mod control;
 pub mod deployments;
 pub mod grpc;
 pub mod lifecycle;

@@ -292,14 +292,27 @@ pub trait LeaseStore: Clone + Send + Sync + 'static {
 }
 
 /// The monitoring side of a store: every focused trait at once, with the review queue (its
-/// depth, age and reviewers' decisions) and the registry's audit log.
+/// depth, age and reviewers' decisions), and the registry and deployments (the audit log, and
+/// the control plane servers follow).
 pub trait MonitorStore:
-    RollupStore + OutcomeStore + AlertStore + LeaseStore + crate::ReviewStore + crate::RegistryStore
+    RollupStore
+    + OutcomeStore
+    + AlertStore
+    + LeaseStore
+    + crate::ReviewStore
+    + crate::RegistryStore
+    + crate::DeploymentStore
 {
 }
 
-impl<S: RollupStore + OutcomeStore + AlertStore + LeaseStore + crate::ReviewStore + crate::RegistryStore> MonitorStore
-    for S
+impl<S> MonitorStore for S where
+    S: RollupStore
+        + OutcomeStore
+        + AlertStore
+        + LeaseStore
+        + crate::ReviewStore
+        + crate::RegistryStore
+        + crate::DeploymentStore
 {
 }
 
