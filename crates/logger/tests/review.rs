@@ -1,8 +1,8 @@
 //! Partial automation end to end, on real components: vigil-edge follows a deployment from
 //! Postgres with the `partial` policy and a review band, logs to an Apache Kafka broker;
 //! vigil-logger queues the items in the band for a person; the monitor's review page (rendered
-//! in headless Chromium) shows one to a reviewer with its image and the model's suggestion; two
-//! reviewers decide it, one accepted and one refused; the decision is a label and counts in the
+//! in headless Chromium) shows one to a reviewer with its image and the model's suggestion, and
+//! she decides it with a click while a second reviewer is refused; the decision is a label and counts in the
 //! reviewers' agreement on the dashboard.
 
 mod support;
@@ -212,8 +212,19 @@ async fn partial_automation_queues_unsure_items_once_and_a_review_becomes_a_labe
     assert!(body["error"].as_str().unwrap().contains("claimed by anna"), "{body}");
     let suggestion = item.suggestion.clone().unwrap();
     let disagree = if suggestion == "ok" { "defect" } else { "ok" };
-    let (status, body) = decide("anna", disagree).await;
-    assert_eq!(status, 200, "{body}");
+    // Anna, in the browser: the item loads with its image decoded; she clicks her decision.
+    let browser =
+        vigil_testkit::Chromium::launch(&format!("http://{http_addr}/review?reviewer=anna&model=scratch-detector"));
+    let mut page = browser.page().await;
+    let shown = page.wait_for("document.getElementById('item')?.dataset.item", Duration::from_secs(20)).await;
+    assert_eq!(shown, oldest.as_str(), "her claimed item, again");
+    let width = page.wait_for("document.getElementById('item-image')?.naturalWidth", Duration::from_secs(10)).await;
+    assert!(width.as_u64().unwrap() > 0, "the image decodes in the browser");
+    page.eval(&format!("document.querySelector('button.decide[data-label=\"{disagree}\"]').click()")).await;
+    let state = page.wait_for("document.getElementById('result').dataset.state", Duration::from_secs(10)).await;
+    let result = page.eval("document.getElementById('result').textContent").await;
+    assert_eq!(state, "accepted", "{result}");
+    drop(browser);
     let (status, body) = decide("ben", "ok").await;
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("already decided by anna"), "{body}");

@@ -9,7 +9,8 @@
 //! refused and the model keeps what it served. While the source is away the server keeps its
 //! last known state; with a `state_file` that state survives a restart, so a server started
 //! while the source is down serves what it last knew. Until it first knows any, every model
-//! answers from its default version.
+//! answers from its default version. At start the server waits (up to `startup_wait_ms`) for
+//! its first read of the source, so that its first answer already follows the deployments.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ pub struct DeploymentsConfig {
     pub state_file: PathBuf,
     /// Largest model artifact fetched from the control plane, in bytes.
     pub max_artifact_bytes: u64,
+    /// How long start-up waits for the first read of the source before serving from the last
+    /// known state (or the local configuration), in milliseconds; 0: no wait.
+    pub startup_wait_ms: u64,
     /// Most shadow copies running at once (shadow mode); a copy beyond it is skipped and
     /// counted in `vigil_shadow_copies_total{outcome="skipped"}`, never queued.
     pub shadow_concurrency: usize,
@@ -57,6 +61,7 @@ impl Default for DeploymentsConfig {
             poll_interval_ms: 2_000,
             state_file: PathBuf::new(),
             max_artifact_bytes: 2 << 30,
+            startup_wait_ms: 5_000,
             shadow_concurrency: vigil_serving::infer::DEFAULT_SHADOW_LANE,
         }
     }
@@ -87,8 +92,9 @@ impl DeploymentsConfig {
 }
 
 /// When `config` names a source, follows its deployments into `router` in `lifecycle`'s
-/// `stage`. The last known state (the state file) is applied before this returns, so a server
-/// serves it from its first request.
+/// `stage`. Before this returns, the last known state (the state file) is applied and the
+/// source is read once (waiting at most `startup_wait_ms`), so a server serves what it knows
+/// from its first request.
 pub async fn follow(
     config: &DeploymentsConfig,
     server_id: &str,
@@ -107,8 +113,12 @@ pub async fn follow(
         applied: HashMap::new(),
         state_file: config.state_file.clone(),
         last: None,
+        first_read: None,
     };
     follower.restore().await;
+    let (first_read, read_once) = tokio::sync::oneshot::channel();
+    follower.first_read = Some(first_read);
+    let wait = Duration::from_millis(config.startup_wait_ms);
     let (config, server_id) = (config.clone(), server_id.to_string());
     lifecycle.spawn(stage, "deployment follower", move |stop| async move {
         let stopped = stop.stopped();
@@ -126,6 +136,12 @@ pub async fn follow(
             () = &mut stopped => Ok(()),
         }
     });
+    if tokio::time::timeout(wait, read_once).await.is_err() {
+        tracing::warn!(
+            waited_ms = wait.as_millis(),
+            "deployments: no answer from the source yet; serving the last known state meanwhile"
+        );
+    }
 }
 
 struct Follower {
@@ -138,9 +154,18 @@ struct Follower {
     state_file: PathBuf,
     /// The last snapshot applied (what the state file holds).
     last: Option<DeploymentsSnapshot>,
+    /// Told once the source was first read, or failed to be.
+    first_read: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Follower {
+    /// Lets start-up go on after the first attempt to read the source, whatever its outcome.
+    fn attempted(&mut self) {
+        if let Some(first_read) = self.first_read.take() {
+            let _ = first_read.send(());
+        }
+    }
+
     /// Starts from the state file, when there is one: what the server last knew.
     async fn restore(&mut self) {
         if self.state_file.as_os_str().is_empty() {
@@ -178,6 +203,7 @@ impl Follower {
                     Ok(b) => backend = Some(b),
                     Err(e) => {
                         tracing::warn!(error = %e, "deployments: cannot reach the store; keeping the last known state");
+                        self.attempted();
                         continue;
                     }
                 }
@@ -190,6 +216,7 @@ impl Follower {
                     tracing::warn!(error = %e, "deployments: cannot read the store; keeping the last known state")
                 }
             }
+            self.attempted();
         }
     }
 
@@ -201,6 +228,7 @@ impl Follower {
                     tracing::warn!(url = config.control_url, error = %e, "control plane away; keeping the last known state")
                 }
             }
+            self.attempted();
             tokio::time::sleep(retry).await;
         }
     }
@@ -213,6 +241,7 @@ impl Follower {
         while let Some(snapshot) = stream.message().await? {
             let fetcher = Fetcher { client: client.clone(), max_bytes: config.max_artifact_bytes };
             self.apply(snapshot, Some(fetcher)).await;
+            self.attempted();
         }
         Ok(())
     }

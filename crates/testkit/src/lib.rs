@@ -3,10 +3,13 @@
 //! own ([`PostgresServer`]), each on free loopback ports with its data in a temporary
 //! directory. `./dev setup` installs what they run (the broker's jars from Maven Central,
 //! PostgreSQL from Debian's packages); when something is missing they fail and say so.
+//! [`Chromium`] drives a headless browser over the DevTools protocol, for pages a person uses.
 
+pub mod chromium;
 pub mod kafka;
 pub mod postgres;
 
+pub use chromium::{Chromium, Page};
 pub use kafka::KafkaBroker;
 pub use postgres::PostgresServer;
 
