@@ -8,8 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures::StreamExt;
 use prost::Message;
 use vigil_logbus::Emitter;
+use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use vigil_proto::inference::model_infer_request::InferInputTensor;
+use vigil_proto::inference::{InferParameter, ModelInferRequest, infer_parameter};
 use vigil_proto::vigil::v1::{InspectRequest, PredictionRecord, RecordStatus, Variant};
 use vigil_serving::RecordEmitter;
 use vigil_store::registry::sha256_file;
@@ -352,5 +356,101 @@ async fn blue_green_switches_and_rollbacks_under_load_fail_no_request() {
     }
     assert!(served.get("1").is_some_and(|n| *n > 0) && served.get("2").is_some_and(|n| *n > 0), "{served:?}");
     println!("answers by version across five switches: {served:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// One ModelInfer request per routing key, `streams` at a time; the version that answered each.
+async fn versions_by_key(
+    oip: &GrpcInferenceServiceClient<tonic::transport::Channel>,
+    keys: std::ops::Range<usize>,
+    streams: usize,
+) -> Vec<(usize, String)> {
+    let input = vec![0u8; 128 * 128 * 4];
+    futures::stream::iter(keys)
+        .map(|key| {
+            let mut oip = oip.clone();
+            let request = ModelInferRequest {
+                model_name: MODEL.into(),
+                inputs: vec![InferInputTensor {
+                    name: "image".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![1, 1, 128, 128],
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![input.clone()],
+                parameters: [(
+                    vigil_serving::oip::ROUTING_KEY_PARAMETER.to_string(),
+                    InferParameter {
+                        parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(format!("station-{key}"))),
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            };
+            async move { (key, oip.model_infer(request).await.unwrap().into_inner().model_version) }
+        })
+        .buffer_unordered(streams)
+        .collect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_its_share_of_keys_keeps_each_key_on_one_version_and_only_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    for version in 1..=2 {
+        copy_version(&model_dir(), &repo.join(MODEL), version, None);
+    }
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let digest = sha256_file(&repo.join(MODEL).join("1/model.onnx")).unwrap();
+    store.register_version(&registered("1", digest.clone()), "").await.unwrap();
+    store.register_version(&registered("2", digest), "").await.unwrap();
+    let change = Change { actor: "ben", reason: "canary", at: chrono::Utc::now() };
+    store.set_deployment(&deployment("ten", "1", Some("2"), "canary", 0.1), &change).await.unwrap();
+
+    let mut config = config();
+    config.model_repository = repo.clone();
+    config.models.load_all_versions = true;
+    config.deployments.database_url = url.clone();
+    config.deployments.poll_interval_ms = 100;
+    let server = start(config).await;
+    let (_, oip) = clients(&server).await;
+
+    // 10% over 10,000 keys (one request each): the candidate's share within 4 binomial sigmas.
+    const KEYS: usize = 10_000;
+    let at_ten: std::collections::HashMap<usize, String> =
+        versions_by_key(&oip, 0..KEYS, 16).await.into_iter().collect();
+    let on_candidate =
+        |served: &std::collections::HashMap<usize, String>| served.values().filter(|v| *v == "2").count();
+    let sigma = (KEYS as f64 * 0.1 * 0.9).sqrt();
+    let share = on_candidate(&at_ten);
+    assert!((share as f64 - 1_000.0).abs() < 4.0 * sigma, "{share} of {KEYS} keys on the candidate at 10%");
+    assert!(at_ten.values().all(|v| v == "1" || v == "2"), "only the deployment's versions answer");
+    // Sticky: each of 2,000 keys asked again lands where it did.
+    for (key, version) in versions_by_key(&oip, 0..2_000, 16).await {
+        assert_eq!(version, at_ten[&key], "station-{key} moved at an unchanged share");
+    }
+    // Raised to 20%: about twice the keys, and no key goes back to the primary.
+    store.set_deployment(&deployment("twenty", "1", Some("2"), "canary", 0.2), &change).await.unwrap();
+    let sample_before = (0..500).filter(|k| at_ten[k] == "2").count();
+    let mut applied = false;
+    for _ in 0..100 {
+        let sample = versions_by_key(&oip, 0..500, 16).await;
+        if sample.iter().filter(|(_, v)| v == "2").count() > sample_before {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(applied, "the 20% canary never applied");
+    let at_twenty: std::collections::HashMap<usize, String> =
+        versions_by_key(&oip, 0..KEYS, 16).await.into_iter().collect();
+    let sigma = (KEYS as f64 * 0.2 * 0.8).sqrt();
+    let grown = on_candidate(&at_twenty);
+    assert!((grown as f64 - 2_000.0).abs() < 4.0 * sigma, "{grown} of {KEYS} keys on the candidate at 20%");
+    let back: Vec<usize> = at_ten.iter().filter(|(k, v)| *v == "2" && at_twenty[*k] == "1").map(|(k, _)| *k).collect();
+    assert!(back.is_empty(), "raising the share moved keys back to the primary: {back:?}");
     server.shutdown().await.unwrap();
 }

@@ -111,7 +111,8 @@ impl PredictionRow {
             features: serde_json::Value::Object(features),
             output,
             score,
-            output_null: out.is_null || (r.status == 1 && score.is_none() && out.text.is_empty()),
+            output_null: out.is_null
+                || (r.status == 1 && score.is_none() && out.text.is_empty() && !model_not_consulted(r)),
             verdict: out.verdict as i16,
             decision: r.decision as i16,
             queue_time_us: r.queue_time_us.min(i64::MAX as u64) as i64,
@@ -196,10 +197,16 @@ impl FeedbackRow {
     }
 }
 
+/// Whether the policy kept the model out of the decision (`human_only`): no output is expected,
+/// so none missing is a null output.
+fn model_not_consulted(r: &PredictionRecord) -> bool {
+    r.review.as_ref().is_some_and(|review| review.policy == "human_only")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vigil_proto::vigil::v1::{ClassScore, Feature, PredictionOutput};
+    use vigil_proto::vigil::v1::{ClassScore, Feature, PredictionOutput, ReviewRequest};
 
     fn record() -> PredictionRecord {
         PredictionRecord {
@@ -263,5 +270,15 @@ mod tests {
         let mut r = record();
         r.output = None;
         assert!(PredictionRow::from_record(&r).unwrap().output_null);
+    }
+
+    #[test]
+    fn an_item_the_model_was_not_asked_about_is_no_null_output() {
+        let mut r = record();
+        r.output = None;
+        r.review = Some(ReviewRequest { policy: "human_only".into(), ..Default::default() });
+        assert!(!PredictionRow::from_record(&r).unwrap().output_null);
+        r.review = Some(ReviewRequest { policy: "partial".into(), ..Default::default() });
+        assert!(PredictionRow::from_record(&r).unwrap().output_null, "the model was asked and said nothing");
     }
 }
