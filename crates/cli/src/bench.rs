@@ -1,7 +1,10 @@
 //! `vigil bench`: throughput, latency and CPU per request of Inspect and ModelInfer at several
 //! concurrencies, beside raw in-process ONNX Runtime on the same model, reported as ratios
 //! measured in one run. With `--external` the server is the `vigil-edge` binary in its own
-//! process, so its CPU per request is measured apart from the load generator's.
+//! process, so its CPU per request is measured apart from the load generator's; with
+//! `--python-peer` the same ModelInfer load then goes to a Python server (grpcio's asyncio
+//! server and onnxruntime, `tests/peers/python_oip_server.py`), after checking it answers as
+//! Vigil does.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +49,16 @@ pub struct BenchArgs {
     /// The `vigil-edge` binary for `--external` (default: next to this `vigil`).
     #[arg(long)]
     pub edge_binary: Option<PathBuf>,
+    /// Also measure ModelInfer against a Python peer (grpcio + onnxruntime) in its own process.
+    #[arg(long, requires = "external")]
+    pub python_peer: bool,
+    /// The Python with grpcio, onnxruntime and tritonclient for `--python-peer` (`./dev setup`
+    /// makes one).
+    #[arg(long, env = "VIGIL_PYTHON", default_value = "python3")]
+    pub python: PathBuf,
+    /// The peer's script.
+    #[arg(long, default_value = "tests/peers/python_oip_server.py")]
+    pub python_peer_script: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -121,23 +134,41 @@ impl Server {
                 binary.display()
             );
         }
-        let mut child = std::process::Command::new(&binary)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"])
-            .arg(&args.model_repository)
+        let mut command = std::process::Command::new(&binary);
+        command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"]);
+        command.arg(&args.model_repository);
+        Self::spawn(command, "vigil-edge listening on ").await
+    }
+
+    /// The Python peer serving the model version in `version_dir`.
+    async fn python_peer(args: &BenchArgs, version_dir: &std::path::Path) -> Result<(Self, String)> {
+        if !args.python_peer_script.is_file() {
+            bail!("{} not found: run from the repository root", args.python_peer_script.display());
+        }
+        let mut command = std::process::Command::new(&args.python);
+        command.arg(&args.python_peer_script).arg(version_dir);
+        Self::spawn(command, "python-peer listening on ").await
+    }
+
+    /// Starts `command` and reads its address from the first line it prints after `prefix`.
+    async fn spawn(mut command: std::process::Command, prefix: &'static str) -> Result<(Self, String)> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let stdout = child.stdout.take().context("no stdout from vigil-edge")?;
+            .with_context(|| format!("cannot start {program}"))?;
+        let stdout = child.stdout.take().with_context(|| format!("no stdout from {program}"))?;
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
             std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
         })
         .await??;
-        let addr = line
-            .strip_prefix("vigil-edge listening on ")
-            .and_then(|l| l.split_whitespace().next())
-            .with_context(|| format!("vigil-edge did not start: {line:?}"))?;
+        let Some(addr) = line.strip_prefix(prefix).and_then(|l| l.split_whitespace().next()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{program} did not start: {line:?}");
+        };
         Ok((Self::External(child), format!("http://{addr}")))
     }
 
@@ -217,28 +248,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let channel = Channel::from_shared(url)?.connect().await?;
     let tensors = Arc::new(tensors);
     let pngs = Arc::new(pngs);
+    let input = config.inputs[0].name.clone();
+    let answer = infer_once(&channel, &args.model, &input, &tensors[0]).await?;
     for &level in &args.concurrency {
-        let oip = GrpcInferenceServiceClient::new(channel.clone());
-        let t = tensors.clone();
-        let name = args.model.clone();
-        let input = config.inputs[0].name.clone();
-        let r = load(level, duration, server_pid, move |i| {
-            let mut client = oip.clone();
-            let tensor = &t[i % t.len()];
-            let request = ModelInferRequest {
-                model_name: name.clone(),
-                inputs: vec![InferInputTensor {
-                    name: input.clone(),
-                    datatype: tensor.datatype.as_str().into(),
-                    shape: tensor.shape.clone(),
-                    ..Default::default()
-                }],
-                raw_input_contents: vec![tensor.data.clone()],
-                ..Default::default()
-            };
-            async move { client.model_infer(request).await.map(|_| ()) }
-        })
-        .await?;
+        let r = model_infer_load(&channel, &args.model, &input, &tensors, level, duration, server_pid).await?;
         rows.push(r.into_row(if args.external { "ModelInfer (vigil-edge process)" } else { "ModelInfer" }, level));
         let inspection = InspectionClient::new(channel.clone());
         let p = pngs.clone();
@@ -253,8 +266,73 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         eprintln!("  server concurrency {level}: done");
     }
     server.stop().await?;
+    if args.python_peer {
+        let (peer, url) = Server::python_peer(&args, &config_path).await?;
+        let peer_pid = peer.pid();
+        let channel = Channel::from_shared(url)?.connect().await?;
+        let peer_answer = infer_once(&channel, &args.model, &input, &tensors[0]).await?;
+        let close = answer.len() == peer_answer.len()
+            && answer.iter().zip(&peer_answer).all(|(a, b)| (a - b).abs() <= 1e-5 * a.abs().max(1.0));
+        if !close {
+            let _ = peer.stop().await;
+            bail!("the Python peer answers {peer_answer:?} where vigil-edge answers {answer:?}");
+        }
+        for &level in &args.concurrency {
+            let r = model_infer_load(&channel, &args.model, &input, &tensors, level, duration, peer_pid).await?;
+            rows.push(r.into_row(PYTHON_PEER, level));
+            eprintln!("  Python peer concurrency {level}: done");
+        }
+        peer.stop().await?;
+    }
     print_table(&rows, args.external);
     Ok(())
+}
+
+const PYTHON_PEER: &str = "ModelInfer (Python grpcio + onnxruntime process)";
+
+fn infer_request(model: &str, input: &str, tensor: &Tensor) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: input.into(),
+            datatype: tensor.datatype.as_str().into(),
+            shape: tensor.shape.clone(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![tensor.data.clone()],
+        ..Default::default()
+    }
+}
+
+/// The first output of one ModelInfer call, as FP32 values.
+async fn infer_once(channel: &Channel, model: &str, input: &str, tensor: &Tensor) -> Result<Vec<f32>> {
+    let response = GrpcInferenceServiceClient::new(channel.clone())
+        .model_infer(infer_request(model, input, tensor))
+        .await
+        .map_err(|s| anyhow!("ModelInfer failed: {s}"))?
+        .into_inner();
+    let raw = response.raw_output_contents.first().context("no raw output in the answer")?;
+    Ok(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// Closed-loop ModelInfer calls with raw FP32 contents, `level` at a time.
+async fn model_infer_load(
+    channel: &Channel,
+    model: &str,
+    input: &str,
+    tensors: &Arc<Vec<Tensor>>,
+    level: usize,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> Result<Measured> {
+    let oip = GrpcInferenceServiceClient::new(channel.clone());
+    let (t, model, input) = (tensors.clone(), model.to_string(), input.to_string());
+    load(level, duration, server_pid, move |i| {
+        let mut client = oip.clone();
+        let request = infer_request(&model, &input, &t[i % t.len()]);
+        async move { client.model_infer(request).await.map(|_| ()) }
+    })
+    .await
 }
 
 /// One closed-loop measurement: requests, elapsed time, latencies (µs), and the CPU the
@@ -379,6 +457,25 @@ fn print_table(rows: &[Row], external: bool) {
             us(r.server_cpu_us),
             cpu_ratio,
             us(r.client_cpu_us)
+        );
+    }
+    let vigil = |level: usize| rows.iter().find(|r| r.mode.starts_with("ModelInfer (vigil") && r.level == level);
+    let peers: Vec<&Row> = rows.iter().filter(|r| r.mode == PYTHON_PEER).collect();
+    if !peers.is_empty() {
+        println!("\n| concurrency | vigil-edge ModelInfer vs Python peer: items/s | p50 | server CPU µs/item |");
+        println!("|---:|---:|---:|---:|");
+    }
+    for peer in peers {
+        let Some(v) = vigil(peer.level) else { continue };
+        let cpu = match (v.server_cpu_us, peer.server_cpu_us) {
+            (Some(v), Some(p)) if p > 0.0 => format!("{:.2}x", v / p),
+            _ => "-".into(),
+        };
+        println!(
+            "| {} | {:.2}x | {:.2}x | {cpu} |",
+            peer.level,
+            v.items_per_s / peer.items_per_s,
+            v.p50_ms / peer.p50_ms
         );
     }
 }
