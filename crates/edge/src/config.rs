@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use vigil_inference::image::ImageLimits;
 pub use vigil_server::{DeploymentsConfig, Limits, LoggingConfig, MetricsConfig, ModelOptions};
@@ -50,7 +49,7 @@ impl Default for EdgeConfig {
 }
 
 /// Top-level keys that `VIGIL_...` variables may set.
-const ENV_KEYS: &[&str] = &[
+pub const ENV_KEYS: &[&str] = &[
     "listen",
     "model_repository",
     "default_model",
@@ -73,18 +72,11 @@ impl EdgeConfig {
 
     /// The layered sources, for callers that add their own (command-line flags).
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut figment = Figment::from(Serialized::defaults(Self::default()));
-        if let Some(path) = file {
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        figment.merge(Env::prefixed("VIGIL_").split("__").filter(|key| {
-            ENV_KEYS.iter().any(|k| key.as_str().split('.').next().is_some_and(|first| first.eq_ignore_ascii_case(k)))
-        }))
+        vigil_server::cli::layered(Self::default(), file, ENV_KEYS)
     }
 
     /// Checks values serde cannot: each message names its key.
     pub fn validate(&self) -> Result<(), String> {
-        self.limits.validate()?;
         let i = &self.images;
         if i.min_side == 0 || i.min_side > i.max_side {
             return Err(format!(
@@ -92,18 +84,10 @@ impl EdgeConfig {
                 i.min_side, i.max_side
             ));
         }
-        self.logging.validate()?;
-        self.deployments.validate()?;
         if self.default_model.is_empty() {
             return Err("default_model must not be empty".into());
         }
-        if !self.model_repository.is_dir() {
-            return Err(format!(
-                "model_repository {} is not a directory (set --model-repository or model_repository)",
-                self.model_repository.display()
-            ));
-        }
-        Ok(())
+        vigil_server::config::validate_shared(&self.limits, &self.logging, &self.deployments, &self.model_repository)
     }
 }
 

@@ -188,6 +188,9 @@ pub struct ModelOptions {
     /// load or unload them, in milliseconds; 0 (the default) turns the watch off (load and
     /// unload through the OIP repository API instead).
     pub watch_interval_ms: u64,
+    /// Where ONNX Runtime runs the models: "cpu" or "cuda" (start-up fails, saying why, when
+    /// CUDA is asked for and this ONNX Runtime library or machine lacks it).
+    pub execution_provider: vigil_inference::session::ExecutionProvider,
 }
 
 impl ModelOptions {
@@ -197,6 +200,27 @@ impl ModelOptions {
             load_all_versions: self.load_all_versions,
             pinned_versions: self.pinned_versions.clone(),
             intra_op_threads: self.intra_op_threads,
+            execution_provider: self.execution_provider,
         }
     }
+}
+
+/// Checks the sections every server shares (each message names its key), and that the model
+/// repository is a directory.
+pub fn validate_shared(
+    limits: &Limits,
+    logging: &LoggingConfig,
+    deployments: &crate::DeploymentsConfig,
+    model_repository: &std::path::Path,
+) -> Result<(), String> {
+    limits.validate()?;
+    logging.validate()?;
+    deployments.validate()?;
+    if !model_repository.is_dir() {
+        return Err(format!(
+            "model_repository {} is not a directory (set --model-repository or model_repository)",
+            model_repository.display()
+        ));
+    }
+    Ok(())
 }

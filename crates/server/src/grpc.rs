@@ -69,6 +69,12 @@ impl GrpcHost {
         self.served.push(S::NAME);
     }
 
+    /// Marks the service named `name` (its full gRPC name) SERVING until the drain starts.
+    pub async fn serving_name(&mut self, name: &'static str) {
+        self.health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        self.served.push(name);
+    }
+
     /// Marks the whole server (the empty service name) SERVING until the drain starts.
     pub async fn serving_all(&mut self) {
         self.health.set_service_status("", tonic_health::ServingStatus::Serving).await;

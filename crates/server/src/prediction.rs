@@ -1,0 +1,204 @@
+//! A prediction server on the host: the model repository loaded (and watched), the Open
+//! Inference Protocol v2 behind the request-metrics and admission layers, deployments followed,
+//! predictions logged, `/metrics` served, and the ordered stop (drain requests, then records,
+//! then the metrics endpoint). Each server binary adds its own APIs beside OIP (the edge its
+//! inspection API) through [`ServerApis`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tonic::service::Routes;
+use vigil_inference::repository::ModelRepository;
+use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use vigil_serving::{
+    AdmissionLayer, DeploymentRouter, Infer, InferenceService, RecordEmitter, RequestMetricsLayer, ServingMetrics,
+    ShadowLane,
+};
+
+use crate::{DeploymentsConfig, GrpcHost, Lifecycle, Limits, LoggingConfig, MetricsConfig, ModelOptions};
+
+/// The stages of a prediction server, in the order they stop.
+const SERVE: &str = "serve";
+const RECORDS: &str = "records";
+const METRICS: &str = "metrics";
+
+/// What every prediction server is told (each binary's configuration holds these keys).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The server's name in OIP metadata and logs (`vigil-edge`, `vigil-cloud`).
+    pub name: &'static str,
+    pub listen: SocketAddr,
+    /// Directory of `<name>/<version>/model.onnx` + `model.toml`.
+    pub model_repository: PathBuf,
+    /// ONNX Runtime shared library; None: search the usual places.
+    pub onnxruntime_lib: Option<PathBuf>,
+    pub limits: Limits,
+    pub models: ModelOptions,
+    pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
+    pub deployments: DeploymentsConfig,
+}
+
+/// What a server's own APIs are built from.
+pub struct Serving {
+    pub repository: Arc<ModelRepository>,
+    pub metrics: ServingMetrics,
+    /// Prediction logging, when enabled.
+    pub records: Option<RecordEmitter>,
+    /// The core that routes through the followed deployments, when deployments are followed.
+    pub infer: Option<Infer>,
+    /// The largest message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// A server's own APIs beside OIP: given the serving parts and the routes so far, the routes
+/// with its services added and their names (reported SERVING by the health service).
+pub type ServerApis = Box<dyn FnOnce(&Serving, Routes) -> Result<(Routes, Vec<&'static str>)> + Send>;
+
+/// A server running in the background.
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// Where `GET /metrics` is served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The loaded models.
+    pub repository: Arc<ModelRepository>,
+    /// Prediction logging, when enabled.
+    pub records: Option<RecordEmitter>,
+    lifecycle: Lifecycle,
+    /// SIGINT/SIGTERM, when the server handles signals.
+    terminated: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), hands the
+    /// last records over, and waits for every task.
+    pub async fn shutdown(self) -> Result<()> {
+        self.lifecycle.shutdown().await
+    }
+
+    /// Serves until `stop` resolves or the server fails, then shuts down in order.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<()> {
+        self.lifecycle.run_until(stop).await
+    }
+
+    /// Waits until the server stops by itself (SIGINT/SIGTERM when it handles signals, or a
+    /// failure), then shuts down in order.
+    pub async fn wait(self) -> Result<()> {
+        match self.terminated {
+            Some(terminated) => self.lifecycle.run_until(terminated).await,
+            None => self.lifecycle.run_until(std::future::pending()).await,
+        }
+    }
+}
+
+/// Loads the model repository, binds `settings.listen` (and the metrics address when enabled)
+/// and serves OIP plus `apis` until `shutdown()` or, when `handle_signals`, SIGINT/SIGTERM.
+/// Prediction records go to `records` when given (the embedded default's in-process bus), else
+/// to Kafka when `settings.logging` says so. `descriptor_sets` describe the served APIs to
+/// reflection.
+pub async fn start(
+    settings: ServerSettings,
+    handle_signals: bool,
+    records: Option<RecordEmitter>,
+    descriptor_sets: &[&[u8]],
+    apis: ServerApis,
+) -> Result<RunningServer> {
+    // Handlers are installed before any work, so that a signal during start-up is a clean stop.
+    let terminated = match handle_signals {
+        true => Some(Box::pin(vigil_telemetry::termination()?) as Pin<Box<dyn Future<Output = ()> + Send>>),
+        false => None,
+    };
+    let repository =
+        crate::models::load(settings.onnxruntime_lib.as_deref(), &settings.model_repository, &settings.models).await?;
+    let mut host = GrpcHost::bind(settings.listen, "--listen", descriptor_sets).await?;
+    let metrics_listener = if settings.metrics.enabled {
+        Some(vigil_telemetry::bind_http(settings.metrics.listen, "--metrics-listen or metrics.listen").await?)
+    } else {
+        None
+    };
+    let metrics_addr = metrics_listener.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
+
+    let mut lifecycle = Lifecycle::new();
+    lifecycle.stage(SERVE, None).stage(RECORDS, None).stage(METRICS, Some(Duration::from_secs(1)));
+    let drain = settings.limits.drain_timeout();
+    let records = match records {
+        Some(external) => Some(external),
+        None => crate::records::start(&settings.logging, &mut lifecycle, RECORDS, drain)?,
+    };
+    crate::models::watch(repository.clone(), &settings.models, &mut lifecycle, SERVE);
+
+    let methods =
+        descriptor_sets.iter().flat_map(|set| vigil_serving::admission::grpc_methods(set)).collect::<Vec<_>>();
+    let streaming = methods.iter().filter(|(_, streams)| *streams).map(|(path, _)| path.clone()).collect();
+    let methods = methods.into_iter().map(|(path, _)| path);
+    let admission = AdmissionLayer::new(settings.limits.admission()).with_streaming_methods(streaming);
+    let mut registry = vigil_telemetry::registry();
+    let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
+    let mut inference = InferenceService::new(repository.clone(), settings.name).with_metrics(metrics.clone());
+    let mut infer = None;
+    if settings.deployments.enabled() {
+        // Every API routes through the deployments the server follows.
+        let router = Arc::new(DeploymentRouter::new(repository.clone()));
+        crate::deployments::follow(
+            &settings.deployments,
+            &settings.logging.server_id,
+            router.clone(),
+            repository.clone(),
+            &mut lifecycle,
+            SERVE,
+        )
+        .await;
+        let lane = Arc::new(ShadowLane::new(settings.deployments.shadow_concurrency));
+        vigil_serving::metrics::register_shadow_lane(&mut registry, lane.clone());
+        let core = Infer::new(router).with_shadow_lane(lane);
+        inference = inference.with_infer(core.clone());
+        infer = Some(core);
+    }
+    if let Some(records) = &records {
+        inference = inference.with_records(records.clone());
+    }
+    let max = settings.limits.max_message_bytes;
+    let oip = GrpcInferenceServiceServer::new(inference).max_decoding_message_size(max).max_encoding_message_size(max);
+    host.serving::<GrpcInferenceServiceServer<InferenceService>>().await;
+    let serving =
+        Serving { repository: repository.clone(), metrics: metrics.clone(), records, infer, max_message_bytes: max };
+    let (routes, names) = match apis(&serving, host.routes().add_service(oip)) {
+        Ok(apis) => apis,
+        Err(e) => {
+            // Whatever started already (records, watches) stops before the error is returned.
+            let _ = lifecycle.shutdown().await;
+            return Err(e);
+        }
+    };
+    for name in names {
+        host.serving_name(name).await;
+    }
+    let addr = host.addr();
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Outermost first: every call is counted, those the admission layer sheds or ends too.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(RequestMetricsLayer::new(metrics).with_methods(methods))
+                .layer(admission),
+        )
+        .add_routes(routes);
+    host.serve(router, &mut lifecycle, SERVE, drain);
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %metrics_addr.expect("bound"), "serving /metrics");
+        crate::serve_metrics(listener, registry, &mut lifecycle, METRICS);
+    }
+    let records = serving.records;
+    Ok(RunningServer { addr, metrics_addr, repository, records, lifecycle, terminated })
+}
+
+/// The APIs of a server that adds none beside OIP.
+pub fn oip_only() -> ServerApis {
+    Box::new(|_, routes| Ok((routes, Vec::new())))
+}
