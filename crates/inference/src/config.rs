@@ -98,6 +98,10 @@ pub struct TensorSpec {
     pub name: String,
     pub datatype: DataType,
     pub dims: Vec<i64>,
+    /// The value the warm-up request fills this input with (default 0), for models that zeros
+    /// would send down a failing path (e.g. a sample-rate input). Numeric inputs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_value: Option<f64>,
 }
 
 /// How an encoded image becomes the model's input tensor.
@@ -210,6 +214,14 @@ impl ModelConfig {
         }
         if self.inputs.is_empty() || self.outputs.is_empty() {
             return Err("a model needs at least one input and one output".into());
+        }
+        for input in self.inputs.iter().filter(|i| i.warmup_value.is_some()) {
+            if !matches!(input.datatype, DataType::Fp32 | DataType::Fp64 | DataType::Int32 | DataType::Int64) {
+                return Err(format!(
+                    "input '{}': warmup_value needs an FP32, FP64, INT32 or INT64 input, not {:?}",
+                    input.name, input.datatype
+                ));
+            }
         }
         if self.instances == 0 {
             return Err("instances must be at least 1".into());

@@ -20,7 +20,7 @@ use crate::batcher::Batcher;
 use crate::config::{ModelConfig, VersionPolicy};
 use crate::session::ModelSession;
 use crate::stats::ModelStats;
-use crate::tensor::Tensor;
+use crate::tensor::{DataType, Tensor};
 
 /// Which versions to load.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +31,8 @@ pub struct RepositoryOptions {
     pub pinned_versions: HashMap<String, u64>,
     /// Overrides every model's `intra_op_threads` when set.
     pub intra_op_threads: Option<usize>,
+    /// Where every model runs.
+    pub execution_provider: crate::session::ExecutionProvider,
 }
 
 /// One loaded model version, ready to infer.
@@ -387,9 +389,12 @@ fn load_version(
             config.version
         )));
     }
-    let threads = options.intra_op_threads.unwrap_or(config.intra_op_threads);
+    let session_options = crate::session::SessionOptions {
+        intra_op_threads: options.intra_op_threads.unwrap_or(config.intra_op_threads),
+        provider: options.execution_provider,
+    };
     let sessions = (0..config.instances)
-        .map(|_| ModelSession::load(&dir.join("model.onnx"), &config, threads))
+        .map(|_| ModelSession::load_with(&dir.join("model.onnx"), &config, session_options))
         .collect::<Result<Vec<_>, _>>()?;
     let stats = Arc::new(ModelStats::default());
     let batcher = Batcher::start(name, config.batching(), sessions, stats.clone());
@@ -408,9 +413,20 @@ fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
         .map(|spec| {
             let mut shape: Vec<i64> = if config.max_batch_size > 0 { vec![1] } else { Vec::new() };
             shape.extend(spec.dims.iter().map(|&d| d.max(1)));
-            let elements: i64 = shape.iter().product();
-            let bytes = elements as usize * spec.datatype.element_size().unwrap_or(1);
-            Tensor { datatype: spec.datatype, shape, data: vec![0; bytes] }
+            let elements = shape.iter().product::<i64>() as usize;
+            let data = match spec.warmup_value {
+                None => vec![0; elements * spec.datatype.element_size().unwrap_or(1)],
+                Some(v) => {
+                    let one = match spec.datatype {
+                        DataType::Fp64 => v.to_le_bytes().to_vec(),
+                        DataType::Int32 => (v as i32).to_le_bytes().to_vec(),
+                        DataType::Int64 => (v as i64).to_le_bytes().to_vec(),
+                        _ => (v as f32).to_le_bytes().to_vec(),
+                    };
+                    one.repeat(elements)
+                }
+            };
+            Tensor { datatype: spec.datatype, shape, data }
         })
         .collect();
     for _ in 0..config.instances {

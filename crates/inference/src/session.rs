@@ -6,9 +6,39 @@ use std::path::Path;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef};
 
+use serde::{Deserialize, Serialize};
+
 use crate::InferenceError;
 use crate::config::ModelConfig;
 use crate::tensor::{DataType, Tensor};
+
+/// Where ONNX Runtime runs a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// The CPU (always there).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU through CUDA: needs an ONNX Runtime library built with it (the
+    /// `onnxruntime-gpu` wheel's) and a GPU; a model asked to run there fails to load otherwise.
+    Cuda,
+}
+
+/// How a session is built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// ONNX Runtime intra-op threads; 0: its default.
+    pub intra_op_threads: usize,
+    pub provider: ExecutionProvider,
+}
+
+/// Whether the file at `path` is in ONNX Runtime's own format (a FlatBuffer whose identifier,
+/// bytes 4-8, is "ORTM") rather than an ONNX protobuf, whatever its name.
+fn is_ort_format(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head[4..8] == b"ORTM"
+}
 
 /// A loaded ONNX model with its declared inputs and outputs.
 pub struct ModelSession {
@@ -18,14 +48,35 @@ pub struct ModelSession {
 }
 
 impl ModelSession {
-    /// Loads `model.onnx` and checks that the config's inputs and outputs exist in the graph.
+    /// Loads `model.onnx` on the CPU and checks that the config's inputs and outputs exist in
+    /// the graph.
     pub fn load(path: &Path, config: &ModelConfig, intra_op_threads: usize) -> Result<Self, InferenceError> {
+        Self::load_with(path, config, SessionOptions { intra_op_threads, provider: ExecutionProvider::Cpu })
+    }
+
+    /// As [`ModelSession::load`], with the given threads and execution provider. The file may
+    /// be an ONNX model or one in ONNX Runtime's format (`.ort`).
+    pub fn load_with(path: &Path, config: &ModelConfig, options: SessionOptions) -> Result<Self, InferenceError> {
         let env = crate::runtime::environment(None)?;
         let mut builder = Session::builder(env)?;
-        if intra_op_threads > 0 {
-            builder = builder.with_intra_threads(intra_op_threads).map_err(ort::Error::from)?;
+        if options.intra_op_threads > 0 {
+            builder = builder.with_intra_threads(options.intra_op_threads).map_err(ort::Error::from)?;
         }
         builder = builder.with_intra_op_spinning(config.intra_op_spinning).map_err(ort::Error::from)?;
+        if is_ort_format(path) {
+            builder = builder.with_config_entry("session.load_model_format", "ORT").map_err(ort::Error::from)?;
+        }
+        if options.provider == ExecutionProvider::Cuda {
+            let cuda = ort::ep::CUDA::default().build().error_on_failure();
+            builder = builder.with_execution_providers([cuda]).map_err(|e| {
+                InferenceError::Config(format!(
+                    "{}: execution_provider = \"cuda\" but CUDA is not available here ({e}); use an ONNX Runtime \
+                     library with CUDA (the onnxruntime-gpu wheel) on a machine with an NVIDIA GPU, or \
+                     execution_provider = \"cpu\"",
+                    path.display()
+                ))
+            })?;
+        }
         let session = builder
             .commit_from_file(path)
             .map_err(|e| InferenceError::Config(format!("cannot load model {}: {e}", path.display())))?;
@@ -153,4 +204,24 @@ fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceErr
         )));
     }
     Ok(tensor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ort_format_is_told_by_content_not_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let ort = dir.path().join("model.onnx");
+        std::fs::write(&ort, b"\x1c\x00\x00\x00ORTM\x00\x00").unwrap();
+        assert!(is_ort_format(&ort));
+        let onnx = dir.path().join("model.ort");
+        std::fs::write(&onnx, b"\x08\x07\x12\x07pytorch").unwrap();
+        assert!(!is_ort_format(&onnx));
+        assert!(!is_ort_format(&dir.path().join("missing")));
+        let short = dir.path().join("short");
+        std::fs::write(&short, b"ORT").unwrap();
+        assert!(!is_ort_format(&short));
+    }
 }
