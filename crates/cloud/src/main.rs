@@ -1,0 +1,31 @@
+//! `vigil-cloud`: serve every model of a repository over gRPC in the cloud.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use vigil_cloud::CloudConfig;
+use vigil_server::cli::ServerFlags;
+
+/// Vigil's cloud prediction server: many models over the Open Inference Protocol v2.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(flatten)]
+    flags: ServerFlags,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    vigil_telemetry::init_tracing_with("info,ort=warn");
+    let args = Args::parse();
+    vigil_telemetry::exit_code("vigil-cloud", run(args).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let figment = args.flags.figment(CloudConfig::default(), vigil_cloud::config::ENV_KEYS);
+    let config: CloudConfig = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    config.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let server = vigil_cloud::start(config, true, None).await?;
+    vigil_server::cli::announce("vigil-cloud", &server);
+    server.wait().await
+}
