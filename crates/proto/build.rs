@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vigil/v1/monitoring.proto",
         "vigil/v1/rollups.proto",
         "vigil/v1/control.proto",
+        "vigil/v1/voice_search.proto",
     ];
     let paths: Vec<PathBuf> = files.iter().map(|f| root.join(f)).collect();
     for path in &paths {

@@ -75,7 +75,7 @@ struct Row {
 }
 
 /// CPU time (user + system, all threads) a process has used, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     // Fields after the command name (which may hold spaces) start at field 3; utime and stime

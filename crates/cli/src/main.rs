@@ -9,6 +9,7 @@
 //! - `vigil metrics`, `vigil drift`, `vigil alerts`: the monitor's figures and alarms.
 
 mod bench;
+mod bench_voice;
 mod deploy;
 mod images;
 mod inspect;
@@ -18,6 +19,7 @@ mod model;
 mod monitoring;
 mod query;
 mod review;
+mod speak;
 mod up;
 
 use std::process::ExitCode;
@@ -60,6 +62,10 @@ enum Command {
     Deploy(deploy::DeployArgs),
     /// The human review queue: claim the next item, submit a decision, see the queue.
     Review(review::ReviewArgs),
+    /// Voice search from recordings: VAD here, only the speech to vigil-cloud, transcript and results back.
+    Speak(speak::SpeakArgs),
+    /// Voice search benchmark: VAD and recognition real-time factors, the user's wait at 1 and 8 streams.
+    BenchVoice(bench_voice::VoiceBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
             Command::Audit(args) => model::audit(args).await,
             Command::Deploy(args) => deploy::run(args).await,
             Command::Review(args) => review::run(args).await,
+            Command::Speak(args) => speak::run(args).await,
+            Command::BenchVoice(args) => bench_voice::run(args).await.map(|()| 0),
         }
     });
     match result {

@@ -26,6 +26,103 @@ pub struct CloudConfig {
     pub metrics: MetricsConfig,
     /// Follow deployments (shadow, canary, blue-green) from the registry or a control plane.
     pub deployments: DeploymentsConfig,
+    pub voice_search: VoiceSearchConfig,
+}
+
+/// `vigil.v1.VoiceSearch`: which models listen, what they are given, the catalog searched and
+/// every limit of a query's stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoiceSearchConfig {
+    /// Serve the API (needs the catalog; the models may arrive later).
+    pub enabled: bool,
+    /// Repository models: Moonshine's encoder and decoder (with `tokenizer.bin` beside it).
+    pub encoder_model: String,
+    pub decoder_model: String,
+    /// CSV of `id,title,category,description`.
+    pub catalog: PathBuf,
+    /// Silence added before and after each piece of speech: Moonshine transcribes espeak-ng
+    /// queries with the fewest word errors at 500 ms (README, "Voice search").
+    pub pad_ms: u32,
+    /// Level each segment is brought to (RMS dBFS) before recognition, and the most gain used.
+    pub target_dbfs: f64,
+    pub max_gain_db: f64,
+    /// Speech longer than this is cut at its quietest point first (Moonshine fails past 9.27 s).
+    pub split_ms: u32,
+    /// A segment over this is refused.
+    pub max_segment_ms: u64,
+    /// Segments and audio one query may hold.
+    pub max_segments: usize,
+    pub max_query_ms: u64,
+    /// Decoding stops at this many tokens per second of audio (a runaway decoder repeats).
+    pub max_tokens_per_second: f64,
+    /// The stream must open with its SearchConfig within this, and then never fall silent longer.
+    pub config_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    /// Results when the client asks for none, and the most it may ask for.
+    pub default_results: u32,
+    pub max_results: u32,
+}
+
+impl Default for VoiceSearchConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            encoder_model: "moonshine-tiny-en-encoder".into(),
+            decoder_model: "moonshine-tiny-en-decoder".into(),
+            catalog: PathBuf::from("deploy/catalog/products.csv"),
+            pad_ms: 500,
+            target_dbfs: -20.0,
+            max_gain_db: 30.0,
+            split_ms: 8_000,
+            max_segment_ms: 30_000,
+            max_segments: 64,
+            max_query_ms: 120_000,
+            max_tokens_per_second: 6.5,
+            config_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            default_results: 5,
+            max_results: 50,
+        }
+    }
+}
+
+impl VoiceSearchConfig {
+    /// Checks values serde cannot; each message names its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let key = |k: &str| format!("voice_search.{k}");
+        if self.split_ms < 1_000 || self.split_ms as u64 + 2 * self.pad_ms as u64 > 9_000 {
+            return Err(format!(
+                "{} ({}) + 2 x {} ({}) must be between 1 s and 9 s: Moonshine takes at most 9.27 s",
+                key("split_ms"),
+                self.split_ms,
+                key("pad_ms"),
+                self.pad_ms
+            ));
+        }
+        if !(-60.0..=0.0).contains(&self.target_dbfs) || !(0.0..=60.0).contains(&self.max_gain_db) {
+            return Err(format!("{} must be in -60..0 and {} in 0..60", key("target_dbfs"), key("max_gain_db")));
+        }
+        if self.max_tokens_per_second <= 0.0 {
+            return Err(format!("{} must be positive", key("max_tokens_per_second")));
+        }
+        for (name, value) in [
+            ("max_segment_ms", self.max_segment_ms),
+            ("max_segments", self.max_segments as u64),
+            ("max_query_ms", self.max_query_ms),
+            ("config_timeout_ms", self.config_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("default_results", self.default_results as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("{} must be at least 1", key(name)));
+            }
+        }
+        if self.default_results > self.max_results {
+            return Err(format!("{} must not exceed {}", key("default_results"), key("max_results")));
+        }
+        Ok(())
+    }
 }
 
 impl Default for CloudConfig {
@@ -40,13 +137,14 @@ impl Default for CloudConfig {
             logging: LoggingConfig::named("vigil-cloud", "cloud-1"),
             metrics: MetricsConfig { listen: "127.0.0.1:9110".parse().expect("valid literal"), ..Default::default() },
             deployments: DeploymentsConfig::default(),
+            voice_search: VoiceSearchConfig::default(),
         }
     }
 }
 
 /// Top-level keys that `VIGIL_...` variables may set.
 pub const ENV_KEYS: &[&str] =
-    &["listen", "model_repository", "onnxruntime_lib", "limits", "models", "metrics", "deployments"];
+    &["listen", "model_repository", "onnxruntime_lib", "limits", "models", "metrics", "deployments", "voice_search"];
 
 impl CloudConfig {
     /// Layers defaults, the optional file and the environment, then validates.
@@ -64,7 +162,8 @@ impl CloudConfig {
 
     /// Checks values serde cannot: each message names its key.
     pub fn validate(&self) -> Result<(), String> {
-        vigil_server::config::validate_shared(&self.limits, &self.logging, &self.deployments, &self.model_repository)
+        vigil_server::config::validate_shared(&self.limits, &self.logging, &self.deployments, &self.model_repository)?;
+        self.voice_search.validate()
     }
 }
 

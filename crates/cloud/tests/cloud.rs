@@ -56,6 +56,7 @@ fn config(repository: &Path) -> CloudConfig {
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = "127.0.0.1:0".parse().unwrap();
     config.models.watch_interval_ms = 100;
+    config.voice_search.catalog = repo_root().join("deploy/catalog/products.csv");
     config
 }
 

@@ -102,6 +102,11 @@ pub struct TensorSpec {
     /// would send down a failing path (e.g. a sample-rate input). Numeric inputs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_value: Option<f64>,
+    /// The shape the warm-up request gives this input (default: each variable dimension 1),
+    /// for models that need a minimum length (e.g. audio). Same rank as `dims`, and equal to
+    /// it wherever `dims` is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_dims: Option<Vec<i64>>,
 }
 
 /// How an encoded image becomes the model's input tensor.
@@ -223,6 +228,19 @@ impl ModelConfig {
                 ));
             }
         }
+        for input in &self.inputs {
+            if let Some(shape) = &input.warmup_dims {
+                let fits = shape.len() == input.dims.len()
+                    && shape.iter().zip(&input.dims).all(|(&w, &d)| w >= 1 && (d < 0 || w == d));
+                if !fits {
+                    return Err(format!(
+                        "input '{}': warmup_dims {shape:?} must have the rank of dims {:?}, match its fixed \
+                         dimensions and be at least 1 elsewhere",
+                        input.name, input.dims
+                    ));
+                }
+            }
+        }
         if self.instances == 0 {
             return Err("instances must be at least 1".into());
         }
@@ -316,6 +334,22 @@ max_queue_depth = 16
         assert_eq!(c.inputs[0].datatype, DataType::Fp32);
         assert_eq!(c.batching().max_queue_delay(), Duration::from_micros(100));
         assert_eq!(c.preprocess.unwrap().channels, Channels::Gray);
+    }
+
+    #[test]
+    fn warmup_dims_must_fit_the_declared_dims() {
+        let audio = |warmup: &str| {
+            let text = format!(
+                "name = \"a\"\nversion = 1\nmax_batch_size = 0\n[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\n\
+                 dims = [1, -1]\n{warmup}\n[[outputs]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [1]\n"
+            );
+            toml::from_str::<ModelConfig>(&text).unwrap().validate()
+        };
+        assert!(audio("warmup_dims = [1, 16000]").is_ok());
+        for bad in ["warmup_dims = [16000]", "warmup_dims = [2, 16000]", "warmup_dims = [1, 0]"] {
+            let e = audio(bad).unwrap_err();
+            assert!(e.contains("input 'x': warmup_dims"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -402,9 +402,9 @@ fn load_version(
     Ok(LoadedModel { config, batcher, stats, path: dir.to_path_buf() })
 }
 
-/// Runs one synthetic request (zeros, batch 1, variable dimensions 1) through every instance's
-/// queue, so the first real request does not pay for ONNX Runtime's lazy initialisation and a
-/// model that cannot run is refused before it serves. Not counted in the statistics.
+/// Runs one synthetic request (zeros or `warmup_value`, batch 1, variable dimensions 1 or
+/// `warmup_dims`) through every instance's queue, so the first real request does not pay for
+/// ONNX Runtime's lazy initialisation and a model that cannot run is refused before it serves. Not counted in the statistics.
 fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
     let config = &model.config;
     let inputs: Vec<Tensor> = config
@@ -412,7 +412,10 @@ fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
         .iter()
         .map(|spec| {
             let mut shape: Vec<i64> = if config.max_batch_size > 0 { vec![1] } else { Vec::new() };
-            shape.extend(spec.dims.iter().map(|&d| d.max(1)));
+            match &spec.warmup_dims {
+                Some(dims) => shape.extend(dims),
+                None => shape.extend(spec.dims.iter().map(|&d| d.max(1))),
+            }
             let elements = shape.iter().product::<i64>() as usize;
             let data = match spec.warmup_value {
                 None => vec![0; elements * spec.datatype.element_size().unwrap_or(1)],

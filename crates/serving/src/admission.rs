@@ -214,18 +214,21 @@ where
         Box::pin(async move {
             let admitted = async move {
                 // Charge the budget from the declared length, before the message is buffered.
+                // A stream is handed to its handler at once (it may be waiting for its first
+                // message, or bound its own wait) and charged message by message as each starts.
                 let (parts, body) = request.into_parts();
-                let (mut body, declared) = read_declared_length(body).await;
+                let (mut body, declared) = match stream {
+                    true => (Replay::new(body), None),
+                    false => read_declared_length(body).await,
+                };
                 body.messages.limit = max_stream_messages;
                 let reserved = Reservation::default();
                 if !exempt {
                     let budget = StreamBudget { bytes, total: budget, held: reserved.clone() };
-                    if let Err(status) = budget.charge(declared.map_or(0, |n| n as usize)) {
-                        return Ok(Err(status));
-                    }
-                    // A stream's later messages are charged as they start.
                     if stream {
                         body.messages.budget = Some(budget);
+                    } else if let Err(status) = budget.charge(declared.map_or(0, |n| n as usize)) {
+                        return Ok(Err(status));
                     }
                 }
                 let request = http::Request::from_parts(parts, tonic::body::Body::new(body));
@@ -281,6 +284,13 @@ async fn read_declared_length(mut body: tonic::body::Body) -> (Replay, Option<u3
     (Replay { frames, error, rest: body, messages: MessageCounter::default() }, declared)
 }
 
+impl Replay {
+    /// `body` with nothing read ahead.
+    fn new(body: tonic::body::Body) -> Self {
+        Self { frames: Default::default(), error: None, rest: body, messages: MessageCounter::default() }
+    }
+}
+
 /// A request body with its first frames read ahead (see [`read_declared_length`]); for
 /// streams it also counts the messages and fails the body past the limit.
 struct Replay {
@@ -300,7 +310,7 @@ struct MessageCounter {
     /// A length prefix split across frames.
     prefix: Vec<u8>,
     exceeded: bool,
-    /// Charges each message after the first (charged at admission) as it starts.
+    /// Charges each message of a stream as it starts.
     budget: Option<StreamBudget>,
 }
 
@@ -337,9 +347,7 @@ impl MessageCounter {
                         )),
                     ));
                 }
-                if self.seen > 1
-                    && let Some(Err(status)) = self.budget.as_ref().map(|b| b.charge(self.remaining))
-                {
+                if let Some(Err(status)) = self.budget.as_ref().map(|b| b.charge(self.remaining)) {
                     return Some((starts, status));
                 }
             }

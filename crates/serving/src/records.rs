@@ -181,6 +181,32 @@ impl RecordEmitter {
         self.send(&ctx.station_id, record);
     }
 
+    /// Records a prediction of an API with its own outputs (e.g. a voice search's transcript):
+    /// `record`'s own fields over the context's (time, server, trace, variant, api).
+    pub fn record(&self, ctx: &RequestContext, record: PredictionRecord) {
+        let base = self.base(ctx);
+        let record = PredictionRecord {
+            schema_version: base.schema_version,
+            request_time: base.request_time,
+            response_time: base.response_time,
+            server_id: base.server_id,
+            trace_id: base.trace_id,
+            variant: base.variant,
+            api: base.api,
+            ..record
+        };
+        self.send(&ctx.station_id, record);
+    }
+
+    /// Logs what a user did after a prediction, keyed by the prediction it follows.
+    pub fn feedback(&self, event: &vigil_proto::vigil::v1::FeedbackEvent) {
+        self.emitter.emit(Envelope {
+            topic: topics::FEEDBACK.to_string(),
+            key: event.prediction_id.clone(),
+            payload: event.encode_to_vec(),
+        });
+    }
+
     fn base(&self, ctx: &RequestContext) -> PredictionRecord {
         PredictionRecord {
             schema_version: SCHEMA_VERSION,

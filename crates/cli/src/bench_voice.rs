@@ -1,0 +1,220 @@
+//! `vigil bench-voice`: voice search measured as a user meets it. Spoken queries (espeak-ng)
+//! with silence around them; Silero VAD on the device side; vigil-cloud (release build, shipped
+//! configuration, in this process) answering over loopback gRPC at 1 and 8 concurrent streams.
+//! Prints the real-time factors of VAD and recognition run directly on the models (the
+//! baseline), the user's wait from the end of speech to the results, segments per second,
+//! CPU per query, and the audio sent against recorded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use vigil_cloud::CloudConfig;
+use vigil_proto::vigil::v1::voice_search_client::VoiceSearchClient;
+use vigil_proto::vigil::v1::{SearchConfig, SearchRequest, SpeechSegment, search_request, search_response};
+use vigil_speech::asr::{DecodeLimits, Recogniser, Tokenizer};
+use vigil_speech::audio::{self, Loudness, SAMPLES_PER_MS};
+use vigil_speech::espeak::{self, ADULT};
+use vigil_speech::vad::{self, VadParams, VadStream};
+use vigil_speech::{LocalModel, SAMPLE_RATE};
+
+#[derive(Args, Debug)]
+pub struct VoiceBenchArgs {
+    /// Model repository with the speech models (./dev setup fetches them).
+    #[arg(long, env = "VIGIL_CLOUD_MODELS", default_value = ".vigil/cloud-models")]
+    pub models: PathBuf,
+    /// Spoken queries, one per line (`text | product id`).
+    #[arg(long, default_value = "tests/speech/queries.txt")]
+    pub queries: PathBuf,
+    /// Catalog the server searches.
+    #[arg(long, default_value = "deploy/catalog/products.csv")]
+    pub catalog: PathBuf,
+    /// Concurrent streams to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    pub concurrency: Vec<usize>,
+    /// Seconds per concurrency level.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+}
+
+/// One recorded query: the recording and the speech its VAD found.
+struct Recording {
+    samples: Vec<f32>,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+pub async fn run(args: VoiceBenchArgs) -> Result<()> {
+    let texts: Vec<String> = std::fs::read_to_string(&args.queries)
+        .with_context(|| format!("cannot read {}", args.queries.display()))?
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split('|').next().unwrap_or_default().trim().to_string())
+        .collect();
+    eprintln!("==> synthesising {} spoken queries with espeak-ng", texts.len());
+    let vad_model = LocalModel::load(&args.models.join("silero-vad/1"), 1)
+        .with_context(|| format!("no Silero VAD in {} (./dev setup fetches it; --models)", args.models.display()))?;
+    let mut recordings = Vec::new();
+    let (mut vad_time, mut recorded, mut sent) = (Duration::ZERO, 0usize, 0usize);
+    for text in &texts {
+        let mut samples = vec![0.0; 600 * SAMPLES_PER_MS];
+        samples.extend(espeak::say(text, ADULT)?);
+        samples.extend(vec![0.0; 700 * SAMPLES_PER_MS]);
+        let started = Instant::now();
+        let probabilities = VadStream::new(&vad_model).probabilities(&samples).await?;
+        vad_time += started.elapsed();
+        let spans = vad::speech_spans(&probabilities, samples.len(), VadParams::default());
+        recorded += samples.len();
+        sent += spans.iter().map(|s| s.len()).sum::<usize>();
+        recordings.push(Recording { samples, spans });
+    }
+    let recordings = Arc::new(recordings);
+    let audio_s = recorded as f64 / SAMPLE_RATE as f64;
+
+    let mut config = CloudConfig { model_repository: args.models.clone(), ..CloudConfig::default() };
+    config.listen = "127.0.0.1:0".parse()?;
+    config.metrics.enabled = false;
+    config.logging.enabled = false;
+    config.models.watch_interval_ms = 0;
+    config.voice_search.catalog = args.catalog.clone();
+    let voice = config.voice_search.clone();
+    let server = vigil_cloud::start(config, false, None).await?;
+
+    // Baseline: the recogniser on the loaded models directly, one query at a time, exactly the
+    // audio the server would recognise (normalised, padded).
+    let encoder = server.repository.get(&voice.encoder_model, "")?;
+    let decoder = server.repository.get(&voice.decoder_model, "")?;
+    let tokenizer = Arc::new(Tokenizer::load(&decoder.path.join("tokenizer.bin"))?);
+    let recogniser = Recogniser { encoder, decoder, tokenizer, limits: DecodeLimits::default() };
+    let loudness = Loudness { target_dbfs: voice.target_dbfs, max_gain_db: voice.max_gain_db, ..Loudness::default() };
+    let mut direct = histogram();
+    let (mut asr_time, mut speech_samples) = (Duration::ZERO, 0usize);
+    for r in recordings.iter() {
+        let started = Instant::now();
+        for span in &r.spans {
+            let mut speech = r.samples[span.clone()].to_vec();
+            loudness.normalise(&mut speech);
+            speech_samples += speech.len();
+            recogniser.recognise(&audio::pad(&speech, voice.pad_ms, voice.pad_ms)).await?;
+        }
+        let took = started.elapsed();
+        asr_time += took;
+        direct.record(took.as_micros() as u64)?;
+    }
+    let speech_s = speech_samples as f64 / SAMPLE_RATE as f64;
+
+    let me = std::process::id();
+    let addr = format!("http://{}", server.addr);
+    let mut rows = Vec::new();
+    for &streams in &args.concurrency {
+        let deadline = Instant::now() + Duration::from_secs_f64(args.duration_s);
+        let cpu_before = crate::bench::cpu_time(me)?;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for stream in 0..streams {
+            let (recordings, addr) = (recordings.clone(), addr.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut client = VoiceSearchClient::connect(addr).await?;
+                let (mut waits, mut queries, mut segments) = (histogram(), 0u64, 0u64);
+                let mut i = stream;
+                while Instant::now() < deadline {
+                    let r = &recordings[i % recordings.len()];
+                    i += streams;
+                    let wait = query(&mut client, r).await?;
+                    waits.record(wait.as_micros() as u64)?;
+                    queries += 1;
+                    segments += r.spans.len() as u64;
+                }
+                anyhow::Ok((waits, queries, segments))
+            }));
+        }
+        let (mut waits, mut queries, mut segments) = (histogram(), 0, 0);
+        for task in tasks {
+            let (w, q, s) = task.await??;
+            waits.add(w)?;
+            queries += q;
+            segments += s;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = crate::bench::cpu_time(me)?.saturating_sub(cpu_before);
+        eprintln!("  {streams} stream(s): done");
+        rows.push((streams, queries, segments, elapsed, waits, cpu));
+    }
+    server.shutdown().await?;
+
+    println!("\n{}", vigil_telemetry::benchmark_header());
+    println!("\n| stage, run directly on the models | audio | time | real-time factor |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| Silero VAD, {} recordings (one thread) | {audio_s:.1} s | {:.3} s | {:.4} |",
+        recordings.len(),
+        vad_time.as_secs_f64(),
+        vad_time.as_secs_f64() / audio_s
+    );
+    println!(
+        "| Moonshine tiny, the VAD's segments padded {} ms (one query at a time) | {speech_s:.1} s | {:.3} s | {:.4} |",
+        voice.pad_ms,
+        asr_time.as_secs_f64(),
+        asr_time.as_secs_f64() / speech_s
+    );
+    println!(
+        "\nDirect recognition per query: p50 {:.1} ms, p99 {:.1} ms. Sent {:.0}% of the audio recorded ({:.1} s of {audio_s:.1} s).",
+        direct.value_at_quantile(0.5) as f64 / 1e3,
+        direct.value_at_quantile(0.99) as f64 / 1e3,
+        100.0 * sent as f64 / recorded as f64,
+        sent as f64 / SAMPLE_RATE as f64,
+    );
+    println!("\n| streams | queries/s | segments/s | wait p50 | wait p99 | wait p50 / direct p50 | CPU per query |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (streams, queries, segments, elapsed, waits, cpu) in rows {
+        println!(
+            "| {streams} | {:.1} | {:.1} | {:.1} ms | {:.1} ms | {:.2}x | {:.1} ms |",
+            queries as f64 / elapsed,
+            segments as f64 / elapsed,
+            waits.value_at_quantile(0.5) as f64 / 1e3,
+            waits.value_at_quantile(0.99) as f64 / 1e3,
+            waits.value_at_quantile(0.5) as f64 / direct.value_at_quantile(0.5).max(1) as f64,
+            cpu.as_secs_f64() * 1e3 / queries.max(1) as f64,
+        );
+    }
+    println!("\nWait: from the half-close after the last segment to the results (the user's wait after speaking).");
+    println!("CPU per query: this process (server and client together), user + system.");
+    Ok(())
+}
+
+/// Streams one recording's segments and returns the wait from the end of speech to the results.
+async fn query(client: &mut VoiceSearchClient<tonic::transport::Channel>, r: &Recording) -> Result<Duration> {
+    let mut messages = vec![SearchRequest {
+        message: Some(search_request::Message::Config(SearchConfig {
+            language: "en".into(),
+            sample_rate: SAMPLE_RATE,
+            device_id: "bench".into(),
+            ..Default::default()
+        })),
+    }];
+    for (i, span) in r.spans.iter().enumerate() {
+        messages.push(SearchRequest {
+            message: Some(search_request::Message::Segment(SpeechSegment {
+                sequence: i as u64,
+                pcm16: audio::f32_to_pcm16(&r.samples[span.clone()]),
+                start_ms: (span.start / SAMPLES_PER_MS) as u64,
+                end_ms: (span.end / SAMPLES_PER_MS) as u64,
+            })),
+        });
+    }
+    let mut responses = client.search(tokio_stream::iter(messages)).await?.into_inner();
+    // The stream half-closes as soon as its last message is sent: the wait starts there.
+    let speech_ended = Instant::now();
+    while let Some(message) = responses.message().await? {
+        if let Some(search_response::Message::Result(_)) = message.message {
+            return Ok(speech_ended.elapsed());
+        }
+    }
+    anyhow::bail!("the stream ended without results")
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}

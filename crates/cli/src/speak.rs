@@ -1,0 +1,255 @@
+//! `vigil speak`: the device side of voice search. Runs Silero VAD in this process over each
+//! recording, streams only the speech segments to vigil-cloud as soon as each one closes, and
+//! prints the transcript, the results, how much audio was sent against recorded, and how long
+//! the answer took after the last speech was sent.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use vigil_proto::vigil::v1::voice_search_client::VoiceSearchClient;
+use vigil_proto::vigil::v1::{SearchConfig, SearchRequest, SpeechSegment, search_request, search_response};
+use vigil_speech::audio::{self, SAMPLES_PER_MS};
+use vigil_speech::vad::{CHUNK, Segmenter, VadParams, VadStream};
+use vigil_speech::{LocalModel, SAMPLE_RATE};
+
+#[derive(Args, Debug)]
+pub struct SpeakArgs {
+    /// Recordings: 16 kHz mono 16-bit WAV files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Cloud server address.
+    #[arg(long, default_value = "http://127.0.0.1:8010", env = "VIGIL_CLOUD")]
+    pub server: String,
+    /// Silero VAD model directory (model.onnx + model.toml).
+    #[arg(long, env = "VIGIL_VAD_MODEL", default_value = ".vigil/cloud-models/silero-vad/1")]
+    pub vad_model: PathBuf,
+    /// A chunk at or above this speech probability is speech.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Speech ends below this probability (default: threshold - 0.15).
+    #[arg(long)]
+    pub negative_threshold: Option<f32>,
+    /// Shorter speech is dropped.
+    #[arg(long, default_value_t = 250)]
+    pub min_speech_ms: u32,
+    /// A pause this long ends a segment.
+    #[arg(long, default_value_t = 300)]
+    pub min_silence_ms: u32,
+    /// Silence kept around each segment (at most min_silence_ms).
+    #[arg(long, default_value_t = 200)]
+    pub speech_pad_ms: u32,
+    /// Device id sent with each query.
+    #[arg(long, default_value = "cli")]
+    pub device_id: String,
+    /// Results per query.
+    #[arg(long, default_value_t = 5)]
+    pub results: u32,
+    /// Print one JSON object per recording, for machines.
+    #[arg(long)]
+    pub json: bool,
+    /// Per-recording timeout in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub timeout_ms: u64,
+}
+
+/// One recording's outcome, as printed with `--json`.
+#[derive(Debug, Serialize, Default)]
+pub struct Spoken {
+    pub path: String,
+    pub query_id: String,
+    pub trace_id: String,
+    pub segments: Vec<SpokenSegment>,
+    pub transcript: String,
+    pub results: Vec<SpokenHit>,
+    pub recorded_ms: u64,
+    pub sent_ms: u64,
+    /// From the end of the last speech sent to the results, milliseconds.
+    pub wait_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpokenSegment {
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub text: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpokenHit {
+    pub rank: u32,
+    pub product_id: String,
+    pub title: String,
+    pub score: f32,
+}
+
+pub async fn run(args: SpeakArgs) -> Result<u8> {
+    let params = VadParams {
+        threshold: args.threshold,
+        negative_threshold: args.negative_threshold.unwrap_or((args.threshold - 0.15).max(0.0)),
+        min_speech_ms: args.min_speech_ms,
+        min_silence_ms: args.min_silence_ms,
+        speech_pad_ms: args.speech_pad_ms,
+    };
+    params.validate().map_err(|e| anyhow::anyhow!("VAD settings: {e}"))?;
+    let vad = LocalModel::load(&args.vad_model, 1).with_context(|| {
+        format!("cannot load the VAD model from {} (./dev setup fetches it; --vad-model)", args.vad_model.display())
+    })?;
+    let client = connect(&args.server).await?;
+    let mut failed = false;
+    for path in &args.files {
+        let spoken = match tokio::time::timeout(
+            Duration::from_millis(args.timeout_ms),
+            speak_file(client.clone(), &vad, path, params, &args),
+        )
+        .await
+        {
+            Ok(Ok(spoken)) => spoken,
+            Ok(Err(e)) => {
+                Spoken { path: path.display().to_string(), error: Some(format!("{e:#}")), ..Default::default() }
+            }
+            Err(_) => Spoken {
+                path: path.display().to_string(),
+                error: Some(format!("no answer within {} ms (--timeout-ms)", args.timeout_ms)),
+                ..Default::default()
+            },
+        };
+        failed |= spoken.error.is_some();
+        print(&spoken, args.json);
+    }
+    Ok(if failed { crate::inspect::exit::FAILED } else { 0 })
+}
+
+/// Connects to vigil-cloud with a clear error when it is not there.
+pub async fn connect(server: &str) -> Result<VoiceSearchClient<Channel>> {
+    let endpoint = Channel::from_shared(server.to_string())
+        .with_context(|| format!("invalid server address '{server}' (expected e.g. http://127.0.0.1:8010)"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the cloud server at {server}; is vigil-cloud running? (--server)"))?;
+    Ok(VoiceSearchClient::new(channel).max_decoding_message_size(32 << 20).max_encoding_message_size(32 << 20))
+}
+
+/// Runs VAD over one recording, streaming each segment as it closes, and collects the answer.
+pub async fn speak_file(
+    mut client: VoiceSearchClient<Channel>,
+    vad: &LocalModel,
+    path: &Path,
+    params: VadParams,
+    args: &SpeakArgs,
+) -> Result<Spoken> {
+    let samples = audio::read_wav(path)?;
+    let (tx, rx) = mpsc::channel(16);
+    let config = SearchConfig {
+        language: "en".into(),
+        sample_rate: SAMPLE_RATE,
+        device_id: args.device_id.clone(),
+        max_results: args.results,
+        ..Default::default()
+    };
+    tx.send(SearchRequest { message: Some(search_request::Message::Config(config)) }).await?;
+    let call = tokio::spawn(async move { client.search(ReceiverStream::new(rx)).await });
+
+    let mut stream = VadStream::new(vad);
+    let mut segmenter = Segmenter::new(params);
+    let mut spans = Vec::new();
+    'listening: for (i, chunk) in samples.chunks(CHUNK).enumerate() {
+        let mut closed: Vec<_> = segmenter.push(stream.probability(chunk).await?).into_iter().collect();
+        if (i + 1) * CHUNK >= samples.len() {
+            closed.extend(segmenter.finish(samples.len()));
+        }
+        for span in closed {
+            let request = segment_request(&samples, span.clone(), spans.len() as u64);
+            spans.push(span);
+            if tx.send(request).await.is_err() {
+                // The server ended the call: its status says why.
+                break 'listening;
+            }
+        }
+    }
+    drop(tx);
+    let speech_ended = Instant::now();
+
+    let mut responses = call.await?.map_err(status_error)?.into_inner();
+    let mut spoken = Spoken {
+        path: path.display().to_string(),
+        recorded_ms: (samples.len() / SAMPLES_PER_MS) as u64,
+        sent_ms: spans.iter().map(|s| (s.len() / SAMPLES_PER_MS) as u64).sum(),
+        ..Default::default()
+    };
+    while let Some(message) = responses.message().await.map_err(status_error)? {
+        match message.message {
+            Some(search_response::Message::Segment(s)) => {
+                let span = &spans[s.sequence as usize];
+                spoken.segments.push(SpokenSegment {
+                    start_ms: (span.start / SAMPLES_PER_MS) as u64,
+                    end_ms: (span.end / SAMPLES_PER_MS) as u64,
+                    text: s.text,
+                });
+            }
+            Some(search_response::Message::Result(r)) => {
+                spoken.wait_ms = speech_ended.elapsed().as_secs_f64() * 1e3;
+                spoken.query_id = r.query_id;
+                spoken.trace_id = r.trace_id;
+                spoken.transcript = r.transcript;
+                spoken.results = r
+                    .hits
+                    .into_iter()
+                    .map(|h| SpokenHit { rank: h.rank, product_id: h.product_id, title: h.title, score: h.score })
+                    .collect();
+            }
+            None => {}
+        }
+    }
+    if spoken.query_id.is_empty() {
+        anyhow::bail!("the server ended the stream without results");
+    }
+    Ok(spoken)
+}
+
+fn segment_request(samples: &[f32], span: std::ops::Range<usize>, sequence: u64) -> SearchRequest {
+    let segment = SpeechSegment {
+        sequence,
+        pcm16: audio::f32_to_pcm16(&samples[span.clone()]),
+        start_ms: (span.start / SAMPLES_PER_MS) as u64,
+        end_ms: (span.end / SAMPLES_PER_MS) as u64,
+    };
+    SearchRequest { message: Some(search_request::Message::Segment(segment)) }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn print(spoken: &Spoken, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(spoken).expect("serialisable"));
+        return;
+    }
+    println!("{}", spoken.path);
+    if let Some(e) = &spoken.error {
+        println!("  error: {e}");
+        return;
+    }
+    for s in &spoken.segments {
+        println!("  [{:>6.2}s - {:>6.2}s] {}", s.start_ms as f64 / 1e3, s.end_ms as f64 / 1e3, s.text);
+    }
+    println!("  transcript: {}", spoken.transcript);
+    for h in &spoken.results {
+        println!("  {:>2}. {:<8} {:<45} {:.2}", h.rank, h.product_id, h.title, h.score);
+    }
+    let share = if spoken.recorded_ms > 0 { 100.0 * spoken.sent_ms as f64 / spoken.recorded_ms as f64 } else { 0.0 };
+    println!(
+        "  sent {} ms of {} ms recorded ({share:.0}%); results {:.0} ms after the last speech was sent",
+        spoken.sent_ms, spoken.recorded_ms, spoken.wait_ms
+    );
+}

@@ -1,0 +1,467 @@
+//! `vigil.v1.VoiceSearch`: a device streams the speech segments its VAD found; each is
+//! normalised in level, padded with the silence the recogniser expects, split at quiet points
+//! when too long, and transcribed with Moonshine; at the end of the stream the joined transcript
+//! is searched in the catalog. Both stages are logged as prediction records sharing one trace
+//! id; `Feedback` logs what the user did with the results.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use vigil_inference::repository::{LoadedModel, ModelRepository};
+use vigil_proto::vigil::v1::voice_search_server::VoiceSearch;
+use vigil_proto::vigil::v1::{
+    Feature, FeedbackEvent, PredictionOutput, PredictionRecord, RecordStatus, SearchConfig, SearchFeedback,
+    SearchFeedbackAck, SearchHit, SearchRequest, SearchResponse, SearchResult, SegmentTranscript, SpeechSegment,
+    Variant, search_feedback, search_request, search_response,
+};
+use vigil_serving::records::{RecordEmitter, RequestContext, new_trace_id};
+use vigil_serving::status::to_status;
+use vigil_speech::asr::{DecodeLimits, Recogniser, Tokenizer};
+use vigil_speech::audio::{self, Loudness, SAMPLES_PER_MS};
+use vigil_speech::{SAMPLE_RATE, SpeechError, text};
+
+use crate::catalog::Catalog;
+use crate::config::VoiceSearchConfig;
+
+/// Messages answered ahead of a slow reader, per stream.
+const RESPONSE_BUFFER: usize = 8;
+
+/// The voice search service.
+#[derive(Clone)]
+pub struct VoiceSearchService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    repository: Arc<ModelRepository>,
+    catalog: Catalog,
+    catalog_version: String,
+    config: VoiceSearchConfig,
+    records: Option<RecordEmitter>,
+    /// Tokenizers by decoder version directory.
+    tokenizers: Mutex<HashMap<PathBuf, Arc<Tokenizer>>>,
+}
+
+impl VoiceSearchService {
+    /// Loads the catalog; the models are looked up per query (hot reload applies).
+    pub fn new(
+        repository: Arc<ModelRepository>,
+        config: VoiceSearchConfig,
+        records: Option<RecordEmitter>,
+    ) -> anyhow::Result<Self> {
+        let catalog = Catalog::load(&config.catalog)?;
+        let bytes = std::fs::read(&config.catalog)?;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+        let catalog_version = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        for model in [&config.encoder_model, &config.decoder_model] {
+            if repository.entry(model).is_err() {
+                tracing::warn!(
+                    model = %model,
+                    "voice search: model not in the repository; searches fail UNAVAILABLE until it is \
+                     (./dev setup fetches it into .vigil/cloud-models)"
+                );
+            }
+        }
+        let inner = Inner { repository, catalog, catalog_version, config, records, tokenizers: Mutex::default() };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+}
+
+#[tonic::async_trait]
+impl VoiceSearch for VoiceSearchService {
+    type SearchStream = ReceiverStream<Result<SearchResponse, Status>>;
+
+    async fn search(&self, request: Request<Streaming<SearchRequest>>) -> Result<Response<Self::SearchStream>, Status> {
+        let request_time = SystemTime::now();
+        let mut inbound = request.into_inner();
+        let inner = self.inner.clone();
+        let first = tokio::time::timeout(inner.config.config_timeout(), inbound.message()).await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no SearchConfig within {} ms of opening the stream",
+                inner.config.config_timeout_ms
+            ))
+        })??;
+        let config = match first.and_then(|m| m.message) {
+            Some(search_request::Message::Config(c)) => c,
+            Some(search_request::Message::Segment(_)) => {
+                return Err(Status::invalid_argument("the first message must be SearchConfig, not a segment"));
+            }
+            None => return Err(Status::invalid_argument("the stream ended before its SearchConfig")),
+        };
+        let session = Session::open(&inner, config, request_time)?;
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(async move {
+            let outcome = session.run(&inner, &mut inbound, &tx).await;
+            if let Err(status) = outcome {
+                // The client may be gone already; nothing else to tell.
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn feedback(&self, request: Request<SearchFeedback>) -> Result<Response<SearchFeedbackAck>, Status> {
+        let f = request.into_inner();
+        uuid::Uuid::parse_str(&f.query_id)
+            .map_err(|_| Status::invalid_argument(format!("query_id '{}' is not a query id (a UUID)", f.query_id)))?;
+        let (kind, value) = match f.action {
+            Some(search_feedback::Action::Click(c)) => {
+                if c.product_id.is_empty() {
+                    return Err(Status::invalid_argument("click.product_id must name the result clicked"));
+                }
+                ("click", format!("{}@{}", c.product_id, c.rank))
+            }
+            Some(search_feedback::Action::RedoSearch(true)) => ("redo_search", String::new()),
+            Some(search_feedback::Action::SwitchToTyping(true)) => ("switch_to_typing", String::new()),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "feedback needs an action: click, redo_search or switch_to_typing",
+                ));
+            }
+        };
+        let event = FeedbackEvent {
+            schema_version: vigil_serving::records::SCHEMA_VERSION,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            prediction_id: f.query_id,
+            time: Some(SystemTime::now().into()),
+            kind: kind.into(),
+            value,
+            session_id: f.session_id,
+        };
+        if let Some(records) = &self.inner.records {
+            records.feedback(&event);
+        }
+        Ok(Response::new(SearchFeedbackAck { event_id: event.event_id }))
+    }
+}
+
+/// One query's stream.
+struct Session {
+    config: SearchConfig,
+    trace_id: String,
+    request_time: SystemTime,
+    max_results: usize,
+}
+
+/// What the segments of one query added up to.
+#[derive(Default)]
+struct Heard {
+    transcripts: Vec<String>,
+    audio_samples: usize,
+    energy: f64,
+    clipped: u64,
+    gain_db: f64,
+    pitch: Vec<f64>,
+    tokens: usize,
+    recognise_time: Duration,
+    model: Option<(String, String)>,
+}
+
+impl Session {
+    fn open(inner: &Inner, mut config: SearchConfig, request_time: SystemTime) -> Result<Self, Status> {
+        if config.sample_rate != SAMPLE_RATE {
+            return Err(Status::invalid_argument(format!(
+                "sample_rate {} is not supported: send 16000 Hz PCM16 (resample on the device)",
+                config.sample_rate
+            )));
+        }
+        let language = config.language.to_ascii_lowercase();
+        if !(language.is_empty() || language == "en" || language.starts_with("en-")) {
+            return Err(Status::invalid_argument(format!(
+                "language '{}' is not served: the recogniser speaks English (\"en\")",
+                config.language
+            )));
+        }
+        let limit = &inner.config;
+        let max_results = match config.max_results {
+            0 => limit.default_results,
+            n if n > limit.max_results => {
+                return Err(Status::invalid_argument(format!(
+                    "max_results {n} is over the limit of {}",
+                    limit.max_results
+                )));
+            }
+            n => n,
+        } as usize;
+        if config.trace_id.is_empty() {
+            config.trace_id = new_trace_id();
+        }
+        Ok(Self { trace_id: config.trace_id.clone(), config, request_time, max_results })
+    }
+
+    async fn run(
+        self,
+        inner: &Inner,
+        inbound: &mut Streaming<SearchRequest>,
+        tx: &mpsc::Sender<Result<SearchResponse, Status>>,
+    ) -> Result<(), Status> {
+        let limits = &inner.config;
+        let mut heard = Heard::default();
+        let mut expected = 0u64;
+        loop {
+            let next = tokio::time::timeout(limits.idle_timeout(), inbound.message()).await.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no message for {} ms: send the next segment or half-close the stream",
+                    limits.idle_timeout_ms
+                ))
+            })?;
+            let segment = match next? {
+                None => break,
+                Some(SearchRequest { message: Some(search_request::Message::Segment(s)) }) => s,
+                Some(_) => return Err(Status::invalid_argument("SearchConfig may only come first; then segments")),
+            };
+            if segment.sequence != expected {
+                return Err(Status::invalid_argument(format!(
+                    "segment {} arrived where {expected} was due: send segments in order, numbered from 0",
+                    segment.sequence
+                )));
+            }
+            expected += 1;
+            if expected > limits.max_segments as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "more than {} segments in one query",
+                    limits.max_segments
+                )));
+            }
+            let answer = self.recognise(inner, &segment, &mut heard).await?;
+            if tx.send(Ok(SearchResponse { message: Some(search_response::Message::Segment(answer)) })).await.is_err() {
+                // The client left: stop listening.
+                return Ok(());
+            }
+        }
+        let result = self.answer(inner, &heard)?;
+        let _ = tx.send(Ok(SearchResponse { message: Some(search_response::Message::Result(result)) })).await;
+        Ok(())
+    }
+
+    async fn recognise(
+        &self,
+        inner: &Inner,
+        segment: &SpeechSegment,
+        heard: &mut Heard,
+    ) -> Result<SegmentTranscript, Status> {
+        let limits = &inner.config;
+        let sequence = segment.sequence;
+        let invalid = |why: String| Status::invalid_argument(format!("segment {sequence}: {why}"));
+        if segment.pcm16.is_empty() {
+            return Err(invalid("no audio".into()));
+        }
+        let mut samples = audio::pcm16_to_f32(&segment.pcm16).map_err(|e| invalid(e.to_string()))?;
+        let audio_ms = (samples.len() / SAMPLES_PER_MS) as u64;
+        if audio_ms > limits.max_segment_ms {
+            return Err(invalid(format!(
+                "{audio_ms} ms of audio is over the {} ms a segment may hold: split it on the device",
+                limits.max_segment_ms
+            )));
+        }
+        heard.audio_samples += samples.len();
+        if heard.audio_samples / SAMPLES_PER_MS > limits.max_query_ms as usize {
+            return Err(invalid(format!("the query passed {} ms of audio", limits.max_query_ms)));
+        }
+        if let Some(p) = audio::mean_pitch_hz(&samples) {
+            heard.pitch.push(p);
+        }
+        let levels = limits.loudness().normalise(&mut samples);
+        heard.energy += 10f64.powf(levels.rms_dbfs / 10.0) * samples.len() as f64;
+        heard.clipped += levels.clipped_samples as u64;
+        heard.gain_db = heard.gain_db.max(levels.gain_db);
+
+        let (encoder, decoder) = inner.models()?;
+        heard.model = Some((inner.config.decoder_model.clone(), decoder.config.version.to_string()));
+        let recogniser = Recogniser {
+            tokenizer: inner.tokenizer(&decoder)?,
+            encoder,
+            decoder,
+            limits: DecodeLimits {
+                max_tokens_per_second: limits.max_tokens_per_second,
+                max_samples: (limits.split_ms as usize + 2 * limits.pad_ms as usize) * SAMPLES_PER_MS,
+            },
+        };
+        let started = Instant::now();
+        let mut pieces = Vec::new();
+        for range in audio::split_at_quiet_points(&samples, limits.split_ms as usize * SAMPLES_PER_MS) {
+            let padded = audio::pad(&samples[range], limits.pad_ms, limits.pad_ms);
+            let recognised = recogniser.recognise(&padded).await.map_err(speech_status)?;
+            heard.tokens += recognised.tokens.len();
+            if !recognised.text.is_empty() {
+                pieces.push(recognised.text);
+            }
+        }
+        heard.recognise_time += started.elapsed();
+        let text = pieces.join(" ");
+        heard.transcripts.push(text.clone());
+        Ok(SegmentTranscript {
+            sequence,
+            text,
+            audio_ms,
+            rms_dbfs: levels.rms_dbfs.max(-120.0),
+            gain_db: levels.gain_db,
+            clipped_samples: levels.clipped_samples as u32,
+        })
+    }
+
+    /// Searches the joined transcript and logs both stages.
+    fn answer(&self, inner: &Inner, heard: &Heard) -> Result<SearchResult, Status> {
+        let transcript = heard.transcripts.iter().filter(|t| !t.is_empty()).cloned().collect::<Vec<_>>().join(" ");
+        let query = text::normalise(&transcript);
+        let hits = inner
+            .catalog
+            .search(&query, self.max_results)
+            .map_err(|e| Status::internal(format!("catalog search failed: {e}")))?;
+        let query_id = uuid::Uuid::now_v7().to_string();
+        let (model_name, model_version) = heard.model.clone().unwrap_or_default();
+        if let Some(records) = &inner.records {
+            self.log(records, inner, heard, &transcript, &query, &query_id, &hits);
+        }
+        Ok(SearchResult {
+            query_id,
+            trace_id: self.trace_id.clone(),
+            transcript,
+            query,
+            hits: hits
+                .into_iter()
+                .enumerate()
+                .map(|(i, h)| SearchHit {
+                    product_id: h.product_id,
+                    title: h.title,
+                    category: h.category,
+                    score: h.score,
+                    rank: i as u32 + 1,
+                })
+                .collect(),
+            model_name,
+            model_version,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        records: &RecordEmitter,
+        inner: &Inner,
+        heard: &Heard,
+        transcript: &str,
+        query: &str,
+        query_id: &str,
+        hits: &[crate::catalog::Hit],
+    ) {
+        let (model_name, model_version) = heard.model.clone().unwrap_or_default();
+        let context = |api: &'static str, model: &str| RequestContext {
+            station_id: self.config.device_id.clone(),
+            part_id: String::new(),
+            request_id: self.config.session_id.clone(),
+            capture_time: None,
+            request_time: self.request_time,
+            model_name: model.to_string(),
+            api,
+            variant: Variant::Primary,
+            deployment: String::new(),
+            trace_id: self.trace_id.clone(),
+        };
+        let seconds = heard.audio_samples as f64 / SAMPLE_RATE as f64;
+        let rms =
+            if heard.audio_samples > 0 { 10.0 * (heard.energy / heard.audio_samples as f64).log10() } else { f64::NAN };
+        let pitch =
+            if heard.pitch.is_empty() { f64::NAN } else { heard.pitch.iter().sum::<f64>() / heard.pitch.len() as f64 };
+        let asr = PredictionRecord {
+            prediction_id: uuid::Uuid::now_v7().to_string(),
+            device_id: self.config.device_id.clone(),
+            model_name: model_name.clone(),
+            model_version,
+            features: vec![
+                feature("audio_seconds", seconds),
+                feature("segments", heard.transcripts.len() as f64),
+                feature("rms_dbfs", rms),
+                feature("pitch_hz", pitch),
+                feature("clipped_samples", heard.clipped as f64),
+                feature("gain_db", heard.gain_db),
+                feature("tokens", heard.tokens as f64),
+            ],
+            output: Some(PredictionOutput {
+                text: transcript.to_string(),
+                is_null: transcript.is_empty(),
+                ..Default::default()
+            }),
+            compute_time_us: heard.recognise_time.as_micros() as u64,
+            status: RecordStatus::Ok as i32,
+            ..Default::default()
+        };
+        records.record(&context("voice_search.asr", &model_name), asr);
+        let search = PredictionRecord {
+            prediction_id: query_id.to_string(),
+            device_id: self.config.device_id.clone(),
+            model_name: "catalog-search".into(),
+            model_version: inner.catalog_version.clone(),
+            features: vec![
+                feature("query_words", query.split_whitespace().count() as f64),
+                feature("results", hits.len() as f64),
+                feature("top_score", hits.first().map_or(f64::NAN, |h| h.score as f64)),
+            ],
+            output: Some(PredictionOutput {
+                label: hits.first().map(|h| h.product_id.clone()).unwrap_or_default(),
+                scores: hits.iter().map(|h| h.score).collect(),
+                text: query.to_string(),
+                is_null: hits.is_empty(),
+                ..Default::default()
+            }),
+            status: RecordStatus::Ok as i32,
+            ..Default::default()
+        };
+        records.record(&context("voice_search.search", "catalog-search"), search);
+    }
+}
+
+fn feature(name: &str, value: f64) -> Feature {
+    Feature { name: name.into(), value, missing: !value.is_finite(), category: String::new() }
+}
+
+fn speech_status(error: SpeechError) -> Status {
+    match error {
+        SpeechError::InvalidAudio(m) => Status::invalid_argument(m),
+        SpeechError::Model(e) => to_status(e),
+        SpeechError::ModelContract(m) => Status::failed_precondition(m),
+    }
+}
+
+impl Inner {
+    fn models(&self) -> Result<(Arc<LoadedModel>, Arc<LoadedModel>), Status> {
+        let get = |name: &str| {
+            self.repository.get(name, "").map_err(|e| {
+                Status::unavailable(format!(
+                    "voice search needs model '{name}' ({e}); ./dev setup fetches it into .vigil/cloud-models"
+                ))
+            })
+        };
+        Ok((get(&self.config.encoder_model)?, get(&self.config.decoder_model)?))
+    }
+
+    fn tokenizer(&self, decoder: &LoadedModel) -> Result<Arc<Tokenizer>, Status> {
+        let path = decoder.path.join("tokenizer.bin");
+        if let Some(t) = self.tokenizers.lock().get(&path) {
+            return Ok(t.clone());
+        }
+        let tokenizer = Arc::new(Tokenizer::load(&path).map_err(speech_status)?);
+        self.tokenizers.lock().insert(path, tokenizer.clone());
+        Ok(tokenizer)
+    }
+}
+
+impl VoiceSearchConfig {
+    fn loudness(&self) -> Loudness {
+        Loudness { target_dbfs: self.target_dbfs, max_gain_db: self.max_gain_db, ..Loudness::default() }
+    }
+
+    fn config_timeout(&self) -> Duration {
+        Duration::from_millis(self.config_timeout_ms)
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+}

@@ -1,0 +1,505 @@
+//! Voice search end to end with the models `./dev setup` fetched: spoken queries synthesised
+//! with espeak-ng, Silero VAD run on the device side, Moonshine in vigil-cloud over real gRPC,
+//! the catalog searched; Rust's VAD probabilities and recognised tokens equal the onnxruntime
+//! Python package's on the same audio; every kind of bad stream gets its precise status.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+use vigil_cloud::CloudConfig;
+use vigil_logbus::Emitter;
+use vigil_proto::vigil::v1::voice_search_client::VoiceSearchClient;
+use vigil_proto::vigil::v1::{
+    FeedbackEvent, PredictionRecord, SearchClick, SearchConfig, SearchFeedback, SearchRequest, SearchResponse,
+    SearchResult, SpeechSegment, search_feedback, search_request, search_response,
+};
+use vigil_serving::records::RecordEmitter;
+use vigil_speech::asr::{DecodeLimits, Recogniser, Tokenizer};
+use vigil_speech::audio::{self, SAMPLES_PER_MS};
+use vigil_speech::vad::{self, VadParams, VadStream};
+use vigil_speech::{LocalModel, text};
+use vigil_testkit::speech::{self as voices, ADULT};
+
+fn config(models: &Path) -> CloudConfig {
+    let mut config = CloudConfig { model_repository: models.to_path_buf(), ..CloudConfig::default() };
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    config.models.watch_interval_ms = 0;
+    config.voice_search.catalog = voices::repo_root().join("deploy/catalog/products.csv");
+    config
+}
+
+/// A server with its records on an in-process bus the test reads.
+async fn server(config: CloudConfig) -> (vigil_cloud::RunningServer, mpsc::Receiver<vigil_logbus::Envelope>) {
+    let (sink, records) = vigil_logbus::in_process::channel(1024);
+    let (emitter, _task) = Emitter::start(sink, 1024, 8);
+    let server = vigil_cloud::start(config, false, Some(RecordEmitter::new(emitter, "cloud-test"))).await.unwrap();
+    (server, records)
+}
+
+async fn client(server: &vigil_cloud::RunningServer) -> VoiceSearchClient<Channel> {
+    VoiceSearchClient::connect(format!("http://{}", server.addr)).await.unwrap()
+}
+
+fn search_config() -> SearchConfig {
+    SearchConfig { language: "en".into(), sample_rate: 16_000, device_id: "test-phone".into(), ..Default::default() }
+}
+
+fn config_message(c: SearchConfig) -> SearchRequest {
+    SearchRequest { message: Some(search_request::Message::Config(c)) }
+}
+
+fn segment_message(sequence: u64, samples: &[f32]) -> SearchRequest {
+    let segment = SpeechSegment {
+        sequence,
+        pcm16: audio::f32_to_pcm16(samples),
+        start_ms: 0,
+        end_ms: (samples.len() / SAMPLES_PER_MS) as u64,
+    };
+    SearchRequest { message: Some(search_request::Message::Segment(segment)) }
+}
+
+/// Streams `messages`, half-closes, and returns every response or the status that ended it.
+async fn exchange(
+    client: &mut VoiceSearchClient<Channel>,
+    messages: Vec<SearchRequest>,
+) -> Result<Vec<SearchResponse>, tonic::Status> {
+    let stream = tokio_stream::iter(messages);
+    let mut responses = client.search(stream).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = responses.message().await? {
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn final_result(responses: &[SearchResponse]) -> &SearchResult {
+    match responses.last().and_then(|r| r.message.as_ref()) {
+        Some(search_response::Message::Result(r)) => r,
+        other => panic!("the stream did not end with a result: {other:?}"),
+    }
+}
+
+fn python(args: &[&str]) -> String {
+    let python = std::env::var("VIGIL_PYTHON")
+        .expect("VIGIL_PYTHON is not set: run the tests through `./dev test` (a Python with onnxruntime and numpy)");
+    let script = voices::repo_root().join("tests/peers/speech_reference.py");
+    let out = std::process::Command::new(python).arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "the Python reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn write_f32(path: &Path, samples: &[f32]) {
+    std::fs::write(path, samples.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+}
+
+/// VAD over `samples` on this side, as `vigil speak` runs it.
+async fn speech_spans(vad: &LocalModel, samples: &[f32], params: VadParams) -> (Vec<f32>, Vec<std::ops::Range<usize>>) {
+    let probabilities = VadStream::new(vad).probabilities(samples).await.unwrap();
+    let spans = vad::speech_spans(&probabilities, samples.len(), params);
+    (probabilities, spans)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_vad_and_recognition_equal_the_onnxruntime_python_reference() {
+    let models = voices::cloud_models();
+    let (server, _records) = server(config(&models)).await;
+    let work = tempfile::tempdir().unwrap();
+
+    // VAD over two phrases with known silence around and between them.
+    let (first, second) = (voices::say("red running shoes", ADULT), voices::say("organic green tea", ADULT));
+    let mut recording = voices::silence(800);
+    let layout = [(recording.len(), recording.len() + first.len())];
+    recording.extend(&first);
+    recording.extend(voices::silence(1200));
+    let layout = [layout[0], (recording.len(), recording.len() + second.len())];
+    recording.extend(&second);
+    recording.extend(voices::silence(900));
+    let vad_model = LocalModel::load(&models.join("silero-vad/1"), 1).unwrap();
+    let params = VadParams::default();
+    let (probabilities, spans) = speech_spans(&vad_model, &recording, params).await;
+    write_f32(&work.path().join("recording.f32"), &recording);
+    let reference: Vec<f32> = python(&[
+        "silero",
+        models.join("silero-vad/1/model.onnx").to_str().unwrap(),
+        work.path().join("recording.f32").to_str().unwrap(),
+    ])
+    .lines()
+    .map(|l| l.parse().unwrap())
+    .collect();
+    assert_eq!(probabilities.len(), reference.len());
+    for (i, (got, want)) in probabilities.iter().zip(&reference).enumerate() {
+        assert!((got - want).abs() <= 1e-4, "chunk {i}: {got} vs onnxruntime's {want}");
+    }
+    // Each phrase is one span: it covers the speech (give or take a chunk, where espeak's
+    // quiet consonants sit under the threshold) and keeps no more than the padding around it.
+    assert_eq!(spans.len(), 2, "{spans:?} for phrases at {layout:?}");
+    let pad = params.speech_pad_ms as usize * SAMPLES_PER_MS;
+    let slack = vad::CHUNK * 3;
+    for (span, (start, end)) in spans.iter().zip(layout) {
+        assert!(span.start <= start + slack && span.start + pad + slack >= start, "{span:?} vs {start}..{end}");
+        assert!(span.end + slack >= end && span.end <= end + pad + slack, "{span:?} vs {start}..{end}");
+    }
+
+    // Recognition: the decoder loop with its cache in Rust gives Python's tokens exactly.
+    let encoder = server.repository.get("moonshine-tiny-en-encoder", "").unwrap();
+    let decoder = server.repository.get("moonshine-tiny-en-decoder", "").unwrap();
+    let tokenizer = Arc::new(Tokenizer::load(&decoder.path.join("tokenizer.bin")).unwrap());
+    let recogniser = Recogniser { encoder, decoder, tokenizer, limits: DecodeLimits::default() };
+    let mut files = Vec::new();
+    let mut rust_tokens = Vec::new();
+    for (i, phrase) in
+        ["stainless steel water bottle", "wireless noise cancelling headphones", "yoga mat"].iter().enumerate()
+    {
+        let clip = audio::pad(&voices::say(phrase, ADULT), 500, 500);
+        let path = work.path().join(format!("clip{i}.f32"));
+        write_f32(&path, &clip);
+        files.push(path.to_str().unwrap().to_string());
+        let recognised = recogniser.recognise(&clip).await.unwrap();
+        assert!(!recognised.truncated && !recognised.tokens.is_empty(), "{phrase}: {recognised:?}");
+        rust_tokens.push(recognised.tokens);
+    }
+    let mut args = vec![
+        "moonshine",
+        models.join("moonshine-tiny-en-encoder/1/model.onnx").to_str().unwrap().to_owned().leak() as &str,
+        models.join("moonshine-tiny-en-decoder/1/model.onnx").to_str().unwrap().to_owned().leak() as &str,
+    ];
+    args.extend(files.iter().map(String::as_str));
+    let python_tokens: Vec<Vec<i64>> = python(&args).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rust_tokens, python_tokens);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
+    let models = voices::cloud_models();
+    let (server, mut records) = server(config(&models)).await;
+    let mut client = client(&server).await;
+    let vad_model = LocalModel::load(&models.join("silero-vad/1"), 1).unwrap();
+
+    let queries = voices::queries();
+    assert!(queries.len() >= 20);
+    let (mut errors, mut words, mut found) = (0usize, 0usize, 0usize);
+    let mut table = String::from("query | transcript | WER | first hit\n");
+    let mut last = None;
+    for query in &queries {
+        // Recorded with silence around the speech; only the VAD's spans are sent.
+        let mut recording = voices::silence(600);
+        recording.extend(voices::say(&query.text, ADULT));
+        recording.extend(voices::silence(700));
+        let (_, spans) = speech_spans(&vad_model, &recording, VadParams::default()).await;
+        assert!(!spans.is_empty(), "no speech found in {:?}", query.text);
+        let sent: usize = spans.iter().map(|s| s.len()).sum();
+        assert!(sent < recording.len(), "the silence around {:?} was sent", query.text);
+        let mut messages = vec![config_message(search_config())];
+        messages.extend(spans.iter().enumerate().map(|(i, s)| segment_message(i as u64, &recording[s.clone()])));
+        let responses = exchange(&mut client, messages).await.unwrap();
+        assert_eq!(responses.len(), spans.len() + 1, "a transcript per segment, then the result");
+        let result = final_result(&responses).clone();
+        let reference: Vec<String> = text::normalise(&query.text).split(' ').map(String::from).collect();
+        let heard = text::normalise(&result.transcript);
+        let heard: Vec<&str> = heard.split_whitespace().collect();
+        let reference: Vec<&str> = reference.iter().map(String::as_str).collect();
+        errors += text::word_errors(&reference, &heard);
+        words += reference.len();
+        let first = result.hits.first().map(|h| h.product_id.clone()).unwrap_or_default();
+        found += usize::from(first == query.product_id);
+        table += &format!(
+            "{} | {} | {:.2} | {}\n",
+            query.text,
+            result.transcript,
+            text::word_error_rate(&query.text, &result.transcript),
+            first
+        );
+        assert_eq!(result.query, text::normalise(&result.transcript));
+        assert!(result.hits.windows(2).all(|w| w[0].rank + 1 == w[1].rank && w[0].score >= w[1].score));
+        assert_eq!(result.model_name, "moonshine-tiny-en-decoder");
+        last = Some(result);
+    }
+    let wer = errors as f64 / words as f64;
+    println!("{table}word error rate {wer:.3} over {words} words; first hit right {found} of {}", queries.len());
+    // espeak-ng's voice is far from the speech Moonshine learnt from: about a third of the
+    // words come out wrong, yet most queries still find their product.
+    assert!(wer <= 0.5, "word error rate {wer:.3}\n{table}");
+    assert!(found * 10 >= queries.len() * 6, "first hit right for only {found} of {}\n{table}", queries.len());
+
+    // Both stages of the last query were logged with one trace id; the search record's id is
+    // the query id feedback refers to.
+    let last = last.unwrap();
+    let mut stage_records = Vec::new();
+    while stage_records.len() < 2 {
+        let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+        let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+        if record.trace_id == last.trace_id {
+            stage_records.push(record);
+        }
+    }
+    let asr = stage_records.iter().find(|r| r.api == "voice_search.asr").expect("an ASR record");
+    let search = stage_records.iter().find(|r| r.api == "voice_search.search").expect("a search record");
+    assert_eq!(search.prediction_id, last.query_id);
+    assert_eq!(asr.output.as_ref().unwrap().text, last.transcript);
+    assert_eq!(
+        search.output.as_ref().unwrap().label,
+        last.hits.first().map(|h| h.product_id.clone()).unwrap_or_default()
+    );
+    let feature = |name: &str| asr.features.iter().find(|f| f.name == name).unwrap().value;
+    assert!(feature("audio_seconds") > 0.3 && feature("audio_seconds") < 5.0, "{asr:?}");
+    assert!(feature("pitch_hz") > 60.0 && feature("pitch_hz") < 250.0, "an adult voice: {asr:?}");
+    assert!(feature("rms_dbfs") < -3.0 && feature("rms_dbfs") > -40.0, "{asr:?}");
+    assert_eq!(asr.device_id, "test-phone");
+
+    // Feedback: a click on the first result becomes a feedback event keyed by the query.
+    let click = SearchFeedback {
+        query_id: last.query_id.clone(),
+        action: Some(search_feedback::Action::Click(SearchClick { product_id: "P-1009".into(), rank: 1 })),
+        session_id: "s-1".into(),
+    };
+    let ack = client.feedback(click).await.unwrap().into_inner();
+    let event = loop {
+        let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+        if envelope.topic == vigil_logbus::topics::FEEDBACK {
+            break <FeedbackEvent as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+        }
+    };
+    assert_eq!(
+        (event.event_id.as_str(), event.prediction_id.as_str()),
+        (ack.event_id.as_str(), last.query_id.as_str())
+    );
+    assert_eq!((event.kind.as_str(), event.value.as_str()), ("click", "P-1009@1"));
+    for (action, kind) in [
+        (search_feedback::Action::RedoSearch(true), "redo_search"),
+        (search_feedback::Action::SwitchToTyping(true), "switch_to_typing"),
+    ] {
+        let request =
+            SearchFeedback { query_id: last.query_id.clone(), action: Some(action), session_id: String::new() };
+        client.feedback(request).await.unwrap();
+        let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+        assert_eq!(<FeedbackEvent as prost::Message>::decode(envelope.payload.as_slice()).unwrap().kind, kind);
+    }
+    let bad = client.feedback(SearchFeedback { query_id: "nope".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    let bad =
+        client.feedback(SearchFeedback { query_id: last.query_id.clone(), ..Default::default() }).await.unwrap_err();
+    assert!(bad.code() == Code::InvalidArgument && bad.message().contains("action"), "{bad:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
+    let models = voices::cloud_models();
+    let mut config = config(&models);
+    config.voice_search.config_timeout_ms = 300;
+    config.voice_search.idle_timeout_ms = 600;
+    let (server, _records) = server(config).await;
+    let mut client = client(&server).await;
+    let speech = voices::say("yoga mat", ADULT);
+    let ok = |c: SearchConfig| config_message(c);
+
+    let cases: Vec<(&str, Vec<SearchRequest>, Code, &str)> = vec![
+        (
+            "wrong sample rate",
+            vec![ok(SearchConfig { sample_rate: 8_000, ..search_config() })],
+            Code::InvalidArgument,
+            "sample_rate 8000",
+        ),
+        (
+            "a language not served",
+            vec![ok(SearchConfig { language: "fr".into(), ..search_config() })],
+            Code::InvalidArgument,
+            "language 'fr'",
+        ),
+        (
+            "too many results",
+            vec![ok(SearchConfig { max_results: 51, ..search_config() })],
+            Code::InvalidArgument,
+            "max_results 51",
+        ),
+        (
+            "segment before config",
+            vec![segment_message(0, &speech)],
+            Code::InvalidArgument,
+            "first message must be SearchConfig",
+        ),
+        ("no config at all", vec![], Code::InvalidArgument, "ended before its SearchConfig"),
+        (
+            "odd byte count",
+            vec![
+                ok(search_config()),
+                SearchRequest {
+                    message: Some(search_request::Message::Segment(SpeechSegment {
+                        pcm16: vec![1, 2, 3],
+                        ..Default::default()
+                    })),
+                },
+            ],
+            Code::InvalidArgument,
+            "odd byte count (3)",
+        ),
+        (
+            "empty segment",
+            vec![ok(search_config()), segment_message(0, &[])],
+            Code::InvalidArgument,
+            "segment 0: no audio",
+        ),
+        (
+            "segment over 30 s",
+            vec![ok(search_config()), segment_message(0, &vec![0.01; 31 * 16_000])],
+            Code::InvalidArgument,
+            "over the 30000 ms",
+        ),
+        (
+            "out of order",
+            vec![ok(search_config()), segment_message(0, &speech), segment_message(2, &speech)],
+            Code::InvalidArgument,
+            "segment 2 arrived where 1 was due",
+        ),
+        ("config twice", vec![ok(search_config()), ok(search_config())], Code::InvalidArgument, "may only come first"),
+    ];
+    for (what, messages, code, message) in cases {
+        let status = exchange(&mut client, messages).await.expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(message), "{what}: {status:?}");
+    }
+
+    // A stream that opens and says nothing: DEADLINE_EXCEEDED after config_timeout_ms.
+    let (tx, rx) = mpsc::channel::<SearchRequest>(1);
+    let status = client.search(ReceiverStream::new(rx)).await.expect_err("a silent stream");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // One that falls silent after its config and a segment: the idle limit ends it.
+    drop(tx);
+    let (tx, rx) = mpsc::channel::<SearchRequest>(4);
+    tx.send(ok(search_config())).await.unwrap();
+    tx.send(segment_message(0, &speech)).await.unwrap();
+    let mut responses = client.search(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    assert!(matches!(
+        responses.message().await.unwrap().and_then(|r| r.message),
+        Some(search_response::Message::Segment(_))
+    ));
+    let status = responses.message().await.expect_err("an idle stream");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(tx);
+
+    // Clients that leave mid-stream: the server's streams all end (admission's in-flight count
+    // returns to zero) and it still answers the next client.
+    for _ in 0..4 {
+        let (tx, rx) = mpsc::channel::<SearchRequest>(4);
+        tx.send(ok(search_config())).await.unwrap();
+        tx.send(segment_message(0, &speech)).await.unwrap();
+        let mut leaving = VoiceSearchClient::connect(format!("http://{}", server.addr)).await.unwrap();
+        let responses = leaving.search(ReceiverStream::new(rx)).await.unwrap();
+        drop(responses);
+        drop(leaving);
+        drop(tx);
+    }
+    let metrics_url = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        let in_flight: f64 = body
+            .lines()
+            .find(|l| l.starts_with("vigil_inflight_requests "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no vigil_inflight_requests in /metrics:\n{body}"));
+        if in_flight == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{in_flight} requests still in flight after clients left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let responses = exchange(&mut client, vec![ok(search_config()), segment_message(0, &speech)]).await.unwrap();
+    assert!(!final_result(&responses).transcript.is_empty());
+    server.shutdown().await.unwrap();
+}
+
+/// Copies `model`'s version 1 (every file) from the fetched models to `to/<model>/<version>`,
+/// appearing at once as a watched repository expects.
+fn install(models: &Path, model: &str, to: &Path, version: u64) {
+    let staging = to.join(format!(".{model}-{version}.incoming"));
+    std::fs::create_dir_all(&staging).unwrap();
+    for file in std::fs::read_dir(models.join(model).join("1")).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), staging.join(file.file_name())).unwrap();
+    }
+    let toml = staging.join("model.toml");
+    let text = std::fs::read_to_string(&toml).unwrap().replace("version = 1\n", &format!("version = {version}\n"));
+    std::fs::write(&toml, text).unwrap();
+    std::fs::create_dir_all(to.join(model)).unwrap();
+    std::fs::rename(&staging, to.join(model).join(version.to_string())).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_recogniser_version_swaps_in_under_load_and_a_broken_one_leaves_it_serving() {
+    let models = voices::cloud_models();
+    let repository = tempfile::tempdir().unwrap();
+    for model in ["moonshine-tiny-en-encoder", "moonshine-tiny-en-decoder"] {
+        install(&models, model, repository.path(), 1);
+    }
+    let mut config = config(repository.path());
+    config.models.watch_interval_ms = 100;
+    let (server, _records) = server(config).await;
+    let speech = voices::say("coffee grinder", ADULT);
+
+    // Queries back to back on two streams while version 2 of the decoder arrives.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..2 {
+        let (addr, stop, speech) = (server.addr, stop.clone(), speech.clone());
+        load.push(tokio::spawn(async move {
+            let mut client = VoiceSearchClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut versions = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let messages = vec![config_message(search_config()), segment_message(0, &speech)];
+                let responses = exchange(&mut client, messages).await.expect("no query fails during the swap");
+                versions.push(final_result(&responses).model_version.clone());
+            }
+            versions
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    install(&models, "moonshine-tiny-en-decoder", repository.path(), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.repository.get("moonshine-tiny-en-decoder", "").unwrap().config.version != 2 {
+        assert!(std::time::Instant::now() < deadline, "version 2 did not load");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // Version 3 is broken: it does not load, the index says why, version 2 keeps answering.
+    let broken = repository.path().join(".broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(models.join("moonshine-tiny-en-decoder/1/model.toml"), broken.join("model.toml")).unwrap();
+    let text = std::fs::read_to_string(broken.join("model.toml")).unwrap().replace("version = 1\n", "version = 3\n");
+    std::fs::write(broken.join("model.toml"), text).unwrap();
+    std::fs::write(broken.join("model.onnx"), b"not a model").unwrap();
+    std::fs::rename(&broken, repository.path().join("moonshine-tiny-en-decoder/3")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let index = server.repository.index();
+        let reported = index.iter().any(|e| {
+            e.name == "moonshine-tiny-en-decoder"
+                && e.version == Some(3)
+                && matches!(&e.state, vigil_inference::repository::VersionState::Unavailable(why) if why.contains("cannot load model"))
+        });
+        if reported {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the broken version was not reported: {index:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut versions = Vec::new();
+    for task in load {
+        versions.extend(task.await.unwrap());
+    }
+    assert!(versions.contains(&"1".to_string()) && versions.contains(&"2".to_string()), "{versions:?}");
+    assert_eq!(versions.last().map(String::as_str), Some("2"), "version 2 still serves after the broken 3");
+    assert_eq!(server.repository.get("moonshine-tiny-en-decoder", "").unwrap().config.version, 2);
+    server.shutdown().await.unwrap();
+}

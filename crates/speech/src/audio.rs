@@ -1,0 +1,274 @@
+//! Audio as the speech models take it: 16 kHz mono samples in -1..1.
+
+use std::ops::Range;
+use std::path::Path;
+
+use crate::{SAMPLE_RATE, SpeechError};
+
+/// Samples per millisecond at [`SAMPLE_RATE`].
+pub const SAMPLES_PER_MS: usize = SAMPLE_RATE as usize / 1000;
+
+/// Little-endian signed 16-bit PCM to samples in -1..1.
+pub fn pcm16_to_f32(bytes: &[u8]) -> Result<Vec<f32>, SpeechError> {
+    if !bytes.len().is_multiple_of(2) {
+        return Err(SpeechError::InvalidAudio(format!(
+            "PCM16 audio has an odd byte count ({}): each sample is 2 bytes",
+            bytes.len()
+        )));
+    }
+    Ok(bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).collect())
+}
+
+/// Samples in -1..1 to little-endian signed 16-bit PCM (clamped).
+pub fn f32_to_pcm16(samples: &[f32]) -> Vec<u8> {
+    samples.iter().flat_map(|&s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()).collect()
+}
+
+/// Reads a WAV file of 16 kHz mono 16-bit PCM.
+pub fn read_wav(path: &Path) -> Result<Vec<f32>, SpeechError> {
+    let bad = |why: String| SpeechError::InvalidAudio(format!("{}: {why}", path.display()));
+    let mut reader = hound::WavReader::open(path).map_err(|e| bad(e.to_string()))?;
+    let spec = reader.spec();
+    if spec.sample_rate != SAMPLE_RATE || spec.channels != 1 || spec.bits_per_sample != 16 {
+        return Err(bad(format!(
+            "{} Hz, {} channel(s), {}-bit: need 16000 Hz mono 16-bit PCM (convert with `sox IN -r 16000 -c 1 -b 16 OUT.wav`)",
+            spec.sample_rate, spec.channels, spec.bits_per_sample
+        )));
+    }
+    reader.samples::<i16>().map(|s| s.map(|s| s as f32 / 32768.0).map_err(|e| bad(e.to_string()))).collect()
+}
+
+/// Writes samples as a 16 kHz mono 16-bit PCM WAV file.
+pub fn write_wav(path: &Path, samples: &[f32]) -> Result<(), SpeechError> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let fail = |e: hound::Error| SpeechError::InvalidAudio(format!("{}: {e}", path.display()));
+    let mut writer = hound::WavWriter::create(path, spec).map_err(fail)?;
+    for &s in samples {
+        writer.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).map_err(fail)?;
+    }
+    writer.finalize().map_err(fail)
+}
+
+/// Root-mean-square level in dBFS (0 dB: a full-scale square wave); -inf for silence.
+pub fn rms_dbfs(samples: &[f32]) -> f64 {
+    if samples.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let power = samples.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / samples.len() as f64;
+    10.0 * power.log10()
+}
+
+/// Samples at or beyond this magnitude count as clipped (the recording hit full scale).
+pub const CLIP_LEVEL: f32 = 0.999;
+
+/// How a segment's level is brought to what the recogniser was trained on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Loudness {
+    /// Target RMS level in dBFS.
+    pub target_dbfs: f64,
+    /// Most gain applied (quiet noise must not become loud noise).
+    pub max_gain_db: f64,
+    /// The peak never goes above this after gain (no clipping added).
+    pub peak_ceiling: f32,
+}
+
+impl Default for Loudness {
+    fn default() -> Self {
+        Self { target_dbfs: -20.0, max_gain_db: 30.0, peak_ceiling: 0.98 }
+    }
+}
+
+/// What normalisation measured and did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Levels {
+    /// RMS level before, dBFS.
+    pub rms_dbfs: f64,
+    /// Peak magnitude before.
+    pub peak: f32,
+    /// Samples that were clipped in the input (at or beyond [`CLIP_LEVEL`]).
+    pub clipped_samples: usize,
+    /// Gain applied, dB (negative: attenuated).
+    pub gain_db: f64,
+}
+
+impl Loudness {
+    /// Scales `samples` toward the target level, never past `max_gain_db` nor the peak
+    /// ceiling, and reports the input's levels and clipping.
+    pub fn normalise(&self, samples: &mut [f32]) -> Levels {
+        let rms = rms_dbfs(samples);
+        let peak = samples.iter().fold(0f32, |m, &s| m.max(s.abs()));
+        let clipped_samples = samples.iter().filter(|s| s.abs() >= CLIP_LEVEL).count();
+        let mut gain_db = if rms.is_finite() { (self.target_dbfs - rms).min(self.max_gain_db) } else { 0.0 };
+        if peak > 0.0 {
+            let headroom_db = 20.0 * (self.peak_ceiling as f64 / peak as f64).log10();
+            gain_db = gain_db.min(headroom_db);
+        }
+        let gain = 10f64.powf(gain_db / 20.0) as f32;
+        for s in samples.iter_mut() {
+            *s *= gain;
+        }
+        Levels { rms_dbfs: rms, peak, clipped_samples, gain_db }
+    }
+}
+
+/// `samples` with `before_ms` and `after_ms` of silence around them.
+pub fn pad(samples: &[f32], before_ms: u32, after_ms: u32) -> Vec<f32> {
+    let before = before_ms as usize * SAMPLES_PER_MS;
+    let after = after_ms as usize * SAMPLES_PER_MS;
+    let mut out = Vec::with_capacity(before + samples.len() + after);
+    out.resize(before, 0.0);
+    out.extend_from_slice(samples);
+    out.resize(before + samples.len() + after, 0.0);
+    out
+}
+
+/// Splits `len` samples into pieces of at most `max_len`, each cut at the quietest 20 ms
+/// frame of the second half of the allowed window, so words are not cut where a pause is near.
+pub fn split_at_quiet_points(samples: &[f32], max_len: usize) -> Vec<Range<usize>> {
+    const FRAME: usize = 20 * SAMPLES_PER_MS;
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while samples.len() - start > max_len {
+        let window = start + max_len / 2..start + max_len;
+        let cut = window
+            .clone()
+            .step_by(FRAME / 2)
+            .filter(|&at| at + FRAME <= window.end)
+            .min_by(|&a, &b| {
+                let energy = |at: usize| samples[at..at + FRAME].iter().map(|s| s * s).sum::<f32>();
+                energy(a).total_cmp(&energy(b))
+            })
+            .map(|at| at + FRAME / 2)
+            .unwrap_or(window.end);
+        pieces.push(start..cut);
+        start = cut;
+    }
+    pieces.push(start..samples.len());
+    pieces
+}
+
+/// Mean fundamental frequency (Hz) of the voiced 40 ms frames, by normalised autocorrelation
+/// over 60-500 Hz; None when no frame is voiced. A feature that moves with the speaker: a
+/// population of higher voices shifts its distribution.
+pub fn mean_pitch_hz(samples: &[f32]) -> Option<f64> {
+    const FRAME: usize = 40 * SAMPLES_PER_MS;
+    let (min_lag, max_lag) = (SAMPLE_RATE as usize / 500, SAMPLE_RATE as usize / 60);
+    let mut pitches = Vec::new();
+    for frame in samples.chunks_exact(FRAME).filter(|f| rms_dbfs(f) > -45.0) {
+        let energy: f32 = frame.iter().map(|s| s * s).sum();
+        let mut best = (0usize, 0f32);
+        let mut previous = f32::MAX;
+        for lag in min_lag..=max_lag.min(FRAME / 2) {
+            let (a, b) = (&frame[..FRAME - lag], &frame[lag..]);
+            let r = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
+                / (a.iter().map(|x| x * x).sum::<f32>() * b.iter().map(|y| y * y).sum::<f32>()).sqrt().max(1e-12);
+            // The first peak above the bar, not a multiple of the period.
+            if r > 0.6 && r > best.1 && (best.0 == 0 || lag < best.0 * 2 - best.0 / 4) {
+                best = (lag, r);
+            }
+            if best.0 != 0 && r < previous && r < best.1 - 0.2 {
+                break;
+            }
+            previous = r;
+        }
+        if best.0 != 0 && energy > 0.0 {
+            pitches.push(SAMPLE_RATE as f64 / best.0 as f64);
+        }
+    }
+    (!pitches.is_empty()).then(|| pitches.iter().sum::<f64>() / pitches.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(hz: f64, amplitude: f32, ms: usize) -> Vec<f32> {
+        (0..ms * SAMPLES_PER_MS)
+            .map(|i| amplitude * (2.0 * std::f64::consts::PI * hz * i as f64 / SAMPLE_RATE as f64).sin() as f32)
+            .collect()
+    }
+
+    #[test]
+    fn pcm16_round_trips_and_refuses_odd_bytes() {
+        let samples = [0.0f32, 0.5, -0.5, 0.999, -1.0];
+        let back = pcm16_to_f32(&f32_to_pcm16(&samples)).unwrap();
+        for (a, b) in samples.iter().zip(&back) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        let e = pcm16_to_f32(&[0, 1, 2]).unwrap_err().to_string();
+        assert!(e.contains("odd byte count (3)"), "{e}");
+    }
+
+    #[test]
+    fn a_full_scale_sine_is_minus_3_dbfs() {
+        assert!((rms_dbfs(&sine(440.0, 1.0, 1000)) + 3.0103).abs() < 0.01);
+        assert!((rms_dbfs(&sine(440.0, 0.1, 1000)) + 23.0103).abs() < 0.01);
+        assert_eq!(rms_dbfs(&[0.0; 10]), f64::NEG_INFINITY);
+    }
+
+    #[test]
+    fn normalising_reaches_the_target_unless_the_peak_or_the_gain_limit_stops_it() {
+        let loudness = Loudness::default();
+        // Quiet speech-like level: brought up to -20 dBFS.
+        let mut quiet = sine(200.0, 0.01, 500);
+        let levels = loudness.normalise(&mut quiet);
+        assert!((levels.rms_dbfs + 43.01).abs() < 0.01);
+        assert!((levels.gain_db - 23.01).abs() < 0.01, "{levels:?}");
+        assert!((rms_dbfs(&quiet) + 20.0).abs() < 0.01);
+        // A loud, clipped recording: attenuated, clipping counted.
+        let mut loud: Vec<f32> = sine(200.0, 1.5, 500).into_iter().map(|s| s.clamp(-1.0, 1.0)).collect();
+        let levels = loudness.normalise(&mut loud);
+        assert!(levels.clipped_samples > 1000, "{levels:?}");
+        assert!(levels.gain_db < 0.0 && (rms_dbfs(&loud) + 20.0).abs() < 0.01, "{levels:?}");
+        // A sine's crest factor is 3 dB: -20 dBFS RMS needs no limiting, but a spiky signal does.
+        let mut spiky = vec![0.0f32; 16_000];
+        spiky[100] = 0.5;
+        let levels = loudness.normalise(&mut spiky);
+        assert!(spiky[100] <= 0.98 + 1e-6 && levels.gain_db < 6.0, "{levels:?}");
+        // Near-silence gets at most max_gain_db.
+        let mut hiss = sine(3000.0, 1e-4, 100);
+        assert!((loudness.normalise(&mut hiss).gain_db - 30.0).abs() < 1e-9);
+        // Silence stays silence.
+        let mut silence = vec![0.0f32; 100];
+        assert_eq!(loudness.normalise(&mut silence).gain_db, 0.0);
+    }
+
+    #[test]
+    fn long_audio_is_cut_in_its_pauses() {
+        // 1 s tone, 200 ms pause, 1 s tone, 200 ms pause, 1 s tone; at most 1.5 s a piece.
+        let mut audio = sine(300.0, 0.5, 1000);
+        for _ in 0..2 {
+            audio.extend(vec![0.0; 200 * SAMPLES_PER_MS]);
+            audio.extend(sine(300.0, 0.5, 1000));
+        }
+        let pieces = split_at_quiet_points(&audio, 1500 * SAMPLES_PER_MS);
+        assert_eq!(pieces.len(), 3, "{pieces:?}");
+        for cut in pieces.iter().skip(1).map(|p| p.start) {
+            assert!(audio[cut - 80..cut + 80].iter().all(|&s| s == 0.0), "cut at {cut} is not in a pause");
+        }
+        assert_eq!(pieces.last().unwrap().end, audio.len());
+        assert!(pieces.iter().all(|p| p.len() <= 1500 * SAMPLES_PER_MS));
+        assert_eq!(split_at_quiet_points(&audio[..100], 1000), vec![0..100]);
+    }
+
+    #[test]
+    fn pitch_follows_the_fundamental() {
+        for hz in [110.0, 180.0, 260.0, 400.0] {
+            let p = mean_pitch_hz(&sine(hz, 0.3, 400)).unwrap();
+            assert!((p - hz).abs() / hz < 0.03, "{hz} Hz read as {p}");
+        }
+        assert_eq!(mean_pitch_hz(&vec![0.0; 16_000]), None);
+    }
+
+    #[test]
+    fn padding_adds_silence_on_both_sides() {
+        let padded = pad(&[0.5; 10], 2, 1);
+        assert_eq!(padded.len(), 32 + 10 + 16);
+        assert!(padded[..32].iter().all(|&s| s == 0.0) && padded[32..42].iter().all(|&s| s == 0.5));
+    }
+}
