@@ -6,6 +6,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod voice_metrics;
 pub mod voice_search;
 
 use anyhow::Result;
@@ -37,7 +38,9 @@ pub async fn start(config: CloudConfig, handle_signals: bool, records: Option<Re
         if !voice_search.enabled {
             return Ok((routes, Vec::new()));
         }
-        let service = VoiceSearchService::new(serving.repository.clone(), voice_search, serving.records.clone())?;
+        let metrics = voice_metrics::VoiceSearchMetrics::register(&mut serving.registry);
+        let service =
+            VoiceSearchService::new(serving.repository.clone(), voice_search, serving.records.clone(), metrics)?;
         let max = serving.max_message_bytes;
         let service = VoiceSearchServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
         Ok((routes.add_service(service), vec![<VoiceSearchServer<VoiceSearchService> as NamedService>::NAME]))

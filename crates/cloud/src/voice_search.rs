@@ -28,6 +28,7 @@ use vigil_speech::{SAMPLE_RATE, SpeechError, text};
 
 use crate::catalog::Catalog;
 use crate::config::VoiceSearchConfig;
+use crate::voice_metrics::VoiceSearchMetrics;
 
 /// Messages answered ahead of a slow reader, per stream.
 const RESPONSE_BUFFER: usize = 8;
@@ -44,6 +45,7 @@ struct Inner {
     catalog_version: String,
     config: VoiceSearchConfig,
     records: Option<RecordEmitter>,
+    metrics: VoiceSearchMetrics,
     /// Tokenizers by decoder version directory.
     tokenizers: Mutex<HashMap<PathBuf, Arc<Tokenizer>>>,
 }
@@ -54,6 +56,7 @@ impl VoiceSearchService {
         repository: Arc<ModelRepository>,
         config: VoiceSearchConfig,
         records: Option<RecordEmitter>,
+        metrics: VoiceSearchMetrics,
     ) -> anyhow::Result<Self> {
         let catalog = Catalog::load(&config.catalog)?;
         let bytes = std::fs::read(&config.catalog)?;
@@ -68,7 +71,8 @@ impl VoiceSearchService {
                 );
             }
         }
-        let inner = Inner { repository, catalog, catalog_version, config, records, tokenizers: Mutex::default() };
+        let inner =
+            Inner { repository, catalog, catalog_version, config, records, metrics, tokenizers: Mutex::default() };
         Ok(Self { inner: Arc::new(inner) })
     }
 }
@@ -81,23 +85,17 @@ impl VoiceSearch for VoiceSearchService {
         let request_time = SystemTime::now();
         let mut inbound = request.into_inner();
         let inner = self.inner.clone();
-        let first = tokio::time::timeout(inner.config.config_timeout(), inbound.message()).await.map_err(|_| {
-            Status::deadline_exceeded(format!(
-                "no SearchConfig within {} ms of opening the stream",
-                inner.config.config_timeout_ms
-            ))
-        })??;
-        let config = match first.and_then(|m| m.message) {
-            Some(search_request::Message::Config(c)) => c,
-            Some(search_request::Message::Segment(_)) => {
-                return Err(Status::invalid_argument("the first message must be SearchConfig, not a segment"));
+        let session = match open(&inner, &mut inbound, request_time).await {
+            Ok(session) => session,
+            Err(status) => {
+                inner.metrics.query_ended(status.code());
+                return Err(status);
             }
-            None => return Err(Status::invalid_argument("the stream ended before its SearchConfig")),
         };
-        let session = Session::open(&inner, config, request_time)?;
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         tokio::spawn(async move {
             let outcome = session.run(&inner, &mut inbound, &tx).await;
+            inner.metrics.query_ended(outcome.as_ref().err().map_or(tonic::Code::Ok, Status::code));
             if let Err(status) = outcome {
                 // The client may be gone already; nothing else to tell.
                 let _ = tx.send(Err(status)).await;
@@ -138,6 +136,27 @@ impl VoiceSearch for VoiceSearchService {
             records.feedback(&event);
         }
         Ok(Response::new(SearchFeedbackAck { event_id: event.event_id }))
+    }
+}
+
+/// Waits (at most `config_timeout_ms`) for the stream's SearchConfig and checks it.
+async fn open(
+    inner: &Inner,
+    inbound: &mut Streaming<SearchRequest>,
+    request_time: SystemTime,
+) -> Result<Session, Status> {
+    let first = tokio::time::timeout(inner.config.config_timeout(), inbound.message()).await.map_err(|_| {
+        Status::deadline_exceeded(format!(
+            "no SearchConfig within {} ms of opening the stream",
+            inner.config.config_timeout_ms
+        ))
+    })??;
+    match first.and_then(|m| m.message) {
+        Some(search_request::Message::Config(c)) => Session::open(inner, c, request_time),
+        Some(search_request::Message::Segment(_)) => {
+            Err(Status::invalid_argument("the first message must be SearchConfig, not a segment"))
+        }
+        None => Err(Status::invalid_argument("the stream ended before its SearchConfig")),
     }
 }
 
@@ -231,12 +250,16 @@ impl Session {
             }
             let answer = self.recognise(inner, &segment, &mut heard).await?;
             if tx.send(Ok(SearchResponse { message: Some(search_response::Message::Segment(answer)) })).await.is_err() {
-                // The client left: stop listening.
-                return Ok(());
+                return Err(Status::cancelled("the client left mid-stream"));
             }
         }
+        let ended = Instant::now();
         let result = self.answer(inner, &heard)?;
-        let _ = tx.send(Ok(SearchResponse { message: Some(search_response::Message::Result(result)) })).await;
+        inner.metrics.answered(result.transcript.is_empty(), result.hits.len(), ended.elapsed());
+        let message = SearchResponse { message: Some(search_response::Message::Result(result)) };
+        if tx.send(Ok(message)).await.is_err() {
+            return Err(Status::cancelled("the client left before the results"));
+        }
         Ok(())
     }
 
@@ -294,6 +317,7 @@ impl Session {
             }
         }
         heard.recognise_time += started.elapsed();
+        inner.metrics.segment(samples.len(), levels.clipped_samples, started.elapsed());
         let text = pieces.join(" ");
         heard.transcripts.push(text.clone());
         Ok(SegmentTranscript {

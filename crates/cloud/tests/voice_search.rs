@@ -85,6 +85,17 @@ fn final_result(responses: &[SearchResponse]) -> &SearchResult {
     }
 }
 
+/// The sum of every sample of `metric` in the server's /metrics whose labels contain `labels`.
+async fn metric(server: &vigil_cloud::RunningServer, metric: &str, labels: &str) -> f64 {
+    let body =
+        reqwest::get(format!("http://{}/metrics", server.metrics_addr.unwrap())).await.unwrap().text().await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
 fn python(args: &[&str]) -> String {
     let python = std::env::var("VIGIL_PYTHON")
         .expect("VIGIL_PYTHON is not set: run the tests through `./dev test` (a Python with onnxruntime and numpy)");
@@ -227,6 +238,13 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
     // words come out wrong, yet most queries still find their product.
     assert!(wer <= 0.5, "word error rate {wer:.3}\n{table}");
     assert!(found * 10 >= queries.len() * 6, "first hit right for only {found} of {}\n{table}", queries.len());
+
+    // The server's own account of the same queries.
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"Ok\"").await, queries.len() as f64);
+    let audio_seconds = metric(&server, "vigil_voice_search_audio_seconds_total", "").await;
+    assert!(audio_seconds > queries.len() as f64 * 0.5, "{audio_seconds} s of speech for {} queries", queries.len());
+    assert!(metric(&server, "vigil_voice_search_segments_total", "").await >= queries.len() as f64);
+    assert_eq!(metric(&server, "vigil_voice_search_answer_seconds_count", "").await, queries.len() as f64);
 
     // Both stages of the last query were logged with one trace id; the search record's id is
     // the query id feedback refers to.
@@ -414,6 +432,17 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     }
     let responses = exchange(&mut client, vec![ok(search_config()), segment_message(0, &speech)]).await.unwrap();
     assert!(!final_result(&responses).transcript.is_empty());
+
+    // Every query is counted once by how it ended: 10 refused, 2 timed out, 4 left, 1 answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&server, "vigil_voice_search_queries_total", "").await < 17.0 {
+        assert!(std::time::Instant::now() < deadline, "not every query was counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 17.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 10.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"DeadlineExceeded\"").await, 2.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"Ok\"").await, 1.0);
     server.shutdown().await.unwrap();
 }
 

@@ -54,11 +54,13 @@ pub struct Serving {
     pub infer: Option<Infer>,
     /// The largest message accepted or sent, in bytes.
     pub max_message_bytes: usize,
+    /// The server's Prometheus registry: an API registers its own metrics here.
+    pub registry: prometheus_client::registry::Registry,
 }
 
 /// A server's own APIs beside OIP: given the serving parts and the routes so far, the routes
 /// with its services added and their names (reported SERVING by the health service).
-pub type ServerApis = Box<dyn FnOnce(&Serving, Routes) -> Result<(Routes, Vec<&'static str>)> + Send>;
+pub type ServerApis = Box<dyn FnOnce(&mut Serving, Routes) -> Result<(Routes, Vec<&'static str>)> + Send>;
 
 /// A server running in the background.
 pub struct RunningServer {
@@ -166,9 +168,15 @@ pub async fn start(
     let max = settings.limits.max_message_bytes;
     let oip = GrpcInferenceServiceServer::new(inference).max_decoding_message_size(max).max_encoding_message_size(max);
     host.serving::<GrpcInferenceServiceServer<InferenceService>>().await;
-    let serving =
-        Serving { repository: repository.clone(), metrics: metrics.clone(), records, infer, max_message_bytes: max };
-    let (routes, names) = match apis(&serving, host.routes().add_service(oip)) {
+    let mut serving = Serving {
+        repository: repository.clone(),
+        metrics: metrics.clone(),
+        records,
+        infer,
+        max_message_bytes: max,
+        registry,
+    };
+    let (routes, names) = match apis(&mut serving, host.routes().add_service(oip)) {
         Ok(apis) => apis,
         Err(e) => {
             // Whatever started already (records, watches) stops before the error is returned.
@@ -192,7 +200,7 @@ pub async fn start(
     host.serve(router, &mut lifecycle, SERVE, drain);
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %metrics_addr.expect("bound"), "serving /metrics");
-        crate::serve_metrics(listener, registry, &mut lifecycle, METRICS);
+        crate::serve_metrics(listener, serving.registry, &mut lifecycle, METRICS);
     }
     let records = serving.records;
     Ok(RunningServer { addr, metrics_addr, repository, records, lifecycle, terminated })
