@@ -39,8 +39,13 @@ pub async fn start(config: CloudConfig, handle_signals: bool, records: Option<Re
             return Ok((routes, Vec::new()));
         }
         let metrics = voice_metrics::VoiceSearchMetrics::register(&mut serving.registry);
-        let service =
-            VoiceSearchService::new(serving.repository.clone(), voice_search, serving.records.clone(), metrics)?;
+        let service = VoiceSearchService::new(
+            serving.repository.clone(),
+            serving.infer.clone(),
+            voice_search,
+            serving.records.clone(),
+            metrics,
+        )?;
         let max = serving.max_message_bytes;
         let service = VoiceSearchServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
         Ok((routes.add_service(service), vec![<VoiceSearchServer<VoiceSearchService> as NamedService>::NAME]))

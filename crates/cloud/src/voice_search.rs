@@ -20,6 +20,7 @@ use vigil_proto::vigil::v1::{
     SearchFeedbackAck, SearchHit, SearchRequest, SearchResponse, SearchResult, SegmentTranscript, SpeechSegment,
     Variant, search_feedback, search_request, search_response,
 };
+use vigil_serving::infer::{Infer, Route};
 use vigil_serving::records::{RecordEmitter, RequestContext, new_trace_id};
 use vigil_serving::status::to_status;
 use vigil_speech::asr::{DecodeLimits, Recogniser, Tokenizer};
@@ -40,7 +41,9 @@ pub struct VoiceSearchService {
 }
 
 struct Inner {
-    repository: Arc<ModelRepository>,
+    /// Routes each query's models through the deployments the server follows (canary by
+    /// session, blue-green), or to the repository's default versions.
+    infer: Infer,
     catalog: Catalog,
     catalog_version: String,
     config: VoiceSearchConfig,
@@ -54,6 +57,7 @@ impl VoiceSearchService {
     /// Loads the catalog; the models are looked up per query (hot reload applies).
     pub fn new(
         repository: Arc<ModelRepository>,
+        infer: Option<Infer>,
         config: VoiceSearchConfig,
         records: Option<RecordEmitter>,
         metrics: VoiceSearchMetrics,
@@ -71,8 +75,8 @@ impl VoiceSearchService {
                 );
             }
         }
-        let inner =
-            Inner { repository, catalog, catalog_version, config, records, metrics, tokenizers: Mutex::default() };
+        let infer = infer.unwrap_or_else(|| Infer::over(repository));
+        let inner = Inner { infer, catalog, catalog_version, config, records, metrics, tokenizers: Mutex::default() };
         Ok(Self { inner: Arc::new(inner) })
     }
 }
@@ -179,7 +183,28 @@ struct Heard {
     pitch: Vec<f64>,
     tokens: usize,
     recognise_time: Duration,
-    model: Option<(String, String)>,
+    model: Option<ServedBy>,
+}
+
+/// The recogniser version that listened, and what it is in its deployment.
+#[derive(Clone)]
+struct ServedBy {
+    name: String,
+    version: String,
+    variant: Variant,
+    deployment: String,
+}
+
+impl Heard {
+    /// Who listened; before any segment, the configured recogniser with no version.
+    fn served_by(&self, inner: &Inner) -> ServedBy {
+        self.model.clone().unwrap_or_else(|| ServedBy {
+            name: inner.config.decoder_model.clone(),
+            version: String::new(),
+            variant: Variant::Primary,
+            deployment: String::new(),
+        })
+    }
 }
 
 impl Session {
@@ -212,6 +237,11 @@ impl Session {
             config.trace_id = new_trace_id();
         }
         Ok(Self { trace_id: config.trace_id.clone(), config, request_time, max_results })
+    }
+
+    /// Keeps one user (else one device) on one version while a canary runs.
+    fn routing_key(&self) -> String {
+        if self.config.session_id.is_empty() { self.config.device_id.clone() } else { self.config.session_id.clone() }
     }
 
     async fn run(
@@ -295,8 +325,14 @@ impl Session {
         heard.clipped += levels.clipped_samples as u64;
         heard.gain_db = heard.gain_db.max(levels.gain_db);
 
-        let (encoder, decoder) = inner.models()?;
-        heard.model = Some((inner.config.decoder_model.clone(), decoder.config.version.to_string()));
+        let (encoder, decoder) = inner.models(&self.routing_key())?;
+        heard.model = Some(ServedBy {
+            name: inner.config.decoder_model.clone(),
+            version: decoder.primary.config.version.to_string(),
+            variant: decoder.variant,
+            deployment: decoder.deployment.clone(),
+        });
+        let (encoder, decoder) = (encoder.primary, decoder.primary);
         let recogniser = Recogniser {
             tokenizer: inner.tokenizer(&decoder)?,
             encoder,
@@ -339,7 +375,8 @@ impl Session {
             .search(&query, self.max_results)
             .map_err(|e| Status::internal(format!("catalog search failed: {e}")))?;
         let query_id = uuid::Uuid::now_v7().to_string();
-        let (model_name, model_version) = heard.model.clone().unwrap_or_default();
+        let served = heard.served_by(inner);
+        let (model_name, model_version) = (served.name, served.version);
         if let Some(records) = &inner.records {
             self.log(records, inner, heard, &transcript, &query, &query_id, &hits);
         }
@@ -375,7 +412,8 @@ impl Session {
         query_id: &str,
         hits: &[crate::catalog::Hit],
     ) {
-        let (model_name, model_version) = heard.model.clone().unwrap_or_default();
+        let served = heard.served_by(inner);
+        let (model_name, model_version) = (served.name.clone(), served.version.clone());
         let context = |api: &'static str, model: &str| RequestContext {
             station_id: self.config.device_id.clone(),
             part_id: String::new(),
@@ -384,8 +422,8 @@ impl Session {
             request_time: self.request_time,
             model_name: model.to_string(),
             api,
-            variant: Variant::Primary,
-            deployment: String::new(),
+            variant: served.variant,
+            deployment: served.deployment.clone(),
             trace_id: self.trace_id.clone(),
         };
         let seconds = heard.audio_samples as f64 / SAMPLE_RATE as f64;
@@ -454,9 +492,10 @@ fn speech_status(error: SpeechError) -> Status {
 }
 
 impl Inner {
-    fn models(&self) -> Result<(Arc<LoadedModel>, Arc<LoadedModel>), Status> {
+    /// The encoder's and the decoder's routes for a query keyed by `key`.
+    fn models(&self, key: &str) -> Result<(Route, Route), Status> {
         let get = |name: &str| {
-            self.repository.get(name, "").map_err(|e| {
+            self.infer.route(name, "", key).map_err(|e| {
                 Status::unavailable(format!(
                     "voice search needs model '{name}' ({e}); ./dev setup fetches it into .vigil/cloud-models"
                 ))

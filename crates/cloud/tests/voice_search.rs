@@ -595,3 +595,93 @@ async fn higher_voices_move_the_pitch_feature_and_the_word_error_rate_is_reporte
     assert!(mean(&pitch[2]) > mean(&pitch[0]) && mean(&pitch[2]) < mean(&pitch[3]), "{report}");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_recogniser_answers_the_sessions_it_is_given_and_its_records_say_so() {
+    use vigil_store::{
+        Change, DeploymentRow, DeploymentStore, ModelVersionRow, PredictionStore, RegistryStore, SqliteStore,
+    };
+    const DECODER: &str = "moonshine-tiny-en-decoder";
+    let models = voices::cloud_models();
+    let dir = tempfile::tempdir().unwrap();
+    let repository = dir.path().join("models");
+    install(&models, "moonshine-tiny-en-encoder", &repository, 1);
+    for version in [1, 2] {
+        install(&models, DECODER, &repository, version);
+    }
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let digest = vigil_store::registry::sha256_file(&repository.join(DECODER).join("1/model.onnx")).unwrap();
+    let now = chrono::Utc::now();
+    for version in ["1", "2"] {
+        let row = ModelVersionRow {
+            model_name: DECODER.into(),
+            version: version.into(),
+            artifact_sha256: digest.clone(),
+            artifact_uri: String::new(),
+            training_data: String::new(),
+            metrics: serde_json::json!({}),
+            stage: "candidate".into(),
+            registered_by: "anna".into(),
+            registered_at: now,
+            stage_changed_at: now,
+        };
+        store.register_version(&row, "").await.unwrap();
+    }
+    let mut config = config(&repository);
+    config.models.load_all_versions = true;
+    config.deployments.database_url = url;
+    config.deployments.poll_interval_ms = 100;
+    let (server, mut records) = server(config).await;
+    let mut client = client(&server).await;
+    let speech = voices::say("yoga mat", ADULT);
+    let search = |session: &str| {
+        let mut client = client.clone();
+        let messages = vec![
+            config_message(SearchConfig { session_id: session.into(), ..search_config() }),
+            segment_message(0, &speech),
+        ];
+        async move { final_result(&exchange(&mut client, messages).await.unwrap()).clone() }
+    };
+    // Every session on version 1 as a canary of version 2 (the newest, which answers until the
+    // deployment is followed).
+    let canary = DeploymentRow {
+        model_name: DECODER.into(),
+        deployment_id: "asr-canary".into(),
+        primary_version: "2".into(),
+        candidate_version: Some("1".into()),
+        mode: "canary".into(),
+        share: 1.0,
+        updated_by: "ben".into(),
+        updated_at: chrono::Utc::now(),
+        policy: "full".into(),
+        accept_below: None,
+        reject_at: None,
+    };
+    let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
+    store.set_deployment(&canary, &change).await.unwrap();
+    let mut answered = None;
+    for _ in 0..100 {
+        let result = search("s-1").await;
+        if result.model_version == "1" {
+            answered = Some(result);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let result = answered.expect("the canary never answered");
+    for session in ["s-2", "s-3"] {
+        assert_eq!(search(session).await.model_version, "1");
+    }
+    let asr = loop {
+        let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+        let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+        if record.trace_id == result.trace_id && record.api == "voice_search.asr" {
+            break record;
+        }
+    };
+    assert_eq!((asr.model_version.as_str(), asr.deployment_id.as_str()), ("1", "asr-canary"));
+    assert_eq!(asr.variant, vigil_proto::vigil::v1::Variant::Canary as i32);
+    server.shutdown().await.unwrap();
+}

@@ -182,16 +182,22 @@ impl RecordEmitter {
     }
 
     /// Records a prediction of an API with its own outputs (e.g. a voice search's transcript):
-    /// `record`'s own fields over the context's (time, server, trace, variant, api).
+    /// the context's fields (times, server, trace, station, request, variant, deployment, api)
+    /// over `record`'s.
     pub fn record(&self, ctx: &RequestContext, record: PredictionRecord) {
         let base = self.base(ctx);
         let record = PredictionRecord {
             schema_version: base.schema_version,
             request_time: base.request_time,
             response_time: base.response_time,
+            capture_time: base.capture_time,
             server_id: base.server_id,
             trace_id: base.trace_id,
+            station_id: base.station_id,
+            part_id: base.part_id,
+            request_id: base.request_id,
             variant: base.variant,
+            deployment_id: base.deployment_id,
             api: base.api,
             ..record
         };
