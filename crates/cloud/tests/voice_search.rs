@@ -634,7 +634,7 @@ async fn a_canary_recogniser_answers_the_sessions_it_is_given_and_its_records_sa
     config.deployments.database_url = url;
     config.deployments.poll_interval_ms = 100;
     let (server, mut records) = server(config).await;
-    let mut client = client(&server).await;
+    let client = client(&server).await;
     let speech = voices::say("yoga mat", ADULT);
     let search = |session: &str| {
         let mut client = client.clone();
