@@ -179,7 +179,7 @@ struct Heard {
     audio_samples: usize,
     energy: f64,
     clipped: u64,
-    gain_db: f64,
+    gains: Vec<f64>,
     pitch: Vec<f64>,
     tokens: usize,
     recognise_time: Duration,
@@ -317,13 +317,19 @@ impl Session {
         if heard.audio_samples / SAMPLES_PER_MS > limits.max_query_ms as usize {
             return Err(invalid(format!("the query passed {} ms of audio", limits.max_query_ms)));
         }
-        if let Some(p) = audio::mean_pitch_hz(&samples) {
-            heard.pitch.push(p);
-        }
-        let levels = limits.loudness().normalise(&mut samples);
+        // Measuring and normalising a long segment takes milliseconds: off the async threads.
+        let loudness = limits.loudness();
+        let (samples, levels, pitch) = tokio::task::spawn_blocking(move || {
+            let pitch = audio::mean_pitch_hz(&samples);
+            let levels = loudness.normalise(&mut samples);
+            (samples, levels, pitch)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("segment {sequence}: measuring the audio failed: {e}")))?;
+        heard.pitch.extend(pitch);
         heard.energy += 10f64.powf(levels.rms_dbfs / 10.0) * samples.len() as f64;
         heard.clipped += levels.clipped_samples as u64;
-        heard.gain_db = heard.gain_db.max(levels.gain_db);
+        heard.gains.push(levels.gain_db);
 
         let (encoder, decoder) = inner.models(&self.routing_key())?;
         heard.model = Some(ServedBy {
@@ -429,8 +435,7 @@ impl Session {
         let seconds = heard.audio_samples as f64 / SAMPLE_RATE as f64;
         let rms =
             if heard.audio_samples > 0 { 10.0 * (heard.energy / heard.audio_samples as f64).log10() } else { f64::NAN };
-        let pitch =
-            if heard.pitch.is_empty() { f64::NAN } else { heard.pitch.iter().sum::<f64>() / heard.pitch.len() as f64 };
+        let pitch = mean(&heard.pitch);
         let asr = PredictionRecord {
             prediction_id: uuid::Uuid::now_v7().to_string(),
             device_id: self.config.device_id.clone(),
@@ -442,7 +447,7 @@ impl Session {
                 feature("rms_dbfs", rms),
                 feature("pitch_hz", pitch),
                 feature("clipped_samples", heard.clipped as f64),
-                feature("gain_db", heard.gain_db),
+                feature("gain_db", mean(&heard.gains)),
                 feature("tokens", heard.tokens as f64),
             ],
             output: Some(PredictionOutput {
@@ -477,6 +482,11 @@ impl Session {
         };
         records.record(&context("voice_search.search", "catalog-search"), search);
     }
+}
+
+/// The mean, NaN (a missing feature) when there is nothing.
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() { f64::NAN } else { values.iter().sum::<f64>() / values.len() as f64 }
 }
 
 fn feature(name: &str, value: f64) -> Feature {
