@@ -63,3 +63,63 @@ async fn speak_sends_only_the_speech_and_prints_transcripts_and_results() {
     assert_eq!(out.status.code(), Some(12));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_scores_a_folder_in_order_with_one_line_per_recording_and_a_summary() {
+    let models = voices::cloud_models();
+    let mut config = CloudConfig { model_repository: models.clone(), ..CloudConfig::default() };
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.enabled = false;
+    config.models.watch_interval_ms = 0;
+    config.logging.enabled = false;
+    config.voice_search.catalog = voices::repo_root().join("deploy/catalog/products.csv");
+    let server = vigil_cloud::start(config, false, None).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("recordings");
+    std::fs::create_dir(&folder).unwrap();
+    let phrases = [("a.wav", "yoga mat"), ("b.wav", "coffee grinder"), ("c.wav", "garden hose"), ("d.wav", "dog food")];
+    for (name, text) in phrases {
+        let mut recording = voices::silence(500);
+        recording.extend(voices::say(text, ADULT));
+        recording.extend(voices::silence(500));
+        vigil_speech::audio::write_wav(&folder.join(name), &recording).unwrap();
+    }
+    // Not a recording: skipped by extension; and one broken file given by name.
+    std::fs::write(folder.join("notes.txt"), "not audio").unwrap();
+    let broken = dir.path().join("broken.wav");
+    std::fs::write(&broken, b"RIFF").unwrap();
+    let output = dir.path().join("results.jsonl");
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["batch", "--concurrency", "3", "--server", &format!("http://{}", server.addr)])
+            .arg("--vad-model")
+            .arg(models.join("silero-vad/1"))
+            .arg("--output")
+            .arg(&output)
+            .arg(&folder)
+            .arg(&broken)
+            .output()
+            .unwrap()
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "{stderr}");
+    // In input order whatever order they finished in.
+    let paths: Vec<&str> = lines.iter().map(|l| l["path"].as_str().unwrap()).collect();
+    let expected: Vec<String> = phrases
+        .iter()
+        .map(|(name, _)| folder.join(name).display().to_string())
+        .chain([broken.display().to_string()])
+        .collect();
+    assert_eq!(paths, expected);
+    for line in &lines[..4] {
+        assert!(line["error"].is_null() && !line["transcript"].as_str().unwrap().is_empty(), "{line}");
+        assert!(!line["results"].as_array().unwrap().is_empty(), "{line}");
+    }
+    assert!(lines[4]["error"].as_str().unwrap().contains("broken.wav"), "{}", lines[4]);
+    assert!(stderr.contains("5 recordings") && stderr.contains("1 failed"), "{stderr}");
+    assert_eq!(out.status.code(), Some(12));
+    server.shutdown().await.unwrap();
+}
