@@ -1,21 +1,27 @@
-//! `vigil speak` as a user runs it: a recording with silence around and between two spoken
-//! queries; VAD runs in the CLI's process and only the speech travels to vigil-cloud.
+//! `vigil speak` and `vigil batch` as a user runs them: recordings with silence around and
+//! between spoken queries; VAD runs in the CLI's process and only the speech travels to
+//! vigil-cloud.
 
 use std::process::Command;
 
 use vigil_cloud::CloudConfig;
 use vigil_testkit::speech::{self as voices, ADULT};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn speak_sends_only_the_speech_and_prints_transcripts_and_results() {
-    let models = voices::cloud_models();
-    let mut config = CloudConfig { model_repository: models.clone(), ..CloudConfig::default() };
+/// vigil-cloud on the fetched models, without logging or metrics.
+async fn cloud_server(models: &std::path::Path) -> vigil_cloud::RunningServer {
+    let mut config = CloudConfig { model_repository: models.to_path_buf(), ..CloudConfig::default() };
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.enabled = false;
     config.models.watch_interval_ms = 0;
     config.logging.enabled = false;
     config.voice_search.catalog = voices::repo_root().join("deploy/catalog/products.csv");
-    let server = vigil_cloud::start(config, false, None).await.unwrap();
+    vigil_cloud::start(config, false, None).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speak_sends_only_the_speech_and_prints_transcripts_and_results() {
+    let models = voices::cloud_models();
+    let server = cloud_server(&models).await;
 
     let dir = tempfile::tempdir().unwrap();
     let mut recording = voices::silence(1500);
@@ -67,13 +73,7 @@ async fn speak_sends_only_the_speech_and_prints_transcripts_and_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_scores_a_folder_in_order_with_one_line_per_recording_and_a_summary() {
     let models = voices::cloud_models();
-    let mut config = CloudConfig { model_repository: models.clone(), ..CloudConfig::default() };
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.metrics.enabled = false;
-    config.models.watch_interval_ms = 0;
-    config.logging.enabled = false;
-    config.voice_search.catalog = voices::repo_root().join("deploy/catalog/products.csv");
-    let server = vigil_cloud::start(config, false, None).await.unwrap();
+    let server = cloud_server(&models).await;
 
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("recordings");
