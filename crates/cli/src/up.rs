@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use vigil_server::cli::ServerConfig;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;

@@ -2,9 +2,8 @@
 //! then command-line flags. Validated at start-up; every message names the offending key.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 pub use vigil_server::{DeploymentsConfig, Limits, LoggingConfig, MetricsConfig, ModelOptions};
 
@@ -142,26 +141,19 @@ impl Default for CloudConfig {
     }
 }
 
-/// Top-level keys that `VIGIL_...` variables may set.
-pub const ENV_KEYS: &[&str] =
-    &["listen", "model_repository", "onnxruntime_lib", "limits", "models", "metrics", "deployments", "voice_search"];
+impl vigil_server::cli::ServerConfig for CloudConfig {
+    const ENV_KEYS: &'static [&'static str] = &[
+        "listen",
+        "model_repository",
+        "onnxruntime_lib",
+        "limits",
+        "models",
+        "metrics",
+        "deployments",
+        "voice_search",
+    ];
 
-impl CloudConfig {
-    /// Layers defaults, the optional file and the environment, then validates.
-    pub fn load(file: Option<&Path>) -> Result<Self, String> {
-        Self::figment(file).extract::<Self>().map_err(|e| e.to_string()).and_then(|c| {
-            c.validate()?;
-            Ok(c)
-        })
-    }
-
-    /// The layered sources, for callers that add their own (command-line flags).
-    pub fn figment(file: Option<&Path>) -> Figment {
-        vigil_server::cli::layered(Self::default(), file, ENV_KEYS)
-    }
-
-    /// Checks values serde cannot: each message names its key.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         vigil_server::config::validate_shared(&self.limits, &self.logging, &self.deployments, &self.model_repository)?;
         self.voice_search.validate()
     }
@@ -170,7 +162,10 @@ impl CloudConfig {
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
+    use std::path::Path;
     use vigil_inference::session::ExecutionProvider;
+
+    use vigil_server::cli::ServerConfig;
 
     use super::*;
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vigil_cloud::CloudConfig;
-use vigil_server::cli::ServerFlags;
+use vigil_server::cli::{ServerConfig, ServerFlags};
 
 /// Vigil's cloud prediction server: many models over the Open Inference Protocol v2.
 #[derive(Parser, Debug)]
@@ -22,9 +22,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let figment = args.flags.figment(CloudConfig::default(), vigil_cloud::config::ENV_KEYS);
-    let config: CloudConfig = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    config.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let config = CloudConfig::from_flags(&args.flags)?;
     let server = vigil_cloud::start(config, true, None).await?;
     vigil_server::cli::announce("vigil-cloud", &server);
     server.wait().await

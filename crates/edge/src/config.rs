@@ -3,9 +3,8 @@
 //! Validated at start-up; every message names the offending key.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 use vigil_inference::image::ImageLimits;
 pub use vigil_server::{DeploymentsConfig, Limits, LoggingConfig, MetricsConfig, ModelOptions};
@@ -48,35 +47,20 @@ impl Default for EdgeConfig {
     }
 }
 
-/// Top-level keys that `VIGIL_...` variables may set.
-pub const ENV_KEYS: &[&str] = &[
-    "listen",
-    "model_repository",
-    "default_model",
-    "onnxruntime_lib",
-    "limits",
-    "images",
-    "models",
-    "metrics",
-    "deployments",
-];
+impl vigil_server::cli::ServerConfig for EdgeConfig {
+    const ENV_KEYS: &'static [&'static str] = &[
+        "listen",
+        "model_repository",
+        "default_model",
+        "onnxruntime_lib",
+        "limits",
+        "images",
+        "models",
+        "metrics",
+        "deployments",
+    ];
 
-impl EdgeConfig {
-    /// Layers defaults, the optional file and the environment, then validates.
-    pub fn load(file: Option<&Path>) -> Result<Self, String> {
-        Self::figment(file).extract::<Self>().map_err(|e| e.to_string()).and_then(|c| {
-            c.validate()?;
-            Ok(c)
-        })
-    }
-
-    /// The layered sources, for callers that add their own (command-line flags).
-    pub fn figment(file: Option<&Path>) -> Figment {
-        vigil_server::cli::layered(Self::default(), file, ENV_KEYS)
-    }
-
-    /// Checks values serde cannot: each message names its key.
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         let i = &self.images;
         if i.min_side == 0 || i.min_side > i.max_side {
             return Err(format!(
@@ -95,6 +79,9 @@ impl EdgeConfig {
 #[allow(clippy::result_large_err)] // figment::Jail's closure signature
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    use vigil_server::cli::ServerConfig;
 
     #[test]
     fn file_then_environment_override_defaults() {

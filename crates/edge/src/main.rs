@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vigil_edge::EdgeConfig;
-use vigil_server::cli::ServerFlags;
+use vigil_server::cli::{ServerConfig, ServerFlags};
 
 /// Vigil's edge prediction server: Open Inference Protocol v2 and the inspection API.
 #[derive(Parser, Debug)]
@@ -22,9 +22,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let figment = args.flags.figment(EdgeConfig::default(), vigil_edge::config::ENV_KEYS);
-    let config: EdgeConfig = figment.extract().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-    config.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let config = EdgeConfig::from_flags(&args.flags)?;
     let server = vigil_edge::start(config, true).await?;
     vigil_server::cli::announce("vigil-edge", &server);
     server.wait().await

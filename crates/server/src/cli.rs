@@ -8,8 +8,36 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::RunningServer;
+
+/// A server binary's whole configuration: built-in defaults, the top-level keys `VIGIL_...`
+/// variables may set, and the checks serde cannot make. Loading is the same for every server.
+pub trait ServerConfig: Default + Serialize + DeserializeOwned {
+    /// Top-level keys that `VIGIL_...` variables may set.
+    const ENV_KEYS: &'static [&'static str];
+
+    /// Checks values serde cannot: each message names its key.
+    fn validate(&self) -> Result<(), String>;
+
+    /// Layers defaults, the optional file and the environment, then validates.
+    fn load(file: Option<&Path>) -> Result<Self, String> {
+        let config: Self = layered(Self::default(), file, Self::ENV_KEYS).extract().map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Defaults, the file `flags` name, the environment, then the flags; validated.
+    fn from_flags(flags: &ServerFlags) -> anyhow::Result<Self> {
+        let config: Self = flags
+            .figment(Self::default(), Self::ENV_KEYS)
+            .extract()
+            .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        config.validate().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+        Ok(config)
+    }
+}
 
 /// The flags every prediction server takes.
 #[derive(clap::Args, Debug, Clone, Default)]
