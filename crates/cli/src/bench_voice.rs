@@ -14,7 +14,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use vigil_cloud::CloudConfig;
 use vigil_proto::vigil::v1::voice_search_client::VoiceSearchClient;
-use vigil_proto::vigil::v1::{SearchConfig, SearchRequest, SpeechSegment, search_request, search_response};
+use vigil_proto::vigil::v1::{SearchConfig, SearchRequest, search_request, search_response};
 use vigil_speech::asr::{DecodeLimits, Recogniser, Tokenizer};
 use vigil_speech::audio::{self, Loudness, SAMPLES_PER_MS};
 use vigil_speech::espeak::{self, ADULT};
@@ -194,16 +194,9 @@ async fn query(client: &mut VoiceSearchClient<tonic::transport::Channel>, r: &Re
             ..Default::default()
         })),
     }];
-    for (i, span) in r.spans.iter().enumerate() {
-        messages.push(SearchRequest {
-            message: Some(search_request::Message::Segment(SpeechSegment {
-                sequence: i as u64,
-                pcm16: audio::f32_to_pcm16(&r.samples[span.clone()]),
-                start_ms: (span.start / SAMPLES_PER_MS) as u64,
-                end_ms: (span.end / SAMPLES_PER_MS) as u64,
-            })),
-        });
-    }
+    messages.extend(
+        r.spans.iter().enumerate().map(|(i, span)| crate::speak::segment_request(&r.samples, span.clone(), i as u64)),
+    );
     let mut responses = client.search(tokio_stream::iter(messages)).await?.into_inner();
     // The stream half-closes as soon as its last message is sent: the wait starts there.
     let speech_ended = Instant::now();

@@ -311,7 +311,8 @@ pub async fn speak_file(
     Ok(spoken)
 }
 
-fn segment_request(samples: &[f32], span: std::ops::Range<usize>, sequence: u64) -> SearchRequest {
+/// The request carrying `span` of `samples` as segment `sequence`.
+pub(crate) fn segment_request(samples: &[f32], span: std::ops::Range<usize>, sequence: u64) -> SearchRequest {
     let segment = SpeechSegment {
         sequence,
         pcm16: audio::f32_to_pcm16(&samples[span.clone()]),

@@ -35,6 +35,8 @@ pub struct Catalog {
     reader: IndexReader,
     fields: Fields,
     products: usize,
+    /// The first 12 hex digits of the catalog file's sha256 (empty when built from rows).
+    version: String,
 }
 
 #[derive(Clone, Copy)]
@@ -51,17 +53,20 @@ const FUZZY_MIN_CHARS: usize = 4;
 impl Catalog {
     /// Reads and indexes the CSV file at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let mut reader = csv::Reader::from_path(path).map_err(|e| {
+        let bytes = std::fs::read(path).map_err(|e| {
             anyhow::anyhow!(
                 "voice search catalog {}: {e} (set voice_search.catalog, or voice_search.enabled = false)",
                 path.display()
             )
         })?;
-        let products = reader
+        let products = csv::Reader::from_reader(bytes.as_slice())
             .deserialize::<Product>()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))?;
-        Self::build(&products).map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))
+        let mut catalog = Self::build(&products).map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))?;
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+        catalog.version = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(catalog)
     }
 
     /// Indexes `products`.
@@ -93,7 +98,12 @@ impl Catalog {
         }
         writer.commit()?;
         let reader = index.reader()?;
-        Ok(Self { index, reader, fields, products: products.len() })
+        Ok(Self { index, reader, fields, products: products.len(), version: String::new() })
+    }
+
+    /// Which catalog answered, for the search records: a digest of its file.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Products indexed.

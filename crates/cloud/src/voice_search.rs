@@ -45,7 +45,6 @@ struct Inner {
     /// session, blue-green), or to the repository's default versions.
     infer: Infer,
     catalog: Catalog,
-    catalog_version: String,
     config: VoiceSearchConfig,
     records: Option<RecordEmitter>,
     metrics: VoiceSearchMetrics,
@@ -63,9 +62,6 @@ impl VoiceSearchService {
         metrics: VoiceSearchMetrics,
     ) -> anyhow::Result<Self> {
         let catalog = Catalog::load(&config.catalog)?;
-        let bytes = std::fs::read(&config.catalog)?;
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-        let catalog_version = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
         for model in [&config.encoder_model, &config.decoder_model] {
             if repository.entry(model).is_err() {
                 tracing::warn!(
@@ -76,7 +72,7 @@ impl VoiceSearchService {
             }
         }
         let infer = infer.unwrap_or_else(|| Infer::over(repository));
-        let inner = Inner { infer, catalog, catalog_version, config, records, metrics, tokenizers: Mutex::default() };
+        let inner = Inner { infer, catalog, config, records, metrics, tokenizers: Mutex::default() };
         Ok(Self { inner: Arc::new(inner) })
     }
 }
@@ -464,7 +460,7 @@ impl Session {
             prediction_id: query_id.to_string(),
             device_id: self.config.device_id.clone(),
             model_name: "catalog-search".into(),
-            model_version: inner.catalog_version.clone(),
+            model_version: inner.catalog.version().to_string(),
             features: vec![
                 feature("query_words", query.split_whitespace().count() as f64),
                 feature("results", hits.len() as f64),
