@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use vigil_proto::vigil::v1::voice_search_client::VoiceSearchClient;
-use vigil_proto::vigil::v1::{SearchConfig, SearchRequest, SpeechSegment, search_request, search_response};
+use vigil_proto::vigil::v1::{SearchConfig, SearchRequest, SpeechSegment, VadReport, search_request, search_response};
 use vigil_speech::audio::{self, SAMPLES_PER_MS};
 use vigil_speech::vad::{CHUNK, Segmenter, VadParams, VadStream};
 use vigil_speech::{LocalModel, SAMPLE_RATE};
@@ -257,8 +257,14 @@ pub async fn speak_file(
     let mut stream = VadStream::new(vad);
     let mut segmenter = Segmenter::new(params);
     let mut spans = Vec::new();
+    let mut probabilities = Vec::with_capacity(samples.len() / CHUNK + 1);
+    let mut vad_time = Duration::ZERO;
     'listening: for (i, chunk) in samples.chunks(CHUNK).enumerate() {
-        let mut closed: Vec<_> = segmenter.push(stream.probability(chunk).await?).into_iter().collect();
+        let started = Instant::now();
+        let probability = stream.probability(chunk).await?;
+        vad_time += started.elapsed();
+        probabilities.push(probability);
+        let mut closed: Vec<_> = segmenter.push(probability).into_iter().collect();
         if (i + 1) * CHUNK >= samples.len() {
             closed.extend(segmenter.finish(samples.len()));
         }
@@ -271,6 +277,9 @@ pub async fn speak_file(
             }
         }
     }
+    let report = vad_report(vad, &params, &samples, &spans, &probabilities, vad_time);
+    // A refused report ends the call; its status comes back below.
+    let _ = tx.send(SearchRequest { message: Some(search_request::Message::VadReport(report)) }).await;
     drop(tx);
     let speech_ended = Instant::now();
 
@@ -309,6 +318,37 @@ pub async fn speak_file(
         anyhow::bail!("the server ended the stream without results");
     }
     Ok(spoken)
+}
+
+/// What the VAD did with one recording, for the query's "vad" stage record.
+fn vad_report(
+    vad: &LocalModel,
+    params: &VadParams,
+    samples: &[f32],
+    spans: &[std::ops::Range<usize>],
+    probabilities: &[f32],
+    vad_time: Duration,
+) -> VadReport {
+    // The chunks whose start lies in a span sent as speech.
+    let in_speech: Vec<f32> = probabilities
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| spans.iter().any(|s| s.contains(&(i * CHUNK))))
+        .map(|(_, &p)| p)
+        .collect();
+    let mean = if in_speech.is_empty() { 0.0 } else { in_speech.iter().sum::<f32>() / in_speech.len() as f32 };
+    VadReport {
+        model_name: vad.name().to_string(),
+        model_version: vad.version().to_string(),
+        recorded_ms: (samples.len() / SAMPLES_PER_MS) as u64,
+        speech_ms: spans.iter().map(|s| (s.len() / SAMPLES_PER_MS) as u64).sum(),
+        segments: spans.len() as u32,
+        threshold: params.threshold,
+        min_speech_ms: params.min_speech_ms,
+        min_silence_ms: params.min_silence_ms,
+        mean_speech_probability: mean.clamp(0.0, 1.0),
+        compute_time_us: vad_time.as_micros() as u64,
+    }
 }
 
 /// The request carrying `span` of `samples` as segment `sequence`.

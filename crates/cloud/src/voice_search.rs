@@ -18,7 +18,7 @@ use vigil_proto::vigil::v1::voice_search_server::VoiceSearch;
 use vigil_proto::vigil::v1::{
     Feature, FeedbackEvent, PredictionOutput, PredictionRecord, RecordStatus, SearchConfig, SearchFeedback,
     SearchFeedbackAck, SearchHit, SearchRequest, SearchResponse, SearchResult, SegmentTranscript, SpeechSegment,
-    Variant, search_feedback, search_request, search_response,
+    VadReport, Variant, search_feedback, search_request, search_response,
 };
 use vigil_serving::infer::{Infer, Route};
 use vigil_serving::records::{RecordEmitter, RequestContext, new_trace_id};
@@ -156,6 +156,9 @@ async fn open(
         Some(search_request::Message::Segment(_)) => {
             Err(Status::invalid_argument("the first message must be SearchConfig, not a segment"))
         }
+        Some(search_request::Message::VadReport(_)) => {
+            Err(Status::invalid_argument("the first message must be SearchConfig, not a vad_report"))
+        }
         None => Err(Status::invalid_argument("the stream ended before its SearchConfig")),
     }
 }
@@ -179,7 +182,11 @@ struct Heard {
     pitch: Vec<f64>,
     tokens: usize,
     recognise_time: Duration,
+    /// Each segment's length, seconds.
+    segment_seconds: Vec<f64>,
     model: Option<ServedBy>,
+    /// The device's account of its VAD, when it sent one.
+    vad: Option<VadReport>,
 }
 
 /// The recogniser version that listened, and what it is in its deployment.
@@ -250,6 +257,24 @@ impl Session {
         let mut heard = Heard::default();
         let mut expected = 0u64;
         loop {
+            if heard.vad.is_some() {
+                // The report was the last message: only the half-close may follow.
+                match tokio::time::timeout(limits.idle_timeout(), inbound.message()).await {
+                    Ok(Ok(None)) => break,
+                    Ok(Ok(Some(_))) => {
+                        return Err(Status::invalid_argument(
+                            "vad_report must be the last message: half-close the stream after it",
+                        ));
+                    }
+                    Ok(Err(status)) => return Err(status),
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "no half-close within {} ms of the vad_report",
+                            limits.idle_timeout_ms
+                        )));
+                    }
+                }
+            }
             let next = tokio::time::timeout(limits.idle_timeout(), inbound.message()).await.map_err(|_| {
                 Status::deadline_exceeded(format!(
                     "no message for {} ms: send the next segment or half-close the stream",
@@ -259,6 +284,10 @@ impl Session {
             let segment = match next? {
                 None => break,
                 Some(SearchRequest { message: Some(search_request::Message::Segment(s)) }) => s,
+                Some(SearchRequest { message: Some(search_request::Message::VadReport(report)) }) => {
+                    heard.vad = Some(checked_report(report, expected)?);
+                    continue;
+                }
                 Some(_) => return Err(Status::invalid_argument("SearchConfig may only come first; then segments")),
             };
             if segment.sequence != expected {
@@ -310,6 +339,7 @@ impl Session {
             )));
         }
         heard.audio_samples += samples.len();
+        heard.segment_seconds.push(samples.len() as f64 / SAMPLE_RATE as f64);
         if heard.audio_samples / SAMPLES_PER_MS > limits.max_query_ms as usize {
             return Err(invalid(format!("the query passed {} ms of audio", limits.max_query_ms)));
         }
@@ -376,14 +406,9 @@ impl Session {
             .catalog
             .search(&query, self.max_results)
             .map_err(|e| Status::internal(format!("catalog search failed: {e}")))?;
-        let query_id = uuid::Uuid::now_v7().to_string();
         let served = heard.served_by(inner);
-        let (model_name, model_version) = (served.name, served.version);
-        if let Some(records) = &inner.records {
-            self.log(records, inner, heard, &transcript, &query, &query_id, &hits);
-        }
-        Ok(SearchResult {
-            query_id,
+        let result = SearchResult {
+            query_id: uuid::Uuid::now_v7().to_string(),
             trace_id: self.trace_id.clone(),
             transcript,
             query,
@@ -398,25 +423,22 @@ impl Session {
                     rank: i as u32 + 1,
                 })
                 .collect(),
-            model_name,
-            model_version,
-        })
+            model_name: served.name,
+            model_version: served.version,
+            transcript_id: uuid::Uuid::now_v7().to_string(),
+        };
+        if let Some(records) = &inner.records {
+            self.log(records, inner, heard, &result);
+        }
+        Ok(result)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn log(
-        &self,
-        records: &RecordEmitter,
-        inner: &Inner,
-        heard: &Heard,
-        transcript: &str,
-        query: &str,
-        query_id: &str,
-        hits: &[crate::catalog::Hit],
-    ) {
+    /// Logs the query's stages: the device's VAD (when it reported), recognition and search.
+    fn log(&self, records: &RecordEmitter, inner: &Inner, heard: &Heard, result: &SearchResult) {
+        let (transcript, query, hits) = (&result.transcript, &result.query, &result.hits);
         let served = heard.served_by(inner);
         let (model_name, model_version) = (served.name.clone(), served.version.clone());
-        let context = |api: &'static str, model: &str| RequestContext {
+        let context = |api: &'static str, model: &str, variant: Variant, deployment: &str| RequestContext {
             station_id: self.config.device_id.clone(),
             part_id: String::new(),
             request_id: self.config.session_id.clone(),
@@ -424,16 +446,20 @@ impl Session {
             request_time: self.request_time,
             model_name: model.to_string(),
             api,
-            variant: served.variant,
-            deployment: served.deployment.clone(),
+            variant,
+            deployment: deployment.to_string(),
             trace_id: self.trace_id.clone(),
         };
+        if let Some(vad) = &heard.vad {
+            let record = vad_record(vad, &self.config.device_id, &heard.segment_seconds);
+            records.record(&context("voice_search.vad", &vad.model_name, Variant::Primary, ""), record);
+        }
         let seconds = heard.audio_samples as f64 / SAMPLE_RATE as f64;
         let rms =
             if heard.audio_samples > 0 { 10.0 * (heard.energy / heard.audio_samples as f64).log10() } else { f64::NAN };
         let pitch = mean(&heard.pitch);
         let asr = PredictionRecord {
-            prediction_id: uuid::Uuid::now_v7().to_string(),
+            prediction_id: result.transcript_id.clone(),
             device_id: self.config.device_id.clone(),
             model_name: model_name.clone(),
             model_version,
@@ -445,6 +471,7 @@ impl Session {
                 feature("clipped_samples", heard.clipped as f64),
                 feature("gain_db", mean(&heard.gains)),
                 feature("tokens", heard.tokens as f64),
+                feature("segment_seconds", mean(&heard.segment_seconds)),
             ],
             output: Some(PredictionOutput {
                 text: transcript.to_string(),
@@ -453,11 +480,12 @@ impl Session {
             }),
             compute_time_us: heard.recognise_time.as_micros() as u64,
             status: RecordStatus::Ok as i32,
+            stage: STAGE_ASR.into(),
             ..Default::default()
         };
-        records.record(&context("voice_search.asr", &model_name), asr);
+        records.record(&context("voice_search.asr", &model_name, served.variant, &served.deployment), asr);
         let search = PredictionRecord {
-            prediction_id: query_id.to_string(),
+            prediction_id: result.query_id.clone(),
             device_id: self.config.device_id.clone(),
             model_name: "catalog-search".into(),
             model_version: inner.catalog.version().to_string(),
@@ -474,9 +502,65 @@ impl Session {
                 ..Default::default()
             }),
             status: RecordStatus::Ok as i32,
+            stage: STAGE_SEARCH.into(),
             ..Default::default()
         };
-        records.record(&context("voice_search.search", "catalog-search"), search);
+        let search_context = context("voice_search.search", "catalog-search", served.variant, &served.deployment);
+        records.record(&search_context, search);
+    }
+}
+
+/// Stage names of voice search's records: the device's VAD, recognition, catalog search.
+pub const STAGE_VAD: &str = "vad";
+pub const STAGE_ASR: &str = "asr";
+pub const STAGE_SEARCH: &str = "search";
+
+/// Checks a device's VAD report against the segments it sent.
+fn checked_report(report: VadReport, segments_sent: u64) -> Result<VadReport, Status> {
+    let invalid = |why: String| Err(Status::invalid_argument(format!("vad_report: {why}")));
+    if report.model_name.is_empty() {
+        return invalid("model_name must name the VAD model that ran on the device".into());
+    }
+    if report.speech_ms > report.recorded_ms {
+        return invalid(format!("speech_ms {} is more than recorded_ms {}", report.speech_ms, report.recorded_ms));
+    }
+    if u64::from(report.segments) != segments_sent {
+        return invalid(format!("it counts {} segments but {segments_sent} were sent", report.segments));
+    }
+    if !(0.0..=1.0).contains(&report.threshold) || !(0.0..=1.0).contains(&report.mean_speech_probability) {
+        return invalid("threshold and mean_speech_probability are probabilities in [0, 1]".into());
+    }
+    Ok(report)
+}
+
+/// The "vad" stage record: the device's VAD on this recording, from its report; a device whose
+/// VAD clips differently shows up in `segment_seconds` and `speech_ratio`.
+fn vad_record(vad: &VadReport, device_id: &str, segment_seconds: &[f64]) -> PredictionRecord {
+    let ratio = if vad.recorded_ms > 0 { vad.speech_ms as f64 / vad.recorded_ms as f64 } else { f64::NAN };
+    PredictionRecord {
+        prediction_id: uuid::Uuid::now_v7().to_string(),
+        device_id: device_id.to_string(),
+        model_name: vad.model_name.clone(),
+        model_version: vad.model_version.clone(),
+        features: vec![
+            feature("recorded_seconds", vad.recorded_ms as f64 / 1e3),
+            feature("speech_seconds", vad.speech_ms as f64 / 1e3),
+            feature("speech_ratio", ratio),
+            feature("segments", f64::from(vad.segments)),
+            feature("segment_seconds", mean(segment_seconds)),
+            feature("threshold", f64::from(vad.threshold)),
+            feature("min_silence_ms", f64::from(vad.min_silence_ms)),
+        ],
+        output: Some(PredictionOutput {
+            label: if vad.segments > 0 { "speech" } else { "no_speech" }.into(),
+            scores: vec![vad.mean_speech_probability],
+            is_null: vad.segments == 0,
+            ..Default::default()
+        }),
+        compute_time_us: vad.compute_time_us,
+        status: RecordStatus::Ok as i32,
+        stage: STAGE_VAD.into(),
+        ..Default::default()
     }
 }
 

@@ -308,6 +308,9 @@ function tiles(d) {
   const acc = (d.accuracy || []).filter((a) => num(a.accuracy) && num(a.labeled) && a.labeled > 0);
   const labeled = sum(acc.map((a) => a.labeled));
   const accuracy = labeled ? sum(acc.map((a) => a.accuracy * a.labeled)) / labeled : null;
+  // Models answering in text (a recogniser): word error rate over every labelled word.
+  const words = sum(acc.map((a) => a.reference_words || 0));
+  const wer = words ? sum(acc.map((a) => a.word_errors || 0)) / words : null;
   const alerts = d.alerts || [];
   const firing = alerts.filter((a) => a.state === 'firing').length, pending = alerts.filter((a) => a.state === 'pending').length;
   const errRate = count ? errors / count : null, nullRate = count ? nulls / count : null;
@@ -317,7 +320,8 @@ function tiles(d) {
     tile('Error rate', fmtPct(errRate), count ? plural(errors, 'error') : '', tone(errRate, 0.01, 0.05)),
     tile('Null-output rate', fmtPct(nullRate), count ? plural(nulls, 'null output') : '', tone(nullRate, 0.01, 0.05)),
     tile('p99 latency (peak)', fmtMs(p99.length ? Math.max(...p99) : null), p99.length ? `latest ${fmtMs(p99[p99.length - 1])}` : ''),
-    tile('Accuracy', accuracy == null ? '—' : fmtPct(accuracy), labeled ? `${fmtNum(labeled)} labeled` : 'no labels yet'),
+    wer == null ? tile('Accuracy', accuracy == null ? '—' : fmtPct(accuracy), labeled ? `${fmtNum(labeled)} labeled` : 'no labels yet')
+      : tile('Word error rate', fmtPct(wer), `${fmtNum(words)} words in ${fmtNum(labeled)} labels`, wer >= 0.3 ? 'bad' : wer >= 0.15 ? 'warn' : ''),
     h('a', { href: '#alerts-section', class: 'tile-link' }, tile('Firing alarms', String(firing), pending ? `${pending} pending` : 'none pending', firing ? 'bad' : pending ? 'warn' : 'good')));
 }
 
@@ -468,14 +472,19 @@ function verdictPanel(w, base, resMs, chart) {
 function accuracyPanel(d, base, chart) {
   const acc = (d.accuracy || []).map((a) => ({ ...a, t: ms(a.start) })).filter((a) => num(a.t)).sort((a, b) => a.t - b.t);
   const cov = num(d.label_coverage) ? ` · label coverage ${fmtPct(d.label_coverage)}` : '';
-  const series = [['accuracy', PALETTE[2]], ['precision', PALETTE[0]], ['recall', PALETTE[1]]]
-    .map(([k, c]) => ({ name: k, color: c, points: acc.map((a) => [a.t, a[k]]) }));
+  const text = acc.some((a) => a.reference_words > 0);
+  const wer = (a) => (a.reference_words > 0 ? a.word_errors / a.reference_words : null);
+  const series = text
+    ? [{ name: 'word error rate', color: PALETTE[3], points: acc.map((a) => [a.t, wer(a)]) },
+      { name: 'exact transcripts', color: PALETTE[2], points: acc.map((a) => [a.t, a.accuracy]) }]
+    : [['accuracy', PALETTE[2]], ['precision', PALETTE[0]], ['recall', PALETTE[1]]]
+      .map(([k, c]) => ({ name: k, color: c, points: acc.map((a) => [a.t, a[k]]) }));
   const extra = (t) => {
     const a = acc.find((x) => x.t === t);
     return a ? [{ name: 'labeled', value: fmtNum(a.labeled) }, { name: 'label lag', value: num(a.label_lag_s) ? `${fmtNum(a.label_lag_s)} s` : '—' }] : [];
   };
-  return panel(`Accuracy${cov}`, { aside: acc.length ? legend(series) : null },
-    chart('accuracy', 300, (svg) => lineChart(svg, series, { ...base, gapMs: null, max: 1, fmt: fmtPct, extra,
+  return panel(`${text ? 'Word error rate' : 'Accuracy'}${cov}`, { aside: acc.length ? legend(series) : null },
+    chart('accuracy', 300, (svg) => lineChart(svg, series, { ...base, gapMs: null, max: text ? null : 1, fmt: fmtPct, extra,
       empty: 'No labels yet: accuracy appears once ground-truth labels arrive.' })));
 }
 
@@ -560,7 +569,12 @@ function syncControls() {
   const modelSel = document.getElementById('model-select'), versionSel = document.getElementById('version-select');
   const names = state.models.map((m) => m.model);
   if (state.model && !names.includes(state.model)) names.push(state.model);
-  modelSel.replaceChildren(...names.map((n) => h('option', { value: n }, n)));
+  // Pipeline stages first (voice search: vad, asr, search), each labelled with its stage.
+  const stageOf = (n) => ((state.models.find((m) => m.model === n) || {}).stages || []).join(', ');
+  const order = ['vad', 'asr', 'search'];
+  const rank = (n) => { const st = stageOf(n); const i = order.indexOf(st); return st ? (i < 0 ? order.length : i) : order.length + 1; };
+  names.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  modelSel.replaceChildren(...names.map((n) => h('option', { value: n }, stageOf(n) ? `${stageOf(n)} stage: ${n}` : n)));
   modelSel.value = state.model;
   const versions = (state.models.find((m) => m.model === state.model) || {}).versions || [];
   if (state.version && !versions.includes(state.version)) versions.push(state.version);

@@ -22,8 +22,9 @@ use crate::views::{Baseline, DriftReport, Scope, ViewError, Views};
 /// a kind per prediction, e.g. `redo_search`, `switch_to_typing`, `click`), `feature.<name>.mean`,
 /// `feature.<name>.missing_rate`, `drift.<feature|score>` (the test statistic),
 /// `drift.<feature|score>.detected` (1 or 0), `drift.dataset_share`, `accuracy`, `precision`,
-/// `recall`, `label_coverage`, `shadow.agreement` (the share of shadow answers with the
-/// primary's label; a failed shadow run disagrees).
+/// `recall`, `label_coverage`, `word_error_rate` (models answering in text, against labels giving
+/// what was said), `shadow.agreement` (the share of shadow answers with the primary's label; a
+/// failed shadow run disagrees).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Metric {
     Requests,
@@ -45,6 +46,7 @@ pub enum Metric {
     Precision,
     Recall,
     LabelCoverage,
+    WordErrorRate,
     ShadowAgreement,
 }
 
@@ -64,6 +66,7 @@ impl FromStr for Metric {
             ["precision"] => Self::Precision,
             ["recall"] => Self::Recall,
             ["label_coverage"] => Self::LabelCoverage,
+            ["word_error_rate"] => Self::WordErrorRate,
             ["drift", "dataset_share"] => Self::DatasetDriftShare,
             ["shadow", "agreement"] => Self::ShadowAgreement,
             ["verdict", v, "rate"] => Self::VerdictRate(
@@ -87,7 +90,7 @@ impl FromStr for Metric {
                      latency_p99_ms, score_mean, verdict.<v>.rate, decision.<d>.rate, feedback.<kind>.rate, \
                      feature.<f>.mean, \
                      feature.<f>.missing_rate, drift.<f>, drift.<f>.detected, drift.dataset_share, accuracy, \
-                     precision, recall, label_coverage or shadow.agreement"
+                     precision, recall, label_coverage, word_error_rate or shadow.agreement"
                 ));
             }
         };
@@ -212,9 +215,13 @@ async fn evaluate_with<S: MonitorStore>(
     let metric = &rule.metric;
     let value = match metric {
         Metric::DriftStatistic(_) | Metric::DriftDetected(_) | Metric::DatasetDriftShare => {
-            let key = (model.to_string(), rule.variant, rule.window, rule.baseline.clone());
+            let baseline = match rule.baseline_offset.and_then(|d| chrono::Duration::from_std(d).ok()) {
+                Some(offset) => Baseline::Window(since - offset, now - offset),
+                None => rule.baseline.clone(),
+            };
+            let key = (model.to_string(), rule.variant, rule.window, baseline.clone());
             if !reports.0.contains_key(&key) {
-                let report = match views.drift(&scope, since, now, &rule.baseline).await {
+                let report = match views.drift(&scope, since, now, &baseline).await {
                     Ok(r) => Some(r),
                     Err(ViewError::NoData(_)) => None,
                     Err(e) => return Err(e),
@@ -235,7 +242,7 @@ async fn evaluate_with<S: MonitorStore>(
                 _ => (report.dataset.total > 0).then_some(report.dataset.share),
             }
         }
-        Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::LabelCoverage => {
+        Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::LabelCoverage | Metric::WordErrorRate => {
             let res = views.resolution(since, now, 0, 1)?;
             let (windows, coverage) = views.accuracy(&scope, since, now, res).await?;
             let labeled: u64 = windows.iter().map(|w| w.labeled).sum();
@@ -253,6 +260,10 @@ async fn evaluate_with<S: MonitorStore>(
                 Metric::Accuracy => (labeled > 0).then(|| weighted(&|w| Some(w.accuracy))).flatten(),
                 Metric::Precision => weighted(&|w| w.precision),
                 Metric::Recall => weighted(&|w| w.recall),
+                Metric::WordErrorRate => {
+                    let words: u64 = windows.iter().map(|w| w.reference_words).sum();
+                    (words > 0).then(|| windows.iter().map(|w| w.word_errors).sum::<u64>() as f64 / words as f64)
+                }
                 _ => (views.total(&scope, since, now).await?.count > 0).then_some(coverage),
             }
         }
@@ -441,6 +452,7 @@ mod tests {
             for_duration: Duration::from_secs(for_s),
             severity: "warning".into(),
             baseline: Baseline::Training,
+            baseline_offset: None,
         }
     }
 

@@ -170,6 +170,8 @@ impl<S: MonitorStore + PredictionStore> Monitoring for MonitoringService<S> {
                     precision: a.precision.unwrap_or(f64::NAN),
                     recall: a.recall.unwrap_or(f64::NAN),
                     label_lag_seconds: a.label_lag_s,
+                    word_error_rate: a.word_error_rate().unwrap_or(f64::NAN),
+                    reference_words: a.reference_words,
                 })
                 .collect(),
             label_coverage: coverage,

@@ -142,6 +142,10 @@ pub struct RuleConfig {
     /// or neither) instead of the training reference, e.g. last month's production traffic.
     pub baseline_since: Option<String>,
     pub baseline_until: Option<String>,
+    /// For drift metrics: compare with the same window this long before, e.g. "1d" (the same
+    /// hour yesterday) or "7d"; for models shipped without a training reference.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub baseline_offset: Option<Duration>,
 }
 
 fn default_severity() -> String {
@@ -163,6 +167,8 @@ pub struct Rule {
     pub for_duration: Duration,
     pub severity: String,
     pub baseline: Baseline,
+    /// When set, the baseline is the evaluated window shifted back by this much.
+    pub baseline_offset: Option<Duration>,
 }
 
 impl MonitorConfig {
@@ -221,6 +227,18 @@ impl MonitorConfig {
                     }
                     _ => return Err(bad("give both baseline_since and baseline_until, or neither".into())),
                 };
+                if let Some(offset) = r.baseline_offset {
+                    if baseline != Baseline::Training {
+                        return Err(bad("give baseline_offset or baseline_since/baseline_until, not both".into()));
+                    }
+                    if offset < r.window {
+                        return Err(bad(format!(
+                            "baseline_offset {} is shorter than the window {}: the baseline would overlap it",
+                            humantime::format_duration(offset),
+                            humantime::format_duration(r.window)
+                        )));
+                    }
+                }
                 let variant = match r.variant.as_deref() {
                     None => None,
                     Some("primary") => Some(Variant::Primary as i16),
@@ -240,14 +258,39 @@ impl MonitorConfig {
                     for_duration: r.for_duration,
                     severity: r.severity.clone(),
                     baseline,
+                    baseline_offset: r.baseline_offset,
                 })
             })
             .collect()
     }
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("'{s}' is not a duration ({e}); e.g. 30s, 5m, 1h")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_loads_with_its_speech_rules() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/monitor.toml");
+        let config = MonitorConfig::load(&path).unwrap();
+        let rules = config.rules().unwrap();
+        let pitch = rules.iter().find(|r| r.name == "voice-pitch-drift").unwrap();
+        assert_eq!(pitch.metric, Metric::DriftDetected("pitch_hz".into()));
+        assert_eq!(pitch.baseline_offset, Some(Duration::from_secs(86_400)));
+        let wer = rules.iter().find(|r| r.name == "word-error-rate").unwrap();
+        assert_eq!(wer.metric, Metric::WordErrorRate);
+        // Rules for the line's classifier do not judge the recogniser by a classifier's yardstick.
+        let accuracy = rules.iter().find(|r| r.name == "accuracy-drop").unwrap();
+        assert_eq!(accuracy.model.as_deref(), Some("scratch-detector"));
+    }
 }

@@ -1,6 +1,6 @@
 //! The dashboard (a page and its JSON API) and `/metrics`, over HTTP.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::Router;
@@ -53,13 +53,23 @@ fn view_error(e: ViewError) -> Response {
 }
 
 async fn models<S: MonitorStore>(State(views): State<Views<S>>) -> Response {
-    match views.models().await {
-        Ok(m) => Json(json!({
-            "models": m.into_iter().map(|(model, versions)| json!({ "model": model, "versions": versions })).collect::<Vec<_>>()
-        }))
-        .into_response(),
-        Err(e) => view_error(e),
+    let models = match views.models().await {
+        Ok(m) => m,
+        Err(e) => return view_error(e),
+    };
+    // The pipeline stage each model served in the last day ("vad", "asr", ...), from rollups.
+    let until = Utc::now();
+    let since = until - ChronoDuration::days(1);
+    let mut out = Vec::with_capacity(models.len());
+    for (model, versions) in models {
+        let scope = Scope { model: model.clone(), version: None, variant: None };
+        let stages: Vec<String> = match views.total(&scope, since, until).await {
+            Ok(total) => total.stages.into_keys().collect(),
+            Err(e) => return view_error(e),
+        };
+        out.push(json!({ "model": model, "versions": versions, "stages": stages }));
     }
+    Json(json!({ "models": out })).into_response()
 }
 
 fn nan_to_null(v: f64) -> Value {
@@ -94,6 +104,12 @@ async fn dashboard<S: MonitorStore>(
         Ok(f) => f,
         Err(e) => return view_error(e),
     };
+    let stages: BTreeMap<String, u64> = windows.iter().fold(BTreeMap::new(), |mut all, (_, w)| {
+        for (stage, n) in &w.stages {
+            *all.entry(stage.clone()).or_default() += n;
+        }
+        all
+    });
     let windows: Vec<Value> = windows
         .iter()
         .map(|(start, w)| {
@@ -113,7 +129,11 @@ async fn dashboard<S: MonitorStore>(
             })
         })
         .collect();
-    let drift = match views.drift(&scope, since, until, &Baseline::Training).await {
+    // Against the training reference; a model shipped without one (fetched speech models) is
+    // compared with the range before this one, so its features still show drift.
+    let has_reference = views.catalog.get(&model, version.as_deref()).is_some_and(|m| m.reference.is_some());
+    let baseline = if has_reference { Baseline::Training } else { Baseline::Window(since - (until - since), since) };
+    let drift = match views.drift(&scope, since, until, &baseline).await {
         Ok(r) => json!({
             "baseline": r.baseline, "dataset": r.dataset, "features": r.features, "prediction": r.prediction, "error": null
         }),
@@ -162,7 +182,7 @@ async fn dashboard<S: MonitorStore>(
         })
         .collect();
     Json(json!({
-        "model": model, "version": version.unwrap_or_default(),
+        "model": model, "version": version.unwrap_or_default(), "stages": stages,
         "from": since.to_rfc3339(), "to": until.to_rfc3339(), "resolution_s": res,
         "windows": windows, "drift": drift, "accuracy": accuracy, "label_coverage": coverage,
         "shadow_agreement": agreement, "review": review, "audit": audit, "alerts": alerts,

@@ -43,6 +43,9 @@ pub fn add_row(w: &mut RollupWindow, r: &RollupInput) {
     if let Some(score) = r.score {
         sketch::add(w.score.get_or_insert_default(), f64::from(score));
     }
+    if !r.stage.is_empty() {
+        *w.stages.entry(r.stage.clone()).or_default() += 1;
+    }
     if let Some(features) = r.features.as_object() {
         for (name, value) in features {
             let f = w.features.entry(name.clone()).or_default();
@@ -76,6 +79,9 @@ pub fn merge_windows(a: &mut RollupWindow, b: &RollupWindow) {
     }
     if let Some(s) = &b.score {
         sketch::merge(a.score.get_or_insert_default(), s);
+    }
+    for (stage, n) in &b.stages {
+        *a.stages.entry(stage.clone()).or_default() += n;
     }
     for (name, fb) in &b.features {
         let fa: &mut FeatureRollup = a.features.entry(name.clone()).or_default();
@@ -188,6 +194,7 @@ mod tests {
             queue_time_us: 100,
             compute_time_us: 900,
             status: RecordStatus::Ok as i16,
+            stage: if t % 2 == 0 { "asr".into() } else { String::new() },
         }
     }
 
@@ -217,6 +224,10 @@ mod tests {
         assert_eq!(a.features["brightness"].sketch, b.features["brightness"].sketch);
         assert_eq!(a.score.as_ref().unwrap().positive, b.score.as_ref().unwrap().positive);
         assert_eq!(a.verdicts, b.verdicts);
+        // i * 7 is even for even i: 100 of the 200 rows are the "asr" stage, the rest have none.
+        assert_eq!(a.stages, b.stages);
+        assert_eq!(a.stages.get("asr"), Some(&100));
+        assert_eq!(a.stages.len(), 1);
         assert_eq!(sketch::quantile(a.latency_ms.as_ref().unwrap(), 0.5), Some(1.0));
     }
 }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use prost::Message;
 use vigil_drift::{DatasetDrift, DriftConfig, DriftResult, Histogram, NumericFeature};
 use vigil_proto::vigil::v1::{RollupWindow, Sketch};
+use vigil_speech::text;
 use vigil_store::MonitorStore;
 use vigil_store::monitoring::RollupQuery;
 
@@ -86,6 +87,18 @@ pub struct AccuracyWindow {
     pub precision: Option<f64>,
     pub recall: Option<f64>,
     pub label_lag_s: f64,
+    /// Text answers (transcripts): words in their labels, and word errors (substitutions,
+    /// deletions, insertions) against them after normalisation. Accuracy of a text answer is
+    /// an exact match after normalisation.
+    pub reference_words: u64,
+    pub word_errors: u64,
+}
+
+impl AccuracyWindow {
+    /// Word errors over reference words; None when no text answer was labelled.
+    pub fn word_error_rate(&self) -> Option<f64> {
+        (self.reference_words > 0).then(|| self.word_errors as f64 / self.reference_words as f64)
+    }
 }
 
 /// Agreement of one shadow version with the primary over one window.
@@ -350,11 +363,23 @@ impl<S: MonitorStore> Views<S> {
             predicted_pos: u64,
             actual_pos: u64,
             lag: f64,
+            words: u64,
+            word_errors: u64,
         }
         let mut per: BTreeMap<DateTime<Utc>, Counts> = BTreeMap::new();
         for p in &labeled {
             let c = per.entry(window_start(p.time, resolution_s)).or_default();
             c.n += 1;
+            if p.text_output {
+                let (said, heard) = (text::normalise(&p.actual), text::normalise(&p.predicted));
+                let said: Vec<&str> = said.split_whitespace().collect();
+                let heard: Vec<&str> = heard.split_whitespace().collect();
+                c.words += said.len() as u64;
+                c.word_errors += text::word_errors(&said, &heard) as u64;
+                c.correct += u64::from(said == heard);
+                c.lag += (p.label_time - p.time).num_milliseconds() as f64 / 1000.0;
+                continue;
+            }
             c.correct += u64::from(p.predicted == p.actual);
             let pos = |s: &str| positive.as_deref() == Some(s);
             c.predicted_pos += u64::from(pos(&p.predicted));
@@ -372,6 +397,8 @@ impl<S: MonitorStore> Views<S> {
                 precision: ratio(c.tp, c.predicted_pos),
                 recall: ratio(c.tp, c.actual_pos),
                 label_lag_s: c.lag / c.n as f64,
+                reference_words: c.words,
+                word_errors: c.word_errors,
             })
             .collect();
         let total = self.total(scope, since, until).await?.count;

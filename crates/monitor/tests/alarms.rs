@@ -426,4 +426,14 @@ fn rule_files_with_mistakes_are_refused_naming_the_rule() {
     std::fs::write(&path, "[alerting]\nwebhook_max_attempts = 0\n").unwrap();
     let e = MonitorConfig::load(&path).unwrap_err().to_string();
     assert!(e.contains("webhook_max_attempts must be at least 1"), "{e}");
+    let drift = "metric = \"drift.pitch_hz.detected\"\ncomparator = \">=\"\nthreshold = 1\n";
+    let e = load(&format!("{drift}window = \"2h\"\nbaseline_offset = \"1h\"\n"));
+    assert!(e.contains("baseline_offset 1h is shorter than the window 2h"), "{e}");
+    let e = load(&format!(
+        "{drift}window = \"1h\"\nbaseline_offset = \"1d\"\nbaseline_since = \"2026-01-01T00:00:00Z\"\n\
+         baseline_until = \"2026-01-02T00:00:00Z\"\n"
+    ));
+    assert!(e.contains("not both"), "{e}");
+    let e = load(&format!("{drift}window = \"1h\"\nbaseline_offset = \"yesterday\"\n"));
+    assert!(e.contains("'yesterday' is not a duration"), "{e}");
 }

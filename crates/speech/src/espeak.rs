@@ -32,7 +32,10 @@ pub fn say(text: &str, voice: Voice) -> Result<Vec<f32>, SpeechError> {
         .stderr(Stdio::null())
         .status()
         .map_err(|e| missing("espeak-ng", e))?;
+    // No dither (-D): sox dithers with random noise when it cuts to 16 bits, and the same text
+    // must give the same samples so that tests and benchmarks repeat exactly.
     let resample = Command::new("sox")
+        .arg("-D")
         .arg(&raw)
         .args(["-r", "16000", "-c", "1", "-b", "16"])
         .arg(&wav)

@@ -62,6 +62,8 @@ impl<T: ModelRunner> ModelRunner for &T {
 /// device side of the speech pipeline, e.g. VAD in `vigil speak`).
 pub struct LocalModel {
     session: std::sync::Mutex<vigil_inference::session::ModelSession>,
+    name: String,
+    version: u64,
 }
 
 impl LocalModel {
@@ -69,7 +71,17 @@ impl LocalModel {
     pub fn load(dir: &std::path::Path, intra_op_threads: usize) -> Result<Self, SpeechError> {
         let config = vigil_inference::config::ModelConfig::load(&dir.join("model.toml"))?;
         let session = vigil_inference::session::ModelSession::load(&dir.join("model.onnx"), &config, intra_op_threads)?;
-        Ok(Self { session: std::sync::Mutex::new(session) })
+        Ok(Self { session: std::sync::Mutex::new(session), name: config.name, version: config.version })
+    }
+
+    /// The model's name in its `model.toml`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The model's version in its `model.toml`.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 }
 

@@ -70,12 +70,12 @@ async fn insert_predictions<'e>(exec: impl PgExecutor<'e>, rows: &[PredictionRow
     let result = sqlx::query(
             "INSERT INTO predictions (prediction_id, time, request_time, capture_time, trace_id, server_id, station_id,
                  device_id, part_id, request_id, api, model_name, model_version, variant, deployment_id, features, output,
-                 score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error)
-             SELECT id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f::jsonb, o::jsonb, sc, onull, vd, dc, qt, cpt, stt, er
+                 score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error, stage)
+             SELECT id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f::jsonb, o::jsonb, sc, onull, vd, dc, qt, cpt, stt, er, sg
              FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
                  $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int2[], $15::text[], $16::text[],
-                 $17::text[], $18::real[], $19::bool[], $20::int2[], $21::int2[], $22::int8[], $23::int8[], $24::int2[], $25::text[])
-               AS u(id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f, o, sc, onull, vd, dc, qt, cpt, stt, er)
+                 $17::text[], $18::real[], $19::bool[], $20::int2[], $21::int2[], $22::int8[], $23::int8[], $24::int2[], $25::text[], $26::text[])
+               AS u(id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f, o, sc, onull, vd, dc, qt, cpt, stt, er, sg)
              ON CONFLICT (prediction_id) DO NOTHING",
         )
         .bind(column!(prediction_id))
@@ -103,6 +103,7 @@ async fn insert_predictions<'e>(exec: impl PgExecutor<'e>, rows: &[PredictionRow
         .bind(column!(compute_time_us))
         .bind(column!(status))
         .bind(column!(error))
+        .bind(column!(stage))
         .execute(exec)
         .await?;
     Ok(result.rows_affected())

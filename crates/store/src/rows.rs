@@ -38,6 +38,8 @@ pub struct PredictionRow {
     pub part_id: String,
     pub request_id: String,
     pub api: String,
+    /// The pipeline step ("vad", "asr", "search"); empty for a single-model request.
+    pub stage: String,
     pub model_name: String,
     pub model_version: String,
     pub variant: i16,
@@ -104,6 +106,7 @@ impl PredictionRow {
             part_id: r.part_id.clone(),
             request_id: r.request_id.clone(),
             api: r.api.clone(),
+            stage: r.stage.clone(),
             model_name: r.model_name.clone(),
             model_version: r.model_version.clone(),
             variant: r.variant as i16,

@@ -67,7 +67,7 @@ impl PredictionStore for SqliteStore {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR IGNORE INTO predictions (prediction_id, time, request_time, capture_time, trace_id, server_id, \
                  station_id, device_id, part_id, request_id, api, model_name, model_version, variant, deployment_id, features, \
-                 output, score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error) ",
+                 output, score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error, stage) ",
             );
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(r.prediction_id)
@@ -94,7 +94,8 @@ impl PredictionStore for SqliteStore {
                     .push_bind(r.queue_time_us)
                     .push_bind(r.compute_time_us)
                     .push_bind(r.status)
-                    .push_bind(r.error.clone());
+                    .push_bind(r.error.clone())
+                    .push_bind(r.stage.clone());
             });
             inserted_predictions += q.build().execute(&mut *tx).await?.rows_affected();
         }

@@ -74,6 +74,7 @@ pub fn prediction(time: DateTime<Utc>, score: f32, features: serde_json::Value) 
         model_version: "1".into(),
         variant: 1,
         deployment_id: String::new(),
+        stage: String::new(),
         features,
         output: serde_json::json!({ "label": if defect { "defect" } else { "ok" }, "scores": [score] }),
         score: Some(score),

@@ -227,6 +227,39 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
     let late =
         store.labeled_predictions("scratch-detector", None, None, now - Duration::minutes(26), now).await.unwrap();
     assert_eq!(late.len(), 1, "only row 4 was predicted in the last 26 minutes");
+    assert!(late.iter().all(|p| !p.text_output && p.predicted == "ok"), "a classifier's label, not text");
+
+    // A recogniser's transcripts: one with text, one that heard nothing, one that failed.
+    let mut asr: Vec<PredictionRow> = (0..3).map(|i| row(i, 3)).collect();
+    for (i, r) in asr.iter_mut().enumerate() {
+        r.model_name = "recogniser".into();
+        r.output = match i {
+            0 => serde_json::json!({ "label": "", "scores": [], "text": "red running shoes" }),
+            _ => serde_json::json!({ "label": "", "scores": [] }),
+        };
+        r.status = if i == 2 { 3 } else { 1 };
+    }
+    let said = |i: usize| LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: asr[i].prediction_id,
+        label: "red running shoes".into(),
+        time: now,
+        source: "transcriber".into(),
+    };
+    store.insert_batch(&asr, &[said(0), said(1), said(2)]).await.unwrap();
+    let mut got: Vec<(String, bool)> = store
+        .labeled_predictions("recogniser", None, None, since, now + Duration::seconds(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.predicted, p.text_output))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("".to_string(), false), ("".to_string(), true), ("red running shoes".to_string(), true)],
+        "the transcript as the prediction; an empty answer is text, a failure is not"
+    );
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@ pub struct RollupInput {
     pub queue_time_us: i64,
     pub compute_time_us: i64,
     pub status: i16,
+    /// The pipeline step; empty for a single-model request.
+    pub stage: String,
 }
 
 /// Predictions not yet rolled up, and the cursor to store once they are.
@@ -86,11 +88,14 @@ pub struct RollupQuery {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LabeledPrediction {
     pub time: DateTime<Utc>,
-    /// The model's output label.
+    /// The model's output label; for a model that answers in text, the text.
     pub predicted: String,
     /// The ground truth.
     pub actual: String,
     pub label_time: DateTime<Utc>,
+    /// The model answers in text (a transcript), not a class: its output has text, or it
+    /// answered (status OK) with neither label nor text (said nothing).
+    pub text_output: bool,
 }
 
 /// A shadow's answer beside the primary's answer to the same item (same trace id, same place

@@ -15,7 +15,7 @@ use crate::PgStore;
 const CURSOR: &str = "predictions";
 
 const ROLLUP_COLUMNS: &str = "model_name, model_version, variant, time, request_time, features, score, output_null, \
-     verdict, decision, queue_time_us, compute_time_us, status";
+     verdict, decision, queue_time_us, compute_time_us, status, stage";
 
 /// The oldest transaction id that may still add predictions: the oldest transaction running in
 /// this database (`pg_stat_activity`, read after the snapshot, and prepared two-phase ones), or
@@ -211,7 +211,9 @@ impl OutcomeStore for PgStore {
     ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
         // Labels come after their predictions, so only labels since `since` can match.
         sqlx::query_as(
-            "SELECT p.time, coalesce(p.output->>'label', '') AS predicted, l.label AS actual, l.time AS label_time \
+            "SELECT p.time, coalesce(nullif(p.output->>'label', ''), p.output->>'text', '') AS predicted, \
+               l.label AS actual, l.time AS label_time, \
+               (p.output ? 'text' OR (coalesce(p.output->>'label', '') = '' AND p.status = 1)) AS text_output \
              FROM (SELECT DISTINCT ON (prediction_id) prediction_id, label, time FROM labels \
                    WHERE time >= $2 ORDER BY prediction_id, time DESC) l \
              JOIN predictions p ON p.prediction_id = l.prediction_id \

@@ -28,7 +28,7 @@ impl RollupStore for SqliteStore {
     async fn read_for_rollup(&self, cursor: i64, max_rows: usize) -> Result<RollupBatch, sqlx::Error> {
         let fetched = sqlx::query_as::<_, RowWithId>(
             "SELECT rowid AS row_id, model_name, model_version, variant, time, request_time, features, score, \
-               output_null, verdict, decision, queue_time_us, compute_time_us, status \
+               output_null, verdict, decision, queue_time_us, compute_time_us, status, stage \
              FROM predictions WHERE rowid > ? ORDER BY rowid LIMIT ?",
         )
         .bind(cursor)
@@ -140,8 +140,10 @@ impl OutcomeStore for SqliteStore {
         // Times are stored as sqlx writes them (fixed-width UTC text), so text order is time
         // order and the window is compared in SQL.
         sqlx::query_as(
-            "SELECT p.time, coalesce(json_extract(p.output, '$.label'), '') AS predicted, l.label AS actual, \
-               l.time AS label_time \
+            "SELECT p.time, coalesce(nullif(json_extract(p.output, '$.label'), ''), json_extract(p.output, '$.text'), '') \
+               AS predicted, l.label AS actual, l.time AS label_time, \
+               (json_type(p.output, '$.text') IS NOT NULL \
+                OR (coalesce(json_extract(p.output, '$.label'), '') = '' AND p.status = 1)) AS text_output \
              FROM predictions p JOIN labels l ON l.prediction_id = p.prediction_id \
              WHERE p.model_name = ? AND p.time >= ? AND p.time < ? \
                AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?) \

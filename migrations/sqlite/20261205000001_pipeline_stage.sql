@@ -1,0 +1,3 @@
+-- The step of a multi-model pipeline a record is ("vad", "asr", "search" for voice search);
+-- a query's stages share its trace id.
+ALTER TABLE predictions ADD COLUMN stage TEXT NOT NULL DEFAULT '';
