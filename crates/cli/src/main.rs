@@ -8,6 +8,7 @@
 //! - `vigil label`, `vigil query`: ground truth in, the prediction log out.
 //! - `vigil metrics`, `vigil drift`, `vigil alerts`: the monitor's figures and alarms.
 
+mod batch;
 mod bench;
 mod bench_voice;
 mod deploy;
@@ -64,8 +65,8 @@ enum Command {
     Review(review::ReviewArgs),
     /// Voice search from recordings: VAD here, only the speech to vigil-cloud, transcript and results back.
     Speak(speak::SpeakArgs),
-    /// Batch voice search: folders of recordings through vigil-cloud, several at once, one JSON line each.
-    Batch(speak::BatchArgs),
+    /// Batch prediction through vigil-cloud: recordings (voice search) or the rows of a CSV/Parquet table (--model).
+    Batch(batch::BatchArgs),
     /// Voice search benchmark: VAD and recognition real-time factors, the user's wait at 1 and 8 streams.
     BenchVoice(bench_voice::VoiceBenchArgs),
 }
@@ -99,7 +100,7 @@ fn main() -> ExitCode {
             Command::Deploy(args) => deploy::run(args).await,
             Command::Review(args) => review::run(args).await,
             Command::Speak(args) => speak::run(args).await,
-            Command::Batch(args) => speak::batch(args).await,
+            Command::Batch(args) => batch::run(args).await,
             Command::BenchVoice(args) => bench_voice::run(args).await.map(|()| 0),
         }
     });

@@ -1,5 +1,4 @@
-//! `vigil speak`: the device side of voice search, and `vigil batch`: the same over folders of
-//! recordings, several at once, one JSON line each (the seed's batch beside realtime).
+//! `vigil speak`: the device side of voice search (`vigil batch` runs it over many recordings).
 //!
 //! Silero VAD runs in this process over each recording, only the speech segments are streamed
 //! to vigil-cloud (each as soon as it closes), and the transcript, the results, the audio sent
@@ -26,6 +25,13 @@ pub struct SpeakArgs {
     /// Recordings: 16 kHz mono 16-bit WAV files.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub options: SpeakOptions,
+}
+
+/// How recordings are listened to and sent (shared by `vigil speak` and `vigil batch`).
+#[derive(Args, Debug, Clone)]
+pub struct SpeakOptions {
     /// Cloud server address.
     #[arg(long, default_value = "http://127.0.0.1:8010", env = "VIGIL_CLOUD")]
     pub server: String,
@@ -94,99 +100,20 @@ pub struct SpokenHit {
 }
 
 pub async fn run(args: SpeakArgs) -> Result<u8> {
-    let params = vad_params(&args)?;
-    let vad = load_vad(&args)?;
-    let client = connect(&args.server).await?;
+    let options = &args.options;
+    let params = vad_params(options)?;
+    let vad = load_vad(options)?;
+    let client = connect(&options.server).await?;
     let mut failed = false;
     for path in &args.files {
-        let spoken = speak_within_timeout(client.clone(), &vad, path, params, &args).await;
+        let spoken = speak_within_timeout(client.clone(), &vad, path, params, options).await;
         failed |= spoken.error.is_some();
-        print(&spoken, args.json);
+        print(&spoken, options.json);
     }
     Ok(if failed { crate::inspect::exit::FAILED } else { 0 })
 }
 
-/// `vigil batch`: every recording of folders or files, several at once, one JSON line each.
-#[derive(Args, Debug)]
-pub struct BatchArgs {
-    #[command(flatten)]
-    pub speak: SpeakArgs,
-    /// Write the JSON lines here instead of stdout.
-    #[arg(long)]
-    pub output: Option<PathBuf>,
-    /// Recordings in flight at once.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
-}
-
-pub async fn batch(args: BatchArgs) -> Result<u8> {
-    use futures::StreamExt;
-    use std::io::Write;
-    let speak = &args.speak;
-    let params = vad_params(speak)?;
-    let files = wav_files(&speak.files)?;
-    if files.is_empty() {
-        anyhow::bail!("no .wav files found in the given paths");
-    }
-    let vad = load_vad(speak)?;
-    let client = connect(&speak.server).await?;
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let bar =
-        indicatif::ProgressBar::with_draw_target(Some(files.len() as u64), indicatif::ProgressDrawTarget::stderr());
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} recordings  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let started = Instant::now();
-    let (mut failed, mut recorded, mut sent) = (0usize, 0u64, 0u64);
-    let mut outcomes = futures::stream::iter(&files)
-        .map(|path| speak_within_timeout(client.clone(), &vad, path, params, speak))
-        .buffered(args.concurrency.max(1));
-    while let Some(spoken) = outcomes.next().await {
-        failed += usize::from(spoken.error.is_some());
-        recorded += spoken.recorded_ms;
-        sent += spoken.sent_ms;
-        writeln!(out, "{}", serde_json::to_string(&spoken).expect("serialisable"))?;
-        bar.inc(1);
-    }
-    out.flush()?;
-    bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-    eprintln!(
-        "{} recordings in {elapsed:.1} s ({:.1}/s), {failed} failed; sent {:.0}% of {:.1} s recorded",
-        files.len(),
-        files.len() as f64 / elapsed,
-        if recorded > 0 { 100.0 * sent as f64 / recorded as f64 } else { 0.0 },
-        recorded as f64 / 1e3
-    );
-    Ok(if failed > 0 { crate::inspect::exit::FAILED } else { 0 })
-}
-
-/// The WAV files among `paths`, folders read one level deep, in name order within each.
-fn wav_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("wav")))
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    Ok(files)
-}
-
-fn vad_params(args: &SpeakArgs) -> Result<VadParams> {
+pub(crate) fn vad_params(args: &SpeakOptions) -> Result<VadParams> {
     let params = VadParams {
         threshold: args.threshold,
         negative_threshold: args.negative_threshold.unwrap_or((args.threshold - 0.15).max(0.0)),
@@ -198,19 +125,19 @@ fn vad_params(args: &SpeakArgs) -> Result<VadParams> {
     Ok(params)
 }
 
-fn load_vad(args: &SpeakArgs) -> Result<LocalModel> {
+pub(crate) fn load_vad(args: &SpeakOptions) -> Result<LocalModel> {
     LocalModel::load(&args.vad_model, 1).with_context(|| {
         format!("cannot load the VAD model from {} (./dev setup fetches it; --vad-model)", args.vad_model.display())
     })
 }
 
 /// One recording's outcome, its error (or the timeout) included.
-async fn speak_within_timeout(
+pub(crate) async fn speak_within_timeout(
     client: VoiceSearchClient<Channel>,
     vad: &LocalModel,
     path: &Path,
     params: VadParams,
-    args: &SpeakArgs,
+    args: &SpeakOptions,
 ) -> Spoken {
     let failed = |error: String| Spoken { path: path.display().to_string(), error: Some(error), ..Default::default() };
     match tokio::time::timeout(Duration::from_millis(args.timeout_ms), speak_file(client, vad, path, params, args))
@@ -240,7 +167,7 @@ pub async fn speak_file(
     vad: &LocalModel,
     path: &Path,
     params: VadParams,
-    args: &SpeakArgs,
+    args: &SpeakOptions,
 ) -> Result<Spoken> {
     let samples = audio::read_wav(path)?;
     let (tx, rx) = mpsc::channel(16);

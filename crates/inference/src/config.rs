@@ -107,6 +107,11 @@ pub struct TensorSpec {
     /// it wherever `dims` is fixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_dims: Option<Vec<i64>>,
+    /// Tabular inputs: the name of each column of an item (dims `[n]`, n names). Each column
+    /// is logged as a named input feature (missing when NaN), so drift and missing values are
+    /// watched per column, and `vigil batch` matches a table's columns to them by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
 }
 
 /// How an encoded image becomes the model's input tensor.
@@ -241,6 +246,24 @@ impl ModelConfig {
                 }
             }
         }
+        for input in &self.inputs {
+            let Some(names) = &input.features else { continue };
+            let numeric = matches!(input.datatype, DataType::Fp32 | DataType::Fp64 | DataType::Int32 | DataType::Int64);
+            if !numeric || input.dims != [names.len() as i64] {
+                return Err(format!(
+                    "input '{}': features name the columns of a numeric input with dims [n] (here {} names, dims \
+                     {:?}, {:?})",
+                    input.name,
+                    names.len(),
+                    input.dims,
+                    input.datatype
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(bad) = names.iter().find(|n| n.is_empty() || !seen.insert(n.as_str())) {
+                return Err(format!("input '{}': feature names must be unique and non-empty ('{bad}')", input.name));
+            }
+        }
         if self.instances == 0 {
             return Err("instances must be at least 1".into());
         }
@@ -350,6 +373,26 @@ max_queue_depth = 16
             let e = audio(bad).unwrap_err();
             assert!(e.contains("input 'x': warmup_dims"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn feature_names_must_name_each_column_once() {
+        let table = |dims: &str, features: &str| {
+            let text = format!(
+                "name = \"t\"\nversion = 1\nmax_batch_size = 8\n[[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\n\
+                 dims = {dims}\nfeatures = {features}\n[[outputs]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [1]\n"
+            );
+            toml::from_str::<ModelConfig>(&text).unwrap().validate()
+        };
+        assert!(table("[3]", r#"["age", "fever", "cough"]"#).is_ok());
+        for (dims, features) in
+            [("[3]", r#"["age", "fever"]"#), ("[-1]", r#"["age"]"#), ("[1, 3]", r#"["a", "b", "c"]"#)]
+        {
+            let e = table(dims, features).unwrap_err();
+            assert!(e.contains("features name the columns"), "{dims} {features}: {e}");
+        }
+        let e = table("[2]", r#"["age", "age"]"#).unwrap_err();
+        assert!(e.contains("unique and non-empty ('age')"), "{e}");
     }
 
     #[test]

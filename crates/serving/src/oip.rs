@@ -196,7 +196,7 @@ async fn infer_on(
     let requested = requested_outputs(config, &request)?;
     let inputs = decode_inputs(config, &mut request)?;
     let summaries = recording.map(|_| {
-        let named: Vec<(String, &Tensor)> = config.inputs.iter().map(|s| s.name.clone()).zip(inputs.iter()).collect();
+        let named: Vec<(&TensorSpec, &Tensor)> = config.inputs.iter().zip(inputs.iter()).collect();
         crate::records::summarise_inputs(&named, config.max_batch_size > 0)
     });
     let on_shadow = match (recording, &summaries) {
@@ -496,8 +496,36 @@ pub fn triton_config(config: &ModelConfig) -> vigil_proto::inference::ModelConfi
         }],
         default_model_filename: "model.onnx".into(),
         scheduling_choice,
+        parameters: config_parameters(config),
         ..Default::default()
     }
+}
+
+/// The parameter naming a tabular input's columns: `features.<input>` = a JSON array of names.
+pub fn feature_parameter_key(input: &str) -> String {
+    format!("features.{input}")
+}
+
+/// The parameter carrying the model's class names, index-aligned with its scores: a JSON array.
+pub const LABELS_PARAMETER: &str = "labels";
+
+/// Vigil's own model settings a client may need, as Triton config parameters: the columns of
+/// tabular inputs and the class names.
+fn config_parameters(
+    config: &ModelConfig,
+) -> std::collections::HashMap<String, vigil_proto::inference::ModelParameter> {
+    let json = |names: &[String]| vigil_proto::inference::ModelParameter {
+        string_value: serde_json::to_string(names).expect("names serialise"),
+    };
+    let mut parameters: std::collections::HashMap<_, _> = config
+        .inputs
+        .iter()
+        .filter_map(|s| Some((feature_parameter_key(&s.name), json(s.features.as_ref()?))))
+        .collect();
+    if !config.labels.is_empty() {
+        parameters.insert(LABELS_PARAMETER.into(), json(&config.labels));
+    }
+    parameters
 }
 
 fn statistics(name: &str, version: u64, model: &LoadedModel) -> ModelStatistics {

@@ -244,21 +244,30 @@ fn feature(name: &str, value: f64) -> Feature {
     Feature { name: name.into(), value, missing: !value.is_finite(), category: String::new() }
 }
 
-/// Per-item summaries of a batch's inputs: `<input>.mean`, `.std`, `.min` and `.max` over each
-/// item's values for numeric tensors (NaN counts as missing), `<input>.bytes` for the others.
-/// `batched`: the first dimension is the batch.
-pub fn summarise_inputs(inputs: &[(String, &vigil_inference::tensor::Tensor)], batched: bool) -> Vec<Vec<Feature>> {
+/// Per-item summaries of a batch's inputs: for an input whose spec names its columns
+/// (`features`), each column under its name (missing when NaN); else `<input>.mean`, `.std`,
+/// `.min` and `.max` over each item's values for numeric tensors (NaN counts as missing),
+/// `<input>.bytes` for the others. `batched`: the first dimension is the batch.
+pub fn summarise_inputs(
+    inputs: &[(&vigil_inference::config::TensorSpec, &vigil_inference::tensor::Tensor)],
+    batched: bool,
+) -> Vec<Vec<Feature>> {
     let items = |t: &vigil_inference::tensor::Tensor| {
         if batched { t.shape.first().copied().unwrap_or(1).max(1) as usize } else { 1 }
     };
     let n = inputs.first().map_or(0, |(_, t)| items(t));
     let mut per_item: Vec<Vec<Feature>> = vec![Vec::new(); n];
-    for (name, tensor) in inputs {
+    for (spec, tensor) in inputs {
+        let name = &spec.name;
         let values = tensor.to_f64_values();
         let chunk = tensor.data.len() / n.max(1);
         for (i, features) in per_item.iter_mut().enumerate() {
-            match &values {
-                Some(v) => {
+            match (&values, &spec.features) {
+                (Some(v), Some(columns)) if v.len() == n * columns.len() => {
+                    let item = &v[i * columns.len()..(i + 1) * columns.len()];
+                    features.extend(columns.iter().zip(item).map(|(column, &value)| feature(column, value)));
+                }
+                (Some(v), _) => {
                     let per = v.len() / n.max(1);
                     let item = &v[i * per..(i + 1) * per];
                     let finite: Vec<f64> = item.iter().copied().filter(|x| x.is_finite()).collect();
@@ -271,7 +280,7 @@ pub fn summarise_inputs(inputs: &[(String, &vigil_inference::tensor::Tensor)], b
                         features.push(feature(&format!("{name}.{stat}"), value));
                     }
                 }
-                None => features.push(feature(&format!("{name}.bytes"), chunk as f64)),
+                (None, _) => features.push(feature(&format!("{name}.bytes"), chunk as f64)),
             }
         }
     }
