@@ -49,6 +49,13 @@ pub struct BenchArgs {
     /// The `vigil-edge` binary for `--external` (default: next to this `vigil`).
     #[arg(long)]
     pub edge_binary: Option<PathBuf>,
+    /// The server measured: the edge server (ModelInfer and Inspect) or the cloud server
+    /// (ModelInfer; e.g. with `--model-repository .vigil/cloud-models`).
+    #[arg(long, value_enum, default_value = "edge")]
+    pub target: Target,
+    /// The `vigil-cloud` binary for `--target cloud --external` (default: next to this `vigil`).
+    #[arg(long)]
+    pub cloud_binary: Option<PathBuf>,
     /// Also measure ModelInfer against a Python peer (grpcio + onnxruntime) in its own process.
     #[arg(long, requires = "external")]
     pub python_peer: bool,
@@ -59,6 +66,13 @@ pub struct BenchArgs {
     /// The peer's script.
     #[arg(long, default_value = "tests/peers/python_oip_server.py")]
     pub python_peer_script: PathBuf,
+}
+
+/// Which server `vigil bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    Edge,
+    Cloud,
 }
 
 #[derive(Debug, Clone)]
@@ -110,11 +124,15 @@ fn row(mode: &'static str, level: usize, items: u64, elapsed: Duration, h: &Hist
 /// The server under load: embedded in this process, or the `vigil-edge` binary.
 enum Server {
     Embedded(vigil_edge::RunningServer),
+    EmbeddedCloud(vigil_cloud::RunningServer),
     External(std::process::Child),
 }
 
 impl Server {
     async fn start(args: &BenchArgs) -> Result<(Self, String)> {
+        if args.target == Target::Cloud {
+            return Self::start_cloud(args).await;
+        }
         if !args.external {
             let mut config = EdgeConfig { model_repository: args.model_repository.clone(), ..EdgeConfig::default() };
             config.listen = "127.0.0.1:0".parse()?;
@@ -138,6 +156,34 @@ impl Server {
         command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"]);
         command.arg(&args.model_repository);
         Self::spawn(command, "vigil-edge listening on ").await
+    }
+
+    /// vigil-cloud with its shipped configuration, voice search off (its catalog is not needed).
+    async fn start_cloud(args: &BenchArgs) -> Result<(Self, String)> {
+        if !args.external {
+            let mut config =
+                vigil_cloud::CloudConfig { model_repository: args.model_repository.clone(), ..Default::default() };
+            config.listen = "127.0.0.1:0".parse()?;
+            config.metrics.listen = "127.0.0.1:0".parse()?;
+            config.voice_search.enabled = false;
+            let server = vigil_cloud::start(config, false, None).await?;
+            let url = format!("http://{}", server.addr);
+            return Ok((Self::EmbeddedCloud(server), url));
+        }
+        let binary = match &args.cloud_binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?.with_file_name("vigil-cloud"),
+        };
+        if !binary.exists() {
+            bail!(
+                "{} not found: build it (cargo build --release -p vigil-cloud) or give --cloud-binary",
+                binary.display()
+            );
+        }
+        let mut command = std::process::Command::new(&binary);
+        command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"]);
+        command.arg(&args.model_repository).env("VIGIL_VOICE_SEARCH__ENABLED", "false");
+        Self::spawn(command, "vigil-cloud listening on ").await
     }
 
     /// The Python peer serving the model version in `version_dir`.
@@ -175,7 +221,7 @@ impl Server {
     /// The serving process, when it is not this one.
     fn pid(&self) -> Option<u32> {
         match self {
-            Self::Embedded(_) => None,
+            Self::Embedded(_) | Self::EmbeddedCloud(_) => None,
             Self::External(child) => Some(child.id()),
         }
     }
@@ -183,6 +229,7 @@ impl Server {
     async fn stop(self) -> Result<()> {
         match self {
             Self::Embedded(server) => server.shutdown().await,
+            Self::EmbeddedCloud(server) => server.shutdown().await,
             Self::External(mut child) => {
                 child.kill()?;
                 child.wait()?;
@@ -250,9 +297,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let pngs = Arc::new(pngs);
     let input = config.inputs[0].name.clone();
     let answer = infer_once(&channel, &args.model, &input, &tensors[0]).await?;
+    let model_infer = match (args.target, args.external) {
+        (Target::Edge, true) => "ModelInfer (vigil-edge process)",
+        (Target::Cloud, true) => "ModelInfer (vigil-cloud process)",
+        (Target::Cloud, false) => "ModelInfer (vigil-cloud)",
+        (Target::Edge, false) => "ModelInfer",
+    };
     for &level in &args.concurrency {
         let r = model_infer_load(&channel, &args.model, &input, &tensors, level, duration, server_pid).await?;
-        rows.push(r.into_row(if args.external { "ModelInfer (vigil-edge process)" } else { "ModelInfer" }, level));
+        rows.push(r.into_row(model_infer, level));
+        if args.target == Target::Cloud {
+            // The cloud server has no inspection API.
+            eprintln!("  server concurrency {level}: done");
+            continue;
+        }
         let inspection = InspectionClient::new(channel.clone());
         let p = pngs.clone();
         let r = load(level, duration, server_pid, move |i| {
