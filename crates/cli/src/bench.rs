@@ -121,8 +121,8 @@ fn row(mode: &'static str, level: usize, items: u64, elapsed: Duration, h: &Hist
     }
 }
 
-/// The server under load: embedded in this process, or the `vigil-edge` binary.
-enum Server {
+/// The server under load: embedded in this process, or a server binary in its own process.
+pub(crate) enum Server {
     Embedded(vigil_edge::RunningServer),
     EmbeddedCloud(vigil_cloud::RunningServer),
     External(std::process::Child),
@@ -197,7 +197,7 @@ impl Server {
     }
 
     /// Starts `command` and reads its address from the first line it prints after `prefix`.
-    async fn spawn(mut command: std::process::Command, prefix: &'static str) -> Result<(Self, String)> {
+    pub(crate) async fn spawn(mut command: std::process::Command, prefix: &'static str) -> Result<(Self, String)> {
         let program = command.get_program().to_string_lossy().into_owned();
         let mut child = command
             .stdout(std::process::Stdio::piped())
@@ -219,14 +219,14 @@ impl Server {
     }
 
     /// The serving process, when it is not this one.
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         match self {
             Self::Embedded(_) | Self::EmbeddedCloud(_) => None,
             Self::External(child) => Some(child.id()),
         }
     }
 
-    async fn stop(self) -> Result<()> {
+    pub(crate) async fn stop(self) -> Result<()> {
         match self {
             Self::Embedded(server) => server.shutdown().await,
             Self::EmbeddedCloud(server) => server.shutdown().await,

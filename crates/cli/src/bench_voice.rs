@@ -38,6 +38,10 @@ pub struct VoiceBenchArgs {
     /// Seconds per concurrency level.
     #[arg(long, default_value_t = 10.0)]
     pub duration_s: f64,
+    /// Load the `vigil-cloud` binary in its own process (release build beside this `vigil`),
+    /// so the server's CPU per query is measured apart from this client's.
+    #[arg(long)]
+    pub external: bool,
 }
 
 /// One recorded query: the recording and the speech its VAD found.
@@ -106,11 +110,19 @@ pub async fn run(args: VoiceBenchArgs) -> Result<()> {
     let speech_s = speech_samples as f64 / SAMPLE_RATE as f64;
 
     let me = std::process::id();
-    let addr = format!("http://{}", server.addr);
+    let (load_server, addr) = if args.external {
+        server.shutdown().await?;
+        external_server(&args).await?
+    } else {
+        let addr = format!("http://{}", server.addr);
+        (crate::bench::Server::EmbeddedCloud(server), addr)
+    };
+    let server_pid = load_server.pid();
     let mut rows = Vec::new();
     for &streams in &args.concurrency {
         let deadline = Instant::now() + Duration::from_secs_f64(args.duration_s);
         let cpu_before = crate::bench::cpu_time(me)?;
+        let server_cpu_before = server_pid.map(crate::bench::cpu_time).transpose()?;
         let started = Instant::now();
         let mut tasks = Vec::new();
         for stream in 0..streams {
@@ -139,10 +151,14 @@ pub async fn run(args: VoiceBenchArgs) -> Result<()> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = crate::bench::cpu_time(me)?.saturating_sub(cpu_before);
+        let server_cpu = match (server_pid, server_cpu_before) {
+            (Some(pid), Some(before)) => Some(crate::bench::cpu_time(pid)?.saturating_sub(before)),
+            _ => None,
+        };
         eprintln!("  {streams} stream(s): done");
-        rows.push((streams, queries, segments, elapsed, waits, cpu));
+        rows.push((streams, queries, segments, elapsed, waits, cpu, server_cpu));
     }
-    server.shutdown().await?;
+    load_server.stop().await?;
 
     println!("\n{}", vigil_telemetry::benchmark_header());
     println!("\n| stage, run directly on the models | audio | time | real-time factor |");
@@ -166,22 +182,65 @@ pub async fn run(args: VoiceBenchArgs) -> Result<()> {
         100.0 * sent as f64 / recorded as f64,
         sent as f64 / SAMPLE_RATE as f64,
     );
-    println!("\n| streams | queries/s | segments/s | wait p50 | wait p99 | wait p50 / direct p50 | CPU per query |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for (streams, queries, segments, elapsed, waits, cpu) in rows {
+    let per_query = |cpu: Duration, queries: u64| format!("{:.1} ms", cpu.as_secs_f64() * 1e3 / queries.max(1) as f64);
+    let (cpu_columns, cpu_rule) = if args.external {
+        ("server CPU per query | server CPU / direct ASR time | client CPU per query", "---:|---:|---:")
+    } else {
+        ("CPU per query (server and client)", "---:")
+    };
+    println!(
+        "\n| streams | queries/s | segments/s | wait p50 | wait p99 | wait p50 / direct p50 | {cpu_columns} |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|{cpu_rule}|");
+    let direct_per_query = asr_time.as_secs_f64() / recordings.len().max(1) as f64;
+    for (streams, queries, segments, elapsed, waits, cpu, server_cpu) in rows {
+        let cpu = match server_cpu {
+            Some(server) => format!(
+                "{} | {:.2}x | {}",
+                per_query(server, queries),
+                server.as_secs_f64() / queries.max(1) as f64 / direct_per_query,
+                per_query(cpu, queries)
+            ),
+            None => per_query(cpu, queries),
+        };
         println!(
-            "| {streams} | {:.1} | {:.1} | {:.1} ms | {:.1} ms | {:.2}x | {:.1} ms |",
+            "| {streams} | {:.1} | {:.1} | {:.1} ms | {:.1} ms | {:.2}x | {cpu} |",
             queries as f64 / elapsed,
             segments as f64 / elapsed,
             waits.value_at_quantile(0.5) as f64 / 1e3,
             waits.value_at_quantile(0.99) as f64 / 1e3,
             waits.value_at_quantile(0.5) as f64 / direct.value_at_quantile(0.5).max(1) as f64,
-            cpu.as_secs_f64() * 1e3 / queries.max(1) as f64,
         );
     }
     println!("\nWait: from the half-close after the last segment to the results (the user's wait after speaking).");
-    println!("CPU per query: this process (server and client together), user + system.");
+    if args.external {
+        println!("Server: the vigil-cloud binary in its own process; CPU is user + system of each process.");
+    } else {
+        println!("CPU per query: this process (server and client together), user + system.");
+    }
     Ok(())
+}
+
+/// The `vigil-cloud` binary beside this one, on the speech models, logging off as in-process.
+async fn external_server(args: &VoiceBenchArgs) -> Result<(crate::bench::Server, String)> {
+    let binary = std::env::current_exe()?.with_file_name("vigil-cloud");
+    if !binary.exists() {
+        anyhow::bail!("{} not found: build it (cargo build --release -p vigil-cloud)", binary.display());
+    }
+    let config = tempfile::NamedTempFile::new()?;
+    let catalog = std::fs::canonicalize(&args.catalog)
+        .with_context(|| format!("cannot find the catalog {}", args.catalog.display()))?;
+    std::fs::write(
+        config.path(),
+        format!("[logging]\nenabled = false\n\n[voice_search]\ncatalog = {:?}\n", catalog.display().to_string()),
+    )?;
+    let mut command = std::process::Command::new(&binary);
+    command.args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository"]);
+    command.arg(&args.models).arg("--config").arg(config.path());
+    let started = crate::bench::Server::spawn(command, "vigil-cloud listening on ").await?;
+    // The server has read its configuration by the time it listens.
+    drop(config);
+    Ok(started)
 }
 
 /// Streams one recording's segments and returns the wait from the end of speech to the results.
