@@ -188,9 +188,7 @@ pub async fn run(args: VoiceBenchArgs) -> Result<()> {
     } else {
         ("CPU per query (server and client)", "---:")
     };
-    println!(
-        "\n| streams | queries/s | segments/s | wait p50 | wait p99 | wait p50 / direct p50 | {cpu_columns} |"
-    );
+    println!("\n| streams | queries/s | segments/s | wait p50 | wait p99 | wait p50 / direct p50 | {cpu_columns} |");
     println!("|---:|---:|---:|---:|---:|---:|{cpu_rule}|");
     let direct_per_query = asr_time.as_secs_f64() / recordings.len().max(1) as f64;
     for (streams, queries, segments, elapsed, waits, cpu, server_cpu) in rows {
