@@ -103,25 +103,7 @@ async fn a_csv_and_a_parquet_table_are_scored_as_onnxruntime_scores_them_and_eve
             stderr.contains("1 missing values sent as NaN") && stderr.contains("columns: age, temperature, heart_rate"),
             "{stderr}"
         );
-        assert_eq!(lines.len(), expected.len(), "{table}");
-        for (i, (line, want)) in lines.iter().zip(&expected).enumerate() {
-            assert_eq!(line["row"], i + 1, "{table}: {line}");
-            assert_eq!(line["id"], want["id"], "{table}: {line}");
-            let (got, want) =
-                (line["outputs"]["probabilities"].as_array().unwrap(), want["probabilities"].as_array().unwrap());
-            for (g, w) in got.iter().zip(want) {
-                match (g.as_f64(), w.as_f64()) {
-                    (Some(g), Some(w)) => assert!((g - w).abs() < 1e-6, "{table} row {}: {g} vs {w}", i + 1),
-                    // A missing temperature: NaN in, NaN out, on both sides.
-                    (g, w) => assert_eq!((g, w), (None, None), "{table} row {}", i + 1),
-                }
-            }
-            let sick = want.get(1).and_then(|v| v.as_f64());
-            if let (Some(healthy), Some(sick)) = (want[0].as_f64(), sick) {
-                assert_eq!(line["label"], if sick > healthy { "sick" } else { "healthy" }, "{table}: {line}");
-            }
-            assert!(line["prediction_id"].as_str().is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()), "{line}");
-        }
+        same_answers(table, &lines, &expected);
 
         // The server logged each row once, under the id the line carries, with its columns as
         // named features (the missing temperature flagged missing).
@@ -144,6 +126,53 @@ async fn a_csv_and_a_parquet_table_are_scored_as_onnxruntime_scores_them_and_eve
         }
     }
     server.shutdown().await.unwrap();
+}
+
+/// Every line is its row, in order, with onnxruntime's answer (1e-6), the label of the higher
+/// score and a prediction id.
+fn same_answers(table: &str, lines: &[serde_json::Value], expected: &[serde_json::Value]) {
+    assert_eq!(lines.len(), expected.len(), "{table}");
+    for (i, (line, want)) in lines.iter().zip(expected).enumerate() {
+        assert_eq!(line["row"], i + 1, "{table}: {line}");
+        assert_eq!(line["id"], want["id"], "{table}: {line}");
+        let got = line["outputs"]["probabilities"].as_array().unwrap();
+        let want = want["probabilities"].as_array().unwrap();
+        for (g, w) in got.iter().zip(want) {
+            match (g.as_f64(), w.as_f64()) {
+                (Some(g), Some(w)) => assert!((g - w).abs() < 1e-6, "{table} row {}: {g} vs {w}", i + 1),
+                // A missing temperature: NaN in, NaN out, on both sides.
+                (g, w) => assert_eq!((g, w), (None, None), "{table} row {}", i + 1),
+            }
+        }
+        if let (Some(healthy), Some(sick)) = (want[0].as_f64(), want[1].as_f64()) {
+            assert_eq!(line["label"], if sick > healthy { "sick" } else { "healthy" }, "{table}: {line}");
+        }
+        assert!(line["prediction_id"].as_str().is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_the_batch_needs_no_server_and_every_row_reaches_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = fixtures(dir.path());
+    let broker = vigil_testkit::kafka::KafkaBroker::start(1).await;
+    let config = dir.path().join("cloud.toml");
+    let logging = format!("[logging]\nenabled = true\n\n[logging.kafka]\nbrokers = \"{}\"\n", broker.brokers());
+    std::fs::write(&config, logging).unwrap();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .arg("batch")
+            .arg(dir.path().join("patients.parquet"))
+            .args(["--model", "screening", "--in-process", "--config"])
+            .arg(&config)
+            .arg("--model-repository")
+            .arg(dir.path().join("repo"))
+            .output()
+            .unwrap()
+    });
+    same_answers("in-process", &json_lines(&out), &expected);
+    // The process handed every record to Kafka before it exited.
+    assert_eq!(broker.message_count(vigil_logbus::topics::PREDICTIONS), expected.len() as i64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

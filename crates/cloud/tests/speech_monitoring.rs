@@ -32,8 +32,7 @@ use vigil_testkit::speech::{self as voices, ADULT};
 const DECODER: &str = "moonshine-tiny-en-decoder";
 
 /// One spoken query as the device sends it: its VAD's segments, then its VAD report.
-async fn device_messages(vad: &LocalModel, samples: &[f32]) -> Vec<SearchRequest> {
-    let params = VadParams::default();
+async fn device_messages(vad: &LocalModel, samples: &[f32], params: VadParams) -> Vec<SearchRequest> {
     let started = std::time::Instant::now();
     let probabilities = VadStream::new(vad).probabilities(samples).await.unwrap();
     let spans = vad::speech_spans(&probabilities, samples.len(), params);
@@ -123,25 +122,35 @@ async fn higher_voices_fire_the_pitch_drift_alarm_and_the_monitor_reports_word_e
     let server = vigil_cloud::start(config, false, Some(RecordEmitter::new(emitter, "cloud-1"))).await.unwrap();
     let mut client = VoiceSearchClient::connect(format!("http://{}", server.addr)).await.unwrap();
 
-    // Phase 0 and 1: adults, different phrases; phase 2: half young; phase 3: all young. Every
-    // clip is synthesised first, so each phase takes only the service's time.
+    // Phase 0 and 1: adults, different phrases; phase 2: half young; phase 3: all young; phase
+    // 4: phase 0 again, from a device whose VAD clips (a high threshold, short pauses end a
+    // segment, no padding). Every clip is synthesised first, so each phase takes only the
+    // service's time.
     let young = voices::Voice { name: "en-us+m3", words_per_minute: 165, pitch: 95 };
+    let clipping =
+        VadParams { threshold: 0.8, negative_threshold: 0.75, min_speech_ms: 60, min_silence_ms: 40, speech_pad_ms: 0 };
     let queries = voices::queries();
     let (first, second) = queries.split_at(queries.len() / 2);
-    let phases: Vec<Vec<(String, voices::Voice)>> = vec![
-        first.iter().map(|q| (q.text.clone(), ADULT)).collect(),
-        second.iter().map(|q| (q.text.clone(), ADULT)).collect(),
-        queries.iter().enumerate().map(|(i, q)| (q.text.clone(), if i % 2 == 0 { young } else { ADULT })).collect(),
-        queries.iter().map(|q| (q.text.clone(), young)).collect(),
+    let adult = |q: &voices::Query| (q.text.clone(), ADULT, VadParams::default());
+    let phases: Vec<Vec<(String, voices::Voice, VadParams)>> = vec![
+        first.iter().map(adult).collect(),
+        second.iter().map(adult).collect(),
+        queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.text.clone(), if i % 2 == 0 { young } else { ADULT }, VadParams::default()))
+            .collect(),
+        queries.iter().map(|q| (q.text.clone(), young, VadParams::default())).collect(),
+        first.iter().map(|q| (q.text.clone(), ADULT, clipping)).collect(),
     ];
     let vad = LocalModel::load(&models.join("silero-vad/1"), 1).unwrap();
     let mut device = Vec::new();
     for phase in &phases {
         let mut messages = Vec::new();
-        for (said, voice) in phase {
+        for (said, voice, params) in phase {
             // A recording: a second of room noise floor before and after the words.
             let recording = [voices::silence(1000), voices::say(said, *voice), voices::silence(1000)].concat();
-            messages.push((said.clone(), device_messages(&vad, &recording).await));
+            messages.push((said.clone(), device_messages(&vad, &recording, *params).await));
         }
         device.push(messages);
     }
@@ -200,7 +209,7 @@ async fn higher_voices_fire_the_pitch_drift_alarm_and_the_monitor_reports_word_e
 
     let views = Views::new(store.clone(), Arc::new(Catalog::load(&models).unwrap()), Arc::new(monitor_config.clone()));
     let scope = |model: &str| Scope { model: model.into(), version: None, variant: None };
-    let (start, end) = (bounds[0], bounds[4]);
+    let (start, end) = (bounds[0], bounds[5]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let rolled = views.total(&scope(DECODER), start, end).await.unwrap().count;
@@ -275,20 +284,46 @@ async fn higher_voices_fire_the_pitch_drift_alarm_and_the_monitor_reports_word_e
         window = (bounds[4] - bounds[3]).num_seconds(),
         offset = (bounds[3] - bounds[0]).num_seconds(),
     );
+    // The device's VAD: phase 4's segment lengths against phase 0's (same phrases, same voice).
+    let vad_rule = format!(
+        r#"
+        [[alerting.rules]]
+        name = "clipping-vad"
+        metric = "drift.segment_seconds.detected"
+        model = "silero-vad"
+        window = "{window}s"
+        comparator = "=="
+        threshold = 1
+        baseline_since = "{b0}"
+        baseline_until = "{b1}"
+        "#,
+        window = (bounds[5] - bounds[4]).num_seconds(),
+        b0 = bounds[0].to_rfc3339(),
+        b1 = bounds[1].to_rfc3339(),
+    );
     let rules: MonitorConfig =
-        toml::from_str(&(rule_over("adult-voices", 1) + &rule_over("young-voices", 3) + &shifted)).unwrap();
+        toml::from_str(&(rule_over("adult-voices", 1) + &rule_over("young-voices", 3) + &shifted + &vad_rule)).unwrap();
     let rules = rules.rules().unwrap();
     let (_, metrics) = vigil_monitor::telemetry::registry();
-    vigil_monitor::alarms::evaluate_all(&views, &rules[..1], bounds[2], &metrics).await.unwrap();
-    vigil_monitor::alarms::evaluate_all(&views, &rules[1..], bounds[4], &metrics).await.unwrap();
     assert!(bounds[3] - bounds[0] >= bounds[4] - bounds[3], "the shifted baseline lies before the young window");
-    let alerts = store.load_alerts().await.unwrap();
-    let state = |rule: &str| alerts.iter().find(|a| a.rule == rule).map(|a| (a.state.clone(), a.value));
-    assert_eq!(state("young-voices"), Some(("firing".into(), Some(1.0))), "{alerts:#?}");
-    assert_eq!(state("young-voices-vs-earlier"), Some(("firing".into(), Some(1.0))), "{alerts:#?}");
+    // Each group at the end of its phase; a round resolves the alarms of rules it was not
+    // given, so each round's states are read before the next.
+    let mut states = std::collections::HashMap::new();
+    for (group, now) in [(&rules[..1], bounds[2]), (&rules[1..3], bounds[4]), (&rules[3..], bounds[5])] {
+        vigil_monitor::alarms::evaluate_all(&views, group, now, &metrics).await.unwrap();
+        for alert in store.load_alerts().await.unwrap() {
+            if group.iter().any(|r| r.name == alert.rule) {
+                states.insert(alert.rule.clone(), (alert.state.clone(), alert.value));
+            }
+        }
+    }
+    let state = |rule: &str| states.get(rule).cloned();
+    assert_eq!(state("young-voices"), Some(("firing".into(), Some(1.0))), "{states:#?}");
+    assert_eq!(state("young-voices-vs-earlier"), Some(("firing".into(), Some(1.0))), "{states:#?}");
+    assert_eq!(state("clipping-vad"), Some(("firing".into(), Some(1.0))), "{states:#?}");
     assert!(
         matches!(state("adult-voices"), None | Some((_, Some(0.0)))),
-        "adult voices against adult voices must not drift: {alerts:#?}"
+        "adult voices against adult voices must not drift: {states:#?}"
     );
 
     // The same through the monitor's API: phase 3 against phase 0.
@@ -319,7 +354,8 @@ async fn higher_voices_fire_the_pitch_drift_alarm_and_the_monitor_reports_word_e
         .await
         .unwrap()
         .into_inner();
-    let mut report = String::from("phase | queries | mean pitch Hz | WER here | WER from the monitor\n");
+    let mut report =
+        String::from("phase | queries | mean pitch Hz | VAD segment s | WER here | WER from the monitor\n");
     for (p, phase) in spoken.iter().enumerate() {
         let (mut errors, mut words) = (0, 0);
         for s in phase {
@@ -342,8 +378,14 @@ async fn higher_voices_fire_the_pitch_drift_alarm_and_the_monitor_reports_word_e
         let from_monitor = monitor_errors / monitor_words as f64;
         let window = views.total(&scope(DECODER), bounds[p], bounds[p + 1]).await.unwrap();
         let pitch = &window.features["pitch_hz"];
-        report +=
-            &format!("{p} | {} | {:.0} | {here:.3} | {from_monitor:.3}\n", phase.len(), pitch.sum / pitch.count as f64);
+        let vad_window = views.total(&scope("silero-vad"), bounds[p], bounds[p + 1]).await.unwrap();
+        let segment = &vad_window.features["segment_seconds"];
+        report += &format!(
+            "{p} | {} | {:.0} | {:.2} | {here:.3} | {from_monitor:.3}\n",
+            phase.len(),
+            pitch.sum / pitch.count as f64,
+            segment.sum / segment.count as f64
+        );
         assert_eq!(monitor_words as usize, words, "every labelled word counted once\n{report}");
         assert!((from_monitor - here).abs() < 1e-9, "{report}");
         assert_eq!(windows.iter().map(|w| w.labeled).sum::<u64>() as usize, phase.len(), "{report}");

@@ -2,7 +2,8 @@
 //! server, so every item is logged as realtime traffic is. Recordings (WAV files, folders of
 //! them, or a table listing them) go through voice search; the rows of a table (CSV or Parquet)
 //! are scored by a model with OIP `ModelInfer`. Results are JSON lines in input order, with
-//! progress on stderr and a summary at the end.
+//! progress on stderr and a summary at the end. `--in-process` serves from a vigil-cloud started
+//! in this process, so a batch needs no running server and still logs every item.
 
 mod recordings;
 mod rows;
@@ -43,23 +44,69 @@ pub struct BatchArgs {
     /// Requests (or recordings) in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Serve in this process instead of calling --server: a vigil-cloud started here on a free
+    /// loopback port, configured by --config (its [logging] sends the records to Kafka as a
+    /// server would) and --model-repository, and stopped once every record is handed over.
+    #[arg(long)]
+    pub in_process: bool,
+    /// vigil-cloud configuration file for --in-process (e.g. deploy/cloud.toml).
+    #[arg(long, requires = "in_process")]
+    pub config: Option<PathBuf>,
+    /// Model repository for --in-process (default: the configuration's).
+    #[arg(long, requires = "in_process")]
+    pub model_repository: Option<PathBuf>,
     #[command(flatten)]
     pub speak: SpeakOptions,
 }
 
-pub async fn run(args: BatchArgs) -> Result<u8> {
+pub async fn run(mut args: BatchArgs) -> Result<u8> {
     if args.concurrency == 0 || args.rows_per_request == 0 {
         bail!("--concurrency and --rows-per-request must be at least 1");
     }
+    if !args.in_process {
+        return score(&args).await;
+    }
+    let server = start_in_process(&args).await?;
+    args.speak.server = format!("http://{}", server.addr);
+    let outcome = score(&args).await;
+    // Shutting down drains the records still queued for Kafka (or the spool).
+    server.shutdown().await.context("stopping the in-process server")?;
+    outcome
+}
+
+/// A vigil-cloud in this process, on a free loopback port, without `/metrics`.
+async fn start_in_process(args: &BatchArgs) -> Result<vigil_cloud::RunningServer> {
+    use vigil_server::cli::ServerConfig;
+    let file = args.config.as_ref().map_or("defaults".into(), |p| p.display().to_string());
+    let invalid = |e: String| anyhow::anyhow!("--in-process configuration ({file}): {e}");
+    let defaults = vigil_cloud::CloudConfig::default();
+    let mut config: vigil_cloud::CloudConfig =
+        vigil_server::cli::layered(defaults, args.config.as_deref(), vigil_cloud::CloudConfig::ENV_KEYS)
+            .extract()
+            .map_err(|e| invalid(e.to_string()))?;
+    if let Some(repository) = &args.model_repository {
+        config.model_repository = repository.clone();
+    }
+    config.validate().map_err(invalid)?;
+    config.listen = "127.0.0.1:0".parse()?;
+    config.metrics.enabled = false;
+    if args.model.is_some() {
+        // Scoring a table needs no catalog.
+        config.voice_search.enabled = false;
+    }
+    vigil_cloud::start(config, false, None).await.context("starting the in-process server")
+}
+
+async fn score(args: &BatchArgs) -> Result<u8> {
     let tables: Vec<&PathBuf> = args.inputs.iter().filter(|p| Table::is_table(p)).collect();
     match (tables.as_slice(), &args.model) {
         ([], Some(model)) => bail!("--model {model} scores the rows of a table: give one .csv or .parquet file"),
-        ([], None) => recordings::run(recordings::from_paths(&args.inputs)?, &args).await,
+        ([], None) => recordings::run(recordings::from_paths(&args.inputs)?, args).await,
         ([path], _) if args.inputs.len() == 1 => {
             let table = Table::read(path)?;
             match &args.model {
-                Some(model) => rows::run(&table, model, &args).await,
-                None => recordings::run(recordings::from_table(&table, path)?, &args).await,
+                Some(model) => rows::run(&table, model, args).await,
+                None => recordings::run(recordings::from_table(&table, path)?, args).await,
             }
         }
         _ => bail!("give recordings, or one table: not a table together with other inputs"),
