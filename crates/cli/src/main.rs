@@ -20,6 +20,7 @@ mod model;
 mod monitoring;
 mod query;
 mod review;
+mod rollout;
 mod speak;
 mod up;
 
@@ -61,6 +62,8 @@ enum Command {
     Audit(model::AuditArgs),
     /// What each model serves: shadow, canary, switch, rollback, status, policy.
     Deploy(deploy::DeployArgs),
+    /// Progressive delivery: the monitor steps a candidate's canary up, or rolls it back, by itself.
+    Rollout(rollout::RolloutArgs),
     /// The human review queue: claim the next item, submit a decision, see the queue.
     Review(review::ReviewArgs),
     /// Voice search from recordings: VAD here, only the speech to vigil-cloud, transcript and results back.
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             Command::Model(args) => model::run(args).await,
             Command::Audit(args) => model::audit(args).await,
             Command::Deploy(args) => deploy::run(args).await,
+            Command::Rollout(args) => rollout::run(args).await,
             Command::Review(args) => review::run(args).await,
             Command::Speak(args) => speak::run(args).await,
             Command::Batch(args) => batch::run(args).await,

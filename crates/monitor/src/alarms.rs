@@ -364,7 +364,9 @@ pub async fn evaluate_all<S: MonitorStore>(
         }
     }
     // Alarms whose rule left the configuration end rather than staying as they were.
-    for mut old in stored.into_iter().filter(|a| !rules.iter().any(|r| r.name == a.rule)) {
+    let configured =
+        |a: &AlertRow| rules.iter().any(|r| r.name == a.rule) || a.rule.starts_with(crate::rollout::ALERT_PREFIX);
+    for mut old in stored.into_iter().filter(|a| !configured(a)) {
         let ended = match old.state.as_str() {
             "firing" => "resolved",
             "pending" => "inactive",

@@ -23,6 +23,8 @@ pub struct MonitorConfig {
     pub alerting: AlertingConfig,
     /// The control plane servers follow (`vigil.v1.Control` on the gRPC port).
     pub control: ControlConfig,
+    /// The rollout controller's checks and how often it judges.
+    pub rollouts: crate::rollout::RolloutChecks,
 }
 
 impl Default for MonitorConfig {
@@ -33,6 +35,7 @@ impl Default for MonitorConfig {
             drift: DriftSettings::default(),
             alerting: AlertingConfig::default(),
             control: ControlConfig::default(),
+            rollouts: crate::rollout::RolloutChecks::default(),
         }
     }
 }
@@ -269,7 +272,7 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
     duration(d).map(Some)
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("'{s}' is not a duration ({e}); e.g. 30s, 5m, 1h")))

@@ -12,6 +12,7 @@ pub mod labels;
 pub mod notify;
 pub mod query;
 pub mod review;
+pub mod rollout;
 pub mod rollup;
 pub mod sketch;
 pub mod telemetry;
@@ -98,6 +99,11 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let (alarm_views, every, alarm_metrics) = (views.clone(), config.alerting.evaluate_every, metrics.clone());
     lifecycle.spawn(BACKGROUND, "alarms", move |stop| async move {
         alarms::run(alarm_views, rules, every, alarm_metrics, leading_tx, stop.into_receiver()).await;
+        Ok(())
+    });
+    let (rollout_views, checks, rollout_leading) = (views.clone(), config.rollouts.clone(), leading.clone());
+    lifecycle.spawn(BACKGROUND, "rollout controller", move |stop| async move {
+        rollout::run(rollout_views, checks, rollout_leading, stop.into_receiver()).await;
         Ok(())
     });
     if let Some(url) = &config.alerting.webhook_url {

@@ -307,6 +307,7 @@ pub trait MonitorStore:
     + crate::ReviewStore
     + crate::RegistryStore
     + crate::DeploymentStore
+    + crate::RolloutStore
 {
 }
 
@@ -318,6 +319,7 @@ impl<S> MonitorStore for S where
         + crate::ReviewStore
         + crate::RegistryStore
         + crate::DeploymentStore
+        + crate::RolloutStore
 {
 }
 

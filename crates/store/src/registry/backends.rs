@@ -3,11 +3,12 @@
 //! rows a change reads (`FOR UPDATE`); SQLite serialises its writers anyway.
 
 use super::deployments::{COLUMNS as DEPLOYMENT_COLUMNS, DeploymentRow, DeploymentStore};
+use super::rollouts::{COLUMNS as ROLLOUT_COLUMNS, RolloutRow, RolloutStore};
 use super::{
     AUDIT_COLUMNS, AuditEvent, COLUMNS, Change, ModelVersionRow, Registered, RegistryError, RegistryStore, Stage,
 };
 
-/// Implements [`RegistryStore`] and [`DeploymentStore`] for `$store`, whose connections are
+/// Implements [`RegistryStore`], [`DeploymentStore`] and [`RolloutStore`] for `$store`, whose connections are
 /// `$conn`; `$lock` ends the statements that read rows a change then writes.
 macro_rules! registry_backend {
     ($backend:ident, $store:ty, $conn:ty, $lock:literal) => {
@@ -150,53 +151,158 @@ macro_rules! registry_backend {
             }
 
             async fn set_deployment(&self, row: &DeploymentRow, change: &Change<'_>) -> Result<(), RegistryError> {
-                row.validate().map_err(RegistryError::Invalid)?;
                 let mut tx = self.pool().begin().await?;
-                for version in std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref()) {
-                    let known: Option<String> =
-                        sqlx::query_scalar("SELECT version FROM model_versions WHERE model_name = $1 AND version = $2")
-                            .bind(&row.model_name)
-                            .bind(version)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    if known.is_none() {
-                        return Err(RegistryError::NotFound { model: row.model_name.clone(), version: version.clone() });
-                    }
-                }
-                let before: Option<DeploymentRow> =
-                    sqlx::query_as(&format!(
-                        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE model_name = $1{}",
-                        $lock
-                    ))
+                write_deployment(&mut tx, row, change).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        /// Replaces a model's deployment inside the caller's transaction, with its audit event.
+        async fn write_deployment(conn: &mut $conn, row: &DeploymentRow, change: &Change<'_>) -> Result<(), RegistryError> {
+            row.validate().map_err(RegistryError::Invalid)?;
+            for version in std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref()) {
+                let known: Option<String> =
+                    sqlx::query_scalar("SELECT version FROM model_versions WHERE model_name = $1 AND version = $2")
                         .bind(&row.model_name)
-                        .fetch_optional(&mut *tx)
+                        .bind(version)
+                        .fetch_optional(&mut *conn)
                         .await?;
-                sqlx::query(&format!(
-                    "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                     ON CONFLICT (model_name) DO UPDATE SET deployment_id = $2, primary_version = $3, \
-                     candidate_version = $4, mode = $5, share = $6, updated_by = $7, updated_at = $8, \
-                     policy = $9, accept_below = $10, reject_at = $11"
+                if known.is_none() {
+                    return Err(RegistryError::NotFound { model: row.model_name.clone(), version: version.clone() });
+                }
+            }
+            let before: Option<DeploymentRow> =
+                sqlx::query_as(&format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE model_name = $1{}", $lock))
+                    .bind(&row.model_name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            sqlx::query(&format!(
+                "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (model_name) DO UPDATE SET deployment_id = $2, primary_version = $3, \
+                 candidate_version = $4, mode = $5, share = $6, updated_by = $7, updated_at = $8, \
+                 policy = $9, accept_below = $10, reject_at = $11"
+            ))
+            .bind(&row.model_name)
+            .bind(&row.deployment_id)
+            .bind(&row.primary_version)
+            .bind(&row.candidate_version)
+            .bind(&row.mode)
+            .bind(row.share)
+            .bind(&row.updated_by)
+            .bind(row.updated_at)
+            .bind(&row.policy)
+            .bind(row.accept_below)
+            .bind(row.reject_at)
+            .execute(&mut *conn)
+            .await?;
+            let from = before.map(|b| b.describe()).unwrap_or_default();
+            let mut event = change.event("deploy", &row.model_name, "", &from, &row.describe());
+            event.subject = format!("{} ({})", row.model_name, row.deployment_id);
+            audit(conn, &event).await?;
+            Ok(())
+        }
+
+        impl RolloutStore for $store {
+            async fn rollouts(&self, model: Option<&str>) -> Result<Vec<RolloutRow>, sqlx::Error> {
+                sqlx::query_as(&format!(
+                    "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE CAST($1 AS TEXT) IS NULL OR model_name = $1 \
+                     ORDER BY rollout_id DESC"
+                ))
+                .bind(model)
+                .fetch_all(self.pool())
+                .await
+            }
+
+            async fn start_rollout(
+                &self,
+                row: &RolloutRow,
+                deployment: &DeploymentRow,
+                change: &Change<'_>,
+            ) -> Result<(), RegistryError> {
+                let steps = row.steps().map_err(RegistryError::Invalid)?;
+                crate::registry::rollouts::validate_plan(&steps).map_err(RegistryError::Invalid)?;
+                let mut tx = self.pool().begin().await?;
+                let active: Option<String> = sqlx::query_scalar(&format!(
+                    "SELECT rollout_id FROM rollouts WHERE model_name = $1 AND state IN ('running', 'paused'){}",
+                    $lock
                 ))
                 .bind(&row.model_name)
-                .bind(&row.deployment_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(active) = active {
+                    return Err(RegistryError::Invalid(format!(
+                        "{} already has an active rollout ({active}): abort it first",
+                        row.model_name
+                    )));
+                }
+                sqlx::query(&format!(
+                    "INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                ))
+                .bind(&row.rollout_id)
+                .bind(&row.model_name)
                 .bind(&row.primary_version)
                 .bind(&row.candidate_version)
-                .bind(&row.mode)
-                .bind(row.share)
-                .bind(&row.updated_by)
+                .bind(&row.plan)
+                .bind(row.step)
+                .bind(&row.state)
+                .bind(row.step_started_at)
+                .bind(&row.created_by)
                 .bind(row.updated_at)
-                .bind(&row.policy)
-                .bind(row.accept_below)
-                .bind(row.reject_at)
+                .bind(&row.history)
                 .execute(&mut *tx)
                 .await?;
-                let from = before.map(|b| b.describe()).unwrap_or_default();
-                let mut event = change.event("deploy", &row.model_name, "", &from, &row.describe());
-                event.subject = format!("{} ({})", row.model_name, row.deployment_id);
+                write_deployment(&mut tx, deployment, change).await?;
+                let subject = format!("{}/{}", row.model_name, row.candidate_version);
+                let mut event = change.event("rollout", &row.model_name, &row.candidate_version, "", &describe(row));
+                event.subject = subject;
                 audit(&mut tx, &event).await?;
                 tx.commit().await?;
                 Ok(())
             }
+
+            async fn advance_rollout(
+                &self,
+                expected: &RolloutRow,
+                next: &RolloutRow,
+                deployment: Option<&DeploymentRow>,
+                change: &Change<'_>,
+            ) -> Result<bool, RegistryError> {
+                let mut tx = self.pool().begin().await?;
+                let moved = sqlx::query(
+                    "UPDATE rollouts SET step = $1, state = $2, step_started_at = $3, updated_at = $4, history = $5 \
+                     WHERE rollout_id = $6 AND step = $7 AND state = $8",
+                )
+                .bind(next.step)
+                .bind(&next.state)
+                .bind(next.step_started_at)
+                .bind(next.updated_at)
+                .bind(&next.history)
+                .bind(&expected.rollout_id)
+                .bind(expected.step)
+                .bind(&expected.state)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if moved == 0 {
+                    return Ok(false);
+                }
+                if let Some(deployment) = deployment {
+                    write_deployment(&mut tx, deployment, change).await?;
+                }
+                let event =
+                    change.event("rollout", &next.model_name, &next.candidate_version, &describe(expected), &describe(next));
+                audit(&mut tx, &event).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+
+        /// `step 2 of 4 (25%), running`.
+        fn describe(r: &RolloutRow) -> String {
+            let steps = r.steps().unwrap_or_default();
+            let share = steps.get(r.step as usize).map_or(0.0, |s| s.share);
+            format!("step {} of {} ({}%), {}", r.step + 1, steps.len(), (share * 1000.0).round() / 10.0, r.state)
         }
         }
     };

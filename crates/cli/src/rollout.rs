@@ -1,0 +1,144 @@
+//! `vigil rollout`: hand a candidate to the monitor's rollout controller, which steps its
+//! canary share up as long as it does as well as the primary and rolls it back at the first
+//! step where it does not; see where each rollout stands and why; pause, resume, promote or
+//! abort one by hand. Every change is an audit event.
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use clap::{Args, Subcommand};
+use vigil_monitor::rollout::{self, Manual};
+use vigil_store::{Backend, Change, MonitorStore, PredictionStore, RolloutRow, RolloutStep};
+
+#[derive(Args, Debug)]
+pub struct RolloutArgs {
+    /// The registry's database: postgres://... or sqlite://...
+    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil", global = true)]
+    pub database_url: String,
+    /// Who makes the change (default: $USER).
+    #[arg(long, global = true)]
+    pub by: Option<String>,
+    /// Why, for the audit log.
+    #[arg(long, default_value = "", global = true)]
+    pub reason: String,
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Roll a registered version out from the model's current primary, step by step.
+    Start {
+        model: String,
+        #[arg(long)]
+        candidate: String,
+        /// The candidate's share of routing keys at each step, percent, rising to 100.
+        #[arg(long, value_delimiter = ',', default_value = "1,5,25,50,100")]
+        steps: Vec<f64>,
+        /// Each step lasts at least this long (e.g. 10m, 1h).
+        #[arg(long, default_value = "10m")]
+        step_duration: humantime::Duration,
+        /// ... and until the candidate answered this many requests in it.
+        #[arg(long, default_value_t = 500)]
+        min_requests: u64,
+    },
+    /// Every rollout (or one model's), newest first, with its last decision.
+    Status { model: Option<String> },
+    /// Hold the current step; the controller leaves the rollout alone.
+    Pause { model: String },
+    /// Judge the current step again, its window starting now.
+    Resume { model: String },
+    /// Skip the remaining steps: the candidate becomes the primary.
+    Promote { model: String },
+    /// Stop: all traffic back to the primary.
+    Abort { model: String },
+}
+
+pub async fn run(args: RolloutArgs) -> Result<u8> {
+    let backend = Backend::connect(&args.database_url)
+        .await
+        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    vigil_store::with_store!(backend, store => command(store, args).await)
+}
+
+/// The plan of `start`: shares in percent to steps.
+fn plan(steps: &[f64], duration: std::time::Duration, min_requests: u64) -> Result<Vec<RolloutStep>> {
+    let steps: Vec<RolloutStep> = steps
+        .iter()
+        .map(|&percent| RolloutStep {
+            share: (percent * 10.0).round() / 1000.0,
+            min_duration_s: duration.as_secs(),
+            min_requests,
+        })
+        .collect();
+    vigil_store::registry::rollouts::validate_plan(&steps).map_err(|e| anyhow::anyhow!("--steps: {e}"))?;
+    Ok(steps)
+}
+
+async fn command<S: PredictionStore + MonitorStore>(store: S, args: RolloutArgs) -> Result<u8> {
+    store.migrate().await.context("preparing the rollout tables")?;
+    let actor = crate::model::whoami(args.by.clone());
+    let change = Change { actor: &actor, reason: &args.reason, at: Utc::now() };
+    let (model, action) = match args.command {
+        RolloutCommand::Start { model, candidate, steps, step_duration, min_requests } => {
+            let steps = plan(&steps, step_duration.into(), min_requests)?;
+            let r = rollout::start(&store, &model, &candidate, &steps, &change).await?;
+            println!("{}", describe(&r));
+            return Ok(0);
+        }
+        RolloutCommand::Status { model } => {
+            let rollouts = store.rollouts(model.as_deref()).await?;
+            if rollouts.is_empty() {
+                println!("no rollouts{}", model.map(|m| format!(" of {m}")).unwrap_or_default());
+            }
+            for r in &rollouts {
+                println!("{}", describe(r));
+            }
+            return Ok(0);
+        }
+        RolloutCommand::Pause { model } => (model, Manual::Pause),
+        RolloutCommand::Resume { model } => (model, Manual::Resume),
+        RolloutCommand::Promote { model } => (model, Manual::Promote),
+        RolloutCommand::Abort { model } => (model, Manual::Abort),
+    };
+    if args.reason.is_empty() && matches!(action, Manual::Promote | Manual::Abort) {
+        bail!("--reason is required to promote or abort by hand (it goes into the audit log)");
+    }
+    let r = rollout::manual(&store, &model, action, &change).await?;
+    println!("{}", describe(&r));
+    Ok(0)
+}
+
+/// `scratch-detector 1 -> 2: running, step 2 of 5 (5%) since ...; last: next_step (error_rate ok, ...)`.
+fn describe(r: &RolloutRow) -> String {
+    let steps = r.steps().unwrap_or_default();
+    let share = steps.get(r.step as usize).map_or(0.0, |s| s.share * 100.0);
+    let mut line = format!(
+        "{} {} -> {}: {}, step {} of {} ({share}%) since {}",
+        r.model_name,
+        r.primary_version,
+        r.candidate_version,
+        r.state,
+        r.step + 1,
+        steps.len(),
+        r.step_started_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    if let Some(last) = r.decisions().last() {
+        let checks: Vec<String> = last["checks"]
+            .as_array()
+            .map(|checks| {
+                checks
+                    .iter()
+                    .map(|c| {
+                        let verdict = if c["passed"] == true { "ok" } else { "FAILED" };
+                        format!("{} {verdict}", c["name"].as_str().unwrap_or("?"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        line += &format!("; last decision: {}", last["decision"].as_str().unwrap_or("?"));
+        if !checks.is_empty() {
+            line += &format!(" ({})", checks.join(", "));
+        }
+    }
+    line
+}

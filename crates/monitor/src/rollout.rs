@@ -1,0 +1,485 @@
+//! The rollout controller: steps a candidate through its plan of canary shares, judging each
+//! step from the rollups of the candidate's and the primary's traffic over the same window.
+//! A step passes when it has lasted its minimum duration, the candidate answered its minimum
+//! number of requests, and every check holds; one failing check rolls the candidate back at
+//! once (the failing checks in the audit event, the rollout's history, and an alarm notified
+//! by webhook); too little data waits. It acts only in the monitor holding the alerting lease,
+//! and each step moves by compare and set in the store, so no step is applied twice.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use vigil_proto::vigil::v1::{RollupWindow, Variant};
+use vigil_store::monitoring::AlertRow;
+use vigil_store::{Change, DeploymentRow, MonitorStore, RolloutRow, RolloutStep};
+
+use crate::sketch;
+use crate::views::{Scope, ViewError, Views};
+
+/// The actor of the controller's changes in the audit log.
+pub const CONTROLLER: &str = "rollout-controller";
+
+/// Alarm rule name of a model's rollbacks (`rollout:<model>`); kept out of the configured rules.
+pub const ALERT_PREFIX: &str = "rollout:";
+
+/// The thresholds of a step's analysis, candidate against primary over the step's window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutChecks {
+    /// How often running rollouts are judged.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub evaluate_every: Duration,
+    /// Candidate error rate at most the primary's plus this.
+    pub max_error_rate_increase: f64,
+    /// Candidate null-output rate at most the primary's plus this.
+    pub max_null_rate_increase: f64,
+    /// Candidate p99 latency at most this many times the primary's ...
+    pub max_latency_p99_ratio: f64,
+    /// ... or the primary's plus this many milliseconds, whichever is more.
+    pub latency_p99_slack_ms: f64,
+    /// The score distributions differ when their KS distance exceeds this and the KS test's p
+    /// value is under `score_p_value` (both: no rollback on a tiny difference seen often).
+    pub max_score_ks: f64,
+    pub score_p_value: f64,
+}
+
+impl Default for RolloutChecks {
+    fn default() -> Self {
+        Self {
+            evaluate_every: Duration::from_secs(15),
+            max_error_rate_increase: 0.01,
+            max_null_rate_increase: 0.01,
+            max_latency_p99_ratio: 1.5,
+            latency_p99_slack_ms: 5.0,
+            max_score_ks: 0.2,
+            score_p_value: 0.01,
+        }
+    }
+}
+
+/// One check of an analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub candidate: Option<f64>,
+    pub primary: Option<f64>,
+    /// The most the candidate may have.
+    pub limit: f64,
+    pub passed: bool,
+}
+
+/// A step's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Analysis {
+    /// Not enough time or requests yet: why.
+    Wait(String),
+    Pass(Vec<Check>),
+    Fail(Vec<Check>),
+}
+
+fn rate(n: u64, d: u64) -> Option<f64> {
+    (d > 0).then(|| n as f64 / d as f64)
+}
+
+/// Judges the candidate against the primary over `[since, now)`.
+pub fn analyse(
+    step: &RolloutStep,
+    elapsed: Duration,
+    candidate: &RollupWindow,
+    primary: &RollupWindow,
+    checks: &RolloutChecks,
+) -> Analysis {
+    if elapsed < Duration::from_secs(step.min_duration_s) {
+        return Analysis::Wait(format!("{}s of the step's {}s", elapsed.as_secs(), step.min_duration_s));
+    }
+    if candidate.count < step.min_requests {
+        return Analysis::Wait(format!(
+            "{} of the step's {} requests to the candidate",
+            candidate.count, step.min_requests
+        ));
+    }
+    let mut out = Vec::new();
+    let mut check = |name: &str, c: Option<f64>, p: Option<f64>, limit: f64| {
+        let passed = c.is_none_or(|c| c <= limit);
+        out.push(Check { name: name.into(), candidate: c, primary: p, limit, passed });
+    };
+    let (c_err, p_err) = (rate(candidate.errors, candidate.count), rate(primary.errors, primary.count));
+    check("error_rate", c_err, p_err, p_err.unwrap_or(0.0) + checks.max_error_rate_increase);
+    let (c_null, p_null) = (rate(candidate.nulls, candidate.count), rate(primary.nulls, primary.count));
+    check("null_rate", c_null, p_null, p_null.unwrap_or(0.0) + checks.max_null_rate_increase);
+    let p99 = |w: &RollupWindow| w.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.99));
+    let (c_p99, p_p99) = (p99(candidate), p99(primary));
+    if let Some(p) = p_p99 {
+        let limit = (p * checks.max_latency_p99_ratio).max(p + checks.latency_p99_slack_ms);
+        check("latency_p99_ms", c_p99, p_p99, limit);
+    }
+    if let (Some(cs), Some(ps)) = (&candidate.score, &primary.score)
+        && let (Ok(c), Ok(p)) = (sketch::distribution(cs), sketch::distribution(ps))
+        && let Ok(d) = vigil_drift::ks_distance(&p, &c)
+    {
+        let p_value = vigil_drift::ks_p_value(d, sketch::count(ps) as usize, sketch::count(cs) as usize);
+        // Counted as failing only when both the distance and the evidence are large.
+        let shifted = d > checks.max_score_ks && p_value < checks.score_p_value;
+        out.push(Check {
+            name: "score_ks".into(),
+            candidate: Some(d),
+            primary: Some(p_value),
+            limit: checks.max_score_ks,
+            passed: !shifted,
+        });
+    }
+    if out.iter().all(|c| c.passed) { Analysis::Pass(out) } else { Analysis::Fail(out) }
+}
+
+/// One decision, as kept in the rollout's history.
+#[derive(Debug, Clone, Serialize)]
+struct Decision<'a> {
+    time: DateTime<Utc>,
+    step: i32,
+    share: f64,
+    decision: &'a str,
+    checks: &'a [Check],
+}
+
+/// Judges every running rollout once at `now`, moving those whose step is decided. Returns
+/// the rollouts changed.
+pub async fn advance_all<S: MonitorStore>(
+    views: &Views<S>,
+    checks: &RolloutChecks,
+    now: DateTime<Utc>,
+) -> Result<usize, ViewError> {
+    let mut moved = 0;
+    for rollout in views.store.rollouts(None).await?.into_iter().filter(|r| r.state == "running") {
+        match advance(views, checks, &rollout, now).await {
+            Ok(true) => moved += 1,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(rollout = %rollout.rollout_id, error = %e, "cannot judge the rollout step"),
+        }
+    }
+    Ok(moved)
+}
+
+async fn advance<S: MonitorStore>(
+    views: &Views<S>,
+    checks: &RolloutChecks,
+    rollout: &RolloutRow,
+    now: DateTime<Utc>,
+) -> Result<bool, ViewError> {
+    let steps = rollout.steps().map_err(ViewError::InvalidArgument)?;
+    let Some(step) = steps.get(rollout.step as usize) else {
+        return Err(ViewError::InvalidArgument(format!("rollout {} is past its plan", rollout.rollout_id)));
+    };
+    let scope =
+        |variant: Variant| Scope { model: rollout.model_name.clone(), version: None, variant: Some(variant as i16) };
+    let since = rollout.step_started_at;
+    let (candidate, primary) = if since < now {
+        (
+            views.total(&scope(Variant::Canary), since, now).await?,
+            views.total(&scope(Variant::Primary), since, now).await?,
+        )
+    } else {
+        (RollupWindow::default(), RollupWindow::default())
+    };
+    let elapsed = (now - since).to_std().unwrap_or_default();
+    let analysis = analyse(step, elapsed, &candidate, &primary, checks);
+    let (decision, list) = match &analysis {
+        Analysis::Wait(why) => {
+            tracing::debug!(rollout = %rollout.rollout_id, step = rollout.step, "step waits: {why}");
+            return Ok(false);
+        }
+        Analysis::Pass(list) if rollout.step as usize + 1 == steps.len() => ("promote", list),
+        Analysis::Pass(list) => ("next_step", list),
+        Analysis::Fail(list) => ("rollback", list),
+    };
+    let mut history = rollout.decisions();
+    history.push(
+        serde_json::to_value(Decision { time: now, step: rollout.step, share: step.share, decision, checks: list })
+            .expect("decisions serialise"),
+    );
+    let mut next = rollout.clone();
+    next.history = serde_json::to_string(&history).expect("history serialises");
+    next.updated_at = now;
+    let deployment = |mode: &str, primary: &str, candidate: Option<&str>, share: f64| DeploymentRow {
+        model_name: rollout.model_name.clone(),
+        deployment_id: uuid::Uuid::now_v7().to_string(),
+        primary_version: primary.into(),
+        candidate_version: candidate.map(str::to_string),
+        mode: mode.into(),
+        share,
+        updated_by: CONTROLLER.into(),
+        updated_at: now,
+        policy: "full".into(),
+        accept_below: None,
+        reject_at: None,
+    };
+    let current = views.store.deployments().await?.into_iter().find(|d| d.model_name == rollout.model_name);
+    let keep_policy = |mut d: DeploymentRow| {
+        if let Some(c) = &current {
+            (d.policy, d.accept_below, d.reject_at) = (c.policy.clone(), c.accept_below, c.reject_at);
+        }
+        d
+    };
+    let failing: Vec<String> = list
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{} {} > {:.4}", c.name, c.candidate.map_or("-".into(), |v| format!("{v:.4}")), c.limit))
+        .collect();
+    let (target, reason) = match decision {
+        "next_step" => {
+            next.step += 1;
+            next.step_started_at = now;
+            let share = steps[next.step as usize].share;
+            let d = deployment("canary", &rollout.primary_version, Some(&rollout.candidate_version), share);
+            (keep_policy(d), format!("step {} passed; canary at {}%", rollout.step + 1, share * 100.0))
+        }
+        "promote" => {
+            next.state = "promoted".into();
+            // The previous primary is kept as the version to roll back to.
+            let d = deployment("single", &rollout.candidate_version, Some(&rollout.primary_version), 0.0);
+            (keep_policy(d), format!("every step passed; {} promoted", rollout.candidate_version))
+        }
+        _ => {
+            next.state = "rolled_back".into();
+            let d = deployment("single", &rollout.primary_version, Some(&rollout.candidate_version), 0.0);
+            (keep_policy(d), format!("step {} failed: {}", rollout.step + 1, failing.join(", ")))
+        }
+    };
+    let change = Change { actor: CONTROLLER, reason: &reason, at: now };
+    let applied = views.store.advance_rollout(rollout, &next, Some(&target), &change).await.map_err(|e| match e {
+        vigil_store::RegistryError::Database(e) => ViewError::Store(e),
+        other => ViewError::InvalidArgument(other.to_string()),
+    })?;
+    if !applied {
+        return Ok(false);
+    }
+    tracing::info!(rollout = %rollout.rollout_id, model = %rollout.model_name, "{reason}");
+    notify(views, rollout, decision, &reason, now).await?;
+    Ok(true)
+}
+
+/// A rollback fires the model's rollout alarm (notified by webhook like any alarm); a promotion
+/// resolves it.
+async fn notify<S: MonitorStore>(
+    views: &Views<S>,
+    rollout: &RolloutRow,
+    decision: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<(), ViewError> {
+    let key = format!("{ALERT_PREFIX}{}", rollout.model_name);
+    let firing = views.store.load_alerts().await?.into_iter().any(|a| a.alert_key == key && a.state == "firing");
+    let state = match decision {
+        "rollback" => "firing",
+        "promote" if firing => "resolved",
+        _ => return Ok(()),
+    };
+    let alert = AlertRow {
+        alert_key: key.clone(),
+        rule: key,
+        model_name: rollout.model_name.clone(),
+        metric: "rollout".into(),
+        severity: "critical".into(),
+        state: state.into(),
+        value: Some(f64::from(rollout.step + 1)),
+        threshold: 0.0,
+        since: now,
+        message: format!("rollout of {} version {}: {reason}", rollout.model_name, rollout.candidate_version),
+    };
+    views.store.save_alert(&alert, views.config.alerting.webhook_url.is_some()).await?;
+    Ok(())
+}
+
+/// Starts rolling `candidate` out over `steps`, from the model's current primary: the first
+/// step's canary share is set at once.
+pub async fn start<S: MonitorStore>(
+    store: &S,
+    model: &str,
+    candidate: &str,
+    steps: &[RolloutStep],
+    change: &Change<'_>,
+) -> Result<RolloutRow, vigil_store::RegistryError> {
+    use vigil_store::RegistryError::Invalid;
+    vigil_store::registry::rollouts::validate_plan(steps).map_err(Invalid)?;
+    let current = store.deployments().await?.into_iter().find(|d| d.model_name == model);
+    let Some(current) = current else {
+        return Err(Invalid(format!("{model} has no deployment: `vigil deploy switch {model} --to VERSION` first")));
+    };
+    if current.primary_version == candidate {
+        return Err(Invalid(format!("{model} version {candidate} already answers as the primary")));
+    }
+    let row = RolloutRow {
+        rollout_id: uuid::Uuid::now_v7().to_string(),
+        model_name: model.into(),
+        primary_version: current.primary_version.clone(),
+        candidate_version: candidate.into(),
+        plan: serde_json::to_string(steps).expect("steps serialise"),
+        step: 0,
+        state: "running".into(),
+        step_started_at: change.at,
+        created_by: change.actor.into(),
+        updated_at: change.at,
+        history: "[]".into(),
+    };
+    let deployment = DeploymentRow {
+        deployment_id: uuid::Uuid::now_v7().to_string(),
+        candidate_version: Some(candidate.into()),
+        mode: "canary".into(),
+        share: steps[0].share,
+        updated_by: change.actor.into(),
+        updated_at: change.at,
+        ..current
+    };
+    store.start_rollout(&row, &deployment, change).await?;
+    Ok(row)
+}
+
+/// What a person may do to a model's active rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manual {
+    /// Hold the current step: the controller leaves it alone.
+    Pause,
+    /// Judge again, the step's window starting now.
+    Resume,
+    /// Skip the remaining steps: the candidate becomes the primary.
+    Promote,
+    /// Stop and send all traffic back to the primary.
+    Abort,
+}
+
+/// Applies a person's decision to `model`'s active rollout; returns it as it now stands.
+pub async fn manual<S: MonitorStore>(
+    store: &S,
+    model: &str,
+    action: Manual,
+    change: &Change<'_>,
+) -> Result<RolloutRow, vigil_store::RegistryError> {
+    use vigil_store::RegistryError::Invalid;
+    let rollouts = store.rollouts(Some(model)).await?;
+    let Some(rollout) = rollouts.into_iter().find(RolloutRow::is_active) else {
+        return Err(Invalid(format!("{model} has no active rollout (`vigil rollout status`)")));
+    };
+    let current = store.deployments().await?.into_iter().find(|d| d.model_name == model);
+    let mut next = rollout.clone();
+    next.updated_at = change.at;
+    let mut history = rollout.decisions();
+    let name = format!("{action:?}").to_lowercase();
+    history.push(serde_json::json!({ "time": change.at, "step": rollout.step, "decision": name, "by": change.actor, "reason": change.reason }));
+    next.history = serde_json::to_string(&history).expect("history serialises");
+    let single = |primary: &str, previous: &str| {
+        current.clone().map(|c| DeploymentRow {
+            deployment_id: uuid::Uuid::now_v7().to_string(),
+            primary_version: primary.into(),
+            candidate_version: Some(previous.into()),
+            mode: "single".into(),
+            share: 0.0,
+            updated_by: change.actor.into(),
+            updated_at: change.at,
+            ..c
+        })
+    };
+    let deployment = match (action, rollout.state.as_str()) {
+        (Manual::Pause, "running") => {
+            next.state = "paused".into();
+            None
+        }
+        (Manual::Resume, "paused") => {
+            next.state = "running".into();
+            next.step_started_at = change.at;
+            None
+        }
+        (Manual::Promote, _) => {
+            next.state = "promoted".into();
+            single(&rollout.candidate_version, &rollout.primary_version)
+        }
+        (Manual::Abort, _) => {
+            next.state = "aborted".into();
+            single(&rollout.primary_version, &rollout.candidate_version)
+        }
+        (action, state) => return Err(Invalid(format!("cannot {action:?} a rollout that is {state}").to_lowercase())),
+    };
+    if !store.advance_rollout(&rollout, &next, deployment.as_ref(), change).await? {
+        return Err(Invalid(format!("{model}'s rollout changed meanwhile; look again (`vigil rollout status`)")));
+    }
+    Ok(next)
+}
+
+/// Judges running rollouts every `checks.evaluate_every` while `leading` (this monitor holds the
+/// alerting lease), until `shutdown`.
+pub async fn run<S: MonitorStore>(
+    views: Views<S>,
+    checks: RolloutChecks,
+    leading: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if *leading.borrow()
+            && let Err(e) = advance_all(&views, &checks, Utc::now()).await
+        {
+            tracing::warn!(error = %e, "rollout round failed; retrying next round");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(checks.evaluate_every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(count: u64, errors: u64, latency_ms: f64, scores: &[f64]) -> RollupWindow {
+        let mut w = RollupWindow { count, errors, ..Default::default() };
+        for _ in 0..count {
+            sketch::add(w.latency_ms.get_or_insert_default(), latency_ms);
+        }
+        for &s in scores {
+            sketch::add(w.score.get_or_insert_default(), s);
+        }
+        w
+    }
+
+    const STEP: RolloutStep = RolloutStep { share: 0.1, min_duration_s: 60, min_requests: 100 };
+
+    #[test]
+    fn a_step_waits_for_its_time_and_its_requests() {
+        let (c, p) = (window(500, 0, 2.0, &[]), window(5000, 0, 2.0, &[]));
+        let checks = RolloutChecks::default();
+        assert!(
+            matches!(analyse(&STEP, Duration::from_secs(59), &c, &p, &checks), Analysis::Wait(w) if w.contains("59s"))
+        );
+        let few = window(99, 0, 2.0, &[]);
+        assert!(
+            matches!(analyse(&STEP, Duration::from_secs(60), &few, &p, &checks), Analysis::Wait(w) if w.contains("99 of"))
+        );
+        assert!(matches!(analyse(&STEP, Duration::from_secs(60), &c, &p, &checks), Analysis::Pass(_)));
+    }
+
+    #[test]
+    fn errors_latency_and_shifted_scores_fail_the_step() {
+        let checks = RolloutChecks::default();
+        let judge = |c: &RollupWindow, p: &RollupWindow| match analyse(&STEP, Duration::from_secs(60), c, p, &checks) {
+            Analysis::Fail(list) => list.into_iter().filter(|c| !c.passed).map(|c| c.name).collect::<Vec<_>>(),
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        let low: Vec<f64> = (0..500).map(|i| 0.1 + (i % 10) as f64 * 0.01).collect();
+        let high: Vec<f64> = (0..500).map(|i| 0.6 + (i % 10) as f64 * 0.01).collect();
+        assert_eq!(judge(&window(500, 30, 2.0, &low), &window(5000, 10, 2.0, &low)), ["error_rate"]);
+        assert_eq!(judge(&window(500, 0, 10.0, &low), &window(5000, 0, 2.0, &low)), ["latency_p99_ms"]);
+        assert_eq!(judge(&window(500, 0, 2.0, &high), &window(5000, 0, 2.0, &low)), ["score_ks"]);
+        let mut nulls = window(500, 0, 2.0, &low);
+        nulls.nulls = 50;
+        assert_eq!(judge(&nulls, &window(5000, 0, 2.0, &low)), ["null_rate"]);
+        // 2 ms on 2 ms: within the slack, and a slightly different score mix passes.
+        let similar: Vec<f64> = (0..500).map(|i| 0.1 + (i % 11) as f64 * 0.01).collect();
+        let ok = analyse(
+            &STEP,
+            Duration::from_secs(60),
+            &window(500, 0, 3.0, &similar),
+            &window(5000, 0, 2.0, &low),
+            &checks,
+        );
+        assert!(matches!(ok, Analysis::Pass(_)), "{ok:?}");
+    }
+}

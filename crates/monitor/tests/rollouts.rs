@@ -1,0 +1,249 @@
+//! The rollout controller on a real Postgres: a good candidate is promoted through every step
+//! with no person; candidates with errors, NaN scores, 5x latency or a shifted score
+//! distribution are rolled back within one step, with the failing check in the audit log and
+//! an alarm; a step waits for its time and its requests; a controller started afresh carries on
+//! at the same step, and two acting at once apply a step once.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use vigil_monitor::rollout::{self, Manual, RolloutChecks};
+use vigil_monitor::{Catalog, MonitorConfig, Views};
+use vigil_store::testing::{TestDatabase, prediction};
+use vigil_store::{
+    AlertStore as _, Change, DeploymentRow, DeploymentStore, ModelVersionRow, PgStore, PredictionRow, PredictionStore,
+    RegistryStore, RolloutStep, RolloutStore,
+};
+
+const RESOLUTIONS: [u32; 2] = [1, 60];
+
+fn version(model: &str, v: &str, stage: &str) -> ModelVersionRow {
+    ModelVersionRow {
+        model_name: model.into(),
+        version: v.into(),
+        artifact_sha256: format!("{:064x}", v.parse::<u64>().unwrap()),
+        artifact_uri: format!("models/{model}/{v}"),
+        training_data: "generator seed 1".into(),
+        metrics: serde_json::json!({}),
+        stage: stage.into(),
+        registered_by: "test".into(),
+        registered_at: Utc::now(),
+        stage_changed_at: Utc::now(),
+    }
+}
+
+/// A database with `model` versions 1 (production, the primary) and 2 (candidate).
+async fn store_with(db: &TestDatabase, models: &[&str]) -> PgStore {
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    for model in models {
+        store.register_version(&version(model, "1", "production"), "").await.unwrap();
+        store.register_version(&version(model, "2", "candidate"), "").await.unwrap();
+        let primary = DeploymentRow {
+            model_name: model.to_string(),
+            deployment_id: uuid::Uuid::now_v7().to_string(),
+            primary_version: "1".into(),
+            candidate_version: None,
+            mode: "single".into(),
+            share: 0.0,
+            updated_by: "test".into(),
+            updated_at: Utc::now(),
+            policy: "full".into(),
+            accept_below: None,
+            reject_at: None,
+        };
+        store.set_deployment(&primary, &Change { actor: "test", reason: "", at: Utc::now() }).await.unwrap();
+    }
+    store
+}
+
+fn views(store: &PgStore) -> Views<PgStore> {
+    let config: MonitorConfig = toml::from_str("[rollups]\nresolutions = [1, 60]\n").unwrap();
+    let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models");
+    Views::new(store.clone(), Arc::new(Catalog::load(std::path::Path::new(models)).unwrap()), Arc::new(config))
+}
+
+/// How a version answers.
+#[derive(Clone, Copy)]
+struct Answers {
+    error_rate: f64,
+    latency_ms: i64,
+    /// Scores in [offset, offset + 0.4).
+    score_offset: f32,
+    nan: bool,
+}
+
+const GOOD: Answers = Answers { error_rate: 0.0, latency_ms: 4, score_offset: 0.1, nan: false };
+
+/// `n` predictions of `model` `version` in `variant`, spread over the minute from `from`.
+fn traffic(model: &str, version: &str, variant: i16, from: DateTime<Utc>, n: usize, a: Answers) -> Vec<PredictionRow> {
+    (0..n)
+        .map(|i| {
+            let time = from + Duration::milliseconds((i as i64 * 59_000) / n as i64);
+            let score = a.score_offset + (i % 40) as f32 * 0.01;
+            let mut row = prediction(time, score, serde_json::json!({}));
+            row.model_name = model.into();
+            row.model_version = version.into();
+            row.variant = variant;
+            row.request_time = Some(time - Duration::milliseconds(a.latency_ms));
+            if (i as f64) < a.error_rate * n as f64 {
+                row.status = 3;
+            }
+            if a.nan {
+                row.score = None;
+                row.output = serde_json::json!({ "label": "", "scores": [null] });
+                row.output_null = true;
+            }
+            row
+        })
+        .collect()
+}
+
+/// One minute of traffic from `at`: 900 requests to the primary, 300 to the candidate.
+async fn minute(store: &PgStore, model: &str, at: DateTime<Utc>, candidate: Answers) {
+    let mut rows = traffic(model, "1", 1, at, 900, GOOD);
+    rows.extend(traffic(model, "2", 2, at, 300, candidate));
+    store.insert_batch(&rows, &[]).await.unwrap();
+    while vigil_monitor::rollup::step(store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+}
+
+fn plan() -> Vec<RolloutStep> {
+    [0.1, 0.5, 1.0].iter().map(|&share| RolloutStep { share, min_duration_s: 60, min_requests: 200 }).collect()
+}
+
+async fn deployment(store: &PgStore, model: &str) -> DeploymentRow {
+    store.deployments().await.unwrap().into_iter().find(|d| d.model_name == model).unwrap()
+}
+
+async fn rollout_of(store: &PgStore, model: &str) -> vigil_store::RolloutRow {
+    store.rollouts(Some(model)).await.unwrap().remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_candidate_is_promoted_step_by_step_and_waits_for_enough_data() {
+    let db = TestDatabase::create();
+    let store = store_with(&db, &["scratch-detector"]).await;
+    let checks = RolloutChecks::default();
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    let change = Change { actor: "anna", reason: "v2 passed offline evaluation", at: t0 };
+    rollout::start(&store, "scratch-detector", "2", &plan(), &change).await.unwrap();
+    let d = deployment(&store, "scratch-detector").await;
+    assert_eq!((d.mode.as_str(), d.candidate_version.as_deref(), d.share), ("canary", Some("2"), 0.1));
+    // A second rollout of the same model is refused while this one runs.
+    let again = rollout::start(&store, "scratch-detector", "2", &plan(), &change).await.unwrap_err();
+    assert!(again.to_string().contains("already has an active rollout"), "{again}");
+
+    // Too early, then too few requests: the step waits.
+    let v = views(&store);
+    assert_eq!(rollout::advance_all(&v, &checks, t0 + Duration::seconds(30)).await.unwrap(), 0);
+    let mut few = traffic("scratch-detector", "2", 2, t0, 150, GOOD);
+    few.extend(traffic("scratch-detector", "1", 1, t0, 900, GOOD));
+    store.insert_batch(&few, &[]).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+    assert_eq!(rollout::advance_all(&v, &checks, t0 + Duration::seconds(61)).await.unwrap(), 0);
+    assert_eq!(rollout_of(&store, "scratch-detector").await.step, 0, "150 requests are not enough to judge");
+
+    // Enough: step 1 passes at 10%, step 2 at 50%, the last at 100% promotes. Each round is
+    // judged by a controller started afresh (a monitor restarted between steps).
+    let mut at = t0;
+    for (step, share) in [(0, 0.1), (1, 0.5), (2, 1.0)] {
+        minute(&store, "scratch-detector", at, GOOD).await;
+        at += Duration::seconds(61);
+        let r = rollout_of(&store, "scratch-detector").await;
+        assert_eq!((r.step, r.state.as_str()), (step, "running"));
+        assert_eq!(deployment(&store, "scratch-detector").await.share, share);
+        assert_eq!(rollout::advance_all(&views(&store), &checks, at).await.unwrap(), 1, "step {step} decided");
+    }
+    let r = rollout_of(&store, "scratch-detector").await;
+    assert_eq!(r.state, "promoted");
+    let d = deployment(&store, "scratch-detector").await;
+    assert_eq!(
+        (d.mode.as_str(), d.primary_version.as_str(), d.candidate_version.as_deref()),
+        ("single", "2", Some("1")),
+        "the candidate answers everything, the old primary kept to roll back to"
+    );
+    let decisions: Vec<String> = r.decisions().iter().map(|d| d["decision"].as_str().unwrap().to_string()).collect();
+    assert_eq!(decisions, ["next_step", "next_step", "promote"]);
+    let audit = store.audit_events(100).await.unwrap();
+    assert_eq!(audit.iter().filter(|e| e.action == "rollout" && e.actor == rollout::CONTROLLER).count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_candidates_are_rolled_back_within_one_step_saying_why() {
+    let bad = [
+        ("errors", Answers { error_rate: 0.2, ..GOOD }, "error_rate"),
+        ("nan-scores", Answers { nan: true, ..GOOD }, "null_rate"),
+        ("slow", Answers { latency_ms: 20, ..GOOD }, "latency_p99_ms"),
+        ("shifted", Answers { score_offset: 0.5, ..GOOD }, "score_ks"),
+    ];
+    let models: Vec<&str> = bad.iter().map(|(m, _, _)| *m).collect();
+    let db = TestDatabase::create();
+    let store = store_with(&db, &models).await;
+    let checks = RolloutChecks::default();
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    for (model, answers, _) in bad {
+        rollout::start(&store, model, "2", &plan(), &Change { actor: "anna", reason: "", at: t0 }).await.unwrap();
+        minute(&store, model, t0, answers).await;
+    }
+    assert_eq!(rollout::advance_all(&views(&store), &checks, t0 + Duration::seconds(61)).await.unwrap(), 4);
+    let audit = store.audit_events(200).await.unwrap();
+    let alerts = store.load_alerts().await.unwrap();
+    for (model, _, check) in bad {
+        let r = rollout_of(&store, model).await;
+        assert_eq!((r.state.as_str(), r.step), ("rolled_back", 0), "{model}");
+        let d = deployment(&store, model).await;
+        assert_eq!((d.mode.as_str(), d.primary_version.as_str()), ("single", "1"), "{model}: back to the primary");
+        let failed: Vec<String> = r.decisions()[0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] == false)
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(failed, [check], "{model}: only its own fault fails");
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "rollout" && e.subject == format!("{model}/2") && e.reason.contains(check)),
+            "{model}: the audit event names {check}"
+        );
+        let alert = alerts.iter().find(|a| a.alert_key == format!("rollout:{model}")).expect("a rollback alarm");
+        assert_eq!(alert.state, "firing");
+        assert!(alert.message.contains(check), "{}", alert.message);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_at_once_apply_a_step_once_and_people_can_pause_resume_and_abort() {
+    let db = TestDatabase::create();
+    let store = store_with(&db, &["scratch-detector"]).await;
+    let checks = RolloutChecks::default();
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    rollout::start(&store, "scratch-detector", "2", &plan(), &Change { actor: "anna", reason: "", at: t0 })
+        .await
+        .unwrap();
+    minute(&store, "scratch-detector", t0, GOOD).await;
+    let at = t0 + Duration::seconds(61);
+    let (a, b) = (views(&store), views(&store));
+    let (x, y) = tokio::join!(rollout::advance_all(&a, &checks, at), rollout::advance_all(&b, &checks, at));
+    assert_eq!(x.unwrap() + y.unwrap(), 1, "one of the two moved the rollout");
+    let r = rollout_of(&store, "scratch-detector").await;
+    assert_eq!((r.step, r.decisions().len()), (1, 1), "one step, one decision");
+
+    // Paused: the controller leaves it; resumed: the step's window starts again.
+    let by = |reason: &'static str, at| Change { actor: "anna", reason, at };
+    rollout::manual(&store, "scratch-detector", Manual::Pause, &by("checking dashboards", at)).await.unwrap();
+    minute(&store, "scratch-detector", at, GOOD).await;
+    assert_eq!(rollout::advance_all(&a, &checks, at + Duration::seconds(61)).await.unwrap(), 0);
+    let later = at + Duration::seconds(120);
+    let r = rollout::manual(&store, "scratch-detector", Manual::Resume, &by("fine", later)).await.unwrap();
+    assert_eq!((r.state.as_str(), r.step_started_at), ("running", later));
+    let e = rollout::manual(&store, "scratch-detector", Manual::Resume, &by("", later)).await.unwrap_err();
+    assert!(e.to_string().contains("cannot resume a rollout that is running"), "{e}");
+    rollout::manual(&store, "scratch-detector", Manual::Abort, &by("customer complaint", later)).await.unwrap();
+    let d = deployment(&store, "scratch-detector").await;
+    assert_eq!((d.mode.as_str(), d.primary_version.as_str()), ("single", "1"));
+    assert_eq!(rollout_of(&store, "scratch-detector").await.state, "aborted");
+    let e = rollout::manual(&store, "scratch-detector", Manual::Abort, &by("", later)).await.unwrap_err();
+    assert!(e.to_string().contains("no active rollout"), "{e}");
+}
