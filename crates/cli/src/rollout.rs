@@ -40,6 +40,10 @@ pub enum RolloutCommand {
         /// ... and until the candidate answered this many requests in it.
         #[arg(long, default_value_t = 500)]
         min_requests: u64,
+        /// A step still without a verdict this long after it started pauses for a person
+        /// (e.g. 2h); unset: it waits for its requests however long it takes.
+        #[arg(long)]
+        step_deadline: Option<humantime::Duration>,
     },
     /// Every rollout (or one model's), newest first, with its last decision.
     Status { model: Option<String> },
@@ -61,13 +65,19 @@ pub async fn run(args: RolloutArgs) -> Result<u8> {
 }
 
 /// The plan of `start`: shares in percent to steps.
-fn plan(steps: &[f64], duration: std::time::Duration, min_requests: u64) -> Result<Vec<RolloutStep>> {
+fn plan(
+    steps: &[f64],
+    duration: std::time::Duration,
+    min_requests: u64,
+    deadline: Option<std::time::Duration>,
+) -> Result<Vec<RolloutStep>> {
     let steps: Vec<RolloutStep> = steps
         .iter()
         .map(|&percent| RolloutStep {
             share: (percent * 10.0).round() / 1000.0,
             min_duration_s: duration.as_secs(),
             min_requests,
+            max_duration_s: deadline.map(|d| d.as_secs()),
         })
         .collect();
     vigil_store::registry::rollouts::validate_plan(&steps).map_err(|e| anyhow::anyhow!("--steps: {e}"))?;
@@ -79,8 +89,8 @@ async fn command<S: PredictionStore + MonitorStore>(store: S, args: RolloutArgs)
     let actor = crate::model::whoami(args.by.clone());
     let change = Change { actor: &actor, reason: &args.reason, at: Utc::now() };
     let (model, action) = match args.command {
-        RolloutCommand::Start { model, candidate, steps, step_duration, min_requests } => {
-            let steps = plan(&steps, step_duration.into(), min_requests)?;
+        RolloutCommand::Start { model, candidate, steps, step_duration, min_requests, step_deadline } => {
+            let steps = plan(&steps, step_duration.into(), min_requests, step_deadline.map(Into::into))?;
             let r = rollout::start(&store, &model, &candidate, &steps, &change).await?;
             println!("{}", describe(&r));
             return Ok(0);

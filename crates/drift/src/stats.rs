@@ -239,3 +239,41 @@ mod tests {
         assert_eq!(wasserstein_binned(&[1.0, 0.0, 2.0], &ok, &ok), Err(DriftError::InvalidEdges));
     }
 }
+
+/// One-sided p-value that the rate `x1 / n1` exceeds `x2 / n2` (pooled two-proportion z-test,
+/// as `statsmodels.stats.proportion.proportions_ztest(..., alternative="larger")`); 1 when
+/// either sample is empty or nothing (or everything) happened in both.
+pub fn proportion_greater_p_value(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
+    if n1 == 0 || n2 == 0 {
+        return 1.0;
+    }
+    let (n1f, n2f) = (n1 as f64, n2 as f64);
+    let pooled = (x1 + x2) as f64 / (n1f + n2f);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f)).sqrt();
+    if se == 0.0 {
+        return 1.0;
+    }
+    let z = (x1 as f64 / n1f - x2 as f64 / n2f) / se;
+    let normal = statrs::distribution::Normal::standard();
+    1.0 - normal.cdf(z)
+}
+
+#[cfg(test)]
+mod proportion_tests {
+    use super::proportion_greater_p_value;
+
+    #[test]
+    fn matches_the_pooled_z_test() {
+        // scipy: norm.sf(z) of the pooled two-proportion z statistic.
+        for (x1, n1, x2, n2, want) in [
+            (30, 300, 45, 900, 0.0009728868468695724),
+            (3, 200, 0, 900, 0.00011695804938973875),
+            (2, 300, 9, 900, 0.7000843467489182),
+        ] {
+            let got = proportion_greater_p_value(x1, n1, x2, n2);
+            assert!((got - want).abs() < 1e-9, "{x1}/{n1} vs {x2}/{n2}: {got} vs {want}");
+        }
+        assert_eq!(proportion_greater_p_value(0, 100, 0, 100), 1.0);
+        assert_eq!(proportion_greater_p_value(1, 0, 0, 100), 1.0);
+    }
+}

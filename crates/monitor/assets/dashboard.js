@@ -382,6 +382,26 @@ function auditTable(events) {
     h('tbody', {}, rows));
 }
 
+// Each rollout of the model: its plan, where it stands, and every decision with its checks.
+function rolloutsTable(rollouts) {
+  const pct = (v) => `${Math.round(v * 1000) / 10}%`;
+  const rows = (rollouts || []).flatMap((r) => {
+    const steps = r.plan || [];
+    const head = h('tr', { class: 'rollout', 'data-state': r.state },
+      h('td', { class: 'since' }, fmtAgo(r.step_started_at)), h('td', { class: 'mono' }, `${r.primary_version} → ${r.candidate_version}`),
+      h('td', {}, r.state), h('td', {}, `step ${r.step + 1} of ${steps.length}${steps[r.step] ? ` (${pct(steps[r.step].share)})` : ''}`),
+      h('td', { class: 'msg' }, steps.map((s) => pct(s.share)).join(' → ')));
+    const decisions = (r.history || []).map((d) => h('tr', { class: 'decision', 'data-decision': d.decision },
+      h('td', { class: 'since' }, fmtAgo(d.time)), h('td', {}, d.by || 'controller'), h('td', {}, d.decision), h('td', {}, `step ${d.step + 1}`),
+      h('td', { class: 'msg' }, (d.checks || []).map((c) => `${c.name} ${c.passed ? 'ok' : 'FAILED'} (${fmtNum(c.candidate)} vs ${fmtNum(c.primary)}, limit ${fmtNum(c.limit)})`).join('; ') || d.reason || '')));
+    return [head, ...decisions];
+  });
+  if (!rows.length) rows.push(h('tr', { class: 'empty-row' }, h('td', { colspan: 5 }, 'No rollouts of this model (vigil rollout start).')));
+  return h('table', { id: 'rollouts', class: 'alerts' },
+    h('thead', {}, h('tr', {}, ['When', 'Versions / who', 'State / decision', 'Step', 'Plan / checks'].map((c) => h('th', {}, c)))),
+    h('tbody', {}, rows));
+}
+
 // Builds the panels and returns [elements, drawFns]; draws run once the elements are in the page.
 function buildPanels(d) {
   const w = (d.windows || []).map((x) => ({ ...x, t: ms(x.start) })).filter((x) => num(x.t)).sort((a, b) => a.t - b.t);
@@ -441,6 +461,7 @@ function buildPanels(d) {
     section('Input features', features.length ? features : [h('div', { class: 'message small' }, 'No feature data in this range.')]),
     reviewSection(d, w),
     h('div', { class: 'section', id: 'alerts-section' }, h('h2', {}, 'Alarms'), h('div', { class: 'panel table-panel' }, alertsTable(d.alerts))),
+    h('div', { class: 'section', id: 'rollouts-section' }, h('h2', {}, 'Rollouts'), h('div', { class: 'panel table-panel' }, rolloutsTable(d.rollouts))),
     h('div', { class: 'section', id: 'audit-section' }, h('h2', {}, 'Changes (audit)'), h('div', { class: 'panel table-panel' }, auditTable(d.audit))),
   ];
   return [sections, draws];

@@ -22,6 +22,8 @@ const STYLE: &str = include_str!("../assets/dashboard.css");
 
 /// Audit events read for the dashboard (the newest, of every model; the model's are shown).
 const AUDIT_ROWS: i64 = 200;
+/// Rollouts of a model shown on its dashboard, newest first.
+const ROLLOUT_ROWS: usize = 5;
 
 /// Longest range the dashboard shows: 30 days.
 pub const MAX_RANGE_SECONDS: i64 = 30 * 86_400;
@@ -169,6 +171,20 @@ async fn dashboard<S: MonitorStore>(
             .collect::<Vec<Value>>(),
         Err(e) => return view_error(e.into()),
     };
+    // The model's rollouts, newest first: plan, state and every decision with its checks.
+    let rollouts = match views.store.rollouts(Some(&model)).await {
+        Ok(rows) => rows
+            .iter()
+            .take(ROLLOUT_ROWS)
+            .map(|r| {
+                json!({ "rollout_id": r.rollout_id, "primary_version": r.primary_version,
+                        "candidate_version": r.candidate_version, "state": r.state, "step": r.step,
+                        "step_started_at": r.step_started_at.to_rfc3339(), "created_by": r.created_by,
+                        "plan": r.steps().unwrap_or_default(), "history": r.decisions() })
+            })
+            .collect::<Vec<Value>>(),
+        Err(e) => return view_error(e.into()),
+    };
     let alerts = match views.store.load_alerts().await {
         Ok(a) => a,
         Err(e) => return view_error(e.into()),
@@ -186,6 +202,7 @@ async fn dashboard<S: MonitorStore>(
         "from": since.to_rfc3339(), "to": until.to_rfc3339(), "resolution_s": res,
         "windows": windows, "drift": drift, "accuracy": accuracy, "label_coverage": coverage,
         "shadow_agreement": agreement, "review": review, "audit": audit, "alerts": alerts,
+        "rollouts": rollouts,
     }))
     .into_response()
 }

@@ -6,6 +6,7 @@
 //! by webhook); too little data waits. It acts only in the monitor holding the alerting lease,
 //! and each step moves by compare and set in the store, so no step is applied twice.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -38,10 +39,33 @@ pub struct RolloutChecks {
     pub max_latency_p99_ratio: f64,
     /// ... or the primary's plus this many milliseconds, whichever is more.
     pub latency_p99_slack_ms: f64,
-    /// The score distributions differ when their KS distance exceeds this and the KS test's p
-    /// value is under `score_p_value` (both: no rollback on a tiny difference seen often).
+    /// The score distributions (and each input feature's) differ when their KS distance exceeds
+    /// this and the KS test's p value is under `score_p_value` (both: no rollback on a tiny
+    /// difference seen often).
     pub max_score_ks: f64,
     pub score_p_value: f64,
+    /// Labelled accuracy may fall by at most this (where both variants have labels).
+    pub max_accuracy_drop: f64,
+    /// A rate check fails only when the candidate's rate is also higher (or, for a rate where
+    /// higher is better, lower) than the primary's with a one-sided p-value under this: no
+    /// rollback on noise.
+    pub significance: f64,
+    /// Business metrics: feedback events per prediction of each variant (clicks, redo
+    /// searches, switches to typing, reviewers' overrides).
+    pub feedback: Vec<FeedbackCheck>,
+}
+
+/// One feedback rate compared between candidate and primary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackCheck {
+    /// The feedback kind, e.g. `click`, `redo_search`, `switch_to_typing`, `override`.
+    pub kind: String,
+    /// Clicks: more is better, and a drop fails; otherwise a rise fails.
+    #[serde(default)]
+    pub higher_is_better: bool,
+    /// The change allowed, in events per prediction.
+    pub max_change: f64,
 }
 
 impl Default for RolloutChecks {
@@ -54,6 +78,13 @@ impl Default for RolloutChecks {
             latency_p99_slack_ms: 5.0,
             max_score_ks: 0.2,
             score_p_value: 0.01,
+            max_accuracy_drop: 0.02,
+            significance: 0.05,
+            feedback: vec![
+                FeedbackCheck { kind: "click".into(), higher_is_better: true, max_change: 0.05 },
+                FeedbackCheck { kind: "redo_search".into(), higher_is_better: false, max_change: 0.05 },
+                FeedbackCheck { kind: "switch_to_typing".into(), higher_is_better: false, max_change: 0.05 },
+            ],
         }
     }
 }
@@ -82,14 +113,25 @@ fn rate(n: u64, d: u64) -> Option<f64> {
     (d > 0).then(|| n as f64 / d as f64)
 }
 
+/// What one variant did over a step's window: its rollup, its feedback events by kind, and
+/// its labelled predictions (how many, how many right).
+#[derive(Debug, Clone, Default)]
+pub struct Traffic {
+    pub window: RollupWindow,
+    pub feedback: BTreeMap<String, u64>,
+    pub labeled: u64,
+    pub correct: u64,
+}
+
 /// Judges the candidate against the primary over `[since, now)`.
 pub fn analyse(
     step: &RolloutStep,
     elapsed: Duration,
-    candidate: &RollupWindow,
-    primary: &RollupWindow,
+    candidate_traffic: &Traffic,
+    primary_traffic: &Traffic,
     checks: &RolloutChecks,
 ) -> Analysis {
+    let (candidate, primary) = (&candidate_traffic.window, &primary_traffic.window);
     if elapsed < Duration::from_secs(step.min_duration_s) {
         return Analysis::Wait(format!("{}s of the step's {}s", elapsed.as_secs(), step.min_duration_s));
     }
@@ -100,29 +142,66 @@ pub fn analyse(
         ));
     }
     let mut out = Vec::new();
+    let (nc, np) = (candidate.count, primary.count);
+    // A rate that must not get worse: past its limit and significantly worse than the primary's.
+    let mut rate_check = |name: String, xc: u64, xp: u64, max_change: f64, higher_is_better: bool| {
+        let (c, p) = (rate(xc, nc), rate(xp, np));
+        let (worse, limit, p_value) = if higher_is_better {
+            let limit = p.unwrap_or(0.0) - max_change;
+            (c.is_some_and(|c| c < limit), limit, vigil_drift::proportion_greater_p_value(xp, np, xc, nc))
+        } else {
+            let limit = p.unwrap_or(0.0) + max_change;
+            (c.is_some_and(|c| c > limit), limit, vigil_drift::proportion_greater_p_value(xc, nc, xp, np))
+        };
+        let passed = !(worse && p_value < checks.significance);
+        out.push(Check { name, candidate: c, primary: p, limit, passed });
+    };
+    rate_check("error_rate".into(), candidate.errors, primary.errors, checks.max_error_rate_increase, false);
+    rate_check("null_rate".into(), candidate.nulls, primary.nulls, checks.max_null_rate_increase, false);
+    for f in &checks.feedback {
+        let xc = candidate_traffic.feedback.get(&f.kind).copied().unwrap_or(0);
+        let xp = primary_traffic.feedback.get(&f.kind).copied().unwrap_or(0);
+        if xc + xp > 0 {
+            rate_check(format!("feedback.{}", f.kind), xc, xp, f.max_change, f.higher_is_better);
+        }
+    }
+    // Accuracy from late labels, where both variants have some: must not fall.
+    let (lc, lp) = (candidate_traffic.labeled, primary_traffic.labeled);
+    if lc > 0 && lp > 0 {
+        let (c, p) = (candidate_traffic.correct as f64 / lc as f64, primary_traffic.correct as f64 / lp as f64);
+        let limit = p - checks.max_accuracy_drop;
+        let p_value =
+            vigil_drift::proportion_greater_p_value(primary_traffic.correct, lp, candidate_traffic.correct, lc);
+        let passed = !(c < limit && p_value < checks.significance);
+        out.push(Check { name: "accuracy".into(), candidate: Some(c), primary: Some(p), limit, passed });
+    }
     let mut check = |name: &str, c: Option<f64>, p: Option<f64>, limit: f64| {
         let passed = c.is_none_or(|c| c <= limit);
         out.push(Check { name: name.into(), candidate: c, primary: p, limit, passed });
     };
-    let (c_err, p_err) = (rate(candidate.errors, candidate.count), rate(primary.errors, primary.count));
-    check("error_rate", c_err, p_err, p_err.unwrap_or(0.0) + checks.max_error_rate_increase);
-    let (c_null, p_null) = (rate(candidate.nulls, candidate.count), rate(primary.nulls, primary.count));
-    check("null_rate", c_null, p_null, p_null.unwrap_or(0.0) + checks.max_null_rate_increase);
     let p99 = |w: &RollupWindow| w.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.99));
     let (c_p99, p_p99) = (p99(candidate), p99(primary));
     if let Some(p) = p_p99 {
         let limit = (p * checks.max_latency_p99_ratio).max(p + checks.latency_p99_slack_ms);
         check("latency_p99_ms", c_p99, p_p99, limit);
     }
-    if let (Some(cs), Some(ps)) = (&candidate.score, &primary.score)
-        && let (Ok(c), Ok(p)) = (sketch::distribution(cs), sketch::distribution(ps))
-        && let Ok(d) = vigil_drift::ks_distance(&p, &c)
-    {
+    // The scores, and each input feature both variants logged: the candidate's traffic must look
+    // like the primary's (the same keys' inputs; a candidate that logs other inputs preprocesses
+    // differently).
+    let mut distributions = vec![("score_ks".to_string(), candidate.score.as_ref(), primary.score.as_ref())];
+    for (name, c) in &candidate.features {
+        let p = primary.features.get(name).and_then(|p| p.sketch.as_ref());
+        distributions.push((format!("input_ks.{name}"), c.sketch.as_ref(), p));
+    }
+    for (name, cs, ps) in distributions {
+        let (Some(cs), Some(ps)) = (cs, ps) else { continue };
+        let (Ok(c), Ok(p)) = (sketch::distribution(cs), sketch::distribution(ps)) else { continue };
+        let Ok(d) = vigil_drift::ks_distance(&p, &c) else { continue };
         let p_value = vigil_drift::ks_p_value(d, sketch::count(ps) as usize, sketch::count(cs) as usize);
-        // Counted as failing only when both the distance and the evidence are large.
+        // Failing only when both the distance and the evidence are large.
         let shifted = d > checks.max_score_ks && p_value < checks.score_p_value;
         out.push(Check {
-            name: "score_ks".into(),
+            name,
             candidate: Some(d),
             primary: Some(p_value),
             limit: checks.max_score_ks,
@@ -173,17 +252,32 @@ async fn advance<S: MonitorStore>(
     let scope =
         |variant: Variant| Scope { model: rollout.model_name.clone(), version: None, variant: Some(variant as i16) };
     let since = rollout.step_started_at;
-    let (candidate, primary) = if since < now {
-        (
-            views.total(&scope(Variant::Canary), since, now).await?,
-            views.total(&scope(Variant::Primary), since, now).await?,
-        )
-    } else {
-        (RollupWindow::default(), RollupWindow::default())
+    let traffic = |variant: Variant| {
+        let scope = scope(variant);
+        async move {
+            if since >= now {
+                return Ok::<_, ViewError>(Traffic::default());
+            }
+            let window = views.total(&scope, since, now).await?;
+            let seconds = u32::try_from((now - since).num_seconds().max(1)).unwrap_or(u32::MAX);
+            let mut feedback = BTreeMap::new();
+            for kinds in views.feedback(&scope, since, now, seconds).await?.into_values() {
+                for (kind, n) in kinds {
+                    *feedback.entry(kind).or_default() += n;
+                }
+            }
+            let labeled = views.store.labeled_predictions(&scope.model, None, scope.variant, since, now).await?;
+            let correct = labeled.iter().filter(|p| p.predicted == p.actual).count() as u64;
+            Ok(Traffic { window, feedback, labeled: labeled.len() as u64, correct })
+        }
     };
+    let (candidate, primary) = (traffic(Variant::Canary).await?, traffic(Variant::Primary).await?);
     let elapsed = (now - since).to_std().unwrap_or_default();
     let analysis = analyse(step, elapsed, &candidate, &primary, checks);
+    let past_deadline = step.max_duration_s.is_some_and(|m| elapsed > Duration::from_secs(m));
+    let no_checks = Vec::new();
     let (decision, list) = match &analysis {
+        Analysis::Wait(_) if past_deadline => ("inconclusive", &no_checks),
         Analysis::Wait(why) => {
             tracing::debug!(rollout = %rollout.rollout_id, step = rollout.step, "step waits: {why}");
             return Ok(false);
@@ -226,6 +320,19 @@ async fn advance<S: MonitorStore>(
         .map(|c| format!("{} {} > {:.4}", c.name, c.candidate.map_or("-".into(), |v| format!("{v:.4}")), c.limit))
         .collect();
     let (target, reason) = match decision {
+        "inconclusive" => {
+            next.state = "paused".into();
+            let why = if let Analysis::Wait(why) = &analysis { why.as_str() } else { "" };
+            let reason =
+                format!("step {} has no verdict by its deadline ({why}): paused for a person", rollout.step + 1);
+            let change = Change { actor: CONTROLLER, reason: &reason, at: now };
+            let applied = views.store.advance_rollout(rollout, &next, None, &change).await.map_err(registry_error)?;
+            if applied {
+                tracing::warn!(rollout = %rollout.rollout_id, model = %rollout.model_name, "{reason}");
+                notify(views, rollout, decision, &reason, now).await?;
+            }
+            return Ok(applied);
+        }
         "next_step" => {
             next.step += 1;
             next.step_started_at = now;
@@ -246,10 +353,7 @@ async fn advance<S: MonitorStore>(
         }
     };
     let change = Change { actor: CONTROLLER, reason: &reason, at: now };
-    let applied = views.store.advance_rollout(rollout, &next, Some(&target), &change).await.map_err(|e| match e {
-        vigil_store::RegistryError::Database(e) => ViewError::Store(e),
-        other => ViewError::InvalidArgument(other.to_string()),
-    })?;
+    let applied = views.store.advance_rollout(rollout, &next, Some(&target), &change).await.map_err(registry_error)?;
     if !applied {
         return Ok(false);
     }
@@ -258,7 +362,14 @@ async fn advance<S: MonitorStore>(
     Ok(true)
 }
 
-/// A rollback fires the model's rollout alarm (notified by webhook like any alarm); a promotion
+fn registry_error(e: vigil_store::RegistryError) -> ViewError {
+    match e {
+        vigil_store::RegistryError::Database(e) => ViewError::Store(e),
+        other => ViewError::InvalidArgument(other.to_string()),
+    }
+}
+
+/// A rollback (or a step paused for a person) fires the model's rollout alarm (notified by webhook like any alarm); a promotion
 /// resolves it.
 async fn notify<S: MonitorStore>(
     views: &Views<S>,
@@ -270,7 +381,7 @@ async fn notify<S: MonitorStore>(
     let key = format!("{ALERT_PREFIX}{}", rollout.model_name);
     let firing = views.store.load_alerts().await?.into_iter().any(|a| a.alert_key == key && a.state == "firing");
     let state = match decision {
-        "rollback" => "firing",
+        "rollback" | "inconclusive" => "firing",
         "promote" if firing => "resolved",
         _ => return Ok(()),
     };
@@ -429,7 +540,7 @@ pub async fn run<S: MonitorStore>(
 mod tests {
     use super::*;
 
-    fn window(count: u64, errors: u64, latency_ms: f64, scores: &[f64]) -> RollupWindow {
+    fn window(count: u64, errors: u64, latency_ms: f64, scores: &[f64]) -> Traffic {
         let mut w = RollupWindow { count, errors, ..Default::default() };
         for _ in 0..count {
             sketch::add(w.latency_ms.get_or_insert_default(), latency_ms);
@@ -437,10 +548,10 @@ mod tests {
         for &s in scores {
             sketch::add(w.score.get_or_insert_default(), s);
         }
-        w
+        Traffic { window: w, ..Default::default() }
     }
 
-    const STEP: RolloutStep = RolloutStep { share: 0.1, min_duration_s: 60, min_requests: 100 };
+    const STEP: RolloutStep = RolloutStep { share: 0.1, min_duration_s: 60, min_requests: 100, max_duration_s: None };
 
     #[test]
     fn a_step_waits_for_its_time_and_its_requests() {
@@ -459,7 +570,7 @@ mod tests {
     #[test]
     fn errors_latency_and_shifted_scores_fail_the_step() {
         let checks = RolloutChecks::default();
-        let judge = |c: &RollupWindow, p: &RollupWindow| match analyse(&STEP, Duration::from_secs(60), c, p, &checks) {
+        let judge = |c: &Traffic, p: &Traffic| match analyse(&STEP, Duration::from_secs(60), c, p, &checks) {
             Analysis::Fail(list) => list.into_iter().filter(|c| !c.passed).map(|c| c.name).collect::<Vec<_>>(),
             other => panic!("expected a failure, got {other:?}"),
         };
@@ -469,8 +580,25 @@ mod tests {
         assert_eq!(judge(&window(500, 0, 10.0, &low), &window(5000, 0, 2.0, &low)), ["latency_p99_ms"]);
         assert_eq!(judge(&window(500, 0, 2.0, &high), &window(5000, 0, 2.0, &low)), ["score_ks"]);
         let mut nulls = window(500, 0, 2.0, &low);
-        nulls.nulls = 50;
+        nulls.window.nulls = 50;
         assert_eq!(judge(&nulls, &window(5000, 0, 2.0, &low)), ["null_rate"]);
+        let mut fewer_clicks = window(500, 0, 2.0, &low);
+        fewer_clicks.feedback.insert("click".into(), 20);
+        let mut clicks = window(5000, 0, 2.0, &low);
+        clicks.feedback.insert("click".into(), 500);
+        assert_eq!(judge(&fewer_clicks, &clicks), ["feedback.click"], "click-through fell from 10% to 4%");
+        let wrong = Traffic { labeled: 400, correct: 320, ..window(500, 0, 2.0, &low) };
+        let right = Traffic { labeled: 4000, correct: 3800, ..window(5000, 0, 2.0, &low) };
+        assert_eq!(judge(&wrong, &right), ["accuracy"], "80% against 95% of labels right");
+        let mut other_inputs = window(500, 0, 2.0, &low);
+        let mut inputs = window(5000, 0, 2.0, &low);
+        for (w, offset) in [(&mut other_inputs.window, 60.0), (&mut inputs.window, 120.0)] {
+            let f = w.features.entry("brightness".into()).or_default();
+            for i in 0..500 {
+                sketch::add(f.sketch.get_or_insert_default(), offset + (i % 20) as f64);
+            }
+        }
+        assert_eq!(judge(&other_inputs, &inputs), ["input_ks.brightness"], "the candidate sees other inputs");
         // 2 ms on 2 ms: within the slack, and a slightly different score mix passes.
         let similar: Vec<f64> = (0..500).map(|i| 0.1 + (i % 11) as f64 * 0.01).collect();
         let ok = analyse(
@@ -481,5 +609,16 @@ mod tests {
             &checks,
         );
         assert!(matches!(ok, Analysis::Pass(_)), "{ok:?}");
+    }
+
+    #[test]
+    fn an_excess_seen_on_few_requests_is_noise_and_on_many_it_is_not() {
+        let checks = RolloutChecks::default();
+        let judged = |c: &Traffic, p: &Traffic| analyse(&STEP, Duration::from_secs(60), c, p, &checks);
+        // 2.5% against 1% errors: past the limit (2%), but on 120 requests p = 0.076.
+        let few = judged(&window(120, 3, 2.0, &[]), &window(900, 9, 2.0, &[]));
+        assert!(matches!(few, Analysis::Pass(_)), "{few:?}");
+        let many = judged(&window(1200, 30, 2.0, &[]), &window(9000, 90, 2.0, &[]));
+        assert!(matches!(many, Analysis::Fail(_)), "{many:?}");
     }
 }

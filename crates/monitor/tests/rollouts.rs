@@ -108,7 +108,10 @@ async fn minute(store: &PgStore, model: &str, at: DateTime<Utc>, candidate: Answ
 }
 
 fn plan() -> Vec<RolloutStep> {
-    [0.1, 0.5, 1.0].iter().map(|&share| RolloutStep { share, min_duration_s: 60, min_requests: 200 }).collect()
+    [0.1, 0.5, 1.0]
+        .iter()
+        .map(|&share| RolloutStep { share, min_duration_s: 60, min_requests: 200, max_duration_s: None })
+        .collect()
 }
 
 async fn deployment(store: &PgStore, model: &str) -> DeploymentRow {
@@ -211,6 +214,27 @@ async fn bad_candidates_are_rolled_back_within_one_step_saying_why() {
         assert_eq!(alert.state, "firing");
         assert!(alert.message.contains(check), "{}", alert.message);
     }
+
+    // The dashboard shows the rollout, its decision and the failing check, in a browser.
+    let config: MonitorConfig = toml::from_str("[rollups]\nresolutions = [1, 60]\n").unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_url = format!("http://{}/?model=slow&range=86400", http.local_addr().unwrap());
+    let monitor = vigil_monitor::start(store.clone(), config, grpc, http).await.unwrap();
+    let browser = vigil_testkit::Chromium::launch(&page_url);
+    let mut page = browser.page().await;
+    let shown = page
+        .wait_for(
+            "document.querySelector('#rollouts tr[data-decision=rollback]')?.textContent",
+            std::time::Duration::from_secs(20),
+        )
+        .await;
+    let shown = shown.as_str().unwrap();
+    assert!(shown.contains("latency_p99_ms FAILED") && shown.contains("error_rate ok"), "{shown}");
+    let state = page.eval("document.querySelector('#rollouts tr.rollout').dataset.state").await;
+    assert_eq!(state, "rolled_back");
+    drop(browser);
+    monitor.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,4 +270,34 @@ async fn two_controllers_at_once_apply_a_step_once_and_people_can_pause_resume_a
     assert_eq!(rollout_of(&store, "scratch-detector").await.state, "aborted");
     let e = rollout::manual(&store, "scratch-detector", Manual::Abort, &by("", later)).await.unwrap_err();
     assert!(e.to_string().contains("no active rollout"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_without_a_verdict_by_its_deadline_pauses_for_a_person() {
+    let db = TestDatabase::create();
+    let store = store_with(&db, &["scratch-detector"]).await;
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    let steps: Vec<RolloutStep> = [0.01, 1.0]
+        .iter()
+        .map(|&share| RolloutStep { share, min_duration_s: 60, min_requests: 200, max_duration_s: Some(600) })
+        .collect();
+    rollout::start(&store, "scratch-detector", "2", &steps, &Change { actor: "anna", reason: "", at: t0 })
+        .await
+        .unwrap();
+    // 1% of the keys brings the candidate 50 requests in ten minutes: never enough to judge.
+    let mut rows = traffic("scratch-detector", "2", 2, t0, 50, GOOD);
+    rows.extend(traffic("scratch-detector", "1", 1, t0, 900, GOOD));
+    store.insert_batch(&rows, &[]).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+    let checks = RolloutChecks::default();
+    assert_eq!(rollout::advance_all(&views(&store), &checks, t0 + Duration::seconds(599)).await.unwrap(), 0);
+    assert_eq!(rollout::advance_all(&views(&store), &checks, t0 + Duration::seconds(601)).await.unwrap(), 1);
+    let r = rollout_of(&store, "scratch-detector").await;
+    assert_eq!((r.state.as_str(), r.step), ("paused", 0));
+    assert_eq!(r.decisions()[0]["decision"], "inconclusive");
+    let d = deployment(&store, "scratch-detector").await;
+    assert_eq!((d.mode.as_str(), d.share), ("canary", 0.01), "the traffic stays as it was");
+    let alert = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == "rollout:scratch-detector");
+    let alert = alert.expect("a person is called");
+    assert!(alert.state == "firing" && alert.message.contains("no verdict by its deadline"), "{alert:?}");
 }

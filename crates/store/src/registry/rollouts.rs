@@ -18,6 +18,9 @@ pub struct RolloutStep {
     pub share: f64,
     pub min_duration_s: u64,
     pub min_requests: u64,
+    /// A step still without a verdict this long after it started pauses for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_s: Option<u64>,
 }
 
 /// A rollout's states: `running` and `paused` are active (at most one per model); the others
@@ -73,6 +76,9 @@ pub fn validate_plan(steps: &[RolloutStep]) -> Result<(), String> {
     if steps.windows(2).any(|w| w[1].share <= w[0].share) {
         return Err("shares must rise from step to step".into());
     }
+    if steps.iter().any(|s| s.max_duration_s.is_some_and(|m| m < s.min_duration_s)) {
+        return Err("a step's deadline must not come before its minimum duration".into());
+    }
     if steps.last().map(|s| s.share) != Some(1.0) {
         return Err("the last step must give the candidate every key (share 1)".into());
     }
@@ -115,7 +121,7 @@ mod tests {
 
     #[test]
     fn plans_rise_to_the_whole_traffic() {
-        let step = |share| RolloutStep { share, min_duration_s: 60, min_requests: 100 };
+        let step = |share| RolloutStep { share, min_duration_s: 60, min_requests: 100, max_duration_s: None };
         assert!(validate_plan(&[step(0.01), step(0.25), step(1.0)]).is_ok());
         assert!(validate_plan(&[]).unwrap_err().contains("at least one step"));
         assert!(validate_plan(&[step(0.5), step(0.25), step(1.0)]).unwrap_err().contains("rise"));
