@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use clap::{Args, Subcommand};
 use vigil_monitor::rollout::{self, Manual};
-use vigil_store::{Backend, Change, MonitorStore, PredictionStore, RolloutRow, RolloutStep};
+use vigil_store::{Backend, Change, MonitorStore, PredictionStore, RolloutRow, RolloutStep, StepMode};
 
 #[derive(Args, Debug)]
 pub struct RolloutArgs {
@@ -44,6 +44,10 @@ pub enum RolloutCommand {
         /// (e.g. 2h); unset: it waits for its requests however long it takes.
         #[arg(long)]
         step_deadline: Option<humantime::Duration>,
+        /// First mirror every request to the candidate for this long (a shadow step judged
+        /// like the others, with its agreement with the primary), e.g. 30m.
+        #[arg(long)]
+        shadow: Option<humantime::Duration>,
     },
     /// Every rollout (or one model's), newest first, with its last decision.
     Status { model: Option<String> },
@@ -70,6 +74,7 @@ fn plan(
     duration: std::time::Duration,
     min_requests: u64,
     deadline: Option<std::time::Duration>,
+    shadow: Option<std::time::Duration>,
 ) -> Result<Vec<RolloutStep>> {
     let steps: Vec<RolloutStep> = steps
         .iter()
@@ -78,8 +83,22 @@ fn plan(
             min_duration_s: duration.as_secs(),
             min_requests,
             max_duration_s: deadline.map(|d| d.as_secs()),
+            mode: StepMode::Canary,
         })
         .collect();
+    let steps = match shadow {
+        // A first step mirroring every request to the candidate, judged as the others.
+        Some(d) => std::iter::once(RolloutStep {
+            share: 1.0,
+            mode: StepMode::Shadow,
+            min_duration_s: d.as_secs(),
+            max_duration_s: None,
+            ..steps[0]
+        })
+        .chain(steps)
+        .collect(),
+        None => steps,
+    };
     vigil_store::registry::rollouts::validate_plan(&steps).map_err(|e| anyhow::anyhow!("--steps: {e}"))?;
     Ok(steps)
 }
@@ -89,8 +108,9 @@ async fn command<S: PredictionStore + MonitorStore>(store: S, args: RolloutArgs)
     let actor = crate::model::whoami(args.by.clone());
     let change = Change { actor: &actor, reason: &args.reason, at: Utc::now() };
     let (model, action) = match args.command {
-        RolloutCommand::Start { model, candidate, steps, step_duration, min_requests, step_deadline } => {
-            let steps = plan(&steps, step_duration.into(), min_requests, step_deadline.map(Into::into))?;
+        RolloutCommand::Start { model, candidate, steps, step_duration, min_requests, step_deadline, shadow } => {
+            let deadline = step_deadline.map(Into::into);
+            let steps = plan(&steps, step_duration.into(), min_requests, deadline, shadow.map(Into::into))?;
             let r = rollout::start(&store, &model, &candidate, &steps, &change).await?;
             println!("{}", describe(&r));
             return Ok(0);
@@ -121,9 +141,10 @@ async fn command<S: PredictionStore + MonitorStore>(store: S, args: RolloutArgs)
 /// `scratch-detector 1 -> 2: running, step 2 of 5 (5%) since ...; last: next_step (error_rate ok, ...)`.
 fn describe(r: &RolloutRow) -> String {
     let steps = r.steps().unwrap_or_default();
-    let share = steps.get(r.step as usize).map_or(0.0, |s| s.share * 100.0);
+    let (share, mode) = steps.get(r.step as usize).map_or((0.0, StepMode::Canary), |s| (s.share * 100.0, s.mode));
+    let mode = if mode == StepMode::Shadow { "shadow " } else { "" };
     let mut line = format!(
-        "{} {} -> {}: {}, step {} of {} ({share}%) since {}",
+        "{} {} -> {}: {}, step {} of {} ({mode}{share}%) since {}",
         r.model_name,
         r.primary_version,
         r.candidate_version,

@@ -88,4 +88,11 @@ async fn a_rollout_is_started_shown_refused_when_wrong_and_aborted() {
     assert_eq!((d.mode.as_str(), d.primary_version.as_str()), ("single", "1"));
     let audit = store.audit_events(20).await.unwrap();
     assert!(audit.iter().any(|e| e.action == "rollout" && e.actor == "anna" && e.reason == "alarms on the line"));
+
+    // Again, first in shadow for 30 minutes: every request mirrored, the primary answering.
+    let out = vigil(&url, &["start", "scratch-detector", "--candidate", "2", "--shadow", "30m"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("running, step 1 of 6 (shadow 100%)"), "{}", text(&out));
+    let d = store.deployments().await.unwrap().remove(0);
+    assert_eq!((d.mode.as_str(), d.share, d.primary_version.as_str()), ("shadow", 1.0, "1"));
 }

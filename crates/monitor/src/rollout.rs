@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vigil_proto::vigil::v1::{RollupWindow, Variant};
 use vigil_store::monitoring::AlertRow;
-use vigil_store::{Change, DeploymentRow, MonitorStore, RolloutRow, RolloutStep};
+use vigil_store::{Change, DeploymentRow, MonitorStore, RolloutRow, RolloutStep, StepMode};
 
 use crate::sketch;
 use crate::views::{Scope, ViewError, Views};
@@ -46,6 +46,8 @@ pub struct RolloutChecks {
     pub score_p_value: f64,
     /// Labelled accuracy may fall by at most this (where both variants have labels).
     pub max_accuracy_drop: f64,
+    /// In a shadow step, the share of items the candidate answers as the primary did.
+    pub min_shadow_agreement: f64,
     /// A rate check fails only when the candidate's rate is also higher (or, for a rate where
     /// higher is better, lower) than the primary's with a one-sided p-value under this: no
     /// rollback on noise.
@@ -79,6 +81,7 @@ impl Default for RolloutChecks {
             max_score_ks: 0.2,
             score_p_value: 0.01,
             max_accuracy_drop: 0.02,
+            min_shadow_agreement: 0.9,
             significance: 0.05,
             feedback: vec![
                 FeedbackCheck { kind: "click".into(), higher_is_better: true, max_change: 0.05 },
@@ -121,6 +124,10 @@ pub struct Traffic {
     pub feedback: BTreeMap<String, u64>,
     pub labeled: u64,
     pub correct: u64,
+    /// In a shadow step: the candidate's answers compared with the primary's on the same
+    /// items, and how many agreed.
+    pub compared: u64,
+    pub agreed: u64,
 }
 
 /// Judges the candidate against the primary over `[since, now)`.
@@ -164,6 +171,17 @@ pub fn analyse(
         if xc + xp > 0 {
             rate_check(format!("feedback.{}", f.kind), xc, xp, f.max_change, f.higher_is_better);
         }
+    }
+    // In shadow: how often the candidate answers as the primary did on the same items.
+    if candidate_traffic.compared > 0 {
+        let agreement = candidate_traffic.agreed as f64 / candidate_traffic.compared as f64;
+        out.push(Check {
+            name: "shadow_agreement".into(),
+            candidate: Some(agreement),
+            primary: None,
+            limit: checks.min_shadow_agreement,
+            passed: agreement >= checks.min_shadow_agreement,
+        });
     }
     // Accuracy from late labels, where both variants have some: must not fall.
     let (lc, lp) = (candidate_traffic.labeled, primary_traffic.labeled);
@@ -268,10 +286,21 @@ async fn advance<S: MonitorStore>(
             }
             let labeled = views.store.labeled_predictions(&scope.model, None, scope.variant, since, now).await?;
             let correct = labeled.iter().filter(|p| p.predicted == p.actual).count() as u64;
-            Ok(Traffic { window, feedback, labeled: labeled.len() as u64, correct })
+            let (mut compared, mut agreed) = (0, 0);
+            if variant == Variant::Shadow {
+                let version = Scope { version: Some(rollout.candidate_version.clone()), ..scope.clone() };
+                for w in views.shadow_agreement(&version, since, now, seconds).await? {
+                    (compared, agreed) = (compared + w.compared, agreed + w.agreed);
+                }
+            }
+            Ok(Traffic { window, feedback, labeled: labeled.len() as u64, correct, compared, agreed })
         }
     };
-    let (candidate, primary) = (traffic(Variant::Canary).await?, traffic(Variant::Primary).await?);
+    let candidate_variant = match step.mode {
+        StepMode::Shadow => Variant::Shadow,
+        StepMode::Canary => Variant::Canary,
+    };
+    let (candidate, primary) = (traffic(candidate_variant).await?, traffic(Variant::Primary).await?);
     let elapsed = (now - since).to_std().unwrap_or_default();
     let analysis = analyse(step, elapsed, &candidate, &primary, checks);
     let past_deadline = step.max_duration_s.is_some_and(|m| elapsed > Duration::from_secs(m));
@@ -336,9 +365,10 @@ async fn advance<S: MonitorStore>(
         "next_step" => {
             next.step += 1;
             next.step_started_at = now;
-            let share = steps[next.step as usize].share;
-            let d = deployment("canary", &rollout.primary_version, Some(&rollout.candidate_version), share);
-            (keep_policy(d), format!("step {} passed; canary at {}%", rollout.step + 1, share * 100.0))
+            let to = steps[next.step as usize];
+            let mode = mode_name(to.mode);
+            let d = deployment(mode, &rollout.primary_version, Some(&rollout.candidate_version), to.share);
+            (keep_policy(d), format!("step {} passed; {mode} at {}%", rollout.step + 1, to.share * 100.0))
         }
         "promote" => {
             next.state = "promoted".into();
@@ -360,6 +390,14 @@ async fn advance<S: MonitorStore>(
     tracing::info!(rollout = %rollout.rollout_id, model = %rollout.model_name, "{reason}");
     notify(views, rollout, decision, &reason, now).await?;
     Ok(true)
+}
+
+/// The deployment mode of a step.
+fn mode_name(mode: StepMode) -> &'static str {
+    match mode {
+        StepMode::Canary => "canary",
+        StepMode::Shadow => "shadow",
+    }
 }
 
 fn registry_error(e: vigil_store::RegistryError) -> ViewError {
@@ -435,7 +473,7 @@ pub async fn start<S: MonitorStore>(
     let deployment = DeploymentRow {
         deployment_id: uuid::Uuid::now_v7().to_string(),
         candidate_version: Some(candidate.into()),
-        mode: "canary".into(),
+        mode: mode_name(steps[0].mode).into(),
         share: steps[0].share,
         updated_by: change.actor.into(),
         updated_at: change.at,
@@ -551,7 +589,8 @@ mod tests {
         Traffic { window: w, ..Default::default() }
     }
 
-    const STEP: RolloutStep = RolloutStep { share: 0.1, min_duration_s: 60, min_requests: 100, max_duration_s: None };
+    const STEP: RolloutStep =
+        RolloutStep { share: 0.1, mode: StepMode::Canary, min_duration_s: 60, min_requests: 100, max_duration_s: None };
 
     #[test]
     fn a_step_waits_for_its_time_and_its_requests() {

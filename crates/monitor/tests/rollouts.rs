@@ -12,7 +12,7 @@ use vigil_monitor::{Catalog, MonitorConfig, Views};
 use vigil_store::testing::{TestDatabase, prediction};
 use vigil_store::{
     AlertStore as _, Change, DeploymentRow, DeploymentStore, ModelVersionRow, PgStore, PredictionRow, PredictionStore,
-    RegistryStore, RolloutStep, RolloutStore,
+    RegistryStore, RolloutStep, RolloutStore, StepMode,
 };
 
 const RESOLUTIONS: [u32; 2] = [1, 60];
@@ -110,7 +110,7 @@ async fn minute(store: &PgStore, model: &str, at: DateTime<Utc>, candidate: Answ
 fn plan() -> Vec<RolloutStep> {
     [0.1, 0.5, 1.0]
         .iter()
-        .map(|&share| RolloutStep { share, min_duration_s: 60, min_requests: 200, max_duration_s: None })
+        .map(|&share| RolloutStep { share, min_duration_s: 60, min_requests: 200, ..Default::default() })
         .collect()
 }
 
@@ -279,7 +279,13 @@ async fn a_step_without_a_verdict_by_its_deadline_pauses_for_a_person() {
     let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
     let steps: Vec<RolloutStep> = [0.01, 1.0]
         .iter()
-        .map(|&share| RolloutStep { share, min_duration_s: 60, min_requests: 200, max_duration_s: Some(600) })
+        .map(|&share| RolloutStep {
+            share,
+            min_duration_s: 60,
+            min_requests: 200,
+            max_duration_s: Some(600),
+            ..Default::default()
+        })
         .collect();
     rollout::start(&store, "scratch-detector", "2", &steps, &Change { actor: "anna", reason: "", at: t0 })
         .await
@@ -300,4 +306,49 @@ async fn a_step_without_a_verdict_by_its_deadline_pauses_for_a_person() {
     let alert = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == "rollout:scratch-detector");
     let alert = alert.expect("a person is called");
     assert!(alert.state == "firing" && alert.message.contains("no verdict by its deadline"), "{alert:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_step_judges_agreement_with_the_primary_on_the_same_items() {
+    let db = TestDatabase::create();
+    let store = store_with(&db, &["agrees", "disagrees"]).await;
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    let steps = [
+        RolloutStep { share: 1.0, mode: StepMode::Shadow, min_duration_s: 60, min_requests: 200, ..Default::default() },
+        RolloutStep { share: 1.0, min_duration_s: 60, min_requests: 200, ..Default::default() },
+    ];
+    for (model, shadow) in [("agrees", GOOD), ("disagrees", Answers { score_offset: 0.5, ..GOOD })] {
+        rollout::start(&store, model, "2", &steps, &Change { actor: "anna", reason: "", at: t0 }).await.unwrap();
+        let d = deployment(&store, model).await;
+        assert_eq!((d.mode.as_str(), d.share), ("shadow", 1.0), "{model}");
+        // Every request answered by the primary and mirrored to the candidate: same trace ids.
+        let mut primary = traffic(model, "1", 1, t0, 300, GOOD);
+        let mut mirrored = traffic(model, "2", 3, t0, 300, shadow);
+        for (i, (p, m)) in primary.iter_mut().zip(mirrored.iter_mut()).enumerate() {
+            p.trace_id = format!("{model}-{i}");
+            m.trace_id = p.trace_id.clone();
+        }
+        primary.extend(mirrored);
+        store.insert_batch(&primary, &[]).await.unwrap();
+    }
+    while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+    let checks = RolloutChecks::default();
+    assert_eq!(rollout::advance_all(&views(&store), &checks, t0 + Duration::seconds(61)).await.unwrap(), 2);
+    let agrees = rollout_of(&store, "agrees").await;
+    assert_eq!((agrees.state.as_str(), agrees.step), ("running", 1), "in agreement: on to the canary");
+    assert_eq!(deployment(&store, "agrees").await.mode, "canary");
+    let agreement =
+        &agrees.decisions()[0]["checks"].as_array().unwrap().iter().find(|c| c["name"] == "shadow_agreement").cloned();
+    assert_eq!(agreement.as_ref().map(|c| c["candidate"].clone()), Some(serde_json::json!(1.0)), "{agreement:?}");
+    let disagrees = rollout_of(&store, "disagrees").await;
+    assert_eq!(disagrees.state, "rolled_back");
+    let failed: Vec<String> = disagrees.decisions()[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(failed.contains(&"shadow_agreement".to_string()), "{failed:?}");
+    assert_eq!(deployment(&store, "disagrees").await.mode, "single", "the shadow stops");
 }

@@ -18,7 +18,7 @@ pub use monitoring::{AlertStore, LeaseStore, MonitorStore, OutcomeStore, RollupS
 pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 pub use registry::deployments::{DeploymentRow, DeploymentStore};
-pub use registry::rollouts::{RolloutRow, RolloutStep, RolloutStore};
+pub use registry::rollouts::{RolloutRow, RolloutStep, RolloutStore, StepMode};
 pub use registry::{AuditEvent, Change, ModelVersionRow, RegistryError, RegistryStore, Stage};
 pub use review::{ReviewError, ReviewItem, ReviewStats, ReviewStore, ReviewedPrediction};
 pub use rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow, RowError};

@@ -10,12 +10,26 @@ use serde::{Deserialize, Serialize};
 use super::deployments::DeploymentRow;
 use super::{Change, RegistryError};
 
-/// One step of a plan: the candidate's share of routing keys, held at least `min_duration_s`
-/// and until the candidate answered `min_requests`, then judged.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// How a step runs the candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepMode {
+    /// A share of the routing keys is answered by the candidate.
+    #[default]
+    Canary,
+    /// A share of the requests is mirrored to the candidate; the primary answers all of them.
+    Shadow,
+}
+
+/// One step of a plan: the candidate's share of routing keys (or of requests mirrored), held
+/// at least `min_duration_s` and until the candidate answered `min_requests`, then judged.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct RolloutStep {
-    /// 0 < share <= 1; the last step is 1 (the candidate answers everything, then is promoted).
+    /// 0 < share <= 1; the last step is a canary at 1 (the candidate answers everything, then
+    /// is promoted).
     pub share: f64,
+    #[serde(default)]
+    pub mode: StepMode,
     pub min_duration_s: u64,
     pub min_requests: u64,
     /// A step still without a verdict this long after it started pauses for a person.
@@ -73,13 +87,17 @@ pub fn validate_plan(steps: &[RolloutStep]) -> Result<(), String> {
     if steps.iter().any(|s| !(s.share > 0.0 && s.share <= 1.0)) {
         return Err("every step's share must be in (0, 1]".into());
     }
-    if steps.windows(2).any(|w| w[1].share <= w[0].share) {
-        return Err("shares must rise from step to step".into());
+    let canary: Vec<f64> = steps.iter().filter(|s| s.mode == StepMode::Canary).map(|s| s.share).collect();
+    if canary.windows(2).any(|w| w[1] <= w[0]) {
+        return Err("canary shares must rise from step to step".into());
+    }
+    if steps.windows(2).any(|w| w[0].mode == StepMode::Canary && w[1].mode == StepMode::Shadow) {
+        return Err("shadow steps come before the canary steps".into());
     }
     if steps.iter().any(|s| s.max_duration_s.is_some_and(|m| m < s.min_duration_s)) {
         return Err("a step's deadline must not come before its minimum duration".into());
     }
-    if steps.last().map(|s| s.share) != Some(1.0) {
+    if steps.last().map(|s| (s.mode, s.share)) != Some((StepMode::Canary, 1.0)) {
         return Err("the last step must give the candidate every key (share 1)".into());
     }
     Ok(())
@@ -121,7 +139,18 @@ mod tests {
 
     #[test]
     fn plans_rise_to_the_whole_traffic() {
-        let step = |share| RolloutStep { share, min_duration_s: 60, min_requests: 100, max_duration_s: None };
+        let step = |share| RolloutStep {
+            share,
+            mode: StepMode::Canary,
+            min_duration_s: 60,
+            min_requests: 100,
+            max_duration_s: None,
+        };
+        let shadow = RolloutStep { mode: StepMode::Shadow, ..step(1.0) };
+        assert!(validate_plan(&[shadow, step(0.1), step(1.0)]).is_ok());
+        assert!(validate_plan(&[step(0.1), shadow, step(1.0)]).unwrap_err().contains("shadow steps come before"));
+        assert!(validate_plan(&[shadow, step(0.5)]).unwrap_err().contains("share 1"));
+        assert!(validate_plan(&[shadow]).unwrap_err().contains("share 1"), "a shadow alone promotes nothing");
         assert!(validate_plan(&[step(0.01), step(0.25), step(1.0)]).is_ok());
         assert!(validate_plan(&[]).unwrap_err().contains("at least one step"));
         assert!(validate_plan(&[step(0.5), step(0.25), step(1.0)]).unwrap_err().contains("rise"));
