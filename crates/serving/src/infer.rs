@@ -80,6 +80,11 @@ pub struct ShadowRun {
 /// shadow answered; never awaited by the request.
 pub type ShadowObserver = Arc<dyn Fn(ShadowRun) + Send + Sync>;
 
+/// A shadow's own inputs for the request, when the primary's would not be what it sees (a
+/// shadow that prepares images differently); None: the primary's. Runs on a blocking thread
+/// inside the shadow's task, off the primary's path.
+pub type ShadowInputs = Arc<dyn Fn(&LoadedModel) -> Option<Result<Vec<Tensor>, InferenceError>> + Send + Sync>;
+
 /// Shadow copies run here, at most `capacity` at once; a copy that finds the lane full is
 /// skipped and counted, so shadows never queue up behind or in front of real traffic.
 #[derive(Debug)]
@@ -175,8 +180,19 @@ impl Infer {
         inputs: Vec<Tensor>,
         on_shadow: Option<ShadowObserver>,
     ) -> Result<Inferred, InferenceError> {
+        self.run_with(route, inputs, on_shadow, None).await
+    }
+
+    /// As [`Infer::run`], each shadow taking its inputs from `shadow_inputs` where it gives them.
+    pub async fn run_with(
+        &self,
+        route: &Route,
+        inputs: Vec<Tensor>,
+        on_shadow: Option<ShadowObserver>,
+        shadow_inputs: Option<ShadowInputs>,
+    ) -> Result<Inferred, InferenceError> {
         if !route.shadows.is_empty() {
-            self.start_shadows(route, &inputs, on_shadow);
+            self.start_shadows(route, &inputs, on_shadow, shadow_inputs);
         }
         let model = route.primary.clone();
         let output = model.batcher.infer(inputs).await?;
@@ -194,7 +210,13 @@ impl Infer {
         }
     }
 
-    fn start_shadows(&self, route: &Route, inputs: &[Tensor], on_shadow: Option<ShadowObserver>) {
+    fn start_shadows(
+        &self,
+        route: &Route,
+        inputs: &[Tensor],
+        on_shadow: Option<ShadowObserver>,
+        shadow_inputs: Option<ShadowInputs>,
+    ) {
         for shadow in &route.shadows {
             let Ok(permit) = self.lane.permits.clone().try_acquire_owned() else {
                 self.lane.skipped.fetch_add(1, Ordering::Relaxed);
@@ -203,8 +225,22 @@ impl Infer {
             self.lane.started.fetch_add(1, Ordering::Relaxed);
             let (shadow, inputs, observer) = (shadow.clone(), inputs.to_vec(), on_shadow.clone());
             let (deployment, metrics, lane) = (route.deployment.clone(), self.metrics.clone(), self.lane.clone());
+            let own_inputs = shadow_inputs.clone();
             tokio::spawn(async move {
-                let result = shadow.batcher.infer(inputs).await;
+                let own = match own_inputs {
+                    Some(prepare) => {
+                        let model = shadow.clone();
+                        tokio::task::spawn_blocking(move || prepare(&model)).await.unwrap_or_else(|e| {
+                            Some(Err(InferenceError::Runtime(format!("shadow preparation failed: {e}"))))
+                        })
+                    }
+                    None => None,
+                };
+                let result = match own {
+                    Some(Ok(own)) => shadow.batcher.infer(own).await,
+                    Some(Err(e)) => Err(e),
+                    None => shadow.batcher.infer(inputs).await,
+                };
                 drop(permit);
                 // Timed under variant="shadow"; the version's request statistics count only
                 // the requests it answered.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use vigil_inference::batcher::BatchOutput;
 use vigil_inference::config::ModelConfig;
 use vigil_inference::image::{ImageLimits, prepare};
-use vigil_inference::repository::ModelRepository;
+use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_proto::vigil::v1::inspection_server::Inspection;
 use vigil_proto::vigil::v1::{
     Decision, ImageFeatures, InspectError, InspectRequest, InspectResponse, InspectStreamResponse, ReviewRequest,
@@ -18,7 +18,7 @@ use vigil_proto::vigil::v1::{
 };
 
 use crate::decision::{Automation, Policy};
-use crate::infer::{Infer, Route, ShadowObserver, ShadowRun};
+use crate::infer::{Infer, Route, ShadowInputs, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
 use crate::records::{RecordEmitter, RequestContext, new_trace_id};
 use crate::request_metrics::ServedBy;
@@ -145,7 +145,17 @@ impl InspectionService {
                 }
                 _ => None,
             };
-            Some(self.infer.run(route, vec![prepared.tensor], on_shadow).await.map_err(to_status)?.output)
+            // A shadow that prepares images differently sees the image as it would prepare it.
+            let differs = route.shadows.iter().any(|s| s.config.preprocess.as_ref() != config.preprocess.as_ref());
+            let shadow_inputs: Option<ShadowInputs> = (differs && on_shadow.is_some()).then(|| {
+                let (image, primary) = (image.clone(), config.preprocess.clone());
+                Arc::new(move |shadow: &LoadedModel| {
+                    let pre = shadow.config.preprocess.as_ref()?;
+                    (Some(pre) != primary.as_ref()).then(|| prepare(&image, pre, &limits).map(|p| vec![p.tensor]))
+                }) as ShadowInputs
+            });
+            let run = self.infer.run_with(route, vec![prepared.tensor], on_shadow, shadow_inputs);
+            Some(run.await.map_err(to_status)?.output)
         } else {
             None
         };

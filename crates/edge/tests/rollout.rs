@@ -1,0 +1,191 @@
+//! The seed's phone line, rolled out by itself: the edge server follows the deployments in
+//! Postgres, its records go through the logger's pipeline into the same database, the monitor
+//! rolls them up and its controller steps the next scratch-detector version from shadow through
+//! a canary to the whole line while the line client inspects phones; then a version that reads
+//! the images differently (a changed normalisation: its scores shift) is rolled back within its
+//! first step with no person involved, and the line never stops answering.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use vigil_logbus::Emitter;
+use vigil_logger::{BatchSettings, LoggerStats};
+use vigil_monitor::MonitorConfig;
+use vigil_monitor::rollout;
+use vigil_proto::vigil::v1::InspectRequest;
+use vigil_serving::RecordEmitter;
+use vigil_store::registry::sha256_file;
+use vigil_store::testing::TestDatabase;
+use vigil_store::{
+    Change, DeploymentRow, DeploymentStore, ModelVersionRow, PgStore, PredictionStore, RegistryStore, RolloutStep,
+    RolloutStore, StepMode,
+};
+
+fn registered(version: &str, digest: &str) -> ModelVersionRow {
+    let now = chrono::Utc::now();
+    ModelVersionRow {
+        model_name: MODEL.into(),
+        version: version.into(),
+        artifact_sha256: digest.into(),
+        artifact_uri: String::new(),
+        training_data: String::new(),
+        metrics: serde_json::json!({}),
+        stage: "candidate".into(),
+        registered_by: "anna".into(),
+        registered_at: now,
+        stage_changed_at: now,
+    }
+}
+
+/// Shadow, then half the stations, then all, each step at least 2 s and 60 of the
+/// candidate's answers.
+fn plan() -> Vec<RolloutStep> {
+    let step = |share, mode| RolloutStep { share, mode, min_duration_s: 2, min_requests: 60, max_duration_s: Some(60) };
+    vec![step(1.0, StepMode::Shadow), step(0.5, StepMode::Canary), step(1.0, StepMode::Canary)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_rolled_back_by_itself() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 8).unwrap();
+    store.migrate().await.unwrap();
+
+    // Versions 1 and 2 are the shipped model; version 3 normalises the images differently.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    for version in 1..=3 {
+        copy_version(&model_dir(), &repo.join(MODEL), version, None);
+    }
+    let toml = repo.join(MODEL).join("3/model.toml");
+    let changed = std::fs::read_to_string(&toml).unwrap().replace("mean = 0.5", "mean = 0.1");
+    std::fs::write(&toml, changed).unwrap();
+    let digest = sha256_file(&repo.join(MODEL).join("1/model.onnx")).unwrap();
+    for version in ["1", "2", "3"] {
+        store.register_version(&registered(version, &digest), "").await.unwrap();
+    }
+    let now = chrono::Utc::now();
+    let single = DeploymentRow {
+        model_name: MODEL.into(),
+        deployment_id: "d-1".into(),
+        primary_version: "1".into(),
+        candidate_version: None,
+        mode: "single".into(),
+        share: 0.0,
+        updated_by: "anna".into(),
+        updated_at: now,
+        policy: "full".into(),
+        accept_below: None,
+        reject_at: None,
+    };
+    store.set_deployment(&single, &Change { actor: "anna", reason: "", at: now }).await.unwrap();
+
+    // The line: the edge server following the deployments, its records into Postgres.
+    let (sink, receiver) = vigil_logbus::in_process::channel(65_536);
+    let (emitter, _emitting) = Emitter::start(sink, 65_536, 64);
+    let batch = BatchSettings { max_wait_ms: 50, ..Default::default() };
+    tokio::spawn(vigil_logger::embedded::run(receiver, store.clone(), batch, Arc::new(LoggerStats::default())));
+    let mut config = config();
+    config.model_repository = repo.clone();
+    config.models.load_all_versions = true;
+    config.deployments.database_url = db.url();
+    config.deployments.poll_interval_ms = 100;
+    let server = vigil_edge::start_with(config, false, Some(RecordEmitter::new(emitter, "edge-1"))).await.unwrap();
+    let (inspect, _) = clients(&server).await;
+
+    // The monitor: rollups every 100 ms, the controller every 300 ms.
+    let monitor_config: MonitorConfig = toml::from_str(&format!(
+        "models = \"{}\"\n[rollups]\nresolutions = [1, 60]\npoll = \"100ms\"\n[alerting]\nevaluate_every = \"200ms\"\n\
+         [rollouts]\nevaluate_every = \"300ms\"\n",
+        repo.display()
+    ))
+    .unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let monitor = vigil_monitor::start(store.clone(), monitor_config, grpc, http).await.unwrap();
+
+    // The line client: phones from 32 stations, one after another, until the rollout ends.
+    let images: Vec<Vec<u8>> = samples("normal").into_iter().map(|(_, png)| png).collect();
+    let drive = |model_version: &'static str| {
+        let (store, inspect, images) = (store.clone(), inspect.clone(), images.clone());
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            let mut i = 0usize;
+            loop {
+                let mut client = inspect.clone();
+                let request = InspectRequest {
+                    image: images[i % images.len()].clone(),
+                    station_id: format!("line-{}", i % 32),
+                    ..Default::default()
+                };
+                client.inspect(request).await.expect("the line never stops answering");
+                i += 1;
+                if i.is_multiple_of(50) {
+                    let r = store.rollouts(Some(MODEL)).await.unwrap().remove(0);
+                    assert_eq!(r.candidate_version, model_version);
+                    if !r.is_active() {
+                        return (r, i);
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "rollout still {} at step {}: {}",
+                        r.state,
+                        r.step,
+                        r.history
+                    );
+                }
+            }
+        }
+    };
+
+    let by_anna = Change { actor: "anna", reason: "v2 passed offline evaluation", at: chrono::Utc::now() };
+    rollout::start(&store, MODEL, "2", &plan(), &by_anna).await.unwrap();
+    let (done, phones) = drive("2").await;
+    assert_eq!(done.state, "promoted", "{}", done.history);
+    let decisions: Vec<String> = done.decisions().iter().map(|d| d["decision"].as_str().unwrap().to_string()).collect();
+    assert_eq!(decisions, ["next_step", "next_step", "promote"], "shadow, half the line, all of it");
+    let shadow = &done.decisions()[0]["checks"];
+    let agreement = shadow.as_array().unwrap().iter().find(|c| c["name"] == "shadow_agreement").unwrap();
+    assert_eq!(agreement["candidate"], 1.0, "the same model agrees on every phone: {agreement}");
+    // Version 2 now answers every station.
+    let answered_by = |station: String| {
+        let mut client = inspect.clone();
+        let image = images[0].clone();
+        async move {
+            let request = InspectRequest { image, station_id: station, ..Default::default() };
+            client.inspect(request).await.unwrap().into_inner().model_version
+        }
+    };
+    let mut waited = 0;
+    while answered_by("line-7".into()).await != "2" {
+        waited += 1;
+        assert!(waited < 50, "the server never followed the promotion");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for station in 0..8 {
+        assert_eq!(answered_by(format!("line-{station}")).await, "2");
+    }
+
+    // Version 3: its scores shift; rolled back in the shadow step, the line keeps version 2.
+    let by_ben = Change { actor: "ben", reason: "new normalisation", at: chrono::Utc::now() };
+    rollout::start(&store, MODEL, "3", &plan(), &by_ben).await.unwrap();
+    let (done, _) = drive("3").await;
+    assert_eq!((done.state.as_str(), done.step), ("rolled_back", 0), "{}", done.history);
+    let failed: Vec<String> = done.decisions()[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(failed.contains(&"score_ks".to_string()), "{failed:?}");
+    let d = store.deployments().await.unwrap().remove(0);
+    assert_eq!((d.mode.as_str(), d.primary_version.as_str()), ("single", "2"));
+    let audit = store.audit_events(100).await.unwrap();
+    assert!(audit.iter().any(|e| e.actor == rollout::CONTROLLER && e.reason.contains("score_ks")));
+    println!("{phones} phones inspected during the first rollout");
+    monitor.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}
