@@ -48,6 +48,9 @@ pub struct RolloutChecks {
     pub max_accuracy_drop: f64,
     /// In a shadow step, the share of items the candidate answers as the primary did.
     pub min_shadow_agreement: f64,
+    /// Reviewers' overrides (decisions other than the model's) per reviewed item may rise by
+    /// at most this.
+    pub max_override_increase: f64,
     /// A rate check fails only when the candidate's rate is also higher (or, for a rate where
     /// higher is better, lower) than the primary's with a one-sided p-value under this: no
     /// rollback on noise.
@@ -82,6 +85,7 @@ impl Default for RolloutChecks {
             score_p_value: 0.01,
             max_accuracy_drop: 0.02,
             min_shadow_agreement: 0.9,
+            max_override_increase: 0.05,
             significance: 0.05,
             feedback: vec![
                 FeedbackCheck { kind: "click".into(), higher_is_better: true, max_change: 0.05 },
@@ -128,6 +132,9 @@ pub struct Traffic {
     /// items, and how many agreed.
     pub compared: u64,
     pub agreed: u64,
+    /// Items of this variant a reviewer decided, and of those, decided otherwise than the model.
+    pub reviewed: u64,
+    pub overridden: u64,
 }
 
 /// Judges the candidate against the primary over `[since, now)`.
@@ -182,6 +189,16 @@ pub fn analyse(
             limit: checks.min_shadow_agreement,
             passed: agreement >= checks.min_shadow_agreement,
         });
+    }
+    // Reviewers deciding otherwise than the model, where both variants had items reviewed.
+    let (rc, rp) = (candidate_traffic.reviewed, primary_traffic.reviewed);
+    if rc > 0 && rp > 0 {
+        let (oc, op) = (candidate_traffic.overridden, primary_traffic.overridden);
+        let (c, p) = (oc as f64 / rc as f64, op as f64 / rp as f64);
+        let limit = p + checks.max_override_increase;
+        let p_value = vigil_drift::proportion_greater_p_value(oc, rc, op, rp);
+        let passed = !(c > limit && p_value < checks.significance);
+        out.push(Check { name: "review_overrides".into(), candidate: Some(c), primary: Some(p), limit, passed });
     }
     // Accuracy from late labels, where both variants have some: must not fall.
     let (lc, lp) = (candidate_traffic.labeled, primary_traffic.labeled);
@@ -295,7 +312,25 @@ async fn advance<S: MonitorStore>(
                     (compared, agreed) = (compared + w.compared, agreed + w.agreed);
                 }
             }
-            Ok(Traffic { window, feedback, labeled: labeled.len() as u64, correct, compared, agreed })
+            let version =
+                if variant == Variant::Primary { &rollout.primary_version } else { &rollout.candidate_version };
+            let reviews = views.review_summary(&scope.model, since, now).await?;
+            let (mut reviewed, mut overridden) = (0, 0);
+            for a in
+                reviews.agreement.iter().filter(|a| a.variant == variant_label(variant) && &a.model_version == version)
+            {
+                (reviewed, overridden) = (reviewed + a.compared, overridden + a.compared - a.agreed);
+            }
+            Ok(Traffic {
+                window,
+                feedback,
+                labeled: labeled.len() as u64,
+                correct,
+                compared,
+                agreed,
+                reviewed,
+                overridden,
+            })
         }
     };
     let candidate_variant = match step.mode {
@@ -392,6 +427,15 @@ async fn advance<S: MonitorStore>(
     tracing::info!(rollout = %rollout.rollout_id, model = %rollout.model_name, "{reason}");
     notify(views, rollout, decision, &reason, now).await?;
     Ok(true)
+}
+
+/// A variant as the review summary names it.
+fn variant_label(variant: Variant) -> &'static str {
+    match variant {
+        Variant::Canary => "canary",
+        Variant::Shadow => "shadow",
+        _ => "primary",
+    }
 }
 
 /// The deployment mode of a step.
@@ -631,6 +675,9 @@ mod tests {
         let wrong = Traffic { labeled: 400, correct: 320, ..window(500, 0, 2.0, &low) };
         let right = Traffic { labeled: 4000, correct: 3800, ..window(5000, 0, 2.0, &low) };
         assert_eq!(judge(&wrong, &right), ["accuracy"], "80% against 95% of labels right");
+        let overruled = Traffic { reviewed: 200, overridden: 60, ..window(500, 0, 2.0, &low) };
+        let trusted = Traffic { reviewed: 2000, overridden: 100, ..window(5000, 0, 2.0, &low) };
+        assert_eq!(judge(&overruled, &trusted), ["review_overrides"], "reviewers overrule 30% against 5%");
         let mut other_inputs = window(500, 0, 2.0, &low);
         let mut inputs = window(5000, 0, 2.0, &low);
         for (w, offset) in [(&mut other_inputs.window, 60.0), (&mut inputs.window, 120.0)] {
