@@ -153,19 +153,12 @@ fn describe(r: &RolloutRow) -> String {
         steps.len(),
         r.step_started_at.format("%Y-%m-%d %H:%M:%S UTC")
     );
-    if let Some(last) = r.decisions().last() {
-        let checks: Vec<String> = last["checks"]
-            .as_array()
-            .map(|checks| {
-                checks
-                    .iter()
-                    .map(|c| {
-                        let verdict = if c["passed"] == true { "ok" } else { "FAILED" };
-                        format!("{} {verdict}", c["name"].as_str().unwrap_or("?"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    let decisions = r.decisions();
+    if let Some(last) = decisions.last() {
+        let checks: Vec<String> = rollout::decision_checks(r, decisions.len() - 1)
+            .into_iter()
+            .map(|c| format!("{} {}", c.name, if c.passed { "ok" } else { "FAILED" }))
+            .collect();
         line += &format!("; last decision: {}", last["decision"].as_str().unwrap_or("?"));
         if !checks.is_empty() {
             line += &format!(" ({})", checks.join(", "));

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use vigil_proto::vigil::v1::voice_search_client::VoiceSearchClient;
 use vigil_proto::vigil::v1::{SearchConfig, SearchRequest, SpeechSegment, VadReport, search_request, search_response};
 use vigil_speech::audio::{self, SAMPLES_PER_MS};
-use vigil_speech::vad::{CHUNK, Segmenter, VadParams, VadStream};
+use vigil_speech::vad::{self, CHUNK, Segmenter, VadParams, VadStream};
 use vigil_speech::{LocalModel, SAMPLE_RATE};
 
 #[derive(Args, Debug)]
@@ -256,14 +256,6 @@ fn vad_report(
     probabilities: &[f32],
     vad_time: Duration,
 ) -> VadReport {
-    // The chunks whose start lies in a span sent as speech.
-    let in_speech: Vec<f32> = probabilities
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| spans.iter().any(|s| s.contains(&(i * CHUNK))))
-        .map(|(_, &p)| p)
-        .collect();
-    let mean = if in_speech.is_empty() { 0.0 } else { in_speech.iter().sum::<f32>() / in_speech.len() as f32 };
     VadReport {
         model_name: vad.name().to_string(),
         model_version: vad.version().to_string(),
@@ -273,7 +265,7 @@ fn vad_report(
         threshold: params.threshold,
         min_speech_ms: params.min_speech_ms,
         min_silence_ms: params.min_silence_ms,
-        mean_speech_probability: mean.clamp(0.0, 1.0),
+        mean_speech_probability: vad::mean_probability_in(probabilities, spans).clamp(0.0, 1.0),
         compute_time_us: vad_time.as_micros() as u64,
     }
 }

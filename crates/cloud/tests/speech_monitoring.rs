@@ -49,12 +49,6 @@ async fn device_messages(vad: &LocalModel, samples: &[f32], params: VadParams) -
         };
         messages.push(SearchRequest { message: Some(search_request::Message::Segment(segment)) });
     }
-    let in_speech: Vec<f32> = probabilities
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| spans.iter().any(|s| s.contains(&(i * vad::CHUNK))))
-        .map(|(_, &p)| p)
-        .collect();
     let report = VadReport {
         model_name: vad.name().into(),
         model_version: vad.version().to_string(),
@@ -64,7 +58,7 @@ async fn device_messages(vad: &LocalModel, samples: &[f32], params: VadParams) -
         threshold: params.threshold,
         min_speech_ms: params.min_speech_ms,
         min_silence_ms: params.min_silence_ms,
-        mean_speech_probability: in_speech.iter().sum::<f32>() / in_speech.len().max(1) as f32,
+        mean_speech_probability: vad::mean_probability_in(&probabilities, &spans),
         compute_time_us: vad_time.as_micros() as u64,
     };
     messages.push(SearchRequest { message: Some(search_request::Message::VadReport(report)) });

@@ -146,9 +146,8 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
     assert_eq!(done.state, "promoted", "{}", done.history);
     let decisions: Vec<String> = done.decisions().iter().map(|d| d["decision"].as_str().unwrap().to_string()).collect();
     assert_eq!(decisions, ["next_step", "next_step", "promote"], "shadow, half the line, all of it");
-    let shadow = &done.decisions()[0]["checks"];
-    let agreement = shadow.as_array().unwrap().iter().find(|c| c["name"] == "shadow_agreement").unwrap();
-    assert_eq!(agreement["candidate"], 1.0, "the same model agrees on every phone: {agreement}");
+    let agreement = rollout::decision_checks(&done, 0).into_iter().find(|c| c.name == "shadow_agreement").unwrap();
+    assert_eq!(agreement.candidate, Some(1.0), "the same model agrees on every phone: {agreement:?}");
     // Version 2 now answers every station.
     let answered_by = |station: String| {
         let mut client = inspect.clone();
@@ -173,13 +172,7 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
     rollout::start(&store, MODEL, "3", &plan(), &by_ben).await.unwrap();
     let (done, _) = drive("3").await;
     assert_eq!((done.state.as_str(), done.step), ("rolled_back", 0), "{}", done.history);
-    let failed: Vec<String> = done.decisions()[0]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["passed"] == false)
-        .map(|c| c["name"].as_str().unwrap().to_string())
-        .collect();
+    let failed = rollout::failed_checks(&done, 0);
     assert!(failed.contains(&"score_ks".to_string()), "{failed:?}");
     let d = store.deployments().await.unwrap().remove(0);
     assert_eq!((d.mode.as_str(), d.primary_version.as_str()), ("single", "2"));

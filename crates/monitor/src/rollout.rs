@@ -16,7 +16,7 @@ use vigil_store::monitoring::AlertRow;
 use vigil_store::{Change, DeploymentRow, MonitorStore, RolloutRow, RolloutStep, StepMode};
 
 use crate::sketch;
-use crate::views::{Scope, ViewError, Views};
+use crate::views::{Scope, ViewError, Views, variant_name};
 
 /// The actor of the controller's changes in the audit log.
 pub const CONTROLLER: &str = "rollout-controller";
@@ -105,6 +105,17 @@ pub struct Check {
     /// The most the candidate may have.
     pub limit: f64,
     pub passed: bool,
+}
+
+/// The checks behind a rollout's `index`th decision, as its history keeps them (none for a
+/// decision made by hand, or past the history's end).
+pub fn decision_checks(rollout: &RolloutRow, index: usize) -> Vec<Check> {
+    rollout.decisions().get(index).and_then(|d| serde_json::from_value(d["checks"].clone()).ok()).unwrap_or_default()
+}
+
+/// The names of the checks that failed in a rollout's `index`th decision.
+pub fn failed_checks(rollout: &RolloutRow, index: usize) -> Vec<String> {
+    decision_checks(rollout, index).into_iter().filter(|c| !c.passed).map(|c| c.name).collect()
 }
 
 /// A step's verdict.
@@ -289,8 +300,11 @@ async fn advance<S: MonitorStore>(
     let scope =
         |variant: Variant| Scope { model: rollout.model_name.clone(), version: None, variant: Some(variant as i16) };
     let since = rollout.step_started_at;
+    // Reviewers' decisions of the window, read once for both variants.
+    let reviews =
+        if since < now { views.review_summary(&rollout.model_name, since, now).await?.agreement } else { Vec::new() };
     let traffic = |variant: Variant| {
-        let scope = scope(variant);
+        let (scope, reviews) = (scope(variant), &reviews);
         async move {
             if since >= now {
                 return Ok::<_, ViewError>(Traffic::default());
@@ -314,11 +328,9 @@ async fn advance<S: MonitorStore>(
             }
             let version =
                 if variant == Variant::Primary { &rollout.primary_version } else { &rollout.candidate_version };
-            let reviews = views.review_summary(&scope.model, since, now).await?;
             let (mut reviewed, mut overridden) = (0, 0);
-            for a in
-                reviews.agreement.iter().filter(|a| a.variant == variant_label(variant) && &a.model_version == version)
-            {
+            let name = variant_name(variant as i16);
+            for a in reviews.iter().filter(|a| a.variant == name && &a.model_version == version) {
                 (reviewed, overridden) = (reviewed + a.compared, overridden + a.compared - a.agreed);
             }
             Ok(Traffic {
@@ -427,15 +439,6 @@ async fn advance<S: MonitorStore>(
     tracing::info!(rollout = %rollout.rollout_id, model = %rollout.model_name, "{reason}");
     notify(views, rollout, decision, &reason, now).await?;
     Ok(true)
-}
-
-/// A variant as the review summary names it.
-fn variant_label(variant: Variant) -> &'static str {
-    match variant {
-        Variant::Canary => "canary",
-        Variant::Shadow => "shadow",
-        _ => "primary",
-    }
 }
 
 /// The deployment mode of a step.

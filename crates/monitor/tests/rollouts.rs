@@ -196,14 +196,7 @@ async fn bad_candidates_are_rolled_back_within_one_step_saying_why() {
         assert_eq!((r.state.as_str(), r.step), ("rolled_back", 0), "{model}");
         let d = deployment(&store, model).await;
         assert_eq!((d.mode.as_str(), d.primary_version.as_str()), ("single", "1"), "{model}: back to the primary");
-        let failed: Vec<String> = r.decisions()[0]["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["passed"] == false)
-            .map(|c| c["name"].as_str().unwrap().to_string())
-            .collect();
-        assert_eq!(failed, [check], "{model}: only its own fault fails");
+        assert_eq!(rollout::failed_checks(&r, 0), [check], "{model}: only its own fault fails");
         assert!(
             audit
                 .iter()
@@ -337,18 +330,11 @@ async fn a_shadow_step_judges_agreement_with_the_primary_on_the_same_items() {
     let agrees = rollout_of(&store, "agrees").await;
     assert_eq!((agrees.state.as_str(), agrees.step), ("running", 1), "in agreement: on to the canary");
     assert_eq!(deployment(&store, "agrees").await.mode, "canary");
-    let agreement =
-        &agrees.decisions()[0]["checks"].as_array().unwrap().iter().find(|c| c["name"] == "shadow_agreement").cloned();
-    assert_eq!(agreement.as_ref().map(|c| c["candidate"].clone()), Some(serde_json::json!(1.0)), "{agreement:?}");
+    let agreement = rollout::decision_checks(&agrees, 0).into_iter().find(|c| c.name == "shadow_agreement");
+    assert_eq!(agreement.as_ref().and_then(|c| c.candidate), Some(1.0), "{agreement:?}");
     let disagrees = rollout_of(&store, "disagrees").await;
     assert_eq!(disagrees.state, "rolled_back");
-    let failed: Vec<String> = disagrees.decisions()[0]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["passed"] == false)
-        .map(|c| c["name"].as_str().unwrap().to_string())
-        .collect();
+    let failed = rollout::failed_checks(&disagrees, 0);
     assert!(failed.contains(&"shadow_agreement".to_string()), "{failed:?}");
     assert_eq!(deployment(&store, "disagrees").await.mode, "single", "the shadow stops");
 }

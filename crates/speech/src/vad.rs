@@ -177,6 +177,18 @@ pub fn speech_spans(probabilities: &[f32], total: usize, params: VadParams) -> V
     spans
 }
 
+/// Mean speech probability over the chunks whose start lies in one of `spans` (what a device
+/// sent as speech); 0 when there are none.
+pub fn mean_probability_in(probabilities: &[f32], spans: &[Range<usize>]) -> f32 {
+    let in_speech: Vec<f32> = probabilities
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| spans.iter().any(|s| s.contains(&(i * CHUNK))))
+        .map(|(_, &p)| p)
+        .collect();
+    if in_speech.is_empty() { 0.0 } else { in_speech.iter().sum::<f32>() / in_speech.len() as f32 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +254,14 @@ mod tests {
         assert!(e.contains("negative_threshold"), "{e}");
         let e = VadParams { speech_pad_ms: 500, ..VadParams::default() }.validate().unwrap_err();
         assert!(e.contains("speech_pad_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_mean_probability_counts_the_chunks_sent_as_speech() {
+        let p = [0.1, 0.9, 0.7, 0.2, 0.8];
+        let first_two = vec![CHUNK..2 * CHUNK, 2 * CHUNK..3 * CHUNK];
+        assert!((mean_probability_in(&p, &first_two) - 0.8).abs() < 1e-6);
+        assert!((mean_probability_in(&p, &[CHUNK..2 * CHUNK, 4 * CHUNK..5 * CHUNK]) - 0.85).abs() < 1e-6);
+        assert_eq!(mean_probability_in(&p, &[]), 0.0);
     }
 }

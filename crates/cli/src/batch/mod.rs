@@ -76,19 +76,14 @@ pub async fn run(mut args: BatchArgs) -> Result<u8> {
 
 /// A vigil-cloud in this process, on a free loopback port, without `/metrics`.
 async fn start_in_process(args: &BatchArgs) -> Result<vigil_cloud::RunningServer> {
-    use vigil_server::cli::ServerConfig;
-    let file = args.config.as_ref().map_or("defaults".into(), |p| p.display().to_string());
-    let invalid = |e: String| anyhow::anyhow!("--in-process configuration ({file}): {e}");
-    let defaults = vigil_cloud::CloudConfig::default();
-    let mut config: vigil_cloud::CloudConfig =
-        vigil_server::cli::layered(defaults, args.config.as_deref(), vigil_cloud::CloudConfig::ENV_KEYS)
-            .extract()
-            .map_err(|e| invalid(e.to_string()))?;
-    if let Some(repository) = &args.model_repository {
-        config.model_repository = repository.clone();
-    }
-    config.validate().map_err(invalid)?;
-    config.listen = "127.0.0.1:0".parse()?;
+    use vigil_server::cli::{ServerConfig, ServerFlags};
+    let flags = ServerFlags {
+        config: args.config.clone(),
+        listen: Some("127.0.0.1:0".into()),
+        model_repository: args.model_repository.clone(),
+        ..ServerFlags::default()
+    };
+    let mut config = vigil_cloud::CloudConfig::from_flags(&flags).context("--in-process")?;
     config.metrics.enabled = false;
     if args.model.is_some() {
         // Scoring a table needs no catalog.
