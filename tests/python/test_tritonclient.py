@@ -156,3 +156,37 @@ def test_repository_index_load_and_unload():
             assert client.is_model_ready(MODEL)
         finally:
             stop_edge(proc, log)
+
+
+def test_text_model_bytes_tensors():
+    """A scikit-learn text pipeline exported by skl2onnx: tritonclient sends the posts as a BYTES
+    tensor (its own length-prefixed encoding) and reads the BYTES labels back; both equal
+    onnxruntime's answers."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "training"))
+    from vigil_data import posts
+    from vigil_train import spam
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = pathlib.Path(tmp) / "models"
+        shutil.copytree(ROOT / "models", repository)
+        version = repository / "spam-filter" / "1"
+        pipeline, metrics = spam.train(seed=11, variant="good", n=1500)
+        spam.export(pipeline, version, 1, "good", metrics)
+        texts, _ = posts.generate(24, seed=12)
+        texts += ["", "naïve café ☕ win"]
+        expected = spam.onnx_outputs(version / "model.onnx", texts)
+        proc, address, log = start_edge(repository)
+        try:
+            client = grpcclient.InferenceServerClient(address)
+            meta = client.get_model_metadata("spam-filter")
+            assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("text", "BYTES", [-1, 1])]
+            inp = grpcclient.InferInput("text", [len(texts), 1], "BYTES")
+            inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_).reshape(-1, 1))
+            result = client.infer("spam-filter", [inp])
+            labels = [v.decode() for v in result.as_numpy("label")]
+            assert labels == expected["label"]
+            np.testing.assert_allclose(result.as_numpy("probabilities"), expected["probabilities"], atol=1e-5)
+        finally:
+            stop_edge(proc, log)

@@ -241,17 +241,39 @@ fn split_outputs(outputs: Vec<Tensor>, jobs: &[Job], items: usize) -> Result<Vec
                 output.shape.first()
             )));
         }
-        let bytes_per_item = output.data.len() / items;
+        let item_lengths = item_byte_lengths(&output, items)?;
         let mut offset = 0;
+        let mut item = 0;
         for (job, slot) in jobs.iter().zip(per_job.iter_mut()) {
-            let len = bytes_per_item * job.items;
+            let len: usize = item_lengths[item..item + job.items].iter().sum();
             let mut shape = output.shape.clone();
             shape[0] = job.items as i64;
             slot.push(Tensor { datatype: output.datatype, shape, data: output.data[offset..offset + len].to_vec() });
             offset += len;
+            item += job.items;
         }
     }
     Ok(per_job)
+}
+
+/// The bytes each of a batch output's `items` takes: equal shares for fixed-size types, the
+/// sum of its elements' length-prefixed sizes for `BYTES`.
+fn item_byte_lengths(output: &Tensor, items: usize) -> Result<Vec<usize>, InferenceError> {
+    if output.datatype.element_size().is_some() {
+        return Ok(vec![output.data.len() / items; items]);
+    }
+    let elements = output.bytes_elements()?;
+    if elements.is_empty() {
+        return Ok(vec![0; items]);
+    }
+    let per_item = elements.len() / items;
+    if per_item * items != elements.len() {
+        return Err(InferenceError::Runtime(format!(
+            "{} BYTES elements do not split into {items} items",
+            elements.len()
+        )));
+    }
+    Ok(elements.chunks(per_item).map(|chunk| chunk.iter().map(|e| 4 + e.len()).sum()).collect())
 }
 
 #[cfg(test)]
@@ -295,6 +317,16 @@ mod tests {
         let runners = (0..instances).map(|_| Doubler { seen: seen.clone(), delay: run_delay }).collect();
         let b = Batcher::start("m", config, runners, Arc::new(ModelStats::default()));
         (b, seen)
+    }
+
+    #[test]
+    fn bytes_outputs_split_by_their_elements() {
+        let out = Tensor::from_bytes_elements(vec![3, 2], &["a", "", "spam", "ham", "x", "yz"]);
+        assert_eq!(item_byte_lengths(&out, 3).unwrap(), [4 + 1 + 4, 4 + 4 + 4 + 3, 4 + 1 + 4 + 2]);
+        assert_eq!(item_byte_lengths(&Tensor::from_f32(vec![2, 3], &[0.0; 6]), 2).unwrap(), [12, 12]);
+        assert!(item_byte_lengths(&out, 4).is_err());
+        let empty = Tensor::from_bytes_elements::<&str>(vec![2, 0], &[]);
+        assert_eq!(item_byte_lengths(&empty, 2).unwrap(), [0, 0]);
     }
 
     fn one() -> Vec<Tensor> {

@@ -112,6 +112,27 @@ pub struct TensorSpec {
     /// watched per column, and `vigil batch` matches a table's columns to them by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Vec<String>>,
+    /// Text inputs (`BYTES`, UTF-8): what the logged input metrics compare each text with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextInput>,
+}
+
+/// How a text input's metrics are taken: every text is logged with its length in characters
+/// and words, the share of its words outside the model's vocabulary, and one 0/1 indicator per
+/// expected language (plus `other`), so each language's share is the indicator's mean.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TextInput {
+    /// A file in the version directory listing the words the model knows, one per line
+    /// (lower case); without it no out-of-vocabulary share is logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocabulary: Option<String>,
+    /// ISO 639-3 codes of the languages the model expects (e.g. `["eng"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
+    /// The vocabulary's words, read when the version loads.
+    #[serde(skip)]
+    pub words: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
 /// How an encoded image becomes the model's input tensor.
@@ -262,6 +283,21 @@ impl ModelConfig {
             let mut seen = std::collections::HashSet::new();
             if let Some(bad) = names.iter().find(|n| n.is_empty() || !seen.insert(n.as_str())) {
                 return Err(format!("input '{}': feature names must be unique and non-empty ('{bad}')", input.name));
+            }
+        }
+        for input in &self.inputs {
+            let Some(text) = &input.text else { continue };
+            if input.datatype != DataType::Bytes {
+                return Err(format!(
+                    "input '{}': text settings need a BYTES input, not {}",
+                    input.name, input.datatype
+                ));
+            }
+            if let Some(bad) = text.languages.iter().find(|l| crate::text::language_code(l).is_none()) {
+                return Err(format!(
+                    "input '{}': text.languages: '{bad}' is not a language code this server knows (ISO 639-3, e.g. \"eng\")",
+                    input.name
+                ));
             }
         }
         if self.instances == 0 {

@@ -21,5 +21,6 @@ pub mod runtime;
 pub mod session;
 pub mod stats;
 pub mod tensor;
+pub mod text;
 
 pub use error::InferenceError;

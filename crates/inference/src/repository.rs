@@ -380,7 +380,8 @@ fn load_version(
     dir: &Path,
     options: &RepositoryOptions,
 ) -> Result<LoadedModel, InferenceError> {
-    let config = ModelConfig::load(&dir.join("model.toml"))?;
+    let mut config = ModelConfig::load(&dir.join("model.toml"))?;
+    read_vocabularies(&mut config, dir)?;
     if config.name != name || config.version != version {
         return Err(InferenceError::Config(format!(
             "{}: model.toml says {} version {}, but the directory is {name}/{version}",
@@ -402,6 +403,24 @@ fn load_version(
     Ok(LoadedModel { config, batcher, stats, path: dir.to_path_buf() })
 }
 
+/// Reads the vocabulary file each text input names, from the version directory.
+fn read_vocabularies(config: &mut ModelConfig, dir: &Path) -> Result<(), InferenceError> {
+    for input in &mut config.inputs {
+        let Some(text) = &mut input.text else { continue };
+        let Some(file) = &text.vocabulary else { continue };
+        let path = dir.join(file);
+        let contents = std::fs::read_to_string(&path).map_err(|e| {
+            InferenceError::Config(format!(
+                "input '{}': cannot read its vocabulary {}: {e}",
+                input.name,
+                path.display()
+            ))
+        })?;
+        text.words = Some(Arc::new(crate::text::read_vocabulary(&contents)));
+    }
+    Ok(())
+}
+
 /// Runs one synthetic request (zeros or `warmup_value`, batch 1, variable dimensions 1 or
 /// `warmup_dims`) through every instance's queue, so the first real request does not pay for
 /// ONNX Runtime's lazy initialisation and a model that cannot run is refused before it serves. Not counted in the statistics.
@@ -418,6 +437,8 @@ fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
             }
             let elements = shape.iter().product::<i64>() as usize;
             let data = match spec.warmup_value {
+                // Empty strings: a length prefix of 0 each.
+                None if spec.datatype == DataType::Bytes => vec![0; elements * 4],
                 None => vec![0; elements * spec.datatype.element_size().unwrap_or(1)],
                 Some(v) => {
                     let one = match spec.datatype {

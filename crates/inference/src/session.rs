@@ -159,6 +159,16 @@ fn to_ort(t: &Tensor) -> Result<SessionInputValue<'_>, InferenceError> {
         DataType::Uint16 => view_or_copy(shape, d, u16::from_le_bytes)?,
         DataType::Uint8 => TensorRef::from_array_view((shape, d))?.into(),
         DataType::Bool => T::from_array((shape, d.iter().map(|&b| b != 0).collect::<Vec<bool>>()))?.into(),
+        DataType::Bytes => {
+            let texts = t.texts()?;
+            if let Some(i) = texts.iter().position(|text| text.contains('\0')) {
+                return Err(InferenceError::invalid(format!(
+                    "BYTES element {i} contains a NUL character, which ONNX Runtime strings cannot hold"
+                )));
+            }
+            let owned: Vec<String> = texts.into_iter().map(str::to_owned).collect();
+            T::from_string_array((shape, owned.as_slice()))?.into()
+        }
         other => {
             return Err(InferenceError::invalid(format!(
                 "datatype {other} is not supported by the ONNX Runtime backend"
@@ -193,6 +203,10 @@ fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceErr
         Some(TensorElementType::Uint16) => pack(value, DataType::Uint16, u16::to_le_bytes)?,
         Some(TensorElementType::Uint8) => pack(value, DataType::Uint8, u8::to_le_bytes)?,
         Some(TensorElementType::Bool) => pack(value, DataType::Bool, |b: bool| [b as u8])?,
+        Some(TensorElementType::String) => {
+            let (shape, strings) = value.try_extract_strings()?;
+            Tensor::from_bytes_elements(shape.to_vec(), &strings)
+        }
         other => {
             return Err(InferenceError::Runtime(format!("unsupported output type {other:?}")));
         }

@@ -165,7 +165,106 @@ impl Tensor {
     }
 }
 
+/// `BYTES` tensors hold their elements as the protocol's raw contents do: each element is a
+/// 4-byte little-endian length followed by that many bytes, in row-major order.
+impl Tensor {
+    /// A `BYTES` tensor of the given elements (e.g. UTF-8 texts).
+    pub fn from_bytes_elements<T: AsRef<[u8]>>(shape: Vec<i64>, elements: &[T]) -> Self {
+        Self { datatype: DataType::Bytes, shape, data: serialize_bytes_elements(elements) }
+    }
+
+    /// The elements of a `BYTES` tensor, checked against its shape.
+    pub fn bytes_elements(&self) -> Result<Vec<&[u8]>, InferenceError> {
+        if self.datatype != DataType::Bytes {
+            return Err(InferenceError::invalid(format!("expected a BYTES tensor, got {}", self.datatype)));
+        }
+        let elements = parse_bytes_elements(&self.data)?;
+        if elements.len() != self.element_count() {
+            return Err(InferenceError::invalid(format!(
+                "{} BYTES elements, but shape {:?} needs {}",
+                elements.len(),
+                self.shape,
+                self.element_count()
+            )));
+        }
+        Ok(elements)
+    }
+
+    /// The elements of a `BYTES` tensor as UTF-8 text (what ONNX string tensors hold).
+    pub fn texts(&self) -> Result<Vec<&str>, InferenceError> {
+        self.bytes_elements()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                std::str::from_utf8(e).map_err(|err| {
+                    InferenceError::invalid(format!(
+                        "BYTES element {i} is not valid UTF-8 ({err}); strings must be UTF-8"
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Length-prefixed serialisation of `BYTES` elements (see [`Tensor::bytes_elements`]).
+pub fn serialize_bytes_elements<T: AsRef<[u8]>>(elements: &[T]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(elements.iter().map(|e| 4 + e.as_ref().len()).sum());
+    for e in elements {
+        let e = e.as_ref();
+        data.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        data.extend_from_slice(e);
+    }
+    data
+}
+
+/// Splits length-prefixed `BYTES` contents into their elements; refuses a truncated length or element.
+pub fn parse_bytes_elements(mut data: &[u8]) -> Result<Vec<&[u8]>, InferenceError> {
+    let mut elements = Vec::new();
+    while !data.is_empty() {
+        let Some((prefix, rest)) = data.split_first_chunk::<4>() else {
+            return Err(InferenceError::invalid(format!(
+                "BYTES element {}: {} bytes left where a 4-byte length prefix belongs",
+                elements.len(),
+                data.len()
+            )));
+        };
+        let len = u32::from_le_bytes(*prefix) as usize;
+        if rest.len() < len {
+            return Err(InferenceError::invalid(format!(
+                "BYTES element {}: its length prefix says {len} bytes but only {} follow",
+                elements.len(),
+                rest.len()
+            )));
+        }
+        let (element, rest) = rest.split_at(len);
+        elements.push(element);
+        data = rest;
+    }
+    Ok(elements)
+}
+
 /// Product of the dimensions (1 for a scalar); negative dimensions count as 0.
 pub fn element_count(shape: &[i64]) -> usize {
     shape.iter().map(|&d| d.max(0) as usize).product()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_elements_round_trip_and_refuse_truncation() {
+        let t = Tensor::from_bytes_elements(vec![3, 1], &["", "ça va", "spam"]);
+        assert_eq!(t.data.len(), 3 * 4 + "ça va".len() + 4);
+        assert_eq!(t.texts().unwrap(), ["", "ça va", "spam"]);
+        let wrong_shape = Tensor { shape: vec![2, 1], ..t.clone() };
+        assert!(wrong_shape.bytes_elements().unwrap_err().to_string().contains("needs 2"));
+        let mut truncated = t.data.clone();
+        truncated.pop();
+        assert!(parse_bytes_elements(&truncated).unwrap_err().to_string().contains("only 3 follow"));
+        assert!(parse_bytes_elements(&t.data[..t.data.len() - 6]).unwrap_err().to_string().contains("length prefix"));
+        let bad = Tensor::from_bytes_elements(vec![1], &[&[0xff_u8, 0xfe][..]]);
+        assert!(bad.texts().unwrap_err().to_string().contains("UTF-8"));
+        assert!(Tensor::from_f32(vec![1], &[1.0]).bytes_elements().is_err());
+    }
 }

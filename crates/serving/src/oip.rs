@@ -123,7 +123,7 @@ impl Logged {
     /// One record per item, each with a new prediction id, from the outputs of the version
     /// `config` describes; `features`: each item's input summaries.
     fn of(config: &ModelConfig, features: Vec<Vec<vigil_proto::vigil::v1::Feature>>, out: &BatchOutput) -> Self {
-        let values = out.outputs.first().and_then(|t| t.to_f32().ok()).unwrap_or_default();
+        let values = scores_output(out).and_then(|t| t.to_f32().ok()).unwrap_or_default();
         let per = values.len() / features.len().max(1);
         let items = features
             .into_iter()
@@ -149,6 +149,12 @@ impl Logged {
         let version = config.version.to_string();
         records.inferred(ctx, &version, &config.labels, self.items, self.queue_time_us, self.compute_time_us);
     }
+}
+
+/// The output logged as an item's scores: the model's first FP32 output (a classifier exported
+/// by skl2onnx puts its label first and its probabilities second).
+fn scores_output(out: &BatchOutput) -> Option<&Tensor> {
+    out.outputs.iter().find(|t| t.datatype == DataType::Fp32)
 }
 
 /// Logs each shadow's answer to the same inputs: one `SHADOW` record per item, with the
@@ -340,7 +346,13 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
         } else {
             typed_bytes(spec, input)?
         };
-        let expected = element_count(&input.shape) * spec.datatype.element_size().unwrap_or(0);
+        let Some(element_size) = spec.datatype.element_size() else {
+            let tensor = Tensor { datatype, shape: input.shape.clone(), data };
+            check_texts(&tensor).map_err(|e| Status::invalid_argument(format!("input '{}': {e}", spec.name)))?;
+            tensors.push(tensor);
+            continue;
+        };
+        let expected = element_count(&input.shape) * element_size;
         if data.len() != expected {
             return Err(Status::invalid_argument(format!(
                 "input '{}': {} bytes of contents, but shape {:?} of {} needs {expected}",
@@ -353,6 +365,17 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
         tensors.push(Tensor { datatype, shape: input.shape.clone(), data });
     }
     Ok(tensors)
+}
+
+/// A `BYTES` input must hold as many elements as its shape says, each UTF-8 text without NUL
+/// characters (what ONNX string tensors take): checked per request so that one bad request
+/// cannot fail a batch it shares with others.
+fn check_texts(tensor: &Tensor) -> Result<(), InferenceError> {
+    let texts = tensor.texts()?;
+    match texts.iter().position(|t| t.contains('\0')) {
+        Some(i) => Err(InferenceError::InvalidInput(format!("BYTES element {i} contains a NUL character"))),
+        None => Ok(()),
+    }
 }
 
 fn check_shape(config: &ModelConfig, spec: &TensorSpec, shape: &[i64]) -> Result<(), Status> {
@@ -411,6 +434,7 @@ fn typed_bytes(spec: &TensorSpec, input: &InferInputTensor) -> Result<Vec<u8>, S
         DataType::Uint16 => c.uint_contents.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect(),
         DataType::Uint8 => c.uint_contents.iter().map(|v| *v as u8).collect(),
         DataType::Bool => c.bool_contents.iter().map(|v| *v as u8).collect(),
+        DataType::Bytes => vigil_inference::tensor::serialize_bytes_elements(&c.bytes_contents),
         other => {
             return Err(Status::invalid_argument(format!("input '{}': datatype {other} is not supported", spec.name)));
         }
@@ -423,6 +447,7 @@ fn typed_bytes(spec: &TensorSpec, input: &InferInputTensor) -> Result<Vec<u8>, S
             DataType::Int32 | DataType::Int16 | DataType::Int8 => "int_contents",
             DataType::Uint64 => "uint64_contents",
             DataType::Uint32 | DataType::Uint16 | DataType::Uint8 => "uint_contents",
+            DataType::Bytes => "bytes_contents",
             _ => "bool_contents",
         };
         return Err(wrong_field(field));

@@ -69,7 +69,7 @@ pub struct InferredItem {
     pub prediction_id: String,
     /// Summaries of the item's inputs (see [`summarise_inputs`]).
     pub features: Vec<Feature>,
-    /// The item's values of the model's first output.
+    /// The item's values of the model's first FP32 output.
     pub scores: Vec<f32>,
     pub label: String,
 }
@@ -246,8 +246,10 @@ fn feature(name: &str, value: f64) -> Feature {
 
 /// Per-item summaries of a batch's inputs: for an input whose spec names its columns
 /// (`features`), each column under its name (missing when NaN); else `<input>.mean`, `.std`,
-/// `.min` and `.max` over each item's values for numeric tensors (NaN counts as missing),
-/// `<input>.bytes` for the others. `batched`: the first dimension is the batch.
+/// `.min` and `.max` over each item's values for numeric tensors (NaN counts as missing); for
+/// text (`BYTES`) inputs the text metrics of [`vigil_inference::text::text_metrics`] as
+/// `<input>.chars`, `.words`, `.oov_share`, `.lang.<code>`; `<input>.bytes` for the others.
+/// `batched`: the first dimension is the batch.
 pub fn summarise_inputs(
     inputs: &[(&vigil_inference::config::TensorSpec, &vigil_inference::tensor::Tensor)],
     batched: bool,
@@ -259,6 +261,15 @@ pub fn summarise_inputs(
     let mut per_item: Vec<Vec<Feature>> = vec![Vec::new(); n];
     for (spec, tensor) in inputs {
         let name = &spec.name;
+        if let Ok(texts) = tensor.texts() {
+            let per = texts.len() / n.max(1);
+            for (i, features) in per_item.iter_mut().enumerate() {
+                let text = texts.get(i * per..(i + 1) * per).unwrap_or_default().join("\n");
+                let metrics = vigil_inference::text::text_metrics(&text, spec.text.as_ref());
+                features.extend(metrics.into_iter().map(|(metric, value)| feature(&format!("{name}.{metric}"), value)));
+            }
+            continue;
+        }
         let values = tensor.to_f64_values();
         let chunk = tensor.data.len() / n.max(1);
         for (i, features) in per_item.iter_mut().enumerate() {
