@@ -107,7 +107,7 @@ async fn client(server: &vigil_cloud::RunningServer) -> GrpcInferenceServiceClie
 async fn an_skl2onnx_text_classifier_answers_as_onnxruntime_over_raw_and_typed_bytes_and_logs_text_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let repository = dir.path().join("models");
-    let check = train_spam_filter(&repository, 1, "good");
+    let check = train_spam_filter(&repository, 1, "good", 7);
     assert!(check.label.iter().any(|l| l == "spam") && check.label.iter().any(|l| l == "ham"));
     let (server, mut records) = cloud(&repository).await;
     let mut oip = client(&server).await;
@@ -181,7 +181,7 @@ async fn an_skl2onnx_text_classifier_answers_as_onnxruntime_over_raw_and_typed_b
 async fn malformed_text_inputs_are_refused_with_invalid_argument_and_spoil_no_batch() {
     let dir = tempfile::tempdir().unwrap();
     let repository = dir.path().join("models");
-    let check = train_spam_filter(&repository, 1, "good");
+    let check = train_spam_filter(&repository, 1, "good", 7);
     let (server, _records) = cloud(&repository).await;
     let oip = client(&server).await;
 

@@ -18,27 +18,10 @@ use vigil_monitor::rollout;
 use vigil_proto::vigil::v1::InspectRequest;
 use vigil_serving::RecordEmitter;
 use vigil_store::registry::sha256_file;
-use vigil_store::testing::TestDatabase;
+use vigil_store::testing::{TestDatabase, candidate_version, single_deployment};
 use vigil_store::{
-    Change, DeploymentRow, DeploymentStore, ModelVersionRow, PgStore, PredictionStore, RegistryStore, RolloutStep,
-    RolloutStore, StepMode,
+    Change, DeploymentStore, PgStore, PredictionStore, RegistryStore, RolloutStep, RolloutStore, StepMode,
 };
-
-fn registered(version: &str, digest: &str) -> ModelVersionRow {
-    let now = chrono::Utc::now();
-    ModelVersionRow {
-        model_name: MODEL.into(),
-        version: version.into(),
-        artifact_sha256: digest.into(),
-        artifact_uri: String::new(),
-        training_data: String::new(),
-        metrics: serde_json::json!({}),
-        stage: "candidate".into(),
-        registered_by: "anna".into(),
-        registered_at: now,
-        stage_changed_at: now,
-    }
-}
 
 /// Shadow, then half the stations, then all, each step at least 2 s and 60 of the
 /// candidate's answers.
@@ -64,22 +47,10 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
     std::fs::write(&toml, changed).unwrap();
     let digest = sha256_file(&repo.join(MODEL).join("1/model.onnx")).unwrap();
     for version in ["1", "2", "3"] {
-        store.register_version(&registered(version, &digest), "").await.unwrap();
+        store.register_version(&candidate_version(MODEL, version, &digest), "").await.unwrap();
     }
     let now = chrono::Utc::now();
-    let single = DeploymentRow {
-        model_name: MODEL.into(),
-        deployment_id: "d-1".into(),
-        primary_version: "1".into(),
-        candidate_version: None,
-        mode: "single".into(),
-        share: 0.0,
-        updated_by: "anna".into(),
-        updated_at: now,
-        policy: "full".into(),
-        accept_below: None,
-        reject_at: None,
-    };
+    let single = single_deployment(MODEL, "d-1", "1");
     store.set_deployment(&single, &Change { actor: "anna", reason: "", at: now }).await.unwrap();
 
     // The line: the edge server following the deployments, its records into Postgres.

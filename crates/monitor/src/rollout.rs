@@ -297,8 +297,16 @@ async fn advance<S: MonitorStore>(
     let Some(step) = steps.get(rollout.step as usize) else {
         return Err(ViewError::InvalidArgument(format!("rollout {} is past its plan", rollout.rollout_id)));
     };
-    let scope =
-        |variant: Variant| Scope { model: rollout.model_name.clone(), version: None, variant: Some(variant as i16) };
+    // Each variant's traffic is its version's only: records of the same variant from before
+    // (e.g. the last rollout's candidate, in the rollup bucket this step started in) stay out.
+    let version_of = |variant: Variant| {
+        if variant == Variant::Primary { &rollout.primary_version } else { &rollout.candidate_version }
+    };
+    let scope = |variant: Variant| Scope {
+        model: rollout.model_name.clone(),
+        version: Some(version_of(variant).clone()),
+        variant: Some(variant as i16),
+    };
     let since = rollout.step_started_at;
     // Reviewers' decisions of the window, read once for both variants.
     let reviews =
@@ -317,17 +325,18 @@ async fn advance<S: MonitorStore>(
                     *feedback.entry(kind).or_default() += n;
                 }
             }
-            let labeled = views.store.labeled_predictions(&scope.model, None, scope.variant, since, now).await?;
+            let labeled = views
+                .store
+                .labeled_predictions(&scope.model, scope.version.as_deref(), scope.variant, since, now)
+                .await?;
             let correct = labeled.iter().filter(|p| p.predicted == p.actual).count() as u64;
             let (mut compared, mut agreed) = (0, 0);
             if variant == Variant::Shadow {
-                let version = Scope { version: Some(rollout.candidate_version.clone()), ..scope.clone() };
-                for w in views.shadow_agreement(&version, since, now, seconds).await? {
+                for w in views.shadow_agreement(&scope, since, now, seconds).await? {
                     (compared, agreed) = (compared + w.compared, agreed + w.agreed);
                 }
             }
-            let version =
-                if variant == Variant::Primary { &rollout.primary_version } else { &rollout.candidate_version };
+            let version = version_of(variant);
             let (mut reviewed, mut overridden) = (0, 0);
             let name = variant_name(variant as i16);
             for a in reviews.iter().filter(|a| a.variant == name && &a.model_version == version) {

@@ -87,3 +87,37 @@ pub fn prediction(time: DateTime<Utc>, score: f32, features: serde_json::Value) 
         error: String::new(),
     }
 }
+
+/// `model` `version` registered as a candidate by `anna`, its artifact's digest `digest`.
+pub fn candidate_version(model: &str, version: &str, digest: &str) -> crate::ModelVersionRow {
+    let now = Utc::now();
+    crate::ModelVersionRow {
+        model_name: model.into(),
+        version: version.into(),
+        artifact_sha256: digest.into(),
+        artifact_uri: String::new(),
+        training_data: String::new(),
+        metrics: serde_json::json!({}),
+        stage: "candidate".into(),
+        registered_by: "anna".into(),
+        registered_at: now,
+        stage_changed_at: now,
+    }
+}
+
+/// A deployment of `model` with no candidate: `primary` answers everything, the model decides.
+pub fn single_deployment(model: &str, id: &str, primary: &str) -> crate::DeploymentRow {
+    crate::DeploymentRow {
+        model_name: model.into(),
+        deployment_id: id.into(),
+        primary_version: primary.into(),
+        candidate_version: None,
+        mode: "single".into(),
+        share: 0.0,
+        updated_by: "anna".into(),
+        updated_at: Utc::now(),
+        policy: "full".into(),
+        accept_below: None,
+        reject_at: None,
+    }
+}

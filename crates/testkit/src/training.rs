@@ -14,9 +14,9 @@ pub struct SpamCheck {
 }
 
 /// Trains the anti-spam classifier (`python -m vigil_train.spam`) into `repository`'s
-/// `spam-filter/<version>`; `variant` is `good`, `shuffled` or `all-spam`. Returns the check
-/// posts with onnxruntime's answers.
-pub fn train_spam_filter(repository: &Path, version: u32, variant: &str) -> SpamCheck {
+/// `spam-filter/<version>` from the generated posts of `seed`; `variant` is `good`,
+/// `shuffled` or `all-spam`. Returns the check posts with onnxruntime's answers.
+pub fn train_spam_filter(repository: &Path, version: u32, variant: &str, seed: u32) -> SpamCheck {
     let python = std::env::var("VIGIL_PYTHON").expect(
         "VIGIL_PYTHON is not set: run the tests through `./dev test` (a Python with scikit-learn and skl2onnx)",
     );
@@ -27,6 +27,7 @@ pub fn train_spam_filter(repository: &Path, version: u32, variant: &str) -> Spam
     let check = staging.path().join("check.json");
     let out = Command::new(python)
         .args(["-m", "vigil_train.spam", "--variant", variant, "--version", &version.to_string()])
+        .args(["--seed", &seed.to_string()])
         .arg("--out")
         .arg(&version_dir)
         .arg("--check")
