@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use vigil_store::{Backend, PredictionStore, ReviewError, ReviewStore};
+use vigil_store::{Backend, PredictionStore, ReviewError, ReviewOutcome, ReviewStore};
 
 #[derive(Args, Debug)]
 pub struct ReviewArgs {
@@ -101,8 +101,19 @@ async fn command<S: PredictionStore + ReviewStore>(store: S, command: ReviewComm
         ReviewCommand::Submit { id, label, reviewer } => {
             let reviewer = crate::model::whoami(reviewer);
             match store.submit_review(id, &reviewer, label.trim(), now).await {
-                Ok(()) => {
-                    println!("{id}: {} by {reviewer}, stored as its label", label.trim());
+                Ok(ReviewOutcome::Decided { decision }) if decision == label.trim() => {
+                    println!("{id}: {decision} by {reviewer}, stored as its label");
+                    Ok(0)
+                }
+                Ok(ReviewOutcome::Decided { decision }) => {
+                    println!("{id}: {} by {reviewer}; the panel decided {decision}, stored as its label", label.trim());
+                    Ok(0)
+                }
+                Ok(ReviewOutcome::Awaiting { decisions, required }) => {
+                    println!(
+                        "{id}: {} by {reviewer} recorded; {decisions} of {required} reviewers have decided",
+                        label.trim()
+                    );
                     Ok(0)
                 }
                 Err(ReviewError::Database(e)) => Err(e.into()),

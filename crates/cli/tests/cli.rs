@@ -322,6 +322,7 @@ fn reviewers_claim_and_decide_items_from_the_command_line() {
                 decided_by: None,
                 decision: None,
                 decided_at: None,
+                reviews_required: 1,
             })
             .collect();
         store.enqueue_reviews(&items).await.unwrap();

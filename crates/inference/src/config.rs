@@ -192,6 +192,14 @@ pub struct Thresholds {
     pub accept_below: f32,
     /// Decision REJECT when score >= `reject_at`; between the two: human review.
     pub reject_at: f32,
+    /// How many people decide each item sent to review, independently (a panel decides by
+    /// majority); default 1.
+    #[serde(default = "one_reviewer")]
+    pub reviewers: u32,
+}
+
+fn one_reviewer() -> u32 {
+    1
 }
 
 impl Thresholds {
@@ -200,6 +208,9 @@ impl Thresholds {
         let in_unit = |v: f32| (0.0..=1.0).contains(&v);
         if !in_unit(self.defect) || !in_unit(self.accept_below) || !in_unit(self.reject_at) {
             return Err("thresholds must lie in [0, 1]".into());
+        }
+        if !(1..=15).contains(&self.reviewers) {
+            return Err(format!("reviewers ({}) must be between 1 and 15", self.reviewers));
         }
         if self.accept_below > self.reject_at {
             return Err(format!("accept_below ({}) must not exceed reject_at ({})", self.accept_below, self.reject_at));

@@ -361,6 +361,18 @@ function reviewSection(d, w) {
     h('td', {}, a.variant), h('td', {}, a.model_version), h('td', { class: 'num' }, fmtNum(a.compared)),
     h('td', { class: 'num' }, fmtPct(a.compared ? a.agreed / a.compared : null))));
   if (!agreement.length) agreement.push(h('tr', { class: 'empty-row' }, h('td', { colspan: 4 }, 'No reviewed predictions in this range.')));
+  // Several people deciding one item: how they agree with each other, the model and their panel.
+  const panel = r.panel || {};
+  const reviewers = (panel.reviewers || []).map((x) => h('tr', { 'data-reviewer': x.reviewer },
+    h('td', {}, x.reviewer), h('td', { class: 'num' }, fmtNum(x.decisions)),
+    h('td', { class: 'num' }, fmtPct(x.with_model)), h('td', { class: 'num' }, fmtPct(x.with_panel))));
+  const panelTable = panel.items ? h('div', { class: 'panel table-panel' },
+    h('p', { id: 'panel-agreement' }, `${fmtNum(panel.items)} items decided by several people: they agree on `,
+      h('strong', {}, fmtPct(panel.pairwise_agreement)), ' of pairs; Fleiss\' kappa ',
+      h('strong', {}, num(panel.fleiss_kappa) ? panel.fleiss_kappa.toFixed(2) : '—'), '.'),
+    h('table', { id: 'reviewers', class: 'alerts' },
+      h('thead', {}, h('tr', {}, ['Reviewer', 'Decisions', 'Agrees with model', 'Agrees with panel'].map((c) => h('th', {}, c)))),
+      h('tbody', {}, reviewers))) : null;
   return h('div', { class: 'section', id: 'review-section' }, h('h2', {}, 'Human review'),
     h('div', { class: 'tiles' },
       tile('Automation rate', fmtPct(rate), decided ? `${fmtNum(byPerson)} of ${fmtNum(decided)} to a person` : 'no decisions in range'),
@@ -369,7 +381,7 @@ function reviewSection(d, w) {
       h('a', { href: '/review', class: 'tile-link' }, tile('Review', 'Open →', 'take the next item'))),
     h('div', { class: 'panel table-panel' }, h('table', { id: 'review-agreement', class: 'alerts' },
       h('thead', {}, h('tr', {}, ['Variant', 'Version', 'Reviewed', 'Reviewers agree'].map((c) => h('th', {}, c)))),
-      h('tbody', {}, agreement))));
+      h('tbody', {}, agreement))), panelTable);
 }
 
 function auditTable(events) {

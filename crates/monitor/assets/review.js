@@ -31,13 +31,26 @@ async function next() {
   const { ok, data } = await post('/api/review/next', { reviewer, model: $('model').value.trim() || null });
   if (!ok) { show(h('div', { class: 'message error', id: 'result' }, data.error || 'cannot claim an item')); return; }
   if (!data.item) { show(h('div', { class: 'message', id: 'result', 'data-state': 'empty' }, 'No item waits for review.')); return; }
-  render(data.item, data.labels || [], reviewer);
+  await render(data.item, data.labels || [], reviewer);
 }
 
-function render(item, labels, reviewer) {
-  const image = item.input_url
-    ? h('img', { class: 'review-image', id: 'item-image', src: item.input_url, alt: `input of ${item.prediction_id}` })
-    : h('div', { class: 'message small' }, 'The input was not carried with this item.');
+// A tabular item's input (JSON: feature -> value, null when not measured) as a table.
+async function featureTable(url) {
+  const response = await fetch(url);
+  const values = await response.json().catch(() => ({}));
+  return h('table', { id: 'item-features', class: 'features' }, h('tbody', {}, Object.entries(values).map(([name, v]) =>
+    h('tr', { 'data-feature': name }, h('th', {}, name), h('td', {}, v == null ? 'not measured' : String(v))))));
+}
+
+async function render(item, labels, reviewer) {
+  const image = !item.input_url
+    ? h('div', { class: 'message small' }, 'The input was not carried with this item.')
+    : item.content_type === 'application/json'
+      ? await featureTable(item.input_url)
+      : h('img', { class: 'review-image', id: 'item-image', src: item.input_url, alt: `input of ${item.prediction_id}` });
+  const panel = item.reviews_required > 1
+    ? h('p', { id: 'panel', class: 'muted' }, `${item.reviews_required} people decide this item independently; the majority counts.`)
+    : null;
   const suggestion = item.suggestion
     ? h('p', { id: 'suggestion', 'data-label': item.suggestion }, 'Model suggests ', h('strong', {}, item.suggestion),
         item.score == null ? '' : ` (score ${item.score.toFixed(3)})`)
@@ -49,7 +62,7 @@ function render(item, labels, reviewer) {
   show(h('div', { class: 'panel review-item', id: 'item', 'data-item': item.prediction_id },
     h('h2', {}, `${item.model_name} v${item.model_version}`),
     h('p', { class: 'muted' }, `station ${item.station_id || '—'} · part ${item.part_id || '—'} · queued ${item.created_at}`),
-    h('p', { id: 'reason' }, `${item.policy}: ${item.reason}`),
+    h('p', { id: 'reason' }, `${item.policy}: ${item.reason}`), panel,
     image, suggestion,
     h('div', { class: 'decisions' }, buttons),
     h('div', { id: 'result' })));
@@ -59,7 +72,8 @@ async function submit(id, label, reviewer) {
   const { ok, data } = await post(`/api/review/${id}`, { reviewer, label });
   const result = $('result');
   result.setAttribute('data-state', ok ? 'accepted' : 'refused');
-  result.textContent = ok ? `Recorded: ${label}.` : (data.error || 'refused');
+  const awaiting = ok && !data.decided ? ` (${data.decisions} of ${data.required} reviewers have decided)` : '';
+  result.textContent = ok ? `Recorded: ${label}.${awaiting}` : (data.error || 'refused');
   if (ok) for (const b of document.querySelectorAll('button.decide')) b.disabled = true;
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod labels;
 pub mod notify;
+pub mod panel;
 pub mod query;
 pub mod review;
 pub mod rollout;

@@ -11,7 +11,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
-use vigil_store::{MonitorStore, ReviewError, ReviewItem};
+use vigil_store::{MonitorStore, ReviewError, ReviewItem, ReviewOutcome};
 
 use crate::views::Views;
 
@@ -56,6 +56,7 @@ fn item_json(item: &ReviewItem) -> serde_json::Value {
         "policy": item.policy, "reason": item.reason, "suggestion": item.suggestion, "score": item.score,
         "input_url": item.input.as_ref().map(|_| format!("/api/review/{}/input", item.prediction_id)),
         "claimed_by": item.claimed_by, "claimed_until": item.claimed_until.map(|t| t.to_rfc3339()),
+        "content_type": item.content_type, "reviews_required": item.reviews_required,
     })
 }
 
@@ -107,11 +108,22 @@ async fn submit<S: MonitorStore>(
         return error(StatusCode::BAD_REQUEST, "reviewer is required: each decision is recorded with it");
     }
     match views.store.submit_review(id, reviewer, label, Utc::now()).await {
-        Ok(()) => Json(json!({ "prediction_id": id, "label": label, "reviewer": reviewer })).into_response(),
-        Err(e @ ReviewError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e @ (ReviewError::AlreadyDecided { .. } | ReviewError::ClaimedByOther { .. })) => {
-            error(StatusCode::CONFLICT, e.to_string())
+        Ok(outcome) => {
+            // A panel's item is decided once its majority is in; until then it awaits the others.
+            let (decided, decision, decisions, required) = match outcome {
+                ReviewOutcome::Decided { decision } => (true, Some(decision), None, None),
+                ReviewOutcome::Awaiting { decisions, required } => (false, None, Some(decisions), Some(required)),
+            };
+            Json(json!({ "prediction_id": id, "label": label, "reviewer": reviewer, "decided": decided,
+                         "decision": decision, "decisions": decisions, "required": required }))
+            .into_response()
         }
+        Err(e @ ReviewError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(
+            e @ (ReviewError::AlreadyDecided { .. }
+            | ReviewError::AlreadyDecidedByYou { .. }
+            | ReviewError::ClaimedByOther { .. }),
+        ) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ ReviewError::EmptyDecision) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(ReviewError::Database(e)) => database(e),
     }

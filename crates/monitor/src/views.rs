@@ -136,6 +136,8 @@ pub struct ReviewSummary {
     pub oldest_open_age_s: Option<f64>,
     /// Over the decisions made in the range.
     pub agreement: Vec<ReviewAgreement>,
+    /// How the reviewers agree with each other, the model and their panels, over the range.
+    pub panel: crate::panel::PanelAgreement,
 }
 
 /// The short name of a `vigil.v1.Variant` value (`primary`, `canary`, `shadow`).
@@ -465,6 +467,7 @@ impl<S: MonitorStore> Views<S> {
             decided: stats.decided,
             oldest_open_age_s: stats.oldest_open.map(|t| (now - t).num_milliseconds() as f64 / 1000.0),
             agreement: agreement.into_values().collect(),
+            panel: crate::panel::panel_agreement(&self.store.reviewer_decisions(model, since, until).await?),
         })
     }
 

@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn bands_are_half_open() {
-        let t = Thresholds { defect: 0.5, accept_below: 0.2, reject_at: 0.8 };
+        let t = Thresholds { defect: 0.5, accept_below: 0.2, reject_at: 0.8, reviewers: 1 };
         assert_eq!(decide(0.0, &t), (Verdict::Ok, Decision::Accept));
         assert_eq!(decide(0.2, &t), (Verdict::Ok, Decision::HumanReview));
         assert_eq!(decide(0.5, &t), (Verdict::Defect, Decision::HumanReview));
@@ -135,14 +135,14 @@ mod tests {
 
     #[test]
     fn no_review_band_when_thresholds_meet() {
-        let t = Thresholds { defect: 0.5, accept_below: 0.5, reject_at: 0.5 };
+        let t = Thresholds { defect: 0.5, accept_below: 0.5, reject_at: 0.5, reviewers: 1 };
         assert_eq!(decide(0.49, &t).1, Decision::Accept);
         assert_eq!(decide(0.5, &t).1, Decision::Reject);
     }
 
     #[test]
     fn each_policy_decides_as_named() {
-        let t = Thresholds { defect: 0.5, accept_below: 0.2, reject_at: 0.8 };
+        let t = Thresholds { defect: 0.5, accept_below: 0.2, reject_at: 0.8, reviewers: 1 };
         let at = |policy, band, score| {
             let (verdict, decision, reason) = Automation { policy, band }.decide(score, &t);
             (verdict, decision, reason.is_some())

@@ -161,7 +161,10 @@ impl InspectionService {
         };
         let (response, reason) = answer(config, automation, out.as_ref(), features, ids)?;
         let review = match (reason, &self.records) {
-            (Some(reason), Some(_)) => Some(review_request(automation.policy, reason, image)),
+            (Some(reason), Some(_)) => {
+                let reviewers = config.thresholds.map_or(1, |t| t.reviewers);
+                Some(review_request(automation.policy, reason, image, reviewers))
+            }
             _ => None,
         };
         Ok((response, review))
@@ -172,7 +175,7 @@ impl InspectionService {
 /// Kafka message, at most 1 MB by default); a larger one is queued without it, saying so.
 pub const MAX_REVIEW_IMAGE_BYTES: usize = 768 * 1024;
 
-fn review_request(policy: Policy, reason: String, image: Vec<u8>) -> ReviewRequest {
+fn review_request(policy: Policy, reason: String, image: Vec<u8>, reviewers: u32) -> ReviewRequest {
     let content_type = match image.as_slice() {
         [0x89, b'P', b'N', b'G', ..] => "image/png",
         [0xff, 0xd8, 0xff, ..] => "image/jpeg",
@@ -188,6 +191,7 @@ fn review_request(policy: Policy, reason: String, image: Vec<u8>) -> ReviewReque
             show_suggestion: policy.shows_suggestion(),
             content_type: String::new(),
             input: Vec::new(),
+            reviewers,
         };
     }
     ReviewRequest {
@@ -196,6 +200,7 @@ fn review_request(policy: Policy, reason: String, image: Vec<u8>) -> ReviewReque
         show_suggestion: policy.shows_suggestion(),
         content_type: content_type.into(),
         input: image,
+        reviewers,
     }
 }
 

@@ -17,7 +17,9 @@ use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::model_infer_response::InferOutputTensor;
 use vigil_proto::inference::*;
+use vigil_proto::vigil::v1::{Decision, ReviewRequest, Verdict};
 
+use crate::decision::{Automation, Policy};
 use crate::infer::{Infer, Route, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
 use crate::records::{InferredItem, RecordEmitter, RequestContext, new_trace_id};
@@ -121,20 +123,40 @@ struct Logged {
 
 impl Logged {
     /// One record per item, each with a new prediction id, from the outputs of the version
-    /// `config` describes; `features`: each item's input summaries.
-    fn of(config: &ModelConfig, features: Vec<Vec<vigil_proto::vigil::v1::Feature>>, out: &BatchOutput) -> Self {
+    /// `config` describes; `features`: each item's input summaries; `decisions`: each item's
+    /// under the model's automation, and whether those going to a person are queued for review.
+    fn of(
+        config: &ModelConfig,
+        features: Vec<Vec<vigil_proto::vigil::v1::Feature>>,
+        out: &BatchOutput,
+        decisions: Option<&[ItemDecision]>,
+        review: Option<Policy>,
+    ) -> Self {
         let values = scores_output(out).and_then(|t| t.to_f32().ok()).unwrap_or_default();
         let per = values.len() / features.len().max(1);
+        let reviewers = config.thresholds.map_or(1, |t| t.reviewers);
         let items = features
             .into_iter()
             .enumerate()
             .map(|(i, features)| {
                 let scores = values.get(i * per..(i + 1) * per).unwrap_or_default().to_vec();
+                let (verdict, decision, reason) = decisions.and_then(|d| d.get(i).cloned()).unwrap_or_default();
+                let review = reason.zip(review).map(|(reason, policy)| ReviewRequest {
+                    policy: policy.as_str().into(),
+                    reason,
+                    show_suggestion: policy.shows_suggestion(),
+                    content_type: "application/json".into(),
+                    input: features_json(&features),
+                    reviewers,
+                });
                 InferredItem {
                     prediction_id: uuid::Uuid::now_v7().to_string(),
                     label: label_of(config, &scores),
                     features,
                     scores,
+                    verdict: verdict as i32,
+                    decision: decision as i32,
+                    review,
                 }
             })
             .collect();
@@ -151,6 +173,49 @@ impl Logged {
     }
 }
 
+/// One item's verdict and decision under its model's automation, and why it goes to a person.
+type ItemDecision = (Verdict, Decision, Option<String>);
+
+/// Each item's decision, for a model with thresholds whose scores give its positive class (one
+/// score, or the second of two); None for other models.
+fn decide_items(config: &ModelConfig, automation: Automation, out: &BatchOutput) -> Option<Vec<ItemDecision>> {
+    let thresholds = config.thresholds?;
+    let scores = scores_output(out)?;
+    let items = if config.max_batch_size > 0 { *scores.shape.first()? as usize } else { 1 };
+    let values = scores.to_f32().ok()?;
+    let per = values.len() / items.max(1);
+    if !(1..=2).contains(&per) {
+        return None;
+    }
+    Some(values.chunks_exact(per).map(|item| automation.decide(item[per - 1], &thresholds)).collect())
+}
+
+/// A decision's name in responses: `accept`, `reject`, `human_review` (empty: none).
+fn decision_name(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Accept => "accept",
+        Decision::Reject => "reject",
+        Decision::HumanReview => "human_review",
+        Decision::Unspecified => "",
+    }
+}
+
+/// The response parameter that carries each item's decision, comma-separated (`accept`,
+/// `reject`, `human_review`), for models with thresholds.
+pub const DECISIONS_PARAMETER: &str = "decisions";
+
+/// An item's input features as a JSON object (name -> value, null when missing), for a reviewer.
+fn features_json(features: &[vigil_proto::vigil::v1::Feature]) -> Vec<u8> {
+    let object: serde_json::Map<String, serde_json::Value> = features
+        .iter()
+        .map(|f| {
+            let value = if f.missing { serde_json::Value::Null } else { serde_json::json!(f.value) };
+            (f.name.clone(), value)
+        })
+        .collect();
+    serde_json::to_vec(&object).expect("features serialise")
+}
+
 /// The output logged as an item's scores: the model's first FP32 output (a classifier exported
 /// by skl2onnx puts its label first and its probabilities second).
 fn scores_output(out: &BatchOutput) -> Option<&Tensor> {
@@ -163,13 +228,18 @@ fn shadow_recorder(
     records: RecordEmitter,
     ctx: RequestContext,
     features: Vec<Vec<vigil_proto::vigil::v1::Feature>>,
+    band: Option<(f32, f32)>,
 ) -> ShadowObserver {
     Arc::new(move |run: ShadowRun| {
         let config = &run.model.config;
         let mut ctx = ctx.clone();
         ctx.deployment = run.deployment.clone();
         match run.result {
-            Ok(out) => Logged::of(config, features.clone(), &out).record(&records, &ctx, config),
+            // A shadow's decisions are logged as the model alone would decide, never queued.
+            Ok(out) => {
+                let decisions = decide_items(config, Automation { policy: Policy::Partial, band }, &out);
+                Logged::of(config, features.clone(), &out, decisions.as_deref(), None).record(&records, &ctx, config)
+            }
             Err(e) => {
                 records.failed(&ctx, &config.version.to_string(), uuid::Uuid::now_v7().to_string(), &to_status(e))
             }
@@ -207,7 +277,7 @@ async fn infer_on(
     });
     let on_shadow = match (recording, &summaries) {
         (Some((records, ctx)), Some(features)) if !route.shadows.is_empty() => {
-            Some(shadow_recorder(records.clone(), ctx.for_shadow(), features.clone()))
+            Some(shadow_recorder(records.clone(), ctx.for_shadow(), features.clone(), route.automation.band))
         }
         _ => None,
     };
@@ -218,7 +288,16 @@ async fn infer_on(
         id: request.id,
         ..Default::default()
     };
-    let logged = summaries.map(|features| Logged::of(config, features, &out));
+    let decisions = decide_items(config, route.automation, &out);
+    if let Some(decisions) = &decisions {
+        let names: Vec<&str> = decisions.iter().map(|(_, d, _)| decision_name(*d)).collect();
+        response.parameters.insert(
+            DECISIONS_PARAMETER.into(),
+            InferParameter { parameter_choice: Some(infer_parameter::ParameterChoice::StringParam(names.join(","))) },
+        );
+    }
+    let policy = Some(route.automation.policy);
+    let logged = summaries.map(|features| Logged::of(config, features, &out, decisions.as_deref(), policy));
     if let Some(logged) = &logged {
         let ids: Vec<&str> = logged.items.iter().map(|i| i.prediction_id.as_str()).collect();
         response.parameters.insert(

@@ -72,6 +72,11 @@ pub struct InferredItem {
     /// The item's values of the model's first FP32 output.
     pub scores: Vec<f32>,
     pub label: String,
+    /// Under a model with thresholds: its verdict and decision (`vigil.v1` enum values; 0 without).
+    pub verdict: i32,
+    pub decision: i32,
+    /// When the item goes to a person.
+    pub review: Option<ReviewRequest>,
 }
 
 impl RecordEmitter {
@@ -152,8 +157,11 @@ impl RecordEmitter {
                     class_scores: class_scores(labels, &item.scores),
                     label: item.label,
                     scores: item.scores,
+                    verdict: item.verdict,
                     ..Default::default()
                 }),
+                decision: item.decision,
+                review: item.review,
                 queue_time_us,
                 compute_time_us,
                 status: RecordStatus::Ok as i32,

@@ -20,7 +20,9 @@ pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 pub use registry::deployments::{DeploymentRow, DeploymentStore};
 pub use registry::rollouts::{RolloutRow, RolloutStep, RolloutStore, StepMode};
 pub use registry::{AuditEvent, Change, ModelVersionRow, RegistryError, RegistryStore, Stage};
-pub use review::{ReviewError, ReviewItem, ReviewStats, ReviewStore, ReviewedPrediction};
+pub use review::{
+    ReviewError, ReviewItem, ReviewOutcome, ReviewStats, ReviewStore, ReviewedPrediction, ReviewerDecision,
+};
 pub use rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow, RowError};
 pub use sqlite::SqliteStore;
 pub use store::{Backend, PredictionStore};

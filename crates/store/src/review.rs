@@ -1,8 +1,11 @@
-//! The human review queue: items a person decides (by the model's automation policy), each once.
-//! A reviewer claims the oldest open item with a lease; a decision is accepted from the
-//! reviewer holding the claim (or anyone once no live claim is held) and becomes a ground-truth
-//! label in the same transaction. One copy of each statement, in the `$N` placeholders both
-//! databases take, generated per backend.
+//! The human review queue: items people decide (by the model's automation policy). An item
+//! needs one decision, or a panel's: `reviews_required` people deciding it independently. A
+//! reviewer claims the oldest open item they have not decided yet, with a lease; an item admits
+//! as many live claims as decisions are still missing. A decision is accepted once per reviewer,
+//! from one holding a claim or while a slot is free; when the decisions required are in and one
+//! answer has a strict majority, the item is decided and that answer becomes its ground-truth
+//! label in the same transaction (a tie asks one more reviewer). One copy of each statement, in
+//! the `$N` placeholders both databases take, generated per backend.
 
 use std::future::Future;
 
@@ -31,11 +34,15 @@ pub struct ReviewItem {
     /// What `input` is (`image/png`); empty without input.
     pub content_type: String,
     pub input: Option<Vec<u8>>,
+    /// The reviewer who claimed it last, and until when.
     pub claimed_by: Option<String>,
     pub claimed_until: Option<DateTime<Utc>>,
+    /// Once decided: the reviewer, or a panel's reviewers (comma-separated), and the answer.
     pub decided_by: Option<String>,
     pub decision: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
+    /// How many people decide it independently (1: one person).
+    pub reviews_required: i16,
 }
 
 impl ReviewItem {
@@ -64,9 +71,36 @@ impl ReviewItem {
                 decided_by: None,
                 decision: None,
                 decided_at: None,
+                reviews_required: review.reviewers.clamp(1, MAX_REVIEWERS) as i16,
             }
         }))
     }
+}
+
+/// The most people one item may need (a panel's size).
+pub const MAX_REVIEWERS: u32 = 15;
+
+/// What an accepted decision did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewOutcome {
+    /// The item is decided (by this decision, or its panel's majority) and labelled.
+    Decided { decision: String },
+    /// More of the panel must decide: `decisions` of `required` are in (a tie raises `required`).
+    Awaiting { decisions: u32, required: u32 },
+}
+
+/// One reviewer's decision on an item of a panel or not, with the model's label and the
+/// item's final decision (None while open).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ReviewerDecision {
+    pub prediction_id: Uuid,
+    pub reviewer: String,
+    pub decision: String,
+    pub decided_at: DateTime<Utc>,
+    pub reviews_required: i16,
+    /// The model's label (empty when it was not consulted).
+    pub predicted: String,
+    pub final_decision: Option<String>,
 }
 
 /// Why a decision was not accepted.
@@ -76,6 +110,8 @@ pub enum ReviewError {
     NotFound(Uuid),
     #[error("item {id} was already decided by {by} ({decision}); nothing changed")]
     AlreadyDecided { id: Uuid, by: String, decision: String },
+    #[error("{by} already decided item {id} ({decision}); each reviewer decides an item once")]
+    AlreadyDecidedByYou { id: Uuid, by: String, decision: String },
     #[error("item {id} is claimed by {by} until {until}; claim it with `vigil review next` after that")]
     ClaimedByOther { id: Uuid, by: String, until: DateTime<Utc> },
     #[error("a decision must not be empty")]
@@ -120,14 +156,15 @@ pub trait ReviewStore: Clone + Send + Sync + 'static {
         lease: chrono::Duration,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<ReviewItem>, sqlx::Error>> + Send;
-    /// Decides an item and stores the decision as its label (source `review:<reviewer>`).
+    /// Records `reviewer`'s decision on an item; when it completes the item (one reviewer, or a
+    /// panel's majority), stores the answer as its label (source `review:<reviewers>`).
     fn submit_review(
         &self,
         id: Uuid,
         reviewer: &str,
         decision: &str,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(), ReviewError>> + Send;
+    ) -> impl Future<Output = Result<ReviewOutcome, ReviewError>> + Send;
     /// One item, decided or not.
     fn review_item(&self, id: Uuid) -> impl Future<Output = Result<Option<ReviewItem>, sqlx::Error>> + Send;
     /// The queue's state for `model` (or every model) at `now`.
@@ -143,10 +180,48 @@ pub trait ReviewStore: Clone + Send + Sync + 'static {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<ReviewedPrediction>, sqlx::Error>> + Send;
+    /// Every reviewer's decision on a model's items made in [since, until).
+    fn reviewer_decisions(
+        &self,
+        model: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<ReviewerDecision>, sqlx::Error>> + Send;
+}
+
+/// The answer with a strict majority of `decisions`, if one has it.
+pub fn majority<'a>(decisions: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    let mut total = 0;
+    for d in decisions {
+        total += 1;
+        match counts.iter_mut().find(|(answer, _)| *answer == d) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((d, 1)),
+        }
+    }
+    counts.into_iter().find(|&(_, n)| 2 * n > total).map(|(answer, _)| answer)
 }
 
 const COLUMNS: &str = "prediction_id, created_at, model_name, model_version, variant, station_id, part_id, policy, \
-     reason, suggestion, score, content_type, input, claimed_by, claimed_until, decided_by, decision, decided_at";
+     reason, suggestion, score, content_type, input, claimed_by, claimed_until, decided_by, decision, decided_at, \
+     reviews_required";
+
+/// Open items `$1` may claim at `$2` (of model `$3`, when given): not decided by them, and
+/// either under their live claim or with a slot free (live claims of others plus decisions fewer than
+/// required); their own claims first, then the oldest.
+const CLAIMABLE: &str = "FROM review_items r WHERE r.decided_at IS NULL \
+       AND (CAST($3 AS TEXT) IS NULL OR r.model_name = $3) \
+       AND NOT EXISTS (SELECT 1 FROM review_decisions d WHERE d.prediction_id = r.prediction_id AND d.reviewer = $1) \
+       AND (EXISTS (SELECT 1 FROM review_claims c \
+                    WHERE c.prediction_id = r.prediction_id AND c.reviewer = $1 AND c.claimed_until > $2) \
+            OR (SELECT count(*) FROM review_claims c \
+                WHERE c.prediction_id = r.prediction_id AND c.reviewer <> $1 AND c.claimed_until > $2) \
+             + (SELECT count(*) FROM review_decisions d WHERE d.prediction_id = r.prediction_id) \
+             < r.reviews_required) \
+     ORDER BY EXISTS (SELECT 1 FROM review_claims c \
+                      WHERE c.prediction_id = r.prediction_id AND c.reviewer = $1 AND c.claimed_until > $2) \
+       DESC, r.created_at LIMIT 1";
 
 /// Implements [`ReviewStore`] for `$store`; `$lock` ends the statement that reads the row a
 /// decision then writes, `$claim` the one that picks the item to claim (skipping rows another
@@ -163,7 +238,7 @@ macro_rules! review_backend {
                     for r in items {
                         inserted += sqlx::query(&format!(
                             "INSERT INTO review_items ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                             $11, $12, $13, NULL, NULL, NULL, NULL, NULL) ON CONFLICT (prediction_id) DO NOTHING"
+                             $11, $12, $13, NULL, NULL, NULL, NULL, NULL, $14) ON CONFLICT (prediction_id) DO NOTHING"
                         ))
                         .bind(r.prediction_id)
                         .bind(r.created_at)
@@ -178,6 +253,7 @@ macro_rules! review_backend {
                         .bind(r.score)
                         .bind(&r.content_type)
                         .bind(&r.input)
+                        .bind(r.reviews_required.max(1))
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
@@ -193,21 +269,32 @@ macro_rules! review_backend {
                     lease: chrono::Duration,
                     now: DateTime<Utc>,
                 ) -> Result<Option<ReviewItem>, sqlx::Error> {
-                    sqlx::query_as(&format!(
-                        "UPDATE review_items SET claimed_by = $1, claimed_until = $2 WHERE prediction_id = \
-                         (SELECT prediction_id FROM review_items WHERE decided_at IS NULL \
-                            AND (CAST($4 AS TEXT) IS NULL OR model_name = $4) \
-                            AND (claimed_until IS NULL OR claimed_until <= $3 OR claimed_by = $1) \
-                          ORDER BY coalesce(claimed_by = $1, false) DESC, created_at LIMIT 1{}) \
-                         RETURNING {COLUMNS}",
+                    let mut tx = self.pool().begin().await?;
+                    let claimed: Option<(Uuid,)> = sqlx::query_as(&format!(
+                        "INSERT INTO review_claims (prediction_id, reviewer, claimed_until) \
+                         SELECT r.prediction_id, $1, $4 {CLAIMABLE}{} \
+                         ON CONFLICT (prediction_id, reviewer) DO UPDATE SET claimed_until = excluded.claimed_until \
+                         RETURNING prediction_id",
                         $claim
                     ))
                     .bind(reviewer)
-                    .bind(now + lease)
                     .bind(now)
                     .bind(model)
-                    .fetch_optional(self.pool())
-                    .await
+                    .bind(now + lease)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some((id,)) = claimed else { return Ok(None) };
+                    let item = sqlx::query_as(&format!(
+                        "UPDATE review_items SET claimed_by = $2, claimed_until = $3 WHERE prediction_id = $1 \
+                         RETURNING {COLUMNS}"
+                    ))
+                    .bind(id)
+                    .bind(reviewer)
+                    .bind(now + lease)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(Some(item))
                 }
 
                 async fn submit_review(
@@ -216,7 +303,7 @@ macro_rules! review_backend {
                     reviewer: &str,
                     decision: &str,
                     now: DateTime<Utc>,
-                ) -> Result<(), ReviewError> {
+                ) -> Result<ReviewOutcome, ReviewError> {
                     if decision.trim().is_empty() {
                         return Err(ReviewError::EmptyDecision);
                     }
@@ -232,15 +319,34 @@ macro_rules! review_backend {
                     if let (Some(by), Some(decision)) = (item.decided_by, item.decision) {
                         return Err(ReviewError::AlreadyDecided { id, by, decision });
                     }
-                    if let (Some(by), Some(until)) = (item.claimed_by, item.claimed_until)
-                        && by != reviewer
-                        && until > now
-                    {
+                    let decided: Vec<(String, String)> = sqlx::query_as(
+                        "SELECT reviewer, decision FROM review_decisions WHERE prediction_id = $1 \
+                         ORDER BY decided_at, reviewer",
+                    )
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if let Some((_, earlier)) = decided.iter().find(|(by, _)| by == reviewer) {
+                        let (by, decision) = (reviewer.to_string(), earlier.clone());
+                        return Err(ReviewError::AlreadyDecidedByYou { id, by, decision });
+                    }
+                    let claims: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+                        "SELECT reviewer, claimed_until FROM review_claims \
+                         WHERE prediction_id = $1 AND claimed_until > $2 ORDER BY claimed_until",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let others: Vec<&(String, DateTime<Utc>)> = claims.iter().filter(|(by, _)| by != reviewer).collect();
+                    let holds_claim = others.len() < claims.len();
+                    if !holds_claim && others.len() + decided.len() >= item.reviews_required.max(1) as usize {
+                        let (by, until) = others[0].clone();
                         return Err(ReviewError::ClaimedByOther { id, by, until });
                     }
                     sqlx::query(
-                        "UPDATE review_items SET decided_by = $2, decision = $3, decided_at = $4 \
-                         WHERE prediction_id = $1",
+                        "INSERT INTO review_decisions (prediction_id, reviewer, decision, decided_at) \
+                         VALUES ($1, $2, $3, $4)",
                     )
                     .bind(id)
                     .bind(reviewer)
@@ -248,18 +354,53 @@ macro_rules! review_backend {
                     .bind(now)
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query(
-                        "INSERT INTO labels (label_id, prediction_id, label, time, source) VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(Uuid::now_v7())
-                    .bind(id)
-                    .bind(decision)
-                    .bind(now)
-                    .bind(format!("review:{reviewer}"))
-                    .execute(&mut *tx)
-                    .await?;
+                    sqlx::query("DELETE FROM review_claims WHERE prediction_id = $1 AND reviewer = $2")
+                        .bind(id)
+                        .bind(reviewer)
+                        .execute(&mut *tx)
+                        .await?;
+                    let mut all = decided;
+                    all.push((reviewer.to_string(), decision.to_string()));
+                    let required = item.reviews_required.max(1) as usize;
+                    let outcome = match majority(all.iter().map(|(_, d)| d.as_str())) {
+                        Some(answer) if all.len() >= required => {
+                            let by = all.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join(",");
+                            sqlx::query(
+                                "UPDATE review_items SET decided_by = $2, decision = $3, decided_at = $4 \
+                                 WHERE prediction_id = $1",
+                            )
+                            .bind(id)
+                            .bind(&by)
+                            .bind(answer)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                            sqlx::query(
+                                "INSERT INTO labels (label_id, prediction_id, label, time, source) \
+                                 VALUES ($1, $2, $3, $4, $5)",
+                            )
+                            .bind(Uuid::now_v7())
+                            .bind(id)
+                            .bind(answer)
+                            .bind(now)
+                            .bind(format!("review:{by}"))
+                            .execute(&mut *tx)
+                            .await?;
+                            ReviewOutcome::Decided { decision: answer.to_string() }
+                        }
+                        majority => {
+                            // All in without a strict majority: one more reviewer breaks the tie.
+                            let required = if majority.is_none() && all.len() >= required { all.len() + 1 } else { required };
+                            sqlx::query("UPDATE review_items SET reviews_required = $2 WHERE prediction_id = $1")
+                                .bind(id)
+                                .bind(required as i16)
+                                .execute(&mut *tx)
+                                .await?;
+                            ReviewOutcome::Awaiting { decisions: all.len() as u32, required: required as u32 }
+                        }
+                    };
                     tx.commit().await?;
-                    Ok(())
+                    Ok(outcome)
                 }
 
                 async fn review_item(&self, id: Uuid) -> Result<Option<ReviewItem>, sqlx::Error> {
@@ -273,8 +414,9 @@ macro_rules! review_backend {
                     sqlx::query_as(
                         "SELECT \
                            coalesce(sum(CASE WHEN decided_at IS NULL THEN 1 ELSE 0 END), 0) AS open, \
-                           coalesce(sum(CASE WHEN decided_at IS NULL AND claimed_until > $2 THEN 1 ELSE 0 END), 0) \
-                             AS claimed, \
+                           coalesce(sum(CASE WHEN decided_at IS NULL AND EXISTS (SELECT 1 FROM review_claims c \
+                             WHERE c.prediction_id = review_items.prediction_id AND c.claimed_until > $2) \
+                             THEN 1 ELSE 0 END), 0) AS claimed, \
                            min(CASE WHEN decided_at IS NULL THEN created_at END) AS oldest_open, \
                            coalesce(sum(CASE WHEN decided_at IS NULL THEN 0 ELSE 1 END), 0) AS decided \
                          FROM review_items WHERE CAST($1 AS TEXT) IS NULL OR model_name = $1",
@@ -304,9 +446,46 @@ macro_rules! review_backend {
                     .fetch_all(self.pool())
                     .await
                 }
+
+                async fn reviewer_decisions(
+                    &self,
+                    model: &str,
+                    since: DateTime<Utc>,
+                    until: DateTime<Utc>,
+                ) -> Result<Vec<ReviewerDecision>, sqlx::Error> {
+                    sqlx::query_as(&format!(
+                        "SELECT d.prediction_id, d.reviewer, d.decision, d.decided_at, r.reviews_required, \
+                           {} AS predicted, r.decision AS final_decision \
+                         FROM review_decisions d JOIN review_items r ON r.prediction_id = d.prediction_id \
+                         JOIN predictions p ON p.prediction_id = d.prediction_id \
+                         WHERE r.model_name = $1 AND d.decided_at >= $2 AND d.decided_at < $3 \
+                         ORDER BY d.decided_at, d.reviewer",
+                        $label
+                    ))
+                    .bind(model)
+                    .bind(since)
+                    .bind(until)
+                    .fetch_all(self.pool())
+                    .await
+                }
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::majority;
+
+    #[test]
+    fn a_majority_is_strict() {
+        assert_eq!(majority(["refer", "refer", "home"]), Some("refer"));
+        assert_eq!(majority(["refer"]), Some("refer"));
+        assert_eq!(majority(["refer", "home"]), None, "a tie");
+        assert_eq!(majority(["a", "b", "c"]), None);
+        assert_eq!(majority(["a", "b", "a", "b", "b"]), Some("b"));
+        assert_eq!(majority(Vec::<&str>::new()), None);
+    }
 }
 
 review_backend!(postgres, crate::PgStore, " FOR UPDATE", " FOR UPDATE SKIP LOCKED", "coalesce(p.output->>'label', '')");

@@ -703,6 +703,7 @@ async fn reviews_conform<S: PredictionStore + vigil_store::ReviewStore + vigil_s
         decided_by: None,
         decision: None,
         decided_at: None,
+        reviews_required: 1,
     };
     let items = [item(&rows[0], Some("ok")), item(&rows[1], None), item(&rows[2], Some("ok"))];
     assert_eq!(store.enqueue_reviews(&items).await.unwrap(), 3);
@@ -756,6 +757,123 @@ async fn reviews_conform<S: PredictionStore + vigil_store::ReviewStore + vigil_s
         .unwrap();
     let pairs: Vec<(String, String)> = reviewed.iter().map(|r| (r.predicted.clone(), r.decision.clone())).collect();
     assert_eq!(pairs, [("ok".to_string(), "defect".to_string()), ("ok".to_string(), "ok".to_string())]);
+}
+
+/// Panels: several reviewers decide one item independently; it is decided by their strict
+/// majority, a tie asks one more; an item admits as many claims as decisions are missing.
+async fn review_panels_conform<S: PredictionStore + vigil_store::ReviewStore + vigil_store::OutcomeStore>(store: S) {
+    use vigil_store::{ReviewError, ReviewItem, ReviewOutcome};
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let rows: Vec<PredictionRow> =
+        (0..3).map(|i| prediction(now - Duration::minutes(10 - i), 0.5, serde_json::json!({}))).collect();
+    store.insert_batch(&rows, &[]).await.unwrap();
+    let items: Vec<ReviewItem> = rows
+        .iter()
+        .zip([3, 2, 2])
+        .map(|(r, required)| ReviewItem {
+            prediction_id: r.prediction_id,
+            created_at: r.time,
+            model_name: r.model_name.clone(),
+            model_version: r.model_version.clone(),
+            variant: r.variant,
+            station_id: String::new(),
+            part_id: String::new(),
+            policy: "partial".into(),
+            reason: "hard case".into(),
+            suggestion: None,
+            score: None,
+            content_type: String::new(),
+            input: None,
+            claimed_by: None,
+            claimed_until: None,
+            decided_by: None,
+            decision: None,
+            decided_at: None,
+            reviews_required: required,
+        })
+        .collect();
+    store.enqueue_reviews(&items).await.unwrap();
+    let (first, second, third) = (rows[0].prediction_id, rows[1].prediction_id, rows[2].prediction_id);
+    let lease = Duration::minutes(5);
+    let claim = |who: &'static str| {
+        let store = store.clone();
+        async move { store.claim_review(who, None, lease, now).await.unwrap().map(|i| i.prediction_id) }
+    };
+
+    // Three doctors hold the first item at once; a fourth is handed the next one.
+    for doctor in ["anna", "ben", "carl"] {
+        assert_eq!(claim(doctor).await, Some(first), "{doctor}");
+    }
+    assert_eq!(claim("dora").await, Some(second));
+    assert_eq!(store.review_stats(None, now).await.unwrap().claimed, 2);
+    assert_eq!(
+        store.submit_review(first, "anna", "refer", now).await.unwrap(),
+        ReviewOutcome::Awaiting { decisions: 1, required: 3 }
+    );
+    let again = store.submit_review(first, "anna", "home", now).await.unwrap_err();
+    assert!(matches!(again, ReviewError::AlreadyDecidedByYou { ref decision, .. } if decision == "refer"), "{again}");
+    assert_eq!(claim("anna").await, Some(second), "anna decided the first item: the next one");
+    // Both of the second item's slots are held (dora, anna): erin may neither claim nor decide it.
+    assert_eq!(claim("erin").await, Some(third));
+    let refused = store.submit_review(second, "erin", "home", now).await.unwrap_err();
+    assert!(matches!(refused, ReviewError::ClaimedByOther { .. }), "{refused}");
+    assert_eq!(
+        store.submit_review(first, "ben", "home", now).await.unwrap(),
+        ReviewOutcome::Awaiting { decisions: 2, required: 3 }
+    );
+    assert_eq!(
+        store.submit_review(first, "carl", "home", now).await.unwrap(),
+        ReviewOutcome::Decided { decision: "home".into() }
+    );
+    let decided = store.review_item(first).await.unwrap().unwrap();
+    assert_eq!((decided.decision.as_deref(), decided.decided_by.as_deref()), (Some("home"), Some("anna,ben,carl")));
+    let late = store.submit_review(first, "dora", "refer", now).await.unwrap_err();
+    assert!(matches!(late, ReviewError::AlreadyDecided { .. }), "{late}");
+
+    // A tie of two asks a third reviewer, who settles it.
+    store.submit_review(second, "dora", "refer", now).await.unwrap();
+    assert_eq!(
+        store.submit_review(second, "anna", "home", now).await.unwrap(),
+        ReviewOutcome::Awaiting { decisions: 2, required: 3 }
+    );
+    assert_eq!(claim("fred").await, Some(second));
+    assert_eq!(
+        store.submit_review(second, "fred", "refer", now).await.unwrap(),
+        ReviewOutcome::Decided { decision: "refer".into() }
+    );
+
+    // Labels carry the panel; every reviewer's decision is kept beside the item's.
+    let labeled = store.labeled_predictions(&rows[0].model_name, None, None, now - Duration::hours(1), now).await;
+    let mut labels: Vec<String> = labeled.unwrap().into_iter().map(|l| l.actual).collect();
+    labels.sort();
+    assert_eq!(labels, ["home", "refer"]);
+    let decisions = store
+        .reviewer_decisions(&rows[0].model_name, now - Duration::hours(1), now + Duration::seconds(1))
+        .await
+        .unwrap();
+    let of_first: Vec<(&str, &str, Option<&str>)> = decisions
+        .iter()
+        .filter(|d| d.prediction_id == first)
+        .map(|d| (d.reviewer.as_str(), d.decision.as_str(), d.final_decision.as_deref()))
+        .collect();
+    assert_eq!(
+        of_first,
+        [("anna", "refer", Some("home")), ("ben", "home", Some("home")), ("carl", "home", Some("home"))]
+    );
+    assert_eq!(decisions.len(), 6);
+}
+
+#[tokio::test]
+async fn sqlite_review_panels_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    review_panels_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_review_panels_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    review_panels_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
 
 #[tokio::test]

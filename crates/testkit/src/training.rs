@@ -13,10 +13,46 @@ pub struct SpamCheck {
     pub probabilities: Vec<[f32; 2]>,
 }
 
+/// What the screening recipe writes with `--check`: patients (features in the model's column
+/// order, None where not measured), whether each should see a doctor, and onnxruntime's answers.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ScreeningCheck {
+    pub features: Vec<String>,
+    pub patients: Vec<Vec<Option<f32>>>,
+    pub truth: Vec<String>,
+    pub label: Vec<String>,
+    pub probabilities: Vec<[f32; 2]>,
+}
+
 /// Trains the anti-spam classifier (`python -m vigil_train.spam`) into `repository`'s
 /// `spam-filter/<version>` from the generated posts of `seed`; `variant` is `good`,
 /// `shuffled` or `all-spam`. Returns the check posts with onnxruntime's answers.
 pub fn train_spam_filter(repository: &Path, version: u32, variant: &str, seed: u32) -> SpamCheck {
+    let check = run_recipe(
+        "vigil_train.spam",
+        repository,
+        "spam-filter",
+        version,
+        &["--variant", variant, "--seed", &seed.to_string()],
+    );
+    serde_json::from_slice(&check).unwrap()
+}
+
+/// Trains the symptom-screening classifier (`python -m vigil_train.screening`) into
+/// `repository`'s `screening/<version>`. Returns `patients` check patients with onnxruntime's answers.
+pub fn train_screening(repository: &Path, version: u32, patients: usize) -> ScreeningCheck {
+    let check = run_recipe(
+        "vigil_train.screening",
+        repository,
+        "screening",
+        version,
+        &["--check-patients", &patients.to_string()],
+    );
+    serde_json::from_slice(&check).unwrap()
+}
+
+/// Runs a recipe writing `repository/<model>/<version>` and its `--check` file; returns the latter.
+fn run_recipe(module: &str, repository: &Path, model: &str, version: u32, args: &[&str]) -> Vec<u8> {
     let python = std::env::var("VIGIL_PYTHON").expect(
         "VIGIL_PYTHON is not set: run the tests through `./dev test` (a Python with scikit-learn and skl2onnx)",
     );
@@ -26,8 +62,8 @@ pub fn train_spam_filter(repository: &Path, version: u32, variant: &str, seed: u
     let version_dir = staging.path().join(version.to_string());
     let check = staging.path().join("check.json");
     let out = Command::new(python)
-        .args(["-m", "vigil_train.spam", "--variant", variant, "--version", &version.to_string()])
-        .args(["--seed", &seed.to_string()])
+        .args(["-m", module, "--version", &version.to_string()])
+        .args(args)
         .arg("--out")
         .arg(&version_dir)
         .arg("--check")
@@ -36,11 +72,10 @@ pub fn train_spam_filter(repository: &Path, version: u32, variant: &str, seed: u
         .env("PYTHONPATH", &training)
         .output()
         .unwrap();
-    assert!(out.status.success(), "training the spam filter failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let check: SpamCheck = serde_json::from_slice(&std::fs::read(&check).unwrap()).unwrap();
+    assert!(out.status.success(), "{module} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     // The version appears whole, as a watched repository expects.
-    let model = repository.join("spam-filter");
-    std::fs::create_dir_all(&model).unwrap();
-    std::fs::rename(&version_dir, model.join(version.to_string())).unwrap();
-    check
+    let model_dir = repository.join(model);
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::rename(&version_dir, model_dir.join(version.to_string())).unwrap();
+    std::fs::read(&check).unwrap()
 }
