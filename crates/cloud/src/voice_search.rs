@@ -449,6 +449,7 @@ impl Session {
             variant,
             deployment: deployment.to_string(),
             trace_id: self.trace_id.clone(),
+            stage: String::new(),
         };
         if let Some(vad) = &heard.vad {
             let record = vad_record(vad, &self.config.device_id, &heard.segment_seconds);

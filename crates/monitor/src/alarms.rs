@@ -18,9 +18,11 @@ use crate::views::{Baseline, DriftReport, Scope, ViewError, Views};
 
 /// What a rule watches. Names in the config file:
 /// `requests`, `throughput_rps`, `error_rate`, `null_rate`, `latency_p50_ms`, `latency_p99_ms`,
-/// `score_mean`, `verdict.<name>.rate`, `decision.<name>.rate`, `feedback.<kind>.rate` (events of
+/// `score_mean`, `verdict.<name>.rate`, `decision.<name>.rate`, `label.<name>.rate` (the share of
+/// predictions with that output label, e.g. `label.unknown.rate`), `feedback.<kind>.rate` (events of
 /// a kind per prediction, e.g. `redo_search`, `switch_to_typing`, `click`), `feature.<name>.mean`,
-/// `feature.<name>.missing_rate`, `drift.<feature|score>` (the test statistic),
+/// `feature.<name>.missing_rate` (names may hold dots: `feature.text.lang.eng.mean`),
+/// `drift.<feature|score>` (the test statistic),
 /// `drift.<feature|score>.detected` (1 or 0), `drift.dataset_share`, `accuracy`, `precision`,
 /// `recall`, `label_coverage`, `word_error_rate` (models answering in text, against labels giving
 /// what was said), `shadow.agreement` (the share of shadow answers with the primary's label; a
@@ -36,6 +38,7 @@ pub enum Metric {
     ScoreMean,
     VerdictRate(i32),
     DecisionRate(i32),
+    LabelRate(String),
     FeedbackRate(String),
     FeatureMean(String),
     FeatureMissingRate(String),
@@ -80,14 +83,16 @@ impl FromStr for Metric {
                     as i32,
             ),
             ["feedback", k, "rate"] => Self::FeedbackRate(k.to_string()),
-            ["feature", f, "mean"] => Self::FeatureMean(f.to_string()),
-            ["feature", f, "missing_rate"] => Self::FeatureMissingRate(f.to_string()),
+            ["label", name @ .., "rate"] if !name.is_empty() => Self::LabelRate(name.join(".")),
+            ["feature", name @ .., "mean"] if !name.is_empty() => Self::FeatureMean(name.join(".")),
+            ["feature", name @ .., "missing_rate"] if !name.is_empty() => Self::FeatureMissingRate(name.join(".")),
             ["drift", f] => Self::DriftStatistic(f.to_string()),
             ["drift", f, "detected"] => Self::DriftDetected(f.to_string()),
             _ => {
                 return Err(format!(
                     "unknown metric '{s}'; use requests, throughput_rps, error_rate, null_rate, latency_p50_ms, \
-                     latency_p99_ms, score_mean, verdict.<v>.rate, decision.<d>.rate, feedback.<kind>.rate, \
+                     latency_p99_ms, score_mean, verdict.<v>.rate, decision.<d>.rate, label.<l>.rate, \
+                     feedback.<kind>.rate, \
                      feature.<f>.mean, \
                      feature.<f>.missing_rate, drift.<f>, drift.<f>.detected, drift.dataset_share, accuracy, \
                      precision, recall, label_coverage, word_error_rate or shadow.agreement"
@@ -301,6 +306,7 @@ async fn evaluate_with<S: MonitorStore>(
                 Metric::ScoreMean => t.score.as_ref().and_then(sketch::mean),
                 Metric::VerdictRate(v) => rate(t.verdicts.get(v).copied().unwrap_or(0), t.count),
                 Metric::DecisionRate(d) => rate(t.decisions.get(d).copied().unwrap_or(0), t.count),
+                Metric::LabelRate(l) => rate(t.labels.get(l).copied().unwrap_or(0), t.count),
                 Metric::FeatureMean(f) => t.features.get(f).and_then(|f| (f.count > 0).then(|| f.sum / f.count as f64)),
                 Metric::FeatureMissingRate(f) => t.features.get(f).and_then(|f| rate(f.missing, f.count + f.missing)),
                 _ => None,
@@ -507,6 +513,10 @@ mod tests {
         assert_eq!("verdict.defect.rate".parse(), Ok(Metric::VerdictRate(Verdict::Defect as i32)));
         assert_eq!("feedback.redo_search.rate".parse(), Ok(Metric::FeedbackRate("redo_search".into())));
         assert_eq!("decision.human_review.rate".parse(), Ok(Metric::DecisionRate(Decision::HumanReview as i32)));
+        assert_eq!("label.unknown.rate".parse(), Ok(Metric::LabelRate("unknown".into())));
+        assert_eq!("feature.text.lang.eng.mean".parse(), Ok(Metric::FeatureMean("text.lang.eng".into())));
+        assert_eq!("feature.temperature.missing_rate".parse(), Ok(Metric::FeatureMissingRate("temperature".into())));
+        assert!("label.rate".parse::<Metric>().is_err());
         let e = "latency_p95".parse::<Metric>().unwrap_err();
         assert!(e.contains("unknown metric 'latency_p95'") && e.contains("latency_p99_ms"), "{e}");
         assert!("verdict.maybe.rate".parse::<Metric>().unwrap_err().contains("unknown verdict"));

@@ -6,7 +6,8 @@ use vigil_proto::vigil::v1::monitoring_server::Monitoring;
 use vigil_proto::vigil::v1::{
     AccuracyWindow as PbAccuracy, Alert, Decision, DriftTest, FeatureSummary, GetDriftRequest, GetDriftResponse,
     GetMetricsRequest, GetMetricsResponse, ListAlertsRequest, ListAlertsResponse, MetricsWindow, RollupWindow,
-    Scope as PbScope, SubmitLabelsRequest, SubmitLabelsResponse, Verdict,
+    Scope as PbScope, SubmitFeedbackRequest, SubmitFeedbackResponse, SubmitLabelsRequest, SubmitLabelsResponse,
+    Verdict,
 };
 use vigil_store::{MonitorStore, PredictionStore};
 
@@ -214,5 +215,12 @@ impl<S: MonitorStore + PredictionStore> Monitoring for MonitoringService<S> {
     ) -> Result<Response<SubmitLabelsResponse>, Status> {
         let r = request.into_inner();
         crate::labels::submit(&self.views.store, &self.views.catalog, &r.labels).await.map(Response::new)
+    }
+
+    async fn submit_feedback(
+        &self,
+        request: Request<SubmitFeedbackRequest>,
+    ) -> Result<Response<SubmitFeedbackResponse>, Status> {
+        crate::feedback::submit(&self.views.store, &request.into_inner().events).await.map(Response::new)
     }
 }

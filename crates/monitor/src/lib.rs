@@ -7,6 +7,7 @@ pub mod alarms;
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod feedback;
 pub mod http;
 pub mod labels;
 pub mod notify;

@@ -46,6 +46,9 @@ pub fn add_row(w: &mut RollupWindow, r: &RollupInput) {
     if !r.stage.is_empty() {
         *w.stages.entry(r.stage.clone()).or_default() += 1;
     }
+    if !r.label.is_empty() {
+        *w.labels.entry(r.label.clone()).or_default() += 1;
+    }
     if let Some(features) = r.features.as_object() {
         for (name, value) in features {
             let f = w.features.entry(name.clone()).or_default();
@@ -82,6 +85,9 @@ pub fn merge_windows(a: &mut RollupWindow, b: &RollupWindow) {
     }
     for (stage, n) in &b.stages {
         *a.stages.entry(stage.clone()).or_default() += n;
+    }
+    for (label, n) in &b.labels {
+        *a.labels.entry(label.clone()).or_default() += n;
     }
     for (name, fb) in &b.features {
         let fa: &mut FeatureRollup = a.features.entry(name.clone()).or_default();
@@ -195,6 +201,7 @@ mod tests {
             compute_time_us: 900,
             status: RecordStatus::Ok as i16,
             stage: if t % 2 == 0 { "asr".into() } else { String::new() },
+            label: if score >= 0.5 { "spam".into() } else { "ham".into() },
         }
     }
 
@@ -228,6 +235,8 @@ mod tests {
         assert_eq!(a.stages, b.stages);
         assert_eq!(a.stages.get("asr"), Some(&100));
         assert_eq!(a.stages.len(), 1);
+        assert_eq!(a.labels, b.labels);
+        assert_eq!((a.labels["spam"], a.labels["ham"]), (100, 100), "scores i / 200: half at 0.5 or more");
         assert_eq!(sketch::quantile(a.latency_ms.as_ref().unwrap(), 0.5), Some(1.0));
     }
 }

@@ -93,6 +93,7 @@ impl InspectionService {
             variant: route.variant,
             deployment: route.deployment.clone(),
             trace_id: new_trace_id(),
+            stage: String::new(),
         });
         let started = Instant::now();
         let result = self.run(&route, request, ctx.as_ref()).await;

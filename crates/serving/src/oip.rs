@@ -78,6 +78,7 @@ impl InferenceService {
         tally: &mut Tally<'_>,
     ) -> Result<ModelInferResponse, Status> {
         let request_time = std::time::SystemTime::now();
+        let (trace_id, stage) = pipeline_parameters(&request)?;
         let key = routing_key(&request);
         let route = self.infer.route(&request.model_name, &request.model_version, key).map_err(to_status)?;
         let model = route.primary.clone();
@@ -92,7 +93,8 @@ impl InferenceService {
             api: "model_infer",
             variant: route.variant,
             deployment: route.deployment.clone(),
-            trace_id: new_trace_id(),
+            trace_id: trace_id.unwrap_or_else(new_trace_id),
+            stage,
         });
         let started = Instant::now();
         let recording = self.records.as_ref().zip(ctx.as_ref());
@@ -252,10 +254,44 @@ fn shadow_recorder(
 pub const ROUTING_KEY_PARAMETER: &str = "routing_key";
 
 fn routing_key(request: &ModelInferRequest) -> &str {
-    match request.parameters.get(ROUTING_KEY_PARAMETER).and_then(|p| p.parameter_choice.as_ref()) {
-        Some(infer_parameter::ParameterChoice::StringParam(key)) => key,
-        _ => "",
+    string_parameter(request, ROUTING_KEY_PARAMETER).unwrap_or_default()
+}
+
+fn string_parameter<'a>(request: &'a ModelInferRequest, name: &str) -> Option<&'a str> {
+    match request.parameters.get(name).and_then(|p| p.parameter_choice.as_ref()) {
+        Some(infer_parameter::ParameterChoice::StringParam(value)) => Some(value),
+        _ => None,
     }
+}
+
+/// The request parameter that joins the records of one pipeline run (e.g. a user profile model,
+/// then a recommender fed its answer): the same trace id on every call. Default: a new one.
+pub const TRACE_ID_PARAMETER: &str = "trace_id";
+/// The request parameter naming the pipeline step a call is (e.g. `profile`, `recommend`),
+/// logged as the records' stage.
+pub const STAGE_PARAMETER: &str = "stage";
+/// Longest trace id and stage name taken.
+pub const MAX_PIPELINE_PARAMETER_CHARS: usize = 64;
+
+/// The request's trace id and stage: short, printable, checked.
+fn pipeline_parameters(request: &ModelInferRequest) -> Result<(Option<String>, String), Status> {
+    let check = |name: &str| -> Result<Option<String>, Status> {
+        let Some(value) = request.parameters.get(name) else { return Ok(None) };
+        match &value.parameter_choice {
+            Some(infer_parameter::ParameterChoice::StringParam(v))
+                if !v.is_empty()
+                    && v.len() <= MAX_PIPELINE_PARAMETER_CHARS
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) =>
+            {
+                Ok(Some(v.clone()))
+            }
+            _ => Err(Status::invalid_argument(format!(
+                "parameter '{name}' must be a string of 1 to {MAX_PIPELINE_PARAMETER_CHARS} letters, digits, '-', '_', \
+                 '.' or ':'"
+            ))),
+        }
+    };
+    Ok((check(TRACE_ID_PARAMETER)?, check(STAGE_PARAMETER)?.unwrap_or_default()))
 }
 
 /// The response parameter that carries the prediction ids, comma-separated, one per item (for

@@ -50,6 +50,8 @@ pub struct RequestContext {
     pub deployment: String,
     /// Shared by every record of the request: the primary's and its shadows'.
     pub trace_id: String,
+    /// The pipeline step the request is (e.g. `profile`); empty for a single-model request.
+    pub stage: String,
 }
 
 impl RequestContext {
@@ -235,6 +237,7 @@ impl RecordEmitter {
             variant: ctx.variant as i32,
             deployment_id: ctx.deployment.clone(),
             api: ctx.api.to_string(),
+            stage: ctx.stage.clone(),
             ..Default::default()
         }
     }

@@ -24,6 +24,31 @@ pub struct ScreeningCheck {
     pub probabilities: Vec<[f32; 2]>,
 }
 
+/// What the recommendation pipeline's recipe writes with `--check`, per phase (`normal`, and
+/// `shifted`: the site's redesign lost the car tracking): users' inputs, whether each owns a
+/// car, and onnxruntime's answers.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PipelineCheck {
+    pub normal: PipelinePhase,
+    pub shifted: PipelinePhase,
+}
+
+/// One phase of a [`PipelineCheck`].
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct PipelinePhase {
+    pub inputs: Vec<Vec<f32>>,
+    pub owns_car: Vec<u8>,
+    pub label: Vec<String>,
+    pub probabilities: Vec<Vec<f32>>,
+}
+
+/// Trains one model of the recommendation pipeline (`python -m vigil_train.recommender`):
+/// `profile` or `recommender`, into `repository/<model>/<version>`, with `users` check users per phase.
+pub fn train_pipeline_model(repository: &Path, model: &str, version: u32, users: usize) -> PipelineCheck {
+    let args = ["--model", model, "--check-users", &users.to_string()];
+    serde_json::from_slice(&run_recipe("vigil_train.recommender", repository, model, version, &args)).unwrap()
+}
+
 /// Trains the anti-spam classifier (`python -m vigil_train.spam`) into `repository`'s
 /// `spam-filter/<version>` from the generated posts of `seed`; `variant` is `good`,
 /// `shuffled` or `all-spam`. Returns the check posts with onnxruntime's answers.

@@ -28,6 +28,8 @@ pub struct RollupInput {
     pub status: i16,
     /// The pipeline step; empty for a single-model request.
     pub stage: String,
+    /// The model's output label; empty when it gave none.
+    pub label: String,
 }
 
 /// Predictions not yet rolled up, and the cursor to store once they are.

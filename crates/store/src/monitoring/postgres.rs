@@ -15,7 +15,7 @@ use crate::PgStore;
 const CURSOR: &str = "predictions";
 
 const ROLLUP_COLUMNS: &str = "model_name, model_version, variant, time, request_time, features, score, output_null, \
-     verdict, decision, queue_time_us, compute_time_us, status, stage";
+     verdict, decision, queue_time_us, compute_time_us, status, stage, coalesce(output->>'label', '') AS label";
 
 /// The oldest transaction id that may still add predictions: the oldest transaction running in
 /// this database (`pg_stat_activity`, read after the snapshot, and prepared two-phase ones), or

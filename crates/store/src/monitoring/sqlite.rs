@@ -28,7 +28,8 @@ impl RollupStore for SqliteStore {
     async fn read_for_rollup(&self, cursor: i64, max_rows: usize) -> Result<RollupBatch, sqlx::Error> {
         let fetched = sqlx::query_as::<_, RowWithId>(
             "SELECT rowid AS row_id, model_name, model_version, variant, time, request_time, features, score, \
-               output_null, verdict, decision, queue_time_us, compute_time_us, status, stage \
+               output_null, verdict, decision, queue_time_us, compute_time_us, status, stage, \
+               coalesce(json_extract(output, '$.label'), '') AS label \
              FROM predictions WHERE rowid > ? ORDER BY rowid LIMIT ?",
         )
         .bind(cursor)
