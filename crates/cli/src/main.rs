@@ -11,6 +11,7 @@
 mod batch;
 mod bench;
 mod bench_voice;
+mod demo;
 mod deploy;
 mod images;
 mod inspect;
@@ -72,6 +73,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Voice search benchmark: VAD and recognition real-time factors, the user's wait at 1 and 8 streams.
     BenchVoice(bench_voice::VoiceBenchArgs),
+    /// Play one of the seed's examples (anti-spam, screening, recommender) end to end on this machine.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
             Command::Speak(args) => speak::run(args).await,
             Command::Batch(args) => batch::run(args).await,
             Command::BenchVoice(args) => bench_voice::run(args).await.map(|()| 0),
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

@@ -34,6 +34,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// A transaction that will write (the same call as on [`crate::SqliteStore`]).
+    pub async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
     /// Inserts predictions (one statement); rows whose id exists are skipped.
     pub async fn insert_predictions(&self, rows: &[PredictionRow]) -> Result<u64, sqlx::Error> {
         insert_predictions(&self.pool, rows).await
@@ -146,7 +151,7 @@ impl PredictionStore for PgStore {
         predictions: &[PredictionRow],
         labels: &[LabelRow],
     ) -> Result<(u64, u64), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let p = insert_predictions(&mut *tx, predictions).await?;
         let l = insert_labels(&mut *tx, labels).await?;
         tx.commit().await?;

@@ -233,7 +233,7 @@ macro_rules! review_backend {
 
             impl ReviewStore for $store {
                 async fn enqueue_reviews(&self, items: &[ReviewItem]) -> Result<u64, sqlx::Error> {
-                    let mut tx = self.pool().begin().await?;
+                    let mut tx = self.write_transaction().await?;
                     let mut inserted = 0;
                     for r in items {
                         inserted += sqlx::query(&format!(
@@ -269,7 +269,7 @@ macro_rules! review_backend {
                     lease: chrono::Duration,
                     now: DateTime<Utc>,
                 ) -> Result<Option<ReviewItem>, sqlx::Error> {
-                    let mut tx = self.pool().begin().await?;
+                    let mut tx = self.write_transaction().await?;
                     let claimed: Option<(Uuid,)> = sqlx::query_as(&format!(
                         "INSERT INTO review_claims (prediction_id, reviewer, claimed_until) \
                          SELECT r.prediction_id, $1, $4 {CLAIMABLE}{} \
@@ -307,7 +307,7 @@ macro_rules! review_backend {
                     if decision.trim().is_empty() {
                         return Err(ReviewError::EmptyDecision);
                     }
-                    let mut tx = self.pool().begin().await?;
+                    let mut tx = self.write_transaction().await?;
                     let item: Option<ReviewItem> = sqlx::query_as(&format!(
                         "SELECT {COLUMNS} FROM review_items WHERE prediction_id = $1{}",
                         $lock

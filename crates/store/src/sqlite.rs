@@ -47,6 +47,13 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// A transaction that will write: it takes SQLite's write lock at `BEGIN IMMEDIATE`, so
+    /// concurrent writers wait (up to the busy timeout) instead of failing with "database is
+    /// locked" when a read would turn into a write.
+    pub async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
 }
 
 impl PredictionStore for SqliteStore {
@@ -61,7 +68,7 @@ impl PredictionStore for SqliteStore {
         predictions: &[PredictionRow],
         labels: &[LabelRow],
     ) -> Result<(u64, u64), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let mut inserted_predictions = 0;
         for chunk in predictions.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(

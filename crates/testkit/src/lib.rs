@@ -4,14 +4,12 @@
 //! directory. `./dev setup` installs what they run (the broker's jars from Maven Central,
 //! PostgreSQL from Debian's packages); when something is missing they fail and say so.
 //! [`Chromium`] drives a headless browser over the DevTools protocol, for pages a person uses.
-//! [`speech`] synthesises spoken test audio with espeak-ng; [`training`] builds models with the
-//! project's training recipes.
+//! [`speech`] synthesises spoken test audio with espeak-ng.
 
 pub mod chromium;
 pub mod kafka;
 pub mod postgres;
 pub mod speech;
-pub mod training;
 
 pub use chromium::{Chromium, Page};
 pub use kafka::KafkaBroker;

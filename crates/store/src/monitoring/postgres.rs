@@ -47,7 +47,7 @@ impl RollupStore for PgStore {
     }
 
     async fn read_for_rollup(&self, cursor: i64, max_rows: usize) -> Result<RollupBatch, sqlx::Error> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_transaction().await?;
         let horizon: i64 = sqlx::query_scalar(HORIZON).fetch_one(&mut *tx).await?;
         if horizon <= cursor {
             return Ok(RollupBatch { rows: Vec::new(), next_cursor: cursor });
@@ -99,7 +99,7 @@ impl RollupStore for PgStore {
         deltas: Vec<StoredRollup>,
         merge: &MergeFn,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query("INSERT INTO rollup_cursor (name, cursor) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
             .bind(CURSOR)
             .execute(&mut *tx)
@@ -276,7 +276,7 @@ impl AlertStore for PgStore {
     }
 
     async fn save_alert(&self, a: &AlertRow, notify: bool) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_transaction().await?;
         bind_alert!(
             sqlx::query(
                 "INSERT INTO alerts (alert_key, rule, model_name, metric, severity, state, value, threshold, since, \

@@ -47,7 +47,7 @@ impl RollupStore for SqliteStore {
         deltas: Vec<StoredRollup>,
         merge: &MergeFn,
     ) -> Result<bool, sqlx::Error> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_transaction().await?;
         let stored: Option<i64> = sqlx::query_scalar("SELECT cursor FROM rollup_cursor WHERE name = ?")
             .bind(CURSOR)
             .fetch_optional(&mut *tx)
@@ -215,7 +215,7 @@ impl AlertStore for SqliteStore {
     }
 
     async fn save_alert(&self, a: &AlertRow, notify: bool) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_transaction().await?;
         let columns = "alert_key, rule, model_name, metric, severity, state, value, threshold";
         bind_alert!(
             sqlx::query(&format!(

@@ -32,7 +32,7 @@ macro_rules! registry_backend {
 
         impl RegistryStore for $store {
             async fn register_version(&self, row: &ModelVersionRow, reason: &str) -> Result<Registered, RegistryError> {
-                let mut tx = self.pool().begin().await?;
+                let mut tx = self.write_transaction().await?;
                 let inserted = sqlx::query(&format!(
                     "INSERT INTO model_versions ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (model_name, version) DO NOTHING"
@@ -92,7 +92,7 @@ macro_rules! registry_backend {
                 stage: Stage,
                 change: &Change<'_>,
             ) -> Result<Vec<String>, RegistryError> {
-                let mut tx = self.pool().begin().await?;
+                let mut tx = self.write_transaction().await?;
                 let from: Option<String> =
                     sqlx::query_scalar(&format!(
                         "SELECT stage FROM model_versions WHERE model_name = $1 AND version = $2{}",
@@ -151,7 +151,7 @@ macro_rules! registry_backend {
             }
 
             async fn set_deployment(&self, row: &DeploymentRow, change: &Change<'_>) -> Result<(), RegistryError> {
-                let mut tx = self.pool().begin().await?;
+                let mut tx = self.write_transaction().await?;
                 write_deployment(&mut tx, row, change).await?;
                 tx.commit().await?;
                 Ok(())
@@ -222,7 +222,7 @@ macro_rules! registry_backend {
             ) -> Result<(), RegistryError> {
                 let steps = row.steps().map_err(RegistryError::Invalid)?;
                 crate::registry::rollouts::validate_plan(&steps).map_err(RegistryError::Invalid)?;
-                let mut tx = self.pool().begin().await?;
+                let mut tx = self.write_transaction().await?;
                 let active: Option<String> = sqlx::query_scalar(&format!(
                     "SELECT rollout_id FROM rollouts WHERE model_name = $1 AND state IN ('running', 'paused'){}",
                     $lock
@@ -268,7 +268,7 @@ macro_rules! registry_backend {
                 deployment: Option<&DeploymentRow>,
                 change: &Change<'_>,
             ) -> Result<bool, RegistryError> {
-                let mut tx = self.pool().begin().await?;
+                let mut tx = self.write_transaction().await?;
                 let moved = sqlx::query(
                     "UPDATE rollouts SET step = $1, state = $2, step_started_at = $3, updated_at = $4, history = $5 \
                      WHERE rollout_id = $6 AND step = $7 AND state = $8",

@@ -19,8 +19,9 @@ use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceC
 use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::{InferTensorContents, ModelInferRequest, ModelInferResponse, ModelMetadataRequest};
 use vigil_proto::vigil::v1::PredictionRecord;
+use vigil_scenarios::Recipes;
+use vigil_scenarios::recipes::SpamCheck;
 use vigil_serving::records::RecordEmitter;
-use vigil_testkit::training::{SpamCheck, train_spam_filter};
 
 const MODEL: &str = "spam-filter";
 
@@ -107,7 +108,7 @@ async fn client(server: &vigil_cloud::RunningServer) -> GrpcInferenceServiceClie
 async fn an_skl2onnx_text_classifier_answers_as_onnxruntime_over_raw_and_typed_bytes_and_logs_text_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let repository = dir.path().join("models");
-    let check = train_spam_filter(&repository, 1, "good", 7);
+    let check = Recipes::locate().unwrap().spam_filter(&repository, 1, "good", 7).unwrap();
     assert!(check.label.iter().any(|l| l == "spam") && check.label.iter().any(|l| l == "ham"));
     let (server, mut records) = cloud(&repository).await;
     let mut oip = client(&server).await;
@@ -181,7 +182,7 @@ async fn an_skl2onnx_text_classifier_answers_as_onnxruntime_over_raw_and_typed_b
 async fn malformed_text_inputs_are_refused_with_invalid_argument_and_spoil_no_batch() {
     let dir = tempfile::tempdir().unwrap();
     let repository = dir.path().join("models");
-    let check = train_spam_filter(&repository, 1, "good", 7);
+    let check = Recipes::locate().unwrap().spam_filter(&repository, 1, "good", 7).unwrap();
     let (server, _records) = cloud(&repository).await;
     let oip = client(&server).await;
 

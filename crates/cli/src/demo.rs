@@ -1,0 +1,157 @@
+//! `vigil demo NAME`: the seed's examples played out on this machine in a few seconds each, with
+//! models trained by the project's recipes, vigil-cloud, the logger's pipeline and the monitor
+//! in this process, over SQLite in a temporary directory (or `--database-url`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use vigil_scenarios::{Recipes, Stack, StackOptions, anti_spam, pipeline, screening};
+use vigil_store::{MonitorStore, PgStore, PredictionStore, SqliteStore};
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Which example to run.
+    #[arg(value_enum)]
+    name: DemoName,
+    /// The database to use (postgres://... or sqlite://...); default: SQLite in a temporary directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Where the monitor's dashboard and review page listen.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    monitor_listen: SocketAddr,
+    /// After the run, keep everything up (the dashboard shows the run) until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum DemoName {
+    /// A retrained spam filter rolled out from 1% of users to all; one that flags everything rolled back by itself.
+    AntiSpam,
+    /// Symptom screening in partial automation: hard cases decided by a panel of three doctors.
+    Screening,
+    /// A user-profile model feeding a recommender; a lost clickstream fires an alarm on each stage.
+    Recommender,
+}
+
+/// Exit code when the example did not end as it should.
+pub const UNEXPECTED_OUTCOME: u8 = 1;
+
+pub async fn run(args: DemoArgs) -> Result<u8> {
+    let recipes = Recipes::locate()?;
+    let dir = tempfile::tempdir().context("creating a working directory")?;
+    let repository = dir.path().join("models");
+    println!("training the models (training/: scikit-learn, exported by skl2onnx) ...");
+    let prepared = match args.name {
+        DemoName::AntiSpam => Prepared::AntiSpam(anti_spam::prepare(&recipes, &repository)?),
+        DemoName::Screening => Prepared::Screening(screening::prepare(&recipes, &repository, 240)?),
+        DemoName::Recommender => Prepared::Recommender(pipeline::prepare(&recipes, &repository, 300)?),
+    };
+    match &args.database_url {
+        Some(url) if url.starts_with("postgres") => {
+            let store = PgStore::connect_lazy(url, 8).with_context(|| format!("--database-url {url}"))?;
+            play(store, url.clone(), &repository, &args, prepared).await
+        }
+        Some(url) => {
+            let store = SqliteStore::connect(url).await.with_context(|| format!("--database-url {url}"))?;
+            play(store, url.clone(), &repository, &args, prepared).await
+        }
+        None => {
+            let path = dir.path().join("vigil.db");
+            let store = SqliteStore::open(&path).await.context("creating the demo's SQLite database")?;
+            play(store, format!("sqlite://{}", path.display()), &repository, &args, prepared).await
+        }
+    }
+}
+
+enum Prepared {
+    AntiSpam(vigil_scenarios::recipes::SpamCheck),
+    Screening(vigil_scenarios::recipes::ScreeningCheck),
+    Recommender(vigil_scenarios::recipes::PipelineCheck),
+}
+
+async fn play<S: PredictionStore + MonitorStore>(
+    store: S,
+    url: String,
+    repository: &Path,
+    args: &DemoArgs,
+    prepared: Prepared,
+) -> Result<u8> {
+    let mut options = StackOptions::new(url, repository);
+    options.monitor_http = args.monitor_listen;
+    let stack = Stack::start(store, options).await?;
+    let dashboard = format!("http://{}", stack.monitor_http);
+    println!("vigil-cloud on {}, dashboard on {dashboard}/", stack.server.addr);
+    let say = |line: &str| println!("{line}");
+    let (expected, model) = match prepared {
+        Prepared::AntiSpam(posts) => {
+            let outcome = anti_spam::run(&stack, &posts.texts, &say).await?;
+            println!(
+                "outcome: version 2 {} through {} steps; version 3 {} at 1% of users",
+                outcome.retrained.rollout.state,
+                outcome.retrained.rollout.decisions().len(),
+                outcome.flags_everything.rollout.state
+            );
+            (outcome.as_expected(), anti_spam::MODEL)
+        }
+        Prepared::Screening(patients) => {
+            let served = screening::serve_patients(&stack, &patients, &say).await?;
+            screening::doctors_decide(&stack, &patients, &served, &say).await?;
+            let report = screening::report(&stack, patients.patients.len()).await?;
+            let panel = &report["review"]["panel"];
+            println!(
+                "outcome: automation rate {:.1}%; doctors agree on {:.1}% of pairs (Fleiss' kappa {:.2})",
+                served.automation_rate() * 100.0,
+                panel["pairwise_agreement"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                panel["fleiss_kappa"].as_f64().unwrap_or(f64::NAN)
+            );
+            for r in panel["reviewers"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<9} {} decisions, agrees with the model {:.1}%, with the panel {:.1}%",
+                    r["reviewer"].as_str().unwrap_or(""),
+                    r["decisions"],
+                    r["with_model"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                    r["with_panel"].as_f64().unwrap_or(f64::NAN) * 100.0
+                );
+            }
+            let decided = panel["items"].as_u64() == Some(served.hard().len() as u64);
+            (decided && served.automation_rate() > 0.5, screening::MODEL)
+        }
+        Prepared::Recommender(users) => {
+            let outcome = pipeline::run(&stack, &users, &say).await?;
+            let [before, after] = pipeline::judge(&stack, &outcome).await?;
+            let show = |state: &Option<(String, Option<f64>)>| match state {
+                Some((state, Some(value))) => format!("{state} ({value:.3})"),
+                Some((state, None)) => state.clone(),
+                None => "quiet".into(),
+            };
+            println!(
+                "outcome: before the redesign unknown-fraction {}, click-through {}",
+                show(&before.0),
+                show(&before.1)
+            );
+            println!(
+                "         after it           unknown-fraction {}, click-through {}",
+                show(&after.0),
+                show(&after.1)
+            );
+            let firing = |s: &Option<(String, Option<f64>)>| s.as_ref().is_some_and(|s| s.0 == "firing");
+            (!firing(&before.0) && !firing(&before.1) && firing(&after.0) && firing(&after.1), "profile")
+        }
+    };
+    println!("dashboard: {dashboard}/?model={model}");
+    if args.keep_running {
+        println!("running until Ctrl-C");
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    }
+    stack.shutdown().await?;
+    if expected {
+        println!("as expected");
+        Ok(0)
+    } else {
+        eprintln!("vigil: the example did not end as it should (see above)");
+        Ok(UNEXPECTED_OUTCOME)
+    }
+}

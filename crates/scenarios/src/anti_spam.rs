@@ -1,0 +1,210 @@
+//! The seed's anti-spam example: a social platform's spam filter (scikit-learn, exported by
+//! skl2onnx) in vigil-cloud, each post keyed by its user for the canary. The controller takes a
+//! retrained version from 1% of users through 10% and 50% to everyone while users post; then a
+//! version that flags every post is pushed and rolled back in its 1% step with no person.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use vigil_inference::tensor::{parse_bytes_elements, serialize_bytes_elements};
+use vigil_monitor::rollout;
+use vigil_proto::inference::model_infer_request::InferInputTensor;
+use vigil_proto::inference::{InferParameter, ModelInferRequest, infer_parameter::ParameterChoice};
+use vigil_store::{Change, MonitorStore, PredictionStore, RolloutRow, RolloutStep, StepMode};
+
+use crate::recipes::SpamCheck;
+use crate::{Progress, Recipes, Stack};
+
+pub const MODEL: &str = "spam-filter";
+/// Users posting: each post comes from one drawn at random.
+pub const USERS: u64 = 5_000;
+/// Longest a rollout may take before the scenario gives up.
+pub const ROLLOUT_DEADLINE: Duration = Duration::from_secs(150);
+
+/// Trains the versions into `repository`: 1 in service, 2 retrained on new posts, 3 flags every
+/// post. Returns posts to send, with onnxruntime's answers for version 1.
+pub fn prepare(recipes: &Recipes, repository: &std::path::Path) -> Result<SpamCheck> {
+    let posts = recipes.spam_filter(repository, 1, "good", 7)?;
+    recipes.spam_filter(repository, 2, "good", 8)?;
+    recipes.spam_filter(repository, 3, "all-spam", 9)?;
+    Ok(posts)
+}
+
+/// 1% of users, then 10%, 50% and all: each step at least 2 s and 30 of the candidate's answers.
+pub fn plan() -> Vec<RolloutStep> {
+    let step = |share| RolloutStep {
+        share,
+        mode: StepMode::Canary,
+        min_duration_s: 2,
+        min_requests: 30,
+        max_duration_s: Some(90),
+    };
+    vec![step(0.01), step(0.1), step(0.5), step(1.0)]
+}
+
+/// One rollout as the users saw it: per user, each answering version with the step the
+/// rollout was at when the poster last looked.
+#[derive(Debug)]
+pub struct Seen {
+    pub rollout: RolloutRow,
+    pub answers: HashMap<String, Vec<(String, i32)>>,
+    pub posts: usize,
+}
+
+/// What happened: the retrained version's rollout and the bad version's.
+#[derive(Debug)]
+pub struct Outcome {
+    pub retrained: Seen,
+    pub flags_everything: Seen,
+}
+
+impl Outcome {
+    /// Whether it went as it should: version 2 promoted, version 3 rolled back at 1%.
+    pub fn as_expected(&self) -> bool {
+        self.retrained.rollout.state == "promoted"
+            && (self.flags_everything.rollout.state.as_str(), self.flags_everything.rollout.step) == ("rolled_back", 0)
+    }
+}
+
+/// Registers the versions, deploys version 1, and rolls out 2 and then 3 while users post `posts`.
+pub async fn run<S: PredictionStore + MonitorStore>(
+    stack: &Stack<S>,
+    posts: &[String],
+    progress: Progress<'_>,
+) -> Result<Outcome> {
+    for version in ["1", "2", "3"] {
+        let model = stack.repository.join(MODEL).join(version).join("model.onnx");
+        let digest = vigil_store::registry::sha256_file(&model)?;
+        stack.store.register_version(&registered(version, &digest), "").await?;
+    }
+    let by_anna = Change { actor: "anna", reason: "", at: chrono::Utc::now() };
+    stack.store.set_deployment(&single(), &by_anna).await?;
+    progress("spam-filter 1 answers every user; rolling out version 2 (retrained on last month's posts)");
+    let by_anna = Change { actor: "anna", reason: "retrained on last month's posts", at: chrono::Utc::now() };
+    rollout::start(&stack.store, MODEL, "2", &plan(), &by_anna).await?;
+    let retrained = post_until_done(stack, posts, "2", progress).await?;
+    progress(&format!("version 2: {} after {} posts", retrained.rollout.state, retrained.posts));
+    progress("rolling out version 3 (a threshold that flags every post)");
+    let by_ben = Change { actor: "ben", reason: "aggressive threshold", at: chrono::Utc::now() };
+    rollout::start(&stack.store, MODEL, "3", &plan(), &by_ben).await?;
+    let flags_everything = post_until_done(stack, posts, "3", progress).await?;
+    progress(&format!(
+        "version 3: {} at step {} after {} posts; failing checks: {}",
+        flags_everything.rollout.state,
+        flags_everything.rollout.step + 1,
+        flags_everything.posts,
+        rollout::failed_checks(&flags_everything.rollout, 0).join(", ")
+    ));
+    Ok(Outcome { retrained, flags_everything })
+}
+
+fn registered(version: &str, digest: &str) -> vigil_store::ModelVersionRow {
+    let now = chrono::Utc::now();
+    vigil_store::ModelVersionRow {
+        model_name: MODEL.into(),
+        version: version.into(),
+        artifact_sha256: digest.into(),
+        artifact_uri: String::new(),
+        training_data: "vigil_train.spam".into(),
+        metrics: serde_json::json!({}),
+        stage: "candidate".into(),
+        registered_by: "anna".into(),
+        registered_at: now,
+        stage_changed_at: now,
+    }
+}
+
+fn single() -> vigil_store::DeploymentRow {
+    vigil_store::DeploymentRow {
+        model_name: MODEL.into(),
+        deployment_id: "spam-1".into(),
+        primary_version: "1".into(),
+        candidate_version: None,
+        mode: "single".into(),
+        share: 0.0,
+        updated_by: "anna".into(),
+        updated_at: chrono::Utc::now(),
+        policy: "full".into(),
+        accept_below: None,
+        reject_at: None,
+    }
+}
+
+/// One post by `user`, keyed by the user for the canary.
+pub fn post(text: &str, user: &str) -> ModelInferRequest {
+    let key = InferParameter { parameter_choice: Some(ParameterChoice::StringParam(user.into())) };
+    ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![InferInputTensor {
+            name: "text".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1, 1],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![serialize_bytes_elements(&[text])],
+        parameters: [("routing_key".to_string(), key)].into(),
+        ..Default::default()
+    }
+}
+
+/// Users post (8 at a time, users drawn at random from [`USERS`]) until the rollout of
+/// `candidate` ends; every post must be answered.
+async fn post_until_done<S: PredictionStore + MonitorStore>(
+    stack: &Stack<S>,
+    texts: &[String],
+    candidate: &str,
+    progress: Progress<'_>,
+) -> Result<Seen> {
+    let deadline = Instant::now() + ROLLOUT_DEADLINE;
+    let mut answers: HashMap<String, Vec<(String, i32)>> = HashMap::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut posts, mut shown_step) = (0usize, -1);
+    loop {
+        let rollout = stack.store.rollouts(Some(MODEL)).await?.into_iter().next().context("the rollout is gone")?;
+        if rollout.candidate_version != candidate {
+            bail!("another rollout ({}) replaced version {candidate}'s", rollout.candidate_version);
+        }
+        if !rollout.is_active() {
+            return Ok(Seen { rollout, answers, posts });
+        }
+        if rollout.step != shown_step {
+            let share = rollout.steps().ok().and_then(|s| s.get(rollout.step as usize).map(|s| s.share)).unwrap_or(0.0);
+            progress(&format!(
+                "  version {candidate}: step {} ({}% of users), {posts} posts so far",
+                rollout.step + 1,
+                share * 100.0
+            ));
+            shown_step = rollout.step;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "rollout still {} at step {} after {ROLLOUT_DEADLINE:?}: {}",
+                rollout.state,
+                rollout.step,
+                rollout.history
+            );
+        }
+        let round: Vec<(String, &String)> = (0..64)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (format!("user-{}", (seed >> 33) % USERS), &texts[(seed >> 17) as usize % texts.len()])
+            })
+            .collect();
+        let mut replies = futures::stream::iter(round.into_iter().map(|(user, text)| {
+            let mut oip = stack.oip.clone();
+            async move { (oip.model_infer(post(text, &user)).await, user) }
+        }))
+        .buffer_unordered(8);
+        while let Some((reply, user)) = replies.next().await {
+            let reply = reply.context("a post was not answered")?.into_inner();
+            let label = reply.raw_output_contents.get(1).map(|raw| parse_bytes_elements(raw)).transpose()?;
+            if !label.is_some_and(|l| matches!(l.first(), Some(&b"ham") | Some(&b"spam"))) {
+                bail!("an answer without a ham/spam label: {reply:?}");
+            }
+            answers.entry(user).or_default().push((reply.model_version, rollout.step));
+            posts += 1;
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The seed's examples as scenarios run against real servers in one process: vigil-cloud, the
+//! logger's pipeline into the store, and the monitor with its rollout controller, review API
+//! and alarms ([`Stack`]), on models built by the project's training recipes ([`Recipes`]).
+//! `vigil demo NAME` runs them for a person to watch; the tests run them on Postgres and check
+//! every outcome.
+//!
+//! - [`anti_spam`]: a retrained spam filter rolled out from 1% of users to all by the controller,
+//!   then a version that flags every post rolled back by itself.
+//! - [`screening`]: a symptom-screening classifier in partial automation, hard cases decided by a
+//!   panel of three doctors; automation rate and agreement reported.
+//! - [`pipeline`]: a user-profile model feeding a recommender; a lost clickstream fires the
+//!   unknown-fraction alarm on the first stage and the click-through alarm on the second.
+
+pub mod anti_spam;
+pub mod pipeline;
+pub mod recipes;
+pub mod screening;
+pub mod stack;
+
+pub use recipes::Recipes;
+pub use stack::{Stack, StackOptions};
+
+/// Where a scenario reports what it is doing, one line at a time.
+pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
+
+/// A progress sink that drops every line (tests).
+pub fn quiet(_: &str) {}

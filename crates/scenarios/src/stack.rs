@@ -1,0 +1,113 @@
+//! One deployment in one process, over one store: vigil-cloud serving a model repository (and
+//! following the deployments in the store), its records through the logger's pipeline into the
+//! store, and the monitor (rollups, alarms, rollout controller, review API, dashboard).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tonic::transport::Channel;
+use vigil_cloud::CloudConfig;
+use vigil_logbus::Emitter;
+use vigil_logger::{BatchSettings, LoggerStats};
+use vigil_monitor::MonitorConfig;
+use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+use vigil_serving::records::RecordEmitter;
+use vigil_store::{MonitorStore, PredictionStore};
+
+/// How a [`Stack`] starts.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// The store's URL (`postgres://...` or `sqlite://...`), which the server follows.
+    pub database_url: String,
+    pub repository: PathBuf,
+    /// Where the monitor's dashboard and review API listen (port 0: any free port).
+    pub monitor_http: SocketAddr,
+    /// Load every version in the repository (rollouts need the candidates loaded).
+    pub load_all_versions: bool,
+    /// Extra monitor configuration (TOML tables after the stack's own), e.g. alarm rules.
+    pub monitor_config: String,
+}
+
+impl StackOptions {
+    /// Loopback, any free ports, every version loaded.
+    pub fn new(database_url: impl Into<String>, repository: impl Into<PathBuf>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            repository: repository.into(),
+            monitor_http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            load_all_versions: true,
+            monitor_config: String::new(),
+        }
+    }
+}
+
+/// The running services and clients of them.
+pub struct Stack<S> {
+    pub store: S,
+    pub repository: PathBuf,
+    pub server: vigil_cloud::RunningServer,
+    pub monitor: vigil_server::Lifecycle,
+    /// The monitor's dashboard and review API (`http://{monitor_http}/`).
+    pub monitor_http: SocketAddr,
+    pub oip: GrpcInferenceServiceClient<Channel>,
+    pub monitoring: MonitoringClient<Channel>,
+    /// The monitor's configuration, as started.
+    pub monitor_config: MonitorConfig,
+}
+
+impl<S: PredictionStore + MonitorStore> Stack<S> {
+    /// Migrates `store` and starts everything on it. Rollups of 1 s, alarms every 200 ms and
+    /// rollout steps judged every 300 ms (`[rollouts]` thresholds as shipped), so a scenario
+    /// plays out in seconds.
+    pub async fn start(store: S, options: StackOptions) -> Result<Self> {
+        store.migrate().await.context("preparing the database")?;
+        let (sink, receiver) = vigil_logbus::in_process::channel(65_536);
+        let (emitter, _emitting) = Emitter::start(sink, 65_536, 64);
+        let batch = BatchSettings { max_wait_ms: 50, ..Default::default() };
+        tokio::spawn(vigil_logger::embedded::run(receiver, store.clone(), batch, Arc::new(LoggerStats::default())));
+
+        let mut config = CloudConfig { model_repository: options.repository.clone(), ..CloudConfig::default() };
+        config.listen = "127.0.0.1:0".parse()?;
+        config.metrics.enabled = false;
+        config.models.load_all_versions = options.load_all_versions;
+        config.deployments.database_url = options.database_url.clone();
+        config.deployments.poll_interval_ms = 100;
+        // These scenarios use no voice search.
+        config.voice_search.enabled = false;
+        let server = vigil_cloud::start(config, false, Some(RecordEmitter::new(emitter, "scenario-1"))).await?;
+
+        let monitor_config: MonitorConfig = toml::from_str(&format!(
+            "models = \"{}\"\n[rollups]\nresolutions = [1, 60]\npoll = \"100ms\"\n[alerting]\n\
+             evaluate_every = \"200ms\"\n[rollouts]\nevaluate_every = \"300ms\"\n{}\n",
+            options.repository.display(),
+            options.monitor_config,
+        ))?;
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let http = tokio::net::TcpListener::bind(options.monitor_http)
+            .await
+            .with_context(|| format!("cannot listen on {} for the dashboard", options.monitor_http))?;
+        let (grpc_addr, monitor_http) = (grpc.local_addr()?, http.local_addr()?);
+        let monitor = vigil_monitor::start(store.clone(), monitor_config.clone(), grpc, http).await?;
+        let oip = GrpcInferenceServiceClient::connect(format!("http://{}", server.addr)).await?;
+        let monitoring = MonitoringClient::connect(format!("http://{grpc_addr}")).await?;
+        Ok(Self {
+            store,
+            repository: options.repository,
+            server,
+            monitor,
+            monitor_http,
+            oip,
+            monitoring,
+            monitor_config,
+        })
+    }
+
+    /// Stops the monitor and the server.
+    pub async fn shutdown(self) -> Result<()> {
+        self.monitor.shutdown().await?;
+        self.server.shutdown().await
+    }
+}
