@@ -1,6 +1,7 @@
 //! The seed's phone line, rolled out by itself: the edge server follows the deployments in
 //! Postgres, its records go through the logger's pipeline into the same database, the monitor
-//! rolls them up and its controller steps the next scratch-detector version from shadow through
+//! rolls them up and its controller steps the next scratch-detector version from shadow (beside
+//! the human inspectors, whose decisions arrive as labels and judge the shadow's accuracy) through
 //! a canary to the whole line while the line client inspects phones; then a version that reads
 //! the images differently (a changed normalisation: its scores shift) is rolled back within its
 //! first step with no person involved, and the line never stops answering.
@@ -15,7 +16,8 @@ use vigil_logbus::Emitter;
 use vigil_logger::{BatchSettings, LoggerStats};
 use vigil_monitor::MonitorConfig;
 use vigil_monitor::rollout;
-use vigil_proto::vigil::v1::InspectRequest;
+use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+use vigil_proto::vigil::v1::{InspectRequest, LabelEvent, SubmitLabelsRequest};
 use vigil_serving::RecordEmitter;
 use vigil_store::registry::sha256_file;
 use vigil_store::testing::{TestDatabase, candidate_version, single_deployment};
@@ -75,25 +77,46 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
     .unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_url = format!("http://{}", grpc.local_addr().unwrap());
     let monitor = vigil_monitor::start(store.clone(), monitor_config, grpc, http).await.unwrap();
+    let monitoring = MonitoringClient::connect(grpc_url).await.unwrap();
 
-    // The line client: phones from 32 stations, one after another, until the rollout ends.
-    let images: Vec<Vec<u8>> = samples("normal").into_iter().map(|(_, png)| png).collect();
+    // The line client: phones from 32 stations, one after another, until the rollout ends. The
+    // human inspectors look at every third phone too; their decisions arrive as labels.
+    let images: Vec<(String, Vec<u8>)> = samples("normal")
+        .into_iter()
+        .map(|(name, png)| (if name.ends_with("_ok.png") { "ok" } else { "defect" }.to_string(), png))
+        .collect();
     let drive = |model_version: &'static str| {
-        let (store, inspect, images) = (store.clone(), inspect.clone(), images.clone());
+        let (store, inspect, images, mut monitoring) =
+            (store.clone(), inspect.clone(), images.clone(), monitoring.clone());
         async move {
             let deadline = std::time::Instant::now() + Duration::from_secs(90);
             let mut i = 0usize;
+            let mut decisions = Vec::new();
             loop {
                 let mut client = inspect.clone();
+                let (truth, image) = &images[i % images.len()];
                 let request = InspectRequest {
-                    image: images[i % images.len()].clone(),
+                    image: image.clone(),
                     station_id: format!("line-{}", i % 32),
                     ..Default::default()
                 };
-                client.inspect(request).await.expect("the line never stops answering");
+                let answer = client.inspect(request).await.expect("the line never stops answering").into_inner();
+                if i.is_multiple_of(3) {
+                    decisions.push(LabelEvent {
+                        prediction_id: answer.prediction_id,
+                        label: truth.clone(),
+                        source: "inspector".into(),
+                        ..Default::default()
+                    });
+                }
                 i += 1;
                 if i.is_multiple_of(50) {
+                    // Those whose prediction is not logged yet are refused ("retry later") and kept.
+                    let sent = std::mem::take(&mut decisions);
+                    let answer = monitoring.submit_labels(SubmitLabelsRequest { labels: sent.clone() }).await.unwrap();
+                    decisions = answer.into_inner().rejected.iter().map(|r| sent[r.index as usize].clone()).collect();
                     let r = store.rollouts(Some(MODEL)).await.unwrap().remove(0);
                     assert_eq!(r.candidate_version, model_version);
                     if !r.is_active() {
@@ -117,12 +140,17 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
     assert_eq!(done.state, "promoted", "{}", done.history);
     let decisions: Vec<String> = done.decisions().iter().map(|d| d["decision"].as_str().unwrap().to_string()).collect();
     assert_eq!(decisions, ["next_step", "next_step", "promote"], "shadow, half the line, all of it");
-    let agreement = rollout::decision_checks(&done, 0).into_iter().find(|c| c.name == "shadow_agreement").unwrap();
+    let shadow_checks = rollout::decision_checks(&done, 0);
+    let agreement = shadow_checks.iter().find(|c| c.name == "shadow_agreement").unwrap();
     assert_eq!(agreement.candidate, Some(1.0), "the same model agrees on every phone: {agreement:?}");
+    // The inspectors' labels judged the shadow on the phones they looked at, beside the primary.
+    let accuracy = shadow_checks.iter().find(|c| c.name == "accuracy").expect("an accuracy check in shadow");
+    let (candidate, primary) = (accuracy.candidate.unwrap(), accuracy.primary.unwrap());
+    assert!(accuracy.passed && (candidate - primary).abs() < 0.05 && candidate > 0.7, "{accuracy:?}");
     // Version 2 now answers every station.
     let answered_by = |station: String| {
         let mut client = inspect.clone();
-        let image = images[0].clone();
+        let image = images[0].1.clone();
         async move {
             let request = InspectRequest { image, station_id: station, ..Default::default() };
             client.inspect(request).await.unwrap().into_inner().model_version

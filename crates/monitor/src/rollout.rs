@@ -329,11 +329,15 @@ async fn advance<S: MonitorStore>(
                 .store
                 .labeled_predictions(&scope.model, scope.version.as_deref(), scope.variant, since, now)
                 .await?;
-            let correct = labeled.iter().filter(|p| p.predicted == p.actual).count() as u64;
+            let (mut labeled, mut correct) =
+                (labeled.len() as u64, labeled.iter().filter(|p| p.predicted == p.actual).count() as u64);
             let (mut compared, mut agreed) = (0, 0);
             if variant == Variant::Shadow {
+                // A shadow's records carry no labels: it is judged by the labels people gave
+                // the primary's predictions of the same items.
                 for w in views.shadow_agreement(&scope, since, now, seconds).await? {
                     (compared, agreed) = (compared + w.compared, agreed + w.agreed);
+                    (labeled, correct) = (labeled + w.labeled, correct + w.shadow_correct);
                 }
             }
             let version = version_of(variant);
@@ -342,16 +346,7 @@ async fn advance<S: MonitorStore>(
             for a in reviews.iter().filter(|a| a.variant == name && &a.model_version == version) {
                 (reviewed, overridden) = (reviewed + a.compared, overridden + a.compared - a.agreed);
             }
-            Ok(Traffic {
-                window,
-                feedback,
-                labeled: labeled.len() as u64,
-                correct,
-                compared,
-                agreed,
-                reviewed,
-                overridden,
-            })
+            Ok(Traffic { window, feedback, labeled, correct, compared, agreed, reviewed, overridden })
         }
     };
     let candidate_variant = match step.mode {

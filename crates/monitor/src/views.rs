@@ -112,6 +112,10 @@ pub struct AgreementWindow {
     pub agreed: u64,
     /// Of those, shadow runs that failed (counted as disagreement).
     pub shadow_failed: u64,
+    /// Of those, items with a ground-truth label (given to the primary's prediction) ...
+    pub labeled: u64,
+    /// ... and of those, the shadow's answers equal to it.
+    pub shadow_correct: u64,
 }
 
 /// Reviewers' agreement with one version of the model, in one variant.
@@ -429,10 +433,16 @@ impl<S: MonitorStore> Views<S> {
                 compared: 0,
                 agreed: 0,
                 shadow_failed: 0,
+                labeled: 0,
+                shadow_correct: 0,
             });
             w.compared += 1;
             w.agreed += u64::from(c.agreed);
             w.shadow_failed += u64::from(!c.shadow_ok);
+            if let Some(actual) = &c.actual {
+                w.labeled += 1;
+                w.shadow_correct += u64::from(c.shadow_ok && c.shadow_label == *actual);
+            }
         }
         Ok(per.into_values().collect())
     }

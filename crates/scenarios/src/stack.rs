@@ -1,6 +1,7 @@
 //! One deployment in one process, over one store: vigil-cloud serving a model repository (and
 //! following the deployments in the store), its records through the logger's pipeline into the
-//! store, and the monitor (rollups, alarms, rollout controller, review API, dashboard).
+//! store (over Apache Kafka, or an in-process bus), and the monitor (rollups, alarms, rollout
+//! controller, review API, dashboard).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +30,10 @@ pub struct StackOptions {
     pub load_all_versions: bool,
     /// Extra monitor configuration (TOML tables after the stack's own), e.g. alarm rules.
     pub monitor_config: String,
+    /// Log through this Apache Kafka broker (`host:port`, Vigil's topics created): the server
+    /// produces its records there and a logger consumes them into the store, as in production.
+    /// None: an in-process bus into the logger's pipeline (the embedded default).
+    pub kafka_brokers: Option<String>,
 }
 
 impl StackOptions {
@@ -40,6 +45,7 @@ impl StackOptions {
             monitor_http: SocketAddr::from(([127, 0, 0, 1], 0)),
             load_all_versions: true,
             monitor_config: String::new(),
+            kafka_brokers: None,
         }
     }
 }
@@ -56,6 +62,8 @@ pub struct Stack<S> {
     pub monitoring: MonitoringClient<Channel>,
     /// The monitor's configuration, as started.
     pub monitor_config: MonitorConfig,
+    /// Stops the Kafka logger, when there is one.
+    stop_logger: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<()>>)>,
 }
 
 impl<S: PredictionStore + MonitorStore> Stack<S> {
@@ -64,12 +72,30 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
     /// plays out in seconds.
     pub async fn start(store: S, options: StackOptions) -> Result<Self> {
         store.migrate().await.context("preparing the database")?;
-        let (sink, receiver) = vigil_logbus::in_process::channel(65_536);
-        let (emitter, _emitting) = Emitter::start(sink, 65_536, 64);
-        let batch = BatchSettings { max_wait_ms: 50, ..Default::default() };
-        tokio::spawn(vigil_logger::embedded::run(receiver, store.clone(), batch, Arc::new(LoggerStats::default())));
-
         let mut config = CloudConfig { model_repository: options.repository.clone(), ..CloudConfig::default() };
+        let batch = BatchSettings { max_wait_ms: 50, ..Default::default() };
+        let (records, stop_logger) = match &options.kafka_brokers {
+            None => {
+                let (sink, receiver) = vigil_logbus::in_process::channel(65_536);
+                let (emitter, _emitting) = Emitter::start(sink, 65_536, 64);
+                let stats = Arc::new(LoggerStats::default());
+                tokio::spawn(vigil_logger::embedded::run(receiver, store.clone(), batch, stats));
+                (Some(RecordEmitter::new(emitter, "scenario-1")), None)
+            }
+            Some(brokers) => {
+                config.logging.enabled = true;
+                config.logging.server_id = "scenario-1".into();
+                config.logging.kafka.brokers = brokers.clone();
+                let mut logger = vigil_logger::LoggerConfig::new(brokers.clone(), options.database_url.clone());
+                logger.batch = batch;
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let stats = Arc::new(LoggerStats::default());
+                let task = tokio::spawn(vigil_logger::run(logger, stats, async move {
+                    let _ = stopped.await;
+                }));
+                (None, Some((stop, task)))
+            }
+        };
         config.listen = "127.0.0.1:0".parse()?;
         config.metrics.enabled = false;
         config.models.load_all_versions = options.load_all_versions;
@@ -77,7 +103,7 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
         config.deployments.poll_interval_ms = 100;
         // These scenarios use no voice search.
         config.voice_search.enabled = false;
-        let server = vigil_cloud::start(config, false, Some(RecordEmitter::new(emitter, "scenario-1"))).await?;
+        let server = vigil_cloud::start(config, false, records).await?;
 
         let monitor_config: MonitorConfig = toml::from_str(&format!(
             "models = \"{}\"\n[rollups]\nresolutions = [1, 60]\npoll = \"100ms\"\n[alerting]\n\
@@ -102,12 +128,18 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
             oip,
             monitoring,
             monitor_config,
+            stop_logger,
         })
     }
 
-    /// Stops the monitor and the server.
+    /// Stops the monitor, the server (its records handed to the bus) and the logger.
     pub async fn shutdown(self) -> Result<()> {
         self.monitor.shutdown().await?;
-        self.server.shutdown().await
+        self.server.shutdown().await?;
+        if let Some((stop, task)) = self.stop_logger {
+            let _ = stop.send(());
+            task.await.context("the logger panicked")??;
+        }
+        Ok(())
     }
 }

@@ -17,7 +17,10 @@ async fn a_retrained_filter_goes_from_one_percent_of_users_to_all_and_one_that_f
     let repository = dir.path().join("models");
     let posts = anti_spam::prepare(&Recipes::locate().unwrap(), &repository).unwrap();
     let store = PgStore::connect_lazy(&db.url(), 8).unwrap();
-    let stack = Stack::start(store.clone(), StackOptions::new(db.url(), &repository)).await.unwrap();
+    // Records go over a real Apache Kafka broker to the logger, as in production.
+    let broker = vigil_testkit::KafkaBroker::start(2).await;
+    let options = StackOptions { kafka_brokers: Some(broker.brokers()), ..StackOptions::new(db.url(), &repository) };
+    let stack = Stack::start(store.clone(), options).await.unwrap();
     let outcome = anti_spam::run(&stack, &posts.texts, &vigil_scenarios::quiet).await.unwrap();
     assert!(outcome.as_expected(), "{outcome:?}");
 

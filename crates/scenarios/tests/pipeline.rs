@@ -18,7 +18,10 @@ async fn a_lost_clickstream_fires_unknown_fraction_on_the_profile_and_click_thro
     let repository = dir.path().join("models");
     let users = pipeline::prepare(&Recipes::locate().unwrap(), &repository, USERS).unwrap();
     let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
-    let stack = Stack::start(store.clone(), StackOptions::new(db.url(), &repository)).await.unwrap();
+    // Records go over a real Apache Kafka broker to the logger, as in production.
+    let broker = vigil_testkit::KafkaBroker::start(2).await;
+    let options = StackOptions { kafka_brokers: Some(broker.brokers()), ..StackOptions::new(db.url(), &repository) };
+    let stack = Stack::start(store.clone(), options).await.unwrap();
     let outcome = pipeline::run(&stack, &users, &vigil_scenarios::quiet).await.unwrap();
     let (normal, shifted) = (outcome.normal, outcome.shifted);
 

@@ -23,7 +23,10 @@ async fn easy_cases_are_decided_by_the_model_and_hard_ones_by_three_doctors_whos
     let repository = dir.path().join("models");
     let check = screening::prepare(&Recipes::locate().unwrap(), &repository, PATIENTS).unwrap();
     let store = PgStore::connect_lazy(&db.url(), 8).unwrap();
-    let stack = Stack::start(store.clone(), StackOptions::new(db.url(), &repository)).await.unwrap();
+    // Records go over a real Apache Kafka broker to the logger, as in production.
+    let broker = vigil_testkit::KafkaBroker::start(2).await;
+    let options = StackOptions { kafka_brokers: Some(broker.brokers()), ..StackOptions::new(db.url(), &repository) };
+    let stack = Stack::start(store.clone(), options).await.unwrap();
     let monitor_url = format!("http://{}", stack.monitor_http);
     let served = screening::serve_patients(&stack, &check, &vigil_scenarios::quiet).await.unwrap();
 

@@ -111,6 +111,11 @@ pub struct ShadowComparison {
     pub shadow_ok: bool,
     /// Whether both answered with the same label.
     pub agreed: bool,
+    /// The shadow's label.
+    pub shadow_label: String,
+    /// The item's ground truth, when someone labelled the primary's prediction of it (e.g. an
+    /// inspector's decision): what the shadow is judged by, on the same item.
+    pub actual: Option<String>,
 }
 
 /// What label validation needs to know of a logged prediction.

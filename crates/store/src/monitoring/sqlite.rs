@@ -282,14 +282,16 @@ struct RowWithId {
     input: RollupInput,
 }
 
-/// Shadow predictions ($1 model, [$2, $3)) paired with the primary's by trace id and item rank.
+/// Shadow predictions ($1 model, [$2, $3)) paired with the primary's by trace id and item rank,
+/// with the latest label of the primary's prediction.
 const SHADOW_COMPARISONS_SQLITE: &str = "\
     WITH s AS (SELECT trace_id, model_version, time, status, coalesce(json_extract(output, '$.label'), '') AS label, \
                  row_number() OVER (PARTITION BY trace_id, model_version ORDER BY prediction_id) AS item \
                FROM predictions WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3), \
-         p AS (SELECT trace_id, status, coalesce(json_extract(output, '$.label'), '') AS label, \
+         p AS (SELECT prediction_id, trace_id, status, coalesce(json_extract(output, '$.label'), '') AS label, \
                  row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
                FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)) \
     SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
-           (s.status = 1 AND s.label = p.label) AS agreed \
+           (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
+           (SELECT l.label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) AS actual \
     FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1";
