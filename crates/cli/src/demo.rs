@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use vigil_scenarios::{Recipes, Stack, StackOptions, anti_spam, pipeline, screening};
+use vigil_scenarios::{Recipes, ServerKind, Stack, StackOptions, anti_spam, phone_line, pipeline, screening};
 use vigil_store::{MonitorStore, PgStore, PredictionStore, SqliteStore};
 
 #[derive(Args, Debug)]
@@ -28,6 +28,8 @@ pub struct DemoArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum DemoName {
+    /// The next scratch-detector version from shadow beside the inspectors to the whole line; a bad one rolled back.
+    PhoneLine,
     /// A retrained spam filter rolled out from 1% of users to all; one that flags everything rolled back by itself.
     AntiSpam,
     /// Symptom screening in partial automation: hard cases decided by a panel of three doctors.
@@ -40,14 +42,17 @@ enum DemoName {
 pub const UNEXPECTED_OUTCOME: u8 = 1;
 
 pub async fn run(args: DemoArgs) -> Result<u8> {
-    let recipes = Recipes::locate()?;
     let dir = tempfile::tempdir().context("creating a working directory")?;
     let repository = dir.path().join("models");
-    println!("training the models (training/: scikit-learn, exported by skl2onnx) ...");
+    let recipes = || {
+        println!("training the models (training/: scikit-learn, exported by skl2onnx) ...");
+        Recipes::locate()
+    };
     let prepared = match args.name {
-        DemoName::AntiSpam => Prepared::AntiSpam(anti_spam::prepare(&recipes, &repository)?),
-        DemoName::Screening => Prepared::Screening(screening::prepare(&recipes, &repository, 240)?),
-        DemoName::Recommender => Prepared::Recommender(pipeline::prepare(&recipes, &repository, 300)?),
+        DemoName::PhoneLine => Prepared::PhoneLine(phone_line::prepare(&repository)?),
+        DemoName::AntiSpam => Prepared::AntiSpam(anti_spam::prepare(&recipes()?, &repository)?),
+        DemoName::Screening => Prepared::Screening(screening::prepare(&recipes()?, &repository, 240)?),
+        DemoName::Recommender => Prepared::Recommender(pipeline::prepare(&recipes()?, &repository, 300)?),
     };
     match &args.database_url {
         Some(url) if url.starts_with("postgres") => {
@@ -67,6 +72,7 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
 }
 
 enum Prepared {
+    PhoneLine(Vec<(String, Vec<u8>)>),
     AntiSpam(vigil_scenarios::recipes::SpamCheck),
     Screening(vigil_scenarios::recipes::ScreeningCheck),
     Recommender(vigil_scenarios::recipes::PipelineCheck),
@@ -81,11 +87,23 @@ async fn play<S: PredictionStore + MonitorStore>(
 ) -> Result<u8> {
     let mut options = StackOptions::new(url, repository);
     options.monitor_http = args.monitor_listen;
+    if matches!(prepared, Prepared::PhoneLine(_)) {
+        options.server = ServerKind::Edge;
+    }
     let stack = Stack::start(store, options).await?;
     let dashboard = format!("http://{}", stack.monitor_http);
-    println!("vigil-cloud on {}, dashboard on {dashboard}/", stack.server.addr);
+    let server = if matches!(prepared, Prepared::PhoneLine(_)) { "vigil-edge" } else { "vigil-cloud" };
+    println!("{server} on {}, dashboard on {dashboard}/", stack.server.addr);
     let say = |line: &str| println!("{line}");
     let (expected, model) = match prepared {
+        Prepared::PhoneLine(phones) => {
+            let outcome = phone_line::run(&stack, &phones, &say).await?;
+            println!(
+                "outcome: version 2 {} (shadow, half the stations, all); version 3 {} in its shadow step",
+                outcome.next.rollout.state, outcome.bad.rollout.state
+            );
+            (outcome.as_expected(), phone_line::MODEL)
+        }
         Prepared::AntiSpam(posts) => {
             let outcome = anti_spam::run(&stack, &posts.texts, &say).await?;
             println!(

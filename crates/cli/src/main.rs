@@ -73,7 +73,7 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Voice search benchmark: VAD and recognition real-time factors, the user's wait at 1 and 8 streams.
     BenchVoice(bench_voice::VoiceBenchArgs),
-    /// Play one of the seed's examples (anti-spam, screening, recommender) end to end on this machine.
+    /// Play one of the seed's examples (phone-line, anti-spam, screening, recommender) end to end on this machine.
     Demo(demo::DemoArgs),
 }
 

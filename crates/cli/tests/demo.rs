@@ -15,6 +15,16 @@ fn stdout_of(out: &Output) -> String {
 }
 
 #[test]
+fn the_phone_line_example_promotes_the_next_version_from_shadow_and_rolls_back_the_bad_one() {
+    let stdout = stdout_of(&demo(&["phone-line"]));
+    assert!(stdout.contains("version 2: step 1 (shadow)") && stdout.contains("50% of the stations"), "{stdout}");
+    assert!(
+        stdout.contains("outcome: version 2 promoted (shadow, half the stations, all); version 3 rolled_back"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn the_anti_spam_example_promotes_the_retrained_filter_and_rolls_back_the_bad_one() {
     let stdout = stdout_of(&demo(&["anti-spam"]));
     assert!(stdout.contains("version 2: step 1 (1% of users)"), "{stdout}");

@@ -4,7 +4,7 @@
 //! version that flags every post is pushed and rolled back in its 1% step with no person.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
@@ -63,8 +63,7 @@ pub struct Outcome {
 impl Outcome {
     /// Whether it went as it should: version 2 promoted, version 3 rolled back at 1%.
     pub fn as_expected(&self) -> bool {
-        self.retrained.rollout.state == "promoted"
-            && (self.flags_everything.rollout.state.as_str(), self.flags_everything.rollout.step) == ("rolled_back", 0)
+        crate::rollouts::promoted_then_rolled_back(&self.retrained.rollout, &self.flags_everything.rollout)
     }
 }
 
@@ -74,13 +73,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
     posts: &[String],
     progress: Progress<'_>,
 ) -> Result<Outcome> {
-    for version in ["1", "2", "3"] {
-        let model = stack.repository.join(MODEL).join(version).join("model.onnx");
-        let digest = vigil_store::registry::sha256_file(&model)?;
-        stack.store.register_version(&registered(version, &digest), "").await?;
-    }
-    let by_anna = Change { actor: "anna", reason: "", at: chrono::Utc::now() };
-    stack.store.set_deployment(&single(), &by_anna).await?;
+    crate::rollouts::register_and_deploy(stack, MODEL, &["1", "2", "3"], "vigil_train.spam", "full").await?;
     progress("spam-filter 1 answers every user; rolling out version 2 (retrained on last month's posts)");
     let by_anna = Change { actor: "anna", reason: "retrained on last month's posts", at: chrono::Utc::now() };
     rollout::start(&stack.store, MODEL, "2", &plan(), &by_anna).await?;
@@ -98,38 +91,6 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         rollout::failed_checks(&flags_everything.rollout, 0).join(", ")
     ));
     Ok(Outcome { retrained, flags_everything })
-}
-
-fn registered(version: &str, digest: &str) -> vigil_store::ModelVersionRow {
-    let now = chrono::Utc::now();
-    vigil_store::ModelVersionRow {
-        model_name: MODEL.into(),
-        version: version.into(),
-        artifact_sha256: digest.into(),
-        artifact_uri: String::new(),
-        training_data: "vigil_train.spam".into(),
-        metrics: serde_json::json!({}),
-        stage: "candidate".into(),
-        registered_by: "anna".into(),
-        registered_at: now,
-        stage_changed_at: now,
-    }
-}
-
-fn single() -> vigil_store::DeploymentRow {
-    vigil_store::DeploymentRow {
-        model_name: MODEL.into(),
-        deployment_id: "spam-1".into(),
-        primary_version: "1".into(),
-        candidate_version: None,
-        mode: "single".into(),
-        share: 0.0,
-        updated_by: "anna".into(),
-        updated_at: chrono::Utc::now(),
-        policy: "full".into(),
-        accept_below: None,
-        reject_at: None,
-    }
 }
 
 /// One post by `user`, keyed by the user for the canary.
@@ -157,35 +118,17 @@ async fn post_until_done<S: PredictionStore + MonitorStore>(
     candidate: &str,
     progress: Progress<'_>,
 ) -> Result<Seen> {
-    let deadline = Instant::now() + ROLLOUT_DEADLINE;
+    let mut watch = crate::rollouts::Watch::new(MODEL, candidate, ROLLOUT_DEADLINE);
     let mut answers: HashMap<String, Vec<(String, i32)>> = HashMap::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let (mut posts, mut shown_step) = (0usize, -1);
+    let mut posts = 0usize;
     loop {
-        let rollout = stack.store.rollouts(Some(MODEL)).await?.into_iter().next().context("the rollout is gone")?;
-        if rollout.candidate_version != candidate {
-            bail!("another rollout ({}) replaced version {candidate}'s", rollout.candidate_version);
-        }
-        if !rollout.is_active() {
+        let sent = format!("{posts} posts");
+        let describe = |s: &RolloutStep| format!("{}% of users", s.share * 100.0);
+        if let Some(rollout) = watch.look(stack, &sent, describe, progress).await? {
             return Ok(Seen { rollout, answers, posts });
         }
-        if rollout.step != shown_step {
-            let share = rollout.steps().ok().and_then(|s| s.get(rollout.step as usize).map(|s| s.share)).unwrap_or(0.0);
-            progress(&format!(
-                "  version {candidate}: step {} ({}% of users), {posts} posts so far",
-                rollout.step + 1,
-                share * 100.0
-            ));
-            shown_step = rollout.step;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "rollout still {} at step {} after {ROLLOUT_DEADLINE:?}: {}",
-                rollout.state,
-                rollout.step,
-                rollout.history
-            );
-        }
+        let step = watch.step();
         let round: Vec<(String, &String)> = (0..64)
             .map(|_| {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -203,7 +146,7 @@ async fn post_until_done<S: PredictionStore + MonitorStore>(
             if !label.is_some_and(|l| matches!(l.first(), Some(&b"ham") | Some(&b"spam"))) {
                 bail!("an answer without a ham/spam label: {reply:?}");
             }
-            answers.entry(user).or_default().push((reply.model_version, rollout.step));
+            answers.entry(user).or_default().push((reply.model_version, step));
             posts += 1;
         }
     }

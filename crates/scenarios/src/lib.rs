@@ -4,6 +4,8 @@
 //! `vigil demo NAME` runs them for a person to watch; the tests run them on Postgres and check
 //! every outcome.
 //!
+//! - [`phone_line`]: the next scratch-detector version from shadow beside the human inspectors to
+//!   the whole line on vigil-edge; a badly normalising one rolled back in its shadow step.
 //! - [`anti_spam`]: a retrained spam filter rolled out from 1% of users to all by the controller,
 //!   then a version that flags every post rolled back by itself.
 //! - [`screening`]: a symptom-screening classifier in partial automation, hard cases decided by a
@@ -12,13 +14,15 @@
 //!   unknown-fraction alarm on the first stage and the click-through alarm on the second.
 
 pub mod anti_spam;
+pub mod phone_line;
 pub mod pipeline;
 pub mod recipes;
+pub mod rollouts;
 pub mod screening;
 pub mod stack;
 
 pub use recipes::Recipes;
-pub use stack::{Stack, StackOptions};
+pub use stack::{ServerKind, Stack, StackOptions};
 
 /// Where a scenario reports what it is doing, one line at a time.
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);

@@ -130,3 +130,14 @@ impl Recipes {
         Ok(std::fs::read(&check)?)
     }
 }
+
+/// A file or directory of the Vigil checkout (`models/`, `samples/`): here, else the source
+/// tree's.
+pub fn project_path(relative: &str) -> Result<PathBuf> {
+    let here = PathBuf::from(relative);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative);
+    [here, source]
+        .into_iter()
+        .find(|p| p.exists())
+        .with_context(|| format!("cannot find {relative}: run this from a Vigil checkout"))
+}

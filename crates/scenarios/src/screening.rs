@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::{ModelInferRequest, ModelInferResponse, infer_parameter::ParameterChoice};
-use vigil_store::{Change, MonitorStore, PredictionStore};
+use vigil_store::{MonitorStore, PredictionStore};
 
 use crate::recipes::ScreeningCheck;
 use crate::{Progress, Recipes, Stack};
@@ -55,35 +55,7 @@ pub async fn serve_patients<S: PredictionStore + MonitorStore>(
     check: &ScreeningCheck,
     progress: Progress<'_>,
 ) -> Result<Served> {
-    let digest = vigil_store::registry::sha256_file(&stack.repository.join(MODEL).join("1/model.onnx"))?;
-    let now = chrono::Utc::now();
-    let version = vigil_store::ModelVersionRow {
-        model_name: MODEL.into(),
-        version: "1".into(),
-        artifact_sha256: digest,
-        artifact_uri: String::new(),
-        training_data: "vigil_train.screening".into(),
-        metrics: serde_json::json!({}),
-        stage: "candidate".into(),
-        registered_by: "anna".into(),
-        registered_at: now,
-        stage_changed_at: now,
-    };
-    stack.store.register_version(&version, "").await?;
-    let deployment = vigil_store::DeploymentRow {
-        model_name: MODEL.into(),
-        deployment_id: "screening-1".into(),
-        primary_version: "1".into(),
-        candidate_version: None,
-        mode: "single".into(),
-        share: 0.0,
-        updated_by: "anna".into(),
-        updated_at: now,
-        policy: "partial".into(),
-        accept_below: None,
-        reject_at: None,
-    };
-    stack.store.set_deployment(&deployment, &Change { actor: "anna", reason: "partial automation", at: now }).await?;
+    crate::rollouts::register_and_deploy(stack, MODEL, &["1"], "vigil_train.screening", "partial").await?;
     // The server follows the deployment within its poll interval.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut oip = stack.oip.clone();

@@ -15,6 +15,7 @@ use vigil_logger::{BatchSettings, LoggerStats};
 use vigil_monitor::MonitorConfig;
 use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
+use vigil_server::ModelOptions;
 use vigil_serving::records::RecordEmitter;
 use vigil_store::{MonitorStore, PredictionStore};
 
@@ -34,6 +35,15 @@ pub struct StackOptions {
     /// produces its records there and a logger consumes them into the store, as in production.
     /// None: an in-process bus into the logger's pipeline (the embedded default).
     pub kafka_brokers: Option<String>,
+    /// Which server answers: vigil-cloud, or vigil-edge (the inspection API too).
+    pub server: ServerKind,
+}
+
+/// The prediction server a [`Stack`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Cloud,
+    Edge,
 }
 
 impl StackOptions {
@@ -46,6 +56,7 @@ impl StackOptions {
             load_all_versions: true,
             monitor_config: String::new(),
             kafka_brokers: None,
+            server: ServerKind::Cloud,
         }
     }
 }
@@ -54,7 +65,7 @@ impl StackOptions {
 pub struct Stack<S> {
     pub store: S,
     pub repository: PathBuf,
-    pub server: vigil_cloud::RunningServer,
+    pub server: vigil_server::RunningServer,
     pub monitor: vigil_server::Lifecycle,
     /// The monitor's dashboard and review API (`http://{monitor_http}/`).
     pub monitor_http: SocketAddr,
@@ -72,7 +83,7 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
     /// plays out in seconds.
     pub async fn start(store: S, options: StackOptions) -> Result<Self> {
         store.migrate().await.context("preparing the database")?;
-        let mut config = CloudConfig { model_repository: options.repository.clone(), ..CloudConfig::default() };
+        let mut logging = vigil_server::LoggingConfig::named("vigil-scenario", "scenario-1");
         let batch = BatchSettings { max_wait_ms: 50, ..Default::default() };
         let (records, stop_logger) = match &options.kafka_brokers {
             None => {
@@ -83,9 +94,8 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
                 (Some(RecordEmitter::new(emitter, "scenario-1")), None)
             }
             Some(brokers) => {
-                config.logging.enabled = true;
-                config.logging.server_id = "scenario-1".into();
-                config.logging.kafka.brokers = brokers.clone();
+                logging.enabled = true;
+                logging.kafka.brokers = brokers.clone();
                 let mut logger = vigil_logger::LoggerConfig::new(brokers.clone(), options.database_url.clone());
                 logger.batch = batch;
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -96,14 +106,32 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
                 (None, Some((stop, task)))
             }
         };
-        config.listen = "127.0.0.1:0".parse()?;
-        config.metrics.enabled = false;
-        config.models.load_all_versions = options.load_all_versions;
-        config.deployments.database_url = options.database_url.clone();
-        config.deployments.poll_interval_ms = 100;
-        // These scenarios use no voice search.
-        config.voice_search.enabled = false;
-        let server = vigil_cloud::start(config, false, records).await?;
+        let models = ModelOptions { load_all_versions: options.load_all_versions, ..Default::default() };
+        let deployments = vigil_server::DeploymentsConfig {
+            database_url: options.database_url.clone(),
+            poll_interval_ms: 100,
+            ..Default::default()
+        };
+        let metrics = vigil_server::MetricsConfig { enabled: false, listen: "127.0.0.1:0".parse()? };
+        let server = match options.server {
+            ServerKind::Cloud => {
+                let mut config = CloudConfig { model_repository: options.repository.clone(), ..CloudConfig::default() };
+                config.listen = "127.0.0.1:0".parse()?;
+                (config.metrics, config.logging, config.deployments) = (metrics, logging, deployments);
+                config.models = ModelOptions { watch_interval_ms: config.models.watch_interval_ms, ..models };
+                // These scenarios use no voice search.
+                config.voice_search.enabled = false;
+                vigil_cloud::start(config, false, records).await?
+            }
+            ServerKind::Edge => {
+                let mut config =
+                    vigil_edge::EdgeConfig { model_repository: options.repository.clone(), ..Default::default() };
+                config.listen = "127.0.0.1:0".parse()?;
+                (config.metrics, config.logging, config.deployments, config.models) =
+                    (metrics, logging, deployments, models);
+                vigil_edge::start_with(config, false, records).await?
+            }
+        };
 
         let monitor_config: MonitorConfig = toml::from_str(&format!(
             "models = \"{}\"\n[rollups]\nresolutions = [1, 60]\npoll = \"100ms\"\n[alerting]\n\
