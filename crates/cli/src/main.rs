@@ -11,6 +11,7 @@
 mod batch;
 mod bench;
 mod bench_voice;
+mod dataset;
 mod demo;
 mod deploy;
 mod images;
@@ -73,6 +74,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Voice search benchmark: VAD and recognition real-time factors, the user's wait at 1 and 8 streams.
     BenchVoice(bench_voice::VoiceBenchArgs),
+    /// Datasets for retraining: a model's logged inputs with their labels, verified, versioned by content.
+    Dataset(dataset::DatasetArgs),
     /// Play one of the seed's examples (phone-line, anti-spam, screening, recommender) end to end on this machine.
     Demo(demo::DemoArgs),
 }
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
             Command::Batch(args) => batch::run(args).await,
             Command::BenchVoice(args) => bench_voice::run(args).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await,
+            Command::Dataset(args) => dataset::run(args).await,
         }
     });
     match result {

@@ -121,3 +121,28 @@ pub fn single_deployment(model: &str, id: &str, primary: &str) -> crate::Deploym
         reject_at: None,
     }
 }
+
+/// `row`'s prediction queued for `reviewers` people under `partial`, with no input or suggestion.
+pub fn review_item(row: &PredictionRow, reviewers: i16) -> crate::ReviewItem {
+    crate::ReviewItem {
+        prediction_id: row.prediction_id,
+        created_at: row.time,
+        model_name: row.model_name.clone(),
+        model_version: row.model_version.clone(),
+        variant: row.variant,
+        station_id: String::new(),
+        part_id: String::new(),
+        policy: "partial".into(),
+        reason: "hard case".into(),
+        suggestion: None,
+        score: None,
+        content_type: String::new(),
+        input: None,
+        claimed_by: None,
+        claimed_until: None,
+        decided_by: None,
+        decision: None,
+        decided_at: None,
+        reviews_required: reviewers,
+    }
+}

@@ -768,31 +768,8 @@ async fn review_panels_conform<S: PredictionStore + vigil_store::ReviewStore + v
     let rows: Vec<PredictionRow> =
         (0..3).map(|i| prediction(now - Duration::minutes(10 - i), 0.5, serde_json::json!({}))).collect();
     store.insert_batch(&rows, &[]).await.unwrap();
-    let items: Vec<ReviewItem> = rows
-        .iter()
-        .zip([3, 2, 2])
-        .map(|(r, required)| ReviewItem {
-            prediction_id: r.prediction_id,
-            created_at: r.time,
-            model_name: r.model_name.clone(),
-            model_version: r.model_version.clone(),
-            variant: r.variant,
-            station_id: String::new(),
-            part_id: String::new(),
-            policy: "partial".into(),
-            reason: "hard case".into(),
-            suggestion: None,
-            score: None,
-            content_type: String::new(),
-            input: None,
-            claimed_by: None,
-            claimed_until: None,
-            decided_by: None,
-            decision: None,
-            decided_at: None,
-            reviews_required: required,
-        })
-        .collect();
+    let items: Vec<ReviewItem> =
+        rows.iter().zip([3, 2, 2]).map(|(r, required)| vigil_store::testing::review_item(r, required)).collect();
     store.enqueue_reviews(&items).await.unwrap();
     let (first, second, third) = (rows[0].prediction_id, rows[1].prediction_id, rows[2].prediction_id);
     let lease = Duration::minutes(5);

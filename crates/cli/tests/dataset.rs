@@ -1,0 +1,115 @@
+//! `vigil dataset export` on a real SQLite prediction log: a sound dataset is written with its
+//! manifest (its id the rows' sha256, computed here independently), and datasets with one
+//! class, contradicting duplicates or reviewers who disagree are refused with their reasons.
+
+use std::process::{Command, Output};
+
+use chrono::{Duration, Utc};
+use sha2::{Digest, Sha256};
+use vigil_store::{LabelRow, PredictionStore, ReviewStore, SqliteStore};
+
+/// A log of `n` predictions with features `age` and `temperature` (every fifth temperature
+/// missing), labelled by `label(i)`; items listed in `panels` also get three reviewers' answers.
+fn log(url: &str, n: usize, label: impl Fn(usize) -> &'static str, panels: &[(usize, [&'static str; 3])]) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = SqliteStore::connect(url).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc::now();
+        let rows: Vec<_> = (0..n)
+            .map(|i| {
+                let temperature =
+                    if i % 5 == 4 { serde_json::Value::Null } else { serde_json::json!(36.5 + i as f64 / 10.0) };
+                let features = serde_json::json!({ "age": 20 + i, "temperature": temperature });
+                vigil_store::testing::prediction(
+                    now - Duration::minutes(30) + Duration::seconds(i as i64),
+                    0.5,
+                    features,
+                )
+            })
+            .collect();
+        let labels: Vec<LabelRow> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| LabelRow {
+                label_id: uuid::Uuid::now_v7(),
+                prediction_id: r.prediction_id,
+                label: label(i).into(),
+                time: now - Duration::minutes(1),
+                source: "inspector".into(),
+            })
+            .collect();
+        store.insert_batch(&rows, &labels).await.unwrap();
+        for (i, answers) in panels {
+            let r = &rows[*i];
+            let item = vigil_store::testing::review_item(r, 3);
+            store.enqueue_reviews(&[item]).await.unwrap();
+            for (reviewer, answer) in ["anna", "ben", "carl"].into_iter().zip(answers) {
+                store.submit_review(r.prediction_id, reviewer, answer, now - Duration::minutes(2)).await.unwrap();
+            }
+        }
+    });
+}
+
+fn export(url: &str, out: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["dataset", "export", "--database-url", url, "--model", "scratch-detector", "--since", "1h"])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_sound_dataset_is_written_with_a_manifest_naming_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+    let agreeing = [(0, ["ok", "ok", "ok"]), (1, ["defect", "defect", "defect"]), (2, ["ok", "ok", "defect"])];
+    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &agreeing);
+    let out = export(&url, &dir.path().join("datasets"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("label_consistency  ok"), "{stdout}");
+
+    let written: Vec<_> = std::fs::read_dir(dir.path().join("datasets")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(written.len(), 1);
+    let rows = std::fs::read(written[0].join("rows.csv")).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(written[0].join("manifest.json")).unwrap()).unwrap();
+    let sha256: String = Sha256::digest(&rows).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(manifest["files"]["rows.csv"]["sha256"], sha256);
+    assert!(written[0].ends_with(format!("scratch-detector-{}", &sha256[..16])));
+    assert_eq!((manifest["rows"].as_u64(), manifest["labelled"].as_u64()), (Some(40), Some(40)));
+    // Each item's latest label: the inspectors' (given after the panels decided).
+    assert_eq!(manifest["classes"], serde_json::json!({ "defect": 14, "ok": 26 }), "{manifest}");
+    assert_eq!(manifest["columns"], serde_json::json!(["age", "temperature"]));
+    let text = String::from_utf8(rows).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("prediction_id,time,model_version,age,temperature,label"));
+    let fifth: Vec<&str> = lines.nth(4).unwrap().split(',').collect();
+    assert_eq!((fifth[3], fifth[4], fifth[5]), ("24", "", "ok"), "a missing temperature stays empty");
+}
+
+#[test]
+fn datasets_that_would_mislead_training_are_refused_with_their_reasons() {
+    type Labeller = Box<dyn Fn(usize) -> &'static str>;
+    type Panels = Vec<(usize, [&'static str; 3])>;
+    let cases: [(&str, Labeller, Panels); 2] = [
+        ("class_balance", Box::new(|_| "ok"), Vec::new()),
+        (
+            "label_consistency",
+            Box::new(|i| if i % 2 == 0 { "defect" } else { "ok" }),
+            (0..8).map(|i| (i, if i % 2 == 0 { ["ok", "defect", "ok"] } else { ["defect", "ok", "defect"] })).collect(),
+        ),
+    ];
+    for (failing, label, panels) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+        log(&url, 30, label, &panels);
+        let out = export(&url, &dir.path().join("datasets"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{failing}: {stderr}");
+        assert!(stderr.contains(&format!("dataset refused ({failing})")), "{stderr}");
+        assert!(!dir.path().join("datasets").exists(), "nothing written");
+    }
+}
