@@ -149,6 +149,7 @@ impl vigil_server::cli::ServerConfig for CloudConfig {
         "limits",
         "models",
         "metrics",
+        "logging",
         "deployments",
         "voice_search",
     ];
@@ -180,6 +181,10 @@ mod tests {
             let c = CloudConfig::load(Some(Path::new("cloud.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.models.execution_provider, ExecutionProvider::Cuda);
             assert_eq!(c.models.watch_interval_ms, 0);
+            jail.set_env("VIGIL_LOGGING__ENABLED", "true");
+            jail.set_env("VIGIL_LOGGING__KAFKA__BROKERS", "kafka-1:9092");
+            let c = CloudConfig::load(None).map_err(|e| e.to_string())?;
+            assert!(c.logging.enabled && c.logging.kafka.brokers == "kafka-1:9092", "{:?}", c.logging);
             jail.create_file("bad.toml", "[models]\nexecution_provider = \"tpu\"\n")?;
             let e = CloudConfig::load(Some(Path::new("bad.toml"))).unwrap_err();
             assert!(e.contains("models.execution_provider") && e.contains("cpu") && e.contains("cuda"), "{e}");

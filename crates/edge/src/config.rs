@@ -57,6 +57,7 @@ impl vigil_server::cli::ServerConfig for EdgeConfig {
         "images",
         "models",
         "metrics",
+        "logging",
         "deployments",
     ];
 
@@ -91,7 +92,10 @@ mod tests {
             jail.set_env("VIGIL_LIMITS__MAX_CONCURRENT_REQUESTS", "4");
             jail.set_env("VIGIL_UNRELATED_SETTING", "ignored");
             jail.set_env("VIGIL_METRICS__LISTEN", "127.0.0.1:0");
+            jail.set_env("VIGIL_LOGGING__ENABLED", "true");
+            jail.set_env("VIGIL_LOGGING__KAFKA__BROKERS", "kafka-1:9092");
             let c = EdgeConfig::load(Some(Path::new("edge.toml"))).map_err(|e| e.to_string())?;
+            assert!(c.logging.enabled && c.logging.kafka.brokers == "kafka-1:9092", "{:?}", c.logging);
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.metrics, MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() });
             assert_eq!(c.limits.max_concurrent_requests, 4);

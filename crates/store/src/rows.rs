@@ -85,7 +85,7 @@ impl PredictionRow {
         let number =
             |s: f32| serde_json::Number::from_f64(s as f64).map_or(serde_json::Value::Null, serde_json::Value::Number);
         let scores: Vec<serde_json::Value> = out.scores.iter().map(|&s| number(s)).collect();
-        let score = out.scores.first().copied().filter(|s| s.is_finite());
+        let score = headline_score(&out.scores);
         let mut output = serde_json::json!({ "label": out.label, "scores": scores });
         if !out.class_scores.is_empty() {
             let classes = out.class_scores.iter().map(|c| (c.name.clone(), number(c.score))).collect();
@@ -200,6 +200,21 @@ impl FeedbackRow {
     }
 }
 
+/// The one number an output is watched by (score charts, drift, rollouts): its only score, the
+/// second of two (a binary classifier's positive class), or the highest of more (the predicted
+/// class's probability); None when any score is not finite.
+pub fn headline_score(scores: &[f32]) -> Option<f32> {
+    if scores.iter().any(|s| !s.is_finite()) {
+        return None;
+    }
+    match scores {
+        [] => None,
+        [one] => Some(*one),
+        [_, positive] => Some(*positive),
+        many => many.iter().copied().reduce(f32::max),
+    }
+}
+
 /// Whether the policy kept the model out of the decision (`human_only`): no output is expected,
 /// so none missing is a null output.
 fn model_not_consulted(r: &PredictionRecord) -> bool {
@@ -249,6 +264,16 @@ mod tests {
         let mut r = record();
         r.response_time = None;
         assert!(PredictionRow::from_record(&r).unwrap_err().to_string().contains("response_time"));
+    }
+
+    #[test]
+    fn the_headline_score_is_the_positive_class_or_the_predicted_one() {
+        assert_eq!(headline_score(&[0.75]), Some(0.75));
+        assert_eq!(headline_score(&[0.9, 0.1]), Some(0.1), "a binary classifier's positive class");
+        assert_eq!(headline_score(&[0.2, 0.5, 0.3]), Some(0.5), "the predicted class's probability");
+        assert_eq!(headline_score(&[]), None);
+        assert_eq!(headline_score(&[0.5, f32::NAN]), None);
+        assert_eq!(headline_score(&[f32::NAN, 0.5]), None);
     }
 
     #[test]

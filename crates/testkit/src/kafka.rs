@@ -85,15 +85,10 @@ impl KafkaBroker {
         let turn = ONE_BROKER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let libs = libs().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new().prefix("vigil-kafka-").tempdir().unwrap();
-        let mut broker = KafkaBroker {
-            port: crate::free_port(),
-            controller_port: crate::free_port(),
-            dir,
-            libs,
-            profile,
-            child: None,
-            _turn: turn,
-        };
+        // Two free ports, not the same one handed out twice.
+        let port = crate::free_port();
+        let controller_port = std::iter::repeat_with(crate::free_port).find(|&p| p != port).expect("a second port");
+        let mut broker = KafkaBroker { port, controller_port, dir, libs, profile, child: None, _turn: turn };
         broker.write_config();
         broker.format();
         broker.resume().await;
