@@ -66,6 +66,20 @@ fn a_sound_dataset_is_written_with_a_manifest_naming_its_content() {
     let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
     let agreeing = [(0, ["ok", "ok", "ok"]), (1, ["defect", "defect", "defect"]), (2, ["ok", "ok", "defect"])];
     log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &agreeing);
+    // Neither a refused request (no inputs) nor a shadow's copy of an item is another item.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let at = Utc::now() - Duration::minutes(10);
+        let failed = vigil_store::PredictionRow {
+            status: 3,
+            ..vigil_store::testing::prediction(at, 0.5, serde_json::json!({ "inputs": null }))
+        };
+        let shadow = vigil_store::PredictionRow {
+            variant: 3,
+            ..vigil_store::testing::prediction(at, 0.5, serde_json::json!({ "age": 20, "temperature": 36.5 }))
+        };
+        store.insert_batch(&[failed, shadow], &[]).await.unwrap();
+    });
     let out = export(&url, &dir.path().join("datasets"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -39,6 +39,9 @@ pub struct RolloutChecks {
     pub max_latency_p99_ratio: f64,
     /// ... or the primary's plus this many milliseconds, whichever is more.
     pub latency_p99_slack_ms: f64,
+    /// Latency is judged only when both variants answered at least this many requests in the
+    /// window (a p99 of a handful of requests, e.g. the primary's last few in a 100% step, is noise).
+    pub min_latency_samples: u64,
     /// The score distributions (and each input feature's) differ when their KS distance exceeds
     /// this and the KS test's p value is under `score_p_value` (both: no rollback on a tiny
     /// difference seen often).
@@ -81,6 +84,7 @@ impl Default for RolloutChecks {
             max_null_rate_increase: 0.01,
             max_latency_p99_ratio: 1.5,
             latency_p99_slack_ms: 5.0,
+            min_latency_samples: 100,
             max_score_ks: 0.2,
             score_p_value: 0.01,
             max_accuracy_drop: 0.02,
@@ -229,7 +233,8 @@ pub fn analyse(
     let (c_p99, p_p99) = (p99(candidate), p99(primary));
     // A shadow's latency runs from the request it mirrors and includes sharing the cores with
     // the primary's answer: judged in the canary steps only.
-    if let Some(p) = p_p99.filter(|_| step.mode == StepMode::Canary) {
+    let enough = candidate.count.min(primary.count) >= checks.min_latency_samples;
+    if let Some(p) = p_p99.filter(|_| step.mode == StepMode::Canary && enough) {
         let limit = (p * checks.max_latency_p99_ratio).max(p + checks.latency_p99_slack_ms);
         check("latency_p99_ms", c_p99, p_p99, limit);
     }

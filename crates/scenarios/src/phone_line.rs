@@ -154,6 +154,9 @@ async fn drive<S: PredictionStore + MonitorStore>(
         let sent = std::mem::take(&mut decisions);
         let answer = monitoring.submit_labels(SubmitLabelsRequest { labels: sent.clone() }).await?.into_inner();
         labelled += answer.accepted as usize;
+        if let Some(refused) = answer.rejected.iter().find(|r| !r.reason.contains("retry later")) {
+            anyhow::bail!("an inspector's decision was refused: {}", refused.reason);
+        }
         decisions = answer.rejected.iter().map(|r| sent[r.index as usize].clone()).collect();
         let describe = |s: &RolloutStep| match s.mode {
             StepMode::Shadow => "shadow".to_string(),

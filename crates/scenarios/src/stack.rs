@@ -160,14 +160,23 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
         })
     }
 
-    /// Stops the monitor, the server (its records handed to the bus) and the logger.
+    /// Stops the monitor, the server (its records handed to the bus) and the logger, each even
+    /// when one before failed (a logger left running past its broker never stops); the first
+    /// failure is the answer.
     pub async fn shutdown(self) -> Result<()> {
-        self.monitor.shutdown().await?;
-        self.server.shutdown().await?;
-        if let Some((stop, task)) = self.stop_logger {
-            let _ = stop.send(());
-            task.await.context("the logger panicked")??;
-        }
-        Ok(())
+        let monitor = self.monitor.shutdown().await.context("stopping the monitor");
+        let server = self.server.shutdown().await.context("stopping the server");
+        let logger = match self.stop_logger {
+            Some((stop, task)) => {
+                let _ = stop.send(());
+                match tokio::time::timeout(std::time::Duration::from_secs(60), task).await {
+                    Ok(Ok(result)) => result.context("stopping the logger"),
+                    Ok(Err(panicked)) => Err(anyhow::anyhow!("the logger panicked: {panicked}")),
+                    Err(_) => Err(anyhow::anyhow!("the logger did not stop within 60 s")),
+                }
+            }
+            None => Ok(()),
+        };
+        monitor.and(server).and(logger)
     }
 }

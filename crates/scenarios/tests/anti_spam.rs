@@ -21,7 +21,10 @@ async fn a_retrained_filter_goes_from_one_percent_of_users_to_all_and_one_that_f
     let broker = vigil_testkit::KafkaBroker::start(2).await;
     let options = StackOptions { kafka_brokers: Some(broker.brokers()), ..StackOptions::new(db.url(), &repository) };
     let stack = Stack::start(store.clone(), options).await.unwrap();
-    let outcome = anti_spam::run(&stack, &posts.texts, &vigil_scenarios::quiet).await.unwrap();
+    let outcome = anti_spam::run(&stack, &posts.texts, &vigil_scenarios::quiet).await;
+    // Everything stops before any assertion: a failed one must not leave the logger behind.
+    stack.shutdown().await.unwrap();
+    let outcome = outcome.unwrap();
     assert!(outcome.as_expected(), "{outcome:?}");
 
     // Version 2: promoted through every step with no person.
@@ -57,5 +60,4 @@ async fn a_retrained_filter_goes_from_one_percent_of_users_to_all_and_one_that_f
     assert!(audit.iter().any(|e| e.actor == rollout::CONTROLLER && e.reason.contains("score_ks")), "{audit:?}");
     let users_on_3: usize = seen.answers.values().filter(|v| v.iter().any(|(version, _)| version == "3")).count();
     assert!(users_on_3 * 20 < seen.answers.len(), "{users_on_3} of {} users saw version 3", seen.answers.len());
-    stack.shutdown().await.unwrap();
 }

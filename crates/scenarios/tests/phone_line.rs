@@ -27,7 +27,29 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
         ..StackOptions::new(db.url(), &repository)
     };
     let stack = Stack::start(store.clone(), options).await.unwrap();
-    let outcome = phone_line::run(&stack, &phones, &vigil_scenarios::quiet).await.unwrap();
+    let outcome = phone_line::run(&stack, &phones, &vigil_scenarios::quiet).await;
+    // Which version answers each station afterwards (the server follows within its poll).
+    let inspect = InspectionClient::connect(format!("http://{}", stack.server.addr)).await.unwrap();
+    let answered_by = |station: String| {
+        let mut client = inspect.clone();
+        let image = phones[0].1.clone();
+        async move {
+            let request = InspectRequest { image, station_id: station, ..Default::default() };
+            client.inspect(request).await.map(|r| r.into_inner().model_version).unwrap_or_default()
+        }
+    };
+    let mut waited = 0;
+    while answered_by("line-7".into()).await != "2" && waited < 50 {
+        waited += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut versions = Vec::new();
+    for station in 0..8 {
+        versions.push(answered_by(format!("line-{station}")).await);
+    }
+    // Everything stops before any assertion: a failed one must not leave the logger behind.
+    stack.shutdown().await.unwrap();
+    let outcome = outcome.unwrap();
     assert!(outcome.as_expected(), "{outcome:?}");
 
     let done = &outcome.next.rollout;
@@ -43,24 +65,7 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
     assert!(outcome.next.labelled > 0);
 
     // Version 2 now answers every station.
-    let inspect = InspectionClient::connect(format!("http://{}", stack.server.addr)).await.unwrap();
-    let answered_by = |station: String| {
-        let mut client = inspect.clone();
-        let image = phones[0].1.clone();
-        async move {
-            let request = InspectRequest { image, station_id: station, ..Default::default() };
-            client.inspect(request).await.unwrap().into_inner().model_version
-        }
-    };
-    let mut waited = 0;
-    while answered_by("line-7".into()).await != "2" {
-        waited += 1;
-        assert!(waited < 50, "the server never followed the promotion");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for station in 0..8 {
-        assert_eq!(answered_by(format!("line-{station}")).await, "2");
-    }
+    assert!(versions.iter().all(|v| v == "2"), "{versions:?}");
 
     // Version 3: its scores shift; rolled back in the shadow step, the line keeps version 2.
     let failed = rollout::failed_checks(&outcome.bad.rollout, 0);
@@ -70,5 +75,4 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
     let audit = store.audit_events(100).await.unwrap();
     assert!(audit.iter().any(|e| e.actor == rollout::CONTROLLER && e.reason.contains("score_ks")));
     println!("{} phones inspected during the first rollout", outcome.next.phones);
-    stack.shutdown().await.unwrap();
 }

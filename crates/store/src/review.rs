@@ -341,7 +341,7 @@ macro_rules! review_backend {
                     let others: Vec<&(String, DateTime<Utc>)> = claims.iter().filter(|(by, _)| by != reviewer).collect();
                     let holds_claim = others.len() < claims.len();
                     if !holds_claim && others.len() + decided.len() >= item.reviews_required.max(1) as usize {
-                        let (by, until) = others[0].clone();
+                        let (by, until) = others.first().map(|c| (*c).clone()).unwrap_or_else(|| ("(a panel)".into(), now));
                         return Err(ReviewError::ClaimedByOther { id, by, until });
                     }
                     sqlx::query(
@@ -389,8 +389,14 @@ macro_rules! review_backend {
                             ReviewOutcome::Decided { decision: answer.to_string() }
                         }
                         majority => {
-                            // All in without a strict majority: one more reviewer breaks the tie.
-                            let required = if majority.is_none() && all.len() >= required { all.len() + 1 } else { required };
+                            // All in without a strict majority: one more reviewer breaks the tie
+                            // (up to MAX_REVIEWERS; an item still tied then stays open, counted
+                            // in the queue's open items, for a person to settle).
+                            let required = if majority.is_none() && all.len() >= required {
+                                (all.len() + 1).min(MAX_REVIEWERS as usize)
+                            } else {
+                                required
+                            };
                             sqlx::query("UPDATE review_items SET reviews_required = $2 WHERE prediction_id = $1")
                                 .bind(id)
                                 .bind(required as i16)

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
+use vigil_proto::vigil::v1::{RecordStatus, Variant};
 use vigil_store::{Backend, MAX_QUERY_ROWS, PredictionFilter, PredictionStore, PredictionSummary, ReviewStore};
 
 pub use verify::{Check, Item, Limits};
@@ -80,22 +81,28 @@ async fn export<S: PredictionStore + ReviewStore>(store: S, args: ExportArgs) ->
     let since = crate::query::parse_time(&args.since, now).context("--since")?;
     let until =
         args.until.as_deref().map(|t| crate::query::parse_time(t, now)).transpose().context("--until")?.unwrap_or(now);
+    // The answers that served (primary and canary; a shadow's copy of an item is not another
+    // item), and only those that succeeded (a refused request has no inputs to learn from).
     let mut rows: Vec<PredictionSummary> = Vec::new();
-    let mut filter = PredictionFilter {
-        since: Some(since),
-        until: Some(until),
-        model_name: Some(args.model.clone()),
-        model_version: args.version.clone(),
-        has_label: args.only_labelled.then_some(true),
-        limit: MAX_QUERY_ROWS,
-        ..Default::default()
-    };
-    loop {
-        let page = store.query_predictions(&filter).await.context("reading the prediction log")?;
-        let Some(last) = page.last() else { break };
-        filter.after = Some(last.prediction_id);
-        rows.extend(page);
+    for variant in [Variant::Unspecified, Variant::Primary, Variant::Canary] {
+        let mut filter = PredictionFilter {
+            since: Some(since),
+            until: Some(until),
+            model_name: Some(args.model.clone()),
+            model_version: args.version.clone(),
+            variant: Some(variant as i16),
+            has_label: args.only_labelled.then_some(true),
+            limit: MAX_QUERY_ROWS,
+            ..Default::default()
+        };
+        loop {
+            let page = store.query_predictions(&filter).await.context("reading the prediction log")?;
+            let Some(last) = page.last() else { break };
+            filter.after = Some(last.prediction_id);
+            rows.extend(page.into_iter().filter(|r| r.status == RecordStatus::Ok as i16));
+        }
     }
+    rows.sort_by_key(|r| r.prediction_id);
     if rows.is_empty() {
         eprintln!("vigil: no predictions of {} in that range", args.model);
         return Ok(REFUSED);
@@ -115,9 +122,13 @@ async fn export<S: PredictionStore + ReviewStore>(store: S, args: ExportArgs) ->
             label: r.label.clone(),
         })
         .collect();
+    // The panels of the exported items only (decisions may come after the range).
+    let exported: BTreeSet<uuid::Uuid> = rows.iter().map(|r| r.prediction_id).collect();
     let mut panels: BTreeMap<uuid::Uuid, Vec<String>> = BTreeMap::new();
-    for d in store.reviewer_decisions(&args.model, since, until).await.context("reading review decisions")? {
-        panels.entry(d.prediction_id).or_default().push(d.decision);
+    for d in store.reviewer_decisions(&args.model, since, now).await.context("reading review decisions")? {
+        if exported.contains(&d.prediction_id) {
+            panels.entry(d.prediction_id).or_default().push(d.decision);
+        }
     }
     let panels: Vec<Vec<String>> = panels.into_values().filter(|answers| answers.len() >= 2).collect();
     let limits = Limits {
