@@ -3,7 +3,11 @@
 
 use std::process::{Command, Output};
 
+/// One demo at a time: each runs its servers, load and monitor on this machine's cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn demo(args: &[&str]) -> Output {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     Command::new(env!("CARGO_BIN_EXE_vigil")).arg("demo").args(args).output().unwrap()
 }
 

@@ -78,7 +78,12 @@ pub async fn run<S: PredictionStore + MonitorStore>(
     let by_anna = Change { actor: "anna", reason: "retrained on last month's posts", at: chrono::Utc::now() };
     rollout::start(&stack.store, MODEL, "2", &plan(), &by_anna).await?;
     let retrained = post_until_done(stack, posts, "2", progress).await?;
-    progress(&format!("version 2: {} after {} posts", retrained.rollout.state, retrained.posts));
+    progress(&format!(
+        "version 2: {} after {} posts{}",
+        retrained.rollout.state,
+        retrained.posts,
+        failing(&retrained.rollout)
+    ));
     progress("rolling out version 3 (a threshold that flags every post)");
     let by_ben = Change { actor: "ben", reason: "aggressive threshold", at: chrono::Utc::now() };
     rollout::start(&stack.store, MODEL, "3", &plan(), &by_ben).await?;
@@ -91,6 +96,13 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         rollout::failed_checks(&flags_everything.rollout, 0).join(", ")
     ));
     Ok(Outcome { retrained, flags_everything })
+}
+
+/// "; failing checks: ..." of a rollout's last decision, when any failed.
+pub(crate) fn failing(rollout: &RolloutRow) -> String {
+    let last = rollout.decisions().len().saturating_sub(1);
+    let failed = rollout::failed_checks(rollout, last);
+    if failed.is_empty() { String::new() } else { format!("; failing checks: {}", failed.join(", ")) }
 }
 
 /// One post by `user`, keyed by the user for the canary.

@@ -103,8 +103,11 @@ pub async fn run<S: PredictionStore + MonitorStore>(
     rollout::start(&stack.store, MODEL, "2", &plan(), &by_anna).await?;
     let next = drive(stack, phones, "2", progress).await?;
     progress(&format!(
-        "version 2: {} after {} phones ({} inspected by people)",
-        next.rollout.state, next.phones, next.labelled
+        "version 2: {} after {} phones ({} inspected by people){}",
+        next.rollout.state,
+        next.phones,
+        next.labelled,
+        crate::anti_spam::failing(&next.rollout)
     ));
     progress("rolling out version 3 (a changed normalisation)");
     let by_ben = Change { actor: "ben", reason: "new normalisation", at: chrono::Utc::now() };
