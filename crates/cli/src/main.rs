@@ -21,6 +21,7 @@ mod label;
 mod model;
 mod monitoring;
 mod query;
+mod retrain;
 mod review;
 mod rollout;
 mod speak;
@@ -76,6 +77,8 @@ enum Command {
     BenchVoice(bench_voice::VoiceBenchArgs),
     /// Datasets for retraining: a model's logged inputs with their labels, verified, versioned by content.
     Dataset(dataset::DatasetArgs),
+    /// Retraining jobs: queue one (the monitor runs the model's recipe on its labelled data), follow, list, cancel, retry.
+    Retrain(retrain::RetrainArgs),
     /// Play one of the seed's examples (phone-line, anti-spam, screening, recommender) end to end on this machine.
     Demo(demo::DemoArgs),
 }
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
             Command::BenchVoice(args) => bench_voice::run(args).await.map(|()| 0),
             Command::Demo(args) => demo::run(args).await,
             Command::Dataset(args) => dataset::run(args).await,
+            Command::Retrain(args) => retrain::run(args).await,
         }
     });
     match result {

@@ -84,6 +84,7 @@ fn plan(
             min_requests,
             max_duration_s: deadline.map(|d| d.as_secs()),
             mode: StepMode::Canary,
+            approval: false,
         })
         .collect();
     let steps = match shadow {

@@ -6,6 +6,7 @@
 //! [`test_feature`] (binned) and [`test_numeric`] (distributions) pick a statistic with Evidently's
 //! rules and decide drift per feature; [`dataset_drift`] aggregates the features.
 
+mod agreement;
 mod cdf;
 mod config;
 mod histogram;
@@ -13,6 +14,7 @@ mod stats;
 
 use serde::{Deserialize, Serialize};
 
+pub use agreement::fleiss_kappa;
 pub use cdf::{Cdf, KS_EXACT_MAX_N, ks_distance, ks_p_value, wasserstein};
 pub use config::{DriftConfig, Kind, Method};
 pub use histogram::{Histogram, bin_index};

@@ -367,6 +367,17 @@ pub async fn evaluate_all<S: MonitorStore>(
                 }
                 views.store.save_alert(&next, notify && views.config.alerting.webhook_url.is_some()).await?;
             }
+            if rule.retrain && next.state == "firing" {
+                use crate::retrain::trigger::{Considered, consider};
+                match consider(&views.store, &views.config.retraining, rule, &model, now).await? {
+                    Considered::Queued(job) => tracing::warn!(
+                        alert = %key, job = %job.job_id, "{} fires: retraining {model} (job {})", rule.name, job.job_id
+                    ),
+                    Considered::Waiting(why) => {
+                        tracing::debug!(alert = %key, "{} fires; no retraining yet: {why}", rule.name)
+                    }
+                }
+            }
         }
     }
     // Alarms whose rule left the configuration end rather than staying as they were.
@@ -461,6 +472,8 @@ mod tests {
             severity: "warning".into(),
             baseline: Baseline::Training,
             baseline_offset: None,
+            retrain: false,
+            rollout: false,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct MonitorConfig {
     pub control: ControlConfig,
     /// The rollout controller's checks and how often it judges.
     pub rollouts: crate::rollout::RolloutChecks,
+    /// Retraining jobs: where they work, and each model's recipe, triggers and rollout.
+    pub retraining: crate::retrain::RetrainingConfig,
 }
 
 impl Default for MonitorConfig {
@@ -36,6 +38,7 @@ impl Default for MonitorConfig {
             alerting: AlertingConfig::default(),
             control: ControlConfig::default(),
             rollouts: crate::rollout::RolloutChecks::default(),
+            retraining: crate::retrain::RetrainingConfig::default(),
         }
     }
 }
@@ -149,6 +152,11 @@ pub struct RuleConfig {
     /// hour yesterday) or "7d"; for models shipped without a training reference.
     #[serde(default, deserialize_with = "optional_duration")]
     pub baseline_offset: Option<Duration>,
+    /// What the monitor does while the alarm fires: `retrain` (queue a retraining job of the
+    /// rule's model once enough new labelled items exist; see `[retraining.models.<model>]`),
+    /// then `rollout` (roll the retrained candidate out under the controller's analysis).
+    #[serde(default)]
+    pub actions: Vec<String>,
 }
 
 fn default_severity() -> String {
@@ -172,6 +180,10 @@ pub struct Rule {
     pub baseline: Baseline,
     /// When set, the baseline is the evaluated window shifted back by this much.
     pub baseline_offset: Option<Duration>,
+    /// Retrain the model while the alarm fires.
+    pub retrain: bool,
+    /// ... and roll the candidate out when the job succeeds.
+    pub rollout: bool,
 }
 
 impl MonitorConfig {
@@ -191,6 +203,7 @@ impl MonitorConfig {
                 "rollups.resolutions {r:?}: give one or more widths in seconds, ascending, each a multiple of the one before"
             );
         }
+        self.retraining.validate()?;
         if self.alerting.webhook_max_attempts == 0 {
             anyhow::bail!("alerting.webhook_max_attempts must be at least 1");
         }
@@ -249,7 +262,27 @@ impl MonitorConfig {
                     Some("shadow") => Some(Variant::Shadow as i16),
                     Some(other) => return Err(bad(format!("variant '{other}' is not primary, canary or shadow"))),
                 };
+                let (mut retrain, mut rollout) = (false, false);
+                for action in &r.actions {
+                    match action.as_str() {
+                        "retrain" => retrain = true,
+                        "rollout" => rollout = true,
+                        other => return Err(bad(format!("action '{other}' is not retrain or rollout"))),
+                    }
+                }
+                if rollout && !retrain {
+                    return Err(bad("the rollout action rolls out what retrain made: give both".into()));
+                }
+                if retrain {
+                    let model =
+                        r.model.as_deref().ok_or_else(|| bad("the retrain action needs the rule's model".into()))?;
+                    if !self.retraining.models.contains_key(model) {
+                        return Err(bad(format!("the retrain action needs [retraining.models.{model}] (its recipe)")));
+                    }
+                }
                 Ok(Rule {
+                    retrain,
+                    rollout,
                     name: r.name.clone(),
                     variant,
                     metric_name: r.metric.clone(),

@@ -13,6 +13,7 @@ pub mod labels;
 pub mod notify;
 pub mod panel;
 pub mod query;
+pub mod retrain;
 pub mod review;
 pub mod rollout;
 pub mod rollup;
@@ -106,6 +107,12 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let (rollout_views, checks, rollout_leading) = (views.clone(), config.rollouts.clone(), leading.clone());
     lifecycle.spawn(BACKGROUND, "rollout controller", move |stop| async move {
         rollout::run(rollout_views, checks, rollout_leading, stop.into_receiver()).await;
+        Ok(())
+    });
+    let (store_, retraining, models, retrain_leading) =
+        (store.clone(), config.retraining.clone(), config.models.clone(), leading.clone());
+    lifecycle.spawn(BACKGROUND, "retraining", move |stop| async move {
+        retrain::runner::run(store_, retraining, models, retrain_leading, stop.into_receiver()).await;
         Ok(())
     });
     if let Some(url) = &config.alerting.webhook_url {

@@ -61,6 +61,11 @@ pub struct RolloutChecks {
     /// Business metrics: feedback events per prediction of each variant (clicks, redo
     /// searches, switches to typing, reviewers' overrides).
     pub feedback: Vec<FeedbackCheck>,
+    /// With at least this many labelled items of each variant in the window, the labels judge
+    /// the candidate's answers: shadow agreement and the score distribution, proxies for them,
+    /// are still reported but no longer fail a step (a retrained model is meant to answer
+    /// otherwise than the primary it replaces).
+    pub labels_outweigh_proxies_at: u64,
 }
 
 /// One feedback rate compared between candidate and primary.
@@ -96,6 +101,7 @@ impl Default for RolloutChecks {
                 FeedbackCheck { kind: "redo_search".into(), higher_is_better: false, max_change: 0.05 },
                 FeedbackCheck { kind: "switch_to_typing".into(), higher_is_better: false, max_change: 0.05 },
             ],
+            labels_outweigh_proxies_at: 200,
         }
     }
 }
@@ -109,6 +115,10 @@ pub struct Check {
     /// The most the candidate may have.
     pub limit: f64,
     pub passed: bool,
+    /// Outside its limit, but outweighed by the labels (see
+    /// [`RolloutChecks::labels_outweigh_proxies_at`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub advisory: bool,
 }
 
 /// The checks behind a rollout's `index`th decision, as its history keeps them (none for a
@@ -183,7 +193,7 @@ pub fn analyse(
             (c.is_some_and(|c| c > limit), limit, vigil_drift::proportion_greater_p_value(xc, nc, xp, np))
         };
         let passed = !(worse && p_value < checks.significance);
-        out.push(Check { name, candidate: c, primary: p, limit, passed });
+        out.push(Check { name, candidate: c, primary: p, limit, passed, advisory: false });
     };
     rate_check("error_rate".into(), candidate.errors, primary.errors, checks.max_error_rate_increase, false);
     rate_check("null_rate".into(), candidate.nulls, primary.nulls, checks.max_null_rate_increase, false);
@@ -203,6 +213,7 @@ pub fn analyse(
             primary: None,
             limit: checks.min_shadow_agreement,
             passed: agreement >= checks.min_shadow_agreement,
+            advisory: false,
         });
     }
     // Reviewers deciding otherwise than the model, where both variants had items reviewed.
@@ -213,7 +224,14 @@ pub fn analyse(
         let limit = p + checks.max_override_increase;
         let p_value = vigil_drift::proportion_greater_p_value(oc, rc, op, rp);
         let passed = !(c > limit && p_value < checks.significance);
-        out.push(Check { name: "review_overrides".into(), candidate: Some(c), primary: Some(p), limit, passed });
+        out.push(Check {
+            name: "review_overrides".into(),
+            candidate: Some(c),
+            primary: Some(p),
+            limit,
+            passed,
+            advisory: false,
+        });
     }
     // Accuracy from late labels, where both variants have some: must not fall.
     let (lc, lp) = (candidate_traffic.labeled, primary_traffic.labeled);
@@ -223,11 +241,18 @@ pub fn analyse(
         let p_value =
             vigil_drift::proportion_greater_p_value(primary_traffic.correct, lp, candidate_traffic.correct, lc);
         let passed = !(c < limit && p_value < checks.significance);
-        out.push(Check { name: "accuracy".into(), candidate: Some(c), primary: Some(p), limit, passed });
+        out.push(Check {
+            name: "accuracy".into(),
+            candidate: Some(c),
+            primary: Some(p),
+            limit,
+            passed,
+            advisory: false,
+        });
     }
     let mut check = |name: &str, c: Option<f64>, p: Option<f64>, limit: f64| {
         let passed = c.is_none_or(|c| c <= limit);
-        out.push(Check { name: name.into(), candidate: c, primary: p, limit, passed });
+        out.push(Check { name: name.into(), candidate: c, primary: p, limit, passed, advisory: false });
     };
     let p99 = |w: &RollupWindow| w.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.99));
     let (c_p99, p_p99) = (p99(candidate), p99(primary));
@@ -259,7 +284,14 @@ pub fn analyse(
             primary: Some(p_value),
             limit: checks.max_score_ks,
             passed: !shifted,
+            advisory: false,
         });
+    }
+    if lc.min(lp) >= checks.labels_outweigh_proxies_at {
+        for proxy in out.iter_mut().filter(|c| c.name == "shadow_agreement" || c.name == "score_ks") {
+            proxy.advisory = !proxy.passed;
+            proxy.passed = true;
+        }
     }
     if out.iter().all(|c| c.passed) { Analysis::Pass(out) } else { Analysis::Fail(out) }
 }
@@ -369,6 +401,7 @@ async fn advance<S: MonitorStore>(
             tracing::debug!(rollout = %rollout.rollout_id, step = rollout.step, "step waits: {why}");
             return Ok(false);
         }
+        Analysis::Pass(list) if step.approval => ("awaiting_approval", list),
         Analysis::Pass(list) if rollout.step as usize + 1 == steps.len() => ("promote", list),
         Analysis::Pass(list) => ("next_step", list),
         Analysis::Fail(list) => ("rollback", list),
@@ -407,11 +440,18 @@ async fn advance<S: MonitorStore>(
         .map(|c| format!("{} {} > {:.4}", c.name, c.candidate.map_or("-".into(), |v| format!("{v:.4}")), c.limit))
         .collect();
     let (target, reason) = match decision {
-        "inconclusive" => {
+        "inconclusive" | "awaiting_approval" => {
             next.state = "paused".into();
             let why = if let Analysis::Wait(why) = &analysis { why.as_str() } else { "" };
-            let reason =
-                format!("step {} has no verdict by its deadline ({why}): paused for a person", rollout.step + 1);
+            let reason = if decision == "awaiting_approval" {
+                format!(
+                    "step {} passed; the promotion waits for a person's approval (`vigil rollout promote {}`)",
+                    rollout.step + 1,
+                    rollout.model_name
+                )
+            } else {
+                format!("step {} has no verdict by its deadline ({why}): paused for a person", rollout.step + 1)
+            };
             let change = Change { actor: CONTROLLER, reason: &reason, at: now };
             let applied = views.store.advance_rollout(rollout, &next, None, &change).await.map_err(registry_error)?;
             if applied {
@@ -647,8 +687,36 @@ mod tests {
         Traffic { window: w, ..Default::default() }
     }
 
-    const STEP: RolloutStep =
-        RolloutStep { share: 0.1, mode: StepMode::Canary, min_duration_s: 60, min_requests: 100, max_duration_s: None };
+    const STEP: RolloutStep = RolloutStep {
+        share: 0.1,
+        mode: StepMode::Canary,
+        min_duration_s: 60,
+        min_requests: 100,
+        max_duration_s: None,
+        approval: false,
+    };
+
+    #[test]
+    fn labels_outweigh_a_shifted_score_and_shadow_disagreement_but_not_a_drop_in_accuracy() {
+        let checks = RolloutChecks::default();
+        let low: Vec<f64> = (0..500).map(|i| 0.1 + (i % 10) as f64 * 0.01).collect();
+        let high: Vec<f64> = (0..500).map(|i| 0.6 + (i % 10) as f64 * 0.01).collect();
+        let shadow = RolloutStep { mode: StepMode::Shadow, share: 1.0, ..STEP };
+        let labelled = |labeled, correct, scores: &[f64]| Traffic { labeled, correct, ..window(500, 0, 2.0, scores) };
+        let retrained = |labeled, correct| Traffic { compared: 500, agreed: 350, ..labelled(labeled, correct, &high) };
+        let judge = |c: &Traffic, p: &Traffic| analyse(&shadow, Duration::from_secs(60), c, p, &checks);
+        // Few labels: the proxies judge, and a model answering otherwise is rolled back.
+        let Analysis::Fail(list) = judge(&retrained(50, 45), &labelled(50, 35, &low)) else { panic!("few labels") };
+        let failed: Vec<&str> = list.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+        assert_eq!(failed, ["shadow_agreement", "score_ks"]);
+        // Enough labels on both sides, and better ones: the proxies are reported, advisory.
+        let Analysis::Pass(list) = judge(&retrained(250, 225), &labelled(250, 180, &low)) else { panic!("labels") };
+        let advisory: Vec<&str> = list.iter().filter(|c| c.advisory).map(|c| c.name.as_str()).collect();
+        assert_eq!(advisory, ["shadow_agreement", "score_ks"]);
+        // ... but labels saying it is worse still fail it.
+        let Analysis::Fail(list) = judge(&retrained(250, 150), &labelled(250, 225, &low)) else { panic!("worse") };
+        assert!(list.iter().any(|c| c.name == "accuracy" && !c.passed), "{list:?}");
+    }
 
     #[test]
     fn a_step_waits_for_its_time_and_its_requests() {

@@ -401,6 +401,8 @@ async fn shadow_agreement_in_the_dashboard_and_as_an_alarm_metric() {
         severity: "warning".into(),
         baseline: vigil_monitor::views::Baseline::Training,
         baseline_offset: None,
+        retrain: false,
+        rollout: false,
     };
     let value = vigil_monitor::alarms::evaluate(&views, &rule("shadow.agreement"), "scratch-detector", Utc::now())
         .await

@@ -40,6 +40,7 @@ pub fn plan() -> Vec<RolloutStep> {
         min_duration_s: 2,
         min_requests: 30,
         max_duration_s: Some(90),
+        approval: false,
     };
     vec![step(0.01), step(0.1), step(0.5), step(1.0)]
 }

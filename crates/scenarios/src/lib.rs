@@ -12,11 +12,14 @@
 //!   panel of three doctors; automation rate and agreement reported.
 //! - [`pipeline`]: a user-profile model feeding a recommender; a lost clickstream fires the
 //!   unknown-fraction alarm on the first stage and the click-through alarm on the second.
+//! - [`retraining`]: the loop closed: the screening classifier's patients change, its accuracy
+//!   alarm retrains it by itself, and the candidate is rolled out from shadow and promoted.
 
 pub mod anti_spam;
 pub mod phone_line;
 pub mod pipeline;
 pub mod recipes;
+pub mod retraining;
 pub mod rollouts;
 pub mod screening;
 pub mod stack;

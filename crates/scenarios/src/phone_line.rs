@@ -65,7 +65,14 @@ pub fn prepare(repository: &Path) -> Result<Vec<(String, Vec<u8>)>> {
 /// Shadow, then half the stations, then all, each step at least 2 s and 60 of the
 /// candidate's answers.
 pub fn plan() -> Vec<RolloutStep> {
-    let step = |share, mode| RolloutStep { share, mode, min_duration_s: 2, min_requests: 60, max_duration_s: Some(60) };
+    let step = |share, mode| RolloutStep {
+        share,
+        mode,
+        min_duration_s: 2,
+        min_requests: 60,
+        max_duration_s: Some(60),
+        approval: false,
+    };
     vec![step(1.0, StepMode::Shadow), step(0.5, StepMode::Canary), step(1.0, StepMode::Canary)]
 }
 

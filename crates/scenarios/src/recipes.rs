@@ -27,6 +27,15 @@ pub struct ScreeningCheck {
     pub probabilities: Vec<[f32; 2]>,
 }
 
+/// Generated patients (`python -m vigil_data.patients`): features in the model's column order
+/// (None where not measured) and whether each should see a doctor.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Patients {
+    pub features: Vec<String>,
+    pub patients: Vec<Vec<Option<f32>>>,
+    pub truth: Vec<String>,
+}
+
 /// What the recommendation pipeline's recipe writes with `--check`, per phase (`normal`, and
 /// `shifted`: the site's redesign lost the car tracking): users' inputs, whether each owns a
 /// car, and onnxruntime's answers.
@@ -75,6 +84,31 @@ impl Recipes {
             "cannot find the training recipes (training/): run this from a Vigil checkout, or set VIGIL_TRAINING_DIR",
         )?;
         Ok(Self { python, training: training.canonicalize()? })
+    }
+
+    /// The Python the recipes run with.
+    pub fn python(&self) -> &Path {
+        &self.python
+    }
+
+    /// The recipes' directory (`training/`).
+    pub fn training(&self) -> &Path {
+        &self.training
+    }
+
+    /// `n` patients of `population` (`normal` or `shifted`) from `seed`.
+    pub fn patients(&self, n: usize, seed: u64, population: &str) -> Result<Patients> {
+        let out = Command::new(&self.python)
+            .args(["-m", "vigil_data.patients", "--n", &n.to_string(), "--seed", &seed.to_string()])
+            .args(["--population", population])
+            .current_dir(&self.training)
+            .env("PYTHONPATH", &self.training)
+            .output()
+            .with_context(|| format!("cannot run {}", self.python.display()))?;
+        if !out.status.success() {
+            bail!("vigil_data.patients failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// The anti-spam classifier (`python -m vigil_train.spam`) into

@@ -864,3 +864,120 @@ async fn postgres_reviews_conform() {
     let db = vigil_store::testing::TestDatabase::create();
     reviews_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
+
+/// Retraining jobs: one active per model, claimed oldest first, reported, cancelled (queued at
+/// once, running by request), finished only while running, interrupted by a restart; every
+/// change an audit event.
+async fn retrain_jobs_conform<S: PredictionStore + vigil_store::RetrainStore + vigil_store::RegistryStore>(store: S) {
+    use vigil_store::registry::retraining::Reported;
+    use vigil_store::{Change, JobState, RegistryError, RetrainJob};
+    store.migrate().await.unwrap();
+    let at = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+    let change = |actor: &'static str, s: i64| Change { actor, reason: "drift", at: at(s) };
+    let first = RetrainJob::queued("screening", "manual", "", true, &change("anna", 0));
+    store.enqueue_retrain(&first).await.unwrap();
+    let refused = store.enqueue_retrain(&RetrainJob::queued("screening", "manual", "", false, &change("ben", 1))).await;
+    assert!(
+        matches!(&refused, Err(RegistryError::Invalid(m)) if m.contains(&first.job_id) && m.contains("queued")),
+        "{refused:?}"
+    );
+    let other = RetrainJob::queued("spam-filter", "alarm drift", "datasets/x", false, &change("monitor", 2));
+    store.enqueue_retrain(&other).await.unwrap();
+    assert_eq!(store.retrain_job(&first.job_id).await.unwrap().as_ref(), Some(&first), "stored as given");
+    let ids = |jobs: Vec<RetrainJob>| jobs.into_iter().map(|j| j.job_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.retrain_jobs(None, 10).await.unwrap()), [other.job_id.clone(), first.job_id.clone()]);
+    assert_eq!(ids(store.retrain_jobs(Some("screening"), 10).await.unwrap()), [first.job_id.clone()]);
+    assert_eq!(store.retrain_jobs(None, 1).await.unwrap().len(), 1);
+
+    // Claimed oldest first; a running job still blocks another of its model.
+    let claimed = store.claim_retrain(at(10)).await.unwrap().unwrap();
+    assert_eq!((claimed.job_id.as_str(), claimed.state.as_str()), (first.job_id.as_str(), "running"));
+    assert_eq!(claimed.started_at, Some(at(10)));
+    assert!(
+        store.enqueue_retrain(&RetrainJob::queued("screening", "manual", "", false, &change("ben", 11))).await.is_err()
+    );
+    assert_eq!(store.report_retrain(&first.job_id, 0.5, "training", "epoch 1\n").await.unwrap(), Reported::Running);
+    let cancelled = store.cancel_retrain(&first.job_id, &change("ben", 12)).await.unwrap();
+    assert_eq!((cancelled.state.as_str(), cancelled.cancel_requested), ("running", true), "a running job is asked");
+    assert_eq!(
+        store.report_retrain(&first.job_id, 0.6, "training", "epoch 2\n").await.unwrap(),
+        Reported::CancelRequested
+    );
+    let mut ended = store.retrain_job(&first.job_id).await.unwrap().unwrap();
+    assert_eq!((ended.progress, ended.step.as_str(), ended.log.as_str()), (0.6, "training", "epoch 2\n"));
+    ended.error = "cancelled by ben".into();
+    assert!(store.finish_retrain(&ended, JobState::Cancelled, &change("retraining", 13)).await.unwrap());
+    assert!(!store.finish_retrain(&ended, JobState::Failed, &change("retraining", 14)).await.unwrap(), "only once");
+    assert_eq!(store.report_retrain(&first.job_id, 0.7, "x", "").await.unwrap(), Reported::Gone);
+    let ended = store.retrain_job(&first.job_id).await.unwrap().unwrap();
+    assert_eq!(
+        (ended.state.as_str(), ended.finished_at, ended.error.as_str()),
+        ("cancelled", Some(at(13)), "cancelled by ben")
+    );
+    assert_eq!(ended.duration(at(99)), Some(chrono::Duration::seconds(3)));
+    let again = store.cancel_retrain(&first.job_id, &change("ben", 15)).await;
+    assert!(matches!(&again, Err(RegistryError::Invalid(m)) if m.contains("already cancelled")), "{again:?}");
+
+    // A queued job cancels at once; then nothing is left to claim.
+    let queued = store.cancel_retrain(&other.job_id, &change("ben", 16)).await.unwrap();
+    assert_eq!((queued.state.as_str(), queued.finished_at), ("cancelled", Some(at(16))));
+    assert_eq!(store.claim_retrain(at(17)).await.unwrap(), None);
+
+    // A restart fails what was running, and only that; the model may be retrained again.
+    let next = RetrainJob::queued("screening", "manual", "", false, &change("anna", 20));
+    store.enqueue_retrain(&next).await.unwrap();
+    let mut succeeded = store.claim_retrain(at(21)).await.unwrap().unwrap();
+    (succeeded.candidate_version, succeeded.dataset) = (Some("2".into()), "datasets/screening-1".into());
+    assert!(store.finish_retrain(&succeeded, JobState::Succeeded, &change("retraining", 22)).await.unwrap());
+    let last = RetrainJob::queued("screening", "manual", "", false, &change("anna", 30));
+    store.enqueue_retrain(&last).await.unwrap();
+    store.claim_retrain(at(31)).await.unwrap().unwrap();
+    let restart = Change { actor: "retraining", reason: "interrupted: the monitor stopped", at: at(40) };
+    let interrupted = store.interrupt_retrains(&restart).await.unwrap();
+    assert_eq!(ids(interrupted), [last.job_id.clone()]);
+    let states: Vec<(String, String)> =
+        store.retrain_jobs(None, 10).await.unwrap().into_iter().map(|j| (j.job_id, j.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (last.job_id.clone(), "failed".to_string()),
+            (next.job_id.clone(), "succeeded".to_string()),
+            (other.job_id.clone(), "cancelled".to_string()),
+            (first.job_id.clone(), "cancelled".to_string()),
+        ]
+    );
+    let done = store.retrain_job(&next.job_id).await.unwrap().unwrap();
+    assert_eq!((done.candidate_version.as_deref(), done.dataset.as_str()), (Some("2"), "datasets/screening-1"));
+    assert_eq!(store.retrain_job(&last.job_id).await.unwrap().unwrap().error, "interrupted: the monitor stopped");
+
+    let events: Vec<(String, String, String)> = store
+        .audit_events(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.subject == format!("screening/job {}", first.job_id))
+        .map(|e| (e.actor, e.from_state, e.to_state))
+        .collect();
+    let e = |a: &str, f: &str, t: &str| (a.to_string(), f.to_string(), t.to_string());
+    assert_eq!(
+        events,
+        [
+            e("retraining", "running", "cancelled"),
+            e("ben", "running", "cancel requested"),
+            e("retraining", "queued", "running"),
+            e("anna", "", "queued"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_retrain_jobs_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    retrain_jobs_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_retrain_jobs_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    retrain_jobs_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}

@@ -315,6 +315,7 @@ pub trait MonitorStore:
     + crate::RegistryStore
     + crate::DeploymentStore
     + crate::RolloutStore
+    + crate::RetrainStore
 {
 }
 
@@ -327,6 +328,7 @@ impl<S> MonitorStore for S where
         + crate::RegistryStore
         + crate::DeploymentStore
         + crate::RolloutStore
+        + crate::RetrainStore
 {
 }
 

@@ -4,6 +4,7 @@
 
 mod backends;
 pub mod deployments;
+pub mod retraining;
 pub mod rollouts;
 
 use std::future::Future;

@@ -35,6 +35,10 @@ pub struct RolloutStep {
     /// A step still without a verdict this long after it started pauses for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_duration_s: Option<u64>,
+    /// Once passed, the step waits for a person's approval (a manual promotion gate) instead of
+    /// moving on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approval: bool,
 }
 
 /// A rollout's states: `running` and `paused` are active (at most one per model); the others
@@ -145,6 +149,7 @@ mod tests {
             min_duration_s: 60,
             min_requests: 100,
             max_duration_s: None,
+            approval: false,
         };
         let shadow = RolloutStep { mode: StepMode::Shadow, ..step(1.0) };
         assert!(validate_plan(&[shadow, step(0.1), step(1.0)]).is_ok());

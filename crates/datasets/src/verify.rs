@@ -113,7 +113,7 @@ pub fn verify(columns: &[String], items: &[Item], panels: &[Vec<String>], limits
     if !panels.is_empty() {
         let answers: Vec<Vec<&str>> = panels.iter().map(|p| p.iter().map(String::as_str).collect()).collect();
         let refs: Vec<&Vec<&str>> = answers.iter().collect();
-        match vigil_monitor::panel::fleiss_kappa(&refs) {
+        match vigil_drift::fleiss_kappa(&refs) {
             Some(kappa) => check(
                 "label_consistency",
                 kappa >= limits.min_kappa,

@@ -1,0 +1,187 @@
+//! Labelled datasets from the prediction log: a model's logged inputs (the features each record
+//! carries) joined with their latest ground-truth labels, verified first (schema, missing values,
+//! duplicates, class balance, label consistency among several labellers). A dataset that fails
+//! is refused with the reasons and nothing is written; one that passes is `rows.csv` and
+//! `manifest.json` in a directory named by the rows' content hash, so the same rows are the
+//! same dataset.
+
+mod verify;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use vigil_proto::vigil::v1::{RecordStatus, Variant};
+use vigil_store::{MAX_QUERY_ROWS, PredictionFilter, PredictionStore, PredictionSummary, ReviewStore};
+
+pub use verify::{Check, Item, Limits, verify};
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub model: String,
+    /// One version only; None: every version.
+    pub version: Option<String>,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// Only items with a ground-truth label.
+    pub only_labelled: bool,
+    pub limits: Limits,
+    /// Where the dataset's directory is written.
+    pub out: PathBuf,
+}
+
+/// A dataset written.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// `<out>/<model>-<id>`.
+    pub dir: PathBuf,
+    /// The first 16 hex digits of the rows' sha256.
+    pub id: String,
+    pub rows: usize,
+    pub labelled: usize,
+    pub checks: Vec<Check>,
+}
+
+/// What an export did.
+#[derive(Debug, Clone)]
+pub enum Export {
+    Written(Dataset),
+    /// The checks failed (their names in `failed`): nothing written.
+    Refused {
+        checks: Vec<Check>,
+        failed: Vec<String>,
+    },
+    /// The model logged nothing usable in the range.
+    Empty,
+}
+
+/// Reads, verifies and (when every check passes) writes `spec`'s dataset.
+pub async fn export<S: PredictionStore + ReviewStore>(store: &S, spec: &Spec) -> Result<Export> {
+    let rows = served_rows(store, spec).await?;
+    if rows.is_empty() {
+        return Ok(Export::Empty);
+    }
+    // Columns: every feature any record logged, in name order; numbers only (others missing).
+    let columns: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.features.as_object())
+        .flat_map(|f| f.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let items: Vec<Item> = rows
+        .iter()
+        .map(|r| Item {
+            values: columns.iter().map(|c| r.features.get(c).and_then(serde_json::Value::as_f64)).collect(),
+            label: r.label.clone(),
+        })
+        .collect();
+    // The panels of the exported items only (decisions may come after the range).
+    let exported: BTreeSet<uuid::Uuid> = rows.iter().map(|r| r.prediction_id).collect();
+    let mut panels: BTreeMap<uuid::Uuid, Vec<String>> = BTreeMap::new();
+    for d in store.reviewer_decisions(&spec.model, spec.since, Utc::now()).await.context("reading review decisions")? {
+        if exported.contains(&d.prediction_id) {
+            panels.entry(d.prediction_id).or_default().push(d.decision);
+        }
+    }
+    let panels: Vec<Vec<String>> = panels.into_values().filter(|answers| answers.len() >= 2).collect();
+    let checks = verify(&columns, &items, &panels, &spec.limits);
+    let failed: Vec<String> = checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
+    if !failed.is_empty() {
+        return Ok(Export::Refused { checks, failed });
+    }
+    let (dir, id) = write(spec, &columns, &rows, &checks)?;
+    let labelled = items.iter().filter(|i| i.label.is_some()).count();
+    Ok(Export::Written(Dataset { dir, id, rows: rows.len(), labelled, checks }))
+}
+
+/// The answers that served (primary and canary; a shadow's copy of an item is not another
+/// item) and succeeded (a refused request has no inputs to learn from), in id order.
+async fn served_rows<S: PredictionStore>(store: &S, spec: &Spec) -> Result<Vec<PredictionSummary>> {
+    let mut rows: Vec<PredictionSummary> = Vec::new();
+    for variant in [Variant::Unspecified, Variant::Primary, Variant::Canary] {
+        let mut filter = PredictionFilter {
+            since: Some(spec.since),
+            until: Some(spec.until),
+            model_name: Some(spec.model.clone()),
+            model_version: spec.version.clone(),
+            variant: Some(variant as i16),
+            has_label: spec.only_labelled.then_some(true),
+            limit: MAX_QUERY_ROWS,
+            ..Default::default()
+        };
+        loop {
+            let page = store.query_predictions(&filter).await.context("reading the prediction log")?;
+            let Some(last) = page.last() else { break };
+            filter.after = Some(last.prediction_id);
+            rows.extend(page.into_iter().filter(|r| r.status == RecordStatus::Ok as i16));
+        }
+    }
+    rows.sort_by_key(|r| r.prediction_id);
+    Ok(rows)
+}
+
+/// Writes `rows.csv` and `manifest.json` into `out/<model>-<first 16 hex of the rows' sha256>`
+/// (through a temporary directory renamed into place, so a reader never sees half of one).
+fn write(spec: &Spec, columns: &[String], rows: &[PredictionSummary], checks: &[Check]) -> Result<(PathBuf, String)> {
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["prediction_id".to_string(), "time".into(), "model_version".into()];
+    header.extend(columns.iter().cloned());
+    header.push("label".into());
+    csv.write_record(&header)?;
+    for r in rows {
+        let mut record = vec![r.prediction_id.to_string(), r.time.to_rfc3339(), r.model_version.clone()];
+        record.extend(
+            columns.iter().map(|c| {
+                r.features.get(c).and_then(serde_json::Value::as_f64).map_or(String::new(), |v| v.to_string())
+            }),
+        );
+        record.push(r.label.clone().unwrap_or_default());
+        csv.write_record(&record)?;
+    }
+    let bytes = csv.into_inner().context("writing rows.csv")?;
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let id = sha256[..16].to_string();
+    let dir = spec.out.join(format!("{}-{id}", spec.model));
+    if dir.join("manifest.json").is_file() {
+        return Ok((dir, id));
+    }
+    let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
+    for label in rows.iter().filter_map(|r| r.label.as_deref()) {
+        *classes.entry(label).or_default() += 1;
+    }
+    let versions: BTreeSet<&str> = rows.iter().map(|r| r.model_version.as_str()).collect();
+    let manifest = serde_json::json!({
+        "dataset_id": id, "model": spec.model, "versions": versions, "since": spec.since.to_rfc3339(),
+        "until": spec.until.to_rfc3339(), "created_at": Utc::now().to_rfc3339(), "rows": rows.len(),
+        "labelled": classes.values().sum::<usize>(), "classes": classes, "columns": columns,
+        "files": { "rows.csv": { "sha256": sha256, "bytes": bytes.len() } }, "checks": checks,
+        "source": "vigil dataset export: logged inputs joined with their latest labels",
+    });
+    let partial = spec.out.join(format!(".{}-{id}.partial-{}", spec.model, std::process::id()));
+    std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    std::fs::write(partial.join("rows.csv"), &bytes)?;
+    std::fs::write(partial.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    if let Err(e) = std::fs::rename(&partial, &dir) {
+        let _ = std::fs::remove_dir_all(&partial);
+        // Another export wrote the same rows first: the same dataset.
+        if !dir.join("manifest.json").is_file() {
+            return Err(e).with_context(|| format!("moving the dataset to {}", dir.display()));
+        }
+    }
+    Ok((dir, id))
+}
+
+/// The manifest of a written dataset.
+pub fn manifest(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("manifest.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {} (is it a dataset?)", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,417 @@
+//! The job runner: in the monitor holding the alerting lease, claims queued jobs one at a time,
+//! exports and verifies the job's dataset, runs the model's recipe (progress and log into the
+//! store, stopped on cancel, timeout or shutdown), moves the version it wrote into the model
+//! repository, registers it as a candidate with its data reference, and starts its rollout when
+//! asked. A job left running by a monitor that stopped is marked failed when a runner takes over.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::Utc;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use vigil_store::registry::retraining::{RUNNER, Reported};
+use vigil_store::{Change, JobState, ModelVersionRow, MonitorStore, PredictionStore, RetrainJob};
+
+use super::{ModelRetraining, RetrainingConfig};
+
+/// How often a running job's progress and log are written, and its cancellation looked for.
+const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// Why a running job was marked failed at a runner's start.
+pub const INTERRUPTED: &str = "interrupted: the monitor running it stopped; `vigil retrain retry <job>` runs it again";
+
+/// Runs queued jobs while `leading` (this monitor holds the alerting lease) until `shutdown`.
+pub async fn run<S: PredictionStore + MonitorStore>(
+    store: S,
+    config: RetrainingConfig,
+    models: PathBuf,
+    mut leading: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let runner = Runner { store, output: config.output.clone().unwrap_or(models), config };
+    let mut was_leading = false;
+    loop {
+        let lead = *leading.borrow_and_update();
+        if lead && !was_leading {
+            // Jobs marked running were another runner's (or this one's before a restart).
+            let change = Change { actor: RUNNER, reason: INTERRUPTED, at: Utc::now() };
+            match runner.store.interrupt_retrains(&change).await {
+                Ok(jobs) => {
+                    for job in jobs {
+                        tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot mark interrupted retraining jobs; retrying"),
+            }
+        }
+        was_leading = lead;
+        if lead {
+            match runner.store.claim_retrain(Utc::now()).await {
+                Ok(Some(job)) => {
+                    runner.execute(job, &mut shutdown).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read queued retraining jobs; retrying"),
+            }
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(runner.config.poll) => {}
+            _ = leading.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+struct Runner<S> {
+    store: S,
+    config: RetrainingConfig,
+    /// The repository new versions go to.
+    output: PathBuf,
+}
+
+/// How a recipe run ended, other than by exiting.
+enum Stopped {
+    Cancelled(String),
+    /// Another runner or a restart took the job: write nothing more.
+    Gone,
+    Failed(String),
+}
+
+impl<S: PredictionStore + MonitorStore> Runner<S> {
+    /// Runs one claimed job to its end and records it.
+    async fn execute(&self, mut job: RetrainJob, shutdown: &mut watch::Receiver<bool>) {
+        let started = Instant::now();
+        tracing::info!(job = %job.job_id, model = %job.model_name, trigger = %job.trigger, "retraining job started");
+        let outcome = self.attempt(&mut job, shutdown).await;
+        let (state, reason) = match outcome {
+            Ok(()) => (
+                JobState::Succeeded,
+                format!("registered {} version {}", job.model_name, job.candidate_version.clone().unwrap_or_default()),
+            ),
+            Err(Stopped::Gone) => {
+                tracing::warn!(job = %job.job_id, "retraining job taken from this runner; left as it is");
+                return;
+            }
+            Err(Stopped::Cancelled(why)) => (JobState::Cancelled, why),
+            Err(Stopped::Failed(why)) => (JobState::Failed, why),
+        };
+        if state != JobState::Succeeded {
+            job.error = reason.clone();
+        } else {
+            job.progress = 1.0;
+        }
+        let change = Change { actor: RUNNER, reason: &reason, at: Utc::now() };
+        match self.store.finish_retrain(&job, state, &change).await {
+            Ok(true) => tracing::info!(
+                job = %job.job_id, model = %job.model_name, seconds = started.elapsed().as_secs_f64(),
+                "retraining job {state}: {reason}"
+            ),
+            Ok(false) => tracing::warn!(job = %job.job_id, "retraining job was no longer running when it ended"),
+            Err(e) => tracing::warn!(job = %job.job_id, error = %e, "cannot record the end of a retraining job"),
+        }
+    }
+
+    /// Dataset, recipe, registration, rollout: the job's steps.
+    async fn attempt(&self, job: &mut RetrainJob, shutdown: &mut watch::Receiver<bool>) -> Result<(), Stopped> {
+        let failed = |e: anyhow::Error| Stopped::Failed(format!("{e:#}"));
+        let Some(model) = self.config.models.get(&job.model_name).cloned() else {
+            return Err(Stopped::Failed(format!(
+                "{} has no recipe: add [retraining.models.{}] to the monitor's configuration",
+                job.model_name, job.model_name
+            )));
+        };
+        let timings = &mut Vec::<(&str, f64)>::new();
+        let mut clock = Instant::now();
+        let mut lap = |timings: &mut Vec<(&'static str, f64)>, name: &'static str| {
+            timings.push((name, clock.elapsed().as_secs_f64()));
+            clock = Instant::now();
+        };
+
+        self.report(job, 0.02, "exporting the dataset").await?;
+        let (dataset, dataset_note) = self.dataset(job, &model).await.map_err(failed)?;
+        job.dataset = dataset.display().to_string();
+        lap(timings, "dataset");
+
+        let version = self.next_version(&job.model_name).await.map_err(failed)?;
+        let model_dir = self.output.join(&job.model_name);
+        let partial = model_dir.join(format!(".{version}.job-{}", job.job_id));
+        std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display())).map_err(failed)?;
+        self.report(job, 0.1, &format!("training version {version}")).await?;
+        let trained = self.train(job, &model, &partial, &version, &dataset, shutdown).await;
+        if let Err(e) = trained {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(e);
+        }
+        lap(timings, "training");
+
+        self.report(job, 0.92, "registering the candidate").await?;
+        let dir = model_dir.join(&version);
+        let registered = self.register(job, &partial, &dir, &version, &dataset_note).await;
+        if let Err(e) = registered {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(failed(e));
+        }
+        job.candidate_version = Some(version.clone());
+        lap(timings, "registration");
+
+        if job.rollout {
+            self.report(job, 0.97, "starting the rollout").await?;
+            let plan = model.rollout.plan(model.gate);
+            let reason = format!("retraining job {} ({})", job.job_id, job.trigger);
+            let change = Change { actor: RUNNER, reason: &reason, at: Utc::now() };
+            crate::rollout::start(&self.store, &job.model_name, &version, &plan, &change).await.map_err(|e| {
+                Stopped::Failed(format!("version {version} registered, but its rollout did not start: {e}"))
+            })?;
+            lap(timings, "rollout start");
+        }
+        let spent: Vec<String> = timings.iter().map(|(name, s)| format!("{name} {s:.1}s")).collect();
+        job.step = format!("done: {}", spent.join(", "));
+        Ok(())
+    }
+
+    /// The job's dataset directory (exported now unless the job names one) and what it holds.
+    async fn dataset(&self, job: &RetrainJob, model: &ModelRetraining) -> Result<(PathBuf, String)> {
+        if !job.dataset.is_empty() {
+            let dir = PathBuf::from(&job.dataset);
+            let manifest = vigil_datasets::manifest(&dir)?;
+            let id = manifest["dataset_id"].as_str().unwrap_or_default().to_string();
+            return Ok((dir, format!("dataset {id} ({} labelled items)", manifest["labelled"])));
+        }
+        let now = Utc::now();
+        let window = chrono::Duration::from_std(model.dataset_window).unwrap_or(chrono::Duration::days(30));
+        let spec = vigil_datasets::Spec {
+            model: job.model_name.clone(),
+            version: None,
+            since: now - window,
+            until: now,
+            only_labelled: true,
+            limits: vigil_datasets::Limits::default(),
+            out: self.config.workdir.join("datasets"),
+        };
+        match vigil_datasets::export(&self.store, &spec).await? {
+            vigil_datasets::Export::Written(d) => {
+                Ok((d.dir, format!("dataset {} ({} labelled items)", d.id, d.labelled)))
+            }
+            vigil_datasets::Export::Empty => {
+                bail!("no labelled predictions of {} in the dataset window", job.model_name)
+            }
+            vigil_datasets::Export::Refused { checks, failed } => {
+                let details: Vec<String> =
+                    checks.iter().filter(|c| !c.passed).map(|c| format!("{}: {}", c.name, c.detail)).collect();
+                bail!("dataset refused ({}): {}", failed.join(", "), details.join("; "))
+            }
+        }
+    }
+
+    /// One more than the highest numbered version registered or in the repository.
+    async fn next_version(&self, model: &str) -> Result<String> {
+        let registered = self.store.model_versions(Some(model)).await?;
+        let on_disk = std::fs::read_dir(self.output.join(model))
+            .map(|entries| entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok()).collect())
+            .unwrap_or_else(|_| Vec::new());
+        let highest = registered.iter().filter_map(|v| v.version.parse::<u64>().ok()).chain(on_disk).max();
+        Ok((highest.unwrap_or(0) + 1).to_string())
+    }
+
+    /// Runs the recipe into `out`, reporting its progress and log; stops it on cancel, timeout
+    /// or shutdown.
+    async fn train(
+        &self,
+        job: &mut RetrainJob,
+        model: &ModelRetraining,
+        out: &Path,
+        version: &str,
+        dataset: &Path,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), Stopped> {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut command = tokio::process::Command::new(&model.recipe[0]);
+        command
+            .args(&model.recipe[1..])
+            .arg("--out")
+            .arg(absolute(out))
+            .arg("--version")
+            .arg(version)
+            .arg("--dataset")
+            .arg(absolute(dataset))
+            .env("VIGIL_RETRAIN_JOB", &job.job_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            // Its own process group, so that stopping it stops what it started too.
+            .process_group(0);
+        if let Some(cwd) = &model.cwd {
+            command.current_dir(cwd);
+        }
+        let child =
+            command.spawn().map_err(|e| Stopped::Failed(format!("cannot start the recipe {:?}: {e}", model.recipe)))?;
+        let mut child = Recipe(child);
+        let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(256);
+        for stream in [
+            child.0.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child.0.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = lines_tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if tx.send(line).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(lines_tx);
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        let mut output_done = false;
+        let status = loop {
+            tokio::select! {
+                line = lines.recv(), if !output_done => match line {
+                    Some(line) => self.take_line(job, &line),
+                    None => output_done = true,
+                },
+                status = child.0.wait(), if output_done => break status,
+                _ = tick.tick() => match self.store.report_retrain(&job.job_id, job.progress, &job.step, &job.log).await {
+                    Ok(Reported::Running) => {}
+                    Ok(Reported::CancelRequested) => {
+                        child.stop().await;
+                        return Err(Stopped::Cancelled("cancelled while training".into()));
+                    }
+                    Ok(Reported::Gone) => {
+                        child.stop().await;
+                        return Err(Stopped::Gone);
+                    }
+                    Err(e) => tracing::warn!(job = %job.job_id, error = %e, "cannot report retraining progress"),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    child.stop().await;
+                    return Err(Stopped::Failed(format!(
+                        "the recipe ran past retraining.timeout ({}) and was stopped",
+                        humantime::format_duration(self.config.timeout)
+                    )));
+                }
+                _ = shutdown.changed() => {
+                    child.stop().await;
+                    return Err(Stopped::Failed(INTERRUPTED.into()));
+                }
+            }
+        };
+        let status = status.map_err(|e| Stopped::Failed(format!("waiting for the recipe: {e}")))?;
+        if !status.success() {
+            let last =
+                job.log.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("progress ")).unwrap_or("");
+            return Err(Stopped::Failed(format!("the recipe failed ({status}): {last}")));
+        }
+        for file in ["model.onnx", "model.toml"] {
+            if !out.join(file).is_file() {
+                return Err(Stopped::Failed(format!("the recipe exited 0 but wrote no {file} into --out")));
+            }
+        }
+        Ok(())
+    }
+
+    /// A line of the recipe's output: a `progress <0..1> <what>` line moves the job's progress
+    /// (within the training share of the job); any line goes to the log's tail.
+    fn take_line(&self, job: &mut RetrainJob, line: &str) {
+        if let Some(rest) = line.strip_prefix("progress ") {
+            let (fraction, what) = rest.split_once(' ').unwrap_or((rest, ""));
+            if let Ok(f) = fraction.parse::<f64>()
+                && (0.0..=1.0).contains(&f)
+            {
+                job.progress = 0.1 + 0.8 * f;
+                job.step = what.trim().to_string();
+            }
+        }
+        job.log.push_str(line);
+        job.log.push('\n');
+        let max = self.config.max_log_bytes;
+        if job.log.len() > max {
+            let mut cut = job.log.len() - max;
+            while !job.log.is_char_boundary(cut) {
+                cut += 1;
+            }
+            let cut = job.log[cut..].find('\n').map_or(cut, |n| cut + n + 1);
+            job.log.drain(..cut);
+        }
+    }
+
+    /// Moves the trained version into the repository and registers it as a candidate.
+    async fn register(&self, job: &RetrainJob, partial: &Path, dir: &Path, version: &str, dataset: &str) -> Result<()> {
+        let metrics: serde_json::Value = match std::fs::read(partial.join("metrics.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).context("the recipe's metrics.json is not JSON")?,
+            Err(_) => serde_json::json!({}),
+        };
+        if dir.exists() {
+            bail!("{} exists already: version {version} was written by someone else meanwhile", dir.display());
+        }
+        // The whole version appears at once: servers watching the repository load it complete.
+        std::fs::rename(partial, dir).with_context(|| format!("moving the version to {}", dir.display()))?;
+        let artifact = dir.join("model.onnx");
+        let digest = vigil_store::registry::sha256_file(&artifact)?;
+        let now = Utc::now();
+        let recipe = self.config.models.get(&job.model_name).map(|m| m.recipe.join(" ")).unwrap_or_default();
+        let row = ModelVersionRow {
+            model_name: job.model_name.clone(),
+            version: version.into(),
+            artifact_sha256: digest,
+            artifact_uri: std::path::absolute(&artifact).unwrap_or(artifact).display().to_string(),
+            training_data: format!("{recipe}: base data + {dataset}"),
+            metrics,
+            stage: "candidate".into(),
+            registered_by: RUNNER.into(),
+            registered_at: now,
+            stage_changed_at: now,
+        };
+        self.store
+            .register_version(&row, &format!("retraining job {} ({})", job.job_id, job.trigger))
+            .await
+            .map_err(|e| anyhow!("registering version {version}: {e}"))?;
+        Ok(())
+    }
+
+    /// Writes the job's progress; a job cancelled or taken meanwhile stops here.
+    async fn report(&self, job: &mut RetrainJob, progress: f64, step: &str) -> Result<(), Stopped> {
+        (job.progress, job.step) = (progress, step.to_string());
+        match self.store.report_retrain(&job.job_id, progress, step, &job.log).await {
+            Ok(Reported::Running) => Ok(()),
+            Ok(Reported::CancelRequested) => Err(Stopped::Cancelled(format!("cancelled before {step}"))),
+            Ok(Reported::Gone) => Err(Stopped::Gone),
+            Err(e) => Err(Stopped::Failed(format!("the store failed: {e}"))),
+        }
+    }
+}
+
+/// A running recipe; dropping it kills its process group.
+struct Recipe(tokio::process::Child);
+
+impl Recipe {
+    /// Kills the recipe and every process it started, and reaps it.
+    async fn stop(&mut self) {
+        self.kill_group();
+        let _ = self.0.kill().await;
+    }
+
+    fn kill_group(&self) {
+        if let Some(pid) = self.0.id().and_then(|id| i32::try_from(id).ok()) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Recipe {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}

@@ -1,0 +1,71 @@
+//! Automatic retraining: while an alarm rule with the `retrain` action fires, its model is
+//! retrained once enough new labelled items exist, at most once per cooldown, never while a job
+//! or a rollout of the model is active.
+
+use chrono::{DateTime, Utc};
+use vigil_store::{Change, MonitorStore, RetrainJob, RolloutRow};
+
+use crate::config::Rule;
+use crate::views::ViewError;
+
+use super::RetrainingConfig;
+
+/// The actor of jobs that alarms start, in the audit log.
+pub const ALARM_ACTOR: &str = "monitor";
+
+/// Why a firing rule starts no job now, or the job it queued.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Considered {
+    Queued(RetrainJob),
+    Waiting(String),
+}
+
+/// Queues a retraining job of `model` for the firing `rule` when the model's conditions allow.
+pub async fn consider<S: MonitorStore>(
+    store: &S,
+    config: &RetrainingConfig,
+    rule: &Rule,
+    model: &str,
+    now: DateTime<Utc>,
+) -> Result<Considered, ViewError> {
+    let wait = |why: String| Ok(Considered::Waiting(why));
+    let Some(settings) = config.models.get(model) else {
+        return wait(format!("{model} has no [retraining.models.{model}]"));
+    };
+    let jobs = store.retrain_jobs(Some(model), 100).await?;
+    if let Some(active) = jobs.iter().find(|j| j.is_active()) {
+        return wait(format!("job {} is {}", active.job_id, active.state));
+    }
+    if let Some(rollout) = store.rollouts(Some(model)).await?.into_iter().find(RolloutRow::is_active) {
+        return wait(format!(
+            "rollout {} of version {} is {}",
+            rollout.rollout_id, rollout.candidate_version, rollout.state
+        ));
+    }
+    let cooldown = chrono::Duration::from_std(settings.cooldown).unwrap_or(chrono::Duration::MAX);
+    if let Some(last) = jobs.iter().find(|j| j.trigger.starts_with("alarm "))
+        && now - last.created_at < cooldown
+    {
+        return wait(format!(
+            "an alarm started job {} at {}; the cooldown is {}",
+            last.job_id,
+            last.created_at.to_rfc3339(),
+            humantime::format_duration(settings.cooldown)
+        ));
+    }
+    // New items: logged since the last successful job's data was taken (or in the window).
+    let window = chrono::Duration::from_std(settings.dataset_window).unwrap_or(chrono::Duration::days(30));
+    let since = jobs.iter().find(|j| j.state == "succeeded").map_or(now - window, |j| j.created_at.max(now - window));
+    let labelled = store.labeled_predictions(model, None, None, since, now).await?.len() as u64;
+    if labelled < settings.min_new_labels {
+        return wait(format!("{labelled} of {} new labelled items", settings.min_new_labels));
+    }
+    let reason = format!("alarm {}", rule.name);
+    let change = Change { actor: ALARM_ACTOR, reason: &reason, at: now };
+    let job = RetrainJob::queued(model, &reason, "", rule.rollout, &change);
+    match store.enqueue_retrain(&job).await {
+        Ok(()) => Ok(Considered::Queued(job)),
+        Err(vigil_store::RegistryError::Database(e)) => Err(ViewError::Store(e)),
+        Err(refused) => wait(refused.to_string()),
+    }
+}

@@ -1,0 +1,234 @@
+//! The retraining runner on a real Postgres, with recipes as shell scripts: a job's recipe
+//! writes a version that is moved into the repository whole and registered as a candidate with
+//! its data reference, its progress and log in the store; a failing recipe fails the job with
+//! its last line and leaves nothing behind; a cancelled job stops its recipe; a recipe past the
+//! timeout is stopped; a job running when its monitor stopped, or died, is marked failed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use vigil_monitor::retrain::RetrainingConfig;
+use vigil_monitor::retrain::runner::{self, INTERRUPTED};
+use vigil_store::testing::TestDatabase;
+use vigil_store::{Change, PgStore, PredictionStore, RegistryStore, RetrainJob, RetrainStore};
+
+/// A recipe writing a real ONNX model (the scratch detector's) with a card, reporting progress;
+/// `extra` runs before it writes anything.
+fn recipe(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/scratch-detector/1/model.onnx");
+    let script = format!(
+        r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in --out) out=$2; shift ;; --version) version=$2; shift ;; --dataset) dataset=$2; shift ;; esac
+  shift
+done
+echo "progress 0.25 reading $dataset"
+{extra}
+echo "progress 0.75 writing version $version"
+cp "{model}" "$out/model.onnx"
+printf 'name = "m"\nversion = %s\n' "$version" > "$out/model.toml"
+echo '{{"holdout": {{"accuracy": 0.91}}, "job": "'"$VIGIL_RETRAIN_JOB"'"}}' > "$out/metrics.json"
+echo "trained"
+"#,
+        model = model.display()
+    );
+    let path = dir.join(format!("{name}.sh"));
+    std::fs::write(&path, script).unwrap();
+    path
+}
+
+/// A dataset directory as `vigil dataset export` writes it (its manifest is what a job reads).
+fn dataset(dir: &Path) -> String {
+    let path = dir.join("datasets/m-0123456789abcdef");
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(path.join("manifest.json"), r#"{"dataset_id": "0123456789abcdef", "labelled": 42}"#).unwrap();
+    path.display().to_string()
+}
+
+fn config(dir: &Path, recipes: &[(&str, &Path)], timeout: &str) -> RetrainingConfig {
+    let mut text = format!("poll = \"50ms\"\ntimeout = \"{timeout}\"\nworkdir = \"{}\"\n", dir.join("work").display());
+    for (model, script) in recipes {
+        text += &format!("[models.{model}]\nrecipe = [\"sh\", \"{}\"]\n", script.display());
+    }
+    let config: RetrainingConfig = toml::from_str(&text).unwrap();
+    config.validate().unwrap();
+    config
+}
+
+/// A runner leading on `store` until the returned sender stops it.
+fn start(
+    store: &PgStore,
+    config: RetrainingConfig,
+    repository: &Path,
+) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>, tokio::sync::watch::Sender<bool>) {
+    let (leading_tx, leading) = tokio::sync::watch::channel(true);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(runner::run(store.clone(), config, repository.to_path_buf(), leading, shutdown));
+    (stop, task, leading_tx)
+}
+
+async fn wait_for(store: &PgStore, job: &str, what: impl Fn(&RetrainJob) -> bool) -> RetrainJob {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = store.retrain_job(job).await.unwrap().unwrap();
+        if what(&job) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job never got there: {job:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn queue(model: &str, dataset: &str) -> RetrainJob {
+    RetrainJob::queued(model, "manual", dataset, false, &Change { actor: "anna", reason: "", at: Utc::now() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothing() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repository = dir.path().join("models");
+    // Version 1 exists on disk and 2 in the registry: the job writes 3.
+    std::fs::create_dir_all(repository.join("good/1")).unwrap();
+    let registered = vigil_store::ModelVersionRow {
+        model_name: "good".into(),
+        version: "2".into(),
+        artifact_sha256: "ab".repeat(32),
+        artifact_uri: String::new(),
+        training_data: String::new(),
+        metrics: serde_json::json!({}),
+        stage: "candidate".into(),
+        registered_by: "anna".into(),
+        registered_at: Utc::now(),
+        stage_changed_at: Utc::now(),
+    };
+    store.register_version(&registered, "").await.unwrap();
+    let good = recipe(dir.path(), "good", "");
+    let failing = recipe(dir.path(), "failing", "echo 'cannot fit: a class has no rows' >&2; exit 3");
+    let data = dataset(dir.path());
+    let (stop, task, _leading) =
+        start(&store, config(dir.path(), &[("good", &good), ("failing", &failing)], "1m"), &repository);
+
+    let job = queue("good", &data);
+    store.enqueue_retrain(&job).await.unwrap();
+    let done = wait_for(&store, &job.job_id, |j| !j.is_active()).await;
+    assert_eq!((done.state.as_str(), done.candidate_version.as_deref()), ("succeeded", Some("3")), "{done:?}");
+    assert_eq!(done.progress, 1.0);
+    assert!(done.step.starts_with("done: dataset"), "{}", done.step);
+    let log: Vec<&str> = done.log.lines().collect();
+    assert_eq!(log, [format!("progress 0.25 reading {data}").as_str(), "progress 0.75 writing version 3", "trained"]);
+    // The version is in the repository, whole, and registered with its digest and data.
+    let version_dir = repository.join("good/3");
+    let digest = vigil_store::registry::sha256_file(&version_dir.join("model.onnx")).unwrap();
+    let row = store.model_version("good", "3").await.unwrap().expect("registered");
+    assert_eq!(
+        (row.artifact_sha256, row.stage.as_str(), row.registered_by.as_str()),
+        (digest, "candidate", "retraining")
+    );
+    assert_eq!(row.artifact_uri, version_dir.join("model.onnx").display().to_string());
+    assert!(row.training_data.contains("dataset 0123456789abcdef (42 labelled items)"), "{}", row.training_data);
+    assert_eq!(row.metrics["holdout"]["accuracy"], 0.91);
+    assert_eq!(row.metrics["job"], job.job_id.as_str(), "the recipe knows its job");
+    let leftovers: Vec<String> = std::fs::read_dir(repository.join("good"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let job = queue("failing", &data);
+    store.enqueue_retrain(&job).await.unwrap();
+    let failed = wait_for(&store, &job.job_id, |j| !j.is_active()).await;
+    assert_eq!(failed.state, "failed");
+    assert!(
+        failed.error.contains("exit status: 3") && failed.error.contains("cannot fit: a class has no rows"),
+        "{}",
+        failed.error
+    );
+    assert!(!repository.join("failing").read_dir().unwrap().any(|_| true), "nothing left behind");
+    assert!(store.model_versions(Some("failing")).await.unwrap().is_empty());
+
+    // A model without a recipe fails with what to do.
+    let job = queue("unknown", &data);
+    store.enqueue_retrain(&job).await.unwrap();
+    let failed = wait_for(&store, &job.job_id, |j| !j.is_active()).await;
+    assert!(failed.error.contains("add [retraining.models.unknown]"), "{}", failed.error);
+
+    stop.send_replace(true);
+    task.await.unwrap();
+    let actions: Vec<(String, String, String)> = store
+        .audit_events(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .filter(|e| e.subject.starts_with("good/"))
+        .map(|e| (e.action, e.subject, e.to_state))
+        .collect();
+    let subject = format!("good/job {}", done.job_id);
+    let e = |a: &str, s: &str, t: &str| (a.to_string(), s.to_string(), t.to_string());
+    assert_eq!(
+        actions,
+        [
+            e("register", "good/2", "candidate"),
+            e("retrain", &subject, "queued"),
+            e("retrain", &subject, "running"),
+            e("register", "good/3", "candidate"),
+            e("retrain", &subject, "succeeded"),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repository = dir.path().join("models");
+    let slow = recipe(dir.path(), "slow", "echo started; sleep 60");
+    let data = dataset(dir.path());
+
+    // Cancelled while training: the recipe stops at once, nothing is registered.
+    let (stop, task, _leading) = start(&store, config(dir.path(), &[("slow", &slow)], "1m"), &repository);
+    let job = queue("slow", &data);
+    store.enqueue_retrain(&job).await.unwrap();
+    wait_for(&store, &job.job_id, |j| j.log.contains("started")).await;
+    let asked = Instant::now();
+    store.cancel_retrain(&job.job_id, &Change { actor: "ben", reason: "wrong data", at: Utc::now() }).await.unwrap();
+    let cancelled = wait_for(&store, &job.job_id, |j| !j.is_active()).await;
+    assert!(asked.elapsed() < Duration::from_secs(10), "the recipe was not stopped");
+    assert_eq!((cancelled.state.as_str(), cancelled.error.as_str()), ("cancelled", "cancelled while training"));
+    assert!(store.model_versions(Some("slow")).await.unwrap().is_empty());
+
+    // The monitor stopping mid-job fails it as interrupted.
+    let job = queue("slow", &data);
+    store.enqueue_retrain(&job).await.unwrap();
+    wait_for(&store, &job.job_id, |j| j.log.contains("started")).await;
+    stop.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("the runner stops at once").unwrap();
+    let interrupted = store.retrain_job(&job.job_id).await.unwrap().unwrap();
+    assert_eq!((interrupted.state.as_str(), interrupted.error.as_str()), ("failed", INTERRUPTED));
+
+    // A job some monitor was running when it died is failed by the next runner to lead.
+    let orphan = queue("slow", &data);
+    store.enqueue_retrain(&orphan).await.unwrap();
+    assert_eq!(store.claim_retrain(Utc::now()).await.unwrap().unwrap().job_id, orphan.job_id);
+    let (stop, task, _leading) = start(&store, config(dir.path(), &[("slow", &slow)], "1s"), &repository);
+    let failed = wait_for(&store, &orphan.job_id, |j| !j.is_active()).await;
+    assert_eq!((failed.state.as_str(), failed.error.as_str()), ("failed", INTERRUPTED));
+
+    // Past the timeout (1 s here) the recipe is stopped and the job failed.
+    let job = queue("slow", &data);
+    store.enqueue_retrain(&job).await.unwrap();
+    let timed_out = wait_for(&store, &job.job_id, |j| !j.is_active()).await;
+    assert_eq!(timed_out.state, "failed");
+    assert!(timed_out.error.contains("past retraining.timeout (1s)"), "{}", timed_out.error);
+    let ran = timed_out.duration(Utc::now()).unwrap();
+    assert!(ran < chrono::Duration::seconds(10), "stopped after {ran}");
+    stop.send_replace(true);
+    task.await.unwrap();
+}
