@@ -7,7 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use vigil_scenarios::{Recipes, ServerKind, Stack, StackOptions, anti_spam, phone_line, pipeline, screening};
+use vigil_scenarios::recipes::Patients;
+use vigil_scenarios::{
+    Recipes, ServerKind, Stack, StackOptions, anti_spam, phone_line, pipeline, retraining, screening,
+};
 use vigil_store::{MonitorStore, PgStore, PredictionStore, SqliteStore};
 
 #[derive(Args, Debug)]
@@ -36,6 +39,9 @@ enum DemoName {
     Screening,
     /// A user-profile model feeding a recommender; a lost clickstream fires an alarm on each stage.
     Recommender,
+    /// The loop closed: the patients change, the accuracy alarm retrains the screening model by
+    /// itself, and the candidate goes from shadow to everyone.
+    Loop,
 }
 
 /// Exit code when the example did not end as it should.
@@ -53,6 +59,15 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
         DemoName::AntiSpam => Prepared::AntiSpam(anti_spam::prepare(&recipes()?, &repository)?),
         DemoName::Screening => Prepared::Screening(screening::prepare(&recipes()?, &repository, 240)?),
         DemoName::Recommender => Prepared::Recommender(pipeline::prepare(&recipes()?, &repository, 300)?),
+        DemoName::Loop => {
+            let recipes = recipes()?;
+            recipes.screening(&repository, 1, 10)?;
+            Prepared::Loop {
+                normal: recipes.patients(300, 101, "normal")?,
+                shifted: recipes.patients(6000, 102, "shifted")?,
+                config: retraining::monitor_config(&recipes, &dir.path().join("retraining")),
+            }
+        }
     };
     match &args.database_url {
         Some(url) if url.starts_with("postgres") => {
@@ -76,6 +91,7 @@ enum Prepared {
     AntiSpam(vigil_scenarios::recipes::SpamCheck),
     Screening(vigil_scenarios::recipes::ScreeningCheck),
     Recommender(vigil_scenarios::recipes::PipelineCheck),
+    Loop { normal: Patients, shifted: Patients, config: String },
 }
 
 async fn play<S: PredictionStore + MonitorStore>(
@@ -89,6 +105,9 @@ async fn play<S: PredictionStore + MonitorStore>(
     options.monitor_http = args.monitor_listen;
     if matches!(prepared, Prepared::PhoneLine(_)) {
         options.server = ServerKind::Edge;
+    }
+    if let Prepared::Loop { config, .. } = &prepared {
+        options.monitor_config = config.clone();
     }
     let stack = Stack::start(store, options).await?;
     let dashboard = format!("http://{}", stack.monitor_http);
@@ -157,6 +176,15 @@ async fn play<S: PredictionStore + MonitorStore>(
             );
             let firing = |s: &Option<(String, Option<f64>)>| s.as_ref().is_some_and(|s| s.0 == "firing");
             (!firing(&before.0) && !firing(&before.1) && firing(&after.0) && firing(&after.1), "profile")
+        }
+        Prepared::Loop { normal, shifted, .. } => {
+            let outcome = retraining::run(&stack, &normal, &shifted, &say).await?;
+            retraining::until_resolved(&stack, &shifted, &say).await?;
+            let steps: Vec<String> = outcome.timeline.iter().map(|(what, s)| format!("{what} +{s:.1}s")).collect();
+            println!("outcome: after the alarm fired: {}", steps.join(", "));
+            println!("         job {}: {}", outcome.job.job_id, outcome.job.step);
+            let rate = |(right, all): (u64, u64)| right as f64 / all.max(1) as f64;
+            (outcome.rollout.state == "promoted" && rate(outcome.after) > rate(outcome.before), retraining::MODEL)
         }
     };
     println!("dashboard: {dashboard}/?model={model}");

@@ -57,6 +57,14 @@ fn the_recommender_example_fires_an_alarm_on_each_stage_only_after_the_redesign(
 }
 
 #[test]
+fn the_loop_example_retrains_the_screening_model_by_itself_and_promotes_it() {
+    let stdout = stdout_of(&demo(&["loop"]));
+    assert!(stdout.contains("screening-accuracy fires after"), "{stdout}");
+    assert!(stdout.contains("candidate registered") && stdout.contains("serving in shadow"), "{stdout}");
+    assert!(stdout.contains("version 2 promoted") && stdout.contains("screening-accuracy resolved"), "{stdout}");
+}
+
+#[test]
 fn an_unknown_example_or_a_missing_python_says_what_to_do() {
     let out = demo(&["phone-shop"]);
     assert_eq!(out.status.code(), Some(2));

@@ -232,3 +232,104 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
     stop.send_replace(true);
     task.await.unwrap();
 }
+
+/// A firing alarm with the retrain action queues a job only with enough new labels, never while
+/// a job or a rollout of the model is active, and at most once per cooldown; labels count as new
+/// from the last successful job on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_retrains_once_enough_labels_exist_and_never_twice_within_its_cooldown() {
+    use vigil_monitor::retrain::trigger::{Considered, consider};
+    use vigil_store::{DeploymentStore, JobState, LabelRow, RolloutStore};
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    let config: vigil_monitor::MonitorConfig = toml::from_str(
+        r#"
+[[alerting.rules]]
+name = "accuracy-low"
+metric = "accuracy"
+model = "scratch-detector"
+window = "1h"
+comparator = "<"
+threshold = 0.9
+actions = ["retrain", "rollout"]
+[retraining.models.scratch-detector]
+recipe = ["true"]
+min_new_labels = 3
+cooldown = "1h"
+"#,
+    )
+    .unwrap();
+    config.validate().unwrap();
+    let rule = config.rules().unwrap().remove(0);
+    assert!(rule.retrain && rule.rollout);
+    let now = Utc::now();
+    let label = |p: &vigil_store::PredictionRow| LabelRow {
+        label_id: uuid::Uuid::now_v7(),
+        prediction_id: p.prediction_id,
+        label: "ok".into(),
+        time: now,
+        source: "inspector".into(),
+    };
+    let labelled = |n: usize, minutes_ago: i64| {
+        let store = store.clone();
+        async move {
+            let rows: Vec<_> = (0..n)
+                .map(|_| {
+                    vigil_store::testing::prediction(
+                        now - chrono::Duration::minutes(minutes_ago),
+                        0.2,
+                        serde_json::json!({}),
+                    )
+                })
+                .collect();
+            let labels: Vec<_> = rows.iter().map(label).collect();
+            store.insert_batch(&rows, &labels).await.unwrap();
+        }
+    };
+    let considered = |at: chrono::DateTime<Utc>| {
+        let (store, config, rule) = (store.clone(), config.retraining.clone(), rule.clone());
+        async move { consider(&store, &config, &rule, "scratch-detector", at).await.unwrap() }
+    };
+
+    labelled(2, 30).await;
+    assert_eq!(considered(now).await, Considered::Waiting("2 of 3 new labelled items".into()));
+    labelled(1, 20).await;
+    let Considered::Queued(job) = considered(now).await else { panic!("three labels queue a job") };
+    assert_eq!((job.trigger.as_str(), job.requested_by.as_str(), job.rollout), ("alarm accuracy-low", "monitor", true));
+    assert!(matches!(considered(now).await, Considered::Waiting(why) if why.contains("is queued")));
+
+    // The job succeeds; its rollout runs: no new job while it does.
+    let mut running = store.claim_retrain(now).await.unwrap().unwrap();
+    running.candidate_version = Some("2".into());
+    store
+        .finish_retrain(&running, JobState::Succeeded, &Change { actor: "retraining", reason: "", at: now })
+        .await
+        .unwrap();
+    store
+        .register_version(&vigil_store::testing::candidate_version("scratch-detector", "1", &"a".repeat(64)), "")
+        .await
+        .unwrap();
+    store
+        .register_version(&vigil_store::testing::candidate_version("scratch-detector", "2", &"b".repeat(64)), "")
+        .await
+        .unwrap();
+    let by = Change { actor: "anna", reason: "", at: now };
+    store.set_deployment(&vigil_store::testing::single_deployment("scratch-detector", "d1", "1"), &by).await.unwrap();
+    let plan = config.retraining.models["scratch-detector"].rollout.plan(vigil_monitor::retrain::Gate::Auto);
+    vigil_monitor::rollout::start(&store, "scratch-detector", "2", &plan, &by).await.unwrap();
+    assert!(matches!(considered(now).await, Considered::Waiting(why) if why.contains("rollout")));
+    vigil_monitor::rollout::manual(&store, "scratch-detector", vigil_monitor::rollout::Manual::Abort, &by)
+        .await
+        .unwrap();
+    assert!(store.rollouts(Some("scratch-detector")).await.unwrap().iter().all(|r| !r.is_active()));
+
+    // Within the cooldown: nothing, however many labels; after it, labels after the last
+    // successful job's data count, older ones do not.
+    labelled(5, 10).await;
+    assert!(matches!(considered(now).await, Considered::Waiting(why) if why.contains("cooldown")));
+    let later = now + chrono::Duration::minutes(61);
+    assert_eq!(considered(later).await, Considered::Waiting("0 of 3 new labelled items".into()));
+    labelled(3, -1).await;
+    assert!(matches!(considered(later).await, Considered::Queued(_)), "3 labels since the job");
+}

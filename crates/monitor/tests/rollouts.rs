@@ -338,3 +338,46 @@ async fn a_shadow_step_judges_agreement_with_the_primary_on_the_same_items() {
     assert!(failed.contains(&"shadow_agreement".to_string()), "{failed:?}");
     assert_eq!(deployment(&store, "disagrees").await.mode, "single", "the shadow stops");
 }
+
+/// Under a manual promotion gate the last step, once passed, waits for a person: the rollout
+/// pauses with the candidate answering everything, the controller leaves it, and a person's
+/// promotion (audited with their name) makes it the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_gate_holds_the_passed_last_step_until_a_person_promotes() {
+    let db = TestDatabase::create();
+    let store = store_with(&db, &["scratch-detector"]).await;
+    let checks = RolloutChecks::default();
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    let mut steps = plan();
+    steps.last_mut().unwrap().approval = true;
+    rollout::start(&store, "scratch-detector", "2", &steps, &Change { actor: "retraining", reason: "", at: t0 })
+        .await
+        .unwrap();
+    let v = views(&store);
+    let mut at = t0;
+    for _ in 0..3 {
+        minute(&store, "scratch-detector", at, GOOD).await;
+        at += Duration::seconds(61);
+        rollout::advance_all(&v, &checks, at).await.unwrap();
+    }
+    let held = rollout_of(&store, "scratch-detector").await;
+    assert_eq!((held.state.as_str(), held.step), ("paused", 2));
+    let last = held.decisions().last().cloned().unwrap();
+    assert_eq!(last["decision"], "awaiting_approval");
+    let d = deployment(&store, "scratch-detector").await;
+    assert_eq!((d.mode.as_str(), d.share, d.primary_version.as_str()), ("canary", 1.0, "1"), "not promoted yet");
+    // The controller leaves it, however long.
+    minute(&store, "scratch-detector", at, GOOD).await;
+    assert_eq!(rollout::advance_all(&v, &checks, at + Duration::seconds(61)).await.unwrap(), 0);
+    let by_anna = Change { actor: "anna", reason: "read the shadow report", at: at + Duration::seconds(90) };
+    let promoted = rollout::manual(&store, "scratch-detector", Manual::Promote, &by_anna).await.unwrap();
+    assert_eq!(promoted.state, "promoted");
+    assert_eq!(deployment(&store, "scratch-detector").await.primary_version, "2");
+    let audit = store.audit_events(50).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.actor == "anna" && e.to_state.contains("promoted") && e.reason == "read the shadow report")
+    );
+    assert!(audit.iter().any(|e| e.actor == rollout::CONTROLLER && e.reason.contains("waits for a person's approval")));
+}

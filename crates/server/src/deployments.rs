@@ -114,6 +114,7 @@ pub async fn follow(
         state_file: config.state_file.clone(),
         last: None,
         first_read: None,
+        refused: HashMap::new(),
     };
     follower.restore().await;
     let (first_read, read_once) = tokio::sync::oneshot::channel();
@@ -156,6 +157,8 @@ struct Follower {
     last: Option<DeploymentsSnapshot>,
     /// Told once the source was first read, or failed to be.
     first_read: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The refusal last logged per model (deployment id, why): logged once, not every poll.
+    refused: HashMap<String, (String, String)>,
 }
 
 impl Follower {
@@ -252,10 +255,14 @@ impl Follower {
             let model = spec.model_name.clone();
             match self.check(spec, fetcher.as_mut()).await {
                 Ok(deployment) => {
+                    self.refused.remove(&model);
                     next.insert(model, deployment);
                 }
                 Err(why) => {
-                    if self.applied.get(&model).is_none_or(|d| d.id != spec.deployment_id) {
+                    let refusal = (spec.deployment_id.clone(), why.clone());
+                    let new = self.refused.get(&model) != Some(&refusal);
+                    if new && self.applied.get(&model).is_none_or(|d| d.id != spec.deployment_id) {
+                        self.refused.insert(model.clone(), refusal);
                         tracing::error!(
                             model,
                             deployment = spec.deployment_id,

@@ -886,7 +886,7 @@ async fn retrain_jobs_conform<S: PredictionStore + vigil_store::RetrainStore + v
     assert_eq!(store.retrain_job(&first.job_id).await.unwrap().as_ref(), Some(&first), "stored as given");
     let ids = |jobs: Vec<RetrainJob>| jobs.into_iter().map(|j| j.job_id).collect::<Vec<_>>();
     assert_eq!(ids(store.retrain_jobs(None, 10).await.unwrap()), [other.job_id.clone(), first.job_id.clone()]);
-    assert_eq!(ids(store.retrain_jobs(Some("screening"), 10).await.unwrap()), [first.job_id.clone()]);
+    assert_eq!(ids(store.retrain_jobs(Some("screening"), 10).await.unwrap()), [first.job_id.as_str()]);
     assert_eq!(store.retrain_jobs(None, 1).await.unwrap().len(), 1);
 
     // Claimed oldest first; a running job still blocks another of its model.
@@ -934,7 +934,7 @@ async fn retrain_jobs_conform<S: PredictionStore + vigil_store::RetrainStore + v
     store.claim_retrain(at(31)).await.unwrap().unwrap();
     let restart = Change { actor: "retraining", reason: "interrupted: the monitor stopped", at: at(40) };
     let interrupted = store.interrupt_retrains(&restart).await.unwrap();
-    assert_eq!(ids(interrupted), [last.job_id.clone()]);
+    assert_eq!(ids(interrupted), [last.job_id.as_str()]);
     let states: Vec<(String, String)> =
         store.retrain_jobs(None, 10).await.unwrap().into_iter().map(|j| (j.job_id, j.state)).collect();
     assert_eq!(

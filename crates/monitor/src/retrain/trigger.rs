@@ -16,7 +16,7 @@ pub const ALARM_ACTOR: &str = "monitor";
 /// Why a firing rule starts no job now, or the job it queued.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Considered {
-    Queued(RetrainJob),
+    Queued(Box<RetrainJob>),
     Waiting(String),
 }
 
@@ -64,7 +64,7 @@ pub async fn consider<S: MonitorStore>(
     let change = Change { actor: ALARM_ACTOR, reason: &reason, at: now };
     let job = RetrainJob::queued(model, &reason, "", rule.rollout, &change);
     match store.enqueue_retrain(&job).await {
-        Ok(()) => Ok(Considered::Queued(job)),
+        Ok(()) => Ok(Considered::Queued(Box::new(job))),
         Err(vigil_store::RegistryError::Database(e)) => Err(ViewError::Store(e)),
         Err(refused) => wait(refused.to_string()),
     }
