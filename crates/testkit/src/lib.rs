@@ -4,16 +4,19 @@
 //! directory. `./dev setup` installs what they run (the broker's jars from Maven Central,
 //! PostgreSQL from Debian's packages); when something is missing they fail and say so.
 //! [`Chromium`] drives a headless browser over the DevTools protocol, for pages a person uses.
-//! [`speech`] synthesises spoken test audio with espeak-ng.
+//! [`speech`] synthesises spoken test audio with espeak-ng. [`S3Server`] is an S3-compatible
+//! server (moto).
 
 pub mod chromium;
 pub mod kafka;
 pub mod postgres;
+pub mod s3;
 pub mod speech;
 
 pub use chromium::{Chromium, Page};
 pub use kafka::KafkaBroker;
 pub use postgres::PostgresServer;
+pub use s3::S3Server;
 
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {

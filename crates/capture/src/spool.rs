@@ -1,0 +1,198 @@
+//! The spool between the request path and the object store: captures are written to a local
+//! directory (`<prediction id>.bin`, then `<prediction id>.json`, each through a rename), and a
+//! forwarder puts them into the store and removes them, retrying with backoff while it is away.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+use tokio::sync::{Notify, mpsc};
+
+use crate::{CaptureConfig, CaptureError, CaptureMeta, CaptureStats, Pending};
+
+/// The longest wait between attempts while the store is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The store a configuration names, and the prefix keys go under.
+pub fn open_store(config: &CaptureConfig) -> Result<(Arc<dyn ObjectStore>, ObjectPath), CaptureError> {
+    let url = &config.store;
+    let failed = |source| CaptureError::Store { url: url.clone(), source };
+    if url.starts_with("s3://") {
+        let parsed = url::Url::parse(url).map_err(|e| CaptureError::Config(format!("capture.store '{url}': {e}")))?;
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_url(url.as_str())
+            .with_region(&config.s3_region)
+            .with_allow_http(config.s3_allow_http)
+            // Fail an attempt within seconds: the spool keeps the capture and the forwarder
+            // retries with its own backoff.
+            .with_retry(object_store::RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(5),
+                ..Default::default()
+            });
+        if let Some(endpoint) = &config.s3_endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let prefix = ObjectPath::from(parsed.path().trim_matches('/'));
+        return Ok((Arc::new(builder.build().map_err(failed)?), prefix));
+    }
+    if url.contains("://") && !url.starts_with("file://") {
+        return Err(CaptureError::Config(format!(
+            "capture.store '{url}': use file:///dir, a path, or s3://bucket/prefix"
+        )));
+    }
+    let dir = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+    std::fs::create_dir_all(&dir).map_err(|source| CaptureError::Spool { path: dir.display().to_string(), source })?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(failed)?;
+    Ok((Arc::new(store), ObjectPath::default()))
+}
+
+/// Starts writing `pending` captures to `dir` and forwarding them to `store`; the task ends
+/// when `pending` closes, after one last attempt to store what the spool holds.
+pub(crate) async fn start(
+    dir: PathBuf,
+    max_bytes: u64,
+    (store, prefix): (Arc<dyn ObjectStore>, ObjectPath),
+    mut pending: mpsc::Receiver<Pending>,
+    stats: Arc<CaptureStats>,
+) -> Result<tokio::task::JoinHandle<()>, CaptureError> {
+    let spool_error = |source| CaptureError::Spool { path: dir.display().to_string(), source };
+    std::fs::create_dir_all(&dir).map_err(spool_error)?;
+    stats.spooled_bytes.store(spooled_bytes(&dir).map_err(spool_error)?, Ordering::Relaxed);
+    let wake = Arc::new(Notify::new());
+    let forwarder = Forwarder { dir: dir.clone(), store, prefix, stats: stats.clone() };
+    let (done_tx, mut done) = tokio::sync::watch::channel(false);
+    let forwarding = {
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let finished = *done.borrow_and_update();
+                let stored = forwarder.forward_all().await;
+                if finished {
+                    return;
+                }
+                let wait = if stored { Duration::from_secs(1) } else { backoff };
+                backoff = if stored { Duration::from_millis(200) } else { (backoff * 2).min(MAX_BACKOFF) };
+                tokio::select! {
+                    _ = wake.notified(), if stored => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = done.changed() => {}
+                }
+            }
+        })
+    };
+    Ok(tokio::spawn(async move {
+        while let Some(p) = pending.recv().await {
+            let size = p.bytes.len() as u64;
+            if stats.spooled_bytes.load(Ordering::Relaxed) + size > max_bytes {
+                stats.spool_full.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match write_entry(&dir, &p).await {
+                Ok(()) => {
+                    stats.spooled_bytes.fetch_add(size, Ordering::Relaxed);
+                    wake.notify_one();
+                }
+                Err(e) => {
+                    stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(prediction = %p.meta.prediction_id, error = %e, "cannot spool a capture");
+                }
+            }
+        }
+        let _ = done_tx.send(true);
+        let _ = forwarding.await;
+    }))
+}
+
+/// A file name safe for any prediction id.
+fn entry_name(prediction_id: &str) -> String {
+    if !prediction_id.is_empty() && prediction_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        prediction_id.to_string()
+    } else {
+        crate::hex(&<sha2::Sha256 as sha2::Digest>::digest(prediction_id.as_bytes()))
+    }
+}
+
+async fn write_entry(dir: &Path, p: &Pending) -> std::io::Result<()> {
+    let name = entry_name(&p.meta.prediction_id);
+    let write = |file: PathBuf, bytes: Vec<u8>| async move {
+        let partial = file.with_extension("partial");
+        tokio::fs::write(&partial, bytes).await?;
+        tokio::fs::rename(&partial, &file).await
+    };
+    write(dir.join(format!("{name}.bin")), p.bytes.clone()).await?;
+    // The metadata last: an entry without it is not complete and is not forwarded.
+    write(dir.join(format!("{name}.json")), serde_json::to_vec(&p.meta).map_err(std::io::Error::other)?).await
+}
+
+fn spooled_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.path().extension().is_some_and(|e| e == "bin") {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+struct Forwarder {
+    dir: PathBuf,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    stats: Arc<CaptureStats>,
+}
+
+impl Forwarder {
+    /// Stores every complete entry, oldest name first; false when the store failed (the rest
+    /// wait for the next attempt).
+    async fn forward_all(&self) -> bool {
+        let mut names: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the capture spool");
+                return false;
+            }
+        };
+        names.sort();
+        for meta_file in names {
+            if let Err(e) = self.forward(&meta_file).await {
+                self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(entry = %meta_file.display(), error = %e, "capture store unavailable; kept in the spool, retrying");
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn forward(&self, meta_file: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let meta_bytes = tokio::fs::read(meta_file).await?;
+        let meta: CaptureMeta = serde_json::from_slice(&meta_bytes)?;
+        let bin = meta_file.with_extension("bin");
+        let bytes = tokio::fs::read(&bin).await?;
+        let key = |rest: &str| {
+            let mut path = self.prefix.clone();
+            for part in rest.split('/') {
+                path = path.child(part);
+            }
+            path
+        };
+        self.store.put(&key(&meta.key), bytes.into()).await?;
+        let meta_key = key(&format!("{}/predictions/{}.json", meta.model, entry_name(&meta.prediction_id)));
+        self.store.put(&meta_key, meta_bytes.into()).await?;
+        tokio::fs::remove_file(meta_file).await?;
+        tokio::fs::remove_file(&bin).await?;
+        self.stats
+            .spooled_bytes
+            .fetch_sub(meta.bytes.min(self.stats.spooled_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.stats.stored.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
