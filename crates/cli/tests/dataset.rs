@@ -21,11 +21,16 @@ fn log(url: &str, n: usize, label: impl Fn(usize) -> &'static str, panels: &[(us
                 let temperature =
                     if i % 5 == 4 { serde_json::Value::Null } else { serde_json::json!(36.5 + i as f64 / 10.0) };
                 let features = serde_json::json!({ "age": 20 + i, "temperature": temperature });
-                vigil_store::testing::prediction(
+                let mut row = vigil_store::testing::prediction(
                     now - Duration::minutes(30) + Duration::seconds(i as i64),
                     0.5,
                     features,
-                )
+                );
+                // Every fourth item's image was captured.
+                if i % 4 == 0 {
+                    row.capture = format!("scratch-detector/{i:064x}");
+                }
+                row
             })
             .collect();
         let labels: Vec<LabelRow> = rows
@@ -99,9 +104,11 @@ fn a_sound_dataset_is_written_with_a_manifest_naming_its_content() {
     assert_eq!(manifest["columns"], serde_json::json!(["age", "temperature"]));
     let text = String::from_utf8(rows).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("prediction_id,time,model_version,age,temperature,label"));
+    assert_eq!(lines.next(), Some("prediction_id,time,model_version,age,temperature,label,capture"));
     let fifth: Vec<&str> = lines.nth(4).unwrap().split(',').collect();
     assert_eq!((fifth[3], fifth[4], fifth[5]), ("24", "", "ok"), "a missing temperature stays empty");
+    assert_eq!(fifth[6], format!("scratch-detector/{:064x}", 4), "the captured image's key");
+    assert_eq!(manifest["captured"], 10);
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! duplicates, class balance, label consistency among several labellers). A dataset that fails
 //! is refused with the reasons and nothing is written; one that passes is `rows.csv` and
 //! `manifest.json` in a directory named by the rows' content hash, so the same rows are the
-//! same dataset.
+//! same dataset. A row whose raw input was captured names its object key in the capture store
+//! (`capture`), so a recipe can train on the inputs themselves.
 
 mod verify;
 
@@ -130,7 +131,7 @@ fn write(spec: &Spec, columns: &[String], rows: &[PredictionSummary], checks: &[
     let mut csv = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["prediction_id".to_string(), "time".into(), "model_version".into()];
     header.extend(columns.iter().cloned());
-    header.push("label".into());
+    header.extend(["label".to_string(), "capture".into()]);
     csv.write_record(&header)?;
     for r in rows {
         let mut record = vec![r.prediction_id.to_string(), r.time.to_rfc3339(), r.model_version.clone()];
@@ -139,7 +140,7 @@ fn write(spec: &Spec, columns: &[String], rows: &[PredictionSummary], checks: &[
                 r.features.get(c).and_then(serde_json::Value::as_f64).map_or(String::new(), |v| v.to_string())
             }),
         );
-        record.push(r.label.clone().unwrap_or_default());
+        record.extend([r.label.clone().unwrap_or_default(), r.capture.clone()]);
         csv.write_record(&record)?;
     }
     let bytes = csv.into_inner().context("writing rows.csv")?;
@@ -158,6 +159,7 @@ fn write(spec: &Spec, columns: &[String], rows: &[PredictionSummary], checks: &[
         "dataset_id": id, "model": spec.model, "versions": versions, "since": spec.since.to_rfc3339(),
         "until": spec.until.to_rfc3339(), "created_at": Utc::now().to_rfc3339(), "rows": rows.len(),
         "labelled": classes.values().sum::<usize>(), "classes": classes, "columns": columns,
+        "captured": rows.iter().filter(|r| !r.capture.is_empty()).count(),
         "files": { "rows.csv": { "sha256": sha256, "bytes": bytes.len() } }, "checks": checks,
         "source": "vigil dataset export: logged inputs joined with their latest labels",
     });

@@ -28,6 +28,8 @@ pub struct EdgeConfig {
     pub metrics: MetricsConfig,
     /// Follow deployments (shadow, canary, blue-green) from the registry's database.
     pub deployments: DeploymentsConfig,
+    /// Images kept for retraining (`[capture]`): which, and where.
+    pub capture: vigil_capture::CaptureConfig,
 }
 
 impl Default for EdgeConfig {
@@ -43,6 +45,7 @@ impl Default for EdgeConfig {
             logging: LoggingConfig::named("vigil-edge", "edge-1"),
             metrics: MetricsConfig::default(),
             deployments: DeploymentsConfig::default(),
+            capture: vigil_capture::CaptureConfig::default(),
         }
     }
 }
@@ -59,6 +62,7 @@ impl vigil_server::cli::ServerConfig for EdgeConfig {
         "metrics",
         "logging",
         "deployments",
+        "capture",
     ];
 
     fn validate(&self) -> Result<(), String> {
@@ -69,6 +73,7 @@ impl vigil_server::cli::ServerConfig for EdgeConfig {
                 i.min_side, i.max_side
             ));
         }
+        self.capture.validate()?;
         if self.default_model.is_empty() {
             return Err("default_model must not be empty".into());
         }

@@ -37,6 +37,11 @@ pub async fn start_with(
         deployments: config.deployments,
     };
     let (default_model, images) = (config.default_model, config.images);
+    // Captured images wait in the spool on disk: nothing is lost when the server stops.
+    let capturer = match config.capture.enabled {
+        true => Some(vigil_capture::Capturer::start(config.capture).await?.0),
+        false => None,
+    };
     let inspection: vigil_server::ServerApis = Box::new(move |serving, routes| {
         serving.repository.entry(&default_model).map_err(|e| anyhow!("default_model: {e}"))?;
         let mut inspection = InspectionService::new(serving.repository.clone(), default_model, images)
@@ -46,6 +51,9 @@ pub async fn start_with(
         }
         if let Some(records) = &serving.records {
             inspection = inspection.with_records(records.clone());
+        }
+        if let Some(capturer) = &capturer {
+            inspection = inspection.with_capture(capturer.clone());
         }
         let max = serving.max_message_bytes;
         let service = InspectionServer::new(inspection).max_decoding_message_size(max).max_encoding_message_size(max);

@@ -92,3 +92,73 @@ async fn model_infer_predictions_are_logged_per_item_with_version_and_variant() 
     assert!(refused.output.as_ref().unwrap().is_null && refused.features[0].missing);
     server.shutdown().await.unwrap();
 }
+
+/// With `[capture]` on, a sample of the inspected images and every one going to a reviewer is
+/// kept in the capture store under its content's sha256, and the prediction's record names it;
+/// the rest are not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspections_capture_a_sample_and_every_review_item_and_their_records_name_it() {
+    use sha2::Digest;
+    use vigil_proto::vigil::v1::{Decision, InspectRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("captures");
+    let mut config = config();
+    config.capture = toml::from_str(&format!(
+        "enabled = true\nstore = \"{}\"\nspool = \"{}\"\nrate = 0.25\n",
+        store.display(),
+        dir.path().join("spool").display()
+    ))
+    .unwrap();
+    let (sink, mut bus) = vigil_logbus::in_process::channel(1_000);
+    let (emitter, _forwarder) = Emitter::start(sink, 1_000, 100);
+    let server = vigil_edge::start_with(config, false, Some(RecordEmitter::new(emitter.clone(), "edge-7")))
+        .await
+        .expect("edge server starts");
+    let (mut inspect, _) = clients(&server).await;
+    let mut sent = std::collections::HashMap::new();
+    for set in ["normal", "drifted"] {
+        for (name, image) in samples(set) {
+            let request = InspectRequest {
+                image: image.clone(),
+                station_id: "line-2".into(),
+                part_id: name,
+                ..Default::default()
+            };
+            let answer = inspect.inspect(request).await.unwrap().into_inner();
+            sent.insert(answer.prediction_id, image);
+        }
+    }
+    assert!(emitter.drain(Duration::from_secs(10)).await);
+    let mut records = Vec::new();
+    while let Ok(envelope) = bus.try_recv() {
+        records.push(PredictionRecord::decode(envelope.payload.as_slice()).unwrap());
+    }
+    assert_eq!(records.len(), sent.len());
+    let captured: Vec<&PredictionRecord> = records.iter().filter(|r| !r.capture.is_empty()).collect();
+    let reviews = records.iter().filter(|r| r.decision == Decision::HumanReview as i32).count();
+    assert!(reviews > 0, "the drifted samples send some phones to a person");
+    for r in &records {
+        if r.decision == Decision::HumanReview as i32 {
+            assert!(!r.capture.is_empty(), "review item {} not captured", r.prediction_id);
+        }
+    }
+    assert!(captured.len() > reviews && captured.len() < records.len(), "{} of {}", captured.len(), records.len());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for r in captured {
+        let image = &sent[&r.prediction_id];
+        let sha: String = sha2::Sha256::digest(image).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(r.capture, format!("{MODEL}/{sha}"));
+        let path = store.join(&r.capture);
+        while !path.is_file() {
+            assert!(std::time::Instant::now() < deadline, "{} never stored", r.capture);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(&std::fs::read(&path).unwrap(), image, "the image as sent");
+        let meta = store.join(format!("{MODEL}/predictions/{}.json", r.prediction_id));
+        while !meta.is_file() {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    server.shutdown().await.unwrap();
+}

@@ -34,6 +34,7 @@ pub struct InspectionService {
     default_model: String,
     limits: ImageLimits,
     records: Option<RecordEmitter>,
+    capturer: Option<vigil_capture::Capturer>,
     metrics: ServingMetrics,
 }
 
@@ -41,7 +42,8 @@ impl InspectionService {
     /// Serves `default_model` (when a request names none) with image `limits`.
     pub fn new(repository: Arc<ModelRepository>, default_model: impl Into<String>, limits: ImageLimits) -> Self {
         let infer = Infer::over(repository);
-        Self { infer, default_model: default_model.into(), limits, records: None, metrics: Default::default() }
+        let default_model = default_model.into();
+        Self { infer, default_model, limits, records: None, capturer: None, metrics: Default::default() }
     }
 
     /// Routes and runs requests through `infer` (a custom router, shadows).
@@ -53,6 +55,13 @@ impl InspectionService {
     /// Logs every prediction (answered or refused) through `records`.
     pub fn with_records(mut self, records: RecordEmitter) -> Self {
         self.records = Some(records);
+        self
+    }
+
+    /// Captures images for retraining through `capturer` (its policy decides which); their
+    /// records name the captured object.
+    pub fn with_capture(mut self, capturer: vigil_capture::Capturer) -> Self {
+        self.capturer = Some(capturer);
         self
     }
 
@@ -99,13 +108,13 @@ impl InspectionService {
         let result = self.run(&route, request, ctx.as_ref()).await;
         self.infer.account(&route, started, &result);
         if let (Some(records), Some(ctx)) = (&self.records, &ctx) {
-            let (result, review) = match &result {
-                Ok((response, review)) => (Ok(response), review.clone()),
-                Err(status) => (Err(status), None),
+            let (result, review, capture) = match &result {
+                Ok((response, review, capture)) => (Ok(response), review.clone(), capture.clone()),
+                Err(status) => (Err(status), None, String::new()),
             };
-            record(records, ctx, &model.config, result, review);
+            record(records, ctx, &model.config, result, review, capture);
         }
-        result.map(|(response, _)| response)
+        result.map(|(response, _, _)| response)
     }
 
     async fn run(
@@ -113,7 +122,7 @@ impl InspectionService {
         route: &Route,
         request: InspectRequest,
         ctx: Option<&RequestContext>,
-    ) -> Result<(InspectResponse, Option<ReviewRequest>), Status> {
+    ) -> Result<(InspectResponse, Option<ReviewRequest>, String), Status> {
         let config = &route.primary.config;
         let (Some(pre), Some(_)) = (config.preprocess.clone(), config.thresholds) else {
             return Err(not_an_inspection_model(config));
@@ -135,6 +144,7 @@ impl InspectionService {
             height: prepared.height,
             missing: false,
         };
+        let station = station_id.clone();
         let ids = Ids { station_id, part_id, request_id };
         let automation = route.automation;
         let out = if automation.policy.consults_model() {
@@ -161,6 +171,18 @@ impl InspectionService {
             None
         };
         let (response, reason) = answer(config, automation, out.as_ref(), features, ids)?;
+        let captured = self.capturer.as_ref().and_then(|c| {
+            c.capture(vigil_capture::Input {
+                model: &config.name,
+                version: &config.version.to_string(),
+                prediction_id: &response.prediction_id,
+                station_id: &station,
+                device_id: "",
+                content_type: image_type(&image),
+                bytes: &image,
+                review: reason.is_some(),
+            })
+        });
         let review = match (reason, &self.records) {
             (Some(reason), Some(_)) => {
                 let reviewers = config.thresholds.map_or(1, |t| t.reviewers);
@@ -168,7 +190,18 @@ impl InspectionService {
             }
             _ => None,
         };
-        Ok((response, review))
+        Ok((response, review, captured.unwrap_or_default()))
+    }
+}
+
+/// The media type of an image by its first bytes.
+fn image_type(image: &[u8]) -> &'static str {
+    if image.starts_with(b"\x89PNG") {
+        "image/png"
+    } else if image.starts_with(&[0xFF, 0xD8]) {
+        "image/jpeg"
+    } else {
+        "application/octet-stream"
     }
 }
 
@@ -269,6 +302,7 @@ fn record(
     config: &ModelConfig,
     result: Result<&InspectResponse, &Status>,
     review: Option<ReviewRequest>,
+    capture: String,
 ) {
     match result {
         Ok(r) => {
@@ -277,7 +311,7 @@ fn record(
                 Ok(Verdict::Ok) => config.labels.first(),
                 _ => None,
             };
-            records.inspected(ctx, r, label.map_or("", String::as_str), &config.labels, review);
+            records.inspected(ctx, r, label.map_or("", String::as_str), &config.labels, review, capture);
         }
         Err(status) => records.failed(ctx, &config.version.to_string(), Uuid::now_v7().to_string(), status),
     }
@@ -299,7 +333,7 @@ fn shadow_recorder(
             .result
             .map_err(to_status)
             .and_then(|out| answer(config, automation, Some(&out), features, ids.clone()).map(|(r, _)| r));
-        record(&records, &ctx, config, result.as_ref(), None);
+        record(&records, &ctx, config, result.as_ref(), None, String::new());
     })
 }
 

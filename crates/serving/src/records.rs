@@ -100,6 +100,7 @@ impl RecordEmitter {
         label: &str,
         labels: &[String],
         review: Option<ReviewRequest>,
+        capture: String,
     ) {
         let consulted = r.verdict != vigil_proto::vigil::v1::Verdict::Unspecified as i32;
         let features = r
@@ -134,6 +135,7 @@ impl RecordEmitter {
             compute_time_us: r.compute_time_us,
             status: RecordStatus::Ok as i32,
             review,
+            capture,
             ..self.base(ctx)
         };
         self.send(&ctx.station_id, record);

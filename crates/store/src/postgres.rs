@@ -75,12 +75,12 @@ async fn insert_predictions<'e>(exec: impl PgExecutor<'e>, rows: &[PredictionRow
     let result = sqlx::query(
             "INSERT INTO predictions (prediction_id, time, request_time, capture_time, trace_id, server_id, station_id,
                  device_id, part_id, request_id, api, model_name, model_version, variant, deployment_id, features, output,
-                 score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error, stage)
-             SELECT id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f::jsonb, o::jsonb, sc, onull, vd, dc, qt, cpt, stt, er, sg
+                 score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error, stage, capture)
+             SELECT id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f::jsonb, o::jsonb, sc, onull, vd, dc, qt, cpt, stt, er, sg, cap
              FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
                  $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::int2[], $15::text[], $16::text[],
-                 $17::text[], $18::real[], $19::bool[], $20::int2[], $21::int2[], $22::int8[], $23::int8[], $24::int2[], $25::text[], $26::text[])
-               AS u(id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f, o, sc, onull, vd, dc, qt, cpt, stt, er, sg)
+                 $17::text[], $18::real[], $19::bool[], $20::int2[], $21::int2[], $22::int8[], $23::int8[], $24::int2[], $25::text[], $26::text[], $27::text[])
+               AS u(id, t, rt, ct, tr, sv, st, dv, pt, rq, api, mn, mv, va, dp, f, o, sc, onull, vd, dc, qt, cpt, stt, er, sg, cap)
              ON CONFLICT (prediction_id) DO NOTHING",
         )
         .bind(column!(prediction_id))
@@ -109,6 +109,7 @@ async fn insert_predictions<'e>(exec: impl PgExecutor<'e>, rows: &[PredictionRow
         .bind(column!(status))
         .bind(column!(error))
         .bind(column!(stage))
+        .bind(column!(capture))
         .execute(exec)
         .await?;
     Ok(result.rows_affected())
@@ -228,7 +229,7 @@ impl PredictionStore for PgStore {
     async fn query_predictions(&self, f: &PredictionFilter) -> Result<Vec<PredictionSummary>, sqlx::Error> {
         let mut q = sqlx::QueryBuilder::new(
             "SELECT p.prediction_id, p.time, p.station_id, p.model_name, p.model_version, p.score, p.verdict, \
-             p.decision, p.status, p.features, l.label \
+             p.decision, p.status, p.features, l.label, p.capture \
              FROM predictions p LEFT JOIN LATERAL (SELECT label FROM labels WHERE labels.prediction_id = p.prediction_id \
              ORDER BY time DESC LIMIT 1) l ON true WHERE true",
         );

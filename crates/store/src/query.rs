@@ -40,4 +40,6 @@ pub struct PredictionSummary {
     pub status: i16,
     pub features: serde_json::Value,
     pub label: Option<String>,
+    /// The captured raw input's object key; empty when not captured.
+    pub capture: String,
 }

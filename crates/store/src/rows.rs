@@ -56,6 +56,8 @@ pub struct PredictionRow {
     pub compute_time_us: i64,
     pub status: i16,
     pub error: String,
+    /// The captured raw input's object key; empty when not captured.
+    pub capture: String,
 }
 
 impl PredictionRow {
@@ -107,6 +109,7 @@ impl PredictionRow {
             request_id: r.request_id.clone(),
             api: r.api.clone(),
             stage: r.stage.clone(),
+            capture: r.capture.clone(),
             model_name: r.model_name.clone(),
             model_version: r.model_version.clone(),
             variant: r.variant as i16,

@@ -74,7 +74,7 @@ impl PredictionStore for SqliteStore {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR IGNORE INTO predictions (prediction_id, time, request_time, capture_time, trace_id, server_id, \
                  station_id, device_id, part_id, request_id, api, model_name, model_version, variant, deployment_id, features, \
-                 output, score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error, stage) ",
+                 output, score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error, stage, capture) ",
             );
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(r.prediction_id)
@@ -102,7 +102,8 @@ impl PredictionStore for SqliteStore {
                     .push_bind(r.compute_time_us)
                     .push_bind(r.status)
                     .push_bind(r.error.clone())
-                    .push_bind(r.stage.clone());
+                    .push_bind(r.stage.clone())
+                    .push_bind(r.capture.clone());
             });
             inserted_predictions += q.build().execute(&mut *tx).await?.rows_affected();
         }
@@ -193,8 +194,8 @@ impl PredictionStore for SqliteStore {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT p.prediction_id, p.time, p.station_id, p.model_name, p.model_version, p.score, p.verdict, \
              p.decision, p.status, p.features, \
-             (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) AS label \
-             FROM predictions p WHERE 1 = 1",
+             (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) AS label, \
+             p.capture FROM predictions p WHERE 1 = 1",
         );
         crate::push_filters!(q, f, "EXISTS (SELECT 1 FROM labels l WHERE l.prediction_id = p.prediction_id)");
         let limit = f.limit.clamp(1, MAX_QUERY_ROWS) as i64;

@@ -85,6 +85,7 @@ pub fn prediction(time: DateTime<Utc>, score: f32, features: serde_json::Value) 
         compute_time_us: 3_000,
         status: 1,
         error: String::new(),
+        capture: String::new(),
     }
 }
 
