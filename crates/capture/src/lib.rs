@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 pub use config::{CaptureConfig, HASH_KEY_ENV, ModelCapture, Privacy};
-pub use spool::open_store;
+pub use spool::{open_store, open_url};
 
 /// What a server knows of one prediction's input.
 #[derive(Debug, Clone, Copy)]

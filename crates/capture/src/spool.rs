@@ -16,6 +16,21 @@ use crate::{CaptureConfig, CaptureError, CaptureMeta, CaptureStats, Pending};
 /// The longest wait between attempts while the store is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The store `url` names (`file:///dir`, a path, or `s3://bucket/prefix`; for S3 the endpoint
+/// of `AWS_ENDPOINT_URL` when set, the region of `AWS_REGION`, credentials from the environment),
+/// and the prefix keys go under: how readers of captured inputs open the store.
+pub fn open_url(url: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath), CaptureError> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
+    let config = CaptureConfig {
+        store: url.to_string(),
+        s3_allow_http: endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
+        s3_endpoint: endpoint,
+        s3_region: std::env::var("AWS_REGION").unwrap_or_else(|_| CaptureConfig::default().s3_region),
+        ..CaptureConfig::default()
+    };
+    open_store(&config)
+}
+
 /// The store a configuration names, and the prefix keys go under.
 pub fn open_store(config: &CaptureConfig) -> Result<(Arc<dyn ObjectStore>, ObjectPath), CaptureError> {
     let url = &config.store;

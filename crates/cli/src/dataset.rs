@@ -42,6 +42,11 @@ struct ExportArgs {
     /// Where the dataset's directory is written.
     #[arg(long, default_value = "datasets")]
     out: PathBuf,
+    /// The capture store the servers keep raw inputs in (file:///dir, a path, or
+    /// s3://bucket/prefix with AWS_ENDPOINT_URL and credentials in the environment): the rows'
+    /// captured inputs are copied into the dataset, each checked against its hash.
+    #[arg(long)]
+    captures: Option<String>,
     /// The most any input column may be missing (share of items).
     #[arg(long, default_value_t = Limits::default().max_missing_share)]
     max_missing_share: f64,
@@ -85,6 +90,7 @@ async fn export<S: PredictionStore + ReviewStore>(store: S, args: ExportArgs) ->
             min_kappa: args.min_kappa,
         },
         out: args.out,
+        captures: args.captures.as_deref().map(vigil_datasets::Captures::open).transpose().context("--captures")?,
     };
     let print = |checks: &[vigil_datasets::Check]| {
         for c in checks {

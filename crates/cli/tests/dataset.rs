@@ -8,6 +8,16 @@ use chrono::{Duration, Utc};
 use sha2::{Digest, Sha256};
 use vigil_store::{LabelRow, PredictionStore, ReviewStore, SqliteStore};
 
+/// The captured image of item `i`, and its key in the capture store.
+fn image(i: usize) -> Vec<u8> {
+    format!("image of phone {i}").into_bytes()
+}
+
+fn capture_key(i: usize) -> String {
+    let sha: String = Sha256::digest(image(i)).iter().map(|b| format!("{b:02x}")).collect();
+    format!("scratch-detector/{sha}")
+}
+
 /// A log of `n` predictions with features `age` and `temperature` (every fifth temperature
 /// missing), labelled by `label(i)`; items listed in `panels` also get three reviewers' answers.
 fn log(url: &str, n: usize, label: impl Fn(usize) -> &'static str, panels: &[(usize, [&'static str; 3])]) {
@@ -28,7 +38,7 @@ fn log(url: &str, n: usize, label: impl Fn(usize) -> &'static str, panels: &[(us
                 );
                 // Every fourth item's image was captured.
                 if i % 4 == 0 {
-                    row.capture = format!("scratch-detector/{i:064x}");
+                    row.capture = capture_key(i);
                 }
                 row
             })
@@ -107,7 +117,7 @@ fn a_sound_dataset_is_written_with_a_manifest_naming_its_content() {
     assert_eq!(lines.next(), Some("prediction_id,time,model_version,age,temperature,label,capture"));
     let fifth: Vec<&str> = lines.nth(4).unwrap().split(',').collect();
     assert_eq!((fifth[3], fifth[4], fifth[5]), ("24", "", "ok"), "a missing temperature stays empty");
-    assert_eq!(fifth[6], format!("scratch-detector/{:064x}", 4), "the captured image's key");
+    assert_eq!(fifth[6], capture_key(4), "the captured image's key");
     assert_eq!(manifest["captured"], 10);
 }
 
@@ -132,5 +142,51 @@ fn datasets_that_would_mislead_training_are_refused_with_their_reasons() {
         assert_eq!(out.status.code(), Some(1), "{failing}: {stderr}");
         assert!(stderr.contains(&format!("dataset refused ({failing})")), "{stderr}");
         assert!(!dir.path().join("datasets").exists(), "nothing written");
+    }
+}
+
+#[test]
+fn captured_inputs_are_copied_into_the_dataset_and_a_missing_or_altered_one_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
+    let store = dir.path().join("captures");
+    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
+    // Item 36's image never reached the store; item 8's was altered there.
+    for i in (0..40).step_by(4).filter(|&i| i != 36) {
+        let bytes = if i == 8 { b"something else".to_vec() } else { image(i) };
+        std::fs::write(store.join(capture_key(i)), bytes).unwrap();
+    }
+    let out = dir.path().join("datasets");
+    let export = |out: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
+            .args(["--min-kappa", "0"])
+            .arg("--out")
+            .arg(out)
+            .arg("--captures")
+            .arg(format!("file://{}", store.display()))
+            .output()
+            .unwrap()
+    };
+    let refused = export(&out);
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("captures") && stdout.contains("FAILED"), "{stdout}");
+    assert!(stdout.contains(&format!("missing from the store: {}", capture_key(36))), "{stdout}");
+    assert!(stdout.contains(&format!("content not matching its hash: {}", capture_key(8))), "{stdout}");
+    assert!(std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_none()), "nothing written");
+
+    std::fs::write(store.join(capture_key(36)), image(36)).unwrap();
+    std::fs::write(store.join(capture_key(8)), image(8)).unwrap();
+    let written = export(&out);
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stdout));
+    let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dataset.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["inputs"]["files"], 10, "{manifest}");
+    for i in (0..40).step_by(4) {
+        let sha = capture_key(i).rsplit('/').next().unwrap().to_string();
+        assert_eq!(std::fs::read(dataset.join("inputs").join(&sha)).unwrap(), image(i));
     }
 }

@@ -32,6 +32,30 @@ pub struct Spec {
     pub limits: Limits,
     /// Where the dataset's directory is written.
     pub out: PathBuf,
+    /// The capture store: the captured inputs of the rows are copied into the dataset
+    /// (`inputs/<sha256>`, each checked against its hash). None: the rows only.
+    pub captures: Option<Captures>,
+}
+
+/// A capture store to read captured inputs from.
+#[derive(Clone)]
+pub struct Captures {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    prefix: object_store::path::Path,
+}
+
+impl std::fmt::Debug for Captures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Captures({}, {})", self.store, self.prefix)
+    }
+}
+
+impl Captures {
+    /// The store `url` names (see `vigil_capture::open_url`).
+    pub fn open(url: &str) -> Result<Self> {
+        let (store, prefix) = vigil_capture::open_url(url)?;
+        Ok(Self { store, prefix })
+    }
 }
 
 /// A dataset written.
@@ -94,9 +118,14 @@ pub async fn export<S: PredictionStore + ReviewStore>(store: &S, spec: &Spec) ->
     if !failed.is_empty() {
         return Ok(Export::Refused { checks, failed });
     }
-    let (dir, id) = write(spec, &columns, &rows, &checks)?;
     let labelled = items.iter().filter(|i| i.label.is_some()).count();
-    Ok(Export::Written(Dataset { dir, id, rows: rows.len(), labelled, checks }))
+    match write(spec, &columns, &rows, checks).await? {
+        Ok((dir, id, checks)) => Ok(Export::Written(Dataset { dir, id, rows: rows.len(), labelled, checks })),
+        Err(checks) => {
+            let failed = checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
+            Ok(Export::Refused { checks, failed })
+        }
+    }
 }
 
 /// The answers that served (primary and canary; a shadow's copy of an item is not another
@@ -125,9 +154,16 @@ async fn served_rows<S: PredictionStore>(store: &S, spec: &Spec) -> Result<Vec<P
     Ok(rows)
 }
 
-/// Writes `rows.csv` and `manifest.json` into `out/<model>-<first 16 hex of the rows' sha256>`
-/// (through a temporary directory renamed into place, so a reader never sees half of one).
-fn write(spec: &Spec, columns: &[String], rows: &[PredictionSummary], checks: &[Check]) -> Result<(PathBuf, String)> {
+/// Writes `rows.csv`, `manifest.json` and (with a capture store) the captured inputs into
+/// `out/<model>-<first 16 hex of the rows' sha256>`, through a temporary directory renamed into
+/// place, so a reader never sees half of one. Captured inputs missing from the store or not
+/// matching their hash refuse the dataset (the checks with theirs, nothing written).
+async fn write(
+    spec: &Spec,
+    columns: &[String],
+    rows: &[PredictionSummary],
+    mut checks: Vec<Check>,
+) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
     let mut csv = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["prediction_id".to_string(), "time".into(), "model_version".into()];
     header.extend(columns.iter().cloned());
@@ -148,8 +184,23 @@ fn write(spec: &Spec, columns: &[String], rows: &[PredictionSummary], checks: &[
     let id = sha256[..16].to_string();
     let dir = spec.out.join(format!("{}-{id}", spec.model));
     if dir.join("manifest.json").is_file() {
-        return Ok((dir, id));
+        return Ok(Ok((dir, id, checks)));
     }
+    let partial = spec.out.join(format!(".{}-{id}.partial-{}", spec.model, std::process::id()));
+    std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let inputs = match &spec.captures {
+        Some(captures) => {
+            let (check, inputs) = copy_inputs(captures, rows, &partial.join("inputs")).await?;
+            let passed = check.passed;
+            checks.push(check);
+            if !passed {
+                let _ = std::fs::remove_dir_all(&partial);
+                return Ok(Err(checks));
+            }
+            Some(inputs)
+        }
+        None => None,
+    };
     let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
     for label in rows.iter().filter_map(|r| r.label.as_deref()) {
         *classes.entry(label).or_default() += 1;
@@ -161,10 +212,9 @@ fn write(spec: &Spec, columns: &[String], rows: &[PredictionSummary], checks: &[
         "labelled": classes.values().sum::<usize>(), "classes": classes, "columns": columns,
         "captured": rows.iter().filter(|r| !r.capture.is_empty()).count(),
         "files": { "rows.csv": { "sha256": sha256, "bytes": bytes.len() } }, "checks": checks,
+        "inputs": inputs,
         "source": "vigil dataset export: logged inputs joined with their latest labels",
     });
-    let partial = spec.out.join(format!(".{}-{id}.partial-{}", spec.model, std::process::id()));
-    std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
     std::fs::write(partial.join("rows.csv"), &bytes)?;
     std::fs::write(partial.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
     if let Err(e) = std::fs::rename(&partial, &dir) {
@@ -174,7 +224,50 @@ fn write(spec: &Spec, columns: &[String], rows: &[PredictionSummary], checks: &[
             return Err(e).with_context(|| format!("moving the dataset to {}", dir.display()));
         }
     }
-    Ok((dir, id))
+    Ok(Ok((dir, id, checks)))
+}
+
+/// Copies each distinct captured input of `rows` from the store into `dir/<sha256>`, checking
+/// its content against the hash its key names; the `captures` check and the manifest's entry.
+async fn copy_inputs(
+    captures: &Captures,
+    rows: &[PredictionSummary],
+    dir: &Path,
+) -> Result<(Check, serde_json::Value)> {
+    std::fs::create_dir_all(dir)?;
+    let keys: BTreeSet<&str> = rows.iter().map(|r| r.capture.as_str()).filter(|k| !k.is_empty()).collect();
+    let (mut copied, mut bytes_total, mut missing, mut corrupt) = (0usize, 0u64, Vec::new(), Vec::new());
+    for key in &keys {
+        let sha = key.rsplit('/').next().unwrap_or_default();
+        let mut path = captures.prefix.clone();
+        for part in key.split('/') {
+            path = path.child(part);
+        }
+        let bytes = match captures.store.get(&path).await {
+            Ok(found) => found.bytes().await.with_context(|| format!("reading captured input {key}"))?,
+            Err(object_store::Error::NotFound { .. }) => {
+                missing.push(key.to_string());
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading captured input {key}")),
+        };
+        if hex(&Sha256::digest(&bytes)) != sha {
+            corrupt.push(key.to_string());
+            continue;
+        }
+        std::fs::write(dir.join(sha), &bytes)?;
+        (copied, bytes_total) = (copied + 1, bytes_total + bytes.len() as u64);
+    }
+    let passed = missing.is_empty() && corrupt.is_empty();
+    let mut detail = format!("{copied} of {} captured inputs copied and matching their sha256", keys.len());
+    if !missing.is_empty() {
+        detail += &format!("; missing from the store: {}", missing.join(", "));
+    }
+    if !corrupt.is_empty() {
+        detail += &format!("; content not matching its hash: {}", corrupt.join(", "));
+    }
+    let check = Check { name: "captures".into(), passed, detail };
+    Ok((check, serde_json::json!({ "dir": "inputs", "files": copied, "bytes": bytes_total })))
 }
 
 /// The manifest of a written dataset.

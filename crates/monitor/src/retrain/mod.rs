@@ -29,6 +29,9 @@ pub struct RetrainingConfig {
     pub poll: Duration,
     /// Where exported datasets go (`<workdir>/datasets/`).
     pub workdir: PathBuf,
+    /// The servers' capture store: a job's dataset carries the captured inputs of its rows
+    /// (`file:///dir`, a path, or `s3://bucket/prefix`); unset: the rows only.
+    pub captures: Option<String>,
     /// The model repository new versions are written to (`<output>/<model>/<version>/`), which
     /// the servers load from or fetch from the control plane; default: the monitor's `models`.
     pub output: Option<PathBuf>,
@@ -46,6 +49,7 @@ impl Default for RetrainingConfig {
         Self {
             poll: Duration::from_secs(2),
             workdir: PathBuf::from("retraining"),
+            captures: None,
             output: None,
             timeout: Duration::from_secs(3600),
             max_log_bytes: 64 * 1024,
