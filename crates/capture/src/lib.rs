@@ -34,6 +34,9 @@ pub struct Input<'a> {
     pub bytes: &'a [u8],
     /// The item goes to a person: captured whatever the rate.
     pub review: bool,
+    /// The least rate for this input (raised while an alarm asks for more data); the model's
+    /// privacy still rules.
+    pub min_rate: f64,
 }
 
 /// What is kept beside a captured input, as `<model>/predictions/<prediction id>.json`.
@@ -120,7 +123,8 @@ impl Capturer {
         if matches!(privacy, Privacy::Never | Privacy::FeaturesOnly) {
             return None;
         }
-        let sampled = sample(input.prediction_id) < self.config.rate_for(input.model, input.station_id);
+        let rate = self.config.rate_for(input.model, input.station_id).max(input.min_rate);
+        let sampled = sample(input.prediction_id) < rate;
         if !(input.review || sampled) {
             return None;
         }

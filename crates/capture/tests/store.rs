@@ -23,6 +23,7 @@ fn input<'a>(model: &'a str, id: &'a str, bytes: &'a [u8], review: bool) -> Inpu
         content_type: "image/png",
         bytes,
         review,
+        min_rate: 0.0,
     }
 }
 

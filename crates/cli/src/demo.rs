@@ -179,7 +179,9 @@ async fn play<S: PredictionStore + MonitorStore>(
         }
         Prepared::Loop { normal, shifted, .. } => {
             let outcome = retraining::run(&stack, &normal, &shifted, &say).await?;
-            retraining::until_resolved(&stack, &shifted, &say).await?;
+            if outcome.rollout.state == "promoted" {
+                retraining::until_resolved(&stack, &shifted, &say).await?;
+            }
             let steps: Vec<String> = outcome.timeline.iter().map(|(what, s)| format!("{what} +{s:.1}s")).collect();
             println!("outcome: after the alarm fired: {}", steps.join(", "));
             println!("         job {}: {}", outcome.job.job_id, outcome.job.step);

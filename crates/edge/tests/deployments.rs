@@ -14,7 +14,7 @@ use vigil_logbus::Emitter;
 use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::{InferParameter, ModelInferRequest, infer_parameter};
-use vigil_proto::vigil::v1::{InspectRequest, PredictionRecord, RecordStatus, Variant};
+use vigil_proto::vigil::v1::{Decision, InspectRequest, PredictionRecord, RecordStatus, Variant};
 use vigil_serving::RecordEmitter;
 use vigil_store::registry::sha256_file;
 use vigil_store::{
@@ -452,5 +452,89 @@ async fn a_canary_takes_its_share_of_keys_keeps_each_key_on_one_version_and_only
     assert!((grown as f64 - 2_000.0).abs() < 4.0 * sigma, "{grown} of {KEYS} keys on the candidate at 20%");
     let back: Vec<usize> = at_ten.iter().filter(|(k, v)| *v == "2" && at_twenty[*k] == "1").map(|(k, _)| *k).collect();
     assert!(back.is_empty(), "raising the share moved keys back to the primary: {back:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// An alarm's raised capture rate reaches the edge with its deployment: nothing is captured at
+/// the server's own rate of 0, every image while the rate is raised to 1, nothing again once
+/// the raise ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raised_capture_rate_reaches_the_edge_with_the_deployment() {
+    use vigil_store::{CaptureBoost, CaptureBoostStore};
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    copy_version(&model_dir(), &repo.join(MODEL), 1, None);
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let digest = sha256_file(&repo.join(MODEL).join("1/model.onnx")).unwrap();
+    store.register_version(&registered("1", digest), "").await.unwrap();
+    let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
+    store.set_deployment(&deployment("d1", "1", None, "single", 0.0), &change).await.unwrap();
+    let captures = dir.path().join("captures");
+    let mut config = config();
+    config.model_repository = repo.clone();
+    config.deployments.database_url = url.clone();
+    config.deployments.poll_interval_ms = 100;
+    config.capture = toml::from_str(&format!(
+        "enabled = true\nrate = 0.0\nstore = \"{}\"\nspool = \"{}\"\n",
+        captures.display(),
+        dir.path().join("spool").display()
+    ))
+    .unwrap();
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    // An image the model decides by itself (items going to a person are always captured).
+    let mut image = Vec::new();
+    for (_, candidate) in samples("normal") {
+        let request = InspectRequest { image: candidate.clone(), station_id: "line-1".into(), ..Default::default() };
+        if inspect.inspect(request).await.unwrap().into_inner().decision != Decision::HumanReview as i32 {
+            image = candidate;
+            break;
+        }
+    }
+    let captured = || std::fs::read_dir(captures.join(MODEL).join("predictions")).map_or(0, |d| d.count());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reviewed = captured();
+    let mut send = async |n: usize| {
+        for _ in 0..n {
+            let request = InspectRequest { image: image.clone(), station_id: "line-1".into(), ..Default::default() };
+            inspect.inspect(request).await.unwrap();
+        }
+    };
+    send(20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(captured(), reviewed, "the server's own rate is 0");
+
+    let boost = CaptureBoost {
+        model_name: MODEL.into(),
+        rule: "brightness-drift".into(),
+        rate: 1.0,
+        since: chrono::Utc::now(),
+    };
+    store.raise_capture(&boost).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while captured() == reviewed {
+        assert!(std::time::Instant::now() < deadline, "the raised rate never reached the edge");
+        send(1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = captured();
+    send(10).await;
+    let until = |n: usize| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while captured() < n {
+            assert!(std::time::Instant::now() < deadline, "{} of {n} captures stored", captured());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    until(before + 10).await;
+
+    assert!(store.end_capture_boost(MODEL, "brightness-drift").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = captured();
+    send(20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(captured(), settled, "back to the server's own rate");
     server.shutdown().await.unwrap();
 }

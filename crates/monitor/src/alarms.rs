@@ -367,6 +367,9 @@ pub async fn evaluate_all<S: MonitorStore>(
                 }
                 views.store.save_alert(&next, notify && views.config.alerting.webhook_url.is_some()).await?;
             }
+            if let (Some(rate), Some(_)) = (rule.capture_rate, change) {
+                raise_or_end_capture(views, rule, &model, &next.state, rate, now).await?;
+            }
             if rule.retrain && next.state == "firing" {
                 use crate::retrain::trigger::{Considered, consider};
                 match consider(&views.store, &views.config.retraining, rule, &model, now).await? {
@@ -389,6 +392,7 @@ pub async fn evaluate_all<S: MonitorStore>(
             "pending" => "inactive",
             _ => continue,
         };
+        views.store.end_capture_boost(&old.model_name, &old.rule).await?;
         old.state = ended.into();
         old.since = now;
         old.message = format!("{} {ended}: the rule is no longer configured", old.rule);
@@ -398,6 +402,26 @@ pub async fn evaluate_all<S: MonitorStore>(
     let states = views.store.load_alerts().await?;
     metrics.set_alert_states(&states);
     metrics.alert_evaluations.inc();
+    Ok(())
+}
+
+/// A rule with the `capture` action raises its model's capture rate when it fires and ends it
+/// when it no longer does.
+async fn raise_or_end_capture<S: MonitorStore>(
+    views: &Views<S>,
+    rule: &Rule,
+    model: &str,
+    state: &str,
+    rate: f64,
+    now: DateTime<Utc>,
+) -> Result<(), ViewError> {
+    if state == "firing" {
+        let boost = vigil_store::CaptureBoost { model_name: model.into(), rule: rule.name.clone(), rate, since: now };
+        views.store.raise_capture(&boost).await?;
+        tracing::warn!(rule = %rule.name, model, rate, "capturing at least {rate} of {model}'s inputs while the alarm fires");
+    } else if views.store.end_capture_boost(model, &rule.name).await? {
+        tracing::info!(rule = %rule.name, model, "capture back to the servers' own policy");
+    }
     Ok(())
 }
 
@@ -474,6 +498,7 @@ mod tests {
             baseline_offset: None,
             retrain: false,
             rollout: false,
+            capture_rate: None,
         }
     }
 

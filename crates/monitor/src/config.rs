@@ -152,11 +152,14 @@ pub struct RuleConfig {
     /// hour yesterday) or "7d"; for models shipped without a training reference.
     #[serde(default, deserialize_with = "optional_duration")]
     pub baseline_offset: Option<Duration>,
-    /// What the monitor does while the alarm fires: `retrain` (queue a retraining job of the
-    /// rule's model once enough new labelled items exist; see `[retraining.models.<model>]`),
-    /// then `rollout` (roll the retrained candidate out under the controller's analysis).
+    /// What the monitor does while the alarm fires: `capture` (the servers capture at least
+    /// `capture_rate` of the model's inputs), `retrain` (queue a retraining job of the rule's
+    /// model once enough new labelled items exist; see `[retraining.models.<model>]`), then
+    /// `rollout` (roll the retrained candidate out under the controller's analysis).
     #[serde(default)]
     pub actions: Vec<String>,
+    /// The share of inputs captured while the alarm fires (with the `capture` action).
+    pub capture_rate: Option<f64>,
 }
 
 fn default_severity() -> String {
@@ -184,6 +187,8 @@ pub struct Rule {
     pub retrain: bool,
     /// ... and roll the candidate out when the job succeeds.
     pub rollout: bool,
+    /// Raise the model's capture rate to this while the alarm fires.
+    pub capture_rate: Option<f64>,
 }
 
 impl MonitorConfig {
@@ -262,14 +267,21 @@ impl MonitorConfig {
                     Some("shadow") => Some(Variant::Shadow as i16),
                     Some(other) => return Err(bad(format!("variant '{other}' is not primary, canary or shadow"))),
                 };
-                let (mut retrain, mut rollout) = (false, false);
+                let (mut retrain, mut rollout, mut capture) = (false, false, false);
                 for action in &r.actions {
                     match action.as_str() {
                         "retrain" => retrain = true,
                         "rollout" => rollout = true,
-                        other => return Err(bad(format!("action '{other}' is not retrain or rollout"))),
+                        "capture" => capture = true,
+                        other => return Err(bad(format!("action '{other}' is not capture, retrain or rollout"))),
                     }
                 }
+                let capture_rate = match (capture, r.capture_rate) {
+                    (true, Some(rate)) if rate > 0.0 && rate <= 1.0 => Some(rate),
+                    (true, _) => return Err(bad("the capture action needs capture_rate in (0, 1]".into())),
+                    (false, Some(_)) => return Err(bad("capture_rate goes with the capture action".into())),
+                    (false, None) => None,
+                };
                 if rollout && !retrain {
                     return Err(bad("the rollout action rolls out what retrain made: give both".into()));
                 }
@@ -283,6 +295,7 @@ impl MonitorConfig {
                 Ok(Rule {
                     retrain,
                     rollout,
+                    capture_rate,
                     name: r.name.clone(),
                     variant,
                     metric_name: r.metric.clone(),

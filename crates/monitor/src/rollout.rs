@@ -39,9 +39,11 @@ pub struct RolloutChecks {
     pub max_latency_p99_ratio: f64,
     /// ... or the primary's plus this many milliseconds, whichever is more.
     pub latency_p99_slack_ms: f64,
-    /// Latency is judged only when both variants answered at least this many requests in the
-    /// window (a p99 of a handful of requests, e.g. the primary's last few in a 100% step, is noise).
-    pub min_latency_samples: u64,
+    /// Latency and the score and input distributions are judged only when both variants
+    /// answered at least this many requests in the window (the primary's last few answers in a
+    /// 100% step say nothing about how it answers).
+    #[serde(alias = "min_latency_samples")]
+    pub min_comparison_samples: u64,
     /// The score distributions (and each input feature's) differ when their KS distance exceeds
     /// this and the KS test's p value is under `score_p_value` (both: no rollback on a tiny
     /// difference seen often).
@@ -89,7 +91,7 @@ impl Default for RolloutChecks {
             max_null_rate_increase: 0.01,
             max_latency_p99_ratio: 1.5,
             latency_p99_slack_ms: 5.0,
-            min_latency_samples: 100,
+            min_comparison_samples: 100,
             max_score_ks: 0.2,
             score_p_value: 0.01,
             max_accuracy_drop: 0.02,
@@ -258,7 +260,7 @@ pub fn analyse(
     let (c_p99, p_p99) = (p99(candidate), p99(primary));
     // A shadow's latency runs from the request it mirrors and includes sharing the cores with
     // the primary's answer: judged in the canary steps only.
-    let enough = candidate.count.min(primary.count) >= checks.min_latency_samples;
+    let enough = candidate.count.min(primary.count) >= checks.min_comparison_samples;
     if let Some(p) = p_p99.filter(|_| step.mode == StepMode::Canary && enough) {
         let limit = (p * checks.max_latency_p99_ratio).max(p + checks.latency_p99_slack_ms);
         check("latency_p99_ms", c_p99, p_p99, limit);
@@ -271,7 +273,7 @@ pub fn analyse(
         let p = primary.features.get(name).and_then(|p| p.sketch.as_ref());
         distributions.push((format!("input_ks.{name}"), c.sketch.as_ref(), p));
     }
-    for (name, cs, ps) in distributions {
+    for (name, cs, ps) in distributions.into_iter().filter(|_| enough) {
         let (Some(cs), Some(ps)) = (cs, ps) else { continue };
         let (Ok(c), Ok(p)) = (sketch::distribution(cs), sketch::distribution(ps)) else { continue };
         let Ok(d) = vigil_drift::ks_distance(&p, &c) else { continue };

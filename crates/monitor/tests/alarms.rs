@@ -437,3 +437,59 @@ fn rule_files_with_mistakes_are_refused_naming_the_rule() {
     let e = load(&format!("{drift}window = \"1h\"\nbaseline_offset = \"yesterday\"\n"));
     assert!(e.contains("'yesterday' is not a duration"), "{e}");
 }
+
+/// A rule with the `capture` action raises its model's capture rate while it fires (the servers
+/// get it in the model's deployment), ends it when it resolves, and when the rule leaves the
+/// configuration; a rule asking for a capture rate without the action is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_alarm_raises_the_capture_rate_the_servers_get_until_it_resolves() {
+    use vigil_store::{CaptureBoostStore, DeploymentStore, RegistryStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    PredictionStore::migrate(&store).await.unwrap();
+    let rule = |extra: &str| {
+        format!(
+            "[rollups]\nresolutions = [1, 60]\n[[alerting.rules]]\nname = \"dim-light\"\nmetric = \"requests\"\n\
+             model = \"scratch-detector\"\nwindow = \"10m\"\ncomparator = \">\"\nthreshold = 5\n{extra}"
+        )
+    };
+    let config: MonitorConfig = toml::from_str(&rule("actions = [\"capture\"]\ncapture_rate = 0.5\n")).unwrap();
+    let rules = config.rules().unwrap();
+    let bad: MonitorConfig = toml::from_str(&rule("capture_rate = 0.5\n")).unwrap();
+    assert!(bad.rules().unwrap_err().to_string().contains("capture_rate goes with the capture action"));
+    let bad: MonitorConfig = toml::from_str(&rule("actions = [\"capture\"]\n")).unwrap();
+    assert!(bad.rules().unwrap_err().to_string().contains("needs capture_rate in (0, 1]"));
+    let now = Utc::now();
+    let rows: Vec<PredictionRow> =
+        (0..10).map(|_| prediction(now - chrono::Duration::minutes(1), 0.2, serde_json::json!({}))).collect();
+    store.insert_batch(&rows, &[]).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &[1, 60], 100_000).await.unwrap() > 0 {}
+    store
+        .register_version(&vigil_store::testing::candidate_version("scratch-detector", "1", &"a".repeat(64)), "")
+        .await
+        .unwrap();
+    let by = vigil_store::Change { actor: "ben", reason: "", at: now };
+    store.set_deployment(&vigil_store::testing::single_deployment("scratch-detector", "d1", "1"), &by).await.unwrap();
+    let views = vigil_monitor::Views::new(store.clone(), Default::default(), Arc::new(config));
+    let spec_rate = || {
+        let store = store.clone();
+        async move { vigil_server::control::snapshot_from_store(&store).await.unwrap().deployments[0].capture_rate }
+    };
+    assert_eq!(spec_rate().await, 0.0);
+
+    vigil_monitor::alarms::evaluate_all(&views, &rules, now, &Default::default()).await.unwrap();
+    let boosts = store.capture_boosts().await.unwrap();
+    assert_eq!(boosts.iter().map(|b| (b.rule.as_str(), b.rate)).collect::<Vec<_>>(), [("dim-light", 0.5)]);
+    assert_eq!(spec_rate().await, 0.5, "the servers get the raised rate with the deployment");
+    // Later the window holds nothing: resolved, and the rate is the servers' own again.
+    vigil_monitor::alarms::evaluate_all(&views, &rules, now + chrono::Duration::hours(1), &Default::default())
+        .await
+        .unwrap();
+    assert!(store.capture_boosts().await.unwrap().is_empty());
+    assert_eq!(spec_rate().await, 0.0);
+    // Firing again, then the rule is taken out of the configuration: the raise ends with it.
+    vigil_monitor::alarms::evaluate_all(&views, &rules, now, &Default::default()).await.unwrap();
+    assert_eq!(store.capture_boosts().await.unwrap().len(), 1);
+    vigil_monitor::alarms::evaluate_all(&views, &[], now, &Default::default()).await.unwrap();
+    assert!(store.capture_boosts().await.unwrap().is_empty());
+}

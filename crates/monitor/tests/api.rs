@@ -403,6 +403,7 @@ async fn shadow_agreement_in_the_dashboard_and_as_an_alarm_metric() {
         baseline_offset: None,
         retrain: false,
         rollout: false,
+        capture_rate: None,
     };
     let value = vigil_monitor::alarms::evaluate(&views, &rule("shadow.agreement"), "scratch-detector", Utc::now())
         .await

@@ -31,8 +31,8 @@ const PACE: Duration = Duration::from_millis(20);
 const DEADLINE: Duration = Duration::from_secs(240);
 
 /// The monitor's configuration for the loop: the accuracy alarm with its actions, and the
-/// screening recipe (labels of 600 new items at least; a shadow step of 400 patients, then all
-/// of them).
+/// screening recipe (labels of 600 new items at least; a shadow step of at least 4 s and 400
+/// patients, long enough for the labels to judge it, then all of them).
 pub fn monitor_config(recipes: &Recipes, workdir: &Path) -> String {
     format!(
         r#"
@@ -54,7 +54,7 @@ recipe = ["{python}", "-m", "vigil_train.screening"]
 cwd = "{training}"
 min_new_labels = 600
 cooldown = "10m"
-rollout = {{ shadow = "1s", steps = [100], step_duration = "1s", min_requests = 400 }}
+rollout = {{ shadow = "4s", steps = [100], step_duration = "1s", min_requests = 400 }}
 "#,
         workdir = workdir.display(),
         python = recipes.python().display(),

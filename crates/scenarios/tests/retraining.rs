@@ -30,8 +30,8 @@ async fn an_accuracy_alarm_retrains_the_model_and_the_candidate_is_promoted_from
     let progress = |line: &str| eprintln!("{line}");
     let outcome = retraining::run(&stack, &normal, &shifted, &progress).await;
     let resolved = match &outcome {
-        Ok(_) => retraining::until_resolved(&stack, &shifted, &progress).await,
-        Err(_) => Ok(()),
+        Ok(o) if o.rollout.state == "promoted" => retraining::until_resolved(&stack, &shifted, &progress).await,
+        _ => Ok(()),
     };
     // Everything stops before the checks, so that a failed one leaves nothing running.
     stack.shutdown().await.unwrap();

@@ -16,7 +16,7 @@ use vigil_proto::vigil::v1::control_server::Control;
 use vigil_proto::vigil::v1::{
     ArtifactChunk, DeploymentSpec, DeploymentsSnapshot, FetchArtifactRequest, WatchDeploymentsRequest,
 };
-use vigil_store::{DeploymentRow, DeploymentStore, RegistryStore};
+use vigil_store::{CaptureBoostStore, DeploymentRow, DeploymentStore, RegistryStore};
 
 use crate::lifecycle::Lifecycle;
 
@@ -28,8 +28,9 @@ pub const ARTIFACT_CHUNK_BYTES: usize = 1 << 20;
 pub const ARTIFACT_FILES: [&str; 3] = ["model.onnx", "model.toml", "metrics.json"];
 
 /// A deployment as the control plane sends it, with the registered digest of each version it
-/// names (a version not registered has none, and servers refuse the deployment).
-pub fn spec_of(row: &DeploymentRow, digests: impl Fn(&str) -> Option<String>) -> DeploymentSpec {
+/// names (a version not registered has none, and servers refuse the deployment) and the
+/// model's raised capture rate.
+pub fn spec_of(row: &DeploymentRow, digests: impl Fn(&str) -> Option<String>, capture_rate: f64) -> DeploymentSpec {
     let versions = std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref());
     DeploymentSpec {
         model_name: row.model_name.clone(),
@@ -44,22 +45,31 @@ pub fn spec_of(row: &DeploymentRow, digests: impl Fn(&str) -> Option<String>) ->
         artifact_sha256: versions.filter_map(|v| digests(v).map(|d| (v.clone(), d))).collect(),
         updated_by: row.updated_by.clone(),
         updated_at: Some(std::time::SystemTime::from(row.updated_at).into()),
+        capture_rate,
     }
 }
 
-/// Every deployment in `store`, with the registered digests of the versions they name.
-pub async fn snapshot_from_store<S: DeploymentStore + RegistryStore>(store: &S) -> anyhow::Result<DeploymentsSnapshot> {
+/// Every deployment in `store`, with the registered digests of the versions they name and the
+/// capture rate alarms raised on the model (the highest).
+pub async fn snapshot_from_store<S: DeploymentStore + RegistryStore + CaptureBoostStore>(
+    store: &S,
+) -> anyhow::Result<DeploymentsSnapshot> {
     let rows = store.deployments().await?;
     let versions = store.model_versions(None).await?;
+    let boosts = store.capture_boosts().await?;
     let deployments = rows
         .iter()
         .map(|row| {
-            spec_of(row, |version| {
-                versions
-                    .iter()
-                    .find(|v| v.model_name == row.model_name && v.version == version)
-                    .map(|v| v.artifact_sha256.clone())
-            })
+            spec_of(
+                row,
+                |version| {
+                    versions
+                        .iter()
+                        .find(|v| v.model_name == row.model_name && v.version == version)
+                        .map(|v| v.artifact_sha256.clone())
+                },
+                boosts.iter().filter(|b| b.model_name == row.model_name).map(|b| b.rate).fold(0.0, f64::max),
+            )
         })
         .collect();
     Ok(DeploymentsSnapshot { deployments, read_at: Some(std::time::SystemTime::now().into()) })
@@ -72,7 +82,7 @@ pub struct ControlService<S> {
     snapshots: watch::Receiver<Option<Arc<DeploymentsSnapshot>>>,
 }
 
-impl<S: DeploymentStore + RegistryStore> ControlService<S> {
+impl<S: DeploymentStore + RegistryStore + CaptureBoostStore> ControlService<S> {
     /// Starts reading `store` every `poll` in `lifecycle`'s `stage` and returns the service.
     pub fn start(store: S, poll: Duration, lifecycle: &mut Lifecycle, stage: &'static str) -> Self {
         let (publish, snapshots) = watch::channel(None::<Arc<DeploymentsSnapshot>>);
@@ -111,7 +121,7 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<DeploymentsSnapshot, Stat
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<ArtifactChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<S: DeploymentStore + RegistryStore> Control for ControlService<S> {
+impl<S: DeploymentStore + RegistryStore + CaptureBoostStore> Control for ControlService<S> {
     type WatchDeploymentsStream = SnapshotStream;
 
     async fn watch_deployments(

@@ -351,6 +351,7 @@ impl Follower {
             candidate,
             mode,
             automation,
+            capture_rate: spec.capture_rate,
         })
     }
 }

@@ -46,6 +46,8 @@ pub struct Deployment {
     pub mode: Mode,
     /// Who decides each item.
     pub automation: Automation,
+    /// The least share of inputs captured now (0: the server's own policy).
+    pub capture_rate: f64,
 }
 
 /// The bucket (0 to [`CANARY_BUCKETS`] - 1) of a routing key: FNV-1a, the same in every process
@@ -107,6 +109,7 @@ impl Router for DeploymentRouter {
                 variant: Variant::Primary,
                 deployment: String::new(),
                 automation: Automation::default(),
+                capture_rate: 0.0,
             });
         };
         let primary = || self.repository.get(model, &d.primary);
@@ -117,6 +120,7 @@ impl Router for DeploymentRouter {
             variant,
             deployment: d.id.clone(),
             automation: d.automation,
+            capture_rate: d.capture_rate,
         };
         Ok(match d.mode {
             Mode::Single => route(primary()?, Vec::new(), Variant::Primary),

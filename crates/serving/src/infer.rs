@@ -34,6 +34,9 @@ pub struct Route {
     pub deployment: String,
     /// Who decides the request's items (the model's degree of automation).
     pub automation: Automation,
+    /// The least share of the request's inputs captured (raised by the deployment while an
+    /// alarm asks for more data; 0: the capture policy alone).
+    pub capture_rate: f64,
 }
 
 /// Chooses the route of each request.
@@ -63,6 +66,7 @@ impl Router for StaticRouter {
             variant: Variant::Primary,
             deployment: String::new(),
             automation: Automation::default(),
+            capture_rate: 0.0,
         })
     }
 }

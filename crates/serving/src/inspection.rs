@@ -181,6 +181,7 @@ impl InspectionService {
                 content_type: image_type(&image),
                 bytes: &image,
                 review: reason.is_some(),
+                min_rate: route.capture_rate,
             })
         });
         let review = match (reason, &self.records) {

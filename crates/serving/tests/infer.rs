@@ -50,6 +50,7 @@ impl Router for ShadowRouter {
             variant: Variant::Canary,
             deployment: "d-1".into(),
             automation: Default::default(),
+            capture_rate: 0.0,
         })
     }
 }
@@ -107,6 +108,7 @@ fn deployment(primary: &str, candidate: Option<&str>, mode: Mode) -> Deployment 
         candidate: candidate.map(Into::into),
         mode,
         automation: Default::default(),
+        capture_rate: 0.0,
     }
 }
 

@@ -17,6 +17,7 @@ pub mod testing;
 pub use monitoring::{AlertStore, LeaseStore, MonitorStore, OutcomeStore, RollupStore};
 pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
+pub use registry::capture_boosts::{CaptureBoost, CaptureBoostStore};
 pub use registry::deployments::{DeploymentRow, DeploymentStore};
 pub use registry::retraining::{JobState, RetrainJob, RetrainStore};
 pub use registry::rollouts::{RolloutRow, RolloutStep, RolloutStore, StepMode};

@@ -981,3 +981,39 @@ async fn postgres_retrain_jobs_conform() {
     let db = vigil_store::testing::TestDatabase::create();
     retrain_jobs_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
+
+/// Raised capture rates: one per model and rule, raised again keeps its first time, ended once.
+async fn capture_boosts_conform<S: PredictionStore + vigil_store::CaptureBoostStore>(store: S) {
+    use vigil_store::CaptureBoost;
+    store.migrate().await.unwrap();
+    let at = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+    let boost = |model: &str, rule: &str, rate: f64, s: i64| CaptureBoost {
+        model_name: model.into(),
+        rule: rule.into(),
+        rate,
+        since: at(s),
+    };
+    store.raise_capture(&boost("detector", "drift", 0.5, 0)).await.unwrap();
+    store.raise_capture(&boost("detector", "accuracy", 0.2, 1)).await.unwrap();
+    store.raise_capture(&boost("detector", "drift", 0.8, 5)).await.unwrap();
+    assert_eq!(
+        store.capture_boosts().await.unwrap(),
+        [boost("detector", "accuracy", 0.2, 1), boost("detector", "drift", 0.8, 0)],
+        "raised again: the new rate, the first time"
+    );
+    assert!(store.end_capture_boost("detector", "drift").await.unwrap());
+    assert!(!store.end_capture_boost("detector", "drift").await.unwrap());
+    assert_eq!(store.capture_boosts().await.unwrap(), [boost("detector", "accuracy", 0.2, 1)]);
+}
+
+#[tokio::test]
+async fn sqlite_capture_boosts_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    capture_boosts_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_capture_boosts_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    capture_boosts_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}

@@ -316,6 +316,7 @@ pub trait MonitorStore:
     + crate::DeploymentStore
     + crate::RolloutStore
     + crate::RetrainStore
+    + crate::CaptureBoostStore
 {
 }
 
@@ -329,6 +330,7 @@ impl<S> MonitorStore for S where
         + crate::DeploymentStore
         + crate::RolloutStore
         + crate::RetrainStore
+        + crate::CaptureBoostStore
 {
 }
 

@@ -3,6 +3,7 @@
 //! (candidate, staging, production, archived), with who registered it and when.
 
 mod backends;
+pub mod capture_boosts;
 pub mod deployments;
 pub mod retraining;
 pub mod rollouts;
