@@ -128,6 +128,21 @@ def torch_scores(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def dihedral(x: Any, gen: Any) -> Any:
+    """One random flip / transpose of a whole batch [N, 1, H, W] (the generator is symmetric
+    under them), drawn from the torch generator ``gen``."""
+    import torch
+
+    k = int(torch.randint(0, 8, (1,), generator=gen))
+    if k & 1:
+        x = x.flip(3)
+    if k & 2:
+        x = x.flip(2)
+    if k & 4:
+        x = x.transpose(2, 3)
+    return x
+
+
 def train(cfg: Config, train_set: DataSet, val_set: DataSet, log: Log) -> tuple[Any, dict]:
     import torch
     from torch.nn import functional as F
@@ -159,15 +174,7 @@ def train(cfg: Config, train_set: DataSet, val_set: DataSet, log: Log) -> tuple[
         run_loss, run_n = 0.0, 0
         for b in range(steps_per_epoch):
             idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            # Dihedral augmentation (the generator is symmetric under flips and transposes).
-            k = int(torch.randint(0, 8, (1,), generator=gen))
-            if k & 1:
-                x = x.flip(3)
-            if k & 2:
-                x = x.flip(2)
-            if k & 4:
-                x = x.transpose(2, 3)
+            x, y = dihedral(x_all[idx], gen), y_all[idx]
             loss = F.binary_cross_entropy_with_logits(model(x)[:, 0], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use vigil_scenarios::recipes::Patients;
 use vigil_scenarios::{
-    Recipes, ServerKind, Stack, StackOptions, anti_spam, phone_line, pipeline, retraining, screening,
+    Recipes, ServerKind, Stack, StackOptions, anti_spam, line_loop, phone_line, pipeline, retraining, screening,
 };
 use vigil_store::{MonitorStore, PgStore, PredictionStore, SqliteStore};
 
@@ -42,6 +42,10 @@ enum DemoName {
     /// The loop closed: the patients change, the accuracy alarm retrains the screening model by
     /// itself, and the candidate goes from shadow to everyone.
     Loop,
+    /// The loop closed on the phone line: the light dims, the edge captures the images, the
+    /// inspectors' decisions fire the accuracy alarm, and the scratch detector fine-tuned on the
+    /// captured images goes from shadow to every station.
+    LineLoop,
 }
 
 /// Exit code when the example did not end as it should.
@@ -68,6 +72,21 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
                 config: retraining::monitor_config(&recipes, &dir.path().join("retraining")),
             }
         }
+        DemoName::LineLoop => {
+            let recipes = recipes()?;
+            println!("generating the line's phones (training/vigil_data) ...");
+            let phones = line_loop::prepare(&recipes, &repository, &dir.path().join("phones"), 300, 2000)?;
+            let captures = dir.path().join("captures");
+            Prepared::LineLoop {
+                phones,
+                config: line_loop::monitor_config(
+                    &recipes,
+                    &dir.path().join("retraining"),
+                    &format!("file://{}", captures.display()),
+                ),
+                capture: line_loop::capture_config(&captures, &dir.path().join("capture-spool"))?,
+            }
+        }
     };
     match &args.database_url {
         Some(url) if url.starts_with("postgres") => {
@@ -92,6 +111,7 @@ enum Prepared {
     Screening(vigil_scenarios::recipes::ScreeningCheck),
     Recommender(vigil_scenarios::recipes::PipelineCheck),
     Loop { normal: Patients, shifted: Patients, config: String },
+    LineLoop { phones: line_loop::Phones, config: String, capture: vigil_capture::CaptureConfig },
 }
 
 async fn play<S: PredictionStore + MonitorStore>(
@@ -103,15 +123,21 @@ async fn play<S: PredictionStore + MonitorStore>(
 ) -> Result<u8> {
     let mut options = StackOptions::new(url, repository);
     options.monitor_http = args.monitor_listen;
-    if matches!(prepared, Prepared::PhoneLine(_)) {
+    let on_the_line = matches!(prepared, Prepared::PhoneLine(_) | Prepared::LineLoop { .. });
+    if on_the_line {
         options.server = ServerKind::Edge;
     }
-    if let Prepared::Loop { config, .. } = &prepared {
-        options.monitor_config = config.clone();
+    match &prepared {
+        Prepared::Loop { config, .. } => options.monitor_config = config.clone(),
+        Prepared::LineLoop { config, capture, .. } => {
+            options.monitor_config = config.clone();
+            options.capture = Some(capture.clone());
+        }
+        _ => {}
     }
     let stack = Stack::start(store, options).await?;
     let dashboard = format!("http://{}", stack.monitor_http);
-    let server = if matches!(prepared, Prepared::PhoneLine(_)) { "vigil-edge" } else { "vigil-cloud" };
+    let server = if on_the_line { "vigil-edge" } else { "vigil-cloud" };
     println!("{server} on {}, dashboard on {dashboard}/", stack.server.addr);
     let say = |line: &str| println!("{line}");
     let (expected, model) = match prepared {
@@ -187,6 +213,26 @@ async fn play<S: PredictionStore + MonitorStore>(
             println!("         job {}: {}", outcome.job.job_id, outcome.job.step);
             let rate = |(right, all): (u64, u64)| right as f64 / all.max(1) as f64;
             (outcome.rollout.state == "promoted" && rate(outcome.after) > rate(outcome.before), retraining::MODEL)
+        }
+        Prepared::LineLoop { phones, .. } => {
+            let mut line = line_loop::start(&stack).await?;
+            let outcome = line.run(&phones, &say).await;
+            let resolved = match &outcome {
+                Ok(o) if o.rollout.state == "promoted" => line.until_resolved(&phones, &say).await,
+                _ => Ok(()),
+            };
+            let reviewed = line.stop().await?;
+            let outcome = outcome?;
+            resolved?;
+            let steps: Vec<String> = outcome.timeline.iter().map(|(what, s)| format!("{what} +{s:.1}s")).collect();
+            println!("outcome: after the drift alarm fired: {}", steps.join(", "));
+            println!("         job {}: {}", outcome.job.job_id, outcome.job.step);
+            println!(
+                "         the inspectors decided {reviewed} phones in the review queue and checked {}",
+                outcome.audited
+            );
+            let rate = |(right, all): (u64, u64)| right as f64 / all.max(1) as f64;
+            (outcome.rollout.state == "promoted" && rate(outcome.after) > rate(outcome.before), line_loop::MODEL)
         }
     };
     println!("dashboard: {dashboard}/?model={model}");

@@ -214,7 +214,7 @@ impl<S: MonitorStore + PredictionStore> Monitoring for MonitoringService<S> {
         request: Request<SubmitLabelsRequest>,
     ) -> Result<Response<SubmitLabelsResponse>, Status> {
         let r = request.into_inner();
-        crate::labels::submit(&self.views.store, &self.views.catalog, &r.labels).await.map(Response::new)
+        crate::labels::submit(&self.views.store, &self.views.catalog.current(), &r.labels).await.map(Response::new)
     }
 
     async fn submit_feedback(

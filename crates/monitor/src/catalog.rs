@@ -2,7 +2,9 @@
 //! submitted labels) and its training reference (the default drift baseline).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use vigil_drift::{Cdf, Histogram};
@@ -163,5 +165,108 @@ impl Catalog {
     /// Every model version known.
     pub fn models(&self) -> impl Iterator<Item = &ModelInfo> {
         self.models.values()
+    }
+}
+
+/// The catalog as a running monitor holds it: read again when a version appears in the
+/// repository, leaves it, or has its `model.toml` or `reference.json` changed, so that a
+/// retrained version's labels and drift reference count as soon as it is there.
+#[derive(Debug, Default)]
+pub struct LiveCatalog {
+    /// None: a fixed catalog.
+    root: Option<PathBuf>,
+    state: RwLock<(Listing, Arc<Catalog>)>,
+}
+
+/// What the repository held when last read: each version's files and their modification times.
+type Listing = Vec<(PathBuf, Option<SystemTime>)>;
+
+impl LiveCatalog {
+    /// Reads the repository at `root` ([`Catalog::load`]) and follows it on [`Self::refresh`].
+    pub fn follow(root: &Path) -> anyhow::Result<Self> {
+        let listing = list(root);
+        let catalog = Catalog::load(root)?;
+        Ok(Self { root: Some(root.to_path_buf()), state: RwLock::new((listing, Arc::new(catalog))) })
+    }
+
+    /// The catalog now.
+    pub fn current(&self) -> Arc<Catalog> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// Reads the repository again when its versions changed since the last look; whether it
+    /// did. A malformed file is an error (once per change) and the catalog stays as it was.
+    pub fn refresh(&self) -> anyhow::Result<bool> {
+        let Some(root) = &self.root else { return Ok(false) };
+        let listing = list(root);
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.0 == listing {
+            return Ok(false);
+        }
+        state.0 = listing;
+        state.1 = Arc::new(Catalog::load(root)?);
+        Ok(true)
+    }
+}
+
+impl From<Arc<Catalog>> for LiveCatalog {
+    /// A fixed catalog, never read again.
+    fn from(catalog: Arc<Catalog>) -> Self {
+        Self { root: None, state: RwLock::new((Vec::new(), catalog)) }
+    }
+}
+
+/// `<root>/<model>/<version>/{model.toml,reference.json}` with their modification times, sorted.
+fn list(root: &Path) -> Listing {
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p).map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default()
+    };
+    let mut listing: Listing = dirs(root)
+        .iter()
+        .flat_map(|model| dirs(model))
+        .flat_map(|version| ["model.toml", "reference.json"].map(|f| version.join(f)))
+        .map(|file| {
+            let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+            (file, modified)
+        })
+        .collect();
+    listing.sort();
+    listing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(root: &Path, model: &str, version: u32) {
+        let dir = root.join(model).join(version.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = format!("name = \"{model}\"\nversion = {version}\nlabels = [\"ok\", \"defect\"]\n");
+        std::fs::write(dir.join("model.toml"), toml).unwrap();
+    }
+
+    #[test]
+    fn a_live_catalog_reads_versions_added_later_and_keeps_its_last_good_state() {
+        let dir = tempfile::tempdir().unwrap();
+        version(dir.path(), "m", 1);
+        let live = LiveCatalog::follow(dir.path()).unwrap();
+        assert!(!live.refresh().unwrap(), "nothing changed");
+        assert!(live.current().get("m", Some("2")).is_none());
+
+        version(dir.path(), "m", 2);
+        assert!(live.refresh().unwrap());
+        assert_eq!(live.current().get("m", None).unwrap().version, "2");
+        assert_eq!(live.current().get("m", Some("2")).unwrap().labels, ["ok", "defect"]);
+        assert!(!live.refresh().unwrap());
+
+        // A broken reference is reported once; the catalog keeps version 2 as it was.
+        std::fs::write(dir.path().join("m/2/reference.json"), "{").unwrap();
+        assert!(live.refresh().is_err());
+        assert!(!live.refresh().unwrap(), "reported once per change");
+        assert!(live.current().get("m", Some("2")).is_some_and(|m| m.reference.is_none()));
+
+        // A fixed catalog never changes.
+        let fixed = LiveCatalog::from(Arc::new(Catalog::default()));
+        assert!(!fixed.refresh().unwrap());
     }
 }

@@ -133,7 +133,7 @@ async fn dashboard<S: MonitorStore>(
         .collect();
     // Against the training reference; a model shipped without one (fetched speech models) is
     // compared with the range before this one, so its features still show drift.
-    let has_reference = views.catalog.get(&model, version.as_deref()).is_some_and(|m| m.reference.is_some());
+    let has_reference = views.catalog.current().get(&model, version.as_deref()).is_some_and(|m| m.reference.is_some());
     let baseline = if has_reference { Baseline::Training } else { Baseline::Window(since - (until - since), since) };
     let drift = match views.drift(&scope, since, until, &baseline).await {
         Ok(r) => json!({

@@ -35,7 +35,7 @@ use vigil_server::{GrpcHost, Lifecycle};
 use vigil_store::{MonitorStore, PredictionStore};
 
 pub use api::MonitoringService;
-pub use catalog::Catalog;
+pub use catalog::{Catalog, LiveCatalog};
 pub use config::MonitorConfig;
 pub use query::PredictionLogService;
 pub use views::Views;
@@ -85,9 +85,9 @@ pub async fn start<S: PredictionStore + MonitorStore>(
 ) -> Result<Lifecycle> {
     config.validate()?;
     let rules = config.rules()?;
-    let catalog = Arc::new(Catalog::load(&config.models)?);
+    let catalog = Arc::new(LiveCatalog::follow(&config.models)?);
     let config = Arc::new(config);
-    let views = Views::new(store.clone(), catalog, config.clone());
+    let views = Views::following(store.clone(), catalog.clone(), config.clone());
     let (registry, metrics) = telemetry::registry();
     let mut lifecycle = Lifecycle::new();
     lifecycle.stage(SERVE, None).stage(BACKGROUND, None);
@@ -96,6 +96,10 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     lifecycle.spawn(BACKGROUND, "rollup upkeep", move |stop| async move {
         let (store, resolutions, poll, metrics) = upkeep;
         rollup::upkeep(store, resolutions, poll, metrics, stop.into_receiver()).await;
+        Ok(())
+    });
+    lifecycle.spawn(BACKGROUND, "model catalog", move |stop| async move {
+        follow_catalog(catalog, stop.into_receiver()).await;
         Ok(())
     });
     let (leading_tx, leading) = tokio::sync::watch::channel(false);
@@ -148,4 +152,24 @@ pub async fn start<S: PredictionStore + MonitorStore>(
 /// Binds `addr`, with an error that says what to do.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (in use? set --listen)"))
+}
+
+/// How often the monitor looks for versions added to (or changed in) the model repository.
+pub const CATALOG_REFRESH: Duration = Duration::from_secs(1);
+
+/// Keeps `catalog` following the model repository until `shutdown`.
+async fn follow_catalog(catalog: Arc<LiveCatalog>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CATALOG_REFRESH) => {}
+            _ = shutdown.changed() => return,
+        }
+        let refresh = catalog.clone();
+        match tokio::task::spawn_blocking(move || refresh.refresh()).await {
+            Ok(Ok(true)) => tracing::info!("model repository changed: catalog read again"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the model repository again; keeping the catalog"),
+            Err(e) => tracing::warn!(error = %e, "reading the model repository panicked"),
+        }
+    }
 }

@@ -74,7 +74,8 @@ async fn next<S: MonitorStore>(State(views): State<Views<S>>, Json(request): Jso
     match views.store.claim_review(reviewer, model, lease, Utc::now()).await {
         Ok(Some(item)) => {
             // The buttons: the model's labels, from its model card.
-            let labels = views.catalog.get(&item.model_name, Some(&item.model_version)).map(|m| m.labels.clone());
+            let labels =
+                views.catalog.current().get(&item.model_name, Some(&item.model_version)).map(|m| m.labels.clone());
             Json(json!({ "item": item_json(&item), "labels": labels.unwrap_or_default() })).into_response()
         }
         Ok(None) => Json(json!({ "item": null, "labels": [] })).into_response(),

@@ -39,9 +39,10 @@ pub struct RolloutChecks {
     pub max_latency_p99_ratio: f64,
     /// ... or the primary's plus this many milliseconds, whichever is more.
     pub latency_p99_slack_ms: f64,
-    /// Latency and the score and input distributions are judged only when both variants
-    /// answered at least this many requests in the window (the primary's last few answers in a
-    /// 100% step say nothing about how it answers).
+    /// Latency is judged only when both variants answered at least this many requests in the
+    /// window, the score and input distributions only when the primary did (a candidate's few
+    /// answers in a 1% step are judged, the KS test's p value weighing how few they are); neither
+    /// in a 100% canary step, where the primary answers nobody.
     #[serde(alias = "min_latency_samples")]
     pub min_comparison_samples: u64,
     /// The score distributions (and each input feature's) differ when their KS distance exceeds
@@ -260,7 +261,11 @@ pub fn analyse(
     let (c_p99, p_p99) = (p99(candidate), p99(primary));
     // A shadow's latency runs from the request it mirrors and includes sharing the cores with
     // the primary's answer: judged in the canary steps only.
-    let enough = candidate.count.min(primary.count) >= checks.min_comparison_samples;
+    // A canary step of 100% leaves the primary no traffic of its own: what it answered is the
+    // step's first moments (or a rollup bucket shared with the step before), nothing to compare
+    // the candidate's traffic with.
+    let compared = !(step.mode == StepMode::Canary && step.share >= 1.0);
+    let enough = compared && candidate.count.min(primary.count) >= checks.min_comparison_samples;
     if let Some(p) = p_p99.filter(|_| step.mode == StepMode::Canary && enough) {
         let limit = (p * checks.max_latency_p99_ratio).max(p + checks.latency_p99_slack_ms);
         check("latency_p99_ms", c_p99, p_p99, limit);
@@ -273,7 +278,8 @@ pub fn analyse(
         let p = primary.features.get(name).and_then(|p| p.sketch.as_ref());
         distributions.push((format!("input_ks.{name}"), c.sketch.as_ref(), p));
     }
-    for (name, cs, ps) in distributions.into_iter().filter(|_| enough) {
+    let primary_enough = compared && primary.count >= checks.min_comparison_samples;
+    for (name, cs, ps) in distributions.into_iter().filter(|_| primary_enough) {
         let (Some(cs), Some(ps)) = (cs, ps) else { continue };
         let (Ok(c), Ok(p)) = (sketch::distribution(cs), sketch::distribution(ps)) else { continue };
         let Ok(d) = vigil_drift::ks_distance(&p, &c) else { continue };
@@ -718,6 +724,35 @@ mod tests {
         // ... but labels saying it is worse still fail it.
         let Analysis::Fail(list) = judge(&retrained(250, 150), &labelled(250, 225, &low)) else { panic!("worse") };
         assert!(list.iter().any(|c| c.name == "accuracy" && !c.passed), "{list:?}");
+    }
+
+    #[test]
+    fn distributions_are_judged_on_a_few_candidate_answers_but_not_in_a_full_step() {
+        let checks = RolloutChecks::default();
+        let low: Vec<f64> = (0..5000).map(|i| 0.1 + (i % 10) as f64 * 0.01).collect();
+        let high: Vec<f64> = (0..40).map(|i| 0.6 + (i % 10) as f64 * 0.01).collect();
+        let failed = |step: &RolloutStep, c: &Traffic, p: &Traffic| match analyse(
+            step,
+            Duration::from_secs(60),
+            c,
+            p,
+            &checks,
+        ) {
+            Analysis::Fail(list) => list.into_iter().filter(|c| !c.passed).map(|c| c.name).collect::<Vec<_>>(),
+            Analysis::Pass(_) => Vec::new(),
+            other => panic!("{other:?}"),
+        };
+        // A 1% step: 40 candidate answers, all high, against the primary's many low ones.
+        let one_percent = RolloutStep { share: 0.01, min_requests: 30, ..STEP };
+        let (few_high, many_low) = (window(40, 0, 2.0, &high), window(5000, 0, 2.0, &low));
+        assert_eq!(failed(&one_percent, &few_high, &many_low), ["score_ks"]);
+        // A 100% step: the primary's 150 answers are the step's first moments; nothing to compare.
+        let all = RolloutStep { share: 1.0, min_requests: 30, ..STEP };
+        let leftover = window(150, 0, 20.0, &low[..150]);
+        assert!(failed(&all, &window(5000, 0, 2.0, &[0.7; 5000]), &leftover).is_empty());
+        // Latency needs enough of both; the primary's 40 answers are too few.
+        let slow = window(5000, 0, 50.0, &low);
+        assert!(failed(&one_percent, &slow, &window(40, 0, 2.0, &low[..40])).is_empty());
     }
 
     #[test]

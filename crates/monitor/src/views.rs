@@ -13,7 +13,7 @@ use vigil_speech::text;
 use vigil_store::MonitorStore;
 use vigil_store::monitoring::RollupQuery;
 
-use crate::catalog::{Catalog, ReferenceFeature};
+use crate::catalog::{Catalog, LiveCatalog, ReferenceFeature};
 use crate::config::MonitorConfig;
 use crate::rollup::{merge_windows, window_start};
 use crate::sketch;
@@ -155,12 +155,19 @@ pub fn variant_name(variant: i16) -> String {
 #[derive(Clone)]
 pub struct Views<S> {
     pub store: S,
-    pub catalog: Arc<Catalog>,
+    /// The models' labels and drift references (`catalog.current()`).
+    pub catalog: Arc<LiveCatalog>,
     pub config: Arc<MonitorConfig>,
 }
 
 impl<S: MonitorStore> Views<S> {
+    /// Views over a fixed catalog.
     pub fn new(store: S, catalog: Arc<Catalog>, config: Arc<MonitorConfig>) -> Self {
+        Self::following(store, Arc::new(catalog.into()), config)
+    }
+
+    /// Views over a catalog that follows the model repository.
+    pub fn following(store: S, catalog: Arc<LiveCatalog>, config: Arc<MonitorConfig>) -> Self {
         Self { store, catalog, config }
     }
 
@@ -290,9 +297,10 @@ impl<S: MonitorStore> Views<S> {
             return Err(ViewError::NoData(format!("no predictions of {} between {since} and {until}", scope.model)));
         }
         let cfg = self.config.drift.for_model(&scope.model).clone();
+        let catalog = self.catalog.current();
         let (label, pairs) = match baseline {
             Baseline::Training => {
-                let info = self.catalog.get(&scope.model, scope.version.as_deref());
+                let info = catalog.get(&scope.model, scope.version.as_deref());
                 let Some(reference) = info.and_then(|m| m.reference.as_ref()) else {
                     return Err(ViewError::NoData(format!(
                         "model {} has no reference.json in the model repository; give a baseline window",
@@ -360,7 +368,8 @@ impl<S: MonitorStore> Views<S> {
     ) -> Result<(Vec<AccuracyWindow>, f64), ViewError> {
         let labeled =
             self.store.labeled_predictions(&scope.model, scope.version.as_deref(), scope.variant, since, until).await?;
-        let positive = self.catalog.get(&scope.model, scope.version.as_deref()).and_then(|m| m.labels.last().cloned());
+        let positive =
+            self.catalog.current().get(&scope.model, scope.version.as_deref()).and_then(|m| m.labels.last().cloned());
         #[derive(Default)]
         struct Counts {
             n: u64,
@@ -504,7 +513,7 @@ impl<S: MonitorStore> Views<S> {
         for (m, v) in self.store.rollup_models().await? {
             out.entry(m).or_default().push(v);
         }
-        for m in self.catalog.models() {
+        for m in self.catalog.current().models() {
             let versions = out.entry(m.name.clone()).or_default();
             if !versions.contains(&m.version) {
                 versions.push(m.version.clone());

@@ -11,7 +11,7 @@ use chrono::Utc;
 use vigil_monitor::retrain::RetrainingConfig;
 use vigil_monitor::retrain::runner::{self, INTERRUPTED};
 use vigil_store::testing::TestDatabase;
-use vigil_store::{Change, PgStore, PredictionStore, RegistryStore, RetrainJob, RetrainStore};
+use vigil_store::{Change, DeploymentStore, PgStore, PredictionStore, RegistryStore, RetrainJob, RetrainStore};
 
 /// A recipe writing a real ONNX model (the scratch detector's) with a card, reporting progress;
 /// `extra` runs before it writes anything.
@@ -28,7 +28,7 @@ echo "progress 0.25 reading $dataset"
 echo "progress 0.75 writing version $version"
 cp "{model}" "$out/model.onnx"
 printf 'name = "m"\nversion = %s\n' "$version" > "$out/model.toml"
-echo '{{"holdout": {{"accuracy": 0.91}}, "job": "'"$VIGIL_RETRAIN_JOB"'"}}' > "$out/metrics.json"
+echo '{{"holdout": {{"accuracy": 0.91}}, "job": "'"$VIGIL_RETRAIN_JOB"'", "model": "'"$VIGIL_MODEL"'", "repository": "'"$VIGIL_MODEL_REPOSITORY"'", "base": "'"${{VIGIL_BASE_VERSION-none}}"'"}}' > "$out/metrics.json"
 echo "trained"
 "#,
         model = model.display()
@@ -106,6 +106,9 @@ async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothin
         stage_changed_at: Utc::now(),
     };
     store.register_version(&registered, "").await.unwrap();
+    // Version 2 serves: a fine-tuning recipe would start from it.
+    let by = Change { actor: "anna", reason: "", at: Utc::now() };
+    store.set_deployment(&vigil_store::testing::single_deployment("good", "d1", "2"), &by).await.unwrap();
     let good = recipe(dir.path(), "good", "");
     let failing = recipe(dir.path(), "failing", "echo 'cannot fit: a class has no rows' >&2; exit 3");
     let data = dataset(dir.path());
@@ -132,6 +135,11 @@ async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothin
     assert!(row.training_data.contains("dataset 0123456789abcdef (42 labelled items)"), "{}", row.training_data);
     assert_eq!(row.metrics["holdout"]["accuracy"], 0.91);
     assert_eq!(row.metrics["job"], job.job_id.as_str(), "the recipe knows its job");
+    assert_eq!(
+        (&row.metrics["model"], &row.metrics["repository"], &row.metrics["base"]),
+        (&serde_json::json!("good"), &serde_json::json!(repository.display().to_string()), &serde_json::json!("2")),
+        "the recipe knows the model, the repository and the version serving"
+    );
     let leftovers: Vec<String> = std::fs::read_dir(repository.join("good"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -14,8 +14,13 @@
 //!   unknown-fraction alarm on the first stage and the click-through alarm on the second.
 //! - [`retraining`]: the loop closed: the screening classifier's patients change, its accuracy
 //!   alarm retrains it by itself, and the candidate is rolled out from shadow and promoted.
+//! - [`line_loop`]: the loop closed on the phone line: the light dims, the drift alarm raises the
+//!   edge's capture rate, the inspectors' decisions fire the accuracy alarm, and the scratch
+//!   detector fine-tuned on the captured images is rolled out from shadow and promoted.
 
 pub mod anti_spam;
+pub mod line_loop;
+pub mod loops;
 pub mod phone_line;
 pub mod pipeline;
 pub mod recipes;

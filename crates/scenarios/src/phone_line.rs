@@ -47,19 +47,7 @@ pub fn prepare(repository: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         }
         std::fs::write(dir.join("model.toml"), toml)?;
     }
-    let samples = project_path("samples/normal")?;
-    let mut files: Vec<_> = std::fs::read_dir(&samples)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let truth = if p.to_string_lossy().ends_with("_ok.png") { "ok" } else { "defect" };
-            Ok((truth.to_string(), std::fs::read(&p)?))
-        })
-        .collect()
+    crate::recipes::read_phones(&project_path("samples/normal")?)
 }
 
 /// Shadow, then half the stations, then all, each step at least 2 s and 60 of the

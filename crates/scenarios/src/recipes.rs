@@ -111,6 +111,23 @@ impl Recipes {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// `n` line-camera images of `conditions` (`normal` or `drifted`) from `seed`, written as
+    /// PNG files into `dir` (`python -m vigil_data.images`): (the truth, `ok` or `defect`, PNG).
+    pub fn images(&self, n: usize, seed: u64, conditions: &str, dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+        let out = Command::new(&self.python)
+            .args(["-m", "vigil_data.images", "--n", &n.to_string(), "--seed", &seed.to_string()])
+            .args(["--conditions", conditions, "--out"])
+            .arg(dir)
+            .current_dir(&self.training)
+            .env("PYTHONPATH", &self.training)
+            .output()
+            .with_context(|| format!("cannot run {}", self.python.display()))?;
+        if !out.status.success() {
+            bail!("vigil_data.images failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        read_phones(dir)
+    }
+
     /// The anti-spam classifier (`python -m vigil_train.spam`) into
     /// `repository/spam-filter/<version>`, from the generated posts of `seed`; `variant` is
     /// `good`, `shuffled` or `all-spam`. Returns the check posts with onnxruntime's answers.
@@ -174,4 +191,22 @@ pub fn project_path(relative: &str) -> Result<PathBuf> {
         .into_iter()
         .find(|p| p.exists())
         .with_context(|| format!("cannot find {relative}: run this from a Vigil checkout"))
+}
+
+/// The PNG files of `dir` in name order, each with its truth from its name (`..._ok.png`: `ok`,
+/// else `defect`), as the generator and the shipped samples name them.
+pub fn read_phones(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let truth = if p.to_string_lossy().ends_with("_ok.png") { "ok" } else { "defect" };
+            Ok((truth.to_string(), std::fs::read(&p)?))
+        })
+        .collect()
 }

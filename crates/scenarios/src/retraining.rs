@@ -12,9 +12,10 @@ use anyhow::{Context, Result, bail};
 use vigil_proto::inference::ModelInferRequest;
 use vigil_proto::inference::infer_parameter::ParameterChoice;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
-use vigil_proto::vigil::v1::{LabelEvent, SubmitLabelsRequest};
-use vigil_store::{AlertStore, MonitorStore, PredictionStore, RetrainJob, RolloutRow};
+use vigil_proto::vigil::v1::LabelEvent;
+use vigil_store::{MonitorStore, PredictionStore, RetrainJob, RolloutRow};
 
+use crate::loops::{Follow, alarm_state, percent, send_labels};
 use crate::recipes::Patients;
 use crate::{Progress, Recipes, Stack};
 
@@ -89,15 +90,12 @@ pub async fn run<S: PredictionStore + MonitorStore>(
     for start in (0..normal.patients.len()).step_by(PER_REQUEST) {
         clinic.screen(normal, start).await?;
     }
-    clinic.flush_labels().await?;
+    send_labels(stack, &mut clinic.pending).await?;
     progress(&format!("{} patients screened as usual; labels follow", normal.patients.len()));
     progress("the patients change: a new variant without fever, worst for the old");
     clinic.by_version.clear();
     let deadline = Instant::now() + DEADLINE;
-    let mut fired_at: Option<Instant> = None;
-    let mut timeline: Vec<(&'static str, f64)> = Vec::new();
-    let mut shown_job_state = String::new();
-    let mut in_shadow = false;
+    let mut follow = Follow::new(MODEL);
     let mut sent = 0usize;
     loop {
         tokio::time::sleep(PACE).await;
@@ -106,37 +104,15 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         if !sent.is_multiple_of(50) {
             continue;
         }
-        clinic.flush_labels().await?;
+        send_labels(stack, &mut clinic.pending).await?;
         if Instant::now() > deadline {
             bail!("the loop did not close within {DEADLINE:?}");
         }
-        let since = |t: Option<Instant>| t.map_or(0.0, |t| t.elapsed().as_secs_f64());
-        if fired_at.is_none() && alarm_state(stack).await? == "firing" {
-            fired_at = Some(Instant::now());
+        if follow.elapsed() == 0.0 && alarm_state(stack, RULE, MODEL).await? == "firing" {
+            follow.start_clock("the accuracy alarm fires");
             progress(&format!("{RULE} fires after {sent} changed patients"));
         }
-        let Some(job) = stack.store.retrain_jobs(Some(MODEL), 1).await?.into_iter().next() else { continue };
-        if job.state != shown_job_state {
-            let what = match job.state.as_str() {
-                "queued" => "retraining queued",
-                "running" => "retraining running",
-                "succeeded" => "candidate registered",
-                _ => "retraining ended",
-            };
-            timeline.push((what, since(fired_at)));
-            progress(&format!("  job {}: {} ({})", job.job_id, job.state, job.step));
-            shown_job_state = job.state.clone();
-        }
-        if matches!(job.state.as_str(), "failed" | "cancelled") {
-            bail!("retraining job {} {}: {}\n{}", job.job_id, job.state, job.error, job.log);
-        }
-        let Some(rollout) = stack.store.rollouts(Some(MODEL)).await?.into_iter().next() else { continue };
-        if !in_shadow && shadow_answered(stack, &rollout.candidate_version).await? {
-            in_shadow = true;
-            timeline.push(("serving in shadow", since(fired_at)));
-        }
-        if !rollout.is_active() {
-            timeline.push((if rollout.state == "promoted" { "promoted" } else { "rollout ended" }, since(fired_at)));
+        if let Some((job, rollout)) = follow.look(stack, progress).await? {
             let candidate = rollout.candidate_version.clone();
             let before = clinic.by_version.get("1").copied().unwrap_or_default();
             let after = clinic.by_version.get(&candidate).copied().unwrap_or_default();
@@ -147,7 +123,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
                 percent(before),
                 percent(after)
             ));
-            return Ok(Outcome { job, rollout, before, after, timeline });
+            return Ok(Outcome { job, rollout, before, after, timeline: follow.timeline });
         }
     }
 }
@@ -162,7 +138,7 @@ pub async fn until_resolved<S: PredictionStore + MonitorStore>(
     let mut clinic = Clinic { stack, pending: Vec::new(), by_version: Default::default() };
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut sent = 0usize;
-    while alarm_state(stack).await? == "firing" {
+    while alarm_state(stack, RULE, MODEL).await? == "firing" {
         if Instant::now() > deadline {
             bail!("{RULE} still fires 90 s after the promotion");
         }
@@ -170,32 +146,11 @@ pub async fn until_resolved<S: PredictionStore + MonitorStore>(
         clinic.screen(shifted, (sent + shifted.patients.len() / 2) % shifted.patients.len()).await?;
         sent += PER_REQUEST;
         if sent.is_multiple_of(50) {
-            clinic.flush_labels().await?;
+            send_labels(stack, &mut clinic.pending).await?;
         }
     }
     progress(&format!("{RULE} resolved after {sent} more patients"));
     Ok(())
-}
-
-/// Whether a shadow answer of `version` is in the prediction log.
-async fn shadow_answered<S: PredictionStore>(stack: &Stack<S>, version: &str) -> Result<bool> {
-    let filter = vigil_store::PredictionFilter {
-        model_name: Some(MODEL.into()),
-        model_version: Some(version.into()),
-        variant: Some(vigil_proto::vigil::v1::Variant::Shadow as i16),
-        limit: 1,
-        ..Default::default()
-    };
-    Ok(!stack.store.query_predictions(&filter).await?.is_empty())
-}
-
-async fn alarm_state<S: AlertStore>(stack: &Stack<S>) -> Result<String> {
-    let key = format!("{RULE}/{MODEL}");
-    Ok(stack.store.load_alerts().await?.into_iter().find(|a| a.alert_key == key).map(|a| a.state).unwrap_or_default())
-}
-
-fn percent((right, all): (u64, u64)) -> f64 {
-    100.0 * right as f64 / all.max(1) as f64
 }
 
 /// The clinic: screens patients and sends the follow-up's labels; counts each version's right
@@ -252,21 +207,6 @@ impl<S: PredictionStore + MonitorStore> Clinic<'_, S> {
                 ..Default::default()
             });
         }
-        Ok(())
-    }
-
-    /// Sends the kept labels; those of predictions not logged yet stay for the next time.
-    async fn flush_labels(&mut self) -> Result<()> {
-        let sent = std::mem::take(&mut self.pending);
-        if sent.is_empty() {
-            return Ok(());
-        }
-        let mut monitoring = self.stack.monitoring.clone();
-        let answer = monitoring.submit_labels(SubmitLabelsRequest { labels: sent.clone() }).await?.into_inner();
-        if let Some(refused) = answer.rejected.iter().find(|r| !r.reason.contains("retry later")) {
-            bail!("a label was refused: {}", refused.reason);
-        }
-        self.pending = answer.rejected.iter().map(|r| sent[r.index as usize].clone()).collect();
         Ok(())
     }
 }

@@ -37,6 +37,8 @@ pub struct StackOptions {
     pub kafka_brokers: Option<String>,
     /// Which server answers: vigil-cloud, or vigil-edge (the inspection API too).
     pub server: ServerKind,
+    /// vigil-edge's `[capture]` (off by default).
+    pub capture: Option<vigil_capture::CaptureConfig>,
 }
 
 /// The prediction server a [`Stack`] runs.
@@ -57,6 +59,7 @@ impl StackOptions {
             monitor_config: String::new(),
             kafka_brokers: None,
             server: ServerKind::Cloud,
+            capture: None,
         }
     }
 }
@@ -128,8 +131,11 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
                 let mut config =
                     vigil_edge::EdgeConfig { model_repository: options.repository.clone(), ..Default::default() };
                 config.listen = "127.0.0.1:0".parse()?;
+                // A version retrained meanwhile loads once it is in the repository.
+                let models = ModelOptions { watch_interval_ms: 500, ..models };
                 (config.metrics, config.logging, config.deployments, config.models) =
                     (metrics, logging, deployments, models);
+                config.capture = options.capture.clone().unwrap_or_default();
                 vigil_edge::start_with(config, false, records).await?
             }
         };

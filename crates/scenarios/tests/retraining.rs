@@ -78,26 +78,7 @@ async fn an_accuracy_alarm_retrains_the_model_and_the_candidate_is_promoted_from
     assert_eq!(alarm.state, "resolved");
 
     // Every step an audit event, in order.
-    let events: Vec<(String, String)> = store
-        .audit_events(500)
-        .await
-        .unwrap()
-        .into_iter()
-        .rev()
-        .filter(|e| e.subject.starts_with(MODEL))
-        .map(|e| (e.action, e.to_state))
-        .collect();
-    let steps: Vec<&str> = events
-        .iter()
-        .filter_map(|(action, to)| match (action.as_str(), to.as_str()) {
-            ("retrain", "queued") => Some("queued"),
-            ("retrain", "succeeded") => Some("retrained"),
-            ("register", _) => Some("registered"),
-            ("rollout", to) if to.contains("promoted") => Some("promoted"),
-            ("rollout", to) if to.starts_with("step 1 ") && to.ends_with("running") => Some("shadow"),
-            _ => None,
-        })
-        .collect();
+    let (steps, events) = vigil_scenarios::loops::audit_steps(&store, MODEL).await.unwrap();
     assert_eq!(steps, ["registered", "queued", "registered", "shadow", "retrained", "promoted"], "{events:?}");
     eprintln!("timeline after the alarm fired: {:?}", outcome.timeline);
 }

@@ -76,6 +76,16 @@ struct Runner<S> {
     output: PathBuf,
 }
 
+/// What one run of a recipe writes and reads.
+struct RecipeRun<'a> {
+    /// The version directory it writes.
+    out: &'a Path,
+    version: &'a str,
+    dataset: &'a Path,
+    /// The version the model's deployment serves now.
+    serving: Option<&'a str>,
+}
+
 /// How a recipe run ended, other than by exiting.
 enum Stopped {
     Cancelled(String),
@@ -140,11 +150,13 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         lap(timings, "dataset");
 
         let version = self.next_version(&job.model_name).await.map_err(failed)?;
+        let serving = self.serving_version(&job.model_name).await.map_err(failed)?;
         let model_dir = self.output.join(&job.model_name);
         let partial = model_dir.join(format!(".{version}.job-{}", job.job_id));
         std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display())).map_err(failed)?;
         self.report(job, 0.1, &format!("training version {version}")).await?;
-        let trained = self.train(job, &model, &partial, &version, &dataset, shutdown).await;
+        let run = RecipeRun { out: &partial, version: &version, dataset: &dataset, serving: serving.as_deref() };
+        let trained = self.train(job, &model, &run, shutdown).await;
         if let Err(e) = trained {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
@@ -211,6 +223,12 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         }
     }
 
+    /// The version the model's deployment serves to most requests, if it has one.
+    async fn serving_version(&self, model: &str) -> Result<Option<String>> {
+        let deployments = self.store.deployments().await?;
+        Ok(deployments.into_iter().find(|d| d.model_name == model).map(|d| d.primary_version))
+    }
+
     /// One more than the highest numbered version registered or in the repository.
     async fn next_version(&self, model: &str) -> Result<String> {
         let registered = self.store.model_versions(Some(model)).await?;
@@ -221,15 +239,15 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         Ok((highest.unwrap_or(0) + 1).to_string())
     }
 
-    /// Runs the recipe into `out`, reporting its progress and log; stops it on cancel, timeout
-    /// or shutdown.
+    /// Runs the recipe into `run.out`, reporting its progress and log; stops it on cancel,
+    /// timeout or shutdown. Besides its arguments the recipe gets the job, the model, the model
+    /// repository and the version serving now (`VIGIL_RETRAIN_JOB`, `VIGIL_MODEL`,
+    /// `VIGIL_MODEL_REPOSITORY`, `VIGIL_BASE_VERSION`), from which a fine-tuning recipe starts.
     async fn train(
         &self,
         job: &mut RetrainJob,
         model: &ModelRetraining,
-        out: &Path,
-        version: &str,
-        dataset: &Path,
+        run: &RecipeRun<'_>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Stopped> {
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -237,18 +255,24 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         command
             .args(&model.recipe[1..])
             .arg("--out")
-            .arg(absolute(out))
+            .arg(absolute(run.out))
             .arg("--version")
-            .arg(version)
+            .arg(run.version)
             .arg("--dataset")
-            .arg(absolute(dataset))
+            .arg(absolute(run.dataset))
             .env("VIGIL_RETRAIN_JOB", &job.job_id)
+            .env("VIGIL_MODEL", &job.model_name)
+            .env("VIGIL_MODEL_REPOSITORY", absolute(&self.output))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             // Its own process group, so that stopping it stops what it started too.
             .process_group(0);
+        match run.serving {
+            Some(version) => command.env("VIGIL_BASE_VERSION", version),
+            None => command.env_remove("VIGIL_BASE_VERSION"),
+        };
         if let Some(cwd) = &model.cwd {
             command.current_dir(cwd);
         }
@@ -316,7 +340,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             return Err(Stopped::Failed(format!("the recipe failed ({status}): {last}")));
         }
         for file in ["model.onnx", "model.toml"] {
-            if !out.join(file).is_file() {
+            if !run.out.join(file).is_file() {
                 return Err(Stopped::Failed(format!("the recipe exited 0 but wrote no {file} into --out")));
             }
         }
