@@ -65,6 +65,15 @@ fn the_loop_example_retrains_the_screening_model_by_itself_and_promotes_it() {
 }
 
 #[test]
+fn the_line_loop_example_fine_tunes_the_scratch_detector_on_captured_images_and_promotes_it() {
+    let stdout = stdout_of(&demo(&["line-loop"]));
+    assert!(stdout.contains("line-brightness fires after") && stdout.contains("line-accuracy fires after"), "{stdout}");
+    assert!(stdout.contains("candidate registered") && stdout.contains("serving in shadow"), "{stdout}");
+    assert!(stdout.contains("version 2 promoted") && stdout.contains("line-accuracy resolved"), "{stdout}");
+    assert!(stdout.contains("decided") && stdout.contains("phones in the review queue"), "{stdout}");
+}
+
+#[test]
 fn an_unknown_example_or_a_missing_python_says_what_to_do() {
     let out = demo(&["phone-shop"]);
     assert_eq!(out.status.code(), Some(2));

@@ -83,6 +83,7 @@ model = "{MODEL}"
 window = "3s"
 comparator = ">="
 threshold = 1
+for = "2s"
 actions = ["capture"]
 capture_rate = {RAISED_CAPTURE_RATE}
 

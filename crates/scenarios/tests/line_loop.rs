@@ -116,6 +116,10 @@ async fn dim_light_is_captured_labelled_and_the_fine_tuned_detector_is_promoted_
     let (steps, events) = vigil_scenarios::loops::audit_steps(&store, MODEL).await.unwrap();
     assert_eq!(steps, ["registered", "queued", "registered", "shadow", "retrained", "promoted"], "{events:?}");
     eprintln!("timeline after the drift alarm fired: {:?}", outcome.timeline);
+    eprintln!(
+        "dataset: {} labelled rows, {captured} with their image; {reviewed} decided in the review queue; version 2: {}",
+        manifest["labelled"], m["new_holdout"]
+    );
 }
 
 fn sha256(bytes: &[u8]) -> String {
