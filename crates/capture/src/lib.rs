@@ -116,18 +116,24 @@ impl Capturer {
         &self.stats
     }
 
+    /// Whether `input` would be captured (its bytes are not looked at): a server that must
+    /// prepare the bytes first asks this before it does.
+    pub fn wants(&self, input: &Input<'_>) -> bool {
+        let privacy = self.config.privacy(input.model);
+        if matches!(privacy, Privacy::Never | Privacy::FeaturesOnly) {
+            return false;
+        }
+        let rate = self.config.rate_for(input.model, input.station_id).max(input.min_rate);
+        input.review || sample(input.prediction_id) < rate
+    }
+
     /// Captures `input` when its model's policy says so; returns the object key the bytes will
     /// have (for the prediction's record), or None when not captured.
     pub fn capture(&self, input: Input<'_>) -> Option<String> {
+        if !self.wants(&input) {
+            return None;
+        }
         let privacy = self.config.privacy(input.model);
-        if matches!(privacy, Privacy::Never | Privacy::FeaturesOnly) {
-            return None;
-        }
-        let rate = self.config.rate_for(input.model, input.station_id).max(input.min_rate);
-        let sampled = sample(input.prediction_id) < rate;
-        if !(input.review || sampled) {
-            return None;
-        }
         if input.bytes.len() > self.config.max_input_bytes {
             self.stats.too_large.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -163,6 +169,12 @@ impl Capturer {
                 None
             }
         }
+    }
+}
+
+impl std::fmt::Debug for Capturer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capturer").field("store", &self.config.store).finish_non_exhaustive()
     }
 }
 

@@ -26,6 +26,8 @@ pub struct CloudConfig {
     /// Follow deployments (shadow, canary, blue-green) from the registry or a control plane.
     pub deployments: DeploymentsConfig,
     pub voice_search: VoiceSearchConfig,
+    /// ModelInfer inputs kept for retraining (`[capture]`): which, and where.
+    pub capture: vigil_capture::CaptureConfig,
 }
 
 /// `vigil.v1.VoiceSearch`: which models listen, what they are given, the catalog searched and
@@ -137,6 +139,7 @@ impl Default for CloudConfig {
             metrics: MetricsConfig { listen: "127.0.0.1:9110".parse().expect("valid literal"), ..Default::default() },
             deployments: DeploymentsConfig::default(),
             voice_search: VoiceSearchConfig::default(),
+            capture: vigil_capture::CaptureConfig::default(),
         }
     }
 }
@@ -152,10 +155,12 @@ impl vigil_server::cli::ServerConfig for CloudConfig {
         "logging",
         "deployments",
         "voice_search",
+        "capture",
     ];
 
     fn validate(&self) -> Result<(), String> {
         vigil_server::config::validate_shared(&self.limits, &self.logging, &self.deployments, &self.model_repository)?;
+        self.capture.validate()?;
         self.voice_search.validate()
     }
 }

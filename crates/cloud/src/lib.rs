@@ -32,6 +32,11 @@ pub async fn start(config: CloudConfig, handle_signals: bool, records: Option<Re
         logging: config.logging,
         metrics: config.metrics,
         deployments: config.deployments,
+        // Captured inputs wait in the spool on disk: nothing is lost when the server stops.
+        capture: match config.capture.enabled {
+            true => Some(vigil_capture::Capturer::start(config.capture).await?.0),
+            false => None,
+        },
     };
     let voice_search = config.voice_search;
     let apis: vigil_server::ServerApis = Box::new(move |serving, routes| {

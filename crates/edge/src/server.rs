@@ -35,13 +35,13 @@ pub async fn start_with(
         logging: config.logging,
         metrics: config.metrics,
         deployments: config.deployments,
+        // Captured inputs wait in the spool on disk: nothing is lost when the server stops.
+        capture: match config.capture.enabled {
+            true => Some(vigil_capture::Capturer::start(config.capture).await?.0),
+            false => None,
+        },
     };
     let (default_model, images) = (config.default_model, config.images);
-    // Captured images wait in the spool on disk: nothing is lost when the server stops.
-    let capturer = match config.capture.enabled {
-        true => Some(vigil_capture::Capturer::start(config.capture).await?.0),
-        false => None,
-    };
     let inspection: vigil_server::ServerApis = Box::new(move |serving, routes| {
         serving.repository.entry(&default_model).map_err(|e| anyhow!("default_model: {e}"))?;
         let mut inspection = InspectionService::new(serving.repository.clone(), default_model, images)
@@ -52,7 +52,7 @@ pub async fn start_with(
         if let Some(records) = &serving.records {
             inspection = inspection.with_records(records.clone());
         }
-        if let Some(capturer) = &capturer {
+        if let Some(capturer) = &serving.capture {
             inspection = inspection.with_capture(capturer.clone());
         }
         let max = serving.max_message_bytes;

@@ -42,6 +42,9 @@ pub struct ServerSettings {
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
     pub deployments: DeploymentsConfig,
+    /// Inputs kept for retraining (`[capture]`), started by the server binary; ModelInfer items
+    /// are captured through it, and a server's own APIs get it in [`Serving`].
+    pub capture: Option<vigil_capture::Capturer>,
 }
 
 /// What a server's own APIs are built from.
@@ -56,6 +59,8 @@ pub struct Serving {
     pub max_message_bytes: usize,
     /// The server's Prometheus registry: an API registers its own metrics here.
     pub registry: prometheus_client::registry::Registry,
+    /// Inputs kept for retraining, when `[capture]` is on.
+    pub capture: Option<vigil_capture::Capturer>,
 }
 
 /// A server's own APIs beside OIP: given the serving parts and the routes so far, the routes
@@ -165,6 +170,9 @@ pub async fn start(
     if let Some(records) = &records {
         inference = inference.with_records(records.clone());
     }
+    if let Some(capturer) = &settings.capture {
+        inference = inference.with_capture(capturer.clone());
+    }
     let max = settings.limits.max_message_bytes;
     let oip = GrpcInferenceServiceServer::new(inference).max_decoding_message_size(max).max_encoding_message_size(max);
     host.serving::<GrpcInferenceServiceServer<InferenceService>>().await;
@@ -175,6 +183,7 @@ pub async fn start(
         infer,
         max_message_bytes: max,
         registry,
+        capture: settings.capture.clone(),
     };
     let (routes, names) = match apis(&mut serving, host.routes().add_service(oip)) {
         Ok(apis) => apis,

@@ -3,6 +3,7 @@
 //! the Prometheus metrics of requests, batching and prediction records.
 
 pub mod admission;
+pub mod capture;
 pub mod decision;
 pub mod deployment;
 pub mod infer;

@@ -37,13 +37,29 @@ pub struct InferenceService {
     server_name: String,
     metrics: ServingMetrics,
     records: Option<RecordEmitter>,
+    capturer: Option<vigil_capture::Capturer>,
 }
 
 impl InferenceService {
     /// A service named `server_name` (reported by ServerMetadata) serving `repository`.
     pub fn new(repository: Arc<ModelRepository>, server_name: impl Into<String>) -> Self {
         let infer = Infer::over(repository.clone());
-        Self { repository, infer, server_name: server_name.into(), metrics: Default::default(), records: None }
+        Self {
+            repository,
+            infer,
+            server_name: server_name.into(),
+            metrics: Default::default(),
+            records: None,
+            capturer: None,
+        }
+    }
+
+    /// Captures ModelInfer items for retraining through `capturer` (its policy decides which;
+    /// every item going to a person), each as a request of its own ([`crate::capture`]); their
+    /// records name the captured object. Needs records (the prediction ids).
+    pub fn with_capture(mut self, capturer: vigil_capture::Capturer) -> Self {
+        self.capturer = Some(capturer);
+        self
     }
 
     /// Routes and runs requests through `infer` (a custom router, shadows).
@@ -98,7 +114,8 @@ impl InferenceService {
         });
         let started = Instant::now();
         let recording = self.records.as_ref().zip(ctx.as_ref());
-        let result = infer_on(&self.infer, &route, request, recording).await;
+        let capturer = self.capturer.as_ref().filter(|_| recording.is_some());
+        let result = infer_on(&self.infer, &route, request, recording, capturer).await;
         self.infer.account(&route, started, &result);
         let Some((records, ctx)) = recording else { return result.map(|(response, _)| response) };
         match result {
@@ -159,6 +176,7 @@ impl Logged {
                     verdict: verdict as i32,
                     decision: decision as i32,
                     review,
+                    capture: String::new(),
                 }
             })
             .collect();
@@ -166,6 +184,30 @@ impl Logged {
             items,
             queue_time_us: out.queue_time.as_micros() as u64,
             compute_time_us: out.compute_time.as_micros() as u64,
+        }
+    }
+
+    /// Captures the items `capturer` wants (each one going to a person, a sample of the rest,
+    /// at least `min_rate` of them), naming the captured object in each item's record.
+    fn capture(&mut self, capturer: &vigil_capture::Capturer, config: &ModelConfig, inputs: &[Tensor], min_rate: f64) {
+        let (model, version, items) = (&config.name, config.version.to_string(), self.items.len());
+        for (i, item) in self.items.iter_mut().enumerate() {
+            let probe = vigil_capture::Input {
+                model,
+                version: &version,
+                prediction_id: &item.prediction_id,
+                station_id: "",
+                device_id: "",
+                content_type: crate::capture::CONTENT_TYPE,
+                bytes: &[],
+                review: item.review.is_some(),
+                min_rate,
+            };
+            if !capturer.wants(&probe) {
+                continue;
+            }
+            let Some(bytes) = crate::capture::item_request(config, inputs, i, items) else { continue };
+            item.capture = capturer.capture(vigil_capture::Input { bytes: &bytes, ..probe }).unwrap_or_default();
         }
     }
 
@@ -303,10 +345,14 @@ async fn infer_on(
     route: &Route,
     mut request: ModelInferRequest,
     recording: Option<(&RecordEmitter, &RequestContext)>,
+    capturer: Option<&vigil_capture::Capturer>,
 ) -> Result<(ModelInferResponse, Option<Logged>), Status> {
     let config = &route.primary.config;
     let requested = requested_outputs(config, &request)?;
     let inputs = decode_inputs(config, &mut request)?;
+    // Which items are captured is known once they have prediction ids: the inputs are kept
+    // until then (a copy, only while capture is on).
+    let kept = capturer.map(|_| inputs.clone());
     let summaries = recording.map(|_| {
         let named: Vec<(&TensorSpec, &Tensor)> = config.inputs.iter().zip(inputs.iter()).collect();
         crate::records::summarise_inputs(&named, config.max_batch_size > 0)
@@ -333,7 +379,10 @@ async fn infer_on(
         );
     }
     let policy = Some(route.automation.policy);
-    let logged = summaries.map(|features| Logged::of(config, features, &out, decisions.as_deref(), policy));
+    let mut logged = summaries.map(|features| Logged::of(config, features, &out, decisions.as_deref(), policy));
+    if let (Some(capturer), Some(inputs), Some(logged)) = (capturer, kept, logged.as_mut()) {
+        logged.capture(capturer, config, &inputs, route.capture_rate);
+    }
     if let Some(logged) = &logged {
         let ids: Vec<&str> = logged.items.iter().map(|i| i.prediction_id.as_str()).collect();
         response.parameters.insert(

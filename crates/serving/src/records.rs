@@ -79,6 +79,8 @@ pub struct InferredItem {
     pub decision: i32,
     /// When the item goes to a person.
     pub review: Option<ReviewRequest>,
+    /// The captured input's object key (empty: not captured).
+    pub capture: String,
 }
 
 impl RecordEmitter {
@@ -166,6 +168,7 @@ impl RecordEmitter {
                 }),
                 decision: item.decision,
                 review: item.review,
+                capture: item.capture,
                 queue_time_us,
                 compute_time_us,
                 status: RecordStatus::Ok as i32,
