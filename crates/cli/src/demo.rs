@@ -128,6 +128,7 @@ async fn play<S: PredictionStore + MonitorStore>(
         options.server = ServerKind::Edge;
     }
     match &prepared {
+        Prepared::AntiSpam(_) => options.rollouts = anti_spam::ROLLOUTS.into(),
         Prepared::Loop { config, .. } => options.monitor_config = config.clone(),
         Prepared::LineLoop { config, capture, .. } => {
             options.monitor_config = config.clone();

@@ -49,6 +49,7 @@ pub async fn start(config: CloudConfig, handle_signals: bool, records: Option<Re
             serving.infer.clone(),
             voice_search,
             serving.records.clone(),
+            serving.capture.clone(),
             metrics,
         )?;
         let max = serving.max_message_bytes;

@@ -47,6 +47,8 @@ struct Inner {
     catalog: Catalog,
     config: VoiceSearchConfig,
     records: Option<RecordEmitter>,
+    /// Keeps a sample of the queries' audio for retraining.
+    capturer: Option<vigil_capture::Capturer>,
     metrics: VoiceSearchMetrics,
     /// Tokenizers by decoder version directory.
     tokenizers: Mutex<HashMap<PathBuf, Arc<Tokenizer>>>,
@@ -59,6 +61,7 @@ impl VoiceSearchService {
         infer: Option<Infer>,
         config: VoiceSearchConfig,
         records: Option<RecordEmitter>,
+        capturer: Option<vigil_capture::Capturer>,
         metrics: VoiceSearchMetrics,
     ) -> anyhow::Result<Self> {
         let catalog = Catalog::load(&config.catalog)?;
@@ -72,7 +75,9 @@ impl VoiceSearchService {
             }
         }
         let infer = infer.unwrap_or_else(|| Infer::over(repository));
-        let inner = Inner { infer, catalog, config, records, metrics, tokenizers: Mutex::default() };
+        // Audio is kept for queries whose records name it.
+        let capturer = capturer.filter(|_| records.is_some());
+        let inner = Inner { infer, catalog, config, records, capturer, metrics, tokenizers: Mutex::default() };
         Ok(Self { inner: Arc::new(inner) })
     }
 }
@@ -169,6 +174,9 @@ struct Session {
     trace_id: String,
     request_time: SystemTime,
     max_results: usize,
+    /// The recognition's prediction id, known from the start so that capture can decide at the
+    /// first segment whether to keep the query's audio.
+    transcript_id: String,
 }
 
 /// What the segments of one query added up to.
@@ -187,6 +195,8 @@ struct Heard {
     model: Option<ServedBy>,
     /// The device's account of its VAD, when it sent one.
     vad: Option<VadReport>,
+    /// The query's audio as sent (PCM16), kept while capture wants it.
+    kept_audio: Option<Vec<u8>>,
 }
 
 /// The recogniser version that listened, and what it is in its deployment.
@@ -239,7 +249,39 @@ impl Session {
         if config.trace_id.is_empty() {
             config.trace_id = new_trace_id();
         }
-        Ok(Self { trace_id: config.trace_id.clone(), config, request_time, max_results })
+        let transcript_id = uuid::Uuid::now_v7().to_string();
+        Ok(Self { trace_id: config.trace_id.clone(), config, request_time, max_results, transcript_id })
+    }
+
+    /// What capture is told of this query's audio (`bytes`: a WAV file).
+    fn capture_input<'a>(&'a self, inner: &'a Inner, bytes: &'a [u8], min_rate: f64) -> vigil_capture::Input<'a> {
+        vigil_capture::Input {
+            model: &inner.config.decoder_model,
+            version: "",
+            prediction_id: &self.transcript_id,
+            station_id: &self.config.device_id,
+            device_id: &self.config.device_id,
+            content_type: "audio/wav",
+            bytes,
+            review: false,
+            min_rate,
+        }
+    }
+
+    /// Captures the query's kept audio as a 16 kHz mono PCM16 WAV file; the object's key.
+    fn capture_audio(&self, inner: &Inner, heard: &Heard) -> String {
+        let (Some(capturer), Some(pcm16)) = (&inner.capturer, &heard.kept_audio) else { return String::new() };
+        let wav = match audio::pcm16_to_wav(pcm16) {
+            Ok(wav) => wav,
+            Err(e) => {
+                tracing::warn!(query = %self.transcript_id, error = %e, "cannot capture the query's audio");
+                return String::new();
+            }
+        };
+        let version = heard.model.as_ref().map(|m| m.version.clone()).unwrap_or_default();
+        // Decided at the first segment: every kept query is captured (the rate is 1 here).
+        let input = vigil_capture::Input { version: &version, min_rate: 1.0, ..self.capture_input(inner, &wav, 1.0) };
+        capturer.capture(input).unwrap_or_default()
     }
 
     /// Keeps one user (else one device) on one version while a canary runs.
@@ -358,6 +400,15 @@ impl Session {
         heard.gains.push(levels.gain_db);
 
         let (encoder, decoder) = inner.models(&self.routing_key())?;
+        if sequence == 0
+            && let Some(capturer) = &inner.capturer
+            && capturer.wants(&self.capture_input(inner, &[], decoder.capture_rate))
+        {
+            heard.kept_audio = Some(Vec::new());
+        }
+        if let Some(kept) = heard.kept_audio.as_mut() {
+            kept.extend_from_slice(&segment.pcm16);
+        }
         heard.model = Some(ServedBy {
             name: inner.config.decoder_model.clone(),
             version: decoder.primary.config.version.to_string(),
@@ -425,7 +476,7 @@ impl Session {
                 .collect(),
             model_name: served.name,
             model_version: served.version,
-            transcript_id: uuid::Uuid::now_v7().to_string(),
+            transcript_id: self.transcript_id.clone(),
         };
         if let Some(records) = &inner.records {
             self.log(records, inner, heard, &result);
@@ -482,6 +533,7 @@ impl Session {
             compute_time_us: heard.recognise_time.as_micros() as u64,
             status: RecordStatus::Ok as i32,
             stage: STAGE_ASR.into(),
+            capture: self.capture_audio(inner, heard),
             ..Default::default()
         };
         records.record(&context("voice_search.asr", &model_name, served.variant, &served.deployment), asr);

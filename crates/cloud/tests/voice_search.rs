@@ -193,9 +193,19 @@ async fn rust_vad_and_recognition_equal_the_onnxruntime_python_reference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
     let models = voices::cloud_models();
-    let (server, mut records) = server(config(&models)).await;
+    let captures = tempfile::tempdir().unwrap();
+    let mut config = config(&models);
+    // Every query's audio kept for retraining.
+    config.capture = toml::from_str(&format!(
+        "enabled = true\nstore = \"{}\"\nspool = \"{}\"\nrate = 1.0\n",
+        captures.path().join("store").display(),
+        captures.path().join("spool").display()
+    ))
+    .unwrap();
+    let (server, mut records) = server(config).await;
     let mut client = client(&server).await;
     let vad_model = LocalModel::load(&models.join("silero-vad/1"), 1).unwrap();
+    let mut last_audio = Vec::new();
 
     let queries = voices::queries();
     assert!(queries.len() >= 20);
@@ -213,6 +223,7 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
         assert!(sent < recording.len(), "the silence around {:?} was sent", query.text);
         let mut messages = vec![config_message(search_config())];
         messages.extend(spans.iter().enumerate().map(|(i, s)| segment_message(i as u64, &recording[s.clone()])));
+        last_audio = spans.iter().flat_map(|s| audio::f32_to_pcm16(&recording[s.clone()])).collect();
         let responses = exchange(&mut client, messages).await.unwrap();
         assert_eq!(responses.len(), spans.len() + 1, "a transcript per segment, then the result");
         let result = final_result(&responses).clone();
@@ -274,6 +285,20 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
     assert!(feature("pitch_hz") > 60.0 && feature("pitch_hz") < 250.0, "an adult voice: {asr:?}");
     assert!(feature("rms_dbfs") < -3.0 && feature("rms_dbfs") > -40.0, "{asr:?}");
     assert_eq!(asr.device_id, "test-phone");
+    // Its audio, every segment as sent, one after another, was captured as a WAV file the
+    // record names.
+    assert!(asr.capture.starts_with("moonshine-tiny-en-decoder/"), "{asr:?}");
+    let wav = captures.path().join("store").join(&asr.capture);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !wav.is_file() {
+        assert!(std::time::Instant::now() < deadline, "{} never stored", asr.capture);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut wav = hound::WavReader::open(&wav).unwrap();
+    assert_eq!((wav.spec().sample_rate, wav.spec().channels), (16_000, 1));
+    let kept: Vec<i16> = wav.samples::<i16>().map(Result::unwrap).collect();
+    let sent: Vec<i16> = last_audio.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+    assert_eq!(kept, sent, "the query's audio as sent");
 
     // Feedback: a click on the first result becomes a feedback event keyed by the query.
     let click = SearchFeedback {

@@ -39,6 +39,8 @@ pub struct StackOptions {
     pub server: ServerKind,
     /// vigil-edge's `[capture]` (off by default).
     pub capture: Option<vigil_capture::CaptureConfig>,
+    /// Extra keys of the monitor's `[rollouts]` table (TOML lines), e.g. a scenario's limits.
+    pub rollouts: String,
 }
 
 /// The prediction server a [`Stack`] runs.
@@ -60,6 +62,7 @@ impl StackOptions {
             kafka_brokers: None,
             server: ServerKind::Cloud,
             capture: None,
+            rollouts: String::new(),
         }
     }
 }
@@ -84,7 +87,7 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
     /// Migrates `store` and starts everything on it. Rollups of 1 s, alarms every 200 ms and
     /// rollout steps judged every 300 ms, so a scenario plays out in seconds; `[rollouts]`
     /// thresholds as shipped but for 25 ms of p99 slack (the load, the servers and the monitor
-    /// share this machine's cores).
+    /// share this machine's cores), and `options.rollouts`.
     pub async fn start(store: S, options: StackOptions) -> Result<Self> {
         store.migrate().await.context("preparing the database")?;
         let mut logging = vigil_server::LoggingConfig::named("vigil-scenario", "scenario-1");
@@ -142,8 +145,9 @@ impl<S: PredictionStore + MonitorStore> Stack<S> {
 
         let monitor_config: MonitorConfig = toml::from_str(&format!(
             "models = \"{}\"\n[rollups]\nresolutions = [1, 60]\npoll = \"100ms\"\n[alerting]\n\
-             evaluate_every = \"200ms\"\n[rollouts]\nevaluate_every = \"300ms\"\nlatency_p99_slack_ms = 25.0\n{}\n",
+             evaluate_every = \"200ms\"\n[rollouts]\nevaluate_every = \"300ms\"\nlatency_p99_slack_ms = 25.0\n{}\n{}\n",
             options.repository.display(),
+            options.rollouts,
             options.monitor_config,
         ))?;
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -19,7 +19,11 @@ async fn a_retrained_filter_goes_from_one_percent_of_users_to_all_and_one_that_f
     let store = PgStore::connect_lazy(&db.url(), 8).unwrap();
     // Records go over a real Apache Kafka broker to the logger, as in production.
     let broker = vigil_testkit::KafkaBroker::start(2).await;
-    let options = StackOptions { kafka_brokers: Some(broker.brokers()), ..StackOptions::new(db.url(), &repository) };
+    let options = StackOptions {
+        kafka_brokers: Some(broker.brokers()),
+        rollouts: anti_spam::ROLLOUTS.into(),
+        ..StackOptions::new(db.url(), &repository)
+    };
     let stack = Stack::start(store.clone(), options).await.unwrap();
     let outcome = anti_spam::run(&stack, &posts.texts, &vigil_scenarios::quiet).await;
     // Everything stops before any assertion: a failed one must not leave the logger behind.

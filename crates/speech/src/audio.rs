@@ -54,6 +54,27 @@ pub fn write_wav(path: &Path, samples: &[f32]) -> Result<(), SpeechError> {
     writer.finalize().map_err(fail)
 }
 
+/// Little-endian 16-bit PCM samples as the bytes of a 16 kHz mono WAV file.
+pub fn pcm16_to_wav(pcm16: &[u8]) -> Result<Vec<u8>, SpeechError> {
+    if !pcm16.len().is_multiple_of(2) {
+        return Err(SpeechError::InvalidAudio(format!("PCM16 audio has an odd byte count ({})", pcm16.len())));
+    }
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let fail = |e: hound::Error| SpeechError::InvalidAudio(format!("writing WAV: {e}"));
+    let mut out = std::io::Cursor::new(Vec::with_capacity(44 + pcm16.len()));
+    let mut writer = hound::WavWriter::new(&mut out, spec).map_err(fail)?;
+    for pair in pcm16.chunks_exact(2) {
+        writer.write_sample(i16::from_le_bytes([pair[0], pair[1]])).map_err(fail)?;
+    }
+    writer.finalize().map_err(fail)?;
+    Ok(out.into_inner())
+}
+
 /// Root-mean-square level in dBFS (0 dB: a full-scale square wave); -inf for silence.
 pub fn rms_dbfs(samples: &[f32]) -> f64 {
     if samples.is_empty() {
@@ -186,6 +207,18 @@ pub fn mean_pitch_hz(samples: &[f32]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcm16_becomes_a_wav_file_holding_the_same_samples() {
+        let pcm16 = f32_to_pcm16(&[0.0, 0.5, -0.25, 1.0]);
+        let wav = pcm16_to_wav(&pcm16).unwrap();
+        let mut reader = hound::WavReader::new(std::io::Cursor::new(wav)).unwrap();
+        assert_eq!((reader.spec().sample_rate, reader.spec().channels, reader.spec().bits_per_sample), (16_000, 1, 16));
+        let samples: Vec<i16> = reader.samples::<i16>().map(Result::unwrap).collect();
+        let want: Vec<i16> = pcm16.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+        assert_eq!(samples, want);
+        assert!(pcm16_to_wav(&[1, 2, 3]).is_err());
+    }
 
     fn sine(hz: f64, amplitude: f32, ms: usize) -> Vec<f32> {
         (0..ms * SAMPLES_PER_MS)
