@@ -266,13 +266,14 @@ def main() -> None:
     parser.add_argument("--new-share", type=float, default=0.5, help="the new images' share of each batch")
     parser.add_argument("--lr", type=float, default=3e-3)
     args = parser.parse_args()
-    t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    lap_started = time.perf_counter()
 
-    def lap(name: str, since: list[float] = [t0]) -> None:
+    def lap(name: str) -> None:
+        nonlocal lap_started
         now = time.perf_counter()
-        timings[name] = round(now - since[0], 2)
-        since[0] = now
+        timings[name] = round(now - lap_started, 2)
+        lap_started = now
 
     base = base_dir(args.base)
     base_onnx, base_toml = base / "model.onnx", (base / "model.toml").read_text()

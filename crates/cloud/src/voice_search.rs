@@ -280,7 +280,7 @@ impl Session {
         };
         let version = heard.model.as_ref().map(|m| m.version.clone()).unwrap_or_default();
         // Decided at the first segment: every kept query is captured (the rate is 1 here).
-        let input = vigil_capture::Input { version: &version, min_rate: 1.0, ..self.capture_input(inner, &wav, 1.0) };
+        let input = vigil_capture::Input { version: &version, ..self.capture_input(inner, &wav, 1.0) };
         capturer.capture(input).unwrap_or_default()
     }
 

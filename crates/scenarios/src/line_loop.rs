@@ -275,7 +275,7 @@ impl<'a, S: PredictionStore + MonitorStore> Line<'a, S> {
             if Instant::now() > deadline {
                 bail!("the loop did not close within {DEADLINE:?}");
             }
-            if follow.elapsed() == 0.0 && alarm_state(self.stack, DRIFT_RULE, MODEL).await? == "firing" {
+            if !follow.started() && alarm_state(self.stack, DRIFT_RULE, MODEL).await? == "firing" {
                 follow.start_clock("the drift alarm fires");
                 progress(&format!("{DRIFT_RULE} fires after {dimmed} dim phones: the edge captures every image"));
             }

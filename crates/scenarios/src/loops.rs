@@ -52,6 +52,11 @@ impl Follow {
         }
     }
 
+    /// Whether the clock has started.
+    pub fn started(&self) -> bool {
+        self.since.is_some()
+    }
+
     /// Seconds since the clock started (0 before).
     pub fn elapsed(&self) -> f64 {
         self.since.map_or(0.0, |t| t.elapsed().as_secs_f64())

@@ -108,7 +108,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         if Instant::now() > deadline {
             bail!("the loop did not close within {DEADLINE:?}");
         }
-        if follow.elapsed() == 0.0 && alarm_state(stack, RULE, MODEL).await? == "firing" {
+        if !follow.started() && alarm_state(stack, RULE, MODEL).await? == "firing" {
             follow.start_clock("the accuracy alarm fires");
             progress(&format!("{RULE} fires after {sent} changed patients"));
         }
