@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use object_store::ObjectStore;
@@ -107,12 +107,13 @@ pub(crate) async fn start(
                 stats.spool_full.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            // Counted before the entry is complete: the forwarder may store it (and subtract
+            // its size) as soon as its metadata file exists.
+            stats.spooled_bytes.fetch_add(size, Ordering::Relaxed);
             match write_entry(&dir, &p).await {
-                Ok(()) => {
-                    stats.spooled_bytes.fetch_add(size, Ordering::Relaxed);
-                    wake.notify_one();
-                }
+                Ok(()) => wake.notify_one(),
                 Err(e) => {
+                    release(&stats.spooled_bytes, size);
                     stats.store_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(prediction = %p.meta.prediction_id, error = %e, "cannot spool a capture");
                 }
@@ -142,6 +143,11 @@ async fn write_entry(dir: &Path, p: &Pending) -> std::io::Result<()> {
     write(dir.join(format!("{name}.bin")), p.bytes.clone()).await?;
     // The metadata last: an entry without it is not complete and is not forwarded.
     write(dir.join(format!("{name}.json")), serde_json::to_vec(&p.meta).map_err(std::io::Error::other)?).await
+}
+
+/// Takes `size` off the spool's byte count, never below zero.
+fn release(spooled: &AtomicU64, size: u64) {
+    let _ = spooled.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(size)));
 }
 
 fn spooled_bytes(dir: &Path) -> std::io::Result<u64> {
@@ -204,9 +210,7 @@ impl Forwarder {
         self.store.put(&meta_key, meta_bytes.into()).await?;
         tokio::fs::remove_file(meta_file).await?;
         tokio::fs::remove_file(&bin).await?;
-        self.stats
-            .spooled_bytes
-            .fetch_sub(meta.bytes.min(self.stats.spooled_bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        release(&self.stats.spooled_bytes, meta.bytes);
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
