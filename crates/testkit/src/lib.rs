@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod postgres;
 pub mod s3;
 pub mod speech;
+pub mod tls;
 
 pub use chromium::{Chromium, Page};
 pub use kafka::KafkaBroker;

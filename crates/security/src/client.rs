@@ -1,0 +1,110 @@
+//! The client side: `https://` servers verified against a CA bundle (or the system's roots),
+//! a client certificate for mutual TLS, and a bearer token on every call.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// How a client reaches a secured server. Empty: plaintext `http://`, no token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSecurity {
+    /// PEM bundle of the CAs `https://` servers must chain to (default: the system's roots).
+    pub ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for servers that ask for one (mutual TLS); needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Bearer token sent with every call.
+    pub token: Option<String>,
+    /// File holding the bearer token (its first line), read when connecting.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Adds `authorization: Bearer <token>` to every call (nothing without a token).
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that carries the token: what every Vigil client is built on.
+pub type SecureChannel = InterceptedService<Channel, Bearer>;
+
+impl ClientSecurity {
+    /// The bearer token, from `token` or the first line of `token_file`.
+    pub fn bearer(&self) -> Result<Bearer> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.trim().to_string()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("token file {}", path.display()))?;
+                Some(text.lines().next().unwrap_or("").trim().to_string())
+            }
+            (None, None) => None,
+        };
+        let value = token
+            .filter(|t| !t.is_empty())
+            .map(|t| format!("Bearer {t}").parse::<MetadataValue<Ascii>>())
+            .transpose()
+            .context("the token has characters a header cannot carry")?;
+        Ok(Bearer(value))
+    }
+
+    /// The endpoint for `url`: TLS when it is `https://` (errors name the file at fault).
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        let mut endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("invalid address {url}"))?;
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            tls = match &self.ca_cert {
+                Some(ca) => {
+                    let pem = std::fs::read(ca).with_context(|| format!("CA certificate {}", ca.display()))?;
+                    tls.ca_certificate(Certificate::from_pem(pem))
+                }
+                None => tls.with_native_roots(),
+            };
+            match (&self.client_cert, &self.client_key) {
+                (Some(cert), Some(key)) => {
+                    let cert = std::fs::read(cert).with_context(|| format!("client certificate {}", cert.display()))?;
+                    let key = std::fs::read(key).with_context(|| format!("client key {}", key.display()))?;
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+                (None, None) => {}
+                _ => anyhow::bail!("a client certificate needs both its certificate and its key"),
+            }
+            endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Connects to `url` now.
+    pub async fn connect(&self, url: &str) -> Result<SecureChannel> {
+        let bearer = self.bearer()?;
+        let channel = self.endpoint(url)?.connect().await.with_context(|| format!("cannot reach {url}"))?;
+        Ok(InterceptedService::new(channel, bearer))
+    }
+
+    /// A channel to `url` that connects on first use.
+    pub fn connect_lazy(&self, url: &str) -> Result<SecureChannel> {
+        let bearer = self.bearer()?;
+        Ok(InterceptedService::new(self.endpoint(url)?.connect_lazy(), bearer))
+    }
+
+    /// Wraps an endpoint the caller tuned (timeouts, window sizes) with the token.
+    pub async fn connect_endpoint(&self, endpoint: Endpoint) -> Result<SecureChannel> {
+        let bearer = self.bearer()?;
+        let uri = endpoint.uri().to_string();
+        let channel = endpoint.connect().await.with_context(|| format!("cannot reach {uri}"))?;
+        Ok(InterceptedService::new(channel, bearer))
+    }
+}

@@ -1,0 +1,80 @@
+//! Files read again when they change (certificates, keys, token lists): a task compares the
+//! files' modification times and sizes at an interval and swaps in what they now say; a file
+//! that does not load (half written, wrong) keeps the previous value and is retried.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+fn stamp(paths: &[PathBuf]) -> Stamp {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())))
+        .collect()
+}
+
+/// A value read from files, swapped when they change.
+pub struct Reloading<T> {
+    current: Arc<ArcSwap<T>>,
+}
+
+impl<T> Clone for Reloading<T> {
+    fn clone(&self) -> Self {
+        Self { current: self.current.clone() }
+    }
+}
+
+impl<T: Send + Sync + 'static> Reloading<T> {
+    /// Loads the value now (an error is returned as is) and then every `interval` when one of
+    /// `paths` changed, for as long as a clone of the returned value lives. Needs a tokio
+    /// An interval of zero never reloads. The files are watched from a small thread of its own,
+    /// so that neither a runtime nor blocking file reads on its threads are needed.
+    pub fn start<F>(what: &'static str, paths: Vec<PathBuf>, interval: Duration, load: F) -> anyhow::Result<Self>
+    where
+        F: Fn() -> anyhow::Result<T> + Send + 'static,
+    {
+        let mut seen = stamp(&paths);
+        let current = Arc::new(ArcSwap::from_pointee(load()?));
+        let this = Self { current };
+        if interval.is_zero() {
+            return Ok(this);
+        }
+        let target: Weak<ArcSwap<T>> = Arc::downgrade(&this.current);
+        let spawned = std::thread::Builder::new().name(format!("reload {what}")).spawn(move || {
+            let mut failed: Option<Stamp> = None;
+            loop {
+                std::thread::sleep(interval);
+                let Some(target) = target.upgrade() else { return };
+                let now = stamp(&paths);
+                if now == seen {
+                    continue;
+                }
+                match load() {
+                    Ok(value) => {
+                        target.store(Arc::new(value));
+                        tracing::info!(what, files = ?paths, "reloaded");
+                        seen = now;
+                        failed = None;
+                    }
+                    Err(e) => {
+                        if failed.as_ref() != Some(&now) {
+                            tracing::warn!(what, error = %format!("{e:#}"), "changed but does not load; keeping the previous one (retrying)");
+                        }
+                        failed = Some(now);
+                    }
+                }
+            }
+        });
+        spawned.map_err(|e| anyhow::anyhow!("cannot start watching the {what}: {e}"))?;
+        Ok(this)
+    }
+
+    /// The value as last loaded.
+    pub fn get(&self) -> Arc<T> {
+        self.current.load_full()
+    }
+}

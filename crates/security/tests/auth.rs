@@ -1,0 +1,138 @@
+//! Bearer tokens: a hashed tokens file (read again when it changes) and JWTs checked against a
+//! JWKS file (Ed25519, made for the test); missing, invalid, expired and foreign tokens are
+//! UNAUTHENTICATED, a token without the scope PERMISSION_DENIED, and each refusal is counted.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::HeaderMap;
+use vigil_security::auth::{self, Access, AuthConfig, AuthMetrics, Authenticator, Scope};
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    headers
+}
+
+fn tokens_file(entries: &[(&str, &str, &[&str])]) -> String {
+    entries
+        .iter()
+        .map(|(name, token, scopes)| {
+            let scopes = scopes.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+            format!("[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [{scopes}]\n", auth::token_hash(token))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tokens_from_the_file_carry_their_scopes_and_changes_are_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    let (line, _) = auth::new_token();
+    let (analyst, _) = auth::new_token();
+    assert!(line.starts_with("vgl_") && line.len() == 68 && line != analyst);
+    std::fs::write(&path, tokens_file(&[("line-3", &line, &["infer"]), ("ana", &analyst, &["analyst", "operator"])]))
+        .unwrap();
+    let config = AuthConfig { tokens_file: Some(path.clone()), reload_interval_ms: 50, ..Default::default() };
+    let auth = Authenticator::load(&config).unwrap().expect("configured");
+    let infer = Access::Scope(Scope::Infer);
+
+    let caller = auth.authorize(&bearer(&line), infer).unwrap().unwrap();
+    assert_eq!((caller.name.as_str(), caller.scopes.as_slice()), ("line-3", &[Scope::Infer][..]));
+    let denied = auth.authorize(&bearer(&analyst), infer).unwrap_err();
+    assert!(denied.denied && denied.message.contains("'ana' lacks the 'infer' scope"), "{denied:?}");
+    let missing = auth.authorize(&HeaderMap::new(), infer).unwrap_err();
+    assert!(!missing.denied && missing.reason == "missing");
+    let wrong = auth.authorize(&bearer("vgl_not-a-token"), infer).unwrap_err();
+    assert!(!wrong.denied && wrong.reason == "invalid");
+    let mut basic = HeaderMap::new();
+    basic.insert(http::header::AUTHORIZATION, "Basic dXNlcjpwdw==".parse().unwrap());
+    assert_eq!(auth.authorize(&basic, infer).unwrap_err().reason, "invalid");
+    assert_eq!(auth.authorize(&HeaderMap::new(), Access::Open).unwrap(), None, "open needs nothing");
+    assert!(auth.authorize(&bearer(&analyst), Access::AnyToken).unwrap().is_some());
+
+    // The line's token is revoked and the analyst's given `infer`: no restart.
+    std::fs::write(&path, tokens_file(&[("ana", &analyst, &["analyst", "infer"])])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while auth.authorize(&bearer(&line), infer).is_ok() {
+        assert!(Instant::now() < deadline, "the revoked token still works");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(auth.authorize(&bearer(&analyst), infer).is_ok());
+    // A broken file keeps the last good table.
+    std::fs::write(&path, "[[token]]\nname = 1\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(auth.authorize(&bearer(&analyst), infer).is_ok());
+}
+
+#[test]
+fn a_bad_tokens_file_is_refused_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    std::fs::write(&path, "[[token]]\nname = \"x\"\nsha256 = \"abc\"\nscopes = [\"infer\"]\n").unwrap();
+    let config = AuthConfig { tokens_file: Some(path), ..Default::default() };
+    let error = Authenticator::load(&config).err().unwrap().to_string();
+    assert!(error.contains("tokens.toml") && error.contains("64-digit hex"), "{error}");
+    std::fs::write(dir.path().join("t2.toml"), "[[token]]\nname = \"x\"\nsha256 = \"\"\nscopes = [\"root\"]\n")
+        .unwrap();
+    let config = AuthConfig { tokens_file: Some(dir.path().join("t2.toml")), ..Default::default() };
+    assert!(format!("{:#}", Authenticator::load(&config).err().unwrap()).contains("root"));
+}
+
+fn jwt(key: &rcgen::KeyPair, kid: &str, claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.into());
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(key.serialize_pem().as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[test]
+fn jwts_signed_by_a_key_of_the_jwks_are_accepted_with_their_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let stranger = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.public_key_raw());
+    let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA", "use": "sig"}]});
+    std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+    let config = AuthConfig {
+        jwks_file: Some(dir.path().join("jwks.json")),
+        jwt_issuer: Some("https://id.plant.example".into()),
+        jwt_audience: Some("vigil".into()),
+        ..Default::default()
+    };
+    let auth = Authenticator::load(&config).unwrap().unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let claims = |exp: u64, iss: &str, scope: &str| serde_json::json!({"sub": "maria", "iss": iss, "aud": "vigil", "exp": exp, "scope": scope});
+    let good = jwt(&key, "k1", claims(now + 600, "https://id.plant.example", "analyst operator"));
+    let caller = auth.authorize(&bearer(&good), Access::Scope(Scope::Operator)).unwrap().unwrap();
+    assert_eq!(caller.name, "maria");
+    assert_eq!(caller.scopes, vec![Scope::Analyst, Scope::Operator]);
+    assert!(auth.authorize(&bearer(&good), Access::Scope(Scope::Admin)).unwrap_err().denied);
+
+    for (why, token) in [
+        ("expired", jwt(&key, "k1", claims(now - 600, "https://id.plant.example", "analyst"))),
+        ("another issuer", jwt(&key, "k1", claims(now + 600, "https://evil.example", "analyst"))),
+        ("a key not in the JWKS", jwt(&stranger, "k1", claims(now + 600, "https://id.plant.example", "analyst"))),
+        ("an unknown key id", jwt(&key, "k9", claims(now + 600, "https://id.plant.example", "analyst"))),
+    ] {
+        let refusal = auth.authorize(&bearer(&token), Access::Scope(Scope::Analyst)).unwrap_err();
+        assert!(!refusal.denied && refusal.reason == "invalid", "{why}: {refusal:?}");
+    }
+}
+
+#[test]
+fn every_method_has_its_scope_and_unknown_ones_need_admin() {
+    use auth::grpc_access;
+    assert_eq!(grpc_access("/grpc.health.v1.Health/Check"), Access::Open);
+    assert_eq!(grpc_access("/inference.GRPCInferenceService/ModelInfer"), Access::Scope(Scope::Infer));
+    assert_eq!(grpc_access("/inference.GRPCInferenceService/RepositoryModelLoad"), Access::Scope(Scope::Admin));
+    assert_eq!(grpc_access("/vigil.v1.Control/WatchDeployments"), Access::Scope(Scope::Control));
+    assert_eq!(grpc_access("/vigil.v1.Monitoring/SubmitLabels"), Access::Scope(Scope::Operator));
+    assert_eq!(grpc_access("/vigil.v1.Monitoring/SomethingNew"), Access::Scope(Scope::Admin));
+    assert_eq!(grpc_access("nonsense"), Access::Scope(Scope::Admin));
+    assert_eq!(auth::http_access("/api/review/next"), Access::Scope(Scope::Operator));
+    assert_eq!(auth::http_access("/api/dashboard"), Access::Scope(Scope::Analyst));
+    assert_eq!(auth::http_access("/healthz"), Access::Open);
+    let metrics = AuthMetrics::default();
+    assert_eq!(metrics.refusals("missing"), 0);
+}

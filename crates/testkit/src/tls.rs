@@ -1,0 +1,77 @@
+//! A certificate authority made for one test (rcgen): server certificates for `localhost` and
+//! 127.0.0.1, client certificates, and the PEM files servers and clients read.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+
+/// A test CA whose files live in a temporary directory.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    name: String,
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate (PEM), what clients and mutual-TLS servers trust.
+    pub ca_pem: PathBuf,
+}
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA named `name` (files under a fresh temporary directory).
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let ca_pem = dir.path().join(format!("{name}-ca.pem"));
+        std::fs::write(&ca_pem, cert.pem()).expect("writing the CA certificate");
+        Self { dir, name: name.to_string(), issuer: Issuer::new(params, key), ca_pem }
+    }
+
+    /// The directory the files are written to.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1, written as `<file>.pem` and
+    /// `<file>.key` (writing over earlier files of that name: a renewal).
+    pub fn server(&self, file: &str) -> CertFiles {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("server parameters");
+        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.distinguished_name.push(DnType::CommonName, format!("{} {file}", self.name));
+        self.issue(params, file)
+    }
+
+    /// A client certificate whose common name is `name`.
+    pub fn client(&self, name: &str) -> CertFiles {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client parameters");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params, name)
+    }
+
+    fn issue(&self, params: CertificateParams, file: &str) -> CertFiles {
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        let files = CertFiles {
+            cert: self.dir.path().join(format!("{file}.pem")),
+            key: self.dir.path().join(format!("{file}.key")),
+        };
+        // Written aside and renamed, as a certificate manager renews files in place.
+        for (path, text) in [(&files.key, key.serialize_pem()), (&files.cert, cert.pem())] {
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, text).expect("writing a certificate");
+            std::fs::rename(&partial, path).expect("renaming a certificate");
+        }
+        files
+    }
+}
