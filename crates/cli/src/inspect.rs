@@ -1,14 +1,14 @@
 //! `vigil inspect`: the factory line client.
 
+use crate::connect::SecureChannel;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use tonic::transport::Channel;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_proto::vigil::v1::{Decision, InspectRequest, InspectResponse, Verdict};
 
@@ -197,14 +197,9 @@ fn human_line(o: &Outcome) -> String {
 }
 
 /// Connects to the server with a clear error when it is not there.
-pub async fn connect(server: &str) -> Result<InspectionClient<Channel>> {
-    let endpoint = Channel::from_shared(server.to_string())
-        .with_context(|| format!("invalid server address '{server}' (expected e.g. http://127.0.0.1:8001)"))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the edge server at {server}; is vigil-edge running? (--server)"))?;
+pub async fn connect(server: &str) -> Result<InspectionClient<SecureChannel>> {
+    let what = format!("the edge server at {server}; is vigil-edge running? (--server)");
+    let channel = crate::connect::channel(server, &what).await?;
     Ok(InspectionClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }
 
@@ -220,7 +215,7 @@ pub async fn run(args: InspectArgs) -> Result<u8> {
 
 /// Inspects `files` with bounded concurrency, printing each outcome in file order.
 pub async fn inspect_files(
-    client: InspectionClient<Channel>,
+    client: InspectionClient<SecureChannel>,
     files: &[PathBuf],
     args: &InspectArgs,
     progress: bool,

@@ -41,9 +41,8 @@ pub const SOME_REJECTED: u8 = 1;
 async fn submit_to_monitor(url: &str, labels: &[Label]) -> Result<u8> {
     use vigil_proto::vigil::v1::SubmitLabelsRequest;
     use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
-    let mut client = MonitoringClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("cannot reach the monitor at {url}; is vigil-monitor running?"))?;
+    let what = format!("the monitor at {url}; is vigil-monitor running?");
+    let mut client = MonitoringClient::new(crate::connect::channel(url, &what).await?);
     let now = SystemTime::now();
     let events: Vec<LabelEvent> = labels
         .iter()

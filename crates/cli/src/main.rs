@@ -11,6 +11,7 @@
 mod batch;
 mod bench;
 mod bench_voice;
+mod connect;
 mod dataset;
 mod demo;
 mod deploy;
@@ -25,6 +26,7 @@ mod retrain;
 mod review;
 mod rollout;
 mod speak;
+mod token;
 mod up;
 
 use std::process::ExitCode;
@@ -37,6 +39,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connect: connect::ConnectOptions,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +83,8 @@ enum Command {
     Dataset(dataset::DatasetArgs),
     /// Retraining jobs: queue one (the monitor runs the model's recipe on its labelled data), follow, list, cancel, retry.
     Retrain(retrain::RetrainArgs),
+    /// Bearer tokens for secured servers: `vigil token new --name line-3 --scope infer`.
+    Token(token::TokenArgs),
     /// Play one of the seed's examples (phone-line, anti-spam, screening, recommender) end to end on this machine.
     Demo(demo::DemoArgs),
 }
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    connect::init(cli.connect.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -118,6 +125,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Dataset(args) => dataset::run(args).await,
             Command::Retrain(args) => retrain::run(args).await,
+            Command::Token(args) => token::run(args),
         }
     });
     match result {

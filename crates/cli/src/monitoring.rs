@@ -1,10 +1,10 @@
 //! `vigil metrics`, `vigil drift` and `vigil alerts`: the monitoring API (`vigil.v1.Monitoring`
 //! on vigil-monitor) from the command line, as a table or JSON.
 
+use crate::connect::SecureChannel;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use clap::Args;
-use tonic::transport::Channel;
 use vigil_monitor::api::timestamp as ts;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
 use vigil_proto::vigil::v1::{GetDriftRequest, GetMetricsRequest, ListAlertsRequest, Scope};
@@ -61,13 +61,9 @@ pub struct AlertsArgs {
     pub json: bool,
 }
 
-async fn client(url: &str) -> Result<MonitoringClient<Channel>> {
-    let channel = Channel::from_shared(url.to_string())
-        .with_context(|| format!("'{url}' is not a URL (e.g. http://127.0.0.1:8003)"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the monitor at {url}; is vigil-monitor running? (--monitor)"))?;
-    Ok(MonitoringClient::new(channel))
+async fn client(url: &str) -> Result<MonitoringClient<SecureChannel>> {
+    let what = format!("the monitor at {url}; is vigil-monitor running? (--monitor)");
+    Ok(MonitoringClient::new(crate::connect::channel(url, &what).await?))
 }
 
 fn range(last: std::time::Duration) -> Result<(DateTime<Utc>, DateTime<Utc>)> {

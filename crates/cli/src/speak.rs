@@ -5,6 +5,7 @@
 //! against recorded and the wait after the last speech are reported. The server logs every
 //! query as realtime traffic is logged.
 
+use crate::connect::SecureChannel;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,6 @@ use clap::Args;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use vigil_proto::vigil::v1::voice_search_client::VoiceSearchClient;
 use vigil_proto::vigil::v1::{SearchConfig, SearchRequest, SpeechSegment, VadReport, search_request, search_response};
 use vigil_speech::audio::{self, SAMPLES_PER_MS};
@@ -133,7 +133,7 @@ pub(crate) fn load_vad(args: &SpeakOptions) -> Result<LocalModel> {
 
 /// One recording's outcome, its error (or the timeout) included.
 pub(crate) async fn speak_within_timeout(
-    client: VoiceSearchClient<Channel>,
+    client: VoiceSearchClient<SecureChannel>,
     vad: &LocalModel,
     path: &Path,
     params: VadParams,
@@ -150,20 +150,15 @@ pub(crate) async fn speak_within_timeout(
 }
 
 /// Connects to vigil-cloud with a clear error when it is not there.
-pub async fn connect(server: &str) -> Result<VoiceSearchClient<Channel>> {
-    let endpoint = Channel::from_shared(server.to_string())
-        .with_context(|| format!("invalid server address '{server}' (expected e.g. http://127.0.0.1:8010)"))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the cloud server at {server}; is vigil-cloud running? (--server)"))?;
+pub async fn connect(server: &str) -> Result<VoiceSearchClient<SecureChannel>> {
+    let what = format!("the cloud server at {server}; is vigil-cloud running? (--server)");
+    let channel = crate::connect::channel(server, &what).await?;
     Ok(VoiceSearchClient::new(channel).max_decoding_message_size(32 << 20).max_encoding_message_size(32 << 20))
 }
 
 /// Runs VAD over one recording, streaming each segment as it closes, and collects the answer.
 pub async fn speak_file(
-    mut client: VoiceSearchClient<Channel>,
+    mut client: VoiceSearchClient<SecureChannel>,
     vad: &LocalModel,
     path: &Path,
     params: VadParams,

@@ -28,6 +28,8 @@ pub struct CloudConfig {
     pub voice_search: VoiceSearchConfig,
     /// ModelInfer inputs kept for retraining (`[capture]`): which, and where.
     pub capture: vigil_capture::CaptureConfig,
+    /// TLS, tokens and the plaintext rule (`[security]`, `[security.tls]`, `[security.auth]`).
+    pub security: vigil_security::SecurityConfig,
 }
 
 /// `vigil.v1.VoiceSearch`: which models listen, what they are given, the catalog searched and
@@ -140,6 +142,7 @@ impl Default for CloudConfig {
             deployments: DeploymentsConfig::default(),
             voice_search: VoiceSearchConfig::default(),
             capture: vigil_capture::CaptureConfig::default(),
+            security: vigil_security::SecurityConfig::default(),
         }
     }
 }
@@ -156,6 +159,7 @@ impl vigil_server::cli::ServerConfig for CloudConfig {
         "deployments",
         "voice_search",
         "capture",
+        "security",
     ];
 
     fn validate(&self) -> Result<(), String> {

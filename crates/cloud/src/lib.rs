@@ -37,6 +37,7 @@ pub async fn start(config: CloudConfig, handle_signals: bool, records: Option<Re
             true => Some(vigil_capture::Capturer::start(config.capture).await?.0),
             false => None,
         },
+        security: config.security,
     };
     let voice_search = config.voice_search;
     let apis: vigil_server::ServerApis = Box::new(move |serving, routes| {

@@ -30,6 +30,8 @@ pub struct EdgeConfig {
     pub deployments: DeploymentsConfig,
     /// Images kept for retraining (`[capture]`): which, and where.
     pub capture: vigil_capture::CaptureConfig,
+    /// TLS, tokens and the plaintext rule (`[security]`, `[security.tls]`, `[security.auth]`).
+    pub security: vigil_security::SecurityConfig,
 }
 
 impl Default for EdgeConfig {
@@ -46,6 +48,7 @@ impl Default for EdgeConfig {
             metrics: MetricsConfig::default(),
             deployments: DeploymentsConfig::default(),
             capture: vigil_capture::CaptureConfig::default(),
+            security: vigil_security::SecurityConfig::default(),
         }
     }
 }
@@ -63,6 +66,7 @@ impl vigil_server::cli::ServerConfig for EdgeConfig {
         "logging",
         "deployments",
         "capture",
+        "security",
     ];
 
     fn validate(&self) -> Result<(), String> {

@@ -40,6 +40,7 @@ pub async fn start_with(
             true => Some(vigil_capture::Capturer::start(config.capture).await?.0),
             false => None,
         },
+        security: config.security,
     };
     let (default_model, images) = (config.default_model, config.images);
     let inspection: vigil_server::ServerApis = Box::new(move |serving, routes| {

@@ -30,6 +30,8 @@ pub struct LoggerConfig {
     pub batch: BatchSettings,
     /// How often the consumer lag is refreshed from the Kafka client's statistics.
     pub statistics_interval_ms: u64,
+    /// TLS and tokens on the `/metrics` port (`[security]`).
+    pub security: vigil_security::SecurityConfig,
 }
 
 /// How records are grouped into database transactions.
@@ -81,6 +83,7 @@ impl Default for LoggerConfig {
             migrate: true,
             batch: BatchSettings::default(),
             statistics_interval_ms: 5_000,
+            security: vigil_security::SecurityConfig::default(),
         }
     }
 }

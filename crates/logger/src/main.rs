@@ -79,11 +79,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = vigil_telemetry::termination()?;
     let stats = Arc::new(LoggerStats::default());
     let stats_for_metrics = stats.clone();
+    let security = vigil_security::Security::load(&config.security).map_err(|e| anyhow::anyhow!("security: {e:#}"))?;
     let http = vigil_telemetry::bind_http(args.metrics_listen, "--metrics-listen").await?;
+    security.check_listen(http.local_addr()?, "--metrics-listen")?;
     println!(
-        "vigil-logger consuming {:?} from {} into Postgres (metrics on http://{}/metrics)",
+        "vigil-logger consuming {:?} from {} into Postgres (metrics on {}://{}/metrics)",
         config.consume,
         config.kafka.brokers,
+        security.scheme(),
         http.local_addr()?
     );
     // The pipeline finishes its batches first; /metrics stops last, after a short grace.
@@ -93,7 +96,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         vigil_logger::run(config, stats.clone(), stop.stopped())
     });
     let router = vigil_telemetry::metrics_router(vigil_logger::metrics::registry(&stats_for_metrics));
-    lifecycle
-        .spawn("metrics", "/metrics server", move |stop| vigil_telemetry::serve_http(http, router, stop.stopped()));
+    let router = security.protect_http(router, vigil_security::auth::http_access, Default::default());
+    lifecycle.spawn("metrics", "/metrics server", move |stop| async move {
+        security.serve_http(http, router, stop.stopped()).await
+    });
     lifecycle.run_until(shutdown).await
 }

@@ -27,6 +27,8 @@ pub struct MonitorConfig {
     pub rollouts: crate::rollout::RolloutChecks,
     /// Retraining jobs: where they work, and each model's recipe, triggers and rollout.
     pub retraining: crate::retrain::RetrainingConfig,
+    /// TLS on both ports and tokens for every API and page (`[security]`).
+    pub security: vigil_security::SecurityConfig,
 }
 
 impl Default for MonitorConfig {
@@ -39,6 +41,7 @@ impl Default for MonitorConfig {
             control: ControlConfig::default(),
             rollouts: crate::rollout::RolloutChecks::default(),
             retraining: crate::retrain::RetrainingConfig::default(),
+            security: vigil_security::SecurityConfig::default(),
         }
     }
 }

@@ -84,11 +84,14 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     http: TcpListener,
 ) -> Result<Lifecycle> {
     config.validate()?;
+    let security = vigil_security::Security::load(&config.security).map_err(|e| anyhow::anyhow!("security: {e:#}"))?;
+    security.check_listen(http.local_addr()?, "--http-listen")?;
     let rules = config.rules()?;
     let catalog = Arc::new(LiveCatalog::follow(&config.models)?);
     let config = Arc::new(config);
     let views = Views::following(store.clone(), catalog.clone(), config.clone());
     let (registry, metrics) = telemetry::registry();
+    let auth_metrics = metrics.auth.clone();
     let mut lifecycle = Lifecycle::new();
     lifecycle.stage(SERVE, None).stage(BACKGROUND, None);
 
@@ -134,13 +137,19 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     }
 
     let dashboard = http::router(views.clone(), registry);
-    lifecycle.spawn(SERVE, "dashboard", move |stop| vigil_telemetry::serve_http(http, dashboard, stop.stopped()));
+    let dashboard = security.protect_http(dashboard, vigil_security::auth::http_access, auth_metrics.clone());
+    let http_security = security.clone();
+    lifecycle.spawn(SERVE, "dashboard", move |stop| async move {
+        http_security.serve_http(http, dashboard, stop.stopped()).await
+    });
     let control =
         vigil_server::control::ControlService::start(store.clone(), config.control.poll, &mut lifecycle, BACKGROUND);
-    let mut host = GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?;
+    let mut host =
+        GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?.with_security(security.clone(), "--listen")?;
     host.serving_all().await;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(security.grpc_layer(auth_metrics))
         .add_routes(host.routes())
         .add_service(PredictionLogServer::new(PredictionLogService::new(store.clone())))
         .add_service(MonitoringServer::new(MonitoringService::new(views)))

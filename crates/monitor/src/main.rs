@@ -27,6 +27,9 @@ struct Args {
     /// The model repository (overrides the config's `models`).
     #[arg(long)]
     models: Option<PathBuf>,
+    /// Allow plaintext on an address other than loopback (without [security.tls]); warns.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[tokio::main]
@@ -43,6 +46,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(models) = &args.models {
         config.models = models.clone();
     }
+    config.security.insecure |= args.insecure;
     let shutdown = vigil_telemetry::termination()?;
     let backend = Backend::connect(&args.database_url).await?;
     vigil_store::with_store!(backend, store => serve(store, config, &args, shutdown).await)
@@ -58,6 +62,7 @@ async fn serve<S: PredictionStore + MonitorStore>(
     store.migrate().await?;
     let grpc = vigil_monitor::bind(args.listen).await?;
     let http = vigil_telemetry::bind_http(args.http_listen, "--http-listen").await?;
-    println!("vigil-monitor: gRPC on {}, dashboard on http://{}/", grpc.local_addr()?, http.local_addr()?);
+    let scheme = if config.security.tls.is_some() { "https" } else { "http" };
+    println!("vigil-monitor: gRPC on {}, dashboard on {scheme}://{}/", grpc.local_addr()?, http.local_addr()?);
     vigil_monitor::run(store, config, grpc, http, shutdown).await
 }

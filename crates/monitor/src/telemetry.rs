@@ -30,12 +30,14 @@ pub struct MonitorMetrics {
     pub alerting_leader: Gauge,
     /// Completed alarm evaluation rounds (every rule, every model).
     pub alert_evaluations: Counter,
+    /// Calls refused for their token, on both ports.
+    pub auth: vigil_security::auth::AuthMetrics,
 }
 
 impl MonitorMetrics {
     /// Registers every metric in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
+        let m = Self { auth: vigil_security::auth::AuthMetrics::register(registry), ..Self::default() };
         registry.register(
             "vigil_monitor_rollup_records",
             "Predictions summarised into rollups",

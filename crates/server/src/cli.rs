@@ -57,6 +57,9 @@ pub struct ServerFlags {
     /// ONNX Runtime shared library (libonnxruntime.so).
     #[arg(long)]
     pub onnxruntime_lib: Option<PathBuf>,
+    /// Allow plaintext on an address other than loopback (without [security.tls]); warns.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl ServerFlags {
@@ -74,6 +77,9 @@ impl ServerFlags {
             if let Some(value) = value {
                 figment = figment.merge(Serialized::default(key, value));
             }
+        }
+        if self.insecure {
+            figment = figment.merge(Serialized::default("security.insecure", true));
         }
         figment
     }
@@ -97,6 +103,7 @@ pub fn layered<T: Serialize>(defaults: T, file: Option<&Path>, env_keys: &[&str]
 pub fn announce(name: &str, server: &RunningServer) {
     let models: Vec<String> =
         server.repository.models().iter().map(|m| format!("{}@{}", m.name, m.default_version)).collect();
-    let metrics = server.metrics_addr.map(|a| format!(" (metrics on http://{a}/metrics)")).unwrap_or_default();
+    let scheme = server.scheme;
+    let metrics = server.metrics_addr.map(|a| format!(" (metrics on {scheme}://{a}/metrics)")).unwrap_or_default();
     println!("{name} listening on {}{metrics} serving {}", server.addr, models.join(", "));
 }

@@ -36,9 +36,12 @@ use crate::lifecycle::Lifecycle;
 pub struct DeploymentsConfig {
     /// The registry's database (postgres://... or sqlite://...); empty: not followed there.
     pub database_url: String,
-    /// A control plane serving `vigil.v1.Control` (http://host:port, e.g. the monitor's gRPC
-    /// address); empty: not followed there. At most one of the two.
+    /// A control plane serving `vigil.v1.Control` (http://host:port or https://host:port, e.g.
+    /// the monitor's gRPC address); empty: not followed there. At most one of the two.
     pub control_url: String,
+    /// How this server reaches the control plane: CA bundle, client certificate, token file
+    /// (a token with the `control` scope).
+    pub control: vigil_security::ClientSecurity,
     /// How often to read the database, or to retry a control plane that is away, in milliseconds.
     pub poll_interval_ms: u64,
     /// Where the last known deployments are kept across restarts; empty: not kept.
@@ -58,6 +61,7 @@ impl Default for DeploymentsConfig {
         Self {
             database_url: String::new(),
             control_url: String::new(),
+            control: vigil_security::ClientSecurity::default(),
             poll_interval_ms: 2_000,
             state_file: PathBuf::new(),
             max_artifact_bytes: 2 << 30,
@@ -237,7 +241,7 @@ impl Follower {
     }
 
     async fn watch_once(&mut self, config: &DeploymentsConfig, server_id: &str) -> Result<()> {
-        let mut client = ControlClient::connect(config.control_url.clone()).await?;
+        let mut client = ControlClient::new(config.control.connect(&config.control_url).await?);
         let request = WatchDeploymentsRequest { server_id: server_id.to_string() };
         let mut stream = client.watch_deployments(request).await?.into_inner();
         tracing::info!(url = config.control_url, "following deployments from the control plane");
@@ -358,7 +362,7 @@ impl Follower {
 
 /// Fetches artifacts from the control plane into the model repository.
 struct Fetcher {
-    client: ControlClient<tonic::transport::Channel>,
+    client: ControlClient<vigil_security::client::SecureChannel>,
     max_bytes: u64,
 }
 

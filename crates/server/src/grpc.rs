@@ -2,7 +2,7 @@
 //! (each served API marked SERVING, then NOT_SERVING when the drain starts) and reflection in
 //! both `grpc.reflection.v1` and `v1alpha` (grpcurl and tonic speak v1; Python's
 //! grpcio-reflection, Postman and older tools only v1alpha), served in a [`Lifecycle`] stage
-//! that drains in-flight calls within a bound.
+//! that drains in-flight calls within a bound; over TLS when the server's [`Security`] says so.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::server::HealthReporter;
 use tower::{Layer, Service};
 
+use vigil_security::Security;
+
 use crate::lifecycle::Lifecycle;
 
 /// A bound gRPC listener with its health reporter, before it serves.
@@ -26,6 +28,7 @@ pub struct GrpcHost {
     health: HealthReporter,
     routes: Routes,
     served: Vec<&'static str>,
+    security: Security,
 }
 
 impl GrpcHost {
@@ -55,7 +58,15 @@ impl GrpcHost {
         let v1 = reflection().build_v1().context("building the reflection service")?;
         let v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
         let routes = Routes::new(health_service).add_service(v1).add_service(v1alpha);
-        Ok(Self { listener, addr, health, routes, served: Vec::new() })
+        Ok(Self { listener, addr, health, routes, served: Vec::new(), security: Security::none() })
+    }
+
+    /// Serves over `security`'s TLS (when on); refuses plaintext beyond loopback unless allowed
+    /// (`setting` names what sets the address).
+    pub fn with_security(mut self, security: Security, setting: &str) -> Result<Self> {
+        security.check_listen(self.addr, setting)?;
+        self.security = security;
+        Ok(self)
     }
 
     /// The bound address (useful with port 0).
@@ -99,7 +110,7 @@ impl GrpcHost {
         ResBody: http_body::Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Self { listener, health, served, .. } = self;
+        let Self { listener, health, served, security, .. } = self;
         lifecycle.spawn(stage, "gRPC server", move |stop| async move {
             let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
             let signal = async move {
@@ -110,38 +121,60 @@ impl GrpcHost {
                 }
                 let _ = draining_tx.send(());
             };
-            let serve =
-                router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
-            tokio::pin!(serve);
-            // The server may finish by itself (an error, or nothing left to drain).
-            let finished = tokio::select! {
-                result = &mut serve => Some(result),
-                _ = draining => None,
-            };
-            let result = match finished {
-                Some(result) => result,
-                None => match tokio::time::timeout(drain, serve).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
-                        Ok(())
-                    }
-                },
+            let result = match security.tls() {
+                None => {
+                    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                    drained(router.serve_with_incoming_shutdown(incoming, signal), draining, drain).await
+                }
+                Some(tls) => {
+                    let incoming = tls.grpc_incoming(listener);
+                    drained(router.serve_with_incoming_shutdown(incoming, signal), draining, drain).await
+                }
             };
             result.context("gRPC server failed")
         });
     }
 }
 
+/// Runs `serve` until it finishes by itself (an error, or nothing left to drain), or, once
+/// `draining` fires, for at most `drain` more.
+async fn drained<E>(
+    serve: impl std::future::Future<Output = Result<(), E>>,
+    draining: tokio::sync::oneshot::Receiver<()>,
+    drain: Duration,
+) -> Result<(), E> {
+    tokio::pin!(serve);
+    let finished = tokio::select! {
+        result = &mut serve => Some(result),
+        _ = draining => None,
+    };
+    match finished {
+        Some(result) => result,
+        None => match tokio::time::timeout(drain, serve).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
+                Ok(())
+            }
+        },
+    }
+}
+
 /// Serves Prometheus `GET /metrics` from `registry` on `listener` in `lifecycle`'s `stage`
-/// (give it a short grace period: it is the last thing to stop).
+/// (give it a short grace period: it is the last thing to stop), over `security`'s TLS and
+/// behind its tokens unless `/metrics` is open.
 pub fn serve_metrics(
     listener: TcpListener,
     registry: prometheus_client::registry::Registry,
+    security: &Security,
+    auth_metrics: vigil_security::auth::AuthMetrics,
     lifecycle: &mut Lifecycle,
     stage: &'static str,
 ) {
     let router = vigil_telemetry::metrics_router(std::sync::Arc::new(registry));
-    lifecycle
-        .spawn(stage, "/metrics server", move |stop| vigil_telemetry::serve_http(listener, router, stop.stopped()));
+    let router = security.protect_http(router, vigil_security::auth::http_access, auth_metrics);
+    let security = security.clone();
+    lifecycle.spawn(stage, "/metrics server", move |stop| async move {
+        security.serve_http(listener, router, stop.stopped()).await
+    });
 }

@@ -45,6 +45,8 @@ pub struct ServerSettings {
     /// Inputs kept for retraining (`[capture]`), started by the server binary; ModelInfer items
     /// are captured through it, and a server's own APIs get it in [`Serving`].
     pub capture: Option<vigil_capture::Capturer>,
+    /// TLS and tokens on both ports (`[security]`).
+    pub security: vigil_security::SecurityConfig,
 }
 
 /// What a server's own APIs are built from.
@@ -73,6 +75,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Where `GET /metrics` is served, when enabled.
     pub metrics_addr: Option<SocketAddr>,
+    /// `https` when TLS is on, else `http`.
+    pub scheme: &'static str,
     /// The loaded models.
     pub repository: Arc<ModelRepository>,
     /// Prediction logging, when enabled.
@@ -123,13 +127,19 @@ pub async fn start(
     };
     let repository =
         crate::models::load(settings.onnxruntime_lib.as_deref(), &settings.model_repository, &settings.models).await?;
-    let mut host = GrpcHost::bind(settings.listen, "--listen", descriptor_sets).await?;
+    let security =
+        vigil_security::Security::load(&settings.security).map_err(|e| anyhow::anyhow!("security: {e:#}"))?;
+    let host = GrpcHost::bind(settings.listen, "--listen", descriptor_sets).await?;
+    let mut host = host.with_security(security.clone(), "--listen")?;
     let metrics_listener = if settings.metrics.enabled {
         Some(vigil_telemetry::bind_http(settings.metrics.listen, "--metrics-listen or metrics.listen").await?)
     } else {
         None
     };
     let metrics_addr = metrics_listener.as_ref().map(tokio::net::TcpListener::local_addr).transpose()?;
+    if let Some(addr) = metrics_addr {
+        security.check_listen(addr, "--metrics-listen or metrics.listen")?;
+    }
 
     let mut lifecycle = Lifecycle::new();
     lifecycle.stage(SERVE, None).stage(RECORDS, None).stage(METRICS, Some(Duration::from_secs(1)));
@@ -147,6 +157,7 @@ pub async fn start(
     let admission = AdmissionLayer::new(settings.limits.admission()).with_streaming_methods(streaming);
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
+    let auth_metrics = vigil_security::auth::AuthMetrics::register(&mut registry);
     let mut inference = InferenceService::new(repository.clone(), settings.name).with_metrics(metrics.clone());
     let mut infer = None;
     if settings.deployments.enabled() {
@@ -199,20 +210,23 @@ pub async fn start(
     let addr = host.addr();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        // Outermost first: every call is counted, those the admission layer sheds or ends too.
+        // Outermost first: every call is counted, those refused for their token and those the
+        // admission layer sheds or ends too; a refused call costs no admission budget.
         .layer(
             tower::ServiceBuilder::new()
                 .layer(RequestMetricsLayer::new(metrics).with_methods(methods))
+                .layer(security.grpc_layer(auth_metrics.clone()))
                 .layer(admission),
         )
         .add_routes(routes);
     host.serve(router, &mut lifecycle, SERVE, drain);
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %metrics_addr.expect("bound"), "serving /metrics");
-        crate::serve_metrics(listener, serving.registry, &mut lifecycle, METRICS);
+        crate::serve_metrics(listener, serving.registry, &security, auth_metrics, &mut lifecycle, METRICS);
     }
     let records = serving.records;
-    Ok(RunningServer { addr, metrics_addr, repository, records, lifecycle, terminated })
+    let scheme = security.scheme();
+    Ok(RunningServer { addr, metrics_addr, scheme, repository, records, lifecycle, terminated })
 }
 
 /// The APIs of a server that adds none beside OIP.

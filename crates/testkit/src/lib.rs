@@ -8,6 +8,7 @@
 //! server (moto).
 
 pub mod chromium;
+pub mod grpc;
 pub mod kafka;
 pub mod postgres;
 pub mod s3;

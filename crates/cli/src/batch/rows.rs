@@ -2,13 +2,13 @@
 //! rows per request and several requests at once; the server logs every row as a prediction,
 //! and each output line carries its prediction id for labels sent later.
 
+use crate::connect::SecureChannel;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::StreamExt;
 use serde::Serialize;
-use tonic::transport::Channel;
 use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::{
@@ -54,12 +54,8 @@ pub async fn run(table: &Table, model: &str, args: &BatchArgs) -> Result<u8> {
     if table.rows.is_empty() {
         bail!("the table has no rows");
     }
-    let channel = Channel::from_shared(args.speak.server.clone())
-        .with_context(|| format!("invalid server address '{}'", args.speak.server))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the cloud server at {} (--server)", args.speak.server))?;
+    let what = format!("the cloud server at {} (--server)", args.speak.server);
+    let channel = crate::connect::channel(&args.speak.server, &what).await?;
     let oip = GrpcInferenceServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -139,7 +135,7 @@ pub async fn run(table: &Table, model: &str, args: &BatchArgs) -> Result<u8> {
 use std::io::Write as _;
 
 /// The model's one FP32 input with a batch dimension, its columns and labels.
-async fn describe(mut oip: GrpcInferenceServiceClient<Channel>, model: &str) -> Result<ModelInput> {
+async fn describe(mut oip: GrpcInferenceServiceClient<SecureChannel>, model: &str) -> Result<ModelInput> {
     let refused = |s: tonic::Status| anyhow!("model '{model}': {:?}: {}", s.code(), s.message());
     let metadata = oip
         .model_metadata(ModelMetadataRequest { name: model.into(), version: String::new() })
