@@ -48,14 +48,15 @@ def preprocess(path: pathlib.Path, config: dict) -> np.ndarray:
     return x.astype(np.float32)[None, None, :, :]
 
 
-def start_edge(repository: pathlib.Path):
-    """Starts vigil-edge on `repository` and a free loopback port; returns (process, 'host:port', log path)."""
+def start_edge(repository: pathlib.Path, *extra: str):
+    """Starts vigil-edge on `repository` and a free loopback port (with `extra` flags); returns
+    (process, 'host:port', log path)."""
     binary = BIN_DIR / "vigil-edge"
     if not binary.exists():
         pytest.fail(f"{binary} not built; run ./dev test")
     log = tempfile.NamedTemporaryFile(prefix="vigil-edge-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [binary, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository", repository],
+        [binary, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository", repository, *extra],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,

@@ -566,7 +566,7 @@ function drawAll() {
 }
 
 async function getJSON(url) {
-  const res = await fetch(url, { headers: { Accept: 'application/json' } });
+  const res = await authFetch(url, { headers: { Accept: 'application/json' } });
   if (!res.ok) {
     const body = await res.text().catch(() => '');
     throw new Error(`${url.split('?')[0]} returned HTTP ${res.status}${body ? `: ${body.slice(0, 200)}` : ''}`);

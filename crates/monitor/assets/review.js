@@ -19,7 +19,7 @@ function h(tag, attrs = {}, ...children) {
 function show(...nodes) { $('content').replaceChildren(...nodes); }
 
 async function post(url, body) {
-  const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const response = await authFetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
   const data = await response.json().catch(() => ({}));
   return { ok: response.ok, status: response.status, data };
 }
@@ -36,10 +36,17 @@ async function next() {
 
 // A tabular item's input (JSON: feature -> value, null when not measured) as a table.
 async function featureTable(url) {
-  const response = await fetch(url);
+  const response = await authFetch(url);
   const values = await response.json().catch(() => ({}));
   return h('table', { id: 'item-features', class: 'features' }, h('tbody', {}, Object.entries(values).map(([name, v]) =>
     h('tr', { 'data-feature': name }, h('th', {}, name), h('td', {}, v == null ? 'not measured' : String(v))))));
+}
+
+// An image's address: as is, or fetched with the token when the monitor checks them.
+async function imageSource(url) {
+  if (!token()) return url;
+  const response = await authFetch(url);
+  return response.ok ? URL.createObjectURL(await response.blob()) : url;
 }
 
 async function render(item, labels, reviewer) {
@@ -47,7 +54,7 @@ async function render(item, labels, reviewer) {
     ? h('div', { class: 'message small' }, 'The input was not carried with this item.')
     : item.content_type === 'application/json'
       ? await featureTable(item.input_url)
-      : h('img', { class: 'review-image', id: 'item-image', src: item.input_url, alt: `input of ${item.prediction_id}` });
+      : h('img', { class: 'review-image', id: 'item-image', src: await imageSource(item.input_url), alt: `input of ${item.prediction_id}` });
   const panel = item.reviews_required > 1
     ? h('p', { id: 'panel', class: 'muted' }, `${item.reviews_required} people decide this item independently; the majority counts.`)
     : null;

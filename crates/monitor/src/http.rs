@@ -19,6 +19,8 @@ use crate::views::{Baseline, MAX_CHART_WINDOWS, Scope, ViewError, Views};
 const INDEX: &str = include_str!("../assets/index.html");
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
+/// Token handling shared by the dashboard and the review page.
+const AUTH_SCRIPT: &str = include_str!("../assets/auth.js");
 
 /// Audit events read for the dashboard (the newest, of every model; the model's are shown).
 const AUDIT_ROWS: i64 = 200;
@@ -32,6 +34,7 @@ pub const MAX_RANGE_SECONDS: i64 = 30 * 86_400;
 pub fn router<S: MonitorStore>(views: Views<S>, registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX) }))
+        .route("/auth.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], AUTH_SCRIPT) }))
         .route("/dashboard.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }))
         .route("/dashboard.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
         .route("/healthz", get(|| async { "ok" }))

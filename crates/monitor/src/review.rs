@@ -3,7 +3,7 @@
 //! holding the claim) and stores it as the item's ground-truth label.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -11,6 +11,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
+use vigil_security::Caller;
 use vigil_store::{MonitorStore, ReviewError, ReviewItem, ReviewOutcome};
 
 use crate::views::Views;
@@ -41,8 +42,26 @@ fn database(e: impl std::fmt::Display) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))
 }
 
+/// The reviewer a decision is recorded with: the token's holder when the monitor checks tokens
+/// (a different name in the request is refused), else the name the request gives.
+fn reviewer(caller: Option<Extension<Caller>>, given: &str) -> Result<String, (StatusCode, String)> {
+    let given = given.trim();
+    match caller {
+        Some(Extension(caller)) if given.is_empty() || given == caller.name => Ok(caller.name),
+        Some(Extension(caller)) => Err((
+            StatusCode::FORBIDDEN,
+            format!("reviewer '{given}' is not the holder of this token ('{}')", caller.name),
+        )),
+        None if given.is_empty() => {
+            Err((StatusCode::BAD_REQUEST, "reviewer is required: each decision is recorded with it".into()))
+        }
+        None => Ok(given.to_string()),
+    }
+}
+
 #[derive(Deserialize)]
 struct NextRequest {
+    #[serde(default)]
     reviewer: String,
     model: Option<String>,
     lease_s: Option<u32>,
@@ -60,11 +79,16 @@ fn item_json(item: &ReviewItem) -> serde_json::Value {
     })
 }
 
-async fn next<S: MonitorStore>(State(views): State<Views<S>>, Json(request): Json<NextRequest>) -> Response {
-    let reviewer = request.reviewer.trim();
-    if reviewer.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "reviewer is required: each decision is recorded with it");
-    }
+async fn next<S: MonitorStore>(
+    State(views): State<Views<S>>,
+    caller: Option<Extension<Caller>>,
+    Json(request): Json<NextRequest>,
+) -> Response {
+    let reviewer = match reviewer(caller, &request.reviewer) {
+        Ok(reviewer) => reviewer,
+        Err((code, message)) => return error(code, message),
+    };
+    let reviewer = reviewer.as_str();
     let lease_s = request.lease_s.unwrap_or(DEFAULT_LEASE_S);
     if !(1..=MAX_LEASE_S).contains(&lease_s) {
         return error(StatusCode::BAD_REQUEST, format!("lease_s must be 1..={MAX_LEASE_S}"));
@@ -95,6 +119,7 @@ async fn input<S: MonitorStore>(State(views): State<Views<S>>, Path(id): Path<Uu
 
 #[derive(Deserialize)]
 struct Decision {
+    #[serde(default)]
     reviewer: String,
     label: String,
 }
@@ -102,12 +127,14 @@ struct Decision {
 async fn submit<S: MonitorStore>(
     State(views): State<Views<S>>,
     Path(id): Path<Uuid>,
+    caller: Option<Extension<Caller>>,
     Json(decision): Json<Decision>,
 ) -> Response {
-    let (reviewer, label) = (decision.reviewer.trim(), decision.label.trim());
-    if reviewer.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "reviewer is required: each decision is recorded with it");
-    }
+    let reviewer = match reviewer(caller, &decision.reviewer) {
+        Ok(reviewer) => reviewer,
+        Err((code, message)) => return error(code, message),
+    };
+    let (reviewer, label) = (reviewer.as_str(), decision.label.trim());
     match views.store.submit_review(id, reviewer, label, Utc::now()).await {
         Ok(outcome) => {
             // A panel's item is decided once its majority is in; until then it awaits the others.

@@ -115,7 +115,7 @@ impl ServerTls {
         listener: TcpListener,
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
         let (tx, rx) = mpsc::channel(64);
-        self.accept(listener, tx, |c| c.grpc.clone(), |s| Ok(s));
+        self.accept(listener, tx, |c| c.grpc.clone(), Ok);
         tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 

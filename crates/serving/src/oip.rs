@@ -892,6 +892,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        let caller = caller_name(&request);
         let r = request.into_inner();
         self.check_repository_name(&r.repository_name)?;
         if let Some(key) = r.parameters.keys().next() {
@@ -911,6 +912,7 @@ impl GrpcInferenceService for InferenceService {
                 r.model_name
             )),
         })?;
+        tracing::info!(target: "vigil::audit", action = "model load", model = %r.model_name, by = %caller, "model loaded");
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
@@ -918,18 +920,26 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        let caller = caller_name(&request);
         let r = request.into_inner();
         self.check_repository_name(&r.repository_name)?;
         if let Some(key) = r.parameters.keys().find(|k| k.as_str() != "unload_dependents") {
             return Err(Status::invalid_argument(format!("unload parameter '{key}' is not supported")));
         }
         let removed = self.repository.unload_model(&r.model_name).map_err(to_status)?;
+        tracing::info!(target: "vigil::audit", action = "model unload", model = %r.model_name, by = %caller, "model unloaded");
         // New requests already get NOT_FOUND; answer once the requests in flight are done.
         if !wait_until_idle(removed, UNLOAD_WAIT).await {
             tracing::warn!(model = %r.model_name, "unloaded with requests still running after {UNLOAD_WAIT:?}");
         }
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
+}
+
+/// Who made a call, as its token says (`anonymous` when the server checks no tokens), for the
+/// audit trail of changes to what is served.
+fn caller_name<T>(request: &Request<T>) -> String {
+    request.extensions().get::<vigil_security::Caller>().map_or_else(|| "anonymous".to_string(), |c| c.name.clone())
 }
 
 /// How long an unload waits for the unloaded model's requests in flight before answering.

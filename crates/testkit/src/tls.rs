@@ -76,9 +76,9 @@ impl TestCa {
     }
 }
 
-/// One HTTP/1.1 request over TLS to 127.0.0.1:`port` (as `localhost`), trusting `ca`; the
-/// status code and the body.
-pub async fn https(port: u16, method: &str, path: &str, ca: &Path, token: Option<&str>) -> (u16, String) {
+/// One HTTP/1.1 request over TLS to 127.0.0.1:`port` (as `localhost`), trusting `ca`, with a
+/// JSON `body`; the status code and the response body.
+pub async fn https(port: u16, method: &str, path: &str, ca: &Path, token: Option<&str>, body: &str) -> (u16, String) {
     use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
@@ -97,8 +97,9 @@ pub async fn https(port: u16, method: &str, path: &str, ca: &Path, token: Option
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
     let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let length = body.len();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 2\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{{}}"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {length}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{body}"
     );
     stream.write_all(request.as_bytes()).await.expect("send");
     let mut response = Vec::new();
@@ -108,4 +109,45 @@ pub async fn https(port: u16, method: &str, path: &str, ca: &Path, token: Option
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, body.to_string())
+}
+
+/// Tokens for checking scopes: for each scope one holding it alone (`only-<scope>`) and one
+/// holding every other scope (`all-but-<scope>`), in a tokens file.
+pub struct ScopedTokens {
+    /// The tokens file (`security.auth.tokens_file`).
+    pub file: PathBuf,
+    tokens: std::collections::BTreeMap<String, String>,
+}
+
+impl ScopedTokens {
+    /// Writes the tokens file into `dir`.
+    pub fn write(dir: &Path) -> Self {
+        use vigil_security::Scope;
+        let mut text = String::new();
+        let mut tokens = std::collections::BTreeMap::new();
+        for scope in Scope::ALL {
+            let others: Vec<Scope> = Scope::ALL.into_iter().filter(|s| *s != scope).collect();
+            for (name, scopes) in
+                [(format!("only-{}", scope.name()), vec![scope]), (format!("all-but-{}", scope.name()), others)]
+            {
+                let (token, hash) = vigil_security::auth::new_token();
+                let scopes = scopes.iter().map(|s| format!("\"{}\"", s.name())).collect::<Vec<_>>().join(", ");
+                text.push_str(&format!("[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]\n"));
+                tokens.insert(name, token);
+            }
+        }
+        let file = dir.join("tokens.toml");
+        std::fs::write(&file, text).expect("writing the tokens file");
+        Self { file, tokens }
+    }
+
+    /// The token holding `scope` alone.
+    pub fn only(&self, scope: vigil_security::Scope) -> &str {
+        &self.tokens[&format!("only-{}", scope.name())]
+    }
+
+    /// The token holding every scope but `scope`.
+    pub fn all_but(&self, scope: vigil_security::Scope) -> &str {
+        &self.tokens[&format!("all-but-{}", scope.name())]
+    }
 }

@@ -1,0 +1,82 @@
+//! `vigil` against a secured edge server (TLS with a CA made for the test, tokens): the line
+//! client inspects with `--ca-cert` and `VIGIL_TOKEN`; without a token every image fails with
+//! the server's reason; `vigil token new` makes what the tokens file needs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+use vigil_security::Scope;
+use vigil_testkit::tls::{ScopedTokens, TestCa};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn vigil(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    command.current_dir(root()).args(args).env_remove("VIGIL_TOKEN").env_remove("VIGIL_CA_CERT");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let out = command.output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_line_client_inspects_over_tls_with_its_token() {
+    let ca = TestCa::new("plant");
+    let tokens = ScopedTokens::write(ca.dir());
+    let files = ca.server("edge");
+    let config = vigil_edge::EdgeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model_repository: root().join("models"),
+        metrics: vigil_edge::MetricsConfig { enabled: false, listen: "127.0.0.1:0".parse().unwrap() },
+        security: vigil_security::SecurityConfig {
+            tls: Some(vigil_security::TlsConfig::new(&files.cert, &files.key)),
+            auth: vigil_security::AuthConfig { tokens_file: Some(tokens.file.clone()), ..Default::default() },
+            insecure: false,
+        },
+        ..Default::default()
+    };
+    let server = vigil_edge::start(config, false).await.unwrap();
+    let url = format!("https://localhost:{}", server.addr.port());
+    let ca_pem = ca.ca_pem.display().to_string();
+    let images = ["samples/normal", "--server", &url, "--ca-cert", &ca_pem];
+    let (code, stdout, stderr) = tokio::task::block_in_place(|| {
+        vigil(
+            &["inspect", images[0], images[1], images[2], images[3], images[4]],
+            &[("VIGIL_TOKEN", tokens.only(Scope::Infer))],
+        )
+    });
+    assert!(matches!(code, Some(0 | 10 | 11)), "{code:?}\n{stdout}\n{stderr}");
+    assert!(stdout.lines().filter(|l| l.contains(".png")).count() >= 8, "{stdout}");
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+
+    let (code, stdout, stderr) =
+        tokio::task::block_in_place(|| vigil(&["inspect", images[0], images[1], images[2], images[3], images[4]], &[]));
+    assert_eq!(code, Some(12), "{stdout}\n{stderr}");
+    assert!(stdout.contains("missing bearer token"), "{stdout}");
+    // Without the CA the server's certificate is not trusted.
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        vigil(&["inspect", "samples/normal", "--server", &url], &[("VIGIL_TOKEN", tokens.only(Scope::Infer))])
+    });
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("cannot reach the edge server"), "{stderr}");
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn token_new_prints_the_token_and_its_tokens_file_entry() {
+    let (code, stdout, stderr) =
+        vigil(&["token", "new", "--name", "line-3", "--scope", "infer", "--scope", "analyst"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let token = stdout.lines().next().unwrap();
+    let hash: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(stdout.contains(&format!("sha256 = \"{hash}\"")), "{stdout}");
+    assert!(stdout.contains("scopes = [\"infer\", \"analyst\"]"), "{stdout}");
+    let (code, _, stderr) = vigil(&["token", "new", "--name", "x", "--scope", "root"], &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unknown scope 'root'"), "{stderr}");
+}
