@@ -54,7 +54,7 @@ pub async fn channel(url: &str, what: &str) -> Result<SecureChannel> {
     let security = security();
     let endpoint = security
         .endpoint(url)
-        .with_context(|| format!("'{url}' is not a usable server address (e.g. http://127.0.0.1:8001)"))?
+        .with_context(|| format!("invalid server address '{url}' (expected e.g. http://127.0.0.1:8001)"))?
         .connect_timeout(Duration::from_secs(5));
     security.connect_endpoint(endpoint).await.with_context(|| format!("cannot reach {what}"))
 }

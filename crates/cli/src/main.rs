@@ -15,6 +15,7 @@ mod connect;
 mod dataset;
 mod demo;
 mod deploy;
+mod forget;
 mod images;
 mod inspect;
 mod kafka;
@@ -85,6 +86,8 @@ enum Command {
     Retrain(retrain::RetrainArgs),
     /// Bearer tokens for secured servers: `vigil token new --name line-3 --scope infer`.
     Token(token::TokenArgs),
+    /// Delete every record of one station, device or part (predictions, labels, feedback, review items, captured inputs).
+    Forget(forget::ForgetArgs),
     /// Play one of the seed's examples (phone-line, anti-spam, screening, recommender) end to end on this machine.
     Demo(demo::DemoArgs),
 }
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             Command::Dataset(args) => dataset::run(args).await,
             Command::Retrain(args) => retrain::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::Forget(args) => forget::run(args).await,
         }
     });
     match result {

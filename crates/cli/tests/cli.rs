@@ -352,3 +352,48 @@ fn reviewers_claim_and_decide_items_from_the_command_line() {
     let (code, out, _) = review(&["next", "--reviewer", "carl"]);
     assert_eq!(code, Some(3), "nothing left for Carl: {out}");
 }
+
+#[test]
+fn forget_deletes_a_device_and_its_captured_inputs() {
+    use vigil_store::{PredictionStore, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+    let captures = dir.path().join("captures");
+    let now = chrono::Utc::now();
+    let mut rows: Vec<_> = (0..4)
+        .map(|i| vigil_store::testing::prediction(now - chrono::Duration::minutes(i), 0.4, serde_json::json!({})))
+        .collect();
+    for row in &mut rows[..3] {
+        row.device_id = "cam-7".into();
+    }
+    // One capture of the device (bytes and metadata, as the capturer stores them) and one of another.
+    for (row, digest) in [(0, "aa11"), (3, "bb22")] {
+        rows[row].capture = format!("scratch-detector/{digest}");
+        std::fs::create_dir_all(captures.join("scratch-detector/predictions")).unwrap();
+        std::fs::write(captures.join(format!("scratch-detector/{digest}")), b"png").unwrap();
+        let meta = captures.join(format!("scratch-detector/predictions/{}.json", rows[row].prediction_id));
+        std::fs::write(meta, b"{}").unwrap();
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        store.insert_batch(&rows, &[]).await.unwrap();
+    });
+    let (code, _, stderr) = vigil_on(&url, "forget", &["--device-id", "cam-7"]);
+    assert_eq!(code, Some(2), "a reason is required");
+    assert!(stderr.contains("--reason"), "{stderr}");
+    let store_url = format!("file://{}", captures.display());
+    let (code, stdout, stderr) =
+        vigil_on(&url, "forget", &["--device-id", "cam-7", "--reason", "request 17", "--capture-store", &store_url]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("device:cam-7: deleted 3 predictions"), "{stdout}");
+    assert!(stdout.contains("deleted 2 objects of 1 captured inputs"), "{stdout}");
+    assert!(!captures.join("scratch-detector/aa11").exists());
+    assert!(captures.join("scratch-detector/bb22").exists(), "another device's capture stays");
+    let remaining = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async { SqliteStore::connect(&url).await.unwrap().prediction_ids().await.unwrap() });
+    assert_eq!(remaining, vec![rows[3].prediction_id]);
+    let (_, audit, _) = vigil_on(&url, "audit", &[]);
+    assert!(audit.contains("forget") && audit.contains("device:cam-7"), "{audit}");
+}

@@ -245,12 +245,21 @@ pub fn parse_bytes_elements(mut data: &[u8]) -> Result<Vec<&[u8]>, InferenceErro
 
 /// Product of the dimensions (1 for a scalar); negative dimensions count as 0.
 pub fn element_count(shape: &[i64]) -> usize {
-    shape.iter().map(|&d| d.max(0) as usize).product()
+    // Saturating: a shape whose product overflows (a request claiming 2^50 items) must not wrap
+    // around to a small count that some data length would then match.
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d.max(0) as usize)).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overflowing_shape_counts_as_too_many_elements() {
+        assert_eq!(element_count(&[1 << 50, 1, 128, 128]), usize::MAX);
+        assert_eq!(element_count(&[4, 1, 128, 128]), 65_536);
+        assert_eq!(element_count(&[]), 1);
+    }
 
     #[test]
     fn bytes_elements_round_trip_and_refuse_truncation() {

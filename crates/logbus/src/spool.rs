@@ -124,6 +124,7 @@ fn decode(body: &[u8]) -> Option<Envelope> {
 /// Returns the records with the offset after each.
 fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<Vec<(u64, Envelope)>> {
     let mut file = BufReader::new(File::open(path)?);
+    let file_len = file.get_ref().metadata()?.len();
     file.seek(SeekFrom::Start(offset))?;
     let mut out = Vec::new();
     let mut at = offset;
@@ -134,6 +135,10 @@ fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<Vec<(u64, Env
         }
         let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(header[4..].try_into().unwrap());
+        // A length beyond the file's end is a torn or damaged frame: nothing is allocated for it.
+        if len as u64 > file_len.saturating_sub(at + 8) {
+            break;
+        }
         let mut body = vec![0u8; len];
         if file.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
             break;

@@ -29,6 +29,8 @@ pub struct MonitorConfig {
     pub retraining: crate::retrain::RetrainingConfig,
     /// TLS on both ports and tokens for every API and page (`[security]`).
     pub security: vigil_security::SecurityConfig,
+    /// How long records are kept (`[retention]`; by default, forever).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl Default for MonitorConfig {
@@ -42,6 +44,7 @@ impl Default for MonitorConfig {
             rollouts: crate::rollout::RolloutChecks::default(),
             retraining: crate::retrain::RetrainingConfig::default(),
             security: vigil_security::SecurityConfig::default(),
+            retention: crate::retention::RetentionConfig::default(),
         }
     }
 }
@@ -212,6 +215,7 @@ impl MonitorConfig {
             );
         }
         self.retraining.validate()?;
+        self.retention.validate(r)?;
         if self.alerting.webhook_max_attempts == 0 {
             anyhow::bail!("alerting.webhook_max_attempts must be at least 1");
         }

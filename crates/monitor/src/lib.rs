@@ -13,6 +13,7 @@ pub mod labels;
 pub mod notify;
 pub mod panel;
 pub mod query;
+pub mod retention;
 pub mod retrain;
 pub mod review;
 pub mod rollout;
@@ -120,6 +121,13 @@ pub async fn start<S: PredictionStore + MonitorStore>(
         (store.clone(), config.retraining.clone(), config.models.clone(), leading.clone());
     lifecycle.spawn(BACKGROUND, "retraining", move |stop| async move {
         retrain::runner::run(store_, retraining, models, retrain_leading, stop.into_receiver()).await;
+        Ok(())
+    });
+    let retention = (store.clone(), config.retention.clone(), config.rollups.resolutions.clone());
+    let (retention_leading, retention_metrics) = (leading.clone(), metrics.clone());
+    lifecycle.spawn(BACKGROUND, "retention", move |stop| async move {
+        let (store, retention, resolutions) = retention;
+        retention::run(store, retention, resolutions, retention_leading, retention_metrics, stop.into_receiver()).await;
         Ok(())
     });
     if let Some(url) = &config.alerting.webhook_url {

@@ -20,6 +20,11 @@ struct OutcomeLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
+}
+
 /// Counters and gauges of rollup upkeep, alarms and webhooks.
 #[derive(Clone, Default)]
 pub struct MonitorMetrics {
@@ -32,6 +37,7 @@ pub struct MonitorMetrics {
     pub alert_evaluations: Counter,
     /// Calls refused for their token, on both ports.
     pub auth: vigil_security::auth::AuthMetrics,
+    retention: Family<TableLabels, Counter>,
 }
 
 impl MonitorMetrics {
@@ -59,6 +65,11 @@ impl MonitorMetrics {
             "Webhook delivery attempts by outcome",
             m.webhooks.clone(),
         );
+        registry.register(
+            "vigil_monitor_retention_deleted",
+            "Rows deleted by retention, by table",
+            m.retention.clone(),
+        );
         m
     }
 
@@ -71,6 +82,11 @@ impl MonitorMetrics {
     }
 
     /// Counts one webhook delivery attempt by outcome: delivered, failed (retried), abandoned.
+    /// Counts rows retention deleted from `table`.
+    pub fn retention_deleted(&self, table: &str, rows: u64) {
+        self.retention.get_or_create(&TableLabels { table: table.to_string() }).inc_by(rows);
+    }
+
     pub fn webhook(&self, outcome: &Delivery) {
         let outcome = match outcome {
             Delivery::Delivered => "delivered",

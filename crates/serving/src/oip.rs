@@ -516,7 +516,7 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
             tensors.push(tensor);
             continue;
         };
-        let expected = element_count(&input.shape) * element_size;
+        let expected = element_count(&input.shape).saturating_mul(element_size);
         if data.len() != expected {
             return Err(Status::invalid_argument(format!(
                 "input '{}': {} bytes of contents, but shape {:?} of {} needs {expected}",

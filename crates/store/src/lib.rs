@@ -7,6 +7,7 @@ pub mod postgres;
 pub mod query;
 mod query_filters;
 pub mod registry;
+pub mod retention;
 pub mod review;
 pub mod rows;
 pub mod sqlite;
@@ -22,6 +23,7 @@ pub use registry::deployments::{DeploymentRow, DeploymentStore};
 pub use registry::retraining::{JobState, RetrainJob, RetrainStore};
 pub use registry::rollouts::{RolloutRow, RolloutStep, RolloutStore, StepMode};
 pub use registry::{AuditEvent, Change, ModelVersionRow, RegistryError, RegistryStore, Stage};
+pub use retention::{CapturedInput, Expiring, Forgotten, RetentionStore, Subject};
 pub use review::{
     ReviewError, ReviewItem, ReviewOutcome, ReviewStats, ReviewStore, ReviewedPrediction, ReviewerDecision,
 };

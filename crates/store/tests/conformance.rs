@@ -1017,3 +1017,120 @@ async fn postgres_capture_boosts_conform() {
     let db = vigil_store::testing::TestDatabase::create();
     capture_boosts_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
+
+/// Retention: each table loses exactly its rows older than the cut-off, in batches of at most
+/// the limit; forgetting a device deletes its predictions with their labels, feedback and
+/// review items (and names its captured inputs) in one audited transaction, and nothing else.
+async fn retention_conforms<
+    S: PredictionStore + vigil_store::RetentionStore + vigil_store::ReviewStore + vigil_store::RegistryStore,
+>(
+    store: S,
+) {
+    use vigil_store::{Expiring, Subject};
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let cutoff = now - Duration::days(30);
+    // 23 rows older than the cut-off (one a second before it), 12 after (one a second after).
+    let mut times: Vec<_> = (0..22).map(|i| now - Duration::days(40) + Duration::minutes(i)).collect();
+    times.push(cutoff - Duration::seconds(1));
+    times.push(cutoff + Duration::seconds(1));
+    times.extend((0..11).map(|i| now - Duration::minutes(i)));
+    let rows: Vec<PredictionRow> = times.iter().map(|t| prediction(*t, 0.2, serde_json::json!({}))).collect();
+    let labels: Vec<LabelRow> = rows
+        .iter()
+        .map(|r| LabelRow {
+            label_id: Uuid::now_v7(),
+            prediction_id: r.prediction_id,
+            label: "ok".into(),
+            time: r.time,
+            source: "anna".into(),
+        })
+        .collect();
+    store.insert_batch(&rows, &labels).await.unwrap();
+    let feedback: Vec<vigil_store::FeedbackRow> = rows
+        .iter()
+        .map(|r| vigil_store::FeedbackRow {
+            event_id: Uuid::now_v7(),
+            prediction_id: r.prediction_id,
+            kind: "click".into(),
+            value: String::new(),
+            session_id: String::new(),
+            time: r.time,
+        })
+        .collect();
+    store.insert_feedback(&feedback).await.unwrap();
+
+    for table in Expiring::ALL {
+        let mut batches = Vec::new();
+        loop {
+            let deleted = store.expire(table, cutoff, 10).await.unwrap();
+            batches.push(deleted);
+            if deleted < 10 {
+                break;
+            }
+        }
+        assert_eq!(batches, vec![10, 10, 3], "{table:?}: 23 old rows in batches of at most 10");
+    }
+    let kept: Vec<Uuid> = {
+        let mut ids: Vec<Uuid> = rows.iter().filter(|r| r.time >= cutoff).map(|r| r.prediction_id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(store.prediction_ids().await.unwrap(), kept, "exactly the rows from the cut-off on");
+    assert_eq!(store.count_feedback().await.unwrap(), 12);
+
+    // A device's records, among others'.
+    let mut device_rows: Vec<PredictionRow> = (0..3)
+        .map(|i| PredictionRow {
+            device_id: "cam-7".into(),
+            ..prediction(now - Duration::minutes(i), 0.7, serde_json::json!({}))
+        })
+        .collect();
+    device_rows[0].capture = "scratch-detector/abc123".into();
+    let label = LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: device_rows[1].prediction_id,
+        label: "defect".into(),
+        time: now,
+        source: "anna".into(),
+    };
+    store.insert_batch(&device_rows, std::slice::from_ref(&label)).await.unwrap();
+    let click = vigil_store::FeedbackRow {
+        event_id: Uuid::now_v7(),
+        prediction_id: device_rows[2].prediction_id,
+        kind: "click".into(),
+        value: String::new(),
+        session_id: String::new(),
+        time: now,
+    };
+    store.insert_feedback(std::slice::from_ref(&click)).await.unwrap();
+    store.enqueue_reviews(&[vigil_store::testing::review_item(&device_rows[0], 1)]).await.unwrap();
+    let change = vigil_store::Change { actor: "dpo", reason: "request 17", at: now };
+    let forgotten = store.forget(&Subject::Device("cam-7".into()), &change).await.unwrap();
+    assert_eq!((forgotten.predictions, forgotten.labels, forgotten.feedback, forgotten.review_items), (3, 1, 1, 1));
+    assert_eq!(forgotten.captures.len(), 1);
+    assert_eq!(
+        (forgotten.captures[0].prediction_id, forgotten.captures[0].key.as_str()),
+        (device_rows[0].prediction_id, "scratch-detector/abc123")
+    );
+    assert_eq!(store.prediction_ids().await.unwrap(), kept, "only the device's rows went");
+    assert_eq!(store.count_feedback().await.unwrap(), 12);
+    let audit = store.audit_events(5).await.unwrap();
+    let event = audit.iter().find(|e| e.action == "forget").expect("an audit event");
+    assert_eq!((event.actor.as_str(), event.subject.as_str()), ("dpo", "device:cam-7"));
+    assert!(event.reason.starts_with("request 17; 3 predictions"), "{}", event.reason);
+    let again = store.forget(&Subject::Device("cam-7".into()), &change).await.unwrap();
+    assert_eq!(again.predictions, 0, "nothing left to forget");
+}
+
+#[tokio::test]
+async fn sqlite_retention_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    retention_conforms(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_retention_conforms() {
+    let db = vigil_store::testing::TestDatabase::create();
+    retention_conforms(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}

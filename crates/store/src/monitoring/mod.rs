@@ -305,7 +305,7 @@ pub trait LeaseStore: Clone + Send + Sync + 'static {
 
 /// The monitoring side of a store: every focused trait at once, with the review queue (its
 /// depth, age and reviewers' decisions), and the registry and deployments (the audit log, and
-/// the control plane servers follow).
+/// the control plane servers follow, and retention).
 pub trait MonitorStore:
     RollupStore
     + OutcomeStore
@@ -317,6 +317,7 @@ pub trait MonitorStore:
     + crate::RolloutStore
     + crate::RetrainStore
     + crate::CaptureBoostStore
+    + crate::RetentionStore
 {
 }
 
@@ -331,6 +332,7 @@ impl<S> MonitorStore for S where
         + crate::RolloutStore
         + crate::RetrainStore
         + crate::CaptureBoostStore
+        + crate::RetentionStore
 {
 }
 

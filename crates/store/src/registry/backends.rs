@@ -12,11 +12,11 @@ use super::{
 /// `$conn`; `$lock` ends the statements that read rows a change then writes.
 macro_rules! registry_backend {
     ($backend:ident, $store:ty, $conn:ty, $lock:literal) => {
-        pub(super) mod $backend {
+        pub(crate) mod $backend {
             use super::*;
 
         /// Writes one audit event in the caller's transaction.
-        pub(in crate::registry) async fn audit(conn: &mut $conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
+        pub(crate) async fn audit(conn: &mut $conn, e: &AuditEvent) -> Result<(), sqlx::Error> {
             sqlx::query(&format!("INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
                 .bind(e.id)
                 .bind(e.time)

@@ -2,7 +2,7 @@
 //! `model.onnx`), training data reference, evaluation metrics from its model card, and stage
 //! (candidate, staging, production, archived), with who registered it and when.
 
-mod backends;
+pub(crate) mod backends;
 pub mod capture_boosts;
 pub mod deployments;
 pub mod retraining;

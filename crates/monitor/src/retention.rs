@@ -1,0 +1,172 @@
+//! Retention: the leading monitor deletes predictions, labels and feedback older than their
+//! limits in bounded batches (a pause between batches leaves the loggers the table), and the
+//! rollups of each fine resolution after their own limit. Nothing is deleted unless a limit is
+//! configured.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use vigil_store::{Expiring, RetentionStore};
+
+use crate::telemetry::MonitorMetrics;
+
+/// `[retention]`: how many days each kind of record is kept (unset: forever).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub predictions_days: Option<u32>,
+    pub labels_days: Option<u32>,
+    pub feedback_days: Option<u32>,
+    /// Days kept per rollup resolution in seconds, e.g. `60 = 7` drops 1-minute rollups after
+    /// a week; resolutions not listed are kept.
+    pub rollups_days: BTreeMap<String, u32>,
+    /// Rows deleted per statement.
+    pub batch_rows: i64,
+    /// Pause between two batches.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub pause: Duration,
+    /// How often retention runs.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            predictions_days: None,
+            labels_days: None,
+            feedback_days: None,
+            rollups_days: BTreeMap::new(),
+            batch_rows: 10_000,
+            pause: Duration::from_millis(20),
+            every: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// Checks values serde cannot; `resolutions` are the configured rollup resolutions.
+    pub fn validate(&self, resolutions: &[u32]) -> anyhow::Result<()> {
+        if self.batch_rows < 1 {
+            anyhow::bail!("retention.batch_rows must be at least 1");
+        }
+        if self.every.is_zero() {
+            anyhow::bail!("retention.every must be longer than 0s");
+        }
+        for (key, days) in [
+            ("predictions_days", self.predictions_days),
+            ("labels_days", self.labels_days),
+            ("feedback_days", self.feedback_days),
+        ] {
+            if days == Some(0) {
+                anyhow::bail!("retention.{key} must be at least 1 (leave it out to keep everything)");
+            }
+        }
+        self.rollup_limits(resolutions).map(drop)
+    }
+
+    /// The rollup limits as (resolution in seconds, days).
+    pub fn rollup_limits(&self, resolutions: &[u32]) -> anyhow::Result<Vec<(i32, u32)>> {
+        self.rollups_days
+            .iter()
+            .map(|(key, days)| {
+                let resolution: u32 = key
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("retention.rollups_days: '{key}' is not a resolution in seconds"))?;
+                if !resolutions.contains(&resolution) {
+                    anyhow::bail!(
+                        "retention.rollups_days: {resolution} is not one of rollups.resolutions {resolutions:?}"
+                    );
+                }
+                if *days == 0 {
+                    anyhow::bail!("retention.rollups_days.{key} must be at least 1");
+                }
+                Ok((resolution as i32, *days))
+            })
+            .collect()
+    }
+
+    fn table_limits(&self) -> Vec<(Expiring, u32)> {
+        [
+            (Expiring::Predictions, self.predictions_days),
+            (Expiring::Labels, self.labels_days),
+            (Expiring::Feedback, self.feedback_days),
+        ]
+        .into_iter()
+        .filter_map(|(table, days)| days.map(|d| (table, d)))
+        .collect()
+    }
+}
+
+/// What one pass deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Rows deleted per table (`predictions`, `labels`, `feedback`, `rollups`).
+    pub deleted: BTreeMap<&'static str, u64>,
+    /// Statements run on the expiring tables (each deleting at most `batch_rows`).
+    pub batches: u64,
+}
+
+/// One pass at `now`: every limit applied until nothing older is left.
+pub async fn expire_once<S: RetentionStore>(
+    store: &S,
+    config: &RetentionConfig,
+    resolutions: &[u32],
+    now: DateTime<Utc>,
+) -> anyhow::Result<RetentionReport> {
+    let mut report = RetentionReport::default();
+    let days = |d: u32| chrono::Duration::days(i64::from(d));
+    for (table, limit) in config.table_limits() {
+        let before = now - days(limit);
+        loop {
+            let deleted = store.expire(table, before, config.batch_rows).await?;
+            report.batches += 1;
+            *report.deleted.entry(table.table()).or_default() += deleted;
+            if deleted < config.batch_rows as u64 {
+                break;
+            }
+            tokio::time::sleep(config.pause).await;
+        }
+    }
+    for (resolution, limit) in config.rollup_limits(resolutions)? {
+        *report.deleted.entry("rollups").or_default() += store.expire_rollups(resolution, now - days(limit)).await?;
+    }
+    Ok(report)
+}
+
+/// Applies retention every `config.every` while this monitor leads, until `shutdown`.
+pub async fn run<S: RetentionStore>(
+    store: S,
+    config: RetentionConfig,
+    resolutions: Vec<u32>,
+    leading: tokio::sync::watch::Receiver<bool>,
+    metrics: MonitorMetrics,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    if config.table_limits().is_empty() && config.rollups_days.is_empty() {
+        return;
+    }
+    // The first pass soon after start: a monitor restarted hourly must still get to it.
+    let mut wait = config.every.min(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        wait = config.every;
+        if !*leading.borrow() {
+            continue;
+        }
+        match expire_once(&store, &config, &resolutions, Utc::now()).await {
+            Ok(report) => {
+                for (table, deleted) in &report.deleted {
+                    metrics.retention_deleted(table, *deleted);
+                }
+                tracing::info!(deleted = ?report.deleted, batches = report.batches, "retention pass");
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "retention pass failed; retrying at the next"),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Retention on Postgres while a logger keeps inserting: one pass deletes exactly the
+//! predictions older than the limit, in statements of at most `batch_rows`, keeps every row the
+//! logger inserts meanwhile, and drops only the rollups of the resolution given a limit. The
+//! logger's insert times before and during the pass are printed (a measurement, not a check).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use vigil_monitor::retention::{RetentionConfig, expire_once};
+use vigil_store::testing::{TestDatabase, prediction};
+use vigil_store::{PgStore, PredictionStore};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let old: Vec<_> = (0..20_000)
+        .map(|i| {
+            prediction(now - chrono::Duration::days(40) + chrono::Duration::seconds(i), 0.3, serde_json::json!({}))
+        })
+        .collect();
+    for chunk in old.chunks(2_000) {
+        store.insert_batch(chunk, &[]).await.unwrap();
+    }
+    let recent: Vec<_> =
+        (0..2_000).map(|i| prediction(now - chrono::Duration::seconds(i), 0.3, serde_json::json!({}))).collect();
+    store.insert_batch(&recent, &[]).await.unwrap();
+    // Rollups of two resolutions, some older than a week.
+    for (resolution, days_ago) in [(60, 10), (60, 1), (3600, 10)] {
+        sqlx::query(
+            "INSERT INTO rollups (model_name, model_version, variant, resolution_s, window_start, body) \
+             VALUES ('scratch-detector', '1', 1, $1, $2, '\\x')",
+        )
+        .bind(resolution)
+        .bind(now - chrono::Duration::days(days_ago))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+
+    // The logger: batches of 200 fresh predictions, one after another, until told to stop.
+    let (stop, inserted, slowest_before, slowest_during, during) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let logger = {
+        let (store, stop, inserted) = (store.clone(), stop.clone(), inserted.clone());
+        let (slowest_before, slowest_during, during) = (slowest_before.clone(), slowest_during.clone(), during.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<_> = (0..200).map(|_| prediction(Utc::now(), 0.3, serde_json::json!({}))).collect();
+                let started = Instant::now();
+                let (n, _) = store.insert_batch(&batch, &[]).await.unwrap();
+                let took = started.elapsed().as_micros() as u64;
+                let slowest = if during.load(Ordering::Relaxed) { &slowest_during } else { &slowest_before };
+                slowest.fetch_max(took, Ordering::Relaxed);
+                inserted.fetch_add(n, Ordering::Relaxed);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let config = RetentionConfig {
+        predictions_days: Some(30),
+        rollups_days: [("60".to_string(), 7)].into_iter().collect(),
+        batch_rows: 1_000,
+        ..Default::default()
+    };
+    during.store(true, Ordering::Relaxed);
+    let report = expire_once(&store, &config, &[60, 300, 3600], now).await.unwrap();
+    during.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    logger.await.unwrap();
+
+    assert_eq!(report.deleted.get("predictions"), Some(&20_000));
+    assert_eq!(report.batches, 21, "20 full statements of 1,000 rows and one that found none");
+    assert_eq!(report.deleted.get("rollups"), Some(&1));
+    let count = |sql: &'static str| {
+        let store = store.clone();
+        async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool()).await.unwrap() }
+    };
+    let cutoff_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM predictions WHERE time < $1")
+        .bind(now - chrono::Duration::days(30))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(cutoff_rows, 0);
+    let inserted = inserted.load(Ordering::Relaxed) as i64;
+    assert!(inserted >= 400, "the logger kept inserting ({inserted})");
+    assert_eq!(count("SELECT count(*) FROM predictions").await, 2_000 + inserted, "every newer row kept");
+    let rollups: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT resolution_s, count(*) FROM rollups GROUP BY resolution_s ORDER BY resolution_s")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rollups, vec![(60, 1), (3600, 1)], "the old 1-minute rollup went, the hourly one stays");
+    println!(
+        "logger: slowest insert of 200 rows before the pass {} ms, during it {} ms ({} rows inserted)",
+        slowest_before.load(Ordering::Relaxed) / 1000,
+        slowest_during.load(Ordering::Relaxed) / 1000,
+        inserted
+    );
+}
+
+#[test]
+fn limits_are_checked_against_the_rollup_resolutions() {
+    let config = RetentionConfig { rollups_days: [("90".to_string(), 7)].into_iter().collect(), ..Default::default() };
+    let error = config.validate(&[60, 300]).unwrap_err().to_string();
+    assert!(error.contains("90 is not one of rollups.resolutions"), "{error}");
+    let config = RetentionConfig { predictions_days: Some(0), ..Default::default() };
+    assert!(config.validate(&[60]).unwrap_err().to_string().contains("predictions_days must be at least 1"));
+}

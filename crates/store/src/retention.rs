@@ -1,0 +1,198 @@
+//! Keeping records no longer than needed: rows older than a cut-off deleted in bounded
+//! batches (each a short statement of its own, so that the loggers' inserts never wait for
+//! more than one batch), fine rollups dropped after a while, and everything one subject (a
+//! station, a device, a part) left in the log deleted on request, with an audit entry. One copy
+//! of each statement serves both stores.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::postgres::PgStore;
+use crate::registry::{AuditEvent, Change};
+
+use crate::sqlite::SqliteStore;
+
+/// A table whose rows expire by their own time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expiring {
+    /// `predictions`, by response time.
+    Predictions,
+    /// `labels`, by the time the label was given.
+    Labels,
+    /// `feedback`, by the event's time.
+    Feedback,
+}
+
+impl Expiring {
+    /// Every expiring table.
+    pub const ALL: [Expiring; 3] = [Expiring::Predictions, Expiring::Labels, Expiring::Feedback];
+
+    /// The table's name.
+    pub fn table(self) -> &'static str {
+        match self {
+            Expiring::Predictions => "predictions",
+            Expiring::Labels => "labels",
+            Expiring::Feedback => "feedback",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Expiring::Predictions => "prediction_id",
+            Expiring::Labels => "label_id",
+            Expiring::Feedback => "event_id",
+        }
+    }
+}
+
+/// Whose records to delete: a column of the prediction log and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Station(String),
+    Device(String),
+    Part(String),
+}
+
+impl Subject {
+    fn column(&self) -> &'static str {
+        match self {
+            Subject::Station(_) => "station_id",
+            Subject::Device(_) => "device_id",
+            Subject::Part(_) => "part_id",
+        }
+    }
+
+    fn value(&self) -> &str {
+        match self {
+            Subject::Station(v) | Subject::Device(v) | Subject::Part(v) => v,
+        }
+    }
+
+    /// `device:cam-7`, as the audit log names it.
+    pub fn describe(&self) -> String {
+        let kind = self.column().trim_end_matches("_id");
+        format!("{kind}:{}", self.value())
+    }
+}
+
+/// What deleting a subject removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    pub predictions: u64,
+    pub labels: u64,
+    pub feedback: u64,
+    pub review_items: u64,
+    /// The subject's captured inputs, to delete from the capture store.
+    pub captures: Vec<CapturedInput>,
+}
+
+/// A captured input a deleted prediction named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedInput {
+    pub prediction_id: Uuid,
+    pub model_name: String,
+    /// The object key of its bytes (`<model>/<sha256>`).
+    pub key: String,
+}
+
+/// Retention on a store.
+pub trait RetentionStore: Clone + Send + Sync + 'static {
+    /// Deletes at most `limit` rows of `table` older than `before`; the number deleted (fewer
+    /// than `limit`: nothing older is left).
+    fn expire(
+        &self,
+        table: Expiring,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    /// Deletes the rollups of `resolution_s` whose window started before `before`.
+    fn expire_rollups(
+        &self,
+        resolution_s: i32,
+        before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    /// Deletes every prediction of `subject` with its labels, feedback and review items, in one
+    /// transaction that also writes the audit event (`forget`, by `change.actor`).
+    fn forget(
+        &self,
+        subject: &Subject,
+        change: &Change<'_>,
+    ) -> impl Future<Output = Result<Forgotten, sqlx::Error>> + Send;
+}
+
+macro_rules! retention_backend {
+    ($store:ty, $audit:path) => {
+        impl RetentionStore for $store {
+            async fn expire(&self, table: Expiring, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
+                let (name, key) = (table.table(), table.key());
+                let deleted = sqlx::query(&format!(
+                    "DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM {name} WHERE time < $1 LIMIT $2)"
+                ))
+                .bind(before)
+                .bind(limit)
+                .execute(self.pool())
+                .await?;
+                Ok(deleted.rows_affected())
+            }
+
+            async fn expire_rollups(&self, resolution_s: i32, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+                let deleted = sqlx::query("DELETE FROM rollups WHERE resolution_s = $1 AND window_start < $2")
+                    .bind(resolution_s)
+                    .bind(before)
+                    .execute(self.pool())
+                    .await?;
+                Ok(deleted.rows_affected())
+            }
+
+            async fn forget(&self, subject: &Subject, change: &Change<'_>) -> Result<Forgotten, sqlx::Error> {
+                let column = subject.column();
+                let of_subject = format!("SELECT prediction_id FROM predictions WHERE {column} = $1");
+                let mut tx = self.write_transaction().await?;
+                let captures: Vec<(Uuid, String, String)> = sqlx::query_as(&format!(
+                    "SELECT prediction_id, model_name, capture FROM predictions WHERE {column} = $1 AND capture <> ''"
+                ))
+                .bind(subject.value())
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut delete = async |statement: String| -> Result<u64, sqlx::Error> {
+                    let done = sqlx::query(&statement).bind(subject.value()).execute(&mut *tx).await?;
+                    Ok(done.rows_affected())
+                };
+                let labels = delete(format!("DELETE FROM labels WHERE prediction_id IN ({of_subject})")).await?;
+                let feedback = delete(format!("DELETE FROM feedback WHERE prediction_id IN ({of_subject})")).await?;
+                for table in ["review_decisions", "review_claims"] {
+                    delete(format!("DELETE FROM {table} WHERE prediction_id IN ({of_subject})")).await?;
+                }
+                let review_items =
+                    delete(format!("DELETE FROM review_items WHERE prediction_id IN ({of_subject})")).await?;
+                let predictions = delete(format!("DELETE FROM predictions WHERE {column} = $1")).await?;
+                let reason = format!(
+                    "{}; {predictions} predictions, {labels} labels, {feedback} feedback events, {review_items} review items",
+                    change.reason
+                );
+                let event = AuditEvent {
+                    id: Uuid::now_v7(),
+                    time: change.at,
+                    actor: change.actor.to_string(),
+                    action: "forget".into(),
+                    subject: subject.describe(),
+                    from_state: String::new(),
+                    to_state: String::new(),
+                    reason,
+                };
+                $audit(&mut tx, &event).await?;
+                tx.commit().await?;
+                let captures = captures
+                    .into_iter()
+                    .map(|(prediction_id, model_name, key)| CapturedInput { prediction_id, model_name, key })
+                    .collect();
+                Ok(Forgotten { predictions, labels, feedback, review_items, captures })
+            }
+        }
+    };
+}
+
+retention_backend!(PgStore, crate::registry::backends::postgres::audit);
+retention_backend!(SqliteStore, crate::registry::backends::sqlite::audit);
