@@ -146,6 +146,8 @@ pub async fn run<S: RetentionStore>(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     if config.table_limits().is_empty() && config.rollups_days.is_empty() {
+        // Nothing to do, but the task lives as long as the monitor: a task that ends stops it.
+        let _ = shutdown.changed().await;
         return;
     }
     // The first pass soon after start: a monitor restarted hourly must still get to it.

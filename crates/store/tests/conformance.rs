@@ -1134,3 +1134,17 @@ async fn postgres_retention_conforms() {
     let db = vigil_store::testing::TestDatabase::create();
     retention_conforms(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
+
+#[tokio::test]
+async fn postgres_connections_take_sslmode_from_the_url() {
+    let db = vigil_store::testing::TestDatabase::create();
+    let url = db.url();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let store = PgStore::connect_lazy(&format!("{url}{separator}sslmode=require"), 1).unwrap();
+    store.migrate().await.expect("TLS to Postgres (the test server runs with ssl = on, Debian's default)");
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(ssl, "the connection is encrypted");
+}
