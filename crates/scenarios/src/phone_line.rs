@@ -50,18 +50,19 @@ pub fn prepare(repository: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     crate::recipes::read_phones(&project_path("samples/normal")?)
 }
 
-/// Shadow, then half the stations, then all, each step at least 2 s and 60 of the
-/// candidate's answers.
+/// Shadow for at least 4 s and 150 of the candidate's answers (the inspectors' decisions on
+/// the first phones must reach the log before it is judged, also on a loaded machine), then
+/// half the stations, then all, each at least 2 s and 60 answers.
 pub fn plan() -> Vec<RolloutStep> {
-    let step = |share, mode| RolloutStep {
+    let step = |share, mode, min_duration_s, min_requests| RolloutStep {
         share,
         mode,
-        min_duration_s: 2,
-        min_requests: 60,
+        min_duration_s,
+        min_requests,
         max_duration_s: Some(60),
         approval: false,
     };
-    vec![step(1.0, StepMode::Shadow), step(0.5, StepMode::Canary), step(1.0, StepMode::Canary)]
+    vec![step(1.0, StepMode::Shadow, 4, 150), step(0.5, StepMode::Canary, 2, 60), step(1.0, StepMode::Canary, 2, 60)]
 }
 
 /// A rollout as the line lived it.
