@@ -9,7 +9,6 @@ use clap::Args;
 use prost::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
-use vigil_logbus::kafka::KafkaConfig;
 use vigil_logbus::topics;
 use vigil_proto::vigil::v1::LabelEvent;
 
@@ -26,9 +25,8 @@ pub struct LabelArgs {
     /// Who labelled (an inspector's id).
     #[arg(long, default_value = "cli")]
     pub source: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "VIGIL_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
+    #[command(flatten)]
+    pub kafka: crate::kafka::KafkaConnectArgs,
     /// Submit to the monitor's SubmitLabels API instead of the label topic: every label is
     /// checked (known prediction, one of the model's labels) and answered at once.
     #[arg(long)]
@@ -128,8 +126,7 @@ pub async fn run(args: LabelArgs) -> Result<u8> {
     if let Some(url) = &args.monitor {
         return submit_to_monitor(url, &labels).await;
     }
-    let config =
-        KafkaConfig { brokers: args.brokers.clone(), client_id: "vigil-label".into(), ..KafkaConfig::default() };
+    let config = args.kafka.config("vigil-label")?;
     let producer: FutureProducer = config.producer().context("cannot create the Kafka producer")?;
     let now = SystemTime::now();
     let sends = labels.iter().map(|l| {
@@ -142,7 +139,7 @@ pub async fn run(args: LabelArgs) -> Result<u8> {
             source: l.source.clone(),
         };
         let producer = producer.clone();
-        let brokers = &args.brokers;
+        let brokers = &config.brokers;
         async move {
             let payload = event.encode_to_vec();
             let key = event.prediction_id.clone();

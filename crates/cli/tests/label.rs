@@ -100,3 +100,33 @@ async fn kafka_init_creates_the_missing_topics_once() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--partitions = 0: must be at least 1"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_travel_over_tls_with_scram() {
+    let ca = vigil_testkit::tls::TestCa::new("kafka");
+    let listener = vigil_testkit::kafka::SecuredListener::new(&ca, &[("labeller", "pa55word")], false);
+    let broker = Broker::start_secured(1, listener).await;
+    let secured = broker.secured_kafka("labeller", "pa55word");
+    let password = ca.dir().join("labeller.password");
+    std::fs::write(&password, "pa55word\n").unwrap();
+    let label = |password_file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["label", &Uuid::now_v7().to_string(), "defect", "--brokers", &secured.brokers])
+            .arg("--kafka-ca-cert")
+            .arg(&ca.ca_pem)
+            .args(["--kafka-username", "labeller", "--kafka-password-file"])
+            .arg(password_file)
+            .output()
+            .unwrap()
+    };
+    let out = label(&password);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Counted through the broker's plaintext listener.
+    assert_eq!(broker.message_count(vigil_logbus::topics::LABELS), 1);
+
+    let out = label(&ca.dir().join("missing.password"));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.password"), "{stderr}");
+    assert_eq!(broker.message_count(vigil_logbus::topics::LABELS), 1);
+}

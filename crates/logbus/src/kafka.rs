@@ -13,6 +13,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::emitter::{Envelope, Sink, SinkError};
+use crate::kafka_security;
+pub use crate::kafka_security::{KafkaSasl, KafkaTls};
 
 /// Connection and producer settings, shared by every service that talks to Kafka.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -37,6 +39,10 @@ pub struct KafkaConfig {
     pub idempotence: bool,
     /// How the topics a service uses are created when they are missing.
     pub topics: TopicSettings,
+    /// TLS to the brokers (`[kafka.tls]`): protocol `ssl`, or `sasl_ssl` with `sasl`.
+    pub tls: Option<KafkaTls>,
+    /// SASL credentials (`[kafka.sasl]`): SCRAM-SHA-256/512, or PLAIN over TLS.
+    pub sasl: Option<KafkaSasl>,
 }
 
 /// Topic creation: each service creates the topics it uses at start, when they are missing
@@ -87,6 +93,8 @@ impl Default for KafkaConfig {
             compression: "lz4".into(),
             idempotence: true,
             topics: TopicSettings::default(),
+            tls: None,
+            sasl: None,
         }
     }
 }
@@ -100,19 +108,43 @@ impl KafkaConfig {
         if !["none", "gzip", "lz4", "zstd"].contains(&self.compression.as_str()) {
             return Err(format!("kafka.compression = '{}': use none, gzip, lz4 or zstd", self.compression));
         }
+        kafka_security::validate(self.tls.as_ref(), self.sasl.as_ref())?;
         self.topics.validate()
     }
 
-    /// librdkafka settings shared by producers and admin clients.
-    pub fn client_config(&self) -> ClientConfig {
+    /// librdkafka settings shared by producers, consumers and admin clients, with the
+    /// connection's security (fails when the SASL password file cannot be read).
+    pub fn client_config(&self) -> Result<ClientConfig, KafkaError> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers).set("client.id", &self.client_id);
-        c
+        kafka_security::apply(&mut c, self.tls.as_ref(), self.sasl.as_ref()).map_err(KafkaError::ClientCreation)?;
+        Ok(c)
+    }
+
+    /// Logs a warning when records would cross a network in clear: no `[kafka.tls]` and a
+    /// broker beyond loopback.
+    pub fn warn_if_plaintext(&self) {
+        if self.tls.is_some() {
+            return;
+        }
+        let remote: Vec<&str> = self
+            .brokers
+            .split(',')
+            .map(str::trim)
+            .filter(|b| {
+                let host = b.rsplit_once(':').map_or(*b, |(host, _)| host).trim_matches(['[', ']']);
+                host != "localhost" && !host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            })
+            .collect();
+        if !remote.is_empty() {
+            tracing::warn!(brokers = ?remote, "Kafka without TLS: records cross the network in clear; add [kafka.tls]");
+        }
     }
 
     /// A producer with `acks=all`, idempotent unless configured otherwise, ordered per partition.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
-        let mut config = self.client_config();
+        self.warn_if_plaintext();
+        let mut config = self.client_config()?;
         if self.idempotence {
             config.set("enable.idempotence", "true");
         } else {
@@ -135,7 +167,7 @@ pub async fn create_topics(
     topics: &[&str],
     settings: TopicSettings,
 ) -> Result<Vec<String>, KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = config.client_config().create()?;
+    let admin: AdminClient<DefaultClientContext> = config.client_config()?.create()?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, settings.partitions, TopicReplication::Fixed(settings.replication_factor)))
@@ -190,7 +222,7 @@ pub async fn missing_topics(config: &KafkaConfig, topics: &[&str]) -> Result<Vec
     let config = config.clone();
     let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.client_config().create().map_err(|e| e.to_string())?;
+        let consumer: BaseConsumer = config.client_config().and_then(|c| c.create()).map_err(|e| e.to_string())?;
         let metadata = consumer
             .fetch_metadata(None, Timeout::After(Duration::from_secs(30)))
             .map_err(|e| format!("cannot read the topics of {}: {e}", config.brokers))?;

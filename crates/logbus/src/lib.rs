@@ -5,6 +5,7 @@
 pub mod emitter;
 pub mod in_process;
 pub mod kafka;
+pub mod kafka_security;
 pub mod spool;
 mod spool_actor;
 pub mod topics;

@@ -51,9 +51,10 @@ pub struct KafkaSource {
 impl KafkaSource {
     /// Joins `config.group_id` and subscribes to `config.consume`.
     pub fn subscribe(config: &LoggerConfig, metrics: LoggerMetrics) -> anyhow::Result<Self> {
+        config.kafka.warn_if_plaintext();
         let consumer: StreamConsumer<LagContext> = config
             .kafka
-            .client_config()
+            .client_config()?
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", config.commit_interval_ms.to_string())

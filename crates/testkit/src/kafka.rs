@@ -61,8 +61,46 @@ pub struct KafkaBroker {
     dir: tempfile::TempDir,
     libs: PathBuf,
     profile: Profile,
+    secured: Option<SecuredListener>,
     child: Option<Child>,
     _turn: MutexGuard<'static, ()>,
+}
+
+/// A second listener, `SASL_SSL`, with SCRAM-SHA-256 users and a certificate from a test CA;
+/// the first (plaintext) listener stays for inter-broker traffic and test setup.
+#[derive(Debug, Clone)]
+pub struct SecuredListener {
+    pub port: u16,
+    /// The CA the broker's certificate comes from (and, under mutual TLS, clients' too).
+    pub ca_cert: PathBuf,
+    /// The broker's key followed by its certificate, as Kafka's PEM key store reads them.
+    key_store: PathBuf,
+    /// Users created at format time: (name, password).
+    users: Vec<(String, String)>,
+    /// Whether clients must present a certificate from the CA.
+    mutual_tls: bool,
+}
+
+impl SecuredListener {
+    /// A listener whose certificate `ca` issues, accepting `users` (name, password) with
+    /// SCRAM-SHA-256; `mutual_tls`: clients must also present a certificate from `ca`.
+    pub fn new(ca: &crate::tls::TestCa, users: &[(&str, &str)], mutual_tls: bool) -> Self {
+        let server = ca.server("kafka-broker");
+        let key_store = ca.dir().join("kafka-broker.keystore.pem");
+        let pem = format!(
+            "{}{}",
+            std::fs::read_to_string(&server.key).expect("broker key"),
+            std::fs::read_to_string(&server.cert).expect("broker certificate")
+        );
+        std::fs::write(&key_store, pem).expect("writing the broker's key store");
+        SecuredListener {
+            port: 0,
+            ca_cert: ca.ca_pem.clone(),
+            key_store,
+            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
+            mutual_tls,
+        }
+    }
 }
 
 impl KafkaBroker {
@@ -82,13 +120,32 @@ impl KafkaBroker {
 
     /// Starts a broker with no topics (automatic topic creation is off, as in production).
     pub async fn start_bare(profile: Profile) -> KafkaBroker {
+        Self::start_listening(profile, None).await
+    }
+
+    /// Starts a broker with the test profile, a `SASL_SSL` listener beside the plaintext one,
+    /// and Vigil's topics with `partitions` partitions each.
+    pub async fn start_secured(partitions: i32, listener: SecuredListener) -> KafkaBroker {
+        let broker = Self::start_listening(Profile::Test, Some(listener)).await;
+        let settings = TopicSettings { create: true, partitions, replication_factor: 1 };
+        create_topics(&broker.kafka(), &vigil_logbus::topics::ALL, settings).await.expect("create topics");
+        broker
+    }
+
+    async fn start_listening(profile: Profile, secured: Option<SecuredListener>) -> KafkaBroker {
         let turn = ONE_BROKER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let libs = libs().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::Builder::new().prefix("vigil-kafka-").tempdir().unwrap();
         // Two free ports, not the same one handed out twice.
         let port = crate::free_port();
         let controller_port = std::iter::repeat_with(crate::free_port).find(|&p| p != port).expect("a second port");
-        let mut broker = KafkaBroker { port, controller_port, dir, libs, profile, child: None, _turn: turn };
+        let secured = secured.map(|listener| {
+            let port = std::iter::repeat_with(crate::free_port)
+                .find(|&p| p != port && p != controller_port)
+                .expect("a third port");
+            SecuredListener { port, ..listener }
+        });
+        let mut broker = KafkaBroker { port, controller_port, dir, libs, profile, secured, child: None, _turn: turn };
         broker.write_config();
         broker.format();
         broker.resume().await;
@@ -105,6 +162,23 @@ impl KafkaBroker {
         KafkaConfig { brokers: self.brokers(), message_timeout_ms: 120_000, ..KafkaConfig::default() }
     }
 
+    /// Settings for the `SASL_SSL` listener as `user` with `password`, verifying the broker
+    /// against the test CA (panics without a secured listener).
+    pub fn secured_kafka(&self, user: &str, password: &str) -> KafkaConfig {
+        let listener = self.secured.as_ref().expect("a broker started with start_secured");
+        KafkaConfig {
+            brokers: format!("127.0.0.1:{}", listener.port),
+            tls: Some(vigil_logbus::kafka::KafkaTls { ca_cert: Some(listener.ca_cert.clone()), ..Default::default() }),
+            sasl: Some(vigil_logbus::kafka::KafkaSasl {
+                mechanism: "SCRAM-SHA-256".into(),
+                username: user.into(),
+                password_file: None,
+                password: Some(password.into()),
+            }),
+            ..self.kafka()
+        }
+    }
+
     /// The broker's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -118,7 +192,8 @@ impl KafkaBroker {
     /// How many messages `topic` holds, over all partitions (high minus low watermark): with
     /// an idempotent producer, a record sent once and retried is still one message.
     pub fn message_count(&self, topic: &str) -> i64 {
-        let consumer: BaseConsumer = self.kafka().client_config().create().expect("a Kafka client");
+        let consumer: BaseConsumer =
+            self.kafka().client_config().expect("Kafka settings").create().expect("a Kafka client");
         let timeout = Duration::from_secs(30);
         let metadata = consumer.fetch_metadata(Some(topic), timeout).expect("topic metadata");
         let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
@@ -132,7 +207,8 @@ impl KafkaBroker {
 
     /// The number of partitions of `topic` (0 when it does not exist).
     pub fn partitions(&self, topic: &str) -> usize {
-        let consumer: BaseConsumer = self.kafka().client_config().create().expect("a Kafka client");
+        let consumer: BaseConsumer =
+            self.kafka().client_config().expect("Kafka settings").create().expect("a Kafka client");
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30)).expect("topic metadata");
         metadata.topics().first().filter(|t| t.error().is_none()).map(|t| t.partitions().len()).unwrap_or(0)
     }
@@ -233,6 +309,10 @@ num.recovery.threads.per.data.dir=1
 ",
             data = dir.join("data").display()
         );
+        let properties = match &self.secured {
+            None => properties,
+            Some(listener) => secured_properties(&properties, listener),
+        };
         std::fs::write(dir.join("server.properties"), properties).unwrap();
         let log4j = format!(
             "status = warn
@@ -252,12 +332,18 @@ logger.state.level = warn
         std::fs::write(dir.join("log4j2.properties"), log4j).unwrap();
     }
 
-    /// Formats the data directory, as `kafka-storage.sh format` does.
+    /// Formats the data directory, as `kafka-storage.sh format` does, with the secured
+    /// listener's SCRAM users.
     fn format(&self) {
+        let users = self.secured.iter().flat_map(|l| &l.users);
+        let scram = users.flat_map(|(user, password)| {
+            ["--add-scram".to_string(), format!("SCRAM-SHA-256=[name={user},password={password}]")]
+        });
         let out = Command::new("java")
             .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-XX:-UsePerfData", "-cp"])
             .arg(self.libs.join("*"))
             .args(["kafka.tools.StorageTool", "format", "--cluster-id", CLUSTER_ID, "--config", "server.properties"])
+            .args(scram)
             .current_dir(self.dir.path())
             .output()
             .unwrap_or_else(|e| panic!("cannot run java (Java 17 or newer must be on PATH): {e}"));
@@ -268,6 +354,37 @@ logger.state.level = warn
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `properties` with a `SASL_SSL` listener added (SCRAM-SHA-256, PEM key and trust stores).
+fn secured_properties(properties: &str, listener: &SecuredListener) -> String {
+    let port = listener.port;
+    let mut lines: Vec<String> = properties
+        .lines()
+        .map(|line| {
+            if let Some(rest) = line.strip_prefix("listeners=") {
+                format!("listeners={rest},SASL_SSL://127.0.0.1:{port}")
+            } else if let Some(rest) = line.strip_prefix("advertised.listeners=") {
+                format!("advertised.listeners={rest},SASL_SSL://127.0.0.1:{port}")
+            } else if let Some(rest) = line.strip_prefix("listener.security.protocol.map=") {
+                format!("listener.security.protocol.map={rest},SASL_SSL:SASL_SSL")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    let client_auth = if listener.mutual_tls { "required" } else { "none" };
+    lines.extend([
+        "sasl.enabled.mechanisms=SCRAM-SHA-256".to_string(),
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-256".to_string(),
+        "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;".to_string(),
+        "listener.name.sasl_ssl.ssl.keystore.type=PEM".to_string(),
+        format!("listener.name.sasl_ssl.ssl.keystore.location={}", listener.key_store.display()),
+        "listener.name.sasl_ssl.ssl.truststore.type=PEM".to_string(),
+        format!("listener.name.sasl_ssl.ssl.truststore.location={}", listener.ca_cert.display()),
+        format!("listener.name.sasl_ssl.ssl.client.auth={client_auth}"),
+    ]);
+    lines.join("\n") + "\n"
 }
 
 /// Every test broker is a cluster of its own; they may share the id (a base64 UUID).
