@@ -8,6 +8,7 @@
 //! in the spool (bounded) and are stored when it is back, also after a restart.
 
 mod config;
+mod expire;
 mod spool;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 pub use config::{CaptureConfig, HASH_KEY_ENV, ModelCapture, Privacy};
+pub use expire::{Expired, expire_captures};
 pub use spool::{open_store, open_url};
 
 /// What a server knows of one prediction's input.

@@ -26,6 +26,10 @@ pub struct ForgetArgs {
     /// Why (a request's reference), for the audit log.
     #[arg(long)]
     pub reason: String,
+    /// The key file of `[logging.policy] identifier_key_file`: records logged with hashed
+    /// identifiers are found by the id's keyed hash (and records logged plain by the id).
+    #[arg(long)]
+    pub identifier_key_file: Option<std::path::PathBuf>,
     /// The capture store (as `[capture] store`: file:///... or s3://bucket/prefix with the
     /// AWS_* variables): the subject's captured inputs are deleted there too.
     #[arg(long)]
@@ -50,18 +54,28 @@ pub async fn run(args: ForgetArgs) -> Result<u8> {
         .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
     let actor = crate::model::whoami(args.by);
     let change = Change { actor: &actor, reason: &args.reason, at: chrono::Utc::now() };
+    let mut subjects = vec![subject.clone()];
+    if let Some(file) = &args.identifier_key_file {
+        let key = std::fs::read(file).with_context(|| format!("--identifier-key-file {}", file.display()))?;
+        subjects.push(subject.map_id(|id| vigil_serving::log_policy::hashed_identifier(&key, id)));
+    }
     let forgotten = vigil_store::with_store!(backend, store => {
         vigil_store::PredictionStore::migrate(&store).await.context("preparing the database")?;
-        store.forget(&subject, &change).await?
+        let mut forgotten = vigil_store::Forgotten::default();
+        for subject in &subjects {
+            let these = store.forget(subject, &change).await?;
+            println!(
+                "{}: deleted {} predictions, {} labels, {} feedback events, {} review items",
+                subject.describe(),
+                these.predictions,
+                these.labels,
+                these.feedback,
+                these.review_items
+            );
+            forgotten.merge(these);
+        }
+        forgotten
     });
-    println!(
-        "{}: deleted {} predictions, {} labels, {} feedback events, {} review items",
-        subject.describe(),
-        forgotten.predictions,
-        forgotten.labels,
-        forgotten.feedback,
-        forgotten.review_items
-    );
     if forgotten.captures.is_empty() {
         return Ok(0);
     }

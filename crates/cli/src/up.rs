@@ -130,7 +130,8 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     let before = store.count_predictions().await?;
     let (sink, receiver) = vigil_logbus::in_process::channel(10_000);
     let (emitter, forwarder) = Emitter::start(sink, 100_000, 1_000);
-    let records = RecordEmitter::new(emitter.clone(), "embedded");
+    let policy = config.logging.policy.load().map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
+    let records = RecordEmitter::new(emitter.clone(), "embedded").with_policy(policy);
     let monitor_config = monitor_config(&args, &config.model_repository)?;
     let monitor_views = Views::new(
         store.clone(),

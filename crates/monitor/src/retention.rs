@@ -19,6 +19,11 @@ pub struct RetentionConfig {
     pub predictions_days: Option<u32>,
     pub labels_days: Option<u32>,
     pub feedback_days: Option<u32>,
+    /// Captured inputs (with `capture_store`): objects last written longer ago are deleted.
+    pub captures_days: Option<u32>,
+    /// The capture store the servers write to (`[capture] store`: file:///... or
+    /// s3://bucket/prefix with the AWS_* variables).
+    pub capture_store: Option<String>,
     /// Days kept per rollup resolution in seconds, e.g. `60 = 7` drops 1-minute rollups after
     /// a week; resolutions not listed are kept.
     pub rollups_days: BTreeMap<String, u32>,
@@ -38,6 +43,8 @@ impl Default for RetentionConfig {
             predictions_days: None,
             labels_days: None,
             feedback_days: None,
+            captures_days: None,
+            capture_store: None,
             rollups_days: BTreeMap::new(),
             batch_rows: 10_000,
             pause: Duration::from_millis(20),
@@ -59,10 +66,17 @@ impl RetentionConfig {
             ("predictions_days", self.predictions_days),
             ("labels_days", self.labels_days),
             ("feedback_days", self.feedback_days),
+            ("captures_days", self.captures_days),
         ] {
             if days == Some(0) {
                 anyhow::bail!("retention.{key} must be at least 1 (leave it out to keep everything)");
             }
+        }
+        if self.captures_days.is_some() != self.capture_store.is_some() {
+            anyhow::bail!("retention.captures_days and retention.capture_store go together");
+        }
+        if let Some(url) = &self.capture_store {
+            vigil_capture::open_url(url).map_err(|e| anyhow::anyhow!("retention.capture_store: {e}"))?;
         }
         self.rollup_limits(resolutions).map(drop)
     }
@@ -103,7 +117,8 @@ impl RetentionConfig {
 /// What one pass deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
-    /// Rows deleted per table (`predictions`, `labels`, `feedback`, `rollups`).
+    /// Rows deleted per table (`predictions`, `labels`, `feedback`, `rollups`), and objects
+    /// deleted from the capture store (`captures`).
     pub deleted: BTreeMap<&'static str, u64>,
     /// Statements run on the expiring tables (each deleting at most `batch_rows`).
     pub batches: u64,
@@ -133,6 +148,13 @@ pub async fn expire_once<S: RetentionStore>(
     for (resolution, limit) in config.rollup_limits(resolutions)? {
         *report.deleted.entry("rollups").or_default() += store.expire_rollups(resolution, now - days(limit)).await?;
     }
+    if let (Some(limit), Some(url)) = (config.captures_days, &config.capture_store) {
+        let (objects, prefix) = vigil_capture::open_url(url)?;
+        let expired = vigil_capture::expire_captures(objects.as_ref(), &prefix, now - days(limit))
+            .await
+            .map_err(|e| anyhow::anyhow!("expiring captured inputs in {url}: {e}"))?;
+        *report.deleted.entry("captures").or_default() += expired.deleted;
+    }
     Ok(report)
 }
 
@@ -145,7 +167,7 @@ pub async fn run<S: RetentionStore>(
     metrics: MonitorMetrics,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    if config.table_limits().is_empty() && config.rollups_days.is_empty() {
+    if config.table_limits().is_empty() && config.rollups_days.is_empty() && config.captures_days.is_none() {
         // Nothing to do, but the task lives as long as the monitor: a task that ends stops it.
         let _ = shutdown.changed().await;
         return;

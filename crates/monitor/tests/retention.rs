@@ -118,3 +118,36 @@ fn limits_are_checked_against_the_rollup_resolutions() {
     let config = RetentionConfig { predictions_days: Some(0), ..Default::default() };
     assert!(config.validate(&[60]).unwrap_err().to_string().contains("predictions_days must be at least 1"));
 }
+
+#[tokio::test]
+async fn captured_inputs_older_than_the_limit_leave_the_capture_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = vigil_store::SqliteStore::open(&dir.path().join("log.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    let captures = dir.path().join("captures");
+    // The layout the servers' capturer writes: bytes by content hash, metadata by prediction.
+    let files = ["scratch-detector/aaaa", "scratch-detector/predictions/1.json", "scratch-detector/bbbb"];
+    for file in files {
+        let path = captures.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"captured").unwrap();
+    }
+    let forty_days_ago = std::time::SystemTime::now() - Duration::from_secs(40 * 86_400);
+    for file in &files[..2] {
+        let file = std::fs::File::options().write(true).open(captures.join(file)).unwrap();
+        file.set_modified(forty_days_ago).unwrap();
+    }
+    let config = RetentionConfig {
+        captures_days: Some(30),
+        capture_store: Some(format!("file://{}", captures.display())),
+        ..Default::default()
+    };
+    config.validate(&[60]).unwrap();
+    let report = expire_once(&store, &config, &[60], Utc::now()).await.unwrap();
+    assert_eq!(report.deleted.get("captures"), Some(&2));
+    assert!(!captures.join(files[0]).exists() && !captures.join(files[1]).exists());
+    assert!(captures.join(files[2]).exists(), "the recent capture stays");
+
+    let alone = RetentionConfig { captures_days: Some(30), ..Default::default() };
+    assert!(alone.validate(&[60]).unwrap_err().to_string().contains("captures_days and retention.capture_store"));
+}

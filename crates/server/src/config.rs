@@ -41,6 +41,9 @@ pub struct LoggingConfig {
     pub kafka: vigil_logbus::kafka::KafkaConfig,
     /// Store-and-forward: records the broker cannot take wait on disk and are replayed.
     pub spool: Option<vigil_logbus::spool::SpoolConfig>,
+    /// What records may carry, per model (`[logging.policy]`, `[logging.policy.models.<name>]`).
+    #[serde(default)]
+    pub policy: vigil_serving::log_policy::LogPolicyConfig,
 }
 
 impl Default for LoggingConfig {
@@ -64,6 +67,7 @@ impl LoggingConfig {
                 ..Default::default()
             },
             spool: None,
+            policy: Default::default(),
         }
     }
 
@@ -76,6 +80,7 @@ impl LoggingConfig {
             return Err("logging.queue_capacity and logging.max_in_flight must be at least 1".into());
         }
         self.kafka.validate().map_err(|e| format!("logging.{e}"))?;
+        self.policy.load()?;
         if let Some(spool) = &self.spool
             && (spool.max_bytes < spool.segment_bytes || spool.segment_bytes < 1024)
         {

@@ -62,7 +62,8 @@ pub fn start(
     };
     let (emitter, forward) =
         Emitter::start_with_spool(sink.clone(), config.queue_capacity, config.max_in_flight, spool, REPLAY_INTERVAL);
-    let records = RecordEmitter::new(emitter.clone(), config.server_id.clone());
+    let policy = config.policy.load().map_err(anyhow::Error::msg)?;
+    let records = RecordEmitter::new(emitter.clone(), config.server_id.clone()).with_policy(policy);
     lifecycle.spawn(stage, "records", move |stop| async move {
         stop.stopped().await;
         if !emitter.drain(drain).await {

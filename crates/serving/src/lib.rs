@@ -8,6 +8,7 @@ pub mod decision;
 pub mod deployment;
 pub mod infer;
 pub mod inspection;
+pub mod log_policy;
 pub mod metrics;
 pub mod oip;
 pub mod records;

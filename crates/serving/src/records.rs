@@ -1,10 +1,13 @@
 //! Turns every prediction into a `PredictionRecord` and hands it to the emitter, off the
 //! request's critical path (a full queue drops and counts; the answer never waits).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use prost::Message;
 use vigil_logbus::{Emitter, Envelope, topics};
+
+use crate::log_policy::LogPolicy;
 use vigil_proto::vigil::v1::{
     ClassScore, Feature, InspectResponse, PredictionOutput, PredictionRecord, RecordStatus, ReviewRequest, Variant,
 };
@@ -32,6 +35,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct RecordEmitter {
     emitter: Emitter,
     server_id: String,
+    policy: Arc<LogPolicy>,
 }
 
 /// What a request was, for its records.
@@ -86,7 +90,12 @@ pub struct InferredItem {
 impl RecordEmitter {
     /// Records from this server carry `server_id`.
     pub fn new(emitter: Emitter, server_id: impl Into<String>) -> Self {
-        Self { emitter, server_id: server_id.into() }
+        Self { emitter, server_id: server_id.into(), policy: Arc::new(LogPolicy::default()) }
+    }
+
+    /// Records pass `policy` (what each model's records may carry) before they leave.
+    pub fn with_policy(self, policy: LogPolicy) -> Self {
+        Self { policy: Arc::new(policy), ..self }
     }
 
     /// The emitter's counters.
@@ -140,7 +149,7 @@ impl RecordEmitter {
             capture,
             ..self.base(ctx)
         };
-        self.send(&ctx.station_id, record);
+        self.send(record);
     }
 
     /// Records each item of an answered ModelInfer request.
@@ -174,7 +183,7 @@ impl RecordEmitter {
                 status: RecordStatus::Ok as i32,
                 ..self.base(ctx)
             };
-            self.send(&ctx.station_id, record);
+            self.send(record);
         }
     }
 
@@ -193,7 +202,7 @@ impl RecordEmitter {
             error: format!("{:?}: {}", status.code(), status.message()),
             ..self.base(ctx)
         };
-        self.send(&ctx.station_id, record);
+        self.send(record);
     }
 
     /// Records a prediction of an API with its own outputs (e.g. a voice search's transcript):
@@ -216,11 +225,13 @@ impl RecordEmitter {
             api: base.api,
             ..record
         };
-        self.send(&ctx.station_id, record);
+        self.send(record);
     }
 
     /// Logs what a user did after a prediction, keyed by the prediction it follows.
     pub fn feedback(&self, event: &vigil_proto::vigil::v1::FeedbackEvent) {
+        let mut event = event.clone();
+        self.policy.apply_feedback(&mut event);
         self.emitter.emit(Envelope {
             topic: topics::FEEDBACK.to_string(),
             key: event.prediction_id.clone(),
@@ -247,10 +258,16 @@ impl RecordEmitter {
         }
     }
 
-    fn send(&self, key: &str, record: PredictionRecord) {
+    /// Sends `record` keyed by its station (as the policy logs it: hashed ids keep one
+    /// station's records in one partition, in order).
+    fn send(&self, record: PredictionRecord) {
+        let mut record = record;
+        if !self.policy.is_passthrough() {
+            self.policy.apply(&mut record);
+        }
         self.emitter.emit(Envelope {
             topic: topics::PREDICTIONS.to_string(),
-            key: key.to_string(),
+            key: record.station_id.clone(),
             payload: record.encode_to_vec(),
         });
     }

@@ -70,6 +70,15 @@ impl Subject {
         }
     }
 
+    /// The same kind of subject with its id changed by `f` (e.g. to the id's logged hash).
+    pub fn map_id(&self, f: impl FnOnce(&str) -> String) -> Subject {
+        match self {
+            Subject::Station(v) => Subject::Station(f(v)),
+            Subject::Device(v) => Subject::Device(f(v)),
+            Subject::Part(v) => Subject::Part(f(v)),
+        }
+    }
+
     /// `device:cam-7`, as the audit log names it.
     pub fn describe(&self) -> String {
         let kind = self.column().trim_end_matches("_id");
@@ -86,6 +95,17 @@ pub struct Forgotten {
     pub review_items: u64,
     /// The subject's captured inputs, to delete from the capture store.
     pub captures: Vec<CapturedInput>,
+}
+
+impl Forgotten {
+    /// Adds what another deletion removed.
+    pub fn merge(&mut self, other: Forgotten) {
+        self.predictions += other.predictions;
+        self.labels += other.labels;
+        self.feedback += other.feedback;
+        self.review_items += other.review_items;
+        self.captures.extend(other.captures);
+    }
 }
 
 /// A captured input a deleted prediction named.
