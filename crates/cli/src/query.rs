@@ -55,6 +55,10 @@ pub struct QueryArgs {
     pub limit: u32,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// On Postgres, the role the query runs as, in a read-only transaction; the user in
+    /// --database-url must be a member of it (GRANT vigil_analyst TO <user>).
+    #[arg(long, default_value = vigil_store::postgres::ANALYST_ROLE)]
+    pub role: String,
 }
 
 /// Parses RFC 3339 or an age such as `30m`, `6h`, `7d` (before now).
@@ -103,11 +107,22 @@ pub async fn run(args: QueryArgs) -> Result<u8> {
         after: args.after,
         limit: args.limit,
     };
-    let backend = Backend::connect(&args.database_url)
-        .await
-        .with_context(|| format!("--database-url {}", redact(&args.database_url)))?;
-    let rows = vigil_store::with_store!(backend, store => store.query_predictions(&filter).await)
-        .with_context(|| format!("cannot query the prediction log at {}", redact(&args.database_url)))?;
+    let url = &args.database_url;
+    let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        vigil_store::PgStore::connect_read_only_as(url, &args.role, 2).map(Backend::Postgres)
+    } else {
+        Backend::connect(url).await
+    }
+    .with_context(|| format!("--database-url {}", redact(url)))?;
+    let rows = match vigil_store::with_store!(backend, store => store.query_predictions(&filter).await) {
+        Err(e) if e.to_string().contains("permission denied to set role") => bail!(
+            "{}: the user is not a member of the role '{}': GRANT {} TO <user> (or pass --role)",
+            redact(url),
+            args.role,
+            args.role
+        ),
+        rows => rows.with_context(|| format!("cannot query the prediction log at {}", redact(url)))?,
+    };
     match print_rows(&rows, args.format) {
         // The reader went away (`vigil query | head`): what it wanted was printed.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),

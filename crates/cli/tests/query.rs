@@ -100,3 +100,71 @@ async fn filters_labels_and_pages() {
     assert_eq!(code, 2);
     assert!(err.contains("use one of ACCEPT, REJECT, HUMAN_REVIEW"), "{err}");
 }
+
+/// Runs SQL on the test database as its (superuser) owner.
+async fn admin(db: &Database, sql: &str) {
+    let store = PgStore::connect_lazy(&db.url(), 1).unwrap();
+    sqlx::raw_sql(sql).execute(store.pool()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_run_as_the_read_only_analyst_role() {
+    let db = Database::create();
+    let store = PgStore::connect_lazy(&db.url(), 1).unwrap();
+    store.migrate().await.unwrap();
+    let rows: Vec<PredictionRow> = (0..3).map(|i| row(i, 3 - i as i64)).collect();
+    store.insert_predictions(&rows).await.unwrap();
+    // Two login users of the analysts' own: one granted the analyst role, one not.
+    let suffix = Uuid::now_v7().simple().to_string();
+    let (member, stranger) = (format!("ana_{suffix}"), format!("eve_{suffix}"));
+    admin(
+        &db,
+        &format!(
+            "CREATE ROLE {member} LOGIN PASSWORD 'pw'; CREATE ROLE {stranger} LOGIN PASSWORD 'pw';
+             GRANT vigil_analyst TO {member};
+             GRANT CONNECT ON DATABASE {db} TO {member}, {stranger};",
+            db = db.name
+        ),
+    )
+    .await;
+    let url_of = |user: &str| {
+        let base = db.url();
+        let (scheme, rest) = base.split_once("://").unwrap();
+        let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+        format!("{scheme}://{user}:pw@{host}")
+    };
+    let run = |url: String| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["query", "--database-url", &url, "--format", "json"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(url_of(&member));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(json_ids(&out).len(), 3);
+    let (code, _, err) = run(url_of(&stranger));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not a member of the role 'vigil_analyst': GRANT vigil_analyst TO"), "{err}");
+    assert!(!err.contains(":pw@"), "the password is not printed: {err}");
+
+    // What the analyst sessions can do: read, never write, even as the database's owner.
+    for url in [url_of(&member), db.url()] {
+        let analyst = PgStore::connect_read_only_as(&url, "vigil_analyst", 1).unwrap();
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM predictions").fetch_one(analyst.pool()).await.unwrap();
+        assert_eq!(count, 3);
+        let refused = sqlx::query("DELETE FROM predictions").execute(analyst.pool()).await.unwrap_err().to_string();
+        assert!(refused.contains("read-only transaction"), "{refused}");
+        let refused = sqlx::query("BEGIN READ WRITE; DELETE FROM predictions").execute(analyst.pool()).await;
+        assert!(refused.is_err(), "read-write transactions are refused to the role too");
+    }
+    assert_eq!(store.count_predictions().await.unwrap(), 3, "nothing deleted");
+    drop(store);
+    admin(&db, &format!("DROP OWNED BY {member}; DROP OWNED BY {stranger}; DROP ROLE {member}; DROP ROLE {stranger};"))
+        .await;
+}

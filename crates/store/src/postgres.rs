@@ -17,11 +17,28 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// The database role analysts read as: SELECT on the prediction log and the monitoring tables,
+/// nothing else (created by the migrations, `NOLOGIN`: grant it to analysts' own users).
+pub const ANALYST_ROLE: &str = "vigil_analyst";
+
 impl PgStore {
     /// Connects lazily: the first statement opens the first connection, so a database that is
     /// down at start-up is waited for by the caller's retry loop rather than failing start-up.
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+
+    /// A pool whose sessions run as `role` in read-only transactions (`vigil query` uses the
+    /// analyst role, [`ANALYST_ROLE`]): the user in `url` must be a member of `role`, and
+    /// nothing it runs can write, whatever the user may otherwise do.
+    pub fn connect_read_only_as(url: &str, role: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        let options: PgConnectOptions = url.parse()?;
+        let options = options.options([("role", role), ("default_transaction_read_only", "on")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
