@@ -16,6 +16,7 @@ mod dataset;
 mod demo;
 mod deploy;
 mod forget;
+mod health;
 mod images;
 mod inspect;
 mod kafka;
@@ -88,6 +89,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Delete every record of one station, device or part (predictions, labels, feedback, review items, captured inputs).
     Forget(forget::ForgetArgs),
+    /// Readiness probe: a server's gRPC health (or an HTTP /healthz); exit code 0 when serving.
+    Health(health::HealthArgs),
     /// Play one of the seed's examples (phone-line, anti-spam, screening, recommender) end to end on this machine.
     Demo(demo::DemoArgs),
 }
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
             Command::Retrain(args) => retrain::run(args).await,
             Command::Token(args) => token::run(args),
             Command::Forget(args) => forget::run(args).await,
+            Command::Health(args) => health::run(args).await,
         }
     });
     match result {

@@ -80,3 +80,66 @@ fn token_new_prints_the_token_and_its_tokens_file_entry() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("unknown scope 'root'"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_for_a_secured_server_without_a_token() {
+    let ca = TestCa::new("plant");
+    let tokens = ScopedTokens::write(ca.dir());
+    let files = ca.server("edge");
+    let config = vigil_edge::EdgeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model_repository: root().join("models"),
+        metrics: vigil_edge::MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() },
+        security: vigil_security::SecurityConfig {
+            tls: Some(vigil_security::TlsConfig::new(&files.cert, &files.key)),
+            auth: vigil_security::AuthConfig { tokens_file: Some(tokens.file.clone()), ..Default::default() },
+            insecure: false,
+        },
+        ..Default::default()
+    };
+    let server = vigil_edge::start(config, false).await.unwrap();
+    let url = format!("https://localhost:{}", server.addr.port());
+    let ca_cert = ca.ca_pem.display().to_string();
+
+    let (code, out, err) = vigil(&["health", &url, "--ca-cert", &ca_cert], &[]);
+    assert_eq!((code, out.trim()), (Some(0), "SERVING"), "{err}");
+    let (code, out, _) =
+        vigil(&["health", &url, "--service", "inference.GRPCInferenceService", "--ca-cert", &ca_cert], &[]);
+    assert_eq!((code, out.trim()), (Some(0), "SERVING"));
+    let (code, _, err) = vigil(&["health", &url, "--service", "no.such.Service", "--ca-cert", &ca_cert], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no service 'no.such.Service'"), "{err}");
+    // Not trusting the server's CA: unreachable, exit 1.
+    let (code, out, _) = vigil(&["health", &url], &[]);
+    assert_eq!(code, Some(1));
+    assert!(out.starts_with("UNREACHABLE"), "{out}");
+    // The /metrics port's /healthz, over TLS too: --http takes plain http:// only.
+    let metrics = server.metrics_addr.unwrap();
+    let (code, _, err) = vigil(&["health", "--http", &format!("https://localhost:{}/healthz", metrics.port())], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    server.shutdown().await.unwrap();
+    // A stopped server: unreachable, exit 1.
+    let (code, out, _) = vigil(&["health", &url, "--ca-cert", &ca_cert, "--timeout-ms", "500"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(out.starts_with("UNREACHABLE"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_over_plain_http_reads_healthz() {
+    let config = vigil_edge::EdgeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model_repository: root().join("models"),
+        metrics: vigil_edge::MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() },
+        ..Default::default()
+    };
+    let server = vigil_edge::start(config, false).await.unwrap();
+    let metrics = server.metrics_addr.unwrap();
+    let (code, out, err) = vigil(&["health", "--http", &format!("http://{metrics}/healthz")], &[]);
+    assert_eq!((code, out.trim()), (Some(0), "SERVING"), "{err}");
+    let (code, out, _) = vigil(&["health", "--http", &format!("http://{metrics}/no-such-page")], &[]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("404"), "{out}");
+    let (code, out, _) = vigil(&["health", &format!("http://{}", server.addr)], &[]);
+    assert_eq!((code, out.trim()), (Some(0), "SERVING"));
+    server.shutdown().await.unwrap();
+}

@@ -37,7 +37,6 @@ pub fn router<S: MonitorStore>(views: Views<S>, registry: Arc<Registry>) -> Rout
         .route("/auth.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], AUTH_SCRIPT) }))
         .route("/dashboard.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }))
         .route("/dashboard.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
-        .route("/healthz", get(|| async { "ok" }))
         .route("/api/models", get(models::<S>))
         .route("/api/dashboard", get(dashboard::<S>))
         .merge(crate::review::routes::<S>())

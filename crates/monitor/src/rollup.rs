@@ -136,14 +136,24 @@ pub fn summarize(rows: &[RollupInput], resolutions: &[u32]) -> Vec<StoredRollup>
 /// Rolls up the next batch of logged predictions and returns how many rows it summarised:
 /// 0 when it is caught up (or another worker took the batch: the caller simply tries again).
 pub async fn step<S: MonitorStore>(store: &S, resolutions: &[u32], max_rows: usize) -> Result<usize, sqlx::Error> {
+    Ok(step_newest(store, resolutions, max_rows).await?.0)
+}
+
+/// [`step`], and the time of the newest prediction it summarised.
+async fn step_newest<S: MonitorStore>(
+    store: &S,
+    resolutions: &[u32],
+    max_rows: usize,
+) -> Result<(usize, Option<DateTime<Utc>>), sqlx::Error> {
     let cursor = store.rollup_cursor().await?;
     let batch = store.read_for_rollup(cursor, max_rows).await?;
     if batch.next_cursor == cursor {
-        return Ok(0);
+        return Ok((0, None));
     }
     let deltas = summarize(&batch.rows, resolutions);
     let applied = store.apply_rollups(cursor, batch.next_cursor, deltas, &merge_bodies).await?;
-    Ok(if applied { batch.rows.len() } else { 0 })
+    let newest = batch.rows.iter().map(|r| r.time).max();
+    Ok(if applied { (batch.rows.len(), newest) } else { (0, None) })
 }
 
 /// Keeps rollups up to date until `shutdown` fires: catches up in batches, then polls.
@@ -156,13 +166,20 @@ pub async fn upkeep<S: MonitorStore>(
 ) {
     let mut failing = false;
     loop {
-        match step(&store, &resolutions, vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK).await {
-            Ok(n) => {
+        let chunk = vigil_store::monitoring::DEFAULT_ROLLUP_CHUNK;
+        match step_newest(&store, &resolutions, chunk).await {
+            Ok((n, newest)) => {
                 if failing {
                     tracing::info!("rollup upkeep resumed");
                     failing = false;
                 }
                 metrics.rollup_records.inc_by(n as u64);
+                // A full batch: more rows wait, about as old as the newest one just summarised.
+                let behind = match newest {
+                    Some(t) if n >= chunk => (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0,
+                    _ => 0.0,
+                };
+                metrics.rollup_lag_seconds.set(behind);
                 if n > 0 {
                     continue;
                 }

@@ -29,6 +29,8 @@ struct TableLabels {
 #[derive(Clone, Default)]
 pub struct MonitorMetrics {
     pub rollup_records: Counter,
+    /// How far rollups trail the prediction log: 0 when caught up.
+    pub rollup_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     alerts: Family<AlertLabels, Gauge>,
     webhooks: Family<OutcomeLabels, Counter>,
     /// 1 while this monitor holds the alerting lease (evaluates alarms and notifies).
@@ -48,6 +50,11 @@ impl MonitorMetrics {
             "vigil_monitor_rollup_records",
             "Predictions summarised into rollups",
             m.rollup_records.clone(),
+        );
+        registry.register(
+            "vigil_monitor_rollup_lag_seconds",
+            "Age of the predictions waiting to be summarised into rollups (0 when caught up)",
+            m.rollup_lag_seconds.clone(),
         );
         registry.register("vigil_monitor_alerts", "Alarms by state and severity", m.alerts.clone());
         registry.register(

@@ -28,9 +28,10 @@ pub fn registry() -> Registry {
     r
 }
 
-/// A router answering `GET /metrics` from `registry`; merge it with a service's own routes.
+/// A router answering `GET /metrics` from `registry` and `GET /healthz` (200 while the process
+/// serves: a liveness probe); merge it with a service's own routes.
 pub fn metrics_router(registry: Arc<Registry>) -> Router {
-    Router::new().route(
+    Router::new().route("/healthz", get(|| async { "ok" })).route(
         "/metrics",
         get(move || {
             let registry = registry.clone();
