@@ -21,6 +21,7 @@ mod images;
 mod inspect;
 mod kafka;
 mod label;
+mod migrate;
 mod model;
 mod monitoring;
 mod query;
@@ -89,6 +90,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Delete every record of one station, device or part (predictions, labels, feedback, review items, captured inputs).
     Forget(forget::ForgetArgs),
+    /// Apply the database migrations (the logger and the monitor also do at start).
+    Migrate(migrate::MigrateArgs),
     /// Readiness probe: a server's gRPC health (or an HTTP /healthz); exit code 0 when serving.
     Health(health::HealthArgs),
     /// Play one of the seed's examples (phone-line, anti-spam, screening, recommender) end to end on this machine.
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
             Command::Retrain(args) => retrain::run(args).await,
             Command::Token(args) => token::run(args),
             Command::Forget(args) => forget::run(args).await,
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Health(args) => health::run(args).await,
         }
     });

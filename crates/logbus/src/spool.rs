@@ -36,7 +36,7 @@ pub enum FullPolicy {
 
 /// Spool settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
     /// Most bytes on disk.

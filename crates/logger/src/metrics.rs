@@ -6,6 +6,8 @@
 //!   and the time from decoding a batch to its database commit (retries included).
 //! - `vigil_logger_consumer_lag{topic,partition}`: messages behind the end of each assigned
 //!   partition, from the committed offset (librdkafka's statistics).
+//! - `vigil_logger_assigned_partitions{topic}`: partitions of each topic this member of the
+//!   consumer group holds (their sum over the group is the topic's partition count).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,11 @@ struct RecordLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LagLabels {
     topic: String,
     partition: i32,
@@ -44,6 +51,7 @@ pub struct LoggerMetrics {
     lag: Family<LagLabels, Gauge>,
     /// Partitions with a lag gauge, so that the ones no longer assigned are removed.
     lag_partitions: Arc<Mutex<HashSet<LagLabels>>>,
+    assigned: Family<TopicLabels, Gauge>,
 }
 
 impl Default for LoggerMetrics {
@@ -55,6 +63,7 @@ impl Default for LoggerMetrics {
             batch_duration: Histogram::new(exponential_buckets(1e-3, 2.0, 16)),
             lag: Family::default(),
             lag_partitions: Arc::default(),
+            assigned: Family::default(),
         }
     }
 }
@@ -73,6 +82,11 @@ impl LoggerMetrics {
             "vigil_logger_consumer_lag",
             "Messages behind the end of each assigned partition",
             self.lag.clone(),
+        );
+        registry.register(
+            "vigil_logger_assigned_partitions",
+            "Partitions of each topic this member of the consumer group holds",
+            self.assigned.clone(),
         );
     }
 
@@ -123,6 +137,10 @@ impl LoggerMetrics {
             self.lag.get_or_create(labels).set(*lag);
         }
         *partitions = current.into_keys().collect();
+        for (topic, t) in &statistics.topics {
+            let held = t.partitions.values().filter(|p| p.partition >= 0 && p.desired).count();
+            self.assigned.get_or_create(&TopicLabels { topic: topic.clone() }).set(held as i64);
+        }
     }
 }
 
@@ -179,10 +197,12 @@ mod tests {
         assert!(t.contains(r#"vigil_logger_consumer_lag{topic="vigil.predictions.v1",partition="0"} 5"#), "{t}");
         assert!(t.contains(r#"vigil_logger_consumer_lag{topic="vigil.predictions.v1",partition="3"} 0"#), "{t}");
         assert_eq!(t.matches("vigil_logger_consumer_lag{").count(), 2, "{t}");
+        assert!(t.contains(r#"vigil_logger_assigned_partitions{topic="vigil.predictions.v1"} 3"#), "{t}");
         m.set_lag(&statistics(&[(3, true, 2)]));
         let t = text(&registry);
         assert!(t.contains(r#"vigil_logger_consumer_lag{topic="vigil.predictions.v1",partition="3"} 2"#), "{t}");
         assert_eq!(t.matches("vigil_logger_consumer_lag{").count(), 1, "{t}");
+        assert!(t.contains(r#"vigil_logger_assigned_partitions{topic="vigil.predictions.v1"} 1"#), "{t}");
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub use kafka::KafkaBroker;
 pub use postgres::PostgresServer;
 pub use s3::S3Server;
 
+/// The Python the tests use: `VIGIL_PYTHON`, else the virtualenv `./dev setup` prepares
+/// (`~/.cache/vigil/venv`), which has the packages of `training/requirements.txt`.
+pub fn python() -> std::path::PathBuf {
+    std::env::var_os("VIGIL_PYTHON").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vigil/venv/bin/python")
+    })
+}
+
 /// A free TCP port on loopback (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

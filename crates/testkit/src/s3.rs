@@ -22,9 +22,7 @@ impl S3Server {
     /// Starts moto with the Python of `VIGIL_PYTHON` (else `~/.cache/vigil/venv`) and creates
     /// [`BUCKET`]; panics saying what to do when moto is missing.
     pub async fn start() -> S3Server {
-        let python = std::env::var_os("VIGIL_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/vigil/venv/bin/python")
-        });
+        let python = crate::python();
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut server = S3Server { port: crate::free_port(), python, child: None, log };
         server.resume().await;
