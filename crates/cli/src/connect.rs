@@ -28,6 +28,9 @@ pub struct ConnectOptions {
     /// File whose first line is the bearer token.
     #[arg(long, global = true, env = "VIGIL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Verify the server's certificate for this name instead of the address's host.
+    #[arg(long, global = true, env = "VIGIL_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
 }
 
 static OPTIONS: OnceLock<ClientSecurity> = OnceLock::new();
@@ -40,6 +43,7 @@ pub fn init(options: ConnectOptions) {
         client_key: options.client_key,
         token: options.token,
         token_file: options.token_file,
+        server_name: options.tls_server_name,
     });
 }
 

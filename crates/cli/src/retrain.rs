@@ -57,6 +57,17 @@ pub enum RetrainCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Run queued jobs here, one after another until none is left, for a monitor configured
+    /// with `[retraining] runner = "external"` (a Kubernetes Job with the training stack);
+    /// exit 1 when one did not succeed. Run one worker at a time.
+    Work {
+        /// The monitor's configuration: its [retraining] section and model repository.
+        #[arg(long, env = "VIGIL_MONITOR_CONFIG")]
+        config: std::path::PathBuf,
+        /// Run at most this many jobs.
+        #[arg(long)]
+        max_jobs: Option<usize>,
+    },
 }
 
 /// Exit code of a job followed to an end other than success.
@@ -118,6 +129,7 @@ async fn command<S: PredictionStore + MonitorStore>(store: S, args: RetrainArgs)
             }
             return Ok(0);
         }
+        Some(RetrainCommand::Work { config, max_jobs }) => return work(store, &config, max_jobs).await,
         Some(RetrainCommand::Cancel { job }) => {
             let job = store.cancel_retrain(&job, &change).await?;
             println!("{}", describe(&job));
@@ -172,6 +184,31 @@ async fn find<S: MonitorStore>(store: &S, job_id: &str) -> Result<RetrainJob> {
 }
 
 /// `0193... screening succeeded 100% (version 2) in 12.3 s, alarm accuracy-low`.
+async fn work<S: PredictionStore + MonitorStore>(
+    store: S,
+    config: &std::path::Path,
+    max_jobs: Option<usize>,
+) -> Result<u8> {
+    let config = vigil_monitor::MonitorConfig::load(config)?;
+    if config.retraining.runner != vigil_monitor::retrain::RunnerPlace::External {
+        eprintln!("warning: [retraining] runner is not \"external\": the monitor runs queued jobs too");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop.send(true);
+        }
+    });
+    let ran = vigil_monitor::retrain::runner::work(store, config.retraining, config.models, max_jobs, stopped).await?;
+    if ran.is_empty() {
+        println!("no queued retraining jobs");
+    }
+    for job in &ran {
+        println!("{}", describe(job));
+    }
+    Ok(if ran.iter().all(|j| j.state == "succeeded") { 0 } else { NOT_SUCCEEDED })
+}
+
 fn describe(job: &RetrainJob) -> String {
     let mut line = format!("{} {} {} {:.0}%", job.job_id, job.model_name, job.state, job.progress * 100.0);
     if let Some(v) = &job.candidate_version {

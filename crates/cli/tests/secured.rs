@@ -103,6 +103,13 @@ async fn health_answers_for_a_secured_server_without_a_token() {
 
     let (code, out, err) = vigil(&["health", &url, "--ca-cert", &ca_cert], &[]);
     assert_eq!((code, out.trim()), (Some(0), "SERVING"), "{err}");
+    // A probe inside a pod dials the loopback address and verifies the certificate's name.
+    let by_ip = format!("https://127.0.0.1:{}", server.addr.port());
+    let (code, out, _) = vigil(&["health", &by_ip, "--ca-cert", &ca_cert, "--tls-server-name", "localhost"], &[]);
+    assert_eq!((code, out.trim()), (Some(0), "SERVING"));
+    let (code, out, _) =
+        vigil(&["health", &by_ip, "--tls-server-name", "edge.example"], &[("VIGIL_CA_CERT", &ca_cert)]);
+    assert_eq!(code, Some(1), "a name the certificate does not carry is refused: {out}");
     let (code, out, _) =
         vigil(&["health", &url, "--service", "inference.GRPCInferenceService", "--ca-cert", &ca_cert], &[]);
     assert_eq!((code, out.trim()), (Some(0), "SERVING"));

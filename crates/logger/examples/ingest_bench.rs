@@ -1,5 +1,6 @@
-//! Logger ingestion benchmark: N prediction records on a real broker (Apache Kafka), drained into a
-//! fresh Postgres database by one logger, then by two loggers sharing the partitions. A third
+//! Logger ingestion benchmark: N prediction records on a real broker (Apache Kafka, 4
+//! partitions), drained into a fresh Postgres database by one logger, then by two and four
+//! loggers of one consumer group sharing the partitions. A last
 //! row runs the logger's own work without a broker (decode and insert the same messages, in
 //! the logger's batch size and with its batches in flight, into a fresh database), which bounds
 //! what a logger can do when the broker is not the limit. Prints records per second for each, and the ratios.
@@ -181,18 +182,20 @@ async fn main() {
     eprintln!("produced in {:.1} s", t0.elapsed().as_secs_f64());
     eprintln!("the logger's work without a broker ...");
     let (alone, t3) = without_broker(records).await;
-    eprintln!("one logger ...");
-    let one = drain(&broker, records, 1, "bench-one").await;
-    eprintln!("two loggers ...");
-    let two = drain(&broker, records, 2, "bench-two").await;
+    let mut groups = Vec::new();
+    for loggers in [1, 2, 4] {
+        eprintln!("{loggers} logger(s) ...");
+        groups.push((loggers, drain(&broker, records, loggers, &format!("bench-{loggers}")).await));
+    }
     println!("\n{}", vigil_telemetry::benchmark_header());
     println!(
         "\n| logger ingestion | records | seconds (incl. group join) | records/s (after the first batch) | vs one logger | CPU µs/record: loggers, broker, Postgres |"
     );
     println!("|---|---:|---:|---:|---:|---|");
     let cpu = |d: &Drained| format!("{:.1}, {:.1}, {:.1}", d.cpu_us[0], d.cpu_us[1], d.cpu_us[2]);
-    let base = one.records_per_second;
-    for (name, d) in [("1 logger", &one), ("2 loggers", &two)] {
+    let base = groups[0].1.records_per_second;
+    for (loggers, d) in &groups {
+        let name = if *loggers == 1 { "1 logger".to_string() } else { format!("{loggers} loggers") };
         println!(
             "| {name} | {records} | {:.1} | {:.0} | {:.2}x | {} |",
             d.total.as_secs_f64(),

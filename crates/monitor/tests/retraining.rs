@@ -341,3 +341,44 @@ cooldown = "1h"
     labelled(3, -1).await;
     assert!(matches!(considered(later).await, Considered::Queued(_)), "3 labels since the job");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_worker_runs_the_queue_the_monitor_leaves_alone() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repository = dir.path().join("models");
+    let good = recipe(dir.path(), "good", "");
+    let failing = recipe(dir.path(), "failing", "echo 'no rows' >&2; exit 3");
+    let mut config = config(dir.path(), &[("good", &good), ("failing", &failing), ("other", &good)], "1m");
+    config.runner = vigil_monitor::retrain::RunnerPlace::External;
+    let data = dataset(dir.path());
+
+    // A job an earlier worker claimed and never finished (its pod died).
+    store.enqueue_retrain(&queue("other", &data)).await.unwrap();
+    let orphan = store.claim_retrain(Utc::now()).await.unwrap().expect("claimed");
+    // The monitor, leading, leaves queued jobs to the external worker.
+    let (stop, task, _leading) = start(&store, config.clone(), &repository);
+    let first = queue("good", &data);
+    let second = queue("failing", &data);
+    store.enqueue_retrain(&first).await.unwrap();
+    store.enqueue_retrain(&second).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.retrain_job(&first.job_id).await.unwrap().unwrap().state, "queued");
+    stop.send(true).unwrap();
+    task.await.unwrap();
+
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let ran = runner::work(store.clone(), config, repository.clone(), None, shutdown).await.unwrap();
+    let ended: Vec<(&str, &str)> = ran.iter().map(|j| (j.model_name.as_str(), j.state.as_str())).collect();
+    assert_eq!(ended, [("good", "succeeded"), ("failing", "failed")]);
+    assert!(repository.join("good").join(ran[0].candidate_version.as_deref().unwrap()).join("model.onnx").is_file());
+    let orphan = store.retrain_job(&orphan.job_id).await.unwrap().unwrap();
+    assert_eq!((orphan.state.as_str(), orphan.error.as_str()), ("failed", INTERRUPTED));
+    // Nothing left: a second worker finds no job.
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let repository_again = repository.clone();
+    let config = self::config(dir.path(), &[("good", &good)], "1m");
+    assert!(runner::work(store.clone(), config, repository_again, None, shutdown).await.unwrap().is_empty());
+}

@@ -24,6 +24,9 @@ pub struct ClientSecurity {
     pub token: Option<String>,
     /// File holding the bearer token (its first line), read when connecting.
     pub token_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the address's host (a
+    /// probe dialling 127.0.0.1 inside a pod whose certificate names its Service).
+    pub server_name: Option<String>,
 }
 
 /// Adds `authorization: Bearer <token>` to every call (nothing without a token).
@@ -81,6 +84,9 @@ impl ClientSecurity {
                 }
                 (None, None) => {}
                 _ => anyhow::bail!("a client certificate needs both its certificate and its key"),
+            }
+            if let Some(name) = &self.server_name {
+                tls = tls.domain_name(name.clone());
             }
             endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
         }

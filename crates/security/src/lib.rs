@@ -19,7 +19,7 @@ pub use tls::{ServerTls, TlsConfig};
 
 /// A server's `[tls]` and `[auth]` sections and whether plaintext is allowed beyond loopback.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SecurityConfig {
     /// TLS on every port of the server (gRPC, `/metrics`, the dashboard); none: plaintext.
     pub tls: Option<TlsConfig>,

@@ -24,6 +24,9 @@ use crate::config::duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetrainingConfig {
+    /// Who runs queued jobs: `monitor` (the one holding the alerting lease) or `external`
+    /// (`vigil retrain work`, e.g. a Kubernetes Job, on a machine with the training stack).
+    pub runner: RunnerPlace,
     /// How often the runner looks for queued jobs.
     #[serde(deserialize_with = "duration")]
     pub poll: Duration,
@@ -47,6 +50,7 @@ pub struct RetrainingConfig {
 impl Default for RetrainingConfig {
     fn default() -> Self {
         Self {
+            runner: RunnerPlace::Monitor,
             poll: Duration::from_secs(2),
             workdir: PathBuf::from("retraining"),
             captures: None,
@@ -77,6 +81,17 @@ impl RetrainingConfig {
         }
         Ok(())
     }
+}
+
+/// Where retraining jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerPlace {
+    /// In the monitor holding the alerting lease.
+    #[default]
+    Monitor,
+    /// In `vigil retrain work`, started by something else (a Kubernetes Job or CronJob).
+    External,
 }
 
 /// Whether a retrained candidate may become the primary by itself.

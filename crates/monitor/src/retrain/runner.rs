@@ -23,7 +23,8 @@ const REPORT_EVERY: Duration = Duration::from_millis(500);
 /// Why a running job was marked failed at a runner's start.
 pub const INTERRUPTED: &str = "interrupted: the monitor running it stopped; `vigil retrain retry <job>` runs it again";
 
-/// Runs queued jobs while `leading` (this monitor holds the alerting lease) until `shutdown`.
+/// Runs queued jobs while `leading` (this monitor holds the alerting lease) until `shutdown`;
+/// with `runner = "external"` only waits for `shutdown` (`vigil retrain work` runs them).
 pub async fn run<S: PredictionStore + MonitorStore>(
     store: S,
     config: RetrainingConfig,
@@ -31,6 +32,11 @@ pub async fn run<S: PredictionStore + MonitorStore>(
     mut leading: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    if config.runner == super::RunnerPlace::External {
+        // The task lives as long as the monitor: a task that ends stops it.
+        let _ = shutdown.changed().await;
+        return;
+    }
     let runner = Runner { store, output: config.output.clone().unwrap_or(models), config };
     let mut was_leading = false;
     loop {
@@ -67,6 +73,33 @@ pub async fn run<S: PredictionStore + MonitorStore>(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Runs queued jobs outside the monitor (`vigil retrain work`, one worker at a time): jobs an
+/// earlier worker left running are marked interrupted, then queued jobs run one after another
+/// until none is left, `max_jobs` have run, or `shutdown`. Returns the jobs run, as they ended.
+pub async fn work<S: PredictionStore + MonitorStore>(
+    store: S,
+    config: RetrainingConfig,
+    models: PathBuf,
+    max_jobs: Option<usize>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Vec<RetrainJob>> {
+    let runner = Runner { store, output: config.output.clone().unwrap_or(models), config };
+    let change = Change { actor: RUNNER, reason: INTERRUPTED, at: Utc::now() };
+    for job in runner.store.interrupt_retrains(&change).await.context("marking interrupted jobs")? {
+        tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
+    }
+    let mut ran = Vec::new();
+    while max_jobs.is_none_or(|max| ran.len() < max) && !*shutdown.borrow() {
+        let Some(job) = runner.store.claim_retrain(Utc::now()).await.context("claiming a queued job")? else {
+            break;
+        };
+        let id = job.job_id.to_string();
+        runner.execute(job, &mut shutdown).await;
+        ran.extend(runner.store.retrain_job(&id).await.context("reading the job's end")?);
+    }
+    Ok(ran)
 }
 
 struct Runner<S> {
