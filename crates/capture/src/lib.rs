@@ -140,7 +140,7 @@ impl Capturer {
             self.stats.too_large.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let sha256 = hex(&Sha256::digest(input.bytes));
+        let sha256 = hex::encode(Sha256::digest(input.bytes));
         let key = format!("{}/{sha256}", input.model);
         let id = |value: &str| match (privacy, &self.hash_key) {
             (Privacy::HashedIds, Some(k)) if !value.is_empty() => keyed_hash(k, value),
@@ -192,11 +192,7 @@ fn sample(prediction_id: &str) -> f64 {
 pub fn keyed_hash(key: &[u8], value: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(value.as_bytes());
-    hex(&mac.finalize().into_bytes())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(mac.finalize().into_bytes())
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ fn entry_name(prediction_id: &str) -> String {
     if !prediction_id.is_empty() && prediction_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         prediction_id.to_string()
     } else {
-        crate::hex(&<sha2::Sha256 as sha2::Digest>::digest(prediction_id.as_bytes()))
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(prediction_id.as_bytes()))
     }
 }
 

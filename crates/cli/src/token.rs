@@ -41,11 +41,10 @@ pub fn run(args: TokenArgs) -> Result<u8> {
                 bail!("--name must be a plain, non-empty name");
             }
             let (token, hash) = vigil_security::auth::new_token();
-            let scopes = parsed.iter().map(|s| format!("\"{}\"", s.name())).collect::<Vec<_>>().join(", ");
             println!("{token}");
             println!();
             println!("# add to the server's tokens file (security.auth.tokens_file); the token itself is not kept:");
-            println!("[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]");
+            print!("{}", vigil_security::auth::token_entry(&name, &hash, &parsed));
             Ok(0)
         }
     }

@@ -65,7 +65,7 @@ impl Catalog {
             .map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))?;
         let mut catalog = Self::build(&products).map_err(|e| anyhow::anyhow!("catalog {}: {e}", path.display()))?;
         let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
-        catalog.version = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        catalog.version = hex::encode(&digest[..6]);
         Ok(catalog)
     }
 

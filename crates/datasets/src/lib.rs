@@ -180,7 +180,7 @@ async fn write(
         csv.write_record(&record)?;
     }
     let bytes = csv.into_inner().context("writing rows.csv")?;
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let sha256 = hex::encode(Sha256::digest(&bytes));
     let id = sha256[..16].to_string();
     let dir = spec.out.join(format!("{}-{id}", spec.model));
     if dir.join("manifest.json").is_file() {
@@ -251,7 +251,7 @@ async fn copy_inputs(
             }
             Err(e) => return Err(e).with_context(|| format!("reading captured input {key}")),
         };
-        if hex(&Sha256::digest(&bytes)) != sha {
+        if hex::encode(Sha256::digest(&bytes)) != sha {
             corrupt.push(key.to_string());
             continue;
         }
@@ -275,8 +275,4 @@ pub fn manifest(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("manifest.json");
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {} (is it a dataset?)", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

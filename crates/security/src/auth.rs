@@ -157,13 +157,19 @@ fn load_tokens(path: &std::path::Path) -> Result<TokenTable> {
 
 /// Lowercase hex of the SHA-256 of `token`, as the tokens file stores it.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A tokens file's `[[token]]` entry for `name` holding `scopes`, by the token's `hash`.
+pub fn token_entry(name: &str, hash: &str, scopes: &[Scope]) -> String {
+    let scopes = scopes.iter().map(|s| format!("\"{}\"", s.name())).collect::<Vec<_>>().join(", ");
+    format!("[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]\n")
 }
 
 /// A new random token (256 bits, `vgl_` and 64 hex digits) and its hash for the tokens file.
 pub fn new_token() -> (String, String) {
     let bytes: [u8; 32] = rand::random();
-    let token = format!("vgl_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let token = format!("vgl_{}", hex::encode(bytes));
     let hash = token_hash(&token);
     (token, hash)
 }

@@ -131,8 +131,7 @@ impl ScopedTokens {
                 [(format!("only-{}", scope.name()), vec![scope]), (format!("all-but-{}", scope.name()), others)]
             {
                 let (token, hash) = vigil_security::auth::new_token();
-                let scopes = scopes.iter().map(|s| format!("\"{}\"", s.name())).collect::<Vec<_>>().join(", ");
-                text.push_str(&format!("[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]\n"));
+                text.push_str(&vigil_security::auth::token_entry(&name, &hash, &scopes));
                 tokens.insert(name, token);
             }
         }
