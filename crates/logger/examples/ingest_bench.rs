@@ -67,6 +67,8 @@ struct Drained {
     records_per_second: f64,
     total: Duration,
     cpu_us: [f64; 3],
+    /// The predictions table with its indexes and TOAST, per row.
+    bytes_per_row: f64,
 }
 
 async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> Drained {
@@ -108,7 +110,12 @@ async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> 
     for logger in running {
         logger.stop().await;
     }
+    let bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('predictions')")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
     Drained {
+        bytes_per_row: bytes as f64 / records as f64,
         records_per_second: (records as i64 - n_first) as f64 / steady.as_secs_f64(),
         total: started.elapsed(),
         cpu_us: std::array::from_fn(|i| (cpu_after[i] - cpu_before[i]) * 1e6 / records as f64),
@@ -209,5 +216,9 @@ async fn main() {
         LoggerConfig::default().batch.max_in_flight,
         t3.as_secs_f64(),
         alone / base
+    );
+    println!(
+        "\nPostgres: {:.0} bytes per stored prediction (table, indexes and TOAST)",
+        groups[0].1.bytes_per_row
     );
 }
