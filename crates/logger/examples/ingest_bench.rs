@@ -110,10 +110,8 @@ async fn drain(broker: &Broker, records: usize, loggers: usize, group: &str) -> 
     for logger in running {
         logger.stop().await;
     }
-    let bytes: i64 = sqlx::query_scalar("SELECT pg_total_relation_size('predictions')")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let bytes: i64 =
+        sqlx::query_scalar("SELECT pg_total_relation_size('predictions')").fetch_one(store.pool()).await.unwrap();
     Drained {
         bytes_per_row: bytes as f64 / records as f64,
         records_per_second: (records as i64 - n_first) as f64 / steady.as_secs_f64(),
@@ -217,8 +215,5 @@ async fn main() {
         t3.as_secs_f64(),
         alone / base
     );
-    println!(
-        "\nPostgres: {:.0} bytes per stored prediction (table, indexes and TOAST)",
-        groups[0].1.bytes_per_row
-    );
+    println!("\nPostgres: {:.0} bytes per stored prediction (table, indexes and TOAST)", groups[0].1.bytes_per_row);
 }

@@ -95,8 +95,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     lifecycle.spawn("pipeline", "Kafka to Postgres pipeline", move |stop| {
         vigil_logger::run(config, stats.clone(), stop.stopped())
     });
-    let router = vigil_telemetry::metrics_router(vigil_logger::metrics::registry(&stats_for_metrics));
-    let router = security.protect_http(router, vigil_security::auth::http_access, Default::default());
+    let (registry, auth_metrics) = vigil_logger::metrics::registry_with_auth(&stats_for_metrics);
+    let router = vigil_telemetry::metrics_router(registry);
+    let router = security.protect_http(router, vigil_security::auth::http_access, auth_metrics);
     lifecycle.spawn("metrics", "/metrics server", move |stop| async move {
         security.serve_http(http, router, stop.stopped()).await
     });

@@ -160,9 +160,15 @@ fn consumer_lag(statistics: &Statistics) -> HashMap<LagLabels, i64> {
 
 /// A registry with the process metrics and the logger's own, served at `/metrics`.
 pub fn registry(stats: &LoggerStats) -> Arc<Registry> {
+    registry_with_auth(stats).0
+}
+
+/// [`registry`] with the refusals of the /metrics port's token check registered in it.
+pub fn registry_with_auth(stats: &LoggerStats) -> (Arc<Registry>, vigil_security::auth::AuthMetrics) {
     let mut registry = vigil_telemetry::registry();
     stats.metrics.register(&mut registry);
-    Arc::new(registry)
+    let auth = vigil_security::auth::AuthMetrics::register(&mut registry);
+    (Arc::new(registry), auth)
 }
 
 #[cfg(test)]
