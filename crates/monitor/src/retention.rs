@@ -19,6 +19,10 @@ pub struct RetentionConfig {
     pub predictions_days: Option<u32>,
     pub labels_days: Option<u32>,
     pub feedback_days: Option<u32>,
+    /// Records no logger could decode (kept with their payload for inspection).
+    pub dead_letters_days: Option<u32>,
+    /// The raw input of review items decided longer ago (the decision and label stay).
+    pub review_inputs_days: Option<u32>,
     /// Captured inputs (with `capture_store`): objects last written longer ago are deleted.
     pub captures_days: Option<u32>,
     /// The capture store the servers write to (`[capture] store`: file:///... or
@@ -43,6 +47,8 @@ impl Default for RetentionConfig {
             predictions_days: None,
             labels_days: None,
             feedback_days: None,
+            dead_letters_days: None,
+            review_inputs_days: None,
             captures_days: None,
             capture_store: None,
             rollups_days: BTreeMap::new(),
@@ -67,6 +73,8 @@ impl RetentionConfig {
             ("labels_days", self.labels_days),
             ("feedback_days", self.feedback_days),
             ("captures_days", self.captures_days),
+            ("dead_letters_days", self.dead_letters_days),
+            ("review_inputs_days", self.review_inputs_days),
         ] {
             if days == Some(0) {
                 anyhow::bail!("retention.{key} must be at least 1 (leave it out to keep everything)");
@@ -107,6 +115,7 @@ impl RetentionConfig {
             (Expiring::Predictions, self.predictions_days),
             (Expiring::Labels, self.labels_days),
             (Expiring::Feedback, self.feedback_days),
+            (Expiring::DeadLetters, self.dead_letters_days),
         ]
         .into_iter()
         .filter_map(|(table, days)| days.map(|d| (table, d)))
@@ -117,8 +126,9 @@ impl RetentionConfig {
 /// What one pass deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RetentionReport {
-    /// Rows deleted per table (`predictions`, `labels`, `feedback`, `rollups`), and objects
-    /// deleted from the capture store (`captures`).
+    /// Rows deleted per table (`predictions`, `labels`, `feedback`, `dead_letters`, `rollups`),
+    /// review items whose input was dropped (`review_inputs`), and objects deleted from the
+    /// capture store (`captures`).
     pub deleted: BTreeMap<&'static str, u64>,
     /// Statements run on the expiring tables (each deleting at most `batch_rows`).
     pub batches: u64,
@@ -140,6 +150,17 @@ pub async fn expire_once<S: RetentionStore>(
             report.batches += 1;
             *report.deleted.entry(table.table()).or_default() += deleted;
             if deleted < config.batch_rows as u64 {
+                break;
+            }
+            tokio::time::sleep(config.pause).await;
+        }
+    }
+    if let Some(limit) = config.review_inputs_days {
+        loop {
+            let dropped = store.expire_review_inputs(now - days(limit), config.batch_rows).await?;
+            report.batches += 1;
+            *report.deleted.entry("review_inputs").or_default() += dropped;
+            if dropped < config.batch_rows as u64 {
                 break;
             }
             tokio::time::sleep(config.pause).await;
@@ -167,7 +188,11 @@ pub async fn run<S: RetentionStore>(
     metrics: MonitorMetrics,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    if config.table_limits().is_empty() && config.rollups_days.is_empty() && config.captures_days.is_none() {
+    let nothing = config.table_limits().is_empty()
+        && config.rollups_days.is_empty()
+        && config.captures_days.is_none()
+        && config.review_inputs_days.is_none();
+    if nothing {
         // Nothing to do, but the task lives as long as the monitor: a task that ends stops it.
         let _ = shutdown.changed().await;
         return;

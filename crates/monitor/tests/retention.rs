@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use vigil_monitor::retention::{RetentionConfig, expire_once};
 use vigil_store::testing::{TestDatabase, prediction};
-use vigil_store::{PgStore, PredictionStore};
+use vigil_store::{PgStore, PredictionStore, ReviewStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts() {
@@ -137,14 +137,37 @@ async fn captured_inputs_older_than_the_limit_leave_the_capture_store() {
         let file = std::fs::File::options().write(true).open(captures.join(file)).unwrap();
         file.set_modified(forty_days_ago).unwrap();
     }
+    // A dead letter and a review decision from 40 days ago, with the item's raw input.
+    let long_ago = Utc::now() - chrono::Duration::days(40);
+    let letter = vigil_store::DeadLetterRow {
+        id: uuid::Uuid::now_v7(),
+        time: long_ago,
+        topic: "vigil.predictions.v1".into(),
+        source: "0/7".into(),
+        reason: "undecodable".into(),
+        key: None,
+        payload: Some(vec![1]),
+    };
+    store.insert_dead_letters(&[letter]).await.unwrap();
+    let row = prediction(long_ago, 0.5, serde_json::json!({}));
+    let item = vigil_store::ReviewItem { input: Some(vec![9; 16]), ..vigil_store::testing::review_item(&row, 1) };
+    store.enqueue_reviews(&[item]).await.unwrap();
+    store.claim_review("anna", None, chrono::Duration::minutes(5), long_ago).await.unwrap().unwrap();
+    store.submit_review(row.prediction_id, "anna", "ok", long_ago).await.unwrap();
+
     let config = RetentionConfig {
         captures_days: Some(30),
         capture_store: Some(format!("file://{}", captures.display())),
+        dead_letters_days: Some(30),
+        review_inputs_days: Some(30),
         ..Default::default()
     };
     config.validate(&[60]).unwrap();
     let report = expire_once(&store, &config, &[60], Utc::now()).await.unwrap();
     assert_eq!(report.deleted.get("captures"), Some(&2));
+    assert_eq!((report.deleted.get("dead_letters"), report.deleted.get("review_inputs")), (Some(&1), Some(&1)));
+    let item = store.review_item(row.prediction_id).await.unwrap().unwrap();
+    assert_eq!((item.input, item.decision.as_deref()), (None, Some("ok")), "the input goes, the decision stays");
     assert!(!captures.join(files[0]).exists() && !captures.join(files[1]).exists());
     assert!(captures.join(files[2]).exists(), "the recent capture stays");
 

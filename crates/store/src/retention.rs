@@ -23,11 +23,14 @@ pub enum Expiring {
     Labels,
     /// `feedback`, by the event's time.
     Feedback,
+    /// `dead_letters` (records no logger could decode, kept with their payload), by the time
+    /// they were set aside.
+    DeadLetters,
 }
 
 impl Expiring {
-    /// Every expiring table.
-    pub const ALL: [Expiring; 3] = [Expiring::Predictions, Expiring::Labels, Expiring::Feedback];
+    /// The prediction log's tables.
+    pub const LOG: [Expiring; 3] = [Expiring::Predictions, Expiring::Labels, Expiring::Feedback];
 
     /// The table's name.
     pub fn table(self) -> &'static str {
@@ -35,6 +38,7 @@ impl Expiring {
             Expiring::Predictions => "predictions",
             Expiring::Labels => "labels",
             Expiring::Feedback => "feedback",
+            Expiring::DeadLetters => "dead_letters",
         }
     }
 
@@ -43,6 +47,7 @@ impl Expiring {
             Expiring::Predictions => "prediction_id",
             Expiring::Labels => "label_id",
             Expiring::Feedback => "event_id",
+            Expiring::DeadLetters => "id",
         }
     }
 }
@@ -127,6 +132,13 @@ pub trait RetentionStore: Clone + Send + Sync + 'static {
         before: DateTime<Utc>,
         limit: i64,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    /// Drops the raw input of at most `limit` review items decided before `before` (the
+    /// decision, its reviewers and the label stay); returns how many it dropped.
+    fn expire_review_inputs(
+        &self,
+        before: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
     /// Deletes the rollups of `resolution_s` whose window started before `before`.
     fn expire_rollups(
         &self,
@@ -155,6 +167,18 @@ macro_rules! retention_backend {
                 .execute(self.pool())
                 .await?;
                 Ok(deleted.rows_affected())
+            }
+
+            async fn expire_review_inputs(&self, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
+                let dropped = sqlx::query(
+                    "UPDATE review_items SET input = NULL, content_type = '' WHERE prediction_id IN \
+                     (SELECT prediction_id FROM review_items WHERE decided_at < $1 AND input IS NOT NULL LIMIT $2)",
+                )
+                .bind(before)
+                .bind(limit)
+                .execute(self.pool())
+                .await?;
+                Ok(dropped.rows_affected())
             }
 
             async fn expire_rollups(&self, resolution_s: i32, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {

@@ -1060,7 +1060,7 @@ async fn retention_conforms<
         .collect();
     store.insert_feedback(&feedback).await.unwrap();
 
-    for table in Expiring::ALL {
+    for table in Expiring::LOG {
         let mut batches = Vec::new();
         loop {
             let deleted = store.expire(table, cutoff, 10).await.unwrap();
@@ -1078,6 +1078,57 @@ async fn retention_conforms<
     };
     assert_eq!(store.prediction_ids().await.unwrap(), kept, "exactly the rows from the cut-off on");
     assert_eq!(store.count_feedback().await.unwrap(), 12);
+
+    // Dead letters go by the time they were set aside.
+    let letters: Vec<vigil_store::DeadLetterRow> = [now - Duration::days(40), now]
+        .iter()
+        .map(|t| vigil_store::DeadLetterRow {
+            id: Uuid::now_v7(),
+            time: *t,
+            topic: "vigil.predictions.v1".into(),
+            source: "0/1".into(),
+            reason: "undecodable".into(),
+            key: None,
+            payload: Some(vec![0xff]),
+        })
+        .collect();
+    store.insert_dead_letters(&letters).await.unwrap();
+    assert_eq!(store.expire(Expiring::DeadLetters, cutoff, 10).await.unwrap(), 1);
+    let left: Vec<Uuid> = store.dead_letters(10).await.unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(left, [letters[1].id]);
+
+    // Review items keep their raw input until decided and past the limit; the decision stays.
+    let long_ago = now - Duration::days(40);
+    let reviewed: Vec<PredictionRow> =
+        (0..3).map(|i| prediction(long_ago + Duration::minutes(i), 0.5, serde_json::json!({}))).collect();
+    let items: Vec<vigil_store::ReviewItem> = reviewed
+        .iter()
+        .map(|r| vigil_store::ReviewItem {
+            input: Some(vec![1, 2, 3]),
+            content_type: "image/png".into(),
+            ..vigil_store::testing::review_item(r, 1)
+        })
+        .collect();
+    store.enqueue_reviews(&items).await.unwrap();
+    // The oldest is decided 40 days ago, the second today; the third is still open.
+    for decided_at in [long_ago, now] {
+        let item = store.claim_review("anna", None, Duration::minutes(5), decided_at).await.unwrap().unwrap();
+        store.submit_review(item.prediction_id, "anna", "ok", decided_at).await.unwrap();
+    }
+    assert_eq!(store.expire_review_inputs(cutoff, 10).await.unwrap(), 1);
+    assert_eq!(store.expire_review_inputs(cutoff, 10).await.unwrap(), 0, "nothing left to drop");
+    let inputs: Vec<(Option<Vec<u8>>, Option<String>)> = {
+        let mut v = Vec::new();
+        for r in &reviewed {
+            let item = store.review_item(r.prediction_id).await.unwrap().unwrap();
+            v.push((item.input, item.decision));
+        }
+        v
+    };
+    assert_eq!(
+        inputs,
+        vec![(None, Some("ok".into())), (Some(vec![1, 2, 3]), Some("ok".into())), (Some(vec![1, 2, 3]), None)]
+    );
 
     // A device's records, among others'.
     let mut device_rows: Vec<PredictionRow> = (0..3)
