@@ -155,6 +155,33 @@ impl Comparator {
 
 /// The next state of an alarm given whether its condition holds now. Returns the new row and
 /// whether the change is a transition worth recording (`Some(notify)`).
+/// The value `rule` sees for `model` at `now` (None: no data), as an evaluation round computes
+/// it, without storing anything: for judging rules apart from the running monitor's.
+pub async fn value_at<S: MonitorStore>(
+    views: &Views<S>,
+    rule: &Rule,
+    model: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<f64>, ViewError> {
+    evaluate_with(views, rule, model, now, &mut DriftReports::default()).await
+}
+
+/// A rule's alarm for `model` before its first evaluation.
+pub fn inactive(rule: &Rule, model: &str, now: DateTime<Utc>) -> AlertRow {
+    AlertRow {
+        alert_key: alert_key(&rule.name, model),
+        rule: rule.name.clone(),
+        model_name: model.to_string(),
+        metric: rule.metric_name.clone(),
+        severity: rule.severity.clone(),
+        state: "inactive".into(),
+        value: None,
+        threshold: rule.threshold,
+        since: now,
+        message: String::new(),
+    }
+}
+
 pub fn transition(rule: &Rule, current: &AlertRow, value: Option<f64>, now: DateTime<Utc>) -> (AlertRow, Option<bool>) {
     let holds = value.is_some_and(|v| rule.comparator.holds(v, rule.threshold));
     let mut next = current.clone();
@@ -337,18 +364,8 @@ pub async fn evaluate_all<S: MonitorStore>(
         };
         for model in targets {
             let key = alert_key(&rule.name, &model);
-            let current = stored.iter().find(|a| a.alert_key == key).cloned().unwrap_or_else(|| AlertRow {
-                alert_key: key.clone(),
-                rule: rule.name.clone(),
-                model_name: model.clone(),
-                metric: rule.metric_name.clone(),
-                severity: rule.severity.clone(),
-                state: "inactive".into(),
-                value: None,
-                threshold: rule.threshold,
-                since: now,
-                message: String::new(),
-            });
+            let current =
+                stored.iter().find(|a| a.alert_key == key).cloned().unwrap_or_else(|| inactive(rule, &model, now));
             let value = match evaluate_with(views, rule, &model, now, &mut reports).await {
                 Ok(v) => v,
                 Err(e) => {

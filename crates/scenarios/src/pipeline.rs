@@ -99,13 +99,23 @@ pub async fn judge<S: PredictionStore + MonitorStore>(stack: &Stack<S>, outcome:
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let (_, metrics) = vigil_monitor::telemetry::registry();
+    // The alarm state machine of the monitor's rounds, run here at the phases' ends and kept in
+    // memory: the running monitor ends stored alarms whose rule it does not have, so storing
+    // these would race with it.
+    let mut alarms: std::collections::HashMap<String, vigil_store::monitoring::AlertRow> = Default::default();
     let mut states = Vec::new();
     for (now, seconds) in [(b1, (b1 - b0).num_seconds()), (b2, (b2 - b1).num_seconds())] {
-        let rules = rules(seconds)?.rules()?;
-        vigil_monitor::alarms::evaluate_all(&views, &rules, now, &metrics).await?;
-        let alerts = stack.store.load_alerts().await?;
-        let state = |rule: &str| alerts.iter().find(|a| a.rule == rule).map(|a| (a.state.clone(), a.value));
+        for rule in rules(seconds)?.rules()? {
+            let model = rule.model.clone().context("the pipeline's rules name their model")?;
+            let value = vigil_monitor::alarms::value_at(&views, &rule, &model, now).await?;
+            let current =
+                alarms.get(&rule.name).cloned().unwrap_or_else(|| vigil_monitor::alarms::inactive(&rule, &model, now));
+            // As the monitor stores them: an alarm that never changed state has no row.
+            if let (next, Some(_)) = vigil_monitor::alarms::transition(&rule, &current, value, now) {
+                alarms.insert(rule.name.clone(), next);
+            }
+        }
+        let state = |rule: &str| alarms.get(rule).map(|a| (a.state.clone(), a.value));
         states.push((state("unknown-fraction"), state("click-through")));
     }
     Ok([states[0].clone(), states[1].clone()])
