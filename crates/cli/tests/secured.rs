@@ -23,22 +23,28 @@ fn vigil(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_line_client_inspects_over_tls_with_its_token() {
-    let ca = TestCa::new("plant");
-    let tokens = ScopedTokens::write(ca.dir());
+/// The shipped model on loopback over TLS with a certificate from `ca`, checking `tokens`;
+/// /metrics on a free port when `metrics`.
+fn secured_edge(ca: &TestCa, tokens: &ScopedTokens, metrics: bool) -> vigil_edge::EdgeConfig {
     let files = ca.server("edge");
-    let config = vigil_edge::EdgeConfig {
+    vigil_edge::EdgeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         model_repository: root().join("models"),
-        metrics: vigil_edge::MetricsConfig { enabled: false, listen: "127.0.0.1:0".parse().unwrap() },
+        metrics: vigil_edge::MetricsConfig { enabled: metrics, listen: "127.0.0.1:0".parse().unwrap() },
         security: vigil_security::SecurityConfig {
             tls: Some(vigil_security::TlsConfig::new(&files.cert, &files.key)),
             auth: vigil_security::AuthConfig { tokens_file: Some(tokens.file.clone()), ..Default::default() },
             insecure: false,
         },
         ..Default::default()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_line_client_inspects_over_tls_with_its_token() {
+    let ca = TestCa::new("plant");
+    let tokens = ScopedTokens::write(ca.dir());
+    let config = secured_edge(&ca, &tokens, false);
     let server = vigil_edge::start(config, false).await.unwrap();
     let url = format!("https://localhost:{}", server.addr.port());
     let ca_pem = ca.ca_pem.display().to_string();
@@ -85,18 +91,7 @@ fn token_new_prints_the_token_and_its_tokens_file_entry() {
 async fn health_answers_for_a_secured_server_without_a_token() {
     let ca = TestCa::new("plant");
     let tokens = ScopedTokens::write(ca.dir());
-    let files = ca.server("edge");
-    let config = vigil_edge::EdgeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        model_repository: root().join("models"),
-        metrics: vigil_edge::MetricsConfig { enabled: true, listen: "127.0.0.1:0".parse().unwrap() },
-        security: vigil_security::SecurityConfig {
-            tls: Some(vigil_security::TlsConfig::new(&files.cert, &files.key)),
-            auth: vigil_security::AuthConfig { tokens_file: Some(tokens.file.clone()), ..Default::default() },
-            insecure: false,
-        },
-        ..Default::default()
-    };
+    let config = secured_edge(&ca, &tokens, true);
     let server = vigil_edge::start(config, false).await.unwrap();
     let url = format!("https://localhost:{}", server.addr.port());
     let ca_cert = ca.ca_pem.display().to_string();

@@ -153,19 +153,6 @@ impl Comparator {
     }
 }
 
-/// The next state of an alarm given whether its condition holds now. Returns the new row and
-/// whether the change is a transition worth recording (`Some(notify)`).
-/// The value `rule` sees for `model` at `now` (None: no data), as an evaluation round computes
-/// it, without storing anything: for judging rules apart from the running monitor's.
-pub async fn value_at<S: MonitorStore>(
-    views: &Views<S>,
-    rule: &Rule,
-    model: &str,
-    now: DateTime<Utc>,
-) -> Result<Option<f64>, ViewError> {
-    evaluate_with(views, rule, model, now, &mut DriftReports::default()).await
-}
-
 /// A rule's alarm for `model` before its first evaluation.
 pub fn inactive(rule: &Rule, model: &str, now: DateTime<Utc>) -> AlertRow {
     AlertRow {
@@ -182,6 +169,8 @@ pub fn inactive(rule: &Rule, model: &str, now: DateTime<Utc>) -> AlertRow {
     }
 }
 
+/// The next state of an alarm given whether its condition holds now. Returns the new row and
+/// whether the change is a transition worth recording (`Some(notify)`).
 pub fn transition(rule: &Rule, current: &AlertRow, value: Option<f64>, now: DateTime<Utc>) -> (AlertRow, Option<bool>) {
     let holds = value.is_some_and(|v| rule.comparator.holds(v, rule.threshold));
     let mut next = current.clone();

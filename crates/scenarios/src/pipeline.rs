@@ -107,7 +107,7 @@ pub async fn judge<S: PredictionStore + MonitorStore>(stack: &Stack<S>, outcome:
     for (now, seconds) in [(b1, (b1 - b0).num_seconds()), (b2, (b2 - b1).num_seconds())] {
         for rule in rules(seconds)?.rules()? {
             let model = rule.model.clone().context("the pipeline's rules name their model")?;
-            let value = vigil_monitor::alarms::value_at(&views, &rule, &model, now).await?;
+            let value = vigil_monitor::alarms::evaluate(&views, &rule, &model, now).await?;
             let current =
                 alarms.get(&rule.name).cloned().unwrap_or_else(|| vigil_monitor::alarms::inactive(&rule, &model, now));
             // As the monitor stores them: an alarm that never changed state has no row.
