@@ -19,9 +19,9 @@ use vigil_inference::config::ModelConfig;
 use vigil_inference::image::{ImageLimits, prepare};
 use vigil_inference::session::ModelSession;
 use vigil_inference::tensor::Tensor;
-use vigil_proto::inference::ModelInferRequest;
 use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
+use vigil_proto::inference::{ModelInferRequest, ServerLiveRequest};
 use vigil_proto::vigil::v1::InspectRequest;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 
@@ -303,6 +303,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         (Target::Cloud, false) => "ModelInfer (vigil-cloud)",
         (Target::Edge, false) => "ModelInfer",
     };
+    if args.concurrency.contains(&1) {
+        rows.extend(transport_floor(&channel, &input, &tensors[0], duration, server_pid).await?);
+    }
     for &level in &args.concurrency {
         let r = model_infer_load(&channel, &args.model, &input, &tensors, level, duration, server_pid).await?;
         rows.push(r.into_row(model_infer, level));
@@ -392,6 +395,44 @@ async fn model_infer_load(
     })
     .await
 }
+
+/// Rows measuring what one call costs without a model run, at one stream: `ServerLive` (an
+/// empty gRPC round trip) and a full-size ModelInfer refused for naming no loaded model (the
+/// same request bytes received and decoded, nothing run).
+async fn transport_floor(
+    channel: &Channel,
+    input: &str,
+    tensor: &Tensor,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> Result<Vec<Row>> {
+    let oip = GrpcInferenceServiceClient::new(channel.clone());
+    let live = load(1, duration, server_pid, {
+        let oip = oip.clone();
+        move |_| {
+            let mut client = oip.clone();
+            async move { client.server_live(ServerLiveRequest {}).await.map(|_| ()) }
+        }
+    })
+    .await?;
+    let request = infer_request("no-such-model", input, tensor);
+    let refused = load(1, duration, server_pid, move |_| {
+        let mut client = oip.clone();
+        let request = request.clone();
+        async move {
+            match client.model_infer(request).await {
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+                Err(s) => Err(s),
+                Ok(_) => Err(tonic::Status::internal("a model named no-such-model answered")),
+            }
+        }
+    })
+    .await?;
+    Ok(vec![live.into_row(FLOOR_LIVE, 1), refused.into_row(FLOOR_REFUSED, 1)])
+}
+
+const FLOOR_LIVE: &str = "floor: ServerLive round trip";
+const FLOOR_REFUSED: &str = "floor: ModelInfer, same bytes, refused (no model run)";
 
 /// One closed-loop measurement: requests, elapsed time, latencies (µs), and the CPU the
 /// serving and the loading process used.
@@ -492,7 +533,9 @@ fn print_table(rows: &[Row], external: bool) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
     for r in rows {
-        let (ratio, overhead, cpu_ratio) = match (r.mode.starts_with("raw"), raw(r.level)) {
+        let baseline = raw(r.level).filter(|_| !r.mode.starts_with("floor"));
+        let (ratio, overhead, cpu_ratio) = match (r.mode.starts_with("raw"), baseline) {
+            (false, None) => ("-".into(), "-".into(), "-".into()),
             (false, Some(b)) => (
                 format!("{:.2}x", r.items_per_s / b.items_per_s),
                 format!("{:+.2} ms", r.p50_ms - b.p50_ms),

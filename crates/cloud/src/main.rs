@@ -14,6 +14,11 @@ struct Args {
     flags: ServerFlags,
 }
 
+/// mimalloc keeps freed request buffers for reuse, where glibc's malloc handed them back to the
+/// kernel (madvise) and faulted them in again on the next request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     vigil_telemetry::init_tracing_with("info,ort=warn");

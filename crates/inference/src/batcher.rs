@@ -8,13 +8,19 @@
 //! session is busy does a worker wait for its batch to fill, and never longer than the oldest
 //! request's `max_queue_delay` (Triton's bound, here an upper limit rather than a fixed cost).
 //!
+//! A request that finds its model idle (nothing queued or running) and quick (its last run
+//! within `inline_run_limit_us`) runs on the calling thread with an idle session: no hand-off
+//! to a worker thread and back, which at one client is most of the serving overhead. At most
+//! one such inline run at a time per process, so the server's other network threads stay free.
+//!
 //! `max_queue_depth` bounds the requests admitted and not yet running, forming batches included.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::InferenceError;
@@ -56,6 +62,12 @@ struct Job {
 /// How often a worker waiting for its batch to fill checks whether the other sessions went idle.
 const BUSY_POLL: Duration = Duration::from_micros(50);
 
+/// A session, shared by its worker thread and inline runs; whoever holds the lock runs it.
+type Session = Arc<Mutex<dyn Runner>>;
+
+/// Inline runs going on in this process (at most one).
+static INLINE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
 /// Handle to a model's queue. Cloning shares the queue.
 #[derive(Clone)]
 pub struct Batcher {
@@ -63,21 +75,32 @@ pub struct Batcher {
     config: BatchingConfig,
     model: Arc<str>,
     stats: Arc<ModelStats>,
+    sessions: Arc<[Session]>,
+    /// Nanoseconds the last run took (any batch size); u64::MAX before the first.
+    last_run_ns: Arc<AtomicU64>,
 }
 
 impl Batcher {
     /// Starts one worker thread per runner; the workers stop when every `Batcher` clone is dropped.
     pub fn start<R: Runner>(model: &str, config: BatchingConfig, runners: Vec<R>, stats: Arc<ModelStats>) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(config.max_queue_depth);
-        for (i, runner) in runners.into_iter().enumerate() {
-            let receiver = receiver.clone();
-            let stats = stats.clone();
+        let last_run_ns = Arc::new(AtomicU64::new(u64::MAX));
+        let sessions: Arc<[Session]> =
+            runners.into_iter().map(|r| Arc::new(Mutex::new(r)) as Session).collect::<Vec<_>>().into();
+        for (i, session) in sessions.iter().enumerate() {
+            let worker = Worker {
+                session: session.clone(),
+                receiver: receiver.clone(),
+                config,
+                stats: stats.clone(),
+                last_run_ns: last_run_ns.clone(),
+            };
             std::thread::Builder::new()
                 .name(format!("batch-{model}-{i}"))
-                .spawn(move || worker(runner, receiver, config, stats))
+                .spawn(move || worker.serve())
                 .expect("spawning a batching thread");
         }
-        Self { sender, config, model: model.into(), stats }
+        Self { sender, config, model: model.into(), stats, sessions, last_run_ns }
     }
 
     /// The batching limits in effect.
@@ -108,12 +131,22 @@ impl Batcher {
             ))
         };
         let pending = &self.stats.pending;
-        if pending.fetch_add(1, Ordering::AcqRel) >= self.config.max_queue_depth as u64 {
+        let ahead = pending.fetch_add(1, Ordering::AcqRel);
+        if ahead >= self.config.max_queue_depth as u64 {
             pending.fetch_sub(1, Ordering::AcqRel);
             return Err(full());
         }
+        let enqueued = Instant::now();
+        let inputs = if ahead == 0 {
+            match self.try_inline(inputs, items, enqueued) {
+                Ok(answer) => return answer,
+                Err(inputs) => inputs,
+            }
+        } else {
+            inputs
+        };
         let (reply, answer) = oneshot::channel();
-        let job = Job { inputs, items, enqueued: Instant::now(), reply };
+        let job = Job { inputs, items, enqueued, reply };
         if let Err(e) = self.sender.try_send(job) {
             pending.fetch_sub(1, Ordering::AcqRel);
             return Err(match e {
@@ -127,59 +160,136 @@ impl Batcher {
             .await
             .map_err(|_| InferenceError::Unavailable(format!("model '{}' stopped before answering", self.model)))?
     }
+
+    /// Runs the request on this thread when the model is idle and quick and no other inline
+    /// run is going on; otherwise hands the inputs back for the queue.
+    #[allow(clippy::result_large_err)]
+    fn try_inline(
+        &self,
+        inputs: Vec<Tensor>,
+        items: usize,
+        enqueued: Instant,
+    ) -> Result<Result<BatchOutput, InferenceError>, Vec<Tensor>> {
+        let quick = self.last_run_ns.load(Ordering::Relaxed) <= self.config.inline_run_limit().as_nanos() as u64;
+        if !quick || self.stats.running.load(Ordering::Acquire) != 0 {
+            return Err(inputs);
+        }
+        let Some(_slot) = InlineSlot::take() else { return Err(inputs) };
+        let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock()) else { return Err(inputs) };
+        let _running = Running::start(&self.stats, 1);
+        let started = Instant::now();
+        let result = session.run(&inputs);
+        let compute_time = started.elapsed();
+        drop(session);
+        self.last_run_ns.store(compute_time.as_nanos() as u64, Ordering::Relaxed);
+        self.stats.record_execution(items, compute_time);
+        let queue_time = started.saturating_duration_since(enqueued);
+        Ok(result.map(|outputs| {
+            self.stats.queue.record(queue_time);
+            self.stats.compute_infer.record(compute_time);
+            BatchOutput { outputs, queue_time, compute_time, batch_size: items }
+        }))
+    }
 }
 
-fn worker<R: Runner>(mut runner: R, receiver: Receiver<Job>, config: BatchingConfig, stats: Arc<ModelStats>) {
-    let mut carried: Option<Job> = None;
-    let abandon = |stats: &ModelStats| stats.pending.fetch_sub(1, Ordering::AcqRel);
-    loop {
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-        };
-        if first.reply.is_closed() {
-            abandon(&stats);
-            continue;
-        }
-        let deadline = first.enqueued + config.max_queue_delay();
-        let mut items = first.items;
-        let mut jobs = vec![first];
-        while items < config.max_batch_size {
-            // Everything already queued joins at once; beyond that, wait only while another
-            // session is busy (its batch would hold these requests up anyway).
-            let next = match receiver.try_recv() {
-                Ok(job) => job,
-                Err(_) if stats.running.load(Ordering::Acquire) == 0 => break,
-                Err(_) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    match receiver.recv_deadline(deadline.min(now + BUSY_POLL)) {
-                        Ok(job) => job,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
+/// The process's one inline run, held while it lasts.
+struct InlineSlot;
+
+impl InlineSlot {
+    fn take() -> Option<Self> {
+        INLINE_RUNS.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok().map(|_| Self)
+    }
+}
+
+impl Drop for InlineSlot {
+    fn drop(&mut self) {
+        INLINE_RUNS.store(0, Ordering::Release);
+    }
+}
+
+/// Counts a batch as running (and its requests as no longer pending) until dropped, even if
+/// the run panics.
+struct Running<'a>(&'a ModelStats);
+
+impl<'a> Running<'a> {
+    fn start(stats: &'a ModelStats, requests: usize) -> Self {
+        stats.pending.fetch_sub(requests as u64, Ordering::AcqRel);
+        stats.running.fetch_add(1, Ordering::AcqRel);
+        Self(stats)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A batching thread: forms batches from the queue and runs them on its session.
+struct Worker {
+    session: Session,
+    receiver: Receiver<Job>,
+    config: BatchingConfig,
+    stats: Arc<ModelStats>,
+    last_run_ns: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn serve(self) {
+        let Self { session, receiver, config, stats, last_run_ns } = self;
+        let mut carried: Option<Job> = None;
+        let abandon = |stats: &ModelStats| stats.pending.fetch_sub(1, Ordering::AcqRel);
+        loop {
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match receiver.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
             };
-            if next.reply.is_closed() {
+            if first.reply.is_closed() {
                 abandon(&stats);
                 continue;
             }
-            if items + next.items > config.max_batch_size || !same_item_shapes(&jobs[0], &next) {
-                carried = Some(next);
-                break;
+            let deadline = first.enqueued + config.max_queue_delay();
+            let mut items = first.items;
+            let mut jobs = vec![first];
+            while items < config.max_batch_size {
+                // Everything already queued joins at once; beyond that, wait only while another
+                // session is busy (its batch would hold these requests up anyway).
+                let next = match receiver.try_recv() {
+                    Ok(job) => job,
+                    Err(_) if stats.running.load(Ordering::Acquire) == 0 => break,
+                    Err(_) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break;
+                        }
+                        match receiver.recv_deadline(deadline.min(now + BUSY_POLL)) {
+                            Ok(job) => job,
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                };
+                if next.reply.is_closed() {
+                    abandon(&stats);
+                    continue;
+                }
+                if items + next.items > config.max_batch_size || !same_item_shapes(&jobs[0], &next) {
+                    carried = Some(next);
+                    break;
+                }
+                items += next.items;
+                jobs.push(next);
             }
-            items += next.items;
-            jobs.push(next);
+            let running = Running::start(&stats, jobs.len());
+            let ran = run_batch(&mut *session.lock(), &jobs, items, &stats);
+            drop(running);
+            last_run_ns.store(ran.compute_time.as_nanos() as u64, Ordering::Relaxed);
+            // Answered once the session is free again, so a caller's next request may run inline.
+            answer(jobs, ran, items, &stats);
         }
-        stats.pending.fetch_sub(jobs.len() as u64, Ordering::AcqRel);
-        stats.running.fetch_add(1, Ordering::AcqRel);
-        run_batch(&mut runner, jobs, items, &stats);
-        stats.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -188,13 +298,27 @@ fn same_item_shapes(a: &Job, b: &Job) -> bool {
         && a.inputs.iter().zip(&b.inputs).all(|(x, y)| x.datatype == y.datatype && x.shape.get(1..) == y.shape.get(1..))
 }
 
-fn run_batch<R: Runner>(runner: &mut R, jobs: Vec<Job>, items: usize, stats: &ModelStats) {
+/// A batch that ran: when, for how long, and each request's outputs.
+struct Ran {
+    started: Instant,
+    compute_time: Duration,
+    outputs: Result<Vec<Vec<Tensor>>, InferenceError>,
+}
+
+/// Runs one batch of `items` items on `runner`.
+fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelStats) -> Ran {
     let started = Instant::now();
-    let inputs = if jobs.len() == 1 { None } else { Some(concat_inputs(&jobs, items)) };
+    let inputs = if jobs.len() == 1 { None } else { Some(concat_inputs(jobs, items)) };
     let result = runner.run(inputs.as_deref().unwrap_or(&jobs[0].inputs));
     let compute_time = started.elapsed();
     stats.record_execution(items, compute_time);
-    match result.and_then(|outputs| split_outputs(outputs, &jobs, items)) {
+    Ran { started, compute_time, outputs: result.and_then(|outputs| split_outputs(outputs, jobs, items)) }
+}
+
+/// Sends each request of a batch that ran its answer.
+fn answer(jobs: Vec<Job>, ran: Ran, items: usize, stats: &ModelStats) {
+    let Ran { started, compute_time, outputs } = ran;
+    match outputs {
         Ok(per_job) => {
             for (job, outputs) in jobs.into_iter().zip(per_job) {
                 let queue_time = started.saturating_duration_since(job.enqueued);
@@ -204,9 +328,8 @@ fn run_batch<R: Runner>(runner: &mut R, jobs: Vec<Job>, items: usize, stats: &Mo
             }
         }
         Err(error) => {
-            let message = error.to_string();
             for job in jobs {
-                let _ = job.reply.send(Err(InferenceError::Runtime(message.clone())));
+                let _ = job.reply.send(Err(error.clone()));
             }
         }
     }
@@ -313,7 +436,12 @@ mod tests {
         run_delay: Duration,
     ) -> (Batcher, Arc<parking_lot::Mutex<Vec<usize>>>) {
         let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let config = BatchingConfig { max_batch_size: max_batch, max_queue_delay_us: delay_us, max_queue_depth: depth };
+        let config = BatchingConfig {
+            max_batch_size: max_batch,
+            max_queue_delay_us: delay_us,
+            max_queue_depth: depth,
+            inline_run_limit_us: crate::config::DEFAULT_INLINE_RUN_LIMIT_US,
+        };
         let runners = (0..instances).map(|_| Doubler { seen: seen.clone(), delay: run_delay }).collect();
         let b = Batcher::start("m", config, runners, Arc::new(ModelStats::default()));
         (b, seen)
@@ -444,6 +572,123 @@ mod tests {
         }
         assert_eq!(b.pending(), 0);
         assert!(b.infer(one()).await.is_ok(), "room again once they ran");
+    }
+
+    /// Records the thread of each run; each run waits for a permit from `gate`.
+    struct Gated {
+        threads: Arc<parking_lot::Mutex<Vec<String>>>,
+        gate: crossbeam_channel::Receiver<()>,
+    }
+
+    impl Runner for Gated {
+        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+            self.gate.recv().expect("gate open");
+            self.threads.lock().push(std::thread::current().name().unwrap_or("unnamed").to_owned());
+            Ok(inputs.to_vec())
+        }
+    }
+
+    fn gated(
+        inline_run_limit_us: u64,
+    ) -> (Batcher, Arc<parking_lot::Mutex<Vec<String>>>, crossbeam_channel::Sender<()>) {
+        let threads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (open, gate) = crossbeam_channel::unbounded();
+        let config = BatchingConfig {
+            max_batch_size: 8,
+            max_queue_delay_us: 60_000_000,
+            max_queue_depth: 8,
+            inline_run_limit_us,
+        };
+        let runner = Gated { threads: threads.clone(), gate };
+        (Batcher::start("gated", config, vec![runner], Arc::new(ModelStats::default())), threads, open)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_quick_request_runs_on_the_calling_thread() {
+        let (b, threads, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
+        for _ in 0..6 {
+            open.send(()).unwrap();
+            let out = b.infer(one()).await.unwrap();
+            assert_eq!(out.outputs[0].to_f32().unwrap(), vec![1.0]);
+        }
+        let threads = threads.lock();
+        // The first run has no duration to go by; it runs on the batching thread.
+        assert_eq!(threads[0], "batch-gated-0");
+        // Inline runs are one per process at a time (other tests may hold the slot briefly).
+        let inline = threads[1..].iter().filter(|t| !t.starts_with("batch-")).count();
+        assert!(inline >= 3, "lone requests after a quick run should run inline: {threads:?}");
+        assert_eq!(b.stats.running.load(Ordering::Acquire), 0);
+        assert_eq!(b.pending(), 0);
+        assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 6, "inline runs are counted as runs");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_models_and_a_zero_limit_never_run_inline() {
+        // 5 ms runs are over the 2 ms limit.
+        let (slow, seen) = batcher(8, 0, 8, Duration::from_millis(5));
+        let (off, threads, open) = gated(0);
+        for _ in 0..4 {
+            assert_eq!(slow.infer(one()).await.unwrap().batch_size, 1);
+            open.send(()).unwrap();
+            off.infer(one()).await.unwrap();
+        }
+        assert_eq!(seen.lock().len(), 4);
+        assert!(threads.lock().iter().all(|t| t == "batch-gated-0"), "{:?}", threads.lock());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_arriving_during_an_inline_run_waits_for_the_session() {
+        let (b, threads, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
+        open.send(()).unwrap();
+        b.infer(one()).await.unwrap();
+        // Hold an inline run on its gate (retrying while another test holds the inline slot).
+        let first = loop {
+            let before = threads.lock().len();
+            let first = tokio::spawn({
+                let b = b.clone();
+                async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[3.0])]).await }
+            });
+            until(&b, |s| s.running.load(Ordering::Acquire) == 1 || s.pending.load(Ordering::Acquire) == 1).await;
+            if b.stats.running.load(Ordering::Acquire) == 1 {
+                break first;
+            }
+            open.send(()).unwrap();
+            first.await.unwrap().unwrap();
+            assert_eq!(threads.lock().len(), before + 1);
+        };
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[4.0])]).await }
+        });
+        // The second finds the session busy: it queues (the 60 s queue delay is not waited out).
+        until(&b, |s| s.pending.load(Ordering::Acquire) == 1).await;
+        open.send(()).unwrap();
+        open.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap().outputs[0].to_f32().unwrap(), vec![3.0]);
+        let second = second.await.unwrap().unwrap();
+        assert_eq!(second.outputs[0].to_f32().unwrap(), vec![4.0]);
+        assert_eq!(second.batch_size, 1);
+        let threads = threads.lock();
+        let n = threads.len();
+        assert!(!threads[n - 2].starts_with("batch-"), "{threads:?}");
+        assert_eq!(threads[n - 1], "batch-gated-0", "{threads:?}");
+        assert_eq!(b.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_answers_with_its_own_error() {
+        struct Failing;
+        impl Runner for Failing {
+            fn run(&mut self, _: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+                Err(InferenceError::Runtime("out of memory".into()))
+            }
+        }
+        let config =
+            BatchingConfig { max_batch_size: 4, max_queue_delay_us: 0, max_queue_depth: 4, inline_run_limit_us: 0 };
+        let b = Batcher::start("failing", config, vec![Failing], Arc::new(ModelStats::default()));
+        let err = b.infer(one()).await.unwrap_err();
+        assert_eq!(err.to_string(), "model execution failed: out of memory");
+        assert_eq!(b.stats.running.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]

@@ -229,12 +229,30 @@ pub struct BatchingConfig {
     pub max_queue_delay_us: u64,
     /// Most requests waiting; beyond it requests are refused (RESOURCE_EXHAUSTED).
     pub max_queue_depth: usize,
+    /// A request that finds the model idle (nothing queued, nothing running) runs on the thread
+    /// that received it, with no hand-off to a batching thread and back, when the model's last
+    /// run took at most this long; longer models always run on their batching threads, so a
+    /// slow run never holds up the server's network threads. 0: never.
+    #[serde(default = "default_inline_run_limit_us")]
+    pub inline_run_limit_us: u64,
+}
+
+/// Models whose runs take up to 2 ms run a lone request inline.
+pub const DEFAULT_INLINE_RUN_LIMIT_US: u64 = 2_000;
+
+fn default_inline_run_limit_us() -> u64 {
+    DEFAULT_INLINE_RUN_LIMIT_US
 }
 
 impl BatchingConfig {
     /// The queue delay as a duration.
     pub fn max_queue_delay(&self) -> Duration {
         Duration::from_micros(self.max_queue_delay_us)
+    }
+
+    /// The longest last run after which a lone request still runs inline.
+    pub fn inline_run_limit(&self) -> Duration {
+        Duration::from_micros(self.inline_run_limit_us)
     }
 }
 
@@ -360,6 +378,7 @@ impl ModelConfig {
             max_batch_size: self.max_batch_size.max(1),
             max_queue_delay_us: 0,
             max_queue_depth: 256,
+            inline_run_limit_us: DEFAULT_INLINE_RUN_LIMIT_US,
         })
     }
 }

@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 /// Everything that can go wrong between a request and a model's output.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum InferenceError {
     /// The caller sent something the model cannot take (wrong datatype, shape, size, bad image).
     #[error("{0}")]

@@ -84,6 +84,19 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Infere
         .map_err(|e| InferenceError::invalid(format!("image is corrupt or truncated: {e}")))
 }
 
+/// Images (and model inputs) of at most this many pixels together prepare in well under a
+/// millisecond: quick enough to do on the thread that received them.
+pub const QUICK_PREPARE_PIXELS: u64 = 2 * 256 * 256;
+
+/// Whether preparing `bytes` for `pre` is quick enough for a network thread: the image's header
+/// and the model's input size add up to at most [`QUICK_PREPARE_PIXELS`] pixels. An image whose
+/// header cannot be read is not (its error comes from [`prepare`], wherever it runs).
+pub fn is_quick_to_prepare(bytes: &[u8], pre: &ImagePreprocess) -> bool {
+    let Ok(reader) = ImageReader::new(Cursor::new(bytes)).with_guessed_format() else { return false };
+    let Ok((width, height)) = reader.into_dimensions() else { return false };
+    u64::from(width) * u64::from(height) + u64::from(pre.width) * u64::from(pre.height) <= QUICK_PREPARE_PIXELS
+}
+
 /// Decodes and preprocesses an encoded image as `pre` says.
 pub fn prepare(bytes: &[u8], pre: &ImagePreprocess, limits: &ImageLimits) -> Result<PreparedImage, InferenceError> {
     let image = decode(bytes, limits)?;
@@ -175,6 +188,20 @@ mod tests {
         assert_eq!(p.tensor.element_count(), 32 * 32);
         assert_eq!((p.width, p.height), (64, 48));
         assert!((p.features.brightness - luma([10, 20, 30]) as f64).abs() < 1e-3);
+    }
+
+    #[test]
+    fn only_small_images_for_small_models_are_quick_to_prepare() {
+        let small = encode_png(128, 128, |x, y| [x as u8, y as u8, 0]);
+        assert!(is_quick_to_prepare(&small, &pre(128, 128)));
+        assert!(!is_quick_to_prepare(&small, &pre(512, 512)), "the model's input size counts too");
+        assert!(!is_quick_to_prepare(&encode_png(512, 512, |_, _| [0; 3]), &pre(128, 128)));
+        // A quarter of a megabyte of PNG holds 48 MiB of pixels: the header decides, not the length.
+        let bomb = encode_png(4096, 4096, |_, _| [0; 3]);
+        assert!(bomb.len() < 300_000, "{}", bomb.len());
+        assert!(!is_quick_to_prepare(&bomb, &pre(128, 128)));
+        assert!(!is_quick_to_prepare(b"not an image", &pre(128, 128)));
+        assert!(!is_quick_to_prepare(&small[..20], &pre(128, 128)));
     }
 
     #[test]

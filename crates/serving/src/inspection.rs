@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 use vigil_inference::batcher::BatchOutput;
 use vigil_inference::config::ModelConfig;
-use vigil_inference::image::{ImageLimits, prepare};
+use vigil_inference::image::{ImageLimits, is_quick_to_prepare, prepare};
 use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_proto::vigil::v1::inspection_server::Inspection;
 use vigil_proto::vigil::v1::{
@@ -129,11 +129,16 @@ impl InspectionService {
         };
         let limits = self.limits;
         let InspectRequest { image, station_id, part_id, request_id, .. } = request;
-        // Decoding is CPU work: keep it off the async threads. The image comes back for a
-        // reviewer, without a copy.
-        let (prepared, image) = tokio::task::spawn_blocking(move || (prepare(&image, &pre, &limits), image))
-            .await
-            .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?;
+        // Decoding is CPU work: a small image is prepared here (a hand-off would cost more than
+        // the work), a larger one on a blocking thread. The image comes back for a reviewer,
+        // without a copy.
+        let (prepared, image) = if is_quick_to_prepare(&image, &pre) {
+            (prepare(&image, &pre, &limits), image)
+        } else {
+            tokio::task::spawn_blocking(move || (prepare(&image, &pre, &limits), image))
+                .await
+                .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
+        };
         let prepared = prepared.map_err(to_status)?;
         let f = prepared.features;
         let features = ImageFeatures {
