@@ -8,10 +8,11 @@
 //! session is busy does a worker wait for its batch to fill, and never longer than the oldest
 //! request's `max_queue_delay` (Triton's bound, here an upper limit rather than a fixed cost).
 //!
-//! A request that finds its model idle (nothing queued or running) and quick (its last run
-//! within `inline_run_limit_us`) runs on the calling thread with an idle session: no hand-off
-//! to a worker thread and back, which at one client is most of the serving overhead. At most
-//! one such inline run at a time per process, so the server's other network threads stay free.
+//! A request that finds its model idle (nothing queued or running) and quick (the last run's
+//! time per item, times its items, within `inline_run_limit_us`) runs on the calling thread with
+//! an idle session: no hand-off to a worker thread and back, a third of the serving overhead at
+//! one client. At most one such inline run at a time per process, so the server's other network
+//! threads stay free.
 //!
 //! `max_queue_depth` bounds the requests admitted and not yet running, forming batches included.
 
@@ -65,7 +66,7 @@ const BUSY_POLL: Duration = Duration::from_micros(50);
 /// A session, shared by its worker thread and inline runs; whoever holds the lock runs it.
 type Session = Arc<Mutex<dyn Runner>>;
 
-/// Inline runs going on in this process (at most one).
+/// Whether an inline run is going on in this process (at most one at a time).
 static INLINE_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// Handle to a model's queue. Cloning shares the queue.
@@ -76,15 +77,17 @@ pub struct Batcher {
     model: Arc<str>,
     stats: Arc<ModelStats>,
     sessions: Arc<[Session]>,
-    /// Nanoseconds the last run took (any batch size); u64::MAX before the first.
-    last_run_ns: Arc<AtomicU64>,
+    /// Nanoseconds per item the last run took; u64::MAX before the first.
+    item_ns: Arc<AtomicU64>,
+    /// The count of inline runs going on, shared by every model of the process.
+    inline_runs: &'static AtomicUsize,
 }
 
 impl Batcher {
     /// Starts one worker thread per runner; the workers stop when every `Batcher` clone is dropped.
     pub fn start<R: Runner>(model: &str, config: BatchingConfig, runners: Vec<R>, stats: Arc<ModelStats>) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(config.max_queue_depth);
-        let last_run_ns = Arc::new(AtomicU64::new(u64::MAX));
+        let item_ns = Arc::new(AtomicU64::new(u64::MAX));
         let sessions: Arc<[Session]> =
             runners.into_iter().map(|r| Arc::new(Mutex::new(r)) as Session).collect::<Vec<_>>().into();
         for (i, session) in sessions.iter().enumerate() {
@@ -93,14 +96,14 @@ impl Batcher {
                 receiver: receiver.clone(),
                 config,
                 stats: stats.clone(),
-                last_run_ns: last_run_ns.clone(),
+                item_ns: item_ns.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("batch-{model}-{i}"))
                 .spawn(move || worker.serve())
                 .expect("spawning a batching thread");
         }
-        Self { sender, config, model: model.into(), stats, sessions, last_run_ns }
+        Self { sender, config, model: model.into(), stats, sessions, item_ns, inline_runs: &INLINE_RUNS }
     }
 
     /// The batching limits in effect.
@@ -170,18 +173,20 @@ impl Batcher {
         items: usize,
         enqueued: Instant,
     ) -> Result<Result<BatchOutput, InferenceError>, Vec<Tensor>> {
-        let quick = self.last_run_ns.load(Ordering::Relaxed) <= self.config.inline_run_limit().as_nanos() as u64;
+        // Expected from the last run's time per item (a request of 8 items takes about 8 times one).
+        let expected = self.item_ns.load(Ordering::Relaxed).saturating_mul(items as u64);
+        let quick = expected <= self.config.inline_run_limit().as_nanos() as u64;
         if !quick || self.stats.running.load(Ordering::Acquire) != 0 {
             return Err(inputs);
         }
-        let Some(_slot) = InlineSlot::take() else { return Err(inputs) };
+        let Some(_slot) = InlineSlot::take(self.inline_runs) else { return Err(inputs) };
         let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock()) else { return Err(inputs) };
         let _running = Running::start(&self.stats, 1);
         let started = Instant::now();
         let result = session.run(&inputs);
         let compute_time = started.elapsed();
         drop(session);
-        self.last_run_ns.store(compute_time.as_nanos() as u64, Ordering::Relaxed);
+        self.item_ns.store(per_item(compute_time, items), Ordering::Relaxed);
         self.stats.record_execution(items, compute_time);
         let queue_time = started.saturating_duration_since(enqueued);
         Ok(result.map(|outputs| {
@@ -192,18 +197,23 @@ impl Batcher {
     }
 }
 
+/// Nanoseconds per item of a run over `items` items.
+fn per_item(compute_time: Duration, items: usize) -> u64 {
+    (compute_time.as_nanos() / items.max(1) as u128) as u64
+}
+
 /// The process's one inline run, held while it lasts.
-struct InlineSlot;
+struct InlineSlot(&'static AtomicUsize);
 
 impl InlineSlot {
-    fn take() -> Option<Self> {
-        INLINE_RUNS.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok().map(|_| Self)
+    fn take(runs: &'static AtomicUsize) -> Option<Self> {
+        runs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).ok().map(|_| Self(runs))
     }
 }
 
 impl Drop for InlineSlot {
     fn drop(&mut self) {
-        INLINE_RUNS.store(0, Ordering::Release);
+        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -231,12 +241,12 @@ struct Worker {
     receiver: Receiver<Job>,
     config: BatchingConfig,
     stats: Arc<ModelStats>,
-    last_run_ns: Arc<AtomicU64>,
+    item_ns: Arc<AtomicU64>,
 }
 
 impl Worker {
     fn serve(self) {
-        let Self { session, receiver, config, stats, last_run_ns } = self;
+        let Self { session, receiver, config, stats, item_ns } = self;
         let mut carried: Option<Job> = None;
         let abandon = |stats: &ModelStats| stats.pending.fetch_sub(1, Ordering::AcqRel);
         loop {
@@ -286,7 +296,7 @@ impl Worker {
             let running = Running::start(&stats, jobs.len());
             let ran = run_batch(&mut *session.lock(), &jobs, items, &stats);
             drop(running);
-            last_run_ns.store(ran.compute_time.as_nanos() as u64, Ordering::Relaxed);
+            item_ns.store(per_item(ran.compute_time, items), Ordering::Relaxed);
             // Answered once the session is free again, so a caller's next request may run inline.
             answer(jobs, ran, items, &stats);
         }
@@ -574,23 +584,29 @@ mod tests {
         assert!(b.infer(one()).await.is_ok(), "room again once they ran");
     }
 
-    /// Records the thread of each run; each run waits for a permit from `gate`.
+    /// Records the thread of each run; each run waits for a permit from `gate`, then `delay`.
     struct Gated {
         threads: Arc<parking_lot::Mutex<Vec<String>>>,
         gate: crossbeam_channel::Receiver<()>,
+        delay: Duration,
     }
 
     impl Runner for Gated {
         fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
             self.gate.recv().expect("gate open");
+            std::thread::sleep(self.delay);
             self.threads.lock().push(std::thread::current().name().unwrap_or("unnamed").to_owned());
             Ok(inputs.to_vec())
         }
     }
 
-    fn gated(
-        inline_run_limit_us: u64,
-    ) -> (Batcher, Arc<parking_lot::Mutex<Vec<String>>>, crossbeam_channel::Sender<()>) {
+    type Threads = Arc<parking_lot::Mutex<Vec<String>>>;
+
+    fn gated(inline_run_limit_us: u64) -> (Batcher, Threads, crossbeam_channel::Sender<()>) {
+        gated_with(inline_run_limit_us, Duration::ZERO)
+    }
+
+    fn gated_with(inline_run_limit_us: u64, delay: Duration) -> (Batcher, Threads, crossbeam_channel::Sender<()>) {
         let threads = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let (open, gate) = crossbeam_channel::unbounded();
         let config = BatchingConfig {
@@ -599,8 +615,15 @@ mod tests {
             max_queue_depth: 8,
             inline_run_limit_us,
         };
-        let runner = Gated { threads: threads.clone(), gate };
-        (Batcher::start("gated", config, vec![runner], Arc::new(ModelStats::default())), threads, open)
+        let runner = Gated { threads: threads.clone(), gate, delay };
+        let mut b = Batcher::start("gated", config, vec![runner], Arc::new(ModelStats::default()));
+        // A slot of its own: tests running in parallel cannot hold it.
+        b.inline_runs = Box::leak(Box::new(AtomicUsize::new(0)));
+        (b, threads, open)
+    }
+
+    fn items(n: usize) -> Vec<Tensor> {
+        vec![Tensor::from_f32(vec![n as i64, 1], &vec![1.0; n])]
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,9 +637,7 @@ mod tests {
         let threads = threads.lock();
         // The first run has no duration to go by; it runs on the batching thread.
         assert_eq!(threads[0], "batch-gated-0");
-        // Inline runs are one per process at a time (other tests may hold the slot briefly).
-        let inline = threads[1..].iter().filter(|t| !t.starts_with("batch-")).count();
-        assert!(inline >= 3, "lone requests after a quick run should run inline: {threads:?}");
+        assert!(threads[1..].iter().all(|t| !t.starts_with("batch-")), "the rest run inline: {threads:?}");
         assert_eq!(b.stats.running.load(Ordering::Acquire), 0);
         assert_eq!(b.pending(), 0);
         assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 6, "inline runs are counted as runs");
@@ -624,16 +645,36 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slow_models_and_a_zero_limit_never_run_inline() {
-        // 5 ms runs are over the 2 ms limit.
-        let (slow, seen) = batcher(8, 0, 8, Duration::from_millis(5));
+        // 5 ms runs are over the 2 ms limit; a limit of 0 turns inline runs off.
+        let limit = crate::config::DEFAULT_INLINE_RUN_LIMIT_US;
+        let (slow, slow_threads, slow_open) = gated_with(limit, Duration::from_millis(5));
         let (off, threads, open) = gated(0);
         for _ in 0..4 {
+            slow_open.send(()).unwrap();
             assert_eq!(slow.infer(one()).await.unwrap().batch_size, 1);
             open.send(()).unwrap();
             off.infer(one()).await.unwrap();
         }
-        assert_eq!(seen.lock().len(), 4);
-        assert!(threads.lock().iter().all(|t| t == "batch-gated-0"), "{:?}", threads.lock());
+        for threads in [slow_threads, threads] {
+            let threads = threads.lock();
+            assert_eq!(threads.len(), 4);
+            assert!(threads.iter().all(|t| t == "batch-gated-0"), "{threads:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_of_many_items_is_judged_by_the_time_per_item() {
+        // 600 µs per run: one item runs inline (600 µs <= 2 ms), eight would take 4.8 ms and go to
+        // the batching thread; that run's time per item (75 µs) then lets eight run inline.
+        let limit = crate::config::DEFAULT_INLINE_RUN_LIMIT_US;
+        let (b, threads, open) = gated_with(limit, Duration::from_micros(600));
+        for n in [1, 1, 1, 8, 8] {
+            open.send(()).unwrap();
+            assert_eq!(b.infer(items(n)).await.unwrap().batch_size, n);
+        }
+        let threads = threads.lock();
+        let inline: Vec<bool> = threads.iter().map(|t| !t.starts_with("batch-")).collect();
+        assert_eq!(inline, [false, true, true, false, true], "{threads:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,21 +682,12 @@ mod tests {
         let (b, threads, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
         open.send(()).unwrap();
         b.infer(one()).await.unwrap();
-        // Hold an inline run on its gate (retrying while another test holds the inline slot).
-        let first = loop {
-            let before = threads.lock().len();
-            let first = tokio::spawn({
-                let b = b.clone();
-                async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[3.0])]).await }
-            });
-            until(&b, |s| s.running.load(Ordering::Acquire) == 1 || s.pending.load(Ordering::Acquire) == 1).await;
-            if b.stats.running.load(Ordering::Acquire) == 1 {
-                break first;
-            }
-            open.send(()).unwrap();
-            first.await.unwrap().unwrap();
-            assert_eq!(threads.lock().len(), before + 1);
-        };
+        // An inline run held on its gate.
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[3.0])]).await }
+        });
+        until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
         let second = tokio::spawn({
             let b = b.clone();
             async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[4.0])]).await }

@@ -230,9 +230,9 @@ pub struct BatchingConfig {
     /// Most requests waiting; beyond it requests are refused (RESOURCE_EXHAUSTED).
     pub max_queue_depth: usize,
     /// A request that finds the model idle (nothing queued, nothing running) runs on the thread
-    /// that received it, with no hand-off to a batching thread and back, when the model's last
-    /// run took at most this long; longer models always run on their batching threads, so a
-    /// slow run never holds up the server's network threads. 0: never.
+    /// that received it, with no hand-off to a batching thread and back, when it should take at
+    /// most this long (the last run's time per item times its items); longer runs stay on the
+    /// batching threads, so a slow run never holds up the server's network threads. 0: never.
     #[serde(default = "default_inline_run_limit_us")]
     pub inline_run_limit_us: u64,
 }

@@ -106,13 +106,21 @@ pub fn prepare(bytes: &[u8], pre: &ImagePreprocess, limits: &ImageLimits) -> Res
 /// Preprocesses a decoded image: grayscale or RGB planes at model size, normalised, NCHW.
 pub fn prepare_decoded(image: &DynamicImage, pre: &ImagePreprocess) -> PreparedImage {
     let (width, height) = (image.width(), image.height());
-    let rgb = image.to_rgb8();
+    let converted;
+    let rgb = match image.as_rgb8() {
+        Some(rgb) => rgb,
+        None => {
+            converted = image.to_rgb8();
+            &converted
+        }
+    };
     let (w, h) = (pre.width, pre.height);
+    let plane = |values: Vec<f32>| -> ImageBuffer<Luma<f32>, Vec<f32>> {
+        ImageBuffer::from_raw(width, height, values).expect("one value per pixel")
+    };
     // Planes in 0..1 at model resolution (the resampler clamps float pixels to 0..1).
-    let gray_full: ImageBuffer<Luma<f32>, Vec<f32>> = ImageBuffer::from_fn(width, height, |x, y| {
-        let p = rgb.get_pixel(x, y).0;
-        Luma([luma(p) / 255.0])
-    });
+    let pixels = rgb.as_raw().chunks_exact(3);
+    let gray_full = plane(pixels.map(|p| luma([p[0], p[1], p[2]]) / 255.0).collect());
     let gray = resize_plane(gray_full, w, h);
     let gray_255: Vec<f32> = gray.as_raw().iter().map(|v| v * 255.0).collect();
     let features = image_features(&gray_255, w as usize, h as usize);
@@ -122,9 +130,8 @@ pub fn prepare_decoded(image: &DynamicImage, pre: &ImagePreprocess) -> PreparedI
         Channels::Rgb => {
             let mut planes = Vec::with_capacity((w * h * 3) as usize);
             for c in 0..3 {
-                let plane: ImageBuffer<Luma<f32>, Vec<f32>> =
-                    ImageBuffer::from_fn(width, height, |x, y| Luma([rgb.get_pixel(x, y).0[c] as f32 / 255.0]));
-                planes.extend(resize_plane(plane, w, h).as_raw().iter().map(|&v| scale(v)));
+                let channel = plane(rgb.as_raw().iter().skip(c).step_by(3).map(|&v| v as f32 / 255.0).collect());
+                planes.extend(resize_plane(channel, w, h).as_raw().iter().map(|&v| scale(v)));
             }
             planes
         }

@@ -187,8 +187,12 @@ fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceErr
     where
         T: ort::value::PrimitiveTensorElementType + Copy,
     {
-        let (shape, data) = value.try_extract_tensor::<T>()?;
-        Ok(Tensor { datatype, shape: shape.to_vec(), data: data.iter().flat_map(|v| to(*v)).collect() })
+        let (shape, values) = value.try_extract_tensor::<T>()?;
+        let mut data = Vec::with_capacity(values.len() * N);
+        for v in values {
+            data.extend_from_slice(&to(*v));
+        }
+        Ok(Tensor { datatype, shape: shape.to_vec(), data })
     }
     let actual = value.dtype().tensor_type();
     let tensor = match actual {

@@ -126,7 +126,11 @@ pub struct Tensor {
 impl Tensor {
     /// A tensor of `f32` values.
     pub fn from_f32(shape: Vec<i64>, values: &[f32]) -> Self {
-        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let data = if cfg!(target_endian = "little") {
+            bytemuck::cast_slice::<f32, u8>(values).to_vec()
+        } else {
+            values.iter().flat_map(|v| v.to_le_bytes()).collect()
+        };
         Self { datatype: DataType::Fp32, shape, data }
     }
 
