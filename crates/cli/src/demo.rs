@@ -129,6 +129,7 @@ async fn play<S: PredictionStore + MonitorStore>(
     }
     match &prepared {
         Prepared::AntiSpam(_) => options.rollouts = anti_spam::ROLLOUTS.into(),
+        Prepared::PhoneLine(_) => options.rollouts = phone_line::ROLLOUTS.into(),
         Prepared::Loop { config, .. } => options.monitor_config = config.clone(),
         Prepared::LineLoop { config, capture, .. } => {
             options.monitor_config = config.clone();

@@ -334,7 +334,8 @@ async fn the_compose_stack_runs_with_its_images_settings() {
         let line = format!("vigil_logger_assigned_partitions{{topic=\"{}\"}} ", vigil_logbus::topics::PREDICTIONS);
         body.lines().find_map(|l| l.strip_prefix(line.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     };
-    eventually(Duration::from_secs(60), "both loggers holding a share of the partitions", || async {
+    // Generous: on a loaded machine the group's rebalance once took over a minute.
+    eventually(Duration::from_secs(150), "both loggers holding a share of the partitions", || async {
         let (a, b) = (held(&loggers[0]), held(&loggers[1]));
         a >= 1 && b >= 1 && a + b == 6
     })

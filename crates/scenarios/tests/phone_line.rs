@@ -24,6 +24,7 @@ async fn the_next_version_goes_from_shadow_to_the_whole_line_and_a_bad_one_is_ro
     let options = StackOptions {
         kafka_brokers: Some(broker.brokers()),
         server: ServerKind::Edge,
+        rollouts: phone_line::ROLLOUTS.into(),
         ..StackOptions::new(db.url(), &repository)
     };
     let stack = Stack::start(store.clone(), options).await.unwrap();
