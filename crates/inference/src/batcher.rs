@@ -186,20 +186,29 @@ impl Batcher {
         let result = session.run(&inputs);
         let compute_time = started.elapsed();
         drop(session);
-        self.item_ns.store(per_item(compute_time, items), Ordering::Relaxed);
-        self.stats.record_execution(items, compute_time);
+        record_run(&self.stats, &self.item_ns, items, compute_time);
         let queue_time = started.saturating_duration_since(enqueued);
-        Ok(result.map(|outputs| {
-            self.stats.queue.record(queue_time);
-            self.stats.compute_infer.record(compute_time);
-            BatchOutput { outputs, queue_time, compute_time, batch_size: items }
-        }))
+        Ok(result.map(|outputs| answered(&self.stats, outputs, queue_time, compute_time, items)))
     }
 }
 
-/// Nanoseconds per item of a run over `items` items.
-fn per_item(compute_time: Duration, items: usize) -> u64 {
-    (compute_time.as_nanos() / items.max(1) as u128) as u64
+/// Counts a model run over `items` items, and keeps its time per item for the next inline decision.
+fn record_run(stats: &ModelStats, item_ns: &AtomicU64, items: usize, compute_time: Duration) {
+    stats.record_execution(items, compute_time);
+    item_ns.store((compute_time.as_nanos() / items.max(1) as u128) as u64, Ordering::Relaxed);
+}
+
+/// One request's answer, counted in the queue and compute statistics.
+fn answered(
+    stats: &ModelStats,
+    outputs: Vec<Tensor>,
+    queue_time: Duration,
+    compute_time: Duration,
+    batch_size: usize,
+) -> BatchOutput {
+    stats.queue.record(queue_time);
+    stats.compute_infer.record(compute_time);
+    BatchOutput { outputs, queue_time, compute_time, batch_size }
 }
 
 /// The process's one inline run, held while it lasts.
@@ -294,9 +303,8 @@ impl Worker {
                 jobs.push(next);
             }
             let running = Running::start(&stats, jobs.len());
-            let ran = run_batch(&mut *session.lock(), &jobs, items, &stats);
+            let ran = run_batch(&mut *session.lock(), &jobs, items, &stats, &item_ns);
             drop(running);
-            item_ns.store(per_item(ran.compute_time, items), Ordering::Relaxed);
             // Answered once the session is free again, so a caller's next request may run inline.
             answer(jobs, ran, items, &stats);
         }
@@ -316,12 +324,12 @@ struct Ran {
 }
 
 /// Runs one batch of `items` items on `runner`.
-fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelStats) -> Ran {
+fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelStats, item_ns: &AtomicU64) -> Ran {
     let started = Instant::now();
     let inputs = if jobs.len() == 1 { None } else { Some(concat_inputs(jobs, items)) };
     let result = runner.run(inputs.as_deref().unwrap_or(&jobs[0].inputs));
     let compute_time = started.elapsed();
-    stats.record_execution(items, compute_time);
+    record_run(stats, item_ns, items, compute_time);
     Ran { started, compute_time, outputs: result.and_then(|outputs| split_outputs(outputs, jobs, items)) }
 }
 
@@ -332,9 +340,7 @@ fn answer(jobs: Vec<Job>, ran: Ran, items: usize, stats: &ModelStats) {
         Ok(per_job) => {
             for (job, outputs) in jobs.into_iter().zip(per_job) {
                 let queue_time = started.saturating_duration_since(job.enqueued);
-                stats.queue.record(queue_time);
-                stats.compute_infer.record(compute_time);
-                let _ = job.reply.send(Ok(BatchOutput { outputs, queue_time, compute_time, batch_size: items }));
+                let _ = job.reply.send(Ok(answered(stats, outputs, queue_time, compute_time, items)));
             }
         }
         Err(error) => {
