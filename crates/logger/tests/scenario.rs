@@ -21,7 +21,7 @@ use support::*;
 use vigil_monitor::MonitorConfig;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 use vigil_proto::vigil::v1::monitoring_client::MonitoringClient;
-use vigil_proto::vigil::v1::{InspectRequest, LabelEvent, SubmitLabelsRequest};
+use vigil_proto::vigil::v1::{GetDriftRequest, InspectRequest, LabelEvent, Scope, SubmitLabelsRequest};
 use vigil_store::PredictionStore as _;
 use vigil_store::{MonitorStore, PgStore};
 
@@ -110,8 +110,71 @@ async fn wait_for_state<S: MonitorStore>(store: &S, rule: &str, want: &str, with
     start.elapsed()
 }
 
+fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+}
+
+/// Waits for a drift alarm to resolve; on timeout the failure shows the alarm's last message and
+/// the monitor's drift report of the trailing 10 s against the baseline, test by test.
+async fn wait_for_drift_resolved<S: MonitorStore>(
+    store: &S,
+    monitoring: &mut MonitoringClient<tonic::transport::Channel>,
+    rule: &str,
+    baseline: (DateTime<Utc>, DateTime<Utc>),
+    within: Duration,
+) {
+    let start = Instant::now();
+    let deadline = start + within;
+    let key = format!("{rule}/scratch-detector");
+    loop {
+        let alarm = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == key);
+        if alarm.as_ref().is_some_and(|a| a.state == "resolved") {
+            eprintln!("{rule} resolved after {:?}", start.elapsed());
+            return;
+        }
+        if Instant::now() >= deadline {
+            let now = Utc::now();
+            let request = GetDriftRequest {
+                scope: Some(Scope { model_name: "scratch-detector".into(), ..Default::default() }),
+                since: timestamp(now - chrono::Duration::seconds(10)),
+                until: timestamp(now),
+                baseline_since: timestamp(baseline.0),
+                baseline_until: timestamp(baseline.1),
+            };
+            let report = monitoring.get_drift(request).await.map(|r| r.into_inner());
+            let tests = report.as_ref().map(|r| {
+                r.features
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} {} statistic {:.4} p {:?} threshold {} drifted {} n {} reference {:?} current {:?}",
+                            t.feature,
+                            t.method,
+                            t.statistic,
+                            t.p_value,
+                            t.threshold,
+                            t.drifted,
+                            t.current_count,
+                            t.reference,
+                            t.current
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            });
+            panic!(
+                "timed out waiting for {rule} resolved; alarm: {:?}; baseline {}; drift of the last 10 s: {tests:#?}",
+                alarm.map(|a| (a.state, a.message)),
+                report.as_ref().map(|r| r.baseline.as_str()).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
+    let t0 = Instant::now();
+    let mark = |what: &str| eprintln!("[{:>7.1}s] {what}", t0.elapsed().as_secs_f64());
     let broker = Broker::start(3).await;
     let db = Database::create();
     let mut edge = vigil_edge::EdgeConfig {
@@ -128,6 +191,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     let line = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
     let (normal, drifted) = (samples("normal"), samples("drifted"));
 
+    mark("services up");
     // 1. Baseline: normal production traffic, which the drift rules compare with.
     let baseline_since: DateTime<Utc> = Utc::now();
     let first = serve_line(&line, &normal, Duration::from_secs(12)).await;
@@ -137,6 +201,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     })
     .await;
 
+    mark(&format!("{} baseline predictions in Postgres", first.len()));
     let (hook, notifications) = webhook().await;
     let drift_rule = |feature: &str| {
         format!(
@@ -210,6 +275,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     assert_eq!(state(&store, "brightness-drift").await.as_deref(), None);
     assert_eq!(state(&store, "sharpness-drift").await.as_deref(), None);
 
+    mark(&format!("{} more normal predictions rolled up, nothing fired", more_normal.len()));
     // 2. Dimmer light and blur: both drift alarms fire within their 10 s window (plus the 1 s
     // they must hold and the logging pipeline's delay).
     let drift_start = Instant::now();
@@ -221,6 +287,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     wait_for_state(&store, "sharpness-drift", "firing", Duration::from_secs(25)).await;
     let fired_after = drift_start.elapsed();
     assert!(fired_after < Duration::from_secs(25), "drift alarms took {fired_after:?}");
+    mark("both drift alarms firing");
     let drifted_answers = drifting.await.unwrap();
 
     // Late ground truth for the drifted window (and the baseline): the accuracy alarm fires.
@@ -243,6 +310,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
         monitoring.submit_labels(SubmitLabelsRequest { labels: labels.clone() }).await.unwrap().into_inner();
     assert_eq!(submitted.accepted as usize, labels.len(), "{:?}", submitted.rejected);
     wait_for_state(&store, "accuracy-drop", "firing", Duration::from_secs(10)).await;
+    mark(&format!("{} drifted predictions labeled, accuracy alarm firing", drifted_answers.len()));
 
     // The dashboard shows traffic, the features, the accuracy drop and the three firing alarms.
     let shot = std::env::var("VIGIL_ARTIFACTS")
@@ -272,12 +340,14 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
         assert!(dom.contains(rule), "{rule} not on the dashboard");
     }
 
+    mark("dashboard rendered");
     // 3. Back to normal images: the drift windows fill with normal traffic and the labeled
     // drifted predictions age out of the accuracy window; every alarm resolves.
     let line_for_normal = line.clone();
     let recovering = tokio::spawn(async move { serve_line(&line_for_normal, &normal, Duration::from_secs(45)).await });
-    wait_for_state(&store, "brightness-drift", "resolved", Duration::from_secs(40)).await;
-    wait_for_state(&store, "sharpness-drift", "resolved", Duration::from_secs(40)).await;
+    let baseline = (baseline_since, baseline_until);
+    wait_for_drift_resolved(&store, &mut monitoring, "brightness-drift", baseline, Duration::from_secs(40)).await;
+    wait_for_drift_resolved(&store, &mut monitoring, "sharpness-drift", baseline, Duration::from_secs(40)).await;
     wait_for_state(&store, "accuracy-drop", "resolved", Duration::from_secs(45)).await;
     recovering.abort();
 
