@@ -66,8 +66,10 @@ def test_the_written_model_is_the_one_trained_and_evaluated(smoke_run):
 def test_model_toml(smoke_run):
     out, _, _ = smoke_run
     cfg = tomllib.loads((out / "model.toml").read_text())
-    assert set(cfg) == {"name", "version", "platform", "description", "max_batch_size", "labels", "inputs",
-                        "outputs", "preprocess", "thresholds", "dynamic_batching"}
+    assert set(cfg) == {"name", "version", "platform", "description", "max_batch_size", "labels",
+                        "intra_op_threads", "inline_intra_op_threads", "inputs", "outputs", "preprocess",
+                        "thresholds", "dynamic_batching"}
+    assert cfg["intra_op_threads"] == 1 and cfg["inline_intra_op_threads"] == 0
     assert cfg["name"] == "scratch-detector" and cfg["version"] == 1 and cfg["platform"] == "onnxruntime_onnx"
     assert cfg["labels"] == ["ok", "defect"] and cfg["max_batch_size"] == 64
     assert cfg["inputs"] == [{"name": "image", "datatype": "FP32", "dims": [1, 128, 128]}]

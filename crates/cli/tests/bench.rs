@@ -1,6 +1,6 @@
 //! `vigil bench` runs end to end on the shipped model (embedded server, short rows): every row
-//! it promises is printed with figures, and the transport floor rows are not compared with raw
-//! ONNX Runtime. The figures themselves are measurements, not checked here.
+//! it promises is printed with figures (raw ONNX Runtime with its default threads and with one),
+//! and the transport floor rows are not compared with raw ONNX Runtime. The figures themselves are measurements, not checked here.
 
 use std::path::Path;
 use std::process::Command;
@@ -26,8 +26,11 @@ fn bench_prints_every_row_with_its_figures() {
     assert!(out.status.success(), "vigil bench failed:\n{stderr}");
     let items_per_s = |cells: &[&str]| cells[3].parse::<f64>().unwrap_or_else(|e| panic!("{cells:?}: {e}"));
     for level in ["1", "2"] {
-        let raw = row(&stdout, "raw ORT (batch)", level);
-        assert!(items_per_s(&raw) > 0.0);
+        for mode in ["raw ORT (batch), default threads", "raw ORT (batch), 1 thread"] {
+            let raw = row(&stdout, mode, level);
+            assert!(items_per_s(&raw) > 0.0);
+            assert!(raw[6].ends_with('x') && raw[7].ends_with("ms"), "compared with the best raw: {raw:?}");
+        }
         for mode in ["ModelInfer", "Inspect"] {
             let cells = row(&stdout, mode, level);
             assert!(items_per_s(&cells) > 0.0, "{cells:?}");

@@ -135,6 +135,76 @@ async fn a_batch_equals_its_items_and_typed_equals_raw() {
     server.shutdown().await.unwrap();
 }
 
+/// The shipped model with a session of its own for inline runs (ONNX Runtime's default threads)
+/// beside a one-thread batching session, and every lone request quick enough to run inline.
+fn inline_session_repository() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model_dir();
+    let dst = dir.path().join(MODEL).join(src.file_name().unwrap());
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::copy(src.join("model.onnx"), dst.join("model.onnx")).unwrap();
+    let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
+    let kept: Vec<&str> = toml
+        .lines()
+        .filter(|l| {
+            !["intra_op_threads", "inline_intra_op_threads", "inline_run_limit_us"].iter().any(|k| l.starts_with(k))
+        })
+        .collect();
+    // Top-level keys first; `[dynamic_batching]` is the file's last table.
+    assert!(kept.iter().rev().find(|l| l.starts_with('[')) == Some(&"[dynamic_batching]"));
+    let toml = format!(
+        "intra_op_threads = 1\ninline_intra_op_threads = 0\n{}\ninline_run_limit_us = 1000000\n",
+        kept.join("\n")
+    );
+    std::fs::write(dst.join("model.toml"), toml).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers() {
+    let repository = inline_session_repository();
+    let server = start(vigil_edge::EdgeConfig { model_repository: repository.path().to_path_buf(), ..config() }).await;
+    let (_, mut oip) = clients(&server).await;
+    let config = model_config();
+    let pre = config.preprocess.clone().unwrap();
+    let tensors: Vec<_> = samples("normal")
+        .iter()
+        .take(6)
+        .map(|(_, b)| prepare(b, &pre, &ImageLimits::default()).unwrap().tensor)
+        .collect();
+    let mut answers = Vec::new();
+    for t in &tensors {
+        let request = ModelInferRequest {
+            model_name: MODEL.into(),
+            inputs: vec![InferInputTensor {
+                name: "image".into(),
+                datatype: "FP32".into(),
+                shape: t.shape.clone(),
+                ..Default::default()
+            }],
+            raw_input_contents: vec![t.data.clone()],
+            ..Default::default()
+        };
+        let r = oip.model_infer(request).await.unwrap().into_inner();
+        answers.push(f32s(&r.raw_output_contents[0])[0]);
+    }
+    // One after another, each found the model idle: all six ran inline (the warm-ups are not counted).
+    let metrics = server.metrics_addr.unwrap();
+    let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+    let version = config.version.to_string();
+    let labels = [("model", MODEL), ("version", version.as_str())];
+    assert_eq!(sample(&text, "vigil_inline_runs_total", &labels), Some(6.0), "{text}");
+    // The same inputs through a session of our own: the same scores.
+    vigil_inference::runtime::environment(None).unwrap();
+    let mut reference =
+        vigil_inference::session::ModelSession::load(&model_dir().join("model.onnx"), &config, 1).unwrap();
+    for (t, answer) in tensors.iter().zip(&answers) {
+        let expected = reference.run(std::slice::from_ref(t)).unwrap()[0].to_f32().unwrap()[0];
+        assert!((answer - expected).abs() < 1e-5, "served {answer}, expected {expected}");
+    }
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_config_and_statistics_describe_the_model() {
     let server = start(config()).await;

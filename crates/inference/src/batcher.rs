@@ -12,7 +12,9 @@
 //! time per item, times its items, within `inline_run_limit_us`) runs on the calling thread with
 //! an idle session: no hand-off to a worker thread and back, a third of the serving overhead at
 //! one client. At most one such inline run at a time per process, so the server's other network
-//! threads stay free.
+//! threads stay free. Inline runs borrow an idle batching session, or use a session of their own
+//! when the model has one (`inline_intra_op_threads`): then a lone request runs on every core
+//! while batches under load run on one-thread sessions, which spin no idle thread beside them.
 //!
 //! `max_queue_depth` bounds the requests admitted and not yet running, forming batches included.
 
@@ -77,6 +79,8 @@ pub struct Batcher {
     model: Arc<str>,
     stats: Arc<ModelStats>,
     sessions: Arc<[Session]>,
+    /// The session inline runs use when the model has one of their own.
+    inline_session: Option<Session>,
     /// Nanoseconds per item the last run took; u64::MAX before the first.
     item_ns: Arc<AtomicU64>,
     /// The count of inline runs going on, shared by every model of the process.
@@ -86,6 +90,17 @@ pub struct Batcher {
 impl Batcher {
     /// Starts one worker thread per runner; the workers stop when every `Batcher` clone is dropped.
     pub fn start<R: Runner>(model: &str, config: BatchingConfig, runners: Vec<R>, stats: Arc<ModelStats>) -> Self {
+        Self::start_with_inline(model, config, runners, None, stats)
+    }
+
+    /// As [`Batcher::start`], with `inline` (when given) as the session of inline runs only.
+    pub fn start_with_inline<R: Runner>(
+        model: &str,
+        config: BatchingConfig,
+        runners: Vec<R>,
+        inline: Option<R>,
+        stats: Arc<ModelStats>,
+    ) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(config.max_queue_depth);
         let item_ns = Arc::new(AtomicU64::new(u64::MAX));
         let sessions: Arc<[Session]> =
@@ -103,7 +118,26 @@ impl Batcher {
                 .spawn(move || worker.serve())
                 .expect("spawning a batching thread");
         }
-        Self { sender, config, model: model.into(), stats, sessions, item_ns, inline_runs: &INLINE_RUNS }
+        let inline_session = inline.map(|r| Arc::new(Mutex::new(r)) as Session);
+        Self {
+            sender,
+            config,
+            model: model.into(),
+            stats,
+            sessions,
+            inline_session,
+            item_ns,
+            inline_runs: &INLINE_RUNS,
+        }
+    }
+
+    /// Runs `inputs` once on the inline runs' own session, if the model has one, so its first
+    /// real request does not pay for ONNX Runtime's lazy initialisation. Not counted.
+    pub fn warm_up_inline_session(&self, inputs: &[Tensor]) -> Result<(), InferenceError> {
+        match &self.inline_session {
+            Some(session) => session.lock().run(inputs).map(drop),
+            None => Ok(()),
+        }
     }
 
     /// The batching limits in effect.
@@ -180,13 +214,18 @@ impl Batcher {
             return Err(inputs);
         }
         let Some(_slot) = InlineSlot::take(self.inline_runs) else { return Err(inputs) };
-        let Some(mut session) = self.sessions.iter().find_map(|s| s.try_lock()) else { return Err(inputs) };
+        let session = match &self.inline_session {
+            Some(own) => own.try_lock(),
+            None => self.sessions.iter().find_map(|s| s.try_lock()),
+        };
+        let Some(mut session) = session else { return Err(inputs) };
         let _running = Running::start(&self.stats, 1);
         let started = Instant::now();
         let result = session.run(&inputs);
         let compute_time = started.elapsed();
         drop(session);
         record_run(&self.stats, &self.item_ns, items, compute_time);
+        self.stats.inline_runs.fetch_add(1, Ordering::Relaxed);
         let queue_time = started.saturating_duration_since(enqueued);
         Ok(result.map(|outputs| answered(&self.stats, outputs, queue_time, compute_time, items)))
     }
@@ -647,6 +686,7 @@ mod tests {
         assert_eq!(b.stats.running.load(Ordering::Acquire), 0);
         assert_eq!(b.pending(), 0);
         assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 6, "inline runs are counted as runs");
+        assert_eq!(b.stats.inline_runs.load(Ordering::Relaxed), 5);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,6 +751,82 @@ mod tests {
         assert!(!threads[n - 2].starts_with("batch-"), "{threads:?}");
         assert_eq!(threads[n - 1], "batch-gated-0", "{threads:?}");
         assert_eq!(b.pending(), 0);
+    }
+
+    /// Records which session ran and on which thread; each run waits for a permit from `gate`.
+    struct Named {
+        name: &'static str,
+        log: Arc<parking_lot::Mutex<Vec<(&'static str, bool)>>>,
+        gate: crossbeam_channel::Receiver<()>,
+    }
+
+    impl Runner for Named {
+        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+            self.gate.recv().expect("gate open");
+            let on_worker = std::thread::current().name().is_some_and(|t| t.starts_with("batch-"));
+            self.log.lock().push((self.name, on_worker));
+            Ok(inputs.to_vec())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inline_session_of_its_own_takes_lone_requests_and_never_batches() {
+        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (open, gate) = crossbeam_channel::unbounded();
+        let session = |name| Named { name, log: log.clone(), gate: gate.clone() };
+        let config = BatchingConfig {
+            max_batch_size: 8,
+            max_queue_delay_us: 60_000_000,
+            max_queue_depth: 8,
+            inline_run_limit_us: crate::config::DEFAULT_INLINE_RUN_LIMIT_US,
+        };
+        let mut b = Batcher::start_with_inline(
+            "own",
+            config,
+            vec![session("batching")],
+            Some(session("inline")),
+            Arc::new(ModelStats::default()),
+        );
+        b.inline_runs = Box::leak(Box::new(AtomicUsize::new(0)));
+        open.send(()).unwrap();
+        b.warm_up_inline_session(&one()).unwrap();
+        assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 0, "the warm-up is not counted");
+        for _ in 0..3 {
+            open.send(()).unwrap();
+            b.infer(one()).await.unwrap();
+        }
+        // An inline run held on its gate; two requests arriving meanwhile queue and run together
+        // on the batching session.
+        let held = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer(one()).await }
+        });
+        until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.infer(one()).await })
+            })
+            .collect();
+        until(&b, |s| s.pending.load(Ordering::Acquire) == 2).await;
+        open.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        open.send(()).unwrap();
+        for q in queued {
+            assert_eq!(q.await.unwrap().unwrap().batch_size, 2);
+        }
+        let log = log.lock();
+        assert_eq!(
+            *log,
+            [
+                ("inline", false),  // the warm-up, on this thread
+                ("batching", true), // no run time known yet
+                ("inline", false),  // lone and quick: inline, on the inline session
+                ("inline", false),
+                ("inline", false),  // held while two more arrive
+                ("batching", true), // those two, as one batch
+            ]
+        );
     }
 
     #[tokio::test]

@@ -39,6 +39,14 @@ pub struct ModelConfig {
     /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide.
     #[serde(default)]
     pub intra_op_threads: usize,
+    /// A session of its own for lone requests run inline (see
+    /// [`BatchingConfig::inline_run_limit_us`]), with this many intra-op threads (0: ONNX Runtime
+    /// decides). Lets a model answer one client on every core while its batching sessions run
+    /// batches under load on one thread each, without a second thread spinning beside them; it
+    /// costs one more copy of the model in memory. Unset: inline runs borrow an idle batching
+    /// session.
+    #[serde(default)]
+    pub inline_intra_op_threads: Option<usize>,
     /// Let idle intra-op threads spin for work (ONNX Runtime's default): lower latency on
     /// dedicated cores; turn it off when the server shares a few cores with other work.
     #[serde(default = "default_spinning")]
@@ -332,6 +340,11 @@ impl ModelConfig {
         if self.instances == 0 {
             return Err("instances must be at least 1".into());
         }
+        if self.inline_intra_op_threads.is_some() && self.batching().inline_run_limit_us == 0 {
+            return Err("inline_intra_op_threads sets up a session for inline runs, but \
+                        dynamic_batching.inline_run_limit_us = 0 turns them off; remove one of the two"
+                .into());
+        }
         match &self.version_policy {
             VersionPolicy::Latest(0) => return Err("version_policy.latest must be at least 1".into()),
             VersionPolicy::Specific(v) if v.is_empty() => {
@@ -469,6 +482,22 @@ max_queue_depth = 16
         let bad = SAMPLE.replace("max_batch_size = 4", "max_batch_size = 9");
         let c: ModelConfig = toml::from_str(&bad).unwrap();
         assert!(c.validate().unwrap_err().contains("dynamic_batching.max_batch_size"));
+    }
+
+    #[test]
+    fn an_inline_session_needs_inline_runs() {
+        let with = |extra: &str, limit: &str| {
+            let text = SAMPLE
+                .replace("version = 2", &format!("version = 2\n{extra}"))
+                .replace("max_queue_depth = 16", &format!("max_queue_depth = 16\n{limit}"));
+            toml::from_str::<ModelConfig>(&text).unwrap().validate()
+        };
+        assert_eq!(toml::from_str::<ModelConfig>(SAMPLE).unwrap().inline_intra_op_threads, None);
+        assert!(with("inline_intra_op_threads = 0", "").is_ok());
+        assert!(with("inline_intra_op_threads = 2", "inline_run_limit_us = 500").is_ok());
+        assert!(with("", "inline_run_limit_us = 0").is_ok());
+        let e = with("inline_intra_op_threads = 0", "inline_run_limit_us = 0").unwrap_err();
+        assert!(e.contains("inline_intra_op_threads") && e.contains("inline_run_limit_us = 0"), "{e}");
     }
 
     #[test]

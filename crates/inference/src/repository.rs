@@ -29,7 +29,7 @@ pub struct RepositoryOptions {
     pub load_all_versions: bool,
     /// Version served when a request names none, per model; default: the newest loaded.
     pub pinned_versions: HashMap<String, u64>,
-    /// Overrides every model's `intra_op_threads` when set.
+    /// Overrides every model's `intra_op_threads` (and `inline_intra_op_threads`) when set.
     pub intra_op_threads: Option<usize>,
     /// Where every model runs.
     pub execution_provider: crate::session::ExecutionProvider,
@@ -397,9 +397,18 @@ fn load_version(
     let sessions = (0..config.instances)
         .map(|_| ModelSession::load_with(&dir.join("model.onnx"), &config, session_options))
         .collect::<Result<Vec<_>, _>>()?;
+    let inline = config
+        .inline_intra_op_threads
+        .map(|threads| {
+            let intra_op_threads = options.intra_op_threads.unwrap_or(threads);
+            let options = crate::session::SessionOptions { intra_op_threads, ..session_options };
+            ModelSession::load_with(&dir.join("model.onnx"), &config, options)
+        })
+        .transpose()?;
     let stats = Arc::new(ModelStats::default());
-    let batcher = Batcher::start(name, config.batching(), sessions, stats.clone());
-    tracing::info!(model = name, version, instances = config.instances, "model version loaded");
+    let inline_session = inline.is_some();
+    let batcher = Batcher::start_with_inline(name, config.batching(), sessions, inline, stats.clone());
+    tracing::info!(model = name, version, instances = config.instances, inline_session, "model version loaded");
     Ok(LoadedModel { config, batcher, stats, path: dir.to_path_buf() })
 }
 
@@ -453,11 +462,13 @@ fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
             Tensor { datatype: spec.datatype, shape, data }
         })
         .collect();
+    let failed =
+        |e: InferenceError| InferenceError::Config(format!("{}: warm-up request failed: {e}", model.path.display()));
     for _ in 0..config.instances {
         // The batcher answers on a channel that needs no runtime: block this thread on it.
-        futures::executor::block_on(model.batcher.infer(inputs.clone()))
-            .map_err(|e| InferenceError::Config(format!("{}: warm-up request failed: {e}", model.path.display())))?;
+        futures::executor::block_on(model.batcher.infer(inputs.clone())).map_err(failed)?;
     }
+    model.batcher.warm_up_inline_session(&inputs).map_err(failed)?;
     model.stats.reset();
     Ok(())
 }

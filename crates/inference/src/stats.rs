@@ -56,6 +56,9 @@ pub struct ModelStats {
     pub pending: AtomicU64,
     /// Batches running now.
     pub running: AtomicU64,
+    /// Model runs made inline, on the thread that received the request (counted in
+    /// `execution_count` too).
+    pub inline_runs: AtomicU64,
 }
 
 impl ModelStats {
@@ -66,6 +69,7 @@ impl ModelStats {
         }
         self.inference_count.store(0, Ordering::Relaxed);
         self.execution_count.store(0, Ordering::Relaxed);
+        self.inline_runs.store(0, Ordering::Relaxed);
         self.last_inference_ms.store(0, Ordering::Relaxed);
         self.batches.lock().clear();
     }

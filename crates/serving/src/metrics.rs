@@ -357,6 +357,19 @@ impl Collector for BatchSizeCollector {
                 }
             }
         }
+        let mut family = encoder.encode_descriptor(
+            "vigil_inline_runs",
+            "Model runs made inline, on the thread that received the request, instead of a batching thread",
+            None,
+            MetricType::Counter,
+        )?;
+        for entry in self.repository.models() {
+            for model in entry.versions.values() {
+                let labels = ModelLabels::of(&model.config);
+                ConstCounter::new(model.stats.inline_runs.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
