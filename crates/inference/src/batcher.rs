@@ -15,6 +15,10 @@
 //! threads stay free. Inline runs borrow an idle batching session, or use a session of their own
 //! when the model has one (`inline_intra_op_threads`): then a lone request runs on every core
 //! while batches under load run on one-thread sessions, which spin no idle thread beside them.
+//! That session serves lone traffic only: a request uses it after the model's last
+//! [`INLINE_SESSION_AFTER_SOLO_RUNS`] runs each served one request; under concurrent load a
+//! request that finds the model idle for a moment still goes to the batching sessions, rather
+//! than waking threads that would spin beside the next batch.
 //!
 //! `max_queue_depth` bounds the requests admitted and not yet running, forming batches included.
 
@@ -68,6 +72,10 @@ const BUSY_POLL: Duration = Duration::from_micros(50);
 /// A session, shared by its worker thread and inline runs; whoever holds the lock runs it.
 type Session = Arc<Mutex<dyn Runner>>;
 
+/// Consecutive runs of one request each after which a model's own inline session takes lone
+/// requests again.
+pub const INLINE_SESSION_AFTER_SOLO_RUNS: usize = 4;
+
 /// Whether an inline run is going on in this process (at most one at a time).
 static INLINE_RUNS: AtomicUsize = AtomicUsize::new(0);
 
@@ -81,8 +89,8 @@ pub struct Batcher {
     sessions: Arc<[Session]>,
     /// The session inline runs use when the model has one of their own.
     inline_session: Option<Session>,
-    /// Nanoseconds per item the last run took; u64::MAX before the first.
-    item_ns: Arc<AtomicU64>,
+    /// What the last run took and held.
+    last_run: Arc<LastRun>,
     /// The count of inline runs going on, shared by every model of the process.
     inline_runs: &'static AtomicUsize,
 }
@@ -102,7 +110,7 @@ impl Batcher {
         stats: Arc<ModelStats>,
     ) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(config.max_queue_depth);
-        let item_ns = Arc::new(AtomicU64::new(u64::MAX));
+        let last_run = Arc::new(LastRun::default());
         let sessions: Arc<[Session]> =
             runners.into_iter().map(|r| Arc::new(Mutex::new(r)) as Session).collect::<Vec<_>>().into();
         for (i, session) in sessions.iter().enumerate() {
@@ -111,7 +119,7 @@ impl Batcher {
                 receiver: receiver.clone(),
                 config,
                 stats: stats.clone(),
-                item_ns: item_ns.clone(),
+                last_run: last_run.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("batch-{model}-{i}"))
@@ -126,7 +134,7 @@ impl Batcher {
             stats,
             sessions,
             inline_session,
-            item_ns,
+            last_run,
             inline_runs: &INLINE_RUNS,
         }
     }
@@ -208,9 +216,14 @@ impl Batcher {
         enqueued: Instant,
     ) -> Result<Result<BatchOutput, InferenceError>, Vec<Tensor>> {
         // Expected from the last run's time per item (a request of 8 items takes about 8 times one).
-        let expected = self.item_ns.load(Ordering::Relaxed).saturating_mul(items as u64);
+        let expected = self.last_run.item_ns.load(Ordering::Relaxed).saturating_mul(items as u64);
         let quick = expected <= self.config.inline_run_limit().as_nanos() as u64;
         if !quick || self.stats.running.load(Ordering::Acquire) != 0 {
+            return Err(inputs);
+        }
+        // A session of its own (more threads, spinning between runs) is for lone traffic.
+        let lone = self.last_run.solo_streak.load(Ordering::Relaxed) >= INLINE_SESSION_AFTER_SOLO_RUNS;
+        if self.inline_session.is_some() && !lone {
             return Err(inputs);
         }
         let Some(_slot) = InlineSlot::take(self.inline_runs) else { return Err(inputs) };
@@ -224,17 +237,37 @@ impl Batcher {
         let result = session.run(&inputs);
         let compute_time = started.elapsed();
         drop(session);
-        record_run(&self.stats, &self.item_ns, items, compute_time);
+        record_run(&self.stats, &self.last_run, items, 1, compute_time);
         self.stats.inline_runs.fetch_add(1, Ordering::Relaxed);
         let queue_time = started.saturating_duration_since(enqueued);
         Ok(result.map(|outputs| answered(&self.stats, outputs, queue_time, compute_time, items)))
     }
 }
 
-/// Counts a model run over `items` items, and keeps its time per item for the next inline decision.
-fn record_run(stats: &ModelStats, item_ns: &AtomicU64, items: usize, compute_time: Duration) {
+/// A model's last runs, for the next inline decision.
+struct LastRun {
+    /// Nanoseconds per item of the last run; u64::MAX before the first.
+    item_ns: AtomicU64,
+    /// Runs in a row, up to the last, that served one request each.
+    solo_streak: AtomicUsize,
+}
+
+impl Default for LastRun {
+    fn default() -> Self {
+        Self { item_ns: AtomicU64::new(u64::MAX), solo_streak: AtomicUsize::new(0) }
+    }
+}
+
+/// Counts a model run over `items` items of `requests` requests, and keeps its time per item
+/// and whether it served one request for the next inline decision.
+fn record_run(stats: &ModelStats, last: &LastRun, items: usize, requests: usize, compute_time: Duration) {
     stats.record_execution(items, compute_time);
-    item_ns.store((compute_time.as_nanos() / items.max(1) as u128) as u64, Ordering::Relaxed);
+    last.item_ns.store((compute_time.as_nanos() / items.max(1) as u128) as u64, Ordering::Relaxed);
+    if requests == 1 {
+        last.solo_streak.fetch_add(1, Ordering::Relaxed);
+    } else {
+        last.solo_streak.store(0, Ordering::Relaxed);
+    }
 }
 
 /// One request's answer, counted in the queue and compute statistics.
@@ -289,12 +322,12 @@ struct Worker {
     receiver: Receiver<Job>,
     config: BatchingConfig,
     stats: Arc<ModelStats>,
-    item_ns: Arc<AtomicU64>,
+    last_run: Arc<LastRun>,
 }
 
 impl Worker {
     fn serve(self) {
-        let Self { session, receiver, config, stats, item_ns } = self;
+        let Self { session, receiver, config, stats, last_run } = self;
         let mut carried: Option<Job> = None;
         let abandon = |stats: &ModelStats| stats.pending.fetch_sub(1, Ordering::AcqRel);
         loop {
@@ -342,7 +375,7 @@ impl Worker {
                 jobs.push(next);
             }
             let running = Running::start(&stats, jobs.len());
-            let ran = run_batch(&mut *session.lock(), &jobs, items, &stats, &item_ns);
+            let ran = run_batch(&mut *session.lock(), &jobs, items, &stats, &last_run);
             drop(running);
             // Answered once the session is free again, so a caller's next request may run inline.
             answer(jobs, ran, items, &stats);
@@ -363,12 +396,12 @@ struct Ran {
 }
 
 /// Runs one batch of `items` items on `runner`.
-fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelStats, item_ns: &AtomicU64) -> Ran {
+fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelStats, last_run: &LastRun) -> Ran {
     let started = Instant::now();
     let inputs = if jobs.len() == 1 { None } else { Some(concat_inputs(jobs, items)) };
     let result = runner.run(inputs.as_deref().unwrap_or(&jobs[0].inputs));
     let compute_time = started.elapsed();
-    record_run(stats, item_ns, items, compute_time);
+    record_run(stats, last_run, items, jobs.len(), compute_time);
     Ran { started, compute_time, outputs: result.and_then(|outputs| split_outputs(outputs, jobs, items)) }
 }
 
@@ -770,7 +803,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_inline_session_of_its_own_takes_lone_requests_and_never_batches() {
+    async fn an_inline_session_of_its_own_takes_lone_requests_only() {
         let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let (open, gate) = crossbeam_channel::unbounded();
         let session = |name| Named { name, log: log.clone(), gate: gate.clone() };
@@ -791,7 +824,8 @@ mod tests {
         open.send(()).unwrap();
         b.warm_up_inline_session(&one()).unwrap();
         assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 0, "the warm-up is not counted");
-        for _ in 0..3 {
+        // Lone requests use the inline session once the model's last runs each served one.
+        for _ in 0..INLINE_SESSION_AFTER_SOLO_RUNS + 2 {
             open.send(()).unwrap();
             b.infer(one()).await.unwrap();
         }
@@ -815,18 +849,21 @@ mod tests {
         for q in queued {
             assert_eq!(q.await.unwrap().unwrap().batch_size, 2);
         }
-        let log = log.lock();
-        assert_eq!(
-            *log,
-            [
-                ("inline", false),  // the warm-up, on this thread
-                ("batching", true), // no run time known yet
-                ("inline", false),  // lone and quick: inline, on the inline session
-                ("inline", false),
-                ("inline", false),  // held while two more arrive
-                ("batching", true), // those two, as one batch
-            ]
-        );
+        // The model just served two requests at once: the next lone ones go to the batching
+        // session until it has again run one request at a time often enough.
+        for _ in 0..INLINE_SESSION_AFTER_SOLO_RUNS + 1 {
+            open.send(()).unwrap();
+            b.infer(one()).await.unwrap();
+        }
+        let solo = INLINE_SESSION_AFTER_SOLO_RUNS;
+        let mut expected = vec![("inline", false)]; // the warm-up, on this thread
+        expected.extend([("batching", true)].repeat(solo)); // the first without a run time, then too few solo runs
+        expected.extend([("inline", false)].repeat(2)); // lone and quick: the inline session
+        expected.push(("inline", false)); // held while two more arrive
+        expected.push(("batching", true)); // those two, as one batch
+        expected.extend([("batching", true)].repeat(solo)); // lone again, after a batch of two
+        expected.push(("inline", false));
+        assert_eq!(*log.lock(), expected);
     }
 
     #[tokio::test]
