@@ -14,6 +14,13 @@ pub struct ImageFeatures {
 
 /// Computes the features of a row-major `width` x `height` grayscale plane in 0..255.
 pub fn image_features(gray: &[f32], width: usize, height: usize) -> ImageFeatures {
+    image_features_scaled(gray, width, height, 1.0)
+}
+
+/// The features of the plane `gray` times `scale` (a 0..1 plane with 255: the 0..255
+/// features), without building the scaled plane: the mean and deviations scale by `scale`,
+/// the variance of the Laplacian by its square.
+pub fn image_features_scaled(gray: &[f32], width: usize, height: usize, scale: f64) -> ImageFeatures {
     assert_eq!(gray.len(), width * height, "plane size");
     let n = gray.len() as f64;
     if n == 0.0 {
@@ -22,7 +29,11 @@ pub fn image_features(gray: &[f32], width: usize, height: usize) -> ImageFeature
     let (sum, sum_sq) = sums(gray);
     let mean = sum / n;
     let variance = (sum_sq / n - mean * mean).max(0.0);
-    ImageFeatures { brightness: mean, contrast: variance.sqrt(), sharpness: laplacian_variance(gray, width, height) }
+    ImageFeatures {
+        brightness: mean * scale,
+        contrast: variance.sqrt() * scale.abs(),
+        sharpness: laplacian_variance(gray, width, height) * scale * scale,
+    }
 }
 
 /// The sum and the sum of squares of `values`, in eight independent lanes: one chain of
@@ -116,6 +127,18 @@ mod tests {
         assert!(close(f.brightness, mean), "{} {mean}", f.brightness);
         assert!(close(f.contrast, variance.sqrt()), "{} {}", f.contrast, variance.sqrt());
         assert!(close(f.sharpness, l_var), "{} {l_var}", f.sharpness);
+    }
+
+    #[test]
+    fn a_scaled_plane_has_the_features_of_the_plane_scaled() {
+        let (w, h) = (37usize, 29usize);
+        let unit: Vec<f32> = (0..w * h).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
+        let scaled: Vec<f32> = unit.iter().map(|v| v * 255.0).collect();
+        let (a, b) = (image_features_scaled(&unit, w, h, 255.0), image_features(&scaled, w, h));
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-5 * y.abs().max(1.0);
+        assert!(close(a.brightness, b.brightness), "{a:?} {b:?}");
+        assert!(close(a.contrast, b.contrast), "{a:?} {b:?}");
+        assert!(close(a.sharpness, b.sharpness), "{a:?} {b:?}");
     }
 
     #[test]

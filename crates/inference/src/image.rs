@@ -6,7 +6,7 @@ use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Luma, Rgb};
 
 use crate::InferenceError;
 use crate::config::{Channels, ImagePreprocess};
-use crate::features::{ImageFeatures, image_features};
+use crate::features::{ImageFeatures, image_features_scaled};
 use crate::tensor::Tensor;
 
 /// Limits applied before an image is decoded.
@@ -122,8 +122,7 @@ pub fn prepare_decoded(image: &DynamicImage, pre: &ImagePreprocess) -> PreparedI
     let pixels = rgb.as_raw().chunks_exact(3);
     let gray_full = plane(pixels.map(|p| luma([p[0], p[1], p[2]]) / 255.0).collect());
     let gray = resize_plane(gray_full, w, h);
-    let gray_255: Vec<f32> = gray.as_raw().iter().map(|v| v * 255.0).collect();
-    let features = image_features(&gray_255, w as usize, h as usize);
+    let features = image_features_scaled(gray.as_raw(), w as usize, h as usize, 255.0);
     let scale = |v: f32| (v - pre.mean) / pre.std;
     let data: Vec<f32> = match pre.channels {
         Channels::Gray => gray.as_raw().iter().map(|&v| scale(v)).collect(),
