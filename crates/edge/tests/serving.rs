@@ -197,6 +197,32 @@ async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers()
     let version = config.version.to_string();
     let labels = [("model", MODEL), ("version", version.as_str())];
     assert_eq!(sample(&text, "vigil_inline_runs_total", &labels), Some(inline as f64), "{text}");
+    server.shutdown().await.unwrap();
+    // A repository-wide thread count leaves the model no session of its own for inline runs:
+    // lone requests borrow the idle batching session at once, with no run of one to wait for.
+    let mut overridden =
+        vigil_edge::EdgeConfig { model_repository: repository.path().to_path_buf(), ..common::config() };
+    overridden.models.intra_op_threads = Some(1);
+    let server = start(overridden).await;
+    let (_, mut oip) = clients(&server).await;
+    for t in tensors.iter().take(3) {
+        let request = ModelInferRequest {
+            model_name: MODEL.into(),
+            inputs: vec![InferInputTensor {
+                name: "image".into(),
+                datatype: "FP32".into(),
+                shape: t.shape.clone(),
+                ..Default::default()
+            }],
+            raw_input_contents: vec![t.data.clone()],
+            ..Default::default()
+        };
+        oip.model_infer(request).await.unwrap();
+    }
+    let metrics = server.metrics_addr.unwrap();
+    let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+    assert_eq!(sample(&text, "vigil_inline_runs_total", &labels), Some(3.0), "{text}");
+    server.shutdown().await.unwrap();
     // The same inputs through a session of our own: the same scores.
     vigil_inference::runtime::environment(None).unwrap();
     let mut reference =
@@ -205,7 +231,6 @@ async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers()
         let expected = reference.run(std::slice::from_ref(t)).unwrap()[0].to_f32().unwrap()[0];
         assert!((answer - expected).abs() < 1e-5, "served {answer}, expected {expected}");
     }
-    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

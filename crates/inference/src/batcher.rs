@@ -16,9 +16,10 @@
 //! when the model has one (`inline_intra_op_threads`): then a lone request runs on every core
 //! while batches under load run on one-thread sessions, which spin no idle thread beside them.
 //! That session serves lone traffic only: a request uses it after the model's last
-//! [`INLINE_SESSION_AFTER_SOLO_RUNS`] runs each served one request; under concurrent load a
-//! request that finds the model idle for a moment still goes to the batching sessions, rather
-//! than waking threads that would spin beside the next batch.
+//! [`INLINE_SESSION_AFTER_SOLO_RUNS`] runs each served one request with no request finding
+//! another queued or running meanwhile; under concurrent load a request that finds the model
+//! idle for a moment still goes to the batching sessions, rather than waking threads that would
+//! spin beside the next batch.
 //!
 //! `max_queue_depth` bounds the requests admitted and not yet running, forming batches included.
 
@@ -188,6 +189,7 @@ impl Batcher {
                 Err(inputs) => inputs,
             }
         } else {
+            self.last_run.solo_streak.store(0, Ordering::Relaxed);
             inputs
         };
         let (reply, answer) = oneshot::channel();
@@ -218,7 +220,13 @@ impl Batcher {
         // Expected from the last run's time per item (a request of 8 items takes about 8 times one).
         let expected = self.last_run.item_ns.load(Ordering::Relaxed).saturating_mul(items as u64);
         let quick = expected <= self.config.inline_run_limit().as_nanos() as u64;
-        if !quick || self.stats.running.load(Ordering::Acquire) != 0 {
+        if !quick {
+            return Err(inputs);
+        }
+        if self.stats.running.load(Ordering::Acquire) != 0 {
+            // Another request is running: the model is not serving one client alone, even if
+            // each of its runs serves one request.
+            self.last_run.solo_streak.store(0, Ordering::Relaxed);
             return Err(inputs);
         }
         // A session of its own (more threads, spinning between runs) is for lone traffic.
@@ -248,7 +256,8 @@ impl Batcher {
 struct LastRun {
     /// Nanoseconds per item of the last run; u64::MAX before the first.
     item_ns: AtomicU64,
-    /// Runs in a row, up to the last, that served one request each.
+    /// Runs in a row, up to the last, that served one request each, with no request finding
+    /// another queued or running meanwhile.
     solo_streak: AtomicUsize,
 }
 
@@ -802,8 +811,10 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_inline_session_of_its_own_takes_lone_requests_only() {
+    type Log = Arc<parking_lot::Mutex<Vec<(&'static str, bool)>>>;
+
+    /// A batcher with one batching session and one inline session of its own, both gated.
+    fn own_inline_session() -> (Batcher, Log, crossbeam_channel::Sender<()>) {
         let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let (open, gate) = crossbeam_channel::unbounded();
         let session = |name| Named { name, log: log.clone(), gate: gate.clone() };
@@ -821,6 +832,12 @@ mod tests {
             Arc::new(ModelStats::default()),
         );
         b.inline_runs = Box::leak(Box::new(AtomicUsize::new(0)));
+        (b, log, open)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inline_session_of_its_own_takes_lone_requests_only() {
+        let (b, log, open) = own_inline_session();
         open.send(()).unwrap();
         b.warm_up_inline_session(&one()).unwrap();
         assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 0, "the warm-up is not counted");
@@ -863,6 +880,39 @@ mod tests {
         expected.push(("batching", true)); // those two, as one batch
         expected.extend([("batching", true)].repeat(solo)); // lone again, after a batch of two
         expected.push(("inline", false));
+        assert_eq!(*log.lock(), expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_clients_taking_turns_are_not_lone_traffic() {
+        let (b, log, open) = own_inline_session();
+        for _ in 0..=INLINE_SESSION_AFTER_SOLO_RUNS {
+            open.send(()).unwrap();
+            b.infer(one()).await.unwrap();
+        }
+        // A runs inline; B arrives meanwhile and waits for the batching session, alone: every
+        // run still serves one request, but two clients are being served.
+        let a = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer(one()).await }
+        });
+        until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move { b.infer(one()).await }
+        });
+        until(&b, |s| s.pending.load(Ordering::Acquire) == 1).await;
+        open.send(()).unwrap();
+        a.await.unwrap().unwrap();
+        open.send(()).unwrap();
+        assert_eq!(second.await.unwrap().unwrap().batch_size, 1);
+        open.send(()).unwrap();
+        b.infer(one()).await.unwrap();
+        let mut expected = [("batching", true)].repeat(INLINE_SESSION_AFTER_SOLO_RUNS);
+        expected.push(("inline", false)); // lone at last
+        expected.push(("inline", false)); // A
+        expected.push(("batching", true)); // B, alone in its batch
+        expected.push(("batching", true)); // the next is not lone yet
         assert_eq!(*log.lock(), expected);
     }
 

@@ -29,7 +29,8 @@ pub struct RepositoryOptions {
     pub load_all_versions: bool,
     /// Version served when a request names none, per model; default: the newest loaded.
     pub pinned_versions: HashMap<String, u64>,
-    /// Overrides every model's `intra_op_threads` (and `inline_intra_op_threads`) when set.
+    /// Overrides every model's `intra_op_threads` (and `inline_intra_op_threads`, so no model
+    /// loads a session of its own for inline runs) when set.
     pub intra_op_threads: Option<usize>,
     /// Where every model runs.
     pub execution_provider: crate::session::ExecutionProvider,
@@ -397,10 +398,13 @@ fn load_version(
     let sessions = (0..config.instances)
         .map(|_| ModelSession::load_with(&dir.join("model.onnx"), &config, session_options))
         .collect::<Result<Vec<_>, _>>()?;
+    // A session of its own for inline runs, unless it would have the batching sessions' threads
+    // (say under a repository-wide override): then inline runs borrow an idle batching session.
     let inline = config
         .inline_intra_op_threads
-        .map(|threads| {
-            let intra_op_threads = options.intra_op_threads.unwrap_or(threads);
+        .map(|threads| options.intra_op_threads.unwrap_or(threads))
+        .filter(|&threads| threads != session_options.intra_op_threads)
+        .map(|intra_op_threads| {
             let options = crate::session::SessionOptions { intra_op_threads, ..session_options };
             ModelSession::load_with(&dir.join("model.onnx"), &config, options)
         })
@@ -431,8 +435,10 @@ fn read_vocabularies(config: &mut ModelConfig, dir: &Path) -> Result<(), Inferen
 }
 
 /// Runs one synthetic request (zeros or `warmup_value`, batch 1, variable dimensions 1 or
-/// `warmup_dims`) through every instance's queue, so the first real request does not pay for
-/// ONNX Runtime's lazy initialisation and a model that cannot run is refused before it serves. Not counted in the statistics.
+/// `warmup_dims`) through every instance's queue and the inline session, so the first real
+/// request does not pay for ONNX Runtime's lazy initialisation and a model that cannot run is
+/// refused before it serves. Not counted in the statistics; the batcher's memory of its last run
+/// keeps the queued ones (their time decides whether the first request may run inline).
 fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
     let config = &model.config;
     let inputs: Vec<Tensor> = config

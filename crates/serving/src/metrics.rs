@@ -17,6 +17,8 @@
 //!   the model statistics at each scrape.
 //! - `vigil_pending_requests{model,version}` (admitted to the batching queue, not yet running;
 //!   `max_queue_depth` bounds it) and `vigil_running_batches{model,version}`, read at each scrape.
+//! - `vigil_inline_runs_total{model,version}`: model runs made inline, on the thread that
+//!   received the request (on the model's own inline session or a borrowed idle one).
 //! - `vigil_inflight_requests`: requests holding an admission permit now, and
 //!   `vigil_request_bytes_in_flight`: the bytes of the memory budget they are charged.
 //! - `vigil_records_total{outcome}`: prediction records `produced` (acknowledged by the broker),
@@ -313,8 +315,8 @@ impl Drop for RequestTimer<'_> {
 /// Reads one counter of a model's statistics.
 type ReadStat = fn(&vigil_inference::stats::ModelStats) -> u64;
 
-/// `vigil_batch_size`, `vigil_pending_requests` and `vigil_running_batches` from each loaded
-/// model's statistics.
+/// `vigil_batch_size`, `vigil_pending_requests`, `vigil_running_batches` and
+/// `vigil_inline_runs_total` from each loaded model's statistics.
 struct BatchSizeCollector {
     repository: Arc<ModelRepository>,
 }

@@ -122,8 +122,10 @@ pub fn slow_repository(max_batch: usize, depth: usize) -> tempfile::TempDir {
     std::fs::copy(repo_root().join("tests/fixtures/slow-model/model.onnx"), dst.join("model.onnx")).unwrap();
     let toml = std::fs::read_to_string(src.join("model.toml")).unwrap();
     let mut section = String::new();
+    // Its runs take far longer than an inline run may: no inline session to load and warm.
     let patched: Vec<String> = toml
         .lines()
+        .filter(|l| !l.starts_with("inline_intra_op_threads"))
         .map(|l| {
             let key = l.trim_start();
             if key.starts_with('[') {
