@@ -160,6 +160,21 @@ fn inline_session_repository() -> tempfile::TempDir {
     dir
 }
 
+/// ModelInfer of one prepared image as raw contents.
+fn image_request(t: &vigil_inference::tensor::Tensor) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: t.shape.clone(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![t.data.clone()],
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers() {
     let repository = inline_session_repository();
@@ -174,18 +189,7 @@ async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers()
         .collect();
     let mut answers = Vec::new();
     for t in &tensors {
-        let request = ModelInferRequest {
-            model_name: MODEL.into(),
-            inputs: vec![InferInputTensor {
-                name: "image".into(),
-                datatype: "FP32".into(),
-                shape: t.shape.clone(),
-                ..Default::default()
-            }],
-            raw_input_contents: vec![t.data.clone()],
-            ..Default::default()
-        };
-        let r = oip.model_infer(request).await.unwrap().into_inner();
+        let r = oip.model_infer(image_request(t)).await.unwrap().into_inner();
         answers.push(f32s(&r.raw_output_contents[0])[0]);
     }
     // One after another, each found the model idle. The inline session takes lone requests once
@@ -206,18 +210,7 @@ async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers()
     let server = start(overridden).await;
     let (_, mut oip) = clients(&server).await;
     for t in tensors.iter().take(3) {
-        let request = ModelInferRequest {
-            model_name: MODEL.into(),
-            inputs: vec![InferInputTensor {
-                name: "image".into(),
-                datatype: "FP32".into(),
-                shape: t.shape.clone(),
-                ..Default::default()
-            }],
-            raw_input_contents: vec![t.data.clone()],
-            ..Default::default()
-        };
-        oip.model_infer(request).await.unwrap();
+        oip.model_infer(image_request(t)).await.unwrap();
     }
     let metrics = server.metrics_addr.unwrap();
     let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
