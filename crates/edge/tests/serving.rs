@@ -83,12 +83,7 @@ async fn a_batch_equals_its_items_and_typed_equals_raw() {
     let server = start(config()).await;
     let (_, mut oip) = clients(&server).await;
     let config = model_config();
-    let pre = config.preprocess.unwrap();
-    let tensors: Vec<_> = samples("drifted")
-        .iter()
-        .take(4)
-        .map(|(_, b)| prepare(b, &pre, &ImageLimits::default()).unwrap().tensor)
-        .collect();
+    let tensors = prepared_samples("drifted", 4);
     let mut singles = Vec::new();
     for t in &tensors {
         let typed = ModelInferRequest {
@@ -160,6 +155,12 @@ fn inline_session_repository() -> tempfile::TempDir {
     dir
 }
 
+/// The first `n` sample images of `set`, prepared as the shipped model.toml says.
+fn prepared_samples(set: &str, n: usize) -> Vec<vigil_inference::tensor::Tensor> {
+    let pre = model_config().preprocess.unwrap();
+    samples(set).iter().take(n).map(|(_, b)| prepare(b, &pre, &ImageLimits::default()).unwrap().tensor).collect()
+}
+
 /// ModelInfer of one prepared image as raw contents.
 fn image_request(t: &vigil_inference::tensor::Tensor) -> ModelInferRequest {
     ModelInferRequest {
@@ -181,12 +182,7 @@ async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers()
     let server = start(vigil_edge::EdgeConfig { model_repository: repository.path().to_path_buf(), ..config() }).await;
     let (_, mut oip) = clients(&server).await;
     let config = model_config();
-    let pre = config.preprocess.clone().unwrap();
-    let tensors: Vec<_> = samples("normal")
-        .iter()
-        .take(10)
-        .map(|(_, b)| prepare(b, &pre, &ImageLimits::default()).unwrap().tensor)
-        .collect();
+    let tensors = prepared_samples("normal", 10);
     let mut answers = Vec::new();
     for t in &tensors {
         let r = oip.model_infer(image_request(t)).await.unwrap().into_inner();

@@ -558,6 +558,12 @@ mod tests {
         vec![Tensor::from_f32(vec![1, 1], &[1.0])]
     }
 
+    /// `b.infer(inputs)` in a task of its own.
+    fn spawn_infer(b: &Batcher, inputs: Vec<Tensor>) -> tokio::task::JoinHandle<Result<BatchOutput, InferenceError>> {
+        let b = b.clone();
+        tokio::spawn(async move { b.infer(inputs).await })
+    }
+
     /// Waits until `check` holds on the batcher's counters (they change on the worker thread).
     async fn until(b: &Batcher, check: impl Fn(&ModelStats) -> bool) {
         while !check(&b.stats) {
@@ -579,17 +585,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_that_arrive_during_a_run_form_the_next_batch() {
         let (b, seen) = batcher(8, 60_000_000, 64, Duration::from_millis(300));
-        let first = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(one()).await }
-        });
+        let first = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
-        let rest: Vec<_> = (0..5)
-            .map(|_| {
-                let b = b.clone();
-                tokio::spawn(async move { b.infer(one()).await })
-            })
-            .collect();
+        let rest: Vec<_> = (0..5).map(|_| spawn_infer(&b, one())).collect();
         until(&b, |s| s.pending.load(Ordering::Acquire) == 5).await;
         assert_eq!(first.await.unwrap().unwrap().batch_size, 1);
         for r in rest {
@@ -602,15 +600,11 @@ mod tests {
     async fn while_another_session_runs_a_batch_fills_up_to_its_size() {
         // Two sessions: while one runs, the other waits (up to the 60 s delay) for a full batch of 3.
         let (b, seen) = sessions(2, 3, 60_000_000, 64, Duration::from_millis(300));
-        let first = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(one()).await }
-        });
+        let first = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
         let mut rest = Vec::new();
         for _ in 0..3 {
-            let b = b.clone();
-            rest.push(tokio::spawn(async move { b.infer(one()).await }));
+            rest.push(spawn_infer(&b, one()));
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         for r in rest {
@@ -646,17 +640,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_queue_depth_counts_requests_not_yet_running() {
         let (b, _) = batcher(8, 0, 2, Duration::from_millis(300));
-        let running = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(one()).await }
-        });
+        let running = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1 && s.pending.load(Ordering::Acquire) == 0).await;
-        let waiting: Vec<_> = (0..2)
-            .map(|_| {
-                let b = b.clone();
-                tokio::spawn(async move { b.infer(one()).await })
-            })
-            .collect();
+        let waiting: Vec<_> = (0..2).map(|_| spawn_infer(&b, one())).collect();
         until(&b, |s| s.pending.load(Ordering::Acquire) == 2).await;
         // One runs, two wait: the queue (depth 2) is full now, and refuses at once.
         let refused = b.infer(one()).await.unwrap_err();
@@ -671,9 +657,13 @@ mod tests {
         assert!(b.infer(one()).await.is_ok(), "room again once they ran");
     }
 
-    /// Records the thread of each run; each run waits for a permit from `gate`, then `delay`.
+    /// Each run of a session, by the session's name and the thread that ran it.
+    type Runs = Arc<parking_lot::Mutex<Vec<(&'static str, String)>>>;
+
+    /// Records each run in `runs`; each run waits for a permit from `gate`, then `delay`.
     struct Gated {
-        threads: Arc<parking_lot::Mutex<Vec<String>>>,
+        name: &'static str,
+        runs: Runs,
         gate: crossbeam_channel::Receiver<()>,
         delay: Duration,
     }
@@ -682,19 +672,28 @@ mod tests {
         fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
             self.gate.recv().expect("gate open");
             std::thread::sleep(self.delay);
-            self.threads.lock().push(std::thread::current().name().unwrap_or("unnamed").to_owned());
+            let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+            self.runs.lock().push((self.name, thread));
             Ok(inputs.to_vec())
         }
     }
 
-    type Threads = Arc<parking_lot::Mutex<Vec<String>>>;
+    /// The threads that made the runs, in order.
+    fn threads(runs: &Runs) -> Vec<String> {
+        runs.lock().iter().map(|(_, thread)| thread.clone()).collect()
+    }
 
-    fn gated(inline_run_limit_us: u64) -> (Batcher, Threads, crossbeam_channel::Sender<()>) {
+    /// Which session made each run and whether on a batching thread.
+    fn sessions_used(runs: &Runs) -> Vec<(&'static str, bool)> {
+        runs.lock().iter().map(|(name, thread)| (*name, thread.starts_with("batch-"))).collect()
+    }
+
+    fn gated(inline_run_limit_us: u64) -> (Batcher, Runs, crossbeam_channel::Sender<()>) {
         gated_with(inline_run_limit_us, Duration::ZERO)
     }
 
-    fn gated_with(inline_run_limit_us: u64, delay: Duration) -> (Batcher, Threads, crossbeam_channel::Sender<()>) {
-        let threads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    fn gated_with(inline_run_limit_us: u64, delay: Duration) -> (Batcher, Runs, crossbeam_channel::Sender<()>) {
+        let runs = Runs::default();
         let (open, gate) = crossbeam_channel::unbounded();
         let config = BatchingConfig {
             max_batch_size: 8,
@@ -702,11 +701,11 @@ mod tests {
             max_queue_depth: 8,
             inline_run_limit_us,
         };
-        let runner = Gated { threads: threads.clone(), gate, delay };
+        let runner = Gated { name: "batching", runs: runs.clone(), gate, delay };
         let mut b = Batcher::start("gated", config, vec![runner], Arc::new(ModelStats::default()));
         // A slot of its own: tests running in parallel cannot hold it.
         b.inline_runs = Box::leak(Box::new(AtomicUsize::new(0)));
-        (b, threads, open)
+        (b, runs, open)
     }
 
     fn items(n: usize) -> Vec<Tensor> {
@@ -715,13 +714,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_quick_request_runs_on_the_calling_thread() {
-        let (b, threads, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
+        let (b, runs, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
         for _ in 0..6 {
             open.send(()).unwrap();
             let out = b.infer(one()).await.unwrap();
             assert_eq!(out.outputs[0].to_f32().unwrap(), vec![1.0]);
         }
-        let threads = threads.lock();
+        let threads = threads(&runs);
         // The first run has no duration to go by; it runs on the batching thread.
         assert_eq!(threads[0], "batch-gated-0");
         assert!(threads[1..].iter().all(|t| !t.starts_with("batch-")), "the rest run inline: {threads:?}");
@@ -735,16 +734,16 @@ mod tests {
     async fn slow_models_and_a_zero_limit_never_run_inline() {
         // 5 ms runs are over the 2 ms limit; a limit of 0 turns inline runs off.
         let limit = crate::config::DEFAULT_INLINE_RUN_LIMIT_US;
-        let (slow, slow_threads, slow_open) = gated_with(limit, Duration::from_millis(5));
-        let (off, threads, open) = gated(0);
+        let (slow, slow_runs, slow_open) = gated_with(limit, Duration::from_millis(5));
+        let (off, off_runs, open) = gated(0);
         for _ in 0..4 {
             slow_open.send(()).unwrap();
             assert_eq!(slow.infer(one()).await.unwrap().batch_size, 1);
             open.send(()).unwrap();
             off.infer(one()).await.unwrap();
         }
-        for threads in [slow_threads, threads] {
-            let threads = threads.lock();
+        for runs in [slow_runs, off_runs] {
+            let threads = threads(&runs);
             assert_eq!(threads.len(), 4);
             assert!(threads.iter().all(|t| t == "batch-gated-0"), "{threads:?}");
         }
@@ -755,31 +754,25 @@ mod tests {
         // 600 µs per run: one item runs inline (600 µs <= 2 ms), eight would take 4.8 ms and go to
         // the batching thread; that run's time per item (75 µs) then lets eight run inline.
         let limit = crate::config::DEFAULT_INLINE_RUN_LIMIT_US;
-        let (b, threads, open) = gated_with(limit, Duration::from_micros(600));
+        let (b, runs, open) = gated_with(limit, Duration::from_micros(600));
         for n in [1, 1, 1, 8, 8] {
             open.send(()).unwrap();
             assert_eq!(b.infer(items(n)).await.unwrap().batch_size, n);
         }
-        let threads = threads.lock();
+        let threads = threads(&runs);
         let inline: Vec<bool> = threads.iter().map(|t| !t.starts_with("batch-")).collect();
         assert_eq!(inline, [false, true, true, false, true], "{threads:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_arriving_during_an_inline_run_waits_for_the_session() {
-        let (b, threads, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
+        let (b, runs, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
         open.send(()).unwrap();
         b.infer(one()).await.unwrap();
         // An inline run held on its gate.
-        let first = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[3.0])]).await }
-        });
+        let first = spawn_infer(&b, vec![Tensor::from_f32(vec![1, 1], &[3.0])]);
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
-        let second = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(vec![Tensor::from_f32(vec![1, 1], &[4.0])]).await }
-        });
+        let second = spawn_infer(&b, vec![Tensor::from_f32(vec![1, 1], &[4.0])]);
         // The second finds the session busy: it queues (the 60 s queue delay is not waited out).
         until(&b, |s| s.pending.load(Ordering::Acquire) == 1).await;
         open.send(()).unwrap();
@@ -788,36 +781,18 @@ mod tests {
         let second = second.await.unwrap().unwrap();
         assert_eq!(second.outputs[0].to_f32().unwrap(), vec![4.0]);
         assert_eq!(second.batch_size, 1);
-        let threads = threads.lock();
+        let threads = threads(&runs);
         let n = threads.len();
         assert!(!threads[n - 2].starts_with("batch-"), "{threads:?}");
         assert_eq!(threads[n - 1], "batch-gated-0", "{threads:?}");
         assert_eq!(b.pending(), 0);
     }
 
-    /// Records which session ran and on which thread; each run waits for a permit from `gate`.
-    struct Named {
-        name: &'static str,
-        log: Arc<parking_lot::Mutex<Vec<(&'static str, bool)>>>,
-        gate: crossbeam_channel::Receiver<()>,
-    }
-
-    impl Runner for Named {
-        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
-            self.gate.recv().expect("gate open");
-            let on_worker = std::thread::current().name().is_some_and(|t| t.starts_with("batch-"));
-            self.log.lock().push((self.name, on_worker));
-            Ok(inputs.to_vec())
-        }
-    }
-
-    type Log = Arc<parking_lot::Mutex<Vec<(&'static str, bool)>>>;
-
     /// A batcher with one batching session and one inline session of its own, both gated.
-    fn own_inline_session() -> (Batcher, Log, crossbeam_channel::Sender<()>) {
-        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    fn own_inline_session() -> (Batcher, Runs, crossbeam_channel::Sender<()>) {
+        let runs = Runs::default();
         let (open, gate) = crossbeam_channel::unbounded();
-        let session = |name| Named { name, log: log.clone(), gate: gate.clone() };
+        let session = |name| Gated { name, runs: runs.clone(), gate: gate.clone(), delay: Duration::ZERO };
         let config = BatchingConfig {
             max_batch_size: 8,
             max_queue_delay_us: 60_000_000,
@@ -832,12 +807,12 @@ mod tests {
             Arc::new(ModelStats::default()),
         );
         b.inline_runs = Box::leak(Box::new(AtomicUsize::new(0)));
-        (b, log, open)
+        (b, runs, open)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_inline_session_of_its_own_takes_lone_requests_only() {
-        let (b, log, open) = own_inline_session();
+        let (b, runs, open) = own_inline_session();
         open.send(()).unwrap();
         b.warm_up_inline_session(&one()).unwrap();
         assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 0, "the warm-up is not counted");
@@ -848,17 +823,9 @@ mod tests {
         }
         // An inline run held on its gate; two requests arriving meanwhile queue and run together
         // on the batching session.
-        let held = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(one()).await }
-        });
+        let held = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
-        let queued: Vec<_> = (0..2)
-            .map(|_| {
-                let b = b.clone();
-                tokio::spawn(async move { b.infer(one()).await })
-            })
-            .collect();
+        let queued: Vec<_> = (0..2).map(|_| spawn_infer(&b, one())).collect();
         until(&b, |s| s.pending.load(Ordering::Acquire) == 2).await;
         open.send(()).unwrap();
         held.await.unwrap().unwrap();
@@ -880,27 +847,21 @@ mod tests {
         expected.push(("batching", true)); // those two, as one batch
         expected.extend([("batching", true)].repeat(solo)); // lone again, after a batch of two
         expected.push(("inline", false));
-        assert_eq!(*log.lock(), expected);
+        assert_eq!(sessions_used(&runs), expected);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_clients_taking_turns_are_not_lone_traffic() {
-        let (b, log, open) = own_inline_session();
+        let (b, runs, open) = own_inline_session();
         for _ in 0..=INLINE_SESSION_AFTER_SOLO_RUNS {
             open.send(()).unwrap();
             b.infer(one()).await.unwrap();
         }
         // A runs inline; B arrives meanwhile and waits for the batching session, alone: every
         // run still serves one request, but two clients are being served.
-        let a = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(one()).await }
-        });
+        let a = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
-        let second = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(one()).await }
-        });
+        let second = spawn_infer(&b, one());
         until(&b, |s| s.pending.load(Ordering::Acquire) == 1).await;
         open.send(()).unwrap();
         a.await.unwrap().unwrap();
@@ -913,7 +874,7 @@ mod tests {
         expected.push(("inline", false)); // A
         expected.push(("batching", true)); // B, alone in its batch
         expected.push(("batching", true)); // the next is not lone yet
-        assert_eq!(*log.lock(), expected);
+        assert_eq!(sessions_used(&runs), expected);
     }
 
     #[tokio::test]

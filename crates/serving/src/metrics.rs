@@ -344,32 +344,32 @@ impl Collector for BatchSizeCollector {
                 family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
-        let gauges: [(&str, &str, ReadStat); 2] = [
-            ("vigil_pending_requests", "Requests admitted to the batching queue and not yet running", |s| {
-                s.pending.load(Ordering::Relaxed)
-            }),
-            ("vigil_running_batches", "Batches running now", |s| s.running.load(Ordering::Relaxed)),
+        let counts: [(&str, &str, MetricType, ReadStat); 3] = [
+            (
+                "vigil_pending_requests",
+                "Requests admitted to the batching queue and not yet running",
+                MetricType::Gauge,
+                |s| s.pending.load(Ordering::Relaxed),
+            ),
+            ("vigil_running_batches", "Batches running now", MetricType::Gauge, |s| s.running.load(Ordering::Relaxed)),
+            (
+                "vigil_inline_runs",
+                "Model runs made inline, on the thread that received the request, instead of a batching thread",
+                MetricType::Counter,
+                |s| s.inline_runs.load(Ordering::Relaxed),
+            ),
         ];
-        for (name, help, read) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (name, help, kind, read) in counts {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for entry in self.repository.models() {
                 for model in entry.versions.values() {
                     let labels = ModelLabels::of(&model.config);
-                    ConstGauge::new(read(&model.stats) as i64).encode(family.encode_family(&labels)?)?;
+                    let value = read(&model.stats);
+                    match kind {
+                        MetricType::Counter => ConstCounter::new(value).encode(family.encode_family(&labels)?)?,
+                        _ => ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?,
+                    }
                 }
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "vigil_inline_runs",
-            "Model runs made inline, on the thread that received the request, instead of a batching thread",
-            None,
-            MetricType::Counter,
-        )?;
-        for entry in self.repository.models() {
-            for model in entry.versions.values() {
-                let labels = ModelLabels::of(&model.config);
-                ConstCounter::new(model.stats.inline_runs.load(Ordering::Relaxed))
-                    .encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())
