@@ -304,7 +304,7 @@ async fn higher_voices_fire_the_pitch_drift_alarm_and_the_monitor_reports_word_e
     // given, so each round's states are read before the next.
     let mut states = std::collections::HashMap::new();
     for (group, now) in [(&rules[..1], bounds[2]), (&rules[1..3], bounds[4]), (&rules[3..], bounds[5])] {
-        vigil_monitor::alarms::evaluate_all(&views, group, now, &metrics).await.unwrap();
+        vigil_monitor::alarms::evaluate_all(&views, group, now, &metrics, &mut Default::default()).await.unwrap();
         for alert in store.load_alerts().await.unwrap() {
             if group.iter().any(|r| r.name == alert.rule) {
                 states.insert(alert.rule.clone(), (alert.state.clone(), alert.value));

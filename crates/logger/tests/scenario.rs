@@ -114,8 +114,9 @@ fn timestamp(t: DateTime<Utc>) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
 }
 
-/// Waits for a drift alarm to resolve; on timeout the failure shows the alarm's last message and
-/// the monitor's drift report of the trailing 10 s against the baseline, test by test.
+/// Waits for a drift alarm to have resolved since it fired; on timeout the failure shows the alarm's
+/// transitions, its last message and the monitor's drift report of the trailing 10 s against the
+/// baseline, test by test.
 async fn wait_for_drift_resolved<S: MonitorStore>(
     store: &S,
     monitoring: &mut MonitoringClient<tonic::transport::Channel>,
@@ -127,11 +128,17 @@ async fn wait_for_drift_resolved<S: MonitorStore>(
     let deadline = start + within;
     let key = format!("{rule}/scratch-detector");
     loop {
-        let alarm = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == key);
-        if alarm.as_ref().is_some_and(|a| a.state == "resolved") {
-            eprintln!("{rule} resolved after {:?}", start.elapsed());
+        // The alarm's history, not its state now: a window still filling with late records may
+        // clear and briefly hold again (resolved -> pending -> inactive) between two polls.
+        let history: Vec<_> =
+            store.alert_history(1_000).await.unwrap().into_iter().filter(|e| e.alert_key == key).rev().collect();
+        let fired = history.iter().position(|e| e.state == "firing");
+        if let Some(resolved) = fired.and_then(|f| history[f..].iter().find(|e| e.state == "resolved")) {
+            let after: Vec<_> = history.iter().map(|e| e.state.as_str()).collect();
+            eprintln!("{rule} resolved after {:?} ({}); transitions: {after:?}", start.elapsed(), resolved.message);
             return;
         }
+        let alarm = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == key);
         if Instant::now() >= deadline {
             let now = Utc::now();
             let request = GetDriftRequest {
@@ -161,8 +168,10 @@ async fn wait_for_drift_resolved<S: MonitorStore>(
                     })
                     .collect::<Vec<_>>()
             });
+            let transitions: Vec<_> = history.iter().map(|e| (e.time.to_rfc3339(), &e.state, &e.message)).collect();
             panic!(
-                "timed out waiting for {rule} resolved; alarm: {:?}; baseline {}; drift of the last 10 s: {tests:#?}",
+                "timed out waiting for {rule} resolved; alarm: {:?}; transitions: {transitions:#?}; baseline {}; \
+                 drift of the last 10 s: {tests:#?}",
                 alarm.map(|a| (a.state, a.message)),
                 report.as_ref().map(|r| r.baseline.as_str()).unwrap_or_default()
             );
@@ -214,6 +223,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
             comparator = ">="
             threshold = 1
             for = "1s"
+            keep_firing_for = "2s"
             severity = "critical"
             baseline_since = "{since}"
             baseline_until = "{until}"

@@ -169,9 +169,45 @@ pub fn inactive(rule: &Rule, model: &str, now: DateTime<Utc>) -> AlertRow {
     }
 }
 
+/// When each firing alarm's condition stopped holding, by alert key: the evaluator's memory for
+/// `keep_firing_for` (a restarted monitor starts the wait again).
+#[derive(Debug, Default)]
+pub struct ClearedSince(HashMap<String, DateTime<Utc>>);
+
+impl ClearedSince {
+    /// The slot of one alarm, for [`transition`].
+    pub fn slot<'a>(&'a mut self, alert_key: &'a str) -> Slot<'a> {
+        Slot { map: &mut self.0, key: alert_key }
+    }
+}
+
+/// One alarm's entry in [`ClearedSince`].
+pub struct Slot<'a> {
+    map: &'a mut HashMap<String, DateTime<Utc>>,
+    key: &'a str,
+}
+
+impl Slot<'_> {
+    fn cleared_at(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
+        *self.map.entry(self.key.to_string()).or_insert(now)
+    }
+
+    fn forget(&mut self) {
+        self.map.remove(self.key);
+    }
+}
+
 /// The next state of an alarm given whether its condition holds now. Returns the new row and
-/// whether the change is a transition worth recording (`Some(notify)`).
-pub fn transition(rule: &Rule, current: &AlertRow, value: Option<f64>, now: DateTime<Utc>) -> (AlertRow, Option<bool>) {
+/// whether the change is a transition worth recording (`Some(notify)`). A firing alarm whose rule
+/// has `keep_firing_for` resolves only once its condition has not held for that long, timed from
+/// the round it first stopped holding (kept in `cleared`).
+pub fn transition(
+    rule: &Rule,
+    current: &AlertRow,
+    value: Option<f64>,
+    now: DateTime<Utc>,
+    mut cleared: Slot<'_>,
+) -> (AlertRow, Option<bool>) {
     let holds = value.is_some_and(|v| rule.comparator.holds(v, rule.threshold));
     let mut next = current.clone();
     next.value = value;
@@ -188,7 +224,15 @@ pub fn transition(rule: &Rule, current: &AlertRow, value: Option<f64>, now: Date
         None => format!("{} {state} for {}: {} has no data", rule.name, current.model_name, rule.metric_name),
     };
     let held_for = |since: DateTime<Utc>| (now - since).to_std().unwrap_or(Duration::ZERO);
+    let still_kept = current.state == "firing"
+        && !holds
+        && !rule.keep_firing_for.is_zero()
+        && held_for(cleared.cleared_at(now)) < rule.keep_firing_for;
+    if !still_kept {
+        cleared.forget();
+    }
     let change = match (current.state.as_str(), holds) {
+        ("firing", false) if still_kept => None,
         ("inactive" | "resolved", true) if rule.for_duration.is_zero() => Some(("firing", true)),
         ("inactive" | "resolved", true) => Some(("pending", false)),
         ("pending", true) if held_for(current.since) >= rule.for_duration => Some(("firing", true)),
@@ -342,6 +386,7 @@ pub async fn evaluate_all<S: MonitorStore>(
     rules: &[Rule],
     now: DateTime<Utc>,
     metrics: &MonitorMetrics,
+    cleared: &mut ClearedSince,
 ) -> Result<(), ViewError> {
     let stored = views.store.load_alerts().await?;
     let models: Vec<String> = views.models().await?.into_keys().collect();
@@ -362,7 +407,7 @@ pub async fn evaluate_all<S: MonitorStore>(
                     continue;
                 }
             };
-            let (next, change) = transition(rule, &current, value, now);
+            let (next, change) = transition(rule, &current, value, now, cleared.slot(&key));
             if let Some(notify) = change {
                 match next.state.as_str() {
                     "firing" => {
@@ -447,6 +492,7 @@ pub async fn run<S: MonitorStore>(
 ) {
     let mut lease: Option<vigil_store::monitoring::Lease> = None;
     let mut standing_by = false;
+    let mut cleared = ClearedSince::default();
     loop {
         if let Some(current) = lease.as_mut()
             && !current.held().await
@@ -472,7 +518,7 @@ pub async fn run<S: MonitorStore>(
         leading.send_replace(lease.is_some());
         metrics.alerting_leader.set(i64::from(lease.is_some()));
         if lease.is_some()
-            && let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics).await
+            && let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics, &mut cleared).await
         {
             tracing::warn!(error = %e, "alarm evaluation failed; retrying next round");
         }
@@ -499,6 +545,7 @@ mod tests {
             comparator: Comparator::Gt,
             threshold: 0.1,
             for_duration: Duration::from_secs(for_s),
+            keep_firing_for: Duration::ZERO,
             severity: "warning".into(),
             baseline: Baseline::Training,
             baseline_offset: None,
@@ -523,21 +570,26 @@ mod tests {
         }
     }
 
+    /// One transition with a fresh memory of cleared conditions.
+    fn step(r: &Rule, current: &AlertRow, value: Option<f64>, now: DateTime<Utc>) -> (AlertRow, Option<bool>) {
+        transition(r, current, value, now, ClearedSince::default().slot(&current.alert_key))
+    }
+
     #[test]
     fn pending_then_firing_after_the_for_duration_then_resolved() {
         let r = rule(30);
         let at = |s| DateTime::from_timestamp(s, 0).unwrap();
-        let (p, change) = transition(&r, &row("inactive", 0), Some(0.5), at(100));
+        let (p, change) = step(&r, &row("inactive", 0), Some(0.5), at(100));
         assert_eq!((p.state.as_str(), change), ("pending", Some(false)));
-        let (still, change) = transition(&r, &p, Some(0.5), at(120));
+        let (still, change) = step(&r, &p, Some(0.5), at(120));
         assert_eq!((still.state.as_str(), change), ("pending", None));
-        let (f, change) = transition(&r, &still, Some(0.5), at(130));
+        let (f, change) = step(&r, &still, Some(0.5), at(130));
         assert_eq!((f.state.as_str(), change), ("firing", Some(true)));
-        let (same, change) = transition(&r, &f, Some(0.7), at(140));
+        let (same, change) = step(&r, &f, Some(0.7), at(140));
         assert_eq!((same.state.as_str(), change, same.since), ("firing", None, at(130)));
-        let (res, change) = transition(&r, &same, Some(0.01), at(150));
+        let (res, change) = step(&r, &same, Some(0.01), at(150));
         assert_eq!((res.state.as_str(), change), ("resolved", Some(true)));
-        let (none, change) = transition(&r, &res, None, at(160));
+        let (none, change) = step(&r, &res, None, at(160));
         assert_eq!((none.state.as_str(), change), ("resolved", None));
     }
 
@@ -545,10 +597,41 @@ mod tests {
     fn a_blip_shorter_than_the_for_duration_never_fires() {
         let r = rule(30);
         let at = |s| DateTime::from_timestamp(s, 0).unwrap();
-        let (p, _) = transition(&r, &row("inactive", 0), Some(0.5), at(100));
-        let (back, change) = transition(&r, &p, Some(0.0), at(110));
+        let (p, _) = step(&r, &row("inactive", 0), Some(0.5), at(100));
+        let (back, change) = step(&r, &p, Some(0.0), at(110));
         assert_eq!((back.state.as_str(), change), ("inactive", Some(false)));
-        assert_eq!(transition(&rule(0), &row("inactive", 0), Some(0.5), at(100)).0.state, "firing");
+        assert_eq!(step(&rule(0), &row("inactive", 0), Some(0.5), at(100)).0.state, "firing");
+    }
+
+    #[test]
+    fn keep_firing_for_holds_a_firing_alarm_until_its_condition_stays_clear() {
+        let r = Rule { keep_firing_for: Duration::from_secs(10), ..rule(0) };
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let mut cleared = ClearedSince::default();
+        let mut next = |row: &AlertRow, value, s| transition(&r, row, Some(value), at(s), cleared.slot("r/m"));
+        let (firing, change) = next(&row("inactive", 0), 0.5, 100);
+        assert_eq!((firing.state.as_str(), change), ("firing", Some(true)));
+        // Clear at 150, back at 155: it never resolved, and the wait starts again.
+        let (kept, change) = next(&firing, 0.0, 150);
+        assert_eq!((kept.state.as_str(), change, kept.since), ("firing", None, at(100)));
+        let (kept, change) = next(&kept, 0.5, 155);
+        assert_eq!((kept.state.as_str(), change), ("firing", None));
+        // Clear again at 160: 15 s after the first clearing but 5 s after this one, still firing.
+        let (kept, _) = next(&kept, 0.0, 160);
+        let (kept, change) = next(&kept, 0.0, 165);
+        assert_eq!((kept.state.as_str(), change), ("firing", None));
+        let (kept, change) = next(&kept, 0.0, 169);
+        assert_eq!((kept.state.as_str(), change), ("firing", None));
+        let (resolved, change) = next(&kept, 0.0, 170);
+        assert_eq!((resolved.state.as_str(), change), ("resolved", Some(true)));
+        // The memory ends with the alarm: firing again later waits the whole time again.
+        let (again, _) = next(&resolved, 0.5, 200);
+        let (kept, change) = next(&again, 0.0, 201);
+        assert_eq!((kept.state.as_str(), change), ("firing", None));
+        let (resolved, change) = next(&kept, 0.0, 211);
+        assert_eq!((resolved.state.as_str(), change), ("resolved", Some(true)));
+        // Without the setting it resolves at the first clear round.
+        assert_eq!(step(&rule(0), &again, Some(0.0), at(201)).0.state, "resolved");
     }
 
     #[test]

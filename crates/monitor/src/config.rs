@@ -148,6 +148,11 @@ pub struct RuleConfig {
     /// How long the condition must hold before the alarm fires.
     #[serde(rename = "for", default, deserialize_with = "duration")]
     pub for_duration: Duration,
+    /// How long a firing alarm keeps firing after its condition stops holding: a condition that
+    /// holds again within this time never resolved (a drift test at a window's edge, late
+    /// records). Unset: it resolves at the first round the condition does not hold.
+    #[serde(default, deserialize_with = "duration")]
+    pub keep_firing_for: Duration,
     #[serde(default = "default_severity")]
     pub severity: String,
     /// For drift metrics: compare with predictions logged in this window (RFC 3339 times, both
@@ -185,6 +190,7 @@ pub struct Rule {
     pub comparator: Comparator,
     pub threshold: f64,
     pub for_duration: Duration,
+    pub keep_firing_for: Duration,
     pub severity: String,
     pub baseline: Baseline,
     /// When set, the baseline is the evaluated window shifted back by this much.
@@ -312,6 +318,7 @@ impl MonitorConfig {
                     comparator: r.comparator.parse().map_err(bad)?,
                     threshold: r.threshold,
                     for_duration: r.for_duration,
+                    keep_firing_for: r.keep_firing_for,
                     severity: r.severity.clone(),
                     baseline,
                     baseline_offset: r.baseline_offset,
@@ -348,5 +355,8 @@ mod tests {
         // Rules for the line's classifier do not judge the recogniser by a classifier's yardstick.
         let accuracy = rules.iter().find(|r| r.name == "accuracy-drop").unwrap();
         assert_eq!(accuracy.model.as_deref(), Some("scratch-detector"));
+        assert_eq!(accuracy.keep_firing_for, Duration::ZERO);
+        let brightness = rules.iter().find(|r| r.name == "brightness-drift").unwrap();
+        assert_eq!(brightness.keep_firing_for, Duration::from_secs(600));
     }
 }

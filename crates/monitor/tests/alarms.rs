@@ -203,7 +203,9 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
 
     // A rule taken out of the configuration ends its alarm instead of leaving it firing.
     let views = vigil_monitor::Views::new(store.clone(), Default::default(), Arc::new(MonitorConfig::default()));
-    vigil_monitor::alarms::evaluate_all(&views, &[], Utc::now(), &Default::default()).await.unwrap();
+    vigil_monitor::alarms::evaluate_all(&views, &[], Utc::now(), &Default::default(), &mut Default::default())
+        .await
+        .unwrap();
     assert_eq!(state("busy/scratch-detector").await.as_deref(), Some("resolved"));
 }
 
@@ -477,19 +479,29 @@ async fn a_firing_alarm_raises_the_capture_rate_the_servers_get_until_it_resolve
     };
     assert_eq!(spec_rate().await, 0.0);
 
-    vigil_monitor::alarms::evaluate_all(&views, &rules, now, &Default::default()).await.unwrap();
+    vigil_monitor::alarms::evaluate_all(&views, &rules, now, &Default::default(), &mut Default::default())
+        .await
+        .unwrap();
     let boosts = store.capture_boosts().await.unwrap();
     assert_eq!(boosts.iter().map(|b| (b.rule.as_str(), b.rate)).collect::<Vec<_>>(), [("dim-light", 0.5)]);
     assert_eq!(spec_rate().await, 0.5, "the servers get the raised rate with the deployment");
     // Later the window holds nothing: resolved, and the rate is the servers' own again.
-    vigil_monitor::alarms::evaluate_all(&views, &rules, now + chrono::Duration::hours(1), &Default::default())
-        .await
-        .unwrap();
+    vigil_monitor::alarms::evaluate_all(
+        &views,
+        &rules,
+        now + chrono::Duration::hours(1),
+        &Default::default(),
+        &mut Default::default(),
+    )
+    .await
+    .unwrap();
     assert!(store.capture_boosts().await.unwrap().is_empty());
     assert_eq!(spec_rate().await, 0.0);
     // Firing again, then the rule is taken out of the configuration: the raise ends with it.
-    vigil_monitor::alarms::evaluate_all(&views, &rules, now, &Default::default()).await.unwrap();
+    vigil_monitor::alarms::evaluate_all(&views, &rules, now, &Default::default(), &mut Default::default())
+        .await
+        .unwrap();
     assert_eq!(store.capture_boosts().await.unwrap().len(), 1);
-    vigil_monitor::alarms::evaluate_all(&views, &[], now, &Default::default()).await.unwrap();
+    vigil_monitor::alarms::evaluate_all(&views, &[], now, &Default::default(), &mut Default::default()).await.unwrap();
     assert!(store.capture_boosts().await.unwrap().is_empty());
 }

@@ -103,6 +103,7 @@ pub async fn judge<S: PredictionStore + MonitorStore>(stack: &Stack<S>, outcome:
     // memory: the running monitor ends stored alarms whose rule it does not have, so storing
     // these would race with it.
     let mut alarms: std::collections::HashMap<String, vigil_store::monitoring::AlertRow> = Default::default();
+    let mut cleared = vigil_monitor::alarms::ClearedSince::default();
     let mut states = Vec::new();
     for (now, seconds) in [(b1, (b1 - b0).num_seconds()), (b2, (b2 - b1).num_seconds())] {
         for rule in rules(seconds)?.rules()? {
@@ -111,7 +112,9 @@ pub async fn judge<S: PredictionStore + MonitorStore>(stack: &Stack<S>, outcome:
             let current =
                 alarms.get(&rule.name).cloned().unwrap_or_else(|| vigil_monitor::alarms::inactive(&rule, &model, now));
             // As the monitor stores them: an alarm that never changed state has no row.
-            if let (next, Some(_)) = vigil_monitor::alarms::transition(&rule, &current, value, now) {
+            if let (next, Some(_)) =
+                vigil_monitor::alarms::transition(&rule, &current, value, now, cleared.slot(&rule.name))
+            {
                 alarms.insert(rule.name.clone(), next);
             }
         }
