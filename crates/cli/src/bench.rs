@@ -4,7 +4,8 @@
 //! process, so its CPU per request is measured apart from the load generator's; with
 //! `--python-peer` the same ModelInfer load then goes to a Python server (grpcio's asyncio
 //! server and onnxruntime, `tests/peers/python_oip_server.py`), after checking it answers as
-//! Vigil does.
+//! Vigil does. With `--h2load` the ModelInfer load is sent again by h2load, a C load generator
+//! (see [`crate::bench_h2load`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::{ModelInferRequest, ServerLiveRequest};
 use vigil_proto::vigil::v1::InspectRequest;
 use vigil_proto::vigil::v1::inspection_client::InspectionClient;
+
+use crate::bench_h2load::{H2load, grpc_frame};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -54,6 +57,13 @@ pub struct BenchArgs {
     /// The `vigil-edge` binary for `--external` (default: next to this `vigil`).
     #[arg(long)]
     pub edge_binary: Option<PathBuf>,
+    /// Also send the ModelInfer load from h2load (nghttp2's C load generator, in its own
+    /// process, one HTTP/2 connection) to the server and, with `--python-peer`, to the peer.
+    #[arg(long)]
+    pub h2load: bool,
+    /// The h2load binary for `--h2load` (default: `h2load` on the PATH).
+    #[arg(long)]
+    pub h2load_binary: Option<PathBuf>,
     /// The server measured: the edge server (ModelInfer and Inspect) or the cloud server
     /// (ModelInfer; e.g. with `--model-repository .vigil/cloud-models`).
     #[arg(long, value_enum, default_value = "edge")]
@@ -81,16 +91,16 @@ pub enum Target {
 }
 
 #[derive(Debug, Clone)]
-struct Row {
-    mode: &'static str,
-    level: usize,
-    items_per_s: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Row {
+    pub mode: &'static str,
+    pub level: usize,
+    pub items_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
     /// CPU of the serving process (the raw ORT loop's own process) per item, µs.
-    server_cpu_us: Option<f64>,
+    pub server_cpu_us: Option<f64>,
     /// CPU of the load generator per request, µs (external mode).
-    client_cpu_us: Option<f64>,
+    pub client_cpu_us: Option<f64>,
 }
 
 /// CPU time (user + system, all threads) a process has used, from `/proc/<pid>/stat`.
@@ -110,11 +120,11 @@ fn cpu_per_item(before: Duration, after: Duration, items: u64) -> f64 {
     after.saturating_sub(before).as_secs_f64() * 1e6 / items.max(1) as f64
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-fn row(mode: &'static str, level: usize, items: u64, elapsed: Duration, h: &Histogram<u64>) -> Row {
+pub(crate) fn row(mode: &'static str, level: usize, items: u64, elapsed: Duration, h: &Histogram<u64>) -> Row {
     Row {
         mode,
         level,
@@ -246,6 +256,10 @@ impl Server {
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     let duration = Duration::from_secs_f64(args.duration_s);
+    let h2load = args.h2load.then(|| crate::bench_h2load::binary(args.h2load_binary.as_ref()));
+    if let Some(binary) = &h2load {
+        H2load::check(binary)?;
+    }
     let config_path = newest_version(&args.model_repository.join(&args.model))?;
     let config = ModelConfig::load(&config_path.join("model.toml")).map_err(|e| anyhow!("{e}"))?;
     let pre = config.preprocess.clone().context("the model has no [preprocess]; bench needs an image model")?;
@@ -299,7 +313,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
     let (server, url) = Server::start(&args).await?;
     let server_pid = server.pid();
-    let channel = Channel::from_shared(url)?.connect().await?;
+    let channel = Channel::from_shared(url.clone())?.connect().await?;
     let tensors = Arc::new(tensors);
     let pngs = Arc::new(pngs);
     let input = config.inputs[0].name.clone();
@@ -333,11 +347,27 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         rows.push(r.into_row(if args.external { "Inspect (vigil-edge process)" } else { "Inspect" }, level));
         eprintln!("  server concurrency {level}: done");
     }
+    let h2load_mode = match args.target {
+        Target::Edge => H2LOAD_EDGE,
+        Target::Cloud => "ModelInfer via h2load (vigil-cloud)",
+    };
+    let body = grpc_frame(&infer_request(&args.model, &input, &tensors[0]));
+    // The smallest DATA of a successful answer: its output tensor in one gRPC frame.
+    let min_answer_bytes = 5 + 4 * answer.len();
+    if let Some(binary) = &h2load {
+        let client = H2load { binary, url: &url, body: &body, min_answer_bytes };
+        // An embedded server's process does nothing else while h2load runs.
+        let pid = server_pid.unwrap_or(me);
+        for &level in &args.concurrency {
+            rows.push(client.run(h2load_mode, level, duration, pid)?);
+            eprintln!("  h2load concurrency {level}: done");
+        }
+    }
     server.stop().await?;
     if args.python_peer {
-        let (peer, url) = Server::python_peer(&args, &config_path).await?;
+        let (peer, peer_url) = Server::python_peer(&args, &config_path).await?;
         let peer_pid = peer.pid();
-        let channel = Channel::from_shared(url)?.connect().await?;
+        let channel = Channel::from_shared(peer_url.clone())?.connect().await?;
         let peer_answer = infer_once(&channel, &args.model, &input, &tensors[0]).await?;
         let close = answer.len() == peer_answer.len()
             && answer.iter().zip(&peer_answer).all(|(a, b)| (a - b).abs() <= 1e-5 * a.abs().max(1.0));
@@ -350,6 +380,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             rows.push(r.into_row(PYTHON_PEER, level));
             eprintln!("  Python peer concurrency {level}: done");
         }
+        if let (Some(binary), Some(pid)) = (&h2load, peer_pid) {
+            let client = H2load { binary, url: &peer_url, body: &body, min_answer_bytes };
+            for &level in &args.concurrency {
+                rows.push(client.run(H2LOAD_PYTHON_PEER, level, duration, pid)?);
+                eprintln!("  h2load on the Python peer, concurrency {level}: done");
+            }
+        }
         peer.stop().await?;
     }
     print_table(&rows, args.external);
@@ -357,6 +394,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 }
 
 const PYTHON_PEER: &str = "ModelInfer (Python grpcio + onnxruntime process)";
+const H2LOAD_EDGE: &str = "ModelInfer via h2load (vigil-edge)";
+const H2LOAD_PYTHON_PEER: &str = "ModelInfer via h2load (Python grpcio + onnxruntime process)";
 
 fn infer_request(model: &str, input: &str, tensor: &Tensor) -> ModelInferRequest {
     ModelInferRequest {
@@ -590,23 +629,58 @@ fn print_table(rows: &[Row], external: bool) {
             us(r.client_cpu_us)
         );
     }
-    let vigil = |level: usize| rows.iter().find(|r| r.mode.starts_with("ModelInfer (vigil") && r.level == level);
-    let peers: Vec<&Row> = rows.iter().filter(|r| r.mode == PYTHON_PEER).collect();
+    // Each Python peer row against the vigil-edge row with the same load generator and level.
+    let counterpart = |peer: &Row| {
+        let vigil = if peer.mode == PYTHON_PEER { "ModelInfer (vigil" } else { H2LOAD_EDGE };
+        rows.iter().find(|r| r.mode.starts_with(vigil) && r.level == peer.level)
+    };
+    let peers: Vec<&Row> = rows.iter().filter(|r| r.mode == PYTHON_PEER || r.mode == H2LOAD_PYTHON_PEER).collect();
     if !peers.is_empty() {
-        println!("\n| concurrency | vigil-edge ModelInfer vs Python peer: items/s | p50 | server CPU µs/item |");
-        println!("|---:|---:|---:|---:|");
+        println!(
+            "\n| load generator | concurrency | vigil-edge ModelInfer vs Python peer: items/s | p50 | server CPU µs/item |"
+        );
+        println!("|---|---:|---:|---:|---:|");
     }
     for peer in peers {
-        let Some(v) = vigil(peer.level) else { continue };
+        let Some(v) = counterpart(peer) else { continue };
         let cpu = match (v.server_cpu_us, peer.server_cpu_us) {
             (Some(v), Some(p)) if p > 0.0 => format!("{:.2}x", v / p),
             _ => "-".into(),
         };
         println!(
-            "| {} | {:.2}x | {:.2}x | {cpu} |",
+            "| {} | {} | {:.2}x | {:.2}x | {cpu} |",
+            if peer.mode == PYTHON_PEER { "vigil bench (tonic)" } else { "h2load" },
             peer.level,
             v.items_per_s / peer.items_per_s,
             v.p50_ms / peer.p50_ms
+        );
+    }
+    print_cores_left(rows);
+}
+
+/// Loaded throughput with the load generator's CPU given back: a server sharing the machine
+/// with its client had the cores less the client's share; its throughput scaled linearly to all
+/// of them, against the best raw ONNX Runtime figure (which had every core).
+fn print_cores_left(rows: &[Row]) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let loaded: Vec<&Row> = rows.iter().filter(|r| r.level > 1 && r.client_cpu_us.is_some()).collect();
+    if loaded.is_empty() {
+        return;
+    }
+    println!(
+        "\n| mode | concurrency | load generator cores | throughput vs best raw ORT | the same on the cores the load generator left ({cores:.0} in all) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for r in loaded {
+        let (Some(best), Some(client_us)) = (best_raw(rows, r.level), r.client_cpu_us) else { continue };
+        let used = client_us * r.items_per_s / 1e6;
+        let left = (cores - used).max(0.05);
+        println!(
+            "| {} | {} | {used:.2} | {:.2}x | {:.2}x |",
+            r.mode,
+            r.level,
+            r.items_per_s / best.items_per_s,
+            r.items_per_s * cores / left / best.items_per_s
         );
     }
 }

@@ -10,6 +10,7 @@
 
 mod batch;
 mod bench;
+mod bench_h2load;
 mod bench_voice;
 mod connect;
 mod dataset;

@@ -47,3 +47,39 @@ fn bench_prints_every_row_with_its_figures() {
         "floors are measured at one stream only:\n{stdout}"
     );
 }
+
+/// `--h2load`: the same ModelInfer load from h2load in its own process (`./dev setup` installs
+/// it). Its rows carry the server's and h2load's CPU per request, and the loaded row appears in
+/// the table that gives the load generator's cores back.
+#[test]
+fn h2load_rows_measure_the_server_and_the_load_generator_apart() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .current_dir(&root)
+        .args(["bench", "--h2load", "--duration-s", "1", "--concurrency", "1,4", "--raw-threads", "1"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "vigil bench --h2load failed:\n{stderr}");
+    let number = |cell: &str| cell.parse::<f64>().unwrap_or_else(|e| panic!("{cell:?}: {e}\n{stdout}"));
+    for level in ["1", "4"] {
+        let cells = row(&stdout, "ModelInfer via h2load (vigil-edge)", level);
+        // Over a second of a closed loop, an answer in under 0.2 s each: at least 5 per stream.
+        assert!(number(cells[3]) >= 5.0, "{cells:?}");
+        assert!(number(cells[4]) > 0.0 && number(cells[5]) >= number(cells[4]), "p50 <= p99: {cells:?}");
+        assert!(cells[6].ends_with('x') && cells[7].ends_with("ms"), "compared with raw ORT: {cells:?}");
+        assert!(number(cells[8]) > 0.0, "server CPU per request: {cells:?}");
+        assert!(number(cells[10]) > 0.0, "h2load's CPU per request: {cells:?}");
+    }
+    let loaded = row(&stdout, "ModelInfer via h2load (vigil-edge)", "4");
+    let cores_left = stdout
+        .lines()
+        .skip_while(|l| !l.contains("the same on the cores the load generator left"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let given_back = row(&cores_left, "ModelInfer via h2load (vigil-edge)", "4");
+    assert!(number(given_back[3]) > 0.0, "h2load's cores: {given_back:?}");
+    let ratio = |cell: &str| number(cell.trim_end_matches('x'));
+    assert_eq!(given_back[4], loaded[6], "the plain ratio is the main table's");
+    assert!(ratio(given_back[5]) > ratio(given_back[4]), "giving h2load's cores back raises it: {given_back:?}");
+}
