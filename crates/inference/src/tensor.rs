@@ -124,6 +124,16 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// An FP32 tensor written from `values` straight into its little-endian bytes (no
+    /// intermediate `Vec<f32>`).
+    pub fn from_f32_iter(shape: Vec<i64>, values: impl ExactSizeIterator<Item = f32>) -> Self {
+        let mut data = vec![0u8; values.len() * 4];
+        for (bytes, v) in data.chunks_exact_mut(4).zip(values) {
+            bytes.copy_from_slice(&v.to_le_bytes());
+        }
+        Self { datatype: DataType::Fp32, shape, data }
+    }
+
     /// A tensor of `f32` values.
     pub fn from_f32(shape: Vec<i64>, values: &[f32]) -> Self {
         let data = if cfg!(target_endian = "little") {
