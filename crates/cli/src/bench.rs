@@ -285,10 +285,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     // Baselines: raw ONNX Runtime in this process, one session, batches of `level` items.
     let me = std::process::id();
+    // Raw ONNX Runtime as it comes: its threads spin between runs whatever the model's
+    // `intra_op_spinning` says (its fastest setting on dedicated cores).
+    let raw_config = ModelConfig { intra_op_spinning: true, ..config.clone() };
     for &threads in &args.raw_threads {
         let mode = raw_mode(threads);
         let mut session =
-            ModelSession::load(&config_path.join("model.onnx"), &config, threads).map_err(|e| anyhow!("{e}"))?;
+            ModelSession::load(&config_path.join("model.onnx"), &raw_config, threads).map_err(|e| anyhow!("{e}"))?;
         for &level in &args.concurrency {
             let batch = concat(&tensors, level);
             for _ in 0..3 {

@@ -133,6 +133,11 @@ async fn a_batch_equals_its_items_and_typed_equals_raw() {
 /// The shipped model with a session of its own for inline runs (ONNX Runtime's default threads)
 /// beside a one-thread batching session, and every lone request quick enough to run inline.
 fn inline_session_repository() -> tempfile::TempDir {
+    inline_session_repository_with("")
+}
+
+/// As [`inline_session_repository`], with `extra` top-level keys in its `model.toml`.
+fn inline_session_repository_with(extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = model_dir();
     let dst = dir.path().join(MODEL).join(src.file_name().unwrap());
@@ -148,7 +153,7 @@ fn inline_session_repository() -> tempfile::TempDir {
     // Top-level keys first; `[dynamic_batching]` is the file's last table.
     assert!(kept.iter().rev().find(|l| l.starts_with('[')) == Some(&"[dynamic_batching]"));
     let toml = format!(
-        "intra_op_threads = 1\ninline_intra_op_threads = 0\n{}\ninline_run_limit_us = 1000000\n",
+        "intra_op_threads = 1\ninline_intra_op_threads = 0\n{extra}\n{}\ninline_run_limit_us = 1000000\n",
         kept.join("\n")
     );
     std::fs::write(dst.join("model.toml"), toml).unwrap();
@@ -211,6 +216,21 @@ async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers()
     let metrics = server.metrics_addr.unwrap();
     let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
     assert_eq!(sample(&text, "vigil_inline_runs_total", &labels), Some(3.0), "{text}");
+    server.shutdown().await.unwrap();
+    // Under the same override, an inline session whose threads spin where the batching
+    // session's do not is set up differently: loaded, it waits for its run of lone requests.
+    let spinning = inline_session_repository_with("intra_op_spinning = false\ninline_intra_op_spinning = true");
+    let mut overridden = vigil_edge::EdgeConfig { model_repository: spinning.path().to_path_buf(), ..common::config() };
+    overridden.models.intra_op_threads = Some(1);
+    let server = start(overridden).await;
+    let (_, mut oip) = clients(&server).await;
+    for t in tensors.iter().take(6) {
+        oip.model_infer(image_request(t)).await.unwrap();
+    }
+    let metrics = server.metrics_addr.unwrap();
+    let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+    let own = 6 + 1 - vigil_inference::batcher::INLINE_SESSION_AFTER_SOLO_RUNS;
+    assert_eq!(sample(&text, "vigil_inline_runs_total", &labels), Some(own as f64), "{text}");
     server.shutdown().await.unwrap();
     // The same inputs through a session of our own: the same scores.
     vigil_inference::runtime::environment(None).unwrap();

@@ -51,6 +51,11 @@ pub struct ModelConfig {
     /// dedicated cores; turn it off when the server shares a few cores with other work.
     #[serde(default = "default_spinning")]
     pub intra_op_spinning: bool,
+    /// Whether the inline session's idle threads spin (see `inline_intra_op_threads`). Unset:
+    /// as `intra_op_spinning`. With batches on several threads that do not spin (more
+    /// throughput under load for some CPU), `true` keeps a lone client's latency.
+    #[serde(default)]
+    pub inline_intra_op_spinning: Option<bool>,
     /// Which versions of the model to load, as Triton's `version_policy`; read from the newest
     /// version's `model.toml`. Default: the newest one.
     #[serde(default)]
@@ -340,6 +345,11 @@ impl ModelConfig {
         if self.instances == 0 {
             return Err("instances must be at least 1".into());
         }
+        if self.inline_intra_op_spinning.is_some() && self.inline_intra_op_threads.is_none() {
+            return Err("inline_intra_op_spinning sets up the inline session's threads, but there is no \
+                        inline session: set inline_intra_op_threads too (0: ONNX Runtime's default)"
+                .into());
+        }
         if self.inline_intra_op_threads.is_some() && self.batching().inline_run_limit_us == 0 {
             return Err("inline_intra_op_threads sets up a session for inline runs, but \
                         dynamic_batching.inline_run_limit_us = 0 turns them off; remove one of the two"
@@ -498,6 +508,9 @@ max_queue_depth = 16
         assert!(with("", "inline_run_limit_us = 0").is_ok());
         let e = with("inline_intra_op_threads = 0", "inline_run_limit_us = 0").unwrap_err();
         assert!(e.contains("inline_intra_op_threads") && e.contains("inline_run_limit_us = 0"), "{e}");
+        assert!(with("inline_intra_op_threads = 0\ninline_intra_op_spinning = true", "").is_ok());
+        let e = with("inline_intra_op_spinning = true", "").unwrap_err();
+        assert!(e.contains("inline_intra_op_spinning") && e.contains("inline_intra_op_threads"), "{e}");
     }
 
     #[test]

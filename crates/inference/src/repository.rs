@@ -393,21 +393,25 @@ fn load_version(
     }
     let session_options = crate::session::SessionOptions {
         intra_op_threads: options.intra_op_threads.unwrap_or(config.intra_op_threads),
+        spinning: config.intra_op_spinning,
         provider: options.execution_provider,
     };
     let sessions = (0..config.instances)
         .map(|_| ModelSession::load_with(&dir.join("model.onnx"), &config, session_options))
         .collect::<Result<Vec<_>, _>>()?;
-    // A session of its own for inline runs, unless it would have the batching sessions' threads
-    // (say under a repository-wide override): then inline runs borrow an idle batching session.
+    // A session of its own for inline runs, unless it would be set up as the batching sessions
+    // are (say under a repository-wide threads override): then inline runs borrow an idle one.
     let inline = config
         .inline_intra_op_threads
-        .map(|threads| options.intra_op_threads.unwrap_or(threads))
-        .filter(|&threads| threads != session_options.intra_op_threads)
-        .map(|intra_op_threads| {
-            let options = crate::session::SessionOptions { intra_op_threads, ..session_options };
-            ModelSession::load_with(&dir.join("model.onnx"), &config, options)
+        .map(|threads| crate::session::SessionOptions {
+            intra_op_threads: options.intra_op_threads.unwrap_or(threads),
+            spinning: config.inline_intra_op_spinning.unwrap_or(config.intra_op_spinning),
+            ..session_options
         })
+        .filter(|inline| {
+            (inline.intra_op_threads, inline.spinning) != (session_options.intra_op_threads, session_options.spinning)
+        })
+        .map(|options| ModelSession::load_with(&dir.join("model.onnx"), &config, options))
         .transpose()?;
     let stats = Arc::new(ModelStats::default());
     let inline_session = inline.is_some();

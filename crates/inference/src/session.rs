@@ -25,10 +25,12 @@ pub enum ExecutionProvider {
 }
 
 /// How a session is built.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
     /// ONNX Runtime intra-op threads; 0: its default.
     pub intra_op_threads: usize,
+    /// Whether idle intra-op threads spin for work.
+    pub spinning: bool,
     pub provider: ExecutionProvider,
 }
 
@@ -51,7 +53,9 @@ impl ModelSession {
     /// Loads `model.onnx` on the CPU and checks that the config's inputs and outputs exist in
     /// the graph.
     pub fn load(path: &Path, config: &ModelConfig, intra_op_threads: usize) -> Result<Self, InferenceError> {
-        Self::load_with(path, config, SessionOptions { intra_op_threads, provider: ExecutionProvider::Cpu })
+        let options =
+            SessionOptions { intra_op_threads, spinning: config.intra_op_spinning, provider: ExecutionProvider::Cpu };
+        Self::load_with(path, config, options)
     }
 
     /// As [`ModelSession::load`], with the given threads and execution provider. The file may
@@ -62,7 +66,7 @@ impl ModelSession {
         if options.intra_op_threads > 0 {
             builder = builder.with_intra_threads(options.intra_op_threads).map_err(ort::Error::from)?;
         }
-        builder = builder.with_intra_op_spinning(config.intra_op_spinning).map_err(ort::Error::from)?;
+        builder = builder.with_intra_op_spinning(options.spinning).map_err(ort::Error::from)?;
         if is_ort_format(path) {
             builder = builder.with_config_entry("session.load_model_format", "ORT").map_err(ort::Error::from)?;
         }
