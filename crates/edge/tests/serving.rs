@@ -181,6 +181,26 @@ fn image_request(t: &vigil_inference::tensor::Tensor) -> ModelInferRequest {
     }
 }
 
+/// Serves `repository` under a repository-wide one-thread override, sends `tensors` one after
+/// another, and returns `vigil_inline_runs_total` for `labels`.
+async fn inline_runs_with_one_thread_override(
+    repository: &std::path::Path,
+    tensors: &[vigil_inference::tensor::Tensor],
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let mut overridden = vigil_edge::EdgeConfig { model_repository: repository.to_path_buf(), ..common::config() };
+    overridden.models.intra_op_threads = Some(1);
+    let server = start(overridden).await;
+    let (_, mut oip) = clients(&server).await;
+    for t in tensors {
+        oip.model_infer(image_request(t)).await.unwrap();
+    }
+    let metrics = server.metrics_addr.unwrap();
+    let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+    server.shutdown().await.unwrap();
+    sample(&text, "vigil_inline_runs_total", labels)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers() {
     let repository = inline_session_repository();
@@ -205,33 +225,12 @@ async fn lone_requests_run_inline_on_their_own_session_with_the_models_answers()
     server.shutdown().await.unwrap();
     // A repository-wide thread count leaves the model no session of its own for inline runs:
     // lone requests borrow the idle batching session at once, with no run of one to wait for.
-    let mut overridden =
-        vigil_edge::EdgeConfig { model_repository: repository.path().to_path_buf(), ..common::config() };
-    overridden.models.intra_op_threads = Some(1);
-    let server = start(overridden).await;
-    let (_, mut oip) = clients(&server).await;
-    for t in tensors.iter().take(3) {
-        oip.model_infer(image_request(t)).await.unwrap();
-    }
-    let metrics = server.metrics_addr.unwrap();
-    let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
-    assert_eq!(sample(&text, "vigil_inline_runs_total", &labels), Some(3.0), "{text}");
-    server.shutdown().await.unwrap();
+    assert_eq!(inline_runs_with_one_thread_override(repository.path(), &tensors[..3], &labels).await, Some(3.0));
     // Under the same override, an inline session whose threads spin where the batching
     // session's do not is set up differently: loaded, it waits for its run of lone requests.
     let spinning = inline_session_repository_with("intra_op_spinning = false\ninline_intra_op_spinning = true");
-    let mut overridden = vigil_edge::EdgeConfig { model_repository: spinning.path().to_path_buf(), ..common::config() };
-    overridden.models.intra_op_threads = Some(1);
-    let server = start(overridden).await;
-    let (_, mut oip) = clients(&server).await;
-    for t in tensors.iter().take(6) {
-        oip.model_infer(image_request(t)).await.unwrap();
-    }
-    let metrics = server.metrics_addr.unwrap();
-    let (_, text) = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
     let own = 6 + 1 - vigil_inference::batcher::INLINE_SESSION_AFTER_SOLO_RUNS;
-    assert_eq!(sample(&text, "vigil_inline_runs_total", &labels), Some(own as f64), "{text}");
-    server.shutdown().await.unwrap();
+    assert_eq!(inline_runs_with_one_thread_override(spinning.path(), &tensors[..6], &labels).await, Some(own as f64));
     // The same inputs through a session of our own: the same scores.
     vigil_inference::runtime::environment(None).unwrap();
     let mut reference =
