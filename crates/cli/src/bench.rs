@@ -359,10 +359,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let min_answer_bytes = 5 + 4 * answer.len();
     if let Some(binary) = &h2load {
         let client = H2load { binary, url: &url, body: &body, min_answer_bytes };
-        // An embedded server's process does nothing else while h2load runs.
+        // An embedded server's process does nothing else while h2load runs; waiting for h2load
+        // hands this worker's tasks (an embedded server's among them) to the other workers.
         let pid = server_pid.unwrap_or(me);
         for &level in &args.concurrency {
-            rows.push(client.run(h2load_mode, level, duration, pid)?);
+            rows.push(tokio::task::block_in_place(|| client.run(h2load_mode, level, duration, pid))?);
             eprintln!("  h2load concurrency {level}: done");
         }
     }
@@ -386,7 +387,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         if let (Some(binary), Some(pid)) = (&h2load, peer_pid) {
             let client = H2load { binary, url: &peer_url, body: &body, min_answer_bytes };
             for &level in &args.concurrency {
-                rows.push(client.run(H2LOAD_PYTHON_PEER, level, duration, pid)?);
+                rows.push(tokio::task::block_in_place(|| client.run(H2LOAD_PYTHON_PEER, level, duration, pid))?);
                 eprintln!("  h2load on the Python peer, concurrency {level}: done");
             }
         }
