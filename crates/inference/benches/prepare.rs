@@ -8,7 +8,7 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 use vigil_inference::config::ModelConfig;
 use vigil_inference::features::image_features_scaled;
-use vigil_inference::image::{ImageLimits, decode, prepare, prepare_decoded};
+use vigil_inference::image::{ImageLimits, decode, is_quick_to_prepare, prepare, prepare_decoded};
 
 fn steps(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -26,6 +26,7 @@ fn steps(c: &mut Criterion) {
         b.iter(|| prepare_decoded(black_box(&image), &pre))
     });
     c.bench_function("features (128x128 plane)", |b| b.iter(|| image_features_scaled(black_box(&plane), w, h, 255.0)));
+    c.bench_function("is_quick_to_prepare (header)", |b| b.iter(|| is_quick_to_prepare(black_box(&png), &pre)));
     c.bench_function("prepare (all of it)", |b| b.iter(|| prepare(black_box(&png), &pre, &limits)));
 }
 

@@ -1,5 +1,12 @@
 //! Input features computed for every image, the monitor's view of the camera:
 //! brightness, contrast and sharpness (variance of the Laplacian).
+//!
+//! They are computed on every inspected image, so the passes are written for the vector unit
+//! and compiled twice: for the baseline x86-64 the binary targets and for AVX2, chosen at run
+//! time by the CPU it runs on (`multiversion`); the two give identical results (no fused
+//! multiply-adds: Rust does not contract floating-point operations).
+
+use multiversion::multiversion;
 
 /// Input metrics of one image (on the 0..255 grayscale image at model resolution).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -20,6 +27,7 @@ pub fn image_features(gray: &[f32], width: usize, height: usize) -> ImageFeature
 /// The features of the plane `gray` times `scale` (a 0..1 plane with 255: the 0..255
 /// features), without building the scaled plane: the mean and deviations scale by `scale`,
 /// the variance of the Laplacian by its square.
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn image_features_scaled(gray: &[f32], width: usize, height: usize, scale: f64) -> ImageFeatures {
     assert_eq!(gray.len(), width * height, "plane size");
     let n = gray.len() as f64;
@@ -41,6 +49,9 @@ pub fn image_features_scaled(gray: &[f32], width: usize, height: usize, scale: f
 /// eight lanes (the vector unit's width), each block's totals added in f64. Over so few values
 /// f32 keeps about six digits, and with `shift` at the mean no digits cancel in a variance;
 /// summing in f64 throughout cost three times as much (this runs on every request's image).
+/// Inlined into its callers, so it is compiled for the vector unit they were compiled for (and
+/// a total the caller drops is not computed).
+#[inline(always)]
 fn sums(values: &[f32], shift: f32) -> (f64, f64) {
     const LANES: usize = 8;
     const BLOCK: usize = 128;
@@ -72,6 +83,7 @@ fn sums(values: &[f32], shift: f32) -> (f64, f64) {
     (total, total_sq)
 }
 
+#[inline(always)]
 fn laplacian_variance(gray: &[f32], width: usize, height: usize) -> f64 {
     if width < 3 || height < 3 {
         return 0.0;

@@ -144,7 +144,9 @@ pub fn prepare_decoded(image: &DynamicImage, pre: &ImagePreprocess) -> PreparedI
 
 /// The luma plane of packed RGB bytes, in 0..1. An indexed loop over a sized output: the
 /// compiler reads the interleaved pixels several at a time (an iterator over 3-byte chunks went
-/// pixel by pixel at about twice the cost).
+/// pixel by pixel at about twice the cost). Compiled for AVX2 too, chosen at run time: three
+/// times quicker there than with the baseline's SSE2 (the same results).
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn luma_plane(rgb: &[u8]) -> Vec<f32> {
     const BY_255: f32 = 1.0 / 255.0;
     let n = rgb.len() / 3;
@@ -156,6 +158,7 @@ fn luma_plane(rgb: &[u8]) -> Vec<f32> {
 }
 
 /// Luma of an sRGB pixel in 0..255: 0.2126 R + 0.7152 G + 0.0722 B (no rounding).
+#[inline]
 pub fn luma(p: [u8; 3]) -> f32 {
     0.2126 * p[0] as f32 + 0.7152 * p[1] as f32 + 0.0722 * p[2] as f32
 }
@@ -201,6 +204,18 @@ mod tests {
         let v = p.tensor.to_f32().unwrap();
         let expected = (luma([3 * 8, 5 * 8, 100]) / 255.0 - 0.5) / 0.5;
         assert!((v[5 * 32 + 3] - expected).abs() < 1e-7);
+    }
+
+    #[test]
+    fn the_luma_plane_is_the_luma_formula_for_every_pixel() {
+        // Pseudo-random pixels and a length that is not a multiple of any vector width: the
+        // vectorised plane (AVX2 where the CPU has it) must equal the scalar formula bit for bit.
+        let rgb: Vec<u8> = (0..3 * 1001u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        let plane = luma_plane(&rgb);
+        assert_eq!(plane.len(), 1001);
+        for (i, (&g, p)) in plane.iter().zip(rgb.chunks_exact(3)).enumerate() {
+            assert_eq!(g.to_bits(), (luma([p[0], p[1], p[2]]) * (1.0 / 255.0)).to_bits(), "pixel {i}");
+        }
     }
 
     #[test]
