@@ -177,31 +177,70 @@ pub fn split_at_quiet_points(samples: &[f32], max_len: usize) -> Vec<Range<usize
 /// over 60-500 Hz; None when no frame is voiced. A feature that moves with the speaker: a
 /// population of higher voices shifts its distribution.
 pub fn mean_pitch_hz(samples: &[f32]) -> Option<f64> {
-    const FRAME: usize = 40 * SAMPLES_PER_MS;
+    let pitches: Vec<f64> = samples
+        .chunks_exact(PITCH_FRAME)
+        .filter(|f| rms_dbfs(f) > -45.0)
+        .filter_map(frame_period)
+        .map(|lag| SAMPLE_RATE as f64 / lag as f64)
+        .collect();
+    (!pitches.is_empty()).then(|| pitches.iter().sum::<f64>() / pitches.len() as f64)
+}
+
+/// The frame [`mean_pitch_hz`] finds one period in: 40 ms.
+const PITCH_FRAME: usize = 40 * SAMPLES_PER_MS;
+
+/// The period of one voiced frame in samples: the first autocorrelation peak above 0.6 over
+/// lags of 60-500 Hz, not a multiple of the period. This runs on every segment before it is
+/// recognised, so each lag costs one dot product: the two energies come from running sums of
+/// squares, and the dot product sums in eight f32 lanes (the vector unit's width), compiled for
+/// the baseline x86-64 and for AVX2, chosen at run time (`multiversion`). Three sequential sums
+/// per lag took 13 ms for 4 s of speech.
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn frame_period(frame: &[f32]) -> Option<usize> {
     let (min_lag, max_lag) = (SAMPLE_RATE as usize / 500, SAMPLE_RATE as usize / 60);
-    let mut pitches = Vec::new();
-    for frame in samples.chunks_exact(FRAME).filter(|f| rms_dbfs(f) > -45.0) {
-        let energy: f32 = frame.iter().map(|s| s * s).sum();
-        let mut best = (0usize, 0f32);
-        let mut previous = f32::MAX;
-        for lag in min_lag..=max_lag.min(FRAME / 2) {
-            let (a, b) = (&frame[..FRAME - lag], &frame[lag..]);
-            let r = a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>()
-                / (a.iter().map(|x| x * x).sum::<f32>() * b.iter().map(|y| y * y).sum::<f32>()).sqrt().max(1e-12);
-            // The first peak above the bar, not a multiple of the period.
-            if r > 0.6 && r > best.1 && (best.0 == 0 || lag < best.0 * 2 - best.0 / 4) {
-                best = (lag, r);
-            }
-            if best.0 != 0 && r < previous && r < best.1 - 0.2 {
-                break;
-            }
-            previous = r;
+    let n = frame.len();
+    // squares[i]: the energy of frame[..i].
+    let mut squares = Vec::with_capacity(n + 1);
+    squares.push(0.0f64);
+    for &s in frame {
+        squares.push(squares[squares.len() - 1] + f64::from(s) * f64::from(s));
+    }
+    if squares[n] <= 0.0 {
+        return None;
+    }
+    let mut best = (0usize, 0f64);
+    let mut previous = f64::MAX;
+    for lag in min_lag..=max_lag.min(n / 2) {
+        let (a, b) = (&frame[..n - lag], &frame[lag..]);
+        let energies = squares[n - lag] * (squares[n] - squares[lag]);
+        let r = dot(a, b) / energies.sqrt().max(1e-12);
+        // The first peak above the bar, not a multiple of the period.
+        if r > 0.6 && r > best.1 && (best.0 == 0 || lag < best.0 * 2 - best.0 / 4) {
+            best = (lag, r);
         }
-        if best.0 != 0 && energy > 0.0 {
-            pitches.push(SAMPLE_RATE as f64 / best.0 as f64);
+        if best.0 != 0 && r < previous && r < best.1 - 0.2 {
+            break;
+        }
+        previous = r;
+    }
+    (best.0 != 0).then_some(best.0)
+}
+
+/// The dot product of `a` and `b` (of equal length), in eight f32 lanes. Inlined into its
+/// caller, so it is compiled for the vector unit the caller was compiled for.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0.0f32; LANES];
+    let (a_chunks, a_rest) = a.as_chunks::<LANES>();
+    let (b_chunks, b_rest) = b.as_chunks::<LANES>();
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
+        for lane in 0..LANES {
+            lanes[lane] += x[lane] * y[lane];
         }
     }
-    (!pitches.is_empty()).then(|| pitches.iter().sum::<f64>() / pitches.len() as f64)
+    let rest: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    lanes.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(rest)
 }
 
 #[cfg(test)]
@@ -296,6 +335,66 @@ mod tests {
             assert!((p - hz).abs() / hz < 0.03, "{hz} Hz read as {p}");
         }
         assert_eq!(mean_pitch_hz(&vec![0.0; 16_000]), None);
+    }
+
+    /// The period search computed directly, every sum over the lag's samples in f64: the
+    /// reference the running sums and vector lanes are held to.
+    fn reference_frame_period(frame: &[f32]) -> Option<usize> {
+        let (min_lag, max_lag) = (SAMPLE_RATE as usize / 500, SAMPLE_RATE as usize / 60);
+        let n = frame.len();
+        let sum = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>();
+        let (mut best, mut previous) = ((0usize, 0f64), f64::MAX);
+        for lag in min_lag..=max_lag.min(n / 2) {
+            let (a, b) = (&frame[..n - lag], &frame[lag..]);
+            let r = sum(a, b) / (sum(a, a) * sum(b, b)).sqrt().max(1e-12);
+            if r > 0.6 && r > best.1 && (best.0 == 0 || lag < best.0 * 2 - best.0 / 4) {
+                best = (lag, r);
+            }
+            if best.0 != 0 && r < previous && r < best.1 - 0.2 {
+                break;
+            }
+            previous = r;
+        }
+        (best.0 != 0).then_some(best.0)
+    }
+
+    #[test]
+    fn the_period_search_matches_the_direct_computation_frame_by_frame() {
+        // A voice-like signal: a fundamental gliding from 85 to 320 Hz with six harmonics
+        // falling off, its loudness swelling, and a little pseudo-random noise; then noise alone.
+        let mut noise = 0x2545_f491_u32;
+        let mut next_noise = move || {
+            noise ^= noise << 13;
+            noise ^= noise >> 17;
+            noise ^= noise << 5;
+            noise as f32 / u32::MAX as f32 - 0.5
+        };
+        let seconds = 3.0;
+        let total = (seconds * SAMPLE_RATE as f64) as usize;
+        let mut phase = 0.0f64;
+        let mut signal = Vec::with_capacity(total + SAMPLE_RATE as usize);
+        for i in 0..total {
+            let t = i as f64 / SAMPLE_RATE as f64;
+            let hz = 85.0 + (320.0 - 85.0) * t / seconds;
+            phase += 2.0 * std::f64::consts::PI * hz / SAMPLE_RATE as f64;
+            let voice: f64 = (1..=6).map(|k| (k as f64 * phase).sin() / k as f64).sum();
+            let swell = 0.15 + 0.1 * (2.0 * std::f64::consts::PI * 1.3 * t).sin();
+            signal.push((swell * voice) as f32 + 0.01 * next_noise());
+        }
+        signal.extend((0..SAMPLE_RATE).map(|_| 0.2 * next_noise()));
+        let frames: Vec<&[f32]> = signal.chunks_exact(PITCH_FRAME).collect();
+        let (mut voiced, mut differ) = (0, Vec::new());
+        for (i, frame) in frames.iter().enumerate() {
+            let (fast, direct) = (frame_period(frame), reference_frame_period(frame));
+            voiced += usize::from(direct.is_some());
+            if fast != direct {
+                differ.push((i, fast, direct));
+            }
+        }
+        assert!(voiced >= 70, "most of the 75 voiced frames are found: {voiced}");
+        assert!(differ.is_empty(), "frames whose period differs (frame, fast, direct): {differ:?}");
+        let mean = mean_pitch_hz(&signal).unwrap();
+        assert!((150.0..260.0).contains(&mean), "the glide's mean pitch, about 200 Hz: {mean}");
     }
 
     #[test]
