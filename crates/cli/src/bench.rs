@@ -7,6 +7,7 @@
 //! Vigil does. With `--h2load` the ModelInfer load is sent again by h2load, a C load generator
 //! (see [`crate::bench_h2load`]).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,7 +93,7 @@ pub enum Target {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
-    pub mode: &'static str,
+    pub mode: Cow<'static, str>,
     pub level: usize,
     pub items_per_s: f64,
     pub p50_ms: f64,
@@ -124,9 +125,15 @@ pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-pub(crate) fn row(mode: &'static str, level: usize, items: u64, elapsed: Duration, h: &Histogram<u64>) -> Row {
+pub(crate) fn row(
+    mode: impl Into<Cow<'static, str>>,
+    level: usize,
+    items: u64,
+    elapsed: Duration,
+    h: &Histogram<u64>,
+) -> Row {
     Row {
-        mode,
+        mode: mode.into(),
         level,
         items_per_s: items as f64 / elapsed.as_secs_f64(),
         p50_ms: h.value_at_quantile(0.5) as f64 / 1e3,
@@ -307,7 +314,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 h.record(t0.elapsed().as_micros().max(1) as u64)?;
                 items += level as u64;
             }
-            let mut r = row(mode, level, items, started.elapsed(), &h);
+            let mut r = row(mode.clone(), level, items, started.elapsed(), &h);
             r.server_cpu_us = Some(cpu_per_item(cpu_before, cpu_time(me)?, items));
             rows.push(r);
             eprintln!("  {mode} {level}: done");
@@ -574,11 +581,11 @@ fn newest_version(dir: &std::path::Path) -> Result<PathBuf> {
 }
 
 /// The name of a raw ONNX Runtime baseline row with `threads` intra-op threads.
-fn raw_mode(threads: usize) -> &'static str {
+fn raw_mode(threads: usize) -> Cow<'static, str> {
     match threads {
-        0 => "raw ORT (batch), default threads",
-        1 => "raw ORT (batch), 1 thread",
-        n => Box::leak(format!("raw ORT (batch), {n} threads").into_boxed_str()),
+        0 => "raw ORT (batch), default threads".into(),
+        1 => "raw ORT (batch), 1 thread".into(),
+        n => format!("raw ORT (batch), {n} threads").into(),
     }
 }
 
