@@ -67,7 +67,7 @@ async fn inspect_answers_with_ids_verdicts_decisions_and_features() {
                     shape: prepared.tensor.shape.clone(),
                     ..Default::default()
                 }],
-                raw_input_contents: vec![prepared.tensor.data.clone()],
+                raw_input_contents: vec![prepared.tensor.data.to_vec()],
                 ..Default::default()
             })
             .await
@@ -176,7 +176,7 @@ fn image_request(t: &vigil_inference::tensor::Tensor) -> ModelInferRequest {
             shape: t.shape.clone(),
             ..Default::default()
         }],
-        raw_input_contents: vec![t.data.clone()],
+        raw_input_contents: vec![t.data.to_vec()],
         ..Default::default()
     }
 }

@@ -444,7 +444,7 @@ fn concat_inputs(jobs: &[Job], items: usize) -> Vec<Tensor> {
             for job in jobs {
                 data.extend_from_slice(&job.inputs[i].data);
             }
-            Tensor { datatype: first.datatype, shape, data }
+            Tensor { datatype: first.datatype, shape, data: data.into() }
         })
         .collect()
 }
@@ -468,7 +468,8 @@ fn split_outputs(outputs: Vec<Tensor>, jobs: &[Job], items: usize) -> Result<Vec
             let len: usize = item_lengths[item..item + job.items].iter().sum();
             let mut shape = output.shape.clone();
             shape[0] = job.items as i64;
-            slot.push(Tensor { datatype: output.datatype, shape, data: output.data[offset..offset + len].to_vec() });
+            // A view of the batch's output, not a copy.
+            slot.push(Tensor { datatype: output.datatype, shape, data: output.data.slice(offset..offset + len) });
             offset += len;
             item += job.items;
         }
@@ -898,7 +899,7 @@ mod tests {
         let (b, _) = batcher(4, 0, 8, Duration::ZERO);
         let err = b.infer(vec![Tensor::from_f32(vec![5, 1], &[0.0; 5])]).await.unwrap_err();
         assert!(err.to_string().contains("max batch size 4"), "{err}");
-        let t = Tensor { datatype: DataType::Fp32, shape: vec![2, 3], data: vec![0; 24] };
+        let t = Tensor { datatype: DataType::Fp32, shape: vec![2, 3], data: vec![0; 24].into() };
         let out = b.infer(vec![t]).await.unwrap();
         assert_eq!(out.outputs[0].shape, vec![2, 3]);
         assert_eq!(out.batch_size, 2);

@@ -469,7 +469,7 @@ fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
                     one.repeat(elements)
                 }
             };
-            Tensor { datatype: spec.datatype, shape, data }
+            Tensor { datatype: spec.datatype, shape, data: data.into() }
         })
         .collect();
     let failed =

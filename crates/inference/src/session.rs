@@ -150,7 +150,7 @@ where
 fn to_ort(t: &Tensor) -> Result<SessionInputValue<'_>, InferenceError> {
     use ort::value::Tensor as T;
     let shape = t.shape.clone();
-    let d = t.data.as_slice();
+    let d = &t.data[..];
     let value = match t.datatype {
         DataType::Fp32 => view_or_copy(shape, d, f32::from_le_bytes)?,
         DataType::Fp64 => view_or_copy(shape, d, f64::from_le_bytes)?,
@@ -196,7 +196,7 @@ fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceErr
         for v in values {
             data.extend_from_slice(&to(*v));
         }
-        Ok(Tensor { datatype, shape: shape.to_vec(), data })
+        Ok(Tensor { datatype, shape: shape.to_vec(), data: data.into() })
     }
     let actual = value.dtype().tensor_type();
     let tensor = match actual {

@@ -1,6 +1,7 @@
 //! Tensors as the Open Inference Protocol carries them: a datatype, a shape and raw
 //! little-endian bytes in row-major order.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::InferenceError;
@@ -115,12 +116,14 @@ impl std::fmt::Display for DataType {
     }
 }
 
-/// A dense tensor with raw little-endian contents.
+/// A dense tensor with raw little-endian contents. The contents are shared, not copied, when a
+/// tensor is cloned or an item sliced out of a batch's output (`Bytes`): a speech decoder hands
+/// its whole key/value cache to every step, a shadow gets the primary's inputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
     pub datatype: DataType,
     pub shape: Vec<i64>,
-    pub data: Vec<u8>,
+    pub data: Bytes,
 }
 
 impl Tensor {
@@ -131,7 +134,7 @@ impl Tensor {
         for (bytes, v) in data.chunks_exact_mut(4).zip(values) {
             bytes.copy_from_slice(&v.to_le_bytes());
         }
-        Self { datatype: DataType::Fp32, shape, data }
+        Self { datatype: DataType::Fp32, shape, data: data.into() }
     }
 
     /// A tensor of `f32` values.
@@ -141,7 +144,7 @@ impl Tensor {
         } else {
             values.iter().flat_map(|v| v.to_le_bytes()).collect()
         };
-        Self { datatype: DataType::Fp32, shape, data }
+        Self { datatype: DataType::Fp32, shape, data: data.into() }
     }
 
     /// Number of elements the shape describes.
@@ -184,7 +187,7 @@ impl Tensor {
 impl Tensor {
     /// A `BYTES` tensor of the given elements (e.g. UTF-8 texts).
     pub fn from_bytes_elements<T: AsRef<[u8]>>(shape: Vec<i64>, elements: &[T]) -> Self {
-        Self { datatype: DataType::Bytes, shape, data: serialize_bytes_elements(elements) }
+        Self { datatype: DataType::Bytes, shape, data: serialize_bytes_elements(elements).into() }
     }
 
     /// The elements of a `BYTES` tensor, checked against its shape.
@@ -282,7 +285,7 @@ mod tests {
         assert_eq!(t.texts().unwrap(), ["", "ça va", "spam"]);
         let wrong_shape = Tensor { shape: vec![2, 1], ..t.clone() };
         assert!(wrong_shape.bytes_elements().unwrap_err().to_string().contains("needs 2"));
-        let mut truncated = t.data.clone();
+        let mut truncated = t.data.to_vec();
         truncated.pop();
         assert!(parse_bytes_elements(&truncated).unwrap_err().to_string().contains("only 3 follow"));
         assert!(parse_bytes_elements(&t.data[..t.data.len() - 6]).unwrap_err().to_string().contains("length prefix"));

@@ -27,7 +27,7 @@ pub fn item_request(config: &ModelConfig, inputs: &[Tensor], item: usize, items:
             *shape.first_mut()? = 1;
             (shape, item_slice(tensor, item, items, per_item)?)
         } else {
-            (tensor.shape.clone(), tensor.data.clone())
+            (tensor.shape.clone(), tensor.data.to_vec())
         };
         request.inputs.push(InferInputTensor {
             name: spec.name.clone(),
@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn an_item_of_a_batch_is_a_request_of_its_own_with_its_values_only() {
         let values: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let x = Tensor { datatype: DataType::Fp32, shape: vec![3, 2], data: values };
+        let x = Tensor { datatype: DataType::Fp32, shape: vec![3, 2], data: values.into() };
         let text = Tensor::from_bytes_elements(vec![3, 1], &["a", "bcd", ""]);
         let bytes = item_request(&config(true), &[x.clone(), text.clone()], 1, 3).unwrap();
         let request = ModelInferRequest::decode(bytes.as_slice()).unwrap();
@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn an_unbatched_request_is_kept_whole() {
-        let x = Tensor { datatype: DataType::Fp32, shape: vec![2], data: vec![0; 8] };
+        let x = Tensor { datatype: DataType::Fp32, shape: vec![2], data: vec![0; 8].into() };
         let text = Tensor::from_bytes_elements(vec![1], &["hello"]);
         let request =
             ModelInferRequest::decode(item_request(&config(false), &[x, text], 0, 1).unwrap().as_slice()).unwrap();

@@ -400,7 +400,7 @@ async fn infer_on(
             shape: tensor.shape,
             ..Default::default()
         });
-        response.raw_output_contents.push(tensor.data);
+        response.raw_output_contents.push(tensor.data.into());
     }
     Ok((response, logged))
 }
@@ -511,7 +511,7 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
             typed_bytes(spec, input)?
         };
         let Some(element_size) = spec.datatype.element_size() else {
-            let tensor = Tensor { datatype, shape: input.shape.clone(), data };
+            let tensor = Tensor { datatype, shape: input.shape.clone(), data: data.into() };
             check_texts(&tensor).map_err(|e| Status::invalid_argument(format!("input '{}': {e}", spec.name)))?;
             tensors.push(tensor);
             continue;
@@ -526,7 +526,7 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
                 spec.datatype
             )));
         }
-        tensors.push(Tensor { datatype, shape: input.shape.clone(), data });
+        tensors.push(Tensor { datatype, shape: input.shape.clone(), data: data.into() });
     }
     Ok(tensors)
 }

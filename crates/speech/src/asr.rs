@@ -140,7 +140,7 @@ impl<E: ModelRunner, D: ModelRunner> Recogniser<E, D> {
             .ceil()
             .max(1.0) as usize;
 
-        let empty = Tensor { datatype: DataType::Fp32, shape: vec![1, HEADS, 0, HEAD_DIM], data: Vec::new() };
+        let empty = Tensor { datatype: DataType::Fp32, shape: vec![1, HEADS, 0, HEAD_DIM], data: Default::default() };
         // Per layer: decoder key, decoder value, encoder key, encoder value (the inputs' order).
         let mut cache: Vec<Tensor> = vec![empty; LAYERS * 4];
         let mut tokens = Vec::new();
@@ -151,7 +151,7 @@ impl<E: ModelRunner, D: ModelRunner> Recogniser<E, D> {
             inputs.push(int64(vec![1, 1], &[last]));
             inputs.push(hidden.clone());
             inputs.push(mask.clone());
-            inputs.push(Tensor { datatype: DataType::Bool, shape: vec![1], data: vec![(step > 0) as u8] });
+            inputs.push(Tensor { datatype: DataType::Bool, shape: vec![1], data: vec![(step > 0) as u8].into() });
             inputs.extend(cache.iter().cloned());
             let mut outputs = self.decoder.run(inputs).await?.into_iter();
             let logits =

@@ -41,7 +41,11 @@ impl<R: ModelRunner> VadStream<R> {
         input.extend_from_slice(&self.context);
         input.extend_from_slice(chunk);
         input.resize(CONTEXT + CHUNK, 0.0);
-        let sr = Tensor { datatype: DataType::Int64, shape: vec![], data: (SAMPLE_RATE as i64).to_le_bytes().to_vec() };
+        let sr = Tensor {
+            datatype: DataType::Int64,
+            shape: vec![],
+            data: (SAMPLE_RATE as i64).to_le_bytes().to_vec().into(),
+        };
         let outputs = self
             .model
             .run(vec![
