@@ -666,7 +666,34 @@ fn print_table(rows: &[Row], external: bool) {
             v.p50_ms / peer.p50_ms
         );
     }
+    print_inspect_against_model_infer(rows);
     print_cores_left(rows);
+}
+
+/// Inspect's CPU per request against ModelInfer's from the same client at the same level: what
+/// decoding and preparing the image, the features and the decision add to a model run.
+fn print_inspect_against_model_infer(rows: &[Row]) {
+    let pairs: Vec<(&Row, &Row)> = rows
+        .iter()
+        .filter(|r| r.mode.starts_with("Inspect"))
+        .filter_map(|inspect| {
+            let model_infer = inspect.mode.replacen("Inspect", "ModelInfer", 1);
+            let m = rows.iter().find(|r| r.mode == model_infer && r.level == inspect.level)?;
+            Some((inspect, m))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    println!("\n| concurrency | Inspect vs ModelInfer: items/s | CPU µs/req |");
+    println!("|---:|---:|---:|");
+    for (inspect, m) in pairs {
+        let cpu = match (inspect.server_cpu_us, m.server_cpu_us) {
+            (Some(i), Some(m)) if m > 0.0 => format!("{:.2}x", i / m),
+            _ => "-".into(),
+        };
+        println!("| {} | {:.2}x | {cpu} |", inspect.level, inspect.items_per_s / m.items_per_s);
+    }
 }
 
 /// Loaded throughput with the load generator's CPU given back: a server sharing the machine

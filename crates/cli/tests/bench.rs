@@ -37,6 +37,21 @@ fn bench_prints_every_row_with_its_figures() {
             assert!(cells[6].ends_with('x') && cells[7].ends_with("ms"), "compared with raw ORT: {cells:?}");
         }
     }
+    // Inspect's CPU per request against ModelInfer's, from the main table's own figures.
+    let against = stdout.lines().skip_while(|l| !l.contains("Inspect vs ModelInfer")).collect::<Vec<_>>().join("\n");
+    for level in ["1", "2"] {
+        let (inspect, model_infer) = (row(&stdout, "Inspect", level), row(&stdout, "ModelInfer", level));
+        let cpu = |cells: &[&str]| cells[8].parse::<f64>().unwrap_or_else(|e| panic!("{cells:?}: {e}"));
+        let printed = against
+            .lines()
+            .map(|line| line.split('|').map(str::trim).collect::<Vec<_>>())
+            .find(|c| c.len() > 3 && c[1] == level)
+            .unwrap_or_else(|| panic!("no Inspect vs ModelInfer row at {level}:\n{against}"));
+        let ratio: f64 = printed[3].trim_end_matches('x').parse().unwrap();
+        // The table's CPU cells are rounded to whole microseconds.
+        let expected = cpu(&inspect) / cpu(&model_infer);
+        assert!((ratio - expected).abs() < 0.02 + expected * 0.01, "{printed:?} against {expected:.3}");
+    }
     for floor in ["floor: ServerLive round trip", "floor: ModelInfer, same bytes, refused (no model run)"] {
         let cells = row(&stdout, floor, "1");
         assert!(items_per_s(&cells) > 0.0, "{cells:?}");
