@@ -140,13 +140,15 @@ impl Batcher {
         }
     }
 
-    /// Runs `inputs` once on the inline runs' own session, if the model has one, so its first
-    /// real request does not pay for ONNX Runtime's lazy initialisation. Not counted.
-    pub fn warm_up_inline_session(&self, inputs: &[Tensor]) -> Result<(), InferenceError> {
-        match &self.inline_session {
-            Some(session) => session.lock().run(inputs).map(drop),
-            None => Ok(()),
+    /// Runs `inputs` once on every session, each batching instance and the inline runs' own,
+    /// on this thread, so no real request pays for ONNX Runtime's lazy initialisation (a queued
+    /// request reaches whichever instance's thread takes it first: queued warm-ups can all land
+    /// on one). Not counted, and not remembered as the model's last runs.
+    pub fn warm_up_sessions(&self, inputs: &[Tensor]) -> Result<(), InferenceError> {
+        for session in self.sessions.iter().chain(&self.inline_session) {
+            session.lock().run(inputs)?;
         }
+        Ok(())
     }
 
     /// The batching limits in effect.
@@ -815,7 +817,8 @@ mod tests {
     async fn an_inline_session_of_its_own_takes_lone_requests_only() {
         let (b, runs, open) = own_inline_session();
         open.send(()).unwrap();
-        b.warm_up_inline_session(&one()).unwrap();
+        open.send(()).unwrap();
+        b.warm_up_sessions(&one()).unwrap();
         assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 0, "the warm-up is not counted");
         // Lone requests use the inline session once the model's last runs each served one.
         for _ in 0..INLINE_SESSION_AFTER_SOLO_RUNS + 2 {
@@ -841,7 +844,7 @@ mod tests {
             b.infer(one()).await.unwrap();
         }
         let solo = INLINE_SESSION_AFTER_SOLO_RUNS;
-        let mut expected = vec![("inline", false)]; // the warm-up, on this thread
+        let mut expected = vec![("batching", false), ("inline", false)]; // the warm-up, on this thread
         expected.extend([("batching", true)].repeat(solo)); // the first without a run time, then too few solo runs
         expected.extend([("inline", false)].repeat(2)); // lone and quick: the inline session
         expected.push(("inline", false)); // held while two more arrive
@@ -849,6 +852,28 @@ mod tests {
         expected.extend([("batching", true)].repeat(solo)); // lone again, after a batch of two
         expected.push(("inline", false));
         assert_eq!(sessions_used(&runs), expected);
+    }
+
+    #[test]
+    fn the_warm_up_runs_every_instance_and_the_inline_session_once() {
+        let runs = Runs::default();
+        let (open, gate) = crossbeam_channel::unbounded();
+        let session = |name| Gated { name, runs: runs.clone(), gate: gate.clone(), delay: Duration::ZERO };
+        let config = BatchingConfig {
+            max_batch_size: 8,
+            max_queue_delay_us: 0,
+            max_queue_depth: 8,
+            inline_run_limit_us: crate::config::DEFAULT_INLINE_RUN_LIMIT_US,
+        };
+        let instances = vec![session("first"), session("second"), session("third")];
+        let b = Batcher::start_with_inline("warm", config, instances, Some(session("inline")), Default::default());
+        for _ in 0..4 {
+            open.send(()).unwrap();
+        }
+        b.warm_up_sessions(&one()).unwrap();
+        let expected = [("first", false), ("second", false), ("third", false), ("inline", false)];
+        assert_eq!(sessions_used(&runs), expected, "each session once, on this thread");
+        assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 0, "the warm-up is not counted");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -439,10 +439,11 @@ fn read_vocabularies(config: &mut ModelConfig, dir: &Path) -> Result<(), Inferen
 }
 
 /// Runs one synthetic request (zeros or `warmup_value`, batch 1, variable dimensions 1 or
-/// `warmup_dims`) through every instance's queue and the inline session, so the first real
-/// request does not pay for ONNX Runtime's lazy initialisation and a model that cannot run is
-/// refused before it serves. Not counted in the statistics; the batcher's memory of its last run
-/// keeps the queued ones (their time decides whether the first request may run inline).
+/// `warmup_dims`) through the queue once per instance, then on every session directly (each
+/// instance and the inline session), so the first real request does not pay for ONNX Runtime's
+/// lazy initialisation and a model that cannot run is refused before it serves. Not counted in
+/// the statistics; the batcher's memory of its last run keeps the queued ones (their time
+/// decides whether the first request may run inline).
 fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
     let config = &model.config;
     let inputs: Vec<Tensor> = config
@@ -478,7 +479,7 @@ fn warm_up(model: &LoadedModel) -> Result<(), InferenceError> {
         // The batcher answers on a channel that needs no runtime: block this thread on it.
         futures::executor::block_on(model.batcher.infer(inputs.clone())).map_err(failed)?;
     }
-    model.batcher.warm_up_inline_session(&inputs).map_err(failed)?;
+    model.batcher.warm_up_sessions(&inputs).map_err(failed)?;
     model.stats.reset();
     Ok(())
 }
