@@ -197,7 +197,6 @@ const PITCH_FRAME: usize = 40 * SAMPLES_PER_MS;
 /// per lag took 13 ms for 4 s of speech.
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn frame_period(frame: &[f32]) -> Option<usize> {
-    let (min_lag, max_lag) = (SAMPLE_RATE as usize / 500, SAMPLE_RATE as usize / 60);
     let n = frame.len();
     // squares[i]: the energy of frame[..i].
     let mut squares = Vec::with_capacity(n + 1);
@@ -208,13 +207,26 @@ fn frame_period(frame: &[f32]) -> Option<usize> {
     if squares[n] <= 0.0 {
         return None;
     }
+    first_peak(pitch_lags(n).map(|lag| {
+        let energies = squares[n - lag] * (squares[n] - squares[lag]);
+        (lag, dot(&frame[..n - lag], &frame[lag..]) / energies.sqrt().max(1e-12))
+    }))
+}
+
+/// The lags a period is looked for at in a frame of `n` samples: 60-500 Hz.
+fn pitch_lags(n: usize) -> std::ops::RangeInclusive<usize> {
+    SAMPLE_RATE as usize / 500..=(SAMPLE_RATE as usize / 60).min(n / 2)
+}
+
+/// The lag of the first normalised autocorrelation peak above 0.6, not a multiple of the
+/// period, among `correlations` (lag and correlation, lags rising); reads no further than 0.2
+/// below the peak once past it. Inlined, so the correlations are computed as the caller was
+/// compiled.
+#[inline(always)]
+fn first_peak(correlations: impl Iterator<Item = (usize, f64)>) -> Option<usize> {
     let mut best = (0usize, 0f64);
     let mut previous = f64::MAX;
-    for lag in min_lag..=max_lag.min(n / 2) {
-        let (a, b) = (&frame[..n - lag], &frame[lag..]);
-        let energies = squares[n - lag] * (squares[n] - squares[lag]);
-        let r = dot(a, b) / energies.sqrt().max(1e-12);
-        // The first peak above the bar, not a multiple of the period.
+    for (lag, r) in correlations {
         if r > 0.6 && r > best.1 && (best.0 == 0 || lag < best.0 * 2 - best.0 / 4) {
             best = (lag, r);
         }
@@ -337,25 +349,15 @@ mod tests {
         assert_eq!(mean_pitch_hz(&vec![0.0; 16_000]), None);
     }
 
-    /// The period search computed directly, every sum over the lag's samples in f64: the
-    /// reference the running sums and vector lanes are held to.
+    /// The period search with each correlation computed directly, every sum over the lag's
+    /// samples in f64: the reference the running sums and vector lanes are held to.
     fn reference_frame_period(frame: &[f32]) -> Option<usize> {
-        let (min_lag, max_lag) = (SAMPLE_RATE as usize / 500, SAMPLE_RATE as usize / 60);
         let n = frame.len();
         let sum = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>();
-        let (mut best, mut previous) = ((0usize, 0f64), f64::MAX);
-        for lag in min_lag..=max_lag.min(n / 2) {
+        first_peak(pitch_lags(n).map(|lag| {
             let (a, b) = (&frame[..n - lag], &frame[lag..]);
-            let r = sum(a, b) / (sum(a, a) * sum(b, b)).sqrt().max(1e-12);
-            if r > 0.6 && r > best.1 && (best.0 == 0 || lag < best.0 * 2 - best.0 / 4) {
-                best = (lag, r);
-            }
-            if best.0 != 0 && r < previous && r < best.1 - 0.2 {
-                break;
-            }
-            previous = r;
-        }
-        (best.0 != 0).then_some(best.0)
+            (lag, sum(a, b) / (sum(a, a) * sum(b, b)).sqrt().max(1e-12))
+        }))
     }
 
     #[test]
