@@ -793,6 +793,12 @@ mod tests {
 
     /// A batcher with one batching session and one inline session of its own, both gated.
     fn own_inline_session() -> (Batcher, Runs, crossbeam_channel::Sender<()>) {
+        own_inline_session_beside(&["batching"])
+    }
+
+    /// A batcher with gated batching sessions named `instances` and a gated inline session of
+    /// its own.
+    fn own_inline_session_beside(instances: &[&'static str]) -> (Batcher, Runs, crossbeam_channel::Sender<()>) {
         let runs = Runs::default();
         let (open, gate) = crossbeam_channel::unbounded();
         let session = |name| Gated { name, runs: runs.clone(), gate: gate.clone(), delay: Duration::ZERO };
@@ -805,7 +811,7 @@ mod tests {
         let mut b = Batcher::start_with_inline(
             "own",
             config,
-            vec![session("batching")],
+            instances.iter().map(|&name| session(name)).collect(),
             Some(session("inline")),
             Arc::new(ModelStats::default()),
         );
@@ -856,17 +862,7 @@ mod tests {
 
     #[test]
     fn the_warm_up_runs_every_instance_and_the_inline_session_once() {
-        let runs = Runs::default();
-        let (open, gate) = crossbeam_channel::unbounded();
-        let session = |name| Gated { name, runs: runs.clone(), gate: gate.clone(), delay: Duration::ZERO };
-        let config = BatchingConfig {
-            max_batch_size: 8,
-            max_queue_delay_us: 0,
-            max_queue_depth: 8,
-            inline_run_limit_us: crate::config::DEFAULT_INLINE_RUN_LIMIT_US,
-        };
-        let instances = vec![session("first"), session("second"), session("third")];
-        let b = Batcher::start_with_inline("warm", config, instances, Some(session("inline")), Default::default());
+        let (b, runs, open) = own_inline_session_beside(&["first", "second", "third"]);
         for _ in 0..4 {
             open.send(()).unwrap();
         }
