@@ -119,9 +119,6 @@ pub fn prepare_decoded(image: &DynamicImage, pre: &ImagePreprocess) -> PreparedI
         ImageBuffer::from_raw(width, height, values).expect("one value per pixel")
     };
     // Planes in 0..1 at model resolution (the resampler clamps float pixels to 0..1).
-    // Multiplications by reciprocals, not divisions: a division per pixel cost more than the
-    // rest of the pass (within an ulp of dividing).
-    const BY_255: f32 = 1.0 / 255.0;
     let gray_full = plane(luma_plane(rgb.as_raw()));
     let gray = resize_plane(gray_full, w, h);
     let features = image_features_scaled(gray.as_raw(), w as usize, h as usize, 255.0);
@@ -148,7 +145,6 @@ pub fn prepare_decoded(image: &DynamicImage, pre: &ImagePreprocess) -> PreparedI
 /// times quicker there than with the baseline's SSE2 (the same results).
 #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 fn luma_plane(rgb: &[u8]) -> Vec<f32> {
-    const BY_255: f32 = 1.0 / 255.0;
     let n = rgb.len() / 3;
     let (rgb, mut gray) = (&rgb[..3 * n], vec![0.0f32; n]);
     for (i, g) in gray.iter_mut().enumerate() {
@@ -156,6 +152,10 @@ fn luma_plane(rgb: &[u8]) -> Vec<f32> {
     }
     gray
 }
+
+/// 1/255, to scale 0..255 to 0..1: multiplications by the reciprocal, not divisions (a division
+/// per pixel cost more than the rest of the pass; within an ulp of dividing).
+const BY_255: f32 = 1.0 / 255.0;
 
 /// Luma of an sRGB pixel in 0..255: 0.2126 R + 0.7152 G + 0.0722 B (no rounding).
 #[inline]
