@@ -194,12 +194,7 @@ fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceErr
         T: ort::value::PrimitiveTensorElementType + bytemuck::Pod,
     {
         let (shape, values) = value.try_extract_tensor::<T>()?;
-        let data: Vec<u8> = if cfg!(target_endian = "little") {
-            bytemuck::cast_slice(values).to_vec()
-        } else {
-            values.iter().flat_map(|&v| to(v)).collect()
-        };
-        Ok(Tensor { datatype, shape: shape.to_vec(), data: data.into() })
+        Ok(Tensor { datatype, shape: shape.to_vec(), data: crate::tensor::le_bytes(values, to).into() })
     }
     let actual = value.dtype().tensor_type();
     let tensor = match actual {

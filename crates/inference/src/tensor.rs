@@ -139,12 +139,7 @@ impl Tensor {
 
     /// A tensor of `f32` values.
     pub fn from_f32(shape: Vec<i64>, values: &[f32]) -> Self {
-        let data = if cfg!(target_endian = "little") {
-            bytemuck::cast_slice::<f32, u8>(values).to_vec()
-        } else {
-            values.iter().flat_map(|v| v.to_le_bytes()).collect()
-        };
-        Self { datatype: DataType::Fp32, shape, data: data.into() }
+        Self { datatype: DataType::Fp32, shape, data: le_bytes(values, f32::to_le_bytes).into() }
     }
 
     /// Number of elements the shape describes.
@@ -179,6 +174,16 @@ impl Tensor {
             DataType::Uint64 => read(d, |b| u64::from_le_bytes(b) as f64),
             _ => return None,
         })
+    }
+}
+
+/// `values` as little-endian bytes: one copy on a little-endian machine, `to` value by value on
+/// any other.
+pub(crate) fn le_bytes<T: bytemuck::Pod, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(values).to_vec()
+    } else {
+        values.iter().flat_map(|&v| to(v)).collect()
     }
 }
 
