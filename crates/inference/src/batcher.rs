@@ -5,8 +5,11 @@
 //! Batches are formed continuously: a worker never waits when waiting cannot help. With no other
 //! batch running it runs at once with what is queued, so a lone request pays no queue delay and
 //! under load each batch is what arrived while the previous one ran. Only while another
-//! session is busy does a worker wait for its batch to fill, and never longer than the oldest
-//! request's `max_queue_delay` (Triton's bound, here an upper limit rather than a fixed cost).
+//! session's run holds the cores this one would need does a worker wait for its batch to fill,
+//! and never longer than the oldest request's `max_queue_delay` (Triton's bound, here an upper
+//! limit rather than a fixed cost). Two one-thread instances on two cores therefore run side by
+//! side, each with what is queued, while two instances with a thread per core take turns with
+//! fuller batches rather than halve each other's speed.
 //!
 //! A request that finds its model idle (nothing queued or running) and quick (the last run's
 //! time per item, times its items, within `inline_run_limit_us`) runs on the calling thread with
@@ -40,12 +43,27 @@ use crate::tensor::Tensor;
 pub trait Runner: Send + 'static {
     /// Runs inputs whose first dimension is the batch; returns outputs with the same batch.
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError>;
+
+    /// The cores one run keeps busy (its compute threads).
+    fn cores(&self) -> usize {
+        1
+    }
 }
 
 impl Runner for crate::session::ModelSession {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
         crate::session::ModelSession::run(self, inputs)
     }
+
+    fn cores(&self) -> usize {
+        crate::session::ModelSession::cores(self)
+    }
+}
+
+/// The cores this process may use (its CPU affinity and quota), 1 when unknown.
+pub fn machine_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// The outputs of one request and where its time went.
@@ -73,6 +91,38 @@ const BUSY_POLL: Duration = Duration::from_micros(50);
 /// A session, shared by its worker thread and inline runs; whoever holds the lock runs it.
 type Session = Arc<Mutex<dyn Runner>>;
 
+/// A session and the cores its runs keep busy.
+#[derive(Clone)]
+struct Instance {
+    session: Session,
+    cores: usize,
+}
+
+impl Instance {
+    fn new<R: Runner>(runner: R) -> Self {
+        let cores = runner.cores().max(1);
+        Self { session: Arc::new(Mutex::new(runner)), cores }
+    }
+}
+
+/// Where a model's runs stand against the machine's cores.
+struct Cores {
+    /// The cores the model's runs going on keep busy.
+    busy: AtomicUsize,
+    /// The cores of the machine.
+    machine: usize,
+}
+
+impl Cores {
+    /// Whether a run taking `own` cores would find them free: nothing of this model runs, or
+    /// what runs leaves `own` cores idle. Otherwise running now would only share cores with
+    /// the runs going on, and waiting for a fuller batch costs nothing.
+    fn free_for(&self, own: usize) -> bool {
+        let busy = self.busy.load(Ordering::Acquire);
+        busy == 0 || busy + own <= self.machine
+    }
+}
+
 /// Consecutive runs of one request each after which a model's own inline session takes lone
 /// requests again.
 pub const INLINE_SESSION_AFTER_SOLO_RUNS: usize = 4;
@@ -87,11 +137,13 @@ pub struct Batcher {
     config: BatchingConfig,
     model: Arc<str>,
     stats: Arc<ModelStats>,
-    sessions: Arc<[Session]>,
+    sessions: Arc<[Instance]>,
     /// The session inline runs use when the model has one of their own.
-    inline_session: Option<Session>,
+    inline_session: Option<Instance>,
     /// What the last run took and held.
     last_run: Arc<LastRun>,
+    /// The cores the model's runs keep busy.
+    cores: Arc<Cores>,
     /// The count of inline runs going on, shared by every model of the process.
     inline_runs: &'static AtomicUsize,
 }
@@ -110,24 +162,37 @@ impl Batcher {
         inline: Option<R>,
         stats: Arc<ModelStats>,
     ) -> Self {
+        Self::start_on(model, config, runners, inline, stats, machine_cores())
+    }
+
+    /// As [`Batcher::start_with_inline`], on a machine of `machine_cores` cores.
+    fn start_on<R: Runner>(
+        model: &str,
+        config: BatchingConfig,
+        runners: Vec<R>,
+        inline: Option<R>,
+        stats: Arc<ModelStats>,
+        machine_cores: usize,
+    ) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(config.max_queue_depth);
         let last_run = Arc::new(LastRun::default());
-        let sessions: Arc<[Session]> =
-            runners.into_iter().map(|r| Arc::new(Mutex::new(r)) as Session).collect::<Vec<_>>().into();
-        for (i, session) in sessions.iter().enumerate() {
+        let cores = Arc::new(Cores { busy: AtomicUsize::new(0), machine: machine_cores.max(1) });
+        let sessions: Arc<[Instance]> = runners.into_iter().map(Instance::new).collect::<Vec<_>>().into();
+        for (i, instance) in sessions.iter().enumerate() {
             let worker = Worker {
-                session: session.clone(),
+                instance: instance.clone(),
                 receiver: receiver.clone(),
                 config,
                 stats: stats.clone(),
                 last_run: last_run.clone(),
+                cores: cores.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("batch-{model}-{i}"))
                 .spawn(move || worker.serve())
                 .expect("spawning a batching thread");
         }
-        let inline_session = inline.map(|r| Arc::new(Mutex::new(r)) as Session);
+        let inline_session = inline.map(Instance::new);
         Self {
             sender,
             config,
@@ -136,6 +201,7 @@ impl Batcher {
             sessions,
             inline_session,
             last_run,
+            cores,
             inline_runs: &INLINE_RUNS,
         }
     }
@@ -145,8 +211,8 @@ impl Batcher {
     /// request reaches whichever instance's thread takes it first: queued warm-ups can all land
     /// on one). Not counted, and not remembered as the model's last runs.
     pub fn warm_up_sessions(&self, inputs: &[Tensor]) -> Result<(), InferenceError> {
-        for session in self.sessions.iter().chain(&self.inline_session) {
-            session.lock().run(inputs)?;
+        for instance in self.sessions.iter().chain(&self.inline_session) {
+            instance.session.lock().run(inputs)?;
         }
         Ok(())
     }
@@ -238,11 +304,11 @@ impl Batcher {
         }
         let Some(_slot) = InlineSlot::take(self.inline_runs) else { return Err(inputs) };
         let session = match &self.inline_session {
-            Some(own) => own.try_lock(),
-            None => self.sessions.iter().find_map(|s| s.try_lock()),
+            Some(own) => own.session.try_lock().map(|s| (s, own.cores)),
+            None => self.sessions.iter().find_map(|i| i.session.try_lock().map(|s| (s, i.cores))),
         };
-        let Some(mut session) = session else { return Err(inputs) };
-        let _running = Running::start(&self.stats, 1);
+        let Some((mut session, cores)) = session else { return Err(inputs) };
+        let _running = Running::start(&self.stats, 1, &self.cores, cores);
         let started = Instant::now();
         let result = session.run(&inputs);
         let compute_time = started.elapsed();
@@ -309,36 +375,43 @@ impl Drop for InlineSlot {
     }
 }
 
-/// Counts a batch as running (and its requests as no longer pending) until dropped, even if
-/// the run panics.
-struct Running<'a>(&'a ModelStats);
+/// Counts a batch as running (its requests as no longer pending, its session's cores as busy)
+/// until dropped, even if the run panics.
+struct Running<'a> {
+    stats: &'a ModelStats,
+    cores: &'a Cores,
+    own: usize,
+}
 
 impl<'a> Running<'a> {
-    fn start(stats: &'a ModelStats, requests: usize) -> Self {
+    fn start(stats: &'a ModelStats, requests: usize, cores: &'a Cores, own: usize) -> Self {
         stats.pending.fetch_sub(requests as u64, Ordering::AcqRel);
         stats.running.fetch_add(1, Ordering::AcqRel);
-        Self(stats)
+        cores.busy.fetch_add(own, Ordering::AcqRel);
+        Self { stats, cores, own }
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        self.cores.busy.fetch_sub(self.own, Ordering::AcqRel);
+        self.stats.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// A batching thread: forms batches from the queue and runs them on its session.
 struct Worker {
-    session: Session,
+    instance: Instance,
     receiver: Receiver<Job>,
     config: BatchingConfig,
     stats: Arc<ModelStats>,
     last_run: Arc<LastRun>,
+    cores: Arc<Cores>,
 }
 
 impl Worker {
     fn serve(self) {
-        let Self { session, receiver, config, stats, last_run } = self;
+        let Self { instance, receiver, config, stats, last_run, cores } = self;
         let mut carried: Option<Job> = None;
         let abandon = |stats: &ModelStats| stats.pending.fetch_sub(1, Ordering::AcqRel);
         loop {
@@ -357,11 +430,11 @@ impl Worker {
             let mut items = first.items;
             let mut jobs = vec![first];
             while items < config.max_batch_size {
-                // Everything already queued joins at once; beyond that, wait only while another
-                // session is busy (its batch would hold these requests up anyway).
+                // Everything already queued joins at once; beyond that, wait only while other
+                // runs hold the cores this one needs (it would share them, not add to them).
                 let next = match receiver.try_recv() {
                     Ok(job) => job,
-                    Err(_) if stats.running.load(Ordering::Acquire) == 0 => break,
+                    Err(_) if cores.free_for(instance.cores) => break,
                     Err(_) => {
                         let now = Instant::now();
                         if now >= deadline {
@@ -385,8 +458,8 @@ impl Worker {
                 items += next.items;
                 jobs.push(next);
             }
-            let running = Running::start(&stats, jobs.len());
-            let ran = run_batch(&mut *session.lock(), &jobs, items, &stats, &last_run);
+            let running = Running::start(&stats, jobs.len(), &cores, instance.cores);
+            let ran = run_batch(&mut *instance.session.lock(), &jobs, items, &stats, &last_run);
             drop(running);
             // Answered once the session is free again, so a caller's next request may run inline.
             answer(jobs, ran, items, &stats);
@@ -525,11 +598,13 @@ mod tests {
         depth: usize,
         run_delay: Duration,
     ) -> (Batcher, Arc<parking_lot::Mutex<Vec<usize>>>) {
-        sessions(1, max_batch, delay_us, depth, run_delay)
+        sessions(1, 1, max_batch, delay_us, depth, run_delay)
     }
 
+    /// `instances` one-core sessions on a machine of `machine_cores`.
     fn sessions(
         instances: usize,
+        machine_cores: usize,
         max_batch: usize,
         delay_us: u64,
         depth: usize,
@@ -543,7 +618,7 @@ mod tests {
             inline_run_limit_us: crate::config::DEFAULT_INLINE_RUN_LIMIT_US,
         };
         let runners = (0..instances).map(|_| Doubler { seen: seen.clone(), delay: run_delay }).collect();
-        let b = Batcher::start("m", config, runners, Arc::new(ModelStats::default()));
+        let b = Batcher::start_on("m", config, runners, None, Arc::new(ModelStats::default()), machine_cores);
         (b, seen)
     }
 
@@ -600,9 +675,10 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn while_another_session_runs_a_batch_fills_up_to_its_size() {
-        // Two sessions: while one runs, the other waits (up to the 60 s delay) for a full batch of 3.
-        let (b, seen) = sessions(2, 3, 60_000_000, 64, Duration::from_millis(300));
+    async fn while_another_session_holds_the_cores_a_batch_fills_up_to_its_size() {
+        // Two sessions on one core: while one runs, the other waits (up to the 60 s delay) for a
+        // full batch of 3.
+        let (b, seen) = sessions(2, 1, 3, 60_000_000, 64, Duration::from_millis(300));
         let first = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
         let mut rest = Vec::new();
@@ -615,6 +691,34 @@ mod tests {
         }
         assert_eq!(first.await.unwrap().unwrap().batch_size, 1);
         assert_eq!(*seen.lock(), vec![1, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_with_a_core_of_its_own_runs_beside_the_busy_one_at_once() {
+        // Two one-core sessions on two cores: while one runs, the other takes each request at
+        // once (a worker that waited for the 60 s delay or a full batch would hang this test).
+        let (b, seen) = sessions(2, 2, 3, 60_000_000, 64, Duration::from_millis(300));
+        let first = spawn_infer(&b, one());
+        until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
+        let second = spawn_infer(&b, one());
+        until(&b, |s| s.running.load(Ordering::Acquire) == 2).await;
+        assert_eq!(second.await.unwrap().unwrap().batch_size, 1);
+        assert_eq!(first.await.unwrap().unwrap().batch_size, 1);
+        assert_eq!(*seen.lock(), vec![1, 1]);
+        // Both cores busy: a third session would wait to fill its batch, as on one core.
+        let (b, seen) = sessions(3, 2, 2, 60_000_000, 64, Duration::from_millis(300));
+        let mut running = Vec::new();
+        for busy in 1..=2 {
+            running.push(spawn_infer(&b, one()));
+            until(&b, |s| s.running.load(Ordering::Acquire) == busy).await;
+        }
+        let rest: Vec<_> = (0..2).map(|_| spawn_infer(&b, one())).collect();
+        for r in rest.into_iter().chain(running) {
+            r.await.unwrap().unwrap();
+        }
+        let mut seen = seen.lock().clone();
+        seen.sort();
+        assert_eq!(seen, vec![1, 1, 2], "the third session waited for a batch of 2");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,7 +809,8 @@ mod tests {
             inline_run_limit_us,
         };
         let runner = Gated { name: "batching", runs: runs.clone(), gate, delay };
-        let mut b = Batcher::start("gated", config, vec![runner], Arc::new(ModelStats::default()));
+        // One core: a run going on holds it.
+        let mut b = Batcher::start_on("gated", config, vec![runner], None, Arc::new(ModelStats::default()), 1);
         // A slot of its own: tests running in parallel cannot hold it.
         b.inline_runs = Box::leak(Box::new(AtomicUsize::new(0)));
         (b, runs, open)
@@ -808,12 +913,14 @@ mod tests {
             max_queue_depth: 8,
             inline_run_limit_us: crate::config::DEFAULT_INLINE_RUN_LIMIT_US,
         };
-        let mut b = Batcher::start_with_inline(
+        // One core: a run going on holds it, as an inline session with a thread per core would.
+        let mut b = Batcher::start_on(
             "own",
             config,
             instances.iter().map(|&name| session(name)).collect(),
             Some(session("inline")),
             Arc::new(ModelStats::default()),
+            1,
         );
         b.inline_runs = Box::leak(Box::new(AtomicUsize::new(0)));
         (b, runs, open)

@@ -34,6 +34,20 @@ pub struct SessionOptions {
     pub provider: ExecutionProvider,
 }
 
+impl SessionOptions {
+    /// The cores a run of such a session keeps busy: its intra-op threads, every core for
+    /// ONNX Runtime's default (one thread per core). A CUDA session claims them all too: what
+    /// it fills is its device, so another instance waits to fill its batch while it runs.
+    pub fn cores(&self) -> usize {
+        let machine = crate::batcher::machine_cores();
+        match self.provider {
+            ExecutionProvider::Cuda => machine,
+            ExecutionProvider::Cpu if self.intra_op_threads == 0 => machine,
+            ExecutionProvider::Cpu => self.intra_op_threads,
+        }
+    }
+}
+
 /// Whether the file at `path` is in ONNX Runtime's own format (a FlatBuffer whose identifier,
 /// bytes 4-8, is "ORTM") rather than an ONNX protobuf, whatever its name.
 fn is_ort_format(path: &Path) -> bool {
@@ -47,6 +61,8 @@ pub struct ModelSession {
     session: Session,
     input_names: Vec<String>,
     outputs: Vec<(String, DataType)>,
+    /// The cores one run keeps busy (see [`crate::batcher::Runner::cores`]).
+    cores: usize,
 }
 
 impl ModelSession {
@@ -108,7 +124,13 @@ impl ModelSession {
             session,
             input_names: config.inputs.iter().map(|s| s.name.clone()).collect(),
             outputs: config.outputs.iter().map(|s| (s.name.clone(), s.datatype)).collect(),
+            cores: options.cores(),
         })
+    }
+
+    /// The cores one run keeps busy.
+    pub fn cores(&self) -> usize {
+        self.cores
     }
 
     /// Runs the model on `inputs` (in the config's input order) and returns every declared output.
@@ -254,6 +276,20 @@ mod tests {
         assert_eq!(outputs[2].data[..], bytes(x.iter().map(|v| (v.floor() as i64).to_le_bytes().to_vec()).collect()));
         assert_eq!(outputs[3].data[..], bytes(x.iter().map(|v| (v.floor() as i32).to_le_bytes().to_vec()).collect()));
         assert_eq!(outputs[4].data[..], x.iter().map(|&v| u8::from(v > 0.0)).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_run_keeps_its_threads_busy_and_the_default_or_a_gpu_takes_every_core() {
+        let machine = crate::batcher::machine_cores();
+        let cpu =
+            |intra_op_threads| SessionOptions { intra_op_threads, spinning: true, provider: ExecutionProvider::Cpu };
+        assert_eq!(cpu(1).cores(), 1);
+        assert_eq!(cpu(3).cores(), 3);
+        assert_eq!(cpu(0).cores(), machine);
+        assert_eq!(SessionOptions { provider: ExecutionProvider::Cuda, ..cpu(1) }.cores(), machine);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/typed-outputs");
+        let config = ModelConfig::load(&dir.join("model.toml")).unwrap();
+        assert_eq!(ModelSession::load(&dir.join("model.onnx"), &config, 1).unwrap().cores(), 1);
     }
 
     #[test]
