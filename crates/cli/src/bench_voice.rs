@@ -91,7 +91,7 @@ pub async fn run(args: VoiceBenchArgs) -> Result<()> {
     let server = vigil_cloud::start(config, false, None).await?;
 
     // Baseline: the recogniser on the loaded models directly, one query at a time, exactly the
-    // audio the server would recognise (normalised, padded); each query recognised
+    // audio the server would recognise (16-bit PCM as sent, normalised, padded); each query recognised
     // DIRECT_RUNS times, its median its baseline.
     let encoder = server.repository.get(&voice.encoder_model, "")?;
     let decoder = server.repository.get(&voice.decoder_model, "")?;
@@ -106,7 +106,7 @@ pub async fn run(args: VoiceBenchArgs) -> Result<()> {
         for run in 0..DIRECT_RUNS {
             let started = Instant::now();
             for span in &r.spans {
-                let mut speech = r.samples[span.clone()].to_vec();
+                let mut speech = audio::pcm16_to_f32(&audio::f32_to_pcm16(&r.samples[span.clone()]))?;
                 loudness.normalise(&mut speech);
                 if run == 0 {
                     speech_samples += speech.len();

@@ -188,6 +188,8 @@ struct Heard {
     clipped: u64,
     gains: Vec<f64>,
     pitch: Vec<f64>,
+    /// Segments' pitch measures still running beside recognition (only the log needs them).
+    pitch_measures: Vec<tokio::task::JoinHandle<Option<f64>>>,
     tokens: usize,
     recognise_time: Duration,
     /// Each segment's length, seconds.
@@ -351,6 +353,10 @@ impl Session {
             }
         }
         let ended = Instant::now();
+        for measure in std::mem::take(&mut heard.pitch_measures) {
+            let pitch = measure.await.map_err(|e| Status::internal(format!("measuring the pitch failed: {e}")))?;
+            heard.pitch.extend(pitch);
+        }
         let result = self.answer(inner, &heard)?;
         inner.metrics.answered(result.transcript.is_empty(), result.hits.len(), ended.elapsed());
         let message = SearchResponse { message: Some(search_response::Message::Result(result)) };
@@ -385,16 +391,18 @@ impl Session {
         if heard.audio_samples / SAMPLES_PER_MS > limits.max_query_ms as usize {
             return Err(invalid(format!("the query passed {} ms of audio", limits.max_query_ms)));
         }
-        // Measuring and normalising a long segment takes milliseconds: off the async threads.
+        // Measuring and normalising a long segment takes milliseconds: off the async threads. The
+        // pitch (about 0.5 ms a second of speech) is for the log only: it runs beside recognition
+        // instead of before it, on the audio as received.
+        let raw = samples.clone();
+        heard.pitch_measures.push(tokio::task::spawn_blocking(move || audio::mean_pitch_hz(&raw)));
         let loudness = limits.loudness();
-        let (samples, levels, pitch) = tokio::task::spawn_blocking(move || {
-            let pitch = audio::mean_pitch_hz(&samples);
+        let (samples, levels) = tokio::task::spawn_blocking(move || {
             let levels = loudness.normalise(&mut samples);
-            (samples, levels, pitch)
+            (samples, levels)
         })
         .await
         .map_err(|e| Status::internal(format!("segment {sequence}: measuring the audio failed: {e}")))?;
-        heard.pitch.extend(pitch);
         heard.energy += 10f64.powf(levels.rms_dbfs / 10.0) * samples.len() as f64;
         heard.clipped += levels.clipped_samples as u64;
         heard.gains.push(levels.gain_db);
