@@ -91,27 +91,28 @@ def intervals(paths: list[pathlib.Path], mark: re.Pattern) -> list[collections.C
     return found
 
 
+# Where an instruction was spent: the first row whose pattern matches the object ("ob") or the
+# function ("fn") names it. The greedy decoding loop is inlined into its caller: the voice search
+# handler, or the bench's own loop.
+CATEGORIES = [
+    ("ob", r"onnxruntime", "ONNX Runtime"),
+    ("fn", r"vigil_speech::audio", "audio measures (pitch, loudness)"),
+    ("fn", r"vigil_speech|vigil_cloud|vigil::bench_voice", "recognition loop, voice search handler"),
+    ("fn", r"tantivy|levenshtein|fst::", "catalog search"),
+    ("fn", r"vigil_inference", "batcher and tensors"),
+    ("fn", r"tonic|h2::|hyper|prost|http::|tower", "gRPC, HTTP/2, protobuf"),
+    ("fn", r"tokio|crossbeam|parking_lot", "tokio and hand-offs"),
+    ("fn", r"\bmi_|_mi_|mimalloc", "allocator (mimalloc)"),
+    ("ob", r"libc|libstdc\+\+", "libc and libstdc++ (memcpy, malloc: mostly ONNX Runtime's)"),
+]
+MODEL = CATEGORIES[0][2]
+
+
 def category(obj: str, fn: str) -> str:
     """Where an instruction was spent, by object and function."""
-    if "onnxruntime" in obj:
-        return "ONNX Runtime"
-    if "vigil_speech::audio" in fn:
-        return "audio measures (pitch, loudness)"
-    if re.search(r"vigil_speech|vigil_cloud|vigil::bench_voice", fn):
-        # The greedy decoding loop is inlined into its caller: the handler, or the bench's loop.
-        return "recognition loop, voice search handler"
-    if re.search(r"tantivy|levenshtein|fst::", fn):
-        return "catalog search"
-    if "vigil_inference" in fn:
-        return "batcher and tensors"
-    if re.search(r"tonic|h2::|hyper|prost|http::|tower", fn):
-        return "gRPC, HTTP/2, protobuf"
-    if re.search(r"tokio|crossbeam|parking_lot", fn):
-        return "tokio and hand-offs"
-    if re.search(r"\bmi_|_mi_|mimalloc", fn):
-        return "allocator (mimalloc)"
-    if "libc" in obj or "libstdc++" in obj:
-        return "libc and libstdc++ (memcpy, malloc: mostly ONNX Runtime's)"
+    for field, pattern, name in CATEGORIES:
+        if re.search(pattern, obj if field == "ob" else fn):
+            return name
     return "other"
 
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
 
 def split(costs: collections.Counter) -> tuple[int, int]:
     """Instructions in ONNX Runtime's own code, and all the others."""
-    model = sum(c for (obj, _), c in costs.items() if "onnxruntime" in obj)
+    model = sum(c for (obj, fn), c in costs.items() if category(obj, fn) == MODEL)
     return model, sum(costs.values()) - model
 
 
