@@ -25,6 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", path.display());
     }
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("vigil_descriptor.bin");
-    tonic_prost_build::configure().file_descriptor_set_path(&descriptor).compile_protos(&paths, &[root])?;
+    // Tensor contents as `bytes::Bytes`: decoded as views of the received message, not copies.
+    tonic_prost_build::configure()
+        .bytes(".inference.ModelInferRequest.raw_input_contents")
+        .bytes(".inference.ModelInferResponse.raw_output_contents")
+        .file_descriptor_set_path(&descriptor)
+        .compile_protos(&paths, &[root])?;
     Ok(())
 }

@@ -417,7 +417,7 @@ fn infer_request(model: &str, input: &str, tensor: &Tensor) -> ModelInferRequest
             shape: tensor.shape.clone(),
             ..Default::default()
         }],
-        raw_input_contents: vec![tensor.data.to_vec()],
+        raw_input_contents: vec![tensor.data.clone()],
         ..Default::default()
     }
 }

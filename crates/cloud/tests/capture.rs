@@ -34,7 +34,7 @@ fn images(n: i64, raw: Vec<u8>) -> ModelInferRequest {
             shape: vec![n, 1, 128, 128],
             ..Default::default()
         }],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         ..Default::default()
     }
 }

@@ -133,7 +133,11 @@ async fn every_model_answers_as_onnxruntime_and_a_model_dropped_in_serves_withou
                 tensor("state", "FP32", vec![2, 1, 128]),
                 tensor("sr", "INT64", vec![]),
             ],
-            raw_input_contents: vec![f32_bytes(window), f32_bytes(&state), 16_000i64.to_le_bytes().to_vec()],
+            raw_input_contents: vec![
+                f32_bytes(window).into(),
+                f32_bytes(&state).into(),
+                16_000i64.to_le_bytes().to_vec().into(),
+            ],
             ..Default::default()
         };
         let answer = oip.model_infer(request).await.unwrap().into_inner();
@@ -175,7 +179,7 @@ for c in range(3):
     let request = ModelInferRequest {
         model_name: "text-orientation".into(),
         inputs: vec![tensor("x", "FP32", vec![2, 3, 48, 192])],
-        raw_input_contents: vec![f32_bytes(&lines)],
+        raw_input_contents: vec![f32_bytes(&lines).into()],
         ..Default::default()
     };
     let answer = oip.model_infer(request).await.unwrap().into_inner();
@@ -197,7 +201,7 @@ for v in s.run(None, {{"x": x}})[0].ravel():
     let request = ModelInferRequest {
         model_name: "scratch-detector".into(),
         inputs: vec![tensor("image", "FP32", vec![1, 1, 128, 128])],
-        raw_input_contents: vec![f32_bytes(&image)],
+        raw_input_contents: vec![f32_bytes(&image).into()],
         ..Default::default()
     };
     assert_eq!(oip.model_infer(request).await.unwrap().into_inner().outputs[0].shape, [1, 1]);

@@ -18,7 +18,7 @@ fn infer_request(datatype: &str, shape: Vec<i64>, raw: Vec<u8>) -> ModelInferReq
     ModelInferRequest {
         model_name: MODEL.into(),
         inputs: vec![InferInputTensor { name: "image".into(), datatype: datatype.into(), shape, ..Default::default() }],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         ..Default::default()
     }
 }
@@ -86,7 +86,7 @@ async fn model_infer_validation_names_the_input() {
         ..Default::default()
     });
     let mut two_raw = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
-    two_raw.raw_input_contents.push(vec![0; 4]);
+    two_raw.raw_input_contents.push(vec![0; 4].into());
     let cases: Vec<(&str, ModelInferRequest, &str)> = vec![
         (
             "wrong datatype",

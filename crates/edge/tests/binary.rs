@@ -129,7 +129,7 @@ async fn a_burst_of_large_requests_beyond_the_memory_budget_is_shed_and_memory_s
             shape: vec![32, 1, 128, 128],
             ..Default::default()
         }],
-        raw_input_contents: vec![vec![0u8; 32 * 128 * 128 * 4]],
+        raw_input_contents: vec![vec![0u8; 32 * 128 * 128 * 4].into()],
         ..Default::default()
     };
     let mut channels = Vec::new();

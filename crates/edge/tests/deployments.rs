@@ -377,7 +377,7 @@ async fn versions_by_key(
                     shape: vec![1, 1, 128, 128],
                     ..Default::default()
                 }],
-                raw_input_contents: vec![input.clone()],
+                raw_input_contents: vec![input.clone().into()],
                 parameters: [(
                     vigil_serving::oip::ROUTING_KEY_PARAMETER.to_string(),
                     InferParameter {

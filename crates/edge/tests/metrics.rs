@@ -39,7 +39,7 @@ async fn requests_batches_records_and_the_process_are_scraped() {
             shape: vec![2, 1, 128, 128],
             ..Default::default()
         }],
-        raw_input_contents: vec![vec![0; 2 * 128 * 128 * 4]],
+        raw_input_contents: vec![vec![0; 2 * 128 * 128 * 4].into()],
         ..Default::default()
     })
     .await

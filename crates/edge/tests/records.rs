@@ -35,7 +35,7 @@ async fn model_infer_predictions_are_logged_per_item_with_version_and_variant() 
             shape: vec![2, 1, 128, 128],
             ..Default::default()
         }],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         ..Default::default()
     };
     let response = oip.model_infer(request.clone()).await.unwrap().into_inner();

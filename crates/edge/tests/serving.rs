@@ -67,7 +67,7 @@ async fn inspect_answers_with_ids_verdicts_decisions_and_features() {
                     shape: prepared.tensor.shape.clone(),
                     ..Default::default()
                 }],
-                raw_input_contents: vec![prepared.tensor.data.to_vec()],
+                raw_input_contents: vec![prepared.tensor.data.clone()],
                 ..Default::default()
             })
             .await
@@ -114,7 +114,7 @@ async fn a_batch_equals_its_items_and_typed_equals_raw() {
             shape: vec![4, 1, 128, 128],
             ..Default::default()
         }],
-        raw_input_contents: vec![data],
+        raw_input_contents: vec![data.into()],
         outputs: vec![model_infer_request::InferRequestedOutputTensor {
             name: "defect_probability".into(),
             ..Default::default()
@@ -176,7 +176,7 @@ fn image_request(t: &vigil_inference::tensor::Tensor) -> ModelInferRequest {
             shape: t.shape.clone(),
             ..Default::default()
         }],
-        raw_input_contents: vec![t.data.to_vec()],
+        raw_input_contents: vec![t.data.clone()],
         ..Default::default()
     }
 }
@@ -336,7 +336,7 @@ async fn inspect_stream_answers_in_order_and_survives_bad_images() {
             shape: vec![1, 1, 128, 128],
             ..Default::default()
         }],
-        raw_input_contents: vec![vec![0; 128 * 128 * 4]],
+        raw_input_contents: vec![vec![0; 128 * 128 * 4].into()],
         ..Default::default()
     };
     let mut bad = good.clone();

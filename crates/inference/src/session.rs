@@ -154,7 +154,8 @@ fn le_values<T, const N: usize>(data: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
 }
 
 /// The input as ONNX Runtime sees it: a view of the request's own bytes when they are aligned
-/// for `T` (little-endian hosts), else a converted copy.
+/// for `T`, else one aligned copy of them (a request's raw contents are views of the received
+/// message, at any offset); on big-endian hosts a converted copy.
 fn view_or_copy<'a, T, const N: usize>(
     shape: Vec<i64>,
     data: &'a [u8],
@@ -163,10 +164,21 @@ fn view_or_copy<'a, T, const N: usize>(
 where
     T: ort::value::PrimitiveTensorElementType + bytemuck::Pod + std::fmt::Debug,
 {
-    match bytemuck::try_cast_slice::<u8, T>(data) {
-        Ok(values) if cfg!(target_endian = "little") => Ok(TensorRef::from_array_view((shape, values))?.into()),
-        _ => Ok(ort::value::Tensor::from_array((shape, le_values(data, from)))?.into()),
+    if cfg!(target_endian = "big") {
+        return Ok(ort::value::Tensor::from_array((shape, le_values(data, from)))?.into());
     }
+    match bytemuck::try_cast_slice::<u8, T>(data) {
+        Ok(values) => Ok(TensorRef::from_array_view((shape, values))?.into()),
+        Err(_) => Ok(ort::value::Tensor::from_array((shape, aligned_copy::<T>(data)))?.into()),
+    }
+}
+
+/// `data` copied into memory aligned for `T`, byte for byte.
+fn aligned_copy<T: bytemuck::Pod>(data: &[u8]) -> Vec<T> {
+    let count = data.len() / size_of::<T>();
+    let mut values = vec![T::zeroed(); count];
+    bytemuck::cast_slice_mut::<T, u8>(&mut values).copy_from_slice(&data[..count * size_of::<T>()]);
+    values
 }
 
 fn to_ort(t: &Tensor) -> Result<SessionInputValue<'_>, InferenceError> {
@@ -259,12 +271,20 @@ fn from_ort(value: &DynValue, declared: DataType) -> Result<Tensor, InferenceErr
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_output_kind_comes_back_as_its_little_endian_bytes() {
+    /// Eight values for the typed-outputs fixture, two items of four.
+    const TYPED_INPUT: [f32; 8] = [-1.5, 0.0, 2.25, 7.75, 3.0, -0.25, 1e-3, -7.5];
+
+    /// The fixture model with an output of each kind, on one intra-op thread.
+    fn typed_outputs() -> ModelSession {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/typed-outputs");
         let config = ModelConfig::load(&dir.join("model.toml")).unwrap();
-        let mut session = ModelSession::load(&dir.join("model.onnx"), &config, 1).unwrap();
-        let x = [-1.5f32, 0.0, 2.25, 7.75, 3.0, -0.25, 1e-3, -7.5];
+        ModelSession::load(&dir.join("model.onnx"), &config, 1).unwrap()
+    }
+
+    #[test]
+    fn every_output_kind_comes_back_as_its_little_endian_bytes() {
+        let mut session = typed_outputs();
+        let x = TYPED_INPUT;
         let outputs = session.run(&[Tensor::from_f32(vec![2, 4], &x)]).unwrap();
         let kinds: Vec<DataType> = outputs.iter().map(|t| t.datatype).collect();
         assert_eq!(kinds, [DataType::Fp32, DataType::Fp64, DataType::Int64, DataType::Int32, DataType::Bool]);
@@ -279,6 +299,25 @@ mod tests {
     }
 
     #[test]
+    fn inputs_at_any_offset_of_a_received_message_run_as_their_values() {
+        let mut session = typed_outputs();
+        let x = TYPED_INPUT;
+        let aligned = session.run(&[Tensor::from_f32(vec![2, 4], &x)]).unwrap();
+        // Raw contents are views of the message that carried them, at whatever offset they sit.
+        for offset in 1..=3 {
+            let mut message = vec![0xee_u8; offset];
+            message.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+            let data = bytes::Bytes::from(message).slice(offset..);
+            assert_ne!(data.as_ptr() as usize % align_of::<f32>(), 0, "offset {offset} is not misaligned");
+            let outputs = session.run(&[Tensor { datatype: DataType::Fp32, shape: vec![2, 4], data }]).unwrap();
+            assert_eq!(outputs.len(), aligned.len());
+            for (got, want) in outputs.iter().zip(&aligned) {
+                assert_eq!((got.datatype, &got.shape, &got.data), (want.datatype, &want.shape, &want.data));
+            }
+        }
+    }
+
+    #[test]
     fn a_run_keeps_its_threads_busy_and_the_default_or_a_gpu_takes_every_core() {
         let machine = crate::batcher::machine_cores();
         let cpu =
@@ -287,9 +326,7 @@ mod tests {
         assert_eq!(cpu(3).cores(), 3);
         assert_eq!(cpu(0).cores(), machine);
         assert_eq!(SessionOptions { provider: ExecutionProvider::Cuda, ..cpu(1) }.cores(), machine);
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/typed-outputs");
-        let config = ModelConfig::load(&dir.join("model.toml")).unwrap();
-        assert_eq!(ModelSession::load(&dir.join("model.onnx"), &config, 1).unwrap().cores(), 1);
+        assert_eq!(typed_outputs().cores(), 1);
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub fn post(text: &str, user: &str) -> ModelInferRequest {
             shape: vec![1, 1],
             ..Default::default()
         }],
-        raw_input_contents: vec![serialize_bytes_elements(&[text])],
+        raw_input_contents: vec![serialize_bytes_elements(&[text]).into()],
         parameters: [("routing_key".to_string(), key)].into(),
         ..Default::default()
     }

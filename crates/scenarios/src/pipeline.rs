@@ -143,7 +143,7 @@ fn call(model: &str, input: &str, values: &[f32], trace_id: &str, stage: &str) -
             shape: vec![1, values.len() as i64],
             ..Default::default()
         }],
-        raw_input_contents: vec![values.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        raw_input_contents: vec![values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()],
         parameters: [("trace_id".to_string(), parameter(trace_id)), ("stage".to_string(), parameter(stage))].into(),
         ..Default::default()
     }

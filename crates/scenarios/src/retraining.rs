@@ -179,7 +179,7 @@ impl<S: PredictionStore + MonitorStore> Clinic<'_, S> {
                 shape: vec![picked.len() as i64, patients.features.len() as i64],
                 ..Default::default()
             }],
-            raw_input_contents: vec![values],
+            raw_input_contents: vec![values.into()],
             ..Default::default()
         };
         let response = self.stack.oip.clone().model_infer(request).await?.into_inner();

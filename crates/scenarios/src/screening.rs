@@ -71,7 +71,7 @@ pub async fn serve_patients<S: PredictionStore + MonitorStore>(
                 shape: vec![patients.len() as i64, columns as i64],
                 ..Default::default()
             }],
-            raw_input_contents: vec![values],
+            raw_input_contents: vec![values.into()],
             ..Default::default()
         };
         let response = oip.model_infer(request).await?.into_inner();

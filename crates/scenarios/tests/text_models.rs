@@ -46,7 +46,7 @@ fn raw_request(texts: &[String]) -> ModelInferRequest {
     ModelInferRequest {
         model_name: MODEL.into(),
         inputs: vec![text_input(vec![texts.len() as i64, 1])],
-        raw_input_contents: vec![serialize_bytes_elements(texts)],
+        raw_input_contents: vec![serialize_bytes_elements(texts).into()],
         ..Default::default()
     }
 }
@@ -62,7 +62,7 @@ fn typed_request(text: &str) -> ModelInferRequest {
 fn answers(response: &ModelInferResponse) -> (Vec<String>, Vec<[f32; 2]>) {
     let raw = |name: &str| {
         let i = response.outputs.iter().position(|o| o.name == name).unwrap();
-        (&response.outputs[i], response.raw_output_contents[i].as_slice())
+        (&response.outputs[i], &response.raw_output_contents[i][..])
     };
     let (label, label_bytes) = raw("label");
     assert_eq!(label.datatype, "BYTES");
@@ -189,10 +189,10 @@ async fn malformed_text_inputs_are_refused_with_invalid_argument_and_spoil_no_ba
     let two = serialize_bytes_elements(&["free prize", "hello"]);
     let mut truncated = raw_request(&[]);
     truncated.inputs = vec![text_input(vec![2, 1])];
-    truncated.raw_input_contents = vec![two[..two.len() - 2].to_vec()];
+    truncated.raw_input_contents = vec![two[..two.len() - 2].to_vec().into()];
     let mut miscounted = truncated.clone();
     miscounted.inputs = vec![text_input(vec![3, 1])];
-    miscounted.raw_input_contents = vec![two.clone()];
+    miscounted.raw_input_contents = vec![two.clone().into()];
     let mut not_utf8 = typed_request("");
     not_utf8.inputs[0].contents =
         Some(InferTensorContents { bytes_contents: vec![vec![0xc3, 0x28]], ..Default::default() });

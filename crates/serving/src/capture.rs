@@ -2,6 +2,7 @@
 //! `ModelInferRequest` of that item alone (its inputs' names, datatypes, shapes with a batch of
 //! one, and raw contents), a message any OIP client library decodes.
 
+use bytes::Bytes;
 use prost::Message;
 use vigil_inference::config::ModelConfig;
 use vigil_inference::tensor::{Tensor, element_count, parse_bytes_elements, serialize_bytes_elements};
@@ -27,7 +28,7 @@ pub fn item_request(config: &ModelConfig, inputs: &[Tensor], item: usize, items:
             *shape.first_mut()? = 1;
             (shape, item_slice(tensor, item, items, per_item)?)
         } else {
-            (tensor.shape.clone(), tensor.data.to_vec())
+            (tensor.shape.clone(), tensor.data.clone())
         };
         request.inputs.push(InferInputTensor {
             name: spec.name.clone(),
@@ -41,15 +42,18 @@ pub fn item_request(config: &ModelConfig, inputs: &[Tensor], item: usize, items:
 }
 
 /// The raw contents of item `item` of `items` in a batched tensor of `per_item` elements each.
-fn item_slice(tensor: &Tensor, item: usize, items: usize, per_item: usize) -> Option<Vec<u8>> {
+fn item_slice(tensor: &Tensor, item: usize, items: usize, per_item: usize) -> Option<Bytes> {
     if *tensor.shape.first()? as usize != items || item >= items {
         return None;
     }
     match tensor.datatype.element_size() {
-        Some(size) => tensor.data.get(item * per_item * size..(item + 1) * per_item * size).map(<[u8]>::to_vec),
+        Some(size) => {
+            let range = item * per_item * size..(item + 1) * per_item * size;
+            (range.end <= tensor.data.len()).then(|| tensor.data.slice(range))
+        }
         None => {
             let elements = parse_bytes_elements(&tensor.data).ok()?;
-            elements.get(item * per_item..(item + 1) * per_item).map(serialize_bytes_elements)
+            elements.get(item * per_item..(item + 1) * per_item).map(|e| serialize_bytes_elements(e).into())
         }
     }
 }

@@ -400,7 +400,7 @@ async fn infer_on(
             shape: tensor.shape,
             ..Default::default()
         });
-        response.raw_output_contents.push(tensor.data.into());
+        response.raw_output_contents.push(tensor.data);
     }
     Ok((response, logged))
 }
@@ -445,7 +445,7 @@ fn spec_names(specs: &[TensorSpec]) -> String {
 }
 
 /// Checks every input against the model's metadata and returns them in the model's order.
-/// Raw contents are moved out of the request, not copied.
+/// Raw contents are moved out of the request, not copied: views of the message it was decoded from.
 pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> Result<Vec<Tensor>, Status> {
     for (i, input) in request.inputs.iter().enumerate() {
         if !config.inputs.iter().any(|s| s.name == input.name) {
@@ -508,10 +508,10 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
             }
             std::mem::take(&mut raw_contents[index])
         } else {
-            typed_bytes(spec, input)?
+            typed_bytes(spec, input)?.into()
         };
         let Some(element_size) = spec.datatype.element_size() else {
-            let tensor = Tensor { datatype, shape: input.shape.clone(), data: data.into() };
+            let tensor = Tensor { datatype, shape: input.shape.clone(), data };
             check_texts(&tensor).map_err(|e| Status::invalid_argument(format!("input '{}': {e}", spec.name)))?;
             tensors.push(tensor);
             continue;
@@ -526,7 +526,7 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
                 spec.datatype
             )));
         }
-        tensors.push(Tensor { datatype, shape: input.shape.clone(), data: data.into() });
+        tensors.push(Tensor { datatype, shape: input.shape.clone(), data });
     }
     Ok(tensors)
 }
@@ -956,5 +956,45 @@ impl InferenceService {
         } else {
             Err(Status::not_found(format!("unknown repository '{name}'; this server has {}", root.display())))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use prost::Message;
+
+    #[test]
+    fn raw_contents_reach_the_tensor_as_views_of_the_received_message() {
+        let config: ModelConfig = toml::from_str(
+            "name = \"m\"\nversion = 1\nplatform = \"onnxruntime_onnx\"\nmax_batch_size = 4\n\
+             [[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [3]\n\
+             [[outputs]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [1]\n",
+        )
+        .unwrap();
+        let values: Vec<u8> = [1.5f32, -2.0, 3.25, 4.0, 5.0, 6.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let sent = ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: "x".into(),
+                datatype: "FP32".into(),
+                shape: vec![2, 3],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![values.clone().into()],
+            ..Default::default()
+        };
+        // The message as the server receives it: one buffer, decoded as tonic decodes it.
+        let received = Bytes::from(sent.encode_to_vec());
+        let mut request = ModelInferRequest::decode(received.clone()).unwrap();
+        let tensors = decode_inputs(&config, &mut request).unwrap();
+        assert_eq!(&tensors[0].data[..], &values[..]);
+        let within = received.as_ptr_range();
+        let data = tensors[0].data.as_ptr_range();
+        assert!(
+            within.start <= data.start && data.end <= within.end,
+            "the tensor's bytes were copied out of the received message"
+        );
     }
 }

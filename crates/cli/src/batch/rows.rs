@@ -87,7 +87,7 @@ pub async fn run(table: &Table, model: &str, args: &BatchArgs) -> Result<u8> {
                     shape: vec![rows.len() as i64, width as i64],
                     ..Default::default()
                 }],
-                raw_input_contents: vec![data],
+                raw_input_contents: vec![data.into()],
                 ..Default::default()
             };
             async move { (rows, oip.model_infer(request).await) }
