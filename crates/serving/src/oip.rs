@@ -351,7 +351,7 @@ async fn infer_on(
     let requested = requested_outputs(config, &request)?;
     let inputs = decode_inputs(config, &mut request)?;
     // Which items are captured is known once they have prediction ids: the inputs are kept
-    // until then (a copy, only while capture is on).
+    // until then (views of the same bytes, only while capture is on).
     let kept = capturer.map(|_| inputs.clone());
     let summaries = recording.map(|_| {
         let named: Vec<(&TensorSpec, &Tensor)> = config.inputs.iter().zip(inputs.iter()).collect();
