@@ -318,6 +318,17 @@ mod tests {
     }
 
     #[test]
+    fn an_aligned_copy_keeps_eight_byte_values_at_every_offset() {
+        let values = [1.0f64, -2.5e300, f64::MIN_POSITIVE, 7.0];
+        for offset in 0..8 {
+            let mut message = vec![0xee_u8; offset];
+            message.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            assert_eq!(aligned_copy::<f64>(&message[offset..]), values, "offset {offset}");
+            assert_eq!(aligned_copy::<i64>(&message[offset..]).len(), values.len());
+        }
+    }
+
+    #[test]
     fn a_run_keeps_its_threads_busy_and_the_default_or_a_gpu_takes_every_core() {
         let machine = crate::batcher::machine_cores();
         let cpu =
