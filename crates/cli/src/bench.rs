@@ -46,7 +46,8 @@ pub struct BenchArgs {
     /// Concurrency levels (client requests in flight; raw ONNX Runtime uses them as batch sizes).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub concurrency: Vec<usize>,
-    /// Intra-op thread counts of the raw ONNX Runtime baselines (0: ONNX Runtime's default).
+    /// Intra-op thread counts of the raw ONNX Runtime baselines (0: one per physical core this
+    /// process may use, as a model's `intra_op_threads = 0`).
     /// Every ratio is taken against the best raw figure at its level: the highest items/s, the
     /// lowest p50 and the lowest CPU per item, whichever thread count gave it.
     #[arg(long, value_delimiter = ',', default_value = "0,1")]

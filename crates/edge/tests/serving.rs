@@ -130,7 +130,7 @@ async fn a_batch_equals_its_items_and_typed_equals_raw() {
     server.shutdown().await.unwrap();
 }
 
-/// The shipped model with a session of its own for inline runs (ONNX Runtime's default threads)
+/// The shipped model with a session of its own for inline runs (a thread per core)
 /// beside a one-thread batching session, and every lone request quick enough to run inline.
 fn inline_session_repository() -> tempfile::TempDir {
     inline_session_repository_with("")

@@ -36,12 +36,13 @@ pub struct ModelConfig {
     /// Sessions run in parallel for this model (each with its own thread pool).
     #[serde(default = "default_instances")]
     pub instances: usize,
-    /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide.
+    /// ONNX Runtime intra-op threads per session; 0: one per physical core this process may use
+    /// (see [`crate::session::default_intra_op_threads`]).
     #[serde(default)]
     pub intra_op_threads: usize,
     /// A session of its own for lone requests run inline (see
-    /// [`BatchingConfig::inline_run_limit_us`]), with this many intra-op threads (0: ONNX Runtime
-    /// decides). Lets a model answer one client on every core while its batching sessions run
+    /// [`BatchingConfig::inline_run_limit_us`]), with this many intra-op threads (0: one per physical core
+    /// this process may use). Lets a model answer one client on every core while its batching sessions run
     /// batches under load on one thread each, without a second thread spinning beside them; it
     /// costs one more copy of the model in memory. Unset: inline runs borrow an idle batching
     /// session.
@@ -347,7 +348,7 @@ impl ModelConfig {
         }
         if self.inline_intra_op_spinning.is_some() && self.inline_intra_op_threads.is_none() {
             return Err("inline_intra_op_spinning sets up the inline session's threads, but there is no \
-                        inline session: set inline_intra_op_threads too (0: ONNX Runtime's default)"
+                        inline session: set inline_intra_op_threads too (0: one per core)"
                 .into());
         }
         if self.inline_intra_op_threads.is_some() && self.batching().inline_run_limit_us == 0 {

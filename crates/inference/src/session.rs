@@ -27,23 +27,42 @@ pub enum ExecutionProvider {
 /// How a session is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// ONNX Runtime intra-op threads; 0: its default.
+    /// ONNX Runtime intra-op threads; 0: [`default_intra_op_threads`].
     pub intra_op_threads: usize,
     /// Whether idle intra-op threads spin for work.
     pub spinning: bool,
     pub provider: ExecutionProvider,
 }
 
+/// The intra-op threads of a session that leaves the choice to Vigil (`intra_op_threads = 0`):
+/// one per physical core, as ONNX Runtime's own default, but only as many as this process may
+/// use (its CPU affinity and cgroup quota, as `std::thread::available_parallelism` reads them).
+/// ONNX Runtime's default counts the host's cores and pins a thread to each: in a container
+/// limited to 2 CPUs of a 64-core host it would start 64 spinning threads, and under `taskset`
+/// its threads would leave the cores they were given. An explicit count starts no more threads
+/// than that and pins none.
+pub fn default_intra_op_threads() -> usize {
+    let allowed = std::thread::available_parallelism().map_or(1, usize::from);
+    num_cpus::get_physical().clamp(1, allowed)
+}
+
 impl SessionOptions {
-    /// The cores a run of such a session keeps busy: its intra-op threads, every core for
-    /// ONNX Runtime's default (one thread per core). A CUDA session claims them all too: what
-    /// it fills is its device, so another instance waits to fill its batch while it runs.
+    /// The intra-op threads the session starts with: the ones asked for, or
+    /// [`default_intra_op_threads`] for 0.
+    pub fn threads(&self) -> usize {
+        match self.intra_op_threads {
+            0 => default_intra_op_threads(),
+            threads => threads,
+        }
+    }
+
+    /// The cores a run of such a session keeps busy: its intra-op threads. A CUDA session
+    /// claims every core: what it fills is its device, so another instance waits to fill its
+    /// batch while it runs.
     pub fn cores(&self) -> usize {
-        let machine = crate::batcher::machine_cores();
         match self.provider {
-            ExecutionProvider::Cuda => machine,
-            ExecutionProvider::Cpu if self.intra_op_threads == 0 => machine,
-            ExecutionProvider::Cpu => self.intra_op_threads,
+            ExecutionProvider::Cuda => crate::batcher::machine_cores(),
+            ExecutionProvider::Cpu => self.threads(),
         }
     }
 }
@@ -79,9 +98,7 @@ impl ModelSession {
     pub fn load_with(path: &Path, config: &ModelConfig, options: SessionOptions) -> Result<Self, InferenceError> {
         let env = crate::runtime::environment(None)?;
         let mut builder = Session::builder(env)?;
-        if options.intra_op_threads > 0 {
-            builder = builder.with_intra_threads(options.intra_op_threads).map_err(ort::Error::from)?;
-        }
+        builder = builder.with_intra_threads(options.threads()).map_err(ort::Error::from)?;
         builder = builder.with_intra_op_spinning(options.spinning).map_err(ort::Error::from)?;
         if is_ort_format(path) {
             builder = builder.with_config_entry("session.load_model_format", "ORT").map_err(ort::Error::from)?;
@@ -169,16 +186,10 @@ where
     }
     match bytemuck::try_cast_slice::<u8, T>(data) {
         Ok(values) => Ok(TensorRef::from_array_view((shape, values))?.into()),
-        Err(_) => Ok(ort::value::Tensor::from_array((shape, aligned_copy::<T>(data)))?.into()),
+        // One copy into memory aligned for T, byte for byte (the length was checked against
+        // the shape on arrival).
+        Err(_) => Ok(ort::value::Tensor::from_array((shape, bytemuck::pod_collect_to_vec::<u8, T>(data)))?.into()),
     }
-}
-
-/// `data` copied into memory aligned for `T`, byte for byte.
-fn aligned_copy<T: bytemuck::Pod>(data: &[u8]) -> Vec<T> {
-    let count = data.len() / size_of::<T>();
-    let mut values = vec![T::zeroed(); count];
-    bytemuck::cast_slice_mut::<T, u8>(&mut values).copy_from_slice(&data[..count * size_of::<T>()]);
-    values
 }
 
 fn to_ort(t: &Tensor) -> Result<SessionInputValue<'_>, InferenceError> {
@@ -318,26 +329,59 @@ mod tests {
     }
 
     #[test]
-    fn an_aligned_copy_keeps_eight_byte_values_at_every_offset() {
-        let values = [1.0f64, -2.5e300, f64::MIN_POSITIVE, 7.0];
-        for offset in 0..8 {
-            let mut message = vec![0xee_u8; offset];
-            message.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-            assert_eq!(aligned_copy::<f64>(&message[offset..]), values, "offset {offset}");
-            assert_eq!(aligned_copy::<i64>(&message[offset..]).len(), values.len());
-        }
-    }
-
-    #[test]
-    fn a_run_keeps_its_threads_busy_and_the_default_or_a_gpu_takes_every_core() {
-        let machine = crate::batcher::machine_cores();
+    fn a_run_keeps_its_threads_busy_and_a_gpu_takes_every_core() {
         let cpu =
             |intra_op_threads| SessionOptions { intra_op_threads, spinning: true, provider: ExecutionProvider::Cpu };
         assert_eq!(cpu(1).cores(), 1);
         assert_eq!(cpu(3).cores(), 3);
-        assert_eq!(cpu(0).cores(), machine);
-        assert_eq!(SessionOptions { provider: ExecutionProvider::Cuda, ..cpu(1) }.cores(), machine);
+        assert_eq!(cpu(0).cores(), default_intra_op_threads());
+        assert_eq!(
+            SessionOptions { provider: ExecutionProvider::Cuda, ..cpu(1) }.cores(),
+            crate::batcher::machine_cores()
+        );
         assert_eq!(typed_outputs().cores(), 1);
+        let allowed = std::thread::available_parallelism().unwrap().get();
+        assert!((1..=allowed.min(num_cpus::get_physical())).contains(&default_intra_op_threads()));
+    }
+
+    /// This thread's (or another task's) allowed CPUs, as the kernel lists them.
+    fn cpus_allowed(status: &Path) -> String {
+        let status = std::fs::read_to_string(status).unwrap();
+        let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
+        line["Cpus_allowed_list:".len()..].trim().to_string()
+    }
+
+    #[test]
+    fn the_default_threads_stay_on_the_cores_they_were_given() {
+        use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+        use nix::unistd::Pid;
+        // On a thread of its own restricted to one CPU, as `taskset -c N` or a cpuset would.
+        std::thread::spawn(|| {
+            let process = cpus_allowed(Path::new("/proc/thread-self/status"));
+            let mask = sched_getaffinity(Pid::from_raw(0)).unwrap();
+            let first = (0..CpuSet::count()).find(|&cpu| mask.is_set(cpu).unwrap()).unwrap();
+            let mut one = CpuSet::new();
+            one.set(first).unwrap();
+            sched_setaffinity(Pid::from_raw(0), &one).unwrap();
+            let restricted = cpus_allowed(Path::new("/proc/thread-self/status"));
+            assert_eq!(restricted, first.to_string());
+
+            assert_eq!(default_intra_op_threads(), 1);
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/typed-outputs");
+            let config = ModelConfig::load(&dir.join("model.toml")).unwrap();
+            let mut session = ModelSession::load(&dir.join("model.onnx"), &config, 0).unwrap();
+            assert_eq!(session.cores(), 1, "a run claims the one core this thread may use");
+            let outputs = session.run(&[Tensor::from_f32(vec![2, 4], &TYPED_INPUT)]).unwrap();
+            assert_eq!(outputs[0].data[..], *bytemuck::cast_slice::<f32, u8>(&TYPED_INPUT));
+            // ONNX Runtime's default would pin a thread per host core, whatever this thread was
+            // given; every thread of the process keeps the process's CPUs or this thread's.
+            for task in std::fs::read_dir("/proc/self/task").unwrap() {
+                let allowed = cpus_allowed(&task.unwrap().path().join("status"));
+                assert!(allowed == process || allowed == restricted, "a thread pinned to CPUs {allowed}");
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
