@@ -202,7 +202,7 @@ max_batch_size = 64
 labels = ["ok", "defect"]
 # Batches under load run on one intra-op thread: the other core serves the network and decodes
 # images instead of spinning beside the run. A lone request (the line's usual case) runs inline
-# on a session of its own with ONNX Runtime's default threads (one more copy of this 108 KB
+# on a session of its own with a thread per core (one more copy of this 108 KB
 # model). Measured in the README (serving speed).
 intra_op_threads = 1
 inline_intra_op_threads = 0

@@ -46,8 +46,8 @@ pub struct BenchArgs {
     /// Concurrency levels (client requests in flight; raw ONNX Runtime uses them as batch sizes).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     pub concurrency: Vec<usize>,
-    /// Intra-op thread counts of the raw ONNX Runtime baselines (0: one per physical core this
-    /// process may use, as a model's `intra_op_threads = 0`).
+    /// Intra-op thread counts of the raw ONNX Runtime baselines (0: one per CPU this process
+    /// may use, at most one per physical core, as a model's `intra_op_threads = 0`).
     /// Every ratio is taken against the best raw figure at its level: the highest items/s, the
     /// lowest p50 and the lowest CPU per item, whichever thread count gave it.
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
@@ -293,8 +293,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     // Baselines: raw ONNX Runtime in this process, one session, batches of `level` items.
     let me = std::process::id();
-    // Raw ONNX Runtime as it comes: its threads spin between runs whatever the model's
-    // `intra_op_spinning` says (its fastest setting on dedicated cores).
+    // Raw ONNX Runtime: its threads spin between runs whatever the model's `intra_op_spinning`
+    // says (its fastest setting on dedicated cores); 0 threads as the servers resolve it.
     let raw_config = ModelConfig { intra_op_spinning: true, ..config.clone() };
     for &threads in &args.raw_threads {
         let mode = raw_mode(threads);

@@ -36,13 +36,13 @@ pub struct ModelConfig {
     /// Sessions run in parallel for this model (each with its own thread pool).
     #[serde(default = "default_instances")]
     pub instances: usize,
-    /// ONNX Runtime intra-op threads per session; 0: one per physical core this process may use
-    /// (see [`crate::session::default_intra_op_threads`]).
+    /// ONNX Runtime intra-op threads per session; 0: one per CPU this process may use, at most
+    /// one per physical core (see [`crate::session::default_intra_op_threads`]).
     #[serde(default)]
     pub intra_op_threads: usize,
     /// A session of its own for lone requests run inline (see
-    /// [`BatchingConfig::inline_run_limit_us`]), with this many intra-op threads (0: one per physical core
-    /// this process may use). Lets a model answer one client on every core while its batching sessions run
+    /// [`BatchingConfig::inline_run_limit_us`]), with this many intra-op threads (0: one per CPU this
+    /// process may use, at most one per physical core). Lets a model answer one client on every core while its batching sessions run
     /// batches under load on one thread each, without a second thread spinning beside them; it
     /// costs one more copy of the model in memory. Unset: inline runs borrow an idle batching
     /// session.

@@ -35,8 +35,9 @@ pub struct SessionOptions {
 }
 
 /// The intra-op threads of a session that leaves the choice to Vigil (`intra_op_threads = 0`):
-/// one per physical core, as ONNX Runtime's own default, but only as many as this process may
-/// use (its CPU affinity and cgroup quota, as `std::thread::available_parallelism` reads them).
+/// one per CPU this process may use (its affinity and cgroup quota, as
+/// `std::thread::available_parallelism` reads them), at most the host's physical cores, as
+/// ONNX Runtime's own default. (Two CPUs that are one core's hyperthreads still get two.)
 /// ONNX Runtime's default counts the host's cores and pins a thread to each: in a container
 /// limited to 2 CPUs of a 64-core host it would start 64 spinning threads, and under `taskset`
 /// its threads would leave the cores they were given. An explicit count starts no more threads
@@ -381,11 +382,11 @@ mod tests {
         assert!((1..=allowed.min(num_cpus::get_physical())).contains(&default_intra_op_threads()));
     }
 
-    /// This thread's (or another task's) allowed CPUs, as the kernel lists them.
-    fn cpus_allowed(status: &Path) -> String {
-        let status = std::fs::read_to_string(status).unwrap();
-        let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap();
-        line["Cpus_allowed_list:".len()..].trim().to_string()
+    /// A thread's allowed CPUs, as the kernel lists them; None once it has exited.
+    fn cpus_allowed(status: &Path) -> Option<String> {
+        let status = std::fs::read_to_string(status).ok()?;
+        let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+        Some(line["Cpus_allowed_list:".len()..].trim().to_string())
     }
 
     #[test]
@@ -394,13 +395,13 @@ mod tests {
         use nix::unistd::Pid;
         // On a thread of its own restricted to one CPU, as `taskset -c N` or a cpuset would.
         std::thread::spawn(|| {
-            let process = cpus_allowed(Path::new("/proc/thread-self/status"));
+            let process = cpus_allowed(Path::new("/proc/thread-self/status")).unwrap();
             let mask = sched_getaffinity(Pid::from_raw(0)).unwrap();
             let first = (0..CpuSet::count()).find(|&cpu| mask.is_set(cpu).unwrap()).unwrap();
             let mut one = CpuSet::new();
             one.set(first).unwrap();
             sched_setaffinity(Pid::from_raw(0), &one).unwrap();
-            let restricted = cpus_allowed(Path::new("/proc/thread-self/status"));
+            let restricted = cpus_allowed(Path::new("/proc/thread-self/status")).unwrap();
             assert_eq!(restricted, first.to_string());
 
             assert_eq!(default_intra_op_threads(), 1);
@@ -412,9 +413,11 @@ mod tests {
             assert_eq!(outputs[0].data[..], *bytemuck::cast_slice::<f32, u8>(&TYPED_INPUT));
             // ONNX Runtime's default would pin a thread per host core, whatever this thread was
             // given; every thread of the process keeps the process's CPUs or this thread's.
-            for task in std::fs::read_dir("/proc/self/task").unwrap() {
-                let allowed = cpus_allowed(&task.unwrap().path().join("status"));
-                assert!(allowed == process || allowed == restricted, "a thread pinned to CPUs {allowed}");
+            // (Threads of other tests may exit while this one reads.)
+            for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+                if let Some(allowed) = cpus_allowed(&task.path().join("status")) {
+                    assert!(allowed == process || allowed == restricted, "a thread pinned to CPUs {allowed}");
+                }
             }
         })
         .join()
