@@ -286,6 +286,9 @@ impl ModelConfig {
         if self.name.is_empty() {
             return Err("name must not be empty".into());
         }
+        if self.name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(format!("name {:?} holds a control character or '/': name the model as its folder", self.name));
+        }
         if self.inputs.is_empty() || self.outputs.is_empty() {
             return Err("a model needs at least one input and one output".into());
         }
@@ -447,6 +450,16 @@ max_queue_depth = 16
         assert_eq!(c.inputs[0].datatype, DataType::Fp32);
         assert_eq!(c.batching().max_queue_delay(), Duration::from_micros(100));
         assert_eq!(c.preprocess.unwrap().channels, Channels::Gray);
+    }
+
+    #[test]
+    fn a_name_with_control_characters_or_slashes_is_refused() {
+        let named = |name: &str| ModelConfig { name: name.into(), ..toml::from_str::<ModelConfig>(SAMPLE).unwrap() };
+        assert!(named("scratch-detector_v2.1 é").validate().is_ok());
+        for bad in ["a\0b", "line\nbreak", "tab\t", "a/b"] {
+            let e = named(bad).validate().unwrap_err();
+            assert!(e.contains("control character or '/'"), "{bad:?}: {e}");
+        }
     }
 
     #[test]
