@@ -41,10 +41,11 @@ pub struct ModelConfig {
     #[serde(default)]
     pub intra_op_threads: usize,
     /// A session of its own for lone requests run inline (see
-    /// [`BatchingConfig::inline_run_limit_us`]), with this many intra-op threads (0: one per CPU this
-    /// process may use, at most one per physical core). Lets a model answer one client on every core while its batching sessions run
-    /// batches under load on one thread each, without a second thread spinning beside them; it
-    /// costs one more copy of the model in memory. Unset: inline runs borrow an idle batching
+    /// [`BatchingConfig::inline_run_limit_us`]), with this many intra-op threads (0: one per CPU
+    /// this process may use, at most one per physical core). Lets a model answer one client on
+    /// every core while its batching sessions run batches under load on one thread each,
+    /// without a second thread spinning beside them; it costs one more copy of the model in
+    /// memory. Unset: inline runs borrow an idle batching
     /// session.
     #[serde(default)]
     pub inline_intra_op_threads: Option<usize>,

@@ -325,9 +325,14 @@ mod tests {
 
     /// The fixture model with an output of each kind, on one intra-op thread.
     fn typed_outputs() -> ModelSession {
+        typed_outputs_on(1)
+    }
+
+    /// The same fixture on `intra_op_threads` threads (0: the default).
+    fn typed_outputs_on(intra_op_threads: usize) -> ModelSession {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/typed-outputs");
         let config = ModelConfig::load(&dir.join("model.toml")).unwrap();
-        ModelSession::load(&dir.join("model.onnx"), &config, 1).unwrap()
+        ModelSession::load(&dir.join("model.onnx"), &config, intra_op_threads).unwrap()
     }
 
     #[test]
@@ -405,9 +410,7 @@ mod tests {
             assert_eq!(restricted, first.to_string());
 
             assert_eq!(default_intra_op_threads(), 1);
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/typed-outputs");
-            let config = ModelConfig::load(&dir.join("model.toml")).unwrap();
-            let mut session = ModelSession::load(&dir.join("model.onnx"), &config, 0).unwrap();
+            let mut session = typed_outputs_on(0);
             assert_eq!(session.cores(), 1, "a run claims the one core this thread may use");
             let outputs = session.run(&[Tensor::from_f32(vec![2, 4], &TYPED_INPUT)]).unwrap();
             assert_eq!(outputs[0].data[..], *bytemuck::cast_slice::<f32, u8>(&TYPED_INPUT));
@@ -437,10 +440,8 @@ mod tests {
                 })
                 .count()
         };
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/typed-outputs");
-        let config = ModelConfig::load(&dir.join("model.toml")).unwrap();
         let before = named();
-        let mut session = ModelSession::load(&dir.join("model.onnx"), &config, 3).unwrap();
+        let mut session = typed_outputs_on(3);
         // Three intra-op threads: the caller's and two of ONNX Runtime's own. A new thread names
         // itself once it runs, so the names may lag the load by a moment.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
