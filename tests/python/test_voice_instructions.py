@@ -2,8 +2,10 @@
 
 import importlib.util
 import pathlib
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests/bench"))  # the callgrind reader the scripts share
 _spec = importlib.util.spec_from_file_location("voice_instructions", ROOT / "tests/bench/voice_instructions.py")
 vi = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(vi)

@@ -61,9 +61,14 @@ impl SessionOptions {
     /// claims every core: what it fills is its device, so another instance waits to fill its
     /// batch while it runs.
     pub fn cores(&self) -> usize {
+        self.cores_with(self.threads())
+    }
+
+    /// [`SessionOptions::cores`] for a session of `threads` intra-op threads.
+    fn cores_with(&self, threads: usize) -> usize {
         match self.provider {
             ExecutionProvider::Cuda => crate::batcher::machine_cores(),
-            ExecutionProvider::Cpu => self.threads(),
+            ExecutionProvider::Cpu => threads,
         }
     }
 }
@@ -135,7 +140,8 @@ impl ModelSession {
     pub fn load_with(path: &Path, config: &ModelConfig, options: SessionOptions) -> Result<Self, InferenceError> {
         let env = crate::runtime::environment(None)?;
         let mut builder = Session::builder(env)?;
-        builder = builder.with_intra_threads(options.threads()).map_err(ort::Error::from)?;
+        let threads = options.threads();
+        builder = builder.with_intra_threads(threads).map_err(ort::Error::from)?;
         builder = builder.with_thread_manager(NamedThreads::for_model(&config.name)).map_err(ort::Error::from)?;
         builder = builder.with_intra_op_spinning(options.spinning).map_err(ort::Error::from)?;
         if is_ort_format(path) {
@@ -179,7 +185,7 @@ impl ModelSession {
             session,
             input_names: config.inputs.iter().map(|s| s.name.clone()).collect(),
             outputs: config.outputs.iter().map(|s| (s.name.clone(), s.datatype)).collect(),
-            cores: options.cores(),
+            cores: options.cores_with(threads),
         })
     }
 
@@ -225,8 +231,11 @@ where
     match bytemuck::try_cast_slice::<u8, T>(data) {
         Ok(values) => Ok(TensorRef::from_array_view((shape, values))?.into()),
         // One copy into memory aligned for T, byte for byte (the length was checked against
-        // the shape on arrival).
-        Err(_) => Ok(ort::value::Tensor::from_array((shape, bytemuck::pod_collect_to_vec::<u8, T>(data)))?.into()),
+        // the shape on arrival), written once: no zeroing first.
+        Err(_) => {
+            let values: Vec<T> = data.chunks_exact(N).map(bytemuck::pod_read_unaligned).collect();
+            Ok(ort::value::Tensor::from_array((shape, values))?.into())
+        }
     }
 }
 
