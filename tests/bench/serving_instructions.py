@@ -30,18 +30,19 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
 
 from callgrind_profile import parse_profile
 
-ADDRESS = "127.0.0.1:9000"
 OIP = "inference.GRPCInferenceService"
 
 # Where an instruction was spent: the first row whose pattern matches the object ("ob") or the
@@ -69,17 +70,23 @@ def category(obj: str, fn: str) -> str:
 
 
 def without_spinning(repository: pathlib.Path, model: str, work: pathlib.Path) -> pathlib.Path:
-    """A copy of `model`'s folder whose model.toml turns ONNX Runtime's spinning off."""
+    """A copy of `model`'s folder whose model.toml (each version's) turns ONNX Runtime's spinning
+    off and is otherwise the same document."""
     copy = work / "models"
+    if not (repository / model).is_dir():
+        sys.exit(f"no model folder {repository / model}: pass --model-repository and --model")
     shutil.copytree(repository / model, copy / model)
     for toml in (copy / model).glob("*/model.toml"):
-        text = re.sub(r"(?m)^(inline_)?intra_op_spinning\s*=.*\n", "", toml.read_text())
-        # Top-level keys go before the first [table].
-        head, table, rest = text.partition("\n[")
-        spinning = "intra_op_spinning = false\n"
-        if re.search(r"(?m)^inline_intra_op_threads\s*=", head):
-            spinning += "inline_intra_op_spinning = false\n"
-        toml.write_text(head + "\n" + spinning + table + rest)
+        original = tomllib.loads(toml.read_text())
+        kept = re.sub(r"(?m)^[ \t]*(inline_)?intra_op_spinning[ \t]*=.*(\n|\Z)", "", toml.read_text())
+        spinning = {"intra_op_spinning": False}
+        if "inline_intra_op_threads" in original:
+            spinning["inline_intra_op_spinning"] = False
+        # Keys before the first line of the file belong to the root table, whatever follows.
+        toml.write_text("".join(f"{key} = false\n" for key in spinning) + kept)
+        expected = {k: v for k, v in original.items() if k not in ("intra_op_spinning", "inline_intra_op_spinning")}
+        if tomllib.loads(toml.read_text()) != {**spinning, **expected}:
+            sys.exit(f"{toml}: cannot turn spinning off without changing anything else; edit a copy by hand")
     return copy
 
 
@@ -97,28 +104,41 @@ def infer_body(model: str) -> bytes:
     return grpc_frame(request.SerializeToString())
 
 
-def h2load(method: str, body: pathlib.Path, requests: int) -> None:
+def h2load(address: str, method: str, body: pathlib.Path, requests: int) -> None:
     """Sends `requests` calls of `body` to `method` from h2load, one stream; fails on any error."""
     out = subprocess.run(
         ["h2load", "-n", str(requests), "-c", "1", "-m", "1", "-H", "content-type: application/grpc",
-         "-H", "te: trailers", "-d", str(body), f"http://{ADDRESS}/{OIP}/{method}"],
-        check=True, capture_output=True, text=True).stdout
+         "-H", "te: trailers", "-d", str(body), f"http://{address}/{OIP}/{method}"],
+        check=True, capture_output=True, text=True, timeout=120 + 10 * requests).stdout
     if f"{requests} succeeded" not in out:
         sys.exit(f"h2load: not every {method} call succeeded:\n{out}")
 
 
-def wait_listening(server: subprocess.Popen, seconds: float) -> None:
-    host, port = ADDRESS.split(":")
+def wait_listening(server: subprocess.Popen, printed: pathlib.Path, seconds: float) -> str:
+    """The address the server prints once it listens."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        listening = re.search(r"listening on (\S+)", printed.read_text())
+        if listening:
+            return listening.group(1)
         if server.poll() is not None:
             sys.exit(f"vigil-edge exited with {server.returncode} under valgrind")
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    sys.exit(f"vigil-edge did not listen on {ADDRESS} within {seconds:.0f} s under valgrind")
+        time.sleep(0.5)
+    sys.exit(f"vigil-edge did not start listening within {seconds:.0f} s under valgrind")
+
+
+def check_model_runs(address: str, model: str) -> None:
+    """One ModelInfer through tritonclient, which raises on a gRPC error: h2load counts an answer
+    that carries a gRPC error (NOT_FOUND, INVALID_ARGUMENT) as a success."""
+    client = grpcclient.InferenceServerClient(url=address)
+    request = grpcclient.InferInput("image", [1, 1, 128, 128], "FP32")
+    request.set_data_from_numpy(np.zeros((1, 1, 128, 128), dtype=np.float32))
+    try:
+        answer = client.infer(model, [request], client_timeout=300).get_response()
+    except InferenceServerException as e:
+        sys.exit(f"{model} did not answer a ModelInfer: {e}")
+    if not answer.outputs or not answer.raw_output_contents:
+        sys.exit(f"{model} answered with no output: {answer}")
 
 
 def measure(args: argparse.Namespace, work: pathlib.Path) -> list[tuple[str, int, collections.Counter]]:
@@ -132,30 +152,45 @@ def measure(args: argparse.Namespace, work: pathlib.Path) -> list[tuple[str, int
         (work / f"{name}.grpc").write_bytes(body)
     edge = pathlib.Path(args.release_dir) / "vigil-edge"
     repository = without_spinning(pathlib.Path(args.model_repository), args.model, work)
-    server = subprocess.Popen(
-        [valgrind, "-q", "--tool=callgrind", f"--callgrind-out-file={work}/edge.%p", str(edge),
-         "--listen", ADDRESS, "--metrics-listen", "127.0.0.1:0", "--model-repository", str(repository)],
-        stdout=subprocess.DEVNULL, stderr=open(work / "edge.log", "w"))
+    printed, log = work / "server.out", work / "server.log"
+    with open(printed, "w") as out, open(log, "w") as err:
+        server = subprocess.Popen(
+            [valgrind, "-q", "--tool=callgrind", f"--callgrind-out-file={work}/profile.%p", str(edge),
+             "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--model-repository", str(repository)],
+            stdout=out, stderr=err)
     rows = [("ServerLive", "ServerLive", "live", args.requests),
             ("ModelInfer refused (no model run)", "ModelInfer", "refused", args.requests),
             ("ModelInfer", "ModelInfer", "infer", args.model_requests)]
     found = []
     try:
-        wait_listening(server, 300)
+        address = wait_listening(server, printed, 300)
+        check_model_runs(address, args.model)
         for row, method, body, requests in rows:
             print(f"==> {row}: {requests} calls under callgrind", file=sys.stderr)
-            h2load(method, work / f"{body}.grpc", max(3, requests // 10))
-            subprocess.run([control, "-z", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
-            h2load(method, work / f"{body}.grpc", requests)
-            before = set(work.glob("edge.*"))
-            subprocess.run([control, "-d", str(server.pid)], check=True, stdout=subprocess.DEVNULL)
-            dumped = sorted(set(work.glob("edge.*")) - before)
+            h2load(address, method, work / f"{body}.grpc", max(3, requests // 10))
+            subprocess.run([control, "-z", str(server.pid)], check=True, stdout=subprocess.DEVNULL, timeout=60)
+            h2load(address, method, work / f"{body}.grpc", requests)
+            before = set(work.glob("profile.*"))
+            subprocess.run([control, "-d", str(server.pid)], check=True, stdout=subprocess.DEVNULL, timeout=60)
+            dumped = sorted(set(work.glob("profile.*")) - before)
             if len(dumped) != 1:
                 sys.exit(f"callgrind wrote {len(dumped)} profiles for {row}, expected one")
             found.append((row, requests, parse_profile(dumped[0].read_text(errors="replace"))[1]))
+    except BaseException:
+        tail = log.read_text(errors="replace").splitlines()[-20:]
+        if tail:
+            print("vigil-edge's last words:\n" + "\n".join(tail), file=sys.stderr)
+        raise
     finally:
         server.terminate()
-        server.wait()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    model_run = sum(c for (obj, fn), c in found[-1][2].items() if category(obj, fn) == MODEL) / found[-1][1]
+    if model_run < 1e6:
+        sys.exit(f"ModelInfer ran {model_run:.0f} instructions of ONNX Runtime per call: the model did not run")
     return found
 
 
@@ -192,7 +227,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="calls measured per floor row")
     parser.add_argument("--model-requests", type=int, default=60, help="ModelInfer calls measured")
-    parser.add_argument("--model", default="scratch-detector")
+    parser.add_argument("--model", default="scratch-detector",
+                        help="a model of the repository taking one 1x1x128x128 FP32 input named image")
     parser.add_argument("--model-repository", default="models")
     parser.add_argument("--release-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "release"))
     args = parser.parse_args()

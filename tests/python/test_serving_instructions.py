@@ -3,7 +3,6 @@ copy it profiles, the requests it sends and where it files each function's instr
 
 import importlib.util
 import pathlib
-import shutil
 import sys
 import tomllib
 
@@ -36,6 +35,34 @@ def test_a_model_without_an_inline_session_gets_no_inline_setting_and_loses_its_
     copy = si.without_spinning(tmp_path / "in", "m", tmp_path / "work")
     profiled = tomllib.loads((copy / "m/1/model.toml").read_text())
     assert profiled == {"name": "m", "intra_op_spinning": False, "inputs": [{"name": "x"}]}
+
+
+def test_keys_land_in_the_root_table_whatever_the_file_starts_with(tmp_path):
+    model = tmp_path / "in/m/1"
+    model.mkdir(parents=True)
+    (model / "model.toml").write_text('[[inputs]]\nname = "x"\n')
+    with_root = tmp_path / "in/m/2"
+    with_root.mkdir()
+    (with_root / "model.toml").write_text('name = "m"\n  intra_op_spinning = true\ninline_intra_op_threads = 0\n'
+                                          'inline_intra_op_spinning = true')
+    copy = si.without_spinning(tmp_path / "in", "m", tmp_path / "work")
+    assert tomllib.loads((copy / "m/1/model.toml").read_text()) == {
+        "intra_op_spinning": False, "inputs": [{"name": "x"}]}
+    assert tomllib.loads((copy / "m/2/model.toml").read_text()) == {
+        "name": "m", "inline_intra_op_threads": 0, "intra_op_spinning": False, "inline_intra_op_spinning": False}
+
+
+def test_a_rewrite_that_would_change_a_value_is_refused(tmp_path):
+    model = tmp_path / "in/m/1"
+    model.mkdir(parents=True)
+    # The setting's line inside a multi-line string: removing it would change the description.
+    (model / "model.toml").write_text('description = """\nintra_op_spinning = true\n"""\n')
+    try:
+        si.without_spinning(tmp_path / "in", "m", tmp_path / "work")
+    except SystemExit as refused:
+        assert "cannot turn spinning off" in str(refused)
+    else:
+        raise AssertionError("the rewrite changed the description and was not refused")
 
 
 def test_the_model_request_carries_one_128x128_image_as_raw_contents():

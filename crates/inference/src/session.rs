@@ -225,6 +225,7 @@ fn view_or_copy<'a, T, const N: usize>(
 where
     T: ort::value::PrimitiveTensorElementType + bytemuck::Pod + std::fmt::Debug,
 {
+    const { assert!(N == size_of::<T>(), "N is the size of T") };
     if cfg!(target_endian = "big") {
         return Ok(ort::value::Tensor::from_array((shape, le_values(data, from)))?.into());
     }
