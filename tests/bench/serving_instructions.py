@@ -2,8 +2,9 @@
 
 Starts the `vigil-edge` release binary under valgrind's callgrind on a copy of the shipped model
 (its `model.toml` as shipped but for ONNX Runtime's spinning, turned off: a thread that spins for
-work between runs would count its loop as instructions, and under valgrind's one-thread-at-a-time
-scheduling it holds the others up), then, for each kind of request, sends a warm-up from h2load (its own process, one HTTP/2
+work between runs would count its loop as instructions; and for `inline_run_limit_us`, lifted: a
+run under callgrind takes longer than the limit, and a lone request would leave the inline path
+it takes natively for the batching thread), then, for each kind of request, sends a warm-up from h2load (its own process, one HTTP/2
 connection, one stream), zeroes the server's counters, sends the measured requests, and writes a
 profile. Each profile is divided by its requests and split by where the instructions went
 (ONNX Runtime, memory copies, HTTP/2, gRPC and protobuf, tokio, the allocator, Vigil's own code):
@@ -69,9 +70,15 @@ def category(obj: str, fn: str) -> str:
     return "other (core, alloc, bytes, std, ...)"
 
 
-def without_spinning(repository: pathlib.Path, model: str, work: pathlib.Path) -> pathlib.Path:
-    """A copy of `model`'s folder whose model.toml (each version's) turns ONNX Runtime's spinning
-    off and is otherwise the same document."""
+# Under callgrind a run takes far longer than `inline_run_limit_us` (2 ms by default), so a lone
+# request would go to the batching thread where natively it runs inline: the copy lifts the limit.
+INLINE_RUN_LIMIT_US = 600_000_000
+
+
+def profiled_copy(repository: pathlib.Path, model: str, work: pathlib.Path) -> pathlib.Path:
+    """A copy of `model`'s folder whose model.toml (each version's) is the same document but for
+    ONNX Runtime's spinning, turned off, and the inline run limit, lifted so that lone requests
+    take the path they take natively."""
     copy = work / "models"
     if not (repository / model).is_dir():
         sys.exit(f"no model folder {repository / model}: pass --model-repository and --model")
@@ -82,11 +89,17 @@ def without_spinning(repository: pathlib.Path, model: str, work: pathlib.Path) -
         spinning = {"intra_op_spinning": False}
         if "inline_intra_op_threads" in original:
             spinning["inline_intra_op_spinning"] = False
+        expected = {k: v for k, v in original.items() if k not in ("intra_op_spinning", "inline_intra_op_spinning")}
+        expected.update(spinning)
+        if "dynamic_batching" in original:
+            kept = re.sub(r"(?m)^[ \t]*inline_run_limit_us[ \t]*=.*(\n|\Z)", "", kept)
+            kept = re.sub(r"(?m)^[ \t]*\[dynamic_batching\][ \t]*(#.*)?$",
+                          lambda header: f"{header.group(0)}\ninline_run_limit_us = {INLINE_RUN_LIMIT_US}", kept)
+            expected["dynamic_batching"] = {**original["dynamic_batching"], "inline_run_limit_us": INLINE_RUN_LIMIT_US}
         # Keys before the first line of the file belong to the root table, whatever follows.
         toml.write_text("".join(f"{key} = false\n" for key in spinning) + kept)
-        expected = {k: v for k, v in original.items() if k not in ("intra_op_spinning", "inline_intra_op_spinning")}
-        if tomllib.loads(toml.read_text()) != {**spinning, **expected}:
-            sys.exit(f"{toml}: cannot turn spinning off without changing anything else; edit a copy by hand")
+        if tomllib.loads(toml.read_text()) != expected:
+            sys.exit(f"{toml}: cannot change only the spinning and the inline run limit; edit a copy by hand")
     return copy
 
 
@@ -151,7 +164,7 @@ def measure(args: argparse.Namespace, work: pathlib.Path) -> list[tuple[str, int
     for name, body in bodies.items():
         (work / f"{name}.grpc").write_bytes(body)
     edge = pathlib.Path(args.release_dir) / "vigil-edge"
-    repository = without_spinning(pathlib.Path(args.model_repository), args.model, work)
+    repository = profiled_copy(pathlib.Path(args.model_repository), args.model, work)
     printed, log = work / "server.out", work / "server.log"
     with open(printed, "w") as out, open(log, "w") as err:
         server = subprocess.Popen(

@@ -15,15 +15,17 @@ si = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(si)
 
 
-def test_the_profiled_copy_differs_from_the_shipped_model_only_in_spinning(tmp_path):
+def test_the_profiled_copy_differs_from_the_shipped_model_only_in_spinning_and_the_inline_limit(tmp_path):
     shipped_dir = ROOT / "models"
-    copy = si.without_spinning(shipped_dir, "scratch-detector", tmp_path)
+    copy = si.profiled_copy(shipped_dir, "scratch-detector", tmp_path)
     shipped = tomllib.loads((shipped_dir / "scratch-detector/1/model.toml").read_text())
     profiled = tomllib.loads((copy / "scratch-detector/1/model.toml").read_text())
     assert profiled.pop("intra_op_spinning") is False
     assert profiled.pop("inline_intra_op_spinning") is False
+    assert profiled["dynamic_batching"].pop("inline_run_limit_us") == si.INLINE_RUN_LIMIT_US
     shipped.pop("intra_op_spinning", None)
     shipped.pop("inline_intra_op_spinning", None)
+    shipped["dynamic_batching"].pop("inline_run_limit_us", None)
     assert profiled == shipped
     assert (copy / "scratch-detector/1/model.onnx").read_bytes() == (shipped_dir / "scratch-detector/1/model.onnx").read_bytes()
 
@@ -32,7 +34,7 @@ def test_a_model_without_an_inline_session_gets_no_inline_setting_and_loses_its_
     model = tmp_path / "in/m/1"
     model.mkdir(parents=True)
     (model / "model.toml").write_text('name = "m"\nintra_op_spinning = true\n[[inputs]]\nname = "x"\n')
-    copy = si.without_spinning(tmp_path / "in", "m", tmp_path / "work")
+    copy = si.profiled_copy(tmp_path / "in", "m", tmp_path / "work")
     profiled = tomllib.loads((copy / "m/1/model.toml").read_text())
     assert profiled == {"name": "m", "intra_op_spinning": False, "inputs": [{"name": "x"}]}
 
@@ -45,11 +47,26 @@ def test_keys_land_in_the_root_table_whatever_the_file_starts_with(tmp_path):
     with_root.mkdir()
     (with_root / "model.toml").write_text('name = "m"\n  intra_op_spinning = true\ninline_intra_op_threads = 0\n'
                                           'inline_intra_op_spinning = true')
-    copy = si.without_spinning(tmp_path / "in", "m", tmp_path / "work")
+    copy = si.profiled_copy(tmp_path / "in", "m", tmp_path / "work")
     assert tomllib.loads((copy / "m/1/model.toml").read_text()) == {
         "intra_op_spinning": False, "inputs": [{"name": "x"}]}
     assert tomllib.loads((copy / "m/2/model.toml").read_text()) == {
         "name": "m", "inline_intra_op_threads": 0, "intra_op_spinning": False, "inline_intra_op_spinning": False}
+
+
+def test_an_inline_limit_already_set_is_lifted_and_a_model_without_batching_gets_none(tmp_path):
+    model = tmp_path / "in/m/1"
+    model.mkdir(parents=True)
+    (model / "model.toml").write_text('name = "m"\n[dynamic_batching]  # queue\nmax_queue_delay_us = 500\n'
+                                      'inline_run_limit_us = 2000\n[[inputs]]\nname = "x"\n')
+    unbatched = tmp_path / "in/m/2"
+    unbatched.mkdir()
+    (unbatched / "model.toml").write_text('name = "m"\n')
+    copy = si.profiled_copy(tmp_path / "in", "m", tmp_path / "work")
+    assert tomllib.loads((copy / "m/1/model.toml").read_text()) == {
+        "name": "m", "intra_op_spinning": False, "inputs": [{"name": "x"}],
+        "dynamic_batching": {"max_queue_delay_us": 500, "inline_run_limit_us": si.INLINE_RUN_LIMIT_US}}
+    assert tomllib.loads((copy / "m/2/model.toml").read_text()) == {"name": "m", "intra_op_spinning": False}
 
 
 def test_a_rewrite_that_would_change_a_value_is_refused(tmp_path):
@@ -58,9 +75,9 @@ def test_a_rewrite_that_would_change_a_value_is_refused(tmp_path):
     # The setting's line inside a multi-line string: removing it would change the description.
     (model / "model.toml").write_text('description = """\nintra_op_spinning = true\n"""\n')
     try:
-        si.without_spinning(tmp_path / "in", "m", tmp_path / "work")
+        si.profiled_copy(tmp_path / "in", "m", tmp_path / "work")
     except SystemExit as refused:
-        assert "cannot turn spinning off" in str(refused)
+        assert "cannot change only" in str(refused)
     else:
         raise AssertionError("the rewrite changed the description and was not refused")
 
