@@ -42,3 +42,12 @@ def parse_profile(text: str) -> tuple[str, collections.Counter]:
             elif len(fields) >= 2:
                 costs[(obj, fn)] += int(fields[1])
     return trigger, costs
+
+
+def file_under(categories: list[tuple[str, str, str]], obj: str, fn: str, otherwise: str) -> str:
+    """The name of the first (field, pattern, name) row whose pattern matches the object ("ob")
+    or the function ("fn"), else `otherwise`."""
+    for field, pattern, name in categories:
+        if re.search(pattern, obj if field == "ob" else fn):
+            return name
+    return otherwise

@@ -42,7 +42,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
-from callgrind_profile import parse_profile
+from callgrind_profile import file_under, parse_profile
 
 OIP = "inference.GRPCInferenceService"
 
@@ -64,10 +64,7 @@ MODEL = CATEGORIES[0][2]
 
 def category(obj: str, fn: str) -> str:
     """Where an instruction was spent, by object and function."""
-    for field, pattern, name in CATEGORIES:
-        if re.search(pattern, obj if field == "ob" else fn):
-            return name
-    return "other (core, alloc, bytes, std, ...)"
+    return file_under(CATEGORIES, obj, fn, "other (core, alloc, bytes, std, ...)")
 
 
 # Under callgrind a run takes far longer than `inline_run_limit_us` (2 ms by default), so a lone

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 
-from callgrind_profile import parse_profile
+from callgrind_profile import file_under, parse_profile
 
 # The call before which each run writes a profile: one direct recognition, one served query.
 DIRECT_MARK = re.compile(r"^vigil_speech::audio::pad$")
@@ -75,10 +75,7 @@ MODEL = CATEGORIES[0][2]
 
 def category(obj: str, fn: str) -> str:
     """Where an instruction was spent, by object and function."""
-    for field, pattern, name in CATEGORIES:
-        if re.search(pattern, obj if field == "ob" else fn):
-            return name
-    return "other"
+    return file_under(CATEGORIES, obj, fn, "other")
 
 
 def profiles(directory: pathlib.Path, prefix: str) -> list[pathlib.Path]:
