@@ -45,8 +45,7 @@ pub struct ModelConfig {
     /// this process may use, at most one per physical core). Lets a model answer one client on
     /// every core while its batching sessions run batches under load on one thread each,
     /// without a second thread spinning beside them; it costs one more copy of the model in
-    /// memory. Unset: inline runs borrow an idle batching
-    /// session.
+    /// memory. Unset: inline runs borrow an idle batching session.
     #[serde(default)]
     pub inline_intra_op_threads: Option<usize>,
     /// Let idle intra-op threads spin for work (ONNX Runtime's default): lower latency on
