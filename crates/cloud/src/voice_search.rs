@@ -20,6 +20,7 @@ use vigil_proto::vigil::v1::{
     SearchFeedbackAck, SearchHit, SearchRequest, SearchResponse, SearchResult, SegmentTranscript, SpeechSegment,
     VadReport, Variant, search_feedback, search_request, search_response,
 };
+use vigil_serving::ids::check_id;
 use vigil_serving::infer::{Infer, Route};
 use vigil_serving::records::{RecordEmitter, RequestContext, new_trace_id};
 use vigil_serving::status::to_status;
@@ -111,6 +112,7 @@ impl VoiceSearch for VoiceSearchService {
 
     async fn feedback(&self, request: Request<SearchFeedback>) -> Result<Response<SearchFeedbackAck>, Status> {
         let f = request.into_inner();
+        check_id("session_id", &f.session_id)?;
         uuid::Uuid::parse_str(&f.query_id)
             .map_err(|_| Status::invalid_argument(format!("query_id '{}' is not a query id (a UUID)", f.query_id)))?;
         let (kind, value) = match f.action {
@@ -118,6 +120,7 @@ impl VoiceSearch for VoiceSearchService {
                 if c.product_id.is_empty() {
                     return Err(Status::invalid_argument("click.product_id must name the result clicked"));
                 }
+                check_id("click.product_id", &c.product_id)?;
                 ("click", format!("{}@{}", c.product_id, c.rank))
             }
             Some(search_feedback::Action::RedoSearch(true)) => ("redo_search", String::new()),
@@ -237,6 +240,9 @@ impl Session {
                 config.language
             )));
         }
+        check_id("device_id", &config.device_id)?;
+        check_id("session_id", &config.session_id)?;
+        check_id("trace_id", &config.trace_id)?;
         let limit = &inner.config;
         let max_results = match config.max_results {
             0 => limit.default_results,

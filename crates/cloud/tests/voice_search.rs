@@ -333,6 +333,13 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
     let bad =
         client.feedback(SearchFeedback { query_id: last.query_id.clone(), ..Default::default() }).await.unwrap_err();
     assert!(bad.code() == Code::InvalidArgument && bad.message().contains("action"), "{bad:?}");
+    let long_session = SearchFeedback {
+        query_id: last.query_id.clone(),
+        session_id: "s".repeat(300),
+        action: Some(search_feedback::Action::RedoSearch(true)),
+    };
+    let bad = client.feedback(long_session).await.unwrap_err();
+    assert!(bad.code() == Code::InvalidArgument && bad.message().contains("session_id is 300 bytes"), "{bad:?}");
     server.shutdown().await.unwrap();
 }
 
@@ -365,6 +372,18 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
             vec![ok(SearchConfig { max_results: 51, ..search_config() })],
             Code::InvalidArgument,
             "max_results 51",
+        ),
+        (
+            "a device id of 1 KB",
+            vec![ok(SearchConfig { device_id: "d".repeat(1024), ..search_config() })],
+            Code::InvalidArgument,
+            "device_id is 1024 bytes long; the limit is 256",
+        ),
+        (
+            "a NUL in the session id",
+            vec![ok(SearchConfig { session_id: "s\0".into(), ..search_config() })],
+            Code::InvalidArgument,
+            "session_id holds the control character",
         ),
         (
             "segment before config",
@@ -508,14 +527,14 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     let responses = exchange(&mut client, vec![ok(search_config()), segment_message(0, &speech)]).await.unwrap();
     assert!(!final_result(&responses).transcript.is_empty());
 
-    // Every query is counted once by how it ended: 14 refused, 2 timed out, 4 left, 1 answered.
+    // Every query is counted once by how it ended: 16 refused, 2 timed out, 4 left, 1 answered.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(&server, "vigil_voice_search_queries_total", "").await < 21.0 {
+    while metric(&server, "vigil_voice_search_queries_total", "").await < 23.0 {
         assert!(std::time::Instant::now() < deadline, "not every query was counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 21.0);
-    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 14.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 23.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 16.0);
     assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"DeadlineExceeded\"").await, 2.0);
     assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"Ok\"").await, 1.0);
     server.shutdown().await.unwrap();

@@ -49,6 +49,56 @@ async fn bad_images_get_invalid_argument_naming_the_problem() {
     server.shutdown().await.unwrap();
 }
 
+/// Ids and times travel into every prediction record and key its Kafka message: what the
+/// broker, the spool or Postgres would refuse later is refused at the door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_and_times_a_record_cannot_carry_are_refused() {
+    let server = start(config()).await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let good = samples("normal").remove(0).1;
+    let ancient = prost_types::Timestamp { seconds: -300_000_000_000, nanos: 0 };
+    let cases: Vec<(&str, InspectRequest, &str)> = vec![
+        (
+            "a 2 MB station id",
+            InspectRequest { station_id: "s".repeat(2 << 20), ..inspect_request(good.clone()) },
+            "station_id is 2097152 bytes long; the limit is 256",
+        ),
+        (
+            "a NUL in the part id",
+            InspectRequest { part_id: "part\0-7".into(), ..inspect_request(good.clone()) },
+            "part_id holds the control character '\\0'",
+        ),
+        (
+            "a newline in the request id",
+            InspectRequest { request_id: "r\n1".into(), ..inspect_request(good.clone()) },
+            "request_id holds the control character",
+        ),
+        (
+            "a capture time 9,500 years ago",
+            InspectRequest { capture_time: Some(ancient), ..inspect_request(good.clone()) },
+            "capture_time (-300000000000 s, 0 ns) is not a valid timestamp",
+        ),
+    ];
+    for (what, request, expected) in cases {
+        let status = inspect.inspect(request).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains(expected), "{what}: message {:?} lacks {expected:?}", status.message());
+    }
+    let mut long_id = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    long_id.id = "i".repeat(300);
+    let status = oip.model_infer(long_id).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("id is 300 bytes long"), "{}", status.message());
+    // At the limit, and printable text of any script, is taken.
+    let request =
+        InspectRequest { station_id: "é".repeat(128), part_id: "Teil 7 · Linie 3".into(), ..inspect_request(good) };
+    inspect.inspect(request).await.expect("a 256-byte station id");
+    let mut ok = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    ok.id = "i".repeat(256);
+    oip.model_infer(ok).await.expect("a 256-byte request id");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_refused_with_the_limit_named() {
     let mut config = config();

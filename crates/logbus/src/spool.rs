@@ -95,7 +95,15 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:010}.seg"))
 }
 
-fn encode(e: &Envelope) -> Vec<u8> {
+/// A frame: length, checksum, then the topic and key (each after its 16-bit length) and the
+/// payload. A topic or key too long for its length field is an error, never cut short.
+fn encode(e: &Envelope) -> io::Result<Vec<u8>> {
+    for (what, len) in [("topic", e.topic.len()), ("key", e.key.len())] {
+        if len > u16::MAX as usize {
+            let why = format!("a record's {what} of {len} bytes is over the spool's limit of {} bytes", u16::MAX);
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
+    }
     let mut body = Vec::with_capacity(4 + e.topic.len() + e.key.len() + e.payload.len());
     body.extend_from_slice(&(e.topic.len() as u16).to_le_bytes());
     body.extend_from_slice(e.topic.as_bytes());
@@ -106,7 +114,7 @@ fn encode(e: &Envelope) -> Vec<u8> {
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
     frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     frame.extend_from_slice(&body);
-    frame
+    Ok(frame)
 }
 
 fn decode(body: &[u8]) -> Option<Envelope> {
@@ -202,7 +210,7 @@ impl Spool {
 
     /// Appends a record, applying the full policy.
     pub fn append(&mut self, envelope: &Envelope) -> io::Result<Appended> {
-        let frame = encode(envelope);
+        let frame = encode(envelope)?;
         let mut dropped = 0;
         while self.bytes() + frame.len() as u64 > self.config.max_bytes {
             match self.config.when_full {
@@ -230,9 +238,18 @@ impl Spool {
             self.writer = Some(OpenOptions::new().create(true).append(true).open(segment_path(&self.config.dir, *n))?);
         }
         let writer = self.writer.as_mut().expect("writer");
-        writer.write_all(&frame)?;
-        if self.config.fsync == FsyncPolicy::Always {
-            writer.sync_data()?;
+        let written = writer.write_all(&frame).and_then(|()| match self.config.fsync {
+            FsyncPolicy::Always => writer.sync_data(),
+            FsyncPolicy::Never => Ok(()),
+        });
+        if let Err(e) = written {
+            // A frame written in part (a full disk) would hide every frame after it: cut it off.
+            let cut = writer.set_len(*size);
+            self.writer = None;
+            return Err(match cut {
+                Ok(()) => e,
+                Err(cut) => io::Error::new(e.kind(), format!("{e}; cutting the torn frame off failed too: {cut}")),
+            });
         }
         *size += frame.len() as u64;
         *count += 1;
@@ -389,6 +406,61 @@ mod tests {
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
         let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         assert_eq!(s.peek(10).unwrap().0, vec![env(1)]);
+    }
+
+    #[test]
+    fn a_key_too_long_for_its_length_field_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        let long = Envelope { topic: "t".into(), key: "k".repeat(70_000), payload: vec![1, 2, 3] };
+        let e = s.append(&long).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("key of 70000 bytes"), "{e}");
+        s.append(&env(1)).unwrap();
+        assert_eq!((s.len(), s.peek(10).unwrap().0), (1, vec![env(1)]));
+    }
+
+    /// Runs in a child process of its own: the file size limit it sets holds for the whole process.
+    #[test]
+    fn a_frame_the_disk_took_in_part_is_cut_off() {
+        const CHILD: &str = "VIGIL_SPOOL_TEST_FILE_SIZE_LIMIT";
+        const NAME: &str = "spool::tests::a_frame_the_disk_took_in_part_is_cut_off";
+        if std::env::var_os(CHILD).is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let out = std::process::Command::new(exe)
+                .args(["--exact", NAME, "--test-threads=1", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let printed = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(printed.contains("1 passed"), "the child ran the test: {printed}");
+            return;
+        }
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // Over the limit, write(2) then fails with EFBIG instead of the signal killing the process.
+        unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let big = SpoolConfig { segment_bytes: 1 << 20, ..config(dir.path(), 1 << 20, FullPolicy::RejectNew) };
+        let mut s = Spool::open(big.clone()).unwrap();
+        let record = |i: u32| Envelope { topic: "t".into(), key: format!("k{i}"), payload: vec![i as u8; 1000] };
+        s.append(&record(1)).unwrap();
+        let seg = segment_path(dir.path(), 1);
+        let one = fs::metadata(&seg).unwrap().len();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_FSIZE).unwrap();
+        // Room for half of the next frame: the disk takes part of it, then refuses.
+        setrlimit(Resource::RLIMIT_FSIZE, one + one / 2, hard).unwrap();
+        let e = s.append(&record(2)).unwrap_err();
+        setrlimit(Resource::RLIMIT_FSIZE, soft, hard).unwrap();
+        assert_eq!(e.raw_os_error(), Some(nix::libc::EFBIG), "{e}");
+        assert_eq!(fs::metadata(&seg).unwrap().len(), one, "the part written is cut off");
+        assert_eq!(s.len(), 1);
+        s.append(&record(3)).unwrap();
+        assert_eq!(s.peek(10).unwrap().0, vec![record(1), record(3)]);
+        drop(s);
+        let s = Spool::open(big).unwrap();
+        assert_eq!((s.len(), s.peek(10).unwrap().0), (2, vec![record(1), record(3)]), "and after reopening");
     }
 
     #[test]

@@ -239,6 +239,11 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     send(good[0].encode_to_vec()).await;
     send(vec![0xde, 0xad, 0xbe, 0xef, 0xff]).await;
     send(PredictionRecord { schema_version: 2, ..record(99) }.encode_to_vec()).await;
+    // Decodable, but Postgres would refuse the batch that holds them, again and again: a NUL in
+    // text, a time before 4713 BC.
+    send(PredictionRecord { station_id: "line\03".into(), ..record(98) }.encode_to_vec()).await;
+    let ancient = prost_types::Timestamp { seconds: -300_000_000_000, nanos: 0 };
+    send(PredictionRecord { response_time: Some(ancient), ..record(97) }.encode_to_vec()).await;
     for r in &good[1..] {
         send(r.encode_to_vec()).await;
     }
@@ -279,7 +284,7 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
         .unwrap();
     consumer.subscribe(&[topics::DEAD_LETTER]).unwrap();
     let mut reasons = HashMap::new();
-    while reasons.len() < 2 {
+    while reasons.len() < 4 {
         let m =
             tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
         let headers = m.headers().unwrap();
@@ -294,7 +299,11 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     assert_eq!(payload, &vec![0xde, 0xad, 0xbe, 0xef, 0xff]);
     let (reason, _) = &reasons[&format!("{}/0/2", topics::PREDICTIONS)];
     assert!(reason.contains("schema version 2 is not supported"), "{reason}");
-    assert_eq!(stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let (reason, _) = &reasons[&format!("{}/0/3", topics::PREDICTIONS)];
+    assert_eq!(reason, "station_id is invalid: holds a NUL character at byte 4");
+    let (reason, _) = &reasons[&format!("{}/0/4", topics::PREDICTIONS)];
+    assert_eq!(reason, "response_time is invalid: missing or out of range");
+    assert_eq!(stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 4);
     stop.send(()).unwrap();
     logger.await.unwrap().unwrap();
 }

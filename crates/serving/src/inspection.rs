@@ -18,6 +18,7 @@ use vigil_proto::vigil::v1::{
 };
 
 use crate::decision::{Automation, Policy};
+use crate::ids::{check_id, check_time};
 use crate::infer::{Infer, Route, ShadowInputs, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
 use crate::records::{RecordEmitter, RequestContext, new_trace_id};
@@ -86,6 +87,10 @@ impl InspectionService {
 
     async fn inspect_model(&self, request: InspectRequest, tally: &mut Tally<'_>) -> Result<InspectResponse, Status> {
         let request_time = SystemTime::now();
+        check_id("station_id", &request.station_id)?;
+        check_id("part_id", &request.part_id)?;
+        check_id("request_id", &request.request_id)?;
+        check_time("capture_time", &request.capture_time)?;
         let name = if request.model_name.is_empty() { self.default_model.clone() } else { request.model_name.clone() };
         // The station keeps one version under a canary.
         let route = self.infer.route(&name, &request.model_version, &request.station_id).map_err(to_status)?;

@@ -6,6 +6,7 @@ pub mod admission;
 pub mod capture;
 pub mod decision;
 pub mod deployment;
+pub mod ids;
 pub mod infer;
 pub mod inspection;
 pub mod log_policy;

@@ -20,6 +20,7 @@ use vigil_proto::inference::*;
 use vigil_proto::vigil::v1::{Decision, ReviewRequest, Verdict};
 
 use crate::decision::{Automation, Policy};
+use crate::ids::check_id;
 use crate::infer::{Infer, Route, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
 use crate::records::{InferredItem, RecordEmitter, RequestContext, new_trace_id};
@@ -95,6 +96,7 @@ impl InferenceService {
     ) -> Result<ModelInferResponse, Status> {
         let request_time = std::time::SystemTime::now();
         let (trace_id, stage) = pipeline_parameters(&request)?;
+        check_id("id", &request.id)?;
         let key = routing_key(&request);
         let route = self.infer.route(&request.model_name, &request.model_version, key).map_err(to_status)?;
         let model = route.primary.clone();

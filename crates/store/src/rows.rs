@@ -20,8 +20,22 @@ fn uuid_field(field: &'static str, value: &str) -> Result<Uuid, RowError> {
     Uuid::parse_str(value).map_err(|e| RowError::Field { field, reason: format!("'{value}': {e}") })
 }
 
+/// The seconds a protobuf `Timestamp` may hold (years 1 to 9999), all of which Postgres stores.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 fn time(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
-    ts.as_ref().and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32))
+    ts.as_ref()
+        .filter(|t| TIMESTAMP_SECONDS.contains(&t.seconds))
+        .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32))
+}
+
+/// Postgres text and jsonb cannot hold a NUL character: such a record is refused here, with the
+/// field named, instead of failing its whole batch's insert again and again.
+fn text(field: &'static str, value: &str) -> Result<(), RowError> {
+    match value.find('\0') {
+        Some(at) => Err(RowError::Field { field, reason: format!("holds a NUL character at byte {at}") }),
+        None => Ok(()),
+    }
 }
 
 /// One row of `predictions`.
@@ -72,6 +86,34 @@ impl PredictionRow {
         }
         let response_time = time(&r.response_time)
             .ok_or(RowError::Field { field: "response_time", reason: "missing or out of range".into() })?;
+        for (field, value) in [
+            ("trace_id", &r.trace_id),
+            ("server_id", &r.server_id),
+            ("station_id", &r.station_id),
+            ("device_id", &r.device_id),
+            ("part_id", &r.part_id),
+            ("request_id", &r.request_id),
+            ("api", &r.api),
+            ("stage", &r.stage),
+            ("capture", &r.capture),
+            ("model_name", &r.model_name),
+            ("model_version", &r.model_version),
+            ("deployment_id", &r.deployment_id),
+            ("error", &r.error),
+        ] {
+            text(field, value)?;
+        }
+        for f in &r.features {
+            text("features.name", &f.name)?;
+            text("features.category", &f.category)?;
+        }
+        if let Some(out) = &r.output {
+            text("output.label", &out.label)?;
+            text("output.text", &out.text)?;
+            for c in &out.class_scores {
+                text("output.class_scores.name", &c.name)?;
+            }
+        }
         let mut features = serde_json::Map::new();
         for f in &r.features {
             let value = if f.missing {
@@ -148,6 +190,8 @@ impl LabelRow {
         if e.label.is_empty() {
             return Err(RowError::Field { field: "label", reason: "empty".into() });
         }
+        text("label", &e.label)?;
+        text("source", &e.source)?;
         Ok(Self {
             label_id: uuid_field("label_id", &e.label_id)?,
             prediction_id: uuid_field("prediction_id", &e.prediction_id)?,
@@ -192,6 +236,9 @@ impl FeedbackRow {
         if e.kind.is_empty() {
             return Err(RowError::Field { field: "kind", reason: "empty".into() });
         }
+        text("kind", &e.kind)?;
+        text("value", &e.value)?;
+        text("session_id", &e.session_id)?;
         Ok(Self {
             event_id: uuid_field("event_id", &e.event_id)?,
             prediction_id: uuid_field("prediction_id", &e.prediction_id)?,
@@ -267,6 +314,58 @@ mod tests {
         let mut r = record();
         r.response_time = None;
         assert!(PredictionRow::from_record(&r).unwrap_err().to_string().contains("response_time"));
+    }
+
+    #[test]
+    fn what_postgres_cannot_store_is_refused_with_the_field_named() {
+        let mut r = record();
+        r.station_id = "a\0b".into();
+        let e = PredictionRow::from_record(&r).unwrap_err().to_string();
+        assert_eq!(e, "station_id is invalid: holds a NUL character at byte 1");
+        let mut r = record();
+        r.features[0].name = "bright\0ness".into();
+        assert!(PredictionRow::from_record(&r).unwrap_err().to_string().starts_with("features.name"));
+        let mut r = record();
+        r.output.as_mut().unwrap().label = "\0".into();
+        assert!(PredictionRow::from_record(&r).unwrap_err().to_string().starts_with("output.label"));
+        // Past year 9999 (chrono would take it, Postgres would not).
+        let mut r = record();
+        r.response_time = Some(prost_types::Timestamp { seconds: 253_402_300_800, nanos: 0 });
+        assert!(PredictionRow::from_record(&r).unwrap_err().to_string().starts_with("response_time"));
+        let mut r = record();
+        r.response_time = Some(prost_types::Timestamp { seconds: -300_000_000_000, nanos: 0 });
+        assert!(PredictionRow::from_record(&r).unwrap_err().to_string().starts_with("response_time"));
+        // An optional time out of range is left out, as one chrono cannot represent always was.
+        let mut r = record();
+        r.capture_time = Some(prost_types::Timestamp { seconds: -300_000_000_000, nanos: 0 });
+        assert_eq!(PredictionRow::from_record(&r).unwrap().capture_time, None);
+        let last = Some(prost_types::Timestamp { seconds: 253_402_300_799, nanos: 0 });
+        let mut r = record();
+        r.capture_time = last;
+        assert_eq!(
+            PredictionRow::from_record(&r).unwrap().capture_time.unwrap().to_rfc3339(),
+            "9999-12-31T23:59:59+00:00"
+        );
+
+        let label = LabelEvent {
+            schema_version: 1,
+            label_id: Uuid::now_v7().to_string(),
+            prediction_id: Uuid::now_v7().to_string(),
+            label: "def\0ect".into(),
+            time: r.response_time,
+            source: String::new(),
+        };
+        assert!(LabelRow::from_event(&label).unwrap_err().to_string().starts_with("label is invalid"));
+        let feedback = FeedbackEvent {
+            schema_version: 1,
+            event_id: Uuid::now_v7().to_string(),
+            prediction_id: Uuid::now_v7().to_string(),
+            kind: "click".into(),
+            value: "P-1@1".into(),
+            session_id: "s\0".into(),
+            time: r.response_time,
+        };
+        assert!(FeedbackRow::from_event(&feedback).unwrap_err().to_string().starts_with("session_id is invalid"));
     }
 
     #[test]
