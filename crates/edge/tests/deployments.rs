@@ -13,7 +13,7 @@ use prost::Message;
 use vigil_logbus::Emitter;
 use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
-use vigil_proto::inference::{InferParameter, ModelInferRequest, infer_parameter};
+use vigil_proto::inference::{InferParameter, ModelInferRequest, RepositoryModelLoadRequest, infer_parameter};
 use vigil_proto::vigil::v1::{Decision, InspectRequest, PredictionRecord, RecordStatus, Variant};
 use vigil_serving::RecordEmitter;
 use vigil_store::registry::sha256_file;
@@ -452,6 +452,47 @@ async fn a_canary_takes_its_share_of_keys_keeps_each_key_on_one_version_and_only
     assert!((grown as f64 - 2_000.0).abs() < 4.0 * sigma, "{grown} of {KEYS} keys on the candidate at 20%");
     let back: Vec<usize> = at_ten.iter().filter(|(k, v)| *v == "2" && at_twenty[*k] == "1").map(|(k, _)| *k).collect();
     assert!(back.is_empty(), "raising the share moved keys back to the primary: {back:?}");
+
+    // Who decides holds for a version asked for by name too: under `human_only` no item of any
+    // version is decided by the model.
+    let (mut inspect, _) = clients(&server).await;
+    // An image the model decides by itself under the `partial` policy in force (outside the band).
+    let mut image = None;
+    for (_, sample) in samples("normal") {
+        let request = InspectRequest { image: sample.clone(), ..Default::default() };
+        if inspect.inspect(request).await.unwrap().into_inner().decision() != Decision::HumanReview {
+            image = Some(sample);
+            break;
+        }
+    }
+    let image = image.expect("a normal sample the model accepts by itself");
+    let human_only =
+        DeploymentRow { policy: "human_only".into(), ..deployment("people", "1", Some("2"), "canary", 0.2) };
+    store.set_deployment(&human_only, &change).await.unwrap();
+    let ask =
+        |version: &str| InspectRequest { image: image.clone(), model_version: version.into(), ..Default::default() };
+    let mut decided = None;
+    for _ in 0..100 {
+        decided = Some(inspect.inspect(ask("")).await.unwrap().into_inner().decision());
+        if decided == Some(Decision::HumanReview) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(decided, Some(Decision::HumanReview), "the human_only policy never applied");
+    for version in ["1", "2"] {
+        let answer = inspect.inspect(ask(version)).await.unwrap().into_inner();
+        assert_eq!((answer.model_version.as_str(), answer.decision()), (version, Decision::HumanReview));
+    }
+
+    // The candidate's folder removed and the model reloaded without it: the keys the canary sent
+    // there fall back to the primary instead of failing, and so does every other key.
+    std::fs::remove_dir_all(repo.join(MODEL).join("2")).unwrap();
+    let load = RepositoryModelLoadRequest { model_name: MODEL.into(), ..Default::default() };
+    oip.clone().repository_model_load(load).await.unwrap();
+    let after = versions_by_key(&oip, 0..2_000, 16).await;
+    let elsewhere: Vec<_> = after.iter().filter(|(_, v)| v != "1").collect();
+    assert!(elsewhere.is_empty(), "with its candidate gone every key is the primary's: {elsewhere:?}");
     server.shutdown().await.unwrap();
 }
 

@@ -100,8 +100,7 @@ impl DeploymentRouter {
 
 impl Router for DeploymentRouter {
     fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError> {
-        let deployment = self.deployment(model).filter(|_| version.is_empty());
-        let Some(d) = deployment else {
+        let Some(d) = self.deployment(model) else {
             let primary = self.repository.get(model, version)?;
             return Ok(Route {
                 primary,
@@ -122,10 +121,18 @@ impl Router for DeploymentRouter {
             automation: d.automation,
             capture_rate: d.capture_rate,
         };
+        if !version.is_empty() {
+            // A version asked for by name is served as asked, but the deployment still says who
+            // decides its items and what is captured.
+            let variant = if d.candidate.as_deref() == Some(version) { Variant::Canary } else { Variant::Primary };
+            return Ok(route(self.repository.get(model, version)?, Vec::new(), variant));
+        }
         Ok(match d.mode {
             Mode::Single => route(primary()?, Vec::new(), Variant::Primary),
             Mode::Shadow { share } => {
-                let shadows = if self.mirror(share) { candidate()?.into_iter().collect() } else { Vec::new() };
+                // A candidate not loaded (any more) is not mirrored to: shadows never cost an answer.
+                let shadows =
+                    if self.mirror(share) { candidate().ok().flatten().into_iter().collect() } else { Vec::new() };
                 route(primary()?, shadows, Variant::Primary)
             }
             Mode::Canary { share } => {
@@ -134,9 +141,15 @@ impl Router for DeploymentRouter {
                 } else {
                     canary_bucket(key)
                 };
-                match candidate()? {
-                    Some(candidate) if in_canary(bucket, share) => route(candidate, Vec::new(), Variant::Canary),
-                    _ => route(primary()?, Vec::new(), Variant::Primary),
+                // Either version missing (unloaded, or not loaded yet) sends its keys to the other
+                // one rather than failing them; the record's variant says which one answered.
+                match (in_canary(bucket, share), candidate().ok().flatten()) {
+                    (true, Some(candidate)) => route(candidate, Vec::new(), Variant::Canary),
+                    (false, Some(candidate)) => match primary() {
+                        Ok(primary) => route(primary, Vec::new(), Variant::Primary),
+                        Err(_) => route(candidate, Vec::new(), Variant::Canary),
+                    },
+                    (_, None) => route(primary()?, Vec::new(), Variant::Primary),
                 }
             }
         })
