@@ -77,6 +77,12 @@ impl vigil_server::cli::ServerConfig for EdgeConfig {
                 i.min_side, i.max_side
             ));
         }
+        if i.max_decode_bytes == 0 || i.max_preparing_bytes_in_flight < 1024 {
+            return Err(format!(
+                "images.max_decode_bytes ({}) must be above 0 and images.max_preparing_bytes_in_flight ({}) at least 1024",
+                i.max_decode_bytes, i.max_preparing_bytes_in_flight
+            ));
+        }
         self.capture.validate()?;
         if self.default_model.is_empty() {
             return Err("default_model must not be empty".into());
@@ -92,6 +98,25 @@ mod tests {
     use std::path::Path;
 
     use vigil_server::cli::ServerConfig;
+
+    #[test]
+    fn image_memory_limits_must_leave_room_for_an_image() {
+        let mut config = EdgeConfig::default();
+        config.images.max_preparing_bytes_in_flight = 0;
+        let e = config.validate().unwrap_err();
+        assert!(e.contains("images.max_preparing_bytes_in_flight (0) at least 1024"), "{e}");
+        let mut config = EdgeConfig::default();
+        config.images.max_decode_bytes = 0;
+        assert!(config.validate().unwrap_err().starts_with("images.max_decode_bytes (0) must be above 0"));
+        // A file from before the setting existed takes its default.
+        figment::Jail::expect_with(|jail| {
+            jail.create_dir("models")?;
+            jail.create_file("edge.toml", "[images]\nmax_side = 4096\nmin_side = 16\nmax_decode_bytes = 134217728\n")?;
+            let loaded = EdgeConfig::load(Some(Path::new("edge.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(loaded.images.max_preparing_bytes_in_flight, 512 << 20);
+            Ok(())
+        });
+    }
 
     #[test]
     fn file_then_environment_override_defaults() {

@@ -49,6 +49,48 @@ async fn bad_images_get_invalid_argument_naming_the_problem() {
     server.shutdown().await.unwrap();
 }
 
+/// A small file that decodes to a large image is limited by what it decodes to, not by its
+/// size on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_limited_by_their_decoded_size() {
+    let mut config = config();
+    config.images.max_decode_bytes = 2 << 20;
+    config.images.max_preparing_bytes_in_flight = 20 << 20;
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    // 1024x1024 of one colour: a few KiB sent, 3 MiB decoded.
+    let flat = vigil_inference::image::encode_png(1024, 1024, |_, _| [90, 90, 90]);
+    assert!(flat.len() < 64 * 1024);
+    let status = inspect.inspect(inspect_request(flat)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("3145728 bytes decoded; the limit is 2097152 bytes"), "{}", status.message());
+    // 800x800 decodes to 1.9 MiB, under the limit, but preparing it takes about 8.5 MiB with its
+    // working planes: two fit the 20 MiB budget at once, the others wait, and all are answered.
+    let large = vigil_inference::image::encode_png(800, 800, |x, y| [(x % 251) as u8, (y % 241) as u8, 9]);
+    let answers = futures::future::join_all((0..6).map(|_| {
+        let mut inspect = inspect.clone();
+        let request = inspect_request(large.clone());
+        async move { inspect.inspect(request).await }
+    }))
+    .await;
+    for answer in answers {
+        let answer = answer.expect("images wait for room, they are not refused");
+        assert_eq!((answer.get_ref().features.as_ref().unwrap().width), 800);
+    }
+    server.shutdown().await.unwrap();
+
+    let mut config = common::config();
+    config.images.max_preparing_bytes_in_flight = 4 << 20;
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    let status = inspect.inspect(inspect_request(large)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("images.max_preparing_bytes_in_flight (4194304 bytes)"), "{}", status.message());
+    let good = samples("normal").remove(0).1;
+    inspect.inspect(inspect_request(good)).await.expect("a camera's image is prepared as before");
+    server.shutdown().await.unwrap();
+}
+
 /// Ids and times travel into every prediction record and key its Kafka message: what the
 /// broker, the spool or Postgres would refuse later is refused at the door.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,14 +17,39 @@ pub struct ImageLimits {
     pub max_side: u32,
     /// Smallest width or height accepted, in pixels.
     pub min_side: u32,
-    /// Most bytes the decoder may allocate.
+    /// Most bytes an image may take decoded (its pixels as stored: width x height x bytes per
+    /// pixel), read from its header before decoding.
     pub max_decode_bytes: u64,
+    /// Most memory the images being prepared at once may take together (decoded pixels and
+    /// working planes, estimated from their headers by [`preparing_bytes`]): an image waits for
+    /// room, so a burst of small files that decode to large images cannot exhaust memory.
+    pub max_preparing_bytes_in_flight: u64,
 }
 
 impl Default for ImageLimits {
     fn default() -> Self {
-        Self { max_side: 4096, min_side: 16, max_decode_bytes: 128 << 20 }
+        Self { max_side: 4096, min_side: 16, max_decode_bytes: 128 << 20, max_preparing_bytes_in_flight: 512 << 20 }
     }
+}
+
+/// Bytes per pixel that preparing takes beside the decoded pixels at their peak: an 8-bit RGB
+/// copy (when the image is stored otherwise) and two f32 planes at full size (the luma plane,
+/// and one channel plane for an RGB model).
+const PREPARING_BYTES_PER_PIXEL: u64 = 3 + 4 + 4;
+
+/// The memory preparing an image takes at its peak, from its header alone: the decoded pixels
+/// and the working planes. None when the header cannot be read or is beyond `limits` (decoding
+/// refuses it before allocating, and says why).
+pub fn preparing_bytes(bytes: &[u8], limits: &ImageLimits) -> Option<u64> {
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok()?;
+    let decoder = reader.into_decoder().ok()?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
+    let decoded = image::ImageDecoder::total_bytes(&decoder);
+    let sides = limits.min_side..=limits.max_side;
+    if !sides.contains(&width) || !sides.contains(&height) || decoded > limits.max_decode_bytes {
+        return None;
+    }
+    Some(decoded + u64::from(width) * u64::from(height) * PREPARING_BYTES_PER_PIXEL)
 }
 
 /// A decoded, preprocessed image.
@@ -72,6 +97,16 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<DynamicImage, Infere
         return Err(InferenceError::invalid(format!(
             "image is {width}x{height} pixels; the minimum is {0}x{0}",
             limits.min_side
+        )));
+    }
+    // The decoders check only the dimensions against `Limits`, and allocate the whole image at
+    // once: its size is checked here, from the header.
+    let decoded = image::ImageDecoder::total_bytes(&decoder);
+    if decoded > limits.max_decode_bytes {
+        let color = image::ImageDecoder::color_type(&decoder);
+        return Err(InferenceError::invalid(format!(
+            "image is {width}x{height} pixels of {color:?}, {decoded} bytes decoded; the limit is {} bytes",
+            limits.max_decode_bytes
         )));
     }
     let mut decode_limits = image::Limits::default();
@@ -216,6 +251,38 @@ mod tests {
         for (i, (&g, p)) in plane.iter().zip(rgb.chunks_exact(3)).enumerate() {
             assert_eq!(g.to_bits(), (luma([p[0], p[1], p[2]]) * (1.0 / 255.0)).to_bits(), "pixel {i}");
         }
+    }
+
+    #[test]
+    fn the_decoded_size_is_limited_from_the_header() {
+        // 1024x1024 RGB: 3 MiB decoded, a few KiB as a PNG of one colour.
+        let png = encode_png(1024, 1024, |_, _| [200, 10, 10]);
+        assert!(png.len() < 64 * 1024, "{} bytes", png.len());
+        let tight = ImageLimits { max_decode_bytes: 3 << 20, ..ImageLimits::default() };
+        assert!(decode(&png, &tight).is_ok(), "exactly at the limit");
+        let tighter = ImageLimits { max_decode_bytes: (3 << 20) - 1, ..ImageLimits::default() };
+        let e = decode(&png, &tighter).unwrap_err().to_string();
+        assert!(e.contains("1024x1024 pixels of Rgb8, 3145728 bytes decoded; the limit is 3145727 bytes"), "{e}");
+        // 16 bits per channel doubles it.
+        let mut wide = Cursor::new(Vec::new());
+        ImageBuffer::<Rgb<u16>, Vec<u16>>::from_pixel(1024, 1024, Rgb([1, 2, 3]))
+            .write_to(&mut wide, ImageFormat::Png)
+            .unwrap();
+        let e = decode(wide.get_ref(), &tight).unwrap_err().to_string();
+        assert!(e.contains("6291456 bytes decoded"), "{e}");
+    }
+
+    #[test]
+    fn preparing_an_image_is_costed_from_its_header() {
+        let png = encode_png(1024, 512, |x, y| [x as u8, y as u8, 7]);
+        let pixels = 1024 * 512;
+        let limits = ImageLimits::default();
+        assert_eq!(preparing_bytes(&png, &limits), Some(3 * pixels + PREPARING_BYTES_PER_PIXEL * pixels));
+        assert_eq!(preparing_bytes(b"not an image", &limits), None);
+        assert_eq!(preparing_bytes(&png[..20], &limits), None, "a header cut short");
+        // Beyond the limits: left to decoding, which refuses it by name.
+        assert_eq!(preparing_bytes(&png, &ImageLimits { max_side: 1000, ..limits }), None);
+        assert_eq!(preparing_bytes(&png, &ImageLimits { max_decode_bytes: 3 * pixels - 1, ..limits }), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 use vigil_inference::batcher::BatchOutput;
 use vigil_inference::config::ModelConfig;
-use vigil_inference::image::{ImageLimits, is_quick_to_prepare, prepare};
+use vigil_inference::image::{ImageLimits, is_quick_to_prepare, prepare, preparing_bytes};
 use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_proto::vigil::v1::inspection_server::Inspection;
 use vigil_proto::vigil::v1::{
@@ -34,9 +34,40 @@ pub struct InspectionService {
     infer: Infer,
     default_model: String,
     limits: ImageLimits,
+    preparing: PreparingBudget,
     records: Option<RecordEmitter>,
     capturer: Option<vigil_capture::Capturer>,
     metrics: ServingMetrics,
+}
+
+/// The memory of the images being prepared at once ([`ImageLimits::max_preparing_bytes_in_flight`]),
+/// counted in KiB: each image reserves what its header says preparing it takes, and waits (within
+/// its call's deadline) until there is room.
+#[derive(Clone)]
+struct PreparingBudget {
+    kib: Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+}
+
+impl PreparingBudget {
+    fn new(bytes: u64) -> Self {
+        let total_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX);
+        Self { kib: Arc::new(tokio::sync::Semaphore::new(total_kib as usize)), total_kib }
+    }
+
+    /// Room for an image that takes `bytes` to prepare, held until the permit is dropped;
+    /// RESOURCE_EXHAUSTED when the whole budget could not hold it.
+    async fn reserve(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let kib = bytes.div_ceil(1024);
+        if kib > u64::from(self.total_kib) {
+            return Err(Status::resource_exhausted(format!(
+                "preparing this image takes about {bytes} bytes, more than images.max_preparing_bytes_in_flight \
+                 ({} bytes) allows; send a smaller image",
+                u64::from(self.total_kib) * 1024
+            )));
+        }
+        self.kib.clone().acquire_many_owned(kib as u32).await.map_err(|_| Status::unavailable("the server is stopping"))
+    }
 }
 
 impl InspectionService {
@@ -44,7 +75,8 @@ impl InspectionService {
     pub fn new(repository: Arc<ModelRepository>, default_model: impl Into<String>, limits: ImageLimits) -> Self {
         let infer = Infer::over(repository);
         let default_model = default_model.into();
-        Self { infer, default_model, limits, records: None, capturer: None, metrics: Default::default() }
+        let preparing = PreparingBudget::new(limits.max_preparing_bytes_in_flight);
+        Self { infer, default_model, limits, preparing, records: None, capturer: None, metrics: Default::default() }
     }
 
     /// Routes and runs requests through `infer` (a custom router, shadows).
@@ -135,14 +167,23 @@ impl InspectionService {
         let limits = self.limits;
         let InspectRequest { image, station_id, part_id, request_id, .. } = request;
         // Decoding is CPU work: a small image is prepared here (a hand-off would cost more than
-        // the work), a larger one on a blocking thread. The image comes back for a reviewer,
-        // without a copy.
+        // the work), a larger one on a blocking thread, once the memory it takes is free. The
+        // image comes back for a reviewer, without a copy.
         let (prepared, image) = if is_quick_to_prepare(&image, &pre) {
             (prepare(&image, &pre, &limits), image)
         } else {
-            tokio::task::spawn_blocking(move || (prepare(&image, &pre, &limits), image))
-                .await
-                .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
+            let room = match preparing_bytes(&image, &limits) {
+                Some(bytes) => Some(self.preparing.reserve(bytes).await?),
+                None => None,
+            };
+            // Held by the work itself: a call that ends early does not free memory still in use.
+            tokio::task::spawn_blocking(move || {
+                let prepared = prepare(&image, &pre, &limits);
+                drop(room);
+                (prepared, image)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("image preparation failed: {e}")))?
         };
         let prepared = prepared.map_err(to_status)?;
         let f = prepared.features;
@@ -387,5 +428,30 @@ impl Inspection for InspectionService {
             })
             .buffered(STREAM_PIPELINE_DEPTH);
         Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn images_wait_for_room_to_be_prepared_and_one_too_large_for_all_of_it_is_refused() {
+        let budget = PreparingBudget::new(10 << 20);
+        let first = budget.reserve(6 << 20).await.unwrap();
+        let second = budget.reserve(4 << 20).await.unwrap();
+        // Full: the next waits until room is given back.
+        let mut third = std::pin::pin!(budget.reserve(1));
+        assert!(futures::poll!(third.as_mut()).is_pending());
+        drop(second);
+        assert!(futures::poll!(third.as_mut()).is_ready());
+        drop(first);
+        let refused = budget.reserve((10 << 20) + 1).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("images.max_preparing_bytes_in_flight (10485760 bytes)"),
+            "{}",
+            refused.message()
+        );
     }
 }
