@@ -20,7 +20,7 @@ pub use config::{DriftConfig, Kind, Method};
 pub use histogram::{Histogram, bin_index};
 pub use stats::{
     ChiSquareResult, KsResult, PSI_EMPTY_FRACTION, chi_square, jensen_shannon, kolmogorov_sf, ks_binned,
-    normalized_wasserstein, proportion_greater_p_value, psi, wasserstein_binned,
+    normalized_wasserstein, proportion_greater_p_value, psi, rate_greater_p_value, wasserstein_binned,
 };
 
 /// Invalid input to a drift statistic.

@@ -243,9 +243,16 @@ mod tests {
 /// One-sided p-value that the rate `x1 / n1` exceeds `x2 / n2` (pooled two-proportion z-test,
 /// as `statsmodels.stats.proportion.proportions_ztest(..., alternative="larger")`); 1 when
 /// either sample is empty or nothing (or everything) happened in both.
+///
+/// Counts that can exceed their sample (events per prediction: several clicks on one search)
+/// are not proportions, and the pooled variance would go negative: those are compared as
+/// rates by [`rate_greater_p_value`].
 pub fn proportion_greater_p_value(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
     if n1 == 0 || n2 == 0 {
         return 1.0;
+    }
+    if x1 > n1 || x2 > n2 {
+        return rate_greater_p_value(x1, n1, x2, n2);
     }
     let (n1f, n2f) = (n1 as f64, n2 as f64);
     let pooled = (x1 + x2) as f64 / (n1f + n2f);
@@ -258,9 +265,47 @@ pub fn proportion_greater_p_value(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
     1.0 - normal.cdf(z)
 }
 
+/// One-sided p-value that events per unit of exposure are more frequent in sample 1 (`x1`
+/// events over `n1`) than in sample 2: the conditional exact test of two Poisson rates (given
+/// `x1 + x2` events, `x1` is binomial with success probability `n1 / (n1 + n2)` when the rates
+/// are equal; `statsmodels`' `test_poisson_2indep(..., method="exact-cond",
+/// alternative="larger")`). 1 when either exposure is empty or no event happened.
+pub fn rate_greater_p_value(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
+    use statrs::distribution::{Binomial, DiscreteCDF};
+    let events = x1 + x2;
+    if n1 == 0 || n2 == 0 || events == 0 || x1 == 0 {
+        return 1.0;
+    }
+    match Binomial::new(n1 as f64 / (n1 + n2) as f64, events) {
+        // P(X >= x1) = P(X > x1 - 1)
+        Ok(binomial) => binomial.sf(x1 - 1),
+        Err(_) => 1.0,
+    }
+}
+
 #[cfg(test)]
 mod proportion_tests {
-    use super::proportion_greater_p_value;
+    use super::{proportion_greater_p_value, rate_greater_p_value};
+
+    #[test]
+    fn rates_above_one_event_per_item_are_compared_as_poisson_rates() {
+        // scipy: binomtest(x1, x1 + x2, n1 / (n1 + n2), alternative="greater").pvalue
+        for (x1, n1, x2, n2, want) in [
+            (900, 300, 360, 300, 4.9938224076172516e-54),
+            (30, 1000, 10, 1000, 0.0011107168866146822),
+            (5, 100, 0, 50, 0.13168724279835387),
+        ] {
+            let got = rate_greater_p_value(x1, n1, x2, n2);
+            assert!((got - want).abs() <= 1e-9 * want.max(1e-300) + 1e-15, "{x1}/{n1} vs {x2}/{n2}: {got} vs {want}");
+        }
+        assert_eq!(rate_greater_p_value(0, 10, 4, 10), 1.0);
+        assert!(rate_greater_p_value(360, 300, 900, 300) > 0.999_999);
+        // Three clicks per search against 1.2: the pooled proportion test would take the square
+        // root of a negative variance (NaN, which no threshold catches); the rate test decides.
+        let p = proportion_greater_p_value(900, 300, 360, 300);
+        assert!(p.is_finite() && p < 1e-50, "{p}");
+        assert!(proportion_greater_p_value(360, 300, 900, 300) > 0.999_999);
+    }
 
     #[test]
     fn matches_the_pooled_z_test() {

@@ -195,7 +195,9 @@ pub fn analyse(
             let limit = p.unwrap_or(0.0) + max_change;
             (c.is_some_and(|c| c > limit), limit, vigil_drift::proportion_greater_p_value(xc, nc, xp, np))
         };
-        let passed = !(worse && p_value < checks.significance);
+        // With nothing of the primary's to compare, the limit alone decides.
+        let significant = np == 0 || p_value < checks.significance;
+        let passed = !(worse && significant);
         out.push(Check { name, candidate: c, primary: p, limit, passed, advisory: false });
     };
     rate_check("error_rate".into(), candidate.errors, primary.errors, checks.max_error_rate_increase, false);
@@ -261,9 +263,9 @@ pub fn analyse(
     let (c_p99, p_p99) = (p99(candidate), p99(primary));
     // A shadow's latency runs from the request it mirrors and includes sharing the cores with
     // the primary's answer: judged in the canary steps only.
-    // A canary step of 100% leaves the primary no traffic of its own: what it answered is the
-    // step's first moments (or a rollup bucket shared with the step before), nothing to compare
-    // the candidate's traffic with.
+    // A canary step of 100% leaves the primary no traffic of its own: its traffic is from a
+    // window before the step (see `advance`), where rates and labels compare, but latency and
+    // distributions move with the hour's load and inputs: they are judged side by side only.
     let compared = !(step.mode == StepMode::Canary && step.share >= 1.0);
     let enough = compared && candidate.count.min(primary.count) >= checks.min_comparison_samples;
     if let Some(p) = p_p99.filter(|_| step.mode == StepMode::Canary && enough) {
@@ -329,7 +331,32 @@ pub async fn advance_all<S: MonitorStore>(
             Err(e) => tracing::warn!(rollout = %rollout.rollout_id, error = %e, "cannot judge the rollout step"),
         }
     }
+    resolve_answered_alarms(views, now).await?;
     Ok(moved)
+}
+
+/// A rollout's alarm (a rollback, a step without a verdict) calls a person; once a person has
+/// acted on that model's rollout since (promoted, aborted, resumed or paused it, with `vigil
+/// rollout`), it is resolved, naming them. A later rollout's promotion resolves it too (`notify`).
+async fn resolve_answered_alarms<S: MonitorStore>(views: &Views<S>, now: DateTime<Utc>) -> Result<(), ViewError> {
+    let alerts = views.store.load_alerts().await?;
+    for alert in alerts.into_iter().filter(|a| a.state == "firing" && a.alert_key.starts_with(ALERT_PREFIX)) {
+        let rollouts = views.store.rollouts(Some(&alert.model_name)).await?;
+        let Some(latest) = rollouts.into_iter().max_by_key(|r| r.updated_at) else { continue };
+        let history = latest.decisions();
+        let Some(by) = history.last().and_then(|last| last.get("by")).and_then(|by| by.as_str()) else { continue };
+        if latest.updated_at <= alert.since {
+            continue;
+        }
+        let action = history.last().and_then(|last| last["decision"].as_str()).unwrap_or("acted on");
+        let message = format!(
+            "rollout of {} version {}: {action} by {by} ({})",
+            latest.model_name, latest.candidate_version, alert.message
+        );
+        let resolved = AlertRow { state: "resolved".into(), since: now, message, ..alert };
+        views.store.save_alert(&resolved, views.config.alerting.webhook_url.is_some()).await?;
+    }
+    Ok(())
 }
 
 async fn advance<S: MonitorStore>(
@@ -353,15 +380,14 @@ async fn advance<S: MonitorStore>(
         variant: Some(variant as i16),
     };
     let since = rollout.step_started_at;
-    // Reviewers' decisions of the window, read once for both variants.
-    let reviews =
-        if since < now { views.review_summary(&rollout.model_name, since, now).await?.agreement } else { Vec::new() };
-    let traffic = |variant: Variant| {
-        let (scope, reviews) = (scope(variant), &reviews);
+    let traffic = |variant: Variant, since: DateTime<Utc>, now: DateTime<Utc>| {
+        let scope = scope(variant);
         async move {
             if since >= now {
                 return Ok::<_, ViewError>(Traffic::default());
             }
+            // Reviewers' decisions of the window.
+            let reviews = views.review_summary(&scope.model, since, now).await?.agreement;
             let window = views.total(&scope, since, now).await?;
             let seconds = u32::try_from((now - since).num_seconds().max(1)).unwrap_or(u32::MAX);
             let mut feedback = BTreeMap::new();
@@ -398,7 +424,11 @@ async fn advance<S: MonitorStore>(
         StepMode::Shadow => Variant::Shadow,
         StepMode::Canary => Variant::Canary,
     };
-    let (candidate, primary) = (traffic(candidate_variant).await?, traffic(Variant::Primary).await?);
+    // A canary step of 100% leaves the primary no traffic of its own: the candidate is judged
+    // against what the primary did in as long a window just before the step.
+    let baseline = if step.mode == StepMode::Canary && step.share >= 1.0 { since - (now - since) } else { since };
+    let candidate = traffic(candidate_variant, since, now).await?;
+    let primary = traffic(Variant::Primary, baseline, baseline + (now - since)).await?;
     let elapsed = (now - since).to_std().unwrap_or_default();
     let analysis = analyse(step, elapsed, &candidate, &primary, checks);
     let past_deadline = step.max_duration_s.is_some_and(|m| elapsed > Duration::from_secs(m));
@@ -753,6 +783,24 @@ mod tests {
         // Latency needs enough of both; the primary's 40 answers are too few.
         let slow = window(5000, 0, 50.0, &low);
         assert!(failed(&one_percent, &slow, &window(40, 0, 2.0, &low[..40])).is_empty());
+    }
+
+    #[test]
+    fn a_drop_in_clicks_fails_even_where_searches_get_several_each() {
+        let mut checks = RolloutChecks::default();
+        checks.feedback = vec![FeedbackCheck { kind: "click".into(), higher_is_better: true, max_change: 0.5 }];
+        let clicks = |n: u64| Traffic { feedback: [("click".to_string(), n)].into(), ..window(300, 0, 2.0, &[]) };
+        // 3 clicks per search on the primary, 1.2 on the candidate.
+        let Analysis::Fail(list) = analyse(&STEP, Duration::from_secs(60), &clicks(360), &clicks(900), &checks) else {
+            panic!("fewer clicks must fail the step");
+        };
+        let click = list.iter().find(|c| c.name == "feedback.click").unwrap();
+        assert!(!click.passed && click.candidate == Some(1.2) && click.primary == Some(3.0), "{click:?}");
+        // 2.8 against 3: within the change allowed.
+        assert!(matches!(
+            analyse(&STEP, Duration::from_secs(60), &clicks(840), &clicks(900), &checks),
+            Analysis::Pass(_)
+        ));
     }
 
     #[test]

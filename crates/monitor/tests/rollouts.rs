@@ -299,6 +299,57 @@ async fn a_step_without_a_verdict_by_its_deadline_pauses_for_a_person() {
     let alert = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == "rollout:scratch-detector");
     let alert = alert.expect("a person is called");
     assert!(alert.state == "firing" && alert.message.contains("no verdict by its deadline"), "{alert:?}");
+
+    // The person answers by promoting: the alarm is resolved in the controller's next round,
+    // naming them, and stays resolved.
+    let change = Change { actor: "ben", reason: "seen enough", at: t0 + Duration::seconds(700) };
+    rollout::manual(&store, "scratch-detector", Manual::Promote, &change).await.unwrap();
+    for round in [701, 702] {
+        rollout::advance_all(&views(&store), &checks, t0 + Duration::seconds(round)).await.unwrap();
+        let alert = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == "rollout:scratch-detector");
+        let alert = alert.unwrap();
+        assert!(alert.state == "resolved" && alert.message.contains("promote by ben"), "{alert:?}");
+    }
+    let events = store.alert_history(100).await.unwrap();
+    let resolutions = events.iter().filter(|e| e.alert_key == "rollout:scratch-detector" && e.state == "resolved");
+    assert_eq!(resolutions.count(), 1, "resolved once: {events:?}");
+}
+
+/// The last step sends every key to the candidate: the primary's traffic to compare with is
+/// from as long a window before the step, so a candidate that fails under full load is still
+/// rolled back instead of promoted on no comparison at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_step_is_judged_against_the_primary_before_it() {
+    let db = TestDatabase::create();
+    let store = store_with(&db, &["scratch-detector"]).await;
+    let checks = RolloutChecks::default();
+    // On a whole minute: the step's window starts after the step before's last record.
+    let t0 = DateTime::from_timestamp((Utc::now().timestamp() - 3600) / 60 * 60, 0).unwrap();
+    rollout::start(&store, "scratch-detector", "2", &plan(), &Change { actor: "anna", reason: "", at: t0 })
+        .await
+        .unwrap();
+    let mut at = t0;
+    for _ in 0..2 {
+        minute(&store, "scratch-detector", at, GOOD).await;
+        at += Duration::seconds(61);
+        assert_eq!(rollout::advance_all(&views(&store), &checks, at).await.unwrap(), 1);
+    }
+    assert_eq!(deployment(&store, "scratch-detector").await.share, 1.0);
+    // Every request now goes to the candidate, and 30% of them fail.
+    let failing = Answers { error_rate: 0.3, ..GOOD };
+    store
+        .insert_batch(&traffic("scratch-detector", "2", 2, at + Duration::seconds(1), 300, failing), &[])
+        .await
+        .unwrap();
+    while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+    assert_eq!(rollout::advance_all(&views(&store), &checks, at + Duration::seconds(61)).await.unwrap(), 1);
+    let r = rollout_of(&store, "scratch-detector").await;
+    assert_eq!((r.state.as_str(), r.step), ("rolled_back", 2));
+    assert_eq!(rollout::failed_checks(&r, 2), ["error_rate"]);
+    let last = &r.decisions()[2];
+    let error_rate = last["checks"].as_array().unwrap().iter().find(|c| c["name"] == "error_rate").unwrap();
+    assert_eq!(error_rate["primary"], 0.0, "the primary's rate from before the step: {last}");
+    assert_eq!(deployment(&store, "scratch-detector").await.primary_version, "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
