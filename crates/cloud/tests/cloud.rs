@@ -163,6 +163,37 @@ for c in range(3):
     assert_close(&probabilities, &python(&reference, &samples), "speech probabilities");
     assert!(probabilities.iter().any(|p| (p - probabilities[0]).abs() > 1e-6), "the state changes the answers");
 
+    // Three streams in one call, as the model's caller batches them (max_batch_size = 0: the
+    // first dimension is the model's own, not a batch for the server to split or limit).
+    let windows: Vec<f32> = (0..3).flat_map(|c| samples[c * 512..c * 512 + 576].to_vec()).collect();
+    let request = ModelInferRequest {
+        model_name: "silero-vad".into(),
+        inputs: vec![
+            tensor("input", "FP32", vec![3, 576]),
+            tensor("state", "FP32", vec![2, 3, 128]),
+            tensor("sr", "INT64", vec![]),
+        ],
+        raw_input_contents: vec![
+            f32_bytes(&windows).into(),
+            f32_bytes(&[0f32; 2 * 3 * 128]).into(),
+            16_000i64.to_le_bytes().to_vec().into(),
+        ],
+        ..Default::default()
+    };
+    let answer = oip.model_infer(request).await.expect("three streams in one call").into_inner();
+    let output = answer.outputs.iter().position(|o| o.name == "output").unwrap();
+    assert_eq!(answer.outputs[output].shape, [3, 1]);
+    let streams = r#"
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession("MODEL", providers=["CPUExecutionProvider"])
+x = np.frombuffer(sys.stdin.buffer.read(), dtype=np.float32).reshape(3, 576)
+out, _ = s.run(None, {"input": x, "state": np.zeros((2, 3, 128), dtype=np.float32), "sr": np.array(16000, dtype=np.int64)})
+for p in out[:, 0]:
+    print(float(p))
+"#
+    .replace("MODEL", &repository.path().join("silero-vad/1/model.onnx").display().to_string());
+    assert_close(&f32s(&answer.raw_output_contents[output]), &python(&streams, &windows), "three streams at once");
+
     // The text-orientation classifier, dropped in while serving: it loads by itself.
     copy_model(&cloud_models().join("text-orientation"), &repository.path().join("text-orientation"));
     let mut ready = false;

@@ -220,6 +220,11 @@ async fn model_infer_validation_names_the_input() {
     }
     // Still serving.
     oip.model_infer(infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES])).await.expect("valid request");
+    // Up to the model's max_batch_size (64) is taken, though the batcher forms batches of up to
+    // 32: such a request runs by itself.
+    let forty = infer_request("FP32", vec![40, 1, 128, 128], vec![0; 40 * ITEM_BYTES]);
+    let answer = oip.model_infer(forty).await.expect("40 items, under max_batch_size").into_inner();
+    assert_eq!(answer.outputs[0].shape, [40, 1]);
     server.shutdown().await.unwrap();
 }
 

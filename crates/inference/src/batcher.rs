@@ -146,6 +146,10 @@ pub struct Batcher {
     cores: Arc<Cores>,
     /// The count of inline runs going on, shared by every model of the process.
     inline_runs: &'static AtomicUsize,
+    /// Most items one request may carry (the model's `max_batch_size`, which may exceed the
+    /// batches the batcher forms: such a request runs alone); None when the model has no batch
+    /// dimension, so a request is one item whatever its first dimension.
+    max_request_items: Option<usize>,
 }
 
 impl Batcher {
@@ -203,7 +207,16 @@ impl Batcher {
             last_run,
             cores,
             inline_runs: &INLINE_RUNS,
+            max_request_items: Some(config.max_batch_size),
         }
+    }
+
+    /// Takes requests of up to `max` items (the model's `max_batch_size`; batches are still
+    /// formed up to the batching config's), or, with None, treats every request as one item: the
+    /// model has no batch dimension and each request runs by itself.
+    pub fn with_max_request_items(mut self, max: Option<usize>) -> Self {
+        self.max_request_items = max;
+        self
     }
 
     /// Runs `inputs` once on every session, each batching instance and the inline runs' own,
@@ -231,13 +244,18 @@ impl Batcher {
     /// Fails at once with [`InferenceError::QueueFull`] when `max_queue_depth` requests are
     /// admitted and not yet running.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<BatchOutput, InferenceError> {
-        let items = inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1).max(1) as usize;
-        if items > self.config.max_batch_size {
-            return Err(InferenceError::invalid(format!(
-                "batch of {items} exceeds the model's max batch size {}",
-                self.config.max_batch_size
-            )));
-        }
+        let items = match self.max_request_items {
+            None => 1,
+            Some(max) => {
+                let items = inputs.first().and_then(|t| t.shape.first()).copied().unwrap_or(1).max(1) as usize;
+                if items > max {
+                    return Err(InferenceError::invalid(format!(
+                        "batch of {items} exceeds the model's max batch size {max}"
+                    )));
+                }
+                items
+            }
+        };
         let full = || {
             InferenceError::QueueFull(format!(
                 "model '{}' queue is full ({} requests waiting); retry later",
@@ -634,6 +652,41 @@ mod tests {
 
     fn one() -> Vec<Tensor> {
         vec![Tensor::from_f32(vec![1, 1], &[1.0])]
+    }
+
+    fn rows(n: usize) -> Vec<Tensor> {
+        vec![Tensor::from_f32(vec![n as i64, 1], &(0..n).map(|i| i as f32).collect::<Vec<_>>())]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_larger_than_the_batches_formed_runs_alone_up_to_the_models_limit() {
+        // Batches of up to 4, a model taking requests of up to 8 items (Triton's max_batch_size).
+        let (b, seen) = batcher(4, 0, 16, Duration::ZERO);
+        let b = b.with_max_request_items(Some(8));
+        let out = b.infer(rows(6)).await.unwrap();
+        assert_eq!(out.outputs[0].to_f32().unwrap(), [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]);
+        assert_eq!(*seen.lock(), [6]);
+        let e = b.infer(rows(9)).await.unwrap_err();
+        assert!(
+            matches!(&e, InferenceError::InvalidInput(m) if m.contains("batch of 9 exceeds the model's max batch size 8")),
+            "{e}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_without_a_batch_dimension_runs_each_request_whole() {
+        // max_batch_size = 0: the first dimension is the model's own (a VAD's frames), not a batch.
+        let (b, seen) = batcher(1, 0, 16, Duration::from_millis(5));
+        let b = b.with_max_request_items(None);
+        let answers: Vec<_> = [4, 3, 4].map(|n| spawn_infer(&b, rows(n))).into_iter().collect();
+        for (answer, n) in answers.into_iter().zip([4, 3, 4]) {
+            let out = answer.await.unwrap().unwrap();
+            assert_eq!(out.outputs[0].shape, [n as i64, 1]);
+            assert_eq!(out.batch_size, 1, "each request is one item");
+        }
+        let mut ran = seen.lock().clone();
+        ran.sort();
+        assert_eq!(ran, [3, 4, 4], "every request ran by itself");
     }
 
     /// `b.infer(inputs)` in a task of its own.

@@ -415,7 +415,8 @@ fn load_version(
         .transpose()?;
     let stats = Arc::new(ModelStats::default());
     let inline_session = inline.is_some();
-    let batcher = Batcher::start_with_inline(name, config.batching(), sessions, inline, stats.clone());
+    let batcher = Batcher::start_with_inline(name, config.batching(), sessions, inline, stats.clone())
+        .with_max_request_items((config.max_batch_size > 0).then_some(config.max_batch_size));
     tracing::info!(model = name, version, instances = config.instances, inline_session, "model version loaded");
     Ok(LoadedModel { config, batcher, stats, path: dir.to_path_buf() })
 }
