@@ -41,7 +41,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "samples/normal")]
     pub samples: PathBuf,
     /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = crate::bench::seconds)]
     pub duration_s: f64,
     /// Concurrency levels (client requests in flight; raw ONNX Runtime uses them as batch sizes).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
@@ -259,6 +259,18 @@ impl Server {
                 Ok(())
             }
         }
+    }
+}
+
+/// The longest timeout a command takes: a day, in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+
+/// A command-line number of seconds: positive, finite, at most a day.
+pub fn seconds(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
+        Ok(_) => Err(format!("{text} is not a number of seconds between 0 and 86400")),
+        Err(e) => Err(format!("{text}: {e}")),
     }
 }
 

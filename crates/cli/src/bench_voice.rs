@@ -37,7 +37,7 @@ pub struct VoiceBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub concurrency: Vec<usize>,
     /// Seconds per concurrency level.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::bench::seconds)]
     pub duration_s: f64,
     /// Load the `vigil-cloud` binary in its own process (release build beside this `vigil`),
     /// so the server's CPU per query is measured apart from this client's.

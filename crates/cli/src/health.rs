@@ -26,7 +26,7 @@ pub struct HealthArgs {
     #[arg(long)]
     pub http: bool,
     /// How long to wait for the answer, in milliseconds.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=crate::bench::MAX_TIMEOUT_MS))]
     pub timeout_ms: u64,
 }
 

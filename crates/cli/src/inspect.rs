@@ -47,7 +47,7 @@ pub struct InspectArgs {
     #[arg(long)]
     pub json: bool,
     /// Per-request timeout in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=crate::bench::MAX_TIMEOUT_MS))]
     pub timeout_ms: u64,
 }
 

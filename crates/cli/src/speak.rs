@@ -63,7 +63,7 @@ pub struct SpeakOptions {
     #[arg(long)]
     pub json: bool,
     /// Per-recording timeout in milliseconds.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=crate::bench::MAX_TIMEOUT_MS))]
     pub timeout_ms: u64,
 }
 

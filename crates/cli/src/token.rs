@@ -37,8 +37,8 @@ pub fn run(args: TokenArgs) -> Result<u8> {
                     None => bail!("unknown scope '{scope}' (one of: {})", names.join(", ")),
                 }
             }
-            if name.trim().is_empty() || name.contains('"') {
-                bail!("--name must be a plain, non-empty name");
+            if name.trim().is_empty() || name.chars().any(char::is_control) {
+                bail!("--name must be a non-empty name without control characters");
             }
             let (token, hash) = vigil_security::auth::new_token();
             println!("{token}");

@@ -115,6 +115,23 @@ fn usage_errors_are_one_line_with_exit_code_2() {
     let out = vigil().args(["up", "--samples", "no/such/folder"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sample folder no/such/folder not found"));
+
+    // Numbers out of range are refused by name, never a panic (exit code 101).
+    for (args, expected) in [
+        (&["bench", "--duration-s", "nan"][..], "nan is not a number of seconds between 0 and 86400"),
+        (&["bench", "--duration-s=-1"][..], "-1 is not a number of seconds"),
+        (&["bench-voice", "--duration-s", "inf"][..], "inf is not a number of seconds"),
+        (
+            &["inspect", "--timeout-ms", "999999999999999", "samples/normal"][..],
+            "999999999999999 is not in 1..=86400000",
+        ),
+        (&["speak", "--timeout-ms", "0", "x.wav"][..], "0 is not in 1..=86400000"),
+    ] {
+        let out = vigil().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }
 
 /// Runs `vigil <command> --database-url <url> ARGS...`: (exit code, stdout, stderr).

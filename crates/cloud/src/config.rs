@@ -106,8 +106,12 @@ impl VoiceSearchConfig {
         if !(-60.0..=0.0).contains(&self.target_dbfs) || !(0.0..=60.0).contains(&self.max_gain_db) {
             return Err(format!("{} must be in -60..0 and {} in 0..60", key("target_dbfs"), key("max_gain_db")));
         }
-        if self.max_tokens_per_second <= 0.0 {
-            return Err(format!("{} must be positive", key("max_tokens_per_second")));
+        if !(self.max_tokens_per_second > 0.0 && self.max_tokens_per_second <= 1000.0) {
+            return Err(format!(
+                "{} ({}) must be above 0 and at most 1000",
+                key("max_tokens_per_second"),
+                self.max_tokens_per_second
+            ));
         }
         for (name, value) in [
             ("max_segment_ms", self.max_segment_ms),
@@ -199,6 +203,16 @@ mod tests {
             assert!(e.contains("models.execution_provider") && e.contains("cpu") && e.contains("cuda"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_token_budget_must_be_a_number_a_decoder_can_stop_at() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e6] {
+            let config = VoiceSearchConfig { max_tokens_per_second: bad, ..VoiceSearchConfig::default() };
+            let e = config.validate().unwrap_err();
+            assert!(e.contains("max_tokens_per_second") && e.contains("at most 1000"), "{bad}: {e}");
+        }
+        assert!(VoiceSearchConfig::default().validate().is_ok());
     }
 
     #[test]

@@ -52,6 +52,24 @@ impl DeadLetterSink for KafkaDeadLetters {
     }
 }
 
+/// A dead letter's id, the same each time the same message is dead-lettered (redelivered after
+/// a crash or a rebalance), so the table keeps it once: a hash of where it came from and its
+/// bytes (the embedded bus numbers messages afresh in each run: the bytes tell those apart).
+fn dead_letter_id(dead: &DeadLetter) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let m = &dead.message;
+    let mut hash = Sha256::new();
+    for part in
+        [dead.source().as_bytes(), m.key.as_deref().unwrap_or_default(), m.payload.as_deref().unwrap_or_default()]
+    {
+        hash.update((part.len() as u64).to_le_bytes());
+        hash.update(part);
+    }
+    let digest: [u8; 32] = hash.finalize().into();
+    let first: [u8; 16] = digest[..16].try_into().expect("16 of 32 bytes");
+    uuid::Builder::from_custom_bytes(first).into_uuid()
+}
+
 /// The store's `dead_letters` table.
 pub struct StoreDeadLetters<S> {
     store: S,
@@ -67,7 +85,7 @@ impl<S: PredictionStore> StoreDeadLetters<S> {
 impl<S: PredictionStore> DeadLetterSink for StoreDeadLetters<S> {
     async fn send(&self, dead: &DeadLetter) -> Result<(), String> {
         let row = DeadLetterRow {
-            id: uuid::Uuid::now_v7(),
+            id: dead_letter_id(dead),
             time: Utc::now(),
             topic: dead.message.topic.clone(),
             source: dead.source(),
@@ -76,5 +94,26 @@ impl<S: PredictionStore> DeadLetterSink for StoreDeadLetters<S> {
             payload: dead.message.payload.clone(),
         };
         self.store.insert_dead_letters(std::slice::from_ref(&row)).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Consumed;
+
+    fn dead(offset: i64, payload: &[u8]) -> DeadLetter {
+        let message = Consumed { topic: "t".into(), partition: 0, offset, key: None, payload: Some(payload.to_vec()) };
+        DeadLetter { message, reason: "not a record".into() }
+    }
+
+    #[test]
+    fn a_redelivered_dead_letter_keeps_its_id_and_another_gets_its_own() {
+        assert_eq!(dead_letter_id(&dead(7, b"\xff")), dead_letter_id(&dead(7, b"\xff")));
+        assert_ne!(dead_letter_id(&dead(7, b"\xff")), dead_letter_id(&dead(8, b"\xff")));
+        assert_ne!(dead_letter_id(&dead(7, b"\xff")), dead_letter_id(&dead(7, b"\xfe")));
+        let with_key =
+            DeadLetter { message: Consumed { key: Some(b"k".to_vec()), ..dead(7, b"\xff").message }, ..dead(7, b"") };
+        assert_ne!(dead_letter_id(&with_key), dead_letter_id(&dead(7, b"\xff")));
     }
 }

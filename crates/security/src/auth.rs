@@ -160,10 +160,12 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// A tokens file's `[[token]]` entry for `name` holding `scopes`, by the token's `hash`.
+/// A tokens file's `[[token]]` entry for `name` holding `scopes`, by the token's `hash`; the
+/// name is written as a TOML string, escaped as it needs (`CORP\maria`, quotes).
 pub fn token_entry(name: &str, hash: &str, scopes: &[Scope]) -> String {
     let scopes = scopes.iter().map(|s| format!("\"{}\"", s.name())).collect::<Vec<_>>().join(", ");
-    format!("[[token]]\nname = \"{name}\"\nsha256 = \"{hash}\"\nscopes = [{scopes}]\n")
+    let name = toml::Value::String(name.to_string());
+    format!("[[token]]\nname = {name}\nsha256 = \"{hash}\"\nscopes = [{scopes}]\n")
 }
 
 /// A new random token (256 bits, `vgl_` and 64 hex digits) and its hash for the tokens file.
@@ -208,6 +210,21 @@ impl Authenticator {
     /// Reads the files `config` names (and starts watching them); None when it names none.
     pub fn load(config: &AuthConfig) -> Result<Option<Self>> {
         if config.tokens_file.is_none() && config.jwks_file.is_none() {
+            // Settings that only mean something with tokens checked: without a source of tokens
+            // they would leave every call open while the file reads as if it were protected.
+            let set = [
+                ("jwt_issuer", config.jwt_issuer.is_some()),
+                ("jwt_audience", config.jwt_audience.is_some()),
+                ("open_metrics = false", !config.open_metrics),
+            ];
+            let set: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+            if !set.is_empty() {
+                anyhow::bail!(
+                    "[security.auth] sets {} but neither tokens_file nor jwks_file: no token would be checked and \
+                     every call would be allowed; name a tokens file or a JWKS file, or remove those settings",
+                    set.join(", ")
+                );
+            }
             return Ok(None);
         }
         let interval = Duration::from_millis(config.reload_interval_ms);
@@ -496,4 +513,40 @@ pub fn protect_http(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_for_any_name_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        let names = ["CORP\\maria", "ben \"the builder\"", "line-3 · Prüfstand", "\\u0041"];
+        let mut text = String::new();
+        let mut hashes = Vec::new();
+        for name in names {
+            let (token, hash) = new_token();
+            text.push_str(&token_entry(name, &hash, &[Scope::Infer]));
+            hashes.push((token_hash(&token), name));
+        }
+        std::fs::write(&path, text).unwrap();
+        let table = load_tokens(&path).unwrap();
+        for (hash, name) in hashes {
+            assert_eq!(table.0[&hash].name, name);
+        }
+    }
+
+    #[test]
+    fn auth_settings_without_a_source_of_tokens_are_refused() {
+        let issuer = AuthConfig { jwt_issuer: Some("https://id.example".into()), ..AuthConfig::default() };
+        let closed = AuthConfig { open_metrics: false, ..AuthConfig::default() };
+        for (config, named) in [(issuer, "jwt_issuer"), (closed, "open_metrics = false")] {
+            let Err(e) = Authenticator::load(&config) else { panic!("{named}: accepted with no tokens checked") };
+            let e = e.to_string();
+            assert!(e.contains(named) && e.contains("neither tokens_file nor jwks_file"), "{e}");
+        }
+        assert!(Authenticator::load(&AuthConfig::default()).unwrap().is_none(), "no auth at all is still allowed");
+    }
 }

@@ -67,6 +67,15 @@ impl ClientSecurity {
     /// The endpoint for `url`: TLS when it is `https://` (errors name the file at fault).
     pub fn endpoint(&self, url: &str) -> Result<Endpoint> {
         let mut endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("invalid address {url}"))?;
+        let tls_options = [
+            ("ca_cert (--ca-cert)", self.ca_cert.is_some()),
+            ("client_cert (--client-cert)", self.client_cert.is_some()),
+            ("client_key (--client-key)", self.client_key.is_some()),
+            ("server_name (--server-name)", self.server_name.is_some()),
+        ];
+        if let Some((option, _)) = tls_options.iter().find(|(_, set)| *set).filter(|_| !url.starts_with("https://")) {
+            anyhow::bail!("{option} is for TLS, but {url} is plaintext: use an https:// address (or drop {option})");
+        }
         if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             tls = match &self.ca_cert {
@@ -112,5 +121,28 @@ impl ClientSecurity {
         let uri = endpoint.uri().to_string();
         let channel = endpoint.connect().await.with_context(|| format!("cannot reach {uri}"))?;
         Ok(InterceptedService::new(channel, bearer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_options_with_a_plaintext_address_are_an_error_not_ignored() {
+        let with_ca = ClientSecurity { ca_cert: Some("ca.pem".into()), ..Default::default() };
+        let e = with_ca.endpoint("http://edge-1:8001").unwrap_err().to_string();
+        let want = "ca_cert (--ca-cert) is for TLS, but http://edge-1:8001 is plaintext: use an https:// address \
+                    (or drop ca_cert (--ca-cert))";
+        assert_eq!(e, want);
+        let named = ClientSecurity { server_name: Some("edge-1".into()), ..Default::default() };
+        assert!(
+            named
+                .endpoint("http://127.0.0.1:8001")
+                .unwrap_err()
+                .to_string()
+                .starts_with("server_name (--server-name) is for TLS")
+        );
+        assert!(ClientSecurity::default().endpoint("http://127.0.0.1:8001").is_ok(), "plaintext without TLS options");
     }
 }

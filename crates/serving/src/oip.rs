@@ -928,7 +928,13 @@ impl GrpcInferenceService for InferenceService {
         if let Some(key) = r.parameters.keys().find(|k| k.as_str() != "unload_dependents") {
             return Err(Status::invalid_argument(format!("unload parameter '{key}' is not supported")));
         }
-        let removed = self.repository.unload_model(&r.model_name).map_err(to_status)?;
+        // Waits for a load of the same repository in progress (it holds the repository's change
+        // lock while sessions build): on a blocking thread, not a network one.
+        let (repository, name) = (self.repository.clone(), r.model_name.clone());
+        let removed = tokio::task::spawn_blocking(move || repository.unload_model(&name))
+            .await
+            .map_err(|e| Status::internal(format!("unloading '{}' panicked: {e}", r.model_name)))?
+            .map_err(to_status)?;
         tracing::info!(target: "vigil::audit", action = "model unload", model = %r.model_name, by = %caller, "model unloaded");
         // New requests already get NOT_FOUND; answer once the requests in flight are done.
         if !wait_until_idle(removed, UNLOAD_WAIT).await {
