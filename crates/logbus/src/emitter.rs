@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::time::Duration;
 
@@ -83,6 +83,8 @@ pub struct Emitter {
     spool: Option<SpoolActor>,
     /// The replay task, joined when the spool closes.
     replay: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
+    /// Set at shutdown: records go to the spool, not the sink ([`Emitter::spool_the_rest`]).
+    stopping: Arc<AtomicBool>,
 }
 
 impl Emitter {
@@ -115,8 +117,23 @@ impl Emitter {
         let replay = spool
             .as_ref()
             .map(|actor| tokio::spawn(replay(sink.clone(), actor.clone(), stats.clone(), replay_interval)));
-        let task = tokio::spawn(forward(sink, receiver, stats.clone(), max_in_flight.max(1), spool.clone()));
-        (Self { sender, stats, spool, replay: Arc::new(parking_lot::Mutex::new(replay)) }, task)
+        let stopping = Arc::new(AtomicBool::new(false));
+        let task =
+            tokio::spawn(forward(sink, receiver, stats.clone(), max_in_flight.max(1), spool.clone(), stopping.clone()));
+        (Self { sender, stats, spool, replay: Arc::new(parking_lot::Mutex::new(replay)), stopping }, task)
+    }
+
+    /// At shutdown, with the sink still not taking records: every record not yet delivered goes
+    /// to the spool instead of the sink (those the sink holds once `abandon` makes their deliveries
+    /// fail, in emission order), so the next run replays them. Waits up to `timeout` for them
+    /// to be written; false when it passes first, or when there is no spool to write to.
+    pub async fn spool_the_rest(&self, abandon: impl FnOnce(), timeout: Duration) -> bool {
+        if self.spool.is_none() {
+            return false;
+        }
+        self.stopping.store(true, Ordering::Release);
+        abandon();
+        self.drain(timeout).await
     }
 
     /// Queues a record without waiting. When the queue is full the record goes to the spool,
@@ -194,13 +211,16 @@ async fn forward<S: Sink>(
     stats: Arc<EmitterStats>,
     max_in_flight: usize,
     spool: Option<SpoolActor>,
+    stopping: Arc<AtomicBool>,
 ) {
     // Deliveries are started in emission order and settled in that order too, so that
     // records that fail reach the spool in the order they were emitted.
     let mut in_flight = FuturesOrdered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
-        let spooling = spool.as_ref().is_some_and(SpoolActor::active);
+        // Stopping: the sink gets nothing more, the spool everything.
+        let to_spool = |actor: &SpoolActor| actor.active() || stopping.load(Ordering::Acquire);
+        let spooling = spool.as_ref().is_some_and(to_spool);
         // While spooling, new records wait until the deliveries in flight are settled.
         let take_more = open && in_flight.len() < max_in_flight && (!spooling || in_flight.is_empty());
         tokio::select! {
@@ -210,7 +230,7 @@ async fn forward<S: Sink>(
             }
             received = receiver.recv(), if take_more => match received {
                 None => open = false,
-                Some(envelope) => match spool.as_ref().filter(|s| s.active()) {
+                Some(envelope) => match spool.as_ref().filter(|s| to_spool(s)) {
                     Some(actor) => actor.append(envelope).await,
                     None => {
                         let kept = spool.as_ref().map(|_| envelope.clone());

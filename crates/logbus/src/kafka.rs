@@ -9,7 +9,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 
 use crate::emitter::{Envelope, Sink, SinkError};
@@ -248,6 +248,13 @@ impl KafkaSink {
     /// Waits up to `timeout` for queued records to be delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(Timeout::After(timeout))
+    }
+
+    /// Gives up on every record the producer still holds, queued or sent but not acknowledged:
+    /// each fails at once (at shutdown, so the emitter can spool it instead of losing it). A
+    /// record the broker did take may then be replayed too: downstream inserts are idempotent.
+    pub fn abandon_undelivered(&self) {
+        self.producer.purge(PurgeConfig::default().queue().inflight());
     }
 }
 

@@ -222,6 +222,52 @@ async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
     server.shutdown().await.unwrap();
 }
 
+/// A server stopped while the broker is away, before its records time out in the producer:
+/// what the producer holds goes to the spool at exit, and the next run delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_stopped_during_an_outage_spools_what_the_producer_holds() {
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool = SpoolConfig { dir: spool_dir.path().into(), fsync: FsyncPolicy::Always, ..Default::default() };
+    let mut broker = Broker::start(1).await;
+    let brokers = broker.brokers();
+    broker.kill();
+    // Records wait in the producer for up to a minute, far longer than this server runs.
+    let mut config = edge_config(brokers.clone(), spool.clone(), 60_000);
+    config.limits.drain_timeout_ms = 1_000;
+    let server = vigil_edge::start(config, false).await.unwrap();
+    let mut client = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let image = image();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let request = InspectRequest { image: image.clone(), station_id: "s".into(), ..Default::default() };
+        ids.push(Uuid::parse_str(&client.inspect(request).await.unwrap().into_inner().prediction_id).unwrap());
+    }
+    let emitter = server.records.as_ref().unwrap().emitter().clone();
+    assert_eq!(emitter.stats().spooled.load(Ordering::Relaxed), 0, "held by the producer, not failed yet");
+    server.shutdown().await.unwrap();
+    let s = emitter.stats();
+    assert_eq!(
+        (s.spooled.load(Ordering::Relaxed), s.failed.load(Ordering::Relaxed), s.dropped.load(Ordering::Relaxed)),
+        (20, 0, 0),
+        "every record the producer held is on disk at exit"
+    );
+
+    // Next run, broker up: the spool is replayed, each record once.
+    broker.resume().await;
+    let db = Database::create();
+    let logger = RunningLogger::quick(brokers.clone(), db.url());
+    let server = vigil_edge::start(edge_config(brokers, spool, 5_000), false).await.unwrap();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(60), "the replayed spool", || async {
+        store.count_predictions().await.unwrap_or(0) >= ids.len() as i64
+    })
+    .await;
+    let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
+    assert_eq!(stored, ids.iter().copied().collect::<HashSet<Uuid>>(), "every answered prediction stored");
+    logger.stop().await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_spool_is_refused_until_the_first_stops() {
     let spool_dir = tempfile::tempdir().unwrap();

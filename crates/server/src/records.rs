@@ -16,6 +16,9 @@ use crate::lifecycle::Lifecycle;
 /// How often records waiting in the spool are offered to the broker again.
 const REPLAY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long, at shutdown, records the broker did not take have to reach the spool.
+const SPOOL_AT_EXIT: Duration = Duration::from_secs(10);
+
 /// Starts prediction logging as `config` says (None when it is off). At shutdown, `stage`
 /// hands the last records to the broker within `drain`, then closes the spool: what is still
 /// on disk is the next run's to replay.
@@ -67,7 +70,14 @@ pub fn start(
     lifecycle.spawn(stage, "records", move |stop| async move {
         stop.stopped().await;
         if !emitter.drain(drain).await {
-            tracing::warn!("prediction records still queued at exit");
+            // The broker is not taking them: what the producer holds and what is queued goes to
+            // the spool for the next run, instead of being lost with the process.
+            let abandon = || sink.abandon_undelivered();
+            if emitter.spool_the_rest(abandon, SPOOL_AT_EXIT).await {
+                tracing::warn!("the broker did not take the last prediction records: spooled for the next run");
+            } else {
+                tracing::warn!("prediction records still queued at exit");
+            }
         }
         let flushed = tokio::task::spawn_blocking(move || sink.flush(drain)).await;
         match flushed {
