@@ -70,6 +70,9 @@ pub struct CaptureStats {
     pub spool_full: AtomicU64,
     pub stored: AtomicU64,
     pub store_failures: AtomicU64,
+    /// Spool entries set aside in its `broken/` folder: unreadable metadata (cut short by a
+    /// power cut), an input file missing, or an input left without metadata by a crash.
+    pub broken: AtomicU64,
     /// Bytes waiting in the spool now.
     pub spooled_bytes: AtomicU64,
 }

@@ -76,6 +76,8 @@ pub(crate) async fn start(
 ) -> Result<tokio::task::JoinHandle<()>, CaptureError> {
     let spool_error = |source| CaptureError::Spool { path: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(spool_error)?;
+    let set_aside = set_aside_incomplete(&dir).map_err(spool_error)?;
+    stats.broken.fetch_add(set_aside, Ordering::Relaxed);
     stats.spooled_bytes.store(spooled_bytes(&dir).map_err(spool_error)?, Ordering::Relaxed);
     let wake = Arc::new(Notify::new());
     let forwarder = Forwarder { dir: dir.clone(), store, prefix, stats: stats.clone() };
@@ -150,6 +152,36 @@ fn release(spooled: &AtomicU64, size: u64) {
     let _ = spooled.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(size)));
 }
 
+/// The folder of the spool where entries that cannot be forwarded are moved, for a person.
+const BROKEN: &str = "broken";
+
+/// Moves `files` (those that exist) into the spool's `broken/` folder.
+fn move_aside(dir: &Path, files: &[PathBuf]) -> std::io::Result<()> {
+    let broken = dir.join(BROKEN);
+    std::fs::create_dir_all(&broken)?;
+    for file in files.iter().filter(|f| f.exists()) {
+        std::fs::rename(file, broken.join(file.file_name().unwrap_or_default()))?;
+    }
+    Ok(())
+}
+
+/// At start, before anything is written: inputs without their metadata (a crash between the
+/// two writes, or between the two removals after storing) and files written in part are moved
+/// aside; no later pass would forward or remove them. Returns how many.
+fn set_aside_incomplete(dir: &Path) -> std::io::Result<u64> {
+    let mut moved = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let orphan = path.extension().is_some_and(|e| e == "bin") && !path.with_extension("json").exists();
+        if orphan || path.extension().is_some_and(|e| e == "partial") {
+            tracing::warn!(file = %path.display(), "an incomplete capture in the spool: set aside in {BROKEN}/");
+            move_aside(dir, &[path])?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
+}
+
 fn spooled_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
@@ -184,20 +216,41 @@ impl Forwarder {
         };
         names.sort();
         for meta_file in names {
-            if let Err(e) = self.forward(&meta_file).await {
-                self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(entry = %meta_file.display(), error = %e, "capture store unavailable; kept in the spool, retrying");
-                return false;
+            match self.forward(&meta_file).await {
+                Ok(()) => {}
+                // One bad entry must not hold back every capture after it.
+                Err(Failure::Entry(e)) => self.set_aside(&meta_file, &e),
+                Err(Failure::Store(e)) => {
+                    self.stats.store_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(entry = %meta_file.display(), error = %e, "capture store unavailable; kept in the spool, retrying");
+                    return false;
+                }
             }
         }
         true
     }
 
-    async fn forward(&self, meta_file: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let meta_bytes = tokio::fs::read(meta_file).await?;
-        let meta: CaptureMeta = serde_json::from_slice(&meta_bytes)?;
+    /// Moves an entry that cannot be forwarded into `broken/`, and stops counting its bytes.
+    fn set_aside(&self, meta_file: &Path, error: &str) {
         let bin = meta_file.with_extension("bin");
-        let bytes = tokio::fs::read(&bin).await?;
+        let size = std::fs::metadata(&bin).map_or(0, |m| m.len());
+        match move_aside(&self.dir, &[meta_file.to_path_buf(), bin]) {
+            Ok(()) => {
+                release(&self.stats.spooled_bytes, size);
+                self.stats.broken.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(entry = %meta_file.display(), error, "a capture that cannot be forwarded: set aside in {BROKEN}/");
+            }
+            Err(e) => tracing::error!(entry = %meta_file.display(), error = %e, "cannot set a broken capture aside"),
+        }
+    }
+
+    async fn forward(&self, meta_file: &Path) -> Result<(), Failure> {
+        let entry = |e: &dyn std::fmt::Display| Failure::Entry(e.to_string());
+        let meta_bytes = tokio::fs::read(meta_file).await.map_err(|e| entry(&e))?;
+        let meta: CaptureMeta = serde_json::from_slice(&meta_bytes).map_err(|e| entry(&e))?;
+        let bin = meta_file.with_extension("bin");
+        let bytes = tokio::fs::read(&bin).await.map_err(|e| entry(&format!("its input {}: {e}", bin.display())))?;
+        let store = |e: &dyn std::fmt::Display| Failure::Store(e.to_string());
         let key = |rest: &str| {
             let mut path = self.prefix.clone();
             for part in rest.split('/') {
@@ -205,13 +258,20 @@ impl Forwarder {
             }
             path
         };
-        self.store.put(&key(&meta.key), bytes.into()).await?;
+        self.store.put(&key(&meta.key), bytes.into()).await.map_err(|e| store(&e))?;
         let meta_key = key(&format!("{}/predictions/{}.json", meta.model, entry_name(&meta.prediction_id)));
-        self.store.put(&meta_key, meta_bytes.into()).await?;
-        tokio::fs::remove_file(meta_file).await?;
-        tokio::fs::remove_file(&bin).await?;
+        self.store.put(&meta_key, meta_bytes.into()).await.map_err(|e| store(&e))?;
+        tokio::fs::remove_file(meta_file).await.map_err(|e| store(&e))?;
+        tokio::fs::remove_file(&bin).await.map_err(|e| store(&e))?;
         release(&self.stats.spooled_bytes, meta.bytes);
         self.stats.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Why an entry was not forwarded: the entry itself is unreadable (set aside), or the store
+/// (or the spool's disk) failed (retried later).
+enum Failure {
+    Entry(String),
+    Store(String),
 }
