@@ -241,7 +241,7 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     send(PredictionRecord { schema_version: 2, ..record(99) }.encode_to_vec()).await;
     // Decodable, but Postgres would refuse the batch that holds them, again and again: a NUL in
     // text, a time before 4713 BC.
-    send(PredictionRecord { station_id: "line\03".into(), ..record(98) }.encode_to_vec()).await;
+    send(PredictionRecord { station_id: "line\0-3".into(), ..record(98) }.encode_to_vec()).await;
     let ancient = prost_types::Timestamp { seconds: -300_000_000_000, nanos: 0 };
     send(PredictionRecord { response_time: Some(ancient), ..record(97) }.encode_to_vec()).await;
     for r in &good[1..] {

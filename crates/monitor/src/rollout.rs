@@ -787,8 +787,8 @@ mod tests {
 
     #[test]
     fn a_drop_in_clicks_fails_even_where_searches_get_several_each() {
-        let mut checks = RolloutChecks::default();
-        checks.feedback = vec![FeedbackCheck { kind: "click".into(), higher_is_better: true, max_change: 0.5 }];
+        let click = FeedbackCheck { kind: "click".into(), higher_is_better: true, max_change: 0.5 };
+        let checks = RolloutChecks { feedback: vec![click], ..RolloutChecks::default() };
         let clicks = |n: u64| Traffic { feedback: [("click".to_string(), n)].into(), ..window(300, 0, 2.0, &[]) };
         // 3 clicks per search on the primary, 1.2 on the candidate.
         let Analysis::Fail(list) = analyse(&STEP, Duration::from_secs(60), &clicks(360), &clicks(900), &checks) else {
