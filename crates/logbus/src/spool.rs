@@ -290,10 +290,27 @@ impl Spool {
         Ok(out)
     }
 
+    /// The records from the head up to `to`.
+    fn records_before(&self, to: Position) -> io::Result<u64> {
+        let mut records = 0;
+        for &(n, _, _) in self.segments.iter().filter(|s| (self.head.segment..=to.segment).contains(&s.0)) {
+            let from = if n == self.head.segment { self.head.offset } else { 0 };
+            let frames = read_frames(&segment_path(&self.config.dir, n), from, usize::MAX)?;
+            records += frames.iter().filter(|(after, _)| n < to.segment || *after <= to.offset).count() as u64;
+        }
+        Ok(records)
+    }
+
     /// Marks every record before `to` (from [`Spool::peek`]) as delivered; `count` of them.
     pub fn ack(&mut self, to: Position, count: u64) -> io::Result<()> {
+        if to <= self.head {
+            // Behind the head already: the full spool dropped (and counted) those records.
+            return Ok(());
+        }
+        // Fewer than `count` when the oldest segment was dropped between the peek and now.
+        let acked = self.records_before(to)?.min(count);
         self.head = to;
-        self.records -= count.min(self.records);
+        self.records -= acked.min(self.records);
         // Delete segments wholly behind the head, except the one being written.
         while self.segments.len() > 1 {
             let (n, size, _) = self.segments[0];
@@ -406,6 +423,30 @@ mod tests {
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
         let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         assert_eq!(s.peek(10).unwrap().0, vec![env(1)]);
+    }
+
+    #[test]
+    fn an_acknowledgement_of_records_dropped_meanwhile_counts_only_those_still_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::DropOldest)).unwrap();
+        for i in 0..40 {
+            s.append(&env(i)).unwrap();
+        }
+        assert!(s.segments.len() >= 3, "{:?}", s.segments);
+        let first_segment = s.segments[0].2;
+        // The replay peeks 30 records (past the first segment), and before it acknowledges them
+        // the full spool drops the oldest segment.
+        let (peeked, to) = s.peek(30).unwrap();
+        assert!(to.segment > s.segments[0].0);
+        assert_eq!(s.drop_oldest_segment().unwrap(), first_segment);
+        s.ack(to, peeked.len() as u64).unwrap();
+        assert_eq!(s.len(), 10, "40 records, {first_segment} dropped, {} delivered of those left", 30 - first_segment);
+        assert_eq!(s.peek(100).unwrap().0, (30..40).map(env).collect::<Vec<_>>());
+        // An acknowledgement wholly behind the head changes nothing.
+        let (_, end) = s.peek(5).unwrap();
+        s.ack(end, 5).unwrap();
+        s.ack(to, 30).unwrap();
+        assert_eq!(s.len(), 5);
     }
 
     #[test]

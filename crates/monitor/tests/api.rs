@@ -416,3 +416,69 @@ async fn shadow_agreement_in_the_dashboard_and_as_an_alarm_metric() {
     let _ = m.stop.send(());
     m.task.await.unwrap().unwrap();
 }
+
+/// Drift against the training reference compares the traffic with the reference of the version
+/// that serves it (the deployment's primary), not with the newest version the repository holds
+/// (a retrained candidate waiting for its rollout, or one rolled back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_against_training_uses_the_reference_of_the_version_that_serves() {
+    use vigil_store::{Change, DeploymentStore as _, RegistryStore as _};
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    // Versions 1 and 2 of the shipped model; 2's reference was made from dimmed images.
+    let models = tempfile::tempdir().unwrap();
+    let shipped = repo().join("models/scratch-detector/1");
+    for version in ["1", "2"] {
+        let dir = models.path().join("scratch-detector").join(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = std::fs::read_to_string(shipped.join("model.toml")).unwrap();
+        std::fs::write(dir.join("model.toml"), toml.replacen("version = 1", &format!("version = {version}"), 1))
+            .unwrap();
+        let mut reference = reference();
+        if version == "2" {
+            for edge in reference["features"]["brightness"]["bin_edges"].as_array_mut().unwrap() {
+                *edge = (edge.as_f64().unwrap() * 0.5).into();
+            }
+            for value in reference["features"]["brightness"]["sample"].as_array_mut().unwrap() {
+                *value = (value.as_f64().unwrap() * 0.5).into();
+            }
+        }
+        std::fs::write(dir.join("reference.json"), reference.to_string()).unwrap();
+    }
+    let now = Utc::now();
+    let (normal, _) = rows(now);
+    store.insert_batch(&normal, &[]).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &[1, 60], 100_000).await.unwrap() > 0 {}
+    let config: MonitorConfig = toml::from_str("[rollups]\nresolutions = [1, 60]\n").unwrap();
+    let catalog = vigil_monitor::Catalog::load(models.path()).unwrap();
+    let views = vigil_monitor::Views::new(store.clone(), std::sync::Arc::new(catalog), std::sync::Arc::new(config));
+    let scope = vigil_monitor::views::Scope { model: "scratch-detector".into(), version: None, variant: None };
+    let training = vigil_monitor::views::Baseline::Training;
+    let drift = || views.drift(&scope, now - chrono::Duration::minutes(55), now, &training);
+
+    // Version 1 serves: its reference, and the traffic drawn from it has not drifted.
+    for (version, digest) in [("1", "a"), ("2", "b")] {
+        let row = vigil_store::testing::candidate_version("scratch-detector", version, &digest.repeat(64));
+        store.register_version(&row, "").await.unwrap();
+    }
+    let change = Change { actor: "anna", reason: "", at: now };
+    store
+        .set_deployment(&vigil_store::testing::single_deployment("scratch-detector", "d1", "1"), &change)
+        .await
+        .unwrap();
+    let report = drift().await.unwrap();
+    assert!(report.baseline.starts_with("training reference of version 1"), "{}", report.baseline);
+    let brightness = |r: &vigil_monitor::views::DriftReport| {
+        r.features.iter().find(|f| f.feature == "brightness").map(|f| f.result.drifted).unwrap()
+    };
+    assert!(!brightness(&report), "traffic drawn from version 1's reference");
+    // Version 2 promoted: its reference.
+    store
+        .set_deployment(&vigil_store::testing::single_deployment("scratch-detector", "d2", "2"), &change)
+        .await
+        .unwrap();
+    let report = drift().await.unwrap();
+    assert!(report.baseline.starts_with("training reference of version 2"), "{}", report.baseline);
+    assert!(brightness(&report), "against version 2's dimmer reference the same traffic has drifted");
+}

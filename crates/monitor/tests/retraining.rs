@@ -340,6 +340,43 @@ cooldown = "1h"
     assert_eq!(considered(later).await, Considered::Waiting("0 of 3 new labelled items".into()));
     labelled(3, -1).await;
     assert!(matches!(considered(later).await, Considered::Queued(_)), "3 labels since the job");
+
+    // That job's candidate is rolled out two hours later: the version it leaves serving gets a
+    // cooldown of its own before the alarm (its window still full of the version before) can
+    // retrain it away.
+    let mut running = store.claim_retrain(later).await.unwrap().unwrap();
+    running.candidate_version = Some("3".into());
+    let at = |t| Change { actor: "retraining", reason: "", at: t };
+    store.finish_retrain(&running, JobState::Succeeded, &at(later)).await.unwrap();
+    store
+        .register_version(&vigil_store::testing::candidate_version("scratch-detector", "3", &"c".repeat(64)), "")
+        .await
+        .unwrap();
+    let promoted_at = later + chrono::Duration::hours(2);
+    vigil_monitor::rollout::start(&store, "scratch-detector", "3", &plan, &at(later)).await.unwrap();
+    vigil_monitor::rollout::manual(
+        &store,
+        "scratch-detector",
+        vigil_monitor::rollout::Manual::Promote,
+        &at(promoted_at),
+    )
+    .await
+    .unwrap();
+    // Three items of the new version labelled right after its promotion.
+    let rows: Vec<_> = (0..3)
+        .map(|_| {
+            vigil_store::testing::prediction(promoted_at + chrono::Duration::minutes(1), 0.2, serde_json::json!({}))
+        })
+        .collect();
+    let labels: Vec<_> =
+        rows.iter().map(|p| LabelRow { time: promoted_at + chrono::Duration::minutes(2), ..label(p) }).collect();
+    store.insert_batch(&rows, &labels).await.unwrap();
+    let soon = promoted_at + chrono::Duration::minutes(5);
+    let waiting = considered(soon).await;
+    assert!(matches!(&waiting, Considered::Waiting(why) if why.contains("ended (promoted)")), "{waiting:?}");
+    let after = promoted_at + chrono::Duration::minutes(61);
+    let queued = considered(after).await;
+    assert!(matches!(queued, Considered::Queued(_)), "a cooldown after the rollout ended: {queued:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

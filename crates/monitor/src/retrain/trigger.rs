@@ -3,7 +3,7 @@
 //! or a rollout of the model is active.
 
 use chrono::{DateTime, Utc};
-use vigil_store::{Change, MonitorStore, RetrainJob, RolloutRow};
+use vigil_store::{Change, MonitorStore, RetrainJob};
 
 use crate::config::Rule;
 use crate::views::ViewError;
@@ -36,13 +36,28 @@ pub async fn consider<S: MonitorStore>(
     if let Some(active) = jobs.iter().find(|j| j.is_active()) {
         return wait(format!("job {} is {}", active.job_id, active.state));
     }
-    if let Some(rollout) = store.rollouts(Some(model)).await?.into_iter().find(RolloutRow::is_active) {
+    let rollouts = store.rollouts(Some(model)).await?;
+    if let Some(rollout) = rollouts.iter().find(|r| r.is_active()) {
         return wait(format!(
             "rollout {} of version {} is {}",
             rollout.rollout_id, rollout.candidate_version, rollout.state
         ));
     }
     let cooldown = chrono::Duration::from_std(settings.cooldown).unwrap_or(chrono::Duration::MAX);
+    // The version a rollout left serving gets a cooldown of its own before an alarm (whose
+    // window still holds the version before) retrains it away.
+    if let Some(ended) = rollouts.iter().max_by_key(|r| r.updated_at)
+        && now - ended.updated_at < cooldown
+    {
+        return wait(format!(
+            "rollout {} of version {} ended ({}) at {}; the cooldown is {}",
+            ended.rollout_id,
+            ended.candidate_version,
+            ended.state,
+            ended.updated_at.to_rfc3339(),
+            humantime::format_duration(settings.cooldown)
+        ));
+    }
     if let Some(last) = jobs.iter().find(|j| j.trigger.starts_with("alarm "))
         && now - last.created_at < cooldown
     {
