@@ -38,12 +38,18 @@ pub struct Decoded {
     /// Items of the predictions that go to a person.
     pub reviews: Vec<ReviewItem>,
     pub dead: Vec<DeadLetter>,
+    /// The message (its index in the batch) each row came from, row for row: where a row the
+    /// database refuses is dead-lettered from.
+    pub prediction_sources: Vec<usize>,
+    pub label_sources: Vec<usize>,
+    pub feedback_sources: Vec<usize>,
+    pub review_sources: Vec<usize>,
 }
 
 /// Decodes every message by its topic.
 pub fn decode(messages: &[Consumed]) -> Decoded {
     let mut out = Decoded::default();
-    for m in messages {
+    for (index, m) in messages.iter().enumerate() {
         let payload = m.payload.as_deref().unwrap_or_default();
         let result = match m.topic.as_str() {
             topics::PREDICTIONS => {
@@ -51,19 +57,27 @@ pub fn decode(messages: &[Consumed]) -> Decoded {
                     let row = PredictionRow::from_record(&r).map_err(|e| e.to_string())?;
                     if let Some(review) = ReviewItem::from_record(&r) {
                         out.reviews.push(review.map_err(|e| e.to_string())?);
+                        out.review_sources.push(index);
                     }
                     out.predictions.push(row);
+                    out.prediction_sources.push(index);
                     Ok(())
                 })
             }
             topics::LABELS => LabelEvent::decode(payload)
                 .map_err(|e| format!("not a LabelEvent: {e}"))
                 .and_then(|e| LabelRow::from_event(&e).map_err(|e| e.to_string()))
-                .map(|row| out.labels.push(row)),
+                .map(|row| {
+                    out.labels.push(row);
+                    out.label_sources.push(index);
+                }),
             topics::FEEDBACK => FeedbackEvent::decode(payload)
                 .map_err(|e| format!("not a FeedbackEvent: {e}"))
                 .and_then(|e| FeedbackRow::from_event(&e).map_err(|e| e.to_string()))
-                .map(|row| out.feedback.push(row)),
+                .map(|row| {
+                    out.feedback.push(row);
+                    out.feedback_sources.push(index);
+                }),
             other => Err(format!("no handler for topic {other}")),
         };
         if let Err(reason) = result {

@@ -22,7 +22,6 @@ use prometheus_client::registry::Registry;
 use rdkafka::statistics::Statistics;
 use vigil_logbus::topics;
 
-use crate::batch::Decoded;
 use crate::pipeline::LoggerStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,16 +100,12 @@ impl LoggerMetrics {
         self.count(topic, "dead_lettered", 1);
     }
 
-    /// Counts a written batch: of `decoded`'s rows, `inserted` (predictions, labels, feedback)
-    /// were new and the rest duplicates; it took `duration`.
-    pub(crate) fn batch(&self, decoded: &Decoded, inserted: (u64, u64, u64), duration: Duration) {
+    /// Counts a written batch: of its `rows` the database took (predictions, labels,
+    /// feedback), `inserted` were new and the rest duplicates; it took `duration`.
+    pub(crate) fn batch(&self, rows: (usize, usize, usize), inserted: (u64, u64, u64), duration: Duration) {
         let (p, l, f) = inserted;
         self.batch_rows(
-            [
-                (topics::PREDICTIONS, decoded.predictions.len(), p),
-                (topics::LABELS, decoded.labels.len(), l),
-                (topics::FEEDBACK, decoded.feedback.len(), f),
-            ],
+            [(topics::PREDICTIONS, rows.0, p), (topics::LABELS, rows.1, l), (topics::FEEDBACK, rows.2, f)],
             duration,
         );
     }

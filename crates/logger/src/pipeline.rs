@@ -12,7 +12,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use vigil_store::{PredictionStore, ReviewStore};
 
-use crate::batch::{Consumed, decode};
+use crate::batch::{Consumed, DeadLetter, decode};
 use crate::config::BatchSettings;
 use crate::metrics::LoggerMetrics;
 use crate::sink::DeadLetterSink;
@@ -111,7 +111,10 @@ fn mark_written<S: Source>(source: &mut S, batch: Vec<Consumed>) {
 }
 
 /// Dead-letters what cannot be decoded, inserts the rest in one transaction; retries each
-/// until it succeeds (a broker or database outage pauses the logger, it never skips).
+/// until it succeeds (a broker or database outage pauses the logger, it never skips). Rows the
+/// database refuses as data (a value or a constraint it will never take) are found by halving
+/// the set until each stands alone, and dead-lettered with the database's reason: the rest of
+/// the batch is stored, and the logger moves on.
 async fn write<P: PredictionStore + ReviewStore, D: DeadLetterSink>(
     batch: &[Consumed],
     store: &P,
@@ -120,28 +123,129 @@ async fn write<P: PredictionStore + ReviewStore, D: DeadLetterSink>(
 ) {
     let started = Instant::now();
     stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    let decoded = decode(batch);
+    let mut decoded = decode(batch);
+    let d = &decoded;
+    let np = d.predictions.len();
+    // Predictions and labels in one transaction, as one list: predictions, then labels.
+    let (stored, refused_rows) = insert_isolating("insert a batch", np + d.labels.len(), stats, |r| {
+        store.insert_batch(
+            &d.predictions[r.start.min(np)..r.end.min(np)],
+            &d.labels[r.start.max(np) - np..r.end.max(np) - np],
+        )
+    })
+    .await;
+    let (p, l) = stored.iter().fold((0, 0), |(p, l), (a, b)| (p + a, l + b));
+    let refused_predictions = refused_rows.iter().filter(|(i, _)| *i < np).count();
+    let refused_labels = refused_rows.len() - refused_predictions;
+    let mut refused: Vec<(usize, String)> = refused_rows
+        .into_iter()
+        .map(|(i, why)| (if i < np { d.prediction_sources[i] } else { d.label_sources[i - np] }, why))
+        .collect();
+    // Feedback in its own statement: idempotent on the event id, so a retry after a crash
+    // between the two transactions doubles nothing.
+    let (stored, refused_feedback) =
+        insert_isolating("insert feedback", d.feedback.len(), stats, |r| store.insert_feedback(&d.feedback[r])).await;
+    let f: u64 = stored.iter().sum();
+    let taken = (np - refused_predictions, d.labels.len() - refused_labels, d.feedback.len() - refused_feedback.len());
+    refused.extend(refused_feedback.into_iter().map(|(i, why)| (d.feedback_sources[i], why)));
+    // Items for a person, after their predictions (none for a prediction refused): queued once,
+    // whatever the redeliveries.
+    let kept: Vec<usize> =
+        (0..d.reviews.len()).filter(|&i| !refused.iter().any(|(source, _)| *source == d.review_sources[i])).collect();
+    if !kept.is_empty() {
+        let reviews: Vec<_> = kept.iter().map(|&i| d.reviews[i].clone()).collect();
+        let (_, refused_reviews) =
+            insert_isolating("queue items for review", reviews.len(), stats, |r| store.enqueue_reviews(&reviews[r]))
+                .await;
+        refused.extend(refused_reviews.into_iter().map(|(i, why)| (d.review_sources[kept[i]], why)));
+    }
+    decoded.dead.extend(refused.into_iter().map(|(source, why)| DeadLetter {
+        message: batch[source].clone(),
+        reason: format!("the database refused it: {why}"),
+    }));
     for dead in &decoded.dead {
         retry("keep a dead letter", stats, || dead_letters.send(dead)).await;
         stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         stats.metrics.dead_lettered(&dead.message.topic);
         tracing::warn!(source = dead.source(), reason = dead.reason, "dead-lettered");
     }
-    let (p, l) = retry("insert a batch", stats, || store.insert_batch(&decoded.predictions, &decoded.labels)).await;
-    // Feedback in its own statement: idempotent on the event id, so a retry after a crash
-    // between the two transactions doubles nothing.
-    let f = retry("insert feedback", stats, || store.insert_feedback(&decoded.feedback)).await;
-    // Items for a person, after their predictions: queued once, whatever the redeliveries.
-    if !decoded.reviews.is_empty() {
-        retry("queue items for review", stats, || store.enqueue_reviews(&decoded.reviews)).await;
-    }
-    let rows = (decoded.predictions.len() + decoded.labels.len() + decoded.feedback.len()) as u64;
+    let rows = (taken.0 + taken.1 + taken.2) as u64;
     stats.inserted_predictions.fetch_add(p, Ordering::Relaxed);
     stats.inserted_labels.fetch_add(l, Ordering::Relaxed);
     stats.inserted_feedback.fetch_add(f, Ordering::Relaxed);
     stats.duplicates.fetch_add(rows.saturating_sub(p + l + f), Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.metrics.batch(&decoded, (p, l, f), started.elapsed());
+    stats.metrics.batch(taken, (p, l, f), started.elapsed());
+}
+
+/// Runs `insert` over rows `0..len`, retrying outages; where the database refuses a range as
+/// data, halves it until the rows at fault stand alone. Returns what each insert that went
+/// through returned, and each refused row's index with the database's reason.
+async fn insert_isolating<T, F, Fut>(
+    what: &str,
+    len: usize,
+    stats: &LoggerStats,
+    mut insert: F,
+) -> (Vec<T>, Vec<(usize, String)>)
+where
+    F: FnMut(std::ops::Range<usize>) -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let (mut stored, mut refused) = (Vec::new(), Vec::new());
+    // The ranges still to insert; the whole to begin with.
+    let mut ranges = Vec::new();
+    ranges.push(0..len);
+    while let Some(range) = ranges.pop() {
+        match retry_unless_refused(what, stats, || insert(range.clone())).await {
+            Ok(done) => stored.push(done),
+            Err(e) if range.len() <= 1 => refused.extend(range.map(|i| (i, e.to_string()))),
+            Err(_) => {
+                let middle = range.start + range.len() / 2;
+                ranges.push(middle..range.end);
+                ranges.push(range.start..middle);
+            }
+        }
+    }
+    (stored, refused)
+}
+
+/// Whether the database refused the rows themselves (a value it cannot hold, a constraint they
+/// break), which no retry changes, rather than being away or busy.
+fn refused_as_data(e: &sqlx::Error) -> bool {
+    use sqlx::error::ErrorKind;
+    match e {
+        // Postgres: SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+                || !matches!(db.kind(), ErrorKind::Other)
+        }
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+/// As [`retry`], but a refusal of the data itself is returned instead of retried.
+async fn retry_unless_refused<T, F, Fut>(what: &str, stats: &LoggerStats, mut attempt: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if refused_as_data(&e) => {
+                tracing::warn!(error = %e, "the database refused rows to {what}: finding which");
+                return Err(e);
+            }
+            Err(e) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Retries `attempt` with backoff (100 ms doubling to 5 s) until it succeeds.

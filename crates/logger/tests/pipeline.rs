@@ -220,6 +220,81 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
     server.shutdown().await.unwrap();
 }
 
+/// A row the database refuses for a reason the logger's own checks do not know (here a
+/// constraint added to the table) is found within its batch and dead-lettered with the
+/// database's reason; the rest of the batch, and every batch after it, is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_the_database_refuses_is_dead_lettered_and_its_batch_stored() {
+    let broker = Broker::start(1).await;
+    let db = Database::create();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    store.migrate().await.unwrap();
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    sqlx::query("ALTER TABLE predictions ADD CONSTRAINT no_quarantined_station CHECK (station_id <> 'quarantined')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
+    let mut good = Vec::new();
+    // 40 records on one partition (one key), two of them refused, in batches of up to 500.
+    for i in 0..40 {
+        let mut r = record(i);
+        if i == 7 || i == 23 {
+            r.station_id = "quarantined".into();
+        } else {
+            good.push(r.prediction_id.clone());
+        }
+        let payload = r.encode_to_vec();
+        producer
+            .send(FutureRecord::to(topics::PREDICTIONS).key("k").payload(&payload), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let stats = Arc::new(LoggerStats::default());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let logger = tokio::spawn(vigil_logger::run(quick_config(broker.brokers(), db.url()), stats.clone(), async move {
+        let _ = rx.await;
+    }));
+    eventually(Duration::from_secs(60), "the other 38 stored", || async {
+        store.count_predictions().await.unwrap_or(0) == 38
+    })
+    .await;
+    let mut stored: Vec<String> = store.prediction_ids().await.unwrap().iter().map(Uuid::to_string).collect();
+    stored.sort();
+    good.sort();
+    assert_eq!(stored, good);
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topics::DEAD_LETTER]).unwrap();
+    let mut sources = Vec::new();
+    while sources.len() < 2 {
+        let m =
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
+        let headers = m.headers().unwrap();
+        let header = |key: &str| {
+            headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let reason = header("vigil-reason").unwrap();
+        assert!(reason.starts_with("the database refused it") && reason.contains("no_quarantined_station"), "{reason}");
+        let refused = PredictionRecord::decode(m.payload().unwrap()).unwrap();
+        assert_eq!(refused.station_id, "quarantined", "the refused record's own bytes");
+        sources.push(header("vigil-source").unwrap());
+    }
+    sources.sort();
+    assert_eq!(sources, [format!("{}/0/23", topics::PREDICTIONS), format!("{}/0/7", topics::PREDICTIONS)]);
+    assert_eq!(LoggerStats::get(&stats.dead_lettered), 2);
+    assert_eq!(LoggerStats::get(&stats.inserted_predictions), 38);
+    assert_eq!(LoggerStats::get(&stats.duplicates), 0, "a refused row is not a duplicate");
+    stop.send(()).unwrap();
+    logger.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     let broker = Broker::start(1).await;
