@@ -213,3 +213,22 @@ async fn with_the_watch_on_an_unloaded_model_stays_unloaded_until_its_files_chan
     }
     panic!("the changed model was never loaded");
 }
+
+/// Loading a model takes longer than a unary call may (here 1 ms): the repository calls are
+/// timed like streams, so a load that goes through is answered OK, not DEADLINE_EXCEEDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_and_unloading_are_not_cut_off_by_the_unary_deadline() {
+    let (repo, _) = repository_copy();
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    config.limits.request_timeout_ms = 1;
+    let server = start(config).await;
+    let (_, mut oip) = clients(&server).await;
+    let started = std::time::Instant::now();
+    let load = RepositoryModelLoadRequest { model_name: MODEL.into(), ..Default::default() };
+    oip.repository_model_load(load).await.expect("a load of more than 1 ms is answered");
+    assert!(started.elapsed() > std::time::Duration::from_millis(1), "the load took longer than a unary call may");
+    let unload = RepositoryModelUnloadRequest { model_name: MODEL.into(), ..Default::default() };
+    oip.repository_model_unload(unload).await.expect("an unload is answered");
+    server.shutdown().await.unwrap();
+}

@@ -46,6 +46,10 @@ pub struct AdmissionLimits {
 /// tensor, and its share of the batch the batcher concatenates.
 pub const BYTES_CHARGED_PER_BYTE: usize = 3;
 
+/// Calls that change what is loaded: timed by `stream_timeout` (see [`Admission`]).
+const REPOSITORY_CHANGES: [&str; 2] =
+    ["/inference.GRPCInferenceService/RepositoryModelLoad", "/inference.GRPCInferenceService/RepositoryModelUnload"];
+
 /// The paths (`/package.Service/Method`) of every method in an encoded `FileDescriptorSet`, each
 /// with whether it streams (client or server side).
 pub fn grpc_methods(descriptor_set: &[u8]) -> Vec<(String, bool)> {
@@ -198,7 +202,11 @@ where
             }
         };
         let stream = self.streaming.contains(path);
-        let limit = if stream { self.limits.stream_timeout } else { self.limits.request_timeout };
+        // Loading a model takes as long as building and warming its sessions, unloading as
+        // long as its requests in flight: they get the streams' limit, not a unary call's, so
+        // a change that goes through is not reported as DEADLINE_EXCEEDED (and retried).
+        let slow = REPOSITORY_CHANGES.contains(&path);
+        let limit = if stream || slow { self.limits.stream_timeout } else { self.limits.request_timeout };
         let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
         let idle = stream.then_some(self.limits.stream_idle_timeout);
         let max_stream_messages = stream.then_some(self.limits.max_stream_messages);
