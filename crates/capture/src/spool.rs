@@ -165,15 +165,20 @@ fn move_aside(dir: &Path, files: &[PathBuf]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Files younger than this are left alone at start: another process may be writing them.
+const INCOMPLETE_AFTER: Duration = Duration::from_secs(60);
+
 /// At start, before anything is written: inputs without their metadata (a crash between the
-/// two writes, or between the two removals after storing) and files written in part are moved
-/// aside; no later pass would forward or remove them. Returns how many.
+/// two writes, or between the two removals after storing) and files written in part, a minute
+/// old or more, are moved aside; no later pass would forward or remove them. Returns how many.
 fn set_aside_incomplete(dir: &Path) -> std::io::Result<u64> {
     let mut moved = 0;
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        let path = entry.path();
+        let age = entry.metadata()?.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
         let orphan = path.extension().is_some_and(|e| e == "bin") && !path.with_extension("json").exists();
-        if orphan || path.extension().is_some_and(|e| e == "partial") {
+        if (orphan || path.extension().is_some_and(|e| e == "partial")) && age >= INCOMPLETE_AFTER {
             tracing::warn!(file = %path.display(), "an incomplete capture in the spool: set aside in {BROKEN}/");
             move_aside(dir, &[path])?;
             moved += 1;
@@ -245,12 +250,17 @@ impl Forwarder {
     }
 
     async fn forward(&self, meta_file: &Path) -> Result<(), Failure> {
-        let entry = |e: &dyn std::fmt::Display| Failure::Entry(e.to_string());
-        let meta_bytes = tokio::fs::read(meta_file).await.map_err(|e| entry(&e))?;
-        let meta: CaptureMeta = serde_json::from_slice(&meta_bytes).map_err(|e| entry(&e))?;
-        let bin = meta_file.with_extension("bin");
-        let bytes = tokio::fs::read(&bin).await.map_err(|e| entry(&format!("its input {}: {e}", bin.display())))?;
         let store = |e: &dyn std::fmt::Display| Failure::Store(e.to_string());
+        // A file gone, or metadata that does not parse, is the entry's own fault; any other
+        // error reading it (too many open files, the disk) is retried like the store's.
+        let read = |e: std::io::Error, what: &Path| match e.kind() {
+            std::io::ErrorKind::NotFound => Failure::Entry(format!("{} is missing", what.display())),
+            _ => store(&format_args!("cannot read {}: {e}", what.display())),
+        };
+        let meta_bytes = tokio::fs::read(meta_file).await.map_err(|e| read(e, meta_file))?;
+        let meta: CaptureMeta = serde_json::from_slice(&meta_bytes).map_err(|e| Failure::Entry(e.to_string()))?;
+        let bin = meta_file.with_extension("bin");
+        let bytes = tokio::fs::read(&bin).await.map_err(|e| read(e, &bin))?;
         let key = |rest: &str| {
             let mut path = self.prefix.clone();
             for part in rest.split('/') {

@@ -195,6 +195,12 @@ async fn a_broken_spool_entry_is_set_aside_and_the_captures_after_it_are_stored(
     std::fs::write(spool.join("00000000-cut.bin"), b"frame").unwrap();
     std::fs::write(spool.join("00000001-orphan.bin"), b"0123456789").unwrap();
     std::fs::write(spool.join("00000002-torn.partial"), b"01").unwrap();
+    // Left a while ago: files younger than a minute may be another process's, being written.
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    for name in ["00000001-orphan.bin", "00000002-torn.partial"] {
+        std::fs::File::options().write(true).open(spool.join(name)).unwrap().set_modified(old).unwrap();
+    }
+    std::fs::write(spool.join("00000003-fresh.bin"), b"being written").unwrap();
     let url = format!("file://{}", root.display());
     let (capturer, task) = Capturer::start(config(&url, &spool, "rate = 1.0\n")).await.unwrap();
     for i in 0..5 {
@@ -203,7 +209,9 @@ async fn a_broken_spool_entry_is_set_aside_and_the_captures_after_it_are_stored(
     let stats = capturer.stats();
     until("the five captures stored", || stats.stored.load(Ordering::Relaxed) == 5).await;
     assert_eq!(stats.broken.load(Ordering::Relaxed), 3, "the cut entry, the orphan input, the torn file");
-    assert_eq!(stats.spooled_bytes.load(Ordering::Relaxed), 0, "what is set aside is not counted as waiting");
+    let fresh = b"being written".len() as u64;
+    assert_eq!(stats.spooled_bytes.load(Ordering::Relaxed), fresh, "what is set aside is not counted as waiting");
+    assert!(spool.join("00000003-fresh.bin").exists(), "a fresh file is left to whoever writes it");
     let mut aside: Vec<String> = std::fs::read_dir(spool.join("broken"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

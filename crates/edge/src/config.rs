@@ -77,10 +77,13 @@ impl vigil_server::cli::ServerConfig for EdgeConfig {
                 i.min_side, i.max_side
             ));
         }
-        if i.max_decode_bytes == 0 || i.max_preparing_bytes_in_flight < 1024 {
+        // The largest image the header checks let through must fit the budget on its own.
+        let largest = vigil_inference::image::largest_preparing_bytes(i);
+        if i.max_decode_bytes == 0 || i.max_preparing_bytes_in_flight < largest {
             return Err(format!(
-                "images.max_decode_bytes ({}) must be above 0 and images.max_preparing_bytes_in_flight ({}) at least 1024",
-                i.max_decode_bytes, i.max_preparing_bytes_in_flight
+                "images.max_decode_bytes ({}) must be above 0 and images.max_preparing_bytes_in_flight ({}) at least \
+                 {largest}, what preparing the largest image allowed takes (images.max_side {} and max_decode_bytes)",
+                i.max_decode_bytes, i.max_preparing_bytes_in_flight, i.max_side
             ));
         }
         self.capture.validate()?;
@@ -104,7 +107,13 @@ mod tests {
         let mut config = EdgeConfig::default();
         config.images.max_preparing_bytes_in_flight = 0;
         let e = config.validate().unwrap_err();
-        assert!(e.contains("images.max_preparing_bytes_in_flight (0) at least 1024"), "{e}");
+        assert!(e.contains("images.max_preparing_bytes_in_flight (0) at least 318767104"), "{e}");
+        // A larger side needs a larger budget: an 8192x8192 image takes 704 MiB of planes.
+        let mut config = EdgeConfig::default();
+        config.images.max_side = 8192;
+        assert!(config.validate().unwrap_err().contains("at least 872415232"));
+        config.images.max_preparing_bytes_in_flight = 1 << 30;
+        assert!(config.validate().is_ok() || !config.validate().unwrap_err().contains("images."));
         let mut config = EdgeConfig::default();
         config.images.max_decode_bytes = 0;
         assert!(config.validate().unwrap_err().starts_with("images.max_decode_bytes (0) must be above 0"));

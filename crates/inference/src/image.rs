@@ -37,6 +37,14 @@ impl Default for ImageLimits {
 /// and one channel plane for an RGB model).
 const PREPARING_BYTES_PER_PIXEL: u64 = 3 + 4 + 4;
 
+/// What preparing the largest image `limits` let through takes (`max_decode_bytes` decoded,
+/// `max_side` squared pixels of working planes): the least `max_preparing_bytes_in_flight` that
+/// can hold every allowed image.
+pub fn largest_preparing_bytes(limits: &ImageLimits) -> u64 {
+    let side = u64::from(limits.max_side);
+    limits.max_decode_bytes.min(side * side * 8) + side * side * PREPARING_BYTES_PER_PIXEL
+}
+
 /// The memory preparing an image takes at its peak, from its header alone: the decoded pixels
 /// and the working planes. None when the header cannot be read or is beyond `limits` (decoding
 /// refuses it before allocating, and says why).

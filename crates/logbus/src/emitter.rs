@@ -125,15 +125,25 @@ impl Emitter {
 
     /// At shutdown, with the sink still not taking records: every record not yet delivered goes
     /// to the spool instead of the sink (those the sink holds once `abandon` makes their deliveries
-    /// fail, in emission order), so the next run replays them. Waits up to `timeout` for them
-    /// to be written; false when it passes first, or when there is no spool to write to.
-    pub async fn spool_the_rest(&self, abandon: impl FnOnce(), timeout: Duration) -> bool {
+    /// fail, in emission order), so the next run replays them. `abandon` is called again every
+    /// 200 ms until all are written or `timeout` passes (a send that raced the first call is
+    /// caught by the next); false then, or when there is no spool to write to.
+    pub async fn spool_the_rest(&self, abandon: impl Fn(), timeout: Duration) -> bool {
         if self.spool.is_none() {
             return false;
         }
         self.stopping.store(true, Ordering::Release);
-        abandon();
-        self.drain(timeout).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            abandon();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.drain(left.min(Duration::from_millis(200))).await {
+                return true;
+            }
+            if left.is_zero() {
+                return false;
+            }
+        }
     }
 
     /// Queues a record without waiting. When the queue is full the record goes to the spool,

@@ -128,6 +128,26 @@ fn decode(body: &[u8]) -> Option<Envelope> {
     Some(Envelope { topic, key, payload: body[at..].to_vec() })
 }
 
+/// The frames of a segment that end between `from` and `until`, by their headers alone.
+fn count_frames(path: &Path, from: u64, until: u64) -> io::Result<u64> {
+    let mut file = BufReader::new(File::open(path)?);
+    let file_len = file.get_ref().metadata()?.len();
+    let mut at = from;
+    let mut frames = 0;
+    file.seek(SeekFrom::Start(at))?;
+    let mut header = [0u8; 8];
+    while file.read_exact(&mut header).is_ok() {
+        let len = u64::from(u32::from_le_bytes(header[..4].try_into().expect("4 bytes")));
+        if at + 8 + len > file_len.min(until) {
+            break;
+        }
+        at += 8 + len;
+        frames += 1;
+        file.seek_relative(len as i64)?;
+    }
+    Ok(frames)
+}
+
 /// Reads the frames of a segment from `offset`; stops at the end or at a torn frame.
 /// Returns the records with the offset after each.
 fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<Vec<(u64, Envelope)>> {
@@ -290,13 +310,18 @@ impl Spool {
         Ok(out)
     }
 
-    /// The records from the head up to `to`.
+    /// The records from the head up to `to`: whole segments by their count, the ends by their
+    /// frames' headers (the bodies were read and checked when peeked).
     fn records_before(&self, to: Position) -> io::Result<u64> {
         let mut records = 0;
-        for &(n, _, _) in self.segments.iter().filter(|s| (self.head.segment..=to.segment).contains(&s.0)) {
+        for &(n, _, count) in self.segments.iter().filter(|s| (self.head.segment..=to.segment).contains(&s.0)) {
             let from = if n == self.head.segment { self.head.offset } else { 0 };
-            let frames = read_frames(&segment_path(&self.config.dir, n), from, usize::MAX)?;
-            records += frames.iter().filter(|(after, _)| n < to.segment || *after <= to.offset).count() as u64;
+            records += match (from, n == to.segment) {
+                (0, false) => count,
+                (_, last) => {
+                    count_frames(&segment_path(&self.config.dir, n), from, if last { to.offset } else { u64::MAX })?
+                }
+            };
         }
         Ok(records)
     }

@@ -214,9 +214,11 @@ where
 fn refused_as_data(e: &sqlx::Error) -> bool {
     use sqlx::error::ErrorKind;
     match e {
-        // Postgres: SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
+        // Postgres: SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation);
+        // any backend: a constraint broken (SQLite's codes are numbers, not SQLSTATEs).
         sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+            let postgres = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
+            postgres.is_some_and(|pg| pg.code().starts_with("22") || pg.code().starts_with("23"))
                 || !matches!(db.kind(), ErrorKind::Other)
         }
         sqlx::Error::Encode(_) => true,

@@ -303,17 +303,16 @@ impl<S: MonitorStore> Views<S> {
                 // All versions' traffic is compared with the reference of the version that
                 // serves it (the deployment's primary), not the newest one in the repository
                 // (a retrained candidate, or one rolled back).
-                let serving = match &scope.version {
-                    Some(version) => Some(version.clone()),
+                let info = match &scope.version {
+                    Some(version) => catalog.get(&scope.model, Some(version)),
                     None => {
                         let deployments = self.store.deployments().await?;
-                        deployments.into_iter().find(|d| d.model_name == scope.model).map(|d| d.primary_version)
+                        let serving = deployments.into_iter().find(|d| d.model_name == scope.model);
+                        serving
+                            .and_then(|d| catalog.get(&scope.model, Some(&d.primary_version)))
+                            .or_else(|| catalog.get(&scope.model, None))
                     }
                 };
-                let info = serving
-                    .as_deref()
-                    .and_then(|v| catalog.get(&scope.model, Some(v)))
-                    .or_else(|| catalog.get(&scope.model, None));
                 let Some(reference) = info.and_then(|m| m.reference.as_ref()) else {
                     return Err(ViewError::NoData(format!(
                         "model {} has no reference.json in the model repository; give a baseline window",

@@ -73,7 +73,10 @@ impl ClientSecurity {
             ("client_key (--client-key)", self.client_key.is_some()),
             ("server_name (--server-name)", self.server_name.is_some()),
         ];
-        if let Some((option, _)) = tls_options.iter().find(|(_, set)| *set).filter(|_| !url.starts_with("https://")) {
+        // A local plaintext server (`vigil up`'s own) is reached as it is, whatever TLS options
+        // the environment holds for remote ones; beyond loopback they would be silently ignored.
+        let remote = endpoint.uri().host().is_some_and(|host| !is_loopback_host(host));
+        if let Some((option, _)) = tls_options.iter().find(|(_, set)| *set).filter(|_| plaintext(url) && remote) {
             anyhow::bail!("{option} is for TLS, but {url} is plaintext: use an https:// address (or drop {option})");
         }
         if url.starts_with("https://") {
@@ -124,6 +127,28 @@ impl ClientSecurity {
     }
 }
 
+/// Whether `url` is a plaintext (`http://`) address.
+fn plaintext(url: &str) -> bool {
+    !url.starts_with("https://")
+}
+
+/// Whether `host` (a URI's host: a name, an IPv4 or a bracketed IPv6 address) is this machine.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl ClientSecurity {
+    /// Whether any TLS option is set.
+    pub fn has_tls_options(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some() || self.client_key.is_some() || self.server_name.is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,13 +161,13 @@ mod tests {
                     (or drop ca_cert (--ca-cert))";
         assert_eq!(e, want);
         let named = ClientSecurity { server_name: Some("edge-1".into()), ..Default::default() };
-        assert!(
-            named
-                .endpoint("http://127.0.0.1:8001")
-                .unwrap_err()
-                .to_string()
-                .starts_with("server_name (--server-name) is for TLS")
-        );
+        let e = named.endpoint("http://10.0.0.7:8001").unwrap_err().to_string();
+        assert!(e.starts_with("server_name (--server-name) is for TLS"), "{e}");
+        assert!(named.endpoint("http://[2001:db8::1]:8001").is_err());
         assert!(ClientSecurity::default().endpoint("http://127.0.0.1:8001").is_ok(), "plaintext without TLS options");
+        // A local plaintext server is reached whatever the environment holds for remote ones.
+        for local in ["http://127.0.0.1:8001", "http://localhost:8001", "http://[::1]:8001"] {
+            assert!(with_ca.endpoint(local).is_ok(), "{local}");
+        }
     }
 }

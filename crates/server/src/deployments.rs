@@ -85,6 +85,12 @@ impl DeploymentsConfig {
         if !self.control_url.is_empty() && !self.control_url.starts_with("http") {
             return Err(format!("deployments.control_url '{}' must start with http:// or https://", self.control_url));
         }
+        if self.control_url.starts_with("http://") && self.control.has_tls_options() {
+            return Err(format!(
+                "deployments.control has TLS settings but control_url '{}' is plaintext: use https://",
+                self.control_url
+            ));
+        }
         if self.enabled() && self.poll_interval_ms == 0 {
             return Err("deployments.poll_interval_ms must be at least 1".into());
         }
@@ -450,4 +456,19 @@ fn verify_and_place(staging: &Path, target: &Path, digest: &str) -> Result<()> {
     }
     std::fs::rename(staging, target)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plaintext_control_plane_with_tls_settings_is_refused() {
+        let mut config = DeploymentsConfig { control_url: "http://monitor:50052".into(), ..Default::default() };
+        config.control.ca_cert = Some("ca.pem".into());
+        let e = config.validate().unwrap_err();
+        assert!(e.contains("TLS settings") && e.contains("use https://"), "{e}");
+        config.control_url = "https://monitor:50052".into();
+        assert!(config.validate().is_ok());
+    }
 }

@@ -123,9 +123,9 @@ impl Router for DeploymentRouter {
         };
         if !version.is_empty() {
             // A version asked for by name is served as asked, but the deployment still says who
-            // decides its items and what is captured.
-            let variant = if d.candidate.as_deref() == Some(version) { Variant::Canary } else { Variant::Primary };
-            return Ok(route(self.repository.get(model, version)?, Vec::new(), variant));
+            // decides its items and what is captured. Its records are not the canary's (that is
+            // the share of keys the deployment routes): a rollout judges those alone.
+            return Ok(route(self.repository.get(model, version)?, Vec::new(), Variant::Primary));
         }
         Ok(match d.mode {
             Mode::Single => route(primary()?, Vec::new(), Variant::Primary),
