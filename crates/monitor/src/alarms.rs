@@ -53,6 +53,13 @@ pub enum Metric {
     ShadowAgreement,
 }
 
+impl Metric {
+    /// Whether the metric is computed from labels (which may come late: `label_delay`).
+    pub fn needs_labels(&self) -> bool {
+        matches!(self, Self::Accuracy | Self::Precision | Self::Recall | Self::LabelCoverage | Self::WordErrorRate)
+    }
+}
+
 impl FromStr for Metric {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -308,6 +315,9 @@ async fn evaluate_with<S: MonitorStore>(
             }
         }
         Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::LabelCoverage | Metric::WordErrorRate => {
+            // Labels come late: the window judged is `label_delay` back.
+            let delay = chrono::Duration::from_std(rule.label_delay).unwrap_or_default();
+            let (since, now) = (since - delay, now - delay);
             let res = views.resolution(since, now, 0, 1)?;
             let (windows, coverage) = views.accuracy(&scope, since, now, res).await?;
             let labeled: u64 = windows.iter().map(|w| w.labeled).sum();
@@ -546,6 +556,7 @@ mod tests {
             threshold: 0.1,
             for_duration: Duration::from_secs(for_s),
             keep_firing_for: Duration::ZERO,
+            label_delay: Duration::ZERO,
             severity: "warning".into(),
             baseline: Baseline::Training,
             baseline_offset: None,

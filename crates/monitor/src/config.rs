@@ -153,6 +153,11 @@ pub struct RuleConfig {
     /// records). Unset: it resolves at the first round the condition does not hold.
     #[serde(default, deserialize_with = "duration")]
     pub keep_firing_for: Duration,
+    /// For label metrics (accuracy, precision, recall, label_coverage, word_error_rate): judge
+    /// the predictions of the window this long ago, e.g. "1d" where inspectors label a day's
+    /// parts the next morning; the window now would have none labelled yet.
+    #[serde(default, deserialize_with = "duration")]
+    pub label_delay: Duration,
     #[serde(default = "default_severity")]
     pub severity: String,
     /// For drift metrics: compare with predictions logged in this window (RFC 3339 times, both
@@ -191,6 +196,8 @@ pub struct Rule {
     pub threshold: f64,
     pub for_duration: Duration,
     pub keep_firing_for: Duration,
+    /// Label metrics judge the window this long before now.
+    pub label_delay: Duration,
     pub severity: String,
     pub baseline: Baseline,
     /// When set, the baseline is the evaluated window shifted back by this much.
@@ -305,6 +312,14 @@ impl MonitorConfig {
                         return Err(bad(format!("the retrain action needs [retraining.models.{model}] (its recipe)")));
                     }
                 }
+                let metric: Metric = r.metric.parse().map_err(bad)?;
+                if !r.label_delay.is_zero() && !metric.needs_labels() {
+                    return Err(bad(format!(
+                        "label_delay is for label metrics (accuracy, precision, recall, label_coverage, \
+                         word_error_rate), not {}",
+                        r.metric
+                    )));
+                }
                 Ok(Rule {
                     retrain,
                     rollout,
@@ -312,13 +327,14 @@ impl MonitorConfig {
                     name: r.name.clone(),
                     variant,
                     metric_name: r.metric.clone(),
-                    metric: r.metric.parse().map_err(bad)?,
+                    metric,
                     model: r.model.clone(),
                     window: r.window,
                     comparator: r.comparator.parse().map_err(bad)?,
                     threshold: r.threshold,
                     for_duration: r.for_duration,
                     keep_firing_for: r.keep_firing_for,
+                    label_delay: r.label_delay,
                     severity: r.severity.clone(),
                     baseline,
                     baseline_offset: r.baseline_offset,

@@ -505,3 +505,52 @@ async fn a_firing_alarm_raises_the_capture_rate_the_servers_get_until_it_resolve
     vigil_monitor::alarms::evaluate_all(&views, &[], now, &Default::default(), &mut Default::default()).await.unwrap();
     assert!(store.capture_boosts().await.unwrap().is_empty());
 }
+
+/// Labels arrive late (inspectors label a shift's parts the next morning): an accuracy rule over
+/// the last hour sees none, while one with `label_delay` judges the hour that far back, where
+/// the labels are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_delay_judges_the_window_whose_labels_have_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    PredictionStore::migrate(&store).await.unwrap();
+    let now = Utc::now();
+    // 20 predictions three hours ago, labelled since: 15 of them otherwise than predicted.
+    let rows: Vec<PredictionRow> =
+        (0..20).map(|i| prediction(now - chrono::Duration::minutes(180 - i), 0.1, serde_json::json!({}))).collect();
+    let predicted = rows[0].output["label"].as_str().unwrap().to_string();
+    let labels: Vec<vigil_store::LabelRow> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, p)| vigil_store::LabelRow {
+            label_id: uuid::Uuid::now_v7(),
+            prediction_id: p.prediction_id,
+            label: if i < 5 { predicted.clone() } else { format!("not-{predicted}") },
+            time: now,
+            source: "inspector".into(),
+        })
+        .collect();
+    store.insert_batch(&rows, &labels).await.unwrap();
+    let config = |delay: &str| -> MonitorConfig {
+        toml::from_str(&format!(
+            "[[alerting.rules]]\nname = \"accuracy\"\nmetric = \"accuracy\"\nwindow = \"1h\"\ncomparator = \"<\"\n\
+             threshold = 0.9\n{delay}"
+        ))
+        .unwrap()
+    };
+    let value = |config: MonitorConfig| {
+        let store = store.clone();
+        async move {
+            let rule = config.rules().unwrap().remove(0);
+            let views = vigil_monitor::Views::new(store, Default::default(), Arc::new(config));
+            vigil_monitor::alarms::evaluate(&views, &rule, "scratch-detector", now).await.unwrap()
+        }
+    };
+    assert_eq!(value(config("")).await, None, "no prediction of the last hour is labelled");
+    assert_eq!(value(config("label_delay = \"150m\"")).await, Some(0.25), "5 of 20 right, 2.5 to 3.5 hours ago");
+    // Only label metrics take a delay.
+    let mut wrong = config("label_delay = \"1d\"");
+    wrong.alerting.rules[0].metric = "error_rate".into();
+    let e = wrong.rules().unwrap_err().to_string();
+    assert!(e.contains("label_delay is for label metrics"), "{e}");
+}

@@ -399,6 +399,7 @@ async fn shadow_agreement_in_the_dashboard_and_as_an_alarm_metric() {
         threshold: 0.9,
         for_duration: Duration::ZERO,
         keep_firing_for: Duration::ZERO,
+        label_delay: Duration::ZERO,
         severity: "warning".into(),
         baseline: vigil_monitor::views::Baseline::Training,
         baseline_offset: None,
