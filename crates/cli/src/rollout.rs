@@ -4,7 +4,6 @@
 //! abort one by hand. Every change is an audit event.
 
 use anyhow::{Context, Result, bail};
-use chrono::Utc;
 use clap::{Args, Subcommand};
 use vigil_monitor::rollout::{self, Manual};
 use vigil_store::{Backend, Change, MonitorStore, PredictionStore, RolloutRow, RolloutStep, StepMode};
@@ -107,7 +106,10 @@ fn plan(
 async fn command<S: PredictionStore + MonitorStore>(store: S, args: RolloutArgs) -> Result<u8> {
     store.migrate().await.context("preparing the rollout tables")?;
     let actor = crate::model::whoami(args.by.clone());
-    let change = Change { actor: &actor, reason: &args.reason, at: Utc::now() };
+    // The database's clock, not this machine's: an operator's machine may be minutes off, and
+    // a started or resumed step's window is judged against the servers' times.
+    let at = store.clock().await.context("reading the database's clock")?;
+    let change = Change { actor: &actor, reason: &args.reason, at };
     let (model, action) = match args.command {
         RolloutCommand::Start { model, candidate, steps, step_duration, min_requests, step_deadline, shadow } => {
             let deadline = step_deadline.map(Into::into);

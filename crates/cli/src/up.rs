@@ -171,8 +171,15 @@ pub async fn run(args: UpArgs) -> Result<u8> {
         Ok(())
     });
     eprintln!("starting the edge server (model repository {}) ...", config.model_repository.display());
+    // A server with TLS is reached over https, verified and authenticated by the same flags
+    // as any command's (--ca-cert, --token, ...).
+    let scheme = if config.security.tls.is_some() { "https" } else { "http" };
     let server = vigil_edge::start_with(config, false, Some(records)).await?;
-    let url = format!("http://{}", server.addr);
+    let mut addr = server.addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("{scheme}://{addr}");
     let default_model = server.repository.models().first().map(|m| m.name.clone()).unwrap_or_default();
     for entry in server.repository.models() {
         eprintln!("  serving {} version {}", entry.name, entry.default_version);

@@ -72,6 +72,52 @@ async fn the_line_client_inspects_over_tls_with_its_token() {
     server.shutdown().await.unwrap();
 }
 
+/// `vigil up` with a configuration that turns TLS and tokens on reaches its own server over
+/// https, with the flags any command takes.
+#[test]
+fn up_with_tls_and_tokens_in_its_config_inspects_over_https() {
+    let ca = TestCa::new("plant");
+    let tokens = ScopedTokens::write(ca.dir());
+    let files = ca.server("edge");
+    let config = ca.dir().join("edge.toml");
+    let text = format!(
+        "model_repository = {:?}\n[metrics]\nenabled = false\n[security.tls]\ncert = {:?}\nkey = {:?}\n\
+         [security.auth]\ntokens_file = {:?}\n",
+        root().join("models").display().to_string(),
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+        tokens.file.display().to_string()
+    );
+    std::fs::write(&config, text).unwrap();
+    let db = ca.dir().join("vigil.db");
+    let args = [
+        "up",
+        "--config",
+        config.to_str().unwrap(),
+        "--database",
+        db.to_str().unwrap(),
+        "--dashboard",
+        "127.0.0.1:0",
+        "--samples",
+        "samples/normal",
+    ];
+    let ca_pem = ca.ca_pem.display().to_string();
+    let (code, stdout, stderr) =
+        vigil(&args, &[("VIGIL_CA_CERT", ca_pem.as_str()), ("VIGIL_TOKEN", tokens.only(Scope::Infer))]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("edge server listening on https://127.0.0.1:"), "{stderr}");
+    let inspected = stdout.lines().filter(|l| l.contains(" p=")).count();
+    assert!(inspected >= 8, "{stdout}");
+    assert!(!stdout.contains("FAILED"), "{stdout}");
+    assert!(stdout.contains(&format!("{inspected} predictions logged")), "{stdout}");
+    // Without the token the server refuses every image, with its reason.
+    let db = ca.dir().join("other.db");
+    let mut args = args;
+    args[4] = db.to_str().unwrap();
+    let (_, stdout, stderr) = vigil(&args, &[("VIGIL_CA_CERT", ca_pem.as_str())]);
+    assert!(stdout.contains("missing bearer token"), "{stdout}\n{stderr}");
+}
+
 #[test]
 fn token_new_prints_the_token_and_its_tokens_file_entry() {
     let (code, stdout, stderr) =

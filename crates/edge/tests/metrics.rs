@@ -8,8 +8,6 @@ use std::time::Duration;
 use common::*;
 use tonic::Code;
 use vigil_logbus::Emitter;
-use vigil_proto::inference::ModelInferRequest;
-use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::vigil::v1::InspectRequest;
 use vigil_serving::RecordEmitter;
 
@@ -31,19 +29,7 @@ async fn requests_batches_records_and_the_process_are_scraped() {
     let unknown = InspectRequest { image: vec![1], model_name: "no-such-model".into(), ..Default::default() };
     assert_eq!(inspect.inspect(unknown).await.unwrap_err().code(), Code::NotFound);
     // A batch of two through ModelInfer.
-    oip.model_infer(ModelInferRequest {
-        model_name: MODEL.into(),
-        inputs: vec![InferInputTensor {
-            name: "image".into(),
-            datatype: "FP32".into(),
-            shape: vec![2, 1, 128, 128],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![vec![0; 2 * 128 * 128 * 4].into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    oip.model_infer(black_images_request("", 2)).await.unwrap();
     assert!(emitter.drain(Duration::from_secs(10)).await);
     let mut records = 0;
     while bus.try_recv().is_ok() {

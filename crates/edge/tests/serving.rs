@@ -327,18 +327,7 @@ async fn inspect_stream_answers_in_order_and_survives_bad_images() {
         }
     }
     // ModelStreamInfer: errors travel as error_message, the stream continues.
-    let good = ModelInferRequest {
-        model_name: MODEL.into(),
-        id: "a".into(),
-        inputs: vec![InferInputTensor {
-            name: "image".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 1, 128, 128],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![vec![0; 128 * 128 * 4].into()],
-        ..Default::default()
-    };
+    let good = black_images_request("a", 1);
     let mut bad = good.clone();
     bad.id = "b".into();
     bad.raw_input_contents[0].truncate(8);

@@ -1,5 +1,6 @@
 //! Streams are admitted for their whole life: they hold a concurrency permit until they end,
-//! their deadline covers every message, and an idle stream is closed.
+//! their deadline covers every message, an idle stream is closed, and each message is charged
+//! against the memory budget until it is answered.
 
 mod common;
 
@@ -117,24 +118,71 @@ async fn every_message_of_a_stream_is_charged_against_the_memory_budget() {
     let metrics = server.metrics_addr.expect("metrics enabled");
     // Not an image: answered with a per-item error, and the stream goes on.
     let large = || InspectRequest { image: vec![7; 700_000], request_id: "large".into(), ..Default::default() };
-    let small = || InspectRequest { image: image(), request_id: "small".into(), ..Default::default() };
     let (first, mut first_responses) = open_stream(&server).await;
+    // While the first stream's large message is in flight it holds 2.1 MB of the 3 MiB budget:
+    // a second stream's large message arriving then is refused.
     first.send(large()).await.unwrap();
     let answer = first_responses.next().await.unwrap().unwrap();
     assert_eq!(answer.error.expect("not an image").request_id, "large");
-    // The first stream's latest message holds 2.1 MB of the 3 MiB budget while it stays open.
+    // Answered, the message holds nothing more, though its stream stays open.
+    until_metric(metrics, "vigil_request_bytes_in_flight", &[], 0.0).await;
     let (second, mut second_responses) = open_stream(&server).await;
     second.send(large()).await.unwrap();
-    let status = second_responses.next().await.expect("a status").expect_err("over the budget");
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("limits.max_request_bytes_in_flight"), "{}", status.message());
-    // The first stream goes on; its next, small message takes the large one's place.
-    first.send(small()).await.unwrap();
-    let answer = first_responses.next().await.unwrap().unwrap();
-    assert_eq!(answer.result.expect("an answer").request_id, "small");
-    second.send(large()).await.ok();
+    let answer = second_responses.next().await.unwrap().unwrap();
+    assert_eq!(answer.error.expect("not an image").request_id, "large", "admitted once the first was answered");
     drop((first, second));
     assert!(first_responses.next().await.is_none(), "the first stream ended cleanly");
+    assert!(second_responses.next().await.is_none(), "the second stream ended cleanly");
     until_metric(metrics, "vigil_request_bytes_in_flight", &[], 0.0).await;
+    server.shutdown().await.unwrap();
+}
+
+/// A stream's handler runs several of its messages at once: each stays charged until its
+/// answer is ready, so a client cannot hold more than the budget by pipelining on one stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_stream_pipelines_are_each_charged_until_answered() {
+    // The slow model keeps the stream's messages in flight together.
+    let repo = slow_repository(32, 64);
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    config.limits.max_message_bytes = 128 << 10;
+    // Three requests of 64 KiB (charged three times their size each) fit; a fourth does not.
+    let request_bytes = 128 * 128 * 4 + 100;
+    config.limits.max_request_bytes_in_flight = 3 * 3 * request_bytes + 3 * 1000;
+    let server = start(config).await;
+    let metrics = server.metrics_addr.expect("metrics enabled");
+    let (_, mut oip) = clients(&server).await;
+    let request = |id: usize| black_images_request(&id.to_string(), 1);
+    // Four at once: the first runs on the slow model while the others wait for it.
+    let responses: Vec<_> = oip
+        .model_stream_infer(tokio_stream::iter((0..4).map(request).collect::<Vec<_>>()))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    let answered: Vec<String> = responses
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|r| r.infer_response.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(answered, ["0", "1", "2"], "the three that fit are answered, in order");
+    for r in responses.iter().filter_map(|r| r.as_ref().ok()) {
+        assert!(r.error_message.is_empty(), "{}", r.error_message);
+    }
+    let status = responses.last().unwrap().as_ref().expect_err("the fourth is over the budget");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("limits.max_request_bytes_in_flight"), "{}", status.message());
+    until_metric(metrics, "vigil_request_bytes_in_flight", &[], 0.0).await;
+    // Sent one after another on a stream, each answered before the next, all go through.
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let mut responses = oip.model_stream_infer(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    for id in 0..6 {
+        sender.send(request(id)).await.unwrap();
+        let answer = responses.next().await.unwrap().unwrap();
+        assert_eq!(answer.infer_response.unwrap().id, id.to_string());
+    }
+    drop(sender);
+    assert!(responses.next().await.is_none());
     server.shutdown().await.unwrap();
 }

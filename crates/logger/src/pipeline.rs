@@ -21,6 +21,8 @@ use crate::source::Source;
 /// Counters of a running logger.
 #[derive(Debug, Default)]
 pub struct LoggerStats {
+    /// Records read and handled (stored, found already stored, or dead-lettered). Counted
+    /// after every other counter of their batch: whoever reads this value reads theirs too.
     pub consumed: AtomicU64,
     pub inserted_predictions: AtomicU64,
     pub inserted_labels: AtomicU64,
@@ -38,7 +40,7 @@ pub struct LoggerStats {
 impl LoggerStats {
     /// A counter's value now.
     pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+        counter.load(Ordering::Acquire)
     }
 }
 
@@ -122,7 +124,6 @@ async fn write<P: PredictionStore + ReviewStore, D: DeadLetterSink>(
     stats: &LoggerStats,
 ) {
     let started = Instant::now();
-    stats.consumed.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let mut decoded = decode(batch);
     let d = &decoded;
     let np = d.predictions.len();
@@ -176,6 +177,7 @@ async fn write<P: PredictionStore + ReviewStore, D: DeadLetterSink>(
     stats.duplicates.fetch_add(rows.saturating_sub(p + l + f), Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.metrics.batch(taken, (p, l, f), started.elapsed());
+    stats.consumed.fetch_add(batch.len() as u64, Ordering::Release);
 }
 
 /// Runs `insert` over rows `0..len`, retrying outages; where the database refuses a range as
@@ -196,10 +198,11 @@ where
     let mut ranges = Vec::new();
     ranges.push(0..len);
     while let Some(range) = ranges.pop() {
-        match retry_unless_refused(what, stats, || insert(range.clone())).await {
+        match retry_unless(what, stats, || insert(range.clone()), refused_as_data).await {
             Ok(done) => stored.push(done),
             Err(e) if range.len() <= 1 => refused.extend(range.map(|i| (i, e.to_string()))),
-            Err(_) => {
+            Err(e) => {
+                tracing::warn!(error = %e, rows = range.len(), "the database refused rows to {what}: finding which");
                 let middle = range.start + range.len() / 2;
                 ranges.push(middle..range.end);
                 ranges.push(range.start..middle);
@@ -226,32 +229,25 @@ fn refused_as_data(e: &sqlx::Error) -> bool {
     }
 }
 
-/// As [`retry`], but a refusal of the data itself is returned instead of retried.
-async fn retry_unless_refused<T, F, Fut>(what: &str, stats: &LoggerStats, mut attempt: F) -> Result<T, sqlx::Error>
+/// Retries `attempt` with backoff (100 ms doubling to 5 s) until it succeeds.
+pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, stats: &LoggerStats, attempt: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, sqlx::Error>>,
+    Fut: Future<Output = Result<T, E>>,
 {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if refused_as_data(&e) => {
-                tracing::warn!(error = %e, "the database refused rows to {what}: finding which");
-                return Err(e);
-            }
-            Err(e) => {
-                stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    match retry_unless(what, stats, attempt, |_| false).await {
+        Ok(v) => v,
+        Err(_) => unreachable!("an attempt that never gives up returns only once it succeeds"),
     }
 }
 
-/// Retries `attempt` with backoff (100 ms doubling to 5 s) until it succeeds.
-pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, stats: &LoggerStats, mut attempt: F) -> T
+/// As [`retry`], but an error `give_up` picks is returned instead of retried.
+async fn retry_unless<T, E: std::fmt::Display, F, Fut>(
+    what: &str,
+    stats: &LoggerStats,
+    mut attempt: F,
+    give_up: impl Fn(&E) -> bool,
+) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -259,7 +255,8 @@ where
     let mut backoff = Duration::from_millis(100);
     loop {
         match attempt().await {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
+            Err(e) if give_up(&e) => return Err(e),
             Err(e) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot {what}; retrying");

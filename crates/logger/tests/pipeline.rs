@@ -220,6 +220,29 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
     server.shutdown().await.unwrap();
 }
 
+/// The first `n` messages of the dead-letter topic, by their `vigil-source` header: each
+/// message's `vigil-reason` header and payload.
+async fn dead_letters(brokers: &str, n: usize) -> HashMap<String, (String, Vec<u8>)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topics::DEAD_LETTER]).unwrap();
+    let mut found = HashMap::new();
+    while found.len() < n {
+        let m =
+            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
+        let headers = m.headers().unwrap();
+        let header = |key: &str| {
+            headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        found.insert(header("vigil-source").unwrap(), (header("vigil-reason").unwrap(), m.payload().unwrap().to_vec()));
+    }
+    found
+}
+
 /// A row the database refuses for a reason the logger's own checks do not know (here a
 /// constraint added to the table) is found within its batch and dead-lettered with the
 /// database's reason; the rest of the batch, and every batch after it, is stored.
@@ -264,28 +287,18 @@ async fn a_row_the_database_refuses_is_dead_lettered_and_its_batch_stored() {
     stored.sort();
     good.sort();
     assert_eq!(stored, good);
+    eventually(Duration::from_secs(30), "all 40 handled", || {
+        std::future::ready(LoggerStats::get(&stats.consumed) >= 40)
+    })
+    .await;
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("group.id", "dead-letter-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topics::DEAD_LETTER]).unwrap();
-    let mut sources = Vec::new();
-    while sources.len() < 2 {
-        let m =
-            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
-        let headers = m.headers().unwrap();
-        let header = |key: &str| {
-            headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        let reason = header("vigil-reason").unwrap();
+    let refused = dead_letters(&broker.brokers(), 2).await;
+    for (reason, payload) in refused.values() {
         assert!(reason.starts_with("the database refused it") && reason.contains("no_quarantined_station"), "{reason}");
-        let refused = PredictionRecord::decode(m.payload().unwrap()).unwrap();
-        assert_eq!(refused.station_id, "quarantined", "the refused record's own bytes");
-        sources.push(header("vigil-source").unwrap());
+        let record = PredictionRecord::decode(payload.as_slice()).unwrap();
+        assert_eq!(record.station_id, "quarantined", "the refused record's own bytes");
     }
+    let mut sources: Vec<String> = refused.into_keys().collect();
     sources.sort();
     assert_eq!(sources, [format!("{}/0/23", topics::PREDICTIONS), format!("{}/0/7", topics::PREDICTIONS)]);
     assert_eq!(LoggerStats::get(&stats.dead_lettered), 2);
@@ -351,24 +364,7 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     })
     .await;
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("group.id", "dead-letter-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topics::DEAD_LETTER]).unwrap();
-    let mut reasons = HashMap::new();
-    while reasons.len() < 4 {
-        let m =
-            tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("dead letters arrive").unwrap();
-        let headers = m.headers().unwrap();
-        let header = |key: &str| {
-            headers.iter().find(|h| h.key == key).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        reasons
-            .insert(header("vigil-source").unwrap(), (header("vigil-reason").unwrap(), m.payload().unwrap().to_vec()));
-    }
+    let reasons = dead_letters(&broker.brokers(), 4).await;
     let (reason, payload) = &reasons[&format!("{}/0/1", topics::PREDICTIONS)];
     assert!(reason.starts_with("not a PredictionRecord"), "{reason}");
     assert_eq!(payload, &vec![0xde, 0xad, 0xbe, 0xef, 0xff]);
@@ -581,7 +577,10 @@ async fn postgres_stopped_and_restarted_under_the_logger_loses_nothing_and_doubl
         store.count_predictions().await.unwrap_or(0) >= 500
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(Duration::from_secs(30), "the logger's counters", || {
+        std::future::ready(LoggerStats::get(&stats.consumed) >= 500)
+    })
+    .await;
     assert_stored_exactly(&store, &ids).await;
     assert_eq!(LoggerStats::get(&stats.inserted_predictions), 500, "each record inserted once");
     logger.stop().await;

@@ -66,6 +66,30 @@ fn edge_config(brokers: String, spool: SpoolConfig, message_timeout_ms: u64) -> 
     c
 }
 
+/// The next run after an outage: the broker back, a logger into a fresh database and an edge
+/// server on `spool`, waited on until at least `records` predictions are stored.
+struct NextRun {
+    /// Dropped last: dropping it drops the database under the logger.
+    database: Database,
+    logger: RunningLogger,
+    server: vigil_edge::RunningServer,
+    store: PgStore,
+}
+
+async fn next_run(broker: &mut Broker, spool: SpoolConfig, records: usize) -> NextRun {
+    broker.resume().await;
+    let brokers = broker.brokers();
+    let db = Database::create();
+    let logger = RunningLogger::quick(brokers.clone(), db.url());
+    let server = vigil_edge::start(edge_config(brokers, spool, 5_000), false).await.unwrap();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(60), "the replayed spool", || async {
+        store.count_predictions().await.unwrap_or(0) >= records as i64
+    })
+    .await;
+    NextRun { database: db, logger, server, store }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_30_second_broker_outage_loses_nothing_and_doubles_nothing() {
     let mut broker = Broker::start(3).await;
@@ -196,15 +220,7 @@ async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
     server.shutdown().await.unwrap();
 
     // Next run, broker up: the spool is replayed; reject-new kept the oldest records.
-    broker.resume().await;
-    let db = Database::create();
-    let logger = RunningLogger::quick(brokers.clone(), db.url());
-    let server = vigil_edge::start(edge_config(brokers, spool, 5_000), false).await.unwrap();
-    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
-    eventually(Duration::from_secs(60), "the replayed spool", || async {
-        store.count_predictions().await.unwrap_or(0) >= waiting as i64
-    })
-    .await;
+    let NextRun { database: _database, logger, server, store } = next_run(&mut broker, spool, waiting as usize).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
     let expected: HashSet<Uuid> = ids[..waiting as usize].iter().copied().collect();
@@ -253,15 +269,7 @@ async fn a_server_stopped_during_an_outage_spools_what_the_producer_holds() {
     );
 
     // Next run, broker up: the spool is replayed, each record once.
-    broker.resume().await;
-    let db = Database::create();
-    let logger = RunningLogger::quick(brokers.clone(), db.url());
-    let server = vigil_edge::start(edge_config(brokers, spool, 5_000), false).await.unwrap();
-    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
-    eventually(Duration::from_secs(60), "the replayed spool", || async {
-        store.count_predictions().await.unwrap_or(0) >= ids.len() as i64
-    })
-    .await;
+    let NextRun { database: _database, logger, server, store } = next_run(&mut broker, spool, ids.len()).await;
     let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
     assert_eq!(stored, ids.iter().copied().collect::<HashSet<Uuid>>(), "every answered prediction stored");
     logger.stop().await;

@@ -20,3 +20,7 @@ pub mod vigil {
 
 /// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vigil_descriptor");
+
+/// The seconds a `google.protobuf.Timestamp` may hold: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59Z, as its definition says (all of which Postgres stores too).
+pub const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;

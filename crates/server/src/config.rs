@@ -108,8 +108,9 @@ pub struct Limits {
     pub max_stream_messages: u64,
     /// Memory budget of the requests in flight, in bytes: each is charged three times the
     /// size its message declares (received, decoded, batched) before it is read, and a stream
-    /// each message in place of its previous one; beyond the budget requests are shed, and
-    /// streams ended, with RESOURCE_EXHAUSTED.
+    /// each message until it is answered (ModelStreamInfer, InspectStream; other streams each
+    /// message in place of its previous one); beyond the budget requests are shed, and streams
+    /// ended, with RESOURCE_EXHAUSTED.
     pub max_request_bytes_in_flight: usize,
     /// On shutdown, how long in-flight requests may take to finish, in milliseconds.
     pub drain_timeout_ms: u64,

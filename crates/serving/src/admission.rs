@@ -38,7 +38,8 @@ pub struct AdmissionLimits {
     /// Memory budget of the calls in flight, in bytes: each call is charged
     /// [`BYTES_CHARGED_PER_BYTE`] times the length its first message declares, before that
     /// message is buffered, and is shed when the budget cannot cover it; a stream is charged
-    /// each later message in place of the previous one, and ended when it cannot be covered.
+    /// each later message as it starts (see [`MessageCharges`] for how long a charge lasts),
+    /// and ended when it cannot be covered.
     pub max_request_bytes_in_flight: usize,
 }
 
@@ -73,31 +74,88 @@ pub fn streaming_methods(descriptor_set: &[u8]) -> HashSet<String> {
     grpc_methods(descriptor_set).into_iter().filter(|(_, streams)| *streams).map(|(path, _)| path).collect()
 }
 
-/// The bytes of the memory budget a call holds now: for a stream, those of its latest
-/// message, replaced as each new one starts. Shared by the request body (which charges each
-/// message) and the response body (which releases the charge when the call ends).
-type Reservation = Arc<parking_lot::Mutex<Option<OwnedSemaphorePermit>>>;
+/// The charges against the memory budget that a call's messages hold, oldest first. Shared by
+/// the request body (which charges each message as it starts), the handler (see
+/// [`MessageCharges::hold_until_answered`]) and the response body (which releases them all
+/// when the call ends). A unary call holds its one message's charge until it ends.
+///
+/// By default a stream holds the charge of its latest message only, each replacing the one
+/// before. A handler that answers message for message and runs several at once calls
+/// [`MessageCharges::hold_until_answered`] before it reads the stream, then takes each
+/// message's charge with [`MessageCharges::take`] and drops it with the answer: every message
+/// in its pipeline stays charged.
+#[derive(Clone, Default)]
+pub struct MessageCharges(Arc<parking_lot::Mutex<Charges>>);
 
-/// The memory budget, as a stream's request body charges it message by message.
+#[derive(Default)]
+struct Charges {
+    /// One entry per message charged and not yet taken (`None` for an empty message).
+    held: std::collections::VecDeque<Option<OwnedSemaphorePermit>>,
+    until_answered: bool,
+}
+
+/// One message's charge against the memory budget, released when dropped.
+#[must_use = "the charge is released when dropped"]
+pub struct MessageCharge(Option<OwnedSemaphorePermit>);
+
+impl MessageCharge {
+    /// The bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl MessageCharges {
+    /// Keeps each message's charge until [`Self::take`] hands it out, instead of releasing it
+    /// when the next message starts. Call before reading the stream.
+    pub fn hold_until_answered(&self) {
+        self.0.lock().until_answered = true;
+    }
+
+    /// The charge of the oldest message not yet taken (an empty charge when there is none,
+    /// as for a call this layer did not admit). Take one per message received, in order.
+    pub fn take(&self) -> MessageCharge {
+        MessageCharge(self.0.lock().held.pop_front().flatten())
+    }
+
+    /// Releases every charge the call holds.
+    fn release(&self) {
+        self.0.lock().held.clear();
+    }
+}
+
+/// The call's [`MessageCharges`] (empty when no admission layer is in front), set to be held
+/// until answered: for a handler that answers a stream message for message.
+pub fn held_until_answered<T>(request: &tonic::Request<T>) -> MessageCharges {
+    let charges = request.extensions().get::<MessageCharges>().cloned().unwrap_or_default();
+    charges.hold_until_answered();
+    charges
+}
+
+/// The memory budget, as a call's request body charges it message by message.
 struct StreamBudget {
     bytes: Arc<Semaphore>,
     total: usize,
-    held: Reservation,
+    charges: MessageCharges,
 }
 
 impl StreamBudget {
-    /// Charges a new message of `declared` bytes in place of the previous one; an error
-    /// naming the budget when it cannot be covered.
+    /// Charges a new message of `declared` bytes (in place of the previous one unless the
+    /// handler holds charges until answered); an error naming the budget when it cannot be
+    /// covered.
     fn charge(&self, declared: usize) -> Result<(), Status> {
-        let mut held = self.held.lock();
-        held.take();
+        let mut charges = self.charges.0.lock();
+        if !charges.until_answered {
+            charges.held.clear();
+        }
         let charge = declared.saturating_mul(BYTES_CHARGED_PER_BYTE);
         if charge == 0 {
+            charges.held.push_back(None);
             return Ok(());
         }
         match u32::try_from(charge).ok().and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok()) {
             Some(permit) => {
-                *held = Some(permit);
+                charges.held.push_back(Some(permit));
                 Ok(())
             }
             None => Err(budget_exhausted(self.total, declared)),
@@ -230,16 +288,17 @@ where
                     false => read_declared_length(body).await,
                 };
                 body.messages.limit = max_stream_messages;
-                let reserved = Reservation::default();
+                let reserved = MessageCharges::default();
                 if !exempt {
-                    let budget = StreamBudget { bytes, total: budget, held: reserved.clone() };
+                    let budget = StreamBudget { bytes, total: budget, charges: reserved.clone() };
                     if stream {
                         body.messages.budget = Some(budget);
                     } else if let Err(status) = budget.charge(declared.map_or(0, |n| n as usize)) {
                         return Ok(Err(status));
                     }
                 }
-                let request = http::Request::from_parts(parts, tonic::body::Body::new(body));
+                let mut request = http::Request::from_parts(parts, tonic::body::Body::new(body));
+                request.extensions_mut().insert(reserved.clone());
                 inner.call(request).await.map(|response| Ok((response, reserved)))
             };
             match tokio::time::timeout_at(deadline, admitted).await {
@@ -408,7 +467,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         permit: Option<OwnedSemaphorePermit>,
-        reserved: Reservation,
+        reserved: MessageCharges,
         deadline: Option<(Pin<Box<Sleep>>, Duration)>,
         idle: Option<(Pin<Box<Sleep>>, Duration)>,
         ended: bool,
@@ -419,7 +478,7 @@ impl<B> AdmittedBody<B> {
     fn new(
         inner: B,
         permit: Option<OwnedSemaphorePermit>,
-        reserved: Reservation,
+        reserved: MessageCharges,
         deadline: tokio::time::Instant,
         timeout: Duration,
         idle: Option<Duration>,
@@ -440,7 +499,7 @@ impl<B: Default> Default for AdmittedBody<B> {
         Self {
             inner: B::default(),
             permit: None,
-            reserved: Reservation::default(),
+            reserved: MessageCharges::default(),
             deadline: None,
             idle: None,
             ended: false,
@@ -461,7 +520,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
             Poll::Ready(None) => {
                 *this.ended = true;
                 this.permit.take();
-                this.reserved.lock().take();
+                this.reserved.release();
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(frame)) => {
@@ -490,7 +549,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
         // The call ends here: its handler (and what it waits on) is dropped with `inner`.
         *this.ended = true;
         this.permit.take();
-        this.reserved.lock().take();
+        this.reserved.release();
         let mut trailers = http::HeaderMap::new();
         let _ = status.add_header(&mut trailers);
         Poll::Ready(Some(Ok(Frame::trailers(trailers))))
@@ -572,8 +631,8 @@ mod tests {
         let stream: Vec<u8> = [message(3), message(0), message(10), message(1)].concat();
         let counter_with = |budget: usize| {
             let bytes = Arc::new(Semaphore::new(budget));
-            let held = Reservation::default();
-            let budget = StreamBudget { bytes: bytes.clone(), total: budget, held: held.clone() };
+            let held = MessageCharges::default();
+            let budget = StreamBudget { bytes: bytes.clone(), total: budget, charges: held.clone() };
             (MessageCounter { budget: Some(budget), ..Default::default() }, bytes, held)
         };
         // 10 bytes are charged 30: a budget of 30 covers the third message, and the fourth
@@ -586,7 +645,7 @@ mod tests {
             }
         }
         assert_eq!(bytes.available_permits(), 27, "the last message's charge is held");
-        held.lock().take();
+        held.release();
         assert_eq!(bytes.available_permits(), 30, "released when the call ends");
         // With 29, the third message (starting at byte 13) ends the stream, naming the budget.
         let (mut counter, bytes, _held) = counter_with(29);
@@ -596,6 +655,50 @@ mod tests {
         assert!(status.message().contains("memory budget of 29 bytes"), "{}", status.message());
         assert!(status.message().contains("limits.max_request_bytes_in_flight"), "{}", status.message());
         assert_eq!(bytes.available_permits(), 29, "nothing held after the refusal");
+    }
+
+    #[test]
+    fn a_handler_holding_charges_until_answered_keeps_every_message_in_its_pipeline_charged() {
+        let message = |len: u32| {
+            let mut m = vec![0];
+            m.extend(len.to_be_bytes());
+            m.extend(vec![7; len as usize]);
+            m
+        };
+        let bytes = Arc::new(Semaphore::new(40));
+        let charges = MessageCharges::default();
+        charges.hold_until_answered();
+        let budget = StreamBudget { bytes: bytes.clone(), total: 40, charges: charges.clone() };
+        let mut counter = MessageCounter { budget: Some(budget), ..Default::default() };
+        // Three messages received before any is answered: 1 + 0 + 10 bytes, charged 33.
+        for m in [message(1), message(0), message(10)] {
+            assert!(counter.past_limit(&m).is_none());
+        }
+        assert_eq!(bytes.available_permits(), 7, "all three charged at once");
+        // Taken in order, one per message, each released with its answer.
+        let first = charges.take();
+        assert_eq!(first.bytes(), 3);
+        let (second, third) = (charges.take(), charges.take());
+        assert_eq!((second.bytes(), third.bytes()), (0, 30));
+        assert_eq!(charges.take().bytes(), 0, "none left to take");
+        drop(first);
+        assert_eq!(bytes.available_permits(), 10);
+        // A fourth message the budget cannot cover while the third is unanswered ends the stream.
+        let (_, status) = counter.past_limit(&message(4)).expect("over the budget");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        drop(third);
+        assert_eq!(bytes.available_permits(), 40);
+        drop(second);
+        // Charges never taken are released when the call ends.
+        let mut counter = MessageCounter {
+            budget: Some(StreamBudget { bytes: bytes.clone(), total: 40, charges: charges.clone() }),
+            ..Default::default()
+        };
+        assert!(counter.past_limit(&message(5)).is_none());
+        assert_eq!(bytes.available_permits(), 25);
+        charges.release();
+        assert_eq!(bytes.available_permits(), 40);
+        drop(counter);
     }
 
     #[test]

@@ -6,13 +6,10 @@
 
 use prost_types::Timestamp;
 use tonic::Status;
+use vigil_proto::TIMESTAMP_SECONDS;
 
 /// The longest identifier taken, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
-
-/// The earliest and latest seconds a protobuf `Timestamp` may hold: 0001-01-01T00:00:00Z and
-/// 9999-12-31T23:59:59Z.
-const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
 
 /// INVALID_ARGUMENT unless `value` (the request's `field`) is at most [`MAX_ID_BYTES`] long and
 /// free of control characters; empty is allowed.

@@ -17,6 +17,7 @@ use vigil_proto::vigil::v1::{
     Verdict,
 };
 
+use crate::admission::held_until_answered;
 use crate::decision::{Automation, Policy};
 use crate::ids::{check_id, check_time};
 use crate::infer::{Infer, Route, ShadowInputs, ShadowObserver, ShadowRun};
@@ -405,11 +406,15 @@ impl Inspection for InspectionService {
         request: Request<Streaming<InspectRequest>>,
     ) -> Result<Response<Self::InspectStreamStream>, Status> {
         let service = self.clone();
+        let charges = held_until_answered(&request);
+        // Each message stays charged against the memory budget until its answer is ready.
         let responses = request
             .into_inner()
             .map(move |item| {
                 let service = service.clone();
+                let charge = charges.take();
                 async move {
+                    let _charge = charge;
                     let request = item?;
                     let request_id = request.request_id.clone();
                     let tally = Tally::Item(service.metrics.start(Api::Inspect, None));

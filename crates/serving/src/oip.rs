@@ -19,6 +19,7 @@ use vigil_proto::inference::model_infer_response::InferOutputTensor;
 use vigil_proto::inference::*;
 use vigil_proto::vigil::v1::{Decision, ReviewRequest, Verdict};
 
+use crate::admission::held_until_answered;
 use crate::decision::{Automation, Policy};
 use crate::ids::check_id;
 use crate::infer::{Infer, Route, ShadowObserver, ShadowRun};
@@ -839,12 +840,16 @@ impl GrpcInferenceService for InferenceService {
         request: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let service = self.clone();
+        let charges = held_until_answered(&request);
         let incoming = request.into_inner();
-        // Up to 16 requests of one stream run at once; responses keep request order.
+        // Up to 16 requests of one stream run at once; responses keep request order. Each
+        // stays charged against the memory budget until its answer is ready.
         let responses = incoming
             .map(move |item| {
                 let service = service.clone();
+                let charge = charges.take();
                 async move {
+                    let _charge = charge;
                     let request = match item {
                         Ok(r) => r,
                         Err(status) => return Err(status),

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+use vigil_proto::TIMESTAMP_SECONDS;
 use vigil_proto::vigil::v1::{FeedbackEvent, LabelEvent, PredictionRecord};
 
 /// Schema versions of record bodies this code understands.
@@ -19,9 +20,6 @@ pub enum RowError {
 fn uuid_field(field: &'static str, value: &str) -> Result<Uuid, RowError> {
     Uuid::parse_str(value).map_err(|e| RowError::Field { field, reason: format!("'{value}': {e}") })
 }
-
-/// The seconds a protobuf `Timestamp` may hold (years 1 to 9999), all of which Postgres stores.
-const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
 
 fn time(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     ts.as_ref()

@@ -676,6 +676,36 @@ async fn postgres_deployments_conform() {
     deployments_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
 
+/// The database's clock, read for a person's change to a rollout, is the current UTC time on
+/// both stores (Postgres's `now()` whatever the session's time zone).
+async fn clock_conforms<S: PredictionStore + vigil_store::RolloutStore>(store: S) {
+    store.migrate().await.unwrap();
+    for _ in 0..2 {
+        let before = Utc::now() - Duration::milliseconds(5);
+        let clock = store.clock().await.unwrap();
+        let after = Utc::now() + Duration::milliseconds(5);
+        assert!(before <= clock && clock <= after, "{before} <= {clock} <= {after}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_clock_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    clock_conforms(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_clock_conforms() {
+    let db = vigil_store::testing::TestDatabase::create();
+    // A server set to another time zone still gives the time in UTC.
+    let url = db.url();
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&admin).await.unwrap();
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Tokyo'")).execute(&admin).await.unwrap();
+    admin.close().await;
+    clock_conforms(PgStore::connect_lazy(&url, 2).unwrap()).await;
+}
+
 /// The review queue, the same on both stores: each item queued once, claimed by one reviewer
 /// at a time, decided once, the decision stored as a label.
 async fn reviews_conform<S: PredictionStore + vigil_store::ReviewStore + vigil_store::OutcomeStore>(store: S) {

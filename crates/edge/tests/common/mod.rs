@@ -13,6 +13,24 @@ use vigil_proto::vigil::v1::inspection_client::InspectionClient;
 
 pub const MODEL: &str = "scratch-detector";
 
+/// A `ModelInferRequest` to the scratch detector with `id`: `n` black 128x128 images as raw FP32
+/// contents (64 KiB each).
+pub fn black_images_request(id: &str, n: usize) -> vigil_proto::inference::ModelInferRequest {
+    use vigil_proto::inference::model_infer_request::InferInputTensor;
+    vigil_proto::inference::ModelInferRequest {
+        model_name: MODEL.into(),
+        id: id.into(),
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![n as i64, 1, 128, 128],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0; n * 128 * 128 * 4].into()],
+        ..Default::default()
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }

@@ -9,9 +9,10 @@ use super::{
 };
 
 /// Implements [`RegistryStore`], [`DeploymentStore`] and [`RolloutStore`] for `$store`, whose connections are
-/// `$conn`; `$lock` ends the statements that read rows a change then writes.
+/// `$conn`; `$lock` ends the statements that read rows a change then writes; `$now` reads the
+/// database's clock.
 macro_rules! registry_backend {
-    ($backend:ident, $store:ty, $conn:ty, $lock:literal) => {
+    ($backend:ident, $store:ty, $conn:ty, $lock:literal, $now:literal) => {
         pub(crate) mod $backend {
             use super::*;
 
@@ -205,6 +206,10 @@ macro_rules! registry_backend {
         }
 
         impl RolloutStore for $store {
+            async fn clock(&self) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+                sqlx::query_scalar($now).fetch_one(self.pool()).await
+            }
+
             async fn rollouts(&self, model: Option<&str>) -> Result<Vec<RolloutRow>, sqlx::Error> {
                 sqlx::query_as(&format!(
                     "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE CAST($1 AS TEXT) IS NULL OR model_name = $1 \
@@ -309,5 +314,11 @@ macro_rules! registry_backend {
     };
 }
 
-registry_backend!(postgres, crate::PgStore, sqlx::PgConnection, " FOR UPDATE");
-registry_backend!(sqlite, crate::SqliteStore, sqlx::SqliteConnection, "");
+registry_backend!(postgres, crate::PgStore, sqlx::PgConnection, " FOR UPDATE", "SELECT now()");
+registry_backend!(
+    sqlite,
+    crate::SqliteStore,
+    sqlx::SqliteConnection,
+    "",
+    "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+);

@@ -109,6 +109,10 @@ pub fn validate_plan(steps: &[RolloutStep]) -> Result<(), String> {
 
 /// The rollout side of a store.
 pub trait RolloutStore: Clone + Send + Sync + 'static {
+    /// The database's clock: when a person's change to a rollout happens, so that a step's
+    /// window does not depend on the clock of the machine the command runs on.
+    fn clock(&self) -> impl Future<Output = Result<DateTime<Utc>, sqlx::Error>> + Send;
+
     /// Rollouts, newest first: every one, or one model's.
     fn rollouts(&self, model: Option<&str>) -> impl Future<Output = Result<Vec<RolloutRow>, sqlx::Error>> + Send;
 
