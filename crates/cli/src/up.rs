@@ -176,8 +176,12 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     let scheme = if config.security.tls.is_some() { "https" } else { "http" };
     let server = vigil_edge::start_with(config, false, Some(records)).await?;
     let mut addr = server.addr;
+    // Listening on every interface: reach it on loopback, in the same address family.
     if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
     }
     let url = format!("{scheme}://{addr}");
     let default_model = server.repository.models().first().map(|m| m.name.clone()).unwrap_or_default();

@@ -69,11 +69,11 @@ fn edge_config(brokers: String, spool: SpoolConfig, message_timeout_ms: u64) -> 
 /// The next run after an outage: the broker back, a logger into a fresh database and an edge
 /// server on `spool`, waited on until at least `records` predictions are stored.
 struct NextRun {
-    /// Dropped last: dropping it drops the database under the logger.
-    database: Database,
     logger: RunningLogger,
     server: vigil_edge::RunningServer,
     store: PgStore,
+    /// Declared last, so dropped last: dropping it drops the database under the logger.
+    database: Database,
 }
 
 async fn next_run(broker: &mut Broker, spool: SpoolConfig, records: usize) -> NextRun {
@@ -87,7 +87,7 @@ async fn next_run(broker: &mut Broker, spool: SpoolConfig, records: usize) -> Ne
         store.count_predictions().await.unwrap_or(0) >= records as i64
     })
     .await;
-    NextRun { database: db, logger, server, store }
+    NextRun { logger, server, store, database: db }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -220,7 +220,7 @@ async fn a_full_spool_applies_its_policy_and_the_next_run_replays_it() {
     server.shutdown().await.unwrap();
 
     // Next run, broker up: the spool is replayed; reject-new kept the oldest records.
-    let NextRun { database: _database, logger, server, store } = next_run(&mut broker, spool, waiting as usize).await;
+    let NextRun { logger, server, store, database: _database } = next_run(&mut broker, spool, waiting as usize).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
     let expected: HashSet<Uuid> = ids[..waiting as usize].iter().copied().collect();
@@ -269,7 +269,7 @@ async fn a_server_stopped_during_an_outage_spools_what_the_producer_holds() {
     );
 
     // Next run, broker up: the spool is replayed, each record once.
-    let NextRun { database: _database, logger, server, store } = next_run(&mut broker, spool, ids.len()).await;
+    let NextRun { logger, server, store, database: _database } = next_run(&mut broker, spool, ids.len()).await;
     let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
     assert_eq!(stored, ids.iter().copied().collect::<HashSet<Uuid>>(), "every answered prediction stored");
     logger.stop().await;

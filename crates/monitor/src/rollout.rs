@@ -396,12 +396,12 @@ async fn advance<S: MonitorStore>(
                     *feedback.entry(kind).or_default() += n;
                 }
             }
-            let labeled = views
-                .store
-                .labeled_predictions(&scope.model, scope.version.as_deref(), scope.variant, since, now)
-                .await?;
-            let (mut labeled, mut correct) =
-                (labeled.len() as u64, labeled.iter().filter(|p| p.predicted == p.actual).count() as u64);
+            let (mut labeled, mut correct) = (0, 0);
+            for group in views.store.labeled_counts(&scope.outcomes(since, now, seconds)).await? {
+                let n = u64::try_from(group.count).unwrap_or(0);
+                labeled += n;
+                correct += n * u64::from(group.predicted == group.actual);
+            }
             let (mut compared, mut agreed) = (0, 0);
             if variant == Variant::Shadow {
                 // A shadow's records carry no labels: it is judged by the labels people gave

@@ -11,7 +11,7 @@ use vigil_drift::{DatasetDrift, DriftConfig, DriftResult, Histogram, NumericFeat
 use vigil_proto::vigil::v1::{RollupWindow, Sketch};
 use vigil_speech::text;
 use vigil_store::MonitorStore;
-use vigil_store::monitoring::RollupQuery;
+use vigil_store::monitoring::{OutcomeQuery, RollupQuery};
 
 use crate::catalog::{Catalog, LiveCatalog, ReferenceFeature};
 use crate::config::MonitorConfig;
@@ -42,6 +42,26 @@ pub struct Scope {
     pub model: String,
     pub version: Option<String>,
     pub variant: Option<i16>,
+}
+
+impl Scope {
+    /// The outcome counts of this scope's predictions in [since, until), by window of
+    /// `resolution_s`.
+    pub fn outcomes(&self, since: DateTime<Utc>, until: DateTime<Utc>, resolution_s: u32) -> OutcomeQuery {
+        OutcomeQuery {
+            model_name: self.model.clone(),
+            model_version: self.version.clone(),
+            variant: self.variant,
+            since,
+            until,
+            resolution_s,
+        }
+    }
+}
+
+/// A window start from the store's seconds since the epoch.
+fn from_seconds(window_s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(window_s, 0).unwrap_or_default()
 }
 
 /// A window's start and its merged rollup.
@@ -378,8 +398,7 @@ impl<S: MonitorStore> Views<S> {
         until: DateTime<Utc>,
         resolution_s: u32,
     ) -> Result<(Vec<AccuracyWindow>, f64), ViewError> {
-        let labeled =
-            self.store.labeled_predictions(&scope.model, scope.version.as_deref(), scope.variant, since, until).await?;
+        let labeled = self.store.labeled_counts(&scope.outcomes(since, until, resolution_s)).await?;
         let positive =
             self.catalog.current().get(&scope.model, scope.version.as_deref()).and_then(|m| m.labels.last().cloned());
         #[derive(Default)]
@@ -394,25 +413,27 @@ impl<S: MonitorStore> Views<S> {
             word_errors: u64,
         }
         let mut per: BTreeMap<DateTime<Utc>, Counts> = BTreeMap::new();
-        for p in &labeled {
-            let c = per.entry(window_start(p.time, resolution_s)).or_default();
-            c.n += 1;
-            if p.text_output {
-                let (said, heard) = (text::normalise(&p.actual), text::normalise(&p.predicted));
+        let mut all_labeled = 0;
+        for group in &labeled {
+            let n = u64::try_from(group.count).unwrap_or(0);
+            all_labeled += n;
+            let c = per.entry(from_seconds(group.window_s)).or_default();
+            c.n += n;
+            c.lag += group.lag_s;
+            if group.text_output {
+                let (said, heard) = (text::normalise(&group.actual), text::normalise(&group.predicted));
                 let said: Vec<&str> = said.split_whitespace().collect();
                 let heard: Vec<&str> = heard.split_whitespace().collect();
-                c.words += said.len() as u64;
-                c.word_errors += text::word_errors(&said, &heard) as u64;
-                c.correct += u64::from(said == heard);
-                c.lag += (p.label_time - p.time).num_milliseconds() as f64 / 1000.0;
+                c.words += n * said.len() as u64;
+                c.word_errors += n * text::word_errors(&said, &heard) as u64;
+                c.correct += n * u64::from(said == heard);
                 continue;
             }
-            c.correct += u64::from(p.predicted == p.actual);
             let pos = |s: &str| positive.as_deref() == Some(s);
-            c.predicted_pos += u64::from(pos(&p.predicted));
-            c.actual_pos += u64::from(pos(&p.actual));
-            c.tp += u64::from(pos(&p.predicted) && pos(&p.actual));
-            c.lag += (p.label_time - p.time).num_milliseconds() as f64 / 1000.0;
+            c.correct += n * u64::from(group.predicted == group.actual);
+            c.predicted_pos += n * u64::from(pos(&group.predicted));
+            c.actual_pos += n * u64::from(pos(&group.actual));
+            c.tp += n * u64::from(pos(&group.predicted) && pos(&group.actual));
         }
         let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
         let windows = per
@@ -429,7 +450,7 @@ impl<S: MonitorStore> Views<S> {
             })
             .collect();
         let total = self.total(scope, since, until).await?.count;
-        let coverage = if total > 0 { labeled.len() as f64 / total as f64 } else { 0.0 };
+        let coverage = if total > 0 { all_labeled as f64 / total as f64 } else { 0.0 };
         Ok((windows, coverage))
     }
 
@@ -442,30 +463,21 @@ impl<S: MonitorStore> Views<S> {
         until: DateTime<Utc>,
         resolution_s: u32,
     ) -> Result<Vec<AgreementWindow>, ViewError> {
-        let mut per: BTreeMap<(DateTime<Utc>, String), AgreementWindow> = BTreeMap::new();
-        for c in self.store.shadow_comparisons(&scope.model, since, until).await? {
-            if scope.version.as_ref().is_some_and(|v| *v != c.shadow_version) {
-                continue;
-            }
-            let start = window_start(c.time, resolution_s);
-            let w = per.entry((start, c.shadow_version.clone())).or_insert_with(|| AgreementWindow {
-                start,
+        let counts = self.store.shadow_counts(&scope.outcomes(since, until, resolution_s)).await?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(counts
+            .into_iter()
+            .filter(|c| scope.version.as_ref().is_none_or(|v| *v == c.shadow_version))
+            .map(|c| AgreementWindow {
+                start: from_seconds(c.window_s),
                 shadow_version: c.shadow_version,
-                compared: 0,
-                agreed: 0,
-                shadow_failed: 0,
-                labeled: 0,
-                shadow_correct: 0,
-            });
-            w.compared += 1;
-            w.agreed += u64::from(c.agreed);
-            w.shadow_failed += u64::from(!c.shadow_ok);
-            if let Some(actual) = &c.actual {
-                w.labeled += 1;
-                w.shadow_correct += u64::from(c.shadow_ok && c.shadow_label == *actual);
-            }
-        }
-        Ok(per.into_values().collect())
+                compared: count(c.compared),
+                agreed: count(c.agreed),
+                shadow_failed: count(c.shadow_failed),
+                labeled: count(c.labeled),
+                shadow_correct: count(c.shadow_correct),
+            })
+            .collect())
     }
 
     /// The review queue of `model` now, and reviewers' agreement with the model per variant and
@@ -510,19 +522,21 @@ impl<S: MonitorStore> Views<S> {
         until: DateTime<Utc>,
         resolution_s: u32,
     ) -> Result<BTreeMap<DateTime<Utc>, BTreeMap<String, u64>>, ViewError> {
-        let events =
-            self.store.feedback_events(&scope.model, scope.version.as_deref(), scope.variant, since, until).await?;
+        let counts = self.store.feedback_counts(&scope.outcomes(since, until, resolution_s)).await?;
         let mut out: BTreeMap<DateTime<Utc>, BTreeMap<String, u64>> = BTreeMap::new();
-        for (time, kind) in events {
-            *out.entry(window_start(time, resolution_s)).or_default().entry(kind).or_default() += 1;
+        for c in counts {
+            *out.entry(from_seconds(c.window_s)).or_default().entry(c.kind).or_default() +=
+                u64::try_from(c.count).unwrap_or(0);
         }
         Ok(out)
     }
 
-    /// The models to show: those with rollups, then those in the repository.
+    /// The models to show: those with rollups within the longest range the dashboard shows,
+    /// then those in the repository.
     pub async fn models(&self) -> Result<BTreeMap<String, Vec<String>>, ViewError> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (m, v) in self.store.rollup_models().await? {
+        let since = Utc::now() - ChronoDuration::seconds(crate::http::MAX_RANGE_SECONDS);
+        for (m, v) in self.store.rollup_models(since).await? {
             out.entry(m).or_default().push(v);
         }
         for m in self.catalog.current().models() {

@@ -81,8 +81,16 @@ async fn easy_cases_are_decided_by_the_model_and_hard_ones_by_three_doctors_whos
     // Every hard case is labelled with its doctors' majority.
     let since = chrono::Utc::now() - chrono::Duration::hours(1);
     let until = chrono::Utc::now() + chrono::Duration::seconds(1);
-    let labeled = store.labeled_predictions(MODEL, None, None, since, until).await.unwrap();
-    assert_eq!(labeled.len(), hard.len(), "one label per hard case");
+    let q = vigil_store::monitoring::OutcomeQuery {
+        model_name: MODEL.into(),
+        model_version: None,
+        variant: None,
+        since,
+        until,
+        resolution_s: 3600,
+    };
+    let labeled: i64 = store.labeled_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
+    assert_eq!(labeled, hard.len() as i64, "one label per hard case");
     for id in hard.keys() {
         let refer = DOCTORS.iter().filter(|(d, _)| calls[d][id] == "refer").count();
         let item = store.review_item(id.parse().unwrap()).await.unwrap().unwrap();

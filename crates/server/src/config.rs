@@ -110,7 +110,8 @@ pub struct Limits {
     /// size its message declares (received, decoded, batched) before it is read, and a stream
     /// each message until it is answered (ModelStreamInfer, InspectStream; other streams each
     /// message in place of its previous one); beyond the budget requests are shed, and streams
-    /// ended, with RESOURCE_EXHAUSTED.
+    /// ended, with RESOURCE_EXHAUSTED, except a stream message that waits for its own stream's
+    /// earlier answers to make room.
     pub max_request_bytes_in_flight: usize,
     /// On shutdown, how long in-flight requests may take to finish, in milliseconds.
     pub drain_timeout_ms: u64,

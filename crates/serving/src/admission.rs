@@ -83,9 +83,17 @@ pub fn streaming_methods(descriptor_set: &[u8]) -> HashSet<String> {
 /// before. A handler that answers message for message and runs several at once calls
 /// [`MessageCharges::hold_until_answered`] before it reads the stream, then takes each
 /// message's charge with [`MessageCharges::take`] and drops it with the answer: every message
-/// in its pipeline stays charged.
+/// in its pipeline stays charged. Such a stream waits for room in the budget while its own
+/// unanswered messages hold part of it, instead of being ended.
 #[derive(Clone, Default)]
-pub struct MessageCharges(Arc<parking_lot::Mutex<Charges>>);
+pub struct MessageCharges(Arc<SharedCharges>);
+
+#[derive(Default)]
+struct SharedCharges {
+    charges: parking_lot::Mutex<Charges>,
+    /// Charges of bytes the handler took and has not dropped yet.
+    taken: std::sync::atomic::AtomicUsize,
+}
 
 #[derive(Default)]
 struct Charges {
@@ -96,12 +104,23 @@ struct Charges {
 
 /// One message's charge against the memory budget, released when dropped.
 #[must_use = "the charge is released when dropped"]
-pub struct MessageCharge(Option<OwnedSemaphorePermit>);
+pub struct MessageCharge {
+    permit: Option<OwnedSemaphorePermit>,
+    owner: Option<Arc<SharedCharges>>,
+}
 
 impl MessageCharge {
     /// The bytes charged.
     pub fn bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, |p| p.num_permits())
+        self.permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl Drop for MessageCharge {
+    fn drop(&mut self) {
+        if let Some(owner) = &self.owner {
+            owner.taken.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 }
 
@@ -109,18 +128,24 @@ impl MessageCharges {
     /// Keeps each message's charge until [`Self::take`] hands it out, instead of releasing it
     /// when the next message starts. Call before reading the stream.
     pub fn hold_until_answered(&self) {
-        self.0.lock().until_answered = true;
+        self.0.charges.lock().until_answered = true;
     }
 
     /// The charge of the oldest message not yet taken (an empty charge when there is none,
     /// as for a call this layer did not admit). Take one per message received, in order.
     pub fn take(&self) -> MessageCharge {
-        MessageCharge(self.0.lock().held.pop_front().flatten())
+        match self.0.charges.lock().held.pop_front().flatten() {
+            Some(permit) => {
+                self.0.taken.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                MessageCharge { permit: Some(permit), owner: Some(self.0.clone()) }
+            }
+            None => MessageCharge { permit: None, owner: None },
+        }
     }
 
     /// Releases every charge the call holds.
     fn release(&self) {
-        self.0.lock().held.clear();
+        self.0.charges.lock().held.clear();
     }
 }
 
@@ -137,29 +162,52 @@ struct StreamBudget {
     bytes: Arc<Semaphore>,
     total: usize,
     charges: MessageCharges,
+    /// Counts the messages that wait.
+    waits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What charging a message came to.
+enum Charged {
+    Done,
+    /// No room now, but the stream's own unanswered messages hold part of the budget: wait
+    /// for this many bytes (they come back as answers leave).
+    Wait(u32),
+    /// No room: the status that ends the call.
+    Refused(Status),
 }
 
 impl StreamBudget {
     /// Charges a new message of `declared` bytes (in place of the previous one unless the
-    /// handler holds charges until answered); an error naming the budget when it cannot be
-    /// covered.
-    fn charge(&self, declared: usize) -> Result<(), Status> {
-        let mut charges = self.charges.0.lock();
+    /// handler holds charges until answered).
+    fn charge(&self, declared: usize) -> Charged {
+        let mut charges = self.charges.0.charges.lock();
         if !charges.until_answered {
             charges.held.clear();
         }
         let charge = declared.saturating_mul(BYTES_CHARGED_PER_BYTE);
         if charge == 0 {
             charges.held.push_back(None);
-            return Ok(());
+            return Charged::Done;
         }
-        match u32::try_from(charge).ok().and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok()) {
-            Some(permit) => {
-                charges.held.push_back(Some(permit));
-                Ok(())
-            }
-            None => Err(budget_exhausted(self.total, declared)),
+        let Some(n) = u32::try_from(charge).ok().filter(|&n| n as usize <= self.total) else {
+            return Charged::Refused(budget_exhausted(self.total, declared));
+        };
+        if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(n) {
+            charges.held.push_back(Some(permit));
+            return Charged::Done;
         }
+        let holds = charges.held.iter().any(Option::is_some)
+            || self.charges.0.taken.load(std::sync::atomic::Ordering::Acquire) > 0;
+        if !(charges.until_answered && holds) {
+            return Charged::Refused(budget_exhausted(self.total, declared));
+        }
+        self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Charged::Wait(n)
+    }
+
+    /// Keeps the charge a waiting message got, after those charged before it.
+    fn push(&self, permit: OwnedSemaphorePermit) {
+        self.charges.0.charges.lock().held.push_back(Some(permit));
     }
 }
 
@@ -173,6 +221,7 @@ pub struct AdmissionLayer {
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
+    waits: Arc<std::sync::atomic::AtomicU64>,
     streaming: Arc<HashSet<String>>,
 }
 
@@ -183,6 +232,7 @@ impl AdmissionLayer {
             limits,
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             bytes: Arc::new(Semaphore::new(limits.max_request_bytes_in_flight.min(Semaphore::MAX_PERMITS))),
+            waits: Arc::default(),
             streaming: Arc::default(),
         }
     }
@@ -196,6 +246,12 @@ impl AdmissionLayer {
     /// Requests in flight now.
     pub fn in_flight(&self) -> usize {
         self.limits.max_concurrent_requests - self.permits.available_permits()
+    }
+
+    /// Stream messages that have waited for room in the memory budget (while their stream's
+    /// earlier messages were being answered).
+    pub fn budget_waits(&self) -> u64 {
+        self.waits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes of the memory budget charged to the calls in flight now.
@@ -212,6 +268,7 @@ impl<S> Layer<S> for AdmissionLayer {
             limits: self.limits,
             permits: self.permits.clone(),
             bytes: self.bytes.clone(),
+            waits: self.waits.clone(),
             streaming: self.streaming.clone(),
         }
     }
@@ -224,6 +281,7 @@ pub struct Admission<S> {
     limits: AdmissionLimits,
     permits: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
+    waits: Arc<std::sync::atomic::AtomicU64>,
     streaming: Arc<HashSet<String>>,
 }
 
@@ -276,7 +334,7 @@ where
         // Take the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let (bytes, budget) = (self.bytes.clone(), self.limits.max_request_bytes_in_flight);
+        let (bytes, budget, waits) = (self.bytes.clone(), self.limits.max_request_bytes_in_flight, self.waits.clone());
         Box::pin(async move {
             let admitted = async move {
                 // Charge the budget from the declared length, before the message is buffered.
@@ -290,10 +348,10 @@ where
                 body.messages.limit = max_stream_messages;
                 let reserved = MessageCharges::default();
                 if !exempt {
-                    let budget = StreamBudget { bytes, total: budget, charges: reserved.clone() };
+                    let budget = StreamBudget { bytes, total: budget, charges: reserved.clone(), waits };
                     if stream {
                         body.messages.budget = Some(budget);
-                    } else if let Err(status) = budget.charge(declared.map_or(0, |n| n as usize)) {
+                    } else if let Charged::Refused(status) = budget.charge(declared.map_or(0, |n| n as usize)) {
                         return Ok(Err(status));
                     }
                 }
@@ -348,13 +406,13 @@ async fn read_declared_length(mut body: tonic::body::Body) -> (Replay, Option<u3
         }
     }
     let declared = (prefix.len() == 5).then(|| u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]));
-    (Replay { frames, error, rest: body, messages: MessageCounter::default() }, declared)
+    (Replay { frames, error, rest: body, messages: MessageCounter::default(), waiting: None }, declared)
 }
 
 impl Replay {
     /// `body` with nothing read ahead.
     fn new(body: tonic::body::Body) -> Self {
-        Self { frames: Default::default(), error: None, rest: body, messages: MessageCounter::default() }
+        Self { frames: Default::default(), error: None, rest: body, messages: MessageCounter::default(), waiting: None }
     }
 }
 
@@ -365,7 +423,14 @@ struct Replay {
     error: Option<Status>,
     rest: tonic::body::Body,
     messages: MessageCounter,
+    /// A message waiting for room in the memory budget, and the bytes of its frame after its
+    /// length prefix, held back until it is charged.
+    waiting: Option<(WaitForBytes, Bytes)>,
 }
+
+/// Room in the memory budget, once answers give enough of it back.
+type WaitForBytes =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send + Sync>>;
 
 /// Counts gRPC messages across data frames from their 5-byte length prefixes.
 #[derive(Default)]
@@ -381,11 +446,21 @@ struct MessageCounter {
     budget: Option<StreamBudget>,
 }
 
+/// Why [`MessageCounter::past_limit`] stopped.
+enum Stop {
+    /// The stream ends with this status.
+    End(Status),
+    /// The message waits for this many bytes of the budget.
+    Wait(u32),
+}
+
 impl MessageCounter {
-    /// Counts (and charges) the messages that start in `data`; when one goes past the message
-    /// limit or the memory budget, the offset in `data` where it starts (0 when its length
-    /// prefix began in an earlier frame) and the status that ends the stream.
-    fn past_limit(&mut self, data: &[u8]) -> Option<(usize, Status)> {
+    /// Counts (and charges) the messages that start in `data`. Stops at a message past the
+    /// message limit or the memory budget, with the offset in `data` where it starts (0 when
+    /// its length prefix began in an earlier frame) and the status that ends the stream; or at
+    /// one that must wait for room in the budget, with the offset just after its length prefix
+    /// and the bytes to wait for.
+    fn past_limit(&mut self, data: &[u8]) -> Option<(usize, Stop)> {
         if self.limit.is_none() && self.budget.is_none() {
             return None;
         }
@@ -409,13 +484,15 @@ impl MessageCounter {
                 if let Some(limit) = self.limit.filter(|&limit| self.seen > limit) {
                     return Some((
                         starts,
-                        Status::resource_exhausted(format!(
+                        Stop::End(Status::resource_exhausted(format!(
                             "the stream sent more than {limit} messages (limits.max_stream_messages); open a new one"
-                        )),
+                        ))),
                     ));
                 }
-                if let Some(Err(status)) = self.budget.as_ref().map(|b| b.charge(self.remaining)) {
-                    return Some((starts, status));
+                match self.budget.as_ref().map(|b| b.charge(self.remaining)) {
+                    Some(Charged::Refused(status)) => return Some((starts, Stop::End(status))),
+                    Some(Charged::Wait(bytes)) => return Some((at, Stop::Wait(bytes))),
+                    Some(Charged::Done) | None => {}
                 }
             }
         }
@@ -428,30 +505,65 @@ impl Body for Replay {
     type Error = Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        if self.messages.exceeded {
-            return Poll::Ready(self.error.take().map(Err));
+        loop {
+            if self.messages.exceeded {
+                return Poll::Ready(self.error.take().map(Err));
+            }
+            // A message that waited for room goes on, charged, with the rest of its frame.
+            let data = if let Some((wait, _)) = self.waiting.as_mut() {
+                let permit = std::task::ready!(wait.as_mut().poll(cx));
+                let (_, rest) = self.waiting.take().expect("waiting");
+                let budget = self.messages.budget.as_ref().expect("only a budget waits");
+                match permit {
+                    Ok(permit) => budget.push(permit),
+                    Err(_) => return Poll::Ready(Some(Err(Status::unavailable("the server is shutting down")))),
+                }
+                if rest.is_empty() {
+                    continue;
+                }
+                rest
+            } else {
+                let polled = if let Some(frame) = self.frames.pop_front() {
+                    Poll::Ready(Some(Ok(frame)))
+                } else if let Some(e) = self.error.take() {
+                    return Poll::Ready(Some(Err(e)));
+                } else {
+                    Pin::new(&mut self.rest).poll_frame(cx)
+                };
+                let Poll::Ready(Some(Ok(frame))) = polled else { return polled };
+                match frame.data_ref().cloned() {
+                    Some(data) => data,
+                    None => return Poll::Ready(Some(Ok(frame))),
+                }
+            };
+            match self.messages.past_limit(&data) {
+                None => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Some((offset, Stop::End(error))) => {
+                    // The messages before the one past the limit still go through; then the error.
+                    self.messages.exceeded = true;
+                    if offset == 0 {
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                    self.error = Some(error);
+                    return Poll::Ready(Some(Ok(Frame::data(data.slice(..offset)))));
+                }
+                Some((offset, Stop::Wait(bytes))) => {
+                    // What came before goes on (the decoder holds the prefix until the rest
+                    // comes); the rest waits with the message.
+                    let semaphore = self.messages.budget.as_ref().expect("only a budget waits").bytes.clone();
+                    let wait: WaitForBytes = Box::pin(semaphore.acquire_many_owned(bytes));
+                    self.waiting = Some((wait, data.slice(offset..)));
+                    if offset > 0 {
+                        return Poll::Ready(Some(Ok(Frame::data(data.slice(..offset)))));
+                    }
+                }
+            }
         }
-        let polled = if let Some(frame) = self.frames.pop_front() {
-            Poll::Ready(Some(Ok(frame)))
-        } else if let Some(e) = self.error.take() {
-            return Poll::Ready(Some(Err(e)));
-        } else {
-            Pin::new(&mut self.rest).poll_frame(cx)
-        };
-        let Poll::Ready(Some(Ok(frame))) = polled else { return polled };
-        let Some(data) = frame.data_ref().cloned() else { return Poll::Ready(Some(Ok(frame))) };
-        let Some((offset, error)) = self.messages.past_limit(&data) else { return Poll::Ready(Some(Ok(frame))) };
-        // The messages before the one past the limit still go through; then the error.
-        self.messages.exceeded = true;
-        if offset == 0 {
-            return Poll::Ready(Some(Err(error)));
-        }
-        self.error = Some(error);
-        Poll::Ready(Some(Ok(Frame::data(data.slice(..offset)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.messages.exceeded || (self.frames.is_empty() && self.error.is_none() && self.rest.is_end_stream())
+        self.messages.exceeded
+            || (self.waiting.is_none() && self.frames.is_empty() && self.error.is_none() && self.rest.is_end_stream())
     }
 }
 
@@ -632,7 +744,8 @@ mod tests {
         let counter_with = |budget: usize| {
             let bytes = Arc::new(Semaphore::new(budget));
             let held = MessageCharges::default();
-            let budget = StreamBudget { bytes: bytes.clone(), total: budget, charges: held.clone() };
+            let budget =
+                StreamBudget { bytes: bytes.clone(), total: budget, charges: held.clone(), waits: Arc::default() };
             (MessageCounter { budget: Some(budget), ..Default::default() }, bytes, held)
         };
         // 10 bytes are charged 30: a budget of 30 covers the third message, and the fourth
@@ -649,7 +762,7 @@ mod tests {
         assert_eq!(bytes.available_permits(), 30, "released when the call ends");
         // With 29, the third message (starting at byte 13) ends the stream, naming the budget.
         let (mut counter, bytes, _held) = counter_with(29);
-        let (offset, status) = counter.past_limit(&stream).expect("over the budget");
+        let Some((offset, Stop::End(status))) = counter.past_limit(&stream) else { panic!("over the budget") };
         assert_eq!(offset, 13);
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.message().contains("memory budget of 29 bytes"), "{}", status.message());
@@ -668,7 +781,7 @@ mod tests {
         let bytes = Arc::new(Semaphore::new(40));
         let charges = MessageCharges::default();
         charges.hold_until_answered();
-        let budget = StreamBudget { bytes: bytes.clone(), total: 40, charges: charges.clone() };
+        let budget = StreamBudget { bytes: bytes.clone(), total: 40, charges: charges.clone(), waits: Arc::default() };
         let mut counter = MessageCounter { budget: Some(budget), ..Default::default() };
         // Three messages received before any is answered: 1 + 0 + 10 bytes, charged 33.
         for m in [message(1), message(0), message(10)] {
@@ -683,15 +796,29 @@ mod tests {
         assert_eq!(charges.take().bytes(), 0, "none left to take");
         drop(first);
         assert_eq!(bytes.available_permits(), 10);
-        // A fourth message the budget cannot cover while the third is unanswered ends the stream.
-        let (_, status) = counter.past_limit(&message(4)).expect("over the budget");
+        // A fourth message the budget cannot cover while the third is unanswered waits for
+        // room, from just after its length prefix.
+        assert!(matches!(counter.past_limit(&message(4)), Some((5, Stop::Wait(12)))));
+        // A stream that holds nothing is refused instead: no answer of its own would make room.
+        let idle = MessageCharges::default();
+        idle.hold_until_answered();
+        let mut other = MessageCounter {
+            budget: Some(StreamBudget { bytes: bytes.clone(), total: 40, charges: idle, waits: Arc::default() }),
+            ..Default::default()
+        };
+        let Some((0, Stop::End(status))) = other.past_limit(&message(4)) else { panic!("refused") };
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         drop(third);
         assert_eq!(bytes.available_permits(), 40);
         drop(second);
         // Charges never taken are released when the call ends.
         let mut counter = MessageCounter {
-            budget: Some(StreamBudget { bytes: bytes.clone(), total: 40, charges: charges.clone() }),
+            budget: Some(StreamBudget {
+                bytes: bytes.clone(),
+                total: 40,
+                charges: charges.clone(),
+                waits: Arc::default(),
+            }),
             ..Default::default()
         };
         assert!(counter.past_limit(&message(5)).is_none());
@@ -699,6 +826,52 @@ mod tests {
         charges.release();
         assert_eq!(bytes.available_permits(), 40);
         drop(counter);
+    }
+
+    #[tokio::test]
+    async fn a_stream_waits_for_its_own_answers_to_make_room_and_then_goes_on() {
+        use http_body_util::BodyExt;
+        let message = |len: u32| {
+            let mut m = vec![0];
+            m.extend(len.to_be_bytes());
+            m.extend(vec![7; len as usize]);
+            m
+        };
+        let frames: Vec<Result<Frame<Bytes>, Status>> = [message(10), message(2), [message(1), message(3)].concat()]
+            .into_iter()
+            .map(|m| Ok(Frame::data(Bytes::from(m))))
+            .collect();
+        let sent: usize = frames.iter().map(|f| f.as_ref().unwrap().data_ref().unwrap().len()).sum();
+        let body = tonic::body::Body::new(http_body_util::StreamBody::new(futures::stream::iter(frames)));
+        let bytes = Arc::new(Semaphore::new(40));
+        let charges = MessageCharges::default();
+        charges.hold_until_answered();
+        let mut replay = Replay::new(body);
+        replay.messages.budget =
+            Some(StreamBudget { bytes: bytes.clone(), total: 40, charges: charges.clone(), waits: Arc::default() });
+        let mut received = 0;
+        let mut next_len = |frame: Option<Result<Frame<Bytes>, Status>>| {
+            let n = frame.expect("a frame").expect("no error").into_data().expect("data").len();
+            received += n;
+            n
+        };
+        // 10 bytes, charged 30; the handler takes the charge and runs the message.
+        assert_eq!(next_len(replay.frame().await), 15);
+        let first = charges.take();
+        // 2 bytes (charged 6), then 1 (3): 39 of 40 charged.
+        assert_eq!(next_len(replay.frame().await), 7);
+        // The third frame's second message needs 9: it waits, its prefix gone ahead.
+        assert_eq!(next_len(replay.frame().await), 6 + 5);
+        assert_eq!(bytes.available_permits(), 1);
+        {
+            let mut next = std::pin::pin!(replay.frame());
+            assert!(futures::poll!(next.as_mut()).is_pending(), "waits while the first is unanswered");
+            drop(first);
+            assert_eq!(next_len(next.await), 3, "the rest of the message, once charged");
+        }
+        assert_eq!(bytes.available_permits(), 40 - 6 - 3 - 9);
+        assert!(replay.frame().await.is_none());
+        assert_eq!(received, sent, "every byte once, in order");
     }
 
     #[test]

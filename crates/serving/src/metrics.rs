@@ -417,6 +417,13 @@ impl Collector for InflightCollector {
             "Bytes of the memory budget (limits.max_request_bytes_in_flight) charged to requests being answered",
             None,
             bytes.metric_type(),
+        )?)?;
+        let waits = ConstCounter::new(self.admission.budget_waits());
+        waits.encode(encoder.encode_descriptor(
+            "vigil_stream_budget_waits",
+            "Stream messages that waited for room in the memory budget while their stream's earlier messages were answered",
+            None,
+            waits.metric_type(),
         )?)
     }
 }

@@ -174,6 +174,31 @@ async fn a_postgres_lease_has_one_holder_until_dropped() {
 
 /// Labeled predictions and feedback are filtered by model, version, variant and time in the
 /// store, and each labeled prediction comes with its latest label.
+/// The outcome counts of `model` (one version and variant, when given) in [since, until), by
+/// window of `resolution_s`.
+fn outcomes(
+    model: &str,
+    version: Option<&str>,
+    variant: Option<i16>,
+    since: chrono::DateTime<Utc>,
+    until: chrono::DateTime<Utc>,
+    resolution_s: u32,
+) -> vigil_store::monitoring::OutcomeQuery {
+    vigil_store::monitoring::OutcomeQuery {
+        model_name: model.into(),
+        model_version: version.map(Into::into),
+        variant,
+        since,
+        until,
+        resolution_s,
+    }
+}
+
+/// Each counted group repeated as often as it was counted.
+fn expand(groups: &[vigil_store::monitoring::LabeledCount]) -> Vec<vigil_store::monitoring::LabeledCount> {
+    groups.iter().flat_map(|g| std::iter::repeat_n(g.clone(), g.count as usize)).collect()
+}
+
 async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
     store.migrate().await.unwrap();
     let now = Utc::now();
@@ -208,15 +233,11 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
     let labeled = |version: Option<&'static str>, variant: Option<i16>| {
         let store = store.clone();
         async move {
-            let mut got: Vec<(String, String)> = store
-                .labeled_predictions("scratch-detector", version, variant, since, now)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|p| (p.time.timestamp_millis().to_string(), p.actual))
-                .collect();
+            let q = outcomes("scratch-detector", version, variant, since, now, 60);
+            let mut got: Vec<String> =
+                expand(&store.labeled_counts(&q).await.unwrap()).into_iter().map(|g| g.actual).collect();
             got.sort();
-            got.into_iter().map(|(_, actual)| actual).collect::<Vec<String>>()
+            got
         }
     };
     assert_eq!(labeled(None, None).await.len(), 5, "every labeled prediction, once");
@@ -224,10 +245,36 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
     assert_eq!(labeled(None, Some(3)).await, ["ok"], "the shadow's one");
     assert_eq!(labeled(Some("1"), None).await.len(), 2);
     assert_eq!(labeled(Some("1"), Some(2)).await.len(), 0, "version 1 never ran as canary");
-    let late =
-        store.labeled_predictions("scratch-detector", None, None, now - Duration::minutes(26), now).await.unwrap();
-    assert_eq!(late.len(), 1, "only row 4 was predicted in the last 26 minutes");
+    let late = store
+        .labeled_counts(&outcomes("scratch-detector", None, None, now - Duration::minutes(26), now, 60))
+        .await
+        .unwrap();
+    assert_eq!(expand(&late).len(), 1, "only row 4 was predicted in the last 26 minutes");
     assert!(late.iter().all(|p| !p.text_output && p.predicted == "ok"), "a classifier's label, not text");
+    // Windows of 7 minutes, as computed here from the rows: each prediction counted in the
+    // window holding its time, with its label's delay.
+    let latest = |i: usize| labels.iter().filter(|l| l.prediction_id == rows[i].prediction_id).map(|l| l.time).max();
+    let mut want: std::collections::BTreeMap<(i64, String), (i64, f64)> = Default::default();
+    for (i, r) in rows.iter().enumerate() {
+        let Some(label_time) = latest(i) else { continue };
+        let actual = labels.iter().find(|l| l.prediction_id == r.prediction_id && l.time == label_time).unwrap();
+        let entry = want.entry((r.time.timestamp().div_euclid(420) * 420, actual.label.clone())).or_default();
+        entry.0 += 1;
+        entry.1 += (label_time - r.time).num_microseconds().unwrap() as f64 / 1e6;
+    }
+    let got = store.labeled_counts(&outcomes("scratch-detector", None, None, since, now, 420)).await.unwrap();
+    let mut seen: std::collections::BTreeMap<(i64, String), (i64, f64)> = Default::default();
+    for g in &got {
+        let entry = seen.entry((g.window_s, g.actual.clone())).or_default();
+        entry.0 += g.count;
+        entry.1 += g.lag_s;
+    }
+    assert_eq!(seen.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{got:?}");
+    for (key, (n, lag)) in &want {
+        assert_eq!(seen[key].0, *n, "{key:?}");
+        assert!((seen[key].1 - lag).abs() < 0.01, "{key:?}: lag {} against {lag}", seen[key].1);
+    }
+    assert!(got.len() < rows.len(), "predictions alike in a window come as one row: {got:?}");
 
     // A recogniser's transcripts: one with text, one that heard nothing, one that failed.
     let mut asr: Vec<PredictionRow> = (0..3).map(|i| row(i, 3)).collect();
@@ -247,13 +294,9 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
         source: "transcriber".into(),
     };
     store.insert_batch(&asr, &[said(0), said(1), said(2)]).await.unwrap();
-    let mut got: Vec<(String, bool)> = store
-        .labeled_predictions("recogniser", None, None, since, now + Duration::seconds(1))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| (p.predicted, p.text_output))
-        .collect();
+    let q = outcomes("recogniser", None, None, since, now + Duration::seconds(1), 60);
+    let mut got: Vec<(String, bool)> =
+        expand(&store.labeled_counts(&q).await.unwrap()).into_iter().map(|p| (p.predicted, p.text_output)).collect();
     got.sort();
     assert_eq!(
         got,
@@ -275,7 +318,7 @@ async fn postgres_labeled_predictions_conform() {
 }
 
 /// Shadows paired with their primaries by trace id and item rank, the same on both stores.
-async fn shadow_comparisons_conform<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
+async fn shadow_counts_conform<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
     store.migrate().await.unwrap();
     let now = Utc::now();
     // (trace, variant, version, label, status, minutes ago, model); ids are made in this order,
@@ -323,36 +366,80 @@ async fn shadow_comparisons_conform<S: PredictionStore + vigil_store::OutcomeSto
     // Stored in reverse: the rank comes from the ids, not from the order of insertion.
     rows.reverse();
     store.insert_batch(&rows, &[]).await.unwrap();
-    let mut got: Vec<(String, bool, bool)> = store
-        .shadow_comparisons("scratch-detector", now - Duration::hours(1), now)
+    let counts = store
+        .shadow_counts(&outcomes("scratch-detector", None, None, now - Duration::hours(1), now, 3600 * 24))
         .await
-        .unwrap()
-        .into_iter()
-        .map(|c| (c.shadow_version, c.shadow_ok, c.agreed))
+        .unwrap();
+    // (version, compared, agreed, shadow failed); windows of a day, so one or two per version.
+    let mut got: std::collections::BTreeMap<String, (i64, i64, i64)> = Default::default();
+    for c in &counts {
+        let v = got.entry(c.shadow_version.clone()).or_default();
+        *v = (v.0 + c.compared, v.1 + c.agreed, v.2 + c.shadow_failed);
+        assert_eq!((c.labeled, c.shadow_correct), (0, 0), "nothing labelled");
+    }
+    let want: std::collections::BTreeMap<String, (i64, i64, i64)> = [
+        // a, b (two items, the second not agreed), c (the shadow failed), f
+        ("2".to_string(), (5, 3, 1)),
+        // f
+        ("3".to_string(), (1, 0, 0)),
+    ]
+    .into();
+    assert_eq!(got, want, "{counts:?}");
+    // Labels on the primary's predictions judge the shadows of the same items.
+    let primary = |trace: &str, item: usize| {
+        rows.iter()
+            .rev()
+            .filter(|r| r.trace_id == trace && r.variant != 3 && r.model_name == "scratch-detector")
+            .nth(item)
+    };
+    let label = |trace: &str, item: usize, label: &str| LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: primary(trace, item).unwrap().prediction_id,
+        label: label.into(),
+        time: now,
+        source: "inspector".into(),
+    };
+    // b's second item is a defect (the shadow said ok), f's item is ok (version 3 said ok).
+    store.insert_batch(&[], &[label("b", 1, "defect"), label("f", 0, "ok")]).await.unwrap();
+    let counts = store
+        .shadow_counts(&outcomes("scratch-detector", None, None, now - Duration::hours(1), now, 3600 * 24))
+        .await
+        .unwrap();
+    let judged = |version: &str| {
+        counts
+            .iter()
+            .filter(|c| c.shadow_version == version)
+            .fold((0, 0), |(l, c), w| (l + w.labeled, c + w.shadow_correct))
+    };
+    assert_eq!(judged("2"), (2, 0), "version 2 answered ok to b's defect and defect to f's ok");
+    assert_eq!(judged("3"), (1, 1), "version 3 answered f's ok");
+    // Windows of a minute: each pair in the window of the shadow's time.
+    let minute = store
+        .shadow_counts(&outcomes("scratch-detector", None, None, now - Duration::hours(1), now, 60))
+        .await
+        .unwrap();
+    let mut want_windows: Vec<(i64, String)> = rows
+        .iter()
+        .filter(|r| r.variant == 3 && r.model_name == "scratch-detector" && r.time > now - Duration::hours(1))
+        .filter(|r| r.trace_id != "d")
+        .map(|r| (r.time.timestamp().div_euclid(60) * 60, r.model_version.clone()))
         .collect();
-    got.sort();
-    let want = [
-        ("2", false, false), // c: failed
-        ("2", true, false),  // b, second item
-        ("2", true, true),   // a
-        ("2", true, true),   // b, first item
-        ("2", true, true),   // f
-        ("3", true, false),  // f
-    ];
-    let want: Vec<(String, bool, bool)> = want.iter().map(|(v, ok, agreed)| (v.to_string(), *ok, *agreed)).collect();
-    assert_eq!(got, want);
+    want_windows.sort();
+    want_windows.dedup();
+    let got_windows: Vec<(i64, String)> = minute.iter().map(|c| (c.window_s, c.shadow_version.clone())).collect();
+    assert_eq!(got_windows, want_windows);
 }
 
 #[tokio::test]
-async fn sqlite_shadow_comparisons_conform() {
+async fn sqlite_shadow_counts_conform() {
     let dir = tempfile::tempdir().unwrap();
-    shadow_comparisons_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+    shadow_counts_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
 }
 
 #[tokio::test]
-async fn postgres_shadow_comparisons_conform() {
+async fn postgres_shadow_counts_conform() {
     let db = vigil_store::testing::TestDatabase::create();
-    shadow_comparisons_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+    shadow_counts_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
 
 /// Alarm states, transitions and their delivery, the same on both stores.
@@ -456,8 +543,17 @@ async fn rollups_conform<S: PredictionStore + vigil_store::RollupStore>(store: S
     let mut other_variant = query(None);
     other_variant.variant = Some(2);
     assert!(store.read_rollups(&other_variant).await.unwrap().is_empty());
-    let models = store.rollup_models().await.unwrap();
+    let models = store.rollup_models(window_start).await.unwrap();
     assert_eq!(models, [("scratch-detector".to_string(), "1".to_string()), ("scratch-detector".into(), "2".into())]);
+    let later = window_start + Duration::minutes(1);
+    assert!(store.rollup_models(later).await.unwrap().is_empty(), "no windows since then");
+    // Read from the coarsest resolution: a version with finer windows only is not there.
+    let coarse = RollupKey { resolution_s: 3600, window_start: later, ..key("3") };
+    let cursor = store.rollup_cursor().await.unwrap();
+    let coarse = vec![StoredRollup { key: coarse, body: b"c".to_vec() }];
+    assert!(store.apply_rollups(cursor, cursor, coarse, &merge).await.unwrap());
+    let models = store.rollup_models(window_start).await.unwrap();
+    assert_eq!(models, [("scratch-detector".to_string(), "3".to_string())]);
 }
 
 #[tokio::test]
@@ -776,9 +872,9 @@ async fn reviews_conform<S: PredictionStore + vigil_store::ReviewStore + vigil_s
     assert_eq!((stats.open, stats.claimed, stats.decided), (1, 0, 2));
 
     // Decisions are labels, with the reviewer as source, and sit beside the model's labels.
-    let labeled =
-        store.labeled_predictions("scratch-detector", None, None, now - Duration::hours(1), later).await.unwrap();
-    let mut actual: Vec<String> = labeled.iter().map(|l| l.actual.clone()).collect();
+    let q = outcomes("scratch-detector", None, None, now - Duration::hours(1), later, 60);
+    let mut actual: Vec<String> =
+        expand(&store.labeled_counts(&q).await.unwrap()).into_iter().map(|l| l.actual).collect();
     actual.sort();
     assert_eq!(actual, ["defect", "ok"]);
     let reviewed = store
@@ -851,8 +947,9 @@ async fn review_panels_conform<S: PredictionStore + vigil_store::ReviewStore + v
     );
 
     // Labels carry the panel; every reviewer's decision is kept beside the item's.
-    let labeled = store.labeled_predictions(&rows[0].model_name, None, None, now - Duration::hours(1), now).await;
-    let mut labels: Vec<String> = labeled.unwrap().into_iter().map(|l| l.actual).collect();
+    let q = outcomes(&rows[0].model_name, None, None, now - Duration::hours(1), now, 60);
+    let mut labels: Vec<String> =
+        expand(&store.labeled_counts(&q).await.unwrap()).into_iter().map(|l| l.actual).collect();
     labels.sort();
     assert_eq!(labels, ["home", "refer"]);
     let decisions = store

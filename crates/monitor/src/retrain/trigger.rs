@@ -3,6 +3,7 @@
 //! or a rollout of the model is active.
 
 use chrono::{DateTime, Utc};
+use vigil_store::monitoring::OutcomeQuery;
 use vigil_store::{Change, MonitorStore, RetrainJob};
 
 use crate::config::Rule;
@@ -71,7 +72,16 @@ pub async fn consider<S: MonitorStore>(
     // New items: logged since the last successful job's data was taken (or in the window).
     let window = chrono::Duration::from_std(settings.dataset_window).unwrap_or(chrono::Duration::days(30));
     let since = jobs.iter().find(|j| j.state == "succeeded").map_or(now - window, |j| j.created_at.max(now - window));
-    let labelled = store.labeled_predictions(model, None, None, since, now).await?.len() as u64;
+    let new_items = OutcomeQuery {
+        model_name: model.into(),
+        model_version: None,
+        variant: None,
+        since,
+        until: now,
+        resolution_s: u32::MAX,
+    };
+    let labelled =
+        u64::try_from(store.labeled_counts(&new_items).await?.iter().map(|g| g.count).sum::<i64>()).unwrap_or(0);
     if labelled < settings.min_new_labels {
         return wait(format!("{labelled} of {} new labelled items", settings.min_new_labels));
     }

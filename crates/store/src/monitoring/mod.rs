@@ -86,36 +86,97 @@ pub struct RollupQuery {
     pub until: DateTime<Utc>,
 }
 
-/// A prediction with its latest label, for accuracy per window.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct LabeledPrediction {
-    pub time: DateTime<Utc>,
+/// Which predictions an outcome count covers, and the windows it is counted in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeQuery {
+    pub model_name: String,
+    /// One version only, when given.
+    pub model_version: Option<String>,
+    /// One variant only, when given.
+    pub variant: Option<i16>,
+    /// Predictions made in [since, until).
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// Window length in seconds: windows start at multiples of it since the epoch.
+    pub resolution_s: u32,
+}
+
+impl OutcomeQuery {
+    /// The window length bound into SQL: at least a second.
+    fn resolution(&self) -> i64 {
+        i64::from(self.resolution_s.max(1))
+    }
+}
+
+/// Binds an outcome query as `$1` model, `$2` since, `$3` until, `$4` version, `$5` variant and
+/// `$6` window length, on either store.
+fn bind_outcomes<'q, DB, O>(
+    query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
+    q: &'q OutcomeQuery,
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i16>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(q.model_name.as_str())
+        .bind(q.since)
+        .bind(q.until)
+        .bind(q.model_version.as_deref())
+        .bind(q.variant)
+        .bind(q.resolution())
+}
+
+/// Labelled predictions of one window with the same answer and the same latest label: counted
+/// in the database, so a dashboard reads a few rows per window, not one per prediction.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LabeledCount {
+    /// Start of the window, in seconds since the epoch.
+    pub window_s: i64,
     /// The model's output label; for a model that answers in text, the text.
     pub predicted: String,
-    /// The ground truth.
+    /// The ground truth (the latest label).
     pub actual: String,
-    pub label_time: DateTime<Utc>,
     /// The model answers in text (a transcript), not a class: its output has text, or it
     /// answered (status OK) with neither label nor text (said nothing).
     pub text_output: bool,
+    pub count: i64,
+    /// The labels' delays after their predictions, summed, in seconds.
+    pub lag_s: f64,
 }
 
-/// A shadow's answer beside the primary's answer to the same item (same trace id, same place
-/// in the request).
+/// Feedback events of one kind on the predictions of one window.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct ShadowComparison {
-    /// When the shadow answered.
-    pub time: DateTime<Utc>,
+pub struct FeedbackCount {
+    /// Start of the window (of the predictions' times), in seconds since the epoch.
+    pub window_s: i64,
+    pub kind: String,
+    pub count: i64,
+}
+
+/// A shadow version's answers in one window, each paired with the primary's answer to the same
+/// item (same trace id, same place in the request); shadows whose primary failed or is not
+/// logged are left out.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ShadowCount {
+    /// Start of the window (of the shadow's times), in seconds since the epoch.
+    pub window_s: i64,
     pub shadow_version: String,
-    /// Whether the shadow answered at all (its record's status is OK).
-    pub shadow_ok: bool,
-    /// Whether both answered with the same label.
-    pub agreed: bool,
-    /// The shadow's label.
-    pub shadow_label: String,
-    /// The item's ground truth, when someone labelled the primary's prediction of it (e.g. an
-    /// inspector's decision): what the shadow is judged by, on the same item.
-    pub actual: Option<String>,
+    /// Pairs compared.
+    pub compared: i64,
+    /// Both answered with the same label.
+    pub agreed: i64,
+    /// The shadow did not answer (its record's status is not OK).
+    pub shadow_failed: i64,
+    /// Pairs whose primary prediction someone labelled (e.g. an inspector's decision): the
+    /// ground truth the shadow is judged by, on the same item.
+    pub labeled: i64,
+    /// Of those, the shadow answered with the label.
+    pub shadow_correct: i64,
 }
 
 /// What label validation needs to know of a logged prediction.
@@ -238,42 +299,27 @@ pub trait RollupStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
     /// Stored rollups of one resolution in [since, until), by window start.
     fn read_rollups(&self, q: &RollupQuery) -> impl Future<Output = Result<Vec<StoredRollup>, sqlx::Error>> + Send;
-    /// Every (model, version) that has rollups.
-    fn rollup_models(&self) -> impl Future<Output = Result<Vec<(String, String)>, sqlx::Error>> + Send;
+    /// Every (model, version) with rollups of windows starting at or after `since` (read from
+    /// the coarsest resolution, which holds every prediction too).
+    fn rollup_models(
+        &self,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, sqlx::Error>> + Send;
 }
 
 /// What happened after predictions: their labels and the feedback on them.
 pub trait OutcomeStore: Clone + Send + Sync + 'static {
-    /// Predictions of a model (one version, one variant, when given) in [since, until) that
-    /// have labels, with their latest label.
-    fn labeled_predictions(
-        &self,
-        model_name: &str,
-        model_version: Option<&str>,
-        variant: Option<i16>,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<LabeledPrediction>, sqlx::Error>> + Send;
-    /// Feedback events on a model's predictions (one version, one variant, when given) in
-    /// [since, until): (prediction time, kind).
-    fn feedback_events(
-        &self,
-        model_name: &str,
-        model_version: Option<&str>,
-        variant: Option<i16>,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<(DateTime<Utc>, String)>, sqlx::Error>> + Send;
-    /// Each shadow prediction of a model in [since, until) paired with the primary's answer to
-    /// the same item: same trace id, and the same rank among the request's items (prediction
-    /// ids are time-ordered UUIDv7, made in item order). Shadows whose primary failed or is
-    /// not logged are left out.
-    fn shadow_comparisons(
-        &self,
-        model_name: &str,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<ShadowComparison>, sqlx::Error>> + Send;
+    /// Predictions the query covers that have labels, counted by window, answer and latest
+    /// label.
+    fn labeled_counts(&self, q: &OutcomeQuery) -> impl Future<Output = Result<Vec<LabeledCount>, sqlx::Error>> + Send;
+    /// Feedback events on the predictions the query covers, counted by window and kind.
+    fn feedback_counts(&self, q: &OutcomeQuery)
+    -> impl Future<Output = Result<Vec<FeedbackCount>, sqlx::Error>> + Send;
+    /// A model's shadow answers in the query's range (its version and variant are not used:
+    /// every shadow version is counted), each paired with the primary's answer to the same
+    /// item: same trace id, and the same rank among the request's items (prediction ids are
+    /// time-ordered UUIDv7, made in item order). Counted by window and shadow version.
+    fn shadow_counts(&self, q: &OutcomeQuery) -> impl Future<Output = Result<Vec<ShadowCount>, sqlx::Error>> + Send;
     /// The logged predictions among `ids` (unknown ids are absent).
     fn prediction_refs(&self, ids: &[Uuid]) -> impl Future<Output = Result<Vec<PredictionRef>, sqlx::Error>> + Send;
 }
@@ -355,3 +401,8 @@ macro_rules! bind_alert {
     };
 }
 use bind_alert;
+
+/// Every (model, version) with rollups since `$1`, from the coarsest resolution's windows (the
+/// `rollups_resolution_window` index).
+const ROLLUP_MODELS: &str = "SELECT DISTINCT model_name, model_version FROM rollups \
+     WHERE resolution_s = (SELECT max(resolution_s) FROM rollups) AND window_start >= $1 ORDER BY 1, 2";

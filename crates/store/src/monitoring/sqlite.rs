@@ -6,8 +6,9 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, AlertStore, Delivery, LabeledPrediction, Lease, LeaseStore, MergeFn, OutcomeStore,
-    PredictionRef, RollupBatch, RollupInput, RollupQuery, RollupStore, ShadowComparison, StoredRollup, bind_alert,
+    AlertEvent, AlertRow, AlertStore, Delivery, FeedbackCount, LabeledCount, Lease, LeaseStore, MergeFn, OutcomeQuery,
+    OutcomeStore, PredictionRef, RollupBatch, RollupInput, RollupQuery, RollupStore, ShadowCount, StoredRollup,
+    bind_alert,
 };
 use crate::SqliteStore;
 
@@ -113,76 +114,53 @@ impl RollupStore for SqliteStore {
         Ok(super::stored_rollups(q, rows))
     }
 
-    async fn rollup_models(&self) -> Result<Vec<(String, String)>, sqlx::Error> {
-        sqlx::query_as("SELECT DISTINCT model_name, model_version FROM rollups ORDER BY 1, 2")
-            .fetch_all(self.pool())
-            .await
+    async fn rollup_models(&self, since: DateTime<Utc>) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as(super::ROLLUP_MODELS).bind(since).fetch_all(self.pool()).await
     }
 }
 
 impl OutcomeStore for SqliteStore {
-    async fn shadow_comparisons(
-        &self,
-        model_name: &str,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<ShadowComparison>, sqlx::Error> {
-        sqlx::query_as(SHADOW_COMPARISONS_SQLITE).bind(model_name).bind(since).bind(until).fetch_all(self.pool()).await
+    async fn shadow_counts(&self, q: &OutcomeQuery) -> Result<Vec<ShadowCount>, sqlx::Error> {
+        sqlx::query_as(&shadow_counts_sql(&window_sqlite("c.time", "$4")))
+            .bind(&q.model_name)
+            .bind(q.since)
+            .bind(q.until)
+            .bind(q.resolution())
+            .fetch_all(self.pool())
+            .await
     }
 
-    async fn labeled_predictions(
-        &self,
-        model_name: &str,
-        model_version: Option<&str>,
-        variant: Option<i16>,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<LabeledPrediction>, sqlx::Error> {
+    async fn labeled_counts(&self, q: &OutcomeQuery) -> Result<Vec<LabeledCount>, sqlx::Error> {
         // Times are stored as sqlx writes them (fixed-width UTC text), so text order is time
         // order and the window is compared in SQL.
-        sqlx::query_as(
-            "SELECT p.time, coalesce(nullif(json_extract(p.output, '$.label'), ''), json_extract(p.output, '$.text'), '') \
-               AS predicted, l.label AS actual, l.time AS label_time, \
-               (json_type(p.output, '$.text') IS NOT NULL \
-                OR (coalesce(json_extract(p.output, '$.label'), '') = '' AND p.status = 1)) AS text_output \
-             FROM predictions p JOIN labels l ON l.prediction_id = p.prediction_id \
-             WHERE p.model_name = ? AND p.time >= ? AND p.time < ? \
-               AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?) \
-               AND l.time = (SELECT max(l2.time) FROM labels l2 WHERE l2.prediction_id = p.prediction_id)",
-        )
-        .bind(model_name)
-        .bind(since)
-        .bind(until)
-        .bind(model_version)
-        .bind(model_version)
-        .bind(variant)
-        .bind(variant)
-        .fetch_all(self.pool())
-        .await
+        let sql = format!(
+            "SELECT {window} AS window_s, r.predicted, r.actual, r.text_output, count(*) AS count, \
+               coalesce(sum((julianday(r.label_time) - julianday(r.time)) * 86400.0), 0.0) AS lag_s \
+             FROM (SELECT p.time, \
+                     coalesce(nullif(json_extract(p.output, '$.label'), ''), json_extract(p.output, '$.text'), '') \
+                       AS predicted, l.label AS actual, l.time AS label_time, \
+                     (json_type(p.output, '$.text') IS NOT NULL \
+                      OR (coalesce(json_extract(p.output, '$.label'), '') = '' AND p.status = 1)) AS text_output \
+                   FROM predictions p JOIN labels l ON l.prediction_id = p.prediction_id \
+                   WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
+                     AND ($4 IS NULL OR p.model_version = $4) AND ($5 IS NULL OR p.variant = $5) \
+                     AND l.time = (SELECT max(l2.time) FROM labels l2 WHERE l2.prediction_id = p.prediction_id)) r \
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+            window = window_sqlite("r.time", "$6")
+        );
+        super::bind_outcomes(sqlx::query_as(&sql), q).fetch_all(self.pool()).await
     }
 
-    async fn feedback_events(
-        &self,
-        model_name: &str,
-        model_version: Option<&str>,
-        variant: Option<i16>,
-        since: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<(DateTime<Utc>, String)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT p.time, f.kind FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
-             WHERE p.model_name = ? AND p.time >= ? AND p.time < ? \
-               AND (? IS NULL OR p.model_version = ?) AND (? IS NULL OR p.variant = ?)",
-        )
-        .bind(model_name)
-        .bind(since)
-        .bind(until)
-        .bind(model_version)
-        .bind(model_version)
-        .bind(variant)
-        .bind(variant)
-        .fetch_all(self.pool())
-        .await
+    async fn feedback_counts(&self, q: &OutcomeQuery) -> Result<Vec<FeedbackCount>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {window} AS window_s, f.kind, count(*) AS count \
+             FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
+             WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
+               AND ($4 IS NULL OR p.model_version = $4) AND ($5 IS NULL OR p.variant = $5) \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+            window = window_sqlite("p.time", "$6")
+        );
+        super::bind_outcomes(sqlx::query_as(&sql), q).fetch_all(self.pool()).await
     }
 
     async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
@@ -282,16 +260,33 @@ struct RowWithId {
     input: RollupInput,
 }
 
+/// The start of the window of `resolution` seconds (an SQL parameter) holding `time`, in seconds
+/// since the epoch (floored, before 1970 too).
+fn window_sqlite(time: &str, resolution: &str) -> String {
+    let seconds = format!("CAST(strftime('%s', {time}) AS INTEGER)");
+    format!("({seconds} - (({seconds} % {resolution}) + {resolution}) % {resolution})")
+}
+
 /// Shadow predictions ($1 model, [$2, $3)) paired with the primary's by trace id and item rank,
-/// with the latest label of the primary's prediction.
-const SHADOW_COMPARISONS_SQLITE: &str = "\
-    WITH s AS (SELECT trace_id, model_version, time, status, coalesce(json_extract(output, '$.label'), '') AS label, \
-                 row_number() OVER (PARTITION BY trace_id, model_version ORDER BY prediction_id) AS item \
-               FROM predictions WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3), \
-         p AS (SELECT prediction_id, trace_id, status, coalesce(json_extract(output, '$.label'), '') AS label, \
-                 row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
-               FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)) \
-    SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
-           (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
-           (SELECT l.label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) AS actual \
-    FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1";
+/// with the latest label of the primary's prediction, counted by `window` and shadow version.
+fn shadow_counts_sql(window: &str) -> String {
+    format!(
+        "WITH s AS (SELECT trace_id, model_version, time, status, coalesce(json_extract(output, '$.label'), '') AS label, \
+                      row_number() OVER (PARTITION BY trace_id, model_version ORDER BY prediction_id) AS item \
+                    FROM predictions \
+                    WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3), \
+              p AS (SELECT prediction_id, trace_id, status, coalesce(json_extract(output, '$.label'), '') AS label, \
+                      row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
+                    FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)), \
+              c AS (SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
+                      (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
+                      (SELECT l.label FROM labels l WHERE l.prediction_id = p.prediction_id \
+                       ORDER BY l.time DESC LIMIT 1) AS actual \
+                    FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1) \
+         SELECT {window} AS window_s, c.shadow_version, count(*) AS compared, \
+           sum(CASE WHEN c.agreed THEN 1 ELSE 0 END) AS agreed, \
+           sum(CASE WHEN c.shadow_ok THEN 0 ELSE 1 END) AS shadow_failed, count(c.actual) AS labeled, \
+           sum(CASE WHEN c.shadow_ok AND c.shadow_label = c.actual THEN 1 ELSE 0 END) AS shadow_correct \
+         FROM c GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+}
