@@ -1,7 +1,9 @@
-//! Monitoring at scale: N logged predictions over one day in a fresh Postgres database, then
-//! (1) rollup upkeep from scratch, against only reading the same rows (two rounds, in opposite
-//! orders), and (2) a day's drift query and dashboard load from rollups, against one aggregate
-//! over the raw rows (interleaved runs).
+//! Monitoring at scale: N logged predictions over one day in a fresh Postgres database, a tenth
+//! of them labelled and a twentieth with feedback, then (1) rollup upkeep from scratch, against
+//! only reading the same rows (two rounds, in opposite orders), (2) a day's drift query and
+//! dashboard load from rollups, against one aggregate over the raw rows (interleaved runs), and
+//! (3) a day's labels and feedback counted by window in the database, against reading them row
+//! by row (interleaved runs).
 //!
 //! `cargo run --release -p vigil-monitor --example monitor_bench -- [N=10000000]`
 
@@ -61,7 +63,26 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("  {} rows, {:.0} s", hi + 1, t.elapsed().as_secs_f64());
         }
     }
+    // Labels an hour after a tenth of the predictions (one in ten disagrees with the model),
+    // and a click or a redo on a twentieth, a minute after.
+    sqlx::query(
+        "INSERT INTO labels (label_id, prediction_id, label, time, source) \
+         SELECT gen_random_uuid(), prediction_id, \
+           CASE WHEN random() < 0.9 THEN output->>'label' WHEN verdict = 2 THEN 'ok' ELSE 'defect' END, \
+           time + interval '1 hour', 'bench' FROM predictions WHERE random() < 0.1",
+    )
+    .execute(store.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO feedback (event_id, prediction_id, kind, time) \
+         SELECT gen_random_uuid(), prediction_id, CASE WHEN random() < 0.7 THEN 'click' ELSE 'redo' END, \
+           time + interval '1 minute' FROM predictions WHERE random() < 0.05",
+    )
+    .execute(store.pool())
+    .await?;
     sqlx::query("VACUUM ANALYZE predictions").execute(store.pool()).await?;
+    sqlx::query("VACUUM ANALYZE labels").execute(store.pool()).await?;
+    sqlx::query("VACUUM ANALYZE feedback").execute(store.pool()).await?;
     eprintln!("generated in {:.0} s", t.elapsed().as_secs_f64());
 
     // (1) Rollup upkeep from scratch vs only reading the same rows the same way (no summaries,
@@ -141,6 +162,36 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop.send(());
     monitor.await??;
 
+    // (3) A day's labels and feedback as the dashboard reads them (counted by 5-minute window
+    // in the database) against reading every labelled prediction and feedback event row by
+    // row, as it did before, interleaved run by run.
+    let now = Utc::now();
+    let day = vigil_store::monitoring::OutcomeQuery {
+        model_name: "scratch-detector".into(),
+        model_version: None,
+        variant: None,
+        since: now - chrono::Duration::days(1),
+        until: now,
+        resolution_s: 300,
+    };
+    let (mut rows_read, mut counted) = (Vec::new(), Vec::new());
+    let (mut labelled_rows, mut counted_rows) = (0, 0);
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let labelled = sqlx::query(ROW_BY_ROW_LABELS).bind(day.since).bind(day.until).fetch_all(store.pool()).await?;
+        let feedback = sqlx::query(ROW_BY_ROW_FEEDBACK).bind(day.since).bind(day.until).fetch_all(store.pool()).await?;
+        rows_read.push(t.elapsed());
+        labelled_rows = labelled.len() + feedback.len();
+        let t = Instant::now();
+        let labels = vigil_store::OutcomeStore::labeled_counts(&store, &day).await?;
+        let feedback = vigil_store::OutcomeStore::feedback_counts(&store, &day).await?;
+        counted.push(t.elapsed());
+        counted_rows = labels.len() + feedback.len();
+        let in_counts: i64 =
+            labels.iter().map(|g| g.count).sum::<i64>() + feedback.iter().map(|g| g.count).sum::<i64>();
+        assert_eq!(in_counts as usize, labelled_rows, "the counts cover every row");
+    }
+
     println!("\n{}", vigil_telemetry::benchmark_header());
     println!("{n} predictions over 24 h (Postgres, {} MB)\n", table_mb(&db.url()));
     println!("| round | pass | rows | seconds | rows/s |");
@@ -171,8 +222,42 @@ async fn main() -> anyhow::Result<()> {
         let mid = median(runs);
         println!("| {name} | {:.1} | {:.1}-{:.1} | {:.3}x |", ms(mid), ms(lo), ms(hi), ms(mid) / ms(raw_median));
     }
+
+    println!(
+        "\n| a day's labels and feedback, {RUNS} interleaved runs | rows returned | median ms | min-max ms | median vs row by row |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let row_median = median(rows_read.clone());
+    for (name, rows, runs) in [
+        ("every labelled prediction and event, row by row", labelled_rows, rows_read),
+        ("counted by 5-minute window in the database", counted_rows, counted),
+    ] {
+        let (lo, hi) = (runs.iter().min().copied().unwrap_or_default(), runs.iter().max().copied().unwrap_or_default());
+        let mid = median(runs);
+        println!(
+            "| {name} | {rows} | {:.1} | {:.1}-{:.1} | {:.3}x |",
+            ms(mid),
+            ms(lo),
+            ms(hi),
+            ms(mid) / ms(row_median)
+        );
+    }
     Ok(())
 }
+
+/// What the dashboard read before outcomes were counted in the database: each labelled
+/// prediction of the day with its latest label.
+const ROW_BY_ROW_LABELS: &str = "SELECT p.time, coalesce(nullif(p.output->>'label', ''), p.output->>'text', '') AS predicted, \
+       l.label AS actual, l.time AS label_time, \
+       (p.output ? 'text' OR (coalesce(p.output->>'label', '') = '' AND p.status = 1)) AS text_output \
+     FROM (SELECT DISTINCT ON (prediction_id) prediction_id, label, time FROM labels \
+           WHERE time >= $1 ORDER BY prediction_id, time DESC) l \
+     JOIN predictions p ON p.prediction_id = l.prediction_id \
+     WHERE p.model_name = 'scratch-detector' AND p.time >= $1 AND p.time < $2";
+
+/// The same for feedback: each event with its prediction's time.
+const ROW_BY_ROW_FEEDBACK: &str = "SELECT p.time, f.kind FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
+     WHERE f.time >= $1 AND p.model_name = 'scratch-detector' AND p.time >= $1 AND p.time < $2";
 
 /// Interleaved runs of each query.
 const RUNS: usize = 10;

@@ -698,8 +698,14 @@ pub async fn run<S: MonitorStore>(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
+        // The database's clock, as for a person's changes (`vigil rollout`): every time a
+        // rollout records comes from one clock, whichever monitor leads.
+        let round = async {
+            let now = views.store.clock().await?;
+            advance_all(&views, &checks, now).await
+        };
         if *leading.borrow()
-            && let Err(e) = advance_all(&views, &checks, Utc::now()).await
+            && let Err(e) = round.await
         {
             tracing::warn!(error = %e, "rollout round failed; retrying next round");
         }

@@ -535,8 +535,11 @@ impl<S: MonitorStore> Views<S> {
     /// then those in the repository.
     pub async fn models(&self) -> Result<BTreeMap<String, Vec<String>>, ViewError> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let since = Utc::now() - ChronoDuration::seconds(crate::http::MAX_RANGE_SECONDS);
-        for (m, v) in self.store.rollup_models(since).await? {
+        // From the coarsest resolution configured, over the longest range the dashboard shows
+        // and the window that straddles its start.
+        let coarsest = self.resolutions().iter().copied().max().unwrap_or(60);
+        let since = Utc::now() - ChronoDuration::seconds(crate::http::MAX_RANGE_SECONDS + i64::from(coarsest));
+        for (m, v) in self.store.rollup_models(coarsest, since).await? {
             out.entry(m).or_default().push(v);
         }
         for m in self.catalog.current().models() {

@@ -83,16 +83,17 @@ pub fn streaming_methods(descriptor_set: &[u8]) -> HashSet<String> {
 /// before. A handler that answers message for message and runs several at once calls
 /// [`MessageCharges::hold_until_answered`] before it reads the stream, then takes each
 /// message's charge with [`MessageCharges::take`] and drops it with the answer: every message
-/// in its pipeline stays charged. Such a stream waits for room in the budget while its own
-/// unanswered messages hold part of it, instead of being ended.
+/// in its pipeline stays charged. A message of such a stream that finds no room waits, instead
+/// of ending the stream, while the stream's own unanswered messages hold at least as much as
+/// it needs: their answers give it back.
 #[derive(Clone, Default)]
 pub struct MessageCharges(Arc<SharedCharges>);
 
 #[derive(Default)]
 struct SharedCharges {
     charges: parking_lot::Mutex<Charges>,
-    /// Charges of bytes the handler took and has not dropped yet.
-    taken: std::sync::atomic::AtomicUsize,
+    /// Bytes of the charges the handler took and has not dropped yet.
+    taken_bytes: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -100,6 +101,16 @@ struct Charges {
     /// One entry per message charged and not yet taken (`None` for an empty message).
     held: std::collections::VecDeque<Option<OwnedSemaphorePermit>>,
     until_answered: bool,
+    /// The request body waiting for room, woken as the handler's charges are dropped.
+    waiting: Option<std::task::Waker>,
+}
+
+impl SharedCharges {
+    /// Bytes this call holds: charged and not yet taken, or taken and not yet dropped.
+    fn held_bytes(&self, charges: &Charges) -> usize {
+        let queued: usize = charges.held.iter().flatten().map(|p| p.num_permits()).sum();
+        queued + self.taken_bytes.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// One message's charge against the memory budget, released when dropped.
@@ -118,8 +129,15 @@ impl MessageCharge {
 
 impl Drop for MessageCharge {
     fn drop(&mut self) {
+        let bytes = self.bytes();
+        // The bytes go back first, then the body waiting for them is told.
+        drop(self.permit.take());
         if let Some(owner) = &self.owner {
-            owner.taken.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            owner.taken_bytes.fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+            let waiting = owner.charges.lock().waiting.take();
+            if let Some(waker) = waiting {
+                waker.wake();
+            }
         }
     }
 }
@@ -134,9 +152,10 @@ impl MessageCharges {
     /// The charge of the oldest message not yet taken (an empty charge when there is none,
     /// as for a call this layer did not admit). Take one per message received, in order.
     pub fn take(&self) -> MessageCharge {
-        match self.0.charges.lock().held.pop_front().flatten() {
+        let mut charges = self.0.charges.lock();
+        match charges.held.pop_front().flatten() {
             Some(permit) => {
-                self.0.taken.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                self.0.taken_bytes.fetch_add(permit.num_permits(), std::sync::atomic::Ordering::AcqRel);
                 MessageCharge { permit: Some(permit), owner: Some(self.0.clone()) }
             }
             None => MessageCharge { permit: None, owner: None },
@@ -169,8 +188,8 @@ struct StreamBudget {
 /// What charging a message came to.
 enum Charged {
     Done,
-    /// No room now, but the stream's own unanswered messages hold part of the budget: wait
-    /// for this many bytes (they come back as answers leave).
+    /// No room now, but the stream's own unanswered messages hold at least this many bytes:
+    /// wait for their answers to give them back (see [`StreamBudget::retry`]).
     Wait(u32),
     /// No room: the status that ends the call.
     Refused(Status),
@@ -196,18 +215,32 @@ impl StreamBudget {
             charges.held.push_back(Some(permit));
             return Charged::Done;
         }
-        let holds = charges.held.iter().any(Option::is_some)
-            || self.charges.0.taken.load(std::sync::atomic::Ordering::Acquire) > 0;
-        if !(charges.until_answered && holds) {
+        // Waiting makes sense only where the stream's own answers will give back enough: a
+        // stream holding less is refused, as a unary call is shed.
+        if !charges.until_answered || self.charges.0.held_bytes(&charges) < n as usize {
             return Charged::Refused(budget_exhausted(self.total, declared));
         }
         self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Charged::Wait(n)
     }
 
-    /// Keeps the charge a waiting message got, after those charged before it.
-    fn push(&self, permit: OwnedSemaphorePermit) {
-        self.charges.0.charges.lock().held.push_back(Some(permit));
+    /// Tries again to charge a waiting message of `n` bytes: done; still waiting (woken when one
+    /// of the stream's own charges is dropped); or refused once the stream holds less than `n`
+    /// (others took the room its answers gave back). It never queues on the semaphore, so a
+    /// waiting stream holds no one else back.
+    fn retry(&self, n: u32, waker: &std::task::Waker) -> Poll<Result<(), Status>> {
+        let mut charges = self.charges.0.charges.lock();
+        charges.waiting = Some(waker.clone());
+        if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(n) {
+            charges.waiting = None;
+            charges.held.push_back(Some(permit));
+            return Poll::Ready(Ok(()));
+        }
+        if self.charges.0.held_bytes(&charges) < n as usize {
+            charges.waiting = None;
+            return Poll::Ready(Err(budget_exhausted(self.total, n as usize / BYTES_CHARGED_PER_BYTE)));
+        }
+        Poll::Pending
     }
 }
 
@@ -423,14 +456,10 @@ struct Replay {
     error: Option<Status>,
     rest: tonic::body::Body,
     messages: MessageCounter,
-    /// A message waiting for room in the memory budget, and the bytes of its frame after its
-    /// length prefix, held back until it is charged.
-    waiting: Option<(WaitForBytes, Bytes)>,
+    /// A message waiting for room in the memory budget (the bytes it waits for), and the bytes
+    /// of its frame after its length prefix, held back until it is charged.
+    waiting: Option<(u32, Bytes)>,
 }
-
-/// Room in the memory budget, once answers give enough of it back.
-type WaitForBytes =
-    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send + Sync>>;
 
 /// Counts gRPC messages across data frames from their 5-byte length prefixes.
 #[derive(Default)]
@@ -510,14 +539,14 @@ impl Body for Replay {
                 return Poll::Ready(self.error.take().map(Err));
             }
             // A message that waited for room goes on, charged, with the rest of its frame.
-            let data = if let Some((wait, _)) = self.waiting.as_mut() {
-                let permit = std::task::ready!(wait.as_mut().poll(cx));
-                let (_, rest) = self.waiting.take().expect("waiting");
+            let data = if let Some((bytes, _)) = self.waiting {
                 let budget = self.messages.budget.as_ref().expect("only a budget waits");
-                match permit {
-                    Ok(permit) => budget.push(permit),
-                    Err(_) => return Poll::Ready(Some(Err(Status::unavailable("the server is shutting down")))),
+                if let Err(status) = std::task::ready!(budget.retry(bytes, cx.waker())) {
+                    self.waiting = None;
+                    self.messages.exceeded = true;
+                    return Poll::Ready(Some(Err(status)));
                 }
+                let (_, rest) = self.waiting.take().expect("waiting");
                 if rest.is_empty() {
                     continue;
                 }
@@ -550,9 +579,7 @@ impl Body for Replay {
                 Some((offset, Stop::Wait(bytes))) => {
                     // What came before goes on (the decoder holds the prefix until the rest
                     // comes); the rest waits with the message.
-                    let semaphore = self.messages.budget.as_ref().expect("only a budget waits").bytes.clone();
-                    let wait: WaitForBytes = Box::pin(semaphore.acquire_many_owned(bytes));
-                    self.waiting = Some((wait, data.slice(offset..)));
+                    self.waiting = Some((bytes, data.slice(offset..)));
                     if offset > 0 {
                         return Poll::Ready(Some(Ok(Frame::data(data.slice(..offset)))));
                     }

@@ -172,8 +172,6 @@ async fn a_postgres_lease_has_one_holder_until_dropped() {
     assert!(taken.is_some(), "released when its holder is dropped");
 }
 
-/// Labeled predictions and feedback are filtered by model, version, variant and time in the
-/// store, and each labeled prediction comes with its latest label.
 /// The outcome counts of `model` (one version and variant, when given) in [since, until), by
 /// window of `resolution_s`.
 fn outcomes(
@@ -199,6 +197,8 @@ fn expand(groups: &[vigil_store::monitoring::LabeledCount]) -> Vec<vigil_store::
     groups.iter().flat_map(|g| std::iter::repeat_n(g.clone(), g.count as usize)).collect()
 }
 
+/// Labeled predictions are filtered by model, version, variant and time in the store, each
+/// counted with its latest label, in the window holding its time.
 async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
     store.migrate().await.unwrap();
     let now = Utc::now();
@@ -220,7 +220,7 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
         source: "anna".into(),
     };
     // Row 2 is labeled twice: the later label counts.
-    let labels = [
+    let mut labels = vec![
         label(0, "ok", 5),
         label(1, "ok", 5),
         label(2, "ok", 5),
@@ -251,6 +251,20 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
         .unwrap();
     assert_eq!(expand(&late).len(), 1, "only row 4 was predicted in the last 26 minutes");
     assert!(late.iter().all(|p| !p.text_output && p.predicted == "ok"), "a classifier's label, not text");
+    // One more, 0.4 ms before a 7-minute window ends: counted in that window, not the next.
+    let boundary = (now - Duration::minutes(20)).timestamp().div_euclid(420) * 420;
+    let edge_time = chrono::DateTime::from_timestamp(boundary - 1, 999_600_000).unwrap();
+    let edge = PredictionRow { time: edge_time, ..row(6, 20) };
+    let edge_label = LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: edge.prediction_id,
+        label: "defect".into(),
+        time: now - Duration::minutes(2),
+        source: "anna".into(),
+    };
+    store.insert_batch(std::slice::from_ref(&edge), std::slice::from_ref(&edge_label)).await.unwrap();
+    rows.push(edge);
+    labels.push(edge_label);
     // Windows of 7 minutes, as computed here from the rows: each prediction counted in the
     // window holding its time, with its label's delay.
     let latest = |i: usize| labels.iter().filter(|l| l.prediction_id == rows[i].prediction_id).map(|l| l.time).max();
@@ -543,17 +557,20 @@ async fn rollups_conform<S: PredictionStore + vigil_store::RollupStore>(store: S
     let mut other_variant = query(None);
     other_variant.variant = Some(2);
     assert!(store.read_rollups(&other_variant).await.unwrap().is_empty());
-    let models = store.rollup_models(window_start).await.unwrap();
+    let models = store.rollup_models(60, window_start).await.unwrap();
     assert_eq!(models, [("scratch-detector".to_string(), "1".to_string()), ("scratch-detector".into(), "2".into())]);
     let later = window_start + Duration::minutes(1);
-    assert!(store.rollup_models(later).await.unwrap().is_empty(), "no windows since then");
-    // Read from the coarsest resolution: a version with finer windows only is not there.
-    let coarse = RollupKey { resolution_s: 3600, window_start: later, ..key("3") };
+    assert!(store.rollup_models(60, later).await.unwrap().is_empty(), "no windows since then");
+    // One resolution at a time: a version with hourly windows only is not among the minutes.
+    let hourly = RollupKey { resolution_s: 3600, window_start: later, ..key("3") };
     let cursor = store.rollup_cursor().await.unwrap();
-    let coarse = vec![StoredRollup { key: coarse, body: b"c".to_vec() }];
-    assert!(store.apply_rollups(cursor, cursor, coarse, &merge).await.unwrap());
-    let models = store.rollup_models(window_start).await.unwrap();
-    assert_eq!(models, [("scratch-detector".to_string(), "3".to_string())]);
+    let hourly = vec![StoredRollup { key: hourly, body: b"c".to_vec() }];
+    assert!(store.apply_rollups(cursor, cursor, hourly, &merge).await.unwrap());
+    assert_eq!(
+        store.rollup_models(3600, window_start).await.unwrap(),
+        [("scratch-detector".to_string(), "3".to_string())]
+    );
+    assert_eq!(store.rollup_models(60, window_start).await.unwrap().len(), 2);
 }
 
 #[tokio::test]

@@ -299,10 +299,11 @@ pub trait RollupStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
     /// Stored rollups of one resolution in [since, until), by window start.
     fn read_rollups(&self, q: &RollupQuery) -> impl Future<Output = Result<Vec<StoredRollup>, sqlx::Error>> + Send;
-    /// Every (model, version) with rollups of windows starting at or after `since` (read from
-    /// the coarsest resolution, which holds every prediction too).
+    /// Every (model, version) with rollups of `resolution_s` (the coarsest kept: it holds
+    /// every prediction, in the fewest rows) in windows starting at or after `since`.
     fn rollup_models(
         &self,
+        resolution_s: u32,
         since: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<(String, String)>, sqlx::Error>> + Send;
 }
@@ -402,7 +403,7 @@ macro_rules! bind_alert {
 }
 use bind_alert;
 
-/// Every (model, version) with rollups since `$1`, from the coarsest resolution's windows (the
-/// `rollups_resolution_window` index).
+/// Every (model, version) with rollups of resolution `$1` in windows starting at or after
+/// `$2` (the `rollups_resolution_window` index).
 const ROLLUP_MODELS: &str = "SELECT DISTINCT model_name, model_version FROM rollups \
-     WHERE resolution_s = (SELECT max(resolution_s) FROM rollups) AND window_start >= $1 ORDER BY 1, 2";
+     WHERE resolution_s = $1 AND window_start >= $2 ORDER BY 1, 2";

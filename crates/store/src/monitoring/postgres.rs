@@ -184,8 +184,12 @@ impl RollupStore for PgStore {
         Ok(super::stored_rollups(q, rows))
     }
 
-    async fn rollup_models(&self, since: DateTime<Utc>) -> Result<Vec<(String, String)>, sqlx::Error> {
-        sqlx::query_as(super::ROLLUP_MODELS).bind(since).fetch_all(self.pool()).await
+    async fn rollup_models(
+        &self,
+        resolution_s: u32,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as(super::ROLLUP_MODELS).bind(i64::from(resolution_s)).bind(since).fetch_all(self.pool()).await
     }
 }
 

@@ -114,8 +114,12 @@ impl RollupStore for SqliteStore {
         Ok(super::stored_rollups(q, rows))
     }
 
-    async fn rollup_models(&self, since: DateTime<Utc>) -> Result<Vec<(String, String)>, sqlx::Error> {
-        sqlx::query_as(super::ROLLUP_MODELS).bind(since).fetch_all(self.pool()).await
+    async fn rollup_models(
+        &self,
+        resolution_s: u32,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(String, String)>, sqlx::Error> {
+        sqlx::query_as(super::ROLLUP_MODELS).bind(i64::from(resolution_s)).bind(since).fetch_all(self.pool()).await
     }
 }
 
@@ -261,9 +265,11 @@ struct RowWithId {
 }
 
 /// The start of the window of `resolution` seconds (an SQL parameter) holding `time`, in seconds
-/// since the epoch (floored, before 1970 too).
+/// since the epoch (floored, before 1970 too). The fraction is cut off first: SQLite rounds a
+/// time to the millisecond, which would move the last half millisecond of a window into the
+/// next (times are written `YYYY-MM-DDTHH:MM:SS.f+00:00`).
 fn window_sqlite(time: &str, resolution: &str) -> String {
-    let seconds = format!("CAST(strftime('%s', {time}) AS INTEGER)");
+    let seconds = format!("CAST(strftime('%s', substr({time}, 1, 19)) AS INTEGER)");
     format!("({seconds} - (({seconds} % {resolution}) + {resolution}) % {resolution})")
 }
 
