@@ -389,7 +389,10 @@ where
                     }
                 }
                 let mut request = http::Request::from_parts(parts, tonic::body::Body::new(body));
-                request.extensions_mut().insert(reserved.clone());
+                if stream {
+                    // For a handler that holds its messages' charges until answered.
+                    request.extensions_mut().insert(reserved.clone());
+                }
                 inner.call(request).await.map(|response| Ok((response, reserved)))
             };
             match tokio::time::timeout_at(deadline, admitted).await {
