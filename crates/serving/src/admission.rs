@@ -211,13 +211,16 @@ impl StreamBudget {
         let Some(n) = u32::try_from(charge).ok().filter(|&n| n as usize <= self.total) else {
             return Charged::Refused(budget_exhausted(self.total, declared));
         };
+        // Read before trying: a charge dropped meanwhile gives its bytes back before it stops
+        // counting, so a failed try after this read means there was no room.
+        let held = self.charges.0.held_bytes(&charges);
         if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(n) {
             charges.held.push_back(Some(permit));
             return Charged::Done;
         }
         // Waiting makes sense only where the stream's own answers will give back enough: a
         // stream holding less is refused, as a unary call is shed.
-        if !charges.until_answered || self.charges.0.held_bytes(&charges) < n as usize {
+        if !charges.until_answered || held < n as usize {
             return Charged::Refused(budget_exhausted(self.total, declared));
         }
         self.waits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -231,12 +234,14 @@ impl StreamBudget {
     fn retry(&self, n: u32, waker: &std::task::Waker) -> Poll<Result<(), Status>> {
         let mut charges = self.charges.0.charges.lock();
         charges.waiting = Some(waker.clone());
+        // Read before trying, as in `charge`.
+        let held = self.charges.0.held_bytes(&charges);
         if let Ok(permit) = self.bytes.clone().try_acquire_many_owned(n) {
             charges.waiting = None;
             charges.held.push_back(Some(permit));
             return Poll::Ready(Ok(()));
         }
-        if self.charges.0.held_bytes(&charges) < n as usize {
+        if held < n as usize {
             charges.waiting = None;
             return Poll::Ready(Err(budget_exhausted(self.total, n as usize / BYTES_CHARGED_PER_BYTE)));
         }
