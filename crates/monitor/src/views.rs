@@ -467,7 +467,6 @@ impl<S: MonitorStore> Views<S> {
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(counts
             .into_iter()
-            .filter(|c| scope.version.as_ref().is_none_or(|v| *v == c.shadow_version))
             .map(|c| AgreementWindow {
                 start: from_seconds(c.window_s),
                 shadow_version: c.shadow_version,

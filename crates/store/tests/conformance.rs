@@ -427,6 +427,17 @@ async fn shadow_counts_conform<S: PredictionStore + vigil_store::OutcomeStore>(s
     };
     assert_eq!(judged("2"), (2, 0), "version 2 answered ok to b's defect and defect to f's ok");
     assert_eq!(judged("3"), (1, 1), "version 3 answered f's ok");
+    // A version in the query selects that shadow version alone.
+    let only_3 = store
+        .shadow_counts(&outcomes("scratch-detector", Some("3"), None, now - Duration::hours(1), now, 3600 * 24))
+        .await
+        .unwrap();
+    let versions: Vec<&str> = only_3.iter().map(|c| c.shadow_version.as_str()).collect();
+    assert!(!versions.is_empty() && versions.iter().all(|v| *v == "3"), "{only_3:?}");
+    assert_eq!(
+        only_3.iter().map(|c| (c.compared, c.shadow_correct)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
+        (1, 1)
+    );
     // Windows of a minute: each pair in the window of the shadow's time.
     let minute = store
         .shadow_counts(&outcomes("scratch-detector", None, None, now - Duration::hours(1), now, 60))

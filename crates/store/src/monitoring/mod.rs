@@ -316,8 +316,8 @@ pub trait OutcomeStore: Clone + Send + Sync + 'static {
     /// Feedback events on the predictions the query covers, counted by window and kind.
     fn feedback_counts(&self, q: &OutcomeQuery)
     -> impl Future<Output = Result<Vec<FeedbackCount>, sqlx::Error>> + Send;
-    /// A model's shadow answers in the query's range (its version and variant are not used:
-    /// every shadow version is counted), each paired with the primary's answer to the same
+    /// A model's shadow answers in the query's range (those of the query's version alone, when
+    /// given; its variant is not used), each paired with the primary's answer to the same
     /// item: same trace id, and the same rank among the request's items (prediction ids are
     /// time-ordered UUIDv7, made in item order). Counted by window and shadow version.
     fn shadow_counts(&self, q: &OutcomeQuery) -> impl Future<Output = Result<Vec<ShadowCount>, sqlx::Error>> + Send;

@@ -125,13 +125,8 @@ impl RollupStore for SqliteStore {
 
 impl OutcomeStore for SqliteStore {
     async fn shadow_counts(&self, q: &OutcomeQuery) -> Result<Vec<ShadowCount>, sqlx::Error> {
-        sqlx::query_as(&shadow_counts_sql(&window_sqlite("c.time", "$4")))
-            .bind(&q.model_name)
-            .bind(q.since)
-            .bind(q.until)
-            .bind(q.resolution())
-            .fetch_all(self.pool())
-            .await
+        let sql = shadow_counts_sql(&window_sqlite("c.time", "$6"));
+        super::bind_outcomes(sqlx::query_as(&sql), q).fetch_all(self.pool()).await
     }
 
     async fn labeled_counts(&self, q: &OutcomeQuery) -> Result<Vec<LabeledCount>, sqlx::Error> {
@@ -273,14 +268,15 @@ fn window_sqlite(time: &str, resolution: &str) -> String {
     format!("({seconds} - (({seconds} % {resolution}) + {resolution}) % {resolution})")
 }
 
-/// Shadow predictions ($1 model, [$2, $3)) paired with the primary's by trace id and item rank,
+/// Shadow predictions ($1 model, [$2, $3), version $4 when given; $5 is not used) paired with the primary's by trace id and item rank,
 /// with the latest label of the primary's prediction, counted by `window` and shadow version.
 fn shadow_counts_sql(window: &str) -> String {
     format!(
         "WITH s AS (SELECT trace_id, model_version, time, status, coalesce(json_extract(output, '$.label'), '') AS label, \
                       row_number() OVER (PARTITION BY trace_id, model_version ORDER BY prediction_id) AS item \
                     FROM predictions \
-                    WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3), \
+                    WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3 \
+                      AND ($4 IS NULL OR model_version = $4)), \
               p AS (SELECT prediction_id, trace_id, status, coalesce(json_extract(output, '$.label'), '') AS label, \
                       row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
                     FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)), \
