@@ -136,6 +136,13 @@ async fn partial_automation_queues_unsure_items_once_and_a_review_becomes_a_labe
             && count("SELECT count(*) FROM review_items WHERE part_id = 'probe'").await == 1
     })
     .await;
+    // Reviews are queued after their batch's predictions are written: wait until the logger has
+    // handled every record in Postgres, which it counts last.
+    let logged = u64::try_from(count("SELECT count(*) FROM predictions").await).unwrap();
+    eventually(Duration::from_secs(30), "every logged record handled", || {
+        std::future::ready(vigil_logger::LoggerStats::get(&logger.stats.consumed) >= logged)
+    })
+    .await;
     let queued: Vec<(String, String)> = sqlx::query_as(
         "SELECT prediction_id::text, part_id FROM review_items WHERE part_id LIKE 'part-%' ORDER BY created_at",
     )
