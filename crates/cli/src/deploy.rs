@@ -6,7 +6,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use vigil_store::{Backend, Change, DeploymentRow, DeploymentStore, PredictionStore, RegistryStore, Stage};
+use vigil_store::{
+    Backend, Change, DeploymentRow, DeploymentStore, PredictionStore, RegistryStore, RolloutStore, Stage,
+};
 
 #[derive(Args, Debug)]
 pub struct DeployArgs {
@@ -116,7 +118,10 @@ fn check_candidate(primary: &str, candidate: &str) -> Result<()> {
     Ok(())
 }
 
-async fn command<S: PredictionStore + RegistryStore + DeploymentStore>(store: S, args: DeployArgs) -> Result<u8> {
+async fn command<S: PredictionStore + RegistryStore + DeploymentStore + RolloutStore>(
+    store: S,
+    args: DeployArgs,
+) -> Result<u8> {
     store.migrate().await.context("preparing the deployment tables")?;
     let current = |model: &str| {
         let store = store.clone();
@@ -192,6 +197,18 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore>(store: S,
             return apply(&store, next, &actor, &args.reason).await;
         }
     };
+    // The traffic of a model in a rollout is the controller's: a change here would be undone by
+    // its next step, or judged against versions it no longer serves.
+    if let Some(active) = store.rollouts(Some(&next.model_name)).await?.into_iter().find(|r| r.is_active()) {
+        bail!(
+            "{} has a rollout {} -> {} {}: `vigil rollout abort {}` (or promote) first",
+            next.model_name,
+            active.primary_version,
+            active.candidate_version,
+            active.state,
+            next.model_name
+        );
+    }
     // A traffic change keeps the model's degree of automation.
     let next = match current(&next.model_name).await? {
         Some(d) => DeploymentRow { policy: d.policy, accept_below: d.accept_below, reject_at: d.reject_at, ..next },

@@ -186,7 +186,7 @@ pub async fn speak_file(
         let probability = stream.probability(chunk).await?;
         vad_time += started.elapsed();
         probabilities.push(probability);
-        let mut closed: Vec<_> = segmenter.push(probability).into_iter().collect();
+        let mut closed: Vec<_> = segmenter.push(probability, chunk.len()).into_iter().collect();
         if (i + 1) * CHUNK >= samples.len() {
             closed.extend(segmenter.finish(samples.len()));
         }

@@ -151,7 +151,8 @@ pub async fn run(args: UpArgs) -> Result<u8> {
     eprintln!("monitor: dashboard on {dashboard_url} (monitoring API on {monitor_grpc_addr})");
     let logger_stats = Arc::new(LoggerStats::default());
     // One batch at a time: SQLite has one writer.
-    let batch = vigil_logger::BatchSettings { max_records: 1_000, max_wait_ms: 50, max_in_flight: 1 };
+    let batch =
+        vigil_logger::BatchSettings { max_records: 1_000, max_wait_ms: 50, max_in_flight: 1, ..Default::default() };
     let logger = vigil_logger::embedded::run(receiver, store.clone(), batch, logger_stats.clone());
     let bus = emitter.clone();
     lifecycle.spawn(RECORDS, "embedded logger", move |stop| async move {

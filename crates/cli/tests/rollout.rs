@@ -72,6 +72,20 @@ async fn a_rollout_is_started_shown_refused_when_wrong_and_aborted() {
     let d = store.deployments().await.unwrap().remove(0);
     assert_eq!((d.mode.as_str(), d.share, d.policy.as_str()), ("canary", 0.1, "partial"), "the policy is kept");
 
+    // While it runs, the traffic is the controller's: a hand-made change is refused, saying how.
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["deploy", "rollback", "scratch-detector", "--database-url", &url, "--by", "ben"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("has a rollout 1 -> 2 running: `vigil rollout abort scratch-detector`"),
+        "{}",
+        text(&out)
+    );
+    let d = store.deployments().await.unwrap().remove(0);
+    assert_eq!((d.mode.as_str(), d.share), ("canary", 0.1), "the rollout's step stands");
+
     let out = vigil(&url, &["promote", "scratch-detector"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--reason is required"), "{}", text(&out));

@@ -103,8 +103,8 @@ impl VoiceSearch for VoiceSearchService {
             let outcome = session.run(&inner, &mut inbound, &tx).await;
             inner.metrics.query_ended(outcome.as_ref().err().map_or(tonic::Code::Ok, Status::code));
             if let Err(status) = outcome {
-                // The client may be gone already; nothing else to tell.
-                let _ = tx.send(Err(status)).await;
+                // The client may be gone, or reading nothing; nothing else to tell.
+                let _ = deliver(&tx, Err(status), inner.config.idle_timeout()).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -202,6 +202,8 @@ struct Heard {
     vad: Option<VadReport>,
     /// The query's audio as sent (PCM16), kept while capture wants it.
     kept_audio: Option<Vec<u8>>,
+    /// The query's records went out.
+    logged: bool,
 }
 
 /// The recogniser version that listened, and what it is in its deployment.
@@ -233,6 +235,7 @@ impl Session {
                 config.sample_rate
             )));
         }
+        check_id("language", &config.language)?;
         let language = config.language.to_ascii_lowercase();
         if !(language.is_empty() || language == "en" || language.starts_with("en-")) {
             return Err(Status::invalid_argument(format!(
@@ -297,14 +300,33 @@ impl Session {
         if self.config.session_id.is_empty() { self.config.device_id.clone() } else { self.config.session_id.clone() }
     }
 
+    /// Answers the query; a query that fails once open is logged too (its recognition so far,
+    /// with the status), unless the client left.
     async fn run(
         self,
         inner: &Inner,
         inbound: &mut Streaming<SearchRequest>,
         tx: &mpsc::Sender<Result<SearchResponse, Status>>,
     ) -> Result<(), Status> {
-        let limits = &inner.config;
         let mut heard = Heard::default();
+        let outcome = self.listen(inner, inbound, tx, &mut heard).await;
+        if let (Err(status), Some(records)) = (&outcome, &inner.records)
+            && !heard.logged
+            && status.code() != tonic::Code::Cancelled
+        {
+            self.log_failed(records, inner, &heard, status);
+        }
+        outcome
+    }
+
+    async fn listen(
+        &self,
+        inner: &Inner,
+        inbound: &mut Streaming<SearchRequest>,
+        tx: &mpsc::Sender<Result<SearchResponse, Status>>,
+        heard: &mut Heard,
+    ) -> Result<(), Status> {
+        let limits = &inner.config;
         let mut expected = 0u64;
         loop {
             if heard.vad.is_some() {
@@ -353,23 +375,19 @@ impl Session {
                     limits.max_segments
                 )));
             }
-            let answer = self.recognise(inner, &segment, &mut heard).await?;
-            if tx.send(Ok(SearchResponse { message: Some(search_response::Message::Segment(answer)) })).await.is_err() {
-                return Err(Status::cancelled("the client left mid-stream"));
-            }
+            let answer = self.recognise(inner, &segment, heard).await?;
+            let message = SearchResponse { message: Some(search_response::Message::Segment(answer)) };
+            deliver(tx, Ok(message), limits.idle_timeout()).await?;
         }
         let ended = Instant::now();
         for measure in std::mem::take(&mut heard.pitch_measures) {
             let pitch = measure.await.map_err(|e| Status::internal(format!("measuring the pitch failed: {e}")))?;
             heard.pitch.extend(pitch);
         }
-        let result = self.answer(inner, &heard)?;
+        let result = self.answer(inner, heard)?;
         inner.metrics.answered(result.transcript.is_empty(), result.hits.len(), ended.elapsed());
         let message = SearchResponse { message: Some(search_response::Message::Result(result)) };
-        if tx.send(Ok(message)).await.is_err() {
-            return Err(Status::cancelled("the client left before the results"));
-        }
-        Ok(())
+        deliver(tx, Ok(message), limits.idle_timeout()).await
     }
 
     async fn recognise(
@@ -464,7 +482,7 @@ impl Session {
     }
 
     /// Searches the joined transcript and logs both stages.
-    fn answer(&self, inner: &Inner, heard: &Heard) -> Result<SearchResult, Status> {
+    fn answer(&self, inner: &Inner, heard: &mut Heard) -> Result<SearchResult, Status> {
         let transcript = heard.transcripts.iter().filter(|t| !t.is_empty()).cloned().collect::<Vec<_>>().join(" ");
         let query = text::normalise(&transcript);
         let hits = inner
@@ -494,63 +512,24 @@ impl Session {
         };
         if let Some(records) = &inner.records {
             self.log(records, inner, heard, &result);
+            heard.logged = true;
         }
         Ok(result)
     }
 
     /// Logs the query's stages: the device's VAD (when it reported), recognition and search.
     fn log(&self, records: &RecordEmitter, inner: &Inner, heard: &Heard, result: &SearchResult) {
-        let (transcript, query, hits) = (&result.transcript, &result.query, &result.hits);
+        let (query, hits) = (&result.query, &result.hits);
         let served = heard.served_by(inner);
-        let (model_name, model_version) = (served.name.clone(), served.version.clone());
-        let context = |api: &'static str, model: &str, variant: Variant, deployment: &str| RequestContext {
-            station_id: self.config.device_id.clone(),
-            part_id: String::new(),
-            request_id: self.config.session_id.clone(),
-            capture_time: None,
-            request_time: self.request_time,
-            model_name: model.to_string(),
-            api,
-            variant,
-            deployment: deployment.to_string(),
-            trace_id: self.trace_id.clone(),
-            stage: String::new(),
-        };
         if let Some(vad) = &heard.vad {
             let record = vad_record(vad, &self.config.device_id, &heard.segment_seconds);
-            records.record(&context("voice_search.vad", &vad.model_name, Variant::Primary, ""), record);
+            records.record(&self.context("voice_search.vad", &vad.model_name, Variant::Primary, ""), record);
         }
-        let seconds = heard.audio_samples as f64 / SAMPLE_RATE as f64;
-        let rms =
-            if heard.audio_samples > 0 { 10.0 * (heard.energy / heard.audio_samples as f64).log10() } else { f64::NAN };
-        let pitch = mean(&heard.pitch);
         let asr = PredictionRecord {
-            prediction_id: result.transcript_id.clone(),
-            device_id: self.config.device_id.clone(),
-            model_name: model_name.clone(),
-            model_version,
-            features: vec![
-                feature("audio_seconds", seconds),
-                feature("segments", heard.transcripts.len() as f64),
-                feature("rms_dbfs", rms),
-                feature("pitch_hz", pitch),
-                feature("clipped_samples", heard.clipped as f64),
-                feature("gain_db", mean(&heard.gains)),
-                feature("tokens", heard.tokens as f64),
-                feature("segment_seconds", mean(&heard.segment_seconds)),
-            ],
-            output: Some(PredictionOutput {
-                text: transcript.to_string(),
-                is_null: transcript.is_empty(),
-                ..Default::default()
-            }),
-            compute_time_us: heard.recognise_time.as_micros() as u64,
-            status: RecordStatus::Ok as i32,
-            stage: STAGE_ASR.into(),
             capture: self.capture_audio(inner, heard),
-            ..Default::default()
+            ..self.asr_record(&served, heard, &result.transcript)
         };
-        records.record(&context("voice_search.asr", &model_name, served.variant, &served.deployment), asr);
+        records.record(&self.context("voice_search.asr", &served.name, served.variant, &served.deployment), asr);
         let search = PredictionRecord {
             prediction_id: result.query_id.clone(),
             device_id: self.config.device_id.clone(),
@@ -572,8 +551,87 @@ impl Session {
             stage: STAGE_SEARCH.into(),
             ..Default::default()
         };
-        let search_context = context("voice_search.search", "catalog-search", served.variant, &served.deployment);
+        let search_context = self.context("voice_search.search", "catalog-search", served.variant, &served.deployment);
         records.record(&search_context, search);
+    }
+
+    /// Logs a query that failed once open: its recognition so far, with the status.
+    fn log_failed(&self, records: &RecordEmitter, inner: &Inner, heard: &Heard, status: &Status) {
+        let served = heard.served_by(inner);
+        let transcript = heard.transcripts.iter().filter(|t| !t.is_empty()).cloned().collect::<Vec<_>>().join(" ");
+        let invalid = status.code() == tonic::Code::InvalidArgument;
+        let asr = PredictionRecord {
+            status: if invalid { RecordStatus::InvalidInput } else { RecordStatus::Error } as i32,
+            error: format!("{:?}: {}", status.code(), status.message()),
+            ..self.asr_record(&served, heard, &transcript)
+        };
+        records.record(&self.context("voice_search.asr", &served.name, served.variant, &served.deployment), asr);
+    }
+
+    /// The record of the query's recognition by `served`: what was heard, and `transcript`.
+    fn asr_record(&self, served: &ServedBy, heard: &Heard, transcript: &str) -> PredictionRecord {
+        let seconds = heard.audio_samples as f64 / SAMPLE_RATE as f64;
+        let rms =
+            if heard.audio_samples > 0 { 10.0 * (heard.energy / heard.audio_samples as f64).log10() } else { f64::NAN };
+        PredictionRecord {
+            prediction_id: self.transcript_id.clone(),
+            device_id: self.config.device_id.clone(),
+            model_name: served.name.clone(),
+            model_version: served.version.clone(),
+            features: vec![
+                feature("audio_seconds", seconds),
+                feature("segments", heard.transcripts.len() as f64),
+                feature("rms_dbfs", rms),
+                feature("pitch_hz", mean(&heard.pitch)),
+                feature("clipped_samples", heard.clipped as f64),
+                feature("gain_db", mean(&heard.gains)),
+                feature("tokens", heard.tokens as f64),
+                feature("segment_seconds", mean(&heard.segment_seconds)),
+            ],
+            output: Some(PredictionOutput {
+                text: transcript.to_string(),
+                is_null: transcript.is_empty(),
+                ..Default::default()
+            }),
+            compute_time_us: heard.recognise_time.as_micros() as u64,
+            status: RecordStatus::Ok as i32,
+            stage: STAGE_ASR.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The request context of one of the query's records.
+    fn context(&self, api: &'static str, model: &str, variant: Variant, deployment: &str) -> RequestContext {
+        RequestContext {
+            station_id: self.config.device_id.clone(),
+            part_id: String::new(),
+            request_id: self.config.session_id.clone(),
+            capture_time: None,
+            request_time: self.request_time,
+            model_name: model.to_string(),
+            api,
+            variant,
+            deployment: deployment.to_string(),
+            trace_id: self.trace_id.clone(),
+            stage: String::new(),
+        }
+    }
+}
+
+/// Sends `message` to the client, waiting at most `limit` for it to take the answers before
+/// (HTTP/2 flow control): a client that reads nothing does not hold the query's work.
+async fn deliver(
+    tx: &mpsc::Sender<Result<SearchResponse, Status>>,
+    message: Result<SearchResponse, Status>,
+    limit: Duration,
+) -> Result<(), Status> {
+    match tokio::time::timeout(limit, tx.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Status::cancelled("the client left mid-stream")),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the client took no answer for {} ms: read the responses as they come",
+            limit.as_millis()
+        ))),
     }
 }
 

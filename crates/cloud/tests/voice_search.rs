@@ -15,8 +15,8 @@ use vigil_cloud::CloudConfig;
 use vigil_logbus::Emitter;
 use vigil_proto::vigil::v1::voice_search_client::VoiceSearchClient;
 use vigil_proto::vigil::v1::{
-    FeedbackEvent, PredictionRecord, SearchClick, SearchConfig, SearchFeedback, SearchRequest, SearchResponse,
-    SearchResult, SpeechSegment, VadReport, search_feedback, search_request, search_response,
+    FeedbackEvent, PredictionRecord, RecordStatus, SearchClick, SearchConfig, SearchFeedback, SearchRequest,
+    SearchResponse, SearchResult, SpeechSegment, VadReport, search_feedback, search_request, search_response,
 };
 use vigil_serving::records::RecordEmitter;
 use vigil_speech::asr::{DecodeLimits, Recogniser, Tokenizer};
@@ -349,7 +349,7 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     let mut config = config(&models);
     config.voice_search.config_timeout_ms = 300;
     config.voice_search.idle_timeout_ms = 600;
-    let (server, _records) = server(config).await;
+    let (server, mut records) = server(config).await;
     let mut client = client(&server).await;
     let speech = voices::say("yoga mat", ADULT);
     let ok = |c: SearchConfig| config_message(c);
@@ -366,6 +366,12 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
             vec![ok(SearchConfig { language: "fr".into(), ..search_config() })],
             Code::InvalidArgument,
             "language 'fr'",
+        ),
+        (
+            "a language tag of 20 KB (echoed, it would not fit a status header)",
+            vec![ok(SearchConfig { language: "x".repeat(20_000), ..search_config() })],
+            Code::InvalidArgument,
+            "language is 20000 bytes long; the limit is 256",
         ),
         (
             "too many results",
@@ -527,16 +533,43 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     let responses = exchange(&mut client, vec![ok(search_config()), segment_message(0, &speech)]).await.unwrap();
     assert!(!final_result(&responses).transcript.is_empty());
 
-    // Every query is counted once by how it ended: 16 refused, 2 timed out, 4 left, 1 answered.
+    // Every query is counted once by how it ended: 17 refused, 2 timed out, 4 left, 1 answered.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(&server, "vigil_voice_search_queries_total", "").await < 23.0 {
+    while metric(&server, "vigil_voice_search_queries_total", "").await < 24.0 {
         assert!(std::time::Instant::now() < deadline, "not every query was counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 23.0);
-    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 16.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 24.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 17.0);
     assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"DeadlineExceeded\"").await, 2.0);
     assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"Ok\"").await, 1.0);
+
+    // Queries that failed once open are logged with their status (8 refused mid-stream, the
+    // idle one with the segment it recognised); those refused before opening, and those whose
+    // client left, are not; the answered one logs both stages.
+    let mut asr = Vec::new();
+    let mut search = 0;
+    while let Ok(Some(envelope)) = tokio::time::timeout(Duration::from_secs(2), records.recv()).await {
+        let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+        match record.api.as_str() {
+            "voice_search.asr" => asr.push(record),
+            "voice_search.search" => search += 1,
+            other => panic!("unexpected record of {other}"),
+        }
+    }
+    let with = |status: RecordStatus| asr.iter().filter(|r| r.status == status as i32).collect::<Vec<_>>();
+    assert_eq!(search, 1);
+    assert_eq!(with(RecordStatus::Ok).len(), 1);
+    let refused = with(RecordStatus::InvalidInput);
+    assert_eq!(refused.len(), 8, "{refused:#?}");
+    assert!(refused.iter().all(|r| r.error.starts_with("InvalidArgument: ")), "{refused:#?}");
+    assert!(refused.iter().any(|r| r.error.contains("segment 2 arrived where 1 was due")), "{refused:#?}");
+    let idle = with(RecordStatus::Error);
+    assert_eq!(idle.len(), 1, "{asr:#?}");
+    assert!(idle[0].error.starts_with("DeadlineExceeded: no message for 600 ms"), "{}", idle[0].error);
+    let heard = idle[0].output.as_ref().map(|o| o.text.as_str()).unwrap_or_default();
+    assert!(!heard.is_empty(), "the idle query's record keeps what it recognised");
+    assert_eq!(asr.len(), 10, "{asr:#?}");
     server.shutdown().await.unwrap();
 }
 

@@ -148,15 +148,44 @@ async fn oversized_messages_are_refused_with_the_limit_named() {
     let server = start(config).await;
     let (mut inspect, mut oip) = clients(&server).await;
     let status = inspect.inspect(inspect_request(vec![0u8; 100_000])).await.unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(status.message().contains("65536"), "{}", status.message());
-    let status =
-        oip.model_infer(infer_request("FP32", vec![2, 1, 128, 128], vec![0; 2 * ITEM_BYTES])).await.unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("limit is 65536 (limits.max_message_bytes)"), "{}", status.message());
+    let large = infer_request("FP32", vec![2, 1, 128, 128], vec![0; 2 * ITEM_BYTES]);
+    let status = oip.model_infer(large.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // On a stream, the message over the limit ends it the same way.
+    let mut answers =
+        oip.model_stream_infer(tokio_stream::iter(vec![large])).await.expect("the stream opens").into_inner();
+    let status = answers.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("limits.max_message_bytes"), "{}", status.message());
     // Under the limit still works.
     let small = samples("normal").remove(0).1;
     assert!(small.len() < 64 * 1024);
     inspect.inspect(inspect_request(small)).await.expect("small image after a large one");
+    server.shutdown().await.unwrap();
+}
+
+/// A unary method sent two request messages (a client-streaming call on its path): refused
+/// before the second is buffered, and the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_call_with_a_second_message_is_refused() {
+    use vigil_proto::inference::ModelInferResponse;
+    let server = start(config()).await;
+    let mut grpc = tonic::client::Grpc::new(channel(&server).await);
+    grpc.ready().await.unwrap();
+    let one = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    let path = http::uri::PathAndQuery::from_static("/inference.GRPCInferenceService/ModelInfer");
+    let codec = tonic_prost::ProstCodec::<ModelInferRequest, ModelInferResponse>::default();
+    let twice = tonic::Request::new(tokio_stream::iter(vec![one.clone(), one.clone()]));
+    let status = grpc.client_streaming(twice, path.clone(), codec).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("one request message"), "{}", status.message());
+    let codec = tonic_prost::ProstCodec::<ModelInferRequest, ModelInferResponse>::default();
+    grpc.ready().await.unwrap();
+    let once = tonic::Request::new(tokio_stream::iter(vec![one]));
+    let answer = grpc.client_streaming(once, path, codec).await.expect("one message is a unary call");
+    assert_eq!(answer.into_inner().model_name, MODEL);
     server.shutdown().await.unwrap();
 }
 

@@ -75,11 +75,18 @@ async fn start_monitor(url: &str) -> Monitor {
     Monitor { addr, stop, task }
 }
 
-/// An edge server whose repository holds version 1 only, following `control`.
-async fn edge(repo: &Path, control: std::net::SocketAddr, state_file: Option<PathBuf>) -> RunningServer {
+/// An edge server whose repository holds version 1 only, following `control`; `load_all`:
+/// every version on disk loads, else the model's policy (the newest) and the versions
+/// deployments name.
+async fn edge(
+    repo: &Path,
+    control: std::net::SocketAddr,
+    state_file: Option<PathBuf>,
+    load_all: bool,
+) -> RunningServer {
     let mut config = config();
     config.model_repository = repo.to_path_buf();
-    config.models.load_all_versions = true;
+    config.models.load_all_versions = load_all;
     config.deployments.control_url = format!("http://{control}");
     config.deployments.poll_interval_ms = 200;
     config.deployments.state_file = state_file.unwrap_or_default();
@@ -126,8 +133,10 @@ async fn servers_follow_the_control_plane_fetch_versions_by_digest_and_restart_f
         copy_version(&model_dir(), &repo.join(MODEL), 1, None);
     }
     let state = dir.path().join("edge-0/deployments.state");
-    let a = edge(&repos[0], monitor.addr, Some(state.clone())).await;
-    let b = edge(&repos[1], monitor.addr, None).await;
+    // Box b loads by its model's policy: fetching the canary (the newest) must not unload the
+    // version serving.
+    let a = edge(&repos[0], monitor.addr, Some(state.clone()), true).await;
+    let b = edge(&repos[1], monitor.addr, None, false).await;
     let image = samples("normal").remove(0).1;
     until_served(&[&a, &b], &image, "1").await;
 
@@ -160,10 +169,10 @@ async fn servers_follow_the_control_plane_fetch_versions_by_digest_and_restart_f
     // Restarted while the control plane is down, the box with a state file serves what it last
     // knew (version 1); without one, a box answers from its default version, the newest (2).
     a.shutdown().await.unwrap();
-    let a = edge(&repos[0], monitor.addr, Some(state)).await;
+    let a = edge(&repos[0], monitor.addr, Some(state), true).await;
     assert_eq!(version_served(&a, &image).await, "1", "the last known deployment, from the state file");
     b.shutdown().await.unwrap();
-    let b = edge(&repos[1], monitor.addr, None).await;
+    let b = edge(&repos[1], monitor.addr, None, false).await;
     assert_eq!(version_served(&b, &image).await, "2", "no state kept: the default version");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();

@@ -71,7 +71,7 @@ async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact
 
     let mut config = config();
     config.model_repository = repo.clone();
-    config.models.load_all_versions = true;
+    // The model's policy loads the newest version only: the versions deployments name load too.
     config.deployments.database_url = url.clone();
     config.deployments.poll_interval_ms = 100;
     let server = start(config).await;

@@ -477,10 +477,28 @@ impl Worker {
                 jobs.push(next);
             }
             let running = Running::start(&stats, jobs.len(), &cores, instance.cores);
-            let ran = run_batch(&mut *instance.session.lock(), &jobs, items, &stats, &last_run);
+            let mut session = instance.session.lock();
+            let ran = run_batch(&mut *session, &jobs, items, &stats, &last_run);
+            let answers = if jobs.len() > 1 && matches!(ran.outputs, Err(InferenceError::Runtime(_))) {
+                // One request's values (an index past a table, say) fail the whole batch: each
+                // runs alone, so that only the request at fault gets the error.
+                tracing::warn!(requests = jobs.len(), "a batch failed: running its requests one by one");
+                jobs.into_iter()
+                    .map(|job| {
+                        let alone = run_batch(&mut *session, std::slice::from_ref(&job), job.items, &stats, &last_run);
+                        let items = job.items;
+                        (vec![job], alone, items)
+                    })
+                    .collect()
+            } else {
+                vec![(jobs, ran, items)]
+            };
+            drop(session);
             drop(running);
             // Answered once the session is free again, so a caller's next request may run inline.
-            answer(jobs, ran, items, &stats);
+            for (jobs, ran, items) in answers {
+                answer(jobs, ran, items, &stats);
+            }
         }
     }
 }
@@ -605,6 +623,10 @@ mod tests {
         fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
             std::thread::sleep(self.delay);
             self.seen.lock().push(inputs[0].shape[0] as usize);
+            // A negative value stands for input only the model can refuse (an index past its table).
+            if inputs[0].to_f32()?.iter().any(|v| *v < 0.0) {
+                return Err(InferenceError::Runtime("index out of range".into()));
+            }
             let values: Vec<f32> = inputs[0].to_f32()?.iter().map(|v| v * 2.0).collect();
             Ok(vec![Tensor::from_f32(inputs[0].shape.clone(), &values)])
         }
@@ -725,6 +747,24 @@ mod tests {
             assert_eq!(r.await.unwrap().unwrap().batch_size, 5);
         }
         assert_eq!(*seen.lock(), vec![1, 5]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_fails_its_batch_fails_alone() {
+        let (b, seen) = batcher(8, 60_000_000, 64, Duration::from_millis(200));
+        let first = spawn_infer(&b, one());
+        until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
+        let value = |v: f32| vec![Tensor::from_f32(vec![1, 1], &[v])];
+        let rest: Vec<_> = [3.0, -1.0, 5.0].map(|v| spawn_infer(&b, value(v))).into_iter().collect();
+        until(&b, |s| s.pending.load(Ordering::Acquire) == 3).await;
+        first.await.unwrap().unwrap();
+        let mut rest = rest.into_iter();
+        let (good, bad, other) = (rest.next().unwrap(), rest.next().unwrap(), rest.next().unwrap());
+        assert_eq!(good.await.unwrap().unwrap().outputs[0].to_f32().unwrap(), [6.0]);
+        let e = bad.await.unwrap().unwrap_err();
+        assert!(matches!(&e, InferenceError::Runtime(m) if m.contains("index out of range")), "{e}");
+        assert_eq!(other.await.unwrap().unwrap().outputs[0].to_f32().unwrap(), [10.0]);
+        assert_eq!(*seen.lock(), [1, 3, 1, 1, 1], "the failed batch of 3, then each request alone");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 //! Requests hold the [`LoadedModel`] they started on, so they finish on that version; an unloaded
 //! or replaced version goes away when its last request is done.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -95,6 +95,8 @@ pub struct ModelRepository {
     settled: Mutex<BTreeMap<String, Fingerprint>>,
     /// Loads and unloads, one at a time.
     changing: Mutex<()>,
+    /// Versions loaded whatever their model's policy, because a deployment names them.
+    kept: Mutex<BTreeMap<String, BTreeSet<u64>>>,
 }
 
 impl ModelRepository {
@@ -108,6 +110,7 @@ impl ModelRepository {
             problems: Mutex::new(BTreeMap::new()),
             settled: Mutex::new(BTreeMap::new()),
             changing: Mutex::new(()),
+            kept: Mutex::new(BTreeMap::new()),
         };
         let names = repository.model_dirs()?;
         let mut snapshot = Snapshot::new();
@@ -139,14 +142,18 @@ impl ModelRepository {
         self.models.load().values().cloned().collect()
     }
 
-    /// A model by name.
+    /// A model by name: UNAVAILABLE for one the repository knows but does not serve (unloaded,
+    /// or its load failed), NOT_FOUND for any other.
     pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, InferenceError> {
         let snapshot = self.models.load();
-        snapshot.get(name).cloned().ok_or_else(|| {
-            InferenceError::NotFound(format!(
+        snapshot.get(name).cloned().ok_or_else(|| match self.problems.lock().get(name) {
+            Some(reason) => InferenceError::Unavailable(format!(
+                "model '{name}' is not serving ({reason}): load it with RepositoryModelLoad, or fix its files"
+            )),
+            None => InferenceError::NotFound(format!(
                 "model '{name}' not found; available: {}",
                 snapshot.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
+            )),
         })
     }
 
@@ -239,7 +246,34 @@ impl ModelRepository {
         }
     }
 
-    /// Stops serving a model: new requests get NOT_FOUND at once. Returns the versions taken
+    /// Keeps `version` of `name` loaded through later reloads whatever the model's version
+    /// policy (a deployment names it); loads nothing now. Returns whether it was new.
+    pub fn keep_version(&self, name: &str, version: u64) -> bool {
+        self.kept.lock().entry(name.to_string()).or_default().insert(version)
+    }
+
+    /// Loads `version` of `name` beside the versions serving, and keeps it loaded through later
+    /// reloads whatever the model's version policy (a deployment names it). Returns it.
+    pub fn load_kept_version(&self, name: &str, version: u64) -> Result<Arc<LoadedModel>, InferenceError> {
+        let added = self.keep_version(name, version);
+        if let Some(loaded) = self.entry(name).ok().and_then(|e| e.versions.get(&version).cloned()) {
+            return Ok(loaded);
+        }
+        let loaded = self.load_model(name).and_then(|()| {
+            self.entry(name)?.versions.get(&version).cloned().ok_or_else(|| {
+                InferenceError::NotFound(format!("model '{name}' has no version {version} in {}", self.root.display()))
+            })
+        });
+        if loaded.is_err() && added {
+            // A version that cannot load must not hold back the model's later reloads.
+            if let Some(kept) = self.kept.lock().get_mut(name) {
+                kept.remove(&version);
+            }
+        }
+        loaded
+    }
+
+    /// Stops serving a model: new requests get UNAVAILABLE at once. Returns the versions taken
     /// out; they finish the requests they hold (see [`wait_until_idle`]).
     pub fn unload_model(&self, name: &str) -> Result<Vec<Arc<LoadedModel>>, InferenceError> {
         let _one_at_a_time = self.changing.lock();
@@ -328,6 +362,10 @@ impl ModelRepository {
             )));
         }
         let default_version = pinned.unwrap_or_else(|| selected.iter().copied().max().unwrap_or(newest));
+        // Versions a deployment names load too; they never change the default.
+        let kept = self.kept.lock().get(name).cloned().unwrap_or_default();
+        let extra: Vec<u64> = kept.into_iter().filter(|v| found.contains_key(v) && !selected.contains(v)).collect();
+        selected.extend(extra);
         let mut versions = BTreeMap::new();
         for version in selected {
             let loaded = load_version(name, version, &found[&version], &self.options)?;

@@ -29,8 +29,25 @@ pub struct Envelope {
 
 /// A sink failed to deliver a record.
 #[derive(Debug, thiserror::Error)]
-#[error("record not delivered: {0}")]
-pub struct SinkError(pub String);
+#[error("record not delivered: {message}")]
+pub struct SinkError {
+    pub message: String,
+    /// No retry can deliver this record (too large for the broker, say): it is dropped and
+    /// counted rather than spooled, so that it never holds back the records after it.
+    pub permanent: bool,
+}
+
+impl SinkError {
+    /// A failure a later try may not meet (the broker away, a timeout).
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { message: message.into(), permanent: false }
+    }
+
+    /// A failure of this record itself, which every try would meet.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), permanent: true }
+    }
+}
 
 /// Where records go: Kafka in production, an in-process bus in the embedded default.
 pub trait Sink: Send + Sync + 'static {
@@ -263,6 +280,11 @@ async fn settle(
         (Ok(()), _, _) => {
             stats.delivered.fetch_add(1, Ordering::Relaxed);
         }
+        (Err(e), kept, _) if e.permanent => {
+            let topic = kept.map(|k| k.topic).unwrap_or_default();
+            tracing::error!(topic, error = %e, "record refused for good: dropped");
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
         (Err(e), Some(envelope), Some(actor)) => {
             tracing::warn!(topic = envelope.topic, error = %e, "record not delivered: spooled for replay");
             actor.append(envelope).await;
@@ -301,12 +323,17 @@ async fn replay<S: Sink>(sink: Arc<S>, spool: SpoolActor, stats: Arc<EmitterStat
         let mut delivered = 0;
         let mut first_error = None;
         for d in deliveries {
-            match d.await {
-                Ok(()) if first_error.is_none() => delivered += 1,
-                Ok(()) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
+            match (d.await, first_error.is_some()) {
+                (Ok(()), false) => delivered += 1,
+                // A record no retry can deliver is passed over (once: after an earlier one
+                // failed for now, it is sent again with it, and passed over then).
+                (Err(e), false) if e.permanent => {
+                    tracing::error!(error = %e, "spooled record refused for good: dropped");
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    delivered += 1;
                 }
+                (Err(e), false) => first_error = Some(e),
+                (_, true) => {}
             }
         }
         if delivered > 0 {
@@ -343,13 +370,16 @@ mod tests {
         delay: Duration,
         fail: bool,
         down: Arc<AtomicBool>,
+        /// A payload refused for good (too large for the broker, say).
+        refused: Option<u8>,
     }
 
     impl Sink for Collect {
         fn send(&self, envelope: Envelope) -> impl Future<Output = Result<(), SinkError>> + Send + 'static {
             let this = self.clone();
+            let refused = self.refused.is_some_and(|p| envelope.payload == [p]);
             // Like Kafka's producer, an up sink takes the record at call time (in call order).
-            let taken = !self.fail && !self.down.load(Ordering::SeqCst) && self.delay.is_zero();
+            let taken = !refused && !self.fail && !self.down.load(Ordering::SeqCst) && self.delay.is_zero();
             if taken {
                 self.seen.lock().unwrap().push(envelope.clone());
             }
@@ -357,9 +387,12 @@ mod tests {
                 if taken {
                     return Ok(());
                 }
+                if refused && !this.down.load(Ordering::SeqCst) {
+                    return Err(SinkError::permanent("message too large"));
+                }
                 tokio::time::sleep(this.delay).await;
                 if this.fail || this.down.load(Ordering::SeqCst) {
-                    return Err(SinkError("broker down".into()));
+                    return Err(SinkError::transient("broker down"));
                 }
                 this.seen.lock().unwrap().push(envelope);
                 Ok(())
@@ -432,6 +465,38 @@ mod tests {
         let stats = emitter.stats();
         assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_record_refused_for_good_is_dropped_and_never_holds_back_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(crate::spool::SpoolConfig { dir: dir.path().into(), ..Default::default() }).unwrap();
+        let sink = Collect { refused: Some(3), ..Default::default() };
+        let (emitter, _task) = Emitter::start_with_spool(sink.clone(), 100, 4, Some(spool), Duration::from_millis(20));
+        // Sent directly: refused, counted, not spooled.
+        for i in 0..5 {
+            emitter.emit(env(i));
+        }
+        assert!(emitter.drain(Duration::from_secs(5)).await);
+        assert_eq!(emitter.spooled_now(), 0, "a record no retry delivers is not kept for replay");
+        assert_eq!(emitter.stats().failed.load(Ordering::Relaxed), 1);
+        // Spooled in an outage, then replayed: passed over, and every record after it delivered.
+        sink.down.store(true, Ordering::SeqCst);
+        for i in 0..6 {
+            emitter.emit(env(i));
+            tokio::task::yield_now().await;
+        }
+        assert!(emitter.drain(Duration::from_secs(5)).await);
+        assert_eq!(emitter.spooled_now(), 6);
+        sink.down.store(false, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while emitter.spooled_now() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the spool never emptied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen: Vec<u8> = sink.seen.lock().unwrap().iter().map(|e| e.payload[0]).collect();
+        assert_eq!(seen, [0, 1, 2, 4, 0, 1, 2, 4, 5], "all but the refused record, in order");
+        assert_eq!(emitter.stats().failed.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]

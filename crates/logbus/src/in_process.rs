@@ -27,7 +27,7 @@ impl Sink for InProcessSink {
             Err(mpsc::error::TrySendError::Full(envelope)) => Some((self.sender.clone(), envelope)),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 return futures::future::Either::Left(async {
-                    Err(SinkError("the in-process consumer stopped".into()))
+                    Err(SinkError::transient("the in-process consumer stopped"))
                 });
             }
         };
@@ -35,7 +35,7 @@ impl Sink for InProcessSink {
             match waiting {
                 None => Ok(()),
                 Some((sender, envelope)) => {
-                    sender.send(envelope).await.map_err(|_| SinkError("the in-process consumer stopped".into()))
+                    sender.send(envelope).await.map_err(|_| SinkError::transient("the in-process consumer stopped"))
                 }
             }
         })

@@ -271,19 +271,30 @@ impl Sink for KafkaSink {
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     // librdkafka's local queue is full: wait for room.
                     let record = FutureRecord::to(&envelope.topic).key(&envelope.key).payload(&envelope.payload);
-                    return producer
-                        .send(record, Timeout::Never)
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| SinkError(e.to_string()));
+                    return producer.send(record, Timeout::Never).await.map(|_| ()).map_err(|(e, _)| sink_error(e));
                 }
-                Err(e) => return Err(SinkError(e.to_string())),
+                Err(e) => return Err(sink_error(e)),
             };
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(SinkError(e.to_string())),
-                Err(_) => Err(SinkError("producer closed before delivery".into())),
+                Ok(Err((e, _))) => Err(sink_error(e)),
+                Err(_) => Err(SinkError::transient("producer closed before delivery")),
             }
         }
     }
+}
+
+/// A producer error as a sink error: permanent when the record itself is at fault (too large
+/// for the producer or the topic, refused as invalid), which no retry changes.
+fn sink_error(e: KafkaError) -> SinkError {
+    let permanent = matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    );
+    SinkError { message: e.to_string(), permanent }
 }

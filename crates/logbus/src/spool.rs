@@ -188,8 +188,9 @@ impl Spool {
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
             .collect();
         numbers.sort_unstable();
-        let head =
+        let mut head =
             read_head(&config.dir)?.unwrap_or(Position { segment: numbers.first().copied().unwrap_or(1), offset: 0 });
+        let saved_head = head;
         let mut segments = Vec::new();
         let mut records = 0;
         for n in numbers {
@@ -202,13 +203,29 @@ impl Spool {
             let frames = read_frames(&path, 0, usize::MAX)?;
             let valid_end = frames.last().map_or(0, |(end, _)| *end);
             let file = OpenOptions::new().write(true).open(&path)?;
-            if file.metadata()?.len() != valid_end {
+            let file_len = file.metadata()?.len();
+            if file_len != valid_end {
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes = file_len - valid_end,
+                    "cutting a torn or damaged end off a spool segment: records in it are lost"
+                );
                 file.set_len(valid_end)?;
+            }
+            if n == head.segment {
+                // A crash can leave the saved position past what reached the disk, or off a
+                // frame boundary: read from the last frame end at or before it, so no record
+                // appended from here on is skipped.
+                head.offset =
+                    frames.iter().map(|(end, _)| *end).take_while(|end| *end <= head.offset).last().unwrap_or(0);
             }
             let from = if n == head.segment { head.offset } else { 0 };
             let pending = frames.iter().filter(|(end, _)| *end > from).count() as u64;
             records += pending;
             segments.push((n, valid_end, frames.len() as u64));
+        }
+        if head != saved_head {
+            write_head(&config.dir, head)?;
         }
         Ok(Self { config, _lock: lock, segments, head, writer: None, records })
     }
@@ -448,6 +465,33 @@ mod tests {
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
         let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         assert_eq!(s.peek(10).unwrap().0, vec![env(1)]);
+    }
+
+    #[test]
+    fn a_saved_position_past_a_segment_cut_short_by_a_crash_skips_no_later_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        for i in 0..3 {
+            s.append(&env(i)).unwrap();
+        }
+        let each = s.peek_each(3).unwrap();
+        let (after_first, end) = (each[0].1, each[2].1);
+        s.ack(end, 3).unwrap();
+        drop(s);
+        // A power cut: the position saved, but the segment on disk holds only the first frame.
+        let seg = segment_path(dir.path(), 1);
+        OpenOptions::new().write(true).open(&seg).unwrap().set_len(after_first.offset).unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        assert!(s.is_empty());
+        for i in 10..13 {
+            s.append(&env(i)).unwrap();
+        }
+        assert_eq!(s.peek(10).unwrap().0, (10..13).map(env).collect::<Vec<_>>(), "every record appended after");
+        // A position off a frame boundary reads from the frame end before it.
+        drop(s);
+        write_head(dir.path(), Position { segment: 1, offset: after_first.offset + 3 }).unwrap();
+        let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        assert_eq!(s.peek(10).unwrap().0, (10..13).map(env).collect::<Vec<_>>());
     }
 
     #[test]

@@ -45,11 +45,15 @@ pub struct BatchSettings {
     /// Batches written at once, each in its own transaction and connection; positions are
     /// committed in consumption order, each only after its batch and every earlier one.
     pub max_in_flight: usize,
+    /// At shutdown, how long the batches in hand may take to be written (the database or the
+    /// dead-letter topic may be away), in milliseconds; then the logger stops without
+    /// committing them, and they are read again on the next start.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        Self { max_records: 5_000, max_wait_ms: 200, max_in_flight: 2 }
+        Self { max_records: 5_000, max_wait_ms: 200, max_in_flight: 2, drain_timeout_ms: 30_000 }
     }
 }
 
@@ -68,6 +72,11 @@ impl BatchSettings {
     /// `max_wait_ms` as a duration.
     pub fn max_wait(&self) -> Duration {
         Duration::from_millis(self.max_wait_ms)
+    }
+
+    /// `drain_timeout_ms` as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 }
 

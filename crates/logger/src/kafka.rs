@@ -38,6 +38,8 @@ pub async fn run(
     let source = KafkaSource::subscribe(&config, stats.metrics.clone())?;
     let mut producer_config = config.kafka.clone();
     producer_config.client_id = format!("{}-deadletter", config.kafka.client_id);
+    // A batch's dead letters are sent together and awaited: lingering only delays the batch.
+    producer_config.linger_ms = producer_config.linger_ms.min(5);
     let dead_letters =
         KafkaDeadLetters::new(producer_config.producer().context("cannot create the dead-letter producer")?);
     tracing::info!(group = config.group_id, topics = ?config.consume, brokers = config.kafka.brokers, "consuming");

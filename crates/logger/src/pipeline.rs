@@ -91,9 +91,14 @@ pub async fn run<S, P, D>(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
+        // Room for this batch; a shutdown meanwhile still writes it, within the drain limit.
         while in_flight.len() >= max_in_flight {
-            if let Some(done) = in_flight.next().await {
-                mark_written(&mut source, done);
+            tokio::select! {
+                _ = &mut shutdown => {
+                    ended = true;
+                    break;
+                }
+                Some(done) = in_flight.next() => mark_written(&mut source, done),
             }
         }
         in_flight.push_back(async move {
@@ -102,9 +107,22 @@ pub async fn run<S, P, D>(
         });
     }
     tracing::info!(batches = in_flight.len(), "stopping: writing the batches in hand, then committing");
-    while let Some(done) = in_flight.next().await {
-        mark_written(&mut source, done);
+    let drained = tokio::time::timeout(settings.drain_timeout(), async {
+        while let Some(done) = in_flight.next().await {
+            mark_written(&mut source, done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        // Their positions are not committed: the next start reads them again (inserts are
+        // idempotent on the record id).
+        tracing::warn!(
+            batches = in_flight.len(),
+            timeout_ms = settings.drain_timeout_ms,
+            "stopping with batches unwritten (batch.drain_timeout_ms): they are read again on the next start"
+        );
     }
+    drop(in_flight);
     source.close();
 }
 
@@ -164,12 +182,15 @@ async fn write<P: PredictionStore + ReviewStore, D: DeadLetterSink>(
         message: batch[source].clone(),
         reason: format!("the database refused it: {why}"),
     }));
-    for dead in &decoded.dead {
+    // All of a batch's dead letters at once: one at a time, a burst of bad records would hold
+    // the batch for a round trip each.
+    futures::future::join_all(decoded.dead.iter().map(|dead| async move {
         retry("keep a dead letter", stats, || dead_letters.send(dead)).await;
         stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         stats.metrics.dead_lettered(&dead.message.topic);
         tracing::warn!(source = dead.source(), reason = dead.reason, "dead-lettered");
-    }
+    }))
+    .await;
     let rows = (taken.0 + taken.1 + taken.2) as u64;
     stats.inserted_predictions.fetch_add(p, Ordering::Relaxed);
     stats.inserted_labels.fetch_add(l, Ordering::Relaxed);
@@ -217,11 +238,12 @@ where
 fn refused_as_data(e: &sqlx::Error) -> bool {
     use sqlx::error::ErrorKind;
     match e {
-        // Postgres: SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation);
+        // Postgres: SQLSTATE classes 22 (data exception), 23 (integrity constraint violation)
+        // and 54 (program limit exceeded: a value too large for an index row);
         // any backend: a constraint broken (SQLite's codes are numbers, not SQLSTATEs).
         sqlx::Error::Database(db) => {
             let postgres = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>();
-            postgres.is_some_and(|pg| pg.code().starts_with("22") || pg.code().starts_with("23"))
+            postgres.is_some_and(|pg| ["22", "23", "54"].iter().any(|class| pg.code().starts_with(class)))
                 || !matches!(db.kind(), ErrorKind::Other)
         }
         sqlx::Error::Encode(_) => true,

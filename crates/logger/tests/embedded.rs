@@ -33,7 +33,7 @@ async fn undecodable_records_are_kept_as_dead_letters_and_the_rest_is_stored() {
     store.migrate().await.unwrap();
     let (sink, receiver) = vigil_logbus::in_process::channel(100);
     let stats = Arc::new(LoggerStats::default());
-    let batch = BatchSettings { max_records: 4, max_wait_ms: 20, max_in_flight: 1 };
+    let batch = BatchSettings { max_records: 4, max_wait_ms: 20, max_in_flight: 1, ..Default::default() };
     let logger = tokio::spawn(vigil_logger::embedded::run(receiver, store.clone(), batch, stats.clone()));
 
     let good: Vec<PredictionRecord> = (0..10).map(record).collect();

@@ -335,6 +335,10 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     for r in &good[1..] {
         send(r.encode_to_vec()).await;
     }
+    // A burst of records no server should have sent (wire type 7 in the first tag): each is
+    // dead-lettered, and the burst does not hold the logger a round trip per record.
+    let burst = 300u16;
+    futures::future::join_all((0..burst).map(|i| send([&[0xff, 0xfe][..], &i.to_le_bytes()].concat()))).await;
     // Feedback flows into its table the same way.
     for kind in ["override", "click"] {
         let event = FeedbackEvent {
@@ -364,7 +368,12 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     })
     .await;
 
-    let reasons = dead_letters(&broker.brokers(), 4).await;
+    let total = 10 + 4 + u64::from(burst) + 2;
+    eventually(Duration::from_secs(60), "every record handled", || {
+        std::future::ready(LoggerStats::get(&stats.consumed) >= total)
+    })
+    .await;
+    let reasons = dead_letters(&broker.brokers(), 4 + usize::from(burst)).await;
     let (reason, payload) = &reasons[&format!("{}/0/1", topics::PREDICTIONS)];
     assert!(reason.starts_with("not a PredictionRecord"), "{reason}");
     assert_eq!(payload, &vec![0xde, 0xad, 0xbe, 0xef, 0xff]);
@@ -374,7 +383,11 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     assert_eq!(reason, "station_id is invalid: holds a NUL character at byte 4");
     let (reason, _) = &reasons[&format!("{}/0/4", topics::PREDICTIONS)];
     assert_eq!(reason, "response_time is invalid: missing or out of range");
-    assert_eq!(stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed), 4);
+    let burst_reasons = reasons
+        .values()
+        .filter(|(reason, payload)| payload.starts_with(&[0xff, 0xfe]) && reason.starts_with("not a PredictionRecord"));
+    assert_eq!(burst_reasons.count(), usize::from(burst), "each record of the burst kept once, with its bytes");
+    assert_eq!(LoggerStats::get(&stats.dead_lettered), 4 + u64::from(burst));
     stop.send(()).unwrap();
     logger.await.unwrap().unwrap();
 }
@@ -684,4 +697,34 @@ async fn the_logger_creates_missing_topics_or_waits_for_an_operator_to() {
     waiting.stop().await;
     let inserted = LoggerStats::get(&c.inserted_predictions) + LoggerStats::get(&w.inserted_predictions);
     assert_eq!(inserted, 50);
+}
+
+/// A logger stopped while its database is away stops within `batch.drain_timeout_ms`,
+/// committing nothing it did not write: the next logger writes every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logger_stopped_while_its_database_is_away_stops_in_time_and_loses_nothing() {
+    let broker = Broker::start(1).await;
+    let db = Database::create();
+    let ids = produce(&idempotent_producer(&broker.brokers()), (0..50).map(record)).await;
+    // Nothing listens on port 9 (discard): every write is retried.
+    let mut away = quick_config(broker.brokers(), "postgres://vigil:vigil@127.0.0.1:9/vigil".into());
+    away.migrate = false;
+    away.batch.drain_timeout_ms = 500;
+    let logger = RunningLogger::start(away);
+    eventually(Duration::from_secs(60), "a batch read and its write retried", || {
+        std::future::ready(LoggerStats::get(&logger.stats.retries) > 0)
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), logger.stop())
+        .await
+        .expect("the logger stops after its drain limit, not when the database returns");
+
+    let next = RunningLogger::quick(broker.brokers(), db.url());
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(60), "every record", || async {
+        store.count_predictions().await.unwrap_or(0) >= 50
+    })
+    .await;
+    assert_stored_exactly(&store, &ids).await;
+    next.stop().await;
 }

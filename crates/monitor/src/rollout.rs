@@ -177,11 +177,10 @@ pub fn analyse(
     if elapsed < Duration::from_secs(step.min_duration_s) {
         return Analysis::Wait(format!("{}s of the step's {}s", elapsed.as_secs(), step.min_duration_s));
     }
-    if candidate.count < step.min_requests {
-        return Analysis::Wait(format!(
-            "{} of the step's {} requests to the candidate",
-            candidate.count, step.min_requests
-        ));
+    // A step is judged on the candidate's own traffic: none is never evidence, whatever the plan.
+    let needed = step.min_requests.max(1);
+    if candidate.count < needed {
+        return Analysis::Wait(format!("{} of the step's {needed} requests to the candidate", candidate.count));
     }
     let mut out = Vec::new();
     let (nc, np) = (candidate.count, primary.count);
@@ -337,22 +336,30 @@ pub async fn advance_all<S: MonitorStore>(
 
 /// A rollout's alarm (a rollback, a step without a verdict) calls a person; once a person has
 /// acted on that model's rollout since (promoted, aborted, resumed or paused it, with `vigil
-/// rollout`), it is resolved, naming them. A later rollout's promotion resolves it too (`notify`).
+/// rollout`) or started another rollout of it, it is resolved, naming them. A later rollout's
+/// promotion resolves it too (`notify`).
 async fn resolve_answered_alarms<S: MonitorStore>(views: &Views<S>, now: DateTime<Utc>) -> Result<(), ViewError> {
     let alerts = views.store.load_alerts().await?;
     for alert in alerts.into_iter().filter(|a| a.state == "firing" && a.alert_key.starts_with(ALERT_PREFIX)) {
         let rollouts = views.store.rollouts(Some(&alert.model_name)).await?;
         let Some(latest) = rollouts.into_iter().max_by_key(|r| r.updated_at) else { continue };
-        let history = latest.decisions();
-        let Some(by) = history.last().and_then(|last| last.get("by")).and_then(|by| by.as_str()) else { continue };
         if latest.updated_at <= alert.since {
             continue;
         }
-        let action = history.last().and_then(|last| last["decision"].as_str()).unwrap_or("acted on");
-        let message = format!(
-            "rollout of {} version {}: {action} by {by} ({})",
-            latest.model_name, latest.candidate_version, alert.message
-        );
+        let history = latest.decisions();
+        let acted = history.last().and_then(|last| last.get("by")).and_then(|by| by.as_str()).map(|by| {
+            let action = history.last().and_then(|last| last["decision"].as_str()).unwrap_or("acted on");
+            format!("rollout of {} version {}: {action} by {by}", latest.model_name, latest.candidate_version)
+        });
+        // A person who starts another rollout (after a rollback, say) has answered the call too.
+        let started = (history.is_empty() && latest.is_active()).then(|| {
+            format!(
+                "new rollout of {} version {} started by {}",
+                latest.model_name, latest.candidate_version, latest.created_by
+            )
+        });
+        let Some(answer) = acted.or(started) else { continue };
+        let message = format!("{answer} ({})", alert.message);
         let resolved = AlertRow { state: "resolved".into(), since: now, message, ..alert };
         views.store.save_alert(&resolved, views.config.alerting.webhook_url.is_some()).await?;
     }
@@ -821,6 +828,12 @@ mod tests {
             matches!(analyse(&STEP, Duration::from_secs(60), &few, &p, &checks), Analysis::Wait(w) if w.contains("99 of"))
         );
         assert!(matches!(analyse(&STEP, Duration::from_secs(60), &c, &p, &checks), Analysis::Pass(_)));
+        // A plan stored without a request minimum still waits for the candidate's first answer.
+        let blind = RolloutStep { min_requests: 0, ..STEP };
+        let none = window(0, 0, 2.0, &[]);
+        assert!(
+            matches!(analyse(&blind, Duration::from_secs(60), &none, &p, &checks), Analysis::Wait(w) if w.contains("0 of the step's 1"))
+        );
     }
 
     #[test]

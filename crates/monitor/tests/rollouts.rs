@@ -207,6 +207,20 @@ async fn bad_candidates_are_rolled_back_within_one_step_saying_why() {
         assert_eq!(alert.state, "firing");
         assert!(alert.message.contains(check), "{}", alert.message);
     }
+    // Ben answers one rollback by starting another rollout of that model: its alarm resolves,
+    // naming him; the others keep calling.
+    let again = Change { actor: "ben", reason: "fixed the export", at: t0 + Duration::seconds(120) };
+    rollout::start(&store, "errors", "2", &plan(), &again).await.unwrap();
+    rollout::advance_all(&views(&store), &checks, t0 + Duration::seconds(121)).await.unwrap();
+    let alerts = store.load_alerts().await.unwrap();
+    let state = |model: &str| alerts.iter().find(|a| a.alert_key == format!("rollout:{model}")).unwrap();
+    assert_eq!(state("errors").state, "resolved");
+    assert!(
+        state("errors").message.contains("new rollout of errors version 2 started by ben"),
+        "{}",
+        state("errors").message
+    );
+    assert_eq!(state("slow").state, "firing");
 
     // The dashboard shows the rollout, its decision and the failing check, in a browser.
     let config: MonitorConfig = toml::from_str("[rollups]\nresolutions = [1, 60]\n").unwrap();

@@ -171,6 +171,7 @@ impl Limits {
             stream_timeout: Duration::from_millis(self.stream_timeout_ms),
             stream_idle_timeout: Duration::from_millis(self.stream_idle_timeout_ms),
             max_stream_messages: self.max_stream_messages,
+            max_message_bytes: self.max_message_bytes,
             max_request_bytes_in_flight: self.max_request_bytes_in_flight,
         }
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use vigil_inference::repository::ModelRepository;
+use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_proto::vigil::v1::control_client::ControlClient;
 use vigil_proto::vigil::v1::{DeploymentSpec, DeploymentsSnapshot, FetchArtifactRequest, WatchDeploymentsRequest};
 use vigil_serving::decision::Automation;
@@ -158,8 +158,9 @@ pub async fn follow(
 struct Follower {
     router: Arc<DeploymentRouter>,
     repository: Arc<ModelRepository>,
-    /// sha256 of each loaded version's artifact, by its directory.
-    digests: HashMap<PathBuf, String>,
+    /// sha256 of each loaded version's artifact, by its directory, with the load it was read
+    /// for (held weakly: the allocation outlives it, so no later load can share its address).
+    digests: HashMap<PathBuf, (std::sync::Weak<LoadedModel>, String)>,
     /// What is routed now, per model.
     applied: HashMap<String, Deployment>,
     state_file: PathBuf,
@@ -328,23 +329,34 @@ impl Follower {
         for version in std::iter::once(&spec.primary_version).chain(candidate.as_ref()) {
             let registered =
                 spec.artifact_sha256.get(version).ok_or_else(|| format!("version {version} is not registered"))?;
-            let loaded = match (self.repository.get(model, version), fetcher.as_deref_mut()) {
-                (Ok(loaded), _) => loaded,
-                (Err(_), Some(fetcher)) => {
+            let number = version.parse::<u64>().ok();
+            // Loaded or not, a version a deployment names stays loaded through later reloads
+            // (a fetched version's, or the directory watch's).
+            if let Some(number) = number {
+                self.repository.keep_version(model, number);
+            }
+            let on_disk = number.filter(|_| self.repository.root().join(model).join(version).is_dir());
+            let loaded = match (self.repository.get(model, version), on_disk, fetcher.as_deref_mut()) {
+                (Ok(loaded), _, _) => loaded,
+                // On disk but left out by the model's version policy: loaded beside the others.
+                (Err(_), Some(number), _) => load_kept(&self.repository, model, number).await?,
+                (Err(_), None, Some(fetcher)) => {
                     fetcher.fetch(&self.repository, model, version, registered).await.map_err(|e| format!("{e:#}"))?;
                     self.repository.get(model, version).map_err(|e| format!("fetched, but {e}"))?
                 }
-                (Err(e), None) => return Err(e.to_string()),
+                (Err(e), None, None) => return Err(e.to_string()),
             };
-            let digest = match self.digests.get(&loaded.path) {
-                Some(d) => d.clone(),
+            // A digest holds for the load it was read for: a reload (a replaced file) reads again.
+            let cached = self.digests.get(&loaded.path).filter(|(load, _)| load.as_ptr() == Arc::as_ptr(&loaded));
+            let digest = match cached {
+                Some((_, d)) => d.clone(),
                 None => {
                     let artifact = loaded.path.join("model.onnx");
                     let d = tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&artifact))
                         .await
                         .map_err(|e| format!("digest task failed: {e}"))?
                         .map_err(|e| format!("cannot read the artifact of version {version}: {e}"))?;
-                    self.digests.insert(loaded.path.clone(), d.clone());
+                    self.digests.insert(loaded.path.clone(), (Arc::downgrade(&loaded), d.clone()));
                     d
                 }
             };
@@ -364,6 +376,16 @@ impl Follower {
             capture_rate: spec.capture_rate,
         })
     }
+}
+
+/// Loads `version` of `model` from the repository's directory beside the versions serving,
+/// kept through later reloads (see [`ModelRepository::load_kept_version`]).
+async fn load_kept(repository: &Arc<ModelRepository>, model: &str, version: u64) -> Result<Arc<LoadedModel>, String> {
+    let (repository, name) = (repository.clone(), model.to_string());
+    tokio::task::spawn_blocking(move || repository.load_kept_version(&name, version))
+        .await
+        .map_err(|e| format!("load task failed: {e}"))?
+        .map_err(|e| format!("cannot load version {version}: {e}"))
 }
 
 /// Fetches artifacts from the control plane into the model repository.
@@ -387,11 +409,7 @@ impl Fetcher {
         }
         let target = repository.root().join(model).join(version);
         if target.exists() {
-            bail!(
-                "{} is on disk but not loaded (the model's version_policy; set models.load_all_versions = true, \
-                 or fix the version)",
-                target.display()
-            );
+            bail!("{} is in the way of the fetched version: remove it", target.display());
         }
         tracing::info!(model, version, sha256 = digest, "fetching the artifact from the control plane");
         let staging = repository.root().join(model).join(format!(".fetching-{version}"));
@@ -408,8 +426,7 @@ impl Fetcher {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
-        let (repository, name) = (repository.clone(), model.to_string());
-        tokio::task::spawn_blocking(move || repository.load_model(&name)).await??;
+        load_kept(repository, model, version.parse()?).await.map_err(anyhow::Error::msg)?;
         tracing::info!(model, version, "fetched artifact loaded");
         Ok(())
     }

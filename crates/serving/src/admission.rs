@@ -35,6 +35,9 @@ pub struct AdmissionLimits {
     pub stream_idle_timeout: Duration,
     /// Most messages a client may send on one stream; the next ends it with RESOURCE_EXHAUSTED.
     pub max_stream_messages: u64,
+    /// Largest message a client may send, in bytes: a longer declared length is refused with
+    /// RESOURCE_EXHAUSTED before the message is read (gRPC's code for a message over the limit).
+    pub max_message_bytes: usize,
     /// Memory budget of the calls in flight, in bytes: each call is charged
     /// [`BYTES_CHARGED_PER_BYTE`] times the length its first message declares, before that
     /// message is buffered, and is shed when the budget cannot cover it; a stream is charged
@@ -363,7 +366,9 @@ where
         let limit = if stream || slow { self.limits.stream_timeout } else { self.limits.request_timeout };
         let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
         let idle = stream.then_some(self.limits.stream_idle_timeout);
-        let max_stream_messages = stream.then_some(self.limits.max_stream_messages);
+        // A unary call carries one message: a second is refused before it is buffered.
+        let max_messages = if stream { self.limits.max_stream_messages } else { 1 };
+        let max_message_bytes = self.limits.max_message_bytes;
         // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
         // left in place, tonic's own handling would answer CANCELLED first.
         request.headers_mut().remove("grpc-timeout");
@@ -383,7 +388,12 @@ where
                     true => (Replay::new(body), None),
                     false => read_declared_length(body).await,
                 };
-                body.messages.limit = max_stream_messages;
+                if let Some(declared) = declared.filter(|&n| n as usize > max_message_bytes) {
+                    return Ok(Err(message_too_large(declared as usize, max_message_bytes)));
+                }
+                body.messages.limit = Some(max_messages);
+                body.messages.unary = !stream;
+                body.messages.max_message_bytes = max_message_bytes;
                 let reserved = MessageCharges::default();
                 if !exempt {
                     let budget = StreamBudget { bytes, total: budget, charges: reserved.clone(), waits };
@@ -410,6 +420,12 @@ where
             }
         })
     }
+}
+
+fn message_too_large(declared: usize, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "the message is {declared} bytes; the limit is {max} (limits.max_message_bytes): send smaller requests"
+    ))
 }
 
 fn budget_exhausted(budget: usize, declared: usize) -> Status {
@@ -473,6 +489,10 @@ struct Replay {
 #[derive(Default)]
 struct MessageCounter {
     limit: Option<u64>,
+    /// The call is unary: the limit is its one message.
+    unary: bool,
+    /// Largest message length accepted (0: not checked).
+    max_message_bytes: usize,
     seen: u64,
     /// Bytes of the current message still to come.
     remaining: usize,
@@ -519,12 +539,17 @@ impl MessageCounter {
                     u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]) as usize;
                 self.prefix.clear();
                 if let Some(limit) = self.limit.filter(|&limit| self.seen > limit) {
-                    return Some((
-                        starts,
-                        Stop::End(Status::resource_exhausted(format!(
+                    let status = if self.unary {
+                        Status::invalid_argument("a unary call carries one request message; this one sent more")
+                    } else {
+                        Status::resource_exhausted(format!(
                             "the stream sent more than {limit} messages (limits.max_stream_messages); open a new one"
-                        ))),
-                    ));
+                        ))
+                    };
+                    return Some((starts, Stop::End(status)));
+                }
+                if self.max_message_bytes > 0 && self.remaining > self.max_message_bytes {
+                    return Some((starts, Stop::End(message_too_large(self.remaining, self.max_message_bytes))));
                 }
                 match self.budget.as_ref().map(|b| b.charge(self.remaining)) {
                     Some(Charged::Refused(status)) => return Some((starts, Stop::End(status))),

@@ -121,7 +121,8 @@ impl VadParams {
 #[derive(Debug, Clone)]
 pub struct Segmenter {
     params: VadParams,
-    chunks_seen: usize,
+    /// Samples fed so far (the last chunk of a recording may be short).
+    heard: usize,
     speech_start: Option<usize>,
     silence_start: Option<usize>,
     /// End of the last span given out: padding never overlaps it.
@@ -130,13 +131,15 @@ pub struct Segmenter {
 
 impl Segmenter {
     pub fn new(params: VadParams) -> Self {
-        Self { params, chunks_seen: 0, speech_start: None, silence_start: None, last_end: 0 }
+        Self { params, heard: 0, speech_start: None, silence_start: None, last_end: 0 }
     }
 
-    /// Feeds the next chunk's probability; returns a span when this chunk closed one.
-    pub fn push(&mut self, probability: f32) -> Option<Range<usize>> {
-        let offset = self.chunks_seen * CHUNK;
-        self.chunks_seen += 1;
+    /// Feeds the probability of the next chunk, of `samples` samples (`CHUNK`, or fewer for a
+    /// recording's last); returns a span when this chunk closed one. Spans never run past the
+    /// samples fed.
+    pub fn push(&mut self, probability: f32, samples: usize) -> Option<Range<usize>> {
+        let offset = self.heard;
+        self.heard += samples;
         let p = &self.params;
         if probability >= p.threshold {
             self.silence_start = None;
@@ -146,10 +149,10 @@ impl Segmenter {
         let start = self.speech_start?;
         if probability < p.negative_threshold {
             let silence = *self.silence_start.get_or_insert(offset);
-            if offset + CHUNK - silence >= p.min_silence_ms as usize * SAMPLES_PER_MS {
+            if self.heard - silence >= p.min_silence_ms as usize * SAMPLES_PER_MS {
                 self.speech_start = None;
                 self.silence_start = None;
-                return self.close(start, silence, offset + CHUNK);
+                return self.close(start, silence, self.heard);
             }
         }
         None
@@ -176,7 +179,11 @@ impl Segmenter {
 /// Speech spans of `probabilities` (one per chunk) over `total` samples.
 pub fn speech_spans(probabilities: &[f32], total: usize, params: VadParams) -> Vec<Range<usize>> {
     let mut segmenter = Segmenter::new(params);
-    let mut spans: Vec<_> = probabilities.iter().filter_map(|&p| segmenter.push(p)).collect();
+    let mut spans: Vec<_> = probabilities
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &p)| segmenter.push(p, total.saturating_sub(i * CHUNK).min(CHUNK)))
+        .collect();
     spans.extend(segmenter.finish(total));
     spans
 }
@@ -249,6 +256,19 @@ mod tests {
         assert_eq!(spans.len(), 2, "{spans:?}");
         assert!(spans[0].end <= spans[1].start, "{spans:?}");
         assert_eq!(spans[1].end, 3008 * SAMPLES_PER_MS);
+    }
+
+    #[test]
+    fn a_span_closed_by_a_short_last_chunk_ends_within_the_recording() {
+        // Speech to 1 s, then 288 ms of silence and a last chunk of 100 samples: a whole chunk
+        // there would complete the 320 ms pause (and the padding as long) past the recording.
+        let mut p = probabilities(1312, &[(0, 1024)], 0.9);
+        p.push(0.05);
+        let total = 41 * CHUNK + 100;
+        assert_eq!(p.len(), total.div_ceil(CHUNK));
+        let params = VadParams { min_silence_ms: 320, speech_pad_ms: 320, ..params() };
+        let spans = speech_spans(&p, total, params);
+        assert_eq!(spans, vec![0..total], "padded to the recording's end, not past it");
     }
 
     #[test]

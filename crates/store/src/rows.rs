@@ -29,6 +29,20 @@ fn time(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
 
 /// Postgres text and jsonb cannot hold a NUL character: such a record is refused here, with the
 /// field named, instead of failing its whole batch's insert again and again.
+/// Longest identifier a row takes (station, device, part, request, trace, model, ...), in bytes:
+/// the servers' own limit; well under what a Postgres index row holds.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Longest capture key a row takes, in bytes.
+pub const MAX_CAPTURE_KEY_BYTES: usize = 1024;
+
+fn short_text(field: &'static str, value: &str, max: usize) -> Result<(), RowError> {
+    if value.len() > max {
+        return Err(RowError::Field { field, reason: format!("is {} bytes long; the limit is {max}", value.len()) });
+    }
+    text(field, value)
+}
+
 fn text(field: &'static str, value: &str) -> Result<(), RowError> {
     match value.find('\0') {
         Some(at) => Err(RowError::Field { field, reason: format!("holds a NUL character at byte {at}") }),
@@ -93,14 +107,14 @@ impl PredictionRow {
             ("request_id", &r.request_id),
             ("api", &r.api),
             ("stage", &r.stage),
-            ("capture", &r.capture),
             ("model_name", &r.model_name),
             ("model_version", &r.model_version),
             ("deployment_id", &r.deployment_id),
-            ("error", &r.error),
         ] {
-            text(field, value)?;
+            short_text(field, value, MAX_ID_BYTES)?;
         }
+        short_text("capture", &r.capture, MAX_CAPTURE_KEY_BYTES)?;
+        text("error", &r.error)?;
         for f in &r.features {
             text("features.name", &f.name)?;
             text("features.category", &f.category)?;
@@ -189,7 +203,7 @@ impl LabelRow {
             return Err(RowError::Field { field: "label", reason: "empty".into() });
         }
         text("label", &e.label)?;
-        text("source", &e.source)?;
+        short_text("source", &e.source, MAX_ID_BYTES)?;
         Ok(Self {
             label_id: uuid_field("label_id", &e.label_id)?,
             prediction_id: uuid_field("prediction_id", &e.prediction_id)?,
@@ -234,9 +248,9 @@ impl FeedbackRow {
         if e.kind.is_empty() {
             return Err(RowError::Field { field: "kind", reason: "empty".into() });
         }
-        text("kind", &e.kind)?;
+        short_text("kind", &e.kind, MAX_ID_BYTES)?;
         text("value", &e.value)?;
-        text("session_id", &e.session_id)?;
+        short_text("session_id", &e.session_id, MAX_ID_BYTES)?;
         Ok(Self {
             event_id: uuid_field("event_id", &e.event_id)?,
             prediction_id: uuid_field("prediction_id", &e.prediction_id)?,
@@ -320,6 +334,13 @@ mod tests {
         r.station_id = "a\0b".into();
         let e = PredictionRow::from_record(&r).unwrap_err().to_string();
         assert_eq!(e, "station_id is invalid: holds a NUL character at byte 1");
+        // Identifiers longer than the servers take (an index row could not hold a long one).
+        let mut r = record();
+        r.trace_id = "t".repeat(MAX_ID_BYTES);
+        assert!(PredictionRow::from_record(&r).is_ok(), "at the limit");
+        r.trace_id.push('t');
+        let e = PredictionRow::from_record(&r).unwrap_err().to_string();
+        assert_eq!(e, "trace_id is invalid: is 257 bytes long; the limit is 256");
         let mut r = record();
         r.features[0].name = "bright\0ness".into();
         assert!(PredictionRow::from_record(&r).unwrap_err().to_string().starts_with("features.name"));

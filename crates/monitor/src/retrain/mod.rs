@@ -76,6 +76,10 @@ impl RetrainingConfig {
             if model.min_new_labels == 0 {
                 return Err(bad("min_new_labels must be at least 1".into()));
             }
+            if model.cooldown.is_zero() {
+                // A recipe that keeps failing would otherwise be queued again every round.
+                return Err(bad("cooldown must be longer than 0s (e.g. \"6h\")".into()));
+            }
             let plan = model.rollout.plan(model.gate);
             vigil_store::registry::rollouts::validate_plan(&plan).map_err(|e| bad(format!("rollout: {e}")))?;
         }
@@ -217,5 +221,7 @@ mod tests {
         assert!(falling.contains("rollout: canary shares must rise"), "{falling}");
         let short = config("[models.m]\nrecipe = [\"x\"]\nrollout = { steps = [50] }\n").unwrap_err().to_string();
         assert!(short.contains("share 1"), "{short}");
+        let eager = config("[models.m]\nrecipe = [\"x\"]\ncooldown = \"0s\"\n").unwrap_err().to_string();
+        assert!(eager.contains("retraining.models.m: cooldown must be longer than 0s"), "{eager}");
     }
 }

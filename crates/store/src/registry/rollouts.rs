@@ -83,7 +83,7 @@ impl RolloutRow {
     }
 }
 
-/// Checks a plan: shares in (0, 1], rising, ending at 1.
+/// Checks a plan: shares in (0, 1], rising, ending at 1; every step waits for requests.
 pub fn validate_plan(steps: &[RolloutStep]) -> Result<(), String> {
     if steps.is_empty() {
         return Err("a plan needs at least one step".into());
@@ -97,6 +97,9 @@ pub fn validate_plan(steps: &[RolloutStep]) -> Result<(), String> {
     }
     if steps.windows(2).any(|w| w[0].mode == StepMode::Canary && w[1].mode == StepMode::Shadow) {
         return Err("shadow steps come before the canary steps".into());
+    }
+    if steps.iter().any(|s| s.min_requests == 0) {
+        return Err("every step needs at least one request to the candidate (min_requests >= 1)".into());
     }
     if steps.iter().any(|s| s.max_duration_s.is_some_and(|m| m < s.min_duration_s)) {
         return Err("a step's deadline must not come before its minimum duration".into());
@@ -165,5 +168,7 @@ mod tests {
         assert!(validate_plan(&[step(0.5), step(0.25), step(1.0)]).unwrap_err().contains("rise"));
         assert!(validate_plan(&[step(0.0), step(1.0)]).unwrap_err().contains("(0, 1]"));
         assert!(validate_plan(&[step(0.1), step(0.5)]).unwrap_err().contains("share 1"));
+        let blind = RolloutStep { min_requests: 0, ..step(0.1) };
+        assert!(validate_plan(&[blind, step(1.0)]).unwrap_err().contains("min_requests >= 1"), "no evidence");
     }
 }
