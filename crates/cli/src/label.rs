@@ -80,6 +80,9 @@ fn check(prediction_id: &str, label: &str, source: &str, at: &str) -> Result<Lab
     if label.is_empty() {
         bail!("{at}: the label is empty");
     }
+    if source.len() > vigil_store::rows::MAX_ID_BYTES || source.contains('\0') {
+        bail!("{at}: the source must be at most {} bytes, without NUL characters", vigil_store::rows::MAX_ID_BYTES);
+    }
     Ok(Label { prediction_id: id, label: label.to_string(), source: source.to_string() })
 }
 
@@ -174,5 +177,9 @@ mod tests {
         let e = read_csv(&bad, "cli").unwrap_err().to_string();
         assert!(e.contains("2 bad rows") && e.contains("line 3") && e.contains("line 4: the label is empty"), "{e}");
         assert!(read_csv("id,label\n", "cli").unwrap_err().to_string().contains("header must start"));
+        let long = format!("prediction_id,label,source\n{id},ok,{}\n", "s".repeat(257));
+        assert!(
+            read_csv(&long, "cli").unwrap_err().to_string().contains("line 2: the source must be at most 256 bytes")
+        );
     }
 }

@@ -53,6 +53,10 @@ pub struct SpeakOptions {
     /// Silence kept around each segment (at most min_silence_ms).
     #[arg(long, default_value_t = 200)]
     pub speech_pad_ms: u32,
+    /// Speech without a pause this long is cut into the next segment (under the server's
+    /// segment limit, 30 s by default); 0: never.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_speech_ms: u32,
     /// Device id sent with each query.
     #[arg(long, default_value = "cli")]
     pub device_id: String,
@@ -120,6 +124,7 @@ pub(crate) fn vad_params(args: &SpeakOptions) -> Result<VadParams> {
         min_speech_ms: args.min_speech_ms,
         min_silence_ms: args.min_silence_ms,
         speech_pad_ms: args.speech_pad_ms,
+        max_speech_ms: args.max_speech_ms,
     };
     params.validate().map_err(|e| anyhow::anyhow!("VAD settings: {e}"))?;
     Ok(params)

@@ -121,8 +121,14 @@ async fn higher_voices_fire_the_pitch_drift_alarm_and_the_monitor_reports_word_e
     // segment, no padding). Every clip is synthesised first, so each phase takes only the
     // service's time.
     let young = voices::Voice { name: "en-us+m3", words_per_minute: 165, pitch: 95 };
-    let clipping =
-        VadParams { threshold: 0.8, negative_threshold: 0.75, min_speech_ms: 60, min_silence_ms: 40, speech_pad_ms: 0 };
+    let clipping = VadParams {
+        threshold: 0.8,
+        negative_threshold: 0.75,
+        min_speech_ms: 60,
+        min_silence_ms: 40,
+        speech_pad_ms: 0,
+        max_speech_ms: 0,
+    };
     let queries = voices::queries();
     let (first, second) = queries.split_at(queries.len() / 2);
     let adult = |q: &voices::Query| (q.text.clone(), ADULT, VadParams::default());

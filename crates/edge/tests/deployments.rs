@@ -13,7 +13,9 @@ use prost::Message;
 use vigil_logbus::Emitter;
 use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
-use vigil_proto::inference::{InferParameter, ModelInferRequest, RepositoryModelLoadRequest, infer_parameter};
+use vigil_proto::inference::{
+    InferParameter, ModelInferRequest, RepositoryModelLoadRequest, RepositoryModelUnloadRequest, infer_parameter,
+};
 use vigil_proto::vigil::v1::{Decision, InspectRequest, PredictionRecord, RecordStatus, Variant};
 use vigil_serving::RecordEmitter;
 use vigil_store::registry::sha256_file;
@@ -114,6 +116,27 @@ async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact
     // Back to version 1 alone.
     store.set_deployment(&deployment("d4", "1", Some("2"), "single", 0.0), &change).await.unwrap();
     until_served("1").await;
+    // Version 4 on disk is registered but cannot load: its deployment is refused, and the model
+    // keeps serving.
+    let broken = b"not an ONNX model".to_vec();
+    copy_version(&model_dir(), &repo.join(MODEL), 4, Some(&broken));
+    store
+        .register_version(&registered("4", sha256_file(&repo.join(MODEL).join("4/model.onnx")).unwrap()), "")
+        .await
+        .unwrap();
+    store.set_deployment(&deployment("d5", "4", None, "single", 0.0), &change).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(version_for("line-1").await, "1", "a version that cannot load changes nothing");
+    store.set_deployment(&deployment("d6", "2", None, "single", 0.0), &change).await.unwrap();
+    until_served("2").await;
+    // An operator unloads the model: following the deployments does not bring it back.
+    let (_, mut oip) = clients(&server).await;
+    let unload = RepositoryModelUnloadRequest { model_name: MODEL.into(), ..Default::default() };
+    oip.repository_model_unload(unload).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let request = InspectRequest { image: image.clone(), station_id: "line-1".into(), ..Default::default() };
+    let status = inspect.clone().inspect(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "ten polls later, still unloaded: {status:?}");
     server.shutdown().await.unwrap();
 }
 

@@ -363,9 +363,15 @@ async fn health_and_reflection_are_served() {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
-    let mut responses =
-        reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    // Two questions on one stream, as grpcurl asks them.
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request.clone(), request]))
+        .await
+        .unwrap()
+        .into_inner();
     let response = responses.next().await.unwrap().unwrap();
+    let second = responses.next().await.expect("a second answer").expect("the second question answered");
+    assert!(matches!(second.message_response, Some(MessageResponse::ListServicesResponse(_))));
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
         panic!("unexpected reflection answer")
     };

@@ -479,7 +479,7 @@ impl Worker {
             let running = Running::start(&stats, jobs.len(), &cores, instance.cores);
             let mut session = instance.session.lock();
             let ran = run_batch(&mut *session, &jobs, items, &stats, &last_run);
-            let answers = if jobs.len() > 1 && matches!(ran.outputs, Err(InferenceError::Runtime(_))) {
+            let answers = if jobs.len() > 1 && ran.run_failed {
                 // One request's values (an index past a table, say) fail the whole batch: each
                 // runs alone, so that only the request at fault gets the error.
                 tracing::warn!(requests = jobs.len(), "a batch failed: running its requests one by one");
@@ -513,6 +513,8 @@ struct Ran {
     started: Instant,
     compute_time: Duration,
     outputs: Result<Vec<Vec<Tensor>>, InferenceError>,
+    /// The model failed while running (not in splitting its outputs): the inputs may be at fault.
+    run_failed: bool,
 }
 
 /// Runs one batch of `items` items on `runner`.
@@ -522,12 +524,13 @@ fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelS
     let result = runner.run(inputs.as_deref().unwrap_or(&jobs[0].inputs));
     let compute_time = started.elapsed();
     record_run(stats, last_run, items, jobs.len(), compute_time);
-    Ran { started, compute_time, outputs: result.and_then(|outputs| split_outputs(outputs, jobs, items)) }
+    let run_failed = matches!(result, Err(InferenceError::Runtime(_)));
+    Ran { started, compute_time, outputs: result.and_then(|outputs| split_outputs(outputs, jobs, items)), run_failed }
 }
 
 /// Sends each request of a batch that ran its answer.
 fn answer(jobs: Vec<Job>, ran: Ran, items: usize, stats: &ModelStats) {
-    let Ran { started, compute_time, outputs } = ran;
+    let Ran { started, compute_time, outputs, .. } = ran;
     match outputs {
         Ok(per_job) => {
             for (job, outputs) in jobs.into_iter().zip(per_job) {

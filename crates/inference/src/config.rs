@@ -399,10 +399,11 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Batching in effect: the configured one, or one request per run.
+    /// Batching in effect: the configured one, or one request per run (as Triton's default
+    /// scheduler: requests are joined only where a model asks for it).
     pub fn batching(&self) -> BatchingConfig {
         self.dynamic_batching.unwrap_or(BatchingConfig {
-            max_batch_size: self.max_batch_size.max(1),
+            max_batch_size: 1,
             max_queue_delay_us: 0,
             max_queue_depth: 256,
             inline_run_limit_us: DEFAULT_INLINE_RUN_LIMIT_US,
@@ -450,6 +451,9 @@ max_queue_depth = 16
         assert_eq!(c.inputs[0].datatype, DataType::Fp32);
         assert_eq!(c.batching().max_queue_delay(), Duration::from_micros(100));
         assert_eq!(c.preprocess.unwrap().channels, Channels::Gray);
+        // Without [dynamic_batching] requests are never joined, whatever the model takes.
+        let unbatched: ModelConfig = toml::from_str(&SAMPLE[..SAMPLE.find("[dynamic_batching]").unwrap()]).unwrap();
+        assert_eq!((unbatched.max_batch_size, unbatched.batching().max_batch_size), (8, 1));
     }
 
     #[test]

@@ -147,10 +147,10 @@ impl ModelRepository {
     pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, InferenceError> {
         let snapshot = self.models.load();
         snapshot.get(name).cloned().ok_or_else(|| match self.problems.lock().get(name) {
-            Some(reason) => InferenceError::Unavailable(format!(
+            Some(reason) if self.root.join(name).is_dir() => InferenceError::Unavailable(format!(
                 "model '{name}' is not serving ({reason}): load it with RepositoryModelLoad, or fix its files"
             )),
-            None => InferenceError::NotFound(format!(
+            _ => InferenceError::NotFound(format!(
                 "model '{name}' not found; available: {}",
                 snapshot.keys().cloned().collect::<Vec<_>>().join(", ")
             )),
@@ -246,31 +246,69 @@ impl ModelRepository {
         }
     }
 
-    /// Keeps `version` of `name` loaded through later reloads whatever the model's version
-    /// policy (a deployment names it); loads nothing now. Returns whether it was new.
-    pub fn keep_version(&self, name: &str, version: u64) -> bool {
-        self.kept.lock().entry(name.to_string()).or_default().insert(version)
+    /// The versions of `name` loaded whatever the model's version policy, from now on (those
+    /// its deployment names); an empty set keeps none. Loads and unloads nothing now.
+    pub fn set_kept_versions(&self, name: &str, versions: BTreeSet<u64>) {
+        let mut kept = self.kept.lock();
+        if versions.is_empty() {
+            kept.remove(name);
+        } else {
+            kept.insert(name.to_string(), versions);
+        }
     }
 
-    /// Loads `version` of `name` beside the versions serving, and keeps it loaded through later
-    /// reloads whatever the model's version policy (a deployment names it). Returns it.
+    /// Loads `version` of `name` from its directory beside the versions serving (which stay
+    /// as they are), and keeps it through later reloads whatever the model's version policy.
+    /// A model new to this server (just fetched) loads whole. A model unloaded, or whose load
+    /// failed, is not brought back: its error is returned.
     pub fn load_kept_version(&self, name: &str, version: u64) -> Result<Arc<LoadedModel>, InferenceError> {
-        let added = self.keep_version(name, version);
-        if let Some(loaded) = self.entry(name).ok().and_then(|e| e.versions.get(&version).cloned()) {
-            return Ok(loaded);
-        }
-        let loaded = self.load_model(name).and_then(|()| {
-            self.entry(name)?.versions.get(&version).cloned().ok_or_else(|| {
-                InferenceError::NotFound(format!("model '{name}' has no version {version} in {}", self.root.display()))
-            })
-        });
-        if loaded.is_err() && added {
-            // A version that cannot load must not hold back the model's later reloads.
+        let keep = || self.kept.lock().entry(name.to_string()).or_default().insert(version);
+        let forget = || {
             if let Some(kept) = self.kept.lock().get_mut(name) {
                 kept.remove(&version);
             }
+        };
+        match self.entry(name) {
+            Ok(_) => {}
+            Err(InferenceError::NotFound(_)) => {
+                let added = keep();
+                let loaded = self.load_model(name).and_then(|()| self.get(name, &version.to_string()));
+                if loaded.is_err() && added {
+                    forget();
+                }
+                return loaded;
+            }
+            Err(e) => return Err(e),
         }
-        loaded
+        let _one_at_a_time = self.changing.lock();
+        let entry = self.entry(name)?;
+        if let Some(loaded) = entry.versions.get(&version) {
+            keep();
+            return Ok(loaded.clone());
+        }
+        let found = find_versions(&self.root.join(name))?;
+        let path = found.get(&version).ok_or_else(|| {
+            InferenceError::NotFound(format!("model '{name}' has no version {version} in {}", self.root.display()))
+        })?;
+        let loaded = load_version(name, version, path, &self.options)?;
+        warm_up(&loaded)?;
+        let loaded = Arc::new(loaded);
+        let mut versions = entry.versions.clone();
+        versions.insert(version, loaded.clone());
+        // The files' fingerprint stays that of the last whole load: the watch still sees any
+        // other change, and reloads with this version kept.
+        let updated = ModelEntry {
+            name: entry.name.clone(),
+            versions,
+            default_version: entry.default_version,
+            fingerprint: entry.fingerprint.clone(),
+        };
+        let mut snapshot = Snapshot::clone(&self.models.load());
+        snapshot.insert(name.to_string(), Arc::new(updated));
+        self.models.store(Arc::new(snapshot));
+        keep();
+        tracing::info!(model = name, version, "version loaded beside the others for its deployment");
+        Ok(loaded)
     }
 
     /// Stops serving a model: new requests get UNAVAILABLE at once. Returns the versions taken
@@ -362,15 +400,29 @@ impl ModelRepository {
             )));
         }
         let default_version = pinned.unwrap_or_else(|| selected.iter().copied().max().unwrap_or(newest));
-        // Versions a deployment names load too; they never change the default.
-        let kept = self.kept.lock().get(name).cloned().unwrap_or_default();
-        let extra: Vec<u64> = kept.into_iter().filter(|v| found.contains_key(v) && !selected.contains(v)).collect();
-        selected.extend(extra);
         let mut versions = BTreeMap::new();
         for version in selected {
             let loaded = load_version(name, version, &found[&version], &self.options)?;
             warm_up(&loaded)?;
             versions.insert(version, Arc::new(loaded));
+        }
+        // Versions a deployment names load too, as far as they can: one that fails is left out
+        // (its deployment is refused), never the model. They never change the default.
+        let kept = self.kept.lock().get(name).cloned().unwrap_or_default();
+        for version in kept {
+            let Some(path) = found.get(&version).filter(|_| !versions.contains_key(&version)) else { continue };
+            let loaded = load_version(name, version, path, &self.options).and_then(|loaded| {
+                warm_up(&loaded)?;
+                Ok(loaded)
+            });
+            match loaded {
+                Ok(loaded) => {
+                    versions.insert(version, Arc::new(loaded));
+                }
+                Err(e) => {
+                    tracing::error!(model = name, version, error = %e, "a version a deployment names failed to load")
+                }
+            }
         }
         Ok(Some(ModelEntry { name: name.to_string(), versions, default_version, fingerprint: fingerprint(&found) }))
     }

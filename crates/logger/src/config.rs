@@ -47,7 +47,8 @@ pub struct BatchSettings {
     pub max_in_flight: usize,
     /// At shutdown, how long the batches in hand may take to be written (the database or the
     /// dead-letter topic may be away), in milliseconds; then the logger stops without
-    /// committing them, and they are read again on the next start.
+    /// committing them, and they are read again on the next start. 0: no limit (a source that
+    /// cannot be read again, such as the in-process bus, must not give up).
     pub drain_timeout_ms: u64,
 }
 
@@ -74,9 +75,9 @@ impl BatchSettings {
         Duration::from_millis(self.max_wait_ms)
     }
 
-    /// `drain_timeout_ms` as a duration.
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_millis(self.drain_timeout_ms)
+    /// `drain_timeout_ms` as a duration; None: no limit.
+    pub fn drain_timeout(&self) -> Option<Duration> {
+        (self.drain_timeout_ms > 0).then(|| Duration::from_millis(self.drain_timeout_ms))
     }
 }
 

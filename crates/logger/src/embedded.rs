@@ -21,5 +21,7 @@ pub async fn run<S: PredictionStore + ReviewStore>(
     stats: Arc<LoggerStats>,
 ) {
     let dead_letters = StoreDeadLetters::new(store.clone());
+    // The bus cannot give a record again: every batch in hand is written, however long it takes.
+    let batch = BatchSettings { drain_timeout_ms: 0, ..batch };
     pipeline::run(BusSource::new(receiver), &store, &dead_letters, batch, &stats, std::future::pending()).await;
 }

@@ -107,12 +107,18 @@ pub async fn run<S, P, D>(
         });
     }
     tracing::info!(batches = in_flight.len(), "stopping: writing the batches in hand, then committing");
-    let drained = tokio::time::timeout(settings.drain_timeout(), async {
+    let drain = async {
         while let Some(done) = in_flight.next().await {
             mark_written(&mut source, done);
         }
-    })
-    .await;
+    };
+    let drained = match settings.drain_timeout() {
+        Some(limit) => tokio::time::timeout(limit, drain).await,
+        None => {
+            drain.await;
+            Ok(())
+        }
+    };
     if drained.is_err() {
         // Their positions are not committed: the next start reads them again (inserts are
         // idempotent on the record id).
@@ -135,6 +141,9 @@ fn mark_written<S: Source>(source: &mut S, batch: Vec<Consumed>) {
 /// database refuses as data (a value or a constraint it will never take) are found by halving
 /// the set until each stands alone, and dead-lettered with the database's reason: the rest of
 /// the batch is stored, and the logger moves on.
+/// Dead letters of a batch being sent at once.
+const DEAD_LETTERS_AT_ONCE: usize = 64;
+
 async fn write<P: PredictionStore + ReviewStore, D: DeadLetterSink>(
     batch: &[Consumed],
     store: &P,
@@ -184,13 +193,14 @@ async fn write<P: PredictionStore + ReviewStore, D: DeadLetterSink>(
     }));
     // All of a batch's dead letters at once: one at a time, a burst of bad records would hold
     // the batch for a round trip each.
-    futures::future::join_all(decoded.dead.iter().map(|dead| async move {
-        retry("keep a dead letter", stats, || dead_letters.send(dead)).await;
-        stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        stats.metrics.dead_lettered(&dead.message.topic);
-        tracing::warn!(source = dead.source(), reason = dead.reason, "dead-lettered");
-    }))
-    .await;
+    futures::stream::iter(&decoded.dead)
+        .for_each_concurrent(DEAD_LETTERS_AT_ONCE, |dead| async move {
+            retry("keep a dead letter", stats, || dead_letters.send(dead)).await;
+            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            stats.metrics.dead_lettered(&dead.message.topic);
+            tracing::warn!(source = dead.source(), reason = dead.reason, "dead-lettered");
+        })
+        .await;
     let rows = (taken.0 + taken.1 + taken.2) as u64;
     stats.inserted_predictions.fetch_add(p, Ordering::Relaxed);
     stats.inserted_labels.fetch_add(l, Ordering::Relaxed);

@@ -347,18 +347,27 @@ async fn resolve_answered_alarms<S: MonitorStore>(views: &Views<S>, now: DateTim
             continue;
         }
         let history = latest.decisions();
-        let acted = history.last().and_then(|last| last.get("by")).and_then(|by| by.as_str()).map(|by| {
-            let action = history.last().and_then(|last| last["decision"].as_str()).unwrap_or("acted on");
-            format!("rollout of {} version {}: {action} by {by}", latest.model_name, latest.candidate_version)
-        });
-        // A person who starts another rollout (after a rollback, say) has answered the call too.
-        let started = (history.is_empty() && latest.is_active()).then(|| {
-            format!(
-                "new rollout of {} version {} started by {}",
-                latest.model_name, latest.candidate_version, latest.created_by
-            )
-        });
-        let Some(answer) = acted.or(started) else { continue };
+        let by = |entry: &serde_json::Value| entry.get("by").and_then(|by| by.as_str()).map(str::to_string);
+        let answer = match (history.last().and_then(by), latest.state.as_str()) {
+            (Some(by), _) => {
+                let action = history.last().and_then(|last| last["decision"].as_str()).unwrap_or("acted on");
+                format!("rollout of {} version {}: {action} by {by}", latest.model_name, latest.candidate_version)
+            }
+            // Running since the alarm, its last step the controller's: resumed by a person
+            // before it, or a rollout started anew (after a rollback, say), which answers the
+            // call too. A rollback or a pause (what raises these alarms) is never running.
+            (None, "running") => match history.iter().rev().find_map(by) {
+                Some(by) => format!(
+                    "rollout of {} version {} running again, resumed by {by}",
+                    latest.model_name, latest.candidate_version
+                ),
+                None => format!(
+                    "new rollout of {} version {} started by {}",
+                    latest.model_name, latest.candidate_version, latest.created_by
+                ),
+            },
+            (None, _) => continue,
+        };
         let message = format!("{answer} ({})", alert.message);
         let resolved = AlertRow { state: "resolved".into(), since: now, message, ..alert };
         views.store.save_alert(&resolved, views.config.alerting.webhook_url.is_some()).await?;
@@ -395,7 +404,7 @@ async fn advance<S: MonitorStore>(
             }
             // Reviewers' decisions of the window.
             let reviews = views.review_summary(&scope.model, since, now).await?.agreement;
-            let window = views.total(&scope, since, now).await?;
+            let window = views.total_since(&scope, since, now).await?;
             let seconds = u32::try_from((now - since).num_seconds().max(1)).unwrap_or(u32::MAX);
             let mut feedback = BTreeMap::new();
             for kinds in views.feedback(&scope, since, now, seconds).await?.into_values() {

@@ -264,6 +264,23 @@ impl<S: MonitorStore> Views<S> {
         Ok(merged.into_iter().collect())
     }
 
+    /// Everything in the whole windows of the finest resolution that start at or after `since`,
+    /// up to the one holding `until`: nothing from before `since` (a rollout step's traffic is
+    /// its own, not the step's before it). Empty when no such window has started.
+    pub async fn total_since(
+        &self,
+        scope: &Scope,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<RollupWindow, ViewError> {
+        let finest = self.resolutions().iter().copied().min().unwrap_or(1);
+        let from = ceil_to(since, finest);
+        if from >= until {
+            return Ok(RollupWindow::default());
+        }
+        self.total(scope, from, until).await
+    }
+
     /// Everything in [since, until) merged into one window, in whole windows of the finest
     /// resolution: from the one holding `since` to the one holding `until`.
     /// The range is covered with the coarsest aligned windows first and finer ones at its edges,

@@ -171,6 +171,31 @@ async fn a_good_candidate_is_promoted_step_by_step_and_waits_for_enough_data() {
     assert_eq!(audit.iter().filter(|e| e.action == "rollout" && e.actor == rollout::CONTROLLER).count(), 3);
 }
 
+/// A step that starts inside a rollup window counts none of the traffic before it in that
+/// window: with minutes as the finest rollups, 300 good candidate answers in the minute before
+/// the step started are no evidence for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_counts_only_the_traffic_after_it_started() {
+    let db = TestDatabase::create();
+    let store = store_with(&db, &["scratch-detector"]).await;
+    let minute_start = DateTime::from_timestamp((Utc::now().timestamp() - 3600) / 60 * 60, 0).unwrap();
+    let mut rows = traffic("scratch-detector", "2", 2, minute_start, 300, GOOD);
+    rows.extend(traffic("scratch-detector", "1", 1, minute_start, 900, GOOD));
+    store.insert_batch(&rows, &[]).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &[60], 100_000).await.unwrap() > 0 {}
+    let t0 = minute_start + Duration::milliseconds(59_500);
+    rollout::start(&store, "scratch-detector", "2", &plan(), &Change { actor: "anna", reason: "", at: t0 })
+        .await
+        .unwrap();
+    let config: MonitorConfig = toml::from_str("[rollups]\nresolutions = [60]\n").unwrap();
+    let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models");
+    let minutes =
+        Views::new(store.clone(), Arc::new(Catalog::load(std::path::Path::new(models)).unwrap()), Arc::new(config));
+    let checks = RolloutChecks::default();
+    assert_eq!(rollout::advance_all(&minutes, &checks, t0 + Duration::seconds(61)).await.unwrap(), 0);
+    assert_eq!(rollout_of(&store, "scratch-detector").await.step, 0, "no request of the step's own yet");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_candidates_are_rolled_back_within_one_step_saying_why() {
     let bad = [
@@ -263,12 +288,18 @@ async fn two_controllers_at_once_apply_a_step_once_and_people_can_pause_resume_a
 
     // Paused: the controller leaves it; resumed: the step's window starts again.
     let by = |reason: &'static str, at| Change { actor: "anna", reason, at };
+    let before_pause = rollout_of(&store, "scratch-detector").await;
     rollout::manual(&store, "scratch-detector", Manual::Pause, &by("checking dashboards", at)).await.unwrap();
     minute(&store, "scratch-detector", at, GOOD).await;
     assert_eq!(rollout::advance_all(&a, &checks, at + Duration::seconds(61)).await.unwrap(), 0);
     let later = at + Duration::seconds(120);
     let r = rollout::manual(&store, "scratch-detector", Manual::Resume, &by("fine", later)).await.unwrap();
     assert_eq!((r.state.as_str(), r.step_started_at), ("running", later));
+    // A controller still holding the rollout as read before the pause finds the same step and
+    // state, but not the same rollout: its step is refused.
+    let stale_step = vigil_store::RolloutRow { step: before_pause.step + 1, ..before_pause.clone() };
+    assert!(!store.advance_rollout(&before_pause, &stale_step, None, &by("", later)).await.unwrap());
+    assert_eq!(rollout_of(&store, "scratch-detector").await.step, 1);
     let e = rollout::manual(&store, "scratch-detector", Manual::Resume, &by("", later)).await.unwrap_err();
     assert!(e.to_string().contains("cannot resume a rollout that is running"), "{e}");
     rollout::manual(&store, "scratch-detector", Manual::Abort, &by("customer complaint", later)).await.unwrap();

@@ -81,10 +81,21 @@ impl LoggingConfig {
         }
         self.kafka.validate().map_err(|e| format!("logging.{e}"))?;
         self.policy.load()?;
-        if let Some(spool) = &self.spool
-            && (spool.max_bytes < spool.segment_bytes || spool.segment_bytes < 1024)
-        {
-            return Err("logging.spool: need 1024 <= segment_bytes <= max_bytes".into());
+        if let Some(spool) = &self.spool {
+            if spool.max_bytes < spool.segment_bytes || spool.segment_bytes < 1024 {
+                return Err("logging.spool: need 1024 <= segment_bytes <= max_bytes".into());
+            }
+            // Dropping the oldest needs a segment other than the one being written.
+            if spool.when_full == vigil_logbus::spool::FullPolicy::DropOldest
+                && spool.max_bytes < spool.segment_bytes.saturating_mul(2)
+            {
+                return Err(format!(
+                    "logging.spool: when_full = \"drop_oldest\" needs max_bytes ({}) of at least two segments \
+                     (2 x segment_bytes = {})",
+                    spool.max_bytes,
+                    spool.segment_bytes.saturating_mul(2)
+                ));
+            }
         }
         Ok(())
     }
@@ -231,4 +242,23 @@ pub fn validate_shared(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_logbus::spool::{FullPolicy, SpoolConfig};
+
+    #[test]
+    fn a_spool_that_drops_its_oldest_must_hold_two_segments() {
+        let logging = |max_bytes: u64, when_full: FullPolicy| LoggingConfig {
+            enabled: true,
+            spool: Some(SpoolConfig { max_bytes, segment_bytes: 4096, when_full, ..Default::default() }),
+            ..Default::default()
+        };
+        let e = logging(4096, FullPolicy::DropOldest).validate().unwrap_err();
+        assert!(e.contains("needs max_bytes (4096) of at least two segments (2 x segment_bytes = 8192)"), "{e}");
+        assert!(logging(8192, FullPolicy::DropOldest).validate().is_ok());
+        assert!(logging(4096, FullPolicy::RejectNew).validate().is_ok(), "refusing new records needs one");
+    }
 }

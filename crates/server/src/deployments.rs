@@ -120,6 +120,7 @@ pub async fn follow(
         router,
         repository,
         digests: HashMap::new(),
+        failed_loads: HashMap::new(),
         applied: HashMap::new(),
         state_file: config.state_file.clone(),
         last: None,
@@ -161,6 +162,8 @@ struct Follower {
     /// sha256 of each loaded version's artifact, by its directory, with the load it was read
     /// for (held weakly: the allocation outlives it, so no later load can share its address).
     digests: HashMap<PathBuf, (std::sync::Weak<LoadedModel>, String)>,
+    /// Versions whose load failed, with the state of their files then and why.
+    failed_loads: HashMap<(String, u64), (ArtifactState, String)>,
     /// What is routed now, per model.
     applied: HashMap<String, Deployment>,
     state_file: PathBuf,
@@ -287,6 +290,15 @@ impl Follower {
                 }
             }
         }
+        // The versions each deployment names stay loaded through reloads, whatever the
+        // model's version policy; the others are left to it.
+        for model in self.applied.keys().filter(|m| !next.contains_key(*m)) {
+            self.repository.set_kept_versions(model, Default::default());
+        }
+        for d in next.values() {
+            let named = std::iter::once(&d.primary).chain(&d.candidate).filter_map(|v| v.parse().ok()).collect();
+            self.repository.set_kept_versions(&d.model, named);
+        }
         if next != self.applied {
             for d in next.values().filter(|d| self.applied.get(&d.model) != Some(*d)) {
                 tracing::info!(model = d.model, deployment = d.id, primary = d.primary, candidate = ?d.candidate, mode = ?d.mode, "deployment applied");
@@ -329,17 +341,31 @@ impl Follower {
         for version in std::iter::once(&spec.primary_version).chain(candidate.as_ref()) {
             let registered =
                 spec.artifact_sha256.get(version).ok_or_else(|| format!("version {version} is not registered"))?;
-            let number = version.parse::<u64>().ok();
-            // Loaded or not, a version a deployment names stays loaded through later reloads
-            // (a fetched version's, or the directory watch's).
-            if let Some(number) = number {
-                self.repository.keep_version(model, number);
-            }
-            let on_disk = number.filter(|_| self.repository.root().join(model).join(version).is_dir());
+            let on_disk =
+                version.parse::<u64>().ok().filter(|_| self.repository.root().join(model).join(version).is_dir());
             let loaded = match (self.repository.get(model, version), on_disk, fetcher.as_deref_mut()) {
                 (Ok(loaded), _, _) => loaded,
-                // On disk but left out by the model's version policy: loaded beside the others.
-                (Err(_), Some(number), _) => load_kept(&self.repository, model, number).await?,
+                // On disk but left out by the model's version policy: loaded beside the others
+                // (once per state of its files: a version that failed is not tried every poll).
+                (Err(_), Some(number), _) => {
+                    let files = artifact_state(&self.repository.root().join(model).join(version));
+                    let key = (model.clone(), number);
+                    if let Some((state, why)) = self.failed_loads.get(&key)
+                        && *state == files
+                    {
+                        return Err(why.clone());
+                    }
+                    match load_kept(&self.repository, model, number).await {
+                        Ok(loaded) => {
+                            self.failed_loads.remove(&key);
+                            loaded
+                        }
+                        Err(why) => {
+                            self.failed_loads.insert(key, (files, why.clone()));
+                            return Err(why);
+                        }
+                    }
+                }
                 (Err(_), None, Some(fetcher)) => {
                     fetcher.fetch(&self.repository, model, version, registered).await.map_err(|e| format!("{e:#}"))?;
                     self.repository.get(model, version).map_err(|e| format!("fetched, but {e}"))?
@@ -376,6 +402,17 @@ impl Follower {
             capture_rate: spec.capture_rate,
         })
     }
+}
+
+/// The size and modification time of a version's model files: what a failed load is
+/// remembered by.
+type ArtifactState = Vec<Option<(u64, std::time::SystemTime)>>;
+
+fn artifact_state(dir: &Path) -> ArtifactState {
+    ["model.onnx", "model.toml"]
+        .iter()
+        .map(|file| std::fs::metadata(dir.join(file)).and_then(|m| Ok((m.len(), m.modified()?))).ok())
+        .collect()
 }
 
 /// Loads `version` of `model` from the repository's directory beside the versions serving,

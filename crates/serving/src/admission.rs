@@ -366,8 +366,13 @@ where
         let limit = if stream || slow { self.limits.stream_timeout } else { self.limits.request_timeout };
         let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
         let idle = stream.then_some(self.limits.stream_idle_timeout);
-        // A unary call carries one message: a second is refused before it is buffered.
-        let max_messages = if stream { self.limits.max_stream_messages } else { 1 };
+        // A unary call carries one message: a second is refused before it is buffered. Health
+        // and reflection (whose descriptors are not ours) are not counted.
+        let max_messages = match (stream, exempt) {
+            (true, _) => Some(self.limits.max_stream_messages),
+            (false, false) => Some(1),
+            (false, true) => None,
+        };
         let max_message_bytes = self.limits.max_message_bytes;
         // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
         // left in place, tonic's own handling would answer CANCELLED first.
@@ -391,7 +396,7 @@ where
                 if let Some(declared) = declared.filter(|&n| n as usize > max_message_bytes) {
                     return Ok(Err(message_too_large(declared as usize, max_message_bytes)));
                 }
-                body.messages.limit = Some(max_messages);
+                body.messages.limit = max_messages;
                 body.messages.unary = !stream;
                 body.messages.max_message_bytes = max_message_bytes;
                 let reserved = MessageCharges::default();

@@ -89,11 +89,22 @@ pub struct VadParams {
     pub min_silence_ms: u32,
     /// Silence kept before and after each span (what the recogniser expects around words).
     pub speech_pad_ms: u32,
+    /// Speech running longer than this without a pause is cut where it stands, and goes on as
+    /// the next span (Silero's `max_speech_duration_s`); 0: never. Keep it under the server's
+    /// segment limit (`voice_search.max_segment_ms`, 30 s).
+    pub max_speech_ms: u32,
 }
 
 impl Default for VadParams {
     fn default() -> Self {
-        Self { threshold: 0.5, negative_threshold: 0.35, min_speech_ms: 250, min_silence_ms: 300, speech_pad_ms: 200 }
+        Self {
+            threshold: 0.5,
+            negative_threshold: 0.35,
+            min_speech_ms: 250,
+            min_silence_ms: 300,
+            speech_pad_ms: 200,
+            max_speech_ms: 20_000,
+        }
     }
 }
 
@@ -104,6 +115,12 @@ impl VadParams {
             return Err(format!(
                 "need 0 <= negative_threshold ({}) <= threshold ({}) <= 1",
                 self.negative_threshold, self.threshold
+            ));
+        }
+        if self.max_speech_ms != 0 && self.max_speech_ms < self.min_speech_ms {
+            return Err(format!(
+                "max_speech_ms ({}) must be 0 (no limit) or at least min_speech_ms ({})",
+                self.max_speech_ms, self.min_speech_ms
             ));
         }
         if self.speech_pad_ms > self.min_silence_ms {
@@ -143,7 +160,12 @@ impl Segmenter {
         let p = &self.params;
         if probability >= p.threshold {
             self.silence_start = None;
-            self.speech_start.get_or_insert(offset);
+            let start = *self.speech_start.get_or_insert(offset);
+            // Speech without a pause for max_speech_ms is cut here; what follows is the next span.
+            if p.max_speech_ms > 0 && self.heard - start >= p.max_speech_ms as usize * SAMPLES_PER_MS {
+                self.speech_start = Some(self.heard);
+                return self.close(start, self.heard, self.heard);
+            }
             return None;
         }
         let start = self.speech_start?;
@@ -223,6 +245,7 @@ mod tests {
             min_speech_ms: 250,
             min_silence_ms: 300,
             speech_pad_ms: 100,
+            max_speech_ms: 0,
         }
     }
 
@@ -269,6 +292,21 @@ mod tests {
         let params = VadParams { min_silence_ms: 320, speech_pad_ms: 320, ..params() };
         let spans = speech_spans(&p, total, params);
         assert_eq!(spans, vec![0..total], "padded to the recording's end, not past it");
+    }
+
+    #[test]
+    fn speech_without_a_pause_is_cut_at_its_longest_into_contiguous_spans() {
+        // 5 s of speech from 1 s, no pause in it; speech of at most 2 s per span (cut at the
+        // end of the 32 ms chunk that reaches it).
+        let p = probabilities(7000, &[(992, 6016)], 0.9);
+        let limited = VadParams { max_speech_ms: 2000, ..params() };
+        let spans = speech_spans(&p, 7000 * SAMPLES_PER_MS, limited);
+        let ms: Vec<(usize, usize)> =
+            spans.iter().map(|r| (r.start / SAMPLES_PER_MS, r.end / SAMPLES_PER_MS)).collect();
+        assert_eq!(ms, vec![(892, 3008), (3008, 5024), (5024, 6116)], "padded at the pauses only, no gap, no overlap");
+        assert!(spans.iter().all(|s| s.len() <= (2000 + 32 + 100) * SAMPLES_PER_MS), "{ms:?}");
+        // Without the limit, one span.
+        assert_eq!(speech_spans(&p, 7000 * SAMPLES_PER_MS, params()).len(), 1);
     }
 
     #[test]

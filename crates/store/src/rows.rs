@@ -27,8 +27,6 @@ fn time(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
         .and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32))
 }
 
-/// Postgres text and jsonb cannot hold a NUL character: such a record is refused here, with the
-/// field named, instead of failing its whole batch's insert again and again.
 /// Longest identifier a row takes (station, device, part, request, trace, model, ...), in bytes:
 /// the servers' own limit; well under what a Postgres index row holds.
 pub const MAX_ID_BYTES: usize = 256;
@@ -36,6 +34,7 @@ pub const MAX_ID_BYTES: usize = 256;
 /// Longest capture key a row takes, in bytes.
 pub const MAX_CAPTURE_KEY_BYTES: usize = 1024;
 
+/// Text of at most `max` bytes that Postgres can hold (see [`text`]).
 fn short_text(field: &'static str, value: &str, max: usize) -> Result<(), RowError> {
     if value.len() > max {
         return Err(RowError::Field { field, reason: format!("is {} bytes long; the limit is {max}", value.len()) });
@@ -43,6 +42,8 @@ fn short_text(field: &'static str, value: &str, max: usize) -> Result<(), RowErr
     text(field, value)
 }
 
+/// Postgres text and jsonb cannot hold a NUL character: such a record is refused here, with the
+/// field named, instead of failing its whole batch's insert again and again.
 fn text(field: &'static str, value: &str) -> Result<(), RowError> {
     match value.find('\0') {
         Some(at) => Err(RowError::Field { field, reason: format!("holds a NUL character at byte {at}") }),

@@ -277,7 +277,7 @@ macro_rules! registry_backend {
                 let mut tx = self.write_transaction().await?;
                 let moved = sqlx::query(
                     "UPDATE rollouts SET step = $1, state = $2, step_started_at = $3, updated_at = $4, history = $5 \
-                     WHERE rollout_id = $6 AND step = $7 AND state = $8",
+                     WHERE rollout_id = $6 AND step = $7 AND state = $8 AND history = $9",
                 )
                 .bind(next.step)
                 .bind(&next.state)
@@ -287,6 +287,9 @@ macro_rules! registry_backend {
                 .bind(&expected.rollout_id)
                 .bind(expected.step)
                 .bind(&expected.state)
+                // Every action adds to the history: a pause and a resume in between leave step
+                // and state as they were, but not the history.
+                .bind(&expected.history)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

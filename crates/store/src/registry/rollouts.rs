@@ -128,7 +128,7 @@ pub trait RolloutStore: Clone + Send + Sync + 'static {
         change: &Change<'_>,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 
-    /// Moves a rollout from `expected` (its step and state as read) to `next`, setting
+    /// Moves a rollout from `expected` (its step, state and history as read) to `next`, setting
     /// `deployment` (when given) and writing an audit event, in one transaction. Returns false,
     /// changing nothing, when the stored rollout is no longer at `expected`.
     fn advance_rollout(
