@@ -129,8 +129,32 @@ async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact
     assert_eq!(version_for("line-1").await, "1", "a version that cannot load changes nothing");
     store.set_deployment(&deployment("d6", "2", None, "single", 0.0), &change).await.unwrap();
     until_served("2").await;
-    // An operator unloads the model: following the deployments does not bring it back.
+    // Version 1, loaded only for deployments and named by none now, goes out of service; the
+    // policy's own (3) stays.
     let (_, mut oip) = clients(&server).await;
+    let named = |version: &str| ModelInferRequest {
+        model_name: MODEL.into(),
+        model_version: version.into(),
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 1, 128, 128],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0u8; 128 * 128 * 4].into()],
+        ..Default::default()
+    };
+    let mut released = false;
+    for _ in 0..50 {
+        if oip.model_infer(named("1")).await.is_err_and(|s| s.code() == tonic::Code::NotFound) {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "version 1 still serves after no deployment names it");
+    oip.model_infer(named("3")).await.expect("the policy's version serves");
+    // An operator unloads the model: following the deployments does not bring it back.
     let unload = RepositoryModelUnloadRequest { model_name: MODEL.into(), ..Default::default() };
     oip.repository_model_unload(unload).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await;

@@ -51,6 +51,9 @@ pub struct ModelEntry {
     pub default_version: u64,
     /// What the files looked like when these versions were loaded (for the directory watch).
     fingerprint: Fingerprint,
+    /// The versions the model's own policy (or the pin) selected; the others are loaded because
+    /// a deployment names them.
+    by_policy: BTreeSet<u64>,
 }
 
 impl ModelEntry {
@@ -247,14 +250,46 @@ impl ModelRepository {
     }
 
     /// The versions of `name` loaded whatever the model's version policy, from now on (those
-    /// its deployment names); an empty set keeps none. Loads and unloads nothing now.
+    /// its deployment names); an empty set keeps none. Versions loaded only because they were
+    /// kept are taken out of service (requests holding them finish on them); nothing is loaded.
     pub fn set_kept_versions(&self, name: &str, versions: BTreeSet<u64>) {
-        let mut kept = self.kept.lock();
-        if versions.is_empty() {
-            kept.remove(name);
-        } else {
-            kept.insert(name.to_string(), versions);
+        let released: Vec<u64> = {
+            let mut kept = self.kept.lock();
+            let before = kept.get(name).cloned().unwrap_or_default();
+            if versions.is_empty() {
+                kept.remove(name);
+            } else {
+                kept.insert(name.to_string(), versions.clone());
+            }
+            before.difference(&versions).copied().collect()
+        };
+        if released.is_empty() {
+            return;
         }
+        let _one_at_a_time = self.changing.lock();
+        let Ok(entry) = self.entry(name) else { return };
+        let gone: Vec<u64> = released
+            .into_iter()
+            .filter(|v| entry.versions.contains_key(v) && !entry.by_policy.contains(v) && *v != entry.default_version)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut versions = entry.versions.clone();
+        for v in &gone {
+            versions.remove(v);
+        }
+        let updated = ModelEntry {
+            name: entry.name.clone(),
+            versions,
+            default_version: entry.default_version,
+            fingerprint: entry.fingerprint.clone(),
+            by_policy: entry.by_policy.clone(),
+        };
+        let mut snapshot = Snapshot::clone(&self.models.load());
+        snapshot.insert(name.to_string(), Arc::new(updated));
+        self.models.store(Arc::new(snapshot));
+        tracing::info!(model = name, versions = ?gone, "versions no deployment names any more: out of service");
     }
 
     /// Loads `version` of `name` from its directory beside the versions serving (which stay
@@ -295,13 +330,19 @@ impl ModelRepository {
         let loaded = Arc::new(loaded);
         let mut versions = entry.versions.clone();
         versions.insert(version, loaded.clone());
-        // The files' fingerprint stays that of the last whole load: the watch still sees any
-        // other change, and reloads with this version kept.
+        // The files' fingerprint takes this version's (fetched, say) only when nothing else
+        // changed since the last whole load: the watch still sees any other change.
+        let on_disk = fingerprint(&found);
+        let others =
+            |f: &Fingerprint| f.iter().filter(|(v, _)| **v != version).map(|(v, s)| (*v, *s)).collect::<Vec<_>>();
+        let fingerprint =
+            if others(&on_disk) == others(&entry.fingerprint) { on_disk } else { entry.fingerprint.clone() };
         let updated = ModelEntry {
             name: entry.name.clone(),
             versions,
             default_version: entry.default_version,
-            fingerprint: entry.fingerprint.clone(),
+            fingerprint,
+            by_policy: entry.by_policy.clone(),
         };
         let mut snapshot = Snapshot::clone(&self.models.load());
         snapshot.insert(name.to_string(), Arc::new(updated));
@@ -400,14 +441,17 @@ impl ModelRepository {
             )));
         }
         let default_version = pinned.unwrap_or_else(|| selected.iter().copied().max().unwrap_or(newest));
+        let by_policy: BTreeSet<u64> = selected.iter().copied().collect();
         let mut versions = BTreeMap::new();
         for version in selected {
             let loaded = load_version(name, version, &found[&version], &self.options)?;
             warm_up(&loaded)?;
             versions.insert(version, Arc::new(loaded));
         }
-        // Versions a deployment names load too, as far as they can: one that fails is left out
-        // (its deployment is refused), never the model. They never change the default.
+        // Versions a deployment names load too, as far as they can: one that fails keeps the
+        // load serving it (if any) rather than failing the model or leaving its deployment
+        // without it. They never change the default.
+        let serving = self.models.load().get(name).cloned();
         let kept = self.kept.lock().get(name).cloned().unwrap_or_default();
         for version in kept {
             let Some(path) = found.get(&version).filter(|_| !versions.contains_key(&version)) else { continue };
@@ -420,11 +464,27 @@ impl ModelRepository {
                     versions.insert(version, Arc::new(loaded));
                 }
                 Err(e) => {
-                    tracing::error!(model = name, version, error = %e, "a version a deployment names failed to load")
+                    let before = serving.as_ref().and_then(|entry| entry.versions.get(&version).cloned());
+                    tracing::error!(
+                        model = name,
+                        version,
+                        error = %e,
+                        keeps_serving = before.is_some(),
+                        "a version a deployment names failed to load"
+                    );
+                    if let Some(before) = before {
+                        versions.insert(version, before);
+                    }
                 }
             }
         }
-        Ok(Some(ModelEntry { name: name.to_string(), versions, default_version, fingerprint: fingerprint(&found) }))
+        Ok(Some(ModelEntry {
+            name: name.to_string(),
+            versions,
+            default_version,
+            fingerprint: fingerprint(&found),
+            by_policy,
+        }))
     }
 }
 

@@ -290,21 +290,24 @@ impl Follower {
                 }
             }
         }
-        // The versions each deployment names stay loaded through reloads, whatever the
-        // model's version policy; the others are left to it.
-        for model in self.applied.keys().filter(|m| !next.contains_key(*m)) {
-            self.repository.set_kept_versions(model, Default::default());
-        }
-        for d in next.values() {
-            let named = std::iter::once(&d.primary).chain(&d.candidate).filter_map(|v| v.parse().ok()).collect();
-            self.repository.set_kept_versions(&d.model, named);
-        }
+        let before: Vec<String> = self.applied.keys().cloned().collect();
         if next != self.applied {
             for d in next.values().filter(|d| self.applied.get(&d.model) != Some(*d)) {
                 tracing::info!(model = d.model, deployment = d.id, primary = d.primary, candidate = ?d.candidate, mode = ?d.mode, "deployment applied");
             }
             self.router.set(next.values().cloned());
             self.applied = next;
+        }
+        // The versions each applied deployment names stay loaded through reloads, whatever the
+        // model's version policy; those no deployment routes to any more go (once the router
+        // has moved off them), back to the policy's own.
+        let models: std::collections::BTreeSet<&String> =
+            snapshot.deployments.iter().map(|spec| &spec.model_name).chain(&before).collect();
+        for model in models {
+            let named = self.applied.get(model).map_or_else(Default::default, |d| {
+                std::iter::once(&d.primary).chain(&d.candidate).filter_map(|v| v.parse().ok()).collect()
+            });
+            self.repository.set_kept_versions(model, named);
         }
         self.keep(snapshot);
     }
@@ -361,7 +364,11 @@ impl Follower {
                             loaded
                         }
                         Err(why) => {
-                            self.failed_loads.insert(key, (files, why.clone()));
+                            // Remembered only while the model serves: then the version's own
+                            // files are at fault, not the model's state (unloaded, say).
+                            if self.repository.entry(model).is_ok() {
+                                self.failed_loads.insert(key, (files, why.clone()));
+                            }
                             return Err(why);
                         }
                     }

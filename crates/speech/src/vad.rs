@@ -157,25 +157,29 @@ impl Segmenter {
     pub fn push(&mut self, probability: f32, samples: usize) -> Option<Range<usize>> {
         let offset = self.heard;
         self.heard += samples;
-        let p = &self.params;
+        let p = self.params;
         if probability >= p.threshold {
             self.silence_start = None;
-            let start = *self.speech_start.get_or_insert(offset);
-            // Speech without a pause for max_speech_ms is cut here; what follows is the next span.
-            if p.max_speech_ms > 0 && self.heard - start >= p.max_speech_ms as usize * SAMPLES_PER_MS {
-                self.speech_start = Some(self.heard);
-                return self.close(start, self.heard, self.heard);
-            }
-            return None;
-        }
-        let start = self.speech_start?;
-        if probability < p.negative_threshold {
+            self.speech_start.get_or_insert(offset);
+        } else if let Some(start) = self.speech_start
+            && probability < p.negative_threshold
+        {
             let silence = *self.silence_start.get_or_insert(offset);
             if self.heard - silence >= p.min_silence_ms as usize * SAMPLES_PER_MS {
                 self.speech_start = None;
                 self.silence_start = None;
                 return self.close(start, silence, self.heard);
             }
+        }
+        // Speech running max_speech_ms (a dip or a pause too short to end it included) is cut
+        // here; what follows is the next span.
+        if let Some(start) = self.speech_start
+            && p.max_speech_ms > 0
+            && self.heard - start >= p.max_speech_ms as usize * SAMPLES_PER_MS
+        {
+            self.speech_start = Some(self.heard);
+            self.silence_start = None;
+            return self.close(start, self.heard, self.heard);
         }
         None
     }
@@ -307,6 +311,11 @@ mod tests {
         assert!(spans.iter().all(|s| s.len() <= (2000 + 32 + 100) * SAMPLES_PER_MS), "{ms:?}");
         // Without the limit, one span.
         assert_eq!(speech_spans(&p, 7000 * SAMPLES_PER_MS, params()).len(), 1);
+        // Speech held between the two thresholds (0.4: a murmur) is cut the same way.
+        let mut murmur = probabilities(7000, &[(992, 6016)], 0.4);
+        murmur[31] = 0.9;
+        let cut = speech_spans(&murmur, 7000 * SAMPLES_PER_MS, limited);
+        assert_eq!(cut.first().map(|r| r.end / SAMPLES_PER_MS), Some(3008), "{cut:?}");
     }
 
     #[test]
