@@ -12,7 +12,6 @@ use futures::StreamExt;
 use prost::Message;
 use vigil_logbus::Emitter;
 use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::inference::{
     InferParameter, ModelInferRequest, RepositoryModelLoadRequest, RepositoryModelUnloadRequest, infer_parameter,
 };
@@ -132,18 +131,7 @@ async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact
     // Version 1, loaded only for deployments and named by none now, goes out of service; the
     // policy's own (3) stays.
     let (_, mut oip) = clients(&server).await;
-    let named = |version: &str| ModelInferRequest {
-        model_name: MODEL.into(),
-        model_version: version.into(),
-        inputs: vec![InferInputTensor {
-            name: "image".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 1, 128, 128],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![vec![0u8; 128 * 128 * 4].into()],
-        ..Default::default()
-    };
+    let named = |version: &str| ModelInferRequest { model_version: version.into(), ..black_images_request("", 1) };
     let mut released = false;
     for _ in 0..50 {
         if oip.model_infer(named("1")).await.is_err_and(|s| s.code() == tonic::Code::NotFound) {
@@ -412,19 +400,10 @@ async fn versions_by_key(
     keys: std::ops::Range<usize>,
     streams: usize,
 ) -> Vec<(usize, String)> {
-    let input = vec![0u8; 128 * 128 * 4];
     futures::stream::iter(keys)
         .map(|key| {
             let mut oip = oip.clone();
             let request = ModelInferRequest {
-                model_name: MODEL.into(),
-                inputs: vec![InferInputTensor {
-                    name: "image".into(),
-                    datatype: "FP32".into(),
-                    shape: vec![1, 1, 128, 128],
-                    ..Default::default()
-                }],
-                raw_input_contents: vec![input.clone().into()],
                 parameters: [(
                     vigil_serving::oip::ROUTING_KEY_PARAMETER.to_string(),
                     InferParameter {
@@ -432,7 +411,7 @@ async fn versions_by_key(
                     },
                 )]
                 .into(),
-                ..Default::default()
+                ..black_images_request("", 1)
             };
             async move { (key, oip.model_infer(request).await.unwrap().into_inner().model_version) }
         })

@@ -250,27 +250,30 @@ impl ModelRepository {
     }
 
     /// The versions of `name` loaded whatever the model's version policy, from now on (those
-    /// its deployment names); an empty set keeps none. Versions loaded only because they were
-    /// kept are taken out of service (requests holding them finish on them); nothing is loaded.
-    pub fn set_kept_versions(&self, name: &str, versions: BTreeSet<u64>) {
-        let released: Vec<u64> = {
-            let mut kept = self.kept.lock();
-            let before = kept.get(name).cloned().unwrap_or_default();
-            if versions.is_empty() {
-                kept.remove(name);
-            } else {
-                kept.insert(name.to_string(), versions.clone());
-            }
-            before.difference(&versions).copied().collect()
-        };
-        if released.is_empty() {
-            return;
+    /// its deployment names); an empty set keeps none. Loads and unloads nothing: returns
+    /// whether a version left the set (see [`release_unkept`](Self::release_unkept)).
+    pub fn set_kept_versions(&self, name: &str, versions: BTreeSet<u64>) -> bool {
+        let mut kept = self.kept.lock();
+        let before = kept.get(name).cloned().unwrap_or_default();
+        if versions.is_empty() {
+            kept.remove(name);
+        } else {
+            kept.insert(name.to_string(), versions.clone());
         }
+        before.difference(&versions).next().is_some()
+    }
+
+    /// Takes out of service the versions of `name` loaded only because they were kept and kept
+    /// no more (requests holding them finish on them); the policy's own and the default stay.
+    pub fn release_unkept(&self, name: &str) {
         let _one_at_a_time = self.changing.lock();
         let Ok(entry) = self.entry(name) else { return };
-        let gone: Vec<u64> = released
-            .into_iter()
-            .filter(|v| entry.versions.contains_key(v) && !entry.by_policy.contains(v) && *v != entry.default_version)
+        let kept = self.kept.lock().get(name).cloned().unwrap_or_default();
+        let gone: Vec<u64> = entry
+            .versions
+            .keys()
+            .copied()
+            .filter(|v| !kept.contains(v) && !entry.by_policy.contains(v) && *v != entry.default_version)
             .collect();
         if gone.is_empty() {
             return;
@@ -330,18 +333,13 @@ impl ModelRepository {
         let loaded = Arc::new(loaded);
         let mut versions = entry.versions.clone();
         versions.insert(version, loaded.clone());
-        // The files' fingerprint takes this version's (fetched, say) only when nothing else
-        // changed since the last whole load: the watch still sees any other change.
-        let on_disk = fingerprint(&found);
-        let others =
-            |f: &Fingerprint| f.iter().filter(|(v, _)| **v != version).map(|(v, s)| (*v, *s)).collect::<Vec<_>>();
-        let fingerprint =
-            if others(&on_disk) == others(&entry.fingerprint) { on_disk } else { entry.fingerprint.clone() };
+        // The files' fingerprint stays that of the last whole load: a watch reloads the model
+        // (this version kept) and applies its policy to what is on disk now.
         let updated = ModelEntry {
             name: entry.name.clone(),
             versions,
             default_version: entry.default_version,
-            fingerprint,
+            fingerprint: entry.fingerprint.clone(),
             by_policy: entry.by_policy.clone(),
         };
         let mut snapshot = Snapshot::clone(&self.models.load());

@@ -121,6 +121,7 @@ pub async fn follow(
         repository,
         digests: HashMap::new(),
         failed_loads: HashMap::new(),
+        releasing: Vec::new(),
         applied: HashMap::new(),
         state_file: config.state_file.clone(),
         last: None,
@@ -164,6 +165,8 @@ struct Follower {
     digests: HashMap<PathBuf, (std::sync::Weak<LoadedModel>, String)>,
     /// Versions whose load failed, with the state of their files then and why.
     failed_loads: HashMap<(String, u64), (ArtifactState, String)>,
+    /// Models whose kept versions shrank in the last round: released at the next.
+    releasing: Vec<String>,
     /// What is routed now, per model.
     applied: HashMap<String, Deployment>,
     state_file: PathBuf,
@@ -264,6 +267,7 @@ impl Follower {
     }
 
     async fn apply(&mut self, snapshot: DeploymentsSnapshot, mut fetcher: Option<Fetcher>) {
+        self.release().await;
         let mut next: HashMap<String, Deployment> = HashMap::new();
         for spec in &snapshot.deployments {
             let model = spec.model_name.clone();
@@ -307,9 +311,31 @@ impl Follower {
             let named = self.applied.get(model).map_or_else(Default::default, |d| {
                 std::iter::once(&d.primary).chain(&d.candidate).filter_map(|v| v.parse().ok()).collect()
             });
-            self.repository.set_kept_versions(model, named);
+            // Taken out of service at the next round: a request routed just before the router
+            // moved finds its version still there.
+            if self.repository.set_kept_versions(model, named) {
+                self.releasing.push(model.clone());
+            }
         }
         self.keep(snapshot);
+    }
+
+    /// Takes out of service the versions that left the kept sets in the round before.
+    async fn release(&mut self) {
+        let models = std::mem::take(&mut self.releasing);
+        if models.is_empty() {
+            return;
+        }
+        let repository = self.repository.clone();
+        // A load elsewhere may hold the repository for a while: off the async threads.
+        let released = tokio::task::spawn_blocking(move || {
+            for model in models {
+                repository.release_unkept(&model);
+            }
+        });
+        if let Err(e) = released.await {
+            tracing::error!(error = %e, "releasing versions failed");
+        }
     }
 
     /// Writes `snapshot` to the state file when it differs from the last one (write, then rename).
@@ -357,6 +383,20 @@ impl Follower {
                         && *state == files
                     {
                         return Err(why.clone());
+                    }
+                    // The artifact on disk must be the registered one before it is loaded.
+                    let artifact = self.repository.root().join(model).join(version).join("model.onnx");
+                    let on_disk_digest =
+                        tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&artifact))
+                            .await
+                            .map_err(|e| format!("digest task failed: {e}"))?
+                            .map_err(|e| format!("cannot read the artifact of version {version}: {e}"))?;
+                    if on_disk_digest != *registered {
+                        let why = format!(
+                            "version {version} on disk has sha256 {on_disk_digest}, the registry holds {registered}"
+                        );
+                        self.failed_loads.insert(key, (files, why.clone()));
+                        return Err(why);
                     }
                     match load_kept(&self.repository, model, number).await {
                         Ok(loaded) => {
