@@ -250,9 +250,9 @@ impl ModelRepository {
     }
 
     /// The versions of `name` loaded whatever the model's version policy, from now on (those
-    /// its deployment names); an empty set keeps none. Loads and unloads nothing: returns
-    /// whether a version left the set (see [`release_unkept`](Self::release_unkept)).
-    pub fn set_kept_versions(&self, name: &str, versions: BTreeSet<u64>) -> bool {
+    /// its deployment names); an empty set keeps none. Loads and unloads nothing: returns the
+    /// versions that left the set (see [`release_unkept`](Self::release_unkept)).
+    pub fn set_kept_versions(&self, name: &str, versions: BTreeSet<u64>) -> Vec<u64> {
         let mut kept = self.kept.lock();
         let before = kept.get(name).cloned().unwrap_or_default();
         if versions.is_empty() {
@@ -260,19 +260,20 @@ impl ModelRepository {
         } else {
             kept.insert(name.to_string(), versions.clone());
         }
-        before.difference(&versions).next().is_some()
+        before.difference(&versions).copied().collect()
     }
 
-    /// Takes out of service the versions of `name` loaded only because they were kept and kept
-    /// no more (requests holding them finish on them); the policy's own and the default stay.
-    pub fn release_unkept(&self, name: &str) {
+    /// Takes out of service those of `versions` of `name` that are loaded only because they
+    /// were kept, and are kept no more (requests holding them finish on them); the policy's own
+    /// and the default stay.
+    pub fn release_unkept(&self, name: &str, versions: &[u64]) {
         let _one_at_a_time = self.changing.lock();
         let Ok(entry) = self.entry(name) else { return };
         let kept = self.kept.lock().get(name).cloned().unwrap_or_default();
-        let gone: Vec<u64> = entry
-            .versions
-            .keys()
+        let gone: Vec<u64> = versions
+            .iter()
             .copied()
+            .filter(|v| entry.versions.contains_key(v))
             .filter(|v| !kept.contains(v) && !entry.by_policy.contains(v) && *v != entry.default_version)
             .collect();
         if gone.is_empty() {

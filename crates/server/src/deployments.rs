@@ -121,7 +121,6 @@ pub async fn follow(
         repository,
         digests: HashMap::new(),
         failed_loads: HashMap::new(),
-        releasing: Vec::new(),
         applied: HashMap::new(),
         state_file: config.state_file.clone(),
         last: None,
@@ -165,8 +164,6 @@ struct Follower {
     digests: HashMap<PathBuf, (std::sync::Weak<LoadedModel>, String)>,
     /// Versions whose load failed, with the state of their files then and why.
     failed_loads: HashMap<(String, u64), (ArtifactState, String)>,
-    /// Models whose kept versions shrank in the last round: released at the next.
-    releasing: Vec<String>,
     /// What is routed now, per model.
     applied: HashMap<String, Deployment>,
     state_file: PathBuf,
@@ -267,7 +264,6 @@ impl Follower {
     }
 
     async fn apply(&mut self, snapshot: DeploymentsSnapshot, mut fetcher: Option<Fetcher>) {
-        self.release().await;
         let mut next: HashMap<String, Deployment> = HashMap::new();
         for spec in &snapshot.deployments {
             let model = spec.model_name.clone();
@@ -311,31 +307,22 @@ impl Follower {
             let named = self.applied.get(model).map_or_else(Default::default, |d| {
                 std::iter::once(&d.primary).chain(&d.candidate).filter_map(|v| v.parse().ok()).collect()
             });
-            // Taken out of service at the next round: a request routed just before the router
-            // moved finds its version still there.
-            if self.repository.set_kept_versions(model, named) {
-                self.releasing.push(model.clone());
+            let left = self.repository.set_kept_versions(model, named);
+            if !left.is_empty() {
+                // Out of service a little later, off the async threads (a load elsewhere may hold
+                // the repository): a request routed just before the router moved finds its
+                // version still there, and a version named again meanwhile stays.
+                let (repository, model) = (self.repository.clone(), model.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(RELEASE_AFTER).await;
+                    let released = tokio::task::spawn_blocking(move || repository.release_unkept(&model, &left));
+                    if let Err(e) = released.await {
+                        tracing::error!(error = %e, "releasing versions failed");
+                    }
+                });
             }
         }
         self.keep(snapshot);
-    }
-
-    /// Takes out of service the versions that left the kept sets in the round before.
-    async fn release(&mut self) {
-        let models = std::mem::take(&mut self.releasing);
-        if models.is_empty() {
-            return;
-        }
-        let repository = self.repository.clone();
-        // A load elsewhere may hold the repository for a while: off the async threads.
-        let released = tokio::task::spawn_blocking(move || {
-            for model in models {
-                repository.release_unkept(&model);
-            }
-        });
-        if let Err(e) = released.await {
-            tracing::error!(error = %e, "releasing versions failed");
-        }
     }
 
     /// Writes `snapshot` to the state file when it differs from the last one (write, then rename).
@@ -354,6 +341,12 @@ impl Follower {
 
     /// The deployment of `spec` when every version it names is loaded here (fetched first when
     /// a control plane can send it) and is the registered artifact; else why not.
+    /// The version's number when its directory is in the repository under that exact name.
+    fn on_disk(&self, model: &str, version: &str) -> Option<u64> {
+        let number: u64 = version.parse().ok()?;
+        (number.to_string() == version && self.repository.root().join(model).join(version).is_dir()).then_some(number)
+    }
+
     async fn check(&mut self, spec: &DeploymentSpec, mut fetcher: Option<&mut Fetcher>) -> Result<Deployment, String> {
         let mode = match spec.mode.as_str() {
             "single" => Mode::Single,
@@ -367,40 +360,54 @@ impl Follower {
         };
         let candidate = Some(spec.candidate_version.clone()).filter(|c| !c.is_empty());
         let model = &spec.model_name;
-        for version in std::iter::once(&spec.primary_version).chain(candidate.as_ref()) {
+        let versions: Vec<&String> = std::iter::once(&spec.primary_version).chain(candidate.as_ref()).collect();
+        // The cheap checks of every named version first (registered; on disk outside the policy:
+        // not known to fail, the registered artifact), so that nothing is loaded for a
+        // deployment that is refused anyway.
+        let mut to_load = Vec::new();
+        for &version in &versions {
             let registered =
                 spec.artifact_sha256.get(version).ok_or_else(|| format!("version {version} is not registered"))?;
-            let on_disk =
-                version.parse::<u64>().ok().filter(|_| self.repository.root().join(model).join(version).is_dir());
+            if self.repository.get(model, version).is_ok() {
+                continue;
+            }
+            let Some(number) = self.on_disk(model, version) else { continue };
+            let files = artifact_state(&self.repository.root().join(model).join(version));
+            let key = (model.clone(), number);
+            if let Some((state, why)) = self.failed_loads.get(&key)
+                && *state == files
+            {
+                return Err(why.clone());
+            }
+            let artifact = self.repository.root().join(model).join(version).join("model.onnx");
+            let digest = tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&artifact))
+                .await
+                .map_err(|e| format!("digest task failed: {e}"))?
+                .map_err(|e| format!("cannot read the artifact of version {version}: {e}"))?;
+            if digest != *registered {
+                let why = format!("version {version} on disk has sha256 {digest}, the registry holds {registered}");
+                self.failed_loads.insert(key, (files, why.clone()));
+                return Err(why);
+            }
+            to_load.push((number, files, digest));
+        }
+        for version in versions {
+            let registered =
+                spec.artifact_sha256.get(version).ok_or_else(|| format!("version {version} is not registered"))?;
+            let on_disk = self.on_disk(model, version);
             let loaded = match (self.repository.get(model, version), on_disk, fetcher.as_deref_mut()) {
                 (Ok(loaded), _, _) => loaded,
-                // On disk but left out by the model's version policy: loaded beside the others
-                // (once per state of its files: a version that failed is not tried every poll).
+                // On disk but left out by the model's version policy (checked above): loaded
+                // beside the others, once per state of its files.
                 (Err(_), Some(number), _) => {
-                    let files = artifact_state(&self.repository.root().join(model).join(version));
+                    let Some((_, files, digest)) = to_load.iter().find(|(n, ..)| *n == number).cloned() else {
+                        return Err(format!("version {version} changed while it was checked"));
+                    };
                     let key = (model.clone(), number);
-                    if let Some((state, why)) = self.failed_loads.get(&key)
-                        && *state == files
-                    {
-                        return Err(why.clone());
-                    }
-                    // The artifact on disk must be the registered one before it is loaded.
-                    let artifact = self.repository.root().join(model).join(version).join("model.onnx");
-                    let on_disk_digest =
-                        tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&artifact))
-                            .await
-                            .map_err(|e| format!("digest task failed: {e}"))?
-                            .map_err(|e| format!("cannot read the artifact of version {version}: {e}"))?;
-                    if on_disk_digest != *registered {
-                        let why = format!(
-                            "version {version} on disk has sha256 {on_disk_digest}, the registry holds {registered}"
-                        );
-                        self.failed_loads.insert(key, (files, why.clone()));
-                        return Err(why);
-                    }
                     match load_kept(&self.repository, model, number).await {
                         Ok(loaded) => {
                             self.failed_loads.remove(&key);
+                            self.digests.insert(loaded.path.clone(), (Arc::downgrade(&loaded), digest));
                             loaded
                         }
                         Err(why) => {
@@ -450,6 +457,10 @@ impl Follower {
         })
     }
 }
+
+/// How long a version no deployment names any more stays in service (requests routed to it
+/// just before the change find it).
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// The size and modification time of a version's model files: what a failed load is
 /// remembered by.
