@@ -148,7 +148,8 @@ async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let request = InspectRequest { image: image.clone(), station_id: "line-1".into(), ..Default::default() };
     let status = inspect.clone().inspect(request).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "ten polls later, still unloaded: {status:?}");
+    assert_eq!(status.code(), tonic::Code::NotFound, "ten polls later, still unloaded: {status:?}");
+    assert!(status.message().contains("(unloaded)"), "{status:?}");
     server.shutdown().await.unwrap();
 }
 

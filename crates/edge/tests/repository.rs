@@ -127,8 +127,8 @@ async fn the_repository_api_unloads_and_loads_models() {
     let unload = RepositoryModelUnloadRequest { model_name: MODEL.into(), ..Default::default() };
     oip.repository_model_unload(unload.clone()).await.unwrap();
     let gone = inspect.inspect(request()).await.unwrap_err();
-    assert_eq!(gone.code(), Code::Unavailable, "known, not serving: {gone:?}");
-    assert!(gone.message().contains("is not serving (unloaded)"), "{gone:?}");
+    assert_eq!(gone.code(), Code::NotFound, "as Triton answers: {gone:?}");
+    assert!(gone.message().contains("has no available versions (unloaded)"), "{gone:?}");
     let index = oip.repository_index(RepositoryIndexRequest::default()).await.unwrap().into_inner().models;
     assert_eq!(index.len(), 1);
     assert_eq!((index[0].state.as_str(), index[0].reason.as_str()), ("UNAVAILABLE", "unloaded"));
@@ -200,7 +200,7 @@ async fn with_the_watch_on_an_unloaded_model_stays_unloaded_until_its_files_chan
     oip.repository_model_unload(unload).await.unwrap();
     // Ten polls later the directory, unchanged, has not brought it back.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(inspect.inspect(request()).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(inspect.inspect(request()).await.unwrap_err().code(), Code::NotFound);
     // New files are a new deployment: the watch loads them.
     let version_dir = repo.path().join(MODEL).join(v1.to_string());
     let toml = std::fs::read_to_string(version_dir.join("model.toml")).unwrap();

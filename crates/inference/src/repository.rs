@@ -145,13 +145,13 @@ impl ModelRepository {
         self.models.load().values().cloned().collect()
     }
 
-    /// A model by name: UNAVAILABLE for one the repository knows but does not serve (unloaded,
-    /// or its load failed), NOT_FOUND for any other.
+    /// A model by name. One the repository knows but does not serve (unloaded, or its load
+    /// failed) is NOT_FOUND as in Triton ("has no available versions"), with the reason.
     pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, InferenceError> {
         let snapshot = self.models.load();
         snapshot.get(name).cloned().ok_or_else(|| match self.problems.lock().get(name) {
-            Some(reason) if self.root.join(name).is_dir() => InferenceError::Unavailable(format!(
-                "model '{name}' is not serving ({reason}): load it with RepositoryModelLoad, or fix its files"
+            Some(reason) if self.root.join(name).is_dir() => InferenceError::NotFound(format!(
+                "model '{name}' has no available versions ({reason}): load it with RepositoryModelLoad, or fix its files"
             )),
             _ => InferenceError::NotFound(format!(
                 "model '{name}' not found; available: {}",
@@ -309,6 +309,8 @@ impl ModelRepository {
         };
         match self.entry(name) {
             Ok(_) => {}
+            // Unloaded, or its load failed: not brought back here.
+            Err(e) if self.problems.lock().contains_key(name) => return Err(e),
             Err(InferenceError::NotFound(_)) => {
                 let added = keep();
                 let loaded = self.load_model(name).and_then(|()| self.get(name, &version.to_string()));
@@ -351,7 +353,7 @@ impl ModelRepository {
         Ok(loaded)
     }
 
-    /// Stops serving a model: new requests get UNAVAILABLE at once. Returns the versions taken
+    /// Stops serving a model: new requests get NOT_FOUND at once. Returns the versions taken
     /// out; they finish the requests they hold (see [`wait_until_idle`]).
     pub fn unload_model(&self, name: &str) -> Result<Vec<Arc<LoadedModel>>, InferenceError> {
         let _one_at_a_time = self.changing.lock();
