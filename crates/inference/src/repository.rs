@@ -283,6 +283,14 @@ impl ModelRepository {
         for v in &gone {
             versions.remove(v);
         }
+        self.serve_versions(&entry, versions);
+        tracing::info!(model = name, versions = ?gone, "versions no deployment names any more: out of service");
+    }
+
+    /// Serves `versions` of `entry`'s model in its place, all else as it was (the files'
+    /// fingerprint too: a watch still reloads the model under its policy). Called holding
+    /// `changing`.
+    fn serve_versions(&self, entry: &ModelEntry, versions: BTreeMap<u64, Arc<LoadedModel>>) {
         let updated = ModelEntry {
             name: entry.name.clone(),
             versions,
@@ -291,9 +299,8 @@ impl ModelRepository {
             by_policy: entry.by_policy.clone(),
         };
         let mut snapshot = Snapshot::clone(&self.models.load());
-        snapshot.insert(name.to_string(), Arc::new(updated));
+        snapshot.insert(entry.name.clone(), Arc::new(updated));
         self.models.store(Arc::new(snapshot));
-        tracing::info!(model = name, versions = ?gone, "versions no deployment names any more: out of service");
     }
 
     /// Loads `version` of `name` from its directory beside the versions serving (which stay
@@ -336,18 +343,7 @@ impl ModelRepository {
         let loaded = Arc::new(loaded);
         let mut versions = entry.versions.clone();
         versions.insert(version, loaded.clone());
-        // The files' fingerprint stays that of the last whole load: a watch reloads the model
-        // (this version kept) and applies its policy to what is on disk now.
-        let updated = ModelEntry {
-            name: entry.name.clone(),
-            versions,
-            default_version: entry.default_version,
-            fingerprint: entry.fingerprint.clone(),
-            by_policy: entry.by_policy.clone(),
-        };
-        let mut snapshot = Snapshot::clone(&self.models.load());
-        snapshot.insert(name.to_string(), Arc::new(updated));
-        self.models.store(Arc::new(snapshot));
+        self.serve_versions(&entry, versions);
         keep();
         tracing::info!(model = name, version, "version loaded beside the others for its deployment");
         Ok(loaded)
