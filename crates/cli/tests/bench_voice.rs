@@ -60,18 +60,22 @@ fn bench_voice_pairs_each_served_query_with_its_direct_recognition() {
     assert!(number(served[2]) >= 1.0, "queries/s: {served:?}");
     let (wait_p50, overhead_p50, overhead_p99) = (ms(served[4]), ms(served[7]), ms(served[8]));
     assert!(overhead_p50 <= overhead_p99 && overhead_p99 < ms(served[5]), "{served:?}");
-    let direct_p50 = stdout
+    // With two queries the direct p50 is the short query's time and the p99 the long one's.
+    let (direct_p50, direct_p99) = stdout
         .lines()
         .find_map(|l| l.strip_prefix("Direct recognition per query (median of its runs): p50 "))
-        .and_then(|rest| rest.split_once(" ms"))
-        .map(|(p50, _)| p50.parse::<f64>().unwrap())
+        .and_then(|rest| {
+            let (p50, rest) = rest.split_once(" ms, p99 ")?;
+            let (p99, _) = rest.split_once(" ms")?;
+            Some((p50.parse::<f64>().ok()?, p99.parse::<f64>().ok()?))
+        })
         .unwrap_or_else(|| panic!("no direct recognition summary:\n{stdout}"));
     assert!(direct_p50 > 0.0 && wait_p50 > 0.0);
-    // The queries alternate, so the overheads' median is the short query's: paired with the long
-    // query's direct time it would be far below zero. No query is served much faster than it is
-    // recognised directly.
-    assert!(
-        overhead_p50 > -0.25 * direct_p50,
-        "each query's wait is paired with its own direct time: {served:?}\n{stdout}"
-    );
+    let spread = direct_p99 - direct_p50;
+    assert!(spread > 0.0, "the two queries take different times to recognise:\n{stdout}");
+    // The queries alternate, so the overheads' median is the short query's. Paired with the long
+    // query's direct time it would sit near minus the spread between the two; paired with its
+    // own, near zero. Half the spread is the midpoint, wide enough for a shared machine's noise
+    // (a run's timings move by tens of milliseconds) yet far from either.
+    assert!(overhead_p50 > -0.5 * spread, "each query's wait is paired with its own direct time: {served:?}\n{stdout}");
 }
