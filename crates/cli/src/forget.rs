@@ -82,7 +82,8 @@ pub async fn run(args: ForgetArgs) -> Result<u8> {
     let Some(url) = args.capture_store else {
         println!("captured inputs to delete from the capture store (give --capture-store to delete them):");
         for captured in &forgotten.captures {
-            println!("  {} ({})", captured.key, captured.prediction_id);
+            let shared = if captured.shared { ", its bytes also named by other records: keep them" } else { "" };
+            println!("  {} ({}{shared})", captured.key, captured.prediction_id);
         }
         return Ok(0);
     };
@@ -90,9 +91,13 @@ pub async fn run(args: ForgetArgs) -> Result<u8> {
     let (store, prefix) = vigil_capture::open_store(&config).with_context(|| format!("--capture-store {url}"))?;
     let path = |rest: &str| rest.split('/').fold(prefix.clone(), |path, part| path.child(part));
     let mut deleted = 0;
+    let mut kept = 0;
     for captured in &forgotten.captures {
         let meta = format!("{}/predictions/{}.json", captured.model_name, captured.prediction_id);
-        for key in [captured.key.as_str(), meta.as_str()] {
+        // Stored by content: bytes that other subjects' records name stay for them.
+        let bytes = (!captured.shared).then_some(captured.key.as_str());
+        kept += usize::from(captured.shared);
+        for key in bytes.into_iter().chain([meta.as_str()]) {
             match store.delete(&path(key)).await {
                 Ok(()) => deleted += 1,
                 Err(object_store::Error::NotFound { .. }) => {}
@@ -101,5 +106,8 @@ pub async fn run(args: ForgetArgs) -> Result<u8> {
         }
     }
     println!("deleted {deleted} objects of {} captured inputs from {url}", forgotten.captures.len());
+    if kept > 0 {
+        println!("kept the bytes of {kept} of them: other subjects' records name the same content");
+    }
     Ok(0)
 }

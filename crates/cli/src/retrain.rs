@@ -90,7 +90,7 @@ async fn command<S: PredictionStore + MonitorStore>(store: S, args: RetrainArgs)
             let Some(model) = model else { bail!("give --model MODEL, or a subcommand (see `vigil retrain --help`)") };
             let dataset = match dataset {
                 Some(dir) => {
-                    vigil_datasets::manifest(&dir)?;
+                    vigil_datasets::manifest_of(&dir, &model)?;
                     std::path::absolute(&dir)?.display().to_string()
                 }
                 None => String::new(),

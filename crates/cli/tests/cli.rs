@@ -383,8 +383,9 @@ fn forget_deletes_a_device_and_its_captured_inputs() {
     for row in &mut rows[..3] {
         row.device_id = "cam-7".into();
     }
-    // One capture of the device (bytes and metadata, as the capturer stores them) and one of another.
-    for (row, digest) in [(0, "aa11"), (3, "bb22")] {
+    // One capture of the device (bytes and metadata, as the capturer stores them), one of another
+    // device, and one of the device with the same bytes as the other's (stored by content).
+    for (row, digest) in [(0, "aa11"), (3, "bb22"), (1, "bb22")] {
         rows[row].capture = format!("scratch-detector/{digest}");
         std::fs::create_dir_all(captures.join("scratch-detector/predictions")).unwrap();
         std::fs::write(captures.join(format!("scratch-detector/{digest}")), b"png").unwrap();
@@ -404,9 +405,13 @@ fn forget_deletes_a_device_and_its_captured_inputs() {
         vigil_on(&url, "forget", &["--device-id", "cam-7", "--reason", "request 17", "--capture-store", &store_url]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("device:cam-7: deleted 3 predictions"), "{stdout}");
-    assert!(stdout.contains("deleted 2 objects of 1 captured inputs"), "{stdout}");
+    assert!(stdout.contains("deleted 3 objects of 2 captured inputs"), "{stdout}");
+    assert!(stdout.contains("kept the bytes of 1 of them"), "{stdout}");
     assert!(!captures.join("scratch-detector/aa11").exists());
-    assert!(captures.join("scratch-detector/bb22").exists(), "another device's capture stays");
+    assert!(captures.join("scratch-detector/bb22").exists(), "bytes another device's record names stay");
+    let meta = |row: usize| captures.join(format!("scratch-detector/predictions/{}.json", rows[row].prediction_id));
+    assert!(!meta(0).exists() && !meta(1).exists(), "the device's capture metadata goes");
+    assert!(meta(3).exists(), "another device's capture metadata stays");
     let remaining = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(async { SqliteStore::connect(&url).await.unwrap().prediction_ids().await.unwrap() });

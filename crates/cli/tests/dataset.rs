@@ -158,17 +158,19 @@ fn captured_inputs_are_copied_into_the_dataset_and_a_missing_or_altered_one_refu
         std::fs::write(store.join(capture_key(i)), bytes).unwrap();
     }
     let out = dir.path().join("datasets");
-    let export = |out: &std::path::Path| {
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let run = |out: &std::path::Path, with_captures: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        command
             .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
             .args(["--min-kappa", "0"])
             .arg("--out")
-            .arg(out)
-            .arg("--captures")
-            .arg(format!("file://{}", store.display()))
-            .output()
-            .unwrap()
+            .arg(out);
+        if with_captures {
+            command.arg("--captures").arg(format!("file://{}", store.display()));
+        }
+        command.output().unwrap()
     };
+    let export = |out: &std::path::Path| run(out, true);
     let refused = export(&out);
     let stdout = String::from_utf8_lossy(&refused.stdout);
     assert_eq!(refused.status.code(), Some(1), "{stdout}");
@@ -179,12 +181,21 @@ fn captured_inputs_are_copied_into_the_dataset_and_a_missing_or_altered_one_refu
 
     std::fs::write(store.join(capture_key(36)), image(36)).unwrap();
     std::fs::write(store.join(capture_key(8)), image(8)).unwrap();
+    // The same rows exported first without their inputs, then with them: one dataset, completed.
+    let without = run(&out, false);
+    assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
+    let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let read_manifest = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dataset.join("manifest.json")).unwrap()).unwrap()
+    };
+    assert!(read_manifest()["inputs"].is_null() && !dataset.join("inputs").exists());
     let written = export(&out);
     assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stdout));
-    let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dataset.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "the same rows are the same dataset");
+    let manifest = read_manifest();
     assert_eq!(manifest["inputs"]["files"], 10, "{manifest}");
+    let checks = manifest["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["name"] == "captures" && c["passed"] == true), "{manifest}");
     for i in (0..40).step_by(4) {
         let sha = capture_key(i).rsplit('/').next().unwrap().to_string();
         assert_eq!(std::fs::read(dataset.join("inputs").join(&sha)).unwrap(), image(i));

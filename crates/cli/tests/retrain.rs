@@ -1,6 +1,6 @@
 //! `vigil retrain` as a person runs it against a SQLite registry (no monitor: jobs stay queued):
 //! a job is queued once per model, listed, shown, cancelled and retried; a dataset that is not
-//! one, and a job id that does not exist, say what to do.
+//! one or is another model's, and a job id that does not exist, say what to do.
 
 use std::process::{Command, Output};
 
@@ -58,6 +58,12 @@ fn a_missing_dataset_a_missing_job_or_no_model_say_what_to_do() {
     let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
     let no_dataset = refused(&vigil(&url, &["--model", "screening", "--dataset", "/nonexistent"]));
     assert!(no_dataset.contains("cannot read /nonexistent/manifest.json (is it a dataset?)"), "{no_dataset}");
+    // Another model's dataset is refused: the job would train `screening` on its rows.
+    let other = dir.path().join("ocr-0123456789abcdef");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("manifest.json"), br#"{"dataset_id": "0123456789abcdef", "model": "ocr"}"#).unwrap();
+    let wrong_model = refused(&vigil(&url, &["--model", "screening", "--dataset", other.to_str().unwrap()]));
+    assert!(wrong_model.contains("holds a dataset of model 'ocr', not of 'screening'"), "{wrong_model}");
     let no_job = refused(&vigil(&url, &["show", "0193"]));
     assert!(no_job.contains("no retraining job 0193 (see `vigil retrain list`)"), "{no_job}");
     let no_model = refused(&vigil(&url, &[]));

@@ -22,6 +22,10 @@ use voice_search::VoiceSearchService;
 /// and serves until `shutdown()` or, when `handle_signals`, SIGINT/SIGTERM. Prediction records
 /// go to `records` when given, else to Kafka when `config.logging` says so.
 pub async fn start(config: CloudConfig, handle_signals: bool, records: Option<RecordEmitter>) -> Result<RunningServer> {
+    let capture = match config.capture.enabled {
+        true => Some(vigil_capture::Capturer::start(config.capture).await?),
+        false => None,
+    };
     let settings = ServerSettings {
         name: "vigil-cloud",
         listen: config.listen,
@@ -32,11 +36,10 @@ pub async fn start(config: CloudConfig, handle_signals: bool, records: Option<Re
         logging: config.logging,
         metrics: config.metrics,
         deployments: config.deployments,
-        // Captured inputs wait in the spool on disk: nothing is lost when the server stops.
-        capture: match config.capture.enabled {
-            true => Some(vigil_capture::Capturer::start(config.capture).await?.0),
-            false => None,
-        },
+        // Captured inputs wait in the spool on disk: nothing is lost when the server stops
+        // (what is queued is written there before the server exits).
+        capture: capture.as_ref().map(|(capturer, _)| capturer.clone()),
+        capture_spool: capture.map(|(_, spool)| spool),
         security: config.security,
     };
     let voice_search = config.voice_search;

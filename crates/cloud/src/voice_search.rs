@@ -198,6 +198,9 @@ struct Heard {
     /// Each segment's length, seconds.
     segment_seconds: Vec<f64>,
     model: Option<ServedBy>,
+    /// The encoder's and the decoder's routes, chosen at the first segment: every segment of a
+    /// query is heard by the same versions, even when a rollout moves its share meanwhile.
+    routes: Option<(Route, Route)>,
     /// The device's account of its VAD, when it sent one.
     vad: Option<VadReport>,
     /// The query's audio as sent (PCM16), kept while capture wants it.
@@ -295,9 +298,13 @@ impl Session {
         capturer.capture(input).unwrap_or_default()
     }
 
-    /// Keeps one user (else one device) on one version while a canary runs.
-    fn routing_key(&self) -> String {
-        if self.config.session_id.is_empty() { self.config.device_id.clone() } else { self.config.session_id.clone() }
+    /// Keeps one user (else one device) on one version while a canary runs; a query with neither
+    /// is routed by its own id, so its encoder and decoder are chosen alike.
+    fn routing_key(&self) -> &str {
+        [&self.config.session_id, &self.config.device_id, &self.transcript_id]
+            .into_iter()
+            .find(|key| !key.is_empty())
+            .map_or("", String::as_str)
     }
 
     /// Answers the query; a query that fails once open is logged too (its recognition so far,
@@ -431,7 +438,10 @@ impl Session {
         heard.clipped += levels.clipped_samples as u64;
         heard.gains.push(levels.gain_db);
 
-        let (encoder, decoder) = inner.models(&self.routing_key())?;
+        let (encoder, decoder) = match &heard.routes {
+            Some(routes) => routes.clone(),
+            None => heard.routes.insert(inner.models(self.routing_key())?).clone(),
+        };
         if sequence == 0
             && let Some(capturer) = &inner.capturer
             && capturer.wants(&self.capture_input(inner, &[], decoder.capture_rate))

@@ -747,5 +747,30 @@ async fn a_canary_recogniser_answers_the_sessions_it_is_given_and_its_records_sa
     };
     assert_eq!((asr.model_version.as_str(), asr.deployment_id.as_str()), ("1", "asr-canary"));
     assert_eq!(asr.variant, vigil_proto::vigil::v1::Variant::Canary as i32);
+
+    // A query open when the deployment moves its sessions back to version 2 is heard to its end
+    // by the version that heard its first segment.
+    let (tx, rx) = mpsc::channel(4);
+    let mut open_query = client.clone();
+    tx.send(config_message(SearchConfig { session_id: "s-4".into(), ..search_config() })).await.unwrap();
+    tx.send(segment_message(0, &speech)).await.unwrap();
+    let mut responses = open_query.search(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().expect("the first segment's transcript");
+    assert!(matches!(first.message, Some(search_response::Message::Segment(_))), "{first:?}");
+    let single = DeploymentRow { candidate_version: None, mode: "single".into(), share: 0.0, ..canary };
+    store.set_deployment(&single, &Change { at: chrono::Utc::now(), ..change }).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while search("s-5").await.model_version != "2" {
+        assert!(std::time::Instant::now() < deadline, "the deployment's move to version 2 was not followed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tx.send(segment_message(1, &speech)).await.unwrap();
+    drop(tx);
+    let mut rest = Vec::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        rest.push(r);
+    }
+    let result = final_result(&rest);
+    assert_eq!(result.model_version, "1", "a query's segments are heard by one version: {result:?}");
     server.shutdown().await.unwrap();
 }

@@ -184,6 +184,12 @@ async fn write(
     let id = sha256[..16].to_string();
     let dir = spec.out.join(format!("{}-{id}", spec.model));
     if dir.join("manifest.json").is_file() {
+        // The same rows were exported before; asked for now, their inputs are added.
+        if let Some(captures) = &spec.captures
+            && manifest(&dir)?["inputs"].is_null()
+        {
+            return add_inputs(captures, rows, dir, id, checks).await;
+        }
         return Ok(Ok((dir, id, checks)));
     }
     let partial = spec.out.join(format!(".{}-{id}.partial-{}", spec.model, std::process::id()));
@@ -227,6 +233,46 @@ async fn write(
     Ok(Ok((dir, id, checks)))
 }
 
+/// The most keys a `captures` check names of each kind.
+const MAX_KEYS_LISTED: usize = 10;
+
+/// Adds the captured inputs to a dataset of the same rows written without them: they are copied
+/// beside it and moved in, then its manifest is replaced, so a reader sees it either without
+/// inputs or with every one of them.
+async fn add_inputs(
+    captures: &Captures,
+    rows: &[PredictionSummary],
+    dir: PathBuf,
+    id: String,
+    mut checks: Vec<Check>,
+) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
+    let partial = dir.join(format!(".inputs.partial-{}", std::process::id()));
+    let (check, inputs) = copy_inputs(captures, rows, &partial).await?;
+    checks.push(check.clone());
+    if !check.passed {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Ok(Err(checks));
+    }
+    let target = dir.join("inputs");
+    if let Err(e) = std::fs::rename(&partial, &target) {
+        let _ = std::fs::remove_dir_all(&partial);
+        // Another export added them first.
+        if target.is_dir() {
+            return Ok(Ok((dir, id, checks)));
+        }
+        return Err(e).with_context(|| format!("moving the captured inputs to {}", target.display()));
+    }
+    let mut written = manifest(&dir)?;
+    written["inputs"] = inputs;
+    if let Some(list) = written["checks"].as_array_mut() {
+        list.push(serde_json::to_value(&check)?);
+    }
+    let temporary = dir.join(format!(".manifest.json.partial-{}", std::process::id()));
+    std::fs::write(&temporary, serde_json::to_vec_pretty(&written)?)?;
+    std::fs::rename(&temporary, dir.join("manifest.json")).context("replacing the dataset's manifest")?;
+    Ok(Ok((dir, id, checks)))
+}
+
 /// Copies each distinct captured input of `rows` from the store into `dir/<sha256>`, checking
 /// its content against the hash its key names; the `captures` check and the manifest's entry.
 async fn copy_inputs(
@@ -260,11 +306,23 @@ async fn copy_inputs(
     }
     let passed = missing.is_empty() && corrupt.is_empty();
     let mut detail = format!("{copied} of {} captured inputs copied and matching their sha256", keys.len());
+    // The first few keys of each kind, and how many more: a window past the capture store's
+    // retention misses thousands.
+    let listed = |keys: &[String]| {
+        let shown = keys.iter().take(MAX_KEYS_LISTED).cloned().collect::<Vec<_>>().join(", ");
+        match keys.len().saturating_sub(MAX_KEYS_LISTED) {
+            0 => shown,
+            more => format!("{shown} and {more} more"),
+        }
+    };
     if !missing.is_empty() {
-        detail += &format!("; missing from the store: {}", missing.join(", "));
+        detail += &format!(
+            "; missing from the store: {} (expired? keep captures at least as long as the dataset's window)",
+            listed(&missing)
+        );
     }
     if !corrupt.is_empty() {
-        detail += &format!("; content not matching its hash: {}", corrupt.join(", "));
+        detail += &format!("; content not matching its hash: {}", listed(&corrupt));
     }
     let check = Check { name: "captures".into(), passed, detail };
     Ok((check, serde_json::json!({ "dir": "inputs", "files": copied, "bytes": bytes_total })))
@@ -275,4 +333,18 @@ pub fn manifest(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("manifest.json");
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {} (is it a dataset?)", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// The manifest of the dataset in `dir`, refused unless it was exported for `model`: a model
+/// is never trained on another model's rows.
+pub fn manifest_of(dir: &Path, model: &str) -> Result<serde_json::Value> {
+    let manifest = manifest(dir)?;
+    match manifest["model"].as_str() {
+        Some(of) if of == model => Ok(manifest),
+        of => anyhow::bail!(
+            "{} holds a dataset of model '{}', not of '{model}': export one for '{model}' (vigil dataset export --model {model})",
+            dir.display(),
+            of.unwrap_or("(none named)")
+        ),
+    }
 }

@@ -25,6 +25,10 @@ pub async fn start_with(
     handle_signals: bool,
     records: Option<RecordEmitter>,
 ) -> Result<RunningServer> {
+    let capture = match config.capture.enabled {
+        true => Some(vigil_capture::Capturer::start(config.capture).await?),
+        false => None,
+    };
     let settings = ServerSettings {
         name: "vigil-edge",
         listen: config.listen,
@@ -35,11 +39,10 @@ pub async fn start_with(
         logging: config.logging,
         metrics: config.metrics,
         deployments: config.deployments,
-        // Captured inputs wait in the spool on disk: nothing is lost when the server stops.
-        capture: match config.capture.enabled {
-            true => Some(vigil_capture::Capturer::start(config.capture).await?.0),
-            false => None,
-        },
+        // Captured inputs wait in the spool on disk: nothing is lost when the server stops
+        // (what is queued is written there before the server exits).
+        capture: capture.as_ref().map(|(capturer, _)| capturer.clone()),
+        capture_spool: capture.map(|(_, spool)| spool),
         security: config.security,
     };
     let (default_model, images) = (config.default_model, config.images);

@@ -102,18 +102,7 @@ async fn inspections_capture_a_sample_and_every_review_item_and_their_records_na
     use vigil_proto::vigil::v1::{Decision, InspectRequest};
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("captures");
-    let mut config = config();
-    config.capture = toml::from_str(&format!(
-        "enabled = true\nstore = \"{}\"\nspool = \"{}\"\nrate = 0.25\n",
-        store.display(),
-        dir.path().join("spool").display()
-    ))
-    .unwrap();
-    let (sink, mut bus) = vigil_logbus::in_process::channel(1_000);
-    let (emitter, _forwarder) = Emitter::start(sink, 1_000, 100);
-    let server = vigil_edge::start_with(config, false, Some(RecordEmitter::new(emitter.clone(), "edge-7")))
-        .await
-        .expect("edge server starts");
+    let (server, emitter, mut bus) = capturing_server(dir.path(), 0.25).await;
     let (mut inspect, _) = clients(&server).await;
     let mut sent = std::collections::HashMap::new();
     for set in ["normal", "drifted"] {
@@ -161,4 +150,57 @@ async fn inspections_capture_a_sample_and_every_review_item_and_their_records_na
         }
     }
     server.shutdown().await.unwrap();
+}
+
+/// Captures still queued when the server stops are written before it has stopped: every
+/// captured record's input is in the store or the spool once `shutdown` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_queued_at_shutdown_reach_the_spool_before_the_server_has_stopped() {
+    use vigil_proto::vigil::v1::InspectRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, spool) = (dir.path().join("captures"), dir.path().join("spool"));
+    let (server, emitter, mut bus) = capturing_server(dir.path(), 1.0).await;
+    let (inspect, _) = clients(&server).await;
+    let images: Vec<Vec<u8>> = ["normal", "drifted"].into_iter().flat_map(samples).map(|(_, image)| image).collect();
+    let calls = images.into_iter().map(|image| {
+        let mut inspect = inspect.clone();
+        async move { inspect.inspect(InspectRequest { image, ..Default::default() }).await.unwrap() }
+    });
+    let answered = futures::future::join_all(calls).await;
+    server.shutdown().await.unwrap();
+    let mut kept = 0;
+    for answer in &answered {
+        let id = &answer.get_ref().prediction_id;
+        let stored = store.join(format!("{MODEL}/predictions/{id}.json")).is_file();
+        let spooled = spool.join(format!("{id}.json")).is_file();
+        assert!(stored || spooled, "the capture of {id} was lost at shutdown");
+        kept += 1;
+    }
+    assert!(emitter.drain(Duration::from_secs(10)).await);
+    let mut captured = 0;
+    while let Ok(envelope) = bus.try_recv() {
+        captured += usize::from(!PredictionRecord::decode(envelope.payload.as_slice()).unwrap().capture.is_empty());
+    }
+    assert_eq!((kept, captured), (answered.len(), answered.len()), "every inspection captured and kept");
+}
+
+/// A server capturing `rate` of its inputs into `dir/captures` through the spool `dir/spool`,
+/// its records on an in-process bus.
+async fn capturing_server(
+    dir: &std::path::Path,
+    rate: f64,
+) -> (vigil_edge::RunningServer, Emitter, tokio::sync::mpsc::Receiver<vigil_logbus::Envelope>) {
+    let mut config = config();
+    config.capture = toml::from_str(&format!(
+        "enabled = true\nstore = \"{}\"\nspool = \"{}\"\nrate = {rate:?}\n",
+        dir.join("captures").display(),
+        dir.join("spool").display()
+    ))
+    .unwrap();
+    let (sink, bus) = vigil_logbus::in_process::channel(1_000);
+    let (emitter, _forwarder) = Emitter::start(sink, 1_000, 100);
+    let server = vigil_edge::start_with(config, false, Some(RecordEmitter::new(emitter.clone(), "edge-7")))
+        .await
+        .expect("edge server starts");
+    (server, emitter, bus)
 }

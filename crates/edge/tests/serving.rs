@@ -488,8 +488,11 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
     let mut config = config();
     config.model_repository = repo.path().to_path_buf();
     config.limits.request_timeout_ms = 100;
-    let server = start(config).await;
-    let (mut inspect, _) = clients(&server).await;
+    let (sink, mut bus) = vigil_logbus::in_process::channel(1_000);
+    let (emitter, _forwarder) = vigil_logbus::Emitter::start(sink, 1_000, 100);
+    let records = vigil_serving::RecordEmitter::new(emitter, "edge-1");
+    let server = vigil_edge::start_with(config, false, Some(records)).await.expect("edge server starts");
+    let (mut inspect, mut oip) = clients(&server).await;
     let image = samples("normal").remove(0).1;
     let status = inspect.inspect(InspectRequest { image: image.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
@@ -497,7 +500,36 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
     let (_, text) = scrape(server.metrics_addr.unwrap());
     let labels = [("model", MODEL), ("api", "inspect"), ("status", "DeadlineExceeded")];
     assert_eq!(sample(&text, "vigil_requests_total", &labels), Some(1.0), "the abandoned request is counted: {text}");
+    let tensor = InferInputTensor {
+        name: "image".into(),
+        datatype: "FP32".into(),
+        shape: vec![1, 1, 128, 128],
+        ..Default::default()
+    };
+    let request = ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![tensor],
+        raw_input_contents: vec![vec![0u8; 4 * 128 * 128].into()],
+        ..Default::default()
+    };
+    let status = oip.model_infer(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // Each request timed out is logged as the version's failure (a slow canary's timeouts count
+    // against it), once.
+    let mut failed = Vec::new();
+    while failed.len() < 2 {
+        let envelope = tokio::time::timeout(Duration::from_secs(5), bus.recv()).await.expect("a record").unwrap();
+        let record =
+            <vigil_proto::vigil::v1::PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+        failed.push((record.api, record.status, record.error));
+    }
+    failed.sort();
+    for ((api, status, error), want) in failed.iter().zip(["inspect", "model_infer"]) {
+        assert_eq!((api.as_str(), *status), (want, vigil_proto::vigil::v1::RecordStatus::Error as i32));
+        assert!(error.starts_with("DeadlineExceeded"), "{error}");
+    }
     server.shutdown().await.unwrap();
+    assert!(bus.try_recv().is_err(), "one record per request: {:?}", bus.try_recv());
 
     // The caller's shorter deadline ends the call at that deadline (the client library and the
     // server both enforce it), and the abandoned request gives its admission permit back.

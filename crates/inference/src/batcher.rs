@@ -244,6 +244,17 @@ impl Batcher {
     /// Fails at once with [`InferenceError::QueueFull`] when `max_queue_depth` requests are
     /// admitted and not yet running.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<BatchOutput, InferenceError> {
+        self.submit(inputs, true).await
+    }
+
+    /// As [`Batcher::infer`], but never run on the calling thread: for work no client waits on
+    /// (a shadow's copy of a request), which must not hold an async thread or take the inline
+    /// slot a client's request could use.
+    pub async fn infer_queued(&self, inputs: Vec<Tensor>) -> Result<BatchOutput, InferenceError> {
+        self.submit(inputs, false).await
+    }
+
+    async fn submit(&self, inputs: Vec<Tensor>, inline: bool) -> Result<BatchOutput, InferenceError> {
         let items = match self.max_request_items {
             None => 1,
             Some(max) => {
@@ -270,9 +281,13 @@ impl Batcher {
         }
         let enqueued = Instant::now();
         let inputs = if ahead == 0 {
-            match self.try_inline(inputs, items, enqueued) {
-                Ok(answer) => return answer,
-                Err(inputs) => inputs,
+            if !inline {
+                inputs
+            } else {
+                match self.try_inline(inputs, items, enqueued) {
+                    Ok(answer) => return answer,
+                    Err(inputs) => inputs,
+                }
             }
         } else {
             self.last_run.solo_streak.store(0, Ordering::Relaxed);

@@ -207,7 +207,9 @@ impl Slot<'_> {
 /// The next state of an alarm given whether its condition holds now. Returns the new row and
 /// whether the change is a transition worth recording (`Some(notify)`). A firing alarm whose rule
 /// has `keep_firing_for` resolves only once its condition has not held for that long, timed from
-/// the round it first stopped holding (kept in `cleared`).
+/// the round it first stopped holding (kept in `cleared`). No data (no traffic, no labels, a
+/// stalled rollup) is not a recovery: a firing alarm keeps firing, a pending one goes back to
+/// inactive (its condition was not seen to hold for its duration).
 pub fn transition(
     rule: &Rule,
     current: &AlertRow,
@@ -230,6 +232,15 @@ pub fn transition(
         ),
         None => format!("{} {state} for {}: {} has no data", rule.name, current.model_name, rule.metric_name),
     };
+    if value.is_none() {
+        if current.state != "pending" {
+            return (next, None);
+        }
+        next.state = "inactive".into();
+        next.since = now;
+        next.message = describe("inactive");
+        return (next, Some(false));
+    }
     let held_for = |since: DateTime<Utc>| (now - since).to_std().unwrap_or(Duration::ZERO);
     let still_kept = current.state == "firing"
         && !holds
@@ -320,21 +331,16 @@ async fn evaluate_with<S: MonitorStore>(
             let (since, now) = (since - delay, now - delay);
             let res = views.resolution(since, now, 0, 1)?;
             let (windows, coverage) = views.accuracy(&scope, since, now, res).await?;
-            let labeled: u64 = windows.iter().map(|w| w.labeled).sum();
-            let weighted = |f: &dyn Fn(&crate::views::AccuracyWindow) -> Option<f64>| {
-                let (mut num, mut den) = (0.0, 0.0);
-                for w in &windows {
-                    if let Some(v) = f(w) {
-                        num += v * w.labeled as f64;
-                        den += w.labeled as f64;
-                    }
-                }
-                (den > 0.0).then(|| num / den)
-            };
+            // Each ratio over the whole range from the windows' counts (their ratios weighted by
+            // what each counted: items labelled, predicted positive, labelled positive).
+            let sum = |f: &dyn Fn(&crate::views::AccuracyWindow) -> u64| windows.iter().map(f).sum::<u64>();
+            let labeled = sum(&|w| w.labeled);
+            let correct: f64 = windows.iter().map(|w| w.accuracy * w.labeled as f64).sum();
+            let true_positives = sum(&|w| w.true_positives);
             match metric {
-                Metric::Accuracy => (labeled > 0).then(|| weighted(&|w| Some(w.accuracy))).flatten(),
-                Metric::Precision => weighted(&|w| w.precision),
-                Metric::Recall => weighted(&|w| w.recall),
+                Metric::Accuracy => (labeled > 0).then(|| correct / labeled as f64),
+                Metric::Precision => rate(true_positives, sum(&|w| w.predicted_positives)),
+                Metric::Recall => rate(true_positives, sum(&|w| w.actual_positives)),
                 Metric::WordErrorRate => {
                     let words: u64 = windows.iter().map(|w| w.reference_words).sum();
                     (words > 0).then(|| windows.iter().map(|w| w.word_errors).sum::<u64>() as f64 / words as f64)
@@ -349,6 +355,8 @@ async fn evaluate_with<S: MonitorStore>(
             rate(windows.iter().map(|w| w.agreed).sum(), compared)
         }
         Metric::FeedbackRate(kind) => {
+            // Events over the requests rolled up: both over whole windows.
+            let (since, now) = views.aligned(since, now);
             let t = views.total(&scope, since, now).await?;
             if t.count == 0 {
                 return Ok(None);
@@ -602,6 +610,26 @@ mod tests {
         assert_eq!((res.state.as_str(), change), ("resolved", Some(true)));
         let (none, change) = step(&r, &res, None, at(160));
         assert_eq!((none.state.as_str(), change), ("resolved", None));
+    }
+
+    #[test]
+    fn no_data_keeps_a_firing_alarm_firing_and_ends_a_pending_one() {
+        let r = rule(30);
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let (p, _) = step(&r, &row("inactive", 0), Some(0.5), at(100));
+        let (f, _) = step(&r, &p, Some(0.5), at(130));
+        assert_eq!(f.state, "firing");
+        let (silent, change) = step(&r, &f, None, at(140));
+        assert_eq!((silent.state.as_str(), change, silent.since), ("firing", None, at(130)));
+        assert_eq!(silent.value, None);
+        let (back, change) = step(&r, &silent, Some(0.01), at(150));
+        assert_eq!((back.state.as_str(), change), ("resolved", Some(true)), "data that clears it resolves it");
+        let (p, _) = step(&r, &row("inactive", 0), Some(0.5), at(200));
+        let (ended, change) = step(&r, &p, None, at(210));
+        assert_eq!((ended.state.as_str(), change), ("inactive", Some(false)));
+        let (p, _) = step(&r, &ended, Some(0.5), at(220));
+        let (still, _) = step(&r, &p, Some(0.5), at(240));
+        assert_eq!(still.state, "pending", "the wait starts again after the gap");
     }
 
     #[test]

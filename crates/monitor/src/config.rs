@@ -80,12 +80,43 @@ impl Default for RollupConfig {
     }
 }
 
+/// `[drift.default]` and `[drift.models.<name>]`: a model's section sets only what differs from
+/// the default section, which sets what differs from the built-in defaults.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "DriftSections")]
 pub struct DriftSettings {
-    #[serde(rename = "default")]
     pub defaults: DriftConfig,
     pub models: HashMap<String, DriftConfig>,
+}
+
+/// The sections as written, before a model's is laid over the default one.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct DriftSections {
+    #[serde(rename = "default")]
+    defaults: toml::Table,
+    models: HashMap<String, toml::Table>,
+}
+
+impl TryFrom<DriftSections> for DriftSettings {
+    type Error = String;
+
+    fn try_from(sections: DriftSections) -> Result<Self, String> {
+        let config = |table: toml::Table, section: &str| {
+            toml::Value::Table(table).try_into::<DriftConfig>().map_err(|e| format!("[{section}]: {e}"))
+        };
+        let models = sections
+            .models
+            .into_iter()
+            .map(|(name, own)| {
+                let mut merged = sections.defaults.clone();
+                merged.extend(own);
+                let section = format!("drift.models.{name}");
+                config(merged, &section).map(|c| (name, c))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { defaults: config(sections.defaults, "drift.default")?, models })
+    }
 }
 
 impl DriftSettings {
@@ -229,6 +260,20 @@ impl MonitorConfig {
         }
         self.retraining.validate()?;
         self.retention.validate(r)?;
+        // Retraining that copies captured inputs needs every one in its window: inputs expired
+        // sooner would refuse every job's dataset.
+        if let (Some(_), Some(days)) = (&self.retraining.captures, self.retention.captures_days) {
+            let kept = std::time::Duration::from_secs(u64::from(days) * 86_400);
+            for (name, model) in &self.retraining.models {
+                if model.dataset_window > kept {
+                    anyhow::bail!(
+                        "retraining.models.{name}.dataset_window ({}) is longer than retention.captures_days ({days} days): \
+                         its datasets would miss expired inputs and be refused; shorten the window or keep captures longer",
+                        humantime::format_duration(model.dataset_window)
+                    );
+                }
+            }
+        }
         if self.alerting.webhook_max_attempts == 0 {
             anyhow::bail!("alerting.webhook_max_attempts must be at least 1");
         }
@@ -374,5 +419,32 @@ mod tests {
         assert_eq!(accuracy.keep_firing_for, Duration::ZERO);
         let brightness = rules.iter().find(|r| r.name == "brightness-drift").unwrap();
         assert_eq!(brightness.keep_firing_for, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_model_drift_section_sets_only_what_differs_from_the_default_section() {
+        let config: MonitorConfig =
+            toml::from_str("[drift.default]\npsi = 0.25\nmethod = \"psi\"\n[drift.models.cam]\ndataset_share = 0.3\n")
+                .unwrap();
+        let cam = config.drift.for_model("cam");
+        assert_eq!((cam.psi, cam.dataset_share, cam.method), (0.25, 0.3, vigil_drift::Method::Psi));
+        assert_eq!(config.drift.for_model("other").dataset_share, 0.5);
+        let wrong = toml::from_str::<MonitorConfig>("[drift.models.cam]\npsi = \"high\"\n").unwrap_err().to_string();
+        assert!(wrong.contains("drift.models.cam"), "{wrong}");
+    }
+
+    #[test]
+    fn captured_inputs_must_outlive_the_dataset_window_that_copies_them() {
+        let config = |days: u32| -> MonitorConfig {
+            toml::from_str(&format!(
+                "[retention]\ncaptures_days = {days}\ncapture_store = \"file:///tmp/c\"\n\
+                 [retraining]\ncaptures = \"file:///tmp/c\"\n\
+                 [retraining.models.scratch-detector]\nrecipe = [\"python\", \"train.py\"]\ndataset_window = \"30d\"\n"
+            ))
+            .unwrap()
+        };
+        let e = config(14).validate().unwrap_err().to_string();
+        assert!(e.contains("dataset_window (30days) is longer than retention.captures_days (14 days)"), "{e}");
+        config(30).validate().unwrap();
     }
 }

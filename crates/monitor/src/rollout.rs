@@ -115,8 +115,11 @@ pub struct Check {
     pub name: String,
     pub candidate: Option<f64>,
     pub primary: Option<f64>,
-    /// The most the candidate may have.
+    /// The most the candidate may have, or with `at_least` the least.
     pub limit: f64,
+    /// The limit is a floor (accuracy, agreement, feedback where more is better).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_least: bool,
     pub passed: bool,
     /// Outside its limit, but outweighed by the labels (see
     /// [`RolloutChecks::labels_outweigh_proxies_at`]).
@@ -197,7 +200,7 @@ pub fn analyse(
         // With nothing of the primary's to compare, the limit alone decides.
         let significant = np == 0 || p_value < checks.significance;
         let passed = !(worse && significant);
-        out.push(Check { name, candidate: c, primary: p, limit, passed, advisory: false });
+        out.push(Check { name, candidate: c, primary: p, limit, at_least: higher_is_better, passed, advisory: false });
     };
     rate_check("error_rate".into(), candidate.errors, primary.errors, checks.max_error_rate_increase, false);
     rate_check("null_rate".into(), candidate.nulls, primary.nulls, checks.max_null_rate_increase, false);
@@ -216,6 +219,7 @@ pub fn analyse(
             candidate: Some(agreement),
             primary: None,
             limit: checks.min_shadow_agreement,
+            at_least: true,
             passed: agreement >= checks.min_shadow_agreement,
             advisory: false,
         });
@@ -233,6 +237,7 @@ pub fn analyse(
             candidate: Some(c),
             primary: Some(p),
             limit,
+            at_least: false,
             passed,
             advisory: false,
         });
@@ -250,13 +255,22 @@ pub fn analyse(
             candidate: Some(c),
             primary: Some(p),
             limit,
+            at_least: true,
             passed,
             advisory: false,
         });
     }
     let mut check = |name: &str, c: Option<f64>, p: Option<f64>, limit: f64| {
         let passed = c.is_none_or(|c| c <= limit);
-        out.push(Check { name: name.into(), candidate: c, primary: p, limit, passed, advisory: false });
+        out.push(Check {
+            name: name.into(),
+            candidate: c,
+            primary: p,
+            limit,
+            at_least: false,
+            passed,
+            advisory: false,
+        });
     };
     let p99 = |w: &RollupWindow| w.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.99));
     let (c_p99, p_p99) = (p99(candidate), p99(primary));
@@ -292,6 +306,7 @@ pub fn analyse(
             candidate: Some(d),
             primary: Some(p_value),
             limit: checks.max_score_ks,
+            at_least: false,
             passed: !shifted,
             advisory: false,
         });
@@ -303,6 +318,15 @@ pub fn analyse(
         }
     }
     if out.iter().all(|c| c.passed) { Analysis::Pass(out) } else { Analysis::Fail(out) }
+}
+
+impl Check {
+    /// A failed check as the rollback's reason says it: `accuracy 0.8000 < 0.8800`.
+    pub fn describe_failure(&self) -> String {
+        let past = if self.at_least { "<" } else { ">" };
+        let candidate = self.candidate.map_or("-".into(), |v| format!("{v:.4}"));
+        format!("{} {candidate} {past} {:.4}", self.name, self.limit)
+    }
 }
 
 /// One decision, as kept in the rollout's history.
@@ -446,7 +470,13 @@ async fn advance<S: MonitorStore>(
     let candidate = traffic(candidate_variant, since, now).await?;
     let primary = traffic(Variant::Primary, baseline, baseline + (now - since)).await?;
     let elapsed = (now - since).to_std().unwrap_or_default();
-    let analysis = analyse(step, elapsed, &candidate, &primary, checks);
+    // The distribution tests count exactly up to 10,000 values a side (as scipy's ks_2samp):
+    // with many features, seconds of CPU, kept off the async threads.
+    let (owned_step, owned_checks) = (*step, checks.clone());
+    let analysis =
+        tokio::task::spawn_blocking(move || analyse(&owned_step, elapsed, &candidate, &primary, &owned_checks))
+            .await
+            .map_err(|e| ViewError::InvalidArgument(format!("the step's analysis failed: {e}")))?;
     let past_deadline = step.max_duration_s.is_some_and(|m| elapsed > Duration::from_secs(m));
     let no_checks = Vec::new();
     let (decision, list) = match &analysis {
@@ -488,11 +518,7 @@ async fn advance<S: MonitorStore>(
         }
         d
     };
-    let failing: Vec<String> = list
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| format!("{} {} > {:.4}", c.name, c.candidate.map_or("-".into(), |v| format!("{v:.4}")), c.limit))
-        .collect();
+    let failing: Vec<String> = list.iter().filter(|c| !c.passed).map(Check::describe_failure).collect();
     let (target, reason) = match decision {
         "inconclusive" | "awaiting_approval" => {
             next.state = "paused".into();
@@ -868,6 +894,19 @@ mod tests {
         let wrong = Traffic { labeled: 400, correct: 320, ..window(500, 0, 2.0, &low) };
         let right = Traffic { labeled: 4000, correct: 3800, ..window(5000, 0, 2.0, &low) };
         assert_eq!(judge(&wrong, &right), ["accuracy"], "80% against 95% of labels right");
+        // Each failure is said the way it failed: below a floor, or above a ceiling.
+        let said = |c: &Traffic, p: &Traffic| match analyse(&STEP, Duration::from_secs(60), c, p, &checks) {
+            Analysis::Fail(list) => list.iter().filter(|c| !c.passed).map(Check::describe_failure).collect::<Vec<_>>(),
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        let floor = 0.95 - checks.max_accuracy_drop;
+        assert_eq!(said(&wrong, &right), [format!("accuracy 0.8000 < {floor:.4}")]);
+        assert!(
+            said(&fewer_clicks, &clicks)[0].starts_with("feedback.click 0.0400 < "),
+            "{:?}",
+            said(&fewer_clicks, &clicks)
+        );
+        assert!(said(&window(500, 30, 2.0, &low), &window(5000, 10, 2.0, &low))[0].starts_with("error_rate 0.0600 > "));
         let overruled = Traffic { reviewed: 200, overridden: 60, ..window(500, 0, 2.0, &low) };
         let trusted = Traffic { reviewed: 2000, overridden: 100, ..window(5000, 0, 2.0, &low) };
         assert_eq!(judge(&overruled, &trusted), ["review_overrides"], "reviewers overrule 30% against 5%");

@@ -106,6 +106,11 @@ pub struct AccuracyWindow {
     /// None when nothing was predicted (precision) or labeled (recall) positive.
     pub precision: Option<f64>,
     pub recall: Option<f64>,
+    /// The counts behind precision and recall (the model's last label is the positive class),
+    /// so that windows are merged by their counts rather than by averaging their ratios.
+    pub true_positives: u64,
+    pub predicted_positives: u64,
+    pub actual_positives: u64,
     pub label_lag_s: f64,
     /// Text answers (transcripts): words in their labels, and word errors (substitutions,
     /// deletions, insertions) against them after normalisation. Accuracy of a text answer is
@@ -200,6 +205,14 @@ impl<S: MonitorStore> Views<S> {
         self.resolutions().iter().copied().min().unwrap_or(60)
     }
 
+    /// `[since, until)` widened to whole windows of the finest resolution: the range
+    /// [`Views::total`] counts, so that a count read from the raw rows over it (labels, feedback)
+    /// has the same requests as its denominator.
+    pub fn aligned(&self, since: DateTime<Utc>, until: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+        let finest = self.finest();
+        (window_start(since, finest), ceil_to(until, finest))
+    }
+
     /// The resolution to read: `requested` if stored, else the finest giving at most `max_windows`.
     pub fn resolution(
         &self,
@@ -225,11 +238,19 @@ impl<S: MonitorStore> Views<S> {
                 Ok(requested)
             };
         }
-        Ok(stored
+        let chosen = stored
             .iter()
             .copied()
             .find(|r| range / i64::from(*r) <= max_windows)
-            .unwrap_or(*stored.last().unwrap_or(&60)))
+            .unwrap_or_else(|| stored.iter().copied().max().unwrap_or(60));
+        let windows = range / i64::from(chosen);
+        if windows > MAX_WINDOWS_PER_READ {
+            return Err(ViewError::InvalidArgument(format!(
+                "the range ({since} to {until}) holds {windows} windows of the coarsest resolution stored \
+                 ({chosen} s), more than {MAX_WINDOWS_PER_READ}: narrow since and until"
+            )));
+        }
+        Ok(chosen)
     }
 
     /// Merged rollups per window of `resolution_s` in [since, until) (the window holding `since`
@@ -415,6 +436,8 @@ impl<S: MonitorStore> Views<S> {
         until: DateTime<Utc>,
         resolution_s: u32,
     ) -> Result<(Vec<AccuracyWindow>, f64), ViewError> {
+        // Coverage divides the items labelled by the requests rolled up: both over whole windows.
+        let (since, until) = self.aligned(since, until);
         let labeled = self.store.labeled_counts(&scope.outcomes(since, until, resolution_s)).await?;
         let positive =
             self.catalog.current().get(&scope.model, scope.version.as_deref()).and_then(|m| m.labels.last().cloned());
@@ -461,6 +484,9 @@ impl<S: MonitorStore> Views<S> {
                 accuracy: c.correct as f64 / c.n as f64,
                 precision: ratio(c.tp, c.predicted_pos),
                 recall: ratio(c.tp, c.actual_pos),
+                true_positives: c.tp,
+                predicted_positives: c.predicted_pos,
+                actual_positives: c.actual_pos,
                 label_lag_s: c.lag / c.n as f64,
                 reference_words: c.words,
                 word_errors: c.word_errors,

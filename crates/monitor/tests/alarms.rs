@@ -554,3 +554,56 @@ async fn a_label_delay_judges_the_window_whose_labels_have_arrived() {
     let e = wrong.rules().unwrap_err().to_string();
     assert!(e.contains("label_delay is for label metrics"), "{e}");
 }
+
+/// Precision and recall over a rule's window pool the counts of every rollup window in it. A
+/// window of ten labelled items with one false alarm and one miss, and a window of two hits:
+/// precision and recall are 2/3 each, where averaging the windows' ratios by items labelled
+/// would give (0 x 10 + 1 x 2) / 12 = 1/6. Label coverage divides the items labelled by the
+/// requests in the same whole windows: every item is labelled, one of them in the first minute
+/// window's part before the rule's window starts, and coverage is 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precision_recall_and_coverage_pool_the_counts_of_their_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    PredictionStore::migrate(&store).await.unwrap();
+    // Half a minute into a minute window, so that the rule's 10 minutes start mid-window.
+    let now = vigil_monitor::rollup::window_start(Utc::now(), 60) + chrono::Duration::seconds(30);
+    let at = |seconds_ago: i64| now - chrono::Duration::seconds(seconds_ago);
+    // (score: defect predicted at 0.5 and above, label, seconds ago)
+    let mut items = vec![(0.9, "ok", 300), (0.1, "defect", 300)];
+    items.extend(std::iter::repeat_n((0.1, "ok", 300), 8));
+    items.extend([(0.9, "defect", 180), (0.9, "defect", 180), (0.1, "ok", 610)]);
+    let rows: Vec<PredictionRow> =
+        items.iter().map(|&(score, _, ago)| prediction(at(ago), score, serde_json::json!({}))).collect();
+    let labels: Vec<vigil_store::LabelRow> = rows
+        .iter()
+        .zip(&items)
+        .map(|(p, &(_, label, _))| vigil_store::LabelRow {
+            label_id: uuid::Uuid::now_v7(),
+            prediction_id: p.prediction_id,
+            label: label.into(),
+            time: now,
+            source: "inspector".into(),
+        })
+        .collect();
+    store.insert_batch(&rows, &labels).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &[60], 100_000).await.unwrap() > 0 {}
+    let catalog = vigil_monitor::catalog::Catalog::from_models(vec![vigil_monitor::catalog::ModelInfo {
+        name: "scratch-detector".into(),
+        version: "1".into(),
+        labels: vec!["ok".into(), "defect".into()],
+        reference: None,
+    }]);
+    for (metric, expected) in [("precision", 2.0 / 3.0), ("recall", 2.0 / 3.0), ("label_coverage", 1.0)] {
+        let config: MonitorConfig = toml::from_str(&format!(
+            "[rollups]\nresolutions = [60]\n[[alerting.rules]]\nname = \"{metric}\"\nmetric = \"{metric}\"\n\
+             window = \"10m\"\ncomparator = \"<\"\nthreshold = 0.5\n"
+        ))
+        .unwrap();
+        let rule = config.rules().unwrap().remove(0);
+        let views = vigil_monitor::Views::new(store.clone(), Arc::new(catalog.clone()), Arc::new(config));
+        let value = vigil_monitor::alarms::evaluate(&views, &rule, "scratch-detector", now).await.unwrap();
+        let value = value.unwrap_or_else(|| panic!("{metric}: no value"));
+        assert!((value - expected).abs() < 1e-9, "{metric} = {value}, not {expected}");
+    }
+}

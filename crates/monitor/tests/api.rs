@@ -290,6 +290,9 @@ async fn metrics_drift_labels_and_dashboard_over_the_wire() {
     assert!(e.code() == Code::InvalidArgument && e.message().contains("scope.model_name"));
     let e = m.grpc.get_metrics(metrics(now - chrono::Duration::hours(1), now, 7)).await.unwrap_err();
     assert!(e.code() == Code::InvalidArgument && e.message().contains("not stored"), "{e:?}");
+    // Left to the server, the resolution is still bounded: fifty years hold too many windows.
+    let e = m.grpc.get_metrics(metrics(now - chrono::Duration::days(50 * 365), now, 0)).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("narrow since and until"), "{e:?}");
     let e = m.grpc.get_metrics(metrics(now, now - chrono::Duration::hours(1), 60)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     let e = m

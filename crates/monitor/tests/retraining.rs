@@ -38,11 +38,10 @@ echo "trained"
     path
 }
 
-/// A dataset directory as `vigil dataset export` writes it (its manifest is what a job reads).
+/// Where the jobs' datasets go ([`queue`] writes one per job's model there).
 fn dataset(dir: &Path) -> String {
-    let path = dir.join("datasets/m-0123456789abcdef");
+    let path = dir.join("datasets");
     std::fs::create_dir_all(&path).unwrap();
-    std::fs::write(path.join("manifest.json"), r#"{"dataset_id": "0123456789abcdef", "labelled": 42}"#).unwrap();
     path.display().to_string()
 }
 
@@ -80,8 +79,15 @@ async fn wait_for(store: &PgStore, job: &str, what: impl Fn(&RetrainJob) -> bool
     }
 }
 
-fn queue(model: &str, dataset: &str) -> RetrainJob {
-    RetrainJob::queued(model, "manual", dataset, false, &Change { actor: "anna", reason: "", at: Utc::now() })
+/// A manual job of `model` on its dataset in `datasets`, a directory as `vigil dataset export`
+/// writes it (its manifest is what a job reads).
+fn queue(model: &str, datasets: &str) -> RetrainJob {
+    let path = Path::new(datasets).join(format!("{model}-0123456789abcdef"));
+    std::fs::create_dir_all(&path).unwrap();
+    let manifest = serde_json::json!({ "dataset_id": "0123456789abcdef", "model": model, "labelled": 42 });
+    std::fs::write(path.join("manifest.json"), manifest.to_string()).unwrap();
+    let dataset = path.display().to_string();
+    RetrainJob::queued(model, "manual", &dataset, false, &Change { actor: "anna", reason: "", at: Utc::now() })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +128,14 @@ async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothin
     assert_eq!(done.progress, 1.0);
     assert!(done.step.starts_with("done: dataset"), "{}", done.step);
     let log: Vec<&str> = done.log.lines().collect();
-    assert_eq!(log, [format!("progress 0.25 reading {data}").as_str(), "progress 0.75 writing version 3", "trained"]);
+    assert_eq!(
+        log,
+        [
+            format!("progress 0.25 reading {data}/good-0123456789abcdef").as_str(),
+            "progress 0.75 writing version 3",
+            "trained"
+        ]
+    );
     // The version is in the repository, whole, and registered with its digest and data.
     let version_dir = repository.join("good/3");
     let digest = vigil_store::registry::sha256_file(&version_dir.join("model.onnx")).unwrap();

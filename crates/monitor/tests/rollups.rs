@@ -64,6 +64,21 @@ async fn merged<S: MonitorStore>(store: &S, res: u32, now: DateTime<Utc>) -> Rol
     w
 }
 
+/// A logger's transaction that has inserted `row` and is still running.
+async fn begin_with(store: &PgStore, row: &PredictionRow) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut open = store.pool().begin().await.unwrap();
+    sqlx::query("INSERT INTO predictions (prediction_id, time, request_time, model_name, model_version, features, score, verdict, decision, status, output) VALUES ($1, $2, $3, 'scratch-detector', '1', $4, $5, 1, 1, 1, '{}')")
+        .bind(row.prediction_id)
+        .bind(row.time)
+        .bind(row.request_time)
+        .bind(&row.features)
+        .bind(row.score)
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    open
+}
+
 /// Compares the rollup of every resolution with figures computed directly from `rows`.
 async fn assert_rollups_equal_direct<S: MonitorStore>(store: &S, rows: &[PredictionRow], now: DateTime<Utc>) {
     for res in RESOLUTIONS {
@@ -109,16 +124,7 @@ async fn postgres_rollups_count_every_committed_row_once_in_commit_order() {
 
     // A logger transaction still running holds back the rows committed after it began.
     let late = rows(1, 9_000, now);
-    let mut open = store.pool().begin().await.unwrap();
-    sqlx::query("INSERT INTO predictions (prediction_id, time, request_time, model_name, model_version, features, score, verdict, decision, status, output) VALUES ($1, $2, $3, 'scratch-detector', '1', $4, $5, 1, 1, 1, '{}')")
-        .bind(late[0].prediction_id)
-        .bind(late[0].time)
-        .bind(late[0].request_time)
-        .bind(&late[0].features)
-        .bind(late[0].score)
-        .execute(&mut *open)
-        .await
-        .unwrap();
+    let open = begin_with(&store, &late[0]).await;
     let after = rows(300, 1_500, now);
     store.insert_predictions(&after).await.unwrap();
     assert_eq!(catch_up(&store, 250).await, 0, "rows behind a running transaction wait for it");
@@ -175,5 +181,74 @@ async fn sqlite_rollups_equal_a_direct_computation() {
         catch_up(&store, 170).await;
     }
     assert_eq!(catch_up(&store, 170).await, 0);
+    assert_rollups_equal_direct(&store, &all, now).await;
+}
+
+/// A monitor under a database role of its own (without `pg_read_all_stats`: the loggers'
+/// queries are hidden from it) still sees their running transactions' ids and waits for them:
+/// the rows committed behind one are counted once it commits, none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rollups_under_another_role_wait_for_the_loggers_transactions() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    let role = format!("monitor_{}", uuid::Uuid::now_v7().simple());
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN PASSWORD 'monitor'"),
+        format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(store.pool()).await.unwrap();
+    }
+    let url = db.url();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    let monitor = PgStore::connect_lazy(&format!("{scheme}://{role}:monitor@{host}"), 2).unwrap();
+    let now = Utc::now();
+    let late = rows(1, 9_000, now);
+    let open = begin_with(&store, &late[0]).await;
+    let after = rows(300, 0, now);
+    store.insert_predictions(&after).await.unwrap();
+    let hidden: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = '<insufficient privilege>'",
+    )
+    .fetch_one(monitor.pool())
+    .await
+    .unwrap();
+    assert!(hidden > 0, "the logger's sessions are hidden from the monitor's role");
+    assert_eq!(catch_up(&monitor, 250).await, 0, "rows behind a running transaction wait for it");
+    open.commit().await.unwrap();
+    assert_eq!(catch_up(&monitor, 250).await, 301, "every row counted once it is final");
+    let mut all = after;
+    all.extend(late);
+    assert_rollups_equal_direct(&monitor, &all, now).await;
+    monitor.pool().close().await;
+    for sql in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(&sql).execute(store.pool()).await.unwrap();
+    }
+}
+
+/// SQLite hands out the rowids of deleted newest rows again; rows inserted after the newest were
+/// forgotten (or expired) are still rolled up, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rollups_count_the_rows_inserted_after_the_newest_were_deleted() {
+    use vigil_store::{Change, RetentionStore, Subject};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let mut first = rows(20, 0, now);
+    for row in &mut first[15..] {
+        row.device_id = "cam-9".into();
+    }
+    store.insert_batch(&first, &[]).await.unwrap();
+    assert_eq!(catch_up(&store, 250).await, 20);
+    let change = Change { actor: "dpo", reason: "request 5", at: now };
+    assert_eq!(store.forget(&Subject::Device("cam-9".into()), &change).await.unwrap().predictions, 5);
+    let more = rows(8, 100, now);
+    store.insert_batch(&more, &[]).await.unwrap();
+    assert_eq!(catch_up(&store, 250).await, 8, "the rows after the deletion, every one");
+    // The forgotten rows stay in the rollups they were counted in: every row, once.
+    let all: Vec<PredictionRow> = first.into_iter().chain(more).collect();
     assert_rollups_equal_direct(&store, &all, now).await;
 }

@@ -182,9 +182,26 @@ struct JwtClaims {
     /// Space-separated scopes (RFC 8693).
     #[serde(default)]
     scope: Option<String>,
-    /// Scopes as a list (Azure AD and others).
+    /// Scopes as a list (Okta and others) or, as Azure AD writes it, space-separated.
     #[serde(default)]
-    scp: Option<Vec<String>>,
+    scp: Option<Scopes>,
+}
+
+/// A `scp` claim: a list of scope names, or one string of them separated by spaces.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scopes {
+    List(Vec<String>),
+    Spaced(String),
+}
+
+impl Scopes {
+    fn names(self) -> Vec<String> {
+        match self {
+            Scopes::List(names) => names,
+            Scopes::Spaced(text) => text.split_whitespace().map(str::to_string).collect(),
+        }
+    }
 }
 
 /// Why a call was refused.
@@ -226,6 +243,15 @@ impl Authenticator {
                 );
             }
             return Ok(None);
+        }
+        if config.jwks_file.is_some() && config.jwt_audience.as_deref().is_none_or(str::is_empty) {
+            // A key set is often an identity provider's, shared by every application it serves:
+            // without an audience, a token minted for any of them would be taken here.
+            anyhow::bail!(
+                "[security.auth] jwks_file needs jwt_audience: name the audience your identity provider \
+                 puts in the tokens it issues for Vigil (the `aud` claim), so that tokens for other \
+                 applications are refused"
+            );
         }
         let interval = Duration::from_millis(config.reload_interval_ms);
         let tokens = config
@@ -290,18 +316,22 @@ impl Authenticator {
         .ok_or("invalid token: signed by a key the JWKS does not hold")?;
         let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| format!("invalid token: {e}"))?;
         let mut validation = jsonwebtoken::Validation::new(header.alg);
-        match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
+        // `load` refuses a key set without an audience. A token must name it (the library
+        // passes a token without `aud` unless the claim is required), and its issuer when one
+        // is configured.
+        validation.set_audience(&[self.audience.as_deref().unwrap_or_default()]);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "aud"];
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let data =
             jsonwebtoken::decode::<JwtClaims>(token, &key, &validation).map_err(|e| format!("invalid token: {e}"))?;
         let mut names: Vec<String> =
             data.claims.scope.map(|s| s.split_whitespace().map(str::to_string).collect()).unwrap_or_default();
-        names.extend(data.claims.scp.unwrap_or_default());
+        names.extend(data.claims.scp.map(Scopes::names).unwrap_or_default());
         let scopes = names.iter().filter_map(|n| Scope::parse(n)).collect();
         Ok(Caller { name: data.claims.sub, scopes })
     }
@@ -362,8 +392,8 @@ pub fn grpc_access(path: &str) -> Access {
 /// [`AuthConfig::open_metrics`].
 pub fn http_access(path: &str) -> Access {
     match path {
-        "/healthz" | "/" | "/review" => Access::Open,
-        p if p.ends_with(".js") || p.ends_with(".css") => Access::Open,
+        // The pages and their assets, by name: they hold no data (their calls to /api/ do).
+        "/healthz" | "/" | "/review" | "/auth.js" | "/dashboard.js" | "/dashboard.css" | "/review.js" => Access::Open,
         "/metrics" => Access::Scope(Scope::Analyst),
         p if p.starts_with("/api/review/") => Access::Scope(Scope::Operator),
         p if p.starts_with("/api/") => Access::Scope(Scope::Analyst),

@@ -62,7 +62,13 @@ impl<T: Send + Sync + 'static> Reloading<T> {
                     }
                     Err(e) => {
                         if failed.as_ref() != Some(&now) {
-                            tracing::warn!(what, error = %format!("{e:#}"), "changed but does not load; keeping the previous one (retrying)");
+                            // An error, not a warning: what the edit removed (a revoked
+                            // token, an expired certificate) is still in force.
+                            tracing::error!(
+                                what,
+                                error = %format!("{e:#}"),
+                                "changed but does not load; the previous one stays in force until it does (retrying)"
+                            );
                         }
                         failed = Some(now);
                     }

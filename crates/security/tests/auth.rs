@@ -103,21 +103,57 @@ fn jwts_signed_by_a_key_of_the_jwks_are_accepted_with_their_scopes() {
     let auth = Authenticator::load(&config).unwrap().unwrap();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let claims = |exp: u64, iss: &str, scope: &str| serde_json::json!({"sub": "maria", "iss": iss, "aud": "vigil", "exp": exp, "scope": scope});
+    let with = |mut claims: serde_json::Value, extra: serde_json::Value| {
+        claims.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        claims
+    };
+    let without = |mut claims: serde_json::Value, claim: &str| {
+        claims.as_object_mut().unwrap().remove(claim);
+        claims
+    };
     let good = jwt(&key, "k1", claims(now + 600, "https://id.plant.example", "analyst operator"));
     let caller = auth.authorize(&bearer(&good), Access::Scope(Scope::Operator)).unwrap().unwrap();
     assert_eq!(caller.name, "maria");
     assert_eq!(caller.scopes, vec![Scope::Analyst, Scope::Operator]);
     assert!(auth.authorize(&bearer(&good), Access::Scope(Scope::Admin)).unwrap_err().denied);
+    // Scopes in `scp`, as a list or (Azure AD) one space-separated string.
+    for scp in [serde_json::json!(["operator", "admin"]), serde_json::json!("operator admin")] {
+        let token =
+            jwt(&key, "k1", with(claims(now + 600, "https://id.plant.example", ""), serde_json::json!({"scp": scp})));
+        let caller = auth.authorize(&bearer(&token), Access::Scope(Scope::Admin)).unwrap().unwrap();
+        assert_eq!(caller.scopes, vec![Scope::Operator, Scope::Admin]);
+    }
 
     for (why, token) in [
         ("expired", jwt(&key, "k1", claims(now - 600, "https://id.plant.example", "analyst"))),
         ("another issuer", jwt(&key, "k1", claims(now + 600, "https://evil.example", "analyst"))),
         ("a key not in the JWKS", jwt(&stranger, "k1", claims(now + 600, "https://id.plant.example", "analyst"))),
         ("an unknown key id", jwt(&key, "k9", claims(now + 600, "https://id.plant.example", "analyst"))),
+        (
+            "another audience",
+            jwt(
+                &key,
+                "k1",
+                with(claims(now + 600, "https://id.plant.example", "analyst"), serde_json::json!({"aud": "crm"})),
+            ),
+        ),
+        ("no audience", jwt(&key, "k1", without(claims(now + 600, "https://id.plant.example", "analyst"), "aud"))),
+        ("no issuer", jwt(&key, "k1", without(claims(now + 600, "https://id.plant.example", "analyst"), "iss"))),
+        (
+            "not valid before an hour from now",
+            jwt(
+                &key,
+                "k1",
+                with(claims(now + 7200, "https://id.plant.example", "analyst"), serde_json::json!({"nbf": now + 3600})),
+            ),
+        ),
     ] {
         let refusal = auth.authorize(&bearer(&token), Access::Scope(Scope::Analyst)).unwrap_err();
         assert!(!refusal.denied && refusal.reason == "invalid", "{why}: {refusal:?}");
     }
+    // A key set without an audience is refused at start.
+    let error = Authenticator::load(&AuthConfig { jwt_audience: None, ..config }).err().unwrap().to_string();
+    assert!(error.contains("jwks_file needs jwt_audience"), "{error}");
 }
 
 #[test]
@@ -133,6 +169,9 @@ fn every_method_has_its_scope_and_unknown_ones_need_admin() {
     assert_eq!(auth::http_access("/api/review/next"), Access::Scope(Scope::Operator));
     assert_eq!(auth::http_access("/api/dashboard"), Access::Scope(Scope::Analyst));
     assert_eq!(auth::http_access("/healthz"), Access::Open);
+    assert_eq!(auth::http_access("/dashboard.js"), Access::Open);
+    assert_eq!(auth::http_access("/api/review/x.js"), Access::Scope(Scope::Operator), "an API path is never open");
+    assert_eq!(auth::http_access("/other.css"), Access::Scope(Scope::Admin), "only the named assets are open");
     let metrics = AuthMetrics::default();
     assert_eq!(metrics.refusals("missing"), 0);
 }

@@ -18,6 +18,7 @@ use tonic_health::server::HealthReporter;
 use tower::{Layer, Service};
 
 use vigil_security::Security;
+use vigil_serving::oip::Readiness;
 
 use crate::lifecycle::Lifecycle;
 
@@ -29,6 +30,7 @@ pub struct GrpcHost {
     routes: Routes,
     served: Vec<&'static str>,
     security: Security,
+    readiness: Readiness,
 }
 
 impl GrpcHost {
@@ -58,7 +60,15 @@ impl GrpcHost {
         let v1 = reflection().build_v1().context("building the reflection service")?;
         let v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
         let routes = Routes::new(health_service).add_service(v1).add_service(v1alpha);
-        Ok(Self { listener, addr, health, routes, served: Vec::new(), security: Security::none() })
+        Ok(Self {
+            listener,
+            addr,
+            health,
+            routes,
+            served: Vec::new(),
+            security: Security::none(),
+            readiness: Readiness::default(),
+        })
     }
 
     /// Serves over `security`'s TLS (when on); refuses plaintext beyond loopback unless allowed
@@ -67,6 +77,11 @@ impl GrpcHost {
         security.check_listen(self.addr, setting)?;
         self.security = security;
         Ok(self)
+    }
+
+    /// Ready until the drain starts: for OIP's ServerReady.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     /// The bound address (useful with port 0).
@@ -110,12 +125,13 @@ impl GrpcHost {
         ResBody: http_body::Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Self { listener, health, served, security, .. } = self;
+        let Self { listener, health, served, security, readiness, .. } = self;
         lifecycle.spawn(stage, "gRPC server", move |stop| async move {
             let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
             let signal = async move {
                 stop.stopped().await;
                 tracing::info!("shutting down: draining in-flight requests");
+                readiness.draining();
                 for name in served {
                     health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
                 }
@@ -177,4 +193,23 @@ pub fn serve_metrics(
     lifecycle.spawn(stage, "/metrics server", move |stop| async move {
         security.serve_http(listener, router, stop.stopped()).await
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_server_is_ready_until_its_drain_starts() {
+        let mut host = GrpcHost::bind("127.0.0.1:0".parse().unwrap(), "test", &[]).await.unwrap();
+        let readiness = host.readiness();
+        let router = tonic::transport::Server::builder().add_routes(host.routes());
+        let mut lifecycle = Lifecycle::new();
+        lifecycle.stage("serve", None);
+        host.serve(router, &mut lifecycle, "serve", Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(readiness.is_ready(), "ready while serving");
+        lifecycle.shutdown().await.unwrap();
+        assert!(!readiness.is_ready(), "not ready once it drains");
+    }
 }

@@ -28,7 +28,7 @@ const RECORDS: &str = "records";
 const METRICS: &str = "metrics";
 
 /// What every prediction server is told (each binary's configuration holds these keys).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServerSettings {
     /// The server's name in OIP metadata and logs (`vigil-edge`, `vigil-cloud`).
     pub name: &'static str,
@@ -45,6 +45,10 @@ pub struct ServerSettings {
     /// Inputs kept for retraining (`[capture]`), started by the server binary; ModelInfer items
     /// are captured through it, and a server's own APIs get it in [`Serving`].
     pub capture: Option<vigil_capture::Capturer>,
+    /// The capture spool's task (from [`vigil_capture::Capturer::start`]): at shutdown, once
+    /// the requests have drained, it is waited for (at most the drain timeout) while it writes
+    /// what is still queued to the spool on disk.
+    pub capture_spool: Option<tokio::task::JoinHandle<()>>,
     /// TLS and tokens on both ports (`[security]`).
     pub security: vigil_security::SecurityConfig,
 }
@@ -114,7 +118,7 @@ impl RunningServer {
 /// to Kafka when `settings.logging` says so. `descriptor_sets` describe the served APIs to
 /// reflection.
 pub async fn start(
-    settings: ServerSettings,
+    mut settings: ServerSettings,
     handle_signals: bool,
     records: Option<RecordEmitter>,
     descriptor_sets: &[&[u8]],
@@ -158,7 +162,9 @@ pub async fn start(
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
     let auth_metrics = vigil_security::auth::AuthMetrics::register(&mut registry);
-    let mut inference = InferenceService::new(repository.clone(), settings.name).with_metrics(metrics.clone());
+    let mut inference = InferenceService::new(repository.clone(), settings.name)
+        .with_metrics(metrics.clone())
+        .with_readiness(host.readiness());
     let mut infer = None;
     if settings.deployments.enabled() {
         // Every API routes through the deployments the server follows.
@@ -183,6 +189,17 @@ pub async fn start(
     }
     if let Some(capturer) = &settings.capture {
         inference = inference.with_capture(capturer.clone());
+    }
+    if let Some(spool) = settings.capture_spool.take() {
+        // After the serve stage, whose services held the capturers: with the last one dropped,
+        // the spool writer takes what is queued and ends.
+        lifecycle.spawn(RECORDS, "capture spool", move |stop| async move {
+            stop.stopped().await;
+            if tokio::time::timeout(drain, spool).await.is_err() {
+                tracing::warn!("captured inputs still queued at exit (the spool writer did not finish in time)");
+            }
+            Ok(())
+        });
     }
     let max = settings.limits.max_message_bytes;
     let oip = GrpcInferenceServiceServer::new(inference).max_decoding_message_size(max).max_encoding_message_size(max);

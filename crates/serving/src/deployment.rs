@@ -66,41 +66,63 @@ fn in_canary(bucket: u32, share: f64) -> bool {
 /// Routes by the current deployments (swapped in whole by [`DeploymentRouter::set`]).
 pub struct DeploymentRouter {
     repository: Arc<ModelRepository>,
-    deployments: ArcSwap<HashMap<String, Arc<Deployment>>>,
-    /// Requests seen per model in shadow mode, for an exact mirrored share.
+    deployments: ArcSwap<HashMap<String, Deployed>>,
+}
+
+/// A model's deployment and its own request counters.
+#[derive(Clone)]
+struct Deployed {
+    deployment: Arc<Deployment>,
+    counters: Arc<Counters>,
+}
+
+/// One model's requests, counted for its deployment's exact shares; they outlive a change of
+/// deployment, so a small share still mirrors while deployments are set again and again.
+#[derive(Default)]
+struct Counters {
+    /// Requests routed in shadow mode, for an exact mirrored share.
     mirrored: AtomicU64,
     /// Requests without a routing key, spread over the buckets in turn.
     keyless: AtomicU64,
 }
 
-impl DeploymentRouter {
-    /// No deployments yet: every model answers from its default version.
-    pub fn new(repository: Arc<ModelRepository>) -> Self {
-        Self { repository, deployments: ArcSwap::default(), mirrored: AtomicU64::new(0), keyless: AtomicU64::new(0) }
-    }
-
-    /// Replaces every deployment at once.
-    pub fn set(&self, deployments: impl IntoIterator<Item = Deployment>) {
-        let map = deployments.into_iter().map(|d| (d.model.clone(), Arc::new(d))).collect();
-        self.deployments.store(Arc::new(map));
-    }
-
-    /// The deployment of `model`, if any.
-    pub fn deployment(&self, model: &str) -> Option<Arc<Deployment>> {
-        self.deployments.load().get(model).cloned()
-    }
-
+impl Counters {
     fn mirror(&self, share: f64) -> bool {
-        // Exactly `share` of the requests, spread evenly: mirror when the running total of
-        // shares crosses a whole number.
+        // Exactly `share` of the model's requests, spread evenly: mirror when the running total
+        // of shares crosses a whole number.
         let n = self.mirrored.fetch_add(1, Ordering::Relaxed) as f64;
         ((n + 1.0) * share).floor() > (n * share).floor()
     }
 }
 
+impl DeploymentRouter {
+    /// No deployments yet: every model answers from its default version.
+    pub fn new(repository: Arc<ModelRepository>) -> Self {
+        Self { repository, deployments: ArcSwap::default() }
+    }
+
+    /// Replaces every deployment at once.
+    pub fn set(&self, deployments: impl IntoIterator<Item = Deployment>) {
+        let before = self.deployments.load();
+        let map = deployments
+            .into_iter()
+            .map(|d| {
+                let counters = before.get(&d.model).map(|old| old.counters.clone()).unwrap_or_default();
+                (d.model.clone(), Deployed { deployment: Arc::new(d), counters })
+            })
+            .collect();
+        self.deployments.store(Arc::new(map));
+    }
+
+    /// The deployment of `model`, if any.
+    pub fn deployment(&self, model: &str) -> Option<Arc<Deployment>> {
+        self.deployments.load().get(model).map(|d| d.deployment.clone())
+    }
+}
+
 impl Router for DeploymentRouter {
     fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError> {
-        let Some(d) = self.deployment(model) else {
+        let Some(Deployed { deployment: d, counters }) = self.deployments.load().get(model).cloned() else {
             let primary = self.repository.get(model, version)?;
             return Ok(Route {
                 primary,
@@ -132,12 +154,12 @@ impl Router for DeploymentRouter {
             Mode::Shadow { share } => {
                 // A candidate not loaded (any more) is not mirrored to: shadows never cost an answer.
                 let shadows =
-                    if self.mirror(share) { candidate().ok().flatten().into_iter().collect() } else { Vec::new() };
+                    if counters.mirror(share) { candidate().ok().flatten().into_iter().collect() } else { Vec::new() };
                 route(primary()?, shadows, Variant::Primary)
             }
             Mode::Canary { share } => {
                 let bucket = if key.is_empty() {
-                    (self.keyless.fetch_add(1, Ordering::Relaxed) % CANARY_BUCKETS as u64) as u32
+                    (counters.keyless.fetch_add(1, Ordering::Relaxed) % CANARY_BUCKETS as u64) as u32
                 } else {
                     canary_bucket(key)
                 };
@@ -171,6 +193,18 @@ mod tests {
         }
         // Each tenth of the buckets gets 10,000 keys give or take 4 binomial sigmas (~380).
         assert!(counts.iter().all(|&c| c.abs_diff(10_000) < 380), "{counts:?}");
+    }
+
+    #[test]
+    fn each_model_mirrors_its_own_share_whatever_the_others_traffic() {
+        // Two models in shadow at one half, their requests interleaved: each mirrors half of
+        // its own (one counter for both would mirror all of one model's and none of the other's).
+        let counters = [Counters::default(), Counters::default()];
+        let mut mirrored = [0, 0];
+        for i in 0..1000 {
+            mirrored[i % 2] += usize::from(counters[i % 2].mirror(0.5));
+        }
+        assert_eq!(mirrored, [250, 250]);
     }
 
     #[test]

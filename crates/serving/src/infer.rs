@@ -176,8 +176,8 @@ impl Infer {
         self.router.route(model, version, key)
     }
 
-    /// Runs `inputs` on the route's primary and starts a copy on each shadow when the lane has
-    /// room (not awaited); each shadow's result goes to `on_shadow`.
+    /// Runs `inputs` on the route's primary and, once it has answered, starts a copy on each
+    /// shadow when the lane has room (not awaited); each shadow's result goes to `on_shadow`.
     pub async fn run(
         &self,
         route: &Route,
@@ -195,11 +195,14 @@ impl Infer {
         on_shadow: Option<ShadowObserver>,
         shadow_inputs: Option<ShadowInputs>,
     ) -> Result<Inferred, InferenceError> {
-        if !route.shadows.is_empty() {
-            self.start_shadows(route, &inputs, on_shadow, shadow_inputs);
-        }
+        // The shadows get a copy (views of the same bytes) once the primary has answered: a
+        // request the primary refuses (a full queue, too many items) or fails costs no shadow run.
+        let copy = (!route.shadows.is_empty()).then(|| inputs.clone());
         let model = route.primary.clone();
         let output = model.batcher.infer(inputs).await?;
+        if let Some(copy) = copy {
+            self.start_shadows(route, &copy, on_shadow, shadow_inputs);
+        }
         self.metrics.batched(&ServedLabels::of(&model.config, route.variant), &output);
         Ok(Inferred { output, model })
     }
@@ -240,10 +243,11 @@ impl Infer {
                     }
                     None => None,
                 };
+                // Through the shadow's queue, never inline on this async thread.
                 let result = match own {
-                    Some(Ok(own)) => shadow.batcher.infer(own).await,
+                    Some(Ok(own)) => shadow.batcher.infer_queued(own).await,
                     Some(Err(e)) => Err(e),
-                    None => shadow.batcher.infer(inputs).await,
+                    None => shadow.batcher.infer_queued(inputs).await,
                 };
                 drop(permit);
                 // Timed under variant="shadow"; the version's request statistics count only

@@ -17,12 +17,12 @@ use vigil_proto::vigil::v1::{
     Verdict,
 };
 
-use crate::admission::held_until_answered;
+use crate::admission::{Deadline, held_until_answered};
 use crate::decision::{Automation, Policy};
 use crate::ids::{check_id, check_time};
 use crate::infer::{Infer, Route, ShadowInputs, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
-use crate::records::{RecordEmitter, RequestContext, new_trace_id};
+use crate::records::{RecordEmitter, RequestContext, UntilAnswered, new_trace_id};
 use crate::request_metrics::ServedBy;
 use crate::status::to_status;
 
@@ -108,17 +108,27 @@ impl InspectionService {
 
     /// Inspects one image.
     pub async fn inspect_one(&self, request: InspectRequest) -> Result<InspectResponse, Status> {
-        self.inspect_tallied(request, Tally::Call(None)).await
+        self.inspect_tallied(request, Tally::Call(None), None).await
     }
 
     /// Inspects one image, reporting what answered it to `tally`.
-    async fn inspect_tallied(&self, request: InspectRequest, mut tally: Tally<'_>) -> Result<InspectResponse, Status> {
-        let result = self.inspect_model(request, &mut tally).await;
+    async fn inspect_tallied(
+        &self,
+        request: InspectRequest,
+        mut tally: Tally<'_>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<InspectResponse, Status> {
+        let result = self.inspect_model(request, &mut tally, deadline).await;
         tally.finish(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         result
     }
 
-    async fn inspect_model(&self, request: InspectRequest, tally: &mut Tally<'_>) -> Result<InspectResponse, Status> {
+    async fn inspect_model(
+        &self,
+        request: InspectRequest,
+        tally: &mut Tally<'_>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<InspectResponse, Status> {
         let request_time = SystemTime::now();
         check_id("station_id", &request.station_id)?;
         check_id("part_id", &request.part_id)?;
@@ -143,7 +153,10 @@ impl InspectionService {
             stage: String::new(),
         });
         let started = Instant::now();
+        let recording = self.records.as_ref().zip(ctx.as_ref());
+        let unanswered = UntilAnswered::new(recording, model.config.version.to_string(), deadline);
         let result = self.run(&route, request, ctx.as_ref()).await;
+        unanswered.answered();
         self.infer.account(&route, started, &result);
         if let (Some(records), Some(ctx)) = (&self.records, &ctx) {
             let (result, review, capture) = match &result {
@@ -396,7 +409,8 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<InspectStreamResponse, St
 impl Inspection for InspectionService {
     async fn inspect(&self, request: Request<InspectRequest>) -> Result<Response<InspectResponse>, Status> {
         let tally = Tally::Call(ServedBy::of(&request));
-        self.inspect_tallied(request.into_inner(), tally).await.map(Response::new)
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        self.inspect_tallied(request.into_inner(), tally, deadline).await.map(Response::new)
     }
 
     type InspectStreamStream = ResponseStream;
@@ -407,6 +421,7 @@ impl Inspection for InspectionService {
     ) -> Result<Response<Self::InspectStreamStream>, Status> {
         let service = self.clone();
         let charges = held_until_answered(&request);
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
         // Each message stays charged against the memory budget until its answer is ready.
         let responses = request
             .into_inner()
@@ -418,7 +433,7 @@ impl Inspection for InspectionService {
                     let request = item?;
                     let request_id = request.request_id.clone();
                     let tally = Tally::Item(service.metrics.start(Api::Inspect, None));
-                    Ok(match service.inspect_tallied(request, tally).await {
+                    Ok(match service.inspect_tallied(request, tally, deadline).await {
                         Ok(result) => InspectStreamResponse { result: Some(result), error: None },
                         Err(status) => InspectStreamResponse {
                             result: None,

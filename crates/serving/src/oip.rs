@@ -19,17 +19,39 @@ use vigil_proto::inference::model_infer_response::InferOutputTensor;
 use vigil_proto::inference::*;
 use vigil_proto::vigil::v1::{Decision, ReviewRequest, Verdict};
 
-use crate::admission::held_until_answered;
+use crate::admission::{Deadline, held_until_answered};
 use crate::decision::{Automation, Policy};
 use crate::ids::check_id;
 use crate::infer::{Infer, Route, ShadowObserver, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
-use crate::records::{InferredItem, RecordEmitter, RequestContext, new_trace_id};
+use crate::records::{InferredItem, RecordEmitter, RequestContext, UntilAnswered, new_trace_id};
 use crate::request_metrics::ServedBy;
 use crate::status::to_status;
 
 /// Extensions this server implements, as reported by ServerMetadata.
 pub const EXTENSIONS: &[&str] = &["model_configuration", "statistics"];
+
+/// Whether the server takes new work: ready from the start, not ready once it drains (as the
+/// health service's NOT_SERVING), so OIP readiness probes stop sending it requests.
+#[derive(Clone, Debug)]
+pub struct Readiness(Arc<std::sync::atomic::AtomicBool>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The server drains: ServerReady answers false from now on.
+    pub fn draining(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
 
 /// The OIP v2 service over a model repository.
 #[derive(Clone)]
@@ -40,6 +62,7 @@ pub struct InferenceService {
     metrics: ServingMetrics,
     records: Option<RecordEmitter>,
     capturer: Option<vigil_capture::Capturer>,
+    readiness: Readiness,
 }
 
 impl InferenceService {
@@ -53,7 +76,15 @@ impl InferenceService {
             metrics: Default::default(),
             records: None,
             capturer: None,
+            readiness: Readiness::default(),
         }
+    }
+
+    /// Answers ServerReady from `readiness` (the server host's, which turns not ready when it
+    /// drains).
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
     }
 
     /// Captures ModelInfer items for retraining through `capturer` (its policy decides which;
@@ -83,9 +114,15 @@ impl InferenceService {
         self
     }
 
-    /// Answers one inference request, reporting what answered it to `tally`.
-    async fn infer(&self, request: ModelInferRequest, mut tally: Tally<'_>) -> Result<ModelInferResponse, Status> {
-        let result = self.infer_tallied(request, &mut tally).await;
+    /// Answers one inference request, reporting what answered it to `tally`; `deadline`: when
+    /// the admission layer ends it.
+    async fn infer(
+        &self,
+        request: ModelInferRequest,
+        mut tally: Tally<'_>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<ModelInferResponse, Status> {
+        let result = self.infer_tallied(request, &mut tally, deadline).await;
         tally.finish(result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok));
         result
     }
@@ -94,6 +131,7 @@ impl InferenceService {
         &self,
         request: ModelInferRequest,
         tally: &mut Tally<'_>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<ModelInferResponse, Status> {
         let request_time = std::time::SystemTime::now();
         let (trace_id, stage) = pipeline_parameters(&request)?;
@@ -118,7 +156,9 @@ impl InferenceService {
         let started = Instant::now();
         let recording = self.records.as_ref().zip(ctx.as_ref());
         let capturer = self.capturer.as_ref().filter(|_| recording.is_some());
+        let unanswered = UntilAnswered::new(recording, model.config.version.to_string(), deadline);
         let result = infer_on(&self.infer, &route, request, recording, capturer).await;
+        unanswered.answered();
         self.infer.account(&route, started, &result);
         let Some((records, ctx)) = recording else { return result.map(|(response, _)| response) };
         match result {
@@ -763,7 +803,7 @@ impl GrpcInferenceService for InferenceService {
     }
 
     async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
-        Ok(Response::new(ServerReadyResponse { ready: true }))
+        Ok(Response::new(ServerReadyResponse { ready: self.readiness.is_ready() }))
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
@@ -830,7 +870,8 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let tally = Tally::Call(ServedBy::of(&request));
-        self.infer(request.into_inner(), tally).await.map(Response::new)
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
+        self.infer(request.into_inner(), tally, deadline).await.map(Response::new)
     }
 
     type ModelStreamInferStream = InferStream;
@@ -841,6 +882,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let service = self.clone();
         let charges = held_until_answered(&request);
+        let deadline = request.extensions().get::<Deadline>().map(|d| d.0);
         let incoming = request.into_inner();
         // Up to 16 requests of one stream run at once; responses keep request order. Each
         // stays charged against the memory budget until its answer is ready.
@@ -855,7 +897,8 @@ impl GrpcInferenceService for InferenceService {
                         Err(status) => return Err(status),
                     };
                     let id = request.id.clone();
-                    Ok(match service.infer(request, Tally::Item(service.metrics.start(Api::ModelInfer, None))).await {
+                    let tally = Tally::Item(service.metrics.start(Api::ModelInfer, None));
+                    Ok(match service.infer(request, tally, deadline).await {
                         Ok(r) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
                         Err(status) => ModelStreamInferResponse {
                             error_message: status.message().to_string(),

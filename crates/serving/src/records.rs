@@ -330,3 +330,39 @@ pub fn summarise_inputs(
     }
     per_item
 }
+
+/// A request's failure record, sent if the request is dropped unanswered once its deadline has
+/// passed (the admission layer ends it there): a request timed out is the server's failure and
+/// counts against the version that was too slow. One the client left before its deadline gets
+/// no record: nobody was answered. [`UntilAnswered::answered`] disarms it once the request's
+/// own records are sent.
+pub struct UntilAnswered<'a> {
+    pending: Option<(&'a RecordEmitter, &'a RequestContext, String)>,
+    deadline: Option<std::time::Instant>,
+}
+
+impl<'a> UntilAnswered<'a> {
+    /// Armed for a request recorded through `recording`, answered by `version`.
+    pub fn new(
+        recording: Option<(&'a RecordEmitter, &'a RequestContext)>,
+        version: String,
+        deadline: Option<std::time::Instant>,
+    ) -> Self {
+        Self { pending: recording.map(|(records, ctx)| (records, ctx, version)), deadline }
+    }
+
+    /// The request's records went out (or it needs none).
+    pub fn answered(mut self) {
+        self.pending = None;
+    }
+}
+
+impl Drop for UntilAnswered<'_> {
+    fn drop(&mut self) {
+        let Some((records, ctx, version)) = self.pending.take() else { return };
+        if self.deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+            let status = tonic::Status::deadline_exceeded("the request's deadline passed before it was answered");
+            records.failed(ctx, &version, uuid::Uuid::now_v7().to_string(), &status);
+        }
+    }
+}

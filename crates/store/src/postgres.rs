@@ -248,7 +248,7 @@ impl PredictionStore for PgStore {
             "SELECT p.prediction_id, p.time, p.station_id, p.model_name, p.model_version, p.score, p.verdict, \
              p.decision, p.status, p.features, l.label, p.capture \
              FROM predictions p LEFT JOIN LATERAL (SELECT label FROM labels WHERE labels.prediction_id = p.prediction_id \
-             ORDER BY time DESC LIMIT 1) l ON true WHERE true",
+             ORDER BY time DESC, label_id DESC LIMIT 1) l ON true WHERE true",
         );
         crate::push_filters!(q, f, "l.label IS NOT NULL");
         let limit = f.limit.clamp(1, MAX_QUERY_ROWS) as i64;

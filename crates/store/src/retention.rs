@@ -120,6 +120,9 @@ pub struct CapturedInput {
     pub model_name: String,
     /// The object key of its bytes (`<model>/<sha256>`).
     pub key: String,
+    /// Predictions of other subjects name the same bytes (captures are stored by content): only
+    /// this prediction's metadata may go, the bytes stay for them.
+    pub shared: bool,
 }
 
 /// Retention on a store.
@@ -154,18 +157,31 @@ pub trait RetentionStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Forgotten, sqlx::Error>> + Send;
 }
 
+/// SQLite gives a new row the largest rowid in the table plus one, so once the newest rows are
+/// deleted their rowids come back, at or below the rollup cursor, where rollups would never
+/// read them. In the transaction that deletes predictions, the cursor comes down to the largest
+/// rowid left: every row at or below it was counted already, and every later one is above it.
+const SQLITE_CLAMP_ROLLUP_CURSOR: &str = "UPDATE rollup_cursor SET cursor = \
+     min(cursor, (SELECT coalesce(max(rowid), 0) FROM predictions)) WHERE name = 'predictions'";
+
 macro_rules! retention_backend {
-    ($store:ty, $audit:path) => {
+    ($store:ty, $audit:path, $after_deleting_predictions:expr) => {
         impl RetentionStore for $store {
             async fn expire(&self, table: Expiring, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
                 let (name, key) = (table.table(), table.key());
+                let mut tx = self.write_transaction().await?;
                 let deleted = sqlx::query(&format!(
                     "DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM {name} WHERE time < $1 LIMIT $2)"
                 ))
                 .bind(before)
                 .bind(limit)
-                .execute(self.pool())
+                .execute(&mut *tx)
                 .await?;
+                let after: Option<&str> = $after_deleting_predictions;
+                if let (Expiring::Predictions, Some(statement)) = (table, after) {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
                 Ok(deleted.rows_affected())
             }
 
@@ -200,6 +216,15 @@ macro_rules! retention_backend {
                 .bind(subject.value())
                 .fetch_all(&mut *tx)
                 .await?;
+                // Bytes other subjects' predictions name as well, in the same transaction.
+                let shared: Vec<(String,)> = sqlx::query_as(&format!(
+                    "SELECT DISTINCT capture FROM predictions WHERE {column} <> $1 AND capture IN \
+                     (SELECT capture FROM predictions WHERE {column} = $1 AND capture <> '')"
+                ))
+                .bind(subject.value())
+                .fetch_all(&mut *tx)
+                .await?;
+                let shared: std::collections::HashSet<String> = shared.into_iter().map(|(key,)| key).collect();
                 let mut delete = async |statement: String| -> Result<u64, sqlx::Error> {
                     let done = sqlx::query(&statement).bind(subject.value()).execute(&mut *tx).await?;
                     Ok(done.rows_affected())
@@ -212,6 +237,10 @@ macro_rules! retention_backend {
                 let review_items =
                     delete(format!("DELETE FROM review_items WHERE prediction_id IN ({of_subject})")).await?;
                 let predictions = delete(format!("DELETE FROM predictions WHERE {column} = $1")).await?;
+                let after: Option<&str> = $after_deleting_predictions;
+                if let Some(statement) = after {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
                 let reason = format!(
                     "{}; {predictions} predictions, {labels} labels, {feedback} feedback events, {review_items} review items",
                     change.reason
@@ -230,7 +259,12 @@ macro_rules! retention_backend {
                 tx.commit().await?;
                 let captures = captures
                     .into_iter()
-                    .map(|(prediction_id, model_name, key)| CapturedInput { prediction_id, model_name, key })
+                    .map(|(prediction_id, model_name, key)| CapturedInput {
+                        prediction_id,
+                        model_name,
+                        shared: shared.contains(&key),
+                        key,
+                    })
                     .collect();
                 Ok(Forgotten { predictions, labels, feedback, review_items, captures })
             }
@@ -238,5 +272,6 @@ macro_rules! retention_backend {
     };
 }
 
-retention_backend!(PgStore, crate::registry::backends::postgres::audit);
-retention_backend!(SqliteStore, crate::registry::backends::sqlite::audit);
+// Postgres reads rollups by transaction id, which never comes back.
+retention_backend!(PgStore, crate::registry::backends::postgres::audit, None);
+retention_backend!(SqliteStore, crate::registry::backends::sqlite::audit, Some(SQLITE_CLAMP_ROLLUP_CURSOR));

@@ -194,7 +194,7 @@ impl PredictionStore for SqliteStore {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT p.prediction_id, p.time, p.station_id, p.model_name, p.model_version, p.score, p.verdict, \
              p.decision, p.status, p.features, \
-             (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) AS label, \
+             (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC, l.label_id DESC LIMIT 1) AS label, \
              p.capture FROM predictions p WHERE 1 = 1",
         );
         crate::push_filters!(q, f, "EXISTS (SELECT 1 FROM labels l WHERE l.prediction_id = p.prediction_id)");

@@ -219,13 +219,15 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
         time: now - Duration::minutes(minutes_ago),
         source: "anna".into(),
     };
-    // Row 2 is labeled twice: the later label counts.
+    // Row 2 is labeled twice: the later label counts. Row 3 twice at the same time: once, with
+    // the label given last.
     let mut labels = vec![
         label(0, "ok", 5),
         label(1, "ok", 5),
         label(2, "ok", 5),
         label(2, "defect", 1),
         label(3, "ok", 5),
+        label(3, "defect", 5),
         label(4, "ok", 5),
     ];
     store.insert_batch(&rows, &labels).await.unwrap();
@@ -241,7 +243,7 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
         }
     };
     assert_eq!(labeled(None, None).await.len(), 5, "every labeled prediction, once");
-    assert_eq!(labeled(None, Some(2)).await, ["defect", "ok"], "the canary's two, row 2 with its latest label");
+    assert_eq!(labeled(None, Some(2)).await, ["defect", "defect"], "the canary's two, each with its latest label");
     assert_eq!(labeled(None, Some(3)).await, ["ok"], "the shadow's one");
     assert_eq!(labeled(Some("1"), None).await.len(), 2);
     assert_eq!(labeled(Some("1"), Some(2)).await.len(), 0, "version 1 never ran as canary");
@@ -271,7 +273,12 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
     let mut want: std::collections::BTreeMap<(i64, String), (i64, f64)> = Default::default();
     for (i, r) in rows.iter().enumerate() {
         let Some(label_time) = latest(i) else { continue };
-        let actual = labels.iter().find(|l| l.prediction_id == r.prediction_id && l.time == label_time).unwrap();
+        // Of labels given at the same time, the last given.
+        let actual = labels
+            .iter()
+            .filter(|l| l.prediction_id == r.prediction_id && l.time == label_time)
+            .max_by_key(|l| l.label_id)
+            .unwrap();
         let entry = want.entry((r.time.timestamp().div_euclid(420) * 420, actual.label.clone())).or_default();
         entry.0 += 1;
         entry.1 += (label_time - r.time).num_microseconds().unwrap() as f64 / 1e6;
@@ -1293,6 +1300,17 @@ async fn retention_conforms<
         })
         .collect();
     device_rows[0].capture = "scratch-detector/abc123".into();
+    // Captures are stored by content: another device's record names the same bytes as this one.
+    device_rows[1].capture = "scratch-detector/def456".into();
+    let same_bytes = PredictionRow {
+        device_id: "cam-8".into(),
+        capture: "scratch-detector/def456".into(),
+        ..prediction(now, 0.7, serde_json::json!({}))
+    };
+    store.insert_batch(std::slice::from_ref(&same_bytes), &[]).await.unwrap();
+    let mut kept = kept;
+    kept.push(same_bytes.prediction_id);
+    kept.sort();
     let label = LabelRow {
         label_id: Uuid::now_v7(),
         prediction_id: device_rows[1].prediction_id,
@@ -1314,11 +1332,15 @@ async fn retention_conforms<
     let change = vigil_store::Change { actor: "dpo", reason: "request 17", at: now };
     let forgotten = store.forget(&Subject::Device("cam-7".into()), &change).await.unwrap();
     assert_eq!((forgotten.predictions, forgotten.labels, forgotten.feedback, forgotten.review_items), (3, 1, 1, 1));
-    assert_eq!(forgotten.captures.len(), 1);
-    assert_eq!(
-        (forgotten.captures[0].prediction_id, forgotten.captures[0].key.as_str()),
-        (device_rows[0].prediction_id, "scratch-detector/abc123")
-    );
+    let mut captures: Vec<(Uuid, &str, bool)> =
+        forgotten.captures.iter().map(|c| (c.prediction_id, c.key.as_str(), c.shared)).collect();
+    captures.sort();
+    let mut expected = vec![
+        (device_rows[0].prediction_id, "scratch-detector/abc123", false),
+        (device_rows[1].prediction_id, "scratch-detector/def456", true),
+    ];
+    expected.sort();
+    assert_eq!(captures, expected, "the bytes cam-8's record names are marked shared");
     assert_eq!(store.prediction_ids().await.unwrap(), kept, "only the device's rows went");
     assert_eq!(store.count_feedback().await.unwrap(), 12);
     let audit = store.audit_events(5).await.unwrap();

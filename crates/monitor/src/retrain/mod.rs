@@ -8,6 +8,7 @@
 //! holdout of the new rows, and writes `model.onnx`, `model.toml` and `metrics.json` into `DIR`.
 //! Lines `progress <0..1> <what>` on its output report progress; the rest is the job's log.
 
+mod output;
 pub mod runner;
 pub mod trigger;
 
@@ -67,6 +68,14 @@ impl RetrainingConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.timeout.is_zero() || self.poll.is_zero() {
             anyhow::bail!("retraining.timeout and retraining.poll must be longer than 0s");
+        }
+        // The log's tail always holds the last line whole (a line is cut at 2 KiB).
+        if self.max_log_bytes < 2 * output::MAX_LINE_BYTES {
+            anyhow::bail!(
+                "retraining.max_log_bytes must be at least {} (the log's tail keeps whole lines of up to {} bytes)",
+                2 * output::MAX_LINE_BYTES,
+                output::MAX_LINE_BYTES
+            );
         }
         for (name, model) in &self.models {
             let bad = |what: String| anyhow::anyhow!("retraining.models.{name}: {what}");

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use vigil_store::registry::retraining::{RUNNER, Reported};
 use vigil_store::{Change, JobState, ModelVersionRow, MonitorStore, PredictionStore, RetrainJob};
@@ -225,7 +224,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     async fn dataset(&self, job: &RetrainJob, model: &ModelRetraining) -> Result<(PathBuf, String)> {
         if !job.dataset.is_empty() {
             let dir = PathBuf::from(&job.dataset);
-            let manifest = vigil_datasets::manifest(&dir)?;
+            let manifest = vigil_datasets::manifest_of(&dir, &job.model_name)?;
             let id = manifest["dataset_id"].as_str().unwrap_or_default().to_string();
             return Ok((dir, format!("dataset {id} ({} labelled items)", manifest["labelled"])));
         }
@@ -320,15 +319,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         .into_iter()
         .flatten()
         {
-            let tx = lines_tx.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if tx.send(line).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            tokio::spawn(super::output::forward(stream, lines_tx.clone()));
         }
         drop(lines_tx);
         let deadline = tokio::time::Instant::now() + self.config.timeout;

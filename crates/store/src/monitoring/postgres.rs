@@ -22,8 +22,9 @@ const ROLLUP_COLUMNS: &str = "model_name, model_version, variant, time, request_
 /// else the snapshot's xmax. Rows below it are final. Transactions in other databases never hold
 /// it back; any long transaction in this one that has written does. `backend_xid` is 32 bits: it
 /// takes xmax's epoch, or the one before when it would lie more than 2^31 above xmax (running
-/// transactions may be above xmax, which is one past the latest completed). The monitor's role
-/// must see other sessions' `backend_xid` (the loggers' role, or `pg_read_all_stats`).
+/// transactions may be above xmax, which is one past the latest completed). `backend_xid` is
+/// shown to every role, also for sessions whose query is hidden from it (tested with a monitor
+/// role of its own).
 const HORIZON: &str = "WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax), \
      running AS ( \
        SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity \
@@ -208,7 +209,7 @@ impl OutcomeStore for PgStore {
                      l.label AS actual, l.time AS label_time, \
                      (p.output ? 'text' OR (coalesce(p.output->>'label', '') = '' AND p.status = 1)) AS text_output \
                    FROM (SELECT DISTINCT ON (prediction_id) prediction_id, label, time FROM labels \
-                         WHERE time >= $2 ORDER BY prediction_id, time DESC) l \
+                         WHERE time >= $2 ORDER BY prediction_id, time DESC, label_id DESC) l \
                    JOIN predictions p ON p.prediction_id = l.prediction_id \
                    WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                      AND ($4::text IS NULL OR p.model_version = $4) AND ($5::smallint IS NULL OR p.variant = $5)) r \
@@ -234,7 +235,7 @@ impl OutcomeStore for PgStore {
     async fn prediction_refs(&self, ids: &[Uuid]) -> Result<Vec<PredictionRef>, sqlx::Error> {
         sqlx::query_as(
             "SELECT p.prediction_id, p.model_name, p.model_version, \
-               (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) \
+               (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC, l.label_id DESC LIMIT 1) \
                  AS latest_label \
              FROM predictions p WHERE p.prediction_id = ANY($1)",
         )
@@ -365,7 +366,7 @@ fn shadow_counts_sql(window: &str) -> String {
               c AS (SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
                       (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
                       (SELECT l.label FROM labels l WHERE l.prediction_id = p.prediction_id \
-                       ORDER BY l.time DESC LIMIT 1) AS actual \
+                       ORDER BY l.time DESC, l.label_id DESC LIMIT 1) AS actual \
                     FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1) \
          SELECT {window} AS window_s, c.shadow_version, count(*) AS compared, \
            count(*) FILTER (WHERE c.agreed) AS agreed, count(*) FILTER (WHERE NOT c.shadow_ok) AS shadow_failed, \

@@ -143,7 +143,8 @@ impl OutcomeStore for SqliteStore {
                    FROM predictions p JOIN labels l ON l.prediction_id = p.prediction_id \
                    WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                      AND ($4 IS NULL OR p.model_version = $4) AND ($5 IS NULL OR p.variant = $5) \
-                     AND l.time = (SELECT max(l2.time) FROM labels l2 WHERE l2.prediction_id = p.prediction_id)) r \
+                     AND l.label_id = (SELECT l2.label_id FROM labels l2 WHERE l2.prediction_id = p.prediction_id \
+                                       ORDER BY l2.time DESC, l2.label_id DESC LIMIT 1)) r \
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
             window = window_sqlite("r.time", "$6")
         );
@@ -167,7 +168,7 @@ impl OutcomeStore for SqliteStore {
         for chunk in ids.chunks(500) {
             let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "SELECT p.prediction_id, p.model_name, p.model_version, \
-                   (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC LIMIT 1) \
+                   (SELECT label FROM labels l WHERE l.prediction_id = p.prediction_id ORDER BY l.time DESC, l.label_id DESC LIMIT 1) \
                      AS latest_label FROM predictions p WHERE p.prediction_id IN (",
             );
             let mut sep = b.separated(", ");
@@ -283,7 +284,7 @@ fn shadow_counts_sql(window: &str) -> String {
               c AS (SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
                       (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
                       (SELECT l.label FROM labels l WHERE l.prediction_id = p.prediction_id \
-                       ORDER BY l.time DESC LIMIT 1) AS actual \
+                       ORDER BY l.time DESC, l.label_id DESC LIMIT 1) AS actual \
                     FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1) \
          SELECT {window} AS window_s, c.shadow_version, count(*) AS compared, \
            sum(CASE WHEN c.agreed THEN 1 ELSE 0 END) AS agreed, \
