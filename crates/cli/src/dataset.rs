@@ -23,7 +23,7 @@ enum DatasetCommand {
 #[derive(Args, Debug)]
 struct ExportArgs {
     /// The prediction log: postgres://... or sqlite://...
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil")]
+    #[arg(long, env = "VIGIL_DATABASE_URL", hide_env_values = true, default_value = "postgres://127.0.0.1/vigil")]
     database_url: String,
     #[arg(long)]
     model: String,

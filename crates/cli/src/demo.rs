@@ -90,11 +90,14 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
     };
     match &args.database_url {
         Some(url) if url.starts_with("postgres") => {
-            let store = PgStore::connect_lazy(url, 8).with_context(|| format!("--database-url {url}"))?;
+            let store = PgStore::connect_lazy(url, 8)
+                .with_context(|| format!("--database-url {}", vigil_store::redact_url(url)))?;
             play(store, url.clone(), &repository, &args, prepared).await
         }
         Some(url) => {
-            let store = SqliteStore::connect(url).await.with_context(|| format!("--database-url {url}"))?;
+            let store = SqliteStore::connect(url)
+                .await
+                .with_context(|| format!("--database-url {}", vigil_store::redact_url(url)))?;
             play(store, url.clone(), &repository, &args, prepared).await
         }
         None => {

@@ -6,15 +6,12 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use vigil_store::{
-    Backend, Change, DeploymentRow, DeploymentStore, PredictionStore, RegistryStore, RolloutStore, Stage,
-};
+use vigil_store::{Change, DeploymentRow, DeploymentStore, PredictionStore, RegistryStore, RolloutStore, Stage};
 
 #[derive(Args, Debug)]
 pub struct DeployArgs {
-    /// The registry's database: postgres://... or sqlite://...
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil", global = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: crate::database::DatabaseArg,
     /// Who makes the change (default: $USER).
     #[arg(long, global = true)]
     pub by: Option<String>,
@@ -76,9 +73,7 @@ pub enum DeployCommand {
 }
 
 pub async fn run(args: DeployArgs) -> Result<u8> {
-    let backend = Backend::connect(&args.database_url)
-        .await
-        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    let backend = args.database.connect().await?;
     vigil_store::with_store!(backend, store => command(store, args).await)
 }
 

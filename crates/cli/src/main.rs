@@ -13,6 +13,7 @@ mod bench;
 mod bench_h2load;
 mod bench_voice;
 mod connect;
+mod database;
 mod dataset;
 mod demo;
 mod deploy;

@@ -9,7 +9,7 @@ use vigil_store::{Backend, PredictionStore};
 #[derive(Args, Debug)]
 pub struct MigrateArgs {
     /// The database: postgres://... or sqlite://...
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil")]
+    #[arg(long, env = "VIGIL_DATABASE_URL", hide_env_values = true, default_value = "postgres://127.0.0.1/vigil")]
     pub database_url: String,
 }
 

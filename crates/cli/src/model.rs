@@ -8,14 +8,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use vigil_store::registry::Registered;
-use vigil_store::{Backend, Change, ModelVersionRow, PredictionStore, RegistryStore, Stage};
+use vigil_store::{Change, ModelVersionRow, PredictionStore, RegistryStore, Stage};
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// The registry's database: postgres://... or sqlite://... (the embedded default's is
-    /// sqlite://.vigil/vigil.db).
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil", global = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: crate::database::DatabaseArg,
     #[command(subcommand)]
     pub command: ModelCommand,
 }
@@ -61,9 +59,8 @@ pub enum ModelCommand {
 
 #[derive(Args, Debug)]
 pub struct AuditArgs {
-    /// The database: postgres://... or sqlite://...
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil")]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: crate::database::DatabaseArg,
     /// Most events shown, newest first.
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
@@ -71,9 +68,7 @@ pub struct AuditArgs {
 
 /// `vigil audit`: the latest changes to the registry, newest first.
 pub async fn audit(args: AuditArgs) -> Result<u8> {
-    let backend = Backend::connect(&args.database_url)
-        .await
-        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    let backend = args.database.connect().await?;
     let events = vigil_store::with_store!(backend, store => {
         store.migrate().await.context("preparing the audit table")?;
         store.audit_events(args.limit).await?
@@ -99,9 +94,7 @@ pub(crate) fn whoami(by: Option<String>) -> String {
 }
 
 pub async fn run(args: ModelArgs) -> Result<u8> {
-    let backend = Backend::connect(&args.database_url)
-        .await
-        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    let backend = args.database.connect().await?;
     vigil_store::with_store!(backend, store => command(store, args.command).await)
 }
 

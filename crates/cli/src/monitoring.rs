@@ -68,7 +68,15 @@ async fn client(url: &str) -> Result<MonitoringClient<SecureChannel>> {
 
 fn range(last: std::time::Duration) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
     let until = Utc::now();
-    Ok((until - chrono::Duration::from_std(last).context("--last is too long")?, until))
+    Ok((before(until, last, "--last")?, until))
+}
+
+/// `t` less `d`, or an error naming `flag` when that is before the earliest time there is.
+fn before(t: DateTime<Utc>, d: std::time::Duration, flag: &str) -> Result<DateTime<Utc>> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .with_context(|| format!("{flag} is too long: give a shorter duration"))
 }
 
 fn scope(t: &Target) -> Option<Scope> {
@@ -145,7 +153,7 @@ pub async fn metrics(args: MetricsArgs) -> Result<u8> {
 pub async fn drift(args: DriftArgs) -> Result<u8> {
     let (since, until) = range(args.target.last)?;
     let baseline = match args.baseline_last {
-        Some(d) => Some((since - chrono::Duration::from_std(d).context("--baseline-last is too long")?, since)),
+        Some(d) => Some((before(since, d, "--baseline-last")?, since)),
         None => None,
     };
     let r = client(&args.target.monitor)
@@ -257,4 +265,20 @@ pub async fn alerts(args: AlertsArgs) -> Result<u8> {
         }
     }
     Ok(if firing { FIRING } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_past_the_earliest_time_is_refused_not_a_panic() {
+        let huge = std::time::Duration::from_secs(u64::MAX / 4);
+        assert!(range(huge).unwrap_err().to_string().contains("--last is too long"));
+        let now = Utc::now();
+        assert_eq!(
+            before(now, std::time::Duration::from_secs(60), "--last").unwrap(),
+            now - chrono::Duration::seconds(60)
+        );
+    }
 }

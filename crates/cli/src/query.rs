@@ -20,7 +20,7 @@ pub enum Format {
 pub struct QueryArgs {
     /// The prediction log: postgres://... or sqlite://... (the embedded default's is
     /// sqlite://.vigil/vigil.db).
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil")]
+    #[arg(long, env = "VIGIL_DATABASE_URL", hide_env_values = true, default_value = "postgres://127.0.0.1/vigil")]
     pub database_url: String,
     /// From this time: RFC 3339 (2026-11-29T08:00:00Z) or an age (30m, 6h, 7d).
     #[arg(long)]
@@ -66,16 +66,19 @@ pub fn parse_time(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
-    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: i64 = digits.parse().with_context(|| format!("'{text}' is neither RFC 3339 nor an age like 30m, 6h, 7d"))?;
+    let neither = || format!("'{text}' is neither RFC 3339 nor an age like 30m, 6h, 7d");
+    let unit_at = text.char_indices().last().map_or(0, |(i, _)| i);
+    let (digits, unit) = text.split_at(unit_at);
+    let n: i64 = digits.parse().with_context(neither)?;
     let age = match unit {
-        "s" => ChronoDuration::seconds(n),
-        "m" => ChronoDuration::minutes(n),
-        "h" => ChronoDuration::hours(n),
-        "d" => ChronoDuration::days(n),
+        "s" => ChronoDuration::try_seconds(n),
+        "m" => ChronoDuration::try_minutes(n),
+        "h" => ChronoDuration::try_hours(n),
+        "d" => ChronoDuration::try_days(n),
         _ => bail!("'{text}': the unit must be s, m, h or d"),
     };
-    Ok(now - age)
+    age.and_then(|age| now.checked_sub_signed(age))
+        .with_context(|| format!("'{text}' reaches before the earliest time there is: give a shorter age"))
 }
 
 fn enum_value(text: &Option<String>, names: &[(&str, i16)], what: &str) -> Result<Option<i16>> {
@@ -135,10 +138,7 @@ pub async fn run(args: QueryArgs) -> Result<u8> {
 }
 
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
-    }
+    vigil_store::redact_url(url)
 }
 
 fn feature(r: &PredictionSummary, name: &str) -> String {
@@ -232,5 +232,15 @@ mod tests {
     #[test]
     fn credentials_are_not_printed() {
         assert_eq!(redact("postgres://user:secret@db/vigil"), "postgres://***@db/vigil");
+        let now = Utc::now();
+        assert_eq!(parse_time("2h", now).unwrap(), now - ChronoDuration::hours(2));
+        for bad in ["5µ", "µ", "", "9999999999999d", "-9223372036854775808s"] {
+            assert!(parse_time(bad, now).is_err(), "{bad:?} is refused, not a panic");
+        }
+        assert_eq!(
+            redact("postgres://db/vigil?user=u&password=secret&sslmode=require"),
+            "postgres://db/vigil?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact("postgress://u:secret@db/vigil"), "postgress://***@db/vigil");
     }
 }

@@ -8,14 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use clap::{Args, Subcommand};
-use vigil_store::{Backend, Change, MonitorStore, PredictionStore, RetrainJob};
+use vigil_store::{Change, MonitorStore, PredictionStore, RetrainJob};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct RetrainArgs {
-    /// The registry's database: postgres://... or sqlite://...
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil", global = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: crate::database::DatabaseArg,
     /// Who asks (default: $USER).
     #[arg(long, global = true)]
     pub by: Option<String>,
@@ -74,9 +73,7 @@ pub enum RetrainCommand {
 const NOT_SUCCEEDED: u8 = 1;
 
 pub async fn run(args: RetrainArgs) -> Result<u8> {
-    let backend = Backend::connect(&args.database_url)
-        .await
-        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    let backend = args.database.connect().await?;
     vigil_store::with_store!(backend, store => command(store, args).await)
 }
 

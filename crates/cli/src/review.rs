@@ -7,13 +7,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use vigil_store::{Backend, PredictionStore, ReviewError, ReviewOutcome, ReviewStore};
+use vigil_store::{PredictionStore, ReviewError, ReviewOutcome, ReviewStore};
 
 #[derive(Args, Debug)]
 pub struct ReviewArgs {
-    /// The review queue's database: postgres://... or sqlite://...
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil", global = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: crate::database::DatabaseArg,
     #[command(subcommand)]
     pub command: ReviewCommand,
 }
@@ -54,9 +53,7 @@ pub enum ReviewCommand {
 pub const NOTHING_TO_REVIEW: u8 = 3;
 
 pub async fn run(args: ReviewArgs) -> Result<u8> {
-    let backend = Backend::connect(&args.database_url)
-        .await
-        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    let backend = args.database.connect().await?;
     vigil_store::with_store!(backend, store => command(store, args.command).await)
 }
 

@@ -6,13 +6,12 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use vigil_monitor::rollout::{self, Manual};
-use vigil_store::{Backend, Change, MonitorStore, PredictionStore, RolloutRow, RolloutStep, StepMode};
+use vigil_store::{Change, MonitorStore, PredictionStore, RolloutRow, RolloutStep, StepMode};
 
 #[derive(Args, Debug)]
 pub struct RolloutArgs {
-    /// The registry's database: postgres://... or sqlite://...
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil", global = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: crate::database::DatabaseArg,
     /// Who makes the change (default: $USER).
     #[arg(long, global = true)]
     pub by: Option<String>,
@@ -61,9 +60,7 @@ pub enum RolloutCommand {
 }
 
 pub async fn run(args: RolloutArgs) -> Result<u8> {
-    let backend = Backend::connect(&args.database_url)
-        .await
-        .with_context(|| format!("--database-url {}", crate::query::redact(&args.database_url)))?;
+    let backend = args.database.connect().await?;
     vigil_store::with_store!(backend, store => command(store, args).await)
 }
 

@@ -256,13 +256,16 @@ async fn add_inputs(
     let target = dir.join("inputs");
     if let Err(e) = std::fs::rename(&partial, &target) {
         let _ = std::fs::remove_dir_all(&partial);
-        // Another export added them first.
-        if target.is_dir() {
-            return Ok(Ok((dir, id, checks)));
+        // Another export added them first (its manifest is written next, or was not, if it
+        // stopped in between: then this one writes it).
+        if !target.is_dir() {
+            return Err(e).with_context(|| format!("moving the captured inputs to {}", target.display()));
         }
-        return Err(e).with_context(|| format!("moving the captured inputs to {}", target.display()));
     }
     let mut written = manifest(&dir)?;
+    if !written["inputs"].is_null() {
+        return Ok(Ok((dir, id, checks)));
+    }
     written["inputs"] = inputs;
     if let Some(list) = written["checks"].as_array_mut() {
         list.push(serde_json::to_value(&check)?);

@@ -74,7 +74,7 @@ async fn requests_batches_records_and_the_process_are_scraped() {
 
     assert_eq!(sample(&text, "vigil_inflight_requests", &[]), Some(0.0), "{text}");
     assert_eq!(sample(&text, "vigil_records_total", &[("outcome", "produced")]), Some(records as f64), "{text}");
-    for outcome in ["spooled", "replayed", "dropped", "failed"] {
+    for outcome in ["spooled", "replayed", "dropped", "failed", "spool_refused"] {
         assert_eq!(sample(&text, "vigil_records_total", &[("outcome", outcome)]), Some(0.0), "{outcome}");
     }
     assert!(sample(&text, "process_resident_memory_bytes", &[]).unwrap() > 0.0, "{text}");

@@ -254,6 +254,16 @@ pub struct BatchingConfig {
 /// Models whose runs take up to 2 ms run a lone request inline.
 pub const DEFAULT_INLINE_RUN_LIMIT_US: u64 = 2_000;
 
+/// The most requests a model's queue may hold (`dynamic_batching.max_queue_depth`): its slots
+/// are allocated when the model loads.
+pub const MAX_QUEUE_DEPTH: usize = 65_536;
+
+/// The most elements a tensor's fixed dimensions may describe (a warm-up request is that big).
+pub const MAX_FIXED_ELEMENTS: i64 = 1 << 28;
+
+/// The largest side of an image `preprocess` makes.
+pub const MAX_PREPROCESS_SIDE: u32 = 8_192;
+
 fn default_inline_run_limit_us() -> u64 {
     DEFAULT_INLINE_RUN_LIMIT_US
 }
@@ -291,6 +301,27 @@ impl ModelConfig {
         }
         if self.inputs.is_empty() || self.outputs.is_empty() {
             return Err("a model needs at least one input and one output".into());
+        }
+        for (kind, tensors) in [("input", &self.inputs), ("output", &self.outputs)] {
+            let mut seen = std::collections::HashSet::new();
+            for t in tensors.iter() {
+                if !seen.insert(t.name.as_str()) {
+                    return Err(format!("{kind} '{}' is declared twice: each {kind} needs a name of its own", t.name));
+                }
+                if let Some(d) = t.dims.iter().find(|&&d| d == 0 || d < -1) {
+                    return Err(format!(
+                        "{kind} '{}': dims {:?} holds {d}; a dimension is at least 1, or -1 where it varies",
+                        t.name, t.dims
+                    ));
+                }
+                let fixed = t.dims.iter().filter(|&&d| d > 0).try_fold(1i64, |n, &d| n.checked_mul(d));
+                if fixed.is_none_or(|n| n > MAX_FIXED_ELEMENTS) {
+                    return Err(format!(
+                        "{kind} '{}': dims {:?} describe more than {MAX_FIXED_ELEMENTS} elements",
+                        t.name, t.dims
+                    ));
+                }
+            }
         }
         for input in self.inputs.iter().filter(|i| i.warmup_value.is_some()) {
             if !matches!(input.datatype, DataType::Fp32 | DataType::Fp64 | DataType::Int32 | DataType::Int64) {
@@ -373,8 +404,11 @@ impl ModelConfig {
                     b.max_batch_size, self.max_batch_size
                 ));
             }
-            if b.max_queue_depth == 0 {
-                return Err("dynamic_batching.max_queue_depth must be at least 1".into());
+            if b.max_queue_depth == 0 || b.max_queue_depth > MAX_QUEUE_DEPTH {
+                return Err(format!(
+                    "dynamic_batching.max_queue_depth ({}) must be between 1 and {MAX_QUEUE_DEPTH}",
+                    b.max_queue_depth
+                ));
             }
         }
         if let Some(t) = &self.thresholds {
@@ -386,6 +420,16 @@ impl ModelConfig {
             }
             if p.width == 0 || p.height == 0 || p.std == 0.0 {
                 return Err("preprocess width, height and std must be non-zero".into());
+            }
+            if p.width.max(p.height) > MAX_PREPROCESS_SIDE {
+                return Err(format!("preprocess width and height must be at most {MAX_PREPROCESS_SIDE}"));
+            }
+            // Inspect sends the prepared image as the model's only input.
+            if self.inputs.len() != 1 {
+                return Err(format!(
+                    "preprocess feeds one image to a model with one input; this one declares {}",
+                    self.inputs.len()
+                ));
             }
             let input = &self.inputs[0];
             let expected = [p.channels.count() as i64, p.height as i64, p.width as i64];
@@ -529,6 +573,31 @@ max_queue_depth = 16
         assert!(with("inline_intra_op_threads = 0\ninline_intra_op_spinning = true", "").is_ok());
         let e = with("inline_intra_op_spinning = true", "").unwrap_err();
         assert!(e.contains("inline_intra_op_spinning") && e.contains("inline_intra_op_threads"), "{e}");
+    }
+
+    #[test]
+    fn tensors_queues_and_images_past_what_can_be_served_are_refused() {
+        let refused = |from: &str, to: &str| {
+            let text = SAMPLE.replacen(from, to, 1);
+            assert_ne!(text, SAMPLE, "{from} is in the sample");
+            toml::from_str::<ModelConfig>(&text).unwrap().validate().unwrap_err()
+        };
+        let e = refused("max_queue_depth = 16", "max_queue_depth = 1000000");
+        assert!(e.contains("between 1 and 65536"), "{e}");
+        let e = refused("dims = [1]", "dims = [0]");
+        assert!(e.contains("a dimension is at least 1, or -1"), "{e}");
+        let e = refused("dims = [1]", "dims = [-2]");
+        assert!(e.contains("holds -2"), "{e}");
+        let e = refused("dims = [1]", "dims = [65536, 65536, 65536]");
+        assert!(e.contains("more than 268435456 elements"), "{e}");
+        let twice = "[[outputs]]\nname = \"p\"\ndatatype = \"FP32\"\ndims = [1]\n[[outputs]]";
+        let e = refused("[[outputs]]", twice);
+        assert!(e.contains("output 'p' is declared twice"), "{e}");
+        let second = "[[inputs]]\nname = \"mask\"\ndatatype = \"FP32\"\ndims = [1]\n[[outputs]]";
+        let e = refused("[[outputs]]", second);
+        assert!(e.contains("preprocess feeds one image to a model with one input; this one declares 2"), "{e}");
+        let e = refused("width = 4", "width = 100000");
+        assert!(e.contains("at most 8192"), "{e}");
     }
 
     #[test]

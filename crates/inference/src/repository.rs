@@ -263,6 +263,11 @@ impl ModelRepository {
         before.difference(&versions).copied().collect()
     }
 
+    /// Whether `version` of `name` is kept whatever the model's policy.
+    pub fn is_kept(&self, name: &str, version: u64) -> bool {
+        self.kept.lock().get(name).is_some_and(|kept| kept.contains(&version))
+    }
+
     /// Takes out of service those of `versions` of `name` that are loaded only because they
     /// were kept, and are kept no more (requests holding them finish on them); the policy's own
     /// and the default stay.
@@ -412,6 +417,9 @@ impl ModelRepository {
     fn read_model(&self, name: &str) -> Result<Option<ModelEntry>, InferenceError> {
         let dir = self.root.join(name);
         let found = find_versions(&dir)?;
+        // The files' state before loading: one changed while the versions load (a copy still
+        // under way) differs from it, and the watch loads the model again.
+        let files = fingerprint(&found);
         let Some((&newest, newest_dir)) = found.iter().next_back() else { return Ok(None) };
         let policy = if self.options.load_all_versions {
             VersionPolicy::All
@@ -475,13 +483,7 @@ impl ModelRepository {
                 }
             }
         }
-        Ok(Some(ModelEntry {
-            name: name.to_string(),
-            versions,
-            default_version,
-            fingerprint: fingerprint(&found),
-            by_policy,
-        }))
+        Ok(Some(ModelEntry { name: name.to_string(), versions, default_version, fingerprint: files, by_policy }))
     }
 }
 

@@ -181,6 +181,24 @@ impl ModelSession {
                 )));
             }
         }
+        if config.max_batch_size > 0 {
+            // Requests are batched along the first dimension: the graph must take any size there.
+            let declared = |name: &str| config.inputs.iter().chain(&config.outputs).any(|s| s.name == name);
+            let outlets = session.inputs().iter().map(|i| (i.name(), i.dtype()));
+            let outlets = outlets.chain(session.outputs().iter().map(|o| (o.name(), o.dtype())));
+            for (name, dtype) in outlets.filter(|(name, _)| declared(name)) {
+                let first = dtype.tensor_shape().and_then(|shape| shape.first().copied());
+                if let Some(fixed) = first.filter(|&d| d >= 0 && (d != 1 || config.max_batch_size > 1)) {
+                    return Err(InferenceError::Config(format!(
+                        "{}: '{name}' has a fixed first dimension of {fixed} in the graph, but model.toml's \
+                         max_batch_size = {} batches requests along it: export the model with a dynamic \
+                         batch dimension, or set max_batch_size = 0 and give the full dims",
+                        path.display(),
+                        config.max_batch_size
+                    )));
+                }
+            }
+        }
         Ok(Self {
             session,
             input_names: config.inputs.iter().map(|s| s.name.clone()).collect(),
@@ -343,6 +361,28 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/typed-outputs");
         let config = ModelConfig::load(&dir.join("model.toml")).unwrap();
         ModelSession::load(&dir.join("model.onnx"), &config, intra_op_threads).unwrap()
+    }
+
+    #[test]
+    fn a_graph_with_a_fixed_batch_dimension_is_refused_when_requests_are_batched_along_it() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let config = |max_batch_size: usize| -> ModelConfig {
+            toml::from_str(&format!(
+                "name = \"m\"\nversion = 1\nplatform = \"onnxruntime_onnx\"\nmax_batch_size = {max_batch_size}\n\
+                 [[inputs]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [4]\n\
+                 [[outputs]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [4]\n"
+            ))
+            .unwrap()
+        };
+        let fixed = fixtures.join("fixed-batch/model.onnx");
+        let e = ModelSession::load(&fixed, &config(8), 1).err().expect("refused").to_string();
+        assert!(e.contains("'x' has a fixed first dimension of 1") && e.contains("max_batch_size = 8"), "{e}");
+        // One request of one item at a time fits the fixed dimension.
+        ModelSession::load(&fixed, &config(1), 1).unwrap();
+        // A graph with a dynamic first dimension takes any batch.
+        let mut typed = config(8);
+        typed.outputs[0].name = "same".into();
+        ModelSession::load(&fixtures.join("typed-outputs/model.onnx"), &typed, 1).unwrap();
     }
 
     #[test]

@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, env = "VIGIL_KAFKA_BROKERS")]
     brokers: Option<String>,
     /// Postgres URL (database_url).
-    #[arg(long, env = "VIGIL_DATABASE_URL")]
+    #[arg(long, env = "VIGIL_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Consumer group; instances in one group share the partitions (group_id).
     #[arg(long)]

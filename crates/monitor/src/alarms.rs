@@ -208,7 +208,9 @@ impl Slot<'_> {
 /// whether the change is a transition worth recording (`Some(notify)`). A firing alarm whose rule
 /// has `keep_firing_for` resolves only once its condition has not held for that long, timed from
 /// the round it first stopped holding (kept in `cleared`). No data (no traffic, no labels, a
-/// stalled rollup) is not a recovery: a firing alarm keeps firing, a pending one goes back to
+/// stalled rollup) is not a recovery: a firing alarm keeps firing through a gap as long as its
+/// window (or its `keep_firing_for`, if longer), timed in `cleared` too, and then resolves
+/// saying it has no data (a canary that ended, a model retired); a pending one goes back to
 /// inactive (its condition was not seen to hold for its duration).
 pub fn transition(
     rule: &Rule,
@@ -232,16 +234,22 @@ pub fn transition(
         ),
         None => format!("{} {state} for {}: {} has no data", rule.name, current.model_name, rule.metric_name),
     };
-    if value.is_none() {
-        if current.state != "pending" {
-            return (next, None);
-        }
-        next.state = "inactive".into();
-        next.since = now;
-        next.message = describe("inactive");
-        return (next, Some(false));
-    }
     let held_for = |since: DateTime<Utc>| (now - since).to_std().unwrap_or(Duration::ZERO);
+    if value.is_none() {
+        let (state, notify) = match current.state.as_str() {
+            "pending" => ("inactive", false),
+            "firing" if held_for(cleared.cleared_at(now)) < rule.window.max(rule.keep_firing_for) => {
+                return (next, None);
+            }
+            "firing" => ("resolved", true),
+            _ => return (next, None),
+        };
+        cleared.forget();
+        next.state = state.into();
+        next.since = now;
+        next.message = describe(state);
+        return (next, Some(notify));
+    }
     let still_kept = current.state == "firing"
         && !holds
         && !rule.keep_firing_for.is_zero()
@@ -613,17 +621,30 @@ mod tests {
     }
 
     #[test]
-    fn no_data_keeps_a_firing_alarm_firing_and_ends_a_pending_one() {
+    fn no_data_keeps_a_firing_alarm_firing_for_its_window_and_ends_a_pending_one() {
         let r = rule(30);
         let at = |s| DateTime::from_timestamp(s, 0).unwrap();
         let (p, _) = step(&r, &row("inactive", 0), Some(0.5), at(100));
         let (f, _) = step(&r, &p, Some(0.5), at(130));
         assert_eq!(f.state, "firing");
-        let (silent, change) = step(&r, &f, None, at(140));
+        let mut memory = ClearedSince::default();
+        let mut next = |current: &AlertRow, value, t| transition(&r, current, value, at(t), memory.slot("k"));
+        let (silent, change) = next(&f, None, 140);
         assert_eq!((silent.state.as_str(), change, silent.since), ("firing", None, at(130)));
         assert_eq!(silent.value, None);
-        let (back, change) = step(&r, &silent, Some(0.01), at(150));
+        let (back, change) = next(&silent, Some(0.01), 150);
         assert_eq!((back.state.as_str(), change), ("resolved", Some(true)), "data that clears it resolves it");
+        // A gap as long as the window (60 s) ends it: the traffic is gone.
+        let (f, _) = next(&back, Some(0.5), 1_000);
+        let (f, _) = next(&f, Some(0.5), 1_030);
+        assert_eq!(f.state, "firing");
+        let (still, change) = next(&f, None, 1_040);
+        assert_eq!((still.state.as_str(), change), ("firing", None));
+        let (still, change) = next(&still, None, 1_099);
+        assert_eq!((still.state.as_str(), change), ("firing", None), "59 s into a 60 s window");
+        let (gone, change) = next(&still, None, 1_100);
+        assert_eq!((gone.state.as_str(), change), ("resolved", Some(true)));
+        assert!(gone.message.contains("has no data"), "{}", gone.message);
         let (p, _) = step(&r, &row("inactive", 0), Some(0.5), at(200));
         let (ended, change) = step(&r, &p, None, at(210));
         assert_eq!((ended.state.as_str(), change), ("inactive", Some(false)));

@@ -294,6 +294,17 @@ impl MonitorConfig {
                 if r.window.is_zero() {
                     return Err(bad("window must be longer than 0s".into()));
                 }
+                // Read in windows of the coarsest resolution at most (the views refuse more).
+                let coarsest = self.rollups.resolutions.iter().copied().max().unwrap_or(60);
+                let windows = r.window.as_secs() / u64::from(coarsest.max(1));
+                if windows > crate::views::MAX_WINDOWS_PER_READ as u64 {
+                    return Err(bad(format!(
+                        "window {} holds {windows} windows of the coarsest rollup ({coarsest} s), more than {}: \
+                         shorten it or add a coarser resolution to rollups.resolutions",
+                        humantime::format_duration(r.window),
+                        crate::views::MAX_WINDOWS_PER_READ
+                    )));
+                }
                 if !["info", "warning", "critical"].contains(&r.severity.as_str()) {
                     return Err(bad(format!("severity '{}' is not info, warning or critical", r.severity)));
                 }
@@ -431,6 +442,17 @@ mod tests {
         assert_eq!(config.drift.for_model("other").dataset_share, 0.5);
         let wrong = toml::from_str::<MonitorConfig>("[drift.models.cam]\npsi = \"high\"\n").unwrap_err().to_string();
         assert!(wrong.contains("drift.models.cam"), "{wrong}");
+    }
+
+    #[test]
+    fn a_rule_window_too_long_for_the_stored_rollups_is_refused() {
+        let config: MonitorConfig = toml::from_str(
+            "[rollups]\nresolutions = [1]\n[[alerting.rules]]\nname = \"slow\"\nmetric = \"error_rate\"\n\
+             window = \"7d\"\ncomparator = \">\"\nthreshold = 0.1\n",
+        )
+        .unwrap();
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("alarm rule 'slow': window 7days holds 604800 windows"), "{e}");
     }
 
     #[test]

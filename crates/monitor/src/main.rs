@@ -19,7 +19,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8004")]
     http_listen: SocketAddr,
     /// The prediction log: postgres://... or sqlite://...
-    #[arg(long, env = "VIGIL_DATABASE_URL", default_value = "postgres://127.0.0.1/vigil")]
+    #[arg(long, env = "VIGIL_DATABASE_URL", hide_env_values = true, default_value = "postgres://127.0.0.1/vigil")]
     database_url: String,
     /// Monitoring configuration (TOML: rollups, drift, alarm rules, webhook); defaults without.
     #[arg(long, env = "VIGIL_MONITOR_CONFIG")]

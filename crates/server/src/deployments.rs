@@ -396,12 +396,15 @@ impl Follower {
                 spec.artifact_sha256.get(version).ok_or_else(|| format!("version {version} is not registered"))?;
             let on_disk = self.on_disk(model, version);
             let loaded = match (self.repository.get(model, version), on_disk, fetcher.as_deref_mut()) {
-                // Kept now, under the repository's lock, rather than once every deployment is
-                // checked: a release scheduled when an earlier deployment dropped this version
-                // may fire meanwhile and take out the version the router is about to send
-                // requests to (if it already has, the version is loaded again).
-                (Ok(_), Some(number), _) => load_kept(&self.repository, model, number).await?,
-                (Ok(loaded), None, _) => loaded,
+                // A version not kept yet is kept now, under the repository's lock, rather than
+                // once every deployment is checked: a release scheduled when an earlier
+                // deployment dropped it may fire meanwhile and take out the version the router
+                // is about to send requests to (if it already has, the version is loaded
+                // again). One kept already cannot be released: only this follower unkeeps.
+                (Ok(_), Some(number), _) if !self.repository.is_kept(model, number) => {
+                    load_kept(&self.repository, model, number).await?
+                }
+                (Ok(loaded), _, _) => loaded,
                 // On disk but left out by the model's version policy (checked above): loaded
                 // beside the others, once per state of its files.
                 (Err(_), Some(number), _) => {

@@ -216,7 +216,9 @@ pub async fn start(
     let (routes, names) = match apis(&mut serving, host.routes().add_service(oip)) {
         Ok(apis) => apis,
         Err(e) => {
-            // Whatever started already (records, watches) stops before the error is returned.
+            // Whatever started already (records, watches) stops before the error is returned;
+            // the capture spool ends once no capturer is left.
+            drop((serving, settings.capture.take()));
             let _ = lifecycle.shutdown().await;
             return Err(e);
         }

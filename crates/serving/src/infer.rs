@@ -14,6 +14,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use vigil_inference::InferenceError;
 use vigil_inference::batcher::BatchOutput;
+use vigil_inference::config::ModelConfig;
 use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_inference::tensor::Tensor;
 use vigil_proto::vigil::v1::Variant;
@@ -233,6 +234,7 @@ impl Infer {
             let (shadow, inputs, observer) = (shadow.clone(), inputs.to_vec(), on_shadow.clone());
             let (deployment, metrics, lane) = (route.deployment.clone(), self.metrics.clone(), self.lane.clone());
             let own_inputs = shadow_inputs.clone();
+            let primary = route.primary.clone();
             tokio::spawn(async move {
                 let own = match own_inputs {
                     Some(prepare) => {
@@ -247,6 +249,15 @@ impl Infer {
                 let result = match own {
                     Some(Ok(own)) => shadow.batcher.infer_queued(own).await,
                     Some(Err(e)) => Err(e),
+                    // The primary's tensors go by position: only to a candidate that takes the
+                    // same inputs (else its answers would be to other, or swapped, inputs).
+                    None if !takes_the_same_inputs(&primary.config, &shadow.config) => {
+                        Err(InferenceError::InvalidInput(format!(
+                            "version {} takes other inputs than the primary's version {} (names, types or dims): \
+                         its copy of the request was not run",
+                            shadow.config.version, primary.config.version
+                        )))
+                    }
                     None => shadow.batcher.infer_queued(inputs).await,
                 };
                 drop(permit);
@@ -261,5 +272,39 @@ impl Infer {
                 }
             });
         }
+    }
+}
+
+/// Whether `shadow` declares the inputs `primary` does, in the same order: a request decoded
+/// for the primary then means the same to it.
+fn takes_the_same_inputs(primary: &ModelConfig, shadow: &ModelConfig) -> bool {
+    primary.inputs.len() == shadow.inputs.len()
+        && primary
+            .inputs
+            .iter()
+            .zip(&shadow.inputs)
+            .all(|(p, s)| p.name == s.name && p.datatype == s.datatype && p.dims == s.dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shadow_is_sent_the_primarys_tensors_only_when_it_takes_the_same_inputs() {
+        let config = |inputs: &str| -> ModelConfig {
+            toml::from_str(&format!(
+                "name = \"m\"\nversion = 1\nplatform = \"onnxruntime_onnx\"\nmax_batch_size = 0\n{inputs}\
+                 [[outputs]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [1]\n"
+            ))
+            .unwrap()
+        };
+        let input =
+            |name: &str, dims: &str| format!("[[inputs]]\nname = \"{name}\"\ndatatype = \"FP32\"\ndims = {dims}\n");
+        let primary = config(&(input("a", "[3]") + &input("b", "[3]")));
+        assert!(takes_the_same_inputs(&primary, &config(&(input("a", "[3]") + &input("b", "[3]")))));
+        assert!(!takes_the_same_inputs(&primary, &config(&(input("b", "[3]") + &input("a", "[3]")))), "swapped");
+        assert!(!takes_the_same_inputs(&primary, &config(&(input("a", "[3]") + &input("b", "[4]")))), "resized");
+        assert!(!takes_the_same_inputs(&primary, &config(&input("a", "[3]"))), "one fewer");
     }
 }

@@ -22,7 +22,8 @@
 //! - `vigil_inflight_requests`: requests holding an admission permit now, and
 //!   `vigil_request_bytes_in_flight`: the bytes of the memory budget they are charged.
 //! - `vigil_records_total{outcome}`: prediction records `produced` (acknowledged by the broker),
-//!   `spooled`, `replayed`, `dropped` or `failed`, read from the emitter's counters at each scrape.
+//!   `spooled`, `replayed`, `dropped`, `failed` or `spool_refused` (spooled, then refused for good
+//!   by the broker at replay), read from the emitter's counters at each scrape.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -477,6 +478,7 @@ impl Collector for RecordsCollector {
             ("replayed", &s.replayed),
             ("dropped", &s.dropped),
             ("failed", &s.failed),
+            ("spool_refused", &s.spool_refused),
         ] {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
             counter.encode(family.encode_family(&OutcomeLabels { outcome })?)?;

@@ -357,10 +357,15 @@ impl<'a> UntilAnswered<'a> {
     }
 }
 
+/// How close to its deadline a request may be dropped and still count as timed out: a client
+/// that set the deadline sends its cancel when its own clock (started before the server's)
+/// reaches it, which can be a little before the server's.
+const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(20);
+
 impl Drop for UntilAnswered<'_> {
     fn drop(&mut self) {
         let Some((records, ctx, version)) = self.pending.take() else { return };
-        if self.deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+        if self.deadline.is_some_and(|deadline| std::time::Instant::now() + DEADLINE_SLACK >= deadline) {
             let status = tonic::Status::deadline_exceeded("the request's deadline passed before it was answered");
             records.failed(ctx, &version, uuid::Uuid::now_v7().to_string(), &status);
         }

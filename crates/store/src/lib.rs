@@ -29,7 +29,7 @@ pub use review::{
 };
 pub use rows::{DeadLetterRow, FeedbackRow, LabelRow, PredictionRow, RowError};
 pub use sqlite::SqliteStore;
-pub use store::{Backend, PredictionStore};
+pub use store::{Backend, PredictionStore, redact_url};
 
 /// The Postgres schema, embedded from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -157,19 +157,23 @@ pub trait RetentionStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Forgotten, sqlx::Error>> + Send;
 }
 
-/// SQLite gives a new row the largest rowid in the table plus one, so once the newest rows are
-/// deleted their rowids come back, at or below the rollup cursor, where rollups would never
-/// read them. In the transaction that deletes predictions, the cursor comes down to the largest
-/// rowid left: every row at or below it was counted already, and every later one is above it.
-const SQLITE_CLAMP_ROLLUP_CURSOR: &str = "UPDATE rollup_cursor SET cursor = \
-     min(cursor, (SELECT coalesce(max(rowid), 0) FROM predictions)) WHERE name = 'predictions'";
+/// SQLite gives a new row the largest rowid in the table plus one, so the rowids of deleted
+/// newest rows would come back, at or below the rollup cursor (or a batch in flight), where
+/// rollups never read them. Before predictions are deleted, the floor new rows are numbered
+/// above is raised to the largest rowid (see the SQLite store's `insert_batch`).
+const SQLITE_RAISE_ROWID_FLOOR: &str = "UPDATE prediction_rowid_floor SET floor = \
+     max(floor, (SELECT coalesce(max(rowid), 0) FROM predictions))";
 
 macro_rules! retention_backend {
-    ($store:ty, $audit:path, $after_deleting_predictions:expr) => {
+    ($store:ty, $audit:path, $before_deleting_predictions:expr) => {
         impl RetentionStore for $store {
             async fn expire(&self, table: Expiring, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
                 let (name, key) = (table.table(), table.key());
                 let mut tx = self.write_transaction().await?;
+                let first: Option<&str> = $before_deleting_predictions;
+                if let (Expiring::Predictions, Some(statement)) = (table, first) {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
                 let deleted = sqlx::query(&format!(
                     "DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM {name} WHERE time < $1 LIMIT $2)"
                 ))
@@ -177,10 +181,6 @@ macro_rules! retention_backend {
                 .bind(limit)
                 .execute(&mut *tx)
                 .await?;
-                let after: Option<&str> = $after_deleting_predictions;
-                if let (Expiring::Predictions, Some(statement)) = (table, after) {
-                    sqlx::query(statement).execute(&mut *tx).await?;
-                }
                 tx.commit().await?;
                 Ok(deleted.rows_affected())
             }
@@ -225,6 +225,10 @@ macro_rules! retention_backend {
                 .fetch_all(&mut *tx)
                 .await?;
                 let shared: std::collections::HashSet<String> = shared.into_iter().map(|(key,)| key).collect();
+                let first: Option<&str> = $before_deleting_predictions;
+                if let Some(statement) = first {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
                 let mut delete = async |statement: String| -> Result<u64, sqlx::Error> {
                     let done = sqlx::query(&statement).bind(subject.value()).execute(&mut *tx).await?;
                     Ok(done.rows_affected())
@@ -237,10 +241,6 @@ macro_rules! retention_backend {
                 let review_items =
                     delete(format!("DELETE FROM review_items WHERE prediction_id IN ({of_subject})")).await?;
                 let predictions = delete(format!("DELETE FROM predictions WHERE {column} = $1")).await?;
-                let after: Option<&str> = $after_deleting_predictions;
-                if let Some(statement) = after {
-                    sqlx::query(statement).execute(&mut *tx).await?;
-                }
                 let reason = format!(
                     "{}; {predictions} predictions, {labels} labels, {feedback} feedback events, {review_items} review items",
                     change.reason
@@ -274,4 +274,4 @@ macro_rules! retention_backend {
 
 // Postgres reads rollups by transaction id, which never comes back.
 retention_backend!(PgStore, crate::registry::backends::postgres::audit, None);
-retention_backend!(SqliteStore, crate::registry::backends::sqlite::audit, Some(SQLITE_CLAMP_ROLLUP_CURSOR));
+retention_backend!(SqliteStore, crate::registry::backends::sqlite::audit, Some(SQLITE_RAISE_ROWID_FLOOR));

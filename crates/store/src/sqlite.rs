@@ -70,14 +70,24 @@ impl PredictionStore for SqliteStore {
     ) -> Result<(u64, u64), sqlx::Error> {
         let mut tx = self.write_transaction().await?;
         let mut inserted_predictions = 0;
+        // Numbered above every rowid ever handed out, deleted ones included (see the migration
+        // `prediction_rowid_floor`): the rollups read by rowid and must never see one again.
+        let mut next_rowid: i64 = sqlx::query_scalar(
+            "SELECT max((SELECT coalesce(max(rowid), 0) FROM predictions), \
+                        (SELECT coalesce(max(floor), 0) FROM prediction_rowid_floor)) + 1",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         for chunk in predictions.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR IGNORE INTO predictions (prediction_id, time, request_time, capture_time, trace_id, server_id, \
+                "INSERT OR IGNORE INTO predictions (rowid, prediction_id, time, request_time, capture_time, trace_id, server_id, \
                  station_id, device_id, part_id, request_id, api, model_name, model_version, variant, deployment_id, features, \
                  output, score, output_null, verdict, decision, queue_time_us, compute_time_us, status, error, stage, capture) ",
             );
             q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.prediction_id)
+                next_rowid += 1;
+                b.push_bind(next_rowid - 1)
+                    .push_bind(r.prediction_id)
                     .push_bind(r.time)
                     .push_bind(r.request_time)
                     .push_bind(r.capture_time)

@@ -57,9 +57,28 @@ impl Backend {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres(PgStore::connect_lazy(url, 2)?))
         } else {
+            let url = redact_url(url);
             Err(sqlx::Error::Configuration(format!("'{url}': use postgres://... or sqlite://...").into()))
         }
     }
+}
+
+/// `url` with its credentials hidden, for messages and logs: what comes before `@` after the
+/// scheme, and a `password` query parameter.
+pub fn redact_url(url: &str) -> String {
+    let hidden = match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    };
+    let Some((base, query)) = hidden.split_once('?') else { return hidden };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 /// Runs `$body` with `$store` bound to the concrete store inside a [`Backend`]: the generic
