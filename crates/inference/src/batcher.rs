@@ -343,7 +343,7 @@ impl Batcher {
         let Some((mut session, cores)) = session else { return Err(inputs) };
         let _running = Running::start(&self.stats, 1, &self.cores, cores);
         let started = Instant::now();
-        let result = session.run(&inputs);
+        let result = run_guarded(&mut *session, &inputs);
         let compute_time = started.elapsed();
         drop(session);
         record_run(&self.stats, &self.last_run, items, 1, compute_time);
@@ -536,11 +536,25 @@ struct Ran {
 fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelStats, last_run: &LastRun) -> Ran {
     let started = Instant::now();
     let inputs = if jobs.len() == 1 { None } else { Some(concat_inputs(jobs, items)) };
-    let result = runner.run(inputs.as_deref().unwrap_or(&jobs[0].inputs));
+    let result = run_guarded(runner, inputs.as_deref().unwrap_or(&jobs[0].inputs));
     let compute_time = started.elapsed();
     record_run(stats, last_run, items, jobs.len(), compute_time);
     let run_failed = matches!(result, Err(InferenceError::Runtime(_)));
     Ran { started, compute_time, outputs: result.and_then(|outputs| split_outputs(outputs, jobs, items)), run_failed }
+}
+
+/// Runs `inputs` on `runner`; a panic in the run (a bug in a library below) becomes the run's
+/// error, so the batching thread goes on serving and the callers get an answer.
+fn run_guarded(runner: &mut dyn Runner, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.run(inputs))).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        tracing::error!(why, "a model run panicked");
+        Err(InferenceError::Runtime(format!("the run panicked: {why}")))
+    })
 }
 
 /// Sends each request of a batch that ran its answer.
@@ -1130,6 +1144,27 @@ mod tests {
         let b = Batcher::start("failing", config, vec![Failing], Arc::new(ModelStats::default()));
         let err = b.infer(one()).await.unwrap_err();
         assert_eq!(err.to_string(), "model execution failed: out of memory");
+        assert_eq!(b.stats.running.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_panics_answers_with_an_error_and_the_model_serves_on() {
+        struct Panicking(u32);
+        impl Runner for Panicking {
+            fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+                self.0 += 1;
+                if self.0 == 1 {
+                    panic!("index out of bounds");
+                }
+                Ok(inputs.to_vec())
+            }
+        }
+        let config =
+            BatchingConfig { max_batch_size: 4, max_queue_delay_us: 0, max_queue_depth: 4, inline_run_limit_us: 0 };
+        let b = Batcher::start("panicking", config, vec![Panicking(0)], Arc::new(ModelStats::default()));
+        let err = b.infer(one()).await.unwrap_err();
+        assert_eq!(err.to_string(), "model execution failed: the run panicked: index out of bounds");
+        assert!(b.infer(one()).await.is_ok(), "the batching thread lives on");
         assert_eq!(b.stats.running.load(Ordering::Acquire), 0);
     }
 

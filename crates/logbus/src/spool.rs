@@ -272,7 +272,14 @@ impl Spool {
         }
         let (n, size, count) = self.segments.last_mut().expect("a segment");
         if self.writer.is_none() {
-            self.writer = Some(OpenOptions::new().create(true).append(true).open(segment_path(&self.config.dir, *n))?);
+            let path = segment_path(&self.config.dir, *n);
+            let created = !path.exists();
+            self.writer = Some(OpenOptions::new().create(true).append(true).open(&path)?);
+            if created && self.config.fsync == FsyncPolicy::Always {
+                // The new file's directory entry, so that a power cut cannot take the whole
+                // segment of records acknowledged as durable.
+                sync_dir(&self.config.dir)?;
+            }
         }
         let writer = self.writer.as_mut().expect("writer");
         let written = writer.write_all(&frame).and_then(|()| match self.config.fsync {
@@ -406,6 +413,11 @@ fn write_head(dir: &Path, head: Position) -> io::Result<()> {
     let tmp = dir.join("head.tmp");
     fs::write(&tmp, format!("{} {}\n", head.segment, head.offset))?;
     fs::rename(tmp, dir.join("head"))
+}
+
+/// Makes the entries of `dir` (files created or renamed in it) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
