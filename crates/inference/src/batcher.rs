@@ -346,7 +346,9 @@ impl Batcher {
         let result = run_guarded(&mut *session, &inputs);
         let compute_time = started.elapsed();
         drop(session);
-        record_run(&self.stats, &self.last_run, items, 1, compute_time);
+        if result.is_ok() {
+            record_run(&self.stats, &self.last_run, items, 1, compute_time);
+        }
         self.stats.inline_runs.fetch_add(1, Ordering::Relaxed);
         let queue_time = started.saturating_duration_since(enqueued);
         Ok(result.map(|outputs| answered(&self.stats, outputs, queue_time, compute_time, items)))
@@ -538,7 +540,11 @@ fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelS
     let inputs = if jobs.len() == 1 { None } else { Some(concat_inputs(jobs, items)) };
     let result = run_guarded(runner, inputs.as_deref().unwrap_or(&jobs[0].inputs));
     let compute_time = started.elapsed();
-    record_run(stats, last_run, items, jobs.len(), compute_time);
+    // Statistics count executions that ran (as Triton's do); a failed run's time is not the
+    // model's either, for the next inline decision.
+    if result.is_ok() {
+        record_run(stats, last_run, items, jobs.len(), compute_time);
+    }
     let run_failed = matches!(result, Err(InferenceError::Runtime(_)));
     Ran { started, compute_time, outputs: result.and_then(|outputs| split_outputs(outputs, jobs, items)), run_failed }
 }
@@ -797,6 +803,10 @@ mod tests {
         assert!(matches!(&e, InferenceError::Runtime(m) if m.contains("index out of range")), "{e}");
         assert_eq!(other.await.unwrap().unwrap().outputs[0].to_f32().unwrap(), [10.0]);
         assert_eq!(*seen.lock(), [1, 3, 1, 1, 1], "the failed batch of 3, then each request alone");
+        // The executions that ran: the first and the two good requests alone, not the failed
+        // batch of 3 nor the failed request.
+        assert_eq!(b.stats.execution_count.load(Ordering::Relaxed), 3);
+        assert_eq!(b.stats.inference_count.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
