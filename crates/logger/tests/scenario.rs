@@ -351,14 +351,46 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     }
 
     mark("dashboard rendered");
-    // 3. Back to normal images: the drift windows fill with normal traffic and the labeled
-    // drifted predictions age out of the accuracy window; every alarm resolves.
-    let line_for_normal = line.clone();
-    let recovering = tokio::spawn(async move { serve_line(&line_for_normal, &normal, Duration::from_secs(45)).await });
+    // 3. Back to normal images: the drift windows fill with normal traffic; the inspectors label
+    // some of it, and once the labeled drifted predictions age out of the accuracy window the
+    // labels show the model right again. Every alarm resolves on data (no data alone would keep
+    // the accuracy alarm firing for a window more).
+    let (line_for_normal, normal_images) = (line.clone(), normal.clone());
+    let recovering =
+        tokio::spawn(async move { serve_line(&line_for_normal, &normal_images, Duration::from_secs(45)).await });
     let baseline = (baseline_since, baseline_until);
     wait_for_drift_resolved(&store, &mut monitoring, "brightness-drift", baseline, Duration::from_secs(40)).await;
     wait_for_drift_resolved(&store, &mut monitoring, "sharpness-drift", baseline, Duration::from_secs(40)).await;
+    let recovered = serve_line(&line, &normal, Duration::from_secs(5)).await;
+    let labels: Vec<LabelEvent> = recovered
+        .iter()
+        .map(|(id, label)| LabelEvent {
+            prediction_id: id.clone(),
+            label: label.clone(),
+            source: "inspector".into(),
+            ..Default::default()
+        })
+        .collect();
+    // Sent again until every prediction is logged (a label for one not logged yet is refused;
+    // one sent twice is a duplicate, not stored twice).
+    eventually(Duration::from_secs(30), "the recovered predictions labeled", || {
+        let (mut monitoring, labels) = (monitoring.clone(), labels.clone());
+        async move {
+            let r =
+                monitoring.submit_labels(SubmitLabelsRequest { labels: labels.clone() }).await.unwrap().into_inner();
+            (r.accepted + r.duplicates) as usize == labels.len()
+        }
+    })
+    .await;
     wait_for_state(&store, "accuracy-drop", "resolved", Duration::from_secs(45)).await;
+    let message = vigil_store::AlertStore::load_alerts(&store)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.rule == "accuracy-drop")
+        .unwrap()
+        .message;
+    assert!(!message.contains("no data"), "resolved by the labels, not by their absence: {message}");
     recovering.abort();
 
     // The webhook got each rule's firing and resolution, once each, in that order.
