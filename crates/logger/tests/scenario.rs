@@ -70,6 +70,19 @@ async fn serve_line(
     answers
 }
 
+/// The inspectors' labels of `answers` (prediction id, true label).
+fn inspector_labels<'a>(answers: impl IntoIterator<Item = &'a (String, String)>) -> Vec<LabelEvent> {
+    answers
+        .into_iter()
+        .map(|(id, label)| LabelEvent {
+            prediction_id: id.clone(),
+            label: label.clone(),
+            source: "inspector".into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// A webhook receiver that keeps what it is sent.
 async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -306,16 +319,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
         store.count_predictions().await.unwrap_or(0) >= (first.len() + more_normal.len() + drifted_answers.len()) as i64
     })
     .await;
-    let labels: Vec<LabelEvent> = first
-        .iter()
-        .chain(&drifted_answers)
-        .map(|(id, label)| LabelEvent {
-            prediction_id: id.clone(),
-            label: label.clone(),
-            source: "inspector".into(),
-            ..Default::default()
-        })
-        .collect();
+    let labels = inspector_labels(first.iter().chain(&drifted_answers));
     let submitted =
         monitoring.submit_labels(SubmitLabelsRequest { labels: labels.clone() }).await.unwrap().into_inner();
     assert_eq!(submitted.accepted as usize, labels.len(), "{:?}", submitted.rejected);
@@ -362,15 +366,7 @@ async fn drift_and_accuracy_alarms_fire_show_on_the_dashboard_and_resolve() {
     wait_for_drift_resolved(&store, &mut monitoring, "brightness-drift", baseline, Duration::from_secs(40)).await;
     wait_for_drift_resolved(&store, &mut monitoring, "sharpness-drift", baseline, Duration::from_secs(40)).await;
     let recovered = serve_line(&line, &normal, Duration::from_secs(5)).await;
-    let labels: Vec<LabelEvent> = recovered
-        .iter()
-        .map(|(id, label)| LabelEvent {
-            prediction_id: id.clone(),
-            label: label.clone(),
-            source: "inspector".into(),
-            ..Default::default()
-        })
-        .collect();
+    let labels = inspector_labels(&recovered);
     // Sent again until every prediction is logged (a label for one not logged yet is refused;
     // one sent twice is a duplicate, not stored twice).
     eventually(Duration::from_secs(30), "the recovered predictions labeled", || {
