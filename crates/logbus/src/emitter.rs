@@ -54,6 +54,10 @@ pub trait Sink: Send + Sync + 'static {
     /// Starts delivering a record; the future resolves on acknowledgement. Records started
     /// in order are delivered in order per key.
     fn send(&self, envelope: Envelope) -> impl Future<Output = Result<(), SinkError>> + Send + 'static;
+
+    /// Called once, when the emitter starts, with its counters: a sink that replaces its
+    /// connection counts it in `sink_restarts`.
+    fn attach(&self, _stats: &Arc<EmitterStats>) {}
 }
 
 /// Counters of an emitter.
@@ -75,6 +79,9 @@ pub struct EmitterStats {
     /// Spooled records the sink refused for good when replayed (passed over). Counted apart
     /// from `failed`: they were settled once already, as `spooled`.
     pub spool_refused: AtomicU64,
+    /// Times the sink replaced its connection after a fatal error (an idempotent Kafka
+    /// producer whose sequence broke); the records it held were spooled and sent again.
+    pub sink_restarts: AtomicU64,
 }
 
 impl EmitterStats {
@@ -126,6 +133,7 @@ impl Emitter {
     ) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
         let stats = Arc::new(EmitterStats::default());
+        sink.attach(&stats);
         let spool = spool.and_then(|s| match SpoolActor::start(s, queue_capacity, stats.clone()) {
             Ok(actor) => Some(actor),
             Err(e) => {

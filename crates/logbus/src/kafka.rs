@@ -2,7 +2,11 @@
 //! emitter uses.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -12,7 +16,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 
-use crate::emitter::{Envelope, Sink, SinkError};
+use crate::emitter::{EmitterStats, Envelope, Sink, SinkError};
 use crate::kafka_security;
 pub use crate::kafka_security::{KafkaSasl, KafkaTls};
 
@@ -233,51 +237,117 @@ pub async fn missing_topics(config: &KafkaConfig, topics: &[&str]) -> Result<Vec
     .map_err(|e| e.to_string())?
 }
 
-/// The emitter's sink onto Kafka.
+/// The emitter's sink onto Kafka. An idempotent producer that meets a fatal error (the broker
+/// lost acknowledged records, or the sequence of a partition broke) refuses every record after
+/// it; the sink then replaces it with a new producer and fails what the old one held as
+/// transient, so that the emitter spools those records and replays them through the new one.
 #[derive(Clone)]
 pub struct KafkaSink {
-    producer: FutureProducer,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: KafkaConfig,
+    producer: ArcSwap<FutureProducer>,
+    /// The emitter's counters, where replacements are counted (`sink_restarts`).
+    stats: OnceLock<Arc<EmitterStats>>,
 }
 
 impl KafkaSink {
-    /// Wraps a producer made by [`KafkaConfig::producer`].
-    pub fn new(producer: FutureProducer) -> Self {
-        Self { producer }
+    /// A sink on a producer made by [`KafkaConfig::producer`].
+    pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
+        let producer = config.producer()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config: config.clone(),
+                producer: ArcSwap::from_pointee(producer),
+                stats: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// The producer records go through now.
+    pub fn producer(&self) -> Arc<FutureProducer> {
+        self.shared.producer.load_full()
     }
 
     /// Waits up to `timeout` for queued records to be delivered.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(Timeout::After(timeout))
+        self.producer().flush(Timeout::After(timeout))
     }
 
     /// Gives up on every record the producer still holds, queued or sent but not acknowledged:
     /// each fails at once (at shutdown, so the emitter can spool it instead of losing it). A
     /// record the broker did take may then be replayed too: downstream inserts are idempotent.
     pub fn abandon_undelivered(&self) {
-        self.producer.purge(PurgeConfig::default().queue().inflight());
+        self.producer().purge(PurgeConfig::default().queue().inflight());
+    }
+
+    /// The error for a record `producer` did not deliver. When `producer` has met a fatal error
+    /// it is replaced (once: a later caller finds the new one in place) and the error is
+    /// transient, whatever the record's own error said.
+    fn failed(&self, producer: &FutureProducer, e: KafkaError) -> SinkError {
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return sink_error(e);
+        };
+        self.replace(producer, code, &reason);
+        SinkError::transient(format!("the producer met a fatal error ({code:?}: {reason}); sent again by a new one"))
+    }
+
+    fn replace(&self, failed: &FutureProducer, code: RDKafkaErrorCode, reason: &str) {
+        let current = self.shared.producer.load();
+        if current.client().native_ptr() != failed.client().native_ptr() {
+            return; // Replaced already.
+        }
+        match self.shared.config.producer() {
+            Ok(fresh) => {
+                let previous = self.shared.producer.compare_and_swap(&current, Arc::new(fresh));
+                if !Arc::ptr_eq(&previous, &current) {
+                    return; // Another caller replaced it meanwhile.
+                }
+                // Whatever the failed producer still holds fails now, and is spooled and sent
+                // again through the new one.
+                failed.purge(PurgeConfig::default().queue().inflight());
+                if let Some(stats) = self.shared.stats.get() {
+                    stats.sink_restarts.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::error!(?code, reason, "Kafka producer met a fatal error: replaced by a new producer");
+            }
+            Err(e) => {
+                tracing::error!(?code, reason, error = %e, "Kafka producer met a fatal error and cannot be replaced yet");
+            }
+        }
     }
 }
 
 impl Sink for KafkaSink {
+    fn attach(&self, stats: &Arc<EmitterStats>) {
+        let _ = self.shared.stats.set(stats.clone());
+    }
+
     fn send(&self, envelope: Envelope) -> impl Future<Output = Result<(), SinkError>> + Send + 'static {
         // Enqueue now, in call order, so that records with one key keep their order; the
         // idempotent producer retries delivery until message.timeout.ms.
+        let producer = self.producer();
         let record = FutureRecord::to(&envelope.topic).key(&envelope.key).payload(&envelope.payload);
-        let enqueued = self.producer.send_result(record).map_err(|(e, _)| e);
-        let producer = self.producer.clone();
+        let enqueued = producer.send_result(record).map_err(|(e, _)| e);
+        let sink = self.clone();
         async move {
             let delivery = match enqueued {
                 Ok(delivery) => delivery,
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     // librdkafka's local queue is full: wait for room.
                     let record = FutureRecord::to(&envelope.topic).key(&envelope.key).payload(&envelope.payload);
-                    return producer.send(record, Timeout::Never).await.map(|_| ()).map_err(|(e, _)| sink_error(e));
+                    return match producer.send(record, Timeout::Never).await {
+                        Ok(_) => Ok(()),
+                        Err((e, _)) => Err(sink.failed(&producer, e)),
+                    };
                 }
-                Err(e) => return Err(sink_error(e)),
+                Err(e) => return Err(sink.failed(&producer, e)),
             };
             match delivery.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(sink_error(e)),
+                Ok(Err((e, _))) => Err(sink.failed(&producer, e)),
                 Err(_) => Err(SinkError::transient("producer closed before delivery")),
             }
         }

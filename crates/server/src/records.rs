@@ -31,11 +31,8 @@ pub fn start(
     if !config.enabled {
         return Ok(None);
     }
-    let producer = config
-        .kafka
-        .producer()
+    let sink = KafkaSink::new(&config.kafka)
         .with_context(|| format!("cannot create the Kafka producer for {}", config.kafka.brokers))?;
-    let sink = KafkaSink::new(producer);
     if config.kafka.topics.create {
         // Best effort, off the start-up path: the logger creates the topics too, and records
         // sent before the topic exists wait in the producer or the spool.

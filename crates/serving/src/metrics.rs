@@ -23,7 +23,8 @@
 //!   `vigil_request_bytes_in_flight`: the bytes of the memory budget they are charged.
 //! - `vigil_records_total{outcome}`: prediction records `produced` (acknowledged by the broker),
 //!   `spooled`, `replayed`, `dropped`, `failed` or `spool_refused` (spooled, then refused for good
-//!   by the broker at replay), read from the emitter's counters at each scrape.
+//!   by the broker at replay), read from the emitter's counters at each scrape, and
+//!   `vigil_records_sink_restarts_total`: Kafka producers replaced after a fatal error.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -483,6 +484,13 @@ impl Collector for RecordsCollector {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
             counter.encode(family.encode_family(&OutcomeLabels { outcome })?)?;
         }
+        let restarts = encoder.encode_descriptor(
+            "vigil_records_sink_restarts",
+            "Kafka producers replaced after a fatal error (the records they held were spooled and sent again)",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.sink_restarts.load(Ordering::Relaxed)).encode(restarts)?;
         Ok(())
     }
 }
@@ -549,6 +557,7 @@ mod tests {
         assert!(text.contains(r#"vigil_records_total{outcome="produced"} 7"#), "{text}");
         assert!(text.contains(r#"vigil_records_total{outcome="dropped"} 2"#), "{text}");
         assert!(text.contains(r#"vigil_records_total{outcome="replayed"} 0"#), "{text}");
+        assert!(text.contains("vigil_records_sink_restarts_total 0"), "{text}");
         stats.delivered.store(9, Ordering::Relaxed);
         assert!(encode(&registry).contains(r#"vigil_records_total{outcome="produced"} 9"#));
     }
