@@ -354,10 +354,15 @@ impl Sink for KafkaSink {
     }
 }
 
-/// A producer error as a sink error: permanent when the record itself is at fault (too large
-/// for the producer or the topic, refused as invalid), which no retry changes.
+/// A producer error as a sink error: permanent when the record itself is at fault.
 fn sink_error(e: KafkaError) -> SinkError {
-    let permanent = matches!(
+    SinkError { permanent: refused_for_good(&e), message: e.to_string() }
+}
+
+/// Whether a producer refused a record for what it is (too large for the producer or the topic,
+/// refused as invalid), which no retry changes.
+pub fn refused_for_good(e: &KafkaError) -> bool {
+    matches!(
         e.rdkafka_error_code(),
         Some(
             RDKafkaErrorCode::MessageSizeTooLarge
@@ -365,6 +370,5 @@ fn sink_error(e: KafkaError) -> SinkError {
                 | RDKafkaErrorCode::InvalidMessage
                 | RDKafkaErrorCode::InvalidRecord
         )
-    );
-    SinkError { message: e.to_string(), permanent }
+    )
 }

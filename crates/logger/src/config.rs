@@ -18,6 +18,12 @@ pub struct LoggerConfig {
     /// The consumer group's session timeout: how long a crashed logger holds its partitions
     /// before the group hands them to the others (or to its own restart).
     pub session_timeout_ms: u64,
+    /// How long the logger may go without reading from Kafka before the group counts it gone
+    /// and hands its partitions to the others (librdkafka's `max.poll.interval.ms`). The logger
+    /// stops reading while its batches wait on the database, so this bounds the database stall
+    /// it rides out in the group (default 5 minutes, as Kafka's own); a rebalance also waits at
+    /// most this long for a member that is busy writing.
+    pub max_poll_interval_ms: u64,
     /// How often written positions are committed to the group, in milliseconds. A crash
     /// re-reads at most this much (idempotent inserts skip it); longer means fewer commits.
     pub commit_interval_ms: u64,
@@ -87,6 +93,7 @@ impl Default for LoggerConfig {
             kafka: KafkaConfig { client_id: "vigil-logger".into(), ..KafkaConfig::default() },
             group_id: "vigil-logger".into(),
             session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
             commit_interval_ms: 500,
             consume: vec![topics::PREDICTIONS.into(), topics::LABELS.into(), topics::FEEDBACK.into()],
             database_url: "postgres://127.0.0.1/vigil".into(),
@@ -132,6 +139,12 @@ impl LoggerConfig {
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {
             return Err(format!("session_timeout_ms = {}: use 1000 to 300000", self.session_timeout_ms));
         }
+        if !(self.session_timeout_ms..=86_400_000).contains(&self.max_poll_interval_ms) {
+            return Err(format!(
+                "max_poll_interval_ms = {}: use session_timeout_ms ({}) to 86400000",
+                self.max_poll_interval_ms, self.session_timeout_ms
+            ));
+        }
         Ok(())
     }
 }
@@ -173,6 +186,11 @@ mod tests {
         assert!(bad("kafka.compression", "snappy".into()).contains("use none, gzip, lz4 or zstd"));
         assert!(bad("consume", vec!["vigil.other.v1"].into()).contains("no decoder for topic 'vigil.other.v1'"));
         assert!(bad("commit_interval_ms", 0u64.into()).starts_with("commit_interval_ms = 0"));
+        assert_eq!(
+            bad("max_poll_interval_ms", 5_000u64.into()),
+            "max_poll_interval_ms = 5000: use session_timeout_ms (10000) to 86400000",
+            "librdkafka refuses a poll interval under the session timeout"
+        );
         assert!(bad("batch.max_wait", 5u64.into()).contains("unknown field"), "unknown keys are refused");
     }
 }

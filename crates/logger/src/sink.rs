@@ -22,19 +22,22 @@ pub trait DeadLetterSink: Send + Sync {
 }
 
 /// `vigil.deadletter.v1`: the original key and payload, headers `vigil-reason` and
-/// `vigil-source` (`topic/partition/offset`).
-pub struct KafkaDeadLetters {
+/// `vigil-source` (`topic/partition/offset`). A dead letter the topic refuses for good (the
+/// headers took a record near the size limit over it) goes to the store's `dead_letters` table
+/// instead, so that it never holds the partitions back.
+pub struct KafkaDeadLetters<S> {
     producer: FutureProducer,
+    refused: StoreDeadLetters<S>,
 }
 
-impl KafkaDeadLetters {
-    /// Sends with `producer` (acks=all, idempotent).
-    pub fn new(producer: FutureProducer) -> Self {
-        Self { producer }
+impl<S: PredictionStore> KafkaDeadLetters<S> {
+    /// Sends with `producer` (acks=all, idempotent); what the topic refuses goes to `store`.
+    pub fn new(producer: FutureProducer, store: S) -> Self {
+        Self { producer, refused: StoreDeadLetters::new(store) }
     }
 }
 
-impl DeadLetterSink for KafkaDeadLetters {
+impl<S: PredictionStore> DeadLetterSink for KafkaDeadLetters<S> {
     async fn send(&self, dead: &DeadLetter) -> Result<(), String> {
         let m = &dead.message;
         let source = dead.source();
@@ -44,11 +47,19 @@ impl DeadLetterSink for KafkaDeadLetters {
         let payload = m.payload.clone().unwrap_or_default();
         let key = m.key.clone().unwrap_or_default();
         let record = FutureRecord::to(topics::DEAD_LETTER).payload(&payload).key(&key).headers(headers);
-        self.producer
-            .send(record, Timeout::After(Duration::from_secs(10)))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e.to_string())
+        match self.producer.send(record, Timeout::After(Duration::from_secs(10))).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) if vigil_logbus::kafka::refused_for_good(&e) => {
+                tracing::error!(
+                    source,
+                    error = %e,
+                    "the dead-letter topic refused a dead letter for good: kept in the dead_letters table"
+                );
+                let reason = format!("{}; the dead-letter topic refused it: {e}", dead.reason);
+                self.refused.send(&DeadLetter { message: dead.message.clone(), reason }).await
+            }
+            Err((e, _)) => Err(e.to_string()),
+        }
     }
 }
 

@@ -65,9 +65,9 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(100).to_string())
-            // A rebalance waits at most this long for members that do not rejoin (never less
-            // than the session timeout, which librdkafka requires).
-            .set("max.poll.interval.ms", config.session_timeout_ms.max(30_000).to_string())
+            // A logger waiting on the database reads nothing: this bounds the stall it rides out
+            // before the group hands its partitions away (validated: at least the session timeout).
+            .set("max.poll.interval.ms", config.max_poll_interval_ms.to_string())
             .set("statistics.interval.ms", config.statistics_interval_ms.max(1).to_string())
             .create_with_context(LagContext { metrics })
             .context("cannot create the Kafka consumer")?;

@@ -392,6 +392,59 @@ async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     logger.await.unwrap().unwrap();
 }
 
+/// A record just under the producer's size limit that cannot be decoded: its dead letter, with
+/// the reason and source headers, is over the limit, and the dead-letter topic can never take
+/// it. It goes to the database's `dead_letters` table instead, and the records after it flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_the_topic_refuses_for_good_is_kept_in_the_database_and_holds_nothing_back() {
+    const SIZE: usize = 999_950; // librdkafka's message.max.bytes is 1,000,000
+    let broker = Broker::start(1).await;
+    let db = Database::create();
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
+    let send = |payload: Vec<u8>| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(FutureRecord::to(topics::PREDICTIONS).key("k").payload(&payload), Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    };
+    let good: Vec<PredictionRecord> = (0..5).map(record).collect();
+    send(good[0].encode_to_vec()).await;
+    let mut garbage = vec![0xff, 0xfe];
+    garbage.resize(SIZE, 7);
+    send(garbage.clone()).await;
+    for r in &good[1..] {
+        send(r.encode_to_vec()).await;
+    }
+    let stats = Arc::new(LoggerStats::default());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let logger = tokio::spawn(vigil_logger::run(quick_config(broker.brokers(), db.url()), stats.clone(), async move {
+        let _ = rx.await;
+    }));
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    eventually(Duration::from_secs(60), "the records after the refused dead letter", || async {
+        store.count_predictions().await.unwrap_or(0) == 5
+    })
+    .await;
+    eventually(Duration::from_secs(30), "every record handled", || {
+        std::future::ready(LoggerStats::get(&stats.consumed) >= 6)
+    })
+    .await;
+    let kept = store.dead_letters(10).await.unwrap();
+    assert_eq!(kept.len(), 1, "one dead letter kept");
+    assert_eq!(kept[0].source, format!("{}/0/1", topics::PREDICTIONS));
+    assert!(kept[0].reason.starts_with("not a PredictionRecord"), "{}", kept[0].reason);
+    assert!(kept[0].reason.contains("the dead-letter topic refused it"), "{}", kept[0].reason);
+    assert_eq!(kept[0].payload.as_deref(), Some(&garbage[..]), "kept with its bytes");
+    assert_eq!(broker.message_count(topics::DEAD_LETTER), 0);
+    assert_eq!(LoggerStats::get(&stats.dead_lettered), 1);
+    stop.send(()).unwrap();
+    logger.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_logger_serves_records_by_outcome_batches_and_lag_at_metrics() {
     let broker = Broker::start(2).await;

@@ -49,7 +49,14 @@ impl ReviewItem {
     /// The review a prediction record asks for; None when it asks for none.
     pub fn from_record(r: &PredictionRecord) -> Option<Result<Self, RowError>> {
         let review = r.review.as_ref()?;
-        Some(crate::rows::PredictionRow::from_record(r).map(|row| {
+        let checked = [
+            ("review.policy", &review.policy),
+            ("review.reason", &review.reason),
+            ("review.content_type", &review.content_type),
+        ]
+        .into_iter()
+        .try_for_each(|(field, value)| crate::rows::text(field, value));
+        Some(checked.and_then(|()| crate::rows::PredictionRow::from_record(r)).map(|row| {
             let output = r.output.clone().unwrap_or_default();
             let suggestion = (review.show_suggestion && !output.label.is_empty()).then(|| output.label.clone());
             Self {

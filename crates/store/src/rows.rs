@@ -44,7 +44,7 @@ fn short_text(field: &'static str, value: &str, max: usize) -> Result<(), RowErr
 
 /// Postgres text and jsonb cannot hold a NUL character: such a record is refused here, with the
 /// field named, instead of failing its whole batch's insert again and again.
-fn text(field: &'static str, value: &str) -> Result<(), RowError> {
+pub(crate) fn text(field: &'static str, value: &str) -> Result<(), RowError> {
     match value.find('\0') {
         Some(at) => Err(RowError::Field { field, reason: format!("holds a NUL character at byte {at}") }),
         None => Ok(()),
@@ -116,6 +116,18 @@ impl PredictionRow {
         }
         short_text("capture", &r.capture, MAX_CAPTURE_KEY_BYTES)?;
         text("error", &r.error)?;
+        let out = r.output.clone().unwrap_or_default();
+        // Enumerations are stored as smallint: a value past it is refused, never wrapped into
+        // another one.
+        let small = |field: &'static str, value: i32| {
+            i16::try_from(value).map_err(|_| RowError::Field { field, reason: format!("{value} is not a known value") })
+        };
+        let (variant, verdict, decision, status) = (
+            small("variant", r.variant)?,
+            small("output.verdict", out.verdict)?,
+            small("decision", r.decision)?,
+            small("status", r.status)?,
+        );
         for f in &r.features {
             text("features.name", &f.name)?;
             text("features.category", &f.category)?;
@@ -138,7 +150,6 @@ impl PredictionRow {
             };
             features.insert(f.name.clone(), value);
         }
-        let out = r.output.clone().unwrap_or_default();
         let number =
             |s: f32| serde_json::Number::from_f64(s as f64).map_or(serde_json::Value::Null, serde_json::Value::Number);
         let scores: Vec<serde_json::Value> = out.scores.iter().map(|&s| number(s)).collect();
@@ -167,18 +178,18 @@ impl PredictionRow {
             capture: r.capture.clone(),
             model_name: r.model_name.clone(),
             model_version: r.model_version.clone(),
-            variant: r.variant as i16,
+            variant,
             deployment_id: r.deployment_id.clone(),
             features: serde_json::Value::Object(features),
             output,
             score,
             output_null: out.is_null
                 || (r.status == 1 && score.is_none() && out.text.is_empty() && !model_not_consulted(r)),
-            verdict: out.verdict as i16,
-            decision: r.decision as i16,
+            verdict,
+            decision,
             queue_time_us: r.queue_time_us.min(i64::MAX as u64) as i64,
             compute_time_us: r.compute_time_us.min(i64::MAX as u64) as i64,
-            status: r.status as i16,
+            status,
             error: r.error.clone(),
         })
     }
@@ -327,6 +338,23 @@ mod tests {
         let mut r = record();
         r.response_time = None;
         assert!(PredictionRow::from_record(&r).unwrap_err().to_string().contains("response_time"));
+    }
+
+    #[test]
+    fn enumerations_past_smallint_and_review_text_postgres_cannot_hold_are_refused() {
+        let mut r = record();
+        r.variant = 65_537;
+        let e = PredictionRow::from_record(&r).unwrap_err().to_string();
+        assert_eq!(e, "variant is invalid: 65537 is not a known value", "never wrapped into variant 1");
+        let mut r = record();
+        r.output.as_mut().unwrap().verdict = -40_000;
+        assert!(PredictionRow::from_record(&r).unwrap_err().to_string().starts_with("output.verdict"));
+        let mut r = record();
+        r.review = Some(ReviewRequest { policy: "unsure".into(), reason: "low\0score".into(), ..Default::default() });
+        let e = crate::ReviewItem::from_record(&r).unwrap().unwrap_err().to_string();
+        assert_eq!(e, "review.reason is invalid: holds a NUL character at byte 3");
+        r.review.as_mut().unwrap().reason = "low score".into();
+        assert!(crate::ReviewItem::from_record(&r).unwrap().is_ok());
     }
 
     #[test]
