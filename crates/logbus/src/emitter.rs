@@ -324,6 +324,7 @@ async fn replay<S: Sink>(sink: Arc<S>, spool: SpoolActor, stats: Arc<EmitterStat
             Ok(Ok(batch)) => batch,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the spool");
+                backoff = (backoff * 2).clamp(interval, Duration::from_secs(10));
                 continue;
             }
         };

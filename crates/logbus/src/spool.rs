@@ -178,6 +178,55 @@ fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<Vec<(u64, Env
     Ok(out)
 }
 
+/// The size of the whole frame at `at` in `bytes`, if one reads there: its body fits, names a
+/// topic as Kafka allows one (checked first: cheap), matches its checksum and decodes.
+fn whole_frame_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let header = bytes.get(at..at.checked_add(8)?)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let body = bytes.get(at + 8..(at + 8).checked_add(len)?)?;
+    let topic_len = u16::from_le_bytes(body.get(..2)?.try_into().ok()?) as usize;
+    let topic = body.get(2..2 + topic_len)?;
+    let kafka_name = |b: &u8| b.is_ascii_alphanumeric() || b"._-".contains(b);
+    if topic.is_empty() || topic.len() > 249 || !topic.iter().all(kafka_name) {
+        return None;
+    }
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    (crc32fast::hash(body) == crc && decode(body).is_some()).then_some(8 + len)
+}
+
+/// Segment `n` reads only to `valid_end`, where a frame is damaged (a bad sector, or pages a
+/// power cut kept from the disk under `fsync = never`). When whole frames follow the damage, the
+/// damaged bytes are moved to `damaged/<segment>-<offset>.bin` for a person to look at and the
+/// segment is rewritten without them, so that the records after them are kept; true then. False
+/// when no whole frame follows: a torn tail, for the caller to cut.
+fn set_damage_aside(dir: &Path, n: u64, valid_end: u64) -> io::Result<bool> {
+    let path = segment_path(dir, n);
+    let bytes = fs::read(&path)?;
+    let start = valid_end as usize;
+    let Some(resume) = (start + 1..bytes.len()).find(|&at| whole_frame_at(&bytes, at).is_some()) else {
+        return Ok(false);
+    };
+    let aside = dir.join("damaged");
+    fs::create_dir_all(&aside)?;
+    let kept = aside.join(format!("{n:010}-{valid_end}.bin"));
+    fs::write(&kept, &bytes[start..resume])?;
+    let tmp = dir.join(format!("{n:010}.seg.tmp"));
+    let mut rewritten = File::create(&tmp)?;
+    rewritten.write_all(&bytes[..start])?;
+    rewritten.write_all(&bytes[resume..])?;
+    rewritten.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    sync_dir(dir)?;
+    tracing::error!(
+        segment = %path.display(),
+        offset = valid_end,
+        bytes = resume - start,
+        set_aside = %kept.display(),
+        "a damaged stretch of a spool segment: the records in it are lost, those after it kept"
+    );
+    Ok(true)
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `config.dir`, finding records left by an earlier run.
     pub fn open(config: SpoolConfig) -> io::Result<Self> {
@@ -199,19 +248,28 @@ impl Spool {
                 continue;
             }
             let path = segment_path(&config.dir, n);
-            // Count valid frames and cut a torn tail.
-            let frames = read_frames(&path, 0, usize::MAX)?;
-            let valid_end = frames.last().map_or(0, |(end, _)| *end);
-            let file = OpenOptions::new().write(true).open(&path)?;
-            let file_len = file.metadata()?.len();
-            if file_len != valid_end {
+            // Count valid frames; set a damaged stretch aside and keep the records after it;
+            // cut a torn tail.
+            let frames = loop {
+                let frames = read_frames(&path, 0, usize::MAX)?;
+                let valid_end = frames.last().map_or(0, |(end, _)| *end);
+                let file = OpenOptions::new().write(true).open(&path)?;
+                let file_len = file.metadata()?.len();
+                if file_len == valid_end {
+                    break frames;
+                }
+                if set_damage_aside(&config.dir, n, valid_end)? {
+                    continue;
+                }
                 tracing::warn!(
                     segment = %path.display(),
                     bytes = file_len - valid_end,
-                    "cutting a torn or damaged end off a spool segment: records in it are lost"
+                    "cutting a torn end off a spool segment: the record being written at a crash is lost"
                 );
                 file.set_len(valid_end)?;
-            }
+                break frames;
+            };
+            let valid_end = frames.last().map_or(0, |(end, _)| *end);
             if n == head.segment {
                 // A crash can leave the saved position past what reached the disk, or off a
                 // frame boundary: read from the last frame end at or before it, so no record
@@ -223,6 +281,11 @@ impl Spool {
             let pending = frames.iter().filter(|(end, _)| *end > from).count() as u64;
             records += pending;
             segments.push((n, valid_end, frames.len() as u64));
+        }
+        // A saved position in a segment that is gone (deleted by hand, say) reads the first
+        // segment left from its start: an offset into another file would skip its records.
+        if !segments.iter().any(|s: &(u64, u64, u64)| s.0 == head.segment) {
+            head = Position { segment: segments.first().map_or(head.segment, |s| s.0), offset: 0 };
         }
         if head != saved_head {
             write_head(&config.dir, head)?;
@@ -248,6 +311,12 @@ impl Spool {
     /// Appends a record, applying the full policy.
     pub fn append(&mut self, envelope: &Envelope) -> io::Result<Appended> {
         let frame = encode(envelope)?;
+        // Drop-oldest keeps the segment being written: a record that would not fit beside it
+        // is refused before anything is dropped for it.
+        let last_size = self.segments.last().map_or(0, |s| s.1);
+        if last_size + frame.len() as u64 > self.config.max_bytes {
+            return Ok(Appended::Rejected);
+        }
         let mut dropped = 0;
         while self.bytes() + frame.len() as u64 > self.config.max_bytes {
             match self.config.when_full {
@@ -302,10 +371,12 @@ impl Spool {
     }
 
     fn drop_oldest_segment(&mut self) -> io::Result<u64> {
-        let (n, _, _) = self.segments.remove(0);
+        // What can fail comes first, so that a failure leaves the spool as it was.
+        let (n, size, _) = self.segments[0];
         let from = if n == self.head.segment { self.head.offset } else { 0 };
-        let lost = read_frames(&segment_path(&self.config.dir, n), from, usize::MAX)?.len() as u64;
+        let lost = count_frames(&segment_path(&self.config.dir, n), from, size)?;
         fs::remove_file(segment_path(&self.config.dir, n))?;
+        self.segments.remove(0);
         self.records -= lost.min(self.records);
         self.head = Position { segment: self.segments.first().map_or(n + 1, |s| s.0), offset: 0 };
         write_head(&self.config.dir, self.head)?;
@@ -360,17 +431,20 @@ impl Spool {
         let acked = self.records_before(to)?.min(count);
         self.head = to;
         self.records -= acked.min(self.records);
-        // Delete segments wholly behind the head, except the one being written.
-        while self.segments.len() > 1 {
-            let (n, size, _) = self.segments[0];
-            if n < to.segment || (n == to.segment && to.offset >= size) {
-                fs::remove_file(segment_path(&self.config.dir, n))?;
-                self.segments.remove(0);
-                if n == to.segment {
-                    self.head = Position { segment: self.segments[0].0, offset: 0 };
-                }
-            } else {
+        // Delete segments wholly behind the head, the one being written too once everything in
+        // it is acknowledged (its bytes would count against max_bytes for good otherwise): the
+        // next record starts a new one.
+        while let Some(&(n, size, _)) = self.segments.first() {
+            if !(n < to.segment || (n == to.segment && to.offset >= size)) {
                 break;
+            }
+            if self.segments.len() == 1 {
+                self.writer = None;
+            }
+            fs::remove_file(segment_path(&self.config.dir, n))?;
+            self.segments.remove(0);
+            if n == to.segment {
+                self.head = Position { segment: self.segments.first().map_or(n + 1, |s| s.0), offset: 0 };
             }
         }
         write_head(&self.config.dir, self.head)
@@ -483,14 +557,15 @@ mod tests {
     fn a_saved_position_past_a_segment_cut_short_by_a_crash_skips_no_later_record() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
-        for i in 0..3 {
+        for i in 0..4 {
             s.append(&env(i)).unwrap();
         }
         let each = s.peek_each(3).unwrap();
         let (after_first, end) = (each[0].1, each[2].1);
         s.ack(end, 3).unwrap();
         drop(s);
-        // A power cut: the position saved, but the segment on disk holds only the first frame.
+        // A power cut: the position saved, but the segment on disk holds only the first frame
+        // (the fourth record, never synced, is lost with the rest).
         let seg = segment_path(dir.path(), 1);
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(after_first.offset).unwrap();
         let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
@@ -583,6 +658,84 @@ mod tests {
         drop(s);
         let s = Spool::open(big).unwrap();
         assert_eq!((s.len(), s.peek(10).unwrap().0), (2, vec![record(1), record(3)]), "and after reopening");
+    }
+
+    #[test]
+    fn a_damaged_frame_is_set_aside_and_the_records_after_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        for i in 0..5 {
+            s.append(&env(i)).unwrap();
+        }
+        let each = s.peek_each(5).unwrap();
+        drop(s);
+        // A bad sector in the third record's payload; then the same in the first one.
+        let seg = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&seg).unwrap();
+        let third = each[1].1.offset as usize;
+        bytes[third + 20] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        let kept = [0, 1, 3, 4].map(env).to_vec();
+        assert_eq!((s.len(), s.peek(10).unwrap().0), (4, kept.clone()), "only the damaged record is lost");
+        let aside = dir.path().join("damaged").join(format!("{:010}-{third}.bin", 1));
+        let frame_len = (each[2].1.offset - each[1].1.offset) as usize;
+        assert_eq!(fs::read(&aside).unwrap(), bytes[third..third + frame_len], "the damaged bytes kept for a person");
+        drop(s);
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[10] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        assert_eq!(s.peek(10).unwrap().0, kept[1..]);
+        s.append(&env(9)).unwrap();
+        let (all, end) = s.peek(10).unwrap();
+        assert_eq!(all, [1, 3, 4, 9].map(env));
+        s.ack(end, 4).unwrap();
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn an_emptied_spool_takes_records_again_whatever_its_size_settings() {
+        // One segment's worth of room: once full and replayed, the acknowledged segment must not
+        // keep counting against max_bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 500, FullPolicy::RejectNew)).unwrap();
+        let stored = (0..100).take_while(|&i| s.append(&env(i)).unwrap() == Appended::Stored).count();
+        assert!(stored > 3, "{stored}");
+        assert_eq!(s.append(&env(100)).unwrap(), Appended::Rejected, "full");
+        let (all, end) = s.peek(1000).unwrap();
+        s.ack(end, all.len() as u64).unwrap();
+        assert_eq!((s.len(), s.bytes()), (0, 0));
+        assert_eq!(s.append(&env(200)).unwrap(), Appended::Stored, "room again once replayed");
+        drop(s);
+        let s = Spool::open(config(dir.path(), 500, FullPolicy::RejectNew)).unwrap();
+        assert_eq!(s.peek(10).unwrap().0, vec![env(200)]);
+    }
+
+    #[test]
+    fn drop_oldest_drops_nothing_for_a_record_that_cannot_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1000, FullPolicy::DropOldest)).unwrap();
+        for i in 0..12 {
+            assert_eq!(s.append(&env(i)).unwrap(), Appended::Stored);
+        }
+        let before = s.len();
+        let huge = Envelope { topic: "t".into(), key: "k".into(), payload: vec![0; 990] };
+        assert_eq!(s.append(&huge).unwrap(), Appended::Rejected);
+        assert_eq!(s.len(), before, "nothing dropped for it");
+        assert_eq!(s.peek(1).unwrap().0, vec![env(0)]);
+    }
+
+    #[test]
+    fn a_saved_position_in_a_segment_that_is_gone_reads_what_follows_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap());
+        write_head(dir.path(), Position { segment: 5, offset: 300 }).unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        for i in 0..3 {
+            s.append(&env(i)).unwrap();
+        }
+        assert_eq!(s.peek(10).unwrap().0, (0..3).map(env).collect::<Vec<_>>());
     }
 
     #[test]
