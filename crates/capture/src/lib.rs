@@ -73,7 +73,8 @@ pub struct CaptureStats {
     /// Spool entries set aside in its `broken/` folder: unreadable metadata (cut short by a
     /// power cut), an input file missing, or an input left without metadata by a crash.
     pub broken: AtomicU64,
-    /// Bytes waiting in the spool now.
+    /// Bytes in the spool now, and those of captures accepted on their way to it (room is
+    /// taken when a capture is accepted, so that a record names only a capture the spool holds).
     pub spooled_bytes: AtomicU64,
 }
 
@@ -112,7 +113,7 @@ impl Capturer {
         let stats = Arc::new(CaptureStats::default());
         let (queue, pending) = mpsc::channel(config.queue);
         let hash_key = std::env::var(HASH_KEY_ENV).ok().filter(|k| !k.is_empty()).map(|k| Arc::new(k.into_bytes()));
-        let task = spool::start(config.spool.clone(), config.max_spool_bytes, store, pending, stats.clone()).await?;
+        let task = spool::start(config.spool.clone(), store, pending, stats.clone()).await?;
         Ok((Self { config: Arc::new(config), queue, stats, hash_key }, task))
     }
 
@@ -164,12 +165,20 @@ impl Capturer {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
         };
+        // Room in the spool is taken now: the key goes into the prediction's record, which must
+        // not name bytes a full spool will refuse.
+        let size = input.bytes.len() as u64;
+        if !spool::reserve(&self.stats.spooled_bytes, size, self.config.max_spool_bytes) {
+            self.stats.spool_full.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         match self.queue.try_send(Pending { meta, bytes: input.bytes.to_vec() }) {
             Ok(()) => {
                 self.stats.captured.fetch_add(1, Ordering::Relaxed);
                 Some(key)
             }
             Err(_) => {
+                spool::release(&self.stats.spooled_bytes, size);
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
                 None
             }

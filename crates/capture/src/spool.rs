@@ -69,7 +69,6 @@ pub fn open_store(config: &CaptureConfig) -> Result<(Arc<dyn ObjectStore>, Objec
 /// when `pending` closes, after one last attempt to store what the spool holds.
 pub(crate) async fn start(
     dir: PathBuf,
-    max_bytes: u64,
     (store, prefix): (Arc<dyn ObjectStore>, ObjectPath),
     mut pending: mpsc::Receiver<Pending>,
     stats: Arc<CaptureStats>,
@@ -104,14 +103,9 @@ pub(crate) async fn start(
     };
     Ok(tokio::spawn(async move {
         while let Some(p) = pending.recv().await {
+            // Its room was taken when it was accepted (`reserve`): the forwarder may store it,
+            // and give the room back, as soon as its metadata file exists.
             let size = p.bytes.len() as u64;
-            if stats.spooled_bytes.load(Ordering::Relaxed) + size > max_bytes {
-                stats.spool_full.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            // Counted before the entry is complete: the forwarder may store it (and subtract
-            // its size) as soon as its metadata file exists.
-            stats.spooled_bytes.fetch_add(size, Ordering::Relaxed);
             match write_entry(&dir, &p).await {
                 Ok(()) => wake.notify_one(),
                 Err(e) => {
@@ -148,7 +142,14 @@ async fn write_entry(dir: &Path, p: &Pending) -> std::io::Result<()> {
 }
 
 /// Takes `size` off the spool's byte count, never below zero.
-fn release(spooled: &AtomicU64, size: u64) {
+/// Takes `size` bytes of the spool's `max` for a capture on its way to it; false when they do
+/// not fit.
+pub(crate) fn reserve(spooled: &AtomicU64, size: u64, max: u64) -> bool {
+    spooled.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(size).filter(|&m| m <= max)).is_ok()
+}
+
+/// Gives back the room of a capture that left the spool or never reached it.
+pub(crate) fn release(spooled: &AtomicU64, size: u64) {
     let _ = spooled.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(size)));
 }
 

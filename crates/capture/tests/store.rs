@@ -150,17 +150,19 @@ async fn captures_reach_s3_and_wait_in_the_spool_while_it_is_away_even_across_a_
     assert_eq!(objects(store.as_ref(), "plant-1/detector/predictions").await.len(), 10, "the ten kept ones");
     assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0);
 
-    // A full spool refuses (and counts) what does not fit.
+    // A full spool refuses (and counts) what does not fit, at once: the prediction's record
+    // names no capture the spool will not hold.
     s3.stop();
     drop(capturer);
     task.await.unwrap();
     let small = format!("{extra}max_spool_bytes = 20\n");
     let (capturer, task) = Capturer::start(config(&url, &spool, &small)).await.unwrap();
-    for i in 0..5 {
-        capturer.capture(input("detector", &format!("b{i}"), b"0123456789", false)).unwrap();
-    }
+    let keys: Vec<Option<String>> =
+        (0..5).map(|i| capturer.capture(input("detector", &format!("b{i}"), b"0123456789", false))).collect();
+    assert_eq!(keys.iter().map(Option::is_some).collect::<Vec<_>>(), [true, true, false, false, false]);
     let stats = capturer.stats();
-    until("three refused by the spool", || stats.spool_full.load(Ordering::Relaxed) == 3).await;
+    assert_eq!(stats.spool_full.load(Ordering::Relaxed), 3);
+    until("the two kept ones in the spool", || std::fs::read_dir(&spool).unwrap().count() == 4).await;
     assert_eq!(stats.spooled_bytes.load(Ordering::Relaxed), 20);
     drop(capturer);
     task.await.unwrap();
