@@ -176,10 +176,20 @@ pub fn inactive(rule: &Rule, model: &str, now: DateTime<Utc>) -> AlertRow {
     }
 }
 
-/// When each firing alarm's condition stopped holding, by alert key: the evaluator's memory for
-/// `keep_firing_for` (a restarted monitor starts the wait again).
+/// When each firing alarm's condition stopped holding, or its data stopped coming (two waits,
+/// timed apart), by alert key: the evaluator's memory for `keep_firing_for` and for no data (a
+/// restarted monitor, or one that takes the alerting lease again, starts the wait again).
 #[derive(Debug, Default)]
-pub struct ClearedSince(HashMap<String, DateTime<Utc>>);
+pub struct ClearedSince(HashMap<String, (DateTime<Utc>, Gap)>);
+
+/// What an alarm's wait in [`ClearedSince`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gap {
+    /// The condition does not hold.
+    Clear,
+    /// The metric has no data.
+    NoData,
+}
 
 impl ClearedSince {
     /// The slot of one alarm, for [`transition`].
@@ -190,13 +200,18 @@ impl ClearedSince {
 
 /// One alarm's entry in [`ClearedSince`].
 pub struct Slot<'a> {
-    map: &'a mut HashMap<String, DateTime<Utc>>,
+    map: &'a mut HashMap<String, (DateTime<Utc>, Gap)>,
     key: &'a str,
 }
 
 impl Slot<'_> {
-    fn cleared_at(&mut self, now: DateTime<Utc>) -> DateTime<Utc> {
-        *self.map.entry(self.key.to_string()).or_insert(now)
+    /// Since when the alarm has been in `gap`: now, when it was in none or in the other.
+    fn since(&mut self, gap: Gap, now: DateTime<Utc>) -> DateTime<Utc> {
+        let entry = self.map.entry(self.key.to_string()).or_insert((now, gap));
+        if entry.1 != gap {
+            *entry = (now, gap);
+        }
+        entry.0
     }
 
     fn forget(&mut self) {
@@ -222,6 +237,8 @@ pub fn transition(
     let holds = value.is_some_and(|v| rule.comparator.holds(v, rule.threshold));
     let mut next = current.clone();
     next.value = value;
+    // The rule as configured now (an operator may have changed its severity or threshold).
+    (next.metric, next.severity, next.threshold) = (rule.metric_name.clone(), rule.severity.clone(), rule.threshold);
     let describe = |state: &str| match value {
         Some(v) => format!(
             "{} {} for {}: {} = {v:.4} ({} {})",
@@ -238,7 +255,7 @@ pub fn transition(
     if value.is_none() {
         let (state, notify) = match current.state.as_str() {
             "pending" => ("inactive", false),
-            "firing" if held_for(cleared.cleared_at(now)) < rule.window.max(rule.keep_firing_for) => {
+            "firing" if held_for(cleared.since(Gap::NoData, now)) < rule.window.max(rule.keep_firing_for) => {
                 return (next, None);
             }
             "firing" => ("resolved", true),
@@ -253,7 +270,7 @@ pub fn transition(
     let still_kept = current.state == "firing"
         && !holds
         && !rule.keep_firing_for.is_zero()
-        && held_for(cleared.cleared_at(now)) < rule.keep_firing_for;
+        && held_for(cleared.since(Gap::Clear, now)) < rule.keep_firing_for;
     if !still_kept {
         cleared.forget();
     }
@@ -434,6 +451,14 @@ pub async fn evaluate_all<S: MonitorStore>(
                 }
             };
             let (next, change) = transition(rule, &current, value, now, cleared.slot(&key));
+            let was_stored = stored.iter().any(|a| a.alert_key == key);
+            let rule_changed = (&current.metric, &current.severity, current.threshold)
+                != (&next.metric, &next.severity, next.threshold);
+            if change.is_none() && was_stored && rule_changed {
+                // Shown with the rule's new severity and threshold from now on; no one is notified.
+                tracing::info!(alert = %key, severity = %next.severity, threshold = next.threshold, "alarm rule changed");
+                views.store.save_alert(&next, false).await?;
+            }
             if let Some(notify) = change {
                 match next.state.as_str() {
                     "firing" => {
@@ -460,9 +485,13 @@ pub async fn evaluate_all<S: MonitorStore>(
             }
         }
     }
-    // Alarms whose rule left the configuration end rather than staying as they were.
-    let configured =
-        |a: &AlertRow| rules.iter().any(|r| r.name == a.rule) || a.rule.starts_with(crate::rollout::ALERT_PREFIX);
+    // Alarms whose rule left the configuration end rather than staying as they were, and so do
+    // those of a model the rule no longer covers (its `model` changed, or the model is gone).
+    let covers = |r: &Rule, model: &str| r.model.as_deref().map_or(models.iter().any(|m| m == model), |m| m == model);
+    let configured = |a: &AlertRow| {
+        rules.iter().any(|r| r.name == a.rule && covers(r, &a.model_name))
+            || a.rule.starts_with(crate::rollout::ALERT_PREFIX)
+    };
     for mut old in stored.into_iter().filter(|a| !configured(a)) {
         let ended = match old.state.as_str() {
             "firing" => "resolved",
@@ -472,7 +501,7 @@ pub async fn evaluate_all<S: MonitorStore>(
         views.store.end_capture_boost(&old.model_name, &old.rule).await?;
         old.state = ended.into();
         old.since = now;
-        old.message = format!("{} {ended}: the rule is no longer configured", old.rule);
+        old.message = format!("{} {ended}: the rule is no longer configured for {}", old.rule, old.model_name);
         tracing::info!(alert = %old.alert_key, "{}", old.message);
         views.store.save_alert(&old, ended == "resolved" && views.config.alerting.webhook_url.is_some()).await?;
     }
@@ -532,6 +561,8 @@ pub async fn run<S: MonitorStore>(
                     tracing::info!("this monitor evaluates alarms and sends notifications");
                     lease = Some(taken);
                     standing_by = false;
+                    // What it timed before another monitor led is stale.
+                    cleared = ClearedSince::default();
                 }
                 Ok(None) if !standing_by => {
                     tracing::info!("another monitor evaluates alarms on this database; standing by");
@@ -651,6 +682,26 @@ mod tests {
         let (p, _) = step(&r, &ended, Some(0.5), at(220));
         let (still, _) = step(&r, &p, Some(0.5), at(240));
         assert_eq!(still.state, "pending", "the wait starts again after the gap");
+    }
+
+    #[test]
+    fn a_no_data_gap_does_not_count_toward_keep_firing_for() {
+        // Window 60 s, keep firing 100 s after the condition clears.
+        let r = Rule { keep_firing_for: Duration::from_secs(100), ..rule(0) };
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let mut cleared = ClearedSince::default();
+        let mut next = |row: &AlertRow, value, s| transition(&r, row, value, at(s), cleared.slot("r/m"));
+        let (firing, _) = next(&row("inactive", 0), Some(0.5), 100);
+        // 90 s without data, then a clear reading: the 100 s start at the reading, not the gap.
+        let (silent, _) = next(&firing, None, 110);
+        let (silent, _) = next(&silent, None, 199);
+        assert_eq!(silent.state, "firing");
+        let (kept, change) = next(&silent, Some(0.0), 200);
+        assert_eq!((kept.state.as_str(), change), ("firing", None));
+        let (kept, change) = next(&kept, Some(0.0), 290);
+        assert_eq!((kept.state.as_str(), change), ("firing", None), "90 s clear of the 100");
+        let (resolved, change) = next(&kept, Some(0.0), 300);
+        assert_eq!((resolved.state.as_str(), change), ("resolved", Some(true)));
     }
 
     #[test]

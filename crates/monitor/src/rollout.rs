@@ -430,10 +430,15 @@ async fn advance<S: MonitorStore>(
             let reviews = views.review_summary(&scope.model, since, now).await?.agreement;
             let window = views.total_since(&scope, since, now).await?;
             let seconds = u32::try_from((now - since).num_seconds().max(1)).unwrap_or(u32::MAX);
+            // Feedback is divided by the window's requests: counted over the same span, which
+            // starts at the first whole rollup window of the step.
+            let counted_from = views.counted_from(since);
             let mut feedback = BTreeMap::new();
-            for kinds in views.feedback(&scope, since, now, seconds).await?.into_values() {
-                for (kind, n) in kinds {
-                    *feedback.entry(kind).or_default() += n;
+            if counted_from < now {
+                for kinds in views.feedback(&scope, counted_from, now, seconds).await?.into_values() {
+                    for (kind, n) in kinds {
+                        *feedback.entry(kind).or_default() += n;
+                    }
                 }
             }
             let (mut labeled, mut correct) = (0, 0);
@@ -465,8 +470,10 @@ async fn advance<S: MonitorStore>(
         StepMode::Canary => Variant::Canary,
     };
     // A canary step of 100% leaves the primary no traffic of its own: the candidate is judged
-    // against what the primary did in as long a window just before the step.
-    let baseline = if step.mode == StepMode::Canary && step.share >= 1.0 { since - (now - since) } else { since };
+    // against what the primary did in as long a window just before the step first began (not
+    // before a resume: the candidate served everything while the step was paused).
+    let baseline =
+        if step.mode == StepMode::Canary && step.share >= 1.0 { step_began(rollout) - (now - since) } else { since };
     let candidate = traffic(candidate_variant, since, now).await?;
     let primary = traffic(Variant::Primary, baseline, baseline + (now - since)).await?;
     let elapsed = (now - since).to_std().unwrap_or_default();
@@ -691,7 +698,13 @@ pub async fn manual<S: MonitorStore>(
     next.updated_at = change.at;
     let mut history = rollout.decisions();
     let name = format!("{action:?}").to_lowercase();
-    history.push(serde_json::json!({ "time": change.at, "step": rollout.step, "decision": name, "by": change.actor, "reason": change.reason }));
+    let mut entry = serde_json::json!({ "time": change.at, "step": rollout.step, "decision": name, "by": change.actor, "reason": change.reason });
+    if action == Manual::Resume {
+        // The step's clock starts again; a baseline read "before the step" still ends where the
+        // step first began.
+        entry["step_began"] = serde_json::json!(step_began(&rollout));
+    }
+    history.push(entry);
     next.history = serde_json::to_string(&history).expect("history serialises");
     let single = |primary: &str, previous: &str| {
         current.clone().map(|c| DeploymentRow {
@@ -729,6 +742,18 @@ pub async fn manual<S: MonitorStore>(
         return Err(Invalid(format!("{model}'s rollout changed meanwhile; look again (`vigil rollout status`)")));
     }
     Ok(next)
+}
+
+/// When the current step first began: `step_started_at`, unless the step was resumed, which
+/// starts its clock again (the history's resume entries keep the first beginning).
+fn step_began(rollout: &RolloutRow) -> DateTime<Utc> {
+    rollout
+        .decisions()
+        .iter()
+        .rev()
+        .filter(|d| d["step"].as_i64() == Some(i64::from(rollout.step)))
+        .find_map(|d| d["step_began"].as_str().and_then(|t| t.parse().ok()))
+        .unwrap_or(rollout.step_started_at)
 }
 
 /// Judges running rollouts every `checks.evaluate_every` while `leading` (this monitor holds the

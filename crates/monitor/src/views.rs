@@ -294,12 +294,17 @@ impl<S: MonitorStore> Views<S> {
         since: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<RollupWindow, ViewError> {
-        let finest = self.resolutions().iter().copied().min().unwrap_or(1);
-        let from = ceil_to(since, finest);
+        let from = self.counted_from(since);
         if from >= until {
             return Ok(RollupWindow::default());
         }
         self.total(scope, from, until).await
+    }
+
+    /// Where [`Views::total_since`] starts counting for `since`: the first whole window of the
+    /// finest resolution at or after it. Counts divided by such a total start here too.
+    pub fn counted_from(&self, since: DateTime<Utc>) -> DateTime<Utc> {
+        ceil_to(since, self.resolutions().iter().copied().min().unwrap_or(1))
     }
 
     /// Everything in [since, until) merged into one window, in whole windows of the finest

@@ -133,7 +133,7 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let monitor = tokio::spawn(vigil_monitor::run(store.clone(), config, grpc, http, async move {
+    let monitor = tokio::spawn(vigil_monitor::run(store.clone(), config.clone(), grpc, http, async move {
         let _ = stopped.await;
     }));
 
@@ -201,12 +201,37 @@ async fn alarms_fire_resolve_and_reach_a_flaky_webhook_in_order() {
     let _ = stop.send(());
     monitor.await.unwrap().unwrap();
 
+    // The busy rule made critical with a higher threshold it still passes: the firing alarm
+    // shows the rule as it is now, with no transition and no one notified.
+    let views = vigil_monitor::Views::new(store.clone(), Default::default(), Arc::new(config.clone()));
+    let rules = config.rules().unwrap();
+    let mut changed = rules.iter().find(|r| r.name == "busy").unwrap().clone();
+    (changed.severity, changed.threshold) = ("critical".into(), 6.0);
+    let evaluate = |rules: Vec<vigil_monitor::config::Rule>| {
+        let views = &views;
+        async move {
+            vigil_monitor::alarms::evaluate_all(views, &rules, Utc::now(), &Default::default(), &mut Default::default())
+                .await
+                .unwrap()
+        }
+    };
+    evaluate(vec![changed.clone()]).await;
+    let busy = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == "busy/scratch-detector").unwrap();
+    assert_eq!((busy.state.as_str(), busy.severity.as_str(), busy.threshold), ("firing", "critical", 6.0));
+    assert!(store.unsent_alert_events(10).await.unwrap().is_empty(), "a rule change notifies no one");
+    // The rule now watches another model: this model's alarm ends instead of firing for good.
+    evaluate(vec![vigil_monitor::config::Rule { model: Some("other".into()), ..changed }]).await;
+    let busy = store.load_alerts().await.unwrap().into_iter().find(|a| a.alert_key == "busy/scratch-detector").unwrap();
+    assert_eq!(busy.state, "resolved");
+    assert!(busy.message.contains("no longer configured for scratch-detector"), "{}", busy.message);
+
     // A rule taken out of the configuration ends its alarm instead of leaving it firing.
-    let views = vigil_monitor::Views::new(store.clone(), Default::default(), Arc::new(MonitorConfig::default()));
-    vigil_monitor::alarms::evaluate_all(&views, &[], Utc::now(), &Default::default(), &mut Default::default())
-        .await
-        .unwrap();
-    assert_eq!(state("busy/scratch-detector").await.as_deref(), Some("resolved"));
+    store.insert_batch(&rows(100, 3), &[]).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &[1, 60], 100_000).await.unwrap() > 0 {}
+    evaluate(rules).await;
+    assert_eq!(state("error-rate/scratch-detector").await.as_deref(), Some("firing"));
+    evaluate(vec![]).await;
+    assert_eq!(state("error-rate/scratch-detector").await.as_deref(), Some("resolved"));
 }
 
 /// A webhook receiver that accepts everything and keeps (rule, state) of each call.

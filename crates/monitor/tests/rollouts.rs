@@ -397,6 +397,53 @@ async fn the_full_step_is_judged_against_the_primary_before_it() {
     assert_eq!(deployment(&store, "scratch-detector").await.primary_version, "1");
 }
 
+/// A full step paused by a person and resumed restarts its clock, but its baseline is still the
+/// primary's traffic from before the step first began: during the pause the candidate served
+/// everything and the primary nothing. Both versions fail 2% of requests, over the bare limit of
+/// 1%: judged against an empty baseline the candidate would be rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_full_step_is_judged_against_the_primary_before_the_step_first_began() {
+    const MODEL: &str = "scratch-detector";
+    let db = TestDatabase::create();
+    let store = store_with(&db, &[MODEL]).await;
+    let checks = RolloutChecks::default();
+    let t0 = DateTime::from_timestamp((Utc::now().timestamp() - 3 * 3600) / 60 * 60, 0).unwrap();
+    rollout::start(&store, MODEL, "2", &plan(), &Change { actor: "anna", reason: "", at: t0 }).await.unwrap();
+    let flaky = Answers { error_rate: 0.02, ..GOOD };
+    let rollup = || async { while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {} };
+    let mut at = t0;
+    for _ in 0..2 {
+        let mut rows = traffic(MODEL, "1", 1, at, 900, flaky);
+        rows.extend(traffic(MODEL, "2", 2, at, 300, flaky));
+        store.insert_batch(&rows, &[]).await.unwrap();
+        rollup().await;
+        at += Duration::seconds(61);
+        assert_eq!(rollout::advance_all(&views(&store), &checks, at).await.unwrap(), 1);
+    }
+    assert_eq!(deployment(&store, MODEL).await.share, 1.0);
+    let began = rollout_of(&store, MODEL).await.step_started_at;
+    let by = |at| Change { actor: "anna", reason: "", at };
+    rollout::manual(&store, MODEL, Manual::Pause, &by(at)).await.unwrap();
+    // Twenty minutes paused, the candidate answering everything.
+    for minute in 0..20 {
+        store.insert_batch(&traffic(MODEL, "2", 2, at + Duration::minutes(minute), 300, flaky), &[]).await.unwrap();
+    }
+    let resumed = at + Duration::minutes(20);
+    rollout::manual(&store, MODEL, Manual::Resume, &by(resumed)).await.unwrap();
+    // Paused and resumed once more: the step still began where it first did.
+    rollout::manual(&store, MODEL, Manual::Pause, &by(resumed)).await.unwrap();
+    let resumed = resumed + Duration::seconds(1);
+    rollout::manual(&store, MODEL, Manual::Resume, &by(resumed)).await.unwrap();
+    store.insert_batch(&traffic(MODEL, "2", 2, resumed + Duration::seconds(1), 300, flaky), &[]).await.unwrap();
+    rollup().await;
+    assert_eq!(rollout::advance_all(&views(&store), &checks, resumed + Duration::seconds(61)).await.unwrap(), 1);
+    let r = rollout_of(&store, MODEL).await;
+    let last = r.decisions().last().cloned().unwrap();
+    assert_eq!(r.state, "promoted", "{last}");
+    let error_rate = last["checks"].as_array().unwrap().iter().find(|c| c["name"] == "error_rate").unwrap().clone();
+    assert!(error_rate["primary"].as_f64().unwrap() > 0.0, "the primary's rate before {began}: {last}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_step_judges_agreement_with_the_primary_on_the_same_items() {
     let db = TestDatabase::create();
