@@ -188,3 +188,81 @@ async fn messages_a_stream_pipelines_are_each_charged_until_answered() {
     assert_eq!(sample(&text, "vigil_stream_budget_waits_total", &[]), Some(1.0), "{text}");
     server.shutdown().await.unwrap();
 }
+
+/// A message still running when its stream's deadline passes is counted and logged the same
+/// way: DeadlineExceeded in `vigil_requests_total`, and a record of the version's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_cut_off_by_its_streams_deadline_counts_as_deadline_exceeded() {
+    let repo = slow_repository(32, 64);
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    config.limits.stream_timeout_ms = 150;
+    let (sink, mut bus) = vigil_logbus::in_process::channel(1_000);
+    let (emitter, _forwarder) = vigil_logbus::Emitter::start(sink, 1_000, 100);
+    let records = vigil_serving::RecordEmitter::new(emitter, "edge-1");
+    let server = vigil_edge::start_with(config, false, Some(records)).await.expect("edge server starts");
+    let (mut inspect, _) = clients(&server).await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    // The slow model's run takes longer than the whole stream may.
+    sender.send(InspectRequest { image: image(), ..Default::default() }).await.unwrap();
+    let mut responses = inspect.inspect_stream(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    let end = tokio::time::timeout(Duration::from_secs(5), responses.next()).await.expect("ended by the server");
+    let status = end.expect("a status").unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let envelope = tokio::time::timeout(Duration::from_secs(5), bus.recv()).await.expect("a record").unwrap();
+    let record =
+        <vigil_proto::vigil::v1::PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+    assert!(record.error.starts_with("DeadlineExceeded"), "{record:?}");
+    let (_, text) = scrape(server.metrics_addr.unwrap());
+    let count = |status| sample(&text, "vigil_requests_total", &[("api", "inspect"), ("status", status)]);
+    assert_eq!((count("DeadlineExceeded"), count("Cancelled")), (Some(1.0), None), "{text}");
+    drop(sender);
+    server.shutdown().await.unwrap();
+}
+
+/// A stream still running when the drain timeout passes is ended by the server, UNAVAILABLE in
+/// its trailers (the client retries elsewhere), and the message it had not answered is logged
+/// as the version's failure: the server stops in time, and no call goes on behind its records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_still_running_when_the_drain_ends_is_closed_with_unavailable_and_logged() {
+    let repo = slow_repository(1, 64);
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    config.limits.drain_timeout_ms = 200;
+    let (sink, mut bus) = vigil_logbus::in_process::channel(1_000);
+    let (emitter, _forwarder) = vigil_logbus::Emitter::start(sink, 1_000, 100);
+    let records = vigil_serving::RecordEmitter::new(emitter, "edge-1");
+    let server = vigil_edge::start_with(config, false, Some(records)).await.expect("edge server starts");
+    let (mut inspect, _) = clients(&server).await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(8);
+    let mut responses = inspect.inspect_stream(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    // Runs of several hundred milliseconds, one at a time: far more work than the drain allows.
+    for _ in 0..4 {
+        sender.send(InspectRequest { image: image(), ..Default::default() }).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(server.shutdown());
+    let status = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), responses.next()).await.expect("the server ends it");
+        match next {
+            Some(Ok(answer)) => assert!(answer.result.is_some(), "{answer:?}"),
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a status"),
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{}", status.message());
+    stopping.await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped in {:?}", started.elapsed());
+    let mut errors = Vec::new();
+    while let Ok(Some(envelope)) = tokio::time::timeout(Duration::from_millis(500), bus.recv()).await {
+        let record =
+            <vigil_proto::vigil::v1::PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+        if !record.error.is_empty() {
+            errors.push(record.error);
+        }
+    }
+    assert!(!errors.is_empty() && errors.iter().all(|e| e.starts_with("Unavailable")), "{errors:?}");
+    drop(sender);
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -31,7 +32,12 @@ pub struct GrpcHost {
     served: Vec<&'static str>,
     security: Security,
     readiness: Readiness,
+    closing: CancellationToken,
 }
+
+/// How long, once the drain timeout has passed and the calls still running were ended, the
+/// server waits for their connections to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 impl GrpcHost {
     /// Binds `addr`; the error names `setting` (the flag or key that sets the address).
@@ -68,6 +74,7 @@ impl GrpcHost {
             served: Vec::new(),
             security: Security::none(),
             readiness: Readiness::default(),
+            closing: CancellationToken::new(),
         })
     }
 
@@ -77,6 +84,12 @@ impl GrpcHost {
         security.check_listen(self.addr, setting)?;
         self.security = security;
         Ok(self)
+    }
+
+    /// Cancelled when the drain timeout passes: the calls still running are to end then
+    /// ([`AdmissionLayer::with_closing`](vigil_serving::admission::AdmissionLayer::with_closing)).
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// Ready until the drain starts: for OIP's ServerReady.
@@ -115,7 +128,8 @@ impl GrpcHost {
 
     /// Serves `router` in `lifecycle`'s `stage`: when the stage is told to stop, the served
     /// APIs turn NOT_SERVING, new connections are refused, and in-flight calls get `drain` to
-    /// finish before the remaining connections are closed.
+    /// finish; then [`GrpcHost::closing`] is cancelled, so that the calls still running end
+    /// (streams included), and their connections get a moment more to close.
     pub fn serve<L, ResBody>(self, router: Router<L>, lifecycle: &mut Lifecycle, stage: &'static str, drain: Duration)
     where
         L: Layer<Routes> + Send + 'static,
@@ -125,7 +139,7 @@ impl GrpcHost {
         ResBody: http_body::Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Self { listener, health, served, security, readiness, .. } = self;
+        let Self { listener, health, served, security, readiness, closing, .. } = self;
         lifecycle.spawn(stage, "gRPC server", move |stop| async move {
             let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
             let signal = async move {
@@ -140,11 +154,11 @@ impl GrpcHost {
             let result = match security.tls() {
                 None => {
                     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                    drained(router.serve_with_incoming_shutdown(incoming, signal), draining, drain).await
+                    drained(router.serve_with_incoming_shutdown(incoming, signal), draining, drain, closing).await
                 }
                 Some(tls) => {
                     let incoming = tls.grpc_incoming(listener);
-                    drained(router.serve_with_incoming_shutdown(incoming, signal), draining, drain).await
+                    drained(router.serve_with_incoming_shutdown(incoming, signal), draining, drain, closing).await
                 }
             };
             result.context("gRPC server failed")
@@ -153,11 +167,13 @@ impl GrpcHost {
 }
 
 /// Runs `serve` until it finishes by itself (an error, or nothing left to drain), or, once
-/// `draining` fires, for at most `drain` more.
+/// `draining` fires, for at most `drain` more; then cancels `closing` (the calls still running
+/// end) and waits at most [`CLOSE_GRACE`] for their connections.
 async fn drained<E>(
     serve: impl std::future::Future<Output = Result<(), E>>,
     draining: tokio::sync::oneshot::Receiver<()>,
     drain: Duration,
+    closing: CancellationToken,
 ) -> Result<(), E> {
     tokio::pin!(serve);
     let finished = tokio::select! {
@@ -166,11 +182,18 @@ async fn drained<E>(
     };
     match finished {
         Some(result) => result,
-        None => match tokio::time::timeout(drain, serve).await {
+        None => match tokio::time::timeout(drain, &mut serve).await {
             Ok(result) => result,
             Err(_) => {
-                tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
-                Ok(())
+                tracing::warn!(?drain, "drain timeout reached; ending the calls still running (UNAVAILABLE)");
+                closing.cancel();
+                match tokio::time::timeout(CLOSE_GRACE, serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("connections still open after their calls were ended; leaving them");
+                        Ok(())
+                    }
+                }
             }
         },
     }

@@ -151,14 +151,16 @@ pub async fn start(
     let records = match records {
         Some(external) => Some(external),
         None => crate::records::start(&settings.logging, &mut lifecycle, RECORDS, drain)?,
-    };
+    }
+    .map(|records| records.with_closing(host.closing()));
     crate::models::watch(repository.clone(), &settings.models, &mut lifecycle, SERVE);
 
     let methods =
         descriptor_sets.iter().flat_map(|set| vigil_serving::admission::grpc_methods(set)).collect::<Vec<_>>();
     let streaming = methods.iter().filter(|(_, streams)| *streams).map(|(path, _)| path.clone()).collect();
     let methods = methods.into_iter().map(|(path, _)| path);
-    let admission = AdmissionLayer::new(settings.limits.admission()).with_streaming_methods(streaming);
+    let admission =
+        AdmissionLayer::new(settings.limits.admission()).with_streaming_methods(streaming).with_closing(host.closing());
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
     let auth_metrics = vigil_security::auth::AuthMetrics::register(&mut registry);

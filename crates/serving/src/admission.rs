@@ -19,6 +19,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -264,6 +265,7 @@ pub struct AdmissionLayer {
     bytes: Arc<Semaphore>,
     waits: Arc<std::sync::atomic::AtomicU64>,
     streaming: Arc<HashSet<String>>,
+    closing: CancellationToken,
 }
 
 impl AdmissionLayer {
@@ -275,7 +277,15 @@ impl AdmissionLayer {
             bytes: Arc::new(Semaphore::new(limits.max_request_bytes_in_flight.min(Semaphore::MAX_PERMITS))),
             waits: Arc::default(),
             streaming: Arc::default(),
+            closing: CancellationToken::new(),
         }
+    }
+
+    /// Ends every call still running once `closing` is cancelled (a server that stops waiting
+    /// for them at the end of its drain): each gets UNAVAILABLE, a stream in its trailers.
+    pub fn with_closing(mut self, closing: CancellationToken) -> Self {
+        self.closing = closing;
+        self
     }
 
     /// Treats these paths as streams (see [`streaming_methods`]).
@@ -311,6 +321,7 @@ impl<S> Layer<S> for AdmissionLayer {
             bytes: self.bytes.clone(),
             waits: self.waits.clone(),
             streaming: self.streaming.clone(),
+            closing: self.closing.clone(),
         }
     }
 }
@@ -324,6 +335,7 @@ pub struct Admission<S> {
     bytes: Arc<Semaphore>,
     waits: Arc<std::sync::atomic::AtomicU64>,
     streaming: Arc<HashSet<String>>,
+    closing: CancellationToken,
 }
 
 impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Admission<S>
@@ -383,6 +395,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (bytes, budget, waits) = (self.bytes.clone(), self.limits.max_request_bytes_in_flight, self.waits.clone());
+        let closing = self.closing.clone();
         Box::pin(async move {
             let admitted = async move {
                 // Charge the budget from the declared length, before the message is buffered.
@@ -415,9 +428,15 @@ where
                 }
                 inner.call(request).await.map(|response| Ok((response, reserved)))
             };
-            match tokio::time::timeout_at(deadline, admitted).await {
+            let answered = tokio::select! {
+                answered = tokio::time::timeout_at(deadline, admitted) => answered,
+                () = closing.cancelled() => return Ok(shutting_down().into_http()),
+            };
+            match answered {
                 Ok(Ok(Ok((response, reserved)))) => {
-                    Ok(response.map(|body| AdmittedBody::new(body, permit, reserved, deadline, timeout, idle)))
+                    // A stream's body runs on after this: it watches for the close too.
+                    let closing = stream.then(|| Box::pin(closing.cancelled_owned()));
+                    Ok(response.map(|body| AdmittedBody::new(body, permit, reserved, deadline, timeout, idle, closing)))
                 }
                 Ok(Ok(Err(shed))) => Ok(shed.into_http()),
                 Ok(Err(e)) => Err(e),
@@ -632,6 +651,10 @@ impl Body for Replay {
     }
 }
 
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down and stopped waiting for this call: retry it on another instance")
+}
+
 fn deadline_exceeded(timeout: Duration) -> Status {
     Status::deadline_exceeded(format!("request exceeded its deadline of {} ms", timeout.as_millis()))
 }
@@ -639,7 +662,8 @@ fn deadline_exceeded(timeout: Duration) -> Status {
 pin_project_lite::pin_project! {
     /// A response body that keeps its call's admission until it ends: the permit is held,
     /// and the call is ended with DEADLINE_EXCEEDED in its trailers when the deadline passes
-    /// or (streams) when no message came for the idle timeout.
+    /// or (streams) when no message came for the idle timeout, with UNAVAILABLE when the
+    /// server closes the calls it stopped waiting for.
     pub struct AdmittedBody<B> {
         #[pin]
         inner: B,
@@ -647,6 +671,7 @@ pin_project_lite::pin_project! {
         reserved: MessageCharges,
         deadline: Option<(Pin<Box<Sleep>>, Duration)>,
         idle: Option<(Pin<Box<Sleep>>, Duration)>,
+        closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
         ended: bool,
     }
 }
@@ -659,6 +684,7 @@ impl<B> AdmittedBody<B> {
         deadline: tokio::time::Instant,
         timeout: Duration,
         idle: Option<Duration>,
+        closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     ) -> Self {
         Self {
             inner,
@@ -666,6 +692,7 @@ impl<B> AdmittedBody<B> {
             reserved,
             deadline: Some((Box::pin(tokio::time::sleep_until(deadline)), timeout)),
             idle: idle.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            closing,
             ended: false,
         }
     }
@@ -679,6 +706,7 @@ impl<B: Default> Default for AdmittedBody<B> {
             reserved: MessageCharges::default(),
             deadline: None,
             idle: None,
+            closing: None,
             ended: false,
         }
     }
@@ -712,7 +740,8 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
             .deadline
             .as_mut()
             .and_then(|(sleep, timeout)| sleep.as_mut().poll(cx).is_ready().then(|| deadline_exceeded(*timeout)));
-        let expired = past_deadline.or_else(|| {
+        let closed = this.closing.as_mut().and_then(|closing| closing.as_mut().poll(cx).is_ready().then(shutting_down));
+        let expired = closed.or(past_deadline).or_else(|| {
             this.idle.as_mut().and_then(|(sleep, idle)| {
                 sleep.as_mut().poll(cx).is_ready().then(|| {
                     Status::deadline_exceeded(format!(

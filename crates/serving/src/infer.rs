@@ -275,10 +275,12 @@ impl Infer {
     }
 }
 
-/// Whether `shadow` declares the inputs `primary` does, in the same order: a request decoded
+/// Whether `shadow` declares the inputs `primary` does, in the same order, and batches them the
+/// same way (declared dims leave the batch dimension out when a model batches): a request decoded
 /// for the primary then means the same to it.
 fn takes_the_same_inputs(primary: &ModelConfig, shadow: &ModelConfig) -> bool {
-    primary.inputs.len() == shadow.inputs.len()
+    (primary.max_batch_size > 0) == (shadow.max_batch_size > 0)
+        && primary.inputs.len() == shadow.inputs.len()
         && primary
             .inputs
             .iter()
@@ -306,5 +308,12 @@ mod tests {
         assert!(!takes_the_same_inputs(&primary, &config(&(input("b", "[3]") + &input("a", "[3]")))), "swapped");
         assert!(!takes_the_same_inputs(&primary, &config(&(input("a", "[3]") + &input("b", "[4]")))), "resized");
         assert!(!takes_the_same_inputs(&primary, &config(&input("a", "[3]"))), "one fewer");
+        // The same dims mean [3] to a model that does not batch and [N, 3] to one that does.
+        let mut batching = config(&(input("a", "[3]") + &input("b", "[3]")));
+        batching.max_batch_size = 8;
+        assert!(!takes_the_same_inputs(&primary, &batching), "batched along a first dimension the primary lacks");
+        let mut smaller = batching.clone();
+        smaller.max_batch_size = 4;
+        assert!(takes_the_same_inputs(&batching, &smaller), "both batch: the sizes may differ");
     }
 }

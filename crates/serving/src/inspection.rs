@@ -432,7 +432,7 @@ impl Inspection for InspectionService {
                     let _charge = charge;
                     let request = item?;
                     let request_id = request.request_id.clone();
-                    let tally = Tally::Item(service.metrics.start(Api::Inspect, None));
+                    let tally = Tally::Item(service.metrics.start(Api::Inspect, deadline));
                     Ok(match service.inspect_tallied(request, tally, deadline).await {
                         Ok(result) => InspectStreamResponse { result: Some(result), error: None },
                         Err(status) => InspectStreamResponse {

@@ -308,7 +308,8 @@ impl RequestTimer<'_> {
 impl Drop for RequestTimer<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            let expired = self.deadline.is_some_and(|d| Instant::now() >= d);
+            // The same rule as the item's record (`UntilAnswered`), so that the two agree.
+            let expired = self.deadline.is_some_and(|d| Instant::now() + crate::records::DEADLINE_SLACK >= d);
             self.record(if expired { Code::DeadlineExceeded } else { Code::Cancelled });
         }
     }

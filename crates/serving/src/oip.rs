@@ -897,7 +897,7 @@ impl GrpcInferenceService for InferenceService {
                         Err(status) => return Err(status),
                     };
                     let id = request.id.clone();
-                    let tally = Tally::Item(service.metrics.start(Api::ModelInfer, None));
+                    let tally = Tally::Item(service.metrics.start(Api::ModelInfer, deadline));
                     Ok(match service.infer(request, tally, deadline).await {
                         Ok(r) => ModelStreamInferResponse { error_message: String::new(), infer_response: Some(r) },
                         Err(status) => ModelStreamInferResponse {

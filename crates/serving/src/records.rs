@@ -36,6 +36,8 @@ pub struct RecordEmitter {
     emitter: Emitter,
     server_id: String,
     policy: Arc<LogPolicy>,
+    /// Cancelled when the server ends the calls it stopped waiting for at the end of its drain.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// What a request was, for its records.
@@ -90,7 +92,18 @@ pub struct InferredItem {
 impl RecordEmitter {
     /// Records from this server carry `server_id`.
     pub fn new(emitter: Emitter, server_id: impl Into<String>) -> Self {
-        Self { emitter, server_id: server_id.into(), policy: Arc::new(LogPolicy::default()) }
+        Self {
+            emitter,
+            server_id: server_id.into(),
+            policy: Arc::new(LogPolicy::default()),
+            closing: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// Requests dropped unanswered once `closing` is cancelled (the server ended them at the
+    /// end of its drain) are logged as the version's failures (UNAVAILABLE).
+    pub fn with_closing(self, closing: tokio_util::sync::CancellationToken) -> Self {
+        Self { closing, ..self }
     }
 
     /// Records pass `policy` (what each model's records may carry) before they leave.
@@ -333,8 +346,9 @@ pub fn summarise_inputs(
 
 /// A request's failure record, sent if the request is dropped unanswered once its deadline has
 /// passed (the admission layer ends it there): a request timed out is the server's failure and
-/// counts against the version that was too slow. One the client left before its deadline gets
-/// no record: nobody was answered. [`UntilAnswered::answered`] disarms it once the request's
+/// counts against the version that was too slow. The same when the server ended it at the end
+/// of its drain (UNAVAILABLE). One the client left before its deadline gets no record: nobody
+/// was answered. [`UntilAnswered::answered`] disarms it once the request's
 /// own records are sent.
 pub struct UntilAnswered<'a> {
     pending: Option<(&'a RecordEmitter, &'a RequestContext, String)>,
@@ -360,14 +374,18 @@ impl<'a> UntilAnswered<'a> {
 /// How close to its deadline a request may be dropped and still count as timed out: a client
 /// that set the deadline sends its cancel when its own clock (started before the server's)
 /// reaches it, which can be a little before the server's.
-const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(20);
+pub(crate) const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Drop for UntilAnswered<'_> {
     fn drop(&mut self) {
         let Some((records, ctx, version)) = self.pending.take() else { return };
-        if self.deadline.is_some_and(|deadline| std::time::Instant::now() + DEADLINE_SLACK >= deadline) {
-            let status = tonic::Status::deadline_exceeded("the request's deadline passed before it was answered");
-            records.failed(ctx, &version, uuid::Uuid::now_v7().to_string(), &status);
-        }
+        let status = if self.deadline.is_some_and(|deadline| std::time::Instant::now() + DEADLINE_SLACK >= deadline) {
+            tonic::Status::deadline_exceeded("the request's deadline passed before it was answered")
+        } else if records.closing.is_cancelled() {
+            tonic::Status::unavailable("the server shut down before answering")
+        } else {
+            return;
+        };
+        records.failed(ctx, &version, uuid::Uuid::now_v7().to_string(), &status);
     }
 }
