@@ -266,3 +266,37 @@ async fn a_stream_still_running_when_the_drain_ends_is_closed_with_unavailable_a
     assert!(!errors.is_empty() && errors.iter().all(|e| e.starts_with("Unavailable")), "{errors:?}");
     drop(sender);
 }
+
+/// A stream is idle only when neither side sends anything: a client that keeps sending while
+/// the model takes longer than the idle timeout to answer is not cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_keeps_sending_is_not_idle_while_its_answers_take_long() {
+    let repo = slow_repository(1, 64);
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    config.limits.stream_idle_timeout_ms = 150;
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let mut responses = inspect.inspect_stream(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    let feeding = tokio::spawn(async move {
+        for _ in 0..6 {
+            sender.send(InspectRequest { image: image(), ..Default::default() }).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sender
+    });
+    let mut last = std::time::Instant::now();
+    let mut longest_wait = Duration::ZERO;
+    for i in 0..6 {
+        let answer = tokio::time::timeout(Duration::from_secs(30), responses.next()).await.expect("an answer");
+        let answer = answer.expect("not ended").unwrap_or_else(|status| panic!("message {i}: {status:?}"));
+        assert!(answer.result.is_some(), "{answer:?}");
+        longest_wait = longest_wait.max(last.elapsed());
+        last = std::time::Instant::now();
+    }
+    // The test means something only where answers came further apart than the idle timeout.
+    assert!(longest_wait > Duration::from_millis(150), "answers {longest_wait:?} apart at most");
+    drop(feeding.await.unwrap());
+    server.shutdown().await.unwrap();
+}

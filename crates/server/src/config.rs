@@ -113,7 +113,8 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     /// Longest a stream (InspectStream, ModelStreamInfer) may stay open, in milliseconds.
     pub stream_timeout_ms: u64,
-    /// A stream that sends no message for this long is ended, in milliseconds.
+    /// A stream with nothing sent either way and no message being answered for this long is
+    /// ended, in milliseconds.
     pub stream_idle_timeout_ms: u64,
     /// Most requests one stream may carry; the next ends it with RESOURCE_EXHAUSTED.
     pub max_stream_messages: u64,

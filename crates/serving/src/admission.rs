@@ -4,8 +4,10 @@
 //! DEADLINE_EXCEEDED.
 //!
 //! A call is admitted for its whole life, response body included: a stream holds its permit
-//! until it ends, its deadline covers every message, and a stream that sends nothing for
-//! `stream_idle_timeout` is ended. Streaming methods are told apart by the services' own
+//! until it ends, its deadline covers every message, and a stream idle for
+//! `stream_idle_timeout` (the client sent nothing, no answer went out, no message is being
+//! answered) is ended. At the end of a server's drain, the calls still running end with
+//! UNAVAILABLE ([`AdmissionLayer::with_closing`]). Streaming methods are told apart by the services' own
 //! descriptors ([`streaming_methods`]), and get `stream_timeout` instead of `request_timeout`.
 
 use std::collections::HashSet;
@@ -164,6 +166,11 @@ impl MessageCharges {
             }
             None => MessageCharge { permit: None, owner: None },
         }
+    }
+
+    /// Whether the handler holds a message's charge now: a message it is still answering.
+    fn answering(&self) -> bool {
+        self.0.taken_bytes.load(std::sync::atomic::Ordering::Acquire) > 0
     }
 
     /// Releases every charge the call holds.
@@ -377,7 +384,10 @@ where
         let slow = REPOSITORY_CHANGES.contains(&path);
         let limit = if stream || slow { self.limits.stream_timeout } else { self.limits.request_timeout };
         let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
-        let idle = stream.then_some(self.limits.stream_idle_timeout);
+        // A stream is idle when neither side sent anything for the idle timeout: its request
+        // messages count as activity as much as its answers.
+        let idle = stream.then(|| (self.limits.stream_idle_timeout, Arc::new(Activity::new())));
+        let activity = idle.as_ref().map(|(_, activity)| activity.clone());
         // A unary call carries one message: a second is refused before it is buffered. Health
         // and reflection (whose descriptors are not ours) are not counted.
         let max_messages = match (stream, exempt) {
@@ -409,6 +419,7 @@ where
                 if let Some(declared) = declared.filter(|&n| n as usize > max_message_bytes) {
                     return Ok(Err(message_too_large(declared as usize, max_message_bytes)));
                 }
+                body.activity = activity;
                 body.messages.limit = max_messages;
                 body.messages.unary = !stream;
                 body.messages.max_message_bytes = max_message_bytes;
@@ -435,8 +446,12 @@ where
             match answered {
                 Ok(Ok(Ok((response, reserved)))) => {
                     // A stream's body runs on after this: it watches for the close too.
-                    let closing = stream.then(|| Box::pin(closing.cancelled_owned()));
-                    Ok(response.map(|body| AdmittedBody::new(body, permit, reserved, deadline, timeout, idle, closing)))
+                    let watch = idle.map(|(idle, activity)| StreamWatch {
+                        idle,
+                        activity,
+                        closing: Box::pin(closing.cancelled_owned()),
+                    });
+                    Ok(response.map(|body| AdmittedBody::new(body, permit, reserved, deadline, timeout, watch)))
                 }
                 Ok(Ok(Err(shed))) => Ok(shed.into_http()),
                 Ok(Err(e)) => Err(e),
@@ -487,14 +502,52 @@ async fn read_declared_length(mut body: tonic::body::Body) -> (Replay, Option<u3
         }
     }
     let declared = (prefix.len() == 5).then(|| u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]));
-    (Replay { frames, error, rest: body, messages: MessageCounter::default(), waiting: None }, declared)
+    let replay =
+        Replay { frames, error, rest: body, messages: MessageCounter::default(), waiting: None, activity: None };
+    (replay, declared)
 }
 
 impl Replay {
     /// `body` with nothing read ahead.
     fn new(body: tonic::body::Body) -> Self {
-        Self { frames: Default::default(), error: None, rest: body, messages: MessageCounter::default(), waiting: None }
+        Self {
+            frames: Default::default(),
+            error: None,
+            rest: body,
+            messages: MessageCounter::default(),
+            waiting: None,
+            activity: None,
+        }
     }
+}
+
+/// When a stream's client last sent something, for its idle timeout.
+struct Activity {
+    started: tokio::time::Instant,
+    /// Milliseconds from `started` to the last data frame received.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { started: tokio::time::Instant::now(), last_ms: Default::default() }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.started + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// What a stream's response body watches besides its deadline.
+struct StreamWatch {
+    idle: Duration,
+    activity: Arc<Activity>,
+    closing: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 /// A request body with its first frames read ahead (see [`read_declared_length`]); for
@@ -507,6 +560,8 @@ struct Replay {
     /// A message waiting for room in the memory budget (the bytes it waits for), and the bytes
     /// of its frame after its length prefix, held back until it is charged.
     waiting: Option<(u32, Bytes)>,
+    /// A stream's: touched by every data frame the client sends.
+    activity: Option<Arc<Activity>>,
 }
 
 /// Counts gRPC messages across data frames from their 5-byte length prefixes.
@@ -617,6 +672,9 @@ impl Body for Replay {
                     Pin::new(&mut self.rest).poll_frame(cx)
                 };
                 let Poll::Ready(Some(Ok(frame))) = polled else { return polled };
+                if let Some(activity) = &self.activity {
+                    activity.touch();
+                }
                 match frame.data_ref().cloned() {
                     Some(data) => data,
                     None => return Poll::Ready(Some(Ok(frame))),
@@ -670,7 +728,7 @@ pin_project_lite::pin_project! {
         permit: Option<OwnedSemaphorePermit>,
         reserved: MessageCharges,
         deadline: Option<(Pin<Box<Sleep>>, Duration)>,
-        idle: Option<(Pin<Box<Sleep>>, Duration)>,
+        idle: Option<(Pin<Box<Sleep>>, Duration, Arc<Activity>)>,
         closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
         ended: bool,
     }
@@ -683,15 +741,20 @@ impl<B> AdmittedBody<B> {
         reserved: MessageCharges,
         deadline: tokio::time::Instant,
         timeout: Duration,
-        idle: Option<Duration>,
-        closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        stream: Option<StreamWatch>,
     ) -> Self {
+        let (idle, closing) = match stream {
+            Some(StreamWatch { idle, activity, closing }) => {
+                (Some((Box::pin(tokio::time::sleep(idle)), idle, activity)), Some(closing))
+            }
+            None => (None, None),
+        };
         Self {
             inner,
             permit,
             reserved,
             deadline: Some((Box::pin(tokio::time::sleep_until(deadline)), timeout)),
-            idle: idle.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            idle,
             closing,
             ended: false,
         }
@@ -729,7 +792,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(frame)) => {
-                if let Some((sleep, idle)) = this.idle.as_mut() {
+                if let Some((sleep, idle, _)) = this.idle.as_mut() {
                     sleep.as_mut().reset(tokio::time::Instant::now() + *idle);
                 }
                 return Poll::Ready(Some(frame));
@@ -742,14 +805,21 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
             .and_then(|(sleep, timeout)| sleep.as_mut().poll(cx).is_ready().then(|| deadline_exceeded(*timeout)));
         let closed = this.closing.as_mut().and_then(|closing| closing.as_mut().poll(cx).is_ready().then(shutting_down));
         let expired = closed.or(past_deadline).or_else(|| {
-            this.idle.as_mut().and_then(|(sleep, idle)| {
-                sleep.as_mut().poll(cx).is_ready().then(|| {
-                    Status::deadline_exceeded(format!(
+            let (sleep, idle, activity) = this.idle.as_mut()?;
+            while sleep.as_mut().poll(cx).is_ready() {
+                // Answers reset the timer as they go out; the client's messages are seen here, and
+                // a message still being answered (its charge held) keeps the stream busy.
+                let now = tokio::time::Instant::now();
+                let until = if this.reserved.answering() { now + *idle } else { activity.last() + *idle };
+                if until <= now {
+                    return Some(Status::deadline_exceeded(format!(
                         "stream sent nothing for {} ms (limits.stream_idle_timeout_ms)",
                         idle.as_millis()
-                    ))
-                })
-            })
+                    )));
+                }
+                sleep.as_mut().reset(until);
+            }
+            None
         });
         let Some(status) = expired else { return Poll::Pending };
         // The call ends here: its handler (and what it waits on) is dropped with `inner`.
