@@ -46,6 +46,10 @@ pub struct LoggerConfig {
 pub struct BatchSettings {
     /// Most records per database transaction.
     pub max_records: usize,
+    /// Most payload bytes per batch (at least one record, whatever its size): records that
+    /// carry images for review or large outputs fill a batch by bytes before they do by count,
+    /// and a logger holds up to `max_in_flight + 1` batches, each in a few copies.
+    pub max_bytes: usize,
     /// Longest a batch waits to fill after its first record, in milliseconds.
     pub max_wait_ms: u64,
     /// Batches written at once, each in its own transaction and connection; positions are
@@ -60,7 +64,7 @@ pub struct BatchSettings {
 
 impl Default for BatchSettings {
     fn default() -> Self {
-        Self { max_records: 5_000, max_wait_ms: 200, max_in_flight: 2, drain_timeout_ms: 30_000 }
+        Self { max_records: 5_000, max_bytes: 32 << 20, max_wait_ms: 200, max_in_flight: 2, drain_timeout_ms: 30_000 }
     }
 }
 
@@ -69,6 +73,9 @@ impl BatchSettings {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_records == 0 {
             return Err("batch.max_records must be at least 1".into());
+        }
+        if self.max_bytes == 0 {
+            return Err("batch.max_bytes must be at least 1".into());
         }
         if self.max_in_flight == 0 {
             return Err("batch.max_in_flight must be at least 1".into());
@@ -180,6 +187,7 @@ mod tests {
                 .unwrap_err()
         };
         assert_eq!(bad("batch.max_records", 0u64.into()), "batch.max_records must be at least 1");
+        assert_eq!(bad("batch.max_bytes", 0u64.into()), "batch.max_bytes must be at least 1");
         assert_eq!(bad("batch.max_in_flight", 0u64.into()), "batch.max_in_flight must be at least 1");
         assert!(bad("kafka.topics.partitions", 0.into()).starts_with("kafka.topics.partitions = 0"));
         assert!(bad("kafka.topics.replication_factor", 0.into()).contains("use -1"));

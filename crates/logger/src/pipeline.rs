@@ -76,13 +76,18 @@ pub async fn run<S, P, D>(
                 None => break,
             },
         };
+        let size = |m: &Consumed| m.payload.as_ref().map_or(0, Vec::len);
+        let mut bytes = size(&first);
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + settings.max_wait();
-        while batch.len() < settings.max_records {
+        while batch.len() < settings.max_records && bytes < settings.max_bytes {
             tokio::select! {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => mark_written(&mut source, done),
                 m = source.recv() => match m {
-                    Some(m) => batch.push(m),
+                    Some(m) => {
+                        bytes += size(&m);
+                        batch.push(m);
+                    }
                     None => {
                         ended = true;
                         break;

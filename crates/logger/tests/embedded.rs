@@ -69,3 +69,38 @@ async fn undecodable_records_are_kept_as_dead_letters_and_the_rest_is_stored() {
     assert_eq!(LoggerStats::get(&stats.dead_lettered), 2);
     assert_eq!(LoggerStats::get(&stats.inserted_predictions), 10);
 }
+
+/// Records that carry an image for review fill a batch by bytes long before they do by count:
+/// `batch.max_bytes` bounds what a logger holds, and every record is still stored.
+#[tokio::test]
+async fn batches_are_bounded_by_bytes_as_well_as_by_records() {
+    use vigil_proto::vigil::v1::ReviewRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    let (sink, receiver) = vigil_logbus::in_process::channel(100);
+    let stats = Arc::new(LoggerStats::default());
+    let batch = BatchSettings {
+        max_records: 1_000,
+        max_bytes: 10_000,
+        max_wait_ms: 200,
+        max_in_flight: 1,
+        ..Default::default()
+    };
+    let logger = tokio::spawn(vigil_logger::embedded::run(receiver, store.clone(), batch, stats.clone()));
+    let with_image = |i| PredictionRecord {
+        review: Some(ReviewRequest { policy: "unsure".into(), input: vec![7; 4_000], ..Default::default() }),
+        ..record(i)
+    };
+    for i in 0..10 {
+        let payload = with_image(i).encode_to_vec();
+        assert!(payload.len() > 4_000);
+        sink.send(Envelope { topic: topics::PREDICTIONS.into(), key: "line-1".into(), payload }).await.unwrap();
+    }
+    drop(sink);
+    logger.await.unwrap();
+    assert_eq!(store.count_predictions().await.unwrap(), 10);
+    // 10 records of 4 KB in batches that stop once they hold 10,000 bytes: three records at most.
+    let batches = LoggerStats::get(&stats.batches);
+    assert!(batches >= 4, "{batches} batches: at most 3 records each");
+}

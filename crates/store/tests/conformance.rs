@@ -462,6 +462,53 @@ async fn shadow_counts_conform<S: PredictionStore + vigil_store::OutcomeStore>(s
     assert_eq!(got_windows, want_windows);
 }
 
+/// A text model answers in `text` with an empty label: its shadow is compared on the transcripts
+/// (two empty labels would always agree) and judged against the transcript people gave.
+async fn shadow_counts_compare_transcripts<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let spoken = |trace: &str, variant: i16, version: &str, text: &str| PredictionRow {
+        trace_id: trace.into(),
+        variant,
+        model_version: version.into(),
+        model_name: "asr".into(),
+        output: serde_json::json!({ "label": "", "scores": [], "text": text }),
+        ..prediction(now - Duration::minutes(1), 0.5, serde_json::json!({}))
+    };
+    let rows = [
+        spoken("t1", 1, "1", "weather in oslo"),
+        spoken("t1", 3, "2", "weather in oslo"),
+        spoken("t2", 1, "1", "call anna"),
+        spoken("t2", 3, "2", "call hannah"),
+    ];
+    let label = LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: rows[2].prediction_id,
+        label: "call hannah".into(),
+        time: now,
+        source: "transcriber".into(),
+    };
+    store.insert_batch(&rows, &[label]).await.unwrap();
+    let counts =
+        store.shadow_counts(&outcomes("asr", None, None, now - Duration::hours(1), now, 3600 * 24)).await.unwrap();
+    let total = counts
+        .iter()
+        .fold((0, 0, 0, 0), |t, c| (t.0 + c.compared, t.1 + c.agreed, t.2 + c.labeled, t.3 + c.shadow_correct));
+    assert_eq!(total, (2, 1, 1, 1), "(compared, agreed, labelled, shadow correct): {counts:?}");
+}
+
+#[tokio::test]
+async fn sqlite_shadow_counts_compare_transcripts() {
+    let dir = tempfile::tempdir().unwrap();
+    shadow_counts_compare_transcripts(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_shadow_counts_compare_transcripts() {
+    let db = vigil_store::testing::TestDatabase::create();
+    shadow_counts_compare_transcripts(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
+}
+
 #[tokio::test]
 async fn sqlite_shadow_counts_conform() {
     let dir = tempfile::tempdir().unwrap();

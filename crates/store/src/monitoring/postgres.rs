@@ -355,12 +355,12 @@ fn window_pg(time: &str, resolution: &str) -> String {
 /// with the latest label of the primary's prediction, counted by `window` and shadow version.
 fn shadow_counts_sql(window: &str) -> String {
     format!(
-        "WITH s AS (SELECT trace_id, model_version, time, status, coalesce(output->>'label', '') AS label, \
+        "WITH s AS (SELECT trace_id, model_version, time, status, {answer} AS label, \
                       row_number() OVER (PARTITION BY trace_id, model_version ORDER BY prediction_id) AS item \
                     FROM predictions \
                     WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3 \
                       AND ($4::text IS NULL OR model_version = $4)), \
-              p AS (SELECT prediction_id, trace_id, status, coalesce(output->>'label', '') AS label, \
+              p AS (SELECT prediction_id, trace_id, status, {answer} AS label, \
                       row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
                     FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)), \
               c AS (SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
@@ -371,6 +371,8 @@ fn shadow_counts_sql(window: &str) -> String {
          SELECT {window} AS window_s, c.shadow_version, count(*) AS compared, \
            count(*) FILTER (WHERE c.agreed) AS agreed, count(*) FILTER (WHERE NOT c.shadow_ok) AS shadow_failed, \
            count(c.actual) AS labeled, count(*) FILTER (WHERE c.shadow_ok AND c.shadow_label = c.actual) AS shadow_correct \
-         FROM c GROUP BY 1, 2 ORDER BY 1, 2"
+         FROM c GROUP BY 1, 2 ORDER BY 1, 2",
+        // A text model (speech recognition) answers in `text`, its label left empty.
+        answer = "coalesce(nullif(output->>'label', ''), output->>'text', '')"
     )
 }
