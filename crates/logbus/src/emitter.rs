@@ -4,6 +4,7 @@
 //! disk and are replayed in order when the sink is back; without one they are counted as
 //! dropped or failed.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,12 +103,62 @@ impl EmitterStats {
     }
 }
 
+/// Records that found the queue full (with a spool): kept in order behind the records queued
+/// before them, and handed to the spool once the forwarding task has taken those.
+struct Overflow {
+    records: parking_lot::Mutex<VecDeque<Envelope>>,
+    /// Set while `records` may hold any: new records join them rather than the queue, so that
+    /// none overtakes them.
+    active: AtomicBool,
+    wake: tokio::sync::Notify,
+    capacity: usize,
+}
+
+impl Overflow {
+    fn new(capacity: usize) -> Self {
+        Self {
+            records: Default::default(),
+            active: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Keeps `envelope` behind the others; when the overflow is full too it is lost, counted
+    /// as spooled and dropped (as when the spool's own queue is full).
+    fn push(&self, envelope: Envelope, stats: &EmitterStats) {
+        let mut records = self.records.lock();
+        if records.len() >= self.capacity {
+            stats.spooled.fetch_add(1, Ordering::Relaxed);
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("record queue and its overflow full: record dropped");
+        } else {
+            records.push_back(envelope);
+        }
+        self.active.store(true, Ordering::Release);
+        drop(records);
+        self.wake.notify_one();
+    }
+
+    /// Everything kept, oldest first; new records may use the queue again.
+    fn take(&self) -> Vec<Envelope> {
+        let mut records = self.records.lock();
+        self.active.store(false, Ordering::Release);
+        records.drain(..).collect()
+    }
+}
+
 /// Handle given to request handlers. Cloning shares the queue.
 #[derive(Clone)]
 pub struct Emitter {
     sender: mpsc::Sender<Envelope>,
     stats: Arc<EmitterStats>,
     spool: Option<SpoolActor>,
+    overflow: Arc<Overflow>,
     /// The replay task, joined when the spool closes.
     replay: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
     /// Set at shutdown: records go to the spool, not the sink ([`Emitter::spool_the_rest`]).
@@ -146,9 +197,18 @@ impl Emitter {
             .as_ref()
             .map(|actor| tokio::spawn(replay(sink.clone(), actor.clone(), stats.clone(), replay_interval)));
         let stopping = Arc::new(AtomicBool::new(false));
-        let task =
-            tokio::spawn(forward(sink, receiver, stats.clone(), max_in_flight.max(1), spool.clone(), stopping.clone()));
-        (Self { sender, stats, spool, replay: Arc::new(parking_lot::Mutex::new(replay)), stopping }, task)
+        let overflow = Arc::new(Overflow::new(queue_capacity));
+        let task = tokio::spawn(forward(
+            sink,
+            receiver,
+            stats.clone(),
+            max_in_flight.max(1),
+            spool.clone(),
+            stopping.clone(),
+            overflow.clone(),
+        ));
+        let replay = Arc::new(parking_lot::Mutex::new(replay));
+        (Self { sender, stats, spool, overflow, replay, stopping }, task)
     }
 
     /// At shutdown, with the sink still not taking records: every record not yet delivered goes
@@ -174,22 +234,32 @@ impl Emitter {
         }
     }
 
-    /// Queues a record without waiting. When the queue is full the record goes to the spool,
-    /// or, without one, is dropped and counted; returns false then.
+    /// Queues a record without waiting. When the queue is full the record goes to the spool
+    /// (behind the records queued before it), or, without one, is dropped and counted; returns
+    /// false then.
     pub fn emit(&self, envelope: Envelope) -> bool {
         self.stats.emitted.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(envelope) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(envelope) | mpsc::error::TrySendError::Closed(envelope)) => {
-                match &self.spool {
-                    Some(spool) => spool.try_append(envelope),
-                    None => {
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                false
+        let Some(spool) = &self.spool else {
+            if self.sender.try_send(envelope).is_err() {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
             }
-        }
+            return true;
+        };
+        let envelope = if self.overflow.active() {
+            envelope
+        } else {
+            match self.sender.try_send(envelope) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(envelope)) => envelope,
+                Err(mpsc::error::TrySendError::Closed(envelope)) => {
+                    spool.try_append(envelope);
+                    return false;
+                }
+            }
+        };
+        self.overflow.push(envelope, &self.stats);
+        false
     }
 
     /// Stops replaying and closes the spool (at shutdown), releasing its directory once the
@@ -250,12 +320,28 @@ async fn forward<S: Sink>(
     max_in_flight: usize,
     spool: Option<SpoolActor>,
     stopping: Arc<AtomicBool>,
+    overflow: Arc<Overflow>,
 ) {
     // Deliveries are started in emission order and settled in that order too, so that
     // records that fail reach the spool in the order they were emitted.
     let mut in_flight = FuturesOrdered::new();
     let mut open = true;
-    while open || !in_flight.is_empty() {
+    loop {
+        // Records that found the queue full follow every record queued before them: once
+        // those are taken and settled, they go to the spool.
+        if let Some(actor) = spool.as_ref()
+            && overflow.active()
+            && receiver.is_empty()
+            && in_flight.is_empty()
+        {
+            for envelope in overflow.take() {
+                actor.append(envelope).await;
+            }
+            continue;
+        }
+        if !open && in_flight.is_empty() {
+            break;
+        }
         // Stopping: the sink gets nothing more, the spool everything.
         let to_spool = |actor: &SpoolActor| actor.active() || stopping.load(Ordering::Acquire);
         let spooling = spool.as_ref().is_some_and(to_spool);
@@ -266,6 +352,7 @@ async fn forward<S: Sink>(
             Some((result, kept)) = in_flight.next(), if !in_flight.is_empty() => {
                 settle(result, kept, spool.as_ref(), &stats).await;
             }
+            () = overflow.wake.notified(), if spool.is_some() => {}
             received = receiver.recv(), if take_more => match received {
                 None => open = false,
                 Some(envelope) => match spool.as_ref().filter(|s| to_spool(s)) {
@@ -478,6 +565,26 @@ mod tests {
         let stats = emitter.stats();
         assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
         assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn records_that_find_the_queue_full_are_spooled_behind_those_queued_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(crate::spool::SpoolConfig { dir: dir.path().into(), ..Default::default() }).unwrap();
+        // A slow broker: the queue of 4 fills while the first record is being delivered.
+        let sink = Collect { delay: Duration::from_millis(30), ..Default::default() };
+        let (emitter, _task) = Emitter::start_with_spool(sink.clone(), 4, 1, Some(spool), Duration::from_millis(10));
+        let queued = (0..8).filter(|&i| emitter.emit(env(i))).count();
+        assert_eq!(queued, 4, "four queued, four past a full queue");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.seen.lock().unwrap().len() < 8 || emitter.spooled_now() > 0 {
+            assert!(std::time::Instant::now() < deadline, "not all delivered");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen: Vec<u8> = sink.seen.lock().unwrap().iter().map(|e| e.payload[0]).collect();
+        assert_eq!(seen, (0..8).collect::<Vec<u8>>(), "one key, in emission order");
+        let stats = emitter.stats();
+        assert_eq!((stats.spooled.load(Ordering::Relaxed), stats.dropped.load(Ordering::Relaxed)), (4, 0));
     }
 
     #[tokio::test]

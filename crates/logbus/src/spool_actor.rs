@@ -26,8 +26,36 @@ struct Shared {
     /// Records on disk now (0 once closed).
     len: AtomicU64,
     /// While set, new records go to the spool (behind the ones waiting) to keep their order.
+    /// Written only under `appending`, read without it.
     active: AtomicBool,
+    /// Appends handed to the actor and not yet stored: the actor clears `active` only when
+    /// none is on its way, decided under this lock so that an append cannot slip past it.
+    appending: parking_lot::Mutex<u64>,
     stats: Arc<EmitterStats>,
+}
+
+impl Shared {
+    /// An append is on its way: records go to the spool from now on.
+    fn announce(&self) {
+        let mut appending = self.appending.lock();
+        *appending += 1;
+        self.active.store(true, Ordering::SeqCst);
+    }
+
+    /// An announced append was stored, or never sent.
+    fn settled(&self) {
+        let mut appending = self.appending.lock();
+        *appending = appending.saturating_sub(1);
+    }
+
+    /// Records may go straight to the sink again when nothing waits on disk and no append is
+    /// on its way.
+    fn quiet_if(&self, spool_empty: bool) {
+        let appending = self.appending.lock();
+        if spool_empty && *appending == 0 {
+            self.active.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A handle on the spool thread. Clones share it; the thread ends when every handle is dropped.
@@ -45,8 +73,12 @@ impl SpoolActor {
     /// Moves `spool` onto its own thread; at most `queue_capacity` commands wait for it.
     pub(crate) fn start(spool: Spool, queue_capacity: usize, stats: Arc<EmitterStats>) -> io::Result<Self> {
         let (commands, receiver) = mpsc::channel(queue_capacity.max(1));
-        let shared =
-            Arc::new(Shared { len: AtomicU64::new(spool.len()), active: AtomicBool::new(!spool.is_empty()), stats });
+        let shared = Arc::new(Shared {
+            len: AtomicU64::new(spool.len()),
+            active: AtomicBool::new(!spool.is_empty()),
+            appending: parking_lot::Mutex::new(0),
+            stats,
+        });
         let owner = shared.clone();
         std::thread::Builder::new().name("vigil-spool".into()).spawn(move || serve(spool, receiver, &owner))?;
         Ok(Self { commands, shared })
@@ -65,24 +97,29 @@ impl SpoolActor {
     /// Hands a record to the spool without waiting (a request's thread). When the spool's own
     /// queue is full the record is lost and counted as dropped.
     pub(crate) fn try_append(&self, envelope: Envelope) {
-        self.shared.active.store(true, Ordering::SeqCst);
+        self.shared.announce();
         match self.commands.try_send(Command::Append(envelope)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.shared.settled();
                 // Counted as spooled-then-dropped so that the accounting settles.
                 let stats = &self.shared.stats;
                 stats.spooled.fetch_add(1, Ordering::Relaxed);
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("spool queue full: record dropped");
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => lost_after_close(&self.shared.stats),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared.settled();
+                lost_after_close(&self.shared.stats)
+            }
         }
     }
 
     /// Hands a record to the spool, waiting for room in its queue (the forwarding task).
     pub(crate) async fn append(&self, envelope: Envelope) {
-        self.shared.active.store(true, Ordering::SeqCst);
+        self.shared.announce();
         if self.commands.send(Command::Append(envelope)).await.is_err() {
+            self.shared.settled();
             lost_after_close(&self.shared.stats);
         }
     }
@@ -122,20 +159,19 @@ fn serve(spool: Spool, mut commands: mpsc::Receiver<Command>, shared: &Shared) {
         match command {
             Command::Append(envelope) => {
                 let Some(s) = spool.as_mut() else {
+                    shared.settled();
                     lost_after_close(stats);
                     continue;
                 };
-                shared.active.store(true, Ordering::SeqCst);
                 store(s, &envelope, stats);
+                shared.settled();
             }
             // Once closed, peeks and acknowledgements get no answer: the caller sees SpoolClosed.
             Command::Peek { max, reply } => {
                 let Some(s) = spool.as_ref() else { continue };
                 let peeked = s.peek_each(max);
-                // Nothing waits on disk or in the queue: records may go straight to the sink.
-                if s.is_empty() && commands.is_empty() {
-                    shared.active.store(false, Ordering::SeqCst);
-                }
+                // Nothing waits on disk or on its way: records may go straight to the sink.
+                shared.quiet_if(s.is_empty());
                 let _ = reply.send(peeked);
             }
             Command::Ack { to, count, reply } => {

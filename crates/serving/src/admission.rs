@@ -440,6 +440,8 @@ where
                 inner.call(request).await.map(|response| Ok((response, reserved)))
             };
             let answered = tokio::select! {
+                // The call first: the close is looked at (and waited on) only while it runs.
+                biased;
                 answered = tokio::time::timeout_at(deadline, admitted) => answered,
                 () = closing.cancelled() => return Ok(shutting_down().into_http()),
             };
