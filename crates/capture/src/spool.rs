@@ -141,14 +141,13 @@ async fn write_entry(dir: &Path, p: &Pending) -> std::io::Result<()> {
     write(dir.join(format!("{name}.json")), serde_json::to_vec(&p.meta).map_err(std::io::Error::other)?).await
 }
 
-/// Takes `size` off the spool's byte count, never below zero.
 /// Takes `size` bytes of the spool's `max` for a capture on its way to it; false when they do
 /// not fit.
 pub(crate) fn reserve(spooled: &AtomicU64, size: u64, max: u64) -> bool {
     spooled.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(size).filter(|&m| m <= max)).is_ok()
 }
 
-/// Gives back the room of a capture that left the spool or never reached it.
+/// Gives back the room of a capture that left the spool or never reached it (never below zero).
 pub(crate) fn release(spooled: &AtomicU64, size: u64) {
     let _ = spooled.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(size)));
 }

@@ -128,20 +128,24 @@ impl Overflow {
         self.active.load(Ordering::Acquire)
     }
 
-    /// Keeps `envelope` behind the others; when the overflow is full too it is lost, counted
-    /// as spooled and dropped (as when the spool's own queue is full).
-    fn push(&self, envelope: Envelope, stats: &EmitterStats) {
+    /// Keeps `envelope` behind the others. When the overflow is full too (the deliveries in
+    /// flight hang on a broker that went away), it and everything kept go to the spool at
+    /// once: saved on disk ahead of the records still queued, rather than lost.
+    fn push(&self, envelope: Envelope, spool: &SpoolActor) {
         let mut records = self.records.lock();
-        if records.len() >= self.capacity {
-            stats.spooled.fetch_add(1, Ordering::Relaxed);
-            stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("record queue and its overflow full: record dropped");
-        } else {
+        if records.len() < self.capacity {
             records.push_back(envelope);
+            self.active.store(true, Ordering::Release);
+            drop(records);
+            self.wake.notify_one();
+            return;
         }
-        self.active.store(true, Ordering::Release);
-        drop(records);
-        self.wake.notify_one();
+        tracing::warn!("record queue and its overflow full: spooling ahead of the records still queued");
+        let spill: Vec<Envelope> = records.drain(..).chain(std::iter::once(envelope)).collect();
+        // Under the lock: records pushed after these join the overflow behind them.
+        for envelope in spill {
+            spool.try_append(envelope);
+        }
     }
 
     /// Everything kept, oldest first; new records may use the queue again.
@@ -185,7 +189,7 @@ impl Emitter {
         let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
         let stats = Arc::new(EmitterStats::default());
         sink.attach(&stats);
-        let spool = spool.and_then(|s| match SpoolActor::start(s, queue_capacity, stats.clone()) {
+        let spool = spool.and_then(|s| match SpoolActor::start(s, queue_capacity.saturating_mul(2).saturating_add(1), stats.clone()) {
             Ok(actor) => Some(actor),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the spool thread: records the sink cannot take are lost");
@@ -258,7 +262,7 @@ impl Emitter {
                 }
             }
         };
-        self.overflow.push(envelope, &self.stats);
+        self.overflow.push(envelope, spool);
         false
     }
 
@@ -585,6 +589,30 @@ mod tests {
         assert_eq!(seen, (0..8).collect::<Vec<u8>>(), "one key, in emission order");
         let stats = emitter.stats();
         assert_eq!((stats.spooled.load(Ordering::Relaxed), stats.dropped.load(Ordering::Relaxed)), (4, 0));
+    }
+
+    #[tokio::test]
+    async fn records_past_a_full_overflow_are_spooled_at_once_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(crate::spool::SpoolConfig { dir: dir.path().into(), ..Default::default() }).unwrap();
+        let sink = Collect { delay: Duration::from_millis(30), ..Default::default() };
+        // A queue of 2 and an overflow of 2: the fifth record at once overruns both, and goes
+        // to the spool with the overflow's two (the spool thread's queue has room for a queue's
+        // worth and an overflow's).
+        let (emitter, _task) = Emitter::start_with_spool(sink.clone(), 2, 1, Some(spool), Duration::from_millis(10));
+        for i in 0..7 {
+            emitter.emit(env(i));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen: std::collections::BTreeSet<u8> = sink.seen.lock().unwrap().iter().map(|e| e.payload[0]).collect();
+            if seen.len() == 7 && emitter.spooled_now() == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "delivered {seen:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(emitter.stats().dropped.load(Ordering::Relaxed), 0, "every record saved");
     }
 
     #[tokio::test]

@@ -308,6 +308,7 @@ impl KafkaSink {
                 // Whatever the failed producer still holds fails now, and is spooled and sent
                 // again through the new one.
                 failed.purge(PurgeConfig::default().queue().inflight());
+                retire(arc_swap::Guard::into_inner(previous));
                 if let Some(stats) = self.shared.stats.get() {
                     stats.sink_restarts.fetch_add(1, Ordering::Relaxed);
                 }
@@ -317,6 +318,22 @@ impl KafkaSink {
                 tracing::error!(?code, reason, error = %e, "Kafka producer met a fatal error and cannot be replaced yet");
             }
         }
+    }
+}
+
+/// Drops a replaced producer on a thread of its own once the deliveries that hold it have
+/// ended: dropping one joins its polling thread and flushes, which must not stall an async
+/// worker.
+fn retire(producer: Arc<FutureProducer>) {
+    let retiring = std::thread::Builder::new().name("vigil-kafka-retire".into()).spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while Arc::strong_count(&producer) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(producer);
+    });
+    if let Err(e) = retiring {
+        tracing::warn!(error = %e, "cannot start a thread to drop the replaced Kafka producer");
     }
 }
 

@@ -197,14 +197,14 @@ fn whole_frame_at(bytes: &[u8], at: usize) -> Option<usize> {
 /// Segment `n` reads only to `valid_end`, where a frame is damaged (a bad sector, or pages a
 /// power cut kept from the disk under `fsync = never`). When whole frames follow the damage, the
 /// damaged bytes are moved to `damaged/<segment>-<offset>.bin` for a person to look at and the
-/// segment is rewritten without them, so that the records after them are kept; true then. False
-/// when no whole frame follows: a torn tail, for the caller to cut.
-fn set_damage_aside(dir: &Path, n: u64, valid_end: u64) -> io::Result<bool> {
+/// segment is rewritten without them, so that the records after them are kept; the byte range
+/// taken out then. None when no whole frame follows: a torn tail, for the caller to cut.
+fn set_damage_aside(dir: &Path, n: u64, valid_end: u64) -> io::Result<Option<(u64, u64)>> {
     let path = segment_path(dir, n);
     let bytes = fs::read(&path)?;
     let start = valid_end as usize;
     let Some(resume) = (start + 1..bytes.len()).find(|&at| whole_frame_at(&bytes, at).is_some()) else {
-        return Ok(false);
+        return Ok(None);
     };
     let aside = dir.join("damaged");
     fs::create_dir_all(&aside)?;
@@ -224,7 +224,7 @@ fn set_damage_aside(dir: &Path, n: u64, valid_end: u64) -> io::Result<bool> {
         set_aside = %kept.display(),
         "a damaged stretch of a spool segment: the records in it are lost, those after it kept"
     );
-    Ok(true)
+    Ok(Some((valid_end, resume as u64)))
 }
 
 impl Spool {
@@ -258,7 +258,11 @@ impl Spool {
                 if file_len == valid_end {
                     break frames;
                 }
-                if set_damage_aside(&config.dir, n, valid_end)? {
+                if let Some((start, resume)) = set_damage_aside(&config.dir, n, valid_end)? {
+                    // The saved position moves with the bytes after the stretch taken out.
+                    if n == head.segment && head.offset > start {
+                        head.offset = head.offset.saturating_sub(resume - start).max(start);
+                    }
                     continue;
                 }
                 tracing::warn!(
@@ -687,10 +691,19 @@ mod tests {
         fs::write(&seg, &bytes).unwrap();
         let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         assert_eq!(s.peek(10).unwrap().0, kept[1..]);
+        // Acknowledged up to record 3; then damage before that position: record 4 still waits.
+        let each = s.peek_each(2).unwrap();
+        s.ack(each[1].1, 2).unwrap();
+        drop(s);
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[10] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        assert_eq!((s.len(), s.peek(10).unwrap().0), (1, vec![env(4)]), "the saved position moved with the bytes");
         s.append(&env(9)).unwrap();
         let (all, end) = s.peek(10).unwrap();
-        assert_eq!(all, [1, 3, 4, 9].map(env));
-        s.ack(end, 4).unwrap();
+        assert_eq!(all, [4, 9].map(env));
+        s.ack(end, 2).unwrap();
         assert!(s.is_empty());
     }
 

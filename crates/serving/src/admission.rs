@@ -295,6 +295,11 @@ impl AdmissionLayer {
         self
     }
 
+    /// The token that ends the calls still running ([`AdmissionLayer::with_closing`]).
+    pub(crate) fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
     /// Treats these paths as streams (see [`streaming_methods`]).
     pub fn with_streaming_methods(mut self, paths: HashSet<String>) -> Self {
         self.streaming = Arc::new(paths);

@@ -175,6 +175,8 @@ pub struct ServingMetrics {
     request_duration: HistogramFamily,
     queue_duration: HistogramFamily,
     compute_duration: HistogramFamily,
+    /// The admission layer's: a stream item dropped once it fired was ended by the server.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Default for ServingMetrics {
@@ -184,6 +186,7 @@ impl Default for ServingMetrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             queue_duration: Family::new_with_constructor(latency_histogram),
             compute_duration: Family::new_with_constructor(latency_histogram),
+            closing: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -198,7 +201,7 @@ impl ServingMetrics {
         admission: &AdmissionLayer,
         records: Option<&RecordEmitter>,
     ) -> Self {
-        let m = Self::default();
+        let m = Self { closing: admission.closing().clone(), ..Self::default() };
         registry.register("vigil_requests", "Requests by model, API and gRPC status", m.requests.clone());
         registry.register("vigil_request_duration_seconds", "Time to answer a request", m.request_duration.clone());
         registry.register(
@@ -310,7 +313,15 @@ impl Drop for RequestTimer<'_> {
         if !self.finished {
             // The same rule as the item's record (`UntilAnswered`), so that the two agree.
             let expired = self.deadline.is_some_and(|d| Instant::now() + crate::records::DEADLINE_SLACK >= d);
-            self.record(if expired { Code::DeadlineExceeded } else { Code::Cancelled });
+            let code = if expired {
+                Code::DeadlineExceeded
+            } else if self.metrics.closing.is_cancelled() {
+                // Ended by the server at the end of its drain (its record says UNAVAILABLE too).
+                Code::Unavailable
+            } else {
+                Code::Cancelled
+            };
+            self.record(code);
         }
     }
 }
@@ -528,6 +539,9 @@ mod tests {
         m.start(Api::ModelInfer, None).finish(Code::NotFound);
         drop(m.start(Api::Inspect, Some(Instant::now())));
         drop(m.start(Api::Inspect, None));
+        // Ended by the server at the end of its drain.
+        m.closing.cancel();
+        drop(m.start(Api::ModelInfer, None));
         m.count_call(&"model_metadata".into(), served, Code::Ok, std::time::Duration::from_millis(1));
         m.count_call(&"model_infer".into(), ServedLabels::default(), Code::ResourceExhausted, Default::default());
         let text = encode(&registry);
@@ -536,6 +550,7 @@ mod tests {
             r#"vigil_requests_total{model="",version="",variant="",api="model_infer",status="NotFound"} 1"#,
             r#"vigil_requests_total{model="",version="",variant="",api="inspect",status="DeadlineExceeded"} 1"#,
             r#"vigil_requests_total{model="",version="",variant="",api="inspect",status="Cancelled"} 1"#,
+            r#"vigil_requests_total{model="",version="",variant="",api="model_infer",status="Unavailable"} 1"#,
             r#"vigil_requests_total{model="m",version="3",variant="canary",api="model_metadata",status="Ok"} 1"#,
             r#"vigil_requests_total{model="",version="",variant="",api="model_infer",status="ResourceExhausted"} 1"#,
             r#"vigil_request_duration_seconds_count{model="m",version="3",variant="canary"} 2"#,
