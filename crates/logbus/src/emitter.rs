@@ -189,11 +189,13 @@ impl Emitter {
         let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
         let stats = Arc::new(EmitterStats::default());
         sink.attach(&stats);
-        let spool = spool.and_then(|s| match SpoolActor::start(s, queue_capacity.saturating_mul(2).saturating_add(1), stats.clone()) {
-            Ok(actor) => Some(actor),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the spool thread: records the sink cannot take are lost");
-                None
+        let spool = spool.and_then(|s| {
+            match SpoolActor::start(s, queue_capacity.saturating_mul(2).saturating_add(1), stats.clone()) {
+                Ok(actor) => Some(actor),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the spool thread: records the sink cannot take are lost");
+                    None
+                }
             }
         });
         let sink = Arc::new(sink);
