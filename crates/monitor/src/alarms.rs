@@ -441,8 +441,9 @@ pub async fn evaluate_all<S: MonitorStore>(
         };
         for model in targets {
             let key = alert_key(&rule.name, &model);
-            let current =
-                stored.iter().find(|a| a.alert_key == key).cloned().unwrap_or_else(|| inactive(rule, &model, now));
+            let found = stored.iter().find(|a| a.alert_key == key);
+            let was_stored = found.is_some();
+            let current = found.cloned().unwrap_or_else(|| inactive(rule, &model, now));
             let value = match evaluate_with(views, rule, &model, now, &mut reports).await {
                 Ok(v) => v,
                 Err(e) => {
@@ -451,7 +452,6 @@ pub async fn evaluate_all<S: MonitorStore>(
                 }
             };
             let (next, change) = transition(rule, &current, value, now, cleared.slot(&key));
-            let was_stored = stored.iter().any(|a| a.alert_key == key);
             let rule_changed = (&current.metric, &current.severity, current.threshold)
                 != (&next.metric, &next.severity, next.threshold);
             if change.is_none() && was_stored && rule_changed {
