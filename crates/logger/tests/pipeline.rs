@@ -308,21 +308,21 @@ async fn a_row_the_database_refuses_is_dead_lettered_and_its_batch_stored() {
     logger.await.unwrap().unwrap();
 }
 
+/// Sends `payload` to the predictions topic as a server would, waiting for the broker to take it.
+async fn send_prediction(producer: &FutureProducer, payload: Vec<u8>) {
+    producer
+        .send(FutureRecord::to(topics::PREDICTIONS).key("k").payload(&payload), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn garbage_and_future_schemas_are_dead_lettered_and_the_rest_flows() {
     let broker = Broker::start(1).await;
     let db = Database::create();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
-    let send = |payload: Vec<u8>| {
-        let producer = producer.clone();
-        async move {
-            producer
-                .send(FutureRecord::to(topics::PREDICTIONS).key("k").payload(&payload), Duration::from_secs(10))
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-    };
+    let send = |payload: Vec<u8>| send_prediction(&producer, payload);
     let good: Vec<PredictionRecord> = (0..10).map(record).collect();
     send(good[0].encode_to_vec()).await;
     send(vec![0xde, 0xad, 0xbe, 0xef, 0xff]).await;
@@ -401,16 +401,7 @@ async fn a_dead_letter_the_topic_refuses_for_good_is_kept_in_the_database_and_ho
     let broker = Broker::start(1).await;
     let db = Database::create();
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", broker.brokers()).create().unwrap();
-    let send = |payload: Vec<u8>| {
-        let producer = producer.clone();
-        async move {
-            producer
-                .send(FutureRecord::to(topics::PREDICTIONS).key("k").payload(&payload), Duration::from_secs(10))
-                .await
-                .map_err(|(e, _)| e)
-                .unwrap();
-        }
-    };
+    let send = |payload: Vec<u8>| send_prediction(&producer, payload);
     let good: Vec<PredictionRecord> = (0..5).map(record).collect();
     send(good[0].encode_to_vec()).await;
     let mut garbage = vec![0xff, 0xfe];
