@@ -3,8 +3,8 @@
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -241,6 +241,9 @@ pub async fn missing_topics(config: &KafkaConfig, topics: &[&str]) -> Result<Vec
 /// lost acknowledged records, or the sequence of a partition broke) refuses every record after
 /// it; the sink then replaces it with a new producer and fails what the old one held as
 /// transient, so that the emitter spools those records and replays them through the new one.
+/// Replacements are paced ([`RestartPacing`]): a fatal error that recurs on every new producer
+/// (its cause on the broker's side) makes one new producer per pause, the pause doubling from
+/// 10 s up to 10 min, while the records wait in the spool.
 #[derive(Clone)]
 pub struct KafkaSink {
     shared: Arc<Shared>,
@@ -251,6 +254,7 @@ struct Shared {
     producer: ArcSwap<FutureProducer>,
     /// The emitter's counters, where replacements are counted (`sink_restarts`).
     stats: OnceLock<Arc<EmitterStats>>,
+    pacing: Mutex<RestartPacing>,
 }
 
 impl KafkaSink {
@@ -262,8 +266,16 @@ impl KafkaSink {
                 config: config.clone(),
                 producer: ArcSwap::from_pointee(producer),
                 stats: OnceLock::new(),
+                pacing: Mutex::new(RestartPacing::default()),
             }),
         })
+    }
+
+    /// Paces producer replacements with `pacing` instead of the default (10 s doubling to 10
+    /// min). Call before the first record is sent.
+    pub fn with_restart_pacing(self, pacing: RestartPacing) -> Self {
+        *self.shared.pacing.lock().unwrap_or_else(|e| e.into_inner()) = pacing;
+        self
     }
 
     /// The producer records go through now.
@@ -299,6 +311,19 @@ impl KafkaSink {
         if current.client().native_ptr() != failed.client().native_ptr() {
             return; // Replaced already.
         }
+        let mut pacing = self.shared.pacing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(wait) = pacing.too_soon(Instant::now()) {
+            if !std::mem::replace(&mut pacing.deferral_logged, true) {
+                tracing::error!(
+                    ?code,
+                    reason,
+                    wait_s = wait.as_secs_f64(),
+                    "Kafka producer met a fatal error again soon after the last replacement: a new producer \
+                     is made after a pause, records are kept in the spool until then; check the broker's log"
+                );
+            }
+            return;
+        }
         match self.shared.config.producer() {
             Ok(fresh) => {
                 let previous = self.shared.producer.compare_and_swap(&current, Arc::new(fresh));
@@ -308,6 +333,8 @@ impl KafkaSink {
                 // Whatever the failed producer still holds fails now, and is spooled and sent
                 // again through the new one.
                 failed.purge(PurgeConfig::default().queue().inflight());
+                pacing.replaced(Instant::now());
+                drop(pacing);
                 retire(arc_swap::Guard::into_inner(previous));
                 if let Some(stats) = self.shared.stats.get() {
                     stats.sink_restarts.fetch_add(1, Ordering::Relaxed);
@@ -318,6 +345,54 @@ impl KafkaSink {
                 tracing::error!(?code, reason, error = %e, "Kafka producer met a fatal error and cannot be replaced yet");
             }
         }
+    }
+}
+
+/// How often the sink may replace a producer that met a fatal error: the first replacement at
+/// once; each later one at least `pause` after the one before, the pause doubling with every
+/// replacement up to `max_pause` and back to `first_pause` once a producer has lasted twice
+/// `max_pause`.
+#[derive(Debug, Clone)]
+pub struct RestartPacing {
+    /// The pause after a first replacement.
+    pub first_pause: Duration,
+    /// The longest pause; a producer that lasts twice as long resets the pause to `first_pause`.
+    pub max_pause: Duration,
+    last: Option<Instant>,
+    pause: Duration,
+    deferral_logged: bool,
+}
+
+impl Default for RestartPacing {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10), Duration::from_secs(600))
+    }
+}
+
+impl RestartPacing {
+    /// Pauses from `first_pause` doubling up to `max_pause` (at least `first_pause`).
+    pub fn new(first_pause: Duration, max_pause: Duration) -> Self {
+        let max_pause = max_pause.max(first_pause);
+        Self { first_pause, max_pause, last: None, pause: first_pause, deferral_logged: false }
+    }
+
+    /// How much longer a replacement must wait at `now`; `None` when it may go ahead.
+    fn too_soon(&self, now: Instant) -> Option<Duration> {
+        let last = self.last?;
+        let since = now.saturating_duration_since(last);
+        (since < self.pause).then(|| self.pause - since)
+    }
+
+    /// Records a replacement made at `now`, setting the pause before the next one.
+    fn replaced(&mut self, now: Instant) {
+        self.pause = match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.max_pause * 2 => {
+                (self.pause * 2).min(self.max_pause)
+            }
+            _ => self.first_pause,
+        };
+        self.last = Some(now);
+        self.deferral_logged = false;
     }
 }
 
@@ -388,4 +463,42 @@ pub fn refused_for_good(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidRecord
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_are_paced_doubling_and_reset_after_a_quiet_spell() {
+        let s = Duration::from_secs;
+        let mut pacing = RestartPacing::new(s(10), s(60));
+        let t0 = Instant::now();
+        assert_eq!(pacing.too_soon(t0), None, "the first replacement goes ahead at once");
+        pacing.replaced(t0);
+        assert_eq!(pacing.too_soon(t0 + s(4)), Some(s(6)));
+        assert_eq!(pacing.too_soon(t0 + s(10)), None);
+        let t1 = t0 + s(10);
+        pacing.replaced(t1);
+        assert_eq!(pacing.too_soon(t1 + s(19)), Some(s(1)), "the pause doubled");
+        let t2 = t1 + s(20);
+        pacing.replaced(t2);
+        let t3 = t2 + s(40);
+        pacing.replaced(t3);
+        assert_eq!(pacing.too_soon(t3 + s(59)), Some(s(1)), "capped at the longest pause");
+        let t4 = t3 + s(60);
+        pacing.replaced(t4);
+        assert_eq!(pacing.too_soon(t4 + s(59)), Some(s(1)), "still capped");
+        // A producer that lasted twice the longest pause: the next pause is the first one again.
+        let t5 = t4 + s(120);
+        pacing.replaced(t5);
+        assert_eq!(pacing.too_soon(t5 + s(9)), Some(s(1)));
+        assert_eq!(pacing.too_soon(t5 + s(10)), None);
+    }
+
+    #[test]
+    fn the_longest_pause_is_never_below_the_first() {
+        let pacing = RestartPacing::new(Duration::from_secs(30), Duration::from_secs(5));
+        assert_eq!(pacing.max_pause, Duration::from_secs(30));
+    }
 }

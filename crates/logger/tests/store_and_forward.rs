@@ -352,14 +352,7 @@ async fn a_fatal_producer_error_replaces_the_producer_and_loses_nothing() {
         assert!(emitter.emit(record(i)));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let reason = c"broker lost acknowledged records";
-    // SAFETY: a live producer handle and a NUL-terminated string; librdkafka's own test hook.
-    unsafe {
-        use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
-        let code = rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
-        rd_kafka_test_fatal_error(first.client().native_ptr(), code, reason.as_ptr());
-    }
-    assert!(first.client().fatal_error().is_some());
+    strike_fatal(&first);
     for i in 150..300 {
         assert!(emitter.emit(record(i)));
         tokio::task::yield_now().await;
@@ -384,4 +377,86 @@ async fn a_fatal_producer_error_replaces_the_producer_and_loses_nothing() {
     // A record the old producer had sent when the error struck may be in the topic twice (the
     // loggers drop such doubles by record id); a new producer sends each record it is given once.
     assert!(records <= 300 + 50, "{records} records for 300 payloads");
+}
+
+/// Triggers librdkafka's fatal error on `producer`, as a broker that lost acknowledged records
+/// would.
+fn strike_fatal(producer: &rdkafka::producer::FutureProducer) {
+    use rdkafka::producer::Producer as _;
+    let reason = c"broker lost acknowledged records";
+    // SAFETY: a live producer handle and a NUL-terminated string; librdkafka's own test hook.
+    unsafe {
+        use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+        let code = rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
+        rd_kafka_test_fatal_error(producer.client().native_ptr(), code, reason.as_ptr());
+    }
+    assert!(producer.client().fatal_error().is_some());
+}
+
+/// A fatal error that strikes the new producer too (its cause on the broker's side) is not
+/// answered by a new producer at every attempt: the next one comes after the pause, the records
+/// wait in the spool meanwhile, and every record still reaches the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recurring_fatal_producer_error_replaces_the_producer_after_a_pause() {
+    use rdkafka::producer::Producer as _;
+    use vigil_logbus::kafka::{KafkaSink, RestartPacing};
+    use vigil_logbus::spool::Spool;
+    use vigil_logbus::{Emitter, Envelope};
+
+    const TOPIC: &str = "fatal-again";
+    const PAUSE: Duration = Duration::from_secs(5);
+    let broker = Broker::start(1).await;
+    let kafka = broker.kafka();
+    vigil_logbus::kafka::create_topics(&kafka, &[TOPIC], kafka.topics).await.unwrap();
+    let spool_dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(SpoolConfig { dir: spool_dir.path().into(), ..Default::default() }).unwrap();
+    let sink = KafkaSink::new(&kafka).unwrap().with_restart_pacing(RestartPacing::new(PAUSE, PAUSE * 4));
+    let (emitter, _forward) =
+        Emitter::start_with_spool(sink.clone(), 1_000, 100, Some(spool), Duration::from_millis(50));
+    let record =
+        |i: u32| Envelope { topic: TOPIC.into(), key: format!("k{}", i % 7), payload: i.to_be_bytes().to_vec() };
+    let native = |p: &rdkafka::producer::FutureProducer| p.client().native_ptr() as usize;
+    for i in 0..50 {
+        assert!(emitter.emit(record(i)));
+    }
+    assert!(emitter.drain(Duration::from_secs(30)).await, "delivered before the error");
+
+    // The first fatal error: a new producer at once.
+    let first = sink.producer();
+    strike_fatal(&first);
+    for i in 50..100 {
+        assert!(emitter.emit(record(i)));
+    }
+    let replaced_by = Instant::now() + Duration::from_secs(30);
+    while native(&sink.producer()) == native(&first) {
+        assert!(Instant::now() < replaced_by, "the first fatal error replaced the producer");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let replaced_at = Instant::now();
+
+    // The same error on the new producer: it stays in place for the pause, records spool.
+    let second = sink.producer();
+    strike_fatal(&second);
+    for i in 100..150 {
+        assert!(emitter.emit(record(i)));
+    }
+    while replaced_at.elapsed() < PAUSE - Duration::from_millis(1_500) {
+        assert_eq!(native(&sink.producer()), native(&second), "no new producer within the pause");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(emitter.stats().sink_restarts.load(Ordering::Relaxed), 1);
+    assert!(emitter.spooled_now() > 0, "records wait in the spool during the pause");
+
+    eventually(Duration::from_secs(60), "every record delivered or replayed", || async {
+        let s = emitter.stats();
+        s.delivered.load(Ordering::Relaxed) + s.replayed.load(Ordering::Relaxed) >= 150 && emitter.spooled_now() == 0
+    })
+    .await;
+    let s = emitter.stats();
+    assert_eq!(s.sink_restarts.load(Ordering::Relaxed), 2, "two fatal errors, two new producers");
+    assert_eq!((s.failed.load(Ordering::Relaxed), s.dropped.load(Ordering::Relaxed)), (0, 0));
+    assert!(sink.producer().client().fatal_error().is_none());
+    let (seen, _) = read_payloads(&broker.brokers(), TOPIC, 150).await;
+    let expected: HashSet<Vec<u8>> = (0..150u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(seen, expected, "every record in the topic");
 }
