@@ -606,3 +606,58 @@ async fn a_raised_capture_rate_reaches_the_edge_with_the_deployment() {
     assert_eq!(captured(), settled, "back to the server's own rate");
     server.shutdown().await.unwrap();
 }
+
+/// A server that stops lets the shadow copies its requests started finish and record before
+/// its records are drained: a slow shadow's record is written by the time the stop returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_lets_running_shadow_copies_finish_and_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("models");
+    let slow = std::fs::read(repo_root().join("tests/fixtures/slow-model/model.onnx")).unwrap();
+    copy_version(&model_dir(), &repo.join(MODEL), 1, None);
+    copy_version(&model_dir(), &repo.join(MODEL), 2, Some(&slow));
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    for version in ["1", "2"] {
+        let digest = sha256_file(&repo.join(MODEL).join(version).join("model.onnx")).unwrap();
+        store.register_version(&registered(version, digest), "").await.unwrap();
+    }
+    let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
+    store.set_deployment(&deployment("slow-shadow", "1", Some("2"), "shadow", 1.0), &change).await.unwrap();
+    let mut config = config();
+    config.model_repository = repo;
+    config.models.load_all_versions = true;
+    config.deployments.database_url = url;
+    config.deployments.poll_interval_ms = 100;
+    let (sink, bus) = vigil_logbus::in_process::channel(1_000);
+    let (emitter, _forwarder) = Emitter::start(sink, 1_000, 100);
+    let server = vigil_edge::start_with(config, false, Some(RecordEmitter::new(emitter.clone(), "edge-1")))
+        .await
+        .expect("edge server starts");
+    let metrics = server.metrics_addr.unwrap();
+    let (inspect, _) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let mut logged = Logged { bus, records: Vec::new() };
+    // Until a request is answered under the deployment (and so copied to the shadow).
+    loop {
+        let request = InspectRequest { image: image.clone(), station_id: "line-1".into(), ..Default::default() };
+        let answer = inspect.clone().inspect(request).await.unwrap().into_inner();
+        assert!(emitter.drain(Duration::from_secs(10)).await);
+        if logged.read().iter().any(|r| r.deployment_id == "slow-shadow") {
+            assert_eq!(answer.model_version, "1");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = shadow_copies(metrics, "started");
+    assert!(started >= 1.0, "the request was copied to the shadow");
+    // The slow shadow (several hundred milliseconds a run) is still running: stop now.
+    let running = logged.read().iter().filter(|r| r.variant == Variant::Shadow as i32).count();
+    assert!((running as f64) < started, "a copy still running when the server is told to stop");
+    server.shutdown().await.unwrap();
+    assert!(emitter.drain(Duration::from_secs(10)).await);
+    let shadows: Vec<_> = logged.read().iter().filter(|r| r.variant == Variant::Shadow as i32).cloned().collect();
+    assert_eq!(shadows.len() as f64, started, "every copy started before the stop is recorded by its end");
+    assert!(shadows.iter().all(|r| r.model_version == "2" && r.status == RecordStatus::Ok as i32));
+}

@@ -1,8 +1,8 @@
 //! A prediction server on the host: the model repository loaded (and watched), the Open
 //! Inference Protocol v2 behind the request-metrics and admission layers, deployments followed,
-//! predictions logged, `/metrics` served, and the ordered stop (drain requests, then records,
-//! then the metrics endpoint). Each server binary adds its own APIs beside OIP (the edge its
-//! inspection API) through [`ServerApis`].
+//! predictions logged, `/metrics` served, and the ordered stop (drain requests, let the shadow
+//! copies finish, then records, then the metrics endpoint). Each server binary adds its own APIs
+//! beside OIP (the edge its inspection API) through [`ServerApis`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +24,7 @@ use crate::{DeploymentsConfig, GrpcHost, Lifecycle, Limits, LoggingConfig, Metri
 
 /// The stages of a prediction server, in the order they stop.
 const SERVE: &str = "serve";
+const SHADOWS: &str = "shadows";
 const RECORDS: &str = "records";
 const METRICS: &str = "metrics";
 
@@ -146,7 +147,7 @@ pub async fn start(
     }
 
     let mut lifecycle = Lifecycle::new();
-    lifecycle.stage(SERVE, None).stage(RECORDS, None).stage(METRICS, Some(Duration::from_secs(1)));
+    lifecycle.stage(SERVE, None).stage(SHADOWS, None).stage(RECORDS, None).stage(METRICS, Some(Duration::from_secs(1)));
     let drain = settings.limits.drain_timeout();
     let records = match records {
         Some(external) => Some(external),
@@ -182,6 +183,19 @@ pub async fn start(
         .await;
         let lane = Arc::new(ShadowLane::new(settings.deployments.shadow_concurrency));
         vigil_serving::metrics::register_shadow_lane(&mut registry, lane.clone());
+        // Once the listener has drained, the shadow copies its calls started finish and record
+        // before the records are drained.
+        let running = lane.clone();
+        lifecycle.spawn(SHADOWS, "shadow copies", move |stop| async move {
+            stop.stopped().await;
+            if !running.settle(drain).await {
+                tracing::warn!(
+                    running = running.running(),
+                    "shadow copies still running at exit: their records are not written"
+                );
+            }
+            Ok(())
+        });
         let core = Infer::new(router).with_shadow_lane(lane);
         inference = inference.with_infer(core.clone());
         infer = Some(core);

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use vigil_inference::InferenceError;
 use vigil_inference::batcher::BatchOutput;
 use vigil_inference::config::ModelConfig;
@@ -85,16 +86,30 @@ pub struct ShadowRun {
 /// shadow answered; never awaited by the request.
 pub type ShadowObserver = Arc<dyn Fn(ShadowRun) + Send + Sync>;
 
-/// A shadow's own inputs for the request, when the primary's would not be what it sees (a
-/// shadow that prepares images differently); None: the primary's. Runs on a blocking thread
-/// inside the shadow's task, off the primary's path.
-pub type ShadowInputs = Arc<dyn Fn(&LoadedModel) -> Option<Result<Vec<Tensor>, InferenceError>> + Send + Sync>;
+/// What a shadow's copy of the request runs on.
+pub enum ShadowPlan {
+    /// The primary's tensors.
+    Primary,
+    /// Tensors of its own (a shadow that prepares images differently), made by this work on a
+    /// blocking thread inside the shadow's task, off the primary's path. The work holds whatever
+    /// memory it reserved and frees it when done.
+    Own(Box<dyn FnOnce() -> Result<Vec<Tensor>, InferenceError> + Send>),
+    /// No copy this time: preparing its own inputs would take memory the requests need now.
+    /// Counted as skipped, like a copy that finds the lane full.
+    Skip,
+}
+
+/// Plans each shadow's inputs for one request; called on the request's path when the copy is
+/// about to start (it must not block: reserving memory is a try, preparing is left to the plan).
+pub type ShadowInputs = Arc<dyn Fn(&LoadedModel) -> ShadowPlan + Send + Sync>;
 
 /// Shadow copies run here, at most `capacity` at once; a copy that finds the lane full is
-/// skipped and counted, so shadows never queue up behind or in front of real traffic.
+/// skipped and counted, so shadows never queue up behind or in front of real traffic. The lane
+/// tracks its copies, so that a server can let them finish (and record) before it stops.
 #[derive(Debug)]
 pub struct ShadowLane {
     permits: Arc<Semaphore>,
+    running: TaskTracker,
     skipped: AtomicU64,
     started: AtomicU64,
     failed: AtomicU64,
@@ -105,13 +120,29 @@ impl ShadowLane {
     pub fn new(capacity: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(capacity)),
+            running: TaskTracker::new(),
             skipped: AtomicU64::new(0),
             started: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }
     }
 
-    /// Copies skipped because the lane was full.
+    /// Copies running now.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Waits up to `timeout` for the copies running now, and those started meanwhile, to end
+    /// (their observers called); false when some still run. For a server's shutdown, once no
+    /// request can start a copy.
+    pub async fn settle(&self, timeout: std::time::Duration) -> bool {
+        self.running.close();
+        let settled = tokio::time::timeout(timeout, self.running.wait()).await.is_ok();
+        self.running.reopen();
+        settled
+    }
+
+    /// Copies skipped because the lane was full or their inputs could not be prepared now.
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }
@@ -230,20 +261,23 @@ impl Infer {
                 self.lane.skipped.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
+            let plan = shadow_inputs.as_ref().map_or(ShadowPlan::Primary, |plan| plan(shadow));
+            if let ShadowPlan::Skip = plan {
+                self.lane.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             self.lane.started.fetch_add(1, Ordering::Relaxed);
             let (shadow, inputs, observer) = (shadow.clone(), inputs.to_vec(), on_shadow.clone());
             let (deployment, metrics, lane) = (route.deployment.clone(), self.metrics.clone(), self.lane.clone());
-            let own_inputs = shadow_inputs.clone();
             let primary = route.primary.clone();
-            tokio::spawn(async move {
-                let own = match own_inputs {
-                    Some(prepare) => {
-                        let model = shadow.clone();
-                        tokio::task::spawn_blocking(move || prepare(&model)).await.unwrap_or_else(|e| {
-                            Some(Err(InferenceError::Runtime(format!("shadow preparation failed: {e}"))))
-                        })
+            self.lane.running.spawn(async move {
+                let own = match plan {
+                    ShadowPlan::Own(prepare) => {
+                        Some(tokio::task::spawn_blocking(prepare).await.unwrap_or_else(|e| {
+                            Err(InferenceError::Runtime(format!("shadow preparation failed: {e}")))
+                        }))
                     }
-                    None => None,
+                    ShadowPlan::Primary | ShadowPlan::Skip => None,
                 };
                 // Through the shadow's queue, never inline on this async thread.
                 let result = match own {

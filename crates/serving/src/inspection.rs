@@ -20,7 +20,7 @@ use vigil_proto::vigil::v1::{
 use crate::admission::{Deadline, held_until_answered};
 use crate::decision::{Automation, Policy};
 use crate::ids::{check_id, check_time};
-use crate::infer::{Infer, Route, ShadowInputs, ShadowObserver, ShadowRun};
+use crate::infer::{Infer, Route, ShadowInputs, ShadowObserver, ShadowPlan, ShadowRun};
 use crate::metrics::{Api, ServingMetrics, Tally};
 use crate::records::{RecordEmitter, RequestContext, UntilAnswered, new_trace_id};
 use crate::request_metrics::ServedBy;
@@ -68,6 +68,12 @@ impl PreparingBudget {
             )));
         }
         self.kib.clone().acquire_many_owned(kib as u32).await.map_err(|_| Status::unavailable("the server is stopping"))
+    }
+
+    /// Room for an image that takes `bytes` to prepare if there is room now; None otherwise.
+    fn try_reserve(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
+        self.kib.clone().try_acquire_many_owned(kib).ok()
     }
 }
 
@@ -223,11 +229,27 @@ impl InspectionService {
             };
             // A shadow that prepares images differently sees the image as it would prepare it.
             let differs = route.shadows.iter().any(|s| s.config.preprocess.as_ref() != config.preprocess.as_ref());
+            // Its preparation takes room in the same memory budget as the requests', when there
+            // is room now: a shadow never waits for it, nor makes a request wait.
             let shadow_inputs: Option<ShadowInputs> = (differs && on_shadow.is_some()).then(|| {
-                let (image, primary) = (image.clone(), config.preprocess.clone());
+                let (image, primary, budget) = (image.clone(), config.preprocess.clone(), self.preparing.clone());
                 Arc::new(move |shadow: &LoadedModel| {
-                    let pre = shadow.config.preprocess.as_ref()?;
-                    (Some(pre) != primary.as_ref()).then(|| prepare(&image, pre, &limits).map(|p| vec![p.tensor]))
+                    let Some(pre) = shadow.config.preprocess.clone().filter(|pre| Some(pre) != primary.as_ref()) else {
+                        return ShadowPlan::Primary;
+                    };
+                    let room = match preparing_bytes(&image, &limits) {
+                        Some(bytes) => match budget.try_reserve(bytes) {
+                            Some(room) => Some(room),
+                            None => return ShadowPlan::Skip,
+                        },
+                        None => None,
+                    };
+                    let image = image.clone();
+                    ShadowPlan::Own(Box::new(move || {
+                        let prepared = prepare(&image, &pre, &limits).map(|p| vec![p.tensor]);
+                        drop(room);
+                        prepared
+                    }))
                 }) as ShadowInputs
             });
             let run = self.infer.run_with(route, vec![prepared.tensor], on_shadow, shadow_inputs);

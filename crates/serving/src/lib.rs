@@ -18,7 +18,7 @@ pub mod status;
 
 pub use admission::{AdmissionLayer, AdmissionLimits, Deadline};
 pub use deployment::{Deployment, DeploymentRouter, Mode};
-pub use infer::{Infer, Route, Router, ShadowLane, StaticRouter};
+pub use infer::{Infer, Route, Router, ShadowLane, ShadowPlan, StaticRouter};
 pub use inspection::InspectionService;
 pub use metrics::ServingMetrics;
 pub use oip::InferenceService;

@@ -448,7 +448,7 @@ struct OutcomeLabels {
 }
 
 /// Exports a shadow lane's counters as `vigil_shadow_copies_total{outcome}`: `started`,
-/// `skipped` (the lane was full) and `failed` (among the started).
+/// `skipped` (the lane was full, or no room to prepare its own inputs) and `failed` (among the started).
 pub fn register_shadow_lane(registry: &mut Registry, lane: Arc<crate::infer::ShadowLane>) {
     registry.register_collector(Box::new(ShadowLaneCollector { lane }));
 }

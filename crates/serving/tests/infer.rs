@@ -12,7 +12,7 @@ use vigil_inference::repository::{ModelRepository, RepositoryOptions};
 use vigil_inference::tensor::Tensor;
 use vigil_proto::vigil::v1::{InspectRequest, Variant};
 use vigil_serving::infer::{Route, Router, ShadowObserver, ShadowRun};
-use vigil_serving::{Deployment, DeploymentRouter, Infer, InspectionService, Mode, ShadowLane};
+use vigil_serving::{Deployment, DeploymentRouter, Infer, InspectionService, Mode, RecordEmitter, ShadowLane};
 
 const MODEL: &str = "scratch-detector";
 
@@ -98,6 +98,61 @@ async fn a_full_shadow_lane_skips_the_copy_not_the_request() {
         assert_eq!(answer.model_version, "1");
     }
     assert_eq!((lane.started(), lane.skipped()), (0, 3));
+}
+
+/// A shadow that prepares images its own way prepares them in the same memory budget as the
+/// requests: with room, its copy runs on its own tensor; without room it is skipped (never
+/// waiting, never recorded), and the primary answers either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_preparing_its_own_image_takes_room_in_the_preparing_budget_or_is_skipped() {
+    use prost::Message as _;
+    use vigil_proto::vigil::v1::PredictionRecord;
+    let (dir, _) = two_versions();
+    // Version 2 normalises differently: its tensor, and so its score, differ from the primary's.
+    let toml = dir.path().join(MODEL).join("2/model.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    assert_eq!(text.matches("mean = 0.5").count(), 1);
+    std::fs::write(&toml, text.replace("mean = 0.5", "mean = 0.3")).unwrap();
+    let options = RepositoryOptions { load_all_versions: true, ..Default::default() };
+    let repository = Arc::new(ModelRepository::load(dir.path(), &options).unwrap());
+    let image = image();
+    let needed = vigil_inference::image::preparing_bytes(&image, &ImageLimits::default()).unwrap();
+    assert!(
+        vigil_inference::image::is_quick_to_prepare(
+            &image,
+            repository.get(MODEL, "1").unwrap().config.preprocess.as_ref().unwrap()
+        ),
+        "the primary prepares this image inline, outside the budget"
+    );
+    for (budget, runs) in [(512 << 20, true), (needed / 2, false)] {
+        let limits = ImageLimits { max_preparing_bytes_in_flight: budget, ..Default::default() };
+        let lane = Arc::new(ShadowLane::new(4));
+        let infer = Infer::new(Arc::new(ShadowRouter(repository.clone()))).with_shadow_lane(lane.clone());
+        let (sink, mut bus) = vigil_logbus::in_process::channel(100);
+        let (emitter, _forward) = vigil_logbus::Emitter::start(sink, 100, 10);
+        let service = InspectionService::new(repository.clone(), MODEL, limits)
+            .with_infer(infer)
+            .with_records(RecordEmitter::new(emitter.clone(), "edge-1"));
+        let answer = service.inspect_one(InspectRequest { image: image.clone(), ..Default::default() }).await.unwrap();
+        assert_eq!(answer.model_version, "1", "the primary answers");
+        assert!(lane.settle(Duration::from_secs(30)).await, "the copy ended");
+        assert!(emitter.drain(Duration::from_secs(10)).await);
+        let mut records = Vec::new();
+        while let Ok(envelope) = bus.try_recv() {
+            records.push(PredictionRecord::decode(envelope.payload.as_slice()).unwrap());
+        }
+        let shadows: Vec<_> = records.iter().filter(|r| r.variant == Variant::Shadow as i32).collect();
+        if runs {
+            assert_eq!((lane.started(), lane.skipped(), lane.failed()), (1, 0, 0));
+            assert_eq!(shadows.len(), 1);
+            let primary = records.iter().find(|r| r.variant != Variant::Shadow as i32).unwrap();
+            let scores = |r: &PredictionRecord| r.output.as_ref().unwrap().scores.clone();
+            assert_ne!(scores(shadows[0]), scores(primary), "the shadow ran on the image as it prepares it");
+        } else {
+            assert_eq!((lane.started(), lane.skipped()), (0, 1), "no room to prepare: skipped");
+            assert!(shadows.is_empty(), "a skipped copy is not recorded");
+        }
+    }
 }
 
 fn deployment(primary: &str, candidate: Option<&str>, mode: Mode) -> Deployment {
