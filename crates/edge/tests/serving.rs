@@ -528,6 +528,12 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
         assert_eq!((api.as_str(), *status), (want, vigil_proto::vigil::v1::RecordStatus::Error as i32));
         assert!(error.starts_with("DeadlineExceeded"), "{error}");
     }
+    // And as the version's failures in its statistics, like the records.
+    let request = ModelStatisticsRequest { name: MODEL.into(), ..Default::default() };
+    let stats = oip.model_statistics(request).await.unwrap().into_inner().model_stats;
+    let inference = stats[0].inference_stats.unwrap();
+    let (fail, success) = (inference.fail.unwrap().count, inference.success.unwrap().count);
+    assert_eq!((fail, success), (2, 0), "the timed-out requests are the version's failures");
     server.shutdown().await.unwrap();
     assert!(bus.try_recv().is_err(), "one record per request: {:?}", bus.try_recv());
 

@@ -22,6 +22,7 @@ use vigil_proto::vigil::v1::Variant;
 
 use crate::decision::Automation;
 use crate::metrics::{ServedLabels, ServingMetrics};
+use crate::records::DEADLINE_SLACK;
 
 /// Where one request goes.
 #[derive(Clone)]
@@ -249,6 +250,13 @@ impl Infer {
         }
     }
 
+    /// Starts accounting a request on `route` now: [`Accounting::finish`] counts it as
+    /// [`Infer::account`] does; dropped unfinished once `deadline` has passed (the admission
+    /// layer ended the request there), it counts as a failure, as its record does.
+    pub fn accounting(&self, route: &Route, deadline: Option<Instant>) -> Accounting {
+        Accounting { model: Some(route.primary.clone()), started: Instant::now(), deadline }
+    }
+
     fn start_shadows(
         &self,
         route: &Route,
@@ -305,6 +313,34 @@ impl Infer {
                     observer(ShadowRun { model: shadow, deployment, result });
                 }
             });
+        }
+    }
+}
+
+/// One request's place in its version's statistics, from [`Infer::accounting`].
+pub struct Accounting {
+    model: Option<Arc<LoadedModel>>,
+    started: Instant,
+    deadline: Option<Instant>,
+}
+
+impl Accounting {
+    /// Counts the request as a success or a failure, with the time since it started.
+    pub fn finish<T, E>(mut self, result: &Result<T, E>) {
+        let Some(model) = self.model.take() else { return };
+        match result {
+            Ok(_) => model.stats.success.record(self.started.elapsed()),
+            Err(_) => model.stats.fail.record(self.started.elapsed()),
+        }
+    }
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        let Some(model) = self.model.take() else { return };
+        let timed_out = self.deadline.is_some_and(|deadline| Instant::now() + DEADLINE_SLACK >= deadline);
+        if timed_out {
+            model.stats.fail.record(self.started.elapsed());
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -158,12 +158,12 @@ impl InspectionService {
             trace_id: new_trace_id(),
             stage: String::new(),
         });
-        let started = Instant::now();
+        let accounting = self.infer.accounting(&route, deadline);
         let recording = self.records.as_ref().zip(ctx.as_ref());
         let unanswered = UntilAnswered::new(recording, model.config.version.to_string(), deadline);
         let result = self.run(&route, request, ctx.as_ref()).await;
         unanswered.answered();
-        self.infer.account(&route, started, &result);
+        accounting.finish(&result);
         if let (Some(records), Some(ctx)) = (&self.records, &ctx) {
             let (result, review, capture) = match &result {
                 Ok((response, review, capture)) => (Ok(response), review.clone(), capture.clone()),

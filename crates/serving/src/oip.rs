@@ -4,7 +4,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -153,13 +153,13 @@ impl InferenceService {
             trace_id: trace_id.unwrap_or_else(new_trace_id),
             stage,
         });
-        let started = Instant::now();
+        let accounting = self.infer.accounting(&route, deadline);
         let recording = self.records.as_ref().zip(ctx.as_ref());
         let capturer = self.capturer.as_ref().filter(|_| recording.is_some());
         let unanswered = UntilAnswered::new(recording, model.config.version.to_string(), deadline);
         let result = infer_on(&self.infer, &route, request, recording, capturer).await;
         unanswered.answered();
-        self.infer.account(&route, started, &result);
+        accounting.finish(&result);
         let Some((records, ctx)) = recording else { return result.map(|(response, _)| response) };
         match result {
             Ok((response, logged)) => {
