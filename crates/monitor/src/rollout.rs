@@ -445,7 +445,7 @@ async fn advance<S: MonitorStore>(
             for group in views.store.labeled_counts(&scope.outcomes(since, now, seconds)).await? {
                 let n = u64::try_from(group.count).unwrap_or(0);
                 labeled += n;
-                correct += n * u64::from(group.predicted == group.actual);
+                correct += n * u64::from(crate::views::answered_right(&group));
             }
             let (mut compared, mut agreed) = (0, 0);
             if variant == Variant::Shadow {

@@ -60,6 +60,17 @@ impl Scope {
 }
 
 /// A window start from the store's seconds since the epoch.
+/// Whether a group of labelled predictions answered right: a class equal to the label, or, for
+/// a model that answers in text, a transcript equal to it once both are normalised (case and
+/// punctuation aside), as word error rates compare them.
+pub(crate) fn answered_right(group: &vigil_store::monitoring::LabeledCount) -> bool {
+    if group.text_output {
+        text::normalise(&group.predicted) == text::normalise(&group.actual)
+    } else {
+        group.predicted == group.actual
+    }
+}
+
 fn from_seconds(window_s: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(window_s, 0).unwrap_or_default()
 }
@@ -475,7 +486,7 @@ impl<S: MonitorStore> Views<S> {
                 continue;
             }
             let pos = |s: &str| positive.as_deref() == Some(s);
-            c.correct += n * u64::from(group.predicted == group.actual);
+            c.correct += n * u64::from(answered_right(group));
             c.predicted_pos += n * u64::from(pos(&group.predicted));
             c.actual_pos += n * u64::from(pos(&group.actual));
             c.tp += n * u64::from(pos(&group.predicted) && pos(&group.actual));

@@ -524,3 +524,38 @@ async fn a_manual_gate_holds_the_passed_last_step_until_a_person_promotes() {
     );
     assert!(audit.iter().any(|e| e.actor == rollout::CONTROLLER && e.reason.contains("waits for a person's approval")));
 }
+
+/// A model that answers in text (speech recognition) is judged on its transcripts as word error
+/// rates compare them: a canary that writes "Turn on the lights." where the label says "turn on
+/// the lights" answered right, and its step passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_models_canary_is_judged_on_normalised_transcripts() {
+    const MODEL: &str = "recogniser";
+    let db = TestDatabase::create();
+    let store = store_with(&db, &[MODEL]).await;
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    rollout::start(&store, MODEL, "2", &plan(), &Change { actor: "anna", reason: "", at: t0 }).await.unwrap();
+    let said = "turn on the lights";
+    let mut rows = traffic(MODEL, "1", 1, t0, 900, GOOD);
+    rows.extend(traffic(MODEL, "2", 2, t0, 300, GOOD));
+    let mut labels = Vec::new();
+    for row in &mut rows {
+        let heard = if row.model_version == "1" { said } else { "Turn on the lights." };
+        row.output = serde_json::json!({ "label": "", "scores": [], "text": heard });
+        row.score = None;
+        labels.push(vigil_store::LabelRow {
+            label_id: uuid::Uuid::now_v7(),
+            prediction_id: row.prediction_id,
+            label: said.into(),
+            time: t0 + Duration::seconds(59),
+            source: "transcriber".into(),
+        });
+    }
+    store.insert_batch(&rows, &labels).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+    let checks = RolloutChecks::default();
+    assert_eq!(rollout::advance_all(&views(&store), &checks, t0 + Duration::seconds(61)).await.unwrap(), 1);
+    let r = rollout_of(&store, MODEL).await;
+    assert_eq!((r.state.as_str(), r.step), ("running", 1), "{:?}", r.decisions());
+    assert!(rollout::failed_checks(&r, 0).is_empty(), "{:?}", r.decisions());
+}

@@ -5,7 +5,7 @@ use chrono::{Duration, Utc};
 use uuid::Uuid;
 use vigil_store::LeaseStore as _;
 use vigil_store::testing::prediction;
-use vigil_store::{LabelRow, PgStore, PredictionFilter, PredictionRow, PredictionStore, SqliteStore};
+use vigil_store::{FeedbackRow, LabelRow, PgStore, PredictionFilter, PredictionRow, PredictionStore, SqliteStore};
 
 fn row(i: usize, minutes_ago: i64) -> PredictionRow {
     let time = Utc::now() - Duration::minutes(minutes_ago);
@@ -324,6 +324,61 @@ async fn labeled_predictions_conform<S: PredictionStore + vigil_store::OutcomeSt
         [("".to_string(), false), ("".to_string(), true), ("red running shoes".to_string(), true)],
         "the transcript as the prediction; an empty answer is text, a failure is not"
     );
+}
+
+/// Labels and feedback timed before the start of the range (a labeller's clock behind the
+/// server's) count within the allowance, the same in both stores, and not beyond it.
+async fn skewed_label_clocks_conform<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
+    use vigil_store::monitoring::LATE_CLOCK_ALLOWANCE_S;
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let since = now - Duration::hours(1);
+    let rows: Vec<PredictionRow> = (0..3).map(|i| row(i, 30)).collect();
+    let allowance = Duration::seconds(LATE_CLOCK_ALLOWANCE_S);
+    // Timed now; an hour before the range (behind by 90 minutes); beyond the allowance.
+    let times = [now, since - Duration::hours(1), since - allowance - Duration::hours(1)];
+    let labels: Vec<LabelRow> = rows
+        .iter()
+        .zip(times)
+        .map(|(r, time)| LabelRow {
+            label_id: Uuid::now_v7(),
+            prediction_id: r.prediction_id,
+            label: "defect".into(),
+            time,
+            source: "anna".into(),
+        })
+        .collect();
+    let feedback: Vec<FeedbackRow> = rows
+        .iter()
+        .zip(times)
+        .map(|(r, time)| FeedbackRow {
+            event_id: Uuid::now_v7(),
+            prediction_id: r.prediction_id,
+            kind: "click".into(),
+            value: String::new(),
+            session_id: String::new(),
+            time,
+        })
+        .collect();
+    store.insert_batch(&rows, &labels).await.unwrap();
+    store.insert_feedback(&feedback).await.unwrap();
+    let q = outcomes("scratch-detector", None, None, since, now, 3600);
+    let labeled: i64 = store.labeled_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
+    assert_eq!(labeled, 2, "the label timed within the allowance counts, the one beyond it not");
+    let clicks: i64 = store.feedback_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
+    assert_eq!(clicks, 2, "the same for feedback");
+}
+
+#[tokio::test]
+async fn sqlite_skewed_label_clocks_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    skewed_label_clocks_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_skewed_label_clocks_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    skewed_label_clocks_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
 
 #[tokio::test]

@@ -86,6 +86,12 @@ pub struct RollupQuery {
     pub until: DateTime<Utc>,
 }
 
+/// How far before the start of an outcome query's range a label or a feedback event may be
+/// timed and still count (one day): they follow their predictions, so the stores look only at
+/// events since the range's start, less this allowance for a labeller whose clock is behind the
+/// server's. Both stores apply it alike; an event timed earlier than that is not counted.
+pub const LATE_CLOCK_ALLOWANCE_S: i64 = 86_400;
+
 /// Which predictions an outcome count covers, and the windows it is counted in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutcomeQuery {

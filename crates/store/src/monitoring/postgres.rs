@@ -201,7 +201,8 @@ impl OutcomeStore for PgStore {
     }
 
     async fn labeled_counts(&self, q: &OutcomeQuery) -> Result<Vec<LabeledCount>, sqlx::Error> {
-        // Labels come after their predictions, so only labels since `since` can match.
+        // Labels come after their predictions, so only labels since `since` (less the clock skew
+        // allowed) can match.
         let sql = format!(
             "SELECT {window} AS window_s, r.predicted, r.actual, r.text_output, count(*) AS count, \
                coalesce(sum(extract(epoch FROM r.label_time - r.time)), 0)::float8 AS lag_s \
@@ -209,25 +210,29 @@ impl OutcomeStore for PgStore {
                      l.label AS actual, l.time AS label_time, \
                      (p.output ? 'text' OR (coalesce(p.output->>'label', '') = '' AND p.status = 1)) AS text_output \
                    FROM (SELECT DISTINCT ON (prediction_id) prediction_id, label, time FROM labels \
-                         WHERE time >= $2 ORDER BY prediction_id, time DESC, label_id DESC) l \
+                         WHERE time >= $2 - interval '{skew} seconds' \
+                         ORDER BY prediction_id, time DESC, label_id DESC) l \
                    JOIN predictions p ON p.prediction_id = l.prediction_id \
                    WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                      AND ($4::text IS NULL OR p.model_version = $4) AND ($5::smallint IS NULL OR p.variant = $5)) r \
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
-            window = window_pg("r.time", "$6")
+            window = window_pg("r.time", "$6"),
+            skew = super::LATE_CLOCK_ALLOWANCE_S,
         );
         super::bind_outcomes(sqlx::query_as(&sql), q).fetch_all(self.pool()).await
     }
 
     async fn feedback_counts(&self, q: &OutcomeQuery) -> Result<Vec<FeedbackCount>, sqlx::Error> {
-        // Feedback follows its prediction, so only events since `since` can match.
+        // Feedback follows its prediction, so only events since `since` (less the clock skew
+        // allowed) can match.
         let sql = format!(
             "SELECT {window} AS window_s, f.kind, count(*) AS count \
              FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
-             WHERE f.time >= $2 AND p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
+             WHERE f.time >= $2 - interval '{skew} seconds' AND p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                AND ($4::text IS NULL OR p.model_version = $4) AND ($5::smallint IS NULL OR p.variant = $5) \
              GROUP BY 1, 2 ORDER BY 1, 2",
-            window = window_pg("p.time", "$6")
+            window = window_pg("p.time", "$6"),
+            skew = super::LATE_CLOCK_ALLOWANCE_S,
         );
         super::bind_outcomes(sqlx::query_as(&sql), q).fetch_all(self.pool()).await
     }

@@ -144,9 +144,11 @@ impl OutcomeStore for SqliteStore {
                    WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                      AND ($4 IS NULL OR p.model_version = $4) AND ($5 IS NULL OR p.variant = $5) \
                      AND l.label_id = (SELECT l2.label_id FROM labels l2 WHERE l2.prediction_id = p.prediction_id \
-                                       ORDER BY l2.time DESC, l2.label_id DESC LIMIT 1)) r \
+                                       ORDER BY l2.time DESC, l2.label_id DESC LIMIT 1) \
+                     AND julianday(l.time) >= julianday($2) - {skew} / 86400.0) r \
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
-            window = window_sqlite("r.time", "$6")
+            window = window_sqlite("r.time", "$6"),
+            skew = super::LATE_CLOCK_ALLOWANCE_S,
         );
         super::bind_outcomes(sqlx::query_as(&sql), q).fetch_all(self.pool()).await
     }
@@ -155,10 +157,12 @@ impl OutcomeStore for SqliteStore {
         let sql = format!(
             "SELECT {window} AS window_s, f.kind, count(*) AS count \
              FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
-             WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
+             WHERE julianday(f.time) >= julianday($2) - {skew} / 86400.0 \
+               AND p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                AND ($4 IS NULL OR p.model_version = $4) AND ($5 IS NULL OR p.variant = $5) \
              GROUP BY 1, 2 ORDER BY 1, 2",
-            window = window_sqlite("p.time", "$6")
+            window = window_sqlite("p.time", "$6"),
+            skew = super::LATE_CLOCK_ALLOWANCE_S,
         );
         super::bind_outcomes(sqlx::query_as(&sql), q).fetch_all(self.pool()).await
     }
