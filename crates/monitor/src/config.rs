@@ -277,7 +277,47 @@ impl MonitorConfig {
         if self.alerting.webhook_max_attempts == 0 {
             anyhow::bail!("alerting.webhook_max_attempts must be at least 1");
         }
-        self.rules().map(drop)
+        let rules = self.rules()?;
+        self.check_rules_are_kept(&rules)
+    }
+
+    /// Every rule reads back at most `label_delay + window + baseline_offset` (and one window of
+    /// a resolution more, to its aligned start): the rollups of every resolution with a
+    /// retention limit, and for label metrics the predictions and labels, must be kept that
+    /// long, else the expired edges of its windows would silently shrink what it judges.
+    fn check_rules_are_kept(&self, rules: &[Rule]) -> anyhow::Result<()> {
+        let days = |d: u32| Duration::from_secs(u64::from(d) * 86_400);
+        let limits = self.retention.rollup_limits(&self.rollups.resolutions)?;
+        for rule in rules {
+            let reach = rule.label_delay + rule.window + rule.baseline_offset.unwrap_or_default();
+            let too_short = |what: &str, kept: u32, needed: Duration| {
+                anyhow::anyhow!(
+                    "alarm rule '{}' reads {} back (label_delay + window + baseline_offset), but \
+                     retention.{what} keeps {kept} days: keep them at least {} days or shorten the rule",
+                    rule.name,
+                    humantime::format_duration(reach),
+                    needed.as_secs().div_ceil(86_400)
+                )
+            };
+            for &(resolution, kept) in &limits {
+                let needed = reach + Duration::from_secs(resolution.unsigned_abs().into());
+                if days(kept) < needed {
+                    return Err(too_short(&format!("rollups_days.{resolution}"), kept, needed));
+                }
+            }
+            if rule.metric.needs_labels() {
+                let tables = [
+                    ("predictions_days", self.retention.predictions_days),
+                    ("labels_days", self.retention.labels_days),
+                ];
+                for (what, kept) in tables {
+                    if let Some(kept) = kept.filter(|&kept| days(kept) < reach) {
+                        return Err(too_short(what, kept, reach));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The alarm rules, checked: unknown metrics, comparators or severities are errors.
@@ -453,6 +493,36 @@ mod tests {
         .unwrap();
         let e = config.validate().unwrap_err().to_string();
         assert!(e.contains("alarm rule 'slow': window 7days holds 604800 windows"), "{e}");
+    }
+
+    #[test]
+    fn retention_must_keep_what_a_rule_reads_back() {
+        let config = |retention: &str| -> MonitorConfig {
+            toml::from_str(&format!(
+                "[rollups]\nresolutions = [60, 3600]\n[retention]\n{retention}\n\
+                 [[alerting.rules]]\nname = \"late-accuracy\"\nmetric = \"accuracy\"\nwindow = \"1d\"\n\
+                 label_delay = \"2d\"\ncomparator = \"<\"\nthreshold = 0.9\n\
+                 [[alerting.rules]]\nname = \"drift\"\nmetric = \"drift.score\"\nwindow = \"1h\"\n\
+                 baseline_offset = \"7d\"\ncomparator = \">\"\nthreshold = 0.5\n"
+            ))
+            .unwrap()
+        };
+        let e = config("rollups_days = { 60 = 3 }").validate().unwrap_err().to_string();
+        assert!(
+            e.contains("alarm rule 'late-accuracy' reads 3days back")
+                && e.contains("retention.rollups_days.60 keeps 3 days"),
+            "{e}"
+        );
+        assert!(e.contains("at least 4 days"), "a minute more than three days: {e}");
+        let e = config("rollups_days = { 60 = 4 }").validate().unwrap_err().to_string();
+        assert!(e.contains("alarm rule 'drift' reads 7days 1h back"), "{e}");
+        config("rollups_days = { 60 = 8 }").validate().unwrap();
+        let e = config("rollups_days = { 60 = 8 }\npredictions_days = 2").validate().unwrap_err().to_string();
+        assert!(e.contains("'late-accuracy'") && e.contains("retention.predictions_days keeps 2 days"), "{e}");
+        let e = config("labels_days = 1").validate().unwrap_err().to_string();
+        assert!(e.contains("retention.labels_days keeps 1 days"), "{e}");
+        // Drift rules read rollups only.
+        config("predictions_days = 3").validate().unwrap();
     }
 
     #[test]
