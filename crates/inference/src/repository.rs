@@ -216,6 +216,11 @@ impl ModelRepository {
     /// error is returned and shown in the index.
     pub fn load_model(&self, name: &str) -> Result<(), InferenceError> {
         let _one_at_a_time = self.changing.lock();
+        self.load_model_changing(name)
+    }
+
+    /// [`load_model`](Self::load_model) for a caller that holds `changing`.
+    fn load_model_changing(&self, name: &str) -> Result<(), InferenceError> {
         if !self.root.join(name).is_dir() {
             return Err(InferenceError::NotFound(format!(
                 "model '{name}' is not in the model repository {}",
@@ -319,13 +324,16 @@ impl ModelRepository {
                 kept.remove(&version);
             }
         };
+        // One change at a time, from the check of the model's state to the load: an operator's
+        // unload cannot fall between them.
+        let _one_at_a_time = self.changing.lock();
         match self.entry(name) {
             Ok(_) => {}
             // Unloaded, or its load failed: not brought back here.
             Err(e) if self.problems.lock().contains_key(name) => return Err(e),
             Err(InferenceError::NotFound(_)) => {
                 let added = keep();
-                let loaded = self.load_model(name).and_then(|()| self.get(name, &version.to_string()));
+                let loaded = self.load_model_changing(name).and_then(|()| self.get(name, &version.to_string()));
                 if loaded.is_err() && added {
                     forget();
                 }
@@ -333,7 +341,6 @@ impl ModelRepository {
             }
             Err(e) => return Err(e),
         }
-        let _one_at_a_time = self.changing.lock();
         let entry = self.entry(name)?;
         if let Some(loaded) = entry.versions.get(&version) {
             keep();

@@ -56,9 +56,10 @@ pub trait Sink: Send + Sync + 'static {
     /// in order are delivered in order per key.
     fn send(&self, envelope: Envelope) -> impl Future<Output = Result<(), SinkError>> + Send + 'static;
 
-    /// Called once, when the emitter starts, with its counters: a sink that replaces its
-    /// connection counts it in `sink_restarts`.
-    fn attach(&self, _stats: &Arc<EmitterStats>) {}
+    /// Called once, when the emitter starts, with its counters (a sink that replaces its
+    /// connection counts it in `sink_restarts`) and whether records it fails for now are kept
+    /// in a spool and sent again (`spooled`) or lost.
+    fn attach(&self, _stats: &Arc<EmitterStats>, _spooled: bool) {}
 }
 
 /// Counters of an emitter.
@@ -188,7 +189,6 @@ impl Emitter {
     ) -> (Self, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(queue_capacity.max(1));
         let stats = Arc::new(EmitterStats::default());
-        sink.attach(&stats);
         let spool = spool.and_then(|s| {
             match SpoolActor::start(s, queue_capacity.saturating_mul(2).saturating_add(1), stats.clone()) {
                 Ok(actor) => Some(actor),
@@ -198,6 +198,7 @@ impl Emitter {
                 }
             }
         });
+        sink.attach(&stats, spool.is_some());
         let sink = Arc::new(sink);
         let replay = spool
             .as_ref()
@@ -400,15 +401,21 @@ async fn settle(
     }
 }
 
+/// Records sent per replay pass: a pass waits for its deliveries, about one producer linger
+/// (500 ms shipped), so this sets the replay's pace (20,000 a pass: well above what a server
+/// emits, so a backlog drains while traffic goes on).
+const REPLAY_BATCH: usize = 20_000;
+/// ... and their bytes at most (records carrying review images are large), beyond the first.
+const REPLAY_BATCH_BYTES: u64 = 32 << 20;
+
 /// Sends the spool's oldest records, in order, whenever it holds any; acknowledges them only
 /// when all of a batch were delivered (a partly delivered batch is sent again: downstream
 /// inserts are idempotent on the record id).
 async fn replay<S: Sink>(sink: Arc<S>, spool: SpoolActor, stats: Arc<EmitterStats>, interval: Duration) {
-    const BATCH: usize = 1_000;
     let mut backoff = interval;
     loop {
         tokio::time::sleep(backoff).await;
-        let batch = match spool.peek(BATCH).await {
+        let batch = match spool.peek(REPLAY_BATCH, REPLAY_BATCH_BYTES).await {
             Err(_closed) => return,
             Ok(Ok(batch)) if batch.is_empty() => {
                 backoff = interval;

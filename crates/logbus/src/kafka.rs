@@ -243,7 +243,8 @@ pub async fn missing_topics(config: &KafkaConfig, topics: &[&str]) -> Result<Vec
 /// transient, so that the emitter spools those records and replays them through the new one.
 /// Replacements are paced ([`RestartPacing`]): a fatal error that recurs on every new producer
 /// (its cause on the broker's side) makes one new producer per pause, the pause doubling from
-/// 10 s up to 10 min, while the records wait in the spool.
+/// 10 s up to 10 min, while the records wait in the spool. An emitter without a spool would
+/// lose them: its sink replaces the producer at once, every time.
 #[derive(Clone)]
 pub struct KafkaSink {
     shared: Arc<Shared>,
@@ -274,8 +275,12 @@ impl KafkaSink {
     /// Paces producer replacements with `pacing` instead of the default (10 s doubling to 10
     /// min). Call before the first record is sent.
     pub fn with_restart_pacing(self, pacing: RestartPacing) -> Self {
-        *self.shared.pacing.lock().unwrap_or_else(|e| e.into_inner()) = pacing;
+        *self.lock_pacing() = pacing;
         self
+    }
+
+    fn lock_pacing(&self) -> std::sync::MutexGuard<'_, RestartPacing> {
+        self.shared.pacing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The producer records go through now.
@@ -307,11 +312,13 @@ impl KafkaSink {
     }
 
     fn replace(&self, failed: &FutureProducer, code: RDKafkaErrorCode, reason: &str) {
+        // Replacements happen under the pacing lock, one at a time: a caller that waited for it
+        // finds the producer it failed on already replaced.
+        let mut pacing = self.lock_pacing();
         let current = self.shared.producer.load();
         if current.client().native_ptr() != failed.client().native_ptr() {
             return; // Replaced already.
         }
-        let mut pacing = self.shared.pacing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(wait) = pacing.too_soon(Instant::now()) {
             if !std::mem::replace(&mut pacing.deferral_logged, true) {
                 tracing::error!(
@@ -413,8 +420,12 @@ fn retire(producer: Arc<FutureProducer>) {
 }
 
 impl Sink for KafkaSink {
-    fn attach(&self, stats: &Arc<EmitterStats>) {
+    fn attach(&self, stats: &Arc<EmitterStats>, spooled: bool) {
         let _ = self.shared.stats.set(stats.clone());
+        if !spooled {
+            // Records failed while a replacement waits would be lost: replace at once instead.
+            *self.lock_pacing() = RestartPacing::new(Duration::ZERO, Duration::ZERO);
+        }
     }
 
     fn send(&self, envelope: Envelope) -> impl Future<Output = Result<(), SinkError>> + Send + 'static {
@@ -494,6 +505,20 @@ mod tests {
         pacing.replaced(t5);
         assert_eq!(pacing.too_soon(t5 + s(9)), Some(s(1)));
         assert_eq!(pacing.too_soon(t5 + s(10)), None);
+    }
+
+    #[test]
+    fn without_a_spool_a_producer_is_replaced_at_once_every_time() {
+        let config = KafkaConfig { brokers: "127.0.0.1:9".into(), ..Default::default() };
+        let (spooled, unspooled) = (KafkaSink::new(&config).unwrap(), KafkaSink::new(&config).unwrap());
+        spooled.attach(&Arc::default(), true);
+        unspooled.attach(&Arc::default(), false);
+        let now = Instant::now();
+        for sink in [&spooled, &unspooled] {
+            sink.lock_pacing().replaced(now);
+        }
+        assert!(spooled.lock_pacing().too_soon(now).is_some(), "paced: the records wait in the spool");
+        assert_eq!(unspooled.lock_pacing().too_soon(now), None, "records failed meanwhile would be lost");
     }
 
     #[test]

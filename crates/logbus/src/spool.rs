@@ -151,12 +151,25 @@ fn count_frames(path: &Path, from: u64, until: u64) -> io::Result<u64> {
 /// Reads the frames of a segment from `offset`; stops at the end or at a torn frame.
 /// Returns the records with the offset after each.
 fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<Vec<(u64, Envelope)>> {
+    read_frames_within(path, offset, &mut ReadBudget { records: max, bytes: u64::MAX, nothing_read: true })
+}
+
+/// What one read of the spool may still gather: records, and their bodies' bytes. The first
+/// record of a read is always taken, whatever its size, so that a large one is never stuck.
+struct ReadBudget {
+    records: usize,
+    bytes: u64,
+    nothing_read: bool,
+}
+
+/// As [`read_frames`], within `budget` (spent as records are taken).
+fn read_frames_within(path: &Path, offset: u64, budget: &mut ReadBudget) -> io::Result<Vec<(u64, Envelope)>> {
     let mut file = BufReader::new(File::open(path)?);
     let file_len = file.get_ref().metadata()?.len();
     file.seek(SeekFrom::Start(offset))?;
     let mut out = Vec::new();
     let mut at = offset;
-    while out.len() < max {
+    while budget.records > 0 {
         let mut header = [0u8; 8];
         if file.read_exact(&mut header).is_err() {
             break;
@@ -167,6 +180,11 @@ fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<Vec<(u64, Env
         if len as u64 > file_len.saturating_sub(at + 8) {
             break;
         }
+        if len as u64 > budget.bytes && !budget.nothing_read {
+            // Full: no later record may be taken either (the read keeps the spool's order).
+            budget.records = 0;
+            break;
+        }
         let mut body = vec![0u8; len];
         if file.read_exact(&mut body).is_err() || crc32fast::hash(&body) != crc {
             break;
@@ -174,6 +192,9 @@ fn read_frames(path: &Path, offset: u64, max: usize) -> io::Result<Vec<(u64, Env
         let Some(envelope) = decode(&body) else { break };
         at += 8 + len as u64;
         out.push((at, envelope));
+        budget.records -= 1;
+        budget.bytes = budget.bytes.saturating_sub(len as u64);
+        budget.nothing_read = false;
     }
     Ok(out)
 }
@@ -397,13 +418,20 @@ impl Spool {
     /// Up to `max` of the oldest records, each with the position after it (to acknowledge a
     /// prefix of them).
     pub fn peek_each(&self, max: usize) -> io::Result<Vec<(Envelope, Position)>> {
+        self.peek_within(max, u64::MAX)
+    }
+
+    /// As [`Spool::peek_each`], stopping before the records' bodies pass `max_bytes` (the first
+    /// record is taken whatever its size).
+    pub fn peek_within(&self, max: usize, max_bytes: u64) -> io::Result<Vec<(Envelope, Position)>> {
         let mut out = Vec::new();
+        let mut budget = ReadBudget { records: max, bytes: max_bytes, nothing_read: true };
         for &(n, _, _) in &self.segments {
-            if n < self.head.segment || out.len() >= max {
+            if n < self.head.segment || budget.records == 0 {
                 continue;
             }
             let from = if n == self.head.segment { self.head.offset } else { 0 };
-            let frames = read_frames(&segment_path(&self.config.dir, n), from, max - out.len())?;
+            let frames = read_frames_within(&segment_path(&self.config.dir, n), from, &mut budget)?;
             out.extend(frames.into_iter().map(|(after, e)| (e, Position { segment: n, offset: after })));
         }
         Ok(out)
@@ -528,6 +556,31 @@ mod tests {
         s.ack(pos, 70).unwrap();
         assert!(s.is_empty());
         assert!(s.bytes() <= 500, "acknowledged segments are deleted");
+    }
+
+    #[test]
+    fn a_read_bounded_in_bytes_takes_the_oldest_records_in_order_and_at_least_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        // Sizes across several 500-byte segments: a large record between small ones.
+        let sized =
+            |i: u32, len: usize| Envelope { topic: "t".into(), key: format!("k{i}"), payload: vec![i as u8; len] };
+        let records: Vec<Envelope> =
+            [(0, 100), (1, 100), (2, 400), (3, 10), (4, 100), (5, 100)].iter().map(|&(i, n)| sized(i, n)).collect();
+        for r in &records {
+            assert_eq!(s.append(r).unwrap(), Appended::Stored);
+        }
+        assert!(s.segments.len() >= 3, "the records span segments: {:?}", s.segments);
+        let body = |e: &Envelope| (4 + e.topic.len() + e.key.len() + e.payload.len()) as u64;
+        let taken =
+            |max_bytes: u64| s.peek_within(100, max_bytes).unwrap().into_iter().map(|(e, _)| e).collect::<Vec<_>>();
+        // Room for the first two, not the large third: the small fourth is not taken past it.
+        assert_eq!(taken(body(&records[0]) + body(&records[1]) + 50), records[..2]);
+        assert_eq!(taken(records[..3].iter().map(body).sum()), records[..3]);
+        // A budget smaller than the first record still takes it.
+        assert_eq!(taken(1), records[..1]);
+        assert_eq!(taken(u64::MAX), records, "unbounded: everything");
+        assert_eq!(s.peek_within(2, u64::MAX).unwrap().len(), 2, "bounded in records too");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub(crate) type Peeked = Vec<(Envelope, Position)>;
 
 enum Command {
     Append(Envelope),
-    Peek { max: usize, reply: oneshot::Sender<io::Result<Peeked>> },
+    Peek { max: usize, max_bytes: u64, reply: oneshot::Sender<io::Result<Peeked>> },
     Ack { to: Position, count: u64, reply: oneshot::Sender<io::Result<()>> },
     Close { reply: oneshot::Sender<()> },
 }
@@ -124,10 +124,11 @@ impl SpoolActor {
         }
     }
 
-    /// The oldest `max` records, in order.
-    pub(crate) async fn peek(&self, max: usize) -> Result<io::Result<Peeked>, SpoolClosed> {
+    /// The oldest records, in order: at most `max`, and no more than `max_bytes` of them once
+    /// the first is taken.
+    pub(crate) async fn peek(&self, max: usize, max_bytes: u64) -> Result<io::Result<Peeked>, SpoolClosed> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Peek { max, reply }).await.map_err(|_| SpoolClosed)?;
+        self.commands.send(Command::Peek { max, max_bytes, reply }).await.map_err(|_| SpoolClosed)?;
         answer.await.map_err(|_| SpoolClosed)
     }
 
@@ -167,9 +168,9 @@ fn serve(spool: Spool, mut commands: mpsc::Receiver<Command>, shared: &Shared) {
                 shared.settled();
             }
             // Once closed, peeks and acknowledgements get no answer: the caller sees SpoolClosed.
-            Command::Peek { max, reply } => {
+            Command::Peek { max, max_bytes, reply } => {
                 let Some(s) = spool.as_ref() else { continue };
-                let peeked = s.peek_each(max);
+                let peeked = s.peek_within(max, max_bytes);
                 // Nothing waits on disk or on its way: records may go straight to the sink.
                 shared.quiet_if(s.is_empty());
                 let _ = reply.send(peeked);

@@ -10,43 +10,19 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use prost::Message;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use support::{Broker, Database, RunningLogger};
+use support::{Broker, Database, RunningLogger, bench_record};
 use vigil_logbus::topics;
 use vigil_logger::batch::{Consumed, decode};
 use vigil_logger::{BatchSettings, LoggerConfig};
-use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
 use vigil_store::PgStore;
 use vigil_store::PredictionStore as _;
 use vigil_telemetry::process;
-
-fn record(i: usize) -> PredictionRecord {
-    PredictionRecord {
-        schema_version: 1,
-        prediction_id: uuid::Uuid::now_v7().to_string(),
-        response_time: Some(SystemTime::now().into()),
-        station_id: format!("line-{}", i % 12),
-        model_name: "scratch-detector".into(),
-        model_version: "1".into(),
-        status: 1,
-        api: "inspect".into(),
-        features: ["brightness", "contrast", "sharpness", "width", "height"]
-            .iter()
-            .enumerate()
-            .map(|(k, n)| Feature { name: n.to_string(), value: (i * 7 + k) as f64 / 3.0, ..Default::default() })
-            .collect(),
-        output: Some(PredictionOutput { label: "ok".into(), scores: vec![0.01], ..Default::default() }),
-        decision: 1,
-        queue_time_us: 120,
-        compute_time_us: 900,
-        ..Default::default()
-    }
-}
 
 /// CPU seconds so far of: this process (the loggers), the broker, and every Postgres process.
 fn cpu(broker: &Broker) -> [f64; 3] {
@@ -133,7 +109,7 @@ async fn without_broker(records: usize) -> (f64, Duration) {
             partition: (i % 4) as i32,
             offset: (i / 4) as i64,
             key: None,
-            payload: Some(record(i).encode_to_vec()),
+            payload: Some(bench_record(i).encode_to_vec()),
         })
         .collect();
     let started = Instant::now();
@@ -169,7 +145,7 @@ async fn main() {
         .map(|i| {
             let producer = producer.clone();
             async move {
-                let r = record(i);
+                let r = bench_record(i);
                 let payload = r.encode_to_vec();
                 producer
                     .send(

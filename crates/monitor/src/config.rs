@@ -281,15 +281,18 @@ impl MonitorConfig {
         self.check_rules_are_kept(&rules)
     }
 
-    /// Every rule reads back at most `label_delay + window + baseline_offset` (and one window of
-    /// a resolution more, to its aligned start): the rollups of every resolution with a
-    /// retention limit, and for label metrics the predictions and labels, must be kept that
-    /// long, else the expired edges of its windows would silently shrink what it judges.
+    /// Every rule reads back at most `label_delay + window + baseline_offset`, from the start of
+    /// the finest window holding that time: the rollups of every resolution with a retention
+    /// limit, and the raw rows some metrics read (predictions with their labels or feedback),
+    /// must be kept that long, else the expired edges of its windows would silently shrink what
+    /// it judges.
     fn check_rules_are_kept(&self, rules: &[Rule]) -> anyhow::Result<()> {
         let days = |d: u32| Duration::from_secs(u64::from(d) * 86_400);
         let limits = self.retention.rollup_limits(&self.rollups.resolutions)?;
+        let finest = Duration::from_secs(self.rollups.resolutions.iter().copied().min().unwrap_or(1).into());
         for rule in rules {
             let reach = rule.label_delay + rule.window + rule.baseline_offset.unwrap_or_default();
+            let needed = reach + finest;
             let too_short = |what: &str, kept: u32, needed: Duration| {
                 anyhow::anyhow!(
                     "alarm rule '{}' reads {} back (label_delay + window + baseline_offset), but \
@@ -300,20 +303,22 @@ impl MonitorConfig {
                 )
             };
             for &(resolution, kept) in &limits {
-                let needed = reach + Duration::from_secs(resolution.unsigned_abs().into());
                 if days(kept) < needed {
                     return Err(too_short(&format!("rollups_days.{resolution}"), kept, needed));
                 }
             }
-            if rule.metric.needs_labels() {
-                let tables = [
-                    ("predictions_days", self.retention.predictions_days),
-                    ("labels_days", self.retention.labels_days),
-                ];
-                for (what, kept) in tables {
-                    if let Some(kept) = kept.filter(|&kept| days(kept) < reach) {
-                        return Err(too_short(what, kept, reach));
-                    }
+            let r = &self.retention;
+            let tables = match &rule.metric {
+                m if m.needs_labels() => vec![("predictions_days", r.predictions_days), ("labels_days", r.labels_days)],
+                Metric::FeedbackRate(_) => {
+                    vec![("predictions_days", r.predictions_days), ("feedback_days", r.feedback_days)]
+                }
+                Metric::ShadowAgreement => vec![("predictions_days", r.predictions_days)],
+                _ => Vec::new(),
+            };
+            for (what, kept) in tables {
+                if let Some(kept) = kept.filter(|&kept| days(kept) < needed) {
+                    return Err(too_short(what, kept, needed));
                 }
             }
         }
@@ -517,12 +522,18 @@ mod tests {
         let e = config("rollups_days = { 60 = 4 }").validate().unwrap_err().to_string();
         assert!(e.contains("alarm rule 'drift' reads 7days 1h back"), "{e}");
         config("rollups_days = { 60 = 8 }").validate().unwrap();
-        let e = config("rollups_days = { 60 = 8 }\npredictions_days = 2").validate().unwrap_err().to_string();
-        assert!(e.contains("'late-accuracy'") && e.contains("retention.predictions_days keeps 2 days"), "{e}");
+        // Every resolution is read from the finest window's start: an hour's rollups need no
+        // more than the minute's.
+        config("rollups_days = { 60 = 8, 3600 = 8 }").validate().unwrap();
+        let e = config("rollups_days = { 60 = 8, 3600 = 7 }").validate().unwrap_err().to_string();
+        assert!(e.contains("retention.rollups_days.3600 keeps 7 days"), "{e}");
+        // The label metric reads predictions and labels from three days and a minute back.
+        let e = config("predictions_days = 3").validate().unwrap_err().to_string();
+        assert!(e.contains("'late-accuracy'") && e.contains("retention.predictions_days keeps 3 days"), "{e}");
         let e = config("labels_days = 1").validate().unwrap_err().to_string();
         assert!(e.contains("retention.labels_days keeps 1 days"), "{e}");
-        // Drift rules read rollups only.
-        config("predictions_days = 3").validate().unwrap();
+        // The drift rule reads rollups only: a week of them, four days of rows.
+        config("predictions_days = 4\nlabels_days = 4").validate().unwrap();
     }
 
     #[test]

@@ -59,7 +59,6 @@ impl Scope {
     }
 }
 
-/// A window start from the store's seconds since the epoch.
 /// Whether a group of labelled predictions answered right: a class equal to the label, or, for
 /// a model that answers in text, a transcript equal to it once both are normalised (case and
 /// punctuation aside), as word error rates compare them.
@@ -71,6 +70,7 @@ pub(crate) fn answered_right(group: &vigil_store::monitoring::LabeledCount) -> b
     }
 }
 
+/// A window start from the store's seconds since the epoch.
 fn from_seconds(window_s: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(window_s, 0).unwrap_or_default()
 }
@@ -524,18 +524,37 @@ impl<S: MonitorStore> Views<S> {
     ) -> Result<Vec<AgreementWindow>, ViewError> {
         let counts = self.store.shadow_counts(&scope.outcomes(since, until, resolution_s)).await?;
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        Ok(counts
-            .into_iter()
-            .map(|c| AgreementWindow {
+        let mut windows: BTreeMap<(i64, String), AgreementWindow> = BTreeMap::new();
+        for c in counts {
+            let w = windows.entry((c.window_s, c.shadow_version.clone())).or_insert_with(|| AgreementWindow {
                 start: from_seconds(c.window_s),
-                shadow_version: c.shadow_version,
-                compared: count(c.compared),
-                agreed: count(c.agreed),
-                shadow_failed: count(c.shadow_failed),
-                labeled: count(c.labeled),
-                shadow_correct: count(c.shadow_correct),
-            })
-            .collect())
+                shadow_version: c.shadow_version.clone(),
+                compared: 0,
+                agreed: 0,
+                shadow_failed: 0,
+                labeled: 0,
+                shadow_correct: 0,
+            });
+            let (answered, labeled) =
+                (count(c.compared) - count(c.shadow_failed).min(count(c.compared)), count(c.labeled));
+            let (agreed, correct) = match (&c.shadow_text, &c.primary_text) {
+                // Transcripts agree as word error rates compare them: case and punctuation aside.
+                (Some(shadow), Some(primary)) => {
+                    let shadow = text::normalise(shadow);
+                    let agreed = if shadow == text::normalise(primary) { answered } else { 0 };
+                    let right = c.actual_text.as_deref().is_some_and(|actual| shadow == text::normalise(actual));
+                    // The pairs of one row share their label: labelled ones all, or none.
+                    (agreed, if right { labeled.min(answered) } else { 0 })
+                }
+                _ => (count(c.agreed), count(c.shadow_correct)),
+            };
+            w.compared += count(c.compared);
+            w.agreed += agreed;
+            w.shadow_failed += count(c.shadow_failed);
+            w.labeled += labeled;
+            w.shadow_correct += correct;
+        }
+        Ok(windows.into_values().collect())
     }
 
     /// The review queue of `model` now, and reviewers' agreement with the model per variant and

@@ -559,3 +559,48 @@ async fn a_text_models_canary_is_judged_on_normalised_transcripts() {
     assert_eq!((r.state.as_str(), r.step), ("running", 1), "{:?}", r.decisions());
     assert!(rollout::failed_checks(&r, 0).is_empty(), "{:?}", r.decisions());
 }
+
+/// A recogniser's shadow step compares transcripts as word error rates do: a candidate that
+/// writes "Turn on the lights." where the primary wrote "turn on the lights" agrees with it,
+/// and is right where the label says so; the primary's accuracy is counted the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_models_shadow_step_compares_normalised_transcripts() {
+    const MODEL: &str = "recogniser";
+    let db = TestDatabase::create();
+    let store = store_with(&db, &[MODEL]).await;
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 3600, 0).unwrap();
+    let steps = [
+        RolloutStep { share: 1.0, mode: StepMode::Shadow, min_duration_s: 60, min_requests: 200, ..Default::default() },
+        RolloutStep { share: 1.0, min_duration_s: 60, min_requests: 200, ..Default::default() },
+    ];
+    rollout::start(&store, MODEL, "2", &steps, &Change { actor: "anna", reason: "", at: t0 }).await.unwrap();
+    let mut primary = traffic(MODEL, "1", 1, t0, 300, GOOD);
+    let mut mirrored = traffic(MODEL, "2", 3, t0, 300, GOOD);
+    let mut labels = Vec::new();
+    for (i, (p, m)) in primary.iter_mut().zip(mirrored.iter_mut()).enumerate() {
+        p.trace_id = format!("{MODEL}-{i}");
+        m.trace_id = p.trace_id.clone();
+        for (row, heard) in [(&mut *p, "turn on the lights"), (&mut *m, "Turn on the lights.")] {
+            row.output = serde_json::json!({ "label": "", "scores": [], "text": heard });
+            row.score = None;
+        }
+        labels.push(vigil_store::LabelRow {
+            label_id: uuid::Uuid::now_v7(),
+            prediction_id: p.prediction_id,
+            label: "Turn on the lights!".into(),
+            time: t0 + Duration::seconds(59),
+            source: "transcriber".into(),
+        });
+    }
+    primary.extend(mirrored);
+    store.insert_batch(&primary, &labels).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+    let checks = RolloutChecks::default();
+    assert_eq!(rollout::advance_all(&views(&store), &checks, t0 + Duration::seconds(61)).await.unwrap(), 1);
+    let r = rollout_of(&store, MODEL).await;
+    assert_eq!((r.state.as_str(), r.step), ("running", 1), "{:?}", r.decisions());
+    let checks = rollout::decision_checks(&r, 0);
+    let candidate = |name: &str| checks.iter().find(|c| c.name == name).and_then(|c| c.candidate);
+    assert_eq!(candidate("shadow_agreement"), Some(1.0), "{checks:?}");
+    assert_eq!(candidate("accuracy"), Some(1.0), "{checks:?}");
+}

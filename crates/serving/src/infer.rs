@@ -252,7 +252,9 @@ impl Infer {
 
     /// Starts accounting a request on `route` now: [`Accounting::finish`] counts it as
     /// [`Infer::account`] does; dropped unfinished once `deadline` has passed (the admission
-    /// layer ended the request there), it counts as a failure, as its record does.
+    /// layer ended the request there), it counts as a failure, as its record does. A call the
+    /// server ends at the end of its drain is not counted (the statistics end with the process);
+    /// one its client left before the deadline neither.
     pub fn accounting(&self, route: &Route, deadline: Option<Instant>) -> Accounting {
         Accounting { model: Some(route.primary.clone()), started: Instant::now(), deadline }
     }

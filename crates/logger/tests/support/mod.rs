@@ -106,3 +106,29 @@ pub fn render_page(url: &str, screenshot: &std::path::Path) -> String {
     run(&[format!("--screenshot={}", screenshot.display())]);
     run(&["--dump-dom".to_string()])
 }
+
+/// A typical inspection's prediction record (five input features, one score), for the
+/// benchmarks; `i` varies its station and features.
+pub fn bench_record(i: usize) -> vigil_proto::vigil::v1::PredictionRecord {
+    use vigil_proto::vigil::v1::{Feature, PredictionOutput, PredictionRecord};
+    PredictionRecord {
+        schema_version: 1,
+        prediction_id: uuid::Uuid::now_v7().to_string(),
+        response_time: Some(std::time::SystemTime::now().into()),
+        station_id: format!("line-{}", i % 12),
+        model_name: "scratch-detector".into(),
+        model_version: "1".into(),
+        status: 1,
+        api: "inspect".into(),
+        features: ["brightness", "contrast", "sharpness", "width", "height"]
+            .iter()
+            .enumerate()
+            .map(|(k, n)| Feature { name: n.to_string(), value: (i * 7 + k) as f64 / 3.0, ..Default::default() })
+            .collect(),
+        output: Some(PredictionOutput { label: "ok".into(), scores: vec![0.01], ..Default::default() }),
+        decision: 1,
+        queue_time_us: 120,
+        compute_time_us: 900,
+        ..Default::default()
+    }
+}

@@ -366,17 +366,22 @@ fn shadow_counts_sql(window: &str) -> String {
                     WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3 \
                       AND ($4::text IS NULL OR model_version = $4)), \
               p AS (SELECT prediction_id, trace_id, status, {answer} AS label, \
+                      (output ? 'text' OR coalesce(output->>'label', '') = '') AS text_output, \
                       row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
                     FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)), \
               c AS (SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
                       (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
+                      p.text_output, p.label AS primary_label, \
                       (SELECT l.label FROM labels l WHERE l.prediction_id = p.prediction_id \
                        ORDER BY l.time DESC, l.label_id DESC LIMIT 1) AS actual \
                     FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1) \
-         SELECT {window} AS window_s, c.shadow_version, count(*) AS compared, \
+         SELECT {window} AS window_s, c.shadow_version, \
+           CASE WHEN c.text_output THEN c.shadow_label END AS shadow_text, \
+           CASE WHEN c.text_output THEN c.primary_label END AS primary_text, \
+           CASE WHEN c.text_output THEN c.actual END AS actual_text, count(*) AS compared, \
            count(*) FILTER (WHERE c.agreed) AS agreed, count(*) FILTER (WHERE NOT c.shadow_ok) AS shadow_failed, \
            count(c.actual) AS labeled, count(*) FILTER (WHERE c.shadow_ok AND c.shadow_label = c.actual) AS shadow_correct \
-         FROM c GROUP BY 1, 2 ORDER BY 1, 2",
+         FROM c GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
         // A text model (speech recognition) answers in `text`, its label left empty.
         answer = "coalesce(nullif(output->>'label', ''), output->>'text', '')"
     )
