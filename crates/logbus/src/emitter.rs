@@ -60,6 +60,10 @@ pub trait Sink: Send + Sync + 'static {
     /// connection counts it in `sink_restarts`) and whether records it fails for now are kept
     /// in a spool and sent again (`spooled`) or lost.
     fn attach(&self, _stats: &Arc<EmitterStats>, _spooled: bool) {}
+
+    /// The records started so far are awaited now (a spool replay pass waits on its batch):
+    /// a sink that holds records back to fill batches sends them at once. Returns at once.
+    fn hurry(&self) {}
 }
 
 /// Counters of an emitter.
@@ -401,9 +405,8 @@ async fn settle(
     }
 }
 
-/// Records sent per replay pass: a pass waits for its deliveries, about one producer linger
-/// (500 ms shipped), so this sets the replay's pace (20,000 a pass: well above what a server
-/// emits, so a backlog drains while traffic goes on).
+/// Records sent per replay pass, which waits for their deliveries (a broker round trip: the
+/// sink is hurried past its linger).
 const REPLAY_BATCH: usize = 20_000;
 /// ... and their bytes at most (records carrying review images are large), beyond the first.
 const REPLAY_BATCH_BYTES: u64 = 32 << 20;
@@ -430,6 +433,10 @@ async fn replay<S: Sink>(sink: Arc<S>, spool: SpoolActor, stats: Arc<EmitterStat
         };
         let positions: Vec<Position> = batch.iter().map(|(_, p)| *p).collect();
         let deliveries: Vec<_> = batch.into_iter().map(|(e, _)| sink.send(e)).collect();
+        // The pass waits on its whole batch: its tail is not held back to fill a batch (the
+        // producer's linger), else every pass would take that long and a spool fed by steady
+        // traffic would never empty.
+        sink.hurry();
         // Acknowledge the records delivered before the first failure: the spool keeps its order,
         // and whatever failed is sent again (with what follows it) on the next pass.
         let (mut delivered, mut refused) = (0, 0);

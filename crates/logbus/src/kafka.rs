@@ -256,6 +256,8 @@ struct Shared {
     /// The emitter's counters, where replacements are counted (`sink_restarts`).
     stats: OnceLock<Arc<EmitterStats>>,
     pacing: Mutex<RestartPacing>,
+    /// A flush is under way (see [`Sink::hurry`]): one at a time.
+    flushing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KafkaSink {
@@ -268,6 +270,7 @@ impl KafkaSink {
                 producer: ArcSwap::from_pointee(producer),
                 stats: OnceLock::new(),
                 pacing: Mutex::new(RestartPacing::default()),
+                flushing: Arc::default(),
             }),
         })
     }
@@ -420,6 +423,30 @@ fn retire(producer: Arc<FutureProducer>) {
 }
 
 impl Sink for KafkaSink {
+    fn hurry(&self) {
+        // librdkafka's flush sends what lingers at once and waits for the acknowledgements; it
+        // blocks, so it runs on a blocking thread, one at a time (a broker that is down keeps it
+        // for up to the message timeout).
+        if self.shared.flushing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (producer, flushing) = (self.producer(), self.shared.flushing.clone());
+        let timeout = Duration::from_millis(self.shared.config.message_timeout_ms);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            flushing.store(false, Ordering::Release);
+            return;
+        };
+        runtime.spawn_blocking(move || {
+            // librdkafka's own call with the whole timeout: it ignores the linger while it
+            // waits. rdkafka's `flush` calls it with no timeout in a loop of 100 ms polls, during
+            // which the linger applies again.
+            let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: a live producer handle (held by `producer` until the call returns).
+            let _ = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), timeout_ms) };
+            flushing.store(false, Ordering::Release);
+        });
+    }
+
     fn attach(&self, stats: &Arc<EmitterStats>, spooled: bool) {
         let _ = self.shared.stats.set(stats.clone());
         if !spooled {

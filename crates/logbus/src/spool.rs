@@ -584,6 +584,29 @@ mod tests {
     }
 
     #[test]
+    fn a_large_spool_left_by_an_earlier_run_is_read_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig { dir: dir.path().into(), ..Default::default() };
+        let mut s = Spool::open(config.clone()).unwrap();
+        for i in 0..20_000 {
+            s.append(&env(i)).unwrap();
+        }
+        drop(s);
+        let mut s = Spool::open(config).unwrap();
+        assert_eq!(s.len(), 20_000);
+        let mut read = Vec::new();
+        loop {
+            let each = s.peek_within(3_000, 32 << 20).unwrap();
+            let Some(&(_, last)) = each.last() else { break };
+            s.ack(last, each.len() as u64).unwrap();
+            read.extend(each.into_iter().map(|(e, _)| e));
+            assert!(read.len() <= 20_000, "records read again");
+        }
+        assert_eq!(read, (0..20_000).map(env).collect::<Vec<_>>());
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
     fn a_directory_holds_one_spool_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let first = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();

@@ -45,6 +45,7 @@ async fn replay(broker: &Broker, records: usize, live: u64) -> (f64, f64) {
     let (emitter, _task) = Emitter::start_with_spool(sink, 10_000, 1_000, Some(spool), REPLAY_INTERVAL);
     let mut sent_live = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut last_report = Instant::now();
     loop {
         tick.tick().await;
         let due = (started.elapsed().as_secs_f64() * live as f64) as u64;
@@ -55,6 +56,17 @@ async fn replay(broker: &Broker, records: usize, live: u64) -> (f64, f64) {
         let replayed = emitter.stats().replayed.load(Ordering::Relaxed);
         if replayed >= records as u64 && emitter.spooled_now() == 0 {
             break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            let s = emitter.stats();
+            eprintln!(
+                "  {:.0} s: {replayed} of {records} replayed, {} delivered live, {} in the spool, {} failed",
+                started.elapsed().as_secs_f64(),
+                s.delivered.load(Ordering::Relaxed),
+                emitter.spooled_now(),
+                s.failed.load(Ordering::Relaxed)
+            );
         }
         assert!(started.elapsed() < Duration::from_secs(600), "replayed {replayed} of {records} in 10 minutes");
     }

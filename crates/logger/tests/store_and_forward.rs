@@ -460,3 +460,54 @@ async fn a_recurring_fatal_producer_error_replaces_the_producer_after_a_pause() 
     let expected: HashSet<Vec<u8>> = (0..150u32).map(|i| i.to_be_bytes().to_vec()).collect();
     assert_eq!(seen, expected, "every record in the topic");
 }
+
+/// A backlog replayed while traffic goes on empties, and the records after it go straight to
+/// the broker again: each replay pass waits for one broker round trip, not for the producer's
+/// linger (500 ms), so steady traffic cannot keep the spool from emptying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backlog_replayed_under_steady_traffic_empties_and_live_records_go_straight_again() {
+    use vigil_logbus::kafka::KafkaSink;
+    use vigil_logbus::spool::Spool;
+    use vigil_logbus::{Emitter, Envelope};
+
+    const TOPIC: &str = "backlog";
+    let broker = Broker::start(1).await;
+    let kafka = broker.kafka();
+    assert_eq!(kafka.linger_ms, 500, "the shipped linger");
+    vigil_logbus::kafka::create_topics(&kafka, &[TOPIC], kafka.topics).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig { dir: dir.path().into(), ..Default::default() };
+    let record =
+        |i: u32| Envelope { topic: TOPIC.into(), key: format!("k{}", i % 7), payload: i.to_be_bytes().to_vec() };
+    let mut spool = Spool::open(config.clone()).unwrap();
+    for i in 0..5_000 {
+        spool.append(&record(i)).unwrap();
+    }
+    drop(spool);
+    let (emitter, _forward) = Emitter::start_with_spool(
+        KafkaSink::new(&kafka).unwrap(),
+        1_000,
+        100,
+        Some(Spool::open(config).unwrap()),
+        Duration::from_millis(500),
+    );
+    // 500 records a second (one every 2 ms) for up to 30 s, until the spool has emptied and a
+    // live record went straight to the broker.
+    let started = Instant::now();
+    let mut sent = 5_000;
+    while emitter.spooled_now() > 0 || emitter.stats().delivered.load(Ordering::Relaxed) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{} records still in the spool after 30 s of steady traffic",
+            emitter.spooled_now()
+        );
+        assert!(emitter.emit(record(sent)));
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(emitter.drain(Duration::from_secs(30)).await);
+    let s = emitter.stats();
+    assert_eq!(s.replayed.load(Ordering::Relaxed) + s.delivered.load(Ordering::Relaxed), u64::from(sent));
+    let (seen, _) = read_payloads(&broker.brokers(), TOPIC, sent as usize).await;
+    assert_eq!(seen.len(), sent as usize, "every record in the topic");
+}
