@@ -425,13 +425,13 @@ fn retire(producer: Arc<FutureProducer>) {
 impl Sink for KafkaSink {
     fn hurry(&self) {
         // librdkafka's flush sends what lingers at once and waits for the acknowledgements; it
-        // blocks, so it runs on a blocking thread, one at a time (a broker that is down keeps it
-        // for up to the message timeout).
+        // blocks, so it runs on a blocking thread, one at a time, for 5 s at most (a broker that
+        // is down would keep it; what is left is sent when its linger ends, as usual).
         if self.shared.flushing.swap(true, Ordering::AcqRel) {
             return;
         }
         let (producer, flushing) = (self.producer(), self.shared.flushing.clone());
-        let timeout = Duration::from_millis(self.shared.config.message_timeout_ms);
+        let timeout = Duration::from_millis(self.shared.config.message_timeout_ms).min(Duration::from_secs(5));
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             flushing.store(false, Ordering::Release);
             return;
