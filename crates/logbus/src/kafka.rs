@@ -244,7 +244,7 @@ pub async fn missing_topics(config: &KafkaConfig, topics: &[&str]) -> Result<Vec
 /// Replacements are paced ([`RestartPacing`]): a fatal error that recurs on every new producer
 /// (its cause on the broker's side) makes one new producer per pause, the pause doubling from
 /// 10 s up to 10 min, while the records wait in the spool. An emitter without a spool would
-/// lose them: its sink replaces the producer at once, every time.
+/// lose them: its sink replaces the producer at most once a second instead.
 #[derive(Clone)]
 pub struct KafkaSink {
     shared: Arc<Shared>,
@@ -431,7 +431,10 @@ impl Sink for KafkaSink {
             return;
         }
         let (producer, flushing) = (self.producer(), self.shared.flushing.clone());
-        let timeout = Duration::from_millis(self.shared.config.message_timeout_ms).min(Duration::from_secs(5));
+        let timeout = match self.shared.config.message_timeout_ms {
+            0 => Duration::from_secs(5), // no timeout
+            ms => Duration::from_millis(ms).min(Duration::from_secs(5)),
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             flushing.store(false, Ordering::Release);
             return;
@@ -450,8 +453,9 @@ impl Sink for KafkaSink {
     fn attach(&self, stats: &Arc<EmitterStats>, spooled: bool) {
         let _ = self.shared.stats.set(stats.clone());
         if !spooled {
-            // Records failed while a replacement waits would be lost: replace at once instead.
-            *self.lock_pacing() = RestartPacing::new(Duration::ZERO, Duration::ZERO);
+            // Records failed while a replacement waits would be lost: replace within a second
+            // instead (no more often, for a cause that strikes every new producer).
+            *self.lock_pacing() = RestartPacing::new(Duration::from_secs(1), Duration::from_secs(1));
         }
     }
 
@@ -535,7 +539,7 @@ mod tests {
     }
 
     #[test]
-    fn without_a_spool_a_producer_is_replaced_at_once_every_time() {
+    fn without_a_spool_a_producer_is_replaced_within_a_second_every_time() {
         let config = KafkaConfig { brokers: "127.0.0.1:9".into(), ..Default::default() };
         let (spooled, unspooled) = (KafkaSink::new(&config).unwrap(), KafkaSink::new(&config).unwrap());
         spooled.attach(&Arc::default(), true);
@@ -544,8 +548,10 @@ mod tests {
         for sink in [&spooled, &unspooled] {
             sink.lock_pacing().replaced(now);
         }
-        assert!(spooled.lock_pacing().too_soon(now).is_some(), "paced: the records wait in the spool");
-        assert_eq!(unspooled.lock_pacing().too_soon(now), None, "records failed meanwhile would be lost");
+        let later = now + Duration::from_secs(1);
+        assert!(spooled.lock_pacing().too_soon(later).is_some(), "paced: the records wait in the spool");
+        assert_eq!(unspooled.lock_pacing().too_soon(later), None, "records failed meanwhile would be lost");
+        assert!(unspooled.lock_pacing().too_soon(now).is_some(), "once a second at most");
     }
 
     #[test]

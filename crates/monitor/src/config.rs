@@ -308,15 +308,20 @@ impl MonitorConfig {
                 }
             }
             let r = &self.retention;
+            // Labels and feedback count from a day before their predictions' window (a clock
+            // behind the server's).
+            let skewed = needed + Duration::from_secs(vigil_store::monitoring::LATE_CLOCK_ALLOWANCE_S.unsigned_abs());
             let tables = match &rule.metric {
-                m if m.needs_labels() => vec![("predictions_days", r.predictions_days), ("labels_days", r.labels_days)],
-                Metric::FeedbackRate(_) => {
-                    vec![("predictions_days", r.predictions_days), ("feedback_days", r.feedback_days)]
+                m if m.needs_labels() => {
+                    vec![("predictions_days", r.predictions_days, needed), ("labels_days", r.labels_days, skewed)]
                 }
-                Metric::ShadowAgreement => vec![("predictions_days", r.predictions_days)],
+                Metric::FeedbackRate(_) => {
+                    vec![("predictions_days", r.predictions_days, needed), ("feedback_days", r.feedback_days, skewed)]
+                }
+                Metric::ShadowAgreement => vec![("predictions_days", r.predictions_days, needed)],
                 _ => Vec::new(),
             };
-            for (what, kept) in tables {
+            for (what, kept, needed) in tables {
                 if let Some(kept) = kept.filter(|&kept| days(kept) < needed) {
                     return Err(too_short(what, kept, needed));
                 }
@@ -532,8 +537,11 @@ mod tests {
         assert!(e.contains("'late-accuracy'") && e.contains("retention.predictions_days keeps 3 days"), "{e}");
         let e = config("labels_days = 1").validate().unwrap_err().to_string();
         assert!(e.contains("retention.labels_days keeps 1 days"), "{e}");
+        // Labels from a day earlier still count (a labeller's clock behind).
+        let e = config("labels_days = 4").validate().unwrap_err().to_string();
+        assert!(e.contains("retention.labels_days keeps 4 days: keep them at least 5 days"), "{e}");
         // The drift rule reads rollups only: a week of them, four days of rows.
-        config("predictions_days = 4\nlabels_days = 4").validate().unwrap();
+        config("predictions_days = 4\nlabels_days = 5").validate().unwrap();
     }
 
     #[test]

@@ -172,9 +172,10 @@ pub struct ShadowCount {
     /// Start of the window (of the shadow's times), in seconds since the epoch.
     pub window_s: i64,
     pub shadow_version: String,
-    /// For a model that answers in text (a recogniser), the pairs come apart by their
-    /// transcripts, which the caller compares as it compares text (normalised); `agreed` and
-    /// `shadow_correct` then count byte-equal transcripts only. None for a classifier.
+    /// For a model that answers in text (a recogniser), the pairs whose transcripts differ
+    /// byte for byte from the primary's or the label come apart by their transcripts, which the
+    /// caller compares as it compares text (normalised); `agreed` and `shadow_correct` then
+    /// count byte-equal transcripts only. None for a classifier, and for pairs equal to both.
     pub shadow_text: Option<String>,
     /// The primary's transcript, for a text model.
     pub primary_text: Option<String>,

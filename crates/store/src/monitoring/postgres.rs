@@ -356,6 +356,12 @@ fn window_pg(time: &str, resolution: &str) -> String {
     format!("(floor(extract(epoch FROM {time}) / {resolution}) * {resolution})::bigint")
 }
 
+/// The text pairs whose transcripts the caller compares itself: a shadow's answer that is not
+/// byte for byte the primary's or the label's (byte-equal ones are counted here, as equal once
+/// normalised too), so a recogniser's pairs come apart only where they differ.
+pub(super) const TEXT_PAIRS_APART: &str = "c.text_output AND c.shadow_ok \
+     AND (c.shadow_label <> c.primary_label OR (c.actual IS NOT NULL AND c.shadow_label <> c.actual))";
+
 /// Shadow predictions ($1 model, [$2, $3), version $4 when given; $5 is not used) paired with the primary's by trace id and item rank,
 /// with the latest label of the primary's prediction, counted by `window` and shadow version.
 fn shadow_counts_sql(window: &str) -> String {
@@ -376,13 +382,14 @@ fn shadow_counts_sql(window: &str) -> String {
                        ORDER BY l.time DESC, l.label_id DESC LIMIT 1) AS actual \
                     FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1) \
          SELECT {window} AS window_s, c.shadow_version, \
-           CASE WHEN c.text_output THEN c.shadow_label END AS shadow_text, \
-           CASE WHEN c.text_output THEN c.primary_label END AS primary_text, \
-           CASE WHEN c.text_output THEN c.actual END AS actual_text, count(*) AS compared, \
+           CASE WHEN {apart} THEN c.shadow_label END AS shadow_text, \
+           CASE WHEN {apart} THEN c.primary_label END AS primary_text, \
+           CASE WHEN {apart} THEN c.actual END AS actual_text, count(*) AS compared, \
            count(*) FILTER (WHERE c.agreed) AS agreed, count(*) FILTER (WHERE NOT c.shadow_ok) AS shadow_failed, \
            count(c.actual) AS labeled, count(*) FILTER (WHERE c.shadow_ok AND c.shadow_label = c.actual) AS shadow_correct \
          FROM c GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
         // A text model (speech recognition) answers in `text`, its label left empty.
-        answer = "coalesce(nullif(output->>'label', ''), output->>'text', '')"
+        answer = "coalesce(nullif(output->>'label', ''), output->>'text', '')",
+        apart = TEXT_PAIRS_APART,
     )
 }

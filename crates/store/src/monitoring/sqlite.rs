@@ -294,14 +294,15 @@ fn shadow_counts_sql(window: &str) -> String {
                        ORDER BY l.time DESC, l.label_id DESC LIMIT 1) AS actual \
                     FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1) \
          SELECT {window} AS window_s, c.shadow_version, \
-           CASE WHEN c.text_output THEN c.shadow_label END AS shadow_text, \
-           CASE WHEN c.text_output THEN c.primary_label END AS primary_text, \
-           CASE WHEN c.text_output THEN c.actual END AS actual_text, count(*) AS compared, \
+           CASE WHEN {apart} THEN c.shadow_label END AS shadow_text, \
+           CASE WHEN {apart} THEN c.primary_label END AS primary_text, \
+           CASE WHEN {apart} THEN c.actual END AS actual_text, count(*) AS compared, \
            sum(CASE WHEN c.agreed THEN 1 ELSE 0 END) AS agreed, \
            sum(CASE WHEN c.shadow_ok THEN 0 ELSE 1 END) AS shadow_failed, count(c.actual) AS labeled, \
            sum(CASE WHEN c.shadow_ok AND c.shadow_label = c.actual THEN 1 ELSE 0 END) AS shadow_correct \
          FROM c GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
         // A text model (speech recognition) answers in `text`, its label left empty.
-        answer = "coalesce(nullif(json_extract(output, '$.label'), ''), json_extract(output, '$.text'), '')"
+        answer = "coalesce(nullif(json_extract(output, '$.label'), ''), json_extract(output, '$.text'), '')",
+        apart = super::postgres::TEXT_PAIRS_APART,
     )
 }
