@@ -243,11 +243,7 @@ impl Infer {
     /// Counts a whole request (preparation included) in the primary's statistics, as a success
     /// or a failure, with the time since `started`.
     pub fn account<T, E>(&self, route: &Route, started: Instant, result: &Result<T, E>) {
-        let stats = &route.primary.stats;
-        match result {
-            Ok(_) => stats.success.record(started.elapsed()),
-            Err(_) => stats.fail.record(started.elapsed()),
-        }
+        Accounting { model: Some(route.primary.clone()), started, deadline: None }.finish(result);
     }
 
     /// Starts accounting a request on `route` now: [`Accounting::finish`] counts it as
