@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use vigil_store::{PredictionStore, ReviewError, ReviewOutcome, ReviewStore};
+use vigil_store::{PredictionStore, ReviewError, ReviewOutcome, ReviewStore, RolloutStore};
 
 #[derive(Args, Debug)]
 pub struct ReviewArgs {
@@ -27,8 +27,9 @@ pub enum ReviewCommand {
         /// Only items of this model.
         #[arg(long)]
         model: Option<String>,
-        /// How long the claim holds, in seconds.
-        #[arg(long, default_value_t = 300)]
+        /// How long the claim holds, in seconds (at most an hour).
+        #[arg(long, default_value_t = vigil_monitor::review::DEFAULT_LEASE_S,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(vigil_monitor::review::MAX_LEASE_S)))]
         lease_s: u32,
         /// Write the item's input (the image) to this file.
         #[arg(long)]
@@ -57,13 +58,15 @@ pub async fn run(args: ReviewArgs) -> Result<u8> {
     vigil_store::with_store!(backend, store => command(store, args.command).await)
 }
 
-async fn command<S: PredictionStore + ReviewStore>(store: S, command: ReviewCommand) -> Result<u8> {
+async fn command<S: PredictionStore + ReviewStore + RolloutStore>(store: S, command: ReviewCommand) -> Result<u8> {
     store.migrate().await.context("preparing the review queue")?;
-    let now = chrono::Utc::now();
+    // The database's clock, not this machine's: a claim's lease is read by every reviewer
+    // against one clock, and the decision's label is timed as the monitor's are.
+    let now = store.clock().await.context("reading the database's clock")?;
     match command {
         ReviewCommand::Next { reviewer, model, lease_s, save_input } => {
             let reviewer = crate::model::whoami(reviewer);
-            let lease = chrono::Duration::seconds(i64::from(lease_s.max(1)));
+            let lease = chrono::Duration::seconds(i64::from(lease_s));
             let Some(item) = store.claim_review(&reviewer, model.as_deref(), lease, now).await? else {
                 println!("no item waits for review");
                 return Ok(NOTHING_TO_REVIEW);

@@ -368,6 +368,10 @@ fn reviewers_claim_and_decide_items_from_the_command_line() {
     assert!(out.starts_with("open 1  claimed 1  decided 1"), "{out}");
     let (code, out, _) = review(&["next", "--reviewer", "carl"]);
     assert_eq!(code, Some(3), "nothing left for Carl: {out}");
+    // A lease longer than the page allows (an hour) is refused here too.
+    let (code, _, err) = review(&["next", "--reviewer", "dora", "--lease-s", "86400"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("86400 is not in 1..=3600"), "{err}");
 }
 
 #[test]

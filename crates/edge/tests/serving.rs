@@ -410,6 +410,37 @@ async fn health_and_reflection_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_watch_outlives_the_request_timeout_and_ends_when_the_drain_starts() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+    let mut config = config();
+    config.limits.request_timeout_ms = 200;
+    config.limits.drain_timeout_ms = 120_000;
+    let server = start(config).await;
+    let mut health = HealthClient::new(channel(&server).await);
+    let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    // Clients that check health themselves keep their watch for the connection's life: no
+    // deadline of the server's ends it, nor its quiet.
+    let quiet = tokio::time::timeout(Duration::from_millis(800), watch.next()).await;
+    assert!(quiet.is_err(), "the watch ended or spoke past the request timeout: {quiet:?}");
+    // Draining, the server tells its watchers, then ends the watch rather than wait for it.
+    let shutdown = tokio::spawn(server.shutdown());
+    let update = watch.next().await.expect("an update").expect("the update, not an error");
+    assert_eq!(update.status, ServingStatus::NotServing as i32);
+    match watch.next().await {
+        Some(Err(status)) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        other => panic!("the watch should end with UNAVAILABLE: {other:?}"),
+    }
+    tokio::time::timeout(Duration::from_secs(60), shutdown)
+        .await
+        .expect("the shutdown waited on the watch for its drain timeout (120 s)")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_concurrency_limit_requests_are_shed() {
     // The slow model keeps requests in flight long enough to overlap.
     let repo = slow_repository(32, 64);
@@ -553,6 +584,38 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ok = inspect.inspect(InspectRequest { image, ..Default::default() }).await;
     assert!(ok.is_ok(), "the permit of the abandoned request was released: {ok:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_gives_its_admission_back_after_the_deadline() {
+    let mut config = config();
+    config.limits.max_concurrent_requests = 1;
+    config.limits.request_timeout_ms = 200;
+    let server = start(config).await;
+    let metrics = server.metrics_addr.unwrap();
+    // A client that never opens its HTTP/2 window: its answer cannot be sent, so the server's
+    // response body is never polled, and neither its end nor its deadline comes that way.
+    let shut = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(0)
+        .connect()
+        .await
+        .unwrap();
+    let mut stalled = vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(shut);
+    let stuck = tokio::spawn(async move { stalled.server_live(ServerLiveRequest {}).await });
+    until_metric(metrics, "vigil_inflight_requests", &[], 1.0).await;
+    let (_, mut oip) = clients(&server).await;
+    let shed = oip.server_live(ServerLiveRequest {}).await.unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted, "the stalled call holds the one permit: {shed:?}");
+    // A second past its deadline, its permit is given back and counted.
+    tokio::time::timeout(Duration::from_secs(10), until_metric(metrics, "vigil_unread_answers_total", &[], 1.0))
+        .await
+        .expect("the stalled call's admission given back");
+    until_metric(metrics, "vigil_inflight_requests", &[], 0.0).await;
+    assert!(oip.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+    assert!(!stuck.is_finished(), "the stalled client still waits for its answer");
+    stuck.abort();
     server.shutdown().await.unwrap();
 }
 

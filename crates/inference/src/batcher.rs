@@ -179,6 +179,9 @@ impl Batcher {
         machine_cores: usize,
     ) -> Self {
         let (sender, receiver) = crossbeam_channel::bounded(config.max_queue_depth);
+        // A job that did not fit the batch being formed goes back here, ahead of the queue, for
+        // whichever batching thread is free first (at most one per thread at a time).
+        let (put_back, put_back_queue) = crossbeam_channel::unbounded();
         let last_run = Arc::new(LastRun::default());
         let cores = Arc::new(Cores { busy: AtomicUsize::new(0), machine: machine_cores.max(1) });
         let sessions: Arc<[Instance]> = runners.into_iter().map(Instance::new).collect::<Vec<_>>().into();
@@ -186,6 +189,8 @@ impl Batcher {
             let worker = Worker {
                 instance: instance.clone(),
                 receiver: receiver.clone(),
+                put_back: put_back.clone(),
+                put_back_queue: put_back_queue.clone(),
                 config,
                 stats: stats.clone(),
                 last_run: last_run.clone(),
@@ -438,6 +443,10 @@ impl Drop for Running<'_> {
 struct Worker {
     instance: Instance,
     receiver: Receiver<Job>,
+    /// Jobs taken from the queue that did not fit a batch, oldest first: every thread looks
+    /// here before the queue, so another thread runs such a job while this one runs its batch.
+    put_back: Sender<Job>,
+    put_back_queue: Receiver<Job>,
     config: BatchingConfig,
     stats: Arc<ModelStats>,
     last_run: Arc<LastRun>,
@@ -446,15 +455,21 @@ struct Worker {
 
 impl Worker {
     fn serve(self) {
-        let Self { instance, receiver, config, stats, last_run, cores } = self;
-        let mut carried: Option<Job> = None;
+        let Self { instance, receiver, put_back, put_back_queue, config, stats, last_run, cores } = self;
         let abandon = |stats: &ModelStats| stats.pending.fetch_sub(1, Ordering::AcqRel);
         loop {
-            let first = match carried.take() {
-                Some(job) => job,
-                None => match receiver.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
+            let first = match put_back_queue.try_recv() {
+                Ok(job) => job,
+                Err(_) => crossbeam_channel::select_biased! {
+                    recv(put_back_queue) -> job => job.expect("every thread holds the put-back queue's sender"),
+                    recv(receiver) -> job => match job {
+                        Ok(job) => job,
+                        // The model is unloading: what another thread put back is still run.
+                        Err(_) => match put_back_queue.try_recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        },
+                    },
                 },
             };
             if first.reply.is_closed() {
@@ -487,7 +502,7 @@ impl Worker {
                     continue;
                 }
                 if items + next.items > config.max_batch_size || !same_item_shapes(&jobs[0], &next) {
-                    carried = Some(next);
+                    put_back.send(next).expect("this thread holds the put-back queue");
                     break;
                 }
                 items += next.items;
@@ -1028,6 +1043,66 @@ mod tests {
         let n = threads.len();
         assert!(!threads[n - 2].starts_with("batch-"), "{threads:?}");
         assert_eq!(threads[n - 1], "batch-gated-0", "{threads:?}");
+        assert_eq!(b.pending(), 0);
+    }
+
+    /// Signals each run's start (its session's name), then waits for its session's own gate.
+    struct Signalled {
+        name: &'static str,
+        started: crossbeam_channel::Sender<&'static str>,
+        gate: crossbeam_channel::Receiver<()>,
+    }
+
+    impl Runner for Signalled {
+        fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, InferenceError> {
+            self.started.send(self.name).unwrap();
+            self.gate.recv().expect("gate open");
+            Ok(inputs.to_vec())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_does_not_fit_a_batch_runs_on_the_next_free_instance() {
+        let (started_tx, started) = crossbeam_channel::unbounded();
+        let mut gates = std::collections::HashMap::new();
+        let sessions: Vec<Signalled> = ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                let (open, gate) = crossbeam_channel::unbounded();
+                gates.insert(name, open);
+                Signalled { name, started: started_tx.clone(), gate }
+            })
+            .collect();
+        let config = BatchingConfig {
+            max_batch_size: 4,
+            max_queue_delay_us: 60_000_000,
+            max_queue_depth: 8,
+            inline_run_limit_us: 0,
+        };
+        let b = Batcher::start_on("split", config, sessions, None, Arc::new(ModelStats::default()), 2);
+        let next_start = || started.recv_timeout(Duration::from_secs(10));
+        // Both instances busy, each with a lone request held on its gate.
+        let first_lone = spawn_infer(&b, items(1));
+        let first = next_start().expect("a lone request runs");
+        let second_lone = spawn_infer(&b, items(1));
+        let second = next_start().expect("the other instance runs the second");
+        assert_ne!(first, second);
+        // Three items and two queue: the instance free first takes one, the other does not fit.
+        let three = spawn_infer(&b, items(3));
+        let two = spawn_infer(&b, items(2));
+        until(&b, |s| s.pending.load(Ordering::Acquire) == 2).await;
+        gates[first].send(()).unwrap();
+        assert_eq!(first_lone.await.unwrap().unwrap().batch_size, 1);
+        assert_eq!(next_start(), Ok(first));
+        // The other instance, once free, runs the request that did not fit, while the first's
+        // run still holds.
+        gates[second].send(()).unwrap();
+        assert_eq!(second_lone.await.unwrap().unwrap().batch_size, 1);
+        assert_eq!(next_start(), Ok(second), "the request put back runs on the instance free next");
+        gates[first].send(()).unwrap();
+        gates[second].send(()).unwrap();
+        let sizes = [three.await.unwrap().unwrap().batch_size, two.await.unwrap().unwrap().batch_size];
+        assert_eq!(sizes, [3, 2], "each ran alone");
         assert_eq!(b.pending(), 0);
     }
 

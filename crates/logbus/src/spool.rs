@@ -409,7 +409,7 @@ impl Spool {
     }
 
     /// Up to `max` of the oldest records, with the position after the last one.
-    pub fn peek(&self, max: usize) -> io::Result<(Vec<Envelope>, Position)> {
+    pub fn peek(&mut self, max: usize) -> io::Result<(Vec<Envelope>, Position)> {
         let each = self.peek_each(max)?;
         let end = each.last().map_or(self.head, |(_, p)| *p);
         Ok((each.into_iter().map(|(e, _)| e).collect(), end))
@@ -417,24 +417,60 @@ impl Spool {
 
     /// Up to `max` of the oldest records, each with the position after it (to acknowledge a
     /// prefix of them).
-    pub fn peek_each(&self, max: usize) -> io::Result<Vec<(Envelope, Position)>> {
+    pub fn peek_each(&mut self, max: usize) -> io::Result<Vec<(Envelope, Position)>> {
         self.peek_within(max, u64::MAX)
     }
 
     /// As [`Spool::peek_each`], stopping before the records' bodies pass `max_bytes` (the first
-    /// record is taken whatever its size).
-    pub fn peek_within(&self, max: usize, max_bytes: u64) -> io::Result<Vec<(Envelope, Position)>> {
+    /// record is taken whatever its size). A segment whose frames end before its size was
+    /// damaged since it was written: it is repaired (as at opening) and read on, never skipped.
+    pub fn peek_within(&mut self, max: usize, max_bytes: u64) -> io::Result<Vec<(Envelope, Position)>> {
         let mut out = Vec::new();
         let mut budget = ReadBudget { records: max, bytes: max_bytes, nothing_read: true };
-        for &(n, _, _) in &self.segments {
+        for i in 0..self.segments.len() {
+            let n = self.segments[i].0;
             if n < self.head.segment || budget.records == 0 {
                 continue;
             }
-            let from = if n == self.head.segment { self.head.offset } else { 0 };
-            let frames = read_frames_within(&segment_path(&self.config.dir, n), from, &mut budget)?;
-            out.extend(frames.into_iter().map(|(after, e)| (e, Position { segment: n, offset: after })));
+            let mut from = if n == self.head.segment { self.head.offset } else { 0 };
+            loop {
+                let frames = read_frames_within(&segment_path(&self.config.dir, n), from, &mut budget)?;
+                from = frames.last().map_or(from, |(after, _)| *after);
+                out.extend(frames.into_iter().map(|(after, e)| (e, Position { segment: n, offset: after })));
+                // Stopped by the budget, or at the segment's end: read on in the next one.
+                if budget.records == 0 || from >= self.segments[i].1 {
+                    break;
+                }
+                self.repair(i, from)?;
+            }
         }
         Ok(out)
+    }
+
+    /// Segment `i` reads only to `valid_end`, short of its size: a bad sector, or a torn frame a
+    /// failed append could not cut off. As at opening, the damaged stretch is set aside and the
+    /// records after it kept, or a torn end cut off; the lost records leave the count. Each
+    /// repair shortens the segment, so reading on ends.
+    fn repair(&mut self, i: usize, valid_end: u64) -> io::Result<()> {
+        let (n, _, count) = self.segments[i];
+        let path = segment_path(&self.config.dir, n);
+        if i + 1 == self.segments.len() {
+            // The writer appends to this file, which is replaced or cut: it opens it again.
+            self.writer = None;
+        }
+        if set_damage_aside(&self.config.dir, n, valid_end)?.is_none() {
+            tracing::error!(
+                segment = %path.display(),
+                offset = valid_end,
+                "a spool segment ends in damaged bytes: cutting them off; the records in them are lost"
+            );
+            OpenOptions::new().write(true).open(&path)?.set_len(valid_end)?;
+        }
+        let size = fs::metadata(&path)?.len();
+        let frames = count_frames(&path, 0, size)?;
+        self.segments[i] = (n, size, frames);
+        self.records -= count.saturating_sub(frames).min(self.records);
+        Ok(())
     }
 
     /// The records from the head up to `to`: whole segments by their count, the ends by their
@@ -572,7 +608,7 @@ mod tests {
         }
         assert!(s.segments.len() >= 3, "the records span segments: {:?}", s.segments);
         let body = |e: &Envelope| (4 + e.topic.len() + e.key.len() + e.payload.len()) as u64;
-        let taken =
+        let mut taken =
             |max_bytes: u64| s.peek_within(100, max_bytes).unwrap().into_iter().map(|(e, _)| e).collect::<Vec<_>>();
         // Room for the first two, not the large third: the small fourth is not taken past it.
         assert_eq!(taken(body(&records[0]) + body(&records[1]) + 50), records[..2]);
@@ -629,7 +665,7 @@ mod tests {
         let seg = segment_path(dir.path(), 1);
         let len = fs::metadata(&seg).unwrap().len();
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
-        let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         assert_eq!(s.peek(10).unwrap().0, vec![env(1)]);
     }
 
@@ -657,7 +693,7 @@ mod tests {
         // A position off a frame boundary reads from the frame end before it.
         drop(s);
         write_head(dir.path(), Position { segment: 1, offset: after_first.offset + 3 }).unwrap();
-        let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         assert_eq!(s.peek(10).unwrap().0, (10..13).map(env).collect::<Vec<_>>());
     }
 
@@ -736,7 +772,7 @@ mod tests {
         s.append(&record(3)).unwrap();
         assert_eq!(s.peek(10).unwrap().0, vec![record(1), record(3)]);
         drop(s);
-        let s = Spool::open(big).unwrap();
+        let mut s = Spool::open(big).unwrap();
         assert_eq!((s.len(), s.peek(10).unwrap().0), (2, vec![record(1), record(3)]), "and after reopening");
     }
 
@@ -755,7 +791,7 @@ mod tests {
         let third = each[1].1.offset as usize;
         bytes[third + 20] ^= 0xff;
         fs::write(&seg, &bytes).unwrap();
-        let s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         let kept = [0, 1, 3, 4].map(env).to_vec();
         assert_eq!((s.len(), s.peek(10).unwrap().0), (4, kept.clone()), "only the damaged record is lost");
         let aside = dir.path().join("damaged").join(format!("{:010}-{third}.bin", 1));
@@ -784,6 +820,49 @@ mod tests {
     }
 
     #[test]
+    fn damage_found_while_running_costs_only_the_damaged_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        for i in 0..30 {
+            s.append(&env(i)).unwrap();
+        }
+        let each = s.peek_each(30).unwrap();
+        let last = each.last().unwrap().1.segment;
+        assert!(last > 2, "the records span segments: {:?}", s.segments);
+        // A bad sector in the third record of the first segment, and in the second record of
+        // the segment being written, while the spool runs.
+        let damage = |at: Position| {
+            let seg = segment_path(dir.path(), at.segment);
+            let mut bytes = fs::read(&seg).unwrap();
+            bytes[at.offset as usize + 20] ^= 0xff;
+            fs::write(&seg, &bytes).unwrap();
+        };
+        assert_eq!(each[1].1.segment, 1);
+        damage(each[1].1);
+        let first_in_last = each.iter().position(|(_, p)| p.segment == last).unwrap();
+        assert_eq!(each[first_in_last + 1].1.segment, last, "two records or more in the last segment");
+        damage(each[first_in_last].1);
+        let lost = [2, first_in_last as u32 + 1];
+        let kept: Vec<Envelope> = (0..30).filter(|i| !lost.contains(i)).map(env).collect();
+        // The records after each damaged one are read, in order; skipping them, the
+        // acknowledgement below would delete them.
+        let (all, end) = s.peek(100).unwrap();
+        assert_eq!(all, kept);
+        assert_eq!(s.len(), 28, "the damaged records leave the count");
+        // The segment being written takes records after the repair, at its new end.
+        s.append(&env(99)).unwrap();
+        let (more, _) = s.peek(100).unwrap();
+        assert_eq!(more.last(), Some(&env(99)));
+        assert_eq!(more[..28], kept[..]);
+        s.ack(end, 28).unwrap();
+        assert_eq!((s.len(), s.peek(100).unwrap().0), (1, vec![env(99)]));
+        drop(s);
+        let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        assert_eq!((s.len(), s.peek(100).unwrap().0), (1, vec![env(99)]), "and after reopening");
+        assert_eq!(fs::read_dir(dir.path().join("damaged")).unwrap().count(), 2, "both stretches kept for a person");
+    }
+
+    #[test]
     fn an_emptied_spool_takes_records_again_whatever_its_size_settings() {
         // One segment's worth of room: once full and replayed, the acknowledged segment must not
         // keep counting against max_bytes.
@@ -797,7 +876,7 @@ mod tests {
         assert_eq!((s.len(), s.bytes()), (0, 0));
         assert_eq!(s.append(&env(200)).unwrap(), Appended::Stored, "room again once replayed");
         drop(s);
-        let s = Spool::open(config(dir.path(), 500, FullPolicy::RejectNew)).unwrap();
+        let mut s = Spool::open(config(dir.path(), 500, FullPolicy::RejectNew)).unwrap();
         assert_eq!(s.peek(10).unwrap().0, vec![env(200)]);
     }
 

@@ -169,7 +169,7 @@ fn serve(spool: Spool, mut commands: mpsc::Receiver<Command>, shared: &Shared) {
             }
             // Once closed, peeks and acknowledgements get no answer: the caller sees SpoolClosed.
             Command::Peek { max, max_bytes, reply } => {
-                let Some(s) = spool.as_ref() else { continue };
+                let Some(s) = spool.as_mut() else { continue };
                 let peeked = s.peek_within(max, max_bytes);
                 // Nothing waits on disk or on its way: records may go straight to the sink.
                 shared.quiet_if(s.is_empty());

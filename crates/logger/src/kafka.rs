@@ -40,8 +40,8 @@ pub async fn run(
     producer_config.client_id = format!("{}-deadletter", config.kafka.client_id);
     // A batch's dead letters are sent together and awaited: lingering only delays the batch.
     producer_config.linger_ms = producer_config.linger_ms.min(5);
-    let producer = producer_config.producer().context("cannot create the dead-letter producer")?;
-    let dead_letters = KafkaDeadLetters::new(producer, store.clone());
+    let dead_letters =
+        KafkaDeadLetters::new(producer_config, store.clone()).context("cannot create the dead-letter producer")?;
     tracing::info!(group = config.group_id, topics = ?config.consume, brokers = config.kafka.brokers, "consuming");
     pipeline::run(source, &store, &dead_letters, config.batch, &stats, shutdown).await;
     Ok(())

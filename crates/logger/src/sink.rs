@@ -3,12 +3,15 @@
 //! [`vigil_store::PredictionStore`].
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use vigil_logbus::kafka::KafkaConfig;
 use vigil_logbus::topics;
 use vigil_store::{DeadLetterRow, PredictionStore};
 
@@ -24,16 +27,35 @@ pub trait DeadLetterSink: Send + Sync {
 /// `vigil.deadletter.v1`: the original key and payload, headers `vigil-reason` and
 /// `vigil-source` (`topic/partition/offset`). A dead letter the topic refuses for good (the
 /// headers took a record near the size limit over it) goes to the store's `dead_letters` table
-/// instead, so that it never holds the partitions back.
+/// instead, so that it never holds the partitions back. A producer that met a fatal error
+/// (an idempotent producer whose sequence broke refuses every record after it) is replaced by
+/// a new one, and the dead letter is sent again by the caller.
 pub struct KafkaDeadLetters<S> {
-    producer: FutureProducer,
+    config: KafkaConfig,
+    producer: Mutex<Arc<FutureProducer>>,
     refused: StoreDeadLetters<S>,
 }
 
 impl<S: PredictionStore> KafkaDeadLetters<S> {
-    /// Sends with `producer` (acks=all, idempotent); what the topic refuses goes to `store`.
-    pub fn new(producer: FutureProducer, store: S) -> Self {
-        Self { producer, refused: StoreDeadLetters::new(store) }
+    /// Sends with a producer made from `config` (acks=all, idempotent); what the topic refuses
+    /// goes to `store`.
+    pub fn new(config: KafkaConfig, store: S) -> Result<Self, KafkaError> {
+        let producer = Mutex::new(Arc::new(config.producer()?));
+        Ok(Self { config, producer, refused: StoreDeadLetters::new(store) })
+    }
+
+    /// The producer dead letters go through now.
+    pub fn producer(&self) -> Arc<FutureProducer> {
+        self.producer.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces `failed` by a new producer, unless another send did already.
+    fn replace(&self, failed: &Arc<FutureProducer>) -> Result<(), KafkaError> {
+        let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::ptr_eq(&current, failed) {
+            *current = Arc::new(self.config.producer()?);
+        }
+        Ok(())
     }
 }
 
@@ -47,7 +69,8 @@ impl<S: PredictionStore> DeadLetterSink for KafkaDeadLetters<S> {
         let payload = m.payload.clone().unwrap_or_default();
         let key = m.key.clone().unwrap_or_default();
         let record = FutureRecord::to(topics::DEAD_LETTER).payload(&payload).key(&key).headers(headers);
-        match self.producer.send(record, Timeout::After(Duration::from_secs(10))).await {
+        let producer = self.producer();
+        match producer.send(record, Timeout::After(Duration::from_secs(10))).await {
             Ok(_) => Ok(()),
             Err((e, _)) if vigil_logbus::kafka::refused_for_good(&e) => {
                 tracing::error!(
@@ -58,7 +81,17 @@ impl<S: PredictionStore> DeadLetterSink for KafkaDeadLetters<S> {
                 let reason = format!("{}; the dead-letter topic refused it: {e}", dead.reason);
                 self.refused.send(&DeadLetter { message: dead.message.clone(), reason }).await
             }
-            Err((e, _)) => Err(e.to_string()),
+            Err((e, _)) => match producer.client().fatal_error() {
+                Some((code, reason)) => {
+                    tracing::error!(?code, reason, "the dead-letter producer met a fatal error: making a new one");
+                    let made = self.replace(&producer).map_err(|made| format!("; a new one failed too: {made}"));
+                    Err(format!(
+                        "the dead-letter producer met a fatal error ({code:?}: {reason}){}",
+                        made.err().unwrap_or_default()
+                    ))
+                }
+                None => Err(e.to_string()),
+            },
         }
     }
 }
@@ -100,7 +133,9 @@ impl<S: PredictionStore> DeadLetterSink for StoreDeadLetters<S> {
             time: Utc::now(),
             topic: dead.message.topic.clone(),
             source: dead.source(),
-            reason: dead.reason.clone(),
+            // Text columns take no NUL (Postgres refuses it, and the letter would be retried
+            // for ever).
+            reason: dead.reason.replace('\0', "\\0"),
             key: dead.message.key.clone(),
             payload: dead.message.payload.clone(),
         };

@@ -436,6 +436,39 @@ async fn a_dead_letter_the_topic_refuses_for_good_is_kept_in_the_database_and_ho
     logger.await.unwrap().unwrap();
 }
 
+/// An idempotent dead-letter producer that met a fatal error refuses every dead letter after
+/// it: the sink makes a new producer, so the caller's next attempt goes through and the logger
+/// (which retries a dead letter until it is kept) does not stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_producer_that_met_a_fatal_error_is_replaced() {
+    use vigil_logger::batch::{Consumed, DeadLetter};
+    use vigil_logger::sink::{DeadLetterSink, KafkaDeadLetters};
+
+    let broker = Broker::start(1).await;
+    let db = Database::create();
+    let kafka = broker.kafka();
+    vigil_logbus::kafka::create_topics(&kafka, &[topics::DEAD_LETTER], kafka.topics).await.unwrap();
+    let sink = KafkaDeadLetters::new(kafka, PgStore::connect_lazy(&db.url(), 2).unwrap()).unwrap();
+    let letter = |offset: i64| {
+        let message =
+            Consumed { topic: "t".into(), partition: 0, offset, key: None, payload: Some(vec![0xff; offset as usize]) };
+        DeadLetter { message, reason: "not a record".into() }
+    };
+    sink.send(&letter(1)).await.unwrap();
+    let first = sink.producer();
+    strike_fatal(&first);
+    let refused = sink.send(&letter(2)).await.unwrap_err();
+    assert!(refused.contains("fatal error"), "{refused}");
+    sink.send(&letter(2)).await.expect("sent by a new producer");
+    assert!(!Arc::ptr_eq(&first, &sink.producer()), "a new producer");
+    sink.send(&letter(3)).await.unwrap();
+    let kept = dead_letters(&broker.brokers(), 3).await;
+    for offset in 1..=3 {
+        let (reason, payload) = &kept[&format!("t/0/{offset}")];
+        assert_eq!((reason.as_str(), payload.len()), ("not a record", offset as usize));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_logger_serves_records_by_outcome_batches_and_lag_at_metrics() {
     let broker = Broker::start(2).await;

@@ -379,20 +379,6 @@ async fn a_fatal_producer_error_replaces_the_producer_and_loses_nothing() {
     assert!(records <= 300 + 50, "{records} records for 300 payloads");
 }
 
-/// Triggers librdkafka's fatal error on `producer`, as a broker that lost acknowledged records
-/// would.
-fn strike_fatal(producer: &rdkafka::producer::FutureProducer) {
-    use rdkafka::producer::Producer as _;
-    let reason = c"broker lost acknowledged records";
-    // SAFETY: a live producer handle and a NUL-terminated string; librdkafka's own test hook.
-    unsafe {
-        use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
-        let code = rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
-        rd_kafka_test_fatal_error(producer.client().native_ptr(), code, reason.as_ptr());
-    }
-    assert!(producer.client().fatal_error().is_some());
-}
-
 /// A fatal error that strikes the new producer too (its cause on the broker's side) is not
 /// answered by a new producer at every attempt: the next one comes after the pause, the records
 /// wait in the spool meanwhile, and every record still reaches the topic.

@@ -433,6 +433,10 @@ pub async fn evaluate_all<S: MonitorStore>(
 ) -> Result<(), ViewError> {
     let stored = views.store.load_alerts().await?;
     let models: Vec<String> = views.models().await?.into_keys().collect();
+    // The capture action follows the alarm's state every round, not only its changes: a raise
+    // that failed after its alarm's change was saved (or a rule given the action while firing)
+    // is made the next round.
+    let boosts = views.store.capture_boosts().await?;
     let mut reports = DriftReports::default();
     for rule in rules {
         let targets: Vec<String> = match &rule.model {
@@ -469,8 +473,10 @@ pub async fn evaluate_all<S: MonitorStore>(
                 }
                 views.store.save_alert(&next, notify && views.config.alerting.webhook_url.is_some()).await?;
             }
-            if let (Some(rate), Some(_)) = (rule.capture_rate, change) {
-                raise_or_end_capture(views, rule, &model, &next.state, rate, now).await?;
+            let boosted = boosts.iter().find(|b| b.model_name == model && b.rule == rule.name).map(|b| b.rate);
+            let wanted = rule.capture_rate.filter(|_| next.state == "firing");
+            if boosted != wanted {
+                raise_or_end_capture(views, rule, &model, wanted, now).await?;
             }
             if rule.retrain && next.state == "firing" {
                 use crate::retrain::trigger::{Considered, consider};
@@ -511,17 +517,16 @@ pub async fn evaluate_all<S: MonitorStore>(
     Ok(())
 }
 
-/// A rule with the `capture` action raises its model's capture rate when it fires and ends it
-/// when it no longer does.
+/// A rule with the `capture` action raises its model's capture rate to `wanted` while it fires,
+/// and ends the raise (`None`) when it no longer does.
 async fn raise_or_end_capture<S: MonitorStore>(
     views: &Views<S>,
     rule: &Rule,
     model: &str,
-    state: &str,
-    rate: f64,
+    wanted: Option<f64>,
     now: DateTime<Utc>,
 ) -> Result<(), ViewError> {
-    if state == "firing" {
+    if let Some(rate) = wanted {
         let boost = vigil_store::CaptureBoost { model_name: model.into(), rule: rule.name.clone(), rate, since: now };
         views.store.raise_capture(&boost).await?;
         tracing::warn!(rule = %rule.name, model, rate, "capturing at least {rate} of {model}'s inputs while the alarm fires");

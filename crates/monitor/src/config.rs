@@ -260,6 +260,7 @@ impl MonitorConfig {
         }
         self.retraining.validate()?;
         self.retention.validate(r)?;
+        self.rollouts.validate()?;
         // Retraining that copies captured inputs needs every one in its window: inputs expired
         // sooner would refuse every job's dataset.
         if let (Some(_), Some(days)) = (&self.retraining.captures, self.retention.captures_days) {

@@ -7,7 +7,6 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -95,7 +94,13 @@ async fn next<S: MonitorStore>(
     }
     let model = request.model.as_deref().filter(|m| !m.is_empty());
     let lease = chrono::Duration::seconds(i64::from(lease_s));
-    match views.store.claim_review(reviewer, model, lease, Utc::now()).await {
+    // The database's clock, as for `vigil review` on any machine: a claim's lease is read by
+    // every reviewer against one clock.
+    let now = match views.store.clock().await {
+        Ok(now) => now,
+        Err(e) => return database(e),
+    };
+    match views.store.claim_review(reviewer, model, lease, now).await {
         Ok(Some(item)) => {
             // The buttons: the model's labels, from its model card.
             let labels =
@@ -135,7 +140,11 @@ async fn submit<S: MonitorStore>(
         Err((code, message)) => return error(code, message),
     };
     let (reviewer, label) = (reviewer.as_str(), decision.label.trim());
-    match views.store.submit_review(id, reviewer, label, Utc::now()).await {
+    let now = match views.store.clock().await {
+        Ok(now) => now,
+        Err(e) => return database(e),
+    };
+    match views.store.submit_review(id, reviewer, label, now).await {
         Ok(outcome) => {
             // A panel's item is decided once its majority is in; until then it awaits the others.
             let (decided, decision, decisions, required) = match outcome {

@@ -71,6 +71,43 @@ pub struct RolloutChecks {
     pub labels_outweigh_proxies_at: u64,
 }
 
+impl RolloutChecks {
+    /// Refuses values that would judge nothing or loop without a pause; the message names the
+    /// key under `[rollouts]`.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.evaluate_every.is_zero() {
+            anyhow::bail!("rollouts.evaluate_every must be longer than 0 (15s by default)");
+        }
+        // A p value is never under 0: significance 0 would pass every rate check.
+        for (key, value) in [("significance", self.significance), ("score_p_value", self.score_p_value)] {
+            if !(value > 0.0 && value < 1.0) {
+                anyhow::bail!("rollouts.{key} = {value}: give a p value between 0 and 1, such as 0.05");
+            }
+        }
+        let limits = [
+            ("max_error_rate_increase", self.max_error_rate_increase),
+            ("max_null_rate_increase", self.max_null_rate_increase),
+            ("max_latency_p99_ratio", self.max_latency_p99_ratio),
+            ("latency_p99_slack_ms", self.latency_p99_slack_ms),
+            ("max_score_ks", self.max_score_ks),
+            ("max_accuracy_drop", self.max_accuracy_drop),
+            ("min_shadow_agreement", self.min_shadow_agreement),
+            ("max_override_increase", self.max_override_increase),
+        ];
+        let feedback = self.feedback.iter().map(|f| (f.kind.as_str(), f.max_change));
+        for (key, value) in limits.into_iter().chain(feedback) {
+            // NaN compares false everywhere: every check would pass.
+            if !value.is_finite() || value < 0.0 {
+                anyhow::bail!("rollouts: {key} = {value}: give a number of 0 or more");
+            }
+        }
+        if self.min_shadow_agreement > 1.0 {
+            anyhow::bail!("rollouts.min_shadow_agreement = {}: a share, at most 1", self.min_shadow_agreement);
+        }
+        Ok(())
+    }
+}
+
 /// One feedback rate compared between candidate and primary.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -204,7 +241,9 @@ pub fn analyse(
     };
     rate_check("error_rate".into(), candidate.errors, primary.errors, checks.max_error_rate_increase, false);
     rate_check("null_rate".into(), candidate.nulls, primary.nulls, checks.max_null_rate_increase, false);
-    for f in &checks.feedback {
+    // Users act on the answers they were given: a shadow's are never shown, so its traffic has
+    // no feedback of its own and is judged on it in the canary steps only.
+    for f in checks.feedback.iter().filter(|_| step.mode == StepMode::Canary) {
         let xc = candidate_traffic.feedback.get(&f.kind).copied().unwrap_or(0);
         let xp = primary_traffic.feedback.get(&f.kind).copied().unwrap_or(0);
         if xc + xp > 0 {
@@ -874,6 +913,38 @@ mod tests {
             analyse(&STEP, Duration::from_secs(60), &clicks(840), &clicks(900), &checks),
             Analysis::Pass(_)
         ));
+    }
+
+    #[test]
+    fn a_shadow_is_not_judged_on_feedback_its_answers_never_got() {
+        // The default checks: clicks must not fall. Nobody saw the shadow's answers, so it has none.
+        let checks = RolloutChecks::default();
+        let clicks = |n: u64| Traffic { feedback: [("click".to_string(), n)].into(), ..window(500, 0, 2.0, &[]) };
+        let shadow = RolloutStep { mode: StepMode::Shadow, share: 1.0, ..STEP };
+        let Analysis::Pass(list) = analyse(&shadow, Duration::from_secs(60), &clicks(0), &clicks(50), &checks) else {
+            panic!("a shadow step without clicks of its own must pass");
+        };
+        assert!(list.iter().all(|c| !c.name.starts_with("feedback.")), "{list:?}");
+        // The same traffic in a canary step, where users saw the candidate's answers, fails.
+        let Analysis::Fail(list) = analyse(&STEP, Duration::from_secs(60), &clicks(0), &clicks(50), &checks) else {
+            panic!("a canary without clicks must fail");
+        };
+        assert!(list.iter().any(|c| c.name == "feedback.click" && !c.passed), "{list:?}");
+    }
+
+    #[test]
+    fn checks_that_would_judge_nothing_are_refused() {
+        assert!(RolloutChecks::default().validate().is_ok());
+        let refused = |checks: RolloutChecks| checks.validate().unwrap_err().to_string();
+        let e = refused(RolloutChecks { significance: 0.0, ..Default::default() });
+        assert!(e.contains("rollouts.significance = 0"), "{e}");
+        let e = refused(RolloutChecks { max_error_rate_increase: f64::NAN, ..Default::default() });
+        assert!(e.contains("max_error_rate_increase = NaN"), "{e}");
+        let e = refused(RolloutChecks { evaluate_every: Duration::ZERO, ..Default::default() });
+        assert!(e.contains("evaluate_every"), "{e}");
+        let click = FeedbackCheck { kind: "click".into(), higher_is_better: true, max_change: -0.1 };
+        let e = refused(RolloutChecks { feedback: vec![click], ..Default::default() });
+        assert!(e.contains("click = -0.1"), "{e}");
     }
 
     #[test]

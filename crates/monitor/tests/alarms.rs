@@ -510,6 +510,14 @@ async fn a_firing_alarm_raises_the_capture_rate_the_servers_get_until_it_resolve
     let boosts = store.capture_boosts().await.unwrap();
     assert_eq!(boosts.iter().map(|b| (b.rule.as_str(), b.rate)).collect::<Vec<_>>(), [("dim-light", 0.5)]);
     assert_eq!(spec_rate().await, 0.5, "the servers get the raised rate with the deployment");
+    // A raise lost after its alarm's change was saved (the monitor stopped between the two) is
+    // made again while the alarm fires, though its state does not change.
+    assert!(store.end_capture_boost("scratch-detector", "dim-light").await.unwrap());
+    vigil_monitor::alarms::evaluate_all(&views, &rules, now, &Default::default(), &mut Default::default())
+        .await
+        .unwrap();
+    assert_eq!(store.capture_boosts().await.unwrap().len(), 1, "raised again while firing");
+    assert_eq!(spec_rate().await, 0.5);
     // Later the window holds nothing: resolved, and the rate is the servers' own again.
     vigil_monitor::alarms::evaluate_all(
         &views,

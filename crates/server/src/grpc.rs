@@ -32,6 +32,7 @@ pub struct GrpcHost {
     served: Vec<&'static str>,
     security: Security,
     readiness: Readiness,
+    draining: CancellationToken,
     closing: CancellationToken,
 }
 
@@ -74,6 +75,7 @@ impl GrpcHost {
             served: Vec::new(),
             security: Security::none(),
             readiness: Readiness::default(),
+            draining: CancellationToken::new(),
             closing: CancellationToken::new(),
         })
     }
@@ -84,6 +86,13 @@ impl GrpcHost {
         security.check_listen(self.addr, setting)?;
         self.security = security;
         Ok(self)
+    }
+
+    /// Cancelled when the drain starts, once the served APIs are NOT_SERVING: the health
+    /// watches are to end then
+    /// ([`AdmissionLayer::with_draining`](vigil_serving::admission::AdmissionLayer::with_draining)).
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
     }
 
     /// Cancelled when the drain timeout passes: the calls still running are to end then
@@ -139,7 +148,7 @@ impl GrpcHost {
         ResBody: http_body::Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Self { listener, health, served, security, readiness, closing, .. } = self;
+        let Self { listener, health, served, security, readiness, draining: drain_started, closing, .. } = self;
         lifecycle.spawn(stage, "gRPC server", move |stop| async move {
             let (draining_tx, draining) = tokio::sync::oneshot::channel::<()>();
             let signal = async move {
@@ -149,6 +158,7 @@ impl GrpcHost {
                 for name in served {
                     health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
                 }
+                drain_started.cancel();
                 let _ = draining_tx.send(());
             };
             let result = match security.tls() {

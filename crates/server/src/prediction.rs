@@ -160,8 +160,10 @@ pub async fn start(
         descriptor_sets.iter().flat_map(|set| vigil_serving::admission::grpc_methods(set)).collect::<Vec<_>>();
     let streaming = methods.iter().filter(|(_, streams)| *streams).map(|(path, _)| path.clone()).collect();
     let methods = methods.into_iter().map(|(path, _)| path);
-    let admission =
-        AdmissionLayer::new(settings.limits.admission()).with_streaming_methods(streaming).with_closing(host.closing());
+    let admission = AdmissionLayer::new(settings.limits.admission())
+        .with_streaming_methods(streaming)
+        .with_closing(host.closing())
+        .with_draining(host.draining());
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
     let auth_metrics = vigil_security::auth::AuthMetrics::register(&mut registry);
@@ -219,6 +221,9 @@ pub async fn start(
     }
     let max = settings.limits.max_message_bytes;
     let oip = GrpcInferenceServiceServer::new(inference).max_decoding_message_size(max).max_encoding_message_size(max);
+    // The whole server too (the empty name, which probes ask by default): NOT_SERVING once
+    // the drain starts, with the services.
+    host.serving_all().await;
     host.serving::<GrpcInferenceServiceServer<InferenceService>>().await;
     let mut serving = Serving {
         repository: repository.clone(),

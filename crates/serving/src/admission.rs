@@ -6,9 +6,12 @@
 //! A call is admitted for its whole life, response body included: a stream holds its permit
 //! until it ends, its deadline covers every message, and a stream idle for
 //! `stream_idle_timeout` (the client sent nothing, no answer went out, no message is being
-//! answered) is ended. At the end of a server's drain, the calls still running end with
-//! UNAVAILABLE ([`AdmissionLayer::with_closing`]). Streaming methods are told apart by the services' own
-//! descriptors ([`streaming_methods`]), and get `stream_timeout` instead of `request_timeout`.
+//! answered) is ended. A call whose client stopped reading its answer gives its admission back
+//! a second past its deadline (`holdings`). At the end of a server's drain, the calls still
+//! running end with UNAVAILABLE ([`AdmissionLayer::with_closing`]). Streaming methods are told
+//! apart by the services' own descriptors ([`streaming_methods`]), and get `stream_timeout`
+//! instead of `request_timeout`; health watches and reflection streams last as long as their
+//! clients want, until the drain starts ([`AdmissionLayer::with_draining`]).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -24,6 +27,9 @@ use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 use tower::{Layer, Service};
+
+mod holdings;
+use holdings::{Holding, Holdings};
 
 /// Admission limits.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +62,16 @@ pub const BYTES_CHARGED_PER_BYTE: usize = 3;
 /// Calls that change what is loaded: timed by `stream_timeout` (see [`Admission`]).
 const REPOSITORY_CHANGES: [&str; 2] =
     ["/inference.GRPCInferenceService/RepositoryModelLoad", "/inference.GRPCInferenceService/RepositoryModelUnload"];
+
+/// Streams of the health and reflection services, which are never shed: a health watch lasts
+/// as long as its client's connection (clients that check health themselves keep one open), so
+/// these get no deadline of the server's (the client's own holds) and no idle timeout, and
+/// end when the server starts to drain, once it has said NOT_SERVING.
+const LASTING_STREAMS: [&str; 3] = [
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 /// The paths (`/package.Service/Method`) of every method in an encoded `FileDescriptorSet`, each
 /// with whether it streams (client or server side).
@@ -273,6 +289,8 @@ pub struct AdmissionLayer {
     waits: Arc<std::sync::atomic::AtomicU64>,
     streaming: Arc<HashSet<String>>,
     closing: CancellationToken,
+    draining: CancellationToken,
+    holdings: Holdings,
 }
 
 impl AdmissionLayer {
@@ -285,7 +303,17 @@ impl AdmissionLayer {
             waits: Arc::default(),
             streaming: Arc::default(),
             closing: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            holdings: Holdings::default(),
         }
+    }
+
+    /// Ends the health watches and reflection streams once `draining` is cancelled (a server
+    /// that starts to drain, having told its watchers NOT_SERVING), so that the drain does not
+    /// wait on them: each gets UNAVAILABLE in its trailers.
+    pub fn with_draining(mut self, draining: CancellationToken) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// Ends every call still running once `closing` is cancelled (a server that stops waiting
@@ -317,6 +345,12 @@ impl AdmissionLayer {
         self.waits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Calls past their deadline whose client stopped reading the answer (its HTTP/2 window
+    /// stayed shut), their permit and charges given back (see `holdings`).
+    pub fn unread_answers(&self) -> u64 {
+        self.holdings.released()
+    }
+
     /// Bytes of the memory budget charged to the calls in flight now.
     pub fn bytes_in_flight(&self) -> usize {
         self.limits.max_request_bytes_in_flight.min(Semaphore::MAX_PERMITS) - self.bytes.available_permits()
@@ -334,6 +368,8 @@ impl<S> Layer<S> for AdmissionLayer {
             waits: self.waits.clone(),
             streaming: self.streaming.clone(),
             closing: self.closing.clone(),
+            draining: self.draining.clone(),
+            holdings: self.holdings.clone(),
         }
     }
 }
@@ -348,6 +384,8 @@ pub struct Admission<S> {
     waits: Arc<std::sync::atomic::AtomicU64>,
     streaming: Arc<HashSet<String>>,
     closing: CancellationToken,
+    draining: CancellationToken,
+    holdings: Holdings,
 }
 
 impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Admission<S>
@@ -382,16 +420,24 @@ where
                 }
             }
         };
-        let stream = self.streaming.contains(path);
+        let lasting = LASTING_STREAMS.contains(&path);
+        let stream = lasting || self.streaming.contains(path);
         // Loading a model takes as long as building and warming its sessions, unloading as
         // long as its requests in flight: they get the streams' limit, not a unary call's, so
         // a change that goes through is not reported as DEADLINE_EXCEEDED (and retried).
         let slow = REPOSITORY_CHANGES.contains(&path);
-        let limit = if stream || slow { self.limits.stream_timeout } else { self.limits.request_timeout };
-        let timeout = grpc_timeout(request.headers()).map_or(limit, |t| t.min(limit));
+        let limit = match (lasting, stream || slow) {
+            (true, _) => None,
+            (false, true) => Some(self.limits.stream_timeout),
+            (false, false) => Some(self.limits.request_timeout),
+        };
+        let timeout = match (grpc_timeout(request.headers()), limit) {
+            (Some(asked), Some(limit)) => Some(asked.min(limit)),
+            (asked, limit) => asked.or(limit),
+        };
         // A stream is idle when neither side sent anything for the idle timeout: its request
-        // messages count as activity as much as its answers.
-        let idle = stream.then(|| (self.limits.stream_idle_timeout, Arc::new(Activity::new())));
+        // messages count as activity as much as its answers. A health watch is quiet by nature.
+        let idle = (stream && !lasting).then(|| (self.limits.stream_idle_timeout, Arc::new(Activity::new())));
         let activity = idle.as_ref().map(|(_, activity)| activity.clone());
         // A unary call carries one message: a second is refused before it is buffered. Health
         // and reflection (whose descriptors are not ours) are not counted.
@@ -404,13 +450,19 @@ where
         // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
         // left in place, tonic's own handling would answer CANCELLED first.
         request.headers_mut().remove("grpc-timeout");
-        let deadline = tokio::time::Instant::now() + timeout;
-        request.extensions_mut().insert(Deadline(deadline.into_std()));
+        let deadline = timeout.map(|timeout| (tokio::time::Instant::now() + timeout, timeout));
+        if let Some((deadline, _)) = deadline {
+            request.extensions_mut().insert(Deadline(deadline.into_std()));
+        }
         // Take the service that was driven to readiness; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (bytes, budget, waits) = (self.bytes.clone(), self.limits.max_request_bytes_in_flight, self.waits.clone());
+        // A stream runs on after its handler answered: its body watches for the end of the
+        // calls (a lasting stream's, for the start of the drain).
+        let ends = if lasting { self.draining.clone() } else { self.closing.clone() };
         let closing = self.closing.clone();
+        let holdings = self.holdings.clone();
         Box::pin(async move {
             let admitted = async move {
                 // Charge the budget from the declared length, before the message is buffered.
@@ -444,25 +496,27 @@ where
                 }
                 inner.call(request).await.map(|response| Ok((response, reserved)))
             };
+            let timed = async move {
+                match deadline {
+                    Some((at, timeout)) => tokio::time::timeout_at(at, admitted).await.map_err(|_| timeout),
+                    None => Ok(admitted.await),
+                }
+            };
             let answered = tokio::select! {
                 // The call first: the close is looked at (and waited on) only while it runs.
                 biased;
-                answered = tokio::time::timeout_at(deadline, admitted) => answered,
+                answered = timed => answered,
                 () = closing.cancelled() => return Ok(shutting_down().into_http()),
             };
             match answered {
                 Ok(Ok(Ok((response, reserved)))) => {
-                    // A stream's body runs on after this: it watches for the close too.
-                    let watch = idle.map(|(idle, activity)| StreamWatch {
-                        idle,
-                        activity,
-                        closing: Box::pin(closing.cancelled_owned()),
-                    });
-                    Ok(response.map(|body| AdmittedBody::new(body, permit, reserved, deadline, timeout, watch)))
+                    let watch = stream.then(|| StreamWatch { idle, closing: Box::pin(ends.cancelled_owned()) });
+                    let held = holdings.hold(permit, reserved, deadline.map(|(at, _)| at));
+                    Ok(response.map(|body| AdmittedBody::new(body, held, deadline, watch)))
                 }
                 Ok(Ok(Err(shed))) => Ok(shed.into_http()),
                 Ok(Err(e)) => Err(e),
-                Err(_) => Ok(deadline_exceeded(timeout).into_http()),
+                Err(timeout) => Ok(deadline_exceeded(timeout).into_http()),
             }
         })
     }
@@ -552,8 +606,8 @@ impl Activity {
 
 /// What a stream's response body watches besides its deadline.
 struct StreamWatch {
-    idle: Duration,
-    activity: Arc<Activity>,
+    /// The idle timeout, and when either side last sent something.
+    idle: Option<(Duration, Arc<Activity>)>,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
@@ -732,8 +786,7 @@ pin_project_lite::pin_project! {
     pub struct AdmittedBody<B> {
         #[pin]
         inner: B,
-        permit: Option<OwnedSemaphorePermit>,
-        reserved: MessageCharges,
+        held: Option<Arc<Holding>>,
         deadline: Option<(Pin<Box<Sleep>>, Duration)>,
         idle: Option<(Pin<Box<Sleep>>, Duration, Arc<Activity>)>,
         closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
@@ -744,23 +797,20 @@ pin_project_lite::pin_project! {
 impl<B> AdmittedBody<B> {
     fn new(
         inner: B,
-        permit: Option<OwnedSemaphorePermit>,
-        reserved: MessageCharges,
-        deadline: tokio::time::Instant,
-        timeout: Duration,
+        held: Arc<Holding>,
+        deadline: Option<(tokio::time::Instant, Duration)>,
         stream: Option<StreamWatch>,
     ) -> Self {
         let (idle, closing) = match stream {
-            Some(StreamWatch { idle, activity, closing }) => {
-                (Some((Box::pin(tokio::time::sleep(idle)), idle, activity)), Some(closing))
+            Some(StreamWatch { idle, closing }) => {
+                (idle.map(|(idle, activity)| (Box::pin(tokio::time::sleep(idle)), idle, activity)), Some(closing))
             }
             None => (None, None),
         };
         Self {
             inner,
-            permit,
-            reserved,
-            deadline: Some((Box::pin(tokio::time::sleep_until(deadline)), timeout)),
+            held: Some(held),
+            deadline: deadline.map(|(at, timeout)| (Box::pin(tokio::time::sleep_until(at)), timeout)),
             idle,
             closing,
             ended: false,
@@ -770,15 +820,7 @@ impl<B> AdmittedBody<B> {
 
 impl<B: Default> Default for AdmittedBody<B> {
     fn default() -> Self {
-        Self {
-            inner: B::default(),
-            permit: None,
-            reserved: MessageCharges::default(),
-            deadline: None,
-            idle: None,
-            closing: None,
-            ended: false,
-        }
+        Self { inner: B::default(), held: None, deadline: None, idle: None, closing: None, ended: false }
     }
 }
 
@@ -794,8 +836,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
         match this.inner.poll_frame(cx) {
             Poll::Ready(None) => {
                 *this.ended = true;
-                this.permit.take();
-                this.reserved.release();
+                this.held.take().map(|held| held.release());
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(frame)) => {
@@ -817,7 +858,8 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
                 // Answers reset the timer as they go out; the client's messages are seen here, and
                 // a message still being answered (its charge held) keeps the stream busy.
                 let now = tokio::time::Instant::now();
-                let until = if this.reserved.answering() { now + *idle } else { activity.last() + *idle };
+                let answering = this.held.as_ref().is_some_and(|held| held.charges.answering());
+                let until = if answering { now + *idle } else { activity.last() + *idle };
                 if until <= now {
                     return Some(Status::deadline_exceeded(format!(
                         "stream sent nothing for {} ms (limits.stream_idle_timeout_ms)",
@@ -831,8 +873,7 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
         let Some(status) = expired else { return Poll::Pending };
         // The call ends here: its handler (and what it waits on) is dropped with `inner`.
         *this.ended = true;
-        this.permit.take();
-        this.reserved.release();
+        this.held.take().map(|held| held.release());
         let mut trailers = http::HeaderMap::new();
         let _ = status.add_header(&mut trailers);
         Poll::Ready(Some(Ok(Frame::trailers(trailers))))

@@ -438,6 +438,13 @@ impl Collector for InflightCollector {
             "Stream messages that waited for room in the memory budget while their stream's earlier messages were answered",
             None,
             waits.metric_type(),
+        )?)?;
+        let unread = ConstCounter::new(self.admission.unread_answers());
+        unread.encode(encoder.encode_descriptor(
+            "vigil_unread_answers",
+            "Calls past their deadline whose client stopped reading the answer (its HTTP/2 window shut): their admission was given back",
+            None,
+            unread.metric_type(),
         )?)
     }
 }

@@ -164,8 +164,14 @@ pub trait RetentionStore: Clone + Send + Sync + 'static {
 const SQLITE_RAISE_ROWID_FLOOR: &str = "UPDATE prediction_rowid_floor SET floor = \
      max(floor, (SELECT coalesce(max(rowid), 0) FROM predictions))";
 
+/// A forget reads what it deletes (the captured inputs to delete after it) in several statements:
+/// on Postgres they share one snapshot, so a batch the logger commits meanwhile is either wholly
+/// seen (deleted, its captures listed) or not at all (kept, as if it came after). SQLite's
+/// write transaction holds off every other writer already.
+const POSTGRES_ONE_SNAPSHOT: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ";
+
 macro_rules! retention_backend {
-    ($store:ty, $audit:path, $before_deleting_predictions:expr) => {
+    ($store:ty, $audit:path, $before_deleting_predictions:expr, $forget_first:expr) => {
         impl RetentionStore for $store {
             async fn expire(&self, table: Expiring, before: DateTime<Utc>, limit: i64) -> Result<u64, sqlx::Error> {
                 let (name, key) = (table.table(), table.key());
@@ -210,6 +216,10 @@ macro_rules! retention_backend {
                 let column = subject.column();
                 let of_subject = format!("SELECT prediction_id FROM predictions WHERE {column} = $1");
                 let mut tx = self.write_transaction().await?;
+                let isolation: Option<&str> = $forget_first;
+                if let Some(statement) = isolation {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
                 let captures: Vec<(Uuid, String, String)> = sqlx::query_as(&format!(
                     "SELECT prediction_id, model_name, capture FROM predictions WHERE {column} = $1 AND capture <> ''"
                 ))
@@ -273,5 +283,5 @@ macro_rules! retention_backend {
 }
 
 // Postgres reads rollups by transaction id, which never comes back.
-retention_backend!(PgStore, crate::registry::backends::postgres::audit, None);
-retention_backend!(SqliteStore, crate::registry::backends::sqlite::audit, Some(SQLITE_RAISE_ROWID_FLOOR));
+retention_backend!(PgStore, crate::registry::backends::postgres::audit, None, Some(POSTGRES_ONE_SNAPSHOT));
+retention_backend!(SqliteStore, crate::registry::backends::sqlite::audit, Some(SQLITE_RAISE_ROWID_FLOOR), None);

@@ -230,6 +230,14 @@ const CLAIMABLE: &str = "FROM review_items r WHERE r.decided_at IS NULL \
                       WHERE c.prediction_id = r.prediction_id AND c.reviewer = $1 AND c.claimed_until > $2) \
        DESC, r.created_at LIMIT 1";
 
+/// What one attempt to claim an item came to.
+enum Claim {
+    /// The item claimed, or None when nothing is left to claim.
+    Held(Option<Box<ReviewItem>>),
+    /// The item picked was full once counted again: another reviewer's claim went in meanwhile.
+    Taken,
+}
+
 /// Implements [`ReviewStore`] for `$store`; `$lock` ends the statement that reads the row a
 /// decision then writes, `$claim` the one that picks the item to claim (skipping rows another
 /// reviewer is claiming), `$label` reads a prediction's label from its `output`.
@@ -237,6 +245,70 @@ macro_rules! review_backend {
     ($backend:ident, $store:ty, $lock:literal, $claim:literal, $label:literal) => {
         mod $backend {
             use super::*;
+
+            /// Claims the first item `reviewer` may claim, in one transaction. Postgres picks
+            /// it under the statement's snapshot, which does not count a claim another reviewer
+            /// committed after the statement began (though it waits for that claim's lock on
+            /// the item's row): the item's claims are counted again in a statement of their own,
+            /// a fresh snapshot with the row still locked, and an item found full is not taken.
+            async fn claim_once(
+                store: &$store,
+                reviewer: &str,
+                model: Option<&str>,
+                lease: chrono::Duration,
+                now: DateTime<Utc>,
+            ) -> Result<Claim, sqlx::Error> {
+                let mut tx = store.write_transaction().await?;
+                // Items the reviewer holds already: theirs whatever the count.
+                let held: Vec<(Uuid,)> =
+                    sqlx::query_as("SELECT prediction_id FROM review_claims WHERE reviewer = $1 AND claimed_until > $2")
+                        .bind(reviewer)
+                        .bind(now)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                let claimed: Option<(Uuid,)> = sqlx::query_as(&format!(
+                    "INSERT INTO review_claims (prediction_id, reviewer, claimed_until) \
+                     SELECT r.prediction_id, $1, $4 {CLAIMABLE}{} \
+                     ON CONFLICT (prediction_id, reviewer) DO UPDATE SET claimed_until = excluded.claimed_until \
+                     RETURNING prediction_id",
+                    $claim
+                ))
+                .bind(reviewer)
+                .bind(now)
+                .bind(model)
+                .bind(now + lease)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((id,)) = claimed else { return Ok(Claim::Held(None)) };
+                let renewed = held.contains(&(id,));
+                let (full,): (bool,) = sqlx::query_as(
+                    "SELECT (SELECT count(*) FROM review_claims c \
+                             WHERE c.prediction_id = r.prediction_id AND c.reviewer <> $2 AND c.claimed_until > $3) \
+                          + (SELECT count(*) FROM review_decisions d WHERE d.prediction_id = r.prediction_id) \
+                          >= r.reviews_required \
+                     FROM review_items r WHERE r.prediction_id = $1",
+                )
+                .bind(id)
+                .bind(reviewer)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                if full && !renewed {
+                    tx.rollback().await?;
+                    return Ok(Claim::Taken);
+                }
+                let item = sqlx::query_as(&format!(
+                    "UPDATE review_items SET claimed_by = $2, claimed_until = $3 WHERE prediction_id = $1 \
+                     RETURNING {COLUMNS}"
+                ))
+                .bind(id)
+                .bind(reviewer)
+                .bind(now + lease)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Claim::Held(Some(Box::new(item))))
+            }
 
             impl ReviewStore for $store {
                 async fn enqueue_reviews(&self, items: &[ReviewItem]) -> Result<u64, sqlx::Error> {
@@ -276,32 +348,13 @@ macro_rules! review_backend {
                     lease: chrono::Duration,
                     now: DateTime<Utc>,
                 ) -> Result<Option<ReviewItem>, sqlx::Error> {
-                    let mut tx = self.write_transaction().await?;
-                    let claimed: Option<(Uuid,)> = sqlx::query_as(&format!(
-                        "INSERT INTO review_claims (prediction_id, reviewer, claimed_until) \
-                         SELECT r.prediction_id, $1, $4 {CLAIMABLE}{} \
-                         ON CONFLICT (prediction_id, reviewer) DO UPDATE SET claimed_until = excluded.claimed_until \
-                         RETURNING prediction_id",
-                        $claim
-                    ))
-                    .bind(reviewer)
-                    .bind(now)
-                    .bind(model)
-                    .bind(now + lease)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some((id,)) = claimed else { return Ok(None) };
-                    let item = sqlx::query_as(&format!(
-                        "UPDATE review_items SET claimed_by = $2, claimed_until = $3 WHERE prediction_id = $1 \
-                         RETURNING {COLUMNS}"
-                    ))
-                    .bind(id)
-                    .bind(reviewer)
-                    .bind(now + lease)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    Ok(Some(item))
+                    // An item found taken meanwhile is given up for the next one: each such
+                    // round means another reviewer's claim went in.
+                    loop {
+                        if let Claim::Held(item) = claim_once(self, reviewer, model, lease, now).await? {
+                            return Ok(item.map(|item| *item));
+                        }
+                    }
                 }
 
                 async fn submit_review(

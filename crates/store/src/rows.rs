@@ -18,7 +18,9 @@ pub enum RowError {
 }
 
 fn uuid_field(field: &'static str, value: &str) -> Result<Uuid, RowError> {
-    Uuid::parse_str(value).map_err(|e| RowError::Field { field, reason: format!("'{value}': {e}") })
+    // The value quoted escaped and cut short: a reason is stored as text, which takes no NUL.
+    let quoted = |value: &str| format!("{:?}", value.chars().take(64).collect::<String>());
+    Uuid::parse_str(value).map_err(|e| RowError::Field { field, reason: format!("{}: {e}", quoted(value)) })
 }
 
 fn time(ts: &Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
@@ -335,6 +337,10 @@ mod tests {
         let mut r = record();
         r.prediction_id = "nope".into();
         assert!(PredictionRow::from_record(&r).unwrap_err().to_string().starts_with("prediction_id is invalid"));
+        // The reason is stored as text: a NUL in the id is escaped, a long id cut short.
+        r.prediction_id = format!("a\0b{}", "x".repeat(10_000));
+        let reason = PredictionRow::from_record(&r).unwrap_err().to_string();
+        assert!(!reason.contains('\0') && reason.contains("a\\0b") && reason.len() < 200, "{reason}");
         let mut r = record();
         r.response_time = None;
         assert!(PredictionRow::from_record(&r).unwrap_err().to_string().contains("response_time"));

@@ -1136,6 +1136,55 @@ async fn postgres_reviews_conform() {
     reviews_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
 
+/// Reviewers asking at the same moment: every item is claimed once, by one reviewer. On
+/// Postgres a claim picks its item under its statement's snapshot, which cannot see a claim
+/// committed by another reviewer while it ran.
+async fn concurrent_claims_conform<S: PredictionStore + vigil_store::ReviewStore>(store: S) {
+    use vigil_store::ReviewItem;
+    store.migrate().await.unwrap();
+    const ITEMS: usize = 80;
+    let item = |i: usize| {
+        let time = Utc::now() - Duration::seconds((ITEMS - i) as i64);
+        vigil_store::testing::review_item(&prediction(time, 0.5, serde_json::json!({})), 1)
+    };
+    let items: Vec<ReviewItem> = (0..ITEMS).map(item).collect();
+    assert_eq!(store.enqueue_reviews(&items).await.unwrap(), ITEMS as u64);
+    // Rounds of eight reviewers asking at once, each new reviewer once (a reviewer asking again
+    // would be handed their own claim back).
+    let mut holders: std::collections::HashMap<Uuid, Vec<String>> = Default::default();
+    for round in 0..ITEMS / 8 {
+        let reviewers: Vec<_> = (0..8)
+            .map(|r| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let reviewer = format!("reviewer-{round}-{r}");
+                    let claimed = store.claim_review(&reviewer, None, Duration::days(1), Utc::now()).await.unwrap();
+                    (reviewer, claimed.expect("an item for each").prediction_id)
+                })
+            })
+            .collect();
+        for reviewer in reviewers {
+            let (reviewer, id) = reviewer.await.unwrap();
+            holders.entry(id).or_default().push(reviewer);
+        }
+    }
+    let shared: Vec<_> = holders.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(shared.is_empty(), "items claimed by two reviewers: {shared:?}");
+    assert_eq!(holders.len(), ITEMS / 8 * 8, "one item each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_claims_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    concurrent_claims_conform(SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_claims_conform() {
+    let db = vigil_store::testing::TestDatabase::create();
+    concurrent_claims_conform(PgStore::connect_lazy(&db.url(), 8).unwrap()).await;
+}
+
 /// Retraining jobs: one active per model, claimed oldest first, reported, cancelled (queued at
 /// once, running by request), finished only while running, interrupted by a restart; every
 /// change an audit event.

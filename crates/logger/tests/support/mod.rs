@@ -132,3 +132,17 @@ pub fn bench_record(i: usize) -> vigil_proto::vigil::v1::PredictionRecord {
         ..Default::default()
     }
 }
+
+/// Triggers librdkafka's fatal error on `producer`, as a broker that lost acknowledged records
+/// would.
+pub fn strike_fatal(producer: &rdkafka::producer::FutureProducer) {
+    use rdkafka::producer::Producer as _;
+    let reason = c"broker lost acknowledged records";
+    // SAFETY: a live producer handle and a NUL-terminated string; librdkafka's own test hook.
+    unsafe {
+        use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+        let code = rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER;
+        rd_kafka_test_fatal_error(producer.client().native_ptr(), code, reason.as_ptr());
+    }
+    assert!(producer.client().fatal_error().is_some());
+}

@@ -209,7 +209,12 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             self.report(job, 0.97, "starting the rollout").await?;
             let plan = model.rollout.plan(model.gate);
             let reason = format!("retraining job {} ({})", job.job_id, job.trigger);
-            let change = Change { actor: RUNNER, reason: &reason, at: Utc::now() };
+            // The database's clock, as for every rollout change: the controller times the
+            // step against it.
+            let at = self.store.clock().await.map_err(|e| {
+                Stopped::Failed(format!("version {version} registered, but reading the database's clock failed: {e}"))
+            })?;
+            let change = Change { actor: RUNNER, reason: &reason, at };
             crate::rollout::start(&self.store, &job.model_name, &version, &plan, &change).await.map_err(|e| {
                 Stopped::Failed(format!("version {version} registered, but its rollout did not start: {e}"))
             })?;
