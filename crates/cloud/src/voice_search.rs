@@ -51,9 +51,13 @@ struct Inner {
     /// Keeps a sample of the queries' audio for retraining.
     capturer: Option<vigil_capture::Capturer>,
     metrics: VoiceSearchMetrics,
-    /// Tokenizers by decoder version directory.
-    tokenizers: Mutex<HashMap<PathBuf, Arc<Tokenizer>>>,
+    /// Tokenizers by decoder version directory, each with the load of the decoder it was read
+    /// for: a version reloaded in place (new files) reads its tokenizer again.
+    tokenizers: Mutex<HashMap<PathBuf, ReadFor>>,
 }
+
+/// A tokenizer, with the load of the decoder it was read for.
+type ReadFor = (std::sync::Weak<LoadedModel>, Arc<Tokenizer>);
 
 impl VoiceSearchService {
     /// Loads the catalog; the models are looked up per query (hot reload applies).
@@ -89,6 +93,7 @@ impl VoiceSearch for VoiceSearchService {
 
     async fn search(&self, request: Request<Streaming<SearchRequest>>) -> Result<Response<Self::SearchStream>, Status> {
         let request_time = SystemTime::now();
+        let deadline = request.extensions().get::<vigil_serving::admission::Deadline>().map(|d| d.0);
         let mut inbound = request.into_inner();
         let inner = self.inner.clone();
         let session = match open(&inner, &mut inbound, request_time).await {
@@ -100,7 +105,7 @@ impl VoiceSearch for VoiceSearchService {
         };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         tokio::spawn(async move {
-            let outcome = session.run(&inner, &mut inbound, &tx).await;
+            let outcome = session.run(&inner, &mut inbound, &tx, deadline).await;
             inner.metrics.query_ended(outcome.as_ref().err().map_or(tonic::Code::Ok, Status::code));
             if let Err(status) = outcome {
                 // The client may be gone, or reading nothing; nothing else to tell.
@@ -308,15 +313,26 @@ impl Session {
     }
 
     /// Answers the query; a query that fails once open is logged too (its recognition so far,
-    /// with the status), unless the client left.
+    /// with the status), unless the client left. The call's end (its `deadline`, the server's
+    /// drain, the client leaving) drops the response stream: the query's work stops with it,
+    /// never running on outside the server's limits.
     async fn run(
         self,
         inner: &Inner,
         inbound: &mut Streaming<SearchRequest>,
         tx: &mpsc::Sender<Result<SearchResponse, Status>>,
+        deadline: Option<Instant>,
     ) -> Result<(), Status> {
         let mut heard = Heard::default();
-        let outcome = self.listen(inner, inbound, tx, &mut heard).await;
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.listen(inner, inbound, tx, &mut heard) => outcome,
+            () = tx.closed() => Err(inner
+                .records
+                .as_ref()
+                .and_then(|records| records.why_unanswered(deadline))
+                .unwrap_or_else(|| Status::cancelled("the client left mid-stream"))),
+        };
         if let (Err(status), Some(records)) = (&outcome, &inner.records)
             && !heard.logged
             && status.code() != tonic::Code::Cancelled
@@ -656,6 +672,9 @@ fn checked_report(report: VadReport, segments_sent: u64) -> Result<VadReport, St
     if report.model_name.is_empty() {
         return invalid("model_name must name the VAD model that ran on the device".into());
     }
+    // They become the "vad" record's model and version, which the store keeps as ids.
+    check_id("vad_report.model_name", &report.model_name)?;
+    check_id("vad_report.model_version", &report.model_version)?;
     if report.speech_ms > report.recorded_ms {
         return invalid(format!("speech_ms {} is more than recorded_ms {}", report.speech_ms, report.recorded_ms));
     }
@@ -729,13 +748,15 @@ impl Inner {
         Ok((get(&self.config.encoder_model)?, get(&self.config.decoder_model)?))
     }
 
-    fn tokenizer(&self, decoder: &LoadedModel) -> Result<Arc<Tokenizer>, Status> {
+    fn tokenizer(&self, decoder: &Arc<LoadedModel>) -> Result<Arc<Tokenizer>, Status> {
         let path = decoder.path.join("tokenizer.bin");
-        if let Some(t) = self.tokenizers.lock().get(&path) {
+        if let Some((read_for, t)) = self.tokenizers.lock().get(&path)
+            && std::sync::Weak::ptr_eq(read_for, &Arc::downgrade(decoder))
+        {
             return Ok(t.clone());
         }
         let tokenizer = Arc::new(Tokenizer::load(&path).map_err(speech_status)?);
-        self.tokenizers.lock().insert(path, tokenizer.clone());
+        self.tokenizers.lock().insert(path, (Arc::downgrade(decoder), tokenizer.clone()));
         Ok(tokenizer)
     }
 }

@@ -468,6 +468,15 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
             "speech_ms 900 is more than recorded_ms 100",
         ),
         (
+            "vad report naming its model with a control character",
+            vec![
+                ok(search_config()),
+                vad_report_message(VadReport { model_name: "silero\u{0}vad".into(), ..Default::default() }),
+            ],
+            Code::InvalidArgument,
+            "vad_report.model_name holds the control character",
+        ),
+        (
             "a segment after the vad report",
             vec![
                 ok(search_config()),
@@ -533,18 +542,18 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     let responses = exchange(&mut client, vec![ok(search_config()), segment_message(0, &speech)]).await.unwrap();
     assert!(!final_result(&responses).transcript.is_empty());
 
-    // Every query is counted once by how it ended: 17 refused, 2 timed out, 4 left, 1 answered.
+    // Every query is counted once by how it ended: 18 refused, 2 timed out, 4 left, 1 answered.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(&server, "vigil_voice_search_queries_total", "").await < 24.0 {
+    while metric(&server, "vigil_voice_search_queries_total", "").await < 25.0 {
         assert!(std::time::Instant::now() < deadline, "not every query was counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 24.0);
-    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 17.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 25.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 18.0);
     assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"DeadlineExceeded\"").await, 2.0);
     assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"Ok\"").await, 1.0);
 
-    // Queries that failed once open are logged with their status (8 refused mid-stream, the
+    // Queries that failed once open are logged with their status (9 refused mid-stream, the
     // idle one with the segment it recognised); those refused before opening, and those whose
     // client left, are not; the answered one logs both stages.
     let mut asr = Vec::new();
@@ -561,7 +570,7 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     assert_eq!(search, 1);
     assert_eq!(with(RecordStatus::Ok).len(), 1);
     let refused = with(RecordStatus::InvalidInput);
-    assert_eq!(refused.len(), 8, "{refused:#?}");
+    assert_eq!(refused.len(), 9, "{refused:#?}");
     assert!(refused.iter().all(|r| r.error.starts_with("InvalidArgument: ")), "{refused:#?}");
     assert!(refused.iter().any(|r| r.error.contains("segment 2 arrived where 1 was due")), "{refused:#?}");
     let idle = with(RecordStatus::Error);
@@ -569,7 +578,64 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     assert!(idle[0].error.starts_with("DeadlineExceeded: no message for 600 ms"), "{}", idle[0].error);
     let heard = idle[0].output.as_ref().map(|o| o.text.as_str()).unwrap_or_default();
     assert!(!heard.is_empty(), "the idle query's record keeps what it recognised");
-    assert_eq!(asr.len(), 10, "{asr:#?}");
+    assert_eq!(asr.len(), 11, "{asr:#?}");
+    server.shutdown().await.unwrap();
+}
+
+/// A query whose deadline passes mid-recognition is ended by the server: its work stops with
+/// it (no more decoder steps run for it, nothing outside the server's limits) and it is logged
+/// as the recogniser's failure, as a unary request timed out is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_deadline_stops_its_recognition_and_is_logged_as_a_failure() {
+    use vigil_proto::inference::ModelStatisticsRequest;
+    use vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let models = voices::cloud_models();
+    let (server, mut records) = server(config(&models)).await;
+    let mut client = client(&server).await;
+    let mut oip = GrpcInferenceServiceClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let mut decoder_steps = async || {
+        let request = ModelStatisticsRequest { name: "moonshine-tiny-en-decoder".into(), ..Default::default() };
+        let stats = oip.model_statistics(request).await.unwrap().into_inner().model_stats;
+        stats.iter().map(|s| s.execution_count).sum::<u64>()
+    };
+    // A long query: 28 s of speech in one segment; its whole recognition first, for scale.
+    let phrase = voices::say("a yoga mat and a water bottle for the living room", ADULT);
+    let long: Vec<f32> = phrase.iter().cycle().take(28 * 16_000).copied().collect();
+    let query = || vec![config_message(search_config()), segment_message(0, &long)];
+    let before = decoder_steps().await;
+    let started = std::time::Instant::now();
+    exchange(&mut client, query()).await.expect("the whole query answered");
+    let (whole, took) = (decoder_steps().await - before, started.elapsed());
+    assert!(whole > 20, "{whole} decoder steps");
+    for _ in 0..2 {
+        records.recv().await.expect("the answered query's records");
+    }
+    // The same query with a deadline a tenth of the way in.
+    let mut request = tonic::Request::new(tokio_stream::iter(query()));
+    request.set_timeout((took / 10).max(Duration::from_millis(100)));
+    let before = decoder_steps().await;
+    let ended = match client.search(request).await {
+        Ok(responses) => {
+            let mut responses = responses.into_inner();
+            loop {
+                match responses.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("answered past its deadline"),
+                    Err(status) => break status,
+                }
+            }
+        }
+        Err(status) => status,
+    };
+    assert!(matches!(ended.code(), Code::DeadlineExceeded | Code::Cancelled), "{ended:?}");
+    let envelope = tokio::time::timeout(Duration::from_secs(10), records.recv()).await.expect("a record").unwrap();
+    let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+    assert_eq!((record.api.as_str(), record.status), ("voice_search.asr", RecordStatus::Error as i32));
+    assert!(record.error.starts_with("DeadlineExceeded"), "{}", record.error);
+    // Its recognition stopped with it: long after, far fewer steps ran than a whole one takes.
+    tokio::time::sleep(took).await;
+    let cut = decoder_steps().await - before;
+    assert!(cut < whole / 2, "{cut} decoder steps ran for the query cut short, {whole} for the whole one");
     server.shutdown().await.unwrap();
 }
 

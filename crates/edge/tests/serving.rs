@@ -590,32 +590,44 @@ async fn deadlines_end_requests_with_deadline_exceeded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_gives_its_admission_back_after_the_deadline() {
     let mut config = config();
-    config.limits.max_concurrent_requests = 1;
+    config.limits.max_concurrent_requests = 2;
+    config.limits.max_streams_per_connection = 2;
     config.limits.request_timeout_ms = 200;
     let server = start(config).await;
     let metrics = server.metrics_addr.unwrap();
-    // A client that never opens its HTTP/2 window: its answer cannot be sent, so the server's
-    // response body is never polled, and neither its end nor its deadline comes that way.
+    // A client that never opens its HTTP/2 window: its answers cannot be sent, so the server's
+    // response bodies are never polled, and neither their end nor their deadline comes that way.
     let shut = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
         .unwrap()
         .initial_stream_window_size(0)
         .connect()
         .await
         .unwrap();
-    let mut stalled = vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(shut);
-    let stuck = tokio::spawn(async move { stalled.server_live(ServerLiveRequest {}).await });
-    until_metric(metrics, "vigil_inflight_requests", &[], 1.0).await;
+    let stalled = vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(shut);
+    let stuck: Vec<_> = (0..3)
+        .map(|_| {
+            let mut stalled = stalled.clone();
+            tokio::spawn(async move { stalled.server_live(ServerLiveRequest {}).await })
+        })
+        .collect();
+    // Two streams per connection: the third call waits on the client's side.
+    until_metric(metrics, "vigil_inflight_requests", &[], 2.0).await;
     let (_, mut oip) = clients(&server).await;
     let shed = oip.server_live(ServerLiveRequest {}).await.unwrap_err();
-    assert_eq!(shed.code(), Code::ResourceExhausted, "the stalled call holds the one permit: {shed:?}");
-    // A second past its deadline, its permit is given back and counted.
-    tokio::time::timeout(Duration::from_secs(10), until_metric(metrics, "vigil_unread_answers_total", &[], 1.0))
+    assert_eq!(shed.code(), Code::ResourceExhausted, "the stalled calls hold both permits: {shed:?}");
+    // A second past their deadline, their permits are given back and counted.
+    tokio::time::timeout(Duration::from_secs(10), until_metric(metrics, "vigil_unread_answers_total", &[], 2.0))
         .await
-        .expect("the stalled call's admission given back");
+        .expect("the stalled calls' admission given back");
     until_metric(metrics, "vigil_inflight_requests", &[], 0.0).await;
     assert!(oip.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
-    assert!(!stuck.is_finished(), "the stalled client still waits for its answer");
-    stuck.abort();
+    // The stalled streams stay open on their connection (the client has not reset them): the
+    // third call never reached the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, text) = scrape(metrics);
+    assert_eq!(sample(&text, "vigil_inflight_requests", &[]), Some(0.0), "{text}");
+    assert!(stuck.iter().all(|call| !call.is_finished()), "the stalled client still waits for its answers");
+    stuck.into_iter().for_each(|call| call.abort());
     server.shutdown().await.unwrap();
 }
 

@@ -441,7 +441,15 @@ impl Spool {
                 if budget.records == 0 || from >= self.segments[i].1 {
                     break;
                 }
-                self.repair(i, from)?;
+                if let Err(e) = self.repair(i, from) {
+                    // A full disk, say: the records before the damage still go; the rest waits
+                    // for a repair that succeeds (never skipped, which would delete them).
+                    if out.is_empty() {
+                        return Err(e);
+                    }
+                    tracing::error!(error = %e, "cannot repair a damaged spool segment; replaying what comes before it");
+                    return Ok(out);
+                }
             }
         }
         Ok(out)

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::error::KafkaError;
@@ -33,15 +33,21 @@ pub trait DeadLetterSink: Send + Sync {
 pub struct KafkaDeadLetters<S> {
     config: KafkaConfig,
     producer: Mutex<Arc<FutureProducer>>,
+    /// When the producer was last replaced: a fatal error that strikes each new one too (its
+    /// cause on the broker's side) gets a new one at most every [`REPLACE_PAUSE`].
+    replaced: Mutex<Option<Instant>>,
     refused: StoreDeadLetters<S>,
 }
+
+/// The least time between two replacements of the dead-letter producer.
+const REPLACE_PAUSE: Duration = Duration::from_secs(10);
 
 impl<S: PredictionStore> KafkaDeadLetters<S> {
     /// Sends with a producer made from `config` (acks=all, idempotent); what the topic refuses
     /// goes to `store`.
     pub fn new(config: KafkaConfig, store: S) -> Result<Self, KafkaError> {
         let producer = Mutex::new(Arc::new(config.producer()?));
-        Ok(Self { config, producer, refused: StoreDeadLetters::new(store) })
+        Ok(Self { config, producer, replaced: Mutex::new(None), refused: StoreDeadLetters::new(store) })
     }
 
     /// The producer dead letters go through now.
@@ -49,11 +55,19 @@ impl<S: PredictionStore> KafkaDeadLetters<S> {
         self.producer.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Replaces `failed` by a new producer, unless another send did already.
+    /// Replaces `failed` by a new producer, unless another send did already or the last
+    /// replacement was under [`REPLACE_PAUSE`] ago.
     fn replace(&self, failed: &Arc<FutureProducer>) -> Result<(), KafkaError> {
+        let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
+        if replaced.is_some_and(|at| at.elapsed() < REPLACE_PAUSE) {
+            return Ok(());
+        }
         let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::ptr_eq(&current, failed) {
-            *current = Arc::new(self.config.producer()?);
+            let old = std::mem::replace(&mut *current, Arc::new(self.config.producer()?));
+            *replaced = Some(Instant::now());
+            // Dropping a producer waits for its queue to be purged: off the async threads.
+            tokio::task::spawn_blocking(move || drop(old));
         }
         Ok(())
     }

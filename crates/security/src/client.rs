@@ -79,6 +79,10 @@ impl ClientSecurity {
         if let Some((option, _)) = tls_options.iter().find(|(_, set)| *set).filter(|_| plaintext(url) && remote) {
             anyhow::bail!("{option} is for TLS, but {url} is plaintext: use an https:// address (or drop {option})");
         }
+        // Anyone on the way could read the token and use it.
+        if (self.token.is_some() || self.token_file.is_some()) && plaintext(url) && remote {
+            anyhow::bail!("a token would cross the network in clear to {url}: use an https:// address");
+        }
         if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             tls = match &self.ca_cert {
@@ -169,5 +173,16 @@ mod tests {
         for local in ["http://127.0.0.1:8001", "http://localhost:8001", "http://[::1]:8001"] {
             assert!(with_ca.endpoint(local).is_ok(), "{local}");
         }
+    }
+
+    #[test]
+    fn a_token_never_crosses_the_network_in_clear() {
+        let with_token = ClientSecurity { token: Some("vgl_secret".into()), ..Default::default() };
+        let e = with_token.endpoint("http://cloud-1:8010").unwrap_err().to_string();
+        assert_eq!(e, "a token would cross the network in clear to http://cloud-1:8010: use an https:// address");
+        let from_file = ClientSecurity { token_file: Some("token".into()), ..Default::default() };
+        assert!(from_file.endpoint("http://10.0.0.7:8010").is_err());
+        assert!(with_token.endpoint("http://127.0.0.1:8010").is_ok(), "this machine's own server");
+        assert!(with_token.endpoint("https://cloud-1:8010").is_ok());
     }
 }

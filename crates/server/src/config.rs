@@ -109,6 +109,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Requests handled at once; more are refused with RESOURCE_EXHAUSTED.
     pub max_concurrent_requests: usize,
+    /// Streams one HTTP/2 connection may hold open at once (its clients wait for more): what
+    /// a client that stopped reading its answers keeps on the server is bounded by it.
+    pub max_streams_per_connection: u32,
     /// Longest a unary request may take, in milliseconds (DEADLINE_EXCEEDED beyond).
     pub request_timeout_ms: u64,
     /// Longest a stream (InspectStream, ModelStreamInfer) may stay open, in milliseconds.
@@ -135,6 +138,7 @@ impl Default for Limits {
         Self {
             max_message_bytes: 8 << 20,
             max_concurrent_requests: 256,
+            max_streams_per_connection: 256,
             request_timeout_ms: 10_000,
             stream_timeout_ms: 3_600_000,
             stream_idle_timeout_ms: 60_000,
@@ -153,6 +157,9 @@ impl Limits {
         }
         if self.max_concurrent_requests == 0 {
             return Err("limits.max_concurrent_requests must be at least 1".into());
+        }
+        if self.max_streams_per_connection == 0 {
+            return Err("limits.max_streams_per_connection must be at least 1".into());
         }
         let largest_charge = self.max_message_bytes.saturating_mul(BYTES_CHARGED_PER_BYTE);
         if self.max_request_bytes_in_flight < largest_charge {

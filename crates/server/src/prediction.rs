@@ -250,6 +250,7 @@ pub async fn start(
     let addr = host.addr();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(settings.limits.max_streams_per_connection)
         // Outermost first: every call is counted, those refused for their token and those the
         // admission layer sheds or ends too; a refused call costs no admission budget.
         .layer(

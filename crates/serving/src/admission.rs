@@ -459,8 +459,8 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (bytes, budget, waits) = (self.bytes.clone(), self.limits.max_request_bytes_in_flight, self.waits.clone());
         // A stream runs on after its handler answered: its body watches for the end of the
-        // calls (a lasting stream's, for the start of the drain).
-        let ends = if lasting { self.draining.clone() } else { self.closing.clone() };
+        // calls (a lasting stream's, for the start of the drain too).
+        let draining = lasting.then(|| self.draining.clone());
         let closing = self.closing.clone();
         let holdings = self.holdings.clone();
         Box::pin(async move {
@@ -510,7 +510,11 @@ where
             };
             match answered {
                 Ok(Ok(Ok((response, reserved)))) => {
-                    let watch = stream.then(|| StreamWatch { idle, closing: Box::pin(ends.cancelled_owned()) });
+                    let watch = stream.then(|| StreamWatch {
+                        idle,
+                        closing: Box::pin(closing.cancelled_owned()),
+                        draining: draining.map(|draining| Box::pin(draining.cancelled_owned())),
+                    });
                     let held = holdings.hold(permit, reserved, deadline.map(|(at, _)| at));
                     Ok(response.map(|body| AdmittedBody::new(body, held, deadline, watch)))
                 }
@@ -609,6 +613,8 @@ struct StreamWatch {
     /// The idle timeout, and when either side last sent something.
     idle: Option<(Duration, Arc<Activity>)>,
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// For the streams that end when the drain starts (health watches).
+    draining: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 /// A request body with its first frames read ahead (see [`read_declared_length`]); for
@@ -790,6 +796,7 @@ pin_project_lite::pin_project! {
         deadline: Option<(Pin<Box<Sleep>>, Duration)>,
         idle: Option<(Pin<Box<Sleep>>, Duration, Arc<Activity>)>,
         closing: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+        draining: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
         ended: bool,
     }
 }
@@ -801,11 +808,13 @@ impl<B> AdmittedBody<B> {
         deadline: Option<(tokio::time::Instant, Duration)>,
         stream: Option<StreamWatch>,
     ) -> Self {
-        let (idle, closing) = match stream {
-            Some(StreamWatch { idle, closing }) => {
-                (idle.map(|(idle, activity)| (Box::pin(tokio::time::sleep(idle)), idle, activity)), Some(closing))
-            }
-            None => (None, None),
+        let (idle, closing, draining) = match stream {
+            Some(StreamWatch { idle, closing, draining }) => (
+                idle.map(|(idle, activity)| (Box::pin(tokio::time::sleep(idle)), idle, activity)),
+                Some(closing),
+                draining,
+            ),
+            None => (None, None, None),
         };
         Self {
             inner,
@@ -813,6 +822,7 @@ impl<B> AdmittedBody<B> {
             deadline: deadline.map(|(at, timeout)| (Box::pin(tokio::time::sleep_until(at)), timeout)),
             idle,
             closing,
+            draining,
             ended: false,
         }
     }
@@ -820,7 +830,15 @@ impl<B> AdmittedBody<B> {
 
 impl<B: Default> Default for AdmittedBody<B> {
     fn default() -> Self {
-        Self { inner: B::default(), held: None, deadline: None, idle: None, closing: None, ended: false }
+        Self {
+            inner: B::default(),
+            held: None,
+            deadline: None,
+            idle: None,
+            closing: None,
+            draining: None,
+            ended: false,
+        }
     }
 }
 
@@ -851,7 +869,10 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
             .deadline
             .as_mut()
             .and_then(|(sleep, timeout)| sleep.as_mut().poll(cx).is_ready().then(|| deadline_exceeded(*timeout)));
-        let closed = this.closing.as_mut().and_then(|closing| closing.as_mut().poll(cx).is_ready().then(shutting_down));
+        let ending = |end: &mut Option<Pin<Box<WaitForCancellationFutureOwned>>>, cx: &mut Context<'_>| {
+            end.as_mut().is_some_and(|end| end.as_mut().poll(cx).is_ready())
+        };
+        let closed = (ending(this.closing, cx) | ending(this.draining, cx)).then(shutting_down);
         let expired = closed.or(past_deadline).or_else(|| {
             let (sleep, idle, activity) = this.idle.as_mut()?;
             while sleep.as_mut().poll(cx).is_ready() {

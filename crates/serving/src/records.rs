@@ -376,16 +376,25 @@ impl<'a> UntilAnswered<'a> {
 /// reaches it, which can be a little before the server's.
 pub(crate) const DEADLINE_SLACK: std::time::Duration = std::time::Duration::from_millis(20);
 
+impl RecordEmitter {
+    /// Why a request given up on unanswered now was the server's failure: its `deadline` passed
+    /// (the admission layer ends it there), or the server ended it at the end of its drain.
+    /// None when the client left before either: nobody was answered, nothing to log.
+    pub fn why_unanswered(&self, deadline: Option<std::time::Instant>) -> Option<tonic::Status> {
+        if deadline.is_some_and(|deadline| std::time::Instant::now() + DEADLINE_SLACK >= deadline) {
+            Some(tonic::Status::deadline_exceeded("the request's deadline passed before it was answered"))
+        } else if self.closing.is_cancelled() {
+            Some(tonic::Status::unavailable("the server shut down before answering"))
+        } else {
+            None
+        }
+    }
+}
+
 impl Drop for UntilAnswered<'_> {
     fn drop(&mut self) {
         let Some((records, ctx, version)) = self.pending.take() else { return };
-        let status = if self.deadline.is_some_and(|deadline| std::time::Instant::now() + DEADLINE_SLACK >= deadline) {
-            tonic::Status::deadline_exceeded("the request's deadline passed before it was answered")
-        } else if records.closing.is_cancelled() {
-            tonic::Status::unavailable("the server shut down before answering")
-        } else {
-            return;
-        };
+        let Some(status) = records.why_unanswered(self.deadline) else { return };
         records.failed(ctx, &version, uuid::Uuid::now_v7().to_string(), &status);
     }
 }

@@ -154,8 +154,8 @@ impl<E: ModelRunner, D: ModelRunner> Recogniser<E, D> {
             inputs.push(Tensor { datatype: DataType::Bool, shape: vec![1], data: vec![(step > 0) as u8].into() });
             inputs.extend(cache.iter().cloned());
             let mut outputs = self.decoder.run(inputs).await?.into_iter();
-            let logits =
-                outputs.next().ok_or_else(|| SpeechError::ModelContract("decoder: no logits".into()))?.to_f32()?;
+            let logits = outputs.next().ok_or_else(|| SpeechError::ModelContract("decoder: no logits".into()))?;
+            let logits = crate::output_f32(&logits, "decoder: logits")?;
             let present: Vec<Tensor> = outputs.collect();
             if present.len() != cache.len() {
                 return Err(SpeechError::ModelContract(format!(

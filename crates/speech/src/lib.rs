@@ -37,6 +37,12 @@ pub enum SpeechError {
     ModelContract(String),
 }
 
+/// A model output's values as f32: one of another type breaks the pipeline's contract with the
+/// model (the model's fault, not the request's).
+pub(crate) fn output_f32(output: &Tensor, what: &str) -> Result<Vec<f32>, SpeechError> {
+    output.to_f32().map_err(|e| SpeechError::ModelContract(format!("{what}: {e}")))
+}
+
 /// Runs one request through a model: inputs in the model's declared input order, every
 /// declared output back in order.
 pub trait ModelRunner: Send + Sync {
@@ -89,5 +95,20 @@ impl ModelRunner for LocalModel {
     async fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InferenceError> {
         let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         session.run(&inputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_of_another_type_is_the_models_fault() {
+        let ints =
+            Tensor { datatype: vigil_inference::tensor::DataType::Int64, shape: vec![1], data: vec![0u8; 8].into() };
+        assert!(
+            matches!(output_f32(&ints, "VAD: output"), Err(SpeechError::ModelContract(m)) if m.starts_with("VAD: output"))
+        );
+        assert_eq!(output_f32(&Tensor::from_f32(vec![1], &[0.5]), "VAD: output").unwrap(), [0.5]);
     }
 }

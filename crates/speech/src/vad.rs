@@ -56,8 +56,8 @@ impl<R: ModelRunner> VadStream<R> {
             .await?;
         let [probability, state] = <[Tensor; 2]>::try_from(outputs)
             .map_err(|o| SpeechError::ModelContract(format!("VAD: {} outputs, expected output and stateN", o.len())))?;
-        let probability = probability.to_f32()?;
-        let state = state.to_f32()?;
+        let probability = crate::output_f32(&probability, "VAD: output")?;
+        let state = crate::output_f32(&state, "VAD: stateN")?;
         if probability.len() != 1 || state.len() != STATE_LEN {
             return Err(SpeechError::ModelContract("VAD: expected output [1, 1] and stateN [2, 1, 128]".into()));
         }

@@ -170,6 +170,14 @@ const SQLITE_RAISE_ROWID_FLOOR: &str = "UPDATE prediction_rowid_floor SET floor 
 /// write transaction holds off every other writer already.
 const POSTGRES_ONE_SNAPSHOT: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ";
 
+/// How often a forget is tried when other transactions keep changing its rows.
+const FORGET_ATTEMPTS: u32 = 5;
+
+/// Postgres's "could not serialize access" (SQLSTATE 40001).
+fn serialization_failure(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|e| e.code()).is_some_and(|code| code == "40001")
+}
+
 macro_rules! retention_backend {
     ($store:ty, $audit:path, $before_deleting_predictions:expr, $forget_first:expr) => {
         impl RetentionStore for $store {
@@ -213,70 +221,83 @@ macro_rules! retention_backend {
             }
 
             async fn forget(&self, subject: &Subject, change: &Change<'_>) -> Result<Forgotten, sqlx::Error> {
-                let column = subject.column();
-                let of_subject = format!("SELECT prediction_id FROM predictions WHERE {column} = $1");
-                let mut tx = self.write_transaction().await?;
-                let isolation: Option<&str> = $forget_first;
-                if let Some(statement) = isolation {
-                    sqlx::query(statement).execute(&mut *tx).await?;
+                // Postgres refuses a forget whose rows another transaction changed after its
+                // snapshot (a claim, an expiry): it is run again on a fresh one.
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let outcome: Result<Forgotten, sqlx::Error> = async {
+                        let column = subject.column();
+                        let of_subject = format!("SELECT prediction_id FROM predictions WHERE {column} = $1");
+                        let mut tx = self.write_transaction().await?;
+                        let isolation: Option<&str> = $forget_first;
+                        if let Some(statement) = isolation {
+                            sqlx::query(statement).execute(&mut *tx).await?;
+                        }
+                        let captures: Vec<(Uuid, String, String)> = sqlx::query_as(&format!(
+                            "SELECT prediction_id, model_name, capture FROM predictions WHERE {column} = $1 AND capture <> ''"
+                        ))
+                        .bind(subject.value())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        // Bytes other subjects' predictions name as well, in the same transaction.
+                        let shared: Vec<(String,)> = sqlx::query_as(&format!(
+                            "SELECT DISTINCT capture FROM predictions WHERE {column} <> $1 AND capture IN \
+                             (SELECT capture FROM predictions WHERE {column} = $1 AND capture <> '')"
+                        ))
+                        .bind(subject.value())
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        let shared: std::collections::HashSet<String> = shared.into_iter().map(|(key,)| key).collect();
+                        let first: Option<&str> = $before_deleting_predictions;
+                        if let Some(statement) = first {
+                            sqlx::query(statement).execute(&mut *tx).await?;
+                        }
+                        let mut delete = async |statement: String| -> Result<u64, sqlx::Error> {
+                            let done = sqlx::query(&statement).bind(subject.value()).execute(&mut *tx).await?;
+                            Ok(done.rows_affected())
+                        };
+                        let labels = delete(format!("DELETE FROM labels WHERE prediction_id IN ({of_subject})")).await?;
+                        let feedback = delete(format!("DELETE FROM feedback WHERE prediction_id IN ({of_subject})")).await?;
+                        for table in ["review_decisions", "review_claims"] {
+                            delete(format!("DELETE FROM {table} WHERE prediction_id IN ({of_subject})")).await?;
+                        }
+                        let review_items =
+                            delete(format!("DELETE FROM review_items WHERE prediction_id IN ({of_subject})")).await?;
+                        let predictions = delete(format!("DELETE FROM predictions WHERE {column} = $1")).await?;
+                        let reason = format!(
+                            "{}; {predictions} predictions, {labels} labels, {feedback} feedback events, {review_items} review items",
+                            change.reason
+                        );
+                        let event = AuditEvent {
+                            id: Uuid::now_v7(),
+                            time: change.at,
+                            actor: change.actor.to_string(),
+                            action: "forget".into(),
+                            subject: subject.describe(),
+                            from_state: String::new(),
+                            to_state: String::new(),
+                            reason,
+                        };
+                        $audit(&mut tx, &event).await?;
+                        tx.commit().await?;
+                        let captures = captures
+                            .into_iter()
+                            .map(|(prediction_id, model_name, key)| CapturedInput {
+                                prediction_id,
+                                model_name,
+                                shared: shared.contains(&key),
+                                key,
+                            })
+                            .collect();
+                        Ok(Forgotten { predictions, labels, feedback, review_items, captures })
+                    }
+                    .await;
+                    match outcome {
+                        Err(e) if attempts < FORGET_ATTEMPTS && serialization_failure(&e) => continue,
+                        outcome => return outcome,
+                    }
                 }
-                let captures: Vec<(Uuid, String, String)> = sqlx::query_as(&format!(
-                    "SELECT prediction_id, model_name, capture FROM predictions WHERE {column} = $1 AND capture <> ''"
-                ))
-                .bind(subject.value())
-                .fetch_all(&mut *tx)
-                .await?;
-                // Bytes other subjects' predictions name as well, in the same transaction.
-                let shared: Vec<(String,)> = sqlx::query_as(&format!(
-                    "SELECT DISTINCT capture FROM predictions WHERE {column} <> $1 AND capture IN \
-                     (SELECT capture FROM predictions WHERE {column} = $1 AND capture <> '')"
-                ))
-                .bind(subject.value())
-                .fetch_all(&mut *tx)
-                .await?;
-                let shared: std::collections::HashSet<String> = shared.into_iter().map(|(key,)| key).collect();
-                let first: Option<&str> = $before_deleting_predictions;
-                if let Some(statement) = first {
-                    sqlx::query(statement).execute(&mut *tx).await?;
-                }
-                let mut delete = async |statement: String| -> Result<u64, sqlx::Error> {
-                    let done = sqlx::query(&statement).bind(subject.value()).execute(&mut *tx).await?;
-                    Ok(done.rows_affected())
-                };
-                let labels = delete(format!("DELETE FROM labels WHERE prediction_id IN ({of_subject})")).await?;
-                let feedback = delete(format!("DELETE FROM feedback WHERE prediction_id IN ({of_subject})")).await?;
-                for table in ["review_decisions", "review_claims"] {
-                    delete(format!("DELETE FROM {table} WHERE prediction_id IN ({of_subject})")).await?;
-                }
-                let review_items =
-                    delete(format!("DELETE FROM review_items WHERE prediction_id IN ({of_subject})")).await?;
-                let predictions = delete(format!("DELETE FROM predictions WHERE {column} = $1")).await?;
-                let reason = format!(
-                    "{}; {predictions} predictions, {labels} labels, {feedback} feedback events, {review_items} review items",
-                    change.reason
-                );
-                let event = AuditEvent {
-                    id: Uuid::now_v7(),
-                    time: change.at,
-                    actor: change.actor.to_string(),
-                    action: "forget".into(),
-                    subject: subject.describe(),
-                    from_state: String::new(),
-                    to_state: String::new(),
-                    reason,
-                };
-                $audit(&mut tx, &event).await?;
-                tx.commit().await?;
-                let captures = captures
-                    .into_iter()
-                    .map(|(prediction_id, model_name, key)| CapturedInput {
-                        prediction_id,
-                        model_name,
-                        shared: shared.contains(&key),
-                        key,
-                    })
-                    .collect();
-                Ok(Forgotten { predictions, labels, feedback, review_items, captures })
             }
         }
     };

@@ -5,9 +5,12 @@
 //! a client that stops reading (a stalled process, or one that never opens its window) leaves
 //! its calls' bodies unpolled, so neither their end nor their deadline, both seen by the body,
 //! would ever come, and their permits would be held for as long as the connection lives. The
-//! sweep frees what such calls hold once their deadline has passed.
+//! sweep frees what such calls hold once their deadline has passed. Their streams stay open
+//! until the client resets them or its connection closes; `limits.max_streams_per_connection`
+//! bounds how many one connection keeps.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -24,7 +27,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct Holding {
     permit: parking_lot::Mutex<Option<OwnedSemaphorePermit>>,
     pub(crate) charges: MessageCharges,
-    deadline: Option<Instant>,
+    deadline: Instant,
 }
 
 impl Holding {
@@ -37,15 +40,29 @@ impl Holding {
 }
 
 /// The holdings of a layer's calls with a deadline, for the sweep.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Holdings(Arc<Shared>);
 
-#[derive(Default)]
 struct Shared {
-    calls: parking_lot::Mutex<Vec<Weak<Holding>>>,
+    /// Each call watched, handed to the sweep without a lock on the request's path.
+    calls: mpsc::Sender<Weak<Holding>>,
+    /// The other end, until the sweep starts (with the first call watched) and takes it.
+    queue: parking_lot::Mutex<Option<mpsc::Receiver<Weak<Holding>>>>,
     sweeping: AtomicBool,
     /// Calls whose holdings the sweep gave back.
     released: AtomicU64,
+}
+
+impl Default for Holdings {
+    fn default() -> Self {
+        let (calls, queue) = mpsc::channel();
+        Self(Arc::new(Shared {
+            calls,
+            queue: parking_lot::Mutex::new(Some(queue)),
+            sweeping: AtomicBool::new(false),
+            released: AtomicU64::new(0),
+        }))
+    }
 }
 
 impl Holdings {
@@ -58,17 +75,21 @@ impl Holdings {
         deadline: Option<Instant>,
     ) -> Arc<Holding> {
         let watched = permit.is_some() && deadline.is_some();
+        let deadline = deadline.unwrap_or_else(Instant::now);
         let holding = Arc::new(Holding { permit: parking_lot::Mutex::new(permit), charges, deadline });
         if watched {
-            self.0.calls.lock().push(Arc::downgrade(&holding));
-            if !self.0.sweeping.load(Ordering::Relaxed) && !self.0.sweeping.swap(true, Ordering::AcqRel) {
-                tokio::spawn(sweep(Arc::downgrade(&self.0)));
+            let _ = self.0.calls.send(Arc::downgrade(&holding));
+            if !self.0.sweeping.load(Ordering::Relaxed)
+                && !self.0.sweeping.swap(true, Ordering::AcqRel)
+                && let Some(queue) = self.0.queue.lock().take()
+            {
+                tokio::spawn(sweep(Arc::downgrade(&self.0), queue));
             }
         }
         holding
     }
 
-    /// Calls past their deadline whose response was not taken, their holdings given back.
+    /// Calls past their deadline whose answer was not taken, their holdings given back.
     pub(crate) fn released(&self) -> u64 {
         self.0.released.load(Ordering::Relaxed)
     }
@@ -76,21 +97,25 @@ impl Holdings {
 
 /// Every [`SWEEP_EVERY`], forgets the calls that ended and frees those past their deadline by
 /// as much; ends with the layer.
-async fn sweep(shared: Weak<Shared>) {
+async fn sweep(shared: Weak<Shared>, queue: mpsc::Receiver<Weak<Holding>>) {
+    let mut calls: Vec<Weak<Holding>> = Vec::new();
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(shared) = shared.upgrade() else { return };
+        calls.extend(queue.try_iter());
         let now = Instant::now();
         let mut released = 0;
-        shared.calls.lock().retain(|call| {
+        calls.retain(|call| {
             let Some(call) = call.upgrade() else { return false };
-            let Some(deadline) = call.deadline else { return false };
-            if deadline + SWEEP_EVERY > now {
+            if call.deadline + SWEEP_EVERY > now {
                 return true;
             }
             released += u64::from(call.release());
             false
         });
+        if calls.capacity() > 4 * calls.len().max(1024) {
+            calls.shrink_to_fit();
+        }
         if released > 0 {
             shared.released.fetch_add(released, Ordering::Relaxed);
             tracing::warn!(
