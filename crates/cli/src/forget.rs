@@ -92,6 +92,9 @@ pub async fn run(args: ForgetArgs) -> Result<u8> {
     let path = |rest: &str| rest.split('/').fold(prefix.clone(), |path, part| path.child(part));
     let mut deleted = 0;
     let mut kept = 0;
+    // The rows are gone once this runs, so a second run would not find these keys again: every
+    // one is tried, and those that failed are listed for a person.
+    let mut failed = Vec::new();
     for captured in &forgotten.captures {
         let meta = format!("{}/predictions/{}.json", captured.model_name, captured.prediction_id);
         // Stored by content: bytes that other subjects' records name stay for them.
@@ -101,9 +104,19 @@ pub async fn run(args: ForgetArgs) -> Result<u8> {
             match store.delete(&path(key)).await {
                 Ok(()) => deleted += 1,
                 Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => bail!("deleting {key} from {url}: {e} (the database rows are deleted; run again to retry)"),
+                Err(e) => failed.push((key.to_string(), e)),
             }
         }
+    }
+    if !failed.is_empty() {
+        for (key, e) in &failed {
+            eprintln!("  not deleted: {key} ({e})");
+        }
+        bail!(
+            "{} of the captured objects could not be deleted from {url} (listed above); the database rows are \
+             deleted, so delete those objects by hand",
+            failed.len()
+        );
     }
     println!("deleted {deleted} objects of {} captured inputs from {url}", forgotten.captures.len());
     if kept > 0 {

@@ -327,11 +327,11 @@ impl Session {
         let outcome = tokio::select! {
             biased;
             outcome = self.listen(inner, inbound, tx, &mut heard) => outcome,
-            () = tx.closed() => Err(inner
-                .records
-                .as_ref()
-                .and_then(|records| records.why_unanswered(deadline))
-                .unwrap_or_else(|| Status::cancelled("the client left mid-stream"))),
+            () = tx.closed() => Err(match &inner.records {
+                Some(records) => records.why_unanswered(deadline),
+                None => vigil_serving::records::past_deadline(deadline),
+            }
+            .unwrap_or_else(|| Status::cancelled("the client left mid-stream"))),
         };
         if let (Err(status), Some(records)) = (&outcome, &inner.records)
             && !heard.logged

@@ -215,6 +215,44 @@ async fn with_the_watch_on_an_unloaded_model_stays_unloaded_until_its_files_chan
     panic!("the changed model was never loaded");
 }
 
+/// The watch unloads a model whose directory is gone, and loads it again when the same files
+/// come back (a directory swapped by renames); a repository it cannot list for a while (a
+/// network mount that blinked) unloads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_watch_a_model_whose_directory_comes_back_serves_again() {
+    let (repo, _) = repository_copy();
+    let mut config = config();
+    config.model_repository = repo.path().to_path_buf();
+    config.models.watch_interval_ms = 50;
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let request = || InspectRequest { image: image.clone(), ..Default::default() };
+    let serves = async |inspect: &mut vigil_proto::vigil::v1::inspection_client::InspectionClient<_>, want: bool| {
+        for _ in 0..500 {
+            if inspect.inspect(request()).await.is_ok() == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    assert!(serves(&mut inspect, true).await, "serving at start");
+    // The whole repository out of reach for several looks: the model keeps serving.
+    let away = repo.path().with_extension("away");
+    std::fs::rename(repo.path(), &away).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let answered = inspect.inspect(request()).await;
+    std::fs::rename(&away, repo.path()).unwrap();
+    assert!(answered.is_ok(), "unloaded while the repository could not be listed: {answered:?}");
+    let (model, aside) = (repo.path().join(MODEL), repo.path().join(format!(".{MODEL}.old")));
+    std::fs::rename(&model, &aside).unwrap();
+    assert!(serves(&mut inspect, false).await, "unloaded once its directory is gone");
+    std::fs::rename(&aside, &model).unwrap();
+    assert!(serves(&mut inspect, true).await, "the same files back: served again");
+    server.shutdown().await.unwrap();
+}
+
 /// Loading a model takes longer than a unary call may (here 1 ms): the repository calls are
 /// timed like streams, so a load that goes through is answered OK, not DEADLINE_EXCEEDED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

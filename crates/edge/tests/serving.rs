@@ -604,14 +604,15 @@ async fn a_client_that_stops_reading_gives_its_admission_back_after_the_deadline
         .await
         .unwrap();
     let stalled = vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(shut);
-    let stuck: Vec<_> = (0..3)
-        .map(|_| {
-            let mut stalled = stalled.clone();
-            tokio::spawn(async move { stalled.server_live(ServerLiveRequest {}).await })
-        })
-        .collect();
-    // Two streams per connection: the third call waits on the client's side.
+    let call = || {
+        let mut stalled = stalled.clone();
+        tokio::spawn(async move { stalled.server_live(ServerLiveRequest {}).await })
+    };
+    let mut stuck = vec![call(), call()];
     until_metric(metrics, "vigil_inflight_requests", &[], 2.0).await;
+    // Two streams per connection (the server's settings long known by now): the third call
+    // waits on the client's side.
+    stuck.push(call());
     let (_, mut oip) = clients(&server).await;
     let shed = oip.server_live(ServerLiveRequest {}).await.unwrap_err();
     assert_eq!(shed.code(), Code::ResourceExhausted, "the stalled calls hold both permits: {shed:?}");

@@ -82,7 +82,8 @@ pub struct IndexEntry {
 }
 
 /// Versions found in a model directory with their files' sizes and modification times.
-type Fingerprint = BTreeMap<u64, [(u64, Option<SystemTime>); 2]>;
+/// Each version's files (vocabularies and tokenizers too), by name: size and modification time.
+type Fingerprint = BTreeMap<u64, Vec<(std::ffi::OsString, u64, Option<SystemTime>)>>;
 
 type Snapshot = BTreeMap<String, Arc<ModelEntry>>;
 
@@ -383,7 +384,15 @@ impl ModelRepository {
     /// the API stays unloaded: either is acted on again only when its files change.
     pub fn sync_with_disk(&self) -> Vec<String> {
         let mut acted = Vec::new();
-        let on_disk: Vec<String> = self.model_dirs().unwrap_or_default();
+        // A listing that failed (too many open files, a network mount that blinked) says
+        // nothing about what is gone: nothing is unloaded for it.
+        let on_disk: Vec<String> = match self.model_dirs() {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the model repository; trying again at the next look");
+                return acted;
+            }
+        };
         for name in &on_disk {
             let Ok(found) = find_versions(&self.root.join(name)) else { continue };
             let fingerprint = fingerprint(&found);
@@ -399,6 +408,9 @@ impl ModelRepository {
         }
         for entry in self.models() {
             if !on_disk.contains(&entry.name) && self.unload_model(&entry.name).is_ok() {
+                // Gone from disk, not unloaded by a person: the same files coming back (a
+                // directory swapped by renames) load again.
+                self.settled.lock().remove(&entry.name);
                 acted.push(entry.name.clone());
             }
         }
@@ -410,11 +422,21 @@ impl ModelRepository {
         let listing = std::fs::read_dir(&self.root).map_err(|e| {
             InferenceError::Config(format!("cannot read model repository {}: {e}", self.root.display()))
         })?;
-        let mut names: Vec<String> = listing
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .collect();
+        let unreadable = |e: std::io::Error| {
+            InferenceError::Config(format!("cannot read model repository {}: {e}", self.root.display()))
+        };
+        let mut names = Vec::new();
+        for entry in listing {
+            let entry = entry.map_err(unreadable)?;
+            // A directory, or a link to one; one removed meanwhile is gone, any other error
+            // leaves the whole listing unknown.
+            match std::fs::metadata(entry.path()) {
+                Ok(meta) if meta.is_dir() => names.extend(entry.file_name().to_str().map(str::to_string)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(unreadable(e)),
+            }
+        }
         names.sort();
         Ok(names)
     }
@@ -524,11 +546,20 @@ fn find_versions(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, InferenceError> {
 }
 
 fn fingerprint(found: &BTreeMap<u64, PathBuf>) -> Fingerprint {
-    let file = |path: PathBuf| {
-        let meta = std::fs::metadata(path).ok();
-        (meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok()))
+    let files = |dir: &PathBuf| {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let meta = std::fs::metadata(entry.path()).ok().filter(|m| m.is_file())?;
+                Some((entry.file_name(), meta.len(), meta.modified().ok()))
+            })
+            .collect();
+        files.sort();
+        files
     };
-    found.iter().map(|(v, dir)| (*v, [file(dir.join("model.onnx")), file(dir.join("model.toml"))])).collect()
+    found.iter().map(|(v, dir)| (*v, files(dir))).collect()
 }
 
 fn load_version(

@@ -57,17 +57,18 @@ impl<S: PredictionStore> KafkaDeadLetters<S> {
 
     /// Replaces `failed` by a new producer, unless another send did already or the last
     /// replacement was under [`REPLACE_PAUSE`] ago.
-    fn replace(&self, failed: &Arc<FutureProducer>) -> Result<(), KafkaError> {
+    fn replace(&self, failed: Arc<FutureProducer>) -> Result<(), KafkaError> {
         let mut replaced = self.replaced.lock().unwrap_or_else(|e| e.into_inner());
         if replaced.is_some_and(|at| at.elapsed() < REPLACE_PAUSE) {
             return Ok(());
         }
         let mut current = self.producer.lock().unwrap_or_else(|e| e.into_inner());
-        if Arc::ptr_eq(&current, failed) {
+        if Arc::ptr_eq(&current, &failed) {
             let old = std::mem::replace(&mut *current, Arc::new(self.config.producer()?));
             *replaced = Some(Instant::now());
-            // Dropping a producer waits for its queue to be purged: off the async threads.
-            tokio::task::spawn_blocking(move || drop(old));
+            // Dropping a producer waits for its queue to be purged: off the async threads
+            // (unless a send still holds it, which drops it last).
+            tokio::task::spawn_blocking(move || drop((old, failed)));
         }
         Ok(())
     }
@@ -98,7 +99,7 @@ impl<S: PredictionStore> DeadLetterSink for KafkaDeadLetters<S> {
             Err((e, _)) => match producer.client().fatal_error() {
                 Some((code, reason)) => {
                     tracing::error!(?code, reason, "the dead-letter producer met a fatal error: making a new one");
-                    let made = self.replace(&producer).map_err(|made| format!("; a new one failed too: {made}"));
+                    let made = self.replace(producer).map_err(|made| format!("; a new one failed too: {made}"));
                     Err(format!(
                         "the dead-letter producer met a fatal error ({code:?}: {reason}){}",
                         made.err().unwrap_or_default()

@@ -104,9 +104,6 @@ impl RolloutChecks {
         if self.min_shadow_agreement > 1.0 {
             anyhow::bail!("rollouts.min_shadow_agreement = {}: a share, at most 1", self.min_shadow_agreement);
         }
-        if self.max_score_ks >= 1.0 {
-            anyhow::bail!("rollouts.max_score_ks = {}: a KS distance is at most 1; give less", self.max_score_ks);
-        }
         if self.labels_outweigh_proxies_at == 0 {
             anyhow::bail!("rollouts.labels_outweigh_proxies_at must be at least 1 (with 0, no label would be needed)");
         }

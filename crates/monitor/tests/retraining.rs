@@ -117,9 +117,11 @@ async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothin
     store.set_deployment(&vigil_store::testing::single_deployment("good", "d1", "2"), &by).await.unwrap();
     let good = recipe(dir.path(), "good", "");
     let failing = recipe(dir.path(), "failing", "echo 'cannot fit: a class has no rows' >&2; exit 3");
+    // A recipe that leaves a process running in the background, holding its output open.
+    let detached = recipe(dir.path(), "detached", "sleep 300 &");
     let data = dataset(dir.path());
-    let (stop, task, _leading) =
-        start(&store, config(dir.path(), &[("good", &good), ("failing", &failing)], "1m"), &repository);
+    let recipes: [(&str, &Path); 3] = [("good", &good), ("failing", &failing), ("detached", &detached)];
+    let (stop, task, _leading) = start(&store, config(dir.path(), &recipes, "1m"), &repository);
 
     let job = queue("good", &data);
     store.enqueue_retrain(&job).await.unwrap();
@@ -171,6 +173,14 @@ async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothin
     );
     assert!(!repository.join("failing").read_dir().unwrap().any(|_| true), "nothing left behind");
     assert!(store.model_versions(Some("failing")).await.unwrap().is_empty());
+
+    // The job ends when the recipe does (not at its 1 minute timeout, 30 s past the wait here),
+    // whatever it left running.
+    let job = queue("detached", &data);
+    store.enqueue_retrain(&job).await.unwrap();
+    let ended = wait_for(&store, &job.job_id, |j| !j.is_active()).await;
+    assert_eq!((ended.state.as_str(), ended.candidate_version.as_deref()), ("succeeded", Some("1")), "{ended:?}");
+    assert!(ended.log.trim_end().ends_with("trained"), "the output before it exited is all read: {}", ended.log);
 
     // A model without a recipe fails with what to do.
     let job = queue("unknown", &data);
@@ -238,9 +248,18 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
     let orphan = queue("slow", &data);
     store.enqueue_retrain(&orphan).await.unwrap();
     assert_eq!(store.claim_retrain(Utc::now()).await.unwrap().unwrap().job_id, orphan.job_id);
+    // What it was writing when it died, beside a version of another job's.
+    let partial = repository.join(format!("slow/.7.job-{}", orphan.job_id));
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.onnx"), b"half a model").unwrap();
     let (stop, task, _leading) = start(&store, config(dir.path(), &[("slow", &slow)], "1s"), &repository);
     let failed = wait_for(&store, &orphan.job_id, |j| !j.is_active()).await;
     assert_eq!((failed.state.as_str(), failed.error.as_str()), ("failed", INTERRUPTED));
+    let removed = Instant::now() + Duration::from_secs(5);
+    while partial.exists() {
+        assert!(Instant::now() < removed, "the interrupted job's partial version was not removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Past the timeout (1 s here) the recipe is stopped and the job failed.
     let job = queue("slow", &data);

@@ -64,9 +64,10 @@ impl ClientSecurity {
         Ok(Bearer(value))
     }
 
-    /// The endpoint for `url`: TLS when it is `https://` (errors name the file at fault).
-    pub fn endpoint(&self, url: &str) -> Result<Endpoint> {
-        let mut endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("invalid address {url}"))?;
+    /// Refuses a plaintext `url` beyond loopback with TLS options (they would be ignored) or a
+    /// token (it would cross the network in clear). Reads no file: for configuration checks.
+    pub fn check_address(&self, url: &str) -> Result<()> {
+        let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("invalid address {url}"))?;
         let tls_options = [
             ("ca_cert (--ca-cert)", self.ca_cert.is_some()),
             ("client_cert (--client-cert)", self.client_cert.is_some()),
@@ -80,9 +81,17 @@ impl ClientSecurity {
             anyhow::bail!("{option} is for TLS, but {url} is plaintext: use an https:// address (or drop {option})");
         }
         // Anyone on the way could read the token and use it.
-        if (self.token.is_some() || self.token_file.is_some()) && plaintext(url) && remote {
+        let token = self.token.as_deref().is_some_and(|t| !t.trim().is_empty()) || self.token_file.is_some();
+        if token && plaintext(url) && remote {
             anyhow::bail!("a token would cross the network in clear to {url}: use an https:// address");
         }
+        Ok(())
+    }
+
+    /// The endpoint for `url`: TLS when it is `https://` (errors name the file at fault).
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint> {
+        self.check_address(url)?;
+        let mut endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("invalid address {url}"))?;
         if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new();
             tls = match &self.ca_cert {
@@ -184,5 +193,7 @@ mod tests {
         assert!(from_file.endpoint("http://10.0.0.7:8010").is_err());
         assert!(with_token.endpoint("http://127.0.0.1:8010").is_ok(), "this machine's own server");
         assert!(with_token.endpoint("https://cloud-1:8010").is_ok());
+        let empty = ClientSecurity { token: Some(String::new()), ..Default::default() };
+        assert!(empty.endpoint("http://cloud-1:8010").is_ok(), "an empty token (VIGIL_TOKEN=) is no token");
     }
 }

@@ -91,6 +91,11 @@ impl DeploymentsConfig {
                 self.control_url
             ));
         }
+        if !self.control_url.is_empty()
+            && let Err(e) = self.control.check_address(&self.control_url)
+        {
+            return Err(format!("deployments.control_url: {e:#}"));
+        }
         if self.enabled() && self.poll_interval_ms == 0 {
             return Err("deployments.poll_interval_ms must be at least 1".into());
         }
@@ -590,5 +595,15 @@ mod tests {
         assert!(e.contains("TLS settings") && e.contains("use https://"), "{e}");
         config.control_url = "https://monitor:50052".into();
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_token_for_a_plaintext_control_plane_beyond_loopback_is_refused_at_start() {
+        let mut config = DeploymentsConfig { control_url: "http://monitor:50052".into(), ..Default::default() };
+        config.control.token_file = Some("token".into());
+        let e = config.validate().unwrap_err();
+        assert!(e.contains("deployments.control_url: a token would cross the network in clear"), "{e}");
+        config.control_url = "http://127.0.0.1:50052".into();
+        assert!(config.validate().is_ok(), "this machine's own monitor");
     }
 }

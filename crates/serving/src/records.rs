@@ -381,14 +381,22 @@ impl RecordEmitter {
     /// (the admission layer ends it there), or the server ended it at the end of its drain.
     /// None when the client left before either: nobody was answered, nothing to log.
     pub fn why_unanswered(&self, deadline: Option<std::time::Instant>) -> Option<tonic::Status> {
-        if deadline.is_some_and(|deadline| std::time::Instant::now() + DEADLINE_SLACK >= deadline) {
-            Some(tonic::Status::deadline_exceeded("the request's deadline passed before it was answered"))
+        if let Some(timed_out) = past_deadline(deadline) {
+            Some(timed_out)
         } else if self.closing.is_cancelled() {
             Some(tonic::Status::unavailable("the server shut down before answering"))
         } else {
             None
         }
     }
+}
+
+/// DEADLINE_EXCEEDED when a request given up on now had reached its `deadline` (within the
+/// slack a client's own clock takes).
+pub fn past_deadline(deadline: Option<std::time::Instant>) -> Option<tonic::Status> {
+    deadline
+        .is_some_and(|deadline| std::time::Instant::now() + DEADLINE_SLACK >= deadline)
+        .then(|| tonic::Status::deadline_exceeded("the request's deadline passed before it was answered"))
 }
 
 impl Drop for UntilAnswered<'_> {

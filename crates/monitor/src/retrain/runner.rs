@@ -47,6 +47,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
                 Ok(jobs) => {
                     for job in jobs {
                         tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
+                        runner.remove_partial_versions(&job);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot mark interrupted retraining jobs; retrying"),
@@ -150,13 +151,52 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             job.progress = 1.0;
         }
         let change = Change { actor: RUNNER, reason: &reason, at: Utc::now() };
-        match self.store.finish_retrain(&job, state, &change).await {
-            Ok(true) => tracing::info!(
-                job = %job.job_id, model = %job.model_name, seconds = started.elapsed().as_secs_f64(),
-                "retraining job {state}: {reason}"
-            ),
-            Ok(false) => tracing::warn!(job = %job.job_id, "retraining job was no longer running when it ended"),
-            Err(e) => tracing::warn!(job = %job.job_id, error = %e, "cannot record the end of a retraining job"),
+        // A job left 'running' would refuse every later job of its model: its end is recorded
+        // however long the database takes to come back (until the monitor stops, whose next
+        // start marks it interrupted).
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match self.store.finish_retrain(&job, state, &change).await {
+                Ok(true) => tracing::info!(
+                    job = %job.job_id, model = %job.model_name, seconds = started.elapsed().as_secs_f64(),
+                    "retraining job {state}: {reason}"
+                ),
+                Ok(false) => tracing::warn!(job = %job.job_id, "retraining job was no longer running when it ended"),
+                Err(e) => {
+                    tracing::warn!(job = %job.job_id, error = %e, retry_in = ?pause, "cannot record the end of a retraining job");
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+            return;
+        }
+    }
+
+    /// Removes what an interrupted `job` was writing (`.<version>.job-<id>` in its model's
+    /// directory): a whole trained model, never to be registered.
+    fn remove_partial_versions(&self, job: &RetrainJob) {
+        let suffix = format!(".job-{}", job.job_id);
+        let Ok(entries) = std::fs::read_dir(self.output.join(&job.model_name)) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.ends_with(&suffix) {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(path = %entry.path().display(), "removed an interrupted job's partial version")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an interrupted job's partial version")
+                    }
+                }
+            }
         }
     }
 
@@ -195,7 +235,10 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         }
         lap(timings, "training");
 
-        self.report(job, 0.92, "registering the candidate").await?;
+        if let Err(stopped) = self.report(job, 0.92, "registering the candidate").await {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(stopped);
+        }
         let dir = model_dir.join(&version);
         let registered = self.register(job, &partial, &dir, &version, &dataset_note).await;
         if let Err(e) = registered {
@@ -315,7 +358,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         }
         let child =
             command.spawn().map_err(|e| Stopped::Failed(format!("cannot start the recipe {:?}: {e}", model.recipe)))?;
-        let mut child = Recipe(child);
+        let mut child = Recipe::new(child);
         let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(256);
         for stream in [
             child.0.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
@@ -336,7 +379,21 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                     Some(line) => self.take_line(job, &line),
                     None => output_done = true,
                 },
-                status = child.0.wait(), if output_done => break status,
+                status = child.0.wait() => {
+                    // Done, though what it started in the background may hold its output open:
+                    // that is stopped with its group, and the output written is read to its end.
+                    child.kill_group();
+                    // Once: the pid is free to be reused from now on.
+                    child.1 = None;
+                    let grace = tokio::time::Instant::now() + OUTPUT_GRACE;
+                    while !output_done {
+                        match tokio::time::timeout_at(grace, lines.recv()).await {
+                            Ok(Some(line)) => self.take_line(job, &line),
+                            Ok(None) | Err(_) => output_done = true,
+                        }
+                    }
+                    break status;
+                }
                 _ = tick.tick() => match self.store.report_retrain(&job.job_id, job.progress, &job.step, &job.log).await {
                     Ok(Reported::Running) => {}
                     Ok(Reported::CancelRequested) => {
@@ -410,10 +467,10 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         if dir.exists() {
             bail!("{} exists already: version {version} was written by someone else meanwhile", dir.display());
         }
-        // The whole version appears at once: servers watching the repository load it complete.
-        std::fs::rename(partial, dir).with_context(|| format!("moving the version to {}", dir.display()))?;
+        // Registered first, then moved into place: a registration that fails leaves nothing a
+        // server watching the repository would load (and serve, unregistered).
         let artifact = dir.join("model.onnx");
-        let digest = vigil_store::registry::sha256_file(&artifact)?;
+        let digest = vigil_store::registry::sha256_file(&partial.join("model.onnx"))?;
         let now = Utc::now();
         let recipe = self.config.models.get(&job.model_name).map(|m| m.recipe.join(" ")).unwrap_or_default();
         let row = ModelVersionRow {
@@ -432,6 +489,8 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             .register_version(&row, &format!("retraining job {} ({})", job.job_id, job.trigger))
             .await
             .map_err(|e| anyhow!("registering version {version}: {e}"))?;
+        // The whole version appears at once: servers watching the repository load it complete.
+        std::fs::rename(partial, dir).with_context(|| format!("moving the registered version to {}", dir.display()))?;
         Ok(())
     }
 
@@ -447,18 +506,28 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     }
 }
 
-/// A running recipe; dropping it kills its process group.
-struct Recipe(tokio::process::Child);
+/// How long the output a recipe wrote before it exited is still read.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
+/// A running recipe, with its process group (its pid, kept once it is reaped); dropping it
+/// kills the group.
+struct Recipe(tokio::process::Child, Option<i32>);
 
 impl Recipe {
+    fn new(child: tokio::process::Child) -> Self {
+        let group = child.id().and_then(|id| i32::try_from(id).ok());
+        Self(child, group)
+    }
+
     /// Kills the recipe and every process it started, and reaps it.
     async fn stop(&mut self) {
         self.kill_group();
         let _ = self.0.kill().await;
     }
 
+    /// Kills every process of the recipe's group: those it left running too.
     fn kill_group(&self) {
-        if let Some(pid) = self.0.id().and_then(|id| i32::try_from(id).ok()) {
+        if let Some(pid) = self.1 {
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
