@@ -428,13 +428,13 @@ impl ModelRepository {
         let mut names = Vec::new();
         for entry in listing {
             let entry = entry.map_err(unreadable)?;
-            // A directory, or a link to one; one removed meanwhile is gone, any other error
-            // leaves the whole listing unknown.
+            // A directory, or a link to one; one removed meanwhile is gone. One that cannot be
+            // looked at now is kept in the listing (not taken for gone): reading it as a model
+            // fails and is skipped, and a model serving from it keeps serving.
             match std::fs::metadata(entry.path()) {
-                Ok(meta) if meta.is_dir() => names.extend(entry.file_name().to_str().map(str::to_string)),
-                Ok(_) => {}
+                Ok(meta) if !meta.is_dir() => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(unreadable(e)),
+                Ok(_) | Err(_) => names.extend(entry.file_name().to_str().map(str::to_string)),
             }
         }
         names.sort();
@@ -552,8 +552,15 @@ fn fingerprint(found: &BTreeMap<u64, PathBuf>) -> Fingerprint {
             .flatten()
             .flatten()
             .filter_map(|entry| {
+                // Hidden and editors' files (`.model.toml.swp`, `model.toml~`, `#model.toml#`)
+                // are not the model's.
+                let name = entry.file_name();
+                let text = name.to_string_lossy();
+                if text.starts_with('.') || text.ends_with('~') || (text.starts_with('#') && text.ends_with('#')) {
+                    return None;
+                }
                 let meta = std::fs::metadata(entry.path()).ok().filter(|m| m.is_file())?;
-                Some((entry.file_name(), meta.len(), meta.modified().ok()))
+                Some((name, meta.len(), meta.modified().ok()))
             })
             .collect();
         files.sort();

@@ -117,8 +117,9 @@ async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothin
     store.set_deployment(&vigil_store::testing::single_deployment("good", "d1", "2"), &by).await.unwrap();
     let good = recipe(dir.path(), "good", "");
     let failing = recipe(dir.path(), "failing", "echo 'cannot fit: a class has no rows' >&2; exit 3");
-    // A recipe that leaves a process running in the background, holding its output open.
-    let detached = recipe(dir.path(), "detached", "sleep 300 &");
+    // A recipe that leaves a process running in the background, holding its output open, and
+    // prints a NUL (which Postgres's text refuses).
+    let detached = recipe(dir.path(), "detached", r"printf 'a\000b\n'; sleep 300 &");
     let data = dataset(dir.path());
     let recipes: [(&str, &Path); 3] = [("good", &good), ("failing", &failing), ("detached", &detached)];
     let (stop, task, _leading) = start(&store, config(dir.path(), &recipes, "1m"), &repository);
@@ -181,6 +182,7 @@ async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothin
     let ended = wait_for(&store, &job.job_id, |j| !j.is_active()).await;
     assert_eq!((ended.state.as_str(), ended.candidate_version.as_deref()), ("succeeded", Some("1")), "{ended:?}");
     assert!(ended.log.trim_end().ends_with("trained"), "the output before it exited is all read: {}", ended.log);
+    assert!(ended.log.contains("a\\0b"), "the NUL escaped: {}", ended.log);
 
     // A model without a recipe fails with what to do.
     let job = queue("unknown", &data);

@@ -162,6 +162,9 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                     "retraining job {state}: {reason}"
                 ),
                 Ok(false) => tracing::warn!(job = %job.job_id, "retraining job was no longer running when it ended"),
+                Err(e) if !unreachable_database(&e) => {
+                    tracing::warn!(job = %job.job_id, error = %e, "cannot record the end of a retraining job")
+                }
                 Err(e) => {
                     tracing::warn!(job = %job.job_id, error = %e, retry_in = ?pause, "cannot record the end of a retraining job");
                     if *shutdown.borrow() {
@@ -436,6 +439,14 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// A line of the recipe's output: a `progress <0..1> <what>` line moves the job's progress
     /// (within the training share of the job); any line goes to the log's tail.
     fn take_line(&self, job: &mut RetrainJob, line: &str) {
+        // The log is stored as text, which takes no NUL.
+        let escaped;
+        let line = if line.contains('\0') {
+            escaped = line.replace('\0', "\\0");
+            escaped.as_str()
+        } else {
+            line
+        };
         if let Some(rest) = line.strip_prefix("progress ") {
             let (fraction, what) = rest.split_once(' ').unwrap_or((rest, ""));
             if let Ok(f) = fraction.parse::<f64>()
@@ -506,6 +517,15 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     }
 }
 
+/// The database could not be reached (rather than refusing the statement): worth retrying.
+fn unreachable_database(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed)
+        || e.as_database_error().and_then(|e| e.code()).is_some_and(|code| {
+            // Connection exceptions, insufficient resources, operator intervention (a failover).
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57")
+        })
+}
+
 /// How long the output a recipe wrote before it exited is still read.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
@@ -523,6 +543,8 @@ impl Recipe {
     async fn stop(&mut self) {
         self.kill_group();
         let _ = self.0.kill().await;
+        // Reaped: the pid is free to be reused from now on.
+        self.1 = None;
     }
 
     /// Kills every process of the recipe's group: those it left running too.
