@@ -26,10 +26,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptor = PathBuf::from(std::env::var("OUT_DIR")?).join("vigil_descriptor.bin");
     // Tensor contents as `bytes::Bytes`: decoded as views of the received message, not copies.
+    // Type names: the codec finds each received message's schema by its full name.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")
         .file_descriptor_set_path(&descriptor)
-        .compile_protos(&paths, &[root])?;
+        // Received messages' decoded size is bounded and charged before they are decoded.
+        .codec_path("crate::codec::BoundedCodec")
+        .compile_with_config(config, &paths, &[root])?;
     Ok(())
 }

@@ -298,6 +298,47 @@ async fn unknown_models_and_versions_are_not_found() {
     server.shutdown().await.unwrap();
 }
 
+/// Messages whose decoded form is many times their size (empty submessages, typed contents of
+/// small integers): bounded from the wire form and charged against the memory budget before
+/// they are decoded, or refused then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_decode_far_beyond_their_size_are_charged_before_decoding() {
+    let mut config = config();
+    config.limits.max_message_bytes = 4 << 20;
+    config.limits.max_request_bytes_in_flight = 16 << 20;
+    let server = start(config).await;
+    let (_, mut oip) = clients(&server).await;
+    // 1.5 million empty inputs: 3 MB on the wire, about a gigabyte once decoded.
+    let mut inflated = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    inflated.inputs.extend(std::iter::repeat_n(InferInputTensor::default(), 1_500_000));
+    let before = rss_kib();
+    for _ in 0..3 {
+        let status = oip.model_infer(inflated.clone()).await.expect_err("decodes to a gigabyte");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("once decoded"), "{}", status.message());
+        assert!(status.message().contains("memory budget of 16777216 bytes"), "{}", status.message());
+        assert!(status.message().contains("raw_input_contents"), "{}", status.message());
+    }
+    drop(inflated);
+    let after = rss_kib();
+    // Decoded once, the inputs alone would add hundreds of megabytes.
+    assert!(after < before + 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    // Typed INT64 zeros decode to eight bytes a value (more as the Vec grows): 300,000 take
+    // 300 KB on the wire and 2.4 MB or more decoded, over the 3x charge but within the budget:
+    // charged and decoded, then refused by the model's contract.
+    let mut typed = infer_request("INT64", vec![1, 300_000], vec![]);
+    typed.raw_input_contents.clear();
+    typed.inputs[0].contents = Some(InferTensorContents { int64_contents: vec![0; 300_000], ..Default::default() });
+    let status = oip.model_infer(typed).await.expect_err("not the model's input");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // Honest requests are served as before.
+    let ok = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
+    oip.model_infer(ok).await.expect("a raw request");
+    let metrics = server.metrics_addr.expect("metrics enabled");
+    until_metric(metrics, "vigil_request_bytes_in_flight", &[], 0.0).await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_under_repeated_bad_input() {
     let server = start(config()).await;

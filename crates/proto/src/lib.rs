@@ -3,20 +3,23 @@
 //! - [`inference`]: the Open Inference Protocol v2 (KServe / Triton `GRPCInferenceService`).
 //! - [`vigil::v1`]: Vigil's own APIs (inspection, ...).
 
-#![allow(clippy::all, missing_docs)]
-
 /// Open Inference Protocol v2, wire-compatible with Triton's superset.
+#[allow(clippy::all, missing_docs)]
 pub mod inference {
     tonic::include_proto!("inference");
 }
 
 /// Vigil's own APIs.
+#[allow(clippy::all, missing_docs)]
 pub mod vigil {
     /// Version 1 of Vigil's APIs.
     pub mod v1 {
         tonic::include_proto!("vigil.v1");
     }
 }
+
+pub mod codec;
+pub mod footprint;
 
 /// Encoded `FileDescriptorSet` of every contract, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("vigil_descriptor");

@@ -125,6 +125,9 @@ struct Charges {
     until_answered: bool,
     /// The request body waiting for room, woken as the handler's charges are dropped.
     waiting: Option<std::task::Waker>,
+    /// What a message took once decoded beyond its charge, where no charge was left to add it
+    /// to: held until the next message's takes its place, or the call ends.
+    decoded: Option<OwnedSemaphorePermit>,
 }
 
 impl SharedCharges {
@@ -184,6 +187,17 @@ impl MessageCharges {
         }
     }
 
+    /// Adds what a message takes once decoded, beyond its charge, to the oldest charge not yet
+    /// taken: the message being decoded, as the handler takes each message's charge once it
+    /// has received it.
+    fn add_decoded(&self, extra: OwnedSemaphorePermit) {
+        let mut charges = self.0.charges.lock();
+        match charges.held.front_mut() {
+            Some(Some(charge)) => charge.merge(extra),
+            _ => charges.decoded = Some(extra),
+        }
+    }
+
     /// Whether the handler holds a message's charge now: a message it is still answering.
     fn answering(&self) -> bool {
         self.0.taken_bytes.load(std::sync::atomic::Ordering::Acquire) > 0
@@ -191,7 +205,9 @@ impl MessageCharges {
 
     /// Releases every charge the call holds.
     fn release(&self) {
-        self.0.charges.lock().held.clear();
+        let mut charges = self.0.charges.lock();
+        charges.held.clear();
+        charges.decoded = None;
     }
 }
 
@@ -273,6 +289,52 @@ impl StreamBudget {
             return Poll::Ready(Err(budget_exhausted(self.total, n as usize / BYTES_CHARGED_PER_BYTE)));
         }
         Poll::Pending
+    }
+}
+
+/// Extra memory a message may take once decoded that is not charged: a page, so that small
+/// messages (a name, a few parameters) cost nothing more.
+const DECODED_SLACK: usize = 4096;
+
+/// Covers what a call's messages take once decoded (see [`vigil_proto::codec`]): the budget
+/// charges a message [`BYTES_CHARGED_PER_BYTE`] times its size as it arrives, which covers a
+/// message of raw tensor contents (the received bytes, the decoded tensor, its share of a
+/// batch). One whose decoding may allocate more than twice its size (typed contents of small
+/// integers, many empty strings or submessages) is charged the difference before it is
+/// decoded, with its own charge, or refused.
+struct DecodedCharges {
+    bytes: Arc<Semaphore>,
+    total: usize,
+    charges: MessageCharges,
+}
+
+impl vigil_proto::codec::DecodeBudget for DecodedCharges {
+    fn cover(&self, wire_bytes: usize, decoded_bytes: usize) -> Result<(), Status> {
+        let needed = wire_bytes.saturating_add(decoded_bytes);
+        let extra = needed.saturating_sub(wire_bytes.saturating_mul(BYTES_CHARGED_PER_BYTE));
+        if extra <= DECODED_SLACK {
+            return Ok(());
+        }
+        let Some(n) = u32::try_from(extra).ok().filter(|_| needed <= self.total) else {
+            return Err(Status::resource_exhausted(format!(
+                "this message of {wire_bytes} bytes takes up to {decoded_bytes} bytes once decoded (typed tensor \
+                 contents or many small fields), more than the memory budget of {} bytes \
+                 (limits.max_request_bytes_in_flight): send tensors as raw_input_contents",
+                self.total
+            )));
+        };
+        match self.bytes.clone().try_acquire_many_owned(n) {
+            Ok(permit) => {
+                self.charges.add_decoded(permit);
+                Ok(())
+            }
+            Err(_) => Err(Status::resource_exhausted(format!(
+                "server busy: this message of {wire_bytes} bytes takes up to {decoded_bytes} bytes once decoded \
+                 and the calls in flight leave no room for them in the memory budget of {} bytes \
+                 (limits.max_request_bytes_in_flight); retry with backoff, or send tensors as raw_input_contents",
+                self.total
+            ))),
+        }
     }
 }
 
@@ -481,6 +543,11 @@ where
                 body.messages.unary = !stream;
                 body.messages.max_message_bytes = max_message_bytes;
                 let reserved = MessageCharges::default();
+                let decoded = (!exempt).then(|| DecodedCharges {
+                    bytes: bytes.clone(),
+                    total: budget,
+                    charges: reserved.clone(),
+                });
                 if !exempt {
                     let budget = StreamBudget { bytes, total: budget, charges: reserved.clone(), waits };
                     if stream {
@@ -494,7 +561,12 @@ where
                     // For a handler that holds its messages' charges until answered.
                     request.extensions_mut().insert(reserved.clone());
                 }
-                inner.call(request).await.map(|response| Ok((response, reserved)))
+                let call = inner.call(request);
+                let answered = match decoded {
+                    Some(decoded) => vigil_proto::codec::with_decode_budget(Arc::new(decoded), call).await,
+                    None => call.await,
+                };
+                answered.map(|response| Ok((response, reserved)))
             };
             let timed = async move {
                 match deadline {
@@ -963,6 +1035,47 @@ mod tests {
             assert!(stream.chunks(chunk).all(|c| counter.past_limit(c).is_none()), "chunk {chunk}");
             assert_eq!((counter.seen, counter.remaining), (4, 0));
         }
+    }
+
+    #[test]
+    fn what_a_message_takes_once_decoded_is_charged_with_it() {
+        use vigil_proto::codec::DecodeBudget;
+        let total = 100_000;
+        let bytes = Arc::new(Semaphore::new(total));
+        let charges = MessageCharges::default();
+        let budget = StreamBudget { bytes: bytes.clone(), total, charges: charges.clone(), waits: Arc::default() };
+        let decoded = DecodedCharges { bytes: bytes.clone(), total, charges: charges.clone() };
+        // A message of 1,000 bytes, charged 3,000 as it arrives.
+        assert!(matches!(budget.charge(1_000), Charged::Done));
+        assert_eq!(bytes.available_permits(), 97_000);
+        // Raw contents (decoded within twice their size) and small excesses add nothing.
+        decoded.cover(1_000, 2_000).unwrap();
+        decoded.cover(1_000, 2_000 + DECODED_SLACK).unwrap();
+        assert_eq!(bytes.available_permits(), 97_000);
+        // Typed contents decoding to 40,000 bytes: 41,000 needed, 38,000 more charged, and
+        // held with the message's own charge until the handler's charge is dropped.
+        decoded.cover(1_000, 40_000).unwrap();
+        assert_eq!(bytes.available_permits(), 59_000);
+        charges.hold_until_answered();
+        let charge = charges.take();
+        assert_eq!(charge.bytes(), 41_000);
+        drop(charge);
+        assert_eq!(bytes.available_permits(), total);
+        // With no charge left to add it to, the excess is held until the call ends.
+        decoded.cover(1_000, 40_000).unwrap();
+        assert_eq!(bytes.available_permits(), 62_000);
+        // No room for another: refused, naming the budget; more than the whole budget: refused
+        // whatever is free, saying to send raw contents.
+        let busy = decoded.cover(1_000, 70_000).unwrap_err();
+        assert_eq!(busy.code(), tonic::Code::ResourceExhausted);
+        assert!(busy.message().starts_with("server busy"), "{}", busy.message());
+        assert_eq!(bytes.available_permits(), 62_000, "nothing held after the refusal");
+        charges.release();
+        assert_eq!(bytes.available_permits(), total);
+        let never = decoded.cover(1_000, total).unwrap_err();
+        assert_eq!(never.code(), tonic::Code::ResourceExhausted);
+        assert!(never.message().contains("more than the memory budget of 100000 bytes"), "{}", never.message());
+        assert!(never.message().contains("raw_input_contents"), "{}", never.message());
     }
 
     #[test]
