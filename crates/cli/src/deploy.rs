@@ -6,7 +6,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use vigil_store::{Change, DeploymentRow, DeploymentStore, PredictionStore, RegistryStore, RolloutStore, Stage};
+use vigil_store::{
+    Change, DeploymentRow, DeploymentStore, NextDeployment, PredictionStore, RegistryStore, RolloutStore, Stage,
+};
 
 #[derive(Args, Debug)]
 pub struct DeployArgs {
@@ -87,16 +89,17 @@ fn share(percent: f64) -> Result<f64> {
 
 /// The primary a shadow or canary keeps: the one named, else the current primary, else the
 /// registry's production version (read only when needed).
-async fn primary_of<S: DeploymentStore + RegistryStore>(
+async fn primary_of<S: RegistryStore>(
     store: &S,
     model: &str,
+    current: Option<&DeploymentRow>,
     named: Option<String>,
 ) -> Result<String> {
     if let Some(named) = named {
         return Ok(named);
     }
-    if let Some(d) = store.deployments().await?.into_iter().find(|d| d.model_name == model) {
-        return Ok(d.primary_version);
+    if let Some(d) = current {
+        return Ok(d.primary_version.clone());
     }
     let versions = store.model_versions(Some(model)).await?;
     versions
@@ -118,10 +121,20 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore + RolloutS
     args: DeployArgs,
 ) -> Result<u8> {
     store.migrate().await.context("preparing the deployment tables")?;
-    let current = |model: &str| {
-        let store = store.clone();
-        let model = model.to_string();
-        async move { Ok::<_, anyhow::Error>(store.deployments().await?.into_iter().find(|d| d.model_name == model)) }
+    // Every change is made from the model's deployment as read here, and written only while it
+    // is still the one stored: another command, or the rollout controller, may replace it
+    // meanwhile, and keeping what this one read would undo that.
+    let model = match &args.command {
+        DeployCommand::Status { .. } => None,
+        DeployCommand::Shadow { model, .. }
+        | DeployCommand::Canary { model, .. }
+        | DeployCommand::Switch { model, .. }
+        | DeployCommand::Rollback { model }
+        | DeployCommand::Policy { model, .. } => Some(model.clone()),
+    };
+    let current = match &model {
+        Some(model) => store.deployments().await?.into_iter().find(|d| &d.model_name == model),
+        None => None,
     };
     let actor = crate::model::whoami(args.by.clone());
     let row = |model: &str, primary: String, candidate: Option<String>, mode: &str, share: f64| DeploymentRow {
@@ -154,21 +167,21 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore + RolloutS
             return Ok(0);
         }
         DeployCommand::Shadow { model, candidate, share: percent, primary } => {
-            let primary = primary_of(&store, &model, primary).await?;
+            let primary = primary_of(&store, &model, current.as_ref(), primary).await?;
             check_candidate(&primary, &candidate)?;
             row(&model, primary, Some(candidate), "shadow", share(percent)?)
         }
         DeployCommand::Canary { model, candidate, share: percent, primary } => {
-            let primary = primary_of(&store, &model, primary).await?;
+            let primary = primary_of(&store, &model, current.as_ref(), primary).await?;
             check_candidate(&primary, &candidate)?;
             row(&model, primary, Some(candidate), "canary", share(percent)?)
         }
         DeployCommand::Switch { model, to } => {
-            let previous = current(&model).await?.map(|d| d.primary_version).filter(|p| *p != to);
+            let previous = current.as_ref().map(|d| d.primary_version.clone()).filter(|p| *p != to);
             row(&model, to, previous, "single", 0.0)
         }
         DeployCommand::Rollback { model } => {
-            let Some(d) = current(&model).await? else { bail!("{model} has no deployment to roll back") };
+            let Some(d) = current.clone() else { bail!("{model} has no deployment to roll back") };
             match (d.mode.as_str(), d.candidate_version) {
                 ("single", Some(previous)) => row(&model, previous, Some(d.primary_version), "single", 0.0),
                 ("single", None) => bail!("{model} serves {} alone: nothing to roll back to", d.primary_version),
@@ -177,9 +190,9 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore + RolloutS
         }
         DeployCommand::Policy { model, policy, accept_below, reject_at } => {
             // The traffic stays as it is; only who decides changes.
-            let base = match current(&model).await? {
+            let base = match current.clone() {
                 Some(d) => DeploymentRow { deployment_id: uuid::Uuid::now_v7().to_string(), ..d },
-                None => row(&model, primary_of(&store, &model, None).await?, None, "single", 0.0),
+                None => row(&model, primary_of(&store, &model, None, None).await?, None, "single", 0.0),
             };
             let next = DeploymentRow {
                 policy,
@@ -189,11 +202,12 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore + RolloutS
                 updated_at: chrono::Utc::now(),
                 ..base
             };
-            return apply(&store, next, &actor, &args.reason).await;
+            return apply(&store, next, current.as_ref(), &actor, &args.reason).await;
         }
     };
     // The traffic of a model in a rollout is the controller's: a change here would be undone by
-    // its next step, or judged against versions it no longer serves.
+    // its next step, or judged against versions it no longer serves. (A rollout started after
+    // the deployment was read replaced it: the write below is refused then.)
     if let Some(active) = store.rollouts(Some(&next.model_name)).await?.into_iter().find(|r| r.is_active()) {
         bail!(
             "{} has a rollout {} -> {} {}: `vigil rollout abort {}` (or promote) first",
@@ -205,16 +219,25 @@ async fn command<S: PredictionStore + RegistryStore + DeploymentStore + RolloutS
         );
     }
     // A traffic change keeps the model's degree of automation.
-    let next = match current(&next.model_name).await? {
-        Some(d) => DeploymentRow { policy: d.policy, accept_below: d.accept_below, reject_at: d.reject_at, ..next },
+    let next = match &current {
+        Some(d) => {
+            DeploymentRow { policy: d.policy.clone(), accept_below: d.accept_below, reject_at: d.reject_at, ..next }
+        }
         None => next,
     };
-    apply(&store, next, &actor, &args.reason).await
+    apply(&store, next, current.as_ref(), &actor, &args.reason).await
 }
 
-async fn apply<S: DeploymentStore>(store: &S, next: DeploymentRow, actor: &str, reason: &str) -> Result<u8> {
+/// Writes `next`, made from `read`, unless another change replaced `read` meanwhile.
+async fn apply<S: DeploymentStore>(
+    store: &S,
+    next: DeploymentRow,
+    read: Option<&DeploymentRow>,
+    actor: &str,
+    reason: &str,
+) -> Result<u8> {
     let change = Change { actor, reason, at: next.updated_at };
-    store.set_deployment(&next, &change).await?;
+    store.replace_deployment(NextDeployment::from_read(&next, read), &change).await?;
     println!("{}: {} (deployment {})", next.model_name, next.describe(), next.deployment_id);
     Ok(0)
 }

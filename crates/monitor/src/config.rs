@@ -31,6 +31,25 @@ pub struct MonitorConfig {
     pub security: vigil_security::SecurityConfig,
     /// How long records are kept (`[retention]`; by default, forever).
     pub retention: crate::retention::RetentionConfig,
+    /// The gRPC APIs' request limits (`[limits]`, the servers' keys; see [`default_limits`]).
+    #[serde(deserialize_with = "limits")]
+    pub limits: vigil_server::Limits,
+}
+
+/// The monitor's request limits by default: the servers', with a minute for a unary call (an
+/// analyst's query may read many rows).
+pub fn default_limits() -> vigil_server::Limits {
+    vigil_server::Limits { request_timeout_ms: 60_000, ..Default::default() }
+}
+
+/// `[limits]`: the keys given, over [`default_limits`].
+fn limits<'de, D: Deserializer<'de>>(deserializer: D) -> Result<vigil_server::Limits, D::Error> {
+    use serde::de::Error;
+    let given = toml::Table::deserialize(deserializer)?;
+    let defaults = toml::Value::try_from(default_limits()).map_err(D::Error::custom)?;
+    let toml::Value::Table(mut merged) = defaults else { return Err(D::Error::custom("limits are a table")) };
+    merged.extend(given);
+    toml::Value::Table(merged).try_into().map_err(D::Error::custom)
 }
 
 impl Default for MonitorConfig {
@@ -45,6 +64,7 @@ impl Default for MonitorConfig {
             retraining: crate::retrain::RetrainingConfig::default(),
             security: vigil_security::SecurityConfig::default(),
             retention: crate::retention::RetentionConfig::default(),
+            limits: default_limits(),
         }
     }
 }
@@ -258,6 +278,7 @@ impl MonitorConfig {
                 "rollups.resolutions {r:?}: give one or more widths in seconds, ascending, each a multiple of the one before"
             );
         }
+        self.limits.validate().map_err(anyhow::Error::msg)?;
         self.retraining.validate()?;
         self.retention.validate(r)?;
         self.rollouts.validate()?;
@@ -481,6 +502,21 @@ mod tests {
         assert_eq!(accuracy.keep_firing_for, Duration::ZERO);
         let brightness = rules.iter().find(|r| r.name == "brightness-drift").unwrap();
         assert_eq!(brightness.keep_firing_for, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn limits_take_the_keys_given_over_the_monitors_defaults() {
+        let none: MonitorConfig = toml::from_str("").unwrap();
+        assert_eq!(none.limits, default_limits());
+        assert_eq!(none.limits.request_timeout_ms, 60_000, "a minute for an analyst's query");
+        let some: MonitorConfig = toml::from_str("[limits]\nmax_message_bytes = 4096\n").unwrap();
+        assert_eq!(some.limits.max_message_bytes, 4096);
+        assert_eq!(some.limits.request_timeout_ms, 60_000, "the keys not given keep the monitor's defaults");
+        let unknown = toml::from_str::<MonitorConfig>("[limits]\nmax_bytes = 1\n").unwrap_err().to_string();
+        assert!(unknown.contains("max_bytes"), "{unknown}");
+        let zero: MonitorConfig = toml::from_str("[limits]\nmax_concurrent_requests = 0\n").unwrap();
+        let refused = zero.validate().unwrap_err().to_string();
+        assert!(refused.contains("limits.max_concurrent_requests"), "{refused}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ use vigil_proto::vigil::v1::control_server::ControlServer;
 use vigil_proto::vigil::v1::monitoring_server::MonitoringServer;
 use vigil_proto::vigil::v1::prediction_log_server::PredictionLogServer;
 use vigil_server::{GrpcHost, Lifecycle};
+use vigil_serving::admission::{AdmissionLayer, streaming_methods};
 use vigil_store::{MonitorStore, PredictionStore};
 
 pub use api::MonitoringService;
@@ -45,10 +46,8 @@ pub use views::Views;
 const SERVE: &str = "serve";
 const BACKGROUND: &str = "background";
 
-/// How long in-flight API calls may take to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(10);
-
-/// Serves the analyst query API alone on `listener` until `shutdown` resolves.
+/// Serves the analyst query API alone on `listener` until `shutdown` resolves, with the
+/// monitor's default limits.
 pub async fn serve<S: PredictionStore>(
     listener: TcpListener,
     store: S,
@@ -57,12 +56,25 @@ pub async fn serve<S: PredictionStore>(
     let mut lifecycle = Lifecycle::new();
     let mut host = GrpcHost::on(listener, &[vigil_proto::FILE_DESCRIPTOR_SET])?;
     host.serving_all().await;
+    let limits = config::default_limits();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .layer(admission(&limits, &host))
         .add_routes(host.routes())
         .add_service(PredictionLogServer::new(PredictionLogService::new(store)));
-    host.serve(router, &mut lifecycle, SERVE, DRAIN);
+    host.serve(router, &mut lifecycle, SERVE, limits.drain_timeout());
     lifecycle.run_until(shutdown).await
+}
+
+/// The APIs' admission: `limits` on every call; health watches and the servers' deployment
+/// watches last until the drain starts (they are never shed and have no deadline), and the calls
+/// still running end when the drain timeout passes.
+fn admission(limits: &vigil_server::Limits, host: &GrpcHost) -> AdmissionLayer {
+    AdmissionLayer::new(limits.admission())
+        .with_streaming_methods(streaming_methods(vigil_proto::FILE_DESCRIPTOR_SET))
+        .with_draining(host.draining())
+        .with_closing(host.closing())
 }
 
 /// The whole monitor: gRPC APIs on `grpc`, dashboard and `/metrics` on `http`, rollup upkeep,
@@ -155,14 +167,20 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let mut host =
         GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?.with_security(security.clone(), "--listen")?;
     host.serving_all().await;
+    // A call refused for its token costs no admission budget.
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .layer(security.grpc_layer(auth_metrics))
+        .max_concurrent_streams(config.limits.max_streams_per_connection)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(security.grpc_layer(auth_metrics))
+                .layer(admission(&config.limits, &host)),
+        )
         .add_routes(host.routes())
         .add_service(PredictionLogServer::new(PredictionLogService::new(store.clone())))
         .add_service(MonitoringServer::new(MonitoringService::new(views)))
         .add_service(ControlServer::new(control));
-    host.serve(router, &mut lifecycle, SERVE, DRAIN);
+    host.serve(router, &mut lifecycle, SERVE, config.limits.drain_timeout());
     Ok(lifecycle)
 }
 

@@ -610,7 +610,10 @@ async fn advance<S: MonitorStore>(
         }
     };
     let change = Change { actor: CONTROLLER, reason: &reason, at: now };
-    let applied = views.store.advance_rollout(rollout, &next, Some(&target), &change).await.map_err(registry_error)?;
+    // Made from the deployment read above: a change meanwhile (a person's policy) makes the
+    // step wait for the next round, judged again from what is stored then.
+    let target = vigil_store::NextDeployment::from_read(&target, current.as_ref());
+    let applied = views.store.advance_rollout(rollout, &next, Some(target), &change).await.map_err(registry_error)?;
     if !applied {
         return Ok(false);
     }
@@ -697,6 +700,7 @@ pub async fn start<S: MonitorStore>(
         updated_at: change.at,
         history: "[]".into(),
     };
+    let read = current.deployment_id.clone();
     let deployment = DeploymentRow {
         deployment_id: uuid::Uuid::now_v7().to_string(),
         candidate_version: Some(candidate.into()),
@@ -706,7 +710,8 @@ pub async fn start<S: MonitorStore>(
         updated_at: change.at,
         ..current
     };
-    store.start_rollout(&row, &deployment, change).await?;
+    let next = vigil_store::NextDeployment { row: &deployment, replaces: Some(&read) };
+    store.start_rollout(&row, next, change).await?;
     Ok(row)
 }
 
@@ -780,8 +785,11 @@ pub async fn manual<S: MonitorStore>(
         }
         (action, state) => return Err(Invalid(format!("cannot {action:?} a rollout that is {state}").to_lowercase())),
     };
-    if !store.advance_rollout(&rollout, &next, deployment.as_ref(), change).await? {
-        return Err(Invalid(format!("{model}'s rollout changed meanwhile; look again (`vigil rollout status`)")));
+    let deployment = deployment.as_ref().map(|d| vigil_store::NextDeployment::from_read(d, current.as_ref()));
+    if !store.advance_rollout(&rollout, &next, deployment, change).await? {
+        return Err(Invalid(format!(
+            "{model}'s rollout or deployment changed meanwhile; look again (`vigil rollout status`)"
+        )));
     }
     Ok(next)
 }

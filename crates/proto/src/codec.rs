@@ -2,6 +2,7 @@
 //! size bounded (see [`crate::footprint`]) and covered by the server's memory budget before
 //! prost decodes it.
 
+use crate::footprint::Unbounded;
 use bytes::Buf;
 use prost::{Message, Name};
 use std::sync::Arc;
@@ -70,13 +71,20 @@ impl<U: Message + Default + Name> Decoder for BoundedDecoder<U> {
         if let Some(budget) = &self.budget {
             // The whole message is in one contiguous buffer.
             let wire = buf.chunk();
-            let decoded = if wire.len() == buf.remaining() {
-                crate::footprint::decoded_bound(&U::full_name(), wire)
-            } else {
-                None
-            };
-            let Some(decoded) = decoded else {
-                return Err(Status::internal(format!("no schema to bound a decoded {}", U::full_name())));
+            if wire.len() != buf.remaining() {
+                return Err(Status::internal("a received message is not in one buffer"));
+            }
+            let decoded = match crate::footprint::decoded_bound(&U::full_name(), wire) {
+                Ok(bytes) => bytes,
+                Err(Unbounded::Malformed(why)) => {
+                    return Err(Status::invalid_argument(format!(
+                        "the message is not a valid {}: {why}",
+                        U::full_name()
+                    )));
+                }
+                Err(Unbounded::UnknownMessage) => {
+                    return Err(Status::internal(format!("no schema to bound a decoded {}", U::full_name())));
+                }
             };
             budget.cover(buf.remaining(), decoded)?;
         }

@@ -7,7 +7,10 @@
 //! `String`. [`decoded_bound`] walks the message's fields with the schema of every contract
 //! (read from [`crate::FILE_DESCRIPTOR_SET`]) and sums what decoding them allocates, counting
 //! each growing `Vec` at three times its entries and each map at four, as their growth may
-//! hold them: an upper bound, at the cost of one pass over the field tags.
+//! hold them: an upper bound, at the cost of one pass over the field tags. A message the walk
+//! finds malformed is one prost refuses too, and is refused before it is decoded: prost would
+//! decode a nested field whose length runs past its parent's end to the end of the whole
+//! message first.
 
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
@@ -82,9 +85,20 @@ pub fn contracts() -> &'static Schema {
     SCHEMA.get_or_init(|| Schema::from_descriptor_set(crate::FILE_DESCRIPTOR_SET))
 }
 
+/// Why a message has no bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unbounded {
+    /// The contracts describe no message of that name.
+    UnknownMessage,
+    /// The wire form is malformed where the reason says: prost refuses it too, but only after
+    /// decoding what comes before, which may be much more than the message's length (a field
+    /// whose length runs past its parent's end is decoded to the end of the whole message).
+    Malformed(&'static str),
+}
+
 /// An upper bound on the bytes the message `full_name` (`package.Message`) allocates when
-/// decoded from `wire`, beside its own struct; `None` for a message the contracts lack.
-pub fn decoded_bound(full_name: &str, wire: &[u8]) -> Option<usize> {
+/// decoded from `wire`, beside its own struct.
+pub fn decoded_bound(full_name: &str, wire: &[u8]) -> Result<usize, Unbounded> {
     contracts().decoded_bound(full_name, wire)
 }
 
@@ -123,16 +137,15 @@ impl Schema {
     }
 
     /// See [`decoded_bound`].
-    pub fn decoded_bound(&self, full_name: &str, wire: &[u8]) -> Option<usize> {
-        let &shape = self.by_name.get(full_name)?;
-        Some(self.heap(shape, wire, 0))
+    pub fn decoded_bound(&self, full_name: &str, wire: &[u8]) -> Result<usize, Unbounded> {
+        let &shape = self.by_name.get(full_name).ok_or(Unbounded::UnknownMessage)?;
+        self.heap(shape, wire, 0).map_err(Unbounded::Malformed)
     }
 
-    /// What decoding `data` as the message `shape` allocates. Stops where the data is
-    /// malformed, as prost does, so what comes after is never counted nor decoded.
-    fn heap(&self, shape: usize, mut data: &[u8], depth: u32) -> usize {
+    /// What decoding `data` as the message `shape` allocates, or why prost refuses it.
+    fn heap(&self, shape: usize, mut data: &[u8], depth: u32) -> Result<usize, &'static str> {
         if depth > MAX_DEPTH {
-            return 0;
+            return Err("nested too deep");
         }
         let shape = &self.shapes[shape];
         let mut total = 0usize;
@@ -140,11 +153,11 @@ impl Schema {
         // allocates the Vec's first capacity.
         let mut seen = 0u128;
         while !data.is_empty() {
-            let Some(key) = read_varint(&mut data) else { break };
+            let key = read_varint(&mut data).ok_or("a field's key is cut short")?;
             let (number, wire) = ((key >> 3) as u32, (key & 7) as u8);
-            let Some(payload) = next_value(&mut data, number, wire, depth) else { break };
+            let payload = next_value(&mut data, number, wire, depth)?;
             let Some(field) = shape.fields.get(&number) else { continue };
-            let Some(cost) = self.field_cost(field, wire, payload, depth) else { break };
+            let cost = self.field_cost(field, wire, payload, depth)?;
             total = total.saturating_add(cost);
             if field.repeated && !field.map {
                 let first = number >= 128 || seen & (1 << number) == 0;
@@ -156,19 +169,20 @@ impl Schema {
                 }
             }
         }
-        total
+        Ok(total)
     }
 
-    /// What one value of `field` sent as `wire` allocates; `None` where prost refuses the
-    /// wire type.
-    fn field_cost(&self, field: &Field, wire: u8, payload: &[u8], depth: u32) -> Option<usize> {
+    /// What one value of `field` sent as `wire` allocates, or why prost refuses it.
+    fn field_cost(&self, field: &Field, wire: u8, payload: &[u8], depth: u32) -> Result<usize, &'static str> {
+        const WIRE_TYPE: &str = "a field is sent with another wire type than its own";
         let entry = self.entry_bytes(field.value);
         if field.map {
-            let Value::Message(entry_shape) = field.value else { return None };
-            return (wire == 2).then(|| {
-                let slot = MAP_GROWTH * (self.shapes[entry_shape].struct_bytes + 1);
-                slot.saturating_add(self.heap(entry_shape, payload, depth + 1))
-            });
+            let Value::Message(entry_shape) = field.value else { return Err(WIRE_TYPE) };
+            if wire != 2 {
+                return Err(WIRE_TYPE);
+            }
+            let slot = MAP_GROWTH * (self.shapes[entry_shape].struct_bytes + 1);
+            return Ok(slot.saturating_add(self.heap(entry_shape, payload, depth + 1)?));
         }
         match (field.value, wire) {
             (Value::Scalar { bytes, wire: width }, 2) if field.repeated => {
@@ -177,7 +191,7 @@ impl Schema {
                     Width::Fixed32 => payload.len() / 4,
                     Width::Fixed64 => payload.len() / 8,
                 };
-                Some(VEC_GROWTH * count * bytes)
+                Ok(VEC_GROWTH * count * bytes)
             }
             (Value::Scalar { wire: width, .. }, _) => {
                 let expected = match width {
@@ -185,17 +199,20 @@ impl Schema {
                     Width::Fixed64 => 1,
                     Width::Fixed32 => 5,
                 };
-                (wire == expected).then(|| if field.repeated { VEC_GROWTH * entry } else { 0 })
+                if wire != expected {
+                    return Err(WIRE_TYPE);
+                }
+                Ok(if field.repeated { VEC_GROWTH * entry } else { 0 })
             }
             (Value::Bytes, 2) => {
                 let contents = if payload.is_empty() { 0 } else { payload.len() + ALLOCATION_OVERHEAD };
-                Some(contents + if field.repeated { VEC_GROWTH * entry } else { 0 })
+                Ok(contents + if field.repeated { VEC_GROWTH * entry } else { 0 })
             }
             (Value::Message(shape), 2) => {
-                let heap = self.heap(shape, payload, depth + 1);
-                Some(heap.saturating_add(if field.repeated { VEC_GROWTH * entry } else { 0 }))
+                let heap = self.heap(shape, payload, depth + 1)?;
+                Ok(heap.saturating_add(if field.repeated { VEC_GROWTH * entry } else { 0 }))
             }
-            _ => None,
+            _ => Err(WIRE_TYPE),
         }
     }
 
@@ -322,18 +339,22 @@ fn read_varint(data: &mut &[u8]) -> Option<u64> {
 }
 
 /// Takes the value of a field with wire type `wire` off the front of `data`: a length-delimited
-/// value's payload, or an empty slice for the others. `None` where the data is malformed.
-fn next_value<'a>(data: &mut &'a [u8], number: u32, wire: u8, depth: u32) -> Option<&'a [u8]> {
+/// value's payload (which must end within `data`: a nested message's fields within it), or an
+/// empty slice for the others; or why the data is malformed.
+fn next_value<'a>(data: &mut &'a [u8], number: u32, wire: u8, depth: u32) -> Result<&'a [u8], &'static str> {
+    const CUT: &str = "a value is cut short";
     match wire {
-        0 => read_varint(data).map(|_| &[][..]),
-        1 => take(data, 8).map(|_| &[][..]),
-        5 => take(data, 4).map(|_| &[][..]),
+        0 => read_varint(data).map(|_| &[][..]).ok_or(CUT),
+        1 => take(data, 8).map(|_| &[][..]).ok_or(CUT),
+        5 => take(data, 4).map(|_| &[][..]).ok_or(CUT),
         2 => {
-            let len = usize::try_from(read_varint(data)?).ok()?;
-            take(data, len)
+            let len = read_varint(data).ok_or(CUT)?;
+            let len = usize::try_from(len).map_err(|_| "a length runs past the end of its message")?;
+            take(data, len).ok_or("a length runs past the end of its message")
         }
         3 => skip_group(data, number, depth).map(|()| &[][..]),
-        _ => None,
+        4 => Err("a group ends that did not start"),
+        _ => Err("an unknown wire type"),
     }
 }
 
@@ -347,15 +368,15 @@ fn take<'a>(data: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
 }
 
 /// Skips a group's fields up to its end (prost skips unknown groups without allocating).
-fn skip_group(data: &mut &[u8], number: u32, depth: u32) -> Option<()> {
+fn skip_group(data: &mut &[u8], number: u32, depth: u32) -> Result<(), &'static str> {
     if depth >= MAX_DEPTH {
-        return None;
+        return Err("nested too deep");
     }
     loop {
-        let key = read_varint(data)?;
+        let key = read_varint(data).ok_or("a group is cut short")?;
         let (inner, wire) = ((key >> 3) as u32, (key & 7) as u8);
         if wire == 4 {
-            return (inner == number).then_some(());
+            return if inner == number { Ok(()) } else { Err("a group ends with another field's number") };
         }
         next_value(data, inner, wire, depth + 1)?;
     }

@@ -5,7 +5,7 @@ use prost::{Message, Name};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::HashMap;
-use vigil_proto::footprint::{contracts, decoded_bound};
+use vigil_proto::footprint::{Unbounded, contracts, decoded_bound};
 use vigil_proto::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use vigil_proto::inference::{InferParameter, InferTensorContents, ModelInferRequest, infer_parameter};
 use vigil_proto::vigil::v1::InspectRequest;
@@ -218,15 +218,33 @@ fn an_unknown_group_does_not_hide_what_follows() {
 }
 
 #[test]
-fn malformed_messages_count_what_precedes_the_damage() {
+fn malformed_messages_have_no_bound_and_prost_refuses_them_too() {
+    let name = ModelInferRequest::full_name();
     let request = ModelInferRequest { inputs: vec![InferInputTensor::default(); 1000], ..Default::default() };
-    let mut wire = request.encode_to_vec();
-    let whole = decoded_bound(&ModelInferRequest::full_name(), &wire).unwrap();
-    // A length running past the end: prost stops there, and so does the bound.
-    wire.extend_from_slice(&[(7 << 3) | 2, 0xff, 0x01]);
-    assert!(ModelInferRequest::decode(&wire[..]).is_err());
-    assert_eq!(decoded_bound(&ModelInferRequest::full_name(), &wire).unwrap(), whole);
-    assert_eq!(decoded_bound("inference.NoSuchMessage", &wire), None);
+    let wire = request.encode_to_vec();
+    assert!(decoded_bound(&name, &wire).is_ok());
+    let malformed = |case: &str, wire: &[u8]| {
+        let bound = decoded_bound(&name, wire);
+        assert!(matches!(bound, Err(Unbounded::Malformed(_))), "{case}: {bound:?}");
+        assert!(ModelInferRequest::decode(wire).is_err(), "{case}: prost refuses it too");
+    };
+    // A length running past the end.
+    malformed("past the end", &[wire.as_slice(), &[(7 << 3) | 2, 0xff, 0x01]].concat());
+    // A nested field whose length runs past its parent's end but not the whole message's:
+    // prost decodes it to the end (here a million empty strings as typed contents of the
+    // first input) before it finds the parent's length wrong.
+    let strings: Vec<u8> = std::iter::repeat_n([(8 << 3) | 2, 0], 1_000_000).flatten().collect();
+    let mut overrun = vec![(5 << 3) | 2, 5, (5 << 3) | 2];
+    prost::encoding::encode_varint(strings.len() as u64, &mut overrun);
+    overrun.extend_from_slice(&strings);
+    malformed("a nested length past its parent's end", &overrun);
+    let peak = decoding_peak::<ModelInferRequest>(&overrun);
+    assert!(peak > 20 << 20, "prost decoded the overrun before refusing it: {peak} bytes");
+    // A known field with another wire type, a group's end alone, a key cut short.
+    malformed("wire type", &[(1 << 3), 1]);
+    malformed("end group", &[(1 << 3) | 4]);
+    malformed("key cut short", &[0x80]);
+    assert_eq!(decoded_bound("inference.NoSuchMessage", &wire), Err(Unbounded::UnknownMessage));
 }
 
 #[test]

@@ -63,14 +63,16 @@ pub const BYTES_CHARGED_PER_BYTE: usize = 3;
 const REPOSITORY_CHANGES: [&str; 2] =
     ["/inference.GRPCInferenceService/RepositoryModelLoad", "/inference.GRPCInferenceService/RepositoryModelUnload"];
 
-/// Streams of the health and reflection services, which are never shed: a health watch lasts
-/// as long as its client's connection (clients that check health themselves keep one open), so
-/// these get no deadline of the server's (the client's own holds) and no idle timeout, and
-/// end when the server starts to drain, once it has said NOT_SERVING.
-const LASTING_STREAMS: [&str; 3] = [
+/// Streams that last as long as their client's connection, which are never shed: health
+/// watches (clients that check health themselves keep one open), reflection, and the servers'
+/// watches of the control plane's deployments. They get no deadline of the server's (the
+/// client's own holds) and no idle timeout, and end when the server starts to drain, once it
+/// has said NOT_SERVING.
+const LASTING_STREAMS: [&str; 4] = [
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/vigil.v1.Control/WatchDeployments",
 ];
 
 /// The paths (`/package.Service/Method`) of every method in an encoded `FileDescriptorSet`, each
@@ -126,7 +128,7 @@ struct Charges {
     /// The request body waiting for room, woken as the handler's charges are dropped.
     waiting: Option<std::task::Waker>,
     /// What a message took once decoded beyond its charge, where no charge was left to add it
-    /// to: held until the next message's takes its place, or the call ends.
+    /// to: held until another such excess takes its place, or the call ends.
     decoded: Option<OwnedSemaphorePermit>,
 }
 
@@ -301,7 +303,9 @@ const DECODED_SLACK: usize = 4096;
 /// message of raw tensor contents (the received bytes, the decoded tensor, its share of a
 /// batch). One whose decoding may allocate more than twice its size (typed contents of small
 /// integers, many empty strings or submessages) is charged the difference before it is
-/// decoded, with its own charge, or refused.
+/// decoded, with its own charge, or refused: at once, as the decoder cannot wait, so a stream
+/// message whose excess finds no room ends its stream even where the stream's own answers
+/// would make room (as they do for the charge of its size).
 struct DecodedCharges {
     bytes: Arc<Semaphore>,
     total: usize,
@@ -465,9 +469,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        // Health checks and reflection are never shed.
+        // Health checks, reflection and the lasting streams are never shed.
         let path = request.uri().path();
-        let exempt = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
+        let lasting = LASTING_STREAMS.contains(&path);
+        let exempt = lasting || path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
         let permit = if exempt {
             None
         } else {
@@ -482,7 +487,6 @@ where
                 }
             }
         };
-        let lasting = LASTING_STREAMS.contains(&path);
         let stream = lasting || self.streaming.contains(path);
         // Loading a model takes as long as building and warming its sessions, unloading as
         // long as its requests in flight: they get the streams' limit, not a unary call's, so

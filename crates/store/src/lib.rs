@@ -19,7 +19,7 @@ pub use monitoring::{AlertStore, LeaseStore, MonitorStore, OutcomeStore, RollupS
 pub use postgres::PgStore;
 pub use query::{MAX_QUERY_ROWS, PredictionFilter, PredictionSummary};
 pub use registry::capture_boosts::{CaptureBoost, CaptureBoostStore};
-pub use registry::deployments::{DeploymentRow, DeploymentStore};
+pub use registry::deployments::{DeploymentRow, DeploymentStore, NextDeployment};
 pub use registry::retraining::{JobState, RetrainJob, RetrainStore};
 pub use registry::rollouts::{RolloutRow, RolloutStep, RolloutStore, StepMode};
 pub use registry::{AuditEvent, Change, ModelVersionRow, RegistryError, RegistryStore, Stage};

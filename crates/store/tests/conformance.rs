@@ -811,7 +811,11 @@ async fn postgres_registry_conforms() {
 
 /// Deployments name registered versions only, replace each other per model, and each change
 /// is an audit event from the old description to the new.
-async fn deployments_conform<S: PredictionStore + vigil_store::RegistryStore + vigil_store::DeploymentStore>(store: S) {
+async fn deployments_conform<
+    S: PredictionStore + vigil_store::RegistryStore + vigil_store::DeploymentStore + vigil_store::RolloutStore,
+>(
+    store: S,
+) {
     use vigil_store::DeploymentRow;
     use vigil_store::registry::{Change, ModelVersionRow, RegistryError};
     store.migrate().await.unwrap();
@@ -902,6 +906,76 @@ async fn deployments_conform<S: PredictionStore + vigil_store::RegistryStore + v
             ("scratch-detector (d1)".into(), String::new(), "primary 1, canary 2 at 5%; policy partial".into()),
         ]
     );
+    replacements_conform(&store, &deployment, &change).await;
+}
+
+/// Makes a deployment: id, primary, candidate, mode, share.
+type MakeDeployment<'a> = dyn Fn(&str, &str, Option<&str>, &str, f64) -> vigil_store::DeploymentRow + 'a;
+
+/// A change made from the deployment it read is written only while that one is still stored:
+/// one made from a deployment since replaced (by a person's command or a rollout's step) is
+/// refused with nothing changed, whichever writes first.
+async fn replacements_conform<S: vigil_store::DeploymentStore + vigil_store::RolloutStore>(
+    store: &S,
+    deployment: &MakeDeployment<'_>,
+    change: &vigil_store::registry::Change<'_>,
+) {
+    use vigil_store::registry::rollouts::{RolloutRow, RolloutStep};
+    use vigil_store::{DeploymentRow, NextDeployment, RegistryError};
+    let read = store.deployments().await.unwrap().remove(0);
+    assert_eq!(read.deployment_id, "d3");
+    // A policy change and a rollback, both made from d3: the first lands, the second is refused.
+    let policy = DeploymentRow { deployment_id: "p1".into(), policy: "full".into(), ..read.clone() };
+    store.replace_deployment(NextDeployment::from_read(&policy, Some(&read)), change).await.unwrap();
+    let rollback = deployment("r1", "1", None, "single", 0.0);
+    let refused =
+        store.replace_deployment(NextDeployment::from_read(&rollback, Some(&read)), change).await.unwrap_err();
+    assert!(matches!(refused, RegistryError::Changed { .. }), "{refused}");
+    assert!(refused.to_string().contains("policy full"), "names what is stored now: {refused}");
+    // Made as if the model had none: refused too.
+    let first = store.replace_deployment(NextDeployment::from_read(&rollback, None), change).await.unwrap_err();
+    assert!(matches!(first, RegistryError::Changed { .. }), "{first}");
+    assert_eq!(store.deployments().await.unwrap(), std::slice::from_ref(&policy), "nothing changed by the refusals");
+    // A rollout started from a deployment since replaced is refused, and writes no rollout.
+    let steps = [
+        RolloutStep { share: 0.1, min_duration_s: 60, min_requests: 10, ..Default::default() },
+        RolloutStep { share: 1.0, min_duration_s: 60, min_requests: 10, ..Default::default() },
+    ];
+    let rollout = RolloutRow {
+        rollout_id: "ro1".into(),
+        model_name: "scratch-detector".into(),
+        primary_version: "2".into(),
+        candidate_version: "1".into(),
+        plan: serde_json::to_string(&steps).unwrap(),
+        step: 0,
+        state: "running".into(),
+        step_started_at: change.at,
+        created_by: "ben".into(),
+        updated_at: change.at,
+        history: "[]".into(),
+    };
+    let canary = deployment("c1", "2", Some("1"), "canary", 0.1);
+    let stale = store.start_rollout(&rollout, NextDeployment::from_read(&canary, Some(&read)), change).await;
+    assert!(matches!(stale, Err(RegistryError::Changed { .. })), "{stale:?}");
+    assert!(store.rollouts(None).await.unwrap().is_empty(), "no rollout written");
+    store.start_rollout(&rollout, NextDeployment::from_read(&canary, Some(&policy)), change).await.unwrap();
+    // A step made from the deployment before a person's change is not applied: the controller
+    // judges it again from what is stored.
+    let person = DeploymentRow { deployment_id: "p2".into(), policy: "assist".into(), ..canary.clone() };
+    store.replace_deployment(NextDeployment::from_read(&person, Some(&canary)), change).await.unwrap();
+    let next = RolloutRow { step: 1, history: "[{}]".into(), ..rollout.clone() };
+    let step = deployment("s2", "2", Some("1"), "canary", 1.0);
+    let applied =
+        store.advance_rollout(&rollout, &next, Some(NextDeployment::from_read(&step, Some(&canary))), change).await;
+    assert!(!applied.unwrap(), "made from a replaced deployment");
+    assert_eq!(store.rollouts(None).await.unwrap(), std::slice::from_ref(&rollout), "the rollout did not move");
+    assert_eq!(store.deployments().await.unwrap(), std::slice::from_ref(&person));
+    let step = DeploymentRow { policy: person.policy.clone(), ..step };
+    let applied =
+        store.advance_rollout(&rollout, &next, Some(NextDeployment::from_read(&step, Some(&person))), change).await;
+    assert!(applied.unwrap(), "made from the stored deployment");
+    assert_eq!(store.rollouts(None).await.unwrap(), [next]);
+    assert_eq!(store.deployments().await.unwrap(), [step]);
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! placeholders Postgres and SQLite both take, generated for each backend. Postgres also locks the
 //! rows a change reads (`FOR UPDATE`); SQLite serialises its writers anyway.
 
-use super::deployments::{COLUMNS as DEPLOYMENT_COLUMNS, DeploymentRow, DeploymentStore};
+use super::deployments::{COLUMNS as DEPLOYMENT_COLUMNS, DeploymentRow, DeploymentStore, NextDeployment};
 use super::rollouts::{COLUMNS as ROLLOUT_COLUMNS, RolloutRow, RolloutStore};
 use super::{
     AUDIT_COLUMNS, AuditEvent, COLUMNS, Change, ModelVersionRow, Registered, RegistryError, RegistryStore, Stage,
@@ -154,14 +154,28 @@ macro_rules! registry_backend {
 
             async fn set_deployment(&self, row: &DeploymentRow, change: &Change<'_>) -> Result<(), RegistryError> {
                 let mut tx = self.write_transaction().await?;
-                write_deployment(&mut tx, row, change).await?;
+                write_deployment(&mut tx, row, None, change).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn replace_deployment(&self, next: NextDeployment<'_>, change: &Change<'_>) -> Result<(), RegistryError> {
+                let mut tx = self.write_transaction().await?;
+                write_deployment(&mut tx, next.row, Some(next.replaces), change).await?;
                 tx.commit().await?;
                 Ok(())
             }
         }
 
-        /// Replaces a model's deployment inside the caller's transaction, with its audit event.
-        async fn write_deployment(conn: &mut $conn, row: &DeploymentRow, change: &Change<'_>) -> Result<(), RegistryError> {
+        /// Replaces a model's deployment inside the caller's transaction, with its audit event;
+        /// with `replaces`, only while the stored deployment's id is the one given (None: while
+        /// the model has none).
+        async fn write_deployment(
+            conn: &mut $conn,
+            row: &DeploymentRow,
+            replaces: Option<Option<&str>>,
+            change: &Change<'_>,
+        ) -> Result<(), RegistryError> {
             row.validate().map_err(RegistryError::Invalid)?;
             for version in std::iter::once(&row.primary_version).chain(row.candidate_version.as_ref()) {
                 let known: Option<String> =
@@ -179,11 +193,23 @@ macro_rules! registry_backend {
                     .bind(&row.model_name)
                     .fetch_optional(&mut *conn)
                     .await?;
-            sqlx::query(&format!(
+            let changed = |now: Option<&DeploymentRow>| RegistryError::Changed {
+                model: row.model_name.clone(),
+                now: now.map_or_else(|| "another deployment".into(), DeploymentRow::describe),
+            };
+            if let Some(replaces) = replaces
+                && before.as_ref().map(|b| b.deployment_id.as_str()) != replaces
+            {
+                return Err(changed(before.as_ref()));
+            }
+            // The update repeats the comparison: a first deployment written by another
+            // transaction since the read above (no row to lock then) is not overwritten.
+            let written = sqlx::query(&format!(
                 "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                  ON CONFLICT (model_name) DO UPDATE SET deployment_id = $2, primary_version = $3, \
                  candidate_version = $4, mode = $5, share = $6, updated_by = $7, updated_at = $8, \
-                 policy = $9, accept_below = $10, reject_at = $11"
+                 policy = $9, accept_below = $10, reject_at = $11 \
+                 WHERE $12 OR deployments.deployment_id = $13"
             ))
             .bind(&row.model_name)
             .bind(&row.deployment_id)
@@ -196,8 +222,14 @@ macro_rules! registry_backend {
             .bind(&row.policy)
             .bind(row.accept_below)
             .bind(row.reject_at)
+            .bind(replaces.is_none())
+            .bind(replaces.flatten())
             .execute(&mut *conn)
-            .await?;
+            .await?
+            .rows_affected();
+            if written == 0 {
+                return Err(changed(None));
+            }
             let from = before.map(|b| b.describe()).unwrap_or_default();
             let mut event = change.event("deploy", &row.model_name, "", &from, &row.describe());
             event.subject = format!("{} ({})", row.model_name, row.deployment_id);
@@ -223,7 +255,7 @@ macro_rules! registry_backend {
             async fn start_rollout(
                 &self,
                 row: &RolloutRow,
-                deployment: &DeploymentRow,
+                deployment: NextDeployment<'_>,
                 change: &Change<'_>,
             ) -> Result<(), RegistryError> {
                 let steps = row.steps().map_err(RegistryError::Invalid)?;
@@ -258,7 +290,7 @@ macro_rules! registry_backend {
                 .bind(&row.history)
                 .execute(&mut *tx)
                 .await?;
-                write_deployment(&mut tx, deployment, change).await?;
+                write_deployment(&mut tx, deployment.row, Some(deployment.replaces), change).await?;
                 let subject = format!("{}/{}", row.model_name, row.candidate_version);
                 let mut event = change.event("rollout", &row.model_name, &row.candidate_version, "", &describe(row));
                 event.subject = subject;
@@ -271,7 +303,7 @@ macro_rules! registry_backend {
                 &self,
                 expected: &RolloutRow,
                 next: &RolloutRow,
-                deployment: Option<&DeploymentRow>,
+                deployment: Option<NextDeployment<'_>>,
                 change: &Change<'_>,
             ) -> Result<bool, RegistryError> {
                 let mut tx = self.write_transaction().await?;
@@ -297,7 +329,11 @@ macro_rules! registry_backend {
                     return Ok(false);
                 }
                 if let Some(deployment) = deployment {
-                    write_deployment(&mut tx, deployment, change).await?;
+                    // Changed meanwhile: the rollout is judged again from what is stored now.
+                    match write_deployment(&mut tx, deployment.row, Some(deployment.replaces), change).await {
+                        Err(RegistryError::Changed { .. }) => return Ok(false),
+                        written => written?,
+                    }
                 }
                 let event =
                     change.event("rollout", &next.model_name, &next.candidate_version, &describe(expected), &describe(next));

@@ -77,16 +77,43 @@ impl DeploymentRow {
     }
 }
 
+/// A deployment to write, made from the one stored when the change read it.
+#[derive(Debug, Clone, Copy)]
+pub struct NextDeployment<'a> {
+    pub row: &'a DeploymentRow,
+    /// The `deployment_id` the change was made from (None: the model had no deployment). The
+    /// write is refused ([`RegistryError::Changed`]) when another change replaced it meanwhile,
+    /// so that neither undoes the other: a command keeping the traffic it read cannot restore a
+    /// canary the rollout controller just rolled back, nor the controller drop a policy set
+    /// while it judged a step.
+    pub replaces: Option<&'a str>,
+}
+
+impl<'a> NextDeployment<'a> {
+    /// `row`, made from `read` (the model's deployment as read, if it had one).
+    pub fn from_read(row: &'a DeploymentRow, read: Option<&'a DeploymentRow>) -> Self {
+        Self { row, replaces: read.map(|d| d.deployment_id.as_str()) }
+    }
+}
+
 /// The deployment side of a store.
 pub trait DeploymentStore: Clone + Send + Sync + 'static {
     /// Every deployment, by model.
     fn deployments(&self) -> impl Future<Output = Result<Vec<DeploymentRow>, sqlx::Error>> + Send;
-    /// Replaces a model's deployment, with an audit event (`deploy`, from the old description
-    /// to the new, by `change`). Refused, with nothing changed, when a named version is not
-    /// registered or the row is not valid ([`DeploymentRow::validate`]).
+    /// Replaces a model's deployment whatever it is now, with an audit event (`deploy`, from
+    /// the old description to the new, by `change`). Refused, with nothing changed, when a
+    /// named version is not registered or the row is not valid ([`DeploymentRow::validate`]).
+    /// A change made from the deployment it read uses [`Self::replace_deployment`].
     fn set_deployment(
         &self,
         row: &DeploymentRow,
+        change: &Change<'_>,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+    /// As [`Self::set_deployment`], only while the stored deployment is still the one `next`
+    /// was made from (compare and set); else [`RegistryError::Changed`], nothing changed.
+    fn replace_deployment(
+        &self,
+        next: NextDeployment<'_>,
         change: &Change<'_>,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 }

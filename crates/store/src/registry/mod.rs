@@ -92,6 +92,12 @@ pub enum RegistryError {
     Conflict { model: String, version: String, existing: String },
     #[error("{model} version {version} is not registered (see `vigil model list`)")]
     NotFound { model: String, version: String },
+    /// Another change replaced the deployment a change was made from.
+    #[error(
+        "{model}'s deployment changed while this change was made (now {now}); look again \
+         (`vigil deploy status {model}`) and run it again"
+    )]
+    Changed { model: String, now: String },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -7,7 +7,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::deployments::DeploymentRow;
+use super::deployments::NextDeployment;
 use super::{Change, RegistryError};
 
 /// How a step runs the candidate.
@@ -120,22 +120,24 @@ pub trait RolloutStore: Clone + Send + Sync + 'static {
     fn rollouts(&self, model: Option<&str>) -> impl Future<Output = Result<Vec<RolloutRow>, sqlx::Error>> + Send;
 
     /// Starts a rollout and sets the deployment of its first step, in one transaction, with an
-    /// audit event; refused when the model already has an active rollout.
+    /// audit event; refused when the model already has an active rollout, or its deployment is
+    /// no longer the one `deployment` was made from ([`RegistryError::Changed`]).
     fn start_rollout(
         &self,
         row: &RolloutRow,
-        deployment: &DeploymentRow,
+        deployment: NextDeployment<'_>,
         change: &Change<'_>,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 
     /// Moves a rollout from `expected` (its step, state and history as read) to `next`, setting
     /// `deployment` (when given) and writing an audit event, in one transaction. Returns false,
-    /// changing nothing, when the stored rollout is no longer at `expected`.
+    /// changing nothing, when the stored rollout is no longer at `expected`, or the model's
+    /// deployment no longer the one `deployment` was made from.
     fn advance_rollout(
         &self,
         expected: &RolloutRow,
         next: &RolloutRow,
-        deployment: Option<&DeploymentRow>,
+        deployment: Option<NextDeployment<'_>>,
         change: &Change<'_>,
     ) -> impl Future<Output = Result<bool, RegistryError>> + Send;
 }
