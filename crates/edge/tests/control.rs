@@ -159,6 +159,10 @@ async fn servers_follow_the_control_plane_fetch_versions_by_digest_and_restart_f
         assert_eq!(version_served(server, &image).await, "2", "a refused deployment changes nothing");
     }
     assert!(!repos[0].join(MODEL).join("3").exists(), "nothing half-fetched is left in the repository");
+    // Put back as registered, the artifact is fetched on a later try, with no new deployment:
+    // the control plane sends nothing until something changes.
+    std::fs::copy(model_dir().join("model.onnx"), artifacts.join("3/model.onnx")).unwrap();
+    until_served(&[&a, &b], &image, "3").await;
 
     // Back to version 1 alone (version 2 stays loaded), then the control plane goes away.
     store.set_deployment(&deployment("d4", "1", Some("2"), "single", 0.0), &change).await.unwrap();
@@ -167,13 +171,14 @@ async fn servers_follow_the_control_plane_fetch_versions_by_digest_and_restart_f
     monitor.task.await.unwrap().unwrap();
 
     // Restarted while the control plane is down, the box with a state file serves what it last
-    // knew (version 1); without one, a box answers from its default version, the newest (2).
+    // knew (version 1); without one, a box answers from its default version, the newest it
+    // holds (3, fetched).
     a.shutdown().await.unwrap();
     let a = edge(&repos[0], monitor.addr, Some(state), true).await;
     assert_eq!(version_served(&a, &image).await, "1", "the last known deployment, from the state file");
     b.shutdown().await.unwrap();
     let b = edge(&repos[1], monitor.addr, None, false).await;
-    assert_eq!(version_served(&b, &image).await, "2", "no state kept: the default version");
+    assert_eq!(version_served(&b, &image).await, "3", "no state kept: the default version");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

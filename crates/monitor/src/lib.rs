@@ -62,7 +62,10 @@ pub async fn serve<S: PredictionStore>(
         .max_concurrent_streams(limits.max_streams_per_connection)
         .layer(admission(&limits, &host))
         .add_routes(host.routes())
-        .add_service(PredictionLogServer::new(PredictionLogService::new(store)));
+        .add_service(
+            PredictionLogServer::new(PredictionLogService::new(store))
+                .max_decoding_message_size(limits.max_message_bytes),
+        );
     host.serve(router, &mut lifecycle, SERVE, limits.drain_timeout());
     lifecycle.run_until(shutdown).await
 }
@@ -167,7 +170,9 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let mut host =
         GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?.with_security(security.clone(), "--listen")?;
     host.serving_all().await;
-    // A call refused for its token costs no admission budget.
+    // A call refused for its token costs no admission budget; a message the admission layer
+    // admits is decoded whatever its size up to the limit (tonic's own default is 4 MiB).
+    let max = config.limits.max_message_bytes;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(config.limits.max_streams_per_connection)
@@ -177,9 +182,9 @@ pub async fn start<S: PredictionStore + MonitorStore>(
                 .layer(admission(&config.limits, &host)),
         )
         .add_routes(host.routes())
-        .add_service(PredictionLogServer::new(PredictionLogService::new(store.clone())))
-        .add_service(MonitoringServer::new(MonitoringService::new(views)))
-        .add_service(ControlServer::new(control));
+        .add_service(PredictionLogServer::new(PredictionLogService::new(store.clone())).max_decoding_message_size(max))
+        .add_service(MonitoringServer::new(MonitoringService::new(views)).max_decoding_message_size(max))
+        .add_service(ControlServer::new(control).max_decoding_message_size(max));
     host.serve(router, &mut lifecycle, SERVE, config.limits.drain_timeout());
     Ok(lifecycle)
 }

@@ -254,6 +254,22 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
     let partial = repository.join(format!("slow/.7.job-{}", orphan.job_id));
     std::fs::create_dir_all(&partial).unwrap();
     std::fs::write(partial.join("model.onnx"), b"half a model").unwrap();
+    // It had registered version 7 (whose files were still in the partial directory): a row
+    // no server could load.
+    let at = Utc::now();
+    let registered = vigil_store::ModelVersionRow {
+        model_name: "slow".into(),
+        version: "7".into(),
+        artifact_sha256: "0".repeat(64),
+        artifact_uri: repository.join("slow/7/model.onnx").display().to_string(),
+        training_data: String::new(),
+        metrics: serde_json::json!({}),
+        stage: "candidate".into(),
+        registered_by: "retraining".into(),
+        registered_at: at,
+        stage_changed_at: at,
+    };
+    store.register_version(&registered, "").await.unwrap();
     let (stop, task, _leading) = start(&store, config(dir.path(), &[("slow", &slow)], "1s"), &repository);
     let failed = wait_for(&store, &orphan.job_id, |j| !j.is_active()).await;
     assert_eq!((failed.state.as_str(), failed.error.as_str()), ("failed", INTERRUPTED));
@@ -262,6 +278,15 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
         assert!(Instant::now() < removed, "the interrupted job's partial version was not removed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The version it registered, with no files in place, is archived, saying why.
+    let archived = Instant::now() + Duration::from_secs(5);
+    while store.model_version("slow", "7").await.unwrap().unwrap().stage != "archived" {
+        assert!(Instant::now() < archived, "the unplaced version was not archived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = store.audit_events(20).await.unwrap();
+    let archive = events.iter().find(|e| e.subject == "slow/7" && e.to_state == "archived").expect("an audit event");
+    assert!(archive.reason.contains("interrupted before moving its files into place"), "{}", archive.reason);
 
     // Past the timeout (1 s here) the recipe is stopped and the job failed.
     let job = queue("slow", &data);

@@ -121,4 +121,17 @@ async fn the_apis_refuse_messages_over_the_limit() {
     client.get_metrics(small).await.expect("a message under the limit");
     let _ = monitor.stop.send(());
     monitor.task.await.unwrap().unwrap();
+
+    // A limit above tonic's own default (4 MiB) is the one that holds.
+    let mut config = self::config();
+    config.limits.max_message_bytes = 6 << 20;
+    let monitor = start(config).await;
+    let mut client = MonitoringClient::new(channel(monitor.addr).await);
+    let five_mib = GetMetricsRequest { scope: scope("m".repeat(5 << 20)), ..Default::default() };
+    let answer = client.get_metrics(five_mib).await;
+    let refused_for_size =
+        answer.as_ref().is_err_and(|s| matches!(s.code(), Code::OutOfRange | Code::ResourceExhausted));
+    assert!(!refused_for_size, "a 5 MiB message under a 6 MiB limit: {:?}", answer.map(|_| ()));
+    let _ = monitor.stop.send(());
+    monitor.task.await.unwrap().unwrap();
 }

@@ -161,6 +161,11 @@ pub async fn follow(
     }
 }
 
+/// How long after a deployment from the control plane is refused it is first tried again;
+/// each try that fails doubles the wait, up to [`REFUSED_RETRY_MAX`].
+const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(2);
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(300);
+
 struct Follower {
     router: Arc<DeploymentRouter>,
     repository: Arc<ModelRepository>,
@@ -260,15 +265,33 @@ impl Follower {
         let request = WatchDeploymentsRequest { server_id: server_id.to_string() };
         let mut stream = client.watch_deployments(request).await?.into_inner();
         tracing::info!(url = config.control_url, "following deployments from the control plane");
-        while let Some(snapshot) = stream.message().await? {
-            let fetcher = Fetcher { client: client.clone(), max_bytes: config.max_artifact_bytes };
-            self.apply(snapshot, Some(fetcher)).await;
+        let fetcher = Fetcher { client: client.clone(), max_bytes: config.max_artifact_bytes };
+        // The control plane sends a snapshot only when something changed: a deployment refused
+        // for a passing reason (a fetch shed or cut, the artifact unreadable for a moment) is
+        // tried again from the last snapshot, at growing intervals while it stays refused.
+        let mut retry_in = REFUSED_RETRY_FIRST;
+        loop {
+            let retry = tokio::time::sleep(retry_in);
+            let snapshot = tokio::select! {
+                message = stream.message() => message?,
+                () = retry, if !self.refused.is_empty() => {
+                    if let Some(last) = self.last.clone() {
+                        self.apply(last, Some(fetcher.clone())).await;
+                    }
+                    retry_in = (retry_in * 2).min(REFUSED_RETRY_MAX);
+                    continue;
+                }
+            };
+            let Some(snapshot) = snapshot else { return Ok(()) };
+            retry_in = REFUSED_RETRY_FIRST;
+            self.apply(snapshot, Some(fetcher.clone())).await;
             self.attempted();
         }
-        Ok(())
     }
 
     async fn apply(&mut self, snapshot: DeploymentsSnapshot, mut fetcher: Option<Fetcher>) {
+        // A model no longer deployed has nothing left to try again.
+        self.refused.retain(|model, _| snapshot.deployments.iter().any(|spec| &spec.model_name == model));
         let mut next: HashMap<String, Deployment> = HashMap::new();
         for spec in &snapshot.deployments {
             let model = spec.model_name.clone();
@@ -497,6 +520,7 @@ async fn load_kept(repository: &Arc<ModelRepository>, model: &str, version: u64)
 }
 
 /// Fetches artifacts from the control plane into the model repository.
+#[derive(Clone)]
 struct Fetcher {
     client: ControlClient<vigil_security::client::SecureChannel>,
     max_bytes: u64,

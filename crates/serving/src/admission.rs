@@ -472,8 +472,10 @@ where
         // Health checks, reflection and the lasting streams are never shed.
         let path = request.uri().path();
         let lasting = LASTING_STREAMS.contains(&path);
-        let exempt = lasting || path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
-        let permit = if exempt {
+        // Health and reflection (whose messages are not ours) are not charged to the memory
+        // budget either; the other lasting streams are.
+        let exempt = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
+        let permit = if exempt || lasting {
             None
         } else {
             match self.permits.clone().try_acquire_owned() {

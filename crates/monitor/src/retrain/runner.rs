@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 use tokio::sync::watch;
 use vigil_store::registry::retraining::{RUNNER, Reported};
-use vigil_store::{Change, JobState, ModelVersionRow, MonitorStore, PredictionStore, RetrainJob};
+use vigil_store::{Change, JobState, ModelVersionRow, MonitorStore, PredictionStore, RetrainJob, Stage};
 
 use super::{ModelRetraining, RetrainingConfig};
 
@@ -47,7 +47,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
                 Ok(jobs) => {
                     for job in jobs {
                         tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
-                        runner.remove_partial_versions(&job);
+                        runner.remove_partial_versions(&job).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot mark interrupted retraining jobs; retrying"),
@@ -183,22 +183,46 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     }
 
     /// Removes what an interrupted `job` was writing (`.<version>.job-<id>` in its model's
-    /// directory): a whole trained model, never to be registered.
-    fn remove_partial_versions(&self, job: &RetrainJob) {
+    /// directory): a whole trained model, never to be moved into place. A version the job
+    /// registered before it was interrupted, whose files are not in place, is archived.
+    async fn remove_partial_versions(&self, job: &RetrainJob) {
         let suffix = format!(".job-{}", job.job_id);
         let Ok(entries) = std::fs::read_dir(self.output.join(&job.model_name)) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with('.') && name.ends_with(&suffix) {
-                match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => {
-                        tracing::info!(path = %entry.path().display(), "removed an interrupted job's partial version")
-                    }
-                    Err(e) => {
-                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an interrupted job's partial version")
-                    }
+            let Some(version) = name.strip_prefix('.').and_then(|n| n.strip_suffix(&suffix)) else { continue };
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed an interrupted job's partial version")
                 }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an interrupted job's partial version")
+                }
+            }
+            let row = self.store.model_version(&job.model_name, version).await;
+            if let Ok(Some(row)) = row
+                && row.stage == Stage::Candidate.as_str()
+                && !Path::new(&row.artifact_uri).exists()
+            {
+                let why = format!("retraining job {} was interrupted before moving its files into place", job.job_id);
+                self.archive_unplaced(&job.model_name, version, &why).await;
+            }
+        }
+    }
+
+    /// Archives a version registered whose files never reached the repository: servers and
+    /// the control plane could not serve it, and a rollout would be refused.
+    async fn archive_unplaced(&self, model: &str, version: &str, why: &str) -> bool {
+        let change = Change { actor: RUNNER, reason: why, at: Utc::now() };
+        match self.store.set_stage(model, version, Stage::Archived, &change).await {
+            Ok(_) => {
+                tracing::warn!(model, version, "{why}: the registered version is archived");
+                true
+            }
+            Err(e) => {
+                tracing::error!(model, version, error = %e, "{why}, and archiving the registered version failed");
+                false
             }
         }
     }
@@ -501,7 +525,12 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             .await
             .map_err(|e| anyhow!("registering version {version}: {e}"))?;
         // The whole version appears at once: servers watching the repository load it complete.
-        std::fs::rename(partial, dir).with_context(|| format!("moving the registered version to {}", dir.display()))?;
+        if let Err(e) = std::fs::rename(partial, dir) {
+            let why =
+                format!("retraining job {}: moving version {version} to {} failed: {e}", job.job_id, dir.display());
+            let archived = self.archive_unplaced(&job.model_name, version, &why).await;
+            bail!("{why}; the registered version is {}", if archived { "archived" } else { "left a candidate" });
+        }
         Ok(())
     }
 
