@@ -4,12 +4,14 @@
 //! deleted, and kept when it was written since (a capture of the same bytes meanwhile), so a
 //! long listing does not delete what was captured while it ran.
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore};
 
-/// Objects looked at again and deleted at once.
-const DELETING_AT_ONCE: usize = 16;
+/// Objects looked at again, then deleted, in one batch (S3 deletes up to 1,000 in one request).
+const DELETING_AT_ONCE: usize = 1000;
+/// Objects looked at again at once.
+const LOOKING_AT_ONCE: usize = 16;
 
 /// What one expiry pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,44 +54,45 @@ async fn old_objects(
     Ok((listed, old))
 }
 
-/// Deletes each of `old` still last modified before `before` when looked at again; returns how
-/// many were deleted and how many were written since they were listed.
+/// Deletes each of `old` still last modified before `before` when looked at again, a chunk at
+/// a time (looked at, then deleted in one batch where the store takes batches, as S3 does);
+/// returns how many were deleted and how many were written since they were listed. An object
+/// that cannot be looked at or deleted is left for the next pass (logged), not the end of this one.
 async fn delete_still_old(
     store: &dyn ObjectStore,
     old: Vec<ObjectMeta>,
     before: chrono::DateTime<chrono::Utc>,
 ) -> Result<(u64, u64), object_store::Error> {
-    let outcomes = futures::stream::iter(old)
-        .map(|listed| async move {
-            match store.head(&listed.location).await {
-                Ok(now) if now.last_modified >= before => Ok(Outcome::Rewritten),
-                Ok(_) => match store.delete(&listed.location).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(Outcome::Deleted),
-                    Err(e) => Err(e),
-                },
-                Err(object_store::Error::NotFound { .. }) => Ok(Outcome::Gone),
-                Err(e) => Err(e),
+    let (mut deleted, mut rewritten) = (0u64, 0u64);
+    for chunk in old.chunks(DELETING_AT_ONCE) {
+        // Boxed: a future borrowing the store inside a stream adapter is not Send for every
+        // lifetime the compiler asks for.
+        type Looked<'a> = (&'a ObjectMeta, Result<ObjectMeta, object_store::Error>);
+        let heads: Vec<futures::future::BoxFuture<'_, Looked<'_>>> = chunk
+            .iter()
+            .map(|listed| Box::pin(async move { (listed, store.head(&listed.location).await) }) as _)
+            .collect();
+        let looked = futures::stream::iter(heads).buffer_unordered(LOOKING_AT_ONCE).collect::<Vec<_>>().await;
+        let mut still_old = Vec::new();
+        for (listed, now) in looked {
+            match now {
+                Ok(now) if now.last_modified >= before => rewritten += 1,
+                Ok(_) => still_old.push(listed.location.clone()),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(object = %listed.location, error = %e, "cannot look at an expired capture; next pass")
+                }
             }
-        })
-        .buffer_unordered(DELETING_AT_ONCE);
-    outcomes
-        .try_fold((0, 0), |(deleted, rewritten), outcome| async move {
-            Ok(match outcome {
-                Outcome::Deleted => (deleted + 1, rewritten),
-                Outcome::Rewritten => (deleted, rewritten + 1),
-                Outcome::Gone => (deleted, rewritten),
-            })
-        })
-        .await
-}
-
-/// What became of one object listed as old.
-enum Outcome {
-    Deleted,
-    /// Written again since it was listed: kept.
-    Rewritten,
-    /// Deleted meanwhile by someone else.
-    Gone,
+        }
+        let mut deleting = store.delete_stream(futures::stream::iter(still_old.into_iter().map(Ok)).boxed());
+        while let Some(done) = deleting.next().await {
+            match done {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => tracing::warn!(error = %e, "cannot delete an expired capture; next pass"),
+            }
+        }
+    }
+    Ok((deleted, rewritten))
 }
 
 #[cfg(test)]

@@ -106,7 +106,10 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let catalog = Arc::new(LiveCatalog::follow(&config.models)?);
     let config = Arc::new(config);
     let views = Views::following(store.clone(), catalog.clone(), config.clone());
-    let (registry, metrics) = telemetry::registry();
+    let mut host =
+        GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?.with_security(security.clone(), "--listen")?;
+    let admission = admission(&config.limits, &host);
+    let (registry, metrics) = telemetry::registry_with(&admission);
     let auth_metrics = metrics.auth.clone();
     let mut lifecycle = Lifecycle::new();
     lifecycle.stage(SERVE, None).stage(BACKGROUND, None);
@@ -167,8 +170,6 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     });
     let control =
         vigil_server::control::ControlService::start(store.clone(), config.control.poll, &mut lifecycle, BACKGROUND);
-    let mut host =
-        GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?.with_security(security.clone(), "--listen")?;
     host.serving_all().await;
     // A call refused for its token costs no admission budget; a message the admission layer
     // admits is decoded whatever its size up to the limit (tonic's own default is 4 MiB).
@@ -176,11 +177,7 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(config.limits.max_streams_per_connection)
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(security.grpc_layer(auth_metrics))
-                .layer(admission(&config.limits, &host)),
-        )
+        .layer(tower::ServiceBuilder::new().layer(security.grpc_layer(auth_metrics)).layer(admission))
         .add_routes(host.routes())
         .add_service(PredictionLogServer::new(PredictionLogService::new(store.clone())).max_decoding_message_size(max))
         .add_service(MonitoringServer::new(MonitoringService::new(views)).max_decoding_message_size(max))

@@ -111,3 +111,11 @@ pub fn registry() -> (Arc<Registry>, MonitorMetrics) {
     let m = MonitorMetrics::register(&mut r);
     (Arc::new(r), m)
 }
+
+/// [`registry`] with the gRPC APIs' admission too (calls and bytes in flight).
+pub fn registry_with(admission: &vigil_serving::admission::AdmissionLayer) -> (Arc<Registry>, MonitorMetrics) {
+    let mut r = vigil_telemetry::registry();
+    let m = MonitorMetrics::register(&mut r);
+    vigil_serving::metrics::register_admission(&mut r, admission);
+    (Arc::new(r), m)
+}

@@ -260,8 +260,8 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
     let registered = vigil_store::ModelVersionRow {
         model_name: "slow".into(),
         version: "7".into(),
-        artifact_sha256: "0".repeat(64),
-        artifact_uri: repository.join("slow/7/model.onnx").display().to_string(),
+        artifact_sha256: vigil_store::registry::sha256_file(&partial.join("model.onnx")).unwrap(),
+        artifact_uri: std::path::absolute(repository.join("slow/7/model.onnx")).unwrap().display().to_string(),
         training_data: String::new(),
         metrics: serde_json::json!({}),
         stage: "candidate".into(),
@@ -270,6 +270,18 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
         stage_changed_at: at,
     };
     store.register_version(&registered, "").await.unwrap();
+    // Another partial directory of the job, of version 8, which a person registered meanwhile
+    // for files of their own: left registered.
+    let theirs = repository.join(format!("slow/.8.job-{}", orphan.job_id));
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("model.onnx"), b"half a model").unwrap();
+    let by_a_person = vigil_store::ModelVersionRow {
+        version: "8".into(),
+        artifact_uri: dir.path().join("elsewhere/model.onnx").display().to_string(),
+        registered_by: "anna".into(),
+        ..registered.clone()
+    };
+    store.register_version(&by_a_person, "").await.unwrap();
     let (stop, task, _leading) = start(&store, config(dir.path(), &[("slow", &slow)], "1s"), &repository);
     let failed = wait_for(&store, &orphan.job_id, |j| !j.is_active()).await;
     assert_eq!((failed.state.as_str(), failed.error.as_str()), ("failed", INTERRUPTED));
@@ -284,6 +296,8 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
         assert!(Instant::now() < archived, "the unplaced version was not archived");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(!theirs.exists());
+    assert_eq!(store.model_version("slow", "8").await.unwrap().unwrap().stage, "candidate", "not the job's");
     let events = store.audit_events(20).await.unwrap();
     let archive = events.iter().find(|e| e.subject == "slow/7" && e.to_state == "archived").expect("an audit event");
     assert!(archive.reason.contains("interrupted before moving its files into place"), "{}", archive.reason);

@@ -17,6 +17,7 @@ use vigil_store::{PredictionStore as _, SqliteStore};
 
 struct Monitor {
     addr: std::net::SocketAddr,
+    http: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
@@ -28,12 +29,12 @@ async fn start(config: MonitorConfig) -> Monitor {
     store.migrate().await.unwrap();
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = grpc.local_addr().unwrap();
+    let (addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(vigil_monitor::run(store, config, grpc, http, async move {
         let _ = stopped.await;
     }));
-    Monitor { addr, stop, task, _dir: dir }
+    Monitor { addr, http: http_addr, stop, task, _dir: dir }
 }
 
 fn config() -> MonitorConfig {
@@ -84,6 +85,16 @@ async fn lasting_watches_end_when_the_monitor_drains() {
         .into_inner();
     let snapshot = within("snapshot", deployments.message()).await.unwrap().expect("the first snapshot");
     assert!(snapshot.deployments.is_empty());
+    // Not charged to the memory budget, which they would hold for their life: their request is
+    // bounded instead.
+    let long_id = WatchDeploymentsRequest { server_id: "e".repeat(100 << 10) };
+    let mut refused = ControlClient::new(channel.clone());
+    let status = match within("a long id", refused.watch_deployments(long_id)).await {
+        Ok(stream) => within("a long id", stream.into_inner().message()).await.unwrap_err(),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("the limit is 65536"), "{status:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = monitor.stop.send(());
     // Well within the drain timeout.
@@ -119,6 +130,11 @@ async fn the_apis_refuse_messages_over_the_limit() {
     // Under the limit, the same call is answered.
     let small = GetMetricsRequest { scope: scope("scratch-detector".into()), ..Default::default() };
     client.get_metrics(small).await.expect("a message under the limit");
+    // The admission is seen on /metrics, as on the servers.
+    let text = reqwest::get(format!("http://{}/metrics", monitor.http)).await.unwrap().text().await.unwrap();
+    for metric in ["vigil_inflight_requests 0", "vigil_request_bytes_in_flight 0"] {
+        assert!(text.lines().any(|l| l == metric), "{metric} in:\n{text}");
+    }
     let _ = monitor.stop.send(());
     monitor.task.await.unwrap().unwrap();
 

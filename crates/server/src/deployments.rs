@@ -131,6 +131,7 @@ pub async fn follow(
         last: None,
         first_read: None,
         refused: HashMap::new(),
+        retryable: Default::default(),
     };
     follower.restore().await;
     let (first_read, read_once) = tokio::sync::oneshot::channel();
@@ -183,6 +184,9 @@ struct Follower {
     first_read: Option<tokio::sync::oneshot::Sender<()>>,
     /// The refusal last logged per model (deployment id, why): logged once, not every poll.
     refused: HashMap<String, (String, String)>,
+    /// Models whose deployment the last snapshot's apply refused for a fetch that failed on the
+    /// control plane's side or the network's: tried again.
+    retryable: std::collections::HashSet<String>,
 }
 
 impl Follower {
@@ -267,18 +271,20 @@ impl Follower {
         tracing::info!(url = config.control_url, "following deployments from the control plane");
         let fetcher = Fetcher { client: client.clone(), max_bytes: config.max_artifact_bytes };
         // The control plane sends a snapshot only when something changed: a deployment refused
-        // for a passing reason (a fetch shed or cut, the artifact unreadable for a moment) is
-        // tried again from the last snapshot, at growing intervals while it stays refused.
+        // because its fetch failed on the control plane's side or the network's (shed, cut, the
+        // artifact unreadable for a moment) is tried again from the last snapshot, at growing
+        // intervals while it stays refused.
         let mut retry_in = REFUSED_RETRY_FIRST;
         loop {
             let retry = tokio::time::sleep(retry_in);
             let snapshot = tokio::select! {
                 message = stream.message() => message?,
-                () = retry, if !self.refused.is_empty() => {
+                () = retry, if !self.retryable.is_empty() => {
                     if let Some(last) = self.last.clone() {
                         self.apply(last, Some(fetcher.clone())).await;
                     }
-                    retry_in = (retry_in * 2).min(REFUSED_RETRY_MAX);
+                    // Jittered: a fleet refused by one snapshot does not come back all at once.
+                    retry_in = (retry_in * 2).min(REFUSED_RETRY_MAX).mul_f64(rand::random_range(0.75..1.25));
                     continue;
                 }
             };
@@ -290,8 +296,10 @@ impl Follower {
     }
 
     async fn apply(&mut self, snapshot: DeploymentsSnapshot, mut fetcher: Option<Fetcher>) {
-        // A model no longer deployed has nothing left to try again.
+        // A model no longer deployed has nothing left to try again; what is worth trying again
+        // is found anew.
         self.refused.retain(|model, _| snapshot.deployments.iter().any(|spec| &spec.model_name == model));
+        self.retryable.clear();
         let mut next: HashMap<String, Deployment> = HashMap::new();
         for spec in &snapshot.deployments {
             let model = spec.model_name.clone();
@@ -457,7 +465,19 @@ impl Follower {
                     }
                 }
                 (Err(_), None, Some(fetcher)) => {
-                    fetcher.fetch(&self.repository, model, version, registered).await.map_err(|e| format!("{e:#}"))?;
+                    if let Err(e) = fetcher.fetch(&self.repository, model, version, registered).await {
+                        // Refused by the control plane or the network (a fetch shed or cut, the
+                        // artifact unreadable there for now): worth trying again. What this
+                        // server refuses itself (its size, its digest) is not.
+                        let remote = e.chain().any(|cause| {
+                            cause.downcast_ref::<tonic::Status>().is_some()
+                                || cause.downcast_ref::<tonic::transport::Error>().is_some()
+                        });
+                        if remote {
+                            self.retryable.insert(model.to_string());
+                        }
+                        return Err(format!("{e:#}"));
+                    }
                     self.repository.get(model, version).map_err(|e| format!("fetched, but {e}"))?
                 }
                 (Err(e), None, None) => return Err(e.to_string()),

@@ -75,6 +75,10 @@ const LASTING_STREAMS: [&str; 4] = [
     "/vigil.v1.Control/WatchDeployments",
 ];
 
+/// Largest request message of a lasting stream (a service name, a server id): they are not
+/// charged to the memory budget.
+pub const LASTING_MESSAGE_BYTES: usize = 64 << 10;
+
 /// The paths (`/package.Service/Method`) of every method in an encoded `FileDescriptorSet`, each
 /// with whether it streams (client or server side).
 pub fn grpc_methods(descriptor_set: &[u8]) -> Vec<(String, bool)> {
@@ -472,10 +476,10 @@ where
         // Health checks, reflection and the lasting streams are never shed.
         let path = request.uri().path();
         let lasting = LASTING_STREAMS.contains(&path);
-        // Health and reflection (whose messages are not ours) are not charged to the memory
-        // budget either; the other lasting streams are.
-        let exempt = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
-        let permit = if exempt || lasting {
+        // Nor charged to the memory budget, which they would hold for their whole life: their
+        // one small request is bounded by LASTING_MESSAGE_BYTES instead.
+        let exempt = lasting || path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
+        let permit = if exempt {
             None
         } else {
             match self.permits.clone().try_acquire_owned() {
@@ -514,7 +518,11 @@ where
             (false, false) => Some(1),
             (false, true) => None,
         };
-        let max_message_bytes = self.limits.max_message_bytes;
+        let max_message_bytes = if lasting {
+            self.limits.max_message_bytes.min(LASTING_MESSAGE_BYTES)
+        } else {
+            self.limits.max_message_bytes
+        };
         // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
         // left in place, tonic's own handling would answer CANCELLED first.
         request.headers_mut().remove("grpc-timeout");

@@ -215,7 +215,7 @@ impl ServingMetrics {
             m.compute_duration.clone(),
         );
         registry.register_collector(Box::new(BatchSizeCollector { repository }));
-        registry.register_collector(Box::new(InflightCollector { admission: admission.clone() }));
+        register_admission(registry, admission);
         if let Some(records) = records {
             registry.register_collector(Box::new(RecordsCollector { stats: records.emitter().stats().clone() }));
         }
@@ -403,6 +403,13 @@ fn batch_size_histogram(runs: &[(usize, u64)]) -> (f64, u64, Vec<(f64, u64)>) {
         }
     }
     (sum, count, buckets)
+}
+
+/// Exports `admission`'s calls and bytes in flight, budget waits and unread answers
+/// (`vigil_inflight_requests`, `vigil_request_bytes_in_flight`, `vigil_stream_budget_waits_total`,
+/// `vigil_unread_answers_total`).
+pub fn register_admission(registry: &mut Registry, admission: &AdmissionLayer) {
+    registry.register_collector(Box::new(InflightCollector { admission: admission.clone() }));
 }
 
 /// `vigil_inflight_requests` from the admission layer's permits.

@@ -89,6 +89,7 @@ pub async fn work<S: PredictionStore + MonitorStore>(
     let change = Change { actor: RUNNER, reason: INTERRUPTED, at: Utc::now() };
     for job in runner.store.interrupt_retrains(&change).await.context("marking interrupted jobs")? {
         tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
+        runner.remove_partial_versions(&job).await;
     }
     let mut ran = Vec::new();
     while max_jobs.is_none_or(|max| ran.len() < max) && !*shutdown.borrow() {
@@ -192,6 +193,8 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let Some(version) = name.strip_prefix('.').and_then(|n| n.strip_suffix(&suffix)) else { continue };
+            // Read before the directory goes: what the job would have registered.
+            let partial_digest = vigil_store::registry::sha256_file(&entry.path().join("model.onnx")).ok();
             match std::fs::remove_dir_all(entry.path()) {
                 Ok(()) => {
                     tracing::info!(path = %entry.path().display(), "removed an interrupted job's partial version")
@@ -200,10 +203,17 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                     tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an interrupted job's partial version")
                 }
             }
+            // Only the version this job registered: by this runner, for the place it was to be
+            // moved to, with the partial directory's model, and whose files are not there.
+            let placed = self.output.join(&job.model_name).join(version).join("model.onnx");
+            let placed = std::path::absolute(&placed).unwrap_or(placed);
             let row = self.store.model_version(&job.model_name, version).await;
             if let Ok(Some(row)) = row
                 && row.stage == Stage::Candidate.as_str()
-                && !Path::new(&row.artifact_uri).exists()
+                && row.registered_by == RUNNER
+                && Path::new(&row.artifact_uri) == placed
+                && partial_digest.as_deref() == Some(row.artifact_sha256.as_str())
+                && !placed.exists()
             {
                 let why = format!("retraining job {} was interrupted before moving its files into place", job.job_id);
                 self.archive_unplaced(&job.model_name, version, &why).await;
