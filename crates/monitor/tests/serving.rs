@@ -94,7 +94,7 @@ async fn lasting_watches_end_when_the_monitor_drains() {
         Err(status) => status,
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("the limit is 65536"), "{status:?}");
+    assert!(status.message().contains("the limit is 65536 (the limit of a watch's request)"), "{status:?}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = monitor.stop.send(());
     // Well within the drain timeout.

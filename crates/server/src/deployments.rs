@@ -276,15 +276,16 @@ impl Follower {
         // intervals while it stays refused.
         let mut retry_in = REFUSED_RETRY_FIRST;
         loop {
-            let retry = tokio::time::sleep(retry_in);
+            // Jittered (half to all of the interval): a fleet refused by one snapshot does not
+            // come back all at once.
+            let retry = tokio::time::sleep(retry_in.mul_f64(rand::random_range(0.5..=1.0)));
             let snapshot = tokio::select! {
                 message = stream.message() => message?,
                 () = retry, if !self.retryable.is_empty() => {
                     if let Some(last) = self.last.clone() {
                         self.apply(last, Some(fetcher.clone())).await;
                     }
-                    // Jittered: a fleet refused by one snapshot does not come back all at once.
-                    retry_in = (retry_in * 2).min(REFUSED_RETRY_MAX).mul_f64(rand::random_range(0.75..1.25));
+                    retry_in = (retry_in * 2).min(REFUSED_RETRY_MAX);
                     continue;
                 }
             };

@@ -550,12 +550,13 @@ where
                     false => read_declared_length(body).await,
                 };
                 if let Some(declared) = declared.filter(|&n| n as usize > max_message_bytes) {
-                    return Ok(Err(message_too_large(declared as usize, max_message_bytes)));
+                    return Ok(Err(message_too_large(declared as usize, max_message_bytes, lasting)));
                 }
                 body.activity = activity;
                 body.messages.limit = max_messages;
                 body.messages.unary = !stream;
                 body.messages.max_message_bytes = max_message_bytes;
+                body.messages.lasting = lasting;
                 let reserved = MessageCharges::default();
                 let decoded = (!exempt).then(|| DecodedCharges {
                     bytes: bytes.clone(),
@@ -612,9 +613,11 @@ where
     }
 }
 
-fn message_too_large(declared: usize, max: usize) -> Status {
+/// `lasting`: the limit is a lasting stream's ([`LASTING_MESSAGE_BYTES`]), not the configured one.
+fn message_too_large(declared: usize, max: usize, lasting: bool) -> Status {
+    let key = if lasting { "the limit of a watch's request" } else { "limits.max_message_bytes" };
     Status::resource_exhausted(format!(
-        "the message is {declared} bytes; the limit is {max} (limits.max_message_bytes): send smaller requests"
+        "the message is {declared} bytes; the limit is {max} ({key}): send smaller requests"
     ))
 }
 
@@ -725,6 +728,8 @@ struct MessageCounter {
     unary: bool,
     /// Largest message length accepted (0: not checked).
     max_message_bytes: usize,
+    /// The limit is a lasting stream's (for the refusal's words).
+    lasting: bool,
     seen: u64,
     /// Bytes of the current message still to come.
     remaining: usize,
@@ -781,7 +786,8 @@ impl MessageCounter {
                     return Some((starts, Stop::End(status)));
                 }
                 if self.max_message_bytes > 0 && self.remaining > self.max_message_bytes {
-                    return Some((starts, Stop::End(message_too_large(self.remaining, self.max_message_bytes))));
+                    let status = message_too_large(self.remaining, self.max_message_bytes, self.lasting);
+                    return Some((starts, Stop::End(status)));
                 }
                 match self.budget.as_ref().map(|b| b.charge(self.remaining)) {
                     Some(Charged::Refused(status)) => return Some((starts, Stop::End(status))),
