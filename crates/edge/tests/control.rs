@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -75,6 +76,33 @@ async fn start_monitor(url: &str) -> Monitor {
     Monitor { addr, stop, task }
 }
 
+/// A registry in `dir` (SQLite) with its monitor: version 1 the shipped model, version 2 a
+/// slower stand-in (`slow`, sha256 `digest2`), version 1 deployed.
+struct Registry {
+    artifacts: PathBuf,
+    store: SqliteStore,
+    slow: Vec<u8>,
+    digest2: String,
+    change: Change<'static>,
+    monitor: Monitor,
+}
+
+async fn registry_deploying_1(dir: &Path) -> Registry {
+    let artifacts = dir.join("artifacts");
+    copy_version(&model_dir(), &artifacts, 1, None);
+    let slow = std::fs::read(repo_root().join("tests/fixtures/slow-model/model.onnx")).unwrap();
+    copy_version(&model_dir(), &artifacts, 2, Some(&slow));
+    let url = format!("sqlite://{}", dir.join("registry.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    register(&store, &artifacts.join("1"), "1").await;
+    let digest2 = register(&store, &artifacts.join("2"), "2").await;
+    let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
+    store.set_deployment(&deployment("d1", "1", None, "single", 0.0), &change).await.unwrap();
+    let monitor = start_monitor(&url).await;
+    Registry { artifacts, store, slow, digest2, change, monitor }
+}
+
 /// An edge server whose repository holds version 1 only, following `control`; `load_all`:
 /// every version on disk loads, else the model's policy (the newest) and the versions
 /// deployments name.
@@ -113,19 +141,7 @@ async fn until_served(servers: &[&RunningServer], image: &[u8], version: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_follow_the_control_plane_fetch_versions_by_digest_and_restart_from_their_last_state() {
     let dir = tempfile::tempdir().unwrap();
-    // The registry's artifact store: version 1 the shipped model, version 2 a slower stand-in.
-    let artifacts = dir.path().join("artifacts");
-    copy_version(&model_dir(), &artifacts, 1, None);
-    let slow = std::fs::read(repo_root().join("tests/fixtures/slow-model/model.onnx")).unwrap();
-    copy_version(&model_dir(), &artifacts, 2, Some(&slow));
-    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
-    let store = SqliteStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    register(&store, &artifacts.join("1"), "1").await;
-    let digest2 = register(&store, &artifacts.join("2"), "2").await;
-    let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
-    store.set_deployment(&deployment("d1", "1", None, "single", 0.0), &change).await.unwrap();
-    let monitor = start_monitor(&url).await;
+    let Registry { artifacts, store, slow, digest2, change, monitor } = registry_deploying_1(dir.path()).await;
 
     // Two edge boxes with version 1 only and no access to the database.
     let repos: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("edge-{i}/models"))).collect();
@@ -181,4 +197,96 @@ async fn servers_follow_the_control_plane_fetch_versions_by_digest_and_restart_f
     assert_eq!(version_served(&b, &image).await, "3", "no state kept: the default version");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// A TCP relay to `target` that cuts its first connection once it has passed `cut_after`
+/// bytes towards the client, and counts the bytes each connection passed that way.
+async fn cutting_relay(target: std::net::SocketAddr, cut_after: u64) -> (std::net::SocketAddr, Arc<Mutex<Vec<u64>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let passed = Arc::new(Mutex::new(Vec::new()));
+    let counts = passed.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(upstream) = tokio::net::TcpStream::connect(target).await else { continue };
+            let index = {
+                let mut counts = counts.lock().unwrap();
+                counts.push(0u64);
+                counts.len() - 1
+            };
+            let limit = if index == 0 { cut_after } else { u64::MAX };
+            let counts = counts.clone();
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut upstream_read, mut upstream_write) = upstream.into_split();
+                let requests = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+                });
+                let mut buffer = vec![0; 16 << 10];
+                let mut sent = 0u64;
+                loop {
+                    let n = match upstream_read.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n as u64,
+                    };
+                    let n = n.min(limit - sent);
+                    if client_write.write_all(&buffer[..n as usize]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                    counts.lock().unwrap()[index] = sent;
+                    if sent == limit {
+                        break;
+                    }
+                }
+                // Both ways closed at once, as a link that drops.
+                requests.abort();
+            });
+        }
+    });
+    (addr, passed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_cut_on_the_way_resumes_where_it_stopped() {
+    // The first connection is cut inside the artifact's second 64 KiB chunk.
+    const CUT: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let Registry { artifacts, store, slow, digest2, change, monitor } = registry_deploying_1(dir.path()).await;
+    assert!(slow.len() as u64 > CUT + 40_000, "the fixture spans the cut with room to spare");
+    let (relay, passed) = cutting_relay(monitor.addr, CUT).await;
+
+    let repo = dir.path().join("edge/models");
+    copy_version(&model_dir(), &repo.join(MODEL), 1, None);
+    let server = edge(&repo, relay, None, true).await;
+    let image = samples("normal").remove(0).1;
+    until_served(&[&server], &image, "1").await;
+    store.set_deployment(&deployment("d2", "2", None, "single", 0.0), &change).await.unwrap();
+    until_served(&[&server], &image, "2").await;
+    assert_eq!(sha256_file(&repo.join(MODEL).join("2/model.onnx")).unwrap(), digest2, "the registered artifact");
+
+    let passed = passed.lock().unwrap().clone();
+    assert!(passed.len() >= 2 && passed[0] == CUT, "the first connection was cut at {CUT} bytes: {passed:?}");
+    // Sent again whole, the version's files would take this much after the cut; resumed,
+    // model.onnx's first chunk (64 KiB) is not sent again.
+    let files: u64 = ["model.toml", "metrics.json"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(artifacts.join("2").join(f)).ok())
+        .map(|m| m.len())
+        .sum::<u64>()
+        + slow.len() as u64;
+    let after_cut: u64 = passed[1..].iter().sum();
+    println!("after the cut: {after_cut} bytes; the files whole: {files}");
+    assert!(after_cut < files - 40_000, "resumed, not sent again from the start: {after_cut} of {files} bytes");
+    let left: Vec<_> = std::fs::read_dir(repo.join(MODEL))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "no staging directory left: {left:?}");
+    server.shutdown().await.unwrap();
+    let _ = monitor.stop.send(());
+    monitor.task.await.unwrap().unwrap();
 }

@@ -33,7 +33,6 @@ use vigil_proto::vigil::v1::control_server::ControlServer;
 use vigil_proto::vigil::v1::monitoring_server::MonitoringServer;
 use vigil_proto::vigil::v1::prediction_log_server::PredictionLogServer;
 use vigil_server::{GrpcHost, Lifecycle};
-use vigil_serving::admission::{AdmissionLayer, streaming_methods};
 use vigil_store::{MonitorStore, PredictionStore};
 
 pub use api::MonitoringService;
@@ -60,7 +59,7 @@ pub async fn serve<S: PredictionStore>(
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .max_concurrent_streams(limits.max_streams_per_connection)
-        .layer(admission(&limits, &host))
+        .layer(host.admission(&limits))
         .add_routes(host.routes())
         .add_service(
             PredictionLogServer::new(PredictionLogService::new(store))
@@ -68,16 +67,6 @@ pub async fn serve<S: PredictionStore>(
         );
     host.serve(router, &mut lifecycle, SERVE, limits.drain_timeout());
     lifecycle.run_until(shutdown).await
-}
-
-/// The APIs' admission: `limits` on every call; health watches and the servers' deployment
-/// watches last until the drain starts (they are never shed and have no deadline), and the calls
-/// still running end when the drain timeout passes.
-fn admission(limits: &vigil_server::Limits, host: &GrpcHost) -> AdmissionLayer {
-    AdmissionLayer::new(limits.admission())
-        .with_streaming_methods(streaming_methods(vigil_proto::FILE_DESCRIPTOR_SET))
-        .with_draining(host.draining())
-        .with_closing(host.closing())
 }
 
 /// The whole monitor: gRPC APIs on `grpc`, dashboard and `/metrics` on `http`, rollup upkeep,
@@ -108,7 +97,7 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let views = Views::following(store.clone(), catalog.clone(), config.clone());
     let mut host =
         GrpcHost::on(grpc, &[vigil_proto::FILE_DESCRIPTOR_SET])?.with_security(security.clone(), "--listen")?;
-    let admission = admission(&config.limits, &host);
+    let admission = host.admission(&config.limits);
     let (registry, metrics) = telemetry::registry_with(&admission);
     let auth_metrics = metrics.auth.clone();
     let mut lifecycle = Lifecycle::new();

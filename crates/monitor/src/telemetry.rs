@@ -107,15 +107,19 @@ impl MonitorMetrics {
 
 /// A registry with the process metrics and the monitor's own.
 pub fn registry() -> (Arc<Registry>, MonitorMetrics) {
-    let mut r = vigil_telemetry::registry();
-    let m = MonitorMetrics::register(&mut r);
-    (Arc::new(r), m)
+    build_registry(None)
 }
 
 /// [`registry`] with the gRPC APIs' admission too (calls and bytes in flight).
 pub fn registry_with(admission: &vigil_serving::admission::AdmissionLayer) -> (Arc<Registry>, MonitorMetrics) {
+    build_registry(Some(admission))
+}
+
+fn build_registry(admission: Option<&vigil_serving::admission::AdmissionLayer>) -> (Arc<Registry>, MonitorMetrics) {
     let mut r = vigil_telemetry::registry();
     let m = MonitorMetrics::register(&mut r);
-    vigil_serving::metrics::register_admission(&mut r, admission);
+    if let Some(admission) = admission {
+        vigil_serving::metrics::register_admission(&mut r, admission);
+    }
     (Arc::new(r), m)
 }

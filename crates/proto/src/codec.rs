@@ -2,7 +2,7 @@
 //! size bounded (see [`crate::footprint`]) and covered by the server's memory budget before
 //! prost decodes it.
 
-use crate::footprint::Unbounded;
+use crate::footprint::MessageShape;
 use bytes::Buf;
 use prost::{Message, Name};
 use std::sync::Arc;
@@ -53,7 +53,9 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        BoundedDecoder { inner: self.0.decoder(), budget: DECODE_BUDGET.try_with(Arc::clone).ok() }
+        let budget = DECODE_BUDGET.try_with(Arc::clone).ok();
+        let shape = budget.as_ref().and_then(|_| crate::footprint::contracts().message(&U::full_name()));
+        BoundedDecoder { inner: self.0.decoder(), budget, shape }
     }
 }
 
@@ -61,6 +63,8 @@ where
 pub struct BoundedDecoder<U> {
     inner: ProstDecoder<U>,
     budget: Option<Arc<dyn DecodeBudget>>,
+    /// `U` in the contracts' schema, looked up once per call (with a budget only).
+    shape: Option<MessageShape>,
 }
 
 impl<U: Message + Default + Name> Decoder for BoundedDecoder<U> {
@@ -74,18 +78,12 @@ impl<U: Message + Default + Name> Decoder for BoundedDecoder<U> {
             if wire.len() != buf.remaining() {
                 return Err(Status::internal("a received message is not in one buffer"));
             }
-            let decoded = match crate::footprint::decoded_bound(&U::full_name(), wire) {
-                Ok(bytes) => bytes,
-                Err(Unbounded::Malformed(why)) => {
-                    return Err(Status::invalid_argument(format!(
-                        "the message is not a valid {}: {why}",
-                        U::full_name()
-                    )));
-                }
-                Err(Unbounded::UnknownMessage) => {
-                    return Err(Status::internal(format!("no schema to bound a decoded {}", U::full_name())));
-                }
+            let Some(shape) = self.shape else {
+                return Err(Status::internal(format!("no schema to bound a decoded {}", U::full_name())));
             };
+            let decoded = crate::footprint::contracts().bound_of(shape, wire).map_err(|why| {
+                Status::invalid_argument(format!("the message is not a valid {}: {why}", U::full_name()))
+            })?;
             budget.cover(buf.remaining(), decoded)?;
         }
         self.inner.decode(buf)

@@ -102,6 +102,11 @@ pub fn decoded_bound(full_name: &str, wire: &[u8]) -> Result<usize, Unbounded> {
     contracts().decoded_bound(full_name, wire)
 }
 
+/// A message of the contracts' schema, looked up once ([`Schema::message`]) for the many
+/// messages of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageShape(usize);
+
 impl Schema {
     /// The schema of an encoded `FileDescriptorSet` (empty when it cannot be decoded).
     pub fn from_descriptor_set(encoded: &[u8]) -> Self {
@@ -138,8 +143,19 @@ impl Schema {
 
     /// See [`decoded_bound`].
     pub fn decoded_bound(&self, full_name: &str, wire: &[u8]) -> Result<usize, Unbounded> {
-        let &shape = self.by_name.get(full_name).ok_or(Unbounded::UnknownMessage)?;
-        self.heap(shape, wire, 0).map_err(Unbounded::Malformed)
+        let shape = self.message(full_name).ok_or(Unbounded::UnknownMessage)?;
+        self.bound_of(shape, wire).map_err(Unbounded::Malformed)
+    }
+
+    /// The message `full_name` (`package.Message`), where the schema describes it.
+    pub fn message(&self, full_name: &str) -> Option<MessageShape> {
+        self.by_name.get(full_name).map(|&i| MessageShape(i))
+    }
+
+    /// [`Self::decoded_bound`] of a message looked up with [`Self::message`]; the error says
+    /// where `wire` is malformed.
+    pub fn bound_of(&self, shape: MessageShape, wire: &[u8]) -> Result<usize, &'static str> {
+        self.heap(shape.0, wire, 0)
     }
 
     /// What decoding `data` as the message `shape` allocates, or why prost refuses it.

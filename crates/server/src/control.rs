@@ -20,12 +20,54 @@ use vigil_store::{CaptureBoostStore, DeploymentRow, DeploymentStore, RegistrySto
 
 use crate::lifecycle::Lifecycle;
 
-/// Largest chunk of an artifact in one message.
-pub const ARTIFACT_CHUNK_BYTES: usize = 1 << 20;
+/// Largest chunk of an artifact in one message: a fetch cut on a slow link loses at most
+/// this much, resuming after the last whole chunk.
+pub const ARTIFACT_CHUNK_BYTES: usize = 64 << 10;
 
 /// The files of a model version sent by [`Control::fetch_artifact`], in order; the first two
 /// must exist.
 pub const ARTIFACT_FILES: [&str; 3] = ["model.onnx", "model.toml", "metrics.json"];
+
+/// Opens `artifact` and checks its contents against the registered `digest`. The handle
+/// returned, rewound, is the one checked: a file moved over the path since (the registry
+/// places files by rename) is not sent in its stead.
+fn open_verified(artifact: &Path, digest: &str) -> Result<std::fs::File, Status> {
+    use std::io::Seek;
+    let unreadable =
+        |e: std::io::Error| Status::failed_precondition(format!("cannot read {}: {e}", artifact.display()));
+    let mut file = std::fs::File::open(artifact).map_err(unreadable)?;
+    let on_disk = vigil_store::registry::sha256_reader(&mut file).map_err(unreadable)?;
+    if on_disk != digest {
+        return Err(Status::failed_precondition(format!(
+            "{} changed since it was registered (sha256 {on_disk}, registered {digest})",
+            artifact.display()
+        )));
+    }
+    file.rewind().map_err(unreadable)?;
+    Ok(file)
+}
+
+/// Moves `file` (rewound) to `offset` where that lies within it, else leaves it at its start;
+/// returns it with where it stands.
+fn resume_at(mut file: std::fs::File, offset: u64) -> std::io::Result<(std::fs::File, u64)> {
+    use std::io::{Seek, SeekFrom};
+    let start = if offset <= file.metadata()?.len() { offset } else { 0 };
+    file.seek(SeekFrom::Start(start))?;
+    Ok((file, start))
+}
+
+/// Reads into `buffer` until it is full or the file ends (a read may return less): every
+/// chunk but a file's last is whole.
+async fn read_full(file: &mut tokio::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
 
 /// A deployment as the control plane sends it, with the registered digest of each version it
 /// names (a version not registered has none, and servers refuse the deployment) and the
@@ -174,63 +216,98 @@ impl<S: DeploymentStore + RegistryStore + CaptureBoostStore> Control for Control
         })?;
         let artifact = PathBuf::from(&version.artifact_uri);
         let dir = artifact.parent().map(Path::to_path_buf).unwrap_or_default();
-        let check = artifact.clone();
-        let on_disk = tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&check))
-            .await
-            .map_err(|e| Status::internal(format!("digest task: {e}")))?
-            .map_err(|e| Status::failed_precondition(format!("cannot read {}: {e}", artifact.display())))?;
-        if on_disk != digest {
-            return Err(Status::failed_precondition(format!(
-                "{} changed since it was registered (sha256 {on_disk}, registered {digest})",
-                artifact.display()
-            )));
-        }
-        let files: Vec<(String, PathBuf)> = ARTIFACT_FILES
+        let resume = request.model_offset;
+        let (model, start) = tokio::task::spawn_blocking(move || {
+            let file = open_verified(&artifact, &digest)?;
+            resume_at(file, resume).map_err(|e| Status::internal(format!("seeking in {}: {e}", artifact.display())))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("digest task: {e}")))??;
+        let files: Vec<(String, PathBuf)> = ARTIFACT_FILES[1..]
             .iter()
             .map(|f| (f.to_string(), dir.join(f)))
             .filter(|(name, path)| path.is_file() || name != "metrics.json")
             .collect();
         let (model_name, version) = (version.model_name, version.version);
-        let stream = futures::stream::unfold(
-            (files.into_iter(), None::<(String, tokio::fs::File)>),
-            move |(mut files, mut open)| {
-                let (model_name, version) = (model_name.clone(), version.clone());
-                async move {
-                    loop {
-                        if open.is_none() {
-                            let (name, path) = files.next()?;
-                            match tokio::fs::File::open(&path).await {
-                                Ok(file) => open = Some((name, file)),
-                                Err(e) => {
-                                    let status =
-                                        Status::failed_precondition(format!("cannot read {}: {e}", path.display()));
-                                    return Some((Err(status), (Vec::new().into_iter(), None)));
-                                }
-                            }
-                        }
-                        let (name, file) = open.as_mut()?;
-                        let mut data = vec![0; ARTIFACT_CHUNK_BYTES];
-                        match file.read(&mut data).await {
-                            Ok(0) => open = None,
-                            Ok(n) => {
-                                data.truncate(n);
-                                let chunk = ArtifactChunk {
-                                    model_name: model_name.clone(),
-                                    version: version.clone(),
-                                    file: name.clone(),
-                                    data,
-                                };
-                                return Some((Ok(chunk), (files, open)));
-                            }
+        let first = (ARTIFACT_FILES[0].to_string(), tokio::fs::File::from_std(model), start);
+        let stream = futures::stream::unfold((files.into_iter(), Some(first)), move |(mut files, mut open)| {
+            let (model_name, version) = (model_name.clone(), version.clone());
+            async move {
+                loop {
+                    if open.is_none() {
+                        let (name, path) = files.next()?;
+                        match tokio::fs::File::open(&path).await {
+                            Ok(file) => open = Some((name, file, 0)),
                             Err(e) => {
-                                let status = Status::internal(format!("reading {name}: {e}"));
+                                let status =
+                                    Status::failed_precondition(format!("cannot read {}: {e}", path.display()));
                                 return Some((Err(status), (Vec::new().into_iter(), None)));
                             }
                         }
                     }
+                    let (name, file, position) = open.as_mut()?;
+                    let mut data = vec![0; ARTIFACT_CHUNK_BYTES];
+                    match read_full(file, &mut data).await {
+                        Ok(0) => open = None,
+                        Ok(n) => {
+                            data.truncate(n);
+                            let chunk = ArtifactChunk {
+                                model_name: model_name.clone(),
+                                version: version.clone(),
+                                file: name.clone(),
+                                data,
+                                offset: *position,
+                            };
+                            *position += n as u64;
+                            return Some((Ok(chunk), (files, open)));
+                        }
+                        Err(e) => {
+                            let status = Status::internal(format!("reading {name}: {e}"));
+                            return Some((Err(status), (Vec::new().into_iter(), None)));
+                        }
+                    }
                 }
-            },
-        );
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::{open_verified, resume_at};
+
+    #[test]
+    fn the_file_sent_is_the_one_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, b"registered model").unwrap();
+        let digest = vigil_store::registry::sha256_file(&path).unwrap();
+        let mut sent = open_verified(&path, &digest).unwrap();
+        // Another artifact moved over the path after the check.
+        let replacement = dir.path().join("replacement.onnx");
+        std::fs::write(&replacement, b"another model").unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        let mut read = String::new();
+        sent.read_to_string(&mut read).unwrap();
+        assert_eq!(read, "registered model", "the checked contents, from the start");
+        let refused = open_verified(&path, &digest).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("changed since it was registered"), "{}", refused.message());
+    }
+
+    #[test]
+    fn a_fetch_resumes_within_the_file_and_starts_over_past_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, b"0123456789").unwrap();
+        for (asked, start, rest) in [(0, 0, "0123456789"), (4, 4, "456789"), (10, 10, ""), (11, 0, "0123456789")] {
+            let (mut file, at) = resume_at(std::fs::File::open(&path).unwrap(), asked).unwrap();
+            let mut read = String::new();
+            file.read_to_string(&mut read).unwrap();
+            assert_eq!((at, read.as_str()), (start, rest), "asked for {asked}");
+        }
     }
 }

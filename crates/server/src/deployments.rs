@@ -470,11 +470,7 @@ impl Follower {
                         // Refused by the control plane or the network (a fetch shed or cut, the
                         // artifact unreadable there for now): worth trying again. What this
                         // server refuses itself (its size, its digest) is not.
-                        let remote = e.chain().any(|cause| {
-                            cause.downcast_ref::<tonic::Status>().is_some()
-                                || cause.downcast_ref::<tonic::transport::Error>().is_some()
-                        });
-                        if remote {
+                        if failed_remotely(&e) {
                             self.retryable.insert(model.to_string());
                         }
                         return Err(format!("{e:#}"));
@@ -565,8 +561,20 @@ impl Fetcher {
             bail!("{} is in the way of the fetched version: remove it", target.display());
         }
         tracing::info!(model, version, sha256 = digest, "fetching the artifact from the control plane");
-        let staging = repository.root().join(model).join(format!(".fetching-{version}"));
-        let _ = std::fs::remove_dir_all(&staging);
+        // Named by version and digest: what a cut fetch left there is resumed by the next try
+        // at the same artifact, and anything else fetched for the version before is removed.
+        let model_dir = repository.root().join(model);
+        let prefix = format!(".fetching-{version}");
+        let tag: String = digest.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+        let staging = model_dir.join(format!("{prefix}-{tag}"));
+        for entry in std::fs::read_dir(&model_dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.strip_prefix(&prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
+            if ours && entry.path() != staging {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
         std::fs::create_dir_all(&staging)?;
         let result = match self.download(&staging, model, version, digest).await {
             Ok(()) => {
@@ -576,7 +584,10 @@ impl Fetcher {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&staging);
+            // Cut on the way: kept for the next try to resume. Refused here: gone.
+            if !failed_remotely(&e) {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
             return Err(e);
         }
         load_kept(repository, model, version.parse()?).await.map_err(anyhow::Error::msg)?;
@@ -584,33 +595,65 @@ impl Fetcher {
         Ok(())
     }
 
+    /// Downloads the version's files into `dir`, resuming the model.onnx a cut fetch left there.
     async fn download(&mut self, dir: &Path, model: &str, version: &str, digest: &str) -> Result<()> {
         use std::io::Write;
+        let model_file = ARTIFACT_FILES[0];
+        // The other files are small and sent again whole.
+        for other in &ARTIFACT_FILES[1..] {
+            let _ = std::fs::remove_file(dir.join(other));
+        }
+        let have = std::fs::metadata(dir.join(model_file)).map(|m| m.len()).unwrap_or(0);
+        if have > 0 {
+            tracing::info!(model, version, bytes = have, "resuming the artifact's fetch");
+        }
         let request = FetchArtifactRequest {
             sha256: digest.to_string(),
             model_name: model.to_string(),
             version: version.to_string(),
+            model_offset: have,
         };
         let mut stream = self.client.fetch_artifact(request).await?.into_inner();
         let mut total = 0u64;
-        let mut open: Option<(String, std::fs::File)> = None;
+        // The file being written and how much of it is written.
+        let mut open: Option<(String, std::fs::File, u64)> = None;
         while let Some(chunk) = stream.message().await? {
             if !ARTIFACT_FILES.contains(&chunk.file.as_str()) {
                 bail!("the control plane sent an unexpected file '{}'", chunk.file);
+            }
+            if open.as_ref().is_none_or(|(name, ..)| *name != chunk.file) {
+                let path = dir.join(&chunk.file);
+                let file = match chunk.offset {
+                    0 => std::fs::File::create(&path)?,
+                    at if at == have && chunk.file == model_file => {
+                        total += have;
+                        std::fs::OpenOptions::new().append(true).open(&path)?
+                    }
+                    at => bail!("the control plane sent {} from byte {at}, which was not asked for", chunk.file),
+                };
+                open = Some((chunk.file.clone(), file, chunk.offset));
+            }
+            let Some((name, file, written)) = open.as_mut() else { continue };
+            if chunk.offset != *written {
+                bail!("the control plane sent {name} out of order (byte {} after {written})", chunk.offset);
             }
             total += chunk.data.len() as u64;
             if total > self.max_bytes {
                 bail!("the artifact exceeds deployments.max_artifact_bytes ({} bytes)", self.max_bytes);
             }
-            if open.as_ref().is_none_or(|(name, _)| *name != chunk.file) {
-                open = Some((chunk.file.clone(), std::fs::File::create(dir.join(&chunk.file))?));
-            }
-            if let Some((_, file)) = open.as_mut() {
-                file.write_all(&chunk.data)?;
-            }
+            file.write_all(&chunk.data)?;
+            *written += chunk.data.len() as u64;
         }
         Ok(())
     }
+}
+
+/// Whether a fetch failed on the control plane's side or the network's (a gRPC status or a
+/// transport error in its chain), not by this server's own refusal.
+fn failed_remotely(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<tonic::Status>().is_some() || cause.downcast_ref::<tonic::transport::Error>().is_some()
+    })
 }
 
 /// Checks a fetched version's digest and files, then moves it into place at once.

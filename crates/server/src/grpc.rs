@@ -34,6 +34,8 @@ pub struct GrpcHost {
     readiness: Readiness,
     draining: CancellationToken,
     closing: CancellationToken,
+    /// Every served method's path, and whether it streams, from the descriptor sets.
+    methods: Vec<(String, bool)>,
 }
 
 /// How long, once the drain timeout has passed and the calls still running were ended, the
@@ -67,7 +69,9 @@ impl GrpcHost {
         let v1 = reflection().build_v1().context("building the reflection service")?;
         let v1alpha = reflection().build_v1alpha().context("building the reflection service")?;
         let routes = Routes::new(health_service).add_service(v1).add_service(v1alpha);
+        let methods = descriptor_sets.iter().flat_map(|set| vigil_serving::admission::grpc_methods(set)).collect();
         Ok(Self {
+            methods,
             listener,
             addr,
             health,
@@ -86,6 +90,21 @@ impl GrpcHost {
         security.check_listen(self.addr, setting)?;
         self.security = security;
         Ok(self)
+    }
+
+    /// The admission layer for this host's calls under `limits`: it knows which methods
+    /// stream, refuses new calls once the host drains and ends the running ones when it closes.
+    pub fn admission(&self, limits: &crate::config::Limits) -> vigil_serving::admission::AdmissionLayer {
+        let streaming = self.methods.iter().filter(|(_, streams)| *streams).map(|(path, _)| path.clone()).collect();
+        vigil_serving::admission::AdmissionLayer::new(limits.admission())
+            .with_streaming_methods(streaming)
+            .with_draining(self.draining())
+            .with_closing(self.closing())
+    }
+
+    /// Every served method's path (from the descriptor sets given at the start).
+    pub fn method_paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.methods.iter().map(|(path, _)| path.clone())
     }
 
     /// Cancelled when the drain starts, once the served APIs are NOT_SERVING: the health

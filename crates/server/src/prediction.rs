@@ -16,8 +16,7 @@ use tonic::service::Routes;
 use vigil_inference::repository::ModelRepository;
 use vigil_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use vigil_serving::{
-    AdmissionLayer, DeploymentRouter, Infer, InferenceService, RecordEmitter, RequestMetricsLayer, ServingMetrics,
-    ShadowLane,
+    DeploymentRouter, Infer, InferenceService, RecordEmitter, RequestMetricsLayer, ServingMetrics, ShadowLane,
 };
 
 use crate::{DeploymentsConfig, GrpcHost, Lifecycle, Limits, LoggingConfig, MetricsConfig, ModelOptions};
@@ -156,14 +155,8 @@ pub async fn start(
     .map(|records| records.with_closing(host.closing()));
     crate::models::watch(repository.clone(), &settings.models, &mut lifecycle, SERVE);
 
-    let methods =
-        descriptor_sets.iter().flat_map(|set| vigil_serving::admission::grpc_methods(set)).collect::<Vec<_>>();
-    let streaming = methods.iter().filter(|(_, streams)| *streams).map(|(path, _)| path.clone()).collect();
-    let methods = methods.into_iter().map(|(path, _)| path);
-    let admission = AdmissionLayer::new(settings.limits.admission())
-        .with_streaming_methods(streaming)
-        .with_closing(host.closing())
-        .with_draining(host.draining());
+    let methods = host.method_paths().collect::<Vec<_>>();
+    let admission = host.admission(&settings.limits);
     let mut registry = vigil_telemetry::registry();
     let metrics = ServingMetrics::register(&mut registry, repository.clone(), &admission, records.as_ref());
     let auth_metrics = vigil_security::auth::AuthMetrics::register(&mut registry);

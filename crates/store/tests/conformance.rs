@@ -990,6 +990,61 @@ async fn postgres_deployments_conform() {
     deployments_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
 
+/// Two first deployments of one model race on Postgres: the second to reach the table finds
+/// none when it reads (the first is not committed yet, so there is no row to lock), then waits
+/// on the first's row at its insert. Once the first commits it is refused, not written over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_racing_first_deployments_do_not_overwrite_each_other() {
+    use vigil_store::registry::{Change, RegistryError};
+    use vigil_store::testing::{TestDatabase, candidate_version, single_deployment};
+    use vigil_store::{DeploymentStore as _, NextDeployment, RegistryStore as _};
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    store.migrate().await.unwrap();
+    store.register_version(&candidate_version("scratch-detector", "1", "digest-1"), "").await.unwrap();
+    let direct = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    let mut first = direct.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO deployments (model_name, deployment_id, primary_version, mode, updated_by, updated_at) \
+         VALUES ('scratch-detector', 'first', '1', 'single', 'anna', now())",
+    )
+    .execute(&mut *first)
+    .await
+    .unwrap();
+    let racing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let row = single_deployment("scratch-detector", "second", "1");
+            let change = Change { actor: "ben", reason: "first deployment", at: Utc::now() };
+            store.replace_deployment(NextDeployment::from_read(&row, None), &change).await
+        }
+    });
+    // Wait until the second writer is blocked on the first's uncommitted row.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(!racing.is_finished(), "the second writer finished without waiting: {:?}", racing.await);
+        assert!(std::time::Instant::now() < deadline, "the second writer never waited on the first");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    first.commit().await.unwrap();
+    let refused = racing.await.unwrap().unwrap_err();
+    assert!(matches!(refused, RegistryError::Changed { .. }), "{refused}");
+    let stored = store.deployments().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].deployment_id, "first", "the first deployment is kept");
+    let deploys = store.audit_events(10).await.unwrap().into_iter().filter(|e| e.action == "deploy").count();
+    assert_eq!(deploys, 0, "the refused writer left no audit event");
+}
+
 /// The database's clock, read for a person's change to a rollout, is the current UTC time on
 /// both stores (Postgres's `now()` whatever the session's time zone).
 async fn clock_conforms<S: PredictionStore + vigil_store::RolloutStore>(store: S) {

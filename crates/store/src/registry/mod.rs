@@ -188,13 +188,16 @@ const COLUMNS: &str = "model_name, version, artifact_sha256, artifact_uri, train
 
 /// The artifact digest the registry keeps: hex sha256 of a file, read in chunks.
 pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    sha256_reader(&mut std::fs::File::open(path)?)
+}
+
+/// The hex sha256 of what `reader` yields up to its end.
+pub fn sha256_reader(reader: &mut impl std::io::Read) -> std::io::Result<String> {
     use sha2::Digest;
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = sha2::Sha256::new();
     let mut buffer = vec![0; 1 << 16];
     loop {
-        let n = file.read(&mut buffer)?;
+        let n = reader.read(&mut buffer)?;
         if n == 0 {
             break;
         }
