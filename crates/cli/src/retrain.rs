@@ -188,7 +188,9 @@ async fn work<S: PredictionStore + MonitorStore>(
 ) -> Result<u8> {
     let config = vigil_monitor::MonitorConfig::load(config)?;
     if config.retraining.runner != vigil_monitor::retrain::RunnerPlace::External {
-        eprintln!("warning: [retraining] runner is not \"external\": the monitor runs queued jobs too");
+        eprintln!(
+            "warning: [retraining] runner is not \"external\": a leading monitor holds the retraining lease and runs the queue itself"
+        );
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -196,7 +198,14 @@ async fn work<S: PredictionStore + MonitorStore>(
             let _ = stop.send(true);
         }
     });
-    let ran = vigil_monitor::retrain::runner::work(store, config.retraining, config.models, max_jobs, stopped).await?;
+    let Some(ran) =
+        vigil_monitor::retrain::runner::work(store, config.retraining, config.models, max_jobs, stopped).await?
+    else {
+        println!(
+            "another runner holds the retraining lease (a `vigil retrain work`, or a monitor that runs jobs): leaving the queue to it"
+        );
+        return Ok(0);
+    };
     if ran.is_empty() {
         println!("no queued retraining jobs");
     }

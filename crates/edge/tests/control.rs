@@ -279,13 +279,41 @@ async fn a_fetch_cut_on_the_way_resumes_where_it_stopped() {
     let after_cut: u64 = passed[1..].iter().sum();
     println!("after the cut: {after_cut} bytes; the files whole: {files}");
     assert!(after_cut < files - 40_000, "resumed, not sent again from the start: {after_cut} of {files} bytes");
-    let left: Vec<_> = std::fs::read_dir(repo.join(MODEL))
+    assert_eq!(unfinished_fetches(&repo), Vec::<String>::new(), "no staging directory left");
+    server.shutdown().await.unwrap();
+    let _ = monitor.stop.send(());
+    monitor.task.await.unwrap().unwrap();
+}
+
+/// The staging directories in `repo`'s model directory.
+fn unfinished_fetches(repo: &Path) -> Vec<String> {
+    std::fs::read_dir(repo.join(MODEL))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with('.'))
-        .collect();
-    assert!(left.is_empty(), "no staging directory left: {left:?}");
+        .filter(|name| name.starts_with(".fetching-"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_partial_fetch_that_is_not_the_artifact_is_fetched_again_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let Registry { store, digest2, change, monitor, .. } = registry_deploying_1(dir.path()).await;
+    let repo = dir.path().join("edge/models");
+    copy_version(&model_dir(), &repo.join(MODEL), 1, None);
+    // Left by earlier tries: 64 KiB said to be version 2's first (they are not), and a fetch
+    // of a version no deployment names.
+    let tag: String = digest2.chars().take(16).collect();
+    let partial = repo.join(MODEL).join(format!(".fetching-2-{tag}"));
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.onnx"), vec![7u8; 64 << 10]).unwrap();
+    std::fs::create_dir_all(repo.join(MODEL).join(".fetching-9-0123456789abcdef")).unwrap();
+    store.set_deployment(&deployment("d2", "2", None, "single", 0.0), &change).await.unwrap();
+    let server = edge(&repo, monitor.addr, None, true).await;
+    let image = samples("normal").remove(0).1;
+    until_served(&[&server], &image, "2").await;
+    assert_eq!(sha256_file(&repo.join(MODEL).join("2/model.onnx")).unwrap(), digest2, "the registered artifact");
+    assert_eq!(unfinished_fetches(&repo), Vec::<String>::new(), "the bad partial and the unwanted fetch are gone");
     server.shutdown().await.unwrap();
     let _ = monitor.stop.send(());
     monitor.task.await.unwrap().unwrap();

@@ -248,6 +248,25 @@ fn set_damage_aside(dir: &Path, n: u64, valid_end: u64) -> io::Result<Option<(u6
     Ok(Some((valid_end, resume as u64)))
 }
 
+/// Mends segment `n`, which reads only to `valid_end`: the damaged stretch set aside with the
+/// records after it kept (its byte range returned, see [`set_damage_aside`]), or, where no
+/// whole frame follows, the torn end cut off (None). The records in either are lost.
+fn mend_segment(dir: &Path, n: u64, valid_end: u64) -> io::Result<Option<(u64, u64)>> {
+    if let Some(taken_out) = set_damage_aside(dir, n, valid_end)? {
+        return Ok(Some(taken_out));
+    }
+    let path = segment_path(dir, n);
+    let file = OpenOptions::new().write(true).open(&path)?;
+    tracing::warn!(
+        segment = %path.display(),
+        offset = valid_end,
+        bytes = file.metadata()?.len().saturating_sub(valid_end),
+        "cutting a torn or damaged end off a spool segment (a record being written at a crash, a bad sector): the records in it are lost"
+    );
+    file.set_len(valid_end)?;
+    Ok(None)
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `config.dir`, finding records left by an earlier run.
     pub fn open(config: SpoolConfig) -> io::Result<Self> {
@@ -274,25 +293,18 @@ impl Spool {
             let frames = loop {
                 let frames = read_frames(&path, 0, usize::MAX)?;
                 let valid_end = frames.last().map_or(0, |(end, _)| *end);
-                let file = OpenOptions::new().write(true).open(&path)?;
-                let file_len = file.metadata()?.len();
-                if file_len == valid_end {
+                if fs::metadata(&path)?.len() == valid_end {
                     break frames;
                 }
-                if let Some((start, resume)) = set_damage_aside(&config.dir, n, valid_end)? {
+                match mend_segment(&config.dir, n, valid_end)? {
                     // The saved position moves with the bytes after the stretch taken out.
-                    if n == head.segment && head.offset > start {
-                        head.offset = head.offset.saturating_sub(resume - start).max(start);
+                    Some((start, resume)) => {
+                        if n == head.segment && head.offset > start {
+                            head.offset = head.offset.saturating_sub(resume - start).max(start);
+                        }
                     }
-                    continue;
+                    None => break frames,
                 }
-                tracing::warn!(
-                    segment = %path.display(),
-                    bytes = file_len - valid_end,
-                    "cutting a torn end off a spool segment: the record being written at a crash is lost"
-                );
-                file.set_len(valid_end)?;
-                break frames;
             };
             let valid_end = frames.last().map_or(0, |(end, _)| *end);
             if n == head.segment {
@@ -466,14 +478,7 @@ impl Spool {
             // The writer appends to this file, which is replaced or cut: it opens it again.
             self.writer = None;
         }
-        if set_damage_aside(&self.config.dir, n, valid_end)?.is_none() {
-            tracing::error!(
-                segment = %path.display(),
-                offset = valid_end,
-                "a spool segment ends in damaged bytes: cutting them off; the records in them are lost"
-            );
-            OpenOptions::new().write(true).open(&path)?.set_len(valid_end)?;
-        }
+        mend_segment(&self.config.dir, n, valid_end)?;
         let size = fs::metadata(&path)?.len();
         let frames = count_frames(&path, 0, size)?;
         self.segments[i] = (n, size, frames);

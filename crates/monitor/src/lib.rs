@@ -92,6 +92,7 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let security = vigil_security::Security::load(&config.security).map_err(|e| anyhow::anyhow!("security: {e:#}"))?;
     security.check_listen(http.local_addr()?, "--http-listen")?;
     let rules = config.rules()?;
+    let pinned = retention::pinned_baselines(&rules);
     let catalog = Arc::new(LiveCatalog::follow(&config.models)?);
     let config = Arc::new(config);
     let views = Views::following(store.clone(), catalog.clone(), config.clone());
@@ -134,7 +135,16 @@ pub async fn start<S: PredictionStore + MonitorStore>(
     let (retention_leading, retention_metrics) = (leading.clone(), metrics.clone());
     lifecycle.spawn(BACKGROUND, "retention", move |stop| async move {
         let (store, retention, resolutions) = retention;
-        retention::run(store, retention, resolutions, retention_leading, retention_metrics, stop.into_receiver()).await;
+        retention::run(
+            store,
+            retention,
+            resolutions,
+            pinned,
+            retention_leading,
+            retention_metrics,
+            stop.into_receiver(),
+        )
+        .await;
         Ok(())
     });
     if let Some(url) = &config.alerting.webhook_url {

@@ -1,7 +1,7 @@
 //! Retention: the leading monitor deletes predictions, labels and feedback older than their
 //! limits in bounded batches (a pause between batches leaves the loggers the table), and the
-//! rollups of each fine resolution after their own limit. Nothing is deleted unless a limit is
-//! configured.
+//! rollups of each fine resolution after their own limit, except those an alarm rule's fixed
+//! baseline window reads. Nothing is deleted unless a limit is configured.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -134,11 +134,54 @@ pub struct RetentionReport {
     pub batches: u64,
 }
 
-/// One pass at `now`: every limit applied until nothing older is left.
+/// The fixed baseline windows (`baseline_since`/`baseline_until`) of `rules`: their rollups
+/// are kept whatever their age, or the rules would compare with less and less of them.
+pub fn pinned_baselines(rules: &[crate::config::Rule]) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    rules
+        .iter()
+        .filter(|rule| rule.baseline_offset.is_none())
+        .filter_map(|rule| match rule.baseline {
+            crate::views::Baseline::Window(since, until) => Some((since, until)),
+            crate::views::Baseline::Training => None,
+        })
+        .collect()
+}
+
+/// The ranges `[from, before)` of window starts of `resolution_s` that may be deleted: all
+/// before `before` but the windows overlapping a `pinned` range (`from` None: unbounded).
+pub fn expirable_ranges(
+    before: DateTime<Utc>,
+    pinned: &[(DateTime<Utc>, DateTime<Utc>)],
+    resolution_s: u32,
+) -> Vec<(Option<DateTime<Utc>>, DateTime<Utc>)> {
+    let mut holes: Vec<_> = pinned
+        .iter()
+        .map(|&(since, until)| (crate::rollup::window_start(since, resolution_s), until))
+        .filter(|(since, until)| since < until && *since < before)
+        .collect();
+    holes.sort();
+    let mut ranges = Vec::new();
+    // Where the range being formed starts: the end of the holes so far.
+    let mut from: Option<DateTime<Utc>> = None;
+    for (since, until) in holes {
+        if from.is_none_or(|from| from < since) {
+            ranges.push((from, since));
+        }
+        from = Some(from.map_or(until, |from| from.max(until)));
+    }
+    if from.is_none_or(|from| from < before) {
+        ranges.push((from, before));
+    }
+    ranges
+}
+
+/// One pass at `now`: every limit applied until nothing older is left; the rollups of the
+/// `pinned` ranges (see [`pinned_baselines`]) stay.
 pub async fn expire_once<S: RetentionStore>(
     store: &S,
     config: &RetentionConfig,
     resolutions: &[u32],
+    pinned: &[(DateTime<Utc>, DateTime<Utc>)],
     now: DateTime<Utc>,
 ) -> anyhow::Result<RetentionReport> {
     let mut report = RetentionReport::default();
@@ -167,7 +210,9 @@ pub async fn expire_once<S: RetentionStore>(
         }
     }
     for (resolution, limit) in config.rollup_limits(resolutions)? {
-        *report.deleted.entry("rollups").or_default() += store.expire_rollups(resolution, now - days(limit)).await?;
+        for (from, before) in expirable_ranges(now - days(limit), pinned, resolution as u32) {
+            *report.deleted.entry("rollups").or_default() += store.expire_rollups(resolution, from, before).await?;
+        }
     }
     if let (Some(limit), Some(url)) = (config.captures_days, &config.capture_store) {
         let (objects, prefix) = vigil_capture::open_url(url)?;
@@ -184,6 +229,7 @@ pub async fn run<S: RetentionStore>(
     store: S,
     config: RetentionConfig,
     resolutions: Vec<u32>,
+    pinned: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     leading: tokio::sync::watch::Receiver<bool>,
     metrics: MonitorMetrics,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -208,7 +254,7 @@ pub async fn run<S: RetentionStore>(
         if !*leading.borrow() {
             continue;
         }
-        match expire_once(&store, &config, &resolutions, Utc::now()).await {
+        match expire_once(&store, &config, &resolutions, &pinned, Utc::now()).await {
             Ok(report) => {
                 for (table, deleted) in &report.deleted {
                     metrics.retention_deleted(table, *deleted);
@@ -217,5 +263,37 @@ pub async fn run<S: RetentionStore>(
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "retention pass failed; retrying at the next"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeZone, Utc};
+
+    use super::expirable_ranges;
+
+    fn at(hour: u32, minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, hour, minute, 0).unwrap()
+    }
+
+    #[test]
+    fn pinned_windows_are_cut_out_of_what_expires() {
+        let before = at(20, 0);
+        assert_eq!(expirable_ranges(before, &[], 60), [(None, before)], "nothing pinned");
+        // Widened to the windows that overlap them (an hour's start), overlapping and
+        // touching ranges merged, one past the limit ignored, one running past it kept whole.
+        let pinned = [
+            (at(2, 30), at(4, 0)),
+            (at(3, 0), at(5, 0)),
+            (at(5, 0), at(6, 0)),
+            (at(8, 15), at(9, 0)),
+            (at(21, 0), at(22, 0)),
+        ];
+        assert_eq!(
+            expirable_ranges(before, &pinned, 3600),
+            [(None, at(2, 0)), (Some(at(6, 0)), at(8, 0)), (Some(at(9, 0)), before)]
+        );
+        assert_eq!(expirable_ranges(before, &[(at(19, 0), at(23, 0))], 60), [(None, at(19, 0))]);
+        assert_eq!(expirable_ranges(before, &[(at(0, 0), at(23, 0))], 60), [(None, at(0, 0))]);
     }
 }

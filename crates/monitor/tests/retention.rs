@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use vigil_monitor::retention::{RetentionConfig, expire_once};
+use vigil_monitor::retention::{RetentionConfig, expire_once, pinned_baselines};
 use vigil_store::testing::{TestDatabase, prediction};
 use vigil_store::{PgStore, PredictionStore, ReviewStore};
 
@@ -29,8 +29,9 @@ async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts
     let recent: Vec<_> =
         (0..2_000).map(|i| prediction(now - chrono::Duration::seconds(i), 0.3, serde_json::json!({}))).collect();
     store.insert_batch(&recent, &[]).await.unwrap();
-    // Rollups of two resolutions, some older than a week.
-    for (resolution, days_ago) in [(60, 10), (60, 1), (3600, 10)] {
+    // Rollups of two resolutions, some older than a week; one of them (12 days old) inside a
+    // drift rule's fixed baseline window.
+    for (resolution, days_ago) in [(60, 10), (60, 1), (3600, 10), (60, 12)] {
         sqlx::query(
             "INSERT INTO rollups (model_name, model_version, variant, resolution_s, window_start, body) \
              VALUES ('scratch-detector', '1', 1, $1, $2, '\\x')",
@@ -73,8 +74,9 @@ async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts
         batch_rows: 1_000,
         ..Default::default()
     };
+    let pinned = pinned_baselines(&fixed_baseline_rule(now - chrono::Duration::days(12)));
     during.store(true, Ordering::Relaxed);
-    let report = expire_once(&store, &config, &[60, 300, 3600], now).await.unwrap();
+    let report = expire_once(&store, &config, &[60, 300, 3600], &pinned, now).await.unwrap();
     during.store(false, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -101,13 +103,36 @@ async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(rollups, vec![(60, 1), (3600, 1)], "the old 1-minute rollup went, the hourly one stays");
+    assert_eq!(
+        rollups,
+        vec![(60, 2), (3600, 1)],
+        "the old 1-minute rollup went, the one a rule's baseline reads and the hourly one stay"
+    );
     println!(
         "logger: slowest insert of 200 rows before the pass {} ms, during it {} ms ({} rows inserted)",
         slowest_before.load(Ordering::Relaxed) / 1000,
         slowest_during.load(Ordering::Relaxed) / 1000,
         inserted
     );
+}
+
+/// The rules of a monitor configured with one drift rule whose baseline is the fixed window
+/// from 30 seconds before `at` to 30 seconds after.
+fn fixed_baseline_rule(at: chrono::DateTime<Utc>) -> Vec<vigil_monitor::config::Rule> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("monitor.toml");
+    let (since, until) = (at - chrono::Duration::seconds(30), at + chrono::Duration::seconds(30));
+    std::fs::write(
+        &path,
+        format!(
+            "[[alerting.rules]]\nname = \"pinned\"\nmetric = \"drift.brightness.detected\"\ncomparator = \">=\"\n\
+             threshold = 1\nwindow = \"1h\"\nbaseline_since = \"{}\"\nbaseline_until = \"{}\"\n",
+            since.to_rfc3339(),
+            until.to_rfc3339()
+        ),
+    )
+    .unwrap();
+    vigil_monitor::MonitorConfig::load(&path).unwrap().rules().unwrap()
 }
 
 #[test]
@@ -163,7 +188,7 @@ async fn captured_inputs_older_than_the_limit_leave_the_capture_store() {
         ..Default::default()
     };
     config.validate(&[60]).unwrap();
-    let report = expire_once(&store, &config, &[60], Utc::now()).await.unwrap();
+    let report = expire_once(&store, &config, &[60], &[], Utc::now()).await.unwrap();
     assert_eq!(report.deleted.get("captures"), Some(&2));
     assert_eq!((report.deleted.get("dead_letters"), report.deleted.get("review_inputs")), (Some(&1), Some(&1)));
     let item = store.review_item(row.prediction_id).await.unwrap().unwrap();

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use vigil_monitor::retrain::RetrainingConfig;
 use vigil_monitor::retrain::runner::{self, INTERRUPTED};
+use vigil_store::LeaseStore as _;
 use vigil_store::testing::TestDatabase;
 use vigil_store::{Change, DeploymentStore, PgStore, PredictionStore, RegistryStore, RetrainJob, RetrainStore};
 
@@ -67,6 +68,16 @@ fn start(
     (stop, task, leading_tx)
 }
 
+/// A fresh database (migrated) and a working directory with its model repository's path.
+async fn setup() -> (TestDatabase, PgStore, tempfile::TempDir, PathBuf) {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
+    store.migrate().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let repository = dir.path().join("models");
+    (db, store, dir, repository)
+}
+
 async fn wait_for(store: &PgStore, job: &str, what: impl Fn(&RetrainJob) -> bool) -> RetrainJob {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -92,11 +103,7 @@ fn queue(model: &str, datasets: &str) -> RetrainJob {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothing() {
-    let db = TestDatabase::create();
-    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
-    store.migrate().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let repository = dir.path().join("models");
+    let (_db, store, dir, repository) = setup().await;
     // Version 1 exists on disk and 2 in the registry: the job writes 3.
     std::fs::create_dir_all(repository.join("good/1")).unwrap();
     let registered = vigil_store::ModelVersionRow {
@@ -217,11 +224,7 @@ async fn a_job_trains_registers_its_candidate_and_a_failing_recipe_leaves_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
-    let db = TestDatabase::create();
-    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
-    store.migrate().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let repository = dir.path().join("models");
+    let (_db, store, dir, repository) = setup().await;
     let slow = recipe(dir.path(), "slow", "echo started; sleep 60");
     let data = dataset(dir.path());
 
@@ -454,11 +457,7 @@ cooldown = "1h"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_worker_runs_the_queue_the_monitor_leaves_alone() {
-    let db = TestDatabase::create();
-    let store = PgStore::connect_lazy(&db.url(), 4).unwrap();
-    store.migrate().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let repository = dir.path().join("models");
+    let (_db, store, dir, repository) = setup().await;
     let good = recipe(dir.path(), "good", "");
     let failing = recipe(dir.path(), "failing", "echo 'no rows' >&2; exit 3");
     let mut config = config(dir.path(), &[("good", &good), ("failing", &failing), ("other", &good)], "1m");
@@ -479,8 +478,17 @@ async fn an_external_worker_runs_the_queue_the_monitor_leaves_alone() {
     stop.send(true).unwrap();
     task.await.unwrap();
 
+    // While another worker (or a monitor that runs jobs) holds the retraining lease, a worker
+    // leaves everything alone: the job that worker runs is not taken for an orphan.
+    let other = store.try_lease(runner::RETRAINING_LEASE).await.unwrap().expect("the lease is free");
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let ran = runner::work(store.clone(), config, repository.clone(), None, shutdown).await.unwrap();
+    let busy = runner::work(store.clone(), config.clone(), repository.clone(), None, shutdown).await.unwrap();
+    assert!(busy.is_none(), "another runner holds the lease: {busy:?}");
+    assert_eq!(store.retrain_job(&orphan.job_id).await.unwrap().unwrap().state, "running");
+    assert_eq!(store.retrain_job(&first.job_id).await.unwrap().unwrap().state, "queued");
+    drop(other);
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let ran = runner::work(store.clone(), config, repository.clone(), None, shutdown).await.unwrap().unwrap();
     let ended: Vec<(&str, &str)> = ran.iter().map(|j| (j.model_name.as_str(), j.state.as_str())).collect();
     assert_eq!(ended, [("good", "succeeded"), ("failing", "failed")]);
     assert!(repository.join("good").join(ran[0].candidate_version.as_deref().unwrap()).join("model.onnx").is_file());
@@ -490,5 +498,32 @@ async fn an_external_worker_runs_the_queue_the_monitor_leaves_alone() {
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let repository_again = repository.clone();
     let config = self::config(dir.path(), &[("good", &good)], "1m");
-    assert!(runner::work(store.clone(), config, repository_again, None, shutdown).await.unwrap().is_empty());
+    assert!(runner::work(store.clone(), config, repository_again, None, shutdown).await.unwrap().unwrap().is_empty());
+}
+
+/// A leading monitor runs jobs only while it holds the retraining lease: while a worker holds
+/// it, the queue and the job that worker runs are left alone; once free, the monitor takes
+/// over, marks what was left running interrupted and runs the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leading_monitor_leaves_the_queue_to_the_runner_holding_the_lease() {
+    let (_db, store, dir, repository) = setup().await;
+    let good = recipe(dir.path(), "good", "");
+    let config = config(dir.path(), &[("good", &good), ("other", &good)], "1m");
+    let data = dataset(dir.path());
+    let worker = store.try_lease(runner::RETRAINING_LEASE).await.unwrap().expect("the lease is free");
+    store.enqueue_retrain(&queue("other", &data)).await.unwrap();
+    let working = store.claim_retrain(Utc::now()).await.unwrap().expect("claimed by the worker");
+    let (stop, task, _leading) = start(&store, config, &repository);
+    let queued = queue("good", &data);
+    store.enqueue_retrain(&queued).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.retrain_job(&queued.job_id).await.unwrap().unwrap().state, "queued");
+    assert_eq!(store.retrain_job(&working.job_id).await.unwrap().unwrap().state, "running", "not taken for an orphan");
+    drop(worker);
+    let ran = wait_for(&store, &queued.job_id, |job| job.state == "succeeded").await;
+    assert!(ran.candidate_version.is_some());
+    let orphan = store.retrain_job(&working.job_id).await.unwrap().unwrap();
+    assert_eq!((orphan.state.as_str(), orphan.error.as_str()), ("failed", INTERRUPTED));
+    stop.send_replace(true);
+    task.await.unwrap();
 }

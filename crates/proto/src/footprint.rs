@@ -155,6 +155,9 @@ impl Schema {
     /// [`Self::decoded_bound`] of a message looked up with [`Self::message`]; the error says
     /// where `wire` is malformed.
     pub fn bound_of(&self, shape: MessageShape, wire: &[u8]) -> Result<usize, &'static str> {
+        if shape.0 >= self.shapes.len() {
+            return Err("the message was looked up in another schema");
+        }
         self.heap(shape.0, wire, 0)
     }
 

@@ -17,17 +17,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_proto::vigil::v1::control_client::ControlClient;
-use vigil_proto::vigil::v1::{DeploymentSpec, DeploymentsSnapshot, FetchArtifactRequest, WatchDeploymentsRequest};
+use vigil_proto::vigil::v1::{DeploymentSpec, DeploymentsSnapshot, WatchDeploymentsRequest};
 use vigil_serving::decision::Automation;
 use vigil_serving::{Deployment, DeploymentRouter, Mode};
 use vigil_store::Backend;
 
-use crate::control::ARTIFACT_FILES;
+use crate::fetch::{Fetcher, failed_remotely};
 use crate::lifecycle::Lifecycle;
 
 /// Where a server follows its deployments from.
@@ -359,7 +359,23 @@ impl Follower {
                 });
             }
         }
+        if fetcher.is_some() {
+            self.remove_unwanted_fetches(&snapshot);
+        }
         self.keep(snapshot);
+    }
+
+    /// Removes what unfinished fetches left of versions no deployment names any more.
+    fn remove_unwanted_fetches(&self, snapshot: &DeploymentsSnapshot) {
+        let wanted = |model: &str, version: &str| {
+            snapshot.deployments.iter().any(|spec| {
+                spec.model_name == model && (spec.primary_version == version || spec.candidate_version == version)
+            })
+        };
+        for entry in std::fs::read_dir(self.repository.root()).into_iter().flatten().flatten() {
+            let model = entry.file_name().to_string_lossy().into_owned();
+            crate::fetch::remove_staging(&entry.path(), |version, _| !wanted(&model, version));
+        }
     }
 
     /// Writes `snapshot` to the state file when it differs from the last one (write, then rename).
@@ -376,14 +392,14 @@ impl Follower {
         self.last = Some(snapshot);
     }
 
-    /// The deployment of `spec` when every version it names is loaded here (fetched first when
-    /// a control plane can send it) and is the registered artifact; else why not.
     /// The version's number when its directory is in the repository under that exact name.
     fn on_disk(&self, model: &str, version: &str) -> Option<u64> {
         let number: u64 = version.parse().ok()?;
         (number.to_string() == version && self.repository.root().join(model).join(version).is_dir()).then_some(number)
     }
 
+    /// The deployment of `spec` when every version it names is loaded here (fetched first when
+    /// a control plane can send it) and is the registered artifact; else why not.
     async fn check(&mut self, spec: &DeploymentSpec, mut fetcher: Option<&mut Fetcher>) -> Result<Deployment, String> {
         let mode = match spec.mode.as_str() {
             "single" => Mode::Single,
@@ -466,7 +482,7 @@ impl Follower {
                     }
                 }
                 (Err(_), None, Some(fetcher)) => {
-                    if let Err(e) = fetcher.fetch(&self.repository, model, version, registered).await {
+                    if let Err(e) = fetcher.fetch(self.repository.root(), model, version, registered).await {
                         // Refused by the control plane or the network (a fetch shed or cut, the
                         // artifact unreadable there for now): worth trying again. What this
                         // server refuses itself (its size, its digest) is not.
@@ -475,7 +491,10 @@ impl Follower {
                         }
                         return Err(format!("{e:#}"));
                     }
-                    self.repository.get(model, version).map_err(|e| format!("fetched, but {e}"))?
+                    let number = version.parse().map_err(|e| format!("version '{version}': {e}"))?;
+                    let loaded = load_kept(&self.repository, model, number).await?;
+                    tracing::info!(model, version, "fetched artifact loaded");
+                    loaded
                 }
                 (Err(e), None, None) => return Err(e.to_string()),
             };
@@ -534,141 +553,6 @@ async fn load_kept(repository: &Arc<ModelRepository>, model: &str, version: u64)
         .await
         .map_err(|e| format!("load task failed: {e}"))?
         .map_err(|e| format!("cannot load version {version}: {e}"))
-}
-
-/// Fetches artifacts from the control plane into the model repository.
-#[derive(Clone)]
-struct Fetcher {
-    client: ControlClient<vigil_security::client::SecureChannel>,
-    max_bytes: u64,
-}
-
-impl Fetcher {
-    /// Fetches `model` `version` (its model.onnx has `digest`) into the repository, checks the
-    /// digest, moves it into place and loads the model.
-    async fn fetch(
-        &mut self,
-        repository: &Arc<ModelRepository>,
-        model: &str,
-        version: &str,
-        digest: &str,
-    ) -> Result<()> {
-        if version.parse::<u64>().is_err() {
-            bail!("version '{version}' is not a number; it cannot be a directory of the model repository");
-        }
-        let target = repository.root().join(model).join(version);
-        if target.exists() {
-            bail!("{} is in the way of the fetched version: remove it", target.display());
-        }
-        tracing::info!(model, version, sha256 = digest, "fetching the artifact from the control plane");
-        // Named by version and digest: what a cut fetch left there is resumed by the next try
-        // at the same artifact, and anything else fetched for the version before is removed.
-        let model_dir = repository.root().join(model);
-        let prefix = format!(".fetching-{version}");
-        let tag: String = digest.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
-        let staging = model_dir.join(format!("{prefix}-{tag}"));
-        for entry in std::fs::read_dir(&model_dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let ours = name.strip_prefix(&prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
-            if ours && entry.path() != staging {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        std::fs::create_dir_all(&staging)?;
-        let result = match self.download(&staging, model, version, digest).await {
-            Ok(()) => {
-                let (staging, target, digest) = (staging.clone(), target.clone(), digest.to_string());
-                tokio::task::spawn_blocking(move || verify_and_place(&staging, &target, &digest)).await?
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            // Cut on the way: kept for the next try to resume. Refused here: gone.
-            if !failed_remotely(&e) {
-                let _ = std::fs::remove_dir_all(&staging);
-            }
-            return Err(e);
-        }
-        load_kept(repository, model, version.parse()?).await.map_err(anyhow::Error::msg)?;
-        tracing::info!(model, version, "fetched artifact loaded");
-        Ok(())
-    }
-
-    /// Downloads the version's files into `dir`, resuming the model.onnx a cut fetch left there.
-    async fn download(&mut self, dir: &Path, model: &str, version: &str, digest: &str) -> Result<()> {
-        use std::io::Write;
-        let model_file = ARTIFACT_FILES[0];
-        // The other files are small and sent again whole.
-        for other in &ARTIFACT_FILES[1..] {
-            let _ = std::fs::remove_file(dir.join(other));
-        }
-        let have = std::fs::metadata(dir.join(model_file)).map(|m| m.len()).unwrap_or(0);
-        if have > 0 {
-            tracing::info!(model, version, bytes = have, "resuming the artifact's fetch");
-        }
-        let request = FetchArtifactRequest {
-            sha256: digest.to_string(),
-            model_name: model.to_string(),
-            version: version.to_string(),
-            model_offset: have,
-        };
-        let mut stream = self.client.fetch_artifact(request).await?.into_inner();
-        let mut total = 0u64;
-        // The file being written and how much of it is written.
-        let mut open: Option<(String, std::fs::File, u64)> = None;
-        while let Some(chunk) = stream.message().await? {
-            if !ARTIFACT_FILES.contains(&chunk.file.as_str()) {
-                bail!("the control plane sent an unexpected file '{}'", chunk.file);
-            }
-            if open.as_ref().is_none_or(|(name, ..)| *name != chunk.file) {
-                let path = dir.join(&chunk.file);
-                let file = match chunk.offset {
-                    0 => std::fs::File::create(&path)?,
-                    at if at == have && chunk.file == model_file => {
-                        total += have;
-                        std::fs::OpenOptions::new().append(true).open(&path)?
-                    }
-                    at => bail!("the control plane sent {} from byte {at}, which was not asked for", chunk.file),
-                };
-                open = Some((chunk.file.clone(), file, chunk.offset));
-            }
-            let Some((name, file, written)) = open.as_mut() else { continue };
-            if chunk.offset != *written {
-                bail!("the control plane sent {name} out of order (byte {} after {written})", chunk.offset);
-            }
-            total += chunk.data.len() as u64;
-            if total > self.max_bytes {
-                bail!("the artifact exceeds deployments.max_artifact_bytes ({} bytes)", self.max_bytes);
-            }
-            file.write_all(&chunk.data)?;
-            *written += chunk.data.len() as u64;
-        }
-        Ok(())
-    }
-}
-
-/// Whether a fetch failed on the control plane's side or the network's (a gRPC status or a
-/// transport error in its chain), not by this server's own refusal.
-fn failed_remotely(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause.downcast_ref::<tonic::Status>().is_some() || cause.downcast_ref::<tonic::transport::Error>().is_some()
-    })
-}
-
-/// Checks a fetched version's digest and files, then moves it into place at once.
-fn verify_and_place(staging: &Path, target: &Path, digest: &str) -> Result<()> {
-    let got = vigil_store::registry::sha256_file(&staging.join("model.onnx"))?;
-    if got != digest {
-        bail!("fetched model.onnx has sha256 {got}, the registry holds {digest}");
-    }
-    for required in &ARTIFACT_FILES[..2] {
-        if !staging.join(required).is_file() {
-            bail!("the control plane sent no {required}");
-        }
-    }
-    std::fs::rename(staging, target)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod deployments;
+mod fetch;
 pub mod grpc;
 pub mod lifecycle;
 pub mod models;

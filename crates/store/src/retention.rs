@@ -142,10 +142,12 @@ pub trait RetentionStore: Clone + Send + Sync + 'static {
         before: DateTime<Utc>,
         limit: i64,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
-    /// Deletes the rollups of `resolution_s` whose window started before `before`.
+    /// Deletes the rollups of `resolution_s` whose window started before `before` and, where
+    /// `from` is given, at or after it.
     fn expire_rollups(
         &self,
         resolution_s: i32,
+        from: Option<DateTime<Utc>>,
         before: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
     /// Deletes every prediction of `subject` with its labels, feedback and review items, in one
@@ -211,12 +213,25 @@ macro_rules! retention_backend {
                 Ok(dropped.rows_affected())
             }
 
-            async fn expire_rollups(&self, resolution_s: i32, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-                let deleted = sqlx::query("DELETE FROM rollups WHERE resolution_s = $1 AND window_start < $2")
+            async fn expire_rollups(
+                &self,
+                resolution_s: i32,
+                from: Option<DateTime<Utc>>,
+                before: DateTime<Utc>,
+            ) -> Result<u64, sqlx::Error> {
+                let deleted = match from {
+                    None => sqlx::query("DELETE FROM rollups WHERE resolution_s = $1 AND window_start < $2")
+                        .bind(resolution_s)
+                        .bind(before),
+                    Some(from) => sqlx::query(
+                        "DELETE FROM rollups WHERE resolution_s = $1 AND window_start < $2 AND window_start >= $3",
+                    )
                     .bind(resolution_s)
                     .bind(before)
-                    .execute(self.pool())
-                    .await?;
+                    .bind(from),
+                }
+                .execute(self.pool())
+                .await?;
                 Ok(deleted.rows_affected())
             }
 

@@ -22,6 +22,8 @@ const ROWS_PER_STATEMENT: usize = 1_000;
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file (None in memory): leases are locks on files beside it.
+    file: Option<std::path::PathBuf>,
 }
 
 impl SqliteStore {
@@ -31,8 +33,16 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(5));
+        let filename = options.get_filename();
+        let in_memory = filename.as_os_str() == ":memory:" || filename.to_string_lossy().starts_with("file:");
+        let file = (!in_memory).then(|| filename.to_path_buf());
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, file })
+    }
+
+    /// The database file; None for a database in memory.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     /// Opens the database file at `path`, creating its folder.

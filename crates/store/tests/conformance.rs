@@ -712,15 +712,24 @@ async fn postgres_rollups_conform() {
     rollups_conform(PgStore::connect_lazy(&db.url(), 2).unwrap()).await;
 }
 
+/// An SQLite database's lease has one holder among every store opened on the file (each
+/// process opens its own) until it is dropped; one in memory serves one process.
 #[tokio::test]
-async fn an_embedded_lease_is_always_held() {
+async fn an_embedded_lease_has_one_holder_until_dropped() {
     use vigil_store::LeaseStore as _;
     use vigil_store::monitoring::Lease;
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
-    let mut lease = store.try_lease("alerting").await.unwrap().expect("one process: always granted");
-    assert!(matches!(lease, Lease::Local));
-    assert!(lease.held().await);
+    let path = dir.path().join("vigil.db");
+    let (a, b) = (SqliteStore::open(&path).await.unwrap(), SqliteStore::open(&path).await.unwrap());
+    let mut held = a.try_lease("retraining").await.unwrap().expect("a free lease is taken");
+    assert!(matches!(held, Lease::File(_)) && held.held().await);
+    assert!(b.try_lease("retraining").await.unwrap().is_none(), "held by the other store");
+    assert!(a.try_lease("retraining").await.unwrap().is_none(), "nor twice by one store");
+    assert!(b.try_lease("alerting").await.unwrap().is_some(), "roles are independent");
+    drop(held);
+    assert!(b.try_lease("retraining").await.unwrap().is_some(), "free once dropped");
+    let memory = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    assert!(matches!(memory.try_lease("retraining").await.unwrap(), Some(Lease::Local)));
 }
 
 /// The registry: registering is idempotent per artifact, another artifact under a version is

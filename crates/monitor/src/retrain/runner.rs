@@ -3,6 +3,10 @@
 //! store, stopped on cancel, timeout or shutdown), moves the version it wrote into the model
 //! repository, registers it as a candidate with its data reference, and starts its rollout when
 //! asked. A job left running by a monitor that stopped is marked failed when a runner takes over.
+//!
+//! Whoever runs jobs (the leading monitor or `vigil retrain work`) holds the retraining lease
+//! first: the jobs marked running are then no other runner's, and two runners never take over
+//! each other's jobs.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 use tokio::sync::watch;
+use vigil_store::monitoring::Lease;
 use vigil_store::registry::retraining::{RUNNER, Reported};
 use vigil_store::{Change, JobState, ModelVersionRow, MonitorStore, PredictionStore, RetrainJob, Stage};
 
@@ -18,6 +23,9 @@ use super::{ModelRetraining, RetrainingConfig};
 
 /// How often a running job's progress and log are written, and its cancellation looked for.
 const REPORT_EVERY: Duration = Duration::from_millis(500);
+
+/// The lease whoever runs jobs holds ([`run`] and [`work`]).
+pub const RETRAINING_LEASE: &str = "monitor.retraining";
 
 /// Why a running job was marked failed at a runner's start.
 pub const INTERRUPTED: &str = "interrupted: the monitor running it stopped; `vigil retrain retry <job>` runs it again";
@@ -37,24 +45,18 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         return;
     }
     let runner = Runner { store, output: config.output.clone().unwrap_or(models), config };
-    let mut was_leading = false;
+    let mut lease: Option<Lease> = None;
     loop {
         let lead = *leading.borrow_and_update();
-        if lead && !was_leading {
-            // Jobs marked running were another runner's (or this one's before a restart).
-            let change = Change { actor: RUNNER, reason: INTERRUPTED, at: Utc::now() };
-            match runner.store.interrupt_retrains(&change).await {
-                Ok(jobs) => {
-                    for job in jobs {
-                        tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
-                        runner.remove_partial_versions(&job).await;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot mark interrupted retraining jobs; retrying"),
-            }
+        if let Some(held) = lease.as_mut()
+            && !(lead && held.held().await)
+        {
+            lease = None;
         }
-        was_leading = lead;
-        if lead {
+        if lead && lease.is_none() {
+            lease = runner.take_over().await;
+        }
+        if lease.is_some() {
             match runner.store.claim_retrain(Utc::now()).await {
                 Ok(Some(job)) => {
                     runner.execute(job, &mut shutdown).await;
@@ -77,20 +79,21 @@ pub async fn run<S: PredictionStore + MonitorStore>(
 
 /// Runs queued jobs outside the monitor (`vigil retrain work`, one worker at a time): jobs an
 /// earlier worker left running are marked interrupted, then queued jobs run one after another
-/// until none is left, `max_jobs` have run, or `shutdown`. Returns the jobs run, as they ended.
+/// until none is left, `max_jobs` have run, or `shutdown`. Returns the jobs run, as they ended;
+/// None, having touched nothing, when another runner (a worker, or a monitor that runs jobs)
+/// holds the retraining lease.
 pub async fn work<S: PredictionStore + MonitorStore>(
     store: S,
     config: RetrainingConfig,
     models: PathBuf,
     max_jobs: Option<usize>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<Vec<RetrainJob>> {
+) -> Result<Option<Vec<RetrainJob>>> {
     let runner = Runner { store, output: config.output.clone().unwrap_or(models), config };
-    let change = Change { actor: RUNNER, reason: INTERRUPTED, at: Utc::now() };
-    for job in runner.store.interrupt_retrains(&change).await.context("marking interrupted jobs")? {
-        tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
-        runner.remove_partial_versions(&job).await;
-    }
+    let Some(_lease) = runner.store.try_lease(RETRAINING_LEASE).await.context("taking the retraining lease")? else {
+        return Ok(None);
+    };
+    runner.interrupt_orphans().await.context("marking interrupted jobs")?;
     let mut ran = Vec::new();
     while max_jobs.is_none_or(|max| ran.len() < max) && !*shutdown.borrow() {
         let Some(job) = runner.store.claim_retrain(Utc::now()).await.context("claiming a queued job")? else {
@@ -100,7 +103,7 @@ pub async fn work<S: PredictionStore + MonitorStore>(
         runner.execute(job, &mut shutdown).await;
         ran.extend(runner.store.retrain_job(&id).await.context("reading the job's end")?);
     }
-    Ok(ran)
+    Ok(Some(ran))
 }
 
 struct Runner<S> {
@@ -181,6 +184,39 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             }
             return;
         }
+    }
+
+    /// The retraining lease, with the jobs the runner before left running marked interrupted;
+    /// None while another runner holds it (or the marking failed: tried again next round).
+    async fn take_over(&self) -> Option<Lease> {
+        match self.store.try_lease(RETRAINING_LEASE).await {
+            Ok(Some(lease)) => match self.interrupt_orphans().await {
+                Ok(()) => Some(lease),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot mark interrupted retraining jobs; retrying");
+                    None
+                }
+            },
+            Ok(None) => {
+                tracing::debug!("another runner holds the retraining lease; leaving the queue to it");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the retraining lease; retrying");
+                None
+            }
+        }
+    }
+
+    /// Marks the jobs left running interrupted (another runner's that stopped, or this one's
+    /// before a restart) and removes what they were writing.
+    async fn interrupt_orphans(&self) -> Result<(), sqlx::Error> {
+        let change = Change { actor: RUNNER, reason: INTERRUPTED, at: Utc::now() };
+        for job in self.store.interrupt_retrains(&change).await? {
+            tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
+            self.remove_partial_versions(&job).await;
+        }
+        Ok(())
     }
 
     /// Removes what an interrupted `job` was writing (`.<version>.job-<id>` in its model's

@@ -241,7 +241,10 @@ pub enum Lease {
     /// A session-level advisory lock, held on a connection taken out of the pool: dropping the
     /// lease closes the connection, which releases the lock.
     Postgres(sqlx::PgConnection),
-    /// An embedded database serves one process: nothing to share.
+    /// An exclusive lock on a file beside an SQLite database, released when the file is
+    /// closed (the lease dropped, the process gone).
+    File(std::fs::File),
+    /// A database in memory serves one process: nothing to share.
     Local,
 }
 
@@ -251,7 +254,7 @@ impl Lease {
     pub async fn held(&mut self) -> bool {
         match self {
             Lease::Postgres(conn) => sqlx::query("SELECT 1").execute(conn).await.is_ok(),
-            Lease::Local => true,
+            Lease::File(_) | Lease::Local => true,
         }
     }
 }
@@ -260,6 +263,7 @@ impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Lease::Postgres(_) => "Lease::Postgres",
+            Lease::File(_) => "Lease::File",
             Lease::Local => "Lease::Local",
         })
     }

@@ -252,8 +252,19 @@ impl AlertStore for SqliteStore {
 }
 
 impl LeaseStore for SqliteStore {
-    async fn try_lease(&self, _role: &str) -> Result<Option<Lease>, sqlx::Error> {
-        Ok(Some(Lease::Local))
+    /// A lock on `<database file>.lease-<role>`, held by one open file in all the processes
+    /// sharing the database (the monitor, `vigil retrain work`); a database in memory serves
+    /// one process, which always holds it.
+    async fn try_lease(&self, role: &str) -> Result<Option<Lease>, sqlx::Error> {
+        let Some(database) = self.file() else { return Ok(Some(Lease::Local)) };
+        let mut path = database.as_os_str().to_owned();
+        path.push(format!(".lease-{role}"));
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lease::File(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
     }
 }
 
