@@ -313,6 +313,11 @@ async fn a_kept_partial_fetch_that_is_not_the_artifact_is_fetched_again_whole() 
     let image = samples("normal").remove(0).1;
     until_served(&[&server], &image, "2").await;
     assert_eq!(sha256_file(&repo.join(MODEL).join("2/model.onnx")).unwrap(), digest2, "the registered artifact");
+    // Removed at the end of the deployment's application, just after the router took it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !unfinished_fetches(&repo).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(unfinished_fetches(&repo), Vec::<String>::new(), "the bad partial and the unwanted fetch are gone");
     server.shutdown().await.unwrap();
     let _ = monitor.stop.send(());

@@ -487,8 +487,16 @@ async fn an_external_worker_runs_the_queue_the_monitor_leaves_alone() {
     assert_eq!(store.retrain_job(&orphan.job_id).await.unwrap().unwrap().state, "running");
     assert_eq!(store.retrain_job(&first.job_id).await.unwrap().unwrap().state, "queued");
     drop(other);
-    let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    let ran = runner::work(store.clone(), config, repository.clone(), None, shutdown).await.unwrap().unwrap();
+    // Postgres frees the lock once it sees the session end, a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ran = loop {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        match runner::work(store.clone(), config.clone(), repository.clone(), None, shutdown).await.unwrap() {
+            Some(ran) => break ran,
+            None => assert!(Instant::now() < deadline, "the lease was never freed"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let ended: Vec<(&str, &str)> = ran.iter().map(|j| (j.model_name.as_str(), j.state.as_str())).collect();
     assert_eq!(ended, [("good", "succeeded"), ("failing", "failed")]);
     assert!(repository.join("good").join(ran[0].candidate_version.as_deref().unwrap()).join("model.onnx").is_file());
@@ -526,4 +534,45 @@ async fn a_leading_monitor_leaves_the_queue_to_the_runner_holding_the_lease() {
     assert_eq!((orphan.state.as_str(), orphan.error.as_str()), ("failed", INTERRUPTED));
     stop.send_replace(true);
     task.await.unwrap();
+}
+
+/// A worker whose lease went while a job ran (its Postgres session ended: a restart, a proxy
+/// that cut it) and another runner took it stops the recipe at its next report and leaves the
+/// job to that runner, instead of training on beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_loses_its_lease_stops_its_job() {
+    let (_db, store, dir, repository) = setup().await;
+    let slow = recipe(dir.path(), "slow", "echo started; sleep 60");
+    let config = config(dir.path(), &[("slow", &slow)], "1m");
+    let job = queue("slow", &dataset(dir.path()));
+    store.enqueue_retrain(&job).await.unwrap();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(runner::work(store.clone(), config, repository, None, shutdown));
+    wait_for(&store, &job.job_id, |j| j.log.contains("started")).await;
+    // The session holding the worker's lease ends; another runner takes the lease.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        if let Some(lease) = store.try_lease(runner::RETRAINING_LEASE).await.unwrap() {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "the worker's lease was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ran = tokio::time::timeout(Duration::from_secs(15), worker)
+        .await
+        .expect("the worker stops its job at its next report, not after its recipe's 60 s")
+        .unwrap()
+        .unwrap()
+        .expect("the worker held the lease when it started");
+    assert_eq!(ran.len(), 1);
+    let left = store.retrain_job(&job.job_id).await.unwrap().unwrap();
+    assert_eq!(left.state, "running", "left to the runner holding the lease, which marks it interrupted");
+    drop(taken);
 }

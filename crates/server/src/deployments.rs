@@ -167,6 +167,13 @@ pub async fn follow(
 const REFUSED_RETRY_FIRST: Duration = Duration::from_secs(2);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// The wait before the next try at a refused deployment: doubled after a try that failed, but
+/// back to the first after one that received some of an artifact (a long fetch over a slow
+/// link, cut every time, goes on from where it stopped without waiting longer each time).
+fn next_retry(waited: Duration, progressed: bool) -> Duration {
+    if progressed { REFUSED_RETRY_FIRST } else { (waited * 2).min(REFUSED_RETRY_MAX) }
+}
+
 struct Follower {
     router: Arc<DeploymentRouter>,
     repository: Arc<ModelRepository>,
@@ -269,7 +276,7 @@ impl Follower {
         let request = WatchDeploymentsRequest { server_id: server_id.to_string() };
         let mut stream = client.watch_deployments(request).await?.into_inner();
         tracing::info!(url = config.control_url, "following deployments from the control plane");
-        let fetcher = Fetcher { client: client.clone(), max_bytes: config.max_artifact_bytes };
+        let fetcher = Fetcher::new(client.clone(), config.max_artifact_bytes);
         // The control plane sends a snapshot only when something changed: a deployment refused
         // because its fetch failed on the control plane's side or the network's (shed, cut, the
         // artifact unreadable for a moment) is tried again from the last snapshot, at growing
@@ -282,10 +289,11 @@ impl Follower {
             let snapshot = tokio::select! {
                 message = stream.message() => message?,
                 () = retry, if !self.retryable.is_empty() => {
+                    let received = fetcher.received();
                     if let Some(last) = self.last.clone() {
                         self.apply(last, Some(fetcher.clone())).await;
                     }
-                    retry_in = (retry_in * 2).min(REFUSED_RETRY_MAX);
+                    retry_in = next_retry(retry_in, fetcher.received() > received);
                     continue;
                 }
             };
@@ -558,6 +566,16 @@ async fn load_kept(repository: &Arc<ModelRepository>, model: &str, version: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_deployments_are_tried_again_sooner_while_their_fetch_progresses() {
+        let mut wait = REFUSED_RETRY_FIRST;
+        for expected in [4, 8, 16, 32, 64, 128, 256, 300, 300] {
+            wait = next_retry(wait, false);
+            assert_eq!(wait, Duration::from_secs(expected));
+        }
+        assert_eq!(next_retry(wait, true), REFUSED_RETRY_FIRST);
+    }
 
     #[test]
     fn a_plaintext_control_plane_with_tls_settings_is_refused() {

@@ -9,6 +9,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Result, bail};
 use vigil_proto::vigil::v1::control_client::ControlClient;
@@ -25,17 +27,32 @@ const STAGING_PREFIX: &str = ".fetching-";
 /// Fetches artifacts from the control plane into a model repository.
 #[derive(Clone)]
 pub(crate) struct Fetcher {
-    pub client: ControlClient<vigil_security::client::SecureChannel>,
+    client: ControlClient<vigil_security::client::SecureChannel>,
     /// The most bytes one version's files may take (`deployments.max_artifact_bytes`).
-    pub max_bytes: u64,
+    max_bytes: u64,
+    /// Bytes written by every fetch so far (shared by the clones).
+    received: Arc<AtomicU64>,
 }
 
 impl Fetcher {
+    pub fn new(client: ControlClient<vigil_security::client::SecureChannel>, max_bytes: u64) -> Self {
+        Self { client, max_bytes, received: Arc::default() }
+    }
+
+    /// Bytes written by every fetch so far: a try that made some got further than the last.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     /// Fetches `model` `version` (its model.onnx has `digest`) into the repository at `root`,
     /// checks the digest and moves it into place.
     pub async fn fetch(&mut self, root: &Path, model: &str, version: &str, digest: &str) -> Result<()> {
         if version.parse::<u64>().is_err() {
             bail!("version '{version}' is not a number; it cannot be a directory of the model repository");
+        }
+        let mut parts = Path::new(model).components();
+        if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
+            bail!("model '{model}' is not a name; it cannot be a directory of the model repository");
         }
         let target = root.join(model).join(version);
         if target.exists() {
@@ -95,6 +112,7 @@ impl Fetcher {
         let mut stream = self.client.fetch_artifact(request).await?.into_inner();
         while let Some(chunk) = stream.message().await? {
             writer.write(&chunk)?;
+            self.received.fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
         }
         Ok(writer.have > 0)
     }
@@ -151,6 +169,8 @@ struct ChunkWriter {
     /// The bytes of this version on disk so far.
     total: u64,
     open: Option<OpenFile>,
+    /// A chunk gave its position: the control plane numbers them.
+    numbered: bool,
 }
 
 struct OpenFile {
@@ -159,8 +179,6 @@ struct OpenFile {
     /// Where its first chunk of this fetch started.
     started_at: u64,
     written: u64,
-    /// A chunk gave its position: the control plane numbers them.
-    numbered: bool,
 }
 
 impl ChunkWriter {
@@ -173,7 +191,7 @@ impl ChunkWriter {
         if have > max_bytes {
             bail!("the artifact exceeds deployments.max_artifact_bytes ({max_bytes} bytes)");
         }
-        Ok(Self { dir: dir.to_path_buf(), max_bytes, have, total: have, open: None })
+        Ok(Self { dir: dir.to_path_buf(), max_bytes, have, total: have, open: None, numbered: false })
     }
 
     fn write(&mut self, chunk: &ArtifactChunk) -> Result<()> {
@@ -197,15 +215,15 @@ impl ChunkWriter {
                 at => bail!("the control plane sent {name} from byte {at}, which was not asked for"),
             };
             let at = chunk.offset;
-            self.open = Some(OpenFile { name: name.to_string(), file, started_at: at, written: at, numbered: at > 0 });
-        } else if let Some(open) = self.open.as_mut() {
+            self.open = Some(OpenFile { name: name.to_string(), file, started_at: at, written: at });
+        } else if let Some(open) = self.open.as_ref() {
             // A control plane from before resumable fetches gives no position: every chunk at 0.
-            let unnumbered = chunk.offset == 0 && open.started_at == 0 && !open.numbered;
+            let unnumbered = chunk.offset == 0 && open.started_at == 0 && !self.numbered;
             if chunk.offset != open.written && !unnumbered {
                 bail!("the control plane sent {name} out of order (byte {} after {})", chunk.offset, open.written);
             }
-            open.numbered |= chunk.offset > 0;
         }
+        self.numbered |= chunk.offset > 0;
         self.total += chunk.data.len() as u64;
         if self.total > self.max_bytes {
             bail!("the artifact exceeds deployments.max_artifact_bytes ({} bytes)", self.max_bytes);
@@ -272,6 +290,13 @@ mod tests {
         }
         writer.write(&chunk("model.toml", 0, b"t")).unwrap();
         assert_eq!((read(dir.path(), "model.onnx"), writer.have), ("abcde".into(), 0));
+        // One that numbers them: a chunk at 0 again is out of order, in any file.
+        let mut writer = ChunkWriter::new(dir.path(), 100).unwrap();
+        writer.write(&chunk("model.onnx", 0, b"ab")).unwrap();
+        writer.write(&chunk("model.onnx", 2, b"cd")).unwrap();
+        writer.write(&chunk("model.toml", 0, b"t")).unwrap();
+        let e = writer.write(&chunk("model.toml", 0, b"t")).unwrap_err().to_string();
+        assert!(e.contains("model.toml out of order (byte 0 after 1)"), "{e}");
     }
 
     #[test]

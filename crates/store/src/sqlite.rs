@@ -34,7 +34,12 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(5));
         let filename = options.get_filename();
-        let in_memory = filename.as_os_str() == ":memory:" || filename.to_string_lossy().starts_with("file:");
+        // sqlx names an in-memory database `file:sqlx-in-memory-<n>`; `?mode=memory` leaves
+        // the name empty.
+        let in_memory = filename.as_os_str().is_empty()
+            || filename.as_os_str() == ":memory:"
+            || filename.to_string_lossy().starts_with("file:")
+            || url.contains("mode=memory");
         let file = (!in_memory).then(|| filename.to_path_buf());
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
         Ok(Self { pool, file })

@@ -44,19 +44,16 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         let _ = shutdown.changed().await;
         return;
     }
-    let runner = Runner { store, output: config.output.clone().unwrap_or(models), config };
-    let mut lease: Option<Lease> = None;
+    let runner = Runner::new(store, config, models);
     loop {
         let lead = *leading.borrow_and_update();
-        if let Some(held) = lease.as_mut()
-            && !(lead && held.held().await)
-        {
-            lease = None;
-        }
-        if lead && lease.is_none() {
-            lease = runner.take_over().await;
-        }
-        if lease.is_some() {
+        let holding = if lead {
+            runner.hold_lease().await
+        } else {
+            *runner.lease.lock().await = None;
+            false
+        };
+        if holding {
             match runner.store.claim_retrain(Utc::now()).await {
                 Ok(Some(job)) => {
                     runner.execute(job, &mut shutdown).await;
@@ -89,13 +86,18 @@ pub async fn work<S: PredictionStore + MonitorStore>(
     max_jobs: Option<usize>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<Option<Vec<RetrainJob>>> {
-    let runner = Runner { store, output: config.output.clone().unwrap_or(models), config };
-    let Some(_lease) = runner.store.try_lease(RETRAINING_LEASE).await.context("taking the retraining lease")? else {
+    let runner = Runner::new(store, config, models);
+    let Some(lease) = runner.store.try_lease(RETRAINING_LEASE).await.context("taking the retraining lease")? else {
         return Ok(None);
     };
+    *runner.lease.lock().await = Some(lease);
     runner.interrupt_orphans().await.context("marking interrupted jobs")?;
     let mut ran = Vec::new();
     while max_jobs.is_none_or(|max| ran.len() < max) && !*shutdown.borrow() {
+        if !runner.still_holds_lease().await {
+            tracing::warn!("another runner took the retraining lease; leaving the queue to it");
+            break;
+        }
         let Some(job) = runner.store.claim_retrain(Utc::now()).await.context("claiming a queued job")? else {
             break;
         };
@@ -111,6 +113,8 @@ struct Runner<S> {
     config: RetrainingConfig,
     /// The repository new versions go to.
     output: PathBuf,
+    /// The retraining lease, while this runner holds it.
+    lease: tokio::sync::Mutex<Option<Lease>>,
 }
 
 /// What one run of a recipe writes and reads.
@@ -132,6 +136,52 @@ enum Stopped {
 }
 
 impl<S: PredictionStore + MonitorStore> Runner<S> {
+    fn new(store: S, config: RetrainingConfig, models: PathBuf) -> Self {
+        Self { store, output: config.output.clone().unwrap_or(models), config, lease: Default::default() }
+    }
+
+    /// Between jobs: whether this runner holds the retraining lease, taking it (and over the
+    /// jobs left running) where it is free.
+    async fn hold_lease(&self) -> bool {
+        let mut lease = self.lease.lock().await;
+        if let Some(held) = lease.as_mut() {
+            if held.held().await {
+                return true;
+            }
+            *lease = None;
+        }
+        *lease = self.take_over().await;
+        lease.is_some()
+    }
+
+    /// During a job: whether this runner still holds the retraining lease. One whose holder
+    /// went (a Postgres connection that closed) is taken back where no other runner took it
+    /// meanwhile; where one did, it takes the job over and this runner is to stop. While the
+    /// database cannot be reached the job goes on: no other runner can take it then either.
+    async fn still_holds_lease(&self) -> bool {
+        let mut lease = self.lease.lock().await;
+        if let Some(held) = lease.as_mut()
+            && held.held().await
+        {
+            return true;
+        }
+        match self.store.try_lease(RETRAINING_LEASE).await {
+            Ok(Some(taken)) => {
+                tracing::warn!("the retraining lease's connection closed; taken back");
+                *lease = Some(taken);
+                true
+            }
+            Ok(None) => {
+                *lease = None;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the retraining lease; the job goes on");
+                true
+            }
+        }
+    }
+
     /// Runs one claimed job to its end and records it.
     async fn execute(&self, mut job: RetrainJob, shutdown: &mut watch::Receiver<bool>) {
         let started = Instant::now();
@@ -467,18 +517,25 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                     }
                     break status;
                 }
-                _ = tick.tick() => match self.store.report_retrain(&job.job_id, job.progress, &job.step, &job.log).await {
-                    Ok(Reported::Running) => {}
-                    Ok(Reported::CancelRequested) => {
-                        child.stop().await;
-                        return Err(Stopped::Cancelled("cancelled while training".into()));
-                    }
-                    Ok(Reported::Gone) => {
+                _ = tick.tick() => {
+                    // Another runner holds the lease now and takes the job over.
+                    if !self.still_holds_lease().await {
                         child.stop().await;
                         return Err(Stopped::Gone);
                     }
-                    Err(e) => tracing::warn!(job = %job.job_id, error = %e, "cannot report retraining progress"),
-                },
+                    match self.store.report_retrain(&job.job_id, job.progress, &job.step, &job.log).await {
+                        Ok(Reported::Running) => {}
+                        Ok(Reported::CancelRequested) => {
+                            child.stop().await;
+                            return Err(Stopped::Cancelled("cancelled while training".into()));
+                        }
+                        Ok(Reported::Gone) => {
+                            child.stop().await;
+                            return Err(Stopped::Gone);
+                        }
+                        Err(e) => tracing::warn!(job = %job.job_id, error = %e, "cannot report retraining progress"),
+                    }
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     child.stop().await;
                     return Err(Stopped::Failed(format!(

@@ -259,7 +259,15 @@ impl LeaseStore for SqliteStore {
         let Some(database) = self.file() else { return Ok(Some(Lease::Local)) };
         let mut path = database.as_os_str().to_owned();
         path.push(format!(".lease-{role}"));
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        // Created by the first process; one that may not write it (another user's, a
+        // read-only mount) locks it read-only: a lock needs no write access.
+        let file = match std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(30) => {
+                std::fs::File::open(&path)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         match file.try_lock() {
             Ok(()) => Ok(Some(Lease::File(file))),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
