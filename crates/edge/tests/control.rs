@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -199,16 +200,26 @@ async fn servers_follow_the_control_plane_fetch_versions_by_digest_and_restart_f
     b.shutdown().await.unwrap();
 }
 
-/// A TCP relay to `target` that cuts its first connection once it has passed `cut_after`
-/// bytes towards the client, and counts the bytes each connection passed that way.
-async fn cutting_relay(target: std::net::SocketAddr, cut_after: u64) -> (std::net::SocketAddr, Arc<Mutex<Vec<u64>>>) {
+/// A TCP relay to the control plane that cuts its first connection once it has passed
+/// `cut_after` bytes towards the client, counting the bytes each connection passed that way;
+/// with `close_at_cut`, it then refuses connections (drops them, uncounted) until `open` is set.
+struct Relay {
+    addr: std::net::SocketAddr,
+    passed: Arc<Mutex<Vec<u64>>>,
+    open: Arc<AtomicBool>,
+}
+
+async fn cutting_relay(target: std::net::SocketAddr, cut_after: u64, close_at_cut: bool) -> Relay {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let passed = Arc::new(Mutex::new(Vec::new()));
-    let counts = passed.clone();
+    let (passed, open) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(true)));
+    let (counts, gate) = (passed.clone(), open.clone());
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            if !gate.load(Ordering::SeqCst) {
+                continue;
+            }
             let Ok(upstream) = tokio::net::TcpStream::connect(target).await else { continue };
             let index = {
                 let mut counts = counts.lock().unwrap();
@@ -216,7 +227,7 @@ async fn cutting_relay(target: std::net::SocketAddr, cut_after: u64) -> (std::ne
                 counts.len() - 1
             };
             let limit = if index == 0 { cut_after } else { u64::MAX };
-            let counts = counts.clone();
+            let (counts, gate) = (counts.clone(), gate.clone());
             tokio::spawn(async move {
                 let (mut client_read, mut client_write) = client.into_split();
                 let (mut upstream_read, mut upstream_write) = upstream.into_split();
@@ -237,6 +248,9 @@ async fn cutting_relay(target: std::net::SocketAddr, cut_after: u64) -> (std::ne
                     sent += n;
                     counts.lock().unwrap()[index] = sent;
                     if sent == limit {
+                        if close_at_cut {
+                            gate.store(false, Ordering::SeqCst);
+                        }
                         break;
                     }
                 }
@@ -245,28 +259,54 @@ async fn cutting_relay(target: std::net::SocketAddr, cut_after: u64) -> (std::ne
             });
         }
     });
-    (addr, passed)
+    Relay { addr, passed, open }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fetch_cut_on_the_way_resumes_where_it_stopped() {
-    // The first connection is cut inside the artifact's second 64 KiB chunk.
+    cut_fetch_resumes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_cut_before_a_restart_resumes_after_it() {
+    cut_fetch_resumes(true).await;
+}
+
+/// The first connection to the control plane is cut inside the artifact's second 64 KiB
+/// chunk; the server (restarted meanwhile with `restart`) fetches only the rest.
+async fn cut_fetch_resumes(restart: bool) {
     const CUT: u64 = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let Registry { artifacts, store, slow, digest2, change, monitor } = registry_deploying_1(dir.path()).await;
     assert!(slow.len() as u64 > CUT + 40_000, "the fixture spans the cut with room to spare");
-    let (relay, passed) = cutting_relay(monitor.addr, CUT).await;
+    let relay = cutting_relay(monitor.addr, CUT, restart).await;
 
     let repo = dir.path().join("edge/models");
     copy_version(&model_dir(), &repo.join(MODEL), 1, None);
-    let server = edge(&repo, relay, None, true).await;
+    let mut server = edge(&repo, relay.addr, None, true).await;
     let image = samples("normal").remove(0).1;
     until_served(&[&server], &image, "1").await;
     store.set_deployment(&deployment("d2", "2", None, "single", 0.0), &change).await.unwrap();
+    if restart {
+        // Cut, and its first chunk on disk.
+        let received = || {
+            let staging = unfinished_fetches(&repo).pop()?;
+            std::fs::metadata(repo.join(MODEL).join(staging).join("model.onnx")).ok().map(|m| m.len())
+        };
+        let deadline = Instant::now() + FOLLOW_WITHIN;
+        while relay.passed.lock().unwrap().first().is_none_or(|&sent| sent < CUT) || received() < Some(64 << 10) {
+            assert!(Instant::now() < deadline, "the fetch never reached the cut");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.shutdown().await.unwrap();
+        assert_eq!(received(), Some(64 << 10), "what the cut fetch received is kept on disk");
+        server = edge(&repo, relay.addr, None, true).await;
+        relay.open.store(true, Ordering::SeqCst);
+    }
     until_served(&[&server], &image, "2").await;
     assert_eq!(sha256_file(&repo.join(MODEL).join("2/model.onnx")).unwrap(), digest2, "the registered artifact");
 
-    let passed = passed.lock().unwrap().clone();
+    let passed = relay.passed.lock().unwrap().clone();
     assert!(passed.len() >= 2 && passed[0] == CUT, "the first connection was cut at {CUT} bytes: {passed:?}");
     // Sent again whole, the version's files would take this much after the cut; resumed,
     // model.onnx's first chunk (64 KiB) is not sent again.
