@@ -945,6 +945,10 @@ mod tests {
         runs.lock().iter().map(|(name, thread)| (*name, thread.starts_with("batch-"))).collect()
     }
 
+    /// An inline run limit no run of these tests comes near, however busy the machine: for tests
+    /// of who runs where, not of the limit.
+    const AMPLE_INLINE_LIMIT_US: u64 = 1_000_000;
+
     fn gated(inline_run_limit_us: u64) -> (Batcher, Runs, crossbeam_channel::Sender<()>) {
         gated_with(inline_run_limit_us, Duration::ZERO)
     }
@@ -972,7 +976,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_quick_request_runs_on_the_calling_thread() {
-        let (b, runs, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
+        let (b, runs, open) = gated(AMPLE_INLINE_LIMIT_US);
         for _ in 0..6 {
             open.send(()).unwrap();
             let out = b.infer(one()).await.unwrap();
@@ -1009,10 +1013,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_of_many_items_is_judged_by_the_time_per_item() {
-        // 600 µs per run: one item runs inline (600 µs <= 2 ms), eight would take 4.8 ms and go to
-        // the batching thread; that run's time per item (75 µs) then lets eight run inline.
-        let limit = crate::config::DEFAULT_INLINE_RUN_LIMIT_US;
-        let (b, runs, open) = gated_with(limit, Duration::from_micros(600));
+        // 30 ms per run against a 200 ms limit: one item runs inline, eight would take 240 ms
+        // (a sleep is never shorter) and go to the batching thread; that run's time per item
+        // (3.75 ms) then lets eight run inline. The margins hold on a busy machine.
+        let (b, runs, open) = gated_with(200_000, Duration::from_millis(30));
         for n in [1, 1, 1, 8, 8] {
             open.send(()).unwrap();
             assert_eq!(b.infer(items(n)).await.unwrap().batch_size, n);
@@ -1024,7 +1028,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_arriving_during_an_inline_run_waits_for_the_session() {
-        let (b, runs, open) = gated(crate::config::DEFAULT_INLINE_RUN_LIMIT_US);
+        let (b, runs, open) = gated(AMPLE_INLINE_LIMIT_US);
         open.send(()).unwrap();
         b.infer(one()).await.unwrap();
         // An inline run held on its gate.
@@ -1121,7 +1125,7 @@ mod tests {
             max_batch_size: 8,
             max_queue_delay_us: 60_000_000,
             max_queue_depth: 8,
-            inline_run_limit_us: crate::config::DEFAULT_INLINE_RUN_LIMIT_US,
+            inline_run_limit_us: AMPLE_INLINE_LIMIT_US,
         };
         // One core: a run going on holds it, as an inline session with a thread per core would.
         let mut b = Batcher::start_on(
