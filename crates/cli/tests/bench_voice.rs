@@ -56,8 +56,6 @@ fn bench_voice_pairs_each_served_query_with_its_direct_recognition() {
 
     let served = row(&stdout, "1");
     let number = |cell: &str| cell.parse::<f64>().unwrap_or_else(|e| panic!("{cell:?}: {e}\n{stdout}"));
-    // Over two seconds, one stream, two queries of at most a few seconds of speech.
-    assert!(number(served[2]) >= 1.0, "queries/s: {served:?}");
     let (wait_p50, overhead_p50, overhead_p99) = (ms(served[4]), ms(served[7]), ms(served[8]));
     assert!(overhead_p50 <= overhead_p99 && overhead_p99 < ms(served[5]), "{served:?}");
     // With two queries the direct p50 is the short query's time and the p99 the long one's.
@@ -71,6 +69,12 @@ fn bench_voice_pairs_each_served_query_with_its_direct_recognition() {
         })
         .unwrap_or_else(|| panic!("no direct recognition summary:\n{stdout}"));
     assert!(direct_p50 > 0.0 && wait_p50 > 0.0);
+    // One stream answers about one query per recognition time, measured in the same run: never
+    // faster than the quicker query allows, and not many times slower than the longer one
+    // (wide bounds, for a shared machine's noise between the two phases).
+    let per_second = number(served[2]);
+    assert!(per_second <= 1.5 * 1000.0 / direct_p50, "queries/s {per_second} past what recognition allows:\n{stdout}");
+    assert!(per_second >= 0.3 * 1000.0 / direct_p99, "queries/s {per_second} far below recognition's pace:\n{stdout}");
     let spread = direct_p99 - direct_p50;
     assert!(spread > 0.0, "the two queries take different times to recognise:\n{stdout}");
     // The queries alternate, so the overheads' median is the short query's. Paired with the long

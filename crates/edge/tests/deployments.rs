@@ -562,8 +562,18 @@ async fn a_raised_capture_rate_reaches_the_edge_with_the_deployment() {
         }
     }
     let captured = || std::fs::read_dir(captures.join(MODEL).join("predictions")).map_or(0, |d| d.count());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let reviewed = captured();
+    // Captures are stored in the background: counted once the count stood still for a second.
+    let settled = async || {
+        let (mut count, mut since) = (captured(), std::time::Instant::now());
+        while since.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if captured() != count {
+                (count, since) = (captured(), std::time::Instant::now());
+            }
+        }
+        count
+    };
+    let reviewed = settled().await;
     let mut send = async |n: usize| {
         for _ in 0..n {
             let request = InspectRequest { image: image.clone(), station_id: "line-1".into(), ..Default::default() };
@@ -571,8 +581,7 @@ async fn a_raised_capture_rate_reaches_the_edge_with_the_deployment() {
         }
     };
     send(20).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(captured(), reviewed, "the server's own rate is 0");
+    assert_eq!(settled().await, reviewed, "the server's own rate is 0");
 
     let boost = CaptureBoost {
         model_name: MODEL.into(),
@@ -599,11 +608,21 @@ async fn a_raised_capture_rate_reaches_the_edge_with_the_deployment() {
     until(before + 10).await;
 
     assert!(store.end_capture_boost(MODEL, "brightness-drift").await.unwrap());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let settled = captured();
+    // The end reaches the edge with its next poll: once five requests in a row went uncaptured
+    // (at the raised rate every one was), twenty more must go uncaptured too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut before = settled().await;
+    loop {
+        send(5).await;
+        let after = settled().await;
+        if after == before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the boost's end never reached the edge");
+        before = after;
+    }
     send(20).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(captured(), settled, "back to the server's own rate");
+    assert_eq!(settled().await, before, "back to the server's own rate");
     server.shutdown().await.unwrap();
 }
 

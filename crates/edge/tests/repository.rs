@@ -171,13 +171,17 @@ async fn an_unload_waits_for_the_requests_in_flight() {
     let (inspect, mut oip) = clients(&server).await;
     let image = samples("normal").remove(0).1;
     let mut c = inspect.clone();
+    // A whole call first, for the time a run takes on this machine now.
+    let started = std::time::Instant::now();
+    c.inspect(InspectRequest { image: image.clone(), ..Default::default() }).await.unwrap();
+    let run = started.elapsed();
     let running = tokio::spawn(async move { c.inspect(InspectRequest { image, ..Default::default() }).await });
     until_metric(server.metrics_addr.unwrap(), "vigil_running_batches", &[("model", MODEL)], 1.0).await;
     let unload = RepositoryModelUnloadRequest { model_name: MODEL.into(), ..Default::default() };
     oip.repository_model_unload(unload).await.unwrap();
     // The run takes several hundred milliseconds; had the unload not waited for it, the answer
-    // would still be that far away.
-    let answer = tokio::time::timeout(Duration::from_millis(150), running)
+    // would still be about that far away.
+    let answer = tokio::time::timeout(run / 2, running)
         .await
         .expect("the unload answered before the request it waited for")
         .unwrap()

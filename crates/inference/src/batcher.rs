@@ -770,9 +770,12 @@ mod tests {
         tokio::spawn(async move { b.infer(inputs).await })
     }
 
-    /// Waits until `check` holds on the batcher's counters (they change on the worker thread).
+    /// Waits until `check` holds on the batcher's counters (they change on the worker thread);
+    /// fails after 30 s rather than hanging.
     async fn until(b: &Batcher, check: impl Fn(&ModelStats) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
         while !check(&b.stats) {
+            assert!(Instant::now() < deadline, "the batcher's counters never got there");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }

@@ -319,7 +319,7 @@ async fn two_monitors_on_one_database_notify_once_and_the_second_takes_over() {
     PredictionStore::migrate(&store).await.unwrap();
     let (url, received) = counting_webhook().await;
     let first = start_monitor(&store, &url);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the first monitor leads", || async { first.leading().await == 1.0 }).await;
     let second = start_monitor(&store, &url);
     let state = || {
         let store = store.clone();

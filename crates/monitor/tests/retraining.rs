@@ -576,3 +576,86 @@ async fn a_worker_that_loses_its_lease_stops_its_job() {
     assert_eq!(left.state, "running", "left to the runner holding the lease, which marks it interrupted");
     drop(taken);
 }
+
+/// A worker whose database goes silent while a job runs (a network partition: its connections
+/// stay open and hear nothing) stops the recipe once `lease_timeout` passed without its lease
+/// confirmed, before the database could free the lease for another runner, and records the job
+/// failed once the database answers again. Without the bound it would train on, blind, for as
+/// long as TCP takes to give up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_database_stops_its_job_within_its_lease_timeout() {
+    let (db, store, dir, repository) = setup().await;
+    let pid_file = dir.path().join("recipe.pid");
+    let slow = recipe(dir.path(), "slow", &format!("echo $$ > '{}'; echo started; sleep 60", pid_file.display()));
+    let mut config = config(dir.path(), &[("slow", &slow)], "1m");
+    config.lease_timeout = Duration::from_secs(2);
+    config.validate().unwrap();
+    let job = queue("slow", &dataset(dir.path()));
+    store.enqueue_retrain(&job).await.unwrap();
+    let relay = vigil_testkit::Relay::start(db.server_addr()).await;
+    let cut_off = PgStore::connect_lazy(&db.url_via(relay.addr()), 4).unwrap();
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(runner::work(cut_off, config, repository, None, shutdown));
+    wait_for(&store, &job.job_id, |j| j.log.contains("started")).await;
+    let recipe = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+    let alive = || Path::new("/proc").join(&recipe).exists();
+    assert!(alive());
+    relay.hold();
+    let held = Instant::now();
+    // Unconfirmed for 2 s: noticed at the next check, which waits 5 s for an answer.
+    while alive() {
+        assert!(held.elapsed() < Duration::from_secs(20), "the recipe ran on with the lease unconfirmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = held.elapsed();
+    assert!(stopped >= Duration::from_secs(2), "stopped after {stopped:?}, before its lease_timeout");
+    assert_eq!(store.retrain_job(&job.job_id).await.unwrap().unwrap().state, "running", "nothing written meanwhile");
+    relay.release();
+    let ran = tokio::time::timeout(Duration::from_secs(30), worker)
+        .await
+        .expect("the worker ends once the database answers")
+        .unwrap()
+        .unwrap()
+        .expect("the worker held the lease when it started");
+    assert_eq!(ran.len(), 1);
+    let failed = store.retrain_job(&job.job_id).await.unwrap().unwrap();
+    assert_eq!(failed.state, "failed");
+    assert!(failed.error.contains("did not confirm this runner's retraining lease"), "{}", failed.error);
+    assert!(std::fs::read_dir(dir.path().join("models/slow")).unwrap().next().is_none(), "its partial version went");
+}
+
+/// A Postgres lease's session asks the server to end it once its holder has been silent for
+/// `LEASE_SILENCE_RELEASE` (TCP keepalives and user timeout), which a runner's `lease_timeout`
+/// stays under; a check that gets no answer says so within `LEASE_CHECK_TIMEOUT`, and the
+/// lease is found held again once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_lease_session_ends_after_silence_and_a_check_of_it_is_bounded() {
+    use vigil_store::monitoring::{LEASE_CHECK_TIMEOUT, LEASE_SILENCE_RELEASE, Lease, LeaseState};
+    let (db, _store, _dir, _repository) = setup().await;
+    let relay = vigil_testkit::Relay::start(db.server_addr()).await;
+    let store = PgStore::connect_lazy(&db.url_via(relay.addr()), 2).unwrap();
+    let mut lease = store.try_lease(runner::RETRAINING_LEASE).await.unwrap().expect("free");
+    let Lease::Postgres(session) = &mut lease else { panic!("a Postgres lease") };
+    // In their base units: seconds, and milliseconds for the user timeout.
+    let settings = "SELECT setting::int FROM pg_settings WHERE name = ANY($1) ORDER BY array_position($1, name)";
+    let names = ["tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout"];
+    let values: Vec<i32> = sqlx::query_scalar(settings).bind(&names[..]).fetch_all(&mut *session).await.unwrap();
+    let silence = LEASE_SILENCE_RELEASE.as_secs() as i32;
+    assert_eq!(values.len(), 4);
+    assert_eq!((values[0] + values[1] * values[2], values[3]), (silence, silence * 1000), "{values:?}");
+    assert!(vigil_monitor::retrain::MAX_LEASE_TIMEOUT + 2 * LEASE_CHECK_TIMEOUT < LEASE_SILENCE_RELEASE);
+    // The pool's own connections are left as they were.
+    let pooled: Vec<i32> = sqlx::query_scalar(settings).bind(&names[..]).fetch_all(store.pool()).await.unwrap();
+    assert_ne!(pooled, values);
+
+    relay.hold();
+    let checked = Instant::now();
+    assert_eq!(lease.state().await, LeaseState::Unconfirmed);
+    let waited = checked.elapsed();
+    assert!(waited >= LEASE_CHECK_TIMEOUT && waited < LEASE_CHECK_TIMEOUT + Duration::from_secs(3), "{waited:?}");
+    let taking = Instant::now();
+    assert!(store.try_lease("another-role").await.is_err(), "no answer is an error, not a lease");
+    assert!(taking.elapsed() < LEASE_CHECK_TIMEOUT + Duration::from_secs(3), "{:?}", taking.elapsed());
+    relay.release();
+    assert_eq!(lease.state().await, LeaseState::Held, "the same session, answering again");
+}

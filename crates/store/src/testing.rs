@@ -47,6 +47,28 @@ impl TestDatabase {
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
         format!("{base}/{}", self.name)
     }
+
+    /// The address of its server (for a relay in between, [`TestDatabase::url_via`]).
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let (host, port) = self.host_and_port();
+        std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .unwrap_or_else(|| panic!("cannot resolve the test server's host {host}"))
+    }
+
+    /// Its connection URL, reaching the server through `addr` instead.
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let (host, port) = self.host_and_port();
+        let (url, server) = (self.url(), format!("@{host}:{port}/"));
+        assert!(url.contains(&server), "VIGIL_TEST_POSTGRES must name its server's host and port (user@host:port/db)");
+        url.replacen(&server, &format!("@{addr}/"), 1)
+    }
+
+    fn host_and_port(&self) -> (String, u16) {
+        let options: sqlx::postgres::PgConnectOptions = self.url().parse().expect("VIGIL_TEST_POSTGRES is a URL");
+        (options.get_host().to_string(), options.get_port())
+    }
 }
 
 impl Drop for TestDatabase {

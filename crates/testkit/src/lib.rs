@@ -5,12 +5,13 @@
 //! PostgreSQL from Debian's packages); when something is missing they fail and say so.
 //! [`Chromium`] drives a headless browser over the DevTools protocol, for pages a person uses.
 //! [`speech`] synthesises spoken test audio with espeak-ng. [`S3Server`] is an S3-compatible
-//! server (moto).
+//! server (moto). [`Relay`] relays TCP through a link a test can silence.
 
 pub mod chromium;
 pub mod grpc;
 pub mod kafka;
 pub mod postgres;
+pub mod relay;
 pub mod s3;
 pub mod speech;
 pub mod tls;
@@ -18,6 +19,7 @@ pub mod tls;
 pub use chromium::{Chromium, Page};
 pub use kafka::KafkaBroker;
 pub use postgres::PostgresServer;
+pub use relay::Relay;
 pub use s3::S3Server;
 
 /// The Python the tests use: `VIGIL_PYTHON`, else the virtualenv `./dev setup` prepares

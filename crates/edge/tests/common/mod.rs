@@ -60,13 +60,17 @@ pub fn scrape(addr: SocketAddr) -> (String, String) {
     (content_type, body.to_string())
 }
 
-/// Polls `GET /metrics` at `addr` until the samples of `name` with `labels` add up to `value`.
+/// Polls `GET /metrics` at `addr` until the samples of `name` with `labels` add up to `value`;
+/// fails after 30 s rather than hanging.
 pub async fn until_metric(addr: SocketAddr, name: &str, labels: &[(&str, &str)], value: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let text = tokio::task::spawn_blocking(move || scrape(addr).1).await.unwrap();
-        if sample(&text, name, labels) == Some(value) {
+        let seen = sample(&text, name, labels);
+        if seen == Some(value) {
             return;
         }
+        assert!(std::time::Instant::now() < deadline, "{name}{labels:?} never reached {value} (last {seen:?})");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
@@ -224,4 +228,31 @@ pub fn copy_version(src: &Path, model_dir: &Path, version: u64, onnx: Option<&[u
         .join("\n");
     std::fs::write(staging.join("model.toml"), toml).unwrap();
     std::fs::rename(&staging, model_dir.join(version.to_string())).unwrap();
+}
+
+/// The first `n` sample images of `set`, prepared as the shipped model.toml says.
+pub fn prepared_samples(set: &str, n: usize) -> Vec<vigil_inference::tensor::Tensor> {
+    let pre = model_config().preprocess.unwrap();
+    samples(set)
+        .iter()
+        .take(n)
+        .map(|(_, b)| {
+            vigil_inference::image::prepare(b, &pre, &vigil_inference::image::ImageLimits::default()).unwrap().tensor
+        })
+        .collect()
+}
+
+/// ModelInfer of one prepared image as raw contents.
+pub fn image_request(t: &vigil_inference::tensor::Tensor) -> vigil_proto::inference::ModelInferRequest {
+    vigil_proto::inference::ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![vigil_proto::inference::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: t.shape.clone(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![t.data.clone()],
+        ..Default::default()
+    }
 }

@@ -17,9 +17,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use vigil_store::monitoring::LEASE_SILENCE_RELEASE;
 use vigil_store::{RolloutStep, StepMode};
 
 use crate::config::duration;
+
+/// The longest `retraining.lease_timeout`: a runner notices it at its next check, which may take
+/// two lease checks (`LEASE_CHECK_TIMEOUT` each), well before the database frees its lease.
+pub const MAX_LEASE_TIMEOUT: Duration = LEASE_SILENCE_RELEASE.saturating_sub(Duration::from_secs(30));
 
 /// `[retraining]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +47,11 @@ pub struct RetrainingConfig {
     /// A job running longer is stopped and failed.
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// A runner whose database does not confirm its lease for this long (a network partition)
+    /// stops its job and records it failed: the database may free the lease for another
+    /// runner soon after. At most [`MAX_LEASE_TIMEOUT`].
+    #[serde(deserialize_with = "duration")]
+    pub lease_timeout: Duration,
     /// The most of a recipe's output kept as the job's log (its tail), in bytes.
     pub max_log_bytes: usize,
     /// Each retrainable model: `[retraining.models.<name>]`.
@@ -57,6 +67,7 @@ impl Default for RetrainingConfig {
             captures: None,
             output: None,
             timeout: Duration::from_secs(3600),
+            lease_timeout: Duration::from_secs(30),
             max_log_bytes: 64 * 1024,
             models: BTreeMap::new(),
         }
@@ -66,8 +77,16 @@ impl Default for RetrainingConfig {
 impl RetrainingConfig {
     /// Checks every model's section.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.timeout.is_zero() || self.poll.is_zero() {
-            anyhow::bail!("retraining.timeout and retraining.poll must be longer than 0s");
+        if self.timeout.is_zero() || self.poll.is_zero() || self.lease_timeout.is_zero() {
+            anyhow::bail!("retraining.timeout, retraining.poll and retraining.lease_timeout must be longer than 0s");
+        }
+        if self.lease_timeout > MAX_LEASE_TIMEOUT {
+            anyhow::bail!(
+                "retraining.lease_timeout must be at most {}s: the database frees a silent runner's lease after {}s, \
+                 and the runner must have stopped its job by then",
+                MAX_LEASE_TIMEOUT.as_secs(),
+                LEASE_SILENCE_RELEASE.as_secs()
+            );
         }
         // The log's tail always holds the last line whole (a line is cut at 2 KiB).
         if self.max_log_bytes < 2 * output::MAX_LINE_BYTES {
@@ -232,5 +251,12 @@ mod tests {
         assert!(short.contains("share 1"), "{short}");
         let eager = config("[models.m]\nrecipe = [\"x\"]\ncooldown = \"0s\"\n").unwrap_err().to_string();
         assert!(eager.contains("retraining.models.m: cooldown must be longer than 0s"), "{eager}");
+        assert!(config("lease_timeout = \"60s\"").is_ok());
+        let late = config("lease_timeout = \"61s\"").unwrap_err().to_string();
+        assert!(
+            late.contains("lease_timeout must be at most 60s: the database frees a silent runner's lease after 90s"),
+            "{late}"
+        );
+        assert!(config("lease_timeout = \"0s\"").unwrap_err().to_string().contains("retraining.lease_timeout"));
     }
 }

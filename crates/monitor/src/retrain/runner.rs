@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 use tokio::sync::watch;
-use vigil_store::monitoring::Lease;
+use vigil_store::monitoring::{LEASE_CHECK_TIMEOUT, Lease, LeaseState};
 use vigil_store::registry::retraining::{RUNNER, Reported};
 use vigil_store::{Change, JobState, ModelVersionRow, MonitorStore, PredictionStore, RetrainJob, Stage};
 
@@ -50,7 +50,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         let holding = if lead {
             runner.hold_lease().await
         } else {
-            *runner.lease.lock().await = None;
+            runner.lease.lock().await.lease = None;
             false
         };
         if holding {
@@ -90,13 +90,20 @@ pub async fn work<S: PredictionStore + MonitorStore>(
     let Some(lease) = runner.store.try_lease(RETRAINING_LEASE).await.context("taking the retraining lease")? else {
         return Ok(None);
     };
-    *runner.lease.lock().await = Some(lease);
+    runner.lease.lock().await.hold(lease);
     runner.interrupt_orphans().await.context("marking interrupted jobs")?;
     let mut ran = Vec::new();
     while max_jobs.is_none_or(|max| ran.len() < max) && !*shutdown.borrow() {
-        if !runner.still_holds_lease().await {
-            tracing::warn!("another runner took the retraining lease; leaving the queue to it");
-            break;
+        match runner.tenure().await {
+            Tenure::Held => {}
+            Tenure::Taken => {
+                tracing::warn!("another runner took the retraining lease; leaving the queue to it");
+                break;
+            }
+            Tenure::Expired(silent) => {
+                tracing::warn!(?silent, "cannot confirm the retraining lease; leaving the queue");
+                break;
+            }
         }
         let Some(job) = runner.store.claim_retrain(Utc::now()).await.context("claiming a queued job")? else {
             break;
@@ -114,7 +121,38 @@ struct Runner<S> {
     /// The repository new versions go to.
     output: PathBuf,
     /// The retraining lease, while this runner holds it.
-    lease: tokio::sync::Mutex<Option<Lease>>,
+    lease: tokio::sync::Mutex<HeldLease>,
+}
+
+/// A runner's retraining lease and when the database last confirmed it.
+struct HeldLease {
+    lease: Option<Lease>,
+    confirmed: Instant,
+}
+
+impl Default for HeldLease {
+    fn default() -> Self {
+        Self { lease: None, confirmed: Instant::now() }
+    }
+}
+
+impl HeldLease {
+    /// Holds `lease`, just confirmed.
+    fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+        self.confirmed = Instant::now();
+    }
+}
+
+/// What a runner running a job knows of its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tenure {
+    /// Held, or unconfirmed for less than `lease_timeout`.
+    Held,
+    /// Another runner holds it now, and takes the job over.
+    Taken,
+    /// Unconfirmed for this long, past `lease_timeout`: let go of, as another runner may hold it.
+    Expired(Duration),
 }
 
 /// What one run of a recipe writes and reads.
@@ -143,43 +181,65 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// Between jobs: whether this runner holds the retraining lease, taking it (and over the
     /// jobs left running) where it is free.
     async fn hold_lease(&self) -> bool {
-        let mut lease = self.lease.lock().await;
-        if let Some(held) = lease.as_mut() {
-            if held.held().await {
+        let mut held = self.lease.lock().await;
+        if let Some(lease) = held.lease.as_mut() {
+            if lease.held().await {
+                held.confirmed = Instant::now();
                 return true;
             }
-            *lease = None;
+            held.lease = None;
         }
-        *lease = self.take_over().await;
-        lease.is_some()
+        match self.take_over().await {
+            Some(lease) => {
+                held.hold(lease);
+                true
+            }
+            None => false,
+        }
     }
 
     /// During a job: whether this runner still holds the retraining lease. One whose holder
     /// went (a Postgres connection that closed) is taken back where no other runner took it
     /// meanwhile; where one did, it takes the job over and this runner is to stop. While the
-    /// database cannot be reached the job goes on: no other runner can take it then either.
-    async fn still_holds_lease(&self) -> bool {
-        let mut lease = self.lease.lock().await;
-        if let Some(held) = lease.as_mut()
-            && held.held().await
-        {
-            return true;
+    /// database does not answer the job goes on, for `lease_timeout`: the database frees a
+    /// silent holder's lease later than that (`LEASE_SILENCE_RELEASE`), so no other runner
+    /// can hold it yet; past it this runner lets go of the lease and is to stop.
+    async fn tenure(&self) -> Tenure {
+        let mut held = self.lease.lock().await;
+        let state = match held.lease.as_mut() {
+            Some(lease) => lease.state().await,
+            None => LeaseState::Lost,
+        };
+        let state = match state {
+            LeaseState::Lost => match self.store.try_lease(RETRAINING_LEASE).await {
+                Ok(Some(taken)) => {
+                    if held.lease.is_some() {
+                        tracing::warn!("the retraining lease's connection closed; taken back");
+                    }
+                    held.lease = Some(taken);
+                    LeaseState::Held
+                }
+                Ok(None) => {
+                    held.lease = None;
+                    return Tenure::Taken;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check the retraining lease");
+                    LeaseState::Unconfirmed
+                }
+            },
+            state => state,
+        };
+        if state == LeaseState::Held {
+            held.confirmed = Instant::now();
+            return Tenure::Held;
         }
-        match self.store.try_lease(RETRAINING_LEASE).await {
-            Ok(Some(taken)) => {
-                tracing::warn!("the retraining lease's connection closed; taken back");
-                *lease = Some(taken);
-                true
-            }
-            Ok(None) => {
-                *lease = None;
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check the retraining lease; the job goes on");
-                true
-            }
+        let silent = held.confirmed.elapsed();
+        if silent < self.config.lease_timeout {
+            return Tenure::Held;
         }
+        held.lease = None;
+        Tenure::Expired(silent)
     }
 
     /// Runs one claimed job to its end and records it.
@@ -210,7 +270,10 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         // start marks it interrupted).
         let mut pause = Duration::from_millis(500);
         loop {
-            match self.store.finish_retrain(&job, state, &change).await {
+            // A database that does not answer (a partition) is waited for like one refusing
+            // connections: shutdown is still heard.
+            let finish = tokio::time::timeout(2 * LEASE_CHECK_TIMEOUT, self.store.finish_retrain(&job, state, &change));
+            match finish.await.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
                 Ok(true) => tracing::info!(
                     job = %job.job_id, model = %job.model_name, seconds = started.elapsed().as_secs_f64(),
                     "retraining job {state}: {reason}"
@@ -518,22 +581,31 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                     break status;
                 }
                 _ = tick.tick() => {
-                    // Another runner holds the lease now and takes the job over.
-                    if !self.still_holds_lease().await {
-                        child.stop().await;
-                        return Err(Stopped::Gone);
-                    }
-                    match self.store.report_retrain(&job.job_id, job.progress, &job.step, &job.log).await {
-                        Ok(Reported::Running) => {}
-                        Ok(Reported::CancelRequested) => {
-                            child.stop().await;
-                            return Err(Stopped::Cancelled("cancelled while training".into()));
-                        }
-                        Ok(Reported::Gone) => {
+                    match self.tenure().await {
+                        Tenure::Held => {}
+                        // Another runner holds the lease now and takes the job over.
+                        Tenure::Taken => {
                             child.stop().await;
                             return Err(Stopped::Gone);
                         }
-                        Err(e) => tracing::warn!(job = %job.job_id, error = %e, "cannot report retraining progress"),
+                        Tenure::Expired(silent) => {
+                            child.stop().await;
+                            return Err(Stopped::Failed(lease_expired(silent)));
+                        }
+                    }
+                    let report = self.store.report_retrain(&job.job_id, job.progress, &job.step, &job.log);
+                    match tokio::time::timeout(LEASE_CHECK_TIMEOUT, report).await {
+                        Ok(Ok(Reported::Running)) => {}
+                        Ok(Ok(Reported::CancelRequested)) => {
+                            child.stop().await;
+                            return Err(Stopped::Cancelled("cancelled while training".into()));
+                        }
+                        Ok(Ok(Reported::Gone)) => {
+                            child.stop().await;
+                            return Err(Stopped::Gone);
+                        }
+                        Ok(Err(e)) => tracing::warn!(job = %job.job_id, error = %e, "cannot report retraining progress"),
+                        Err(_) => tracing::warn!(job = %job.job_id, "the database did not take the job's progress in time"),
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -647,6 +719,15 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             Err(e) => Err(Stopped::Failed(format!("the store failed: {e}"))),
         }
     }
+}
+
+/// Why a job whose runner let go of its unconfirmed lease failed.
+fn lease_expired(silent: Duration) -> String {
+    format!(
+        "stopped: the database did not confirm this runner's retraining lease for {} s, so another runner may \
+         have taken the job over; `vigil retrain retry <job>` runs it again",
+        silent.as_secs()
+    )
 }
 
 /// The database could not be reached (rather than refusing the statement): worth retrying.

@@ -5,6 +5,7 @@ mod postgres;
 mod sqlite;
 
 use std::future::Future;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -248,14 +249,47 @@ pub enum Lease {
     Local,
 }
 
+/// How long a check of a lease, or an attempt to take one, may wait for the database: one that
+/// does not answer (a network that drops packets) leaves the lease unconfirmed, not the caller
+/// waiting for TCP to give up.
+pub const LEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the database keeps a Postgres lease whose holder went silent (a network partition,
+/// a machine that froze) before it ends the session and frees the lock: its TCP keepalives and
+/// user timeout on the lease's session. A holder that cannot confirm its lease for less than this
+/// (minus [`LEASE_CHECK_TIMEOUT`]) still knows that nobody else holds it.
+pub const LEASE_SILENCE_RELEASE: Duration = Duration::from_secs(90);
+
+/// What a check of a held lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Still held.
+    Held,
+    /// Gone: the session holding it ended (a database restart, a connection cut).
+    Lost,
+    /// No answer within [`LEASE_CHECK_TIMEOUT`]: maybe held, maybe not.
+    Unconfirmed,
+}
+
 impl Lease {
-    /// True while the lease still holds: for Postgres, while the connection that holds the lock
+    /// Whether the lease still holds: for Postgres, whether the connection that holds the lock
     /// answers (a database restart ends the session and frees the lock for another monitor).
-    pub async fn held(&mut self) -> bool {
+    pub async fn state(&mut self) -> LeaseState {
         match self {
-            Lease::Postgres(conn) => sqlx::query("SELECT 1").execute(conn).await.is_ok(),
-            Lease::File(_) | Lease::Local => true,
+            Lease::Postgres(conn) => {
+                match tokio::time::timeout(LEASE_CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(conn)).await {
+                    Ok(Ok(_)) => LeaseState::Held,
+                    Ok(Err(_)) => LeaseState::Lost,
+                    Err(_) => LeaseState::Unconfirmed,
+                }
+            }
+            Lease::File(_) | Lease::Local => LeaseState::Held,
         }
+    }
+
+    /// True while the lease is known to hold ([`Lease::state`]).
+    pub async fn held(&mut self) -> bool {
+        self.state().await == LeaseState::Held
     }
 }
 

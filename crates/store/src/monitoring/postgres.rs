@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
-    AlertEvent, AlertRow, AlertStore, Delivery, FeedbackCount, LabeledCount, Lease, LeaseStore, MergeFn, OutcomeQuery,
-    OutcomeStore, PredictionRef, RollupBatch, RollupInput, RollupKey, RollupQuery, RollupStore, ShadowCount,
-    StoredRollup, bind_alert,
+    AlertEvent, AlertRow, AlertStore, Delivery, FeedbackCount, LEASE_CHECK_TIMEOUT, LEASE_SILENCE_RELEASE,
+    LabeledCount, Lease, LeaseStore, MergeFn, OutcomeQuery, OutcomeStore, PredictionRef, RollupBatch, RollupInput,
+    RollupKey, RollupQuery, RollupStore, ShadowCount, StoredRollup, bind_alert,
 };
 use crate::PgStore;
 
@@ -321,16 +321,48 @@ impl AlertStore for PgStore {
 }
 
 impl LeaseStore for PgStore {
+    /// A session-level advisory lock on a connection of its own. The session asks the server
+    /// to end it once its holder has been silent for [`LEASE_SILENCE_RELEASE`] (TCP keepalives
+    /// and user timeout), so a holder cut off by the network frees the lease for another in
+    /// bounded time. Bounded by [`LEASE_CHECK_TIMEOUT`].
     async fn try_lease(&self, role: &str) -> Result<Option<Lease>, sqlx::Error> {
-        let mut conn = self.pool().acquire().await?;
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(format!("vigil.lease.{role}"))
-            .fetch_one(&mut *conn)
-            .await?;
-        // A lock lives as long as its session: take the connection out of the pool, so that it is
-        // closed (and the lock released) when the lease is dropped, never reused while held.
-        Ok(taken.then(|| Lease::Postgres(conn.detach())))
+        tokio::time::timeout(LEASE_CHECK_TIMEOUT, take_lease(self.pool(), role)).await.unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the database did not answer within {LEASE_CHECK_TIMEOUT:?} when taking a lease"),
+            )))
+        })
     }
+}
+
+/// [`LeaseStore::try_lease`], unbounded.
+async fn take_lease(pool: &sqlx::PgPool, role: &str) -> Result<Option<Lease>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("vigil.lease.{role}"))
+        .fetch_one(&mut *conn)
+        .await?;
+    if !taken {
+        return Ok(None);
+    }
+    // A lock lives as long as its session: take the connection out of the pool, so that it is
+    // closed (and the lock released) when the lease is dropped, never reused while held. Were
+    // the settings refused, dropping it releases the lock.
+    let mut conn = conn.detach();
+    let silence = LEASE_SILENCE_RELEASE.as_secs();
+    // Silent 30 s, then a probe every 10 s: ended after 90 s without an answer.
+    let (idle, interval) = (30, 10);
+    sqlx::query(
+        "SELECT set_config('tcp_keepalives_idle', $1, false), set_config('tcp_keepalives_interval', $2, false), \
+         set_config('tcp_keepalives_count', $3, false), set_config('tcp_user_timeout', $4, false)",
+    )
+    .bind(idle.to_string())
+    .bind(interval.to_string())
+    .bind(((silence - idle) / interval).to_string())
+    .bind((silence * 1000).to_string())
+    .execute(&mut conn)
+    .await?;
+    Ok(Some(Lease::Postgres(conn)))
 }
 
 /// A stored rollup's key columns and body.
