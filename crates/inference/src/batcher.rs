@@ -793,7 +793,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_that_arrive_during_a_run_form_the_next_batch() {
-        let (b, seen) = batcher(8, 60_000_000, 64, Duration::from_millis(300));
+        let (b, seen) = batcher(8, 60_000_000, 64, Duration::from_secs(1));
         let first = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
         let rest: Vec<_> = (0..5).map(|_| spawn_infer(&b, one())).collect();
@@ -807,7 +807,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_that_fails_its_batch_fails_alone() {
-        let (b, seen) = batcher(8, 60_000_000, 64, Duration::from_millis(200));
+        let (b, seen) = batcher(8, 60_000_000, 64, Duration::from_secs(1));
         let first = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
         let value = |v: f32| vec![Tensor::from_f32(vec![1, 1], &[v])];
@@ -831,7 +831,7 @@ mod tests {
     async fn while_another_session_holds_the_cores_a_batch_fills_up_to_its_size() {
         // Two sessions on one core: while one runs, the other waits (up to the 60 s delay) for a
         // full batch of 3.
-        let (b, seen) = sessions(2, 1, 3, 60_000_000, 64, Duration::from_millis(300));
+        let (b, seen) = sessions(2, 1, 3, 60_000_000, 64, Duration::from_secs(1));
         let first = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
         let mut rest = Vec::new();
@@ -850,7 +850,7 @@ mod tests {
     async fn a_session_with_a_core_of_its_own_runs_beside_the_busy_one_at_once() {
         // Two one-core sessions on two cores: while one runs, the other takes each request at
         // once (a worker that waited for the 60 s delay or a full batch would hang this test).
-        let (b, seen) = sessions(2, 2, 3, 60_000_000, 64, Duration::from_millis(300));
+        let (b, seen) = sessions(2, 2, 3, 60_000_000, 64, Duration::from_secs(1));
         let first = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1).await;
         let second = spawn_infer(&b, one());
@@ -859,7 +859,7 @@ mod tests {
         assert_eq!(first.await.unwrap().unwrap().batch_size, 1);
         assert_eq!(*seen.lock(), vec![1, 1]);
         // Both cores busy: a third session would wait to fill its batch, as on one core.
-        let (b, seen) = sessions(3, 2, 2, 60_000_000, 64, Duration::from_millis(300));
+        let (b, seen) = sessions(3, 2, 2, 60_000_000, 64, Duration::from_secs(1));
         let mut running = Vec::new();
         for busy in 1..=2 {
             running.push(spawn_infer(&b, one()));
@@ -899,7 +899,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_queue_depth_counts_requests_not_yet_running() {
-        let (b, _) = batcher(8, 0, 2, Duration::from_millis(300));
+        let (b, _) = batcher(8, 0, 2, Duration::from_secs(1));
         let running = spawn_infer(&b, one());
         until(&b, |s| s.running.load(Ordering::Acquire) == 1 && s.pending.load(Ordering::Acquire) == 0).await;
         let waiting: Vec<_> = (0..2).map(|_| spawn_infer(&b, one())).collect();

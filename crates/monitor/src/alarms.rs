@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use vigil_proto::vigil::v1::{Decision, Verdict};
 use vigil_store::MonitorStore;
-use vigil_store::monitoring::AlertRow;
+use vigil_store::monitoring::{AlertRow, LeaseState};
 
 use crate::config::Rule;
 use crate::sketch;
@@ -554,11 +554,21 @@ pub async fn run<S: MonitorStore>(
     let mut standing_by = false;
     let mut cleared = ClearedSince::default();
     loop {
-        if let Some(current) = lease.as_mut()
-            && !current.held().await
-        {
-            tracing::warn!("lost the alerting lease (database connection gone); trying to take it again");
-            lease = None;
+        // A lease the database does not confirm now (no answer in time) is kept, but this round
+        // is not acted on: dropping it would hand the lead to another monitor after one stall.
+        let mut unconfirmed = false;
+        if let Some(current) = lease.as_mut() {
+            match current.state().await {
+                LeaseState::Held => {}
+                LeaseState::Unconfirmed => {
+                    tracing::warn!("the database did not confirm the alerting lease in time; skipping this round");
+                    unconfirmed = true;
+                }
+                LeaseState::Lost => {
+                    tracing::warn!("lost the alerting lease (database connection gone); trying to take it again");
+                    lease = None;
+                }
+            }
         }
         if lease.is_none() {
             match views.store.try_lease(ALERTING_LEASE).await {
@@ -577,11 +587,10 @@ pub async fn run<S: MonitorStore>(
                 Err(e) => tracing::warn!(error = %e, "cannot take the alerting lease; retrying next round"),
             }
         }
-        leading.send_replace(lease.is_some());
-        metrics.alerting_leader.set(i64::from(lease.is_some()));
-        if lease.is_some()
-            && let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics, &mut cleared).await
-        {
+        let lead = lease.is_some() && !unconfirmed;
+        leading.send_replace(lead);
+        metrics.alerting_leader.set(i64::from(lead));
+        if lead && let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics, &mut cleared).await {
             tracing::warn!(error = %e, "alarm evaluation failed; retrying next round");
         }
         tokio::select! {

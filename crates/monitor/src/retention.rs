@@ -134,31 +134,89 @@ pub struct RetentionReport {
     pub batches: u64,
 }
 
-/// The fixed baseline windows (`baseline_since`/`baseline_until`) of `rules`: their rollups
-/// are kept whatever their age, or the rules would compare with less and less of them.
-pub fn pinned_baselines(rules: &[crate::config::Rule]) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+/// A fixed baseline window a rule reads (`baseline_since`/`baseline_until`): its rollups are
+/// kept whatever their age, or the rule would compare with less and less of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PinnedBaseline {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// The rule's model; None for a rule on every model with traffic.
+    pub model: Option<String>,
+}
+
+/// The fixed baseline windows of `rules`.
+pub fn pinned_baselines(rules: &[crate::config::Rule]) -> Vec<PinnedBaseline> {
     rules
         .iter()
         .filter(|rule| rule.baseline_offset.is_none())
         .filter_map(|rule| match rule.baseline {
-            crate::views::Baseline::Window(since, until) => Some((since, until)),
+            crate::views::Baseline::Window(since, until) => {
+                Some(PinnedBaseline { since, until, model: rule.model.clone() })
+            }
             crate::views::Baseline::Training => None,
         })
         .collect()
 }
 
-/// The ranges `[from, before)` of window starts of `resolution_s` that may be deleted: all
-/// before `before` but the windows overlapping a `pinned` range (`from` None: unbounded).
-pub fn expirable_ranges(
-    before: DateTime<Utc>,
-    pinned: &[(DateTime<Utc>, DateTime<Utc>)],
-    resolution_s: u32,
-) -> Vec<(Option<DateTime<Utc>>, DateTime<Utc>)> {
-    let mut holes: Vec<_> = pinned
+/// Window starts `[from, before)` (`from` None: unbounded) whose rollups may be deleted, but
+/// those of the models in `keep`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expirable {
+    pub from: Option<DateTime<Utc>>,
+    pub before: DateTime<Utc>,
+    pub keep: Vec<String>,
+}
+
+/// What may be deleted of the rollups of `resolution_s` older than `before`: all but the
+/// windows overlapping a `pinned` range, for every model where its rule is on every model, for
+/// its rule's model alone otherwise.
+pub fn expirable_ranges(before: DateTime<Utc>, pinned: &[PinnedBaseline], resolution_s: u32) -> Vec<Expirable> {
+    // Widened to the windows that overlap them.
+    let widened = |pin: &PinnedBaseline| (crate::rollup::window_start(pin.since, resolution_s), pin.until);
+    let every: Vec<_> = pinned.iter().filter(|pin| pin.model.is_none()).map(widened).collect();
+    let per_model: Vec<_> = pinned
         .iter()
-        .map(|&(since, until)| (crate::rollup::window_start(since, resolution_s), until))
-        .filter(|(since, until)| since < until && *since < before)
+        .filter_map(|pin| pin.model.as_ref().map(|model| (widened(pin), model)))
+        .filter(|((since, until), _)| since < until)
         .collect();
+    let mut expirable = Vec::new();
+    for (from, to) in outside(before, &every) {
+        // Cut where a model's window starts or ends: each piece is inside a model's window
+        // whole, or outside it whole.
+        let mut cuts: Vec<_> = per_model
+            .iter()
+            .flat_map(|((since, until), _)| [*since, *until])
+            .filter(|t| from.is_none_or(|from| from < *t) && *t < to)
+            .collect();
+        cuts.sort();
+        cuts.dedup();
+        let mut start = from;
+        for end in cuts.into_iter().chain([to]) {
+            let mut keep: Vec<String> = per_model
+                .iter()
+                .filter(|((since, until), _)| start.is_some_and(|start| *since <= start) && end <= *until)
+                .map(|(_, model)| model.to_string())
+                .collect();
+            keep.sort();
+            keep.dedup();
+            match expirable.last_mut() {
+                // Next to a piece that keeps the same: one range.
+                Some(Expirable { before, keep: kept, .. }) if Some(*before) == start && *kept == keep => *before = end,
+                _ => expirable.push(Expirable { from: start, before: end, keep }),
+            }
+            start = Some(end);
+        }
+    }
+    expirable
+}
+
+/// The ranges `[from, before)` before `before` outside every `held` range (`from` None:
+/// unbounded).
+fn outside(
+    before: DateTime<Utc>,
+    held: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Vec<(Option<DateTime<Utc>>, DateTime<Utc>)> {
+    let mut holes: Vec<_> = held.iter().copied().filter(|(since, until)| since < until && *since < before).collect();
     holes.sort();
     let mut ranges = Vec::new();
     // Where the range being formed starts: the end of the holes so far.
@@ -181,7 +239,7 @@ pub async fn expire_once<S: RetentionStore>(
     store: &S,
     config: &RetentionConfig,
     resolutions: &[u32],
-    pinned: &[(DateTime<Utc>, DateTime<Utc>)],
+    pinned: &[PinnedBaseline],
     now: DateTime<Utc>,
 ) -> anyhow::Result<RetentionReport> {
     let mut report = RetentionReport::default();
@@ -210,8 +268,9 @@ pub async fn expire_once<S: RetentionStore>(
         }
     }
     for (resolution, limit) in config.rollup_limits(resolutions)? {
-        for (from, before) in expirable_ranges(now - days(limit), pinned, resolution as u32) {
-            *report.deleted.entry("rollups").or_default() += store.expire_rollups(resolution, from, before).await?;
+        for range in expirable_ranges(now - days(limit), pinned, resolution as u32) {
+            let deleted = store.expire_rollups(resolution, range.from, range.before, &range.keep).await?;
+            *report.deleted.entry("rollups").or_default() += deleted;
         }
     }
     if let (Some(limit), Some(url)) = (config.captures_days, &config.capture_store) {
@@ -229,7 +288,7 @@ pub async fn run<S: RetentionStore>(
     store: S,
     config: RetentionConfig,
     resolutions: Vec<u32>,
-    pinned: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    pinned: Vec<PinnedBaseline>,
     leading: tokio::sync::watch::Receiver<bool>,
     metrics: MonitorMetrics,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -270,30 +329,66 @@ pub async fn run<S: RetentionStore>(
 mod tests {
     use chrono::{DateTime, TimeZone, Utc};
 
-    use super::expirable_ranges;
+    use super::{Expirable, PinnedBaseline, expirable_ranges};
 
     fn at(hour: u32, minute: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 3, 1, hour, minute, 0).unwrap()
     }
 
+    fn pin(since: DateTime<Utc>, until: DateTime<Utc>, model: Option<&str>) -> PinnedBaseline {
+        PinnedBaseline { since, until, model: model.map(str::to_string) }
+    }
+
+    fn range(from: Option<DateTime<Utc>>, before: DateTime<Utc>, keep: &[&str]) -> Expirable {
+        Expirable { from, before, keep: keep.iter().map(|m| m.to_string()).collect() }
+    }
+
     #[test]
     fn pinned_windows_are_cut_out_of_what_expires() {
         let before = at(20, 0);
-        assert_eq!(expirable_ranges(before, &[], 60), [(None, before)], "nothing pinned");
+        assert_eq!(expirable_ranges(before, &[], 60), [range(None, before, &[])], "nothing pinned");
         // Widened to the windows that overlap them (an hour's start), overlapping and
         // touching ranges merged, one past the limit ignored, one running past it kept whole.
         let pinned = [
-            (at(2, 30), at(4, 0)),
-            (at(3, 0), at(5, 0)),
-            (at(5, 0), at(6, 0)),
-            (at(8, 15), at(9, 0)),
-            (at(21, 0), at(22, 0)),
+            pin(at(2, 30), at(4, 0), None),
+            pin(at(3, 0), at(5, 0), None),
+            pin(at(5, 0), at(6, 0), None),
+            pin(at(8, 15), at(9, 0), None),
+            pin(at(21, 0), at(22, 0), None),
         ];
         assert_eq!(
             expirable_ranges(before, &pinned, 3600),
-            [(None, at(2, 0)), (Some(at(6, 0)), at(8, 0)), (Some(at(9, 0)), before)]
+            [range(None, at(2, 0), &[]), range(Some(at(6, 0)), at(8, 0), &[]), range(Some(at(9, 0)), before, &[])]
         );
-        assert_eq!(expirable_ranges(before, &[(at(19, 0), at(23, 0))], 60), [(None, at(19, 0))]);
-        assert_eq!(expirable_ranges(before, &[(at(0, 0), at(23, 0))], 60), [(None, at(0, 0))]);
+        let late = [pin(at(19, 0), at(23, 0), None)];
+        assert_eq!(expirable_ranges(before, &late, 60), [range(None, at(19, 0), &[])]);
+        let whole = [pin(at(0, 0), at(23, 0), None)];
+        assert_eq!(expirable_ranges(before, &whole, 60), [range(None, at(0, 0), &[])]);
+    }
+
+    #[test]
+    fn a_models_window_keeps_that_models_rollups_alone() {
+        let before = at(20, 0);
+        let pinned = [
+            pin(at(2, 30), at(5, 0), Some("a")),
+            pin(at(4, 0), at(6, 0), Some("b")),
+            pin(at(4, 0), at(6, 0), Some("a")),
+            // Inside a window of every model: nothing of it goes.
+            pin(at(8, 0), at(10, 0), None),
+            pin(at(9, 0), at(11, 0), Some("c")),
+            pin(at(19, 0), at(21, 0), Some("c")),
+        ];
+        assert_eq!(
+            expirable_ranges(before, &pinned, 3600),
+            [
+                range(None, at(2, 0), &[]),
+                range(Some(at(2, 0)), at(4, 0), &["a"]),
+                range(Some(at(4, 0)), at(6, 0), &["a", "b"]),
+                range(Some(at(6, 0)), at(8, 0), &[]),
+                range(Some(at(10, 0)), at(11, 0), &["c"]),
+                range(Some(at(11, 0)), at(19, 0), &[]),
+                range(Some(at(19, 0)), before, &["c"]),
+            ]
+        );
     }
 }

@@ -12,6 +12,9 @@ use vigil_monitor::retention::{RetentionConfig, expire_once, pinned_baselines};
 use vigil_store::testing::{TestDatabase, prediction};
 use vigil_store::{PgStore, PredictionStore, ReviewStore};
 
+/// The shipped model, whose predictions `prediction` makes.
+const MODEL: &str = "scratch-detector";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts() {
     let db = TestDatabase::create();
@@ -29,13 +32,15 @@ async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts
     let recent: Vec<_> =
         (0..2_000).map(|i| prediction(now - chrono::Duration::seconds(i), 0.3, serde_json::json!({}))).collect();
     store.insert_batch(&recent, &[]).await.unwrap();
-    // Rollups of two resolutions, some older than a week; one of them (12 days old) inside a
-    // drift rule's fixed baseline window.
-    for (resolution, days_ago) in [(60, 10), (60, 1), (3600, 10), (60, 12)] {
+    // Rollups of two resolutions, some older than a week; two of them (12 days old) inside the
+    // fixed baseline window of a drift rule on the first model.
+    let rollups = [(MODEL, 60, 10), (MODEL, 60, 1), (MODEL, 3600, 10), (MODEL, 60, 12), ("other", 60, 12)];
+    for (model, resolution, days_ago) in rollups {
         sqlx::query(
             "INSERT INTO rollups (model_name, model_version, variant, resolution_s, window_start, body) \
-             VALUES ('scratch-detector', '1', 1, $1, $2, '\\x')",
+             VALUES ($1, '1', 1, $2, $3, '\\x')",
         )
+        .bind(model)
         .bind(resolution)
         .bind(now - chrono::Duration::days(days_ago))
         .execute(store.pool())
@@ -74,7 +79,7 @@ async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts
         batch_rows: 1_000,
         ..Default::default()
     };
-    let pinned = pinned_baselines(&fixed_baseline_rule(now - chrono::Duration::days(12)));
+    let pinned = pinned_baselines(&fixed_baseline_rule(now - chrono::Duration::days(12), Some(MODEL)));
     during.store(true, Ordering::Relaxed);
     let report = expire_once(&store, &config, &[60, 300, 3600], &pinned, now).await.unwrap();
     during.store(false, Ordering::Relaxed);
@@ -84,7 +89,7 @@ async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts
 
     assert_eq!(report.deleted.get("predictions"), Some(&20_000));
     assert_eq!(report.batches, 21, "20 full statements of 1,000 rows and one that found none");
-    assert_eq!(report.deleted.get("rollups"), Some(&1));
+    assert_eq!(report.deleted.get("rollups"), Some(&2));
     let count = |sql: &'static str| {
         let store = store.clone();
         async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool()).await.unwrap() }
@@ -98,15 +103,17 @@ async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts
     let inserted = inserted.load(Ordering::Relaxed) as i64;
     assert!(inserted >= 400, "the logger kept inserting ({inserted})");
     assert_eq!(count("SELECT count(*) FROM predictions").await, 2_000 + inserted, "every newer row kept");
-    let rollups: Vec<(i32, i64)> =
-        sqlx::query_as("SELECT resolution_s, count(*) FROM rollups GROUP BY resolution_s ORDER BY resolution_s")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
+    let rollups: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT model_name, resolution_s, count(*) FROM rollups GROUP BY 1, 2 ORDER BY model_name, resolution_s",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
     assert_eq!(
         rollups,
-        vec![(60, 2), (3600, 1)],
-        "the old 1-minute rollup went, the one a rule's baseline reads and the hourly one stay"
+        vec![(MODEL.to_string(), 60, 2), (MODEL.to_string(), 3600, 1)],
+        "the old 1-minute rollup and the other model's in the baseline window went; the one the rule's \
+         baseline reads and the hourly one stay"
     );
     println!(
         "logger: slowest insert of 200 rows before the pass {} ms, during it {} ms ({} rows inserted)",
@@ -116,17 +123,18 @@ async fn a_pass_deletes_exactly_the_old_rows_in_batches_while_the_logger_inserts
     );
 }
 
-/// The rules of a monitor configured with one drift rule whose baseline is the fixed window
-/// from 30 seconds before `at` to 30 seconds after.
-fn fixed_baseline_rule(at: chrono::DateTime<Utc>) -> Vec<vigil_monitor::config::Rule> {
+/// The rules of a monitor configured with one drift rule, on `model` (None: every model), whose
+/// baseline is the fixed window from 30 seconds before `at` to 30 seconds after.
+fn fixed_baseline_rule(at: chrono::DateTime<Utc>, model: Option<&str>) -> Vec<vigil_monitor::config::Rule> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("monitor.toml");
     let (since, until) = (at - chrono::Duration::seconds(30), at + chrono::Duration::seconds(30));
+    let model = model.map(|m| format!("model = \"{m}\"\n")).unwrap_or_default();
     std::fs::write(
         &path,
         format!(
             "[[alerting.rules]]\nname = \"pinned\"\nmetric = \"drift.brightness.detected\"\ncomparator = \">=\"\n\
-             threshold = 1\nwindow = \"1h\"\nbaseline_since = \"{}\"\nbaseline_until = \"{}\"\n",
+             threshold = 1\nwindow = \"1h\"\nbaseline_since = \"{}\"\nbaseline_until = \"{}\"\n{model}",
             since.to_rfc3339(),
             until.to_rfc3339()
         ),
@@ -198,4 +206,47 @@ async fn captured_inputs_older_than_the_limit_leave_the_capture_store() {
 
     let alone = RetentionConfig { captures_days: Some(30), ..Default::default() };
     assert!(alone.validate(&[60]).unwrap_err().to_string().contains("captures_days and retention.capture_store"));
+}
+
+/// On SQLite too: a rule on every model keeps every model's rollups in its baseline window, a
+/// rule on one model that model's alone.
+#[tokio::test]
+async fn a_baseline_window_keeps_the_rollups_of_its_rules_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = vigil_store::SqliteStore::open(&dir.path().join("log.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let in_window = now - chrono::Duration::days(12);
+    let config = RetentionConfig { rollups_days: [("60".to_string(), 7)].into_iter().collect(), ..Default::default() };
+    let models = || async {
+        let models: Vec<String> = sqlx::query_scalar("SELECT model_name FROM rollups ORDER BY model_name")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        models
+    };
+    for (rule_model, kept) in [(None, vec!["a", "b"]), (Some("a"), vec!["a"])] {
+        sqlx::query("DELETE FROM rollups").execute(store.pool()).await.unwrap();
+        for model in ["a", "b"] {
+            for at in [in_window, now - chrono::Duration::days(10)] {
+                sqlx::query(
+                    "INSERT INTO rollups (model_name, model_version, variant, resolution_s, window_start, body) \
+                     VALUES ($1, '1', 1, 60, $2, X'')",
+                )
+                .bind(model)
+                .bind(minute_of(at))
+                .execute(store.pool())
+                .await
+                .unwrap();
+            }
+        }
+        let pinned = pinned_baselines(&fixed_baseline_rule(in_window, rule_model));
+        expire_once(&store, &config, &[60], &pinned, now).await.unwrap();
+        assert_eq!(models().await, kept, "kept with a rule on {rule_model:?}");
+    }
+}
+
+/// The start of the minute holding `at`, as rollups' windows start.
+fn minute_of(at: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    chrono::DateTime::from_timestamp(at.timestamp() / 60 * 60, 0).unwrap()
 }

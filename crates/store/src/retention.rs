@@ -143,12 +143,13 @@ pub trait RetentionStore: Clone + Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
     /// Deletes the rollups of `resolution_s` whose window started before `before` and, where
-    /// `from` is given, at or after it.
+    /// `from` is given, at or after it, but those of the models in `keep_models`.
     fn expire_rollups(
         &self,
         resolution_s: i32,
         from: Option<DateTime<Utc>>,
         before: DateTime<Utc>,
+        keep_models: &[String],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
     /// Deletes every prediction of `subject` with its labels, feedback and review items, in one
     /// transaction that also writes the audit event (`forget`, by `change.actor`).
@@ -218,21 +219,43 @@ macro_rules! retention_backend {
                 resolution_s: i32,
                 from: Option<DateTime<Utc>>,
                 before: DateTime<Utc>,
+                keep_models: &[String],
             ) -> Result<u64, sqlx::Error> {
-                let deleted = match from {
-                    None => sqlx::query("DELETE FROM rollups WHERE resolution_s = $1 AND window_start < $2")
-                        .bind(resolution_s)
-                        .bind(before),
-                    Some(from) => sqlx::query(
-                        "DELETE FROM rollups WHERE resolution_s = $1 AND window_start < $2 AND window_start >= $3",
-                    )
-                    .bind(resolution_s)
-                    .bind(before)
-                    .bind(from),
+                let range = match from {
+                    None => "resolution_s = $1 AND window_start < $2",
+                    Some(_) => "resolution_s = $1 AND window_start < $2 AND window_start >= $3",
+                };
+                // Every model's rollups at once, or each model's but those kept.
+                let mut models = vec![None];
+                if !keep_models.is_empty() {
+                    let present = format!("SELECT DISTINCT model_name FROM rollups WHERE {range}");
+                    let query = sqlx::query_scalar::<_, String>(&present).bind(resolution_s).bind(before);
+                    let query = match from {
+                        Some(from) => query.bind(from),
+                        None => query,
+                    };
+                    let present = query.fetch_all(self.pool()).await?;
+                    models = present.into_iter().filter(|m| !keep_models.contains(m)).map(Some).collect();
                 }
-                .execute(self.pool())
-                .await?;
-                Ok(deleted.rows_affected())
+                let mut deleted = 0;
+                for model in models {
+                    let next = if from.is_some() { 4 } else { 3 };
+                    let sql = match model {
+                        None => format!("DELETE FROM rollups WHERE {range}"),
+                        Some(_) => format!("DELETE FROM rollups WHERE {range} AND model_name = ${next}"),
+                    };
+                    let query = sqlx::query(&sql).bind(resolution_s).bind(before);
+                    let query = match from {
+                        Some(from) => query.bind(from),
+                        None => query,
+                    };
+                    let query = match model {
+                        Some(model) => query.bind(model),
+                        None => query,
+                    };
+                    deleted += query.execute(self.pool()).await?.rows_affected();
+                }
+                Ok(deleted)
             }
 
             async fn forget(&self, subject: &Subject, change: &Change<'_>) -> Result<Forgotten, sqlx::Error> {

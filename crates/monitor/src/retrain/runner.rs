@@ -54,7 +54,7 @@ pub async fn run<S: PredictionStore + MonitorStore>(
             false
         };
         if holding {
-            match runner.store.claim_retrain(Utc::now()).await {
+            match bounded(runner.store.claim_retrain(Utc::now())).await {
                 Ok(Some(job)) => {
                     runner.execute(job, &mut shutdown).await;
                     continue;
@@ -91,7 +91,7 @@ pub async fn work<S: PredictionStore + MonitorStore>(
         return Ok(None);
     };
     runner.lease.lock().await.hold(lease);
-    runner.interrupt_orphans().await.context("marking interrupted jobs")?;
+    bounded(runner.interrupt_orphans()).await.context("marking interrupted jobs")?;
     let mut ran = Vec::new();
     while max_jobs.is_none_or(|max| ran.len() < max) && !*shutdown.borrow() {
         match runner.tenure().await {
@@ -105,12 +105,12 @@ pub async fn work<S: PredictionStore + MonitorStore>(
                 break;
             }
         }
-        let Some(job) = runner.store.claim_retrain(Utc::now()).await.context("claiming a queued job")? else {
+        let Some(job) = bounded(runner.store.claim_retrain(Utc::now())).await.context("claiming a queued job")? else {
             break;
         };
         let id = job.job_id.to_string();
         runner.execute(job, &mut shutdown).await;
-        ran.extend(runner.store.retrain_job(&id).await.context("reading the job's end")?);
+        ran.extend(bounded(runner.store.retrain_job(&id)).await.context("reading the job's end")?);
     }
     Ok(Some(ran))
 }
@@ -180,14 +180,18 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
 
     /// Between jobs: whether this runner holds the retraining lease, taking it (and over the
     /// jobs left running) where it is free.
+    /// A lease the database does not confirm now is kept, but no job is started on it.
     async fn hold_lease(&self) -> bool {
         let mut held = self.lease.lock().await;
         if let Some(lease) = held.lease.as_mut() {
-            if lease.held().await {
-                held.confirmed = Instant::now();
-                return true;
+            match lease.state().await {
+                LeaseState::Held => {
+                    held.confirmed = Instant::now();
+                    return true;
+                }
+                LeaseState::Unconfirmed => return false,
+                LeaseState::Lost => held.lease = None,
             }
-            held.lease = None;
         }
         match self.take_over().await {
             Some(lease) => {
@@ -204,13 +208,20 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// database does not answer the job goes on, for `lease_timeout`: the database frees a
     /// silent holder's lease later than that (`LEASE_SILENCE_RELEASE`), so no other runner
     /// can hold it yet; past it this runner lets go of the lease and is to stop.
+    /// Without a lease (between jobs, after one expired) it takes the lease over, marking the
+    /// jobs left running interrupted.
     async fn tenure(&self) -> Tenure {
         let mut held = self.lease.lock().await;
-        let state = match held.lease.as_mut() {
-            Some(lease) => lease.state().await,
-            None => LeaseState::Lost,
+        let Some(lease) = held.lease.as_mut() else {
+            return match self.take_over().await {
+                Some(lease) => {
+                    held.hold(lease);
+                    Tenure::Held
+                }
+                None => Tenure::Taken,
+            };
         };
-        let state = match state {
+        let state = match lease.state().await {
             LeaseState::Lost => match self.store.try_lease(RETRAINING_LEASE).await {
                 Ok(Some(taken)) => {
                     if held.lease.is_some() {
@@ -242,11 +253,34 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         Tenure::Expired(silent)
     }
 
+    /// While a job runs: how it is to stop once another runner holds the lease, or once the
+    /// lease went unconfirmed past `lease_timeout`; pending until then.
+    async fn watch_lease(&self) -> Stopped {
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        loop {
+            tick.tick().await;
+            match self.tenure().await {
+                Tenure::Held => {}
+                Tenure::Taken => return Stopped::Gone,
+                Tenure::Expired(silent) => return Stopped::Failed(lease_expired(silent)),
+            }
+        }
+    }
+
     /// Runs one claimed job to its end and records it.
     async fn execute(&self, mut job: RetrainJob, shutdown: &mut watch::Receiver<bool>) {
         let started = Instant::now();
         tracing::info!(job = %job.job_id, model = %job.model_name, trigger = %job.trigger, "retraining job started");
-        let outcome = self.attempt(&mut job, shutdown).await;
+        // The lease is watched through every step: one that a store call waits on for ever (a
+        // database gone silent) included. A stopped attempt is dropped where it stands: its
+        // recipe is killed with its group, and what it was writing is removed here.
+        let outcome = tokio::select! {
+            outcome = self.attempt(&mut job, shutdown) => outcome,
+            stopped = self.watch_lease() => Err(stopped),
+        };
+        if outcome.is_err() {
+            self.remove_partial_dirs(&job);
+        }
         let (state, reason) = match outcome {
             Ok(()) => (
                 JobState::Succeeded,
@@ -268,19 +302,22 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         // A job left 'running' would refuse every later job of its model: its end is recorded
         // however long the database takes to come back (until the monitor stops, whose next
         // start marks it interrupted).
-        let mut pause = Duration::from_millis(500);
+        let (mut pause, mut refused) = (Duration::from_millis(500), 0);
         loop {
             // A database that does not answer (a partition) is waited for like one refusing
             // connections: shutdown is still heard.
             let finish = tokio::time::timeout(2 * LEASE_CHECK_TIMEOUT, self.store.finish_retrain(&job, state, &change));
-            match finish.await.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
+            let finish = finish.await.unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            // A statement refused (a serialization failure, say) is tried a few times too.
+            refused += u32::from(finish.as_ref().is_err_and(|e| !unreachable_database(e)));
+            match finish {
                 Ok(true) => tracing::info!(
                     job = %job.job_id, model = %job.model_name, seconds = started.elapsed().as_secs_f64(),
                     "retraining job {state}: {reason}"
                 ),
                 Ok(false) => tracing::warn!(job = %job.job_id, "retraining job was no longer running when it ended"),
-                Err(e) if !unreachable_database(&e) => {
-                    tracing::warn!(job = %job.job_id, error = %e, "cannot record the end of a retraining job")
+                Err(e) if !unreachable_database(&e) && refused >= 3 => {
+                    tracing::error!(job = %job.job_id, error = %e, "cannot record the end of a retraining job; left running")
                 }
                 Err(e) => {
                     tracing::warn!(job = %job.job_id, error = %e, retry_in = ?pause, "cannot record the end of a retraining job");
@@ -303,7 +340,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// None while another runner holds it (or the marking failed: tried again next round).
     async fn take_over(&self) -> Option<Lease> {
         match self.store.try_lease(RETRAINING_LEASE).await {
-            Ok(Some(lease)) => match self.interrupt_orphans().await {
+            Ok(Some(lease)) => match bounded(self.interrupt_orphans()).await {
                 Ok(()) => Some(lease),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot mark interrupted retraining jobs; retrying");
@@ -336,27 +373,15 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// directory): a whole trained model, never to be moved into place. A version the job
     /// registered before it was interrupted, whose files are not in place, is archived.
     async fn remove_partial_versions(&self, job: &RetrainJob) {
-        let suffix = format!(".job-{}", job.job_id);
-        let Ok(entries) = std::fs::read_dir(self.output.join(&job.model_name)) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let Some(version) = name.strip_prefix('.').and_then(|n| n.strip_suffix(&suffix)) else { continue };
+        for (version, path) in self.partial_dirs(job) {
             // Read before the directory goes: what the job would have registered.
-            let partial_digest = vigil_store::registry::sha256_file(&entry.path().join("model.onnx")).ok();
-            match std::fs::remove_dir_all(entry.path()) {
-                Ok(()) => {
-                    tracing::info!(path = %entry.path().display(), "removed an interrupted job's partial version")
-                }
-                Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an interrupted job's partial version")
-                }
-            }
+            let partial_digest = vigil_store::registry::sha256_file(&path.join("model.onnx")).ok();
+            remove_partial(&path);
             // Only the version this job registered: by this runner, for the place it was to be
             // moved to, with the partial directory's model, and whose files are not there.
-            let placed = self.output.join(&job.model_name).join(version).join("model.onnx");
+            let placed = self.output.join(&job.model_name).join(&version).join("model.onnx");
             let placed = std::path::absolute(&placed).unwrap_or(placed);
-            let row = self.store.model_version(&job.model_name, version).await;
+            let row = self.store.model_version(&job.model_name, &version).await;
             if let Ok(Some(row)) = row
                 && row.stage == Stage::Candidate.as_str()
                 && row.registered_by == RUNNER
@@ -365,8 +390,30 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                 && !placed.exists()
             {
                 let why = format!("retraining job {} was interrupted before moving its files into place", job.job_id);
-                self.archive_unplaced(&job.model_name, version, &why).await;
+                self.archive_unplaced(&job.model_name, &version, &why).await;
             }
+        }
+    }
+
+    /// The versions `job` was writing (`.<version>.job-<id>` in its model's directory), with
+    /// their directories.
+    fn partial_dirs(&self, job: &RetrainJob) -> Vec<(String, PathBuf)> {
+        let suffix = format!(".job-{}", job.job_id);
+        let Ok(entries) = std::fs::read_dir(self.output.join(&job.model_name)) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let version = name.strip_prefix('.')?.strip_suffix(&suffix)?.to_string();
+                Some((version, entry.path()))
+            })
+            .collect()
+    }
+
+    /// Removes what `job`, stopped, was writing.
+    fn remove_partial_dirs(&self, job: &RetrainJob) {
+        for (_, path) in self.partial_dirs(job) {
+            remove_partial(&path);
         }
     }
 
@@ -581,18 +628,6 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                     break status;
                 }
                 _ = tick.tick() => {
-                    match self.tenure().await {
-                        Tenure::Held => {}
-                        // Another runner holds the lease now and takes the job over.
-                        Tenure::Taken => {
-                            child.stop().await;
-                            return Err(Stopped::Gone);
-                        }
-                        Tenure::Expired(silent) => {
-                            child.stop().await;
-                            return Err(Stopped::Failed(lease_expired(silent)));
-                        }
-                    }
                     let report = self.store.report_retrain(&job.job_id, job.progress, &job.step, &job.log);
                     match tokio::time::timeout(LEASE_CHECK_TIMEOUT, report).await {
                         Ok(Ok(Reported::Running)) => {}
@@ -718,6 +753,29 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             Ok(Reported::Gone) => Err(Stopped::Gone),
             Err(e) => Err(Stopped::Failed(format!("the store failed: {e}"))),
         }
+    }
+}
+
+/// How long a runner waits for one of its statements between jobs (claiming a job, marking
+/// jobs interrupted, reading one) before taking the database for unreachable.
+const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `call`, or a timeout error once [`STORE_CALL_TIMEOUT`] passed without an answer.
+async fn bounded<T>(call: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(STORE_CALL_TIMEOUT, call).await.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the database did not answer within {}s", STORE_CALL_TIMEOUT.as_secs()),
+        )))
+    })
+}
+
+/// Removes a stopped job's partial version.
+fn remove_partial(path: &Path) {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => tracing::info!(path = %path.display(), "removed a stopped job's partial version"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove a stopped job's partial version"),
     }
 }
 

@@ -256,8 +256,9 @@ pub const LEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the database keeps a Postgres lease whose holder went silent (a network partition,
 /// a machine that froze) before it ends the session and frees the lock: its TCP keepalives and
-/// user timeout on the lease's session. A holder that cannot confirm its lease for less than this
-/// (minus [`LEASE_CHECK_TIMEOUT`]) still knows that nobody else holds it.
+/// user timeout on the lease's session. A holder connected directly (no pooler or proxy in
+/// between, which would end the server's session by its own rules) that cannot confirm its
+/// lease for less than this still knows that nobody else holds it.
 pub const LEASE_SILENCE_RELEASE: Duration = Duration::from_secs(90);
 
 /// What a check of a held lease found.

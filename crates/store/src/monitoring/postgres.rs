@@ -335,26 +335,20 @@ impl LeaseStore for PgStore {
     }
 }
 
-/// [`LeaseStore::try_lease`], unbounded.
+/// [`LeaseStore::try_lease`], unbounded. The connection is out of the pool from the start: a
+/// lock lives as long as its session, which must close when the lease is dropped (releasing
+/// it), or when this attempt is (cut off by its timeout, maybe after the lock was granted), and
+/// never go back to the pool holding the lock.
 async fn take_lease(pool: &sqlx::PgPool, role: &str) -> Result<Option<Lease>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-        .bind(format!("vigil.lease.{role}"))
-        .fetch_one(&mut *conn)
-        .await?;
-    if !taken {
-        return Ok(None);
-    }
-    // A lock lives as long as its session: take the connection out of the pool, so that it is
-    // closed (and the lock released) when the lease is dropped, never reused while held. Were
-    // the settings refused, dropping it releases the lock.
-    let mut conn = conn.detach();
+    let mut conn = pool.acquire().await?.detach();
     let silence = LEASE_SILENCE_RELEASE.as_secs();
-    // Silent 30 s, then a probe every 10 s: ended after 90 s without an answer.
+    // Silent 30 s, then a probe every 10 s: ended after 90 s without an answer. Not ended
+    // earlier for being idle between checks.
     let (idle, interval) = (30, 10);
     sqlx::query(
         "SELECT set_config('tcp_keepalives_idle', $1, false), set_config('tcp_keepalives_interval', $2, false), \
-         set_config('tcp_keepalives_count', $3, false), set_config('tcp_user_timeout', $4, false)",
+         set_config('tcp_keepalives_count', $3, false), set_config('tcp_user_timeout', $4, false), \
+         set_config('idle_session_timeout', '0', false)",
     )
     .bind(idle.to_string())
     .bind(interval.to_string())
@@ -362,7 +356,11 @@ async fn take_lease(pool: &sqlx::PgPool, role: &str) -> Result<Option<Lease>, sq
     .bind((silence * 1000).to_string())
     .execute(&mut conn)
     .await?;
-    Ok(Some(Lease::Postgres(conn)))
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(format!("vigil.lease.{role}"))
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(taken.then_some(Lease::Postgres(conn)))
 }
 
 /// A stored rollup's key columns and body.
