@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use vigil_proto::vigil::v1::{Decision, Verdict};
 use vigil_store::MonitorStore;
-use vigil_store::monitoring::{AlertRow, LeaseState};
+use vigil_store::monitoring::{AlertRow, LEASE_UNCONFIRMED_GRACE, LeaseState};
 
 use crate::config::Rule;
 use crate::sketch;
@@ -539,6 +539,11 @@ async fn raise_or_end_capture<S: MonitorStore>(
 /// The lease that makes one monitor per database the one that evaluates alarms and notifies.
 pub const ALERTING_LEASE: &str = "monitor.alerting";
 
+/// The longest round of alarm evaluation: well within the time the database keeps a silent
+/// holder's lease (`LEASE_SILENCE_RELEASE`), so a leader stuck on a dead connection stops
+/// acting as one before another can lead.
+const EVALUATION_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// Evaluates the rules every `every` until `shutdown` fires, while this monitor holds the
 /// alerting lease; `leading` tells the notifier whether it does. A monitor without the lease
 /// stands by and takes over when the holder goes away.
@@ -551,20 +556,22 @@ pub async fn run<S: MonitorStore>(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut lease: Option<vigil_store::monitoring::Lease> = None;
+    let mut confirmed = Instant::now();
     let mut standing_by = false;
     let mut cleared = ClearedSince::default();
     loop {
-        // A lease the database does not confirm now (no answer in time) is kept, but this round
-        // is not acted on: dropping it would hand the lead to another monitor after one stall.
+        // A lease the database does not confirm now (no answer in time) is kept for a while, but
+        // its rounds are not acted on: dropping it would hand the lead to another monitor after
+        // one stall.
         let mut unconfirmed = false;
         if let Some(current) = lease.as_mut() {
             match current.state().await {
-                LeaseState::Held => {}
-                LeaseState::Unconfirmed => {
+                LeaseState::Held => confirmed = Instant::now(),
+                LeaseState::Unconfirmed if confirmed.elapsed() < LEASE_UNCONFIRMED_GRACE => {
                     tracing::warn!("the database did not confirm the alerting lease in time; skipping this round");
                     unconfirmed = true;
                 }
-                LeaseState::Lost => {
+                LeaseState::Unconfirmed | LeaseState::Lost => {
                     tracing::warn!("lost the alerting lease (database connection gone); trying to take it again");
                     lease = None;
                 }
@@ -575,6 +582,7 @@ pub async fn run<S: MonitorStore>(
                 Ok(Some(taken)) => {
                     tracing::info!("this monitor evaluates alarms and sends notifications");
                     lease = Some(taken);
+                    confirmed = Instant::now();
                     standing_by = false;
                     // What it timed before another monitor led is stale.
                     cleared = ClearedSince::default();
@@ -590,8 +598,22 @@ pub async fn run<S: MonitorStore>(
         let lead = lease.is_some() && !unconfirmed;
         leading.send_replace(lead);
         metrics.alerting_leader.set(i64::from(lead));
-        if lead && let Err(e) = evaluate_all(&views, &rules, Utc::now(), &metrics, &mut cleared).await {
-            tracing::warn!(error = %e, "alarm evaluation failed; retrying next round");
+        if lead {
+            // Bounded well within the time the database keeps a silent holder's lease: a round
+            // stuck on a dead connection must not go on leading beside the next leader.
+            let round = evaluate_all(&views, &rules, Utc::now(), &metrics, &mut cleared);
+            match tokio::time::timeout(EVALUATION_TIMEOUT, round).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "alarm evaluation failed; retrying next round"),
+                Err(_) => {
+                    tracing::warn!(
+                        "alarm evaluation took over {}s; not leading until the lease is confirmed",
+                        EVALUATION_TIMEOUT.as_secs()
+                    );
+                    leading.send_replace(false);
+                    metrics.alerting_leader.set(0);
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -209,40 +209,55 @@ async fn captured_inputs_older_than_the_limit_leave_the_capture_store() {
 }
 
 /// On SQLite too: a rule on every model keeps every model's rollups in its baseline window, a
-/// rule on one model that model's alone.
+/// rule on one model that model's alone, and rollups newer than the limit stay whatever the
+/// rules.
 #[tokio::test]
 async fn a_baseline_window_keeps_the_rollups_of_its_rules_models() {
     let dir = tempfile::tempdir().unwrap();
     let store = vigil_store::SqliteStore::open(&dir.path().join("log.db")).await.unwrap();
     store.migrate().await.unwrap();
     let now = Utc::now();
-    let in_window = now - chrono::Duration::days(12);
+    let days = |n: i64| now - chrono::Duration::days(n);
     let config = RetentionConfig { rollups_days: [("60".to_string(), 7)].into_iter().collect(), ..Default::default() };
-    let models = || async {
-        let models: Vec<String> = sqlx::query_scalar("SELECT model_name FROM rollups ORDER BY model_name")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        models
+    let rollups = || async {
+        let rows: Vec<(String, chrono::DateTime<Utc>)> =
+            sqlx::query_as("SELECT model_name, window_start FROM rollups ORDER BY model_name, window_start")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        rows
     };
-    for (rule_model, kept) in [(None, vec!["a", "b"]), (Some("a"), vec!["a"])] {
+    let row = |model: &str, at| (model.to_string(), minute_of(at));
+    let rules = |pins: &[(i64, Option<&str>)]| {
+        pins.iter().flat_map(|&(age, model)| fixed_baseline_rule(days(age), model)).collect::<Vec<_>>()
+    };
+    let cases = [
+        (rules(&[(12, None)]), vec![row("a", days(12)), row("a", days(1)), row("b", days(12)), row("b", days(1))]),
+        (rules(&[(12, Some("a"))]), vec![row("a", days(12)), row("a", days(1)), row("b", days(1))]),
+        // Both at once, in two windows: b's rollup in a's window goes, not in the window of all.
+        (
+            rules(&[(12, None), (20, Some("a"))]),
+            vec![row("a", days(20)), row("a", days(12)), row("a", days(1)), row("b", days(12)), row("b", days(1))],
+        ),
+    ];
+    for (rules, kept) in cases {
         sqlx::query("DELETE FROM rollups").execute(store.pool()).await.unwrap();
         for model in ["a", "b"] {
-            for at in [in_window, now - chrono::Duration::days(10)] {
+            for age in [20, 12, 10, 1] {
                 sqlx::query(
                     "INSERT INTO rollups (model_name, model_version, variant, resolution_s, window_start, body) \
                      VALUES ($1, '1', 1, 60, $2, X'')",
                 )
                 .bind(model)
-                .bind(minute_of(at))
+                .bind(minute_of(days(age)))
                 .execute(store.pool())
                 .await
                 .unwrap();
             }
         }
-        let pinned = pinned_baselines(&fixed_baseline_rule(in_window, rule_model));
+        let pinned = pinned_baselines(&rules);
         expire_once(&store, &config, &[60], &pinned, now).await.unwrap();
-        assert_eq!(models().await, kept, "kept with a rule on {rule_model:?}");
+        assert_eq!(rollups().await, kept, "with the baselines of {pinned:?}");
     }
 }
 

@@ -638,11 +638,18 @@ async fn a_postgres_lease_session_ends_after_silence_and_a_check_of_it_is_bounde
     let Lease::Postgres(session) = &mut lease else { panic!("a Postgres lease") };
     // In their base units: seconds, and milliseconds for the user timeout.
     let settings = "SELECT setting::int FROM pg_settings WHERE name = ANY($1) ORDER BY array_position($1, name)";
-    let names = ["tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout"];
+    let names = [
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "tcp_user_timeout",
+        "idle_session_timeout",
+    ];
     let values: Vec<i32> = sqlx::query_scalar(settings).bind(&names[..]).fetch_all(&mut *session).await.unwrap();
     let silence = LEASE_SILENCE_RELEASE.as_secs() as i32;
-    assert_eq!(values.len(), 4);
+    assert_eq!(values.len(), 5);
     assert_eq!((values[0] + values[1] * values[2], values[3]), (silence, silence * 1000), "{values:?}");
+    assert_eq!(values[4], 0, "never ended for being idle");
     assert!(vigil_monitor::retrain::MAX_LEASE_TIMEOUT + 2 * LEASE_CHECK_TIMEOUT < LEASE_SILENCE_RELEASE);
     // The pool's own connections are left as they were.
     let pooled: Vec<i32> = sqlx::query_scalar(settings).bind(&names[..]).fetch_all(store.pool()).await.unwrap();

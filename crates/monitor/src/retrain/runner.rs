@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 use tokio::sync::watch;
-use vigil_store::monitoring::{LEASE_CHECK_TIMEOUT, Lease, LeaseState};
+use vigil_store::monitoring::{LEASE_CHECK_TIMEOUT, LEASE_UNCONFIRMED_GRACE, Lease, LeaseState};
 use vigil_store::registry::retraining::{RUNNER, Reported};
 use vigil_store::{Change, JobState, ModelVersionRow, MonitorStore, PredictionStore, RetrainJob, Stage};
 
@@ -45,12 +45,18 @@ pub async fn run<S: PredictionStore + MonitorStore>(
         return;
     }
     let runner = Runner::new(store, config, models);
+    // Since when this monitor has not led: a round the alerting lease went unconfirmed does not
+    // make it let go of the retraining lease; losing the lead for longer does.
+    let mut not_leading_since: Option<Instant> = None;
     loop {
         let lead = *leading.borrow_and_update();
         let holding = if lead {
+            not_leading_since = None;
             runner.hold_lease().await
         } else {
-            runner.lease.lock().await.lease = None;
+            if not_leading_since.get_or_insert_with(Instant::now).elapsed() >= LEASE_UNCONFIRMED_GRACE {
+                runner.lease.lock().await.lease = None;
+            }
             false
         };
         if holding {
@@ -60,7 +66,12 @@ pub async fn run<S: PredictionStore + MonitorStore>(
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read queued retraining jobs; retrying"),
+                Err(e) => {
+                    // The claim may have been made all the same: let go of the lease, so that
+                    // taking it again marks such a job interrupted.
+                    tracing::warn!(error = %e, "cannot read queued retraining jobs; retrying");
+                    runner.lease.lock().await.lease = None;
+                }
             }
         }
         if *shutdown.borrow() {
@@ -94,7 +105,7 @@ pub async fn work<S: PredictionStore + MonitorStore>(
     bounded(runner.interrupt_orphans()).await.context("marking interrupted jobs")?;
     let mut ran = Vec::new();
     while max_jobs.is_none_or(|max| ran.len() < max) && !*shutdown.borrow() {
-        match runner.tenure().await {
+        match runner.tenure(false).await {
             Tenure::Held => {}
             Tenure::Taken => {
                 tracing::warn!("another runner took the retraining lease; leaving the queue to it");
@@ -180,7 +191,8 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
 
     /// Between jobs: whether this runner holds the retraining lease, taking it (and over the
     /// jobs left running) where it is free.
-    /// A lease the database does not confirm now is kept, but no job is started on it.
+    /// A lease the database does not confirm now is kept for a while
+    /// (`LEASE_UNCONFIRMED_GRACE`), but no job is started on it.
     async fn hold_lease(&self) -> bool {
         let mut held = self.lease.lock().await;
         if let Some(lease) = held.lease.as_mut() {
@@ -189,8 +201,9 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                     held.confirmed = Instant::now();
                     return true;
                 }
-                LeaseState::Unconfirmed => return false,
-                LeaseState::Lost => held.lease = None,
+                LeaseState::Unconfirmed if held.confirmed.elapsed() < LEASE_UNCONFIRMED_GRACE => return false,
+                // Unconfirmed for long (a connection dropped on the way: fresh ones may work).
+                LeaseState::Unconfirmed | LeaseState::Lost => held.lease = None,
             }
         }
         match self.take_over().await {
@@ -208,11 +221,14 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// database does not answer the job goes on, for `lease_timeout`: the database frees a
     /// silent holder's lease later than that (`LEASE_SILENCE_RELEASE`), so no other runner
     /// can hold it yet; past it this runner lets go of the lease and is to stop.
-    /// Without a lease (between jobs, after one expired) it takes the lease over, marking the
-    /// jobs left running interrupted.
-    async fn tenure(&self) -> Tenure {
+    /// Without a lease between jobs (`during_job` false: after one expired) it takes the lease
+    /// over, marking the jobs left running interrupted; during a job it has none to lose.
+    async fn tenure(&self, during_job: bool) -> Tenure {
         let mut held = self.lease.lock().await;
         let Some(lease) = held.lease.as_mut() else {
+            if during_job {
+                return Tenure::Taken;
+            }
             return match self.take_over().await {
                 Some(lease) => {
                     held.hold(lease);
@@ -259,7 +275,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         let mut tick = tokio::time::interval(REPORT_EVERY);
         loop {
             tick.tick().await;
-            match self.tenure().await {
+            match self.tenure(true).await {
                 Tenure::Held => {}
                 Tenure::Taken => return Stopped::Gone,
                 Tenure::Expired(silent) => return Stopped::Failed(lease_expired(silent)),
@@ -274,13 +290,18 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         // The lease is watched through every step: one that a store call waits on for ever (a
         // database gone silent) included. A stopped attempt is dropped where it stands: its
         // recipe is killed with its group, and what it was writing is removed here.
-        let outcome = tokio::select! {
-            outcome = self.attempt(&mut job, shutdown) => outcome,
-            stopped = self.watch_lease() => Err(stopped),
+        let (outcome, watched) = tokio::select! {
+            outcome = self.attempt(&mut job, shutdown) => (outcome, false),
+            stopped = self.watch_lease() => (Err(stopped), true),
         };
-        if outcome.is_err() {
-            self.remove_partial_dirs(&job);
-        }
+        let outcome = match (outcome, &job.candidate_version) {
+            // Stopped after registering: the version is in the registry (its rollout may have
+            // started), whatever the lease says.
+            (Err(Stopped::Failed(why)), Some(version)) if watched => {
+                Err(Stopped::Failed(format!("{why} (version {version} was registered; its rollout may have started)")))
+            }
+            (outcome, _) => outcome,
+        };
         let (state, reason) = match outcome {
             Ok(()) => (
                 JobState::Succeeded,
@@ -302,37 +323,67 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         // A job left 'running' would refuse every later job of its model: its end is recorded
         // however long the database takes to come back (until the monitor stops, whose next
         // start marks it interrupted).
+        let recorded = self.record_end(&job, state, &change, started, shutdown).await;
+        if !recorded {
+            // Left running: let go of the lease, so that taking it again marks the job
+            // interrupted (instead of it holding back every later job of its model).
+            self.lease.lock().await.lease = None;
+        } else if watched {
+            // Dropped where it stood: what it was writing goes, and a version it registered
+            // without moving its files into place is archived (the database answers again).
+            if tokio::time::timeout(STORE_CALL_TIMEOUT, self.remove_partial_versions(&job)).await.is_err() {
+                tracing::warn!(job = %job.job_id, "cannot check what a stopped job registered");
+            }
+        }
+    }
+
+    /// Records the end of `job`, however long the database takes to come back (until
+    /// `shutdown`); false when it is left running.
+    async fn record_end(
+        &self,
+        job: &RetrainJob,
+        state: JobState,
+        change: &Change<'_>,
+        started: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let reason = change.reason;
         let (mut pause, mut refused) = (Duration::from_millis(500), 0);
         loop {
             // A database that does not answer (a partition) is waited for like one refusing
             // connections: shutdown is still heard.
-            let finish = tokio::time::timeout(2 * LEASE_CHECK_TIMEOUT, self.store.finish_retrain(&job, state, &change));
+            let finish = tokio::time::timeout(2 * LEASE_CHECK_TIMEOUT, self.store.finish_retrain(job, state, change));
             let finish = finish.await.unwrap_or(Err(sqlx::Error::PoolTimedOut));
             // A statement refused (a serialization failure, say) is tried a few times too.
             refused += u32::from(finish.as_ref().is_err_and(|e| !unreachable_database(e)));
             match finish {
-                Ok(true) => tracing::info!(
-                    job = %job.job_id, model = %job.model_name, seconds = started.elapsed().as_secs_f64(),
-                    "retraining job {state}: {reason}"
-                ),
-                Ok(false) => tracing::warn!(job = %job.job_id, "retraining job was no longer running when it ended"),
+                Ok(true) => {
+                    tracing::info!(
+                        job = %job.job_id, model = %job.model_name, seconds = started.elapsed().as_secs_f64(),
+                        "retraining job {state}: {reason}"
+                    );
+                    return true;
+                }
+                Ok(false) => {
+                    tracing::warn!(job = %job.job_id, "retraining job was no longer running when it ended");
+                    return true;
+                }
                 Err(e) if !unreachable_database(&e) && refused >= 3 => {
-                    tracing::error!(job = %job.job_id, error = %e, "cannot record the end of a retraining job; left running")
+                    tracing::error!(job = %job.job_id, error = %e, "cannot record the end of a retraining job; left running");
+                    return false;
                 }
                 Err(e) => {
                     tracing::warn!(job = %job.job_id, error = %e, retry_in = ?pause, "cannot record the end of a retraining job");
                     if *shutdown.borrow() {
-                        return;
+                        return false;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.changed() => return false,
                     }
                     pause = (pause * 2).min(Duration::from_secs(30));
-                    continue;
                 }
             }
-            return;
         }
     }
 
@@ -408,13 +459,6 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                 Some((version, entry.path()))
             })
             .collect()
-    }
-
-    /// Removes what `job`, stopped, was writing.
-    fn remove_partial_dirs(&self, job: &RetrainJob) {
-        for (_, path) in self.partial_dirs(job) {
-            remove_partial(&path);
-        }
     }
 
     /// Archives a version registered whose files never reached the repository: servers and

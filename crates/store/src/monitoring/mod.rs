@@ -261,6 +261,11 @@ pub const LEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// lease for less than this still knows that nobody else holds it.
 pub const LEASE_SILENCE_RELEASE: Duration = Duration::from_secs(90);
 
+/// How long a holder keeps a lease the database does not confirm (no answer in time) before it
+/// lets go and tries to take it anew: a connection dropped on the way never answers again,
+/// while a fresh one may.
+pub const LEASE_UNCONFIRMED_GRACE: Duration = Duration::from_secs(30);
+
 /// What a check of a held lease found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {

@@ -343,12 +343,12 @@ async fn take_lease(pool: &sqlx::PgPool, role: &str) -> Result<Option<Lease>, sq
     let mut conn = pool.acquire().await?.detach();
     let silence = LEASE_SILENCE_RELEASE.as_secs();
     // Silent 30 s, then a probe every 10 s: ended after 90 s without an answer. Not ended
-    // earlier for being idle between checks.
+    // earlier for being idle between checks (`idle_session_timeout`, PostgreSQL 14 and later).
     let (idle, interval) = (30, 10);
     sqlx::query(
         "SELECT set_config('tcp_keepalives_idle', $1, false), set_config('tcp_keepalives_interval', $2, false), \
          set_config('tcp_keepalives_count', $3, false), set_config('tcp_user_timeout', $4, false), \
-         set_config('idle_session_timeout', '0', false)",
+         (SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'idle_session_timeout')",
     )
     .bind(idle.to_string())
     .bind(interval.to_string())
