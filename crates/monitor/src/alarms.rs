@@ -542,7 +542,7 @@ pub const ALERTING_LEASE: &str = "monitor.alerting";
 /// The longest round of alarm evaluation: well within the time the database keeps a silent
 /// holder's lease (`LEASE_SILENCE_RELEASE`), so a leader stuck on a dead connection stops
 /// acting as one before another can lead.
-const EVALUATION_TIMEOUT: Duration = Duration::from_secs(45);
+const EVALUATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Evaluates the rules every `every` until `shutdown` fires, while this monitor holds the
 /// alerting lease; `leading` tells the notifier whether it does. A monitor without the lease
@@ -556,7 +556,8 @@ pub async fn run<S: MonitorStore>(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut lease: Option<vigil_store::monitoring::Lease> = None;
-    let mut confirmed = Instant::now();
+    // Since when the lease has gone unconfirmed, check after check.
+    let mut unconfirmed_since: Option<Instant> = None;
     let mut standing_by = false;
     let mut cleared = ClearedSince::default();
     loop {
@@ -566,14 +567,17 @@ pub async fn run<S: MonitorStore>(
         let mut unconfirmed = false;
         if let Some(current) = lease.as_mut() {
             match current.state().await {
-                LeaseState::Held => confirmed = Instant::now(),
-                LeaseState::Unconfirmed if confirmed.elapsed() < LEASE_UNCONFIRMED_GRACE => {
+                LeaseState::Held => unconfirmed_since = None,
+                LeaseState::Unconfirmed
+                    if unconfirmed_since.get_or_insert_with(Instant::now).elapsed() < LEASE_UNCONFIRMED_GRACE =>
+                {
                     tracing::warn!("the database did not confirm the alerting lease in time; skipping this round");
                     unconfirmed = true;
                 }
                 LeaseState::Unconfirmed | LeaseState::Lost => {
                     tracing::warn!("lost the alerting lease (database connection gone); trying to take it again");
                     lease = None;
+                    unconfirmed_since = None;
                 }
             }
         }
@@ -582,7 +586,6 @@ pub async fn run<S: MonitorStore>(
                 Ok(Some(taken)) => {
                     tracing::info!("this monitor evaluates alarms and sends notifications");
                     lease = Some(taken);
-                    confirmed = Instant::now();
                     standing_by = false;
                     // What it timed before another monitor led is stale.
                     cleared = ClearedSince::default();
@@ -606,8 +609,9 @@ pub async fn run<S: MonitorStore>(
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "alarm evaluation failed; retrying next round"),
                 Err(_) => {
-                    tracing::warn!(
-                        "alarm evaluation took over {}s; not leading until the lease is confirmed",
+                    tracing::error!(
+                        "alarm evaluation took over {}s and was cut short (a database not answering, or too many \
+                         rules and models for one round); not leading until the lease is confirmed",
                         EVALUATION_TIMEOUT.as_secs()
                     );
                     leading.send_replace(false);

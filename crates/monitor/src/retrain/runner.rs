@@ -63,6 +63,9 @@ pub async fn run<S: PredictionStore + MonitorStore>(
             match bounded(runner.store.claim_retrain(Utc::now())).await {
                 Ok(Some(job)) => {
                     runner.execute(job, &mut shutdown).await;
+                    if *shutdown.borrow() {
+                        return;
+                    }
                     continue;
                 }
                 Ok(None) => {}
@@ -139,11 +142,13 @@ struct Runner<S> {
 struct HeldLease {
     lease: Option<Lease>,
     confirmed: Instant,
+    /// Since when checks between jobs have gone unanswered.
+    unconfirmed_since: Option<Instant>,
 }
 
 impl Default for HeldLease {
     fn default() -> Self {
-        Self { lease: None, confirmed: Instant::now() }
+        Self { lease: None, confirmed: Instant::now(), unconfirmed_since: None }
     }
 }
 
@@ -152,6 +157,7 @@ impl HeldLease {
     fn hold(&mut self, lease: Lease) {
         self.lease = Some(lease);
         self.confirmed = Instant::now();
+        self.unconfirmed_since = None;
     }
 }
 
@@ -198,10 +204,14 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         if let Some(lease) = held.lease.as_mut() {
             match lease.state().await {
                 LeaseState::Held => {
-                    held.confirmed = Instant::now();
+                    (held.confirmed, held.unconfirmed_since) = (Instant::now(), None);
                     return true;
                 }
-                LeaseState::Unconfirmed if held.confirmed.elapsed() < LEASE_UNCONFIRMED_GRACE => return false,
+                LeaseState::Unconfirmed
+                    if held.unconfirmed_since.get_or_insert_with(Instant::now).elapsed() < LEASE_UNCONFIRMED_GRACE =>
+                {
+                    return false;
+                }
                 // Unconfirmed for long (a connection dropped on the way: fresh ones may work).
                 LeaseState::Unconfirmed | LeaseState::Lost => held.lease = None,
             }
@@ -309,6 +319,11 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             ),
             Err(Stopped::Gone) => {
                 tracing::warn!(job = %job.job_id, "retraining job taken from this runner; left as it is");
+                if watched {
+                    // The runner that took it marked it interrupted and cleaned up what it
+                    // found; what the recipe wrote after that is removed here.
+                    self.remove_stopped_partials(&job).await;
+                }
                 return;
             }
             Err(Stopped::Cancelled(why)) => (JobState::Cancelled, why),
@@ -331,9 +346,14 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         } else if watched {
             // Dropped where it stood: what it was writing goes, and a version it registered
             // without moving its files into place is archived (the database answers again).
-            if tokio::time::timeout(STORE_CALL_TIMEOUT, self.remove_partial_versions(&job)).await.is_err() {
-                tracing::warn!(job = %job.job_id, "cannot check what a stopped job registered");
-            }
+            self.remove_stopped_partials(&job).await;
+        }
+    }
+
+    /// [`Runner::remove_partial_versions`] of a job whose attempt was dropped, bounded.
+    async fn remove_stopped_partials(&self, job: &RetrainJob) {
+        if tokio::time::timeout(STORE_CALL_TIMEOUT, self.remove_partial_versions(job)).await.is_err() {
+            tracing::warn!(job = %job.job_id, "cannot check what a stopped job registered");
         }
     }
 
@@ -425,9 +445,8 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// registered before it was interrupted, whose files are not in place, is archived.
     async fn remove_partial_versions(&self, job: &RetrainJob) {
         for (version, path) in self.partial_dirs(job) {
-            // Read before the directory goes: what the job would have registered.
+            // What the job would have registered.
             let partial_digest = vigil_store::registry::sha256_file(&path.join("model.onnx")).ok();
-            remove_partial(&path);
             // Only the version this job registered: by this runner, for the place it was to be
             // moved to, with the partial directory's model, and whose files are not there.
             let placed = self.output.join(&job.model_name).join(&version).join("model.onnx");
@@ -443,6 +462,9 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                 let why = format!("retraining job {} was interrupted before moving its files into place", job.job_id);
                 self.archive_unplaced(&job.model_name, &version, &why).await;
             }
+            // Removed once the registry was looked at: cut off before, the files (and their
+            // digest) are still there.
+            remove_partial(&path);
         }
     }
 
@@ -503,7 +525,10 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         let model_dir = self.output.join(&job.model_name);
         let partial = model_dir.join(format!(".{version}.job-{}", job.job_id));
         std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display())).map_err(failed)?;
-        self.report(job, 0.1, &format!("training version {version}")).await?;
+        if let Err(stopped) = self.report(job, 0.1, &format!("training version {version}")).await {
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(stopped);
+        }
         let run = RecipeRun { out: &partial, version: &version, dataset: &dataset, serving: serving.as_deref() };
         let trained = self.train(job, &model, &run, shutdown).await;
         if let Err(e) = trained {
