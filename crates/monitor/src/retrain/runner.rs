@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 use tokio::sync::watch;
-use vigil_store::monitoring::{LEASE_CHECK_TIMEOUT, LEASE_UNCONFIRMED_GRACE, Lease, LeaseState};
+use vigil_store::monitoring::{LEASE_CHECK_TIMEOUT, LEASE_UNCONFIRMED_GRACE, Lease, LeaseState, answered_within};
 use vigil_store::registry::retraining::{RUNNER, Reported};
 use vigil_store::{Change, JobState, ModelVersionRow, MonitorStore, PredictionStore, RetrainJob, Stage};
 
@@ -196,8 +196,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     }
 
     /// Between jobs: whether this runner holds the retraining lease, taking it (and over the
-    /// jobs left running) where it is free.
-    /// A lease the database does not confirm now is kept for a while
+    /// jobs left running) where it is free. A lease the database does not confirm now is kept for a while
     /// (`LEASE_UNCONFIRMED_GRACE`), but no job is started on it.
     async fn hold_lease(&self) -> bool {
         let mut held = self.lease.lock().await;
@@ -231,6 +230,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// database does not answer the job goes on, for `lease_timeout`: the database frees a
     /// silent holder's lease later than that (`LEASE_SILENCE_RELEASE`), so no other runner
     /// can hold it yet; past it this runner lets go of the lease and is to stop.
+    ///
     /// Without a lease between jobs (`during_job` false: after one expired) it takes the lease
     /// over, marking the jobs left running interrupted; during a job it has none to lose.
     async fn tenure(&self, during_job: bool) -> Tenure {
@@ -250,9 +250,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         let state = match lease.state().await {
             LeaseState::Lost => match self.store.try_lease(RETRAINING_LEASE).await {
                 Ok(Some(taken)) => {
-                    if held.lease.is_some() {
-                        tracing::warn!("the retraining lease's connection closed; taken back");
-                    }
+                    tracing::warn!("the retraining lease's connection closed; taken back");
                     held.lease = Some(taken);
                     LeaseState::Held
                 }
@@ -372,8 +370,8 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         loop {
             // A database that does not answer (a partition) is waited for like one refusing
             // connections: shutdown is still heard.
-            let finish = tokio::time::timeout(2 * LEASE_CHECK_TIMEOUT, self.store.finish_retrain(job, state, change));
-            let finish = finish.await.unwrap_or(Err(sqlx::Error::PoolTimedOut));
+            let finish = self.store.finish_retrain(job, state, change);
+            let finish = answered_within(2 * LEASE_CHECK_TIMEOUT, " recording a job's end", finish).await;
             // A statement refused (a serialization failure, say) is tried a few times too.
             refused += u32::from(finish.as_ref().is_err_and(|e| !unreachable_database(e)));
             match finish {
@@ -831,12 +829,7 @@ const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `call`, or a timeout error once [`STORE_CALL_TIMEOUT`] passed without an answer.
 async fn bounded<T>(call: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
-    tokio::time::timeout(STORE_CALL_TIMEOUT, call).await.unwrap_or_else(|_| {
-        Err(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("the database did not answer within {}s", STORE_CALL_TIMEOUT.as_secs()),
-        )))
-    })
+    answered_within(STORE_CALL_TIMEOUT, "", call).await
 }
 
 /// Removes a stopped job's partial version.

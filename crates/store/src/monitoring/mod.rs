@@ -266,6 +266,21 @@ pub const LEASE_SILENCE_RELEASE: Duration = Duration::from_secs(90);
 /// while a fresh one may.
 pub const LEASE_UNCONFIRMED_GRACE: Duration = Duration::from_secs(30);
 
+/// `call`, or a timeout error (an I/O error, as for a database that cannot be reached) once
+/// `limit` passed without an answer; `what` says what was waited for.
+pub async fn answered_within<T>(
+    limit: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the database did not answer within {limit:?}{what}"),
+        )))
+    })
+}
+
 /// What a check of a held lease found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {

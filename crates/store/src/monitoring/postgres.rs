@@ -326,12 +326,7 @@ impl LeaseStore for PgStore {
     /// and user timeout), so a holder cut off by the network frees the lease for another in
     /// bounded time. Bounded by [`LEASE_CHECK_TIMEOUT`].
     async fn try_lease(&self, role: &str) -> Result<Option<Lease>, sqlx::Error> {
-        tokio::time::timeout(LEASE_CHECK_TIMEOUT, take_lease(self.pool(), role)).await.unwrap_or_else(|_| {
-            Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the database did not answer within {LEASE_CHECK_TIMEOUT:?} when taking a lease"),
-            )))
-        })
+        super::answered_within(LEASE_CHECK_TIMEOUT, " when taking a lease", take_lease(self.pool(), role)).await
     }
 }
 
