@@ -201,3 +201,33 @@ fn captured_inputs_are_copied_into_the_dataset_and_a_missing_or_altered_one_refu
         assert_eq!(std::fs::read(dataset.join("inputs").join(&sha)).unwrap(), image(i));
     }
 }
+
+#[test]
+fn an_export_that_fails_part_way_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
+    let store = dir.path().join("captures");
+    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
+    for i in (0..40).step_by(4) {
+        std::fs::write(store.join(capture_key(i)), image(i)).unwrap();
+    }
+    // One captured input cannot be read (a link to itself): the copy fails part-way, after the
+    // inputs before it were written.
+    let unreadable = store.join(capture_key(20));
+    std::fs::remove_file(&unreadable).unwrap();
+    std::os::unix::fs::symlink(&unreadable, &unreadable).unwrap();
+    let out = dir.path().join("datasets");
+    let failed = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
+        .args(["--min-kappa", "0", "--captures", &format!("file://{}", store.display())])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(stderr.contains(&capture_key(20)), "the error names the input: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "a half-written dataset was left: {left:?}");
+}

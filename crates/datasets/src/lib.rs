@@ -192,15 +192,13 @@ async fn write(
         }
         return Ok(Ok((dir, id, checks)));
     }
-    let partial = spec.out.join(format!(".{}-{id}.partial-{}", spec.model, std::process::id()));
-    std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let partial = partial_dir(&spec.out, &format!(".{}-{id}.partial-", spec.model))?;
     let inputs = match &spec.captures {
         Some(captures) => {
-            let (check, inputs) = copy_inputs(captures, rows, &partial.join("inputs")).await?;
+            let (check, inputs) = copy_inputs(captures, rows, &partial.path().join("inputs")).await?;
             let passed = check.passed;
             checks.push(check);
             if !passed {
-                let _ = std::fs::remove_dir_all(&partial);
                 return Ok(Err(checks));
             }
             Some(inputs)
@@ -221,10 +219,9 @@ async fn write(
         "inputs": inputs,
         "source": "vigil dataset export: logged inputs joined with their latest labels",
     });
-    std::fs::write(partial.join("rows.csv"), &bytes)?;
-    std::fs::write(partial.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
-    if let Err(e) = std::fs::rename(&partial, &dir) {
-        let _ = std::fs::remove_dir_all(&partial);
+    std::fs::write(partial.path().join("rows.csv"), &bytes)?;
+    std::fs::write(partial.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    if let Err(e) = move_into_place(partial, &dir) {
         // Another export wrote the same rows first: the same dataset.
         if !dir.join("manifest.json").is_file() {
             return Err(e).with_context(|| format!("moving the dataset to {}", dir.display()));
@@ -246,16 +243,14 @@ async fn add_inputs(
     id: String,
     mut checks: Vec<Check>,
 ) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
-    let partial = dir.join(format!(".inputs.partial-{}", std::process::id()));
-    let (check, inputs) = copy_inputs(captures, rows, &partial).await?;
+    let partial = partial_dir(&dir, ".inputs.partial-")?;
+    let (check, inputs) = copy_inputs(captures, rows, partial.path()).await?;
     checks.push(check.clone());
     if !check.passed {
-        let _ = std::fs::remove_dir_all(&partial);
         return Ok(Err(checks));
     }
     let target = dir.join("inputs");
-    if let Err(e) = std::fs::rename(&partial, &target) {
-        let _ = std::fs::remove_dir_all(&partial);
+    if let Err(e) = move_into_place(partial, &target) {
         // Another export added them first (its manifest is written next, or was not, if it
         // stopped in between: then this one writes it).
         if !target.is_dir() {
@@ -270,10 +265,29 @@ async fn add_inputs(
     if let Some(list) = written["checks"].as_array_mut() {
         list.push(serde_json::to_value(&check)?);
     }
-    let temporary = dir.join(format!(".manifest.json.partial-{}", std::process::id()));
-    std::fs::write(&temporary, serde_json::to_vec_pretty(&written)?)?;
-    std::fs::rename(&temporary, dir.join("manifest.json")).context("replacing the dataset's manifest")?;
+    let mut temporary = tempfile::Builder::new().prefix(".manifest.json.partial-").tempfile_in(&dir)?;
+    std::io::Write::write_all(&mut temporary, &serde_json::to_vec_pretty(&written)?)?;
+    temporary.persist(dir.join("manifest.json")).context("replacing the dataset's manifest")?;
     Ok(Ok((dir, id, checks)))
+}
+
+/// A directory in `parent`, named `prefix` and a random suffix, for what is written before it
+/// is moved into place: removed when dropped, so an export that fails, or whose future is
+/// dropped part-way (a retraining job stopped), leaves nothing half-written behind.
+fn partial_dir(parent: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .with_context(|| format!("writing in {}", parent.display()))
+}
+
+/// Moves a [`partial_dir`] to `to`; it is removed if the move fails.
+fn move_into_place(partial: tempfile::TempDir, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(partial.path(), to)?;
+    // Moved: nothing left to remove.
+    let _ = partial.keep();
+    Ok(())
 }
 
 /// Copies each distinct captured input of `rows` from the store into `dir/<sha256>`, checking

@@ -285,12 +285,20 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
         ..registered.clone()
     };
     store.register_version(&by_a_person, "").await.unwrap();
+    // Left by a job marked stopped before (its runner cut off before its clean-up), beside a
+    // directory of something else.
+    let leftover = repository.join(format!("slow/.5.job-{}", cancelled.job_id));
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("model.onnx"), b"a whole model").unwrap();
+    let unrelated = repository.join("slow/.notes");
+    std::fs::create_dir_all(&unrelated).unwrap();
     let (stop, task, _leading) = start(&store, config(dir.path(), &[("slow", &slow)], "1s"), &repository);
     let failed = wait_for(&store, &orphan.job_id, |j| !j.is_active()).await;
     assert_eq!((failed.state.as_str(), failed.error.as_str()), ("failed", INTERRUPTED));
     let removed = Instant::now() + Duration::from_secs(5);
-    while partial.exists() {
-        assert!(Instant::now() < removed, "the interrupted job's partial version was not removed");
+    while partial.exists() || leftover.exists() {
+        assert!(!partial.exists() || Instant::now() < removed, "the interrupted job's partial version was not removed");
+        assert!(Instant::now() < removed, "a stopped job's leftover partial version was not removed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The version it registered, with no files in place, is archived, saying why.
@@ -300,6 +308,7 @@ async fn cancelled_timed_out_and_interrupted_jobs_stop_their_recipe() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!theirs.exists());
+    assert!(unrelated.exists());
     assert_eq!(store.model_version("slow", "8").await.unwrap().unwrap().stage, "candidate", "not the job's");
     let events = store.audit_events(20).await.unwrap();
     let archive = events.iter().find(|e| e.subject == "slow/7" && e.to_state == "archived").expect("an audit event");

@@ -350,7 +350,8 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
 
     /// [`Runner::remove_partial_versions`] of a job whose attempt was dropped, bounded.
     async fn remove_stopped_partials(&self, job: &RetrainJob) {
-        if tokio::time::timeout(STORE_CALL_TIMEOUT, self.remove_partial_versions(job)).await.is_err() {
+        let removal = self.remove_partial_versions(&job.model_name, Some(&job.job_id));
+        if tokio::time::timeout(STORE_CALL_TIMEOUT, removal).await.is_err() {
             tracing::warn!(job = %job.job_id, "cannot check what a stopped job registered");
         }
     }
@@ -428,28 +429,34 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     }
 
     /// Marks the jobs left running interrupted (another runner's that stopped, or this one's
-    /// before a restart) and removes what they were writing.
+    /// before a restart), then removes what every job not running was writing: theirs, and
+    /// what was left by jobs marked before (a runner stopped before its clean-up, or cut off
+    /// between the marking and it). With the lease held and the marking done, no job runs.
     async fn interrupt_orphans(&self) -> Result<(), sqlx::Error> {
         let change = Change { actor: RUNNER, reason: INTERRUPTED, at: Utc::now() };
         for job in self.store.interrupt_retrains(&change).await? {
             tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
-            self.remove_partial_versions(&job).await;
+        }
+        let Ok(models) = std::fs::read_dir(&self.output) else { return Ok(()) };
+        for model in models.flatten().filter(|entry| entry.path().is_dir()) {
+            self.remove_partial_versions(&model.file_name().to_string_lossy(), None).await;
         }
         Ok(())
     }
 
-    /// Removes what an interrupted `job` was writing (`.<version>.job-<id>` in its model's
-    /// directory): a whole trained model, never to be moved into place. A version the job
-    /// registered before it was interrupted, whose files are not in place, is archived.
-    async fn remove_partial_versions(&self, job: &RetrainJob) {
-        for (version, path) in self.partial_dirs(job) {
+    /// Removes what a stopped job (`job`, or any with None) of `model` was writing
+    /// (`.<version>.job-<id>` in the model's directory): a whole trained model, never to be moved
+    /// into place. A version the job registered before it stopped, whose files are not in place,
+    /// is archived.
+    async fn remove_partial_versions(&self, model: &str, job: Option<&str>) {
+        for (version, job_id, path) in self.partial_dirs(model, job) {
             // What the job would have registered.
             let partial_digest = vigil_store::registry::sha256_file(&path.join("model.onnx")).ok();
             // Only the version this job registered: by this runner, for the place it was to be
             // moved to, with the partial directory's model, and whose files are not there.
-            let placed = self.output.join(&job.model_name).join(&version).join("model.onnx");
+            let placed = self.output.join(model).join(&version).join("model.onnx");
             let placed = std::path::absolute(&placed).unwrap_or(placed);
-            let row = self.store.model_version(&job.model_name, &version).await;
+            let row = self.store.model_version(model, &version).await;
             if let Ok(Some(row)) = row
                 && row.stage == Stage::Candidate.as_str()
                 && row.registered_by == RUNNER
@@ -457,8 +464,8 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                 && partial_digest.as_deref() == Some(row.artifact_sha256.as_str())
                 && !placed.exists()
             {
-                let why = format!("retraining job {} was interrupted before moving its files into place", job.job_id);
-                self.archive_unplaced(&job.model_name, &version, &why).await;
+                let why = format!("retraining job {job_id} was interrupted before moving its files into place");
+                self.archive_unplaced(model, &version, &why).await;
             }
             // Removed once the registry was looked at: cut off before, the files (and their
             // digest) are still there.
@@ -466,17 +473,19 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
         }
     }
 
-    /// The versions `job` was writing (`.<version>.job-<id>` in its model's directory), with
-    /// their directories.
-    fn partial_dirs(&self, job: &RetrainJob) -> Vec<(String, PathBuf)> {
-        let suffix = format!(".job-{}", job.job_id);
-        let Ok(entries) = std::fs::read_dir(self.output.join(&job.model_name)) else { return Vec::new() };
+    /// The versions `job` (or any job, with None) was writing in `model`'s directory
+    /// (`.<version>.job-<id>`): version, job and directory.
+    fn partial_dirs(&self, model: &str, job: Option<&str>) -> Vec<(String, String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.output.join(model)) else { return Vec::new() };
         entries
             .flatten()
             .filter_map(|entry| {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let version = name.strip_prefix('.')?.strip_suffix(&suffix)?.to_string();
-                Some((version, entry.path()))
+                let (version, job_id) = name.strip_prefix('.')?.split_once(".job-")?;
+                if version.is_empty() || job.is_some_and(|job| job != job_id) {
+                    return None;
+                }
+                Some((version.to_string(), job_id.to_string(), entry.path()))
             })
             .collect()
     }
