@@ -423,14 +423,36 @@ fn alert_key(rule: &str, model: &str) -> String {
     format!("{rule}/{model}")
 }
 
-/// Evaluates every rule for every model in its scope once, persisting transitions.
+/// What alarm evaluation carries from one round to the next: the waits of [`ClearedSince`] and,
+/// for rounds with a time budget, where the last round stopped.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    cleared: ClearedSince,
+    /// How long a round may go on starting evaluations; None: every one, every round.
+    budget: Option<Duration>,
+    /// The rule and model (their place in the round's order) the next round starts with.
+    next: usize,
+}
+
+impl Rounds {
+    /// Rounds that start no evaluation once `budget` has passed (after their first): the next
+    /// round starts where the last one stopped, so a configuration too large for one round is
+    /// evaluated over several, every rule and model in turn.
+    pub fn with_budget(budget: Duration) -> Self {
+        Self { budget: Some(budget), ..Self::default() }
+    }
+}
+
+/// Evaluates every rule for every model in its scope once (or as many as the round's budget
+/// allows, from where the last round stopped), persisting transitions.
 pub async fn evaluate_all<S: MonitorStore>(
     views: &Views<S>,
     rules: &[Rule],
     now: DateTime<Utc>,
     metrics: &MonitorMetrics,
-    cleared: &mut ClearedSince,
+    rounds: &mut Rounds,
 ) -> Result<(), ViewError> {
+    let started = Instant::now();
     let stored = views.store.load_alerts().await?;
     let models: Vec<String> = views.models().await?.into_keys().collect();
     // The capture action follows the alarm's state every round, not only its changes: a raise
@@ -438,55 +460,71 @@ pub async fn evaluate_all<S: MonitorStore>(
     // is made the next round.
     let boosts = views.store.capture_boosts().await?;
     let mut reports = DriftReports::default();
-    for rule in rules {
-        let targets: Vec<String> = match &rule.model {
-            Some(m) => vec![m.clone()],
-            None => models.clone(),
+    let targets: Vec<(&Rule, &str)> = rules
+        .iter()
+        .flat_map(|rule| match &rule.model {
+            Some(m) => vec![(rule, m.as_str())],
+            None => models.iter().map(|m| (rule, m.as_str())).collect(),
+        })
+        .collect();
+    let start = rounds.next % targets.len().max(1);
+    rounds.next = start;
+    for done in 0..targets.len() {
+        let at = (start + done) % targets.len();
+        if done > 0 && rounds.budget.is_some_and(|budget| started.elapsed() >= budget) {
+            tracing::warn!(
+                evaluated = done,
+                of = targets.len(),
+                "alarm round stopped at its budget of {:?}; the next round goes on from there (fewer rules or \
+                 models per monitor, or a longer evaluate_every, would let one round finish)",
+                rounds.budget.unwrap_or_default()
+            );
+            rounds.next = at;
+            break;
+        }
+        let (rule, model) = (targets[at].0, targets[at].1.to_string());
+        let key = alert_key(&rule.name, &model);
+        let found = stored.iter().find(|a| a.alert_key == key);
+        let was_stored = found.is_some();
+        let current = found.cloned().unwrap_or_else(|| inactive(rule, &model, now));
+        let value = match evaluate_with(views, rule, &model, now, &mut reports).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(rule = %rule.name, model = %model, error = %e, "cannot evaluate alarm rule");
+                continue;
+            }
         };
-        for model in targets {
-            let key = alert_key(&rule.name, &model);
-            let found = stored.iter().find(|a| a.alert_key == key);
-            let was_stored = found.is_some();
-            let current = found.cloned().unwrap_or_else(|| inactive(rule, &model, now));
-            let value = match evaluate_with(views, rule, &model, now, &mut reports).await {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(rule = %rule.name, model = %model, error = %e, "cannot evaluate alarm rule");
-                    continue;
+        let (next, change) = transition(rule, &current, value, now, rounds.cleared.slot(&key));
+        let rule_changed =
+            (&current.metric, &current.severity, current.threshold) != (&next.metric, &next.severity, next.threshold);
+        if change.is_none() && was_stored && rule_changed {
+            // Shown with the rule's new severity and threshold from now on; no one is notified.
+            tracing::info!(alert = %key, severity = %next.severity, threshold = next.threshold, "alarm rule changed");
+            views.store.save_alert(&next, false).await?;
+        }
+        if let Some(notify) = change {
+            match next.state.as_str() {
+                "firing" => {
+                    tracing::warn!(alert = %key, severity = %rule.severity, "ALARM FIRING: {}", next.message)
                 }
-            };
-            let (next, change) = transition(rule, &current, value, now, cleared.slot(&key));
-            let rule_changed = (&current.metric, &current.severity, current.threshold)
-                != (&next.metric, &next.severity, next.threshold);
-            if change.is_none() && was_stored && rule_changed {
-                // Shown with the rule's new severity and threshold from now on; no one is notified.
-                tracing::info!(alert = %key, severity = %next.severity, threshold = next.threshold, "alarm rule changed");
-                views.store.save_alert(&next, false).await?;
+                "resolved" => tracing::info!(alert = %key, "alarm resolved: {}", next.message),
+                _ => tracing::info!(alert = %key, state = %next.state, "{}", next.message),
             }
-            if let Some(notify) = change {
-                match next.state.as_str() {
-                    "firing" => {
-                        tracing::warn!(alert = %key, severity = %rule.severity, "ALARM FIRING: {}", next.message)
-                    }
-                    "resolved" => tracing::info!(alert = %key, "alarm resolved: {}", next.message),
-                    _ => tracing::info!(alert = %key, state = %next.state, "{}", next.message),
-                }
-                views.store.save_alert(&next, notify && views.config.alerting.webhook_url.is_some()).await?;
-            }
-            let boosted = boosts.iter().find(|b| b.model_name == model && b.rule == rule.name).map(|b| b.rate);
-            let wanted = rule.capture_rate.filter(|_| next.state == "firing");
-            if boosted != wanted {
-                raise_or_end_capture(views, rule, &model, wanted, now).await?;
-            }
-            if rule.retrain && next.state == "firing" {
-                use crate::retrain::trigger::{Considered, consider};
-                match consider(&views.store, &views.config.retraining, rule, &model, now).await? {
-                    Considered::Queued(job) => tracing::warn!(
-                        alert = %key, job = %job.job_id, "{} fires: retraining {model} (job {})", rule.name, job.job_id
-                    ),
-                    Considered::Waiting(why) => {
-                        tracing::debug!(alert = %key, "{} fires; no retraining yet: {why}", rule.name)
-                    }
+            views.store.save_alert(&next, notify && views.config.alerting.webhook_url.is_some()).await?;
+        }
+        let boosted = boosts.iter().find(|b| b.model_name == model && b.rule == rule.name).map(|b| b.rate);
+        let wanted = rule.capture_rate.filter(|_| next.state == "firing");
+        if boosted != wanted {
+            raise_or_end_capture(views, rule, &model, wanted, now).await?;
+        }
+        if rule.retrain && next.state == "firing" {
+            use crate::retrain::trigger::{Considered, consider};
+            match consider(&views.store, &views.config.retraining, rule, &model, now).await? {
+                Considered::Queued(job) => tracing::warn!(
+                    alert = %key, job = %job.job_id, "{} fires: retraining {model} (job {})", rule.name, job.job_id
+                ),
+                Considered::Waiting(why) => {
+                    tracing::debug!(alert = %key, "{} fires; no retraining yet: {why}", rule.name)
                 }
             }
         }
@@ -544,6 +582,11 @@ pub const ALERTING_LEASE: &str = "monitor.alerting";
 /// acting as one before another can lead.
 const EVALUATION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a round goes on starting evaluations ([`Rounds::with_budget`]): half its bound, so
+/// that a large configuration is evaluated over several rounds instead of being cut at the same
+/// rule every round.
+const ROUND_BUDGET: Duration = Duration::from_secs(30);
+
 /// Evaluates the rules every `every` until `shutdown` fires, while this monitor holds the
 /// alerting lease; `leading` tells the notifier whether it does. A monitor without the lease
 /// stands by and takes over when the holder goes away.
@@ -559,7 +602,7 @@ pub async fn run<S: MonitorStore>(
     // Since when the lease has gone unconfirmed, check after check.
     let mut unconfirmed_since: Option<Instant> = None;
     let mut standing_by = false;
-    let mut cleared = ClearedSince::default();
+    let mut rounds = Rounds::with_budget(ROUND_BUDGET);
     loop {
         // A lease the database does not confirm now (no answer in time) is kept for a while, but
         // its rounds are not acted on: dropping it would hand the lead to another monitor after
@@ -588,7 +631,7 @@ pub async fn run<S: MonitorStore>(
                     lease = Some(taken);
                     standing_by = false;
                     // What it timed before another monitor led is stale.
-                    cleared = ClearedSince::default();
+                    rounds = Rounds::with_budget(ROUND_BUDGET);
                 }
                 Ok(None) if !standing_by => {
                     tracing::info!("another monitor evaluates alarms on this database; standing by");
@@ -604,14 +647,14 @@ pub async fn run<S: MonitorStore>(
         if lead {
             // Bounded well within the time the database keeps a silent holder's lease: a round
             // stuck on a dead connection must not go on leading beside the next leader.
-            let round = evaluate_all(&views, &rules, Utc::now(), &metrics, &mut cleared);
+            let round = evaluate_all(&views, &rules, Utc::now(), &metrics, &mut rounds);
             match tokio::time::timeout(EVALUATION_TIMEOUT, round).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "alarm evaluation failed; retrying next round"),
                 Err(_) => {
                     tracing::error!(
-                        "alarm evaluation took over {}s and was cut short (a database not answering, or too many \
-                         rules and models for one round); not leading until the lease is confirmed",
+                        "alarm evaluation took over {}s and was cut short (a database not answering, or one \
+                         evaluation taking the rest of the round); not leading until the lease is confirmed",
                         EVALUATION_TIMEOUT.as_secs()
                     );
                     leading.send_replace(false);

@@ -640,3 +640,60 @@ async fn precision_recall_and_coverage_pool_the_counts_of_their_windows() {
         assert!((value - expected).abs() < 1e-9, "{metric} = {value}, not {expected}");
     }
 }
+
+/// A round with a time budget stops starting evaluations once it has passed (after its first)
+/// and the next round goes on from there: a configuration too large for one round is evaluated
+/// over several, every rule in turn, instead of the same rules every round and never the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_over_its_budget_leaves_the_rest_to_the_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    PredictionStore::migrate(&store).await.unwrap();
+    let mut text = String::from("[rollups]\nresolutions = [1, 60]\n");
+    for name in ["a", "b", "c"] {
+        text += &format!(
+            "[[alerting.rules]]\nname = \"{name}\"\nmetric = \"requests\"\nmodel = \"scratch-detector\"\n\
+             window = \"10m\"\ncomparator = \">\"\nthreshold = 5\n"
+        );
+    }
+    let config: MonitorConfig = toml::from_str(&text).unwrap();
+    let rules = config.rules().unwrap();
+    let now = Utc::now();
+    let rows: Vec<PredictionRow> =
+        (0..10).map(|_| prediction(now - chrono::Duration::minutes(1), 0.2, serde_json::json!({}))).collect();
+    store.insert_batch(&rows, &[]).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &[1, 60], 100_000).await.unwrap() > 0 {}
+    let views = vigil_monitor::Views::new(store.clone(), Default::default(), Arc::new(config));
+    let firing = || {
+        let store = store.clone();
+        async move {
+            let mut names: Vec<String> = store
+                .load_alerts()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.state == "firing")
+                .map(|a| a.rule)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    // A budget every evaluation is over: one rule a round, each in turn.
+    let mut rounds = vigil_monitor::alarms::Rounds::with_budget(Duration::ZERO);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        vigil_monitor::alarms::evaluate_all(&views, &rules, now, &Default::default(), &mut rounds).await.unwrap();
+        seen.push(firing().await);
+    }
+    assert_eq!(seen, [vec!["a"], vec!["a", "b"], vec!["a", "b", "c"]]);
+    // Then round again from the first: the window empties an hour on, one resolution a round.
+    let later = now + chrono::Duration::hours(1);
+    vigil_monitor::alarms::evaluate_all(&views, &rules, later, &Default::default(), &mut rounds).await.unwrap();
+    assert_eq!(firing().await, ["b", "c"]);
+    // Without a budget, every rule every round.
+    vigil_monitor::alarms::evaluate_all(&views, &rules, later, &Default::default(), &mut Default::default())
+        .await
+        .unwrap();
+    assert!(firing().await.is_empty());
+}
