@@ -313,6 +313,16 @@ impl Emitter {
         }
     }
 
+    /// At exit, once nothing more can be delivered or spooled: the records emitted and not
+    /// settled (still queued, or held by the sink unconfirmed) go with the process. Counted as
+    /// dropped; returns how many.
+    pub fn give_up_unsettled(&self) -> u64 {
+        let (emitted, _, _, _) = self.stats.snapshot();
+        let unsettled = emitted.saturating_sub(self.stats.settled() + self.queue_dropped());
+        self.stats.dropped.fetch_add(unsettled, Ordering::Relaxed);
+        unsettled
+    }
+
     fn queue_dropped(&self) -> u64 {
         // Without a spool, a full queue drops; with one, drops are counted among the spooled.
         if self.spool.is_some() { 0 } else { self.stats.dropped.load(Ordering::Relaxed) }

@@ -250,8 +250,14 @@ fn set_damage_aside(dir: &Path, n: u64, valid_end: u64) -> io::Result<Option<(u6
 
 /// Mends segment `n`, which reads only to `valid_end`: the damaged stretch set aside with the
 /// records after it kept (its byte range returned, see [`set_damage_aside`]), or, where no
-/// whole frame follows, the torn end cut off (None). The records in either are lost.
-fn mend_segment(dir: &Path, n: u64, valid_end: u64) -> io::Result<Option<(u64, u64)>> {
+/// whole frame follows, the torn end cut off (None). The records in either are lost. A saved
+/// read position `head` past `valid_end` in this segment is first saved at `valid_end`
+/// (durably): the rewrite moves the bytes after the damage, and a crash before the caller
+/// saves the moved position then re-sends records instead of skipping them.
+fn mend_segment(dir: &Path, n: u64, valid_end: u64, head: Position) -> io::Result<Option<(u64, u64)>> {
+    if head.segment == n && head.offset > valid_end {
+        write_head_synced(dir, Position { segment: n, offset: valid_end })?;
+    }
     if let Some(taken_out) = set_damage_aside(dir, n, valid_end)? {
         return Ok(Some(taken_out));
     }
@@ -296,7 +302,7 @@ impl Spool {
                 if fs::metadata(&path)?.len() == valid_end {
                     break frames;
                 }
-                match mend_segment(&config.dir, n, valid_end)? {
+                match mend_segment(&config.dir, n, valid_end, head)? {
                     // The saved position moves with the bytes after the stretch taken out.
                     Some((start, resume)) => {
                         if n == head.segment && head.offset > start {
@@ -324,7 +330,8 @@ impl Spool {
         if !segments.iter().any(|s: &(u64, u64, u64)| s.0 == head.segment) {
             head = Position { segment: segments.first().map_or(head.segment, |s| s.0), offset: 0 };
         }
-        if head != saved_head {
+        // Written whenever it moved (a mend may have saved another position meanwhile).
+        if head != saved_head || read_head(&config.dir)? != Some(head) {
             write_head(&config.dir, head)?;
         }
         Ok(Self { config, _lock: lock, segments, head, writer: None, records })
@@ -478,7 +485,7 @@ impl Spool {
             // The writer appends to this file, which is replaced or cut: it opens it again.
             self.writer = None;
         }
-        mend_segment(&self.config.dir, n, valid_end)?;
+        mend_segment(&self.config.dir, n, valid_end, self.head)?;
         let size = fs::metadata(&path)?.len();
         let frames = count_frames(&path, 0, size)?;
         self.segments[i] = (n, size, frames);
@@ -568,6 +575,16 @@ fn write_head(dir: &Path, head: Position) -> io::Result<()> {
     let tmp = dir.join("head.tmp");
     fs::write(&tmp, format!("{} {}\n", head.segment, head.offset))?;
     fs::rename(tmp, dir.join("head"))
+}
+
+/// [`write_head`], on the disk when it returns.
+fn write_head_synced(dir: &Path, head: Position) -> io::Result<()> {
+    let tmp = dir.join("head.tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(format!("{} {}\n", head.segment, head.offset).as_bytes())?;
+    file.sync_all()?;
+    fs::rename(tmp, dir.join("head"))?;
+    sync_dir(dir)
 }
 
 /// Makes the entries of `dir` (files created or renamed in it) durable.
@@ -823,6 +840,16 @@ mod tests {
         let mut bytes = fs::read(&seg).unwrap();
         bytes[10] ^= 0xff;
         fs::write(&seg, &bytes).unwrap();
+        // A crash while mending it, after the segment was rewritten, before the moved position
+        // was saved: the records after the position are read again, none skipped.
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["head", "0000000001.seg"] {
+            fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
+        }
+        let head = read_head(copy.path()).unwrap().unwrap();
+        assert!(mend_segment(copy.path(), 1, 0, head).unwrap().is_some());
+        let mut crashed = Spool::open(config(copy.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
+        assert_eq!(crashed.peek(10).unwrap().0, [3, 4].map(env), "record 3 again, record 4 not skipped");
         let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         assert_eq!((s.len(), s.peek(10).unwrap().0), (1, vec![env(4)]), "the saved position moved with the bytes");
         s.append(&env(9)).unwrap();

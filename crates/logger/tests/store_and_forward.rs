@@ -276,6 +276,28 @@ async fn a_server_stopped_during_an_outage_spools_what_the_producer_holds() {
     server.shutdown().await.unwrap();
 }
 
+/// Without a spool, what the producer still holds when a server stops during an outage is lost
+/// with the process: counted as dropped (and logged), so the metrics never claim it settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_spool_stopped_during_an_outage_counts_what_it_loses() {
+    let mut broker = Broker::start(1).await;
+    let brokers = broker.brokers();
+    broker.kill();
+    let mut config = edge_config(brokers, SpoolConfig::default(), 60_000);
+    config.logging.spool = None;
+    config.limits.drain_timeout_ms = 1_000;
+    let server = vigil_edge::start(config, false).await.unwrap();
+    let mut client = InspectionClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    for _ in 0..20 {
+        let request = InspectRequest { image: image(), station_id: "s".into(), ..Default::default() };
+        client.inspect(request).await.unwrap();
+    }
+    let emitter = server.records.as_ref().unwrap().emitter().clone();
+    assert_eq!(emitter.stats().snapshot(), (20, 0, 0, 0), "held by the producer");
+    server.shutdown().await.unwrap();
+    assert_eq!(emitter.stats().snapshot(), (20, 0, 0, 20), "(emitted, delivered, failed, dropped) at exit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_spool_is_refused_until_the_first_stops() {
     let spool_dir = tempfile::tempdir().unwrap();

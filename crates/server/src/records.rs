@@ -83,7 +83,15 @@ pub fn start(
             Err(e) => tracing::warn!(error = %e, "records flush failed"),
         }
         emitter.close_spool().await;
-        // Every record handed over is settled; the forwarder has nothing left to do.
+        // What is not settled now goes with the process: said and counted, not lost unseen.
+        let lost = emitter.give_up_unsettled();
+        if lost > 0 {
+            tracing::error!(
+                records = lost,
+                "prediction records neither delivered to Kafka nor spooled at exit: lost (some may have reached \
+                 the broker unconfirmed); configure [logging.spool] to keep them through an outage"
+            );
+        }
         forward.abort();
         let _ = forward.await;
         Ok(())
