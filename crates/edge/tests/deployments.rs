@@ -54,16 +54,28 @@ fn deployment(id: &str, primary: &str, candidate: Option<&str>, mode: &str, shar
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact() {
+/// A model repository with versions 1 to `versions` of the shipped model and a migrated
+/// registry database beside it: their directory, the repository, the database's URL, the store.
+async fn versions_and_registry(versions: u64) -> (tempfile::TempDir, std::path::PathBuf, String, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("models");
-    for version in 1..=3 {
+    for version in 1..=versions {
         copy_version(&model_dir(), &repo.join(MODEL), version, None);
     }
     let url = format!("sqlite://{}", dir.path().join("registry.db").display());
     let store = SqliteStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
+    (dir, repo, url, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact() {
+    let (_dir, repo, url, store) = versions_and_registry(3).await;
+    // Version 3 takes other batch sizes: what a client reads from ModelConfig tells them apart.
+    let toml = repo.join(MODEL).join("3/model.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    assert_eq!(text.matches("\nmax_batch_size = 64\n").count(), 1, "{text}");
+    std::fs::write(&toml, text.replace("\nmax_batch_size = 64\n", "\nmax_batch_size = 48\n")).unwrap();
     let digest = sha256_file(&repo.join(MODEL).join("1/model.onnx")).unwrap();
     store.register_version(&registered("1", digest.clone()), "").await.unwrap();
     store.register_version(&registered("2", digest), "").await.unwrap();
@@ -76,7 +88,15 @@ async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact
     config.deployments.database_url = url.clone();
     config.deployments.poll_interval_ms = 100;
     let server = start(config).await;
-    let (inspect, _) = clients(&server).await;
+    let (inspect, oip) = clients(&server).await;
+    // What a client sizing its requests reads: the version answering requests that name none.
+    let described_max_batch = || {
+        let mut oip = oip.clone();
+        async move {
+            let request = vigil_proto::inference::ModelConfigRequest { name: MODEL.into(), version: String::new() };
+            oip.model_config(request).await.unwrap().into_inner().config.unwrap().max_batch_size
+        }
+    };
     let image = samples("normal").remove(0).1;
     let version_for = |station: &str| {
         let mut inspect = inspect.clone();
@@ -97,9 +117,11 @@ async fn the_server_follows_switches_and_canaries_and_refuses_a_foreign_artifact
     };
     // No deployment yet: the newest version answers.
     assert_eq!(version_for("line-1").await, "3");
+    assert_eq!(described_max_batch().await, 48);
     let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
     store.set_deployment(&deployment("d1", "1", None, "single", 0.0), &change).await.unwrap();
     until_served("1").await;
+    assert_eq!(described_max_batch().await, 64, "the deployment's primary is described, not the newest version");
     // A canary on every station.
     store.set_deployment(&deployment("d2", "1", Some("2"), "canary", 1.0), &change).await.unwrap();
     until_served("2").await;
@@ -171,6 +193,73 @@ impl Logged {
 /// The count of `vigil_shadow_copies_total` with this outcome.
 fn shadow_copies(metrics: std::net::SocketAddr, outcome: &str) -> f64 {
     sample(&scrape(metrics).1, "vigil_shadow_copies_total", &[("outcome", outcome)]).unwrap()
+}
+
+/// A deployed version's file replaced in place (the watch reloads it) is not served under the
+/// deployment: the registered artifact is checked at every request, not once when the
+/// deployment was applied; the registered file back, it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_version_replaced_on_disk_is_not_served_until_its_registered_file_is_back() {
+    let (_dir, repo, url, store) = versions_and_registry(2).await;
+    let artifact = repo.join(MODEL).join("2/model.onnx");
+    let original = std::fs::read(&artifact).unwrap();
+    for version in ["1", "2"] {
+        store.register_version(&registered(version, sha256_file(&artifact).unwrap()), "").await.unwrap();
+    }
+    let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
+    store.set_deployment(&deployment("d1", "2", None, "single", 0.0), &change).await.unwrap();
+    let mut config = config();
+    config.model_repository = repo.clone();
+    config.models.watch_interval_ms = 50;
+    config.deployments.database_url = url.clone();
+    config.deployments.poll_interval_ms = 100;
+    let server = start(config).await;
+    let (mut inspect, _) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let request = || InspectRequest { image: image.clone(), station_id: "line-1".into(), ..Default::default() };
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        answers.push(inspect.inspect(request()).await.map(|r| r.into_inner().model_version));
+        if answers.last().is_some_and(|a| a.as_deref().is_ok_and(|v| v == "2")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answers.pop().unwrap().unwrap(), "2", "the deployment's version serves");
+    // Another model in the same file's place (the same graph with a field ONNX does not read:
+    // it loads, with another digest), moved in whole as a deployment tool would.
+    let mut replaced = original.clone();
+    replaced.extend_from_slice(&[0xa0, 0x06, 0x01]);
+    let incoming = repo.join(MODEL).join("2/.model.onnx.incoming");
+    std::fs::write(&incoming, &replaced).unwrap();
+    std::fs::rename(&incoming, &artifact).unwrap();
+    let refused = async |inspect: &mut vigil_proto::vigil::v1::inspection_client::InspectionClient<_>| {
+        for _ in 0..200 {
+            match inspect.inspect(request()).await {
+                Err(status) => return Some(status),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+        None
+    };
+    let status = refused(&mut inspect).await.expect("the replaced file was served under the deployment");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("is not the registered artifact"), "{status:?}");
+    // Refused for as long as the file is not the registered one.
+    let again = inspect.inspect(request()).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unavailable, "still refused: {again:?}");
+    std::fs::write(&incoming, &original).unwrap();
+    std::fs::rename(&incoming, &artifact).unwrap();
+    let mut served = false;
+    for _ in 0..200 {
+        if inspect.inspect(request()).await.is_ok_and(|r| r.into_inner().model_version == "2") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(served, "the registered file back, the version serves again");
+    server.shutdown().await.unwrap();
 }
 
 /// Every started shadow copy ends in one record: waits for the copies still running, so that
@@ -329,14 +418,7 @@ async fn a_slow_or_failing_shadow_never_delays_or_fails_the_primary_and_is_logge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blue_green_switches_and_rollbacks_under_load_fail_no_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("models");
-    for version in 1..=2 {
-        copy_version(&model_dir(), &repo.join(MODEL), version, None);
-    }
-    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
-    let store = SqliteStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
+    let (_dir, repo, url, store) = versions_and_registry(2).await;
     let digest = sha256_file(&repo.join(MODEL).join("1/model.onnx")).unwrap();
     for version in ["1", "2"] {
         store.register_version(&registered(version, digest.clone()), "").await.unwrap();
@@ -423,14 +505,7 @@ async fn versions_by_key(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_takes_its_share_of_keys_keeps_each_key_on_one_version_and_only_grows() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("models");
-    for version in 1..=2 {
-        copy_version(&model_dir(), &repo.join(MODEL), version, None);
-    }
-    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
-    let store = SqliteStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
+    let (_dir, repo, url, store) = versions_and_registry(2).await;
     let digest = sha256_file(&repo.join(MODEL).join("1/model.onnx")).unwrap();
     store.register_version(&registered("1", digest.clone()), "").await.unwrap();
     store.register_version(&registered("2", digest), "").await.unwrap();

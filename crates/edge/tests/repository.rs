@@ -190,13 +190,19 @@ async fn an_unload_waits_for_the_requests_in_flight() {
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_watch_on_an_unloaded_model_stays_unloaded_until_its_files_change() {
-    let (repo, v1) = repository_copy();
+/// A server on a [`repository_copy`] whose directory it watches (every 50 ms).
+async fn watched_copy() -> (tempfile::TempDir, u64, vigil_edge::RunningServer) {
+    let (repo, version) = repository_copy();
     let mut config = config();
     config.model_repository = repo.path().to_path_buf();
     config.models.watch_interval_ms = 50;
     let server = start(config).await;
+    (repo, version, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_watch_on_an_unloaded_model_stays_unloaded_until_its_files_change() {
+    let (repo, v1, server) = watched_copy().await;
     let (mut inspect, mut oip) = clients(&server).await;
     let image = samples("normal").remove(0).1;
     let request = || InspectRequest { image: image.clone(), ..Default::default() };
@@ -219,16 +225,54 @@ async fn with_the_watch_on_an_unloaded_model_stays_unloaded_until_its_files_chan
     panic!("the changed model was never loaded");
 }
 
+/// A model unloaded and loaded again through the API, whose files then change and change back
+/// (a backup moved into place with its times kept), serves the files it has each time: the
+/// files it had when unloaded are not held back once it serves others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_watch_files_that_change_back_are_served_again() {
+    let (repo, v1, server) = watched_copy().await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let request = || InspectRequest { image: image.clone(), ..Default::default() };
+    let original = inspect.inspect(request()).await.unwrap().into_inner().defect_probability;
+    oip.repository_model_unload(RepositoryModelUnloadRequest { model_name: MODEL.into(), ..Default::default() })
+        .await
+        .unwrap();
+    oip.repository_model_load(RepositoryModelLoadRequest { model_name: MODEL.into(), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(inspect.inspect(request()).await.unwrap().into_inner().defect_probability, original);
+    // Other preprocessing, so another score for the same image.
+    let path = repo.path().join(MODEL).join(v1.to_string()).join("model.toml");
+    let (text, modified) =
+        (std::fs::read_to_string(&path).unwrap(), std::fs::metadata(&path).unwrap().modified().unwrap());
+    assert_eq!(text.matches("std = 0.5 ").count(), 1, "{text}");
+    std::fs::write(&path, text.replace("std = 0.5 ", "std = 0.25 ")).unwrap();
+    let score_becomes = async |inspect: &mut vigil_proto::vigil::v1::inspection_client::InspectionClient<_>,
+                               changed: bool| {
+        for _ in 0..500 {
+            let score = inspect.inspect(request()).await.unwrap().into_inner().defect_probability;
+            if (score != original) == changed {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    assert!(score_becomes(&mut inspect, true).await, "the changed files were never served");
+    // Back as they were, times and all.
+    std::fs::write(&path, &text).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    assert!(score_becomes(&mut inspect, false).await, "the files changed back were never served");
+    server.shutdown().await.unwrap();
+}
+
 /// The watch unloads a model whose directory is gone, and loads it again when the same files
 /// come back (a directory swapped by renames); a repository it cannot list for a while (a
 /// network mount that blinked) unloads nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_watch_a_model_whose_directory_comes_back_serves_again() {
-    let (repo, _) = repository_copy();
-    let mut config = config();
-    config.model_repository = repo.path().to_path_buf();
-    config.models.watch_interval_ms = 50;
-    let server = start(config).await;
+    let (repo, _, server) = watched_copy().await;
     let (mut inspect, _) = clients(&server).await;
     let image = samples("normal").remove(0).1;
     let request = || InspectRequest { image: image.clone(), ..Default::default() };

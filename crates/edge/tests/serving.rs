@@ -298,6 +298,39 @@ async fn health_and_reflection_are_served() {
     server.shutdown().await.unwrap();
 }
 
+/// A caller's `grpc-timeout` (at most 8 digits, by the gRPC spec) ends a lasting call such as a
+/// health watch, which has no deadline of the server's; one too long to be a timeout is ignored,
+/// never added to the clock (its overflow would end the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_timeout_ends_a_health_watch_and_one_too_long_is_ignored() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+    let server = start(config()).await;
+    let mut health = HealthClient::new(channel(&server).await);
+    let watch_with = |timeout: &'static str| {
+        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+        request.metadata_mut().insert("grpc-timeout", timeout.parse().unwrap());
+        request
+    };
+    for too_long in ["9999999999999999999S", "999999999H"] {
+        let mut watch = health.watch(watch_with(too_long)).await.unwrap().into_inner();
+        assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32, "{too_long}");
+        let quiet = tokio::time::timeout(Duration::from_millis(300), watch.next()).await;
+        assert!(quiet.is_err(), "{too_long}: the watch ended: {quiet:?}");
+    }
+    let mut watch = health.watch(watch_with("99999999H")).await.unwrap().into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    let mut watch = health.watch(watch_with("500m")).await.unwrap().into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("the caller's deadline ends it") {
+        Some(Err(status)) => assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}"),
+        other => panic!("the watch should end with DEADLINE_EXCEEDED: {other:?}"),
+    }
+    let r = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(r.status, ServingStatus::Serving as i32, "the server still answers");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_watch_outlives_the_request_timeout_and_ends_when_the_drain_starts() {
     use tonic_health::pb::health_client::HealthClient;

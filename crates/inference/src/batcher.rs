@@ -323,9 +323,11 @@ impl Batcher {
         items: usize,
         enqueued: Instant,
     ) -> Result<Result<BatchOutput, InferenceError>, Vec<Tensor>> {
-        // Expected from the last run's time per item (a request of 8 items takes about 8 times one).
-        let expected = self.last_run.item_ns.load(Ordering::Relaxed).saturating_mul(items as u64);
-        let quick = expected <= self.config.inline_run_limit().as_nanos() as u64;
+        // Expected from the last run's time per byte of input: a request of 8 items takes about
+        // 8 times one, and so does a recording 8 times as long for a model without a batch
+        // dimension (whose requests are one item each, of any length).
+        let expected_ps = self.last_run.byte_ps.load(Ordering::Relaxed).saturating_mul(input_bytes(&inputs));
+        let quick = expected_ps / 1000 <= self.config.inline_run_limit().as_nanos() as u64;
         if !quick {
             return Err(inputs);
         }
@@ -352,7 +354,7 @@ impl Batcher {
         let compute_time = started.elapsed();
         drop(session);
         if result.is_ok() {
-            record_run(&self.stats, &self.last_run, items, 1, compute_time);
+            record_run(&self.stats, &self.last_run, items, input_bytes(&inputs), 1, compute_time);
         }
         self.stats.inline_runs.fetch_add(1, Ordering::Relaxed);
         let queue_time = started.saturating_duration_since(enqueued);
@@ -362,8 +364,8 @@ impl Batcher {
 
 /// A model's last runs, for the next inline decision.
 struct LastRun {
-    /// Nanoseconds per item of the last run; u64::MAX before the first.
-    item_ns: AtomicU64,
+    /// Picoseconds per byte of input of the last run; u64::MAX before the first.
+    byte_ps: AtomicU64,
     /// Runs in a row, up to the last, that served one request each, with no request finding
     /// another queued or running meanwhile.
     solo_streak: AtomicUsize,
@@ -371,15 +373,21 @@ struct LastRun {
 
 impl Default for LastRun {
     fn default() -> Self {
-        Self { item_ns: AtomicU64::new(u64::MAX), solo_streak: AtomicUsize::new(0) }
+        Self { byte_ps: AtomicU64::new(u64::MAX), solo_streak: AtomicUsize::new(0) }
     }
 }
 
-/// Counts a model run over `items` items of `requests` requests, and keeps its time per item
-/// and whether it served one request for the next inline decision.
-fn record_run(stats: &ModelStats, last: &LastRun, items: usize, requests: usize, compute_time: Duration) {
+/// The bytes of a request's inputs.
+fn input_bytes(inputs: &[Tensor]) -> u64 {
+    inputs.iter().map(|t| t.data.len() as u64).sum()
+}
+
+/// Counts a model run over `items` items (`bytes` of input) of `requests` requests, and keeps
+/// its time per byte and whether it served one request for the next inline decision.
+fn record_run(stats: &ModelStats, last: &LastRun, items: usize, bytes: u64, requests: usize, compute_time: Duration) {
     stats.record_execution(items, compute_time);
-    last.item_ns.store((compute_time.as_nanos() / items.max(1) as u128) as u64, Ordering::Relaxed);
+    let byte_ps = compute_time.as_nanos().saturating_mul(1000) / u128::from(bytes.max(1));
+    last.byte_ps.store(u64::try_from(byte_ps).unwrap_or(u64::MAX), Ordering::Relaxed);
     if requests == 1 {
         last.solo_streak.fetch_add(1, Ordering::Relaxed);
     } else {
@@ -558,7 +566,8 @@ fn run_batch(runner: &mut dyn Runner, jobs: &[Job], items: usize, stats: &ModelS
     // Statistics count executions that ran (as Triton's do); a failed run's time is not the
     // model's either, for the next inline decision.
     if result.is_ok() {
-        record_run(stats, last_run, items, jobs.len(), compute_time);
+        let bytes = jobs.iter().map(|job| input_bytes(&job.inputs)).sum();
+        record_run(stats, last_run, items, bytes, jobs.len(), compute_time);
     }
     let run_failed = matches!(result, Err(InferenceError::Runtime(_)));
     Ran { started, compute_time, outputs: result.and_then(|outputs| split_outputs(outputs, jobs, items)), run_failed }
@@ -1023,6 +1032,23 @@ mod tests {
         for n in [1, 1, 1, 8, 8] {
             open.send(()).unwrap();
             assert_eq!(b.infer(items(n)).await.unwrap().batch_size, n);
+        }
+        let threads = threads(&runs);
+        let inline: Vec<bool> = threads.iter().map(|t| !t.starts_with("batch-")).collect();
+        assert_eq!(inline, [false, true, true, false, true], "{threads:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_request_to_a_model_without_a_batch_dimension_is_judged_by_its_size() {
+        // Each request is one item of any length (a recording, say): one eight times as long as
+        // the last run's would take 240 ms against the 200 ms limit and goes to the batching
+        // thread, not a network thread, however quick the short ones were.
+        let (b, runs, open) = gated_with(200_000, Duration::from_millis(30));
+        let b = b.with_max_request_items(None);
+        let samples = |n: usize| vec![Tensor::from_f32(vec![n as i64], &vec![1.0; n])];
+        for n in [100, 100, 100, 800, 800] {
+            open.send(()).unwrap();
+            assert_eq!(b.infer(samples(n)).await.unwrap().outputs[0].shape, [n as i64]);
         }
         let threads = threads(&runs);
         let inline: Vec<bool> = threads.iter().map(|t| !t.starts_with("batch-")).collect();

@@ -42,6 +42,9 @@ pub struct LoadedModel {
     pub batcher: Batcher,
     pub stats: Arc<ModelStats>,
     pub path: PathBuf,
+    /// The hex sha256 of the `model.onnx` its sessions were built from (the registry's digest
+    /// of an artifact): a deployment serves a version only while this is the registered one.
+    pub sha256: String,
 }
 
 /// All loaded versions of one model.
@@ -243,6 +246,9 @@ impl ModelRepository {
                 snapshot.insert(name.to_string(), Arc::new(entry));
                 self.models.store(Arc::new(snapshot));
                 self.problems.lock().remove(name);
+                // Files that failed or were unloaded before are not held back once they change
+                // back: the watch compares with what serves now.
+                self.settled.lock().remove(name);
                 tracing::info!(model = name, ?versions, "model loaded and serving");
                 Ok(())
             }
@@ -366,6 +372,11 @@ impl ModelRepository {
     /// out; they finish the requests they hold (see [`wait_until_idle`]).
     pub fn unload_model(&self, name: &str) -> Result<Vec<Arc<LoadedModel>>, InferenceError> {
         let _one_at_a_time = self.changing.lock();
+        self.unload_model_changing(name)
+    }
+
+    /// [`unload_model`](Self::unload_model) for a caller that holds `changing`.
+    fn unload_model_changing(&self, name: &str) -> Result<Vec<Arc<LoadedModel>>, InferenceError> {
         let mut snapshot = Snapshot::clone(&self.models.load());
         let entry = snapshot
             .remove(name)
@@ -406,8 +417,15 @@ impl ModelRepository {
             }
             acted.push(name.clone());
         }
-        for entry in self.models() {
-            if !on_disk.contains(&entry.name) && self.unload_model(&entry.name).is_ok() {
+        for entry in self.models().into_iter().filter(|entry| !on_disk.contains(&entry.name)) {
+            let _one_at_a_time = self.changing.lock();
+            // Listed before the loads above: a model whose directory came since (loaded through
+            // the API, or fetched) is not gone.
+            let gone = match std::fs::metadata(self.root.join(&entry.name)) {
+                Ok(meta) => !meta.is_dir(),
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            };
+            if gone && self.unload_model_changing(&entry.name).is_ok() {
                 // Gone from disk, not unloaded by a person: the same files coming back (a
                 // directory swapped by renames) load again.
                 self.settled.lock().remove(&entry.name);
@@ -585,6 +603,14 @@ fn load_version(
             config.version
         )));
     }
+    // The digest of the file the sessions are built from: read before, and the file's size and
+    // time the same after, or the load is refused (a copy still under way; the watch loads the
+    // model again once its files settle).
+    let artifact = dir.join("model.onnx");
+    let file_state = || std::fs::metadata(&artifact).and_then(|m| Ok((m.len(), m.modified()?))).ok();
+    let before = file_state();
+    let sha256 = sha256_file(&artifact)
+        .map_err(|e| InferenceError::Config(format!("cannot read {}: {e}", artifact.display())))?;
     let session_options = crate::session::SessionOptions {
         intra_op_threads: options.intra_op_threads.unwrap_or(config.intra_op_threads),
         spinning: config.intra_op_spinning,
@@ -607,12 +633,23 @@ fn load_version(
         })
         .map(|options| ModelSession::load_with(&dir.join("model.onnx"), &config, options))
         .transpose()?;
+    if file_state() != before {
+        return Err(InferenceError::Config(format!("{} changed while it was loaded", artifact.display())));
+    }
     let stats = Arc::new(ModelStats::default());
     let inline_session = inline.is_some();
     let batcher = Batcher::start_with_inline(name, config.batching(), sessions, inline, stats.clone())
         .with_max_request_items((config.max_batch_size > 0).then_some(config.max_batch_size));
     tracing::info!(model = name, version, instances = config.instances, inline_session, "model version loaded");
-    Ok(LoadedModel { config, batcher, stats, path: dir.to_path_buf() })
+    Ok(LoadedModel { config, batcher, stats, path: dir.to_path_buf(), sha256 })
+}
+
+/// The hex sha256 of a file's bytes.
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Reads the vocabulary file each text input names, from the version directory.

@@ -124,7 +124,7 @@ pub async fn follow(
     let mut follower = Follower {
         router,
         repository,
-        digests: HashMap::new(),
+        disk_digests: HashMap::new(),
         failed_loads: HashMap::new(),
         applied: HashMap::new(),
         state_file: config.state_file.clone(),
@@ -177,9 +177,10 @@ fn next_retry(waited: Duration, progressed: bool) -> Duration {
 struct Follower {
     router: Arc<DeploymentRouter>,
     repository: Arc<ModelRepository>,
-    /// sha256 of each loaded version's artifact, by its directory, with the load it was read
-    /// for (held weakly: the allocation outlives it, so no later load can share its address).
-    digests: HashMap<PathBuf, (std::sync::Weak<LoadedModel>, String)>,
+    /// sha256 of versions' artifacts on disk not loaded, with the state of their files then:
+    /// read again only when the files change (a deployed version an operator unloaded is not
+    /// hashed at every poll).
+    disk_digests: HashMap<(String, u64), (ArtifactState, String)>,
     /// Versions whose load failed, with the state of their files then and why.
     failed_loads: HashMap<(String, u64), (ArtifactState, String)>,
     /// What is routed now, per model.
@@ -309,13 +310,20 @@ impl Follower {
         // is found anew.
         self.refused.retain(|model, _| snapshot.deployments.iter().any(|spec| &spec.model_name == model));
         self.retryable.clear();
-        let mut next: HashMap<String, Deployment> = HashMap::new();
+        let before: Vec<String> = self.applied.keys().cloned().collect();
+        // Each model's deployment is routed to as soon as it checks out: a slow fetch or load of
+        // one model's version does not hold back another's change (a rollback, say).
+        let mut next = self.applied.clone();
         for spec in &snapshot.deployments {
             let model = spec.model_name.clone();
             match self.check(spec, fetcher.as_mut()).await {
                 Ok(deployment) => {
                     self.refused.remove(&model);
-                    next.insert(model, deployment);
+                    if next.get(&model) != Some(&deployment) {
+                        tracing::info!(model, deployment = deployment.id, primary = deployment.primary, candidate = ?deployment.candidate, mode = ?deployment.mode, "deployment applied");
+                        next.insert(model, deployment);
+                        self.router.set(next.values().cloned());
+                    }
                 }
                 Err(why) => {
                     let refusal = (spec.deployment_id.clone(), why.clone());
@@ -329,20 +337,17 @@ impl Follower {
                             "deployment refused; keeping what was served"
                         );
                     }
-                    if let Some(kept) = self.applied.get(&model) {
-                        next.insert(model, kept.clone());
-                    }
+                    // What was routed stays (in `next` already).
                 }
             }
         }
-        let before: Vec<String> = self.applied.keys().cloned().collect();
-        if next != self.applied {
-            for d in next.values().filter(|d| self.applied.get(&d.model) != Some(*d)) {
-                tracing::info!(model = d.model, deployment = d.id, primary = d.primary, candidate = ?d.candidate, mode = ?d.mode, "deployment applied");
-            }
+        // Models the snapshot no longer deploys go back to their default version.
+        let deployed = |model: &String| snapshot.deployments.iter().any(|spec| &spec.model_name == model);
+        if next.keys().any(|model| !deployed(model)) {
+            next.retain(|model, _| deployed(model));
             self.router.set(next.values().cloned());
-            self.applied = next;
         }
+        self.applied = next;
         // The versions each applied deployment names stay loaded through reloads, whatever the
         // model's version policy; those no deployment routes to any more go (once the router
         // has moved off them), back to the policy's own.
@@ -440,11 +445,18 @@ impl Follower {
             {
                 return Err(why.clone());
             }
-            let artifact = self.repository.root().join(model).join(version).join("model.onnx");
-            let digest = tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&artifact))
-                .await
-                .map_err(|e| format!("digest task failed: {e}"))?
-                .map_err(|e| format!("cannot read the artifact of version {version}: {e}"))?;
+            let digest = match self.disk_digests.get(&key).filter(|(state, _)| *state == files) {
+                Some((_, digest)) => digest.clone(),
+                None => {
+                    let artifact = self.repository.root().join(model).join(version).join("model.onnx");
+                    let digest = tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&artifact))
+                        .await
+                        .map_err(|e| format!("digest task failed: {e}"))?
+                        .map_err(|e| format!("cannot read the artifact of version {version}: {e}"))?;
+                    self.disk_digests.insert(key.clone(), (files.clone(), digest.clone()));
+                    digest
+                }
+            };
             if digest != *registered {
                 let why = format!("version {version} on disk has sha256 {digest}, the registry holds {registered}");
                 self.failed_loads.insert(key, (files, why.clone()));
@@ -452,7 +464,7 @@ impl Follower {
             }
             to_load.push((number, files, digest));
         }
-        for version in versions {
+        for &version in &versions {
             let registered =
                 spec.artifact_sha256.get(version).ok_or_else(|| format!("version {version} is not registered"))?;
             let on_disk = self.on_disk(model, version);
@@ -469,14 +481,14 @@ impl Follower {
                 // On disk but left out by the model's version policy (checked above): loaded
                 // beside the others, once per state of its files.
                 (Err(_), Some(number), _) => {
-                    let Some((_, files, digest)) = to_load.iter().find(|(n, ..)| *n == number).cloned() else {
+                    let Some((_, files, _)) = to_load.iter().find(|(n, ..)| *n == number).cloned() else {
                         return Err(format!("version {version} changed while it was checked"));
                     };
                     let key = (model.clone(), number);
                     match load_kept(&self.repository, model, number).await {
                         Ok(loaded) => {
                             self.failed_loads.remove(&key);
-                            self.digests.insert(loaded.path.clone(), (Arc::downgrade(&loaded), digest));
+                            self.disk_digests.remove(&key);
                             loaded
                         }
                         Err(why) => {
@@ -506,26 +518,19 @@ impl Follower {
                 }
                 (Err(e), None, None) => return Err(e.to_string()),
             };
-            // A digest holds for the load it was read for: a reload (a replaced file) reads again.
-            let cached = self.digests.get(&loaded.path).filter(|(load, _)| load.as_ptr() == Arc::as_ptr(&loaded));
-            let digest = match cached {
-                Some((_, d)) => d.clone(),
-                None => {
-                    let artifact = loaded.path.join("model.onnx");
-                    let d = tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&artifact))
-                        .await
-                        .map_err(|e| format!("digest task failed: {e}"))?
-                        .map_err(|e| format!("cannot read the artifact of version {version}: {e}"))?;
-                    self.digests.insert(loaded.path.clone(), (Arc::downgrade(&loaded), d.clone()));
-                    d
-                }
-            };
-            if digest != *registered {
+            // The digest of the bytes its sessions were built from; the router checks it again
+            // at every request (a file replaced and reloaded later is not served).
+            if loaded.sha256 != *registered {
                 return Err(format!(
-                    "version {version} loaded here has sha256 {digest}, the registry holds {registered}"
+                    "version {version} loaded here has sha256 {}, the registry holds {registered}",
+                    loaded.sha256
                 ));
             }
         }
+        let artifacts = versions
+            .iter()
+            .filter_map(|&version| Some((version.clone(), spec.artifact_sha256.get(version)?.clone())))
+            .collect();
         Ok(Deployment {
             id: spec.deployment_id.clone(),
             model: spec.model_name.clone(),
@@ -534,6 +539,7 @@ impl Follower {
             mode,
             automation,
             capture_rate: spec.capture_rate,
+            artifacts,
         })
     }
 }

@@ -526,7 +526,8 @@ where
         // This layer enforces the caller's deadline itself and answers DEADLINE_EXCEEDED;
         // left in place, tonic's own handling would answer CANCELLED first.
         request.headers_mut().remove("grpc-timeout");
-        let deadline = timeout.map(|timeout| (tokio::time::Instant::now() + timeout, timeout));
+        // Checked: a deadline past what the clock holds is none.
+        let deadline = timeout.and_then(|timeout| Some((tokio::time::Instant::now().checked_add(timeout)?, timeout)));
         if let Some((deadline, _)) = deadline {
             request.extensions_mut().insert(Deadline(deadline.into_std()));
         }
@@ -1001,13 +1002,17 @@ impl<B: Body<Data = Bytes>> Body for AdmittedBody<B> {
     }
 }
 
-/// Parses the `grpc-timeout` header (e.g. `100m`, `5S`).
+/// Parses the `grpc-timeout` header (e.g. `100m`, `5S`): at most 8 digits and a unit, as the
+/// gRPC spec has it; anything else is no timeout.
 fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 {
+    if !(2..=9).contains(&value.len()) || !value.is_ascii() {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -1262,8 +1267,12 @@ mod tests {
             h.insert("grpc-timeout", v.parse().unwrap());
             assert_eq!(grpc_timeout(&h), Some(d));
         }
-        h.insert("grpc-timeout", "x".parse().unwrap());
-        assert_eq!(grpc_timeout(&h), None);
+        h.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert_eq!(grpc_timeout(&h), Some(Duration::from_secs(99_999_999 * 3600)));
+        for malformed in ["x", "123456789S", "9999999999999999999S", "+5S", "S"] {
+            h.insert("grpc-timeout", malformed.parse().unwrap());
+            assert_eq!(grpc_timeout(&h), None, "{malformed}");
+        }
         h.insert("grpc-timeout", "10q".parse().unwrap());
         assert_eq!(grpc_timeout(&h), None);
     }

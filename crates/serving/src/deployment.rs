@@ -48,6 +48,10 @@ pub struct Deployment {
     pub automation: Automation,
     /// The least share of inputs captured now (0: the server's own policy).
     pub capture_rate: f64,
+    /// The registered sha256 of each version it names: a version whose load here has another
+    /// (its file replaced and reloaded since the deployment was checked) is not routed to.
+    /// A version left out is not checked.
+    pub artifacts: HashMap<String, String>,
 }
 
 /// The bucket (0 to [`CANARY_BUCKETS`] - 1) of a routing key: FNV-1a, the same in every process
@@ -121,6 +125,10 @@ impl DeploymentRouter {
 }
 
 impl Router for DeploymentRouter {
+    fn primary_version(&self, model: &str) -> Option<String> {
+        self.deployment(model).map(|d| d.primary.clone())
+    }
+
     fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError> {
         let Some(Deployed { deployment: d, counters }) = self.deployments.load().get(model).cloned() else {
             let primary = self.repository.get(model, version)?;
@@ -133,8 +141,20 @@ impl Router for DeploymentRouter {
                 capture_rate: 0.0,
             });
         };
-        let primary = || self.repository.get(model, &d.primary);
-        let candidate = || d.candidate.as_deref().map(|v| self.repository.get(model, v)).transpose();
+        // A version as loaded now, if it is the artifact the deployment was checked with.
+        let registered = |version: &str| {
+            let loaded = self.repository.get(model, version)?;
+            match d.artifacts.get(version) {
+                Some(sha256) if *sha256 != loaded.sha256 => Err(InferenceError::Unavailable(format!(
+                    "model '{model}' version {version} loaded here (sha256 {}) is not the registered artifact \
+                     ({sha256}): its deployment does not serve it",
+                    loaded.sha256
+                ))),
+                _ => Ok(loaded),
+            }
+        };
+        let primary = || registered(&d.primary);
+        let candidate = || d.candidate.as_deref().map(registered).transpose();
         let route = |primary, shadows, variant| Route {
             primary,
             shadows,

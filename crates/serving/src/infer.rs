@@ -47,6 +47,12 @@ pub trait Router: Send + Sync + 'static {
     /// The route for a request naming `model` and, when not empty, `version`; `key` (a
     /// station, user or session id; may be empty) keeps one caller on one version.
     fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError>;
+
+    /// The version that answers `model`'s requests naming none, where it is not the model's
+    /// default (a deployment's primary); what metadata calls naming no version describe.
+    fn primary_version(&self, _model: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The version a request names, else the model's default version; no shadows.
@@ -202,6 +208,12 @@ impl Infer {
     /// The shadow lane (its counters).
     pub fn shadow_lane(&self) -> &ShadowLane {
         &self.lane
+    }
+
+    /// The version answering `model`'s requests that name none, where it is not the model's
+    /// default (see [`Router::primary_version`]).
+    pub fn primary_version(&self, model: &str) -> Option<String> {
+        self.router.primary_version(model)
     }
 
     /// Resolves a request to its route (`key`: its routing key, may be empty).

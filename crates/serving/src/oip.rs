@@ -114,6 +114,19 @@ impl InferenceService {
         self
     }
 
+    /// The version a metadata call describes: the one it names, else the one answering requests
+    /// that name none (a deployment's primary, while it is loaded; the model's default version
+    /// otherwise), so that a client sizing its requests from it sizes them for what answers.
+    fn described(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, Status> {
+        if version.is_empty()
+            && let Some(primary) = self.infer.primary_version(name)
+            && let Ok(model) = self.repository.get(name, &primary)
+        {
+            return Ok(model);
+        }
+        self.repository.get(name, version).map_err(to_status)
+    }
+
     /// Answers one inference request, reporting what answered it to `tally`; `deadline`: when
     /// the admission layer ends it.
     async fn infer(
@@ -808,7 +821,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = self.repository.get(&r.name, &r.version).is_ok();
+        let ready = self.described(&r.name, &r.version).is_ok();
         Ok(Response::new(ModelReadyResponse { ready }))
     }
 
@@ -828,7 +841,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;
+        let model = self.described(&r.name, &r.version)?;
         let entry = self.repository.entry(&r.name).map_err(to_status)?;
         let c = &model.config;
         Ok(Response::new(ModelMetadataResponse {
@@ -845,7 +858,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelConfigRequest>,
     ) -> Result<Response<ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;
+        let model = self.described(&r.name, &r.version)?;
         Ok(Response::new(ModelConfigResponse { config: Some(triton_config(&model.config)) }))
     }
 
@@ -860,6 +873,12 @@ impl GrpcInferenceService for InferenceService {
                 for (&version, model) in &entry.versions {
                     model_stats.push(statistics(&entry.name, version, model));
                 }
+            }
+        } else if r.version.is_empty() {
+            // Every version loaded, as Triton answers.
+            let entry = self.repository.entry(&r.name).map_err(to_status)?;
+            for (&version, model) in &entry.versions {
+                model_stats.push(statistics(&entry.name, version, model));
             }
         } else {
             let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;

@@ -164,6 +164,7 @@ fn deployment(primary: &str, candidate: Option<&str>, mode: Mode) -> Deployment 
         mode,
         automation: Default::default(),
         capture_rate: 0.0,
+        artifacts: Default::default(),
     }
 }
 
