@@ -200,6 +200,11 @@ fn captured_inputs_are_copied_into_the_dataset_and_a_missing_or_altered_one_refu
         let sha = capture_key(i).rsplit('/').next().unwrap().to_string();
         assert_eq!(std::fs::read(dataset.join("inputs").join(&sha)).unwrap(), image(i));
     }
+    // The manifest replaced is readable by others, as the one written first (a recipe may run
+    // under another user).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dataset.join("manifest.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o644, 0o644, "{mode:o}");
 }
 
 #[test]

@@ -324,14 +324,24 @@ impl Session {
         deadline: Option<Instant>,
     ) -> Result<(), Status> {
         let mut heard = Heard::default();
-        let outcome = tokio::select! {
-            biased;
-            outcome = self.listen(inner, inbound, tx, &mut heard) => outcome,
-            () = tx.closed() => Err(match &inner.records {
+        // Why a query the client's side ended (its stream reset or cut, its responses no longer
+        // read) went unanswered: the server's deadline or drain when either had come, else the
+        // client left (not logged), whichever of the streams saw it first.
+        let unanswered = |left: Status| {
+            match &inner.records {
                 Some(records) => records.why_unanswered(deadline),
                 None => vigil_serving::records::past_deadline(deadline),
             }
-            .unwrap_or_else(|| Status::cancelled("the client left mid-stream"))),
+            .unwrap_or(left)
+        };
+        let outcome = tokio::select! {
+            biased;
+            outcome = self.listen(inner, inbound, tx, &mut heard) => outcome,
+            () = tx.closed() => Err(Status::cancelled("the client left mid-stream")),
+        };
+        let outcome = match outcome {
+            Err(status) if status.code() == tonic::Code::Cancelled || tx.is_closed() => Err(unanswered(status)),
+            other => other,
         };
         if let (Err(status), Some(records)) = (&outcome, &inner.records)
             && !heard.logged
@@ -361,7 +371,7 @@ impl Session {
                             "vad_report must be the last message: half-close the stream after it",
                         ));
                     }
-                    Ok(Err(status)) => return Err(status),
+                    Ok(Err(status)) => return Err(client_stream_failed(status)),
                     Err(_) => {
                         return Err(Status::deadline_exceeded(format!(
                             "no half-close within {} ms of the vad_report",
@@ -376,7 +386,7 @@ impl Session {
                     limits.idle_timeout_ms
                 ))
             })?;
-            let segment = match next? {
+            let segment = match next.map_err(client_stream_failed)? {
                 None => break,
                 Some(SearchRequest { message: Some(search_request::Message::Segment(s)) }) => s,
                 Some(SearchRequest { message: Some(search_request::Message::VadReport(report)) }) => {
@@ -425,19 +435,22 @@ impl Session {
         if segment.pcm16.is_empty() {
             return Err(invalid("no audio".into()));
         }
-        let mut samples = audio::pcm16_to_f32(&segment.pcm16).map_err(|e| invalid(e.to_string()))?;
-        let audio_ms = (samples.len() / SAMPLES_PER_MS) as u64;
+        // Both lengths checked before the samples are decoded (twice the message's bytes), and
+        // the query's totals taken up only with a segment within them.
+        let sample_count = segment.pcm16.len() / 2;
+        let audio_ms = (sample_count / SAMPLES_PER_MS) as u64;
         if audio_ms > limits.max_segment_ms {
             return Err(invalid(format!(
                 "{audio_ms} ms of audio is over the {} ms a segment may hold: split it on the device",
                 limits.max_segment_ms
             )));
         }
-        heard.audio_samples += samples.len();
-        heard.segment_seconds.push(samples.len() as f64 / SAMPLE_RATE as f64);
-        if heard.audio_samples / SAMPLES_PER_MS > limits.max_query_ms as usize {
+        if (heard.audio_samples + sample_count) / SAMPLES_PER_MS > limits.max_query_ms as usize {
             return Err(invalid(format!("the query passed {} ms of audio", limits.max_query_ms)));
         }
+        let mut samples = audio::pcm16_to_f32(&segment.pcm16).map_err(|e| invalid(e.to_string()))?;
+        heard.audio_samples += samples.len();
+        heard.segment_seconds.push(samples.len() as f64 / SAMPLE_RATE as f64);
         // Measuring and normalising a long segment takes milliseconds: off the async threads. The
         // pitch (about 0.5 ms a second of speech) is for the log only: it runs beside recognition
         // instead of before it, on the audio as received.
@@ -646,6 +659,12 @@ impl Session {
 
 /// Sends `message` to the client, waiting at most `limit` for it to take the answers before
 /// (HTTP/2 flow control): a client that reads nothing does not hold the query's work.
+/// The client's request stream failed (reset, cut off): the client is gone, unless the
+/// server's deadline or drain ended the call (see `run`).
+fn client_stream_failed(status: Status) -> Status {
+    Status::cancelled(format!("the client's request stream ended: {}", status.message()))
+}
+
 async fn deliver(
     tx: &mpsc::Sender<Result<SearchResponse, Status>>,
     message: Result<SearchResponse, Status>,

@@ -349,6 +349,8 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     let mut config = config(&models);
     config.voice_search.config_timeout_ms = 300;
     config.voice_search.idle_timeout_ms = 600;
+    config.voice_search.max_segments = 3;
+    config.voice_search.max_query_ms = 8_000;
     let (server, mut records) = server(config).await;
     let mut client = client(&server).await;
     let speech = voices::say("yoga mat", ADULT);
@@ -477,6 +479,21 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
             "vad_report.model_name holds the control character",
         ),
         (
+            "more segments than a query may have",
+            (0..4).map(|i| segment_message(i, &speech)).fold(vec![ok(search_config())], |mut v, m| {
+                v.push(m);
+                v
+            }),
+            Code::InvalidArgument,
+            "more than 3 segments in one query",
+        ),
+        (
+            "more audio than a query may have (5 s, then 5 s more)",
+            vec![ok(search_config()), segment_message(0, &vec![0.01; 80_000]), segment_message(1, &vec![0.01; 80_000])],
+            Code::InvalidArgument,
+            "segment 1: the query passed 8000 ms of audio",
+        ),
+        (
             "a segment after the vad report",
             vec![
                 ok(search_config()),
@@ -542,18 +559,18 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     let responses = exchange(&mut client, vec![ok(search_config()), segment_message(0, &speech)]).await.unwrap();
     assert!(!final_result(&responses).transcript.is_empty());
 
-    // Every query is counted once by how it ended: 18 refused, 2 timed out, 4 left, 1 answered.
+    // Every query is counted once by how it ended: 20 refused, 2 timed out, 4 left, 1 answered.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(&server, "vigil_voice_search_queries_total", "").await < 25.0 {
+    while metric(&server, "vigil_voice_search_queries_total", "").await < 27.0 {
         assert!(std::time::Instant::now() < deadline, "not every query was counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 25.0);
-    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 18.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 27.0);
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"InvalidArgument\"").await, 20.0);
     assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"DeadlineExceeded\"").await, 2.0);
     assert_eq!(metric(&server, "vigil_voice_search_queries_total", "status=\"Ok\"").await, 1.0);
 
-    // Queries that failed once open are logged with their status (9 refused mid-stream, the
+    // Queries that failed once open are logged with their status (11 refused mid-stream, the
     // idle one with the segment it recognised); those refused before opening, and those whose
     // client left, are not; the answered one logs both stages.
     let mut asr = Vec::new();
@@ -570,15 +587,20 @@ async fn bad_streams_get_precise_statuses_and_leave_nothing_running() {
     assert_eq!(search, 1);
     assert_eq!(with(RecordStatus::Ok).len(), 1);
     let refused = with(RecordStatus::InvalidInput);
-    assert_eq!(refused.len(), 9, "{refused:#?}");
+    assert_eq!(refused.len(), 11, "{refused:#?}");
     assert!(refused.iter().all(|r| r.error.starts_with("InvalidArgument: ")), "{refused:#?}");
     assert!(refused.iter().any(|r| r.error.contains("segment 2 arrived where 1 was due")), "{refused:#?}");
+    // The query refused for its audio counts what it heard: the first segment's 5 s, not the
+    // refused one's.
+    let over = refused.iter().find(|r| r.error.contains("the query passed")).unwrap();
+    let audio = over.features.iter().find(|f| f.name == "audio_seconds").unwrap().value;
+    assert!((audio - 5.0).abs() < 1e-9, "audio_seconds {audio}");
     let idle = with(RecordStatus::Error);
     assert_eq!(idle.len(), 1, "{asr:#?}");
     assert!(idle[0].error.starts_with("DeadlineExceeded: no message for 600 ms"), "{}", idle[0].error);
     let heard = idle[0].output.as_ref().map(|o| o.text.as_str()).unwrap_or_default();
     assert!(!heard.is_empty(), "the idle query's record keeps what it recognised");
-    assert_eq!(asr.len(), 11, "{asr:#?}");
+    assert_eq!(asr.len(), 13, "{asr:#?}");
     server.shutdown().await.unwrap();
 }
 

@@ -265,7 +265,10 @@ async fn add_inputs(
     if let Some(list) = written["checks"].as_array_mut() {
         list.push(serde_json::to_value(&check)?);
     }
-    let mut temporary = tempfile::Builder::new().prefix(".manifest.json.partial-").tempfile_in(&dir)?;
+    let mut temporary = tempfile::Builder::new()
+        .prefix(".manifest.json.partial-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(&dir)?;
     std::io::Write::write_all(&mut temporary, &serde_json::to_vec_pretty(&written)?)?;
     temporary.persist(dir.join("manifest.json")).context("replacing the dataset's manifest")?;
     Ok(Ok((dir, id, checks)))

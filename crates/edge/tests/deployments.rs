@@ -214,9 +214,11 @@ async fn a_deployed_version_replaced_on_disk_is_not_served_until_its_registered_
     config.deployments.database_url = url.clone();
     config.deployments.poll_interval_ms = 100;
     let server = start(config).await;
-    let (mut inspect, _) = clients(&server).await;
+    let (mut inspect, mut oip) = clients(&server).await;
     let image = samples("normal").remove(0).1;
     let request = || InspectRequest { image: image.clone(), station_id: "line-1".into(), ..Default::default() };
+    let ready = vigil_proto::inference::ModelReadyRequest { name: MODEL.into(), version: String::new() };
+    let named = || ModelInferRequest { model_version: "2".into(), ..black_images_request("", 1) };
     let mut answers = Vec::new();
     for _ in 0..100 {
         answers.push(inspect.inspect(request()).await.map(|r| r.into_inner().model_version));
@@ -245,9 +247,12 @@ async fn a_deployed_version_replaced_on_disk_is_not_served_until_its_registered_
     let status = refused(&mut inspect).await.expect("the replaced file was served under the deployment");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("is not the registered artifact"), "{status:?}");
-    // Refused for as long as the file is not the registered one.
+    // Refused for as long as the file is not the registered one, by name too; not ready.
     let again = inspect.inspect(request()).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::Unavailable, "still refused: {again:?}");
+    let by_name = oip.model_infer(named()).await.unwrap_err();
+    assert_eq!(by_name.code(), tonic::Code::Unavailable, "named: {by_name:?}");
+    assert!(!oip.model_ready(ready.clone()).await.unwrap().into_inner().ready);
     std::fs::write(&incoming, &original).unwrap();
     std::fs::rename(&incoming, &artifact).unwrap();
     let mut served = false;
@@ -259,6 +264,8 @@ async fn a_deployed_version_replaced_on_disk_is_not_served_until_its_registered_
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(served, "the registered file back, the version serves again");
+    assert!(oip.model_ready(ready).await.unwrap().into_inner().ready);
+    oip.model_infer(named()).await.expect("served by name again");
     server.shutdown().await.unwrap();
 }
 

@@ -12,7 +12,7 @@
 //! fuller batches rather than halve each other's speed.
 //!
 //! A request that finds its model idle (nothing queued or running) and quick (the last run's
-//! time per item, times its items, within `inline_run_limit_us`) runs on the calling thread with
+//! time per byte of input, times the request's bytes, within `inline_run_limit_us`) runs on the calling thread with
 //! an idle session: no hand-off to a worker thread and back, a third of the serving overhead at
 //! one client. At most one such inline run at a time per process, so the server's other network
 //! threads stay free. Inline runs borrow an idle batching session, or use a session of their own

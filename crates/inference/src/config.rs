@@ -245,7 +245,7 @@ pub struct BatchingConfig {
     pub max_queue_depth: usize,
     /// A request that finds the model idle (nothing queued, nothing running) runs on the thread
     /// that received it, with no hand-off to a batching thread and back, when it should take at
-    /// most this long (the last run's time per item times its items); longer runs stay on the
+    /// most this long (the last run's time per byte of input times the request's bytes); longer runs stay on the
     /// batching threads, so a slow run never holds up the server's network threads. 0: never.
     #[serde(default = "default_inline_run_limit_us")]
     pub inline_run_limit_us: u64,

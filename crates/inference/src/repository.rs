@@ -603,11 +603,17 @@ fn load_version(
             config.version
         )));
     }
-    // The digest of the file the sessions are built from: read before, and the file's size and
-    // time the same after, or the load is refused (a copy still under way; the watch loads the
-    // model again once its files settle).
+    // The digest of the file the sessions are built from: read before, and the file the same
+    // after (its inode, size, and modification and change times: a file replaced or written
+    // over, even with its times kept, changes one), or the load is refused (a copy still under
+    // way; the watch loads the model again once its files settle).
     let artifact = dir.join("model.onnx");
-    let file_state = || std::fs::metadata(&artifact).and_then(|m| Ok((m.len(), m.modified()?))).ok();
+    let file_state = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&artifact)
+            .ok()
+            .map(|m| (m.ino(), m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+    };
     let before = file_state();
     let sha256 = sha256_file(&artifact)
         .map_err(|e| InferenceError::Config(format!("cannot read {}: {e}", artifact.display())))?;

@@ -468,7 +468,6 @@ pub async fn evaluate_all<S: MonitorStore>(
         })
         .collect();
     let start = rounds.next % targets.len().max(1);
-    rounds.next = start;
     for done in 0..targets.len() {
         let at = (start + done) % targets.len();
         if done > 0 && rounds.budget.is_some_and(|budget| started.elapsed() >= budget) {
@@ -482,6 +481,9 @@ pub async fn evaluate_all<S: MonitorStore>(
             rounds.next = at;
             break;
         }
+        // A round cut or failed at this target goes on after it next time: one evaluation that
+        // always fails or hangs does not hold back the rest.
+        rounds.next = (at + 1) % targets.len();
         let (rule, model) = (targets[at].0, targets[at].1.to_string());
         let key = alert_key(&rule.name, &model);
         let found = stored.iter().find(|a| a.alert_key == key);

@@ -19,6 +19,10 @@ const REPLAY_INTERVAL: Duration = Duration::from_millis(500);
 /// How long, at shutdown, records the broker did not take have to reach the spool.
 const SPOOL_AT_EXIT: Duration = Duration::from_secs(10);
 
+/// How long the forwarder is given, after the producer's last flush, to account for what it
+/// delivered before what is left is counted lost.
+const SETTLE_AFTER_FLUSH: Duration = Duration::from_millis(500);
+
 /// Starts prediction logging as `config` says (None when it is off). At shutdown, `stage`
 /// hands the last records to the broker within `drain`, then closes the spool: what is still
 /// on disk is the next run's to replay.
@@ -83,7 +87,11 @@ pub fn start(
             Err(e) => tracing::warn!(error = %e, "records flush failed"),
         }
         emitter.close_spool().await;
-        // What is not settled now goes with the process: said and counted, not lost unseen.
+        // The forwarder accounts for what the flush delivered, then stops; what is not settled
+        // then goes with the process: said and counted, not lost unseen.
+        emitter.drain(SETTLE_AFTER_FLUSH).await;
+        forward.abort();
+        let _ = forward.await;
         let lost = emitter.give_up_unsettled();
         if lost > 0 {
             tracing::error!(
@@ -92,8 +100,6 @@ pub fn start(
                  the broker unconfirmed); configure [logging.spool] to keep them through an outage"
             );
         }
-        forward.abort();
-        let _ = forward.await;
         Ok(())
     });
     Ok(Some(records))

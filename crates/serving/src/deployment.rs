@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use vigil_inference::InferenceError;
-use vigil_inference::repository::ModelRepository;
+use vigil_inference::repository::{LoadedModel, ModelRepository};
 use vigil_proto::vigil::v1::Variant;
 
 use crate::decision::Automation;
@@ -124,9 +124,26 @@ impl DeploymentRouter {
     }
 }
 
+impl DeploymentRouter {
+    /// `version` of `d`'s model as loaded now, if it is the artifact the deployment was checked
+    /// with (a version the deployment does not name is not checked).
+    fn registered(&self, d: &Deployment, version: &str) -> Result<Arc<LoadedModel>, InferenceError> {
+        let loaded = self.repository.get(&d.model, version)?;
+        match d.artifacts.get(version) {
+            Some(sha256) if *sha256 != loaded.sha256 => Err(InferenceError::Unavailable(format!(
+                "model '{}' version {version} loaded here (sha256 {}) is not the registered artifact ({sha256}): \
+                 its deployment does not serve it",
+                d.model, loaded.sha256
+            ))),
+            _ => Ok(loaded),
+        }
+    }
+}
+
 impl Router for DeploymentRouter {
-    fn primary_version(&self, model: &str) -> Option<String> {
-        self.deployment(model).map(|d| d.primary.clone())
+    fn primary(&self, model: &str) -> Option<Result<Arc<LoadedModel>, InferenceError>> {
+        let d = self.deployment(model)?;
+        Some(self.registered(&d, &d.primary))
     }
 
     fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError> {
@@ -141,20 +158,8 @@ impl Router for DeploymentRouter {
                 capture_rate: 0.0,
             });
         };
-        // A version as loaded now, if it is the artifact the deployment was checked with.
-        let registered = |version: &str| {
-            let loaded = self.repository.get(model, version)?;
-            match d.artifacts.get(version) {
-                Some(sha256) if *sha256 != loaded.sha256 => Err(InferenceError::Unavailable(format!(
-                    "model '{model}' version {version} loaded here (sha256 {}) is not the registered artifact \
-                     ({sha256}): its deployment does not serve it",
-                    loaded.sha256
-                ))),
-                _ => Ok(loaded),
-            }
-        };
-        let primary = || registered(&d.primary);
-        let candidate = || d.candidate.as_deref().map(registered).transpose();
+        let primary = || self.registered(&d, &d.primary);
+        let candidate = || d.candidate.as_deref().map(|v| self.registered(&d, v)).transpose();
         let route = |primary, shadows, variant| Route {
             primary,
             shadows,
@@ -166,8 +171,9 @@ impl Router for DeploymentRouter {
         if !version.is_empty() {
             // A version asked for by name is served as asked, but the deployment still says who
             // decides its items and what is captured. Its records are not the canary's (that is
-            // the share of keys the deployment routes): a rollout judges those alone.
-            return Ok(route(self.repository.get(model, version)?, Vec::new(), Variant::Primary));
+            // the share of keys the deployment routes): a rollout judges those alone. One of the
+            // deployment's versions is checked against its registered artifact as well.
+            return Ok(route(self.registered(&d, version)?, Vec::new(), Variant::Primary));
         }
         Ok(match d.mode {
             Mode::Single => route(primary()?, Vec::new(), Variant::Primary),

@@ -48,9 +48,10 @@ pub trait Router: Send + Sync + 'static {
     /// station, user or session id; may be empty) keeps one caller on one version.
     fn route(&self, model: &str, version: &str, key: &str) -> Result<Route, InferenceError>;
 
-    /// The version that answers `model`'s requests naming none, where it is not the model's
-    /// default (a deployment's primary); what metadata calls naming no version describe.
-    fn primary_version(&self, _model: &str) -> Option<String> {
+    /// The version that answers `model`'s requests naming none, as they would find it, where it
+    /// is not the model's default (a deployment's primary); what metadata calls naming no
+    /// version describe. None: the model's default version.
+    fn primary(&self, _model: &str) -> Option<Result<Arc<LoadedModel>, InferenceError>> {
         None
     }
 }
@@ -211,9 +212,9 @@ impl Infer {
     }
 
     /// The version answering `model`'s requests that name none, where it is not the model's
-    /// default (see [`Router::primary_version`]).
-    pub fn primary_version(&self, model: &str) -> Option<String> {
-        self.router.primary_version(model)
+    /// default (see [`Router::primary`]).
+    pub fn primary(&self, model: &str) -> Option<Result<Arc<LoadedModel>, InferenceError>> {
+        self.router.primary(model)
     }
 
     /// Resolves a request to its route (`key`: its routing key, may be empty).

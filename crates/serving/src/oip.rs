@@ -115,16 +115,15 @@ impl InferenceService {
     }
 
     /// The version a metadata call describes: the one it names, else the one answering requests
-    /// that name none (a deployment's primary, while it is loaded; the model's default version
-    /// otherwise), so that a client sizing its requests from it sizes them for what answers.
+    /// that name none (a deployment's primary, refused as those requests are when it is not
+    /// loaded or not the registered artifact; the model's default version without one), so that
+    /// a client sizing its requests from it sizes them for what answers, and ModelReady says
+    /// whether they would be answered.
     fn described(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, Status> {
-        if version.is_empty()
-            && let Some(primary) = self.infer.primary_version(name)
-            && let Ok(model) = self.repository.get(name, &primary)
-        {
-            return Ok(model);
+        match self.infer.primary(name) {
+            Some(primary) if version.is_empty() => primary.map_err(to_status),
+            _ => self.repository.get(name, version).map_err(to_status),
         }
-        self.repository.get(name, version).map_err(to_status)
     }
 
     /// Answers one inference request, reporting what answered it to `tally`; `deadline`: when

@@ -411,7 +411,10 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     async fn take_over(&self) -> Option<Lease> {
         match self.store.try_lease(RETRAINING_LEASE).await {
             Ok(Some(lease)) => match bounded(self.interrupt_orphans()).await {
-                Ok(()) => Some(lease),
+                Ok(()) => {
+                    self.remove_partials_of_stopped_jobs().await;
+                    Some(lease)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot mark interrupted retraining jobs; retrying");
                     None
@@ -429,19 +432,30 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     }
 
     /// Marks the jobs left running interrupted (another runner's that stopped, or this one's
-    /// before a restart), then removes what every job not running was writing: theirs, and
-    /// what was left by jobs marked before (a runner stopped before its clean-up, or cut off
-    /// between the marking and it). With the lease held and the marking done, no job runs.
+    /// before a restart).
     async fn interrupt_orphans(&self) -> Result<(), sqlx::Error> {
         let change = Change { actor: RUNNER, reason: INTERRUPTED, at: Utc::now() };
         for job in self.store.interrupt_retrains(&change).await? {
             tracing::warn!(job = %job.job_id, model = %job.model_name, "retraining job {INTERRUPTED}");
         }
-        let Ok(models) = std::fs::read_dir(&self.output) else { return Ok(()) };
-        for model in models.flatten().filter(|entry| entry.path().is_dir()) {
-            self.remove_partial_versions(&model.file_name().to_string_lossy(), None).await;
-        }
         Ok(())
+    }
+
+    /// Removes what every job not running was writing, once the jobs left running are marked
+    /// interrupted (with the lease held, no job runs then): theirs, and what jobs marked before
+    /// left (a runner stopped before its clean-up, or cut off between the marking and it). Each
+    /// model's bounded like a store call; what is not done now is done at the next take-over.
+    async fn remove_partials_of_stopped_jobs(&self) {
+        let Ok(models) = std::fs::read_dir(&self.output) else { return };
+        for model in models.flatten().filter(|entry| entry.path().is_dir()) {
+            let model = model.file_name().to_string_lossy().into_owned();
+            if tokio::time::timeout(STORE_CALL_TIMEOUT, self.remove_partial_versions(&model, None)).await.is_err() {
+                tracing::warn!(
+                    model,
+                    "cannot check what stopped retraining jobs of the model registered; next take-over"
+                );
+            }
+        }
     }
 
     /// Removes what a stopped job (`job`, or any with None) of `model` was writing
@@ -450,14 +464,27 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
     /// is archived.
     async fn remove_partial_versions(&self, model: &str, job: Option<&str>) {
         for (version, job_id, path) in self.partial_dirs(model, job) {
-            // What the job would have registered.
-            let partial_digest = vigil_store::registry::sha256_file(&path.join("model.onnx")).ok();
+            // What the job would have registered (read off the async threads: a model may be large).
+            let artifact = path.join("model.onnx");
+            let partial_digest =
+                tokio::task::spawn_blocking(move || vigil_store::registry::sha256_file(&artifact).ok())
+                    .await
+                    .ok()
+                    .flatten();
             // Only the version this job registered: by this runner, for the place it was to be
             // moved to, with the partial directory's model, and whose files are not there.
             let placed = self.output.join(model).join(&version).join("model.onnx");
             let placed = std::path::absolute(&placed).unwrap_or(placed);
-            let row = self.store.model_version(model, &version).await;
-            if let Ok(Some(row)) = row
+            let row = match self.store.model_version(model, &version).await {
+                Ok(row) => row,
+                Err(e) => {
+                    // Kept: its digest is the evidence of what the job registered, looked at again
+                    // at the next clean-up.
+                    tracing::warn!(model, version, error = %e, "cannot look a stopped job's version up; its partial version is kept");
+                    continue;
+                }
+            };
+            if let Some(row) = row
                 && row.stage == Stage::Candidate.as_str()
                 && row.registered_by == RUNNER
                 && Path::new(&row.artifact_uri) == placed
@@ -465,7 +492,10 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
                 && !placed.exists()
             {
                 let why = format!("retraining job {job_id} was interrupted before moving its files into place");
-                self.archive_unplaced(model, &version, &why).await;
+                if !self.archive_unplaced(model, &version, &why).await {
+                    // Kept, as above, for the next clean-up to archive.
+                    continue;
+                }
             }
             // Removed once the registry was looked at: cut off before, the files (and their
             // digest) are still there.
