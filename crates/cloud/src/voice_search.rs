@@ -138,7 +138,7 @@ impl VoiceSearch for VoiceSearchService {
         };
         let event = FeedbackEvent {
             schema_version: vigil_serving::records::SCHEMA_VERSION,
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: feedback_event_id(&f.query_id, kind, &value),
             prediction_id: f.query_id,
             time: Some(SystemTime::now().into()),
             kind: kind.into(),
@@ -150,6 +150,25 @@ impl VoiceSearch for VoiceSearchService {
         }
         Ok(Response::new(SearchFeedbackAck { event_id: event.event_id }))
     }
+}
+
+/// A feedback event's id, the same for the same action on the same query (a click is the same
+/// when it names the same result at the same rank): an app that sends it again, or a client
+/// that sends it a thousand times, is stored once, so it cannot weigh on the rollout checks
+/// that count feedback more than once per query.
+fn feedback_event_id(query_id: &str, kind: &str, value: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"vigil voice search feedback\0")
+        .chain_update(query_id.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(kind.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(value.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
 }
 
 /// Waits (at most `config_timeout_ms`) for the stream's SearchConfig and checks it.

@@ -306,7 +306,14 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
         action: Some(search_feedback::Action::Click(SearchClick { product_id: "P-1009".into(), rank: 1 })),
         session_id: "s-1".into(),
     };
-    let ack = client.feedback(click).await.unwrap().into_inner();
+    let ack = client.feedback(click.clone()).await.unwrap().into_inner();
+    // The same click again is the same event (stored once); another result's is another.
+    assert_eq!(client.feedback(click.clone()).await.unwrap().into_inner().event_id, ack.event_id);
+    let second = SearchFeedback {
+        action: Some(search_feedback::Action::Click(SearchClick { product_id: "P-1009".into(), rank: 2 })),
+        ..click
+    };
+    assert_ne!(client.feedback(second).await.unwrap().into_inner().event_id, ack.event_id);
     let event = loop {
         let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
         if envelope.topic == vigil_logbus::topics::FEEDBACK {
@@ -318,6 +325,11 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
         (ack.event_id.as_str(), last.query_id.as_str())
     );
     assert_eq!((event.kind.as_str(), event.value.as_str()), ("click", "P-1009@1"));
+    // The repeated click and the second one, on their way as events.
+    for _ in 0..2 {
+        let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+        assert_eq!(envelope.topic, vigil_logbus::topics::FEEDBACK);
+    }
     for (action, kind) in [
         (search_feedback::Action::RedoSearch(true), "redo_search"),
         (search_feedback::Action::SwitchToTyping(true), "switch_to_typing"),

@@ -136,6 +136,19 @@ async fn the_repository_api_unloads_and_loads_models() {
     assert!(oip.repository_index(ready_only.clone()).await.unwrap().into_inner().models.is_empty());
     assert_eq!(oip.repository_model_unload(unload).await.unwrap_err().code(), Code::NotFound);
 
+    // A path instead of a name never reaches outside the repository.
+    let outside = repo.path().with_extension("outside");
+    copy_version(&model_dir(), &outside.join(MODEL), v1, None);
+    for path in [
+        format!("../{}/{MODEL}", outside.file_name().unwrap().to_str().unwrap()),
+        outside.join(MODEL).display().to_string(),
+    ] {
+        let request = RepositoryModelLoadRequest { model_name: path.clone(), ..Default::default() };
+        let refused = oip.repository_model_load(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{path}: {refused:?}");
+        assert!(refused.message().contains("is not a model's name"), "{refused:?}");
+    }
+    std::fs::remove_dir_all(&outside).unwrap();
     let load = RepositoryModelLoadRequest { model_name: MODEL.into(), ..Default::default() };
     oip.repository_model_load(load.clone()).await.unwrap();
     let answer = inspect.inspect(request()).await.unwrap().into_inner();

@@ -154,7 +154,7 @@ impl ModelRepository {
     pub fn entry(&self, name: &str) -> Result<Arc<ModelEntry>, InferenceError> {
         let snapshot = self.models.load();
         snapshot.get(name).cloned().ok_or_else(|| match self.problems.lock().get(name) {
-            Some(reason) if self.root.join(name).is_dir() => InferenceError::NotFound(format!(
+            Some(reason) if is_model_name(name) && self.root.join(name).is_dir() => InferenceError::NotFound(format!(
                 "model '{name}' has no available versions ({reason}): load it with RepositoryModelLoad, or fix its files"
             )),
             _ => InferenceError::NotFound(format!(
@@ -225,6 +225,11 @@ impl ModelRepository {
 
     /// [`load_model`](Self::load_model) for a caller that holds `changing`.
     fn load_model_changing(&self, name: &str) -> Result<(), InferenceError> {
+        if !is_model_name(name) {
+            return Err(InferenceError::invalid(format!(
+                "'{name}' is not a model's name: one directory of the model repository, not a path"
+            )));
+        }
         if !self.root.join(name).is_dir() {
             return Err(InferenceError::NotFound(format!(
                 "model '{name}' is not in the model repository {}",
@@ -648,6 +653,15 @@ fn load_version(
         .with_max_request_items((config.max_batch_size > 0).then_some(config.max_batch_size));
     tracing::info!(model = name, version, instances = config.instances, inline_session, "model version loaded");
     Ok(LoadedModel { config, batcher, stats, path: dir.to_path_buf(), sha256 })
+}
+
+/// Whether `name` can be a model's directory in the repository: one plain path component, not
+/// hidden (a request's `../elsewhere` or `/tmp/x` would load files from outside it).
+fn is_model_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    !name.starts_with('.')
+        && !name.ends_with('/')
+        && matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None))
 }
 
 /// The hex sha256 of a file's bytes.

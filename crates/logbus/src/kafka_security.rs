@@ -19,8 +19,8 @@ pub struct KafkaTls {
     pub client_key: Option<PathBuf>,
 }
 
-/// SASL authentication to the brokers.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+/// SASL authentication to the brokers. Its `Debug` leaves the password out.
+#[derive(Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSasl {
     /// `SCRAM-SHA-256` (default), `SCRAM-SHA-512` or `PLAIN` (PLAIN only over TLS).
@@ -33,6 +33,17 @@ pub struct KafkaSasl {
     /// The password itself, for tests and development.
     #[serde(default)]
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for KafkaSasl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 fn default_mechanism() -> String {
@@ -119,6 +130,12 @@ pub fn apply(config: &mut ClientConfig, tls: Option<&KafkaTls>, sasl: Option<&Ka
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_leaves_the_password_out() {
+        let shown = format!("{:?}", sasl("PLAIN"));
+        assert!(!shown.contains("secret") && shown.contains("<redacted>") && shown.contains("vigil"), "{shown}");
+    }
 
     fn sasl(mechanism: &str) -> KafkaSasl {
         KafkaSasl {

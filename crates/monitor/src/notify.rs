@@ -96,10 +96,66 @@ pub async fn run<S: MonitorStore>(
     }
 }
 
+/// Posts one event; the error names the receiver by its scheme, host and port only: a webhook's
+/// path and query often hold its secret (Slack, Teams, PagerDuty), and errors are logged and
+/// kept in the alarm history.
 async fn deliver(client: &reqwest::Client, url: &str, e: &AlertEvent) -> Result<(), String> {
+    let receiver = reqwest::Url::parse(url).map_or_else(
+        |_| "the webhook".to_string(),
+        |u| {
+            format!(
+                "{}://{}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            )
+        },
+    );
     let response = client.post(url).json(&payload(e)).send().await.map_err(|err| {
-        if err.is_timeout() { format!("no answer from {url} in time") } else { format!("{url}: {err}") }
+        if err.is_timeout() {
+            format!("no answer from {receiver} in time")
+        } else {
+            format!("{receiver}: {}", err.without_url())
+        }
     })?;
     let status = response.status();
-    if status.is_success() { Ok(()) } else { Err(format!("{url} answered {status}")) }
+    if status.is_success() { Ok(()) } else { Err(format!("{receiver} answered {status}")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> AlertEvent {
+        AlertEvent {
+            event_id: 1,
+            alert_key: "r/m".into(),
+            rule: "r".into(),
+            model_name: "m".into(),
+            severity: "warning".into(),
+            state: "firing".into(),
+            value: Some(1.0),
+            threshold: 0.5,
+            time: chrono::Utc::now(),
+            message: "r firing".into(),
+            attempts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_names_the_receiver_without_its_secret_path() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route("/services/T0/B0/SECRET", axum::routing::post(|| async { axum::http::StatusCode::BAD_GATEWAY }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        let refused = deliver(&client, &format!("http://{addr}/services/T0/B0/SECRET?token=SECRET"), &event()).await;
+        assert_eq!(refused, Err(format!("http://127.0.0.1:{} answered 502 Bad Gateway", addr.port())));
+        // Nothing listening: the connection error, its URL left out.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let unreachable = deliver(&client, &format!("http://{closed}/services/SECRET"), &event()).await.unwrap_err();
+        assert!(unreachable.starts_with(&format!("http://127.0.0.1:{}: ", closed.port())), "{unreachable}");
+        assert!(!unreachable.contains("SECRET"), "{unreachable}");
+    }
 }

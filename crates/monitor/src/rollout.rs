@@ -183,6 +183,10 @@ pub fn failed_checks(rollout: &RolloutRow, index: usize) -> Vec<String> {
 pub enum Analysis {
     /// Not enough time or requests yet: why.
     Wait(String),
+    /// The candidate answered next to nothing where its share implies many requests (not loaded
+    /// where the servers are, refused by them, or routing keys too few to reach it): for a
+    /// person to look at, since waiting would wait for ever. Why.
+    Silent(String),
     Pass(Vec<Check>),
     Fail(Vec<Check>),
 }
@@ -208,6 +212,10 @@ pub struct Traffic {
     pub overridden: u64,
 }
 
+/// A candidate short of its step's minimum requests where its share implies this many times that
+/// minimum is [`Analysis::Silent`].
+const SILENT_AFTER_DUE: u64 = 10;
+
 /// Judges the candidate against the primary over `[since, now)`.
 pub fn analyse(
     step: &RolloutStep,
@@ -223,6 +231,22 @@ pub fn analyse(
     // A step is judged on the candidate's own traffic: none is never evidence, whatever the plan.
     let needed = step.min_requests.max(1);
     if candidate.count < needed {
+        // What the step's share of the primary's requests implies the candidate should have had:
+        // a canary's share of the keys (a whole canary: as many as the primary had before),
+        // a shadow's share of the primary's requests mirrored.
+        let np = primary.count as f64;
+        let due = match step.mode {
+            StepMode::Canary if step.share >= 1.0 => np,
+            StepMode::Canary => np * step.share / (1.0 - step.share),
+            StepMode::Shadow => np * step.share,
+        };
+        if due >= (SILENT_AFTER_DUE * needed) as f64 {
+            return Analysis::Silent(format!(
+                "the candidate answered {} requests where its share implies about {due:.0}: is it loaded and \
+                 served (or are the routing keys too few to reach it)?",
+                candidate.count
+            ));
+        }
         return Analysis::Wait(format!("{} of the step's {needed} requests to the candidate", candidate.count));
     }
     let mut out = Vec::new();
@@ -530,6 +554,7 @@ async fn advance<S: MonitorStore>(
     let no_checks = Vec::new();
     let (decision, list) = match &analysis {
         Analysis::Wait(_) if past_deadline => ("inconclusive", &no_checks),
+        Analysis::Silent(_) => ("inconclusive", &no_checks),
         Analysis::Wait(why) => {
             tracing::debug!(rollout = %rollout.rollout_id, step = rollout.step, "step waits: {why}");
             return Ok(false);
@@ -571,15 +596,16 @@ async fn advance<S: MonitorStore>(
     let (target, reason) = match decision {
         "inconclusive" | "awaiting_approval" => {
             next.state = "paused".into();
-            let why = if let Analysis::Wait(why) = &analysis { why.as_str() } else { "" };
-            let reason = if decision == "awaiting_approval" {
-                format!(
+            let reason = match &analysis {
+                Analysis::Wait(why) => {
+                    format!("step {} has no verdict by its deadline ({why}): paused for a person", rollout.step + 1)
+                }
+                Analysis::Silent(why) => format!("step {}: {why}: paused for a person", rollout.step + 1),
+                _ => format!(
                     "step {} passed; the promotion waits for a person's approval (`vigil rollout promote {}`)",
                     rollout.step + 1,
                     rollout.model_name
-                )
-            } else {
-                format!("step {} has no verdict by its deadline ({why}): paused for a person", rollout.step + 1)
+                ),
             };
             let change = Change { actor: CONTROLLER, reason: &reason, at: now };
             let applied = views.store.advance_rollout(rollout, &next, None, &change).await.map_err(registry_error)?;
@@ -970,12 +996,36 @@ mod tests {
             matches!(analyse(&STEP, Duration::from_secs(60), &few, &p, &checks), Analysis::Wait(w) if w.contains("99 of"))
         );
         assert!(matches!(analyse(&STEP, Duration::from_secs(60), &c, &p, &checks), Analysis::Pass(_)));
-        // A plan stored without a request minimum still waits for the candidate's first answer.
+        // A plan stored without a request minimum still waits for the candidate's first answer
+        // while little traffic was due to it.
         let blind = RolloutStep { min_requests: 0, ..STEP };
         let none = window(0, 0, 2.0, &[]);
+        let quiet = window(80, 0, 2.0, &[]);
         assert!(
-            matches!(analyse(&blind, Duration::from_secs(60), &none, &p, &checks), Analysis::Wait(w) if w.contains("0 of the step's 1"))
+            matches!(analyse(&blind, Duration::from_secs(60), &none, &quiet, &checks), Analysis::Wait(w) if w.contains("0 of the step's 1"))
         );
+    }
+
+    #[test]
+    fn a_candidate_answering_next_to_nothing_of_its_share_is_for_a_person() {
+        let checks = RolloutChecks::default();
+        let verdict = |step: &RolloutStep, c: u64, p: u64| {
+            analyse(step, Duration::from_secs(60), &window(c, 0, 2.0, &[]), &window(p, 0, 2.0, &[]), &checks)
+        };
+        // A 10% canary of at least 100 requests: 99 where 889 were due (8,000 to the primary) is
+        // short; 3 where 1,000 were due is silent.
+        assert!(matches!(verdict(&STEP, 99, 8_000), Analysis::Wait(_)));
+        let Analysis::Silent(why) = verdict(&STEP, 3, 9_000) else { panic!("3 of 1,000 due") };
+        assert!(why.contains("answered 3 requests where its share implies about 1000"), "{why}");
+        // Below ten times the minimum due, waiting goes on (few keys, little traffic).
+        assert!(matches!(verdict(&STEP, 0, 8_990), Analysis::Wait(_)));
+        // A whole canary is due what the primary had before it; a shadow its share mirrored.
+        let whole = RolloutStep { share: 1.0, ..STEP };
+        assert!(matches!(verdict(&whole, 0, 1_000), Analysis::Silent(_)));
+        assert!(matches!(verdict(&whole, 0, 999), Analysis::Wait(_)));
+        let shadow = RolloutStep { mode: StepMode::Shadow, share: 0.5, ..STEP };
+        assert!(matches!(verdict(&shadow, 0, 2_000), Analysis::Silent(_)));
+        assert!(matches!(verdict(&shadow, 0, 1_999), Analysis::Wait(_)));
     }
 
     #[test]

@@ -10,8 +10,9 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-/// How a client reaches a secured server. Empty: plaintext `http://`, no token.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// How a client reaches a secured server. Empty: plaintext `http://`, no token. Its `Debug`
+/// leaves the token out.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSecurity {
     /// PEM bundle of the CAs `https://` servers must chain to (default: the system's roots).
@@ -27,6 +28,19 @@ pub struct ClientSecurity {
     /// The name the server's certificate must carry, when it is not the address's host (a
     /// probe dialling 127.0.0.1 inside a pod whose certificate names its Service).
     pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for ClientSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("ca_cert", &self.ca_cert)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("server_name", &self.server_name)
+            .finish()
+    }
 }
 
 /// Adds `authorization: Bearer <token>` to every call (nothing without a token).
@@ -165,6 +179,13 @@ impl ClientSecurity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_leaves_the_token_out() {
+        let security = ClientSecurity { token: Some("vgl_secret".into()), ..Default::default() };
+        let shown = format!("{security:?}");
+        assert!(!shown.contains("vgl_secret") && shown.contains("<redacted>"), "{shown}");
+    }
 
     #[test]
     fn tls_options_with_a_plaintext_address_are_an_error_not_ignored() {

@@ -1,6 +1,8 @@
 //! Files read again when they change (certificates, keys, token lists): a task compares the
-//! files' modification times and sizes at an interval and swaps in what they now say; a file
-//! that does not load (half written, wrong) keeps the previous value and is retried.
+//! files' inodes, sizes, and modification and change times at an interval (a file written over
+//! or replaced changes one, even one the same size with its times kept: `cp -p`, `rsync -t`) and
+//! swaps in what they now say; a file that does not load (half written, wrong) keeps the
+//! previous value and is retried.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -8,12 +10,17 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+type Stamp = Vec<Option<(SystemTime, u64, u64, i64, i64)>>;
 
 fn stamp(paths: &[PathBuf]) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     paths
         .iter()
-        .map(|p| std::fs::metadata(p).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())))
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino(), m.ctime(), m.ctime_nsec()))
+        })
         .collect()
 }
 
@@ -30,8 +37,8 @@ impl<T> Clone for Reloading<T> {
 
 impl<T: Send + Sync + 'static> Reloading<T> {
     /// Loads the value now (an error is returned as is) and then every `interval` when one of
-    /// `paths` changed, for as long as a clone of the returned value lives. Needs a tokio
-    /// An interval of zero never reloads. The files are watched from a small thread of its own,
+    /// `paths` changed, for as long as a clone of the returned value lives. An interval of zero
+    /// never reloads. The files are watched from a small thread of its own,
     /// so that neither a runtime nor blocking file reads on its threads are needed.
     pub fn start<F>(what: &'static str, paths: Vec<PathBuf>, interval: Duration, load: F) -> anyhow::Result<Self>
     where

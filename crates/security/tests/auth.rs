@@ -63,6 +63,26 @@ async fn tokens_from_the_file_carry_their_scopes_and_changes_are_read_again() {
     std::fs::write(&path, "[[token]]\nname = 1\n").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(auth.authorize(&bearer(&analyst), infer).is_ok());
+    // The analyst's token rotated by a tool that keeps the file's times (`cp -p`): the same
+    // size, the same modification time, the new token in force and the old one not.
+    std::fs::write(&path, tokens_file(&[("anb", &analyst, &["analyst", "infer"])])).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while auth.authorize(&bearer(&analyst), infer).map_or(true, |c| c.unwrap().name != "anb") {
+        assert!(Instant::now() < deadline, "the mended file was never read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let (rotated, _) = auth::new_token();
+    let text = tokens_file(&[("anb", &rotated, &["analyst", "infer"])]);
+    assert_eq!(text.len() as u64, std::fs::metadata(&path).unwrap().len());
+    std::fs::write(&path, text).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while auth.authorize(&bearer(&rotated), infer).is_err() {
+        assert!(Instant::now() < deadline, "the rotated token never took effect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(auth.authorize(&bearer(&analyst), infer).is_err(), "the old token still works");
 }
 
 #[test]

@@ -975,6 +975,7 @@ impl GrpcInferenceService for InferenceService {
             .map_err(|e| Status::internal(format!("loading '{}' panicked: {e}", r.model_name)))?;
         loaded.map_err(|e| match e {
             InferenceError::NotFound(message) => Status::not_found(message),
+            InferenceError::InvalidInput(message) => Status::invalid_argument(message),
             other => Status::internal(format!(
                 "failed to load '{}': {other}; the versions that were serving still serve",
                 r.model_name
