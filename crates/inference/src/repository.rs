@@ -657,7 +657,7 @@ fn load_version(
 
 /// Whether `name` can be a model's directory in the repository: one plain path component, not
 /// hidden (a request's `../elsewhere` or `/tmp/x` would load files from outside it).
-fn is_model_name(name: &str) -> bool {
+pub fn is_model_name(name: &str) -> bool {
     let mut parts = Path::new(name).components();
     !name.starts_with('.')
         && !name.ends_with('/')

@@ -579,11 +579,8 @@ fn write_head(dir: &Path, head: Position) -> io::Result<()> {
 
 /// [`write_head`], on the disk when it returns.
 fn write_head_synced(dir: &Path, head: Position) -> io::Result<()> {
-    let tmp = dir.join("head.tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(format!("{} {}\n", head.segment, head.offset).as_bytes())?;
-    file.sync_all()?;
-    fs::rename(tmp, dir.join("head"))?;
+    write_head(dir, head)?;
+    File::open(dir.join("head"))?.sync_all()?;
     sync_dir(dir)
 }
 

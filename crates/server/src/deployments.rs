@@ -462,7 +462,7 @@ impl Follower {
                 self.failed_loads.insert(key, (files, why.clone()));
                 return Err(why);
             }
-            to_load.push((number, files, digest));
+            to_load.push((number, files));
         }
         for &version in &versions {
             let registered =
@@ -481,7 +481,7 @@ impl Follower {
                 // On disk but left out by the model's version policy (checked above): loaded
                 // beside the others, once per state of its files.
                 (Err(_), Some(number), _) => {
-                    let Some((_, files, _)) = to_load.iter().find(|(n, ..)| *n == number).cloned() else {
+                    let Some((_, files)) = to_load.iter().find(|(n, _)| *n == number).cloned() else {
                         return Err(format!("version {version} changed while it was checked"));
                     };
                     let key = (model.clone(), number);

@@ -50,8 +50,7 @@ impl Fetcher {
         if version.parse::<u64>().is_err() {
             bail!("version '{version}' is not a number; it cannot be a directory of the model repository");
         }
-        let mut parts = Path::new(model).components();
-        if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
+        if !vigil_inference::repository::is_model_name(model) {
             bail!("model '{model}' is not a name; it cannot be a directory of the model repository");
         }
         let target = root.join(model).join(version);

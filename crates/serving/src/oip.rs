@@ -866,23 +866,23 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelStatisticsRequest>,
     ) -> Result<Response<ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
-        let mut model_stats = Vec::new();
-        if r.name.is_empty() {
-            for entry in self.repository.models() {
-                for (&version, model) in &entry.versions {
-                    model_stats.push(statistics(&entry.name, version, model));
-                }
-            }
-        } else if r.version.is_empty() {
-            // Every version loaded, as Triton answers.
-            let entry = self.repository.entry(&r.name).map_err(to_status)?;
-            for (&version, model) in &entry.versions {
-                model_stats.push(statistics(&entry.name, version, model));
-            }
+        let model_stats = if r.name.is_empty() || r.version.is_empty() {
+            // Every version loaded (of the model named), as Triton answers.
+            let entries = if r.name.is_empty() {
+                self.repository.models()
+            } else {
+                vec![self.repository.entry(&r.name).map_err(to_status)?]
+            };
+            entries
+                .iter()
+                .flat_map(|entry| {
+                    entry.versions.iter().map(|(&version, model)| statistics(&entry.name, version, model))
+                })
+                .collect()
         } else {
             let model = self.repository.get(&r.name, &r.version).map_err(to_status)?;
-            model_stats.push(statistics(&model.config.name, model.config.version, &model));
-        }
+            vec![statistics(&model.config.name, model.config.version, &model)]
+        };
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
