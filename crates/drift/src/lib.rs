@@ -19,8 +19,9 @@ pub use cdf::{Cdf, KS_EXACT_MAX_N, ks_distance, ks_p_value, wasserstein};
 pub use config::{DriftConfig, Kind, Method};
 pub use histogram::{Histogram, bin_index};
 pub use stats::{
-    ChiSquareResult, KsResult, PSI_EMPTY_FRACTION, chi_square, jensen_shannon, kolmogorov_sf, ks_binned,
-    normalized_wasserstein, proportion_greater_p_value, psi, rate_greater_p_value, wasserstein_binned,
+    ChiSquareResult, KsResult, MIN_EXPECTED_FOR_Z, PSI_EMPTY_FRACTION, chi_square, fisher_greater_p_value,
+    jensen_shannon, kolmogorov_sf, ks_binned, normalized_wasserstein, proportion_greater_p_value, psi,
+    rate_greater_p_value, wasserstein_binned,
 };
 
 /// Invalid input to a drift statistic.

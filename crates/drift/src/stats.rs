@@ -240,9 +240,14 @@ mod tests {
     }
 }
 
-/// One-sided p-value that the rate `x1 / n1` exceeds `x2 / n2` (pooled two-proportion z-test,
-/// as `statsmodels.stats.proportion.proportions_ztest(..., alternative="larger")`); 1 when
-/// either sample is empty or nothing (or everything) happened in both.
+/// One-sided p-value that the rate `x1 / n1` exceeds `x2 / n2`; 1 when either sample is empty
+/// or nothing (or everything) happened in both.
+///
+/// Where every cell of the 2x2 table is expected to hold at least [`MIN_EXPECTED_FOR_Z`] under
+/// equal rates, the pooled two-proportion z-test (as `statsmodels.stats.proportion.
+/// proportions_ztest(..., alternative="larger")`); below that its normal approximation makes
+/// single events look significant (1 error in 30 against 10 in 2,000: p = 0.018), and Fisher's
+/// exact test decides instead ([`fisher_greater_p_value`]: p = 0.15 there).
 ///
 /// Counts that can exceed their sample (events per prediction: several clicks on one search)
 /// are not proportions, and the pooled variance would go negative: those are compared as
@@ -256,6 +261,9 @@ pub fn proportion_greater_p_value(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
     }
     let (n1f, n2f) = (n1 as f64, n2 as f64);
     let pooled = (x1 + x2) as f64 / (n1f + n2f);
+    if n1.min(n2) as f64 * pooled.min(1.0 - pooled) < MIN_EXPECTED_FOR_Z {
+        return fisher_greater_p_value(x1, n1, x2, n2);
+    }
     let se = (pooled * (1.0 - pooled) * (1.0 / n1f + 1.0 / n2f)).sqrt();
     if se == 0.0 {
         return 1.0;
@@ -263,6 +271,27 @@ pub fn proportion_greater_p_value(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
     let z = (x1 as f64 / n1f - x2 as f64 / n2f) / se;
     let normal = statrs::distribution::Normal::standard();
     1.0 - normal.cdf(z)
+}
+
+/// The smallest expected cell count of a 2x2 table for which [`proportion_greater_p_value`]
+/// trusts the normal approximation (the usual rule of thumb).
+pub const MIN_EXPECTED_FOR_Z: f64 = 5.0;
+
+/// One-sided Fisher exact p-value that the proportion `x1 / n1` exceeds `x2 / n2`: given the
+/// `x1 + x2` events, the chance that sample 1 holds `x1` of them or more when both rates are
+/// equal (hypergeometric; `scipy.stats.fisher_exact([[x1, n1 - x1], [x2, n2 - x2]],
+/// alternative="greater")`). 1 when either sample is empty or `x1` is 0; needs `x1 <= n1` and
+/// `x2 <= n2` (1 otherwise).
+pub fn fisher_greater_p_value(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
+    use statrs::distribution::{DiscreteCDF, Hypergeometric};
+    if n1 == 0 || n2 == 0 || x1 == 0 || x1 > n1 || x2 > n2 {
+        return 1.0;
+    }
+    match Hypergeometric::new(n1 + n2, x1 + x2, n1) {
+        // P(X >= x1) = P(X > x1 - 1)
+        Ok(table) => table.sf(x1 - 1).clamp(0.0, 1.0),
+        Err(_) => 1.0,
+    }
 }
 
 /// One-sided p-value that events per unit of exposure are more frequent in sample 1 (`x1`
@@ -285,7 +314,7 @@ pub fn rate_greater_p_value(x1: u64, n1: u64, x2: u64, n2: u64) -> f64 {
 
 #[cfg(test)]
 mod proportion_tests {
-    use super::{proportion_greater_p_value, rate_greater_p_value};
+    use super::{fisher_greater_p_value, proportion_greater_p_value, rate_greater_p_value};
 
     #[test]
     fn rates_above_one_event_per_item_are_compared_as_poisson_rates() {
@@ -308,17 +337,34 @@ mod proportion_tests {
     }
 
     #[test]
-    fn matches_the_pooled_z_test() {
+    fn matches_the_pooled_z_test_where_every_cell_is_expected_to_hold_five() {
         // scipy: norm.sf(z) of the pooled two-proportion z statistic.
-        for (x1, n1, x2, n2, want) in [
-            (30, 300, 45, 900, 0.0009728868468695724),
-            (3, 200, 0, 900, 0.00011695804938973875),
-            (2, 300, 9, 900, 0.7000843467489182),
-        ] {
+        for (x1, n1, x2, n2, want) in
+            [(30, 300, 45, 900, 0.0009728868468695724), (60, 2000, 40, 2000, 0.021409114975605333)]
+        {
             let got = proportion_greater_p_value(x1, n1, x2, n2);
             assert!((got - want).abs() < 1e-9, "{x1}/{n1} vs {x2}/{n2}: {got} vs {want}");
         }
         assert_eq!(proportion_greater_p_value(0, 100, 0, 100), 1.0);
         assert_eq!(proportion_greater_p_value(1, 0, 0, 100), 1.0);
+    }
+
+    #[test]
+    fn small_expected_counts_take_fishers_exact_test() {
+        // scipy: fisher_exact([[x1, n1 - x1], [x2, n2 - x2]], alternative="greater").pvalue
+        for (x1, n1, x2, n2, want) in [
+            // One error in 30 against 10 in 2,000: the z-test's p is 0.0179, a rollback.
+            (1, 30, 10, 2000, 0.15141290930605614),
+            (3, 200, 0, 900, 0.0059368427333343285),
+            (2, 300, 9, 900, 0.8041978962626571),
+            (5, 40, 1, 60, 0.03633972801866763),
+            (10, 10, 0, 20, 3.328339160423118e-08),
+        ] {
+            for got in [proportion_greater_p_value(x1, n1, x2, n2), fisher_greater_p_value(x1, n1, x2, n2)] {
+                assert!((got - want).abs() <= 1e-9 * want, "{x1}/{n1} vs {x2}/{n2}: {got} vs {want}");
+            }
+        }
+        assert_eq!(fisher_greater_p_value(0, 10, 3, 10), 1.0);
+        assert_eq!(fisher_greater_p_value(1, 0, 3, 10), 1.0);
     }
 }

@@ -173,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
         since: now - chrono::Duration::days(1),
         until: now,
         resolution_s: 300,
+        events_before: None,
     };
     let (mut rows_read, mut counted) = (Vec::new(), Vec::new());
     let (mut labelled_rows, mut counted_rows) = (0, 0);

@@ -17,7 +17,8 @@ use crate::telemetry::MonitorMetrics;
 use crate::views::{Baseline, DriftReport, Scope, ViewError, Views};
 
 /// What a rule watches. Names in the config file:
-/// `requests`, `throughput_rps`, `error_rate`, `null_rate`, `latency_p50_ms`, `latency_p99_ms`,
+/// `requests`, `throughput_rps`, `error_rate` (requests not answered, refused inputs included),
+/// `invalid_input_rate` (requests refused for their input), `null_rate`, `latency_p50_ms`, `latency_p99_ms`,
 /// `score_mean`, `verdict.<name>.rate`, `decision.<name>.rate`, `label.<name>.rate` (the share of
 /// predictions with that output label, e.g. `label.unknown.rate`), `feedback.<kind>.rate` (events of
 /// a kind per prediction, e.g. `redo_search`, `switch_to_typing`, `click`), `feature.<name>.mean`,
@@ -32,6 +33,7 @@ pub enum Metric {
     Requests,
     ThroughputRps,
     ErrorRate,
+    InvalidInputRate,
     NullRate,
     LatencyP50Ms,
     LatencyP99Ms,
@@ -68,6 +70,7 @@ impl FromStr for Metric {
             ["requests"] => Self::Requests,
             ["throughput_rps"] => Self::ThroughputRps,
             ["error_rate"] => Self::ErrorRate,
+            ["invalid_input_rate"] => Self::InvalidInputRate,
             ["null_rate"] => Self::NullRate,
             ["latency_p50_ms"] => Self::LatencyP50Ms,
             ["latency_p99_ms"] => Self::LatencyP99Ms,
@@ -97,7 +100,7 @@ impl FromStr for Metric {
             ["drift", f, "detected"] => Self::DriftDetected(f.to_string()),
             _ => {
                 return Err(format!(
-                    "unknown metric '{s}'; use requests, throughput_rps, error_rate, null_rate, latency_p50_ms, \
+                    "unknown metric '{s}'; use requests, throughput_rps, error_rate, invalid_input_rate, null_rate, latency_p50_ms, \
                      latency_p99_ms, score_mean, verdict.<v>.rate, decision.<d>.rate, label.<l>.rate, \
                      feedback.<kind>.rate, \
                      feature.<f>.mean, \
@@ -403,6 +406,7 @@ async fn evaluate_with<S: MonitorStore>(
                     Some(t.count as f64 * 1000.0 / span.max(1) as f64)
                 }
                 Metric::ErrorRate => rate(t.errors, t.count),
+                Metric::InvalidInputRate => rate(t.invalid_inputs, t.count),
                 Metric::NullRate => rate(t.nulls, t.count),
                 Metric::LatencyP50Ms => t.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.5)),
                 Metric::LatencyP99Ms => t.latency_ms.as_ref().and_then(|s| sketch::quantile(s, 0.99)),
@@ -839,6 +843,7 @@ mod tests {
         assert_eq!("label.unknown.rate".parse(), Ok(Metric::LabelRate("unknown".into())));
         assert_eq!("feature.text.lang.eng.mean".parse(), Ok(Metric::FeatureMean("text.lang.eng".into())));
         assert_eq!("feature.temperature.missing_rate".parse(), Ok(Metric::FeatureMissingRate("temperature".into())));
+        assert_eq!("invalid_input_rate".parse(), Ok(Metric::InvalidInputRate));
         assert!("label.rate".parse::<Metric>().is_err());
         let e = "latency_p95".parse::<Metric>().unwrap_err();
         assert!(e.contains("unknown metric 'latency_p95'") && e.contains("latency_p99_ms"), "{e}");

@@ -86,6 +86,7 @@ pub fn metrics_window(start: DateTime<Utc>, resolution_s: u32, w: &RollupWindow)
         start: Some(timestamp(start)),
         count: w.count,
         errors: w.errors,
+        invalid_inputs: w.invalid_inputs,
         nulls: w.nulls,
         throughput_rps: w.count as f64 / f64::from(resolution_s.max(1)),
         latency_p50_ms: q(0.5),

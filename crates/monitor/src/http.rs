@@ -121,7 +121,7 @@ async fn dashboard<S: MonitorStore>(
             let feedback = feedback.remove(start).unwrap_or_default();
             json!({
                 "start": start.to_rfc3339(),
-                "count": m.count, "errors": m.errors, "nulls": m.nulls,
+                "count": m.count, "errors": m.errors, "invalid_inputs": m.invalid_inputs, "nulls": m.nulls,
                 "throughput_rps": m.throughput_rps,
                 "latency_p50_ms": nan_to_null(m.latency_p50_ms), "latency_p99_ms": nan_to_null(m.latency_p99_ms),
                 "verdicts": m.verdicts, "decisions": m.decisions,

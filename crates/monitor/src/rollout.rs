@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vigil_proto::vigil::v1::{RollupWindow, Variant};
-use vigil_store::monitoring::AlertRow;
+use vigil_store::monitoring::{AlertRow, OutcomeQuery};
 use vigil_store::{Change, DeploymentRow, MonitorStore, RolloutRow, RolloutStep, StepMode};
 
 use crate::sketch;
@@ -31,8 +31,12 @@ pub struct RolloutChecks {
     /// How often running rollouts are judged.
     #[serde(deserialize_with = "crate::config::duration")]
     pub evaluate_every: Duration,
-    /// Candidate error rate at most the primary's plus this.
+    /// Candidate error rate (requests the server failed) at most the primary's plus this.
     pub max_error_rate_increase: f64,
+    /// Candidate rate of requests refused for their input at most the primary's plus this;
+    /// judged side by side only (not in a 100% canary step, whose baseline is an earlier window:
+    /// a client that starts sending bad input then is no fault of the candidate's).
+    pub max_invalid_input_rate_increase: f64,
     /// Candidate null-output rate at most the primary's plus this.
     pub max_null_rate_increase: f64,
     /// Candidate p99 latency at most this many times the primary's ...
@@ -86,6 +90,7 @@ impl RolloutChecks {
         }
         let limits = [
             ("max_error_rate_increase", self.max_error_rate_increase),
+            ("max_invalid_input_rate_increase", self.max_invalid_input_rate_increase),
             ("max_null_rate_increase", self.max_null_rate_increase),
             ("max_latency_p99_ratio", self.max_latency_p99_ratio),
             ("latency_p99_slack_ms", self.latency_p99_slack_ms),
@@ -129,6 +134,7 @@ impl Default for RolloutChecks {
         Self {
             evaluate_every: Duration::from_secs(15),
             max_error_rate_increase: 0.01,
+            max_invalid_input_rate_increase: 0.01,
             max_null_rate_increase: 0.01,
             max_latency_p99_ratio: 1.5,
             latency_p99_slack_ms: 5.0,
@@ -251,6 +257,9 @@ pub fn analyse(
     }
     let mut out = Vec::new();
     let (nc, np) = (candidate.count, primary.count);
+    // A canary step of 100% leaves the primary no traffic of its own: its traffic is from a
+    // window before the step (see `advance`).
+    let side_by_side = !(step.mode == StepMode::Canary && step.share >= 1.0);
     // A rate that must not get worse: past its limit and significantly worse than the primary's.
     let mut rate_check = |name: String, xc: u64, xp: u64, max_change: f64, higher_is_better: bool| {
         let (c, p) = (rate(xc, nc), rate(xp, np));
@@ -266,7 +275,15 @@ pub fn analyse(
         let passed = !(worse && significant);
         out.push(Check { name, candidate: c, primary: p, limit, at_least: higher_is_better, passed, advisory: false });
     };
-    rate_check("error_rate".into(), candidate.errors, primary.errors, checks.max_error_rate_increase, false);
+    // The server's failures decide in every step; inputs refused only side by side, where both
+    // variants see the same clients' inputs (a candidate refusing what the primary accepts).
+    let server_errors = |w: &RollupWindow| w.errors.saturating_sub(w.invalid_inputs);
+    let (ec, ep) = (server_errors(candidate), server_errors(primary));
+    rate_check("error_rate".into(), ec, ep, checks.max_error_rate_increase, false);
+    if side_by_side {
+        let (ic, ip) = (candidate.invalid_inputs, primary.invalid_inputs);
+        rate_check("invalid_input_rate".into(), ic, ip, checks.max_invalid_input_rate_increase, false);
+    }
     rate_check("null_rate".into(), candidate.nulls, primary.nulls, checks.max_null_rate_increase, false);
     // Users act on the answers they were given: a shadow's are never shown, so its traffic has
     // no feedback of its own and is judged on it in the canary steps only.
@@ -342,10 +359,9 @@ pub fn analyse(
     let (c_p99, p_p99) = (p99(candidate), p99(primary));
     // A shadow's latency runs from the request it mirrors and includes sharing the cores with
     // the primary's answer: judged in the canary steps only.
-    // A canary step of 100% leaves the primary no traffic of its own: its traffic is from a
-    // window before the step (see `advance`), where rates and labels compare, but latency and
-    // distributions move with the hour's load and inputs: they are judged side by side only.
-    let compared = !(step.mode == StepMode::Canary && step.share >= 1.0);
+    // In a 100% canary step, rates and labels compare with the window before the step, but
+    // latency and distributions move with the hour's load and inputs: judged side by side only.
+    let compared = side_by_side;
     let enough = compared && candidate.count.min(primary.count) >= checks.min_comparison_samples;
     if let Some(p) = p_p99.filter(|_| step.mode == StepMode::Canary && enough) {
         let limit = (p * checks.max_latency_p99_ratio).max(p + checks.latency_p99_slack_ms);
@@ -496,19 +512,21 @@ async fn advance<S: MonitorStore>(
             let reviews = views.review_summary(&scope.model, since, now).await?.agreement;
             let window = views.total_since(&scope, since, now).await?;
             let seconds = u32::try_from((now - since).num_seconds().max(1)).unwrap_or(u32::MAX);
+            // Late outcomes (feedback, labels) only as far as the window's end: a baseline window
+            // before a 100% step is then counted at the age the candidate's window has, not with
+            // the feedback and labels that kept arriving during the step.
+            let outcomes = |since| OutcomeQuery { events_before: Some(now), ..scope.outcomes(since, now, seconds) };
             // Feedback is divided by the window's requests: counted over the same span, which
             // starts at the first whole rollup window of the step.
             let counted_from = views.counted_from(since);
             let mut feedback = BTreeMap::new();
             if counted_from < now {
-                for kinds in views.feedback(&scope, counted_from, now, seconds).await?.into_values() {
-                    for (kind, n) in kinds {
-                        *feedback.entry(kind).or_default() += n;
-                    }
+                for c in views.store.feedback_counts(&outcomes(counted_from)).await? {
+                    *feedback.entry(c.kind).or_default() += u64::try_from(c.count).unwrap_or(0);
                 }
             }
             let (mut labeled, mut correct) = (0, 0);
-            for group in views.store.labeled_counts(&scope.outcomes(since, now, seconds)).await? {
+            for group in views.store.labeled_counts(&outcomes(since)).await? {
                 let n = u64::try_from(group.count).unwrap_or(0);
                 labeled += n;
                 correct += n * u64::from(crate::views::answered_right(&group));
@@ -1089,12 +1107,46 @@ mod tests {
     }
 
     #[test]
+    fn refused_inputs_are_judged_side_by_side_and_are_not_server_errors() {
+        let checks = RolloutChecks::default();
+        let refusing = |count: u64, refused: u64| {
+            let mut t = window(count, refused, 2.0, &[]);
+            t.window.invalid_inputs = refused;
+            t
+        };
+        let failed = |list: &[Check]| list.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect::<Vec<_>>();
+        // A 10% canary refusing 6% of its inputs where the primary refuses 0.2%: it refuses what
+        // the primary accepts.
+        match analyse(&STEP, Duration::from_secs(60), &refusing(500, 30), &refusing(5000, 10), &checks) {
+            Analysis::Fail(list) => assert_eq!(failed(&list), ["invalid_input_rate"]),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        // In a 100% step the primary's traffic is from before it: a client sending bad input
+        // since then is no fault of the candidate's. Its server errors still count.
+        let whole = RolloutStep { share: 1.0, ..STEP };
+        let bad_client = analyse(&whole, Duration::from_secs(60), &refusing(500, 30), &refusing(5000, 10), &checks);
+        let Analysis::Pass(list) = bad_client else { panic!("refused inputs in a 100% step: {bad_client:?}") };
+        assert!(!list.iter().any(|c| c.name == "invalid_input_rate"), "{list:?}");
+        match analyse(&whole, Duration::from_secs(60), &window(500, 30, 2.0, &[]), &refusing(5000, 10), &checks) {
+            Analysis::Fail(list) => assert_eq!(failed(&list), ["error_rate"]),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn an_excess_seen_on_few_requests_is_noise_and_on_many_it_is_not() {
         let checks = RolloutChecks::default();
         let judged = |c: &Traffic, p: &Traffic| analyse(&STEP, Duration::from_secs(60), c, p, &checks);
-        // 2.5% against 1% errors: past the limit (2%), but on 120 requests p = 0.076.
+        // 2.5% against 1% errors: past the limit (2%), but on 120 requests p = 0.16 (Fisher's:
+        // 1.4 errors expected of the candidate).
         let few = judged(&window(120, 3, 2.0, &[]), &window(900, 9, 2.0, &[]));
         assert!(matches!(few, Analysis::Pass(_)), "{few:?}");
+        // One error in a 30-request step against 10 in 2,000: the z-test's p = 0.018 would roll
+        // back; the exact test's p = 0.15 does not.
+        let short = RolloutStep { min_requests: 30, ..STEP };
+        let one =
+            analyse(&short, Duration::from_secs(60), &window(30, 1, 2.0, &[]), &window(2000, 10, 2.0, &[]), &checks);
+        assert!(matches!(one, Analysis::Pass(_)), "{one:?}");
         let many = judged(&window(1200, 30, 2.0, &[]), &window(9000, 90, 2.0, &[]));
         assert!(matches!(many, Analysis::Fail(_)), "{many:?}");
     }

@@ -30,6 +30,9 @@ pub fn add_row(w: &mut RollupWindow, r: &RollupInput) {
     if r.status != RecordStatus::Ok as i16 {
         w.errors += 1;
     }
+    if r.status == RecordStatus::InvalidInput as i16 {
+        w.invalid_inputs += 1;
+    }
     if r.output_null {
         w.nulls += 1;
     }
@@ -70,6 +73,7 @@ pub fn add_row(w: &mut RollupWindow, r: &RollupInput) {
 pub fn merge_windows(a: &mut RollupWindow, b: &RollupWindow) {
     a.count += b.count;
     a.errors += b.errors;
+    a.invalid_inputs += b.invalid_inputs;
     a.nulls += b.nulls;
     if let Some(l) = &b.latency_ms {
         sketch::merge(a.latency_ms.get_or_insert_default(), l);

@@ -55,6 +55,7 @@ impl Scope {
             since,
             until,
             resolution_s,
+            events_before: None,
         }
     }
 }

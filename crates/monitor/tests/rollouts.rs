@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use vigil_monitor::rollout::{self, Manual, RolloutChecks};
+use vigil_monitor::rollout::{self, FeedbackCheck, Manual, RolloutChecks};
 use vigil_monitor::{Catalog, MonitorConfig, Views};
 use vigil_store::testing::{TestDatabase, prediction};
 use vigil_store::{
-    AlertStore as _, Change, DeploymentRow, DeploymentStore, ModelVersionRow, PgStore, PredictionRow, PredictionStore,
-    RegistryStore, RolloutStep, RolloutStore, StepMode,
+    AlertStore as _, Change, DeploymentRow, DeploymentStore, FeedbackRow, ModelVersionRow, PgStore, PredictionRow,
+    PredictionStore, RegistryStore, RolloutStep, RolloutStore, StepMode,
 };
 
 const RESOLUTIONS: [u32; 2] = [1, 60];
@@ -395,6 +395,63 @@ async fn the_full_step_is_judged_against_the_primary_before_it() {
     let error_rate = last["checks"].as_array().unwrap().iter().find(|c| c["name"] == "error_rate").unwrap();
     assert_eq!(error_rate["primary"], 0.0, "the primary's rate from before the step: {last}");
     assert_eq!(deployment(&store, "scratch-detector").await.primary_version, "1");
+}
+
+/// A full step's baseline, the primary's window before it, counts only the feedback it had by
+/// the step's start: clicks on its answers that keep arriving during the step would make it look
+/// better than a candidate whose answers have had less time to be clicked. Both versions have
+/// 10% click-through within the minute of each answer; a further 20% of the primary's last
+/// minute are clicked late, during the full step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_step_compares_feedback_at_the_same_age() {
+    const MODEL: &str = "scratch-detector";
+    let db = TestDatabase::create();
+    let store = store_with(&db, &[MODEL]).await;
+    let checks = RolloutChecks {
+        feedback: vec![FeedbackCheck { kind: "click".into(), higher_is_better: true, max_change: 0.05 }],
+        ..RolloutChecks::default()
+    };
+    let t0 = DateTime::from_timestamp((Utc::now().timestamp() - 5 * 3600) / 60 * 60, 0).unwrap();
+    rollout::start(&store, MODEL, "2", &plan(), &Change { actor: "anna", reason: "", at: t0 }).await.unwrap();
+    let click = |row: &PredictionRow, time| FeedbackRow {
+        event_id: uuid::Uuid::now_v7(),
+        prediction_id: row.prediction_id,
+        kind: "click".into(),
+        value: String::new(),
+        session_id: String::new(),
+        time,
+    };
+    // Every tenth answer clicked a second after it was given.
+    let clicked = |rows: &[PredictionRow]| -> Vec<FeedbackRow> {
+        rows.iter().step_by(10).map(|r| click(r, r.time + Duration::seconds(1))).collect()
+    };
+    let mut at = t0;
+    let mut last_minute = Vec::new();
+    for _ in 0..2 {
+        let primary = traffic(MODEL, "1", 1, at, 900, GOOD);
+        let candidate = traffic(MODEL, "2", 2, at, 300, GOOD);
+        store.insert_batch(&[primary.clone(), candidate.clone()].concat(), &[]).await.unwrap();
+        store.insert_feedback(&[clicked(&primary), clicked(&candidate)].concat()).await.unwrap();
+        while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+        at += Duration::seconds(61);
+        assert_eq!(rollout::advance_all(&views(&store), &checks, at).await.unwrap(), 1);
+        last_minute = primary;
+    }
+    assert_eq!(deployment(&store, MODEL).await.share, 1.0);
+    let late: Vec<FeedbackRow> =
+        last_minute.iter().skip(1).step_by(5).map(|r| click(r, at + Duration::seconds(30))).collect();
+    assert_eq!(late.len(), 180);
+    store.insert_feedback(&late).await.unwrap();
+    let candidate = traffic(MODEL, "2", 2, at + Duration::seconds(1), 300, GOOD);
+    store.insert_batch(&candidate, &[]).await.unwrap();
+    store.insert_feedback(&clicked(&candidate)).await.unwrap();
+    while vigil_monitor::rollup::step(&store, &RESOLUTIONS, 100_000).await.unwrap() > 0 {}
+    assert_eq!(rollout::advance_all(&views(&store), &checks, at + Duration::seconds(61)).await.unwrap(), 1);
+    let r = rollout_of(&store, MODEL).await;
+    let last = r.decisions().last().cloned().unwrap();
+    assert_eq!(r.state, "promoted", "{last}");
+    let clicks = last["checks"].as_array().unwrap().iter().find(|c| c["name"] == "feedback.click").unwrap().clone();
+    assert_eq!((clicks["primary"].as_f64(), clicks["candidate"].as_f64()), (Some(0.1), Some(0.1)), "{last}");
 }
 
 /// A full step paused by a person and resumed restarts its clock, but its baseline is still the

@@ -12,7 +12,8 @@ use vigil_store::{MonitorStore, PgStore, PredictionRow, SqliteStore};
 
 const RESOLUTIONS: [u32; 2] = [60, 3600];
 
-/// Deterministic rows over the last 40 minutes: varied latency, some errors, nulls and missing.
+/// Deterministic rows over the last 40 minutes: varied latency, some errors (server failures and
+/// refused inputs), nulls and missing.
 fn rows(n: usize, offset: usize, now: DateTime<Utc>) -> Vec<PredictionRow> {
     (0..n)
         .map(|k| {
@@ -29,6 +30,8 @@ fn rows(n: usize, offset: usize, now: DateTime<Utc>) -> Vec<PredictionRow> {
             r.request_time = Some(t - Duration::microseconds(500 + ((i * 7) % 40_000) as i64));
             if i.is_multiple_of(17) {
                 r.status = 3;
+            } else if i.is_multiple_of(19) {
+                r.status = 2;
             }
             if i.is_multiple_of(23) {
                 r.output_null = true;
@@ -85,6 +88,7 @@ async fn assert_rollups_equal_direct<S: MonitorStore>(store: &S, rows: &[Predict
         let w = merged(store, res, now).await;
         assert_eq!(w.count, rows.len() as u64, "count at {res}s");
         assert_eq!(w.errors, rows.iter().filter(|r| r.status != 1).count() as u64);
+        assert_eq!(w.invalid_inputs, rows.iter().filter(|r| r.status == 2).count() as u64);
         assert_eq!(w.nulls, rows.iter().filter(|r| r.output_null).count() as u64);
         let b = &w.features["brightness"];
         let values: Vec<f64> = rows.iter().filter_map(|r| r.features["brightness"].as_f64()).collect();

@@ -88,6 +88,7 @@ async fn easy_cases_are_decided_by_the_model_and_hard_ones_by_three_doctors_whos
         since,
         until,
         resolution_s: 3600,
+        events_before: None,
     };
     let labeled: i64 = store.labeled_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
     assert_eq!(labeled, hard.len() as i64, "one label per hard case");

@@ -189,6 +189,7 @@ fn outcomes(
         since,
         until,
         resolution_s,
+        events_before: None,
     }
 }
 
@@ -367,6 +368,11 @@ async fn skewed_label_clocks_conform<S: PredictionStore + vigil_store::OutcomeSt
     assert_eq!(labeled, 2, "the label timed within the allowance counts, the one beyond it not");
     let clicks: i64 = store.feedback_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
     assert_eq!(clicks, 2, "the same for feedback");
+    // Bounded by the events' time: the label and the click timed now are left out.
+    let q = vigil_store::monitoring::OutcomeQuery { events_before: Some(now - Duration::minutes(1)), ..q };
+    let labeled: i64 = store.labeled_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
+    let clicks: i64 = store.feedback_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
+    assert_eq!((labeled, clicks), (1, 1), "only outcomes timed before the bound");
 }
 
 #[tokio::test]

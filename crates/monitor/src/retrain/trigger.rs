@@ -79,6 +79,7 @@ pub async fn consider<S: MonitorStore>(
         since,
         until: now,
         resolution_s: u32::MAX,
+        events_before: None,
     };
     let labelled =
         u64::try_from(store.labeled_counts(&new_items).await?.iter().map(|g| g.count).sum::<i64>()).unwrap_or(0);

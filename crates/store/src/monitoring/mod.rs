@@ -106,6 +106,9 @@ pub struct OutcomeQuery {
     pub until: DateTime<Utc>,
     /// Window length in seconds: windows start at multiples of it since the epoch.
     pub resolution_s: u32,
+    /// Only labels and feedback timed before this, when given: a window compared with a later
+    /// one counts the outcomes it had at the same age (late ones kept arriving after it).
+    pub events_before: Option<DateTime<Utc>>,
 }
 
 impl OutcomeQuery {
@@ -115,8 +118,8 @@ impl OutcomeQuery {
     }
 }
 
-/// Binds an outcome query as `$1` model, `$2` since, `$3` until, `$4` version, `$5` variant and
-/// `$6` window length, on either store.
+/// Binds an outcome query as `$1` model, `$2` since, `$3` until, `$4` version, `$5` variant,
+/// `$6` window length and `$7` the events' bound, on either store.
 fn bind_outcomes<'q, DB, O>(
     query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
     q: &'q OutcomeQuery,
@@ -128,6 +131,7 @@ where
     DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<i16>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<DateTime<Utc>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     query
         .bind(q.model_name.as_str())
@@ -136,6 +140,7 @@ where
         .bind(q.model_version.as_deref())
         .bind(q.variant)
         .bind(q.resolution())
+        .bind(q.events_before)
 }
 
 /// Labelled predictions of one window with the same answer and the same latest label: counted

@@ -211,6 +211,7 @@ impl OutcomeStore for PgStore {
                      (p.output ? 'text' OR (coalesce(p.output->>'label', '') = '' AND p.status = 1)) AS text_output \
                    FROM (SELECT DISTINCT ON (prediction_id) prediction_id, label, time FROM labels \
                          WHERE time >= $2 - interval '{skew} seconds' \
+                           AND ($7::timestamptz IS NULL OR time < $7) \
                          ORDER BY prediction_id, time DESC, label_id DESC) l \
                    JOIN predictions p ON p.prediction_id = l.prediction_id \
                    WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
@@ -228,7 +229,8 @@ impl OutcomeStore for PgStore {
         let sql = format!(
             "SELECT {window} AS window_s, f.kind, count(*) AS count \
              FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
-             WHERE f.time >= $2 - interval '{skew} seconds' AND p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
+             WHERE f.time >= $2 - interval '{skew} seconds' AND ($7::timestamptz IS NULL OR f.time < $7) \
+               AND p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                AND ($4::text IS NULL OR p.model_version = $4) AND ($5::smallint IS NULL OR p.variant = $5) \
              GROUP BY 1, 2 ORDER BY 1, 2",
             window = window_pg("p.time", "$6"),
@@ -404,6 +406,7 @@ fn shadow_counts_sql(window: &str) -> String {
                       (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
                       p.text_output, p.label AS primary_label, \
                       (SELECT l.label FROM labels l WHERE l.prediction_id = p.prediction_id \
+                         AND ($7::timestamptz IS NULL OR l.time < $7) \
                        ORDER BY l.time DESC, l.label_id DESC LIMIT 1) AS actual \
                     FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1) \
          SELECT {window} AS window_s, c.shadow_version, \

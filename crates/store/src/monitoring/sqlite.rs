@@ -144,6 +144,7 @@ impl OutcomeStore for SqliteStore {
                    WHERE p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                      AND ($4 IS NULL OR p.model_version = $4) AND ($5 IS NULL OR p.variant = $5) \
                      AND l.label_id = (SELECT l2.label_id FROM labels l2 WHERE l2.prediction_id = p.prediction_id \
+                                       AND ($7 IS NULL OR julianday(l2.time) < julianday($7)) \
                                        ORDER BY l2.time DESC, l2.label_id DESC LIMIT 1) \
                      AND julianday(l.time) >= julianday($2) - {skew} / 86400.0) r \
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
@@ -158,6 +159,7 @@ impl OutcomeStore for SqliteStore {
             "SELECT {window} AS window_s, f.kind, count(*) AS count \
              FROM feedback f JOIN predictions p ON p.prediction_id = f.prediction_id \
              WHERE julianday(f.time) >= julianday($2) - {skew} / 86400.0 \
+               AND ($7 IS NULL OR julianday(f.time) < julianday($7)) \
                AND p.model_name = $1 AND p.time >= $2 AND p.time < $3 \
                AND ($4 IS NULL OR p.model_version = $4) AND ($5 IS NULL OR p.variant = $5) \
              GROUP BY 1, 2 ORDER BY 1, 2",
@@ -310,6 +312,7 @@ fn shadow_counts_sql(window: &str) -> String {
                       (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
                       p.text_output, p.label AS primary_label, \
                       (SELECT l.label FROM labels l WHERE l.prediction_id = p.prediction_id \
+                         AND ($7 IS NULL OR julianday(l.time) < julianday($7)) \
                        ORDER BY l.time DESC, l.label_id DESC LIMIT 1) AS actual \
                     FROM s JOIN p ON p.trace_id = s.trace_id AND p.item = s.item WHERE p.status = 1) \
          SELECT {window} AS window_s, c.shadow_version, \
