@@ -434,8 +434,9 @@ pub struct Rounds {
     cleared: ClearedSince,
     /// How long a round may go on starting evaluations; None: every one, every round.
     budget: Option<Duration>,
-    /// The rule and model (their place in the round's order) the next round starts with.
-    next: usize,
+    /// The rule and model the next round starts with: its alarm key, and its place in the last
+    /// round's order (where it went if its model left).
+    next: Option<(String, usize)>,
 }
 
 impl Rounds {
@@ -471,7 +472,14 @@ pub async fn evaluate_all<S: MonitorStore>(
             None => models.iter().map(|m| (rule, m.as_str())).collect(),
         })
         .collect();
-    let start = rounds.next % targets.len().max(1);
+    // By key: a model appearing or leaving before it shifts the places of the rest.
+    let start = match &rounds.next {
+        Some((key, place)) => {
+            targets.iter().position(|(rule, model)| alert_key(&rule.name, model) == *key).unwrap_or(*place)
+        }
+        None => 0,
+    } % targets.len().max(1);
+    let key_at = |at: usize| (alert_key(&targets[at].0.name, targets[at].1), at);
     for done in 0..targets.len() {
         let at = (start + done) % targets.len();
         if done > 0 && rounds.budget.is_some_and(|budget| started.elapsed() >= budget) {
@@ -482,12 +490,12 @@ pub async fn evaluate_all<S: MonitorStore>(
                  models per monitor, or a longer evaluate_every, would let one round finish)",
                 rounds.budget.unwrap_or_default()
             );
-            rounds.next = at;
+            rounds.next = Some(key_at(at));
             break;
         }
         // A round cut or failed at this target goes on after it next time: one evaluation that
         // always fails or hangs does not hold back the rest.
-        rounds.next = (at + 1) % targets.len();
+        rounds.next = Some(key_at((at + 1) % targets.len()));
         let (rule, model) = (targets[at].0, targets[at].1.to_string());
         let key = alert_key(&rule.name, &model);
         let found = stored.iter().find(|a| a.alert_key == key);

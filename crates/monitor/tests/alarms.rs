@@ -649,14 +649,17 @@ async fn a_round_over_its_budget_leaves_the_rest_to_the_next_round() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
     PredictionStore::migrate(&store).await.unwrap();
-    let mut text = String::from("[rollups]\nresolutions = [1, 60]\n");
-    for name in ["a", "b", "c"] {
-        text += &format!(
-            "[[alerting.rules]]\nname = \"{name}\"\nmetric = \"requests\"\nmodel = \"scratch-detector\"\n\
-             window = \"10m\"\ncomparator = \">\"\nthreshold = 5\n"
-        );
-    }
-    let config: MonitorConfig = toml::from_str(&text).unwrap();
+    let config_of = |names: &[&str]| {
+        let mut text = String::from("[rollups]\nresolutions = [1, 60]\n");
+        for name in names {
+            text += &format!(
+                "[[alerting.rules]]\nname = \"{name}\"\nmetric = \"requests\"\nmodel = \"scratch-detector\"\n\
+                 window = \"10m\"\ncomparator = \">\"\nthreshold = 5\n"
+            );
+        }
+        toml::from_str::<MonitorConfig>(&text).unwrap()
+    };
+    let config = config_of(&["a", "b", "c"]);
     let rules = config.rules().unwrap();
     let now = Utc::now();
     let rows: Vec<PredictionRow> =
@@ -691,6 +694,11 @@ async fn a_round_over_its_budget_leaves_the_rest_to_the_next_round() {
     let later = now + chrono::Duration::hours(1);
     vigil_monitor::alarms::evaluate_all(&views, &rules, later, &Default::default(), &mut rounds).await.unwrap();
     assert_eq!(firing().await, ["b", "c"]);
+    // The next round goes on from the rule it stopped at, not from its place: with a rule added
+    // before it, b is next (by place, a would be evaluated again and b wait).
+    let grown = config_of(&["new", "a", "b", "c"]).rules().unwrap();
+    vigil_monitor::alarms::evaluate_all(&views, &grown, later, &Default::default(), &mut rounds).await.unwrap();
+    assert_eq!(firing().await, ["c"]);
     // Without a budget, every rule every round.
     vigil_monitor::alarms::evaluate_all(&views, &rules, later, &Default::default(), &mut Default::default())
         .await
