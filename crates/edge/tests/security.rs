@@ -86,3 +86,50 @@ async fn metrics_can_need_a_token_and_plaintext_beyond_loopback_needs_insecure()
     let server = vigil_edge::start(open, false).await.expect("allowed with insecure = true");
     server.shutdown().await.unwrap();
 }
+
+/// A line's stream lasts as long as the line runs: a token taken out of the tokens file (or its
+/// scope taken away) ends it within a re-check, without the client sending anything more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lasting_stream_ends_when_its_token_is_revoked() {
+    use std::time::Duration;
+    use tokio_stream::StreamExt as _;
+    use tonic::Code;
+    use vigil_proto::vigil::v1::InspectRequest;
+    use vigil_security::auth::{new_token, token_entry};
+    let ca = TestCa::new("plant");
+    let tokens = ScopedTokens::write(ca.dir());
+    let mut config = secured(&ca, &tokens, true);
+    config.security.auth.reload_interval_ms = 100;
+    let server = start(config).await;
+    let url = format!("https://localhost:{}", server.addr.port());
+    let mut streams = Vec::new();
+    for token in [tokens.only(Scope::Infer), tokens.all_but(Scope::Admin)] {
+        let line = ClientSecurity { ca_cert: Some(ca.ca_pem.clone()), token: Some(token.into()), ..Default::default() };
+        let mut inspect =
+            vigil_proto::vigil::v1::inspection_client::InspectionClient::new(line.connect(&url).await.unwrap());
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let request = InspectRequest { image: samples("normal").remove(0).1, ..Default::default() };
+        sender.send(request).await.unwrap();
+        let mut responses =
+            inspect.inspect_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.unwrap().into_inner();
+        assert!(responses.next().await.unwrap().unwrap().result.is_some(), "served before the change");
+        streams.push((sender, responses));
+    }
+    // The file now holds another token, and the second one without `infer`.
+    let (_, hash) = new_token();
+    let mut text = token_entry("someone-else", &hash, &[Scope::Infer]);
+    let second = vigil_security::auth::token_hash(tokens.all_but(Scope::Admin));
+    text.push_str(&token_entry("all-but-admin", &second, &[Scope::Analyst]));
+    std::fs::write(&tokens.file, text).unwrap();
+    for ((sender, mut responses), (code, says)) in streams
+        .into_iter()
+        .zip([(Code::Unauthenticated, "invalid token"), (Code::PermissionDenied, "lacks the 'infer'")])
+    {
+        let end = tokio::time::timeout(Duration::from_secs(30), responses.next()).await.expect("ended by the server");
+        let status = end.expect("a status").unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(says), "{}", status.message());
+        drop(sender);
+    }
+    server.shutdown().await.unwrap();
+}

@@ -21,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::lasting::{self, AuthBody, Recheck};
 use crate::reload::Reloading;
 
 /// What a token may do. Each token lists its scopes; none implies another.
@@ -221,7 +222,13 @@ pub struct Authenticator {
     issuer: Option<String>,
     audience: Option<String>,
     open_metrics: bool,
+    /// How often a lasting call's token is checked again.
+    recheck_every: Duration,
 }
+
+/// How often a lasting call's token is checked again when the files are never re-read (a JWT
+/// still expires).
+const RECHECK_WITHOUT_RELOAD: Duration = Duration::from_secs(5);
 
 impl Authenticator {
     /// Reads the files `config` names (and starts watching them); None when it names none.
@@ -276,6 +283,7 @@ impl Authenticator {
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
             open_metrics: config.open_metrics,
+            recheck_every: if interval.is_zero() { RECHECK_WITHOUT_RELOAD } else { interval },
         }))
     }
 
@@ -435,7 +443,7 @@ impl AuthMetrics {
             .sum()
     }
 
-    fn count(&self, refusal: &Refusal, access: Access) {
+    pub(crate) fn count(&self, refusal: &Refusal, access: Access) {
         let scope = match access {
             Access::Scope(scope) => scope.name(),
             _ => "token",
@@ -480,7 +488,7 @@ where
     S::Future: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<AuthBody<ResBody>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -489,11 +497,20 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let mut recheck = None;
         if let Some(auth) = &self.auth {
             let access = grpc_access(request.uri().path());
             match auth.authorize(request.headers(), access) {
                 Ok(Some(caller)) => {
                     request.extensions_mut().insert(caller);
+                    if lasting::is_lasting(request.uri().path()) {
+                        let mut headers = HeaderMap::new();
+                        if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
+                            headers.insert(http::header::AUTHORIZATION, value.clone());
+                        }
+                        let (auth, metrics, every) = (auth.clone(), self.metrics.clone(), auth.recheck_every);
+                        recheck = Some(Recheck { auth, metrics, headers, access, every });
+                    }
                 }
                 Ok(None) => {}
                 Err(refusal) => {
@@ -506,7 +523,14 @@ where
                 }
             }
         }
-        Box::pin(self.inner.call(request))
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(match recheck {
+                Some(check) => response.map(|body| AuthBody::rechecked(body, check)),
+                None => response.map(AuthBody::plain),
+            })
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod lasting;
 pub mod reload;
 pub mod tls;
 

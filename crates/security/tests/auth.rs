@@ -195,3 +195,52 @@ fn every_method_has_its_scope_and_unknown_ones_need_admin() {
     let metrics = AuthMetrics::default();
     assert_eq!(metrics.refusals("missing"), 0);
 }
+
+/// Every method the servers serve, with the scope the README's table gives it, written out here
+/// rather than read from the mapping under test; and every stream that needs a token is
+/// checked again while it lasts.
+#[test]
+fn every_served_method_has_the_documented_scope_and_its_streams_are_rechecked() {
+    use auth::grpc_access;
+    let documented = |path: &str| -> Option<Access> {
+        let (service, method) = path.trim_start_matches('/').split_once('/')?;
+        Some(match (service, method) {
+            ("grpc.health.v1.Health", _) => Access::Open,
+            ("inference.GRPCInferenceService", "ServerLive" | "ServerReady") => Access::Open,
+            ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => Access::AnyToken,
+            (
+                "inference.GRPCInferenceService",
+                "ModelInfer" | "ModelStreamInfer" | "ModelMetadata" | "ModelConfig" | "ModelReady" | "ServerMetadata",
+            ) => Access::Scope(Scope::Infer),
+            ("vigil.v1.Inspection", _) | ("vigil.v1.VoiceSearch", _) => Access::Scope(Scope::Infer),
+            ("inference.GRPCInferenceService", "ModelStatistics" | "RepositoryIndex") => Access::Scope(Scope::Analyst),
+            ("vigil.v1.PredictionLog", _) => Access::Scope(Scope::Analyst),
+            ("vigil.v1.Monitoring", "GetMetrics" | "GetDrift" | "ListAlerts") => Access::Scope(Scope::Analyst),
+            ("vigil.v1.Monitoring", "SubmitLabels" | "SubmitFeedback") => Access::Scope(Scope::Operator),
+            ("vigil.v1.Control", _) => Access::Scope(Scope::Control),
+            ("inference.GRPCInferenceService", "RepositoryModelLoad" | "RepositoryModelUnload") => {
+                Access::Scope(Scope::Admin)
+            }
+            _ => return None,
+        })
+    };
+    let set = <prost_types::FileDescriptorSet as prost::Message>::decode(vigil_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                methods.push((path, method.client_streaming() || method.server_streaming()));
+            }
+        }
+    }
+    methods.push(("/grpc.health.v1.Health/Watch".into(), true));
+    methods.push(("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".into(), true));
+    assert_eq!(methods.len(), 26, "{methods:?}");
+    for (path, streams) in &methods {
+        let Some(want) = documented(path) else { panic!("{path}: not in the README's table of scopes") };
+        assert_eq!(grpc_access(path), want, "{path}");
+        let needs_a_scope = matches!(want, Access::Scope(_));
+        assert_eq!(vigil_security::lasting::is_lasting(path), *streams && needs_a_scope, "{path}");
+    }
+}
