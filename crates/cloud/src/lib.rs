@@ -55,7 +55,8 @@ pub async fn start(config: CloudConfig, handle_signals: bool, records: Option<Re
             serving.records.clone(),
             serving.capture.clone(),
             metrics,
-        )?;
+        )?
+        .with_tasks(serving.tasks.clone());
         let max = serving.max_message_bytes;
         let service = VoiceSearchServer::new(service).max_decoding_message_size(max).max_encoding_message_size(max);
         Ok((routes.add_service(service), vec![<VoiceSearchServer<VoiceSearchService> as NamedService>::NAME]))

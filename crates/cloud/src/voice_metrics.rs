@@ -21,6 +21,7 @@ pub struct VoiceSearchMetrics {
     segments: Counter,
     audio_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     clipped_samples: Counter,
+    truncated_pieces: Counter,
     empty_transcripts: Counter,
     no_results: Counter,
     recognise_seconds: Histogram,
@@ -35,6 +36,7 @@ impl VoiceSearchMetrics {
             segments: Counter::default(),
             audio_seconds: Counter::default(),
             clipped_samples: Counter::default(),
+            truncated_pieces: Counter::default(),
             empty_transcripts: Counter::default(),
             no_results: Counter::default(),
             // 1 ms to ~33 s.
@@ -52,6 +54,12 @@ impl VoiceSearchMetrics {
             "vigil_voice_search_clipped_samples",
             "Samples received at full scale (the device's recording clipped)",
             m.clipped_samples.clone(),
+        );
+        registry.register(
+            "vigil_voice_search_truncated_pieces",
+            "Pieces of audio whose decoding stopped at the token limit (max_tokens_per_second), their text \
+             possibly cut short",
+            m.truncated_pieces.clone(),
         );
         registry.register(
             "vigil_voice_search_empty_transcripts",
@@ -76,8 +84,9 @@ impl VoiceSearchMetrics {
         self.queries.get_or_create(&Outcome { status: vigil_serving::metrics::code_name(code) }).inc();
     }
 
-    pub(crate) fn segment(&self, samples: usize, clipped: usize, recognise: std::time::Duration) {
+    pub(crate) fn segment(&self, samples: usize, clipped: usize, truncated: usize, recognise: std::time::Duration) {
         self.segments.inc();
+        self.truncated_pieces.inc_by(truncated as u64);
         self.audio_seconds.inc_by(samples as f64 / vigil_speech::SAMPLE_RATE as f64);
         self.clipped_samples.inc_by(clipped as u64);
         self.recognise_seconds.observe(recognise.as_secs_f64());

@@ -39,6 +39,8 @@ const RESPONSE_BUFFER: usize = 8;
 #[derive(Clone)]
 pub struct VoiceSearchService {
     inner: Arc<Inner>,
+    /// Where each query's task runs: the server waits for them at shutdown before the records.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 struct Inner {
@@ -83,7 +85,13 @@ impl VoiceSearchService {
         // Audio is kept for queries whose records name it.
         let capturer = capturer.filter(|_| records.is_some());
         let inner = Inner { infer, catalog, config, records, capturer, metrics, tokenizers: Mutex::default() };
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self { inner: Arc::new(inner), tasks: tokio_util::task::TaskTracker::new() })
+    }
+
+    /// Runs each query's task on `tasks` (the server's, which it waits for at shutdown, so a
+    /// query cut by the drain is logged before the records stop).
+    pub fn with_tasks(self, tasks: tokio_util::task::TaskTracker) -> Self {
+        Self { tasks, ..self }
     }
 }
 
@@ -104,7 +112,7 @@ impl VoiceSearch for VoiceSearchService {
             }
         };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let outcome = session.run(&inner, &mut inbound, &tx, deadline).await;
             inner.metrics.query_ended(outcome.as_ref().err().map_or(tonic::Code::Ok, Status::code));
             if let Err(status) = outcome {
@@ -218,6 +226,8 @@ struct Heard {
     /// Segments' pitch measures still running beside recognition (only the log needs them).
     pitch_measures: Vec<tokio::task::JoinHandle<Option<f64>>>,
     tokens: usize,
+    /// Pieces whose decoding stopped at the token limit.
+    truncated: usize,
     recognise_time: Duration,
     /// Each segment's length, seconds.
     segment_seconds: Vec<f64>,
@@ -516,17 +526,19 @@ impl Session {
             },
         };
         let started = Instant::now();
-        let mut pieces = Vec::new();
+        let (mut pieces, mut truncated) = (Vec::new(), 0);
         for range in audio::split_at_quiet_points(&samples, limits.split_ms as usize * SAMPLES_PER_MS) {
             let padded = audio::pad(&samples[range], limits.pad_ms, limits.pad_ms);
             let recognised = recogniser.recognise(&padded).await.map_err(speech_status)?;
             heard.tokens += recognised.tokens.len();
+            truncated += usize::from(recognised.truncated);
             if !recognised.text.is_empty() {
                 pieces.push(recognised.text);
             }
         }
         heard.recognise_time += started.elapsed();
-        inner.metrics.segment(samples.len(), levels.clipped_samples, started.elapsed());
+        heard.truncated += truncated;
+        inner.metrics.segment(samples.len(), levels.clipped_samples, truncated, started.elapsed());
         let text = pieces.join(" ");
         heard.transcripts.push(text.clone());
         Ok(SegmentTranscript {
@@ -536,6 +548,7 @@ impl Session {
             rms_dbfs: levels.rms_dbfs.max(-120.0),
             gain_db: levels.gain_db,
             clipped_samples: levels.clipped_samples as u32,
+            truncated: truncated > 0,
         })
     }
 
@@ -644,6 +657,7 @@ impl Session {
                 feature("clipped_samples", heard.clipped as f64),
                 feature("gain_db", mean(&heard.gains)),
                 feature("tokens", heard.tokens as f64),
+                feature("truncated_pieces", heard.truncated as f64),
                 feature("segment_seconds", mean(&heard.segment_seconds)),
             ],
             output: Some(PredictionOutput {

@@ -284,6 +284,7 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
     assert!(feature("audio_seconds") > 0.3 && feature("audio_seconds") < 5.0, "{asr:?}");
     assert!(feature("pitch_hz") > 60.0 && feature("pitch_hz") < 250.0, "an adult voice: {asr:?}");
     assert!(feature("rms_dbfs") < -3.0 && feature("rms_dbfs") > -40.0, "{asr:?}");
+    assert_eq!(feature("truncated_pieces"), 0.0, "decoding ended by the recogniser: {asr:?}");
     assert_eq!(asr.device_id, "test-phone");
     // Its audio, every segment as sent, one after another, was captured as a WAV file the
     // record names.
@@ -353,6 +354,68 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
     let bad = client.feedback(long_session).await.unwrap_err();
     assert!(bad.code() == Code::InvalidArgument && bad.message().contains("session_id is 300 bytes"), "{bad:?}");
     server.shutdown().await.unwrap();
+}
+
+/// Decoding cut at its token limit says so: in the segment's answer, the query's record and the
+/// server's metrics (the transcript may be missing its end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoding_cut_at_the_token_limit_is_reported() {
+    let models = voices::cloud_models();
+    let mut config = config(&models);
+    // One token a second: "wireless noise cancelling headphones" needs several more.
+    config.voice_search.max_tokens_per_second = 1.0;
+    let (server, mut records) = server(config).await;
+    let mut client = client(&server).await;
+    let speech = voices::say("wireless noise cancelling headphones", ADULT);
+    let responses =
+        exchange(&mut client, vec![config_message(search_config()), segment_message(0, &speech)]).await.unwrap();
+    let Some(search_response::Message::Segment(segment)) = &responses[0].message else { panic!("{responses:?}") };
+    assert!(segment.truncated, "{segment:?}");
+    let result = final_result(&responses);
+    let words = result.transcript.split_whitespace().count();
+    assert!(words <= 3, "cut at about three tokens: {:?}", result.transcript);
+    let truncated = metric(&server, "vigil_voice_search_truncated_pieces_total", "").await;
+    assert!(truncated >= 1.0, "{truncated}");
+    let asr = loop {
+        let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+        let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+        if record.api == "voice_search.asr" {
+            break record;
+        }
+    };
+    let pieces = asr.features.iter().find(|f| f.name == "truncated_pieces").unwrap().value;
+    assert_eq!(pieces, truncated, "{asr:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// A query still open when the server stops is cut by the drain and logged as a failure before
+/// the server's shutdown returns (its task is waited for before the records stop). The race
+/// this closes is narrow: on an idle machine the query's task also wins it untracked, so this
+/// checks the outcome, not the tracking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_cut_by_the_drain_is_logged_before_the_server_stops() {
+    let models = voices::cloud_models();
+    let mut config = config(&models);
+    config.limits.drain_timeout_ms = 500;
+    let (sink, mut records) = vigil_logbus::in_process::channel(1024);
+    let (emitter, _task) = Emitter::start(sink, 1024, 8);
+    let stats = emitter.stats().clone();
+    let server = vigil_cloud::start(config, false, Some(RecordEmitter::new(emitter, "cloud-test"))).await.unwrap();
+    let mut client = client(&server).await;
+    let (sender, receiver) = mpsc::channel(4);
+    sender.send(config_message(search_config())).await.unwrap();
+    sender.send(segment_message(0, &voices::say("red running shoes", ADULT))).await.unwrap();
+    let mut responses = client.search(ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    assert!(matches!(first.message, Some(search_response::Message::Segment(_))), "{first:?}");
+    // The client keeps its stream open; the server stops.
+    server.shutdown().await.unwrap();
+    assert_eq!(stats.snapshot().0, 1, "the cut query's record was handed over before shutdown returned");
+    let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+    let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+    assert_eq!((record.api.as_str(), record.status), ("voice_search.asr", RecordStatus::Error as i32), "{record:?}");
+    assert!(!record.output.unwrap_or_default().text.is_empty(), "what it recognised before the cut");
+    drop(sender);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,10 @@ pub struct Serving {
     pub registry: prometheus_client::registry::Registry,
     /// Inputs kept for retraining, when `[capture]` is on.
     pub capture: Option<vigil_capture::Capturer>,
+    /// Work an API runs beside its calls (a streaming call's task): at shutdown, once the
+    /// requests have drained, waited for (at most the drain timeout) before the records are,
+    /// so what it logs on its way out is not lost.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// A server's own APIs beside OIP: given the serving parts and the routes so far, the routes
@@ -212,6 +216,19 @@ pub async fn start(
             Ok(())
         });
     }
+    let tasks = tokio_util::task::TaskTracker::new();
+    let running = tasks.clone();
+    lifecycle.spawn(SHADOWS, "request tasks", move |stop| async move {
+        stop.stopped().await;
+        running.close();
+        if tokio::time::timeout(drain, running.wait()).await.is_err() {
+            tracing::warn!(
+                running = running.len(),
+                "request tasks still running at exit: their records are not written"
+            );
+        }
+        Ok(())
+    });
     let max = settings.limits.max_message_bytes;
     let oip = GrpcInferenceServiceServer::new(inference).max_decoding_message_size(max).max_encoding_message_size(max);
     // The whole server too (the empty name, which probes ask by default): NOT_SERVING once
@@ -226,6 +243,7 @@ pub async fn start(
         max_message_bytes: max,
         registry,
         capture: settings.capture.clone(),
+        tasks,
     };
     let (routes, names) = match apis(&mut serving, host.routes().add_service(oip)) {
         Ok(apis) => apis,
