@@ -17,6 +17,37 @@ pub struct PgStore {
     pool: PgPool,
 }
 
+/// Why a connection to a database beyond this machine would go without a TLS choice: neither
+/// the URL nor `PGSSLMODE` names an `sslmode`, so sqlx's default `prefer` applies, which
+/// encrypts without checking the server's certificate and falls back to plaintext unannounced.
+/// None for loopback, a Unix socket, or a mode chosen.
+pub fn tls_unchosen(url: &str, options: &PgConnectOptions, env_mode: Option<&str>) -> Option<String> {
+    let named = url.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| pair.split_once('=').is_some_and(|(key, _)| key == "sslmode"))
+    });
+    if named || env_mode.is_some_and(|m| !m.is_empty()) || options.get_socket().is_some() {
+        return None;
+    }
+    let host = options.get_host().trim_start_matches('[').trim_end_matches(']');
+    let local = host == "localhost"
+        || host.starts_with('/')
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!local).then(|| {
+        format!(
+            "the database URL for {host} names no sslmode: the connection is encrypted only if the server offers \
+             TLS, its certificate is not checked, and it falls back to plaintext silently; add \
+             sslmode=verify-full&sslrootcert=<CA file> (or sslmode=require, or sslmode=disable on a private \
+             network) to the URL"
+        )
+    })
+}
+
+fn warn_if_tls_unchosen(url: &str, options: &PgConnectOptions) {
+    if let Some(why) = tls_unchosen(url, options, std::env::var("PGSSLMODE").ok().as_deref()) {
+        tracing::warn!("{why}");
+    }
+}
+
 /// The database role analysts read as: SELECT on the prediction log and the monitoring tables,
 /// nothing else (created by the migrations, `NOLOGIN`: grant it to analysts' own users).
 pub const ANALYST_ROLE: &str = "vigil_analyst";
@@ -24,8 +55,10 @@ pub const ANALYST_ROLE: &str = "vigil_analyst";
 impl PgStore {
     /// Connects lazily: the first statement opens the first connection, so a database that is
     /// down at start-up is waited for by the caller's retry loop rather than failing start-up.
+    /// A URL reaching beyond this machine without an `sslmode` is warned about ([`tls_unchosen`]).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.parse()?;
+        warn_if_tls_unchosen(url, &options);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
@@ -38,6 +71,7 @@ impl PgStore {
     /// nothing it runs can write, whatever the user may otherwise do.
     pub fn connect_read_only_as(url: &str, role: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
         let options: PgConnectOptions = url.parse()?;
+        warn_if_tls_unchosen(url, &options);
         let options = options.options([("role", role), ("default_transaction_read_only", "on")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -254,5 +288,30 @@ impl PredictionStore for PgStore {
         let limit = f.limit.clamp(1, MAX_QUERY_ROWS) as i64;
         q.push(" ORDER BY p.prediction_id LIMIT ").push_bind(limit);
         q.build_query_as::<PredictionSummary>().fetch_all(&self.pool).await
+    }
+}
+
+#[cfg(test)]
+mod tls_choice_tests {
+    use super::tls_unchosen;
+
+    fn check(url: &str, env: Option<&str>) -> Option<String> {
+        tls_unchosen(url, &url.parse().unwrap(), env)
+    }
+
+    #[test]
+    fn a_remote_database_without_an_sslmode_is_named() {
+        let why = check("postgres://vigil:secret@db.plant.example:5432/vigil", None).expect("a warning");
+        assert!(why.contains("db.plant.example") && why.contains("sslmode=verify-full"), "{why}");
+        assert!(!why.contains("secret"), "{why}");
+        assert!(check("postgres://vigil@10.0.0.7/vigil?application_name=x", None).is_some());
+        // Chosen in the URL or the environment, or local: nothing to say.
+        assert_eq!(check("postgres://db.plant.example/vigil?sslmode=require", None), None);
+        assert_eq!(check("postgres://db.plant.example/vigil?application_name=x&sslmode=disable", None), None);
+        assert_eq!(check("postgres://db.plant.example/vigil", Some("verify-full")), None);
+        for local in ["postgres://127.0.0.1/vigil", "postgres://localhost:5433/vigil", "postgres://[::1]/vigil"] {
+            assert_eq!(check(local, None), None, "{local}");
+        }
+        assert_eq!(check("postgres:///vigil?host=/var/run/postgresql", None), None);
     }
 }
