@@ -287,4 +287,22 @@ mod tests {
         assert_eq!(ks_p_value(0.0, 5, 7), 1.0);
         assert_eq!(ks_p_value(0.5, 0, 7), 1.0);
     }
+
+    #[test]
+    fn the_large_sample_approximation_holds_at_a_small_step_s_few_answers() {
+        // A 1% step: a candidate's 12-31 answers against a primary's tens of thousands (past
+        // the exact computation), en = 12-31. scipy: kstwo.sf(d, round(m n / (m + n))), what
+        // ks_2samp gives there. Stephens' correction stays within 2%, a little above (no
+        // rollback it would not make).
+        for (d, m, n, scipy) in [
+            (0.246, 30, 20_001, 0.043850747527262146),
+            (0.30, 30, 20_001, 0.006852243362913235),
+            (0.20, 30, 20_001, 0.15796916101547398),
+            (0.35, 12, 20_001, 0.08091071405661032),
+            (0.25, 31, 40_000, 0.03411198090187695),
+        ] {
+            let ours = ks_p_value(d, m, n);
+            assert!(ours >= scipy && ours <= scipy * 1.02, "d {d}, {m} vs {n}: {ours} against {scipy}");
+        }
+    }
 }

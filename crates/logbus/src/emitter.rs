@@ -638,6 +638,10 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "delivered {seen:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(emitter.drain(Duration::from_secs(5)).await);
+        let mut seen: Vec<u8> = sink.seen.lock().unwrap().iter().map(|e| e.payload[0]).collect();
+        seen.sort();
+        assert_eq!(seen, (0..7).collect::<Vec<u8>>(), "each record delivered once");
         assert_eq!(emitter.stats().dropped.load(Ordering::Relaxed), 0, "every record saved");
     }
 
