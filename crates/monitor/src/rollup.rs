@@ -33,7 +33,9 @@ pub fn add_row(w: &mut RollupWindow, r: &RollupInput) {
     if r.status == RecordStatus::InvalidInput as i16 {
         w.invalid_inputs += 1;
     }
-    if r.output_null {
+    // A null output is an answer that says nothing; a request not answered (refused or failed,
+    // logged with an empty output) is an error, counted once, as such.
+    if r.output_null && r.status == RecordStatus::Ok as i16 {
         w.nulls += 1;
     }
     let latency_ms = match r.request_time {
@@ -224,6 +226,18 @@ mod tests {
             stage: if t % 2 == 0 { "asr".into() } else { String::new() },
             label: if score >= 0.5 { "spam".into() } else { "ham".into() },
         }
+    }
+
+    #[test]
+    fn a_request_not_answered_is_an_error_not_a_null_output() {
+        let mut w = RollupWindow::default();
+        let null = RollupInput { output_null: true, ..row(1, 0.5, None) };
+        let refused = RollupInput { status: RecordStatus::InvalidInput as i16, ..null.clone() };
+        let failed = RollupInput { status: RecordStatus::Error as i16, ..null.clone() };
+        for r in [&null, &refused, &failed] {
+            add_row(&mut w, r);
+        }
+        assert_eq!((w.count, w.nulls, w.errors, w.invalid_inputs), (3, 1, 2, 1));
     }
 
     #[test]
