@@ -103,7 +103,8 @@ async fn a_lasting_stream_ends_when_its_token_is_revoked() {
     let server = start(config).await;
     let url = format!("https://localhost:{}", server.addr.port());
     let mut streams = Vec::new();
-    for token in [tokens.only(Scope::Infer), tokens.all_but(Scope::Admin)] {
+    let kept = tokens.all_but(Scope::Control);
+    for token in [tokens.only(Scope::Infer), tokens.all_but(Scope::Admin), kept] {
         let line = ClientSecurity { ca_cert: Some(ca.ca_pem.clone()), token: Some(token.into()), ..Default::default() };
         let mut inspect =
             vigil_proto::vigil::v1::inspection_client::InspectionClient::new(line.connect(&url).await.unwrap());
@@ -115,12 +116,14 @@ async fn a_lasting_stream_ends_when_its_token_is_revoked() {
         assert!(responses.next().await.unwrap().unwrap().result.is_some(), "served before the change");
         streams.push((sender, responses));
     }
-    // The file now holds another token, and the second one without `infer`.
+    // The file now holds another token, the second one without `infer`, the third as it was.
     let (_, hash) = new_token();
     let mut text = token_entry("someone-else", &hash, &[Scope::Infer]);
     let second = vigil_security::auth::token_hash(tokens.all_but(Scope::Admin));
     text.push_str(&token_entry("all-but-admin", &second, &[Scope::Analyst]));
+    text.push_str(&token_entry("all-but-control", &vigil_security::auth::token_hash(kept), &[Scope::Infer]));
     std::fs::write(&tokens.file, text).unwrap();
+    let (kept_sender, mut kept_responses) = streams.pop().unwrap();
     for ((sender, mut responses), (code, says)) in streams
         .into_iter()
         .zip([(Code::Unauthenticated, "invalid token"), (Code::PermissionDenied, "lacks the 'infer'")])
@@ -131,5 +134,13 @@ async fn a_lasting_stream_ends_when_its_token_is_revoked() {
         assert!(status.message().contains(says), "{}", status.message());
         drop(sender);
     }
+    // The stream whose token still passes went through the same re-checks and is served.
+    let request = InspectRequest { image: samples("normal").remove(0).1, ..Default::default() };
+    kept_sender.send(request).await.unwrap();
+    assert!(kept_responses.next().await.unwrap().unwrap().result.is_some(), "served after the re-checks");
+    let port = server.metrics_addr.unwrap().port();
+    let (_, body) = https(port, "GET", "/metrics", &ca.ca_pem, None, "").await;
+    assert_eq!(sample(&body, "vigil_auth_refusals_total", &[("reason", "revoked")]), Some(2.0), "{body}");
+    drop(kept_sender);
     server.shutdown().await.unwrap();
 }

@@ -210,7 +210,7 @@ impl Scopes {
 pub struct Refusal {
     /// Authenticated (a valid token) but lacking the scope.
     pub denied: bool,
-    /// `missing`, `invalid` or `scope`, as counted.
+    /// `missing`, `invalid` or `scope`, as counted (`revoked`: a lasting call ended mid-way).
     pub reason: &'static str,
     pub message: String,
 }
@@ -415,7 +415,8 @@ struct RefusalLabels {
     scope: &'static str,
 }
 
-/// Refused calls, by reason (`missing`, `invalid`, `scope`) and the scope they needed.
+/// Refused calls, by reason (`missing`, `invalid`, `scope`; `revoked` for a lasting call ended
+/// because its token no longer passes) and the scope they needed.
 #[derive(Clone, Default)]
 pub struct AuthMetrics {
     refusals: Family<RefusalLabels, Counter>,

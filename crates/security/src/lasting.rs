@@ -79,7 +79,10 @@ impl Rechecking {
         let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
         while timer.as_mut().poll(cx).is_ready() {
             if let Err(refusal) = self.check.auth.authorize(&self.check.headers, self.check.access) {
-                self.check.metrics.count(&refusal, self.check.access);
+                // Counted apart from calls refused at their start.
+                self.check
+                    .metrics
+                    .count(&crate::auth::Refusal { reason: "revoked", ..refusal.clone() }, self.check.access);
                 tracing::info!(reason = refusal.reason, "a lasting call's token no longer passes; ending it");
                 let message = format!("{} (checked again while the call lasted)", refusal.message);
                 return Some(match refusal.denied {

@@ -53,14 +53,22 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         let target: Weak<ArcSwap<T>> = Arc::downgrade(&this.current);
         let spawned = std::thread::Builder::new().name(format!("reload {what}")).spawn(move || {
             let mut failed: Option<Stamp> = None;
+            let mut last = seen.clone();
             loop {
                 std::thread::sleep(interval);
                 let Some(target) = target.upgrade() else { return };
                 let now = stamp(&paths);
-                if now == seen {
+                // Read once the files stayed the same for an interval: a file caught between
+                // being emptied and filled again (an editor, `echo >`) is valid and empty, and
+                // would revoke every token (and end every lasting call) until the next read.
+                let settled = now == last;
+                last = now.clone();
+                if now == seen || !settled {
                     continue;
                 }
                 match load() {
+                    // Changed again while being read: read once it settles again.
+                    Ok(_) if stamp(&paths) != now => continue,
                     Ok(value) => {
                         target.store(Arc::new(value));
                         tracing::info!(what, files = ?paths, "reloaded");

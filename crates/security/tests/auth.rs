@@ -85,6 +85,38 @@ async fn tokens_from_the_file_carry_their_scopes_and_changes_are_read_again() {
     assert!(auth.authorize(&bearer(&analyst), infer).is_err(), "the old token still works");
 }
 
+/// A tokens file rewritten in place passes through empty (a valid file with no token): read
+/// at that moment it would revoke every token, and end every lasting call, for an interval.
+/// The reload waits until the file stays the same for an interval.
+#[tokio::test]
+async fn a_tokens_file_caught_mid_write_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.toml");
+    let (line, _) = auth::new_token();
+    let text = tokens_file(&[("line-3", &line, &["infer"])]);
+    std::fs::write(&path, &text).unwrap();
+    let config = AuthConfig { tokens_file: Some(path.clone()), reload_interval_ms: 100, ..Default::default() };
+    let auth = Authenticator::load(&config).unwrap().expect("configured");
+    let infer = Access::Scope(Scope::Infer);
+    // Each round leaves the file empty for 60% of an interval, and rounds last a little longer
+    // each time, so that the empty spells fall at every phase of the reload's ticks.
+    for round in 0..20 {
+        std::fs::write(&path, "").unwrap();
+        let written = Instant::now();
+        // Empty for less than an interval (seen at most once), then filled again; the token
+        // must pass throughout and after.
+        while written.elapsed() < Duration::from_millis(60) {
+            assert!(auth.authorize(&bearer(&line), infer).is_ok(), "round {round}: refused while empty");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        std::fs::write(&path, &text).unwrap();
+        while written.elapsed() < Duration::from_millis(300 + 17 * round) {
+            assert!(auth.authorize(&bearer(&line), infer).is_ok(), "round {round}: refused after the write");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
 #[test]
 fn a_bad_tokens_file_is_refused_at_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
