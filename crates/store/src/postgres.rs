@@ -23,7 +23,7 @@ pub struct PgStore {
 /// None for loopback, a Unix socket, or a mode chosen.
 pub fn tls_unchosen(url: &str, options: &PgConnectOptions, env_mode: Option<&str>) -> Option<String> {
     let named = url.split_once('?').is_some_and(|(_, query)| {
-        query.split('&').any(|pair| pair.split_once('=').is_some_and(|(key, _)| key == "sslmode"))
+        query.split('&').any(|pair| pair.split_once('=').is_some_and(|(key, _)| key == "sslmode" || key == "ssl-mode"))
     });
     if named || env_mode.is_some_and(|m| !m.is_empty()) || options.get_socket().is_some() {
         return None;
@@ -31,7 +31,7 @@ pub fn tls_unchosen(url: &str, options: &PgConnectOptions, env_mode: Option<&str
     let host = options.get_host().trim_start_matches('[').trim_end_matches(']');
     let local = host == "localhost"
         || host.starts_with('/')
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.to_canonical().is_loopback());
     (!local).then(|| {
         format!(
             "the database URL for {host} names no sslmode: the connection is encrypted only if the server offers \
@@ -308,8 +308,14 @@ mod tls_choice_tests {
         // Chosen in the URL or the environment, or local: nothing to say.
         assert_eq!(check("postgres://db.plant.example/vigil?sslmode=require", None), None);
         assert_eq!(check("postgres://db.plant.example/vigil?application_name=x&sslmode=disable", None), None);
+        assert_eq!(check("postgres://db.plant.example/vigil?ssl-mode=require", None), None);
         assert_eq!(check("postgres://db.plant.example/vigil", Some("verify-full")), None);
-        for local in ["postgres://127.0.0.1/vigil", "postgres://localhost:5433/vigil", "postgres://[::1]/vigil"] {
+        for local in [
+            "postgres://127.0.0.1/vigil",
+            "postgres://localhost:5433/vigil",
+            "postgres://[::1]/vigil",
+            "postgres://[::ffff:127.0.0.1]/vigil",
+        ] {
             assert_eq!(check(local, None), None, "{local}");
         }
         assert_eq!(check("postgres:///vigil?host=/var/run/postgresql", None), None);

@@ -373,6 +373,24 @@ async fn skewed_label_clocks_conform<S: PredictionStore + vigil_store::OutcomeSt
     let labeled: i64 = store.labeled_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
     let clicks: i64 = store.feedback_counts(&q).await.unwrap().iter().map(|g| g.count).sum();
     assert_eq!((labeled, clicks), (1, 1), "only outcomes timed before the bound");
+    // A newer label past the bound does not hide the one before it: the latest label before
+    // the bound is the one counted.
+    let relabel = LabelRow {
+        label_id: Uuid::now_v7(),
+        prediction_id: rows[1].prediction_id,
+        label: "ok".into(),
+        time: now,
+        source: "bob".into(),
+    };
+    store.insert_batch(&[], std::slice::from_ref(&relabel)).await.unwrap();
+    let actual = |groups: Vec<vigil_store::monitoring::LabeledCount>| {
+        groups.into_iter().map(|g| (g.actual, g.count)).collect::<Vec<_>>()
+    };
+    assert_eq!(actual(store.labeled_counts(&q).await.unwrap()), [("defect".to_string(), 1)]);
+    let unbounded = vigil_store::monitoring::OutcomeQuery { events_before: None, ..q };
+    let mut latest = actual(store.labeled_counts(&unbounded).await.unwrap());
+    latest.sort();
+    assert_eq!(latest, [("defect".to_string(), 1), ("ok".to_string(), 1)], "without the bound, the newest");
 }
 
 #[tokio::test]
