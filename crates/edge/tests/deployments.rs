@@ -415,6 +415,21 @@ async fn a_slow_or_failing_shadow_never_delays_or_fails_the_primary_and_is_logge
         let (p50, p99) = percentiles(&mut latencies);
         table.push(format!("| {id} | {p50:.2} | {p99:.2} | {started} | {skipped} |"));
     }
+    // A version asked for by name is outside the deployment's split: not mirrored, and its
+    // record is no variant's (a rollout compares only the traffic the deployment routed).
+    let seen_before = logged.read().len();
+    let request = InspectRequest {
+        image: image.clone(),
+        model_version: "1".into(),
+        station_id: "named".into(),
+        ..Default::default()
+    };
+    assert_eq!(inspect.clone().inspect(request).await.unwrap().into_inner().model_version, "1");
+    settle(&mut logged, &emitter, metrics).await;
+    let named: Vec<&PredictionRecord> =
+        logged.read()[seen_before..].iter().filter(|r| r.station_id == "named").collect();
+    assert_eq!(named.len(), 1, "no shadow copy of a named request: {named:?}");
+    assert_eq!((named[0].variant, named[0].deployment_id.as_str()), (Variant::Unspecified as i32, "failing-shadow"));
     println!("| primary's latency under | p50 ms | p99 ms | shadow copies run | skipped |");
     println!("|---|---:|---:|---:|---:|");
     for row in table {

@@ -170,10 +170,11 @@ impl Router for DeploymentRouter {
         };
         if !version.is_empty() {
             // A version asked for by name is served as asked, but the deployment still says who
-            // decides its items and what is captured. Its records are not the canary's (that is
-            // the share of keys the deployment routes): a rollout judges those alone. One of the
+            // decides its items and what is captured. Its records are no variant's: outside the
+            // deployment's split (a client pinned to a version is no random sample), a rollout
+            // compares the primary's and the canary's routed traffic alone. One of the
             // deployment's versions is checked against its registered artifact as well.
-            return Ok(route(self.registered(&d, version)?, Vec::new(), Variant::Primary));
+            return Ok(route(self.registered(&d, version)?, Vec::new(), Variant::Unspecified));
         }
         Ok(match d.mode {
             Mode::Single => route(primary()?, Vec::new(), Variant::Primary),
