@@ -104,7 +104,11 @@ impl VoiceSearch for VoiceSearchService {
         let deadline = request.extensions().get::<vigil_serving::admission::Deadline>().map(|d| d.0);
         let mut inbound = request.into_inner();
         let inner = self.inner.clone();
-        let session = match open(&inner, &mut inbound, request_time).await {
+        let mut opening = Opening { inner: &inner, deadline, counted: false };
+        let opened = open(&inner, &mut inbound, request_time).await;
+        opening.counted = true;
+        drop(opening);
+        let session = match opened {
             Ok(session) => session,
             Err(status) => {
                 inner.metrics.query_ended(status.code());
@@ -180,6 +184,27 @@ fn feedback_event_id(query_id: &str, kind: &str, value: &str) -> String {
 }
 
 /// Waits (at most `config_timeout_ms`) for the stream's SearchConfig and checks it.
+/// A query whose call ends while its handler still waits for the config (the call's deadline,
+/// the drain, or the client going drops the handler) is counted with the end it met.
+struct Opening<'a> {
+    inner: &'a Inner,
+    deadline: Option<Instant>,
+    counted: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            return;
+        }
+        let why = match &self.inner.records {
+            Some(records) => records.why_unanswered(self.deadline),
+            None => vigil_serving::records::past_deadline(self.deadline),
+        };
+        self.inner.metrics.query_ended(why.map_or(tonic::Code::Cancelled, |status| status.code()));
+    }
+}
+
 async fn open(
     inner: &Inner,
     inbound: &mut Streaming<SearchRequest>,

@@ -388,6 +388,33 @@ async fn decoding_cut_at_the_token_limit_is_reported() {
     server.shutdown().await.unwrap();
 }
 
+/// A query whose call is cut while the server still waits for its config (here the caller's
+/// deadline) is counted with its end, as every other query is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_cut_before_its_config_is_counted() {
+    let models = voices::cloud_models();
+    let (server, _records) = server(config(&models)).await;
+    let mut client = client(&server).await;
+    let (sender, receiver) = mpsc::channel::<SearchRequest>(1);
+    let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+    request.set_timeout(Duration::from_millis(300));
+    // The client gives up at the same moment (CANCELLED on its side, or the server's
+    // DEADLINE_EXCEEDED, whichever comes first).
+    let status = client.search(request).await.unwrap_err();
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&server, "vigil_voice_search_queries_total", "").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the cut query was never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metric(&server, "vigil_voice_search_queries_total", "").await, 1.0, "counted once");
+    let timed_out = metric(&server, "vigil_voice_search_queries_total", "status=\"DeadlineExceeded\"").await;
+    assert_eq!(timed_out, 1.0, "at its deadline, as the server's deadline");
+    drop(sender);
+    server.shutdown().await.unwrap();
+}
+
 /// A query still open when the server stops is cut by the drain and logged as a failure before
 /// the server's shutdown returns (its task is waited for before the records stop). The race
 /// this closes is narrow: on an idle machine the query's task also wins it untracked, so this
