@@ -131,9 +131,14 @@ fn entry_name(prediction_id: &str) -> String {
 
 async fn write_entry(dir: &Path, p: &Pending) -> std::io::Result<()> {
     let name = entry_name(&p.meta.prediction_id);
+    // Each file's bytes on disk before its name: the input before its metadata, so that a
+    // power cut leaves an input without metadata (set aside), not metadata naming a cut input.
     let write = |file: PathBuf, bytes: Vec<u8>| async move {
         let partial = file.with_extension("partial");
-        tokio::fs::write(&partial, bytes).await?;
+        let mut out = tokio::fs::File::create(&partial).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut out, &bytes).await?;
+        out.sync_data().await?;
+        drop(out);
         tokio::fs::rename(&partial, &file).await
     };
     write(dir.join(format!("{name}.bin")), p.bytes.clone()).await?;
@@ -261,6 +266,18 @@ impl Forwarder {
         let meta: CaptureMeta = serde_json::from_slice(&meta_bytes).map_err(|e| Failure::Entry(e.to_string()))?;
         let bin = meta_file.with_extension("bin");
         let bytes = tokio::fs::read(&bin).await.map_err(|e| read(e, &bin))?;
+        // The store is content-addressed: an input cut short (a power cut before it reached the
+        // disk) stored under its key would replace the whole one other records name.
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if bytes.len() as u64 != meta.bytes || sha256 != meta.sha256 {
+            return Err(Failure::Entry(format!(
+                "{} holds {} bytes (sha256 {sha256}) where its metadata says {} (sha256 {}): cut short?",
+                bin.display(),
+                bytes.len(),
+                meta.bytes,
+                meta.sha256
+            )));
+        }
         let key = |rest: &str| {
             let mut path = self.prefix.clone();
             for part in rest.split('/') {

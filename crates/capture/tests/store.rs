@@ -195,6 +195,25 @@ async fn a_broken_spool_entry_is_set_aside_and_the_captures_after_it_are_stored(
     // Named to sort before every real entry: the forwarder meets them first.
     std::fs::write(spool.join("00000000-cut.json"), b"{\"key\": \"detector/ab").unwrap();
     std::fs::write(spool.join("00000000-cut.bin"), b"frame").unwrap();
+    // Whole metadata naming an input that reached the disk only in part: not stored under the
+    // whole input's key (content-addressed, it would replace the good copy others name).
+    let whole = b"a whole frame that was cut short".to_vec();
+    let sha256 = hex::encode(Sha256::digest(&whole));
+    let meta = CaptureMeta {
+        prediction_id: "00000000-short".into(),
+        model: "detector".into(),
+        version: "1".into(),
+        key: format!("detector/{sha256}"),
+        sha256: sha256.clone(),
+        bytes: whole.len() as u64,
+        content_type: "application/octet-stream".into(),
+        station_id: String::new(),
+        device_id: String::new(),
+        reason: "sampled".into(),
+        time_ms: 0,
+    };
+    std::fs::write(spool.join("00000000-short.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    std::fs::write(spool.join("00000000-short.bin"), &whole[..10]).unwrap();
     std::fs::write(spool.join("00000001-orphan.bin"), b"0123456789").unwrap();
     std::fs::write(spool.join("00000002-torn.partial"), b"01").unwrap();
     // Left a while ago: files younger than a minute may be another process's, being written.
@@ -210,7 +229,7 @@ async fn a_broken_spool_entry_is_set_aside_and_the_captures_after_it_are_stored(
     }
     let stats = capturer.stats();
     until("the five captures stored", || stats.stored.load(Ordering::Relaxed) == 5).await;
-    assert_eq!(stats.broken.load(Ordering::Relaxed), 3, "the cut entry, the orphan input, the torn file");
+    assert_eq!(stats.broken.load(Ordering::Relaxed), 4, "the cut entries, the orphan input, the torn file");
     let fresh = b"being written".len() as u64;
     assert_eq!(stats.spooled_bytes.load(Ordering::Relaxed), fresh, "what is set aside is not counted as waiting");
     assert!(spool.join("00000003-fresh.bin").exists(), "a fresh file is left to whoever writes it");
@@ -219,9 +238,20 @@ async fn a_broken_spool_entry_is_set_aside_and_the_captures_after_it_are_stored(
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     aside.sort();
-    assert_eq!(aside, ["00000000-cut.bin", "00000000-cut.json", "00000001-orphan.bin", "00000002-torn.partial"]);
+    assert_eq!(
+        aside,
+        [
+            "00000000-cut.bin",
+            "00000000-cut.json",
+            "00000000-short.bin",
+            "00000000-short.json",
+            "00000001-orphan.bin",
+            "00000002-torn.partial"
+        ]
+    );
     let (store, _) = vigil_capture::open_store(&config(&url, &spool, "")).unwrap();
     assert_eq!(objects(store.as_ref(), "detector/predictions").await.len(), 5);
+    assert!(store.head(&ObjectPath::from(format!("detector/{sha256}"))).await.is_err(), "the cut input was stored");
     drop(capturer);
     task.await.unwrap();
 }
