@@ -476,6 +476,10 @@ async fn an_external_worker_runs_the_queue_the_monitor_leaves_alone() {
     // A job an earlier worker claimed and never finished (its pod died).
     store.enqueue_retrain(&queue("other", &data)).await.unwrap();
     let orphan = store.claim_retrain(Utc::now()).await.unwrap().expect("claimed");
+    // It had begun writing its version 3.
+    let partial = repository.join(format!("other/.3.job-{}", orphan.job_id));
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(partial.join("model.onnx"), b"half a model").unwrap();
     // The monitor, leading, leaves queued jobs to the external worker.
     let (stop, task, _leading) = start(&store, config.clone(), &repository);
     let first = queue("good", &data);
@@ -511,6 +515,7 @@ async fn an_external_worker_runs_the_queue_the_monitor_leaves_alone() {
     assert!(repository.join("good").join(ran[0].candidate_version.as_deref().unwrap()).join("model.onnx").is_file());
     let orphan = store.retrain_job(&orphan.job_id).await.unwrap().unwrap();
     assert_eq!((orphan.state.as_str(), orphan.error.as_str()), ("failed", INTERRUPTED));
+    assert!(!partial.exists(), "the interrupted job's partial version was left behind");
     // Nothing left: a second worker finds no job.
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let repository_again = repository.clone();

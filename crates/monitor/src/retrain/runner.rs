@@ -106,6 +106,8 @@ pub async fn work<S: PredictionStore + MonitorStore>(
     };
     runner.lease.lock().await.hold(lease);
     bounded(runner.interrupt_orphans()).await.context("marking interrupted jobs")?;
+    // As a monitor taking the lease over does: what the jobs that died left half written goes.
+    runner.remove_partials_of_stopped_jobs().await;
     let mut ran = Vec::new();
     while max_jobs.is_none_or(|max| ran.len() < max) && !*shutdown.borrow() {
         match runner.tenure(false).await {
