@@ -466,11 +466,15 @@ async fn replay<S: Sink>(sink: Arc<S>, spool: SpoolActor, stats: Arc<EmitterStat
                 (_, true) => {}
             }
         }
+        let mut head_stuck = false;
         if delivered > 0 {
             match spool.ack(positions[delivered - 1], delivered as u64).await {
                 // Closed meanwhile: the next run sends these again (downstream inserts are idempotent).
                 Err(_closed) => return,
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot advance the spool head"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot advance the spool head; backing off before sending again");
+                    head_stuck = true;
+                }
                 Ok(Ok(())) => {
                     stats.replayed.fetch_add((delivered - refused) as u64, Ordering::Relaxed);
                     tracing::info!(count = delivered, left = spool.len(), "replayed spooled records");
@@ -478,6 +482,8 @@ async fn replay<S: Sink>(sink: Arc<S>, spool: SpoolActor, stats: Arc<EmitterStat
             }
         }
         match first_error {
+            // The head did not move: the same records would be sent again at once, over and over.
+            None if head_stuck => backoff = (backoff * 2).clamp(interval, Duration::from_secs(10)),
             // More may be waiting: look again almost at once.
             None => backoff = Duration::from_millis(1),
             Some(e) => {

@@ -203,6 +203,10 @@ impl PredictionStore for PgStore {
         predictions: &[PredictionRow],
         labels: &[LabelRow],
     ) -> Result<(u64, u64), sqlx::Error> {
+        // Nothing to write (a batch of dead letters only): no transaction to wait on.
+        if predictions.is_empty() && labels.is_empty() {
+            return Ok((0, 0));
+        }
         let mut tx = self.write_transaction().await?;
         let p = insert_predictions(&mut *tx, predictions).await?;
         let l = insert_labels(&mut *tx, labels).await?;
