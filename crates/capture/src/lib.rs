@@ -112,7 +112,10 @@ impl Capturer {
         let store = open_store(&config)?;
         let stats = Arc::new(CaptureStats::default());
         let (queue, pending) = mpsc::channel(config.queue);
-        let hash_key = std::env::var(HASH_KEY_ENV).ok().filter(|k| !k.is_empty()).map(|k| Arc::new(k.into_bytes()));
+        // Read as the configuration checked it: any bytes (a key that is not UTF-8 is a key).
+        let hash_key = std::env::var_os(HASH_KEY_ENV)
+            .filter(|k| !k.is_empty())
+            .map(|k| Arc::new(std::os::unix::ffi::OsStringExt::into_vec(k)));
         let task = spool::start(config.spool.clone(), store, pending, stats.clone()).await?;
         Ok((Self { config: Arc::new(config), queue, stats, hash_key }, task))
     }
@@ -148,6 +151,8 @@ impl Capturer {
         let key = format!("{}/{sha256}", input.model);
         let id = |value: &str| match (privacy, &self.hash_key) {
             (Privacy::HashedIds, Some(k)) if !value.is_empty() => keyed_hash(k, value),
+            // Never the raw id under `hashed_ids` (the configuration refuses a missing key).
+            (Privacy::HashedIds, _) => String::new(),
             _ => value.to_string(),
         };
         let meta = CaptureMeta {
