@@ -95,11 +95,12 @@ async fn a_tokens_file_caught_mid_write_is_not_taken() {
     let (line, _) = auth::new_token();
     let text = tokens_file(&[("line-3", &line, &["infer"])]);
     std::fs::write(&path, &text).unwrap();
-    let config = AuthConfig { tokens_file: Some(path.clone()), reload_interval_ms: 100, ..Default::default() };
+    let config = AuthConfig { tokens_file: Some(path.clone()), reload_interval_ms: 300, ..Default::default() };
     let auth = Authenticator::load(&config).unwrap().expect("configured");
     let infer = Access::Scope(Scope::Infer);
-    // Each round leaves the file empty for 60% of an interval, and rounds last a little longer
-    // each time, so that the empty spells fall at every phase of the reload's ticks.
+    // Each round leaves the file empty for a fifth of an interval (a busy machine may stretch
+    // that fourfold before the reload could see it twice), and rounds last a little longer each
+    // time, so that the empty spells fall at every phase of the reload's ticks.
     for round in 0..20 {
         std::fs::write(&path, "").unwrap();
         let written = Instant::now();
@@ -110,7 +111,7 @@ async fn a_tokens_file_caught_mid_write_is_not_taken() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         std::fs::write(&path, &text).unwrap();
-        while written.elapsed() < Duration::from_millis(300 + 17 * round) {
+        while written.elapsed() < Duration::from_millis(700 + 17 * round) {
             assert!(auth.authorize(&bearer(&line), infer).is_ok(), "round {round}: refused after the write");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
