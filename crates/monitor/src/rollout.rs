@@ -361,8 +361,7 @@ pub fn analyse(
     // the primary's answer: judged in the canary steps only.
     // In a 100% canary step, rates and labels compare with the window before the step, but
     // latency and distributions move with the hour's load and inputs: judged side by side only.
-    let compared = side_by_side;
-    let enough = compared && candidate.count.min(primary.count) >= checks.min_comparison_samples;
+    let enough = side_by_side && candidate.count.min(primary.count) >= checks.min_comparison_samples;
     if let Some(p) = p_p99.filter(|_| step.mode == StepMode::Canary && enough) {
         let limit = (p * checks.max_latency_p99_ratio).max(p + checks.latency_p99_slack_ms);
         check("latency_p99_ms", c_p99, p_p99, limit);
@@ -375,7 +374,7 @@ pub fn analyse(
         let p = primary.features.get(name).and_then(|p| p.sketch.as_ref());
         distributions.push((format!("input_ks.{name}"), c.sketch.as_ref(), p));
     }
-    let primary_enough = compared && primary.count >= checks.min_comparison_samples;
+    let primary_enough = side_by_side && primary.count >= checks.min_comparison_samples;
     for (name, cs, ps) in distributions.into_iter().filter(|_| primary_enough) {
         let (Some(cs), Some(ps)) = (cs, ps) else { continue };
         let (Ok(c), Ok(p)) = (sketch::distribution(cs), sketch::distribution(ps)) else { continue };
