@@ -75,7 +75,7 @@ pub(crate) async fn start(
 ) -> Result<tokio::task::JoinHandle<()>, CaptureError> {
     let spool_error = |source| CaptureError::Spool { path: dir.display().to_string(), source };
     std::fs::create_dir_all(&dir).map_err(spool_error)?;
-    let set_aside = set_aside_incomplete(&dir).map_err(spool_error)?;
+    let (set_aside, _) = set_aside_incomplete(&dir).map_err(spool_error)?;
     stats.broken.fetch_add(set_aside, Ordering::Relaxed);
     stats.spooled_bytes.store(spooled_bytes(&dir).map_err(spool_error)?, Ordering::Relaxed);
     let wake = Arc::new(Notify::new());
@@ -85,11 +85,16 @@ pub(crate) async fn start(
         let wake = wake.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
+            let mut swept = tokio::time::Instant::now();
             loop {
                 let finished = *done.borrow_and_update();
                 let stored = forwarder.forward_all().await;
                 if finished {
                     return;
+                }
+                if swept.elapsed() >= SWEEP_EVERY {
+                    swept = tokio::time::Instant::now();
+                    forwarder.sweep();
                 }
                 let wait = if stored { Duration::from_secs(1) } else { backoff };
                 backoff = if stored { Duration::from_millis(200) } else { (backoff * 2).min(MAX_BACKOFF) };
@@ -109,6 +114,9 @@ pub(crate) async fn start(
             match write_entry(&dir, &p).await {
                 Ok(()) => wake.notify_one(),
                 Err(e) => {
+                    // What the failed write left is no capture: removed, so that no later sweep
+                    // gives its room back a second time.
+                    remove_incomplete_entry(&dir, &p.meta.prediction_id);
                     release(&stats.spooled_bytes, size);
                     stats.store_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(prediction = %p.meta.prediction_id, error = %e, "cannot spool a capture");
@@ -118,6 +126,14 @@ pub(crate) async fn start(
         let _ = done_tx.send(true);
         let _ = forwarding.await;
     }))
+}
+
+/// Removes the files a failed [`write_entry`] of `prediction_id` may have left.
+fn remove_incomplete_entry(dir: &Path, prediction_id: &str) {
+    let name = entry_name(prediction_id);
+    for file in [format!("{name}.bin"), format!("{name}.partial"), format!("{name}.json")] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
 }
 
 /// A file name safe for any prediction id.
@@ -170,14 +186,19 @@ fn move_aside(dir: &Path, files: &[PathBuf]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Files younger than this are left alone at start: another process may be writing them.
+/// Files younger than this are left alone: a capture may be being written.
 const INCOMPLETE_AFTER: Duration = Duration::from_secs(60);
+/// How often the running spool looks for incomplete files again.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// At start, before anything is written: inputs without their metadata (a crash between the
-/// two writes, or between the two removals after storing) and files written in part, a minute
-/// old or more, are moved aside; no later pass would forward or remove them. Returns how many.
-fn set_aside_incomplete(dir: &Path) -> std::io::Result<u64> {
-    let mut moved = 0;
+/// Inputs without their metadata (a crash between the two writes, or between the two removals
+/// after storing) and files written in part, a minute old or more, are moved aside; no pass
+/// would forward or remove them. At start, and every [`SWEEP_EVERY`] while running: a restart
+/// within a minute of a crash leaves its leftovers too young at start, and an input without
+/// metadata counts against the spool's room until it goes. Returns how many, and the bytes of
+/// the inputs among them.
+fn set_aside_incomplete(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let (mut moved, mut input_bytes) = (0, 0);
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -185,11 +206,15 @@ fn set_aside_incomplete(dir: &Path) -> std::io::Result<u64> {
         let orphan = path.extension().is_some_and(|e| e == "bin") && !path.with_extension("json").exists();
         if (orphan || path.extension().is_some_and(|e| e == "partial")) && age >= INCOMPLETE_AFTER {
             tracing::warn!(file = %path.display(), "an incomplete capture in the spool: set aside in {BROKEN}/");
+            let size = entry.metadata()?.len();
             move_aside(dir, &[path])?;
             moved += 1;
+            if orphan {
+                input_bytes += size;
+            }
         }
     }
-    Ok(moved)
+    Ok((moved, input_bytes))
 }
 
 fn spooled_bytes(dir: &Path) -> std::io::Result<u64> {
@@ -238,6 +263,18 @@ impl Forwarder {
             }
         }
         true
+    }
+
+    /// Sets aside the incomplete files a crash left (see [`set_aside_incomplete`]) and gives
+    /// back the room of the inputs among them.
+    fn sweep(&self) {
+        match set_aside_incomplete(&self.dir) {
+            Ok((moved, input_bytes)) => {
+                release(&self.stats.spooled_bytes, input_bytes);
+                self.stats.broken.fetch_add(moved, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(dir = %self.dir.display(), error = %e, "cannot look for incomplete captures"),
+        }
     }
 
     /// Moves an entry that cannot be forwarded into `broken/`, and stops counting its bytes.

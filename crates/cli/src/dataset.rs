@@ -59,6 +59,10 @@ struct ExportArgs {
     /// The least Fleiss' kappa among items several people labelled.
     #[arg(long, default_value_t = Limits::default().min_kappa)]
     min_kappa: f64,
+    /// The most captured inputs may be missing from the capture store or not match their hash
+    /// (share of the captured inputs): their rows are kept without their input.
+    #[arg(long, default_value_t = Limits::default().max_lost_capture_share)]
+    max_lost_capture_share: f64,
 }
 
 /// Exit code of a dataset refused by its checks.
@@ -88,6 +92,7 @@ async fn export<S: PredictionStore + ReviewStore>(store: S, args: ExportArgs) ->
             max_duplicate_share: args.max_duplicate_share,
             min_class_share: args.min_class_share,
             min_kappa: args.min_kappa,
+            max_lost_capture_share: args.max_lost_capture_share,
         },
         out: args.out,
         captures: args.captures.as_deref().map(vigil_datasets::Captures::open).transpose().context("--captures")?,

@@ -236,3 +236,104 @@ fn an_export_that_fails_part_way_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "a half-written dataset was left: {left:?}");
 }
+
+#[test]
+fn lost_inputs_within_the_limit_leave_their_rows_without_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
+    let store = dir.path().join("captures");
+    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
+    // Of the ten captured images, item 36's never reached the store and item 8's was altered.
+    for i in (0..40).step_by(4).filter(|&i| i != 36) {
+        let bytes = if i == 8 { b"something else".to_vec() } else { image(i) };
+        std::fs::write(store.join(capture_key(i)), bytes).unwrap();
+    }
+    let out = dir.path().join("datasets");
+    let export = |share: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
+            .args(["--min-kappa", "0", "--captures", &format!("file://{}", store.display())])
+            .args(["--max-lost-capture-share", share])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    // Two lost of ten: over a limit of 0.19, within one of 0.2.
+    let refused = export("0.19");
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(refused.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("2 lost (0.200, limit 0.19)"), "{stdout}");
+    let written = export("0.2");
+    let stdout = String::from_utf8_lossy(&written.stdout);
+    assert!(written.status.success(), "{stdout}{}", String::from_utf8_lossy(&written.stderr));
+    assert!(stdout.contains("2 lost (0.200, limit 0.2), their rows kept without their input"), "{stdout}");
+
+    let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dataset.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["rows"], 40, "every row kept: {manifest}");
+    assert_eq!(manifest["captured"], 8, "{manifest}");
+    assert_eq!(manifest["inputs"]["files"], 8, "{manifest}");
+    assert_eq!(manifest["inputs"]["lost"], 2, "{manifest}");
+    // The rows, read back: the lost inputs' rows name no capture, the others theirs, each on disk.
+    let rows = std::fs::read(dataset.join("rows.csv")).unwrap();
+    let sha256: String = Sha256::digest(&rows).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(dataset.ends_with(format!("scratch-detector-{}", &sha256[..16])), "the id names the rows written");
+    let text = String::from_utf8(rows).unwrap();
+    for (i, line) in text.lines().skip(1).enumerate() {
+        let capture = line.rsplit(',').next().unwrap();
+        let expected = if i % 4 == 0 && i != 8 && i != 36 { capture_key(i) } else { String::new() };
+        assert_eq!(capture, expected, "row {i}");
+        if !capture.is_empty() {
+            let sha = capture.rsplit('/').next().unwrap();
+            assert_eq!(std::fs::read(dataset.join("inputs").join(sha)).unwrap(), image(i));
+        }
+    }
+    for lost in [8, 36] {
+        let sha = capture_key(lost).rsplit('/').next().unwrap().to_string();
+        assert!(!dataset.join("inputs").join(sha).exists(), "no file for the lost input of item {lost}");
+    }
+}
+
+#[test]
+fn a_torn_dataset_of_the_same_rows_is_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
+    let store = dir.path().join("captures");
+    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
+    for i in (0..40).step_by(4) {
+        std::fs::write(store.join(capture_key(i)), image(i)).unwrap();
+    }
+    let out = dir.path().join("datasets");
+    let export = || {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
+            .args(["--min-kappa", "0", "--captures", &format!("file://{}", store.display())])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let first = export();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let whole_rows = std::fs::read(dataset.join("rows.csv")).unwrap();
+    let one_input = dataset.join("inputs").join(capture_key(12).rsplit('/').next().unwrap());
+
+    // What a power cut leaves of files renamed into place before their data reached the disk:
+    // a rows.csv cut short, then (once that is mended) an input file that is empty.
+    let tears: [(&std::path::Path, usize); 2] = [(&dataset.join("rows.csv"), 100), (&one_input, 0)];
+    for (torn, keep) in tears {
+        let bytes = std::fs::read(torn).unwrap();
+        std::fs::write(torn, &bytes[..keep]).unwrap();
+        let again = export();
+        assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+        let names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [dataset.file_name().unwrap()], "the same dataset, nothing set aside left behind");
+        assert_eq!(std::fs::read(dataset.join("rows.csv")).unwrap(), whole_rows, "rows written again");
+        assert_eq!(std::fs::read(&one_input).unwrap(), image(12), "inputs written again");
+    }
+}

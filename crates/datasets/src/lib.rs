@@ -155,15 +155,92 @@ async fn served_rows<S: PredictionStore>(store: &S, spec: &Spec) -> Result<Vec<P
 }
 
 /// Writes `rows.csv`, `manifest.json` and (with a capture store) the captured inputs into
-/// `out/<model>-<first 16 hex of the rows' sha256>`, through a temporary directory renamed into
-/// place, so a reader never sees half of one. Captured inputs missing from the store or not
-/// matching their hash refuse the dataset (the checks with theirs, nothing written).
+/// `out/<model>-<first 16 hex of the rows' sha256>`, through a temporary directory synced and
+/// renamed into place, so a reader never sees half of one, nor does one after a power cut.
+/// Captured inputs missing from the store or not matching their hash are lost: their rows keep
+/// their features without an input, up to `max_lost_capture_share` of the captured inputs;
+/// beyond it the dataset is refused (the checks with theirs, nothing written).
 async fn write(
     spec: &Spec,
     columns: &[String],
     rows: &[PredictionSummary],
     mut checks: Vec<Check>,
 ) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
+    // The inputs first: which are lost decides the rows' capture column, hence the id.
+    let mut staged = None;
+    let mut lost = BTreeSet::new();
+    if let Some(captures) = &spec.captures {
+        let partial = partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?;
+        let copied =
+            copy_inputs(captures, rows, &partial.path().join("inputs"), spec.limits.max_lost_capture_share).await?;
+        let passed = copied.check.passed;
+        checks.push(copied.check);
+        if !passed {
+            return Ok(Err(checks));
+        }
+        lost = copied.lost;
+        staged = Some((partial, copied.entry, checks.last().cloned()));
+    }
+    let bytes = rows_csv(columns, rows, &lost)?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let id = sha256[..16].to_string();
+    let dir = spec.out.join(format!("{}-{id}", spec.model));
+    if dir.join("manifest.json").is_file() {
+        match sound(&dir) {
+            // The same rows were exported before; asked for now, their inputs are added.
+            Ok(written) => {
+                if let Some((partial, inputs, Some(check))) = staged
+                    && written["inputs"].is_null()
+                {
+                    add_inputs(partial, inputs, &check, &dir)?;
+                }
+                return Ok(Ok((dir, id, checks)));
+            }
+            // Torn (written before its files were synced, then a crash): written again.
+            Err(why) => {
+                tracing::warn!(dataset = %dir.display(), %why, "a torn dataset of the same rows: writing it again");
+                discard(&spec.out, &dir)?;
+            }
+        }
+    }
+    let (partial, inputs) = match staged {
+        Some((partial, inputs, _)) => (partial, inputs),
+        None => (partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?, serde_json::Value::Null),
+    };
+    let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
+    for label in rows.iter().filter_map(|r| r.label.as_deref()) {
+        *classes.entry(label).or_default() += 1;
+    }
+    let versions: BTreeSet<&str> = rows.iter().map(|r| r.model_version.as_str()).collect();
+    let manifest = serde_json::json!({
+        "dataset_id": id, "model": spec.model, "versions": versions, "since": spec.since.to_rfc3339(),
+        "until": spec.until.to_rfc3339(), "created_at": Utc::now().to_rfc3339(), "rows": rows.len(),
+        "labelled": classes.values().sum::<usize>(), "classes": classes, "columns": columns,
+        "captured": rows.iter().filter(|r| !capture_of(r, &lost).is_empty()).count(),
+        "files": { "rows.csv": { "sha256": sha256, "bytes": bytes.len() } }, "checks": checks,
+        "inputs": inputs,
+        "source": "vigil dataset export: logged inputs joined with their latest labels",
+    });
+    write_synced(&partial.path().join("rows.csv"), &bytes)?;
+    write_synced(&partial.path().join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
+    sync_dir(partial.path())?;
+    if let Err(e) = move_into_place(partial, &dir) {
+        // Another export wrote the same rows first: the same dataset.
+        if !dir.join("manifest.json").is_file() {
+            return Err(e).with_context(|| format!("moving the dataset to {}", dir.display()));
+        }
+    }
+    sync_dir(&spec.out)?;
+    Ok(Ok((dir, id, checks)))
+}
+
+/// A row's capture key, none where its input was `lost`.
+fn capture_of<'a>(row: &'a PredictionSummary, lost: &BTreeSet<String>) -> &'a str {
+    if lost.contains(&row.capture) { "" } else { &row.capture }
+}
+
+/// `rows.csv`: id, time, version, the feature columns, label and capture key.
+fn rows_csv(columns: &[String], rows: &[PredictionSummary], lost: &BTreeSet<String>) -> Result<Vec<u8>> {
     let mut csv = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["prediction_id".to_string(), "time".into(), "model_version".into()];
     header.extend(columns.iter().cloned());
@@ -176,104 +253,78 @@ async fn write(
                 r.features.get(c).and_then(serde_json::Value::as_f64).map_or(String::new(), |v| v.to_string())
             }),
         );
-        record.extend([r.label.clone().unwrap_or_default(), r.capture.clone()]);
+        record.extend([r.label.clone().unwrap_or_default(), capture_of(r, lost).to_string()]);
         csv.write_record(&record)?;
     }
-    let bytes = csv.into_inner().context("writing rows.csv")?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    let id = sha256[..16].to_string();
-    let dir = spec.out.join(format!("{}-{id}", spec.model));
-    if dir.join("manifest.json").is_file() {
-        // The same rows were exported before; asked for now, their inputs are added.
-        if let Some(captures) = &spec.captures
-            && manifest(&dir)?["inputs"].is_null()
+    csv.into_inner().context("writing rows.csv")
+}
+
+/// The manifest of the dataset in `dir` if its files are whole: `rows.csv` matching the
+/// manifest's hash, and as many input files, of as many bytes, as it lists. Otherwise why not.
+fn sound(dir: &Path) -> std::result::Result<serde_json::Value, String> {
+    let written = manifest(dir).map_err(|e| format!("{e:#}"))?;
+    let rows = std::fs::read(dir.join("rows.csv")).map_err(|e| format!("rows.csv: {e}"))?;
+    if written["files"]["rows.csv"]["sha256"].as_str() != Some(hex::encode(Sha256::digest(&rows)).as_str()) {
+        return Err("rows.csv does not match the manifest's sha256".into());
+    }
+    if let Some(listed) = written["inputs"].as_object() {
+        let (mut files, mut bytes) = (0u64, 0u64);
+        for entry in std::fs::read_dir(dir.join("inputs")).map_err(|e| format!("inputs: {e}"))? {
+            let metadata = entry.and_then(|e| e.metadata()).map_err(|e| format!("inputs: {e}"))?;
+            (files, bytes) = (files + 1, bytes + metadata.len());
+        }
+        if listed.get("files").and_then(|v| v.as_u64()) != Some(files)
+            || listed.get("bytes").and_then(|v| v.as_u64()) != Some(bytes)
         {
-            return add_inputs(captures, rows, dir, id, checks).await;
-        }
-        return Ok(Ok((dir, id, checks)));
-    }
-    let partial = partial_dir(&spec.out, &format!(".{}-{id}.partial-", spec.model))?;
-    let inputs = match &spec.captures {
-        Some(captures) => {
-            let (check, inputs) = copy_inputs(captures, rows, &partial.path().join("inputs")).await?;
-            let passed = check.passed;
-            checks.push(check);
-            if !passed {
-                return Ok(Err(checks));
-            }
-            Some(inputs)
-        }
-        None => None,
-    };
-    let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
-    for label in rows.iter().filter_map(|r| r.label.as_deref()) {
-        *classes.entry(label).or_default() += 1;
-    }
-    let versions: BTreeSet<&str> = rows.iter().map(|r| r.model_version.as_str()).collect();
-    let manifest = serde_json::json!({
-        "dataset_id": id, "model": spec.model, "versions": versions, "since": spec.since.to_rfc3339(),
-        "until": spec.until.to_rfc3339(), "created_at": Utc::now().to_rfc3339(), "rows": rows.len(),
-        "labelled": classes.values().sum::<usize>(), "classes": classes, "columns": columns,
-        "captured": rows.iter().filter(|r| !r.capture.is_empty()).count(),
-        "files": { "rows.csv": { "sha256": sha256, "bytes": bytes.len() } }, "checks": checks,
-        "inputs": inputs,
-        "source": "vigil dataset export: logged inputs joined with their latest labels",
-    });
-    std::fs::write(partial.path().join("rows.csv"), &bytes)?;
-    std::fs::write(partial.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
-    if let Err(e) = move_into_place(partial, &dir) {
-        // Another export wrote the same rows first: the same dataset.
-        if !dir.join("manifest.json").is_file() {
-            return Err(e).with_context(|| format!("moving the dataset to {}", dir.display()));
+            return Err(format!("inputs holds {files} files of {bytes} bytes, not what the manifest lists"));
         }
     }
-    Ok(Ok((dir, id, checks)))
+    Ok(written)
+}
+
+/// Removes a torn dataset: renamed aside first, so no reader finds it half removed.
+fn discard(out: &Path, dir: &Path) -> Result<()> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dataset");
+    let aside = partial_dir(out, &format!(".{name}.torn-"))?;
+    std::fs::rename(dir, aside.path()).with_context(|| format!("setting aside the torn dataset {}", dir.display()))?;
+    // Dropping `aside` removes it and what it now holds.
+    Ok(())
 }
 
 /// The most keys a `captures` check names of each kind.
 const MAX_KEYS_LISTED: usize = 10;
 
-/// Adds the captured inputs to a dataset of the same rows written without them: they are copied
-/// beside it and moved in, then its manifest is replaced, so a reader sees it either without
+/// Adds the captured inputs staged in `partial` to a dataset of the same rows written without
+/// them: they are moved in, then its manifest is replaced, so a reader sees it either without
 /// inputs or with every one of them.
-async fn add_inputs(
-    captures: &Captures,
-    rows: &[PredictionSummary],
-    dir: PathBuf,
-    id: String,
-    mut checks: Vec<Check>,
-) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
-    let partial = partial_dir(&dir, ".inputs.partial-")?;
-    let (check, inputs) = copy_inputs(captures, rows, partial.path()).await?;
-    checks.push(check.clone());
-    if !check.passed {
-        return Ok(Err(checks));
-    }
+fn add_inputs(partial: tempfile::TempDir, inputs: serde_json::Value, check: &Check, dir: &Path) -> Result<()> {
     let target = dir.join("inputs");
-    if let Err(e) = move_into_place(partial, &target) {
+    if let Err(e) = std::fs::rename(partial.path().join("inputs"), &target) {
         // Another export added them first (its manifest is written next, or was not, if it
         // stopped in between: then this one writes it).
         if !target.is_dir() {
             return Err(e).with_context(|| format!("moving the captured inputs to {}", target.display()));
         }
     }
-    let mut written = manifest(&dir)?;
+    sync_dir(dir)?;
+    let mut written = manifest(dir)?;
     if !written["inputs"].is_null() {
-        return Ok(Ok((dir, id, checks)));
+        return Ok(());
     }
     written["inputs"] = inputs;
     if let Some(list) = written["checks"].as_array_mut() {
-        list.push(serde_json::to_value(&check)?);
+        list.push(serde_json::to_value(check)?);
     }
     let mut temporary = tempfile::Builder::new()
         .prefix(".manifest.json.partial-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(&dir)?;
+        .tempfile_in(dir)?;
     std::io::Write::write_all(&mut temporary, &serde_json::to_vec_pretty(&written)?)?;
+    temporary.as_file().sync_all()?;
     temporary.persist(dir.join("manifest.json")).context("replacing the dataset's manifest")?;
-    Ok(Ok((dir, id, checks)))
+    sync_dir(dir)?;
+    Ok(())
 }
-
 /// A directory in `parent`, named `prefix` and a random suffix, for what is written before it
 /// is moved into place: removed when dropped, so an export that fails, or whose future is
 /// dropped part-way (a retraining job stopped), leaves nothing half-written behind.
@@ -293,13 +344,37 @@ fn move_into_place(partial: tempfile::TempDir, to: &Path) -> std::io::Result<()>
     Ok(())
 }
 
-/// Copies each distinct captured input of `rows` from the store into `dir/<sha256>`, checking
-/// its content against the hash its key names; the `captures` check and the manifest's entry.
+/// Writes `bytes` to a new file at `path` and waits until they are on disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()
+}
+
+/// Waits until the names in `dir` (files created, renamed in) are on disk.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// What [`copy_inputs`] did.
+struct Copied {
+    /// The `captures` check.
+    check: Check,
+    /// The manifest's `inputs` entry.
+    entry: serde_json::Value,
+    /// The keys whose input is missing from the store or does not match its hash.
+    lost: BTreeSet<String>,
+}
+
+/// Copies each distinct captured input of `rows` from the store into `dir/<sha256>` (synced),
+/// checking its content against the hash its key names; the check passes while at most
+/// `max_lost_share` of them are missing or altered.
 async fn copy_inputs(
     captures: &Captures,
     rows: &[PredictionSummary],
     dir: &Path,
-) -> Result<(Check, serde_json::Value)> {
+    max_lost_share: f64,
+) -> Result<Copied> {
     std::fs::create_dir_all(dir)?;
     let keys: BTreeSet<&str> = rows.iter().map(|r| r.capture.as_str()).filter(|k| !k.is_empty()).collect();
     let (mut copied, mut bytes_total, mut missing, mut corrupt) = (0usize, 0u64, Vec::new(), Vec::new());
@@ -321,11 +396,20 @@ async fn copy_inputs(
             corrupt.push(key.to_string());
             continue;
         }
-        std::fs::write(dir.join(sha), &bytes)?;
+        write_synced(&dir.join(sha), &bytes)?;
         (copied, bytes_total) = (copied + 1, bytes_total + bytes.len() as u64);
     }
-    let passed = missing.is_empty() && corrupt.is_empty();
+    sync_dir(dir)?;
+    let lost_count = missing.len() + corrupt.len();
+    let share = lost_count as f64 / keys.len().max(1) as f64;
+    let passed = share <= max_lost_share;
     let mut detail = format!("{copied} of {} captured inputs copied and matching their sha256", keys.len());
+    if lost_count > 0 {
+        detail += &format!(
+            "; {lost_count} lost ({share:.3}, limit {max_lost_share}){}",
+            if passed { ", their rows kept without their input" } else { "" }
+        );
+    }
     // The first few keys of each kind, and how many more: a window past the capture store's
     // retention misses thousands.
     let listed = |keys: &[String]| {
@@ -344,8 +428,11 @@ async fn copy_inputs(
     if !corrupt.is_empty() {
         detail += &format!("; content not matching its hash: {}", listed(&corrupt));
     }
-    let check = Check { name: "captures".into(), passed, detail };
-    Ok((check, serde_json::json!({ "dir": "inputs", "files": copied, "bytes": bytes_total })))
+    Ok(Copied {
+        check: Check { name: "captures".into(), passed, detail },
+        entry: serde_json::json!({ "dir": "inputs", "files": copied, "bytes": bytes_total, "lost": lost_count }),
+        lost: missing.into_iter().chain(corrupt).collect(),
+    })
 }
 
 /// The manifest of a written dataset.

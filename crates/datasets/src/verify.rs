@@ -23,11 +23,21 @@ pub struct Limits {
     pub min_class_share: f64,
     /// Fleiss' kappa of the items several people labelled, at least this.
     pub min_kappa: f64,
+    /// The most captured inputs may be lost: missing from the capture store or not matching
+    /// their hash (share of the captured inputs). Their rows are kept without their input, as
+    /// rows never captured are.
+    pub max_lost_capture_share: f64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_missing_share: 0.5, max_duplicate_share: 0.2, min_class_share: 0.02, min_kappa: 0.4 }
+        Self {
+            max_missing_share: 0.5,
+            max_duplicate_share: 0.2,
+            min_class_share: 0.02,
+            min_kappa: 0.4,
+            max_lost_capture_share: 0.01,
+        }
     }
 }
 

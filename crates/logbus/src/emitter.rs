@@ -36,17 +36,27 @@ pub struct SinkError {
     /// No retry can deliver this record (too large for the broker, say): it is dropped and
     /// counted rather than spooled, so that it never holds back the records after it.
     pub permanent: bool,
+    /// A later try may deliver this record or may not (the broker found it corrupt: bytes
+    /// damaged on the way, or the record itself at fault): it is spooled and tried once more,
+    /// then dropped as permanent if the replay meets the same, so it cannot hold back the
+    /// spool for good.
+    pub doubtful: bool,
 }
 
 impl SinkError {
     /// A failure a later try may not meet (the broker away, a timeout).
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { message: message.into(), permanent: false }
+        Self { message: message.into(), permanent: false, doubtful: false }
     }
 
     /// A failure of this record itself, which every try would meet.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { message: message.into(), permanent: true }
+        Self { message: message.into(), permanent: true, doubtful: false }
+    }
+
+    /// A failure a later try may or may not meet: tried once more from the spool.
+    pub fn doubtful(message: impl Into<String>) -> Self {
+        Self { message: message.into(), permanent: false, doubtful: true }
     }
 }
 
@@ -455,8 +465,9 @@ async fn replay<S: Sink>(sink: Arc<S>, spool: SpoolActor, stats: Arc<EmitterStat
             match (d.await, first_error.is_some()) {
                 (Ok(()), false) => delivered += 1,
                 // A record no retry can deliver is passed over (once: after an earlier one
-                // failed for now, it is sent again with it, and passed over then).
-                (Err(e), false) if e.permanent => {
+                // failed for now, it is sent again with it, and passed over then), and so is
+                // a doubtful one, which was spooled to be tried once more and failed again.
+                (Err(e), false) if e.permanent || e.doubtful => {
                     tracing::error!(error = %e, "spooled record refused for good: dropped");
                     stats.spool_refused.fetch_add(1, Ordering::Relaxed);
                     refused += 1;
@@ -508,14 +519,22 @@ mod tests {
         down: Arc<AtomicBool>,
         /// A payload refused for good (too large for the broker, say).
         refused: Option<u8>,
+        /// A payload refused as corrupt, and how many more times.
+        doubtful: Option<(u8, Arc<std::sync::atomic::AtomicUsize>)>,
     }
 
     impl Sink for Collect {
         fn send(&self, envelope: Envelope) -> impl Future<Output = Result<(), SinkError>> + Send + 'static {
             let this = self.clone();
             let refused = self.refused.is_some_and(|p| envelope.payload == [p]);
+            let doubtful = self.doubtful.as_ref().is_some_and(|(p, times)| {
+                envelope.payload == [*p]
+                    && !self.down.load(Ordering::SeqCst)
+                    && times.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            });
             // Like Kafka's producer, an up sink takes the record at call time (in call order).
-            let taken = !refused && !self.fail && !self.down.load(Ordering::SeqCst) && self.delay.is_zero();
+            let taken =
+                !refused && !doubtful && !self.fail && !self.down.load(Ordering::SeqCst) && self.delay.is_zero();
             if taken {
                 self.seen.lock().unwrap().push(envelope.clone());
             }
@@ -525,6 +544,9 @@ mod tests {
                 }
                 if refused && !this.down.load(Ordering::SeqCst) {
                     return Err(SinkError::permanent("message too large"));
+                }
+                if doubtful {
+                    return Err(SinkError::doubtful("corrupt message"));
                 }
                 tokio::time::sleep(this.delay).await;
                 if this.fail || this.down.load(Ordering::SeqCst) {
@@ -687,6 +709,45 @@ mod tests {
         assert_eq!(stats.spool_refused.load(Ordering::Relaxed), 1);
         assert_eq!(stats.replayed.load(Ordering::Relaxed), 5, "the records replayed, the refused one not among them");
         assert!(stats.settled() <= stats.emitted.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_record_found_corrupt_is_tried_once_more_from_the_spool_then_dropped() {
+        for (refusals, delivered) in [(1, vec![0, 1, 2, 3, 4]), (usize::MAX, vec![0, 1, 2, 4])] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool =
+                Spool::open(crate::spool::SpoolConfig { dir: dir.path().into(), ..Default::default() }).unwrap();
+            let times = Arc::new(std::sync::atomic::AtomicUsize::new(refusals));
+            let sink = Collect { doubtful: Some((3, times)), ..Default::default() };
+            let (emitter, _task) =
+                Emitter::start_with_spool(sink.clone(), 100, 4, Some(spool), Duration::from_millis(20));
+            for i in 0..5 {
+                emitter.emit(env(i));
+            }
+            assert!(emitter.drain(Duration::from_secs(5)).await);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let stats = emitter.stats();
+            while emitter.spooled_now() > 0
+                || stats.replayed.load(Ordering::Relaxed) + stats.spool_refused.load(Ordering::Relaxed) == 0
+            {
+                assert!(std::time::Instant::now() < deadline, "the spool never emptied");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Each delivered once (the records after the doubtful one may go to the spool behind it).
+            let mut seen: Vec<u8> = sink.seen.lock().unwrap().iter().map(|e| e.payload[0]).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, delivered, "refused {refusals} times");
+            let tried_again = refusals == 1;
+            assert!(stats.spooled.load(Ordering::Relaxed) >= 1, "spooled, not dropped at once");
+            assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+            let (spooled, replayed, refused) = (
+                stats.spooled.load(Ordering::Relaxed),
+                stats.replayed.load(Ordering::Relaxed),
+                stats.spool_refused.load(Ordering::Relaxed),
+            );
+            assert_eq!(refused, u64::from(!tried_again), "dropped after one more try");
+            assert_eq!(replayed + refused, spooled, "every spooled record replayed or dropped");
+        }
     }
 
     #[tokio::test]

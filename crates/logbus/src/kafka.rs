@@ -488,20 +488,27 @@ impl Sink for KafkaSink {
     }
 }
 
-/// A producer error as a sink error: permanent when the record itself is at fault.
+/// A producer error as a sink error: permanent when the record itself is at fault, doubtful
+/// when the broker found it corrupt.
 fn sink_error(e: KafkaError) -> SinkError {
-    SinkError { permanent: refused_for_good(&e), message: e.to_string() }
+    SinkError { permanent: refused_for_good(&e), doubtful: found_corrupt(&e), message: e.to_string() }
+}
+
+/// Whether the broker refused a record as corrupt (CORRUPT_MESSAGE: a checksum that failed,
+/// which Kafka counts as retriable: bytes damaged on the way are whole on another try; or a
+/// record at fault, which no try delivers).
+pub fn found_corrupt(e: &KafkaError) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::InvalidMessage)
 }
 
 /// Whether a producer refused a record for what it is (too large for the producer or the topic,
-/// refused as invalid), which no retry changes.
+/// refused as an invalid record), which no retry changes.
 pub fn refused_for_good(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(
             RDKafkaErrorCode::MessageSizeTooLarge
                 | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::InvalidMessage
                 | RDKafkaErrorCode::InvalidRecord
         )
     )
@@ -510,6 +517,19 @@ pub fn refused_for_good(e: &KafkaError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn producer_errors_are_classed_by_what_a_later_try_can_change() {
+        let class = |code| {
+            let e = sink_error(KafkaError::MessageProduction(code));
+            (e.permanent, e.doubtful)
+        };
+        assert_eq!(class(RDKafkaErrorCode::MessageSizeTooLarge), (true, false));
+        assert_eq!(class(RDKafkaErrorCode::InvalidRecord), (true, false));
+        assert_eq!(class(RDKafkaErrorCode::InvalidMessage), (false, true), "CORRUPT_MESSAGE: tried once more");
+        assert_eq!(class(RDKafkaErrorCode::MessageTimedOut), (false, false));
+        assert_eq!(class(RDKafkaErrorCode::NotEnoughReplicas), (false, false));
+    }
 
     #[test]
     fn restarts_are_paced_doubling_and_reset_after_a_quiet_spell() {

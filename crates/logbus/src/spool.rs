@@ -39,12 +39,20 @@ pub enum FullPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
-    /// Most bytes on disk.
+    /// Most bytes of records on disk (and a sixteenth of it beside them for damaged stretches
+    /// kept for a person, `damaged/`).
     pub max_bytes: u64,
     /// Size at which a new segment file starts.
     pub segment_bytes: u64,
     pub fsync: FsyncPolicy,
     pub when_full: FullPolicy,
+}
+
+impl SpoolConfig {
+    /// The most bytes of damaged stretches kept for a person (`damaged/`).
+    pub fn evidence_limit(&self) -> u64 {
+        self.max_bytes / DAMAGED_SHARE_DIVISOR
+    }
 }
 
 impl Default for SpoolConfig {
@@ -215,22 +223,68 @@ fn whole_frame_at(bytes: &[u8], at: usize) -> Option<usize> {
     (crc32fast::hash(body) == crc && decode(body).is_some()).then_some(8 + len)
 }
 
+/// The share of `max_bytes` that damaged bytes set aside for a person may take
+/// (`damaged/`, beside the records' `max_bytes`); the oldest go first.
+pub const DAMAGED_SHARE_DIVISOR: u64 = 16;
+
+/// Keeps `bytes`, a damaged stretch of segment `n` at `offset`, in `damaged/` for a person to
+/// look at: under a name no earlier stretch took (`<segment>-<offset>.bin`, then `.2.bin`, ...:
+/// a later stretch can sit at the same place once the first is taken out), cut to `limit`
+/// bytes; the oldest files go while all of them take more than `limit`.
+fn keep_for_a_person(dir: &Path, n: u64, offset: u64, bytes: &[u8], limit: u64) -> io::Result<PathBuf> {
+    let aside = dir.join("damaged");
+    fs::create_dir_all(&aside)?;
+    let kept = &bytes[..bytes.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+    let mut copy = 1;
+    let (path, mut file) = loop {
+        let name = match copy {
+            1 => format!("{n:010}-{offset}.bin"),
+            k => format!("{n:010}-{offset}.{k}.bin"),
+        };
+        let path = aside.join(name);
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => break (path, file),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => copy += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    file.write_all(kept)?;
+    file.sync_all()?;
+    let mut held: Vec<(std::time::SystemTime, PathBuf, u64)> = fs::read_dir(&aside)?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let metadata = e.metadata().ok()?;
+            Some((metadata.modified().ok()?, e.path(), metadata.len()))
+        })
+        .collect();
+    held.sort();
+    let mut total: u64 = held.iter().map(|h| h.2).sum();
+    for (_, old, size) in held {
+        if total <= limit {
+            break;
+        }
+        if old != path {
+            fs::remove_file(&old)?;
+            total -= size;
+        }
+    }
+    Ok(path)
+}
+
 /// Segment `n` reads only to `valid_end`, where a frame is damaged (a bad sector, or pages a
 /// power cut kept from the disk under `fsync = never`). When whole frames follow the damage, the
-/// damaged bytes are moved to `damaged/<segment>-<offset>.bin` for a person to look at and the
-/// segment is rewritten without them, so that the records after them are kept; the byte range
-/// taken out then. None when no whole frame follows: a torn tail, for the caller to cut.
-fn set_damage_aside(dir: &Path, n: u64, valid_end: u64) -> io::Result<Option<(u64, u64)>> {
+/// damaged bytes are kept in `damaged/` for a person to look at (at most `evidence_limit`
+/// bytes in all, see [`keep_for_a_person`]) and the segment is rewritten without them, so that
+/// the records after them are kept; the byte range taken out then. None when no whole frame
+/// follows: a torn tail, for the caller to cut.
+fn set_damage_aside(dir: &Path, n: u64, valid_end: u64, evidence_limit: u64) -> io::Result<Option<(u64, u64)>> {
     let path = segment_path(dir, n);
     let bytes = fs::read(&path)?;
     let start = valid_end as usize;
     let Some(resume) = (start + 1..bytes.len()).find(|&at| whole_frame_at(&bytes, at).is_some()) else {
         return Ok(None);
     };
-    let aside = dir.join("damaged");
-    fs::create_dir_all(&aside)?;
-    let kept = aside.join(format!("{n:010}-{valid_end}.bin"));
-    fs::write(&kept, &bytes[start..resume])?;
+    let kept = keep_for_a_person(dir, n, valid_end, &bytes[start..resume], evidence_limit)?;
     let tmp = dir.join(format!("{n:010}.seg.tmp"));
     let mut rewritten = File::create(&tmp)?;
     rewritten.write_all(&bytes[..start])?;
@@ -254,11 +308,17 @@ fn set_damage_aside(dir: &Path, n: u64, valid_end: u64) -> io::Result<Option<(u6
 /// read position `head` past `valid_end` in this segment is first saved at `valid_end`
 /// (durably): the rewrite moves the bytes after the damage, and a crash before the caller
 /// saves the moved position then re-sends records instead of skipping them.
-fn mend_segment(dir: &Path, n: u64, valid_end: u64, head: Position) -> io::Result<Option<(u64, u64)>> {
+fn mend_segment(
+    dir: &Path,
+    n: u64,
+    valid_end: u64,
+    head: Position,
+    evidence_limit: u64,
+) -> io::Result<Option<(u64, u64)>> {
     if head.segment == n && head.offset > valid_end {
         write_head_synced(dir, Position { segment: n, offset: valid_end })?;
     }
-    if let Some(taken_out) = set_damage_aside(dir, n, valid_end)? {
+    if let Some(taken_out) = set_damage_aside(dir, n, valid_end, evidence_limit)? {
         return Ok(Some(taken_out));
     }
     let path = segment_path(dir, n);
@@ -278,6 +338,7 @@ impl Spool {
     pub fn open(config: SpoolConfig) -> io::Result<Self> {
         fs::create_dir_all(&config.dir)?;
         let lock = lock_dir(&config.dir)?;
+        remove_unfinished_rewrites(&config.dir)?;
         let mut numbers: Vec<u64> = fs::read_dir(&config.dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
@@ -302,7 +363,7 @@ impl Spool {
                 if fs::metadata(&path)?.len() == valid_end {
                     break frames;
                 }
-                match mend_segment(&config.dir, n, valid_end, head)? {
+                match mend_segment(&config.dir, n, valid_end, head, config.evidence_limit())? {
                     // The saved position moves with the bytes after the stretch taken out.
                     Some((start, resume)) => {
                         if n == head.segment && head.offset > start {
@@ -485,7 +546,7 @@ impl Spool {
             // The writer appends to this file, which is replaced or cut: it opens it again.
             self.writer = None;
         }
-        mend_segment(&self.config.dir, n, valid_end, self.head)?;
+        mend_segment(&self.config.dir, n, valid_end, self.head, self.config.evidence_limit())?;
         let size = fs::metadata(&path)?.len();
         let frames = count_frames(&path, 0, size)?;
         self.segments[i] = (n, size, frames);
@@ -540,6 +601,19 @@ impl Spool {
 }
 
 /// Takes the directory's lock, or explains who holds it.
+/// Removes segment rewrites a crash left unfinished (`*.seg.tmp`): the segment they were to
+/// replace is still whole, and is mended again when read.
+fn remove_unfinished_rewrites(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tmp") && path.to_string_lossy().ends_with(".seg.tmp") {
+            tracing::warn!(file = %path.display(), "removing a segment rewrite a crash left unfinished");
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 fn lock_dir(dir: &Path) -> io::Result<File> {
     let path = dir.join("lock");
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
@@ -844,7 +918,7 @@ mod tests {
             fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
         }
         let head = read_head(copy.path()).unwrap().unwrap();
-        assert!(mend_segment(copy.path(), 1, 0, head).unwrap().is_some());
+        assert!(mend_segment(copy.path(), 1, 0, head, 1 << 20).unwrap().is_some());
         let mut crashed = Spool::open(config(copy.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
         assert_eq!(crashed.peek(10).unwrap().0, [3, 4].map(env), "record 3 again, record 4 not skipped");
         let mut s = Spool::open(config(dir.path(), 1 << 20, FullPolicy::RejectNew)).unwrap();
@@ -854,6 +928,58 @@ mod tests {
         assert_eq!(all, [4, 9].map(env));
         s.ack(end, 2).unwrap();
         assert!(s.is_empty());
+        // Three stretches, two of them at the segment's start: each kept under its own name.
+        let mut names: Vec<String> = fs::read_dir(dir.path().join("damaged"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["0000000001-0.2.bin".to_string(), "0000000001-0.bin".into(), format!("0000000001-{third}.bin")]
+        );
+    }
+
+    #[test]
+    fn damaged_stretches_kept_for_a_person_take_at_most_a_sixteenth_of_max_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = config(dir.path(), 1920, FullPolicy::RejectNew);
+        let limit = settings.evidence_limit();
+        assert_eq!(limit, 120);
+        let mut s = Spool::open(settings.clone()).unwrap();
+        for i in 0..8 {
+            s.append(&env(i)).unwrap();
+        }
+        let frame = s.peek_each(1).unwrap()[0].1.offset; // the first record's end
+        assert!(2 * frame <= limit && 3 * frame > limit, "frames of {frame} bytes: two fit the limit, three do not");
+        drop(s);
+        // A rewrite a crash left unfinished is removed at opening.
+        let unfinished = dir.path().join("0000000001.seg.tmp");
+        fs::write(&unfinished, b"half a rewrite").unwrap();
+        // The first record damaged, six times over: the newest stretches stay, within the limit.
+        let mut stretches = Vec::new();
+        for round in 0..6 {
+            let seg = segment_path(dir.path(), 1);
+            let mut bytes = fs::read(&seg).unwrap();
+            bytes[10] ^= 0xff;
+            fs::write(&seg, &bytes).unwrap();
+            stretches.push(bytes[..frame as usize].to_vec());
+            std::thread::sleep(std::time::Duration::from_millis(20)); // distinct modification times
+            let mut s = Spool::open(settings.clone()).unwrap();
+            assert!(!unfinished.exists(), "the unfinished rewrite is gone");
+            assert_eq!(s.len(), 7 - round as u64, "one record lost per stretch");
+            assert_eq!(s.peek(1).unwrap().0, [env(round + 1)]);
+            let mut kept: Vec<Vec<u8>> = fs::read_dir(dir.path().join("damaged"))
+                .unwrap()
+                .map(|e| fs::read(e.unwrap().path()).unwrap())
+                .collect();
+            assert!(kept.iter().map(Vec::len).sum::<usize>() as u64 <= limit, "round {round}: {kept:?}");
+            // The newest two stretches (each a different record's damaged frame), the older gone.
+            let mut newest = stretches[stretches.len().saturating_sub(2)..].to_vec();
+            kept.sort();
+            newest.sort();
+            assert_eq!(kept, newest, "round {round}");
+        }
     }
 
     #[test]

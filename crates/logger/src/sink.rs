@@ -87,7 +87,8 @@ impl<S: PredictionStore> DeadLetterSink for KafkaDeadLetters<S> {
         let producer = self.producer();
         match producer.send(record, Timeout::After(Duration::from_secs(10))).await {
             Ok(_) => Ok(()),
-            Err((e, _)) if vigil_logbus::kafka::refused_for_good(&e) => {
+            // A dead letter refused as corrupt is kept in the table too: not retried for good.
+            Err((e, _)) if vigil_logbus::kafka::refused_for_good(&e) || vigil_logbus::kafka::found_corrupt(&e) => {
                 tracing::error!(
                     source,
                     error = %e,

@@ -157,7 +157,18 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(store.count_predictions().await.unwrap(), (N + 5) as i64, "nothing doubled");
+    assert_eq!(store.count_predictions().await.unwrap(), (N + 5) as i64, "nothing stored beside the answers");
+    // The primary key keeps a row from being stored twice: doubles show in the topic and in
+    // the logger's counters instead. The server sent each record once, and the logger inserted
+    // each once, every other read counted as a repeat.
+    assert_eq!(broker.message_count(topics::PREDICTIONS), (N + 5) as i64, "each record sent once");
+    let stats = logger.stats.clone();
+    eventually(Duration::from_secs(30), "the logger's counters", || {
+        std::future::ready(LoggerStats::get(&stats.consumed) >= (N + 5) as u64)
+    })
+    .await;
+    assert_eq!(LoggerStats::get(&stats.inserted_predictions), (N + 5) as u64, "each record inserted once");
+    assert_eq!(LoggerStats::get(&stats.consumed), (N + 5) as u64 + LoggerStats::get(&stats.duplicates));
     let stored: HashSet<Uuid> = store.prediction_ids().await.unwrap().into_iter().collect();
     for a in &answers {
         let id = Uuid::parse_str(&a.prediction_id).unwrap();

@@ -380,7 +380,8 @@ async fn evaluate_with<S: MonitorStore>(
             let res = views.resolution(since, now, 0, 1)?;
             let windows = views.shadow_agreement(&scope, since, now, res).await?;
             let compared: u64 = windows.iter().map(|w| w.compared).sum();
-            rate(windows.iter().map(|w| w.agreed).sum(), compared)
+            let agreed: f64 = windows.iter().map(|w| w.agreed).sum();
+            (compared > 0).then(|| agreed / compared as f64)
         }
         Metric::FeedbackRate(kind) => {
             // Events over the requests rolled up: both over whole windows.

@@ -210,9 +210,9 @@ pub struct Traffic {
     pub labeled: u64,
     pub correct: u64,
     /// In a shadow step: the candidate's answers compared with the primary's on the same
-    /// items, and how many agreed.
+    /// items, and how far they agreed, summed (see [`crate::views::AgreementWindow::agreed`]).
     pub compared: u64,
-    pub agreed: u64,
+    pub agreed: f64,
     /// Items of this variant a reviewer decided, and of those, decided otherwise than the model.
     pub reviewed: u64,
     pub overridden: u64,
@@ -296,7 +296,7 @@ pub fn analyse(
     }
     // In shadow: how often the candidate answers as the primary did on the same items.
     if candidate_traffic.compared > 0 {
-        let agreement = candidate_traffic.agreed as f64 / candidate_traffic.compared as f64;
+        let agreement = candidate_traffic.agreed / candidate_traffic.compared as f64;
         out.push(Check {
             name: "shadow_agreement".into(),
             candidate: Some(agreement),
@@ -530,7 +530,7 @@ async fn advance<S: MonitorStore>(
                 labeled += n;
                 correct += n * u64::from(crate::views::answered_right(&group));
             }
-            let (mut compared, mut agreed) = (0, 0);
+            let (mut compared, mut agreed) = (0, 0.0);
             if variant == Variant::Shadow {
                 // A shadow's records carry no labels: it is judged by the labels people gave
                 // the primary's predictions of the same items.
@@ -907,7 +907,8 @@ mod tests {
         let high: Vec<f64> = (0..500).map(|i| 0.6 + (i % 10) as f64 * 0.01).collect();
         let shadow = RolloutStep { mode: StepMode::Shadow, share: 1.0, ..STEP };
         let labelled = |labeled, correct, scores: &[f64]| Traffic { labeled, correct, ..window(500, 0, 2.0, scores) };
-        let retrained = |labeled, correct| Traffic { compared: 500, agreed: 350, ..labelled(labeled, correct, &high) };
+        let retrained =
+            |labeled, correct| Traffic { compared: 500, agreed: 350.0, ..labelled(labeled, correct, &high) };
         let judge = |c: &Traffic, p: &Traffic| analyse(&shadow, Duration::from_secs(60), c, p, &checks);
         // Few labels: the proxies judge, and a model answering otherwise is rolled back.
         let Analysis::Fail(list) = judge(&retrained(50, 45), &labelled(50, 35, &low)) else { panic!("few labels") };

@@ -145,8 +145,10 @@ pub struct AgreementWindow {
     pub shadow_version: String,
     /// Shadow answers paired with a primary answer to the same item.
     pub compared: u64,
-    /// Of those, answers with the primary's label.
-    pub agreed: u64,
+    /// How far those agreed, summed over them: 1 for an answer with the primary's label, 0
+    /// otherwise; for a transcript, 1 − its word error rate against the primary's (at least 0),
+    /// so one word wrong in ten agrees 0.9, not 0.
+    pub agreed: f64,
     /// Of those, shadow runs that failed (counted as disagreement).
     pub shadow_failed: u64,
     /// Of those, items with a ground-truth label (given to the primary's prediction) ...
@@ -531,7 +533,7 @@ impl<S: MonitorStore> Views<S> {
                 start: from_seconds(c.window_s),
                 shadow_version: c.shadow_version.clone(),
                 compared: 0,
-                agreed: 0,
+                agreed: 0.0,
                 shadow_failed: 0,
                 labeled: 0,
                 shadow_correct: 0,
@@ -539,15 +541,17 @@ impl<S: MonitorStore> Views<S> {
             let (answered, labeled) =
                 (count(c.compared) - count(c.shadow_failed).min(count(c.compared)), count(c.labeled));
             let (agreed, correct) = match (&c.shadow_text, &c.primary_text) {
-                // Transcripts agree as word error rates compare them: case and punctuation aside.
-                (Some(shadow), Some(primary)) => {
-                    let shadow = text::normalise(shadow);
-                    let agreed = if shadow == text::normalise(primary) { answered } else { 0 };
+                // Transcripts agree as far as their words do, as a word error rate compares
+                // them (case and punctuation aside), the primary's taken as the reference.
+                (Some(shadow_text), Some(primary)) => {
+                    let shadow = text::normalise(shadow_text);
+                    let closeness = (1.0 - text::word_error_rate(primary, shadow_text)).max(0.0);
+                    let agreed = answered as f64 * closeness;
                     let right = c.actual_text.as_deref().is_some_and(|actual| shadow == text::normalise(actual));
                     // The pairs of one row share their label: labelled ones all, or none.
                     (agreed, if right { labeled.min(answered) } else { 0 })
                 }
-                _ => (count(c.agreed), count(c.shadow_correct)),
+                _ => (count(c.agreed) as f64, count(c.shadow_correct)),
             };
             w.compared += count(c.compared);
             w.agreed += agreed;

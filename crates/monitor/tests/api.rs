@@ -384,7 +384,9 @@ async fn shadow_agreement_in_the_dashboard_and_as_an_alarm_metric() {
     for w in json["shadow_agreement"].as_array().unwrap() {
         let t = totals.entry(w["shadow_version"].as_str().unwrap().to_string()).or_default();
         t.0 += w["compared"].as_u64().unwrap();
-        t.1 += w["agreed"].as_u64().unwrap();
+        let agreed = w["agreed"].as_f64().unwrap();
+        assert_eq!(agreed.fract(), 0.0, "labels agree or not: {agreed}");
+        t.1 += agreed as u64;
         t.2 += w["shadow_failed"].as_u64().unwrap();
     }
     assert_eq!(totals, BTreeMap::from([("2".to_string(), (40, 30, 5)), ("3".to_string(), (10, 10, 0))]));
@@ -485,4 +487,50 @@ async fn drift_against_training_uses_the_reference_of_the_version_that_serves() 
     let report = drift().await.unwrap();
     assert!(report.baseline.starts_with("training reference of version 2"), "{}", report.baseline);
     assert!(brightness(&report), "against version 2's dimmer reference the same traffic has drifted");
+}
+
+/// A recogniser's shadow agrees with the primary as far as their transcripts' words do (1 − the
+/// word error rate against the primary's), not only when they match word for word.
+#[tokio::test]
+async fn a_transcribing_shadow_agrees_as_far_as_its_words_do() {
+    let db = TestDatabase::create();
+    let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let spoken = |trace: &str, variant: i16, version: &str, text: &str| PredictionRow {
+        trace_id: trace.into(),
+        variant,
+        model_version: version.into(),
+        model_name: "asr".into(),
+        output: serde_json::json!({ "label": "", "scores": [], "text": text }),
+        ..prediction(now - chrono::Duration::minutes(5), 0.5, serde_json::json!({}))
+    };
+    // (primary, shadow): equal; equal but for case and punctuation; one word of four wrong;
+    // one word left out of three, and one word added to two; nothing in common.
+    let pairs = [
+        ("weather in oslo", "weather in oslo", 1.0),
+        ("Call Anna.", "call anna", 1.0),
+        ("play some jazz music", "play some jams music", 0.75),
+        ("turn lights off", "turn off", 2.0 / 3.0),
+        ("stop now", "stop it now", 0.5),
+        ("hello", "goodbye world", 0.0),
+    ];
+    let mut rows = Vec::new();
+    for (i, (primary, shadow, _)) in pairs.iter().enumerate() {
+        rows.push(spoken(&format!("t{i}"), 1, "1", primary));
+        rows.push(spoken(&format!("t{i}"), 3, "2", shadow));
+    }
+    store.insert_batch(&rows, &[]).await.unwrap();
+    // The expected agreement from the pairs' own word counts, independently of the code under test.
+    let expected: f64 = pairs.iter().map(|p| p.2).sum::<f64>() / pairs.len() as f64;
+
+    let views =
+        vigil_monitor::Views::new(store.clone(), Default::default(), std::sync::Arc::new(MonitorConfig::default()));
+    let scope = vigil_monitor::views::Scope { model: "asr".into(), version: None, variant: None };
+    let windows = views.shadow_agreement(&scope, now - chrono::Duration::hours(1), now, 3600).await.unwrap();
+    let compared: u64 = windows.iter().map(|w| w.compared).sum();
+    let agreed: f64 = windows.iter().map(|w| w.agreed).sum();
+    assert_eq!(compared, pairs.len() as u64, "{windows:?}");
+    assert!((agreed / compared as f64 - expected).abs() < 1e-9, "{agreed} of {compared}, expected {expected}");
+    assert!(expected > 0.6 && expected < 0.7, "an exact match would give 2 of 6: {expected}");
 }

@@ -99,6 +99,9 @@ pub struct AuthConfig {
     pub jwt_issuer: Option<String>,
     /// The `aud` every JWT must carry, when set.
     pub jwt_audience: Option<String>,
+    /// Clock skew allowed on a JWT's `exp` and `nbf`, in seconds (at most
+    /// [`MAX_JWT_LEEWAY_S`]): a token expired this long ago is still taken.
+    pub jwt_leeway_s: u64,
     /// `/metrics` served without a token (Prometheus scrapers); false: it needs `analyst`.
     pub open_metrics: bool,
     /// How often the files are checked for changes, in milliseconds (0: never).
@@ -112,11 +115,19 @@ impl Default for AuthConfig {
             jwks_file: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_leeway_s: DEFAULT_JWT_LEEWAY_S,
             open_metrics: true,
             reload_interval_ms: 5_000,
         }
     }
 }
+
+/// The clock skew allowed on JWTs unless configured (the usual 60 s of OpenID Connect
+/// libraries and proxies).
+pub const DEFAULT_JWT_LEEWAY_S: u64 = 60;
+/// The most `jwt_leeway_s` may be: beyond it a revoked identity's last token would outlive its
+/// expiry by more than the refresh period of most identity providers.
+pub const MAX_JWT_LEEWAY_S: u64 = 300;
 
 /// One entry of the tokens file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -221,6 +232,7 @@ pub struct Authenticator {
     jwks: Option<Reloading<jsonwebtoken::jwk::JwkSet>>,
     issuer: Option<String>,
     audience: Option<String>,
+    leeway_s: u64,
     open_metrics: bool,
     /// How often a lasting call's token is checked again.
     recheck_every: Duration,
@@ -250,6 +262,13 @@ impl Authenticator {
                 );
             }
             return Ok(None);
+        }
+        if config.jwt_leeway_s > MAX_JWT_LEEWAY_S {
+            anyhow::bail!(
+                "[security.auth] jwt_leeway_s = {} is over the most allowed, {MAX_JWT_LEEWAY_S}: it is the clock \
+                 skew allowed on a token's expiry; keep the servers' clocks in sync (NTP) instead",
+                config.jwt_leeway_s
+            );
         }
         if config.jwks_file.is_some() && config.jwt_audience.as_deref().is_none_or(str::is_empty) {
             // A key set is often an identity provider's, shared by every application it serves:
@@ -282,6 +301,7 @@ impl Authenticator {
             jwks,
             issuer: config.jwt_issuer.clone(),
             audience: config.jwt_audience.clone(),
+            leeway_s: config.jwt_leeway_s,
             open_metrics: config.open_metrics,
             recheck_every: if interval.is_zero() { RECHECK_WITHOUT_RELOAD } else { interval },
         }))
@@ -329,6 +349,7 @@ impl Authenticator {
         // is configured.
         validation.set_audience(&[self.audience.as_deref().unwrap_or_default()]);
         validation.validate_nbf = true;
+        validation.leeway = self.leeway_s;
         let mut required = vec!["exp", "aud"];
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);

@@ -204,6 +204,28 @@ fn jwts_signed_by_a_key_of_the_jwks_are_accepted_with_their_scopes() {
         let refusal = auth.authorize(&bearer(&token), Access::Scope(Scope::Analyst)).unwrap_err();
         assert!(!refusal.denied && refusal.reason == "invalid", "{why}: {refusal:?}");
     }
+    // The clock skew allowed: 60 s unless configured. A token expired 30 s ago passes with
+    // it, and not with 10 s; one not valid for another 30 s likewise.
+    assert_eq!(config.jwt_leeway_s, 60);
+    let tight = Authenticator::load(&AuthConfig { jwt_leeway_s: 10, ..config.clone() }).unwrap().unwrap();
+    let skewed = [
+        ("expired 30 s ago", jwt(&key, "k1", claims(now - 30, "https://id.plant.example", "analyst"))),
+        (
+            "valid in 30 s",
+            jwt(
+                &key,
+                "k1",
+                with(claims(now + 600, "https://id.plant.example", "analyst"), serde_json::json!({"nbf": now + 30})),
+            ),
+        ),
+    ];
+    for (why, token) in skewed {
+        assert!(auth.authorize(&bearer(&token), Access::Scope(Scope::Analyst)).is_ok(), "{why}, 60 s allowed");
+        let refusal = tight.authorize(&bearer(&token), Access::Scope(Scope::Analyst)).unwrap_err();
+        assert_eq!(refusal.reason, "invalid", "{why}, 10 s allowed");
+    }
+    let error = Authenticator::load(&AuthConfig { jwt_leeway_s: 301, ..config.clone() }).err().unwrap().to_string();
+    assert!(error.contains("jwt_leeway_s = 301 is over the most allowed, 300"), "{error}");
     // A key set without an audience is refused at start.
     let error = Authenticator::load(&AuthConfig { jwt_audience: None, ..config }).err().unwrap().to_string();
     assert!(error.contains("jwks_file needs jwt_audience"), "{error}");
