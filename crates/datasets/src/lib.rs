@@ -10,9 +10,11 @@ mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use vigil_proto::vigil::v1::{RecordStatus, Variant};
 use vigil_store::{MAX_QUERY_ROWS, PredictionFilter, PredictionStore, PredictionSummary, ReviewStore};
@@ -85,41 +87,48 @@ pub enum Export {
 
 /// Reads, verifies and (when every check passes) writes `spec`'s dataset.
 pub async fn export<S: PredictionStore + ReviewStore>(store: &S, spec: &Spec) -> Result<Export> {
-    let rows = served_rows(store, spec).await?;
+    let rows = Arc::new(served_rows(store, spec).await?);
     if rows.is_empty() {
         return Ok(Export::Empty);
     }
-    // Columns: every feature any record logged, in name order; numbers only (others missing).
-    let columns: Vec<String> = rows
-        .iter()
-        .filter_map(|r| r.features.as_object())
-        .flat_map(|f| f.keys().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let items: Vec<Item> = rows
-        .iter()
-        .map(|r| Item {
-            values: columns.iter().map(|c| r.features.get(c).and_then(serde_json::Value::as_f64)).collect(),
-            label: r.label.clone(),
+    let decisions =
+        store.reviewer_decisions(&spec.model, spec.since, Utc::now()).await.context("reading review decisions")?;
+    let (columns, checks) = {
+        let (rows, limits) = (rows.clone(), spec.limits.clone());
+        off_the_async_threads(move || {
+            // Columns: every feature any record logged, in name order; numbers only (others missing).
+            let columns: Vec<String> = rows
+                .iter()
+                .filter_map(|r| r.features.as_object())
+                .flat_map(|f| f.keys().cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let items: Vec<Item> = rows
+                .iter()
+                .map(|r| Item {
+                    values: columns.iter().map(|c| r.features.get(c).and_then(serde_json::Value::as_f64)).collect(),
+                    label: r.label.clone(),
+                })
+                .collect();
+            // The panels of the exported items only (decisions may come after the range).
+            let exported: BTreeSet<uuid::Uuid> = rows.iter().map(|r| r.prediction_id).collect();
+            let mut panels: BTreeMap<uuid::Uuid, Vec<String>> = BTreeMap::new();
+            for d in decisions.into_iter().filter(|d| exported.contains(&d.prediction_id)) {
+                panels.entry(d.prediction_id).or_default().push(d.decision);
+            }
+            let panels: Vec<Vec<String>> = panels.into_values().filter(|answers| answers.len() >= 2).collect();
+            let checks = verify(&columns, &items, &panels, &limits);
+            Ok((columns, checks))
         })
-        .collect();
-    // The panels of the exported items only (decisions may come after the range).
-    let exported: BTreeSet<uuid::Uuid> = rows.iter().map(|r| r.prediction_id).collect();
-    let mut panels: BTreeMap<uuid::Uuid, Vec<String>> = BTreeMap::new();
-    for d in store.reviewer_decisions(&spec.model, spec.since, Utc::now()).await.context("reading review decisions")? {
-        if exported.contains(&d.prediction_id) {
-            panels.entry(d.prediction_id).or_default().push(d.decision);
-        }
-    }
-    let panels: Vec<Vec<String>> = panels.into_values().filter(|answers| answers.len() >= 2).collect();
-    let checks = verify(&columns, &items, &panels, &spec.limits);
+        .await?
+    };
     let failed: Vec<String> = checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
     if !failed.is_empty() {
         return Ok(Export::Refused { checks, failed });
     }
-    let labelled = items.iter().filter(|i| i.label.is_some()).count();
-    match write(spec, &columns, &rows, checks).await? {
+    let labelled = rows.iter().filter(|r| r.label.is_some()).count();
+    match write(spec, Arc::new(columns), rows.clone(), checks).await? {
         Ok((dir, id, checks)) => Ok(Export::Written(Dataset { dir, id, rows: rows.len(), labelled, checks })),
         Err(checks) => {
             let failed = checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
@@ -162,8 +171,8 @@ async fn served_rows<S: PredictionStore>(store: &S, spec: &Spec) -> Result<Vec<P
 /// beyond it the dataset is refused (the checks with theirs, nothing written).
 async fn write(
     spec: &Spec,
-    columns: &[String],
-    rows: &[PredictionSummary],
+    columns: Arc<Vec<String>>,
+    rows: Arc<Vec<PredictionSummary>>,
     mut checks: Vec<Check>,
 ) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
     // The inputs first: which are lost decides the rows' capture column, hence the id.
@@ -172,7 +181,7 @@ async fn write(
     if let Some(captures) = &spec.captures {
         let partial = partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?;
         let copied =
-            copy_inputs(captures, rows, &partial.path().join("inputs"), spec.limits.max_lost_capture_share).await?;
+            copy_inputs(captures, &rows, &partial.path().join("inputs"), spec.limits.max_lost_capture_share).await?;
         let passed = copied.check.passed;
         checks.push(copied.check);
         if !passed {
@@ -181,12 +190,21 @@ async fn write(
         lost = copied.lost;
         staged = Some((partial, copied.entry, checks.last().cloned()));
     }
-    let bytes = rows_csv(columns, rows, &lost)?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let lost = Arc::new(lost);
+    let (bytes, sha256) = {
+        let (columns, rows, lost) = (columns.clone(), rows.clone(), lost.clone());
+        off_the_async_threads(move || {
+            let bytes = rows_csv(&columns, &rows, &lost)?;
+            let sha256 = hex::encode(Sha256::digest(&bytes));
+            Ok((bytes, sha256))
+        })
+        .await?
+    };
     let id = sha256[..16].to_string();
     let dir = spec.out.join(format!("{}-{id}", spec.model));
     if dir.join("manifest.json").is_file() {
-        match sound(&dir) {
+        let found = dir.clone();
+        match off_the_async_threads(move || Ok(sound(&found))).await? {
             // The same rows were exported before; asked for now, their inputs are added.
             Ok(written) => {
                 if let Some((partial, inputs, Some(check))) = staged
@@ -199,7 +217,8 @@ async fn write(
             // Torn (written before its files were synced, then a crash): written again.
             Err(why) => {
                 tracing::warn!(dataset = %dir.display(), %why, "a torn dataset of the same rows: writing it again");
-                discard(&spec.out, &dir)?;
+                let (out, torn) = (spec.out.clone(), dir.clone());
+                off_the_async_threads(move || discard(&out, &torn)).await?;
             }
         }
     }
@@ -215,23 +234,35 @@ async fn write(
     let manifest = serde_json::json!({
         "dataset_id": id, "model": spec.model, "versions": versions, "since": spec.since.to_rfc3339(),
         "until": spec.until.to_rfc3339(), "created_at": Utc::now().to_rfc3339(), "rows": rows.len(),
-        "labelled": classes.values().sum::<usize>(), "classes": classes, "columns": columns,
+        "labelled": classes.values().sum::<usize>(), "classes": classes, "columns": columns.as_slice(),
         "captured": rows.iter().filter(|r| !capture_of(r, &lost).is_empty()).count(),
         "files": { "rows.csv": { "sha256": sha256, "bytes": bytes.len() } }, "checks": checks,
         "inputs": inputs,
         "source": "vigil dataset export: logged inputs joined with their latest labels",
     });
-    write_synced(&partial.path().join("rows.csv"), &bytes)?;
-    write_synced(&partial.path().join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
-    sync_dir(partial.path())?;
-    if let Err(e) = move_into_place(partial, &dir) {
-        // Another export wrote the same rows first: the same dataset.
-        if !dir.join("manifest.json").is_file() {
-            return Err(e).with_context(|| format!("moving the dataset to {}", dir.display()));
+    let manifest = serde_json::to_vec_pretty(&manifest)?;
+    let (out, target) = (spec.out.clone(), dir.clone());
+    off_the_async_threads(move || {
+        write_synced(&partial.path().join("rows.csv"), &bytes)?;
+        write_synced(&partial.path().join("manifest.json"), &manifest)?;
+        sync_dir(partial.path())?;
+        if let Err(e) = move_into_place(partial, &target) {
+            // Another export wrote the same rows first: the same dataset.
+            if !target.join("manifest.json").is_file() {
+                return Err(e).with_context(|| format!("moving the dataset to {}", target.display()));
+            }
         }
-    }
-    sync_dir(&spec.out)?;
+        Ok(sync_dir(&out)?)
+    })
+    .await?;
     Ok(Ok((dir, id, checks)))
+}
+
+/// Runs `work` on a blocking thread: the checks, the CSV, its hash and the synced writes of a
+/// month of rows take seconds, which must not hold up the async threads of the monitor that
+/// runs retraining jobs (its lease, alarms and HTTP API).
+async fn off_the_async_threads<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.context("the dataset's export stopped")?
 }
 
 /// A row's capture key, none where its input was `lost`.
@@ -356,6 +387,22 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Captured inputs fetched from the store at once.
+const FETCHING_AT_ONCE: usize = 16;
+
+/// The captured input under `key`; None when the store does not hold it.
+async fn fetch(captures: &Captures, key: &str) -> Result<Option<bytes::Bytes>> {
+    let mut path = captures.prefix.clone();
+    for part in key.split('/') {
+        path = path.child(part);
+    }
+    match captures.store.get(&path).await {
+        Ok(found) => Ok(Some(found.bytes().await.with_context(|| format!("reading captured input {key}"))?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading captured input {key}")),
+    }
+}
+
 /// What [`copy_inputs`] did.
 struct Copied {
     /// The `captures` check.
@@ -378,26 +425,27 @@ async fn copy_inputs(
     std::fs::create_dir_all(dir)?;
     let keys: BTreeSet<&str> = rows.iter().map(|r| r.capture.as_str()).filter(|k| !k.is_empty()).collect();
     let (mut copied, mut bytes_total, mut missing, mut corrupt) = (0usize, 0u64, Vec::new(), Vec::new());
-    for key in &keys {
+    // Fetched a few at a time (an object store's round trips add up over thousands of inputs),
+    // handled in key order.
+    // Boxed: a future borrowing the store inside a stream adapter is not Send for every
+    // lifetime the compiler asks for (the monitor's runner spawns the export).
+    type Fetched<'a> = (&'a str, Result<Option<bytes::Bytes>>);
+    let fetches: Vec<futures::future::BoxFuture<'_, Fetched<'_>>> =
+        keys.iter().map(|&key| Box::pin(async move { (key, fetch(captures, key).await) }) as _).collect();
+    let mut fetched = futures::stream::iter(fetches).buffered(FETCHING_AT_ONCE);
+    while let Some((key, bytes)) = fetched.next().await {
         let sha = key.rsplit('/').next().unwrap_or_default();
-        let mut path = captures.prefix.clone();
-        for part in key.split('/') {
-            path = path.child(part);
-        }
-        let bytes = match captures.store.get(&path).await {
-            Ok(found) => found.bytes().await.with_context(|| format!("reading captured input {key}"))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                missing.push(key.to_string());
-                continue;
-            }
-            Err(e) => return Err(e).with_context(|| format!("reading captured input {key}")),
+        let Some(bytes) = bytes? else {
+            missing.push(key.to_string());
+            continue;
         };
         if hex::encode(Sha256::digest(&bytes)) != sha {
             corrupt.push(key.to_string());
             continue;
         }
-        write_synced(&dir.join(sha), &bytes)?;
-        (copied, bytes_total) = (copied + 1, bytes_total + bytes.len() as u64);
+        let (path, size) = (dir.join(sha), bytes.len() as u64);
+        off_the_async_threads(move || Ok(write_synced(&path, &bytes)?)).await?;
+        (copied, bytes_total) = (copied + 1, bytes_total + size);
     }
     sync_dir(dir)?;
     let lost_count = missing.len() + corrupt.len();
