@@ -199,18 +199,24 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// the inputs among them.
 fn set_aside_incomplete(dir: &Path) -> std::io::Result<(u64, u64)> {
     let (mut moved, mut input_bytes) = (0, 0);
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+    // An entry that cannot be looked at or moved (renamed meanwhile by the writer, say) is left
+    // for the next sweep; the ones moved are counted whatever happens to the others.
+    for entry in std::fs::read_dir(dir)?.filter_map(Result::ok) {
         let path = entry.path();
-        let age = entry.metadata()?.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+        let Ok(metadata) = entry.metadata() else { continue };
+        let age = metadata.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
         let orphan = path.extension().is_some_and(|e| e == "bin") && !path.with_extension("json").exists();
         if (orphan || path.extension().is_some_and(|e| e == "partial")) && age >= INCOMPLETE_AFTER {
-            tracing::warn!(file = %path.display(), "an incomplete capture in the spool: set aside in {BROKEN}/");
-            let size = entry.metadata()?.len();
-            move_aside(dir, &[path])?;
-            moved += 1;
-            if orphan {
-                input_bytes += size;
+            let moved_to = dir.join(BROKEN).join(entry.file_name());
+            match std::fs::create_dir_all(dir.join(BROKEN)).and_then(|()| std::fs::rename(&path, moved_to)) {
+                Ok(()) => {
+                    tracing::warn!(file = %path.display(), "an incomplete capture in the spool: set aside in {BROKEN}/");
+                    moved += 1;
+                    if orphan {
+                        input_bytes += metadata.len();
+                    }
+                }
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot set an incomplete capture aside"),
             }
         }
     }

@@ -81,6 +81,9 @@ async fn export<S: PredictionStore + ReviewStore>(store: S, args: ExportArgs) ->
     let since = crate::query::parse_time(&args.since, now).context("--since")?;
     let until =
         args.until.as_deref().map(|t| crate::query::parse_time(t, now)).transpose().context("--until")?.unwrap_or(now);
+    if !(0.0..=1.0).contains(&args.max_lost_capture_share) {
+        anyhow::bail!("--max-lost-capture-share {}: a share, from 0 to 1", args.max_lost_capture_share);
+    }
     let spec = Spec {
         model: args.model.clone(),
         version: args.version,

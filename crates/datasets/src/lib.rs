@@ -317,9 +317,16 @@ fn sound(dir: &Path) -> std::result::Result<serde_json::Value, String> {
 fn discard(out: &Path, dir: &Path) -> Result<()> {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dataset");
     let aside = partial_dir(out, &format!(".{name}.torn-"))?;
-    std::fs::rename(dir, aside.path()).with_context(|| format!("setting aside the torn dataset {}", dir.display()))?;
-    // Dropping `aside` removes it and what it now holds.
-    Ok(())
+    // Another export of the same rows may have set it aside, or written it again, meanwhile.
+    if sound(dir).is_ok() {
+        return Ok(());
+    }
+    match std::fs::rename(dir, aside.path()) {
+        // Dropping `aside` removes it and what it now holds.
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("setting aside the torn dataset {}", dir.display())),
+    }
 }
 
 /// The most keys a `captures` check names of each kind.

@@ -1,6 +1,7 @@
 //! Kafka through rdkafka: an idempotent producer (`acks=all`), topic creation, and the sink the
 //! emitter uses.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 
 use crate::emitter::{EmitterStats, Envelope, Sink, SinkError};
@@ -147,6 +148,11 @@ impl KafkaConfig {
 
     /// A producer with `acks=all`, idempotent unless configured otherwise, ordered per partition.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        self.producer_config()?.create()
+    }
+
+    /// The client configuration [`KafkaConfig::producer`] creates its producer from.
+    pub fn producer_config(&self) -> Result<ClientConfig, KafkaError> {
         self.warn_if_plaintext();
         let mut config = self.client_config()?;
         if self.idempotence {
@@ -158,8 +164,8 @@ impl KafkaConfig {
             .set("acks", "all")
             .set("message.timeout.ms", self.message_timeout_ms.to_string())
             .set("linger.ms", self.linger_ms.to_string())
-            .set("compression.type", &self.compression)
-            .create()
+            .set("compression.type", &self.compression);
+        Ok(config)
     }
 }
 
@@ -258,12 +264,36 @@ struct Shared {
     pacing: Mutex<RestartPacing>,
     /// A flush is under way (see [`Sink::hurry`]): one at a time.
     flushing: Arc<std::sync::atomic::AtomicBool>,
+    /// librdkafka properties set over the configuration's in every producer made.
+    overrides: Vec<(String, String)>,
+    /// Records that found the producer's local queue full, in call order, with where to say
+    /// they are in it: every record sent while one waits queues behind it (see [`KafkaSink::send`]).
+    waiting: Mutex<VecDeque<(Envelope, tokio::sync::oneshot::Sender<PutIn>)>>,
 }
+
+/// A waiting record put in the producer's queue (its delivery, and the producer), or refused.
+type PutIn = Result<(DeliveryFuture, Arc<FutureProducer>), (KafkaError, Arc<FutureProducer>)>;
+
+/// Where a record sent went: into the producer's queue (or refused) at once, or in line.
+enum Start {
+    Now(Result<DeliveryFuture, KafkaError>),
+    InLine(tokio::sync::oneshot::Receiver<PutIn>),
+}
+
+/// How long a record that found the producer's queue full waits before it tries again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
 impl KafkaSink {
     /// A sink on a producer made by [`KafkaConfig::producer`].
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
-        let producer = config.producer()?;
+        Self::with_overrides(config, &[])
+    }
+
+    /// As [`KafkaSink::new`], with librdkafka properties set over the configuration's in every
+    /// producer it makes (a small `queue.buffering.max.messages`, say).
+    pub fn with_overrides(config: &KafkaConfig, overrides: &[(&str, &str)]) -> Result<Self, KafkaError> {
+        let overrides: Vec<(String, String)> = overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let producer = make_producer(config, &overrides)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 config: config.clone(),
@@ -271,8 +301,33 @@ impl KafkaSink {
                 stats: OnceLock::new(),
                 pacing: Mutex::new(RestartPacing::default()),
                 flushing: Arc::default(),
+                overrides,
+                waiting: Mutex::default(),
             }),
         })
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<(Envelope, tokio::sync::oneshot::Sender<PutIn>)>> {
+        self.shared.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts the waiting records in the producer's queue, oldest first, while it takes them;
+    /// tells each where it went.
+    fn put_waiting_in(&self) {
+        let mut waiting = self.lock_waiting();
+        while let Some((envelope, _)) = waiting.front() {
+            let producer = self.producer();
+            let record = FutureRecord::to(&envelope.topic).key(&envelope.key).payload(&envelope.payload);
+            let result = producer.send_result(record).map_err(|(e, _)| e);
+            if matches!(result, Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))) {
+                return;
+            }
+            let Some((_, reply)) = waiting.pop_front() else { return };
+            let _ = reply.send(match result {
+                Ok(delivery) => Ok((delivery, producer)),
+                Err(e) => Err((e, producer)),
+            });
+        }
     }
 
     /// Paces producer replacements with `pacing` instead of the default (10 s doubling to 10
@@ -334,7 +389,7 @@ impl KafkaSink {
             }
             return;
         }
-        match self.shared.config.producer() {
+        match make_producer(&self.shared.config, &self.shared.overrides) {
             Ok(fresh) => {
                 let previous = self.shared.producer.compare_and_swap(&current, Arc::new(fresh));
                 if !Arc::ptr_eq(&previous, &current) {
@@ -461,22 +516,55 @@ impl Sink for KafkaSink {
 
     fn send(&self, envelope: Envelope) -> impl Future<Output = Result<(), SinkError>> + Send + 'static {
         // Enqueue now, in call order, so that records with one key keep their order; the
-        // idempotent producer retries delivery until message.timeout.ms.
-        let producer = self.producer();
-        let record = FutureRecord::to(&envelope.topic).key(&envelope.key).payload(&envelope.payload);
-        let enqueued = producer.send_result(record).map_err(|(e, _)| e);
+        // idempotent producer retries delivery until message.timeout.ms. A record that finds
+        // librdkafka's local queue full waits in line, and so does every record sent while one
+        // waits, so none finds room before a record sent ahead of it.
+        let mut producer = self.producer();
+        let mut waiting = self.lock_waiting();
+        let mut started = None;
+        if waiting.is_empty() {
+            let record = FutureRecord::to(&envelope.topic).key(&envelope.key).payload(&envelope.payload);
+            match producer.send_result(record).map_err(|(e, _)| e) {
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {}
+                result => started = Some(result),
+            }
+        }
+        let start = match started {
+            Some(result) => Start::Now(result),
+            None => {
+                let (reply, put_in) = tokio::sync::oneshot::channel();
+                waiting.push_back((envelope, reply));
+                Start::InLine(put_in)
+            }
+        };
+        drop(waiting);
         let sink = self.clone();
         async move {
+            let enqueued = match start {
+                Start::Now(result) => result,
+                Start::InLine(mut put_in) => loop {
+                    // Any waiting record's sender puts the line in, oldest first.
+                    sink.put_waiting_in();
+                    match put_in.try_recv() {
+                        Ok(Ok((delivery, by))) => {
+                            producer = by;
+                            break Ok(delivery);
+                        }
+                        Ok(Err((e, by))) => {
+                            producer = by;
+                            break Err(e);
+                        }
+                        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                            tokio::time::sleep(QUEUE_FULL_PAUSE).await
+                        }
+                        Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                            return Err(SinkError::transient("the record's place in line was lost"));
+                        }
+                    }
+                },
+            };
             let delivery = match enqueued {
                 Ok(delivery) => delivery,
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                    // librdkafka's local queue is full: wait for room.
-                    let record = FutureRecord::to(&envelope.topic).key(&envelope.key).payload(&envelope.payload);
-                    return match producer.send(record, Timeout::Never).await {
-                        Ok(_) => Ok(()),
-                        Err((e, _)) => Err(sink.failed(&producer, e)),
-                    };
-                }
                 Err(e) => return Err(sink.failed(&producer, e)),
             };
             match delivery.await {
@@ -486,6 +574,18 @@ impl Sink for KafkaSink {
             }
         }
     }
+}
+
+/// The producer `config` makes, with `overrides` set over its properties.
+fn make_producer(config: &KafkaConfig, overrides: &[(String, String)]) -> Result<FutureProducer, KafkaError> {
+    if overrides.is_empty() {
+        return config.producer();
+    }
+    let mut made = config.producer_config()?;
+    for (key, value) in overrides {
+        made.set(key, value);
+    }
+    made.create()
 }
 
 /// A producer error as a sink error: permanent when the record itself is at fault, doubtful

@@ -253,7 +253,7 @@ fn keep_for_a_person(dir: &Path, n: u64, offset: u64, bytes: &[u8], limit: u64) 
     let mut held: Vec<(std::time::SystemTime, PathBuf, u64)> = fs::read_dir(&aside)?
         .filter_map(|e| {
             let e = e.ok()?;
-            let metadata = e.metadata().ok()?;
+            let metadata = e.metadata().ok().filter(|m| m.is_file())?;
             Some((metadata.modified().ok()?, e.path(), metadata.len()))
         })
         .collect();
@@ -264,8 +264,12 @@ fn keep_for_a_person(dir: &Path, n: u64, offset: u64, bytes: &[u8], limit: u64) 
             break;
         }
         if old != path {
-            fs::remove_file(&old)?;
-            total -= size;
+            // Evidence only: a file that cannot be removed (gone meanwhile) must not keep the
+            // spool from opening.
+            match fs::remove_file(&old) {
+                Ok(()) => total -= size,
+                Err(e) => tracing::warn!(file = %old.display(), error = %e, "cannot remove old damaged spool bytes"),
+            }
         }
     }
     Ok(path)

@@ -519,3 +519,51 @@ async fn a_backlog_replayed_under_steady_traffic_empties_and_live_records_go_str
     let (seen, _) = read_payloads(&broker.brokers(), TOPIC, sent as usize).await;
     assert_eq!(seen.len(), sent as usize, "every record in the topic");
 }
+
+/// A record that finds the producer's local queue full waits in line, and every record sent
+/// while it waits queues behind it: one station's records reach the topic in the order sent,
+/// each once, though most of them found the queue (8 records here) full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_that_find_the_producer_queue_full_keep_their_order() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message as _;
+    use vigil_logbus::{Envelope, Sink};
+    let broker = Broker::start(1).await;
+    let mut config = broker.kafka();
+    config.linger_ms = 0;
+    let sink =
+        vigil_logbus::kafka::KafkaSink::with_overrides(&config, &[("queue.buffering.max.messages", "8")]).unwrap();
+    const N: u32 = 3_000;
+    let mut deliveries = Vec::new();
+    for i in 0..N {
+        let payload = i.to_be_bytes().to_vec();
+        let envelope = Envelope { topic: topics::PREDICTIONS.into(), key: "line-1".into(), payload };
+        // Each delivery on its own task, as the emitter's are in flight together; short pauses
+        // let the queue drain part-way, so a record sent later could find room while earlier
+        // ones wait for it.
+        deliveries.push(tokio::spawn(sink.send(envelope)));
+        if i % 4 == 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().expect("delivered");
+    }
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("group.id", "queue-full-order")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topics::PREDICTIONS]).unwrap();
+    let mut read = Vec::new();
+    while read.len() < N as usize {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("records").unwrap();
+        read.push(u32::from_be_bytes(m.payload().unwrap().try_into().unwrap()));
+    }
+    let out_of_order = read.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    assert_eq!(out_of_order, 0, "records out of order: {:?}", &read[..read.len().min(40)]);
+    assert_eq!(read.len(), N as usize);
+    assert_eq!(broker.message_count(topics::PREDICTIONS), N as i64, "each record once");
+}
