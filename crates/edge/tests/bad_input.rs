@@ -10,6 +10,10 @@ use vigil_proto::inference::ModelInferRequest;
 use vigil_proto::inference::model_infer_request::InferInputTensor;
 use vigil_proto::vigil::v1::InspectRequest;
 
+/// The tests that measure this process's memory (RSS) run alone: the others build messages
+/// of many megabytes in the same process, which a measurement taken meanwhile would count.
+static MEMORY: std::sync::LazyLock<tokio::sync::RwLock<()>> = std::sync::LazyLock::new(Default::default);
+
 fn inspect_request(image: Vec<u8>) -> InspectRequest {
     InspectRequest { image, station_id: "test".into(), ..Default::default() }
 }
@@ -27,6 +31,7 @@ const ITEM_BYTES: usize = 128 * 128 * 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_images_get_invalid_argument_naming_the_problem() {
+    let _shared = MEMORY.read().await;
     let server = start(config()).await;
     let (mut inspect, _) = clients(&server).await;
     let good = samples("normal").remove(0).1;
@@ -53,6 +58,7 @@ async fn bad_images_get_invalid_argument_naming_the_problem() {
 /// size on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_limited_by_their_decoded_size() {
+    let _shared = MEMORY.read().await;
     let mut config = config();
     config.images.max_decode_bytes = 2 << 20;
     config.images.max_preparing_bytes_in_flight = 20 << 20;
@@ -95,6 +101,7 @@ async fn images_are_limited_by_their_decoded_size() {
 /// broker, the spool or Postgres would refuse later is refused at the door.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_and_times_a_record_cannot_carry_are_refused() {
+    let _shared = MEMORY.read().await;
     let server = start(config()).await;
     let (mut inspect, mut oip) = clients(&server).await;
     let good = samples("normal").remove(0).1;
@@ -143,6 +150,7 @@ async fn ids_and_times_a_record_cannot_carry_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_refused_with_the_limit_named() {
+    let _shared = MEMORY.read().await;
     let mut config = config();
     config.limits.max_message_bytes = 64 * 1024;
     let server = start(config).await;
@@ -170,6 +178,7 @@ async fn oversized_messages_are_refused_with_the_limit_named() {
 /// before the second is buffered, and the server goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unary_call_with_a_second_message_is_refused() {
+    let _shared = MEMORY.read().await;
     use vigil_proto::inference::ModelInferResponse;
     let server = start(config()).await;
     let mut grpc = tonic::client::Grpc::new(channel(&server).await);
@@ -191,6 +200,7 @@ async fn a_unary_call_with_a_second_message_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_infer_validation_names_the_input() {
+    let _shared = MEMORY.read().await;
     let server = start(config()).await;
     let (_, mut oip) = clients(&server).await;
     let mut mixed = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
@@ -259,6 +269,7 @@ async fn model_infer_validation_names_the_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_models_and_versions_are_not_found() {
+    let _shared = MEMORY.read().await;
     let server = start(config()).await;
     let (mut inspect, mut oip) = clients(&server).await;
     let mut r = infer_request("FP32", vec![1, 1, 128, 128], vec![0; ITEM_BYTES]);
@@ -303,6 +314,8 @@ async fn unknown_models_and_versions_are_not_found() {
 /// they are decoded, or refused then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_that_decode_far_beyond_their_size_are_charged_before_decoding() {
+    // Measures the process's memory: alone (see MEMORY).
+    let _alone = MEMORY.write().await;
     let mut config = config();
     config.limits.max_message_bytes = 4 << 20;
     config.limits.max_request_bytes_in_flight = 16 << 20;
@@ -341,6 +354,8 @@ async fn messages_that_decode_far_beyond_their_size_are_charged_before_decoding(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_under_repeated_bad_input() {
+    // Measures the process's memory: alone (see MEMORY).
+    let _alone = MEMORY.write().await;
     let server = start(config()).await;
     let (mut inspect, mut oip) = clients(&server).await;
     // A real, decodable 20000x20000 image: were the size limit not enforced before decoding,

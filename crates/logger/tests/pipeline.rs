@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use prost::Message as _;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::*;
@@ -234,13 +233,7 @@ async fn every_prediction_lands_once_with_its_features_and_outputs() {
 /// The first `n` messages of the dead-letter topic, by their `vigil-source` header: each
 /// message's `vigil-reason` header and payload.
 async fn dead_letters(brokers: &str, n: usize) -> HashMap<String, (String, Vec<u8>)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "dead-letter-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topics::DEAD_LETTER]).unwrap();
+    let consumer = reader(brokers, "dead-letter-reader", topics::DEAD_LETTER);
     let mut found = HashMap::new();
     while found.len() < n {
         let m =

@@ -33,16 +33,8 @@ fn image() -> Vec<u8> {
 /// partition in offset order.
 async fn read_prediction_ids(brokers: &str, n: usize) -> Vec<Uuid> {
     use prost::Message as _;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Message as _;
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "order-check")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topics::PREDICTIONS]).unwrap();
+    let consumer = reader(brokers, "order-check", topics::PREDICTIONS);
     let mut ids = Vec::new();
     while ids.len() < n {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("records").unwrap();
@@ -318,16 +310,8 @@ async fn a_second_server_on_the_same_spool_is_refused_until_the_first_stops() {
 /// The payloads of `topic`'s records until `distinct` different ones were read, with how many
 /// records carried them.
 async fn read_payloads(brokers: &str, topic: &str, distinct: usize) -> (HashSet<Vec<u8>>, usize) {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Message as _;
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "payload-check")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+    let consumer = reader(brokers, "payload-check", topic);
     let (mut seen, mut records) = (HashSet::new(), 0);
     while seen.len() < distinct {
         let wait = tokio::time::timeout(Duration::from_secs(30), consumer.recv());
@@ -525,7 +509,6 @@ async fn a_backlog_replayed_under_steady_traffic_empties_and_live_records_go_str
 /// each once, though most of them found the queue (8 records here) full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn records_that_find_the_producer_queue_full_keep_their_order() {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Message as _;
     use vigil_logbus::{Envelope, Sink};
     let broker = Broker::start(1).await;
@@ -549,14 +532,7 @@ async fn records_that_find_the_producer_queue_full_keep_their_order() {
     for delivery in deliveries {
         delivery.await.unwrap().expect("delivered");
     }
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker.brokers())
-        .set("group.id", "queue-full-order")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topics::PREDICTIONS]).unwrap();
+    let consumer = reader(&broker.brokers(), "queue-full-order", topics::PREDICTIONS);
     let mut read = Vec::new();
     while read.len() < N as usize {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.expect("records").unwrap();

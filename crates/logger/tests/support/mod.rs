@@ -146,3 +146,17 @@ pub fn strike_fatal(producer: &rdkafka::producer::FutureProducer) {
     }
     assert!(producer.client().fatal_error().is_some());
 }
+
+/// A consumer in group `group` reading `topic` from its first record, committing nothing.
+pub fn reader(brokers: &str, group: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
