@@ -203,6 +203,61 @@ async fn an_unload_waits_for_the_requests_in_flight() {
     server.shutdown().await.unwrap();
 }
 
+/// A version whose `model.toml` lists a file it lacks (`required_files`) is refused at load and
+/// named in the index with the missing file, the version before it serving meanwhile; once the
+/// file is there the watch loads it and it takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_missing_a_required_file_is_refused_until_the_file_comes() {
+    let (repo, v1, server) = watched_copy().await;
+    let (mut inspect, mut oip) = clients(&server).await;
+    let image = samples("normal").remove(0).1;
+    let request = || InspectRequest { image: image.clone(), ..Default::default() };
+    let model_dir = repo.path().join(MODEL);
+    let v2 = v1 + 1;
+    copy_version(&model_dir.join(v1.to_string()), &model_dir, v2, None);
+    let toml_path = model_dir.join(v2.to_string()).join("model.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    let staged = model_dir.join(".model.toml.new");
+    std::fs::write(&staged, toml.replacen("\n[", "\nrequired_files = [\"labels.txt\"]\n\n[", 1)).unwrap();
+    std::fs::rename(&staged, &toml_path).unwrap();
+
+    let v2_row = async |oip: &mut vigil_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+        tonic::transport::Channel,
+    >| {
+        let index = oip.repository_index(RepositoryIndexRequest::default()).await.unwrap().into_inner().models;
+        index.into_iter().find(|m| m.version == v2.to_string())
+    };
+    let mut refused = None;
+    for _ in 0..500 {
+        if let Some(row) = v2_row(&mut oip).await.filter(|row| row.reason.contains("load failed")) {
+            refused = Some(row);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = refused.expect("the version without its required file shows as refused");
+    assert_eq!(refused.state, "UNAVAILABLE", "{refused:?}");
+    assert!(
+        refused.reason.contains("labels.txt (required_files in its model.toml)"),
+        "the reason names the missing file: {refused:?}"
+    );
+    // Several looks later the version before it still answers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = inspect.inspect(request()).await.unwrap().into_inner();
+    assert_eq!(answer.model_version, v1.to_string());
+
+    std::fs::write(model_dir.join(v2.to_string()).join("labels.txt"), "normal\nscratch\n").unwrap();
+    for _ in 0..500 {
+        if inspect.inspect(request()).await.unwrap().into_inner().model_version == v2.to_string() {
+            assert_eq!(v2_row(&mut oip).await.unwrap().state, "READY");
+            server.shutdown().await.unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the version was never served once its required file came");
+}
+
 /// A server on a [`repository_copy`] whose directory it watches (every 50 ms).
 async fn watched_copy() -> (tempfile::TempDir, u64, vigil_edge::RunningServer) {
     let (repo, version) = repository_copy();

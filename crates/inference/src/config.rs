@@ -61,6 +61,11 @@ pub struct ModelConfig {
     /// version's `model.toml`. Default: the newest one.
     #[serde(default)]
     pub version_policy: VersionPolicy,
+    /// Files beside `model.onnx` that the version cannot serve without (a tokenizer, a label
+    /// map), as names in the version directory: a version missing one is refused at load, so the
+    /// version before it keeps serving instead of one that fails every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_files: Vec<String>,
 }
 
 /// Which versions of a model are loaded.
@@ -377,6 +382,18 @@ impl ModelConfig {
                 ));
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for file in &self.required_files {
+            if !crate::repository::is_model_name(file) || matches!(file.as_str(), "model.onnx" | "model.toml") {
+                return Err(format!(
+                    "required_files: {file:?} is not a file name in the version directory (one name, not hidden, \
+                     other than model.onnx and model.toml)"
+                ));
+            }
+            if !seen.insert(file.as_str()) {
+                return Err(format!("required_files names {file:?} twice"));
+            }
+        }
         if self.instances == 0 {
             return Err("instances must be at least 1".into());
         }
@@ -598,6 +615,23 @@ max_queue_depth = 16
         assert!(e.contains("preprocess feeds one image to a model with one input; this one declares 2"), "{e}");
         let e = refused("width = 4", "width = 100000");
         assert!(e.contains("at most 8192"), "{e}");
+    }
+
+    #[test]
+    fn required_files_name_files_in_the_version_directory_once() {
+        let with = |files: &str| {
+            let text = SAMPLE.replace("version = 2", &format!("version = 2\nrequired_files = {files}"));
+            toml::from_str::<ModelConfig>(&text).unwrap().validate()
+        };
+        assert_eq!(with(r#"["tokenizer.bin", "labels.txt"]"#), Ok(()));
+        for bad in
+            [r#"["../tokenizer.bin"]"#, r#"["sub/tokenizer.bin"]"#, r#"[".hidden"]"#, r#"["model.onnx"]"#, r#"[""]"#]
+        {
+            let e = with(bad).unwrap_err();
+            assert!(e.contains("is not a file name in the version directory"), "{bad}: {e}");
+        }
+        let e = with(r#"["a.bin", "a.bin"]"#).unwrap_err();
+        assert!(e.contains("names \"a.bin\" twice"), "{e}");
     }
 
     #[test]

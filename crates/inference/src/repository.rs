@@ -608,6 +608,7 @@ fn load_version(
             config.version
         )));
     }
+    check_required_files(&config, dir)?;
     // The digest of the file the sessions are built from: read before, and the file the same
     // after (its inode, size, and modification and change times: a file replaced or written
     // over, even with its times kept, changes one), or the load is refused (a copy still under
@@ -670,6 +671,30 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// Refuses a version whose directory lacks a file its `model.toml` lists in `required_files`.
+fn check_required_files(config: &ModelConfig, dir: &Path) -> Result<(), InferenceError> {
+    for file in &config.required_files {
+        let path = dir.join(file);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            found => {
+                let why = match found {
+                    Ok(_) => "not a regular file".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(InferenceError::Config(format!(
+                    "{} version {} needs {} (required_files in its model.toml): {why}; put the file beside \
+                     model.onnx",
+                    config.name,
+                    config.version,
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads the vocabulary file each text input names, from the version directory.
