@@ -75,6 +75,38 @@ fn export(url: &str, out: &std::path::Path) -> Output {
         .unwrap()
 }
 
+/// A log of 40 predictions (every third labelled a defect) in `dir`, and a capture store
+/// beside it holding the images of the ten captured items (every fourth), except those in
+/// `missing`, with other bytes for those in `altered`; the log's URL and the store's.
+fn captured_log(dir: &std::path::Path, missing: &[usize], altered: &[usize]) -> (String, String) {
+    let url = format!("sqlite://{}", dir.join("vigil.db").display());
+    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
+    let store = dir.join("captures");
+    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
+    for i in (0..40).step_by(4).filter(|i| !missing.contains(i)) {
+        let bytes = if altered.contains(&i) { b"something else".to_vec() } else { image(i) };
+        std::fs::write(store.join(capture_key(i)), bytes).unwrap();
+    }
+    (url, format!("file://{}", store.display()))
+}
+
+/// `vigil dataset export` of the last two hours with no agreement floor, and `args`.
+fn export_with(url: &str, out: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["dataset", "export", "--database-url", url, "--model", "scratch-detector", "--since", "2h"])
+        .args(["--min-kappa", "0"])
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// The file path of a `file://` capture store's object `key`.
+fn stored(store: &str, key: &str) -> std::path::PathBuf {
+    std::path::Path::new(store.strip_prefix("file://").unwrap()).join(key)
+}
+
 #[test]
 fn a_sound_dataset_is_written_with_a_manifest_naming_its_content() {
     let dir = tempfile::tempdir().unwrap();
@@ -148,29 +180,10 @@ fn datasets_that_would_mislead_training_are_refused_with_their_reasons() {
 #[test]
 fn captured_inputs_are_copied_into_the_dataset_and_a_missing_or_altered_one_refuses_it() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
-    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
-    let store = dir.path().join("captures");
-    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
     // Item 36's image never reached the store; item 8's was altered there.
-    for i in (0..40).step_by(4).filter(|&i| i != 36) {
-        let bytes = if i == 8 { b"something else".to_vec() } else { image(i) };
-        std::fs::write(store.join(capture_key(i)), bytes).unwrap();
-    }
+    let (url, store) = captured_log(dir.path(), &[36], &[8]);
     let out = dir.path().join("datasets");
-    let run = |out: &std::path::Path, with_captures: bool| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
-        command
-            .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
-            .args(["--min-kappa", "0"])
-            .arg("--out")
-            .arg(out);
-        if with_captures {
-            command.arg("--captures").arg(format!("file://{}", store.display()));
-        }
-        command.output().unwrap()
-    };
-    let export = |out: &std::path::Path| run(out, true);
+    let export = |out: &std::path::Path| export_with(&url, out, &["--captures", &store]);
     let refused = export(&out);
     let stdout = String::from_utf8_lossy(&refused.stdout);
     assert_eq!(refused.status.code(), Some(1), "{stdout}");
@@ -179,10 +192,10 @@ fn captured_inputs_are_copied_into_the_dataset_and_a_missing_or_altered_one_refu
     assert!(stdout.contains(&format!("content not matching its hash: {}", capture_key(8))), "{stdout}");
     assert!(std::fs::read_dir(&out).map_or(true, |mut d| d.next().is_none()), "nothing written");
 
-    std::fs::write(store.join(capture_key(36)), image(36)).unwrap();
-    std::fs::write(store.join(capture_key(8)), image(8)).unwrap();
+    std::fs::write(stored(&store, &capture_key(36)), image(36)).unwrap();
+    std::fs::write(stored(&store, &capture_key(8)), image(8)).unwrap();
     // The same rows exported first without their inputs, then with them: one dataset, completed.
-    let without = run(&out, false);
+    let without = export_with(&url, &out, &[]);
     assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
     let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
     let read_manifest = || -> serde_json::Value {
@@ -210,26 +223,14 @@ fn captured_inputs_are_copied_into_the_dataset_and_a_missing_or_altered_one_refu
 #[test]
 fn an_export_that_fails_part_way_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
-    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
-    let store = dir.path().join("captures");
-    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
-    for i in (0..40).step_by(4) {
-        std::fs::write(store.join(capture_key(i)), image(i)).unwrap();
-    }
+    let (url, store) = captured_log(dir.path(), &[], &[]);
     // One captured input cannot be read (a link to itself): the copy fails part-way, after the
     // inputs before it were written.
-    let unreadable = store.join(capture_key(20));
+    let unreadable = stored(&store, &capture_key(20));
     std::fs::remove_file(&unreadable).unwrap();
     std::os::unix::fs::symlink(&unreadable, &unreadable).unwrap();
     let out = dir.path().join("datasets");
-    let failed = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
-        .args(["--min-kappa", "0", "--captures", &format!("file://{}", store.display())])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let failed = export_with(&url, &out, &["--captures", &store]);
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "{stderr}");
     assert!(stderr.contains(&capture_key(20)), "the error names the input: {stderr}");
@@ -240,26 +241,10 @@ fn an_export_that_fails_part_way_leaves_nothing_behind() {
 #[test]
 fn lost_inputs_within_the_limit_leave_their_rows_without_an_input() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
-    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
-    let store = dir.path().join("captures");
-    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
     // Of the ten captured images, item 36's never reached the store and item 8's was altered.
-    for i in (0..40).step_by(4).filter(|&i| i != 36) {
-        let bytes = if i == 8 { b"something else".to_vec() } else { image(i) };
-        std::fs::write(store.join(capture_key(i)), bytes).unwrap();
-    }
+    let (url, store) = captured_log(dir.path(), &[36], &[8]);
     let out = dir.path().join("datasets");
-    let export = |share: &str| {
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
-            .args(["--min-kappa", "0", "--captures", &format!("file://{}", store.display())])
-            .args(["--max-lost-capture-share", share])
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap()
-    };
+    let export = |share: &str| export_with(&url, &out, &["--captures", &store, "--max-lost-capture-share", share]);
     // Two lost of ten: over a limit of 0.19, within one of 0.2.
     let refused = export("0.19");
     let stdout = String::from_utf8_lossy(&refused.stdout);
@@ -300,23 +285,9 @@ fn lost_inputs_within_the_limit_leave_their_rows_without_an_input() {
 #[test]
 fn a_torn_dataset_of_the_same_rows_is_written_again() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
-    log(&url, 40, |i| if i % 3 == 0 { "defect" } else { "ok" }, &[]);
-    let store = dir.path().join("captures");
-    std::fs::create_dir_all(store.join("scratch-detector")).unwrap();
-    for i in (0..40).step_by(4) {
-        std::fs::write(store.join(capture_key(i)), image(i)).unwrap();
-    }
+    let (url, store) = captured_log(dir.path(), &[], &[]);
     let out = dir.path().join("datasets");
-    let export = || {
-        Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["dataset", "export", "--database-url", &url, "--model", "scratch-detector", "--since", "2h"])
-            .args(["--min-kappa", "0", "--captures", &format!("file://{}", store.display())])
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap()
-    };
+    let export = || export_with(&url, &out, &["--captures", &store]);
     let first = export();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
     let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();

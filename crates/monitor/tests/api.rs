@@ -497,13 +497,8 @@ async fn a_transcribing_shadow_agrees_as_far_as_its_words_do() {
     let store = PgStore::connect_lazy(&db.url(), 2).unwrap();
     store.migrate().await.unwrap();
     let now = Utc::now();
-    let spoken = |trace: &str, variant: i16, version: &str, text: &str| PredictionRow {
-        trace_id: trace.into(),
-        variant,
-        model_version: version.into(),
-        model_name: "asr".into(),
-        output: serde_json::json!({ "label": "", "scores": [], "text": text }),
-        ..prediction(now - chrono::Duration::minutes(5), 0.5, serde_json::json!({}))
+    let spoken = |trace: &str, variant: i16, version: &str, text: &str| {
+        vigil_store::testing::spoken(now - chrono::Duration::minutes(5), trace, variant, version, text)
     };
     // (primary, shadow): equal; equal but for case and punctuation; one word of four wrong;
     // one word left out of three, and one word added to two; nothing in common.

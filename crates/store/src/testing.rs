@@ -111,6 +111,19 @@ pub fn prediction(time: DateTime<Utc>, score: f32, features: serde_json::Value) 
     }
 }
 
+/// A transcript `text` logged at `time` by recogniser `asr` `version` as `variant` (1 the
+/// primary, 3 a shadow) for the request traced `trace`: a text model's answer, its label empty.
+pub fn spoken(time: DateTime<Utc>, trace: &str, variant: i16, version: &str, text: &str) -> PredictionRow {
+    PredictionRow {
+        trace_id: trace.into(),
+        variant,
+        model_version: version.into(),
+        model_name: "asr".into(),
+        output: serde_json::json!({ "label": "", "scores": [], "text": text }),
+        ..prediction(time, 0.5, serde_json::json!({}))
+    }
+}
+
 /// `model` `version` registered as a candidate by `anna`, its artifact's digest `digest`.
 pub fn candidate_version(model: &str, version: &str, digest: &str) -> crate::ModelVersionRow {
     let now = Utc::now();

@@ -546,13 +546,8 @@ async fn shadow_counts_conform<S: PredictionStore + vigil_store::OutcomeStore>(s
 async fn shadow_counts_compare_transcripts<S: PredictionStore + vigil_store::OutcomeStore>(store: S) {
     store.migrate().await.unwrap();
     let now = Utc::now();
-    let spoken = |trace: &str, variant: i16, version: &str, text: &str| PredictionRow {
-        trace_id: trace.into(),
-        variant,
-        model_version: version.into(),
-        model_name: "asr".into(),
-        output: serde_json::json!({ "label": "", "scores": [], "text": text }),
-        ..prediction(now - Duration::minutes(1), 0.5, serde_json::json!({}))
+    let spoken = |trace: &str, variant: i16, version: &str, text: &str| {
+        vigil_store::testing::spoken(now - Duration::minutes(1), trace, variant, version, text)
     };
     let rows = [
         spoken("t1", 1, "1", "weather in oslo"),
