@@ -307,4 +307,51 @@ fn a_torn_dataset_of_the_same_rows_is_written_again() {
         assert_eq!(std::fs::read(dataset.join("rows.csv")).unwrap(), whole_rows, "rows written again");
         assert_eq!(std::fs::read(&one_input).unwrap(), image(12), "inputs written again");
     }
+
+    // Torn again, exported now with no capture store: its inputs, each whole, are kept.
+    std::fs::write(dataset.join("rows.csv"), &whole_rows[..100]).unwrap();
+    let without = export_with(&url, &out, &[]);
+    assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
+    assert_eq!(std::fs::read(dataset.join("rows.csv")).unwrap(), whole_rows, "rows written again");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dataset.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["inputs"]["files"], 10, "{manifest}");
+    for i in (0..40).step_by(4) {
+        let sha = capture_key(i).rsplit('/').next().unwrap().to_string();
+        assert_eq!(std::fs::read(dataset.join("inputs").join(sha)).unwrap(), image(i), "item {i}'s input kept");
+    }
+    // Torn in an input too: it cannot be kept, so the dataset is written without inputs (an
+    // export with the capture store adds them).
+    std::fs::write(dataset.join("rows.csv"), &whole_rows[..100]).unwrap();
+    std::fs::write(&one_input, b"").unwrap();
+    let without = export_with(&url, &out, &[]);
+    assert!(without.status.success(), "{}", String::from_utf8_lossy(&without.stderr));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dataset.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["inputs"].is_null() && !dataset.join("inputs").exists(), "{manifest}");
+    let names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, [dataset.file_name().unwrap()], "nothing set aside left behind");
+}
+
+/// The same rows exported again with the capture store are the dataset written before with
+/// every input: nothing is fetched (here the store has since lost them all, which would refuse
+/// a fresh export), and the `captures` check says so.
+#[test]
+fn an_export_of_rows_exported_before_with_their_inputs_fetches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = captured_log(dir.path(), &[], &[]);
+    let out = dir.path().join("datasets");
+    let first = export_with(&url, &out, &["--captures", &store]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let manifest_before = std::fs::read(dataset.join("manifest.json")).unwrap();
+    std::fs::remove_dir_all(stored(&store, "scratch-detector")).unwrap();
+
+    let again = export_with(&url, &out, &["--captures", &store]);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}{}", String::from_utf8_lossy(&again.stderr));
+    assert!(stdout.contains("10 of 10 captured inputs copied") && stdout.contains("nothing fetched"), "{stdout}");
+    assert!(stdout.contains(dataset.file_name().unwrap().to_str().unwrap()), "{stdout}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "the same dataset");
+    assert_eq!(std::fs::read(dataset.join("manifest.json")).unwrap(), manifest_before, "left as it was");
 }

@@ -168,17 +168,28 @@ async fn served_rows<S: PredictionStore>(store: &S, spec: &Spec) -> Result<Vec<P
 /// renamed into place, so a reader never sees half of one, nor does one after a power cut.
 /// Captured inputs missing from the store or not matching their hash are lost: their rows keep
 /// their features without an input, up to `max_lost_capture_share` of the captured inputs;
-/// beyond it the dataset is refused (the checks with theirs, nothing written).
+/// beyond it the dataset is refused (the checks with theirs, nothing written). The same rows
+/// exported before with every input are that dataset, nothing fetched again.
 async fn write(
     spec: &Spec,
     columns: Arc<Vec<String>>,
     rows: Arc<Vec<PredictionSummary>>,
     mut checks: Vec<Check>,
 ) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
-    // The inputs first: which are lost decides the rows' capture column, hence the id.
+    // The rows as they read with every captured input found: the id of an export of them that
+    // lost none.
+    let (mut bytes, mut sha256) = rows_and_hash(&columns, &rows, Arc::default()).await?;
     let mut staged = None;
-    let mut lost = BTreeSet::new();
+    let mut lost = Arc::default();
     if let Some(captures) = &spec.captures {
+        // The same rows exported before with every input: nothing to fetch again.
+        let dir = dataset_dir(spec, &sha256);
+        let found = dir.clone();
+        if let Some(check) = off_the_async_threads(move || Ok(exported_with_every_input(&found))).await? {
+            checks.push(check);
+            return Ok(Ok((dir, sha256[..16].to_string(), checks)));
+        }
+        // Which inputs are lost decides the rows' capture column, hence the id.
         let partial = partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?;
         let copied =
             copy_inputs(captures, &rows, &partial.path().join("inputs"), spec.limits.max_lost_capture_share).await?;
@@ -187,21 +198,14 @@ async fn write(
         if !passed {
             return Ok(Err(checks));
         }
-        lost = copied.lost;
+        if !copied.lost.is_empty() {
+            lost = Arc::new(copied.lost);
+            (bytes, sha256) = rows_and_hash(&columns, &rows, lost.clone()).await?;
+        }
         staged = Some((partial, copied.entry, checks.last().cloned()));
     }
-    let lost = Arc::new(lost);
-    let (bytes, sha256) = {
-        let (columns, rows, lost) = (columns.clone(), rows.clone(), lost.clone());
-        off_the_async_threads(move || {
-            let bytes = rows_csv(&columns, &rows, &lost)?;
-            let sha256 = hex::encode(Sha256::digest(&bytes));
-            Ok((bytes, sha256))
-        })
-        .await?
-    };
     let id = sha256[..16].to_string();
-    let dir = spec.out.join(format!("{}-{id}", spec.model));
+    let dir = dataset_dir(spec, &sha256);
     if dir.join("manifest.json").is_file() {
         let found = dir.clone();
         match off_the_async_threads(move || Ok(sound(&found))).await? {
@@ -214,11 +218,22 @@ async fn write(
                 }
                 return Ok(Ok((dir, id, checks)));
             }
-            // Torn (written before its files were synced, then a crash): written again.
+            // Torn (written before its files were synced, then a crash): written again, with
+            // its inputs where they are whole and no capture store was named to fetch them.
             Err(why) => {
                 tracing::warn!(dataset = %dir.display(), %why, "a torn dataset of the same rows: writing it again");
-                let (out, torn) = (spec.out.clone(), dir.clone());
-                off_the_async_threads(move || discard(&out, &torn)).await?;
+                let (out, torn, model, kept) = (spec.out.clone(), dir.clone(), spec.model.clone(), rows.clone());
+                let keep_inputs = staged.is_none();
+                let salvaged = off_the_async_threads(move || {
+                    let salvaged = if keep_inputs { whole_inputs(&torn, &kept, &out, &model)? } else { None };
+                    discard(&out, &torn)?;
+                    Ok(salvaged)
+                })
+                .await?;
+                if let Some((partial, inputs, check)) = salvaged {
+                    checks.push(check.clone());
+                    staged = Some((partial, inputs, Some(check)));
+                }
             }
         }
     }
@@ -256,6 +271,88 @@ async fn write(
     })
     .await?;
     Ok(Ok((dir, id, checks)))
+}
+
+/// The directory of `spec`'s dataset whose rows hash to `sha256`.
+fn dataset_dir(spec: &Spec, sha256: &str) -> PathBuf {
+    spec.out.join(format!("{}-{}", spec.model, &sha256[..16]))
+}
+
+/// `rows.csv` without the inputs `lost`, and its hex sha256.
+async fn rows_and_hash(
+    columns: &Arc<Vec<String>>,
+    rows: &Arc<Vec<PredictionSummary>>,
+    lost: Arc<BTreeSet<String>>,
+) -> Result<(Vec<u8>, String)> {
+    let (columns, rows) = (columns.clone(), rows.clone());
+    off_the_async_threads(move || {
+        let bytes = rows_csv(&columns, &rows, &lost)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        Ok((bytes, sha256))
+    })
+    .await
+}
+
+/// The `captures` check of the dataset in `dir` when it is whole and holds every captured input
+/// of its rows (none lost): an export of the same rows has nothing to fetch.
+fn exported_with_every_input(dir: &Path) -> Option<Check> {
+    if !dir.join("manifest.json").is_file() {
+        return None;
+    }
+    let written = sound(dir).ok()?;
+    let inputs = written["inputs"].as_object()?;
+    if inputs.get("lost").and_then(serde_json::Value::as_u64).unwrap_or(0) != 0 {
+        return None;
+    }
+    let detail = captures_detail(&written);
+    Some(Check {
+        name: "captures".into(),
+        passed: true,
+        detail: format!("{detail} (exported before with every input: nothing fetched)"),
+    })
+}
+
+/// What a written manifest's `captures` check said.
+fn captures_detail(written: &serde_json::Value) -> String {
+    let checks = written["checks"].as_array().into_iter().flatten();
+    checks
+        .filter(|c| c["name"] == "captures")
+        .find_map(|c| c["detail"].as_str())
+        .map_or_else(|| "captured inputs copied".to_string(), str::to_string)
+}
+
+/// The captured inputs of `rows` from the torn dataset in `torn`, staged in a new partial
+/// directory with its manifest's `inputs` entry and `captures` check, when every one is there
+/// and whole (its content matching the hash it is named by); None otherwise.
+fn whole_inputs(
+    torn: &Path,
+    rows: &[PredictionSummary],
+    out: &Path,
+    model: &str,
+) -> Result<Option<(tempfile::TempDir, serde_json::Value, Check)>> {
+    let Ok(written) = manifest(torn) else { return Ok(None) };
+    if !written["inputs"].is_object() {
+        return Ok(None);
+    }
+    let keys: BTreeSet<&str> = rows.iter().map(|r| r.capture.as_str()).filter(|k| !k.is_empty()).collect();
+    let partial = partial_dir(out, &format!(".{model}.partial-"))?;
+    let inputs = partial.path().join("inputs");
+    std::fs::create_dir_all(&inputs)?;
+    let mut bytes_total = 0u64;
+    for key in &keys {
+        let sha = key.rsplit('/').next().unwrap_or_default();
+        let Ok(bytes) = std::fs::read(torn.join("inputs").join(sha)) else { return Ok(None) };
+        if hex::encode(Sha256::digest(&bytes)) != sha {
+            return Ok(None);
+        }
+        write_synced(&inputs.join(sha), &bytes)?;
+        bytes_total += bytes.len() as u64;
+    }
+    sync_dir(&inputs)?;
+    let entry = serde_json::json!({ "dir": "inputs", "files": keys.len(), "bytes": bytes_total, "lost": 0 });
+    let detail =
+        format!("{} (kept from a torn copy of this dataset, each matching its sha256)", captures_detail(&written));
+    Ok(Some((partial, entry, Check { name: "captures".into(), passed: true, detail })))
 }
 
 /// Runs `work` on a blocking thread: the checks, the CSV, its hash and the synced writes of a
