@@ -11,6 +11,7 @@ mod verify;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -176,6 +177,14 @@ async fn write(
     rows: Arc<Vec<PredictionSummary>>,
     mut checks: Vec<Check>,
 ) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
+    let stop = StopOnDrop::default();
+    let stopped = stop.0.clone();
+    let out = spec.out.clone();
+    off_the_async_threads(move || {
+        remove_stale_partials(&out);
+        Ok(())
+    })
+    .await?;
     // The rows as they read with every captured input found: the id of an export of them that
     // lost none.
     let (mut bytes, mut sha256) = rows_and_hash(&columns, &rows, Arc::default()).await?;
@@ -190,9 +199,8 @@ async fn write(
             return Ok(Ok((dir, sha256[..16].to_string(), checks)));
         }
         // Which inputs are lost decides the rows' capture column, hence the id.
-        let partial = partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?;
-        let copied =
-            copy_inputs(captures, &rows, &partial.path().join("inputs"), spec.limits.max_lost_capture_share).await?;
+        let partial = Arc::new(partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?);
+        let copied = copy_inputs(captures, &rows, &partial, &stopped, spec.limits.max_lost_capture_share).await?;
         let passed = copied.check.passed;
         checks.push(copied.check);
         if !passed {
@@ -214,7 +222,8 @@ async fn write(
                 if let Some((partial, inputs, Some(check))) = staged
                     && written["inputs"].is_null()
                 {
-                    add_inputs(partial, inputs, &check, &dir)?;
+                    let (target, stopped) = (dir.clone(), stopped.clone());
+                    off_the_async_threads(move || add_inputs(partial, inputs, &check, &target, &stopped)).await?;
                 }
                 return Ok(Ok((dir, id, checks)));
             }
@@ -223,9 +232,9 @@ async fn write(
             Err(why) => {
                 tracing::warn!(dataset = %dir.display(), %why, "a torn dataset of the same rows: writing it again");
                 let (out, torn, model, kept) = (spec.out.clone(), dir.clone(), spec.model.clone(), rows.clone());
-                let keep_inputs = staged.is_none();
+                let (keep_inputs, stopped) = (staged.is_none(), stopped.clone());
                 let salvaged = off_the_async_threads(move || {
-                    let salvaged = if keep_inputs { whole_inputs(&torn, &kept, &out, &model)? } else { None };
+                    let salvaged = if keep_inputs { whole_inputs(&torn, &kept, &out, &model, &stopped)? } else { None };
                     discard(&out, &torn)?;
                     Ok(salvaged)
                 })
@@ -239,7 +248,7 @@ async fn write(
     }
     let (partial, inputs) = match staged {
         Some((partial, inputs, _)) => (partial, inputs),
-        None => (partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?, serde_json::Value::Null),
+        None => (Arc::new(partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?), serde_json::Value::Null),
     };
     let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
     for label in rows.iter().filter_map(|r| r.label.as_deref()) {
@@ -257,20 +266,89 @@ async fn write(
     });
     let manifest = serde_json::to_vec_pretty(&manifest)?;
     let (out, target) = (spec.out.clone(), dir.clone());
-    off_the_async_threads(move || {
-        write_synced(&partial.path().join("rows.csv"), &bytes)?;
-        write_synced(&partial.path().join("manifest.json"), &manifest)?;
-        sync_dir(partial.path())?;
-        if let Err(e) = move_into_place(partial, &target) {
-            // Another export wrote the same rows first: the same dataset.
-            if !target.join("manifest.json").is_file() {
-                return Err(e).with_context(|| format!("moving the dataset to {}", target.display()));
+    off_the_async_threads(move || put_in_place(partial, &bytes, &manifest, &target, &out, &stopped)).await?;
+    drop(stop);
+    Ok(Ok((dir, id, checks)))
+}
+
+/// A partial directory shared with the blocking writes into it: removed once the last of them
+/// is done, never while one still writes (an export stopped part-way).
+type Partial = Arc<tempfile::TempDir>;
+
+/// Tells an export's blocking work, which runs on after its future is dropped (a retraining job
+/// stopped), to put nothing in place.
+#[derive(Default)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// An error once the export was stopped.
+fn go_on(stopped: &AtomicBool) -> Result<()> {
+    if stopped.load(Ordering::SeqCst) {
+        anyhow::bail!("the dataset's export was stopped");
+    }
+    Ok(())
+}
+
+/// Writes `rows.csv` and `manifest.json` into `partial`, synced, and moves it to `target`
+/// (unless the export was stopped meanwhile: then it is removed).
+fn put_in_place(
+    partial: Partial,
+    rows: &[u8],
+    manifest: &[u8],
+    target: &Path,
+    out: &Path,
+    stopped: &AtomicBool,
+) -> Result<()> {
+    go_on(stopped)?;
+    write_synced(&partial.path().join("rows.csv"), rows)?;
+    write_synced(&partial.path().join("manifest.json"), manifest)?;
+    sync_dir(partial.path())?;
+    go_on(stopped)?;
+    let partial = Arc::into_inner(partial).context("the dataset's files are still being written")?;
+    if let Err(e) = move_into_place(partial, target) {
+        // Another export wrote the same rows first: the same dataset.
+        if !target.join("manifest.json").is_file() {
+            return Err(e).with_context(|| format!("moving the dataset to {}", target.display()));
+        }
+    }
+    Ok(sync_dir(out)?)
+}
+
+/// How long a partial or set-aside directory in the datasets' folder is left alone: younger,
+/// it may be another export's at work; older, a crash or a power cut left it.
+const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes what exports that crashed left in `out`: partial directories (`.<model>.partial-*`)
+/// and torn datasets set aside (`.<dataset>.torn-*`), untouched for [`STALE_PARTIAL`].
+fn remove_stale_partials(out: &Path) {
+    let Ok(listing) = std::fs::read_dir(out) else { return };
+    for entry in listing.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with('.') || !(name.contains(".partial-") || name.contains(".torn-")) {
+            continue;
+        }
+        let path = entry.path();
+        // The newest change in it or its inputs (where an export at work writes).
+        let touched = [path.clone(), path.join("inputs")]
+            .iter()
+            .filter_map(|p| std::fs::symlink_metadata(p).ok()?.modified().ok())
+            .max();
+        let stale = touched.and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_PARTIAL);
+        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!(dir = %path.display(), "removed what an interrupted export left"),
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove what an interrupted export left")
+                }
             }
         }
-        Ok(sync_dir(&out)?)
-    })
-    .await?;
-    Ok(Ok((dir, id, checks)))
+    }
 }
 
 /// The directory of `spec`'s dataset whose rows hash to `sha256`.
@@ -329,7 +407,8 @@ fn whole_inputs(
     rows: &[PredictionSummary],
     out: &Path,
     model: &str,
-) -> Result<Option<(tempfile::TempDir, serde_json::Value, Check)>> {
+    stopped: &AtomicBool,
+) -> Result<Option<(Partial, serde_json::Value, Check)>> {
     let Ok(written) = manifest(torn) else { return Ok(None) };
     if !written["inputs"].is_object() {
         return Ok(None);
@@ -340,6 +419,7 @@ fn whole_inputs(
     std::fs::create_dir_all(&inputs)?;
     let mut bytes_total = 0u64;
     for key in &keys {
+        go_on(stopped)?;
         let sha = key.rsplit('/').next().unwrap_or_default();
         let Ok(bytes) = std::fs::read(torn.join("inputs").join(sha)) else { return Ok(None) };
         if hex::encode(Sha256::digest(&bytes)) != sha {
@@ -352,7 +432,7 @@ fn whole_inputs(
     let entry = serde_json::json!({ "dir": "inputs", "files": keys.len(), "bytes": bytes_total, "lost": 0 });
     let detail =
         format!("{} (kept from a torn copy of this dataset, each matching its sha256)", captures_detail(&written));
-    Ok(Some((partial, entry, Check { name: "captures".into(), passed: true, detail })))
+    Ok(Some((Arc::new(partial), entry, Check { name: "captures".into(), passed: true, detail })))
 }
 
 /// Runs `work` on a blocking thread: the checks, the CSV, its hash and the synced writes of a
@@ -442,7 +522,14 @@ const MAX_KEYS_LISTED: usize = 10;
 /// Adds the captured inputs staged in `partial` to a dataset of the same rows written without
 /// them: they are moved in, then its manifest is replaced, so a reader sees it either without
 /// inputs or with every one of them.
-fn add_inputs(partial: tempfile::TempDir, inputs: serde_json::Value, check: &Check, dir: &Path) -> Result<()> {
+fn add_inputs(
+    partial: Partial,
+    inputs: serde_json::Value,
+    check: &Check,
+    dir: &Path,
+    stopped: &AtomicBool,
+) -> Result<()> {
+    go_on(stopped)?;
     let target = dir.join("inputs");
     if let Err(e) = std::fs::rename(partial.path().join("inputs"), &target) {
         // Another export added them first (its manifest is written next, or was not, if it
@@ -533,10 +620,12 @@ struct Copied {
 async fn copy_inputs(
     captures: &Captures,
     rows: &[PredictionSummary],
-    dir: &Path,
+    partial: &Partial,
+    stopped: &Arc<AtomicBool>,
     max_lost_share: f64,
 ) -> Result<Copied> {
-    std::fs::create_dir_all(dir)?;
+    let dir = partial.path().join("inputs");
+    std::fs::create_dir_all(&dir)?;
     let keys: BTreeSet<&str> = rows.iter().map(|r| r.capture.as_str()).filter(|k| !k.is_empty()).collect();
     let (mut copied, mut bytes_total, mut missing, mut corrupt) = (0usize, 0u64, Vec::new(), Vec::new());
     // Fetched a few at a time (an object store's round trips add up over thousands of inputs),
@@ -558,10 +647,17 @@ async fn copy_inputs(
             continue;
         }
         let (path, size) = (dir.join(sha), bytes.len() as u64);
-        off_the_async_threads(move || Ok(write_synced(&path, &bytes)?)).await?;
+        let (partial, stopped) = (partial.clone(), stopped.clone());
+        off_the_async_threads(move || {
+            go_on(&stopped)?;
+            write_synced(&path, &bytes)?;
+            drop(partial);
+            Ok(())
+        })
+        .await?;
         (copied, bytes_total) = (copied + 1, bytes_total + size);
     }
-    sync_dir(dir)?;
+    sync_dir(&dir)?;
     let lost_count = missing.len() + corrupt.len();
     let share = lost_count as f64 / keys.len().max(1) as f64;
     let passed = share <= max_lost_share;
@@ -615,5 +711,57 @@ pub fn manifest_of(dir: &Path, model: &str) -> Result<serde_json::Value> {
             dir.display(),
             of.unwrap_or("(none named)")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path, by: std::time::Duration) {
+        let then = std::time::SystemTime::now() - by;
+        std::fs::File::open(path).unwrap().set_modified(then).unwrap();
+    }
+
+    #[test]
+    fn a_stopped_export_puts_nothing_in_place_and_leaves_nothing_behind() {
+        let out = tempfile::tempdir().unwrap();
+        for stop in [true, false] {
+            let partial = Arc::new(partial_dir(out.path(), ".m.partial-").unwrap());
+            let target = out.path().join(format!("m-{stop}"));
+            let placed = put_in_place(partial, b"a,b\n", b"{}", &target, out.path(), &AtomicBool::new(stop));
+            assert_eq!(placed.is_ok(), !stop, "{placed:?}");
+            assert_eq!(target.join("rows.csv").is_file(), !stop);
+        }
+        let names: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["m-false"], "the stopped one's partial directory removed");
+    }
+
+    #[test]
+    fn only_partial_and_set_aside_directories_untouched_for_an_hour_are_removed() {
+        let out = tempfile::tempdir().unwrap();
+        let dir = |name: &str, inputs_age: Option<u64>, dir_age: u64| {
+            let path = out.path().join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            if let Some(minutes) = inputs_age {
+                std::fs::create_dir(path.join("inputs")).unwrap();
+                std::fs::write(path.join("inputs").join("ab12"), b"x").unwrap();
+                age(&path.join("inputs"), std::time::Duration::from_secs(minutes * 60));
+            }
+            age(&path, std::time::Duration::from_secs(dir_age * 60));
+        };
+        dir(".m.partial-crashed", Some(90), 90);
+        dir(".m-0123456789abcdef.torn-old", None, 61);
+        // Another export's at work: its inputs written a minute ago, or it was made just now.
+        dir(".m.partial-copying", Some(1), 90);
+        dir(".m.partial-new", None, 0);
+        // Not an export's leftovers.
+        dir("m-0123456789abcdef", Some(600), 600);
+        dir(".keep", None, 600);
+        remove_stale_partials(out.path());
+        let mut names: Vec<_> =
+            std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, [".keep", ".m.partial-copying", ".m.partial-new", "m-0123456789abcdef"]);
     }
 }
