@@ -6,9 +6,10 @@
 //! same dataset. A row whose raw input was captured names its object key in the capture store
 //! (`capture`), so a recipe can train on the inputs themselves.
 
+mod snapshot;
 mod verify;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +18,10 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use vigil_proto::vigil::v1::{RecordStatus, Variant};
-use vigil_store::{MAX_QUERY_ROWS, PredictionFilter, PredictionStore, PredictionSummary, ReviewStore};
+use vigil_store::{PredictionStore, ReviewStore};
 
-pub use verify::{Check, Item, Limits, verify};
+use snapshot::Snapshot;
+pub use verify::{Check, Item, Limits, Tally, verify};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -86,82 +87,38 @@ pub enum Export {
     Empty,
 }
 
-/// Reads, verifies and (when every check passes) writes `spec`'s dataset.
+/// Reads, verifies and (when every check passes) writes `spec`'s dataset. The rows are read
+/// once into a snapshot file beside the datasets and streamed from there: an export holds what
+/// the checks need of each row (a digest of its features), not the rows.
 pub async fn export<S: PredictionStore + ReviewStore>(store: &S, spec: &Spec) -> Result<Export> {
-    let rows = Arc::new(served_rows(store, spec).await?);
-    if rows.is_empty() {
-        return Ok(Export::Empty);
-    }
+    // Dropped after the snapshot: a folder made for it that holds nothing is removed again.
+    let _made = MadeForNothing::new(&spec.out);
     let decisions =
         store.reviewer_decisions(&spec.model, spec.since, Utc::now()).await.context("reading review decisions")?;
-    let (columns, checks) = {
-        let (rows, limits) = (rows.clone(), spec.limits.clone());
-        off_the_async_threads(move || {
-            // Columns: every feature any record logged, in name order; numbers only (others missing).
-            let columns: Vec<String> = rows
-                .iter()
-                .filter_map(|r| r.features.as_object())
-                .flat_map(|f| f.keys().cloned())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let items: Vec<Item> = rows
-                .iter()
-                .map(|r| Item {
-                    values: columns.iter().map(|c| r.features.get(c).and_then(serde_json::Value::as_f64)).collect(),
-                    label: r.label.clone(),
-                })
-                .collect();
-            // The panels of the exported items only (decisions may come after the range).
-            let exported: BTreeSet<uuid::Uuid> = rows.iter().map(|r| r.prediction_id).collect();
-            let mut panels: BTreeMap<uuid::Uuid, Vec<String>> = BTreeMap::new();
-            for d in decisions.into_iter().filter(|d| exported.contains(&d.prediction_id)) {
-                panels.entry(d.prediction_id).or_default().push(d.decision);
-            }
-            let panels: Vec<Vec<String>> = panels.into_values().filter(|answers| answers.len() >= 2).collect();
-            let checks = verify(&columns, &items, &panels, &limits);
-            Ok((columns, checks))
-        })
-        .await?
+    let mut reviewed: HashMap<uuid::Uuid, Vec<String>> = HashMap::new();
+    for d in decisions {
+        reviewed.entry(d.prediction_id).or_default().push(d.decision);
+    }
+    let snapshot = Arc::new(Snapshot::take(store, spec, reviewed).await?);
+    if snapshot.rows == 0 {
+        return Ok(Export::Empty);
+    }
+    let checks = {
+        let (snapshot, limits) = (snapshot.clone(), spec.limits.clone());
+        off_the_async_threads(move || Ok(snapshot.tally.checks(&snapshot.panels, &limits))).await?
     };
     let failed: Vec<String> = checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
     if !failed.is_empty() {
         return Ok(Export::Refused { checks, failed });
     }
-    let labelled = rows.iter().filter(|r| r.label.is_some()).count();
-    match write(spec, Arc::new(columns), rows.clone(), checks).await? {
-        Ok((dir, id, checks)) => Ok(Export::Written(Dataset { dir, id, rows: rows.len(), labelled, checks })),
+    let (rows, labelled) = (snapshot.rows, snapshot.tally.classes().values().sum());
+    match write(spec, snapshot, checks).await? {
+        Ok((dir, id, checks)) => Ok(Export::Written(Dataset { dir, id, rows, labelled, checks })),
         Err(checks) => {
             let failed = checks.iter().filter(|c| !c.passed).map(|c| c.name.clone()).collect();
             Ok(Export::Refused { checks, failed })
         }
     }
-}
-
-/// The answers that served (primary and canary; a shadow's copy of an item is not another
-/// item) and succeeded (a refused request has no inputs to learn from), in id order.
-async fn served_rows<S: PredictionStore>(store: &S, spec: &Spec) -> Result<Vec<PredictionSummary>> {
-    let mut rows: Vec<PredictionSummary> = Vec::new();
-    for variant in [Variant::Unspecified, Variant::Primary, Variant::Canary] {
-        let mut filter = PredictionFilter {
-            since: Some(spec.since),
-            until: Some(spec.until),
-            model_name: Some(spec.model.clone()),
-            model_version: spec.version.clone(),
-            variant: Some(variant as i16),
-            has_label: spec.only_labelled.then_some(true),
-            limit: MAX_QUERY_ROWS,
-            ..Default::default()
-        };
-        loop {
-            let page = store.query_predictions(&filter).await.context("reading the prediction log")?;
-            let Some(last) = page.last() else { break };
-            filter.after = Some(last.prediction_id);
-            rows.extend(page.into_iter().filter(|r| r.status == RecordStatus::Ok as i16));
-        }
-    }
-    rows.sort_by_key(|r| r.prediction_id);
-    Ok(rows)
 }
 
 /// Writes `rows.csv`, `manifest.json` and (with a capture store) the captured inputs into
@@ -173,10 +130,10 @@ async fn served_rows<S: PredictionStore>(store: &S, spec: &Spec) -> Result<Vec<P
 /// exported before with every input are that dataset, nothing fetched again.
 async fn write(
     spec: &Spec,
-    columns: Arc<Vec<String>>,
-    rows: Arc<Vec<PredictionSummary>>,
+    snapshot: Arc<Snapshot>,
     mut checks: Vec<Check>,
 ) -> Result<Result<(PathBuf, String, Vec<Check>), Vec<Check>>> {
+    let columns = Arc::new(snapshot.tally.columns());
     let stop = StopOnDrop::default();
     let stopped = stop.0.clone();
     let out = spec.out.clone();
@@ -187,7 +144,7 @@ async fn write(
     .await?;
     // The rows as they read with every captured input found: the id of an export of them that
     // lost none.
-    let (mut bytes, mut sha256) = rows_and_hash(&columns, &rows, Arc::default()).await?;
+    let (mut sha256, mut bytes) = rows_and_hash(&snapshot, &columns, Arc::default()).await?;
     let mut staged = None;
     let mut lost = Arc::default();
     if let Some(captures) = &spec.captures {
@@ -200,7 +157,8 @@ async fn write(
         }
         // Which inputs are lost decides the rows' capture column, hence the id.
         let partial = Arc::new(partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?);
-        let copied = copy_inputs(captures, &rows, &partial, &stopped, spec.limits.max_lost_capture_share).await?;
+        let keys = snapshot.capture_keys();
+        let copied = copy_inputs(captures, &keys, &partial, &stopped, spec.limits.max_lost_capture_share).await?;
         let passed = copied.check.passed;
         checks.push(copied.check);
         if !passed {
@@ -208,7 +166,7 @@ async fn write(
         }
         if !copied.lost.is_empty() {
             lost = Arc::new(copied.lost);
-            (bytes, sha256) = rows_and_hash(&columns, &rows, lost.clone()).await?;
+            (sha256, bytes) = rows_and_hash(&snapshot, &columns, lost.clone()).await?;
         }
         staged = Some((partial, copied.entry, checks.last().cloned()));
     }
@@ -231,10 +189,11 @@ async fn write(
             // its inputs where they are whole and no capture store was named to fetch them.
             Err(why) => {
                 tracing::warn!(dataset = %dir.display(), %why, "a torn dataset of the same rows: writing it again");
-                let (out, torn, model, kept) = (spec.out.clone(), dir.clone(), spec.model.clone(), rows.clone());
+                let (out, torn, model, keys) =
+                    (spec.out.clone(), dir.clone(), spec.model.clone(), snapshot.capture_keys());
                 let (keep_inputs, stopped) = (staged.is_none(), stopped.clone());
                 let salvaged = off_the_async_threads(move || {
-                    let salvaged = if keep_inputs { whole_inputs(&torn, &kept, &out, &model, &stopped)? } else { None };
+                    let salvaged = if keep_inputs { whole_inputs(&torn, &keys, &out, &model, &stopped)? } else { None };
                     discard(&out, &torn)?;
                     Ok(salvaged)
                 })
@@ -250,25 +209,47 @@ async fn write(
         Some((partial, inputs, _)) => (partial, inputs),
         None => (Arc::new(partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?), serde_json::Value::Null),
     };
-    let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
-    for label in rows.iter().filter_map(|r| r.label.as_deref()) {
-        *classes.entry(label).or_default() += 1;
-    }
-    let versions: BTreeSet<&str> = rows.iter().map(|r| r.model_version.as_str()).collect();
+    let classes = snapshot.tally.classes();
+    let captured: usize = snapshot.captures.iter().filter(|(key, _)| !lost.contains(*key)).map(|(_, rows)| rows).sum();
     let manifest = serde_json::json!({
-        "dataset_id": id, "model": spec.model, "versions": versions, "since": spec.since.to_rfc3339(),
-        "until": spec.until.to_rfc3339(), "created_at": Utc::now().to_rfc3339(), "rows": rows.len(),
+        "dataset_id": id, "model": spec.model, "versions": snapshot.versions, "since": spec.since.to_rfc3339(),
+        "until": spec.until.to_rfc3339(), "created_at": Utc::now().to_rfc3339(), "rows": snapshot.rows,
         "labelled": classes.values().sum::<usize>(), "classes": classes, "columns": columns.as_slice(),
-        "captured": rows.iter().filter(|r| !capture_of(r, &lost).is_empty()).count(),
-        "files": { "rows.csv": { "sha256": sha256, "bytes": bytes.len() } }, "checks": checks,
+        "captured": captured,
+        "files": { "rows.csv": { "sha256": sha256, "bytes": bytes } }, "checks": checks,
         "inputs": inputs,
         "source": "vigil dataset export: logged inputs joined with their latest labels",
     });
     let manifest = serde_json::to_vec_pretty(&manifest)?;
     let (out, target) = (spec.out.clone(), dir.clone());
-    off_the_async_threads(move || put_in_place(partial, &bytes, &manifest, &target, &out, &stopped)).await?;
+    let write_rows = move |path: &Path| {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let (written, _) = snapshot.write_csv(&columns, &lost, &mut file)?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        anyhow::ensure!(written == sha256, "rows.csv was written with other bytes than were hashed");
+        Ok(())
+    };
+    off_the_async_threads(move || put_in_place(partial, write_rows, &manifest, &target, &out, &stopped)).await?;
     drop(stop);
     Ok(Ok((dir, id, checks)))
+}
+
+/// Removes, when dropped, the folder it was made for if that did not exist before and is empty
+/// (an export refused, or of nothing, leaves no `datasets/` behind).
+struct MadeForNothing(Option<PathBuf>);
+
+impl MadeForNothing {
+    fn new(dir: &Path) -> Self {
+        Self((!dir.exists()).then(|| dir.to_path_buf()))
+    }
+}
+
+impl Drop for MadeForNothing {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// A partial directory shared with the blocking writes into it: removed once the last of them
@@ -294,18 +275,18 @@ fn go_on(stopped: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
-/// Writes `rows.csv` and `manifest.json` into `partial`, synced, and moves it to `target`
-/// (unless the export was stopped meanwhile: then it is removed).
+/// Writes `rows.csv` (by `write_rows`, synced) and `manifest.json` into `partial`, and moves
+/// it to `target` (unless the export was stopped meanwhile: then it is removed).
 fn put_in_place(
     partial: Partial,
-    rows: &[u8],
+    write_rows: impl FnOnce(&Path) -> Result<()>,
     manifest: &[u8],
     target: &Path,
     out: &Path,
     stopped: &AtomicBool,
 ) -> Result<()> {
     go_on(stopped)?;
-    write_synced(&partial.path().join("rows.csv"), rows)?;
+    write_rows(&partial.path().join("rows.csv"))?;
     write_synced(&partial.path().join("manifest.json"), manifest)?;
     sync_dir(partial.path())?;
     go_on(stopped)?;
@@ -356,19 +337,14 @@ fn dataset_dir(spec: &Spec, sha256: &str) -> PathBuf {
     spec.out.join(format!("{}-{}", spec.model, &sha256[..16]))
 }
 
-/// `rows.csv` without the inputs `lost`, and its hex sha256.
+/// The hex sha256 and length of `rows.csv` without the inputs `lost`.
 async fn rows_and_hash(
+    snapshot: &Arc<Snapshot>,
     columns: &Arc<Vec<String>>,
-    rows: &Arc<Vec<PredictionSummary>>,
     lost: Arc<BTreeSet<String>>,
-) -> Result<(Vec<u8>, String)> {
-    let (columns, rows) = (columns.clone(), rows.clone());
-    off_the_async_threads(move || {
-        let bytes = rows_csv(&columns, &rows, &lost)?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        Ok((bytes, sha256))
-    })
-    .await
+) -> Result<(String, u64)> {
+    let (snapshot, columns) = (snapshot.clone(), columns.clone());
+    off_the_async_threads(move || snapshot.write_csv(&columns, &lost, std::io::sink())).await
 }
 
 /// The `captures` check of the dataset in `dir` when it is whole and holds every captured input
@@ -404,7 +380,7 @@ fn captures_detail(written: &serde_json::Value) -> String {
 /// and whole (its content matching the hash it is named by); None otherwise.
 fn whole_inputs(
     torn: &Path,
-    rows: &[PredictionSummary],
+    keys: &[String],
     out: &Path,
     model: &str,
     stopped: &AtomicBool,
@@ -413,12 +389,11 @@ fn whole_inputs(
     if !written["inputs"].is_object() {
         return Ok(None);
     }
-    let keys: BTreeSet<&str> = rows.iter().map(|r| r.capture.as_str()).filter(|k| !k.is_empty()).collect();
     let partial = partial_dir(out, &format!(".{model}.partial-"))?;
     let inputs = partial.path().join("inputs");
     std::fs::create_dir_all(&inputs)?;
     let mut bytes_total = 0u64;
-    for key in &keys {
+    for key in keys {
         go_on(stopped)?;
         let sha = key.rsplit('/').next().unwrap_or_default();
         let Ok(bytes) = std::fs::read(torn.join("inputs").join(sha)) else { return Ok(None) };
@@ -440,31 +415,6 @@ fn whole_inputs(
 /// runs retraining jobs (its lease, alarms and HTTP API).
 async fn off_the_async_threads<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(work).await.context("the dataset's export stopped")?
-}
-
-/// A row's capture key, none where its input was `lost`.
-fn capture_of<'a>(row: &'a PredictionSummary, lost: &BTreeSet<String>) -> &'a str {
-    if lost.contains(&row.capture) { "" } else { &row.capture }
-}
-
-/// `rows.csv`: id, time, version, the feature columns, label and capture key.
-fn rows_csv(columns: &[String], rows: &[PredictionSummary], lost: &BTreeSet<String>) -> Result<Vec<u8>> {
-    let mut csv = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["prediction_id".to_string(), "time".into(), "model_version".into()];
-    header.extend(columns.iter().cloned());
-    header.extend(["label".to_string(), "capture".into()]);
-    csv.write_record(&header)?;
-    for r in rows {
-        let mut record = vec![r.prediction_id.to_string(), r.time.to_rfc3339(), r.model_version.clone()];
-        record.extend(
-            columns.iter().map(|c| {
-                r.features.get(c).and_then(serde_json::Value::as_f64).map_or(String::new(), |v| v.to_string())
-            }),
-        );
-        record.extend([r.label.clone().unwrap_or_default(), capture_of(r, lost).to_string()]);
-        csv.write_record(&record)?;
-    }
-    csv.into_inner().context("writing rows.csv")
 }
 
 /// The manifest of the dataset in `dir` if its files are whole: `rows.csv` matching the
@@ -619,14 +569,13 @@ struct Copied {
 /// `max_lost_share` of them are missing or altered.
 async fn copy_inputs(
     captures: &Captures,
-    rows: &[PredictionSummary],
+    keys: &[String],
     partial: &Partial,
     stopped: &Arc<AtomicBool>,
     max_lost_share: f64,
 ) -> Result<Copied> {
     let dir = partial.path().join("inputs");
     std::fs::create_dir_all(&dir)?;
-    let keys: BTreeSet<&str> = rows.iter().map(|r| r.capture.as_str()).filter(|k| !k.is_empty()).collect();
     let (mut copied, mut bytes_total, mut missing, mut corrupt) = (0usize, 0u64, Vec::new(), Vec::new());
     // Fetched a few at a time (an object store's round trips add up over thousands of inputs),
     // handled in key order.
@@ -634,7 +583,7 @@ async fn copy_inputs(
     // lifetime the compiler asks for (the monitor's runner spawns the export).
     type Fetched<'a> = (&'a str, Result<Option<bytes::Bytes>>);
     let fetches: Vec<futures::future::BoxFuture<'_, Fetched<'_>>> =
-        keys.iter().map(|&key| Box::pin(async move { (key, fetch(captures, key).await) }) as _).collect();
+        keys.iter().map(|key| Box::pin(async move { (key.as_str(), fetch(captures, key).await) }) as _).collect();
     let mut fetched = futures::stream::iter(fetches).buffered(FETCHING_AT_ONCE);
     while let Some((key, bytes)) = fetched.next().await {
         let sha = key.rsplit('/').next().unwrap_or_default();
@@ -729,7 +678,8 @@ mod tests {
         for stop in [true, false] {
             let partial = Arc::new(partial_dir(out.path(), ".m.partial-").unwrap());
             let target = out.path().join(format!("m-{stop}"));
-            let placed = put_in_place(partial, b"a,b\n", b"{}", &target, out.path(), &AtomicBool::new(stop));
+            let rows = |path: &Path| Ok(write_synced(path, b"a,b\n")?);
+            let placed = put_in_place(partial, rows, b"{}", &target, out.path(), &AtomicBool::new(stop));
             assert_eq!(placed.is_ok(), !stop, "{placed:?}");
             assert_eq!(target.join("rows.csv").is_file(), !stop);
         }

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sha2::{Digest, Sha256};
+
 use serde::Serialize;
 
 /// One labelled (or not) item of a dataset: its feature values by column (None: missing).
@@ -49,98 +51,180 @@ pub struct Check {
     pub detail: String,
 }
 
+/// What the checks need to know of a dataset's items, taken one item at a time: per column how
+/// many items hold a number in it, the items grouped by their features (a 128-bit digest each,
+/// with the label they share or the news that they disagree), the classes, and how many items
+/// came with another set of columns than the dataset's. A month of rows is never held.
+#[derive(Debug, Default)]
+pub struct Tally {
+    items: usize,
+    ragged: usize,
+    /// Every column named, with the items holding a number in it.
+    columns: BTreeMap<String, usize>,
+    groups: HashMap<[u8; 16], Group>,
+    classes: BTreeMap<String, usize>,
+    label_ids: HashMap<String, u32>,
+}
+
+/// Items with the same features.
+#[derive(Debug)]
+struct Group {
+    items: u32,
+    /// The first label met (an id in `Tally::label_ids`).
+    label: Option<u32>,
+    /// Two labels met.
+    conflicting: bool,
+}
+
+impl Tally {
+    /// A tally whose dataset has at least these columns.
+    pub fn with_columns<'a>(columns: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut tally = Self::default();
+        for c in columns {
+            tally.columns.entry(c.to_string()).or_default();
+        }
+        tally
+    }
+
+    /// Counts one item: its features by column (None: named but not a number) and its label.
+    pub fn add<'a>(&mut self, features: impl IntoIterator<Item = (&'a str, Option<f64>)>, label: Option<&str>) {
+        self.items += 1;
+        let mut numbers: Vec<(&str, u64)> = Vec::new();
+        for (column, value) in features {
+            let present = match self.columns.get_mut(column) {
+                Some(present) => present,
+                None => self.columns.entry(column.to_string()).or_default(),
+            };
+            if let Some(v) = value {
+                *present += 1;
+                numbers.push((column, v.to_bits()));
+            }
+        }
+        // The same numbers in the same columns are the same features, whatever else is missing.
+        numbers.sort_unstable();
+        numbers.dedup_by(|a, b| a.0 == b.0);
+        let mut digest = Sha256::new();
+        for (column, bits) in &numbers {
+            digest.update((column.len() as u64).to_le_bytes());
+            digest.update(column.as_bytes());
+            digest.update(bits.to_le_bytes());
+        }
+        let key: [u8; 16] = digest.finalize()[..16].try_into().expect("a sha256 has 16 bytes and more");
+        let label = label.map(|l| {
+            *self.classes.entry(l.to_string()).or_default() += 1;
+            let next = self.label_ids.len() as u32;
+            *self.label_ids.entry(l.to_string()).or_insert(next)
+        });
+        let group = self.groups.entry(key).or_insert(Group { items: 0, label: None, conflicting: false });
+        group.items += 1;
+        match (group.label, label) {
+            (Some(first), Some(this)) if first != this => group.conflicting = true,
+            (None, Some(this)) => group.label = Some(this),
+            _ => {}
+        }
+    }
+
+    /// Items counted.
+    pub fn items(&self) -> usize {
+        self.items
+    }
+
+    /// The columns, in name order.
+    pub fn columns(&self) -> Vec<String> {
+        self.columns.keys().cloned().collect()
+    }
+
+    /// Items per label.
+    pub fn classes(&self) -> &BTreeMap<String, usize> {
+        &self.classes
+    }
+
+    /// Every check on the items counted and the answers of the items several people labelled
+    /// (`panels`: each item's answers).
+    pub fn checks(&self, panels: &[Vec<String>], limits: &Limits) -> Vec<Check> {
+        let mut checks = Vec::new();
+        let n = self.items.max(1) as f64;
+        let mut check = |name: &str, passed: bool, detail: String| {
+            checks.push(Check { name: name.into(), passed, detail });
+        };
+        let ragged = self.ragged;
+        check(
+            "schema",
+            ragged == 0 && !self.columns.is_empty(),
+            format!("{} columns; {ragged} items with others", self.columns.len()),
+        );
+
+        let worst = self.columns.iter().map(|(name, present)| (name, self.items - present)).max_by_key(|(_, m)| *m);
+        if let Some((column, missing)) = worst {
+            let share = missing as f64 / n;
+            check(
+                "missing_values",
+                share <= limits.max_missing_share,
+                format!("'{column}' missing in {share:.3} of items (limit {})", limits.max_missing_share),
+            );
+        }
+
+        // Items with the same features: repeats, and repeats labelled differently.
+        let repeats: usize = self.groups.values().map(|g| g.items as usize - 1).sum();
+        let conflicting = self.groups.values().filter(|g| g.conflicting).count();
+        let share = repeats as f64 / n;
+        check(
+            "duplicates",
+            share <= limits.max_duplicate_share && conflicting == 0,
+            format!(
+                "{repeats} items repeat another's features ({share:.3}, limit {}); {conflicting} groups labelled differently",
+                limits.max_duplicate_share
+            ),
+        );
+
+        let classes = &self.classes;
+        let labelled: usize = classes.values().sum();
+        let least = classes.iter().min_by_key(|(_, n)| **n).map(|(c, n)| (c, *n as f64 / labelled.max(1) as f64));
+        let balance = format!("{classes:?}");
+        match least {
+            Some((class, share)) if classes.len() >= 2 => check(
+                "class_balance",
+                share >= limits.min_class_share,
+                format!("{balance}; least '{class}' {share:.3} (limit {})", limits.min_class_share),
+            ),
+            _ => check("class_balance", false, format!("{balance}: a classifier needs at least two classes")),
+        }
+
+        if !panels.is_empty() {
+            let answers: Vec<Vec<&str>> = panels.iter().map(|p| p.iter().map(String::as_str).collect()).collect();
+            let refs: Vec<&Vec<&str>> = answers.iter().collect();
+            match vigil_drift::fleiss_kappa(&refs) {
+                Some(kappa) => check(
+                    "label_consistency",
+                    kappa >= limits.min_kappa,
+                    format!(
+                        "{} items labelled by several people: Fleiss' kappa {kappa:.3} (limit {})",
+                        panels.len(),
+                        limits.min_kappa
+                    ),
+                ),
+                None => check(
+                    "label_consistency",
+                    true,
+                    format!("{} items labelled by several people, all alike", panels.len()),
+                ),
+            }
+        }
+        checks
+    }
+}
+
 /// Runs every check on `items` (features in `columns`' order) and the answers of the items
 /// several people labelled (`panels`: each item's answers).
 pub fn verify(columns: &[String], items: &[Item], panels: &[Vec<String>], limits: &Limits) -> Vec<Check> {
-    let mut checks = Vec::new();
-    let n = items.len().max(1) as f64;
-    let mut check = |name: &str, passed: bool, detail: String| {
-        checks.push(Check { name: name.into(), passed, detail });
-    };
-    let ragged = items.iter().filter(|i| i.values.len() != columns.len()).count();
-    check(
-        "schema",
-        ragged == 0 && !columns.is_empty(),
-        format!("{} columns; {ragged} items with others", columns.len()),
-    );
-
-    let worst = columns
-        .iter()
-        .enumerate()
-        .map(|(c, name)| (name, items.iter().filter(|i| i.values.get(c).copied().flatten().is_none()).count()))
-        .max_by_key(|(_, missing)| *missing);
-    if let Some((column, missing)) = worst {
-        let share = missing as f64 / n;
-        check(
-            "missing_values",
-            share <= limits.max_missing_share,
-            format!("'{column}' missing in {share:.3} of items (limit {})", limits.max_missing_share),
-        );
-    }
-
-    // Items with the same features: repeats, and repeats labelled differently.
-    let mut seen: HashMap<Vec<u64>, Vec<Option<&str>>> = HashMap::new();
+    let mut tally = Tally::with_columns(columns.iter().map(String::as_str));
     for item in items {
-        let key = item.values.iter().map(|v| v.map_or(u64::MAX, f64::to_bits)).collect();
-        seen.entry(key).or_default().push(item.label.as_deref());
-    }
-    let repeats: usize = seen.values().map(|labels| labels.len() - 1).sum();
-    let conflicting = seen
-        .values()
-        .filter(|labels| {
-            let mut distinct: Vec<&str> = labels.iter().flatten().copied().collect();
-            distinct.sort_unstable();
-            distinct.dedup();
-            distinct.len() > 1
-        })
-        .count();
-    let share = repeats as f64 / n;
-    check(
-        "duplicates",
-        share <= limits.max_duplicate_share && conflicting == 0,
-        format!(
-            "{repeats} items repeat another's features ({share:.3}, limit {}); {conflicting} groups labelled differently",
-            limits.max_duplicate_share
-        ),
-    );
-
-    let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
-    for label in items.iter().filter_map(|i| i.label.as_deref()) {
-        *classes.entry(label).or_default() += 1;
-    }
-    let labelled: usize = classes.values().sum();
-    let least = classes.iter().min_by_key(|(_, n)| **n).map(|(c, n)| (*c, *n as f64 / labelled.max(1) as f64));
-    let balance = format!("{classes:?}");
-    match least {
-        Some((class, share)) if classes.len() >= 2 => check(
-            "class_balance",
-            share >= limits.min_class_share,
-            format!("{balance}; least '{class}' {share:.3} (limit {})", limits.min_class_share),
-        ),
-        _ => check("class_balance", false, format!("{balance}: a classifier needs at least two classes")),
-    }
-
-    if !panels.is_empty() {
-        let answers: Vec<Vec<&str>> = panels.iter().map(|p| p.iter().map(String::as_str).collect()).collect();
-        let refs: Vec<&Vec<&str>> = answers.iter().collect();
-        match vigil_drift::fleiss_kappa(&refs) {
-            Some(kappa) => check(
-                "label_consistency",
-                kappa >= limits.min_kappa,
-                format!(
-                    "{} items labelled by several people: Fleiss' kappa {kappa:.3} (limit {})",
-                    panels.len(),
-                    limits.min_kappa
-                ),
-            ),
-            None => check(
-                "label_consistency",
-                true,
-                format!("{} items labelled by several people, all alike", panels.len()),
-            ),
+        if item.values.len() != columns.len() {
+            tally.ragged += 1;
         }
+        tally.add(columns.iter().map(String::as_str).zip(item.values.iter().copied()), item.label.as_deref());
     }
-    checks
+    tally.checks(panels, limits)
 }
 
 #[cfg(test)]
