@@ -4,7 +4,9 @@
 //! is refused with the reasons and nothing is written; one that passes is `rows.csv` and
 //! `manifest.json` in a directory named by the rows' content hash, so the same rows are the
 //! same dataset. A row whose raw input was captured names its object key in the capture store
-//! (`capture`), so a recipe can train on the inputs themselves.
+//! (`capture`), so a recipe can train on the inputs themselves. An export's rows are read once
+//! into a snapshot file and streamed from it; what the checks need is tallied
+//! row by row ([`Tally`]), so an export's memory does not grow with its rows.
 
 mod snapshot;
 mod verify;
