@@ -159,7 +159,11 @@ fn measure(command: Vec<String>) -> Result<()> {
     let output = Command::new(binary).args(args).output().with_context(|| format!("running {binary}"))?;
     let wall = started.elapsed();
     if !output.status.success() {
-        bail!("{binary} failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{binary} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).context("getrusage")?;
     let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;

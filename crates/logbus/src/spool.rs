@@ -275,6 +275,49 @@ fn keep_for_a_person(dir: &Path, n: u64, offset: u64, bytes: &[u8], limit: u64) 
     Ok(path)
 }
 
+/// The blocks in which an unreadable sector costs its bytes (the disk's own sectors are 512 B
+/// or 4 KiB: a read of a whole block fails when one of them does).
+const READ_BLOCK: usize = 4096;
+
+/// The bytes of the file at `path`, read a block at a time, with each block the disk cannot
+/// read (EIO, or EBADMSG where the file system checks its data: a bad sector) as zeros, which
+/// no frame's length and checksum match: the damaged stretch is then set aside as any other,
+/// and the records before and after it kept. Other errors are returned.
+fn read_what_can_be_read(path: &Path) -> io::Result<Vec<u8>> {
+    /// Linux's EIO and EBADMSG.
+    const UNREADABLE: [i32; 2] = [5, 74];
+    let file = File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::other("a segment past memory"))?;
+    let mut bytes = vec![0u8; len];
+    let mut lost_blocks = 0;
+    for (i, block) in bytes.chunks_mut(READ_BLOCK).enumerate() {
+        match read_block(&file, block, (i * READ_BLOCK) as u64) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error().is_some_and(|code| UNREADABLE.contains(&code)) => {
+                block.fill(0);
+                lost_blocks += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if lost_blocks > 0 {
+        tracing::error!(
+            segment = %path.display(),
+            blocks = lost_blocks,
+            block_bytes = READ_BLOCK,
+            "spool segment blocks the disk cannot read (a bad sector): read as zeros, their records lost"
+        );
+    }
+    Ok(bytes)
+}
+
+/// Fills `block` from `file` at `at`.
+fn read_block(file: &File, block: &mut [u8], at: u64) -> io::Result<()> {
+    #[cfg(test)]
+    tests::unreadable_in_tests(file, at)?;
+    std::os::unix::fs::FileExt::read_exact_at(file, block, at)
+}
+
 /// Segment `n` reads only to `valid_end`, where a frame is damaged (a bad sector, or pages a
 /// power cut kept from the disk under `fsync = never`). When whole frames follow the damage, the
 /// damaged bytes are kept in `damaged/` for a person to look at (at most `evidence_limit`
@@ -283,7 +326,7 @@ fn keep_for_a_person(dir: &Path, n: u64, offset: u64, bytes: &[u8], limit: u64) 
 /// follows: a torn tail, for the caller to cut.
 fn set_damage_aside(dir: &Path, n: u64, valid_end: u64, evidence_limit: u64) -> io::Result<Option<(u64, u64)>> {
     let path = segment_path(dir, n);
-    let bytes = fs::read(&path)?;
+    let bytes = read_what_can_be_read(&path)?;
     let start = valid_end as usize;
     let Some(resume) = (start + 1..bytes.len()).find(|&at| whole_frame_at(&bytes, at).is_some()) else {
         return Ok(None);
@@ -671,6 +714,19 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Blocks that read as a bad sector does (by file inode and offset), for the tests.
+    static UNREADABLE: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+    /// An EIO for the block of `file` at `at` when a test made it unreadable.
+    pub(super) fn unreadable_in_tests(file: &File, at: u64) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let inode = file.metadata()?.ino();
+        if UNREADABLE.lock().unwrap().contains(&(inode, at)) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        Ok(())
+    }
+
     fn env(i: u32) -> Envelope {
         Envelope { topic: "t".into(), key: format!("k{i}"), payload: i.to_le_bytes().repeat(10) }
     }
@@ -942,6 +998,51 @@ mod tests {
             names,
             ["0000000001-0.2.bin".to_string(), "0000000001-0.bin".into(), format!("0000000001-{third}.bin")]
         );
+    }
+
+    /// A bad sector: the sequential read stops at the block the disk cannot read (here its bytes
+    /// are also altered on disk, as a read error ends the read there), and the mend reads around
+    /// it. The records wholly outside the block are kept, at opening and while replaying.
+    #[test]
+    fn records_around_a_block_the_disk_cannot_read_are_kept() {
+        use std::os::unix::fs::MetadataExt;
+        let record = |i: u32| Envelope { topic: "t".into(), key: format!("k{i}"), payload: vec![i as u8; 700] };
+        // One segment of them all.
+        let settings =
+            |dir: &Path| SpoolConfig { segment_bytes: 1 << 20, ..config(dir, 1 << 20, FullPolicy::RejectNew) };
+        for while_running in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = Spool::open(settings(dir.path())).unwrap();
+            for i in 0..20 {
+                s.append(&record(i)).unwrap();
+            }
+            let ends: Vec<u64> = s.peek_each(20).unwrap().iter().map(|(_, p)| p.offset).collect();
+            let running = while_running.then_some(s);
+            let seg = segment_path(dir.path(), 1);
+            let block = READ_BLOCK as u64;
+            let mut bytes = fs::read(&seg).unwrap();
+            bytes[block as usize + 100] ^= 0xff;
+            fs::write(&seg, &bytes).unwrap();
+            let inode = fs::metadata(&seg).unwrap().ino();
+            UNREADABLE.lock().unwrap().push((inode, block));
+            let mut s = match running {
+                Some(s) => s,
+                None => Spool::open(settings(dir.path())).unwrap(),
+            };
+            // Records whose frame touches [4096, 8192) are lost.
+            let starts = std::iter::once(0).chain(ends.iter().copied());
+            let kept: Vec<Envelope> = starts
+                .zip(&ends)
+                .enumerate()
+                .filter(|(_, (start, end))| **end <= block || *start >= 2 * block)
+                .map(|(i, _)| record(i as u32))
+                .collect();
+            assert!(kept.len() >= 12 && kept.len() < 20, "{} kept", kept.len());
+            assert_eq!(s.peek(20).unwrap().0, kept, "while running: {while_running}");
+            assert_eq!(s.len(), kept.len() as u64);
+            UNREADABLE.lock().unwrap().retain(|(i, _)| *i != inode);
+            assert_eq!(fs::read_dir(dir.path().join("damaged")).unwrap().count(), 1, "the stretch kept for a person");
+        }
     }
 
     #[test]
