@@ -97,7 +97,7 @@ async fn log(url: &str, rows: usize) -> Result<()> {
                         } else if (i + f) % 80 == 0 {
                             serde_json::Value::Null
                         } else {
-                            serde_json::json!((i * 31 + f * 17) % 1000 + f as usize * 1000 + i % 7)
+                            serde_json::json!((i * 31 + f * 17) % 1000 + f * 1000 + i % 7)
                         };
                         (name.to_string(), value)
                     })
