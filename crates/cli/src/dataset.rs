@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use vigil_datasets::{Export, Limits, Spec};
+use vigil_datasets::{Export, Limits, OnProgress, Progress, Spec};
 use vigil_store::{Backend, PredictionStore, ReviewStore};
 
 #[derive(Args, Debug)]
@@ -65,6 +65,23 @@ struct ExportArgs {
     max_lost_capture_share: f64,
 }
 
+/// Shows an export's progress on `bar` (on a terminal only): rows read, then inputs fetched.
+fn shown(bar: &indicatif::ProgressBar) -> OnProgress {
+    let bar = bar.clone();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    OnProgress(std::sync::Arc::new(move |progress| match progress {
+        Progress::Rows(rows) => {
+            bar.set_message(format!("{rows} rows read from the log"));
+        }
+        Progress::Inputs { fetched, of } => {
+            bar.set_message(format!("{fetched}/{of} captured inputs fetched"));
+        }
+    }))
+}
+
 /// Exit code of a dataset refused by its checks.
 pub const REFUSED: u8 = 1;
 
@@ -77,6 +94,7 @@ pub async fn run(args: DatasetArgs) -> Result<u8> {
 }
 
 async fn export<S: PredictionStore + ReviewStore>(store: S, args: ExportArgs) -> Result<u8> {
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     let now = chrono::Utc::now();
     let since = crate::query::parse_time(&args.since, now).context("--since")?;
     let until =
@@ -99,13 +117,16 @@ async fn export<S: PredictionStore + ReviewStore>(store: S, args: ExportArgs) ->
         },
         out: args.out,
         captures: args.captures.as_deref().map(vigil_datasets::Captures::open).transpose().context("--captures")?,
+        progress: Some(shown(&bar)),
     };
     let print = |checks: &[vigil_datasets::Check]| {
         for c in checks {
             println!("{:<18} {}  {}", c.name, if c.passed { "ok    " } else { "FAILED" }, c.detail);
         }
     };
-    match vigil_datasets::export(&store, &spec).await? {
+    let exported = vigil_datasets::export(&store, &spec).await;
+    bar.finish_and_clear();
+    match exported? {
         Export::Empty => {
             eprintln!("vigil: no predictions of {} in that range", args.model);
             Ok(REFUSED)

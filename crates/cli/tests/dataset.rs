@@ -387,6 +387,37 @@ fn an_export_longer_than_a_page_holds_every_served_row_once_in_id_order() {
     assert!(ids == expected, "the rows are the served ones, each once, in id order");
 }
 
+/// An export tells its progress: the rows read after each page, then each captured input fetched.
+#[test]
+fn an_export_tells_how_far_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, store) = captured_log(dir.path(), &[], &[]);
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spec = vigil_datasets::Spec {
+        model: "scratch-detector".into(),
+        version: None,
+        since: Utc::now() - Duration::hours(2),
+        until: Utc::now(),
+        only_labelled: false,
+        limits: vigil_datasets::Limits { min_kappa: 0.0, ..Default::default() },
+        out: dir.path().join("datasets"),
+        captures: Some(vigil_datasets::Captures::open(&store).unwrap()),
+        progress: Some(vigil_datasets::OnProgress({
+            let told = told.clone();
+            std::sync::Arc::new(move |p| told.lock().unwrap().push(p))
+        })),
+    };
+    let exported = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = SqliteStore::connect(&url).await.unwrap();
+        vigil_datasets::export(&store, &spec).await.unwrap()
+    });
+    assert!(matches!(exported, vigil_datasets::Export::Written(_)), "{exported:?}");
+    use vigil_datasets::Progress::{Inputs, Rows};
+    let mut expected = vec![Rows(40)];
+    expected.extend((1..=10).map(|fetched| Inputs { fetched, of: 10 }));
+    assert_eq!(*told.lock().unwrap(), expected);
+}
+
 /// The same rows exported again with the capture store are the dataset written before with
 /// every input: nothing is fetched (here the store has since lost them all, which would refuse
 /// a fresh export), and the `captures` check says so.

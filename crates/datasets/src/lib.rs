@@ -41,6 +41,35 @@ pub struct Spec {
     /// The capture store: the captured inputs of the rows are copied into the dataset
     /// (`inputs/<sha256>`, each checked against its hash). None: the rows only.
     pub captures: Option<Captures>,
+    /// Told how far the export is, for a progress display.
+    pub progress: Option<OnProgress>,
+}
+
+/// How far an export is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Rows read from the log so far (told after each page).
+    Rows(usize),
+    /// Captured inputs fetched from the capture store so far, of those the rows name.
+    Inputs { fetched: usize, of: usize },
+}
+
+/// A function told of an export's [`Progress`].
+#[derive(Clone)]
+pub struct OnProgress(pub Arc<dyn Fn(Progress) + Send + Sync>);
+
+impl std::fmt::Debug for OnProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnProgress")
+    }
+}
+
+impl Spec {
+    fn tell(&self, progress: Progress) {
+        if let Some(OnProgress(tell)) = &self.progress {
+            tell(progress);
+        }
+    }
 }
 
 /// A capture store to read captured inputs from.
@@ -160,7 +189,7 @@ async fn write(
         // Which inputs are lost decides the rows' capture column, hence the id.
         let partial = Arc::new(partial_dir(&spec.out, &format!(".{}.partial-", spec.model))?);
         let keys = snapshot.capture_keys();
-        let copied = copy_inputs(captures, &keys, &partial, &stopped, spec.limits.max_lost_capture_share).await?;
+        let copied = copy_inputs(spec, captures, &keys, &partial, &stopped).await?;
         let passed = copied.check.passed;
         checks.push(copied.check);
         if !passed {
@@ -570,12 +599,13 @@ struct Copied {
 /// checking its content against the hash its key names; the check passes while at most
 /// `max_lost_share` of them are missing or altered.
 async fn copy_inputs(
+    spec: &Spec,
     captures: &Captures,
     keys: &[String],
     partial: &Partial,
     stopped: &Arc<AtomicBool>,
-    max_lost_share: f64,
 ) -> Result<Copied> {
+    let max_lost_share = spec.limits.max_lost_capture_share;
     let dir = partial.path().join("inputs");
     std::fs::create_dir_all(&dir)?;
     let (mut copied, mut bytes_total, mut missing, mut corrupt) = (0usize, 0u64, Vec::new(), Vec::new());
@@ -587,7 +617,10 @@ async fn copy_inputs(
     let fetches: Vec<futures::future::BoxFuture<'_, Fetched<'_>>> =
         keys.iter().map(|key| Box::pin(async move { (key.as_str(), fetch(captures, key).await) }) as _).collect();
     let mut fetched = futures::stream::iter(fetches).buffered(FETCHING_AT_ONCE);
+    let mut done = 0;
     while let Some((key, bytes)) = fetched.next().await {
+        done += 1;
+        spec.tell(Progress::Inputs { fetched: done, of: keys.len() });
         let sha = key.rsplit('/').next().unwrap_or_default();
         let Some(bytes) = bytes? else {
             missing.push(key.to_string());

@@ -81,13 +81,13 @@ impl Snapshot {
             }
             let last = batch.len() < ROWS_AT_ONCE;
             let mut state = taking.take().expect("handed back after each batch");
-            taking = Some(
-                off_the_async_threads(move || {
-                    state.add(batch)?;
-                    Ok(state)
-                })
-                .await?,
-            );
+            let state = off_the_async_threads(move || {
+                state.add(batch)?;
+                Ok(state)
+            })
+            .await?;
+            spec.tell(crate::Progress::Rows(state.snapshot.rows));
+            taking = Some(state);
             if last {
                 break;
             }

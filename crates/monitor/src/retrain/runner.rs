@@ -628,6 +628,7 @@ impl<S: PredictionStore + MonitorStore> Runner<S> {
             limits: vigil_datasets::Limits::default(),
             out: self.config.workdir.join("datasets"),
             captures: self.config.captures.as_deref().map(vigil_datasets::Captures::open).transpose()?,
+            progress: None,
         };
         match vigil_datasets::export(&self.store, &spec).await? {
             vigil_datasets::Export::Written(d) => {
