@@ -387,6 +387,65 @@ fn an_export_longer_than_a_page_holds_every_served_row_once_in_id_order() {
     assert!(ids == expected, "the rows are the served ones, each once, in id order");
 }
 
+/// Every feature value in `rows.csv` reads as the log's own number: small numbers whose shortest
+/// decimal form a second parse would move by a digit (the snapshot keeps each as written) come
+/// out as the store reads them.
+#[test]
+fn feature_values_are_written_as_the_log_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("vigil.db").display());
+    // Numbers from 1e-20 to 1e-6 with 17 significant digits, from a fixed generator.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mantissa = 1.0 + (state % 9_000_000_000_000_000) as f64 / 1e18;
+        mantissa * 10f64.powi(-6 - (state % 15) as i32)
+    };
+    let expected: Vec<Vec<String>> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = Utc::now();
+        let rows: Vec<_> = (0..300)
+            .map(|i| {
+                let features = serde_json::json!({ "a": next(), "b": next(), "c": next(), "i": i });
+                vigil_store::testing::prediction(now - Duration::minutes(30) + Duration::seconds(i), 0.5, features)
+            })
+            .collect();
+        let labels: Vec<LabelRow> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| LabelRow {
+                label_id: uuid::Uuid::now_v7(),
+                prediction_id: r.prediction_id,
+                label: if i % 2 == 0 { "defect" } else { "ok" }.into(),
+                time: now,
+                source: "inspector".into(),
+            })
+            .collect();
+        store.insert_batch(&rows, &labels).await.unwrap();
+        // As the store reads them back, each number printed as Rust prints an f64.
+        let filter = vigil_store::PredictionFilter { limit: 1000, ..Default::default() };
+        let read = store.query_predictions(&filter).await.unwrap();
+        read.iter()
+            .map(|r| ["a", "b", "c"].iter().map(|c| r.features[*c].as_f64().unwrap().to_string()).collect())
+            .collect()
+    });
+    let out = dir.path().join("datasets");
+    let written = export_with(&url, &out, &[]);
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    let dataset = std::fs::read_dir(&out).unwrap().next().unwrap().unwrap().path();
+    let rows = std::fs::read_to_string(dataset.join("rows.csv")).unwrap();
+    let mut lines = rows.lines();
+    assert!(lines.next().unwrap().starts_with("prediction_id,time,model_version,a,b,c,i,"));
+    let cells: Vec<Vec<String>> =
+        lines.map(|line| line.split(',').skip(3).take(3).map(str::to_string).collect()).collect();
+    assert_eq!(cells.len(), expected.len());
+    let differing = cells.iter().zip(&expected).filter(|(a, b)| a != b).count();
+    assert_eq!(differing, 0, "rows whose values moved: first {:?}", cells.iter().zip(&expected).find(|(a, b)| a != b));
+}
+
 /// An export tells its progress: the rows read after each page, then each captured input fetched.
 #[test]
 fn an_export_tells_how_far_it_is() {

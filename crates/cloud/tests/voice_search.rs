@@ -823,6 +823,8 @@ async fn a_new_recogniser_version_swaps_in_under_load_and_a_broken_one_leaves_it
     let text = std::fs::read_to_string(broken.join("model.toml")).unwrap().replace("version = 1\n", "version = 3\n");
     std::fs::write(broken.join("model.toml"), text).unwrap();
     std::fs::write(broken.join("model.onnx"), b"not a model").unwrap();
+    // Its tokenizer there (the files it requires), so the model itself is what fails.
+    std::fs::copy(models.join("moonshine-tiny-en-decoder/1/tokenizer.bin"), broken.join("tokenizer.bin")).unwrap();
     std::fs::rename(&broken, repository.path().join("moonshine-tiny-en-decoder/3")).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

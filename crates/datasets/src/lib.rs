@@ -124,6 +124,12 @@ pub enum Export {
 pub async fn export<S: PredictionStore + ReviewStore>(store: &S, spec: &Spec) -> Result<Export> {
     // Dropped after the snapshot: a folder made for it that holds nothing is removed again.
     let _made = MadeForNothing::new(&spec.out);
+    let out = spec.out.clone();
+    off_the_async_threads(move || {
+        remove_left_behind(&out);
+        Ok(())
+    })
+    .await?;
     let decisions =
         store.reviewer_decisions(&spec.model, spec.since, Utc::now()).await.context("reading review decisions")?;
     let mut reviewed: HashMap<uuid::Uuid, Vec<String>> = HashMap::new();
@@ -167,12 +173,6 @@ async fn write(
     let columns = Arc::new(snapshot.tally.columns());
     let stop = StopOnDrop::default();
     let stopped = stop.0.clone();
-    let out = spec.out.clone();
-    off_the_async_threads(move || {
-        remove_stale_partials(&out);
-        Ok(())
-    })
-    .await?;
     // The rows as they read with every captured input found: the id of an export of them that
     // lost none.
     let (mut sha256, mut bytes) = rows_and_hash(&snapshot, &columns, Arc::default()).await?;
@@ -285,7 +285,7 @@ impl Drop for MadeForNothing {
 
 /// A partial directory shared with the blocking writes into it: removed once the last of them
 /// is done, never while one still writes (an export stopped part-way).
-type Partial = Arc<tempfile::TempDir>;
+type Partial = Arc<PartialDir>;
 
 /// Tells an export's blocking work, which runs on after its future is dropped (a retraining job
 /// stopped), to put nothing in place.
@@ -331,13 +331,14 @@ fn put_in_place(
     Ok(sync_dir(out)?)
 }
 
-/// How long a partial or set-aside directory in the datasets' folder is left alone: younger,
-/// it may be another export's at work; older, a crash or a power cut left it.
-const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a partial directory may go unlocked after it is made (its lock is taken right
+/// after): the sweep leaves younger ones alone.
+const LOCKED_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Removes what exports that crashed left in `out`: partial directories (`.<model>.partial-*`)
-/// and torn datasets set aside (`.<dataset>.torn-*`), untouched for [`STALE_PARTIAL`].
-fn remove_stale_partials(out: &Path) {
+/// and torn datasets set aside (`.<dataset>.torn-*`) that no export holds locked (a live one
+/// locks its own, see [`PartialDir`]) and that are older than [`LOCKED_WITHIN`].
+fn remove_left_behind(out: &Path) {
     let Ok(listing) = std::fs::read_dir(out) else { return };
     for entry in listing.flatten() {
         let name = entry.file_name();
@@ -346,13 +347,16 @@ fn remove_stale_partials(out: &Path) {
             continue;
         }
         let path = entry.path();
-        // The newest change in it or its inputs (where an export at work writes).
-        let touched = [path.clone(), path.join("inputs")]
-            .iter()
-            .filter_map(|p| std::fs::symlink_metadata(p).ok()?.modified().ok())
-            .max();
-        let stale = touched.and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= STALE_PARTIAL);
-        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(dir) = std::fs::File::open(&path) else { continue };
+        // Held by an export at work (or another sweep): not left behind.
+        if dir.try_lock().is_err() {
+            continue;
+        }
+        let age = dir.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age >= LOCKED_WITHIN) {
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => tracing::info!(dir = %path.display(), "removed what an interrupted export left"),
                 Err(e) => {
@@ -452,8 +456,10 @@ async fn off_the_async_threads<T: Send + 'static>(work: impl FnOnce() -> Result<
 /// manifest's hash, and as many input files, of as many bytes, as it lists. Otherwise why not.
 fn sound(dir: &Path) -> std::result::Result<serde_json::Value, String> {
     let written = manifest(dir).map_err(|e| format!("{e:#}"))?;
-    let rows = std::fs::read(dir.join("rows.csv")).map_err(|e| format!("rows.csv: {e}"))?;
-    if written["files"]["rows.csv"]["sha256"].as_str() != Some(hex::encode(Sha256::digest(&rows)).as_str()) {
+    let mut rows = std::fs::File::open(dir.join("rows.csv")).map_err(|e| format!("rows.csv: {e}"))?;
+    let mut sha256 = Sha256::new();
+    std::io::copy(&mut rows, &mut sha256).map_err(|e| format!("rows.csv: {e}"))?;
+    if written["files"]["rows.csv"]["sha256"].as_str() != Some(hex::encode(sha256.finalize()).as_str()) {
         return Err("rows.csv does not match the manifest's sha256".into());
     }
     if let Some(listed) = written["inputs"].as_object() {
@@ -538,22 +544,39 @@ fn add_inputs(
     sync_dir(dir)?;
     Ok(())
 }
-/// A directory in `parent`, named `prefix` and a random suffix, for what is written before it
-/// is moved into place: removed when dropped, so an export that fails, or whose future is
-/// dropped part-way (a retraining job stopped), leaves nothing half-written behind.
-fn partial_dir(parent: &Path, prefix: &str) -> Result<tempfile::TempDir> {
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(parent)
-        .with_context(|| format!("writing in {}", parent.display()))
+/// A directory for what is written before it is moved into place: removed when dropped, so
+/// an export that fails, or whose future is dropped part-way (a retraining job stopped), leaves
+/// nothing half-written behind; locked (`flock`) while it lives, so another export's sweep of
+/// what crashes left ([`remove_left_behind`]) passes it by however long it takes.
+pub(crate) struct PartialDir {
+    dir: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+impl PartialDir {
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A [`PartialDir`] in `parent`, named `prefix` and a random suffix.
+pub(crate) fn partial_dir(parent: &Path, prefix: &str) -> Result<PartialDir> {
+    let make = || {
+        std::fs::create_dir_all(parent)?;
+        tempfile::Builder::new().prefix(prefix).tempdir_in(parent)
+    };
+    // Once more if an export that made `parent` for nothing removed it in between.
+    let dir = make().or_else(|_| make()).with_context(|| format!("writing in {}", parent.display()))?;
+    let lock = std::fs::File::open(dir.path())?;
+    lock.lock().with_context(|| format!("locking {}", dir.path().display()))?;
+    Ok(PartialDir { dir, _lock: lock })
 }
 
 /// Moves a [`partial_dir`] to `to`; it is removed if the move fails.
-fn move_into_place(partial: tempfile::TempDir, to: &Path) -> std::io::Result<()> {
+fn move_into_place(partial: PartialDir, to: &Path) -> std::io::Result<()> {
     std::fs::rename(partial.path(), to)?;
     // Moved: nothing left to remove.
-    let _ = partial.keep();
+    let _ = partial.dir.keep();
     Ok(())
 }
 
@@ -723,30 +746,41 @@ mod tests {
     }
 
     #[test]
-    fn only_partial_and_set_aside_directories_untouched_for_an_hour_are_removed() {
+    fn only_partial_and_set_aside_directories_no_export_holds_are_removed() {
         let out = tempfile::tempdir().unwrap();
-        let dir = |name: &str, inputs_age: Option<u64>, dir_age: u64| {
+        let minutes = |m: u64| std::time::Duration::from_secs(m * 60);
+        let dir = |name: &str, old: std::time::Duration| {
             let path = out.path().join(name);
-            std::fs::create_dir_all(&path).unwrap();
-            if let Some(minutes) = inputs_age {
-                std::fs::create_dir(path.join("inputs")).unwrap();
-                std::fs::write(path.join("inputs").join("ab12"), b"x").unwrap();
-                age(&path.join("inputs"), std::time::Duration::from_secs(minutes * 60));
-            }
-            age(&path, std::time::Duration::from_secs(dir_age * 60));
+            std::fs::create_dir_all(path.join("inputs")).unwrap();
+            age(&path, old);
         };
-        dir(".m.partial-crashed", Some(90), 90);
-        dir(".m-0123456789abcdef.torn-old", None, 61);
-        // Another export's at work: its inputs written a minute ago, or it was made just now.
-        dir(".m.partial-copying", Some(1), 90);
-        dir(".m.partial-new", None, 0);
+        // Left by crashes.
+        dir(".m.partial-crashed", minutes(2));
+        dir(".m-0123456789abcdef.torn-old", minutes(61));
+        // Made a moment ago, its lock not yet taken.
+        dir(".m.partial-new", std::time::Duration::ZERO);
         // Not an export's leftovers.
-        dir("m-0123456789abcdef", Some(600), 600);
-        dir(".keep", None, 600);
-        remove_stale_partials(out.path());
+        dir("m-0123456789abcdef", minutes(600));
+        dir(".keep", minutes(600));
+        // Exports at work, for hours: their directories locked.
+        let working = partial_dir(out.path(), ".m.partial-").unwrap();
+        let rows = partial_dir(out.path(), ".m.partial-rows-").unwrap();
+        age(working.path(), minutes(240));
+        age(rows.path(), minutes(240));
+        remove_left_behind(out.path());
         let mut names: Vec<_> =
             std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
-        assert_eq!(names, [".keep", ".m.partial-copying", ".m.partial-new", "m-0123456789abcdef"]);
+        let mut expected = vec![".keep".to_string(), ".m.partial-new".into(), "m-0123456789abcdef".into()];
+        expected.extend([working.path(), rows.path()].map(|p| p.file_name().unwrap().to_str().unwrap().to_string()));
+        expected.sort();
+        assert_eq!(names, expected);
+        // Their exports gone (dropped without their directories removed, as in a crash).
+        let kept = [working, rows].map(|p| {
+            let PartialDir { dir, _lock } = p;
+            dir.keep()
+        });
+        remove_left_behind(out.path());
+        assert!(kept.iter().all(|p| !p.exists()), "once no export holds them they go");
     }
 }

@@ -20,7 +20,8 @@ use crate::{Spec, Tally, off_the_async_threads, partial_dir};
 /// Rows handed to a blocking thread at a time, to be tallied and written.
 const ROWS_AT_ONCE: usize = MAX_QUERY_ROWS as usize;
 
-/// One row as the dataset needs it: its numeric features only (others are missing).
+/// One row as the dataset needs it: its numeric features only (others are missing), each as
+/// `rows.csv` writes it (a number parsed again could come back a bit off in its last digit).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Row {
     pub id: Uuid,
@@ -28,13 +29,13 @@ pub(crate) struct Row {
     pub version: String,
     pub label: Option<String>,
     pub capture: String,
-    pub features: BTreeMap<String, f64>,
+    pub features: BTreeMap<String, String>,
 }
 
 /// The rows of an export, on disk in id order, and what was tallied of them.
 pub(crate) struct Snapshot {
     /// Removed with the snapshot (a crash leaves it to the next export's sweep).
-    _dir: tempfile::TempDir,
+    _dir: crate::PartialDir,
     path: PathBuf,
     pub rows: usize,
     pub tally: Tally,
@@ -118,7 +119,7 @@ impl Snapshot {
         for row in self.rows()? {
             let r = row?;
             let mut record = vec![r.id.to_string(), r.time.to_rfc3339(), r.version];
-            record.extend(columns.iter().map(|c| r.features.get(c).map_or(String::new(), |v| v.to_string())));
+            record.extend(columns.iter().map(|c| r.features.get(c).cloned().unwrap_or_default()));
             let capture = if lost.contains(&r.capture) { String::new() } else { r.capture };
             record.extend([r.label.unwrap_or_default(), capture]);
             csv.write_record(&record)?;
@@ -163,7 +164,7 @@ impl Taking {
                 features: features
                     .into_iter()
                     .flatten()
-                    .filter_map(|(name, value)| Some((name.clone(), value.as_f64()?)))
+                    .filter_map(|(name, value)| Some((name.clone(), value.as_f64()?.to_string())))
                     .collect(),
             };
             serde_json::to_writer(&mut self.file, &row)?;

@@ -89,6 +89,10 @@ impl Tally {
     /// Counts one item: its features by column (None: named but not a number) and its label.
     pub fn add<'a>(&mut self, features: impl IntoIterator<Item = (&'a str, Option<f64>)>, label: Option<&str>) {
         self.items += 1;
+        // Each column counted once (its first value), whatever the caller repeats.
+        let mut features: Vec<(&str, Option<f64>)> = features.into_iter().collect();
+        features.sort_by_key(|(column, _)| *column);
+        features.dedup_by_key(|(column, _)| *column);
         let mut numbers: Vec<(&str, u64)> = Vec::new();
         for (column, value) in features {
             let present = match self.columns.get_mut(column) {
@@ -101,8 +105,6 @@ impl Tally {
             }
         }
         // The same numbers in the same columns are the same features, whatever else is missing.
-        numbers.sort_unstable();
-        numbers.dedup_by(|a, b| a.0 == b.0);
         let mut digest = Sha256::new();
         for (column, bits) in &numbers {
             digest.update((column.len() as u64).to_le_bytes());
@@ -154,7 +156,11 @@ impl Tally {
             format!("{} columns; {ragged} items with others", self.columns.len()),
         );
 
-        let worst = self.columns.iter().map(|(name, present)| (name, self.items - present)).max_by_key(|(_, m)| *m);
+        let worst = self
+            .columns
+            .iter()
+            .map(|(name, present)| (name, self.items.saturating_sub(*present)))
+            .max_by_key(|(_, m)| *m);
         if let Some((column, missing)) = worst {
             let share = missing as f64 / n;
             check(
@@ -237,6 +243,132 @@ mod tests {
 
     fn failed(checks: &[Check]) -> Vec<&str> {
         checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect()
+    }
+
+    /// The checks as they were computed before the tally, from every item held at once: the
+    /// reference the tally must match.
+    fn reference(columns: &[String], items: &[Item], panels: &[Vec<String>], limits: &Limits) -> Vec<Check> {
+        let mut checks = Vec::new();
+        let n = items.len().max(1) as f64;
+        let mut check = |name: &str, passed: bool, detail: String| {
+            checks.push(Check { name: name.into(), passed, detail });
+        };
+        let ragged = items.iter().filter(|i| i.values.len() != columns.len()).count();
+        check(
+            "schema",
+            ragged == 0 && !columns.is_empty(),
+            format!("{} columns; {ragged} items with others", columns.len()),
+        );
+
+        let worst = columns
+            .iter()
+            .enumerate()
+            .map(|(c, name)| (name, items.iter().filter(|i| i.values.get(c).copied().flatten().is_none()).count()))
+            .max_by_key(|(_, missing)| *missing);
+        if let Some((column, missing)) = worst {
+            let share = missing as f64 / n;
+            check(
+                "missing_values",
+                share <= limits.max_missing_share,
+                format!("'{column}' missing in {share:.3} of items (limit {})", limits.max_missing_share),
+            );
+        }
+
+        // Items with the same features: repeats, and repeats labelled differently.
+        let mut seen: HashMap<Vec<u64>, Vec<Option<&str>>> = HashMap::new();
+        for item in items {
+            let key = item.values.iter().map(|v| v.map_or(u64::MAX, f64::to_bits)).collect();
+            seen.entry(key).or_default().push(item.label.as_deref());
+        }
+        let repeats: usize = seen.values().map(|labels| labels.len() - 1).sum();
+        let conflicting = seen
+            .values()
+            .filter(|labels| {
+                let mut distinct: Vec<&str> = labels.iter().flatten().copied().collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                distinct.len() > 1
+            })
+            .count();
+        let share = repeats as f64 / n;
+        check(
+            "duplicates",
+            share <= limits.max_duplicate_share && conflicting == 0,
+            format!(
+                "{repeats} items repeat another's features ({share:.3}, limit {}); {conflicting} groups labelled differently",
+                limits.max_duplicate_share
+            ),
+        );
+
+        let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
+        for label in items.iter().filter_map(|i| i.label.as_deref()) {
+            *classes.entry(label).or_default() += 1;
+        }
+        let labelled: usize = classes.values().sum();
+        let least = classes.iter().min_by_key(|(_, n)| **n).map(|(c, n)| (*c, *n as f64 / labelled.max(1) as f64));
+        let balance = format!("{classes:?}");
+        match least {
+            Some((class, share)) if classes.len() >= 2 => check(
+                "class_balance",
+                share >= limits.min_class_share,
+                format!("{balance}; least '{class}' {share:.3} (limit {})", limits.min_class_share),
+            ),
+            _ => check("class_balance", false, format!("{balance}: a classifier needs at least two classes")),
+        }
+
+        if !panels.is_empty() {
+            let answers: Vec<Vec<&str>> = panels.iter().map(|p| p.iter().map(String::as_str).collect()).collect();
+            let refs: Vec<&Vec<&str>> = answers.iter().collect();
+            match vigil_drift::fleiss_kappa(&refs) {
+                Some(kappa) => check(
+                    "label_consistency",
+                    kappa >= limits.min_kappa,
+                    format!(
+                        "{} items labelled by several people: Fleiss' kappa {kappa:.3} (limit {})",
+                        panels.len(),
+                        limits.min_kappa
+                    ),
+                ),
+                None => check(
+                    "label_consistency",
+                    true,
+                    format!("{} items labelled by several people, all alike", panels.len()),
+                ),
+            }
+        }
+        checks
+    }
+
+    /// The tally's checks match the reference's on random datasets: numbers repeated, missing
+    /// now and then, labels of three classes or none, several people's answers.
+    #[test]
+    fn the_tally_gives_what_holding_every_item_gave() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        for round in 0..200 {
+            let columns: Vec<String> = (0..next(4)).map(|c| format!("c{c}")).collect();
+            let items: Vec<Item> = (0..next(60))
+                .map(|_| Item {
+                    // Few distinct numbers, so items repeat one another.
+                    values: columns.iter().map(|_| (next(5) > 0).then(|| next(3) as f64 / 2.0)).collect(),
+                    label: ["x", "y", "z"].get(next(4) as usize).map(|l| l.to_string()),
+                })
+                .collect();
+            let panels: Vec<Vec<String>> = (0..next(5))
+                .map(|_| (0..2 + next(2)).map(|_| ["x", "y"][next(2) as usize].to_string()).collect())
+                .collect();
+            let limits = Limits { max_duplicate_share: 0.3, ..Limits::default() };
+            assert_eq!(
+                verify(&columns, &items, &panels, &limits),
+                reference(&columns, &items, &panels, &limits),
+                "round {round}"
+            );
+        }
     }
 
     #[test]

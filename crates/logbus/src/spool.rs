@@ -227,29 +227,51 @@ fn whole_frame_at(bytes: &[u8], at: usize) -> Option<usize> {
 /// (`damaged/`, beside the records' `max_bytes`); the oldest go first.
 pub const DAMAGED_SHARE_DIVISOR: u64 = 16;
 
-/// Keeps `bytes`, a damaged stretch of segment `n` at `offset`, in `damaged/` for a person to
-/// look at: under a name no earlier stretch took (`<segment>-<offset>.bin`, then `.2.bin`, ...:
-/// a later stretch can sit at the same place once the first is taken out), cut to `limit`
-/// bytes; the oldest files go while all of them take more than `limit`.
-fn keep_for_a_person(dir: &Path, n: u64, offset: u64, bytes: &[u8], limit: u64) -> io::Result<PathBuf> {
+/// What of a damaged stretch is kept for a person.
+enum Evidence<'a> {
+    /// Its bytes: the disk read them, but they are no whole records.
+    Bytes(&'a [u8]),
+    /// The whole segment file as it was, where the disk could not read some of it (the bytes
+    /// may read again later, or on another machine): linked, so rewriting the segment leaves
+    /// them on disk.
+    Segment(&'a Path),
+}
+
+/// Keeps the `evidence` of a damaged stretch of segment `n` at `offset` in `damaged/` for a
+/// person to look at: under a name no earlier stretch took (`<segment>-<offset>.bin`, then
+/// `.2.bin`, ...: a later stretch can sit at the same place once the first is taken out;
+/// `.seg` for a whole segment), bytes cut to `limit`; the oldest files go while all of them
+/// take more than `limit`.
+fn keep_for_a_person(dir: &Path, n: u64, offset: u64, evidence: Evidence, limit: u64) -> io::Result<PathBuf> {
     let aside = dir.join("damaged");
     fs::create_dir_all(&aside)?;
-    let kept = &bytes[..bytes.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+    let extension = match evidence {
+        Evidence::Bytes(_) => "bin",
+        Evidence::Segment(_) => "seg",
+    };
     let mut copy = 1;
-    let (path, mut file) = loop {
+    let path = loop {
         let name = match copy {
-            1 => format!("{n:010}-{offset}.bin"),
-            k => format!("{n:010}-{offset}.{k}.bin"),
+            1 => format!("{n:010}-{offset}.{extension}"),
+            k => format!("{n:010}-{offset}.{k}.{extension}"),
         };
         let path = aside.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => break (path, file),
+        let kept = match evidence {
+            Evidence::Bytes(bytes) => {
+                OpenOptions::new().write(true).create_new(true).open(&path).and_then(|mut file| {
+                    file.write_all(&bytes[..bytes.len().min(usize::try_from(limit).unwrap_or(usize::MAX))])?;
+                    file.sync_all()
+                })
+            }
+            Evidence::Segment(segment) => fs::hard_link(segment, &path),
+        };
+        match kept {
+            Ok(()) => break path,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => copy += 1,
             Err(e) => return Err(e),
         }
     };
-    file.write_all(kept)?;
-    file.sync_all()?;
+    sync_dir(&aside)?;
     let mut held: Vec<(std::time::SystemTime, PathBuf, u64)> = fs::read_dir(&aside)?
         .filter_map(|e| {
             let e = e.ok()?;
@@ -279,25 +301,36 @@ fn keep_for_a_person(dir: &Path, n: u64, offset: u64, bytes: &[u8], limit: u64) 
 /// or 4 KiB: a read of a whole block fails when one of them does).
 const READ_BLOCK: usize = 4096;
 
+/// Tries at reading a block the disk refused, before it counts as unreadable.
+const READ_TRIES: usize = 3;
+
 /// The bytes of the file at `path`, read a block at a time, with each block the disk cannot
-/// read (EIO, or EBADMSG where the file system checks its data: a bad sector) as zeros, which
-/// no frame's length and checksum match: the damaged stretch is then set aside as any other,
-/// and the records before and after it kept. Other errors are returned.
-fn read_what_can_be_read(path: &Path) -> io::Result<Vec<u8>> {
-    /// Linux's EIO and EBADMSG.
-    const UNREADABLE: [i32; 2] = [5, 74];
+/// read (EIO, or EBADMSG where the file system checks its data: a bad sector; tried
+/// [`READ_TRIES`] times) as zeros, which no frame's length and checksum match; and whether
+/// there was one. Other errors are returned.
+fn read_what_can_be_read(path: &Path) -> io::Result<(Vec<u8>, bool)> {
+    let unreadable = |e: &io::Error| {
+        use nix::errno::Errno;
+        e.raw_os_error().is_some_and(|code| [Errno::EIO as i32, Errno::EBADMSG as i32].contains(&code))
+    };
     let file = File::open(path)?;
     let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::other("a segment past memory"))?;
     let mut bytes = vec![0u8; len];
     let mut lost_blocks = 0;
     for (i, block) in bytes.chunks_mut(READ_BLOCK).enumerate() {
-        match read_block(&file, block, (i * READ_BLOCK) as u64) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error().is_some_and(|code| UNREADABLE.contains(&code)) => {
-                block.fill(0);
-                lost_blocks += 1;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match read_block(&file, block, (i * READ_BLOCK) as u64) {
+                Ok(()) => break,
+                Err(e) if unreadable(&e) && tries < READ_TRIES => {}
+                Err(e) if unreadable(&e) => {
+                    block.fill(0);
+                    lost_blocks += 1;
+                    break;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
     if lost_blocks > 0 {
@@ -305,10 +338,10 @@ fn read_what_can_be_read(path: &Path) -> io::Result<Vec<u8>> {
             segment = %path.display(),
             blocks = lost_blocks,
             block_bytes = READ_BLOCK,
-            "spool segment blocks the disk cannot read (a bad sector): read as zeros, their records lost"
+            "spool segment blocks the disk cannot read (a bad sector): the segment is kept in damaged/, its other records go on"
         );
     }
-    Ok(bytes)
+    Ok((bytes, lost_blocks > 0))
 }
 
 /// Fills `block` from `file` at `at`.
@@ -326,12 +359,22 @@ fn read_block(file: &File, block: &mut [u8], at: u64) -> io::Result<()> {
 /// follows: a torn tail, for the caller to cut.
 fn set_damage_aside(dir: &Path, n: u64, valid_end: u64, evidence_limit: u64) -> io::Result<Option<(u64, u64)>> {
     let path = segment_path(dir, n);
-    let bytes = read_what_can_be_read(&path)?;
+    let (bytes, unreadable) = read_what_can_be_read(&path)?;
     let start = valid_end as usize;
-    let Some(resume) = (start + 1..bytes.len()).find(|&at| whole_frame_at(&bytes, at).is_some()) else {
-        return Ok(None);
+    let next_whole = (start + 1..bytes.len()).find(|&at| whole_frame_at(&bytes, at).is_some());
+    let (resume, kept) = match (next_whole, unreadable) {
+        (Some(resume), false) => {
+            (resume, keep_for_a_person(dir, n, valid_end, Evidence::Bytes(&bytes[start..resume]), evidence_limit)?)
+        }
+        // Blocks the disk could not read: the segment itself is kept (nothing on disk is
+        // destroyed, however far the unreadable blocks reach), and its readable records
+        // before and after them written anew.
+        (next_whole, true) => {
+            let resume = next_whole.unwrap_or(bytes.len());
+            (resume, keep_for_a_person(dir, n, valid_end, Evidence::Segment(&path), evidence_limit)?)
+        }
+        (None, false) => return Ok(None),
     };
-    let kept = keep_for_a_person(dir, n, valid_end, &bytes[start..resume], evidence_limit)?;
     let tmp = dir.join(format!("{n:010}.seg.tmp"));
     let mut rewritten = File::create(&tmp)?;
     rewritten.write_all(&bytes[..start])?;
@@ -1000,48 +1043,71 @@ mod tests {
         );
     }
 
+    /// Makes a block of a file (by inode) read as a bad sector does while it lives.
+    struct Unreadable(u64, u64);
+
+    impl Unreadable {
+        fn block(path: &Path, at: u64) -> Self {
+            use std::os::unix::fs::MetadataExt;
+            let inode = fs::metadata(path).unwrap().ino();
+            UNREADABLE.lock().unwrap().push((inode, at));
+            Self(inode, at)
+        }
+    }
+
+    impl Drop for Unreadable {
+        fn drop(&mut self) {
+            UNREADABLE.lock().unwrap().retain(|b| *b != (self.0, self.1));
+        }
+    }
+
     /// A bad sector: the sequential read stops at the block the disk cannot read (here its bytes
     /// are also altered on disk, as a read error ends the read there), and the mend reads around
-    /// it. The records wholly outside the block are kept, at opening and while replaying.
+    /// it. The records wholly outside the block are kept, at opening and while replaying, and
+    /// the segment as it was is kept in `damaged/`; in the last block, where no record follows,
+    /// the records before it are kept and nothing on disk is cut off.
     #[test]
     fn records_around_a_block_the_disk_cannot_read_are_kept() {
-        use std::os::unix::fs::MetadataExt;
         let record = |i: u32| Envelope { topic: "t".into(), key: format!("k{i}"), payload: vec![i as u8; 700] };
         // One segment of them all.
         let settings =
             |dir: &Path| SpoolConfig { segment_bytes: 1 << 20, ..config(dir, 1 << 20, FullPolicy::RejectNew) };
-        for while_running in [false, true] {
+        let block = READ_BLOCK as u64;
+        for (bad, while_running) in [(1, false), (1, true), (3, false), (3, true)] {
             let dir = tempfile::tempdir().unwrap();
             let mut s = Spool::open(settings(dir.path())).unwrap();
             for i in 0..20 {
                 s.append(&record(i)).unwrap();
             }
             let ends: Vec<u64> = s.peek_each(20).unwrap().iter().map(|(_, p)| p.offset).collect();
+            assert!(ends[19] > 3 * block && ends[19] < 4 * block, "block 3 is the last: {}", ends[19]);
             let running = while_running.then_some(s);
             let seg = segment_path(dir.path(), 1);
-            let block = READ_BLOCK as u64;
             let mut bytes = fs::read(&seg).unwrap();
-            bytes[block as usize + 100] ^= 0xff;
+            bytes[(bad * block) as usize + 100] ^= 0xff;
             fs::write(&seg, &bytes).unwrap();
-            let inode = fs::metadata(&seg).unwrap().ino();
-            UNREADABLE.lock().unwrap().push((inode, block));
+            let _unreadable = Unreadable::block(&seg, bad * block);
             let mut s = match running {
                 Some(s) => s,
                 None => Spool::open(settings(dir.path())).unwrap(),
             };
-            // Records whose frame touches [4096, 8192) are lost.
+            // Records whose frame touches the bad block are lost.
             let starts = std::iter::once(0).chain(ends.iter().copied());
             let kept: Vec<Envelope> = starts
                 .zip(&ends)
                 .enumerate()
-                .filter(|(_, (start, end))| **end <= block || *start >= 2 * block)
+                .filter(|(_, (start, end))| **end <= bad * block || *start >= (bad + 1) * block)
                 .map(|(i, _)| record(i as u32))
                 .collect();
             assert!(kept.len() >= 12 && kept.len() < 20, "{} kept", kept.len());
-            assert_eq!(s.peek(20).unwrap().0, kept, "while running: {while_running}");
-            assert_eq!(s.len(), kept.len() as u64);
-            UNREADABLE.lock().unwrap().retain(|(i, _)| *i != inode);
-            assert_eq!(fs::read_dir(dir.path().join("damaged")).unwrap().count(), 1, "the stretch kept for a person");
+            let case = format!("block {bad}, while running: {while_running}");
+            assert_eq!(s.peek(20).unwrap().0, kept, "{case}");
+            assert_eq!(s.len(), kept.len() as u64, "{case}");
+            let damaged: Vec<PathBuf> =
+                fs::read_dir(dir.path().join("damaged")).unwrap().map(|e| e.unwrap().path()).collect();
+            assert_eq!(damaged.len(), 1, "{case}: {damaged:?}");
+            assert!(damaged[0].to_string_lossy().ends_with(".seg"), "{case}: {damaged:?}");
+            assert_eq!(fs::read(&damaged[0]).unwrap(), bytes, "{case}: the segment as it was, kept for a person");
         }
     }
 
