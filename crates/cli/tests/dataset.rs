@@ -43,17 +43,7 @@ fn log(url: &str, n: usize, label: impl Fn(usize) -> &'static str, panels: &[(us
                 row
             })
             .collect();
-        let labels: Vec<LabelRow> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| LabelRow {
-                label_id: uuid::Uuid::now_v7(),
-                prediction_id: r.prediction_id,
-                label: label(i).into(),
-                time: now - Duration::minutes(1),
-                source: "inspector".into(),
-            })
-            .collect();
+        let labels = labels_of(&rows, now - Duration::minutes(1), label);
         store.insert_batch(&rows, &labels).await.unwrap();
         for (i, answers) in panels {
             let r = &rows[*i];
@@ -64,6 +54,24 @@ fn log(url: &str, n: usize, label: impl Fn(usize) -> &'static str, panels: &[(us
             }
         }
     });
+}
+
+/// An inspector's label for each of `rows`, given at `time`: `label(i)` for the i-th.
+fn labels_of(
+    rows: &[vigil_store::PredictionRow],
+    time: chrono::DateTime<Utc>,
+    label: impl Fn(usize) -> &'static str,
+) -> Vec<LabelRow> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| LabelRow {
+            label_id: uuid::Uuid::now_v7(),
+            prediction_id: r.prediction_id,
+            label: label(i).into(),
+            time,
+            source: "inspector".into(),
+        })
+        .collect()
 }
 
 fn export(url: &str, out: &std::path::Path) -> Output {
@@ -358,17 +366,7 @@ fn an_export_longer_than_a_page_holds_every_served_row_once_in_id_order() {
                 row
             })
             .collect();
-        let labels: Vec<LabelRow> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| LabelRow {
-                label_id: uuid::Uuid::now_v7(),
-                prediction_id: r.prediction_id,
-                label: if i % 2 == 0 { "defect" } else { "ok" }.into(),
-                time: now,
-                source: "inspector".into(),
-            })
-            .collect();
+        let labels = labels_of(&rows, now, |i| if i % 2 == 0 { "defect" } else { "ok" });
         for (rows, labels) in rows.chunks(5_000).zip(labels.chunks(5_000)) {
             store.insert_batch(rows, labels).await.unwrap();
         }
@@ -413,17 +411,7 @@ fn feature_values_are_written_as_the_log_holds_them() {
                 vigil_store::testing::prediction(now - Duration::minutes(30) + Duration::seconds(i), 0.5, features)
             })
             .collect();
-        let labels: Vec<LabelRow> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| LabelRow {
-                label_id: uuid::Uuid::now_v7(),
-                prediction_id: r.prediction_id,
-                label: if i % 2 == 0 { "defect" } else { "ok" }.into(),
-                time: now,
-                source: "inspector".into(),
-            })
-            .collect();
+        let labels = labels_of(&rows, now, |i| if i % 2 == 0 { "defect" } else { "ok" });
         store.insert_batch(&rows, &labels).await.unwrap();
         // As the store reads them back, each number printed as Rust prints an f64.
         let filter = vigil_store::PredictionFilter { limit: 1000, ..Default::default() };

@@ -183,41 +183,51 @@ impl Tally {
             ),
         );
 
-        let classes = &self.classes;
-        let labelled: usize = classes.values().sum();
-        let least = classes.iter().min_by_key(|(_, n)| **n).map(|(c, n)| (c, *n as f64 / labelled.max(1) as f64));
-        let balance = format!("{classes:?}");
-        match least {
-            Some((class, share)) if classes.len() >= 2 => check(
-                "class_balance",
-                share >= limits.min_class_share,
-                format!("{balance}; least '{class}' {share:.3} (limit {})", limits.min_class_share),
-            ),
-            _ => check("class_balance", false, format!("{balance}: a classifier needs at least two classes")),
-        }
-
-        if !panels.is_empty() {
-            let answers: Vec<Vec<&str>> = panels.iter().map(|p| p.iter().map(String::as_str).collect()).collect();
-            let refs: Vec<&Vec<&str>> = answers.iter().collect();
-            match vigil_drift::fleiss_kappa(&refs) {
-                Some(kappa) => check(
-                    "label_consistency",
-                    kappa >= limits.min_kappa,
-                    format!(
-                        "{} items labelled by several people: Fleiss' kappa {kappa:.3} (limit {})",
-                        panels.len(),
-                        limits.min_kappa
-                    ),
-                ),
-                None => check(
-                    "label_consistency",
-                    true,
-                    format!("{} items labelled by several people, all alike", panels.len()),
-                ),
-            }
-        }
+        checks.extend(label_checks(&self.classes, panels, limits));
         checks
     }
+}
+
+/// The checks on the labels: every class's share of the labelled items (`classes`), and the
+/// agreement of the items several people labelled (`panels`: each item's answers).
+fn label_checks(classes: &BTreeMap<String, usize>, panels: &[Vec<String>], limits: &Limits) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut check = |name: &str, passed: bool, detail: String| {
+        checks.push(Check { name: name.into(), passed, detail });
+    };
+    let labelled: usize = classes.values().sum();
+    let least = classes.iter().min_by_key(|(_, n)| **n).map(|(c, n)| (c, *n as f64 / labelled.max(1) as f64));
+    let balance = format!("{classes:?}");
+    match least {
+        Some((class, share)) if classes.len() >= 2 => check(
+            "class_balance",
+            share >= limits.min_class_share,
+            format!("{balance}; least '{class}' {share:.3} (limit {})", limits.min_class_share),
+        ),
+        _ => check("class_balance", false, format!("{balance}: a classifier needs at least two classes")),
+    }
+
+    if !panels.is_empty() {
+        let answers: Vec<Vec<&str>> = panels.iter().map(|p| p.iter().map(String::as_str).collect()).collect();
+        let refs: Vec<&Vec<&str>> = answers.iter().collect();
+        match vigil_drift::fleiss_kappa(&refs) {
+            Some(kappa) => check(
+                "label_consistency",
+                kappa >= limits.min_kappa,
+                format!(
+                    "{} items labelled by several people: Fleiss' kappa {kappa:.3} (limit {})",
+                    panels.len(),
+                    limits.min_kappa
+                ),
+            ),
+            None => check(
+                "label_consistency",
+                true,
+                format!("{} items labelled by several people, all alike", panels.len()),
+            ),
+        }
+    }
+    checks
 }
 
 /// Runs every check on `items` (features in `columns`' order) and the answers of the items
@@ -300,42 +310,12 @@ mod tests {
             ),
         );
 
-        let mut classes: BTreeMap<&str, usize> = BTreeMap::new();
-        for label in items.iter().filter_map(|i| i.label.as_deref()) {
+        // The labels' checks are the same code in both (they never held items).
+        let mut classes: BTreeMap<String, usize> = BTreeMap::new();
+        for label in items.iter().filter_map(|i| i.label.clone()) {
             *classes.entry(label).or_default() += 1;
         }
-        let labelled: usize = classes.values().sum();
-        let least = classes.iter().min_by_key(|(_, n)| **n).map(|(c, n)| (*c, *n as f64 / labelled.max(1) as f64));
-        let balance = format!("{classes:?}");
-        match least {
-            Some((class, share)) if classes.len() >= 2 => check(
-                "class_balance",
-                share >= limits.min_class_share,
-                format!("{balance}; least '{class}' {share:.3} (limit {})", limits.min_class_share),
-            ),
-            _ => check("class_balance", false, format!("{balance}: a classifier needs at least two classes")),
-        }
-
-        if !panels.is_empty() {
-            let answers: Vec<Vec<&str>> = panels.iter().map(|p| p.iter().map(String::as_str).collect()).collect();
-            let refs: Vec<&Vec<&str>> = answers.iter().collect();
-            match vigil_drift::fleiss_kappa(&refs) {
-                Some(kappa) => check(
-                    "label_consistency",
-                    kappa >= limits.min_kappa,
-                    format!(
-                        "{} items labelled by several people: Fleiss' kappa {kappa:.3} (limit {})",
-                        panels.len(),
-                        limits.min_kappa
-                    ),
-                ),
-                None => check(
-                    "label_consistency",
-                    true,
-                    format!("{} items labelled by several people, all alike", panels.len()),
-                ),
-            }
-        }
+        checks.extend(label_checks(&classes, panels, limits));
         checks
     }
 
