@@ -130,14 +130,25 @@ impl VoiceSearch for VoiceSearchService {
     async fn feedback(&self, request: Request<SearchFeedback>) -> Result<Response<SearchFeedbackAck>, Status> {
         let f = request.into_inner();
         check_id("session_id", &f.session_id)?;
-        uuid::Uuid::parse_str(&f.query_id)
-            .map_err(|_| Status::invalid_argument(format!("query_id '{}' is not a query id (a UUID)", f.query_id)))?;
+        // One spelling per query (UUIDs parse in upper case, without hyphens, braced...): the
+        // event id is a digest of it, so each spelling would be stored as another event.
+        let query_id = uuid::Uuid::parse_str(&f.query_id)
+            .map_err(|_| Status::invalid_argument(format!("query_id '{}' is not a query id (a UUID)", f.query_id)))?
+            .hyphenated()
+            .to_string();
         let (kind, value) = match f.action {
             Some(search_feedback::Action::Click(c)) => {
                 if c.product_id.is_empty() {
                     return Err(Status::invalid_argument("click.product_id must name the result clicked"));
                 }
                 check_id("click.product_id", &c.product_id)?;
+                let most = self.inner.config.max_results;
+                if c.rank == 0 || c.rank > most {
+                    return Err(Status::invalid_argument(format!(
+                        "click.rank {} is not a result's rank: 1 (the best) to {most}",
+                        c.rank
+                    )));
+                }
                 ("click", format!("{}@{}", c.product_id, c.rank))
             }
             Some(search_feedback::Action::RedoSearch(true)) => ("redo_search", String::new()),
@@ -150,8 +161,8 @@ impl VoiceSearch for VoiceSearchService {
         };
         let event = FeedbackEvent {
             schema_version: vigil_serving::records::SCHEMA_VERSION,
-            event_id: feedback_event_id(&f.query_id, kind, &value),
-            prediction_id: f.query_id,
+            event_id: feedback_event_id(&query_id, kind, &value),
+            prediction_id: query_id,
             time: Some(SystemTime::now().into()),
             kind: kind.into(),
             value,
@@ -266,6 +277,9 @@ struct Heard {
     kept_audio: Option<Vec<u8>>,
     /// The query's records went out.
     logged: bool,
+    /// The server's limits refused a message of the request stream (too large, or no room in
+    /// the memory budget): refused as a unary call is before its handler, so not logged.
+    refused_by_limits: bool,
 }
 
 /// The recogniser version that listened, and what it is in its deployment.
@@ -399,6 +413,7 @@ impl Session {
         };
         if let (Err(status), Some(records)) = (&outcome, &inner.records)
             && !heard.logged
+            && !heard.refused_by_limits
             && status.code() != tonic::Code::Cancelled
         {
             self.log_failed(records, inner, &heard, status);
@@ -425,7 +440,7 @@ impl Session {
                             "vad_report must be the last message: half-close the stream after it",
                         ));
                     }
-                    Ok(Err(status)) => return Err(client_stream_failed(status)),
+                    Ok(Err(status)) => return Err(client_stream_failed(status, heard)),
                     Err(_) => {
                         return Err(Status::deadline_exceeded(format!(
                             "no half-close within {} ms of the vad_report",
@@ -440,7 +455,7 @@ impl Session {
                     limits.idle_timeout_ms
                 ))
             })?;
-            let segment = match next.map_err(client_stream_failed)? {
+            let segment = match next.map_err(|status| client_stream_failed(status, heard))? {
                 None => break,
                 Some(SearchRequest { message: Some(search_request::Message::Segment(s)) }) => s,
                 Some(SearchRequest { message: Some(search_request::Message::VadReport(report)) }) => {
@@ -719,8 +734,41 @@ impl Session {
 /// (HTTP/2 flow control): a client that reads nothing does not hold the query's work.
 /// The client's request stream failed (reset, cut off): the client is gone, unless the
 /// server's deadline or drain ended the call (see `run`).
-fn client_stream_failed(status: Status) -> Status {
-    Status::cancelled(format!("the client's request stream ended: {}", status.message()))
+/// Why the client's request stream failed, as the query's status. The transport's errors
+/// (a reset, a cut connection: tonic keeps the h2 or hyper error as the status' source) mean
+/// the client left. Otherwise the server refused a message (the status has no source, or
+/// carries the status of the layer that refused it): one that is not a
+/// `SearchRequest` (the codec's INVALID_ARGUMENT; tonic's INTERNAL for a message cut short or
+/// not decompressed) is the client's error, INVALID_ARGUMENT, logged as invalid input with
+/// what the query heard before; the admission limits' RESOURCE_EXHAUSTED
+/// (the message over `limits.max_message_bytes`, or no room in the memory budget) and tonic's
+/// OUT_OF_RANGE (over its decoding limit), said as they are and not logged, as a unary call
+/// refused by them is not. Anything else ends the query as the client leaving did.
+fn client_stream_failed(status: Status, heard: &mut Heard) -> Status {
+    use std::error::Error as _;
+    let refused_by_the_server = {
+        let mut cause = status.source();
+        let mut refused = cause.is_none();
+        while let Some(e) = cause {
+            refused |= e.is::<Status>();
+            cause = e.source();
+        }
+        refused
+    };
+    if !refused_by_the_server {
+        return Status::cancelled(format!("the client's request stream ended: {}", status.message()));
+    }
+    match status.code() {
+        tonic::Code::InvalidArgument => status,
+        tonic::Code::Internal => {
+            Status::invalid_argument(format!("a message of the request stream cannot be read: {}", status.message()))
+        }
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            heard.refused_by_limits = true;
+            status
+        }
+        _ => Status::cancelled(format!("the client's request stream ended: {}", status.message())),
+    }
 }
 
 async fn deliver(

@@ -312,9 +312,14 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
     assert_eq!(client.feedback(click.clone()).await.unwrap().into_inner().event_id, ack.event_id);
     let second = SearchFeedback {
         action: Some(search_feedback::Action::Click(SearchClick { product_id: "P-1009".into(), rank: 2 })),
-        ..click
+        ..click.clone()
     };
     assert_ne!(client.feedback(second).await.unwrap().into_inner().event_id, ack.event_id);
+    // The same query id spelled otherwise (upper case, no hyphens) is the same query: the same
+    // event, stored once, under the id as the server gave it.
+    let respelled = SearchFeedback { query_id: last.query_id.to_uppercase().replace('-', ""), ..click.clone() };
+    assert_ne!(respelled.query_id, last.query_id);
+    assert_eq!(client.feedback(respelled).await.unwrap().into_inner().event_id, ack.event_id);
     let event = loop {
         let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
         if envelope.topic == vigil_logbus::topics::FEEDBACK {
@@ -326,10 +331,24 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
         (ack.event_id.as_str(), last.query_id.as_str())
     );
     assert_eq!((event.kind.as_str(), event.value.as_str()), ("click", "P-1009@1"));
-    // The repeated click and the second one, on their way as events.
-    for _ in 0..2 {
+    // The repeated click, the second one and the respelled one, on their way as events; the
+    // respelled one names the query as the server gave it.
+    let mut events = Vec::new();
+    for _ in 0..3 {
         let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
         assert_eq!(envelope.topic, vigil_logbus::topics::FEEDBACK);
+        events.push(<FeedbackEvent as prost::Message>::decode(envelope.payload.as_slice()).unwrap());
+    }
+    assert!(events.iter().all(|e| e.prediction_id == last.query_id), "{events:?}");
+    assert_eq!(events.iter().filter(|e| e.event_id == ack.event_id).count(), 2, "{events:?}");
+    // A rank no result has: refused, not stored as one more click.
+    for rank in [0, 51] {
+        let click = SearchFeedback {
+            action: Some(search_feedback::Action::Click(SearchClick { product_id: "P-1009".into(), rank })),
+            ..click.clone()
+        };
+        let bad = client.feedback(click).await.unwrap_err();
+        assert!(bad.code() == Code::InvalidArgument && bad.message().contains("click.rank"), "{bad:?}");
     }
     for (action, kind) in [
         (search_feedback::Action::RedoSearch(true), "redo_search"),
@@ -353,6 +372,88 @@ async fn spoken_queries_find_their_products_and_both_stages_are_logged() {
     };
     let bad = client.feedback(long_session).await.unwrap_err();
     assert!(bad.code() == Code::InvalidArgument && bad.message().contains("session_id is 300 bytes"), "{bad:?}");
+    server.shutdown().await.unwrap();
+}
+
+/// A request stream's message the server refuses is said as what it is, not as the client
+/// leaving: one that is not a `SearchRequest` is INVALID_ARGUMENT and the query is logged as
+/// invalid input with what it heard before; one over `limits.max_message_bytes` is
+/// RESOURCE_EXHAUSTED, naming the limit, and not logged (as a unary call refused by it is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_message_that_cannot_be_read_or_is_too_large_is_refused_for_what_it_is() {
+    use prost::Message as _;
+    /// A `SearchRequest` as its fields' bytes, so that a test can send what no client would.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Verbatim {
+        #[prost(bytes = "vec", tag = "1")]
+        config: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        segment: Vec<u8>,
+    }
+    let models = voices::cloud_models();
+    let mut config = config(&models);
+    config.limits.max_message_bytes = 200_000;
+    let (server, mut records) = server(config).await;
+    let speech = voices::say("a blue kettle", ADULT);
+    let one_second = &speech[..16_000.min(speech.len())];
+    let heard_seconds = one_second.len() as f64 / 16_000.0;
+    let piece = |sequence: u64, samples: &[f32]| SpeechSegment {
+        sequence,
+        pcm16: audio::f32_to_pcm16(samples),
+        start_ms: 0,
+        end_ms: (samples.len() / SAMPLES_PER_MS) as u64,
+    };
+
+    // Not a SearchRequest: segment 1's bytes are a cut-off varint.
+    let messages = vec![
+        Verbatim { config: search_config().encode_to_vec(), segment: Vec::new() },
+        Verbatim { config: Vec::new(), segment: piece(0, one_second).encode_to_vec() },
+        Verbatim { config: Vec::new(), segment: vec![0xff, 0xff, 0xff] },
+    ];
+    let channel = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/vigil.v1.VoiceSearch/Search");
+    let codec = tonic_prost::ProstCodec::<Verbatim, SearchResponse>::default();
+    let outcome = async {
+        let mut responses =
+            grpc.streaming(tonic::Request::new(tokio_stream::iter(messages)), path, codec).await?.into_inner();
+        while responses.message().await?.is_some() {}
+        Ok::<_, tonic::Status>(())
+    };
+    let bad = outcome.await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("not a valid vigil.v1.SearchRequest"), "{bad:?}");
+    let record = loop {
+        let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+        let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+        if record.api == "voice_search.asr" {
+            break record;
+        }
+    };
+    assert_eq!(record.status, RecordStatus::InvalidInput as i32, "{record:#?}");
+    assert!(record.error.starts_with("InvalidArgument: the message is not a valid"), "{}", record.error);
+    let audio = record.features.iter().find(|f| f.name == "audio_seconds").unwrap().value;
+    assert!((audio - heard_seconds).abs() < 1e-9, "what it heard before: audio_seconds {audio}");
+
+    // Over the message limit: 8 s of audio is 256,000 bytes.
+    let long: Vec<f32> = speech.iter().cycle().take(8 * 16_000).copied().collect();
+    let mut client = client(&server).await;
+    let messages = vec![config_message(search_config()), segment_message(0, one_second), segment_message(1, &long)];
+    let bad = exchange(&mut client, messages).await.unwrap_err();
+    assert_eq!(bad.code(), Code::ResourceExhausted, "{bad:?}");
+    assert!(bad.message().contains("limits.max_message_bytes"), "{bad:?}");
+    // Not logged: the next record is the next query's.
+    let responses =
+        exchange(&mut client, vec![config_message(search_config()), segment_message(0, one_second)]).await.unwrap();
+    let answered = final_result(&responses);
+    let envelope = tokio::time::timeout(Duration::from_secs(5), records.recv()).await.unwrap().unwrap();
+    let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+    assert_eq!(
+        (record.prediction_id.as_str(), record.status),
+        (answered.transcript_id.as_str(), RecordStatus::Ok as i32),
+        "{record:#?}"
+    );
     server.shutdown().await.unwrap();
 }
 
