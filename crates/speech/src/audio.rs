@@ -21,7 +21,13 @@ pub fn pcm16_to_f32(bytes: &[u8]) -> Result<Vec<f32>, SpeechError> {
 
 /// Samples in -1..1 to little-endian signed 16-bit PCM (clamped).
 pub fn f32_to_pcm16(samples: &[f32]) -> Vec<u8> {
-    samples.iter().flat_map(|&s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes()).collect()
+    samples.iter().flat_map(|&s| to_i16(s).to_le_bytes()).collect()
+}
+
+/// A sample as PCM16, on the scale PCM16 is read with (1.0 is 32,768), so PCM16 read and
+/// written again is the same, every value; clamped to what 16 bits hold.
+fn to_i16(sample: f32) -> i16 {
+    (sample * 32768.0).round().clamp(-32768.0, 32767.0) as i16
 }
 
 /// Reads a WAV file of 16 kHz mono 16-bit PCM.
@@ -49,7 +55,7 @@ pub fn write_wav(path: &Path, samples: &[f32]) -> Result<(), SpeechError> {
     let fail = |e: hound::Error| SpeechError::InvalidAudio(format!("{}: {e}", path.display()));
     let mut writer = hound::WavWriter::create(path, spec).map_err(fail)?;
     for &s in samples {
-        writer.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).map_err(fail)?;
+        writer.write_sample(to_i16(s)).map_err(fail)?;
     }
     writer.finalize().map_err(fail)
 }
@@ -284,6 +290,13 @@ mod tests {
         for (a, b) in samples.iter().zip(&back) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
+        // Every PCM16 value read and written again is itself.
+        let every: Vec<u8> = (i16::MIN..=i16::MAX).flat_map(i16::to_le_bytes).collect();
+        assert_eq!(f32_to_pcm16(&pcm16_to_f32(&every).unwrap()), every);
+        assert_eq!(
+            f32_to_pcm16(&[1.0, -1.0, 2.0, -2.0, f32::NAN]),
+            [32767i16, -32768, 32767, -32768, 0].map(i16::to_le_bytes).concat()
+        );
         let e = pcm16_to_f32(&[0, 1, 2]).unwrap_err().to_string();
         assert!(e.contains("odd byte count (3)"), "{e}");
     }

@@ -144,11 +144,14 @@ pub struct Segmenter {
     silence_start: Option<usize>,
     /// End of the last span given out: padding never overlaps it.
     last_end: usize,
+    /// The open span goes on from one cut at `max_speech_ms`: it is sent however short, since
+    /// the speech it ends was too long to be a click, not too short.
+    continues_a_cut: bool,
 }
 
 impl Segmenter {
     pub fn new(params: VadParams) -> Self {
-        Self { params, heard: 0, speech_start: None, silence_start: None, last_end: 0 }
+        Self { params, heard: 0, speech_start: None, silence_start: None, last_end: 0, continues_a_cut: false }
     }
 
     /// Feeds the probability of the next chunk, of `samples` samples (`CHUNK`, or fewer for a
@@ -179,7 +182,9 @@ impl Segmenter {
         {
             self.speech_start = Some(self.heard);
             self.silence_start = None;
-            return self.close(start, self.heard, self.heard);
+            let span = self.close(start, self.heard, self.heard);
+            self.continues_a_cut = true;
+            return span;
         }
         None
     }
@@ -192,7 +197,8 @@ impl Segmenter {
     }
 
     fn close(&mut self, start: usize, end: usize, heard: usize) -> Option<Range<usize>> {
-        if end - start < self.params.min_speech_ms as usize * SAMPLES_PER_MS {
+        let continues_a_cut = std::mem::take(&mut self.continues_a_cut);
+        if end <= start || (!continues_a_cut && end - start < self.params.min_speech_ms as usize * SAMPLES_PER_MS) {
             return None;
         }
         let pad = self.params.speech_pad_ms as usize * SAMPLES_PER_MS;
@@ -316,6 +322,24 @@ mod tests {
         murmur[31] = 0.9;
         let cut = speech_spans(&murmur, 7000 * SAMPLES_PER_MS, limited);
         assert_eq!(cut.first().map(|r| r.end / SAMPLES_PER_MS), Some(3008), "{cut:?}");
+    }
+
+    #[test]
+    fn speech_going_on_briefly_after_a_cut_is_sent_however_short() {
+        // Speech from 1 s, cut at 3,008 ms (its longest, 2 s), then going on for 96 ms, under
+        // min_speech_ms: the end of the sentence, sent, not dropped as a click would be.
+        let limited = VadParams { max_speech_ms: 2000, ..params() };
+        let ms = |spans: Vec<Range<usize>>| -> Vec<(usize, usize)> {
+            spans.iter().map(|r| (r.start / SAMPLES_PER_MS, r.end / SAMPLES_PER_MS)).collect()
+        };
+        let p = probabilities(4000, &[(992, 3104)], 0.9);
+        assert_eq!(ms(speech_spans(&p, 4000 * SAMPLES_PER_MS, limited)), vec![(892, 3008), (3008, 3204)]);
+        // The same when the recording ends there (closed by finish).
+        let p = probabilities(3104, &[(992, 3104)], 0.9);
+        assert_eq!(ms(speech_spans(&p, 3104 * SAMPLES_PER_MS, limited)), vec![(892, 3008), (3008, 3104)]);
+        // A blip after the pause that closed the continuation is still a blip.
+        let p = probabilities(5000, &[(992, 3104), (4000, 4096)], 0.9);
+        assert_eq!(ms(speech_spans(&p, 5000 * SAMPLES_PER_MS, limited)), vec![(892, 3008), (3008, 3204)]);
     }
 
     #[test]
