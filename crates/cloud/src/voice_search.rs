@@ -13,7 +13,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use vigil_inference::InferenceError;
 use vigil_inference::repository::{LoadedModel, ModelRepository};
+use vigil_inference::tensor::Tensor;
 use vigil_proto::vigil::v1::voice_search_server::VoiceSearch;
 use vigil_proto::vigil::v1::{
     Feature, FeedbackEvent, PredictionOutput, PredictionRecord, RecordStatus, SearchConfig, SearchFeedback,
@@ -26,7 +28,7 @@ use vigil_serving::records::{RecordEmitter, RequestContext, new_trace_id};
 use vigil_serving::status::to_status;
 use vigil_speech::asr::{DecodeLimits, Recogniser, Tokenizer};
 use vigil_speech::audio::{self, Loudness, SAMPLES_PER_MS};
-use vigil_speech::{SAMPLE_RATE, SpeechError, text};
+use vigil_speech::{ModelRunner, SAMPLE_RATE, SpeechError, text};
 
 use crate::catalog::Catalog;
 use crate::config::VoiceSearchConfig;
@@ -271,6 +273,8 @@ struct Heard {
     /// The encoder's and the decoder's routes, chosen at the first segment: every segment of a
     /// query is heard by the same versions, even when a rollout moves its share meanwhile.
     routes: Option<(Route, Route)>,
+    /// The versions a deployment in shadow mode hears the query with too, once it is answered.
+    shadow: Option<ShadowHearing>,
     /// The device's account of its VAD, when it sent one.
     vad: Option<VadReport>,
     /// The query's audio as sent (PCM16), kept while capture wants it.
@@ -538,7 +542,11 @@ impl Session {
 
         let (encoder, decoder) = match &heard.routes {
             Some(routes) => routes.clone(),
-            None => heard.routes.insert(inner.models(self.routing_key())?).clone(),
+            None => {
+                let routes = inner.models(self.routing_key())?;
+                heard.shadow = ShadowHearing::of(&routes.0, &routes.1);
+                heard.routes.insert(routes).clone()
+            }
         };
         if sequence == 0
             && let Some(capturer) = &inner.capturer
@@ -556,30 +564,19 @@ impl Session {
             deployment: decoder.deployment.clone(),
         });
         let (encoder, decoder) = (encoder.primary, decoder.primary);
-        let recogniser = Recogniser {
-            tokenizer: inner.tokenizer(&decoder)?,
-            encoder,
-            decoder,
-            limits: DecodeLimits {
-                max_tokens_per_second: limits.max_tokens_per_second,
-                max_samples: (limits.split_ms as usize + 2 * limits.pad_ms as usize) * SAMPLES_PER_MS,
-            },
-        };
+        let recogniser =
+            Recogniser { tokenizer: inner.tokenizer(&decoder)?, encoder, decoder, limits: limits.decode_limits() };
         let started = Instant::now();
-        let (mut pieces, mut truncated) = (Vec::new(), 0);
-        for range in audio::split_at_quiet_points(&samples, limits.split_ms as usize * SAMPLES_PER_MS) {
-            let padded = audio::pad(&samples[range], limits.pad_ms, limits.pad_ms);
-            let recognised = recogniser.recognise(&padded).await.map_err(speech_status)?;
-            heard.tokens += recognised.tokens.len();
-            truncated += usize::from(recognised.truncated);
-            if !recognised.text.is_empty() {
-                pieces.push(recognised.text);
-            }
-        }
+        let recognised = recognise_segment(&recogniser, &samples, limits.split_ms, limits.pad_ms).await?;
+        let truncated = recognised.truncated;
+        heard.tokens += recognised.tokens;
         heard.recognise_time += started.elapsed();
         heard.truncated += truncated;
         inner.metrics.segment(samples.len(), levels.clipped_samples, truncated, started.elapsed());
-        let text = pieces.join(" ");
+        if let Some(shadow) = heard.shadow.as_mut() {
+            shadow.audio.push(samples);
+        }
+        let text = recognised.text;
         heard.transcripts.push(text.clone());
         Ok(SegmentTranscript {
             sequence,
@@ -624,8 +621,61 @@ impl Session {
         if let Some(records) = &inner.records {
             self.log(records, inner, heard, &result);
             heard.logged = true;
+            self.start_shadow(records, inner, heard);
         }
         Ok(result)
+    }
+
+    /// Hears the answered query again with the shadow versions, in the shadow lane (skipped
+    /// when it is full), and logs their recognition as a shadow record of the same trace: the
+    /// monitor compares the two transcripts. Nothing of it reaches the client.
+    fn start_shadow(&self, records: &RecordEmitter, inner: &Inner, heard: &mut Heard) {
+        let Some(shadow) = heard.shadow.take() else { return };
+        let served = ServedBy {
+            name: inner.config.decoder_model.clone(),
+            version: shadow.decoder.config.version.to_string(),
+            variant: Variant::Shadow,
+            deployment: shadow.deployment.clone(),
+        };
+        let ctx = self.context("voice_search.asr", &served.name, Variant::Shadow, &served.deployment);
+        // What was heard (length, levels, pitch) is the query's; the transcript, its tokens
+        // and cut pieces the shadow's.
+        let record =
+            PredictionRecord { prediction_id: uuid::Uuid::now_v7().to_string(), ..self.asr_record(&served, heard, "") };
+        let tokenizer = inner.tokenizer(&shadow.decoder);
+        let (records, limits) = (records.clone(), inner.config.clone());
+        inner.infer.start_shadow_work(async move {
+            let started = Instant::now();
+            let heard = async {
+                let recogniser = Recogniser {
+                    tokenizer: tokenizer?,
+                    encoder: Queued(shadow.encoder),
+                    decoder: Queued(shadow.decoder),
+                    limits: limits.decode_limits(),
+                };
+                let mut all = SegmentHeard::default();
+                let mut texts = Vec::new();
+                for samples in &shadow.audio {
+                    let segment = recognise_segment(&recogniser, samples, limits.split_ms, limits.pad_ms).await?;
+                    (all.tokens, all.truncated) = (all.tokens + segment.tokens, all.truncated + segment.truncated);
+                    texts.extend((!segment.text.is_empty()).then_some(segment.text));
+                }
+                all.text = texts.join(" ");
+                Ok::<_, Status>(all)
+            };
+            let (record, heard) = match heard.await {
+                Ok(heard) => {
+                    let compute_time_us = started.elapsed().as_micros() as u64;
+                    (PredictionRecord { compute_time_us, ..shadow_heard(record, &heard) }, true)
+                }
+                Err(status) => {
+                    let error = format!("{:?}: {}", status.code(), status.message());
+                    (PredictionRecord { status: RecordStatus::Error as i32, error, ..record }, false)
+                }
+            };
+            records.record(&ctx, record);
+            heard
+        });
     }
 
     /// Logs the query's stages: the device's VAD (when it reported), recognition and search.
@@ -730,10 +780,90 @@ impl Session {
     }
 }
 
-/// Sends `message` to the client, waiting at most `limit` for it to take the answers before
-/// (HTTP/2 flow control): a client that reads nothing does not hold the query's work.
-/// The client's request stream failed (reset, cut off): the client is gone, unless the
-/// server's deadline or drain ended the call (see `run`).
+/// What one segment's recognition heard.
+#[derive(Debug, Default)]
+struct SegmentHeard {
+    text: String,
+    tokens: usize,
+    /// Pieces whose decoding stopped at the token limit.
+    truncated: usize,
+}
+
+/// Recognises a segment's (normalised) samples a piece at a time, cut at its quiet points
+/// (`split_ms` at most) and each padded with `pad_ms` of silence.
+async fn recognise_segment<E: ModelRunner, D: ModelRunner>(
+    recogniser: &Recogniser<E, D>,
+    samples: &[f32],
+    split_ms: u32,
+    pad_ms: u32,
+) -> Result<SegmentHeard, Status> {
+    let mut heard = SegmentHeard::default();
+    let mut pieces = Vec::new();
+    for range in audio::split_at_quiet_points(samples, split_ms as usize * SAMPLES_PER_MS) {
+        let padded = audio::pad(&samples[range], pad_ms, pad_ms);
+        let recognised = recogniser.recognise(&padded).await.map_err(speech_status)?;
+        heard.tokens += recognised.tokens.len();
+        heard.truncated += usize::from(recognised.truncated);
+        if !recognised.text.is_empty() {
+            pieces.push(recognised.text);
+        }
+    }
+    heard.text = pieces.join(" ");
+    Ok(heard)
+}
+
+/// The versions a query is heard with again, off its path, for a deployment in shadow mode:
+/// a candidate in the encoder's or the decoder's route (the primary of the other where it has
+/// none), and each segment's audio as recognised, kept until the query is answered (within
+/// the query's audio limit).
+struct ShadowHearing {
+    encoder: Arc<LoadedModel>,
+    decoder: Arc<LoadedModel>,
+    deployment: String,
+    audio: Vec<Vec<f32>>,
+}
+
+impl ShadowHearing {
+    fn of(encoder: &Route, decoder: &Route) -> Option<Self> {
+        if encoder.shadows.is_empty() && decoder.shadows.is_empty() {
+            return None;
+        }
+        let deployment = if decoder.shadows.is_empty() { &encoder.deployment } else { &decoder.deployment };
+        Some(Self {
+            encoder: encoder.shadows.first().unwrap_or(&encoder.primary).clone(),
+            decoder: decoder.shadows.first().unwrap_or(&decoder.primary).clone(),
+            deployment: deployment.clone(),
+            audio: Vec::new(),
+        })
+    }
+}
+
+/// A model run through its queue, never inline on the calling thread: for a shadow's work,
+/// which no client waits on.
+struct Queued(Arc<LoadedModel>);
+
+impl ModelRunner for Queued {
+    async fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InferenceError> {
+        Ok(self.0.batcher.infer_queued(inputs).await?.outputs)
+    }
+}
+
+/// `record` (the query's recognition record, as the shadow's) with what the shadow heard.
+fn shadow_heard(mut record: PredictionRecord, heard: &SegmentHeard) -> PredictionRecord {
+    for feature in &mut record.features {
+        match feature.name.as_str() {
+            "tokens" => feature.value = heard.tokens as f64,
+            "truncated_pieces" => feature.value = heard.truncated as f64,
+            _ => {}
+        }
+    }
+    if let Some(output) = record.output.as_mut() {
+        output.text = heard.text.clone();
+        output.is_null = heard.text.is_empty();
+    }
+    record
+}
+
 /// Why the client's request stream failed, as the query's status. The transport's errors
 /// (a reset, a cut connection: tonic keeps the h2 or hyper error as the status' source) mean
 /// the client left. Otherwise the server refused a message (the status has no source, or
@@ -743,7 +873,8 @@ impl Session {
 /// what the query heard before; the admission limits' RESOURCE_EXHAUSTED
 /// (the message over `limits.max_message_bytes`, or no room in the memory budget) and tonic's
 /// OUT_OF_RANGE (over its decoding limit), said as they are and not logged, as a unary call
-/// refused by them is not. Anything else ends the query as the client leaving did.
+/// refused by them is not. Anything else ends the query as the client leaving did: unless the
+/// server's deadline or drain ended the call (see `run`).
 fn client_stream_failed(status: Status, heard: &mut Heard) -> Status {
     use std::error::Error as _;
     let refused_by_the_server = {
@@ -771,6 +902,8 @@ fn client_stream_failed(status: Status, heard: &mut Heard) -> Status {
     }
 }
 
+/// Sends `message` to the client, waiting at most `limit` for it to take the answers before
+/// (HTTP/2 flow control): a client that reads nothing does not hold the query's work.
 async fn deliver(
     tx: &mpsc::Sender<Result<SearchResponse, Status>>,
     message: Result<SearchResponse, Status>,
@@ -887,6 +1020,13 @@ impl Inner {
 }
 
 impl VoiceSearchConfig {
+    fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_tokens_per_second: self.max_tokens_per_second,
+            max_samples: (self.split_ms as usize + 2 * self.pad_ms as usize) * SAMPLES_PER_MS,
+        }
+    }
+
     fn loudness(&self) -> Loudness {
         Loudness { target_dbfs: self.target_dbfs, max_gain_db: self.max_gain_db, ..Loudness::default() }
     }

@@ -953,20 +953,19 @@ async fn a_new_recogniser_version_swaps_in_under_load_and_a_broken_one_leaves_it
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_canary_recogniser_answers_the_sessions_it_is_given_and_its_records_say_so() {
-    use vigil_store::{
-        Change, DeploymentRow, DeploymentStore, ModelVersionRow, PredictionStore, RegistryStore, SqliteStore,
-    };
-    const DECODER: &str = "moonshine-tiny-en-decoder";
+const DECODER: &str = "moonshine-tiny-en-decoder";
+
+/// A repository under `dir` with the encoder and two versions of the decoder (the same model),
+/// both registered in a registry beside it; the registry's URL.
+async fn two_decoder_versions(dir: &Path) -> (std::path::PathBuf, vigil_store::SqliteStore, String) {
+    use vigil_store::{ModelVersionRow, PredictionStore, RegistryStore, SqliteStore};
     let models = voices::cloud_models();
-    let dir = tempfile::tempdir().unwrap();
-    let repository = dir.path().join("models");
+    let repository = dir.join("models");
     install(&models, "moonshine-tiny-en-encoder", &repository, 1);
     for version in [1, 2] {
         install(&models, DECODER, &repository, version);
     }
-    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    let url = format!("sqlite://{}", dir.join("registry.db").display());
     let store = SqliteStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     let digest = vigil_store::registry::sha256_file(&repository.join(DECODER).join("1/model.onnx")).unwrap();
@@ -986,6 +985,83 @@ async fn a_canary_recogniser_answers_the_sessions_it_is_given_and_its_records_sa
         };
         store.register_version(&row, "").await.unwrap();
     }
+    (repository, store, url)
+}
+
+/// A shadow deployment of the recogniser hears every answered query again off its path, with
+/// its candidate version; the client gets the primary's answer, and the shadow's recognition is
+/// logged as a shadow record of the same trace, for the monitor to compare the transcripts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_recogniser_hears_answered_queries_again_and_is_logged_beside_them() {
+    use vigil_proto::vigil::v1::Variant;
+    use vigil_store::{Change, DeploymentRow, DeploymentStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (repository, store, url) = two_decoder_versions(dir.path()).await;
+    let mut config = config(&repository);
+    config.models.load_all_versions = true;
+    config.deployments.database_url = url;
+    config.deployments.poll_interval_ms = 100;
+    let (server, mut records) = server(config).await;
+    let mut client = client(&server).await;
+    let shadow = DeploymentRow {
+        model_name: DECODER.into(),
+        deployment_id: "asr-shadow".into(),
+        primary_version: "2".into(),
+        candidate_version: Some("1".into()),
+        mode: "shadow".into(),
+        share: 1.0,
+        updated_by: "ben".into(),
+        updated_at: chrono::Utc::now(),
+        policy: "full".into(),
+        accept_below: None,
+        reject_at: None,
+    };
+    store.set_deployment(&shadow, &Change { actor: "ben", reason: "", at: chrono::Utc::now() }).await.unwrap();
+    let speech = voices::say("yoga mat", ADULT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (answered, primary, shadowed) = 'followed: loop {
+        assert!(std::time::Instant::now() < deadline, "no shadow record: the deployment was not followed");
+        let messages = vec![config_message(search_config()), segment_message(0, &speech)];
+        let answered = final_result(&exchange(&mut client, messages).await.unwrap()).clone();
+        let mut asr = Vec::new();
+        while let Ok(Some(envelope)) = tokio::time::timeout(Duration::from_secs(2), records.recv()).await {
+            let record = <PredictionRecord as prost::Message>::decode(envelope.payload.as_slice()).unwrap();
+            if record.api == "voice_search.asr" && record.trace_id == answered.trace_id {
+                asr.push(record);
+            }
+            if asr.len() == 2 {
+                break;
+            }
+        }
+        if let [primary, shadowed] = &asr[..] {
+            break 'followed (answered, primary.clone(), shadowed.clone());
+        }
+    };
+    // The client's answer and the primary's record are version 2's; the shadow's is version 1's.
+    assert_eq!(answered.model_version, "2");
+    let of = |r: &PredictionRecord| (r.model_version.clone(), r.variant, r.deployment_id.clone(), r.status);
+    assert_eq!(of(&primary), ("2".into(), Variant::Primary as i32, "asr-shadow".into(), RecordStatus::Ok as i32));
+    assert_eq!(of(&shadowed), ("1".into(), Variant::Shadow as i32, "asr-shadow".into(), RecordStatus::Ok as i32));
+    assert_eq!(primary.prediction_id, answered.transcript_id);
+    assert_ne!(shadowed.prediction_id, primary.prediction_id, "a record of its own");
+    // The same model heard the same audio: the same transcript, recognised again (not copied:
+    // its own compute time), of the query's whole audio.
+    let text = |r: &PredictionRecord| r.output.as_ref().map(|o| o.text.clone()).unwrap_or_default();
+    assert!(!text(&primary).is_empty());
+    assert_eq!(text(&shadowed), text(&primary));
+    assert_eq!(text(&primary), answered.transcript);
+    assert!(shadowed.compute_time_us > 0);
+    let feature = |r: &PredictionRecord, name: &str| r.features.iter().find(|f| f.name == name).unwrap().value;
+    assert_eq!(feature(&shadowed, "audio_seconds"), feature(&primary, "audio_seconds"));
+    assert_eq!(feature(&shadowed, "tokens"), feature(&primary, "tokens"));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_recogniser_answers_the_sessions_it_is_given_and_its_records_say_so() {
+    use vigil_store::{Change, DeploymentRow, DeploymentStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (repository, store, url) = two_decoder_versions(dir.path()).await;
     let mut config = config(&repository);
     config.models.load_all_versions = true;
     config.deployments.database_url = url;

@@ -211,6 +211,27 @@ impl Infer {
         &self.lane
     }
 
+    /// Starts `work`, a shadow's copy of a request that is more than one run (a whole spoken
+    /// query recognised again, say), in the shadow lane when it has room, not awaited; counted
+    /// as the lane's copies are: skipped when the lane is full (false), failed when `work`
+    /// ends false. The work must run its models through their queues, never inline.
+    pub fn start_shadow_work(&self, work: impl Future<Output = bool> + Send + 'static) -> bool {
+        let Ok(permit) = self.lane.permits.clone().try_acquire_owned() else {
+            self.lane.skipped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        self.lane.started.fetch_add(1, Ordering::Relaxed);
+        let lane = self.lane.clone();
+        self.lane.running.spawn(async move {
+            let done = work.await;
+            drop(permit);
+            if !done {
+                lane.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        true
+    }
+
     /// The version answering `model`'s requests that name none, where it is not the model's
     /// default (see [`Router::primary`]).
     pub fn primary(&self, model: &str) -> Option<Result<Arc<LoadedModel>, InferenceError>> {
