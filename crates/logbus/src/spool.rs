@@ -95,6 +95,10 @@ pub struct Spool {
     segments: Vec<(u64, u64, u64)>,
     head: Position,
     writer: Option<File>,
+    /// The last segment holds bytes of a failed append past its size that could not be cut
+    /// off: the next record starts a new segment, never lands behind them (where the next
+    /// failed append's cut would take it).
+    sealed: bool,
     /// Records not yet acknowledged.
     records: u64,
 }
@@ -485,7 +489,7 @@ impl Spool {
         if head != saved_head || read_head(&config.dir)? != Some(head) {
             write_head(&config.dir, head)?;
         }
-        Ok(Self { config, _lock: lock, segments, head, writer: None, records })
+        Ok(Self { config, _lock: lock, segments, head, writer: None, sealed: false, records })
     }
 
     /// Records waiting.
@@ -525,35 +529,44 @@ impl Spool {
                 }
             }
         }
-        let needs_new = match self.segments.last() {
-            None => true,
-            Some(&(_, size, _)) => size + frame.len() as u64 > self.config.segment_bytes && size > 0,
-        };
-        if needs_new {
-            let n = self.segments.last().map_or(self.head.segment.max(1), |s| s.0 + 1);
-            self.segments.push((n, 0, 0));
+        let needs_new = self.sealed
+            || match self.segments.last() {
+                None => true,
+                Some(&(_, size, _)) => size + frame.len() as u64 > self.config.segment_bytes && size > 0,
+            };
+        if needs_new || self.writer.is_none() {
+            let n = match self.segments.last() {
+                Some(last) if !needs_new => last.0,
+                last => last.map_or(self.head.segment.max(1), |s| s.0 + 1),
+            };
             self.writer = None;
-        }
-        let (n, size, count) = self.segments.last_mut().expect("a segment");
-        if self.writer.is_none() {
-            let path = segment_path(&self.config.dir, *n);
-            let created = !path.exists();
-            self.writer = Some(OpenOptions::new().create(true).append(true).open(&path)?);
-            if created && self.config.fsync == FsyncPolicy::Always {
-                // The new file's directory entry, so that a power cut cannot take the whole
-                // segment of records acknowledged as durable.
+            let file = OpenOptions::new().create(true).append(true).open(segment_path(&self.config.dir, n))?;
+            if self.config.fsync == FsyncPolicy::Always {
+                // The file's directory entry (a new segment's, or one whose sync failed before),
+                // so that a power cut cannot take a whole segment of records acknowledged as
+                // durable.
                 sync_dir(&self.config.dir)?;
             }
+            // Listed only once its file is there: a replay reads every listed segment.
+            if needs_new {
+                self.segments.push((n, 0, 0));
+                self.sealed = false;
+            }
+            self.writer = Some(file);
         }
+        let (_, size, count) = self.segments.last_mut().expect("a segment");
         let writer = self.writer.as_mut().expect("writer");
-        let written = writer.write_all(&frame).and_then(|()| match self.config.fsync {
+        let written = write_frame(writer, &frame).and_then(|()| match self.config.fsync {
             FsyncPolicy::Always => writer.sync_data(),
             FsyncPolicy::Never => Ok(()),
         });
         if let Err(e) = written {
             // A frame written in part (a full disk) would hide every frame after it: cut it off.
-            let cut = writer.set_len(*size);
+            let cut = cut_to(writer, *size);
             self.writer = None;
+            // Bytes the cut left stay past the segment's size, where replay does not read and
+            // the next opening cuts them: the next record goes to a segment of its own.
+            self.sealed = cut.is_err();
             return Err(match cut {
                 Ok(()) => e,
                 Err(cut) => io::Error::new(e.kind(), format!("{e}; cutting the torn frame off failed too: {cut}")),
@@ -748,6 +761,23 @@ fn write_head_synced(dir: &Path, head: Position) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Appends `frame` to the segment `writer` writes.
+fn write_frame(writer: &mut File, frame: &[u8]) -> io::Result<()> {
+    #[cfg(test)]
+    if let Some(written) = tests::torn_write_in_tests() {
+        writer.write_all(&frame[..written.min(frame.len())])?;
+        return Err(io::Error::from_raw_os_error(28));
+    }
+    writer.write_all(frame)
+}
+
+/// Cuts the segment `writer` writes back to `size` bytes.
+fn cut_to(writer: &File, size: u64) -> io::Result<()> {
+    #[cfg(test)]
+    tests::failed_cut_in_tests()?;
+    writer.set_len(size)
+}
+
 /// Makes the entries of `dir` (files created or renamed in it) durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
@@ -768,6 +798,58 @@ mod tests {
             return Err(io::Error::from_raw_os_error(5));
         }
         Ok(())
+    }
+
+    std::thread_local! {
+        /// Appends that fill the disk part-way on this thread: the bytes written first.
+        static TORN_WRITES: std::cell::RefCell<std::collections::VecDeque<usize>> = Default::default();
+        /// Cuts that fail on this thread, one each.
+        static FAILED_CUTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The bytes the next append writes before the disk is full (ENOSPC), when a test said so.
+    pub(super) fn torn_write_in_tests() -> Option<usize> {
+        TORN_WRITES.with(|t| t.borrow_mut().pop_front())
+    }
+
+    /// An error for a cut when a test asked for one.
+    pub(super) fn failed_cut_in_tests() -> io::Result<()> {
+        FAILED_CUTS.with(|c| match c.get() {
+            0 => Ok(()),
+            n => {
+                c.set(n - 1);
+                Err(io::Error::from_raw_os_error(5))
+            }
+        })
+    }
+
+    /// A record reported stored is never cut off by a later failed append, however its
+    /// segment's earlier failure left it: a cut that failed leaves the torn bytes past the
+    /// segment's size, and the next record goes to a new segment, not behind them (where the
+    /// next failed append's cut, by the segment's size, would take its end).
+    #[test]
+    fn a_record_stored_after_a_failed_cut_survives_the_next_failed_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || SpoolConfig { segment_bytes: 1 << 20, ..config(dir.path(), 1 << 20, FullPolicy::RejectNew) };
+        let mut s = Spool::open(config()).unwrap();
+        assert_eq!(s.append(&env(0)).unwrap(), Appended::Stored);
+        // The disk fills 7 bytes into the next record, and the cut fails too.
+        TORN_WRITES.with(|t| t.borrow_mut().push_back(7));
+        FAILED_CUTS.with(|c| c.set(1));
+        let e = s.append(&env(1)).unwrap_err();
+        assert!(e.to_string().contains("cutting the torn frame off failed too"), "{e}");
+        assert_eq!(s.append(&env(2)).unwrap(), Appended::Stored);
+        // The disk fills again; this cut works.
+        TORN_WRITES.with(|t| t.borrow_mut().push_back(7));
+        s.append(&env(3)).unwrap_err();
+        assert_eq!(s.append(&env(4)).unwrap(), Appended::Stored);
+        let (read, _) = s.peek(10).unwrap();
+        assert_eq!(read, [env(0), env(2), env(4)]);
+        drop(s);
+        let mut s = Spool::open(config()).unwrap();
+        let (read, _) = s.peek(10).unwrap();
+        assert_eq!(read, [env(0), env(2), env(4)], "after opening again, the torn bytes cut off");
+        assert_eq!(s.len(), 3);
     }
 
     fn env(i: u32) -> Envelope {
