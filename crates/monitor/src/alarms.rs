@@ -182,8 +182,19 @@ pub fn inactive(rule: &Rule, model: &str, now: DateTime<Utc>) -> AlertRow {
 /// When each firing alarm's condition stopped holding, or its data stopped coming (two waits,
 /// timed apart), by alert key: the evaluator's memory for `keep_firing_for` and for no data (a
 /// restarted monitor, or one that takes the alerting lease again, starts the wait again).
+/// The time clear before a gap is kept through it: on bursty traffic the clear stretches add up
+/// (a gap counts toward neither wait), so such an alarm resolves.
 #[derive(Debug, Default)]
-pub struct ClearedSince(HashMap<String, (DateTime<Utc>, Gap)>);
+pub struct ClearedSince(HashMap<String, Wait>);
+
+/// One alarm's wait: since when (a clear wait's start moved back by the clear time banked before
+/// gaps), in which gap, and the clear time banked.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    since: DateTime<Utc>,
+    gap: Gap,
+    banked_clear: chrono::Duration,
+}
 
 /// What an alarm's wait in [`ClearedSince`] is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,18 +214,28 @@ impl ClearedSince {
 
 /// One alarm's entry in [`ClearedSince`].
 pub struct Slot<'a> {
-    map: &'a mut HashMap<String, (DateTime<Utc>, Gap)>,
+    map: &'a mut HashMap<String, Wait>,
     key: &'a str,
 }
 
 impl Slot<'_> {
-    /// Since when the alarm has been in `gap`: now, when it was in none or in the other.
+    /// Since when the alarm has been in `gap`: now, when it was in none or in the other; for
+    /// `Clear`, moved back by the clear time before the gaps since the wait began.
     fn since(&mut self, gap: Gap, now: DateTime<Utc>) -> DateTime<Utc> {
-        let entry = self.map.entry(self.key.to_string()).or_insert((now, gap));
-        if entry.1 != gap {
-            *entry = (now, gap);
+        let zero = chrono::Duration::zero();
+        let wait = self.map.entry(self.key.to_string()).or_insert(Wait { since: now, gap, banked_clear: zero });
+        if wait.gap != gap {
+            let banked_clear = match wait.gap {
+                Gap::Clear => (now - wait.since).max(zero),
+                Gap::NoData => wait.banked_clear,
+            };
+            let since = match gap {
+                Gap::Clear => now - banked_clear,
+                Gap::NoData => now,
+            };
+            *wait = Wait { since, gap, banked_clear };
         }
-        entry.0
+        wait.since
     }
 
     fn forget(&mut self) {
@@ -800,6 +821,34 @@ mod tests {
         assert_eq!((kept.state.as_str(), change), ("firing", None), "90 s clear of the 100");
         let (resolved, change) = next(&kept, Some(0.0), 300);
         assert_eq!((resolved.state.as_str(), change), ("resolved", Some(true)));
+    }
+
+    #[test]
+    fn clear_stretches_between_gaps_add_up_to_keep_firing_for() {
+        // Keep firing 100 s after the condition clears; traffic in bursts: 60 s clear, 50 s with
+        // no data, 40 s clear. Neither wait alone reaches 100 s; the clear ones together do.
+        let r = Rule { keep_firing_for: Duration::from_secs(100), ..rule(0) };
+        let at = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let mut cleared = ClearedSince::default();
+        let mut next = |row: &AlertRow, value, s| transition(&r, row, value, at(s), cleared.slot("r/m"));
+        let (firing, _) = next(&row("inactive", 0), Some(0.5), 100);
+        let (kept, _) = next(&firing, Some(0.0), 200);
+        let (kept, _) = next(&kept, None, 260);
+        let (kept, _) = next(&kept, None, 300);
+        let (kept, change) = next(&kept, Some(0.0), 310);
+        assert_eq!((kept.state.as_str(), change), ("firing", None), "60 s clear so far");
+        let (kept, change) = next(&kept, Some(0.0), 349);
+        assert_eq!((kept.state.as_str(), change), ("firing", None), "99 s clear so far");
+        let (resolved, change) = next(&kept, Some(0.0), 350);
+        assert_eq!((resolved.state.as_str(), change), ("resolved", Some(true)), "60 + 40 s clear");
+        // The condition holding again in between starts the clear wait anew.
+        let (firing, _) = next(&row("inactive", 0), Some(0.5), 1000);
+        let (kept, _) = next(&firing, Some(0.0), 1010);
+        let (kept, _) = next(&kept, None, 1070);
+        let (kept, _) = next(&kept, Some(0.5), 1080);
+        let (kept, _) = next(&kept, Some(0.0), 1090);
+        let (kept, change) = next(&kept, Some(0.0), 1189);
+        assert_eq!((kept.state.as_str(), change), ("firing", None), "99 s since the condition last held");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use prost::Message;
 use vigil_drift::{DatasetDrift, DriftConfig, DriftResult, Histogram, NumericFeature};
-use vigil_proto::vigil::v1::{RollupWindow, Sketch};
+use vigil_proto::vigil::v1::{RollupWindow, Sketch, Variant};
 use vigil_speech::text;
 use vigil_store::MonitorStore;
 use vigil_store::monitoring::{OutcomeQuery, RollupQuery};
@@ -41,6 +41,8 @@ pub enum ViewError {
 pub struct Scope {
     pub model: String,
     pub version: Option<String>,
+    /// One variant's; None: the model's traffic, what it answered (every variant but the
+    /// shadows': a shadow's copies of requests are not more requests, and carry no labels).
     pub variant: Option<i16>,
 }
 
@@ -288,7 +290,11 @@ impl<S: MonitorStore> Views<S> {
             until,
         };
         let mut merged: BTreeMap<DateTime<Utc>, RollupWindow> = BTreeMap::new();
+        let shadow = Variant::Shadow as i16;
         for r in self.store.read_rollups(&q).await? {
+            if scope.variant.is_none() && r.key.variant == shadow {
+                continue;
+            }
             match RollupWindow::decode(r.body.as_slice()) {
                 Ok(w) => merge_windows(merged.entry(r.key.window_start).or_default(), &w),
                 Err(e) => {

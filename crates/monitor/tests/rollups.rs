@@ -256,3 +256,51 @@ async fn sqlite_rollups_count_the_rows_inserted_after_the_newest_were_deleted() 
     let all: Vec<PredictionRow> = first.into_iter().chain(more).collect();
     assert_rollups_equal_direct(&store, &all, now).await;
 }
+
+/// A shadow's copies of requests are not more requests: the model's figures (a scope naming no
+/// variant) count what it answered, primary and canary; the shadow's own are there when asked
+/// for. With every request mirrored, counting them would double the requests and halve the
+/// labelled share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_figures_leave_its_shadow_copies_out() {
+    use vigil_proto::vigil::v1::Variant;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("vigil.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let answered = rows(120, 0, now);
+    let mut logged = answered.clone();
+    for (i, row) in logged.iter_mut().enumerate() {
+        row.variant = if i < 100 { Variant::Primary } else { Variant::Canary } as i16;
+    }
+    let shadows: Vec<PredictionRow> = logged[..100]
+        .iter()
+        .map(|r| PredictionRow {
+            prediction_id: uuid::Uuid::now_v7(),
+            variant: Variant::Shadow as i16,
+            model_version: "2".into(),
+            ..r.clone()
+        })
+        .collect();
+    logged.extend(shadows);
+    store.insert_batch(&logged, &[]).await.unwrap();
+    catch_up(&store, 500).await;
+    let config = vigil_monitor::MonitorConfig {
+        rollups: vigil_monitor::config::RollupConfig { resolutions: RESOLUTIONS.to_vec(), ..Default::default() },
+        ..Default::default()
+    };
+    let views = vigil_monitor::Views::new(store.clone(), Default::default(), std::sync::Arc::new(config));
+    let scope = |variant: Option<Variant>| vigil_monitor::views::Scope {
+        model: "scratch-detector".into(),
+        version: None,
+        variant: variant.map(|v| v as i16),
+    };
+    let (since, until) = (now - Duration::hours(1), now + Duration::minutes(1));
+    let count = async |variant| views.total(&scope(variant), since, until).await.unwrap().count;
+    assert_eq!(count(None).await, 120, "primary and canary");
+    assert_eq!(count(Some(Variant::Shadow)).await, 100);
+    assert_eq!(count(Some(Variant::Primary)).await, 100);
+    let by_minute: u64 =
+        views.windows(&scope(None), since, until, 60).await.unwrap().iter().map(|(_, w)| w.count).sum();
+    assert_eq!(by_minute, 120);
+}
