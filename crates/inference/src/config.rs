@@ -441,6 +441,11 @@ impl ModelConfig {
             if p.width.max(p.height) > MAX_PREPROCESS_SIDE {
                 return Err(format!("preprocess width and height must be at most {MAX_PREPROCESS_SIDE}"));
             }
+            // The prepared image is one item of a batch, [1, C, H, W]: a graph without the
+            // batch dimension would load (its warm-up has none) and fail every image.
+            if self.max_batch_size == 0 {
+                return Err("preprocess feeds images as a batch of one: set max_batch_size to 1 or more".into());
+            }
             // Inspect sends the prepared image as the model's only input.
             if self.inputs.len() != 1 {
                 return Err(format!(
@@ -615,6 +620,11 @@ max_queue_depth = 16
         assert!(e.contains("preprocess feeds one image to a model with one input; this one declares 2"), "{e}");
         let e = refused("width = 4", "width = 100000");
         assert!(e.contains("at most 8192"), "{e}");
+        // Images without a batch dimension: the prepared image is [1, C, H, W].
+        let unbatched =
+            SAMPLE.split("[dynamic_batching]").next().unwrap().replacen("max_batch_size = 8", "max_batch_size = 0", 1);
+        let e = toml::from_str::<ModelConfig>(&unbatched).unwrap().validate().unwrap_err();
+        assert!(e.contains("preprocess feeds images as a batch of one"), "{e}");
     }
 
     #[test]

@@ -157,25 +157,34 @@ impl Tensor {
 
     /// The values as `f64`, for the numeric datatypes (None for BOOL, BYTES and FP16 / BF16).
     pub fn to_f64_values(&self) -> Option<Vec<f64>> {
-        fn read<const N: usize>(data: &[u8], f: fn([u8; N]) -> f64) -> Vec<f64> {
-            data.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect()
+        let (width, read) = self.f64_reader()?;
+        Some(self.data.chunks_exact(width).map(read).collect())
+    }
+
+    /// How to read the values one at a time as `f64` without a copy of them all: the bytes of
+    /// an element, and the reader of one element's bytes (None as for [`Tensor::to_f64_values`]).
+    pub fn f64_reader(&self) -> Option<(usize, ReadF64)> {
+        fn le<const N: usize>(b: &[u8]) -> [u8; N] {
+            b.try_into().expect("an element's bytes")
         }
-        let d = &self.data;
         Some(match self.datatype {
-            DataType::Fp32 => read(d, |b| f64::from(f32::from_le_bytes(b))),
-            DataType::Fp64 => read(d, f64::from_le_bytes),
-            DataType::Int8 => read(d, |b: [u8; 1]| f64::from(i8::from_le_bytes(b))),
-            DataType::Int16 => read(d, |b| f64::from(i16::from_le_bytes(b))),
-            DataType::Int32 => read(d, |b| f64::from(i32::from_le_bytes(b))),
-            DataType::Int64 => read(d, |b| i64::from_le_bytes(b) as f64),
-            DataType::Uint8 => read(d, |b: [u8; 1]| f64::from(b[0])),
-            DataType::Uint16 => read(d, |b| f64::from(u16::from_le_bytes(b))),
-            DataType::Uint32 => read(d, |b| f64::from(u32::from_le_bytes(b))),
-            DataType::Uint64 => read(d, |b| u64::from_le_bytes(b) as f64),
+            DataType::Fp32 => (4, |b| f64::from(f32::from_le_bytes(le(b)))),
+            DataType::Fp64 => (8, |b| f64::from_le_bytes(le(b))),
+            DataType::Int8 => (1, |b| f64::from(b[0] as i8)),
+            DataType::Int16 => (2, |b| f64::from(i16::from_le_bytes(le(b)))),
+            DataType::Int32 => (4, |b| f64::from(i32::from_le_bytes(le(b)))),
+            DataType::Int64 => (8, |b| i64::from_le_bytes(le(b)) as f64),
+            DataType::Uint8 => (1, |b| f64::from(b[0])),
+            DataType::Uint16 => (2, |b| f64::from(u16::from_le_bytes(le(b)))),
+            DataType::Uint32 => (4, |b| f64::from(u32::from_le_bytes(le(b)))),
+            DataType::Uint64 => (8, |b| u64::from_le_bytes(le(b)) as f64),
             _ => return None,
         })
     }
 }
+
+/// Reads one element's little-endian bytes as `f64`.
+pub type ReadF64 = fn(&[u8]) -> f64;
 
 /// `values` as little-endian bytes: one copy on a little-endian machine, `to` value by value on
 /// any other.

@@ -646,12 +646,14 @@ fn typed_bytes(spec: &TensorSpec, input: &InferInputTensor) -> Result<Vec<u8>, S
         DataType::Fp64 => c.fp64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DataType::Int64 => c.int64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DataType::Int32 => c.int_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Int16 => c.int_contents.iter().flat_map(|v| (*v as i16).to_le_bytes()).collect(),
-        DataType::Int8 => c.int_contents.iter().map(|v| *v as i8 as u8).collect(),
+        DataType::Int16 => narrowed::<_, i16>(spec, &c.int_contents)?.into_iter().flat_map(i16::to_le_bytes).collect(),
+        DataType::Int8 => narrowed::<_, i8>(spec, &c.int_contents)?.into_iter().flat_map(i8::to_le_bytes).collect(),
         DataType::Uint64 => c.uint64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DataType::Uint32 => c.uint_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Uint16 => c.uint_contents.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect(),
-        DataType::Uint8 => c.uint_contents.iter().map(|v| *v as u8).collect(),
+        DataType::Uint16 => {
+            narrowed::<_, u16>(spec, &c.uint_contents)?.into_iter().flat_map(u16::to_le_bytes).collect()
+        }
+        DataType::Uint8 => narrowed::<_, u8>(spec, &c.uint_contents)?,
         DataType::Bool => c.bool_contents.iter().map(|v| *v as u8).collect(),
         DataType::Bytes => vigil_inference::tensor::serialize_bytes_elements(&c.bytes_contents),
         other => {
@@ -672,6 +674,27 @@ fn typed_bytes(spec: &TensorSpec, input: &InferInputTensor) -> Result<Vec<u8>, S
         return Err(wrong_field(field));
     }
     Ok(bytes)
+}
+
+/// `values` (the 32-bit typed contents field) as the input's narrower type: a value it cannot
+/// hold is refused, naming it and its place, never wrapped into another.
+fn narrowed<W, N>(spec: &TensorSpec, values: &[W]) -> Result<Vec<N>, Status>
+where
+    W: Copy + std::fmt::Display,
+    N: TryFrom<W>,
+{
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            N::try_from(v).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "input '{}': element {i} is {v}, out of {}'s range",
+                    spec.name, spec.datatype
+                ))
+            })
+        })
+        .collect()
 }
 
 fn tensor_metadata(config: &ModelConfig, specs: &[TensorSpec]) -> Vec<model_metadata_response::TensorMetadata> {
@@ -1071,5 +1094,54 @@ mod tests {
             within.start <= data.start && data.end <= within.end,
             "the tensor's bytes were copied out of the received message"
         );
+    }
+
+    /// Narrow integer types come in the 32-bit typed fields: each value within the type's
+    /// range is its bytes; one outside it is refused, never wrapped (256 as a UINT8 would be 0).
+    #[test]
+    fn typed_narrow_integers_are_checked_against_their_range() {
+        let model = |datatype: &str| -> ModelConfig {
+            toml::from_str(&format!(
+                "name = \"m\"\nversion = 1\nplatform = \"onnxruntime_onnx\"\nmax_batch_size = 4\n\
+                 [[inputs]]\nname = \"x\"\ndatatype = \"{datatype}\"\ndims = [3]\n\
+                 [[outputs]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [1]\n"
+            ))
+            .unwrap()
+        };
+        let request = |datatype: &str, contents: InferTensorContents| ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: "x".into(),
+                datatype: datatype.into(),
+                shape: vec![1, 3],
+                contents: Some(contents),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ints = |v: &[i32]| InferTensorContents { int_contents: v.to_vec(), ..Default::default() };
+        let uints = |v: &[u32]| InferTensorContents { uint_contents: v.to_vec(), ..Default::default() };
+        let le =
+            |v: &[i64], width: usize| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()[..width].to_vec()).collect() };
+        let cases = [
+            ("INT8", ints(&[-128, 0, 127]), le(&[-128, 0, 127], 1), ints(&[0, 128, 1]), "element 1 is 128"),
+            (
+                "INT16",
+                ints(&[-32768, 5, 32767]),
+                le(&[-32768, 5, 32767], 2),
+                ints(&[-32769, 0, 0]),
+                "element 0 is -32769",
+            ),
+            ("UINT8", uints(&[0, 7, 255]), le(&[0, 7, 255], 1), uints(&[1, 2, 256]), "element 2 is 256"),
+            ("UINT16", uints(&[0, 300, 65535]), le(&[0, 300, 65535], 2), uints(&[65536, 0, 0]), "element 0 is 65536"),
+        ];
+        for (datatype, within, bytes, outside, why) in cases {
+            let config = model(datatype);
+            let tensors = decode_inputs(&config, &mut request(datatype, within)).unwrap();
+            assert_eq!(&tensors[0].data[..], &bytes[..], "{datatype}");
+            let refused = decode_inputs(&config, &mut request(datatype, outside)).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{datatype}: {refused:?}");
+            assert!(refused.message().contains(why) && refused.message().contains("range"), "{datatype}: {refused:?}");
+        }
     }
 }

@@ -316,23 +316,25 @@ pub fn summarise_inputs(
             }
             continue;
         }
-        let values = tensor.to_f64_values();
+        // Read in place, a value at a time: a copy of the values as f64 would take up to eight
+        // times the tensor's bytes, outside the memory budget the request was charged against.
+        let reader = tensor.f64_reader();
         let chunk = tensor.data.len() / n.max(1);
         for (i, features) in per_item.iter_mut().enumerate() {
-            match (&values, &spec.features) {
-                (Some(v), Some(columns)) if v.len() == n * columns.len() => {
-                    let item = &v[i * columns.len()..(i + 1) * columns.len()];
-                    features.extend(columns.iter().zip(item).map(|(column, &value)| feature(column, value)));
+            match (reader, &spec.features) {
+                (Some((width, read)), Some(columns)) if tensor.data.len() / width == n * columns.len() => {
+                    let item = &tensor.data[i * columns.len() * width..(i + 1) * columns.len() * width];
+                    features.extend(columns.iter().zip(item.chunks_exact(width)).map(|(c, v)| feature(c, read(v))));
                 }
-                (Some(v), _) => {
-                    let per = v.len() / n.max(1);
-                    let item = &v[i * per..(i + 1) * per];
-                    let finite: Vec<f64> = item.iter().copied().filter(|x| x.is_finite()).collect();
-                    let count = finite.len() as f64;
-                    let mean = finite.iter().sum::<f64>() / count;
-                    let std = (finite.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / count).sqrt();
-                    let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
-                    let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                (Some((width, read)), _) => {
+                    let per = tensor.data.len() / width / n.max(1);
+                    let item = &tensor.data[i * per * width..(i + 1) * per * width];
+                    let finite = || item.chunks_exact(width).map(read).filter(|x| x.is_finite());
+                    let count = finite().count() as f64;
+                    let mean = finite().sum::<f64>() / count;
+                    let std = (finite().map(|x| (x - mean).powi(2)).sum::<f64>() / count).sqrt();
+                    let min = finite().fold(f64::INFINITY, f64::min);
+                    let max = finite().fold(f64::NEG_INFINITY, f64::max);
                     for (stat, value) in [("mean", mean), ("std", std), ("min", min), ("max", max)] {
                         features.push(feature(&format!("{name}.{stat}"), value));
                     }
