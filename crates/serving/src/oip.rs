@@ -554,6 +554,15 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
                 _ => batch = Some(input.shape[0]),
             }
         }
+        if spec.datatype == DataType::Bytes && element_count(&input.shape) > MAX_TEXT_ELEMENTS {
+            return Err(Status::invalid_argument(format!(
+                "input '{}': shape {:?} holds {} BYTES elements; a request may hold at most {MAX_TEXT_ELEMENTS} \
+                 per input: send fewer texts per request",
+                spec.name,
+                input.shape,
+                element_count(&input.shape)
+            )));
+        }
         let data = if raw {
             if input.contents.as_ref().is_some_and(has_values) {
                 return Err(Status::invalid_argument(format!(
@@ -585,6 +594,12 @@ pub fn decode_inputs(config: &ModelConfig, request: &mut ModelInferRequest) -> R
     }
     Ok(tensors)
 }
+
+/// The most elements a `BYTES` input of one request may hold. Each costs about a hundred bytes
+/// of memory on its way to ONNX Runtime (the texts' views and checks, ONNX Runtime's own
+/// strings) for as little as 4 on the wire, beyond what the memory budget charges a message: this
+/// keeps that within a few MiB a request.
+pub const MAX_TEXT_ELEMENTS: usize = 65_536;
 
 /// A `BYTES` input must hold as many elements as its shape says, each UTF-8 text without NUL
 /// characters (what ONNX string tensors take): checked per request so that one bad request
@@ -1094,6 +1109,35 @@ mod tests {
             within.start <= data.start && data.end <= within.end,
             "the tensor's bytes were copied out of the received message"
         );
+    }
+
+    /// A BYTES input of more elements than a request may hold is refused from its shape, before
+    /// its contents are read; one at the limit is read.
+    #[test]
+    fn bytes_inputs_past_the_element_limit_are_refused_from_their_shape() {
+        let config: ModelConfig = toml::from_str(
+            "name = \"m\"\nversion = 1\nplatform = \"onnxruntime_onnx\"\nmax_batch_size = 0\n\
+             [[inputs]]\nname = \"text\"\ndatatype = \"BYTES\"\ndims = [-1]\n\
+             [[outputs]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [1]\n",
+        )
+        .unwrap();
+        let request = |n: usize| ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: "text".into(),
+                datatype: "BYTES".into(),
+                shape: vec![n as i64],
+                ..Default::default()
+            }],
+            // Every element an empty text: a 4-byte length of 0.
+            raw_input_contents: vec![vec![0u8; 4 * n].into()],
+            ..Default::default()
+        };
+        let at_limit = decode_inputs(&config, &mut request(MAX_TEXT_ELEMENTS)).unwrap();
+        assert_eq!(at_limit[0].texts().unwrap().len(), MAX_TEXT_ELEMENTS);
+        let refused = decode_inputs(&config, &mut request(MAX_TEXT_ELEMENTS + 1)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("at most 65536 per input"), "{refused:?}");
     }
 
     /// Narrow integer types come in the 32-bit typed fields: each value within the type's
