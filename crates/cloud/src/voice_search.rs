@@ -632,8 +632,8 @@ impl Session {
     fn start_shadow(&self, records: &RecordEmitter, inner: &Inner, heard: &mut Heard) {
         let Some(shadow) = heard.shadow.take() else { return };
         let served = ServedBy {
-            name: inner.config.decoder_model.clone(),
-            version: shadow.decoder.config.version.to_string(),
+            name: shadow.model.clone(),
+            version: shadow.version.clone(),
             variant: Variant::Shadow,
             deployment: shadow.deployment.clone(),
         };
@@ -814,25 +814,31 @@ async fn recognise_segment<E: ModelRunner, D: ModelRunner>(
 
 /// The versions a query is heard with again, off its path, for a deployment in shadow mode:
 /// a candidate in the encoder's or the decoder's route (the primary of the other where it has
-/// none), and each segment's audio as recognised, kept until the query is answered (within
-/// the query's audio limit).
+/// none), logged under the model and version in shadow (the decoder's where both are), and
+/// each segment's audio as recognised, kept until the query is answered (within the query's
+/// audio limit).
 struct ShadowHearing {
     encoder: Arc<LoadedModel>,
     decoder: Arc<LoadedModel>,
+    model: String,
+    version: String,
     deployment: String,
     audio: Vec<Vec<f32>>,
 }
 
 impl ShadowHearing {
     fn of(encoder: &Route, decoder: &Route) -> Option<Self> {
-        if encoder.shadows.is_empty() && decoder.shadows.is_empty() {
-            return None;
-        }
-        let deployment = if decoder.shadows.is_empty() { &encoder.deployment } else { &decoder.deployment };
+        let (in_shadow, route) = match (decoder.shadows.first(), encoder.shadows.first()) {
+            (Some(candidate), _) => (candidate, decoder),
+            (None, Some(candidate)) => (candidate, encoder),
+            (None, None) => return None,
+        };
         Some(Self {
             encoder: encoder.shadows.first().unwrap_or(&encoder.primary).clone(),
             decoder: decoder.shadows.first().unwrap_or(&decoder.primary).clone(),
-            deployment: deployment.clone(),
+            model: in_shadow.config.name.clone(),
+            version: in_shadow.config.version.to_string(),
+            deployment: route.deployment.clone(),
             audio: Vec::new(),
         })
     }

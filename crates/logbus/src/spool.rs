@@ -564,8 +564,10 @@ impl Spool {
             // A frame written in part (a full disk) would hide every frame after it: cut it off.
             let cut = cut_to(writer, *size);
             self.writer = None;
-            // Bytes the cut left stay past the segment's size, where replay does not read and
-            // the next opening cuts them: the next record goes to a segment of its own.
+            // Bytes the cut left stay past the segment's size: the next record goes to a
+            // segment of its own. A torn frame there is never read and the next opening cuts
+            // it; a whole one (written, its sync failed) may still be replayed: a record
+            // reported failed that arrives after all, never one reported stored that is lost.
             self.sealed = cut.is_err();
             return Err(match cut {
                 Ok(()) => e,

@@ -41,8 +41,9 @@ pub enum ViewError {
 pub struct Scope {
     pub model: String,
     pub version: Option<String>,
-    /// One variant's; None: the model's traffic, what it answered (every variant but the
-    /// shadows': a shadow's copies of requests are not more requests, and carry no labels).
+    /// One variant's; None: every variant, but for a scope naming no version either (the
+    /// model's figures) what it answered, its shadows' copies left out: they are not more
+    /// requests, and carry no labels.
     pub variant: Option<i16>,
 }
 
@@ -292,7 +293,7 @@ impl<S: MonitorStore> Views<S> {
         let mut merged: BTreeMap<DateTime<Utc>, RollupWindow> = BTreeMap::new();
         let shadow = Variant::Shadow as i16;
         for r in self.store.read_rollups(&q).await? {
-            if scope.variant.is_none() && r.key.variant == shadow {
+            if scope.variant.is_none() && scope.version.is_none() && r.key.variant == shadow {
                 continue;
             }
             match RollupWindow::decode(r.body.as_slice()) {

@@ -290,17 +290,20 @@ async fn the_models_figures_leave_its_shadow_copies_out() {
         ..Default::default()
     };
     let views = vigil_monitor::Views::new(store.clone(), Default::default(), std::sync::Arc::new(config));
-    let scope = |variant: Option<Variant>| vigil_monitor::views::Scope {
+    let scope = |version: Option<&str>, variant: Option<Variant>| vigil_monitor::views::Scope {
         model: "scratch-detector".into(),
-        version: None,
+        version: version.map(str::to_string),
         variant: variant.map(|v| v as i16),
     };
     let (since, until) = (now - Duration::hours(1), now + Duration::minutes(1));
-    let count = async |variant| views.total(&scope(variant), since, until).await.unwrap().count;
-    assert_eq!(count(None).await, 120, "primary and canary");
-    assert_eq!(count(Some(Variant::Shadow)).await, 100);
-    assert_eq!(count(Some(Variant::Primary)).await, 100);
+    let count = async |version, variant| views.total(&scope(version, variant), since, until).await.unwrap().count;
+    assert_eq!(count(None, None).await, 120, "primary and canary");
+    assert_eq!(count(None, Some(Variant::Shadow)).await, 100);
+    assert_eq!(count(None, Some(Variant::Primary)).await, 100);
+    // A version named (the shadow's, on the dashboard) shows its figures.
+    assert_eq!(count(Some("2"), None).await, 100);
+    assert_eq!(count(Some("1"), None).await, 120);
     let by_minute: u64 =
-        views.windows(&scope(None), since, until, 60).await.unwrap().iter().map(|(_, w)| w.count).sum();
+        views.windows(&scope(None, None), since, until, 60).await.unwrap().iter().map(|(_, w)| w.count).sum();
     assert_eq!(by_minute, 120);
 }

@@ -263,7 +263,9 @@ mod plan_tests {
             limit: MAX_QUERY_ROWS,
             ..Default::default()
         };
-        for f in [page.clone(), PredictionFilter { has_label: Some(true), ..page.clone() }] {
+        let labelled = PredictionFilter { has_label: Some(true), ..page.clone() };
+        let one_version = PredictionFilter { model_version: Some("3".into()), ..page.clone() };
+        for f in [page.clone(), labelled, one_version] {
             let steps = plan(&store, &f).await;
             assert!(
                 steps.iter().any(|s| s.contains("predictions_model_id") && s.contains("prediction_id>?")),
