@@ -294,24 +294,20 @@ fn window_sqlite(time: &str, resolution: &str) -> String {
     format!("({seconds} - (({seconds} % {resolution}) + {resolution}) % {resolution})")
 }
 
-/// Shadow predictions ($1 model, [$2, $3), version $4 when given; $5 is not used) paired with the primary's by trace id and item rank
-/// (ranked over the whole trace, so items of one request on both sides of $2 keep their pairs),
+/// Shadow predictions ($1 model, [$2, $3), version $4 when given; $5 is not used) paired with the primary's by trace id and item rank,
 /// with the latest label of the primary's prediction, counted by `window` and shadow version.
 fn shadow_counts_sql(window: &str) -> String {
     format!(
-        "WITH r AS (SELECT DISTINCT trace_id FROM predictions \
-                    WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3 \
-                      AND ($4 IS NULL OR model_version = $4)), \
-              s AS (SELECT * FROM (SELECT trace_id, model_version, time, status, {answer} AS label, \
+        "WITH s AS (SELECT trace_id, model_version, time, status, {answer} AS label, \
                       row_number() OVER (PARTITION BY trace_id, model_version ORDER BY prediction_id) AS item \
                     FROM predictions \
-                    WHERE model_name = $1 AND variant = 3 AND trace_id IN (SELECT trace_id FROM r) \
-                      AND ($4 IS NULL OR model_version = $4)) numbered WHERE time >= $2 AND time < $3), \
+                    WHERE model_name = $1 AND variant = 3 AND trace_id <> '' AND time >= $2 AND time < $3 \
+                      AND ($4 IS NULL OR model_version = $4)), \
               p AS (SELECT prediction_id, trace_id, status, {answer} AS label, \
                       (json_type(output, '$.text') IS NOT NULL \
                        OR coalesce(json_extract(output, '$.label'), '') = '') AS text_output, \
                       row_number() OVER (PARTITION BY trace_id ORDER BY prediction_id) AS item \
-                    FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM r)), \
+                    FROM predictions WHERE model_name = $1 AND variant <> 3 AND trace_id IN (SELECT trace_id FROM s)), \
               c AS (SELECT s.time, s.model_version AS shadow_version, s.status = 1 AS shadow_ok, \
                       (s.status = 1 AND s.label = p.label) AS agreed, s.label AS shadow_label, \
                       p.text_output, p.label AS primary_label, \
