@@ -988,13 +988,31 @@ async fn two_decoder_versions(dir: &Path) -> (std::path::PathBuf, vigil_store::S
     (repository, store, url)
 }
 
+/// A deployment of the decoder with version 2 primary and version 1 the candidate, in `mode`,
+/// over every request or session.
+fn decoder_deployment(id: &str, mode: &str) -> vigil_store::DeploymentRow {
+    vigil_store::DeploymentRow {
+        model_name: DECODER.into(),
+        deployment_id: id.into(),
+        primary_version: "2".into(),
+        candidate_version: Some("1".into()),
+        mode: mode.into(),
+        share: 1.0,
+        updated_by: "ben".into(),
+        updated_at: chrono::Utc::now(),
+        policy: "full".into(),
+        accept_below: None,
+        reject_at: None,
+    }
+}
+
 /// A shadow deployment of the recogniser hears every answered query again off its path, with
 /// its candidate version; the client gets the primary's answer, and the shadow's recognition is
 /// logged as a shadow record of the same trace, for the monitor to compare the transcripts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_recogniser_hears_answered_queries_again_and_is_logged_beside_them() {
     use vigil_proto::vigil::v1::Variant;
-    use vigil_store::{Change, DeploymentRow, DeploymentStore};
+    use vigil_store::{Change, DeploymentStore};
     let dir = tempfile::tempdir().unwrap();
     let (repository, store, url) = two_decoder_versions(dir.path()).await;
     let mut config = config(&repository);
@@ -1003,19 +1021,7 @@ async fn a_shadow_recogniser_hears_answered_queries_again_and_is_logged_beside_t
     config.deployments.poll_interval_ms = 100;
     let (server, mut records) = server(config).await;
     let mut client = client(&server).await;
-    let shadow = DeploymentRow {
-        model_name: DECODER.into(),
-        deployment_id: "asr-shadow".into(),
-        primary_version: "2".into(),
-        candidate_version: Some("1".into()),
-        mode: "shadow".into(),
-        share: 1.0,
-        updated_by: "ben".into(),
-        updated_at: chrono::Utc::now(),
-        policy: "full".into(),
-        accept_below: None,
-        reject_at: None,
-    };
+    let shadow = decoder_deployment("asr-shadow", "shadow");
     store.set_deployment(&shadow, &Change { actor: "ben", reason: "", at: chrono::Utc::now() }).await.unwrap();
     let speech = voices::say("yoga mat", ADULT);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -1079,19 +1085,7 @@ async fn a_canary_recogniser_answers_the_sessions_it_is_given_and_its_records_sa
     };
     // Every session on version 1 as a canary of version 2 (the newest, which answers until the
     // deployment is followed).
-    let canary = DeploymentRow {
-        model_name: DECODER.into(),
-        deployment_id: "asr-canary".into(),
-        primary_version: "2".into(),
-        candidate_version: Some("1".into()),
-        mode: "canary".into(),
-        share: 1.0,
-        updated_by: "ben".into(),
-        updated_at: chrono::Utc::now(),
-        policy: "full".into(),
-        accept_below: None,
-        reject_at: None,
-    };
+    let canary = decoder_deployment("asr-canary", "canary");
     let change = Change { actor: "ben", reason: "", at: chrono::Utc::now() };
     store.set_deployment(&canary, &change).await.unwrap();
     let mut answered = None;
